@@ -1,0 +1,1 @@
+"""Simulation of training data, training, evaluation and engine export for sbd-stream."""
