@@ -37,6 +37,26 @@ def test_onnx_export_matches_pytorch_at_other_shapes(model: torch.nn.Module, tmp
     assert err < 1e-4
 
 
+def test_fp16_export_has_fp16_weights_and_fp32_io(tmp_path: Path) -> None:
+    """What a strongly typed TensorRT FP16 build needs (TensorRT 11 has no FP16 builder flag)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = UNet(scales=2, channels=4).eval()
+    path = export_onnx(model, tmp_path / "h.onnx", sample_size=64, precision="fp16")
+    graph = onnx.load(path).graph
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert graph.input[0].type.tensor_type.elem_type == f32
+    assert graph.output[0].type.tensor_type.elem_type == f32
+    assert f16 in {t.data_type for t in graph.initializer}
+    x = torch.rand(1, 1, 64, 64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=5e-3)
+
+
 def test_backends_agree(tiny_engine_dir: Path) -> None:
     frames = torch.poisson(torch.full((2, 90, 70), 0.45))
     outs = {k: Denoiser.load(k, tiny_engine_dir).denoise(frames).cpu() for k in ("torch", "onnxruntime")}

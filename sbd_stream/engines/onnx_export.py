@@ -50,6 +50,8 @@ def export_onnx(
     h = torch.export.Dim("h", min=1, max=16384 // multiple)
     w = torch.export.Dim("w", min=1, max=16384 // multiple)
     dyn = {0: batch, 2: multiple * h, 3: multiple * w} if multiple > 1 else {0: batch, 2: h * 1, 3: w * 1}
+    # the exporter logs a warning per missing optional torchvision op; none of them are used here
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
