@@ -1,0 +1,107 @@
+"""Grid planning, the Dask run, and resumption after a hard kill (real subprocess, real HDF5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.dataset import SimulatedDataset
+from training.simulate import PRESETS, plan
+
+CLI = [sys.executable, "-c", "from training.cli import app; app()"]
+
+
+def test_plan_is_seeded_unique_and_splittable() -> None:
+    for name in ("mini", "paper"):
+        a, b = plan(PRESETS[name]), plan(PRESETS[name])
+        assert [t.model_dump() for t in a] == [t.model_dump() for t in b]
+        keys = [t.key for t in a]
+        assert len(set(keys)) == len(keys) and max(map(len, keys)) <= 64
+    mini = plan(PRESETS["mini"])
+    structures = {t.structure.structure_id for t in mini}
+    assert len(structures) >= 12  # room for >= 3-4 structures each in val and test
+    assert {t.structure.particle_class.value for t in mini} == {"PtNp1", "PtNp2", "PtNp3"}
+    assert {t.structure.defect_class.value for t in mini} == {"D0", "D1", "D2", "Dh", "Ds"}
+    assert all(t.tilt_deg[0] == 0 or t.tilt_deg[1] == 0 for t in mini)
+    assert all(len(t.defocus_nm) == 5 and all(0 <= d <= 20 for d in t.defocus_nm) for t in mini)
+    paper = plan(PRESETS["paper"])
+    n = sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in paper)
+    assert 17000 < n < 19000  # Appendix A.2: ~18,000 images
+    assert {t.structure.particle_class.value for t in paper} == {"PtNp1", "PtNp2", "PtNp3", "PtNp4"}
+
+
+def _run(out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [*CLI, "simulate", "--preset", "tiny", "--out", str(out), "--workers", "1"]
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_resumes_after_sigkill(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.h5"
+    proc = _run(out)
+    deadline = time.monotonic() + 300
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("[1/"):
+            break
+        assert time.monotonic() < deadline, "".join(seen[-20:])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with SimulatedDataset(out) as ds:
+        n_first = len(ds)
+        assert 6 <= n_first < 24  # at least the first task survived, not all
+    proc = _run(out)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    done_line = next(line for line in err.splitlines() if line.startswith("tiny:"))
+    n_done = int(done_line.split(",")[1].split()[0])
+    assert n_done == n_first // 6 and n_done >= 1
+    with SimulatedDataset(out) as ds:
+        assert len(ds) == 24
+        keys = [ds.meta(i)["task_key"] for i in range(len(ds))]
+        assert len(set(keys)) == 4 and all(keys.count(k) == 6 for k in set(keys))
+        assert len(set(ds.structure_ids())) == 2
+        assert all(np.isfinite(ds.clean(i)).all() for i in range(len(ds)))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_runs_on_a_scheduler_address(tmp_path: Path) -> None:
+    """The scale-out path: connect to an existing dask.distributed scheduler over TCP on loopback."""
+    from distributed import LocalCluster
+
+    from training.simulate import simulate
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        summary = simulate(
+            PRESETS["tiny"], tmp_path / "t.h5", scheduler=cluster.scheduler_address, max_tasks=1
+        )
+    assert summary["failed"] == [] and summary["images_total"] == 6
+    with SimulatedDataset(tmp_path / "t.h5") as ds:
+        assert len(ds) == 6 and ds.attrs["preset"] == "tiny"
+    from PIL import Image
+
+    from training.contact_sheet import make_contact_sheet
+
+    png = make_contact_sheet(tmp_path / "t.h5", tmp_path / "sheet.png")
+    assert png.stat().st_size < 500_000
+    assert Image.open(png).mode == "L"

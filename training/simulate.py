@@ -1,0 +1,326 @@
+"""Presets, the parameter grid and Dask orchestration of the training-set simulation.
+
+One Dask task per (structure, tilt): it builds the model at the largest thickness, runs one multislice
+pass with an exit plane per support thickness, and images every selected defocus from those exit waves.
+Workers return images; only this process writes the HDF5 file, one committed task at a time, so a rerun
+skips finished tasks and a killed run loses at most the tasks in flight.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from training.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
+from training.imaging import Optics, Sampling
+from training.structures import DefectClass, ParticleClass, StructureParams
+
+NONZERO_TILTS = [(float(t), 0.0) for t in range(1, 5)] + [(0.0, float(t)) for t in range(1, 5)]
+ALL_TILTS = [(0.0, 0.0), *NONZERO_TILTS]
+"""Appendix A.2: 0-4 degrees about x or about y, one axis at a time (9 orientations)."""
+
+
+class Preset(BaseModel):
+    """A simulation grid. ``*_per_*`` fields subsample the full grid with the seeded RNG."""
+
+    name: str
+    seed: int = 2026
+    n_structures: int = Field(ge=1)
+    particle_classes: list[ParticleClass]
+    defect_classes: list[DefectClass] = list(DefectClass)
+    cell_periods_x: int = 6
+    support_trilayers: int = 4
+    thicknesses_nm: list[float] = [3.0, 4.0, 5.0, 6.0]
+    tilts_deg: list[tuple[float, float]] = ALL_TILTS
+    extra_tilts_per_structure: int | None = Field(None, description="None: all tilts; k: (0,0) plus k")
+    defocus_nm: list[float] = [float(d) for d in range(21)]
+    defocus_per_task: int | None = Field(None, description="None: all; k: one per equal-width bin")
+    sampling: Sampling = Sampling()
+    optics: Optics = Optics()
+    dose: float = Field(0.45, gt=0, description="counts per pixel in vacuum per frame")
+
+    def extent_A(self) -> float:
+        from training.structures import A_CEO2
+
+        return self.cell_periods_x * A_CEO2 * np.sqrt(6) / 2
+
+    def pixel_size_A(self) -> float:
+        return self.extent_A() / self.sampling.image_px
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        n_structures=2,
+        particle_classes=[ParticleClass.PtNp3],
+        defect_classes=[DefectClass.D0, DefectClass.D1],
+        cell_periods_x=4,
+        support_trilayers=2,
+        thicknesses_nm=[1.5, 2.0],
+        tilts_deg=[(0.0, 0.0), (2.0, 0.0)],
+        defocus_nm=[0.0, 6.0, 12.0],
+        sampling=Sampling(gpts=128, slice_thickness_A=3.826, n_phonons=2, image_px=96),
+    ),
+    "mini": Preset(
+        name="mini",
+        n_structures=18,
+        particle_classes=[ParticleClass.PtNp1, ParticleClass.PtNp2, ParticleClass.PtNp3],
+        cell_periods_x=6,
+        support_trilayers=4,
+        extra_tilts_per_structure=2,
+        defocus_per_task=5,
+        sampling=Sampling(gpts=400, n_phonons=4, image_px=256),
+    ),
+    "paper": Preset(
+        name="paper",
+        n_structures=24,
+        particle_classes=list(ParticleClass),
+        cell_periods_x=8,
+        support_trilayers=5,
+        sampling=Sampling(gpts=1024, slice_thickness_A=0.478, n_phonons=8, image_px=880),
+    ),
+}
+"""tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. paper: the Appendix
+A.2 grid (24 structures x 4 thicknesses x 9 tilts x 21 defocus, ~18,000 images) at 0.060 A px."""
+
+
+class TaskSpec(BaseModel):
+    key: str
+    structure: StructureParams
+    tilt_deg: tuple[float, float]
+    thicknesses_nm: list[float]
+    defocus_nm: list[float]
+
+
+def plan(preset: Preset) -> list[TaskSpec]:
+    """The full, seeded list of tasks of a preset (independent of what is already done)."""
+    from training.structures import make_params
+
+    tasks: list[TaskSpec] = []
+    n_pc = len(preset.particle_classes)
+    for i in range(preset.n_structures):
+        pc = preset.particle_classes[i % n_pc]
+        dc = preset.defect_classes[(i // n_pc) % len(preset.defect_classes)]
+        params = make_params(i, pc, dc, preset.seed, preset.cell_periods_x, preset.support_trilayers)
+        rng = np.random.default_rng([preset.seed, i, 7])
+        tilts = list(preset.tilts_deg)
+        if preset.extra_tilts_per_structure is not None:
+            others = [t for t in tilts if t != (0.0, 0.0)]
+            pick = rng.choice(
+                len(others), size=min(preset.extra_tilts_per_structure, len(others)), replace=False
+            )
+            tilts = [(0.0, 0.0)] + [others[j] for j in sorted(pick)]
+        for tilt in tilts:
+            defocus = list(preset.defocus_nm)
+            if preset.defocus_per_task is not None and preset.defocus_per_task < len(defocus):
+                bins = np.array_split(np.array(defocus), preset.defocus_per_task)
+                defocus = [float(rng.choice(b)) for b in bins]
+            key = f"{params.structure_id}-tx{tilt[0]:g}-ty{tilt[1]:g}"
+            tasks.append(
+                TaskSpec(
+                    key=key,
+                    structure=params,
+                    tilt_deg=tilt,
+                    thicknesses_nm=list(preset.thicknesses_nm),
+                    defocus_nm=defocus,
+                )
+            )
+    return tasks
+
+
+def run_task(spec_json: str, preset_json: str) -> TaskResult:
+    """Worker side: model, exit waves, every defocus image and its ground truth."""
+    from training import imaging
+    from training.structures import Z_PERIOD, build, support_layers_for
+
+    t0 = time.perf_counter()
+    spec = TaskSpec.model_validate_json(spec_json)
+    preset = Preset.model_validate_json(preset_json)
+    sp = preset.sampling
+    thick_A = [support_layers_for(t) * Z_PERIOD for t in spec.thicknesses_nm]
+    atoms, desc = build(spec.structure, max(thick_A))
+    z_pt_max = float(atoms.positions[atoms.numbers == 78, 2].max())
+    keep = [i for i, t in enumerate(thick_A) if t >= z_pt_max + 0.5]  # the whole particle must be crossed
+    thick_A = [thick_A[i] for i in keep]
+    thick_nm = [spec.thicknesses_nm[i] for i in keep]
+    tilt_mrad = (float(np.deg2rad(spec.tilt_deg[0]) * 1e3), float(np.deg2rad(spec.tilt_deg[1]) * 1e3))
+    seed = int(
+        np.random.default_rng([spec.structure.seed, *np.round(spec.tilt_deg).astype(int)]).integers(2**31)
+    )
+    waves = imaging.exit_waves(atoms, thick_A, sp, tilt_mrad, seed, preset.optics.energy_eV)
+    extent = float(atoms.cell[0, 0])
+    pixel = extent / sp.image_px
+    truths = [
+        imaging.column_truth(
+            atoms.positions, atoms.numbers, t, tilt_mrad, extent, sp.image_px, desc["y_interface_A"]
+        )
+        for t in thick_A
+    ]
+    records: list[ImageRecord] = []
+    for df in spec.defocus_nm:
+        stack = imaging.defocus_images(waves, df, preset.optics)
+        stack = imaging.vibration_blur(stack, extent, preset.optics.vibration_pm / 100.0)
+        images = imaging.to_detector(stack, sp.image_px)
+        for j, (t_nm, truth) in enumerate(zip(thick_nm, truths, strict=True)):
+            contrast = imaging.contrast_classes(images[j], truth["xy"], pixel)
+            meta = {
+                "structure_id": spec.structure.structure_id,
+                "task_key": spec.key,
+                "particle_class": spec.structure.particle_class.value,
+                "defect_class": spec.structure.defect_class.value,
+                "contrast_class": imaging.image_contrast_class(contrast, truth["species"]),
+                "thickness_nm": t_nm,
+                "tilt_x_deg": spec.tilt_deg[0],
+                "tilt_y_deg": spec.tilt_deg[1],
+                "defocus_nm": df,
+                "pixel_size_A": pixel,
+                "dose": preset.dose,
+            }
+            records.append(ImageRecord(clean=images[j], meta=meta, columns={**truth, "contrast": contrast}))
+    desc |= {"tilt_deg": list(spec.tilt_deg), "thicknesses_A": thick_A, "phonon_seed": seed}
+    return TaskResult(key=spec.key, structure=desc, images=records, seconds=time.perf_counter() - t0)
+
+
+def file_attrs(preset: Preset) -> dict[str, Any]:
+    """What must match for a rerun to append to an existing file."""
+    return {
+        "preset": preset.name,
+        "preset_json": preset.model_dump_json(),
+        "pixel_size_A": preset.pixel_size_A(),
+        "dose": preset.dose,
+    }
+
+
+def _client(scheduler: str | None, workers: int) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    if workers == 1:  # in-process (inproc:// transport): nothing listens, a kill stops everything
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+    return Client(cluster)
+
+
+def simulate(
+    preset: Preset,
+    out: Path,
+    scheduler: str | None = None,
+    workers: int = 1,
+    max_tasks: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a preset into ``out``; returns counts and timings."""
+    from distributed import as_completed
+
+    tasks = plan(preset)
+    writer = SimulatedDatasetWriter(out, (preset.sampling.image_px,) * 2, file_attrs(preset))
+    done = writer.done_keys()
+    todo = [t for t in tasks if t.key not in done]
+    if max_tasks is not None:
+        todo = todo[:max_tasks]
+    _log(f"{preset.name}: {len(tasks)} tasks, {len(done)} done, {len(todo)} to run -> {out}")
+    t0 = time.perf_counter()
+    failed: list[str] = []
+    n_new = 0
+    if todo:
+        client = _client(scheduler, workers)
+        preset_json = preset.model_dump_json()
+        n_slots = max(1, 2 * len(client.scheduler_info().get("workers", {}) or [1]))
+        queue = list(todo)
+        futures = as_completed()
+        for _ in range(min(n_slots, len(queue))):
+            spec = queue.pop(0)
+            futures.add(_submit(client, spec, preset_json))
+        bar = _Bar(len(todo), enabled=progress)
+        try:
+            for fut in futures:
+                try:
+                    res: TaskResult = fut.result()
+                    writer.append_task(res)
+                    n_new += len(res.images)
+                    bar.advance(f"{res.key}: {len(res.images)} images, {res.seconds:.1f} s")
+                except Exception as exc:  # one bad task must not stop a long run
+                    failed.append(str(fut.key))
+                    bar.advance(f"FAILED {fut.key}: {exc!r}")
+                if queue:
+                    spec = queue.pop(0)
+                    futures.add(
+                        client.submit(run_task, spec.model_dump_json(), preset_json, key=f"task-{spec.key}")
+                    )
+        finally:
+            bar.close()
+            client.close()
+    total = len(writer)
+    writer.close()
+    summary = {
+        "out": str(out),
+        "tasks_total": len(tasks),
+        "tasks_run": len(todo) - len(failed),
+        "failed": failed,
+        "images_new": n_new,
+        "images_total": total,
+        "seconds": time.perf_counter() - t0,
+    }
+    _log(f"done: {summary}")
+    return summary
+
+
+def _submit(client: Any, spec: TaskSpec, preset_json: str) -> Any:
+    return client.submit(run_task, spec.model_dump_json(), preset_json, key=f"task-{spec.key}")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Bar:
+    """Rich progress bar with ETA on a terminal; one line per task otherwise (log files)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+        self._progress = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("simulating", total=total)
+
+    def advance(self, msg: str) -> None:
+        self.n += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.n * (self.total - self.n)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=msg[:40])
+        else:
+            _log(f"[{self.n}/{self.total}] {msg} | elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def describe(preset: Preset) -> str:
+    """Grid size of a preset, before the particle-depth rule drops thin supports."""
+    tasks = plan(preset)
+    n_img = sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in tasks)
+    return (
+        f"preset {preset.name}: {preset.n_structures} structures, {len(tasks)} exit-wave tasks "
+        f"(structure x tilt), up to {n_img} images of {preset.sampling.image_px}^2 px at "
+        f"{preset.pixel_size_A():.4f} A/px; multislice {preset.sampling.gpts}^2 gpts, "
+        f"{preset.sampling.slice_thickness_A:.3f} A slices, {preset.sampling.n_phonons} phonon configs"
+    )
