@@ -1,0 +1,181 @@
+"""Decompression of DECTRIS payloads: bitshuffle-LZ4 and LZ4, checked before anything is allocated.
+
+DECTRIS frames arrive compressed with the HDF5 filter framing (a 12-byte big-endian header: total
+uncompressed size, block size) or, in stream v1 ``lz4<``, as one raw LZ4 block. The declared size is
+compared with the size the frame header implies *before* decompressing, because a decompressor sizes
+its output from that field and a hostile or corrupt 8-byte number would otherwise allocate exabytes.
+
+Codecs come from maintained libraries, never hand-written: DECTRIS's own ``dectris-compression``
+when it is installed (it has no wheels and takes minutes to compile, so it is optional), otherwise
+the bitshuffle / LZ4 HDF5 filters that ``hdf5plugin`` ships, driven through an in-memory HDF5 file
+(``write_direct_chunk`` + read), and ``lz4.block`` for raw blocks.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.protocol import ProtocolError
+
+HEADER = struct.Struct(">QI")  # HDF5 bitshuffle / lz4 filter framing: total bytes, block bytes
+MAX_BLOCK_BYTES = 1 << 30  # the LZ4 filter's own limit; bitshuffle blocks are ~8 kB
+
+try:  # pragma: no cover - depends on the optional compiled package
+    from dectris.compression import decompress as _dectris_decompress
+except ImportError:  # pragma: no cover
+    _dectris_decompress = None
+
+
+def backends() -> list[str]:
+    """Codec backends usable here, preferred first."""
+    return (["dectris"] if _dectris_decompress is not None else []) + ["hdf5plugin"]
+
+
+def check_framing(blob: memoryview | bytes, expected_nbytes: int, elem_size: int) -> int:
+    """Validate the 12-byte filter header against the frame header; returns the block size in bytes."""
+    if len(blob) < HEADER.size:
+        raise ProtocolError("bad_blob", f"{len(blob)} bytes is shorter than the 12-byte header")
+    total, block = HEADER.unpack_from(blob, 0)
+    if total != expected_nbytes:
+        raise ProtocolError("bad_blob", f"declares {total} bytes, the header implies {expected_nbytes}")
+    if block > MAX_BLOCK_BYTES or (block and block % elem_size):
+        raise ProtocolError("bad_blob", f"block size {block}")
+    return int(block)
+
+
+class _H5Codec:
+    """One in-memory HDF5 dataset per (filter, dtype, length): the chunk goes in raw, comes out decoded.
+
+    h5py serialises all HDF5 calls behind one lock, so a lock here costs nothing and keeps the cache
+    consistent across threads.
+    """
+
+    def __init__(self) -> None:
+        import h5py
+
+        self._f = h5py.File(io.BytesIO(), "w")
+        self._ds: dict[tuple[str, int, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def _dataset(self, algo: str, elem_size: int, n: int) -> Any:
+        key = (algo, elem_size, n)
+        ds = self._ds.get(key)
+        if ds is None:
+            import hdf5plugin
+
+            comp = hdf5plugin.Bitshuffle(cname="lz4") if algo == "bslz4" else hdf5plugin.LZ4()
+            if len(self._ds) > 16:  # frame sizes rarely change; don't grow without bound
+                for k in list(self._ds):
+                    del self._f[f"{k[0]}_{k[1]}_{k[2]}"]
+                self._ds.clear()
+            ds = self._f.create_dataset(
+                f"{algo}_{elem_size}_{n}", shape=(1, n), chunks=(1, n), dtype=f"<u{elem_size}", **comp
+            )
+            self._ds[key] = ds
+        return ds
+
+    def decode(self, blob: bytes | memoryview, algo: str, elem_size: int, nbytes: int) -> np.ndarray:
+        n = nbytes // elem_size
+        out = np.empty((1, n), f"<u{elem_size}")
+        with self._lock:
+            ds = self._dataset(algo, elem_size, n)
+            ds.id.write_direct_chunk((0, 0), bytes(blob))
+            ds.read_direct(out)
+        return out.reshape(-1).view(np.uint8)
+
+
+_h5: _H5Codec | None = None
+_h5_lock = threading.Lock()
+
+
+def _h5codec() -> _H5Codec:
+    global _h5
+    with _h5_lock:
+        if _h5 is None:
+            _h5 = _H5Codec()
+        return _h5
+
+
+def decompress_framed(
+    blob: bytes | memoryview, algo: str, elem_size: int, nbytes: int, backend: str | None = None
+) -> np.ndarray:
+    """bslz4 or lz4 with HDF5 framing -> ``nbytes`` uint8; every failure is a ProtocolError."""
+    if algo not in ("bslz4", "lz4"):
+        raise ProtocolError("bad_encoding", algo)
+    if elem_size not in (1, 2, 4, 8):
+        raise ProtocolError("bad_encoding", f"element size {elem_size}")
+    check_framing(blob, nbytes, elem_size if algo == "bslz4" else 1)
+    backend = backend or backends()[0]
+    try:
+        if backend == "dectris" and _dectris_decompress is not None:
+            out = np.frombuffer(_dectris_decompress(blob, algo, elem_size=elem_size), np.uint8)
+        elif backend in ("dectris", "hdf5plugin"):
+            # the HDF5 lz4 filter does not care about the element size; bitshuffle needs it exact
+            out = _h5codec().decode(blob, algo, elem_size if algo == "bslz4" else 1, nbytes)
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
+    except ProtocolError:
+        raise
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:  # h5py reports filter errors as OSError
+        raise ProtocolError("decompress_failed", str(exc)[:80]) from exc
+    if out.nbytes != nbytes:
+        raise ProtocolError("decompress_failed", f"got {out.nbytes} bytes, expected {nbytes}")
+    return out
+
+
+def decompress_lz4_block(blob: bytes | memoryview, nbytes: int) -> np.ndarray:
+    """Raw LZ4 block (stream v1 ``lz4<``): the output size comes from the frame header, not the peer."""
+    import lz4.block
+
+    try:
+        raw = lz4.block.decompress(bytes(blob), uncompressed_size=nbytes)
+    except (lz4.block.LZ4BlockError, ValueError) as exc:
+        raise ProtocolError("decompress_failed", str(exc)[:80]) from exc
+    if len(raw) != nbytes:
+        raise ProtocolError("decompress_failed", f"got {len(raw)} bytes, expected {nbytes}")
+    return np.frombuffer(raw, np.uint8)
+
+
+# --- compression: for emulators, tests and benchmarks (the detector compresses in production) -------
+
+
+def compress_framed(array: np.ndarray, algo: str = "bslz4") -> bytes:
+    """Compress one frame exactly as the HDF5 filter (and so a DECTRIS detector) frames it."""
+    import h5py
+    import hdf5plugin
+
+    arr = np.ascontiguousarray(array)
+    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    flat = arr.reshape(1, -1)
+    if algo == "lz4":
+        flat = flat.view(np.uint8)
+    comp = hdf5plugin.Bitshuffle(cname="lz4") if algo == "bslz4" else hdf5plugin.LZ4()
+    with h5py.File(io.BytesIO(), "w") as f:
+        ds = f.create_dataset("x", data=flat, chunks=flat.shape, **comp)
+        _mask, chunk = ds.id.read_direct_chunk((0, 0))
+    return bytes(chunk)
+
+
+def compress_lz4_block(array: np.ndarray) -> bytes:
+    import lz4.block
+
+    arr = np.ascontiguousarray(array)
+    return lz4.block.compress(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(), store_size=False)
+
+
+def append_chunk(dset: Any, chunk: bytes | memoryview) -> int:
+    """Append one frame to a (N, H, W) dataset chunked (1, H, W) with the bitshuffle-LZ4 filter,
+    storing the detector's chunk as it came: no decompress / recompress (see docs/dectris.md).
+
+    Only valid when the dataset's filter pipeline is exactly HDF5 bitshuffle + LZ4 (``hdf5plugin.
+    Bitshuffle(cname="lz4")``) and its dtype has the chunk's element size; the caller checks that.
+    """
+    i = int(dset.shape[0])
+    dset.resize(i + 1, axis=0)
+    dset.id.write_direct_chunk((i, 0, 0), bytes(chunk))
+    return i

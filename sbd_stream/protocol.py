@@ -1,0 +1,324 @@
+"""Wire format v1: pure encoding and decoding of frame messages (no sockets here).
+
+A message is three ZeroMQ parts: ``[topic, header, payload]``. The header is UTF-8 JSON; the payload
+is the raw C-ordered pixel buffer. Series start / end messages carry an empty payload. Everything a
+peer sends is checked (sizes, types, limits, payload length) *before* any array is allocated, because
+the ingest runs unattended next to a microscope and a bad bridge must never take it down. See
+docs/wire-format.md for the language-neutral description.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+
+TOPIC_FRAME = b"frame"
+TOPIC_DENOISED = b"denoised"
+TOPIC_LLR = b"llr"
+TOPIC_SERIES_START = b"series_start"
+TOPIC_SERIES_END = b"series_end"
+
+FRAME_TOPICS = frozenset({TOPIC_FRAME, TOPIC_DENOISED, TOPIC_LLR})
+SERIES_TOPICS = frozenset({TOPIC_SERIES_START, TOPIC_SERIES_END})
+ALL_TOPICS = FRAME_TOPICS | SERIES_TOPICS
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_SIDE = 16384
+DEFAULT_MAX_PAYLOAD = 3838 * 3710 * 4
+MAX_ACQ_LEN = 256
+MAX_SEQ = 2**63 - 1
+
+DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("<u1"),
+    "uint16": np.dtype("<u2"),
+    "uint32": np.dtype("<u4"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+}
+
+_FRAME_KEYS = {"v", "acq", "seq", "ts", "shape", "dtype", "exposure_s", "meta", "engine", "columns"}
+_SERIES_KEYS = {"v", "acq", "ts", "meta", "n_frames", "shape", "dtype", "exposure_s"}
+
+
+class ProtocolError(ValueError):
+    """A message that violates wire format v1; ``reason`` is a short stable label for metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Validated header of a frame-carrying message (``frame``, ``denoised``, ``llr``)."""
+
+    acq: str
+    seq: int
+    ts: float
+    shape: tuple[int, int]
+    dtype: str
+    exposure_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    engine: str | None = None
+    columns: list[list[float]] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * DTYPES[self.dtype].itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": VERSION,
+            "acq": self.acq,
+            "seq": self.seq,
+            "ts": self.ts,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "exposure_s": self.exposure_s,
+            "meta": self.meta,
+        }
+        if self.engine is not None:
+            d["engine"] = self.engine
+        if self.columns is not None:
+            d["columns"] = self.columns
+        return d
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """Header of a ``series_start`` / ``series_end`` message."""
+
+    acq: str
+    ts: float
+    meta: dict[str, Any] = field(default_factory=dict)
+    n_frames: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"v": VERSION, "acq": self.acq, "ts": self.ts, "meta": self.meta}
+        if self.n_frames is not None:
+            d["n_frames"] = self.n_frames
+        return d
+
+
+@dataclass(frozen=True)
+class FrameMessage:
+    """A decoded frame: header plus a read-only array that views the received buffer (no copy)."""
+
+    topic: bytes
+    header: FrameHeader
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class SeriesMessage:
+    topic: bytes
+    header: SeriesHeader
+
+
+Message = FrameMessage | SeriesMessage
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encode_frame(
+    array: np.ndarray,
+    acq: str,
+    seq: int,
+    ts: float,
+    *,
+    topic: bytes = TOPIC_FRAME,
+    exposure_s: float = 0.0,
+    meta: dict[str, Any] | None = None,
+    engine: str | None = None,
+    columns: list[list[float]] | None = None,
+) -> list[bytes | memoryview]:
+    """Build the three parts of a frame message; the payload is a view of ``array`` when possible."""
+    if topic not in FRAME_TOPICS:
+        raise ValueError(f"not a frame topic: {topic!r}")
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise ValueError(f"frames are 2-D, got shape {arr.shape}")
+    name = _dtype_name(arr.dtype)
+    arr = np.ascontiguousarray(arr, dtype=DTYPES[name])
+    header = FrameHeader(
+        acq=acq,
+        seq=int(seq),
+        ts=float(ts),
+        shape=(int(arr.shape[0]), int(arr.shape[1])),
+        dtype=name,
+        exposure_s=float(exposure_s),
+        meta=dict(meta or {}),
+        engine=engine,
+        columns=columns,
+    )
+    _check_frame_header(header, DEFAULT_MAX_PAYLOAD * 2)
+    hdr = _dumps(header.to_json())
+    if len(hdr) > MAX_HEADER_BYTES:
+        raise ValueError(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
+    return [topic, hdr, memoryview(arr).cast("B")]
+
+
+def encode_series(
+    topic: bytes, acq: str, ts: float, meta: dict[str, Any] | None = None, n_frames: int | None = None
+) -> list[bytes]:
+    if topic not in SERIES_TOPICS:
+        raise ValueError(f"not a series topic: {topic!r}")
+    header = SeriesHeader(acq=acq, ts=float(ts), meta=dict(meta or {}), n_frames=n_frames)
+    hdr = _dumps(header.to_json())
+    if len(hdr) > MAX_HEADER_BYTES:
+        raise ValueError(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
+    return [topic, hdr, b""]
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    dt = np.dtype(dt)
+    for name, d in DTYPES.items():
+        if dt.kind == d.kind and dt.itemsize == d.itemsize:
+            return name
+    raise ValueError(f"dtype {dt} is not in wire format v1 ({', '.join(DTYPES)})")
+
+
+def _as_buffer(part: Any) -> memoryview:
+    """Accept bytes, memoryview or a zmq.Frame (``.buffer``) without copying."""
+    buf = getattr(part, "buffer", part)
+    try:
+        mv = memoryview(buf)
+    except TypeError as exc:
+        raise ProtocolError("bad_part", type(part).__name__) from exc
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return (isinstance(x, int | float) and not isinstance(x, bool)) and math.isfinite(x)
+
+
+def _check_acq(acq: Any) -> str:
+    if not isinstance(acq, str) or not (1 <= len(acq) <= MAX_ACQ_LEN) or not acq.isprintable():
+        raise ProtocolError("bad_acq", repr(acq)[:80])
+    return acq
+
+
+def _check_frame_header(h: FrameHeader, max_payload: int) -> None:
+    _check_acq(h.acq)
+    if not (0 <= h.seq <= MAX_SEQ):
+        raise ProtocolError("bad_seq", str(h.seq))
+    if h.dtype not in DTYPES:
+        raise ProtocolError("bad_dtype", h.dtype)
+    if len(h.shape) != 2 or not all(1 <= s <= MAX_SIDE for s in h.shape):
+        raise ProtocolError("bad_shape", str(h.shape))
+    if h.nbytes > max_payload:
+        raise ProtocolError("too_large", f"{h.nbytes} > {max_payload}")
+
+
+def _parse_header(part: Any) -> dict[str, Any]:
+    mv = _as_buffer(part)
+    if len(mv) > MAX_HEADER_BYTES:
+        raise ProtocolError("header_too_large", str(len(mv)))
+    try:
+        obj = json.loads(bytes(mv).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError("bad_json", str(exc)[:80]) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "header is not an object")
+    if obj.get("v") != VERSION or not _is_int(obj.get("v")):
+        raise ProtocolError("bad_version", repr(obj.get("v"))[:40])
+    return obj
+
+
+def decode(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
+    """Validate and decode one multipart message; raise ProtocolError on anything wrong.
+
+    The returned frame array is a read-only view of the payload buffer: no copy is made, so the
+    caller keeps the zmq.Frame alive as long as the array (numpy holds a reference through the view).
+    """
+    if len(parts) != 3:
+        raise ProtocolError("bad_parts", f"{len(parts)} parts")
+    topic = bytes(_as_buffer(parts[0]))
+    if topic not in ALL_TOPICS:
+        raise ProtocolError("bad_topic", repr(topic[:40]))
+    obj = _parse_header(parts[1])
+    payload = _as_buffer(parts[2])
+    if topic in SERIES_TOPICS:
+        return SeriesMessage(topic, _series_header(obj, payload))
+    header = _frame_header(obj, max_payload)
+    if len(payload) != header.nbytes:
+        raise ProtocolError("bad_length", f"payload {len(payload)} != {header.nbytes}")
+    data = np.frombuffer(payload, dtype=DTYPES[header.dtype]).reshape(header.shape)
+    data.flags.writeable = False  # shared with the receive buffer and with every consumer
+    return FrameMessage(topic, header, data)
+
+
+def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
+    unknown = set(obj) - _SERIES_KEYS
+    if unknown:
+        raise ProtocolError("unknown_field", ",".join(sorted(unknown))[:80])
+    if len(payload) != 0:
+        raise ProtocolError("bad_length", "series messages carry no payload")
+    ts = obj.get("ts", 0.0)
+    meta = obj.get("meta", {})
+    n = obj.get("n_frames")
+    if not _is_num(ts):
+        raise ProtocolError("bad_ts", repr(ts)[:40])
+    if not isinstance(meta, dict):
+        raise ProtocolError("bad_meta", type(meta).__name__)
+    if n is not None and not (_is_int(n) and n >= 0):
+        raise ProtocolError("bad_n_frames", repr(n)[:40])
+    return SeriesHeader(acq=_check_acq(obj.get("acq")), ts=float(ts), meta=meta, n_frames=n)
+
+
+def _frame_header(obj: dict[str, Any], max_payload: int) -> FrameHeader:
+    unknown = set(obj) - _FRAME_KEYS
+    if unknown:
+        raise ProtocolError("unknown_field", ",".join(sorted(unknown))[:80])
+    acq = _check_acq(obj.get("acq"))
+    seq = obj.get("seq")
+    if not _is_int(seq) or not (0 <= seq <= MAX_SEQ):
+        raise ProtocolError("bad_seq", repr(seq)[:40])
+    ts = obj.get("ts")
+    if not _is_num(ts):
+        raise ProtocolError("bad_ts", repr(ts)[:40])
+    shape = obj.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
+        raise ProtocolError("bad_shape", repr(shape)[:40])
+    dtype = obj.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError("bad_dtype", repr(dtype)[:40])
+    exposure = obj.get("exposure_s", 0.0)
+    if not _is_num(exposure) or exposure < 0:
+        raise ProtocolError("bad_exposure", repr(exposure)[:40])
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ProtocolError("bad_meta", type(meta).__name__)
+    engine = obj.get("engine")
+    if engine is not None and not isinstance(engine, str):
+        raise ProtocolError("bad_engine", repr(engine)[:40])
+    columns = obj.get("columns")
+    if columns is not None and not isinstance(columns, list):
+        raise ProtocolError("bad_columns", type(columns).__name__)
+    header = FrameHeader(
+        acq=acq,
+        seq=seq,
+        ts=float(ts),
+        shape=(shape[0], shape[1]),
+        dtype=dtype,
+        exposure_s=float(exposure),
+        meta=meta,
+        engine=engine,
+        columns=columns,
+    )
+    _check_frame_header(header, max_payload)
+    return header

@@ -1,0 +1,286 @@
+"""HDF5 recorder: one SWMR file per acquisition, rolled at a size limit, every frame flushed.
+
+Layout (format ``sbd-recording/1``, see docs/service.md): groups ``raw``, ``denoised``, ``llr``, each
+with ``frames`` (N,H,W) chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64
+and ``complete`` uint8. ``complete`` is resized and set last, after the frame is written, so a live
+reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. All objects are created
+before SWMR mode is switched on, as SWMR requires. A disk error is counted and ends recording of that
+acquisition; the service keeps running.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader of a recording
+import numpy as np
+
+from sbd_stream.config import RecordSettings
+from sbd_stream.ingest import FrameQueue
+from sbd_stream.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sbd-recording/1"
+KINDS = ("raw", "denoised", "llr")
+
+
+@dataclass
+class RecordItem:
+    """One thing to write: a frame of some kind, or a series boundary (``data`` None)."""
+
+    kind: str  # raw | denoised | llr | series_start | series_end
+    acq: str
+    seq: int = 0
+    ts: float = 0.0
+    data: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _compression(name: str) -> dict[str, Any]:
+    if name == "bitshuffle-lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1}
+    return {}
+
+
+def _safe_name(acq: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120] or "acq"
+
+
+def open_recording(path: str | os.PathLike) -> h5py.File:
+    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both)."""
+    return h5py.File(path, "r", libver="latest", swmr=True)
+
+
+class _AcqFile:
+    """The open file of one acquisition and its append positions."""
+
+    def __init__(
+        self, path: Path, shape: tuple[int, int], raw_dtype: np.dtype, s: RecordSettings, attrs: dict
+    ) -> None:
+        self.path = path
+        self.shape = shape
+        self.raw_dtype = np.dtype(raw_dtype)
+        self.f = h5py.File(path, "w", libver="latest")
+        comp = _compression(s.compression)
+        kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
+        self.n: dict[str, int] = {}
+        for kind in kinds:
+            g = self.f.create_group(kind)
+            dt = raw_dtype if kind == "raw" else np.float32
+            g.create_dataset(
+                "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dt, **comp
+            )
+            for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
+                g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
+            self.n[kind] = 0
+        for k, v in attrs.items():
+            self.f.attrs[k] = v
+        self.f.swmr_mode = True
+        self.since_flush = 0
+
+    def append(self, kind: str, seq: int, ts: float, data: np.ndarray) -> None:
+        g = self.f[kind]
+        i = self.n[kind]
+        fr = g["frames"]
+        fr.resize(i + 1, axis=0)
+        fr[i] = data
+        for name, val in (("seq", seq), ("ts", ts)):
+            g[name].resize(i + 1, axis=0)
+            g[name][i] = val
+        g["complete"].resize(i + 1, axis=0)
+        g["complete"][i] = 1
+        self.n[kind] = i + 1
+        self.since_flush += 1
+
+    def flush(self) -> None:
+        self.f.flush()
+        self.since_flush = 0
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            log.warning("closing %s failed", self.path, exc_info=True)
+
+
+class Recorder:
+    """Consumes RecordItems on its own thread; owns every open file."""
+
+    def __init__(
+        self,
+        settings: RecordSettings,
+        metrics: Metrics,
+        card: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
+        queue_frames: int = 512,
+        queue_bytes: int = 2 * 1024**3,
+    ) -> None:
+        self.s, self.metrics = settings, metrics
+        self.card = card or {}
+        self.run_config = run_config or {}
+        self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes)
+        self.files: dict[str, _AcqFile] = {}
+        self.paths: dict[str, list[Path]] = {}
+        self.failed: set[str] = set()
+        self.series_meta: dict[str, dict] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.directory = Path(settings.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    # --- producer side (never blocks) -------------------------------------------------------------
+    def submit(self, item: RecordItem) -> bool:
+        nbytes = 0 if item.data is None else int(item.data.nbytes)
+        ok = self.queue.put(item, nbytes)
+        self.metrics.queue_depth.labels(queue="record").set(len(self.queue))
+        if not ok:
+            self.metrics.record_dropped.inc()
+            log.error("recorder queue full: %s frame %s of %s NOT recorded", item.kind, item.seq, item.acq)
+        return ok
+
+    # --- consumer side ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sbd-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then close every file."""
+        self.queue.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get(timeout=0.2)
+                if item is None:
+                    if self.queue.closed:
+                        break
+                    continue
+                self.metrics.queue_depth.labels(queue="record").set(len(self.queue))
+                self.write(item)  # type: ignore[arg-type]
+        finally:
+            self.close_all()
+
+    def write(self, item: RecordItem) -> None:
+        """Write one item synchronously (the thread's body; also usable without a thread)."""
+        if item.kind == "series_start":
+            self.close(item.acq)
+            self.failed.discard(item.acq)
+            self.series_meta[item.acq] = item.meta
+            return
+        if item.kind == "series_end":
+            self.close(item.acq)
+            return
+        if item.data is None or item.kind not in KINDS:
+            return
+        if item.acq in self.failed:
+            self.metrics.record_dropped.inc()
+            return
+        t0 = time.perf_counter()
+        try:
+            self._check_space(item.data.nbytes)
+            af = self._file_for(item)
+            if af is None or item.kind not in af.n:
+                return
+            af.append(item.kind, item.seq, item.ts, item.data)
+            if af.since_flush >= self.s.flush_every:
+                af.flush()
+                if os.path.getsize(af.path) >= self.s.max_file_bytes:
+                    self._roll(item.acq)
+        except (OSError, RuntimeError, ValueError) as exc:  # h5py reports write failures as all three
+            self._fail(item.acq, exc)
+            return
+        self.metrics.frames_recorded.labels(kind=item.kind).inc()
+        self.metrics.stage_latency.labels(stage="record").observe(time.perf_counter() - t0)
+
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse before writing when the disk is nearly full.
+
+        HDF5 does not reliably report ENOSPC at the write call (the chunk cache and metadata cache
+        defer the failing writes, whose errors then surface at close or not at all), so the free
+        space is checked up front: one statvfs per frame.
+        """
+        st = os.statvfs(self.directory)
+        free = st.f_bavail * st.f_frsize
+        need = max(self.s.min_free_bytes, 4 * nbytes)
+        if free < need:
+            raise OSError(errno.ENOSPC, f"only {free} bytes free in {self.directory}, need {need}")
+
+    def _file_for(self, item: RecordItem) -> _AcqFile | None:
+        af = self.files.get(item.acq)
+        if af is not None:
+            return af
+        if item.kind != "raw":
+            return None  # outputs of an acquisition whose raw file is closed or never opened
+        assert item.data is not None
+        return self._open(item.acq, tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
+
+    def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> _AcqFile:
+        paths = self.paths.setdefault(acq, [])
+        stem = _safe_name(acq)
+        name = f"{stem}.h5" if not paths else f"{stem}_{len(paths):04d}.h5"
+        path = self.directory / name
+        if not paths and path.exists():  # never overwrite an earlier recording
+            path = self.directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.h5"
+        attrs = {
+            "format": FORMAT,
+            "acq": acq,
+            "part": len(paths),
+            "created": time.time(),
+            "engine_card": json.dumps(self.card, default=str),
+            "run_config": json.dumps(self.run_config, default=str),
+            "series_meta": json.dumps(self.series_meta.get(acq, {}), default=str),
+        }
+        af = _AcqFile(path, shape, dtype, self.s, attrs)
+        paths.append(path)
+        self.files[acq] = af
+        log.info("recording %s to %s", acq, path)
+        return af
+
+    def _roll(self, acq: str) -> None:
+        af = self.files.pop(acq)
+        af.close()
+        self._open(acq, af.shape, af.raw_dtype)
+
+    def _fail(self, acq: str, exc: Exception) -> None:
+        no_space = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        text = str(exc).lower()
+        no_space = no_space or "no space" in text or "errno = 28" in text or "file too large" in text
+        kind = "disk_full" if no_space else "io"
+        self.metrics.record_errors.labels(kind=kind).inc()
+        self.metrics.record_dropped.inc()
+        log.error("recording of %s stopped (%s): %s", acq, kind, exc)
+        self.failed.add(acq)
+        af = self.files.pop(acq, None)
+        if af is not None:
+            af.close()
+
+    def close(self, acq: str) -> None:
+        af = self.files.pop(acq, None)
+        if af is not None:
+            try:
+                af.flush()
+            except (OSError, RuntimeError, ValueError) as exc:
+                self._fail(acq, exc)
+                return
+            af.close()
+
+    def close_all(self) -> None:
+        for acq in list(self.files):
+            self.close(acq)

@@ -1,0 +1,179 @@
+"""Optional ZeroMQ CURVE security for the input and output sockets (off by default).
+
+Why: on loopback nothing is needed, but a facility often wants remote viewers or analysis nodes to
+subscribe to the denoised stream across a shared network. CURVE gives encryption plus, with an
+authenticator, a list of allowed client keys, so "who may watch this microscope" is a set of files.
+
+Conventions (ZeroMQ's, from ``zmq.auth``): key pairs are ``NAME.key_secret`` (public + secret, keep
+private) and ``NAME.key`` (public only, hand it out). The side that binds is the CURVE *server*, the
+side that connects is the *client*; a client must know the server's public key. A server with an
+``authorized_keys_dir`` only accepts clients whose ``*.key`` file is in that directory (and itself, so
+the in-process viewer can subscribe with the service's own pair); without one it accepts any client
+that knows the server key (encrypted, but not access-controlled).
+
+This module is a leaf (pydantic + pyzmq only) so config.py may import ``CurveSettings``.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from zmq.auth.thread import ThreadAuthenticator
+
+
+class CurveRole(enum.StrEnum):
+    auto = "auto"  # server when the socket binds, client when it connects
+    server = "server"
+    client = "client"
+
+
+class CurveSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="encrypt and authenticate this socket with CURVE")
+    role: CurveRole = CurveRole.auto
+    secret_key_file: Path | None = Field(None, description="this side's NAME.key_secret (zmq.auth format)")
+    server_public_key_file: Path | None = Field(None, description="client role: the server's NAME.key")
+    authorized_keys_dir: Path | None = Field(
+        None, description="server role: accept only clients whose NAME.key is here (None: any client)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CurveSettings:
+        if self.enabled and self.secret_key_file is None:
+            raise ValueError("curve.enabled needs curve.secret_key_file")
+        return self
+
+
+class CurveError(RuntimeError):
+    """Keys missing or unusable; raised at start-up, never while streaming."""
+
+
+def curve_available() -> bool:
+    return bool(zmq.has("curve"))
+
+
+def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """Create ``name.key`` and ``name.key_secret`` in ``directory`` (0600 on the secret)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+def load_keypair(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a ``.key_secret`` file."""
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"cannot read key pair {path}: {exc}") from exc
+    if not public or not secret:
+        raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
+    return public, secret
+
+
+def load_public_key(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"cannot read public key {path}: {exc}") from exc
+    if not public:
+        raise CurveError(f"{path} holds no public key")
+    return public
+
+
+class _KeyPolicy:
+    """ZAP credentials callback for one domain: any client, or only the listed public keys."""
+
+    def __init__(self, allowed: set[bytes] | None) -> None:
+        self.allowed = allowed
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return self.allowed is None or key in self.allowed
+
+
+_auth_lock = threading.Lock()
+_authenticators: dict[int, ThreadAuthenticator] = {}
+
+
+def authenticator(ctx: zmq.Context) -> ThreadAuthenticator:
+    """The one ZAP handler of ``ctx`` (libzmq allows one per context), started on first use."""
+    with _auth_lock:
+        auth = _authenticators.get(id(ctx))
+        if auth is None or auth.thread is None or not auth.thread.is_alive():
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            _authenticators[id(ctx)] = auth
+        return auth
+
+
+def stop_authenticator(ctx: zmq.Context) -> None:
+    with _auth_lock:
+        auth = _authenticators.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
+
+
+def _authorized_keys(directory: Path) -> set[bytes]:
+    if not directory.is_dir():
+        raise CurveError(f"authorized_keys_dir {directory} is not a directory")
+    keys = {load_public_key(p) for p in sorted(directory.glob("*.key"))}
+    if not keys:
+        raise CurveError(f"no *.key files in {directory}: nobody could connect")
+    return keys
+
+
+def apply_curve(sock: zmq.Socket, settings: CurveSettings, binds: bool, domain: str) -> CurveRole | None:
+    """Configure CURVE on ``sock`` BEFORE it binds or connects; returns the role used (None: off).
+
+    ``domain`` names the ZAP domain of a server socket, so the input and the output of one service
+    can have different allowed-client lists behind the single authenticator of their context.
+    """
+    if not settings.enabled:
+        return None
+    if not curve_available():
+        raise CurveError("this libzmq was built without CURVE support")
+    assert settings.secret_key_file is not None
+    public, secret = load_keypair(settings.secret_key_file)
+    role = settings.role
+    if role is CurveRole.auto:
+        role = CurveRole.server if binds else CurveRole.client
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    if role is CurveRole.server:
+        keys_dir = settings.authorized_keys_dir
+        # our own key is always allowed: the in-process viewer subscribes with the service's key pair
+        allowed = None if keys_dir is None else _authorized_keys(keys_dir) | {public}
+        auth = authenticator(sock.context)
+        auth.configure_curve_callback(domain=domain, credentials_provider=_KeyPolicy(allowed))
+        sock.zap_domain = domain.encode()
+        sock.curve_server = True
+    else:
+        if settings.server_public_key_file is None:
+            raise CurveError("a CURVE client needs server_public_key_file (the server's NAME.key)")
+        sock.curve_serverkey = load_public_key(settings.server_public_key_file)
+    return role
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sbd_stream.security keygen DIR NAME``: write NAME.key and NAME.key_secret in DIR."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m sbd_stream.security", description=main.__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("keygen", help="create a CURVE key pair (zmq.auth format)")
+    k.add_argument("directory", type=Path)
+    k.add_argument("name")
+    args = p.parse_args(argv)
+    public, secret = generate_keypair(args.directory, args.name)
+    print(f"public key (hand out): {public}\nsecret key (keep private, mode 0600): {secret}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Splits, augmentation, metrics and baselines of the training package (fast, no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sbd_stream.normalisation import Normalisation
+from training.augment import AugmentSpec, affine_params, draw_batch, sample_patches
+from training.baselines import adaptive_wiener, anscombe, inverse_anscombe, low_pass, raw, vst_bm3d, vst_nlm
+from training.metrics import (
+    Counts,
+    DetectionSpec,
+    detect_atoms,
+    detection_scores,
+    match_detections,
+    psnr,
+    ssim,
+)
+from training.splits import SplitSpec, split_indices, split_structures
+from training.synthetic_data import _image
+
+# --- splits ----------------------------------------------------------------------------------------------
+
+
+def test_split_by_structure_has_no_leaks_and_covers_everything() -> None:
+    ids = np.repeat([f"s{i:03d}" for i in range(18)], 7)
+    parts = split_indices(ids, SplitSpec(val_fraction=0.15, test_fraction=0.15, seed=3))
+    seen = {k: set(ids[v]) for k, v in parts.items()}
+    assert (
+        not seen["train"] & seen["val"]
+        and not seen["train"] & seen["test"]
+        and not seen["val"] & seen["test"]
+    )
+    assert sorted(np.concatenate(list(parts.values()))) == list(range(len(ids)))
+    assert len(seen["val"]) == 3 and len(seen["test"]) == 3
+
+
+def test_split_is_deterministic_and_seed_dependent() -> None:
+    ids = np.array([f"s{i}" for i in range(12)])
+    a = split_structures(ids, SplitSpec(seed=1))
+    assert a == split_structures(ids[::-1], SplitSpec(seed=1))
+    assert any(split_structures(ids, SplitSpec(seed=s))["test"] != a["test"] for s in range(2, 8))
+
+
+def test_split_refuses_too_few_structures() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        split_structures(np.array(["a", "a", "b"]))
+
+
+# --- augmentation ----------------------------------------------------------------------------------------
+
+
+def test_identity_warp_is_the_central_crop_and_a_flip_flips_it() -> None:
+    img = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 64, 64)
+    eye = np.eye(2)[None]
+    patch = sample_patches(img, eye, np.zeros((1, 2)), 32)[0, 0]
+    torch.testing.assert_close(patch, img[0, 16:48, 16:48])
+    flipped = sample_patches(img, np.diag([-1.0, 1.0])[None], np.zeros((1, 2)), 32)[0, 0]
+    torch.testing.assert_close(flipped, img[0, 16:48, 16:48].flip(1))
+    shifted = sample_patches(img, eye, np.array([[5.0, -3.0]]), 32)[0, 0]  # centres are (x, y)
+    torch.testing.assert_close(shifted, img[0, 13:45, 21:53])
+
+
+def test_augmented_windows_stay_inside_the_image_when_they_fit() -> None:
+    spec = AugmentSpec(patch=96, rescale_prob=1.0)
+    mats, centres = affine_params(np.random.default_rng(0), 200, spec, 256, 256)
+    half = 0.5 * spec.patch * np.abs(mats).sum(axis=2)
+    assert np.all(np.abs(centres) + half <= 128)
+    scales = 1 / np.sqrt(np.abs(np.linalg.det(mats)))
+    assert scales.min() >= 0.75 - 1e-9 and scales.max() <= 0.82 + 1e-9
+    angles = np.degrees(np.arctan2(np.abs(mats[:, 1, 0]), np.abs(mats[:, 0, 0])))
+    assert angles.max() <= 45 + 1e-6 and angles.max() > 30
+
+
+def test_batches_have_fresh_unbiased_poisson_noise() -> None:
+    clean = torch.full((4, 64, 64), 2.0)
+    spec = AugmentSpec(patch=32)
+    norm = Normalisation(dose=0.45)
+    x1, y1 = draw_batch(clean, np.random.default_rng(1), spec, 0.45, norm)
+    x2, _ = draw_batch(clean, np.random.default_rng(2), spec, 0.45, norm)
+    assert x1.shape == y1.shape == (4, 1, 32, 32)
+    torch.testing.assert_close(y1, torch.full_like(y1, 2.0))
+    assert not torch.equal(x1, x2)
+    counts = x1 * 0.45
+    assert torch.equal(counts.round(), counts.round().clamp_min(0)) and torch.allclose(
+        counts, counts.round(), atol=1e-5
+    )
+    many = torch.cat([draw_batch(clean, np.random.default_rng(s), spec, 0.45, norm)[0] for s in range(20)])
+    assert abs(float(many.mean()) - 2.0) < 0.05
+    assert abs(float(many.var()) - 2.0 / 0.45) < 0.3  # Var(counts / dose) = clean / dose
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+
+def test_psnr_and_ssim_reference_values() -> None:
+    clean = np.zeros((32, 32))
+    clean[0, 0] = 2.0
+    est = clean + 0.1
+    assert psnr(clean, est) == pytest.approx(10 * np.log10(4 / 0.01))
+    assert ssim(clean, clean) == pytest.approx(1.0)
+
+
+def test_counts_reproduce_the_papers_figure_5_3_numbers() -> None:
+    # 15 true atoms, one missed and one spurious: 14 / 15 everywhere, Jaccard 14 / 16
+    s = Counts(tp=14, detected=15, truth=15).scores()
+    assert s["precision"] == pytest.approx(14 / 15) and s["recall"] == pytest.approx(14 / 15)
+    assert s["f1"] == pytest.approx(14 / 15) and s["jaccard"] == pytest.approx(0.875)
+
+
+@pytest.fixture(scope="module")
+def blob_image() -> tuple[np.ndarray, dict[str, np.ndarray], DetectionSpec]:
+    img, cols = _image(np.random.default_rng(5), 96, spacing=2.4 / 0.155 * 0.6, white=True, sigma=2.0)
+    return img, cols, DetectionSpec(pixel_size_A=0.155, threshold=0.02)
+
+
+def test_detector_finds_every_column_of_a_clean_image(blob_image) -> None:
+    img, cols, spec = blob_image
+    scores = detection_scores(img, cols, spec)
+    assert scores["surface"]["truth"] > 3 and scores["bulk"]["truth"] > 0
+    assert scores["surface"]["f1"] == 1.0 and scores["bulk"]["f1"] == 1.0
+    dark = detection_scores(2 - img, {**cols, "contrast": np.zeros_like(cols["contrast"])}, spec)
+    assert dark["surface"]["f1"] == 1.0
+
+
+def test_spurious_and_missing_atoms_are_charged_to_the_surface(blob_image) -> None:
+    img, cols, spec = blob_image
+    det = detect_atoms(img, 2, spec)
+    surf_xy = cols["xy"][cols["is_surface"] & (cols["species"] == 78)]
+    top = surf_xy[np.argmin(surf_xy[:, 0])]
+    extra = np.vstack([det, top + np.array([-9.0, 0.0])])  # an atom in the vacuum above the particle
+    c = match_detections(extra, cols, 2, spec, img.shape)
+    assert c["surface"].detected == c["surface"].truth + 1 and c["surface"].tp == c["surface"].truth
+    keep = np.linalg.norm(det - top, axis=1) > 3
+    c = match_detections(det[keep], cols, 2, spec, img.shape)
+    assert c["surface"].tp == c["surface"].truth - 1
+    moved = det.copy()
+    moved[~keep] -= np.array([9.0, 0.0])  # the top atom reported 9 px (1.4 A) too high: a miss and a spurious
+    c = match_detections(moved, cols, 2, spec, img.shape)
+    assert c["surface"].tp == c["surface"].truth - 1 and c["surface"].detected == c["surface"].truth
+
+
+# --- baselines -------------------------------------------------------------------------------------------
+
+
+def test_inverse_anscombe_is_unbiased_at_low_counts() -> None:
+    rng = np.random.default_rng(0)
+    for lam in (0.1, 0.45, 2.0, 20.0):
+        c = rng.poisson(lam, 200_000)
+        assert inverse_anscombe(np.mean(anscombe(c))) == pytest.approx(lam, rel=0.03)
+
+
+def test_every_classical_baseline_beats_the_raw_frame(blob_image) -> None:
+    img, _, _ = blob_image
+    img = img[:64, :64]
+    counts = np.random.default_rng(1).poisson(img * 0.45).astype(np.float32)
+    base = psnr(img, raw(counts, 0.45))
+    for f in (low_pass, adaptive_wiener, vst_nlm, vst_bm3d):
+        est = f(counts, 0.45)
+        assert est.shape == img.shape
+        assert psnr(img, est) > base + 5, f.__name__
