@@ -84,6 +84,8 @@ def test_card_records_architecture_fov_and_checksums(tiny_engine_dir: Path) -> N
     assert card["architecture"] == "unet" and card["scales"] == 2
     assert card["field_of_view"] == 53
     assert set(card["checksums"]) == {"model.pt", "model.onnx"}
+    # every file the engines read is covered by a checksum: no external ONNX weight files
+    assert sorted(p.name for p in tiny_engine_dir.iterdir()) == ["card.json", "model.onnx", "model.pt"]
     assert card["normalisation"]["dose"] == pytest.approx(0.45)
 
 

@@ -65,6 +65,8 @@ def export_onnx(
             opset_version=opset,
             optimize=True,
             verbose=False,
+            # weights inside model.onnx: one file, covered by the card's checksum (no .onnx.data)
+            external_data=False,
         )
     if check and precision == "fp32":
         verify_onnx(model, path, example)
