@@ -114,6 +114,12 @@ def _on_signals(stop: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _bundled_samples() -> Path | None:
+    """Held-out simulated clean images shipped with the package (see `sbd-train demo-samples`)."""
+    path = Path(__file__).resolve().parent / "samples" / "pt_ceo2_test.h5"
+    return path if path.is_file() else None
+
+
 def _shape(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -285,7 +291,11 @@ def demo(
     frames: int = typer.Option(200, min=1, help="How many frames the emulator sends"),
     shape: str = typer.Option("512x512", help="Frame size HxW"),
     rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
-    source: Path = typer.Option(None, help="Simulated dataset (.h5) for clean images; default: synthetic"),
+    source: Path = typer.Option(
+        None,
+        help="Simulated dataset (.h5) for clean images; default: the bundled held-out abTEM test images",
+    ),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
     policy: str = typer.Option("latest", help="lossless or latest"),
     likelihood: bool = typer.Option(False, "--likelihood/--no-likelihood"),
     record_dir: Path = typer.Option(None, "--record-dir", help="Also record to this folder"),
@@ -318,7 +328,7 @@ def demo(
         shape=_shape(shape),
         rate_hz=rate,
         n_frames=frames,
-        source=source,
+        source=None if synthetic else (source or _bundled_samples()),
         pool=8,
     )
     result = run_demo(s, den, emu_cfg, status=lambda line: typer.echo(line, err=True))

@@ -1,0 +1,92 @@
+"""Markdown renderings of Table 5.1 and Table 3.1 next to their JSON (the JSON is the record)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pm(m: dict[str, Any], key: str, digits: int = 2) -> str:
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+
+def _header(result: dict[str, Any], command: str) -> list[str]:
+    d = result["detection"]
+    return [
+        f"Data: `{result['data']}`, test split {result['test_images']} images"
+        + (f" of structures {', '.join(result['test_structures'])}" if "test_structures" in result else "")
+        + f"; noise seed {result['noise_seed']}.",
+        f"Mean ± standard deviation over test images. PSNR/SSIM in clean units with the clean image's data "
+        f"range. F1: LoG detection (threshold {d['threshold']}, calibrated on clean validation images), "
+        f"matched within {d['match_A']} Å to the simulator's visible Pt columns (Sec. 5.3.1).",
+        f"Rerun: `{command}`",
+        "",
+    ]
+
+
+def table_5_1_markdown(result: dict[str, Any], command: str) -> str:
+    lines = ["# Table 5.1 on the project's simulated test split", "", *_header(result, command)]
+    lines += [
+        "| Method | PSNR (dB) | SSIM | F1 surface | F1 bulk | Jaccard surface | n | s/image | settings |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        m = r["metrics"]
+        params = r.get("params") or (
+            f"FoV {r.get('field_of_view')}, {r.get('parameters')} params" if r["kind"] == "sbd" else ""
+        )
+        lines.append(
+            f"| {r['method']} | {_pm(m, 'psnr')} | {_pm(m, 'ssim', 3)} | {_pm(m, 'surface_f1', 3)} | "
+            f"{_pm(m, 'bulk_f1', 3)} | {_pm(m, 'surface_jaccard', 3)} | {r['n_images']} | "
+            f"{r.get('seconds_per_image', float('nan')):.2f} | {params} |"
+        )
+    mg = result.get("margins") or {}
+    if mg:
+        p = mg["paper"]
+        m_cls, m_oth = mg["psnr_margin_over_best_classical_dB"], mg["psnr_margin_over_best_other_dB"]
+        lines += [
+            "",
+            f"Margin of {mg['best_sbd']}: **{m_cls:.2f} dB** over the best classical method "
+            f"({mg['best_classical']}); paper: {p['psnr_margin_over_best_classical_dB']:.2f} dB. "
+            f"Over the best other method ({mg['best_other']}): **{m_oth:.2f} dB**; "
+            f"paper: {p['psnr_margin_over_best_other_dB']:.2f} dB (the ~12 dB of Table 5.1).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def table_3_1_markdown(result: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Table 3.1(a): field of view vs denoising quality on our simulated test split",
+        "",
+        *_header(result, command),
+    ]
+    lines += [
+        "| Model | Parameters | FoV (px, exact) | PSNR (dB) | SSIM | F1 surface | steps | train wall (min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        m, t = r["metrics"], r.get("training", {})
+        wall = t.get("wall_s")
+        lines.append(
+            f"| {r['method']} | {r['parameters']:,} | {r['field_of_view']} | {_pm(m, 'psnr')} | "
+            f"{_pm(m, 'ssim', 3)} | {_pm(m, 'surface_f1', 3)} | {t.get('steps', 'n/a')} | "
+            f"{wall / 60 if wall else float('nan'):.1f} |"
+        )
+    lines += [
+        "",
+        "Paper (Table 3.1a, 0.35M-70M parameters, full training on 400 px patches): FoV 45 -> 221 gains "
+        "~6 dB, 221 -> 893 another ~4 dB. Here the models are ~48k parameters and get the same number of "
+        "steps (the steps column) on 128 px patches, far short of convergence, so absolute numbers are far "
+        "below the paper's; wall times differ with the machine's load, not the budget.",
+    ]
+    if result.get("notes"):
+        lines += ["", *result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

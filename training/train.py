@@ -1,0 +1,418 @@
+"""Training as in Sec. 5: augmented patches, fresh Poisson noise, MSE, Adam, LR halving, early stopping.
+
+One process or many: under ``torchrun`` every rank draws its own batches (seeded by seed, rank and
+step, so a resumed run draws exactly what the interrupted one would have) and DistributedDataParallel
+averages the gradients; validation is sharded over the ranks and all-reduced, so every rank takes the
+same LR / stopping decision. Checkpoints hold only tensors and plain values and load with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+from torch.nn import functional as F
+
+from sbd_stream.card import TilingDefaults
+from sbd_stream.model import Architecture, DnCNN, SmallUNet, UNet, count_parameters, field_of_view
+from sbd_stream.normalisation import Normalisation
+from training.augment import AugmentSpec, draw_batch
+from training.splits import SplitSpec, split_indices
+
+
+class TrainConfig(BaseModel):
+    """Everything a run depends on; saved next to its checkpoints and into the engine card."""
+
+    name: str = "sbd-unet4-default"
+    data: Path = Path("data/mini.h5")
+    out_dir: Path = Path("runs")
+    architecture: Architecture = Architecture.unet
+    scales: int = 4
+    channels: int = 16
+    depth: int = 20
+    augment: AugmentSpec = AugmentSpec()
+    split: SplitSpec = SplitSpec()
+    batch: int = Field(8, gt=0, description="per process")
+    lr: float = 1e-3
+    lr_factor: float = 0.5
+    plateau_patience: int = Field(3, ge=0, description="validations without gain before halving the LR")
+    early_stop_patience: int = Field(8, ge=1, description="validations without gain before stopping")
+    min_lr: float = 1e-6
+    max_steps: int = 100_000
+    max_minutes: float | None = None
+    val_every: int = 50
+    val_images: int = 16
+    val_seed: int = 12345
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = None
+    tiling: TilingDefaults = TilingDefaults(tile=256, margin=48, overlap=32)
+    preload_max_gb: float = Field(4.0, description="train splits up to this size are held in memory")
+    notes: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name
+
+
+CPU_TILING = {"tile": 1280, "margin": 48, "overlap": 32}
+"""Big tiles for CPU: a 1024^2 frame runs as one 1184^2 tile instead of nine 512^2 ones (2.4x the work)."""
+
+FOV_BUDGET = {"batch": 4, "max_steps": 1160, "max_minutes": None, "tiling": CPU_TILING}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The shipped CPU engine: FoV 245 px, ~49k parameters, fast enough for 1024^2 frames on a CPU.
+    "default": {"scales": 4, "channels": 16, "batch": 4, "max_minutes": 45.0, "tiling": CPU_TILING},
+    # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured), the
+    # same 1160 steps each (what the 4-scale net did in 8 min here), so a loaded machine can't skew it.
+    "fov53": {"name": "fov53-unet2", "scales": 2, "channels": 22, **FOV_BUDGET},
+    "fov245": {"name": "fov245-unet4", "scales": 4, "channels": 16, **FOV_BUDGET},
+    "fov1013": {"name": "fov1013-unet6", "scales": 6, "channels": 13, **FOV_BUDGET},
+    # Baseline networks of Table 5.1 (paper architectures, CPU-sized patches and budgets).
+    "small_unet": {
+        "name": "sbd-smallunet",
+        "architecture": "small_unet",
+        "batch": 4,
+        "max_minutes": 8.0,
+        "tiling": CPU_TILING,
+    },
+    "dncnn": {
+        "name": "sbd-dncnn",
+        "architecture": "dncnn",
+        "channels": 64,
+        "batch": 4,
+        "augment": {"patch": 64},
+        "max_minutes": 8.0,
+        "tiling": CPU_TILING,
+    },
+    # Paper scale (Sec. 5, App. B.1): 6 scales x 128 channels, 400 px patches; for a GPU.
+    "paper": {
+        "name": "sbd-unet6-paper",
+        "data": "data/paper.h5",
+        "scales": 6,
+        "channels": 128,
+        "batch": 8,
+        "augment": {"patch": 384, "rescale_prob": 1.0},
+        "val_every": 500,
+        "val_images": 128,
+        "plateau_patience": 5,
+        "early_stop_patience": 15,
+        "device": "cuda",
+        "tiling": {"tile": 512, "margin": 64, "overlap": 32},
+    },
+    # Seconds-long smoke run for tests.
+    "tiny": {
+        "name": "tiny",
+        "scales": 2,
+        "channels": 4,
+        "batch": 2,
+        "augment": {"patch": 32},
+        "max_steps": 6,
+        "val_every": 3,
+        "val_images": 2,
+        "log_every": 1,
+        "tiling": {"tile": 64, "margin": 8, "overlap": 8},
+    },
+}
+"""Named starting points; command-line options override single fields."""
+
+
+def preset_config(preset: str, **overrides: Any) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    merged: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return TrainConfig(**merged)
+
+
+def build_network(cfg: TrainConfig) -> nn.Module:
+    if cfg.architecture is Architecture.unet:
+        return UNet(scales=cfg.scales, channels=cfg.channels)
+    if cfg.architecture is Architecture.dncnn:
+        return DnCNN(depth=cfg.depth, channels=cfg.channels)
+    return SmallUNet()
+
+
+def model_multiple(model: nn.Module) -> int:
+    return int(getattr(model, "multiple", 1))
+
+
+def predict_full(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Whole-image inference on (B, 1, H, W), mirrored up to the model's size multiple and cropped back."""
+    m = model_multiple(model)
+    h, w = x.shape[-2:]
+    ph, pw = -h % m, -w % m
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    return model(x)[..., :h, :w]
+
+
+# --- distributed helpers ----------------------------------------------------------------------------
+
+
+def _dist() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    if not torch.distributed.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+class TrainData:
+    """Train images plus a fixed, seeded noisy validation set.
+
+    Sets up to ``preload_max_gb`` are read into memory once (``mini``: 190 MB); larger ones (the paper
+    grid: ~56 GB) are read image by image from the HDF5 file for every batch.
+    """
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
+        from training.dataset import SimulatedDataset
+
+        self._ds: SimulatedDataset | None = None
+        with SimulatedDataset(cfg.data) as ds:
+            self.splits = split_indices(ds.structure_ids(), cfg.split)
+            self.dose = float(ds.attrs.get("dose", ds.meta(0)["dose"]))
+            self.pixel_size_A = float(ds.meta(0)["pixel_size_A"])
+            self.n_images = len(ds)
+            self.train_index = self.splits["train"]
+            nbytes = len(self.train_index) * ds.clean(int(self.train_index[0])).nbytes
+            self.preloaded = nbytes <= cfg.preload_max_gb * 2**30
+            self.train = (
+                torch.from_numpy(np.stack([ds.clean(int(i)) for i in self.train_index]))
+                if self.preloaded
+                else None
+            )
+            val_idx = self.splits["val"]
+            pick = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_images, len(val_idx))).astype(int)]
+            mine = pick[rank::world]
+            self.val_clean = [ds.clean(int(i)) for i in mine]
+            self.val_counts = [
+                np.random.default_rng([cfg.val_seed, int(i)]).poisson(np.clip(c, 0, None) * self.dose)
+                for i, c in zip(mine, self.val_clean, strict=True)
+            ]
+            self.n_val_total = len(pick)
+            self.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
+            ids = ds.structure_ids()
+            self.structures = {k: sorted({str(ids[i]) for i in v}) for k, v in self.splits.items()}
+        if not self.preloaded:
+            self._ds = SimulatedDataset(cfg.data)
+
+    def close(self) -> None:
+        if self._ds is not None:
+            self._ds.close()
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_index)
+
+    def images(self, which: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(B, H, W) clean train images number ``which`` (positions within the train split)."""
+        if self.train is not None:
+            return self.train[torch.as_tensor(which, device=self.train.device)]
+        assert self._ds is not None
+        stack = np.stack([self._ds.clean(int(self.train_index[k])) for k in which])
+        return torch.from_numpy(stack).to(device, non_blocking=True)
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+
+def validate(model: nn.Module, data: TrainData, norm: Normalisation, device: torch.device) -> float:
+    """Mean PSNR (clean units, clean data range) over the whole validation set, all ranks together."""
+    from training.metrics import psnr
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for counts, clean in zip(data.val_counts, data.val_clean, strict=True):
+            x = norm.to_input(torch.from_numpy(counts)[None, None].to(device), data.dose)
+            y = norm.to_clean_units(predict_full(model, x))[0, 0].cpu().numpy()
+            total += float(psnr(clean, y))
+    model.train()
+    s, n = _all_reduce([total, float(len(data.val_counts))])
+    return float(s / max(n, 1.0))  # a plain float: checkpoints load with weights_only=True
+
+
+def _log(run_dir: Path, rank: int, record: dict[str, Any]) -> None:
+    if rank != 0:
+        return
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+        flush=True,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary also written to ``<run_dir>/summary.json``."""
+    rank, world = _dist()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data = TrainData(cfg, rank, world)
+    norm = Normalisation(dose=data.dose)
+    net = build_network(cfg).to(device)
+    model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=cfg.lr_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+    )
+    state = {"step": 0, "best_psnr": -math.inf, "best_step": 0, "bad": 0, "elapsed_s": 0.0, "samples": 0}
+    last = run_dir / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state.update(ck["state"])
+        _log(run_dir, rank, {"event": "resumed", "step": state["step"]})
+    elif rank == 0:
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    if rank == 0:
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        _log(
+            run_dir,
+            rank,
+            {
+                "event": "start",
+                "params": count_parameters(net),
+                "fov": field_of_view(net),
+                "train_images": data.n_train,
+                "preloaded": data.preloaded,
+                "val_images": data.n_val_total,
+                "world": world,
+                "device": str(device),
+            },
+        )
+    if data.train is not None:
+        data.train = data.train.to(device)
+    t0 = time.perf_counter() - state["elapsed_s"]
+    ema = None
+    stop = False
+    model.train()
+    while not stop:
+        step = state["step"]
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        which = rng.integers(data.n_train, size=cfg.batch)
+        x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] = step = step + 1
+        state["samples"] += cfg.batch * world
+        ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+        elapsed = time.perf_counter() - t0
+        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        out_of_time = bool(_all_reduce([float(out_of_time)])[0])
+        done = step >= cfg.max_steps or out_of_time
+        if step % cfg.log_every == 0:
+            _log(
+                run_dir,
+                rank,
+                {
+                    "step": step,
+                    "loss": ema,
+                    "lr": opt.param_groups[0]["lr"],
+                    "t_s": elapsed,
+                    "samples_per_s": state["samples"] / max(elapsed, 1e-9),
+                },
+            )
+        if step % cfg.val_every == 0 or done:
+            v = validate(model, data, norm, device)
+            sched.step(v)
+            improved = v > state["best_psnr"]
+            if improved:
+                state.update(best_psnr=v, best_step=step, bad=0)
+                if rank == 0:
+                    torch.save(net.state_dict(), run_dir / "best.pt")
+            else:
+                state["bad"] += 1
+            state["elapsed_s"] = time.perf_counter() - t0
+            _log(
+                run_dir,
+                rank,
+                {
+                    "step": step,
+                    "val_psnr": v,
+                    "best": state["best_psnr"],
+                    "lr": opt.param_groups[0]["lr"],
+                    "t_s": state["elapsed_s"],
+                },
+            )
+            if rank == 0:
+                ck = {
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": dict(state),
+                }
+                torch.save(ck, run_dir / "last.pt.tmp")
+                os.replace(run_dir / "last.pt.tmp", last)
+            if state["bad"] >= cfg.early_stop_patience:
+                _log(run_dir, rank, {"event": "early_stop", "step": step})
+                done = True
+        stop = done
+    summary = {
+        "name": cfg.name,
+        "steps": state["step"],
+        "samples": state["samples"],
+        "epochs": state["samples"] / max(data.n_train, 1),
+        "best_val_psnr": state["best_psnr"],
+        "best_step": state["best_step"],
+        "wall_s": time.perf_counter() - t0,
+        "world_size": world,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters(net),
+        "field_of_view": field_of_view(net),
+        "seed": cfg.seed,
+        "command": " ".join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "data": str(cfg.data),
+        "dose": data.dose,
+        "pixel_size_A": data.pixel_size_A,
+        "structures": data.structures,
+        "split_images": {k: len(v) for k, v in data.splits.items()},
+        "data_attrs": data.attrs,
+    }
+    data.close()
+    if rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _log(run_dir, rank, {"event": "done", "steps": state["step"], "best_val_psnr": state["best_psnr"]})
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
