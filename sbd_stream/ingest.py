@@ -29,6 +29,7 @@ from sbd_stream.protocol import (
     decode,
 )
 from sbd_stream.security import apply_curve
+from sbd_stream.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,21 @@ class SequenceTracker:
             return SeqEvent.duplicate, 0
         self._remember(seq)
         return SeqEvent.out_of_order, 0
+
+
+def count_sequence_event(m: Metrics, event: SeqEvent, missing: int) -> bool:
+    """Count what a frame's sequence number revealed; False for a duplicate, which is dropped."""
+    if event is SeqEvent.duplicate:
+        m.frames_duplicate.inc()
+        return False
+    if event is SeqEvent.gap:
+        m.gaps.inc()
+        m.frames_gap.inc(missing)
+    elif event is SeqEvent.restart:
+        m.restarts.inc()
+    elif event is SeqEvent.out_of_order:
+        m.frames_out_of_order.inc()
+    return True
 
 
 class FrameQueue:
@@ -195,8 +211,10 @@ FrameHandler = Callable[[Frame], None]
 SeriesHandler = Callable[[SeriesMessage], None]
 
 
-class Ingest:
+class Ingest(BackgroundWorker):
     """SUB socket receive thread. Handlers must not block; malformed input is counted, never fatal."""
+
+    thread_name = "sbd-ingest"
 
     def __init__(
         self,
@@ -210,8 +228,7 @@ class Ingest:
         self.on_frame, self.on_series = on_frame, on_series
         self.ctx = context or zmq.Context.instance()
         self.tracker = SequenceTracker()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_worker()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -226,17 +243,6 @@ class Ingest:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
         self.last_frame_time = 0.0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sbd-ingest", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -282,17 +288,8 @@ class Ingest:
         if msg.topic != TOPIC_FRAME:
             m.frames_malformed.labels(reason="unexpected_topic").inc()
             return
-        event, missing = self.tracker.observe(msg.header.acq, msg.header.seq)
-        if event is SeqEvent.duplicate:
-            m.frames_duplicate.inc()
+        if not count_sequence_event(m, *self.tracker.observe(msg.header.acq, msg.header.seq)):
             return
-        if event is SeqEvent.gap:
-            m.gaps.inc()
-            m.frames_gap.inc(missing)
-        elif event is SeqEvent.restart:
-            m.restarts.inc()
-        elif event is SeqEvent.out_of_order:
-            m.frames_out_of_order.inc()
         m.frames_received.inc()
         self.last_frame_time = time.monotonic()
         m.stage_latency.labels(stage="decode").observe(time.perf_counter() - t0)

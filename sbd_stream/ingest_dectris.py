@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,13 @@ import zmq
 from prometheus_client import Counter
 
 from sbd_stream.dectris import DectrisFrameMessage, StreamV1Decoder, decode_stream_v2
-from sbd_stream.ingest import Frame, FrameHandler, SeqEvent, SequenceTracker, SeriesHandler
+from sbd_stream.ingest import (
+    Frame,
+    FrameHandler,
+    SequenceTracker,
+    SeriesHandler,
+    count_sequence_event,
+)
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
     TOPIC_SERIES_END,
@@ -36,6 +41,7 @@ from sbd_stream.protocol import (
     SeriesHeader,
     SeriesMessage,
 )
+from sbd_stream.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +137,10 @@ class SeriesState:
         self.acq = self.series = self.expected = None
 
 
-class DectrisIngest:
+class DectrisIngest(BackgroundWorker):
     """Receive thread for the DECTRIS dialects; handlers must not block; bad input never stops it."""
+
+    thread_name = "sbd-ingest-dectris"
 
     def __init__(
         self,
@@ -155,8 +163,7 @@ class DectrisIngest:
             if settings.dialect == "dectris-stream-v1"
             else lambda parts: decode_stream_v2(parts, settings.max_payload_bytes)
         )
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_worker()
         self.sock = self.ctx.socket(zmq.SUB if settings.socket == "sub" else zmq.PULL)
         s = self.sock
         s.setsockopt(zmq.RCVHWM, settings.rcvhwm)
@@ -175,18 +182,6 @@ class DectrisIngest:
             s.connect(settings.endpoint)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
         self.last_frame_time = 0.0
-
-    # --- lifecycle (same shape as sbd_stream.ingest.Ingest) ----------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sbd-ingest-dectris", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -280,17 +275,8 @@ class DectrisIngest:
             self.dm.joined.inc()
             st.open(h.acq, h.meta.get("series"), None)
             self._emit_series(TOPIC_SERIES_START, h.acq, {"series": h.meta.get("series"), "joined": True})
-        event, missing = st.tracker.observe(h.acq, h.seq)
-        if event is SeqEvent.duplicate:
-            m.frames_duplicate.inc()
+        if not count_sequence_event(m, *st.tracker.observe(h.acq, h.seq)):
             return
-        if event is SeqEvent.gap:
-            m.gaps.inc()
-            m.frames_gap.inc(missing)
-        elif event is SeqEvent.out_of_order:
-            m.frames_out_of_order.inc()
-        elif event is SeqEvent.restart:
-            m.restarts.inc()
         st.received += 1
         m.frames_received.inc()
         self.last_frame_time = time.monotonic()

@@ -25,14 +25,20 @@ explicit version the tests compare against.
 from __future__ import annotations
 
 import enum
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sbd_stream.likelihood_filters import banded, log_banded, torch_threads
+
+_M = TypeVar("_M", bound=Callable[..., Any])
 
 
 class ColumnPolarity(enum.StrEnum):
@@ -170,19 +176,24 @@ class LikelihoodResult:
 class LikelihoodStage:
     """Holds the device-resident kernels so the live pipeline pays only for the convolutions."""
 
-    def __init__(self, cfg: LikelihoodConfig, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: LikelihoodConfig, device: str | torch.device = "cpu", cpu_threads: int | None = 1):
+        """``cpu_threads``: torch intra-op threads while a CPU stage runs (None: leave torch's setting)."""
         self.cfg = cfg
         self.device = torch.device(device)
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
         g, g2 = gaussian_kernels(cfg.sigma_px, cfg.kernel_radius_px)
         self._g = torch.tensor(g, dtype=torch.float32, device=self.device)
         self._g2 = torch.tensor(g2, dtype=torch.float32, device=self.device)
         off = disk_offsets(cfg.radius_px)
         self._off = torch.tensor(off, dtype=torch.long, device=self.device)  # (P, 2)
         self._off_d2 = (self._off**2).sum(1).to(torch.float32)  # (P,) squared distance, for painting
-        self._gl, self._g2l = g.tolist(), g2.tolist()
-        self._shift_conv = self.device.type == "cpu"
+        # CPU: banded GEMMs (likelihood_filters); CUDA: cuDNN convolutions, already fast there
+        self._banded = self.device.type == "cpu"
+        if self._banded:
+            self._g_band, self._g2_band = banded([g]), banded([g2])
 
     # -- vacuum -------------------------------------------------------------------------------------------
+    @_pinned
     def vacuum(self, raw: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         """lam0 per frame (B,), counts/pixel.
 
@@ -211,17 +222,13 @@ class LikelihoodStage:
         return lam0.clamp_min(cfg.min_rate)
 
     # -- detection ----------------------------------------------------------------------------------------
+    @_pinned
     def response(self, denoised: torch.Tensor, vacuum: torch.Tensor) -> torch.Tensor:
         """Scale-normalised LoG, sign-flipped so columns are maxima, in units of the vacuum level."""
         r = self.cfg.kernel_radius_px
         x = F.pad(denoised.to(torch.float32)[:, None], (r, r, r, r), mode="reflect")
-        if self._shift_conv:
-            # single-channel conv2d is slow on CPU (mkldnn): shift-and-add on contiguous rows instead
-            x = x[:, 0]
-            smooth_h, dyy_h = _conv_rows(x, self._gl), _conv_rows(x, self._g2l)  # along y
-            t = _conv_rows(smooth_h.transpose(1, 2).contiguous(), self._g2l)  # d2/dx2 along x
-            t += _conv_rows(dyy_h.transpose(1, 2).contiguous(), self._gl)
-            log = t.transpose(1, 2)
+        if self._banded:
+            log = log_banded(x[:, 0], self._g_band, self._g2_band, r)
         else:
             gw, g2w = self._g.view(1, 1, 1, -1), self._g2.view(1, 1, 1, -1)
             gh, g2h = self._g.view(1, 1, -1, 1), self._g2.view(1, 1, -1, 1)
@@ -229,6 +236,7 @@ class LikelihoodStage:
         sign = -1.0 if self.cfg.polarity is ColumnPolarity.bright else 1.0
         return (sign * self.cfg.sigma_px**2) * log / vacuum.view(-1, 1, 1)
 
+    @_pinned
     def detect(self, denoised: torch.Tensor, vacuum: torch.Tensor) -> torch.Tensor:
         """(N, 3) long [frame, row, col] of all columns in the batch, row-major within a frame.
 
@@ -262,6 +270,7 @@ class LikelihoodStage:
         s = (denoised.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
         return k, s, inside.sum(1)
 
+    @_pinned
     def llr(
         self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor, vacuum: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -271,6 +280,7 @@ class LikelihoodStage:
         lam0 = vacuum[centres[:, 0]]
         return k * torch.log(lam1 / lam0) - n * (lam1 - lam0), lam1, k, n
 
+    @_pinned
     def paint(self, shape: tuple[int, int, int], centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Paint each disk with its column's value.
 
@@ -298,6 +308,7 @@ class LikelihoodStage:
 
     # -- everything ---------------------------------------------------------------------------------------
     @torch.no_grad()
+    @_pinned
     def __call__(
         self, raw: torch.Tensor, denoised: torch.Tensor, vacuum: torch.Tensor | None = None
     ) -> LikelihoodResult:
@@ -334,20 +345,22 @@ class LikelihoodStage:
         return LikelihoodResult(map=llr_map, columns=columns, vacuum=lam0)
 
 
+def _pinned(method: _M) -> _M:
+    """Run a stage method under the stage's ``cpu_threads`` (see ``likelihood_filters.torch_threads``)."""
+
+    @functools.wraps(method)
+    def run(self: LikelihoodStage, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(self.cpu_threads):
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
 def _blocks(x: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:
     """(B, H, W) -> (B, nh * nw, s * s): the frame's whole s x s blocks, one per row."""
     b = x.shape[0]
     x = x[:, : nh * s, : nw * s].reshape(b, nh, s, nw, s).permute(0, 1, 3, 2, 4)
     return x.reshape(b, nh * nw, s * s)
-
-
-def _conv_rows(x: torch.Tensor, k: list[float]) -> torch.Tensor:
-    """'valid' correlation of (B, H, W) along H with a short kernel, as len(k) scaled adds of row blocks."""
-    n = x.shape[1] - len(k) + 1
-    out = x[:, 0:n] * k[0]
-    for i in range(1, len(k)):
-        out.add_(x[:, i : i + n], alpha=k[i])
-    return out
 
 
 def _sliding_max(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ queue that drops its oldest entry keeps a slow serialisation from stalling the d
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from sbd_stream.ingest import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, encode_frame, encode_series
 from sbd_stream.security import apply_curve
+from sbd_stream.worker import BackgroundWorker, consume
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class OutputItem:
     t_recv: float | None = None  # perf_counter() at ingest, for end-to-end latency
 
 
-class Publisher:
+class Publisher(BackgroundWorker):
+    thread_name = "sbd-publisher"
+
     def __init__(
         self,
         settings: PublishSettings,
@@ -61,7 +63,7 @@ class Publisher:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
         self._out_dtype = np.dtype(settings.dtype)
-        self._thread: threading.Thread | None = None
+        self._init_worker()
 
     def _evicted(self, item: object) -> None:
         assert isinstance(item, OutputItem)
@@ -71,28 +73,13 @@ class Publisher:
         self.queue.put(item, 0 if item.data is None else int(item.data.nbytes))
         self.metrics.queue_depth.labels(queue="publish").set(len(self.queue))
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sbd-publisher", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
         """Send what is queued, then close."""
         self.queue.close()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     def _run(self) -> None:
         try:
-            while True:
-                item = self.queue.get(timeout=0.2)
-                if item is None:
-                    if self.queue.closed:
-                        break
-                    continue
-                self.metrics.queue_depth.labels(queue="publish").set(len(self.queue))
-                self.send(item)  # type: ignore[arg-type]
+            consume(self.queue, self.send, self.metrics.queue_depth.labels(queue="publish").set)
         finally:
             self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
 

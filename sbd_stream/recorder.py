@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from sbd_stream.config import RecordSettings
 from sbd_stream.ingest import FrameQueue
 from sbd_stream.metrics import Metrics
+from sbd_stream.worker import BackgroundWorker, consume
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,10 @@ class _AcqFile:
             log.warning("closing %s failed", self.path, exc_info=True)
 
 
-class Recorder:
+class Recorder(BackgroundWorker):
     """Consumes RecordItems on its own thread; owns every open file."""
+
+    thread_name = "sbd-recorder"
 
     def __init__(
         self,
@@ -136,8 +138,7 @@ class Recorder:
         self.paths: dict[str, list[Path]] = {}
         self.failed: set[str] = set()
         self.series_meta: dict[str, dict] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._init_worker()
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -152,28 +153,13 @@ class Recorder:
         return ok
 
     # --- consumer side ----------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sbd-recorder", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
         """Finish what is queued, then close every file."""
         self.queue.close()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
     def _run(self) -> None:
         try:
-            while True:
-                item = self.queue.get(timeout=0.2)
-                if item is None:
-                    if self.queue.closed:
-                        break
-                    continue
-                self.metrics.queue_depth.labels(queue="record").set(len(self.queue))
-                self.write(item)  # type: ignore[arg-type]
+            consume(self.queue, self.write, self.metrics.queue_depth.labels(queue="record").set)
         finally:
             self.close_all()
 

@@ -25,6 +25,7 @@ from sbd_stream.protocol import (
     SeriesMessage,
 )
 from sbd_stream.recorder import open_recording
+from sbd_stream.worker import BackgroundWorker
 
 
 def recording_parts(path: Path) -> list[Path]:
@@ -54,8 +55,10 @@ def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, flo
                 yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]
 
 
-class ReplaySource:
+class ReplaySource(BackgroundWorker):
     """Feeds recorded raw frames to ``on_frame`` from a thread; series messages around them."""
+
+    thread_name = "sbd-replay"
 
     def __init__(
         self,
@@ -70,19 +73,10 @@ class ReplaySource:
         self.queue, self.realtime, self.limit = queue, realtime, limit
         self.n_sent = 0
         self.done = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_worker()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="sbd-replay", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def _run(self) -> None:
+        self.run()
 
     def run(self) -> None:
         acq_cur: str | None = None

@@ -23,13 +23,15 @@ class Engine(ABC):
 
     kind: str = "base"
 
-    def __init__(self, engine_dir: Path, card: EngineCard) -> None:
+    def __init__(self, engine_dir: Path, card: EngineCard, device: torch.device, batch: int = 16) -> None:
         self.engine_dir = engine_dir
         self.card = card
+        self._device = device
+        self._batch = batch
 
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        return self._device
 
     @property
     def precision(self) -> str:
@@ -38,7 +40,7 @@ class Engine(ABC):
     @property
     def max_batch(self) -> int:
         """Tiles per call that keep memory bounded; the denoiser splits larger batches."""
-        return 16
+        return self._batch
 
     @property
     def engine_id(self) -> str:

@@ -36,7 +36,7 @@ class OnnxRuntimeEngine(Engine):
         batch: int = 16,
         threads: int | None = None,
     ) -> None:
-        super().__init__(engine_dir, card)
+        super().__init__(engine_dir, card, torch.device(device), batch)
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -54,17 +54,7 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or int(os.environ.get("SBD_ORT_THREADS", "0"))
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        self._device = torch.device(device)
-        self._batch = batch
         self._cuda = want_cuda
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def max_batch(self) -> int:
-        return self._batch
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         if self._cuda:

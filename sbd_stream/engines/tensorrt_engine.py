@@ -146,15 +146,14 @@ class TensorRTEngine(Engine):
         precision: str = "fp16",
         tile: int | None = None,
     ) -> None:
-        super().__init__(engine_dir, card)
         reason = tensorrt_unavailable_reason()
         if reason:
             raise EngineUnavailable(f"TensorRT engine unavailable: {reason}")
         import tensorrt as trt
 
-        self._device = torch.device(device if device.startswith("cuda") else "cuda")
+        dev = torch.device(device if device.startswith("cuda") else "cuda")
+        super().__init__(engine_dir, card, dev, batch)
         self._precision = precision
-        self._batch = batch
         self.tile = tile or card.tiling.tile
         plan = cached_plan(engine_dir, card, precision, self.tile, batch)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -165,16 +164,8 @@ class TensorRTEngine(Engine):
         self._stream = torch.cuda.Stream(device=self._device)
 
     @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
     def precision(self) -> str:
         return self._precision
-
-    @property
-    def max_batch(self) -> int:
-        return self._batch
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self._device, torch.float32).contiguous()

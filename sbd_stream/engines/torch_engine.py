@@ -14,21 +14,11 @@ class TorchEngine(Engine):
     kind = "torch"
 
     def __init__(self, engine_dir: Path, card: EngineCard, device: str = "cpu", batch: int = 16) -> None:
-        super().__init__(engine_dir, card)
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine asked for CUDA but torch.cuda.is_available() is False")
-        self._device = dev
-        self._batch = batch
+        super().__init__(engine_dir, card, dev, batch)
         self.model = load_torch_model(engine_dir, card).to(dev)
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def max_batch(self) -> int:
-        return self._batch
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:
