@@ -25,20 +25,16 @@ explicit version the tests compare against.
 from __future__ import annotations
 
 import enum
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sbd_stream.likelihood_filters import banded, log_banded, torch_threads
-
-_M = TypeVar("_M", bound=Callable[..., Any])
+from sbd_stream.likelihood_filters import banded, log_banded, pinned
 
 
 class ColumnPolarity(enum.StrEnum):
@@ -176,7 +172,9 @@ class LikelihoodResult:
 class LikelihoodStage:
     """Holds the device-resident kernels so the live pipeline pays only for the convolutions."""
 
-    def __init__(self, cfg: LikelihoodConfig, device: str | torch.device = "cpu", cpu_threads: int | None = 1):
+    def __init__(
+        self, cfg: LikelihoodConfig, device: str | torch.device = "cpu", cpu_threads: int | None = 1
+    ):
         """``cpu_threads``: torch intra-op threads while a CPU stage runs (None: leave torch's setting)."""
         self.cfg = cfg
         self.device = torch.device(device)
@@ -193,7 +191,7 @@ class LikelihoodStage:
             self._g_band, self._g2_band = banded([g]), banded([g2])
 
     # -- vacuum -------------------------------------------------------------------------------------------
-    @_pinned
+    @pinned
     def vacuum(self, raw: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         """lam0 per frame (B,), counts/pixel.
 
@@ -222,7 +220,7 @@ class LikelihoodStage:
         return lam0.clamp_min(cfg.min_rate)
 
     # -- detection ----------------------------------------------------------------------------------------
-    @_pinned
+    @pinned
     def response(self, denoised: torch.Tensor, vacuum: torch.Tensor) -> torch.Tensor:
         """Scale-normalised LoG, sign-flipped so columns are maxima, in units of the vacuum level."""
         r = self.cfg.kernel_radius_px
@@ -236,7 +234,7 @@ class LikelihoodStage:
         sign = -1.0 if self.cfg.polarity is ColumnPolarity.bright else 1.0
         return (sign * self.cfg.sigma_px**2) * log / vacuum.view(-1, 1, 1)
 
-    @_pinned
+    @pinned
     def detect(self, denoised: torch.Tensor, vacuum: torch.Tensor) -> torch.Tensor:
         """(N, 3) long [frame, row, col] of all columns in the batch, row-major within a frame.
 
@@ -270,7 +268,7 @@ class LikelihoodStage:
         s = (denoised.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
         return k, s, inside.sum(1)
 
-    @_pinned
+    @pinned
     def llr(
         self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor, vacuum: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,7 +278,7 @@ class LikelihoodStage:
         lam0 = vacuum[centres[:, 0]]
         return k * torch.log(lam1 / lam0) - n * (lam1 - lam0), lam1, k, n
 
-    @_pinned
+    @pinned
     def paint(self, shape: tuple[int, int, int], centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Paint each disk with its column's value.
 
@@ -308,7 +306,7 @@ class LikelihoodStage:
 
     # -- everything ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    @_pinned
+    @pinned
     def __call__(
         self, raw: torch.Tensor, denoised: torch.Tensor, vacuum: torch.Tensor | None = None
     ) -> LikelihoodResult:
@@ -343,17 +341,6 @@ class LikelihoodStage:
             for parts in zip(*(t.split(counts) for t in (pos, llr, lam1, k, n)), strict=True)
         ]
         return LikelihoodResult(map=llr_map, columns=columns, vacuum=lam0)
-
-
-def _pinned(method: _M) -> _M:
-    """Run a stage method under the stage's ``cpu_threads`` (see ``likelihood_filters.torch_threads``)."""
-
-    @functools.wraps(method)
-    def run(self: LikelihoodStage, *args: Any, **kwargs: Any) -> Any:
-        with torch_threads(self.cpu_threads):
-            return method(self, *args, **kwargs)
-
-    return run  # type: ignore[return-value]
 
 
 def _blocks(x: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:

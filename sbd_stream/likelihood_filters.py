@@ -11,13 +11,16 @@ more than a direct correlation but runs many times faster; b = 32 is the measure
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 BLOCK = 32
+_M = TypeVar("_M", bound=Callable[..., Any])
 
 
 def banded(kernels: list[np.ndarray], block: int = BLOCK) -> torch.Tensor:
@@ -81,3 +84,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def pinned(method: _M) -> _M:
+    """Run a method under its object's ``cpu_threads`` (see ``torch_threads``)."""
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(self.cpu_threads):
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]

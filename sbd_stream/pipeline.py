@@ -80,7 +80,12 @@ class Pipeline:
             from sbd_stream.likelihood import LikelihoodConfig, LikelihoodStage
 
             dev = getattr(denoiser, "device", "cpu")
-            self.likelihood = LikelihoodStage(LikelihoodConfig(**d.likelihood_params), dev)
+            params = dict(d.likelihood_params)
+            # column sizes are set in Angstrom: take the pixel size the engine was trained at
+            card_px = (getattr(denoiser, "card", None) or {}).get("pixel_size_A")
+            if "pixel_size_A" not in params and card_px:
+                params["pixel_size_A"] = float(card_px)
+            self.likelihood = LikelihoodStage(LikelihoodConfig(**params), dev)
         self.ingest: Ingest | None = None
         self.frame_taps: list[Callable[[Frame], None]] = []  # non-blocking raw-frame observers (viewer)
         self.viewer: Any = None

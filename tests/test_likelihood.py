@@ -208,3 +208,20 @@ def test_vacuum_override_equals_fixed_mode():
     given = LikelihoodStage(LikelihoodConfig(pixel_size_A=PX))(r, d, vacuum=torch.tensor(0.47))
     assert float(given.vacuum[0]) == pytest.approx(0.47)
     assert torch.equal(fixed.map, given.map) and len(given.columns[0]) > 10
+
+
+def test_cpu_banded_log_equals_conv2d_path_and_restores_threads():
+    # the CPU path (banded GEMMs) and the CUDA path (conv2d) must agree; run both on CPU
+    raw, den, _ = _frame(3, 0.5, shape=(150, 97))
+    d = torch.from_numpy(np.stack([den, den[::-1].copy()]))
+    cfg = LikelihoodConfig(pixel_size_A=PX)
+    banded_stage, conv_stage = LikelihoodStage(cfg), LikelihoodStage(cfg)
+    conv_stage._banded = False
+    lam0 = torch.tensor([0.45, 0.5])
+    a, b = banded_stage.response(d, lam0), conv_stage.response(d, lam0)
+    assert banded_stage._banded and a.shape == b.shape == d.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()))
+    assert torch.equal(banded_stage.detect(d, lam0), conv_stage.detect(d, lam0))
+    before = torch.get_num_threads()
+    LikelihoodStage(cfg, cpu_threads=before + 1)(torch.from_numpy(raw), torch.from_numpy(den))
+    assert torch.get_num_threads() == before
