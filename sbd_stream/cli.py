@@ -336,3 +336,7 @@ def demo(
 
 
 # ==== END live-service commands ====
+
+
+if __name__ == "__main__":
+    app()

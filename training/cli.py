@@ -315,3 +315,7 @@ def demo_samples(
 
 
 # ==== END demo samples ====
+
+
+if __name__ == "__main__":
+    app()
