@@ -49,6 +49,9 @@ CHROME_FLAGS = (
 )
 
 
+SAMPLES = Path(__file__).resolve().parents[1] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
+
+
 class LowPassStage:
     """A classical baseline denoiser (Gaussian low-pass of the counts) with the pipeline's stage shape."""
 
@@ -81,7 +84,14 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
 
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(256, 256), n_frames=100000, rate_hz=20, pool=8),
+        EmulatorConfig(
+            endpoint="tcp://127.0.0.1:*",
+            shape=(256, 256),
+            n_frames=100000,
+            rate_hz=20,
+            pool=8,
+            source=SAMPLES if SAMPLES.is_file() else None,  # held-out abTEM images shipped with the package
+        ),
         ctx,
     )
     settings = load_settings(
@@ -94,7 +104,8 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
                 "policy": "latest",
                 "batch_frames": 2,
                 "likelihood": True,
-                "likelihood_params": {"pixel_size_A": 0.25, "polarity": "dark"},
+                # pixel size from the engine card; the lowpass fallback has none
+                "likelihood_params": {} if SAMPLES.is_file() else {"pixel_size_A": 0.25, "polarity": "dark"},
             },
         }
     )
