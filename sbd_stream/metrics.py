@@ -57,6 +57,11 @@ class Metrics:
         self.record_errors = Counter(
             "sbd_record_errors", "Recorder I/O errors (e.g. disk full), by kind", ["kind"], registry=r
         )
+        self.record_direct_chunks = Counter(
+            "sbd_record_direct_chunks",
+            "Raw frames stored as the detector's bitshuffle-LZ4 chunk, without recompressing",
+            registry=r,
+        )
         self.denoise_overflow = Counter(
             "sbd_denoise_overflow",
             "Frames not denoised because the lossless denoise queue was full (data loss)",
@@ -135,6 +140,7 @@ EXPORTED_NAMES = (
     "sbd_series_messages_total",
     "sbd_record_dropped_total",
     "sbd_record_errors_total",
+    "sbd_record_direct_chunks_total",
     "sbd_denoise_overflow_total",
     "sbd_denoise_errors_total",
     "sbd_queue_depth",

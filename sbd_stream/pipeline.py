@@ -99,7 +99,8 @@ class Pipeline:
         for tap in self.frame_taps:
             tap(frame)
         if self.recorder is not None:
-            self.recorder.submit(RecordItem("raw", h.acq, h.seq, h.ts, frame.data))
+            chunk = getattr(frame, "chunk", None)  # DECTRIS bitshuffle-LZ4, stored without recompressing
+            self.recorder.submit(RecordItem("raw", h.acq, h.seq, h.ts, frame.data, chunk=chunk))
         if not self.denoise_q.put(frame, frame.data.nbytes):
             self.metrics.denoise_overflow.inc()
             log.warning("denoise queue full: frame %s of %s not denoised", h.seq, h.acq)

@@ -25,6 +25,7 @@ import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader o
 import numpy as np
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.dectris_codec import HEADER
 from sbd_stream.ingest import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.worker import BackgroundWorker, consume
@@ -45,6 +46,9 @@ class RecordItem:
     ts: float = 0.0
     data: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # raw frames from a DECTRIS detector: the bitshuffle-LZ4 chunk as it came, stored without
+    # recompressing when the raw dataset's filter and dtype match (``data`` stays authoritative)
+    chunk: bytes | None = None
 
 
 def _compression(name: str) -> dict[str, Any]:
@@ -53,6 +57,24 @@ def _compression(name: str) -> dict[str, Any]:
     if name == "gzip":
         return {"compression": "gzip", "compression_opts": 1}
     return {}
+
+
+BSHUF_FILTER_ID = 32008
+BSHUF_LZ4 = 2  # bitshuffle filter's cd_values[4]: 2 = LZ4 after the shuffle (0 = none, 3 = zstd)
+
+
+def _takes_detector_chunks(ds: h5py.Dataset) -> bool:
+    """True when a bitshuffle-LZ4 chunk framed as the HDF5 filter frames it can be stored as is.
+
+    The filter pipeline must be exactly one bitshuffle filter with LZ4 (any block size: the filter
+    reads a chunk's block size from its own 12-byte header when decoding) and the dataset little-endian,
+    as DECTRIS detectors send. Checked on the dataset actually created, not on the settings.
+    """
+    plist = ds.id.get_create_plist()
+    if plist.get_nfilters() != 1 or ds.dtype.byteorder not in ("<", "=", "|"):
+        return False
+    fid, _flags, cd, _name = plist.get_filter(0)
+    return fid == BSHUF_FILTER_ID and len(cd) > 4 and cd[4] == BSHUF_LZ4 and np.little_endian
 
 
 def _safe_name(acq: str) -> str:
@@ -88,15 +110,19 @@ class _AcqFile:
             self.n[kind] = 0
         for k, v in attrs.items():
             self.f.attrs[k] = v
+        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
         self.f.swmr_mode = True
         self.since_flush = 0
 
-    def append(self, kind: str, seq: int, ts: float, data: np.ndarray) -> None:
+    def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
+        """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
         g = self.f[kind]
         i = self.n[kind]
         fr = g["frames"]
         fr.resize(i + 1, axis=0)
-        fr[i] = data
+        direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
+        if not direct:
+            fr[i] = data
         for name, val in (("seq", seq), ("ts", ts)):
             g[name].resize(i + 1, axis=0)
             g[name][i] = val
@@ -104,6 +130,20 @@ class _AcqFile:
         g["complete"][i] = 1
         self.n[kind] = i + 1
         self.since_flush += 1
+        return direct
+
+    def _write_chunk(self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes) -> bool:
+        """Store the detector's chunk for frame ``i``; False (write ``data`` instead) on any mismatch."""
+        if not self.direct_raw or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
+            return False
+        if len(chunk) < HEADER.size or HEADER.unpack_from(chunk, 0)[0] != data.nbytes:
+            return False
+        try:
+            fr.id.write_direct_chunk((i, 0, 0), bytes(chunk))
+        except (OSError, RuntimeError, ValueError, TypeError):
+            log.warning("direct chunk write failed; recompressing instead", exc_info=True)
+            return False
+        return True
 
     def flush(self) -> None:
         self.f.flush()
@@ -145,6 +185,7 @@ class Recorder(BackgroundWorker):
     # --- producer side (never blocks) -------------------------------------------------------------
     def submit(self, item: RecordItem) -> bool:
         nbytes = 0 if item.data is None else int(item.data.nbytes)
+        nbytes += 0 if item.chunk is None else len(item.chunk)
         ok = self.queue.put(item, nbytes)
         self.metrics.queue_depth.labels(queue="record").set(len(self.queue))
         if not ok:
@@ -184,7 +225,8 @@ class Recorder(BackgroundWorker):
             af = self._file_for(item)
             if af is None or item.kind not in af.n:
                 return
-            af.append(item.kind, item.seq, item.ts, item.data)
+            if af.append(item.kind, item.seq, item.ts, item.data, item.chunk):
+                self.metrics.record_direct_chunks.inc()
             if af.since_flush >= self.s.flush_every:
                 af.flush()
                 if os.path.getsize(af.path) >= self.s.max_file_bytes:
