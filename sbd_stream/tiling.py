@@ -144,6 +144,12 @@ def compute_blend_window(
     return torch.outer(r, r).to(device=device, dtype=torch.float32)
 
 
+@lru_cache(maxsize=32)
+def _cached_window(tile: int, margin: int, overlap: int, window: BlendWindow, device: str) -> torch.Tensor:
+    """The blending window stays on the device between frames instead of being rebuilt per batch."""
+    return compute_blend_window(tile, margin, overlap, window, device)
+
+
 def pad_frames(frames: torch.Tensor, plan: TilePlan) -> torch.Tensor:
     """(B, H, W) -> (B, 1, Hp, Wp), mirrored at the borders (replicated where the frame is too small)."""
     pads = (plan.cols.pad_before, plan.cols.pad_after, plan.rows.pad_before, plan.rows.pad_after)
@@ -168,7 +174,7 @@ def fuse_tiles(tiles: torch.Tensor, plan: TilePlan, batch: int) -> torch.Tensor:
     t, n = plan.tile, plan.tiles_per_frame
     if tiles.shape != (batch * n, 1, t, t):
         raise ValueError(f"expected tiles of shape {(batch * n, 1, t, t)}, got {tuple(tiles.shape)}")
-    window = compute_blend_window(t, plan.margin, plan.overlap, plan.window, tiles.device)
+    window = _cached_window(t, plan.margin, plan.overlap, plan.window, str(tiles.device))
     cols = (tiles.to(torch.float32) * window).reshape(batch, n, t * t).transpose(1, 2)
     size = (plan.rows.padded, plan.cols.padded)
     stride = (plan.rows.stride, plan.cols.stride)
@@ -183,7 +189,7 @@ def fuse_tiles(tiles: torch.Tensor, plan: TilePlan, batch: int) -> torch.Tensor:
 def _weight_sum(plan: TilePlan, device: str) -> torch.Tensor:
     """Sum of the blending weights over the frame; cached since every frame of a stream shares it."""
     t, n = plan.tile, plan.tiles_per_frame
-    window = compute_blend_window(t, plan.margin, plan.overlap, plan.window, device)
+    window = _cached_window(t, plan.margin, plan.overlap, plan.window, device)
     cols = window.reshape(1, t * t, 1).expand(1, t * t, n)
     size = (plan.rows.padded, plan.cols.padded)
     summed = F.fold(cols, output_size=size, kernel_size=t, stride=(plan.rows.stride, plan.cols.stride))

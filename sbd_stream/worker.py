@@ -8,11 +8,12 @@ same everywhere.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 
-class BackgroundWorker:
+class BackgroundWorker(ABC):
     """Mix-in: ``start`` runs ``_run`` in a daemon thread; ``stop`` sets ``_stop``; ``join`` waits."""
 
     thread_name = "sbd-worker"
@@ -23,8 +24,9 @@ class BackgroundWorker:
         self._stop = threading.Event()
         self._thread = None
 
-    def _run(self) -> None:  # pragma: no cover - every stage overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def _run(self) -> None:
+        """The stage's loop; returns when ``_stop`` is set (or its queue is closed and drained)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)

@@ -17,6 +17,7 @@ from training.likelihood_study import (
     structure_split,
 )
 from training.likelihood_synthetic import write_lattice_dataset
+from training.splits import split_indices
 
 
 def test_match_columns_one_to_one_within_distance():
@@ -40,12 +41,14 @@ def test_roc_auc_against_pair_counting():
     assert roc_auc(np.array([]), neg) is None
 
 
-def test_structure_split_keeps_structures_whole():
+def test_structure_split_keeps_structures_whole_and_matches_training():
     ids = np.array([f"s{i // 3}" for i in range(300)])
-    test, train = structure_split(ids, "test", 0.3), structure_split(ids, "train", 0.3)
-    assert set(ids[test]).isdisjoint(ids[train])
-    assert sorted(np.concatenate([test, train]).tolist()) == list(range(300))
-    assert 0.1 < len(test) / 300 < 0.5
+    parts = {k: structure_split(ids, k) for k in ("train", "val", "test")}
+    assert set(ids[parts["test"]]).isdisjoint(ids[parts["train"]])
+    assert set(ids[parts["test"]]).isdisjoint(ids[parts["val"]])
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(300))
+    # the engine's held-out structures are exactly the study's test structures
+    np.testing.assert_array_equal(parts["test"], split_indices(ids)["test"])
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def likelihood_study(
     engine: str | None = typer.Option(None, "--engine", help="engine directory or name (trained network)"),
     backend: str = typer.Option("auto", help="engine backend: auto | torch | onnxruntime | tensorrt"),
     denoiser: str = typer.Option("engine", help="engine | gaussian | clean (perfect: upper bound)"),
-    split: str = typer.Option("test", "--split", help="test | train | all (split by structure)"),
+    split: str = typer.Option("test", "--split", help="test | val | train | all (training's split)"),
     max_images: int | None = typer.Option(None, "--max-images", min=1, help="first N images of the split"),
     frames_per_image: int = typer.Option(1, min=1, help="noise realisations per image"),
     polarity: str = typer.Option("truth", help="bright | dark | truth (from each image's contrast class)"),

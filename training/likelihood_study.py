@@ -14,7 +14,6 @@ FP, a JSON summary and a box-plot + ROC figure.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from scipy.stats import rankdata
 
 from sbd_stream.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
 from sbd_stream.noise import poisson_counts
+from training.splits import split_indices
 
 GROUPS = ("tp", "fp", "fn")
 
@@ -61,8 +61,7 @@ class StudyConfig(BaseModel):
     backend: str = Field("auto", description="engine backend: auto | torch | onnxruntime | tensorrt")
     denoiser: DenoiserKind = DenoiserKind.engine
     gaussian_sigma_A: float = Field(0.4, gt=0)
-    split: str = Field("test", pattern="^(train|test|all)$")
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split: str = Field("test", pattern="^(train|val|test|all)$")
     max_images: int | None = Field(None, ge=1)
     frames_per_image: int = Field(1, ge=1, description="independent noise realisations per image")
     dose: float | None = Field(None, gt=0, description="counts/px in vacuum; default: each image's meta")
@@ -75,18 +74,13 @@ class StudyConfig(BaseModel):
     name: str = "likelihood_study"
 
 
-def structure_split(structure_ids: np.ndarray, split: str, test_fraction: float) -> np.ndarray:
-    """Image indices of ``split``, assigning whole structures by a hash of their id.
-
-    A hash (not a shuffle) keeps a structure on the same side whatever else the file holds. If the
-    training code settles on another split, pass the same indices here (TODO for the lead: share one).
-    """
+def structure_split(structure_ids: np.ndarray, split: str) -> np.ndarray:
+    """Image indices of ``split``: the very split training used, so the study's test images are
+    structures the engine never saw (``training.splits``, whole structures per split)."""
     ids = np.asarray(structure_ids).astype(str)
     if split == "all":
         return np.arange(len(ids))
-    u = np.array([int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) / 2**32 for s in ids])
-    is_test = u < test_fraction
-    return np.flatnonzero(is_test if split == "test" else ~is_test)
+    return split_indices(ids)[split]
 
 
 def match_columns(det: np.ndarray, truth: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +145,7 @@ def run_study(cfg: StudyConfig, dataset: DatasetLike | None = None) -> dict[str,
         from training.dataset import SimulatedDataset
 
         dataset = SimulatedDataset(cfg.data)
-    idx = structure_split(dataset.structure_ids(), cfg.split, cfg.test_fraction)
+    idx = structure_split(dataset.structure_ids(), cfg.split)
     if cfg.max_images is not None:
         idx = idx[: cfg.max_images]
     denoiser = None
