@@ -15,8 +15,9 @@ import torch
 
 from sbd_stream.card import load_card, load_torch_model
 from sbd_stream.denoiser import Denoiser
-from training.evaluate import EvalConfig, evaluate_fov, evaluate_table_5_1
+from training.evaluate import EvalConfig, evaluate_fov, evaluate_table_5_1, write_json
 from training.export import NoGPU, build_engine, export_run
+from training.figure import comparison_images, write_comparison_figure
 from training.synthetic_data import write_synthetic
 from training.train import preset_config, train
 
@@ -140,6 +141,14 @@ def test_table_5_1_and_fov_study_on_synthetic_data(synthetic: Path, tiny_run: Pa
     assert not any(r.get("reused_from_cache") for r in other["rows"])
     fov = evaluate_fov(cfg, {"a": engine}, log=lambda s: None)
     assert fov["rows"][0]["field_of_view"] == 53
+    # the figure re-runs each row with its recorded settings: its PSNRs are the table's per-image ones
+    write_json(res, tmp_path / "t.json")
+    labels, images, scores, _ = comparison_images(res, synthetic, n_images=1)
+    assert labels == [r["method"] for r in res["rows"][:-1]] + ["Clean"]
+    assert len(images) == 1 and all(img.shape == images[0][-1].shape for img in images[0])
+    assert np.all(np.isfinite(scores[0][:-1])) and scores[0][-1] == float("inf")
+    png = write_comparison_figure(tmp_path / "t.json", synthetic, tmp_path / "t.png", n_images=1)
+    assert png.stat().st_size > 10_000
 
 
 def test_build_engine_explains_why_it_cannot_run_without_a_gpu(tmp_path: Path) -> None:

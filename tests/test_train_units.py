@@ -74,6 +74,18 @@ def test_augmented_windows_stay_inside_the_image_when_they_fit() -> None:
     assert angles.max() <= 45 + 1e-6 and angles.max() > 30
 
 
+def test_rotation_probability_keeps_the_native_orientation_in_the_mix() -> None:
+    def angles(prob: float) -> np.ndarray:
+        spec = AugmentSpec(patch=96, rotation_prob=prob, flips=False, rescale_prob=0.0)
+        mats, _ = affine_params(np.random.default_rng(0), 400, spec, 256, 256)
+        return np.degrees(np.arctan2(mats[:, 1, 0], mats[:, 0, 0]))
+
+    unrotated = np.isclose(angles(0.5), 0.0, atol=1e-9).mean()
+    assert 0.4 < unrotated < 0.6
+    assert np.isclose(angles(1.0), 0.0, atol=1e-9).mean() == 0.0
+    assert np.all(angles(0.0) == 0.0)
+
+
 def test_batches_have_fresh_unbiased_poisson_noise() -> None:
     clean = torch.full((4, 64, 64), 2.0)
     spec = AugmentSpec(patch=32)
@@ -161,3 +173,27 @@ def test_every_classical_baseline_beats_the_raw_frame(blob_image) -> None:
         est = f(counts, 0.45)
         assert est.shape == img.shape
         assert psnr(img, est) > base + 5, f.__name__
+
+
+# --- presets ---------------------------------------------------------------------------------------------
+
+
+def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
+    from sbd_stream.model import count_parameters, field_of_view
+    from training.train import PRESETS, build_network, preset_config
+
+    for name in PRESETS:
+        cfg = preset_config(name)
+        if cfg.architecture == "unet":
+            assert cfg.augment.patch % 2**cfg.scales == 0, name
+        if name != "paper":  # reproducible from one command: a step budget, not the machine's speed
+            assert cfg.max_minutes is None, name
+    nets = {n: build_network(preset_config(n)) for n in ("fov53", "fov245", "fov1013")}
+    params = [count_parameters(m) for m in nets.values()]
+    assert max(params) / min(params) < 1.05
+    assert [field_of_view(m) for m in nets.values()] == [53, 245, 1013]
+    budgets = {(c.batch, c.max_steps, c.augment.model_dump_json()) for c in map(preset_config, nets)}
+    assert len(budgets) == 1  # same samples, patches and augmentation for every field of view
+    paper = preset_config("paper")
+    assert (paper.scales, paper.channels, paper.augment.rescale_prob) == (6, 128, 1.0)
+    assert paper.augment.max_rotation_deg == 45.0 and paper.augment.rotation_prob == 1.0

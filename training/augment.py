@@ -21,11 +21,14 @@ from sbd_stream.normalisation import Normalisation
 
 
 class AugmentSpec(BaseModel):
-    """Augmentation of Sec. 5; ``rescale_prob`` < 1 keeps the native pixel size in the mix."""
+    """Augmentation of Sec. 5; ``*_prob`` < 1 keeps the native pixel size / orientation in the mix."""
 
     patch: int = Field(128, gt=0, description="patch side in pixels (a multiple of the model's)")
     flips: bool = True
     max_rotation_deg: float = Field(45.0, ge=0, le=180)
+    rotation_prob: float = Field(
+        1.0, ge=0, le=1, description="probability of rotating; else the simulation's own orientation"
+    )
     rescale: tuple[float, float] = (0.75, 0.82)
     rescale_prob: float = Field(
         0.5, ge=0, le=1, description="probability of rescaling; else scale 1 (the test images' pixel size)"
@@ -43,6 +46,8 @@ def affine_params(
     centres = np.empty((n, 2))
     for k in range(n):
         theta = math.radians(rng.uniform(-spec.max_rotation_deg, spec.max_rotation_deg))
+        if rng.random() >= spec.rotation_prob:
+            theta = 0.0
         scale = rng.uniform(*spec.rescale) if rng.random() < spec.rescale_prob else 1.0
         flip = np.diag([-1.0 if spec.flips and rng.random() < 0.5 else 1.0 for _ in range(2)])
         c, s = math.cos(theta), math.sin(theta)

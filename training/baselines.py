@@ -93,16 +93,24 @@ class Baseline:
 def classical_baselines(bm3d_test_images: int | None = 40) -> list[Baseline]:
     return [
         Baseline("Raw", raw),
-        Baseline("Low-pass filter", low_pass, [{"sigma": s} for s in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)]),
+        Baseline(
+            "Low-pass filter",
+            low_pass,
+            [{"sigma": s} for s in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)],
+        ),
         Baseline(
             "Adaptive Wiener filter",
             adaptive_wiener,
-            [{"size": s, "noise_scale": k} for s in (9, 19, 27, 39) for k in (1.0, 1.5, 2.5)],
+            [{"size": s, "noise_scale": k} for s in (9, 19, 27, 39, 55, 79) for k in (1.0, 1.5, 2.5)],
         ),
         Baseline(
             "VST + NLM",
             vst_nlm,
-            [{"h": h, "patch_size": 7, "patch_distance": d} for h in (0.6, 0.8, 1.0, 1.3) for d in (6, 11)],
+            [
+                {"h": h, "patch_size": 7, "patch_distance": d}
+                for h in (0.6, 0.8, 1.0, 1.3, 1.7, 2.2)
+                for d in (6, 11)
+            ],
         ),
         Baseline(
             "VST + BM3D",

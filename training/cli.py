@@ -220,6 +220,7 @@ def evaluate(
         False, help="reuse classical rows of an existing table_5_1.json made with the same settings"
     ),
     classical_only: bool = typer.Option(False, help="skip the SBD engines"),
+    figure: bool = typer.Option(True, help="also write table_5_1.png (Fig. 5.2 analogue: 2 test frames)"),
 ) -> None:
     """Table 5.1: classical baselines (tuned on val) and SBD engines on the test split."""
     import json
@@ -244,6 +245,11 @@ def evaluate(
     write_json(res, out_dir / "table_5_1.json")
     write_markdown(table_5_1_markdown(res, command), out_dir / "table_5_1.md")
     typer.echo(f"wrote {out_dir}/table_5_1.json and .md")
+    if figure:
+        from training.figure import write_comparison_figure
+
+        png = write_comparison_figure(out_dir / "table_5_1.json", data, out_dir / "table_5_1.png")
+        typer.echo(f"wrote {png}")
 
 
 @app.command("fov-study")
