@@ -119,6 +119,24 @@ def run_method(method: Method, items: list[Item], dose: float, spec: DetectionSp
     }
 
 
+def sbd_row(
+    label: str, engine_dir: Path, kind: str, test: list[Item], dose: float, spec: DetectionSpec
+) -> dict[str, Any]:
+    """One engine's table row (Table 5.1 and 3.1 alike): its scores plus what its card says about it."""
+    method, info = sbd_method(engine_dir, kind)
+    card = info["card"]
+    return {
+        "method": label,
+        "kind": "sbd",
+        "engine": str(engine_dir),
+        "backend": info["engine"],
+        "parameters": card.get("parameters"),
+        "field_of_view": card.get("field_of_view"),
+        "training": card.get("training", {}),
+        **run_method(method, test, dose, spec),
+    }
+
+
 def calibrate_detector(cfg: EvalConfig, val: list[Item]) -> tuple[DetectionSpec, dict[str, float]]:
     spec = DetectionSpec(pixel_size_A=pixel_size(cfg.data))
     thr, scores = calibrate_threshold(
@@ -172,20 +190,7 @@ def evaluate_table_5_1(
         )
         log(_row_line(rows[-1]))
     for label, engine_dir in engines.items():
-        method, info = sbd_method(engine_dir, cfg.engine_kind)
-        card = info["card"]
-        res = run_method(method, test, dose, spec)
-        rows.append(
-            {
-                "method": label,
-                "kind": "sbd",
-                "engine": str(engine_dir),
-                "backend": info["engine"],
-                "parameters": card.get("parameters"),
-                "field_of_view": card.get("field_of_view"),
-                **res,
-            }
-        )
+        rows.append(sbd_row(label, engine_dir, cfg.engine_kind, test, dose, spec))
         log(_row_line(rows[-1]))
     clean_rows = [
         {k: v for k, v in score_image(it.clean, it, spec).items() if k not in ("psnr", "ssim")} for it in test
@@ -249,19 +254,7 @@ def evaluate_fov(cfg: EvalConfig, engines: dict[str, Path], log: Callable[[str],
     spec, _ = calibrate_detector(cfg, val)
     rows = []
     for label, engine_dir in engines.items():
-        method, info = sbd_method(engine_dir, cfg.engine_kind)
-        card = info["card"]
-        res = run_method(method, test, dose, spec)
-        rows.append(
-            {
-                "method": label,
-                "engine": str(engine_dir),
-                "parameters": card.get("parameters"),
-                "field_of_view": card.get("field_of_view"),
-                "training": card.get("training", {}),
-                **res,
-            }
-        )
+        rows.append(sbd_row(label, engine_dir, cfg.engine_kind, test, dose, spec))
         log(_row_line(rows[-1]))
     rows.sort(key=lambda r: r["field_of_view"] or 0)
     return {
