@@ -2,7 +2,8 @@
 
 Measures, on this machine:
   * ingest: frames/s and GB/s (uncompressed pixels; and bytes on the wire) through the real receive
-    paths -- ``DectrisIngest`` (PUSH -> PULL, JSON + bslz4 decode) vs ``Ingest`` (PUB -> SUB, raw);
+    paths -- the one receiver with its DECTRIS stream v1 plug-in (PUSH -> PULL, JSON + bslz4 decode) vs its
+    wire-v1 plug-in (PUB -> SUB, raw);
   * decompression of one frame per codec backend (dectris-compression, hdf5plugin);
   * recording one frame: h5py write through the bitshuffle filter (recompress) vs ``write_direct_chunk``
     of the detector's chunk.
@@ -26,13 +27,12 @@ import hdf5plugin
 import numpy as np
 import zmq
 
-from sbd_stream import dectris_codec
-from sbd_stream.config import IngestSettings
-from sbd_stream.dectris_encode import v1_end, v1_frame, v1_header
-from sbd_stream.ingest import Ingest
-from sbd_stream.ingest_dectris import DectrisIngest, DectrisIngestSettings
+from sbd_stream.config import DectrisInput, IngestSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
+from sbd_stream.sources.dectris import codec
+from sbd_stream.sources.dectris.sim import v1_end, v1_frame, v1_header
+from sbd_stream.sources.receiver import Receiver, open_receiver
 
 K2 = (3838, 3710)
 CMD = "python -m benchmarks.bench_dectris"
@@ -58,8 +58,12 @@ def _run_ingest(kind: str, pool: list[np.ndarray], n: int) -> dict:
         out = ctx.socket(zmq.PUSH)
         out.setsockopt(zmq.SNDHWM, 8)
         port = out.bind_to_random_port("tcp://127.0.0.1")
-        ing: object = DectrisIngest(
-            DectrisIngestSettings(endpoint=f"tcp://127.0.0.1:{port}", rcvhwm=8),
+        ing: Receiver = open_receiver(
+            IngestSettings(
+                endpoint=f"tcp://127.0.0.1:{port}",
+                rcvhwm=8,
+                input=DectrisInput(dialect="dectris-stream-v1"),
+            ),
             Metrics(),
             on_frame,
             None,
@@ -71,22 +75,22 @@ def _run_ingest(kind: str, pool: list[np.ndarray], n: int) -> dict:
         out = ctx.socket(zmq.PUB)
         out.setsockopt(zmq.SNDHWM, 100000)  # PUB drops at its HWM; the benchmark must not lose frames
         port = out.bind_to_random_port("tcp://127.0.0.1")
-        ing = Ingest(
+        ing = open_receiver(
             IngestSettings(endpoint=f"tcp://127.0.0.1:{port}", rcvhwm=100000), Metrics(), on_frame, None, ctx
         )
         msgs = [encode_series(TOPIC_SERIES_START, "b", 0.0)]
         msgs += [encode_frame(pool[i % len(pool)], "b", i, 0.0) for i in range(n)]
         msgs.append(encode_series(TOPIC_SERIES_END, "b", 0.0))
     wire = sum(len(p) if isinstance(p, bytes) else p.nbytes for m in msgs for p in m)
-    ing.start()  # type: ignore[attr-defined]
+    ing.start()
     time.sleep(0.5)
     t0 = time.perf_counter()
     for m in msgs:
         out.send_multipart(m, copy=kind != "wire-v1-raw")
     ok = done.wait(300)
     t1 = got[-1] if got else time.perf_counter()
-    ing.stop()  # type: ignore[attr-defined]
-    ing.join(5)  # type: ignore[attr-defined]
+    ing.stop()
+    ing.join(5)
     out.close(linger=0)
     ctx.term()
     dt = t1 - t0
@@ -104,20 +108,20 @@ def _run_ingest(kind: str, pool: list[np.ndarray], n: int) -> dict:
 
 
 def _decompress(pool: list[np.ndarray], reps: int = 5) -> list[dict]:
-    chunk = dectris_codec.compress_framed(pool[0], "bslz4")
+    chunk = codec.compress_framed(pool[0], "bslz4")
     out = []
-    for be in dectris_codec.backends():
-        dectris_codec.decompress_framed(chunk, "bslz4", pool[0].itemsize, pool[0].nbytes, be)  # warm up
+    for be in codec.backends():
+        codec.decompress_framed(chunk, "bslz4", pool[0].itemsize, pool[0].nbytes, be)  # warm up
         t = time.perf_counter()
         for _ in range(reps):
-            dectris_codec.decompress_framed(chunk, "bslz4", pool[0].itemsize, pool[0].nbytes, be)
+            codec.decompress_framed(chunk, "bslz4", pool[0].itemsize, pool[0].nbytes, be)
         s = (time.perf_counter() - t) / reps
         out.append({"backend": be, "ms_per_frame": s * 1e3, "GB_per_s": pool[0].nbytes / s / 1e9})
     return out
 
 
 def _record(pool: list[np.ndarray], n: int = 8) -> list[dict]:
-    chunks = [dectris_codec.compress_framed(a, "bslz4") for a in pool]
+    chunks = [codec.compress_framed(a, "bslz4") for a in pool]
     res = []
     with tempfile.TemporaryDirectory() as d:
         for mode in ("recompress", "direct_chunk"):
@@ -136,7 +140,7 @@ def _record(pool: list[np.ndarray], n: int = 8) -> list[dict]:
                         ds.resize(i + 1, axis=0)
                         ds[i] = pool[i % len(pool)]
                     else:
-                        dectris_codec.append_chunk(ds, chunks[i % len(chunks)])
+                        codec.append_chunk(ds, chunks[i % len(chunks)])
                     f.flush()
                 s = (time.perf_counter() - t) / n
             res.append({"mode": mode, "ms_per_frame": s * 1e3, "frames_per_s": 1 / s})
@@ -150,12 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dectris.json")
     a = ap.parse_args(argv)
     pool = _pool(a.dtype)
-    chunk_len = len(dectris_codec.compress_framed(pool[0], "bslz4"))
+    chunk_len = len(codec.compress_framed(pool[0], "bslz4"))
     result = {
         "command": f"{CMD} --frames {a.frames} --dtype {a.dtype}",
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
         "frame": {"shape": list(K2), "dtype": a.dtype, "bytes": pool[0].nbytes, "bslz4_bytes": chunk_len},
-        "codec_backends": dectris_codec.backends(),
+        "codec_backends": codec.backends(),
         "ingest": [_run_ingest(k, pool, a.frames) for k in ("wire-v1-raw", "dectris-v1-bslz4")],
         "decompress": _decompress(pool),
         "record": _record(pool),

@@ -1,8 +1,8 @@
-"""Ingest rate on loopback: sbd_stream.ingest.Ingest against a bare pyzmq receive loop, same run.
+"""Ingest rate on loopback: the service's wire-v1 receiver against a bare pyzmq receive loop, same run.
 
 A sender process publishes pre-encoded wire-format frames as fast as it can; the receiver is either a
-bare ``recv_multipart(copy=False)`` loop or the service's Ingest (decode, validate, sequence
-accounting, hand-off). Ratio = Ingest frames/s / bare frames/s.
+bare ``recv_multipart(copy=False)`` loop or the service's receiver (``open_receiver``: decode,
+validate, sequence accounting, hand-off). Ratio = receiver frames/s / bare frames/s.
 
     python -m benchmarks.bench_ingest [--quick]
 """
@@ -19,9 +19,9 @@ import zmq
 
 from benchmarks.common import table, write_result
 from sbd_stream.config import IngestSettings
-from sbd_stream.ingest import Ingest
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import encode_frame
+from sbd_stream.sources.receiver import open_receiver
 
 
 def _sender(endpoint: str, shape: tuple[int, int], dtype: str, n: int) -> None:
@@ -71,8 +71,10 @@ def _ingest(endpoint: str, n: int, max_payload: int) -> tuple[int, float]:
             state["t1"] = time.perf_counter()
             done.set()
 
-    ing = Ingest(
-        IngestSettings(endpoint=endpoint, mode="bind", rcvhwm=0, max_payload_bytes=max_payload),  # type: ignore[arg-type]
+    ing = open_receiver(
+        IngestSettings.model_validate(
+            {"endpoint": endpoint, "mode": "bind", "rcvhwm": 0, "max_payload_bytes": max_payload}
+        ),
         Metrics(),
         on_frame,
     )

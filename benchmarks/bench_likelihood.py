@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbd_stream.likelihood import LikelihoodConfig, LikelihoodStage
+from sbd_stream.compute.likelihood import LikelihoodConfig, LikelihoodStage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,8 +68,8 @@ def _cpu_name() -> str:
 
 
 def _random_engine(root: Path) -> Path:
-    from sbd_stream.card import EngineCard, TilingDefaults, write_engine
-    from sbd_stream.model import UNet
+    from sbd_stream.compute.model import UNet
+    from sbd_stream.engines.card import EngineCard, TilingDefaults, write_engine
 
     torch.manual_seed(0)
     card = EngineCard(
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=RESULTS / "likelihood_cost.json")
     args = ap.parse_args(argv)
 
-    from sbd_stream.denoiser import Denoiser
+    from sbd_stream.compute.denoiser import Denoiser
     from training.likelihood_synthetic import lattice_image
 
     device = torch.device(args.device)

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import table, write_result
+from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
-from sbd_stream.demo import run_demo
-from sbd_stream.denoiser import Denoiser
-from sbd_stream.emulator import EmulatorConfig
 from sbd_stream.metrics import Metrics
-from sbd_stream.pipeline import run_replay
-from sbd_stream.recorder import Recorder, RecordItem
+from sbd_stream.service.demo import run_demo
+from sbd_stream.service.pipeline import run_replay
+from sbd_stream.sinks.recorder import Recorder, RecordItem
+from sbd_stream.sources.emulator import EmulatorConfig
 
 
 def _tiny_engine() -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks.common import table, write_result
 from sbd_stream.config import RecordSettings
 from sbd_stream.metrics import Metrics
-from sbd_stream.recorder import Recorder, RecordItem
+from sbd_stream.sinks.recorder import Recorder, RecordItem
 
 DETECTOR_HZ = 40.0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbd_stream.normalisation import Normalisation
+from sbd_stream.compute.normalisation import Normalisation
 from training.augment import draw_batch
 from training.train import build_network, preset_config
 
@@ -52,7 +52,7 @@ def train_step_rate(preset: str, steps: int = 5) -> dict:
 
 
 def frame_latency(kind: str, size: int = 1024, repeats: int = 3) -> dict:
-    from sbd_stream.denoiser import Denoiser
+    from sbd_stream.compute.denoiser import Denoiser
 
     den = Denoiser.load(engine=kind, engine_dir=ENGINE, device="cpu")
     x = torch.poisson(torch.full((1, size, size), 0.45))
@@ -74,8 +74,86 @@ def frame_latency(kind: str, size: int = 1024, repeats: int = 3) -> dict:
     }
 
 
+def onnx_channel_sweep(
+    channels: tuple[int, ...] = (8, 12, 16),
+    size: int = 256,
+    batch: int = 4,
+    threads: int = 2,
+    repeats: int = 40,
+) -> list[dict]:
+    """ONNX Runtime time per working-pixel frame for 4-scale UNets of several widths (issue 14).
+
+    The live goal: 1024^2 detector frames binned 4x4 to 256^2 at 40 Hz on this CPU, i.e. <= ~20 ms per
+    256^2 frame, run as batches of ``batch`` whole frames with ``threads`` intra-op threads. Random
+    weights (speed does not depend on them); each model goes through ``write_engine`` (verified ONNX)
+    and ``load_engine("onnxruntime", ...)`` like a shipped engine.
+    """
+    import tempfile
+
+    from sbd_stream.compute.model import UNet
+    from sbd_stream.engines import load_engine
+    from sbd_stream.engines.card import EngineCard, write_engine
+
+    os.environ["SBD_ORT_THREADS"] = str(threads)
+    out = []
+    x = torch.poisson(torch.full((batch, 1, size, size), 7.2)) / 7.2
+    for ch in channels:
+        torch.manual_seed(0)
+        net = UNet(scales=4, channels=ch)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp) / f"unet4-c{ch}"
+            card = write_engine(d, net, EngineCard(name=d.name, scales=4, channels=ch))
+            eng = load_engine("onnxruntime", d, device="cpu", batch=batch)
+            eng.run(x)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                eng.run(x)
+                times.append(time.perf_counter() - t)
+            onnx_bytes = (d / "model.onnx").stat().st_size
+        per_frame = float(np.median(times)) / batch
+        out.append(
+            {
+                "channels": ch,
+                "parameters": card.parameters,
+                "field_of_view": card.field_of_view,
+                "frame": size,
+                "batch": batch,
+                "threads": threads,
+                "ms_per_frame_median": 1e3 * per_frame,
+                "ms_per_frame_best": 1e3 * float(np.min(times)) / batch,
+                "frames_per_s": 1.0 / per_frame,
+                "onnx_bytes": onnx_bytes,
+                "load_avg": os.getloadavg()[0],
+            }
+        )
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    if "--onnx-sweep" in sys.argv:
+        sweep = onnx_channel_sweep()
+        path = OUT.with_name("bench_onnx_channels.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "command": "python -m benchmarks.bench_training --onnx-sweep",
+                    "cpus": os.cpu_count(),
+                    "rows": sweep,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        for r in sweep:
+            print(
+                f"UNet4 c{r['channels']:<3} {r['parameters']:>7} params: {r['ms_per_frame_median']:.1f} ms / "
+                f"{r['frame']}^2 frame (best {r['ms_per_frame_best']:.1f}; batch {r['batch']}, "
+                f"{r['threads']} threads, load {r['load_avg']:.1f})"
+            )
+        return
     res = {
         "command": "python -m benchmarks.bench_training",
         "machine": {

@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sbd_stream.compute.likelihood import LikelihoodConfig
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings
 
@@ -31,8 +32,10 @@ class SocketMode(enum.StrEnum):
     bind = "bind"
 
 
-# --- DECTRIS input dialects (issue 8, sbd_stream/ingest_dectris.py) ---
+# --- ingest input dialects (issue 12: one receiver, sbd_stream/sources/receiver.py) ---
 class InputDialect(enum.StrEnum):
+    """Every input message format the receiver has a plug-in for (the CLI's ``--dialect`` choices)."""
+
     wire_v1 = "wire-v1"  # sbd-stream wire format v1 (sbd_stream/protocol.py)
     dectris_v1 = "dectris-stream-v1"  # DECTRIS SIMPLON stream v1: multipart JSON + blob
     dectris_v2 = "dectris-stream-v2"  # DECTRIS stream v2: CBOR
@@ -43,10 +46,38 @@ class InputSocket(enum.StrEnum):
     sub = "sub"  # behind a fan-out proxy (wire format v1 always uses SUB)
 
 
-# --- end DECTRIS input dialects ---
+class WireV1Input(BaseModel):
+    """Wire format v1: the bridge publishes (PUB), so the socket is always SUB and nothing else varies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dialect: Literal["wire-v1"] = Field("wire-v1", description="sbd-stream wire format v1")
+
+
+class DectrisInput(BaseModel):
+    """DECTRIS SIMPLON stream v1 / v2: the settings only a detector's series state machine needs.
+
+    They live here rather than on ``IngestSettings`` so a wire-format service can't be given a
+    timeout or socket type that would silently do nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dialect: Literal["dectris-stream-v1", "dectris-stream-v2"] = Field(
+        description="stream v1 (JSON + blob) or stream v2 (CBOR)"
+    )
+    socket_type: InputSocket = Field(InputSocket.pull, description="pull from a DCU, sub behind a proxy")
+    series_timeout_s: float = Field(10.0, gt=0, description="close a series after this silence")
+    heartbeat_s: float = Field(1.0, gt=0, description="ZMTP heartbeat; a silent peer is gone after 3x")
+
+
+InputSettings = Annotated[WireV1Input | DectrisInput, Field(discriminator="dialect")]
+"""One tagged variant per input family, picked by its ``dialect`` value (TOML ``[ingest.input]``)."""
 
 
 class IngestSettings(BaseModel):
+    """The receiving socket and queues (common to every dialect) plus the dialect's own ``input``."""
+
     model_config = ConfigDict(extra="forbid")
 
     endpoint: str = Field("tcp://127.0.0.1:5555", description="where detector frames come from")
@@ -56,9 +87,12 @@ class IngestSettings(BaseModel):
     queue_frames: int = Field(64, ge=1, description="denoise queue length (frames)")
     record_queue_frames: int = Field(512, ge=1, description="recorder queue length (frames)")
     curve: CurveSettings = Field(default_factory=CurveSettings, description="optional CURVE (security.py)")
-    dialect: InputDialect = Field(InputDialect.wire_v1, description="input message format")
-    socket_type: InputSocket = Field(InputSocket.pull, description="DECTRIS dialects: pull or sub")
-    series_timeout_s: float = Field(10.0, gt=0, description="DECTRIS: close a series after this silence")
+    input: InputSettings = Field(
+        default_factory=WireV1Input, description="message format, tagged by dialect, and its settings"
+    )
+
+
+# --- end ingest input dialects ---
 
 
 class PublishSettings(BaseModel):
@@ -88,6 +122,71 @@ class RecordSettings(BaseModel):
     )
 
 
+PAPER_PIXEL_A = 0.060
+"""The paper's detector pixel at the specimen: 0.45 counts/px in vacuum at 125 e/A^2 per frame."""
+PAPER_DOSE_E_PER_A2 = 125.0
+"""The paper's dose per 25 ms frame (5000 e/A^2/s), electrons per A^2."""
+
+
+class DetectorSettings(BaseModel):
+    """What the detector delivers, in physical units: pixel size at the specimen and dose per frame.
+
+    Give the dose either per area (``dose_e_per_A2``) or as counts per pixel in vacuum
+    (``counts_per_px``); one derives the other through the pixel area. With neither, the paper's
+    125 e/A^2 per frame is assumed (0.45 counts per 0.060 A pixel).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixel_size_A: float = Field(PAPER_PIXEL_A, gt=0, description="detector pixel at the specimen, A")
+    dose_e_per_A2: float | None = Field(None, gt=0, description="dose per frame, electrons per A^2")
+    counts_per_px: float | None = Field(None, gt=0, description="or: counts per pixel in vacuum per frame")
+
+    @model_validator(mode="after")
+    def _one_dose(self) -> DetectorSettings:
+        if self.dose_e_per_A2 is not None and self.counts_per_px is not None:
+            raise ValueError("give the dose as dose_e_per_A2 or as counts_per_px, not both")
+        return self
+
+    @property
+    def dose_per_area(self) -> float:
+        """Electrons per A^2 per frame."""
+        if self.counts_per_px is not None:
+            return self.counts_per_px / self.pixel_size_A**2
+        return PAPER_DOSE_E_PER_A2 if self.dose_e_per_A2 is None else self.dose_e_per_A2
+
+    @property
+    def vacuum_counts(self) -> float:
+        """Expected counts per detector pixel in vacuum per frame."""
+        return self.dose_per_area * self.pixel_size_A**2
+
+    def describe(self) -> dict[str, float]:
+        """What recordings and outputs carry as attributes (both forms of the dose)."""
+        return {
+            "pixel_size_A": self.pixel_size_A,
+            "dose_e_per_A2": self.dose_per_area,
+            "counts_per_px": self.vacuum_counts,
+        }
+
+
+class LikelihoodSettings(LikelihoodConfig):
+    """Likelihood maps: on/off plus the physical detection parameters (sbd_stream/compute/likelihood.py).
+
+    The pixel size is not a setting: maps are computed at the engine's working pixel, whatever the
+    detector's sampling, and brought back to detector pixels.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(False, description="also compute, publish and record likelihood-ratio maps")
+    pixel_size_A: float | None = Field(None, gt=0, description="set from the engine's working pixel")
+
+    def at_pixel(self, pixel_size_A: float) -> LikelihoodConfig:
+        """The compute-layer config at a given pixel size (the engine's working pixel)."""
+        fields = self.model_dump(exclude={"enabled", "pixel_size_A"})
+        return LikelihoodConfig(pixel_size_A=pixel_size_A, **fields)
+
+
 class DenoiseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,14 +195,13 @@ class DenoiseSettings(BaseModel):
     device: str | None = Field(None, description="cpu or cuda[:N] (default: the best available)")
     tile: int | None = None
     margin: int | None = None
-    dose: float | None = Field(None, gt=0, description="counts per pixel in vacuum (default: card)")
+    bin_tolerance: float = Field(
+        0.05, ge=0, lt=0.5, description="largest relative misfit of k x detector pixel to the working pixel"
+    )
     batch_frames: int = Field(4, ge=1, description="denoise up to B frames at once")
     batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
     policy: BackpressurePolicy = BackpressurePolicy.lossless
-    likelihood: bool = Field(False, description="also compute and publish likelihood-ratio maps")
-    likelihood_params: dict[str, Any] = Field(
-        default_factory=dict, description="LikelihoodConfig fields, e.g. pixel_size_A, column_radius_A"
-    )
+    likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
 
 
 class MetricsSettings(BaseModel):
@@ -115,7 +213,7 @@ class MetricsSettings(BaseModel):
 
 
 class ViewerSettings(BaseModel):
-    """The live viewer page (sbd_stream/viewer.py); a consumer of the outputs, never a stage."""
+    """The live viewer page (sbd_stream/sinks/viewer/server.py); a consumer of the outputs, never a stage."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -131,6 +229,7 @@ class ServiceSettings(BaseSettings):
         env_prefix="SBD_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
+    detector: DetectorSettings = DetectorSettings()
     ingest: IngestSettings = IngestSettings()
     publish: PublishSettings = PublishSettings()
     record: RecordSettings = RecordSettings()

@@ -100,6 +100,17 @@ class Metrics:
             self.record_errors.labels(kind=k)
         for t in ("series_start", "series_end"):
             self.series.labels(topic=t)
+        self.dose_out_of_range = Gauge(
+            "sbd_dose_out_of_range",
+            "1 while the stream's dose per area lies outside the engine's trained range (x1.25)",
+            registry=r,
+        )
+        self.dose_factor = Gauge(
+            "sbd_dose_factor", "The stream's dose per area / the engine's nominal dose", registry=r
+        )
+        self.bin_factor = Gauge(
+            "sbd_bin_factor", "Detector pixels summed per working pixel, per axis", registry=r
+        )
         self._server: Any = None
         self._lock = threading.Lock()
 
@@ -148,4 +159,48 @@ EXPORTED_NAMES = (
     "sbd_stage_latency_seconds",
     "sbd_end_to_end_latency_seconds",
     "sbd_engine_info",
+    "sbd_dose_out_of_range",
+    "sbd_dose_factor",
+    "sbd_bin_factor",
 )
+
+
+def total(m: Metrics, name: str) -> float:
+    """Sum of a metric's samples over all label values."""
+    return sum(s.value for metric in m.registry.collect() for s in metric.samples if s.name == name)
+
+
+def status_line(m: Metrics, elapsed: float) -> str:
+    """The one-line progress report ``serve`` prints every few seconds."""
+    n = m.value("sbd_frames_received_total")
+    return (
+        f"{elapsed:7.1f}s  in {n:.0f} ({n / max(elapsed, 1e-9):.1f}/s)  "
+        f"denoised {m.value('sbd_frames_denoised_total'):.0f}  "
+        f"skipped {m.value('sbd_frames_skipped_total'):.0f}  "
+        f"malformed {total(m, 'sbd_frames_malformed_total'):.0f}  "
+        f"missing {m.value('sbd_frames_missing_total'):.0f}  "
+        f"queue {m.value('sbd_queue_depth', {'queue': 'denoise'}):.0f}"
+    )
+
+
+SUMMARY_NAMES = (
+    "sbd_frames_received_total",
+    "sbd_frames_denoised_total",
+    "sbd_frames_skipped_total",
+    "sbd_frames_duplicate_total",
+    "sbd_frames_missing_total",
+    "sbd_sequence_restarts_total",
+    "sbd_record_dropped_total",
+    "sbd_denoise_overflow_total",
+    "sbd_denoise_errors_total",
+)
+
+
+def summary(m: Metrics, elapsed: float) -> dict[str, Any]:
+    """Final counters of a run (what ``serve`` / ``replay`` print and return)."""
+    out: dict[str, Any] = {"seconds": elapsed}
+    out.update({n.removeprefix("sbd_").removesuffix("_total"): total(m, n) for n in SUMMARY_NAMES})
+    out["malformed"] = total(m, "sbd_frames_malformed_total")
+    out["published"] = total(m, "sbd_frames_published_total")
+    out["recorded_raw"] = m.value("sbd_frames_recorded_total", {"kind": "raw"})
+    return out

@@ -28,6 +28,20 @@ FRAME_TOPICS = frozenset({TOPIC_FRAME, TOPIC_DENOISED, TOPIC_LLR})
 SERIES_TOPICS = frozenset({TOPIC_SERIES_START, TOPIC_SERIES_END})
 ALL_TOPICS = FRAME_TOPICS | SERIES_TOPICS
 
+MAX_HEADER_COLUMNS = 1000
+"""Columns beyond this are not listed in an ``llr`` header (they would pass the 64 kB header limit)."""
+COLUMN_FIELDS = ("row", "col", "llr", "region_mean")
+
+
+def llr_columns(table: np.ndarray) -> tuple[dict[str, Any], list[list[float]]]:
+    """An ``llr`` message's column table: (meta, rows rounded to 3 decimals, at most MAX_HEADER_COLUMNS).
+
+    ``table`` is (K, 4) [row, col, llr, region_mean]; ``meta`` says how many columns there were in all.
+    """
+    meta = {"n_columns": len(table), "columns_fields": list(COLUMN_FIELDS)}
+    return meta, np.round(np.asarray(table[:MAX_HEADER_COLUMNS], np.float64), 3).tolist()
+
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 16384
 DEFAULT_MAX_PAYLOAD = 3838 * 3710 * 4

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 
-from sbd_stream.card import EngineCard, TilingDefaults, write_engine
-from sbd_stream.model import UNet
+from sbd_stream.compute.model import UNet
+from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.config import ServiceSettings, load_settings
+from sbd_stream.engines.card import EngineCard, TilingDefaults, write_engine
+
+if TYPE_CHECKING:
+    from training.dataset import TaskResult
 
 
 def make_tiny_engine(
-    path: Path, scales: int = 2, channels: int = 4, tile: int = 64, margin: int = 8, overlap: int = 8
+    path: Path,
+    scales: int = 2,
+    channels: int = 4,
+    tile: int = 64,
+    margin: int = 8,
+    overlap: int = 8,
+    pixel_size_A: float | None = None,
+    dose_e_per_A2: float | None = None,
 ) -> Path:
     """Write a real engine directory with a small random UNet whose output tracks its input.
 
@@ -31,11 +45,72 @@ def make_tiny_engine(
         channels=channels,
         tiling=TilingDefaults(tile=tile, margin=margin, overlap=overlap),
         training_data={"description": "untrained random weights for tests"},
+        pixel_size_A=pixel_size_A,
+        dose_e_per_A2=dose_e_per_A2,
+        dose_range=(0.5, 2.0) if dose_e_per_A2 else (1.0, 1.0),
+        normalisation=Normalisation(dose=dose_e_per_A2 * pixel_size_A**2)
+        if dose_e_per_A2 and pixel_size_A
+        else Normalisation(),
     )
     write_engine(path, model.eval(), card)
     return path
 
 
 @pytest.fixture(scope="session")
+def binning_engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny engine that works at 0.24 A and 125 e/A^2: the paper's 0.060 A detector bins 4 x 4."""
+    return make_tiny_engine(
+        tmp_path_factory.mktemp("engines") / "tiny-unet2-0.24A", pixel_size_A=0.24, dose_e_per_A2=125.0
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_engine(tmp_path_factory.mktemp("engines") / "tiny-unet2")
+
+
+def make_settings(tmp_path: Path, ingest_endpoint: str, **denoise) -> ServiceSettings:
+    """The tiny test engine states no working pixel: it runs at the detector's, here 0.3 A."""
+    return load_settings(
+        overrides={
+            "detector": {"pixel_size_A": 0.3, "counts_per_px": 0.45},
+            "ingest": {"endpoint": ingest_endpoint, "mode": "connect"},
+            "publish": {"endpoint": "tcp://127.0.0.1:*"},
+            "record": {"directory": str(tmp_path / "rec"), "min_free_bytes": 0},
+            "denoise": {"batch_frames": 4, "batch_timeout_ms": 2.0, **denoise},
+            "metrics": {"port": 0},
+        }
+    )
+
+
+def fake_sim_task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> TaskResult:
+    """A small simulated-dataset task with random clean images and column tables (no abTEM)."""
+    from training.dataset import ImageRecord, TaskResult
+
+    rng = np.random.default_rng(abs(hash(key)) % 2**32)
+    images = []
+    for j in range(n):
+        meta = dict(
+            structure_id=sid,
+            task_key=key,
+            particle_class="PtNp3",
+            defect_class="D0",
+            contrast_class=1,
+            thickness_nm=3.0,
+            tilt_x_deg=0.0,
+            tilt_y_deg=1.0,
+            defocus_nm=float(j),
+            pixel_size_A=0.15,
+            dose=0.45,
+        )
+        cols = dict(
+            xy=rng.uniform(0, 5, (k_cols + j, 2)),
+            is_surface=np.arange(k_cols + j) % 2 == 0,
+            contrast=np.full(k_cols + j, j % 3),
+            species=np.full(k_cols + j, 78),
+            n_atoms=np.full(k_cols + j, 5),
+        )
+        images.append(
+            ImageRecord(clean=rng.uniform(0.5, 1.5, shape).astype(np.float32), meta=meta, columns=cols)
+        )
+    return TaskResult(key=key, structure={"structure_id": sid, "seed": 1}, images=images)

@@ -7,38 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import fake_sim_task as _task
 
-from training.dataset import ImageRecord, SimulatedDataset, SimulatedDatasetWriter, TaskResult
-
-
-def _task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> TaskResult:
-    rng = np.random.default_rng(abs(hash(key)) % 2**32)
-    images = []
-    for j in range(n):
-        meta = dict(
-            structure_id=sid,
-            task_key=key,
-            particle_class="PtNp3",
-            defect_class="D0",
-            contrast_class=1,
-            thickness_nm=3.0,
-            tilt_x_deg=0.0,
-            tilt_y_deg=1.0,
-            defocus_nm=float(j),
-            pixel_size_A=0.15,
-            dose=0.45,
-        )
-        cols = dict(
-            xy=rng.uniform(0, 5, (k_cols + j, 2)),
-            is_surface=np.arange(k_cols + j) % 2 == 0,
-            contrast=np.full(k_cols + j, j % 3),
-            species=np.full(k_cols + j, 78),
-            n_atoms=np.full(k_cols + j, 5),
-        )
-        images.append(
-            ImageRecord(clean=rng.uniform(0.5, 1.5, shape).astype(np.float32), meta=meta, columns=cols)
-        )
-    return TaskResult(key=key, structure={"structure_id": sid, "seed": 1}, images=images)
+from training.dataset import SimulatedDataset, SimulatedDatasetWriter
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbd_stream.noise import poisson_counts
+from sbd_stream.compute.noise import poisson_counts
 from training import imaging
 from training.simulate import PRESETS, plan, run_task
 from training.structures import Z_PT

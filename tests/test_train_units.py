@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbd_stream.normalisation import Normalisation
+from sbd_stream.compute.normalisation import Normalisation
 from training.augment import AugmentSpec, affine_params, draw_batch, sample_patches
 from training.baselines import adaptive_wiener, anscombe, inverse_anscombe, low_pass, raw, vst_bm3d, vst_nlm
 from training.metrics import (
@@ -179,7 +179,7 @@ def test_every_classical_baseline_beats_the_raw_frame(blob_image) -> None:
 
 
 def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
-    from sbd_stream.model import count_parameters, field_of_view
+    from sbd_stream.compute.model import count_parameters, field_of_view
     from training.train import PRESETS, build_network, preset_config
 
     for name in PRESETS:

@@ -16,8 +16,8 @@ import torch
 from pydantic import BaseModel, Field
 from torch.nn import functional as F
 
-from sbd_stream.noise import poisson_counts_torch
-from sbd_stream.normalisation import Normalisation
+from sbd_stream.compute.noise import poisson_counts_torch
+from sbd_stream.compute.normalisation import Normalisation
 
 
 class AugmentSpec(BaseModel):
@@ -35,6 +35,11 @@ class AugmentSpec(BaseModel):
     )
     dose_range: tuple[float, float] | None = Field(
         None, description="per-sample dose drawn uniformly from this range; None: the data set's dose"
+    )
+    dose_factors: tuple[float, float] | None = Field(
+        None,
+        description="per-sample dose = the data set's dose x a factor drawn log-uniformly from this range "
+        "(e.g. (0.5, 2)); the input is still counts / that sample's expected vacuum counts",
     )
 
 
@@ -98,7 +103,11 @@ def draw_batch(
     b, h, w = images.shape
     mats, centres = affine_params(rng, b, spec, h, w)
     clean = sample_patches(images, mats, centres, spec.patch).clamp_min(0)
-    if spec.dose_range is not None:
+    if spec.dose_factors is not None:
+        lo, hi = np.log(spec.dose_factors[0]), np.log(spec.dose_factors[1])
+        f = np.exp(rng.uniform(lo, hi, size=(b, 1, 1, 1)))
+        d = torch.as_tensor(float(dose) * f, dtype=clean.dtype)
+    elif spec.dose_range is not None:
         d = torch.as_tensor(rng.uniform(*spec.dose_range, size=(b, 1, 1, 1)), dtype=clean.dtype)
     else:
         d = torch.full((b, 1, 1, 1), float(dose), dtype=clean.dtype)

@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 
 @app.command()
 def simulate(
-    preset: str = typer.Option("mini", help="tiny | mini | paper (see docs/simulation.md)"),
+    preset: str = typer.Option("mini", help="tiny | mini | detector | paper (see docs/simulation.md)"),
     out: Path = typer.Option(Path("data/mini.h5"), help="HDF5 file; an existing one is resumed"),
     scheduler: str | None = typer.Option(
         None, help="dask.distributed scheduler address, e.g. tcp://host:8786"
@@ -134,7 +134,9 @@ def _engine_options(pairs: list[str] | None, default: dict[str, Path]) -> dict[s
 
 @app.command()
 def train(
-    preset: str = typer.Option("default", help="default|fov53|fov245|fov1013|small_unet|dncnn|paper"),
+    preset: str = typer.Option(
+        "default", help="default|detector|fov53|fov245|fov1013|small_unet|dncnn|paper"
+    ),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
     seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),
     name: str | None = typer.Option(None, help="run name (runs/<name>)"),
@@ -146,6 +148,9 @@ def train(
     threads: int | None = typer.Option(None, help="torch CPU threads per process"),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
     resume: bool = typer.Option(True, help="continue from <run>/last.pt when it exists"),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="start a fresh run from this engine's weights (engines/<name> or a path)"
+    ),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
@@ -167,6 +172,7 @@ def train(
         threads=threads,
         device=device,
         augment={"patch": patch} if patch else None,
+        init_from=init_from,
     )
     summary = run_training(cfg, resume=resume)
     if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
@@ -201,10 +207,17 @@ def _export(run_dir: Path, engine_dir: Path, evaluate_test: bool, data: Path) ->
 def export(
     run_dir: Path = typer.Argument(..., help="runs/<name> of a training run"),
     engine_dir: Path = typer.Option(..., help="engine directory to write"),
-    data: Path = typer.Option(Path("data/mini.h5"), help="data set whose test split goes into the card"),
+    data: Path | None = typer.Option(None, help="data set whose test split goes into the card (run's)"),
     evaluate_test: bool = typer.Option(True, help="evaluate on the test split and record it in the card"),
 ) -> None:
-    """Export a run's best checkpoint as an engine (model.pt, verified model.onnx, card.json)."""
+    """Export a run's best checkpoint as an engine (model.pt, verified model.onnx, card.json).
+
+    Works on a finished run and on one still going or stopped (counters from its last.pt).
+    """
+    if data is None:
+        from training.train import TrainConfig
+
+        data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
     _export(run_dir, engine_dir, evaluate_test, data)
 
 

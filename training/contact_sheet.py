@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sbd_stream.noise import poisson_counts
+from sbd_stream.compute.noise import poisson_counts
 from training.dataset import SimulatedDataset
 
 FRAMES = 1000

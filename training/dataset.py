@@ -66,6 +66,8 @@ class TaskResult:
     structure: dict[str, Any]
     images: list[ImageRecord] = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict[str, list[ImageRecord]] = field(default_factory=dict)
+    """Images of other views (``"test_view"``: the test split at the detector's sampling), own file."""
 
 
 class SimulatedDatasetWriter:

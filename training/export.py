@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from sbd_stream.card import EngineCard, load_card, write_engine
-from sbd_stream.normalisation import Normalisation
+from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.card import EngineCard, load_card, write_engine
 from training.train import TrainConfig, build_network
 
 
@@ -22,13 +22,47 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Modul
     """Config, summary and best-validation network of a finished (or interrupted) run."""
     cfg = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = (
+        json.loads(summary_path.read_text()) if summary_path.is_file() else partial_summary(run_dir, cfg)
+    )
     net = build_network(cfg)
     weights = run_dir / "best.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} missing: the run never validated")
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return cfg, summary, net.eval()
+
+
+def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """What summary.json would say, for a run that is still going or was stopped: counters from its
+    last.pt, dose and pixel from the data set's attributes (so the card's dose fields are right)."""
+    from training.dataset import SimulatedDataset
+
+    out: dict[str, Any] = {"interrupted": True}
+    last = run_dir / "last.pt"
+    if last.is_file():
+        st = torch.load(last, map_location="cpu", weights_only=True)["state"]
+        out |= {
+            "steps": st["step"],
+            "samples": st["samples"],
+            "best_val_psnr": st["best_psnr"],
+            "best_step": st["best_step"],
+            "wall_s": st["elapsed_s"],
+            "init_from": st.get("init_from"),
+            "last_val": st.get("last_val"),
+        }
+    with SimulatedDataset(cfg.data) as ds:
+        attrs = ds.attrs
+        dose = float(attrs.get("dose", ds.meta(0)["dose"]))
+        pixel = float(attrs.get("pixel_size_A", ds.meta(0)["pixel_size_A"]))
+        out |= {
+            "dose": dose,
+            "pixel_size_A": pixel,
+            "dose_e_per_A2": float(attrs.get("dose_e_per_A2", dose / pixel**2)),
+            "data_attrs": {k: v for k, v in attrs.items() if isinstance(v, str | int | float)},
+            "seed": cfg.seed,
+        }
+    return out
 
 
 def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = None) -> EngineCard:
@@ -44,8 +78,13 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         "threads",
         "seed",
         "command",
+        "interrupted",
+        "init_from",
+        "last_val",
     )
     training = {k: summary[k] for k in keep if k in summary}
+    init = summary.get("init_from") or {}
+    training["steps_total"] = int(init.get("steps_before", 0)) + int(summary.get("steps", 0))
     training.update(
         {
             "loss": "MSE",
@@ -54,8 +93,13 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
             "batch": cfg.batch,
             "augment": cfg.augment.model_dump(mode="json"),
             "max_minutes": cfg.max_minutes,
+            "max_steps": cfg.max_steps,
         }
     )
+    factors = cfg.augment.dose_factors
+    dose = float(summary.get("dose", 0.45))
+    pixel = summary.get("pixel_size_A")
+    per_area = summary.get("dose_e_per_A2") or (dose / pixel**2 if pixel else None)
     attrs = summary.get("data_attrs", {})
     training_data = {
         "file": str(cfg.data),
@@ -68,7 +112,15 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
             if attrs.get("preset") == "synthetic"
             else "abTEM multislice simulations of Pt nanoparticles on CeO2 (training.simulate)"
         )
-        + "; fresh Poisson noise per patch at the data set's dose",
+        + (
+            f"; fresh Poisson noise per patch at the data set's dose x a log-uniform factor in "
+            f"[{factors[0]:g}, {factors[1]:g}]"
+            if factors
+            else "; fresh Poisson noise per patch at the data set's dose"
+        ),
+        "pixel_size_A": pixel,
+        "dose_e_per_A2": per_area,
+        "dose_counts_per_px": dose,
     }
     return EngineCard(
         name=name or cfg.name,
@@ -76,8 +128,10 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         scales=cfg.scales,
         channels=cfg.channels,
         tiling=cfg.tiling,
-        normalisation=Normalisation(dose=float(summary.get("dose", 0.45))),
-        pixel_size_A=summary.get("pixel_size_A"),
+        normalisation=Normalisation(dose=dose),
+        pixel_size_A=pixel,
+        dose_e_per_A2=per_area,
+        dose_range=tuple(factors) if factors else (1.0, 1.0),
         training_data=training_data,
         training=training,
         notes=cfg.notes,

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from sbd_stream.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
-from sbd_stream.noise import poisson_counts
+from sbd_stream.compute.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
+from sbd_stream.compute.noise import poisson_counts
 from training.splits import split_indices
 
 GROUPS = ("tp", "fp", "fn")
@@ -150,7 +150,7 @@ def run_study(cfg: StudyConfig, dataset: DatasetLike | None = None) -> dict[str,
         idx = idx[: cfg.max_images]
     denoiser = None
     if cfg.denoiser is DenoiserKind.engine:
-        from sbd_stream.denoiser import Denoiser
+        from sbd_stream.compute.denoiser import Denoiser
 
         if cfg.engine is None:
             raise ValueError("denoiser=engine needs --engine (a directory or name)")

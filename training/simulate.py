@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from training.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
-from training.imaging import Optics, Sampling
+from training.imaging import Optics, Sampling, View
+from training.splits import SplitSpec
 from training.structures import DefectClass, ParticleClass, StructureParams
 
 NONZERO_TILTS = [(float(t), 0.0) for t in range(1, 5)] + [(0.0, float(t)) for t in range(1, 5)]
@@ -42,7 +43,22 @@ class Preset(BaseModel):
     defocus_per_task: int | None = Field(None, description="None: all; k: one per equal-width bin")
     sampling: Sampling = Sampling()
     optics: Optics = Optics()
-    dose: float = Field(0.45, gt=0, description="counts per pixel in vacuum per frame")
+    dose: float = Field(0.45, gt=0, description="counts per pixel in vacuum per frame (derived if per area)")
+    dose_e_per_A2: float | None = Field(
+        None, gt=0, description="dose per frame per area; when set, dose = dose_e_per_A2 * pixel^2"
+    )
+    test_view: View | None = Field(
+        None,
+        description="also render the test split's images at this view (e.g. the detector's 0.060 A "
+        "pixels) into <out>-test<pixel>.h5",
+    )
+    split: SplitSpec = Field(SplitSpec(), description="structure split that decides the test structures")
+
+    @model_validator(mode="after")
+    def _derive_dose(self) -> Preset:
+        if self.dose_e_per_A2 is not None:
+            self.dose = self.dose_e_per_A2 * self.pixel_size_A() ** 2
+        return self
 
     def extent_A(self) -> float:
         from training.structures import A_CEO2
@@ -50,7 +66,18 @@ class Preset(BaseModel):
         return self.cell_periods_x * A_CEO2 * np.sqrt(6) / 2
 
     def pixel_size_A(self) -> float:
+        if self.sampling.pixel_A is not None:
+            return self.sampling.pixel_A
         return self.extent_A() / self.sampling.image_px
+
+    def dose_per_area(self) -> float:
+        """e/A^2 per frame: the stated one, or counts per pixel over the pixel area."""
+        return self.dose_e_per_A2 or self.dose / self.pixel_size_A() ** 2
+
+    def test_dose(self) -> float:
+        """Counts per pixel in vacuum at the test view's pixel (same dose per area)."""
+        assert self.test_view is not None
+        return self.dose_per_area() * self.test_view.pixel_A**2
 
 
 PRESETS: dict[str, Preset] = {
@@ -75,6 +102,24 @@ PRESETS: dict[str, Preset] = {
         extra_tilts_per_structure=2,
         defocus_per_task=5,
         sampling=Sampling(gpts=400, n_phonons=4, image_px=256),
+        optics=Optics(focal_mode="envelope"),  # as data/mini.h5 was made (before explicit averaging)
+    ),
+    # The detector's real sampling, binned: working pixel 0.24 A = 4 x 0.060 A detector pixels, the
+    # paper's 125 e/A^2 per frame (= 7.2 counts per working pixel in vacuum). A 66.3 A cell (10 periods),
+    # 256 px windows of 61.4 A; the test structures are also rendered at 0.060 A (1024 px, same window)
+    # for evaluation through the product's binning. Explicit focal averaging (Dr. Probe).
+    "detector": Preset(
+        name="detector",
+        n_structures=20,
+        particle_classes=list(ParticleClass),
+        cell_periods_x=10,
+        support_trilayers=4,
+        extra_tilts_per_structure=1,
+        defocus_per_task=4,
+        sampling=Sampling(gpts=640, n_phonons=4, image_px=256, pixel_A=0.24),
+        optics=Optics(focal_mode="explicit"),
+        dose_e_per_A2=125.0,
+        test_view=View(image_px=1024, pixel_A=0.060),
     ),
     "paper": Preset(
         name="paper",
@@ -85,8 +130,9 @@ PRESETS: dict[str, Preset] = {
         sampling=Sampling(gpts=1024, slice_thickness_A=0.478, n_phonons=8, image_px=880),
     ),
 }
-"""tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. paper: the Appendix
-A.2 grid (24 structures x 4 thicknesses x 9 tilts x 21 defocus, ~18,000 images) at 0.060 A px."""
+"""tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. detector: the binned
+detector (0.24 A working pixel, 125 e/A^2) plus a 0.060 A test split. paper: the Appendix A.2 grid
+(24 structures x 4 thicknesses x 9 tilts x 21 defocus, ~18,000 images) at 0.060 A px."""
 
 
 class TaskSpec(BaseModel):
@@ -95,10 +141,12 @@ class TaskSpec(BaseModel):
     tilt_deg: tuple[float, float]
     thicknesses_nm: list[float]
     defocus_nm: list[float]
+    test_view: bool = Field(False, description="a test-split structure: also render the preset's test_view")
 
 
 def plan(preset: Preset) -> list[TaskSpec]:
     """The full, seeded list of tasks of a preset (independent of what is already done)."""
+    from training.splits import split_structures
     from training.structures import make_params
 
     tasks: list[TaskSpec] = []
@@ -130,6 +178,12 @@ def plan(preset: Preset) -> list[TaskSpec]:
                     defocus_nm=defocus,
                 )
             )
+    if preset.test_view is not None:
+        test = set(
+            split_structures(np.array([t.structure.structure_id for t in tasks]), preset.split)["test"]
+        )
+        for t in tasks:
+            t.test_view = t.structure.structure_id in test
     return tasks
 
 
@@ -154,46 +208,88 @@ def run_task(spec_json: str, preset_json: str) -> TaskResult:
     )
     waves = imaging.exit_waves(atoms, thick_A, sp, tilt_mrad, seed, preset.optics.energy_eV)
     extent = float(atoms.cell[0, 0])
-    pixel = extent / sp.image_px
-    truths = [
-        imaging.column_truth(
-            atoms.positions, atoms.numbers, t, tilt_mrad, extent, sp.image_px, desc["y_interface_A"]
-        )
-        for t in thick_A
+    vib_A = preset.optics.vibration_pm / 100.0
+    view = sp.view()
+    # (view or None = whole cell, pixel, dose, records): the training images, and the test view
+    outputs: list[tuple[imaging.View | None, float, float, list[ImageRecord]]] = [
+        (view, preset.pixel_size_A(), preset.dose, [])
     ]
-    records: list[ImageRecord] = []
+    if spec.test_view and preset.test_view is not None:
+        outputs.append((preset.test_view, preset.test_view.pixel_A, preset.test_dose(), []))
+    truths = [
+        [
+            imaging.column_truth(
+                atoms.positions,
+                atoms.numbers,
+                t,
+                tilt_mrad,
+                extent,
+                sp.image_px,
+                desc["y_interface_A"],
+                view=v,
+            )
+            for t in thick_A
+        ]
+        for v, _, _, _ in outputs
+    ]
+    imager = imaging.CoherentImager(waves, preset.optics) if preset.optics.focal_mode == "explicit" else None
     for df in spec.defocus_nm:
-        stack = imaging.defocus_images(waves, df, preset.optics)
-        stack = imaging.vibration_blur(stack, extent, preset.optics.vibration_pm / 100.0)
-        images = imaging.to_detector(stack, sp.image_px)
-        for j, (t_nm, truth) in enumerate(zip(thick_nm, truths, strict=True)):
-            contrast = imaging.contrast_classes(images[j], truth["xy"], pixel)
-            meta = {
-                "structure_id": spec.structure.structure_id,
-                "task_key": spec.key,
-                "particle_class": spec.structure.particle_class.value,
-                "defect_class": spec.structure.defect_class.value,
-                "contrast_class": imaging.image_contrast_class(contrast, truth["species"]),
-                "thickness_nm": t_nm,
-                "tilt_x_deg": spec.tilt_deg[0],
-                "tilt_y_deg": spec.tilt_deg[1],
-                "defocus_nm": df,
-                "pixel_size_A": pixel,
-                "dose": preset.dose,
-            }
-            records.append(ImageRecord(clean=images[j], meta=meta, columns={**truth, "contrast": contrast}))
+        stack = imager.images(df) if imager is not None else imaging.envelope_images(waves, df, preset.optics)
+        for (v, pixel, dose, records), vtruths in zip(outputs, truths, strict=True):
+            if v is None:
+                images = imaging.to_detector(imaging.vibration_blur(stack, extent, vib_A), sp.image_px)
+            else:
+                images = imaging.render_view(stack, extent, v, vib_A)
+            for j, (t_nm, truth) in enumerate(zip(thick_nm, vtruths, strict=True)):
+                contrast = imaging.contrast_classes(images[j], truth["xy"], pixel, periodic=v is None)
+                meta = {
+                    "structure_id": spec.structure.structure_id,
+                    "task_key": spec.key,
+                    "particle_class": spec.structure.particle_class.value,
+                    "defect_class": spec.structure.defect_class.value,
+                    "contrast_class": imaging.image_contrast_class(contrast, truth["species"]),
+                    "thickness_nm": t_nm,
+                    "tilt_x_deg": spec.tilt_deg[0],
+                    "tilt_y_deg": spec.tilt_deg[1],
+                    "defocus_nm": df,
+                    "pixel_size_A": pixel,
+                    "dose": dose,
+                }
+                records.append(
+                    ImageRecord(clean=images[j], meta=meta, columns={**truth, "contrast": contrast})
+                )
     desc |= {"tilt_deg": list(spec.tilt_deg), "thicknesses_A": thick_A, "phonon_seed": seed}
-    return TaskResult(key=spec.key, structure=desc, images=records, seconds=time.perf_counter() - t0)
+    extra = {"test_view": outputs[1][3]} if len(outputs) > 1 else {}
+    return TaskResult(
+        key=spec.key, structure=desc, images=outputs[0][3], seconds=time.perf_counter() - t0, extra=extra
+    )
 
 
-def file_attrs(preset: Preset) -> dict[str, Any]:
-    """What must match for a rerun to append to an existing file."""
-    return {
+def file_attrs(preset: Preset, view: str = "train") -> dict[str, Any]:
+    """What must match for a rerun to append to an existing file (``view``: "train" or "test_view")."""
+    attrs: dict[str, Any] = {
         "preset": preset.name,
         "preset_json": preset.model_dump_json(),
         "pixel_size_A": preset.pixel_size_A(),
         "dose": preset.dose,
+        "dose_e_per_A2": preset.dose_per_area(),
+        "view": view,
     }
+    if view == "test_view":
+        assert preset.test_view is not None
+        attrs |= {
+            "pixel_size_A": preset.test_view.pixel_A,
+            "dose": preset.test_dose(),
+            "split": "test",
+            "binning_to_train": round(preset.pixel_size_A() / preset.test_view.pixel_A),
+        }
+    return attrs
+
+
+def sampled_test_path(preset: Preset, out: Path) -> Path:
+    """Where the test split at the preset's ``test_view`` goes: ``<out stem>-test<pm>pm.h5``."""
+    assert preset.test_view is not None
+    return out.with_name(f"{out.stem}-test{round(preset.test_view.pixel_A * 1000)}pm{out.suffix}")
 
 
 def _client(scheduler: str | None, workers: int) -> Any:
@@ -224,6 +320,15 @@ def simulate(
     tasks = plan(preset)
     writer = SimulatedDatasetWriter(out, (preset.sampling.image_px,) * 2, file_attrs(preset))
     done = writer.done_keys()
+    aux = None
+    if preset.test_view is not None:
+        aux_path = sampled_test_path(preset, out)
+        aux = SimulatedDatasetWriter(
+            aux_path, (preset.test_view.image_px,) * 2, file_attrs(preset, "test_view")
+        )
+        aux_done = aux.done_keys()
+        done = {k for k in done if k in aux_done or not any(t.key == k and t.test_view for t in tasks)}
+        _log(f"test split at {preset.test_view.pixel_A} A -> {aux_path}")
     todo = [t for t in tasks if t.key not in done]
     if max_tasks is not None:
         todo = todo[:max_tasks]
@@ -245,7 +350,12 @@ def simulate(
             for fut in futures:
                 try:
                     res: TaskResult = fut.result()
-                    writer.append_task(res)
+                    if aux is not None and "test_view" in res.extra and res.key not in aux.done_keys():
+                        aux.append_task(
+                            TaskResult(res.key, res.structure, res.extra["test_view"], res.seconds)
+                        )
+                    if res.key not in writer.done_keys():
+                        writer.append_task(res)
                     n_new += len(res.images)
                     bar.advance(f"{res.key}: {len(res.images)} images, {res.seconds:.1f} s")
                 except Exception as exc:  # one bad task must not stop a long run
@@ -261,6 +371,8 @@ def simulate(
             client.close()
     total = len(writer)
     writer.close()
+    if aux is not None:
+        aux.close()
     summary = {
         "out": str(out),
         "tasks_total": len(tasks),
@@ -318,9 +430,21 @@ def describe(preset: Preset) -> str:
     """Grid size of a preset, before the particle-depth rule drops thin supports."""
     tasks = plan(preset)
     n_img = sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in tasks)
-    return (
+    text = (
         f"preset {preset.name}: {preset.n_structures} structures, {len(tasks)} exit-wave tasks "
         f"(structure x tilt), up to {n_img} images of {preset.sampling.image_px}^2 px at "
-        f"{preset.pixel_size_A():.4f} A/px; multislice {preset.sampling.gpts}^2 gpts, "
-        f"{preset.sampling.slice_thickness_A:.3f} A slices, {preset.sampling.n_phonons} phonon configs"
+        f"{preset.pixel_size_A():.4f} A/px; dose {preset.dose_per_area():.4g} e/A^2 per frame = "
+        f"{preset.dose:.4g} counts/px; multislice {preset.sampling.gpts}^2 gpts "
+        f"({preset.extent_A() / preset.sampling.gpts:.4f} A), {preset.sampling.slice_thickness_A:.3f} A "
+        f"slices, {preset.sampling.n_phonons} phonon configs; focal average {preset.optics.focal_mode}"
+        + (f" ({preset.optics.focal_points} nodes)" if preset.optics.focal_mode == "explicit" else "")
     )
+    if preset.test_view is not None:
+        tv = preset.test_view
+        n_test = sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in tasks if t.test_view)
+        text += (
+            f"; test split ({len({t.structure.structure_id for t in tasks if t.test_view})} structures, "
+            f"up to {n_test} images) also at {tv.pixel_A} A: {tv.image_px}^2 px, "
+            f"{preset.test_dose():.4g} counts/px"
+        )
+    return text

@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn import functional as F
 
-from sbd_stream.card import TilingDefaults
-from sbd_stream.model import Architecture, DnCNN, SmallUNet, UNet, count_parameters, field_of_view
-from sbd_stream.normalisation import Normalisation
+from sbd_stream.compute.model import Architecture, DnCNN, SmallUNet, UNet, count_parameters, field_of_view
+from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.card import TilingDefaults
 from training.augment import AugmentSpec, draw_batch
 from training.splits import SplitSpec, split_indices
 
@@ -59,6 +59,15 @@ class TrainConfig(BaseModel):
     device: str | None = None
     tiling: TilingDefaults = TilingDefaults(tile=256, margin=48, overlap=32)
     preload_max_gb: float = Field(4.0, description="train splits up to this size are held in memory")
+    init_from: Path | None = Field(
+        None,
+        description="engine directory (or name under engines/) whose weights start a fresh run; "
+        "ignored when the run resumes from its own last.pt",
+    )
+    val_dose_factors: list[float] = Field(
+        default_factory=list,
+        description="extra validation doses (factors of the nominal) logged beside the nominal val PSNR",
+    )
     notes: str = ""
 
     @property
@@ -77,6 +86,13 @@ WHOLE_IMAGES = {
     # whole image would need reflected corners, so these presets use flips only
     "augment": {"patch": 256, "max_rotation_deg": 0.0, "rescale_prob": 0.0},
 }
+
+WHOLE_FRAME_TILING = {"tile": 256, "margin": 0, "overlap": 0}
+"""Binned 256^2 working frames (1024^2 detector frames, 4 x 4): one whole-frame tile, as trained.
+
+A margin would pad the frame to 256 + 2 margin (1.9x the pixels at margin 48) and miss the 20 ms budget;
+frames larger than 256 px are then tiled without margin (visible seams): pass --tile / --margin for them.
+"""
 
 FOV_BUDGET = {**WHOLE_IMAGES, "max_steps": 2000, "max_minutes": None, "threads": 2, "tiling": CPU_TILING}
 """Table 3.1 budget: the same steps and samples for every network, ~8-15 min each on 2 cores."""
@@ -100,6 +116,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threads": 2,
         **WHOLE_IMAGES,
         "tiling": CPU_TILING,
+    },
+    # The detector engine (issues 13/14): 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
+    # pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
+    # dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
+    # (2 threads, batch 4; benchmarks/results/bench_onnx_channels.json). A step budget (reproducible),
+    # ~45 min on 2 free cores; on a shared machine add --max-minutes (the run resumes from last.pt;
+    # --init-from continues from a shipped engine in a new run).
+    "detector": {
+        "name": "sbd-unet4-detector",
+        "data": "data/detector.h5",
+        "scales": 4,
+        "channels": 16,
+        "max_steps": 12000,
+        "threads": 2,
+        **WHOLE_IMAGES,
+        "augment": {**WHOLE_IMAGES["augment"], "dose_factors": (0.5, 2.0)},
+        "val_dose_factors": [0.5, 2.0],
+        "tiling": WHOLE_FRAME_TILING,
     },
     # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured).
     "fov53": {"name": "fov53-unet2", "scales": 2, "channels": 22, **FOV_BUDGET},
@@ -189,6 +223,29 @@ def predict_full(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[..., :h, :w]
 
 
+def init_weights(cfg: TrainConfig) -> dict[str, Any]:
+    """Verified weights of the engine ``cfg.init_from`` (checksums checked), if its network is cfg's."""
+    from sbd_stream.engines.card import WEIGHTS_FILE, load_card, load_torch_model, resolve_engine_dir
+
+    engine_dir = resolve_engine_dir(cfg.init_from)
+    card = load_card(engine_dir)
+    mine, theirs = [cfg.architecture], [card.architecture]
+    if cfg.architecture is Architecture.unet:
+        mine, theirs = [*mine, cfg.scales, cfg.channels], [*theirs, card.scales, card.channels]
+    elif cfg.architecture is Architecture.dncnn:
+        mine, theirs = [*mine, cfg.channels], [*theirs, card.channels]
+    if mine != theirs:
+        raise ValueError(f"--init-from {engine_dir}: its network {theirs} differs from this run's {mine}")
+    model = load_torch_model(engine_dir, card)
+    info = {
+        "engine": card.name,
+        "path": str(engine_dir),
+        "weights_sha256": card.checksums.get(WEIGHTS_FILE, ""),
+        "steps_before": int(card.training.get("steps_total", card.training.get("steps", 0)) or 0),
+    }
+    return {"state_dict": model.state_dict(), "info": info}
+
+
 # --- distributed helpers ----------------------------------------------------------------------------
 
 
@@ -221,7 +278,8 @@ class TrainData:
         with SimulatedDataset(cfg.data) as ds:
             self.splits = split_indices(ds.structure_ids(), cfg.split)
             self.dose = float(ds.attrs.get("dose", ds.meta(0)["dose"]))
-            self.pixel_size_A = float(ds.meta(0)["pixel_size_A"])
+            self.pixel_size_A = float(ds.attrs.get("pixel_size_A", ds.meta(0)["pixel_size_A"]))
+            self.dose_e_per_A2 = float(ds.attrs.get("dose_e_per_A2", self.dose / self.pixel_size_A**2))
             self.n_images = len(ds)
             self.train_index = self.splits["train"]
             nbytes = len(self.train_index) * ds.clean(int(self.train_index[0])).nbytes
@@ -239,6 +297,16 @@ class TrainData:
                 np.random.default_rng([cfg.val_seed, int(i)]).poisson(np.clip(c, 0, None) * self.dose)
                 for i, c in zip(mine, self.val_clean, strict=True)
             ]
+            # extra doses: {factor: counts}, fixed and seeded like the nominal set
+            self.val_counts_at = {
+                f: [
+                    np.random.default_rng([cfg.val_seed, int(i), round(1000 * f)]).poisson(
+                        np.clip(c, 0, None) * self.dose * f
+                    )
+                    for i, c in zip(mine, self.val_clean, strict=True)
+                ]
+                for f in cfg.val_dose_factors
+            }
             self.n_val_total = len(pick)
             self.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
             ids = ds.structure_ids()
@@ -266,15 +334,22 @@ class TrainData:
 # --- the loop -----------------------------------------------------------------------------------------
 
 
-def validate(model: nn.Module, data: TrainData, norm: Normalisation, device: torch.device) -> float:
-    """Mean PSNR (clean units, clean data range) over the whole validation set, all ranks together."""
+def validate(
+    model: nn.Module, data: TrainData, norm: Normalisation, device: torch.device, factor: float | None = None
+) -> float:
+    """Mean PSNR (clean units, clean data range) over the whole validation set, all ranks together.
+
+    ``factor``: the validation set drawn at that multiple of the nominal dose (``val_dose_factors``).
+    """
     from training.metrics import psnr
 
     model.eval()
     total = 0.0
+    counts_set = data.val_counts if factor is None else data.val_counts_at[factor]
+    dose = data.dose * (1.0 if factor is None else factor)
     with torch.no_grad():
-        for counts, clean in zip(data.val_counts, data.val_clean, strict=True):
-            x = norm.to_input(torch.from_numpy(counts)[None, None].to(device), data.dose)
+        for counts, clean in zip(counts_set, data.val_clean, strict=True):
+            x = norm.to_input(torch.from_numpy(counts)[None, None].to(device), dose)
             y = norm.to_clean_units(predict_full(model, x))[0, 0].cpu().numpy()
             total += float(psnr(clean, y))
     model.train()
@@ -324,8 +399,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         sched.load_state_dict(ck["scheduler"])
         state.update(ck["state"])
         _log(run_dir, rank, {"event": "resumed", "step": state["step"]})
-    elif rank == 0:
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    else:
+        if rank == 0:
+            (run_dir / "log.jsonl").unlink(missing_ok=True)
+        if cfg.init_from is not None:
+            init = init_weights(cfg)
+            net.load_state_dict(init["state_dict"])
+            state["init_from"] = init["info"]
+            _log(run_dir, rank, {"event": "init_from", **init["info"]})
     if rank == 0:
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
         _log(
@@ -378,6 +459,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
             )
         if step % cfg.val_every == 0 or done:
             v = validate(model, data, norm, device)
+            at = {f"val_psnr_x{f:g}": validate(model, data, norm, device, f) for f in cfg.val_dose_factors}
             sched.step(v)
             improved = v > state["best_psnr"]
             if improved:
@@ -387,12 +469,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
             else:
                 state["bad"] += 1
             state["elapsed_s"] = time.perf_counter() - t0
+            state["last_val"] = {"step": step, "val_psnr": v, **at}
             _log(
                 run_dir,
                 rank,
                 {
                     "step": step,
                     "val_psnr": v,
+                    **at,
                     "best": state["best_psnr"],
                     "lr": opt.param_groups[0]["lr"],
                     "t_s": state["elapsed_s"],
@@ -429,6 +513,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "data": str(cfg.data),
         "dose": data.dose,
         "pixel_size_A": data.pixel_size_A,
+        "dose_e_per_A2": data.dose_e_per_A2,
+        "dose_factors": list(cfg.augment.dose_factors) if cfg.augment.dose_factors else None,
+        "init_from": state.get("init_from"),
+        "last_val": state.get("last_val"),
         "structures": data.structures,
         "split_images": {k: len(v) for k, v in data.splits.items()},
         "data_attrs": data.attrs,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from sbd_stream.card import ONNX_FILE, ArtefactError, load_card, resolve_engine_dir
 from sbd_stream.engines.base import Engine, EngineUnavailable
+from sbd_stream.engines.card import ONNX_FILE, ArtefactError, load_card, resolve_engine_dir
 
 log = logging.getLogger(__name__)
 

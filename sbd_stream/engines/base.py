@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sbd_stream.card import EngineCard
+from sbd_stream.engines.card import EngineCard
 
 
 class EngineUnavailable(RuntimeError):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbd_stream.card import ONNX_FILE, EngineCard, verify_file
 from sbd_stream.engines.base import Engine, EngineUnavailable
+from sbd_stream.engines.card import ONNX_FILE, EngineCard, verify_file
 from sbd_stream.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from sbd_stream.card import ONNX_FILE, EngineCard, load_torch_model, sha256_file, verify_file
 from sbd_stream.engines.base import Engine, EngineUnavailable
+from sbd_stream.engines.card import ONNX_FILE, EngineCard, load_torch_model, sha256_file, verify_file
 from sbd_stream.engines.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sbd_stream.card import EngineCard, load_torch_model
 from sbd_stream.engines.base import Engine, EngineUnavailable
+from sbd_stream.engines.card import EngineCard, load_torch_model
 
 
 class TorchEngine(Engine):

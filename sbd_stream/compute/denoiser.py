@@ -1,0 +1,110 @@
+"""The denoise stage: counts in, denoised counts out, through normalise -> tile -> engine -> fuse.
+
+Every step stays on the engine's device; the only host round trip is ONNX Runtime on CPU, where host
+*is* the device. Tile plans are cached per frame shape, because a stream's frames all share one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbd_stream.compute.model import support_extent
+from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.compute.tiling import BlendWindow, TilePlan, fuse_tiles, plan_tiles, split_tiles
+from sbd_stream.engines import Engine, EngineKind, load_engine
+
+log = logging.getLogger(__name__)
+
+
+class Denoiser:
+    """A loaded engine plus the tiling and normalisation its card prescribes (overridable)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tile: int | None = None,
+        margin: int | None = None,
+        overlap: int | None = None,
+        dose: float | None = None,
+        window: BlendWindow | str = BlendWindow.cosine,
+    ) -> None:
+        card = engine.card
+        self.engine = engine
+        self.model_multiple = 2**card.scales if card.architecture == "unet" else 2
+        self.tile = tile or card.tiling.tile
+        self.margin = card.tiling.margin if margin is None else margin
+        self.overlap = card.tiling.overlap if overlap is None else overlap
+        self.window = BlendWindow(window)
+        self.normalisation: Normalisation = card.normalisation
+        self.dose = dose or card.normalisation.dose
+        self.fixed_tile = engine.kind == "tensorrt"
+        self._plans: dict[tuple[int, int], TilePlan] = {}
+        if self.tile % self.model_multiple:
+            raise ValueError(f"tile {self.tile} must be a multiple of {self.model_multiple}")
+
+    @classmethod
+    def load(
+        cls,
+        engine: EngineKind | str = EngineKind.auto,
+        engine_dir: str | Path | None = None,
+        device: str | None = None,
+        tile: int | None = None,
+        margin: int | None = None,
+        overlap: int | None = None,
+        dose: float | None = None,
+        batch: int = 16,
+        precision: str = "fp16",
+    ) -> Denoiser:
+        eng = load_engine(engine, engine_dir, device, batch=batch, precision=precision, tile=tile)
+        return cls(eng, tile=tile, margin=margin, overlap=overlap, dose=dose)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.engine.card.model_dump(mode="json")
+
+    @property
+    def engine_id(self) -> str:
+        return self.engine.engine_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def exact_margin(self) -> int:
+        """Margin at which tiled output equals whole-frame output (the network's reach)."""
+        return max(support_extent(self.engine.card.build_model()))
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        key = (height, width)
+        if key not in self._plans:
+            tile = self.tile
+            if not self.fixed_tile:
+                # a frame smaller than a tile needs only the smallest tile that covers it
+                need = max(height, width) + 2 * (self.margin + self.overlap)
+                need += -need % self.model_multiple
+                tile = min(tile, max(need, self.model_multiple))
+            self._plans[key] = plan_tiles(
+                height, width, tile, self.margin, self.overlap, self.model_multiple, self.window
+            )
+        return self._plans[key]
+
+    def denoise(self, frames: torch.Tensor, dose: float | None = None) -> torch.Tensor:
+        """(B, H, W) or (H, W) counts -> float32 denoised counts on the engine's device."""
+        single = frames.ndim == 2
+        if single:
+            frames = frames.unsqueeze(0)
+        if frames.ndim != 3 or frames.shape[0] == 0:
+            raise ValueError(f"expected (B, H, W) frames with B >= 1, got shape {tuple(frames.shape)}")
+        d = dose or self.dose
+        x = self.normalisation.to_input(frames.to(self.device, non_blocking=True), d)
+        plan = self.plan(x.shape[1], x.shape[2])
+        tiles = split_tiles(x, plan)
+        step = self.engine.max_batch
+        out = torch.cat([self.engine.run(tiles[i : i + step]) for i in range(0, tiles.shape[0], step)])
+        fused = fuse_tiles(out.to(self.device), plan, x.shape[0])
+        result = self.normalisation.to_counts(fused, d)
+        return result[0] if single else result

@@ -1,0 +1,138 @@
+"""The one frame type that travels through the service, and the bounded queues between its threads.
+
+A ``Frame`` is created once by a source (the receiver, a file replay) and is what every stage sees:
+the batcher groups frames, the batch stage denoises them, the recorder stores ``data`` (or, for
+DECTRIS bitshuffle-LZ4 frames, ``chunk`` as it came off the wire), the publisher names outputs by
+``header.acq`` / ``header.seq``. Keeping it in a module of its own means the pure stages and the sinks
+never import socket code.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sbd_stream.protocol import FrameHeader, SeriesMessage
+
+__all__ = ["Frame", "FrameHandler", "FrameHeader", "FrameQueue", "SeriesHandler", "SeriesMessage"]
+
+
+@dataclass
+class Frame:
+    """A raw frame inside the service. ``data`` may view the received ZeroMQ buffer (read-only).
+
+    ``chunk`` is the detector's own bitshuffle-LZ4 payload when one came with the frame (DECTRIS), so
+    the recorder can store it with ``write_direct_chunk`` instead of compressing again; ``series`` is
+    the detector's series number where the dialect has one (0 otherwise).
+    """
+
+    header: FrameHeader
+    data: np.ndarray
+    t_recv: float = field(default_factory=time.perf_counter)
+    chunk: bytes | None = None
+    series: int = 0
+
+
+FrameHandler = Callable[[Frame], None]
+SeriesHandler = Callable[[SeriesMessage], None]
+
+
+class FrameQueue:
+    """Bounded hand-off between threads, by frame count and bytes, that never blocks the producer.
+
+    ``put`` returns False when the item did not fit (the caller decides how to count that loss).
+    With ``drop_oldest`` a full queue evicts its oldest item instead, which is how the 'latest'
+    policy keeps the denoiser on the newest frames; ``on_evict`` counts those. ``on_change`` is told
+    the new length after every put and get, so a depth gauge is never stale.
+    """
+
+    def __init__(
+        self,
+        maxlen: int,
+        max_bytes: int | None = None,
+        drop_oldest: bool = False,
+        on_evict: Callable[[object], None] | None = None,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
+        self.maxlen, self.max_bytes, self.drop_oldest = maxlen, max_bytes, drop_oldest
+        self.on_evict, self.on_change = on_evict, on_change
+        self._items: collections.deque[tuple[object, int]] = collections.deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(len(self._items))
+
+    def _full(self, nbytes: int) -> bool:
+        if len(self._items) >= self.maxlen:
+            return True
+        return self.max_bytes is not None and bool(self._items) and self._bytes + nbytes > self.max_bytes
+
+    def put(self, item: object, nbytes: int = 0, force: bool = False) -> bool:
+        """Enqueue without blocking; ``force`` ignores the bounds (control messages must not be lost)."""
+        with self._cond:
+            if self.closed:
+                return False
+            while not force and self._full(nbytes):
+                if not self.drop_oldest:
+                    return False
+                old, ob = self._items.popleft()
+                self._bytes -= ob
+                if self.on_evict is not None:
+                    self.on_evict(old)
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            self._cond.notify()
+            self._changed()
+            return True
+
+    def _pop(self) -> object:
+        item, nb = self._items.popleft()
+        self._bytes -= nb
+        self._changed()
+        return item
+
+    def get(self, timeout: float | None = None) -> object | None:
+        """Oldest item, or None on timeout / when closed and empty."""
+        with self._cond:
+            if not self._items and not self.closed:
+                self._cond.wait(timeout)
+            if not self._items:
+                return None
+            return self._pop()
+
+    def wait_not_full(self, timeout: float) -> None:
+        """For sources that may block (file replay): sleep until there is room or timeout."""
+        end = time.monotonic() + timeout
+        while len(self._items) >= self.maxlen and not self.closed and time.monotonic() < end:
+            time.sleep(0.0005)
+
+    def get_nowait(self) -> object | None:
+        with self._cond:
+            if not self._items:
+                return None
+            return self._pop()
+
+    def drain_newest(self, keep: int) -> tuple[list[object], list[object]]:
+        """Take everything: (up to ``keep`` newest items, the older ones that were skipped)."""
+        with self._cond:
+            items = [it for it, _ in self._items]
+            self._items.clear()
+            self._bytes = 0
+            self._changed()
+        return items[-keep:] if keep else [], items[:-keep] if keep else items
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

@@ -1,0 +1,1 @@
+"""Wiring: the batch stage, the batcher, the pipeline threads, the demo and offline jobs."""

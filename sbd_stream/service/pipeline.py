@@ -1,0 +1,273 @@
+"""The service's wiring: a frame source -> recorder + batcher -> batch stage -> publisher + recorder.
+
+Threads: the source (the receiver or a file replay), one denoise worker running the batch stage, the
+publisher and the recorder, joined by bounded queues and one stop sequence that drains them in order
+(source first, recorder last) so a shutdown loses nothing that was already received. All computation
+is in ``service.batch``; signal handling belongs to the CLI; this module only offers ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.config import BackpressurePolicy, DenoiseSettings, ServiceSettings
+from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.metrics import Metrics, status_line, summary
+from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage, llr_columns
+from sbd_stream.service.batch import BatchResult, BatchStage
+from sbd_stream.service.batching import Batcher
+from sbd_stream.sinks.publisher import OutputItem, Publisher
+from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "load_stage", "run_replay", "serve", "status_line", "summary"]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        stage: BatchStage | Denoiser,
+        metrics: Metrics | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        """``stage``: a ready batch stage, or a loaded denoiser to build one from the settings."""
+        self.s = settings
+        if not isinstance(stage, BatchStage):
+            d = settings.denoise
+            stage = BatchStage(stage, settings.detector, d.likelihood, d.bin_tolerance)
+        self.stage = stage
+        self.metrics = metrics or Metrics()
+        self.ctx = context or zmq.Context.instance()
+        m, d = self.metrics, settings.denoise
+        den = stage.denoiser
+        m.engine.info({"engine_id": str(den.engine_id), "device": str(den.device)})
+        self._report_geometry()
+        latest = d.policy is BackpressurePolicy.latest
+        depth = m.queue_depth.labels(queue="denoise")
+        self.denoise_q = FrameQueue(
+            settings.ingest.queue_frames,
+            drop_oldest=latest,
+            on_evict=lambda _it: m.frames_skipped.inc(),
+            on_change=depth.set,
+        )
+        self.batcher = Batcher(
+            self.denoise_q, d.batch_frames, d.batch_timeout_ms, d.policy, m.frames_skipped.inc
+        )
+        self.recorder: Recorder | None = None
+        if settings.record.enabled:
+            self.recorder = Recorder(
+                settings.record,
+                m,
+                card=dict(den.card),
+                run_config=settings.model_dump(mode="json"),
+                queue_frames=settings.ingest.record_queue_frames,
+                sampling=stage.geometry.describe(),
+            )
+        self.publisher: Publisher | None = None
+        if settings.publish.enabled:
+            self.publisher = Publisher(settings.publish, m, str(den.engine_id), self.ctx)
+        self.ingest: Any = None
+        self.frame_taps: list[Callable[[Frame], None]] = []  # non-blocking raw-frame observers (viewer)
+        self.viewer: Any = None
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.stopped = threading.Event()
+
+    @property
+    def denoiser(self) -> Any:
+        return self.stage.denoiser
+
+    def _report_geometry(self) -> None:
+        g, m = self.stage.geometry, self.metrics
+        m.bin_factor.set(g.bin)
+        m.dose_factor.set(g.dose_factor)
+        m.dose_out_of_range.set(0 if g.dose_in_range else 1)
+        if not g.dose_in_range:
+            lo, hi = g.dose_range
+            log.warning(
+                "dose %.4g e/A^2 per frame is %.2fx the engine's nominal dose, outside its trained range "
+                "%.2f-%.2fx: expect degraded denoising (sbd_dose_out_of_range = 1)",
+                g.detector.dose_per_area,
+                g.dose_factor,
+                lo,
+                hi,
+            )
+
+    # --- frame source side: never blocks ------------------------------------------------------------
+    def handle_frame(self, frame: Frame) -> None:
+        h = frame.header
+        for tap in self.frame_taps:
+            tap(frame)
+        if self.recorder is not None:  # a DECTRIS bitshuffle-LZ4 chunk is stored without recompressing
+            self.recorder.record("raw", h, frame.data, chunk=frame.chunk)
+        if not self.denoise_q.put(frame, frame.data.nbytes):
+            self.metrics.denoise_overflow.inc()
+            log.warning("denoise queue full: frame %s of %s not denoised", h.seq, h.acq)
+
+    def handle_series(self, msg: SeriesMessage) -> None:
+        if msg.topic != TOPIC_SERIES_END and self.recorder is not None:
+            self.recorder.submit(RecordItem("series_start", msg.header.acq, meta=msg.header.meta))
+        # through the denoise queue so it stays behind the frames of its series
+        self.denoise_q.put(msg, 0, force=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self, live: bool = True) -> None:
+        """Start the sinks and the worker; with ``live`` also the ZeroMQ ingest."""
+        if self.s.metrics.enabled:
+            self.metrics_port = self.metrics.serve(self.s.metrics.host, self.s.metrics.port)
+        if self.recorder is not None:
+            self.recorder.start()
+        if self.publisher is not None:
+            self.publisher.start()
+        self._worker = threading.Thread(target=self._work, name="sbd-denoise", daemon=True)
+        self._worker.start()
+        if live:
+            from sbd_stream.sources.receiver import open_receiver  # any dialect: s.ingest.input
+
+            self.ingest = open_receiver(
+                self.s.ingest, self.metrics, self.handle_frame, self.handle_series, self.ctx
+            )
+            self.ingest.start()
+        if self.s.viewer.enabled and self.publisher is not None:
+            from sbd_stream.sinks.viewer.server import attach
+
+            self.viewer = attach(self, self.s.viewer.host, self.s.viewer.port)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and close: source, then denoiser, then publisher and recorder."""
+        timeout = self.s.stop_timeout_s if timeout is None else timeout
+        end = time.monotonic() + timeout
+        if self.viewer is not None:
+            self.viewer.close()
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest.join(max(0.1, end - time.monotonic()))
+        self._stopping.set()
+        self.denoise_q.close()
+        if self._worker is not None:
+            self._worker.join(max(0.1, end - time.monotonic()))
+        for sink in (self.publisher, self.recorder):
+            if sink is not None:
+                sink.stop()
+        for sink in (self.publisher, self.recorder):
+            if sink is not None:
+                sink.join(max(0.1, end - time.monotonic()))
+        self.metrics.shutdown()
+        self.stopped.set()
+
+    # --- denoise worker ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            items = self.batcher.next_batch(0.1)
+            if not items:
+                if self._stopping.is_set() and self.batcher.idle():
+                    return
+                continue
+            if not isinstance(items[0], Frame):
+                self._forward_series(items[0])  # type: ignore[arg-type]
+                continue
+            try:
+                self._denoise_batch(items)  # type: ignore[arg-type]
+            except Exception:
+                self.metrics.denoise_errors.inc()
+                log.exception("denoising a batch of %d frames failed", len(items))
+
+    def _forward_series(self, msg: SeriesMessage) -> None:
+        if msg.topic == TOPIC_SERIES_END and self.recorder is not None:
+            self.recorder.submit(RecordItem("series_end", msg.header.acq))
+        if self.publisher is not None:
+            h = msg.header
+            self.publisher.submit(OutputItem(msg.topic, h.acq, ts=h.ts, meta=h.meta))
+
+    def _denoise_batch(self, frames: list[Frame]) -> None:
+        m = self.metrics
+        t0 = time.perf_counter()
+        for f in frames:
+            m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
+        res = self.stage.process(frames)
+        for stage in ("batch", "denoise", "likelihood"):
+            if stage in res.timings:
+                m.stage_latency.labels(stage=stage).observe(res.timings[stage])
+        m.frames_denoised.inc(len(frames))
+        m.batch_size.observe(len(frames))
+        self._emit(res)
+
+    def _emit(self, res: BatchResult) -> None:
+        """Hand a batch's results to the sinks, each output named after its raw frame."""
+        rec = self.recorder if self.recorder is not None else None
+        for i, h in enumerate(res.headers):
+            if self.publisher is not None:
+                self.publisher.publish(TOPIC_DENOISED, h, res.denoised[i], t_recv=res.t_recv[i])
+            if rec is not None and self.s.record.record_denoised:
+                rec.record("denoised", h, res.denoised[i])
+            if res.likelihood is None or res.columns is None:
+                continue
+            if self.publisher is not None:
+                meta, table = llr_columns(res.columns[i])
+                self.publisher.publish(TOPIC_LLR, h, res.likelihood[i], meta, table)
+            if rec is not None and self.s.record.record_llr:
+                rec.record("llr", h, res.likelihood[i])
+
+
+def load_stage(s: ServiceSettings) -> BatchStage:
+    """The batch stage for these settings: engine, geometry of the detector, likelihood (may raise)."""
+    d: DenoiseSettings = s.denoise
+    den = Denoiser.load(
+        d.engine, d.model, d.device, tile=d.tile, margin=d.margin, batch=max(16, d.batch_frames)
+    )
+    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance)
+
+
+def serve(
+    settings: ServiceSettings,
+    stop: threading.Event,
+    status: Any = None,
+    status_every_s: float = 2.0,
+    stage: BatchStage | None = None,
+) -> dict[str, Any]:
+    """Run the live service until ``stop`` is set, then drain; returns the final counters."""
+    pipe = Pipeline(settings, stage or load_stage(settings))
+    pipe.start(live=True)
+    m = pipe.metrics
+    t0 = time.perf_counter()
+    try:
+        while not stop.wait(status_every_s):
+            if status is not None:
+                status(status_line(m, time.perf_counter() - t0))
+    finally:
+        pipe.stop()
+    return summary(m, time.perf_counter() - t0)
+
+
+def run_replay(
+    settings: ServiceSettings,
+    stage: BatchStage | Denoiser,
+    path: Any,
+    realtime: bool = False,
+    limit: int | None = None,
+    metrics: Metrics | None = None,
+) -> tuple[Pipeline, float, int]:
+    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed)."""
+    from sbd_stream.sources.replay import ReplaySource
+
+    pipe = Pipeline(settings, stage, metrics)
+    pipe.start(live=False)
+
+    def on_frame(frame: Frame) -> None:
+        pipe.metrics.frames_received.inc()  # the live receiver counts these; here the file is the source
+        pipe.handle_frame(frame)
+
+    src = ReplaySource(path, on_frame, pipe.handle_series, pipe.denoise_q, realtime, limit)
+    t0 = time.perf_counter()
+    src.run()
+    pipe.stop(timeout=max(settings.stop_timeout_s, 600.0))
+    return pipe, time.perf_counter() - t0, src.n_sent

@@ -1,0 +1,131 @@
+"""Publisher: denoised frames and likelihood maps out on a ZeroMQ PUB socket, in wire format v1.
+
+PUB never blocks: a subscriber at its high-water mark simply misses messages (it sees the gap in the
+sequence numbers). A small SNDHWM keeps a slow subscriber from growing our memory; a bounded publish
+queue that drops its oldest entry keeps a slow serialisation from stalling the denoiser.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from sbd_stream.config import PublishSettings, SocketMode
+from sbd_stream.frames import FrameQueue
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import TOPIC_DENOISED, FrameHeader, encode_frame, encode_series
+from sbd_stream.security import apply_curve
+from sbd_stream.worker import BackgroundWorker, consume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputItem:
+    """One message to publish; ``data`` None means a series message (topic series_start/end)."""
+
+    topic: bytes
+    acq: str
+    seq: int = 0
+    ts: float = 0.0
+    data: np.ndarray | None = None
+    exposure_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    columns: list[list[float]] | None = None
+    t_recv: float | None = None  # perf_counter() at ingest, for end-to-end latency
+
+
+class Publisher(BackgroundWorker):
+    thread_name = "sbd-publisher"
+
+    def __init__(
+        self,
+        settings: PublishSettings,
+        metrics: Metrics,
+        engine_id: str,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.s, self.metrics, self.engine_id = settings, metrics, engine_id
+        self.ctx = context or zmq.Context.instance()
+        self.queue = FrameQueue(settings.queue_frames, drop_oldest=True, on_evict=self._evicted)
+        self.sock = self.ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
+        if settings.mode is SocketMode.bind:
+            self.sock.bind(settings.endpoint)
+        else:
+            self.sock.connect(settings.endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
+        self._out_dtype = np.dtype(settings.dtype)
+        self._init_worker()
+
+    def _evicted(self, item: object) -> None:
+        assert isinstance(item, OutputItem)
+        self.metrics.publish_dropped.labels(topic=item.topic.decode()).inc()
+
+    def publish(
+        self,
+        topic: bytes,
+        header: FrameHeader,
+        data: np.ndarray,
+        meta: dict[str, Any] | None = None,
+        columns: list[list[float]] | None = None,
+        t_recv: float | None = None,
+    ) -> None:
+        """Queue one output frame named after the raw frame it came from (acquisition, sequence)."""
+        h = header
+        m = h.meta if meta is None else meta
+        self.submit(OutputItem(topic, h.acq, h.seq, h.ts, data, h.exposure_s, m, columns, t_recv))
+
+    def submit(self, item: OutputItem) -> None:
+        self.queue.put(item, 0 if item.data is None else int(item.data.nbytes))
+        self.metrics.queue_depth.labels(queue="publish").set(len(self.queue))
+
+    def stop(self) -> None:
+        """Send what is queued, then close."""
+        self.queue.close()
+
+    def _run(self) -> None:
+        try:
+            consume(self.queue, self.send, self.metrics.queue_depth.labels(queue="publish").set)
+        finally:
+            self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
+
+    def send(self, item: OutputItem) -> bool:
+        """Encode and send without blocking; False (and counted) if ZeroMQ refused it."""
+        t0 = time.perf_counter()
+        topic = item.topic.decode()
+        if item.data is None:
+            parts: list = encode_series(item.topic, item.acq, item.ts, item.meta)
+        else:
+            data = item.data
+            if item.topic == TOPIC_DENOISED and data.dtype != self._out_dtype:
+                data = data.astype(self._out_dtype)
+            parts = encode_frame(
+                data,
+                item.acq,
+                item.seq,
+                item.ts,
+                topic=item.topic,
+                exposure_s=item.exposure_s,
+                meta=item.meta,
+                engine=self.engine_id,
+                columns=item.columns,
+            )
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.metrics.publish_dropped.labels(topic=topic).inc()
+            return False
+        now = time.perf_counter()
+        self.metrics.frames_published.labels(topic=topic).inc()
+        self.metrics.stage_latency.labels(stage="publish").observe(now - t0)
+        if item.t_recv is not None and item.topic == TOPIC_DENOISED:
+            self.metrics.e2e_latency.observe(now - item.t_recv)
+        return True

@@ -1,0 +1,198 @@
+"""The DECTRIS series state machine, as a receiver plug-in (no socket: sbd_stream/sources/receiver.py).
+
+DECTRIS DCUs bind a PUSH socket and send each message to exactly one connected PULL; a fan-out proxy
+may republish on PUB, hence SUB as well. The state machine exists because real series misbehave:
+the receiver may join mid-series (the header went to nobody), a series end may never come (the
+inactivity timeout closes it), a restarted DCU re-sends series ids, and messages of an earlier
+series may still be queued when a new one starts (they are drained, counted as stale, never mixed
+into the new recording). Reconnection is ZeroMQ's: a connected socket re-dials the sender's port
+until it comes back; ZMTP heartbeats (asked for through ``SocketSpec``) notice a peer that vanished
+without closing.
+
+It emits the same ``Frame`` / ``SeriesMessage`` objects as wire format v1, with ``Frame.chunk`` set
+when the detector sent bitshuffle-LZ4, so the recorder can store it without recompressing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter
+
+from sbd_stream.config import DectrisInput, InputDialect
+from sbd_stream.frames import Frame
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import (
+    TOPIC_SERIES_END,
+    TOPIC_SERIES_START,
+    FrameMessage,
+    Message,
+    ProtocolError,
+    SeriesHeader,
+    SeriesMessage,
+)
+from sbd_stream.sources.dectris.messages import DectrisFrameMessage, StreamV1Decoder, decode_stream_v2
+from sbd_stream.sources.dialect import Emitter, SocketSpec
+from sbd_stream.sources.sequence import SequenceTracker, count_sequence_event
+
+__all__ = ["DectrisDialect", "DectrisMetrics", "SeriesState"]
+
+log = logging.getLogger(__name__)
+
+
+class DectrisMetrics:
+    """Counters only this dialect has, registered once on the service's own registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.stale = Counter(
+            "sbd_dectris_stale_messages", "Messages of an earlier series, drained", registry=r
+        )
+        self.timeouts = Counter(
+            "sbd_dectris_series_timeouts",
+            "Series closed by the inactivity timeout (no series end)",
+            registry=r,
+        )
+        self.joined = Counter(
+            "sbd_dectris_series_joined", "Series joined mid-way (their start was never received)", registry=r
+        )
+        self.superseded = Counter(
+            "sbd_dectris_series_superseded", "Series closed because a new one started first", registry=r
+        )
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> DectrisMetrics:
+        """The one instance per registry: registering the same names twice would raise."""
+        dm = metrics.__dict__.get("_dectris_metrics")
+        if dm is None:
+            dm = metrics.__dict__["_dectris_metrics"] = cls(metrics)
+        return dm
+
+
+class SeriesState:
+    """The open series (if any) and the recently closed ones whose late messages are stale."""
+
+    def __init__(self, remember: int = 64) -> None:
+        self.acq: str | None = None
+        self.series: int | None = None
+        self.expected: int | None = None
+        self.received = 0
+        self.tracker = SequenceTracker()
+        self.closed: collections.deque[str] = collections.deque(maxlen=remember)
+        self.last_activity = time.monotonic()
+
+    def open(self, acq: str, series: int | None, expected: int | None) -> None:
+        self.acq, self.series, self.expected, self.received = acq, series, expected, 0
+        self.tracker.reset(acq)
+        if acq in self.closed:  # a restarted sender may reuse the id: a new start makes it current
+            self.closed.remove(acq)
+
+    def close(self) -> None:
+        if self.acq is not None:
+            self.closed.append(self.acq)
+        self.acq = self.series = self.expected = None
+
+
+class DectrisDialect:
+    """Plug-in for DECTRIS SIMPLON stream v1 and stream v2 (the series state machine)."""
+
+    def __init__(self, settings: DectrisInput, max_payload_bytes: int, emit: Emitter) -> None:
+        self.settings, self.emit = settings, emit
+        self.name: str = settings.dialect
+        self.socket = SocketSpec(settings.socket_type, settings.heartbeat_s)
+        self.metrics = emit.metrics
+        self.dm = DectrisMetrics.of(emit.metrics)
+        self.v1 = StreamV1Decoder(max_payload_bytes)
+        self.state = SeriesState()
+        self._decode: Callable[[list[Any]], list[Message]] = (
+            self.v1.decode
+            if settings.dialect == InputDialect.dectris_v1
+            else lambda parts: decode_stream_v2(parts, max_payload_bytes)
+        )
+
+    def handle(self, parts: list[Any]) -> None:
+        """Decode, check against the series state, dispatch."""
+        t0 = time.perf_counter()
+        self.state.last_activity = time.monotonic()
+        try:
+            msgs = self._decode(parts)
+        except ProtocolError as exc:
+            self.emit.malformed(exc, self.name)
+            return
+        for msg in msgs:
+            if isinstance(msg, SeriesMessage):
+                self._series(msg)
+            elif isinstance(msg, FrameMessage):
+                self._frame(msg, t0)
+
+    def tick(self, now: float) -> None:
+        self.check_timeout(now)
+
+    def check_timeout(self, now: float | None = None) -> bool:
+        """Close the open series when nothing arrived for ``series_timeout_s``; True if it did."""
+        now = time.monotonic() if now is None else now
+        if now - self.state.last_activity < self.settings.series_timeout_s:
+            return False
+        for msg in self.v1.flush():  # a header whose configuration never came
+            self._series(msg)
+        if self.state.acq is None:
+            return False
+        self.dm.timeouts.inc()
+        log.warning(
+            "series %s: no message for %.1f s, closing it", self.state.acq, self.settings.series_timeout_s
+        )
+        self._close_open("timeout")
+        return True
+
+    # --- the state machine ------------------------------------------------------------------------
+    def _emit_series(self, topic: bytes, acq: str, meta: dict[str, Any], n: int | None = None) -> None:
+        self.emit.series(SeriesMessage(topic, SeriesHeader(acq, time.time(), meta, n)))
+
+    def _close_open(self, reason: str) -> None:
+        st = self.state
+        if st.acq is None:
+            return
+        meta = {"series": st.series, "frames_received": st.received, "end_reason": reason}
+        if st.expected is not None:
+            meta["frames_expected"] = st.expected
+        acq, n = st.acq, st.received
+        st.close()
+        self._emit_series(TOPIC_SERIES_END, acq, meta, n)
+
+    def _series(self, msg: SeriesMessage) -> None:
+        st, h = self.state, msg.header
+        if msg.topic == TOPIC_SERIES_START:
+            if st.acq is not None:
+                self.dm.superseded.inc()
+                self.metrics.restarts.inc()
+                self._close_open("superseded")
+            st.open(h.acq, h.meta.get("series"), h.n_frames)
+            self._emit_series(TOPIC_SERIES_START, h.acq, h.meta, h.n_frames)
+            return
+        if st.acq != h.acq:  # the end of a series we already closed, or never saw
+            self.dm.stale.inc()
+            return
+        self._close_open("series_end")
+
+    def _frame(self, msg: FrameMessage, t0: float) -> None:
+        st, h = self.state, msg.header
+        if st.acq != h.acq:
+            if h.acq in st.closed:
+                self.dm.stale.inc()  # queued behind its series' end, or a timed-out series' tail
+                return
+            if st.acq is not None:
+                self.dm.superseded.inc()
+                self._close_open("superseded")
+            self.dm.joined.inc()
+            st.open(h.acq, h.meta.get("series"), None)
+            self._emit_series(TOPIC_SERIES_START, h.acq, {"series": h.meta.get("series"), "joined": True})
+        if not count_sequence_event(self.metrics, *st.tracker.observe(h.acq, h.seq)):
+            return
+        st.received += 1
+        chunk = msg.chunk if isinstance(msg, DectrisFrameMessage) else None
+        series = msg.series if isinstance(msg, DectrisFrameMessage) else 0
+        self.emit.frame(Frame(h, msg.data, t0, chunk=chunk, series=series))

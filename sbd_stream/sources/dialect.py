@@ -1,0 +1,79 @@
+"""The seam between the one receiver and its per-dialect plug-ins.
+
+The receiver owns everything that touches a socket (options, CURVE, the poll loop, the exception
+guard); a plug-in only turns received parts into frames and series messages. Two receive loops had
+drifted apart before (one guarded its callback, one ignored CURVE), so the loop exists once and a
+plug-in can't have one. Plug-ins without sockets are also what lets the DECTRIS state machine be
+tested by feeding it parts directly.
+
+What every dialect counts the same way (``frames_received``, the decode latency, series messages,
+malformed reasons) goes through ``Emitter``, so the counters mean the same whichever detector is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sbd_stream.config import InputSocket
+from sbd_stream.frames import Frame, FrameHandler, SeriesHandler
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import ProtocolError, SeriesMessage
+
+__all__ = ["Dialect", "Emitter", "SocketSpec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """What a dialect needs of the socket beyond the options every input gets.
+
+    ``heartbeat_s`` turns on ZMTP heartbeats: a PUSH sender that vanished without closing (a DCU
+    power-cycled) is otherwise never noticed by a PULL that is waiting for it.
+    """
+
+    kind: InputSocket
+    heartbeat_s: float | None = None
+
+
+class Dialect(Protocol):
+    """A decoder plus accounting for one input format; it never sees a socket."""
+
+    name: str
+    socket: SocketSpec
+
+    def handle(self, parts: list[Any]) -> None:
+        """Decode one received multipart message and emit what it held (raising is a bug, not input)."""
+
+    def tick(self, now: float) -> None:
+        """Called at least every ~100 ms with ``time.monotonic()``, for timeouts of the dialect."""
+
+
+class Emitter:
+    """The plug-ins' only way out: shared counters first, then the pipeline's non-blocking handlers."""
+
+    def __init__(
+        self, metrics: Metrics, on_frame: FrameHandler, on_series: SeriesHandler | None = None
+    ) -> None:
+        self.metrics = metrics
+        self.on_frame, self.on_series = on_frame, on_series
+
+    def frame(self, frame: Frame) -> None:
+        """A frame that passed validation and continuity checks; ``t_recv`` is when decoding began."""
+        m = self.metrics
+        m.frames_received.inc()
+        m.stage_latency.labels(stage="decode").observe(time.perf_counter() - frame.t_recv)
+        self.on_frame(frame)
+
+    def series(self, msg: SeriesMessage) -> None:
+        self.metrics.series.labels(topic=msg.topic.decode()).inc()
+        if self.on_series is not None:
+            self.on_series(msg)
+
+    def malformed(self, exc: ProtocolError, dialect: str) -> None:
+        """Bad input is counted by reason and otherwise ignored: a sender must not stop the service."""
+        self.metrics.frames_malformed.labels(reason=exc.reason).inc()
+        log.debug("dropped malformed %s message: %s", dialect, exc)

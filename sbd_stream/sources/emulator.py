@@ -1,0 +1,265 @@
+"""Detector emulator: publishes K2-style counted frames in wire format v1, with the ground truth kept.
+
+Sources, in order of preference: a simulated dataset (the HDF5 written by ``training.dataset``; read
+here directly with h5py because sbd_stream must not import training), a recording made by this service
+(its raw counts are re-sent as they are; there is no ground truth then), or -- only when no file is
+given -- a built-in SYNTHETIC lattice of Gaussian "columns", clearly labelled as such in the metadata.
+
+Drawing 14 Mpx of Poisson noise takes longer than 25 ms, so for full-size frames at 40 Hz a pool of
+pre-drawn noise realisations (``pool``) is cycled; the ground truth of each sent frame stays exact.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from sbd_stream.compute.noise import DEFAULT_DOSE, poisson_counts
+from sbd_stream.config import PAPER_PIXEL_A, SocketMode
+from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
+from sbd_stream.sinks.recorder import open_recording
+
+log = logging.getLogger(__name__)
+
+K2_SHAPE = (3838, 3710)
+
+
+class SourceKind(enum.StrEnum):
+    simulated = "simulated"  # clean images from a simulated dataset file
+    recording = "recording"  # raw counts from an sbd-stream recording
+    synthetic = "synthetic"  # built-in Gaussian lattice (no file given)
+
+
+def synthetic_clean(shape: tuple[int, int], spacing: float = 12.0, seed: int = 0) -> np.ndarray:
+    """A SYNTHETIC test pattern: vacuum 1.0 with a lattice of dark Gaussian columns over a disk."""
+    h, w = shape
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.ones(shape, np.float32)
+    rng = np.random.default_rng(seed)
+    sigma = spacing / 5
+    disk = (rr - h / 2) ** 2 + (cc - w / 2) ** 2 < (0.35 * min(h, w)) ** 2
+    ph = rng.uniform(0, spacing, 2)
+    mod = np.cos(2 * np.pi * (rr - ph[0]) / spacing) * np.cos(2 * np.pi * (cc - ph[1]) / spacing)
+    columns = np.exp(-((1 - np.clip(mod, 0, 1)) * spacing**2) / (8 * sigma**2))
+    img -= 0.6 * columns * disk
+    return np.clip(img, 0.05, None).astype(np.float32)
+
+
+SYNTHETIC_SPACING_A = 2.8
+"""Column spacing of the synthetic lattice (about Pt's 2.77 A nearest-neighbour distance)."""
+
+
+def resample(img: np.ndarray, from_pixel_A: float, to_pixel_A: float) -> np.ndarray:
+    """A clean (band-limited) image resampled from one pixel size to another by cubic splines.
+
+    Simulated clean images are band-limited by the vibration envelope, so interpolating them onto a
+    finer detector grid reproduces what a finer simulation would give; the result is clipped at 0
+    (spline overshoot must not become negative Poisson rates).
+    """
+    if abs(from_pixel_A / to_pixel_A - 1.0) < 1e-3:
+        return img
+    from scipy import ndimage
+
+    out = ndimage.zoom(img, from_pixel_A / to_pixel_A, order=3, mode="reflect", grid_mode=True)
+    return np.clip(out, 0.0, None).astype(np.float32)
+
+
+def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or wrap-tile a source image to the requested detector size."""
+    h, w = shape
+    reps = (-(-h // img.shape[0]), -(-w // img.shape[1]))
+    if reps != (1, 1):
+        img = np.tile(img, reps)
+    return np.ascontiguousarray(img[:h, :w])
+
+
+@dataclass
+class EmulatorConfig:
+    endpoint: str = "tcp://127.0.0.1:5555"
+    mode: SocketMode = SocketMode.bind
+    shape: tuple[int, int] = (1024, 1024)
+    dtype: str = "uint16"
+    dose: float = DEFAULT_DOSE  # counts per detector pixel in vacuum per frame
+    pixel_size_A: float = PAPER_PIXEL_A  # detector pixel at the specimen; sources are resampled to it
+    rate_hz: float = 40.0  # 0 = as fast as possible
+    n_frames: int = 100
+    source: Path | None = None
+    seed: int = 0
+    acq: str = field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
+    pool: int = 0  # >0: cycle this many pre-drawn noisy frames per clean image
+    sndhwm: int = 1000
+    first_seq: int = 0
+    wait_subscriber_s: float = 5.0  # wait for a subscriber before the first frame (XPUB)
+    keep_truth: bool = False  # keep every sent frame and its expected counts (tests, demo PSNR)
+
+
+class FrameSource:
+    """Clean images (expected counts = clean * dose) or recorded counts, by frame index."""
+
+    def __init__(self, cfg: EmulatorConfig) -> None:
+        self.cfg = cfg
+        self.kind = SourceKind.synthetic
+        self._images: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        if cfg.source is None:
+            spacing_px = SYNTHETIC_SPACING_A / cfg.pixel_size_A
+            self._images = [synthetic_clean(cfg.shape, spacing=spacing_px, seed=cfg.seed)]
+            return
+        with open_recording(cfg.source) as f:  # also a plain HDF5 reader with the filters loaded
+            if "images" in f:
+                n = int(f["committed"][0]) if "committed" in f else f["images"].shape[0]
+                n = min(n, 64)  # enough variety; bounded memory
+                if n == 0:
+                    raise ValueError(f"{cfg.source} holds no committed images")
+                self.kind = SourceKind.simulated
+                src_px = float(f.attrs.get("pixel_size_A", cfg.pixel_size_A))
+                self.source_pixel_A = src_px
+                self._images = [
+                    _fit(
+                        resample(np.asarray(f["images"][i], np.float32), src_px, cfg.pixel_size_A), cfg.shape
+                    )
+                    for i in range(n)
+                ]
+            elif "raw" in f and "frames" in f["raw"]:
+                n = min(len(f["raw/complete"]), 256)
+                if n == 0:
+                    raise ValueError(f"{cfg.source} holds no complete raw frames")
+                self.kind = SourceKind.recording
+                self._counts = [np.asarray(f["raw/frames"][i]) for i in range(n)]
+            else:
+                raise ValueError(
+                    f"{cfg.source}: neither a simulated dataset (/images) nor a recording (/raw)"
+                )
+
+    def __len__(self) -> int:
+        return len(self._images) or len(self._counts)
+
+    def truth(self, index: int) -> np.ndarray | None:
+        """Expected counts per pixel of frame ``index`` (None for recordings: no ground truth)."""
+        if not self._images:
+            return None
+        return self._images[index % len(self._images)] * np.float32(self.cfg.dose)
+
+    def frames(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(counts, truth) forever."""
+        rng = np.random.default_rng(self.cfg.seed)
+        dt = np.dtype(self.cfg.dtype)
+        if self._counts:
+            i = 0
+            while True:
+                yield self._counts[i % len(self._counts)].astype(dt, copy=False), None
+                i += 1
+        pools: dict[int, list[np.ndarray]] = {}
+        n_img = len(self._images)
+        if self.cfg.pool > 0:  # keep the pre-drawn pool under ~2 GB (K2 size x many images would not fit)
+            per_image = self.cfg.pool * self._images[0].size * dt.itemsize
+            n_img = max(1, min(n_img, int(2e9 // per_image)))
+        i = 0
+        while True:
+            k = i % n_img
+            clean = self._images[k]
+            if self.cfg.pool > 0:
+                if k not in pools:
+                    pools[k] = [poisson_counts(clean, self.cfg.dose, rng, dt) for _ in range(self.cfg.pool)]
+                counts = pools[k][(i // n_img) % self.cfg.pool]
+            else:
+                counts = poisson_counts(clean, self.cfg.dose, rng, dt)
+            yield counts, self.truth(k)
+            i += 1
+
+
+class Emulator:
+    """Publishes ``n_frames`` frames at ``rate_hz`` between series_start and series_end."""
+
+    def __init__(self, cfg: EmulatorConfig, context: zmq.Context | None = None) -> None:
+        self.cfg = cfg
+        self.source = FrameSource(cfg)
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.XPUB)  # XPUB: a PUB that also sees subscriptions
+        self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        if cfg.mode is SocketMode.bind:
+            self.sock.bind(cfg.endpoint)
+        else:
+            self.sock.connect(cfg.endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or cfg.endpoint
+        self.sent: dict[int, np.ndarray] = {}
+        self.truth: dict[int, np.ndarray] = {}
+        self.n_sent = 0
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if poller.poll(int(timeout * 1000)):
+            self.sock.recv_multipart()
+            return True
+        return False
+
+    def meta(self) -> dict:
+        c = self.cfg
+        return {
+            "source": self.source.kind.value,
+            "dose": c.dose,
+            "counts_per_px": c.dose,
+            "pixel_size_A": c.pixel_size_A,
+            "dose_e_per_A2": c.dose / c.pixel_size_A**2,
+            "emulator": True,
+        }
+
+    def run(self) -> int:
+        """Publish the series; returns the number of frames sent."""
+        cfg = self.cfg
+        if cfg.wait_subscriber_s > 0 and not self.wait_for_subscriber(cfg.wait_subscriber_s):
+            log.warning("no subscriber after %.1f s; publishing anyway", cfg.wait_subscriber_s)
+        period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else 0.0
+        exposure = period or 0.025
+        self.sock.send_multipart(
+            encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames)
+        )
+        frames = self.source.frames()
+        t_next = time.perf_counter()
+        for k in range(cfg.n_frames):
+            if self.stop_event.is_set():
+                break
+            counts, truth = next(frames)
+            seq = cfg.first_seq + k
+            if cfg.keep_truth:
+                self.sent[seq] = counts
+                if truth is not None:
+                    self.truth[seq] = truth
+            if period:
+                t_next += period
+                delay = t_next - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            parts = encode_frame(
+                counts, cfg.acq, seq, time.time(), exposure_s=exposure, meta={"dose": cfg.dose}
+            )
+            self.sock.send_multipart(parts, copy=False)
+            self.n_sent += 1
+        self.sock.send_multipart(encode_series(TOPIC_SERIES_END, cfg.acq, time.time(), {}, self.n_sent))
+        return self.n_sent
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="sbd-emulator", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.join(5.0)
+        self.sock.close()

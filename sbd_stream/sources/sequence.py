@@ -1,0 +1,94 @@
+"""Continuity accounting from sequence numbers, shared by every dialect that numbers its frames.
+
+ZeroMQ drops silently at a high-water mark and senders restart without warning, so the only record of
+what was lost is the (acquisition, sequence) pair each frame carries. Wire format v1 and the DECTRIS
+series state machine both count gaps, duplicates, late frames and restarts the same way through here,
+so the metrics mean the same thing whichever detector is attached.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+
+from sbd_stream.metrics import Metrics
+
+__all__ = ["SeqEvent", "SequenceTracker", "count_sequence_event"]
+
+
+class SeqEvent(enum.Enum):
+    ok = "ok"
+    gap = "gap"
+    restart = "restart"
+    duplicate = "duplicate"
+    out_of_order = "out_of_order"
+
+
+class SequenceTracker:
+    """Per-stream continuity accounting from the (acq, seq) pairs in the headers.
+
+    Forward jumps are gaps; a repeat of a recently seen number is a duplicate (dropped); a small step
+    back to an unseen number is a late frame (kept, counted); a new acquisition id, seq 0 again, or a
+    large step back is a restart (a bridge or detector that came back).
+    """
+
+    def __init__(self, reorder_window: int = 1024) -> None:
+        self.window = reorder_window
+        self.acq: str | None = None
+        self.last = -1
+        self._seen: collections.deque[int] = collections.deque(maxlen=reorder_window)
+        self._seen_set: set[int] = set()
+
+    def reset(self, acq: str | None = None) -> None:
+        self.acq, self.last = acq, -1
+        self._seen.clear()
+        self._seen_set.clear()
+
+    def _remember(self, seq: int) -> None:
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(seq)
+        self._seen_set.add(seq)
+
+    def observe(self, acq: str, seq: int) -> tuple[SeqEvent, int]:
+        """Classify one frame; returns (event, number of missing frames for a gap)."""
+        if self.acq is not None and acq != self.acq:
+            self.reset(acq)
+            self._remember(seq)
+            self.last = seq
+            return SeqEvent.restart, 0
+        first = self.acq is None or self.last < 0
+        self.acq = acq
+        if first or seq == self.last + 1:
+            self._remember(seq)
+            self.last = seq
+            return SeqEvent.ok, 0
+        if seq > self.last + 1:
+            missing = seq - self.last - 1
+            self._remember(seq)
+            self.last = seq
+            return SeqEvent.gap, missing
+        if (seq == 0 and self.last > 0) or self.last - seq > self.window:
+            self.reset(acq)
+            self._remember(seq)
+            self.last = seq
+            return SeqEvent.restart, 0
+        if seq in self._seen_set:
+            return SeqEvent.duplicate, 0
+        self._remember(seq)
+        return SeqEvent.out_of_order, 0
+
+
+def count_sequence_event(m: Metrics, event: SeqEvent, missing: int) -> bool:
+    """Count what a frame's sequence number revealed; False for a duplicate, which is dropped."""
+    if event is SeqEvent.duplicate:
+        m.frames_duplicate.inc()
+        return False
+    if event is SeqEvent.gap:
+        m.gaps.inc()
+        m.frames_gap.inc(missing)
+    elif event is SeqEvent.restart:
+        m.restarts.inc()
+    elif event is SeqEvent.out_of_order:
+        m.frames_out_of_order.inc()
+    return True

@@ -1,0 +1,182 @@
+"""Reading stacks of counted frames from files and writing denoised stacks, for offline ``denoise``.
+
+Inputs are read lazily (h5py slices, memory-mapped NPY/TIFF) so a recording larger than memory streams
+through. Output goes to a temporary name and is renamed only when complete, so an interrupted run never
+leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff"}
+DEFAULT_H5_DATASETS = ("raw", "frames", "data", "entry/data/data", "images/noisy", "noisy")
+
+
+class StackError(ValueError):
+    """The input is not a usable stack of frames; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class FrameStack:
+    """A lazily indexable (N, H, W) stack; ``frames[i:j]`` returns a NumPy array."""
+
+    frames: Any
+    source: str
+    closer: Any = None
+    sampling: dict[str, float] = field(default_factory=dict)  # pixel_size_A, dose_e_per_A2 | counts_per_px
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.frames.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.frames.dtype)
+
+    def batches(self, size: int) -> Iterator[np.ndarray]:
+        for i in range(0, self.shape[0], size):
+            yield np.array(self.frames[i : i + size])  # a writable copy: torch refuses read-only memory
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
+
+
+def _check(arr: Any, source: str) -> Any:
+    dt = np.dtype(arr.dtype)
+    if dt.kind not in "uif" or dt.itemsize > 8:
+        raise StackError(f"{source}: dtype {dt} is not a count or intensity type (need uint/int/float)")
+    if len(arr.shape) == 2:
+        arr = arr[None] if isinstance(arr, np.ndarray) else _Single(arr)
+    if len(arr.shape) != 3:
+        raise StackError(f"{source}: expected a (frames, height, width) stack, got shape {tuple(arr.shape)}")
+    n, h, w = arr.shape
+    if n == 0 or h == 0 or w == 0:
+        raise StackError(f"{source}: the stack is empty (shape {tuple(arr.shape)})")
+    return arr
+
+
+class _Single:
+    """A 2-D h5py dataset seen as a one-frame stack without reading it."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+        self.shape = (1, *ds.shape)
+        self.dtype = ds.dtype
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return np.asarray(self.ds)[None][s]
+
+
+def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
+    """Open an HDF5, NPY or TIFF stack; ``dataset`` names the HDF5 dataset when it isn't obvious."""
+    if not path.exists():
+        raise StackError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise StackError(f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5, .npy or .tif/.tiff)")
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise StackError(f"{path}: not a plain numeric NPY array ({e})") from e
+        return FrameStack(_check(arr, str(path)), str(path))
+    if suffix in {".tif", ".tiff"}:
+        import tifffile
+
+        try:
+            arr = tifffile.memmap(path, mode="r")
+        except ValueError:
+            arr = tifffile.imread(path)  # compressed TIFFs can't be memory-mapped
+        return FrameStack(_check(arr, str(path)), str(path))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise StackError(f"{path}: not a readable HDF5 file ({e})") from e
+    name = dataset or _guess_dataset(f, path)
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        known = ", ".join(_datasets(f)) or "none"
+        f.close()
+        raise StackError(f"{path}: no dataset '{name}' (datasets: {known})")
+    try:
+        return FrameStack(_check(f[name], f"{path}:{name}"), f"{path}:{name}", f.close, _sampling(f, name))
+    except StackError:
+        f.close()
+        raise
+
+
+SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
+
+
+def _sampling(f: h5py.File, name: str) -> dict[str, float]:
+    """Detector sampling stated by the dataset's attributes, else the file's (dataset wins)."""
+    out: dict[str, float] = {}
+    for attrs in (f.attrs, f[name].attrs):
+        for k in SAMPLING_ATTRS:
+            if k in attrs:
+                try:
+                    out[k] = float(attrs[k])
+                except (TypeError, ValueError):
+                    continue
+    if "dose_e_per_A2" in out:  # one dose form only: per area wins
+        out.pop("counts_per_px", None)
+    return out
+
+
+def _datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def _guess_dataset(f: h5py.File, path: Path) -> str:
+    for name in DEFAULT_H5_DATASETS:
+        if name in f and isinstance(f[name], h5py.Dataset):
+            return name
+    stacks = [n for n in _datasets(f) if f[n].ndim in (2, 3)]
+    if len(stacks) == 1:
+        return stacks[0]
+    raise StackError(
+        f"{path}: cannot tell which dataset holds the frames ({', '.join(stacks) or 'none found'}); "
+        "pass --dataset NAME"
+    )
+
+
+@contextmanager
+def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """An HDF5 file written under a temporary name and renamed into place only on success."""
+    tmp = path.with_name(f".{path.name}.partial")
+    f = h5py.File(tmp, "w")
+    try:
+        yield f
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_output(
+    f: h5py.File, shape: tuple[int, int, int], attrs: dict[str, Any], dataset: str = "denoised"
+) -> h5py.Dataset:
+    import hdf5plugin
+
+    _, h, w = shape
+    ds = f.create_dataset(
+        dataset, shape=shape, dtype="float32", chunks=(1, h, w), **hdf5plugin.Bitshuffle(cname="lz4")
+    )
+    ds.attrs["units"] = "counts per pixel per frame (expected, denoised)"
+    for k, v in attrs.items():
+        f.attrs[k] = v if isinstance(v, str | int | float) else json.dumps(v)
+    return ds

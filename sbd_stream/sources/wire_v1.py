@@ -1,0 +1,56 @@
+"""Wire format v1 (sbd_stream/protocol.py) as a receiver plug-in: decode, sequence accounting, emit.
+
+A bridge publishes on PUB, so this dialect always asks for a SUB socket. The only state is the
+continuity tracker: ``series_start`` resets it (a restart when a stream was already running),
+frames are classified by their (acq, seq) pairs and duplicates are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sbd_stream.config import InputDialect, InputSocket
+from sbd_stream.frames import Frame
+from sbd_stream.protocol import TOPIC_FRAME, TOPIC_SERIES_START, ProtocolError, SeriesMessage, decode
+from sbd_stream.sources.dialect import Emitter, SocketSpec
+from sbd_stream.sources.sequence import SequenceTracker, count_sequence_event
+
+__all__ = ["WireV1Dialect"]
+
+
+class WireV1Dialect:
+    """Plug-in for sbd-stream's own wire format v1."""
+
+    name = InputDialect.wire_v1.value
+    socket = SocketSpec(InputSocket.sub)
+
+    def __init__(self, max_payload_bytes: int, emit: Emitter) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self.emit = emit
+        self.tracker = SequenceTracker()
+
+    def handle(self, parts: list[Any]) -> None:
+        t0 = time.perf_counter()
+        m = self.emit.metrics
+        try:
+            msg = decode(parts, self.max_payload_bytes)
+        except ProtocolError as exc:
+            self.emit.malformed(exc, self.name)
+            return
+        if isinstance(msg, SeriesMessage):
+            if msg.topic == TOPIC_SERIES_START:
+                if self.tracker.acq is not None:
+                    m.restarts.inc()
+                self.tracker.reset(msg.header.acq)
+            self.emit.series(msg)
+            return
+        if msg.topic != TOPIC_FRAME:  # e.g. an output looped back into the input
+            m.frames_malformed.labels(reason="unexpected_topic").inc()
+            return
+        if not count_sequence_event(m, *self.tracker.observe(msg.header.acq, msg.header.seq)):
+            return
+        self.emit.frame(Frame(msg.header, msg.data, t0))
+
+    def tick(self, now: float) -> None:
+        """Wire format v1 has no timeouts: a series without an end stays open until the next start."""

@@ -1,0 +1,228 @@
+"""End to end on loopback: emulator -> serve -> subscriber, with the real Denoiser on a tiny engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+from conftest import make_settings
+
+from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, load_settings
+from sbd_stream.service.demo import Collector, run_demo
+from sbd_stream.service.pipeline import Pipeline, run_replay
+from sbd_stream.sinks.recorder import open_recording
+from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def denoiser(tiny_engine_dir: Path) -> Denoiser:
+    return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
+
+
+def _wait(pred, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while not (ok := bool(pred())) and time.monotonic() < end:
+        time.sleep(0.02)
+    return ok
+
+
+@pytest.mark.timeout(120)
+def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, denoiser: Denoiser) -> None:
+    ctx = zmq.Context.instance()
+    emu = Emulator(
+        EmulatorConfig(
+            endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=40, rate_hz=200, keep_truth=True
+        ),
+        ctx,
+    )
+    s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True})
+    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe.start()
+    assert pipe.publisher is not None
+    col = Collector(pipe.publisher.endpoint, context=ctx).start()
+    try:
+        time.sleep(0.3)
+        emu.start()
+        assert col.series_end.wait(60), "series_end never reached the subscriber"
+    finally:
+        emu.close()
+        pipe.stop()
+        col.close()
+    m = pipe.metrics
+    den, llr = col.frames(b"denoised"), col.frames(b"llr")
+    assert [r.seq for r in den] == list(range(40))
+    assert [r.seq for r in llr] == list(range(40))
+    assert {r.acq for r in den} == {emu.cfg.acq} and {r.engine for r in den} == {denoiser.engine_id}
+    assert next(r.topic for r in col.messages) == b"series_start"
+    assert col.messages[-1].topic == b"series_end"  # after every frame of its series
+    assert all(isinstance(r.header.columns, list) for r in llr)
+    # published frames equal the denoiser applied to exactly the frames the emulator sent
+    for r in den[:8:3]:
+        ref = denoiser.denoise(torch.from_numpy(emu.sent[r.seq].astype(np.float32))[None])[0].numpy()
+        np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-4)
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+        np.testing.assert_array_equal(f["raw/seq"][:], np.arange(40))
+        for q in range(40):
+            np.testing.assert_array_equal(f["raw/frames"][q], emu.sent[q])
+        np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(40))
+        np.testing.assert_array_equal(f["denoised/frames"][:], np.stack([r.data for r in den]))
+        np.testing.assert_array_equal(f["llr/frames"][:], np.stack([r.data for r in llr]))
+        assert json.loads(f.attrs["engine_card"]) == denoiser.card
+        assert json.loads(f.attrs["run_config"])["denoise"]["likelihood"]["enabled"] is True
+        # the recording says what sampling it holds (the tiny engine works at the detector's pixel)
+        assert f.attrs["pixel_size_A"] == 0.3 and f.attrs["counts_per_px"] == pytest.approx(0.45)
+        assert f.attrs["dose_e_per_A2"] == pytest.approx(0.45 / 0.09) and f.attrs["bin"] == 1
+    assert m.value("sbd_frames_received_total") == 40
+    assert m.value("sbd_frames_denoised_total") == 40
+    assert m.value("sbd_frames_published_total", {"topic": "denoised"}) == 40
+    assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == 40
+    assert m.value("sbd_frames_skipped_total") == 0
+    assert m.value("sbd_end_to_end_latency_seconds_count") == 40
+
+
+@pytest.mark.timeout(120)
+def test_latest_policy_skips_under_overload_but_records_every_raw_frame(
+    tmp_path: Path, denoiser: Denoiser
+) -> None:
+    ctx = zmq.Context.instance()
+    n = 150
+    emu = Emulator(
+        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(256, 256), n_frames=n, rate_hz=0, pool=2), ctx
+    )
+    s = make_settings(tmp_path, emu.endpoint, policy=BackpressurePolicy.latest, batch_frames=1)
+    s.ingest.queue_frames = 4
+    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe.start()
+    assert pipe.publisher is not None
+    col = Collector(pipe.publisher.endpoint, keep_data=False, context=ctx).start()
+    try:
+        time.sleep(0.3)
+        emu.start()
+        assert col.series_end.wait(60)
+    finally:
+        emu.close()
+        pipe.stop()
+        col.close()
+    m = pipe.metrics
+    seqs = [r.seq for r in col.frames(b"denoised")]
+    skipped = m.value("sbd_frames_skipped_total")
+    assert m.value("sbd_frames_received_total") == n
+    assert skipped > 0 and len(seqs) + skipped == n
+    assert seqs == sorted(seqs) and seqs[-1] == n - 1  # skips forward, ends on the newest frame
+    assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == n
+
+
+@pytest.mark.timeout(120)
+def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoiser: Denoiser) -> None:
+    from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+    s = make_settings(tmp_path, "tcp://127.0.0.1:1")
+    s.record.directory = tmp_path / "src"
+    rec = Recorder(s.record, Pipeline(s, denoiser).metrics)
+    frames = [np.random.default_rng(q).poisson(0.45, (64, 64)).astype(np.uint16) for q in range(10)]
+    for q, fr in enumerate(frames):
+        rec.write(RecordItem("raw", "orig", q + 100, 1000.0 + q * 0.025, fr))
+    rec.close_all()
+    s2 = make_settings(tmp_path, "tcp://127.0.0.1:1")
+    s2.publish.enabled = False
+    pipe, secs, n = run_replay(s2, denoiser, tmp_path / "src" / "orig.h5", realtime=True)
+    assert n == 10 and secs >= 9 * 0.025  # paced at the recorded rate
+    assert pipe.metrics.value("sbd_frames_denoised_total") == 10
+    assert pipe.metrics.value("sbd_frames_received_total") == 10
+    with open_recording(tmp_path / "rec" / "orig.h5") as f:
+        np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(100, 110))
+        ref = denoiser.denoise(torch.from_numpy(np.stack(frames).astype(np.float32))).numpy()
+        np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_demo_reports_psnr_against_ground_truth(tmp_path: Path, denoiser: Denoiser) -> None:
+    s = make_settings(tmp_path, "tcp://127.0.0.1:1")
+    s.record.enabled = False
+    lines: list[str] = []
+    summary = run_demo(
+        s,
+        denoiser,
+        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(128, 128), n_frames=20, rate_hz=100),
+        status=lines.append,
+        status_every_s=0.05,
+    )
+    assert summary["source"] == "synthetic"
+    assert summary["frames_published_received"] == 20 and summary["frames_skipped"] == 0
+    assert np.isfinite(summary["psnr_denoised_db"]) and np.isfinite(summary["psnr_raw_db"])
+    assert summary["latency_s"]["p50"] > 0 and lines
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        '[ingest]\nendpoint = "tcp://10.0.0.5:7000"\nmode = "bind"\n[denoise]\nbatch_frames = 8\n'
+    )
+    monkeypatch.setenv("SBD_DENOISE__BATCH_FRAMES", "2")
+    monkeypatch.setenv("SBD_DENOISE__POLICY", "latest")
+    s = load_settings(toml, {"denoise": {"policy": "lossless"}})
+    assert s.ingest.endpoint == "tcp://10.0.0.5:7000" and s.ingest.mode is SocketMode.bind
+    assert s.denoise.batch_frames == 2  # environment over file
+    assert s.denoise.policy is BackpressurePolicy.lossless  # flags over environment
+    d = ServiceSettings()
+    assert (
+        "127.0.0.1" in d.ingest.endpoint
+        and "127.0.0.1" in d.publish.endpoint
+        and d.metrics.host == "127.0.0.1"
+    )
+    with pytest.raises(ValueError):
+        load_settings(overrides={"denoise": {"policy": "sometimes"}})
+
+
+@pytest.mark.timeout(120)
+def test_binning_service_outputs_frames_at_the_detector_sampling(
+    tmp_path: Path, binning_engine_dir: Path
+) -> None:
+    """The paper's K2 (0.060 A, 0.45 counts/px) on an engine at 0.24 A: 4 x 4 binning inside the service,
+    outputs with the raw frames' shape in counts per detector pixel, maps too, and recorded attributes."""
+    ctx = zmq.Context.instance()
+    shape = (130, 98)  # not multiples of the bin: reflected padding, cropped back
+    emu = Emulator(
+        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=shape, n_frames=12, rate_hz=100, keep_truth=True),
+        ctx,
+    )
+    s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "vacuum_block_A": 2.0})
+    s.detector = type(s.detector)()  # the paper's K2 defaults
+    stage_den = Denoiser.load(engine="onnxruntime", engine_dir=binning_engine_dir)
+    pipe = Pipeline(s, stage_den, context=ctx)
+    assert pipe.stage.geometry.bin == 4
+    pipe.start()
+    assert pipe.publisher is not None
+    col = Collector(pipe.publisher.endpoint, keep_data=True, context=ctx).start()
+    try:
+        time.sleep(0.3)
+        emu.start()
+        assert col.series_end.wait(60), "series_end never reached the subscriber"
+    finally:
+        emu.close()
+        pipe.stop()
+        col.close()
+    den, llr = col.frames(b"denoised"), col.frames(b"llr")
+    assert [r.seq for r in den] == list(range(12)) and len(llr) == 12
+    from sbd_stream.compute.binning import bin_counts, unbin
+
+    for r in den:
+        assert r.data.shape == shape and r.data.dtype == np.float32
+        # the engine on the 4 x 4 sums at 16 x 0.45 counts, brought back per detector pixel
+        raw = torch.from_numpy(emu.sent[r.seq].astype(np.float32))[None]
+        ref = unbin(stage_den.denoise(bin_counts(raw, 4), dose=16 * 0.45), 4, shape)[0].numpy()
+        np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-5)
+    assert all(r.data.shape == shape for r in llr)
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+        assert f["denoised/frames"].shape[1:] == shape
+        assert f.attrs["bin"] == 4 and f.attrs["working_pixel_A"] == pytest.approx(0.24)
+        assert f.attrs["pixel_size_A"] == pytest.approx(0.060)
+        assert f.attrs["dose_e_per_A2"] == pytest.approx(125.0)

@@ -1,0 +1,76 @@
+"""`sbd-stream serve` as a process: frames in, SIGTERM, clean drain and closed files; `emulate --help`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from sbd_stream.sinks.recorder import open_recording
+from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+
+pytestmark = pytest.mark.integration
+
+SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
+
+
+def _port(ctx: zmq.Context) -> int:
+    s = ctx.socket(zmq.PUB)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)
+    return port
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_drains_and_closes_on_signal(tmp_path: Path, tiny_engine_dir: Path, sig: int) -> None:
+    ctx = zmq.Context.instance()
+    emu = Emulator(
+        EmulatorConfig(
+            endpoint="tcp://127.0.0.1:*",
+            shape=(64, 64),
+            n_frames=30,
+            rate_hz=50,
+            wait_subscriber_s=60,
+            keep_truth=True,
+        ),
+        ctx,
+    )
+    cmd = [
+        SBD, "serve",
+        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+        "--metrics-port", "0", "--policy", "lossless",
+    ]  # fmt: skip
+    env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert emu.run() == 30  # waits for the service to subscribe, then sends at 50 Hz
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        emu.close()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out[out.index("{") :])
+    assert summary["frames_received"] == 30 and summary["frames_denoised"] == 30
+    with open_recording(tmp_path / f"{emu.cfg.acq}.h5") as f:
+        assert len(f["raw/complete"]) == 30 and len(f["denoised/complete"]) == 30
+        np.testing.assert_array_equal(f["raw/frames"][29], emu.sent[29])
+
+
+def test_cli_help_lists_the_service_commands() -> None:
+    r = subprocess.run([SBD, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    for cmd in ("serve", "replay", "emulate", "demo"):
+        assert cmd in r.stdout

@@ -1,0 +1,148 @@
+"""Viewer without a browser: rendering, the HTTP API, and that it stays on the newest frames."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_FRAME, TOPIC_LLR, encode_frame, encode_series
+from sbd_stream.sinks.viewer.metrics_poll import histogram_quantile
+from sbd_stream.sinks.viewer.render import bin_to, diverging_rgb, encode_png, gray8, render
+from sbd_stream.sinks.viewer.server import Viewer, ViewerConfig, local_endpoint
+
+
+def test_png_encoder_round_trips_gray_and_rgb() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    c = rng.integers(0, 256, (20, 11, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(g)))), g)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(c)))), c)
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_binning_contrast_and_diverging_map() -> None:
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(bin_to(a, 2), [[2.5, 4.5], [10.5, 12.5]])
+    assert bin_to(np.zeros((3838, 3710)), 768).shape == (767, 742)  # factor 5, floor
+    x = np.linspace(0, 1, 1001, dtype=np.float32)
+    g = gray8(x, 10, 90)
+    assert g[:100].max() == 0 and g[-100:].min() == 255 and g[500] in (127, 128)
+    llr = np.array([[-4.0, 0.0, 4.0]], np.float32)
+    rgb = diverging_rgb(llr, 100)
+    assert rgb[0, 0, 2] > rgb[0, 0, 0]  # negative: blue
+    assert rgb[0, 2, 0] > rgb[0, 2, 2]  # positive: yellow / red
+    assert rgb[0, 1].max() < 40  # zero: near black
+    with pytest.raises(ValueError):
+        render(x.reshape(1, -1), "raw", 50, 50)
+
+
+def test_histogram_quantile_and_endpoints() -> None:
+    b = [(0.1, 0.0), (0.2, 50.0), (0.4, 100.0), (float("inf"), 100.0)]
+    assert histogram_quantile(0.5, b) == pytest.approx(0.2)
+    assert histogram_quantile(0.75, b) == pytest.approx(0.3)
+    assert histogram_quantile(0.5, [(1.0, 0.0)]) is None
+    assert local_endpoint("tcp://0.0.0.0:5556") == "tcp://127.0.0.1:5556"
+    assert local_endpoint("tcp://*:5556") == "tcp://127.0.0.1:5556"
+    assert local_endpoint("tcp://10.0.0.5:5556") == "tcp://10.0.0.5:5556"
+
+
+@pytest.fixture
+def sources() -> Iterator[tuple[zmq.Socket, zmq.Socket, Metrics, int]]:
+    ctx = zmq.Context.instance()
+    out, raw = ctx.socket(zmq.PUB), ctx.socket(zmq.PUB)
+    for s in (out, raw):
+        s.linger = 0
+        s.sndhwm = 100000
+        s.bind("tcp://127.0.0.1:*")
+    m = Metrics()
+    port = m.serve("127.0.0.1", 0)
+    yield out, raw, m, port
+    out.close()
+    raw.close()
+    m.shutdown()
+
+
+def _get(url: str) -> tuple[int, bytes, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
+    out, raw, m, mport = sources
+    cfg = ViewerConfig(
+        port=0,
+        output_endpoint=out.getsockopt_string(zmq.LAST_ENDPOINT),
+        raw_endpoint=raw.getsockopt_string(zmq.LAST_ENDPOINT),
+        metrics_url=f"http://127.0.0.1:{mport}/metrics",
+        raw_ring_mb=64 * 48 * 2 * 8 / 1e6,  # eight raw frames
+    )
+    v = Viewer(cfg).start()
+    try:
+        assert v.url.startswith("http://127.0.0.1:")
+        code, body, _ = _get(v.url)
+        assert code == 200 and b"window.sbdStatus" in body
+        assert _get(v.url + "image/raw.png")[0] == 404  # nothing received yet
+        time.sleep(0.5)  # subscriptions settle
+        out.send_multipart(encode_series(b"series_start", "acq-1", time.time(), {"source": "test"}))
+        rng = np.random.default_rng(1)
+        n = 300  # far more than the viewer's receive HWM: it must still end on the newest frame
+        for seq in range(n):
+            counts = rng.poisson(0.45, (64, 48)).astype(np.uint16)
+            raw.send_multipart(encode_frame(counts, "acq-1", seq, time.time(), topic=TOPIC_FRAME))
+            den = np.full((64, 48), seq, np.float32)
+            out.send_multipart(encode_frame(den, "acq-1", seq, time.time(), topic=TOPIC_DENOISED))
+            llr = np.zeros((64, 48), np.float32)
+            llr[10:20, 10:20] = 5.0
+            out.send_multipart(encode_frame(llr, "acq-1", seq, time.time(), topic=TOPIC_LLR))
+            m.frames_received.inc()
+        for _ in range(2):
+            m.e2e_latency.observe(0.03)
+        end = time.monotonic() + 10
+        st: dict = {}
+        while time.monotonic() < end:
+            st = json.loads(_get(v.url + "api/status")[1])
+            f = st["frames"]
+            if (
+                all(f[k] and f[k]["seq"] == n - 1 for k in ("raw", "denoised", "llr"))
+                and st["metrics"].get("received_total") == n
+            ):
+                break
+            time.sleep(0.1)
+        assert {k: st["frames"][k]["seq"] for k in ("raw", "denoised", "llr")} == dict.fromkeys(
+            ("raw", "denoised", "llr"), n - 1
+        )
+        assert st["frames"]["denoised"]["shape"] == [64, 48] and st["series"]["acq"] == "acq-1"
+        assert st["metrics"]["received_total"] == n
+        assert 0.025 <= st["metrics"]["latency_p50_s"] <= 0.05
+
+        code, png, hdr = _get(v.url + "image/denoised.png?lo=0&hi=100")
+        assert code == 200 and hdr["Content-Type"] == "image/png" and hdr["X-Seq"] == str(n - 1)
+        assert Image.open(io.BytesIO(png)).size == (48, 64)
+        code, png, _ = _get(v.url + "image/llr.png?lo=0&hi=98")
+        img = np.asarray(Image.open(io.BytesIO(png)))
+        assert code == 200 and img.shape == (64, 48, 3) and img[15, 15, 0] > 200 and img[0, 0].max() < 40
+        # raw paired with a denoised seq: the newest raw is n-1; ask for n-1 and for an old one
+        assert _get(v.url + f"image/raw.png?seq={n - 1}")[2]["X-Seq"] == str(n - 1)
+        assert _get(v.url + "image/raw.png?seq=3")[2]["X-Seq"] == str(n - 1)  # gone: newest instead
+        assert _get(v.url + f"image/raw.png?seq={n - 5}")[2]["X-Seq"] == str(n - 5)  # still in the ring
+        assert _get(v.url + "image/raw.png?lo=60&hi=50")[0] == 400
+        assert _get(v.url + "image/other.png")[0] == 404
+        assert _get(v.url + "../etc/passwd")[0] == 404
+    finally:
+        v.close()

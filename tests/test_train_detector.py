@@ -1,0 +1,114 @@
+"""Dose-range training, --init-from a committed engine, and the dose / pixel fields of exported cards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.card import load_card, load_torch_model
+from training.augment import AugmentSpec, draw_batch
+from training.export import export_run
+from training.synthetic_data import write_synthetic
+from training.train import TrainConfig, init_weights, preset_config, train
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(
+        tmp_path_factory.mktemp("data") / "syn.h5", n_structures=6, per_structure=4, size=64
+    )
+
+
+@pytest.fixture(scope="module")
+def dose_run(synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
+    out = tmp_path_factory.mktemp("runs")
+    cfg = preset_config(
+        "tiny",
+        data=str(synthetic),
+        out_dir=str(out),
+        threads=1,
+        augment={"dose_factors": (0.5, 2.0)},
+        val_dose_factors=[0.5, 2.0],
+    )
+    train(cfg, resume=False)
+    return cfg
+
+
+def test_dose_factors_are_log_uniform_and_vacuum_reads_one() -> None:
+    spec = AugmentSpec(patch=32, max_rotation_deg=0, rescale_prob=0, dose_factors=(0.5, 2.0))
+    src = torch.ones(64, 64, 64)
+    x, y = draw_batch(src, np.random.default_rng(0), spec, 7.2, Normalisation(dose=7.2))
+    counts_per_px = x.mean((1, 2, 3))  # input = counts / that sample's expected counts: ~1 at any dose
+    assert torch.allclose(counts_per_px, torch.ones(64), atol=0.05)
+    assert torch.allclose(y, torch.ones_like(y), atol=1e-5)
+    # the per-sample dose is visible in the input's noise: var(input) = 1 / (7.2 f)
+    f = 1 / (7.2 * x.var((1, 2, 3)))
+    assert 0.4 < f.min() < 0.65 and 1.6 < f.max() < 2.4
+    # log-uniform: as many samples in [0.5, 1] as in [1, 2] (uniform would put 1/3 below the nominal)
+    many = torch.ones(2000, 32, 32)
+    x, _ = draw_batch(many, np.random.default_rng(2), spec, 7.2, Normalisation(dose=7.2))
+    f = 1 / (7.2 * x.var((1, 2, 3)))
+    assert 0.45 < (f < 1).float().mean() < 0.55
+
+
+def test_training_over_a_dose_range_logs_each_dose_and_fills_the_card(
+    dose_run: TrainConfig, tmp_path: Path
+) -> None:
+    vals = [json.loads(r) for r in (dose_run.run_dir / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in vals if "val_psnr" in r]
+    assert vals and all(np.isfinite(r["val_psnr_x0.5"]) and np.isfinite(r["val_psnr_x2"]) for r in vals)
+    card = export_run(dose_run.run_dir, tmp_path / "eng")
+    assert card.dose_range == (0.5, 2.0)
+    assert card.pixel_size_A == pytest.approx(0.155)
+    assert card.normalisation.dose == pytest.approx(0.45)
+    assert card.dose_e_per_A2 == pytest.approx(0.45 / 0.155**2, rel=1e-4)
+    assert load_card(tmp_path / "eng").dose_e_per_A2 == pytest.approx(card.dose_e_per_A2)
+    assert card.training["steps_total"] == 6
+
+
+def test_export_of_an_unfinished_run_takes_dose_and_pixel_from_the_data(
+    dose_run: TrainConfig, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(dose_run.run_dir, run)
+    (run / "summary.json").unlink()
+    card = export_run(run, tmp_path / "eng")
+    assert card.training["interrupted"] is True and card.training["steps"] == 6
+    assert card.pixel_size_A == pytest.approx(0.155) and card.normalisation.dose == pytest.approx(0.45)
+
+
+def test_init_from_starts_a_new_run_from_an_engines_weights(
+    dose_run: TrainConfig, synthetic: Path, tmp_path: Path
+) -> None:
+    engine = tmp_path / "eng"
+    export_run(dose_run.run_dir, engine)
+    model = load_torch_model(engine)
+    ref = model.state_dict()
+    params = [k for k, _ in model.named_parameters()]
+    cfg = preset_config(
+        "tiny", data=str(synthetic), out_dir=str(tmp_path / "runs"), name="next", threads=1, lr=0.0
+    )
+    cfg = cfg.model_copy(update={"init_from": engine})
+    summary = train(cfg, resume=False)
+    assert summary["init_from"]["engine"] == "eng" and summary["init_from"]["steps_before"] == 6
+    got = torch.load(cfg.run_dir / "best.pt", weights_only=True)  # lr 0: the weights did not move
+    assert params and all(torch.equal(got[k], ref[k]) for k in params)  # (norm statistics do)
+    card = export_run(cfg.run_dir, tmp_path / "eng2")
+    assert card.training["steps_total"] == 12 and card.training["init_from"]["path"] == str(engine)
+    with pytest.raises(ValueError, match="differs"):
+        init_weights(cfg.model_copy(update={"channels": cfg.channels + 1}))
+
+
+def test_detector_training_preset() -> None:
+    cfg = preset_config("detector")
+    assert cfg.name == "sbd-unet4-detector" and str(cfg.data) == "data/detector.h5"
+    assert (cfg.scales, cfg.channels) == (4, 16) and cfg.augment.dose_factors == (0.5, 2.0)
+    assert cfg.augment.patch == 256 and cfg.tiling.tile == 256 and cfg.tiling.margin == 0
+    assert cfg.max_steps and cfg.max_minutes is None and cfg.threads == 2  # a step budget

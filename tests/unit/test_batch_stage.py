@@ -1,0 +1,138 @@
+"""The pure batch stage (service/batch.py): geometry, outputs at the detector's sampling, two transfers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from sbd_stream.compute.binning import SamplingError
+from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.config import DetectorSettings, LikelihoodSettings
+from sbd_stream.engines.card import load_card
+from sbd_stream.frames import Frame, FrameHeader
+from sbd_stream.service.batch import BatchStage, plan_geometry
+
+
+def _frames(n: int, shape: tuple[int, int], lam: float, dtype: str = "uint16", seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        data = rng.poisson(lam, size=shape).astype(dtype)
+        out.append(Frame(FrameHeader("acq", i, time.time(), shape, dtype), data))
+    return out
+
+
+def test_geometry_bins_the_paper_detector_4x4_and_keeps_dose_per_area(binning_engine_dir: Path) -> None:
+    card = load_card(binning_engine_dir)
+    g = plan_geometry(DetectorSettings(), card)  # the paper's K2: 0.060 A, 125 e/A^2
+    assert g.bin == 4
+    assert g.detector.vacuum_counts == pytest.approx(0.45)
+    assert g.vacuum_counts == pytest.approx(7.2)  # 16 detector pixels at 0.45
+    assert g.dose_factor == pytest.approx(1.0) and g.dose_in_range
+    half = plan_geometry(DetectorSettings(counts_per_px=0.45, pixel_size_A=0.12), card)
+    assert half.bin == 2 and half.dose_factor == pytest.approx(0.25) and not half.dose_in_range
+    with pytest.raises(SamplingError, match=r"0\.3 A is coarser"):
+        plan_geometry(DetectorSettings(pixel_size_A=0.3), card)
+
+
+def test_detector_dose_has_two_forms_that_agree() -> None:
+    a = DetectorSettings(pixel_size_A=0.060, counts_per_px=0.45)
+    assert a.dose_per_area == pytest.approx(125.0)
+    b = DetectorSettings(pixel_size_A=0.060, dose_e_per_A2=125.0)
+    assert b.vacuum_counts == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="not both"):
+        DetectorSettings(dose_e_per_A2=125.0, counts_per_px=0.45)
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (101, 77)])
+def test_outputs_have_the_input_shape_in_counts_per_detector_pixel(
+    binning_engine_dir: Path, shape: tuple[int, int]
+) -> None:
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
+    frames = _frames(3, shape, 0.45)
+    res = stage.process(frames)
+    assert res.denoised.shape == (3, *shape) and res.denoised.dtype == np.float32
+    assert res.likelihood is not None and res.likelihood.shape == (3, *shape)
+    assert res.columns is not None and len(res.columns) == 3
+    assert res.vacuum is not None and res.vacuum.shape == (3,)
+    # the same numbers as running the engine on the binned frames by hand, then interpolating back
+    from sbd_stream.compute.binning import bin_counts, unbin
+
+    raw = torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32))
+    by_hand = unbin(den.denoise(bin_counts(raw, 4), dose=7.2), 4, shape).numpy()
+    np.testing.assert_allclose(res.denoised, by_hand, rtol=1e-5, atol=1e-6)
+    for cols in res.columns:  # centres inside the detector frame, region means per detector pixel
+        if len(cols):
+            assert cols[:, 0].max() < shape[0] and cols[:, 1].max() < shape[1]
+
+
+class _Transfers(TorchFunctionMode):
+    """Counts the calls that bring device data to the host (on a GPU each one is a copy and a sync).
+
+    ``.to(device)`` on a tensor already on the stage's device is no copy on any device, so only the
+    host boundary is counted: NumPy views, Python scalars and lists, truth values, ``.cpu()``.
+    """
+
+    DOWN = frozenset({"cpu", "numpy", "tolist", "item", "__int__", "__float__", "__bool__", "__index__"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = 0
+        self.up = 0
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in self.DOWN:
+            self.down += 1
+            self.calls.append(name)
+        return func(*args, **kwargs)
+
+
+def test_one_upload_and_one_download_per_batch_on_the_torch_path(
+    binning_engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
+    frames = _frames(4, (128, 128), 0.45)
+    stage.process(frames)  # warm: plans and windows are cached on first use
+    uploads = {"n": 0}
+    for name in ("from_numpy", "tensor", "as_tensor"):
+        real = getattr(torch, name)
+
+        def counted(*a, _real=real, **k):  # type: ignore[no-untyped-def]
+            uploads["n"] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(torch, name, counted)
+    with _Transfers() as t:
+        res = stage.process(frames)
+    assert uploads["n"] == 1, "the raw batch must go up as one buffer"
+    assert t.down == 1, f"one download per batch expected, saw {t.calls}"
+    assert len(res) == 4 and res.likelihood is not None
+
+
+def test_a_dose_outside_the_trained_range_is_warned_once_and_shown_in_metrics(
+    binning_engine_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sbd_stream.config import load_settings
+    from sbd_stream.service.pipeline import Pipeline
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    base = {"publish": {"enabled": False}, "record": {"enabled": False}, "metrics": {"enabled": False}}
+    ok = Pipeline(load_settings(overrides={**base, "detector": {"counts_per_px": 0.6}}), den)
+    assert ok.metrics.value("sbd_dose_out_of_range") == 0
+    assert ok.metrics.value("sbd_bin_factor") == 4
+    caplog.clear()
+    far = Pipeline(load_settings(overrides={**base, "detector": {"counts_per_px": 0.45 * 4}}), den)
+    assert far.metrics.value("sbd_dose_out_of_range") == 1
+    assert far.metrics.value("sbd_dose_factor") == pytest.approx(4.0)
+    warnings = [r for r in caplog.records if "outside its trained range" in r.getMessage()]
+    assert len(warnings) == 1 and "500 e/A^2" in warnings[0].getMessage()

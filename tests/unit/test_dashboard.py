@@ -1,0 +1,156 @@
+"""Deployment files: valid YAML/JSON/TOML, and the Grafana dashboard only queries metrics we export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sbd_stream.config import load_settings
+from sbd_stream.metrics import EXPORTED_NAMES, Metrics
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+
+# PromQL words that look like identifiers but are not metric names
+_PROMQL_WORDS = {
+    "sum", "by", "without", "rate", "irate", "increase", "histogram_quantile", "avg", "max", "min",
+    "count", "le", "label_values", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+    "and", "or", "unless", "topk", "bottomk", "delta", "deriv", "clamp_min", "clamp_max", "abs",
+}  # fmt: skip
+
+
+def exported_sample_names() -> set[str]:
+    """Every sample name a live service registry exports, derived from the metric families' types."""
+    names: set[str] = set()
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "info": ("_info",),
+        "gauge": ("",),
+    }
+    for fam in Metrics().registry.collect():
+        for s in suffixes[fam.type]:
+            names.add(fam.name + s)
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', '""', expr)  # drop label values and legends
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop range selectors ([$__rate_interval], [5m])
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"label_values\(([^,()]+),[^)]*\)", r"\1", expr)  # Grafana: (metric, label)
+    words = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr))
+    return {w for w in words - _PROMQL_WORDS if not w.startswith("__")}
+
+
+def dashboard_exprs(obj: object) -> list[str]:
+    out: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if (k in ("expr", "definition") and isinstance(v, str)) or (
+                k == "query" and isinstance(v, str) and "(" in v
+            ):
+                out.append(v)
+            else:
+                out.extend(dashboard_exprs(v))
+    elif isinstance(obj, list):
+        for v in obj:
+            out.extend(dashboard_exprs(v))
+    return out
+
+
+def test_registry_matches_documented_names() -> None:
+    assert exported_sample_names() >= {n for n in EXPORTED_NAMES if not n.endswith(("_seconds", "_frames"))}
+
+
+def test_extractor_finds_names_and_skips_promql_words() -> None:
+    e = 'histogram_quantile(0.9, sum by (le, stage) (rate(sbd_stage_latency_seconds_bucket{x=~"$i"}[5m])))'
+    assert promql_metric_names(e) == {"sbd_stage_latency_seconds_bucket"}
+    assert promql_metric_names("up / sbd_x_total") == {"up", "sbd_x_total"}
+    assert promql_metric_names("label_values(sbd_a_total, instance)") == {"sbd_a_total"}
+
+
+def test_dashboard_is_valid_and_uses_only_exported_metrics() -> None:
+    assert DASHBOARDS, "no Grafana dashboard under deploy/grafana/dashboards"
+    exported = exported_sample_names()
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        assert dash["uid"] and dash["title"] and dash["panels"]
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), "panel ids must be unique"
+        exprs = dashboard_exprs(dash)
+        assert len(exprs) >= 10
+        used: set[str] = set()
+        for e in exprs:
+            used |= promql_metric_names(e)
+        unknown = used - exported
+        assert not unknown, f"{path.name} queries metrics the service does not export: {sorted(unknown)}"
+        # the headline metrics are on the dashboard
+        for name in (
+            "sbd_frames_received_total",
+            "sbd_frames_skipped_total",
+            "sbd_end_to_end_latency_seconds_bucket",
+        ):
+            assert name in used
+
+
+def test_yaml_files_parse_and_reference_each_other() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"sbd-stream", "prometheus", "grafana"}
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    defaults = load_settings().metrics
+    assert f"127.0.0.1:{defaults.port}" in targets  # the service's default metrics port
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    dash = json.loads(DASHBOARDS[0].read_text())
+    assert dash["templating"]["list"][0]["current"]["value"] == uid
+    prov = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/sbd-stream.yaml").read_text())
+    mounted = [v for v in compose["services"]["grafana"]["volumes"] if v.startswith("./grafana/dashboards:")]
+    assert mounted and mounted[0].split(":")[1] == prov["providers"][0]["options"]["path"]
+    for s in compose["services"].values():  # every port stays on the host's loopback
+        assert s.get("network_mode") == "host" and "ports" not in s
+
+
+def test_service_config_example_is_valid_settings() -> None:
+    data = tomllib.loads((DEPLOY / "sbd-stream.toml").read_text())
+    s = load_settings(DEPLOY / "sbd-stream.toml")
+    assert s.metrics.host == "127.0.0.1" and s.publish.endpoint.startswith("tcp://127.0.0.1:")
+    assert data["denoise"]["device"] == "cuda"
+
+
+def test_systemd_unit_has_hardening_and_starts_the_service() -> None:
+    text = (DEPLOY / "sbd-stream.service").read_text()
+    sections = re.findall(r"^\[(\w+)\]", text, re.M)
+    assert sections == ["Unit", "Service", "Install"]
+    for opt in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "User=sbd",
+        "CapabilityBoundingSet=",
+    ):
+        assert opt in text
+    assert re.search(r"^ExecStart=\S+/sbd-stream serve ", text, re.M)
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(DEPLOY / "sbd-stream.service")],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        # the ExecStart binary does not exist on a development machine; anything else is a real error
+        errors = [ln for ln in r.stderr.splitlines() if ln.strip() and "/opt/sbd-stream/venv" not in ln]
+        assert not errors, errors
+
+
+def test_dockerfile_uses_a_tensorrt_base_and_the_gpu_extra() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^ARG TRT_IMAGE=nvcr\.io/nvidia/tensorrt:\S+-py3$", text, re.M)
+    assert '".[gpu]"' in text and "USER sbd" in text
+    entry = (DEPLOY / "entrypoint.sh").read_text()
+    assert "sbd-train build-engine" in entry and "exec sbd-stream serve" in entry

@@ -1,0 +1,162 @@
+"""Engines behind one interface: ONNX export fidelity, artefact checks, backend agreement, TensorRT."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.compute.model import DnCNN, SmallUNet, UNet
+from sbd_stream.engines import EngineUnavailable, available_kinds, load_engine
+from sbd_stream.engines.card import ArtefactError, load_card, load_torch_model
+from sbd_stream.engines.onnx_export import export_onnx, verify_onnx
+from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
+
+TRT_REASON = tensorrt_unavailable_reason()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [UNet(scales=3, channels=4), DnCNN(depth=4, channels=8), SmallUNet()],
+    ids=lambda m: type(m).__name__,
+)
+def test_onnx_export_matches_pytorch_at_other_shapes(model: torch.nn.Module, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = export_onnx(model.eval(), tmp_path / "m.onnx", sample_size=64)
+    # dynamic batch and spatial sizes: check at a shape the export never saw
+    err = verify_onnx(model, path, torch.rand(3, 1, 48, 80))
+    assert err < 1e-4
+
+
+def test_fp16_export_has_fp16_weights_and_fp32_io(tmp_path: Path) -> None:
+    """What a strongly typed TensorRT FP16 build needs (TensorRT 11 has no FP16 builder flag)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = UNet(scales=2, channels=4).eval()
+    path = export_onnx(model, tmp_path / "h.onnx", sample_size=64, precision="fp16")
+    graph = onnx.load(path).graph
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert graph.input[0].type.tensor_type.elem_type == f32
+    assert graph.output[0].type.tensor_type.elem_type == f32
+    assert f16 in {t.data_type for t in graph.initializer}
+    x = torch.rand(1, 1, 64, 64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=5e-3)
+
+
+def test_backends_agree(tiny_engine_dir: Path) -> None:
+    frames = torch.poisson(torch.full((2, 90, 70), 0.45))
+    outs = {k: Denoiser.load(k, tiny_engine_dir).denoise(frames).cpu() for k in ("torch", "onnxruntime")}
+    torch.testing.assert_close(outs["torch"], outs["onnxruntime"], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_onnxruntime_on_cpu_and_reports_why_not_tensorrt(tiny_engine_dir: Path) -> None:
+    kinds = available_kinds(tiny_engine_dir)
+    engine = load_engine("auto", tiny_engine_dir)
+    if TRT_REASON:
+        assert kinds["tensorrt"] == TRT_REASON
+        assert engine.kind == "onnxruntime"
+    else:
+        assert engine.kind == "tensorrt"
+
+
+def test_engine_id_names_model_checksum_and_backend(tiny_engine_dir: Path) -> None:
+    engine = load_engine("torch", tiny_engine_dir)
+    card = load_card(tiny_engine_dir)
+    assert engine.engine_id.startswith(f"{card.name}@{card.checksums['model.onnx'][:12]}/torch")
+
+
+def test_card_records_architecture_fov_and_checksums(tiny_engine_dir: Path) -> None:
+    card = json.loads((tiny_engine_dir / "card.json").read_text())
+    assert card["architecture"] == "unet" and card["scales"] == 2
+    assert card["field_of_view"] == 53
+    assert set(card["checksums"]) == {"model.pt", "model.onnx"}
+    # every file the engines read is covered by a checksum: no external ONNX weight files
+    assert sorted(p.name for p in tiny_engine_dir.iterdir()) == ["card.json", "model.onnx", "model.pt"]
+    assert card["normalisation"]["dose"] == pytest.approx(0.45)
+
+
+def test_tampered_weights_are_refused(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_engine_dir, bad)
+    state = torch.load(bad / "model.pt", weights_only=True)
+    next(iter(state.values())).add_(1.0)
+    torch.save(state, bad / "model.pt")
+    with pytest.raises(ArtefactError, match="checksum mismatch"):
+        load_torch_model(bad)
+    (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(ArtefactError, match="checksum mismatch"):
+        load_engine("onnxruntime", bad)
+
+
+class _Payload:
+    def __reduce__(self):  # pragma: no cover - never executed when loading is safe
+        return (print, ("pwned",))
+
+
+def test_pickled_objects_are_refused_even_with_a_matching_checksum(
+    tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    from sbd_stream.engines.card import sha256_file
+
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_engine_dir, evil)
+    with open(evil / "model.pt", "wb") as f:
+        pickle.dump({"weights": _Payload()}, f)
+    card = json.loads((evil / "card.json").read_text())
+    card["checksums"]["model.pt"] = sha256_file(evil / "model.pt")
+    (evil / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtefactError, match="refusing to unpickle"):
+        load_torch_model(evil)
+
+
+def test_missing_engine_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtefactError, match="no engine"):
+        load_engine("torch", tmp_path / "nowhere")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(TRT_REASON is not None, reason=f"TensorRT needs a GPU: {TRT_REASON}")
+def test_tensorrt_fp16_matches_torch(tiny_engine_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SBD_CACHE_DIR", str(tmp_path))
+    frames = torch.poisson(torch.full((2, 200, 150), 0.45)).cuda()
+    trt = Denoiser.load("tensorrt", tiny_engine_dir, batch=8).denoise(frames)
+    ref = Denoiser.load("torch", tiny_engine_dir, device="cuda").denoise(frames)
+    assert trt.device.type == "cuda"
+    torch.testing.assert_close(trt, ref, rtol=2e-2, atol=2e-2)
+    plans = list((tmp_path / "tensorrt").glob("*.plan"))
+    assert len(plans) == 1
+    # a second load reuses the cached plan rather than building again
+    Denoiser.load("tensorrt", tiny_engine_dir, batch=8)
+    assert list((tmp_path / "tensorrt").glob("*.plan")) == plans
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False"
+)
+def test_torch_engine_on_cuda_keeps_tensors_on_device(tiny_engine_dir: Path) -> None:
+    out = Denoiser.load("torch", tiny_engine_dir, device="cuda").denoise(torch.zeros(1, 64, 64))
+    assert out.device.type == "cuda"
+
+
+def test_cuda_request_without_gpu_is_refused_with_reason(tiny_engine_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: nothing to refuse")
+    with pytest.raises(EngineUnavailable, match="CUDA"):
+        load_engine("torch", tiny_engine_dir, device="cuda")
+    with pytest.raises(EngineUnavailable, match="GPU"):
+        load_engine("tensorrt", tiny_engine_dir)
