@@ -81,7 +81,7 @@ def onnx_channel_sweep(
     threads: int = 2,
     repeats: int = 40,
 ) -> list[dict]:
-    """ONNX Runtime time per working-pixel frame for 4-scale UNets of several widths (issue 14).
+    """ONNX Runtime time per working-pixel frame for 4-scale UNets of several widths.
 
     The live goal: 1024^2 detector frames binned 4x4 to 256^2 at 40 Hz on this CPU, i.e. <= ~20 ms per
     256^2 frame, run as batches of ``batch`` whole frames with ``threads`` intra-op threads. Random

@@ -34,8 +34,15 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def results_dir() -> Path:
+    """``benchmarks/results``, or ``$SBD_BENCH_RESULTS`` (smoke tests write there, not over real numbers)."""
+    env = os.environ.get("SBD_BENCH_RESULTS")
+    return Path(env) if env else RESULTS
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -43,7 +50,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
         "machine": machine(),
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

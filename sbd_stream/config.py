@@ -32,7 +32,7 @@ class SocketMode(enum.StrEnum):
     bind = "bind"
 
 
-# --- ingest input dialects (issue 12: one receiver, sbd_stream/sources/receiver.py) ---
+# --- ingest input dialects (one receiver, sbd_stream/sources/receiver.py) ---
 class InputDialect(enum.StrEnum):
     """Every input message format the receiver has a plug-in for (the CLI's ``--dialect`` choices)."""
 
@@ -119,6 +119,12 @@ class RecordSettings(BaseModel):
     flush_every: int = Field(1, ge=1, description="flush to disk every N frames (1 = each frame)")
     min_free_bytes: int = Field(
         256 * 1024**2, ge=0, description="stop recording (disk full) when less than this is free"
+    )
+    idle_close_s: float = Field(
+        60.0, gt=0, description="close an acquisition's file when nothing was written to it for this long"
+    )
+    max_open_files: int = Field(
+        16, ge=1, description="most recording files open at once; the least recently used is closed first"
     )
 
 
@@ -222,6 +228,15 @@ class ViewerSettings(BaseModel):
     port: int = Field(8090, ge=0, le=65535, description="viewer HTTP port (0 = pick a free one)")
 
 
+class SupervisionSettings(BaseModel):
+    """How often a stage's thread may die and be restarted before the service gives up (supervisor.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_restarts: int = Field(5, ge=0, description="restarts allowed within restart_window_s")
+    restart_window_s: float = Field(60.0, gt=0, description="window over which restarts are counted")
+
+
 class ServiceSettings(BaseSettings):
     """Everything `sbd-stream serve` / `replay` needs, validated once at start-up."""
 
@@ -236,6 +251,7 @@ class ServiceSettings(BaseSettings):
     denoise: DenoiseSettings = DenoiseSettings()
     metrics: MetricsSettings = MetricsSettings()
     viewer: ViewerSettings = ViewerSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
     stop_timeout_s: float = Field(10.0, gt=0, description="how long a clean shutdown may take")
 
     @classmethod

@@ -49,6 +49,10 @@ class FrameQueue:
     With ``drop_oldest`` a full queue evicts its oldest item instead, which is how the 'latest'
     policy keeps the denoiser on the newest frames; ``on_evict`` counts those. ``on_change`` is told
     the new length after every put and get, so a depth gauge is never stale.
+
+    ``put(..., force=True)`` is for control messages (``series_start`` / ``series_end``): they are
+    taken whatever the bounds and are never evicted either, because a lost ``series_end`` leaves a
+    recording open and a lost ``series_start`` mixes two acquisitions.
     """
 
     def __init__(
@@ -61,7 +65,7 @@ class FrameQueue:
     ) -> None:
         self.maxlen, self.max_bytes, self.drop_oldest = maxlen, max_bytes, drop_oldest
         self.on_evict, self.on_change = on_evict, on_change
-        self._items: collections.deque[tuple[object, int]] = collections.deque()
+        self._items: collections.deque[tuple[object, int, bool]] = collections.deque()  # item, bytes, pinned
         self._bytes = 0
         self._cond = threading.Condition()
         self.closed = False
@@ -86,18 +90,27 @@ class FrameQueue:
             while not force and self._full(nbytes):
                 if not self.drop_oldest:
                     return False
-                old, ob = self._items.popleft()
-                self._bytes -= ob
+                old = self._evict_oldest()
+                if old is None:  # only pinned control messages left: they are never dropped
+                    break
                 if self.on_evict is not None:
                     self.on_evict(old)
-            self._items.append((item, nbytes))
+            self._items.append((item, nbytes, force))
             self._bytes += nbytes
             self._cond.notify()
             self._changed()
             return True
 
+    def _evict_oldest(self) -> object | None:
+        for i, (it, nb, pinned) in enumerate(self._items):
+            if not pinned:
+                del self._items[i]
+                self._bytes -= nb
+                return it
+        return None
+
     def _pop(self) -> object:
-        item, nb = self._items.popleft()
+        item, nb, _pinned = self._items.popleft()
         self._bytes -= nb
         self._changed()
         return item
@@ -126,7 +139,7 @@ class FrameQueue:
     def drain_newest(self, keep: int) -> tuple[list[object], list[object]]:
         """Take everything: (up to ``keep`` newest items, the older ones that were skipped)."""
         with self._cond:
-            items = [it for it, _ in self._items]
+            items = [it for it, _, _ in self._items]
             self._items.clear()
             self._bytes = 0
             self._changed()

@@ -1,19 +1,30 @@
 """Prometheus metrics of one service instance (its own registry, so tests can run several).
 
-Every exported name is listed in docs/service.md; dashboards must only reference those.
+Every exported name is listed in docs/service.md; dashboards must only reference those. The HTTP
+endpoint serves ``/metrics`` and ``/healthz`` (per-stage liveness from the supervisor) on one port,
+so a load balancer, systemd watchdog or Kubernetes probe needs nothing else.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 STAGES = ("decode", "queue", "batch", "denoise", "likelihood", "publish", "record")
 QUEUES = ("denoise", "record", "publish")
+SUPERVISED_STAGES = ("receiver", "denoise", "publisher", "recorder", "metrics", "viewer")
+"""Threads run by sbd_stream.supervisor (the same list as ``supervisor.STAGES``)."""
 
 
 class Metrics:
@@ -86,6 +97,8 @@ class Metrics:
             registry=r,
         )
         self.engine = Info("sbd_engine", "Denoising engine in use", registry=r)
+        self._supervision_metrics(r)
+        self._edge_metrics(r)
         for q in QUEUES:
             self.queue_depth.labels(queue=q).set(0)
         for s in STAGES:
@@ -111,22 +124,91 @@ class Metrics:
         self.bin_factor = Gauge(
             "sbd_bin_factor", "Detector pixels summed per working pixel, per axis", registry=r
         )
-        self._server: Any = None
+        self._server: MetricsServer | None = None
         self._lock = threading.Lock()
 
-    def serve(self, host: str = "127.0.0.1", port: int = 9105) -> int:
-        """Start the /metrics HTTP endpoint; returns the port (useful when ``port`` is 0)."""
+    def _supervision_metrics(self, r: CollectorRegistry) -> None:
+        """Stage liveness (sbd_stream/supervisor.py): errors per item, restarts per thread, up."""
+        self.stage_errors = Counter(
+            "sbd_stage_errors",
+            "Items a stage failed on (logged, set aside; the stage went on), by stage and exception",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self.stage_restarts = Counter(
+            "sbd_stage_restarts", "Stage threads that died and were restarted", ["stage"], registry=r
+        )
+        self.stage_up = Gauge("sbd_stage_up", "1 while the stage's loop runs", ["stage"], registry=r)
+        for st in SUPERVISED_STAGES:
+            self.stage_restarts.labels(stage=st)
+            self.stage_up.labels(stage=st).set(0)
+
+    def _edge_metrics(self, r: CollectorRegistry) -> None:
+        """Input transport faults, non-finite pixels and the recorder's bounds."""
+        self.frames_nonfinite = Counter(
+            "sbd_frames_nonfinite",
+            "Float frames holding NaN/Inf pixels (replaced by the frame's finite mean before denoising)",
+            registry=r,
+        )
+        self.pixels_nonfinite = Counter(
+            "sbd_pixels_nonfinite", "NaN/Inf pixels replaced before denoising", registry=r
+        )
+        self.input_disconnects = Counter(
+            "sbd_input_disconnects",
+            "Input connections lost, by cause (closed: libzmq re-dials or the peer does; "
+            "refused: libzmq dropped the peer for a protocol error such as an oversized part; "
+            "handshake: ZMTP/CURVE handshake failed)",
+            ["cause"],
+            registry=r,
+        )
+        self.input_reconnects = Counter(
+            "sbd_input_reconnects", "Input sockets re-created after a refused peer", registry=r
+        )
+        self.record_rolls = Counter(
+            "sbd_record_rolls",
+            "Recordings continued in a new file, by reason (size, shape, dtype)",
+            ["reason"],
+            registry=r,
+        )
+        self.record_files_closed = Counter(
+            "sbd_record_files_closed",
+            "Recording files closed by the recorder's bounds or after an error (idle, max_open, error)",
+            ["reason"],
+            registry=r,
+        )
+        self.record_open_files = Gauge("sbd_record_open_files", "HDF5 recording files open", registry=r)
+        for c in ("closed", "refused", "handshake"):
+            self.input_disconnects.labels(cause=c)
+        for k in ("size", "shape", "dtype"):
+            self.record_rolls.labels(reason=k)
+        for k in ("idle", "max_open", "error"):
+            self.record_files_closed.labels(reason=k)
+
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9105,
+        health: Callable[[], dict[str, Any]] | None = None,
+        spawn: Callable[[Callable[[], None]], Any] | None = None,
+    ) -> int:
+        """Start the HTTP endpoint (/metrics, and /healthz from ``health``); returns the port.
+
+        ``spawn`` runs the server loop (the pipeline passes its supervisor); default: a plain thread.
+        """
         with self._lock:
             if self._server is None:
-                server, _thread = start_http_server(port, addr=host, registry=self.registry)
-                self._server = server
-            return int(self._server.server_port)
+                self._server = MetricsServer(self.registry, host, port, health)
+                run = self._server.run
+                if spawn is None:
+                    threading.Thread(target=run, name="sbd-metrics", daemon=True).start()
+                else:
+                    spawn(run)
+            return self._server.port
 
     def shutdown(self) -> None:
         with self._lock:
             if self._server is not None:
-                self._server.shutdown()
-                self._server.server_close()
+                self._server.close()
                 self._server = None
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
@@ -134,6 +216,9 @@ class Metrics:
         v = self.registry.get_sample_value(name, labels or {})
         return 0.0 if v is None else float(v)
 
+
+LAZY_NAMES = ("sbd_frames_malformed_total", "sbd_stage_errors_total")
+"""Labelled by a reason known only when it happens: their series appear with the first event."""
 
 EXPORTED_NAMES = (
     "sbd_frames_received_total",
@@ -162,6 +247,16 @@ EXPORTED_NAMES = (
     "sbd_dose_out_of_range",
     "sbd_dose_factor",
     "sbd_bin_factor",
+    "sbd_stage_errors_total",
+    "sbd_stage_restarts_total",
+    "sbd_stage_up",
+    "sbd_frames_nonfinite_total",
+    "sbd_pixels_nonfinite_total",
+    "sbd_input_disconnects_total",
+    "sbd_input_reconnects_total",
+    "sbd_record_rolls_total",
+    "sbd_record_files_closed_total",
+    "sbd_record_open_files",
 )
 
 
@@ -204,3 +299,69 @@ def summary(m: Metrics, elapsed: float) -> dict[str, Any]:
     out["published"] = total(m, "sbd_frames_published_total")
     out["recorded_raw"] = m.value("sbd_frames_recorded_total", {"kind": "raw"})
     return out
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` (JSON; 200 when ok, 503 otherwise).
+
+    ``run`` is the server loop, meant to run supervised; ``close`` stops it (it is safe to call
+    whether or not the loop ever ran).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        health: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        from sbd_stream.security import warn_if_exposed
+
+        warn_if_exposed("metrics endpoint", host)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), _handler(registry, health))
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._running = threading.Event()
+
+    def run(self) -> None:
+        self._running.set()
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def close(self) -> None:
+        if self._running.is_set():
+            self.httpd.shutdown()  # waits for serve_forever to return: only if it ever ran
+        self.httpd.server_close()
+
+
+def _handler(
+    registry: CollectorRegistry, health: Callable[[], dict[str, Any]] | None
+) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "sbd-metrics"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            _log.debug("metrics http: " + format, *args)
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            try:
+                if path in ("/metrics", "/"):
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    body = health() if health is not None else {"ok": True, "stages": {}}
+                    code = 200 if body.get("ok") else 503
+                    self._send(code, json.dumps(body, default=str).encode(), "application/json")
+                else:
+                    self._send(404, b"not found", "text/plain")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    return Handler

@@ -68,6 +68,10 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
+class HeaderTooLarge(ValueError):
+    """Raised by the encoders: the JSON header would pass ``MAX_HEADER_BYTES``."""
+
+
 @dataclass(frozen=True)
 class FrameHeader:
     """Validated header of a frame-carrying message (``frame``, ``denoised``, ``llr``)."""
@@ -112,11 +116,15 @@ class SeriesHeader:
     ts: float
     meta: dict[str, Any] = field(default_factory=dict)
     n_frames: int | None = None
+    shape: tuple[int, int] | None = None  # optional: what the series' frames will be
+    dtype: str | None = None
+    exposure_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"v": VERSION, "acq": self.acq, "ts": self.ts, "meta": self.meta}
-        if self.n_frames is not None:
-            d["n_frames"] = self.n_frames
+        for key in ("n_frames", "shape", "dtype", "exposure_s"):  # optional: only when given
+            if (value := getattr(self, key)) is not None:
+                d[key] = list(value) if key == "shape" else value
         return d
 
 
@@ -176,7 +184,7 @@ def encode_frame(
     _check_frame_header(header, DEFAULT_MAX_PAYLOAD * 2)
     hdr = _dumps(header.to_json())
     if len(hdr) > MAX_HEADER_BYTES:
-        raise ValueError(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
+        raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
     return [topic, hdr, memoryview(arr).cast("B")]
 
 
@@ -188,7 +196,7 @@ def encode_series(
     header = SeriesHeader(acq=acq, ts=float(ts), meta=dict(meta or {}), n_frames=n_frames)
     hdr = _dumps(header.to_json())
     if len(hdr) > MAX_HEADER_BYTES:
-        raise ValueError(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
+        raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
     return [topic, hdr, b""]
 
 
@@ -218,6 +226,46 @@ def _is_int(x: Any) -> bool:
 
 def _is_num(x: Any) -> bool:
     return (isinstance(x, int | float) and not isinstance(x, bool)) and math.isfinite(x)
+
+
+def finite_json(obj: Any, max_items: int = 100_000) -> bool:
+    """True when a decoded JSON value holds no NaN / Infinity anywhere (iteratively: no recursion limit).
+
+    ``json.loads`` accepts ``NaN``, ``Infinity`` and overflowing numbers such as ``1e400`` (inf);
+    the service's own headers are written with ``allow_nan=False``, so such a value in ``meta``
+    would make every output of that frame unsendable. Checked at the edge, like every other field.
+    """
+    stack, seen = [obj], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > max_items:
+            return False
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return False
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return True
+
+
+def check_meta(meta: Any) -> dict[str, Any]:
+    """``meta`` must be a JSON object without NaN / Infinity (reason ``bad_meta``)."""
+    if not isinstance(meta, dict):
+        raise ProtocolError("bad_meta", type(meta).__name__)
+    if not finite_json(meta):
+        raise ProtocolError("bad_meta", "NaN or Infinity in meta")
+    return meta
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
+        raise ProtocolError("bad_shape", repr(shape)[:40])
+    if not all(1 <= s <= MAX_SIDE for s in shape):
+        raise ProtocolError("bad_shape", repr(shape)[:40])
+    return shape[0], shape[1]
 
 
 def _check_acq(acq: Any) -> str:
@@ -283,15 +331,32 @@ def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
     if len(payload) != 0:
         raise ProtocolError("bad_length", "series messages carry no payload")
     ts = obj.get("ts", 0.0)
-    meta = obj.get("meta", {})
     n = obj.get("n_frames")
     if not _is_num(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
-    if not isinstance(meta, dict):
-        raise ProtocolError("bad_meta", type(meta).__name__)
+    meta = check_meta(obj.get("meta", {}))
     if n is not None and not (_is_int(n) and n >= 0):
         raise ProtocolError("bad_n_frames", repr(n)[:40])
-    return SeriesHeader(acq=_check_acq(obj.get("acq")), ts=float(ts), meta=meta, n_frames=n)
+    acq = _check_acq(obj.get("acq"))
+    # optional announcements of what the series will hold: validated like a frame's fields
+    shape = obj.get("shape")
+    if shape is not None:
+        shape = _check_shape(shape)
+    dtype = obj.get("dtype")
+    if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
+        raise ProtocolError("bad_dtype", repr(dtype)[:40])
+    exposure = obj.get("exposure_s")
+    if exposure is not None and not (_is_num(exposure) and exposure >= 0):
+        raise ProtocolError("bad_exposure", repr(exposure)[:40])
+    return SeriesHeader(
+        acq=acq,
+        ts=float(ts),
+        meta=meta,
+        n_frames=n,
+        shape=shape,
+        dtype=dtype,
+        exposure_s=None if exposure is None else float(exposure),
+    )
 
 
 def _frame_header(obj: dict[str, Any], max_payload: int) -> FrameHeader:
@@ -314,9 +379,7 @@ def _frame_header(obj: dict[str, Any], max_payload: int) -> FrameHeader:
     exposure = obj.get("exposure_s", 0.0)
     if not _is_num(exposure) or exposure < 0:
         raise ProtocolError("bad_exposure", repr(exposure)[:40])
-    meta = obj.get("meta", {})
-    if not isinstance(meta, dict):
-        raise ProtocolError("bad_meta", type(meta).__name__)
+    meta = check_meta(obj.get("meta", {}))
     engine = obj.get("engine")
     if engine is not None and not isinstance(engine, str):
         raise ProtocolError("bad_engine", repr(engine)[:40])

@@ -17,6 +17,8 @@ This module is a leaf (pydantic + pyzmq only) so config.py may import ``CurveSet
 from __future__ import annotations
 
 import enum
+import ipaddress
+import logging
 import threading
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import zmq
 import zmq.auth
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger(__name__)
 
 
 class CurveRole(enum.StrEnum):
@@ -158,6 +162,45 @@ def apply_curve(sock: zmq.Socket, settings: CurveSettings, binds: bool, domain: 
             raise CurveError("a CURVE client needs server_public_key_file (the server's NAME.key)")
         sock.curve_serverkey = load_public_key(settings.server_public_key_file)
     return role
+
+
+def is_loopback(where: str) -> bool:
+    """True for an endpoint or host reachable from this machine only (127.0.0.0/8, ::1, ipc, inproc).
+
+    A wildcard (``*``, ``0.0.0.0``, ``::``, empty), an interface name or a host name is not.
+    """
+    host = where.strip()
+    if "://" in host:
+        scheme, host = host.split("://", 1)
+        if scheme in ("ipc", "inproc"):
+            return True
+        if ";" in host:  # tcp://source;destination: what we bind is the part after ';'
+            host = host.split(";", 1)[1]
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(what: str, where: str) -> bool:
+    """Log a warning when ``what`` binds beyond loopback; True if it does.
+
+    Defaults only bind 127.0.0.1: a socket or port open to the facility network must be a choice
+    someone made on purpose, and the log is where an operator sees that it was made.
+    """
+    if is_loopback(where):
+        return False
+    log.warning(
+        "%s binds %s, which is reachable from other machines (not loopback)%s",
+        what,
+        where,
+        "" if what.startswith(("metrics", "viewer")) else "; consider CURVE (docs/deployment.md)",
+    )
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny real engines (random weights, real files, real ONNX) made once per session."""
+"""Shared fixtures: tiny real engines (random weights, real files, real ONNX) made once per session.
+
+Also the session-level process check (tests/leakcheck.py): after the suite, no process started by a
+test may still run; a leftover is killed, named, and fails the run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
+
+# The session fails if a test leaves a process running (e.g. a simulator's child): tests/leakcheck.py
+from leakcheck import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
 
 from sbd_stream.compute.model import UNet
 from sbd_stream.compute.normalisation import Normalisation

@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 
-# --- simulation (issue 3): simulate, contact-sheet -------------------------------------------------
+# --- simulation: simulate, contact-sheet -------------------------------------------------
 from pathlib import Path  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def contact_sheet(
 # --- end simulation ---------------------------------------------------------------------------------
 
 
-# --- likelihood study (issue 6): likelihood-study -----------------------------------------------
+# --- likelihood study: likelihood-study -----------------------------------------------
 @app.command("likelihood-study")
 def likelihood_study(
     data: Path = typer.Option(Path("data/mini.h5"), "--data", help="simulated HDF5 set with ground truth"),
@@ -104,7 +104,7 @@ def likelihood_study(
 # --- end likelihood study -----------------------------------------------------------------------
 
 
-# --- training and evaluation (issue 4): train, evaluate, fov-study, export, build-engine --------------
+# --- training and evaluation: train, evaluate, fov-study, export, build-engine --------------
 BENCH_ENGINES = Path("benchmarks/engines")
 TABLE_5_1_ENGINES = {
     "SBD + DnCNN": BENCH_ENGINES / "sbd-dncnn",
@@ -263,6 +263,59 @@ def evaluate(
 
         png = write_comparison_figure(out_dir / "table_5_1.json", data, out_dir / "table_5_1.png")
         typer.echo(f"wrote {png}")
+
+
+@app.command("evaluate-detector")
+def evaluate_detector(
+    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
+    val: Path = typer.Option(Path("data/detector.h5"), help="training set (its validation split tunes)"),
+    engine: list[str] | None = typer.Option(None, help="LABEL=ENGINE_DIR (repeatable); default: shipped"),
+    max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
+    slow_test_images: int = typer.Option(6, help="test frames for the slow NLM / BM3D baselines"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_5_1_detector.* go"),
+) -> None:
+    """Table 5.1 at the detector's sampling (0.060 A, 0.45 counts/px), both metrics, binning included."""
+    import sys
+
+    from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
+    from training.evaluate import write_json
+    from training.evaluate_detector import DetectorEvalConfig, evaluate_table_5_1_detector
+    from training.table import table_5_1_detector_markdown, write_markdown
+
+    cfg = DetectorEvalConfig(
+        test=test,
+        val=val,
+        max_test_images=max_test_images,
+        slow_test_images=slow_test_images,
+        out_dir=out_dir,
+    )
+    default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
+    res = evaluate_table_5_1_detector(cfg, _engine_options(engine, default))
+    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    write_json(res, out_dir / "table_5_1_detector.json")
+    write_markdown(table_5_1_detector_markdown(res), out_dir / "table_5_1_detector.md")
+    typer.echo(f"wrote {out_dir}/table_5_1_detector.json and .md")
+
+
+@app.command("dose-curve")
+def dose_curve(
+    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
+    engine: Path = typer.Option(None, help="engine directory (default: the shipped one)"),
+    max_test_images: int = typer.Option(12, help="evenly spaced test frames"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where dose_curve.json goes"),
+) -> None:
+    """PSNR of an engine against dose, 0.25-4x the nominal 125 e/A^2, at the detector's sampling."""
+    import sys
+
+    from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
+    from training.evaluate import write_json
+    from training.evaluate_detector import DetectorEvalConfig, psnr_vs_dose
+
+    cfg = DetectorEvalConfig(test=test, max_test_images=max_test_images, out_dir=out_dir)
+    res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
+    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    write_json(res, out_dir / "dose_curve.json")
+    typer.echo(f"wrote {out_dir}/dose_curve.json")
 
 
 @app.command("fov-study")

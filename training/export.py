@@ -72,6 +72,7 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         "epochs",
         "best_val_psnr",
         "best_step",
+        "val_selection",
         "wall_s",
         "world_size",
         "device",
@@ -94,6 +95,7 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
             "augment": cfg.augment.model_dump(mode="json"),
             "max_minutes": cfg.max_minutes,
             "max_steps": cfg.max_steps,
+            "freeze_norm_after": cfg.freeze_norm_after,
         }
     )
     factors = cfg.augment.dose_factors

@@ -1,6 +1,6 @@
 """HRTEM image formation with abTEM: exit waves once, then every defocus from the stored waves.
 
-Conventions (checked in tests/test_sim_imaging.py against abTEM 1.0.11):
+Conventions (checked in tests/integration/test_sim_imaging.py against abTEM 1.0.11):
 - The paper's defocus D (0..20 nm) is C10 = +D (overfocus); abTEM's ``defocus`` argument is -C10.
 - Cs = C30 and C5 = C50 in Angstrom; Cs = -13 um gives bright (NCSI-like) columns at small overfocus.
 - Temporal coherence, ``Optics.focal_mode``: ``explicit`` (default; what the paper's Dr. Probe does)

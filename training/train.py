@@ -64,9 +64,17 @@ class TrainConfig(BaseModel):
         description="engine directory (or name under engines/) whose weights start a fresh run; "
         "ignored when the run resumes from its own last.pt",
     )
+    freeze_norm_after: int | None = Field(
+        None,
+        ge=0,
+        description="from this step on, batch-norm layers run in eval mode while training (running "
+        "statistics frozen, affine weights still learn), so training optimises the network inference runs; "
+        "from step 0 in a run started with init_from",
+    )
     val_dose_factors: list[float] = Field(
         default_factory=list,
-        description="extra validation doses (factors of the nominal) logged beside the nominal val PSNR",
+        description="extra validation doses (factors of the nominal); checkpoints, LR and early stopping "
+        "then use the mean PSNR over the nominal and these doses",
     )
     notes: str = ""
 
@@ -87,11 +95,11 @@ WHOLE_IMAGES = {
     "augment": {"patch": 256, "max_rotation_deg": 0.0, "rescale_prob": 0.0},
 }
 
-WHOLE_FRAME_TILING = {"tile": 256, "margin": 0, "overlap": 0}
-"""Binned 256^2 working frames (1024^2 detector frames, 4 x 4): one whole-frame tile, as trained.
-
-A margin would pad the frame to 256 + 2 margin (1.9x the pixels at margin 48) and miss the 20 ms budget;
-frames larger than 256 px are then tiled without margin (visible seams): pass --tile / --margin for them.
+WHOLE_FRAME_TILING = {"tile": 512, "margin": 48, "overlap": 32}
+"""Frames up to 512 working pixels (2048^2 detector pixels at bin 4) run as one whole-frame tile with no
+margin, as trained (``Denoiser.plan``: a single tile needs no seam hand-over, and a margin would grow a
+256^2 working frame to 416^2); larger ones (a K2's 960 x 928) are tiled with a 48 px margin and a
+32 px cosine hand-over.
 """
 
 FOV_BUDGET = {**WHOLE_IMAGES, "max_steps": 2000, "max_minutes": None, "threads": 2, "tiling": CPU_TILING}
@@ -117,22 +125,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         **WHOLE_IMAGES,
         "tiling": CPU_TILING,
     },
-    # The detector engine (issues 13/14): 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
+    # The detector engine: 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
     # pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
     # dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
     # (2 threads, batch 4; benchmarks/results/bench_onnx_channels.json). A step budget (reproducible),
-    # ~45 min on 2 free cores; on a shared machine add --max-minutes (the run resumes from last.pt;
-    # --init-from continues from a shipped engine in a new run).
+    # ~50 min on 2 free cores (0.17 s per step); on a shared machine add --max-minutes (the run resumes
+    # from last.pt; --init-from continues from a shipped engine in a new run).
     "detector": {
         "name": "sbd-unet4-detector",
         "data": "data/detector.h5",
         "scales": 4,
         "channels": 16,
-        "max_steps": 12000,
+        "max_steps": 16000,
         "threads": 2,
         **WHOLE_IMAGES,
         "augment": {**WHOLE_IMAGES["augment"], "dose_factors": (0.5, 2.0)},
         "val_dose_factors": [0.5, 2.0],
+        # batch norm's running statistics are an average over the dose mix; with per-batch statistics in
+        # training and running ones at inference, the engine lost ~5 dB at 0.5x and 2x (best checkpoint at
+        # step 1,500: 18.1 / 22.9 / 18.0 dB at 0.5 / 1 / 2x in eval mode, 20.6 / 21.5 / 21.5 in train mode).
+        # Freezing them after warm-up makes training optimise the network the service runs.
+        "freeze_norm_after": 2000,
         "tiling": WHOLE_FRAME_TILING,
     },
     # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured).
@@ -207,6 +220,15 @@ def build_network(cfg: TrainConfig) -> nn.Module:
     if cfg.architecture is Architecture.dncnn:
         return DnCNN(depth=cfg.depth, channels=cfg.channels)
     return SmallUNet()
+
+
+def set_train_mode(model: nn.Module, freeze_norm: bool) -> None:
+    """Training mode, with batch-norm layers in eval mode (frozen running statistics) if ``freeze_norm``."""
+    model.train()
+    if freeze_norm:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def model_multiple(model: nn.Module) -> int:
@@ -428,9 +450,14 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter() - state["elapsed_s"]
     ema = None
     stop = False
+    # a run that starts from an engine's weights has its running statistics already: freeze at once
+    frozen_at = cfg.freeze_norm_after
+    if frozen_at is not None and cfg.init_from is not None:
+        frozen_at = 0
     model.train()
     while not stop:
         step = state["step"]
+        set_train_mode(model, frozen_at is not None and step >= frozen_at)
         rng = np.random.default_rng([cfg.seed, rank, step])
         which = rng.integers(data.n_train, size=cfg.batch)
         x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
@@ -460,10 +487,18 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         if step % cfg.val_every == 0 or done:
             v = validate(model, data, norm, device)
             at = {f"val_psnr_x{f:g}": validate(model, data, norm, device, f) for f in cfg.val_dose_factors}
-            sched.step(v)
-            improved = v > state["best_psnr"]
+            # selection score: mean PSNR over the nominal and the extra validation doses
+            score = float(np.mean([v, *at.values()]))
+            if frozen_at is not None and step > frozen_at and state["best_step"] <= frozen_at:
+                # checkpoints from before the freeze ran another network (per-batch statistics):
+                # forget them, and the plateau counters built on them
+                state.update(best_psnr=-math.inf, bad=0)
+                sched._reset()
+                _log(run_dir, rank, {"event": "norm_frozen_reset_best", "step": step})
+            sched.step(score)
+            improved = score > state["best_psnr"]
             if improved:
-                state.update(best_psnr=v, best_step=step, bad=0)
+                state.update(best_psnr=score, best_step=step, bad=0)
                 if rank == 0:
                     torch.save(net.state_dict(), run_dir / "best.pt")
             else:
@@ -477,6 +512,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
                     "step": step,
                     "val_psnr": v,
                     **at,
+                    **({"score": score} if at else {}),
                     "best": state["best_psnr"],
                     "lr": opt.param_groups[0]["lr"],
                     "t_s": state["elapsed_s"],
@@ -502,6 +538,11 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "epochs": state["samples"] / max(data.n_train, 1),
         "best_val_psnr": state["best_psnr"],
         "best_step": state["best_step"],
+        "val_selection": (
+            f"mean val PSNR at x1 and x{', x'.join(f'{f:g}' for f in cfg.val_dose_factors)} the nominal dose"
+            if cfg.val_dose_factors
+            else "val PSNR at the nominal dose"
+        ),
         "wall_s": time.perf_counter() - t0,
         "world_size": world,
         "device": str(device),

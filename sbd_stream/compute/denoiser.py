@@ -81,14 +81,16 @@ class Denoiser:
     def plan(self, height: int, width: int) -> TilePlan:
         key = (height, width)
         if key not in self._plans:
-            tile = self.tile
-            if not self.fixed_tile:
-                # a frame smaller than a tile needs only the smallest tile that covers it
-                need = max(height, width) + 2 * (self.margin + self.overlap)
-                need += -need % self.model_multiple
-                tile = min(tile, max(need, self.model_multiple))
+            tile, margin, overlap = self.tile, self.margin, self.overlap
+            whole = max(height, width)
+            whole += -whole % self.model_multiple
+            if not self.fixed_tile and whole <= tile:
+                # The whole frame fits one tile: no seam to hide, so no margin either. The network sees
+                # the frame as in training (whole frames, its own edge padding) at the least compute;
+                # a margin would grow a 256^2 working frame to 416^2 (2.6x the work) for nothing.
+                tile, margin, overlap = max(whole, self.model_multiple), 0, 0
             self._plans[key] = plan_tiles(
-                height, width, tile, self.margin, self.overlap, self.model_multiple, self.window
+                height, width, tile, margin, overlap, self.model_multiple, self.window
             )
         return self._plans[key]
 

@@ -64,7 +64,7 @@ def denoise_file(
             "source": stack.source,
             "source_dtype": str(stack.dtype),
             **g.describe(),
-            "tiling": {"tile": den.plan(hb, wb).tile, "margin": den.margin, "overlap": den.overlap},
+            "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
             "sbd_stream_version": _version(),
         }
         t0 = time.perf_counter()
@@ -131,6 +131,10 @@ def environment_info(model: str | None = None) -> dict[str, Any]:
                     "scales": card.scales,
                     "channels": card.channels,
                     "field_of_view": card.field_of_view,
+                    "working_pixel_A": card.pixel_size_A,
+                    "field_of_view_A": card.field_of_view * card.pixel_size_A if card.pixel_size_A else None,
+                    "dose_e_per_A2": card.dose_e_per_A2,
+                    "dose_range": list(card.dose_range),
                     "files": sorted(card.checksums),
                     "backends": available_kinds(card_path.parent),
                 }

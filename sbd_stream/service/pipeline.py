@@ -2,8 +2,10 @@
 
 Threads: the source (the receiver or a file replay), one denoise worker running the batch stage, the
 publisher and the recorder, joined by bounded queues and one stop sequence that drains them in order
-(source first, recorder last) so a shutdown loses nothing that was already received. All computation
-is in ``service.batch``; signal handling belongs to the CLI; this module only offers ``stop()``.
+(source first, recorder last) so a shutdown loses nothing that was already received. Every thread runs
+under one ``Supervisor`` (errors per item counted and set aside, dead threads restarted, ``/healthz``);
+``serve`` stops and reports the reason when a stage cannot go on. All computation is in
+``service.batch``; signal handling belongs to the CLI; this module only offers ``stop()``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from sbd_stream.metrics import Metrics, status_line, summary
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage, llr_columns
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
+from sbd_stream.service.edge import replace_nonfinite
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.recorder import Recorder, RecordItem
+from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class Pipeline:
         self.stage = stage
         self.metrics = metrics or Metrics()
         self.ctx = context or zmq.Context.instance()
+        sv = settings.supervision
+        self.supervisor = Supervisor(self.metrics, sv.max_restarts, sv.restart_window_s)
         m, d = self.metrics, settings.denoise
         den = stage.denoiser
         m.engine.info({"engine_id": str(den.engine_id), "device": str(den.device)})
@@ -71,10 +77,11 @@ class Pipeline:
                 run_config=settings.model_dump(mode="json"),
                 queue_frames=settings.ingest.record_queue_frames,
                 sampling=stage.geometry.describe(),
+                supervisor=self.supervisor,
             )
         self.publisher: Publisher | None = None
         if settings.publish.enabled:
-            self.publisher = Publisher(settings.publish, m, str(den.engine_id), self.ctx)
+            self.publisher = Publisher(settings.publish, m, str(den.engine_id), self.ctx, self.supervisor)
         self.ingest: Any = None
         self.frame_taps: list[Callable[[Frame], None]] = []  # non-blocking raw-frame observers (viewer)
         self.viewer: Any = None
@@ -108,7 +115,8 @@ class Pipeline:
         for tap in self.frame_taps:
             tap(frame)
         if self.recorder is not None:  # a DECTRIS bitshuffle-LZ4 chunk is stored without recompressing
-            self.recorder.record("raw", h, frame.data, chunk=frame.chunk)
+            self.recorder.record("raw", h, frame.data, chunk=frame.chunk)  # as received, NaN and all
+        frame = replace_nonfinite(frame, self.metrics)  # what the denoiser sees: finite pixels only
         if not self.denoise_q.put(frame, frame.data.nbytes):
             self.metrics.denoise_overflow.inc()
             log.warning("denoise queue full: frame %s of %s not denoised", h.seq, h.acq)
@@ -121,20 +129,25 @@ class Pipeline:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self, live: bool = True) -> None:
-        """Start the sinks and the worker; with ``live`` also the ZeroMQ ingest."""
+        """Start the sinks and the worker; with ``live`` also the ZeroMQ ingest (all supervised)."""
+        sup = self.supervisor
         if self.s.metrics.enabled:
-            self.metrics_port = self.metrics.serve(self.s.metrics.host, self.s.metrics.port)
+            self.metrics_port = self.metrics.serve(
+                self.s.metrics.host,
+                self.s.metrics.port,
+                health=self.health,
+                spawn=lambda run: sup.spawn("metrics", run, name="sbd-metrics"),
+            )
         if self.recorder is not None:
             self.recorder.start()
         if self.publisher is not None:
             self.publisher.start()
-        self._worker = threading.Thread(target=self._work, name="sbd-denoise", daemon=True)
-        self._worker.start()
+        self._worker = sup.spawn("denoise", self._work, name="sbd-denoise")
         if live:
             from sbd_stream.sources.receiver import open_receiver  # any dialect: s.ingest.input
 
             self.ingest = open_receiver(
-                self.s.ingest, self.metrics, self.handle_frame, self.handle_series, self.ctx
+                self.s.ingest, self.metrics, self.handle_frame, self.handle_series, self.ctx, sup
             )
             self.ingest.start()
         if self.s.viewer.enabled and self.publisher is not None:
@@ -143,7 +156,7 @@ class Pipeline:
             self.viewer = attach(self, self.s.viewer.host, self.s.viewer.port)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Drain and close: source, then denoiser, then publisher and recorder."""
+        """Drain and close: source, then denoiser, then publisher and recorder (safe to call twice)."""
         timeout = self.s.stop_timeout_s if timeout is None else timeout
         end = time.monotonic() + timeout
         if self.viewer is not None:
@@ -164,8 +177,14 @@ class Pipeline:
         self.metrics.shutdown()
         self.stopped.set()
 
+    def health(self) -> dict[str, Any]:
+        """Per-stage liveness for ``/healthz`` (sbd_stream/supervisor.py)."""
+        return self.supervisor.health()
+
     # --- denoise worker ----------------------------------------------------------------------------
     def _work(self) -> None:
+        """The denoise worker's loop: one bad batch or series message is counted and set aside."""
+        sup = self.supervisor
         while True:
             items = self.batcher.next_batch(0.1)
             if not items:
@@ -173,13 +192,13 @@ class Pipeline:
                     return
                 continue
             if not isinstance(items[0], Frame):
-                self._forward_series(items[0])  # type: ignore[arg-type]
+                sup.call("denoise", self._forward_series, items[0], what="forwarding")
                 continue
-            try:
-                self._denoise_batch(items)  # type: ignore[arg-type]
-            except Exception:
-                self.metrics.denoise_errors.inc()
-                log.exception("denoising a batch of %d frames failed", len(items))
+            sup.call("denoise", self._denoise_batch, items, on_error=self._batch_failed, what="denoising")
+
+    def _batch_failed(self, items: list[Frame], _exc: Exception) -> None:
+        self.metrics.denoise_errors.inc()
+        log.error("denoising a batch of %d frames failed (frames not denoised)", len(items))
 
     def _forward_series(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END and self.recorder is not None:
@@ -237,15 +256,22 @@ def serve(
     """Run the live service until ``stop`` is set, then drain; returns the final counters."""
     pipe = Pipeline(settings, stage or load_stage(settings))
     pipe.start(live=True)
-    m = pipe.metrics
+    m, sup = pipe.metrics, pipe.supervisor
     t0 = time.perf_counter()
+    next_status = status_every_s
     try:
-        while not stop.wait(status_every_s):
-            if status is not None:
+        while not stop.wait(0.2):
+            if sup.failed.is_set():  # a stage that cannot go on: stop, and say why
+                log.critical("stopping the service: %s", sup.failure)
+                break
+            if status is not None and time.perf_counter() - t0 >= next_status:
+                next_status += status_every_s
                 status(status_line(m, time.perf_counter() - t0))
     finally:
         pipe.stop()
-    return summary(m, time.perf_counter() - t0)
+    out = summary(m, time.perf_counter() - t0)
+    out["failure"] = sup.failure  # None after a clean stop; the CLI exits non-zero otherwise
+    return out
 
 
 def run_replay(

@@ -18,8 +18,9 @@ import zmq
 from sbd_stream.config import PublishSettings, SocketMode
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import TOPIC_DENOISED, FrameHeader, encode_frame, encode_series
-from sbd_stream.security import apply_curve
+from sbd_stream.protocol import TOPIC_DENOISED, FrameHeader, HeaderTooLarge, encode_frame, encode_series
+from sbd_stream.security import apply_curve, warn_if_exposed
+from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,10 @@ class OutputItem:
 
 
 class Publisher(BackgroundWorker):
+    """Sends queued outputs from its own thread; supervised, so one unsendable item is set aside."""
+
     thread_name = "sbd-publisher"
+    stage = "publisher"
 
     def __init__(
         self,
@@ -49,21 +53,28 @@ class Publisher(BackgroundWorker):
         metrics: Metrics,
         engine_id: str,
         context: zmq.Context | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.s, self.metrics, self.engine_id = settings, metrics, engine_id
         self.ctx = context or zmq.Context.instance()
-        self.queue = FrameQueue(settings.queue_frames, drop_oldest=True, on_evict=self._evicted)
+        self.queue = FrameQueue(
+            settings.queue_frames,
+            drop_oldest=True,
+            on_evict=self._evicted,
+            on_change=metrics.queue_depth.labels(queue="publish").set,
+        )
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
         if settings.mode is SocketMode.bind:
+            warn_if_exposed("publisher", settings.endpoint)
             self.sock.bind(settings.endpoint)
         else:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
         self._out_dtype = np.dtype(settings.dtype)
-        self._init_worker()
+        self._init_worker(supervisor)
 
     def _evicted(self, item: object) -> None:
         assert isinstance(item, OutputItem)
@@ -84,40 +95,55 @@ class Publisher(BackgroundWorker):
         self.submit(OutputItem(topic, h.acq, h.seq, h.ts, data, h.exposure_s, m, columns, t_recv))
 
     def submit(self, item: OutputItem) -> None:
-        self.queue.put(item, 0 if item.data is None else int(item.data.nbytes))
-        self.metrics.queue_depth.labels(queue="publish").set(len(self.queue))
+        """Queue without blocking; series messages are never dropped (``force``: they are rare)."""
+        self.queue.put(item, 0 if item.data is None else int(item.data.nbytes), force=item.data is None)
 
     def stop(self) -> None:
         """Send what is queued, then close."""
         self.queue.close()
 
     def _run(self) -> None:
-        try:
-            consume(self.queue, self.send, self.metrics.queue_depth.labels(queue="publish").set)
-        finally:
-            self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
+        consume(self.queue, self.send, self.stage, self.supervisor, on_error=self._failed)
+
+    def _finalize(self) -> None:
+        self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
+
+    def _failed(self, item: OutputItem, _exc: Exception) -> None:
+        """An item the supervisor set aside was not published: count it as dropped."""
+        self.metrics.publish_dropped.labels(topic=item.topic.decode()).inc()
+
+    def _encode(self, item: OutputItem, meta: dict[str, Any]) -> list:
+        if item.data is None:
+            return encode_series(item.topic, item.acq, item.ts, meta)
+        data = item.data
+        if item.topic == TOPIC_DENOISED and data.dtype != self._out_dtype:
+            data = data.astype(self._out_dtype)
+        return encode_frame(
+            data,
+            item.acq,
+            item.seq,
+            item.ts,
+            topic=item.topic,
+            exposure_s=item.exposure_s,
+            meta=meta,
+            engine=self.engine_id,
+            columns=item.columns,
+        )
 
     def send(self, item: OutputItem) -> bool:
-        """Encode and send without blocking; False (and counted) if ZeroMQ refused it."""
+        """Encode and send without blocking; False (and counted) if ZeroMQ refused it.
+
+        An output header can pass the 64 KiB limit although its input header did not (the engine id
+        and column table are added): then it goes out with ``meta`` replaced by a note saying so,
+        rather than not at all.
+        """
         t0 = time.perf_counter()
         topic = item.topic.decode()
-        if item.data is None:
-            parts: list = encode_series(item.topic, item.acq, item.ts, item.meta)
-        else:
-            data = item.data
-            if item.topic == TOPIC_DENOISED and data.dtype != self._out_dtype:
-                data = data.astype(self._out_dtype)
-            parts = encode_frame(
-                data,
-                item.acq,
-                item.seq,
-                item.ts,
-                topic=item.topic,
-                exposure_s=item.exposure_s,
-                meta=item.meta,
-                engine=self.engine_id,
-                columns=item.columns,
-            )
+        try:
+            parts = self._encode(item, item.meta)
+        except HeaderTooLarge as exc:
+            log.warning("%s %s/%s: %s; sent without its meta", topic, item.acq, item.seq, exc)
+            parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"})
         try:
             self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:

@@ -4,37 +4,52 @@ Layout (format ``sbd-recording/1``, see docs/service.md): groups ``raw``, ``deno
 with ``frames`` (N,H,W) chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64
 and ``complete`` uint8. ``complete`` is resized and set last, after the frame is written, so a live
 reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. All objects are created
-before SWMR mode is switched on, as SWMR requires. A disk error is counted and ends recording of that
-acquisition; the service keeps running.
+before SWMR mode is switched on, as SWMR requires (the file itself: ``sinks/recording_file.py``).
+
+What this thread decides, and why:
+
+* a raw frame whose shape or dtype differs from its acquisition's open file goes to a new part
+  (``<acq>_0001.h5``, ...; ``sbd_record_rolls_total{reason="shape"|"dtype"}``): writing it into the old
+  dataset would cast it (70000.5 stored as 65535) or fail half-way through a row. The old part stays
+  open for the denoised frames still on their way, until the acquisition ends or idles;
+* files are bounded: one idle for ``idle_close_s`` is closed, and at most ``max_open_files`` are open
+  (the least recently used closes first), both counted in ``sbd_record_files_closed_total``. A
+  detector that never sends ``series_end`` no longer holds hundreds of files (and their caches) open;
+* ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
+* a disk error is counted and ends recording of that acquisition; any other exception while writing
+  an item is counted by the supervisor, that acquisition's file is closed cleanly (its complete rows
+  stay readable) and the next frame opens a new part. The thread never dies of one bad item.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
-import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader of a recording
 import numpy as np
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
-from sbd_stream.sources.dectris.codec import HEADER
+from sbd_stream.sinks.recording_file import FORMAT, KINDS, AcqFile, free_path, open_recording, safe_name
+from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
+
+__all__ = ["FORMAT", "KINDS", "RecordItem", "Recorder", "open_recording"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "sbd-recording/1"
-KINDS = ("raw", "denoised", "llr")
+CONTROL = ("series_start", "series_end")
+REMEMBER_ACQS = 4096  # part numbers and series metadata kept for this many recent acquisitions
+PARTS_KEPT = 64  # closed parts per acquisition that late outputs may still be appended to
 
 
 @dataclass
@@ -52,115 +67,25 @@ class RecordItem:
     chunk: bytes | None = None
 
 
-def _compression(name: str) -> dict[str, Any]:
-    if name == "bitshuffle-lz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
-    return {}
+class _Recent(collections.OrderedDict):
+    """A dict that forgets its least recently set keys beyond ``limit`` (per-acquisition state)."""
 
+    def __init__(self, limit: int = REMEMBER_ACQS) -> None:
+        super().__init__()
+        self.limit = limit
 
-BSHUF_FILTER_ID = 32008
-BSHUF_LZ4 = 2  # bitshuffle filter's cd_values[4]: 2 = LZ4 after the shuffle (0 = none, 3 = zstd)
-
-
-def _takes_detector_chunks(ds: h5py.Dataset) -> bool:
-    """True when a bitshuffle-LZ4 chunk framed as the HDF5 filter frames it can be stored as is.
-
-    The filter pipeline must be exactly one bitshuffle filter with LZ4 (any block size: the filter
-    reads a chunk's block size from its own 12-byte header when decoding) and the dataset little-endian,
-    as DECTRIS detectors send. Checked on the dataset actually created, not on the settings.
-    """
-    plist = ds.id.get_create_plist()
-    if plist.get_nfilters() != 1 or ds.dtype.byteorder not in ("<", "=", "|"):
-        return False
-    fid, _flags, cd, _name = plist.get_filter(0)
-    return fid == BSHUF_FILTER_ID and len(cd) > 4 and cd[4] == BSHUF_LZ4 and np.little_endian
-
-
-def _safe_name(acq: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120] or "acq"
-
-
-def open_recording(path: str | os.PathLike) -> h5py.File:
-    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both)."""
-    return h5py.File(path, "r", libver="latest", swmr=True)
-
-
-class _AcqFile:
-    """The open file of one acquisition and its append positions."""
-
-    def __init__(
-        self, path: Path, shape: tuple[int, int], raw_dtype: np.dtype, s: RecordSettings, attrs: dict
-    ) -> None:
-        self.path = path
-        self.shape = shape
-        self.raw_dtype = np.dtype(raw_dtype)
-        self.f = h5py.File(path, "w", libver="latest")
-        comp = _compression(s.compression)
-        kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
-        self.n: dict[str, int] = {}
-        for kind in kinds:
-            g = self.f.create_group(kind)
-            dt = raw_dtype if kind == "raw" else np.float32
-            g.create_dataset(
-                "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dt, **comp
-            )
-            for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
-                g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
-            self.n[kind] = 0
-        for k, v in attrs.items():
-            self.f.attrs[k] = v
-        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
-        self.f.swmr_mode = True
-        self.since_flush = 0
-
-    def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
-        """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
-        g = self.f[kind]
-        i = self.n[kind]
-        fr = g["frames"]
-        fr.resize(i + 1, axis=0)
-        direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
-        if not direct:
-            fr[i] = data
-        for name, val in (("seq", seq), ("ts", ts)):
-            g[name].resize(i + 1, axis=0)
-            g[name][i] = val
-        g["complete"].resize(i + 1, axis=0)
-        g["complete"][i] = 1
-        self.n[kind] = i + 1
-        self.since_flush += 1
-        return direct
-
-    def _write_chunk(self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes) -> bool:
-        """Store the detector's chunk for frame ``i``; False (write ``data`` instead) on any mismatch."""
-        if not self.direct_raw or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
-            return False
-        if len(chunk) < HEADER.size or HEADER.unpack_from(chunk, 0)[0] != data.nbytes:
-            return False
-        try:
-            fr.id.write_direct_chunk((i, 0, 0), bytes(chunk))
-        except (OSError, RuntimeError, ValueError, TypeError):
-            log.warning("direct chunk write failed; recompressing instead", exc_info=True)
-            return False
-        return True
-
-    def flush(self) -> None:
-        self.f.flush()
-        self.since_flush = 0
-
-    def close(self) -> None:
-        try:
-            self.f.close()
-        except Exception:
-            log.warning("closing %s failed", self.path, exc_info=True)
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class Recorder(BackgroundWorker):
     """Consumes RecordItems on its own thread; owns every open file."""
 
     thread_name = "sbd-recorder"
+    stage = "recorder"
 
     def __init__(
         self,
@@ -171,17 +96,22 @@ class Recorder(BackgroundWorker):
         queue_frames: int = 512,
         queue_bytes: int = 2 * 1024**3,
         sampling: dict[str, Any] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.s, self.metrics = settings, metrics
         self.card = card or {}
         self.sampling = sampling or {}
         self.run_config = run_config or {}
-        self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes)
-        self.files: dict[str, _AcqFile] = {}
-        self.paths: dict[str, list[Path]] = {}
-        self.failed: set[str] = set()
-        self.series_meta: dict[str, dict] = {}
-        self._init_worker()
+        depth = metrics.queue_depth.labels(queue="record")
+        self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes, on_change=depth.set)
+        self.files: dict[str, AcqFile] = {}  # the current part of each open acquisition
+        self.previous: dict[str, AcqFile] = {}  # the part before a shape/dtype roll (late outputs)
+        self.paths: _Recent = _Recent()  # acq -> every part written
+        self.closed_parts: _Recent = _Recent()  # acq -> [(path, shape)] closed while outputs may follow
+        self.failed: _Recent = _Recent()  # acquisitions whose recording stopped on a disk error
+        self.series_meta: _Recent = _Recent()
+        self._next_idle_check = 0.0
+        self._init_worker(supervisor)
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -193,10 +123,10 @@ class Recorder(BackgroundWorker):
         return self.submit(RecordItem(kind, header.acq, header.seq, header.ts, data, chunk=chunk))
 
     def submit(self, item: RecordItem) -> bool:
+        """Queue without blocking; a full queue refuses frames (counted) but never series boundaries."""
         nbytes = 0 if item.data is None else int(item.data.nbytes)
         nbytes += 0 if item.chunk is None else len(item.chunk)
-        ok = self.queue.put(item, nbytes)
-        self.metrics.queue_depth.labels(queue="record").set(len(self.queue))
+        ok = self.queue.put(item, nbytes, force=item.kind in CONTROL)
         if not ok:
             self.metrics.record_dropped.inc()
             log.error("recorder queue full: %s frame %s of %s NOT recorded", item.kind, item.seq, item.acq)
@@ -208,16 +138,33 @@ class Recorder(BackgroundWorker):
         self.queue.close()
 
     def _run(self) -> None:
-        try:
-            consume(self.queue, self.write, self.metrics.queue_depth.labels(queue="record").set)
-        finally:
-            self.close_all()
+        consume(self.queue, self.write, self.stage, self.supervisor, self._quarantine, self._tick)
+
+    def _finalize(self) -> None:
+        self.close_all()
+
+    def _quarantine(self, item: RecordItem, exc: Exception) -> None:
+        """After an unexpected error on ``item``: close its acquisition's files cleanly, count the loss."""
+        if item.data is not None:
+            self.metrics.record_dropped.inc()
+        if self._drop(item.acq, "error"):
+            log.error("closed %s after that error; its next frame opens a new part", item.acq)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_idle_check:
+            return
+        self._next_idle_check = now + min(1.0, self.s.idle_close_s / 4)
+        for acq, af in [*self.files.items(), *self.previous.items()]:
+            if now - af.last_used >= self.s.idle_close_s:
+                log.info("closing %s: nothing written for %.0f s", af.path, now - af.last_used)
+                self._close_file(acq, af, "idle")
 
     def write(self, item: RecordItem) -> None:
         """Write one item synchronously (the thread's body; also usable without a thread)."""
         if item.kind == "series_start":
             self.close(item.acq)
-            self.failed.discard(item.acq)
+            self.failed.pop(item.acq, None)
             self.series_meta[item.acq] = item.meta
             return
         if item.kind == "series_end":
@@ -232,14 +179,18 @@ class Recorder(BackgroundWorker):
         try:
             self._check_space(item.data.nbytes)
             af = self._file_for(item)
-            if af is None or item.kind not in af.n:
+            if af is None:  # an output whose raw frame was never recorded (queue full, or forgotten)
+                self.metrics.record_dropped.inc()
+                log.warning("%s %s of %s: no recording part to add it to", item.kind, item.seq, item.acq)
+                return
+            if item.kind not in af.n:  # record_denoised / record_llr off
                 return
             if af.append(item.kind, item.seq, item.ts, item.data, item.chunk):
                 self.metrics.record_direct_chunks.inc()
             if af.since_flush >= self.s.flush_every:
                 af.flush()
-                if os.path.getsize(af.path) >= self.s.max_file_bytes:
-                    self._roll(item.acq)
+                if os.path.getsize(af.path) >= self.s.max_file_bytes and self.files.get(item.acq) is af:
+                    self._roll(item.acq, "size", af.shape, af.raw_dtype)
         except (OSError, RuntimeError, ValueError) as exc:  # h5py reports write failures as all three
             self._fail(item.acq, exc)
             return
@@ -259,22 +210,49 @@ class Recorder(BackgroundWorker):
         if free < need:
             raise OSError(errno.ENOSPC, f"only {free} bytes free in {self.directory}, need {need}")
 
-    def _file_for(self, item: RecordItem) -> _AcqFile | None:
-        af = self.files.get(item.acq)
-        if af is not None:
-            return af
-        if item.kind != "raw":
-            return None  # outputs of an acquisition whose raw file is closed or never opened
+    def _file_for(self, item: RecordItem) -> AcqFile | None:
+        """The part this item belongs in: opened, or rolled on a new shape / dtype, for raw frames."""
         assert item.data is not None
-        return self._open(item.acq, tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
+        af = self.files.get(item.acq)
+        shape, dtype = tuple(item.data.shape), item.data.dtype
+        if item.kind == "raw":
+            if af is not None and (af.shape != shape or af.raw_dtype != dtype):
+                reason = "shape" if af.shape != shape else "dtype"
+                return self._roll(item.acq, reason, shape, dtype)  # type: ignore[arg-type]
+            return af if af is not None else self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
+        for cand in (af, self.previous.get(item.acq)):  # outputs: the part holding their raw frame's shape
+            if cand is not None and cand.shape == shape:
+                return cand
+        return self._reopen_for(item.acq, shape)  # type: ignore[arg-type]
 
-    def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> _AcqFile:
-        paths = self.paths.setdefault(acq, [])
-        stem = _safe_name(acq)
-        name = f"{stem}.h5" if not paths else f"{stem}_{len(paths):04d}.h5"
-        path = self.directory / name
-        if not paths and path.exists():  # never overwrite an earlier recording
-            path = self.directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.h5"
+    def _reopen_for(self, acq: str, shape: tuple[int, int]) -> AcqFile | None:
+        """The most recent closed part of ``acq`` with this shape, opened again for a late output.
+
+        Outputs trail their raw frames by the denoising latency; a part closed in between (idle, too
+        many files open, a new series_start) must not lose them. None if there is no such part.
+        """
+        for path, part_shape in reversed(self.closed_parts.get(acq, [])):
+            if part_shape != shape or not path.exists():
+                continue
+            self._make_room()
+            af = AcqFile.reopen(path, self.s)
+            current = self.files.get(acq)
+            if current is None:
+                self.files[acq] = af
+            else:
+                before = self.previous.pop(acq, None)
+                if before is not None:
+                    self._shut(before)
+                self.previous[acq] = af
+            self._gauge()
+            log.debug("reopened %s for late outputs of %s", path, acq)
+            return af
+        return None
+
+    def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
+        self._make_room()
+        paths = self.paths.get(acq) or []
+        path = free_path(self.directory, safe_name(acq), len(paths))
         attrs = {
             "format": FORMAT,
             "acq": acq,
@@ -285,16 +263,71 @@ class Recorder(BackgroundWorker):
             "series_meta": json.dumps(self.series_meta.get(acq, {}), default=str),
             **self.sampling,  # pixel_size_A, dose_e_per_A2, counts_per_px, bin, working_pixel_A
         }
-        af = _AcqFile(path, shape, dtype, self.s, attrs)
-        paths.append(path)
+        af = AcqFile(path, shape, dtype, self.s, attrs)
+        self.paths[acq] = [*paths, path]
         self.files[acq] = af
+        self._gauge()
         log.info("recording %s to %s", acq, path)
         return af
 
-    def _roll(self, acq: str) -> None:
-        af = self.files.pop(acq)
+    def _make_room(self) -> None:
+        """Close the least recently used files until one more may open (``max_open_files``)."""
+        while len(self.files) + len(self.previous) >= self.s.max_open_files:
+            acq, af = min([*self.files.items(), *self.previous.items()], key=lambda kv: kv[1].last_used)
+            log.info("closing %s: %d files open (record.max_open_files)", af.path, self.s.max_open_files)
+            self._close_file(acq, af, "max_open")
+
+    def _roll(self, acq: str, reason: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
+        """Continue ``acq`` in a new part; on a new format the old part stays open for late outputs."""
+        self.metrics.record_rolls.labels(reason=reason).inc()
+        old = self.files.pop(acq)
+        if reason == "size":
+            self._shut(old)
+        else:
+            log.warning(
+                "%s: frame %s changed from %s %s to %s %s; continuing in a new file",
+                acq, reason, old.shape, old.raw_dtype, shape, np.dtype(dtype),
+            )  # fmt: skip
+            before = self.previous.pop(acq, None)
+            if before is not None:
+                self._shut(before)
+            old.flush()
+            self.previous[acq] = old
+        return self._open(acq, shape, dtype)
+
+    def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:
+        if self.files.get(acq) is af:
+            del self.files[acq]
+        elif self.previous.get(acq) is af:
+            del self.previous[acq]
+        self.metrics.record_files_closed.labels(reason=reason).inc()
+        self._shut(af)
+
+    def _shut(self, af: AcqFile) -> None:
+        try:
+            af.flush()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("flushing %s failed: %s", af.path, exc)
         af.close()
-        self._open(acq, af.shape, af.raw_dtype)
+        self._remember_closed(af)
+        self._gauge()
+
+    def _remember_closed(self, af: AcqFile) -> None:
+        parts = [p for p in self.closed_parts.get(af.acq, []) if p[0] != af.path][-(PARTS_KEPT - 1) :]
+        self.closed_parts[af.acq] = [*parts, (af.path, af.shape)]
+
+    def _drop(self, acq: str, reason: str) -> bool:
+        """Close both parts of ``acq`` (if open), counted under ``reason``; True if any was open."""
+        found = False
+        for table in (self.files, self.previous):
+            af = table.get(acq)
+            if af is not None:
+                self._close_file(acq, af, reason)
+                found = True
+        return found
+
+    def _gauge(self) -> None:
+        self.metrics.record_open_files.set(len(self.files) + len(self.previous))
 
     def _fail(self, acq: str, exc: Exception) -> None:
         no_space = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -304,21 +337,29 @@ class Recorder(BackgroundWorker):
         self.metrics.record_errors.labels(kind=kind).inc()
         self.metrics.record_dropped.inc()
         log.error("recording of %s stopped (%s): %s", acq, kind, exc)
-        self.failed.add(acq)
-        af = self.files.pop(acq, None)
-        if af is not None:
-            af.close()
+        self.failed[acq] = True
+        for table in (self.files, self.previous):
+            af = table.pop(acq, None)
+            if af is not None:
+                af.close()
+        self._gauge()
 
     def close(self, acq: str) -> None:
-        af = self.files.pop(acq, None)
-        if af is not None:
+        """Flush and close every open part of ``acq`` (series start / end, shutdown)."""
+        for table in (self.files, self.previous):
+            af = table.pop(acq, None)
+            if af is None:
+                continue
             try:
                 af.flush()
             except (OSError, RuntimeError, ValueError) as exc:
+                table[acq] = af
                 self._fail(acq, exc)
-                return
+                continue
             af.close()
+            self._remember_closed(af)
+        self._gauge()
 
     def close_all(self) -> None:
-        for acq in list(self.files):
+        for acq in list({**self.files, **self.previous}):
             self.close(acq)

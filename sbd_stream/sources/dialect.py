@@ -8,6 +8,8 @@ tested by feeding it parts directly.
 
 What every dialect counts the same way (``frames_received``, the decode latency, series messages,
 malformed reasons) goes through ``Emitter``, so the counters mean the same whichever detector is on.
+It is also the last check at the edge for every dialect: ``meta`` holding NaN / Infinity (a DECTRIS
+configuration with ``1e400`` in it, say) is refused as ``bad_meta`` here, so no sink ever sees it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 from sbd_stream.config import InputSocket
 from sbd_stream.frames import Frame, FrameHandler, SeriesHandler
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import ProtocolError, SeriesMessage
+from sbd_stream.protocol import ProtocolError, SeriesMessage, finite_json
 
 __all__ = ["Dialect", "Emitter", "SocketSpec"]
 
@@ -64,11 +66,17 @@ class Emitter:
     def frame(self, frame: Frame) -> None:
         """A frame that passed validation and continuity checks; ``t_recv`` is when decoding began."""
         m = self.metrics
+        if not finite_json(frame.header.meta):  # every dialect: its outputs must stay sendable
+            m.frames_malformed.labels(reason="bad_meta").inc()
+            return
         m.frames_received.inc()
         m.stage_latency.labels(stage="decode").observe(time.perf_counter() - frame.t_recv)
         self.on_frame(frame)
 
     def series(self, msg: SeriesMessage) -> None:
+        if not finite_json(msg.header.meta):
+            self.metrics.frames_malformed.labels(reason="bad_meta").inc()
+            return
         self.metrics.series.labels(topic=msg.topic.decode()).inc()
         if self.on_series is not None:
             self.on_series(msg)

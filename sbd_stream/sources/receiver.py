@@ -5,10 +5,12 @@ callbacks. Anything slower (recording, denoising) happens on other threads behin
 because a receiver that stalls makes ZeroMQ drop frames silently at its high-water mark.
 
 Everything that touches the socket is here, once, for every dialect: socket options, CURVE, the
-loop, and the guard that turns an exception raised while dispatching (a bug downstream, never bad
-input: that is a ``ProtocolError`` the plug-in counts) into ``frames_malformed{reason=
-"internal_error"}`` plus a traceback in the log, instead of a dead thread. Decoding and accounting are
-the plug-ins' (``sources/wire_v1.py``, ``sources/dectris/acquisition.py``), which have no sockets.
+loop, re-dialling a peer libzmq refused (``sources/transport.py``), and the guard that turns an
+exception raised while dispatching (a bug downstream, never bad input: that is a ``ProtocolError``
+the plug-in counts) into ``frames_malformed{reason="internal_error"}`` and
+``stage_errors{stage="receiver"}`` plus a traceback in the log, instead of a dead thread. The loop
+itself runs under the service's supervisor, which restarts it if it dies. Decoding and accounting
+are the plug-ins' (``sources/wire_v1.py``, ``sources/dectris/acquisition.py``), without sockets.
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ import zmq
 from sbd_stream.config import DectrisInput, IngestSettings, InputSocket, SocketMode, WireV1Input
 from sbd_stream.frames import FrameHandler, SeriesHandler
 from sbd_stream.metrics import Metrics
-from sbd_stream.security import apply_curve
+from sbd_stream.security import apply_curve, warn_if_exposed
 from sbd_stream.sources.dectris.acquisition import DectrisDialect
 from sbd_stream.sources.dialect import Dialect, Emitter
+from sbd_stream.sources.transport import TransportWatch
 from sbd_stream.sources.wire_v1 import WireV1Dialect
+from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker
 
-__all__ = ["Receiver", "open_dialect", "open_receiver"]
+__all__ = ["Receiver", "max_message_bytes", "open_dialect", "open_receiver"]
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # also the tick period while idle: bounds how late a dialect timeout fires
 DRAIN = 64  # messages taken per wake-up before polling again: fewer syscalls under load
 RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 100, 2000  # re-dial a restarted sender quickly, then back off
+REDIAL_MIN_S, REDIAL_MAX_S = 0.1, 2.0  # re-creating a refused socket backs off the same way
 CURVE_DOMAIN = "sbd-ingest"
 _SOCKET_KINDS = {InputSocket.sub: zmq.SUB, InputSocket.pull: zmq.PULL}
 
@@ -44,6 +49,7 @@ class Receiver(BackgroundWorker):
     """Receive thread for any dialect. Handlers must not block; nothing received can end the thread."""
 
     thread_name = "sbd-ingest"
+    stage = "receiver"
 
     def __init__(
         self,
@@ -51,14 +57,22 @@ class Receiver(BackgroundWorker):
         dialect: Dialect,
         metrics: Metrics,
         context: zmq.Context | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings, self.dialect, self.metrics = settings, dialect, metrics
         self.ctx = context or zmq.Context.instance()
-        self._init_worker()
-        self.sock = self._open()
+        self._init_worker(supervisor)
+        self.connects = settings.mode is SocketMode.connect
+        if not self.connects:
+            warn_if_exposed(f"{dialect.name} input", settings.endpoint)
+        self.sock = self._open(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
+        self.watch = TransportWatch(self.sock, self.connects, metrics, dialect.name)
+        self._redial_delay = REDIAL_MIN_S
+        self._redial_not_before = 0.0
+        self._must_redial = False
 
-    def _open(self) -> zmq.Socket:
+    def _open(self, endpoint: str) -> zmq.Socket:
         s, spec = self.settings, self.dialect.socket
         sock = self.ctx.socket(_SOCKET_KINDS[spec.kind])
         try:
@@ -66,7 +80,8 @@ class Receiver(BackgroundWorker):
             sock.setsockopt(zmq.LINGER, 0)
             # Memory guard: libzmq refuses (and disconnects the peer for) a part far larger than any
             # valid frame before allocating it; parts just over the limit reach the decoder, counted.
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * s.max_payload_bytes + (1 << 20))
+            # A refused peer of a connecting socket is re-dialled by hand (sources/transport.py).
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(s.max_payload_bytes))
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             if spec.heartbeat_s is not None:
@@ -78,49 +93,83 @@ class Receiver(BackgroundWorker):
             binds = s.mode is SocketMode.bind
             apply_curve(sock, s.curve, binds, CURVE_DOMAIN)  # before bind / connect, or it is not used
             if binds:
-                sock.bind(s.endpoint)
+                sock.bind(endpoint)
             else:
-                sock.connect(s.endpoint)
+                sock.connect(endpoint)
         except BaseException:
             sock.close(linger=0)
             raise
         return sock
 
     def _guarded(self, what: str, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:  # a bug downstream must not end reception
-            self.metrics.frames_malformed.labels(reason="internal_error").inc()
-            log.exception("%s input: %s failed", self.dialect.name, what)
+        """A bug downstream must not end reception: counted as internal_error and per stage, logged."""
+        self.supervisor.call(
+            self.stage, lambda _item: fn(*args), args[0] if args else None,
+            on_error=self._internal_error, logger=log, what=f"{self.dialect.name} input: {what}",
+        )  # fmt: skip
+
+    def _internal_error(self, _item: Any, _exc: Exception) -> None:
+        self.metrics.frames_malformed.labels(reason="internal_error").inc()
 
     def dispatch(self, parts: list[Any]) -> None:
         """Hand one received multipart message to the dialect, behind the exception guard."""
-        self._guarded("handling a received message", self.dialect.handle, parts)
+        self._guarded("handling", self.dialect.handle, parts)
 
     def tick(self, now: float | None = None) -> None:
         """Let the dialect act on time (series timeouts), behind the same guard."""
-        self._guarded("a timeout check", self.dialect.tick, time.monotonic() if now is None else now)
+        self._guarded("a timeout check at", self.dialect.tick, time.monotonic() if now is None else now)
+
+    def _drain(self, limit: int) -> int:
+        """Dispatch up to ``limit`` waiting messages; returns how many there were."""
+        for n in range(limit):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return n
+            self.dispatch(parts)
+        return limit
+
+    def _redial(self, now: float) -> None:
+        """Re-create a connecting socket whose peer libzmq refused (it would never re-dial itself)."""
+        self._drain(1 << 20)  # what already arrived on the old socket is still good input
+        self.watch.close()
+        self.sock.close(linger=0)
+        self.sock = self._open(self.settings.endpoint)
+        self.watch = TransportWatch(self.sock, self.connects, self.metrics, self.dialect.name)
+        self.metrics.input_reconnects.inc()
+        self._must_redial = False
+        self._redial_not_before = now + self._redial_delay
+        self._redial_delay = min(REDIAL_MAX_S, 2 * self._redial_delay)
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        try:
+        """The loop; after a crash the supervisor runs it again on the same socket."""
+        while not self._stop.is_set():
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN)
+            poller.register(self.watch.mon, zmq.POLLIN)
             while not self._stop.is_set():
-                if poller.poll(POLL_MS):
-                    for _ in range(DRAIN):
-                        try:
-                            parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self.dispatch(parts)
+                if dict(poller.poll(POLL_MS)).get(self.sock) and self._drain(DRAIN):
+                    self._redial_delay = REDIAL_MIN_S  # a working connection resets the back-off
                 self.tick()
-        finally:
-            self.sock.close(linger=0)
+                now = time.monotonic()
+                self._must_redial = self.watch.poll(now) or self._must_redial
+                if self._must_redial and now >= self._redial_not_before:
+                    self._redial(now)
+                    break  # a new socket: a new poller
+
+    def _finalize(self) -> None:
+        self.watch.close()
+        self.sock.close(linger=0)
 
     def close(self) -> None:
         """Release the socket of a receiver that was never started (a started one closes its own)."""
         if self._thread is None:
-            self.sock.close(linger=0)
+            self._finalize()
+
+
+def max_message_bytes(max_payload_bytes: int) -> int:
+    """The input socket's ``MAXMSGSIZE``: room for a frame, its header and a compressed chunk."""
+    return 2 * max_payload_bytes + (1 << 20)
 
 
 def open_dialect(settings: IngestSettings, emit: Emitter) -> Dialect:
@@ -140,10 +189,12 @@ def open_receiver(
     on_frame: FrameHandler,
     on_series: SeriesHandler | None = None,
     context: zmq.Context | None = None,
+    supervisor: Supervisor | None = None,
 ) -> Receiver:
     """A receiver with its socket open (bound or connecting) and the dialect the settings name.
 
     Call ``start()`` to receive; ``on_frame`` / ``on_series`` run on the receive thread and must
-    not block.
+    not block. ``supervisor``: the service's (default: one of its own).
     """
-    return Receiver(settings, open_dialect(settings, Emitter(metrics, on_frame, on_series)), metrics, context)
+    dialect = open_dialect(settings, Emitter(metrics, on_frame, on_series))
+    return Receiver(settings, dialect, metrics, context, supervisor)

@@ -76,6 +76,8 @@ class ReplaySource(BackgroundWorker):
     """Feeds recorded raw frames to ``on_frame`` from a thread; series messages around them."""
 
     thread_name = "sbd-replay"
+    stage = "replay"
+    restartable = False  # running it again would send the recording's frames twice
 
     def __init__(
         self,

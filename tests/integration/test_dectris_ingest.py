@@ -253,3 +253,16 @@ def test_cli_flags_and_toml_fill_the_dectris_input(tmp_path: Path) -> None:
         _service_settings(None, {"ingest": {"input": _ingest_input(None, "sub", None)}})
     out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     assert all(flag in out for flag in ("--dialect", "--socket-type", "--series-timeout"))
+
+
+def test_a_configuration_holding_infinity_is_refused_at_the_edge_and_its_frames_still_flow() -> None:
+    """``1e400`` is valid JSON that parses as inf: no output header could carry it."""
+    ing, sink = make()
+    header, config = v1_header(41, {"nimages": 1, "ntrigger": 2})
+    ing.handle([header, config[:-1] + b',"gain":1e400}'])
+    for i, f in enumerate(frames(2)):
+        ing.handle(v1_frame(f, 41, i))
+    ing.handle(v1_end(41))
+    assert ing.metrics.value("sbd_frames_malformed_total", {"reason": "bad_meta"}) == 1
+    assert [s.topic for s in sink.series] == [b"series_end"]  # the start never reached the pipeline
+    assert [f.header.seq for f in sink.frames] == [0, 1]

@@ -131,12 +131,16 @@ def test_mismatches_fall_back_to_recompressing_and_lose_nothing(tmp_path: Path) 
     assert m.value("sbd_record_dropped_total") == 0
     with open_recording(tmp_path / "bs" / "a.h5") as f:
         np.testing.assert_array_equal(f["raw/frames"][:], np.stack(data))
-    # a frame of another shape or dtype than the acquisition's dataset is never stored directly
+    # a frame of another dtype than the acquisition's dataset is never cast into it: the recording
+    # rolls to a new part of that dtype, where its chunk fits and is stored as it came
     odd = frames(1, 8, np.uint8)[0]
     m = _record(tmp_path / "dt", [items[0], RecordItem("raw", "a", 1, 0.0, odd, chunk=compress_framed(odd))])
-    assert direct(m) == 1
+    assert direct(m) == 2 and m.value("sbd_record_rolls_total", {"reason": "dtype"}) == 1
     with open_recording(tmp_path / "dt" / "a.h5") as f:
-        np.testing.assert_array_equal(f["raw/frames"][1], odd)
+        assert f["raw/frames"].dtype == np.uint16 and len(f["raw/complete"]) == 1
+    with open_recording(tmp_path / "dt" / "a_0001.h5") as f:
+        assert f["raw/frames"].dtype == np.uint8
+        np.testing.assert_array_equal(f["raw/frames"][0], odd)
     # gzip datasets: the chunk is ignored, the frame recompressed
     m = _record(tmp_path / "gz", [RecordItem("raw", "a", 0, 0.0, data[0], chunk=good)], "gzip")
     assert direct(m) == 0

@@ -9,9 +9,12 @@ simulator on the same port and check that the still-running service picks the ne
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +55,7 @@ class Simulator:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: close() ends its API-server child too
         )
         self.api = self.zmq = None
         self.log: list[str] = []
@@ -87,8 +91,13 @@ class Simulator:
             return int(json.loads(r.read())["sequence id"])
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Kill the simulator and its children (its REST API is a multiprocessing.Process).
+
+        Killing only the script left that child running after every test run; the whole process
+        group goes, even when the script itself has already exited.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
 

@@ -71,6 +71,13 @@ def test_registry_matches_documented_names() -> None:
     assert exported_sample_names() >= {n for n in EXPORTED_NAMES if not n.endswith(("_seconds", "_frames"))}
 
 
+def test_every_exported_name_is_documented() -> None:
+    """docs/service.md's metrics table lists every name a dashboard may use."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    missing = [n for n in EXPORTED_NAMES if f"`{n}`" not in text]
+    assert not missing, f"not in docs/service.md: {missing}"
+
+
 def test_extractor_finds_names_and_skips_promql_words() -> None:
     e = 'histogram_quantile(0.9, sum by (le, stage) (rate(sbd_stage_latency_seconds_bucket{x=~"$i"}[5m])))'
     assert promql_metric_names(e) == {"sbd_stage_latency_seconds_bucket"}

@@ -23,6 +23,10 @@ def _hdr(**kw) -> bytes:
 _DEL = object()
 
 
+def _ser(**kw) -> bytes:
+    return json.dumps({"v": 1, "acq": "s", "ts": 0.0, **kw}).encode()
+
+
 @pytest.mark.parametrize("dtype", list(p.DTYPES))
 def test_frame_round_trip_every_dtype(dtype: str) -> None:
     arr = (np.arange(20).reshape(4, 5) % 7).astype(dtype)
@@ -56,6 +60,21 @@ def test_series_round_trip() -> None:
     assert msg.header.acq == "a" and msg.header.n_frames == 10 and msg.header.meta == {"k": 1}
 
 
+def test_series_announcements_are_kept_when_valid() -> None:
+    msg = p.decode([b"series_start", _ser(shape=[64, 32], dtype="uint16", exposure_s=0.025), b""])
+    assert isinstance(msg, p.SeriesMessage)
+    assert msg.header.shape == (64, 32) and msg.header.dtype == "uint16" and msg.header.exposure_s == 0.025
+    assert p.decode([b"series_start", json.dumps(msg.header.to_json()).encode(), b""]) == msg
+
+
+def test_finite_json_walks_deep_values_without_recursion() -> None:
+    deep: object = 1.0
+    for _ in range(5000):
+        deep = [deep]
+    assert p.finite_json({"d": deep})
+    assert not p.finite_json({"d": [[{"x": [float("inf")]}]]})
+
+
 GOOD_PAYLOAD = bytes(40)
 
 
@@ -83,6 +102,18 @@ GOOD_PAYLOAD = bytes(40)
         ([b"frame", _hdr(dtype=">u2"), GOOD_PAYLOAD], "bad_dtype"),
         ([b"frame", _hdr(exposure_s=-1), GOOD_PAYLOAD], "bad_exposure"),
         ([b"frame", _hdr(meta=[1]), GOOD_PAYLOAD], "bad_meta"),
+        # meta follows the header's no-NaN / no-Infinity rule (the publisher once died on it)
+        ([b"frame", _hdr(meta={"x": float("nan")}), GOOD_PAYLOAD], "bad_meta"),
+        ([b"frame", _hdr(meta={"a": [1, {"b": float("-inf")}]}), GOOD_PAYLOAD], "bad_meta"),
+        ([b"frame", _hdr()[:-1] + b',"meta":{"v":1e400}}', GOOD_PAYLOAD], "bad_meta"),
+        # series fields are validated like a frame's, not accepted and ignored
+        ([b"series_start", _ser(shape=[0, 4]), b""], "bad_shape"),
+        ([b"series_start", _ser(shape="64x64"), b""], "bad_shape"),
+        ([b"series_start", _ser(dtype="complex64"), b""], "bad_dtype"),
+        ([b"series_start", _ser(exposure_s=-1), b""], "bad_exposure"),
+        ([b"series_start", _ser(exposure_s=float("inf")), b""], "bad_exposure"),
+        ([b"series_start", _ser(meta={"m": float("nan")}), b""], "bad_meta"),
+        ([b"series_end", _ser(n_frames=-1), b""], "bad_n_frames"),
         ([b"frame", _hdr(extra=1), GOOD_PAYLOAD], "unknown_field"),
         ([b"frame", _hdr(), GOOD_PAYLOAD[:-1]], "bad_length"),
         ([b"frame", _hdr(), GOOD_PAYLOAD + b"x"], "bad_length"),

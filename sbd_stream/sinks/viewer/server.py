@@ -7,7 +7,9 @@ service's Prometheus endpoint. SUB sockets have a tiny receive HWM and are drain
 keeping only the newest message, so a slow browser just sees fewer frames; PUB never waits for us.
 Images are rendered on request in the HTTP threads, binned to display size.
 
-Security: binds 127.0.0.1 by default, serves GET only, no file system paths from requests.
+Security: binds 127.0.0.1 by default (anything else is warned about), serves GET only, no file system
+paths from requests. The subscriber thread runs under the service's supervisor (stage ``viewer``): a
+message it cannot show is counted and skipped, and the thread is restarted if it dies.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 import zmq
 
 from sbd_stream.protocol import FrameHeader, FrameMessage, ProtocolError, SeriesMessage, decode
-from sbd_stream.security import CurveSettings, apply_curve
+from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer.metrics_poll import MetricsPoller
 from sbd_stream.sinks.viewer.render import check_percentiles, render
+from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +122,12 @@ class FrameStore:
 class Viewer:
     """Subscribes, keeps the newest frames, serves the page. ``offer_raw`` is the in-process tap."""
 
-    def __init__(self, cfg: ViewerConfig, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, cfg: ViewerConfig, context: zmq.Context | None = None, supervisor: Supervisor | None = None
+    ) -> None:
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
+        self.supervisor = supervisor or Supervisor()  # the service's, when attached to one
         self.store = FrameStore(cfg.raw_ring_mb * 1e6, cfg.output_ring_mb * 1e6)
         self.metrics = MetricsPoller(cfg.metrics_url) if cfg.metrics_url else None
         self._stop = threading.Event()
@@ -159,18 +165,18 @@ class Viewer:
         poller = zmq.Poller()
         for s in self._socks:
             poller.register(s, zmq.POLLIN)
-        try:
-            while not self._stop.is_set():
-                for sock, _ev in poller.poll(50):
-                    for _ in range(4096):
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._accept(parts)
-        finally:
-            for s in self._socks:
-                s.close(linger=0)
+        while not self._stop.is_set():
+            for sock, _ev in poller.poll(50):
+                for _ in range(4096):
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.supervisor.call("viewer", self._accept, parts, logger=log)
+
+    def _close_sockets(self) -> None:
+        for s in self._socks:
+            s.close(linger=0)
 
     def _accept(self, parts: list) -> None:
         try:
@@ -193,10 +199,12 @@ class Viewer:
             self._subscribe(c.output_endpoint, (b"denoised", b"llr", b"series_start"), curve)
         if c.raw_endpoint:
             self._subscribe(c.raw_endpoint, (b"frame", b"series_start"), None)
-        self._sub_thread = threading.Thread(target=self._run_subscriber, name="sbd-viewer-sub", daemon=True)
-        self._sub_thread.start()
+        self._sub_thread = self.supervisor.spawn(
+            "viewer", self._run_subscriber, self._close_sockets, name="sbd-viewer-sub"
+        )
         if self.metrics is not None:
             self.metrics.start()
+        warn_if_exposed("viewer page", c.host)
         self._httpd = http.server.ThreadingHTTPServer((c.host, c.port), _make_handler(self))
         self._httpd.daemon_threads = True
         host, port = self._httpd.server_address[:2]
@@ -345,7 +353,7 @@ def attach(
         curve=curve or CurveSettings(),
         **kw,
     )
-    viewer = Viewer(cfg, pipe.ctx)
+    viewer = Viewer(cfg, pipe.ctx, getattr(pipe, "supervisor", None))
     if hasattr(pipe, "frame_taps"):
         pipe.frame_taps.append(viewer.offer_raw)
     elif pipe.s.ingest.mode.value == "connect":

@@ -14,7 +14,7 @@ from sbd_stream.engines.card import load_card, load_torch_model
 from training.augment import AugmentSpec, draw_batch
 from training.export import export_run
 from training.synthetic_data import write_synthetic
-from training.train import TrainConfig, init_weights, preset_config, train
+from training.train import TrainConfig, build_network, init_weights, preset_config, train
 
 
 @pytest.fixture(scope="module")
@@ -110,5 +110,38 @@ def test_detector_training_preset() -> None:
     cfg = preset_config("detector")
     assert cfg.name == "sbd-unet4-detector" and str(cfg.data) == "data/detector.h5"
     assert (cfg.scales, cfg.channels) == (4, 16) and cfg.augment.dose_factors == (0.5, 2.0)
-    assert cfg.augment.patch == 256 and cfg.tiling.tile == 256 and cfg.tiling.margin == 0
+    # 256^2 working frames run as one whole-frame tile (Denoiser.plan); larger ones are tiled with a margin
+    assert cfg.augment.patch == 256 and cfg.tiling.tile == 512 and cfg.tiling.margin == 48
     assert cfg.max_steps and cfg.max_minutes is None and cfg.threads == 2  # a step budget
+
+
+def test_frozen_batch_norm_keeps_running_statistics_but_trains_weights(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    """freeze_norm_after: from that step on the network trains as it will run (eval-mode normalisation)."""
+    cfg = preset_config("tiny", data=str(synthetic), out_dir=str(tmp_path), threads=1, freeze_norm_after=0)
+    train(cfg, resume=False)
+    state = torch.load(cfg.run_dir / "last.pt", weights_only=True)["model"]
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)  # never updated
+    torch.manual_seed(cfg.seed)  # as train() does before building the network
+    fresh = build_network(cfg).state_dict()
+    weights = [k for k in state if k.endswith("weight") and state[k].ndim == 4]
+    assert any(not torch.equal(state[k], fresh[k]) for k in weights)  # the convolutions did learn
+
+
+def test_checkpoints_from_before_the_freeze_are_never_the_best(synthetic: Path, tmp_path: Path) -> None:
+    cfg = preset_config(
+        "tiny",
+        data=str(synthetic),
+        out_dir=str(tmp_path),
+        threads=1,
+        freeze_norm_after=3,
+        val_dose_factors=[2.0],
+    )
+    summary = train(cfg, resume=False)
+    log = [json.loads(r) for r in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("event") == "norm_frozen_reset_best"] == [6]
+    assert summary["best_step"] == 6 and "x2" in summary["val_selection"]
+    last = [r for r in log if "val_psnr" in r][-1]
+    assert last["score"] == pytest.approx((last["val_psnr"] + last["val_psnr_x2"]) / 2)

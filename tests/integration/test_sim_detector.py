@@ -153,3 +153,34 @@ def test_weak_object_explicit_average_equals_the_envelope() -> None:
         env = imaging.render_view(imaging.envelope_images(waves, df, optics), 12.8, view, 0.5)
         assert np.abs(exp - 1).max() > 0.015
         assert np.abs(exp - env).max() < 0.05 * np.abs(exp - 1).max()
+
+
+@pytest.mark.slow
+def test_simulate_writes_the_test_view_file_and_resumes(tmp_path) -> None:
+    from training.dataset import SimulatedDataset
+    from training.simulate import simulate
+
+    tiny = PRESETS["tiny"]
+    preset = Preset.model_validate(
+        tiny.model_dump()
+        | {
+            "name": "tiny-view",
+            "n_structures": 3,
+            "tilts_deg": [(0.0, 0.0)],
+            "sampling": tiny.sampling.model_dump() | {"image_px": 64, "pixel_A": 0.24},
+            "test_view": {"image_px": 256, "pixel_A": 0.06},
+            "dose_e_per_A2": 125.0,
+            "defocus_nm": [6.0],
+            "thicknesses_nm": [2.0],
+        }
+    )
+    out = tmp_path / "set.h5"
+    first = simulate(preset, out, workers=1, progress=False)
+    assert first["tasks_run"] == 3 and not first["failed"]
+    again = simulate(preset, out, workers=1, progress=False)
+    assert again["tasks_run"] == 0
+    test_ids = {t.structure.structure_id for t in plan(preset) if t.test_view}
+    with SimulatedDataset(out) as a, SimulatedDataset(sampled_test_path(preset, out)) as b:
+        assert len(a) == 3 and set(b.structure_ids()) == test_ids and len(b) == 1
+        assert b.attrs["dose"] == pytest.approx(0.45) and a.attrs["dose"] == pytest.approx(7.2)
+        assert b.attrs["binning_to_train"] == 4 and b.clean(0).shape == (256, 256)

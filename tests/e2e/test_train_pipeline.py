@@ -21,7 +21,7 @@ from training.figure import comparison_images, write_comparison_figure
 from training.synthetic_data import write_synthetic
 from training.train import preset_config, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,178 @@
+"""One acquisition's HDF5 file (format ``sbd-recording/1``): creating it, appending frames, closing.
+
+Kept apart from the recorder thread (sinks/recorder.py), which decides *which* file a frame goes to
+(rolls, idle and open-file bounds); this module only knows how one file is laid out and written, so
+a reader of the layout needs only this page. See docs/service.md for the layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader of a recording
+import numpy as np
+
+from sbd_stream.config import RecordSettings
+from sbd_stream.sources.dectris.codec import HEADER
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sbd-recording/1"
+KINDS = ("raw", "denoised", "llr")
+
+
+def _compression(name: str) -> dict[str, Any]:
+    if name == "bitshuffle-lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1}
+    return {}
+
+
+BSHUF_FILTER_ID = 32008
+BSHUF_LZ4 = 2  # bitshuffle filter's cd_values[4]: 2 = LZ4 after the shuffle (0 = none, 3 = zstd)
+
+
+def _takes_detector_chunks(ds: h5py.Dataset) -> bool:
+    """True when a bitshuffle-LZ4 chunk framed as the HDF5 filter frames it can be stored as is.
+
+    The filter pipeline must be exactly one bitshuffle filter with LZ4 (any block size: the filter
+    reads a chunk's block size from its own 12-byte header when decoding) and the dataset little-endian,
+    as DECTRIS detectors send. Checked on the dataset actually created, not on the settings.
+    """
+    plist = ds.id.get_create_plist()
+    if plist.get_nfilters() != 1 or ds.dtype.byteorder not in ("<", "=", "|"):
+        return False
+    fid, _flags, cd, _name = plist.get_filter(0)
+    return fid == BSHUF_FILTER_ID and len(cd) > 4 and cd[4] == BSHUF_LZ4 and np.little_endian
+
+
+def safe_name(acq: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120] or "acq"
+
+
+def open_recording(path: str | os.PathLike) -> h5py.File:
+    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both)."""
+    return h5py.File(path, "r", libver="latest", swmr=True)
+
+
+class AcqFile:
+    """The open file of one acquisition part and its append positions.
+
+    Its raw ``shape`` and ``raw_dtype`` are fixed at creation: a frame of another shape or dtype goes
+    to a new part (the recorder rolls), because writing it here would cast it (data altered) or
+    fail half-way through a row.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int],
+        raw_dtype: np.dtype,
+        s: RecordSettings,
+        attrs: dict,
+        reopen: bool = False,
+    ) -> None:
+        self.path = path
+        self.acq = str(attrs.get("acq", ""))
+        self.shape = shape
+        self.raw_dtype = np.dtype(raw_dtype)
+        self.last_used = time.monotonic()
+        self.since_flush = 0
+        if reopen:
+            self._reopen(s)
+            return
+        self.f = h5py.File(path, "w-", libver="latest")  # never overwrite a recording
+        comp = _compression(s.compression)
+        kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
+        self.n: dict[str, int] = {}
+        for kind in kinds:
+            g = self.f.create_group(kind)
+            dt = raw_dtype if kind == "raw" else np.float32
+            g.create_dataset(
+                "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dt, **comp
+            )
+            for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
+                g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
+            self.n[kind] = 0
+        for k, v in attrs.items():
+            self.f.attrs[k] = v
+        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
+        self.f.swmr_mode = True
+
+    @classmethod
+    def reopen(cls, path: Path, s: RecordSettings) -> AcqFile:
+        """A part closed earlier (idle, too many open files), opened again to append its late outputs.
+
+        Appending continues after the last complete row of each kind (a row half-written when the
+        file was closed is overwritten, as ``complete`` never counted it).
+        """
+        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+            raw = f["raw/frames"]
+            shape, dtype = (int(raw.shape[1]), int(raw.shape[2])), raw.dtype
+            acq = str(f.attrs.get("acq", ""))
+        return cls(path, shape, dtype, s, {"acq": acq}, reopen=True)
+
+    def _reopen(self, s: RecordSettings) -> None:
+        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
+        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
+        self.f.swmr_mode = True
+
+    def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
+        """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
+        g = self.f[kind]
+        i = self.n[kind]
+        fr = g["frames"]
+        fr.resize(i + 1, axis=0)
+        direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
+        if not direct:
+            fr[i] = data
+        for name, val in (("seq", seq), ("ts", ts)):
+            g[name].resize(i + 1, axis=0)
+            g[name][i] = val
+        g["complete"].resize(i + 1, axis=0)
+        g["complete"][i] = 1
+        self.n[kind] = i + 1
+        self.since_flush += 1
+        self.last_used = time.monotonic()
+        return direct
+
+    def _write_chunk(self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes) -> bool:
+        """Store the detector's chunk for frame ``i``; False (write ``data`` instead) on any mismatch."""
+        if not self.direct_raw or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
+            return False
+        if len(chunk) < HEADER.size or HEADER.unpack_from(chunk, 0)[0] != data.nbytes:
+            return False
+        try:
+            fr.id.write_direct_chunk((i, 0, 0), bytes(chunk))
+        except (OSError, RuntimeError, ValueError, TypeError):
+            log.warning("direct chunk write failed; recompressing instead", exc_info=True)
+            return False
+        return True
+
+    def flush(self) -> None:
+        self.f.flush()
+        self.since_flush = 0
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            log.warning("closing %s failed", self.path, exc_info=True)
+
+
+def free_path(directory: Path, stem: str, part: int) -> Path:
+    """``<stem>.h5`` / ``<stem>_0001.h5`` for part 1..., or a timestamped name if that exists."""
+    path = directory / (f"{stem}.h5" if part == 0 else f"{stem}_{part:04d}.h5")
+    k = 0
+    while path.exists():  # an earlier run, or a part number forgotten with its acquisition
+        k += 1
+        path = directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{k}.h5"
+    return path

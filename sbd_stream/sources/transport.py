@@ -1,0 +1,103 @@
+"""What happened to the input's connections, from ZeroMQ's socket monitor, and when to re-dial by hand.
+
+Why this exists: libzmq refuses a message part over the socket's ``MAXMSGSIZE`` (the memory guard,
+2 x ``ingest.max_payload_bytes`` + 1 MiB) by dropping that peer's connection as a protocol error.
+A *connecting* socket does not re-dial after a protocol error (it only does after a connection
+error), so an input in connect mode -- wire format v1 SUB to a bridge, DECTRIS PULL to a DCU --
+went silent forever after one oversized part, without a log line or a counter.
+
+The monitor tells us. After a normal disconnect of a connecting socket libzmq schedules a re-dial
+at once (``EVENT_CONNECT_RETRIED`` right after ``EVENT_DISCONNECTED``, from the same I/O thread);
+after a protocol error it does not. So a disconnect with no re-dial within ``GRACE_S`` is a refused
+peer: counted (``sbd_input_disconnects_total{cause="refused"}`` and, because an oversized part is
+what causes it in practice, ``sbd_frames_malformed_total{reason="oversized"}``) and answered by
+re-creating the socket. A failed ZMTP / CURVE handshake is counted as ``cause="handshake"`` and
+re-dialled the same way (libzmq would not), never as oversized.
+
+A *bound* socket needs no re-dial: the peer connects, and it re-dials by itself after we drop it.
+There libzmq gives no reason for a disconnect, so an oversized part is counted as
+``cause="closed"``, like a peer that went away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+__all__ = ["GRACE_S", "TransportWatch"]
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 0.3
+"""How long after a disconnect a connecting socket has to schedule its own re-dial."""
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
+
+
+class TransportWatch:
+    """Reads one socket's monitor; ``poll`` says when the socket must be re-created."""
+
+    def __init__(self, sock: zmq.Socket, connects: bool, metrics: Any, name: str) -> None:
+        self.sock, self.connects, self.metrics, self.name = sock, connects, metrics, name
+        self.mon: zmq.Socket = sock.get_monitor_socket(EVENTS)
+        self._dropped_at: float | None = None
+        self._handshake_failed = False
+
+    def poll(self, now: float) -> bool:
+        """Take every pending monitor event; True when the peer was refused and nobody re-dials."""
+        while True:
+            try:
+                ev = recv_monitor_message(self.mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._event(int(ev["event"]), ev.get("endpoint"), now)
+        if self._dropped_at is None or now - self._dropped_at < GRACE_S:
+            return False
+        self._dropped_at = None
+        if self._handshake_failed:
+            self._handshake_failed = False
+            log.warning("%s input: handshake with the peer failed; re-dialling", self.name)
+            return True
+        self.metrics.input_disconnects.labels(cause="refused").inc()
+        self.metrics.frames_malformed.labels(reason="oversized").inc()
+        log.error(
+            "%s input: libzmq dropped the peer for a protocol error -- in practice a message part over "
+            "the maximum message size (ingest.max_payload_bytes x 2 + 1 MiB); re-creating the socket",
+            self.name,
+        )
+        return True
+
+    def _event(self, event: int, endpoint: Any, now: float) -> None:
+        if event & _HANDSHAKE_FAILED:
+            self._handshake_failed = True
+            self.metrics.input_disconnects.labels(cause="handshake").inc()
+            log.warning("%s input: handshake failed with %s (event %#x)", self.name, endpoint, event)
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self.connects:
+                self._dropped_at = now if self._dropped_at is None else self._dropped_at
+            else:
+                self._count_closed()
+        elif event == zmq.EVENT_CONNECT_RETRIED and self._dropped_at is not None:
+            self._dropped_at = None  # libzmq re-dials by itself: an ordinary disconnect
+            self._count_closed()
+
+    def _count_closed(self) -> None:
+        if self._handshake_failed:  # already counted as a handshake failure
+            self._handshake_failed = False
+            return
+        self.metrics.input_disconnects.labels(cause="closed").inc()
+        log.info("%s input: a peer disconnected", self.name)
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.mon.close(linger=0)

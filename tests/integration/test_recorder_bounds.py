@@ -1,0 +1,153 @@
+"""The recorder under hostile input: format changes roll (never cast), files are bounded, control
+messages are never dropped, and one bad item closes its file cleanly instead of killing the thread."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbd_stream.config import RecordSettings
+from sbd_stream.metrics import Metrics
+from sbd_stream.sinks import recording_file
+from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
+
+pytestmark = pytest.mark.integration
+
+
+def _rec(tmp_path: Path, **kw) -> tuple[Recorder, Metrics]:
+    m = Metrics()
+    s = RecordSettings(directory=tmp_path, min_free_bytes=0, record_llr=False, **kw)
+    return Recorder(s, m), m
+
+
+def _raw(acq: str, seq: int, data: np.ndarray) -> RecordItem:
+    return RecordItem("raw", acq, seq, float(seq), data)
+
+
+def _open_h5(directory: Path) -> int:
+    n = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            n += target.startswith(str(directory)) and target.endswith(".h5")
+    return n
+
+
+def test_a_dtype_change_rolls_to_a_new_file_and_keeps_every_value(tmp_path: Path) -> None:
+    rec, m = _rec(tmp_path)
+    ints = np.full((4, 4), 65535, np.uint16)
+    floats = np.full((4, 4), 70000.5, np.float32)  # was stored as 65535: cast into the first dtype
+    for i, item in enumerate([_raw("a", 0, ints), _raw("a", 1, floats), _raw("a", 2, floats)]):
+        rec.write(item)
+        rec.write(RecordItem("denoised", "a", i, 0.0, np.ones((4, 4), np.float32)))
+    rec.close_all()
+    assert m.value("sbd_record_rolls_total", {"reason": "dtype"}) == 1
+    assert m.value("sbd_record_errors_total", {"kind": "io"}) == 0
+    with open_recording(tmp_path / "a.h5") as f:
+        assert f["raw/frames"].dtype == np.uint16 and list(f["raw/seq"]) == [0]
+    with open_recording(tmp_path / "a_0001.h5") as f:
+        assert f["raw/frames"].dtype == np.float32 and list(f["raw/seq"]) == [1, 2]
+        np.testing.assert_array_equal(f["raw/frames"][1], floats)
+        assert f.attrs["part"] == 1 and f.attrs["acq"] == "a"
+
+
+def test_a_shape_change_rolls_and_late_outputs_still_find_their_part(tmp_path: Path) -> None:
+    rec, m = _rec(tmp_path)
+    small, big = np.ones((4, 4), np.uint16), np.ones((6, 8), np.uint16)
+    rec.write(_raw("a", 0, small))
+    rec.write(_raw("a", 1, big))  # the raw frame arrives before the first one's denoised output
+    rec.write(RecordItem("denoised", "a", 0, 0.0, small.astype(np.float32)))
+    rec.write(RecordItem("denoised", "a", 1, 0.0, big.astype(np.float32)))
+    rec.close_all()
+    assert m.value("sbd_record_rolls_total", {"reason": "shape"}) == 1
+    assert m.value("sbd_record_dropped_total") == 0
+    with open_recording(tmp_path / "a.h5") as f:
+        assert list(f["raw/seq"]) == [0] and list(f["denoised/seq"]) == [0]
+    with open_recording(tmp_path / "a_0001.h5") as f:
+        assert f["raw/frames"].shape == (1, 6, 8) and list(f["denoised/seq"]) == [1]
+
+
+def test_open_files_are_capped_and_idle_ones_closed_and_outputs_reopen_them(tmp_path: Path) -> None:
+    rec, m = _rec(tmp_path, max_open_files=3, idle_close_s=0.3)
+    frame = np.ones((4, 4), np.uint16)
+    for i in range(10):  # ten acquisitions, none of them ever ends
+        rec.write(_raw(f"acq{i}", 0, frame))
+        assert len(rec.files) + len(rec.previous) <= 3 and _open_h5(tmp_path) <= 3
+    assert m.value("sbd_record_files_closed_total", {"reason": "max_open"}) == 7
+    assert m.value("sbd_record_open_files") == 3
+    # a denoised frame that trails a closed acquisition: its part is reopened and appended to
+    rec.write(RecordItem("denoised", "acq0", 0, 0.0, frame.astype(np.float32)))
+    assert m.value("sbd_record_dropped_total") == 0
+    time.sleep(0.4)
+    rec._next_idle_check = 0.0
+    rec._tick()
+    assert m.value("sbd_record_files_closed_total", {"reason": "idle"}) == 3
+    assert m.value("sbd_record_open_files") == 0 and _open_h5(tmp_path) == 0
+    with open_recording(tmp_path / "acq0.h5") as f:
+        assert len(f["raw/complete"]) == 1 and len(f["denoised/complete"]) == 1
+    rec.write(_raw("acq0", 1, frame))  # the acquisition goes on after an idle close: a new part
+    rec.close_all()
+    assert sorted(p.name for p in tmp_path.glob("acq0*.h5")) == ["acq0.h5", "acq0_0001.h5"]
+
+
+def test_series_boundaries_are_never_refused_by_a_full_queue(tmp_path: Path) -> None:
+    m = Metrics()
+    rec = Recorder(RecordSettings(directory=tmp_path, min_free_bytes=0), m, queue_frames=2)
+    frame = np.ones((4, 4), np.uint16)
+    assert rec.submit(RecordItem("series_start", "a"))
+    assert rec.submit(_raw("a", 0, frame)) and not rec.submit(_raw("a", 1, frame))
+    assert rec.submit(RecordItem("series_end", "a"))  # a full queue: still taken
+    assert m.value("sbd_record_dropped_total") == 1
+    assert m.value("sbd_queue_depth", {"queue": "record"}) == 3
+    rec.start()
+    rec.stop()
+    rec.join(10)
+    assert m.value("sbd_queue_depth", {"queue": "record"}) == 0
+    assert rec.files == {} and m.value("sbd_record_open_files") == 0
+
+
+def test_an_unexpected_error_closes_that_file_cleanly_and_the_thread_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec, m = _rec(tmp_path)
+    real = recording_file.AcqFile.append
+    calls = {"n": 0}
+
+    def flaky(self, kind, seq, *a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if seq == 2 and kind == "raw":
+            raise TypeError("Can't broadcast (5, 5) -> (1, 4, 4)")
+        return real(self, kind, seq, *a, **kw)
+
+    monkeypatch.setattr(recording_file.AcqFile, "append", flaky)
+    frame = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    rec.start()
+    for seq in range(5):
+        rec.submit(_raw("a", seq, frame + seq))
+    assert _wait_for(lambda: m.value("sbd_frames_recorded_total", {"kind": "raw"}) == 4)
+    assert rec._thread is not None and rec._thread.is_alive()
+    rec.stop()
+    rec.join(10)
+    assert m.value("sbd_stage_errors_total", {"stage": "recorder", "reason": "TypeError"}) == 1
+    assert m.value("sbd_record_files_closed_total", {"reason": "error"}) == 1
+    assert (
+        m.value("sbd_record_dropped_total") == 1
+        and m.value("sbd_stage_restarts_total", {"stage": "recorder"}) == 0
+    )
+    with open_recording(tmp_path / "a.h5") as f:  # closed cleanly: the two complete rows read back
+        assert list(f["raw/seq"][: len(f["raw/complete"])]) == [0, 1]
+    with open_recording(tmp_path / "a_0001.h5") as f:  # the next frame opened a new part
+        assert list(f["raw/seq"]) == [3, 4]
+        np.testing.assert_array_equal(f["raw/frames"][1], frame + 4)
+
+
+def _wait_for(pred, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not (ok := bool(pred())) and time.monotonic() < end:
+        time.sleep(0.02)
+    return ok

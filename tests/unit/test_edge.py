@@ -1,0 +1,75 @@
+"""Rules applied where data enters or leaves the machine: non-finite pixels, non-loopback binds."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import zmq
+
+from sbd_stream.config import PublishSettings
+from sbd_stream.frames import Frame
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import FrameHeader
+from sbd_stream.security import is_loopback, warn_if_exposed
+from sbd_stream.service.edge import NONFINITE_KEY, replace_nonfinite
+from sbd_stream.sinks.publisher import Publisher
+
+
+def _frame(data: np.ndarray) -> Frame:
+    return Frame(FrameHeader("a", 3, 0.0, data.shape, data.dtype.name, meta={"k": 1}), data)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_nonfinite_pixels_are_replaced_by_the_finite_mean_counted_and_flagged(dtype: str) -> None:
+    raw = np.array([[1.0, 2.0, np.nan], [3.0, np.inf, -np.inf]], dtype)
+    m = Metrics()
+    f = replace_nonfinite(_frame(raw), m)
+    assert f.data.dtype == raw.dtype and np.isfinite(f.data).all()
+    np.testing.assert_array_equal(f.data, np.array([[1, 2, 2], [3, 2, 2]], dtype))
+    assert f.header.meta == {"k": 1, NONFINITE_KEY: 3}
+    assert np.isnan(raw[0, 2])  # the received frame (what is recorded) is untouched
+    assert m.value("sbd_frames_nonfinite_total") == 1 and m.value("sbd_pixels_nonfinite_total") == 3
+
+
+def test_all_nonfinite_becomes_zero_and_finite_or_integer_frames_pass_as_they_are() -> None:
+    f = replace_nonfinite(_frame(np.full((2, 2), np.nan, np.float32)))
+    np.testing.assert_array_equal(f.data, np.zeros((2, 2), np.float32))
+    for data in (np.ones((2, 2), np.float32), np.ones((2, 2), np.uint16)):
+        frame = _frame(data)
+        assert replace_nonfinite(frame) is frame
+
+
+@pytest.mark.parametrize(
+    ("where", "loopback"),
+    [
+        ("tcp://127.0.0.1:5556", True),
+        ("tcp://127.0.0.1:*", True),
+        ("tcp://localhost:5556", True),
+        ("tcp://[::1]:5556", True),
+        ("ipc:///tmp/sbd", True),
+        ("127.0.0.1", True),
+        ("tcp://*:5556", False),
+        ("tcp://0.0.0.0:5556", False),
+        ("tcp://eth0:5556", False),
+        ("tcp://10.1.2.3:5556", False),
+        ("0.0.0.0", False),
+        ("", False),
+    ],
+)
+def test_loopback_or_not(where: str, loopback: bool) -> None:
+    assert is_loopback(where) is loopback
+
+
+def test_binding_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sbd_stream.security"):
+        assert warn_if_exposed("viewer page", "0.0.0.0")
+        assert not warn_if_exposed("metrics endpoint", "127.0.0.1")
+        ctx = zmq.Context.instance()
+        for endpoint in ("tcp://127.0.0.1:*", "tcp://*:*"):  # `serve --output tcp://*:P`
+            pub = Publisher(PublishSettings(endpoint=endpoint), Metrics(), "e", ctx)
+            pub.sock.close(0)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2
+    assert "viewer page binds 0.0.0.0" in warned[0] and "publisher binds tcp://*:*" in warned[1]
