@@ -47,6 +47,13 @@ CountsPerPx = Annotated[
     float, typer.Option("--counts-per-px", help="Dose as counts per detector pixel in vacuum per frame")
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Compression = Annotated[
+    str,
+    typer.Option(
+        "--compression",
+        help="Recording compression: bitshuffle-lz4 (default; readers need hdf5plugin), gzip or none",
+    ),
+]
 
 
 def _detector(pixel_size: float | None, dose: float | None, counts: float | None) -> dict:
@@ -123,6 +130,25 @@ def info(
     from sbd_stream.service.offline import environment_info
 
     typer.echo(json.dumps(environment_info(model), indent=2))
+
+
+@app.command()
+def export(
+    recording: Path = typer.Argument(..., help="A recording (the first file of the series)"),
+    to: str = typer.Option(..., "--to", help="tiff (ImageJ), mrc or npy (+ a JSON sidecar)"),
+    kind: str = typer.Option("denoised", "--kind", help="raw, denoised or llr"),
+    out: Path = typer.Option(None, "--out", help="File to write (default: <recording>_<kind>.<ext>)"),
+) -> None:
+    """Write a recording's frames as TIFF, MRC or NPY with the pixel size in the target's own fields."""
+    from sbd_stream.sinks.export import ExportError
+    from sbd_stream.sinks.export import export as run_export
+
+    if not recording.exists():
+        _fail(f"{recording} not found")
+    try:
+        typer.echo(json.dumps(run_export(recording, to, kind, out), indent=2))
+    except (ExportError, OSError) as e:
+        _fail(str(e))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from sbd_stream.cli import (
     Batch,
+    Compression,
     CountsPerPx,
     Device,
     DosePerArea,
@@ -55,6 +56,7 @@ def serve(
     output: str = typer.Option(None, "--output", help="Where denoised frames are published (bound)"),
     record_dir: Path = typer.Option(None, "--record-dir", help="Folder for the HDF5 recordings"),
     record: bool = typer.Option(None, "--record/--no-record", help="Record raw + denoised frames"),
+    compression: Compression = None,  # type: ignore[assignment]
     engine: Engine = None,  # type: ignore[assignment]
     model: Model = None,  # type: ignore[assignment]
     device: Device = None,  # type: ignore[assignment]
@@ -94,7 +96,7 @@ def serve(
                 "input": _ingest_input(dialect, socket_type, series_timeout),
             },
             "publish": {"endpoint": output},
-            "record": {"directory": record_dir, "enabled": record},
+            "record": {"directory": record_dir, "enabled": record, "compression": compression},
             "denoise": {
                 "engine": engine,
                 "model": model,
@@ -130,6 +132,7 @@ def replay(
     output: str = typer.Option(None, "--output", help="Publish results here too"),
     publish: bool = typer.Option(False, "--publish/--no-publish", help="Publish results on --output"),
     record_dir: Path = typer.Option(None, "--record-dir", help="Record results here (default: none)"),
+    compression: Compression = None,  # type: ignore[assignment]
     engine: Engine = None,  # type: ignore[assignment]
     model: Model = None,  # type: ignore[assignment]
     device: Device = None,  # type: ignore[assignment]
@@ -161,7 +164,11 @@ def replay(
         {
             "detector": detector,
             "publish": {"endpoint": output, "enabled": publish},
-            "record": {"directory": record_dir, "enabled": record_dir is not None},
+            "record": {
+                "directory": record_dir,
+                "enabled": record_dir is not None,
+                "compression": compression,
+            },
             "denoise": {
                 "engine": engine,
                 "model": model,

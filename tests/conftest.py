@@ -6,6 +6,8 @@ test may still run; a leftover is killed, named, and fails the run.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ import torch
 # The session fails if a test leaves a process running (e.g. a simulator's child): tests/leakcheck.py
 from leakcheck import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
 
+from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.model import UNet
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.config import ServiceSettings, load_settings
@@ -121,3 +124,17 @@ def fake_sim_task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> 
             ImageRecord(clean=rng.uniform(0.5, 1.5, shape).astype(np.float32), meta=meta, columns=cols)
         )
     return TaskResult(key=key, structure={"structure_id": sid, "seed": 1}, images=images)
+
+
+@pytest.fixture(scope="module")
+def denoiser(tiny_engine_dir: Path) -> Denoiser:
+    """The tiny engine behind ONNX Runtime, loaded once per module (most service tests use it)."""
+    return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 20.0) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds passed; its last truth value."""
+    end = time.monotonic() + timeout
+    while not (ok := bool(pred())) and time.monotonic() < end:
+        time.sleep(0.02)
+    return ok

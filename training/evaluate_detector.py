@@ -112,12 +112,12 @@ def detector_baselines(scale: float, slow_test_images: int) -> list[Baseline]:
         Baseline(
             "Low-pass filter",
             low_pass,
-            [{"sigma": s * scale} for s in (2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)],
+            [{"sigma": s * scale} for s in (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)],
         ),
         Baseline(
             "Adaptive Wiener filter",
             adaptive_wiener,
-            [{"size": odd(s * scale), "noise_scale": n} for s in (19, 39, 55, 79) for n in (1.0, 2.5)],
+            [{"size": odd(s * scale), "noise_scale": n} for s in (19, 39, 79, 111, 151) for n in (1.0, 2.5)],
         ),
         Baseline(
             "VST + NLM",
@@ -150,7 +150,8 @@ def sbd_detector_method(
 
     def run(counts: np.ndarray, dose: float) -> np.ndarray:
         if dose not in stages:
-            stages[dose] = BatchStage(den, DetectorSettings(pixel_size_A=detector_px, counts_per_px=dose))
+            det = DetectorSettings(pixel_size_A=detector_px, counts_per_px=dose)
+            stages[dose] = BatchStage(den, det, upsample="bicubic")  # as `sbd-stream denoise`
         h = FrameHeader("eval", 0, 0.0, counts.shape, "float32")
         res = stages[dose].process([Frame(h, np.asarray(counts, np.float32))])
         return res.denoised[0].astype(np.float64) / dose

@@ -53,6 +53,10 @@ class OnnxRuntimeEngine(Engine):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or int(os.environ.get("SBD_ORT_THREADS", "0"))
+        # ORT's workers spin after each run by default; in the live service the receiver, publisher and
+        # the batch stage's own torch kernels need those cores, so spinning is off unless asked for
+        if os.environ.get("SBD_ORT_SPIN", "0") != "1":
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self._cuda = want_cuda
 

@@ -30,7 +30,7 @@ from sbd_stream.compute.binning import (
 )
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.likelihood import LikelihoodStage
-from sbd_stream.config import DetectorSettings, LikelihoodSettings
+from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.protocol import COLUMN_FIELDS
@@ -120,8 +120,13 @@ class BatchStage:
         detector: DetectorSettings | None = None,
         likelihood: LikelihoodSettings | None = None,
         bin_tolerance: float = DEFAULT_TOLERANCE,
+        upsample: Upsample | str = Upsample.auto,
     ) -> None:
         self.denoiser = denoiser
+        up = Upsample(upsample)
+        if up is Upsample.auto:
+            up = Upsample.bilinear if denoiser.device.type == "cpu" else Upsample.bicubic
+        self.upsample = up.value
         self.geometry = plan_geometry(detector or DetectorSettings(), denoiser.engine.card, bin_tolerance)
         self.likelihood: LikelihoodStage | None = None
         if likelihood is not None and likelihood.enabled:
@@ -170,7 +175,7 @@ class BatchStage:
         t0 = time.perf_counter()
         binned = bin_counts(raw, g.bin)
         den_w = self.denoiser.denoise(binned, dose=g.vacuum_counts)
-        den = unbin(den_w, g.bin, (h, w))
+        den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
         parts = [den.reshape(-1)]
         k_per_frame: torch.Tensor | None = None

@@ -54,7 +54,9 @@ def denoise_file(
             den = Denoiser.load(engine, model, device, tile=tile, margin=margin)
         except ArtefactError as e:
             raise StackError(f"engine: {e}") from e
-        stage = BatchStage(den, det, bin_tolerance=bin_tolerance)
+        stage = BatchStage(
+            den, det, bin_tolerance=bin_tolerance, upsample="bicubic"
+        )  # offline: quality first
         g = stage.geometry
         n, h, w = stack.shape
         hb, wb = binned_shape(h, w, g.bin)

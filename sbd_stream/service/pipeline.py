@@ -47,7 +47,7 @@ class Pipeline:
         self.s = settings
         if not isinstance(stage, BatchStage):
             d = settings.denoise
-            stage = BatchStage(stage, settings.detector, d.likelihood, d.bin_tolerance)
+            stage = BatchStage(stage, settings.detector, d.likelihood, d.bin_tolerance, d.upsample)
         self.stage = stage
         self.metrics = metrics or Metrics()
         self.ctx = context or zmq.Context.instance()
@@ -243,7 +243,7 @@ def load_stage(s: ServiceSettings) -> BatchStage:
     den = Denoiser.load(
         d.engine, d.model, d.device, tile=d.tile, margin=d.margin, batch=max(16, d.batch_frames)
     )
-    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance)
+    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample)
 
 
 def serve(

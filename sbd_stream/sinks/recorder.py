@@ -1,10 +1,12 @@
 """HDF5 recorder: one SWMR file per acquisition, rolled at a size limit, every frame flushed.
 
-Layout (format ``sbd-recording/1``, see docs/service.md): groups ``raw``, ``denoised``, ``llr``, each
-with ``frames`` (N,H,W) chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64
-and ``complete`` uint8. ``complete`` is resized and set last, after the frame is written, so a live
-reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. All objects are created
-before SWMR mode is switched on, as SWMR requires (the file itself: ``sinks/recording_file.py``).
+Layout (format ``sbd-recording/1``, NeXus, see docs/service.md): groups ``raw``, ``denoised``, ``llr``
+(soft links to the NXdata groups ``/entry/<kind>``, sinks/nexus.py), each with ``frames`` (N,H,W)
+chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64, ``time`` float64 (s since
+the acquisition's first frame) and ``complete`` uint8. ``complete`` is resized and set last, after
+the frame is written, so a live reader or a reader of a crashed file trusts exactly
+``len(complete)`` frames. All objects, links and attributes are created before SWMR mode is
+switched on, as SWMR requires (the file itself: ``sinks/recording_file.py``).
 
 What this thread decides, and why:
 
@@ -110,6 +112,7 @@ class Recorder(BackgroundWorker):
         self.closed_parts: _Recent = _Recent()  # acq -> [(path, shape)] closed while outputs may follow
         self.failed: _Recent = _Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: _Recent = _Recent()
+        self.t0: _Recent = _Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
         self._next_idle_check = 0.0
         self._init_worker(supervisor)
         self.directory = Path(settings.directory)
@@ -166,9 +169,11 @@ class Recorder(BackgroundWorker):
             self.close(item.acq)
             self.failed.pop(item.acq, None)
             self.series_meta[item.acq] = item.meta
+            self.t0.pop(item.acq, None)
             return
         if item.kind == "series_end":
             self.close(item.acq)
+            self.t0.pop(item.acq, None)
             return
         if item.data is None or item.kind not in KINDS:
             return
@@ -219,7 +224,11 @@ class Recorder(BackgroundWorker):
             if af is not None and (af.shape != shape or af.raw_dtype != dtype):
                 reason = "shape" if af.shape != shape else "dtype"
                 return self._roll(item.acq, reason, shape, dtype)  # type: ignore[arg-type]
-            return af if af is not None else self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
+            if af is None:
+                if item.acq not in self.t0:
+                    self.t0[item.acq] = item.ts
+                return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
+            return af
         for cand in (af, self.previous.get(item.acq)):  # outputs: the part holding their raw frame's shape
             if cand is not None and cand.shape == shape:
                 return cand
@@ -258,6 +267,7 @@ class Recorder(BackgroundWorker):
             "acq": acq,
             "part": len(paths),
             "created": time.time(),
+            "t0": float(self.t0.get(acq, time.time())),
             "engine_card": json.dumps(self.card, default=str),
             "run_config": json.dumps(self.run_config, default=str),
             "series_meta": json.dumps(self.series_meta.get(acq, {}), default=str),

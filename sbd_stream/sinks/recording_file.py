@@ -1,4 +1,4 @@
-"""One acquisition's HDF5 file (format ``sbd-recording/1``): creating it, appending frames, closing.
+"""One acquisition's HDF5 file (format ``sbd-recording/1``, NeXus): creating it, appending frames, closing.
 
 Kept apart from the recorder thread (sinks/recorder.py), which decides *which* file a frame goes to
 (rolls, idle and open-file bounds); this module only knows how one file is laid out and written, so
@@ -19,6 +19,7 @@ import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader o
 import numpy as np
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.sinks import nexus
 from sbd_stream.sources.dectris.codec import HEADER
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class AcqFile:
         reopen: bool = False,
     ) -> None:
         self.path = path
+        attrs = {"t0": float(attrs.get("created", 0.0)), **attrs}  # the time axis' origin, s since epoch
         self.acq = str(attrs.get("acq", ""))
         self.shape = shape
         self.raw_dtype = np.dtype(raw_dtype)
@@ -92,15 +94,19 @@ class AcqFile:
         comp = _compression(s.compression)
         kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
         self.n: dict[str, int] = {}
+        self.t0 = float(attrs["t0"])
+        entry = nexus.create_entry(self.f, kinds, shape, attrs)
         for kind in kinds:
-            g = self.f.create_group(kind)
+            g = entry[kind]
             dt = raw_dtype if kind == "raw" else np.float32
             g.create_dataset(
                 "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dt, **comp
             )
             for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
                 g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
+            nexus.finish_data(entry, kind)
             self.n[kind] = 0
+        nexus.link_legacy(self.f, kinds)
         for k, v in attrs.items():
             self.f.attrs[k] = v
         self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
@@ -122,6 +128,7 @@ class AcqFile:
     def _reopen(self, s: RecordSettings) -> None:
         self.f = h5py.File(self.path, "r+", libver="latest")
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
+        self.t0 = float(self.f.attrs.get("t0", 0.0))
         self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
         self.f.swmr_mode = True
 
@@ -134,7 +141,8 @@ class AcqFile:
         direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
         if not direct:
             fr[i] = data
-        for name, val in (("seq", seq), ("ts", ts)):
+        columns = [("seq", seq), ("ts", ts)] + ([("time", ts - self.t0)] if "time" in g else [])
+        for name, val in columns:  # a recording made before the NeXus layout has no ``time``
             g[name].resize(i + 1, axis=0)
             g[name][i] = val
         g["complete"].resize(i + 1, axis=0)

@@ -163,13 +163,16 @@ class FrameSource:
         if self.cfg.pool > 0:  # keep the pre-drawn pool under ~2 GB (K2 size x many images would not fit)
             per_image = self.cfg.pool * self._images[0].size * dt.itemsize
             n_img = max(1, min(n_img, int(2e9 // per_image)))
+        if self.cfg.pool > 0:  # drawn up front: a detector does not pause to make noise mid-acquisition
+            for k in range(n_img):
+                pools[k] = [
+                    poisson_counts(self._images[k], self.cfg.dose, rng, dt) for _ in range(self.cfg.pool)
+                ]
         i = 0
         while True:
             k = i % n_img
             clean = self._images[k]
             if self.cfg.pool > 0:
-                if k not in pools:
-                    pools[k] = [poisson_counts(clean, self.cfg.dose, rng, dt) for _ in range(self.cfg.pool)]
                 counts = pools[k][(i // n_img) % self.cfg.pool]
             else:
                 counts = poisson_counts(clean, self.cfg.dose, rng, dt)
@@ -224,15 +227,16 @@ class Emulator:
             log.warning("no subscriber after %.1f s; publishing anyway", cfg.wait_subscriber_s)
         period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else 0.0
         exposure = period or 0.025
+        frames = self.source.frames()
+        upcoming = next(frames)  # noise pools are drawn here, before the acquisition's clock starts
         self.sock.send_multipart(
             encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames)
         )
-        frames = self.source.frames()
         t_next = time.perf_counter()
         for k in range(cfg.n_frames):
             if self.stop_event.is_set():
                 break
-            counts, truth = next(frames)
+            counts, truth = upcoming if k == 0 else next(frames)
             seq = cfg.first_seq + k
             if cfg.keep_truth:
                 self.sent[seq] = counts

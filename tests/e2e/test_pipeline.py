@@ -22,18 +22,6 @@ from sbd_stream.sources.emulator import Emulator, EmulatorConfig
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def denoiser(tiny_engine_dir: Path) -> Denoiser:
-    return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
-
-
-def _wait(pred, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while not (ok := bool(pred())) and time.monotonic() < end:
-        time.sleep(0.02)
-    return ok
-
-
 @pytest.mark.timeout(120)
 def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, denoiser: Denoiser) -> None:
     ctx = zmq.Context.instance()
@@ -218,7 +206,9 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
         assert r.data.shape == shape and r.data.dtype == np.float32
         # the engine on the 4 x 4 sums at 16 x 0.45 counts, brought back per detector pixel
         raw = torch.from_numpy(emu.sent[r.seq].astype(np.float32))[None]
-        ref = unbin(stage_den.denoise(bin_counts(raw, 4), dose=16 * 0.45), 4, shape)[0].numpy()
+        ref = unbin(stage_den.denoise(bin_counts(raw, 4), dose=16 * 0.45), 4, shape, pipe.stage.upsample)[
+            0
+        ].numpy()
         np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-5)
     assert all(r.data.shape == shape for r in llr)
     with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:

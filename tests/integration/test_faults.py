@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import make_settings
+from conftest import wait_until as _wait
 
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import SocketMode
@@ -24,18 +25,6 @@ from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sources.emulator import Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def denoiser(tiny_engine_dir: Path) -> Denoiser:
-    return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
-
-
-def _wait(pred, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while not (ok := bool(pred())) and time.monotonic() < end:
-        time.sleep(0.02)
-    return ok
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import make_settings
+from conftest import wait_until as _wait
 from typer.testing import CliRunner
 
 from sbd_stream.compute.denoiser import Denoiser
@@ -32,18 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 class Killed(BaseException):
     """What kills a stage's thread: not an ``Exception``, so no per-item guard catches it."""
-
-
-@pytest.fixture(scope="module")
-def denoiser(tiny_engine_dir: Path) -> Denoiser:
-    return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
-
-
-def _wait(pred, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while not (ok := bool(pred())) and time.monotonic() < end:
-        time.sleep(0.02)
-    return ok
 
 
 def _healthz(port: int) -> tuple[int, dict[str, Any]]:

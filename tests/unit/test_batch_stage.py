@@ -65,7 +65,7 @@ def test_outputs_have_the_input_shape_in_counts_per_detector_pixel(
     from sbd_stream.compute.binning import bin_counts, unbin
 
     raw = torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32))
-    by_hand = unbin(den.denoise(bin_counts(raw, 4), dose=7.2), 4, shape).numpy()
+    by_hand = unbin(den.denoise(bin_counts(raw, 4), dose=7.2), 4, shape, stage.upsample).numpy()
     np.testing.assert_allclose(res.denoised, by_hand, rtol=1e-5, atol=1e-6)
     for cols in res.columns:  # centres inside the detector frame, region means per detector pixel
         if len(cols):

@@ -98,8 +98,9 @@ def test_unbin_nearest_and_coordinates_map_block_centres() -> None:
 DATA = Path(__file__).resolve().parents[1] / "data" / "abtem_clean_0p060A.npz"
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("k", [2, 4])
-def test_abtem_images_at_the_paper_sampling_survive_binning(k: int) -> None:
+def test_abtem_images_at_the_paper_sampling_survive_binning(k: int, mode: str) -> None:
     """abTEM images of Pt on CeO2 at 0.060 A (the paper's optics, explicit focal averaging, 50 pm
     vibration) at 0.45 counts/px: binned k x k and brought back, >= 45 dB on the paper's metric."""
     from sbd_stream.compute.quality import paper_psnr
@@ -107,9 +108,20 @@ def test_abtem_images_at_the_paper_sampling_survive_binning(k: int) -> None:
     with np.load(DATA) as d:
         clean = d["images"] * 0.45
         assert float(d["pixel_size_A"]) == pytest.approx(0.060)
-    back = unbin(bin_counts(torch.from_numpy(clean), k), k, clean.shape[1:]).numpy()
+    back = unbin(bin_counts(torch.from_numpy(clean), k), k, clean.shape[1:], mode).numpy()
     m = 16  # frame borders are reflected, not image: judge the interior
     for b, c in zip(back, clean, strict=True):
         assert paper_psnr(b[m:-m, m:-m], c[m:-m, m:-m]) >= 45.0
     # and the frame edges are not broken either (reflection keeps them within a few dB)
     assert min(paper_psnr(b, c) for b, c in zip(back, clean, strict=True)) >= 40.0
+
+
+def test_cpu_stages_upsample_bilinear_and_offline_bicubic_by_default(binning_engine_dir: Path) -> None:
+    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.service.batch import BatchStage
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    assert BatchStage(den).upsample == "bilinear"  # auto on a CPU: the live budget
+    assert BatchStage(den, upsample="bicubic").upsample == "bicubic"
+    with pytest.raises(ValueError, match="bicubic or bilinear"):
+        unbin(torch.ones(1, 4, 4), 2, (8, 8), "nearest")

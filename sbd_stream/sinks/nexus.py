@@ -1,0 +1,163 @@
+"""The NeXus side of a recording: what makes HyperSpy, silx, nexpy and DAWN open it with calibrated axes.
+
+Every dataset of a recording lives in one ``NXentry`` (``/entry``); the frames of each kind are an
+``NXdata`` group (``/entry/raw``, ``/entry/denoised``, ``/entry/llr``) whose signal is ``frames`` and
+whose axes are ``time`` (s since the acquisition's first frame), ``y`` and ``x`` (A, from the detector
+pixel size). The top-level ``/raw``, ``/denoised``, ``/llr`` of format ``sbd-recording/1`` are soft links
+to them, so every reader of the first layout goes on working. Everything here is created before the
+file switches to SWMR mode (SWMR can neither add objects nor attributes); the only thing that grows is
+``time``, appended per frame like ``seq`` and ``ts``. Layout tree: docs/service.md (Recording format).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sbd_stream import __version__
+
+ENTRY = "entry"
+LONG_NAMES = {
+    "raw": "counts",
+    "denoised": "denoised counts",
+    "llr": "log likelihood ratio",
+}
+EXPOSURE_KEYS = ("count_time", "exposure_s", "exposure")  # NXdetector/count_time, s
+FRAME_TIME_KEYS = ("frame_time", "frame_time_s")  # NXdetector/frame_time, s
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as ISO 8601 with time zone (NeXus NX_DATE_TIME)."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+
+
+def _text(g: h5py.Group, name: str, value: str, **attrs: Any) -> None:
+    ds = g.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+
+
+def _number(g: h5py.Group, name: str, value: float, units: str) -> None:
+    g.create_dataset(name, data=float(value)).attrs["units"] = units
+
+
+def _find(meta: Any, keys: tuple[str, ...]) -> Any:
+    """The first of ``keys`` in a (nested) series metadata dict, or None."""
+    if isinstance(meta, dict):
+        for k in keys:
+            if k in meta and meta[k] is not None:
+                return meta[k]
+        for v in meta.values():
+            found = _find(v, keys)
+            if found is not None:
+                return found
+    return None
+
+
+def _loads(text: Any) -> dict:
+    try:
+        out = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _axes(g: h5py.Group, shape: tuple[int, int], pixel_A: float | None) -> None:
+    """``y`` and ``x`` pixel-centre coordinates in A (pixel indices when the pixel size is unknown)."""
+    for name, n in (("y", shape[0]), ("x", shape[1])):
+        if pixel_A:
+            ds = g.create_dataset(name, data=np.arange(n, dtype=np.float64) * float(pixel_A))
+            ds.attrs["units"] = "angstrom"
+        else:
+            ds = g.create_dataset(name, data=np.arange(n, dtype=np.float64))
+            ds.attrs["units"] = "pixel"
+        ds.attrs["long_name"] = f"{name} ({ds.attrs['units']})"
+
+
+def create_entry(f: h5py.File, kinds: list[str], shape: tuple[int, int], attrs: dict[str, Any]) -> h5py.Group:
+    """``/entry`` with its instrument and process groups and one empty NXdata group per kind.
+
+    Returns the entry; the caller creates ``frames``, ``seq``, ``ts``, ``complete`` in each
+    ``entry[kind]`` and then calls :func:`finish_data` and :func:`link_legacy`.
+    """
+    f.attrs["NX_class"] = "NXroot"
+    f.attrs["default"] = ENTRY
+    f.attrs["creator"] = f"sbd-stream {__version__}"
+    t0 = float(attrs.get("t0", attrs.get("created", 0.0)))
+    entry = f.create_group(ENTRY)
+    entry.attrs["NX_class"] = "NXentry"
+    entry.attrs["default"] = "denoised" if "denoised" in kinds else "raw"
+    _text(entry, "title", str(attrs.get("acq", "")))
+    _text(entry, "start_time", iso(t0))
+    _text(entry, "program_name", "sbd-stream", version=__version__)
+
+    series = _loads(attrs.get("series_meta"))
+    run = _loads(attrs.get("run_config"))
+    inst = entry.create_group("instrument")
+    inst.attrs["NX_class"] = "NXinstrument"
+    det = inst.create_group("detector")
+    det.attrs["NX_class"] = "NXdetector"
+    dialect = series.get("dialect") or run.get("ingest", {}).get("input", {}).get("dialect") or "unknown"
+    _text(det, "description", str(dialect))
+    pixel = attrs.get("pixel_size_A")
+    if pixel:
+        _number(det, "x_pixel_size", pixel, "angstrom")
+        _number(det, "y_pixel_size", pixel, "angstrom")
+    if attrs.get("dose_e_per_A2"):
+        _number(det, "dose_per_frame", attrs["dose_e_per_A2"], "e/angstrom^2")
+    if attrs.get("counts_per_px"):
+        _number(det, "counts_per_pixel", attrs["counts_per_px"], "counts")
+    for field, keys in (("count_time", EXPOSURE_KEYS), ("frame_time", FRAME_TIME_KEYS)):
+        value = _find(series, keys)  # as the detector's series_start states them (DECTRIS: config)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _number(det, field, value, "s")
+    _text(det, "series_metadata", json.dumps(series, default=str), type="application/json")
+
+    proc = entry.create_group("process")
+    proc.attrs["NX_class"] = "NXprocess"
+    _text(proc, "program", "sbd-stream")
+    _text(proc, "version", __version__)
+    _text(proc, "date", iso(float(attrs.get("created", t0))))
+    for name in ("engine_card", "run_config"):
+        note = proc.create_group(name)
+        note.attrs["NX_class"] = "NXnote"
+        _text(note, "type", "application/json")
+        _text(note, "data", str(attrs.get(name, "{}")))
+    if attrs.get("bin"):
+        proc.create_dataset("binning", data=int(attrs["bin"]))
+    if attrs.get("working_pixel_A"):
+        _number(proc, "working_pixel_size", attrs["working_pixel_A"], "angstrom")
+
+    for kind in kinds:
+        g = entry.create_group(kind)
+        g.attrs["NX_class"] = "NXdata"
+        g.attrs["signal"] = "frames"
+        g.attrs["axes"] = np.array(["time", "y", "x"], dtype=h5py.string_dtype())
+        for i, ax in enumerate(("time", "y", "x")):
+            g.attrs[f"{ax}_indices"] = i
+        g.attrs["interpretation"] = "image"  # read on the group by RosettaSciIO, on the signal by silx
+        _axes(g, shape, pixel)
+        tm = g.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.float64)
+        tm.attrs["units"] = "s"
+        tm.attrs["start"] = iso(t0)
+        tm.attrs["long_name"] = "time since the acquisition's first frame (s)"
+    return entry
+
+
+def finish_data(entry: h5py.Group, kind: str) -> None:
+    """Attributes of the signal dataset (after the caller created ``frames``)."""
+    fr = entry[kind]["frames"]
+    fr.attrs["interpretation"] = "image"
+    fr.attrs["long_name"] = LONG_NAMES.get(kind, kind)
+    if kind != "llr":
+        fr.attrs["units"] = "counts"
+
+
+def link_legacy(f: h5py.File, kinds: list[str]) -> None:
+    """``/raw`` -> ``/entry/raw`` ... : the top-level names of format ``sbd-recording/1``."""
+    for kind in kinds:
+        f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")

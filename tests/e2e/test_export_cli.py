@@ -1,0 +1,103 @@
+"""`sbd-stream export REC --to tiff|mrc|npy`: frames and pixel size round-trip through each target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sbd_stream.cli import app
+from sbd_stream.config import RecordSettings
+from sbd_stream.metrics import Metrics
+from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+pytestmark = pytest.mark.integration
+
+PIXEL_A = 0.06
+SHAPE = (20, 12)
+
+
+def _frame(q: int) -> np.ndarray:
+    return np.random.default_rng(q).poisson(0.45, SHAPE).astype(np.uint16)
+
+
+def _record(directory: Path, n: int = 8, **settings) -> Path:
+    sampling = {"pixel_size_A": PIXEL_A, "dose_e_per_A2": 125.0, "counts_per_px": 0.45}
+    rec = Recorder(RecordSettings(directory=directory, **settings), Metrics(), sampling=sampling)
+    for q in range(n):
+        rec.write(RecordItem("raw", "acq", q, 100.0 + 0.025 * q, _frame(q)))
+        rec.write(RecordItem("denoised", "acq", q, 100.0 + 0.025 * q, _frame(q).astype(np.float32) / 3))
+    rec.close_all()
+    return directory / "acq.h5"
+
+
+def _export(*args: str) -> dict:
+    res = CliRunner().invoke(app, ["export", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def _expected(kind: str, n: int = 8) -> np.ndarray:
+    raw = np.stack([_frame(q) for q in range(n)])
+    return raw if kind == "raw" else raw.astype(np.float32) / 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["raw", "denoised"])
+def test_tiff_keeps_frames_and_imagej_calibration(tmp_path: Path, kind: str) -> None:
+    import tifffile
+
+    rec = _record(tmp_path)
+    out = tmp_path / "x.tif"
+    summary = _export(str(rec), "--to", "tiff", "--kind", kind, "--out", str(out))
+    assert summary["frames"] == 8 and summary["unit"] == "angstrom"
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_imagej
+        np.testing.assert_array_equal(tf.asarray(), _expected(kind))
+        ij = tf.imagej_metadata
+        assert ij["unit"] == "angstrom" and ij["frames"] == 8
+        assert ij["finterval"] == pytest.approx(0.025)
+        page = tf.pages[0]
+        for tag in ("XResolution", "YResolution"):
+            num, den = page.tags[tag].value
+            assert den / num == pytest.approx(PIXEL_A, rel=1e-6)  # A per pixel
+
+
+@pytest.mark.timeout(60)
+def test_mrc_keeps_frames_and_voxel_size(tmp_path: Path) -> None:
+    import mrcfile
+
+    rec = _record(tmp_path)
+    _export(str(rec), "--to", "mrc", "--kind", "raw")
+    out = tmp_path / "acq_raw.mrc"  # the default name
+    with mrcfile.open(out, permissive=False) as mrc:
+        assert mrc.is_image_stack()
+        np.testing.assert_array_equal(mrc.data, _expected("raw"))
+        assert mrc.data.dtype == np.uint16
+        for axis in ("x", "y"):
+            assert float(getattr(mrc.voxel_size, axis)) == pytest.approx(PIXEL_A, rel=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_npy_with_sidecar_across_rolled_parts(tmp_path: Path) -> None:
+    rec = _record(tmp_path, n=10, max_file_bytes=2_000, compression="none")
+    assert len(list(tmp_path.glob("acq*.h5"))) >= 2
+    out = tmp_path / "d.npy"
+    summary = _export(str(rec), "--to", "npy", "--out", str(out))
+    np.testing.assert_array_equal(np.load(out), _expected("denoised", 10))
+    side = json.loads(Path(summary["sidecar"]).read_text())
+    assert side["pixel_size"] == PIXEL_A and side["unit"] == "angstrom"
+    assert side["axes"] == ["frame", "y", "x"] and side["frame_numbers"] == list(range(10))
+    np.testing.assert_allclose(side["time_s"], 0.025 * np.arange(10), atol=1e-9)
+    assert side["dose_e_per_A2"] == 125.0
+
+
+@pytest.mark.timeout(60)
+def test_export_refuses_unknown_target_and_empty_kind(tmp_path: Path) -> None:
+    rec = _record(tmp_path, record_llr=False)
+    for args in (["--to", "png"], ["--to", "npy", "--kind", "llr"]):
+        res = CliRunner().invoke(app, ["export", str(rec), *args])
+        assert res.exit_code == 2 and "error:" in res.output

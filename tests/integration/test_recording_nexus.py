@@ -1,0 +1,265 @@
+"""Recordings are NeXus: HyperSpy (RosettaSciIO) and silx open them with calibrated axes (issue #17)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from sbd_stream.config import RecordSettings
+from sbd_stream.metrics import Metrics
+from sbd_stream.sinks.h5clear import clear_status_flags
+from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
+from sbd_stream.sinks.recording_file import AcqFile
+from sbd_stream.sources.replay import iter_recorded, recorded_detector
+
+pytestmark = pytest.mark.integration
+
+PIXEL_A = 0.06
+SAMPLING = {"pixel_size_A": PIXEL_A, "dose_e_per_A2": 125.0, "counts_per_px": 0.45, "bin": 4}
+SHAPE = (24, 16)
+
+
+def _frame(q: int) -> np.ndarray:
+    return np.random.default_rng(q).poisson(0.45, SHAPE).astype(np.uint16)
+
+
+def _record(directory: Path, n: int = 6, **settings) -> Path:
+    """A finished recording of ``n`` frames at 40 Hz (raw jittered by 1 ms, outputs exactly on time)."""
+    run = {"ingest": {"input": {"dialect": "wire-v1"}}}
+    rec = Recorder(
+        RecordSettings(directory=directory, **settings),
+        Metrics(),
+        card={"name": "tiny"},
+        run_config=run,
+        sampling=SAMPLING,
+    )
+    rec.write(RecordItem("series_start", "run/7", meta={"config": {"count_time": 0.02, "frame_time": 0.025}}))
+    for q in range(n):
+        ts = 5000.0 + 0.025 * q
+        rec.write(RecordItem("raw", "run/7", q, ts + 0.001 * (q % 2), _frame(q)))
+        rec.write(RecordItem("denoised", "run/7", q, ts, _frame(q).astype(np.float32) / 2))
+        rec.write(RecordItem("llr", "run/7", q, ts, np.full(SHAPE, q, np.float32)))
+    rec.write(RecordItem("series_end", "run/7"))
+    return directory / "run_7.h5"
+
+
+@pytest.mark.timeout(60)
+def test_nexus_layout_groups_links_and_attributes(tmp_path: Path) -> None:
+    path = _record(tmp_path)
+    with open_recording(path) as f:
+        assert f.attrs["NX_class"] == "NXroot" and f.attrs["default"] == "entry"
+        entry = f["entry"]
+        assert entry.attrs["NX_class"] == "NXentry" and entry.attrs["default"] == "denoised"
+        assert entry["title"][()].decode() == "run/7"
+        assert entry["start_time"][()].decode().startswith("1970-01-01T01:23:20")  # 5000 s after epoch
+        for kind in ("raw", "denoised", "llr"):
+            g = entry[kind]
+            assert g.attrs["NX_class"] == "NXdata" and g.attrs["signal"] == "frames"
+            assert list(g.attrs["axes"]) == ["time", "y", "x"]
+            assert g["frames"].shape == (6, *SHAPE)
+            assert f.get(kind, getlink=True).path == f"/entry/{kind}"  # the sbd-recording/1 names
+            assert f[f"{kind}/frames"] == g["frames"]
+            np.testing.assert_allclose(g["y"][:], np.arange(SHAPE[0]) * PIXEL_A)
+            np.testing.assert_allclose(g["x"][:], np.arange(SHAPE[1]) * PIXEL_A)
+            assert g["x"].attrs["units"] == "angstrom" and g["time"].attrs["units"] == "s"
+            np.testing.assert_array_equal(g["seq"][:], np.arange(6))  # frame numbers stay per frame
+            np.testing.assert_allclose(g["time"][:], g["ts"][:] - 5000.0)
+        det = entry["instrument/detector"]
+        assert entry["instrument"].attrs["NX_class"] == "NXinstrument"
+        assert det.attrs["NX_class"] == "NXdetector"
+        assert det["x_pixel_size"][()] == PIXEL_A and det["x_pixel_size"].attrs["units"] == "angstrom"
+        assert det["dose_per_frame"][()] == 125.0 and det["counts_per_pixel"][()] == 0.45
+        assert det["count_time"][()] == 0.02 and det["count_time"].attrs["units"] == "s"
+        assert det["frame_time"][()] == 0.025
+        assert det["description"][()].decode() == "wire-v1"
+        assert json.loads(det["series_metadata"][()]) == {"config": {"count_time": 0.02, "frame_time": 0.025}}
+        proc = entry["process"]
+        assert proc.attrs["NX_class"] == "NXprocess" and proc["program"][()].decode() == "sbd-stream"
+        assert json.loads(proc["engine_card/data"][()]) == {"name": "tiny"}
+        assert json.loads(proc["run_config/data"][()]) == {"ingest": {"input": {"dialect": "wire-v1"}}}
+        assert proc["binning"][()] == 4
+    # the readers of this repository go on working through the links
+    got = list(iter_recorded(path))
+    assert [g[1] for g in got] == list(range(6))
+    np.testing.assert_array_equal(got[4][3], _frame(4))
+    assert recorded_detector(path) == {"pixel_size_A": PIXEL_A, "dose_e_per_A2": 125.0}
+
+
+@pytest.mark.timeout(60)
+def test_time_axis_continues_across_rolled_parts(tmp_path: Path) -> None:
+    _record(tmp_path, n=12, max_file_bytes=2_000, compression="none", record_llr=False)
+    parts = sorted(tmp_path.glob("run_7*.h5"))
+    assert len(parts) >= 2
+    times = []
+    for p in parts:
+        with open_recording(p) as f:
+            times.extend(f["entry/raw/time"][:])
+            assert "llr" not in f["entry"] and "llr" not in f
+    np.testing.assert_allclose(times, 0.025 * np.arange(12) + 0.001 * (np.arange(12) % 2), atol=1e-9)
+
+
+@pytest.mark.timeout(60)
+def test_a_recording_made_before_the_nexus_layout_is_still_appended_to(tmp_path: Path) -> None:
+    """A late output reopening a part written by the first layout (no /entry, no time axis)."""
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f.attrs["acq"] = "old"
+        for kind in ("raw", "denoised"):
+            g = f.create_group(kind)
+            dt = np.uint16 if kind == "raw" else np.float32
+            g.create_dataset(
+                "frames", data=_frame(0)[None].astype(dt), maxshape=(None, *SHAPE), chunks=(1, *SHAPE)
+            )
+            for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
+                g.create_dataset(name, data=np.zeros(1, dtype), maxshape=(None,), chunks=(4096,))
+    af = AcqFile.reopen(path, RecordSettings(directory=tmp_path))
+    assert af.n == {"raw": 1, "denoised": 1}
+    af.append("denoised", 1, 1.0, _frame(1).astype(np.float32))
+    af.close()
+    got = list(iter_recorded(path, "denoised"))
+    assert [g[1] for g in got] == [0, 1]
+    np.testing.assert_array_equal(got[1][3], _frame(1).astype(np.float32))
+
+
+def _hyperspy():
+    return pytest.importorskip("hyperspy.api", reason="HyperSpy not installed (pip install -e '.[dev]')")
+
+
+def _silx_nxdata():
+    pytest.importorskip("silx", reason="silx not installed (pip install -e '.[dev]')")
+    import silx.io
+    import silx.io.nxdata
+
+    return silx.io, silx.io.nxdata
+
+
+def _check_hyperspy(path: Path, n: int, pixel_A: float, raw_dtype=np.uint16) -> Any:
+    hs = _hyperspy()
+    s = hs.load(path, file_format="nexus", use_default=True)  # the entry's default: denoised
+    assert s.metadata.General.title == "denoised"
+    assert s.data.shape[0] == n and s.axes_manager.navigation_shape == (n,)
+    assert s.axes_manager.signal_dimension == 2
+    for ax in s.axes_manager.signal_axes:
+        assert ax.units == "angstrom" and ax.scale == pytest.approx(pixel_A)
+    raw = hs.load(path, file_format="nexus", dataset_path="/entry/raw", lazy=True)
+    assert raw.data.shape[0] == n and raw.data.dtype == raw_dtype
+    assert [ax.scale for ax in raw.axes_manager.signal_axes] == pytest.approx([pixel_A, pixel_A])
+    return s
+
+
+def _check_silx(path: Path, n: int, pixel_A: float, kinds=("raw", "llr")) -> None:
+    sio, nx = _silx_nxdata()
+    with sio.open(str(path)) as f:
+        d = nx.get_default(f)
+        assert d is not None and d.is_valid and d.interpretation == "image"
+        assert d.signal.shape[0] == n
+        time_ax, y_ax, x_ax = d.axes
+        assert len(time_ax) == n and time_ax.attrs["units"] == "s"
+        for ax in (y_ax, x_ax):
+            assert ax.attrs["units"] == "angstrom"
+            assert float(ax[1] - ax[0]) == pytest.approx(pixel_A)
+        for kind in kinds:
+            assert nx.NXdata(f[f"entry/{kind}"]).is_valid
+
+
+@pytest.mark.timeout(120)
+def test_hyperspy_opens_a_recording_with_calibrated_axes(tmp_path: Path) -> None:
+    path = _record(tmp_path)
+    s = _check_hyperspy(path, 6, PIXEL_A)
+    nav = s.axes_manager.navigation_axes[0]  # outputs exactly at 40 Hz: a uniform time axis
+    assert nav.units == "s" and nav.scale == pytest.approx(0.025)
+    np.testing.assert_array_equal(s.data[3], _frame(3).astype(np.float32) / 2)
+
+
+@pytest.mark.timeout(120)
+def test_silx_opens_a_recording_with_calibrated_axes(tmp_path: Path) -> None:
+    path = _record(tmp_path)
+    _check_silx(path, 6, PIXEL_A)
+
+
+@pytest.mark.timeout(120)
+def test_plain_h5py_reads_an_uncompressed_recording(tmp_path: Path) -> None:
+    """``record.compression = "none"`` makes a file for tools without the HDF5 filter plugins."""
+    path = _record(tmp_path, compression="none")
+    with h5py.File(path, "r") as f:  # no hdf5plugin needed for these filters
+        assert f["entry/raw/frames"].compression is None and not f["entry/raw/frames"]._filters
+        np.testing.assert_array_equal(f["entry/raw/frames"][2], _frame(2))
+
+
+@pytest.mark.timeout(240)
+def test_a_replayed_recording_opens_in_hyperspy_and_silx(tmp_path: Path, tiny_engine_dir: Path) -> None:
+    """``sbd-stream replay REC --record-dir DIR --compression gzip``: NeXus, readable without plugins."""
+    src = _record(tmp_path / "src", n=5)
+    sbd = str(Path(sys.executable).parent / "sbd-stream")
+    cmd = [
+        sbd, "replay", str(src), "--record-dir", str(tmp_path / "out"), "--compression", "gzip",
+        "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--batch", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "SBD_METRICS__PORT": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out" / "run_7.h5"
+    _check_hyperspy(out, 5, PIXEL_A)  # the recording's own sampling, carried by replay
+    _check_silx(out, 5, PIXEL_A, kinds=("raw",))
+    with h5py.File(out, "r") as f:  # gzip: any HDF5 reader, no plugin
+        assert f["entry/denoised/frames"].compression == "gzip"
+        assert f["entry/instrument/detector/x_pixel_size"][()] == PIXEL_A
+
+
+@pytest.mark.timeout(60)
+def test_compression_option_is_validated(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--compression", "lz5", "--record-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "compression" in res.output
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys, numpy as np
+    from pathlib import Path
+    from sbd_stream.config import RecordSettings
+    from sbd_stream.metrics import Metrics
+    from sbd_stream.sinks.recorder import Recorder, RecordItem
+    rec = Recorder(RecordSettings(directory=Path(sys.argv[1]), min_free_bytes=0), Metrics(),
+                   sampling={"pixel_size_A": 0.06})
+    rec.write(RecordItem("series_start", "killed"))
+    for q in range(12):
+        fr = np.random.default_rng(q).poisson(0.45, (24, 16)).astype(np.uint16)
+        rec.write(RecordItem("raw", "killed", q, 50.0 + 0.025 * q, fr))
+        rec.write(RecordItem("denoised", "killed", q, 50.0 + 0.025 * q, fr.astype(np.float32) / 2))
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-acquisition: no series_end, no close
+    """
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tool", ["h5clear", "python"])
+def test_a_killed_recording_opens_in_hyperspy_and_silx_after_h5clear(tmp_path: Path, tool: str) -> None:
+    if tool == "h5clear" and shutil.which("h5clear") is None:
+        pytest.skip("h5clear not installed (Debian/Ubuntu: apt install hdf5-tools)")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    path = tmp_path / "killed.h5"
+    with pytest.raises(OSError, match="h5clear"):  # what a reader without SWMR meets
+        h5py.File(path, "r")
+    if tool == "h5clear":
+        subprocess.run(["h5clear", "-s", str(path)], check=True, timeout=60)
+    else:
+        subprocess.run([sys.executable, "-m", "sbd_stream.sinks.h5clear", str(path)], check=True, timeout=60)
+    assert not clear_status_flags(path)  # nothing left to clear
+    _check_hyperspy(path, 12, PIXEL_A)
+    _check_silx(path, 12, PIXEL_A, kinds=("raw",))
