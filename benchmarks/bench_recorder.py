@@ -1,14 +1,21 @@
 """Recorder rate against the detector rate: counted Poisson frames into SWMR HDF5, flushed per frame.
 
-python -m benchmarks.bench_recorder [--quick] [--dir /path/on/the/target/disk]
+python -m benchmarks.bench_recorder [--quick] [--dir /path/on/the/target/disk] [--threads N]
+
+Frames go through the recorder's own thread and queue (``submit``), as in the service, so the
+compressor pool (``record.compress_threads``) is measured; ``compress_threads = 0`` is the HDF5 filter
+on the writer thread (the behaviour before the pool). ``per_core_fps`` is one thread compressing
+alone (``codec.compress_framed``), the number to size a site by: per_core_fps x cores >= 80.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +24,67 @@ from benchmarks.common import table, write_result
 from sbd_stream.config import RecordSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.recorder import Recorder, RecordItem
+from sbd_stream.sources.dectris import codec
 
 DETECTOR_HZ = 40.0
 
 
-def run(shape: tuple[int, int], dtype: str, n: int, compression: str, directory: Path) -> dict:
+def frames(shape: tuple[int, int], dtype: str) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    pool = [rng.poisson(0.45, shape).astype(dtype) for _ in range(4)]
+    return [rng.poisson(0.45, shape).astype(dtype) for _ in range(4)]
+
+
+def per_core_fps(shape: tuple[int, int], dtype: str, n: int) -> float:
+    """Frames/s one thread compresses to bitshuffle-LZ4 chunks (the pool's unit of work)."""
+    pool = frames(shape, dtype)
+
+    def work() -> float:  # on a thread of its own, as in the recorder's pool
+        codec.compress_framed(pool[0])
+        t0 = time.perf_counter()
+        for s in range(n):
+            codec.compress_framed(pool[s % len(pool)])
+        return n / (time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(1) as ex:
+        return ex.submit(work).result()
+
+
+def writer_fps(shape: tuple[int, int], dtype: str, n: int, directory: Path) -> float:
+    """Frames/s the writer thread stores already-compressed chunks (``write_direct_chunk``, flushed)."""
+    pool = frames(shape, dtype)
+    chunks = [codec.compress_framed(a) for a in pool]
     d = Path(tempfile.mkdtemp(dir=directory))
     try:
-        rec = Recorder(RecordSettings(directory=d, compression=compression, min_free_bytes=0), Metrics())
-        rec.write(RecordItem("raw", "warm", 0, 0.0, pool[0]))
+        rec = Recorder(RecordSettings(directory=d, min_free_bytes=0, compress_threads=0), Metrics())
+        rec.write(RecordItem("raw", "warm", 0, 0.0, pool[0], chunk=chunks[0]))
         rec.close_all()
         t0 = time.perf_counter()
         for s in range(n):
-            rec.write(RecordItem("raw", "bench", s, float(s), pool[s % len(pool)]))
+            rec.write(RecordItem("raw", "bench", s, float(s), pool[s % 4], chunk=chunks[s % 4]))
         rec.close_all()
+        return n / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(shape: tuple[int, int], dtype: str, n: int, compression: str, directory: Path, threads: int) -> dict:
+    pool = frames(shape, dtype)
+    d = Path(tempfile.mkdtemp(dir=directory))
+    try:
+        settings = RecordSettings(
+            directory=d, compression=compression, min_free_bytes=0, compress_threads=threads
+        )
+        warm = Recorder(settings, Metrics())
+        warm.write(RecordItem("raw", "warm", 0, 0.0, pool[0]))
+        warm.close_all()
+        metrics = Metrics()
+        rec = Recorder(settings, metrics, queue_frames=n + 8, queue_bytes=(n + 8) * pool[0].nbytes)
+        rec.start()
+        t0 = time.perf_counter()
+        for s in range(n):
+            assert rec.submit(RecordItem("raw", "bench", s, float(s), pool[s % len(pool)]))
+        rec.stop()
+        rec.join()
         dt = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in d.glob("bench*.h5"))
     finally:
@@ -43,6 +95,7 @@ def run(shape: tuple[int, int], dtype: str, n: int, compression: str, directory:
         "shape": f"{shape[0]}x{shape[1]}",
         "dtype": dtype,
         "compression": compression,
+        "compress_threads": threads if compression == "bitshuffle-lz4" else None,
         "frames": n,
         "fps": fps,
         "x_detector_40Hz": fps / DETECTOR_HZ,
@@ -55,19 +108,39 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--threads", type=int, default=RecordSettings().compress_threads)
     a = ap.parse_args()
     k = 1 if a.quick else 3
+    k2 = (3838, 3710)
     results = []
-    for comp in ("bitshuffle-lz4", "none"):
-        results.append(run((1024, 1024), "uint16", 40 * k, comp, a.dir))
-        results.append(run((3838, 3710), "uint8", 8 * k, comp, a.dir))
-        results.append(run((3838, 3710), "uint16", 8 * k, comp, a.dir))
-    path = write_result("bench_recorder", {"directory": str(a.dir), "results": results})
+    for threads in sorted({0, a.threads}):
+        results.append(run((1024, 1024), "uint16", 40 * k, "bitshuffle-lz4", a.dir, threads))
+        results.append(run(k2, "uint8", 16 * k, "bitshuffle-lz4", a.dir, threads))
+        results.append(run(k2, "uint16", 16 * k, "bitshuffle-lz4", a.dir, threads))
+    results.append(run((1024, 1024), "uint16", 40 * k, "none", a.dir, 0))
+    results.append(run(k2, "uint8", 8 * k, "none", a.dir, 0))
+    results.append(run(k2, "uint16", 8 * k, "none", a.dir, 0))
+    per_core = {dt: per_core_fps(k2, dt, 8 * k) for dt in ("uint8", "uint16")}
+    writer = {dt: writer_fps(k2, dt, 8 * k, a.dir) for dt in ("uint8", "uint16")}
+    # cores busy per second at 80 frames/s: the pool's compression plus the writer thread
+    cores = {dt: int(np.ceil(2 * DETECTOR_HZ * (1 / per_core[dt] + 1 / writer[dt]))) for dt in per_core}
+    path = write_result(
+        "bench_recorder",
+        {
+            "directory": str(a.dir),
+            "compress_backend": codec.compress_backends()[0],
+            "cpus": os.cpu_count(),
+            "k2_per_core_compress_fps": per_core,
+            "k2_writer_direct_chunk_fps": writer,
+            "k2_cores_for_2x_detector": cores,
+            "results": results,
+        },
+    )
+    cols = ["shape", "dtype", "compression", "compress_threads", "fps", "x_detector_40Hz", "MBps_in"]
+    print(table(results, [*cols, "compression_ratio"]))
     print(
-        table(
-            results,
-            ["shape", "dtype", "compression", "fps", "x_detector_40Hz", "MBps_in", "compression_ratio"],
-        )
+        f"K2 per-core compression ({codec.compress_backends()[0]}): {per_core} frames/s; writer {writer};"
+        f" cores for 80/s: {cores}"
     )
     print(f"wrote {path}")
 

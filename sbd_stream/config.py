@@ -8,6 +8,7 @@ facility network must be a deliberate choice.
 from __future__ import annotations
 
 import enum
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -125,6 +126,12 @@ class RecordSettings(BaseModel):
     )
     max_open_files: int = Field(
         16, ge=1, description="most recording files open at once; the least recently used is closed first"
+    )
+    compress_threads: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=0,
+        description="threads compressing raw frames to bitshuffle-LZ4 chunks off the writer thread "
+        "(0 = the HDF5 filter compresses on the writer thread)",
     )
 
 

@@ -21,6 +21,11 @@ What this thread decides, and why:
 * a disk error is counted and ends recording of that acquisition; any other exception while writing
   an item is counted by the supervisor, that acquisition's file is closed cleanly (its complete rows
   stay readable) and the next frame opens a new part. The thread never dies of one bad item.
+* with ``compression = "bitshuffle-lz4"``, raw frames are compressed by a pool of
+  ``compress_threads`` threads (``codec.compress_framed``: the filter's exact chunk) while this thread
+  writes earlier ones with ``write_direct_chunk``, strictly in queue order (at most
+  ``2 x compress_threads`` frames in flight). The file is the one the filter would have written; a
+  failed compression, or a dataset that cannot take the chunk, falls back to the filter here.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
 from sbd_stream.sinks.recording_file import FORMAT, KINDS, AcqFile, free_path, open_recording, safe_name
+from sbd_stream.sources.dectris.codec import compress_framed
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 
@@ -114,6 +121,12 @@ class Recorder(BackgroundWorker):
         self.series_meta: _Recent = _Recent()
         self.t0: _Recent = _Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
         self._next_idle_check = 0.0
+        # raw frames being compressed off this thread, in queue order (``_handle``)
+        self._pool: ThreadPoolExecutor | None = None
+        if settings.compress_threads > 0 and settings.compression == "bitshuffle-lz4":
+            self._pool = ThreadPoolExecutor(settings.compress_threads, thread_name_prefix="sbd-compress")
+        self._pending: collections.deque[tuple[RecordItem, Future | None]] = collections.deque()
+        self._in_flight = 2 * max(1, settings.compress_threads)
         self._init_worker(supervisor)
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -141,10 +154,48 @@ class Recorder(BackgroundWorker):
         self.queue.close()
 
     def _run(self) -> None:
-        consume(self.queue, self.write, self.stage, self.supervisor, self._quarantine, self._tick)
+        consume(self.queue, self._handle, self.stage, self.supervisor, self._quarantine, self._tick)
 
     def _finalize(self) -> None:
+        self._drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.close_all()
+
+    def _handle(self, item: RecordItem) -> None:
+        """The thread's body: compress raw frames on the pool, write everything in queue order."""
+        if item.kind in CONTROL or self._pool is None:
+            self._drain()
+            self.write(item)
+            return
+        fut = None
+        if (
+            item.kind == "raw"
+            and item.chunk is None
+            and item.data is not None
+            and item.data.dtype.kind in "uif"
+        ):
+            fut = self._pool.submit(compress_framed, item.data, "bslz4")
+        self._pending.append((item, fut))
+        # keep the pool busy while frames keep coming; once the queue is empty, write all now
+        self._drain(self._in_flight if len(self.queue) else 0)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Write pending frames, oldest first, until at most ``keep`` remain (waits on the pool)."""
+        while len(self._pending) > keep:
+            item, fut = self._pending.popleft()
+            chunk = None
+            if fut is not None:
+                try:
+                    chunk = fut.result()
+                except Exception:  # the HDF5 filter compresses it on this thread instead
+                    log.warning(
+                        "compressing %s frame %s failed; the filter compresses it",
+                        item.acq,
+                        item.seq,
+                        exc_info=True,
+                    )
+            self.supervisor.call(self.stage, self.write, item, chunk, on_error=self._quarantine)
 
     def _quarantine(self, item: RecordItem, exc: Exception) -> None:
         """After an unexpected error on ``item``: close its acquisition's files cleanly, count the loss."""
@@ -154,6 +205,10 @@ class Recorder(BackgroundWorker):
             log.error("closed %s after that error; its next frame opens a new part", item.acq)
 
     def _tick(self) -> None:
+        while self._pending and (self._pending[0][1] is None or self._pending[0][1].done()):
+            self._drain(len(self._pending) - 1)
+        if not len(self.queue):
+            self._drain()
         now = time.monotonic()
         if now < self._next_idle_check:
             return
@@ -163,8 +218,12 @@ class Recorder(BackgroundWorker):
                 log.info("closing %s: nothing written for %.0f s", af.path, now - af.last_used)
                 self._close_file(acq, af, "idle")
 
-    def write(self, item: RecordItem) -> None:
-        """Write one item synchronously (the thread's body; also usable without a thread)."""
+    def write(self, item: RecordItem, compressed: bytes | None = None) -> None:
+        """Write one item synchronously (also usable without a thread).
+
+        ``compressed``: the pool's bitshuffle-LZ4 chunk of ``item.data``, stored as is when the raw
+        dataset takes it (a detector's own ``item.chunk`` comes first).
+        """
         if item.kind == "series_start":
             self.close(item.acq)
             self.failed.pop(item.acq, None)
@@ -190,7 +249,8 @@ class Recorder(BackgroundWorker):
                 return
             if item.kind not in af.n:  # record_denoised / record_llr off
                 return
-            if af.append(item.kind, item.seq, item.ts, item.data, item.chunk):
+            chunk = item.chunk if item.chunk is not None else compressed
+            if af.append(item.kind, item.seq, item.ts, item.data, chunk) and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if af.since_flush >= self.s.flush_every:
                 af.flush()

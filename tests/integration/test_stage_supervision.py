@@ -69,11 +69,11 @@ def test_killed_stage_threads_are_restarted_counted_and_shown_on_healthz(
     kills = {"recorder": 0, "publisher": 0, "receiver": 0}
     real_write, real_send = pipe.recorder.write, pipe.publisher.send
 
-    def write(item: Any) -> None:
+    def write(item: Any, *compressed: Any) -> None:  # the recorder's signature (a pool chunk may follow)
         if item.acq == "kill" and not kills["recorder"]:
             kills["recorder"] += 1
             raise Killed("recorder thread killed on purpose")
-        real_write(item)
+        real_write(item, *compressed)
 
     def send(item: Any) -> bool:
         if item.acq == "kill" and not kills["publisher"]:
@@ -126,7 +126,7 @@ def test_a_stage_that_cannot_go_on_fails_healthz(
     s = make_settings(tmp_path, f"tcp://127.0.0.1:{bridge.port}")
     s.supervision.max_restarts = 1
 
-    def always(item: Any) -> None:
+    def always(item: Any, *compressed: Any) -> None:
         raise Killed("the disk controller is on fire")
 
     pipe = Pipeline(s, denoiser, context=ctx)
@@ -156,7 +156,7 @@ def test_serve_stops_and_reports_a_failed_stage(
     s = make_settings(tmp_path, f"tcp://127.0.0.1:{bridge.port}")
     s.supervision.max_restarts = 0
 
-    def always(self: Recorder, item: Any) -> None:
+    def always(self: Recorder, item: Any, *compressed: Any) -> None:
         raise Killed("broken for good")
 
     monkeypatch.setattr(Recorder, "write", always)
