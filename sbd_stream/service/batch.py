@@ -178,7 +178,6 @@ class BatchStage:
         den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
         parts = [den.reshape(-1)]
-        k_per_frame: torch.Tensor | None = None
         n_cols = 0
         if self.likelihood is not None:
             cols = self.likelihood.compute(binned, den_w)
@@ -186,9 +185,10 @@ class BatchStage:
             pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin)
             table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, cols.lam1 / (g.bin * g.bin)], dim=1)
             n_cols = int(table.shape[0])
-            k_per_frame = torch.bincount(cols.centres[:, 0], minlength=b).to(torch.float32)
-            parts += [table.reshape(-1), k_per_frame, cols.lam0 / (g.bin * g.bin)]
-        packed = torch.cat([p.to(torch.float32) for p in parts])
+            per_frame = torch.bincount(cols.centres[:, 0], minlength=b)
+            parts += [table.reshape(-1), per_frame, cols.lam0 / (g.bin * g.bin)]
+        # without maps the denoised frames already are the one buffer: no 4 MB-per-frame copy to pack
+        packed = parts[0] if len(parts) == 1 else torch.cat([p.to(torch.float32) for p in parts])
         timings = {"denoise": t1 - t0}
         if self.likelihood is not None:
             timings["likelihood"] = time.perf_counter() - t1

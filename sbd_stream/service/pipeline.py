@@ -222,7 +222,7 @@ class Pipeline:
 
     def _emit(self, res: BatchResult) -> None:
         """Hand a batch's results to the sinks, each output named after its raw frame."""
-        rec = self.recorder if self.recorder is not None else None
+        rec = self.recorder
         for i, h in enumerate(res.headers):
             if self.publisher is not None:
                 self.publisher.publish(TOPIC_DENOISED, h, res.denoised[i], t_recv=res.t_recv[i])
