@@ -47,6 +47,17 @@ CountsPerPx = Annotated[
     float, typer.Option("--counts-per-px", help="Dose as counts per detector pixel in vacuum per frame")
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Scheduler = Annotated[
+    str,
+    typer.Option(
+        "--scheduler",
+        help="Offline: local (a Dask cluster on this machine), tcp://host:port (an existing Dask "
+        "scheduler) or none (in this process); docs/scale-out-offline.md",
+    ),
+]
+DaskWorkers = Annotated[
+    int, typer.Option("--dask-workers", min=1, help="Local cluster workers (default: min(cores, chunks))")
+]
 Compression = Annotated[
     str,
     typer.Option(
@@ -89,6 +100,11 @@ def denoise(
     tile: int = typer.Option(None, help="Tile size in working pixels (default: the engine card's)"),
     margin: int = typer.Option(None, help="Tile margin in working pixels (default: the engine card's)"),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists"),
+    scheduler: Scheduler = "local",
+    dask_workers: DaskWorkers = None,  # type: ignore[assignment]
+    chunk_frames: int = typer.Option(16, min=1, help="Frames per Dask task (a multiple of --batch)"),
+    threads_per_worker: int = typer.Option(None, min=1, help="Intra-op threads per Dask worker"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Go on from OUTPUT.partial if it matches"),
     verbose: Verbose = False,
 ) -> None:
     """Denoise a recorded stack of counted frames into an HDF5 file (engine card in its attributes).
@@ -98,26 +114,27 @@ def denoise(
     125 e/A^2 per frame). Frames are binned to the engine's working pixel and returned at theirs.
     """
     _setup_logging(verbose)
-    from sbd_stream.service.offline import denoise_file
+    from sbd_stream.service.offline_dask import EngineSpec
+    from sbd_stream.service.offline_dask import denoise as run_denoise
     from sbd_stream.sources.stacks import StackError
 
     if output.exists() and not overwrite:
         _fail(f"{output} exists; pass --overwrite to replace it")
     try:
-        summary = denoise_file(
+        summary = run_denoise(
             input,
             output,
             dataset,
-            engine,
-            model,
-            device,
+            EngineSpec(engine, model, device, tile, margin, threads=threads_per_worker),
             detector=_detector(pixel_size, dose, counts_per_px),
+            scheduler=scheduler,
             batch=batch,
-            tile=tile,
-            margin=margin,
+            chunk_frames=chunk_frames,
+            workers=dask_workers,
+            resume=resume,
             progress=True,
         )
-    except (StackError, FileNotFoundError, ValueError) as e:
+    except (StackError, FileNotFoundError, ValueError, OSError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 
@@ -125,11 +142,46 @@ def denoise(
 @app.command()
 def info(
     model: str = typer.Option(None, help="Engine name or path to inspect (default: the shipped one)"),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="TOML settings: show the engine workers they plan"
+    ),
+    service: str = typer.Option(
+        None, "--service", help="A running service's metrics URL, e.g. http://127.0.0.1:9105: per-worker load"
+    ),
+    interval: float = typer.Option(
+        1.0, "--interval", min=0.1, help="Seconds between the two --service scrapes"
+    ),
 ) -> None:
-    """Engines found, backends usable here, devices and versions."""
+    """Engines found, backends usable here, devices and versions; engine workers and their load."""
     from sbd_stream.service.offline import environment_info
+    from sbd_stream.service.pipeline import worker_specs
 
-    typer.echo(json.dumps(environment_info(model), indent=2))
+    out = environment_info(model)
+    out["workers"] = [w.describe() for w in worker_specs(_service_settings(config, {}))]
+    if service is not None:
+        out["service"] = _service_load(service.rstrip("/"), interval)
+    typer.echo(json.dumps(out, indent=2))
+
+
+def _service_load(url: str, interval: float) -> dict:
+    """Two scrapes of a running service's /metrics: each worker's load and rate in between."""
+    import urllib.error
+    import urllib.request
+
+    from sbd_stream.service.workers import worker_load
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    try:
+        before = scrape()
+        time.sleep(interval)
+        after = scrape()
+    except (urllib.error.URLError, OSError) as e:
+        _fail(f"--service {url}: {e}")
+        raise
+    return {"url": url, "interval_s": interval, "workers": worker_load(before, after, interval)}
 
 
 @app.command()
@@ -175,12 +227,12 @@ def _service_settings(config: Path | None, overrides: dict) -> ServiceSettings:
 
 
 def _stage(s: ServiceSettings) -> object:
-    """Load the engine and plan the detector geometry; a sampling it cannot serve ends the command."""
+    """Load the engine(s) and plan the detector geometry; a sampling they cannot serve ends the command."""
     from sbd_stream.compute.binning import SamplingError
-    from sbd_stream.service.pipeline import load_stage
+    from sbd_stream.service.pipeline import load_stages
 
     try:
-        return load_stage(s)
+        return load_stages(s)  # one batch stage per engine worker (denoise.workers)
     except SamplingError as e:
         _fail(f"detector sampling: {e}")
         raise
@@ -221,8 +273,8 @@ def _ingest_input(dialect: str | None, socket_type: str | None, series_timeout: 
     return {"dialect": dialect, "socket_type": socket_type, "series_timeout_s": series_timeout}
 
 
-# the live-service commands (serve, replay, emulate, demo) register themselves on ``app``
-from sbd_stream import cli_live  # noqa: E402, F401
+# the live-service commands (serve, replay, emulate, demo) and `merge` (cli_scale) register on ``app``
+from sbd_stream import cli_live, cli_scale  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

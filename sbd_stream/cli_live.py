@@ -19,12 +19,14 @@ from sbd_stream.cli import (
     Batch,
     Compression,
     CountsPerPx,
+    DaskWorkers,
     Device,
     DosePerArea,
     Engine,
     Likelihood,
     Model,
     PixelSize,
+    Scheduler,
     Verbose,
     _bundled_samples,
     _detector,
@@ -48,7 +50,10 @@ def serve(
         None, "--dialect", help="Input format: wire-v1 (default), dectris-stream-v1 or dectris-stream-v2"
     ),
     socket_type: str = typer.Option(
-        None, "--socket-type", help="DECTRIS input: pull from the DCU (default) or sub behind a proxy"
+        None,
+        "--socket-type",
+        help="sub or pull. DECTRIS: pull from the DCU (default) or sub behind a proxy; wire-v1: sub from a "
+        "PUB bridge (default) or pull from a PUSH one (several instances share it: docs/scale-out-nodes.md)",
     ),
     series_timeout: float = typer.Option(
         None, "--series-timeout", help="DECTRIS input: close a series after this many silent seconds"
@@ -62,6 +67,10 @@ def serve(
     device: Device = None,  # type: ignore[assignment]
     batch: Batch = None,  # type: ignore[assignment]
     policy: str = typer.Option(None, help="lossless (every frame) or latest (skip to newest under load)"),
+    workers: int = typer.Option(
+        None, "--workers", min=1, help="Engine workers (default: one per GPU, else 1; CPU cores are split)"
+    ),
+    devices: str = typer.Option(None, "--devices", help="Devices for the workers, e.g. cuda:0,cuda:1"),
     likelihood: Likelihood = None,  # type: ignore[assignment]
     pixel_size: PixelSize = None,  # type: ignore[assignment]
     dose: DosePerArea = None,  # type: ignore[assignment]
@@ -93,7 +102,9 @@ def serve(
             "ingest": {
                 "endpoint": input,
                 "mode": mode,
-                "input": _ingest_input(dialect, socket_type, series_timeout),
+                "input": _ingest_input(
+                    _input_dialect(config, dialect, socket_type), socket_type, series_timeout
+                ),
             },
             "publish": {"endpoint": output},
             "record": {"directory": record_dir, "enabled": record, "compression": compression},
@@ -103,6 +114,8 @@ def serve(
                 "device": device,
                 "batch_frames": batch,
                 "policy": policy,
+                "workers": workers,
+                "devices": [d.strip() for d in devices.split(",") if d.strip()] if devices else None,
                 "likelihood": {"enabled": likelihood},
             },
             "metrics": {"port": metrics_port},
@@ -124,6 +137,13 @@ def serve(
         raise typer.Exit(3)
 
 
+def _input_dialect(config: Path | None, dialect: str | None, socket_type: str | None) -> str | None:
+    """``--socket-type`` alone keeps the dialect of the file / environment (default wire-v1)."""
+    if dialect is not None or socket_type is None:
+        return dialect
+    return str(_service_settings(config, {}).ingest.input.dialect)
+
+
 @app.command()
 def replay(
     file: Path = typer.Argument(..., help="A recording made by `serve` (the first file of the series)"),
@@ -142,12 +162,19 @@ def replay(
     dose: DosePerArea = None,  # type: ignore[assignment]
     counts_per_px: CountsPerPx = None,  # type: ignore[assignment]
     limit: int = typer.Option(None, min=1, help="Stop after this many frames"),
+    offline: bool = typer.Option(
+        False, "--offline", help="Denoise the raw frames into one HDF5 file (--out) in Dask chunks instead"
+    ),
+    out: Path = typer.Option(None, "--out", help="--offline: the HDF5 file to write (resumable)"),
+    scheduler: Scheduler = "local",
+    dask_workers: DaskWorkers = None,  # type: ignore[assignment]
     verbose: Verbose = False,
 ) -> None:
     """Run a recording through the same pipeline as the live service.
 
     The detector's sampling is the one the recording states in its attributes, unless options say
-    otherwise.
+    otherwise. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
+    (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
     """
     from sbd_stream.metrics import summary
     from sbd_stream.service.pipeline import run_replay
@@ -156,6 +183,11 @@ def replay(
     _setup_logging(verbose)
     if not file.exists():
         _fail(f"{file} not found")
+    if offline:
+        opts = {"engine": engine or "auto", "model": model, "device": device, "batch": batch}
+        det = _detector(pixel_size, dose, counts_per_px)
+        _replay_offline(file, out, opts, det, scheduler, dask_workers)
+        return
     detector = {**recorded_detector(file), **_prune_none(_detector(pixel_size, dose, counts_per_px))}
     if detector.get("counts_per_px") is not None and (dose is not None or pixel_size is not None):
         detector.pop("counts_per_px" if dose is not None else "dose_e_per_A2", None)
@@ -186,6 +218,28 @@ def replay(
     typer.echo(json.dumps(out, indent=2))
 
 
+def _replay_offline(
+    file: Path, out: Path | None, opts: dict, detector: dict, scheduler: str, workers: int | None
+) -> None:
+    """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
+    from sbd_stream.service.offline_dask import EngineSpec, denoise
+    from sbd_stream.sources.stacks import StackError
+
+    if out is None:
+        _fail("--offline needs --out OUT.h5")
+    if out.exists():
+        _fail(f"{out} exists; remove it or choose another --out")
+    try:
+        es = EngineSpec(opts["engine"], opts["model"], opts["device"])
+        summary = denoise(
+            file, out, None, es, detector, recording=True, scheduler=scheduler, batch=opts["batch"] or 2,
+            workers=workers, progress=True,
+        )  # fmt: skip
+    except (StackError, ValueError, OSError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def _prune_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -205,9 +259,18 @@ def emulate(
     pool: int = typer.Option(0, min=0, help="Cycle N pre-drawn noisy frames (needed for 40 Hz at K2 size)"),
     seed: int = typer.Option(0),
     acq: str = typer.Option(None, help="Acquisition id (default: random)"),
+    push: bool = typer.Option(
+        False, "--push", help="PUSH instead of PUB: PULL peers (serve --socket-type pull) share the frames"
+    ),
+    peers: int = typer.Option(1, min=1, help="--push: wait for this many PULL peers before sending"),
+    wait: float = typer.Option(5.0, min=0, help="Seconds to wait for subscribers / peers before sending"),
+    sndhwm: int = typer.Option(None, min=1, help="Send high-water mark, messages (PUB 1000, PUSH 16)"),
     verbose: Verbose = False,
 ) -> None:
     """Pretend to be a counting detector: publish Poisson-noisy frames in wire format v1.
+
+    With --push the frames are PUSHed like a DECTRIS DCU does: each goes to one of the connected
+    `serve --socket-type pull` instances (round-robin); a send waits while no peer can take it.
 
     Clean images are resampled to the detector pixel (--pixel-size) and drawn at its dose, so the
     default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum.
@@ -231,6 +294,10 @@ def emulate(
         source=source,
         seed=seed,
         pool=pool,
+        push=push,
+        peers=peers,
+        wait_subscriber_s=wait,
+        sndhwm=sndhwm or (16 if push else 1000),
     )
     if acq:
         cfg.acq = acq
@@ -240,7 +307,8 @@ def emulate(
         _fail(str(e))
     typer.echo(
         f"emulating {cfg.shape} {dtype} at {rate} Hz from {emu.source.kind.value} images on "
-        f"{emu.endpoint} ({det.pixel_size_A:.4g} A pixels, {det.vacuum_counts:.4g} counts/px "
+        f"{emu.endpoint}{' (PUSH)' if push else ''} "
+        f"({det.pixel_size_A:.4g} A pixels, {det.vacuum_counts:.4g} counts/px "
         f"= {det.dose_per_area:.4g} e/A^2)",
         err=True,
     )

@@ -44,15 +44,22 @@ class InputDialect(enum.StrEnum):
 
 class InputSocket(enum.StrEnum):
     pull = "pull"  # DECTRIS DCUs send with PUSH
-    sub = "sub"  # behind a fan-out proxy (wire format v1 always uses SUB)
+    sub = "sub"  # a PUB bridge (wire format v1 default) or a DECTRIS fan-out proxy
 
 
 class WireV1Input(BaseModel):
-    """Wire format v1: the bridge publishes (PUB), so the socket is always SUB and nothing else varies."""
+    """Wire format v1: SUB to a bridge that publishes (PUB, the default), or PULL from one that PUSHes.
+
+    PULL is the scale-out deployment (docs/scale-out-nodes.md): several ``serve`` instances PULLing
+    from one PUSH sender share its frames round-robin, and ``sbd-stream merge`` re-orders their outputs.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dialect: Literal["wire-v1"] = Field("wire-v1", description="sbd-stream wire format v1")
+    socket_type: InputSocket = Field(
+        InputSocket.sub, description="sub from a PUB bridge, or pull from a PUSH one (scale-out)"
+    )
 
 
 class DectrisInput(BaseModel):
@@ -214,6 +221,18 @@ class DenoiseSettings(BaseModel):
     engine: str = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
     model: str | None = Field(None, description="engine name under engines/ or a path (default: shipped)")
     device: str | None = Field(None, description="cpu or cuda[:N] (default: the best available)")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="engine workers (default: one per listed device or visible GPU, else 1)",
+    )
+    devices: list[str] | None = Field(
+        None, min_length=1, description='devices the workers run on, cycled, e.g. ["cuda:0", "cuda:1"]'
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="CPU: intra-op threads per worker's engine (default: cores / workers)"
+    )
     tile: int | None = None
     margin: int | None = None
     upsample: Upsample = Field(

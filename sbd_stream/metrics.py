@@ -99,6 +99,7 @@ class Metrics:
         self.engine = Info("sbd_engine", "Denoising engine in use", registry=r)
         self._supervision_metrics(r)
         self._edge_metrics(r)
+        self._worker_metrics(r)
         for q in QUEUES:
             self.queue_depth.labels(queue=q).set(0)
         for s in STAGES:
@@ -142,6 +143,41 @@ class Metrics:
         for st in SUPERVISED_STAGES:
             self.stage_restarts.labels(stage=st)
             self.stage_up.labels(stage=st).set(0)
+
+    def _worker_metrics(self, r: CollectorRegistry) -> None:
+        """Per engine worker (sbd_stream/service/workers.py): load, errors, and results held for order."""
+        self.workers = Gauge("sbd_workers", "Engine workers running the batch stage", registry=r)
+        self.worker_info = Gauge(
+            "sbd_worker_info",
+            "1 per engine worker: its device, threads and engine",
+            ["worker", "device", "threads", "engine"],
+            registry=r,
+        )
+        self.worker_frames = Counter(
+            "sbd_worker_frames", "Frames denoised, by worker", ["worker"], registry=r
+        )
+        self.worker_batches = Counter(
+            "sbd_worker_batches", "Batches denoised, by worker", ["worker"], registry=r
+        )
+        self.worker_busy = Counter(
+            "sbd_worker_busy_seconds",
+            "Seconds a worker spent in the batch stage (rate() = its load, 0..1)",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_errors = Counter(
+            "sbd_worker_errors", "Batches that failed on a worker", ["worker"], registry=r
+        )
+        self.frames_failed = Counter(
+            "sbd_frames_failed",
+            "Frames of batches whose denoising raised (named in the log; not denoised)",
+            registry=r,
+        )
+        self.reorder_held = Gauge(
+            "sbd_reorder_held", "Finished batches held back until an earlier one is done", registry=r
+        )
+        for c in (self.worker_frames, self.worker_batches, self.worker_busy, self.worker_errors):
+            c.labels(worker="0")  # a service has at least one worker: export its series at zero
 
     def _edge_metrics(self, r: CollectorRegistry) -> None:
         """Input transport faults, non-finite pixels and the recorder's bounds."""
@@ -257,6 +293,14 @@ EXPORTED_NAMES = (
     "sbd_record_rolls_total",
     "sbd_record_files_closed_total",
     "sbd_record_open_files",
+    "sbd_workers",
+    "sbd_worker_info",
+    "sbd_worker_frames_total",
+    "sbd_worker_batches_total",
+    "sbd_worker_busy_seconds_total",
+    "sbd_worker_errors_total",
+    "sbd_frames_failed_total",
+    "sbd_reorder_held",
 )
 
 
@@ -288,6 +332,7 @@ SUMMARY_NAMES = (
     "sbd_record_dropped_total",
     "sbd_denoise_overflow_total",
     "sbd_denoise_errors_total",
+    "sbd_frames_failed_total",
 )
 
 

@@ -371,6 +371,55 @@ def build_engine(
     typer.echo(f"TensorRT plan: {plan}")
 
 
+@app.command("gpu-recipe")
+def gpu_recipe(
+    steps: str = typer.Option("simulate,train,export,tensorrt,evaluate", help="subset, comma-separated"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and devices; run nothing"),
+    data: Path = typer.Option(Path("data/detector-gpu.h5"), help="training set (simulated if incomplete)"),
+    test: Path | None = typer.Option(None, help="test split at 0.060 A (default: the simulation's)"),
+    sim_preset: str = typer.Option("detector", help="simulation preset"),
+    images: int | None = typer.Option(None, min=1, help="scale the simulated set to ~this many images"),
+    workers: int | None = typer.Option(None, min=1, help="Dask workers (default: all cores)"),
+    train_preset: str = typer.Option("detector", help="training preset"),
+    model: str | None = typer.Option(None, help="detector | wide | paper (default: init's, else wide)"),
+    scales: int | None = typer.Option(None, min=1),
+    channels: int | None = typer.Option(None, min=1),
+    name: str | None = typer.Option(None, help="run name (default sbd-unet<S>x<C>-gpu)"),
+    device: str | None = typer.Option(None, help="cuda | cuda:N | cpu (default: cuda if available)"),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", help="train on the CPU (smoke runs)"),
+    gpus: int | None = typer.Option(None, min=1, help="GPUs to train on (default: all; >1 uses torchrun)"),
+    max_minutes: float = typer.Option(30.0, help="training wall-time budget"),
+    max_steps: int | None = typer.Option(None, help="step cap (default on GPU: none)"),
+    batch: int | None = typer.Option(None, help="batch per GPU (default on GPU: 16)"),
+    patch: int | None = typer.Option(None, help="patch side (default: the preset's)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    init_from: str | None = typer.Option(None, "--init-from", help="start from this engine's weights"),
+    resume: bool = typer.Option(True, help="continue runs/<name>/last.pt when it exists"),
+    engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
+    results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),
+    max_test_images: int = typer.Option(24, help="detector-sampling test frames for Table 5.1"),
+    slow_test_images: int = typer.Option(6, help="test frames for NLM / BM3D"),
+    dose_curve_images: int = typer.Option(12, help="test frames for the dose curve"),
+    compare_shipped: bool = typer.Option(True, help="also score the shipped engine"),
+    card_metrics: bool = typer.Option(True, help="export: test metrics (working pixel) into the card"),
+) -> None:
+    """Simulate, train, export, build the TensorRT plan and evaluate in one call (for a GPU machine)."""
+    from training.recipe import RecipeConfig, RecipeError, describe_plan, format_plan, run_recipe
+
+    opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
+    try:
+        cfg = RecipeConfig(steps=[s.strip() for s in steps.split(",") if s.strip()], **opts)
+        if dry_run:
+            typer.echo(format_plan(describe_plan(cfg)))
+            return
+        summary = run_recipe(cfg, log=typer.echo)
+    except RecipeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
 # --- end training and evaluation ---------------------------------------------------------------------
 
 

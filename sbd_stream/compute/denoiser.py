@@ -58,8 +58,11 @@ class Denoiser:
         dose: float | None = None,
         batch: int = 16,
         precision: str = "fp16",
+        threads: int | None = None,
     ) -> Denoiser:
-        eng = load_engine(engine, engine_dir, device, batch=batch, precision=precision, tile=tile)
+        eng = load_engine(
+            engine, engine_dir, device, batch=batch, precision=precision, tile=tile, threads=threads
+        )
         return cls(eng, tile=tile, margin=margin, overlap=overlap, dose=dose)
 
     @property

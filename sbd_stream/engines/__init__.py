@@ -49,8 +49,14 @@ def load_engine(
     batch: int = 16,
     precision: str = "fp16",
     tile: int | None = None,
+    threads: int | None = None,
 ) -> Engine:
-    """Open the engine directory ``engine`` (name or path) with backend ``kind``."""
+    """Open the engine directory ``engine`` (name or path) with backend ``kind``.
+
+    ``threads``: intra-op CPU threads of this engine (ONNX Runtime sessions own theirs; torch's pool
+    is per process, so for the torch backend it is a process-wide setting), for engine workers that
+    split a CPU's cores between them.
+    """
     engine_dir = resolve_engine_dir(engine)
     card = load_card(engine_dir)
     kind = EngineKind(kind)
@@ -59,7 +65,7 @@ def load_engine(
         for k in (EngineKind.tensorrt, EngineKind.onnxruntime, EngineKind.torch):
             if reasons[k.value] is None:
                 try:
-                    return load_engine(k, engine_dir, device, batch, precision, tile)
+                    return load_engine(k, engine_dir, device, batch, precision, tile, threads)
                 except (EngineUnavailable, ArtefactError, RuntimeError) as e:
                     log.warning("engine %s unavailable, trying the next: %s", k.value, e)
             else:
@@ -74,9 +80,11 @@ def load_engine(
         from sbd_stream.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         dev = device or ("cuda" if cuda and _ort_has_cuda() else "cpu")
-        return OnnxRuntimeEngine(engine_dir, card, dev, batch)
+        return OnnxRuntimeEngine(engine_dir, card, dev, batch, threads=threads)
     from sbd_stream.engines.torch_engine import TorchEngine
 
+    if threads and (device or ("cuda" if cuda else "cpu")).startswith("cpu"):
+        torch.set_num_threads(threads)
     return TorchEngine(engine_dir, card, device or ("cuda" if cuda else "cpu"), batch)
 
 

@@ -1,9 +1,10 @@
 """The service's wiring: a frame source -> recorder + batcher -> batch stage -> publisher + recorder.
 
-Threads: the source (the receiver or a file replay), one denoise worker running the batch stage, the
-publisher and the recorder, joined by bounded queues and one stop sequence that drains them in order
-(source first, recorder last) so a shutdown loses nothing that was already received. Every thread runs
-under one ``Supervisor`` (errors per item counted and set aside, dead threads restarted, ``/healthz``);
+Threads: the source (the receiver or a file replay), N denoise workers each running its own batch
+stage (``service/workers.py``: results released in frame order), the publisher and the recorder,
+joined by bounded queues and one stop sequence that drains them in order (source first, recorder
+last) so a shutdown loses nothing that was already received. Every thread runs under one
+``Supervisor`` (errors per item counted and set aside, dead threads restarted, ``/healthz``);
 ``serve`` stops and reports the reason when a stage cannot go on. All computation is in
 ``service.batch``; signal handling belongs to the CLI; this module only offers ``stop()``.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -26,29 +27,40 @@ from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, Ser
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.edge import replace_nonfinite
+from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.recorder import Recorder, RecordItem
 from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "load_stage", "run_replay", "serve", "status_line", "summary"]
+__all__ = [
+    "Pipeline",
+    "load_stage",
+    "load_stages",
+    "run_replay",
+    "serve",
+    "status_line",
+    "summary",
+    "worker_specs",
+]
 
 
 class Pipeline:
     def __init__(
         self,
         settings: ServiceSettings,
-        stage: BatchStage | Denoiser,
+        stage: BatchStage | Denoiser | Sequence[BatchStage],
         metrics: Metrics | None = None,
         context: zmq.Context | None = None,
     ) -> None:
-        """``stage``: a ready batch stage, or a loaded denoiser to build one from the settings."""
+        """``stage``: a ready batch stage, one per engine worker, or a loaded denoiser to build one from."""
         self.s = settings
-        if not isinstance(stage, BatchStage):
+        if isinstance(stage, Denoiser):
             d = settings.denoise
             stage = BatchStage(stage, settings.detector, d.likelihood, d.bin_tolerance, d.upsample)
-        self.stage = stage
+        self.stages: list[BatchStage] = [stage] if isinstance(stage, BatchStage) else list(stage)
+        self.stage = stage = self.stages[0]  # all workers share one geometry and engine card
         self.metrics = metrics or Metrics()
         self.ctx = context or zmq.Context.instance()
         sv = settings.supervision
@@ -85,7 +97,12 @@ class Pipeline:
         self.ingest: Any = None
         self.frame_taps: list[Callable[[Frame], None]] = []  # non-blocking raw-frame observers (viewer)
         self.viewer: Any = None
-        self._worker: threading.Thread | None = None
+        specs = worker_specs(settings)
+        if len(specs) != len(self.stages):  # stages built by the caller: describe them as they are
+            specs = [WorkerSpec(i, str(st.device), None) for i, st in enumerate(self.stages)]
+        self.pool = WorkerPool(
+            self.stages, specs, self.batcher, m, self.supervisor, self._emit, self._forward_series
+        )
         self._stopping = threading.Event()
         self.stopped = threading.Event()
 
@@ -142,7 +159,7 @@ class Pipeline:
             self.recorder.start()
         if self.publisher is not None:
             self.publisher.start()
-        self._worker = sup.spawn("denoise", self._work, name="sbd-denoise")
+        self.pool.start()
         if live:
             from sbd_stream.sources.receiver import open_receiver  # any dialect: s.ingest.input
 
@@ -165,9 +182,9 @@ class Pipeline:
             self.ingest.stop()
             self.ingest.join(max(0.1, end - time.monotonic()))
         self._stopping.set()
+        self.pool.stop()
         self.denoise_q.close()
-        if self._worker is not None:
-            self._worker.join(max(0.1, end - time.monotonic()))
+        self.pool.join(max(0.1, end - time.monotonic()))
         for sink in (self.publisher, self.recorder):
             if sink is not None:
                 sink.stop()
@@ -181,44 +198,13 @@ class Pipeline:
         """Per-stage liveness for ``/healthz`` (sbd_stream/supervisor.py)."""
         return self.supervisor.health()
 
-    # --- denoise worker ----------------------------------------------------------------------------
-    def _work(self) -> None:
-        """The denoise worker's loop: one bad batch or series message is counted and set aside."""
-        sup = self.supervisor
-        while True:
-            items = self.batcher.next_batch(0.1)
-            if not items:
-                if self._stopping.is_set() and self.batcher.idle():
-                    return
-                continue
-            if not isinstance(items[0], Frame):
-                sup.call("denoise", self._forward_series, items[0], what="forwarding")
-                continue
-            sup.call("denoise", self._denoise_batch, items, on_error=self._batch_failed, what="denoising")
-
-    def _batch_failed(self, items: list[Frame], _exc: Exception) -> None:
-        self.metrics.denoise_errors.inc()
-        log.error("denoising a batch of %d frames failed (frames not denoised)", len(items))
-
+    # --- sinks side: called by the worker pool, in frame order ----------------------------------------
     def _forward_series(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END and self.recorder is not None:
             self.recorder.submit(RecordItem("series_end", msg.header.acq))
         if self.publisher is not None:
             h = msg.header
-            self.publisher.submit(OutputItem(msg.topic, h.acq, ts=h.ts, meta=h.meta))
-
-    def _denoise_batch(self, frames: list[Frame]) -> None:
-        m = self.metrics
-        t0 = time.perf_counter()
-        for f in frames:
-            m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
-        res = self.stage.process(frames)
-        for stage in ("batch", "denoise", "likelihood"):
-            if stage in res.timings:
-                m.stage_latency.labels(stage=stage).observe(res.timings[stage])
-        m.frames_denoised.inc(len(frames))
-        m.batch_size.observe(len(frames))
-        self._emit(res)
+            self.publisher.submit(OutputItem(msg.topic, h.acq, ts=h.ts, meta=h.meta, n_frames=h.n_frames))
 
     def _emit(self, res: BatchResult) -> None:
         """Hand a batch's results to the sinks, each output named after its raw frame."""
@@ -237,13 +223,34 @@ class Pipeline:
                 rec.record("llr", h, res.likelihood[i])
 
 
-def load_stage(s: ServiceSettings) -> BatchStage:
+def worker_specs(s: ServiceSettings) -> list[WorkerSpec]:
+    """The engine workers these settings ask for on this machine (``denoise.workers`` / ``devices``)."""
+    import torch
+
+    d = s.denoise
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return plan_workers(d.workers, d.devices, d.device, d.threads_per_worker, cuda_devices=gpus)
+
+
+def load_stage(s: ServiceSettings, spec: WorkerSpec | None = None) -> BatchStage:
     """The batch stage for these settings: engine, geometry of the detector, likelihood (may raise)."""
     d: DenoiseSettings = s.denoise
+    device = d.device if spec is None else spec.device
     den = Denoiser.load(
-        d.engine, d.model, d.device, tile=d.tile, margin=d.margin, batch=max(16, d.batch_frames)
+        d.engine,
+        d.model,
+        device,
+        tile=d.tile,
+        margin=d.margin,
+        batch=max(16, d.batch_frames),
+        threads=None if spec is None else spec.threads,
     )
     return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample)
+
+
+def load_stages(s: ServiceSettings) -> list[BatchStage]:
+    """One batch stage (its own engine instance, device and threads) per engine worker."""
+    return [load_stage(s, spec) for spec in worker_specs(s)]
 
 
 def serve(
@@ -251,10 +258,10 @@ def serve(
     stop: threading.Event,
     status: Any = None,
     status_every_s: float = 2.0,
-    stage: BatchStage | None = None,
+    stage: BatchStage | Sequence[BatchStage] | None = None,
 ) -> dict[str, Any]:
     """Run the live service until ``stop`` is set, then drain; returns the final counters."""
-    pipe = Pipeline(settings, stage or load_stage(settings))
+    pipe = Pipeline(settings, stage or load_stages(settings))
     pipe.start(live=True)
     m, sup = pipe.metrics, pipe.supervisor
     t0 = time.perf_counter()
@@ -269,14 +276,16 @@ def serve(
                 status(status_line(m, time.perf_counter() - t0))
     finally:
         pipe.stop()
-    out = summary(m, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    out = summary(m, elapsed)
+    out["workers"] = pipe.pool.load(elapsed)
     out["failure"] = sup.failure  # None after a clean stop; the CLI exits non-zero otherwise
     return out
 
 
 def run_replay(
     settings: ServiceSettings,
-    stage: BatchStage | Denoiser,
+    stage: BatchStage | Denoiser | Sequence[BatchStage],
     path: Any,
     realtime: bool = False,
     limit: int | None = None,

@@ -39,6 +39,7 @@ class OutputItem:
     meta: dict[str, Any] = field(default_factory=dict)
     columns: list[list[float]] | None = None
     t_recv: float | None = None  # perf_counter() at ingest, for end-to-end latency
+    n_frames: int | None = None  # series messages: the frame count the source stated (merge uses it)
 
 
 class Publisher(BackgroundWorker):
@@ -114,7 +115,7 @@ class Publisher(BackgroundWorker):
 
     def _encode(self, item: OutputItem, meta: dict[str, Any]) -> list:
         if item.data is None:
-            return encode_series(item.topic, item.acq, item.ts, meta)
+            return encode_series(item.topic, item.acq, item.ts, meta, item.n_frames)
         data = item.data
         if item.topic == TOPIC_DENOISED and data.dtype != self._out_dtype:
             data = data.astype(self._out_dtype)

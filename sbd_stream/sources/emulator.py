@@ -7,6 +7,14 @@ given -- a built-in SYNTHETIC lattice of Gaussian "columns", clearly labelled as
 
 Drawing 14 Mpx of Poisson noise takes longer than 25 ms, so for full-size frames at 40 Hz a pool of
 pre-drawn noise realisations (``pool``) is cycled; the ground truth of each sent frame stays exact.
+
+``push``: a PUSH socket instead of PUB, like a DECTRIS DCU. Each message goes to exactly one connected
+PULL peer, round-robin over the peers not at their high-water mark, so several ``serve`` instances
+(``--socket-type pull``) share the frames; ``series_start`` and ``series_end`` reach one of them each
+(docs/scale-out-nodes.md). Unlike PUB, PUSH never drops: with no peer connected, or every peer at its
+high-water mark, a send waits (the emulator then falls behind its rate, as a real detector's buffer
+would fill). ``peers`` is how many PULL peers to wait for before the first message (``wait_subscriber_s``
+bounds the wait), so the first frames are not all queued for whichever instance connected first.
 """
 
 from __future__ import annotations
@@ -100,6 +108,8 @@ class EmulatorConfig:
     first_seq: int = 0
     wait_subscriber_s: float = 5.0  # wait for a subscriber before the first frame (XPUB)
     keep_truth: bool = False  # keep every sent frame and its expected counts (tests, demo PSNR)
+    push: bool = False  # PUSH instead of PUB: PULL peers share the frames round-robin (scale-out)
+    peers: int = 1  # PUSH: wait for this many PULL peers (up to wait_subscriber_s) before sending
 
 
 class FrameSource:
@@ -187,9 +197,12 @@ class Emulator:
         self.cfg = cfg
         self.source = FrameSource(cfg)
         self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.XPUB)  # XPUB: a PUB that also sees subscriptions
+        # XPUB: a PUB that also sees subscriptions; PUSH: one peer per message (scale-out)
+        self.sock = self.ctx.socket(zmq.PUSH if cfg.push else zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if cfg.push else None
+        self._peers = 0
         if cfg.mode is SocketMode.bind:
             self.sock.bind(cfg.endpoint)
         else:
@@ -202,11 +215,36 @@ class Emulator:
         self._thread: threading.Thread | None = None
 
     def wait_for_subscriber(self, timeout: float) -> bool:
+        if self._monitor is not None:
+            return self.wait_for_peers(self.cfg.peers, timeout)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if poller.poll(int(timeout * 1000)):
             self.sock.recv_multipart()
             return True
+        return False
+
+    def wait_for_peers(self, n: int, timeout: float) -> bool:
+        """PUSH: wait until ``n`` PULL peers completed their handshake (or ``timeout`` s passed)."""
+        assert self._monitor is not None
+        end = time.monotonic() + timeout
+        while self._peers < n:
+            left = end - time.monotonic()
+            if left <= 0 or not self._monitor.poll(int(left * 1000) + 1):
+                return False
+            self._monitor.recv_multipart()  # [event id + value, endpoint]: only handshakes asked for
+            self._peers += 1
+        return True
+
+    def _send(self, parts: list, copy: bool = True) -> bool:
+        """Send one message; a PUSH without a ready peer waits (checking for stop) instead of dropping."""
+        if not self.cfg.push:
+            self.sock.send_multipart(parts, copy=copy)
+            return True
+        while not self.stop_event.is_set():
+            if self.sock.poll(200, zmq.POLLOUT):
+                self.sock.send_multipart(parts, copy=copy)
+                return True
         return False
 
     def meta(self) -> dict:
@@ -229,9 +267,7 @@ class Emulator:
         exposure = period or 0.025
         frames = self.source.frames()
         upcoming = next(frames)  # noise pools are drawn here, before the acquisition's clock starts
-        self.sock.send_multipart(
-            encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames)
-        )
+        self._send(encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames))
         t_next = time.perf_counter()
         for k in range(cfg.n_frames):
             if self.stop_event.is_set():
@@ -250,9 +286,10 @@ class Emulator:
             parts = encode_frame(
                 counts, cfg.acq, seq, time.time(), exposure_s=exposure, meta={"dose": cfg.dose}
             )
-            self.sock.send_multipart(parts, copy=False)
+            if not self._send(parts, copy=False):
+                break
             self.n_sent += 1
-        self.sock.send_multipart(encode_series(TOPIC_SERIES_END, cfg.acq, time.time(), {}, self.n_sent))
+        self._send(encode_series(TOPIC_SERIES_END, cfg.acq, time.time(), {}, self.n_sent))
         return self.n_sent
 
     def start(self) -> None:
@@ -266,4 +303,7 @@ class Emulator:
     def close(self) -> None:
         self.stop_event.set()
         self.join(5.0)
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
         self.sock.close()

@@ -177,8 +177,8 @@ def open_dialect(settings: IngestSettings, emit: Emitter) -> Dialect:
     match settings.input:
         case DectrisInput() as inp:
             return DectrisDialect(inp, settings.max_payload_bytes, emit)
-        case WireV1Input():
-            return WireV1Dialect(settings.max_payload_bytes, emit)
+        case WireV1Input() as inp:
+            return WireV1Dialect(settings.max_payload_bytes, emit, inp.socket_type)
         case other:
             assert_never(other)
 

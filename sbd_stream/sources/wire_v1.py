@@ -1,12 +1,18 @@
 """Wire format v1 (sbd_stream/protocol.py) as a receiver plug-in: decode, sequence accounting, emit.
 
-A bridge publishes on PUB, so this dialect always asks for a SUB socket. The only state is the
-continuity tracker: ``series_start`` resets it (a restart when a stream was already running),
+A bridge publishes on PUB, so this dialect asks for a SUB socket by default; ``socket_type = "pull"``
+takes frames from a PUSH sender instead, which is how several ``serve`` instances share one stream
+(docs/scale-out-nodes.md): each gets every N-th message, so only one of them sees ``series_start``
+and one ``series_end``, the others record and denoise their frames without (logged once per
+acquisition), and each instance's gap counters include the frames the others took. The only state
+is the continuity tracker: ``series_start`` resets it (a restart when a stream was already running),
 frames are classified by their (acq, seq) pairs and duplicates are dropped.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
 from typing import Any
 
@@ -18,17 +24,26 @@ from sbd_stream.sources.sequence import SequenceTracker, count_sequence_event
 
 __all__ = ["WireV1Dialect"]
 
+log = logging.getLogger(__name__)
+
+PULL_HEARTBEAT_S = 1.0
+"""ZMTP heartbeat on a PULL input: a PUSH sender that vanished without closing is otherwise unnoticed."""
+
 
 class WireV1Dialect:
     """Plug-in for sbd-stream's own wire format v1."""
 
     name = InputDialect.wire_v1.value
-    socket = SocketSpec(InputSocket.sub)
 
-    def __init__(self, max_payload_bytes: int, emit: Emitter) -> None:
+    def __init__(
+        self, max_payload_bytes: int, emit: Emitter, socket_type: InputSocket = InputSocket.sub
+    ) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.emit = emit
         self.tracker = SequenceTracker()
+        pull = socket_type is InputSocket.pull
+        self.socket = SocketSpec(socket_type, PULL_HEARTBEAT_S if pull else None)
+        self._known: collections.deque[str] = collections.deque(maxlen=64)  # acqs started or reported
 
     def handle(self, parts: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -43,6 +58,8 @@ class WireV1Dialect:
                 if self.tracker.acq is not None:
                     m.restarts.inc()
                 self.tracker.reset(msg.header.acq)
+                if msg.header.acq not in self._known:
+                    self._known.append(msg.header.acq)
             self.emit.series(msg)
             return
         if msg.topic != TOPIC_FRAME:  # e.g. an output looped back into the input
@@ -50,6 +67,13 @@ class WireV1Dialect:
             return
         if not count_sequence_event(m, *self.tracker.observe(msg.header.acq, msg.header.seq)):
             return
+        if msg.header.acq not in self._known:  # its start went to another instance (PUSH), or was lost
+            self._known.append(msg.header.acq)
+            log.info(
+                "wire-v1 input: frames of %s arrive without its series_start (sent to another instance, "
+                "or missed): denoising and recording them (logged once per acquisition)",
+                msg.header.acq,
+            )
         self.emit.frame(Frame(msg.header, msg.data, t0))
 
     def tick(self, now: float) -> None:

@@ -232,6 +232,7 @@ def test_settings_pick_the_dialect_and_its_socket() -> None:
     """One tagged variant per dialect: DECTRIS-only fields are refused on wire format v1."""
     cases = {
         "wire-v1": ({"dialect": "wire-v1"}, zmq.SUB, "WireV1Dialect"),
+        "wire-v1 pull": ({"dialect": "wire-v1", "socket_type": "pull"}, zmq.PULL, "WireV1Dialect"),
         "pull": ({"dialect": "dectris-stream-v1"}, zmq.PULL, "DectrisDialect"),
         "sub": ({"dialect": "dectris-stream-v2", "socket_type": "sub"}, zmq.SUB, "DectrisDialect"),
     }
@@ -244,7 +245,7 @@ def test_settings_pick_the_dialect_and_its_socket() -> None:
         finally:
             ing.close()
     assert IngestSettings().input.dialect == "wire-v1"
-    with pytest.raises(ValueError, match="socket_type"):
-        IngestSettings.model_validate({"input": {"dialect": "wire-v1", "socket_type": "pull"}})
+    with pytest.raises(ValueError, match="series_timeout_s"):
+        IngestSettings.model_validate({"input": {"dialect": "wire-v1", "series_timeout_s": 5.0}})
     with pytest.raises(ValueError, match="dialect"):
         IngestSettings.model_validate({"input": {"dialect": "dectris-stream-v3"}})

@@ -44,3 +44,44 @@ def test_bench_binning_writes_speed_and_quality_rows(tmp_path: Path, binning_eng
     assert [r["bin"] for r in res["quality"]] == [2, 4, 6]
     assert res["quality"][1]["paper_psnr_db"] >= 45.0  # 4 x 4 binning alone is far below any denoiser
     assert res["machine"]["cpus"] >= 1 and res["command"].startswith("python -m benchmarks.bench_binning")
+
+
+@pytest.mark.timeout(320)
+def test_bench_offline_dask_writes_rows_and_bit_identity(tmp_path: Path, binning_engine_dir: Path) -> None:
+    env = {**os.environ, "SBD_BENCH_RESULTS": str(tmp_path)}
+    args = ["--model", str(binning_engine_dir), "--size", "128", "--frames", "8", "--chunk-frames", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_offline_dask", *args, "--workers", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "offline_dask.json").read_text())
+    runs = [r["run"] for r in res["rows"]]
+    assert runs[0] == "single process (denoise_file)"
+    assert {"dask local, cold", "dask local, warm"} <= set(runs)
+    assert all(r["frames_per_s"] > 0 for r in res["rows"])
+    assert {"1_cold", "1_warm"} <= set(res["bit_identical_to_single"])
+    assert all(res["bit_identical_to_single"].values())
+
+
+@pytest.mark.timeout(320)
+def test_bench_capacity_writes_rates_scaling_and_the_40hz_table(
+    tmp_path: Path, binning_engine_dir: Path
+) -> None:
+    res = _bench(
+        tmp_path, "bench_capacity", "--model", str(binning_engine_dir), "--sizes", "128,96x80",
+        "--bins", "1,4", "--min-seconds", "0.05", "--scaling-frames", "12", "--scaling-size", "128",
+        "--batch", "2",
+    )  # fmt: skip
+    cores = res["machine"]["cpus"]
+    sizes = {(r["size"], r["bin"]) for r in res["per_worker"]}
+    assert sizes == {("128x128", 1), ("128x128", 4), ("96x80", 1), ("96x80", 4)}
+    assert all(r["frames_per_s"] > 0 for r in res["per_worker"])
+    assert [r["workers"] for r in res["scaling"]] == [1, 2] and all(r["frames"] == 12 for r in res["scaling"])
+    assert res["scaling"][1]["threads_each"] == max(1, cores // 2)
+    assert res["scaling_summary"]["speedup_2_vs_1_worker_same_cores"] > 0
+    cap = {(r["size"], r["bin"]): r for r in res["capacity_40Hz"]}
+    assert set(cap) == sizes
+    for row in cap.values():  # the fewest workers at the measured rate that reach 40 Hz
+        n, fps = row["workers_for_40Hz"], row["frames_per_s_per_worker"]
+        assert n * fps >= 40.0 and (n - 1) * fps < 40.0

@@ -1,9 +1,13 @@
 """The DECTRIS series state machine, as a receiver plug-in (no socket: sbd_stream/sources/receiver.py).
 
 DECTRIS DCUs bind a PUSH socket and send each message to exactly one connected PULL; a fan-out proxy
-may republish on PUB, hence SUB as well. The state machine exists because real series misbehave:
-the receiver may join mid-series (the header went to nobody), a series end may never come (the
-inactivity timeout closes it), a restarted DCU re-sends series ids, and messages of an earlier
+may republish on PUB, hence SUB as well. Several ``serve`` instances PULLing from one DCU share its
+images round-robin (docs/scale-out-nodes.md): the start and end messages reach one instance each, so
+the others take the joined path below and close the series on the inactivity timeout.
+
+The state machine exists because real series misbehave: the receiver may join mid-series (the
+header went to nobody, or to another instance), a series end may never come (the inactivity
+timeout closes it), a restarted DCU re-sends series ids, and messages of an earlier
 series may still be queued when a new one starts (they are drained, counted as stale, never mixed
 into the new recording). Reconnection is ZeroMQ's: a connected socket re-dials the sender's port
 until it comes back; ZMTP heartbeats (asked for through ``SocketSpec``) notice a peer that vanished
@@ -187,7 +191,14 @@ class DectrisDialect:
             if st.acq is not None:
                 self.dm.superseded.inc()
                 self._close_open("superseded")
-            self.dm.joined.inc()
+            self.dm.joined.inc()  # once per series: from here on it is the open one
+            log.info(
+                "%s: joined series %s mid-way (its start went to another PULL instance, or before we "
+                "connected): denoising and recording its frames from frame %d on",
+                self.name,
+                h.acq,
+                h.seq,
+            )
             st.open(h.acq, h.meta.get("series"), None)
             self._emit_series(TOPIC_SERIES_START, h.acq, {"series": h.meta.get("series"), "joined": True})
         if not count_sequence_event(self.metrics, *st.tracker.observe(h.acq, h.seq)):

@@ -1,0 +1,373 @@
+"""Offline denoising of large stacks and recordings on a Dask cluster: resumable, equal to ``denoise_file``.
+
+The client plans chunks of frames, the workers read them where they run (the client never reads
+pixels), denoise them with an engine loaded once per worker and send back float32 counts, and the
+client writes them to one HDF5 file strictly in frame order. Chunks are whole multiples of the batch,
+so every batch the engine sees is exactly one of the single-process path's batches: batch composition
+changes float results, so this is what makes the output equal to ``denoise_file``'s bit for bit.
+
+Resumable: frames go to ``<output>.partial`` (written in SWMR mode, so a killed client leaves a file
+that is consistent up to its last flush) next to ``<output>.partial.json`` (a fingerprint of the input,
+engine and settings, and ``frames_done``: the prefix flushed so far). A rerun with the same fingerprint
+goes on from there; on completion the partial is renamed over the output and the sidecar removed.
+Pure helpers first, worker-side functions next, the client last. docs/scale-out-offline.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
+    EngineSpec,
+    Source,
+    chunk_size,
+    default_threads,
+    default_workers,
+    fingerprint,
+    inspect_recording,
+    inspect_stack,
+    plan_chunks,
+    resolve_detector,
+)
+from sbd_stream.sources.stacks import StackError, open_stack
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_FRAMES = 16
+GEOMETRY_KEYS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px", "bin", "working_pixel_A")
+GEOMETRY_KEYS += ("working_vacuum_counts", "dose_factor")  # Geometry.describe(), as the summary shows them
+
+
+# ---- worker side ----------------------------------------------------------------------------------
+_DENOISERS: dict[tuple, Any] = {}
+_STAGES: dict[tuple, Any] = {}
+_LOADS: dict[tuple, int] = {}  # engine loads in this process per key: 1 per worker is the point
+
+
+def _device(es: EngineSpec) -> str | None:
+    if es.gpu_per_worker:
+        from distributed import get_worker
+
+        name = get_worker().name
+        if isinstance(name, int):
+            return f"cuda:{name}"
+    return es.device
+
+
+def worker_stage(es: EngineSpec, detector: dict[str, float]) -> Any:
+    """The ``BatchStage`` for these settings, built once per process (engine loaded once per worker)."""
+    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.config import DetectorSettings
+    from sbd_stream.engines.card import ArtefactError
+    from sbd_stream.service.batch import BatchStage
+
+    if es.threads:
+        import torch
+
+        torch.set_num_threads(es.threads)
+        os.environ["SBD_ORT_THREADS"] = str(es.threads)  # read when the ORT session is made
+    device = _device(es)
+    dkey = (es.engine, es.model, device, es.tile, es.margin, es.threads)
+    skey = (dkey, tuple(sorted(detector.items())), es.bin_tolerance)
+    if skey not in _STAGES:
+        if dkey not in _DENOISERS:
+            try:
+                _DENOISERS[dkey] = Denoiser.load(es.engine, es.model, device, tile=es.tile, margin=es.margin)
+            except ArtefactError as e:
+                raise StackError(f"engine: {e}") from e
+            _LOADS[dkey] = _LOADS.get(dkey, 0) + 1
+        det = DetectorSettings(**detector)
+        _STAGES[skey] = BatchStage(_DENOISERS[dkey], det, bin_tolerance=es.bin_tolerance, upsample="bicubic")
+    return _STAGES[skey]
+
+
+def describe(src: Source, es: EngineSpec, detector: dict[str, float]) -> dict[str, Any]:
+    """The output's attributes, exactly as ``denoise_file`` writes them (runs on a worker)."""
+    from sbd_stream.compute.binning import binned_shape
+    from sbd_stream.service.offline import _version
+
+    stage = worker_stage(es, detector)
+    den, g = stage.denoiser, stage.geometry
+    _, h, w = src.shape
+    hb, wb = binned_shape(h, w, g.bin)
+    return {
+        "engine_id": den.engine_id,
+        "engine_card": den.card,
+        "source": src.label,
+        "source_dtype": src.dtype,
+        **g.describe(),
+        "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
+        "sbd_stream_version": _version(),
+    }
+
+
+def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) of the source, read here (on the worker)."""
+    import hdf5plugin  # noqa: F401 - registers bitshuffle / LZ4 for compressed inputs and recordings
+
+    from sbd_stream.sinks.recorder import open_recording
+
+    out, off = [], 0
+    for path, rows in src.parts:
+        a, b = max(start, off) - off, min(stop, off + rows) - off
+        if a < b:
+            if src.recording:
+                with open_recording(path) as f:
+                    out.append(f["raw/frames"][a:b])
+            else:
+                stack = open_stack(Path(path), src.dataset)
+                try:
+                    out.append(np.array(stack.frames[a:b]))
+                finally:
+                    stack.close()
+        off += rows
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def denoise_chunk(
+    src: Source, es: EngineSpec, detector: dict[str, float], start: int, stop: int, batch: int
+) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Denoise frames [start, stop) in the single-process path's batches; float32 counts + who did it."""
+    from sbd_stream.frames import Frame, FrameHeader
+
+    stage = worker_stage(es, detector)
+    loads = _LOADS.get(next(k for k, v in _DENOISERS.items() if v is stage.denoiser), 0)
+    frames = read_frames(src, start, stop)
+    _, h, w = src.shape
+    out = np.empty((stop - start, h, w), np.float32)
+    for i in range(0, len(frames), batch):
+        part = np.array(frames[i : i + batch])
+        frs = [
+            Frame(FrameHeader(src.label, start + i + j, 0.0, (h, w), str(fr.dtype)), fr)
+            for j, fr in enumerate(part)
+        ]
+        out[i : i + len(part)] = stage.process(frs).denoised
+    return out, {"pid": os.getpid(), "engine_loads": loads}
+
+
+# ---- client ---------------------------------------------------------------------------------------
+def _inline(src: Source, es: EngineSpec, det: dict, chunks: list, batch: int) -> Iterator[tuple]:
+    for a, b in chunks:
+        yield (a, b), *denoise_chunk(src, es, det, a, b, batch)
+
+
+def _on_cluster(
+    client: Any, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None
+) -> Iterator[tuple]:
+    """Results in frame order; at most ``limit`` chunks submitted or waiting in the reorder buffer."""
+    from distributed import as_completed
+
+    ac, owner, buf = as_completed(), {}, {}
+    nxt = sub = 0
+
+    def fill() -> None:
+        nonlocal sub
+        while sub < len(chunks) and ac.count() + len(buf) < limit:
+            fut = client.submit(denoise_chunk, *args, *chunks[sub], batch, pure=False, resources=resources)
+            owner[fut.key] = sub
+            ac.add(fut)
+            sub += 1
+
+    fill()
+    while nxt < len(chunks):
+        fut = next(ac)
+        buf[owner.pop(fut.key)] = fut.result()  # a worker's exception is raised here
+        fut.release()
+        while nxt in buf:
+            yield chunks[nxt], *buf.pop(nxt)
+            nxt += 1
+        fill()
+
+
+def _wants_gpu(es: EngineSpec, scheduler: str) -> bool:
+    """``--device cuda[:N]``, or no device on a local GPU machine whose backend would pick CUDA."""
+    if es.device is not None or scheduler != "local":
+        return (es.device or "").startswith("cuda")
+    import torch
+
+    from sbd_stream.engines import _ort_has_cuda
+
+    return torch.cuda.is_available() and (es.engine != "onnxruntime" or _ort_has_cuda())
+
+
+def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool, stack: ExitStack) -> tuple:
+    """(client, number of workers, description); a local cluster is bound to 127.0.0.1, no dashboard."""
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cores = os.cpu_count() or 1
+        if gpu:
+            import torch
+
+            n = workers or max(1, min(torch.cuda.device_count(), n_chunks))
+        else:
+            n = workers or default_workers(n_chunks, cores)
+        cluster = stack.enter_context(
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                resources={"GPU": 1} if gpu else None, silence_logs=logging.ERROR,
+            )
+        )  # fmt: skip
+        return stack.enter_context(Client(cluster)), n, f"local ({n} workers)"
+    client = stack.enter_context(Client(scheduler, timeout="30s"))
+    info = client.scheduler_info()["workers"]
+    if not info:
+        raise ValueError(f"{scheduler}: the cluster has no workers")
+    if gpu and not any(w.get("resources", {}).get("GPU") for w in info.values()):
+        raise ValueError(f"{scheduler}: no worker offers a GPU resource (start them with --resources GPU=1)")
+    return client, len(info), scheduler
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def _open_partial(partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool) -> tuple[Any, int]:
+    """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off."""
+    import h5py
+
+    from sbd_stream.sinks.h5clear import clear_status_flags
+    from sbd_stream.sources.stacks import create_output
+
+    if resume and partial.exists() and sidecar.exists():
+        try:
+            state = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            state = {}
+        old, done = state.get("fingerprint", {}), state.get("frames_done")
+        if old != fp or not isinstance(done, int) or not 0 <= done <= fp["shape"][0]:
+            differ = (
+                ", ".join(sorted(k for k in set(fp) | set(old) if fp.get(k) != old.get(k))) or "frames_done"
+            )
+            log.warning("%s was made with other inputs or settings (%s): starting over", partial, differ)
+        else:
+            try:
+                clear_status_flags(partial)  # the "open for write" flags the killed writer left
+                f = h5py.File(partial, "r+", libver="latest")
+                if "denoised" in f and f["denoised"].shape == tuple(fp["shape"]):
+                    f.swmr_mode = True
+                    log.info("resuming %s at frame %d of %d", partial, done, fp["shape"][0])
+                    return f, done
+                f.close()
+            except (OSError, ValueError) as e:
+                log.warning("cannot reopen %s (%s): starting over", partial, e)
+    elif partial.exists():
+        log.info("%s exists%s: starting over", partial, "" if resume else " (--no-resume)")
+    f = h5py.File(partial, "w", libver="latest")
+    create_output(f, tuple(fp["shape"]), attrs)
+    f.swmr_mode = True  # metadata written in dependency order: a killed client leaves a consistent file
+    _write_state(sidecar, {"fingerprint": fp, "frames_done": 0})
+    return f, 0
+
+
+def denoise_distributed(
+    src: Source, output: Path, es: EngineSpec, detector: dict | None = None, batch: int = 2,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES, scheduler: str = "local", workers: int | None = None,
+    resume: bool = True, progress: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Denoise ``src`` into ``output`` in chunks on a Dask cluster (or in-process); returns a summary."""
+    from sbd_stream.config import DetectorSettings
+
+    output = Path(output)
+    if output.suffix.lower() not in {".h5", ".hdf5"}:
+        raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
+    if scheduler not in ("local", "none") and not scheduler.startswith(("tcp://", "tls://")):
+        raise ValueError(f"--scheduler must be local, none or tcp://host:port, got {scheduler!r}")
+    det = DetectorSettings(**resolve_detector(dict(src.sampling), detector)).model_dump(exclude_none=True)
+    size = chunk_size(chunk_frames, batch)
+    chunks = plan_chunks(src.shape[0], size, batch)
+    gpu = _wants_gpu(es, scheduler)
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        if scheduler == "none" or len(chunks) == 1:
+            where = "in-process" if scheduler == "none" else "in-process (one chunk)"
+            client, n_workers, es_run, resources = None, 1, es, None
+            attrs = describe(src, es, det)
+        else:
+            client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
+            local = scheduler == "local"
+            threads = es.threads or (default_threads(os.cpu_count() or 1, n_workers) if local else None)
+            es_run = replace(es, threads=threads, gpu_per_worker=gpu and local)
+            resources = {"GPU": 1} if gpu else None
+            attrs = client.submit(describe, src, es_run, det, pure=False, resources=resources).result()
+        partial, sidecar = (output.with_name(output.name + ext) for ext in (".partial", ".partial.json"))
+        fp = fingerprint(src, attrs["engine_id"], det, batch, size)
+        f, start = _open_partial(partial, sidecar, fp, attrs, resume)
+        stack.callback(f.close)
+        todo = [c for c in chunks if c[0] >= start]
+        bar = stack.enter_context(_bar(src.shape[0], start)) if progress else None
+        if client is None:
+            results = _inline(src, es_run, det, todo, batch)
+        else:
+            results = _on_cluster(client, (src, es_run, det), batch, todo, max(2, 2 * n_workers), resources)
+        loads: dict[int, int] = {}
+        ds = f["denoised"]
+        for (a, b), arr, info in results:
+            ds[a:b] = arr
+            f.flush()
+            _write_state(sidecar, {"fingerprint": fp, "frames_done": b})
+            loads[info["pid"]] = info["engine_loads"]
+            if bar is not None:
+                bar[0].update(bar[1], completed=b)
+        f.close()
+        os.replace(partial, output)
+        sidecar.unlink(missing_ok=True)
+    dt = time.perf_counter() - t0
+    n, h, w = src.shape
+    return {
+        "input": src.label, "output": str(output), "frames": n, "shape": [h, w],
+        "engine_id": attrs["engine_id"],
+        **{k: v for k, v in attrs.items() if k in GEOMETRY_KEYS},
+        "seconds": round(dt, 3), "frames_per_s": round((n - start) / dt, 3) if dt > 0 else 0.0,
+        "scheduler": where, "workers": n_workers, "threads_per_worker": es_run.threads, "batch": batch,
+        "chunk_frames": size, "chunks": len(chunks), "resumed_from": start,
+        "engine_loads_per_worker": sorted(loads.values()),  # per worker that ran a chunk: 1 each
+    }  # fmt: skip
+
+
+@contextmanager
+def _bar(total: int, done: int) -> Iterator[Any]:
+    """The client's progress bar (rich, on stderr so that stdout stays the JSON summary)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    p = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )  # fmt: skip
+    p.start()
+    try:
+        yield p, p.add_task("denoising", total=total, completed=done)
+    finally:
+        p.stop()
+
+
+def denoise(
+    input: Path, output: Path, dataset: str | None = None, es: EngineSpec | None = None,
+    detector: dict | None = None, recording: bool = False, scheduler: str = "local", **kw: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Entry point of ``sbd-stream denoise`` and ``replay --offline``: ``none`` is ``denoise_file``."""
+    es = es or EngineSpec()
+    if scheduler == "none" and not recording:
+        from sbd_stream.service.offline import denoise_file
+
+        s = denoise_file(
+            input, output, dataset, es.engine, es.model, es.device, detector=detector,
+            batch=kw.get("batch", 2), tile=es.tile, margin=es.margin, progress=kw.get("progress", False),
+            bin_tolerance=es.bin_tolerance,
+        )  # fmt: skip
+        return {**s, "scheduler": "in-process"}
+    src = inspect_recording(input) if recording else inspect_stack(input, dataset)
+    return denoise_distributed(src, output, es, detector, scheduler=scheduler, **kw)

@@ -1,0 +1,158 @@
+"""What an offline Dask job runs on: its source, engine spec, chunk plan and resume fingerprint (pure).
+
+Kept apart from ``offline_dask`` (the cluster and the client) so the rules that make the output equal
+to ``denoise_file``'s bit for bit (chunks are whole batches) and a resume safe (the fingerprint) can
+be read and tested without Dask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sbd_stream.compute.binning import DEFAULT_TOLERANCE
+from sbd_stream.sources.stacks import StackError, open_stack
+
+__all__ = [
+    "EngineSpec",
+    "Source",
+    "chunk_size",
+    "default_threads",
+    "default_workers",
+    "fingerprint",
+    "inspect_recording",
+    "inspect_stack",
+    "plan_chunks",
+    "resolve_detector",
+]
+
+
+def chunk_size(chunk_frames: int, batch: int) -> int:
+    """``chunk_frames`` rounded up to a whole number of batches."""
+    if chunk_frames < 1 or batch < 1:
+        raise ValueError(f"chunk_frames and batch must be >= 1, got {chunk_frames} and {batch}")
+    return -(-chunk_frames // batch) * batch
+
+
+def plan_chunks(n_frames: int, chunk_frames: int, batch: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering ``n_frames``; all but the last chunk are whole numbers of batches."""
+    if n_frames < 0:
+        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    size = chunk_size(chunk_frames, batch)
+    return [(a, min(a + size, n_frames)) for a in range(0, n_frames, size)]
+
+
+def resolve_detector(sampling: dict[str, float], given: dict[str, float | None] | None) -> dict[str, float]:
+    """The detector settings ``denoise_file`` uses: options win; a dose option drops the file's dose."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    out = dict(sampling)
+    if "dose_e_per_A2" in given or "counts_per_px" in given:
+        out.pop("dose_e_per_A2", None)
+        out.pop("counts_per_px", None)
+    return {**out, **given}
+
+
+def default_workers(n_chunks: int, cores: int) -> int:
+    return max(1, min(cores, n_chunks))
+
+
+def default_threads(cores: int, workers: int) -> int:
+    return max(1, cores // max(1, workers))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the frames are: ``parts`` (path, rows) read one after the other as one (N, H, W) stack."""
+
+    parts: tuple[tuple[str, int], ...]
+    shape: tuple[int, int, int]
+    dtype: str
+    label: str  # the output's ``source`` attribute
+    dataset: str | None = None
+    recording: bool = False  # a `serve` recording: raw/frames, complete rows only, SWMR read
+    sampling: tuple[tuple[str, float], ...] = ()
+    stat: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) per part: the resume fingerprint
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to build the same ``BatchStage`` as ``denoise_file`` (its cache key too)."""
+
+    engine: str = "auto"
+    model: str | None = None
+    device: str | None = None
+    tile: int | None = None
+    margin: int | None = None
+    bin_tolerance: float = DEFAULT_TOLERANCE
+    threads: int | None = None  # torch + ONNX Runtime intra-op threads in the worker (None: leave)
+    gpu_per_worker: bool = False  # local GPU cluster: worker i uses cuda:i
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def inspect_stack(path: Path, dataset: str | None = None) -> Source:
+    """Shape, dtype and sampling of an HDF5 / NPY / TIFF stack (no pixels read)."""
+    stack = open_stack(Path(path), dataset)  # the path as given names the source, as in denoise_file
+    try:
+        n, h, w = stack.shape
+        name = stack.source.rsplit(":", 1)[1] if stack.source != str(path) else None  # HDF5: path:dataset
+        full = Path(path).resolve()  # workers may run elsewhere: absolute paths
+        return Source(
+            ((str(full), n),), (n, h, w), str(stack.dtype), stack.source, name, False,
+            tuple(sorted(stack.sampling.items())), (_stat(full),),
+        )  # fmt: skip
+    finally:
+        stack.close()
+
+
+def inspect_recording(path: Path) -> Source:
+    """The complete raw frames of a `serve` recording, across its rolled parts."""
+    from sbd_stream.sinks.recorder import open_recording
+    from sbd_stream.sources.replay import recorded_detector, recording_parts
+
+    parts, shape, dtype = [], None, None
+    for part in recording_parts(Path(path).resolve()):
+        try:
+            with open_recording(part) as f:
+                if "raw/frames" not in f or "raw/complete" not in f:
+                    raise StackError(f"{part}: no raw frames (is this a recording made by `serve`?)")
+                ds = f["raw/frames"]
+                rows = min(len(f["raw/complete"]), ds.shape[0])
+                if shape is not None and (ds.shape[1:], str(ds.dtype)) != (shape, dtype):
+                    raise StackError(
+                        f"{part}: frames {ds.shape[1:]} {ds.dtype} differ from the first part's {shape} "
+                        f"{dtype}; denoise the parts one at a time (sbd-stream denoise PART -d raw/frames)"
+                    )
+                shape, dtype = tuple(ds.shape[1:]), str(ds.dtype)
+        except OSError as e:
+            raise StackError(f"{part}: not a readable recording ({e})") from e
+        parts.append((str(part), rows))
+    n = sum(r for _, r in parts)
+    if n == 0 or shape is None:
+        raise StackError(f"{path}: the recording holds no complete raw frame")
+    return Source(
+        tuple(parts), (n, *shape), dtype, f"{path}:raw/frames", "raw/frames", True,  # type: ignore[arg-type]
+        tuple(sorted(recorded_detector(Path(path)).items())), tuple(_stat(Path(p)) for p, _ in parts),
+    )  # fmt: skip
+
+
+def fingerprint(src: Source, engine_id: str, detector: dict, batch: int, chunk: int) -> dict[str, Any]:
+    """What must not change between a run and its resumption (JSON-normalised so it compares equal)."""
+    fp = {
+        "input": [p for p, _ in src.parts],
+        "rows": [r for _, r in src.parts],
+        "size": [s for s, _ in src.stat],
+        "mtime_ns": [m for _, m in src.stat],
+        "dataset": src.dataset,
+        "shape": list(src.shape),
+        "engine_id": engine_id,
+        "detector": detector,
+        "batch": batch,
+        "chunk_frames": chunk,
+    }
+    return json.loads(json.dumps(fp))

@@ -1,0 +1,348 @@
+"""Several engine workers in one service, with their results put back in frame order.
+
+Why this shape: the batch stage is a pure function of its frames, so N copies of it (one engine per
+GPU, or per share of the CPU's cores) can run side by side with no shared state but the batcher they
+take from. Each worker takes a batch and a ticket under one lock (so tickets follow the queue's
+order), denoises on its own engine and device, and hands the result to a ``Reorderer``, which
+releases tickets strictly in order. Under ``lossless`` consumers therefore see every frame in order
+however the workers interleave; under ``latest`` the batcher already hands out only the newest
+frames, and releasing in ticket order keeps the output monotonic (a slower worker delays a newer
+result by at most one batch, never reorders it). A batch that fails on one worker is counted and its
+frames are named in the log and in ``sbd_frames_failed_total``; its ticket is released empty so
+nothing behind it waits. Series markers take a ticket too, so a ``series_end`` still follows the
+last frame of its series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbd_stream.frames import Frame
+from sbd_stream.metrics import Metrics
+from sbd_stream.service.batch import BatchResult, BatchStage
+from sbd_stream.service.batching import Batcher
+from sbd_stream.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Failed",
+    "Reorderer",
+    "WorkerPool",
+    "WorkerSpec",
+    "plan_workers",
+    "worker_load",
+    "worker_samples",
+    "worker_stage_name",
+]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Where one engine worker runs: its device and, on a CPU, its share of intra-op threads."""
+
+    index: int
+    device: str | None  # None: the backend's default (the best available)
+    threads: int | None  # intra-op threads of its engine (CPU); None: the backend's default
+
+    def describe(self) -> dict[str, Any]:
+        return {"worker": self.index, "device": self.device or "auto", "threads": self.threads}
+
+
+def plan_workers(
+    workers: int | None,
+    devices: Sequence[str] | None,
+    device: str | None,
+    threads_per_worker: int | None = None,
+    cuda_devices: int = 0,
+    cores: int | None = None,
+) -> list[WorkerSpec]:
+    """Pure: how many workers, on which devices, with how many threads each.
+
+    Default count: one per device in ``devices``, else one per visible GPU (``cuda_devices``), else 1.
+    Devices are cycled over the workers (two workers per GPU is allowed: ``devices=["cuda:0"]``,
+    ``workers=2``). On a CPU the cores are split evenly, because two engines that each think they own
+    every core thrash each other's caches and threads.
+    """
+    cores = cores or os.cpu_count() or 1
+    if devices:
+        pool: list[str | None] = list(devices)
+    elif device is not None and device != "cuda":
+        pool = [device]
+    elif cuda_devices > 0 and device in (None, "cuda"):
+        pool = [f"cuda:{i}" for i in range(cuda_devices)]
+    else:
+        pool = [device]
+    n = workers or len(pool)
+    specs = []
+    for i in range(n):
+        dev = pool[i % len(pool)]
+        on_cpu = (dev is None and cuda_devices == 0) or (dev is not None and dev.startswith("cpu"))
+        threads = threads_per_worker or (max(1, cores // n) if on_cpu and n > 1 else None)
+        specs.append(WorkerSpec(i, dev, threads if on_cpu else None))
+    return specs
+
+
+def worker_stage_name(index: int) -> str:
+    """Supervisor stage of worker ``index``: ``denoise`` for the first (as with one worker), then
+    ``denoise-1``, ``denoise-2`` ..."""
+    return "denoise" if index == 0 else f"denoise-{index}"
+
+
+@dataclass
+class Failed:
+    """A ticket whose batch could not be denoised: released empty, its frames already reported."""
+
+    frames: list[Frame] = field(default_factory=list)
+
+
+class Reorderer:
+    """Releases completed tickets strictly in the order they were handed out.
+
+    ``take`` gives the next ticket (callers hold the batcher's lock, so tickets follow the queue);
+    ``done`` files a ticket's payload and releases every ticket now at the head, in order, by calling
+    ``emit(payload)`` under the reorderer's own lock (so emissions never interleave). Held results
+    are bounded by the number of workers: each holds at most one ticket.
+    """
+
+    def __init__(self, emit: Callable[[Any], None], on_depth: Callable[[int], None] | None = None) -> None:
+        self._emit, self._on_depth = emit, on_depth
+        self._next_ticket = 0
+        self._next_release = 0
+        self._held: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            t = self._next_ticket
+            self._next_ticket += 1
+            return t
+
+    def done(self, ticket: int, payload: Any) -> int:
+        """File ``payload`` for ``ticket``; returns how many tickets were released by this call."""
+        with self._lock:
+            if ticket < self._next_release or ticket in self._held or ticket >= self._next_ticket:
+                raise ValueError(f"ticket {ticket} was never handed out or is already done")
+            self._held[ticket] = payload
+            released = 0
+            while self._next_release in self._held:
+                item = self._held.pop(self._next_release)
+                self._next_release += 1
+                released += 1
+                try:
+                    self._emit(item)
+                except Exception:  # a sink's failure must not wedge the tickets behind this one
+                    log.exception("emitting a denoised batch failed; going on with the next")
+            if self._on_depth is not None:
+                self._on_depth(len(self._held))
+            return released
+
+    @property
+    def pending(self) -> int:
+        """Tickets handed out and not yet released (in flight or waiting for an earlier one)."""
+        with self._lock:
+            return self._next_ticket - self._next_release
+
+    def idle(self) -> bool:
+        return self.pending == 0
+
+
+class WorkerPool:
+    """N denoise workers taking batches from one batcher, results released in order by a reorderer.
+
+    ``emit(BatchResult)`` and ``forward(series message)`` are the pipeline's sinks; they run on the
+    worker thread that completed the head of the line, one at a time.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[BatchStage],
+        specs: Sequence[WorkerSpec],
+        batcher: Batcher,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        emit: Callable[[BatchResult], None],
+        forward: Callable[[Any], None],
+    ) -> None:
+        if not stages or len(stages) != len(specs):
+            raise ValueError(f"{len(stages)} batch stages for {len(specs)} workers")
+        self.stages, self.specs = list(stages), list(specs)
+        self.batcher, self.metrics, self.supervisor = batcher, metrics, supervisor
+        self._emit_result, self._forward = emit, forward
+        self.reorder = Reorderer(self._release, metrics.reorder_held.set)
+        self._take = threading.Lock()
+        self._stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        for st, sp in zip(self.stages, self.specs, strict=True):
+            w = str(sp.index)
+            metrics.worker_info.labels(
+                worker=w,
+                device=str(st.device),
+                threads=str(sp.threads or "default"),
+                engine=st.denoiser.engine_id,
+            ).set(1)
+            for c in (
+                metrics.worker_frames,
+                metrics.worker_batches,
+                metrics.worker_busy,
+                metrics.worker_errors,
+            ):
+                c.labels(worker=w)
+        metrics.workers.set(len(self.stages))
+
+    def start(self) -> None:
+        for i, _ in enumerate(self.stages):
+            name = worker_stage_name(i)
+            self.threads.append(self.supervisor.spawn(name, lambda i=i: self._loop(i), name=f"sbd-{name}"))
+
+    def stop(self) -> None:
+        """Let the workers finish what is queued, then return (the caller closes the queue)."""
+        self._stopping.set()
+
+    def join(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.1, end - time.monotonic()))
+
+    def _loop(self, i: int) -> None:
+        """Worker ``i``: take a batch + ticket, process, file the result; the ticket is always filed."""
+        stage_name = worker_stage_name(i)
+        while True:
+            with self._take:
+                items = self.batcher.next_batch(0.1)
+                ticket = self.reorder.take() if items else None
+            if ticket is None:
+                if self._stopping.is_set() and self.batcher.idle():
+                    return
+                continue
+            payload: Any = Failed([it for it in items if isinstance(it, Frame)])
+            try:
+                if not isinstance(items[0], Frame):
+                    payload = items[0]  # a series marker: released in its place in the line
+                else:
+                    frames = [it for it in items if isinstance(it, Frame)]
+                    out: list[Any] = []
+                    self.supervisor.call(
+                        stage_name,
+                        self._denoise,
+                        frames,
+                        i,
+                        out,
+                        on_error=lambda fr, exc, i=i: self._failed(i, fr, exc),
+                        what="denoising",
+                    )
+                    if out:
+                        payload = out[0]
+            finally:  # even if this thread dies here, the line behind this ticket must move on
+                self.reorder.done(ticket, payload)
+
+    def _denoise(self, frames: list[Frame], i: int, out: list[Any]) -> None:
+        m, w = self.metrics, str(i)
+        t0 = time.perf_counter()
+        for f in frames:
+            m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
+        res = self.stages[i].process(frames)
+        busy = time.perf_counter() - t0
+        for stage in ("batch", "denoise", "likelihood"):
+            if stage in res.timings:
+                m.stage_latency.labels(stage=stage).observe(res.timings[stage])
+        m.frames_denoised.inc(len(frames))
+        m.batch_size.observe(len(frames))
+        m.worker_frames.labels(worker=w).inc(len(frames))
+        m.worker_batches.labels(worker=w).inc()
+        m.worker_busy.labels(worker=w).inc(busy)
+        out.append(res)
+
+    def _failed(self, i: int, frames: list[Frame], exc: Exception) -> None:
+        m = self.metrics
+        m.denoise_errors.inc()
+        m.worker_errors.labels(worker=str(i)).inc()
+        m.frames_failed.inc(len(frames))
+        names = ", ".join(f"{f.header.acq}#{f.header.seq}" for f in frames[:16])
+        more = f" (+{len(frames) - 16} more)" if len(frames) > 16 else ""
+        log.error(
+            "worker %d: a batch of %d frames failed (%s: %s); not denoised: %s%s",
+            i,
+            len(frames),
+            type(exc).__name__,
+            exc,
+            names,
+            more,
+        )
+
+    def _release(self, payload: Any) -> None:
+        if isinstance(payload, BatchResult):
+            self._emit_result(payload)
+        elif not isinstance(payload, Failed):
+            self._forward(payload)
+
+    def idle(self) -> bool:
+        return self.batcher.idle() and self.reorder.idle()
+
+    def load(self, elapsed_s: float) -> list[dict[str, Any]]:
+        """Per-worker counters and busy fraction over ``elapsed_s`` (summary / status)."""
+        m, out = self.metrics, []
+        for sp, st in zip(self.specs, self.stages, strict=True):
+            w = str(sp.index)
+            busy = m.value("sbd_worker_busy_seconds_total", {"worker": w})
+            out.append(
+                {
+                    **sp.describe(),
+                    "device": str(st.device),
+                    "frames": m.value("sbd_worker_frames_total", {"worker": w}),
+                    "batches": m.value("sbd_worker_batches_total", {"worker": w}),
+                    "errors": m.value("sbd_worker_errors_total", {"worker": w}),
+                    "busy_fraction": busy / elapsed_s if elapsed_s > 0 else 0.0,
+                }
+            )
+        return out
+
+
+def worker_samples(metrics_text: str) -> dict[str, dict[str, Any]]:
+    """Per-worker counters and labels from a service's ``/metrics`` text (pure: ``info --service``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {
+        "sbd_worker_frames": "frames",
+        "sbd_worker_batches": "batches",
+        "sbd_worker_busy_seconds": "busy_s",
+        "sbd_worker_errors": "errors",
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        for s in fam.samples:
+            w = s.labels.get("worker")
+            if w is None:
+                continue
+            row = out.setdefault(w, {"worker": int(w)})
+            if s.name == "sbd_worker_info":
+                row.update(device=s.labels.get("device"), threads=s.labels.get("threads"))
+                row["engine"] = s.labels.get("engine")
+            elif s.name.endswith("_total") and s.name.removesuffix("_total") in names:
+                row[names[s.name.removesuffix("_total")]] = s.value
+    return out
+
+
+def worker_load(before: str, after: str, seconds: float) -> list[dict[str, Any]]:
+    """Each worker's load (busy fraction) and frames/s between two scrapes ``seconds`` apart."""
+    a, b = worker_samples(before), worker_samples(after)
+    rows = []
+    for w in sorted(b, key=int):
+        now, then = b[w], a.get(w, {})
+        d = {k: now.get(k, 0.0) - then.get(k, 0.0) for k in ("frames", "busy_s", "errors")}
+        rows.append(
+            {
+                **{k: now.get(k) for k in ("worker", "device", "threads", "engine")},
+                "frames_total": now.get("frames", 0.0),
+                "errors_total": now.get("errors", 0.0),
+                "load": d["busy_s"] / seconds if seconds > 0 else 0.0,
+                "frames_per_s": d["frames"] / seconds if seconds > 0 else 0.0,
+            }
+        )
+    return rows

@@ -1,0 +1,652 @@
+"""Merge the published streams of several ``serve`` instances into one stream, in frame order.
+
+Scale-out (docs/scale-out-nodes.md): a detector that PUSHes (a DECTRIS DCU, or ``sbd-stream emulate
+--push``) hands each frame to exactly one of the ``serve`` instances PULLing from it, round-robin. Each
+instance denoises, records and publishes its share under the frames' own numbers (``acq``, ``seq``).
+This module puts the shares back together:
+
+* ``ReorderBuffer`` is pure (no sockets, no clock of its own; tests drive it with ``now``). Per
+  acquisition id and topic (``denoised``, ``llr``) it releases frames in ``seq`` order. A ``seq``
+  that has not come is declared missing (a *gap*, counted and logged once per contiguous range) when
+  more than ``window`` later frames are waiting, or when the oldest waiting frame has waited
+  ``gap_timeout_s``. A frame seen twice is dropped (duplicate); a frame that arrives after its number
+  was declared missing is dropped as *late* (the instance's recording still has it). ``series_start``
+  is forwarded once, before the acquisition's frames (they wait for it up to ``gap_timeout_s``);
+  ``series_end`` is forwarded once, after every earlier frame was released or declared missing: it
+  waits until ``gap_timeout_s`` passed without a frame of its acquisition (other instances'
+  stragglers), or less when the end says how many frames the series had (``frames_expected``).
+* ``MergeService`` SUB-connects to every instance's publisher, feeds the buffer and republishes on
+  one PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``:
+  a malformed message is counted by reason and logged once per reason, a message whose handling
+  raises is counted and set aside, and a loop that dies is restarted.
+* ``run_merge`` is what ``sbd-stream merge`` (``sbd_stream/cli_scale.py``) runs until stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sbd_stream.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    TOPIC_DENOISED,
+    TOPIC_LLR,
+    TOPIC_SERIES_END,
+    TOPIC_SERIES_START,
+    FrameMessage,
+    ProtocolError,
+    SeriesHeader,
+    SeriesMessage,
+    decode,
+    encode_series,
+)
+from sbd_stream.security import warn_if_exposed
+from sbd_stream.supervisor import Supervisor
+from sbd_stream.worker import BackgroundWorker
+
+__all__ = [
+    "DEFAULT_GAP_TIMEOUT_S",
+    "DEFAULT_WINDOW",
+    "MergeMetrics",
+    "MergeService",
+    "Released",
+    "ReorderBuffer",
+    "run_merge",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 64
+"""Frames of one stream held behind a missing one before it is declared missing (bounds memory)."""
+DEFAULT_GAP_TIMEOUT_S = 2.0
+"""How long a frame may wait for a missing earlier one; also the wait for series_start / stragglers."""
+MAX_OPEN_ACQS = 64  # acquisitions with state; past this the least recently active one is flushed
+REMEMBER_CLOSED = 256  # ended acquisitions remembered, so their stragglers count as late
+REMEMBER_MISSING = 1024  # missing ranges remembered per stream, to tell a late frame from a duplicate
+OUTPUT_TOPICS = frozenset({TOPIC_DENOISED, TOPIC_LLR})
+
+
+@dataclass(frozen=True)
+class Released:
+    """One message the buffer lets out, in order. ``seq`` is -1 for series messages.
+
+    ``merged`` is set on a ``series_end`` only: what the merge saw of the acquisition
+    (``frames`` released per topic, ``missing`` per topic), for the outgoing end message.
+    """
+
+    topic: bytes
+    acq: str
+    seq: int
+    payload: Any
+    merged: dict[str, Any] | None = None
+
+
+@dataclass
+class _Stream:
+    """One (acquisition, topic): the frames waiting and where the ordered output stands."""
+
+    next: int | None  # the next seq to release; None until the stream's first number is known
+    anchor: int | None = None  # the first seq released (or declared missing)
+    buf: dict[int, tuple[float, Any]] = field(default_factory=dict)  # seq -> (arrival, payload)
+    missing: collections.deque[tuple[int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=REMEMBER_MISSING)
+    )
+    released: int = 0
+    n_missing: int = 0
+
+    def oldest(self) -> float:
+        return min(t for t, _ in self.buf.values())
+
+    def was_missing(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.missing)
+
+
+@dataclass
+class _Acq:
+    acq: str
+    first_seen: float
+    last_frame: float
+    started: bool = False  # series_start forwarded, or given up waiting for it
+    streams: dict[bytes, _Stream] = field(default_factory=dict)
+    end: Any = None  # the first series_end's payload
+    end_at: float = 0.0
+    expected: int | None = None
+    late_logged: bool = False
+
+
+class ReorderBuffer:
+    """Per acquisition and topic, frames in ``seq`` order; gaps, duplicates and late frames counted.
+
+    Every method takes ``now`` (seconds, any monotonic clock) and returns what may go out, in order.
+    ``on_count(kind, topic, n)`` is told every count as it happens (the service feeds Prometheus from
+    it); ``stats`` keeps the totals, keyed ``(kind, topic)``. Kinds: ``frames``, ``gaps``,
+    ``missing``, ``duplicates``, ``late``, ``series``, ``series_dropped``.
+    """
+
+    def __init__(
+        self,
+        window: int = DEFAULT_WINDOW,
+        gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S,
+        first_seq: int | None = None,
+        on_count: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        if window < 0 or gap_timeout_s < 0:
+            raise ValueError("window and gap_timeout_s must be >= 0")
+        self.window, self.gap_timeout_s, self.first_seq = window, gap_timeout_s, first_seq
+        self.on_count = on_count
+        self.stats: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.acqs: dict[str, _Acq] = {}
+        self.closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._evicted: list[Released] = []  # what flushing an evicted acquisition released
+
+    # --- input -------------------------------------------------------------------------------------
+    def push_frame(self, topic: bytes, acq: str, seq: int, payload: Any, now: float) -> list[Released]:
+        """One frame from any instance; returns what is now in order."""
+        return self._take(self._push_frame(topic, acq, seq, payload, now))
+
+    def push_series(
+        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float
+    ) -> list[Released]:
+        """A ``series_start`` / ``series_end`` from any instance; each is forwarded once."""
+        return self._take(self._push_series(topic, acq, payload, meta, now))
+
+    def _take(self, out: list[Released]) -> list[Released]:
+        if self._evicted:
+            out, self._evicted = self._evicted + out, []
+        return out
+
+    def _push_frame(self, topic: bytes, acq: str, seq: int, payload: Any, now: float) -> list[Released]:
+        t = topic.decode()
+        if acq in self.closed:
+            self._count("late", t)
+            log.debug("merge: frame %s of %s arrived after its series ended: dropped as late", seq, acq)
+            return []
+        a = self._acq(acq, now)
+        a.last_frame = now
+        st = a.streams.get(topic)
+        if st is None:
+            st = a.streams[topic] = _Stream(self.first_seq, self.first_seq)
+        if st.next is not None and seq < st.next:
+            if (st.anchor is not None and seq < st.anchor) or st.was_missing(seq):
+                self._late(a, t, seq)
+            else:
+                self._count("duplicates", t)
+            return []
+        if seq in st.buf:
+            self._count("duplicates", t)
+            return []
+        st.buf[seq] = (now, payload)
+        return self._advance(a, now)
+
+    def _push_series(
+        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float
+    ) -> list[Released]:
+        t = topic.decode()
+        if acq in self.closed and topic == TOPIC_SERIES_START:  # a restarted sender re-using the id
+            del self.closed[acq]
+        if acq in self.closed:
+            self._count("series_dropped", t)
+            return []
+        a = self._acq(acq, now)
+        if topic == TOPIC_SERIES_START:
+            if a.started:
+                self._count("series_dropped", t)
+                return []
+            a.started = True
+            self._count("series", t)
+            return [Released(topic, acq, -1, payload), *self._advance(a, now)]
+        if a.end is not None:
+            self._count("series_dropped", t)
+            return []
+        a.end, a.end_at = payload, now
+        expected = (meta or {}).get("frames_expected")
+        if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
+            a.expected = expected
+        if not a.started:  # the end came before any start: let the frames go without one
+            a.started = True
+            log.warning("merge: %s ended before its series_start reached the merge", acq)
+        return self._advance(a, now)
+
+    def poll(self, now: float) -> list[Released]:
+        """Act on time: declare overdue gaps, send ends whose wait is over."""
+        out: list[Released] = []
+        for a in list(self.acqs.values()):
+            out += self._advance(a, now)
+        return out
+
+    def flush(self, now: float) -> list[Released]:
+        """Release everything held (a stop): remaining holes become gaps; pending ends go out."""
+        out: list[Released] = []
+        for a in list(self.acqs.values()):
+            out += self._drain(a, now, close=a.end is not None)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(st.buf) for a in self.acqs.values() for st in a.streams.values())
+
+    def total(self, kind: str) -> int:
+        return sum(n for (k, _t), n in self.stats.items() if k == kind)
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _count(self, kind: str, topic: str, n: int = 1) -> None:
+        self.stats[(kind, topic)] += n
+        if self.on_count is not None:
+            self.on_count(kind, topic, n)
+
+    def _late(self, a: _Acq, topic: str, seq: int) -> None:
+        self._count("late", topic)
+        if not a.late_logged:
+            a.late_logged = True
+            log.warning(
+                "merge: %s %s frame %d arrived after it was declared missing: dropped (late); "
+                "raise --gap-timeout / --window if an instance lags this much (logged once per acquisition)",
+                a.acq,
+                topic,
+                seq,
+            )
+
+    def _acq(self, acq: str, now: float) -> _Acq:
+        a = self.acqs.get(acq)
+        if a is None:
+            if len(self.acqs) >= MAX_OPEN_ACQS:  # bounded: the least recently active one is flushed
+                oldest = min(self.acqs.values(), key=lambda x: max(x.last_frame, x.end_at))
+                log.warning("merge: more than %d acquisitions open; flushing %s", MAX_OPEN_ACQS, oldest.acq)
+                self._evicted.extend(self._drain(oldest, now, close=True))
+            a = self.acqs[acq] = _Acq(acq, now, now)
+        return a
+
+    def _gate_open(self, a: _Acq, now: float) -> bool:
+        """Frames wait for their series_start (forwarded first), up to the gap timeout or window."""
+        if a.started:
+            return True
+        held = sum(len(st.buf) for st in a.streams.values())
+        if now - a.first_seen >= self.gap_timeout_s or held > self.window:
+            a.started = True
+            log.warning(
+                "merge: no series_start for %s within %.1f s; forwarding its frames without one",
+                a.acq,
+                self.gap_timeout_s,
+            )
+            return True
+        return False
+
+    def _advance(self, a: _Acq, now: float) -> list[Released]:
+        out: list[Released] = []
+        if not self._gate_open(a, now):
+            return out
+        for topic, st in a.streams.items():
+            out += self._release(a, topic, st, now, final=False)
+        if a.end is not None and self._end_due(a, now):
+            out += self._drain(a, now, close=True)
+        return out
+
+    def _end_due(self, a: _Acq, now: float) -> bool:
+        if now - max(a.end_at, a.last_frame) >= self.gap_timeout_s:
+            return True
+        if a.expected is None:
+            return False
+        if a.expected > 0 and not a.streams:  # every frame is still on its way
+            return False
+        return all(not st.buf and st.next is not None and st.next >= a.expected for st in a.streams.values())
+
+    def _release(self, a: _Acq, topic: bytes, st: _Stream, now: float, final: bool) -> list[Released]:
+        out: list[Released] = []
+        if not st.buf:
+            return out
+        overdue = final or len(st.buf) > self.window or now - st.oldest() >= self.gap_timeout_s
+        if st.next is None:  # the first number is the lowest seen once 0 came or waiting is over
+            lo = min(st.buf)
+            if lo != 0 and not overdue:
+                return out
+            st.next = st.anchor = lo
+        t = topic.decode()
+        while st.buf:
+            if st.next in st.buf:
+                _arrived, payload = st.buf.pop(st.next)
+                out.append(Released(topic, a.acq, st.next, payload))
+                st.released += 1
+                self._count("frames", t)
+                st.next += 1
+                continue
+            if not (final or len(st.buf) > self.window or now - st.oldest() >= self.gap_timeout_s):
+                break
+            lo = min(st.buf)
+            self._gap(a, t, st, st.next, lo - 1)
+            st.next = lo
+        return out
+
+    def _gap(self, a: _Acq, topic: str, st: _Stream, first: int, last: int) -> None:
+        n = last - first + 1
+        if n <= 0:
+            return
+        st.missing.append((first, last))
+        st.n_missing += n
+        self._count("gaps", topic)
+        self._count("missing", topic, n)
+        what = f"frame {first}" if n == 1 else f"frames {first}-{last}"
+        log.warning("merge: %s %s: %s missing (%d)", a.acq, topic, what, n)
+
+    def _drain(self, a: _Acq, now: float, close: bool) -> list[Released]:
+        """Release every held frame of ``a`` (holes become gaps); with ``close`` also its end."""
+        out: list[Released] = []
+        if not a.started:
+            a.started = True
+        for topic, st in a.streams.items():
+            out += self._release(a, topic, st, now, final=True)
+            if close and a.expected is not None and st.next is not None and st.next < a.expected:
+                self._gap(a, topic.decode(), st, st.next, a.expected - 1)  # the series' tail never came
+                st.next = a.expected
+        if not close:
+            return out
+        if a.end is not None:
+            merged = {
+                "frames": {t.decode(): st.released for t, st in a.streams.items()},
+                "missing": {t.decode(): st.n_missing for t, st in a.streams.items()},
+            }
+            out.append(Released(TOPIC_SERIES_END, a.acq, -1, a.end, merged))
+            self._count("series", TOPIC_SERIES_END.decode())
+        self.acqs.pop(a.acq, None)
+        self.closed[a.acq] = None
+        while len(self.closed) > REMEMBER_CLOSED:
+            self.closed.popitem(last=False)
+        return out
+
+
+# --- the ZeroMQ service ------------------------------------------------------------------------------
+
+
+class MergeMetrics:
+    """The merge's own registry (it runs beside, not inside, a service)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.received = Counter(
+            "sbd_merge_received", "Messages received, by input index", ["input"], registry=r
+        )
+        self.frames = Counter(
+            "sbd_merge_frames", "Frames forwarded in order, by topic", ["topic"], registry=r
+        )
+        self.gaps = Counter(
+            "sbd_merge_gaps", "Contiguous ranges of frames declared missing", ["topic"], registry=r
+        )
+        self.missing = Counter("sbd_merge_frames_missing", "Frames declared missing", ["topic"], registry=r)
+        self.duplicates = Counter(
+            "sbd_merge_duplicates", "Frames seen twice (dropped)", ["topic"], registry=r
+        )
+        self.late = Counter(
+            "sbd_merge_late", "Frames that came after being declared missing (dropped)", ["topic"], registry=r
+        )
+        self.series = Counter("sbd_merge_series", "Series messages forwarded", ["topic"], registry=r)
+        self.series_dropped = Counter(
+            "sbd_merge_series_dropped", "Series messages already forwarded for their acquisition", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
+        self.send_dropped = Counter(
+            "sbd_merge_send_dropped", "Messages the output socket refused", registry=r
+        )
+        self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
+        # what Supervisor counts (same names as the service's, on this registry)
+        self.stage_errors = Counter(
+            "sbd_stage_errors", "Items that raised, by stage and reason", ["stage", "reason"], registry=r
+        )
+        self.stage_restarts = Counter("sbd_stage_restarts", "Stage threads restarted", ["stage"], registry=r)
+        self.stage_up = Gauge("sbd_stage_up", "1 while the stage's loop runs", ["stage"], registry=r)
+        self._by_kind = {
+            "frames": self.frames,
+            "gaps": self.gaps,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "series": self.series,
+            "series_dropped": self.series_dropped,
+        }
+        for t in ("denoised", "llr"):
+            for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
+                c.labels(topic=t)
+
+    def count(self, kind: str, topic: str, n: int) -> None:
+        self._by_kind[kind].labels(topic=topic).inc(n)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        v = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if v is None else float(v)
+
+    def total(self, name: str) -> float:
+        return sum(s.value for m in self.registry.collect() for s in m.samples if s.name == name)
+
+
+class MergeService(BackgroundWorker):
+    """SUB to every instance's publisher, reorder, PUB one stream. ``start`` / ``stop`` / ``join``."""
+
+    thread_name = "sbd-merge"
+    stage = "merge"
+
+    def __init__(
+        self,
+        inputs: list[str],
+        output: str = "tcp://127.0.0.1:5570",
+        window: int = DEFAULT_WINDOW,
+        gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S,
+        first_seq: int | None = None,
+        sndhwm: int = 64,
+        rcvhwm: int = 1000,
+        max_payload_bytes: int = 2 * DEFAULT_MAX_PAYLOAD,
+        context: zmq.Context | None = None,
+        metrics: MergeMetrics | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        if not inputs:
+            raise ValueError("merge needs at least one --input")
+        self.metrics = metrics or MergeMetrics()
+        self.ctx = context or zmq.Context.instance()
+        self.max_payload = max_payload_bytes
+        self._init_worker(supervisor)
+        self.buffer = ReorderBuffer(window, gap_timeout_s, first_seq, on_count=self.metrics.count)
+        self.inputs = list(inputs)
+        self.subs: list[zmq.Socket] = []
+        self.pub: zmq.Socket | None = None
+        self._malformed_logged: set[str] = set()
+        try:
+            for ep in self.inputs:
+                s = self.ctx.socket(zmq.SUB)
+                self.subs.append(s)
+                s.setsockopt(zmq.RCVHWM, rcvhwm)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.MAXMSGSIZE, 2 * max_payload_bytes + (1 << 20))
+                s.setsockopt(zmq.RECONNECT_IVL, 100)
+                s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+                s.setsockopt(zmq.SUBSCRIBE, b"")
+                s.connect(ep)
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            warn_if_exposed("merge output", output)
+            self.pub.bind(output)
+        except BaseException:
+            self._finalize()
+            raise
+        self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT) or output
+
+    # --- one message -----------------------------------------------------------------------------
+    def handle(self, index: int, parts: list[Any], now: float | None = None) -> None:
+        """Decode one message of input ``index``, reorder, send what is due (bad input: counted)."""
+        now = time.monotonic() if now is None else now
+        self.metrics.received.labels(input=str(index)).inc()
+        try:
+            msg = decode(parts, self.max_payload)
+        except ProtocolError as exc:
+            self._malformed(exc.reason, str(exc), index)
+            return
+        if isinstance(msg, SeriesMessage):
+            h = msg.header
+            self.send(self.buffer.push_series(msg.topic, h.acq, (parts, h), h.meta, now))
+            return
+        assert isinstance(msg, FrameMessage)
+        if msg.topic not in OUTPUT_TOPICS:  # raw `frame` topic: not a service's output
+            self._malformed("unexpected_topic", msg.topic.decode(), index)
+            return
+        h = msg.header
+        self.send(self.buffer.push_frame(msg.topic, h.acq, h.seq, parts, now))
+
+    def _malformed(self, reason: str, detail: str, index: int) -> None:
+        self.metrics.malformed.labels(reason=reason).inc()
+        if reason not in self._malformed_logged:
+            self._malformed_logged.add(reason)
+            log.warning(
+                "merge: dropped a malformed message from input %d (%s): %s (logged once per reason; "
+                "counted in sbd_merge_malformed_total)",
+                index,
+                self.inputs[index] if 0 <= index < len(self.inputs) else "?",
+                detail[:120],
+            )
+
+    def send(self, released: list[Released]) -> None:
+        assert self.pub is not None
+        for r in released:
+            if r.seq < 0:
+                parts, header = r.payload
+                if r.merged is not None:  # the end says what the merge saw of the whole series
+                    parts = self._end_parts(header, r.merged)
+            else:
+                parts = r.payload
+            try:
+                self.pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.metrics.send_dropped.inc()
+        self.metrics.buffered.set(self.buffer.buffered)
+
+    @staticmethod
+    def _end_parts(h: SeriesHeader, merged: dict[str, Any]) -> list[bytes]:
+        frames = merged["frames"]
+        n = frames.get("denoised", max(frames.values(), default=0))
+        return encode_series(TOPIC_SERIES_END, h.acq, h.ts, {**h.meta, "merge": merged}, n)
+
+    def tick(self, now: float | None = None) -> None:
+        self.send(self.buffer.poll(time.monotonic() if now is None else now))
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for s in self.subs:
+            poller.register(s, zmq.POLLIN)
+        index = {s: i for i, s in enumerate(self.subs)}
+        sup = self.supervisor
+        while not self._stop.is_set():
+            for sock, _ev in poller.poll(50):
+                for _ in range(64):
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    sup.call(self.stage, lambda p, i=index[sock]: self.handle(i, p), parts, what="merging")
+            sup.call(self.stage, lambda _x: self.tick(), None, what="a timeout check")
+        self._drain_inputs(index)
+        self.send(self.buffer.flush(time.monotonic()))
+
+    def _drain_inputs(self, index: dict[zmq.Socket, int]) -> None:
+        """What already arrived is still merged before the last flush."""
+        for sock, i in index.items():
+            while True:
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.supervisor.call(self.stage, lambda p, i=i: self.handle(i, p), parts, what="merging")
+
+    def _finalize(self) -> None:
+        for s in self.subs:
+            s.close(linger=0)
+        if self.pub is not None:
+            self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
+
+    def close(self) -> None:
+        """Release the sockets of a service that was never started (a started one closes its own)."""
+        if self._thread is None:
+            self._finalize()
+
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "seconds": elapsed,
+            "inputs": self.inputs,
+            "output": self.endpoint,
+            "received": m.total("sbd_merge_received_total"),
+            "frames": {t: m.value("sbd_merge_frames_total", {"topic": t}) for t in ("denoised", "llr")},
+            "series": m.total("sbd_merge_series_total"),
+            "gaps": m.total("sbd_merge_gaps_total"),
+            "missing": m.total("sbd_merge_frames_missing_total"),
+            "duplicates": m.total("sbd_merge_duplicates_total"),
+            "late": m.total("sbd_merge_late_total"),
+            "malformed": m.total("sbd_merge_malformed_total"),
+            "send_dropped": m.value("sbd_merge_send_dropped_total"),
+            "buffered": self.buffer.buffered,
+            "failure": self.supervisor.failure,
+        }
+
+
+def status_line(svc: MergeService, elapsed: float) -> str:
+    """The line ``sbd-stream merge`` prints every few seconds."""
+    s = svc.summary(elapsed)
+    return (
+        f"{elapsed:7.1f}s  in {s['received']:.0f}  out {s['frames']['denoised']:.0f} denoised"
+        f" {s['frames']['llr']:.0f} llr  gaps {s['gaps']:.0f} ({s['missing']:.0f} frames)"
+        f"  dup {s['duplicates']:.0f}  late {s['late']:.0f}  malformed {s['malformed']:.0f}"
+        f"  held {s['buffered']}"
+    )
+
+
+def run_merge(
+    inputs: list[str],
+    output: str,
+    stop: threading.Event,
+    window: int = DEFAULT_WINDOW,
+    gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S,
+    first_seq: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    status: Callable[[str], None] | None = None,
+    status_every_s: float = 2.0,
+    started: Callable[[MergeService], None] | None = None,
+) -> dict[str, Any]:
+    """Merge until ``stop`` is set, then release what is held; returns the final counters."""
+    metrics = MergeMetrics()
+    sup = Supervisor(metrics)
+    svc = MergeService(inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup)
+    server = None
+    if metrics_port is not None:
+        from sbd_stream.metrics import MetricsServer
+
+        server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)
+        sup.spawn("metrics", server.run, name="sbd-merge-metrics")
+    svc.start()
+    if started is not None:
+        started(svc)
+    t0 = time.perf_counter()
+    next_status = status_every_s
+    try:
+        while not stop.wait(0.2):
+            if sup.failed.is_set():
+                log.critical("stopping the merge: %s", sup.failure)
+                break
+            if status is not None and time.perf_counter() - t0 >= next_status:
+                next_status += status_every_s
+                status(status_line(svc, time.perf_counter() - t0))
+    finally:
+        svc.stop()
+        svc.join(5.0)
+        if server is not None:
+            server.close()
+    out = svc.summary(time.perf_counter() - t0)
+    if server is not None:
+        out["metrics_port"] = server.port
+    return out

@@ -1,0 +1,127 @@
+"""`sbd-train gpu-recipe`: the plan (dry run), a CPU smoke run on synthetic data, and the TensorRT step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fake_sim_task
+from typer.testing import CliRunner
+
+from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
+from training.cli import app
+from training.recipe import STEPS, RecipeConfig, describe_plan, run_recipe, step_simulate
+from training.synthetic_data import write_synthetic
+
+TRT_REASON = tensorrt_unavailable_reason()
+
+
+def test_dry_run_lists_every_step_in_order_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["gpu-recipe", "--dry-run", "--images", "2000"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln[:1].isdigit()]
+    assert [ln.split(":")[0] for ln in lines] == [f"{i}. {s}" for i, s in enumerate(STEPS, 1)]
+    assert "devices:" in res.output and "sbd-train simulate --preset detector" in res.output
+    assert "n_structures scaled to" in res.output  # --images scales the grid
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the results folder
+
+
+def test_plan_for_several_gpus_uses_torchrun_and_gpu_defaults() -> None:
+    dev = {
+        "cpu_count": 16, "cuda_available": True, "gpus": ["GPU"] * 4, "torch": "x", "cuda_version": "12",
+        "tensorrt_unavailable": None,
+    }  # fmt: skip
+    plan = describe_plan(RecipeConfig(steps=["train", "tensorrt"], model="paper"), dev=dev)
+    train = plan["steps"][0]
+    assert train["processes"] == 4 and "--nproc_per_node=4" in train["command"]
+    assert "training.recipe train-worker" in train["command"]
+    assert "6 scales x 128 channels" in train["network"] and train["batch"].startswith("16 per process x 4")
+    assert plan["steps"][1]["will"] == "build" and "refusal" not in plan
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: nothing to refuse")
+def test_training_without_a_gpu_is_refused_unless_allowed(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app, ["gpu-recipe", "--steps", "train", "--data", str(tmp_path / "x.h5"), "--results", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "--allow-cpu" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
+    from training.dataset import SimulatedDatasetWriter
+    from training.recipe import _Context, devices
+    from training.simulate import PRESETS, file_attrs, plan
+
+    preset = PRESETS["tiny"]
+    out = tmp_path / "tiny.h5"
+    with SimulatedDatasetWriter(out, (96, 96), file_attrs(preset)) as w:
+        for t in plan(preset):
+            w.append_task(fake_sim_task(t.key, t.structure.structure_id, 1, shape=(96, 96)))
+    ctx = _Context(RecipeConfig(sim_preset="tiny", data=out), devices(), "cpu")
+    with pytest.raises(Exception, match="already complete") as e:
+        step_simulate(ctx)
+    assert type(e.value).__name__ == "Skipped"
+
+
+def test_cpu_smoke_run_trains_exports_skips_tensorrt_and_evaluates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SBD_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_synthetic(tmp_path / "syn.h5", n_structures=6, per_structure=4, size=64)
+    test = write_synthetic(tmp_path / "syn-test.h5", n_structures=2, per_structure=2, size=64, seed=7)
+    args = [
+        "gpu-recipe", "--steps", "train,export,tensorrt,evaluate", "--allow-cpu", "--device", "cpu",
+        "--data", str(data), "--test", str(test), "--train-preset", "tiny", "--threads", "1",
+        "--engine-dir", str(tmp_path / "eng"), "--results", str(tmp_path / "res"),
+        "--max-test-images", "2", "--slow-test-images", "1", "--dose-curve-images", "2",
+        "--no-compare-shipped",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    summary = json.loads((tmp_path / "res" / "gpu_recipe.json").read_text())
+    st = {s["step"]: s for s in summary["steps"]}
+    assert list(st) == ["train", "export", "tensorrt", "evaluate"]
+    if torch.cuda.is_available() and TRT_REASON is None:  # a GPU box: the plan is really built
+        assert st["tensorrt"]["status"] == "ok"
+    else:
+        assert st["tensorrt"]["status"] == "skipped" and "TensorRT" in st["tensorrt"]["reason"]
+        assert st["tensorrt"]["reason"].endswith(TRT_REASON)
+    for s in ("train", "export", "evaluate"):
+        assert st[s]["status"] == "ok", st[s].get("traceback")
+    assert res.exit_code == 0, res.output
+    assert st["train"]["outputs"]["steps"] == 6 and st["train"]["outputs"]["device"] == "cpu"
+    eng = tmp_path / "eng"
+    assert {"card.json", "model.pt", "model.onnx"} <= {p.name for p in eng.iterdir()}
+    card = json.loads((eng / "card.json").read_text())
+    assert card["metrics"]["split"] == "test" and card["training"]["steps"] == 6
+    ev = st["evaluate"]["outputs"]
+    assert ev["test_images"] == 2 and set(ev["dose_curve_psnr"]) == {"x0.25", "x0.5", "x1", "x2", "x4"}
+    assert (tmp_path / "res" / "table_5_1_detector.md").is_file()
+    assert (tmp_path / "res" / "dose_curve.json").is_file()
+    assert summary["ok"] is True and summary["devices"]["cpu_count"] >= 1
+    assert all(s["seconds"] >= 0 for s in summary["steps"])
+    assert "tensorrt   skipped" in res.output or "tensorrt   ok" in res.output  # the printed table
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(TRT_REASON is not None, reason=f"needs a GPU with TensorRT: {TRT_REASON}")
+def test_tensorrt_step_builds_a_plan_on_a_gpu(
+    tiny_engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SBD_CACHE_DIR", str(tmp_path / "cache"))
+    eng = tmp_path / "eng"
+    shutil.copytree(tiny_engine_dir, eng)
+    summary = run_recipe(
+        RecipeConfig(steps=["tensorrt"], engine_dir=eng, results=tmp_path / "res"), log=lambda _s: None
+    )
+    step = summary["steps"][0]
+    assert step["status"] == "ok", step.get("error")
+    assert Path(step["outputs"]["plan"]).is_file() and step["outputs"]["plan_bytes"] > 0
+    assert step["outputs"]["gpu"] == torch.cuda.get_device_name(0)
