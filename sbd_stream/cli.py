@@ -276,5 +276,7 @@ def _ingest_input(dialect: str | None, socket_type: str | None, series_timeout: 
 # the live-service commands (serve, replay, emulate, demo) and `merge` (cli_scale) register on ``app``
 from sbd_stream import cli_live, cli_scale  # noqa: E402, F401
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # `python -m sbd_stream.cli`: the commands registered on the imported module's app
+    from sbd_stream.cli import app as _registered
+
+    _registered()

@@ -352,6 +352,45 @@ def fov_study(
     typer.echo(f"wrote {out_dir}/table_3_1.json and .md")
 
 
+@app.command("fov-study-detector")
+def fov_study_detector(
+    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
+    val: Path = typer.Option(Path("data/detector.h5"), help="training set (its validation split tunes)"),
+    engine: list[str] | None = typer.Option(
+        None, help="LABEL=ENGINE_DIR (repeatable); default: fov*-detector"
+    ),
+    train_first: bool = typer.Option(False, "--train", help="train the three fov*-detector presets first"),
+    max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1_detector.* go"),
+) -> None:
+    """Table 3.1 at the detector's sampling: UNets with 5 / 13 / 59 A of reach at equal budgets."""
+    import sys
+
+    from training.evaluate import write_json
+    from training.evaluate_detector import DetectorEvalConfig
+    from training.fov_detector import FOV_DETECTOR_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
+    from training.table import write_markdown
+    from training.train import preset_config
+
+    default = {}
+    for preset in FOV_DETECTOR_PRESETS:
+        cfg = preset_config(preset, data=str(val))
+        if train_first:
+            from training.export import export_run
+            from training.train import train as run_training
+
+            run_training(cfg)
+            export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
+        default[f"UNet {cfg.scales} scale{'s' if cfg.scales > 1 else ''}"] = BENCH_ENGINES / cfg.name
+    ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
+    res = evaluate_fov_detector(ecfg, _engine_options(engine, default))
+    command = " ".join(["sbd-train", *sys.argv[1:]])
+    res["command"] = command
+    write_json(res, out_dir / "table_3_1_detector.json")
+    write_markdown(table_3_1_detector_markdown(res, command), out_dir / "table_3_1_detector.md")
+    typer.echo(f"wrote {out_dir}/table_3_1_detector.json and .md")
+
+
 @app.command("build-engine")
 def build_engine(
     engine_dir: Path = typer.Argument(Path("engines/sbd-unet4-default"), help="engine directory"),

@@ -22,9 +22,13 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Modul
     """Config, summary and best-validation network of a finished (or interrupted) run."""
     cfg = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
     summary_path = run_dir / "summary.json"
-    summary = (
-        json.loads(summary_path.read_text()) if summary_path.is_file() else partial_summary(run_dir, cfg)
-    )
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    last = run_dir / "last.pt"
+    if summary is None or (last.is_file() and last.stat().st_mtime > summary_path.stat().st_mtime):
+        # no summary, or one left by an earlier segment of a run that was resumed and then stopped:
+        # counters from last.pt over what the earlier summary knew (data splits, device, ...)
+        summary = {**(summary or {}), **partial_summary(run_dir, cfg)}
+        summary.pop("epochs", None)  # of the earlier segment only
     net = build_network(cfg)
     weights = run_dir / "best.pt"
     if not weights.is_file():

@@ -199,6 +199,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named starting points; command-line options override single fields."""
 
+DETECTOR_FOV_BUDGET = {
+    **{k: v for k, v in PRESETS["detector"].items() if k != "name"},
+    "max_steps": 2000,
+    "max_minutes": None,
+    "freeze_norm_after": 1500,
+}
+"""Table 3.1 at the detector's sampling: the detector engine's recipe (0.24 A working pixel, 125 e/A^2,
+0.5-2x dose, batch norm frozen after 1500 steps) with the same 2000 steps of 2 x 256^2 for every network
+(~30 min for the two small-reach networks side by side on 2 cores, ~6 min for the 4-scale one).
+"""
+PRESETS.update(
+    {  # FoV 21 / 53 / 245 working pixels = 5.0 / 12.7 / 58.8 A (exact reach), 56k / 49k / 49k parameters
+        "fov21-detector": {
+            **DETECTOR_FOV_BUDGET,
+            "name": "fov21-unet1-detector",
+            "scales": 1,
+            "channels": 32,
+        },
+        "fov53-detector": {
+            **DETECTOR_FOV_BUDGET,
+            "name": "fov53-unet2-detector",
+            "scales": 2,
+            "channels": 22,
+        },
+        "fov245-detector": {
+            **DETECTOR_FOV_BUDGET,
+            "name": "fov245-unet4-detector",
+            "scales": 4,
+            "channels": 16,
+        },
+    }
+)
+
 
 def preset_config(preset: str, **overrides: Any) -> TrainConfig:
     if preset not in PRESETS:

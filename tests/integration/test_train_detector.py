@@ -84,6 +84,29 @@ def test_export_of_an_unfinished_run_takes_dose_and_pixel_from_the_data(
     assert card.pixel_size_A == pytest.approx(0.155) and card.normalisation.dose == pytest.approx(0.45)
 
 
+def test_export_of_a_resumed_then_stopped_run_takes_counters_from_last_pt(
+    dose_run: TrainConfig, tmp_path: Path
+) -> None:
+    """A summary.json left by an earlier, finished segment must not describe a longer resumed run."""
+    import os
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(dose_run.run_dir, run)
+    summary = json.loads((run / "summary.json").read_text())
+    ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    ck["state"].update(step=summary["steps"] + 40, best_step=summary["steps"] + 20)
+    torch.save(ck, run / "last.pt")
+    old = (run / "summary.json").stat().st_mtime - 60
+    os.utime(run / "summary.json", (old, old))  # the earlier segment's summary is older than last.pt
+    card = export_run(run, tmp_path / "eng")
+    assert card.training["steps"] == summary["steps"] + 40 and card.training["interrupted"] is True
+    assert card.training["best_step"] == summary["steps"] + 20
+    assert card.training["device"] == summary["device"]  # what only the earlier summary knew is kept
+
+
 def test_init_from_starts_a_new_run_from_an_engines_weights(
     dose_run: TrainConfig, synthetic: Path, tmp_path: Path
 ) -> None:

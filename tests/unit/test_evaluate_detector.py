@@ -66,3 +66,37 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     curve = psnr_vs_dose(cfg, binning_engine_dir, factors=(0.5, 2.0), log=lambda _s: None)
     assert [r["dose_factor"] for r in curve["rows"]] == [0.5, 2.0]
     assert curve["rows"][1]["lowpass_psnr"] > curve["rows"][0]["lowpass_psnr"]  # more dose, less noise
+
+
+def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
+    tmp_path: Path, binning_engine_dir: Path
+) -> None:
+    """Table 3.1 at the detector's sampling: each engine through the batch stage, FoV in A, markdown."""
+    from training.evaluate_detector import DetectorEvalConfig
+    from training.fov_detector import FOV_DETECTOR_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
+    from training.train import build_network, preset_config
+
+    _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
+    _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)
+    cfg = DetectorEvalConfig(
+        test=tmp_path / "test.h5",
+        val=tmp_path / "val.h5",
+        max_test_images=2,
+        tune_images=1,
+        engine_kind="torch",
+    )
+    res = evaluate_fov_detector(cfg, {"a": binning_engine_dir, "b": binning_engine_dir}, log=lambda _s: None)
+    assert [r["method"] for r in res["rows"]] == ["a", "b"]
+    row = res["rows"][0]
+    assert row["working_pixel_A"] == pytest.approx(0.24)
+    assert row["field_of_view_A"] == pytest.approx(row["field_of_view_px"] * 0.24)
+    assert row["n_images"] == 2 and np.isfinite(row["metrics"]["paper_psnr"]["mean"])
+    md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
+    assert md.count("\n| a |") == 1 and "FoV (A)" in md
+    # the presets: equal budgets, one recipe, reach 5 / 13 / 59 A at the 0.24 A working pixel
+    cfgs = [preset_config(p) for p in FOV_DETECTOR_PRESETS]
+    assert len({(c.max_steps, c.batch, c.augment.patch, c.data, c.freeze_norm_after) for c in cfgs}) == 1
+    from sbd_stream.compute.model import field_of_view
+
+    reach = [field_of_view(build_network(c)) * 0.24 for c in cfgs]
+    assert reach == pytest.approx([5.04, 12.72, 58.8], abs=0.01)

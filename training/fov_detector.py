@@ -1,0 +1,98 @@
+"""Table 3.1 at the detector's sampling: field of view in angstrom vs quality, at equal training budgets.
+
+The paper's Table 3.1 compares UNets whose fields of view are 53 / 221 / 893 pixels of 0.060 A
+(3.2 / 13 / 54 A). Engines here work at 0.24 A, so the same physical reach needs 4x fewer working
+pixels: the ``fov21/53/245-detector`` presets (1 / 2 / 4 scales, 5.0 / 12.7 / 58.8 A, 49-56k
+parameters, the same 2000 steps of the detector recipe). They are scored like Table 5.1 at the
+detector's sampling: 0.060 A test frames at 0.45 counts/px, binned 4 x 4 by the product's batch stage,
+on the paper's metric and the project's, with the surface-column F1. The smallest reach is 5 A rather
+than 3 A because a one-scale UNet (two 3 x 3 convolutions in, two out) already sees 21 working pixels;
+the trend, not the exact first point, is what the table tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.evaluate_detector import DetectorEvalConfig, load_test, load_val, run_rows, sbd_detector_method
+from training.metrics import DetectionSpec, calibrate_threshold
+
+FOV_DETECTOR_PRESETS = ("fov21-detector", "fov53-detector", "fov245-detector")
+
+
+def evaluate_fov_detector(cfg: DetectorEvalConfig, engines: dict[str, Path], log=print) -> dict[str, Any]:
+    """Each engine through the product's denoise path on the detector-sampling test split."""
+    test, px = load_test(cfg)
+    val = load_val(cfg, px)
+    spec = DetectionSpec(pixel_size_A=px)
+    thr, _ = calibrate_threshold([v.clean for v in val], [v.columns for v in val], spec, cfg.threshold_grid)
+    spec = spec.model_copy(update={"threshold": thr})
+    rows = []
+    for label, engine_dir in engines.items():
+        method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, cfg.counts_per_px)
+        card = info["card"]
+        fov_px, work_px = card.get("field_of_view") or 0, card.get("pixel_size_A") or 0.0
+        t = card.get("training", {})
+        rows.append(
+            {
+                "method": label,
+                "engine": str(engine_dir),
+                "parameters": card.get("parameters"),
+                "scales": card.get("scales"),
+                "field_of_view_px": fov_px,
+                "working_pixel_A": work_px,
+                "field_of_view_A": fov_px * work_px,
+                "training": {k: t.get(k) for k in ("steps", "wall_s", "best_val_psnr", "batch", "augment")},
+                **run_rows(method, test, spec, cfg.counts_per_px),
+            }
+        )
+        m = rows[-1]["metrics"]
+        log(
+            f"{label:<28} FoV {fov_px * work_px:5.1f} A  paper PSNR {m['paper_psnr']['mean']:6.2f}  "
+            f"PSNR {m['psnr']['mean']:6.2f}  F1 surface {m['surface_f1']['mean']:.3f}"
+        )
+    return {
+        "table": "3.1 at the detector's sampling",
+        "test": str(cfg.test),
+        "detector_pixel_A": px,
+        "counts_per_px": cfg.counts_per_px,
+        "test_images": len(test),
+        "noise_seed": cfg.seed,
+        "detection": spec.model_dump(),
+        "rows": rows,
+    }
+
+
+def table_3_1_detector_markdown(result: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Table 3.1 at the detector's sampling: field of view in angstrom, equal budgets",
+        "",
+        f"Command: `{command}`. Test: `{result['test']}`, {result['test_images']} frames at "
+        f"{result['detector_pixel_A']} A and {result['counts_per_px']} counts/px (binned to each engine's "
+        "working pixel inside the product). Paper PSNR: counts clamped to [0, 1], data range 1 count.",
+        "",
+        "| Model | Parameters | FoV (working px) | FoV (A) | paper PSNR (dB) | PSNR (dB) | SSIM | F1 surface "
+        "| best val PSNR | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        m, t = r["metrics"], r["training"]
+        val = t.get("best_val_psnr")
+        lines.append(
+            f"| {r['method']} | {r['parameters']:,} | {r['field_of_view_px']} | {r['field_of_view_A']:.1f} | "
+            f"{_pm(m, 'paper_psnr')} | {_pm(m, 'psnr')} | {_pm(m, 'ssim', 3)} | {_pm(m, 'surface_f1', 3)} | "
+            f"{'n/a' if val is None else f'{val:.2f}'} | {t.get('steps')} |"
+        )
+    lines += [
+        "",
+        "Paper (Table 3.1a at 0.060 A: FoV 53 / 221 / 893 px = 3.2 / 13 / 54 A): ~6 dB from the first to the "
+        "second, ~4 dB more to the third, with 0.35-70 M parameters fully trained. Here every model has "
+        "49-56k parameters and the same 2000 steps of 2 x 256^2 at 0.24 A, far from convergence.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _pm(m: dict[str, Any], key: str, digits: int = 2) -> str:
+    s = m.get(key)
+    return "n/a" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
