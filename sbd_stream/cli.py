@@ -47,6 +47,12 @@ CountsPerPx = Annotated[
     float, typer.Option("--counts-per-px", help="Dose as counts per detector pixel in vacuum per frame")
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers", min=1, help="Engine workers (default: one per GPU, else 1; a CPU's cores are split)"
+    ),
+]
 Scheduler = Annotated[
     str,
     typer.Option(

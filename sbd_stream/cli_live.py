@@ -28,6 +28,7 @@ from sbd_stream.cli import (
     PixelSize,
     Scheduler,
     Verbose,
+    Workers,
     _bundled_samples,
     _detector,
     _fail,
@@ -67,9 +68,7 @@ def serve(
     device: Device = None,  # type: ignore[assignment]
     batch: Batch = None,  # type: ignore[assignment]
     policy: str = typer.Option(None, help="lossless (every frame) or latest (skip to newest under load)"),
-    workers: int = typer.Option(
-        None, "--workers", min=1, help="Engine workers (default: one per GPU, else 1; CPU cores are split)"
-    ),
+    workers: Workers = None,  # type: ignore[assignment]
     devices: str = typer.Option(None, "--devices", help="Devices for the workers, e.g. cuda:0,cuda:1"),
     likelihood: Likelihood = None,  # type: ignore[assignment]
     pixel_size: PixelSize = None,  # type: ignore[assignment]
@@ -162,6 +161,7 @@ def replay(
     dose: DosePerArea = None,  # type: ignore[assignment]
     counts_per_px: CountsPerPx = None,  # type: ignore[assignment]
     limit: int = typer.Option(None, min=1, help="Stop after this many frames"),
+    workers: Workers = None,  # type: ignore[assignment]
     offline: bool = typer.Option(
         False, "--offline", help="Denoise the raw frames into one HDF5 file (--out) in Dask chunks instead"
     ),
@@ -206,6 +206,7 @@ def replay(
                 "model": model,
                 "device": device,
                 "batch_frames": batch,
+                "workers": workers,
                 "likelihood": {"enabled": likelihood},
             },
             "metrics": {"enabled": False},
@@ -215,6 +216,7 @@ def replay(
     pipe, secs, n = run_replay(s, stage, file, realtime=realtime, limit=limit)  # type: ignore[arg-type]
     out = summary(pipe.metrics, secs)
     out.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
+    out["workers"] = pipe.pool.load(secs)
     typer.echo(json.dumps(out, indent=2))
 
 
@@ -350,6 +352,7 @@ def demo(
     record_dir: Path = typer.Option(None, "--record-dir", help="Also record to this folder"),
     engine: Engine = None,  # type: ignore[assignment]
     model: Model = None,  # type: ignore[assignment]
+    workers: Workers = None,  # type: ignore[assignment]
     viewer: bool = typer.Option(False, "--viewer", help="Live viewer page too (raise --frames)"),
     viewer_port: int = typer.Option(8090, help="Live viewer port (0: any free port)"),
     verbose: Verbose = False,
@@ -374,6 +377,7 @@ def demo(
                 "engine": engine,
                 "model": model,
                 "policy": policy,
+                "workers": workers,
                 "likelihood": {"enabled": likelihood},
             },
             "metrics": {"enabled": viewer, "port": 0},  # the viewer's rate / latency tiles read them

@@ -172,6 +172,8 @@ def run_demo(
         "psnr_denoised_db": _mean(scores["den"]),
         "paper_psnr_raw_db": _mean(scores["raw_paper"]),
         "paper_psnr_denoised_db": _mean(scores["den_paper"]),
+        "denoise_overflow": int(m.value("sbd_denoise_overflow_total")),
+        "workers": pipe.pool.load(wall),
     }
 
 

@@ -30,8 +30,10 @@ def _port(ctx: zmq.Context) -> int:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_drains_and_closes_on_signal(tmp_path: Path, tiny_engine_dir: Path, sig: int) -> None:
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGTERM, 1), (signal.SIGINT, 2)])
+def test_serve_drains_and_closes_on_signal(
+    tmp_path: Path, tiny_engine_dir: Path, sig: int, workers: int
+) -> None:
     ctx = zmq.Context.instance()
     emu = Emulator(
         EmulatorConfig(
@@ -48,7 +50,7 @@ def test_serve_drains_and_closes_on_signal(tmp_path: Path, tiny_engine_dir: Path
         SBD, "serve",
         "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
         "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
-        "--metrics-port", "0", "--policy", "lossless",
+        "--metrics-port", "0", "--policy", "lossless", "--workers", str(workers),
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -64,6 +66,8 @@ def test_serve_drains_and_closes_on_signal(tmp_path: Path, tiny_engine_dir: Path
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out[out.index("{") :])
     assert summary["frames_received"] == 30 and summary["frames_denoised"] == 30
+    assert [w["worker"] for w in summary["workers"]] == list(range(workers))
+    assert sum(w["frames"] for w in summary["workers"]) == 30
     with open_recording(tmp_path / f"{emu.cfg.acq}.h5") as f:
         assert len(f["raw/complete"]) == 30 and len(f["denoised/complete"]) == 30
         np.testing.assert_array_equal(f["raw/frames"][29], emu.sent[29])
