@@ -42,6 +42,7 @@ class DetectorEvalConfig(BaseModel):
     tune_images: int = 4
     slow_test_images: int = 6  # NLM and BM3D on 1024^2 frames cost tens of seconds each here
     engine_kind: str = "onnxruntime"
+    device: str | None = Field(None, description="cpu / cuda[:N]; default: the best the backend has here")
     threshold_grid: list[float] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.08]
     out_dir: Path = Path("benchmarks/results")
 
@@ -137,7 +138,7 @@ def detector_baselines(scale: float, slow_test_images: int) -> list[Baseline]:
 
 
 def sbd_detector_method(
-    engine_dir: Path, kind: str, detector_px: float, counts_per_px: float
+    engine_dir: Path, kind: str, detector_px: float, counts_per_px: float, device: str | None = None
 ) -> tuple[Method, dict]:
     """An engine behind the product's batch stage at the detector's sampling: counts -> clean units."""
     from sbd_stream.compute.denoiser import Denoiser
@@ -145,7 +146,7 @@ def sbd_detector_method(
     from sbd_stream.frames import Frame, FrameHeader
     from sbd_stream.service.batch import BatchStage
 
-    den = Denoiser.load(engine=kind, engine_dir=engine_dir, device="cpu")
+    den = Denoiser.load(engine=kind, engine_dir=engine_dir, device=device)  # a GPU when there is one
     stages: dict[float, BatchStage] = {}
 
     def run(counts: np.ndarray, dose: float) -> np.ndarray:
@@ -212,7 +213,7 @@ def evaluate_table_5_1_detector(
         )
         log(f"{_line(rows[-1])}  ({time.perf_counter() - t0:.0f} s)")
     for label, engine_dir in engines.items():
-        method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, dose)
+        method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, dose, cfg.device)
         card = info["card"]
         rows.append(
             {
@@ -290,7 +291,7 @@ def psnr_vs_dose(
 ) -> dict[str, Any]:
     """The engine at 0.25-4x the nominal dose (same clean frames, fresh Poisson draws per dose)."""
     test, px = load_test(cfg)
-    method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, cfg.counts_per_px)
+    method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, cfg.counts_per_px, cfg.device)
     rows = []
     for f in factors:
         dose = cfg.counts_per_px * f

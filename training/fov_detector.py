@@ -30,7 +30,7 @@ def evaluate_fov_detector(cfg: DetectorEvalConfig, engines: dict[str, Path], log
     spec = spec.model_copy(update={"threshold": thr})
     rows = []
     for label, engine_dir in engines.items():
-        method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, cfg.counts_per_px)
+        method, info = sbd_detector_method(engine_dir, cfg.engine_kind, px, cfg.counts_per_px, cfg.device)
         card = info["card"]
         fov_px, work_px = card.get("field_of_view") or 0, card.get("pixel_size_A") or 0.0
         t = card.get("training", {})
