@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STAGES", "StageState", "Supervisor", "describe"]
+__all__ = ["STAGES", "StageState", "Supervisor", "describe", "wait_running"]
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +281,27 @@ class Supervisor:
                 "last_error": st.last_error,
             }
         return {"ok": ok, "failure": self.failure, "stages": stages, "quarantine": list(self.quarantine)[-8:]}
+
+
+def wait_running(
+    stop: threading.Event,
+    supervisor: Supervisor,
+    what: str,
+    status: Callable[[str], None] | None = None,
+    line: Callable[[float], str] | None = None,
+    every_s: float = 2.0,
+) -> None:
+    """A long-running command's main loop: until ``stop`` is set or a supervised stage cannot go on.
+
+    ``status(line(elapsed))`` every ``every_s`` seconds (``serve``, ``merge``).
+    """
+    t0 = time.perf_counter()
+    next_status = every_s
+    while not stop.wait(0.2):
+        if supervisor.failed.is_set():  # a stage that cannot go on: stop, and say why
+            log.critical("stopping %s: %s", what, supervisor.failure)
+            return
+        elapsed = time.perf_counter() - t0
+        if status is not None and line is not None and elapsed >= next_status:
+            next_status += every_s
+            status(line(elapsed))

@@ -138,3 +138,21 @@ def wait_until(pred: Callable[[], object], timeout: float = 20.0) -> bool:
     while not (ok := bool(pred())) and time.monotonic() < end:
         time.sleep(0.02)
     return ok
+
+
+def stream_through(pipe, emu, ctx):
+    """Start the service and a subscriber, send the emulator's series, stop everything; the subscriber."""
+    from sbd_stream.service.demo import Collector
+
+    pipe.start()
+    assert pipe.publisher is not None
+    col = Collector(pipe.publisher.endpoint, context=ctx).start()
+    try:
+        time.sleep(0.3)
+        emu.start()
+        assert col.series_end.wait(60), "series_end never reached the subscriber"
+    finally:
+        emu.close()
+        pipe.stop()
+        col.close()
+    return col

@@ -30,7 +30,7 @@ from sbd_stream.service.edge import replace_nonfinite
 from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.recorder import Recorder, RecordItem
-from sbd_stream.supervisor import Supervisor
+from sbd_stream.supervisor import Supervisor, wait_running
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,6 @@ class Pipeline:
         self.pool = WorkerPool(
             self.stages, specs, self.batcher, m, self.supervisor, self._emit, self._forward_series
         )
-        self._stopping = threading.Event()
         self.stopped = threading.Event()
 
     @property
@@ -181,7 +180,6 @@ class Pipeline:
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest.join(max(0.1, end - time.monotonic()))
-        self._stopping.set()
         self.pool.stop()
         self.denoise_q.close()
         self.pool.join(max(0.1, end - time.monotonic()))
@@ -265,15 +263,8 @@ def serve(
     pipe.start(live=True)
     m, sup = pipe.metrics, pipe.supervisor
     t0 = time.perf_counter()
-    next_status = status_every_s
     try:
-        while not stop.wait(0.2):
-            if sup.failed.is_set():  # a stage that cannot go on: stop, and say why
-                log.critical("stopping the service: %s", sup.failure)
-                break
-            if status is not None and time.perf_counter() - t0 >= next_status:
-                next_status += status_every_s
-                status(status_line(m, time.perf_counter() - t0))
+        wait_running(stop, sup, "the service", status, lambda t: status_line(m, t), status_every_s)
     finally:
         pipe.stop()
     elapsed = time.perf_counter() - t0

@@ -49,7 +49,7 @@ from sbd_stream.protocol import (
     encode_series,
 )
 from sbd_stream.security import warn_if_exposed
-from sbd_stream.supervisor import Supervisor
+from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 
 __all__ = [
@@ -632,15 +632,8 @@ def run_merge(
     if started is not None:
         started(svc)
     t0 = time.perf_counter()
-    next_status = status_every_s
     try:
-        while not stop.wait(0.2):
-            if sup.failed.is_set():
-                log.critical("stopping the merge: %s", sup.failure)
-                break
-            if status is not None and time.perf_counter() - t0 >= next_status:
-                next_status += status_every_s
-                status(status_line(svc, time.perf_counter() - t0))
+        wait_running(stop, sup, "the merge", status, lambda t: status_line(svc, t), status_every_s)
     finally:
         svc.stop()
         svc.join(5.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zmq
-from conftest import make_settings
+from conftest import make_settings, stream_through
 
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, load_settings
@@ -20,22 +20,6 @@ from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.integration
-
-
-def _stream(pipe: Pipeline, emu: Emulator, ctx: zmq.Context) -> Collector:
-    """Start the service and a subscriber, send the emulator's series, stop everything; the subscriber."""
-    pipe.start()
-    assert pipe.publisher is not None
-    col = Collector(pipe.publisher.endpoint, context=ctx).start()
-    try:
-        time.sleep(0.3)
-        emu.start()
-        assert col.series_end.wait(60), "series_end never reached the subscriber"
-    finally:
-        emu.close()
-        pipe.stop()
-        col.close()
-    return col
 
 
 @pytest.mark.timeout(120)
@@ -49,7 +33,7 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True})
     pipe = Pipeline(s, denoiser, context=ctx)
-    col = _stream(pipe, emu, ctx)
+    col = stream_through(pipe, emu, ctx)
     m = pipe.metrics
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
     assert [r.seq for r in den] == list(range(40))
@@ -193,7 +177,7 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
     stage_den = Denoiser.load(engine="onnxruntime", engine_dir=binning_engine_dir)
     pipe = Pipeline(s, stage_den, context=ctx)
     assert pipe.stage.geometry.bin == 4
-    col = _stream(pipe, emu, ctx)
+    col = stream_through(pipe, emu, ctx)
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
     assert [r.seq for r in den] == list(range(12)) and len(llr) == 12
     from sbd_stream.compute.binning import bin_counts, unbin

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import make_settings, wait_until
+from conftest import make_settings, stream_through, wait_until
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchResult, BatchStage
-from sbd_stream.service.demo import Collector
 from sbd_stream.service.pipeline import Pipeline, load_stages
 from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorConfig
@@ -59,21 +58,6 @@ def _engines(tiny_engine_dir: Path) -> list[Denoiser]:
     return [Denoiser.load("onnxruntime", tiny_engine_dir, "cpu", threads=1) for _ in range(2)]
 
 
-def _run(pipe: Pipeline, emu: Emulator, ctx: zmq.Context) -> Collector:
-    pipe.start()
-    assert pipe.publisher is not None
-    col = Collector(pipe.publisher.endpoint, context=ctx).start()
-    try:
-        time.sleep(0.3)
-        emu.start()
-        assert col.series_end.wait(60), "series_end never reached the subscriber"
-    finally:
-        emu.close()
-        pipe.stop()
-        col.close()
-    return col
-
-
 def _settings(tmp_path: Path, emu: Emulator, **denoise):
     s = make_settings(tmp_path, emu.endpoint, batch_frames=2, workers=2, **denoise)
     s.publish.sndhwm = s.publish.queue_frames = 100_000  # every message is counted: no slow-reader drops
@@ -96,7 +80,7 @@ def test_two_workers_deliver_every_frame_once_and_in_order(tmp_path: Path, tiny_
     fast, slow = _engines(tiny_engine_dir)
     stages = [PacedStage(slow, s, 0.05, done), PacedStage(fast, s, 0.0, done)]
     pipe = Pipeline(s, stages, context=ctx)
-    col = _run(pipe, emu, ctx)
+    col = stream_through(pipe, emu, ctx)
     m = pipe.metrics
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
     assert [r.seq for r in den] == list(range(N_FRAMES))
@@ -130,7 +114,7 @@ def test_a_worker_raising_on_one_batch_is_counted_and_the_service_goes_on(
     stages = [PacedStage(a, s, 0.01, done, fail_seq=13), PacedStage(b, s, 0.01, done, fail_seq=13)]
     pipe = Pipeline(s, stages, context=ctx)
     with caplog.at_level(logging.ERROR, logger="sbd_stream"):
-        col = _run(pipe, emu, ctx)
+        col = stream_through(pipe, emu, ctx)
     failed = sorted(stages[0].failed + stages[1].failed)
     assert 13 in failed and 1 <= len(failed) <= 2
     m = pipe.metrics
