@@ -151,6 +151,9 @@ def train(
     init_from: str | None = typer.Option(
         None, "--init-from", help="start a fresh run from this engine's weights (engines/<name> or a path)"
     ),
+    lr_schedule: str | None = typer.Option(
+        None, help="plateau (halve on a validation plateau) | cosine (decay over the step/time budget)"
+    ),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
@@ -173,6 +176,7 @@ def train(
         device=device,
         augment={"patch": patch} if patch else None,
         init_from=init_from,
+        lr_schedule=lr_schedule,
     )
     summary = run_training(cfg, resume=resume)
     if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
@@ -433,6 +437,11 @@ def gpu_recipe(
     patch: int | None = typer.Option(None, help="patch side (default: the preset's)"),
     threads: int | None = typer.Option(None, help="torch CPU threads"),
     init_from: str | None = typer.Option(None, "--init-from", help="start from this engine's weights"),
+    lr: float | None = typer.Option(None, help="initial learning rate (default: the preset's)"),
+    lr_schedule: str | None = typer.Option(None, help="plateau | cosine (default on GPU: cosine)"),
+    freeze_norm_after: int | None = typer.Option(
+        None, min=-1, help="step at which batch-norm statistics freeze (-1: never; default: the preset's)"
+    ),
     resume: bool = typer.Option(True, help="continue runs/<name>/last.pt when it exists"),
     engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
     results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),

@@ -45,9 +45,26 @@ MODELS: dict[str, tuple[int, int]] = {
 }
 """UNet (scales, channels) by name; ``scales`` / ``channels`` override single values."""
 
-GPU_DEFAULTS = {"batch": 16, "threads": 4, "preload_max_gb": 32.0, "max_steps": 10_000_000}
-"""On CUDA: 16 whole 256 px frames per GPU and step, the set held in GPU memory up to 32 GB, and no step
-cap (the time budget and early stopping end the run)."""
+GPU_DEFAULTS = {
+    "batch": 16,
+    "threads": 4,
+    "preload_max_gb": 32.0,
+    "max_steps": 10_000_000,
+    "lr_schedule": "cosine",
+    "early_stop_patience": 1_000_000,
+    "freeze_norm_after": -1,
+}
+"""On CUDA: 16 whole 256 px frames per GPU and step, the set held in GPU memory up to 32 GB, no step
+cap, and the rate decayed by a cosine over the time budget (a lease is a fixed budget: the plateau
+schedule would end it still at a high rate), so the budget, not early stopping, ends the run; the best
+validation checkpoint is still the one exported.
+
+Batch-norm statistics are never frozen on a GPU. The detector preset freezes them at step 2,000 because
+its CPU batch of 2 frames at different doses gives noisy batch statistics; with 16 frames per batch they
+are stable, and freezing mid-run under Adam broke the wide network (H200, session 5: the loss jumped
+from 0.00095 to 0.21 at the freeze and was back to only 0.0010 after 8,000 more steps, val score 26.2 dB
+after 6 min; never frozen: 28.1 dB after 2.5 min; docs/training.md "GPU runs").
+"""
 
 SUMMARY_FILE = "gpu_recipe.json"
 
@@ -83,6 +100,11 @@ class RecipeConfig(BaseModel):
     preload_max_gb: float | None = None
     seed: int | None = None
     init_from: str | None = None
+    lr: float | None = None
+    lr_schedule: str | None = Field(None, description="plateau | cosine (default on GPU: cosine)")
+    freeze_norm_after: int | None = Field(
+        None, ge=-1, description="step at which batch-norm statistics freeze; -1: never; None: the preset's"
+    )
     resume: bool = True
     # export
     engine_dir: Path | None = None
@@ -236,8 +258,14 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         "preload_max_gb": cfg.preload_max_gb if cfg.preload_max_gb is not None else gpu.get("preload_max_gb"),
         "augment": {"patch": cfg.patch} if cfg.patch else None,
         "init_from": cfg.init_from,
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule or gpu.get("lr_schedule"),
+        "early_stop_patience": gpu.get("early_stop_patience"),
     }
     tc = preset_config(cfg.train_preset, **overrides)
+    freeze = cfg.freeze_norm_after if cfg.freeze_norm_after is not None else gpu.get("freeze_norm_after")
+    if freeze is not None:
+        tc = tc.model_copy(update={"freeze_norm_after": None if freeze < 0 else freeze})
     name = cfg.name or (f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None)
     return tc.model_copy(update={"name": name}) if name else tc
 
@@ -499,6 +527,10 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
             item["network"] = f"{tc.architecture.value} {tc.scales} scales x {tc.channels} channels, "
             item["network"] += f"{count_parameters(net)} parameters, FoV {field_of_view(net)} px"
             item["budget"] = f"max_minutes={tc.max_minutes} max_steps={tc.max_steps}"
+            item["lr"] = f"{tc.lr:g}, schedule {tc.lr_schedule.value}"
+            item["norm_freeze"] = (
+                "never" if tc.freeze_norm_after is None else f"from step {tc.freeze_norm_after}"
+            )
             item["batch"] = (
                 f"{tc.batch} per process x {nproc}, patch {tc.augment.patch}, threads {tc.threads}"
             )

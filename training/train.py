@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import TilingDefaults
 from training.augment import AugmentSpec, draw_batch
 from training.splits import SplitSpec, split_indices
+
+
+class LRSchedule(StrEnum):
+    """``plateau``: halve on a validation plateau (the paper's; open-ended CPU runs that resume).
+    ``cosine``: decay from ``lr`` to ``min_lr`` over the budget (the larger of the step and time
+    fractions), for a run with a fixed budget such as a GPU lease, which a plateau schedule
+    would end still at a high rate."""
+
+    plateau = "plateau"
+    cosine = "cosine"
 
 
 class TrainConfig(BaseModel):
@@ -45,6 +56,7 @@ class TrainConfig(BaseModel):
     batch: int = Field(8, gt=0, description="per process")
     lr: float = 1e-3
     lr_factor: float = 0.5
+    lr_schedule: LRSchedule = LRSchedule.plateau
     plateau_patience: int = Field(3, ge=0, description="validations without gain before halving the LR")
     early_stop_patience: int = Field(8, ge=1, description="validations without gain before stopping")
     min_lr: float = 1e-6
@@ -255,6 +267,17 @@ def build_network(cfg: TrainConfig) -> nn.Module:
     return SmallUNet()
 
 
+def scheduled_lr(cfg: TrainConfig, step: int, elapsed_s: float) -> float | None:
+    """The cosine schedule's rate at this point of the budget; None for the plateau schedule."""
+    if cfg.lr_schedule is not LRSchedule.cosine:
+        return None
+    fractions = [step / cfg.max_steps]
+    if cfg.max_minutes:
+        fractions.append(elapsed_s / (60.0 * cfg.max_minutes))
+    p = min(1.0, max(fractions))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
 def set_train_mode(model: nn.Module, freeze_norm: bool) -> None:
     """Training mode, with batch-norm layers in eval mode (frozen running statistics) if ``freeze_norm``."""
     model.train()
@@ -429,6 +452,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick the fastest kernels
     if world > 1 and not torch.distributed.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -494,6 +519,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         rng = np.random.default_rng([cfg.seed, rank, step])
         which = rng.integers(data.n_train, size=cfg.batch)
         x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
+        lr_now = scheduled_lr(cfg, step, time.perf_counter() - t0)
+        if lr_now is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_now
         loss = F.mse_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -528,7 +557,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
                 state.update(best_psnr=-math.inf, bad=0)
                 sched._reset()
                 _log(run_dir, rank, {"event": "norm_frozen_reset_best", "step": step})
-            sched.step(score)
+            if cfg.lr_schedule is LRSchedule.plateau:
+                sched.step(score)
             improved = score > state["best_psnr"]
             if improved:
                 state.update(best_psnr=score, best_step=step, bad=0)
@@ -571,6 +601,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "epochs": state["samples"] / max(data.n_train, 1),
         "best_val_psnr": state["best_psnr"],
         "best_step": state["best_step"],
+        "lr_schedule": cfg.lr_schedule.value,
         "val_selection": (
             f"mean val PSNR at x1 and x{', x'.join(f'{f:g}' for f in cfg.val_dose_factors)} the nominal dose"
             if cfg.val_dose_factors

@@ -1,7 +1,9 @@
 """Engine registry: choose a backend by name, or ``auto`` for the fastest one that runs here.
 
 ``auto`` prefers TensorRT (GPU + plan buildable), then ONNX Runtime, then eager PyTorch, and says why
-it skipped each, so a user on a GPU box who gets the CPU path learns the reason from the log.
+it skipped each, so a user on a GPU box who gets the CPU path learns the reason from the log. On a GPU
+box whose ONNX Runtime has no CUDA provider (the plain ``onnxruntime`` wheel), PyTorch on the GPU comes
+before ONNX Runtime on the CPU: a GPU without TensorRT should still denoise on the GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sbd_stream.engines.card import ONNX_FILE, ArtefactError, load_card, resolve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineKind", "EngineUnavailable", "available_kinds", "load_engine"]
+__all__ = ["Engine", "EngineKind", "EngineUnavailable", "auto_order", "available_kinds", "load_engine"]
 
 
 class EngineKind(StrEnum):
@@ -42,6 +44,13 @@ def available_kinds(engine_dir: Path | None = None) -> dict[str, str | None]:
     return out
 
 
+def auto_order(cuda: bool, ort_cuda: bool) -> list[EngineKind]:
+    """The backends ``auto`` tries, in order, given a CUDA GPU and a CUDA-capable ONNX Runtime."""
+    if cuda and not ort_cuda:
+        return [EngineKind.tensorrt, EngineKind.torch, EngineKind.onnxruntime]
+    return [EngineKind.tensorrt, EngineKind.onnxruntime, EngineKind.torch]
+
+
 def load_engine(
     kind: EngineKind | str = EngineKind.auto,
     engine: str | Path | None = None,
@@ -62,7 +71,8 @@ def load_engine(
     kind = EngineKind(kind)
     if kind is EngineKind.auto:
         reasons = available_kinds(engine_dir)
-        for k in (EngineKind.tensorrt, EngineKind.onnxruntime, EngineKind.torch):
+        cuda_here = torch.cuda.is_available() and not (device or "").startswith("cpu")
+        for k in auto_order(cuda_here, cuda_here and _ort_has_cuda()):
             if reasons[k.value] is None:
                 try:
                     return load_engine(k, engine_dir, device, batch, precision, tile, threads)

@@ -43,6 +43,10 @@ def test_plan_for_several_gpus_uses_torchrun_and_gpu_defaults() -> None:
     assert "training.recipe train-worker" in train["command"]
     assert "6 scales x 128 channels" in train["network"] and train["batch"].startswith("16 per process x 4")
     assert plan["steps"][1]["will"] == "build" and "refusal" not in plan
+    assert train["lr"] == "0.001, schedule cosine"  # a lease is a fixed budget: decay over it
+    assert train["norm_freeze"] == "never"  # 16 frames per batch: batch statistics are stable
+    cpu_like = describe_plan(RecipeConfig(steps=["train"], model="wide", freeze_norm_after=500), dev=dev)
+    assert cpu_like["steps"][0]["norm_freeze"] == "from step 500"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: nothing to refuse")
@@ -82,7 +86,7 @@ def test_cpu_smoke_run_trains_exports_skips_tensorrt_and_evaluates(
         "--data", str(data), "--test", str(test), "--train-preset", "tiny", "--threads", "1",
         "--engine-dir", str(tmp_path / "eng"), "--results", str(tmp_path / "res"),
         "--max-test-images", "2", "--slow-test-images", "1", "--dose-curve-images", "2",
-        "--no-compare-shipped",
+        "--no-compare-shipped", "--lr-schedule", "cosine",
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     summary = json.loads((tmp_path / "res" / "gpu_recipe.json").read_text())
@@ -97,6 +101,9 @@ def test_cpu_smoke_run_trains_exports_skips_tensorrt_and_evaluates(
         assert st[s]["status"] == "ok", st[s].get("traceback")
     assert res.exit_code == 0, res.output
     assert st["train"]["outputs"]["steps"] == 6 and st["train"]["outputs"]["device"] == "cpu"
+    log = [json.loads(ln) for ln in (Path(st["train"]["outputs"]["run_dir"]) / "log.jsonl").open()]
+    lrs = [r["lr"] for r in log if "loss" in r]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3 and lrs[-1] < 1e-4  # cosine over 6 steps
     eng = tmp_path / "eng"
     assert {"card.json", "model.pt", "model.onnx"} <= {p.name for p in eng.iterdir()}
     card = json.loads((eng / "card.json").read_text())

@@ -85,3 +85,26 @@ def test_bench_capacity_writes_rates_scaling_and_the_40hz_table(
     for row in cap.values():  # the fewest workers at the measured rate that reach 40 Hz
         n, fps = row["workers_for_40Hz"], row["frames_per_s_per_worker"]
         assert n * fps >= 40.0 and (n - 1) * fps < 40.0
+
+
+def test_gpu_session_report_summarises_the_committed_gpu_records(tmp_path: Path) -> None:
+    """The H200 session's records (committed) -> one summary; the freeze's loss jump is found in the log."""
+    import shutil
+
+    src = REPO / "benchmarks" / "results"
+    shutil.copytree(src / "gpu-recipe", tmp_path / "gpu-recipe")
+    for p in src.glob("bench_capacity_h200_*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    env = {**os.environ, "SBD_BENCH_RESULTS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "benchmarks.gpu_session_report", "--tag", "h200"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_session_h200.json").read_text())
+    runs = {r["run"]: r for r in res["runs"]}
+    frozen, never = runs["h200-sbd-unet4x64-gpu"], runs["h200-sbd-unet4x64-gpu-nofreeze"]
+    assert frozen["norm_frozen_at"] == 2000 and never["norm_frozen_at"] is None
+    assert frozen["loss_peak_after_freeze"] > 100 * frozen["loss_before_freeze"]
+    assert never["best_val_score"] > frozen["best_val_score"] + 1.5
+    assert all(r["gpu"] == "NVIDIA H200" and r["steps_status"]["train"] == "ok" for r in runs.values())
+    engines = {(r["engine"], r["size"], r["bin"]) for r in res["capacity"]}
+    assert ("sbd-unet4-detector", "3838x3710", 4) in engines and len(res["capacity"]) == 8

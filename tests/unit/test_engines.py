@@ -12,9 +12,10 @@ import torch
 
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.model import DnCNN, SmallUNet, UNet
-from sbd_stream.engines import EngineUnavailable, available_kinds, load_engine
+from sbd_stream.engines import EngineKind, EngineUnavailable, auto_order, available_kinds, load_engine
 from sbd_stream.engines.card import ArtefactError, load_card, load_torch_model
 from sbd_stream.engines.onnx_export import export_onnx, verify_onnx
+from sbd_stream.engines.onnxruntime_engine import available_providers
 from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
 
 TRT_REASON = tensorrt_unavailable_reason()
@@ -66,11 +67,24 @@ def test_backends_agree(tiny_engine_dir: Path) -> None:
 def test_auto_picks_onnxruntime_on_cpu_and_reports_why_not_tensorrt(tiny_engine_dir: Path) -> None:
     kinds = available_kinds(tiny_engine_dir)
     engine = load_engine("auto", tiny_engine_dir)
-    if TRT_REASON:
-        assert kinds["tensorrt"] == TRT_REASON
-        assert engine.kind == "onnxruntime"
-    else:
+    if not TRT_REASON:
         assert engine.kind == "tensorrt"
+        return
+    assert kinds["tensorrt"] == TRT_REASON
+    ort_cuda = "CUDAExecutionProvider" in available_providers()
+    if torch.cuda.is_available() and not ort_cuda:  # a GPU, no TensorRT, CPU-only ONNX Runtime
+        assert (engine.kind, engine.device.type) == ("torch", "cuda")
+    else:
+        assert engine.kind == "onnxruntime"
+    # asked for the CPU explicitly: never the GPU, whatever is installed
+    assert load_engine("auto", tiny_engine_dir, device="cpu").device.type == "cpu"
+
+
+def test_auto_order_puts_the_gpu_before_a_cpu_only_onnxruntime() -> None:
+    trt, ort, pt = EngineKind.tensorrt, EngineKind.onnxruntime, EngineKind.torch
+    assert auto_order(cuda=False, ort_cuda=False) == [trt, ort, pt]
+    assert auto_order(cuda=True, ort_cuda=True) == [trt, ort, pt]
+    assert auto_order(cuda=True, ort_cuda=False) == [trt, pt, ort]
 
 
 def test_engine_id_names_model_checksum_and_backend(tiny_engine_dir: Path) -> None:

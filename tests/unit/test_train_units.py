@@ -197,3 +197,20 @@ def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
     paper = preset_config("paper")
     assert (paper.scales, paper.channels, paper.augment.rescale_prob) == (6, 128, 1.0)
     assert paper.augment.max_rotation_deg == 45.0 and paper.augment.rotation_prob == 1.0
+
+
+# --- learning-rate schedules -------------------------------------------------------------------------
+
+
+def test_cosine_schedule_decays_over_the_larger_of_the_step_and_time_budgets() -> None:
+    from training.train import preset_config, scheduled_lr
+
+    cfg = preset_config("tiny", max_steps=1000, max_minutes=10.0, lr=1e-3, min_lr=1e-6, lr_schedule="cosine")
+    assert scheduled_lr(cfg, 0, 0.0) == pytest.approx(1e-3)
+    assert scheduled_lr(cfg, 500, 0.0) == pytest.approx(0.5 * (1e-3 + 1e-6))  # half the steps
+    assert scheduled_lr(cfg, 10, 300.0) == pytest.approx(0.5 * (1e-3 + 1e-6))  # half the time
+    assert scheduled_lr(cfg, 10, 900.0) < scheduled_lr(cfg, 10, 300.0)
+    assert scheduled_lr(cfg, 2000, 0.0) == pytest.approx(1e-6)  # past the budget: the floor
+    no_time = cfg.model_copy(update={"max_minutes": None})
+    assert scheduled_lr(no_time, 250, 1e9) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + 2**-0.5))
+    assert scheduled_lr(preset_config("tiny"), 3, 1.0) is None  # plateau: the scheduler decides

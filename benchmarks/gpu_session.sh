@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (a 15-minute lease): the GPU recipe's train / export / TensorRT steps on
+# the detector training set, then the GPU tests and the capacity benchmark on the GPU. This is what ran
+# on the H200 in session 5 (docs/training.md "GPU runs"; records in benchmarks/results/gpu-recipe/ and
+# bench_capacity_h200_*.json, summary: python -m benchmarks.gpu_session_report). The engine it trains
+# is then scored on a CPU machine:
+#   sbd-train evaluate-detector --engine "wide=engines/<name>" --max-test-images 24
+#
+# Needs: the repo, data/detector.h5 (or .devkit/detector-q.h5 from `python -m benchmarks.gpu_data_pack pack`: a quantised copy
+# that fits a 64 MiB transfer; see docs/training.md), python3 with CUDA torch, and .devkit/whl/*.whl
+# for the packages the machine lacks (pydantic, pydantic-core, annotated-types, typing-inspection,
+# pydantic-settings, python-dotenv, pyzmq; cp312 manylinux wheels). Everything kept goes to $OUT.
+#   OUT=out TRAIN_MINUTES=6 bash benchmarks/gpu_session.sh
+# Continue a run: carry runs/<name> too and give NAME=<name> (the recipe resumes its last.pt; the
+# cosine restarts over the new, longer budget).
+set -u
+OUT=${OUT:-gpu-session-out}
+MIN=${TRAIN_MINUTES:-6}
+STOP_AFTER=${STOP_AFTER:-480}  # seconds: later steps are skipped past this (the lease's one call is 600 s)
+NAME=${NAME:-sbd-unet4x64-gpu}
+MODEL=${MODEL:-wide}
+EXTRA=${RECIPE_EXTRA:-}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+stamp() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
+in_time() { [ $(( $(date +%s) - t0 )) -lt "$STOP_AFTER" ] || { stamp "skipped, out of time: $*"; false; }; }
+
+stamp setup
+if compgen -G ".devkit/whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .devkit/whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.is_available(), 'ort', o.__version__, o.get_available_providers())"
+nproc
+mkdir -p data
+[ -f data/detector.h5 ] || python3 -m benchmarks.gpu_data_pack unpack .devkit/detector-q.h5 data/detector.h5
+
+stamp "train $MODEL for $MIN min"
+(nvidia-smi --query-gpu=utilization.gpu,memory.used,power.draw --format=csv,noheader -l 60 2>/dev/null &
+ echo $! > /tmp/smi.pid)
+timeout $(python3 -c "print(int($MIN*60+180))") python3 -m training.cli gpu-recipe \
+  --steps train,export,tensorrt --model "$MODEL" --name "$NAME" --data data/detector.h5 \
+  --max-minutes "$MIN" --no-card-metrics --results "$OUT/recipe" $EXTRA
+echo "recipe rc=$?"
+kill "$(cat /tmp/smi.pid)" 2>/dev/null
+tar cf "$OUT/run.tar" runs/"$NAME" 2>&1
+[ -d engines/"$NAME" ] && tar cf "$OUT/engine.tar" engines/"$NAME"
+ls -la "$OUT"
+
+stamp "GPU tests"
+in_time "GPU tests" && timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/unit/test_engines.py \
+  tests/unit/test_batch_stage.py tests/unit/test_tiling.py tests/unit/test_likelihood.py \
+  tests/unit/test_binning.py 2>&1 | tail -25
+
+stamp "capacity on the GPU"
+for eng in "engines/$NAME" sbd-unet4-detector; do
+  [ -e "$eng" ] || [ "$eng" = sbd-unet4-detector ] || continue
+  in_time "capacity of $eng" || break
+  tag=$(basename "$eng")
+  rm -f benchmarks/results/bench_capacity.json
+  timeout 75 python3 -m benchmarks.bench_capacity --model "$eng" --engine auto --sizes 1024,k2 \
+    --bins 1,4 --min-seconds 1 --scaling-frames 96 --batch 8 \
+    --note "GPU session: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" 2>&1 | tail -30
+  cp benchmarks/results/bench_capacity.json "$OUT/bench_capacity_gpu_$tag.json" 2>/dev/null
+done
+stamp done
