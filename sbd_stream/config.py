@@ -208,10 +208,18 @@ class LikelihoodSettings(LikelihoodConfig):
 
     enabled: bool = Field(False, description="also compute, publish and record likelihood-ratio maps")
     pixel_size_A: float | None = Field(None, gt=0, description="set from the engine's working pixel")
+    evidence_frames: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="0: score each frame's columns on its own counts (the paper's definition); N: on the "
+        "summed counts of up to N other frames of the same acquisition in the same batch, which the "
+        "denoiser did not fit (needs a static specimen over those frames and batch_frames > N)",
+    )
 
     def at_pixel(self, pixel_size_A: float) -> LikelihoodConfig:
         """The compute-layer config at a given pixel size (the engine's working pixel)."""
-        fields = self.model_dump(exclude={"enabled", "pixel_size_A"})
+        fields = self.model_dump(exclude={"enabled", "pixel_size_A", "evidence_frames"})
         return LikelihoodConfig(pixel_size_A=pixel_size_A, **fields)
 
 

@@ -33,12 +33,17 @@ MAX_HEADER_COLUMNS = 1000
 COLUMN_FIELDS = ("row", "col", "llr", "region_mean")
 
 
-def llr_columns(table: np.ndarray) -> tuple[dict[str, Any], list[list[float]]]:
+def llr_columns(table: np.ndarray, evidence_frames: int = 0) -> tuple[dict[str, Any], list[list[float]]]:
     """An ``llr`` message's column table: (meta, rows rounded to 3 decimals, at most MAX_HEADER_COLUMNS).
 
-    ``table`` is (K, 4) [row, col, llr, region_mean]; ``meta`` says how many columns there were in all.
+    ``table`` is (K, 4) [row, col, llr, region_mean]; ``meta`` says how many columns there were in all
+    and how many other frames' counts scored them (``evidence_frames``; 0: the frame's own counts).
     """
-    meta = {"n_columns": len(table), "columns_fields": list(COLUMN_FIELDS)}
+    meta = {
+        "n_columns": len(table),
+        "columns_fields": list(COLUMN_FIELDS),
+        "evidence_frames": int(evidence_frames),
+    }
     return meta, np.round(np.asarray(table[:MAX_HEADER_COLUMNS], np.float64), 3).tolist()
 
 

@@ -69,6 +69,9 @@ def likelihood_study(
     split: str = typer.Option("test", "--split", help="test | val | train | all (training's split)"),
     max_images: int | None = typer.Option(None, "--max-images", min=1, help="first N images of the split"),
     frames_per_image: int = typer.Option(1, min=1, help="noise realisations per image"),
+    evidence_frames: int = typer.Option(
+        0, min=0, help="0: score on the denoised frame's own counts; N: on N further independent frames"
+    ),
     polarity: str = typer.Option("truth", help="bright | dark | truth (from each image's contrast class)"),
     match_distance: float = typer.Option(0.7, "--match-distance-A", help="TP matching radius, Angstrom"),
     column_radius: float | None = typer.Option(None, "--column-radius-A", help="region radius, Angstrom"),
@@ -85,7 +88,8 @@ def likelihood_study(
     overrides = {k: v for k, v in pairs if v is not None}
     cfg = StudyConfig(
         data=data, engine=engine, backend=backend, denoiser=denoiser, split=split, max_images=max_images,
-        frames_per_image=frames_per_image, polarity=polarity, match_distance_A=match_distance,
+        frames_per_image=frames_per_image, evidence_frames=evidence_frames, polarity=polarity,
+        match_distance_A=match_distance,
         likelihood=overrides, device=device, seed=seed, out=out, name=name,
     )  # fmt: skip
     res = run_study(cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from sbd_stream.compute.binning import (
     unbin_nearest,
 )
 from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.compute.evidence import evidence_counts, evidence_plan
 from sbd_stream.compute.likelihood import LikelihoodStage
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
@@ -105,6 +107,7 @@ class BatchResult:
     likelihood: np.ndarray | None = None  # (B, H, W) float32 LLR painted over column regions
     columns: list[np.ndarray] | None = None  # per frame (K, 4): detector-pixel centre, LLR, region mean
     vacuum: np.ndarray | None = None  # (B,) counts per detector pixel taken as vacuum
+    evidence_frames: np.ndarray | None = None  # (B,) other frames whose counts scored the columns (0: own)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -129,8 +132,11 @@ class BatchStage:
         self.upsample = up.value
         self.geometry = plan_geometry(detector or DetectorSettings(), denoiser.engine.card, bin_tolerance)
         self.likelihood: LikelihoodStage | None = None
+        self.evidence_frames = 0
         if likelihood is not None and likelihood.enabled:
             self.likelihood = LikelihoodStage(likelihood.at_pixel(self.geometry.working_pixel_A), self.device)
+            self.evidence_frames = likelihood.evidence_frames
+        self._history: deque[tuple[str, int, torch.Tensor]] = deque(maxlen=2 * self.evidence_frames)
 
     @property
     def device(self) -> torch.device:
@@ -162,15 +168,20 @@ class BatchStage:
             raise ValueError(f"a batch needs 2-D frames of one shape, got {[f.data.shape for f in frames]}")
         t0 = time.perf_counter()
         raw = self.upload([f.data for f in frames])
-        out = self.process_tensor(raw)
+        ids = [(f.header.acq, f.header.seq) for f in frames] if self.evidence_frames else None
+        out = self.process_tensor(raw, ids)
         t1 = time.perf_counter()
         host = self.download(out.packed)
         result = out.unpack(host, [f.header for f in frames], [f.t_recv for f in frames])
         result.timings = {"batch": t1 - t0, "download": time.perf_counter() - t1, **out.timings}
         return result
 
-    def process_tensor(self, raw: torch.Tensor) -> PackedBatch:
-        """Device part of ``process``: (B, H, W) raw counts on the device -> one packed device buffer."""
+    def process_tensor(self, raw: torch.Tensor, ids: list[tuple[str, int]] | None = None) -> PackedBatch:
+        """Device part of ``process``: (B, H, W) raw counts on the device -> one packed device buffer.
+
+        ``ids``: each frame's (acquisition, sequence number), for evidence frames; without them every
+        frame's columns are scored on its own counts.
+        """
         g, (b, h, w) = self.geometry, raw.shape
         t0 = time.perf_counter()
         binned = bin_counts(raw, g.bin)
@@ -180,19 +191,44 @@ class BatchStage:
         parts = [den.reshape(-1)]
         n_cols = 0
         if self.likelihood is not None:
-            cols = self.likelihood.compute(binned, den_w)
+            if ids is not None and self.evidence_frames:
+                scored, rates, used = self._evidence(binned, den_w, ids)
+            else:
+                scored, rates, used = binned, den_w, torch.zeros(b, device=den_w.device)
+            cols = self.likelihood.compute(scored, rates)
+            # rates and vacuum back to one frame's worth (the LLR stays the sum over the frames scored)
+            per = used.clamp(min=1.0) * (g.bin * g.bin)
             parts.append(unbin_nearest(cols.map, g.bin, (h, w)).reshape(-1))
             pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin)
-            table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, cols.lam1 / (g.bin * g.bin)], dim=1)
+            lam1 = cols.lam1 / per[cols.centres[:, 0]]
+            table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, lam1], dim=1)
             n_cols = int(table.shape[0])
             per_frame = torch.bincount(cols.centres[:, 0], minlength=b)
-            parts += [table.reshape(-1), per_frame, cols.lam0 / (g.bin * g.bin)]
+            parts += [table.reshape(-1), per_frame, cols.lam0 / per, used]
         # without maps the denoised frames already are the one buffer: no 4 MB-per-frame copy to pack
         packed = parts[0] if len(parts) == 1 else torch.cat([p.to(torch.float32) for p in parts])
         timings = {"denoise": t1 - t0}
         if self.likelihood is not None:
             timings["likelihood"] = time.perf_counter() - t1
         return PackedBatch(packed, (b, h, w), self.likelihood is not None, n_cols, timings)
+
+    def _evidence(
+        self, binned: torch.Tensor, den_w: torch.Tensor, ids: list[tuple[str, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Evidence from this batch and the last frames this stage saw (kept at the working pixel).
+
+        Live at 40 Hz batches are often single frames, so the batch alone would rarely hold a
+        neighbour; the kept frames (2 N, a few MB at most) give every frame after the first N of a
+        series N earlier frames without waiting for later ones. Each engine worker keeps its own.
+        """
+        hist = [h for h in self._history if h[2].shape == binned.shape[1:] and h[2].dtype == binned.dtype]
+        acq = [a for a, _, _ in hist] + [a for a, _ in ids]
+        seq = [q for _, q, _ in hist] + [q for _, q in ids]
+        plan = evidence_plan(acq, seq, self.evidence_frames)[len(hist) :]
+        pool = torch.cat([torch.stack([t for _, _, t in hist]), binned]) if hist else binned
+        out = evidence_counts(pool, den_w, plan, offset=len(hist))
+        self._history.extend((a, q, t.clone()) for (a, q), t in zip(ids, binned, strict=True))
+        return out
 
 
 @dataclass
@@ -217,4 +253,5 @@ class PackedBatch:
         counts = host[at : at + b].astype(np.int64)
         res.columns = np.split(table, np.cumsum(counts)[:-1])
         res.vacuum = host[at + b : at + 2 * b]
+        res.evidence_frames = host[at + 2 * b : at + 3 * b].astype(np.int64)
         return res

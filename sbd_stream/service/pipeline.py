@@ -215,7 +215,8 @@ class Pipeline:
             if res.likelihood is None or res.columns is None:
                 continue
             if self.publisher is not None:
-                meta, table = llr_columns(res.columns[i])
+                ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
+                meta, table = llr_columns(res.columns[i], ev)
                 self.publisher.publish(TOPIC_LLR, h, res.likelihood[i], meta, table)
             if rec is not None and self.s.record.record_llr:
                 rec.record("llr", h, res.likelihood[i])

@@ -195,3 +195,22 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
         assert f.attrs["bin"] == 4 and f.attrs["working_pixel_A"] == pytest.approx(0.24)
         assert f.attrs["pixel_size_A"] == pytest.approx(0.060)
         assert f.attrs["dose_e_per_A2"] == pytest.approx(125.0)
+
+
+@pytest.mark.timeout(120)
+def test_llr_messages_say_how_many_other_frames_scored_their_columns(
+    tmp_path: Path, denoiser: Denoiser
+) -> None:
+    """denoise.likelihood.evidence_frames = 2 over real sockets: every frame from the third on is scored on
+    two other frames (its batch's neighbours or the earlier frames the stage kept)."""
+    ctx = zmq.Context.instance()
+    emu = Emulator(
+        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=12, rate_hz=200), ctx
+    )
+    s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "evidence_frames": 2})
+    col = stream_through(Pipeline(s, denoiser, context=ctx), emu, ctx)
+    llr = col.frames(b"llr")
+    assert [r.seq for r in llr] == list(range(12))
+    used = [r.header.meta["evidence_frames"] for r in llr]
+    assert set(used[2:]) == {2} and all(0 <= u <= 2 for u in used[:2])
+    assert all(r.header.meta["n_columns"] == len(r.header.columns) for r in llr)

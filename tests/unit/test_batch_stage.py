@@ -72,6 +72,61 @@ def test_outputs_have_the_input_shape_in_counts_per_detector_pixel(
             assert cols[:, 0].max() < shape[0] and cols[:, 1].max() < shape[1]
 
 
+def test_evidence_frames_score_columns_on_other_frames_counts(binning_engine_dir: Path) -> None:
+    """evidence_frames=2: each frame's LLRs are those of the hand-summed counts of its two neighbours."""
+    from sbd_stream.compute.binning import bin_counts
+    from sbd_stream.compute.likelihood import LikelihoodStage
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    settings = LikelihoodSettings(enabled=True, vacuum_block_A=2.0, evidence_frames=2)
+    stage = BatchStage(den, DetectorSettings(), settings)
+    frames = _frames(4, (128, 128), 0.45)
+    lone = Frame(FrameHeader("other", 0, time.time(), (128, 128), "uint16"), frames[0].data.copy())
+    res = stage.process([*frames, lone])
+    assert res.evidence_frames is not None and res.evidence_frames.tolist() == [2, 2, 2, 2, 0]
+    own = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
+    ref_own = own.process([*frames, lone])
+    assert ref_own.evidence_frames is not None and not ref_own.evidence_frames.any()
+    np.testing.assert_allclose(res.denoised, ref_own.denoised)  # evidence changes the scores only
+    # by hand at the working pixel: frame 1 is scored on frames 0 + 2, against twice its denoised rates
+    binned = bin_counts(torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32)), 4)
+    den_w = den.denoise(binned, dose=7.2)
+    hand = LikelihoodStage(settings.at_pixel(stage.geometry.working_pixel_A), "cpu")
+    ref = hand.compute((binned[0] + binned[2])[None], 2 * den_w[1][None])
+    assert res.columns is not None and res.vacuum is not None and res.columns[1].shape[0] == len(ref.llr)
+    np.testing.assert_allclose(res.columns[1][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res.columns[1][:, 3], ref.lam1.numpy() / 2 / 16, rtol=1e-5)  # one frame's
+    assert res.vacuum[1] == pytest.approx(float(ref.lam0[0]) / 2 / 16, rel=1e-5)
+    # the lone frame of another series has no neighbour: its own counts, exactly as without evidence
+    np.testing.assert_allclose(res.columns[4], ref_own.columns[4], rtol=1e-5, atol=1e-5)
+
+
+def test_evidence_comes_from_kept_earlier_frames_when_batches_are_single_frames(
+    binning_engine_dir: Path,
+) -> None:
+    """Live at 40 Hz batches are often one frame: the stage's kept frames supply the evidence."""
+    from sbd_stream.compute.binning import bin_counts
+    from sbd_stream.compute.likelihood import LikelihoodStage
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    settings = LikelihoodSettings(enabled=True, vacuum_block_A=2.0, evidence_frames=2)
+    stage = BatchStage(den, DetectorSettings(), settings)
+    frames = _frames(5, (128, 128), 0.45, seed=4)
+    results = [stage.process([f]) for f in frames]
+    used = [int(r.evidence_frames[0]) for r in results]  # type: ignore[index]
+    assert used == [0, 1, 2, 2, 2]
+    binned = bin_counts(torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32)), 4)
+    den_w = den.denoise(binned, dose=7.2)
+    hand = LikelihoodStage(settings.at_pixel(stage.geometry.working_pixel_A), "cpu")
+    ref = hand.compute((binned[2] + binned[3])[None], 2 * den_w[4][None])  # frame 4 on frames 3 + 2
+    cols = results[4].columns
+    assert cols is not None
+    np.testing.assert_allclose(cols[0][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
+    # another series starts: nothing of the previous one counts as evidence
+    other = Frame(FrameHeader("next", 0, time.time(), (128, 128), "uint16"), frames[0].data.copy())
+    assert int(stage.process([other]).evidence_frames[0]) == 0  # type: ignore[index]
+
+
 class _Transfers(TorchFunctionMode):
     """Counts the calls that bring device data to the host (on a GPU each one is a copy and a sync).
 
@@ -100,7 +155,8 @@ def test_one_upload_and_one_download_per_batch_on_the_torch_path(
     binning_engine_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     den = Denoiser.load("torch", binning_engine_dir, device="cpu")
-    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
+    lk = LikelihoodSettings(enabled=True, vacuum_block_A=2.0, evidence_frames=2)  # evidence adds no copy
+    stage = BatchStage(den, DetectorSettings(), lk)
     frames = _frames(4, (128, 128), 0.45)
     stage.process(frames)  # warm: plans and windows are cached on first use
     uploads = {"n": 0}
