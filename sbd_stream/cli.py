@@ -36,6 +36,15 @@ Model = Annotated[str, typer.Option(help="Engine name under engines/ or a path (
 Device = Annotated[str, typer.Option(help="cpu or cuda[:N] (default: the best available)")]
 Batch = Annotated[int, typer.Option(min=1, help="Denoise up to this many frames at once")]
 Likelihood = Annotated[bool, typer.Option("--likelihood/--no-likelihood", help="Likelihood-ratio maps too")]
+EvidenceFrames = Annotated[
+    int,
+    typer.Option(
+        "--evidence-frames",
+        min=0,
+        max=16,
+        help="Score columns on N other frames' counts (unbiased; static specimen; implies --likelihood)",
+    ),
+]
 PixelSize = Annotated[
     float,
     typer.Option("--pixel-size", help="Detector pixel at the specimen, A (default 0.060, the paper's K2)"),

@@ -23,6 +23,7 @@ from sbd_stream.cli import (
     Device,
     DosePerArea,
     Engine,
+    EvidenceFrames,
     Likelihood,
     Model,
     PixelSize,
@@ -71,6 +72,7 @@ def serve(
     workers: Workers = None,  # type: ignore[assignment]
     devices: str = typer.Option(None, "--devices", help="Devices for the workers, e.g. cuda:0,cuda:1"),
     likelihood: Likelihood = None,  # type: ignore[assignment]
+    evidence_frames: EvidenceFrames = None,  # type: ignore[assignment]
     pixel_size: PixelSize = None,  # type: ignore[assignment]
     dose: DosePerArea = None,  # type: ignore[assignment]
     counts_per_px: CountsPerPx = None,  # type: ignore[assignment]
@@ -115,7 +117,7 @@ def serve(
                 "policy": policy,
                 "workers": workers,
                 "devices": [d.strip() for d in devices.split(",") if d.strip()] if devices else None,
-                "likelihood": {"enabled": likelihood},
+                "likelihood": _likelihood(likelihood, evidence_frames),
             },
             "metrics": {"port": metrics_port},
             "viewer": {"enabled": viewer or None, "port": viewer_port},  # docs/viewer.md
@@ -157,6 +159,7 @@ def replay(
     device: Device = None,  # type: ignore[assignment]
     batch: Batch = None,  # type: ignore[assignment]
     likelihood: Likelihood = None,  # type: ignore[assignment]
+    evidence_frames: EvidenceFrames = None,  # type: ignore[assignment]
     pixel_size: PixelSize = None,  # type: ignore[assignment]
     dose: DosePerArea = None,  # type: ignore[assignment]
     counts_per_px: CountsPerPx = None,  # type: ignore[assignment]
@@ -207,7 +210,7 @@ def replay(
                 "device": device,
                 "batch_frames": batch,
                 "workers": workers,
-                "likelihood": {"enabled": likelihood},
+                "likelihood": _likelihood(likelihood, evidence_frames),
             },
             "metrics": {"enabled": False},
         },
@@ -345,7 +348,8 @@ def demo(
     ),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
     policy: str = typer.Option("lossless", help="lossless (every frame) or latest (skip under overload)"),
-    likelihood: Likelihood = False,
+    likelihood: Likelihood = None,  # type: ignore[assignment]
+    evidence_frames: EvidenceFrames = None,  # type: ignore[assignment]
     pixel_size: PixelSize = None,  # type: ignore[assignment]
     dose: DosePerArea = None,  # type: ignore[assignment]
     counts_per_px: CountsPerPx = None,  # type: ignore[assignment]
@@ -378,7 +382,7 @@ def demo(
                 "model": model,
                 "policy": policy,
                 "workers": workers,
-                "likelihood": {"enabled": likelihood},
+                "likelihood": _likelihood(likelihood, evidence_frames),
             },
             "metrics": {"enabled": viewer, "port": 0},  # the viewer's rate / latency tiles read them
             "viewer": {"enabled": viewer, "port": viewer_port},
@@ -397,3 +401,12 @@ def demo(
     )
     result = run_demo(s, stage, emu_cfg, status=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(result, indent=2))
+
+
+def _likelihood(enabled: bool | None, evidence_frames: int | None) -> dict[str, object]:
+    """``--evidence-frames N`` (N > 0) turns the maps on unless ``--no-likelihood`` was given."""
+    if evidence_frames and enabled is None:
+        enabled = True
+    if evidence_frames and enabled is False:
+        raise typer.BadParameter("--evidence-frames scores likelihood maps: drop --no-likelihood")
+    return {"enabled": enabled, "evidence_frames": evidence_frames}

@@ -15,3 +15,21 @@ def test_python_dash_m_lists_every_command(module: str) -> None:
     ).stdout
     for command in ("denoise", "info", "export", "serve", "replay", "emulate", "demo", "merge"):
         assert f" {command} " in out, (command, out)
+
+
+def test_evidence_frames_turn_likelihood_maps_on_and_refuse_no_likelihood() -> None:
+    import typer
+
+    from sbd_stream.cli_live import _likelihood
+
+    assert _likelihood(None, 4) == {"enabled": True, "evidence_frames": 4}
+    assert _likelihood(None, None) == {"enabled": None, "evidence_frames": None}  # settings decide
+    assert _likelihood(True, 0) == {"enabled": True, "evidence_frames": 0}
+    with pytest.raises(typer.BadParameter, match="no-likelihood"):
+        _likelihood(False, 2)
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--frames", "4", "--no-likelihood", "--evidence-frames", "2"])
+    assert res.exit_code == 2 and "no-likelihood" in res.output
