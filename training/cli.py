@@ -367,11 +367,13 @@ def fov_study_detector(
     engine: list[str] | None = typer.Option(
         None, help="LABEL=ENGINE_DIR (repeatable); default: fov*-detector"
     ),
-    train_first: bool = typer.Option(False, "--train", help="train the three fov*-detector presets first"),
+    train_first: bool = typer.Option(
+        False, "--train", help="train the fov*-detector presets whose engine is missing first"
+    ),
     max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1_detector.* go"),
 ) -> None:
-    """Table 3.1 at the detector's sampling: UNets with 5 / 13 / 59 A of reach at equal budgets."""
+    """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets."""
     import sys
 
     from training.evaluate import write_json
@@ -383,13 +385,18 @@ def fov_study_detector(
     default = {}
     for preset in FOV_DETECTOR_PRESETS:
         cfg = preset_config(preset, data=str(val))
-        if train_first:
+        if train_first and not (BENCH_ENGINES / cfg.name / "card.json").is_file():
             from training.export import export_run
             from training.train import train as run_training
 
             run_training(cfg)
             export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
-        default[f"UNet {cfg.scales} scale{'s' if cfg.scales > 1 else ''}"] = BENCH_ENGINES / cfg.name
+        label = (
+            f"UNet {cfg.scales} scale{'s' if cfg.scales > 1 else ''}"
+            if cfg.architecture.value == "unet"
+            else f"{cfg.architecture.value} {cfg.depth} layers"
+        )
+        default[label] = BENCH_ENGINES / cfg.name
     ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
     res = evaluate_fov_detector(ecfg, _engine_options(engine, default))
     command = " ".join(["sbd-train", *sys.argv[1:]])

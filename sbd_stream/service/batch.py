@@ -1,13 +1,14 @@
 """The batch stage: a list of raw detector frames in, denoised frames + likelihood maps + columns out.
 
-One pure function of its inputs (no threads, no sockets), so it is tested and benchmarked on its own
-and the pipeline around it is wiring only. On the device it bins detector pixels to the engine's
-working pixel (summing counts), denoises there (normalise -> tile -> engine -> fuse), scores columns
-with the Poisson likelihood ratio on the binned raw counts, and interpolates the results back to the
-detector's sampling. The batch crosses the host-device boundary exactly twice: one upload of the
-stacked raw frames, one download of everything the sinks need packed into a single buffer. On a GPU
-each extra transfer is a synchronisation, and per-frame downloads were what made the likelihood stage
-cost more than the network.
+A function of its inputs (no threads, no sockets), so it is tested and benchmarked on its own and the
+pipeline around it is wiring only; its one state is opt-in: with likelihood evidence frames it keeps
+the last few binned frames (``compute/evidence.py``), so each engine worker owns its stage. On the
+device it bins detector pixels to the engine's working pixel (summing counts), denoises there
+(normalise -> tile -> engine -> fuse), scores columns with the Poisson likelihood ratio on the binned
+raw counts, and interpolates the results back to the detector's sampling. The batch crosses the
+host-device boundary exactly twice: one upload of the stacked raw frames, one download of everything
+the sinks need packed into a single buffer. On a GPU each extra transfer is a synchronisation, and
+per-frame downloads were what made the likelihood stage cost more than the network.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class BatchResult:
 
 
 class BatchStage:
-    """Holds the loaded denoiser, the stream's geometry and the likelihood kernels; ``process`` is pure."""
+    """Holds the loaded denoiser, the stream's geometry and the likelihood kernels; ``process`` is pure
+    unless likelihood evidence frames are on (then it keeps the last 2 N binned frames)."""
 
     def __init__(
         self,

@@ -93,10 +93,13 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
     assert row["n_images"] == 2 and np.isfinite(row["metrics"]["paper_psnr"]["mean"])
     md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
     assert md.count("\n| a |") == 1 and "FoV (A)" in md
-    # the presets: equal budgets, one recipe, reach 5 / 13 / 59 A at the 0.24 A working pixel
+    # the presets: equal budgets, one recipe, reach 3 / 5 / 13 / 59 A at the 0.24 A working pixel
     cfgs = [preset_config(p) for p in FOV_DETECTOR_PRESETS]
     assert len({(c.max_steps, c.batch, c.augment.patch, c.data, c.freeze_norm_after) for c in cfgs}) == 1
     from sbd_stream.compute.model import field_of_view
 
     reach = [field_of_view(build_network(c)) * 0.24 for c in cfgs]
-    assert reach == pytest.approx([5.04, 12.72, 58.8], abs=0.01)
+    assert reach == pytest.approx([3.12, 5.04, 12.72, 58.8], abs=0.01)
+    from sbd_stream.compute.model import count_parameters
+
+    assert all(45_000 < count_parameters(build_network(c)) < 60_000 for c in cfgs)  # equal capacity
