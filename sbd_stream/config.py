@@ -213,8 +213,8 @@ class LikelihoodSettings(LikelihoodConfig):
         ge=0,
         le=16,
         description="0: score each frame's columns on its own counts (the paper's definition); N: on the "
-        "summed counts of up to N other frames of the same acquisition in the same batch, which the "
-        "denoiser did not fit (needs a static specimen over those frames and batch_frames > N)",
+        "summed counts of up to N other frames of the same acquisition (its batch's and the last 2N the "
+        "worker kept), which the denoiser did not fit; the specimen must not change over those frames",
     )
 
     def at_pixel(self, pixel_size_A: float) -> LikelihoodConfig:

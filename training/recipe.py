@@ -63,7 +63,9 @@ Batch-norm statistics are never frozen on a GPU. The detector preset freezes the
 its CPU batch of 2 frames at different doses gives noisy batch statistics; with 16 frames per batch they
 are stable, and freezing mid-run under Adam broke the wide network (H200, session 5: the loss jumped
 from 0.00095 to 0.21 at the freeze and was back to only 0.0010 after 8,000 more steps, val score 26.2 dB
-after 6 min; never frozen: 28.1 dB after 2.5 min; docs/training.md "GPU runs").
+after 6 min; never frozen: 28.1 dB after 2.5 min; docs/training.md "GPU runs"). A run started from an
+engine's weights (``--init-from``) keeps them frozen from step 0, as on the CPU: that engine's running
+statistics are already fitted.
 """
 
 SUMMARY_FILE = "gpu_recipe.json"
@@ -263,7 +265,9 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         "early_stop_patience": gpu.get("early_stop_patience"),
     }
     tc = preset_config(cfg.train_preset, **overrides)
-    freeze = cfg.freeze_norm_after if cfg.freeze_norm_after is not None else gpu.get("freeze_norm_after")
+    freeze = cfg.freeze_norm_after
+    if freeze is None and cfg.init_from is None:  # an engine's weights keep their statistics frozen
+        freeze = gpu.get("freeze_norm_after")
     if freeze is not None:
         tc = tc.model_copy(update={"freeze_norm_after": None if freeze < 0 else freeze})
     name = cfg.name or (f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None)
@@ -529,7 +533,11 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
             item["budget"] = f"max_minutes={tc.max_minutes} max_steps={tc.max_steps}"
             item["lr"] = f"{tc.lr:g}, schedule {tc.lr_schedule.value}"
             item["norm_freeze"] = (
-                "never" if tc.freeze_norm_after is None else f"from step {tc.freeze_norm_after}"
+                "never"
+                if tc.freeze_norm_after is None
+                else "from step 0 (the engine's statistics)"
+                if tc.init_from is not None
+                else f"from step {tc.freeze_norm_after}"
             )
             item["batch"] = (
                 f"{tc.batch} per process x {nproc}, patch {tc.augment.patch}, threads {tc.threads}"
