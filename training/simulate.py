@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 from training.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
 from training.imaging import Optics, Sampling, View
 from training.splits import SplitSpec
-from training.structures import DefectClass, ParticleClass, StructureParams
+from training.structures import DefectClass, ParticleClass, StructureParams, SupportVariation
 
 NONZERO_TILTS = [(float(t), 0.0) for t in range(1, 5)] + [(0.0, float(t)) for t in range(1, 5)]
 ALL_TILTS = [(0.0, 0.0), *NONZERO_TILTS]
@@ -36,6 +36,9 @@ class Preset(BaseModel):
     defect_classes: list[DefectClass] = list(DefectClass)
     cell_periods_x: int = 6
     support_trilayers: int = 4
+    support_variation: SupportVariation | None = Field(
+        None, description="None: a flat support of support_trilayers; else heights, steps and vacancies drawn"
+    )
     thicknesses_nm: list[float] = [3.0, 4.0, 5.0, 6.0]
     tilts_deg: list[tuple[float, float]] = ALL_TILTS
     extra_tilts_per_structure: int | None = Field(None, description="None: all tilts; k: (0,0) plus k")
@@ -121,18 +124,30 @@ PRESETS: dict[str, Preset] = {
         dose_e_per_A2=125.0,
         test_view=View(image_px=1024, pixel_A=0.060),
     ),
+    # Appendix A.2/A.3: a 5 x 5 nm field (8 periods = 53.0 A cell, 220 px of 0.24 A = 52.8 A window),
+    # a CeO2(111) support of 4-8 trilayers (12-25 A: up to half the field) that is flat, stepped or
+    # with surface vacancies, 100 atomic models (PtNp1-4 x D0-Ds, 5 of each), the particle anywhere in
+    # the middle 30 % of the field, support 3-6 nm along the beam, tilt 0-4 deg about x or y (0,0 + two
+    # more per model), defocus 0-20 nm (7 per exit wave), explicit focal averaging. The test models are
+    # also rendered at the detector's 0.060 A (880 px, same window).
     "paper": Preset(
         name="paper",
-        n_structures=24,
+        n_structures=100,
         particle_classes=list(ParticleClass),
         cell_periods_x=8,
-        support_trilayers=5,
-        sampling=Sampling(gpts=1024, slice_thickness_A=0.478, n_phonons=8, image_px=880),
+        support_trilayers=6,
+        support_variation=SupportVariation(),
+        extra_tilts_per_structure=2,
+        defocus_per_task=7,
+        sampling=Sampling(gpts=512, n_phonons=4, image_px=220, pixel_A=0.24),
+        optics=Optics(focal_mode="explicit"),
+        dose_e_per_A2=125.0,
+        test_view=View(image_px=880, pixel_A=0.060),
     ),
 }
 """tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. detector: the binned
-detector (0.24 A working pixel, 125 e/A^2) plus a 0.060 A test split. paper: the Appendix A.2 grid
-(24 structures x 4 thicknesses x 9 tilts x 21 defocus, ~18,000 images) at 0.060 A px."""
+detector (0.24 A working pixel, 125 e/A^2) plus a 0.060 A test split; mostly vacuum (history). paper:
+the paper's world (App. A.2/A.3) at the working pixel: 100 models, ~7,900 images, + a 0.060 A test split."""
 
 
 class TaskSpec(BaseModel):
@@ -154,7 +169,9 @@ def plan(preset: Preset) -> list[TaskSpec]:
     for i in range(preset.n_structures):
         pc = preset.particle_classes[i % n_pc]
         dc = preset.defect_classes[(i // n_pc) % len(preset.defect_classes)]
-        params = make_params(i, pc, dc, preset.seed, preset.cell_periods_x, preset.support_trilayers)
+        params = make_params(
+            i, pc, dc, preset.seed, preset.cell_periods_x, preset.support_trilayers, preset.support_variation
+        )
         rng = np.random.default_rng([preset.seed, i, 7])
         tilts = list(preset.tilts_deg)
         if preset.extra_tilts_per_structure is not None:

@@ -68,6 +68,13 @@ class StructureParams(BaseModel):
     base_ratio: float = Field(0.55, description="centre to the interface facet / r111 (wetting)")
     particle_x_frac: float = 0.5
     particle_z_A: float = Field(description="z of the particle centre (A); the beam enters at z = 0")
+    support_step_trilayers: int = Field(
+        0, ge=0, description="trilayers removed over part of the surface away from the particle (a terrace)"
+    )
+    support_step_span: tuple[float, float] = Field(
+        (0.0, 0.0), description="start and width of the lowered terrace, fractions of the free surface"
+    )
+    support_vacancies: int = Field(0, ge=0, description="surface columns of the support partly emptied")
 
     @property
     def cell_x(self) -> float:
@@ -78,6 +85,16 @@ class StructureParams(BaseModel):
         return self.cell_x
 
 
+class SupportVariation(BaseModel):
+    """How the support varies between models (paper App. A.2: "a faceted surface or one characterized by
+    surface defects"); None in a preset keeps the flat, fixed-height support of the older worlds."""
+
+    trilayers: tuple[int, int] = Field((4, 8), description="inclusive range of O-Ce-O trilayers")
+    step_prob: float = Field(0.5, ge=0, le=1, description="chance of a lowered terrace (two surface steps)")
+    max_vacancies: int = Field(3, ge=0, description="up to this many surface columns partly emptied")
+    particle_x: tuple[float, float] = Field((0.35, 0.65), description="particle centre, fraction of the cell")
+
+
 def make_params(
     index: int,
     particle_class: ParticleClass,
@@ -85,12 +102,33 @@ def make_params(
     seed: int,
     cell_periods_x: int = 6,
     support_trilayers: int = 4,
+    variation: SupportVariation | None = None,
 ) -> StructureParams:
-    """Seeded jitter of shape and placement, so structures of one class still differ."""
+    """Seeded jitter of shape and placement, so structures of one class still differ.
+
+    With ``variation`` the support's height, surface steps and vacancies and the particle's position are
+    drawn too (from a second stream, so the older presets' structures stay what they were)."""
     rng = np.random.default_rng([seed, index])
     r111 = PARTICLE_RADIUS_111[particle_class] * rng.uniform(0.95, 1.08)
     depth = _particle_depth(r111)
-    return StructureParams(
+    extra: dict[str, Any] = {}
+    if variation is not None:
+        vr = np.random.default_rng([seed, index, 11])
+        cell = cell_periods_x * A_CEO2 * math.sqrt(6) / 2
+        d111 = A_CEO2 / math.sqrt(3)
+        n = int(vr.integers(variation.trilayers[0], variation.trilayers[1] + 1))
+        height = 2.0 * r111  # the particle's extent along [111] is at most 2 r111
+        while n > 1 and (n - 0.5) * d111 + 1.0 + 0.5 * d111 + PT_CEO2_GAP + height > cell - 4.0:
+            n -= 1
+        step = int(vr.integers(1, 3)) if vr.uniform() < variation.step_prob and n >= 4 else 0
+        extra = {
+            "support_trilayers": n,
+            "support_step_trilayers": step,
+            "support_step_span": (float(vr.uniform(0, 1)), float(vr.uniform(0.3, 0.8))),
+            "support_vacancies": int(vr.integers(0, variation.max_vacancies + 1)),
+            "particle_x_frac": float(vr.uniform(*variation.particle_x)),
+        }
+    params = StructureParams(
         structure_id=f"s{index:03d}-{particle_class.value}-{defect_class.value}",
         particle_class=particle_class,
         defect_class=defect_class,
@@ -103,6 +141,7 @@ def make_params(
         particle_x_frac=float(rng.uniform(0.45, 0.55)),
         particle_z_A=float(depth / 2 + 1.0),
     )
+    return params.model_copy(update=extra) if extra else params
 
 
 def _particle_depth(r111: float) -> float:
@@ -127,8 +166,12 @@ FCC = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
 FLUORITE_O = np.array([[x, y, z] for x in (0.25, 0.75) for y in (0.25, 0.75) for z in (0.25, 0.75)])
 
 
-def support(params: StructureParams, thickness_A: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """CeO2 slab, O-terminated (111) top; returns positions, atomic numbers and the top O layer y."""
+def support(
+    params: StructureParams, thickness_A: float, keep_x: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """CeO2 slab, O-terminated (111) top; returns positions, atomic numbers and the top O layer y.
+
+    ``keep_x`` (the particle's footprint, A) is left untouched by the surface step and vacancies."""
     d111 = A_CEO2 / math.sqrt(3)
     lx, lz = params.cell_x, thickness_A
     eps = 1e-3
@@ -141,7 +184,57 @@ def support(params: StructureParams, thickness_A: float) -> tuple[np.ndarray, np
     z = np.concatenate([np.full(len(ce), Z_CE), np.full(len(o), Z_O)])
     shift = 0.5 * d111 + 1.0  # bottom O layer ~1.8 A above y = 0
     pos[:, 1] += shift
-    return pos, z, float(pos[z == Z_O, 1].max())
+    y_top = float(pos[z == Z_O, 1].max())
+    if keep_x is not None and (params.support_step_trilayers or params.support_vacancies):
+        pos, z = _surface_defects(pos, z, params, keep_x, y_top, d111)
+    return pos, z, y_top
+
+
+def _surface_defects(
+    pos: np.ndarray,
+    z: np.ndarray,
+    params: StructureParams,
+    keep_x: tuple[float, float],
+    y_top: float,
+    d111: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A lowered terrace (whole trilayers removed between two steps) and partly emptied surface columns,
+    both on the free surface outside the particle's footprint (+ 2 A), seeded by the structure."""
+    rng = np.random.default_rng([params.seed, 5])
+    lx = params.cell_x
+    lo, hi = keep_x[0] - 2.0, keep_x[1] + 2.0
+    free = lx - (hi - lo)
+    if free <= 4.0:
+        return pos, z
+    rel = np.mod(pos[:, 0] - hi, lx)  # distance along the free surface from the footprint's right end
+    if params.support_step_trilayers:
+        start, width = params.support_step_span
+        a = start * (1 - width) * free
+        b = a + width * free
+        y_cut = y_top - params.support_step_trilayers * d111 + 0.5 * d111
+        drop = (rel >= a) & (rel < b) & (pos[:, 1] > y_cut) & (rel < free)
+        pos, z, rel = pos[~drop], z[~drop], rel[~drop]
+    if params.support_vacancies:
+        labels = cluster_columns(pos[:, :2])
+        k = labels.max() + 1
+        cnt = np.bincount(labels, minlength=k)
+        cx = np.bincount(labels, pos[:, 0], k) / cnt
+        cy = np.bincount(labels, pos[:, 1], k) / cnt
+        crel = np.mod(cx - hi, lx)
+        # a surface column: nothing above it within 1.5 A in x (periodic), and on the free surface
+        dx = np.abs((cx[:, None] - cx[None, :] + lx / 2) % lx - lx / 2)
+        covered = ((dx < 1.5) & (cy[None, :] > cy[:, None] + 0.5)).any(1)
+        cand = np.flatnonzero(~covered & (crel > 1.0) & (crel < free - 1.0) & (cnt >= 2))
+        if len(cand):
+            chosen = rng.choice(cand, size=min(params.support_vacancies, len(cand)), replace=False)
+            keep = np.ones(len(pos), dtype=bool)
+            for c in chosen:
+                idx = np.flatnonzero(labels == c)
+                keep[rng.choice(idx, size=max(1, int(len(idx) * rng.uniform(0.3, 1.0))), replace=False)] = (
+                    False
+                )
+            pos, z = pos[keep], z[keep]
+    return pos, z
 
 
 def particle(params: StructureParams, y_base: float) -> np.ndarray:
@@ -261,7 +354,8 @@ def build(params: StructureParams, thickness_A: float) -> tuple[Any, dict[str, A
     """ASE Atoms of the support (``thickness_A`` along the beam) plus particle, and a description."""
     from ase import Atoms
 
-    sup, z_sup, y_top = support(params, thickness_A)
+    pt0 = particle(params, 0.0)
+    sup, z_sup, y_top = support(params, thickness_A, keep_x=(float(pt0[:, 0].min()), float(pt0[:, 0].max())))
     y_base = y_top + PT_CEO2_GAP
     pt = particle(params, y_base)
     pt, defects = _apply_defects(pt, params, y_base)
