@@ -113,6 +113,18 @@ def unbin_nearest(binned: torch.Tensor, k: int, shape: tuple[int, int]) -> torch
     return up[..., : shape[0], : shape[1]]
 
 
-def to_detector_coords(positions: torch.Tensor, k: int) -> torch.Tensor:
-    """Working-pixel [row, col] centres -> detector pixel coordinates (block centre)."""
-    return (positions + 0.5) * k - 0.5 if k != 1 else positions
+def to_detector_coords(positions: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Working-pixel [row, col] centres -> detector pixel coordinates: the centre of the block's pixels
+    that lie inside the (H, W) detector frame.
+
+    A full block i spans detector pixels i k .. i k + k - 1, centre (i + 1/2) k - 1/2. When a side is not
+    a multiple of k, the last block is partly padding (``bin_counts`` reflects the frame into it): its
+    centre is that of its real pixels, so every centre lies inside the frame (a 101-row frame at k = 4:
+    block 25 holds row 100 only, centre 100, not 101.5).
+    """
+    if k == 1:
+        return positions
+    first = positions * k
+    # per axis with scalar bounds: no host -> device copy of the shape (the batch stage counts transfers)
+    last = torch.stack([(first[..., a] + (k - 1)).clamp(max=shape[a] - 1) for a in (0, 1)], dim=-1)
+    return (first + last) / 2

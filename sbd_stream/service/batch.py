@@ -201,7 +201,7 @@ class BatchStage:
             # rates and vacuum back to one frame's worth (the LLR stays the sum over the frames scored)
             per = used.clamp(min=1.0) * (g.bin * g.bin)
             parts.append(unbin_nearest(cols.map, g.bin, (h, w)).reshape(-1))
-            pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin)
+            pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin, (h, w))
             lam1 = cols.lam1 / per[cols.centres[:, 0]]
             table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, lam1], dim=1)
             n_cols = int(table.shape[0])

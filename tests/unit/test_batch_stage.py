@@ -69,7 +69,27 @@ def test_outputs_have_the_input_shape_in_counts_per_detector_pixel(
     np.testing.assert_allclose(res.denoised, by_hand, rtol=1e-5, atol=1e-6)
     for cols in res.columns:  # centres inside the detector frame, region means per detector pixel
         if len(cols):
-            assert cols[:, 0].max() < shape[0] and cols[:, 1].max() < shape[1]
+            assert cols[:, :2].min() >= 0
+            assert cols[:, 0].max() <= shape[0] - 1 and cols[:, 1].max() <= shape[1] - 1
+
+
+def test_a_column_in_the_partial_last_block_lies_on_the_frame_edge(binning_engine_dir: Path) -> None:
+    """Issue 25: bin 4, 101 rows: the bottom working row holds detector row 100 only (the rest is
+    reflected padding), so a column found there is reported at row 100.0, not at 101.5 outside the frame."""
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
+    shape = (101, 77)
+    data = np.random.default_rng(0).poisson(0.45, shape).astype(np.uint16)
+    data[99:101, 36:42] = 60  # a bright column on the bottom edge
+    res = stage.process([Frame(FrameHeader("acq", 0, time.time(), shape, "uint16"), data)])
+    assert res.columns is not None
+    cols = res.columns[0]
+    bottom = cols[cols[:, 0] > 96]
+    assert len(bottom) >= 1, "the edge column must be detected for this test to mean anything"
+    assert bottom[:, 0].tolist() == [100.0] * len(bottom)
+    # full blocks keep their centre (i + 1/2) 4 - 1/2; columns: 77 = 19 x 4 + 1, the last block is col 76
+    assert set(((cols[:, 1] + 0.5) % 4).tolist()) <= {2.0, 0.5}
+    assert cols[:, 1].max() <= 76.0
 
 
 def test_evidence_frames_score_columns_on_other_frames_counts(binning_engine_dir: Path) -> None:

@@ -91,8 +91,22 @@ def test_unbin_nearest_and_coordinates_map_block_centres() -> None:
     m = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
     up = unbin_nearest(m, 4, (7, 8))
     assert up.shape == (1, 7, 8) and up[0, 0, 0] == 1 and up[0, 6, 7] == 4
-    c = to_detector_coords(torch.tensor([[0.0, 1.0]]), 4)
+    c = to_detector_coords(torch.tensor([[0.0, 1.0]]), 4, (7, 8))
     assert torch.allclose(c, torch.tensor([[1.5, 5.5]]))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+@pytest.mark.parametrize("n", [96, 97, 98, 99, 100, 101])
+def test_block_centres_are_the_centres_of_the_real_pixels_inside_the_frame(k: int, n: int) -> None:
+    """Issue 25: bin 4 on a 101-row frame put the last block's centre at 101.5, outside the frame. Every
+    block's centre is the mean index of its detector pixels that exist (the padding is reflection)."""
+    blocks = torch.arange(-(-n // k), dtype=torch.float32)
+    pos = torch.stack([blocks, torch.zeros_like(blocks)], dim=1)
+    got = to_detector_coords(pos, k, (n, 5))[:, 0]
+    want = torch.tensor([float(np.mean(np.arange(i * k, min((i + 1) * k, n)))) for i in range(len(blocks))])
+    assert torch.equal(got, want)
+    assert float(got.min()) >= 0 and float(got.max()) <= n - 1
+    assert to_detector_coords(torch.tensor([[25.0, 25.0]]), 4, (101, 102)).tolist() == [[100.0, 100.5]]
 
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "abtem_clean_0p060A.npz"
