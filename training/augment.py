@@ -29,6 +29,12 @@ class AugmentSpec(BaseModel):
     rotation_prob: float = Field(
         1.0, ge=0, le=1, description="probability of rotating; else the simulation's own orientation"
     )
+    right_angles: bool = Field(
+        False,
+        description="also turn each sample by a random multiple of 90 degrees: with flips, all 8 "
+        "orientations of the square lattice (a real frame can have its support on any side); with no "
+        "other rotation or rescale the patch is then cut on whole pixels, so no interpolation",
+    )
     rescale: tuple[float, float] = (0.75, 0.82)
     rescale_prob: float = Field(
         0.5, ge=0, le=1, description="probability of rescaling; else scale 1 (the test images' pixel size)"
@@ -55,13 +61,22 @@ def affine_params(
             theta = 0.0
         scale = rng.uniform(*spec.rescale) if rng.random() < spec.rescale_prob else 1.0
         flip = np.diag([-1.0 if spec.flips and rng.random() < 0.5 else 1.0 for _ in range(2)])
+        quarter = int(rng.integers(4)) if spec.right_angles else 0
         c, s = math.cos(theta), math.sin(theta)
-        a = np.array([[c, -s], [s, c]]) @ flip / scale  # (x, y) of the patch -> (x, y) in the source
+        a = np.array([[c, -s], [s, c]]) @ _quarter_turn(quarter) @ flip / scale  # patch (x, y) -> source
         mats[k] = a
         half = 0.5 * spec.patch * np.abs(a).sum(axis=1)  # half extent of the window in x and y
         free = np.maximum(np.array([width, height]) / 2 - half - 1, 0)
         centres[k] = rng.uniform(-free, free)
+        if spec.right_angles and theta == 0.0 and scale == 1.0:  # whole-pixel window: exact samples
+            odd = np.array([(width - spec.patch) % 2, (height - spec.patch) % 2]) / 2
+            centres[k] = np.clip(np.round(centres[k] - odd) + odd, -free - odd, free + odd)
     return mats, centres
+
+
+def _quarter_turn(k: int) -> np.ndarray:
+    """Exact rotation by k x 90 degrees (no cos/sin rounding, so whole-pixel maps stay whole)."""
+    return np.linalg.matrix_power(np.array([[0.0, -1.0], [1.0, 0.0]]), k % 4)
 
 
 def sample_patches(images: torch.Tensor, mats: np.ndarray, centres: np.ndarray, patch: int) -> torch.Tensor:

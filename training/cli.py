@@ -305,6 +305,44 @@ def evaluate_detector(
     typer.echo(f"wrote {out_dir}/table_5_1_detector.json and .md")
 
 
+@app.command("evaluate-images")
+def evaluate_images_cmd(
+    folder: Path = typer.Argument(..., help="clean images: TIFF / MRC / NPY / HDF5 (2-D, or stacks)"),
+    pixel_size: float = typer.Option(..., help="A per pixel of the images as stored"),
+    resize: float = typer.Option(1.0, help="resample by this factor first (the paper's test code: 0.785)"),
+    counts_per_px: float = typer.Option(0.45, help="vacuum counts per detector pixel per frame"),
+    draws: int = typer.Option(2, help="Poisson frames per image"),
+    engine: str = typer.Option(None, help="engine name or directory (default: the shipped default)"),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | torch | tensorrt"),
+    out_dir: Path = typer.Option(Path("benchmarks/results/images"), help="JSON, markdown and figure"),
+) -> None:
+    """Someone else's clean simulations through the product's denoise path: per-region table + figure."""
+    import sys
+
+    from training.evaluate import write_json
+    from training.evaluate_images import ImageEvalConfig, evaluate_images, markdown, write_figure
+    from training.table import write_markdown
+
+    cfg = ImageEvalConfig(
+        folder=folder,
+        pixel_size_A=pixel_size,
+        resize=resize,
+        counts_per_px=counts_per_px,
+        draws=draws,
+        engine=engine,
+        backend=backend,
+        out_dir=out_dir,
+    )
+    res = evaluate_images(cfg)
+    examples = res.pop("_examples")
+    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    write_json(res, out_dir / "evaluate_images.json")
+    write_markdown(markdown(res, res["command"]), out_dir / "evaluate_images.md")
+    names = [r["image"] for r in res["rows"] if r["draw"] == 0]
+    png = write_figure(examples, names, out_dir / "evaluate_images.png")
+    typer.echo(f"wrote {out_dir}/evaluate_images.json, .md and {png.name}")
+
+
 @app.command("dose-curve")
 def dose_curve(
     test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),

@@ -104,6 +104,7 @@ def summarise(per_image: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             continue
         cls = key.split("_")[0]
         vals = [r[key] for r in per_image if cls not in ("surface", "bulk") or r.get(f"{cls}_truth", 1) > 0]
+        vals = [v for v in vals if not np.isnan(v)]  # a region the image does not have
         if vals:
             out[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
     return out
