@@ -198,7 +198,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"# Clean images from `{res['folder']}`: SBD vs an oracle low-pass, per region",
         "",
-        f"Detector pixel {res['detector_pixel_A']:.4f} A, {res['config']['counts_per_px']} counts/px in vacuum, "
+        f"Detector pixel {res['detector_pixel_A']:.4f} A, {res['config']['counts_per_px']} counts/px "
+        "in vacuum, "
         f"{res['config']['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
         f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count), dB, SBD / low-pass "
         "(Gaussian width chosen per image and per region on the ground truth). Regions from the clean image "
