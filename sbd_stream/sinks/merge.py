@@ -19,7 +19,7 @@ This module puts the shares back together:
   one PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``:
   a malformed message is counted by reason and logged once per reason, a message whose handling
   raises is counted and set aside, and a loop that dies is restarted.
-* ``run_merge`` is what ``sbd-stream merge`` (``sbd_stream/cli_scale.py``) runs until stopped.
+* ``run_merge`` is what ``sbd-stream merge`` (``sbd_stream/cli/merge.py``) runs until stopped.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def test_python_dash_m_lists_every_command(module: str) -> None:
 def test_evidence_frames_turn_likelihood_maps_on_and_refuse_no_likelihood() -> None:
     import typer
 
-    from sbd_stream.cli_live import _likelihood
+    from sbd_stream.cli.options import likelihood as _likelihood
 
     assert _likelihood(None, 4) == {"enabled": True, "evidence_frames": 4}
     assert _likelihood(None, None) == {"enabled": None, "evidence_frames": None}  # settings decide

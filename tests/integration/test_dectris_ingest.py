@@ -237,7 +237,9 @@ def test_cli_flags_and_toml_fill_the_dectris_input(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from sbd_stream.cli import _ingest_input, _service_settings, app
+    from sbd_stream.cli import app
+    from sbd_stream.cli.options import ingest_input as _ingest_input
+    from sbd_stream.cli.options import service_settings as _service_settings
 
     s = _service_settings(None, {"ingest": {"input": _ingest_input("dectris-stream-v2", "sub", 3.0)}})
     assert s.ingest.input == DectrisInput.model_validate(  # type: ignore[attr-defined]

@@ -294,8 +294,10 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
 def test_cli_socket_type_alone_keeps_the_dialect_and_emulate_has_a_push_mode(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from sbd_stream.cli import _ingest_input, _service_settings, app
-    from sbd_stream.cli_live import _input_dialect
+    from sbd_stream.cli import app
+    from sbd_stream.cli.options import ingest_input as _ingest_input
+    from sbd_stream.cli.options import input_dialect as _input_dialect
+    from sbd_stream.cli.options import service_settings as _service_settings
 
     def inp(config: Path | None, socket_type: str) -> object:
         dialect = _input_dialect(config, None, socket_type)

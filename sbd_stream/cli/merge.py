@@ -1,16 +1,20 @@
 """`sbd-stream merge`: several `serve` instances sharing one detector stream, re-ordered into one.
 
-Registers on the same typer app as ``cli.py`` / ``cli_live.py``; the logic is ``sbd_stream.sinks.merge``
-and the deployment is described in docs/scale-out-nodes.md.
+The logic is ``sbd_stream.sinks.merge``; the deployment is described in docs/scale-out-nodes.md.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 
-from sbd_stream.cli import Verbose, _fail, _on_signals, _setup_logging, app
+from sbd_stream.cli.app import app, fail, on_signals, setup_logging
+from sbd_stream.cli.options import Verbose
+
+if TYPE_CHECKING:
+    from sbd_stream.sinks.merge import MergeService
 
 
 @app.command()
@@ -36,10 +40,10 @@ def merge(
         min=0,
         help="Frames held behind a missing one before it is declared missing (memory bound)",
     ),
-    first_seq: int = typer.Option(
+    first_seq: int | None = typer.Option(
         None, "--first-seq", min=0, help="Every acquisition's first frame number (default: learnt per stream)"
     ),
-    metrics_port: int = typer.Option(
+    metrics_port: int | None = typer.Option(
         None, "--metrics-port", help="Prometheus /metrics on 127.0.0.1 (0: any port)"
     ),
     verbose: Verbose = False,
@@ -59,13 +63,13 @@ def merge(
 
     from sbd_stream.sinks.merge import run_merge
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     stop = threading.Event()
-    _on_signals(stop)
+    on_signals(stop)
 
-    def started(svc: object) -> None:
+    def started(svc: MergeService) -> None:
         typer.echo(
-            f"merging {len(inputs)} inputs ({', '.join(inputs)}) -> {svc.endpoint}  (Ctrl-C to stop)",  # type: ignore[attr-defined]
+            f"merging {len(inputs)} inputs ({', '.join(inputs)}) -> {svc.endpoint}  (Ctrl-C to stop)",
             err=True,
         )
 
@@ -82,8 +86,7 @@ def merge(
             started=started,
         )
     except (zmq.ZMQError, OSError, ValueError) as e:
-        _fail(f"merge: {e}")
-        raise  # unreachable: _fail exits
+        fail(f"merge: {e}")
     typer.echo(json.dumps(result, indent=2))
     if result.get("failure"):
         typer.echo(f"sbd-stream merge stopped: {result['failure']}", err=True)

@@ -1,0 +1,146 @@
+"""`sbd-stream denoise | info | export`: files in, files out, and what this machine can run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sbd_stream.cli.app import app, fail, setup_logging
+from sbd_stream.cli.options import (
+    Batch,
+    CountsPerPx,
+    DaskWorkers,
+    Device,
+    DosePerArea,
+    Engine,
+    Flags,
+    Model,
+    PixelSize,
+    Scheduler,
+    Verbose,
+    detector_section,
+    service_settings,
+)
+
+
+@app.command()
+def denoise(
+    input: Path = typer.Argument(..., help="Stack of counted frames: .h5/.hdf5, .npy or .tif/.tiff"),
+    output: Path = typer.Argument(..., help="HDF5 file to write (dataset 'denoised', float32 counts)"),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="HDF5 dataset holding the frames"),
+    engine: Engine = "auto",
+    model: Model = None,
+    device: Device = None,
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    batch: Batch = 2,
+    tile: int | None = typer.Option(None, help="Tile size in working pixels (default: the engine card's)"),
+    margin: int | None = typer.Option(
+        None, help="Tile margin in working pixels (default: the engine card's)"
+    ),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists"),
+    scheduler: Scheduler = "local",
+    dask_workers: DaskWorkers = None,
+    chunk_frames: int = typer.Option(16, min=1, help="Frames per Dask task (a multiple of --batch)"),
+    threads_per_worker: int | None = typer.Option(None, min=1, help="Intra-op threads per Dask worker"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Go on from OUTPUT.partial if it matches"),
+    verbose: Verbose = False,
+) -> None:
+    """Denoise a recorded stack of counted frames into an HDF5 file (engine card in its attributes).
+
+    The detector's sampling comes from the options, else from the input's HDF5 attributes
+    (``pixel_size_A`` and ``dose_e_per_A2`` or ``counts_per_px``), else the paper's K2 (0.060 A,
+    125 e/A^2 per frame). Frames are binned to the engine's working pixel and returned at theirs.
+    """
+    setup_logging(verbose)
+    from sbd_stream.service.offline_dask import EngineSpec
+    from sbd_stream.service.offline_dask import denoise as run_denoise
+    from sbd_stream.sources.stacks import StackError
+
+    if output.exists() and not overwrite:
+        fail(f"{output} exists; pass --overwrite to replace it")
+    try:
+        summary = run_denoise(
+            input,
+            output,
+            dataset,
+            EngineSpec(engine or "auto", model, device, tile, margin, threads=threads_per_worker),
+            detector=detector_section(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)),
+            scheduler=scheduler,
+            batch=batch or 2,
+            chunk_frames=chunk_frames,
+            workers=dask_workers,
+            resume=resume,
+            progress=True,
+        )
+    except (StackError, FileNotFoundError, ValueError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def info(
+    model: str | None = typer.Option(None, help="Engine name or path to inspect (default: the shipped one)"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML settings: show the engine workers they plan"
+    ),
+    service: str | None = typer.Option(
+        None, "--service", help="A running service's metrics URL, e.g. http://127.0.0.1:9105: per-worker load"
+    ),
+    interval: float = typer.Option(
+        1.0, "--interval", min=0.1, help="Seconds between the two --service scrapes"
+    ),
+) -> None:
+    """Engines found, backends usable here, devices and versions; engine workers and their load."""
+    from sbd_stream.service.offline import environment_info
+    from sbd_stream.service.pipeline import worker_specs
+
+    out = environment_info(model)
+    out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]
+    if service is not None:
+        out["service"] = _service_load(service.rstrip("/"), interval)
+    typer.echo(json.dumps(out, indent=2))
+
+
+def _service_load(url: str, interval: float) -> dict[str, Any]:
+    """Two scrapes of a running service's /metrics: each worker's load and rate in between."""
+    import urllib.error
+    import urllib.request
+
+    from sbd_stream.service.workers import worker_load
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    try:
+        before = scrape()
+        time.sleep(interval)
+        after = scrape()
+    except (urllib.error.URLError, OSError) as e:
+        fail(f"--service {url}: {e}")
+    return {"url": url, "interval_s": interval, "workers": worker_load(before, after, interval)}
+
+
+@app.command()
+def export(
+    recording: Path = typer.Argument(..., help="A recording (the first file of the series)"),
+    to: str = typer.Option(..., "--to", help="tiff (ImageJ), mrc or npy (+ a JSON sidecar)"),
+    kind: str = typer.Option("denoised", "--kind", help="raw, denoised or llr"),
+    out: Path | None = typer.Option(None, "--out", help="File to write (default: <recording>_<kind>.<ext>)"),
+) -> None:
+    """Write a recording's frames as TIFF, MRC or NPY with the pixel size in the target's own fields."""
+    from sbd_stream.sinks.export import ExportError
+    from sbd_stream.sinks.export import export as run_export
+
+    if not recording.exists():
+        fail(f"{recording} not found")
+    try:
+        typer.echo(json.dumps(run_export(recording, to, kind, out), indent=2))
+    except (ExportError, OSError) as e:
+        fail(str(e))

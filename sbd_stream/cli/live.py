@@ -1,0 +1,400 @@
+"""`sbd-stream serve | replay | emulate | demo`: the live commands (the logic lives in sbd_stream.service)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from sbd_stream.cli.app import app, fail, on_signals, setup_logging
+from sbd_stream.cli.options import (
+    Batch,
+    Compression,
+    ConfigFile,
+    CountsPerPx,
+    DaskWorkers,
+    Device,
+    DosePerArea,
+    Engine,
+    EvidenceFrames,
+    Flags,
+    Likelihood,
+    Model,
+    PixelSize,
+    Scheduler,
+    Verbose,
+    Workers,
+    detector_section,
+    detector_settings,
+    parse_shape,
+    settings_from_flags,
+)
+
+if TYPE_CHECKING:
+    from sbd_stream.config import ServiceSettings
+    from sbd_stream.service.batch import BatchStage
+
+
+@app.command()
+def serve(
+    config: ConfigFile = None,
+    input: str | None = typer.Option(
+        None, "--input", help="Where frames come from, e.g. tcp://127.0.0.1:5555"
+    ),
+    bind_input: bool | None = typer.Option(
+        None, "--bind-input/--connect-input", help="Bind and wait, or connect"
+    ),
+    dialect: str | None = typer.Option(
+        None, "--dialect", help="Input format: wire-v1 (default), dectris-stream-v1 or dectris-stream-v2"
+    ),
+    socket_type: str | None = typer.Option(
+        None,
+        "--socket-type",
+        help="sub or pull. DECTRIS: pull from the DCU (default) or sub behind a proxy; wire-v1: sub from a "
+        "PUB bridge (default) or pull from a PUSH one (several instances share it: docs/scale-out-nodes.md)",
+    ),
+    series_timeout: float | None = typer.Option(
+        None, "--series-timeout", help="DECTRIS input: close a series after this many silent seconds"
+    ),
+    output: str | None = typer.Option(None, "--output", help="Where denoised frames are published (bound)"),
+    record_dir: Path | None = typer.Option(None, "--record-dir", help="Folder for the HDF5 recordings"),
+    record: bool | None = typer.Option(None, "--record/--no-record", help="Record raw + denoised frames"),
+    compression: Compression = None,
+    engine: Engine = None,
+    model: Model = None,
+    device: Device = None,
+    batch: Batch = None,
+    policy: str | None = typer.Option(
+        None, help="lossless (every frame) or latest (skip to newest under load)"
+    ),
+    workers: Workers = None,
+    devices: str | None = typer.Option(None, "--devices", help="Devices for the workers, e.g. cuda:0,cuda:1"),
+    likelihood: Likelihood = None,
+    evidence_frames: EvidenceFrames = None,
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    metrics_port: int | None = typer.Option(None, help="Prometheus port on 127.0.0.1 (0: any free port)"),
+    viewer: bool = typer.Option(False, "--viewer", help="Live viewer page on http://127.0.0.1:8090/"),
+    viewer_port: int | None = typer.Option(None, help="Live viewer port (0: any free port)"),
+    verbose: Verbose = False,
+) -> None:
+    """Live service: receive detector frames, denoise them, publish and record, until Ctrl-C.
+
+    Typical use: start the detector bridge (or `sbd-stream emulate`), then
+    `sbd-stream serve --record-dir /data/today --pixel-size 0.060 --dose 125`. Viewers connect to
+    --output; raw and denoised frames are written to one HDF5 file per acquisition;
+    http://127.0.0.1:9105/metrics shows the counters. Ctrl-C finishes the queued frames and closes the
+    files. Every option can also come from a TOML file (--config) or SBD_* environment variables;
+    see docs/service.md.
+    """
+    from sbd_stream.service.pipeline import serve as run_service
+
+    setup_logging(verbose)
+    flags = Flags(
+        pixel_size=pixel_size,
+        dose=dose,
+        counts_per_px=counts_per_px,
+        input=input,
+        mode=None if bind_input is None else ("bind" if bind_input else "connect"),
+        dialect=dialect,
+        socket_type=socket_type,
+        series_timeout=series_timeout,
+        output=output,
+        record_dir=record_dir,
+        record=record,
+        compression=compression,
+        engine=engine,
+        model=model,
+        device=device,
+        batch=batch,
+        policy=policy,
+        workers=workers,
+        devices=devices,
+        likelihood=likelihood,
+        evidence_frames=evidence_frames,
+        metrics_port=metrics_port,
+        viewer=viewer or None,  # docs/viewer.md; without --viewer the file / environment decide
+        viewer_port=viewer_port,
+    )
+    s = settings_from_flags(flags, config)
+    stages = _stages(s)
+    stop = threading.Event()
+    on_signals(stop)
+    typer.echo(
+        f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), out {s.publish.endpoint}, "
+        f"metrics http://{s.metrics.host}:{s.metrics.port}/metrics  (Ctrl-C to stop)",
+        err=True,
+    )
+    result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
+    typer.echo(json.dumps(result, indent=2))
+    if result.get("failure"):  # a stage that could not go on (supervisor): say why, exit non-zero
+        typer.echo(f"sbd-stream serve stopped: {result['failure']}", err=True)
+        raise typer.Exit(3)
+
+
+def _stages(s: ServiceSettings) -> list[BatchStage]:
+    """Load the engine(s) and plan the detector geometry; a sampling they cannot serve ends the command."""
+    from sbd_stream.compute.binning import SamplingError
+    from sbd_stream.service.pipeline import load_stages
+
+    try:
+        return load_stages(s)  # one batch stage per engine worker (denoise.workers)
+    except SamplingError as e:
+        fail(f"detector sampling: {e}")
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="A recording made by `serve` (the first file of the series)"),
+    realtime: bool = typer.Option(False, "--realtime", help="Keep the recorded frame rate (default: max)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML settings file"),
+    output: str | None = typer.Option(None, "--output", help="Publish results here too"),
+    publish: bool = typer.Option(False, "--publish/--no-publish", help="Publish results on --output"),
+    record_dir: Path | None = typer.Option(None, "--record-dir", help="Record results here (default: none)"),
+    compression: Compression = None,
+    engine: Engine = None,
+    model: Model = None,
+    device: Device = None,
+    batch: Batch = None,
+    likelihood: Likelihood = None,
+    evidence_frames: EvidenceFrames = None,
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    limit: int | None = typer.Option(None, min=1, help="Stop after this many frames"),
+    workers: Workers = None,
+    offline: bool = typer.Option(
+        False, "--offline", help="Denoise the raw frames into one HDF5 file (--out) in Dask chunks instead"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="--offline: the HDF5 file to write (resumable)"),
+    scheduler: Scheduler = "local",
+    dask_workers: DaskWorkers = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run a recording through the same pipeline as the live service.
+
+    The detector's sampling is the one the recording states in its attributes, unless options say
+    otherwise. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
+    (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
+    """
+    from sbd_stream.metrics import summary
+    from sbd_stream.service.pipeline import run_replay
+    from sbd_stream.sources.replay import recorded_detector
+
+    setup_logging(verbose)
+    if not file.exists():
+        fail(f"{file} not found")
+    sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
+    if offline:
+        _replay_offline(file, out, engine, model, device, batch, sampling, scheduler, dask_workers)
+        return
+    flags = Flags(
+        pixel_size=pixel_size,
+        dose=dose,
+        counts_per_px=counts_per_px,
+        recorded=recorded_detector(file),
+        output=output,
+        publish=publish,
+        record_dir=record_dir,
+        record=record_dir is not None,
+        compression=compression,
+        engine=engine,
+        model=model,
+        device=device,
+        batch=batch,
+        workers=workers,
+        likelihood=likelihood,
+        evidence_frames=evidence_frames,
+        metrics=False,
+    )
+    s = settings_from_flags(flags, config)
+    pipe, secs, n = run_replay(s, _stages(s), file, realtime=realtime, limit=limit)
+    result = summary(pipe.metrics, secs)
+    result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
+    result["workers"] = pipe.pool.load(secs)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _replay_offline(
+    file: Path,
+    out: Path | None,
+    engine: str | None,
+    model: str | None,
+    device: str | None,
+    batch: int | None,
+    sampling: Flags,
+    scheduler: str,
+    workers: int | None,
+) -> None:
+    """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
+    from sbd_stream.service.offline_dask import EngineSpec, denoise
+    from sbd_stream.sources.stacks import StackError
+
+    if out is None:
+        fail("--offline needs --out OUT.h5")
+    if out.exists():
+        fail(f"{out} exists; remove it or choose another --out")
+    try:
+        es = EngineSpec(engine or "auto", model, device)
+        summary = denoise(
+            file, out, None, es, detector_section(sampling), recording=True, scheduler=scheduler,
+            batch=batch or 2, workers=workers, progress=True,
+        )  # fmt: skip
+    except (StackError, ValueError, OSError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def emulate(
+    endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="Where to publish frames"),
+    connect: bool = typer.Option(False, "--connect", help="Connect to a bound service instead of binding"),
+    shape: str = typer.Option("1024x1024", help="Frame size HxW, up to 3838x3710 (K2)"),
+    dtype: str = typer.Option("uint16", help="uint8 or uint16 counts"),
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    rate: float = typer.Option(40.0, help="Frames per second (0: as fast as possible)"),
+    frames: int = typer.Option(400, min=1, help="How many frames to send"),
+    source: Path | None = typer.Option(None, help="Simulated dataset or recording (.h5); default: synthetic"),
+    pool: int = typer.Option(0, min=0, help="Cycle N pre-drawn noisy frames (needed for 40 Hz at K2 size)"),
+    seed: int = typer.Option(0),
+    acq: str | None = typer.Option(None, help="Acquisition id (default: random)"),
+    push: bool = typer.Option(
+        False, "--push", help="PUSH instead of PUB: PULL peers (serve --socket-type pull) share the frames"
+    ),
+    peers: int = typer.Option(1, min=1, help="--push: wait for this many PULL peers before sending"),
+    wait: float = typer.Option(5.0, min=0, help="Seconds to wait for subscribers / peers before sending"),
+    sndhwm: int | None = typer.Option(None, min=1, help="Send high-water mark, messages (PUB 1000, PUSH 16)"),
+    verbose: Verbose = False,
+) -> None:
+    """Pretend to be a counting detector: publish Poisson-noisy frames in wire format v1.
+
+    With --push the frames are PUSHed like a DECTRIS DCU does: each goes to one of the connected
+    `serve --socket-type pull` instances (round-robin); a send waits while no peer can take it.
+
+    Clean images are resampled to the detector pixel (--pixel-size) and drawn at its dose, so the
+    default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum.
+    """
+    from sbd_stream.config import SocketMode
+    from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+
+    setup_logging(verbose)
+    if dtype not in ("uint8", "uint16"):
+        fail("--dtype must be uint8 or uint16")
+    det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
+    cfg = EmulatorConfig(
+        endpoint=endpoint,
+        mode=SocketMode.connect if connect else SocketMode.bind,
+        shape=parse_shape(shape),
+        dtype=dtype,
+        dose=det.vacuum_counts,
+        pixel_size_A=det.pixel_size_A,
+        rate_hz=rate,
+        n_frames=frames,
+        source=source,
+        seed=seed,
+        pool=pool,
+        push=push,
+        peers=peers,
+        wait_subscriber_s=wait,
+        sndhwm=sndhwm or (16 if push else 1000),
+    )
+    if acq:
+        cfg.acq = acq
+    try:
+        emu = Emulator(cfg)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    typer.echo(
+        f"emulating {cfg.shape} {dtype} at {rate} Hz from {emu.source.kind.value} images on "
+        f"{emu.endpoint}{' (PUSH)' if push else ''} "
+        f"({det.pixel_size_A:.4g} A pixels, {det.vacuum_counts:.4g} counts/px "
+        f"= {det.dose_per_area:.4g} e/A^2)",
+        err=True,
+    )
+    try:
+        n = emu.run()
+    except KeyboardInterrupt:
+        n = emu.n_sent
+    emu.close()
+    typer.echo(json.dumps({"acq": cfg.acq, "frames_sent": n, "source": emu.source.kind.value}))
+
+
+@app.command()
+def demo(
+    frames: int = typer.Option(200, min=1, help="How many frames the emulator sends"),
+    shape: str = typer.Option("1024x1024", help="Detector frame size HxW"),
+    rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
+    source: Path | None = typer.Option(
+        None,
+        help="Simulated dataset (.h5) for clean images; default: the bundled held-out abTEM test images",
+    ),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
+    policy: str = typer.Option("lossless", help="lossless (every frame) or latest (skip under overload)"),
+    likelihood: Likelihood = None,
+    evidence_frames: EvidenceFrames = None,
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    record_dir: Path | None = typer.Option(None, "--record-dir", help="Also record to this folder"),
+    engine: Engine = None,
+    model: Model = None,
+    workers: Workers = None,
+    viewer: bool = typer.Option(False, "--viewer", help="Live viewer page too (raise --frames)"),
+    viewer_port: int = typer.Option(8090, help="Live viewer port (0: any free port)"),
+    verbose: Verbose = False,
+) -> None:
+    """Emulator + service + viewer in one command: live status, then latency and PSNR.
+
+    By default the emulated detector is the paper's K2 (0.060 A pixels, 0.45 counts/px in vacuum), so
+    the PSNR printed at the end is the real-condition number.
+    """
+    from sbd_stream.service.demo import run_demo
+    from sbd_stream.sources.emulator import EmulatorConfig
+
+    setup_logging(verbose)
+    flags = Flags(
+        pixel_size=pixel_size,
+        dose=dose,
+        counts_per_px=counts_per_px,
+        input="tcp://127.0.0.1:*",
+        mode="connect",
+        output="tcp://127.0.0.1:*",
+        record_dir=record_dir,
+        record=record_dir is not None,
+        engine=engine,
+        model=model,
+        policy=policy,
+        workers=workers,
+        likelihood=likelihood,
+        evidence_frames=evidence_frames,
+        metrics=viewer,  # the viewer's rate / latency tiles read them
+        metrics_port=0,
+        viewer=viewer,
+        viewer_port=viewer_port,
+    )
+    s = settings_from_flags(flags)
+    stages = _stages(s)
+    emu_cfg = EmulatorConfig(
+        endpoint="tcp://127.0.0.1:*",
+        shape=parse_shape(shape),
+        dose=s.detector.vacuum_counts,
+        pixel_size_A=s.detector.pixel_size_A,
+        rate_hz=rate,
+        n_frames=frames,
+        source=None if synthetic else (source or _bundled_samples()),
+        pool=8,
+    )
+    result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _bundled_samples() -> Path | None:
+    """Held-out simulated clean images shipped with the package (see `sbd-train demo-samples`)."""
+    path = Path(__file__).resolve().parent.parent / "samples" / "pt_ceo2_test.h5"
+    return path if path.is_file() else None

@@ -1,0 +1,225 @@
+"""Options shared by several commands, and the one function that turns flags into settings.
+
+Every flag that names a setting defaults to None, meaning "not given": the TOML file, the SBD_*
+environment and the settings' own defaults decide (``sbd_stream/config.py``). ``settings_from_flags``
+is the only place that knows which flag fills which field of the settings tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sbd_stream.cli.app import fail
+
+if TYPE_CHECKING:
+    from sbd_stream.config import DetectorSettings, ServiceSettings
+
+Engine = Annotated[str | None, typer.Option(help="Backend: auto, tensorrt, onnxruntime or torch")]
+Model = Annotated[
+    str | None, typer.Option(help="Engine name under engines/ or a path (default: the shipped one)")
+]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: the best available)")]
+Batch = Annotated[int | None, typer.Option(min=1, help="Denoise up to this many frames at once")]
+Likelihood = Annotated[
+    bool | None, typer.Option("--likelihood/--no-likelihood", help="Likelihood-ratio maps too")
+]
+EvidenceFrames = Annotated[
+    int | None,
+    typer.Option(
+        "--evidence-frames",
+        min=0,
+        max=16,
+        help="Score columns on N other frames' counts (unbiased; static specimen; implies --likelihood)",
+    ),
+]
+PixelSize = Annotated[
+    float | None,
+    typer.Option("--pixel-size", help="Detector pixel at the specimen, A (default 0.060, the paper's K2)"),
+]
+DosePerArea = Annotated[
+    float | None,
+    typer.Option("--dose", help="Dose per frame, e/A^2 (default 125, the paper's; or --counts-per-px)"),
+]
+CountsPerPx = Annotated[
+    float | None,
+    typer.Option("--counts-per-px", help="Dose as counts per detector pixel in vacuum per frame"),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", min=1, help="Engine workers (default: one per GPU, else 1; a CPU's cores are split)"
+    ),
+]
+Scheduler = Annotated[
+    str,
+    typer.Option(
+        "--scheduler",
+        help="Offline: local (a Dask cluster on this machine), tcp://host:port (an existing Dask "
+        "scheduler) or none (in this process); docs/scale-out-offline.md",
+    ),
+]
+DaskWorkers = Annotated[
+    int | None,
+    typer.Option("--dask-workers", min=1, help="Local cluster workers (default: min(cores, chunks))"),
+]
+Compression = Annotated[
+    str | None,
+    typer.Option(
+        "--compression",
+        help="Recording compression: bitshuffle-lz4 (default; readers need hdf5plugin), gzip or none",
+    ),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (see docs/service.md)")
+]
+
+
+@dataclass
+class Flags:
+    """What a command was given; None everywhere means "not given" (the settings decide)."""
+
+    pixel_size: float | None = None
+    dose: float | None = None
+    counts_per_px: float | None = None
+    recorded: dict[str, float] | None = None  # the sampling a recording states (replay): flags win
+    input: str | None = None
+    mode: str | None = None  # bind or connect
+    dialect: str | None = None
+    socket_type: str | None = None
+    series_timeout: float | None = None
+    output: str | None = None
+    publish: bool | None = None
+    record_dir: Path | None = None
+    record: bool | None = None
+    compression: str | None = None
+    engine: str | None = None
+    model: str | None = None
+    device: str | None = None
+    batch: int | None = None
+    policy: str | None = None
+    workers: int | None = None
+    devices: str | None = None  # comma-separated
+    threads: int | None = None
+    tile: int | None = None
+    margin: int | None = None
+    likelihood: bool | None = None
+    evidence_frames: int | None = None
+    metrics: bool | None = None
+    metrics_port: int | None = None
+    viewer: bool | None = None
+    viewer_port: int | None = None
+
+
+def settings_from_flags(flags: Flags, config: Path | None = None) -> ServiceSettings:
+    """The validated settings tree: defaults < TOML ``config`` < SBD_* environment < ``flags``."""
+    f = flags
+    devices = [d.strip() for d in f.devices.split(",") if d.strip()] if f.devices else None
+    dialect = input_dialect(config, f.dialect, f.socket_type)
+    return service_settings(
+        config,
+        {
+            "detector": detector_section(f),
+            "ingest": {
+                "endpoint": f.input,
+                "mode": f.mode,
+                "input": ingest_input(dialect, f.socket_type, f.series_timeout),
+            },
+            "publish": {"endpoint": f.output, "enabled": f.publish},
+            "record": {"directory": f.record_dir, "enabled": f.record, "compression": f.compression},
+            "denoise": {
+                "engine": f.engine,
+                "model": f.model,
+                "device": f.device,
+                "batch_frames": f.batch,
+                "policy": f.policy,
+                "workers": f.workers,
+                "devices": devices,
+                "threads_per_worker": f.threads,
+                "tile": f.tile,
+                "margin": f.margin,
+                "likelihood": likelihood(f.likelihood, f.evidence_frames),
+            },
+            "metrics": {"enabled": f.metrics, "port": f.metrics_port},
+            "viewer": {"enabled": f.viewer, "port": f.viewer_port},  # docs/viewer.md
+        },
+    )
+
+
+def detector_section(f: Flags) -> dict[str, Any]:
+    """``[detector]`` from the flags over what a recording states (a flag's dose replaces the other form)."""
+    given = {"pixel_size_A": f.pixel_size, "dose_e_per_A2": f.dose, "counts_per_px": f.counts_per_px}
+    if f.recorded is None:
+        return given
+    out: dict[str, Any] = {**f.recorded, **{k: v for k, v in given.items() if v is not None}}
+    if out.get("counts_per_px") is not None and (f.dose is not None or f.pixel_size is not None):
+        out.pop("counts_per_px" if f.dose is not None else "dose_e_per_A2", None)
+    return out
+
+
+def detector_settings(f: Flags) -> DetectorSettings:
+    """The detector section alone (``emulate`` has no service settings)."""
+    from pydantic import ValidationError
+
+    from sbd_stream.config import DetectorSettings
+
+    try:
+        return DetectorSettings(**{k: v for k, v in detector_section(f).items() if v is not None})
+    except ValidationError as e:
+        fail(f"detector: {e}")
+
+
+def service_settings(config: Path | None, overrides: dict[str, Any]) -> ServiceSettings:
+    """``load_settings`` without the flags not given (None, empty tables); errors end the command."""
+    from pydantic import ValidationError
+
+    from sbd_stream.config import load_settings
+
+    def prune(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: prune(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+        return {k: v for k, v in out.items() if v != {}}
+
+    try:
+        return load_settings(config, prune(overrides))
+    except (ValidationError, OSError, ValueError) as e:
+        fail(f"settings: {e}")
+
+
+def ingest_input(
+    dialect: str | None, socket_type: str | None, series_timeout: float | None
+) -> dict[str, Any]:
+    """The ``ingest.input`` table from the flags (None: keep file / env / default).
+
+    The DECTRIS-only flags need a DECTRIS dialect, from ``--dialect`` or the settings file: the
+    settings refuse them for wire format v1 rather than ignore them.
+    """
+    return {"dialect": dialect, "socket_type": socket_type, "series_timeout_s": series_timeout}
+
+
+def input_dialect(config: Path | None, dialect: str | None, socket_type: str | None) -> str | None:
+    """``--socket-type`` alone keeps the dialect of the file / environment (default wire-v1)."""
+    if dialect is not None or socket_type is None:
+        return dialect
+    return str(service_settings(config, {}).ingest.input.dialect)
+
+
+def likelihood(enabled: bool | None, evidence_frames: int | None) -> dict[str, Any]:
+    """``--evidence-frames N`` (N > 0) turns the maps on unless ``--no-likelihood`` was given."""
+    if evidence_frames and enabled is None:
+        enabled = True
+    if evidence_frames and enabled is False:
+        raise typer.BadParameter("--evidence-frames scores likelihood maps: drop --no-likelihood")
+    return {"enabled": enabled, "evidence_frames": evidence_frames}
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``--shape 1024x1024`` -> (1024, 1024)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        fail(f"--shape must look like 1024x1024, got {text!r}")
+    return h, w
