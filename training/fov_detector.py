@@ -47,11 +47,7 @@ def evaluate_fov_detector(cfg: DetectorEvalConfig, engines: dict[str, Path], log
                 **run_rows(method, test, spec, cfg.counts_per_px),
             }
         )
-        m = rows[-1]["metrics"]
-        log(
-            f"{label:<28} FoV {fov_px * work_px:5.1f} A  paper PSNR {m['paper_psnr']['mean']:6.2f}  "
-            f"PSNR {m['psnr']['mean']:6.2f}  F1 surface {m['surface_f1']['mean']:.3f}"
-        )
+        log(_line(rows[-1]))
     return {
         "table": "3.1 at the detector's sampling",
         "test": str(cfg.test),
@@ -62,6 +58,17 @@ def evaluate_fov_detector(cfg: DetectorEvalConfig, engines: dict[str, Path], log
         "detection": spec.model_dump(),
         "rows": rows,
     }
+
+
+def _line(r: dict[str, Any]) -> str:
+    """One row for the log. Detection metrics exist only where the test frames hold such columns
+    (``summarise``), so they are read with ``.get`` as in ``evaluate_detector._line``."""
+    m = r["metrics"]
+    f1 = m.get("surface_f1", {"mean": float("nan")})
+    return (
+        f"{r['method']:<28} FoV {r['field_of_view_A']:5.1f} A  paper PSNR {m['paper_psnr']['mean']:6.2f}  "
+        f"PSNR {m['psnr']['mean']:6.2f}  F1 surface {f1['mean']:.3f}"
+    )
 
 
 def table_3_1_detector_markdown(result: dict[str, Any], command: str) -> str:

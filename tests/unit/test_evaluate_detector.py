@@ -9,7 +9,9 @@ import pytest
 from conftest import fake_sim_task
 
 
-def _dataset(path: Path, pixel_A: float, shape: tuple[int, int], n_structures: int) -> None:
+def _dataset(
+    path: Path, pixel_A: float, shape: tuple[int, int], n_structures: int, surface: bool = True
+) -> None:
     from training.dataset import SimulatedDatasetWriter
 
     with SimulatedDatasetWriter(path, shape, {"preset": "test", "pixel_size_A": pixel_A}) as w:
@@ -20,6 +22,8 @@ def _dataset(path: Path, pixel_A: float, shape: tuple[int, int], n_structures: i
                 yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
                 im.clean[:] = 1.0 + 0.3 * np.cos(2 * np.pi * xx / (2.8 / pixel_A)) * np.cos(yy / 9.0)
                 im.columns["xy"] = im.columns["xy"] * shape[0] / 5
+                if not surface:
+                    im.columns["is_surface"][:] = False
             w.append_task(task)
 
 
@@ -103,3 +107,28 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
     from sbd_stream.compute.model import count_parameters
 
     assert all(45_000 < count_parameters(build_network(c)) < 60_000 for c in cfgs)  # equal capacity
+
+
+def test_both_detector_tables_run_on_test_frames_without_surface_columns(
+    tmp_path: Path, binning_engine_dir: Path
+) -> None:
+    """Issue 25: Table 3.1 at the detector's sampling raised KeyError 'surface_f1' where Table 5.1 reads
+    it with .get: detection metrics exist only for frames that hold such columns. Both tables now run
+    and show n/a for the missing metric."""
+    from training.evaluate_detector import DetectorEvalConfig
+    from training.fov_detector import evaluate_fov_detector, table_3_1_detector_markdown
+
+    _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2, surface=False)
+    _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)
+    cfg = DetectorEvalConfig(
+        test=tmp_path / "test.h5", val=tmp_path / "val.h5", max_test_images=2, tune_images=1,
+        engine_kind="torch",
+    )  # fmt: skip
+    lines: list[str] = []
+    res = evaluate_fov_detector(cfg, {"a": binning_engine_dir}, log=lines.append)
+    m = res["rows"][0]["metrics"]
+    assert "surface_f1" not in m and "bulk_f1" in m
+    assert lines and "F1 surface nan" in lines[0]
+    md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
+    row = next(line for line in md.splitlines() if line.startswith("| a |"))
+    assert "| n/a |" in row
