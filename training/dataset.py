@@ -279,6 +279,22 @@ class SimulatedDataset:
     def structure_ids(self) -> np.ndarray:
         return np.char.decode(self._meta["structure_id"], "ascii")
 
+    def planned_structure_ids(self) -> list[str] | None:
+        """Every structure id the file's simulation preset plans (None for files without a preset), so
+        splits of a file still being simulated match those of the finished one."""
+        raw = self._f.attrs.get("preset_json")
+        if raw is None:
+            return None
+        from training.simulate import Preset, plan
+
+        return sorted({t.structure.structure_id for t in plan(Preset.model_validate_json(raw))})
+
+    def split(self, spec: Any = None) -> dict[str, np.ndarray]:
+        """Image indices per split, drawn over the planned structures (``training.splits``)."""
+        from training.splits import SplitSpec, split_indices
+
+        return split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
+
     def structures(self) -> dict[str, dict[str, Any]]:
         """Structure parameters by structure id, from the committed tasks."""
         out: dict[str, dict[str, Any]] = {}

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from training.baselines import Baseline, classical_baselines, tune
 from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
-from training.splits import SplitSpec, split_indices
+from training.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
 
@@ -53,7 +53,7 @@ def load_items(
     from training.dataset import SimulatedDataset
 
     with SimulatedDataset(data) as ds:
-        idx = split_indices(ds.structure_ids(), split)[which]
+        idx = ds.split(split)[which]
         if limit is not None and limit < len(idx):
             idx = idx[np.linspace(0, len(idx) - 1, limit).astype(int)]
         dose = float(ds.meta(int(idx[0]))["dose"])

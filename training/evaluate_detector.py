@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from training.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
 from training.evaluate import Item, margins, summarise
 from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
-from training.splits import SplitSpec, split_indices
+from training.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
 
@@ -90,7 +90,7 @@ def load_val(cfg: DetectorEvalConfig, detector_px: float) -> list[Item]:
 
     with SimulatedDataset(cfg.val) as ds:
         work_px = float(ds.meta(0)["pixel_size_A"])
-        idx = _subset(split_indices(ds.structure_ids(), cfg.split)["val"], cfg.tune_images)
+        idx = _subset(ds.split(cfg.split)["val"], cfg.tune_images)
         k = work_px / detector_px
         items = []
         for i in idx:

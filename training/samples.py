@@ -13,7 +13,6 @@ import h5py
 import numpy as np
 
 from training.dataset import SimulatedDataset
-from training.splits import split_indices
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
 
@@ -21,7 +20,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "sbd_stream" / "samples" / "
 def write_demo_samples(data: Path, out: Path = DEFAULT_OUT, n: int = 12, seed: int = 0) -> Path:
     """Copy ``n`` test-split clean images (spread over structures and defocus) with their metadata."""
     with SimulatedDataset(data) as ds:
-        test = split_indices(ds.structure_ids())["test"]
+        test = ds.split()["test"]
         if len(test) == 0:
             raise ValueError(f"{data} has no test split images")
         rng = np.random.default_rng(seed)

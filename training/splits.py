@@ -43,8 +43,14 @@ def split_structures(structure_ids: np.ndarray, spec: SplitSpec = SplitSpec()) -
     return {"train": train, "val": val, "test": test}
 
 
-def split_indices(structure_ids: np.ndarray, spec: SplitSpec = SplitSpec()) -> dict[str, np.ndarray]:
-    """Image indices of each split (sorted), derived from :func:`split_structures`."""
+def split_indices(
+    structure_ids: np.ndarray, spec: SplitSpec = SplitSpec(), universe: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Image indices of each split (sorted), derived from :func:`split_structures`.
+
+    ``universe``: every structure the data set will hold (its simulation plan). A file still being
+    simulated holds only some of them; splitting those alone would put a structure in training now and
+    in the test split once the file is complete, so the split is drawn over the plan when it is known."""
     ids = np.asarray([str(s) for s in structure_ids])
-    groups = split_structures(ids, spec)
+    groups = split_structures(np.asarray(universe) if universe is not None else ids, spec)
     return {name: np.flatnonzero(np.isin(ids, members)) for name, members in groups.items()}

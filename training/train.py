@@ -28,7 +28,7 @@ from sbd_stream.compute.model import Architecture, DnCNN, SmallUNet, UNet, count
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import TilingDefaults
 from training.augment import AugmentSpec, draw_batch
-from training.splits import SplitSpec, split_indices
+from training.splits import SplitSpec
 
 
 class LRSchedule(StrEnum):
@@ -158,6 +158,35 @@ PRESETS: dict[str, dict[str, Any]] = {
         # step 1,500: 18.1 / 22.9 / 18.0 dB at 0.5 / 1 / 2x in eval mode, 20.6 / 21.5 / 21.5 in train mode).
         # Freezing them after warm-up makes training optimise the network the service runs.
         "freeze_norm_after": 2000,
+        "tiling": WHOLE_FRAME_TILING,
+    },
+    # The live CPU engine on the paper's world (data/paper.h5, App. A.2/A.3: support up to half of a
+    # 5 x 5 nm field, 100 models): the detector engine's network and dose mix, continued from its
+    # committed weights (batch norm frozen from step 0), 208 px windows of the 220 px images in all 8
+    # right-angle orientations (a real frame can have its support on any side), a cosine decay over the
+    # run's budget (give --max-minutes; continue a later run with --init-from sbd-unet4-paper).
+    "paper-live": {
+        "name": "sbd-unet4-paper",
+        "data": "data/paper.h5",
+        "scales": 4,
+        "channels": 16,
+        "batch": 4,
+        "lr": 5e-4,
+        "lr_schedule": "cosine",
+        "max_steps": 20000,
+        "threads": 2,
+        "val_every": 250,
+        "val_images": 32,
+        "augment": {
+            "patch": 208,
+            "max_rotation_deg": 0.0,
+            "rescale_prob": 0.0,
+            "right_angles": True,
+            "dose_factors": (0.5, 2.0),
+        },
+        "val_dose_factors": [0.5, 2.0],
+        "init_from": "sbd-unet4-detector",
+        "freeze_norm_after": 0,  # the engine's running statistics, as it runs in the service
         "tiling": WHOLE_FRAME_TILING,
     },
     # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured).
@@ -362,7 +391,7 @@ class TrainData:
 
         self._ds: SimulatedDataset | None = None
         with SimulatedDataset(cfg.data) as ds:
-            self.splits = split_indices(ds.structure_ids(), cfg.split)
+            self.splits = ds.split(cfg.split)
             self.dose = float(ds.attrs.get("dose", ds.meta(0)["dose"]))
             self.pixel_size_A = float(ds.attrs.get("pixel_size_A", ds.meta(0)["pixel_size_A"]))
             self.dose_e_per_A2 = float(ds.attrs.get("dose_e_per_A2", self.dose / self.pixel_size_A**2))

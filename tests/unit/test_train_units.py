@@ -214,3 +214,15 @@ def test_cosine_schedule_decays_over_the_larger_of_the_step_and_time_budgets() -
     no_time = cfg.model_copy(update={"max_minutes": None})
     assert scheduled_lr(no_time, 250, 1e9) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + 2**-0.5))
     assert scheduled_lr(preset_config("tiny"), 3, 1.0) is None  # plateau: the scheduler decides
+
+
+def test_split_of_a_partial_file_is_the_split_of_the_whole_plan() -> None:
+    """A file still being simulated holds some structures; a split over those alone would move a
+    structure from training (now) to test (once complete). Drawn over the plan, it cannot."""
+    plan_ids = [f"s{i:03d}-PtNp1-D0" for i in range(40)]
+    full = split_structures(np.array(plan_ids))
+    present = np.array([s for s in plan_ids[:15] for _ in range(3)])  # 15 structures so far, 3 images each
+    parts = split_indices(present, SplitSpec(), universe=plan_ids)
+    for name in ("train", "val", "test"):
+        assert set(present[parts[name]]) <= set(full[name])
+    assert sum(len(v) for v in parts.values()) == len(present)
