@@ -275,12 +275,15 @@ def evaluate(
 
 @app.command("evaluate-detector")
 def evaluate_detector(
-    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
-    val: Path = typer.Option(Path("data/detector.h5"), help="training set (its validation split tunes)"),
+    test: Path = typer.Option(Path("data/paper-test60pm.h5"), help="test split at the detector sampling"),
+    val: Path = typer.Option(Path("data/paper.h5"), help="training set (its validation split tunes)"),
     engine: list[str] | None = typer.Option(None, help="LABEL=ENGINE_DIR (repeatable); default: shipped"),
     max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
     slow_test_images: int = typer.Option(6, help="test frames for the slow NLM / BM3D baselines"),
-    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_5_1_detector.* go"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_5_1_<world>.* go"),
+    world: str = typer.Option(
+        "paper", help="names the output: table_5_1_<world> (`detector`: the earlier mostly-vacuum world)"
+    ),
 ) -> None:
     """Table 5.1 at the detector's sampling (0.060 A, 0.45 counts/px), both metrics, binning included."""
     import sys
@@ -300,9 +303,9 @@ def evaluate_detector(
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
     res = evaluate_table_5_1_detector(cfg, _engine_options(engine, default))
     res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
-    write_json(res, out_dir / "table_5_1_detector.json")
-    write_markdown(table_5_1_detector_markdown(res), out_dir / "table_5_1_detector.md")
-    typer.echo(f"wrote {out_dir}/table_5_1_detector.json and .md")
+    write_json(res, out_dir / f"table_5_1_{world}.json")
+    write_markdown(table_5_1_detector_markdown(res), out_dir / f"table_5_1_{world}.md")
+    typer.echo(f"wrote {out_dir}/table_5_1_{world}.json and .md")
 
 
 @app.command("evaluate-images")
@@ -345,10 +348,11 @@ def evaluate_images_cmd(
 
 @app.command("dose-curve")
 def dose_curve(
-    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
+    test: Path = typer.Option(Path("data/paper-test60pm.h5"), help="test split at the detector sampling"),
     engine: Path = typer.Option(None, help="engine directory (default: the shipped one)"),
     max_test_images: int = typer.Option(12, help="evenly spaced test frames"),
-    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where dose_curve.json goes"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where dose_curve_<world>.json goes"),
+    world: str = typer.Option("paper", help="names the output file (`detector`: the earlier world)"),
 ) -> None:
     """PSNR of an engine against dose, 0.25-4x the nominal 125 e/A^2, at the detector's sampling."""
     import sys
@@ -360,8 +364,8 @@ def dose_curve(
     cfg = DetectorEvalConfig(test=test, max_test_images=max_test_images, out_dir=out_dir)
     res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
     res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
-    write_json(res, out_dir / "dose_curve.json")
-    typer.echo(f"wrote {out_dir}/dose_curve.json")
+    write_json(res, out_dir / f"dose_curve_{world}.json")
+    typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
 
 
 @app.command("fov-study")
