@@ -16,7 +16,6 @@ that every run uses the same weights even if training rewrites it meanwhile.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 
 from benchmarks.common import machine, results_dir, table
+from sbd_stream.config import DenoiseSettings
 from sbd_stream.engines.card import resolve_engine_dir
 from sbd_stream.service import offline_dask as od
 from sbd_stream.service.offline import denoise_file
@@ -75,6 +75,7 @@ def main() -> None:
             f.attrs.update(pixel_size_A=0.060, counts_per_px=0.45)
         n = a.frames
         identical: dict[str, bool] = {}
+        es = DenoiseSettings(engine=a.engine, model=str(engine), batch_frames=a.batch)
 
         def single(label: str, threads: int | None = None, out: str = "single.h5") -> tuple[dict, dict]:
             import torch
@@ -86,7 +87,7 @@ def main() -> None:
             try:
                 (tmp / out).unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                s = denoise_file(inp, tmp / out, model=str(engine), engine=a.engine, batch=a.batch)
+                s = denoise_file(inp, tmp / out, settings=es)
                 row = _row(label, 1, torch.get_num_threads(), n, time.perf_counter() - t0, None)
             finally:
                 torch.set_num_threads(before)
@@ -100,7 +101,6 @@ def main() -> None:
             _, one = single("single process, 1 thread", threads=1, out="single1.h5")
             rows.append({**one, "vs_single": one["frames_per_s"] / single_fps})
             identical["single_1_thread"] = _same(tmp / "single.h5", tmp / "single1.h5")
-        es = od.EngineSpec(a.engine, str(engine))
         cores = os.cpu_count() or 1
         for w in a.workers:
             threads = od.default_threads(cores, w)
@@ -112,7 +112,7 @@ def main() -> None:
                 for run in ("cold", "warm"):
                     out = tmp / f"dask{w}_{run}.h5"
                     od.denoise(
-                        inp, out, es=dataclasses.replace(es, threads=threads),
+                        inp, out, es=es.model_copy(update={"threads_per_worker": threads}),
                         scheduler=cluster.scheduler_address, batch=a.batch, chunk_frames=a.chunk_frames,
                     )  # fmt: skip
                     wall = time.perf_counter() - t0  # cold: from before the cluster started

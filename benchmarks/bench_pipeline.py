@@ -30,7 +30,7 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.service.demo import run_demo
 from sbd_stream.service.pipeline import run_replay
 from sbd_stream.sinks.recorder import Recorder, RecordItem
-from sbd_stream.sources.emulator import EmulatorConfig
+from sbd_stream.sources.emulator import EmulatorSettings
 
 
 def _tiny_engine() -> Path:
@@ -114,7 +114,7 @@ def latency(den: Denoiser, size: int, n: int, tmp: Path) -> dict:
     s = _settings(tmp, 4, publish={"enabled": True}, denoise={"policy": "lossless"})
     s.ingest.endpoint = "tcp://127.0.0.1:*"  # type: ignore[attr-defined]
     out = run_demo(
-        s, den, EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(size, size), n_frames=n, rate_hz=40)
+        s, den, EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(size, size), n_frames=n, rate_hz=40)
     )
     return {
         "frame": f"{size}x{size}",

@@ -10,13 +10,16 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.likelihood import LikelihoodConfig
+from sbd_stream.compute.noise import DEFAULT_DOSE
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings
 
@@ -247,9 +250,14 @@ class DenoiseSettings(BaseModel):
         Upsample.auto, description="back to detector pixels: auto (bicubic on GPU, bilinear on CPU)"
     )
     bin_tolerance: float = Field(
-        0.05, ge=0, lt=0.5, description="largest relative misfit of k x detector pixel to the working pixel"
+        DEFAULT_TOLERANCE,
+        ge=0,
+        lt=0.5,
+        description="largest relative misfit of k x detector pixel to the working pixel",
     )
-    batch_frames: int = Field(4, ge=1, description="denoise up to B frames at once")
+    batch_frames: int = Field(
+        4, ge=1, description="denoise up to B frames at once (live and offline: one default)"
+    )
     batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
     policy: BackpressurePolicy = BackpressurePolicy.lossless
     likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
@@ -271,6 +279,38 @@ class ViewerSettings(BaseModel):
     enabled: bool = Field(False, description="serve the live viewer (sbd-stream serve --viewer)")
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535, description="viewer HTTP port (0 = pick a free one)")
+    max_side: int = Field(768, ge=16, description="frames are block-averaged to at most this many pixels")
+    raw_ring_mb: float = Field(
+        256.0, gt=0, description="recent raw frames kept (by reference) to pair with their denoised frame"
+    )
+    output_ring_mb: float = Field(64.0, gt=0, description="the same for denoised and LLR frames (each)")
+
+
+class EmulatorSettings(BaseModel):
+    """``sbd-stream emulate`` / the demo's fake detector (sbd_stream/sources/emulator.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    mode: SocketMode = SocketMode.bind
+    shape: tuple[int, int] = (1024, 1024)
+    dtype: Literal["uint8", "uint16"] = "uint16"
+    dose: float = Field(DEFAULT_DOSE, gt=0, description="counts per detector pixel in vacuum per frame")
+    pixel_size_A: float = Field(
+        PAPER_PIXEL_A, gt=0, description="detector pixel; sources are resampled to it"
+    )
+    rate_hz: float = Field(40.0, ge=0, description="frames per second (0 = as fast as possible)")
+    n_frames: int = Field(100, ge=1)
+    source: Path | None = Field(None, description="simulated dataset or recording (.h5); None: synthetic")
+    seed: int = 0
+    acq: str = Field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
+    pool: int = Field(0, ge=0, description=">0: cycle this many pre-drawn noisy frames per clean image")
+    sndhwm: int = Field(1000, ge=1)
+    first_seq: int = Field(0, ge=0)
+    wait_subscriber_s: float = Field(5.0, ge=0, description="wait for a subscriber before the first frame")
+    keep_truth: bool = Field(False, description="keep every sent frame and its expected counts (demo PSNR)")
+    push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
+    peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
 
 
 class SupervisionSettings(BaseModel):

@@ -24,6 +24,7 @@ from sbd_stream.cli.options import (
     Verbose,
     detector_section,
     service_settings,
+    settings_from_flags,
 )
 
 
@@ -38,7 +39,7 @@ def denoise(
     pixel_size: PixelSize = None,
     dose: DosePerArea = None,
     counts_per_px: CountsPerPx = None,
-    batch: Batch = 2,
+    batch: Batch = None,
     tile: int | None = typer.Option(None, help="Tile size in working pixels (default: the engine card's)"),
     margin: int | None = typer.Option(
         None, help="Tile margin in working pixels (default: the engine card's)"
@@ -58,21 +59,32 @@ def denoise(
     125 e/A^2 per frame). Frames are binned to the engine's working pixel and returned at theirs.
     """
     setup_logging(verbose)
-    from sbd_stream.service.offline_dask import EngineSpec
     from sbd_stream.service.offline_dask import denoise as run_denoise
     from sbd_stream.sources.stacks import StackError
 
     if output.exists() and not overwrite:
         fail(f"{output} exists; pass --overwrite to replace it")
+    flags = Flags(
+        pixel_size=pixel_size,
+        dose=dose,
+        counts_per_px=counts_per_px,
+        engine=engine,
+        model=model,
+        device=device,
+        batch=batch,
+        tile=tile,
+        margin=margin,
+        threads=threads_per_worker,
+    )
+    settings = settings_from_flags(flags).denoise  # the live service's [denoise] settings
     try:
         summary = run_denoise(
             input,
             output,
             dataset,
-            EngineSpec(engine or "auto", model, device, tile, margin, threads=threads_per_worker),
-            detector=detector_section(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)),
+            settings,
+            detector=detector_section(flags),
             scheduler=scheduler,
-            batch=batch or 2,
             chunk_frames=chunk_frames,
             workers=dask_workers,
             resume=resume,

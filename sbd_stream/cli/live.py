@@ -190,7 +190,8 @@ def replay(
         fail(f"{file} not found")
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
     if offline:
-        _replay_offline(file, out, engine, model, device, batch, sampling, scheduler, dask_workers)
+        s = settings_from_flags(Flags(engine=engine, model=model, device=device, batch=batch), config)
+        _replay_offline(file, out, s, sampling, scheduler, dask_workers)
         return
     flags = Flags(
         pixel_size=pixel_size,
@@ -222,16 +223,13 @@ def replay(
 def _replay_offline(
     file: Path,
     out: Path | None,
-    engine: str | None,
-    model: str | None,
-    device: str | None,
-    batch: int | None,
+    s: ServiceSettings,
     sampling: Flags,
     scheduler: str,
     workers: int | None,
 ) -> None:
     """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
-    from sbd_stream.service.offline_dask import EngineSpec, denoise
+    from sbd_stream.service.offline_dask import denoise
     from sbd_stream.sources.stacks import StackError
 
     if out is None:
@@ -239,10 +237,9 @@ def _replay_offline(
     if out.exists():
         fail(f"{out} exists; remove it or choose another --out")
     try:
-        es = EngineSpec(engine or "auto", model, device)
         summary = denoise(
-            file, out, None, es, detector_section(sampling), recording=True, scheduler=scheduler,
-            batch=batch or 2, workers=workers, progress=True,
+            file, out, None, s.denoise, detector_section(sampling), recording=True, scheduler=scheduler,
+            workers=workers, progress=True,
         )  # fmt: skip
     except (StackError, ValueError, OSError) as e:
         fail(str(e))
@@ -281,13 +278,13 @@ def emulate(
     default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum.
     """
     from sbd_stream.config import SocketMode
-    from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+    from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
     setup_logging(verbose)
     if dtype not in ("uint8", "uint16"):
         fail("--dtype must be uint8 or uint16")
     det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
-    cfg = EmulatorConfig(
+    cfg = EmulatorSettings(
         endpoint=endpoint,
         mode=SocketMode.connect if connect else SocketMode.bind,
         shape=parse_shape(shape),
@@ -355,7 +352,7 @@ def demo(
     the PSNR printed at the end is the real-condition number.
     """
     from sbd_stream.service.demo import run_demo
-    from sbd_stream.sources.emulator import EmulatorConfig
+    from sbd_stream.sources.emulator import EmulatorSettings
 
     setup_logging(verbose)
     flags = Flags(
@@ -380,7 +377,7 @@ def demo(
     )
     s = settings_from_flags(flags)
     stages = _stages(s)
-    emu_cfg = EmulatorConfig(
+    emu_cfg = EmulatorSettings(
         endpoint="tcp://127.0.0.1:*",
         shape=parse_shape(shape),
         dose=s.detector.vacuum_counts,

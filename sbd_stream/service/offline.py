@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from sbd_stream.compute.binning import DEFAULT_TOLERANCE, binned_shape
+from sbd_stream.compute.binning import binned_shape
 from sbd_stream.compute.denoiser import Denoiser
-from sbd_stream.config import DetectorSettings
+from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
@@ -23,17 +23,14 @@ def denoise_file(
     input: Path,
     output: Path,
     dataset: str | None = None,
-    engine: str = "auto",
-    model: str | None = None,
-    device: str | None = None,
+    settings: DenoiseSettings | None = None,
     detector: dict[str, float | None] | None = None,
-    batch: int = 2,
-    tile: int | None = None,
-    margin: int | None = None,
     progress: bool = False,
-    bin_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, Any]:
     """Denoise every frame of ``input`` into ``output``; returns a summary of what was done.
+
+    ``settings``: the same ``[denoise]`` settings as the live service (engine, model, device, tiles,
+    ``batch_frames``, ``bin_tolerance``); offline an ``auto`` upsampling is bicubic (quality first).
 
     ``detector`` (pixel_size_A, dose_e_per_A2 or counts_per_px; None values ignored) overrides what
     the input's attributes say; the paper's K2 sampling fills anything neither gives. Frames go
@@ -50,13 +47,12 @@ def denoise_file(
             sampling.pop("dose_e_per_A2", None)
             sampling.pop("counts_per_px", None)
         det = DetectorSettings(**{**sampling, **given})
+        d = settings or DenoiseSettings()
         try:
-            den = Denoiser.load(engine, model, device, tile=tile, margin=margin)
+            den = Denoiser.load(d.engine, d.model, d.device, tile=d.tile, margin=d.margin)
         except ArtefactError as e:
             raise StackError(f"engine: {e}") from e
-        stage = BatchStage(
-            den, det, bin_tolerance=bin_tolerance, upsample="bicubic"
-        )  # offline: quality first
+        stage = BatchStage(den, det, bin_tolerance=d.bin_tolerance, upsample=offline_upsample(d))
         g = stage.geometry
         n, h, w = stack.shape
         hb, wb = binned_shape(h, w, g.bin)
@@ -74,7 +70,7 @@ def denoise_file(
             out = create_output(f, (n, h, w), attrs)
             done = 0
             bar = _progress(n) if progress else None
-            for frames in stack.batches(batch):
+            for frames in stack.batches(d.batch_frames):
                 headers = [
                     FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
                     for i in range(len(frames))
@@ -99,6 +95,11 @@ def denoise_file(
         "seconds": round(dt, 3),
         "frames_per_s": round(n / dt, 3),
     }
+
+
+def offline_upsample(d: DenoiseSettings) -> Upsample:
+    """Offline, quality comes first: ``auto`` is bicubic whatever the device (live on a CPU: bilinear)."""
+    return Upsample.bicubic if d.upsample is Upsample.auto else d.upsample
 
 
 def _progress(total: int) -> tuple[Any, Any]:

@@ -21,14 +21,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sbd_stream.config import DenoiseSettings
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
-    EngineSpec,
     Source,
     chunk_size,
     default_threads,
@@ -54,8 +53,8 @@ _STAGES: dict[tuple, Any] = {}
 _LOADS: dict[tuple, int] = {}  # engine loads in this process per key: 1 per worker is the point
 
 
-def _device(es: EngineSpec) -> str | None:
-    if es.gpu_per_worker:
+def _device(es: DenoiseSettings, gpu_per_worker: bool) -> str | None:
+    if gpu_per_worker:
         from distributed import get_worker
 
         name = get_worker().name
@@ -64,21 +63,26 @@ def _device(es: EngineSpec) -> str | None:
     return es.device
 
 
-def worker_stage(es: EngineSpec, detector: dict[str, float]) -> Any:
-    """The ``BatchStage`` for these settings, built once per process (engine loaded once per worker)."""
+def worker_stage(es: DenoiseSettings, detector: dict[str, float], gpu_per_worker: bool = False) -> Any:
+    """The ``BatchStage`` for these settings, built once per process (engine loaded once per worker).
+
+    ``gpu_per_worker``: a local GPU cluster, where worker i uses cuda:i.
+    """
     from sbd_stream.compute.denoiser import Denoiser
     from sbd_stream.config import DetectorSettings
     from sbd_stream.engines.card import ArtefactError
     from sbd_stream.service.batch import BatchStage
+    from sbd_stream.service.offline import offline_upsample
 
-    if es.threads:
+    threads = es.threads_per_worker
+    if threads:
         import torch
 
-        torch.set_num_threads(es.threads)
-        os.environ["SBD_ORT_THREADS"] = str(es.threads)  # read when the ORT session is made
-    device = _device(es)
-    dkey = (es.engine, es.model, device, es.tile, es.margin, es.threads)
-    skey = (dkey, tuple(sorted(detector.items())), es.bin_tolerance)
+        torch.set_num_threads(threads)
+        os.environ["SBD_ORT_THREADS"] = str(threads)  # read when the ORT session is made
+    device = _device(es, gpu_per_worker)
+    dkey = (es.engine, es.model, device, es.tile, es.margin, threads)
+    skey = (dkey, tuple(sorted(detector.items())), es.bin_tolerance, offline_upsample(es))
     if skey not in _STAGES:
         if dkey not in _DENOISERS:
             try:
@@ -87,16 +91,20 @@ def worker_stage(es: EngineSpec, detector: dict[str, float]) -> Any:
                 raise StackError(f"engine: {e}") from e
             _LOADS[dkey] = _LOADS.get(dkey, 0) + 1
         det = DetectorSettings(**detector)
-        _STAGES[skey] = BatchStage(_DENOISERS[dkey], det, bin_tolerance=es.bin_tolerance, upsample="bicubic")
+        _STAGES[skey] = BatchStage(
+            _DENOISERS[dkey], det, bin_tolerance=es.bin_tolerance, upsample=offline_upsample(es)
+        )
     return _STAGES[skey]
 
 
-def describe(src: Source, es: EngineSpec, detector: dict[str, float]) -> dict[str, Any]:
+def describe(
+    src: Source, es: DenoiseSettings, detector: dict[str, float], gpu_per_worker: bool = False
+) -> dict[str, Any]:
     """The output's attributes, exactly as ``denoise_file`` writes them (runs on a worker)."""
     from sbd_stream.compute.binning import binned_shape
     from sbd_stream.service.offline import _version
 
-    stage = worker_stage(es, detector)
+    stage = worker_stage(es, detector, gpu_per_worker)
     den, g = stage.denoiser, stage.geometry
     _, h, w = src.shape
     hb, wb = binned_shape(h, w, g.bin)
@@ -135,12 +143,13 @@ def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
 
 
 def denoise_chunk(
-    src: Source, es: EngineSpec, detector: dict[str, float], start: int, stop: int, batch: int
+    src: Source, es: DenoiseSettings, detector: dict[str, float], start: int, stop: int, batch: int,
+    gpu_per_worker: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """Denoise frames [start, stop) in the single-process path's batches; float32 counts + who did it."""
     from sbd_stream.frames import Frame, FrameHeader
 
-    stage = worker_stage(es, detector)
+    stage = worker_stage(es, detector, gpu_per_worker)
     loads = _LOADS.get(next(k for k, v in _DENOISERS.items() if v is stage.denoiser), 0)
     frames = read_frames(src, start, stop)
     _, h, w = src.shape
@@ -156,13 +165,13 @@ def denoise_chunk(
 
 
 # ---- client ---------------------------------------------------------------------------------------
-def _inline(src: Source, es: EngineSpec, det: dict, chunks: list, batch: int) -> Iterator[tuple]:
+def _inline(src: Source, es: DenoiseSettings, det: dict, chunks: list, batch: int) -> Iterator[tuple]:
     for a, b in chunks:
         yield (a, b), *denoise_chunk(src, es, det, a, b, batch)
 
 
 def _on_cluster(
-    client: Any, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None
+    client: Any, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None, gpu: bool
 ) -> Iterator[tuple]:
     """Results in frame order; at most ``limit`` chunks submitted or waiting in the reorder buffer."""
     from distributed import as_completed
@@ -173,7 +182,9 @@ def _on_cluster(
     def fill() -> None:
         nonlocal sub
         while sub < len(chunks) and ac.count() + len(buf) < limit:
-            fut = client.submit(denoise_chunk, *args, *chunks[sub], batch, pure=False, resources=resources)
+            fut = client.submit(
+                denoise_chunk, *args, *chunks[sub], batch, gpu, pure=False, resources=resources
+            )
             owner[fut.key] = sub
             ac.add(fut)
             sub += 1
@@ -189,7 +200,7 @@ def _on_cluster(
         fill()
 
 
-def _wants_gpu(es: EngineSpec, scheduler: str) -> bool:
+def _wants_gpu(es: DenoiseSettings, scheduler: str) -> bool:
     """``--device cuda[:N]``, or no device on a local GPU machine whose backend would pick CUDA."""
     if es.device is not None or scheduler != "local":
         return (es.device or "").startswith("cuda")
@@ -273,13 +284,17 @@ def _open_partial(partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: b
 
 
 def denoise_distributed(
-    src: Source, output: Path, es: EngineSpec, detector: dict | None = None, batch: int = 2,
+    src: Source, output: Path, es: DenoiseSettings, detector: dict | None = None, batch: int | None = None,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES, scheduler: str = "local", workers: int | None = None,
     resume: bool = True, progress: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """Denoise ``src`` into ``output`` in chunks on a Dask cluster (or in-process); returns a summary."""
+    """Denoise ``src`` into ``output`` in chunks on a Dask cluster (or in-process); returns a summary.
+
+    ``batch``: frames per batch (default: ``es.batch_frames``, as everywhere).
+    """
     from sbd_stream.config import DetectorSettings
 
+    batch = batch or es.batch_frames
     output = Path(output)
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
@@ -293,15 +308,19 @@ def denoise_distributed(
     with ExitStack() as stack:
         if scheduler == "none" or len(chunks) == 1:
             where = "in-process" if scheduler == "none" else "in-process (one chunk)"
-            client, n_workers, es_run, resources = None, 1, es, None
+            client, n_workers, es_run, resources, per_gpu = None, 1, es, None, False
             attrs = describe(src, es, det)
         else:
             client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
             local = scheduler == "local"
-            threads = es.threads or (default_threads(os.cpu_count() or 1, n_workers) if local else None)
-            es_run = replace(es, threads=threads, gpu_per_worker=gpu and local)
-            resources = {"GPU": 1} if gpu else None
-            attrs = client.submit(describe, src, es_run, det, pure=False, resources=resources).result()
+            threads = es.threads_per_worker or (
+                default_threads(os.cpu_count() or 1, n_workers) if local else None
+            )
+            es_run = es.model_copy(update={"threads_per_worker": threads})
+            resources, per_gpu = ({"GPU": 1} if gpu else None), gpu and local
+            attrs = client.submit(
+                describe, src, es_run, det, per_gpu, pure=False, resources=resources
+            ).result()
         partial, sidecar = (output.with_name(output.name + ext) for ext in (".partial", ".partial.json"))
         fp = fingerprint(src, attrs["engine_id"], det, batch, size)
         f, start = _open_partial(partial, sidecar, fp, attrs, resume)
@@ -311,7 +330,9 @@ def denoise_distributed(
         if client is None:
             results = _inline(src, es_run, det, todo, batch)
         else:
-            results = _on_cluster(client, (src, es_run, det), batch, todo, max(2, 2 * n_workers), resources)
+            results = _on_cluster(
+                client, (src, es_run, det), batch, todo, max(2, 2 * n_workers), resources, per_gpu
+            )
         loads: dict[int, int] = {}
         ds = f["denoised"]
         for (a, b), arr, info in results:
@@ -331,7 +352,8 @@ def denoise_distributed(
         "engine_id": attrs["engine_id"],
         **{k: v for k, v in attrs.items() if k in GEOMETRY_KEYS},
         "seconds": round(dt, 3), "frames_per_s": round((n - start) / dt, 3) if dt > 0 else 0.0,
-        "scheduler": where, "workers": n_workers, "threads_per_worker": es_run.threads, "batch": batch,
+        "scheduler": where, "workers": n_workers, "threads_per_worker": es_run.threads_per_worker,
+        "batch": batch,
         "chunk_frames": size, "chunks": len(chunks), "resumed_from": start,
         "engine_loads_per_worker": sorted(loads.values()),  # per worker that ran a chunk: 1 each
     }  # fmt: skip
@@ -355,19 +377,22 @@ def _bar(total: int, done: int) -> Iterator[Any]:
 
 
 def denoise(
-    input: Path, output: Path, dataset: str | None = None, es: EngineSpec | None = None,
+    input: Path, output: Path, dataset: str | None = None, es: DenoiseSettings | None = None,
     detector: dict | None = None, recording: bool = False, scheduler: str = "local", **kw: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """Entry point of ``sbd-stream denoise`` and ``replay --offline``: ``none`` is ``denoise_file``."""
-    es = es or EngineSpec()
+    """Entry point of ``sbd-stream denoise`` and ``replay --offline``: ``none`` is ``denoise_file``.
+
+    ``es``: the ``[denoise]`` settings, as the live service takes them; ``batch`` in ``kw`` overrides
+    their ``batch_frames``.
+    """
+    es = es or DenoiseSettings()
+    if kw.get("batch") is not None:
+        es = es.model_copy(update={"batch_frames": kw["batch"]})
+    kw["batch"] = es.batch_frames
     if scheduler == "none" and not recording:
         from sbd_stream.service.offline import denoise_file
 
-        s = denoise_file(
-            input, output, dataset, es.engine, es.model, es.device, detector=detector,
-            batch=kw.get("batch", 2), tile=es.tile, margin=es.margin, progress=kw.get("progress", False),
-            bin_tolerance=es.bin_tolerance,
-        )  # fmt: skip
+        s = denoise_file(input, output, dataset, es, detector=detector, progress=kw.get("progress", False))
         return {**s, "scheduler": "in-process"}
     src = inspect_recording(input) if recording else inspect_stack(input, dataset)
     return denoise_distributed(src, output, es, detector, scheduler=scheduler, **kw)

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.sources.stacks import StackError, open_stack
 
 __all__ = [
-    "EngineSpec",
     "Source",
     "chunk_size",
     "default_threads",
@@ -74,20 +72,6 @@ class Source:
     recording: bool = False  # a `serve` recording: raw/frames, complete rows only, SWMR read
     sampling: tuple[tuple[str, float], ...] = ()
     stat: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) per part: the resume fingerprint
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """What a worker needs to build the same ``BatchStage`` as ``denoise_file`` (its cache key too)."""
-
-    engine: str = "auto"
-    model: str | None = None
-    device: str | None = None
-    tile: int | None = None
-    margin: int | None = None
-    bin_tolerance: float = DEFAULT_TOLERANCE
-    threads: int | None = None  # torch + ONNX Runtime intra-op threads in the worker (None: leave)
-    gpu_per_worker: bool = False  # local GPU cluster: worker i uses cuda:i
 
 
 def _stat(path: Path) -> tuple[int, int]:

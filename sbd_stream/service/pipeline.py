@@ -167,9 +167,24 @@ class Pipeline:
             )
             self.ingest.start()
         if self.s.viewer.enabled and self.publisher is not None:
-            from sbd_stream.sinks.viewer.server import attach
+            from sbd_stream.security import CurveSettings
+            from sbd_stream.sinks.viewer.server import Viewer
 
-            self.viewer = attach(self, self.s.viewer.host, self.s.viewer.port)
+            own = self.s.publish.curve.secret_key_file  # subscribe with the service's own key pair
+            curve = CurveSettings(enabled=True, secret_key_file=own, server_public_key_file=own)
+            mhost = self.s.metrics.host
+            mhost = "127.0.0.1" if mhost in ("0.0.0.0", "", "::") else mhost
+            metrics_url = f"http://{mhost}:{self.metrics_port}/metrics" if self.s.metrics.enabled else None
+            self.viewer = Viewer(
+                self.s.viewer,
+                output_endpoint=self.publisher.endpoint,
+                metrics_url=metrics_url,
+                curve=curve if self.s.publish.curve.enabled else None,
+                context=self.ctx,
+                supervisor=sup,
+            )
+            self.frame_taps.append(self.viewer.offer_raw)
+            self.viewer.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain and close: source, then denoiser, then publisher and recorder (safe to call twice)."""

@@ -23,16 +23,13 @@ import enum
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import zmq
 
-from sbd_stream.compute.noise import DEFAULT_DOSE, poisson_counts
-from sbd_stream.config import PAPER_PIXEL_A, SocketMode
+from sbd_stream.compute.noise import poisson_counts
+from sbd_stream.config import EmulatorSettings, SocketMode
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
 from sbd_stream.sinks.recorder import open_recording
 
@@ -90,32 +87,10 @@ def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(img[:h, :w])
 
 
-@dataclass
-class EmulatorConfig:
-    endpoint: str = "tcp://127.0.0.1:5555"
-    mode: SocketMode = SocketMode.bind
-    shape: tuple[int, int] = (1024, 1024)
-    dtype: str = "uint16"
-    dose: float = DEFAULT_DOSE  # counts per detector pixel in vacuum per frame
-    pixel_size_A: float = PAPER_PIXEL_A  # detector pixel at the specimen; sources are resampled to it
-    rate_hz: float = 40.0  # 0 = as fast as possible
-    n_frames: int = 100
-    source: Path | None = None
-    seed: int = 0
-    acq: str = field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
-    pool: int = 0  # >0: cycle this many pre-drawn noisy frames per clean image
-    sndhwm: int = 1000
-    first_seq: int = 0
-    wait_subscriber_s: float = 5.0  # wait for a subscriber before the first frame (XPUB)
-    keep_truth: bool = False  # keep every sent frame and its expected counts (tests, demo PSNR)
-    push: bool = False  # PUSH instead of PUB: PULL peers share the frames round-robin (scale-out)
-    peers: int = 1  # PUSH: wait for this many PULL peers (up to wait_subscriber_s) before sending
-
-
 class FrameSource:
     """Clean images (expected counts = clean * dose) or recorded counts, by frame index."""
 
-    def __init__(self, cfg: EmulatorConfig) -> None:
+    def __init__(self, cfg: EmulatorSettings) -> None:
         self.cfg = cfg
         self.kind = SourceKind.synthetic
         self._images: list[np.ndarray] = []
@@ -193,7 +168,7 @@ class FrameSource:
 class Emulator:
     """Publishes ``n_frames`` frames at ``rate_hz`` between series_start and series_end."""
 
-    def __init__(self, cfg: EmulatorConfig, context: zmq.Context | None = None) -> None:
+    def __init__(self, cfg: EmulatorSettings, context: zmq.Context | None = None) -> None:
         self.cfg = cfg
         self.source = FrameSource(cfg)
         self.ctx = context or zmq.Context.instance()

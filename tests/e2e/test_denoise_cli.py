@@ -114,6 +114,7 @@ def test_pickled_npy_is_refused(tiny_engine_dir: Path, tmp_path: Path) -> None:
 def test_interrupted_run_leaves_no_complete_looking_file(
     tiny_engine_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    from sbd_stream.config import DenoiseSettings
     from sbd_stream.service import offline
 
     np.save(tmp_path / "in.npy", np.ones((4, 32, 32), np.uint16))
@@ -128,7 +129,8 @@ def test_interrupted_run_leaves_no_complete_looking_file(
 
     monkeypatch.setattr(offline.Denoiser, "denoise", failing)
     with pytest.raises(KeyboardInterrupt):
-        offline.denoise_file(tmp_path / "in.npy", tmp_path / "o.h5", model=str(tiny_engine_dir), batch=1)
+        settings = DenoiseSettings(model=str(tiny_engine_dir), batch_frames=1)
+        offline.denoise_file(tmp_path / "in.npy", tmp_path / "o.h5", settings=settings)
     assert not (tmp_path / "o.h5").exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "in.npy"]
 

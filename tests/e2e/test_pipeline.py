@@ -17,7 +17,7 @@ from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, l
 from sbd_stream.service.demo import Collector, run_demo
 from sbd_stream.service.pipeline import Pipeline, run_replay
 from sbd_stream.sinks.recorder import open_recording
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, denoiser: Denoiser) -> None:
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(
+        EmulatorSettings(
             endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=40, rate_hz=200, keep_truth=True
         ),
         ctx,
@@ -73,7 +73,7 @@ def test_latest_policy_skips_under_overload_but_records_every_raw_frame(
     ctx = zmq.Context.instance()
     n = 150
     emu = Emulator(
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(256, 256), n_frames=n, rate_hz=0, pool=2), ctx
+        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(256, 256), n_frames=n, rate_hz=0, pool=2), ctx
     )
     s = make_settings(tmp_path, emu.endpoint, policy=BackpressurePolicy.latest, batch_frames=1)
     s.ingest.queue_frames = 4
@@ -129,7 +129,7 @@ def test_demo_reports_psnr_against_ground_truth(tmp_path: Path, denoiser: Denois
     summary = run_demo(
         s,
         denoiser,
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(128, 128), n_frames=20, rate_hz=100),
+        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(128, 128), n_frames=20, rate_hz=100),
         status=lines.append,
         status_every_s=0.05,
     )
@@ -169,7 +169,7 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
     ctx = zmq.Context.instance()
     shape = (130, 98)  # not multiples of the bin: reflected padding, cropped back
     emu = Emulator(
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=shape, n_frames=12, rate_hz=100, keep_truth=True),
+        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=shape, n_frames=12, rate_hz=100, keep_truth=True),
         ctx,
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "vacuum_block_A": 2.0})
@@ -205,7 +205,7 @@ def test_llr_messages_say_how_many_other_frames_scored_their_columns(
     two other frames (its batch's neighbours or the earlier frames the stage kept)."""
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=12, rate_hz=200), ctx
+        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=12, rate_hz=200), ctx
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "evidence_frames": 2})
     col = stream_through(Pipeline(s, denoiser, context=ctx), emu, ctx)

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from sbd_stream.sinks.recorder import open_recording
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_serve_drains_and_closes_on_signal(
 ) -> None:
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(
+        EmulatorSettings(
             endpoint="tcp://127.0.0.1:*",
             shape=(64, 64),
             n_frames=30,

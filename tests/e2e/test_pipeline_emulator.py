@@ -10,7 +10,7 @@ import pytest
 from sbd_stream.config import RecordSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.recorder import Recorder, RecordItem
-from sbd_stream.sources.emulator import EmulatorConfig, FrameSource, SourceKind
+from sbd_stream.sources.emulator import EmulatorSettings, FrameSource, SourceKind
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def _simulated_file(path: Path, n: int, shape=(40, 30)) -> list[np.ndarray]:
 
 def test_simulated_dataset_source_gives_exact_truth_and_poisson_counts(tmp_path: Path) -> None:
     cleans = _simulated_file(tmp_path / "sim.h5", 3)
-    cfg = EmulatorConfig(source=tmp_path / "sim.h5", shape=(80, 50), dose=2.0, dtype="uint8")
+    cfg = EmulatorSettings(source=tmp_path / "sim.h5", shape=(80, 50), dose=2.0, dtype="uint8")
     src = FrameSource(cfg)
     assert src.kind is SourceKind.simulated and len(src) == 3
     truth0 = src.truth(0)
@@ -50,7 +50,7 @@ def test_recording_source_resends_recorded_counts(tmp_path: Path) -> None:
     for q, fr in enumerate(raw):
         rec.write(RecordItem("raw", "r", q, 0.0, fr))
     rec.close_all()
-    src = FrameSource(EmulatorConfig(source=tmp_path / "r.h5", dtype="uint16"))
+    src = FrameSource(EmulatorSettings(source=tmp_path / "r.h5", dtype="uint16"))
     assert src.kind is SourceKind.recording and src.truth(0) is None
     it = src.frames()
     got = [next(it)[0] for _ in range(7)]
@@ -58,7 +58,7 @@ def test_recording_source_resends_recorded_counts(tmp_path: Path) -> None:
 
 
 def test_synthetic_fallback_is_labelled_and_rejects_foreign_files(tmp_path: Path) -> None:
-    src = FrameSource(EmulatorConfig(shape=(64, 64)))
+    src = FrameSource(EmulatorSettings(shape=(64, 64)))
     assert src.kind is SourceKind.synthetic
     t = src.truth(0)
     assert t is not None and t.max() == pytest.approx(0.45) and t.min() < 0.45
@@ -67,4 +67,4 @@ def test_synthetic_fallback_is_labelled_and_rejects_foreign_files(tmp_path: Path
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
     with pytest.raises(ValueError, match="neither"):
-        FrameSource(EmulatorConfig(source=tmp_path / "other.h5"))
+        FrameSource(EmulatorSettings(source=tmp_path / "other.h5"))

@@ -22,7 +22,7 @@ from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES
 from sbd_stream.protocol import encode_frame, encode_series
 from sbd_stream.service.demo import Collector
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ def test_emulator_restart_with_new_acquisition_is_a_restart(tmp_path: Path, deno
     ep = pipe.ingest.endpoint
     try:
         for acq in ("first", "second"):
-            cfg = EmulatorConfig(
+            cfg = EmulatorSettings(
                 endpoint=ep, mode=SocketMode.connect, shape=(64, 64), n_frames=10, rate_hz=200
             )
             cfg.acq = acq

@@ -32,7 +32,7 @@ from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sinks.merge import MergeService
 from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.dectris.sim import v1_series
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -185,7 +185,7 @@ def test_two_instances_pull_the_wire_v1_emulator_in_push_mode_and_merge_delivers
 ) -> None:
     n = 30
     emu = Emulator(
-        EmulatorConfig(
+        EmulatorSettings(
             endpoint="tcp://127.0.0.1:*", shape=SHAPE, n_frames=n, rate_hz=200, push=True, peers=2,
             keep_truth=True, wait_subscriber_s=10.0,
         )

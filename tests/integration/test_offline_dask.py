@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
-from sbd_stream.config import RecordSettings
+from sbd_stream.config import DenoiseSettings, RecordSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.service import offline_dask as od
 from sbd_stream.service.offline import denoise_file
@@ -103,8 +103,8 @@ def test_two_workers_equal_single_process_bit_for_bit(
     scheduler: str, binning_engine_dir: Path, tmp_path: Path
 ) -> None:
     inp = _stack(tmp_path / "in.h5", 40, (96, 80))
-    denoise_file(inp, tmp_path / "ref.h5", model=str(binning_engine_dir), engine="onnxruntime")
-    es = od.EngineSpec("onnxruntime", str(binning_engine_dir))
+    es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
+    denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
     s = od.denoise(inp, tmp_path / "dask.h5", es=es, scheduler=scheduler, batch=2, chunk_frames=5)
     assert s["scheduler"] == scheduler and s["workers"] == 2
     assert (s["chunks"], s["chunk_frames"], s["frames"], s["resumed_from"]) == (7, 6, 40, 0)
@@ -124,10 +124,11 @@ def test_torch_backend_is_identical_when_threads_are_pinned(
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        denoise_file(inp, tmp_path / "ref.h5", model=str(binning_engine_dir), engine="torch", batch=2)
+        ref = DenoiseSettings(engine="torch", model=str(binning_engine_dir), batch_frames=2)
+        denoise_file(inp, tmp_path / "ref.h5", settings=ref)
     finally:
         torch.set_num_threads(before)
-    es = od.EngineSpec("torch", str(binning_engine_dir), threads=1)
+    es = DenoiseSettings(engine="torch", model=str(binning_engine_dir), threads_per_worker=1)
     s = od.denoise(inp, tmp_path / "dask.h5", es=es, scheduler=scheduler, batch=2, chunk_frames=3)
     assert (s["chunks"], s["chunk_frames"], s["threads_per_worker"]) == (3, 4, 1)
     _assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
@@ -140,8 +141,12 @@ def test_one_chunk_runs_in_process_without_a_cluster(
     monkeypatch.chdir(tmp_path)  # a relative input names the source as given, as denoise_file does
     inp = Path("in.h5")
     _stack(inp, 5, (64, 48), seed=2)
-    denoise_file(inp, tmp_path / "ref.h5", model=str(binning_engine_dir), engine="onnxruntime")
-    es = od.EngineSpec("onnxruntime", str(binning_engine_dir))
+    denoise_file(
+        inp,
+        tmp_path / "ref.h5",
+        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)),
+    )
+    es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     s = od.denoise(inp, tmp_path / "one.h5", es=es, scheduler="local")  # 5 frames < one 16-frame chunk
     assert s["scheduler"] == "in-process (one chunk)" and s["chunks"] == 1
     _assert_same_output(tmp_path / "ref.h5", tmp_path / "one.h5")
@@ -161,8 +166,8 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
 ) -> None:
     inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=3)
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
-    denoise_file(inp, ref, model=str(binning_engine_dir), engine="onnxruntime")
-    es = od.EngineSpec("onnxruntime", str(binning_engine_dir))
+    denoise_file(inp, ref, settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)))
+    es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     src = od.inspect_stack(inp)
     real = od.denoise_chunk
 
@@ -258,7 +263,11 @@ def test_cli_killed_mid_run_resumes_to_the_single_process_output(
     assert summary["resumed_from"] >= done > 0 and summary["frames"] == n
     assert summary["scheduler"] == "local (2 workers)" and summary["chunks"] == n // 16
     assert not side.exists()
-    denoise_file(inp, tmp_path / "ref.h5", model=str(binning_engine_dir), engine="onnxruntime")
+    denoise_file(
+        inp,
+        tmp_path / "ref.h5",
+        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)),
+    )
     _assert_same_output(tmp_path / "ref.h5", out)
 
 
@@ -298,7 +307,12 @@ def test_replay_offline_denoises_every_recorded_frame(
     assert summary["bin"] == 4  # the recording's own sampling (0.060 A) was used
     with h5py.File(out, "r") as f:
         assert f["denoised"].shape == (40, 64, 48)
-    denoise_file(rec, tmp_path / "ref.h5", "raw/frames", model=str(binning_engine_dir), engine="onnxruntime")
+    denoise_file(
+        rec,
+        tmp_path / "ref.h5",
+        "raw/frames",
+        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)),
+    )
     _assert_same_output(tmp_path / "ref.h5", out)
 
 

@@ -17,7 +17,7 @@ import zmq
 from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
 ) -> None:
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(endpoint="tcp://127.0.0.1:*", shape=(64, 64), n_frames=N_FRAMES, rate_hz=100), ctx
+        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(64, 64), n_frames=N_FRAMES, rate_hz=100), ctx
     )
     settings = load_settings(
         overrides={

@@ -14,11 +14,12 @@ import pytest
 import zmq
 from PIL import Image
 
+from sbd_stream.config import ViewerSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_FRAME, TOPIC_LLR, encode_frame, encode_series
 from sbd_stream.sinks.viewer.metrics_poll import histogram_quantile
 from sbd_stream.sinks.viewer.render import bin_to, diverging_rgb, encode_png, gray8, render
-from sbd_stream.sinks.viewer.server import Viewer, ViewerConfig, local_endpoint
+from sbd_stream.sinks.viewer.server import Viewer, local_endpoint
 
 
 def test_png_encoder_round_trips_gray_and_rgb() -> None:
@@ -85,14 +86,12 @@ def _get(url: str) -> tuple[int, bytes, dict]:
 @pytest.mark.timeout(60)
 def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
     out, raw, m, mport = sources
-    cfg = ViewerConfig(
-        port=0,
+    v = Viewer(
+        ViewerSettings(port=0, raw_ring_mb=64 * 48 * 2 * 8 / 1e6),  # eight raw frames
         output_endpoint=out.getsockopt_string(zmq.LAST_ENDPOINT),
         raw_endpoint=raw.getsockopt_string(zmq.LAST_ENDPOINT),
         metrics_url=f"http://127.0.0.1:{mport}/metrics",
-        raw_ring_mb=64 * 48 * 2 * 8 / 1e6,  # eight raw frames
-    )
-    v = Viewer(cfg).start()
+    ).start()
     try:
         assert v.url.startswith("http://127.0.0.1:")
         code, body, _ = _get(v.url)

@@ -21,8 +21,7 @@ from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
 from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sinks.viewer.server import attach
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,7 +64,7 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
 
     ctx = zmq.Context.instance()
     emu = Emulator(
-        EmulatorConfig(
+        EmulatorSettings(
             endpoint="tcp://127.0.0.1:*",
             shape=(256, 256),
             n_frames=100000,
@@ -81,6 +80,7 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
             "publish": {"endpoint": "tcp://127.0.0.1:*"},
             "record": {"enabled": False},
             "metrics": {"port": 0},
+            "viewer": {"enabled": True, "port": 0},
             "denoise": {
                 "policy": "latest",
                 "batch_frames": 2,
@@ -90,7 +90,7 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
     )
     pipe = Pipeline(settings, _denoiser(), context=ctx)
     pipe.start()
-    viewer = attach(pipe, port=0)
+    viewer = pipe.viewer
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"):

@@ -26,7 +26,7 @@ from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.pipeline import Pipeline, load_stages
 from sbd_stream.sinks.recorder import open_recording
-from sbd_stream.sources.emulator import Emulator, EmulatorConfig
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def _settings(tmp_path: Path, emu: Emulator, **denoise):
 
 
 def _emulator(ctx: zmq.Context) -> Emulator:
-    cfg = EmulatorConfig(
+    cfg = EmulatorSettings(
         endpoint="tcp://127.0.0.1:*", shape=(64, 64), n_frames=N_FRAMES, rate_hz=400, keep_truth=True
     )
     return Emulator(cfg, ctx)

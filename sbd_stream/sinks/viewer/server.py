@@ -22,12 +22,13 @@ import logging
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zmq
 
+from sbd_stream.config import ViewerSettings
 from sbd_stream.protocol import FrameHeader, FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer.metrics_poll import MetricsPoller
@@ -38,19 +39,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("raw", "denoised", "llr")
 _TOPIC_KIND = {b"frame": "raw", b"denoised": "denoised", b"llr": "llr"}
-
-
-@dataclass
-class ViewerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8090  # 0 = any free port (see Viewer.url)
-    output_endpoint: str | None = None  # the service's PUB (denoised, llr, series)
-    raw_endpoint: str | None = None  # a detector PUB, for a stand-alone viewer (in-process: the tap)
-    metrics_url: str | None = None  # http://host:port/metrics of the service
-    max_side: int = 768  # frames are block-averaged to at most this many pixels per side
-    raw_ring_mb: float = 256.0  # recent raw frames kept (by reference) to pair with their denoised frame
-    output_ring_mb: float = 64.0  # the same for denoised and LLR frames (each)
-    curve: CurveSettings = field(default_factory=CurveSettings)  # client keys for a CURVE-protected output
 
 
 @dataclass
@@ -123,13 +111,25 @@ class Viewer:
     """Subscribes, keeps the newest frames, serves the page. ``offer_raw`` is the in-process tap."""
 
     def __init__(
-        self, cfg: ViewerConfig, context: zmq.Context | None = None, supervisor: Supervisor | None = None
+        self,
+        settings: ViewerSettings,
+        output_endpoint: str | None = None,
+        raw_endpoint: str | None = None,
+        metrics_url: str | None = None,
+        curve: CurveSettings | None = None,
+        context: zmq.Context | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        self.cfg = cfg
+        """``output_endpoint``: the service's PUB (denoised, llr, series); ``raw_endpoint``: a detector PUB,
+        for a stand-alone viewer (in a service, raw frames come from ``offer_raw``); ``metrics_url``: the
+        service's /metrics; ``curve``: client keys for a CURVE-protected output."""
+        self.cfg = cfg = settings
+        self.output_endpoint, self.raw_endpoint, self.metrics_url = output_endpoint, raw_endpoint, metrics_url
+        self.curve = curve if curve is not None and curve.enabled else None
         self.ctx = context or zmq.Context.instance()
         self.supervisor = supervisor or Supervisor()  # the service's, when attached to one
         self.store = FrameStore(cfg.raw_ring_mb * 1e6, cfg.output_ring_mb * 1e6)
-        self.metrics = MetricsPoller(cfg.metrics_url) if cfg.metrics_url else None
+        self.metrics = MetricsPoller(metrics_url) if metrics_url else None
         self._stop = threading.Event()
         self._socks: list[zmq.Socket] = []
         self._sub_thread: threading.Thread | None = None
@@ -194,11 +194,10 @@ class Viewer:
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Viewer:
         c = self.cfg
-        curve = c.curve if c.curve.enabled else None
-        if c.output_endpoint:
-            self._subscribe(c.output_endpoint, (b"denoised", b"llr", b"series_start"), curve)
-        if c.raw_endpoint:
-            self._subscribe(c.raw_endpoint, (b"frame", b"series_start"), None)
+        if self.output_endpoint:
+            self._subscribe(self.output_endpoint, (b"denoised", b"llr", b"series_start"), self.curve)
+        if self.raw_endpoint:
+            self._subscribe(self.raw_endpoint, (b"frame", b"series_start"), None)
         self._sub_thread = self.supervisor.spawn(
             "viewer", self._run_subscriber, self._close_sockets, name="sbd-viewer-sub"
         )
@@ -320,44 +319,3 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
                 pass
 
     return Handler
-
-
-def attach(
-    pipe: Any,
-    host: str = "127.0.0.1",
-    port: int = 8090,
-    curve: CurveSettings | None = None,
-    **kw: Any,
-) -> Viewer:
-    """Start a viewer on a started Pipeline: output SUB on its publisher, raw via its tap, its metrics.
-
-    ``curve``: client keys to use when the service's output is CURVE-protected.
-    """
-    if pipe.publisher is None:
-        raise ValueError("the viewer needs the publisher (publish.enabled = true)")
-    metrics_url = None
-    if getattr(pipe, "metrics_port", None):
-        mhost = pipe.s.metrics.host
-        mhost = "127.0.0.1" if mhost in ("0.0.0.0", "", "::") else mhost
-        metrics_url = f"http://{mhost}:{pipe.metrics_port}/metrics"
-    pub_curve = pipe.s.publish.curve if hasattr(pipe.s.publish, "curve") else None
-    if curve is None and pub_curve is not None and pub_curve.enabled:
-        # subscribe with the service's own key pair (a .key_secret also holds the public key)
-        own = pub_curve.secret_key_file
-        curve = CurveSettings(enabled=True, secret_key_file=own, server_public_key_file=own)
-    cfg = ViewerConfig(
-        host=host,
-        port=port,
-        output_endpoint=pipe.publisher.endpoint,
-        metrics_url=metrics_url,
-        curve=curve or CurveSettings(),
-        **kw,
-    )
-    viewer = Viewer(cfg, pipe.ctx, getattr(pipe, "supervisor", None))
-    if hasattr(pipe, "frame_taps"):
-        pipe.frame_taps.append(viewer.offer_raw)
-    elif pipe.s.ingest.mode.value == "connect":
-        cfg.raw_endpoint = pipe.s.ingest.endpoint  # a second subscriber on the detector's PUB
-    else:
-        log.warning("no raw-frame tap in this pipeline and ingest binds: the raw panel stays empty")
-    return viewer.start()
