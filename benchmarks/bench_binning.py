@@ -21,10 +21,10 @@ import torch
 
 from benchmarks.common import table, write_result
 from sbd_stream.compute.binning import bin_counts, unbin
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.quality import paper_psnr
 from sbd_stream.config import DetectorSettings
 from sbd_stream.engines.card import load_card, resolve_engine_dir
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
 

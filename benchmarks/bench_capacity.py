@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import table, write_result
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import BackpressurePolicy, DetectorSettings
 from sbd_stream.engines.card import load_card, resolve_engine_dir
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader, FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchStage

@@ -28,9 +28,9 @@ import numpy as np
 import zmq
 
 from sbd_stream.config import DectrisInput, IngestSettings
+from sbd_stream.formats import dectris_codec as codec
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
-from sbd_stream.sources.dectris import codec
 from sbd_stream.sources.dectris.sim import v1_end, v1_frame, v1_header
 from sbd_stream.sources.receiver import Receiver, open_receiver
 

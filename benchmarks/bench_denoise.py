@@ -19,12 +19,12 @@ import torch
 
 from benchmarks.common import table, write_result
 from benchmarks.paper_tiling import paper_patch_average, paper_seam_lines, patch_starts
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.model import support_extent
 from sbd_stream.compute.quality import seam_error
 from sbd_stream.compute.tiling import whole_frame_reference
 from sbd_stream.engines import available_kinds
 from sbd_stream.engines.card import load_card, load_torch_model, resolve_engine_dir
+from sbd_stream.engines.denoiser import Denoiser
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

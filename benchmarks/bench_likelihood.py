@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=RESULTS / "likelihood_cost.json")
     args = ap.parse_args(argv)
 
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
     from training.likelihood_synthetic import lattice_image
 
     device = torch.device(args.device)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import table, write_result
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.demo import run_demo
 from sbd_stream.service.pipeline import run_replay

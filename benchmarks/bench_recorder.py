@@ -22,9 +22,9 @@ import numpy as np
 
 from benchmarks.common import table, write_result
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats import dectris_codec as codec
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.recorder import Recorder, RecordItem
-from sbd_stream.sources.dectris import codec
 
 DETECTOR_HZ = 40.0
 

@@ -52,7 +52,7 @@ def train_step_rate(preset: str, steps: int = 5) -> dict:
 
 
 def frame_latency(kind: str, size: int = 1024, repeats: int = 3) -> dict:
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
 
     den = Denoiser.load(engine=kind, engine_dir=ENGINE, device="cpu")
     x = torch.poisson(torch.full((1, size, size), 0.45))

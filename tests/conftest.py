@@ -18,11 +18,11 @@ import torch
 # The session fails if a test leaves a process running (e.g. a simulator's child): tests/leakcheck.py
 from leakcheck import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.model import UNet
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.card import EngineCard, TilingDefaults, write_engine
+from sbd_stream.engines.denoiser import Denoiser
 
 if TYPE_CHECKING:
     from training.dataset import TaskResult

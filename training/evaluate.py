@@ -77,7 +77,7 @@ def sbd_method(engine_dir: Path, kind: str = "auto") -> tuple[Method, dict[str, 
     """An engine behind the product's tiled denoiser, as a (counts, dose) -> clean-units method."""
     import torch
 
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
 
     den = Denoiser.load(engine=kind, engine_dir=engine_dir, device="cpu")
 

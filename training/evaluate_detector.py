@@ -141,8 +141,8 @@ def sbd_detector_method(
     engine_dir: Path, kind: str, detector_px: float, counts_per_px: float, device: str | None = None
 ) -> tuple[Method, dict]:
     """An engine behind the product's batch stage at the detector's sampling: counts -> clean units."""
-    from sbd_stream.compute.denoiser import Denoiser
     from sbd_stream.config import DetectorSettings
+    from sbd_stream.engines.denoiser import Denoiser
     from sbd_stream.frames import Frame, FrameHeader
     from sbd_stream.service.batch import BatchStage
 

@@ -157,7 +157,7 @@ def run_study(cfg: StudyConfig, dataset: DatasetLike | None = None) -> dict[str,
         idx = idx[: cfg.max_images]
     denoiser = None
     if cfg.denoiser is DenoiserKind.engine:
-        from sbd_stream.compute.denoiser import Denoiser
+        from sbd_stream.engines.denoiser import Denoiser
 
         if cfg.engine is None:
             raise ValueError("denoiser=engine needs --engine (a directory or name)")

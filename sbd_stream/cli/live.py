@@ -181,9 +181,9 @@ def replay(
     otherwise. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
     (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
     """
+    from sbd_stream.formats.recording import recorded_detector
     from sbd_stream.metrics import summary
     from sbd_stream.service.pipeline import run_replay
-    from sbd_stream.sources.replay import recorded_detector
 
     setup_logging(verbose)
     if not file.exists():

@@ -1,6 +1,6 @@
 """`sbd-stream merge`: several `serve` instances sharing one detector stream, re-ordered into one.
 
-The logic is ``sbd_stream.sinks.merge``; the deployment is described in docs/scale-out-nodes.md.
+The logic is ``sbd_stream.merge``; the deployment is described in docs/scale-out-nodes.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sbd_stream.cli.app import app, fail, on_signals, setup_logging
 from sbd_stream.cli.options import Verbose
 
 if TYPE_CHECKING:
-    from sbd_stream.sinks.merge import MergeService
+    from sbd_stream.merge import MergeService
 
 
 @app.command()
@@ -61,7 +61,7 @@ def merge(
 
     import zmq
 
-    from sbd_stream.sinks.merge import run_merge
+    from sbd_stream.merge import run_merge
 
     setup_logging(verbose)
     stop = threading.Event()

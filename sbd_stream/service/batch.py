@@ -30,11 +30,11 @@ from sbd_stream.compute.binning import (
     unbin,
     unbin_nearest,
 )
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.evidence import evidence_counts, evidence_plan
 from sbd_stream.compute.likelihood import LikelihoodStage
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.protocol import COLUMN_FIELDS
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from sbd_stream.compute.binning import binned_shape
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.sources.stacks import StackError, atomic_h5, create_output, open_stack

@@ -68,9 +68,9 @@ def worker_stage(es: DenoiseSettings, detector: dict[str, float], gpu_per_worker
 
     ``gpu_per_worker``: a local GPU cluster, where worker i uses cuda:i.
     """
-    from sbd_stream.compute.denoiser import Denoiser
     from sbd_stream.config import DetectorSettings
     from sbd_stream.engines.card import ArtefactError
+    from sbd_stream.engines.denoiser import Denoiser
     from sbd_stream.service.batch import BatchStage
     from sbd_stream.service.offline import offline_upsample
 
@@ -123,7 +123,7 @@ def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
     """Frames [start, stop) of the source, read here (on the worker)."""
     import hdf5plugin  # noqa: F401 - registers bitshuffle / LZ4 for compressed inputs and recordings
 
-    from sbd_stream.sinks.recorder import open_recording
+    from sbd_stream.formats.recording import open_recording
 
     out, off = [], 0
     for path, rows in src.parts:

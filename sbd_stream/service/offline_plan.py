@@ -96,8 +96,7 @@ def inspect_stack(path: Path, dataset: str | None = None) -> Source:
 
 def inspect_recording(path: Path) -> Source:
     """The complete raw frames of a `serve` recording, across its rolled parts."""
-    from sbd_stream.sinks.recorder import open_recording
-    from sbd_stream.sources.replay import recorded_detector, recording_parts
+    from sbd_stream.formats.recording import open_recording, recorded_detector, recording_parts
 
     parts, shape, dtype = [], None, None
     for part in recording_parts(Path(path).resolve()):

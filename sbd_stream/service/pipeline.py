@@ -19,8 +19,8 @@ from typing import Any
 
 import zmq
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import BackpressurePolicy, DenoiseSettings, ServiceSettings
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.metrics import Metrics, status_line, summary
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage, llr_columns

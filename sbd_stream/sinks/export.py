@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sbd_stream.sinks.recording_file import KINDS, open_recording
-from sbd_stream.sources.replay import recording_parts
+from sbd_stream.formats.recording import KINDS, open_recording, recording_parts
 
 TARGETS = ("tiff", "mrc", "npy")
 SUFFIX = {"tiff": ".tif", "mrc": ".mrc", "npy": ".npy"}

@@ -1,12 +1,12 @@
 """HDF5 recorder: one SWMR file per acquisition, rolled at a size limit, every frame flushed.
 
 Layout (format ``sbd-recording/1``, NeXus, see docs/service.md): groups ``raw``, ``denoised``, ``llr``
-(soft links to the NXdata groups ``/entry/<kind>``, sinks/nexus.py), each with ``frames`` (N,H,W)
+(soft links to the NXdata groups ``/entry/<kind>``, formats/nexus.py), each with ``frames`` (N,H,W)
 chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64, ``time`` float64 (s since
 the acquisition's first frame) and ``complete`` uint8. ``complete`` is resized and set last, after
 the frame is written, so a live reader or a reader of a crashed file trusts exactly
 ``len(complete)`` frames. All objects, links and attributes are created before SWMR mode is
-switched on, as SWMR requires (the file itself: ``sinks/recording_file.py``).
+switched on, as SWMR requires (the file itself: ``formats/recording.py``).
 
 What this thread decides, and why:
 
@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats.dectris_codec import compress_framed
+from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, free_path, open_recording, safe_name
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
-from sbd_stream.sinks.recording_file import FORMAT, KINDS, AcqFile, free_path, open_recording, safe_name
-from sbd_stream.sources.dectris.codec import compress_framed
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 

@@ -30,8 +30,8 @@ import zmq
 
 from sbd_stream.compute.noise import poisson_counts
 from sbd_stream.config import EmulatorSettings, SocketMode
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
-from sbd_stream.sinks.recorder import open_recording
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,12 @@ recorded frame timing instead (from the ``ts`` dataset), which is how a past exp
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
+from sbd_stream.formats.recording import iter_recorded
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.protocol import (
     DTYPES,
@@ -24,52 +22,7 @@ from sbd_stream.protocol import (
     SeriesHeader,
     SeriesMessage,
 )
-from sbd_stream.sinks.recorder import open_recording
-from sbd_stream.sources.stacks import SAMPLING_ATTRS
 from sbd_stream.worker import BackgroundWorker
-
-
-def recording_parts(path: Path) -> list[Path]:
-    """The file and its rolled continuations (``name_0001.h5`` ...), in order."""
-    path = Path(path)
-    parts = [path]
-    stem = re.sub(r"_\d{4}$", "", path.stem)
-    i = 1
-    while (nxt := path.with_name(f"{stem}_{i:04d}.h5")).exists():
-        if nxt != path:
-            parts.append(nxt)
-        i += 1
-    return parts
-
-
-def recorded_detector(path: Path) -> dict[str, float]:
-    """The detector sampling a recording (or any HDF5 stack) states in its attributes, if any.
-
-    Recordings written by the service carry ``pixel_size_A`` and the dose both per area and per
-    pixel; only one dose form is returned (per area wins), as the settings take one.
-    """
-    try:
-        with open_recording(Path(path)) as f:
-            attrs = {k: float(f.attrs[k]) for k in SAMPLING_ATTRS if k in f.attrs}
-    except (OSError, ValueError, TypeError):
-        return {}
-    if "dose_e_per_A2" in attrs:
-        attrs.pop("counts_per_px", None)
-    return attrs
-
-
-def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, float, np.ndarray]]:
-    """(acq, seq, ts, frame) for every complete frame of ``kind`` across the rolled files."""
-    for part in recording_parts(path):
-        with open_recording(part) as f:
-            if kind not in f:
-                continue
-            acq = str(f.attrs.get("acq", part.stem))
-            g = f[kind]
-            n = len(g["complete"])
-            seqs, tss = g["seq"][:n], g["ts"][:n]
-            for i in range(n):
-                yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]
 
 
 class ReplaySource(BackgroundWorker):

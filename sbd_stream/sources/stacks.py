@@ -18,6 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sbd_stream.formats.recording import SAMPLING_ATTRS
+
 SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff"}
 DEFAULT_H5_DATASETS = ("raw", "frames", "data", "entry/data/data", "images/noisy", "noisy")
 
@@ -113,9 +115,6 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
     except StackError:
         f.close()
         raise
-
-
-SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
 
 
 def _sampling(f: h5py.File, name: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
-from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.engines.denoiser import Denoiser
 
 runner = CliRunner()
 

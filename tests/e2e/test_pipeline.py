@@ -12,11 +12,11 @@ import torch
 import zmq
 from conftest import make_settings, stream_through
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, load_settings
+from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.service.demo import Collector, run_demo
 from sbd_stream.service.pipeline import Pipeline, run_replay
-from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,9 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
     ctx = zmq.Context.instance()
     shape = (130, 98)  # not multiples of the bin: reflected padding, cropped back
     emu = Emulator(
-        EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=shape, n_frames=12, rate_hz=100, keep_truth=True),
+        EmulatorSettings(
+            endpoint="tcp://127.0.0.1:*", shape=shape, n_frames=12, rate_hz=100, keep_truth=True
+        ),
         ctx,
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "vacuum_block_A": 2.0})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from sbd_stream.sinks.recorder import open_recording
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration

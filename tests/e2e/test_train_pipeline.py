@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.engines.card import load_card, load_torch_model
+from sbd_stream.engines.denoiser import Denoiser
 from training.evaluate import EvalConfig, evaluate_fov, evaluate_table_5_1, write_json
 from training.export import NoGPU, build_engine, export_run
 from training.figure import comparison_images, write_comparison_figure

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, decode, encode_frame, encode_series
 from sbd_stream.security import CurveSettings, apply_curve, generate_keypair, stop_authenticator
 from sbd_stream.service.pipeline import Pipeline

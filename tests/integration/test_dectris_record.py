@@ -12,11 +12,11 @@ import pytest
 import zmq
 
 from sbd_stream.config import DectrisInput, RecordSettings, load_settings
+from sbd_stream.formats.dectris_codec import compress_framed
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
 from sbd_stream.sources.dectris.acquisition import DectrisDialect
-from sbd_stream.sources.dectris.codec import compress_framed
 from sbd_stream.sources.dectris.sim import v1_series, v2_end, v2_image, v2_start
 from sbd_stream.sources.dialect import Emitter
 
@@ -38,7 +38,7 @@ def direct(m: Metrics) -> float:
 def test_pipeline_records_detector_chunks_without_recompressing(
     tmp_path: Path, tiny_engine_dir: Path, dialect: str
 ) -> None:
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
 
     n, series = 6, 41
     data = frames(n, 3)

@@ -27,8 +27,8 @@ import pytest
 import zmq
 
 from sbd_stream.config import load_settings
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.dectris.sim import v1_series, write_sim_dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -121,7 +121,7 @@ def _wait(pred, timeout: float = 30.0) -> bool:
 def test_simulated_series_received_denoised_recorded_and_resumed_after_restart(
     tmp_path: Path, series: tuple[Path, list[np.ndarray]], tiny_engine_dir: Path
 ) -> None:
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
 
     dump, frames = series
     sim = Simulator(dump)

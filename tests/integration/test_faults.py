@@ -16,8 +16,8 @@ import zmq
 from conftest import make_settings
 from conftest import wait_until as _wait
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import SocketMode
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES
 from sbd_stream.protocol import encode_frame, encode_series
 from sbd_stream.service.demo import Collector

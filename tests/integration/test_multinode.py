@@ -24,13 +24,13 @@ import pytest
 import zmq
 from conftest import wait_until
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import ServiceSettings, load_settings
+from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.recording import open_recording
+from sbd_stream.merge import MergeService
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, decode, encode_frame, encode_series
 from sbd_stream.service.demo import Collector
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sinks.merge import MergeService
-from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.dectris.sim import v1_series
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 

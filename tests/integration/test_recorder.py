@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats.recording import iter_recorded, recording_parts
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
-from sbd_stream.sources.replay import iter_recorded, recording_parts
 
 pytestmark = pytest.mark.integration
 

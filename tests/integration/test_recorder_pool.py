@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats.dectris_codec import compress_framed
+from sbd_stream.formats.recording import BSHUF_FILTER_ID, BSHUF_LZ4
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks import recorder as recorder_mod
 from sbd_stream.sinks.recorder import Recorder, RecordItem
-from sbd_stream.sinks.recording_file import BSHUF_FILTER_ID, BSHUF_LZ4
-from sbd_stream.sources.dectris.codec import compress_framed
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def test_a_recorder_behind_the_detector_drops_visibly(tmp_path: Path, caplog) ->
 @pytest.mark.parametrize("shape", [(61, 47), (5, 3), (64, 64)])
 def test_compressors_agree_byte_for_byte(dtype: str, shape: tuple[int, int]) -> None:
     """``bitshuffle`` (the pool's backend) writes the HDF5 filter's own chunk, leftover bytes included."""
-    from sbd_stream.sources.dectris import codec
+    from sbd_stream.formats import dectris_codec as codec
 
     a = (np.random.default_rng(0).poisson(0.45, shape) * 3).astype(dtype)
     ref = codec.compress_framed(a, backend="hdf5plugin")

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats.recording import AcqFile, iter_recorded, recorded_detector
 from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.h5clear import clear_status_flags
 from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
-from sbd_stream.sinks.recording_file import AcqFile
-from sbd_stream.sources.replay import iter_recorded, recorded_detector
 
 pytestmark = pytest.mark.integration
 

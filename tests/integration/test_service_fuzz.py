@@ -31,12 +31,12 @@ import pytest
 import zmq
 from service_fuzz_messages import MAX_PAYLOAD, DectrisFuzz, Oracle, Send, WireFuzz
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import load_settings
+from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.metrics import total
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, encode_frame
 from sbd_stream.service.pipeline import Pipeline
-from sbd_stream.sinks.recorder import open_recording
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

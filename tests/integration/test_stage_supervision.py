@@ -18,8 +18,8 @@ from conftest import make_settings
 from conftest import wait_until as _wait
 from typer.testing import CliRunner
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import ServiceSettings
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame
 from sbd_stream.protocol import SeriesHeader, SeriesMessage, encode_frame
 from sbd_stream.service import pipeline as pipeline_mod

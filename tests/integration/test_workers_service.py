@@ -21,11 +21,11 @@ from conftest import make_settings, stream_through, wait_until
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
-from sbd_stream.compute.denoiser import Denoiser
+from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.recording import open_recording
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.pipeline import Pipeline, load_stages
-from sbd_stream.sinks.recorder import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration

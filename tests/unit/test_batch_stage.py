@@ -11,9 +11,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from sbd_stream.compute.binning import SamplingError
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import load_card
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, plan_geometry
 

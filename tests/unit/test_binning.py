@@ -131,7 +131,7 @@ def test_abtem_images_at_the_paper_sampling_survive_binning(k: int, mode: str) -
 
 
 def test_cpu_stages_upsample_bilinear_and_offline_bicubic_by_default(binning_engine_dir: Path) -> None:
-    from sbd_stream.compute.denoiser import Denoiser
+    from sbd_stream.engines.denoiser import Denoiser
     from sbd_stream.service.batch import BatchStage
 
     den = Denoiser.load("torch", binning_engine_dir, device="cpu")

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sbd_stream.config import DectrisInput
+from sbd_stream.formats import dectris_codec as codec
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import ProtocolError, SeriesMessage
-from sbd_stream.sources.dectris import codec
 from sbd_stream.sources.dectris.acquisition import DectrisDialect
 from sbd_stream.sources.dectris.messages import DectrisFrameMessage, StreamV1Decoder, decode_stream_v2
 from sbd_stream.sources.dectris.sim import v1_series, v2_end, v2_image, v2_start

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sbd_stream.compute.denoiser import Denoiser
 from sbd_stream.compute.model import DnCNN, SmallUNet, UNet
 from sbd_stream.engines import EngineKind, EngineUnavailable, auto_order, available_kinds, load_engine
 from sbd_stream.engines.card import ArtefactError, load_card, load_torch_model
+from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.engines.onnx_export import export_onnx, verify_onnx
 from sbd_stream.engines.onnxruntime_engine import available_providers
 from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from sbd_stream.merge import MergeService, Released, ReorderBuffer
 from sbd_stream.protocol import (
     TOPIC_DENOISED,
     TOPIC_LLR,
@@ -19,7 +20,6 @@ from sbd_stream.protocol import (
     encode_frame,
     encode_series,
 )
-from sbd_stream.sinks.merge import MergeService, Released, ReorderBuffer
 
 D, L, S, E = TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_START, TOPIC_SERIES_END
 
@@ -65,7 +65,7 @@ def test_frames_wait_for_the_series_start_then_follow_it() -> None:
 
 def test_without_a_start_frames_go_after_the_gap_timeout(caplog: pytest.LogCaptureFixture) -> None:
     buf = ReorderBuffer(window=16, gap_timeout_s=1.0)
-    with caplog.at_level(logging.WARNING, "sbd_stream.sinks.merge"):
+    with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
         assert buf.push_frame(D, "a", 0, 0, 0.0) == []
         assert buf.poll(0.5) == []
         assert frames(buf.poll(1.0)) == [0]
@@ -78,7 +78,7 @@ def test_a_gap_is_declared_when_the_window_is_passed(caplog: pytest.LogCaptureFi
     buf = ReorderBuffer(window=3, gap_timeout_s=100.0)
     out = started(buf)
     out += buf.push_frame(D, "a", 0, 0, 0.0)
-    with caplog.at_level(logging.WARNING, "sbd_stream.sinks.merge"):
+    with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
         for q in (3, 4, 5):  # 1 and 2 missing: three later frames held, not yet more than the window
             out += buf.push_frame(D, "a", q, q, 0.0)
         assert frames(out) == [0]
@@ -114,7 +114,7 @@ def test_duplicates_and_late_frames_are_dropped_and_counted(caplog: pytest.LogCa
     out += buf.push_frame(D, "a", 2, 2, 0.1)
     out += buf.push_frame(D, "a", 2, "again", 0.2)  # still held
     out += buf.poll(1.5)  # 1 declared missing
-    with caplog.at_level(logging.WARNING, "sbd_stream.sinks.merge"):
+    with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
         out += buf.push_frame(D, "a", 1, 1, 1.6)  # came after all: late, dropped
         out += buf.push_frame(D, "a", 1, 1, 1.7)
     assert frames(out) == [0, 2] and [r.payload for r in out[1:]] == [0, 2]
@@ -222,7 +222,7 @@ def test_service_handles_bad_messages_and_rewrites_the_end(caplog: pytest.LogCap
     sub.connect(svc.endpoint)
     try:
         time.sleep(0.2)  # PUB slow joiner
-        with caplog.at_level(logging.WARNING, "sbd_stream.sinks.merge"):
+        with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
             for bad in ([b"junk"], [b"denoised", b"{", b""], [b"denoised", b"{", b""]):
                 svc.handle(0, bad)
             svc.handle(0, _frame(b"frame", "a", 0))  # a raw frame is not a service's output

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.formats.dectris_codec import decompress_framed, decompress_lz4_block
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DTYPES,
@@ -38,7 +39,6 @@ from sbd_stream.protocol import (
     _is_int,
     _is_num,
 )
-from sbd_stream.sources.dectris.codec import decompress_framed, decompress_lz4_block
 
 ACQ_PREFIX = "dectris"
 MAX_SERIES = 2**63 - 1

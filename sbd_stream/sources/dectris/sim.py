@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sbd_stream.sources.dectris.codec import compress_framed, compress_lz4_block
+from sbd_stream.formats.dectris_codec import compress_framed, compress_lz4_block
 
 V1_BS = {1: "bs8-lz4<", 2: "bs16-lz4<", 4: "bs32-lz4<"}
 

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader o
 import numpy as np
 
 from sbd_stream.config import RecordSettings
-from sbd_stream.sinks import nexus
-from sbd_stream.sources.dectris.codec import HEADER
+from sbd_stream.formats import nexus
+from sbd_stream.formats.dectris_codec import HEADER
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,50 @@ def free_path(directory: Path, stem: str, part: int) -> Path:
         k += 1
         path = directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{k}.h5"
     return path
+
+
+SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
+"""The attributes that state a stack's or a recording's detector sampling."""
+
+
+def recording_parts(path: Path) -> list[Path]:
+    """The file and its rolled continuations (``name_0001.h5`` ...), in order."""
+    path = Path(path)
+    parts = [path]
+    stem = re.sub(r"_\d{4}$", "", path.stem)
+    i = 1
+    while (nxt := path.with_name(f"{stem}_{i:04d}.h5")).exists():
+        if nxt != path:
+            parts.append(nxt)
+        i += 1
+    return parts
+
+
+def recorded_detector(path: Path) -> dict[str, float]:
+    """The detector sampling a recording (or any HDF5 stack) states in its attributes, if any.
+
+    Recordings written by the service carry ``pixel_size_A`` and the dose both per area and per
+    pixel; only one dose form is returned (per area wins), as the settings take one.
+    """
+    try:
+        with open_recording(Path(path)) as f:
+            attrs = {k: float(f.attrs[k]) for k in SAMPLING_ATTRS if k in f.attrs}
+    except (OSError, ValueError, TypeError):
+        return {}
+    if "dose_e_per_A2" in attrs:
+        attrs.pop("counts_per_px", None)
+    return attrs
+
+
+def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, float, np.ndarray]]:
+    """(acq, seq, ts, frame) for every complete frame of ``kind`` across the rolled files."""
+    for part in recording_parts(path):
+        with open_recording(part) as f:
+            if kind not in f:
+                continue
+            acq = str(f.attrs.get("acq", part.stem))
+            g = f[kind]
+            n = len(g["complete"])
+            seqs, tss = g["seq"][:n], g["ts"][:n]
+            for i in range(n):
+                yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]

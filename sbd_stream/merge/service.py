@@ -1,0 +1,322 @@
+"""``MergeService``: the ZeroMQ side of ``sbd-stream merge`` (the ordering is ``merge/reorder.py``).
+
+It SUB-connects to every ``serve`` instance's publisher, feeds a ``ReorderBuffer`` and republishes on one
+PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sbd_stream.merge.reorder import (
+    DEFAULT_GAP_TIMEOUT_S,
+    DEFAULT_WINDOW,
+    OUTPUT_TOPICS,
+    Released,
+    ReorderBuffer,
+)
+from sbd_stream.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    TOPIC_SERIES_END,
+    FrameMessage,
+    ProtocolError,
+    SeriesHeader,
+    SeriesMessage,
+    decode,
+    encode_series,
+)
+from sbd_stream.security import warn_if_exposed
+from sbd_stream.supervisor import Supervisor, wait_running
+from sbd_stream.worker import BackgroundWorker
+
+__all__ = ["MergeMetrics", "MergeService", "run_merge", "status_line"]
+
+log = logging.getLogger(__name__)
+
+
+class MergeMetrics:
+    """The merge's own registry (it runs beside, not inside, a service)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.received = Counter(
+            "sbd_merge_received", "Messages received, by input index", ["input"], registry=r
+        )
+        self.frames = Counter(
+            "sbd_merge_frames", "Frames forwarded in order, by topic", ["topic"], registry=r
+        )
+        self.gaps = Counter(
+            "sbd_merge_gaps", "Contiguous ranges of frames declared missing", ["topic"], registry=r
+        )
+        self.missing = Counter("sbd_merge_frames_missing", "Frames declared missing", ["topic"], registry=r)
+        self.duplicates = Counter(
+            "sbd_merge_duplicates", "Frames seen twice (dropped)", ["topic"], registry=r
+        )
+        self.late = Counter(
+            "sbd_merge_late", "Frames that came after being declared missing (dropped)", ["topic"], registry=r
+        )
+        self.series = Counter("sbd_merge_series", "Series messages forwarded", ["topic"], registry=r)
+        self.series_dropped = Counter(
+            "sbd_merge_series_dropped", "Series messages already forwarded for their acquisition", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
+        self.send_dropped = Counter(
+            "sbd_merge_send_dropped", "Messages the output socket refused", registry=r
+        )
+        self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
+        # what Supervisor counts (same names as the service's, on this registry)
+        self.stage_errors = Counter(
+            "sbd_stage_errors", "Items that raised, by stage and reason", ["stage", "reason"], registry=r
+        )
+        self.stage_restarts = Counter("sbd_stage_restarts", "Stage threads restarted", ["stage"], registry=r)
+        self.stage_up = Gauge("sbd_stage_up", "1 while the stage's loop runs", ["stage"], registry=r)
+        self._by_kind = {
+            "frames": self.frames,
+            "gaps": self.gaps,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "series": self.series,
+            "series_dropped": self.series_dropped,
+        }
+        for t in ("denoised", "llr"):
+            for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
+                c.labels(topic=t)
+
+    def count(self, kind: str, topic: str, n: int) -> None:
+        self._by_kind[kind].labels(topic=topic).inc(n)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        v = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if v is None else float(v)
+
+    def total(self, name: str) -> float:
+        return sum(s.value for m in self.registry.collect() for s in m.samples if s.name == name)
+
+
+class MergeService(BackgroundWorker):
+    """SUB to every instance's publisher, reorder, PUB one stream. ``start`` / ``stop`` / ``join``."""
+
+    thread_name = "sbd-merge"
+    stage = "merge"
+
+    def __init__(
+        self,
+        inputs: list[str],
+        output: str = "tcp://127.0.0.1:5570",
+        window: int = DEFAULT_WINDOW,
+        gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S,
+        first_seq: int | None = None,
+        sndhwm: int = 64,
+        rcvhwm: int = 1000,
+        max_payload_bytes: int = 2 * DEFAULT_MAX_PAYLOAD,
+        context: zmq.Context | None = None,
+        metrics: MergeMetrics | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        if not inputs:
+            raise ValueError("merge needs at least one --input")
+        self.metrics = metrics or MergeMetrics()
+        self.ctx = context or zmq.Context.instance()
+        self.max_payload = max_payload_bytes
+        self._init_worker(supervisor)
+        self.buffer = ReorderBuffer(window, gap_timeout_s, first_seq, on_count=self.metrics.count)
+        self.inputs = list(inputs)
+        self.subs: list[zmq.Socket] = []
+        self.pub: zmq.Socket | None = None
+        self._malformed_logged: set[str] = set()
+        try:
+            for ep in self.inputs:
+                s = self.ctx.socket(zmq.SUB)
+                self.subs.append(s)
+                s.setsockopt(zmq.RCVHWM, rcvhwm)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.MAXMSGSIZE, 2 * max_payload_bytes + (1 << 20))
+                s.setsockopt(zmq.RECONNECT_IVL, 100)
+                s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+                s.setsockopt(zmq.SUBSCRIBE, b"")
+                s.connect(ep)
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            warn_if_exposed("merge output", output)
+            self.pub.bind(output)
+        except BaseException:
+            self._finalize()
+            raise
+        self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT) or output
+
+    # --- one message -----------------------------------------------------------------------------
+    def handle(self, index: int, parts: list[Any], now: float | None = None) -> None:
+        """Decode one message of input ``index``, reorder, send what is due (bad input: counted)."""
+        now = time.monotonic() if now is None else now
+        self.metrics.received.labels(input=str(index)).inc()
+        try:
+            msg = decode(parts, self.max_payload)
+        except ProtocolError as exc:
+            self._malformed(exc.reason, str(exc), index)
+            return
+        if isinstance(msg, SeriesMessage):
+            h = msg.header
+            self.send(self.buffer.push_series(msg.topic, h.acq, (parts, h), h.meta, now))
+            return
+        assert isinstance(msg, FrameMessage)
+        if msg.topic not in OUTPUT_TOPICS:  # raw `frame` topic: not a service's output
+            self._malformed("unexpected_topic", msg.topic.decode(), index)
+            return
+        h = msg.header
+        self.send(self.buffer.push_frame(msg.topic, h.acq, h.seq, parts, now))
+
+    def _malformed(self, reason: str, detail: str, index: int) -> None:
+        self.metrics.malformed.labels(reason=reason).inc()
+        if reason not in self._malformed_logged:
+            self._malformed_logged.add(reason)
+            log.warning(
+                "merge: dropped a malformed message from input %d (%s): %s (logged once per reason; "
+                "counted in sbd_merge_malformed_total)",
+                index,
+                self.inputs[index] if 0 <= index < len(self.inputs) else "?",
+                detail[:120],
+            )
+
+    def send(self, released: list[Released]) -> None:
+        assert self.pub is not None
+        for r in released:
+            if r.seq < 0:
+                parts, header = r.payload
+                if r.merged is not None:  # the end says what the merge saw of the whole series
+                    parts = self._end_parts(header, r.merged)
+            else:
+                parts = r.payload
+            try:
+                self.pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.metrics.send_dropped.inc()
+        self.metrics.buffered.set(self.buffer.buffered)
+
+    @staticmethod
+    def _end_parts(h: SeriesHeader, merged: dict[str, Any]) -> list[bytes]:
+        frames = merged["frames"]
+        n = frames.get("denoised", max(frames.values(), default=0))
+        return encode_series(TOPIC_SERIES_END, h.acq, h.ts, {**h.meta, "merge": merged}, n)
+
+    def tick(self, now: float | None = None) -> None:
+        self.send(self.buffer.poll(time.monotonic() if now is None else now))
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for s in self.subs:
+            poller.register(s, zmq.POLLIN)
+        index = {s: i for i, s in enumerate(self.subs)}
+        sup = self.supervisor
+        while not self._stop.is_set():
+            for sock, _ev in poller.poll(50):
+                for _ in range(64):
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    sup.call(self.stage, lambda p, i=index[sock]: self.handle(i, p), parts, what="merging")
+            sup.call(self.stage, lambda _x: self.tick(), None, what="a timeout check")
+        self._drain_inputs(index)
+        self.send(self.buffer.flush(time.monotonic()))
+
+    def _drain_inputs(self, index: dict[zmq.Socket, int]) -> None:
+        """What already arrived is still merged before the last flush."""
+        for sock, i in index.items():
+            while True:
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.supervisor.call(self.stage, lambda p, i=i: self.handle(i, p), parts, what="merging")
+
+    def _finalize(self) -> None:
+        for s in self.subs:
+            s.close(linger=0)
+        if self.pub is not None:
+            self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
+
+    def close(self) -> None:
+        """Release the sockets of a service that was never started (a started one closes its own)."""
+        if self._thread is None:
+            self._finalize()
+
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "seconds": elapsed,
+            "inputs": self.inputs,
+            "output": self.endpoint,
+            "received": m.total("sbd_merge_received_total"),
+            "frames": {t: m.value("sbd_merge_frames_total", {"topic": t}) for t in ("denoised", "llr")},
+            "series": m.total("sbd_merge_series_total"),
+            "gaps": m.total("sbd_merge_gaps_total"),
+            "missing": m.total("sbd_merge_frames_missing_total"),
+            "duplicates": m.total("sbd_merge_duplicates_total"),
+            "late": m.total("sbd_merge_late_total"),
+            "malformed": m.total("sbd_merge_malformed_total"),
+            "send_dropped": m.value("sbd_merge_send_dropped_total"),
+            "buffered": self.buffer.buffered,
+            "failure": self.supervisor.failure,
+        }
+
+
+def status_line(svc: MergeService, elapsed: float) -> str:
+    """The line ``sbd-stream merge`` prints every few seconds."""
+    s = svc.summary(elapsed)
+    return (
+        f"{elapsed:7.1f}s  in {s['received']:.0f}  out {s['frames']['denoised']:.0f} denoised"
+        f" {s['frames']['llr']:.0f} llr  gaps {s['gaps']:.0f} ({s['missing']:.0f} frames)"
+        f"  dup {s['duplicates']:.0f}  late {s['late']:.0f}  malformed {s['malformed']:.0f}"
+        f"  held {s['buffered']}"
+    )
+
+
+def run_merge(
+    inputs: list[str],
+    output: str,
+    stop: threading.Event,
+    window: int = DEFAULT_WINDOW,
+    gap_timeout_s: float = DEFAULT_GAP_TIMEOUT_S,
+    first_seq: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    status: Callable[[str], None] | None = None,
+    status_every_s: float = 2.0,
+    started: Callable[[MergeService], None] | None = None,
+) -> dict[str, Any]:
+    """Merge until ``stop`` is set, then release what is held; returns the final counters."""
+    metrics = MergeMetrics()
+    sup = Supervisor(metrics)
+    svc = MergeService(inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup)
+    server = None
+    if metrics_port is not None:
+        from sbd_stream.metrics import MetricsServer
+
+        server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)
+        sup.spawn("metrics", server.run, name="sbd-merge-metrics")
+    svc.start()
+    if started is not None:
+        started(svc)
+    t0 = time.perf_counter()
+    try:
+        wait_running(stop, sup, "the merge", status, lambda t: status_line(svc, t), status_every_s)
+    finally:
+        svc.stop()
+        svc.join(5.0)
+        if server is not None:
+            server.close()
+    out = svc.summary(time.perf_counter() - t0)
+    if server is not None:
+        out["metrics_port"] = server.port
+    return out
