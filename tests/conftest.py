@@ -23,6 +23,13 @@ from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.card import EngineCard, TilingDefaults, write_engine
 from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.protocol import encode_frame
+from sbd_stream.service.demo import PROBE_ACQ, Collector, await_subscriber, handshake
+
+# Readiness, never a sleep, before exact counts: ``handshake`` probes a PUB -> SUB path until it is open
+# and no probe is in flight any more; ``await_subscriber`` does it from a service's publisher to a
+# ``Collector``; ``probe_through_service`` sends probe frames through a whole service (input to output).
+__all__ = ["PROBE_ACQ", "await_subscriber", "handshake", "probe_through_service", "service_metric"]
 
 if TYPE_CHECKING:
     from training.dataset import TaskResult
@@ -140,15 +147,46 @@ def wait_until(pred: Callable[[], object], timeout: float = 20.0) -> bool:
     return ok
 
 
-def stream_through(pipe, emu, ctx):
-    """Start the service and a subscriber, send the emulator's series, stop everything; the subscriber."""
-    from sbd_stream.service.demo import Collector
+def probe_through_service(
+    send_parts: Callable[[list], object],
+    col: Collector,
+    shape: tuple[int, int] = (64, 64),
+    timeout: float = 30.0,
+) -> int:
+    """``handshake`` through a whole service: probe frames of ``PROBE_ACQ`` sent with ``send_parts`` (a
+    PUB the service subscribes to) until ``col`` receives one denoised, then the last one sent. Returns the
+    probes sent; the service's counters then hold every probe it will ever receive (take baselines now)."""
+    arr = np.zeros(shape, np.uint16)
+    return handshake(
+        lambda i: send_parts(encode_frame(arr, PROBE_ACQ, i, 0.0)), lambda: col.probe_seen, timeout
+    )
 
+
+def service_metric(port: int, name: str) -> float | None:
+    """One sample of a running service's /metrics (a service in another process); None if unreachable."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def stream_through(pipe, emu, ctx):
+    """Start the service and a subscriber, send the emulator's series, stop everything; the subscriber.
+
+    The emulator (XPUB) waits for the service's subscription; the subscriber is known to receive the
+    service's output (``await_subscriber``) before the emulator starts, so counts are exact from frame 0.
+    """
     pipe.start()
     assert pipe.publisher is not None
     col = Collector(pipe.publisher.endpoint, context=ctx).start()
     try:
-        time.sleep(0.3)
+        await_subscriber(pipe.publisher, col)
         emu.start()
         assert col.series_end.wait(60), "series_end never reached the subscriber"
     finally:

@@ -16,8 +16,51 @@ import numpy as np
 import zmq
 
 from sbd_stream.compute.quality import paper_psnr, psnr
-from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode
+from sbd_stream.protocol import TOPIC_SERIES_START, FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.service.batch import BatchStage
+
+PROBE_ACQ = "__subscription_probe__"
+"""Acquisition name of readiness probes (``handshake``): a ``Collector`` notes them and keeps them apart."""
+
+
+def handshake(
+    send: Callable[[int], object], arrived: Callable[[], int], timeout: float = 30.0, interval: float = 0.05
+) -> int:
+    """Probe a PUB -> SUB path until it is open, instead of sleeping "long enough"; returns probes sent.
+
+    PUB drops what it sends before the subscriber's subscription has reached it, so a fixed sleep before
+    the first frame loses frames on a loaded machine. ``send(i)`` sends probe i; ``arrived()`` is the
+    highest probe index the far end has seen (-1: none yet). Probes go one at a time, each given
+    ``interval`` to arrive, until one does; then none is sent any more and it waits for the last one
+    sent. Messages on a path keep their order, so afterwards no probe is still on its way (counts taken
+    now are final) and everything sent from now on reaches the subscriber.
+    """
+    end = time.monotonic() + timeout
+    sent = 0
+    while arrived() < 0:
+        if time.monotonic() > end:
+            raise TimeoutError(f"no probe reached the subscriber in {timeout:.0f} s ({sent} sent)")
+        send(sent)
+        sent += 1
+        until = time.monotonic() + interval
+        while arrived() < 0 and time.monotonic() < until:
+            time.sleep(0.002)
+    while arrived() < sent - 1:
+        if time.monotonic() > end:
+            raise TimeoutError(f"probe {sent - 1} never reached the subscriber (last seen {arrived()})")
+        time.sleep(0.002)
+    return sent
+
+
+def await_subscriber(publisher: Any, collector: Collector, timeout: float = 30.0) -> int:
+    """``handshake`` from a service's publisher to ``collector``: ``series_start`` probes of ``PROBE_ACQ``
+    through the publisher's queue (the socket belongs to its thread), before the first frame flows."""
+    from sbd_stream.sinks.publisher import OutputItem
+
+    def send(i: int) -> None:
+        publisher.submit(OutputItem(TOPIC_SERIES_START, PROBE_ACQ, meta={"probe": i}))
+
+    return handshake(send, lambda: collector.probe_seen, timeout)
 
 
 @dataclass
@@ -50,6 +93,7 @@ class Collector:
         self.keep_data, self.on_message = keep_data, on_message
         self.messages: list[Received] = []
         self.malformed = 0
+        self.probe_seen = -1  # highest readiness probe received (``handshake``); probes are not kept
         self.series_end = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sbd-collector", daemon=True)
@@ -73,6 +117,10 @@ class Collector:
                     msg = decode(parts)
                 except ProtocolError:
                     self.malformed += 1
+                    continue
+                if msg.header.acq == PROBE_ACQ:
+                    n = msg.header.meta.get("probe", -1) if isinstance(msg, SeriesMessage) else msg.header.seq
+                    self.probe_seen = max(self.probe_seen, int(n))
                     continue
                 if isinstance(msg, SeriesMessage):
                     rec = Received(msg.topic, msg.header.acq, -1, None, None, msg.header)
@@ -120,7 +168,7 @@ def run_demo(
     pipe.start(live=True)
     assert pipe.publisher is not None
     col = Collector(pipe.publisher.endpoint, keep_data=True, context=ctx).start()
-    time.sleep(0.3)  # let the subscriber's connection settle before frames flow
+    await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
     emu.start()
     t0 = time.perf_counter()
     m = pipe.metrics

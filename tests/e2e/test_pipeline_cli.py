@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
+from conftest import service_metric, wait_until
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
@@ -46,17 +46,19 @@ def test_serve_drains_and_closes_on_signal(
         ),
         ctx,
     )
+    metrics_port = _port(ctx)
     cmd = [
         SBD, "serve",
         "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
         "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
-        "--metrics-port", "0", "--policy", "lossless", "--workers", str(workers),
+        "--metrics-port", str(metrics_port), "--policy", "lossless", "--workers", str(workers),
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert emu.run() == 30  # waits for the service to subscribe, then sends at 50 Hz
-        time.sleep(0.5)
+        # the signal comes once all 30 are in (not after a guessed sleep): the drain is what is tested
+        assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_received_total") == 30, 60)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -6,14 +6,13 @@ The service must keep running through each and the metrics endpoint must count e
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from conftest import make_settings
+from conftest import make_settings, probe_through_service
 from conftest import wait_until as _wait
 
 from sbd_stream.config import SocketMode
@@ -59,14 +58,7 @@ def test_bad_input_restarts_and_a_stuck_subscriber_do_not_stop_the_service(
     m = pipe.metrics
     arr = np.random.default_rng(0).poisson(0.45, (64, 64)).astype(np.uint16)
     try:
-        probe = iter(range(10**6))
-        assert _wait(
-            lambda: (
-                bridge.send_multipart(encode_frame(arr, "probe", next(probe), 0.0)),
-                len(col.frames(b"denoised")) > 0,
-            )[1]
-        )
-        time.sleep(0.3)
+        probe_through_service(bridge.send_multipart, col)  # no probe in flight after it: exact baseline
         base = m.value("sbd_frames_received_total")
         hdr = {"v": 1, "acq": "a", "seq": 0, "ts": 0.0, "shape": [64, 64], "dtype": "uint16"}
         bridge.send_multipart(encode_series(b"series_start", "a", 0.0))

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from conftest import PROBE_ACQ, handshake
 
 from sbd_stream.merge import MergeService, Released, ReorderBuffer
 from sbd_stream.protocol import (
@@ -220,8 +221,15 @@ def test_service_handles_bad_messages_and_rewrites_the_end(caplog: pytest.LogCap
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(svc.endpoint)
-    try:
-        time.sleep(0.2)  # PUB slow joiner
+    seen = [-1]
+
+    def arrived() -> int:
+        while sub.poll(0):
+            seen[0] = max(seen[0], int(decode(sub.recv_multipart()).header.meta["probe"]))
+        return seen[0]
+
+    try:  # PUB drops until the subscription arrives: probe it open (the test owns svc.pub, no loop runs)
+        handshake(lambda i: svc.pub.send_multipart(encode_series(S, PROBE_ACQ, 0.0, {"probe": i})), arrived)
         with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
             for bad in ([b"junk"], [b"denoised", b"{", b""], [b"denoised", b"{", b""]):
                 svc.handle(0, bad)
@@ -234,8 +242,7 @@ def test_service_handles_bad_messages_and_rewrites_the_end(caplog: pytest.LogCap
         for q in (1, 0):
             svc.handle(0, _frame(D, "a", q))
         svc.handle(0, encode_series(E, "a", 2.0, {"end_reason": "series_end"}))
-        time.sleep(0.25)  # the end waits the gap timeout for other instances' stragglers
-        svc.tick()
+        svc.tick(time.monotonic() + 0.25)  # the end waits the gap timeout for other instances' stragglers
         got = []
         while sub.poll(1000):
             got.append(decode(sub.recv_multipart()))
