@@ -1,8 +1,9 @@
 """The batch stage: a list of raw detector frames in, denoised frames + likelihood maps + columns out.
 
-A function of its inputs (no threads, no sockets), so it is tested and benchmarked on its own and the
-pipeline around it is wiring only; its one state is opt-in: with likelihood evidence frames it keeps
-the last few binned frames (``compute/evidence.py``), so each engine worker owns its stage. On the
+A function of its inputs (no threads, no sockets, no state), so it is tested and benchmarked on its own
+and the pipeline around it is wiring only. With likelihood evidence frames (``compute/evidence.py``) the
+earlier frames that may score a batch are handed in with it (``service/evidence_history.py`` keeps them
+per acquisition for all workers), so the maps do not depend on which worker took a batch. On the
 device it bins detector pixels to the engine's working pixel (summing counts), denoises there
 (normalise -> tile -> engine -> fuse), scores columns with the Poisson likelihood ratio on the binned
 raw counts, and interpolates the results back to the detector's sampling. The batch crosses the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,8 +116,7 @@ class BatchResult:
 
 
 class BatchStage:
-    """Holds the loaded denoiser, the stream's geometry and the likelihood kernels; ``process`` is pure
-    unless likelihood evidence frames are on (then it keeps the last 2 N binned frames)."""
+    """Holds the loaded denoiser, the stream's geometry and the likelihood kernels; ``process`` is pure."""
 
     def __init__(
         self,
@@ -138,7 +137,6 @@ class BatchStage:
         if likelihood is not None and likelihood.enabled:
             self.likelihood = LikelihoodStage(likelihood.at_pixel(self.geometry.working_pixel_A), self.device)
             self.evidence_frames = likelihood.evidence_frames
-        self._history: deque[tuple[str, int, torch.Tensor]] = deque(maxlen=2 * self.evidence_frames)
 
     @property
     def device(self) -> torch.device:
@@ -161,32 +159,41 @@ class BatchStage:
         return packed.detach().to("cpu").numpy()
 
     @torch.no_grad()
-    def process(self, frames: Sequence[Frame]) -> BatchResult:
-        """Denoise (and score) frames of one shape; outputs at the detector's sampling, in counts."""
+    def process(self, frames: Sequence[Frame], earlier: Sequence[Frame] = ()) -> BatchResult:
+        """Denoise (and score) frames of one shape; outputs at the detector's sampling, in counts.
+
+        ``earlier``: kept frames of the same acquisitions that may serve as evidence (evidence frames
+        on); they are uploaded with the batch (still one copy) and scored, never denoised.
+        """
         if not frames:
             raise ValueError("an empty batch")
         shape = frames[0].data.shape
         if any(f.data.shape != shape for f in frames) or len(shape) != 2:
             raise ValueError(f"a batch needs 2-D frames of one shape, got {[f.data.shape for f in frames]}")
+        earlier = [e for e in earlier if e.data.shape == shape] if self.evidence_frames else []
         t0 = time.perf_counter()
-        raw = self.upload([f.data for f in frames])
-        ids = [(f.header.acq, f.header.seq) for f in frames] if self.evidence_frames else None
-        out = self.process_tensor(raw, ids)
+        raw = self.upload([f.data for f in (*earlier, *frames)])
+        ids = [(f.header.acq, f.header.seq) for f in (*earlier, *frames)] if self.evidence_frames else None
+        out = self.process_tensor(raw, ids, len(earlier))
         t1 = time.perf_counter()
         host = self.download(out.packed)
         result = out.unpack(host, [f.header for f in frames], [f.t_recv for f in frames])
         result.timings = {"batch": t1 - t0, "download": time.perf_counter() - t1, **out.timings}
         return result
 
-    def process_tensor(self, raw: torch.Tensor, ids: list[tuple[str, int]] | None = None) -> PackedBatch:
-        """Device part of ``process``: (B, H, W) raw counts on the device -> one packed device buffer.
+    def process_tensor(
+        self, raw: torch.Tensor, ids: list[tuple[str, int]] | None = None, earlier: int = 0
+    ) -> PackedBatch:
+        """Device part of ``process``: (E + B, H, W) raw counts on the device -> one packed device buffer.
 
-        ``ids``: each frame's (acquisition, sequence number), for evidence frames; without them every
-        frame's columns are scored on its own counts.
+        ``ids``: each row's (acquisition, sequence number), for evidence frames; without them every
+        frame's columns are scored on its own counts. The first ``earlier`` rows are evidence only.
         """
-        g, (b, h, w) = self.geometry, raw.shape
+        g, (_, h, w) = self.geometry, raw.shape
+        b = raw.shape[0] - earlier
         t0 = time.perf_counter()
-        binned = bin_counts(raw, g.bin)
+        pool = bin_counts(raw, g.bin)
+        binned = pool[earlier:]
         den_w = self.denoiser.denoise(binned, dose=g.vacuum_counts)
         den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
@@ -194,7 +201,8 @@ class BatchStage:
         n_cols = 0
         if self.likelihood is not None:
             if ids is not None and self.evidence_frames:
-                scored, rates, used = self._evidence(binned, den_w, ids)
+                plan = evidence_plan([a for a, _ in ids], [q for _, q in ids], self.evidence_frames)
+                scored, rates, used = evidence_counts(pool, den_w, plan[earlier:], offset=earlier)
             else:
                 scored, rates, used = binned, den_w, torch.zeros(b, device=den_w.device)
             cols = self.likelihood.compute(scored, rates)
@@ -213,24 +221,6 @@ class BatchStage:
         if self.likelihood is not None:
             timings["likelihood"] = time.perf_counter() - t1
         return PackedBatch(packed, (b, h, w), self.likelihood is not None, n_cols, timings)
-
-    def _evidence(
-        self, binned: torch.Tensor, den_w: torch.Tensor, ids: list[tuple[str, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Evidence from this batch and the last frames this stage saw (kept at the working pixel).
-
-        Live at 40 Hz batches are often single frames, so the batch alone would rarely hold a
-        neighbour; the kept frames (2 N, a few MB at most) give every frame after the first N of a
-        series N earlier frames without waiting for later ones. Each engine worker keeps its own.
-        """
-        hist = [h for h in self._history if h[2].shape == binned.shape[1:] and h[2].dtype == binned.dtype]
-        acq = [a for a, _, _ in hist] + [a for a, _ in ids]
-        seq = [q for _, q, _ in hist] + [q for _, q in ids]
-        plan = evidence_plan(acq, seq, self.evidence_frames)[len(hist) :]
-        pool = torch.cat([torch.stack([t for _, _, t in hist]), binned]) if hist else binned
-        out = evidence_counts(pool, den_w, plan, offset=len(hist))
-        self._history.extend((a, q, t.clone()) for (a, q), t in zip(ids, binned, strict=True))
-        return out
 
 
 @dataclass

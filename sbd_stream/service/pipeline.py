@@ -27,6 +27,7 @@ from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, Ser
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.edge import replace_nonfinite
+from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.recorder import Recorder, RecordItem
@@ -100,8 +101,16 @@ class Pipeline:
         specs = worker_specs(settings)
         if len(specs) != len(self.stages):  # stages built by the caller: describe them as they are
             specs = [WorkerSpec(i, str(st.device), None) for i, st in enumerate(self.stages)]
+        n_ev = stage.evidence_frames  # one history for every worker: maps independent of who took a batch
         self.pool = WorkerPool(
-            self.stages, specs, self.batcher, m, self.supervisor, self._emit, self._forward_series
+            self.stages,
+            specs,
+            self.batcher,
+            m,
+            self.supervisor,
+            self._emit,
+            self._forward_series,
+            EvidenceHistory(n_ev) if n_ev > 0 else None,
         )
         self.stopped = threading.Event()
 

@@ -1,6 +1,7 @@
 """Several engine workers in one service, with their results put back in frame order.
 
-Why this shape: the batch stage is a pure function of its frames, so N copies of it (one engine per
+Why this shape: the batch stage is a pure function of its frames (and of the evidence frames handed to
+it, decided once for all workers by an ``EvidenceHistory``), so N copies of it (one engine per
 GPU, or per share of the CPU's cores) can run side by side with no shared state but the batcher they
 take from. Each worker takes a batch and a ticket under one lock (so tickets follow the queue's
 order), denoises on its own engine and device, and hands the result to a ``Reorderer``, which
@@ -27,6 +28,7 @@ from sbd_stream.frames import Frame
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
+from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -169,12 +171,16 @@ class WorkerPool:
         supervisor: Supervisor,
         emit: Callable[[BatchResult], None],
         forward: Callable[[Any], None],
+        evidence: EvidenceHistory | None = None,
     ) -> None:
+        """``evidence``: the acquisitions' kept frames, when likelihood evidence frames are on; each batch
+        takes its earlier frames from it in queue order, under the same lock as its ticket."""
         if not stages or len(stages) != len(specs):
             raise ValueError(f"{len(stages)} batch stages for {len(specs)} workers")
         self.stages, self.specs = list(stages), list(specs)
         self.batcher, self.metrics, self.supervisor = batcher, metrics, supervisor
         self._emit_result, self._forward = emit, forward
+        self.evidence = evidence
         self.reorder = Reorderer(self._release, metrics.reorder_held.set)
         self._take = threading.Lock()
         self._stopping = threading.Event()
@@ -214,9 +220,12 @@ class WorkerPool:
         """Worker ``i``: take a batch + ticket, process, file the result; the ticket is always filed."""
         stage_name = worker_stage_name(i)
         while True:
+            earlier: list[Frame] = []
             with self._take:
                 items = self.batcher.next_batch(0.1)
                 ticket = self.reorder.take() if items else None
+                if items and self.evidence is not None:
+                    earlier = self.evidence.take([it for it in items if isinstance(it, Frame)])
             if ticket is None:
                 if self._stopping.is_set() and self.batcher.idle():
                     return
@@ -234,6 +243,7 @@ class WorkerPool:
                         frames,
                         i,
                         out,
+                        earlier,
                         on_error=lambda fr, exc, i=i: self._failed(i, fr, exc),
                         what="denoising",
                     )
@@ -242,12 +252,12 @@ class WorkerPool:
             finally:  # even if this thread dies here, the line behind this ticket must move on
                 self.reorder.done(ticket, payload)
 
-    def _denoise(self, frames: list[Frame], i: int, out: list[Any]) -> None:
+    def _denoise(self, frames: list[Frame], i: int, out: list[Any], earlier: list[Frame]) -> None:
         m, w = self.metrics, str(i)
         t0 = time.perf_counter()
         for f in frames:
             m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
-        res = self.stages[i].process(frames)
+        res = self.stages[i].process(frames, earlier)
         busy = time.perf_counter() - t0
         for stage in ("batch", "denoise", "likelihood"):
             if stage in res.timings:

@@ -15,7 +15,7 @@ from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import load_card
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
-from sbd_stream.service.batch import BatchStage, plan_geometry
+from sbd_stream.service.batch import BatchResult, BatchStage, plan_geometry
 
 
 def _frames(n: int, shape: tuple[int, int], lam: float, dtype: str = "uint16", seed: int = 0) -> list[Frame]:
@@ -124,17 +124,20 @@ def test_evidence_frames_score_columns_on_other_frames_counts(binning_engine_dir
 def test_evidence_comes_from_kept_earlier_frames_when_batches_are_single_frames(
     binning_engine_dir: Path,
 ) -> None:
-    """Live at 40 Hz batches are often one frame: the stage's kept frames supply the evidence."""
+    """Live at 40 Hz batches are often one frame: the acquisition's kept frames supply the evidence."""
     from sbd_stream.compute.binning import bin_counts
     from sbd_stream.compute.likelihood import LikelihoodStage
+    from sbd_stream.service.evidence_history import EvidenceHistory
 
     den = Denoiser.load("torch", binning_engine_dir, device="cpu")
     settings = LikelihoodSettings(enabled=True, vacuum_block_A=2.0, evidence_frames=2)
     stage = BatchStage(den, DetectorSettings(), settings)
+    history = EvidenceHistory(2)
     frames = _frames(5, (128, 128), 0.45, seed=4)
-    results = [stage.process([f]) for f in frames]
+    results = [stage.process([f], history.take([f])) for f in frames]
     used = [int(r.evidence_frames[0]) for r in results]  # type: ignore[index]
     assert used == [0, 1, 2, 2, 2]
+    assert [int(r.evidence_frames[0]) for r in (stage.process([f]) for f in frames)] == [0] * 5  # pure
     binned = bin_counts(torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32)), 4)
     den_w = den.denoise(binned, dose=7.2)
     hand = LikelihoodStage(settings.at_pixel(stage.geometry.working_pixel_A), "cpu")
@@ -144,7 +147,69 @@ def test_evidence_comes_from_kept_earlier_frames_when_batches_are_single_frames(
     np.testing.assert_allclose(cols[0][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
     # another series starts: nothing of the previous one counts as evidence
     other = Frame(FrameHeader("next", 0, time.time(), (128, 128), "uint16"), frames[0].data.copy())
-    assert int(stage.process([other]).evidence_frames[0]) == 0  # type: ignore[index]
+    assert int(stage.process([other], history.take([other])).evidence_frames[0]) == 0  # type: ignore[index]
+
+
+def _likelihood_through_workers(engine_dir: Path, frames: list[Frame], n_workers: int) -> list[BatchResult]:
+    """``frames`` (queued up front, batches of 2) through a pool of ``n_workers`` with one shared history."""
+    import threading
+
+    from sbd_stream.config import BackpressurePolicy
+    from sbd_stream.frames import FrameQueue
+    from sbd_stream.metrics import Metrics
+    from sbd_stream.service.batching import Batcher
+    from sbd_stream.service.evidence_history import EvidenceHistory
+    from sbd_stream.service.workers import WorkerPool, WorkerSpec
+    from sbd_stream.supervisor import Supervisor
+
+    settings = LikelihoodSettings(enabled=True, vacuum_block_A=2.0, evidence_frames=2)
+    stages = [
+        BatchStage(Denoiser.load("torch", engine_dir, device="cpu"), DetectorSettings(), settings)
+        for _ in range(n_workers)
+    ]
+    q = FrameQueue(len(frames) + 1)
+    for f in frames:
+        q.put(f, f.data.nbytes)
+    out: list[BatchResult] = []
+    done = threading.Event()
+
+    def emit(res: BatchResult) -> None:
+        out.append(res)
+        if sum(len(r) for r in out) == len(frames):
+            done.set()
+
+    m = Metrics()
+    specs = [WorkerSpec(i, "cpu", None) for i in range(n_workers)]
+    batcher = Batcher(q, 2, 1.0, BackpressurePolicy.lossless)
+    pool = WorkerPool(stages, specs, batcher, m, Supervisor(m), emit, lambda _msg: None, EvidenceHistory(2))
+    pool.start()
+    try:
+        assert done.wait(120)
+    finally:
+        pool.stop()
+        q.close()
+        pool.join(10)
+    return out
+
+
+def test_the_same_input_gives_the_same_likelihood_maps_with_one_and_with_two_workers(
+    binning_engine_dir: Path,
+) -> None:
+    """Evidence frames belong to the acquisition, not to a worker: who took a batch changes nothing."""
+    frames = _frames(10, (128, 128), 0.45, seed=7)
+    one = _likelihood_through_workers(binning_engine_dir, frames, 1)
+    two = _likelihood_through_workers(binning_engine_dir, frames, 2)
+    assert (
+        [h.seq for r in one for h in r.headers] == [h.seq for r in two for h in r.headers] == list(range(10))
+    )
+    used = [int(u) for r in one for u in r.evidence_frames]  # type: ignore[union-attr]
+    assert used == [2, 2, 2, 2, 2, 2, 2, 2, 2, 2][: len(used)] or used[0] >= 1
+    assert used == [int(u) for r in two for u in r.evidence_frames]  # type: ignore[union-attr]
+    for a, b in zip(one, two, strict=True):
+        assert a.likelihood is not None and b.likelihood is not None
+        np.testing.assert_allclose(a.likelihood, b.likelihood, rtol=1e-5, atol=1e-5)
+        for ca, cb in zip(a.columns or [], b.columns or [], strict=True):
+            np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-5)
 
 
 class _Transfers(TorchFunctionMode):
