@@ -27,6 +27,29 @@ def _dataset(
             w.append_task(task)
 
 
+def _paper_psnr_by_hand(cfg, engine_dir: Path) -> tuple[float, float]:
+    """(raw, engine) mean paper PSNR over the test frames, computed here without the table's code: the
+    batch stage at 0.060 A / 0.45 counts/px, counts and truth clamped to [0, 1] count."""
+    from sbd_stream.compute.quality import paper_psnr
+    from sbd_stream.config import DetectorSettings
+    from sbd_stream.engines.denoiser import Denoiser
+    from sbd_stream.frames import Frame, FrameHeader
+    from sbd_stream.service.batch import BatchStage
+    from training.evaluate_detector import load_test
+
+    items, px = load_test(cfg)
+    den = Denoiser.load(engine="torch", engine_dir=engine_dir)
+    stage = BatchStage(den, DetectorSettings(pixel_size_A=px, counts_per_px=0.45), upsample="bicubic")
+    raw, sbd = [], []
+    for it in items:
+        truth = np.clip(it.clean * 0.45, 0, 1)
+        h = FrameHeader("hand", 0, 0.0, it.counts.shape, "float32")
+        est = stage.process([Frame(h, it.counts.astype(np.float32))]).denoised[0].astype(np.float64)
+        sbd.append(paper_psnr(np.clip(est, 0, 1), truth))
+        raw.append(paper_psnr(np.clip(it.counts, 0, 1), truth))
+    return float(np.mean(raw)), float(np.mean(sbd))
+
+
 def test_paper_metric_clamps_counts_to_one_count_of_range() -> None:
     from training.evaluate_detector import paper_metrics
 
@@ -63,6 +86,12 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     assert {"paper_psnr", "paper_ssim", "psnr", "ssim"} <= set(sbd["metrics"])
     lp = next(r for r in res["rows"] if r["method"] == "Low-pass filter")
     raw = next(r for r in res["rows"] if r["method"] == "Raw")
+    # the values, not just the keys: the same numbers as the frames denoised and scored by hand
+    raw_db, sbd_db = _paper_psnr_by_hand(cfg, binning_engine_dir)
+    assert raw["metrics"]["paper_psnr"]["mean"] == pytest.approx(raw_db, abs=1e-6)
+    assert sbd["metrics"]["paper_psnr"]["mean"] == pytest.approx(sbd_db, abs=1e-6)
+    assert sbd["metrics"]["paper_psnr"]["n"] == 2 and np.isfinite(sbd["metrics"]["paper_psnr"]["std"])
+    assert 0.0 < sbd["metrics"]["paper_ssim"]["mean"] <= 1.0
     assert lp["metrics"]["paper_psnr"]["mean"] > raw["metrics"]["paper_psnr"]["mean"] + 10
     assert res["paper_margins"]["goal"]["sbd_paper_psnr"] == 42.87
     md = table_5_1_detector_markdown(res)
@@ -95,6 +124,8 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
     assert row["working_pixel_A"] == pytest.approx(0.24)
     assert row["field_of_view_A"] == pytest.approx(row["field_of_view_px"] * 0.24)
     assert row["n_images"] == 2 and np.isfinite(row["metrics"]["paper_psnr"]["mean"])
+    _, sbd_db = _paper_psnr_by_hand(cfg, binning_engine_dir)  # the value, not just the key
+    assert [r["metrics"]["paper_psnr"]["mean"] for r in res["rows"]] == pytest.approx([sbd_db] * 2, abs=1e-6)
     md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
     assert md.count("\n| a |") == 1 and "FoV (A)" in md
     # the presets: equal budgets, one recipe, reach 3 / 5 / 13 / 59 A at the 0.24 A working pixel

@@ -79,9 +79,13 @@ def test_study_end_to_end_gaussian_baseline(lattice_file: Path, tmp_path: Path):
     with SimulatedDataset(lattice_file) as ds:
         n_truth = _scored_truth(ds, np.arange(len(ds)))
     assert g["tp"]["n"] + g["fn"]["n"] == 2 * n_truth  # every scored true column is a TP or an FN
+    # The LLR must separate true from spurious columns on this lattice: measured 0.73 (all, 178 TP vs
+    # 539 FP) and 0.74 (surface, 113 vs 489) with the seeded fixture. The standard error of an AUC with
+    # these counts is ~0.03, so 0.6 is ~4 of them above chance (0.5) and ~4 below the measurement.
     for region in ("all", "surface"):
         auc = res["roc"][region]["auc_tp_vs_fp"]
-        assert auc is None or 0.0 <= auc <= 1.0
+        assert auc is not None and auc > 0.6, (region, auc)
+        assert res["groups"][region]["fp"]["n"] >= 50  # enough spurious columns for the AUC to mean it
     assert res["groups"]["surface"]["tp"]["n"] <= g["tp"]["n"]
     assert res["likelihood_config"] and res["images"] == 6
 
