@@ -15,6 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+# With CI=true a skip for something .ci/run installs fails instead (tests/ci_require.py)
+from ci_require import (  # noqa: F401
+    ci_provided,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    require_module,
+    require_program,
+)
+
 # The session fails if a test leaves a process running (e.g. a simulator's child): tests/leakcheck.py
 from leakcheck import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
 
@@ -29,7 +38,16 @@ from sbd_stream.service.demo import PROBE_ACQ, Collector, await_subscriber, hand
 # Readiness, never a sleep, before exact counts: ``handshake`` probes a PUB -> SUB path until it is open
 # and no probe is in flight any more; ``await_subscriber`` does it from a service's publisher to a
 # ``Collector``; ``probe_through_service`` sends probe frames through a whole service (input to output).
-__all__ = ["PROBE_ACQ", "await_subscriber", "handshake", "probe_through_service", "service_metric"]
+__all__ = [
+    "PROBE_ACQ",
+    "await_subscriber",
+    "ci_provided",
+    "handshake",
+    "probe_through_service",
+    "require_module",
+    "require_program",
+    "service_metric",
+]
 
 if TYPE_CHECKING:
     from training.dataset import TaskResult

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ci_provided
 
 from sbd_stream.engines.card import load_card, load_torch_model
 from sbd_stream.engines.denoiser import Denoiser
@@ -173,7 +174,9 @@ def test_build_engine_explains_why_it_cannot_run_without_a_gpu(tmp_path: Path) -
 def test_torchrun_ddp_two_cpu_processes_on_gloo(synthetic: Path, tmp_path: Path) -> None:
     torchrun, script = (Path(sys.executable).with_name(n) for n in ("torchrun", "sbd-train"))
     if not (torchrun.exists() and script.exists()):
-        pytest.skip("torchrun or the sbd-train console script is not installed beside this Python")
+        pytest.skip(
+            ci_provided("torchrun or the sbd-train console script is not installed beside this Python")
+        )
     cmd = [
         str(torchrun),
         "--nproc_per_node=2",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from conftest import ci_provided
 
 from sbd_stream.config import load_settings
 from sbd_stream.formats.recording import open_recording
@@ -104,7 +105,7 @@ class Simulator:
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
     if SIM is None:
-        pytest.skip("libertem-live-dectris-sim not installed (pip install 'libertem-live[sim]')")
+        pytest.skip(ci_provided("libertem-live-dectris-sim not installed (pip install 'libertem-live[sim]')"))
     rng = np.random.default_rng(8)
     frames = [rng.poisson(0.45 * (1 + (i % 3)), SHAPE).astype(np.uint16) for i in range(N)]
     dump = write_sim_dump(tmp_path_factory.mktemp("sim") / "series.dump", v1_series(frames, SERIES))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from conftest import ci_provided
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
@@ -40,9 +41,7 @@ def _query(base: str, q: str) -> list[dict]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(
-    PROMETHEUS is None, reason="Debian package 'prometheus' is not installed (.ci/run installs it)"
-)
+@pytest.mark.skipif(PROMETHEUS is None, reason=ci_provided("Debian package 'prometheus' is not installed"))
 def test_prometheus_scrapes_service_and_query_returns_frame_counters(
     tmp_path: Path, tiny_engine_dir: Path
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from conftest import require_module, require_program
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats.recording import AcqFile, iter_recorded, recorded_detector
@@ -132,11 +132,11 @@ def test_a_recording_made_before_the_nexus_layout_is_still_appended_to(tmp_path:
 
 
 def _hyperspy():
-    return pytest.importorskip("hyperspy.api", reason="HyperSpy not installed (pip install -e '.[dev]')")
+    return require_module("hyperspy.api", "HyperSpy not installed (pip install -e '.[dev]')")
 
 
 def _silx_nxdata():
-    pytest.importorskip("silx", reason="silx not installed (pip install -e '.[dev]')")
+    require_module("silx", "silx not installed (pip install -e '.[dev]')")
     import silx.io
     import silx.io.nxdata
 
@@ -248,8 +248,8 @@ _KILLED_WRITER = textwrap.dedent(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("tool", ["h5clear", "python"])
 def test_a_killed_recording_opens_in_hyperspy_and_silx_after_h5clear(tmp_path: Path, tool: str) -> None:
-    if tool == "h5clear" and shutil.which("h5clear") is None:
-        pytest.skip("h5clear not installed (Debian/Ubuntu: apt install hdf5-tools)")
+    if tool == "h5clear":
+        require_program("h5clear", reason="h5clear not installed (Debian/Ubuntu: apt install hdf5-tools)")
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], timeout=60)
     assert proc.returncode == -signal.SIGKILL
     path = tmp_path / "killed.h5"

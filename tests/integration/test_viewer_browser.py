@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from conftest import ci_provided, require_module
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+webdriver = require_module("selenium.webdriver", "selenium is in the dev extra")
 
 CHROME_FLAGS = (
     "--headless=new",
@@ -57,7 +58,7 @@ def _denoiser() -> Denoiser:
 
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None, reason="chromium / chromium-driver not installed"
+    CHROMIUM is None or CHROMEDRIVER is None, reason=ci_provided("chromium / chromium-driver not installed")
 )
 def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
     from selenium.webdriver.chrome.service import Service

@@ -9,14 +9,14 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-import pytest
+from conftest import require_module
 
 from sbd_stream.config import load_settings
 from sbd_stream.metrics import EXPORTED_NAMES, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
-yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra")
+yaml = require_module("yaml", "PyYAML is in the dev extra")
 
 # PromQL words that look like identifiers but are not metric names
 _PROMQL_WORDS = {
