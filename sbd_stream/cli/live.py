@@ -344,6 +344,9 @@ def demo(
     workers: Workers = None,
     viewer: bool = typer.Option(False, "--viewer", help="Live viewer page too (raise --frames)"),
     viewer_port: int = typer.Option(8090, help="Live viewer port (0: any free port)"),
+    json_out: Path | None = typer.Option(
+        None, "--json-out", help="Also write the summary, with the command and machine, to this JSON file"
+    ),
     verbose: Verbose = False,
 ) -> None:
     """Emulator + service + viewer in one command: live status, then latency and PSNR.
@@ -389,6 +392,14 @@ def demo(
     )
     result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(result, indent=2))
+    if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
+        import os
+        import platform
+        import sys
+
+        machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
+        record = {"benchmark": "demo", "command": " ".join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
+        json_out.write_text(json.dumps({**record, **result}, indent=2) + "\n")
 
 
 def _bundled_samples() -> Path | None:

@@ -1,0 +1,164 @@
+"""README's benchmark tables, regenerated from ``benchmarks/results/*.json`` so they cannot drift.
+
+Each table sits in README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; this
+module rewrites what is between the markers from the results file that the measuring code wrote:
+
+    python -m benchmarks.readme_tables            # rewrite README.md
+    python -m benchmarks.readme_tables --check    # exit 1 (and name the tables) if README is stale
+
+A table whose results file is missing is left as it is and reported, never invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _pm(m: dict[str, Any], key: str, digits: int = 2, std: bool = True) -> str:
+    v = m.get(key)
+    if v is None:
+        return "-"
+    return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if std else f"{v['mean']:.{digits}f}"
+
+
+def table_5_1_detector() -> str:
+    """``sbd-train evaluate-detector``: table_5_1_detector.json."""
+    d = _load("table_5_1_detector.json")
+    lines = [
+        f"`{d['command']}` (`benchmarks/results/table_5_1_detector.json`; {d['test_images']} frames at "
+        f"{d['detector_pixel_A']} A, {d['counts_per_px']} counts/px):",
+        "",
+        "| method | paper PSNR (dB) | paper SSIM | PSNR (dB, range of clean) | F1 surface |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        m = r["metrics"]
+        name = r["method"]
+        if r.get("kind") == "sbd":
+            name = f"**{name}** ({r.get('parameters', 0) / 1000:.0f} k params)"
+        elif r.get("params"):
+            name += " (" + ", ".join(f"{k} {v:.3g}" for k, v in r["params"].items()) + ")"
+        bold = r.get("kind") == "sbd"
+        cells = [_pm(m, "paper_psnr"), _pm(m, "paper_ssim", 3, False), _pm(m, "psnr", 2, False)]
+        cells.append(_pm(m, "surface_f1", 2, False))
+        if bold:
+            cells = [f"**{c}**" if c != "-" else c for c in cells]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pm = d["paper_margins"]
+    lines += [
+        "",
+        f"Margin **{pm['margin_dB']:.1f} dB** over the best classical method ({pm['best_classical']}); goal: "
+        f">= {pm['goal']['sbd_paper_psnr']} dB and >= {pm['goal']['margin_dB']:.0f} dB.",
+    ]
+    return "\n".join(lines)
+
+
+def binning() -> str:
+    """``python -m benchmarks.bench_binning``: bench_binning.json."""
+    d = _load("bench_binning.json")
+    lines = [
+        f"`{d['command']}` (`benchmarks/results/bench_binning.json`, {d['machine']['cpus']} cores, "
+        f"{'GPU' if d['machine'].get('gpu') else 'no GPU'}, {d['backend']}):",
+        "",
+        "| bin | detector pixel | working frame | ms / frame | frames / s | vs 40 Hz |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["speed"]:
+        lines.append(
+            f"| {r['bin']} | {r['detector_pixel_A']:.2f} A | {r['working_px']} | {r['ms_per_frame']:.1f} | "
+            f"{r['frames_per_s']:.1f} | {r['vs_40Hz']:.2f} |"
+        )
+    q = ", ".join(
+        f"{r['bin']} x {r['bin']} {r['paper_psnr_db']:.1f} dB (min {r['min_db']:.1f})" for r in d["quality"]
+    )
+    lines += ["", f"Binning alone on clean abTEM frames, paper metric: {q}."]
+    return "\n".join(lines)
+
+
+def demo() -> str:
+    """``sbd-stream demo --json-out benchmarks/results/demo_*.json``: one row per results file."""
+    files = sorted(RESULTS.glob("demo_*.json"))
+    if not files:
+        raise FileNotFoundError("no benchmarks/results/demo_*.json")
+    lines = [
+        "| command | denoised | not denoised | latency p50 / p90 / p99 | paper PSNR raw -> denoised |",
+        "|---|---|---|---|---|",
+    ]
+    for f in files:
+        d = json.loads(f.read_text())
+        lat = d["latency_s"]
+        lines.append(
+            f"| `{d['command']}` | {d['frames_published_received']} of {d['frames_sent']} | "
+            f"{d['frames_sent'] - d['frames_published_received']} "
+            f"({d['denoise_overflow']} `denoise_overflow`, {d['frames_skipped']} skipped) | "
+            f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} s | "
+            f"{d['paper_psnr_raw_db']:.1f} -> **{d['paper_psnr_denoised_db']:.1f} dB** |"
+        )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "table_5_1_detector": table_5_1_detector,
+    "binning": binning,
+    "demo": demo,
+}
+
+
+def render(text: str) -> tuple[str, list[str], list[str]]:
+    """(new text, tables rewritten, tables whose results are missing)."""
+    done, missing = [], []
+    for name, make in TABLES.items():
+        pat = re.compile(rf"(<!-- results:{name} -->\n)(.*?)(<!-- /results:{name} -->)", re.S)
+        if not pat.search(text):
+            continue
+        try:
+            body = make()
+        except FileNotFoundError:
+            missing.append(name)
+            continue
+        text = pat.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+        done.append(name)
+    return text, done, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is stale")
+    ap.add_argument("--readme", type=Path, default=README)
+    args = ap.parse_args(argv)
+    old = args.readme.read_text()
+    new, done, missing = render(old)
+    for name in missing:
+        print(f"{name}: results file missing, table left as it is", file=sys.stderr)
+    if args.check:
+        if new != old:
+            stale = [n for n in done if render_one(old, n) != render_one(new, n)]
+            print(f"README.md is stale: {', '.join(stale) or 'tables'} (python -m benchmarks.readme_tables)")
+            return 1
+        return 0
+    args.readme.write_text(new)
+    print(f"rewrote {', '.join(done) or 'nothing'}")
+    return 0
+
+
+def render_one(text: str, name: str) -> str:
+    m = re.search(rf"<!-- results:{name} -->\n(.*?)<!-- /results:{name} -->", text, re.S)
+    return m.group(1) if m else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
