@@ -78,14 +78,16 @@ class RecipeError(RuntimeError):
 class RecipeConfig(BaseModel):
     steps: list[str] = Field(default_factory=lambda: list(STEPS))
     # simulate
-    sim_preset: str = Field("detector", description="simulation preset (training.simulate.PRESETS)")
-    data: Path = Path("data/detector-gpu.h5")
+    sim_preset: str = Field("paper", description="simulation preset (training.simulate.PRESETS)")
+    data: Path = Path("data/paper-gpu.h5")
     test: Path | None = Field(None, description="test split at the detector's sampling (the preset's)")
     images: int | None = Field(None, gt=0, description="scale the preset's structure count to ~this many")
     workers: int | None = Field(None, ge=1, description="local Dask workers (default: all cores)")
     scheduler: str | None = None
     # train
-    train_preset: str = Field("detector", description="training preset (training.train.PRESETS)")
+    train_preset: str = Field(
+        "paper-quality", description="training preset (training.train.PRESETS): the quality engine"
+    )
     model: str | None = Field(None, description="detector | wide | paper (see MODELS)")
     scales: int | None = Field(None, ge=1)
     channels: int | None = Field(None, ge=1)
@@ -266,8 +268,8 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
     }
     tc = preset_config(cfg.train_preset, **overrides)
     freeze = cfg.freeze_norm_after
-    if freeze is None and cfg.init_from is None:  # an engine's weights keep their statistics frozen
-        freeze = gpu.get("freeze_norm_after")
+    if freeze is None:  # an engine's weights keep their statistics frozen (from step 0)
+        freeze = 0 if cfg.init_from is not None else gpu.get("freeze_norm_after")
     if freeze is not None:
         tc = tc.model_copy(update={"freeze_norm_after": None if freeze < 0 else freeze})
     name = cfg.name or (f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None)

@@ -123,6 +123,37 @@ BASELINE_BUDGET = {**WHOLE_IMAGES, "batch": 1, "max_steps": 1000, "threads": 2}
 Both are 5-40x slower per pixel than the default UNet; equal pixels would take 4-30 hours here.
 """
 
+# The live CPU engine on the paper's world (data/paper.h5, App. A.2/A.3: support up to half of a
+# 5 x 5 nm field, 100 models): the detector engine's network and dose mix, continued from its
+# committed weights (batch norm frozen from step 0), 208 px windows of the 220 px images in all 8
+# right-angle orientations (a real frame can have its support on any side), a cosine decay over the
+# run's budget (give --max-minutes; continue a later run with --init-from sbd-unet4-paper).
+PAPER_LIVE: dict[str, Any] = {
+    "name": "sbd-unet4-paper",
+    "data": "data/paper.h5",
+    "scales": 4,
+    "channels": 16,
+    "batch": 4,
+    "lr": 5e-4,
+    "lr_schedule": "cosine",
+    "max_steps": 20000,
+    "threads": 2,
+    "val_every": 250,
+    "val_images": 32,
+    "augment": {
+        "patch": 208,
+        "max_rotation_deg": 0.0,
+        "rescale_prob": 0.0,
+        "right_angles": True,
+        "dose_factors": (0.5, 2.0),
+    },
+    "val_dose_factors": [0.5, 2.0],
+    "init_from": "sbd-unet4-detector",
+    "freeze_norm_after": 0,  # the engine's running statistics, as it runs in the service
+    "tiling": WHOLE_FRAME_TILING,
+}
+"""The live CPU engine's recipe on the paper's world."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The shipped CPU engine: FoV 245 px, ~49k parameters, fast enough for 1024^2 frames on a CPU.
     # Whole 256 px images in the simulation's orientation (flips only): at equal compute this learned
@@ -160,34 +191,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "freeze_norm_after": 2000,
         "tiling": WHOLE_FRAME_TILING,
     },
-    # The live CPU engine on the paper's world (data/paper.h5, App. A.2/A.3: support up to half of a
-    # 5 x 5 nm field, 100 models): the detector engine's network and dose mix, continued from its
-    # committed weights (batch norm frozen from step 0), 208 px windows of the 220 px images in all 8
-    # right-angle orientations (a real frame can have its support on any side), a cosine decay over the
-    # run's budget (give --max-minutes; continue a later run with --init-from sbd-unet4-paper).
-    "paper-live": {
-        "name": "sbd-unet4-paper",
-        "data": "data/paper.h5",
-        "scales": 4,
-        "channels": 16,
-        "batch": 4,
-        "lr": 5e-4,
-        "lr_schedule": "cosine",
-        "max_steps": 20000,
-        "threads": 2,
-        "val_every": 250,
-        "val_images": 32,
-        "augment": {
-            "patch": 208,
-            "max_rotation_deg": 0.0,
-            "rescale_prob": 0.0,
-            "right_angles": True,
-            "dose_factors": (0.5, 2.0),
-        },
-        "val_dose_factors": [0.5, 2.0],
-        "init_from": "sbd-unet4-detector",
-        "freeze_norm_after": 0,  # the engine's running statistics, as it runs in the service
-        "tiling": WHOLE_FRAME_TILING,
+    "paper-live": PAPER_LIVE,
+    # The quality engine on the paper's world, for a GPU (the recipe's default): the same field of view
+    # (245 px = 59 A), 64 channels (777k parameters, 16x the channel products), trained from scratch.
+    "paper-quality": {
+        **{k: v for k, v in PAPER_LIVE.items() if k not in ("init_from", "freeze_norm_after", "lr")},
+        "name": "sbd-unet4x64-paper",
+        "channels": 64,
+        "batch": 16,
+        "device": "cuda",
     },
     # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured).
     "fov53": {"name": "fov53-unet2", "scales": 2, "channels": 22, **FOV_BUDGET},

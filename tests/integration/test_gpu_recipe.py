@@ -47,7 +47,9 @@ def test_plan_for_several_gpus_uses_torchrun_and_gpu_defaults() -> None:
     assert train["norm_freeze"] == "never"  # 16 frames per batch: batch statistics are stable
     cpu_like = describe_plan(RecipeConfig(steps=["train"], model="wide", freeze_norm_after=500), dev=dev)
     assert cpu_like["steps"][0]["norm_freeze"] == "from step 500"
-    shipped = describe_plan(RecipeConfig(steps=["train"], init_from="sbd-unet4-detector"), dev=dev)
+    shipped = describe_plan(
+        RecipeConfig(steps=["train"], model="detector", init_from="sbd-unet4-detector"), dev=dev
+    )
     assert shipped["steps"][0]["norm_freeze"] == "from step 0 (the engine's statistics)"
 
 
