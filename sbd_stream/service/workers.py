@@ -257,7 +257,8 @@ class WorkerPool:
         t0 = time.perf_counter()
         for f in frames:
             m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
-        res = self.stages[i].process(frames, earlier)
+        stage = self.stages[i]  # earlier frames only with evidence on: any process(frames) stage fits
+        res = stage.process(frames, earlier) if self.evidence is not None else stage.process(frames)
         busy = time.perf_counter() - t0
         for stage in ("batch", "denoise", "likelihood"):
             if stage in res.timings:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats import recording as recording_file
 from sbd_stream.metrics import Metrics
-from sbd_stream.sinks import recording_file
 from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
 
 pytestmark = pytest.mark.integration
