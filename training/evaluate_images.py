@@ -31,7 +31,10 @@ class ImageEvalConfig(BaseModel):
     counts_per_px: float = Field(0.45, gt=0, description="vacuum counts per detector pixel per frame")
     draws: int = Field(2, ge=1, description="Poisson frames per clean image")
     seed: int = 2026
-    engine: str | None = Field(None, description="engine name or directory; None: the shipped default")
+    engine: str | None = Field(
+        None,
+        description="engine name or directory; None: what offline work picks (engines.card.offline_engine)",
+    )
     backend: str = "auto"
     lowpass_sigmas_A: list[float] = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.2]
     out_dir: Path = Path("benchmarks/results/images")
@@ -118,11 +121,11 @@ def oracle_low_pass(
 
 
 def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
-    from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
+    from sbd_stream.engines.card import default_engine_root, offline_engine
     from training.evaluate_detector import sbd_detector_method
 
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
-    engine_dir = engine_dir or default_engine_root() / (cfg.engine or DEFAULT_ENGINE)
+    engine_dir = engine_dir or default_engine_root() / (cfg.engine or offline_engine())
     px = cfg.detector_pixel_A
     method, info = sbd_detector_method(engine_dir, cfg.backend, px, cfg.counts_per_px)
     sigmas_px = [s / px for s in cfg.lowpass_sigmas_A]

@@ -64,12 +64,14 @@ def denoise(
 
     if output.exists() and not overwrite:
         fail(f"{output} exists; pass --overwrite to replace it")
+    from sbd_stream.engines.card import offline_engine
+
     flags = Flags(
         pixel_size=pixel_size,
         dose=dose,
         counts_per_px=counts_per_px,
         engine=engine,
-        model=model,
+        model=model or offline_engine(),  # the quality engine on a GPU where installed
         device=device,
         batch=batch,
         tile=tile,
@@ -109,8 +111,8 @@ def info(
     ),
 ) -> None:
     """Engines found, backends usable here, devices and versions; engine workers and their load."""
+    from sbd_stream.service.build import worker_specs
     from sbd_stream.service.offline import environment_info
-    from sbd_stream.service.pipeline import worker_specs
 
     out = environment_info(model)
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]

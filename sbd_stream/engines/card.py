@@ -104,6 +104,22 @@ def default_engine_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "engines"
 
 
+QUALITY_ENGINE = "sbd-unet4x64-paper"
+"""The quality engine: the same 59 A field of view as the live one, 64 channels (16x its channel
+products); too slow for 40 Hz on a CPU, trained by the GPU recipe (``sbd-train gpu-recipe``)."""
+
+
+def offline_engine(gpu: bool | None = None, root: Path | None = None) -> str:
+    """The engine offline work uses when none is named: the quality engine where it keeps up (a CUDA
+    GPU) and is installed under the engine root, else the shipped live engine."""
+    root = root or default_engine_root()
+    if gpu is None:
+        gpu = torch.cuda.is_available()
+    if gpu and (root / QUALITY_ENGINE / CARD_FILE).is_file():
+        return QUALITY_ENGINE
+    return DEFAULT_ENGINE
+
+
 def resolve_engine_dir(engine: str | Path | None) -> Path:
     """Accept a path to an engine directory or the name of one under the engine root."""
     if engine is None:

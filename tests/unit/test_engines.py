@@ -174,3 +174,17 @@ def test_cuda_request_without_gpu_is_refused_with_reason(tiny_engine_dir: Path) 
         load_engine("torch", tiny_engine_dir, device="cuda")
     with pytest.raises(EngineUnavailable, match="GPU"):
         load_engine("tensorrt", tiny_engine_dir)
+
+
+def test_offline_work_takes_the_quality_engine_only_where_it_keeps_up(tmp_path) -> None:
+    """`auto` offline: the quality engine on a GPU when installed; the live engine otherwise."""
+    import shutil
+
+    from sbd_stream.engines.card import DEFAULT_ENGINE, QUALITY_ENGINE, default_engine_root, offline_engine
+
+    root = tmp_path / "engines"
+    shutil.copytree(default_engine_root() / DEFAULT_ENGINE, root / DEFAULT_ENGINE)
+    assert offline_engine(gpu=True, root=root) == DEFAULT_ENGINE  # not installed
+    shutil.copytree(root / DEFAULT_ENGINE, root / QUALITY_ENGINE)
+    assert offline_engine(gpu=True, root=root) == QUALITY_ENGINE
+    assert offline_engine(gpu=False, root=root) == DEFAULT_ENGINE  # a CPU keeps the live engine
