@@ -27,8 +27,8 @@ from benchmarks.common import table, write_result
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import Metrics
+from sbd_stream.service.build import run_replay
 from sbd_stream.service.demo import run_demo
-from sbd_stream.service.pipeline import run_replay
 from sbd_stream.sinks.recorder import Recorder, RecordItem
 from sbd_stream.sources.emulator import EmulatorSettings
 

@@ -241,6 +241,12 @@ class Metrics:
                     spawn(run)
             return self._server.port
 
+    @property
+    def port(self) -> int | None:
+        """The HTTP endpoint's port while it runs (``serve``), else None."""
+        server = self._server
+        return None if server is None else server.port
+
     def shutdown(self) -> None:
         with self._lock:
             if self._server is not None:

@@ -91,7 +91,7 @@ def serve(
     files. Every option can also come from a TOML file (--config) or SBD_* environment variables;
     see docs/service.md.
     """
-    from sbd_stream.service.pipeline import serve as run_service
+    from sbd_stream.service.build import serve as run_service
 
     setup_logging(verbose)
     flags = Flags(
@@ -139,7 +139,7 @@ def serve(
 def _stages(s: ServiceSettings) -> list[BatchStage]:
     """Load the engine(s) and plan the detector geometry; a sampling they cannot serve ends the command."""
     from sbd_stream.compute.binning import SamplingError
-    from sbd_stream.service.pipeline import load_stages
+    from sbd_stream.service.build import load_stages
 
     try:
         return load_stages(s)  # one batch stage per engine worker (denoise.workers)
@@ -183,7 +183,7 @@ def replay(
     """
     from sbd_stream.formats.recording import recorded_detector
     from sbd_stream.metrics import summary
-    from sbd_stream.service.pipeline import run_replay
+    from sbd_stream.service.build import run_replay
 
     setup_logging(verbose)
     if not file.exists():

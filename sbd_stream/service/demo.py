@@ -157,15 +157,15 @@ def run_demo(
     status_every_s: float = 1.0,
 ) -> dict[str, Any]:
     """Emulator -> service -> subscriber on loopback; returns the summary (also used by tests)."""
-    from sbd_stream.service.pipeline import Pipeline
+    from sbd_stream.service.build import build_pipeline
     from sbd_stream.sources.emulator import Emulator
 
     ctx = zmq.Context.instance()
     emu_cfg.keep_truth = True
     emu = Emulator(emu_cfg, ctx)
     settings.ingest.endpoint = emu.endpoint
-    pipe = Pipeline(settings, stage, context=ctx)
-    pipe.start(live=True)
+    pipe = build_pipeline(settings, stage, context=ctx)
+    pipe.start()
     assert pipe.publisher is not None
     col = Collector(pipe.publisher.endpoint, keep_data=True, context=ctx).start()
     await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives

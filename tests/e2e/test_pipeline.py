@@ -14,8 +14,8 @@ from conftest import await_subscriber, make_settings, stream_through
 from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
+from sbd_stream.service.build import build_pipeline, run_replay
 from sbd_stream.service.demo import Collector, run_demo
-from sbd_stream.service.pipeline import Pipeline, run_replay
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
         ctx,
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True})
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     col = stream_through(pipe, emu, ctx)
     m = pipe.metrics
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
@@ -76,7 +76,7 @@ def test_latest_policy_skips_under_overload_but_records_every_raw_frame(
     )
     s = make_settings(tmp_path, emu.endpoint, policy=BackpressurePolicy.latest, batch_frames=1)
     s.ingest.queue_frames = 4
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     pipe.start()
     assert pipe.publisher is not None
     col = Collector(pipe.publisher.endpoint, keep_data=False, context=ctx).start()
@@ -103,7 +103,7 @@ def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoi
 
     s = make_settings(tmp_path, "tcp://127.0.0.1:1")
     s.record.directory = tmp_path / "src"
-    rec = Recorder(s.record, Pipeline(s, denoiser).metrics)
+    rec = Recorder(s.record, build_pipeline(s, denoiser, source=None).metrics)
     frames = [np.random.default_rng(q).poisson(0.45, (64, 64)).astype(np.uint16) for q in range(10)]
     for q, fr in enumerate(frames):
         rec.write(RecordItem("raw", "orig", q + 100, 1000.0 + q * 0.025, fr))
@@ -205,7 +205,7 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "vacuum_block_A": 2.0})
     s.detector = type(s.detector)()  # the paper's K2 defaults
     stage_den = Denoiser.load(engine="onnxruntime", engine_dir=binning_engine_dir)
-    pipe = Pipeline(s, stage_den, context=ctx)
+    pipe = build_pipeline(s, stage_den, context=ctx)
     assert pipe.stage.geometry.bin == 4
     col = stream_through(pipe, emu, ctx)
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
@@ -238,7 +238,7 @@ def test_llr_messages_say_how_many_other_frames_scored_their_columns(
         EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(96, 80), n_frames=12, rate_hz=200), ctx
     )
     s = make_settings(tmp_path, emu.endpoint, likelihood={"enabled": True, "evidence_frames": 2})
-    col = stream_through(Pipeline(s, denoiser, context=ctx), emu, ctx)
+    col = stream_through(build_pipeline(s, denoiser, context=ctx), emu, ctx)
     llr = col.frames(b"llr")
     assert [r.seq for r in llr] == list(range(12))
     used = [r.header.meta["evidence_frames"] for r in llr]

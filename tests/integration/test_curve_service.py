@@ -14,7 +14,7 @@ from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, decode, encode_frame, encode_series
 from sbd_stream.security import CurveSettings, apply_curve, generate_keypair, stop_authenticator
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
 
 pytestmark = pytest.mark.integration
 N = 20
@@ -87,7 +87,7 @@ def test_service_with_curve_on_input_and_output(tmp_path: Path, tiny_engine_dir:
         }
     )
     svc_ctx = zmq.Context()
-    pipe = Pipeline(
+    pipe = build_pipeline(
         settings, Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir), context=svc_ctx
     )
     pipe.start()

@@ -14,7 +14,7 @@ import zmq
 from sbd_stream.config import DectrisInput, RecordSettings, load_settings
 from sbd_stream.formats.dectris_codec import compress_framed
 from sbd_stream.metrics import Metrics
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
 from sbd_stream.sources.dectris.acquisition import DectrisDialect
 from sbd_stream.sources.dectris.sim import v1_series, v2_end, v2_image, v2_start
@@ -57,14 +57,14 @@ def test_pipeline_records_detector_chunks_without_recompressing(
         }
     )
     den = Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
-    pipe = Pipeline(settings, den, context=zmq.Context.instance())
+    pipe = build_pipeline(settings, den, source=None, context=zmq.Context.instance())
     # the receiver's plug-in fed directly (no socket, no guard: an exception fails the test)
     ing = DectrisDialect(
         DectrisInput.model_validate({"dialect": dialect}),
         settings.ingest.max_payload_bytes,
         Emitter(pipe.metrics, pipe.handle_frame, pipe.handle_series),
     )
-    pipe.start(live=False)
+    pipe.start()
     try:
         for m in msgs:
             ing.handle(m)

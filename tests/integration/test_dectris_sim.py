@@ -29,7 +29,7 @@ from conftest import ci_provided
 
 from sbd_stream.config import load_settings
 from sbd_stream.formats.recording import open_recording
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.sources.dectris.sim import v1_series, write_sim_dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -140,7 +140,7 @@ def test_simulated_series_received_denoised_recorded_and_resumed_after_restart(
     )
     den = Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
     ctx = zmq.Context.instance()
-    pipe = Pipeline(settings, den, context=ctx)
+    pipe = build_pipeline(settings, den, context=ctx)
     pipe.start()
     m = pipe.metrics
     try:

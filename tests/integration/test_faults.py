@@ -19,9 +19,10 @@ from sbd_stream.config import SocketMode
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES
 from sbd_stream.protocol import encode_frame, encode_series
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.demo import Collector
-from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
+from sbd_stream.sources.receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def test_bad_input_restarts_and_a_stuck_subscriber_do_not_stop_the_service(
     s.ingest.queue_frames = 1000  # lossless here: the test checks every frame got through
     s.ingest.rcvhwm = 100000  # and a loaded CI machine must not drop at the socket either
     s.publish.queue_frames = 1000  # nor at the publisher's drop-oldest queue (a CPU-starved publisher)
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     pipe.start()
     assert pipe.publisher is not None
     stuck = ctx.socket(zmq.SUB)  # subscribes and never reads
@@ -137,10 +138,10 @@ def test_emulator_restart_with_new_acquisition_is_a_restart(tmp_path: Path, deno
     ctx = zmq.Context.instance()
     s = make_settings(tmp_path, "tcp://127.0.0.1:*")
     s.ingest.mode = SocketMode.bind
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     pipe.start()
-    assert pipe.ingest is not None
-    ep = pipe.ingest.endpoint
+    assert isinstance(pipe.source, Receiver)
+    ep = pipe.source.endpoint
     try:
         for acq in ("first", "second"):
             cfg = EmulatorSettings(

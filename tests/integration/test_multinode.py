@@ -29,8 +29,8 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.merge import MergeService
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, decode, encode_frame, encode_series
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.demo import Collector
-from sbd_stream.service.pipeline import Pipeline
 from sbd_stream.sources.dectris.sim import v1_series
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
@@ -59,7 +59,7 @@ class Cluster:
     def __init__(self, tmp: Path, engine_dir: Path, endpoint: str, inp: dict, likelihood: bool = False):
         self.ctx = zmq.Context.instance()
         self.pipes = [
-            Pipeline(
+            build_pipeline(
                 node_settings(tmp / f"node{i}", endpoint, inp, likelihood),
                 Denoiser.load(engine="onnxruntime", engine_dir=engine_dir),
                 context=self.ctx,

@@ -17,7 +17,7 @@ from conftest import ci_provided
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,9 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )
-    pipe = Pipeline(settings, Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir), context=ctx)
+    pipe = build_pipeline(
+        settings, Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir), context=ctx
+    )
     pipe.start()
     prom: subprocess.Popen | None = None
     try:

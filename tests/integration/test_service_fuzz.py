@@ -36,6 +36,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.metrics import total
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, encode_frame
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -274,7 +275,7 @@ def _run_service(
     sender.setsockopt(zmq.SNDTIMEO, 30_000)  # PUSH waits (bounded) while the service re-dials
     port = sender.bind_to_random_port("tcp://127.0.0.1")
     s = _settings(tmp_path, f"tcp://127.0.0.1:{port}", dialect)
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     pipe.start()
     assert pipe.publisher is not None
     sub = Subscriber(ctx, pipe.publisher.endpoint)

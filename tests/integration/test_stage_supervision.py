@@ -22,9 +22,10 @@ from sbd_stream.config import ServiceSettings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame
 from sbd_stream.protocol import SeriesHeader, SeriesMessage, encode_frame
-from sbd_stream.service import pipeline as pipeline_mod
+from sbd_stream.service import build as pipeline_mod
 from sbd_stream.service.batch import BatchStage
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
+from sbd_stream.service.sink import FrameTap
 from sbd_stream.sinks.recorder import Recorder, open_recording
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -64,7 +65,7 @@ def test_killed_stage_threads_are_restarted_counted_and_shown_on_healthz(
 ) -> None:
     ctx = zmq.Context.instance()
     bridge = Bridge(ctx)
-    pipe = Pipeline(make_settings(tmp_path, f"tcp://127.0.0.1:{bridge.port}"), denoiser, context=ctx)
+    pipe = build_pipeline(make_settings(tmp_path, f"tcp://127.0.0.1:{bridge.port}"), denoiser, context=ctx)
     assert pipe.recorder is not None and pipe.publisher is not None
     kills = {"recorder": 0, "publisher": 0, "receiver": 0}
     real_write, real_send = pipe.recorder.write, pipe.publisher.send
@@ -88,7 +89,7 @@ def test_killed_stage_threads_are_restarted_counted_and_shown_on_healthz(
 
     monkeypatch.setattr(pipe.recorder, "write", write)
     monkeypatch.setattr(pipe.publisher, "send", send)
-    pipe.frame_taps.append(tap)
+    pipe.add_sink(FrameTap(tap), first=True)
     pipe.start()
     m = pipe.metrics
     try:
@@ -129,7 +130,7 @@ def test_a_stage_that_cannot_go_on_fails_healthz(
     def always(item: Any, *compressed: Any) -> None:
         raise Killed("the disk controller is on fire")
 
-    pipe = Pipeline(s, denoiser, context=ctx)
+    pipe = build_pipeline(s, denoiser, context=ctx)
     assert pipe.recorder is not None
     monkeypatch.setattr(pipe.recorder, "write", always)
     pipe.start()
@@ -201,13 +202,13 @@ def test_cli_serve_exits_non_zero_and_says_why(
 def test_queue_gauges_follow_series_messages(tmp_path: Path, denoiser: Denoiser) -> None:
     """``sbd_queue_depth`` used to stay at its last value after series messages went through."""
     s = make_settings(tmp_path, "tcp://127.0.0.1:1")
-    pipe = Pipeline(s, denoiser)
+    pipe = build_pipeline(s, denoiser, source=None)
     m = pipe.metrics
     for topic in (b"series_start", b"series_end"):
         pipe.handle_series(SeriesMessage(topic, SeriesHeader("a", 0.0)))
     assert m.value("sbd_queue_depth", {"queue": "denoise"}) == 2
     assert m.value("sbd_queue_depth", {"queue": "record"}) == 1
-    pipe.start(live=False)
+    pipe.start()
     try:
         assert _wait(lambda: m.value("sbd_frames_published_total", {"topic": "series_end"}) == 1)
         for q in ("denoise", "record", "publish"):

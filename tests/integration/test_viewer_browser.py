@@ -21,7 +21,7 @@ from conftest import ci_provided, require_module
 from sbd_stream.config import load_settings
 from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
 from sbd_stream.engines.denoiser import Denoiser
-from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.service.build import build_pipeline
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,7 +89,7 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
             },
         }
     )
-    pipe = Pipeline(settings, _denoiser(), context=ctx)
+    pipe = build_pipeline(settings, _denoiser(), context=ctx)
     pipe.start()
     viewer = pipe.viewer
     opts = webdriver.ChromeOptions()

@@ -25,7 +25,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchResult, BatchStage
-from sbd_stream.service.pipeline import Pipeline, load_stages
+from sbd_stream.service.build import build_pipeline, load_stages
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def test_two_workers_deliver_every_frame_once_and_in_order(tmp_path: Path, tiny_
     done: list[int] = []
     fast, slow = _engines(tiny_engine_dir)
     stages = [PacedStage(slow, s, 0.05, done), PacedStage(fast, s, 0.0, done)]
-    pipe = Pipeline(s, stages, context=ctx)
+    pipe = build_pipeline(s, stages, context=ctx)
     col = stream_through(pipe, emu, ctx)
     m = pipe.metrics
     den, llr = col.frames(b"denoised"), col.frames(b"llr")
@@ -112,7 +112,7 @@ def test_a_worker_raising_on_one_batch_is_counted_and_the_service_goes_on(
     done: list[int] = []
     a, b = _engines(tiny_engine_dir)
     stages = [PacedStage(a, s, 0.01, done, fail_seq=13), PacedStage(b, s, 0.01, done, fail_seq=13)]
-    pipe = Pipeline(s, stages, context=ctx)
+    pipe = build_pipeline(s, stages, context=ctx)
     with caplog.at_level(logging.ERROR, logger="sbd_stream"):
         col = stream_through(pipe, emu, ctx)
     failed = sorted(stages[0].failed + stages[1].failed)
@@ -144,8 +144,8 @@ def test_workers_from_settings_split_the_cpu_and_show_on_metrics(
     )
     stages = load_stages(s)
     assert len(stages) == 2 and stages[0].denoiser.engine is not stages[1].denoiser.engine
-    pipe = Pipeline(s, stages)
-    pipe.start(live=False)
+    pipe = build_pipeline(s, stages, source=None)
+    pipe.start()
     url = f"http://127.0.0.1:{pipe.metrics_port}"
     try:
         rng = np.random.default_rng(0)

@@ -264,15 +264,19 @@ def test_a_dose_outside_the_trained_range_is_warned_once_and_shown_in_metrics(
     binning_engine_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from sbd_stream.config import load_settings
-    from sbd_stream.service.pipeline import Pipeline
+    from sbd_stream.service.build import build_pipeline
 
     den = Denoiser.load("torch", binning_engine_dir, device="cpu")
     base = {"publish": {"enabled": False}, "record": {"enabled": False}, "metrics": {"enabled": False}}
-    ok = Pipeline(load_settings(overrides={**base, "detector": {"counts_per_px": 0.6}}), den)
+    ok = build_pipeline(
+        load_settings(overrides={**base, "detector": {"counts_per_px": 0.6}}), den, source=None
+    )
     assert ok.metrics.value("sbd_dose_out_of_range") == 0
     assert ok.metrics.value("sbd_bin_factor") == 4
     caplog.clear()
-    far = Pipeline(load_settings(overrides={**base, "detector": {"counts_per_px": 0.45 * 4}}), den)
+    far = build_pipeline(
+        load_settings(overrides={**base, "detector": {"counts_per_px": 0.45 * 4}}), den, source=None
+    )
     assert far.metrics.value("sbd_dose_out_of_range") == 1
     assert far.metrics.value("sbd_dose_factor") == pytest.approx(4.0)
     warnings = [r for r in caplog.records if "outside its trained range" in r.getMessage()]

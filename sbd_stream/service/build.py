@@ -1,0 +1,241 @@
+"""The one place that turns settings into a pipeline's parts: engines, source, worker pool, sinks.
+
+Why one builder: ``serve``, ``replay``, ``demo``, the benchmarks and the tests all need the same
+wiring (queue and batcher under the backpressure policy, recorder and publisher as the settings say,
+the viewer tap, one evidence history shared by all workers); built in one function, a new setting or
+output is wired once and ``Pipeline`` stays a lifecycle of parts it is handed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import zmq
+
+from sbd_stream.config import BackpressurePolicy, ServiceSettings
+from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.metrics import Metrics, status_line, summary
+from sbd_stream.service.batch import BatchStage
+from sbd_stream.service.batching import Batcher
+from sbd_stream.service.evidence_history import EvidenceHistory
+from sbd_stream.service.pipeline import Intake, Pipeline, Source
+from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
+from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
+from sbd_stream.sinks.publisher import Publisher
+from sbd_stream.sinks.recorder import Recorder
+from sbd_stream.supervisor import Supervisor, wait_running
+
+__all__ = [
+    "SourceFactory",
+    "build_pipeline",
+    "load_stage",
+    "load_stages",
+    "run_replay",
+    "serve",
+    "worker_specs",
+]
+
+SourceFactory = Callable[[Intake, Supervisor], Source]
+"""Makes the pipeline's source, given where its frames go (the intake) and the service's supervisor."""
+
+Stages = BatchStage | Denoiser | Sequence[BatchStage]
+
+
+def worker_specs(s: ServiceSettings) -> list[WorkerSpec]:
+    """The engine workers these settings ask for on this machine (``denoise.workers`` / ``devices``)."""
+    import torch
+
+    d = s.denoise
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return plan_workers(d.workers, d.devices, d.device, d.threads_per_worker, cuda_devices=gpus)
+
+
+def load_stage(s: ServiceSettings, spec: WorkerSpec | None = None) -> BatchStage:
+    """The batch stage for these settings: engine, geometry of the detector, likelihood (may raise)."""
+    d = s.denoise
+    device = d.device if spec is None else spec.device
+    den = Denoiser.load(
+        d.engine,
+        d.model,
+        device,
+        tile=d.tile,
+        margin=d.margin,
+        batch=max(16, d.batch_frames),
+        threads=None if spec is None else spec.threads,
+    )
+    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample)
+
+
+def load_stages(s: ServiceSettings) -> list[BatchStage]:
+    """One batch stage (its own engine instance, device and threads) per engine worker."""
+    return [load_stage(s, spec) for spec in worker_specs(s)]
+
+
+def _as_stages(s: ServiceSettings, stage: Stages | None) -> list[BatchStage]:
+    if stage is None:
+        return load_stages(s)
+    if isinstance(stage, Denoiser):
+        d = s.denoise
+        return [BatchStage(stage, s.detector, d.likelihood, d.bin_tolerance, d.upsample)]
+    return [stage] if isinstance(stage, BatchStage) else list(stage)
+
+
+def receiver_source(s: ServiceSettings, metrics: Metrics, context: zmq.Context) -> SourceFactory:
+    """The live receiver of ``s.ingest`` (any dialect), its socket opened when built."""
+
+    def make(intake: Intake, supervisor: Supervisor) -> Source:
+        from sbd_stream.sources.receiver import open_receiver
+
+        return open_receiver(s.ingest, metrics, intake.frame, intake.series, context, supervisor)
+
+    return make
+
+
+def build_pipeline(
+    settings: ServiceSettings,
+    stage: Stages | None = None,
+    *,
+    source: SourceFactory | Literal["receiver"] | None = "receiver",
+    metrics: Metrics | None = None,
+    context: zmq.Context | None = None,
+) -> Pipeline:
+    """A pipeline for ``settings``: ``stage`` (one batch stage per worker, or a loaded denoiser; default:
+    loaded from the settings), ``source`` (the live receiver, a factory, or None to feed
+    ``handle_frame`` by hand)."""
+    s, m = settings, metrics or Metrics()
+    ctx = context or zmq.Context.instance()
+    stages = _as_stages(s, stage)
+    sup = Supervisor(m, s.supervision.max_restarts, s.supervision.restart_window_s)
+    first, d = stages[0], s.denoise
+    m.engine.info({"engine_id": str(first.denoiser.engine_id), "device": str(first.denoiser.device)})
+    report_geometry(first, m)
+    latest = d.policy is BackpressurePolicy.latest
+    queue = FrameQueue(
+        s.ingest.queue_frames,
+        drop_oldest=latest,
+        on_evict=lambda _it: m.frames_skipped.inc(),
+        on_change=m.queue_depth.labels(queue="denoise").set,
+    )
+    batcher = Batcher(queue, d.batch_frames, d.batch_timeout_ms, d.policy, m.frames_skipped.inc)
+    sinks = make_sinks(s, first, m, ctx, sup)
+    intake = Intake(queue, [], m)
+    specs = worker_specs(s)
+    if len(specs) != len(stages):  # stages built by the caller: describe them as they are
+        specs = [WorkerSpec(i, str(st.device), None) for i, st in enumerate(stages)]
+    n_ev = first.evidence_frames  # one history for every worker: maps independent of who took a batch
+    fan = intake.sinks
+    pool = WorkerPool(
+        stages,
+        specs,
+        batcher,
+        m,
+        sup,
+        lambda res: [sink.result(res) for sink in fan],
+        lambda msg: [sink.series_done(msg) for sink in fan],
+        EvidenceHistory(n_ev) if n_ev > 0 else None,
+    )
+    make_source = receiver_source(s, m, ctx) if source == "receiver" else source
+    src = None if make_source is None else make_source(intake, sup)
+    return Pipeline(s, source=src, intake=intake, pool=pool, sinks=sinks, metrics=m, supervisor=sup)
+
+
+def make_sinks(
+    s: ServiceSettings, stage: BatchStage, m: Metrics, ctx: zmq.Context, sup: Supervisor
+) -> list[Sink]:
+    """Viewer (raw frames first, as received), publisher, recorder: what the settings turn on."""
+    den = stage.denoiser
+    sinks: list[Sink] = []
+    publisher = None
+    if s.publish.enabled:
+        publisher = Publisher(s.publish, m, str(den.engine_id), ctx, sup)
+    if s.viewer.enabled and publisher is not None:
+        sinks.append(ViewerSink(s, publisher.endpoint, m, ctx, sup))
+    if publisher is not None:
+        sinks.append(PublisherSink(publisher))
+    if s.record.enabled:
+        rec = Recorder(
+            s.record,
+            m,
+            card=dict(den.card),
+            run_config=s.model_dump(mode="json"),
+            queue_frames=s.ingest.record_queue_frames,
+            sampling=stage.geometry.describe(),
+            supervisor=sup,
+        )
+        sinks.append(RecorderSink(rec, s.record.record_denoised, s.record.record_llr))
+    return sinks
+
+
+def report_geometry(stage: BatchStage, m: Metrics) -> None:
+    """Bin, dose factor and an out-of-range dose as gauges (and a warning once)."""
+    import logging
+
+    g = stage.geometry
+    m.bin_factor.set(g.bin)
+    m.dose_factor.set(g.dose_factor)
+    m.dose_out_of_range.set(0 if g.dose_in_range else 1)
+    if not g.dose_in_range:
+        lo, hi = g.dose_range
+        logging.getLogger(__name__).warning(
+            "dose %.4g e/A^2 per frame is %.2fx the engine's nominal dose, outside its trained range "
+            "%.2f-%.2fx: expect degraded denoising (sbd_dose_out_of_range = 1)",
+            g.detector.dose_per_area,
+            g.dose_factor,
+            lo,
+            hi,
+        )
+
+
+def serve(
+    settings: ServiceSettings,
+    stop: threading.Event,
+    status: Any = None,
+    status_every_s: float = 2.0,
+    stage: Stages | None = None,
+) -> dict[str, Any]:
+    """Run the live service until ``stop`` is set, then drain; returns the final counters."""
+    pipe = build_pipeline(settings, stage)
+    pipe.start()
+    m, sup = pipe.metrics, pipe.supervisor
+    t0 = time.perf_counter()
+    try:
+        wait_running(stop, sup, "the service", status, lambda t: status_line(m, t), status_every_s)
+    finally:
+        pipe.stop()
+    elapsed = time.perf_counter() - t0
+    out = summary(m, elapsed)
+    out["workers"] = pipe.pool.load(elapsed)
+    out["failure"] = sup.failure  # None after a clean stop; the CLI exits non-zero otherwise
+    return out
+
+
+def run_replay(
+    settings: ServiceSettings,
+    stage: Stages,
+    path: Path,
+    realtime: bool = False,
+    limit: int | None = None,
+    metrics: Metrics | None = None,
+) -> tuple[Pipeline, float, int]:
+    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed)."""
+    from sbd_stream.sources.replay import ReplaySource
+
+    pipe = build_pipeline(settings, stage, source=None, metrics=metrics)
+    pipe.start()
+    intake = pipe.intake
+
+    def on_frame(frame: Frame) -> None:
+        intake.metrics.frames_received.inc()  # the live receiver counts these; here the file is the source
+        intake.frame(frame)
+
+    # run on this thread (not as the pipeline's source): the file's errors reach the caller as before
+    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit)
+    t0 = time.perf_counter()
+    src.run()
+    pipe.stop(timeout=max(settings.stop_timeout_s, 600.0))
+    return pipe, time.perf_counter() - t0, src.n_sent
