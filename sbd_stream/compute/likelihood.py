@@ -18,7 +18,7 @@ denoised frame is in the same units as the raw frame.
 
 The fast path here is a handful of device kernels whatever the number of columns: separable Gaussian
 convolutions for the LoG, a max-pool for local maxima, one gather of the disk pixels at every centre
-for the region sums, two scatter-reduces to paint the map. ``likelihood_reference`` is the slow,
+for the region sums, two scatter-reduces to paint the map. ``tests/likelihood_reference.py`` is the slow,
 explicit version the tests compare against.
 """
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from likelihood_reference import reference_frame, reference_vacuum
 
 from sbd_stream.compute.likelihood import (
     ColumnPolarity,
@@ -18,7 +19,6 @@ from sbd_stream.compute.likelihood import (
     estimate_vacuum,
     likelihood_map,
 )
-from sbd_stream.compute.likelihood_reference import reference_frame, reference_vacuum
 from training.likelihood_synthetic import lattice_image
 
 DOSE = 0.45

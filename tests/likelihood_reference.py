@@ -5,6 +5,9 @@ with the full Poisson log pmf (including the log y! terms that cancel in the rat
 closed form is checked rather than copied. It follows the same conventions as the fast path (scipy's
 ``mirror`` boundary = torch's ``reflect``; region pixels outside the frame are left out; nearest centre
 wins when regions overlap, ties go to the lower LLR).
+
+It lives beside the tests (imported as ``likelihood_reference``, like ``ci_require``) because only
+they use it: the package ships the fast path alone.
 """
 
 from __future__ import annotations
