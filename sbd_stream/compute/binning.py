@@ -84,9 +84,16 @@ def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
     if k == 1:
         return x
     x = _pad_to_multiple(x, k)
-    b, h, w = x.shape
-    # two contiguous reductions (columns, then rows) are ~2x faster on CPU than one 5-D sum
-    return x.reshape(b, h, w // k, k).sum(3).reshape(b, h // k, k, w // k).sum(2)
+    # k strided adds per axis (columns, then rows): each a plain vectorised pass over memory. A
+    # reduction over a trailing axis of length k (``reshape(..., k).sum(-1)``) is ~10x slower on a CPU
+    # (a 1024^2 frame at k = 4: ~4 vs ~45 ms on 2 loaded cores). Sums of counts are exact in float32.
+    cols = x[..., 0::k] + x[..., 1::k]
+    for j in range(2, k):
+        cols += x[..., j::k]
+    rows = cols[:, 0::k] + cols[:, 1::k]
+    for j in range(2, k):
+        rows += cols[:, j::k]
+    return rows
 
 
 def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:

@@ -14,7 +14,14 @@ import torch
 
 from sbd_stream.compute.model import support_extent
 from sbd_stream.compute.normalisation import Normalisation
-from sbd_stream.compute.tiling import BlendWindow, TilePlan, fuse_tiles, plan_tiles, split_tiles
+from sbd_stream.compute.tiling import (
+    BlendWindow,
+    TilePlan,
+    fuse_tiles,
+    pad_frames,
+    plan_tiles,
+    split_tiles,
+)
 from sbd_stream.engines import Engine, EngineKind, load_engine
 
 log = logging.getLogger(__name__)
@@ -107,9 +114,26 @@ class Denoiser:
         d = dose or self.dose
         x = self.normalisation.to_input(frames.to(self.device, non_blocking=True), d)
         plan = self.plan(x.shape[1], x.shape[2])
-        tiles = split_tiles(x, plan)
-        step = self.engine.max_batch
-        out = torch.cat([self.engine.run(tiles[i : i + step]) for i in range(0, tiles.shape[0], step)])
-        fused = fuse_tiles(out.to(self.device), plan, x.shape[0])
+        if plan.tiles_per_frame == 1 and plan.margin == 0 and plan.overlap == 0:
+            fused = self._whole_frames(x, plan)
+        else:
+            tiles = split_tiles(x, plan)
+            fused = fuse_tiles(self._run(tiles), plan, x.shape[0])
         result = self.normalisation.to_counts(fused, d)
         return result[0] if single else result
+
+    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The engine over (N, 1, t, t) tiles in chunks of its largest batch (no copy for one chunk)."""
+        step = self.engine.max_batch
+        outs = [self.engine.run(tiles[i : i + step]) for i in range(0, tiles.shape[0], step)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).to(self.device)
+
+    def _whole_frames(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+        """One tile per frame without margin: the padded frame is the tile, the crop is the result.
+
+        The same numbers as split + overlap-add (the window is 1 everywhere, the weight sum 1), without
+        the window multiply, the fold and the weight division: ~15 ms per 256^2 frame on a loaded CPU.
+        """
+        out = self._run(pad_frames(x, plan).contiguous())
+        r0, c0 = plan.rows.pad_before, plan.cols.pad_before
+        return out[:, 0, r0 : r0 + plan.rows.length, c0 : c0 + plan.cols.length].to(torch.float32)
