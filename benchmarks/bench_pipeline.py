@@ -87,7 +87,7 @@ def efficiency(den: Denoiser, size: int, n: int, batch: int, tmp: Path) -> dict:
 
     def replay_fps(pub: bool) -> float:
         s = _settings(tmp, batch, publish={"enabled": pub})
-        _pipe, secs, fed = run_replay(s, den, tmp / "src" / f"eff{size}.h5")  # type: ignore[arg-type]
+        _pipe, secs, fed = run_replay(s, den, tmp / "src" / f"eff{size}.nxs")  # type: ignore[arg-type]
         return fed / secs
 
     bare_fps()  # warm-up (thread pools, tile plans)

@@ -86,7 +86,7 @@ def run(shape: tuple[int, int], dtype: str, n: int, compression: str, directory:
         rec.stop()
         rec.join()
         dt = time.perf_counter() - t0
-        size = sum(p.stat().st_size for p in d.glob("bench*.h5"))
+        size = sum(p.stat().st_size for p in d.glob("bench*.nxs"))
     finally:
         shutil.rmtree(d, ignore_errors=True)
     fps = n / dt

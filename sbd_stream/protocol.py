@@ -52,6 +52,15 @@ MAX_SIDE = 16384
 DEFAULT_MAX_PAYLOAD = 3838 * 3710 * 4
 MAX_ACQ_LEN = 256
 MAX_SEQ = 2**63 - 1
+TS_MIN = -62135596800.0  # 0001-01-01T00:00:00Z
+TS_MAX = 253402300799.0  # 9999-12-31T23:59:59Z
+"""``ts`` names a date (Unix seconds, UTC) in years 1 to 9999, the dates a recording can state.
+
+A number outside (``1e308``, nanoseconds sent as seconds) is refused as ``bad_ts`` at the edge:
+the recorder turns the first frame's ``ts`` into the ISO 8601 start of its acquisition, and the
+time axis into ``ts`` minus that start, which overflows for such numbers. Checked for every
+dialect (``check_ts``), so the sinks never see one.
+"""
 
 DTYPES: dict[str, np.dtype] = {
     "uint8": np.dtype("<u1"),
@@ -233,6 +242,11 @@ def _is_num(x: Any) -> bool:
     return (isinstance(x, int | float) and not isinstance(x, bool)) and math.isfinite(x)
 
 
+def ts_ok(ts: Any) -> bool:
+    """A finite number of Unix seconds between ``TS_MIN`` and ``TS_MAX`` (see there for why)."""
+    return _is_num(ts) and TS_MIN <= ts <= TS_MAX
+
+
 def finite_json(obj: Any, max_items: int = 100_000) -> bool:
     """True when a decoded JSON value holds no NaN / Infinity anywhere (iteratively: no recursion limit).
 
@@ -283,6 +297,8 @@ def _check_frame_header(h: FrameHeader, max_payload: int) -> None:
     _check_acq(h.acq)
     if not (0 <= h.seq <= MAX_SEQ):
         raise ProtocolError("bad_seq", str(h.seq))
+    if not ts_ok(h.ts):
+        raise ProtocolError("bad_ts", repr(h.ts)[:40])
     if h.dtype not in DTYPES:
         raise ProtocolError("bad_dtype", h.dtype)
     if len(h.shape) != 2 or not all(1 <= s <= MAX_SIDE for s in h.shape):
@@ -337,7 +353,7 @@ def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
         raise ProtocolError("bad_length", "series messages carry no payload")
     ts = obj.get("ts", 0.0)
     n = obj.get("n_frames")
-    if not _is_num(ts):
+    if not ts_ok(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
     meta = check_meta(obj.get("meta", {}))
     if n is not None and not (_is_int(n) and n >= 0):
@@ -373,7 +389,7 @@ def _frame_header(obj: dict[str, Any], max_payload: int) -> FrameHeader:
     if not _is_int(seq) or not (0 <= seq <= MAX_SEQ):
         raise ProtocolError("bad_seq", repr(seq)[:40])
     ts = obj.get("ts")
-    if not _is_num(ts):
+    if not ts_ok(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
     shape = obj.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):

@@ -2,11 +2,12 @@
 
 Every dataset of a recording lives in one ``NXentry`` (``/entry``); the frames of each kind are an
 ``NXdata`` group (``/entry/raw``, ``/entry/denoised``, ``/entry/llr``) whose signal is ``frames`` and
-whose axes are ``time`` (s since the acquisition's first frame), ``y`` and ``x`` (A, from the detector
-pixel size). The top-level ``/raw``, ``/denoised``, ``/llr`` of format ``sbd-recording/1`` are soft links
-to them, so every reader of the first layout goes on working. Everything here is created before the
-file switches to SWMR mode (SWMR can neither add objects nor attributes); the only thing that grows is
-``time``, appended per frame like ``seq`` and ``ts``. Layout tree: docs/service.md (Recording format).
+whose axes are ``frame`` (the row), ``y`` and ``x`` (A, from the detector pixel size), with ``time``
+(s since the acquisition's first frame) as an auxiliary axis. The top-level ``/raw``, ``/denoised``,
+``/llr`` of format ``sbd-recording/1`` are soft links to them, so every reader of the first layout
+goes on working. Everything here is created outside SWMR mode (SWMR can neither add objects nor
+attributes): the entry and ``raw`` with the file, a ``denoised`` / ``llr`` group by the writer when
+its first frame arrives (formats/recording.py). Layout tree: docs/service.md (Recording format).
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ FRAME_TIME_KEYS = ("frame_time", "frame_time_s")  # NXdetector/frame_time, s
 
 
 def iso(ts: float) -> str:
-    """Epoch seconds as ISO 8601 with time zone (NeXus NX_DATE_TIME)."""
+    """Epoch seconds as ISO 8601 with time zone (NeXus NX_DATE_TIME).
+
+    Raises OverflowError / ValueError outside years 1-9999; the edge refuses such ``ts``
+    (``protocol.TS_MIN``), and the writer creates a part atomically, so none is left half made.
+    """
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
@@ -78,11 +83,11 @@ def _axes(g: h5py.Group, shape: tuple[int, int], pixel_A: float | None) -> None:
         ds.attrs["long_name"] = f"{name} ({ds.attrs['units']})"
 
 
-def create_entry(f: h5py.File, kinds: list[str], shape: tuple[int, int], attrs: dict[str, Any]) -> h5py.Group:
-    """``/entry`` with its instrument and process groups and one empty NXdata group per kind.
+def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
+    """``/entry`` with its instrument and process groups; the NXdata groups come with :func:`add_data`.
 
-    Returns the entry; the caller creates ``frames``, ``seq``, ``ts``, ``complete`` in each
-    ``entry[kind]`` and then calls :func:`finish_data` and :func:`link_legacy`.
+    ``entry/@default`` names ``raw`` until a denoised group is added (a default naming a group
+    that is not there makes readers give up on the default).
     """
     f.attrs["NX_class"] = "NXroot"
     f.attrs["default"] = ENTRY
@@ -90,7 +95,7 @@ def create_entry(f: h5py.File, kinds: list[str], shape: tuple[int, int], attrs: 
     t0 = float(attrs.get("t0", attrs.get("created", 0.0)))
     entry = f.create_group(ENTRY)
     entry.attrs["NX_class"] = "NXentry"
-    entry.attrs["default"] = "denoised" if "denoised" in kinds else "raw"
+    entry.attrs["default"] = "raw"
     _text(entry, "title", str(attrs.get("acq", "")))
     _text(entry, "start_time", iso(t0))
     _text(entry, "program_name", "sbd-stream", version=__version__)
@@ -131,33 +136,51 @@ def create_entry(f: h5py.File, kinds: list[str], shape: tuple[int, int], attrs: 
         proc.create_dataset("binning", data=int(attrs["bin"]))
     if attrs.get("working_pixel_A"):
         _number(proc, "working_pixel_size", attrs["working_pixel_A"], "angstrom")
-
-    for kind in kinds:
-        g = entry.create_group(kind)
-        g.attrs["NX_class"] = "NXdata"
-        g.attrs["signal"] = "frames"
-        g.attrs["axes"] = np.array(["time", "y", "x"], dtype=h5py.string_dtype())
-        for i, ax in enumerate(("time", "y", "x")):
-            g.attrs[f"{ax}_indices"] = i
-        g.attrs["interpretation"] = "image"  # read on the group by RosettaSciIO, on the signal by silx
-        _axes(g, shape, pixel)
-        tm = g.create_dataset("time", shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.float64)
-        tm.attrs["units"] = "s"
-        tm.attrs["start"] = iso(t0)
-        tm.attrs["long_name"] = "time since the acquisition's first frame (s)"
     return entry
 
 
-def finish_data(entry: h5py.Group, kind: str) -> None:
-    """Attributes of the signal dataset (after the caller created ``frames``)."""
-    fr = entry[kind]["frames"]
+ROW_COLUMNS = (("frame", np.int64), ("time", np.float64), ("seq", np.int64), ("ts", np.float64))
+"""Per-row datasets of each NXdata group, appended with every frame; ``complete`` comes last."""
+
+
+def add_data(
+    f: h5py.File, kind: str, shape: tuple[int, int], dtype: Any, compression: dict[str, Any]
+) -> h5py.Group:
+    """The NXdata group ``/entry/<kind>`` with every dataset it will grow, and its ``/<kind>`` link.
+
+    Axes: ``frame`` (the row in this part: uniform, so every reader calibrates it, with units),
+    ``y`` and ``x`` in A. ``time`` (s since the acquisition's first frame) is an auxiliary axis of
+    the same dimension: a detector's clock is never uniform to HyperSpy's 1e-5, and RosettaSciIO
+    drops the units of an axis it finds irregular. Added when the first frame of ``kind`` arrives,
+    so a part never holds an empty group (an empty axis breaks RosettaSciIO's full read).
+    """
+    entry = f[ENTRY]
+    t0 = float(f.attrs.get("t0", 0.0))
+    g = entry.create_group(kind)
+    g.attrs["NX_class"] = "NXdata"
+    g.attrs["signal"] = "frames"
+    g.attrs["axes"] = np.array(["frame", "y", "x"], dtype=h5py.string_dtype())
+    for i, ax in enumerate(("frame", "y", "x")):
+        g.attrs[f"{ax}_indices"] = i
+    g.attrs["time_indices"] = 0
+    g.attrs["interpretation"] = "image"  # read on the group by RosettaSciIO, on the signal by silx
+    _axes(g, shape, f.attrs.get("pixel_size_A"))
+    fr = g.create_dataset(
+        "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dtype, **compression
+    )
     fr.attrs["interpretation"] = "image"
     fr.attrs["long_name"] = LONG_NAMES.get(kind, kind)
     if kind != "llr":
         fr.attrs["units"] = "counts"
-
-
-def link_legacy(f: h5py.File, kinds: list[str]) -> None:
-    """``/raw`` -> ``/entry/raw`` ... : the top-level names of format ``sbd-recording/1``."""
-    for kind in kinds:
-        f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")
+    for name, dt_ in (*ROW_COLUMNS, ("complete", np.uint8)):
+        g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt_)
+    g["frame"].attrs["units"] = "frame"
+    g["frame"].attrs["long_name"] = "frame (row in this file; seq: the detector's frame number)"
+    g["time"].attrs["units"] = "s"
+    g["time"].attrs["start"] = iso(t0)
+    g["time"].attrs["long_name"] = "time since the acquisition's first frame (s)"
+    g["ts"].attrs["units"] = "s"
+    f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")  # the top-level name of format sbd-recording/1
+    if kind == "denoised":
+        entry.attrs["default"] = "denoised"
+    return g

@@ -69,7 +69,10 @@ class AcqFile:
 
     Its raw ``shape`` and ``raw_dtype`` are fixed at creation: a frame of another shape or dtype goes
     to a new part (the recorder rolls), because writing it here would cast it (data altered) or
-    fail half-way through a row.
+    fail half-way through a row. A part is created whole or not at all: if laying it out fails, the
+    half-made file is removed, so a recording never holds a file without its raw datasets.
+    ``kinds`` are the kinds this part takes; ``n`` the rows of each kind present (a ``denoised`` or
+    ``llr`` group is added with its first frame, see :meth:`_add_kind`).
     """
 
     def __init__(
@@ -88,28 +91,23 @@ class AcqFile:
         self.raw_dtype = np.dtype(raw_dtype)
         self.last_used = time.monotonic()
         self.since_flush = 0
+        self.comp = _compression(s.compression)
+        self.kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
         if reopen:
             self._reopen(s)
             return
         self.f = h5py.File(path, "w-", libver="latest")  # never overwrite a recording
-        comp = _compression(s.compression)
-        kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
-        self.n: dict[str, int] = {}
+        try:
+            for k, v in attrs.items():
+                self.f.attrs[k] = v
+            nexus.create_entry(self.f, attrs)
+            nexus.add_data(self.f, "raw", shape, raw_dtype, self.comp)
+        except BaseException:
+            self.f.close()
+            path.unlink(missing_ok=True)
+            raise
+        self.n: dict[str, int] = {"raw": 0}
         self.t0 = float(attrs["t0"])
-        entry = nexus.create_entry(self.f, kinds, shape, attrs)
-        for kind in kinds:
-            g = entry[kind]
-            dt = raw_dtype if kind == "raw" else np.float32
-            g.create_dataset(
-                "frames", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape), dtype=dt, **comp
-            )
-            for name, dtype in (("seq", np.int64), ("ts", np.float64), ("complete", np.uint8)):
-                g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dtype)
-            nexus.finish_data(entry, kind)
-            self.n[kind] = 0
-        nexus.link_legacy(self.f, kinds)
-        for k, v in attrs.items():
-            self.f.attrs[k] = v
         self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
         self.f.swmr_mode = True
 
@@ -129,12 +127,31 @@ class AcqFile:
     def _reopen(self, s: RecordSettings) -> None:
         self.f = h5py.File(self.path, "r+", libver="latest")
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
+        if nexus.ENTRY not in self.f:  # the first layout had every group from the start
+            self.kinds = list(self.n)
         self.t0 = float(self.f.attrs.get("t0", 0.0))
         self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
         self.f.swmr_mode = True
 
+    def _add_kind(self, kind: str) -> None:
+        """Add the ``kind`` group with its first frame: SWMR cannot create objects, so leave it briefly.
+
+        The file is closed (complete, flushed), reopened without SWMR, the group created and SWMR
+        switched on again: once per kind and part. Creating every group up front left parts with
+        empty ``denoised`` / ``llr`` groups (after a roll, with denoising off), whose empty axes
+        stop RosettaSciIO's NeXus reader (``hs.load``) with an IndexError.
+        """
+        self.f.close()
+        self.f = h5py.File(self.path, "r+", libver="latest")
+        nexus.add_data(self.f, kind, self.shape, np.float32, self.comp)
+        self.f.flush()
+        self.f.swmr_mode = True
+        self.n[kind] = 0
+
     def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
         """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
+        if kind not in self.n:
+            self._add_kind(kind)
         g = self.f[kind]
         i = self.n[kind]
         fr = g["frames"]
@@ -142,8 +159,10 @@ class AcqFile:
         direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
         if not direct:
             fr[i] = data
-        columns = [("seq", seq), ("ts", ts)] + ([("time", ts - self.t0)] if "time" in g else [])
-        for name, val in columns:  # a recording made before the NeXus layout has no ``time``
+        columns = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts}
+        for name, val in columns.items():
+            if name not in g:  # a part made by an earlier layout: no ``time`` / ``frame``
+                continue
             g[name].resize(i + 1, axis=0)
             g[name][i] = val
         g["complete"].resize(i + 1, axis=0)
@@ -177,13 +196,17 @@ class AcqFile:
             log.warning("closing %s failed", self.path, exc_info=True)
 
 
-def free_path(directory: Path, stem: str, part: int) -> Path:
-    """``<stem>.h5`` / ``<stem>_0001.h5`` for part 1..., or a timestamped name if that exists."""
-    path = directory / (f"{stem}.h5" if part == 0 else f"{stem}_{part:04d}.h5")
+def free_path(directory: Path, stem: str, part: int, suffix: str = ".nxs") -> Path:
+    """``<stem>.nxs`` / ``<stem>_0001.nxs`` for part 1..., or a timestamped name if that exists.
+
+    ``suffix`` is ``record.suffix``: ``.nxs`` by default, because generic readers pick their reader by
+    the name (HyperSpy offers four others for ``.h5`` and stops; its NeXus reader takes ``.nxs``).
+    """
+    path = directory / (f"{stem}{suffix}" if part == 0 else f"{stem}_{part:04d}{suffix}")
     k = 0
     while path.exists():  # an earlier run, or a part number forgotten with its acquisition
         k += 1
-        path = directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{k}.h5"
+        path = directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{k}{suffix}"
     return path
 
 
@@ -192,12 +215,12 @@ SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
 
 
 def recording_parts(path: Path) -> list[Path]:
-    """The file and its rolled continuations (``name_0001.h5`` ...), in order."""
+    """The file and its rolled continuations (``name_0001.nxs`` ..., same ending), in order."""
     path = Path(path)
     parts = [path]
     stem = re.sub(r"_\d{4}$", "", path.stem)
     i = 1
-    while (nxt := path.with_name(f"{stem}_{i:04d}.h5")).exists():
+    while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():
         if nxt != path:
             parts.append(nxt)
         i += 1

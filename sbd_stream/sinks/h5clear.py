@@ -97,7 +97,7 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m sbd_stream.sinks.h5clear FILE.h5 ...", file=sys.stderr)
+        print("usage: python -m sbd_stream.sinks.h5clear RECORDING.nxs ...", file=sys.stderr)
         return 2
     for p in argv:
         print(f"{p}: {'flags cleared' if clear_status_flags(p) else 'no flags set'}")

@@ -11,9 +11,11 @@ switched on, as SWMR requires (the file itself: ``formats/recording.py``).
 What this thread decides, and why:
 
 * a raw frame whose shape or dtype differs from its acquisition's open file goes to a new part
-  (``<acq>_0001.h5``, ...; ``sbd_record_rolls_total{reason="shape"|"dtype"}``): writing it into the old
-  dataset would cast it (70000.5 stored as 65535) or fail half-way through a row. The old part stays
-  open for the denoised frames still on their way, until the acquisition ends or idles;
+  (``<acq>_0001.nxs``, ...; ``sbd_record_rolls_total{reason="shape"|"dtype"}``): writing it into the
+  old dataset would cast it (70000.5 stored as 65535) or fail half-way through a row. The old part
+  (also after a size roll) stays open for the outputs still on their way: each denoised frame and
+  likelihood map goes to the part holding its raw frame, found by (acq, seq), not by shape (a dtype
+  roll keeps the shape; sent back to back, frame 1's output landed in the next part);
 * files are bounded: one idle for ``idle_close_s`` is closed, and at most ``max_open_files`` are open
   (the least recently used closes first), both counted in ``sbd_record_files_closed_total``. A
   detector that never sends ``series_end`` no longer holds hundreds of files (and their caches) open;
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 CONTROL = ("series_start", "series_end")
 REMEMBER_ACQS = 4096  # part numbers and series metadata kept for this many recent acquisitions
 PARTS_KEPT = 64  # closed parts per acquisition that late outputs may still be appended to
+RAW_ROWS_KEPT = 16384  # (acq, seq) -> part of the latest raw frames: 400 s at 40 Hz of output latency
 
 
 @dataclass
@@ -120,6 +123,7 @@ class Recorder(BackgroundWorker):
         self.failed: _Recent = _Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: _Recent = _Recent()
         self.t0: _Recent = _Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
+        self.raw_part: _Recent = _Recent(RAW_ROWS_KEPT)  # (acq, seq) -> the part its raw frame is in
         self._next_idle_check = 0.0
         # raw frames being compressed off this thread, in queue order (``_handle``)
         self._pool: ThreadPoolExecutor | None = None
@@ -247,11 +251,13 @@ class Recorder(BackgroundWorker):
                 self.metrics.record_dropped.inc()
                 log.warning("%s %s of %s: no recording part to add it to", item.kind, item.seq, item.acq)
                 return
-            if item.kind not in af.n:  # record_denoised / record_llr off
+            if item.kind not in af.kinds:  # record_denoised / record_llr off
                 return
             chunk = item.chunk if item.chunk is not None else compressed
             if af.append(item.kind, item.seq, item.ts, item.data, chunk) and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
+            if item.kind == "raw":
+                self.raw_part[(item.acq, item.seq)] = af.path
             if af.since_flush >= self.s.flush_every:
                 af.flush()
                 if os.path.getsize(af.path) >= self.s.max_file_bytes and self.files.get(item.acq) is af:
@@ -289,19 +295,21 @@ class Recorder(BackgroundWorker):
                     self.t0[item.acq] = item.ts
                 return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
             return af
-        for cand in (af, self.previous.get(item.acq)):  # outputs: the part holding their raw frame's shape
-            if cand is not None and cand.shape == shape:
+        # outputs: the part holding their raw frame (by shape only when that frame is forgotten)
+        path = self.raw_part.get((item.acq, item.seq))
+        for cand in (af, self.previous.get(item.acq)):
+            if cand is not None and (cand.path == path if path is not None else cand.shape == shape):
                 return cand
-        return self._reopen_for(item.acq, shape)  # type: ignore[arg-type]
+        return self._reopen_for(item.acq, shape, path)  # type: ignore[arg-type]
 
-    def _reopen_for(self, acq: str, shape: tuple[int, int]) -> AcqFile | None:
-        """The most recent closed part of ``acq`` with this shape, opened again for a late output.
+    def _reopen_for(self, acq: str, shape: tuple[int, int], want: Path | None = None) -> AcqFile | None:
+        """The closed part ``want`` (or the latest of this shape) of ``acq``, opened again for a late output.
 
         Outputs trail their raw frames by the denoising latency; a part closed in between (idle, too
         many files open, a new series_start) must not lose them. None if there is no such part.
         """
         for path, part_shape in reversed(self.closed_parts.get(acq, [])):
-            if part_shape != shape or not path.exists():
+            if (path != want if want is not None else part_shape != shape) or not path.exists():
                 continue
             self._make_room()
             af = AcqFile.reopen(path, self.s)
@@ -321,7 +329,7 @@ class Recorder(BackgroundWorker):
     def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
         self._make_room()
         paths = self.paths.get(acq) or []
-        path = free_path(self.directory, safe_name(acq), len(paths))
+        path = free_path(self.directory, safe_name(acq), len(paths), self.s.suffix)
         attrs = {
             "format": FORMAT,
             "acq": acq,
@@ -348,21 +356,19 @@ class Recorder(BackgroundWorker):
             self._close_file(acq, af, "max_open")
 
     def _roll(self, acq: str, reason: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
-        """Continue ``acq`` in a new part; on a new format the old part stays open for late outputs."""
+        """Continue ``acq`` in a new part; the old part stays open for the outputs still on their way."""
         self.metrics.record_rolls.labels(reason=reason).inc()
         old = self.files.pop(acq)
-        if reason == "size":
-            self._shut(old)
-        else:
+        if reason != "size":
             log.warning(
                 "%s: frame %s changed from %s %s to %s %s; continuing in a new file",
                 acq, reason, old.shape, old.raw_dtype, shape, np.dtype(dtype),
             )  # fmt: skip
-            before = self.previous.pop(acq, None)
-            if before is not None:
-                self._shut(before)
-            old.flush()
-            self.previous[acq] = old
+        before = self.previous.pop(acq, None)
+        if before is not None:
+            self._shut(before)
+        old.flush()
+        self.previous[acq] = old
         return self._open(acq, shape, dtype)
 
     def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:

@@ -9,7 +9,8 @@ tested by feeding it parts directly.
 What every dialect counts the same way (``frames_received``, the decode latency, series messages,
 malformed reasons) goes through ``Emitter``, so the counters mean the same whichever detector is on.
 It is also the last check at the edge for every dialect: ``meta`` holding NaN / Infinity (a DECTRIS
-configuration with ``1e400`` in it, say) is refused as ``bad_meta`` here, so no sink ever sees it.
+configuration with ``1e400`` in it, say) is refused as ``bad_meta`` here, and a ``ts`` naming no date
+(``protocol.TS_MIN`` .. ``TS_MAX``) as ``bad_ts``, so no sink ever sees either.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 from sbd_stream.config import InputSocket
 from sbd_stream.frames import Frame, FrameHandler, SeriesHandler
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import ProtocolError, SeriesMessage, finite_json
+from sbd_stream.protocol import ProtocolError, SeriesMessage, finite_json, ts_ok
 
 __all__ = ["Dialect", "Emitter", "SocketSpec"]
 
@@ -69,13 +70,17 @@ class Emitter:
         if not finite_json(frame.header.meta):  # every dialect: its outputs must stay sendable
             m.frames_malformed.labels(reason="bad_meta").inc()
             return
+        if not ts_ok(frame.header.ts):  # a date the recording can state (wire v1 checks it in decode)
+            m.frames_malformed.labels(reason="bad_ts").inc()
+            return
         m.frames_received.inc()
         m.stage_latency.labels(stage="decode").observe(time.perf_counter() - frame.t_recv)
         self.on_frame(frame)
 
     def series(self, msg: SeriesMessage) -> None:
-        if not finite_json(msg.header.meta):
-            self.metrics.frames_malformed.labels(reason="bad_meta").inc()
+        if not finite_json(msg.header.meta) or not ts_ok(msg.header.ts):
+            reason = "bad_meta" if not finite_json(msg.header.meta) else "bad_ts"
+            self.metrics.frames_malformed.labels(reason=reason).inc()
             return
         self.metrics.series.labels(topic=msg.topic.decode()).inc()
         if self.on_series is not None:

@@ -31,7 +31,7 @@ def _record(directory: Path, n: int = 8, **settings) -> Path:
         rec.write(RecordItem("raw", "acq", q, 100.0 + 0.025 * q, _frame(q)))
         rec.write(RecordItem("denoised", "acq", q, 100.0 + 0.025 * q, _frame(q).astype(np.float32) / 3))
     rec.close_all()
-    return directory / "acq.h5"
+    return directory / "acq.nxs"
 
 
 def _export(*args: str) -> dict:
@@ -84,7 +84,7 @@ def test_mrc_keeps_frames_and_voxel_size(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_npy_with_sidecar_across_rolled_parts(tmp_path: Path) -> None:
     rec = _record(tmp_path, n=10, max_file_bytes=2_000, compression="none")
-    assert len(list(tmp_path.glob("acq*.h5"))) >= 2
+    assert len(list(tmp_path.glob("acq*.nxs"))) >= 2
     out = tmp_path / "d.npy"
     summary = _export(str(rec), "--to", "npy", "--out", str(out))
     np.testing.assert_array_equal(np.load(out), _expected("denoised", 10))

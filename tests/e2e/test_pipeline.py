@@ -45,7 +45,7 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
     for r in den[:8:3]:
         ref = denoiser.denoise(torch.from_numpy(emu.sent[r.seq].astype(np.float32))[None])[0].numpy()
         np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-4)
-    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
         np.testing.assert_array_equal(f["raw/seq"][:], np.arange(40))
         for q in range(40):
             np.testing.assert_array_equal(f["raw/frames"][q], emu.sent[q])
@@ -110,11 +110,11 @@ def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoi
     rec.close_all()
     s2 = make_settings(tmp_path, "tcp://127.0.0.1:1")
     s2.publish.enabled = False
-    pipe, secs, n = run_replay(s2, denoiser, tmp_path / "src" / "orig.h5", realtime=True)
+    pipe, secs, n = run_replay(s2, denoiser, tmp_path / "src" / "orig.nxs", realtime=True)
     assert n == 10 and secs >= 9 * 0.025  # paced at the recorded rate
     assert pipe.metrics.value("sbd_frames_denoised_total") == 10
     assert pipe.metrics.value("sbd_frames_received_total") == 10
-    with open_recording(tmp_path / "rec" / "orig.h5") as f:
+    with open_recording(tmp_path / "rec" / "orig.nxs") as f:
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(100, 110))
         ref = denoiser.denoise(torch.from_numpy(np.stack(frames).astype(np.float32))).numpy()
         np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1e-4, atol=1e-4)
@@ -220,7 +220,7 @@ def test_binning_service_outputs_frames_at_the_detector_sampling(
         ref = unbin(den_w, 4, shape, pipe.stage.upsample)[0].numpy()
         np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-5)
     assert all(r.data.shape == shape for r in llr)
-    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
         assert f["denoised/frames"].shape[1:] == shape
         assert f.attrs["bin"] == 4 and f.attrs["working_pixel_A"] == pytest.approx(0.24)
         assert f.attrs["pixel_size_A"] == pytest.approx(0.060)

@@ -70,7 +70,7 @@ def test_serve_drains_and_closes_on_signal(
     assert summary["frames_received"] == 30 and summary["frames_denoised"] == 30
     assert [w["worker"] for w in summary["workers"]] == list(range(workers))
     assert sum(w["frames"] for w in summary["workers"]) == 30
-    with open_recording(tmp_path / f"{emu.cfg.acq}.h5") as f:
+    with open_recording(tmp_path / f"{emu.cfg.acq}.nxs") as f:
         assert len(f["raw/complete"]) == 30 and len(f["denoised/complete"]) == 30
         np.testing.assert_array_equal(f["raw/frames"][29], emu.sent[29])
 

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from sbd_stream.protocol import ProtocolError, decode, encode_frame, encode_series
+from sbd_stream.protocol import (
+    MAX_ACQ_LEN,
+    TS_MAX,
+    TS_MIN,
+    ProtocolError,
+    decode,
+    encode_frame,
+    encode_series,
+)
 from sbd_stream.sources.dectris.messages import StreamV1Decoder
 from sbd_stream.sources.dectris.sim import v1_detector_config, v1_end, v1_frame, v1_header
 from sbd_stream.sources.receiver import max_message_bytes
@@ -24,6 +32,9 @@ from sbd_stream.sources.receiver import max_message_bytes
 MAX_PAYLOAD = 64 * 64 * 4  # small, so that an oversized part is cheap to send
 SHAPES = ((16, 16), (24, 32), (32, 24), (40, 40))
 HUGE = b"\0" * (max_message_bytes(MAX_PAYLOAD) + 1)  # one part over the input socket's MAXMSGSIZE
+# extreme but valid header values: accepted, published as sent, recorded as sent and readable
+EXTREME_TS = (0.0, -1.5, -1.0e9, TS_MIN, TS_MAX)  # 1e308 and -1e308 are refused (bad_ts): no date
+EXTREME_EXPOSURE = (0.0, 1e-9, 1e9)
 
 
 @dataclass
@@ -33,6 +44,8 @@ class Oracle:
     duplicates: int = 0
     stale: int = 0
     nonfinite: dict[tuple[str, int], int] = field(default_factory=dict)
+    headers: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)  # (ts, exposure_s)
+    extremes: int = 0  # valid frames or names at an extreme value
     big_meta: set[tuple[str, int]] = field(default_factory=set)
     format_changes: int = 0
     acquisitions: int = 0
@@ -81,6 +94,7 @@ class WireFuzz:
         self.last: list[Any] | None = None
         self.shape: tuple[int, int] = SHAPES[0]
         self.dtype = "uint16"
+        self.ts, self.exposure = 0.0, 0.025
 
     # --- valid -----------------------------------------------------------------------------------
     def _new_acq(self, start: bool) -> list[Send]:
@@ -88,6 +102,13 @@ class WireFuzz:
         self.n_acq += 1
         self.o.acquisitions += 1
         self.acq = f"w{self.n_acq:05d}" + (" é/x" if r.random() < 0.1 else "")
+        x = r.random()
+        if x < 0.05:  # at the length limit; file names keep 120 characters, so these collide there
+            self.acq = "L" * (MAX_ACQ_LEN - 6) + f"{self.n_acq:06d}"
+            self.o.extremes += 1
+        elif x < 0.08:
+            self.acq = (f"w{self.n_acq:05d}" + "é/" * MAX_ACQ_LEN)[:MAX_ACQ_LEN]
+            self.o.extremes += 1
         self.seq, self.last = 0, None
         self.shape = SHAPES[int(r.integers(len(SHAPES)))]
         self.dtype = str(r.choice(["uint16", "uint16", "uint8", "uint32", "float32", "float16"]))
@@ -108,6 +129,14 @@ class WireFuzz:
             self.o.format_changes += 1
         arr = _pixels(r, self.shape, self.dtype)
         key = (self.acq, self.seq)
+        self.ts, self.exposure = 1000.0 + self.seq, 0.025
+        if r.random() < 0.1:
+            self.ts = float(EXTREME_TS[int(r.integers(len(EXTREME_TS)))])
+            self.o.extremes += 1
+        if r.random() < 0.1:
+            self.exposure = float(EXTREME_EXPOSURE[int(r.integers(len(EXTREME_EXPOSURE)))])
+            self.o.extremes += 1
+        self.o.headers[key] = (self.ts, self.exposure)
         meta: dict[str, Any] = {"i": self.seq, "nested": {"a": [1.5, None, True, "é"]}, "big": 2**70}
         if r.random() < 0.015:  # fits the 64 KiB input header, but not once the engine id is added
             meta = {"pad": ""}
@@ -125,7 +154,7 @@ class WireFuzz:
         return [Send(parts, frame=key)]
 
     def _encode(self, arr: np.ndarray, meta: dict[str, Any]) -> list[Any]:
-        return encode_frame(arr, self.acq, self.seq, 1000.0 + self.seq, exposure_s=0.025, meta=meta)
+        return encode_frame(arr, self.acq, self.seq, self.ts, exposure_s=self.exposure, meta=meta)
 
     # --- invalid ---------------------------------------------------------------------------------
     def _hdr(self, **kw: Any) -> dict[str, Any]:
@@ -176,6 +205,11 @@ class WireFuzz:
             fr("bad_seq", seq=2**64),
             fr("bad_ts", ts="now"),
             fr("bad_ts", ts=float("nan")),
+            fr("bad_ts", ts=1e308),  # a number, but no date a recording can state
+            fr("bad_ts", ts=-1e308),
+            fr("bad_ts", ts=TS_MAX + 1),
+            ser("bad_ts", ts=1e308),
+            fr("bad_acq", acq="a" * (MAX_ACQ_LEN + 1)),
             fr("bad_shape", shape=[0, 5]),
             fr("bad_shape", shape=[20000, 2]),
             fr("bad_dtype", dtype="float64"),

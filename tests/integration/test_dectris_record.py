@@ -74,7 +74,7 @@ def test_pipeline_records_detector_chunks_without_recompressing(
     assert m.value("sbd_frames_received_total") == n
     assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == n
     assert direct(m) == n and m.value("sbd_record_dropped_total") == 0
-    (path,) = sorted((tmp_path / "rec").glob("*.h5"))
+    (path,) = sorted((tmp_path / "rec").glob("*.nxs"))
     with open_recording(path) as f:
         raw = f["raw/frames"]
         assert raw.shape == (n, *SHAPE) and raw.dtype == np.uint16
@@ -110,7 +110,7 @@ def test_direct_chunks_read_back_equal_for_every_block_size(tmp_path: Path, dtyp
     items = [RecordItem("raw", "a", i, 0.0, data[i], chunk=c) for i, c in enumerate(chunks)]
     m = _record(tmp_path, items)
     assert direct(m) == 3
-    with open_recording(tmp_path / "a.h5") as f:
+    with open_recording(tmp_path / "a.nxs") as f:
         np.testing.assert_array_equal(f["raw/frames"][:], np.stack(data))
 
 
@@ -129,20 +129,20 @@ def test_mismatches_fall_back_to_recompressing_and_lose_nothing(tmp_path: Path) 
     m = _record(tmp_path / "bs", items)
     assert direct(m) == 1 and m.value("sbd_frames_recorded_total", {"kind": "raw"}) == 5
     assert m.value("sbd_record_dropped_total") == 0
-    with open_recording(tmp_path / "bs" / "a.h5") as f:
+    with open_recording(tmp_path / "bs" / "a.nxs") as f:
         np.testing.assert_array_equal(f["raw/frames"][:], np.stack(data))
     # a frame of another dtype than the acquisition's dataset is never cast into it: the recording
     # rolls to a new part of that dtype, where its chunk fits and is stored as it came
     odd = frames(1, 8, np.uint8)[0]
     m = _record(tmp_path / "dt", [items[0], RecordItem("raw", "a", 1, 0.0, odd, chunk=compress_framed(odd))])
     assert direct(m) == 2 and m.value("sbd_record_rolls_total", {"reason": "dtype"}) == 1
-    with open_recording(tmp_path / "dt" / "a.h5") as f:
+    with open_recording(tmp_path / "dt" / "a.nxs") as f:
         assert f["raw/frames"].dtype == np.uint16 and len(f["raw/complete"]) == 1
-    with open_recording(tmp_path / "dt" / "a_0001.h5") as f:
+    with open_recording(tmp_path / "dt" / "a_0001.nxs") as f:
         assert f["raw/frames"].dtype == np.uint8
         np.testing.assert_array_equal(f["raw/frames"][0], odd)
     # gzip datasets: the chunk is ignored, the frame recompressed
     m = _record(tmp_path / "gz", [RecordItem("raw", "a", 0, 0.0, data[0], chunk=good)], "gzip")
     assert direct(m) == 0
-    with open_recording(tmp_path / "gz" / "a.h5") as f:
+    with open_recording(tmp_path / "gz" / "a.nxs") as f:
         np.testing.assert_array_equal(f["raw/frames"][0], data[0])

@@ -167,7 +167,7 @@ def test_simulated_series_received_denoised_recorded_and_resumed_after_restart(
         pipe.stop()
     assert m.value("sbd_frames_received_total") == 2 * N
     assert m.value("sbd_frames_missing_total") == 0 and m.value("sbd_dectris_stale_messages_total") == 0
-    files = sorted((tmp_path / "rec").glob("dectris-34*.h5"))
+    files = sorted((tmp_path / "rec").glob("dectris-34*.nxs"))
     assert len(files) == 2, files  # the repeated series id gets a second file, never an overwrite
     for path in files:
         with open_recording(path) as f:

@@ -39,7 +39,7 @@ def test_layout_attributes_and_round_trip(tmp_path: Path) -> None:
             rec.write(RecordItem("denoised", "run/1", s, 100.0 + s, _counts(s).astype(np.float32) / 2))
             rec.write(RecordItem("llr", "run/1", s, 100.0 + s, np.full((64, 48), s, np.float32)))
     rec.write(RecordItem("series_end", "run/1"))
-    path = tmp_path / "run_1.h5"  # acquisition ids are made safe for file names
+    path = tmp_path / "run_1.nxs"  # acquisition ids are made safe for file names
     with open_recording(path) as f:
         assert f.attrs["format"] == "sbd-recording/1" and f.attrs["acq"] == "run/1"
         assert json.loads(f.attrs["engine_card"]) == {"name": "tiny"}
@@ -59,7 +59,7 @@ def test_layout_attributes_and_round_trip(tmp_path: Path) -> None:
     # a second acquisition with the same id never overwrites the first file
     rec.write(RecordItem("raw", "run/1", 0, 0.0, _counts(0)))
     rec.close_all()
-    assert len(list(tmp_path.glob("run_1*.h5"))) == 2
+    assert len(list(tmp_path.glob("run_1*.nxs"))) == 2
 
 
 @pytest.mark.timeout(60)
@@ -70,18 +70,34 @@ def test_rolls_at_size_limit_and_replay_reads_all_parts(tmp_path: Path) -> None:
     for q in range(12):
         rec.write(RecordItem("raw", "acq", q, float(q), _counts(q)))
     rec.close_all()
-    parts = recording_parts(tmp_path / "acq.h5")
-    assert len(parts) >= 3 and parts[1].name == "acq_0001.h5"
-    got = list(iter_recorded(tmp_path / "acq.h5"))
+    parts = recording_parts(tmp_path / "acq.nxs")
+    assert len(parts) >= 3 and parts[1].name == "acq_0001.nxs"
+    got = list(iter_recorded(tmp_path / "acq.nxs"))
     assert [g[1] for g in got] == list(range(12))
     np.testing.assert_array_equal(got[7][3], _counts(7))
+
+
+@pytest.mark.timeout(60)
+def test_record_suffix_h5_keeps_the_older_name_and_its_parts_are_found(tmp_path: Path) -> None:
+    """``record.suffix = ".h5"``: every part ends so, and the readers (replay, export) find them all."""
+    s = RecordSettings(directory=tmp_path, max_file_bytes=40_000, compression="none", suffix=".h5")
+    rec = Recorder(s, Metrics())
+    for q in range(6):
+        rec.write(RecordItem("raw", "acq", q, float(q), _counts(q)))
+    rec.close_all()
+    assert {p.suffix for p in tmp_path.iterdir()} == {".h5"}
+    parts = recording_parts(tmp_path / "acq.h5")
+    assert len(parts) >= 2 and parts[1].name == "acq_0001.h5"
+    assert [g[1] for g in iter_recorded(tmp_path / "acq.h5")] == list(range(6))
+    with pytest.raises(ValueError, match="suffix"):
+        RecordSettings(suffix=".hdf5")
 
 
 @pytest.mark.timeout(60)
 def test_live_reader_follows_swmr_writer(tmp_path: Path) -> None:
     rec = Recorder(RecordSettings(directory=tmp_path), Metrics())
     rec.write(RecordItem("raw", "live", 0, 0.0, _counts(0)))
-    with open_recording(tmp_path / "live.h5") as f:
+    with open_recording(tmp_path / "live.nxs") as f:
         d = f["raw/complete"]
         assert len(d) == 1
         for s in range(1, 4):
@@ -126,7 +142,7 @@ def test_sigkilled_writer_leaves_a_readable_file(tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    with open_recording(tmp_path / "killed.h5") as f:
+    with open_recording(tmp_path / "killed.nxs") as f:
         n = len(f["raw/complete"])
         assert n >= done + 1  # every frame reported written (flushed) is there
         for s in range(n):
@@ -170,5 +186,5 @@ def test_full_disk_is_counted_and_survived(tiny_fs: Path, tmp_path: Path) -> Non
     recorded = m.value("sbd_frames_recorded_total", {"kind": "raw"})
     assert 0 < recorded < 80 + 3
     assert m.value("sbd_record_dropped_total") >= 80 - (recorded - 3)
-    with h5py.File(tmp_path / "after.h5", "r") as f:
+    with h5py.File(tmp_path / "after.nxs", "r") as f:
         assert f["raw/frames"].shape[0] == 3

@@ -58,7 +58,7 @@ def test_pool_frames_read_back_pixel_equal_in_order(tmp_path: Path, dtype: str, 
     monkeypatch.setattr(recorder_mod, "compress_framed", spy)
     m = _record(tmp_path, dtype, threads=3)
     assert len(compressed) == 40 and all(n.startswith("sbd-compress") for n in compressed)  # raw frames only
-    with h5py.File(tmp_path / "acq.h5", "r") as f:
+    with h5py.File(tmp_path / "acq.nxs", "r") as f:
         raw = f["raw/frames"]
         assert raw.dtype == np.dtype(dtype) and raw.shape == (40, *SHAPE) and raw.chunks == (1, *SHAPE)
         plist = raw.id.get_create_plist()
@@ -84,8 +84,8 @@ def test_pool_writes_the_chunks_the_filter_writes(tmp_path: Path, dtype: str) ->
     _record(tmp_path / "pool", dtype, threads=2, n=8)
     _record(tmp_path / "filter", dtype, threads=0, n=8)
     with (
-        h5py.File(tmp_path / "pool" / "acq.h5", "r") as a,
-        h5py.File(tmp_path / "filter" / "acq.h5", "r") as b,
+        h5py.File(tmp_path / "pool" / "acq.nxs", "r") as a,
+        h5py.File(tmp_path / "filter" / "acq.nxs", "r") as b,
     ):
         assert a["raw/frames"].id.get_create_plist().get_filter(0) == b[
             "raw/frames"
@@ -104,7 +104,7 @@ def test_failed_compression_falls_back_to_the_filter(tmp_path: Path, monkeypatch
     monkeypatch.setattr(recorder_mod, "compress_framed", broken)
     with caplog.at_level(logging.WARNING, logger="sbd_stream.sinks.recorder"):
         m = _record(tmp_path, "uint16", threads=2, n=5)
-    with h5py.File(tmp_path / "acq.h5", "r") as f:
+    with h5py.File(tmp_path / "acq.nxs", "r") as f:
         for i in range(5):
             np.testing.assert_array_equal(f["raw/frames"][i], _frame(i, "uint16"))
     assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == 5

@@ -1,4 +1,10 @@
-"""Recordings are NeXus: HyperSpy (RosettaSciIO) and silx open them with calibrated axes (issue #17)."""
+"""Recordings are NeXus: HyperSpy (RosettaSciIO) and silx open them with calibrated axes.
+
+Plain ``hs.load(path)`` and ``hs.load(path, reader="NeXus")`` are checked too, with no keyword: the
+``.nxs`` name picks the NeXus reader, no NXdata group is ever empty (an empty axis stopped its full
+read), and every axis comes back with units (the per-part ``frame`` axis is uniform, so the reader
+keeps its units; the irregular ``time`` axis lost them).
+"""
 
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ def _record(directory: Path, n: int = 6, **settings) -> Path:
         rec.write(RecordItem("denoised", "run/7", q, ts, _frame(q).astype(np.float32) / 2))
         rec.write(RecordItem("llr", "run/7", q, ts, np.full(SHAPE, q, np.float32)))
     rec.write(RecordItem("series_end", "run/7"))
-    return directory / "run_7.h5"
+    return directory / "run_7.nxs"
 
 
 @pytest.mark.timeout(60)
@@ -65,13 +71,14 @@ def test_nexus_layout_groups_links_and_attributes(tmp_path: Path) -> None:
         for kind in ("raw", "denoised", "llr"):
             g = entry[kind]
             assert g.attrs["NX_class"] == "NXdata" and g.attrs["signal"] == "frames"
-            assert list(g.attrs["axes"]) == ["time", "y", "x"]
+            assert list(g.attrs["axes"]) == ["frame", "y", "x"] and g.attrs["time_indices"] == 0
             assert g["frames"].shape == (6, *SHAPE)
             assert f.get(kind, getlink=True).path == f"/entry/{kind}"  # the sbd-recording/1 names
             assert f[f"{kind}/frames"] == g["frames"]
             np.testing.assert_allclose(g["y"][:], np.arange(SHAPE[0]) * PIXEL_A)
             np.testing.assert_allclose(g["x"][:], np.arange(SHAPE[1]) * PIXEL_A)
             assert g["x"].attrs["units"] == "angstrom" and g["time"].attrs["units"] == "s"
+            assert g["frame"].attrs["units"] == "frame" and list(g["frame"][:]) == list(range(6))
             np.testing.assert_array_equal(g["seq"][:], np.arange(6))  # frame numbers stay per frame
             np.testing.assert_allclose(g["time"][:], g["ts"][:] - 5000.0)
         det = entry["instrument/detector"]
@@ -98,7 +105,7 @@ def test_nexus_layout_groups_links_and_attributes(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_time_axis_continues_across_rolled_parts(tmp_path: Path) -> None:
     _record(tmp_path, n=12, max_file_bytes=2_000, compression="none", record_llr=False)
-    parts = sorted(tmp_path.glob("run_7*.h5"))
+    parts = sorted(tmp_path.glob("run_7*.nxs"))
     assert len(parts) >= 2
     times = []
     for p in parts:
@@ -143,6 +150,27 @@ def _silx_nxdata():
     return silx.io, silx.io.nxdata
 
 
+def _units(ax: Any) -> bool:
+    return isinstance(ax.units, str) and ax.units not in ("", "<undefined>")
+
+
+def _check_plain_load(path: Path, n: int, pixel_A: float, kinds=("raw", "denoised")) -> None:
+    """``hs.load(path)``, ``hs.load(path, reader="NeXus")``, no keyword: every kind, every axis with units."""
+    hs = _hyperspy()
+    for kw in ({}, {"reader": "NeXus"}):
+        got = hs.load(path, **kw)
+        signals = got if isinstance(got, list) else [got]
+        stacks = {s.metadata.General.title: s for s in signals if s.data.ndim == 3}
+        assert set(stacks) == set(kinds), (kw, sorted(stacks))
+        for s in signals:  # the frames, and the per-row datasets RosettaSciIO also turns into signals
+            assert all(_units(ax) for ax in s.axes_manager._axes), (kw, s.metadata.General.title)
+        for s in stacks.values():
+            (nav,) = s.axes_manager.navigation_axes
+            assert nav.units == "frame" and nav.size == n and nav.scale == 1
+            assert [ax.units for ax in s.axes_manager.signal_axes] == ["angstrom", "angstrom"]
+            assert [ax.scale for ax in s.axes_manager.signal_axes] == pytest.approx([pixel_A, pixel_A])
+
+
 def _check_hyperspy(path: Path, n: int, pixel_A: float, raw_dtype=np.uint16) -> Any:
     hs = _hyperspy()
     s = hs.load(path, file_format="nexus", use_default=True)  # the entry's default: denoised
@@ -163,7 +191,9 @@ def _check_silx(path: Path, n: int, pixel_A: float, kinds=("raw", "llr")) -> Non
         d = nx.get_default(f)
         assert d is not None and d.is_valid and d.interpretation == "image"
         assert d.signal.shape[0] == n
-        time_ax, y_ax, x_ax = d.axes
+        frame_ax, y_ax, x_ax = d.axes
+        assert len(frame_ax) == n and frame_ax.attrs["units"] == "frame"
+        time_ax = d.group["time"]  # auxiliary axis of the same dimension (time_indices = 0)
         assert len(time_ax) == n and time_ax.attrs["units"] == "s"
         for ax in (y_ax, x_ax):
             assert ax.attrs["units"] == "angstrom"
@@ -176,9 +206,28 @@ def _check_silx(path: Path, n: int, pixel_A: float, kinds=("raw", "llr")) -> Non
 def test_hyperspy_opens_a_recording_with_calibrated_axes(tmp_path: Path) -> None:
     path = _record(tmp_path)
     s = _check_hyperspy(path, 6, PIXEL_A)
-    nav = s.axes_manager.navigation_axes[0]  # outputs exactly at 40 Hz: a uniform time axis
-    assert nav.units == "s" and nav.scale == pytest.approx(0.025)
+    nav = s.axes_manager.navigation_axes[0]  # the row axis: uniform whatever the detector's clock did
+    assert nav.units == "frame" and nav.scale == 1
     np.testing.assert_array_equal(s.data[3], _frame(3).astype(np.float32) / 2)
+    _check_plain_load(path, 6, PIXEL_A, kinds=("raw", "denoised", "llr"))
+
+
+@pytest.mark.timeout(120)
+def test_parts_hold_no_empty_group_and_plain_hs_load_reads_each(tmp_path: Path) -> None:
+    """A dtype roll: the first part gets one raw row and no output; neither part has an empty group."""
+    rec = Recorder(RecordSettings(directory=tmp_path, min_free_bytes=0), Metrics(), sampling=SAMPLING)
+    rec.write(RecordItem("raw", "r", 0, 1.0, _frame(0)))
+    for q in (1, 2):
+        rec.write(RecordItem("raw", "r", q, 1.0 + q, _frame(q).astype(np.float32)))
+        rec.write(RecordItem("denoised", "r", q, 1.0 + q, _frame(q).astype(np.float32)))
+    rec.close_all()
+    with open_recording(tmp_path / "r.nxs") as f:
+        assert "denoised" not in f and "llr" not in f and "denoised" not in f["entry"]
+        assert f["entry"].attrs["default"] == "raw"
+    with open_recording(tmp_path / "r_0001.nxs") as f:
+        assert "llr" not in f["entry"] and f["entry"].attrs["default"] == "denoised"
+    _check_plain_load(tmp_path / "r.nxs", 1, PIXEL_A, kinds=("raw",))
+    _check_plain_load(tmp_path / "r_0001.nxs", 2, PIXEL_A)
 
 
 @pytest.mark.timeout(120)
@@ -208,8 +257,14 @@ def test_a_replayed_recording_opens_in_hyperspy_and_silx(tmp_path: Path, tiny_en
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "SBD_METRICS__PORT": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = tmp_path / "out" / "run_7.h5"
+    out = tmp_path / "out" / "run_7.nxs"
     _check_hyperspy(out, 5, PIXEL_A)  # the recording's own sampling, carried by replay
+    _check_plain_load(out, 5, PIXEL_A)
+    # a fresh interpreter with nothing but HyperSpy (gzip needs no filter plugin): hs.load(path)
+    code = "import sys, hyperspy.api as hs; print([s.metadata.General.title for s in hs.load(sys.argv[1])])"
+    got = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "'denoised'" in got.stdout and "'raw'" in got.stdout
     _check_silx(out, 5, PIXEL_A, kinds=("raw",))
     with h5py.File(out, "r") as f:  # gzip: any HDF5 reader, no plugin
         assert f["entry/denoised/frames"].compression == "gzip"
@@ -252,7 +307,7 @@ def test_a_killed_recording_opens_in_hyperspy_and_silx_after_h5clear(tmp_path: P
         require_program("h5clear", reason="h5clear not installed (Debian/Ubuntu: apt install hdf5-tools)")
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    path = tmp_path / "killed.h5"
+    path = tmp_path / "killed.nxs"
     with pytest.raises(OSError, match="h5clear"):  # what a reader without SWMR meets
         h5py.File(path, "r")
     if tool == "h5clear":
@@ -261,4 +316,5 @@ def test_a_killed_recording_opens_in_hyperspy_and_silx_after_h5clear(tmp_path: P
         subprocess.run([sys.executable, "-m", "sbd_stream.sinks.h5clear", str(path)], check=True, timeout=60)
     assert not clear_status_flags(path)  # nothing left to clear
     _check_hyperspy(path, 12, PIXEL_A)
+    _check_plain_load(path, 12, PIXEL_A)
     _check_silx(path, 12, PIXEL_A, kinds=("raw",))

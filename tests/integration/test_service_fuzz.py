@@ -73,7 +73,7 @@ def _open_h5(directory: Path) -> int:
             target = os.readlink(fd)
         except OSError:
             continue
-        n += target.startswith(str(directory)) and target.endswith(".h5")
+        n += target.startswith(str(directory)) and target.endswith(".nxs")
     return n
 
 
@@ -87,6 +87,7 @@ class Subscriber:
         self.sock.connect(endpoint)
         self.count: collections.Counter[tuple[str, int]] = collections.Counter()
         self.meta: dict[tuple[str, int], dict[str, Any]] = {}
+        self.headers: dict[tuple[str, int], tuple[float, float]] = {}  # (ts, exposure_s) as published
         self.not_finite: set[tuple[str, int]] = set()
         self.series: collections.Counter[bytes] = collections.Counter()
         self.errors: list[str] = []
@@ -109,6 +110,7 @@ class Subscriber:
             elif isinstance(msg, FrameMessage) and msg.topic == b"denoised":
                 key = (msg.header.acq, msg.header.seq)
                 self.count[key] += 1
+                self.headers[key] = (msg.header.ts, msg.header.exposure_s)
                 meta = msg.header.meta
                 flags = {"nonfinite_pixels", "meta_dropped"} & set(meta)
                 if flags:  # only what the checks need: the test's own memory must not grow per frame
@@ -254,15 +256,18 @@ def _settings(tmp_path: Path, endpoint: str, dialect: str) -> Any:
     )
 
 
-def _recorded(rec_dir: Path) -> dict[tuple[str, int], list[np.ndarray]]:
-    out: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
-    for path in sorted(rec_dir.glob("*.h5")):
+def _recorded(rec_dir: Path) -> dict[tuple[str, int], list[tuple[np.ndarray, float]]]:
+    """(frame, ts) of every complete raw row, by (acq, seq); every part must hold its raw datasets."""
+    out: dict[tuple[str, int], list[tuple[np.ndarray, float]]] = collections.defaultdict(list)
+    for path in sorted(rec_dir.iterdir()):
+        assert path.suffix == ".nxs", path
         with open_recording(path) as f:
             acq = str(f.attrs["acq"])
             n = len(f["raw/complete"])
-            seqs, frames = f["raw/seq"][:n], f["raw/frames"]
+            seqs, tss, frames = f["raw/seq"][:n], f["raw/ts"][:n], f["raw/frames"]
+            assert np.isfinite(f["raw/time"][:n]).all(), path
             for i in range(n):
-                out[(acq, int(seqs[i]))].append(frames[i])
+                out[(acq, int(seqs[i]))].append((frames[i], float(tss[i])))
     return out
 
 
@@ -320,13 +325,16 @@ def _run_service(
         assert sub.meta[key]["nonfinite_pixels"] == n, (key, sub.meta[key])
     for key in oracle.big_meta:
         assert sub.meta[key]["keys"] == ["meta_dropped"], key
+    wrong = [(k, sub.headers[k], v) for k, v in oracle.headers.items() if sub.headers[k] != v]
+    assert not wrong, wrong[:5]  # extreme ts / exposure_s published as sent
     # every valid frame recorded once, pixel-equal, in the dtype it was sent in (NaN where NaN was sent)
     rec = _recorded(rec_dir)
     for key, arr in oracle.frames.items():
         assert len(rec[key]) == 1, (key, len(rec[key]))
-        got = rec[key][0]
+        got, ts = rec[key][0]
         assert got.dtype == arr.dtype, (key, got.dtype, arr.dtype)
         np.testing.assert_array_equal(got, arr)
+        assert key not in oracle.headers or ts == oracle.headers[key][0], (key, ts)
     assert set(rec) - set(oracle.frames) <= h.probe_keys
     # shape / dtype changes rolled to new parts (some of those files may have been closed before)
     rolls = m.value("sbd_record_rolls_total", {"reason": "shape"}) + m.value(
@@ -347,6 +355,7 @@ def test_wire_v1_service_survives_fuzzed_input(tmp_path: Path, denoiser: Denoise
     gen = WireFuzz(SEED)
     events = gen.events(N_MESSAGES, n_oversized=2)
     assert gen.o.acquisitions > 100 and gen.o.nonfinite and gen.o.big_meta and gen.o.format_changes
+    assert gen.o.extremes > 20 and gen.o.reasons["bad_ts"] >= 3
     _run_service(tmp_path, denoiser, "wire-v1", gen.o, events)
 
 

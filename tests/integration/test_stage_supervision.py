@@ -115,7 +115,7 @@ def test_killed_stage_threads_are_restarted_counted_and_shown_on_healthz(
         st = body["stages"][s]
         assert st["state"] == "up" and st["restarts"] == 1 and "killed on purpose" in st["last_error"]
     assert body["stages"]["denoise"]["restarts"] == 0
-    with open_recording(tmp_path / "rec" / "after.h5") as f:
+    with open_recording(tmp_path / "rec" / "after.nxs") as f:
         assert len(f["raw/complete"]) == n
 
 

@@ -91,7 +91,7 @@ def test_two_workers_deliver_every_frame_once_and_in_order(tmp_path: Path, tiny_
     assert sum(per_worker) == N_FRAMES and min(per_worker) > 0, per_worker
     assert m.value("sbd_workers") == 2 and m.value("sbd_frames_denoised_total") == N_FRAMES
     assert m.value("sbd_worker_busy_seconds_total", {"worker": "0"}) > 0
-    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
         np.testing.assert_array_equal(f["raw/seq"][:], np.arange(N_FRAMES))
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(N_FRAMES))
         np.testing.assert_array_equal(f["denoised/frames"][:], np.stack([r.data for r in den]))
@@ -128,7 +128,7 @@ def test_a_worker_raising_on_one_batch_is_counted_and_the_service_goes_on(
     # the failed frames are named in the log, and their raw frames are recorded all the same
     text = caplog.text
     assert "not denoised" in text and f"{emu.cfg.acq}#13" in text
-    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.h5") as f:
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
         np.testing.assert_array_equal(f["raw/seq"][:], np.arange(N_FRAMES))
     health = pipe.health()
     assert {"denoise", "denoise-1"} <= set(health["stages"])

@@ -73,3 +73,18 @@ def test_binding_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixtur
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2
     assert "viewer page binds 0.0.0.0" in warned[0] and "publisher binds tcp://*:*" in warned[1]
+
+
+@pytest.mark.parametrize(("ts", "accepted"), [(0.0, True), (-1.5, True), (1e308, False), (-1e308, False)])
+def test_a_ts_naming_no_date_is_refused_at_the_edge_for_every_dialect(ts: float, accepted: bool) -> None:
+    """The Emitter every dialect goes through: a DECTRIS clock can't hand the recorder 1e308 either."""
+    from sbd_stream.protocol import SeriesHeader, SeriesMessage
+    from sbd_stream.sources.dialect import Emitter
+
+    m, frames, series = Metrics(), [], []
+    emit = Emitter(m, frames.append, series.append)
+    data = np.zeros((2, 2), np.uint16)
+    emit.frame(Frame(FrameHeader("a", 0, ts, (2, 2), "uint16"), data))
+    emit.series(SeriesMessage(b"series_start", SeriesHeader("a", ts)))
+    assert (len(frames), len(series)) == ((1, 1) if accepted else (0, 0))
+    assert m.value("sbd_frames_malformed_total", {"reason": "bad_ts"}) == (0 if accepted else 2)

@@ -94,6 +94,12 @@ GOOD_PAYLOAD = bytes(40)
         ([b"frame", _hdr(seq=1.5), GOOD_PAYLOAD], "bad_seq"),
         ([b"frame", _hdr(seq=_DEL), GOOD_PAYLOAD], "bad_seq"),
         ([b"frame", _hdr(ts="now"), GOOD_PAYLOAD], "bad_ts"),
+        # a number, but no date: the recording could state neither its start nor its time axis
+        ([b"frame", _hdr(ts=1e308), GOOD_PAYLOAD], "bad_ts"),
+        ([b"frame", _hdr(ts=-1e308), GOOD_PAYLOAD], "bad_ts"),
+        ([b"frame", _hdr(ts=p.TS_MAX + 1), GOOD_PAYLOAD], "bad_ts"),
+        ([b"frame", _hdr(ts=1.7e18), GOOD_PAYLOAD], "bad_ts"),  # nanoseconds sent as seconds
+        ([b"series_start", _ser(ts=1e308), b""], "bad_ts"),
         ([b"frame", _hdr(shape=[4]), GOOD_PAYLOAD], "bad_shape"),
         ([b"frame", _hdr(shape=[0, 5]), b""], "bad_shape"),
         ([b"frame", _hdr(shape=[100000, 100000]), GOOD_PAYLOAD], "bad_shape"),
@@ -125,6 +131,14 @@ def test_rejections(parts: list, reason: str) -> None:
     with pytest.raises(p.ProtocolError) as ei:
         p.decode(parts)
     assert ei.value.reason == reason
+
+
+@pytest.mark.parametrize("ts", [0, 0.0, -1.5, -1e9, 1.7e9, p.TS_MIN, p.TS_MAX])
+def test_every_ts_naming_a_date_is_accepted_as_sent(ts: float) -> None:
+    msg = p.decode([b"frame", _hdr(ts=ts), GOOD_PAYLOAD])
+    assert msg.header.ts == ts
+    assert p.decode(p.encode_frame(np.zeros((4, 5), np.uint16), "a", 0, ts)).header.ts == ts
+    assert p.decode([b"series_start", _ser(ts=ts), b""]).header.ts == ts
 
 
 def test_max_payload_is_configurable() -> None:
