@@ -32,6 +32,16 @@ from sbd_stream.cli.options import (
     parse_shape,
     settings_from_flags,
 )
+from sbd_stream.cli.scene_options import (
+    Drift,
+    DriftAngle,
+    Event,
+    EventFrame,
+    Focus,
+    FocusRate,
+    Scene,
+    scene_fields,
+)
 
 if TYPE_CHECKING:
     from sbd_stream.config import ServiceSettings
@@ -260,7 +270,7 @@ def emulate(
     rate: float = typer.Option(40.0, help="Frames per second (0: as fast as possible)"),
     frames: int = typer.Option(400, min=1, help="How many frames to send"),
     source: Path | None = typer.Option(
-        None, help="Simulated dataset or recording (.nxs); default: synthetic"
+        None, help="Simulated dataset or recording (.nxs); default: the bundled scene"
     ),
     pool: int = typer.Option(0, min=0, help="Cycle N pre-drawn noisy frames (needed for 40 Hz at K2 size)"),
     seed: int = typer.Option(0),
@@ -271,6 +281,13 @@ def emulate(
     peers: int = typer.Option(1, min=1, help="--push: wait for this many PULL peers before sending"),
     wait: float = typer.Option(5.0, min=0, help="Seconds to wait for subscribers / peers before sending"),
     sndhwm: int | None = typer.Option(None, min=1, help="Send high-water mark, messages (PUB 1000, PUSH 16)"),
+    scene: Scene = None,
+    drift: Drift = None,
+    drift_angle: DriftAngle = None,
+    focus: Focus = None,
+    focus_rate: FocusRate = None,
+    event_frame: EventFrame = None,
+    event: Event = None,
     verbose: Verbose = False,
 ) -> None:
     """Pretend to be a counting detector: publish Poisson-noisy frames in wire format v1.
@@ -279,7 +296,8 @@ def emulate(
     `serve --socket-type pull` instances (round-robin); a send waits while no peer can take it.
 
     Clean images are resampled to the detector pixel (--pixel-size) and drawn at its dose, so the
-    default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum.
+    default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum. Without --source the
+    bundled scene is played: one held-out specimen, drifting, changing focus (docs/emulator.md).
     """
     from sbd_stream.config import SocketMode
     from sbd_stream.sources.emulator import Emulator, EmulatorSettings
@@ -304,6 +322,7 @@ def emulate(
         peers=peers,
         wait_subscriber_s=wait,
         sndhwm=sndhwm or (16 if push else 1000),
+        **({} if source else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)),
     )
     if acq:
         cfg.acq = acq
@@ -333,9 +352,16 @@ def demo(
     rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
     source: Path | None = typer.Option(
         None,
-        help="Simulated dataset (.h5) for clean images; default: the bundled held-out abTEM test images",
+        help="Simulated dataset (.h5) whose images cycle, one per frame; default: the held scene (--scene)",
     ),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
+    scene: Scene = None,
+    drift: Drift = None,
+    drift_angle: DriftAngle = None,
+    focus: Focus = None,
+    focus_rate: FocusRate = None,
+    event_frame: EventFrame = None,
+    event: Event = None,
     policy: str = typer.Option("lossless", help="lossless (every frame) or latest (skip under overload)"),
     likelihood: Likelihood = None,
     evidence_frames: EvidenceFrames = None,
@@ -356,7 +382,8 @@ def demo(
     """Emulator + service + viewer in one command: live status, then latency and PSNR.
 
     By default the emulated detector is the paper's K2 (0.060 A pixels, 0.45 counts/px in vacuum), so
-    the PSNR printed at the end is the real-condition number.
+    the PSNR printed at the end is the real-condition number, and it records one held-out specimen
+    (the bundled scene) drifting at 0.5 A/s with slowly changing focus, as a microscope would.
     """
     from sbd_stream.service.demo import run_demo
     from sbd_stream.sources.emulator import EmulatorSettings
@@ -391,8 +418,13 @@ def demo(
         pixel_size_A=s.detector.pixel_size_A,
         rate_hz=rate,
         n_frames=frames,
-        source=None if synthetic else (source or _bundled_samples()),
+        source=None if synthetic else source,
         pool=8,
+        **(
+            {}
+            if synthetic or source
+            else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+        ),
     )
     result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(result, indent=2))
@@ -404,9 +436,3 @@ def demo(
         machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
         record = {"benchmark": "demo", "command": " ".join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
         json_out.write_text(json.dumps({**record, **result}, indent=2) + "\n")
-
-
-def _bundled_samples() -> Path | None:
-    """Held-out simulated clean images shipped with the package (see `sbd-train demo-samples`)."""
-    path = Path(__file__).resolve().parent.parent / "samples" / "pt_ceo2_test.h5"
-    return path if path.is_file() else None

@@ -1,7 +1,10 @@
 """Detector emulator: publishes K2-style counted frames in wire format v1, with the ground truth kept.
 
-Sources, in order of preference: a simulated dataset (the HDF5 written by ``training.dataset``; read
-here directly with h5py because sbd_stream must not import training), a recording made by this service
+Sources, in order of preference: a scene (``scene``: one held-out specimen held for the whole series,
+drifting, changing focus, with an optional event: ``sources/scene.py``, what a microscope records), a
+simulated dataset (the HDF5 written by ``training.dataset``, read here directly with h5py because
+sbd_stream must not import training; its images cycle, one per frame, wrap-tiled to the frame: a
+throughput pattern, not a microscope), a recording made by this service
 (its raw counts are re-sent as they are; there is no ground truth then), or -- only when no file is
 given -- a built-in SYNTHETIC lattice of Gaussian "columns", clearly labelled as such in the metadata.
 
@@ -32,6 +35,7 @@ from sbd_stream.compute.noise import poisson_counts
 from sbd_stream.config import EmulatorSettings, SocketMode
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
+from sbd_stream.sources.scene import ScenePlayer, read_scene
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ K2_SHAPE = (3838, 3710)
 
 
 class SourceKind(enum.StrEnum):
+    scene = "scene"  # one specimen held, drifting, changing focus (sources/scene.py)
     simulated = "simulated"  # clean images from a simulated dataset file
     recording = "recording"  # raw counts from an sbd-stream recording
     synthetic = "synthetic"  # built-in Gaussian lattice (no file given)
@@ -95,6 +100,11 @@ class FrameSource:
         self.kind = SourceKind.synthetic
         self._images: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
+        self.player: ScenePlayer | None = None
+        if cfg.scene is not None:
+            self.kind = SourceKind.scene
+            self.player = ScenePlayer(read_scene(cfg.scene, cfg.scene_name), cfg)
+            return
         if cfg.source is None:
             spacing_px = SYNTHETIC_SPACING_A / cfg.pixel_size_A
             self._images = [synthetic_clean(cfg.shape, spacing=spacing_px, seed=cfg.seed)]
@@ -126,10 +136,12 @@ class FrameSource:
                 )
 
     def __len__(self) -> int:
-        return len(self._images) or len(self._counts)
+        return len(self._images) or len(self._counts) or 1
 
     def truth(self, index: int) -> np.ndarray | None:
         """Expected counts per pixel of frame ``index`` (None for recordings: no ground truth)."""
+        if self.player is not None:
+            return self.player.expected(index)
         if not self._images:
             return None
         return self._images[index % len(self._images)] * np.float32(self.cfg.dose)
@@ -138,6 +150,8 @@ class FrameSource:
         """(counts, truth) forever."""
         rng = np.random.default_rng(self.cfg.seed)
         dt = np.dtype(self.cfg.dtype)
+        if self.player is not None:
+            yield from self._scene_frames(self.player, rng)
         if self._counts:
             i = 0
             while True:
@@ -162,6 +176,19 @@ class FrameSource:
             else:
                 counts = poisson_counts(clean, self.cfg.dose, rng, dt)
             yield counts, self.truth(k)
+            i += 1
+
+    def _scene_frames(
+        self, player: ScenePlayer, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """A held scene: fresh counts every frame (exact Poisson vacuum from a pre-drawn pool, when
+        ``pool`` > 0, under the scene's footprint drawn from the Poisson table)."""
+        dt = np.dtype(self.cfg.dtype)
+        vacuum = [poisson_counts(np.ones(self.cfg.shape, np.float32), self.cfg.dose, rng, dt)
+                  for _ in range(self.cfg.pool)]  # fmt: skip
+        i = 0
+        while True:
+            yield player.counts(i, rng, vacuum[i % len(vacuum)] if vacuum else None), player.expected(i)
             i += 1
 
 
@@ -229,8 +256,9 @@ class Emulator:
             "dose": c.dose,
             "counts_per_px": c.dose,
             "pixel_size_A": c.pixel_size_A,
-            "dose_e_per_A2": c.dose / c.pixel_size_A**2,
+            "dose_e_per_A2": c.dose_per_area,
             "emulator": True,
+            **({"scene": self.source.player.describe()} if self.source.player is not None else {}),
         }
 
     def run(self) -> int:

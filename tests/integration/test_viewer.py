@@ -14,7 +14,7 @@ import pytest
 import zmq
 from PIL import Image
 
-from sbd_stream.config import ViewerSettings
+from sbd_stream.config import DetectorSettings, ViewerSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_FRAME, TOPIC_LLR, encode_frame, encode_series
 from sbd_stream.sinks.viewer.metrics_poll import histogram_quantile
@@ -91,11 +91,16 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         output_endpoint=out.getsockopt_string(zmq.LAST_ENDPOINT),
         raw_endpoint=raw.getsockopt_string(zmq.LAST_ENDPOINT),
         metrics_url=f"http://127.0.0.1:{mport}/metrics",
+        detector=DetectorSettings(pixel_size_A=0.06, counts_per_px=0.45),  # no message states them here
     ).start()
     try:
         assert v.url.startswith("http://127.0.0.1:")
         code, body, _ = _get(v.url)
-        assert code == 200 and b"window.sbdStatus" in body
+        assert code == 200 and b'src="/viewer.js"' in body
+        code, body, hdr = _get(v.url + "viewer.js")
+        assert (
+            code == 200 and b"window.sbdStatus" in body and hdr["Content-Type"].startswith("text/javascript")
+        )
         assert _get(v.url + "image/raw.png")[0] == 404  # nothing received yet
         time.sleep(0.5)  # subscriptions settle
         out.send_multipart(encode_series(b"series_start", "acq-1", time.time(), {"source": "test"}))
@@ -141,6 +146,22 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         assert _get(v.url + "image/raw.png?seq=3")[2]["X-Seq"] == str(n - 1)  # gone: newest instead
         assert _get(v.url + f"image/raw.png?seq={n - 5}")[2]["X-Seq"] == str(n - 5)  # still in the ring
         assert _get(v.url + "image/raw.png?lo=60&hi=50")[0] == 400
+        # a region at full resolution, with what the page needs to place it and draw a scale bar
+        code, png, hdr = _get(v.url + "image/raw.png?region=8,16,40,48&side=64&contrast=frame")
+        assert code == 200 and Image.open(io.BytesIO(png)).size == (32, 32)
+        assert hdr["X-Region"] == "8,16,40,48" and hdr["X-Bin"] == "1" and hdr["X-Shape"] == "64,48"
+        assert float(hdr["X-Pixel-Size-A"]) == 0.06 and len(hdr["X-Window"].split(",")) == 2
+        code, png, hdr = _get(v.url + "image/llr.png?lo=0&hi=98&overlay=1")
+        rgba = np.asarray(Image.open(io.BytesIO(png)))
+        assert rgba.shape == (64, 48, 4) and rgba[15, 15, 3] == 255 and rgba[0, 0, 3] == 0
+        assert float(hdr["X-Llr-Limit"]) == 5.0
+        raw_st = st["frames"]["raw"]
+        assert raw_st["pixel_size_A"] == 0.06 and raw_st["dose"]["e_per_A2"] == pytest.approx(125.0)
+        assert 0.3 < raw_st["dose"]["mean_counts_per_px"] < 0.6
+        assert st["latency"]["denoised"]["n"] > 0 and st["latency"]["denoised"]["p50_s"] < 5
+        assert _get(v.url + "image/raw.png?region=1,2,3")[0] == 400
+        assert _get(v.url + "image/raw.png?region=500,500,600,600")[0] == 400
+        assert _get(v.url + "image/raw.png?contrast=pretty")[0] == 400
         assert _get(v.url + "image/other.png")[0] == 404
         assert _get(v.url + "../etc/passwd")[0] == 404
     finally:

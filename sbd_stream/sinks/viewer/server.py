@@ -14,7 +14,6 @@ message it cannot show is counted and skipped, and the thread is restarted if it
 
 from __future__ import annotations
 
-import collections
 import http.server
 import importlib.resources
 import json
@@ -22,30 +21,26 @@ import logging
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zmq
 
-from sbd_stream.config import ViewerSettings
-from sbd_stream.protocol import FrameHeader, FrameMessage, ProtocolError, SeriesMessage, decode
+from sbd_stream.config import DetectorSettings, ViewerSettings
+from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
+from sbd_stream.sinks.viewer import frameinfo
+from sbd_stream.sinks.viewer.contrast import check_mode
+from sbd_stream.sinks.viewer.images import ImageRequest, Images
 from sbd_stream.sinks.viewer.metrics_poll import MetricsPoller
-from sbd_stream.sinks.viewer.render import check_percentiles, render
+from sbd_stream.sinks.viewer.render import check_percentiles
+from sbd_stream.sinks.viewer.store import KINDS, FrameStore, Shown
 from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-KINDS = ("raw", "denoised", "llr")
+__all__ = ["KINDS", "FrameStore", "Shown", "Viewer", "local_endpoint"]
 _TOPIC_KIND = {b"frame": "raw", b"denoised": "denoised", b"llr": "llr"}
-
-
-@dataclass
-class Shown:
-    header: FrameHeader
-    data: np.ndarray
-    t: float  # time.time() at receipt
 
 
 def local_endpoint(endpoint: str) -> str:
@@ -53,58 +48,6 @@ def local_endpoint(endpoint: str) -> str:
     for wild in ("//0.0.0.0:", "//*:", "//[::]:"):
         endpoint = endpoint.replace(wild, "//127.0.0.1:")
     return endpoint
-
-
-class FrameStore:
-    """Newest frame per kind plus rings of recent frames, bounded in bytes and in count.
-
-    The denoised frame of a given seq arrives a latency later than its raw frame; keeping the raw
-    frames of that interval lets the page show all three panels for the same frame. The rings hold
-    references to received buffers, no copies. ``offer`` is O(1) amortised.
-    """
-
-    MAX_RING = 512
-
-    def __init__(self, raw_ring_bytes: float = 256e6, output_ring_bytes: float = 64e6) -> None:
-        self._lock = threading.Lock()
-        self._newest: dict[str, Shown] = {}
-        self._rings: dict[str, collections.deque[Shown]] = {k: collections.deque() for k in KINDS}
-        self._ring_bytes = dict.fromkeys(KINDS, 0)
-        self._limit = {"raw": raw_ring_bytes, "denoised": output_ring_bytes, "llr": output_ring_bytes}
-        self._times: dict[str, collections.deque[float]] = {k: collections.deque(maxlen=32) for k in KINDS}
-        self.received = dict.fromkeys(KINDS, 0)
-        self.series: dict[str, Any] = {}
-
-    def offer(self, kind: str, header: FrameHeader, data: np.ndarray) -> None:
-        s = Shown(header, data, time.time())
-        with self._lock:
-            self._newest[kind] = s
-            self.received[kind] += 1
-            self._times[kind].append(s.t)
-            ring = self._rings[kind]
-            ring.append(s)
-            self._ring_bytes[kind] += data.nbytes
-            while len(ring) > 1 and (self._ring_bytes[kind] > self._limit[kind] or len(ring) > self.MAX_RING):
-                self._ring_bytes[kind] -= ring.popleft().data.nbytes
-
-    def newest(self, kind: str) -> Shown | None:
-        with self._lock:
-            return self._newest.get(kind)
-
-    def frame_for(self, kind: str, acq: str, seq: int) -> Shown | None:
-        """Frame ``(acq, seq)`` of ``kind`` if still kept, else the newest of that kind."""
-        with self._lock:
-            for s in reversed(self._rings[kind]):
-                if s.header.seq == seq and s.header.acq == acq:
-                    return s
-            return self._newest.get(kind)
-
-    def rate(self, kind: str) -> float:
-        with self._lock:
-            t = list(self._times[kind])
-        if len(t) < 2 or time.time() - t[-1] > 2.0:
-            return 0.0
-        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
 
 
 class Viewer:
@@ -119,23 +62,27 @@ class Viewer:
         curve: CurveSettings | None = None,
         context: zmq.Context | None = None,
         supervisor: Supervisor | None = None,
+        detector: DetectorSettings | None = None,
     ) -> None:
         """``output_endpoint``: the service's PUB (denoised, llr, series); ``raw_endpoint``: a detector PUB,
         for a stand-alone viewer (in a service, raw frames come from ``offer_raw``); ``metrics_url``: the
-        service's /metrics; ``curve``: client keys for a CURVE-protected output."""
+        service's /metrics; ``curve``: client keys for a CURVE-protected output; ``detector``: the
+        service's detector settings, the last resort for pixel size and dose when no message states them
+        (sbd_stream/sinks/viewer/frameinfo.py)."""
         self.cfg = cfg = settings
         self.output_endpoint, self.raw_endpoint, self.metrics_url = output_endpoint, raw_endpoint, metrics_url
         self.curve = curve if curve is not None and curve.enabled else None
         self.ctx = context or zmq.Context.instance()
         self.supervisor = supervisor or Supervisor()  # the service's, when attached to one
         self.store = FrameStore(cfg.raw_ring_mb * 1e6, cfg.output_ring_mb * 1e6)
+        self.detector = detector
+        self.images = Images(cfg.max_side, self.pixel_of)
         self.metrics = MetricsPoller(metrics_url) if metrics_url else None
         self._stop = threading.Event()
         self._socks: list[zmq.Socket] = []
         self._sub_thread: threading.Thread | None = None
         self._httpd: http.server.ThreadingHTTPServer | None = None
-        self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._counts: tuple[tuple[str, int], float] | None = None
         self.url = ""
 
     # --- sources -----------------------------------------------------------------------------------
@@ -186,7 +133,7 @@ class Viewer:
             return
         if isinstance(msg, SeriesMessage):
             if msg.topic == b"series_start":
-                self.store.series = {"acq": msg.header.acq, "meta": msg.header.meta}
+                self.store.series = {"acq": msg.header.acq, "ts": msg.header.ts, "meta": msg.header.meta}
             return
         assert isinstance(msg, FrameMessage)
         self.store.offer(_TOPIC_KIND[msg.topic], msg.header, msg.data)
@@ -223,54 +170,105 @@ class Viewer:
             self.metrics.stop()
 
     # --- what the page asks for --------------------------------------------------------------------
+    def _raw_header(self, acq: str) -> Any:
+        raw = self.store.newest("raw")
+        return raw.header if raw is not None and raw.header.acq == acq else None
+
+    def pixel_of(self, s: Shown) -> float | None:
+        """Pixel size (A) of a kept frame, from the messages (frameinfo.frame_pixel)."""
+        meta = self.store.series.get("meta", {}) if self.store.series.get("acq") == s.header.acq else {}
+        return frameinfo.frame_pixel(s.header, self._raw_header(s.header.acq), meta, self.detector)[0]
+
+    def _mean_counts(self, s: Shown) -> float:
+        """Mean counts per pixel of a raw frame on a strided subsample (cheap at K2 size), once per frame."""
+        key = (s.header.acq, s.header.seq)
+        if self._counts is None or self._counts[0] != key:
+            step = max(1, max(s.data.shape) // 256)
+            self._counts = (key, float(np.asarray(s.data[::step, ::step], np.float64).mean()))
+        return self._counts[1]
+
     def status(self) -> dict[str, Any]:
         now = time.time()
+        series = self.store.series
         frames: dict[str, Any] = {}
         for k in KINDS:
             s = self.store.newest(k)
             frames[k] = None
-            if s is not None:
-                h = s.header
-                frames[k] = {
-                    "acq": h.acq,
-                    "seq": h.seq,
-                    "shape": list(h.shape),
-                    "dtype": h.dtype,
-                    "engine": h.engine,
-                    "age_s": round(now - s.t, 3),
-                    "latency_s": round(s.t - h.ts, 4),  # sender timestamp -> our receipt
-                    "received": self.store.received[k],
-                    "rate_hz": round(self.store.rate(k), 2),
+            if s is None:
+                continue
+            h = s.header
+            meta = series.get("meta", {}) if series.get("acq") == h.acq else {}
+            raw_h = self._raw_header(h.acq)
+            px, px_src = frameinfo.frame_pixel(h, raw_h, meta, self.detector)
+            frames[k] = {
+                "acq": h.acq,
+                "seq": h.seq,
+                "shape": list(h.shape),
+                "dtype": h.dtype,
+                "engine": h.engine,
+                "lane": s.lane,
+                "age_s": round(now - s.t, 3),
+                "latency_s": round(s.latency_s, 4),  # sender timestamp -> our receipt
+                "received": self.store.received[k],
+                "rate_hz": round(self.store.rate(k), 2),
+                "pixel_size_A": px,
+                "pixel_source": px_src,
+                "time": frameinfo.frame_time(h, series),
+            }
+            if k == "raw":
+                det_px = frameinfo.detector_pixel(h, meta, self.detector)[0]
+                frames[k]["dose"] = {
+                    **frameinfo.dose(h, meta, self.detector, det_px),
+                    "mean_counts_per_px": self._mean_counts(s),
                 }
         return {
-            "series": self.store.series,
+            "series": series,
             "frames": frames,
+            "latency": self.store.latency(),
             "metrics": self.metrics.summary if self.metrics else None,
             "metrics_error": self.metrics.error if self.metrics else "no metrics endpoint configured",
         }
 
-    def image(self, kind: str, lo: float, hi: float, seq: int | None) -> tuple[bytes, Shown] | None:
-        if seq is not None:  # the frame shown in another panel, so all three show the same one
-            den = self.store.newest("denoised")
-            s = self.store.frame_for(kind, den.header.acq if den else "", seq)
+    def image(self, req: ImageRequest, seq: int | None) -> tuple[bytes, Shown, dict[str, Any]] | None:
+        den = self.store.newest("denoised")
+        if seq is not None:  # the frame shown in another panel, so all panels show the same one
+            s = self.store.frame_for(req.kind, den.header.acq if den else "", seq)
         else:
-            s = self.store.newest(kind)
+            s = self.store.newest(req.kind)
         if s is None:
             return None
-        key = (kind, s.header.acq, s.header.seq, lo, hi)
-        with self._cache_lock:
-            png = self._cache.get(key)
-        if png is None:
-            png = render(s.data, kind, lo, hi, self.cfg.max_side)
-            with self._cache_lock:
-                self._cache[key] = png
-                while len(self._cache) > 12:
-                    self._cache.popitem(last=False)
-        return png, s
+        if den is not None and (req.kind != "denoised" or seq is not None):
+            den = self.store.frame_for("denoised", s.header.acq, s.header.seq)  # its mask, if still kept
+        if req.kind == "denoised":
+            den = s
+        png, info = self.images.render(s, req, den)
+        return png, s, info
+
+
+def _image_request(kind: str, q: dict[str, list[str]]) -> ImageRequest:
+    """Query string -> request; ValueError (HTTP 400) for anything out of range."""
+    lo, hi = check_percentiles(float(q.get("lo", ["1"])[0]), float(q.get("hi", ["99"])[0]))
+    region = None
+    if "region" in q:
+        parts = [int(float(x)) for x in q["region"][0].split(",")]
+        if len(parts) != 4:
+            raise ValueError("region is x0,y0,x1,y1 in the frame's pixels")
+        region = (parts[0], parts[1], parts[2], parts[3])
+    return ImageRequest(
+        kind=kind,
+        lo=lo,
+        hi=hi,
+        contrast=check_mode(q.get("contrast", ["specimen"])[0]),
+        region=region,
+        side=int(q.get("side", ["100000"])[0]),
+        overlay=q.get("overlay", ["0"])[0] == "1",
+    )
 
 
 def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
-    page = importlib.resources.files("sbd_stream").joinpath("sinks/viewer/static/index.html").read_bytes()
+    static = importlib.resources.files("sbd_stream").joinpath("sinks/viewer/static")
+    page = static.joinpath("index.html").read_bytes()
+    script = static.joinpath("viewer.js").read_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "sbd-viewer"
@@ -295,6 +293,8 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
             try:
                 if url.path in ("/", "/index.html"):
                     self._send(200, page, "text/html; charset=utf-8")
+                elif url.path == "/viewer.js":
+                    self._send(200, script, "text/javascript; charset=utf-8")
                 elif url.path == "/api/status":
                     self._send(200, json.dumps(viewer.status()).encode(), "application/json")
                 elif url.path.startswith("/image/") and url.path.endswith(".png"):
@@ -302,14 +302,31 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
                     if kind not in KINDS:
                         self._send(404, b"unknown image", "text/plain")
                         return
-                    lo, hi = check_percentiles(float(q.get("lo", ["1"])[0]), float(q.get("hi", ["99"])[0]))
+                    req = _image_request(kind, q)
                     seq = int(q["seq"][0]) if "seq" in q else None
-                    got = viewer.image(kind, lo, hi, seq)
+                    got = viewer.image(req, seq)
                     if got is None:
                         self._send(404, b"no frame yet", "text/plain")
                         return
-                    png, s = got
-                    hdr = {"X-Seq": str(s.header.seq), "X-Acq": urllib.parse.quote(s.header.acq)}
+                    png, s, info = got
+                    hdr = {
+                        "X-Seq": str(s.header.seq),
+                        "X-Acq": urllib.parse.quote(s.header.acq),
+                        "X-Shape": f"{s.header.shape[0]},{s.header.shape[1]}",
+                        "X-Region": ",".join(str(v) for v in info["region"]),
+                        "X-Bin": str(info["bin"]),
+                        "X-Ts": f"{s.header.ts:.6f}",
+                        "X-Latency": f"{s.latency_s:.6f}",
+                    }
+                    if s.lane is not None:
+                        hdr["X-Lane"] = urllib.parse.quote(s.lane)
+                    if "window" in info:
+                        hdr["X-Window"] = ",".join(f"{v:.6g}" for v in info["window"])
+                    if "llr_limit" in info:
+                        hdr["X-Llr-Limit"] = f"{info['llr_limit']:.6g}"
+                    px = viewer.pixel_of(s)
+                    if px is not None:
+                        hdr["X-Pixel-Size-A"] = f"{px:.6g}"
                     self._send(200, png, "image/png", hdr)
                 else:
                     self._send(404, b"not found", "text/plain")

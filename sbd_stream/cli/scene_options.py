@@ -1,0 +1,56 @@
+"""Options of the emulated acquisition shared by `emulate` and `demo`: which scene, drift, focus, event.
+
+Defaults are the ``EmulatorSettings`` ones (config.py): a flag left out is not passed on, so each default
+is defined once there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+Scene = Annotated[
+    Path | None,
+    typer.Option(
+        "--scene", help="Scene bundle (.h5, `sbd-train scenes`); default: the bundled held-out specimen"
+    ),
+]
+Drift = Annotated[float | None, typer.Option("--drift", min=0, help="Specimen drift, A/s (default 0.5)")]
+DriftAngle = Annotated[float | None, typer.Option("--drift-angle", help="Drift direction, deg from +x (30)")]
+Focus = Annotated[float | None, typer.Option("--focus", help="Defocus at the first frame, nm (7.5)")]
+FocusRate = Annotated[float | None, typer.Option("--focus-rate", help="Focus change, nm/s (default 0.2)")]
+EventFrame = Annotated[
+    int | None, typer.Option("--event-frame", min=0, help="Frame at which a surface column vanishes / hops")
+]
+Event = Annotated[str | None, typer.Option("--event", help="vanish (default) or hop")]
+
+
+def bundled_scene() -> Path | None:
+    """The scene bundle shipped with the package, if present."""
+    from sbd_stream.sources.scene import BUNDLED_SCENES
+
+    return BUNDLED_SCENES if BUNDLED_SCENES.is_file() else None
+
+
+def scene_fields(
+    scene: Path | None,
+    drift: float | None,
+    drift_angle: float | None,
+    focus: float | None,
+    focus_rate: float | None,
+    event_frame: int | None,
+    event: str | None,
+) -> dict[str, Any]:
+    """EmulatorSettings fields for the flags given (the scene: ``scene`` or the bundled one)."""
+    given = {
+        "scene": scene or bundled_scene(),
+        "drift_A_per_s": drift,
+        "drift_angle_deg": drift_angle,
+        "focus_nm": focus,
+        "focus_rate_nm_per_s": focus_rate,
+        "event_frame": event_frame,
+        "event": event,
+    }
+    return {k: v for k, v in given.items() if v is not None}

@@ -1,0 +1,127 @@
+"""What the viewer keeps: the newest frame per kind, rings of recent frames, and latencies it measured.
+
+The denoised frame of a given seq arrives a latency later than its raw frame; keeping the raw frames of
+that interval lets the page show all panels for the same frame. Everything here is O(1) per frame and
+holds references to received buffers, never copies, because ``offer`` runs on the pipeline's ingest
+thread (raw tap) and on the viewer's subscriber thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.protocol import FrameHeader
+
+KINDS = ("raw", "denoised", "llr")
+LATENCY_WINDOW_S = 5.0
+"""Latency quantiles on the page are over the frames received in the last few seconds."""
+
+
+@dataclass
+class Shown:
+    header: FrameHeader
+    data: np.ndarray
+    t: float  # time.time() at receipt
+
+    @property
+    def latency_s(self) -> float:
+        """Sender timestamp (detector / emulator clock) to our receipt, on the same machine's clock."""
+        return self.t - self.header.ts
+
+    @property
+    def lane(self) -> str | None:
+        """The pipeline lane that produced this output (``meta.lane``), if the service names one."""
+        lane = self.header.meta.get("lane") if isinstance(self.header.meta, dict) else None
+        return str(lane) if lane is not None else None
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Plain empirical quantile (no histogram buckets: the viewer has every sample of its window)."""
+    if not values:
+        return None
+    return float(np.quantile(np.asarray(values, np.float64), q))
+
+
+class FrameStore:
+    """Newest frame per kind plus rings of recent frames, bounded in bytes and in count.
+
+    ``newest`` never goes back in time within one acquisition: an output with a lower seq than the one
+    shown (e.g. a frame completed afterwards by a "complete" lane) is kept in the ring and counted in
+    the latency of its lane, but does not replace the newer frame on the page.
+    """
+
+    MAX_RING = 512
+
+    def __init__(self, raw_ring_bytes: float = 256e6, output_ring_bytes: float = 64e6) -> None:
+        self._lock = threading.Lock()
+        self._newest: dict[str, Shown] = {}
+        self._rings: dict[str, collections.deque[Shown]] = {k: collections.deque() for k in KINDS}
+        self._ring_bytes = dict.fromkeys(KINDS, 0)
+        self._limit = {"raw": raw_ring_bytes, "denoised": output_ring_bytes, "llr": output_ring_bytes}
+        self._times: dict[str, collections.deque[float]] = {k: collections.deque(maxlen=32) for k in KINDS}
+        # (receipt time, latency) per (kind, lane); bounded so a 400 Hz stream costs the same memory
+        self._lat: dict[tuple[str, str], collections.deque[tuple[float, float]]] = {}
+        self.received = dict.fromkeys(KINDS, 0)
+        self.series: dict[str, Any] = {}
+
+    def offer(self, kind: str, header: FrameHeader, data: np.ndarray) -> None:
+        s = Shown(header, data, time.time())
+        with self._lock:
+            cur = self._newest.get(kind)
+            if cur is None or cur.header.acq != header.acq or header.seq >= cur.header.seq:
+                self._newest[kind] = s
+            self.received[kind] += 1
+            self._times[kind].append(s.t)
+            lat = self._lat.get((kind, s.lane or ""))
+            if lat is None:
+                lat = self._lat[(kind, s.lane or "")] = collections.deque(maxlen=2048)
+            lat.append((s.t, s.latency_s))
+            ring = self._rings[kind]
+            ring.append(s)
+            self._ring_bytes[kind] += data.nbytes
+            while len(ring) > 1 and (self._ring_bytes[kind] > self._limit[kind] or len(ring) > self.MAX_RING):
+                self._ring_bytes[kind] -= ring.popleft().data.nbytes
+
+    def newest(self, kind: str) -> Shown | None:
+        with self._lock:
+            return self._newest.get(kind)
+
+    def frame_for(self, kind: str, acq: str, seq: int) -> Shown | None:
+        """Frame ``(acq, seq)`` of ``kind`` if still kept, else the newest of that kind."""
+        with self._lock:
+            for s in reversed(self._rings[kind]):
+                if s.header.seq == seq and s.header.acq == acq:
+                    return s
+            return self._newest.get(kind)
+
+    def rate(self, kind: str) -> float:
+        with self._lock:
+            t = list(self._times[kind])
+        if len(t) < 2 or time.time() - t[-1] > 2.0:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+
+    def latency(self, window_s: float = LATENCY_WINDOW_S) -> dict[str, dict[str, Any]]:
+        """Per ``kind`` or ``kind/lane``: p50 / p90 / p99 / max of sender ts -> receipt, last ``window_s``."""
+        now = time.time()
+        with self._lock:
+            items = [(k, [lat for t, lat in d if now - t <= window_s]) for k, d in self._lat.items()]
+        out: dict[str, dict[str, Any]] = {}
+        for (kind, lane), lats in items:
+            name = f"{kind}/{lane}" if lane else kind
+            out[name] = {
+                "kind": kind,
+                "lane": lane or None,
+                "n": len(lats),
+                "p50_s": quantile(lats, 0.5),
+                "p90_s": quantile(lats, 0.9),
+                "p99_s": quantile(lats, 0.99),
+                "max_s": max(lats) if lats else None,
+            }
+        return out
