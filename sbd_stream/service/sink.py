@@ -170,7 +170,11 @@ class ViewerSink(Sink):
 
         s = self.s
         own = s.publish.curve.secret_key_file  # subscribe with the service's own key pair
-        curve = CurveSettings(enabled=True, secret_key_file=own, server_public_key_file=own)
+        curve = (
+            CurveSettings(enabled=True, secret_key_file=own, server_public_key_file=own)
+            if s.publish.curve.enabled
+            else None  # CURVE off: no key file, and enabled=True without one is refused by the settings
+        )
         host = "127.0.0.1" if s.metrics.host in ("0.0.0.0", "", "::") else s.metrics.host
         port = self.metrics.port
         url = f"http://{host}:{port}/metrics" if s.metrics.enabled and port is not None else None
@@ -178,9 +182,10 @@ class ViewerSink(Sink):
             s.viewer,
             output_endpoint=self.output_endpoint,
             metrics_url=url,
-            curve=curve if s.publish.curve.enabled else None,
+            curve=curve,
             context=self.ctx,
             supervisor=self.supervisor,
+            detector=s.detector,  # the scale bar's pixel size when a detector sends no metadata
         )
         self.viewer.start()
 
