@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     from sbd_stream.engines.denoiser import Denoiser
-    from training.likelihood_synthetic import lattice_image
+    from training.sim.likelihood_synthetic import lattice_image
 
     device = torch.device(args.device)
     rng = np.random.default_rng(0)

@@ -31,11 +31,11 @@ def _time(fn, reps: int) -> float:
 
 def measure(preset_name: str, n_layers: int, reps: int) -> dict:
     """Seconds per phonon config per slice (exit wave) and per config per exit plane (defocus image)."""
-    from training import imaging
-    from training.simulate import PRESETS
-    from training.structures import Z_PERIOD, DefectClass, ParticleClass, build, make_params
+    from training.sim import imaging
+    from training.sim.structures import Z_PERIOD, DefectClass, ParticleClass, build, make_params
+    from training.sim.worlds import WORLDS
 
-    preset = PRESETS[preset_name]
+    preset = WORLDS[preset_name]
     sp = preset.sampling.model_copy(update={"n_phonons": 1})
     params = make_params(
         0, ParticleClass.PtNp3, DefectClass.D0, 1, preset.cell_periods_x, preset.support_trilayers
@@ -87,10 +87,10 @@ def measure(preset_name: str, n_layers: int, reps: int) -> dict:
 
 def extrapolate(m: dict, workers: list[int]) -> dict:
     """Whole-preset cost from the unit costs: tasks x (exit wave + defocus images) / workers."""
-    from training.simulate import PRESETS, plan
-    from training.structures import Z_PERIOD, support_layers_for
+    from training.sim.structures import Z_PERIOD, support_layers_for
+    from training.sim.worlds import WORLDS, plan
 
-    preset = PRESETS[m["preset"]]
+    preset = WORLDS[m["preset"]]
     tasks = plan(preset)
     n_cfg = preset.sampling.n_phonons
     max_t = support_layers_for(max(max(t.thicknesses_nm) for t in tasks)) * Z_PERIOD

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from training.dataset import TaskResult
+    from training.sim.dataset import TaskResult
 
 
 def make_tiny_engine(
@@ -120,7 +120,7 @@ def make_settings(tmp_path: Path, ingest_endpoint: str, **denoise) -> ServiceSet
 
 def fake_sim_task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> TaskResult:
     """A small simulated-dataset task with random clean images and column tables (no abTEM)."""
-    from training.dataset import ImageRecord, TaskResult
+    from training.sim.dataset import ImageRecord, TaskResult
 
     rng = np.random.default_rng(abs(hash(key)) % 2**32)
     images = []

@@ -30,15 +30,16 @@ def simulate(
     plan_only: bool = typer.Option(False, "--plan", help="print the grid size and exit"),
 ) -> None:
     """Simulate clean TEM images with abTEM multislice into an appendable, resumable HDF5 set."""
-    from training import simulate as sim
+    from training.sim.simulate import simulate as run_simulation
+    from training.sim.worlds import WORLDS, describe
 
-    if preset not in sim.PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(sim.PRESETS)}")
-    p = sim.PRESETS[preset]
+    if preset not in WORLDS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(WORLDS)}")
+    world = WORLDS[preset]
     if plan_only:
-        typer.echo(sim.describe(p))
+        typer.echo(describe(world))
         return
-    summary = sim.simulate(p, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+    summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
     if summary["failed"]:
         raise typer.Exit(1)
 
@@ -50,7 +51,7 @@ def contact_sheet(
     seed: int = typer.Option(0, help="seed of the Poisson noise"),
 ) -> None:
     """Clean and noisy images across defocus, thickness and particle class, as one small PNG."""
-    from training.contact_sheet import make_contact_sheet
+    from training.sim.contact_sheet import make_contact_sheet
 
     make_contact_sheet(data, out, seed=seed)
     typer.echo(f"wrote {out}")
@@ -531,25 +532,12 @@ def demo_samples(
     n: int = typer.Option(12, min=1, help="How many clean images"),
 ) -> None:
     """Bundle a few held-out clean images for `sbd-stream demo` (sbd_stream/samples/)."""
-    from training.samples import write_demo_samples
+    from training.sim.samples import write_demo_samples
 
     typer.echo(f"wrote {write_demo_samples(data, n=n)}")
 
 
 # ==== END demo samples ====
-
-
-@app.command("scenes")
-def scenes(
-    out: Path = typer.Option(Path("sbd_stream/samples/scenes.h5"), help="Scene bundle to write"),
-    models: int = typer.Option(1, min=1, max=3, help="Test-split models (each: base + vanish + hop)"),
-    thickness: float = typer.Option(4.0, help="Support thickness along the beam, nm"),
-) -> None:
-    """Held-out scenes for the emulator: one model of the paper world's test split over a defocus series,
-    plus a column that vanishes / hops, imaged by abTEM (~5 min per variant on 2 busy cores; nice it)."""
-    from training.sim.scenes import write_scenes
-
-    typer.echo(f"wrote {write_scenes(out, n_models=models, thickness_nm=thickness, log=typer.echo)}")
 
 
 if __name__ == "__main__":

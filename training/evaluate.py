@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from training.baselines import Baseline, classical_baselines, tune
 from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
-from training.splits import SplitSpec
+from training.sim.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
 
@@ -50,7 +50,7 @@ def load_items(
     data: Path, split: SplitSpec, which: str, seed: int, limit: int | None
 ) -> tuple[list[Item], float]:
     """Images of one split with their fixed noisy frames; ``limit`` keeps an evenly spaced subset."""
-    from training.dataset import SimulatedDataset
+    from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(data) as ds:
         idx = ds.split(split)[which]
@@ -67,7 +67,7 @@ def load_items(
 
 
 def pixel_size(data: Path) -> float:
-    from training.dataset import SimulatedDataset
+    from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(data) as ds:
         return float(ds.meta(0)["pixel_size_A"])

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from training.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
 from training.evaluate import Item, margins, summarise
 from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
-from training.splits import SplitSpec
+from training.sim.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
 
@@ -67,7 +67,7 @@ def _subset(idx: np.ndarray, n: int | None) -> np.ndarray:
 
 
 def load_test(cfg: DetectorEvalConfig) -> tuple[list[Item], float]:
-    from training.dataset import SimulatedDataset
+    from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(cfg.test) as ds:
         px = round(float(ds.meta(0)["pixel_size_A"]), 6)  # float32 in the file
@@ -86,7 +86,7 @@ def load_test(cfg: DetectorEvalConfig) -> tuple[list[Item], float]:
 def load_val(cfg: DetectorEvalConfig, detector_px: float) -> list[Item]:
     """Validation images resampled from the working pixel to the detector's (see the module docstring)."""
     from sbd_stream.sources.emulator import resample
-    from training.dataset import SimulatedDataset
+    from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(cfg.val) as ds:
         work_px = float(ds.meta(0)["pixel_size_A"])

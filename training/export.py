@@ -40,7 +40,7 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Modul
 def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     """What summary.json would say, for a run that is still going or was stopped: counters from its
     last.pt, dose and pixel from the data set's attributes (so the card's dose fields are right)."""
-    from training.dataset import SimulatedDataset
+    from training.sim.dataset import SimulatedDataset
 
     out: dict[str, Any] = {"interrupted": True}
     last = run_dir / "last.pt"
@@ -114,9 +114,9 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         "split": cfg.split.model_dump(mode="json"),
         "structures": summary.get("structures"),
         "description": (
-            "synthetic Gaussian-blob lattice (training.synthetic_data), not physical"
+            "synthetic Gaussian-blob lattice (training.sim.synthetic_data), not physical"
             if attrs.get("preset") == "synthetic"
-            else "abTEM multislice simulations of Pt nanoparticles on CeO2 (training.simulate)"
+            else "abTEM multislice simulations of Pt nanoparticles on CeO2 (training.sim.simulate)"
         )
         + (
             f"; fresh Poisson noise per patch at the data set's dose x a log-uniform factor in "

@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 
 from sbd_stream.compute.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
 from sbd_stream.compute.noise import poisson_counts
-from training.splits import split_indices
+from training.sim.splits import split_indices
 
 GROUPS = ("tp", "fp", "fn")
 
@@ -83,7 +83,7 @@ class StudyConfig(BaseModel):
 
 def structure_split(structure_ids: np.ndarray, split: str) -> np.ndarray:
     """Image indices of ``split``: the very split training used, so the study's test images are
-    structures the engine never saw (``training.splits``, whole structures per split)."""
+    structures the engine never saw (``training.sim.splits``, whole structures per split)."""
     ids = np.asarray(structure_ids).astype(str)
     if split == "all":
         return np.arange(len(ids))
@@ -149,7 +149,7 @@ def _polarity(cfg: StudyConfig, meta: dict[str, Any], cols: dict[str, np.ndarray
 def run_study(cfg: StudyConfig, dataset: DatasetLike | None = None) -> dict[str, Any]:
     """Run the study and write ``<out>/<name>.json`` and ``<out>/<name>.png``; returns the summary."""
     if dataset is None:
-        from training.dataset import SimulatedDataset
+        from training.sim.dataset import SimulatedDataset
 
         dataset = SimulatedDataset(cfg.data)
     idx = structure_split(dataset.structure_ids(), cfg.split)

@@ -1,6 +1,6 @@
 """`sbd-train gpu-recipe`: simulate, train, export, build the TensorRT plan and evaluate, in one call.
 
-Every step calls the project's own functions (``training.simulate``, ``training.train``,
+Every step calls the project's own functions (``training.sim.simulate``, ``training.train``,
 ``training.export``, ``training.evaluate_detector``); nothing here re-implements them. What a step
 needs that the machine lacks (a GPU for training, TensorRT for the plan) is checked first: training
 refuses to fall back to the CPU unless asked (``allow_cpu``, for smoke runs), and the TensorRT step is
@@ -78,7 +78,7 @@ class RecipeError(RuntimeError):
 class RecipeConfig(BaseModel):
     steps: list[str] = Field(default_factory=lambda: list(STEPS))
     # simulate
-    sim_preset: str = Field("paper", description="simulation preset (training.simulate.PRESETS)")
+    sim_preset: str = Field("paper", description="simulation world (training.sim.worlds.WORLDS)")
     data: Path = Path("data/paper-gpu.h5")
     test: Path | None = Field(None, description="test split at the detector's sampling (the preset's)")
     images: int | None = Field(None, gt=0, description="scale the preset's structure count to ~this many")
@@ -165,13 +165,11 @@ def resolve_device(cfg: RecipeConfig, dev: dict[str, Any]) -> str:
 
 def sim_preset(cfg: RecipeConfig) -> Any:
     """The simulation preset, its structure count scaled so the grid holds about ``images`` images."""
-    from training import simulate as sim
+    from training.sim.worlds import WORLDS
 
-    if cfg.sim_preset not in sim.PRESETS:
-        raise RecipeError(
-            f"unknown simulation preset {cfg.sim_preset!r}; choose from {', '.join(sim.PRESETS)}"
-        )
-    p = sim.PRESETS[cfg.sim_preset]
+    if cfg.sim_preset not in WORLDS:
+        raise RecipeError(f"unknown simulation preset {cfg.sim_preset!r}; choose from {', '.join(WORLDS)}")
+    p = WORLDS[cfg.sim_preset]
     if cfg.images is None:
         return p
     per_structure = _grid_images(p) / p.n_structures
@@ -180,7 +178,7 @@ def sim_preset(cfg: RecipeConfig) -> Any:
 
 
 def _grid_images(preset: Any) -> int:
-    from training.simulate import plan
+    from training.sim.worlds import plan
 
     return sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in plan(preset))
 
@@ -188,7 +186,7 @@ def _grid_images(preset: Any) -> int:
 def detector_test_path(cfg: RecipeConfig) -> Path:
     if cfg.test is not None:
         return cfg.test
-    from training.simulate import sampled_test_path
+    from training.sim.worlds import sampled_test_path
 
     p = sim_preset(cfg)
     if p.test_view is None:
@@ -202,7 +200,7 @@ def simulation_status(cfg: RecipeConfig) -> dict[str, Any]:
     """Is ``cfg.data`` (and its detector-sampling test split) complete for the preset? Read-only."""
     import h5py
 
-    from training.simulate import file_attrs, plan, sampled_test_path
+    from training.sim.worlds import file_attrs, plan, sampled_test_path
 
     preset = sim_preset(cfg)
     tasks = plan(preset)
@@ -338,7 +336,7 @@ class Skipped(Exception):
 
 
 def step_simulate(ctx: _Context) -> dict[str, Any]:
-    from training.simulate import simulate
+    from training.sim.simulate import simulate
 
     cfg = ctx.cfg
     status = simulation_status(cfg)

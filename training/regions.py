@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.structures import Z_PT
+from training.sim.structures import Z_PT
 
 VACUUM, SUPPORT, PARTICLE = 0, 1, 2
 REGION_NAMES = {VACUUM: "vacuum", SUPPORT: "support", PARTICLE: "particle"}

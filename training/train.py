@@ -28,7 +28,7 @@ from sbd_stream.compute.model import Architecture, DnCNN, SmallUNet, UNet, count
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import TilingDefaults
 from training.augment import AugmentSpec, draw_batch
-from training.splits import SplitSpec
+from training.sim.splits import SplitSpec
 
 
 class LRSchedule(StrEnum):
@@ -399,7 +399,7 @@ class TrainData:
     """
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
-        from training.dataset import SimulatedDataset
+        from training.sim.dataset import SimulatedDataset
 
         self._ds: SimulatedDataset | None = None
         with SimulatedDataset(cfg.data) as ds:

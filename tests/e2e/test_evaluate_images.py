@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sbd_stream.sources.emulator import resample
 from training.cli import app
 from training.evaluate_images import read_images
-from training.samples import read_quality_frames
+from training.sim.samples import read_quality_frames
 
 
 def _clean_at(pixel_A: float) -> np.ndarray:

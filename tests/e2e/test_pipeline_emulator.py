@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def _simulated_file(path: Path, n: int, shape=(40, 30)) -> list[np.ndarray]:
     from conftest import fake_sim_task as _task
 
-    from training.dataset import SimulatedDatasetWriter
+    from training.sim.dataset import SimulatedDatasetWriter
 
     task = _task("k", "s0", n, shape=shape)
     with SimulatedDatasetWriter(path, shape, {"preset": "test"}) as w:

@@ -19,7 +19,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from training.evaluate import EvalConfig, evaluate_fov, evaluate_table_5_1, write_json
 from training.export import NoGPU, build_engine, export_run
 from training.figure import comparison_images, write_comparison_figure
-from training.synthetic_data import write_synthetic
+from training.sim.synthetic_data import write_synthetic
 from training.train import preset_config, train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
 from training.cli import app
 from training.recipe import STEPS, RecipeConfig, describe_plan, run_recipe, step_simulate
-from training.synthetic_data import write_synthetic
+from training.sim.synthetic_data import write_synthetic
 
 TRT_REASON = tensorrt_unavailable_reason()
 
@@ -63,11 +63,11 @@ def test_training_without_a_gpu_is_refused_unless_allowed(tmp_path: Path) -> Non
 
 
 def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
-    from training.dataset import SimulatedDatasetWriter
     from training.recipe import _Context, devices
-    from training.simulate import PRESETS, file_attrs, plan
+    from training.sim.dataset import SimulatedDatasetWriter
+    from training.sim.worlds import WORLDS, file_attrs, plan
 
-    preset = PRESETS["tiny"]
+    preset = WORLDS["tiny"]
     out = tmp_path / "tiny.h5"
     with SimulatedDatasetWriter(out, (96, 96), file_attrs(preset)) as w:
         for t in plan(preset):

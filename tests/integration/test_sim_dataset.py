@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import fake_sim_task as _task
 
-from training.dataset import SimulatedDataset, SimulatedDatasetWriter
+from training.sim.dataset import SimulatedDataset, SimulatedDatasetWriter
 
 
 @pytest.mark.integration
@@ -59,3 +59,20 @@ def test_refuses_other_settings(tmp_path: Path) -> None:
         SimulatedDatasetWriter(path, (8, 6), {"preset": "other"})
     with pytest.raises(ValueError, match="cannot append"):
         SimulatedDatasetWriter(path, (4, 4), {"preset": "test"})
+
+
+@pytest.mark.integration
+def test_planned_structures_come_from_the_stored_world_json(tmp_path: Path) -> None:
+    """A file re-plans its world from the JSON it stores (no class path in the file), so module moves
+    never strand a data set, and a file still being simulated splits as the finished one will."""
+    from training.sim.worlds import WORLDS, file_attrs, plan
+
+    path = tmp_path / "d.h5"
+    world = WORLDS["paper"]
+    with SimulatedDatasetWriter(path, (8, 6), file_attrs(world)) as w:
+        w.append_task(_task("a", "s0", 1))
+    with h5py.File(path, "r") as f:
+        stored = [str(v) for v in f.attrs.values()]
+    assert not any("training." in v or "__class__" in v for v in stored)
+    with SimulatedDataset(path) as ds:
+        assert ds.planned_structure_ids() == sorted({t.structure.structure_id for t in plan(world)})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import imaging
-from training.simulate import PRESETS, Preset, file_attrs, plan, run_task, sampled_test_path
-from training.splits import split_structures
+from training.sim import imaging
+from training.sim.simulate import run_task
+from training.sim.splits import split_structures
+from training.sim.worlds import WORLDS, World, file_attrs, plan, sampled_test_path
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +91,13 @@ def test_render_view_bins_exactly_and_keeps_vacuum_at_one() -> None:
 
 
 def test_detector_preset_states_dose_per_area_and_derives_counts() -> None:
-    p = PRESETS["detector"]
+    p = WORLDS["detector"]
     assert p.pixel_size_A() == 0.24 and p.dose_e_per_A2 == 125.0
     assert p.dose == pytest.approx(7.2) and p.test_dose() == pytest.approx(0.45)
     assert p.sampling.image_px * p.pixel_size_A() == pytest.approx(61.44)
     assert p.test_view.image_px * p.test_view.pixel_A == pytest.approx(61.44)
     assert p.extent_A() > 61.44 and p.extent_A() / p.sampling.gpts < 0.105  # multislice grid <= 0.105 A
-    assert p.optics.focal_mode == "explicit" and PRESETS["mini"].optics.focal_mode == "envelope"
+    assert p.optics.focal_mode == "explicit" and WORLDS["mini"].optics.focal_mode == "envelope"
     tasks = plan(p)
     test_ids = set(split_structures(np.array([t.structure.structure_id for t in tasks]), p.split)["test"])
     assert {t.structure.structure_id for t in tasks if t.test_view} == test_ids and len(test_ids) >= 2
@@ -105,14 +106,14 @@ def test_detector_preset_states_dose_per_area_and_derives_counts() -> None:
     assert a["dose_e_per_A2"] == b["dose_e_per_A2"] == 125.0 and b["binning_to_train"] == 4
     assert sampled_test_path(p, __import__("pathlib").Path("data/detector.h5")).name == "detector-test60pm.h5"
     # the old presets keep their counts per pixel and report the dose per area it implies
-    assert PRESETS["mini"].dose == 0.45 and PRESETS["mini"].dose_per_area() == pytest.approx(18.65, rel=0.01)
+    assert WORLDS["mini"].dose == 0.45 and WORLDS["mini"].dose_per_area() == pytest.approx(18.65, rel=0.01)
 
 
 @pytest.mark.slow
 def test_a_cropped_task_renders_both_views_consistently() -> None:
     """A tiny task with a 0.24 A window and a 0.06 A test view: same window, bins to it, truth inside."""
-    tiny = PRESETS["tiny"]
-    preset = Preset.model_validate(
+    tiny = WORLDS["tiny"]
+    preset = World.model_validate(
         tiny.model_dump()
         | {
             "name": "tiny-view",
@@ -157,11 +158,11 @@ def test_weak_object_explicit_average_equals_the_envelope() -> None:
 
 @pytest.mark.slow
 def test_simulate_writes_the_test_view_file_and_resumes(tmp_path) -> None:
-    from training.dataset import SimulatedDataset
-    from training.simulate import simulate
+    from training.sim.dataset import SimulatedDataset
+    from training.sim.simulate import simulate
 
-    tiny = PRESETS["tiny"]
-    preset = Preset.model_validate(
+    tiny = WORLDS["tiny"]
+    preset = World.model_validate(
         tiny.model_dump()
         | {
             "name": "tiny-view",

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from sbd_stream.compute.noise import poisson_counts
-from training import imaging
-from training.simulate import PRESETS, plan, run_task
-from training.structures import Z_PT
+from training.sim import imaging
+from training.sim.simulate import run_task
+from training.sim.structures import Z_PT
+from training.sim.worlds import WORLDS, plan
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def test_negative_cs_gives_bright_columns_at_overfocus_and_dark_at_underfocus() 
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    preset = PRESETS["tiny"]
+    preset = WORLDS["tiny"]
     spec = plan(preset)[1]  # a tilted one: tilt 2 deg about x
     before = imaging.MULTISLICE_RUNS
     result = run_task(spec.model_dump_json(), preset.model_dump_json())

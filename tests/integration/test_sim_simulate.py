@@ -12,26 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.dataset import SimulatedDataset
-from training.simulate import PRESETS, plan
+from training.sim.dataset import SimulatedDataset
+from training.sim.worlds import WORLDS, plan
 
 CLI = [sys.executable, "-c", "from training.cli import app; app()"]
 
 
 def test_plan_is_seeded_unique_and_splittable() -> None:
     for name in ("mini", "paper"):
-        a, b = plan(PRESETS[name]), plan(PRESETS[name])
+        a, b = plan(WORLDS[name]), plan(WORLDS[name])
         assert [t.model_dump() for t in a] == [t.model_dump() for t in b]
         keys = [t.key for t in a]
         assert len(set(keys)) == len(keys) and max(map(len, keys)) <= 64
-    mini = plan(PRESETS["mini"])
+    mini = plan(WORLDS["mini"])
     structures = {t.structure.structure_id for t in mini}
     assert len(structures) >= 12  # room for >= 3-4 structures each in val and test
     assert {t.structure.particle_class.value for t in mini} == {"PtNp1", "PtNp2", "PtNp3"}
     assert {t.structure.defect_class.value for t in mini} == {"D0", "D1", "D2", "Dh", "Ds"}
     assert all(t.tilt_deg[0] == 0 or t.tilt_deg[1] == 0 for t in mini)
     assert all(len(t.defocus_nm) == 5 and all(0 <= d <= 20 for d in t.defocus_nm) for t in mini)
-    paper = plan(PRESETS["paper"])
+    paper = plan(WORLDS["paper"])
     n = sum(len(t.thicknesses_nm) * len(t.defocus_nm) for t in paper)
     n_pt4 = sum(len(t.defocus_nm) for t in paper if t.structure.particle_class.value == "PtNp4")
     assert n - n_pt4 >= 6000  # >= 6,000 images even after PtNp4 loses its 3-nm support
@@ -43,7 +43,7 @@ def test_plan_is_seeded_unique_and_splittable() -> None:
     assert 0.2 < np.mean([s.support_step_trilayers > 0 for s in models.values()]) < 0.8
     assert any(s.support_vacancies for s in models.values())
     assert any(not s.support_step_trilayers and not s.support_vacancies for s in models.values())
-    assert 49.0 < PRESETS["paper"].extent_A() < 55.0 and PRESETS["paper"].pixel_size_A() == 0.24
+    assert 49.0 < WORLDS["paper"].extent_A() < 55.0 and WORLDS["paper"].pixel_size_A() == 0.24
 
 
 def _run(out: Path) -> subprocess.Popen:
@@ -90,7 +90,7 @@ def test_runs_on_a_scheduler_address(tmp_path: Path) -> None:
     """The scale-out path: connect to an existing dask.distributed scheduler over TCP on loopback."""
     from distributed import LocalCluster
 
-    from training.simulate import simulate
+    from training.sim.simulate import simulate
 
     with LocalCluster(
         n_workers=1,
@@ -102,14 +102,14 @@ def test_runs_on_a_scheduler_address(tmp_path: Path) -> None:
     ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         summary = simulate(
-            PRESETS["tiny"], tmp_path / "t.h5", scheduler=cluster.scheduler_address, max_tasks=1
+            WORLDS["tiny"], tmp_path / "t.h5", scheduler=cluster.scheduler_address, max_tasks=1
         )
     assert summary["failed"] == [] and summary["images_total"] == 6
     with SimulatedDataset(tmp_path / "t.h5") as ds:
         assert len(ds) == 6 and ds.attrs["preset"] == "tiny"
     from PIL import Image
 
-    from training.contact_sheet import make_contact_sheet
+    from training.sim.contact_sheet import make_contact_sheet
 
     png = make_contact_sheet(tmp_path / "t.h5", tmp_path / "sheet.png")
     assert png.stat().st_size < 500_000

@@ -13,7 +13,7 @@ from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import load_card, load_torch_model
 from training.augment import AugmentSpec, draw_batch
 from training.export import export_run
-from training.synthetic_data import write_synthetic
+from training.sim.synthetic_data import write_synthetic
 from training.train import TrainConfig, build_network, init_weights, preset_config, train
 
 

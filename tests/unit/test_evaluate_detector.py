@@ -12,7 +12,7 @@ from conftest import fake_sim_task
 def _dataset(
     path: Path, pixel_A: float, shape: tuple[int, int], n_structures: int, surface: bool = True
 ) -> None:
-    from training.dataset import SimulatedDatasetWriter
+    from training.sim.dataset import SimulatedDatasetWriter
 
     with SimulatedDatasetWriter(path, shape, {"preset": "test", "pixel_size_A": pixel_A}) as w:
         for s in range(n_structures):

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 
 from benchmarks.gpu_data_pack import pack, unpack
-from training.dataset import SimulatedDataset
-from training.synthetic_data import write_synthetic
+from training.sim.dataset import SimulatedDataset
+from training.sim.synthetic_data import write_synthetic
 
 
 def test_pack_unpack_round_trip_keeps_everything_but_the_last_bits(tmp_path: Path) -> None:

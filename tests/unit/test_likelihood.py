@@ -19,7 +19,7 @@ from sbd_stream.compute.likelihood import (
     estimate_vacuum,
     likelihood_map,
 )
-from training.likelihood_synthetic import lattice_image
+from training.sim.likelihood_synthetic import lattice_image
 
 DOSE = 0.45
 PX = 0.15

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.dataset import SimulatedDataset
 from training.likelihood_study import (
     StudyConfig,
     match_columns,
@@ -16,8 +15,9 @@ from training.likelihood_study import (
     run_study,
     structure_split,
 )
-from training.likelihood_synthetic import write_lattice_dataset
-from training.splits import split_indices
+from training.sim.dataset import SimulatedDataset
+from training.sim.likelihood_synthetic import write_lattice_dataset
+from training.sim.splits import split_indices
 
 
 def test_match_columns_one_to_one_within_distance():

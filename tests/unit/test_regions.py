@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.regions import PARTICLE, SUPPORT, VACUUM, region_map, region_psnrs, regions_from_clean
-from training.structures import Z_CE, Z_O, Z_PT
+from training.sim.structures import Z_CE, Z_O, Z_PT
 
 
 def _columns() -> tuple[np.ndarray, np.ndarray]:

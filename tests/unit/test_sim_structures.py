@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.structures import (
+from training.sim.structures import (
     A_CEO2,
     A_PT,
     Z_CE,

@@ -18,8 +18,8 @@ from training.metrics import (
     psnr,
     ssim,
 )
-from training.splits import SplitSpec, split_indices, split_structures
-from training.synthetic_data import _image
+from training.sim.splits import SplitSpec, split_indices, split_structures
+from training.sim.synthetic_data import _image
 
 # --- splits ----------------------------------------------------------------------------------------------
 

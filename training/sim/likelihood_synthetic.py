@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
+from training.sim.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
 
 
 def lattice_image(

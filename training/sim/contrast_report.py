@@ -1,7 +1,7 @@
 """Contrast-class fractions of a simulated set under the shipped rule and alternatives (docs/simulation.md).
 
 The paper's classes (31 % white images) came from an expert; ours from a rule, and the white fraction
-depends mostly on the rule: ``python -m training.contrast_report data/detector.h5``.
+depends mostly on the rule: ``python -m training.sim.contrast_report data/detector.h5``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from training.dataset import SimulatedDataset
-from training.imaging import CONTRAST_THRESHOLD, RING_RADIUS_A
-from training.structures import Z_CE, Z_PT
+from training.sim.dataset import SimulatedDataset
+from training.sim.imaging import CONTRAST_THRESHOLD, RING_RADIUS_A
+from training.sim.structures import Z_CE, Z_PT
 
 
 def _column_values(

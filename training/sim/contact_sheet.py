@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sbd_stream.compute.noise import poisson_counts
-from training.dataset import SimulatedDataset
+from training.sim.dataset import SimulatedDataset
 
 FRAMES = 1000
 """Frames summed in the third row of a block: enough dose for the columns to emerge from the noise."""

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from training.structures import Z_PERIOD, Z_PT, cluster_columns, surface_columns
+from training.sim.structures import Z_PERIOD, Z_PT, cluster_columns, surface_columns
 
 MULTISLICE_RUNS = 0
 """Counts exit-wave computations in this process (tests use it to show defocus reuses exit waves)."""

@@ -285,13 +285,13 @@ class SimulatedDataset:
         raw = self._f.attrs.get("preset_json")
         if raw is None:
             return None
-        from training.simulate import Preset, plan
+        from training.sim.worlds import World, plan
 
-        return sorted({t.structure.structure_id for t in plan(Preset.model_validate_json(raw))})
+        return sorted({t.structure.structure_id for t in plan(World.model_validate_json(raw))})
 
     def split(self, spec: Any = None) -> dict[str, np.ndarray]:
-        """Image indices per split, drawn over the planned structures (``training.splits``)."""
-        from training.splits import SplitSpec, split_indices
+        """Image indices per split, drawn over the planned structures (``training.sim.splits``)."""
+        from training.sim.splits import SplitSpec, split_indices
 
         return split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
 

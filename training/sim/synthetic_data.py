@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
+from training.sim.dataset import ImageRecord, SimulatedDatasetWriter, TaskResult
 
 Z_PT, Z_CE = 78, 58
 
