@@ -83,7 +83,7 @@ def likelihood_study(
     name: str = typer.Option("likelihood_study", help="output file stem"),
 ) -> None:
     """LLR distributions of true/false positives and false negatives against ground truth (Fig. 3.4)."""
-    from training.likelihood_study import StudyConfig, run_study
+    from training.evaluate.likelihood_study import StudyConfig, run_study
 
     pairs = (("column_radius_A", column_radius), ("threshold", threshold))
     overrides = {k: v for k, v in pairs if v is not None}
@@ -190,7 +190,7 @@ def train(
 
 
 def _export(run_dir: Path, engine_dir: Path, evaluate_test: bool, data: Path) -> None:
-    from training.evaluate import EvalConfig, evaluate_fov
+    from training.evaluate.tables import EvalConfig, evaluate_fov
     from training.export import export_run, set_metrics
 
     card = export_run(run_dir, engine_dir)
@@ -248,8 +248,8 @@ def evaluate(
     import json
     import sys
 
-    from training.evaluate import EvalConfig, evaluate_table_5_1, write_json
-    from training.table import table_5_1_markdown, write_markdown
+    from training.evaluate.markdown import table_5_1_markdown, write_markdown
+    from training.evaluate.tables import EvalConfig, evaluate_table_5_1, write_json
 
     cfg = EvalConfig(
         data=data,
@@ -268,7 +268,7 @@ def evaluate(
     write_markdown(table_5_1_markdown(res, command), out_dir / "table_5_1.md")
     typer.echo(f"wrote {out_dir}/table_5_1.json and .md")
     if figure:
-        from training.figure import write_comparison_figure
+        from training.evaluate.figure import write_comparison_figure
 
         png = write_comparison_figure(out_dir / "table_5_1.json", data, out_dir / "table_5_1.png")
         typer.echo(f"wrote {png}")
@@ -290,9 +290,9 @@ def evaluate_detector(
     import sys
 
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
-    from training.evaluate import write_json
-    from training.evaluate_detector import DetectorEvalConfig, evaluate_table_5_1_detector
-    from training.table import table_5_1_detector_markdown, write_markdown
+    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector
+    from training.evaluate.markdown import table_5_1_detector_markdown, write_markdown
+    from training.evaluate.tables import write_json
 
     cfg = DetectorEvalConfig(
         test=test,
@@ -323,9 +323,9 @@ def evaluate_images_cmd(
     """Someone else's clean simulations through the product's denoise path: per-region table + figure."""
     import sys
 
-    from training.evaluate import write_json
-    from training.evaluate_images import ImageEvalConfig, evaluate_images, markdown, write_figure
-    from training.table import write_markdown
+    from training.evaluate.images import ImageEvalConfig, evaluate_images, markdown, write_figure
+    from training.evaluate.markdown import write_markdown
+    from training.evaluate.tables import write_json
 
     cfg = ImageEvalConfig(
         folder=folder,
@@ -359,8 +359,8 @@ def dose_curve(
     import sys
 
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
-    from training.evaluate import write_json
-    from training.evaluate_detector import DetectorEvalConfig, psnr_vs_dose
+    from training.evaluate.detector import DetectorEvalConfig, psnr_vs_dose
+    from training.evaluate.tables import write_json
 
     cfg = DetectorEvalConfig(test=test, max_test_images=max_test_images, out_dir=out_dir)
     res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
@@ -382,8 +382,8 @@ def fov_study(
     """Table 3.1(a): UNets of ~equal parameter count and FoV 53 / 245 / 1013 px on the test split."""
     import sys
 
-    from training.evaluate import EvalConfig, evaluate_fov, write_json
-    from training.table import table_3_1_markdown, write_markdown
+    from training.evaluate.markdown import table_3_1_markdown, write_markdown
+    from training.evaluate.tables import EvalConfig, evaluate_fov, write_json
 
     if train_first:
         from training.export import export_run
@@ -419,10 +419,14 @@ def fov_study_detector(
     """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets."""
     import sys
 
-    from training.evaluate import write_json
-    from training.evaluate_detector import DetectorEvalConfig
-    from training.fov_detector import FOV_DETECTOR_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
-    from training.table import write_markdown
+    from training.evaluate.detector import DetectorEvalConfig
+    from training.evaluate.fov_detector import (
+        FOV_DETECTOR_PRESETS,
+        evaluate_fov_detector,
+        table_3_1_detector_markdown,
+    )
+    from training.evaluate.markdown import write_markdown
+    from training.evaluate.tables import write_json
     from training.train import preset_config
 
     default = {}

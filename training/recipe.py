@@ -1,7 +1,7 @@
 """`sbd-train gpu-recipe`: simulate, train, export, build the TensorRT plan and evaluate, in one call.
 
 Every step calls the project's own functions (``training.sim.simulate``, ``training.train``,
-``training.export``, ``training.evaluate_detector``); nothing here re-implements them. What a step
+``training.export``, ``training.evaluate.detector``); nothing here re-implements them. What a step
 needs that the machine lacks (a GPU for training, TensorRT for the plan) is checked first: training
 refuses to fall back to the CPU unless asked (``allow_cpu``, for smoke runs), and the TensorRT step is
 recorded as *skipped* with the reason when TensorRT or CUDA is missing, never faked. Each step's
@@ -379,7 +379,7 @@ def step_train(ctx: _Context) -> dict[str, Any]:
 
 
 def step_export(ctx: _Context) -> dict[str, Any]:
-    from training.evaluate import EvalConfig, evaluate_fov
+    from training.evaluate.tables import EvalConfig, evaluate_fov
     from training.export import export_run, set_metrics
 
     run_dir, out = ctx.tc.run_dir, ctx.engine_dir
@@ -431,9 +431,9 @@ def step_tensorrt(ctx: _Context) -> dict[str, Any]:
 
 def step_evaluate(ctx: _Context) -> dict[str, Any]:
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
-    from training.evaluate import write_json
-    from training.evaluate_detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
-    from training.table import table_5_1_detector_markdown, write_markdown
+    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
+    from training.evaluate.markdown import table_5_1_detector_markdown, write_markdown
+    from training.evaluate.tables import write_json
 
     cfg, out = ctx.cfg, ctx.engine_dir
     test = detector_test_path(cfg)

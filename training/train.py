@@ -468,7 +468,7 @@ def validate(
 
     ``factor``: the validation set drawn at that multiple of the nominal dose (``val_dose_factors``).
     """
-    from training.metrics import psnr
+    from training.evaluate.metrics import psnr
 
     model.eval()
     total = 0.0

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sbd_stream.sources.emulator import resample
 from training.cli import app
-from training.evaluate_images import read_images
+from training.evaluate.images import read_images
 from training.sim.samples import read_quality_frames
 
 

@@ -35,7 +35,7 @@ def _paper_psnr_by_hand(cfg, engine_dir: Path) -> tuple[float, float]:
     from sbd_stream.engines.denoiser import Denoiser
     from sbd_stream.frames import Frame, FrameHeader
     from sbd_stream.service.batch import BatchStage
-    from training.evaluate_detector import load_test
+    from training.evaluate.detector import load_test
 
     items, px = load_test(cfg)
     den = Denoiser.load(engine="torch", engine_dir=engine_dir)
@@ -51,7 +51,7 @@ def _paper_psnr_by_hand(cfg, engine_dir: Path) -> tuple[float, float]:
 
 
 def test_paper_metric_clamps_counts_to_one_count_of_range() -> None:
-    from training.evaluate_detector import paper_metrics
+    from training.evaluate.detector import paper_metrics
 
     clean = np.full((32, 32), 1.0)
     m = paper_metrics(clean, clean + 0.1, counts_per_px=0.45)
@@ -63,8 +63,8 @@ def test_paper_metric_clamps_counts_to_one_count_of_range() -> None:
 def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     tmp_path: Path, binning_engine_dir: Path
 ) -> None:
-    from training.evaluate_detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
-    from training.table import table_5_1_detector_markdown
+    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
+    from training.evaluate.markdown import table_5_1_detector_markdown
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
     _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)
@@ -72,7 +72,7 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
         test=tmp_path / "test.h5", val=tmp_path / "val.h5", max_test_images=2, tune_images=1,
         slow_test_images=1, engine_kind="torch",
     )  # fmt: skip
-    import training.evaluate_detector as ed
+    import training.evaluate.detector as ed
 
     fast = [b for b in ed.detector_baselines(1.0, 1) if b.label in ("Raw", "Low-pass filter")]
     orig = ed.detector_baselines
@@ -105,8 +105,12 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
     tmp_path: Path, binning_engine_dir: Path
 ) -> None:
     """Table 3.1 at the detector's sampling: each engine through the batch stage, FoV in A, markdown."""
-    from training.evaluate_detector import DetectorEvalConfig
-    from training.fov_detector import FOV_DETECTOR_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
+    from training.evaluate.detector import DetectorEvalConfig
+    from training.evaluate.fov_detector import (
+        FOV_DETECTOR_PRESETS,
+        evaluate_fov_detector,
+        table_3_1_detector_markdown,
+    )
     from training.train import build_network, preset_config
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
@@ -146,8 +150,8 @@ def test_both_detector_tables_run_on_test_frames_without_surface_columns(
     """Issue 25: Table 3.1 at the detector's sampling raised KeyError 'surface_f1' where Table 5.1 reads
     it with .get: detection metrics exist only for frames that hold such columns. Both tables now run
     and show n/a for the missing metric."""
-    from training.evaluate_detector import DetectorEvalConfig
-    from training.fov_detector import evaluate_fov_detector, table_3_1_detector_markdown
+    from training.evaluate.detector import DetectorEvalConfig
+    from training.evaluate.fov_detector import evaluate_fov_detector, table_3_1_detector_markdown
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2, surface=False)
     _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)

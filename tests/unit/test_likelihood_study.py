@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.likelihood_study import (
+from training.evaluate.likelihood_study import (
     StudyConfig,
     match_columns,
     roc_auc,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.regions import PARTICLE, SUPPORT, VACUUM, region_map, region_psnrs, regions_from_clean
+from training.evaluate.regions import PARTICLE, SUPPORT, VACUUM, region_map, region_psnrs, regions_from_clean
 from training.sim.structures import Z_CE, Z_O, Z_PT
 
 

@@ -8,8 +8,16 @@ import torch
 
 from sbd_stream.compute.normalisation import Normalisation
 from training.augment import AugmentSpec, affine_params, draw_batch, sample_patches
-from training.baselines import adaptive_wiener, anscombe, inverse_anscombe, low_pass, raw, vst_bm3d, vst_nlm
-from training.metrics import (
+from training.evaluate.baselines import (
+    adaptive_wiener,
+    anscombe,
+    inverse_anscombe,
+    low_pass,
+    raw,
+    vst_bm3d,
+    vst_nlm,
+)
+from training.evaluate.metrics import (
     Counts,
     DetectionSpec,
     detect_atoms,

@@ -47,7 +47,7 @@ def write_quality_frames(data: Path, out: Path = QUALITY_OUT, n: int = 6, seed: 
     """Test-split clean images of the paper world WITH their atomic-model columns, for the quality test.
 
     The test scores the shipped engine per region (vacuum / support / particle from the columns), so the
-    bundle carries what ``training.regions.region_map`` needs; the images stay at the working pixel
+    bundle carries what ``training.evaluate.regions.region_map`` needs; the images stay at the working pixel
     (0.24 A, ~0.2 MB each) and the test resamples them to the detector's 0.060 A.
     """
     with SimulatedDataset(data) as ds:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from training.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
-from training.evaluate import Item, margins, summarise
-from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
+from training.evaluate.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
+from training.evaluate.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
+from training.evaluate.tables import Item, margins, summarise
 from training.sim.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
@@ -172,8 +172,8 @@ def score(estimate: np.ndarray, it: Item, spec: DetectionSpec, counts_per_px: fl
 
 
 def region_scores(estimate: np.ndarray, it: Item, pixel_A: float, counts_per_px: float) -> dict[str, float]:
-    """Paper PSNR in the vacuum, support and particle of the image's atomic model (``training.regions``)."""
-    from training.regions import region_map, region_psnrs
+    """Paper PSNR in the vacuum, support and particle of the image's atomic model (``regions``)."""
+    from training.evaluate.regions import region_map, region_psnrs
 
     regions = region_map(it.clean.shape, it.columns["xy"], it.columns["species"], pixel_A)
     res = region_psnrs(it.clean * counts_per_px, np.asarray(estimate, np.float64) * counts_per_px, regions)

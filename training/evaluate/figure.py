@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from training.baselines import classical_baselines
-from training.evaluate import EvalConfig, load_items, sbd_method
-from training.metrics import psnr
+from training.evaluate.baselines import classical_baselines
+from training.evaluate.metrics import psnr
+from training.evaluate.tables import EvalConfig, load_items, sbd_method
 
 
 def comparison_images(

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.evaluate_detector import DetectorEvalConfig, load_test, load_val, run_rows, sbd_detector_method
-from training.metrics import DetectionSpec, calibrate_threshold
+from training.evaluate.detector import DetectorEvalConfig, load_test, load_val, run_rows, sbd_detector_method
+from training.evaluate.metrics import DetectionSpec, calibrate_threshold
 
 FOV_DETECTOR_PRESETS = ("fov13-detector", "fov21-detector", "fov53-detector", "fov245-detector")
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from training.regions import REGION_NAMES, region_fractions, region_psnrs, regions_from_clean
+from training.evaluate.regions import REGION_NAMES, region_fractions, region_psnrs, regions_from_clean
 
 SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs")
 
@@ -122,7 +122,7 @@ def oracle_low_pass(
 
 def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
     from sbd_stream.engines.card import default_engine_root, offline_engine
-    from training.evaluate_detector import sbd_detector_method
+    from training.evaluate.detector import sbd_detector_method
 
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
     engine_dir = engine_dir or default_engine_root() / (cfg.engine or offline_engine())
@@ -206,7 +206,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"{res['config']['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
         f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count), dB, SBD / low-pass "
         "(Gaussian width chosen per image and per region on the ground truth). Regions from the clean image "
-        "(`training.regions.regions_from_clean`).",
+        "(`training.evaluate.regions.regions_from_clean`).",
         f"Rerun: `{command}`",
         "",
         "| image | draw | whole | vacuum | support | particle | vacuum / support / particle area |",

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from training.baselines import Baseline, classical_baselines, tune
-from training.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
+from training.evaluate.baselines import Baseline, classical_baselines, tune
+from training.evaluate.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
 from training.sim.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]

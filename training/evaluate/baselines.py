@@ -126,7 +126,7 @@ def tune(
     baseline: Baseline, items: Sequence[tuple[np.ndarray, np.ndarray]], dose: float
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Grid point with the best mean PSNR on (clean, counts) validation pairs; also every point's score."""
-    from training.metrics import psnr
+    from training.evaluate.metrics import psnr
 
     use = items[: baseline.tune_images]
     scores: dict[str, float] = {}
