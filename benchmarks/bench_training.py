@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from sbd_stream.compute.normalisation import Normalisation
-from training.augment import draw_batch
-from training.train import build_network, preset_config
+from training.train.augment import draw_batch
+from training.train.network import build_network
+from training.train.presets import preset_config
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_training.json"
 ENGINE = Path(__file__).resolve().parents[1] / "engines" / "sbd-unet4-default"

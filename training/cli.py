@@ -165,8 +165,8 @@ def train(
     """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`)."""
     import os
 
-    from training.train import preset_config
-    from training.train import train as run_training
+    from training.train.loop import train as run_training
+    from training.train.presets import preset_config
 
     cfg = preset_config(
         preset,
@@ -191,7 +191,7 @@ def train(
 
 def _export(run_dir: Path, engine_dir: Path, evaluate_test: bool, data: Path) -> None:
     from training.evaluate.tables import EvalConfig, evaluate_fov
-    from training.export import export_run, set_metrics
+    from training.train.export import export_run, set_metrics
 
     card = export_run(run_dir, engine_dir)
     typer.echo(f"wrote {engine_dir} ({card.parameters} parameters, FoV {card.field_of_view} px)")
@@ -224,7 +224,7 @@ def export(
     Works on a finished run and on one still going or stopped (counters from its last.pt).
     """
     if data is None:
-        from training.train import TrainConfig
+        from training.train.config import TrainConfig
 
         data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
     _export(run_dir, engine_dir, evaluate_test, data)
@@ -386,9 +386,9 @@ def fov_study(
     from training.evaluate.tables import EvalConfig, evaluate_fov, write_json
 
     if train_first:
-        from training.export import export_run
-        from training.train import preset_config
-        from training.train import train as run_training
+        from training.train.export import export_run
+        from training.train.loop import train as run_training
+        from training.train.presets import preset_config
 
         for preset in ("fov53", "fov245", "fov1013"):
             cfg = preset_config(preset, data=str(data), max_minutes=max_minutes)
@@ -427,14 +427,14 @@ def fov_study_detector(
     )
     from training.evaluate.markdown import write_markdown
     from training.evaluate.tables import write_json
-    from training.train import preset_config
+    from training.train.presets import preset_config
 
     default = {}
     for preset in FOV_DETECTOR_PRESETS:
         cfg = preset_config(preset, data=str(val))
         if train_first and not (BENCH_ENGINES / cfg.name / "card.json").is_file():
-            from training.export import export_run
-            from training.train import train as run_training
+            from training.train.export import export_run
+            from training.train.loop import train as run_training
 
             run_training(cfg)
             export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
@@ -461,8 +461,8 @@ def build_engine(
     max_batch: int = typer.Option(16, help="largest tile batch the plan accepts"),
 ) -> None:
     """Compile the engine's TensorRT plan for this machine's GPU (cached under ~/.cache/sbd-stream)."""
-    from training.export import NoGPU
-    from training.export import build_engine as build
+    from training.train.export import NoGPU
+    from training.train.export import build_engine as build
 
     try:
         plan = build(engine_dir, precision, tile, max_batch)

@@ -1,7 +1,7 @@
 """`sbd-train gpu-recipe`: simulate, train, export, build the TensorRT plan and evaluate, in one call.
 
 Every step calls the project's own functions (``training.sim.simulate``, ``training.train``,
-``training.export``, ``training.evaluate.detector``); nothing here re-implements them. What a step
+``training.train.export``, ``training.evaluate.detector``); nothing here re-implements them. What a step
 needs that the machine lacks (a GPU for training, TensorRT for the plan) is checked first: training
 refuses to fall back to the CPU unless asked (``allow_cpu``, for smoke runs), and the TensorRT step is
 recorded as *skipped* with the reason when TensorRT or CUDA is missing, never faked. Each step's
@@ -86,7 +86,7 @@ class RecipeConfig(BaseModel):
     scheduler: str | None = None
     # train
     train_preset: str = Field(
-        "paper-quality", description="training preset (training.train.PRESETS): the quality engine"
+        "paper-quality", description="training preset (training.train.presets): the quality engine"
     )
     model: str | None = Field(None, description="detector | wide | paper (see MODELS)")
     scales: int | None = Field(None, ge=1)
@@ -240,10 +240,12 @@ def simulation_status(cfg: RecipeConfig) -> dict[str, Any]:
 
 def train_config(cfg: RecipeConfig, device: str) -> Any:
     """The run's TrainConfig: the training preset, the model, GPU defaults and the options given."""
-    from training.train import PRESETS, preset_config
+    from training.train.presets import TRAINING_PRESETS, preset_config
 
-    if cfg.train_preset not in PRESETS:
-        raise RecipeError(f"unknown training preset {cfg.train_preset!r}; choose from {', '.join(PRESETS)}")
+    if cfg.train_preset not in TRAINING_PRESETS:
+        raise RecipeError(
+            f"unknown training preset {cfg.train_preset!r}; choose from {', '.join(TRAINING_PRESETS)}"
+        )
     scales, channels = _model(cfg)
     gpu = GPU_DEFAULTS if device.startswith("cuda") else {}
     overrides: dict[str, Any] = {
@@ -350,7 +352,7 @@ def step_simulate(ctx: _Context) -> dict[str, Any]:
 
 
 def step_train(ctx: _Context) -> dict[str, Any]:
-    from training.train import train
+    from training.train.loop import train
 
     cfg, tc = ctx.cfg, ctx.tc
     if not Path(tc.data).is_file():
@@ -380,7 +382,7 @@ def step_train(ctx: _Context) -> dict[str, Any]:
 
 def step_export(ctx: _Context) -> dict[str, Any]:
     from training.evaluate.tables import EvalConfig, evaluate_fov
-    from training.export import export_run, set_metrics
+    from training.train.export import export_run, set_metrics
 
     run_dir, out = ctx.tc.run_dir, ctx.engine_dir
     card = export_run(run_dir, out)
@@ -412,7 +414,7 @@ def step_export(ctx: _Context) -> dict[str, Any]:
 
 
 def step_tensorrt(ctx: _Context) -> dict[str, Any]:
-    from training.export import NoGPU, build_engine
+    from training.train.export import NoGPU, build_engine
 
     reason = ctx.dev["tensorrt_unavailable"]
     if reason:
@@ -493,7 +495,7 @@ def selected_steps(steps: list[str]) -> list[str]:
 def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a run would do, step by step, with the devices found. Writes nothing."""
     from sbd_stream.compute.model import count_parameters, field_of_view
-    from training.train import build_network
+    from training.train.network import build_network
 
     dev = dev or devices()
     steps = selected_steps(cfg.steps)
@@ -526,7 +528,7 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
                     torchrun_command(tc.run_dir / "recipe_train_config.json", nproc, cfg.resume)
                 )
             else:
-                item["command"] = "in-process training.train.train(config)"
+                item["command"] = "in-process training.train.loop.train(config)"
             item["run_dir"] = str(tc.run_dir)
             item["network"] = f"{tc.architecture.value} {tc.scales} scales x {tc.channels} channels, "
             item["network"] += f"{count_parameters(net)} parameters, FoV {field_of_view(net)} px"
@@ -663,7 +665,8 @@ def _short(v: Any) -> str:
 
 def _worker(argv: list[str]) -> None:
     """``python -m training.recipe train-worker CONFIG.json [--no-resume]``: one rank under torchrun."""
-    from training.train import TrainConfig, train
+    from training.train.config import TrainConfig
+    from training.train.loop import train
 
     if not argv or argv[0] != "train-worker" or len(argv) < 2:
         raise SystemExit("usage: python -m training.recipe train-worker CONFIG.json [--no-resume]")

@@ -18,9 +18,10 @@ from sbd_stream.engines.card import load_card, load_torch_model
 from sbd_stream.engines.denoiser import Denoiser
 from training.evaluate.figure import comparison_images, write_comparison_figure
 from training.evaluate.tables import EvalConfig, evaluate_fov, evaluate_table_5_1, write_json
-from training.export import NoGPU, build_engine, export_run
 from training.sim.synthetic_data import write_synthetic
-from training.train import preset_config, train
+from training.train.export import NoGPU, build_engine, export_run
+from training.train.loop import train
+from training.train.presets import preset_config
 
 REPO = Path(__file__).resolve().parents[2]
 

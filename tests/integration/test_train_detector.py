@@ -11,10 +11,13 @@ import torch
 
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import load_card, load_torch_model
-from training.augment import AugmentSpec, draw_batch
-from training.export import export_run
 from training.sim.synthetic_data import write_synthetic
-from training.train import TrainConfig, build_network, init_weights, preset_config, train
+from training.train.augment import AugmentSpec, draw_batch
+from training.train.config import TrainConfig
+from training.train.export import export_run
+from training.train.loop import train
+from training.train.network import build_network, init_weights
+from training.train.presets import preset_config
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,8 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
         evaluate_fov_detector,
         table_3_1_detector_markdown,
     )
-    from training.train import build_network, preset_config
+    from training.train.network import build_network
+    from training.train.presets import preset_config
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
     _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from sbd_stream.compute.normalisation import Normalisation
-from training.augment import AugmentSpec, affine_params, draw_batch, sample_patches
 from training.evaluate.baselines import (
     adaptive_wiener,
     anscombe,
@@ -28,6 +27,7 @@ from training.evaluate.metrics import (
 )
 from training.sim.splits import SplitSpec, split_indices, split_structures
 from training.sim.synthetic_data import _image
+from training.train.augment import AugmentSpec, affine_params, draw_batch, sample_patches
 
 # --- splits ----------------------------------------------------------------------------------------------
 
@@ -188,9 +188,10 @@ def test_every_classical_baseline_beats_the_raw_frame(blob_image) -> None:
 
 def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
     from sbd_stream.compute.model import count_parameters, field_of_view
-    from training.train import PRESETS, build_network, preset_config
+    from training.train.network import build_network
+    from training.train.presets import TRAINING_PRESETS, preset_config
 
-    for name in PRESETS:
+    for name in TRAINING_PRESETS:
         cfg = preset_config(name)
         if cfg.architecture == "unet":
             assert cfg.augment.patch % 2**cfg.scales == 0, name
@@ -211,7 +212,8 @@ def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
 
 
 def test_cosine_schedule_decays_over_the_larger_of_the_step_and_time_budgets() -> None:
-    from training.train import preset_config, scheduled_lr
+    from training.train.loop import scheduled_lr
+    from training.train.presets import preset_config
 
     cfg = preset_config("tiny", max_steps=1000, max_minutes=10.0, lr=1e-3, min_lr=1e-6, lr_schedule="cosine")
     assert scheduled_lr(cfg, 0, 0.0) == pytest.approx(1e-3)

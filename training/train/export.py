@@ -15,7 +15,8 @@ import torch
 
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import EngineCard, load_card, write_engine
-from training.train import TrainConfig, build_network
+from training.train.config import TrainConfig
+from training.train.network import build_network
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Module]:

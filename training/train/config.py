@@ -1,0 +1,81 @@
+"""What a training run depends on: ``TrainConfig`` (saved beside its checkpoints and into the engine card).
+
+Kept apart from the named training presets (``presets``) and the loop (``loop``) so the export, the GPU
+recipe and the CLI can read a run's config without importing the loop.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from sbd_stream.compute.model import Architecture
+from sbd_stream.engines.card import TilingDefaults
+from training.sim.splits import SplitSpec
+from training.train.augment import AugmentSpec
+
+
+class LRSchedule(StrEnum):
+    """``plateau``: halve on a validation plateau (the paper's; open-ended CPU runs that resume).
+    ``cosine``: decay from ``lr`` to ``min_lr`` over the budget (the larger of the step and time
+    fractions), for a run with a fixed budget such as a GPU lease, which a plateau schedule
+    would end still at a high rate."""
+
+    plateau = "plateau"
+    cosine = "cosine"
+
+
+class TrainConfig(BaseModel):
+    """Everything a run depends on; saved next to its checkpoints and into the engine card."""
+
+    name: str = "sbd-unet4-default"
+    data: Path = Path("data/mini.h5")
+    out_dir: Path = Path("runs")
+    architecture: Architecture = Architecture.unet
+    scales: int = 4
+    channels: int = 16
+    depth: int = 20
+    augment: AugmentSpec = AugmentSpec()
+    split: SplitSpec = SplitSpec()
+    batch: int = Field(8, gt=0, description="per process")
+    lr: float = 1e-3
+    lr_factor: float = 0.5
+    lr_schedule: LRSchedule = LRSchedule.plateau
+    plateau_patience: int = Field(3, ge=0, description="validations without gain before halving the LR")
+    early_stop_patience: int = Field(8, ge=1, description="validations without gain before stopping")
+    min_lr: float = 1e-6
+    max_steps: int = 100_000
+    max_minutes: float | None = None
+    val_every: int = 50
+    val_images: int = 16
+    val_seed: int = 12345
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = None
+    tiling: TilingDefaults = TilingDefaults(tile=256, margin=48, overlap=32)
+    preload_max_gb: float = Field(4.0, description="train splits up to this size are held in memory")
+    init_from: Path | None = Field(
+        None,
+        description="engine directory (or name under engines/) whose weights start a fresh run; "
+        "ignored when the run resumes from its own last.pt",
+    )
+    freeze_norm_after: int | None = Field(
+        None,
+        ge=0,
+        description="from this step on, batch-norm layers run in eval mode while training (running "
+        "statistics frozen, affine weights still learn), so training optimises the network inference runs; "
+        "from step 0 in a run started with init_from",
+    )
+    val_dose_factors: list[float] = Field(
+        default_factory=list,
+        description="extra validation doses (factors of the nominal); checkpoints, LR and early stopping "
+        "then use the mean PSNR over the nominal and these doses",
+    )
+    notes: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name

@@ -1,0 +1,283 @@
+"""Training as in Sec. 5: augmented patches, fresh Poisson noise, MSE, Adam, LR halving, early stopping.
+
+One process or many: under ``torchrun`` every rank draws its own batches (seeded by seed, rank and
+step, so a resumed run draws exactly what the interrupted one would have) and DistributedDataParallel
+averages the gradients; validation is sharded over the ranks and all-reduced, so every rank takes the
+same LR / stopping decision. Checkpoints hold only tensors and plain values and load with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sbd_stream.compute.model import count_parameters, field_of_view
+from sbd_stream.compute.normalisation import Normalisation
+from training.train.augment import draw_batch
+from training.train.config import LRSchedule, TrainConfig
+from training.train.data import TrainData
+from training.train.network import build_network, init_weights, predict_full, set_train_mode
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, elapsed_s: float) -> float | None:
+    """The cosine schedule's rate at this point of the budget; None for the plateau schedule."""
+    if cfg.lr_schedule is not LRSchedule.cosine:
+        return None
+    fractions = [step / cfg.max_steps]
+    if cfg.max_minutes:
+        fractions.append(elapsed_s / (60.0 * cfg.max_minutes))
+    p = min(1.0, max(fractions))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+# --- distributed helpers ----------------------------------------------------------------------------
+
+
+def _dist() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    if not torch.distributed.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+
+def validate(
+    model: nn.Module, data: TrainData, norm: Normalisation, device: torch.device, factor: float | None = None
+) -> float:
+    """Mean PSNR (clean units, clean data range) over the whole validation set, all ranks together.
+
+    ``factor``: the validation set drawn at that multiple of the nominal dose (``val_dose_factors``).
+    """
+    from training.evaluate.metrics import psnr
+
+    model.eval()
+    total = 0.0
+    counts_set = data.val_counts if factor is None else data.val_counts_at[factor]
+    dose = data.dose * (1.0 if factor is None else factor)
+    with torch.no_grad():
+        for counts, clean in zip(counts_set, data.val_clean, strict=True):
+            x = norm.to_input(torch.from_numpy(counts)[None, None].to(device), dose)
+            y = norm.to_clean_units(predict_full(model, x))[0, 0].cpu().numpy()
+            total += float(psnr(clean, y))
+    model.train()
+    s, n = _all_reduce([total, float(len(data.val_counts))])
+    return float(s / max(n, 1.0))  # a plain float: checkpoints load with weights_only=True
+
+
+def _log(run_dir: Path, rank: int, record: dict[str, Any]) -> None:
+    if rank != 0:
+        return
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+        flush=True,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary also written to ``<run_dir>/summary.json``."""
+    rank, world = _dist()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick the fastest kernels
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data = TrainData(cfg, rank, world)
+    norm = Normalisation(dose=data.dose)
+    net = build_network(cfg).to(device)
+    model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=cfg.lr_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+    )
+    state = {"step": 0, "best_psnr": -math.inf, "best_step": 0, "bad": 0, "elapsed_s": 0.0, "samples": 0}
+    last = run_dir / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state.update(ck["state"])
+        _log(run_dir, rank, {"event": "resumed", "step": state["step"]})
+    else:
+        if rank == 0:
+            (run_dir / "log.jsonl").unlink(missing_ok=True)
+        if cfg.init_from is not None:
+            init = init_weights(cfg)
+            net.load_state_dict(init["state_dict"])
+            state["init_from"] = init["info"]
+            _log(run_dir, rank, {"event": "init_from", **init["info"]})
+    if rank == 0:
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        _log(
+            run_dir,
+            rank,
+            {
+                "event": "start",
+                "params": count_parameters(net),
+                "fov": field_of_view(net),
+                "train_images": data.n_train,
+                "preloaded": data.preloaded,
+                "val_images": data.n_val_total,
+                "world": world,
+                "device": str(device),
+            },
+        )
+    if data.train is not None:
+        data.train = data.train.to(device)
+    t0 = time.perf_counter() - state["elapsed_s"]
+    ema = None
+    stop = False
+    # a run that starts from an engine's weights has its running statistics already: freeze at once
+    frozen_at = cfg.freeze_norm_after
+    if frozen_at is not None and cfg.init_from is not None:
+        frozen_at = 0
+    model.train()
+    while not stop:
+        step = state["step"]
+        set_train_mode(model, frozen_at is not None and step >= frozen_at)
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        which = rng.integers(data.n_train, size=cfg.batch)
+        x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
+        lr_now = scheduled_lr(cfg, step, time.perf_counter() - t0)
+        if lr_now is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] = step = step + 1
+        state["samples"] += cfg.batch * world
+        ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+        elapsed = time.perf_counter() - t0
+        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        out_of_time = bool(_all_reduce([float(out_of_time)])[0])
+        done = step >= cfg.max_steps or out_of_time
+        if step % cfg.log_every == 0:
+            _log(
+                run_dir,
+                rank,
+                {
+                    "step": step,
+                    "loss": ema,
+                    "lr": opt.param_groups[0]["lr"],
+                    "t_s": elapsed,
+                    "samples_per_s": state["samples"] / max(elapsed, 1e-9),
+                },
+            )
+        if step % cfg.val_every == 0 or done:
+            v = validate(model, data, norm, device)
+            at = {f"val_psnr_x{f:g}": validate(model, data, norm, device, f) for f in cfg.val_dose_factors}
+            # selection score: mean PSNR over the nominal and the extra validation doses
+            score = float(np.mean([v, *at.values()]))
+            if frozen_at is not None and step > frozen_at and state["best_step"] <= frozen_at:
+                # checkpoints from before the freeze ran another network (per-batch statistics):
+                # forget them, and the plateau counters built on them
+                state.update(best_psnr=-math.inf, bad=0)
+                sched._reset()
+                _log(run_dir, rank, {"event": "norm_frozen_reset_best", "step": step})
+            if cfg.lr_schedule is LRSchedule.plateau:
+                sched.step(score)
+            improved = score > state["best_psnr"]
+            if improved:
+                state.update(best_psnr=score, best_step=step, bad=0)
+                if rank == 0:
+                    torch.save(net.state_dict(), run_dir / "best.pt")
+            else:
+                state["bad"] += 1
+            state["elapsed_s"] = time.perf_counter() - t0
+            state["last_val"] = {"step": step, "val_psnr": v, **at}
+            _log(
+                run_dir,
+                rank,
+                {
+                    "step": step,
+                    "val_psnr": v,
+                    **at,
+                    **({"score": score} if at else {}),
+                    "best": state["best_psnr"],
+                    "lr": opt.param_groups[0]["lr"],
+                    "t_s": state["elapsed_s"],
+                },
+            )
+            if rank == 0:
+                ck = {
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": dict(state),
+                }
+                torch.save(ck, run_dir / "last.pt.tmp")
+                os.replace(run_dir / "last.pt.tmp", last)
+            if state["bad"] >= cfg.early_stop_patience:
+                _log(run_dir, rank, {"event": "early_stop", "step": step})
+                done = True
+        stop = done
+    summary = {
+        "name": cfg.name,
+        "steps": state["step"],
+        "samples": state["samples"],
+        "epochs": state["samples"] / max(data.n_train, 1),
+        "best_val_psnr": state["best_psnr"],
+        "best_step": state["best_step"],
+        "lr_schedule": cfg.lr_schedule.value,
+        "val_selection": (
+            f"mean val PSNR at x1 and x{', x'.join(f'{f:g}' for f in cfg.val_dose_factors)} the nominal dose"
+            if cfg.val_dose_factors
+            else "val PSNR at the nominal dose"
+        ),
+        "wall_s": time.perf_counter() - t0,
+        "world_size": world,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters(net),
+        "field_of_view": field_of_view(net),
+        "seed": cfg.seed,
+        "command": " ".join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "data": str(cfg.data),
+        "dose": data.dose,
+        "pixel_size_A": data.pixel_size_A,
+        "dose_e_per_A2": data.dose_e_per_A2,
+        "dose_factors": list(cfg.augment.dose_factors) if cfg.augment.dose_factors else None,
+        "init_from": state.get("init_from"),
+        "last_val": state.get("last_val"),
+        "structures": data.structures,
+        "split_images": {k: len(v) for k, v in data.splits.items()},
+        "data_attrs": data.attrs,
+    }
+    data.close()
+    if rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _log(run_dir, rank, {"event": "done", "steps": state["step"], "best_val_psnr": state["best_psnr"]})
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary

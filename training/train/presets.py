@@ -1,0 +1,229 @@
+"""Training presets: named starting points for ``TrainConfig`` (``sbd-train train --preset NAME``).
+
+Not to be confused with the simulation's *worlds* (``training.sim.worlds``, ``sbd-train simulate
+--preset``). The table is data, written once here and read-only (``TRAINING_PRESETS``): a preset is a
+partial ``TrainConfig`` whose missing fields take the model's defaults, and command-line options
+override single fields (``preset_config``).
+"""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+from typing import Any
+
+from training.train.config import TrainConfig
+
+CPU_TILING = {"tile": 1280, "margin": 48, "overlap": 32}
+"""Big tiles for CPU: a 1024^2 frame runs as one 1184^2 tile instead of nine 512^2 ones (2.4x the work)."""
+
+WHOLE_IMAGES = {
+    "batch": 2,
+    "val_every": 250,
+    "val_images": 32,
+    # whole 256 px images, so the patch never truncates the field of view; rotations and rescales of a
+    # whole image would need reflected corners, so these presets use flips only
+    "augment": {"patch": 256, "max_rotation_deg": 0.0, "rescale_prob": 0.0},
+}
+
+WHOLE_FRAME_TILING = {"tile": 512, "margin": 48, "overlap": 32}
+"""Frames up to 512 working pixels (2048^2 detector pixels at bin 4) run as one whole-frame tile with no
+margin, as trained (``Denoiser.plan``: a single tile needs no seam hand-over, and a margin would grow a
+256^2 working frame to 416^2); larger ones (a K2's 960 x 928) are tiled with a 48 px margin and a
+32 px cosine hand-over.
+"""
+
+FOV_BUDGET = {**WHOLE_IMAGES, "max_steps": 2000, "max_minutes": None, "threads": 2, "tiling": CPU_TILING}
+"""Table 3.1 budget: the same steps and samples for every network, ~8-15 min each on 2 cores."""
+
+BASELINE_BUDGET = {**WHOLE_IMAGES, "batch": 1, "max_steps": 1000, "threads": 2}
+"""Table 5.1 network baselines: the default's recipe on 1/24 (small UNet) and 1/96 (DnCNN) of its pixels.
+
+Both are 5-40x slower per pixel than the default UNet; equal pixels would take 4-30 hours here.
+"""
+
+# The live CPU engine on the paper's world (data/paper.h5, App. A.2/A.3: support up to half of a
+# 5 x 5 nm field, 100 models): the detector engine's network and dose mix, continued from its
+# committed weights (batch norm frozen from step 0), 208 px windows of the 220 px images in all 8
+# right-angle orientations (a real frame can have its support on any side), a cosine decay over the
+# run's budget (give --max-minutes; continue a later run with --init-from sbd-unet4-paper).
+PAPER_LIVE: dict[str, Any] = {
+    "name": "sbd-unet4-paper",
+    "data": "data/paper.h5",
+    "scales": 4,
+    "channels": 16,
+    "batch": 4,
+    "lr": 5e-4,
+    "lr_schedule": "cosine",
+    "max_steps": 20000,
+    "threads": 2,
+    "val_every": 250,
+    "val_images": 32,
+    "augment": {
+        "patch": 208,
+        "max_rotation_deg": 0.0,
+        "rescale_prob": 0.0,
+        "right_angles": True,
+        "dose_factors": (0.5, 2.0),
+    },
+    "val_dose_factors": [0.5, 2.0],
+    "init_from": "sbd-unet4-detector",
+    "freeze_norm_after": 0,  # the engine's running statistics, as it runs in the service
+    "tiling": WHOLE_FRAME_TILING,
+}
+"""The live CPU engine's recipe on the paper's world."""
+
+# The detector engine: 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
+# pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
+# dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
+# (2 threads, batch 4; benchmarks/results/bench_onnx_channels.json). A step budget (reproducible),
+# ~50 min on 2 free cores (0.17 s per step); on a shared machine add --max-minutes (the run resumes
+# from last.pt; --init-from continues from a shipped engine in a new run).
+DETECTOR: dict[str, Any] = {
+    "name": "sbd-unet4-detector",
+    "data": "data/detector.h5",
+    "scales": 4,
+    "channels": 16,
+    "max_steps": 16000,
+    "threads": 2,
+    **WHOLE_IMAGES,
+    "augment": {**WHOLE_IMAGES["augment"], "dose_factors": (0.5, 2.0)},
+    "val_dose_factors": [0.5, 2.0],
+    # batch norm's running statistics are an average over the dose mix; with per-batch statistics in
+    # training and running ones at inference, the engine lost ~5 dB at 0.5x and 2x (best checkpoint at
+    # step 1,500: 18.1 / 22.9 / 18.0 dB at 0.5 / 1 / 2x in eval mode, 20.6 / 21.5 / 21.5 in train mode).
+    # Freezing them after warm-up makes training optimise the network the service runs.
+    "freeze_norm_after": 2000,
+    "tiling": WHOLE_FRAME_TILING,
+}
+"""The detector engine's preset (also the base of the detector-sampling FoV study)."""
+
+DETECTOR_FOV_BUDGET = {
+    **{k: v for k, v in DETECTOR.items() if k != "name"},
+    "max_steps": 2000,
+    "max_minutes": None,
+    "freeze_norm_after": 1500,
+}
+"""Table 3.1 at the detector's sampling: the detector engine's recipe (0.24 A working pixel, 125 e/A^2,
+0.5-2x dose, batch norm frozen after 1500 steps) with the same 2000 steps of 2 x 256^2 for every network
+(~30 min for the two small-reach networks side by side on 2 cores, ~6 min for the 4-scale one).
+"""
+
+_TABLE: dict[str, dict[str, Any]] = {
+    # The shipped CPU engine: FoV 245 px, ~49k parameters, fast enough for 1024^2 frames on a CPU.
+    # Whole 256 px images in the simulation's orientation (flips only): at equal compute this learned
+    # faster than 128 px patches with rotations and rescales (+0.8 dB val PSNR after 1000 steps), and the
+    # test images are not rotated. 12000 steps of 2 x 256^2 (a step budget, so the run is reproducible):
+    # ~55 min on this 2-core machine.
+    "default": {
+        "scales": 4,
+        "channels": 16,
+        "max_steps": 12000,
+        "threads": 2,
+        **WHOLE_IMAGES,
+        "tiling": CPU_TILING,
+    },
+    "detector": DETECTOR,
+    "paper-live": PAPER_LIVE,
+    # The quality engine on the paper's world, for a GPU (the recipe's default): the same field of view
+    # (245 px = 59 A), 64 channels (777k parameters, 16x the channel products), trained from scratch.
+    "paper-quality": {
+        **{k: v for k, v in PAPER_LIVE.items() if k not in ("init_from", "freeze_norm_after", "lr")},
+        "name": "sbd-unet4x64-paper",
+        "channels": 64,
+        "batch": 16,
+        "device": "cuda",
+    },
+    # Field-of-view study (Table 3.1): ~48k parameters each, FoV 53 / 245 / 1013 px (exact, measured).
+    "fov53": {"name": "fov53-unet2", "scales": 2, "channels": 22, **FOV_BUDGET},
+    "fov245": {"name": "fov245-unet4", "scales": 4, "channels": 16, **FOV_BUDGET},
+    "fov1013": {"name": "fov1013-unet6", "scales": 6, "channels": 13, **FOV_BUDGET},
+    # Baseline networks of Table 5.1 (paper architectures, CPU-sized patches and budgets).
+    "small_unet": {
+        "name": "sbd-smallunet",
+        "architecture": "small_unet",
+        **BASELINE_BUDGET,
+        "tiling": CPU_TILING,
+    },
+    "dncnn": {
+        "name": "sbd-dncnn",
+        "architecture": "dncnn",
+        "channels": 64,
+        **BASELINE_BUDGET,
+        "batch": 4,
+        "augment": {**WHOLE_IMAGES["augment"], "patch": 64},  # FoV 41 px: 64 px patches see all of it
+        "tiling": CPU_TILING,
+    },
+    # Paper scale (Sec. 5, App. B.1): 6 scales x 128 channels, 400 px patches; for a GPU.
+    "paper": {
+        "name": "sbd-unet6-paper",
+        "data": "data/paper.h5",
+        "scales": 6,
+        "channels": 128,
+        "batch": 8,
+        "augment": {"patch": 384, "rescale_prob": 1.0},
+        "val_every": 500,
+        "val_images": 128,
+        "plateau_patience": 5,
+        "early_stop_patience": 15,
+        "device": "cuda",
+        "tiling": {"tile": 512, "margin": 64, "overlap": 32},
+    },
+    # Seconds-long smoke run for tests.
+    "tiny": {
+        "name": "tiny",
+        "scales": 2,
+        "channels": 4,
+        "batch": 2,
+        "augment": {"patch": 32},
+        "max_steps": 6,
+        "val_every": 3,
+        "val_images": 2,
+        "log_every": 1,
+        "tiling": {"tile": 64, "margin": 8, "overlap": 8},
+    },
+    # FoV 13 / 21 / 53 / 245 working pixels = 3.1 / 5.0 / 12.7 / 58.8 A (exact reach), 48k / 56k / 49k /
+    # 49k parameters; the paper's ~3 A needs 13 px, less than one UNet scale's 21: a 6-layer DnCNN
+    "fov13-detector": {
+        **DETECTOR_FOV_BUDGET,
+        "name": "fov13-dncnn6-detector",
+        "architecture": "dncnn",
+        "depth": 6,
+        "channels": 36,
+    },
+    "fov21-detector": {
+        **DETECTOR_FOV_BUDGET,
+        "name": "fov21-unet1-detector",
+        "scales": 1,
+        "channels": 32,
+    },
+    "fov53-detector": {
+        **DETECTOR_FOV_BUDGET,
+        "name": "fov53-unet2-detector",
+        "scales": 2,
+        "channels": 22,
+    },
+    "fov245-detector": {
+        **DETECTOR_FOV_BUDGET,
+        "name": "fov245-unet4-detector",
+        "scales": 4,
+        "channels": 16,
+    },
+}
+
+TRAINING_PRESETS: MappingProxyType[str, dict[str, Any]] = MappingProxyType(_TABLE)
+"""Named starting points; command-line options override single fields. Read-only: built once above."""
+
+
+def preset_config(preset: str, **overrides: Any) -> TrainConfig:
+    if preset not in TRAINING_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
+    merged: dict[str, Any] = json.loads(json.dumps(TRAINING_PRESETS[preset]))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return TrainConfig(**merged)
