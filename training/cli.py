@@ -510,7 +510,9 @@ def gpu_recipe(
     card_metrics: bool = typer.Option(True, help="export: test metrics (working pixel) into the card"),
 ) -> None:
     """Simulate, train, export, build the TensorRT plan and evaluate in one call (for a GPU machine)."""
-    from training.recipe import RecipeConfig, RecipeError, describe_plan, format_plan, run_recipe
+    from training.recipe.config import RecipeConfig, RecipeError
+    from training.recipe.plan import describe_plan, format_plan
+    from training.recipe.run import run_recipe
 
     opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
     try:

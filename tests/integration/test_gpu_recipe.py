@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 
 from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
 from training.cli import app
-from training.recipe import STEPS, RecipeConfig, describe_plan, run_recipe, step_simulate
+from training.recipe.config import STEPS, RecipeConfig
+from training.recipe.plan import describe_plan
+from training.recipe.run import run_recipe
+from training.recipe.steps import step_simulate
 from training.sim.synthetic_data import write_synthetic
 
 TRT_REASON = tensorrt_unavailable_reason()
@@ -63,7 +66,8 @@ def test_training_without_a_gpu_is_refused_unless_allowed(tmp_path: Path) -> Non
 
 
 def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
-    from training.recipe import _Context, devices
+    from training.recipe.config import devices
+    from training.recipe.steps import StepContext
     from training.sim.dataset import SimulatedDatasetWriter
     from training.sim.worlds import WORLDS, file_attrs, plan
 
@@ -72,7 +76,7 @@ def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
     with SimulatedDatasetWriter(out, (96, 96), file_attrs(preset)) as w:
         for t in plan(preset):
             w.append_task(fake_sim_task(t.key, t.structure.structure_id, 1, shape=(96, 96)))
-    ctx = _Context(RecipeConfig(sim_preset="tiny", data=out), devices(), "cpu")
+    ctx = StepContext(RecipeConfig(sim_preset="tiny", data=out), devices(), "cpu")
     with pytest.raises(Exception, match="already complete") as e:
         step_simulate(ctx)
     assert type(e.value).__name__ == "Skipped"
