@@ -1,7 +1,8 @@
-"""The package's shape, checked from its source: layers import only downwards, no circles, small modules.
+"""The packages' shape, checked from their source: layers import only downwards, no circles, small modules.
 
-The import graph is read with ``ast`` (every ``import`` / ``from`` of an ``sbd_stream`` module, lazy ones
-inside functions included), so a newcomer's reading of the plan in docs/design.md stays true.
+The import graph is read with ``ast`` (every ``import`` / ``from`` of an ``sbd_stream`` or ``training``
+module, lazy ones inside functions included), so a newcomer's reading of the plan in docs/design.md
+stays true. ``training`` is checked the same way with its stages (sim, evaluate, train, recipe, cli).
 """
 
 from __future__ import annotations
@@ -32,28 +33,41 @@ LAYERS: dict[str, int] = {
 }
 """Rank of each top-level module or folder: an import must go to a lower rank, or stay in its folder."""
 
+TRAINING = PACKAGE.parent / "training"
+
+TRAINING_STAGES: dict[str, int] = {
+    "training": -1,  # the package root holds only a docstring
+    "sim": 1,  # atomic models, abTEM, worlds, the HDF5 data sets
+    "evaluate": 2,  # scoring engines and baselines on simulated test splits
+    "train": 3,  # training presets, the loop, export (validates with evaluate.metrics)
+    "recipe": 4,  # the GPU recipe: calls sim, train and evaluate
+    "cli": 5,  # sbd-train
+    "samples": 6,  # `python -m training.samples`: the documented entry of sim.samples
+}
+"""Rank of each stage of ``training``: an import must go to a lower rank, or stay in its folder."""
+
 MAX_LINES = 450
 
 
-def _modules() -> dict[str, Path]:
+def _modules(package: Path = PACKAGE) -> dict[str, Path]:
     out = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = ["sbd_stream", *path.relative_to(PACKAGE).with_suffix("").parts]
+    for path in package.rglob("*.py"):
+        parts = [package.name, *path.relative_to(package).with_suffix("").parts]
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the ``sbd_stream`` modules it imports (at any depth of its code)."""
-    mods = _modules()
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (at any depth of its code)."""
+    mods = _modules(package)
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if not node.module.startswith("sbd_stream"):
+                if node.module.split(".")[0] != package.name:
                     continue
                 for alias in node.names:
                     sub = f"{node.module}.{alias.name}"
@@ -139,5 +153,50 @@ def test_the_cli_has_no_type_ignore() -> None:
         str(p.relative_to(PACKAGE))
         for p in (PACKAGE / "cli").rglob("*.py")
         if "type: ignore" in p.read_text()
+    ]
+    assert hits == []
+
+
+def test_every_training_module_has_a_stage() -> None:
+    groups = {group(m) for m in _modules(TRAINING)}
+    assert groups <= set(TRAINING_STAGES), groups - set(TRAINING_STAGES)
+
+
+def test_training_import_graph_has_no_circles() -> None:
+    assert cycles(import_graph(TRAINING)) == []
+
+
+def test_no_training_import_runs_back_up_the_stages() -> None:
+    """sim <- evaluate <- train <- recipe <- cli: a stage imports only earlier stages or its own folder."""
+    graph = import_graph(TRAINING)
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if group(m) != group(d) and TRAINING_STAGES[group(d)] >= TRAINING_STAGES[group(m)]
+    ]
+    assert upward == []
+
+
+def test_no_training_module_is_over_450_lines() -> None:
+    long = {
+        str(p.relative_to(TRAINING)): n
+        for p in TRAINING.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_sbd_stream_never_imports_training() -> None:
+    hits = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text(), str(p)))
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "training"
+        )
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "training" for a in node.names))
     ]
     assert hits == []

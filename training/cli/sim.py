@@ -1,0 +1,54 @@
+"""Simulation commands: ``simulate`` (a world into an HDF5 set), ``contact-sheet``, ``demo-samples``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def simulate(
+    preset: str = typer.Option("mini", help="tiny | mini | detector | paper (see docs/simulation.md)"),
+    out: Path = typer.Option(Path("data/mini.h5"), help="HDF5 file; an existing one is resumed"),
+    scheduler: str | None = typer.Option(
+        None, help="dask.distributed scheduler address, e.g. tcp://host:8786"
+    ),
+    workers: int = typer.Option(2, min=1, help="local Dask workers when no scheduler is given"),
+    max_tasks: int | None = typer.Option(None, help="stop after this many new tasks"),
+    plan_only: bool = typer.Option(False, "--plan", help="print the grid size and exit"),
+) -> None:
+    """Simulate clean TEM images with abTEM multislice into an appendable, resumable HDF5 set."""
+    from training.sim.simulate import simulate as run_simulation
+    from training.sim.worlds import WORLDS, describe
+
+    if preset not in WORLDS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(WORLDS)}")
+    world = WORLDS[preset]
+    if plan_only:
+        typer.echo(describe(world))
+        return
+    summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def contact_sheet(
+    data: Path = typer.Option(Path("data/mini.h5"), help="simulated HDF5 set"),
+    out: Path = typer.Option(Path("docs/contact_sheet.png"), help="PNG to write"),
+    seed: int = typer.Option(0, help="seed of the Poisson noise"),
+) -> None:
+    """Clean and noisy images across defocus, thickness and particle class, as one small PNG."""
+    from training.sim.contact_sheet import make_contact_sheet
+
+    make_contact_sheet(data, out, seed=seed)
+    typer.echo(f"wrote {out}")
+
+
+def demo_samples(
+    data: Path = typer.Option(Path("data/mini.h5"), help="Simulated dataset to take test images from"),
+    n: int = typer.Option(12, min=1, help="How many clean images"),
+) -> None:
+    """Bundle a few held-out clean images for `sbd-stream demo` (sbd_stream/samples/)."""
+    from training.sim.samples import write_demo_samples
+
+    typer.echo(f"wrote {write_demo_samples(data, n=n)}")

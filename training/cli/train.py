@@ -1,0 +1,150 @@
+"""Training commands: ``train``, ``export``, ``build-engine`` and the one-call ``gpu-recipe``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from training.cli.common import export_engine
+
+
+def train(
+    preset: str = typer.Option(
+        "default", help="default|detector|fov53|fov245|fov1013|small_unet|dncnn|paper"
+    ),
+    data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
+    seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),
+    name: str | None = typer.Option(None, help="run name (runs/<name>)"),
+    out_dir: Path | None = typer.Option(None, help="folder of run directories"),
+    max_minutes: float | None = typer.Option(None, help="wall-time budget"),
+    max_steps: int | None = typer.Option(None, help="step budget"),
+    batch: int | None = typer.Option(None, help="batch per process"),
+    patch: int | None = typer.Option(None, help="patch side in pixels"),
+    threads: int | None = typer.Option(None, help="torch CPU threads per process"),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    resume: bool = typer.Option(True, help="continue from <run>/last.pt when it exists"),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="start a fresh run from this engine's weights (engines/<name> or a path)"
+    ),
+    lr_schedule: str | None = typer.Option(
+        None, help="plateau (halve on a validation plateau) | cosine (decay over the step/time budget)"
+    ),
+    engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
+    evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
+) -> None:
+    """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`)."""
+    import os
+
+    from training.train.loop import train as run_training
+    from training.train.presets import preset_config
+
+    cfg = preset_config(
+        preset,
+        data=data and str(data),
+        seed=seed,
+        name=name,
+        out_dir=out_dir and str(out_dir),
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        batch=batch,
+        threads=threads,
+        device=device,
+        augment={"patch": patch} if patch else None,
+        init_from=init_from,
+        lr_schedule=lr_schedule,
+    )
+    summary = run_training(cfg, resume=resume)
+    if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
+        export_engine(cfg.run_dir, engine_dir, evaluate_test, cfg.data)
+    typer.echo(f"best val PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+
+
+def export(
+    run_dir: Path = typer.Argument(..., help="runs/<name> of a training run"),
+    engine_dir: Path = typer.Option(..., help="engine directory to write"),
+    data: Path | None = typer.Option(None, help="data set whose test split goes into the card (run's)"),
+    evaluate_test: bool = typer.Option(True, help="evaluate on the test split and record it in the card"),
+) -> None:
+    """Export a run's best checkpoint as an engine (model.pt, verified model.onnx, card.json).
+
+    Works on a finished run and on one still going or stopped (counters from its last.pt).
+    """
+    if data is None:
+        from training.train.config import TrainConfig
+
+        data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
+    export_engine(run_dir, engine_dir, evaluate_test, data)
+
+
+def build_engine(
+    engine_dir: Path = typer.Argument(Path("engines/sbd-unet4-default"), help="engine directory"),
+    precision: str = typer.Option("fp16", help="fp16 | fp32"),
+    tile: int | None = typer.Option(None, help="tile side (default: the card's)"),
+    max_batch: int = typer.Option(16, help="largest tile batch the plan accepts"),
+) -> None:
+    """Compile the engine's TensorRT plan for this machine's GPU (cached under ~/.cache/sbd-stream)."""
+    from training.train.export import NoGPU
+    from training.train.export import build_engine as build
+
+    try:
+        plan = build(engine_dir, precision, tile, max_batch)
+    except NoGPU as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"TensorRT plan: {plan}")
+
+
+def gpu_recipe(
+    steps: str = typer.Option("simulate,train,export,tensorrt,evaluate", help="subset, comma-separated"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and devices; run nothing"),
+    data: Path = typer.Option(Path("data/detector-gpu.h5"), help="training set (simulated if incomplete)"),
+    test: Path | None = typer.Option(None, help="test split at 0.060 A (default: the simulation's)"),
+    sim_preset: str = typer.Option("detector", help="simulation preset"),
+    images: int | None = typer.Option(None, min=1, help="scale the simulated set to ~this many images"),
+    workers: int | None = typer.Option(None, min=1, help="Dask workers (default: all cores)"),
+    train_preset: str = typer.Option("detector", help="training preset"),
+    model: str | None = typer.Option(None, help="detector | wide | paper (default: init's, else wide)"),
+    scales: int | None = typer.Option(None, min=1),
+    channels: int | None = typer.Option(None, min=1),
+    name: str | None = typer.Option(None, help="run name (default sbd-unet<S>x<C>-gpu)"),
+    device: str | None = typer.Option(None, help="cuda | cuda:N | cpu (default: cuda if available)"),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", help="train on the CPU (smoke runs)"),
+    gpus: int | None = typer.Option(None, min=1, help="GPUs to train on (default: all; >1 uses torchrun)"),
+    max_minutes: float = typer.Option(30.0, help="training wall-time budget"),
+    max_steps: int | None = typer.Option(None, help="step cap (default on GPU: none)"),
+    batch: int | None = typer.Option(None, help="batch per GPU (default on GPU: 16)"),
+    patch: int | None = typer.Option(None, help="patch side (default: the preset's)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads"),
+    init_from: str | None = typer.Option(None, "--init-from", help="start from this engine's weights"),
+    lr: float | None = typer.Option(None, help="initial learning rate (default: the preset's)"),
+    lr_schedule: str | None = typer.Option(None, help="plateau | cosine (default on GPU: cosine)"),
+    freeze_norm_after: int | None = typer.Option(
+        None, min=-1, help="step at which batch-norm statistics freeze (-1: never; default: the preset's)"
+    ),
+    resume: bool = typer.Option(True, help="continue runs/<name>/last.pt when it exists"),
+    engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
+    results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),
+    max_test_images: int = typer.Option(24, help="detector-sampling test frames for Table 5.1"),
+    slow_test_images: int = typer.Option(6, help="test frames for NLM / BM3D"),
+    dose_curve_images: int = typer.Option(12, help="test frames for the dose curve"),
+    compare_shipped: bool = typer.Option(True, help="also score the shipped engine"),
+    card_metrics: bool = typer.Option(True, help="export: test metrics (working pixel) into the card"),
+) -> None:
+    """Simulate, train, export, build the TensorRT plan and evaluate in one call (for a GPU machine)."""
+    from training.recipe.config import RecipeConfig, RecipeError
+    from training.recipe.plan import describe_plan, format_plan
+    from training.recipe.run import run_recipe
+
+    opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
+    try:
+        cfg = RecipeConfig(steps=[s.strip() for s in steps.split(",") if s.strip()], **opts)
+        if dry_run:
+            typer.echo(format_plan(describe_plan(cfg)))
+            return
+        summary = run_recipe(cfg, log=typer.echo)
+    except RecipeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if not summary["ok"]:
+        raise typer.Exit(1)
