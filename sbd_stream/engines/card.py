@@ -22,8 +22,9 @@ from sbd_stream.compute.normalisation import Normalisation
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
-DEFAULT_ENGINE = "sbd-unet4-detector"
-"""The shipped engine: 0.24 A working pixel (the paper's 0.060 A detector binned 4 x 4), 125 e/A^2."""
+DEFAULT_ENGINE = "sbd-unet4-paper"
+"""The shipped live engine: 0.24 A working pixel (the paper's 0.060 A detector binned 4 x 4), 125 e/A^2,
+trained on the paper's world (support up to half a 5 x 5 nm field, all 8 orientations)."""
 
 
 class TilingDefaults(BaseModel):

@@ -12,6 +12,7 @@ import zmq
 from conftest import await_subscriber, make_settings, stream_through
 
 from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, load_settings
+from sbd_stream.engines.card import DEFAULT_ENGINE
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.service.build import build_pipeline, run_replay
@@ -120,7 +121,7 @@ def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoi
         np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1e-4, atol=1e-4)
 
 
-SHIPPED_ENGINE = Path(__file__).resolve().parents[2] / "engines" / "sbd-unet4-detector"
+SHIPPED_ENGINE = Path(__file__).resolve().parents[2] / "engines" / DEFAULT_ENGINE
 SAMPLES = Path(__file__).resolve().parents[2] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
 
 
