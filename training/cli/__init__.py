@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("build-engine", train.build_engine),
     ("gpu-recipe", train.gpu_recipe),
     ("demo-samples", sim.demo_samples),
+    ("scenes", sim.scenes),
 ]
 """(name, function) in the order of ``sbd-train --help``."""
 

@@ -52,3 +52,15 @@ def demo_samples(
     from training.sim.samples import write_demo_samples
 
     typer.echo(f"wrote {write_demo_samples(data, n=n)}")
+
+
+def scenes(
+    out: Path = typer.Option(Path("sbd_stream/samples/scenes.h5"), help="Scene bundle to write"),
+    models: int = typer.Option(1, min=1, max=3, help="Test-split models (each: base + vanish + hop)"),
+    thickness: float = typer.Option(4.0, help="Support thickness along the beam, nm"),
+) -> None:
+    """Held-out scenes for the emulator: one model of the paper world's test split over a defocus series,
+    plus a column that vanishes / hops, imaged by abTEM (~5 min per variant on 2 busy cores; nice it)."""
+    from training.sim.scenes import write_scenes
+
+    typer.echo(f"wrote {write_scenes(out, n_models=models, thickness_nm=thickness, log=typer.echo)}")
