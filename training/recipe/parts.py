@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sbd_stream.engines.card import QUALITY_ENGINE
 from training.recipe.config import GPU_DEFAULTS, MODELS, RecipeConfig, RecipeError
 
 
@@ -121,7 +122,12 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         freeze = 0 if cfg.init_from is not None else gpu.get("freeze_norm_after")
     if freeze is not None:
         tc = tc.model_copy(update={"freeze_norm_after": None if freeze < 0 else freeze})
-    name = cfg.name or (f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None)
+    if cfg.name is None and cfg.train_preset == "paper-quality" and (tc.scales, tc.channels) == (4, 64):
+        name: str | None = QUALITY_ENGINE  # the engine offline work picks on a GPU (engines.card)
+    else:
+        name = cfg.name or (
+            f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None
+        )
     return tc.model_copy(update={"name": name}) if name else tc
 
 
