@@ -30,7 +30,7 @@ def test_dry_run_lists_every_step_in_order_and_writes_nothing(
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln[:1].isdigit()]
     assert [ln.split(":")[0] for ln in lines] == [f"{i}. {s}" for i, s in enumerate(STEPS, 1)]
-    assert "devices:" in res.output and "sbd-train simulate --preset detector" in res.output
+    assert "devices:" in res.output and "sbd-train simulate --preset paper" in res.output
     assert "n_structures scaled to" in res.output  # --images scales the grid
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the results folder
 
