@@ -50,7 +50,7 @@ def test_recording_source_resends_recorded_counts(tmp_path: Path) -> None:
     for q, fr in enumerate(raw):
         rec.write(RecordItem("raw", "r", q, 0.0, fr))
     rec.close_all()
-    src = FrameSource(EmulatorSettings(source=tmp_path / "r.h5", dtype="uint16"))
+    src = FrameSource(EmulatorSettings(source=tmp_path / "r.nxs", dtype="uint16"))  # recordings are .nxs
     assert src.kind is SourceKind.recording and src.truth(0) is None
     it = src.frames()
     got = [next(it)[0] for _ in range(7)]
