@@ -35,6 +35,16 @@ def _pm(m: dict[str, Any], key: str, digits: int = 2, std: bool = True) -> str:
     return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if std else f"{v['mean']:.{digits}f}"
 
 
+def _method_label(r: dict[str, Any]) -> str:
+    """A Table 5.1 row's method: SBD rows in bold with their size, classical ones with their settings."""
+    name = r["method"]
+    if r.get("kind") == "sbd":
+        return f"**{name}** ({r.get('parameters', 0) / 1000:.0f} k params)"
+    if r.get("params"):
+        name += " (" + ", ".join(f"{k} {v:.3g}" for k, v in r["params"].items()) + ")"
+    return name
+
+
 def table_5_1_detector() -> str:
     """``sbd-train evaluate-detector``: table_5_1_detector.json."""
     d = _load("table_5_1_detector.json")
@@ -47,11 +57,7 @@ def table_5_1_detector() -> str:
     ]
     for r in d["rows"]:
         m = r["metrics"]
-        name = r["method"]
-        if r.get("kind") == "sbd":
-            name = f"**{name}** ({r.get('parameters', 0) / 1000:.0f} k params)"
-        elif r.get("params"):
-            name += " (" + ", ".join(f"{k} {v:.3g}" for k, v in r["params"].items()) + ")"
+        name = _method_label(r)
         bold = r.get("kind") == "sbd"
         cells = [_pm(m, "paper_psnr"), _pm(m, "paper_ssim", 3, False), _pm(m, "psnr", 2, False)]
         cells.append(_pm(m, "surface_f1", 2, False))
@@ -126,11 +132,7 @@ def table_5_1_paper() -> str:
         if r.get("kind") == "reference":
             continue
         m = r["metrics"]
-        name = r["method"]
-        if r.get("kind") == "sbd":
-            name = f"**{name}** ({r.get('parameters', 0) / 1000:.0f} k params)"
-        elif r.get("params"):
-            name += " (" + ", ".join(f"{k} {v:.3g}" for k, v in r["params"].items()) + ")"
+        name = _method_label(r)
         keys = ["paper_psnr", *(f"region_{k}_paper_psnr" for k in ("vacuum", "support", "particle"))]
         cells = [_pm(m, k) for k in keys] + [_pm(m, "surface_f1", 2, False)]
         lines.append(f"| {name} (n={r['n_images']}) | " + " | ".join(cells) + " |")
