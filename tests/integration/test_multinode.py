@@ -86,7 +86,7 @@ class Cluster:
         out = []
         for p in self.pipes:
             seqs: list[int] = []
-            for path in sorted(Path(p.s.record.directory).glob(f"{acq}*.nxs")):
+            for path in sorted(Path(p.settings.record.directory).glob(f"{acq}*.nxs")):
                 with open_recording(path) as f:
                     seqs += [int(q) for q in f[f"{kind}/seq"][: len(f[f"{kind}/complete"])]]
             out.append(seqs)
@@ -166,14 +166,14 @@ def test_two_instances_pull_one_dectris_push_source_and_merge_delivers_every_fra
     assert_shares_partition(shares, n)
     assert [sorted(s) for s in cl.recorded(acq, "denoised")] == [sorted(s) for s in shares]
     for p, share in zip(cl.pipes, shares, strict=True):  # each share is exactly what was sent
-        with open_recording(next(Path(p.s.record.directory).glob(f"{acq}*.nxs"))) as f:
+        with open_recording(next(Path(p.settings.record.directory).glob(f"{acq}*.nxs"))) as f:
             assert f.attrs["pixel_size_A"] == 0.3  # the joined instance too: sampling from its settings
             for row, q in enumerate(share):
                 np.testing.assert_array_equal(f["raw/frames"][row], data[q])
     # the merged frames are the instances' denoised frames, untouched
     den = {m.seq: m.data for m in cl.col.frames(TOPIC_DENOISED)}
     for p, share in zip(cl.pipes, shares, strict=True):
-        with open_recording(next(Path(p.s.record.directory).glob(f"{acq}*.nxs"))) as f:
+        with open_recording(next(Path(p.settings.record.directory).glob(f"{acq}*.nxs"))) as f:
             for row, q in enumerate(f["denoised/seq"][:]):
                 np.testing.assert_array_equal(f["denoised/frames"][row], den[int(q)])
             assert set(int(q) for q in f["denoised/seq"][:]) == set(share)
@@ -192,7 +192,7 @@ def test_two_instances_pull_the_wire_v1_emulator_in_push_mode_and_merge_delivers
     )  # fmt: skip
     cl = Cluster(tmp_path, tiny_engine_dir, emu.endpoint, {"dialect": "wire-v1", "socket_type": "pull"}, True)
     try:
-        assert all(p.ingest.sock.type == zmq.PULL for p in cl.pipes)
+        assert all(p.source.sock.type == zmq.PULL for p in cl.pipes)
         emu.start()  # waits for both PULL peers, then PUSHes round-robin
         assert cl.col.series_end.wait(30), "series_end never reached the merged stream"
         emu.join(5)
@@ -212,7 +212,7 @@ def test_two_instances_pull_the_wire_v1_emulator_in_push_mode_and_merge_delivers
     shares = cl.recorded(acq)
     assert_shares_partition(shares, n)
     for p, share in zip(cl.pipes, shares, strict=True):
-        with open_recording(next(Path(p.s.record.directory).glob(f"{acq}*.nxs"))) as f:
+        with open_recording(next(Path(p.settings.record.directory).glob(f"{acq}*.nxs"))) as f:
             for row, q in enumerate(share):
                 np.testing.assert_array_equal(f["raw/frames"][row], emu.sent[q])
         assert p.metrics.value("sbd_frames_received_total") == len(share)

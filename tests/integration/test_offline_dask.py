@@ -287,7 +287,7 @@ def _record(directory: Path, n: int, shape: tuple[int, int], **settings) -> Path
             RecordItem("raw", "run/9", q, 100.0 + 0.025 * q, rng.poisson(0.45, shape).astype(np.uint16))
         )
     rec.write(RecordItem("series_end", "run/9"))  # closes the files
-    return directory / "run_9.h5"
+    return directory / "run_9.nxs"  # recordings are .nxs
 
 
 @pytest.mark.timeout(120)
@@ -319,7 +319,7 @@ def test_replay_offline_denoises_every_recorded_frame(
 @pytest.mark.timeout(60)
 def test_replay_offline_reads_rolled_parts_and_needs_out(binning_engine_dir: Path, tmp_path: Path) -> None:
     rec = _record(tmp_path / "rec", 10, (32, 32), max_file_bytes=1, compression="none")
-    parts = sorted((tmp_path / "rec").glob("run_9*.h5"))
+    parts = sorted((tmp_path / "rec").glob("run_9*.nxs"))
     assert len(parts) > 1  # every frame rolls to a new part
     src = od.inspect_recording(rec)
     assert src.shape == (10, 32, 32) and len(src.parts) == len(parts)

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from sbd_stream.engines.card import DEFAULT_ENGINE
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -109,4 +107,4 @@ def test_gpu_session_report_summarises_the_committed_gpu_records(tmp_path: Path)
     assert never["best_val_score"] > frozen["best_val_score"] + 1.5
     assert all(r["gpu"] == "NVIDIA H200" and r["steps_status"]["train"] == "ok" for r in runs.values())
     engines = {(r["engine"], r["size"], r["bin"]) for r in res["capacity"]}
-    assert (DEFAULT_ENGINE, "3838x3710", 4) in engines and len(res["capacity"]) == 8
+    assert ("sbd-unet4-detector", "3838x3710", 4) in engines  # the H200 records and len(res["capacity"]) == 8
