@@ -151,7 +151,7 @@ def test_emulator_restart_with_new_acquisition_is_a_restart(tmp_path: Path, deno
             emu = Emulator(cfg, ctx)
             emu.run()
             emu.close()
-            assert _wait(lambda a=acq: (Path(s.record.directory) / f"{a}.h5").exists())
+            assert _wait(lambda a=acq: (Path(s.record.directory) / f"{a}.nxs").exists())
         assert _wait(lambda: pipe.metrics.value("sbd_frames_denoised_total") == 20)
     finally:
         pipe.stop()
