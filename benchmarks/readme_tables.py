@@ -12,193 +12,46 @@ A table whose results file is missing is left as it is and reported, never inven
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks import readme_history as history
+from benchmarks import readme_paper as paper
+from benchmarks import readme_speed as speed
+from benchmarks.readme_render import ROOT
+
 README = ROOT / "README.md"
 
-
-def _load(name: str) -> dict[str, Any]:
-    return json.loads((RESULTS / name).read_text())
-
-
-def _pm(m: dict[str, Any], key: str, digits: int = 2, std: bool = True) -> str:
-    v = m.get(key)
-    if v is None:
-        return "-"
-    return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if std else f"{v['mean']:.{digits}f}"
-
-
-def _method_label(r: dict[str, Any]) -> str:
-    """A Table 5.1 row's method: SBD rows in bold with their size, classical ones with their settings."""
-    name = r["method"]
-    if r.get("kind") == "sbd":
-        return f"**{name}** ({r.get('parameters', 0) / 1000:.0f} k params)"
-    if r.get("params"):
-        name += " (" + ", ".join(f"{k} {v:.3g}" for k, v in r["params"].items()) + ")"
-    return name
-
-
-def table_5_1_detector() -> str:
-    """``sbd-train evaluate-detector``: table_5_1_detector.json."""
-    d = _load("table_5_1_detector.json")
-    lines = [
-        f"`{d['command']}` (`benchmarks/results/table_5_1_detector.json`; {d['test_images']} frames at "
-        f"{d['detector_pixel_A']} A, {d['counts_per_px']} counts/px):",
-        "",
-        "| method | paper PSNR (dB) | paper SSIM | PSNR (dB, range of clean) | F1 surface |",
-        "|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        m = r["metrics"]
-        name = _method_label(r)
-        bold = r.get("kind") == "sbd"
-        cells = [_pm(m, "paper_psnr"), _pm(m, "paper_ssim", 3, False), _pm(m, "psnr", 2, False)]
-        cells.append(_pm(m, "surface_f1", 2, False))
-        if bold:
-            cells = [f"**{c}**" if c != "-" else c for c in cells]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    pm = d["paper_margins"]
-    lines += [
-        "",
-        f"Margin **{pm['margin_dB']:.1f} dB** over the best classical method ({pm['best_classical']}); goal: "
-        f">= {pm['goal']['sbd_paper_psnr']} dB and >= {pm['goal']['margin_dB']:.0f} dB.",
-    ]
-    return "\n".join(lines)
-
-
-def binning() -> str:
-    """``python -m benchmarks.bench_binning``: bench_binning.json."""
-    d = _load("bench_binning.json")
-    lines = [
-        f"`{d['command']}` (`benchmarks/results/bench_binning.json`, {d['machine']['cpus']} cores, "
-        f"{'GPU' if d['machine'].get('gpu') else 'no GPU'}, {d['backend']}):",
-        "",
-        "| bin | detector pixel | working frame | ms / frame | frames / s | vs 40 Hz |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in d["speed"]:
-        lines.append(
-            f"| {r['bin']} | {r['detector_pixel_A']:.2f} A | {r['working_px']} | {r['ms_per_frame']:.1f} | "
-            f"{r['frames_per_s']:.1f} | {r['vs_40Hz']:.2f} |"
-        )
-    q = ", ".join(
-        f"{r['bin']} x {r['bin']} {r['paper_psnr_db']:.1f} dB (min {r['min_db']:.1f})" for r in d["quality"]
-    )
-    lines += ["", f"Binning alone on clean abTEM frames, paper metric: {q}."]
-    return "\n".join(lines)
-
-
-def demo() -> str:
-    """``sbd-stream demo --json-out benchmarks/results/demo_*.json``: one row per results file."""
-    files = sorted(RESULTS.glob("demo_*.json"))
-    if not files:
-        raise FileNotFoundError("no benchmarks/results/demo_*.json")
-    lines = [
-        "| command | denoised | not denoised | latency p50 / p90 / p99 | paper PSNR raw -> denoised |",
-        "|---|---|---|---|---|",
-    ]
-    for f in files:
-        d = json.loads(f.read_text())
-        lat = d["latency_s"]
-        lines.append(
-            f"| `{d['command']}` | {d['frames_published_received']} of {d['frames_sent']} | "
-            f"{d['frames_sent'] - d['frames_published_received']} "
-            f"({d['denoise_overflow']} `denoise_overflow`, {d['frames_skipped']} skipped) | "
-            f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} s | "
-            f"{d['paper_psnr_raw_db']:.1f} -> **{d['paper_psnr_denoised_db']:.1f} dB** |"
-        )
-    return "\n".join(lines)
-
-
-def table_5_1_paper() -> str:
-    """``sbd-train evaluate-detector`` on the paper world: table_5_1_paper.json, with region columns."""
-    d = _load("table_5_1_paper.json")
-    lines = [
-        f"`{d['command']}` (`benchmarks/results/table_5_1_paper.json`; {d['test_images']} frames of "
-        f"{len(d['test_structures'])} held-out models at {d['detector_pixel_A']} A, {d['counts_per_px']} "
-        "counts/px; paper PSNR in dB, mean ± std over frames; regions from each frame's atomic model):",
-        "",
-        "| method | whole frame | vacuum | support | particle | F1 surface |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        if r.get("kind") == "reference":
-            continue
-        m = r["metrics"]
-        name = _method_label(r)
-        keys = ["paper_psnr", *(f"region_{k}_paper_psnr" for k in ("vacuum", "support", "particle"))]
-        cells = [_pm(m, k) for k in keys] + [_pm(m, "surface_f1", 2, False)]
-        lines.append(f"| {name} (n={r['n_images']}) | " + " | ".join(cells) + " |")
-    for name, v in (d.get("region_losses_vs_low_pass") or {}).items():
-        if name == "against":
-            continue
-        mins = " / ".join("n/a" if x is None else f"{x:+.1f}" for x in v["min_margin_dB"].values())
-        lines += [
-            "",
-            f"{name} against the tuned low-pass, image by image: **{len(v['losses'])}** (image, region) "
-            f"pairs below it of {v['images_compared']} images; smallest margin vacuum / support / particle "
-            f"{mins} dB.",
-        ]
-    return "\n".join(lines)
-
-
-def paper_images() -> str:
-    """``sbd-train evaluate-images`` on the paper's four released clean images: paper_images.json."""
-    d = _load("paper_images.json")
-    lines = [
-        f"`{d['command']}` (`benchmarks/results/paper_images.json`; {len(d['rows'])} frames = the paper "
-        f"repository's 4 clean images x {d['config']['draws']} noise draws, {d['detector_pixel_A']:.4f} A, "
-        f"{d['config']['counts_per_px']} counts/px; engine `{Path(d['engine']).name}`; paper PSNR in dB; "
-        "low-pass width chosen per image and region on the ground truth):",
-        "",
-        "| region | SBD | oracle low-pass | margin, mean | margin, worst frame |",
-        "|---|---|---|---|---|",
-    ]
-    for k, v in d["summary"].items():
-        if v["sbd_mean"] is None:
-            continue
-        lines.append(
-            f"| {k} | **{v['sbd_mean']:.2f}** | {v['low_pass_mean']:.2f} | {v['margin_mean_dB']:+.2f} | "
-            f"{v['margin_min_dB']:+.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def dose_curve_paper() -> str:
-    """``sbd-train dose-curve`` on the paper world: dose_curve_paper.json, per region."""
-    d = _load("dose_curve_paper.json")
-    lines = [
-        f"`{d['command']}` (`benchmarks/results/dose_curve_paper.json`; {d['test_images']} frames; "
-        f"trained over {d.get('trained_dose_range')} x the nominal dose; paper PSNR in dB at the nominal "
-        "0.45 counts/px scale):",
-        "",
-        "| dose | e/A^2 | whole frame | vacuum | support | particle |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        cells = [
-            f"{r[k]:.1f}"
-            for k in ("paper_psnr", *(f"region_{x}_paper_psnr" for x in ("vacuum", "support", "particle")))
-        ]
-        lines.append(f"| {r['dose_factor']:g}x | {r['dose_e_per_A2']:.0f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 TABLES: dict[str, Callable[[], str]] = {
-    "dose_curve_paper": dose_curve_paper,
-    "table_5_1_paper": table_5_1_paper,
-    "paper_images": paper_images,
-    "table_5_1_detector": table_5_1_detector,
-    "binning": binning,
-    "demo": demo,
+    # the paper's world
+    "table_5_1_paper": paper.table_5_1_paper,
+    "paper_images": paper.paper_images,
+    "dose_curve_paper": paper.dose_curve_paper,
+    "compute_trend": paper.compute_trend,
+    # history: the detector world and the 0.155 A mini study
+    "table_5_1_detector": history.table_5_1_detector,
+    "gpu_runs_detector": history.gpu_runs_detector,
+    "dose_curve_detector": history.dose_curve_detector,
+    "likelihood_detector": history.likelihood_detector,
+    "table_3_1_detector": history.table_3_1_detector,
+    "table_5_1_mini": history.table_5_1_mini,
+    "table_3_1_mini": history.table_3_1_mini,
+    # speed
+    "demo": speed.demo,
+    "binning": speed.binning,
+    "denoise": speed.denoise,
+    "capacity": speed.capacity,
+    "capacity_h200": speed.capacity_h200,
+    "scale_out": speed.scale_out,
+    "live_service": speed.live_service,
+    "dectris": speed.dectris,
+    "simulation": speed.simulation,
+    "curve": speed.curve,
 }
+"""Every generated block of README.md, by marker name; the renderers live in readme_paper (the paper's
+world), readme_history (earlier worlds and studies) and readme_speed (throughput and latency)."""
 
 
 def render(text: str) -> tuple[str, list[str], list[str]]:

@@ -116,6 +116,19 @@ def test_trend_rows_are_scored_as_table_5_1_and_summed_along_their_lineage(
     for r in rows.values():  # whole frame and every region of the synthetic atomic models, per frame
         assert {"paper_psnr", "region_vacuum_paper_psnr"} <= set(r["metrics"])
         assert len(r["per_image"]) == 3 and r["metrics"]["paper_psnr"]["n"] == 3
+    # README's table is rendered from this file: one row per weights, in order of compute
+    import benchmarks.readme_render as rr
+    from benchmarks.readme_paper import compute_trend as render
+
+    monkeypatch.setattr(rr, "RESULTS", tmp_path / "results")
+    md = render()
+    assert md.startswith("`python -m benchmarks.compute_trend --manifest")
+    assert [line.split("`")[1] for line in md.splitlines() if line.startswith("| `")] == [
+        "base",
+        "same",
+        "off",
+    ]
+    assert f"{whole['base']:.2f} ± " in md
 
 
 def test_a_lineage_that_does_not_match_the_weights_is_refused(

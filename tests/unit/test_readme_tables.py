@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from benchmarks.readme_tables import README, main, render
+from benchmarks.readme_tables import README, TABLES, main, render
 
 
 def test_readme_tables_match_the_results_files() -> None:
@@ -15,6 +16,26 @@ def test_readme_tables_match_the_results_files() -> None:
     assert "41.25 ± 1.57" in text and "41.25 ± 1.69" not in text  # the JSON's standard deviation
     for retired in ("948", "7.7%", "AUC 0.52", "27.3 dB"):
         assert retired not in text, retired
+    # the hand-written compute trend (rows of engines that were never committed) is gone
+    for retired in ("33.3 / 39.3", "17,010 images", "before: p50", "21 / 20 on 2026-11-25"):
+        assert retired not in text, retired
+
+
+def test_every_marker_has_a_renderer_and_every_renderer_a_marker() -> None:
+    text = README.read_text()
+    markers = set(re.findall(r"<!-- results:([a-z0-9_]+) -->", text))
+    assert markers == set(TABLES)
+    for name in TABLES:
+        assert text.count(f"<!-- results:{name} -->") == 1 and text.count(f"<!-- /results:{name} -->") == 1
+
+
+def test_no_benchmark_table_is_typed_outside_the_markers() -> None:
+    """Every table row under "Latest benchmark numbers" is generated: a typed one could drift."""
+    text = README.read_text()
+    section = text[text.index("## Latest benchmark numbers") : text.index("## Layout")]
+    typed = re.sub(r"<!-- results:(\w+) -->\n.*?<!-- /results:\1 -->", "", section, flags=re.S)
+    rows = [line for line in typed.splitlines() if line.startswith("|")]
+    assert rows == []
 
 
 def test_a_hand_edited_table_is_caught(tmp_path: Path) -> None:
