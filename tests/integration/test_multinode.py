@@ -16,21 +16,28 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from conftest import wait_until
+from conftest import PROBE_ACQ, handshake, wait_until
 
 from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.merge import MergeService
-from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, decode, encode_frame, encode_series
+from sbd_stream.protocol import (
+    TOPIC_DENOISED,
+    TOPIC_LLR,
+    TOPIC_SERIES_START,
+    decode,
+    encode_frame,
+    encode_series,
+)
 from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.demo import Collector
+from sbd_stream.sinks.publisher import OutputItem
 from sbd_stream.sources.dectris.sim import v1_series
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
@@ -70,9 +77,36 @@ class Cluster:
             p.start()
         outs = [p.publisher.endpoint for p in self.pipes]  # type: ignore[union-attr]
         self.merge = MergeService(outs, "tcp://127.0.0.1:*", window=64, gap_timeout_s=1.5, context=self.ctx)
-        self.merge.start()
         self.col = Collector(self.merge.endpoint, context=self.ctx).start()
-        time.sleep(0.5)  # subscriptions travel (PUB drops what it sends before they arrive)
+        self.open_paths()
+        self.merge.start()
+
+    def open_paths(self) -> None:
+        """Readiness, not a sleep: PUB drops what it sends before a subscription arrives, so probe every
+        hop open before the merge loop starts (the test still owns the merge's sockets): each instance's
+        publisher to the merge's SUB (probes read and dropped here, so the merge never counts them), then
+        the merge's PUB to the subscriber."""
+        assert self.merge.pub is not None
+        for p, sub in zip(self.pipes, self.merge.subs, strict=True):
+            seen = [-1]
+
+            def arrived(sub: zmq.Socket = sub, seen: list[int] = seen) -> int:
+                while sub.poll(0):
+                    msg = decode(sub.recv_multipart())
+                    assert msg.header.acq == PROBE_ACQ, "only probes flow before the test sends frames"
+                    seen[0] = max(seen[0], int(msg.header.meta["probe"]))
+                return seen[0]
+
+            def send(i: int, p=p) -> None:
+                p.publisher.submit(OutputItem(TOPIC_SERIES_START, PROBE_ACQ, meta={"probe": i}))
+
+            handshake(send, arrived)
+        pub = self.merge.pub
+
+        def probe_out(i: int) -> None:
+            pub.send_multipart(encode_series(TOPIC_SERIES_START, PROBE_ACQ, 0.0, {"probe": i}))
+
+        handshake(probe_out, lambda: self.col.probe_seen)
 
     def stop(self) -> None:
         self.col.close()
@@ -232,7 +266,7 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
     ctx = zmq.Context.instance()
     pubs = []
     for _ in range(2):
-        s = ctx.socket(zmq.PUB)
+        s = ctx.socket(zmq.XPUB)  # a PUB that sees the merge's subscription arrive (readiness below)
         s.setsockopt(zmq.LINGER, 0)
         s.bind("tcp://127.0.0.1:*")
         pubs.append(s)
@@ -258,7 +292,26 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
             line = proc.stderr.readline()
             assert line or proc.poll() is None, f"merge exited early: {proc.returncode}"
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining the log
-        time.sleep(1.0)  # both subscriptions travel
+        for s in pubs:  # readiness, not a sleep: each input's subscription has reached its publisher
+            assert s.poll(20_000), "merge never subscribed to an input"
+            s.recv_multipart()
+        seen = [-1]
+
+        def arrived() -> int:
+            while sub.poll(0):
+                m = decode(sub.recv_multipart())
+                assert m.header.acq.startswith(PROBE_ACQ), "only probes flow before the series"
+                seen[0] = max(seen[0], int(m.header.meta["probe"]))
+            return seen[0]
+
+        # and the output path: probes through the merge (each its own acquisition: the merge forwards one
+        # series_start per acquisition) until the subscriber has the last one sent
+        probes = handshake(
+            lambda i: pubs[0].send_multipart(
+                encode_series(b"series_start", f"{PROBE_ACQ}-{i}", 1.0, {"probe": i})
+            ),
+            arrived,
+        )
         frame = lambda q: encode_frame(np.full((4, 3), q, np.float32), "acq-1", q, 1.0, topic=TOPIC_DENOISED)  # noqa: E731
         pubs[0].send_multipart(encode_series(b"series_start", "acq-1", 1.0, {}))
         for q in (1, 3, 7):  # instance 1's share
@@ -288,7 +341,7 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
     assert proc.returncode == 0
     summary = json.loads(stdout)
     assert summary["frames"]["denoised"] == 7 and summary["gaps"] == 1 and summary["missing"] == 1
-    assert summary["received"] == 9 and summary["duplicates"] == 0
+    assert summary["received"] == 9 + probes and summary["duplicates"] == 0
 
 
 def test_cli_socket_type_alone_keeps_the_dialect_and_emulate_has_a_push_mode(tmp_path: Path) -> None:
