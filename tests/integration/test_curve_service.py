@@ -130,6 +130,8 @@ def test_service_with_curve_on_input_and_output(tmp_path: Path, tiny_engine_dir:
             for n, s in subs.items():
                 got[n] += _drain(s)
             time.sleep(0.05)
+        # deliberate, not a readiness wait (the authorised path was probed open above): subscribers that
+        # must get nothing cannot be probed, so a leak to them is given 0.3 s more to show
         time.sleep(0.3)
         for n, s in subs.items():
             got[n] += _drain(s)

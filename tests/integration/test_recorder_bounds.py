@@ -83,7 +83,7 @@ def test_open_files_are_capped_and_idle_ones_closed_and_outputs_reopen_them(tmp_
     # a denoised frame that trails a closed acquisition: its part is reopened and appended to
     rec.write(RecordItem("denoised", "acq0", 0, 0.0, frame.astype(np.float32)))
     assert m.value("sbd_record_dropped_total") == 0
-    time.sleep(0.4)
+    time.sleep(0.4)  # deliberate, not a readiness wait: the 0.3 s idle timeout under test must pass
     rec._next_idle_check = 0.0
     rec._tick()
     assert m.value("sbd_record_files_closed_total", {"reason": "idle"}) == 3

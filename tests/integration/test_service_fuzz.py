@@ -29,15 +29,17 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from conftest import PROBE_ACQ, handshake
 from service_fuzz_messages import MAX_PAYLOAD, DectrisFuzz, Oracle, Send, WireFuzz
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.metrics import total
-from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, encode_frame
+from sbd_stream.protocol import TOPIC_SERIES_START, FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.pipeline import Pipeline
+from sbd_stream.sinks.publisher import OutputItem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -91,6 +93,7 @@ class Subscriber:
         self.not_finite: set[tuple[str, int]] = set()
         self.series: collections.Counter[bytes] = collections.Counter()
         self.errors: list[str] = []
+        self.probe_seen = -1  # readiness probes of the service's output path (``handshake``), not counted
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -105,7 +108,9 @@ class Subscriber:
             except ProtocolError as exc:  # the service must only ever publish valid messages
                 self.errors.append(str(exc))
                 continue
-            if isinstance(msg, SeriesMessage):
+            if isinstance(msg, SeriesMessage) and msg.header.acq == PROBE_ACQ:
+                self.probe_seen = max(self.probe_seen, int(msg.header.meta["probe"]))
+            elif isinstance(msg, SeriesMessage):
                 self.series[msg.topic] += 1
             elif isinstance(msg, FrameMessage) and msg.topic == b"denoised":
                 key = (msg.header.acq, msg.header.seq)
@@ -124,17 +129,35 @@ class Subscriber:
         self.sock.close(0)
 
 
+class SubscribedPath:
+    """Readiness of the wire-v1 PUB -> service SUB path, with neither sleeps nor probe frames: the sender
+    is an XPUB that reads every subscription message (``XPUB_VERBOSE``: one per connection, repeats
+    included). Once the service's subscription has arrived nothing sent after it is dropped; a service
+    that re-dialled subscribes again, so the harness waits for one more."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock, self.subscribed = sock, 0
+
+    def wait(self, after: int, timeout_s: float = 30.0) -> None:
+        """Until more than ``after`` subscriptions have arrived in all."""
+        end = time.monotonic() + timeout_s
+        while self.subscribed <= after:
+            left_ms = int((end - time.monotonic()) * 1000)
+            assert left_ms > 0 and self.sock.poll(left_ms), "the service never (re)subscribed"
+            if self.sock.recv()[:1] == b"\x01":
+                self.subscribed += 1
+
+
 class Harness:
     """Sends the events, keeps running totals of what the service must have counted, samples bounds."""
 
     def __init__(
-        self, pipe: Pipeline, send: Callable[[list[Any]], None], rec_dir: Path, probes: bool
+        self, pipe: Pipeline, send: Callable[[list[Any]], None], rec_dir: Path, path: SubscribedPath | None
     ) -> None:
         self.pipe, self.m, self.send_parts, self.rec_dir = pipe, pipe.metrics, send, rec_dir
-        self.use_probes = probes
+        self.path = path  # None: PUSH, which queues until the service is connected
         self.reasons: collections.Counter[str] = collections.Counter()
-        self.frames = self.duplicates = self.stale = self.probes = 0
-        self.probe_keys: set[tuple[str, int]] = set()
+        self.frames = self.duplicates = self.stale = 0
         self.samples: list[tuple[float, float, int]] = []  # rss MB, open-files gauge, open .h5 fds
 
     def tally(self) -> dict[str, float]:
@@ -154,7 +177,7 @@ class Harness:
             "malformed": float(sum(self.reasons.values())),
             "duplicates": float(self.duplicates),
             "stale": float(self.stale),
-            "received": float(self.frames + self.probes),
+            "received": float(self.frames),
         }
 
     def settle(self, timeout: float = 120.0) -> None:
@@ -163,20 +186,6 @@ class Harness:
             got, want = self.tally(), self.expected()
             diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
             raise AssertionError(f"service counted (got, expected): {diff}")
-
-    def probe(self) -> None:
-        """Wire format v1 over PUB drops what is sent before the subscription arrives: probe until it has."""
-        self.settle()
-        before = self.m.value("sbd_frames_received_total")
-        acq = f"probe-{len(self.probe_keys)}"
-        arr = np.zeros((8, 8), np.uint8)
-        for seq in range(2000):
-            self.send_parts(encode_frame(arr, acq, seq, 0.0))
-            self.probe_keys.add((acq, seq))
-            if _wait(lambda: self.m.value("sbd_frames_received_total") > before, 0.05):
-                break
-        time.sleep(0.3)  # a probe or two sent just before may still land
-        self.probes += int(self.m.value("sbd_frames_received_total") - before)
 
     def drained(self) -> bool:
         """Nothing waiting in the service: every received frame denoised, published and recorded."""
@@ -203,18 +212,19 @@ class Harness:
         self.samples.append((_rss_mb(), gauge, _open_h5(self.rec_dir)))
 
     def run(self, events: list[Send]) -> None:
-        if self.use_probes:
-            self.probe()
+        if self.path is not None:
+            self.path.wait(0)
         for i, ev in enumerate(events):
             if ev.oversized:  # libzmq drops the peer: everything before must have landed, then re-dial
                 self.settle()
                 n0 = self.m.value("sbd_input_reconnects_total")
+                subscribed = self.path.subscribed if self.path is not None else 0
                 self.send_parts(ev.parts)
                 redialled = lambda n0=n0: self.m.value("sbd_input_reconnects_total") > n0  # noqa: E731
                 assert _wait(redialled, 30), "never re-dialled"
                 self.reasons["oversized"] += 1
-                if self.use_probes:
-                    self.probe()
+                if self.path is not None:
+                    self.path.wait(subscribed)  # the new connection's subscription
                 continue
             self.send_parts(ev.parts)
             if ev.reason is not None:
@@ -275,7 +285,9 @@ def _run_service(
     tmp_path: Path, denoiser: Denoiser, dialect: str, oracle: Oracle, events: list[Send]
 ) -> None:
     ctx = zmq.Context.instance()
-    sender = ctx.socket(zmq.PUB if dialect == "wire-v1" else zmq.PUSH)
+    sender = ctx.socket(zmq.XPUB if dialect == "wire-v1" else zmq.PUSH)
+    if dialect == "wire-v1":
+        sender.setsockopt(zmq.XPUB_VERBOSE, 1)  # every connection's subscription (SubscribedPath)
     sender.setsockopt(zmq.SNDHWM, 0)
     sender.setsockopt(zmq.SNDTIMEO, 30_000)  # PUSH waits (bounded) while the service re-dials
     port = sender.bind_to_random_port("tcp://127.0.0.1")
@@ -285,16 +297,22 @@ def _run_service(
     assert pipe.publisher is not None
     sub = Subscriber(ctx, pipe.publisher.endpoint)
     rec_dir = tmp_path / "rec"
-    h = Harness(pipe, lambda parts: sender.send_multipart(parts), rec_dir, probes=dialect == "wire-v1")
+    path = SubscribedPath(sender) if dialect == "wire-v1" else None
+    h = Harness(pipe, lambda parts: sender.send_multipart(parts), rec_dir, path)
     m = pipe.metrics
     try:
-        time.sleep(0.3)  # the subscriber's subscription reaches the service's PUB
+        publisher = pipe.publisher
+
+        def probe_output(i: int) -> None:
+            publisher.submit(OutputItem(TOPIC_SERIES_START, PROBE_ACQ, meta={"probe": i}))
+
+        handshake(probe_output, lambda: sub.probe_seen)  # readiness of the output path, not a sleep
         t0 = time.monotonic()
         h.run(events)
         expected = set(oracle.frames)
         assert _wait(lambda: expected <= set(sub.count), 300), len(expected - set(sub.count))
         assert _wait(lambda: m.value("sbd_frames_denoised_total") == m.value("sbd_frames_received_total"), 60)
-        assert _wait(lambda: set(sub.count) - expected <= h.probe_keys, 10)
+        assert set(sub.count) == expected  # nothing but the valid frames: no probes went in
         elapsed = time.monotonic() - t0
         body = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{pipe.metrics_port}/healthz", timeout=5).read()
@@ -316,10 +334,9 @@ def _run_service(
         assert total(m, name) == 0, name
     assert m.value("sbd_denoise_overflow_total") == 0 and m.value("sbd_denoise_errors_total") == 0
     assert m.value("sbd_frames_nonfinite_total") == len(oracle.nonfinite)
-    # every valid frame published exactly once (probes at most once), finite, flagged when repaired
+    # every valid frame published exactly once, finite, flagged when repaired
     assert not sub.errors
     assert all(sub.count[k] == 1 for k in expected), [k for k in expected if sub.count[k] != 1][:5]
-    assert all(sub.count[k] <= 1 for k in h.probe_keys)
     assert not sub.not_finite & expected, sorted(sub.not_finite)[:5]
     for key, n in oracle.nonfinite.items():
         assert sub.meta[key]["nonfinite_pixels"] == n, (key, sub.meta[key])
@@ -335,7 +352,7 @@ def _run_service(
         assert got.dtype == arr.dtype, (key, got.dtype, arr.dtype)
         np.testing.assert_array_equal(got, arr)
         assert key not in oracle.headers or ts == oracle.headers[key][0], (key, ts)
-    assert set(rec) - set(oracle.frames) <= h.probe_keys
+    assert set(rec) == set(oracle.frames)
     # shape / dtype changes rolled to new parts (some of those files may have been closed before)
     rolls = m.value("sbd_record_rolls_total", {"reason": "shape"}) + m.value(
         "sbd_record_rolls_total", {"reason": "dtype"}

@@ -61,7 +61,7 @@ def test_histogram_quantile_and_endpoints() -> None:
 @pytest.fixture
 def sources() -> Iterator[tuple[zmq.Socket, zmq.Socket, Metrics, int]]:
     ctx = zmq.Context.instance()
-    out, raw = ctx.socket(zmq.PUB), ctx.socket(zmq.PUB)
+    out, raw = ctx.socket(zmq.XPUB), ctx.socket(zmq.XPUB)  # PUBs that see subscriptions arrive
     for s in (out, raw):
         s.linger = 0
         s.sndhwm = 100000
@@ -72,6 +72,17 @@ def sources() -> Iterator[tuple[zmq.Socket, zmq.Socket, Metrics, int]]:
     out.close()
     raw.close()
     m.shutdown()
+
+
+def _await_subscriptions(sock: zmq.Socket, topics: set[bytes], timeout_ms: int = 20_000) -> None:
+    """Readiness, not a sleep: an XPUB reads each subscription as it arrives; once every topic is in,
+    nothing sent on them is dropped for want of a subscriber."""
+    seen: set[bytes] = set()
+    while not topics <= seen:
+        assert sock.poll(timeout_ms), f"subscriptions missing: {topics - seen}"
+        msg = sock.recv()
+        if msg[:1] == b"\x01":
+            seen.add(msg[1:])
 
 
 def _get(url: str) -> tuple[int, bytes, dict]:
@@ -102,7 +113,8 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
             code == 200 and b"window.sbdStatus" in body and hdr["Content-Type"].startswith("text/javascript")
         )
         assert _get(v.url + "image/raw.png")[0] == 404  # nothing received yet
-        time.sleep(0.5)  # subscriptions settle
+        _await_subscriptions(out, {b"series_start", b"denoised", b"llr"})
+        _await_subscriptions(raw, {b"frame"})
         out.send_multipart(encode_series(b"series_start", "acq-1", time.time(), {"source": "test"}))
         rng = np.random.default_rng(1)
         n = 300  # far more than the viewer's receive HWM: it must still end on the newest frame
