@@ -43,7 +43,7 @@ import sys, time, libertem_dectris
 sim = libertem_dectris.DectrisSim(uri=sys.argv[1], filename=sys.argv[2], dwelltime=None, random_port=False)
 sim.send_headers(); sim.send_frames(); sim.send_footer()
 print("sent", flush=True)
-time.sleep(0.5)
+sys.stdin.readline()  # stay up (the PUSH socket with it) until the test has seen every frame arrive
 """
 
 
@@ -144,7 +144,8 @@ def test_simulated_series_received_denoised_recorded_and_resumed_after_restart(
     pipe.start()
     m = pipe.metrics
     try:
-        time.sleep(0.5)
+        # no wait for the service to connect: the simulator's bound PUSH blocks, never drops, while it
+        # has no peer, so a series armed before the PULL is connected still arrives whole
         assert sim.arm() == SERIES
         assert _wait(lambda: m.value("sbd_frames_denoised_total") >= N), "".join(sim.log[-20:])
         assert _wait(lambda: m.value("sbd_series_messages_total", {"topic": "series_end"}) >= 1)
@@ -153,15 +154,22 @@ def test_simulated_series_received_denoised_recorded_and_resumed_after_restart(
         # second run drives the same Rust simulator core (libertem_dectris.DectrisSim) directly.
         port = sim.zmq
         sim.close()
-        again = subprocess.run(
+        again = subprocess.Popen(
             [sys.executable, "-c", RESTART, f"tcp://127.0.0.1:{port}", str(dump)],
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=90,
         )
-        assert again.returncode == 0 and "sent" in again.stdout, again.stderr[-2000:]
-        assert _wait(lambda: m.value("sbd_frames_denoised_total") >= 2 * N)
-        assert _wait(lambda: m.value("sbd_series_messages_total", {"topic": "series_end"}) >= 2)
+        try:  # the sender exits only once the service has everything (not after a fixed sleep)
+            assert _wait(lambda: m.value("sbd_frames_denoised_total") >= 2 * N, 90)
+            assert _wait(lambda: m.value("sbd_series_messages_total", {"topic": "series_end"}) >= 2)
+            out, err = again.communicate("done\n", timeout=60)
+        finally:
+            if again.poll() is None:
+                again.kill()
+                again.communicate()
+        assert again.returncode == 0 and "sent" in out, err[-2000:]
     finally:
         sim.close()
         pipe.stop()
