@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a valid input) and writing
 import numpy as np
 
 from sbd_stream.formats.recording import SAMPLING_ATTRS
@@ -169,8 +170,6 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
 def create_output(
     f: h5py.File, shape: tuple[int, int, int], attrs: dict[str, Any], dataset: str = "denoised"
 ) -> h5py.Dataset:
-    import hdf5plugin
-
     _, h, w = shape
     ds = f.create_dataset(
         dataset, shape=shape, dtype="float32", chunks=(1, h, w), **hdf5plugin.Bitshuffle(cname="lz4")

@@ -71,6 +71,7 @@ def _read(path: Path) -> list[np.ndarray]:
         arr = np.load(path, allow_pickle=False)
     else:
         import h5py
+        import hdf5plugin  # noqa: F401 - bitshuffle / LZ4 filters: recordings and detector files use them
 
         found: list[np.ndarray] = []
         with h5py.File(path, "r") as f:
