@@ -264,8 +264,38 @@ class DenoiseSettings(BaseModel):
         4, ge=1, description="denoise up to B frames at once (live and offline: one default)"
     )
     batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
-    policy: BackpressurePolicy = BackpressurePolicy.lossless
+    policy: BackpressurePolicy | None = Field(
+        None, description="older name of lanes.live: latest = live lane on, lossless = off (one lane)"
+    )
     likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
+
+
+class LaneSettings(BaseModel):
+    """The two lanes of the live service (docs/service.md "Two lanes").
+
+    Why two: a microscopist steering focus or the stage needs the newest frame now, never one queued
+    behind older ones; the record needs every frame. The **live lane** hands the engine only the newest
+    waiting frames (latency stays about one denoise time); frames it skips go to the **complete lane**,
+    which denoises them whenever the engine has nothing newer to do (between acquisitions, and at shutdown
+    within ``complete_timeout_s``). Completed frames go to the recording (not to live subscribers: they
+    are old news); every raw frame is recorded in any case. What the complete lane cannot hold
+    (``backlog_mb``) or finish in time is counted (``sbd_frames_left_for_offline_total``) and named in
+    the log with the command that completes it: ``sbd-stream replay --offline``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    live: bool = Field(True, description="live lane: denoise the newest frames, skip older waiting ones")
+    complete: bool = Field(True, description="complete lane: skipped frames denoised when the engine is free")
+    live_batch_frames: int = Field(
+        1, ge=1, description="live lane: frames per engine call (1: the newest only; the latency is one call)"
+    )
+    backlog_mb: float = Field(
+        1024.0, gt=0, description="raw frames the complete lane holds in memory; beyond: left for offline"
+    )
+    complete_timeout_s: float = Field(
+        300.0, ge=0, description="at shutdown, how long the complete lane may keep working on its backlog"
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -330,7 +360,10 @@ class EmulatorSettings(BaseModel):
     sndhwm: int = Field(1000, ge=1)
     first_seq: int = Field(0, ge=0)
     wait_subscriber_s: float = Field(5.0, ge=0, description="wait for a subscriber before the first frame")
-    keep_truth: bool = Field(False, description="keep every sent frame and its expected counts (demo PSNR)")
+    keep_truth: bool = Field(False, description="keep sent frames and their expected counts (demo PSNR)")
+    truth_every: int = Field(
+        1, ge=1, description="with keep_truth: keep every k-th frame only (a long demo's memory stays small)"
+    )
     push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
     peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
 
@@ -361,10 +394,23 @@ class ServiceSettings(BaseSettings):
     publish: PublishSettings = PublishSettings()
     record: RecordSettings = RecordSettings()
     denoise: DenoiseSettings = DenoiseSettings()
+    lanes: LaneSettings = LaneSettings()
     metrics: MetricsSettings = MetricsSettings()
     viewer: ViewerSettings = ViewerSettings()
     supervision: SupervisionSettings = SupervisionSettings()
     stop_timeout_s: float = Field(10.0, gt=0, description="how long a clean shutdown may take")
+
+    @model_validator(mode="after")
+    def _policy_names_the_live_lane(self) -> ServiceSettings:
+        """``denoise.policy`` (the older name) given: it decides ``lanes.live``."""
+        if self.denoise.policy is not None:
+            self.lanes.live = self.denoise.policy is BackpressurePolicy.latest
+        return self
+
+    @property
+    def live_policy(self) -> BackpressurePolicy:
+        """How the batcher takes frames: ``latest`` with the live lane on, else ``lossless``."""
+        return BackpressurePolicy.latest if self.lanes.live else BackpressurePolicy.lossless
 
     @classmethod
     def settings_customise_sources(

@@ -47,7 +47,7 @@ class Metrics:
             "sbd_frames_recorded", "Frames written to HDF5, by kind", ["kind"], registry=r
         )
         self.frames_skipped = Counter(
-            "sbd_frames_skipped", "Frames not denoised under the 'latest' policy", registry=r
+            "sbd_frames_skipped", "Frames the live lane skipped for newer ones", registry=r
         )
         self.frames_malformed = Counter(
             "sbd_frames_malformed", "Messages dropped by validation, by reason", ["reason"], registry=r
@@ -96,6 +96,28 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.lane_latency = Histogram(
+            "sbd_lane_latency_seconds",
+            "From receipt of a raw frame to its denoised frame leaving the engine, by lane (live, complete)",
+            ["lane"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frames_completed = Counter(
+            "sbd_frames_completed",
+            "Frames the live lane skipped, denoised later by the complete lane",
+            registry=r,
+        )
+        self.complete_backlog = Gauge(
+            "sbd_complete_backlog_frames", "Skipped frames waiting for the complete lane", registry=r
+        )
+        self.frames_left_for_offline = Counter(
+            "sbd_frames_left_for_offline",
+            "Skipped frames the complete lane could not hold or finish (raw recorded; replay --offline)",
+            registry=r,
+        )
+        for lane in ("live", "complete"):
+            self.lane_latency.labels(lane=lane)
         self.engine = Info("sbd_engine", "Denoising engine in use", registry=r)
         self._supervision_metrics(r)
         self._edge_metrics(r)
@@ -285,6 +307,10 @@ EXPORTED_NAMES = (
     "sbd_batch_frames",
     "sbd_stage_latency_seconds",
     "sbd_end_to_end_latency_seconds",
+    "sbd_lane_latency_seconds",
+    "sbd_frames_completed_total",
+    "sbd_complete_backlog_frames",
+    "sbd_frames_left_for_offline_total",
     "sbd_engine_info",
     "sbd_dose_out_of_range",
     "sbd_dose_factor",
@@ -308,48 +334,6 @@ EXPORTED_NAMES = (
     "sbd_frames_failed_total",
     "sbd_reorder_held",
 )
-
-
-def total(m: Metrics, name: str) -> float:
-    """Sum of a metric's samples over all label values."""
-    return sum(s.value for metric in m.registry.collect() for s in metric.samples if s.name == name)
-
-
-def status_line(m: Metrics, elapsed: float) -> str:
-    """The one-line progress report ``serve`` prints every few seconds."""
-    n = m.value("sbd_frames_received_total")
-    return (
-        f"{elapsed:7.1f}s  in {n:.0f} ({n / max(elapsed, 1e-9):.1f}/s)  "
-        f"denoised {m.value('sbd_frames_denoised_total'):.0f}  "
-        f"skipped {m.value('sbd_frames_skipped_total'):.0f}  "
-        f"malformed {total(m, 'sbd_frames_malformed_total'):.0f}  "
-        f"missing {m.value('sbd_frames_missing_total'):.0f}  "
-        f"queue {m.value('sbd_queue_depth', {'queue': 'denoise'}):.0f}"
-    )
-
-
-SUMMARY_NAMES = (
-    "sbd_frames_received_total",
-    "sbd_frames_denoised_total",
-    "sbd_frames_skipped_total",
-    "sbd_frames_duplicate_total",
-    "sbd_frames_missing_total",
-    "sbd_sequence_restarts_total",
-    "sbd_record_dropped_total",
-    "sbd_denoise_overflow_total",
-    "sbd_denoise_errors_total",
-    "sbd_frames_failed_total",
-)
-
-
-def summary(m: Metrics, elapsed: float) -> dict[str, Any]:
-    """Final counters of a run (what ``serve`` / ``replay`` print and return)."""
-    out: dict[str, Any] = {"seconds": elapsed}
-    out.update({n.removeprefix("sbd_").removesuffix("_total"): total(m, n) for n in SUMMARY_NAMES})
-    out["malformed"] = total(m, "sbd_frames_malformed_total")
-    out["published"] = total(m, "sbd_frames_published_total")
-    out["recorded_raw"] = m.value("sbd_frames_recorded_total", {"kind": "raw"})
-    return out
 
 
 class MetricsServer:

@@ -112,7 +112,8 @@ def make_settings(tmp_path: Path, ingest_endpoint: str, **denoise) -> ServiceSet
             "ingest": {"endpoint": ingest_endpoint, "mode": "connect"},
             "publish": {"endpoint": "tcp://127.0.0.1:*"},
             "record": {"directory": str(tmp_path / "rec"), "min_free_bytes": 0},
-            "denoise": {"batch_frames": 4, "batch_timeout_ms": 2.0, **denoise},
+            # one lane (every frame, in order) unless a test asks for the live lane (``policy=latest``)
+            "denoise": {"batch_frames": 4, "batch_timeout_ms": 2.0, "policy": "lossless", **denoise},
             "metrics": {"port": 0},
         }
     )

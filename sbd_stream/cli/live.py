@@ -12,6 +12,7 @@ import typer
 from sbd_stream.cli.app import app, fail, on_signals, setup_logging
 from sbd_stream.cli.options import (
     Batch,
+    Complete,
     Compression,
     ConfigFile,
     CountsPerPx,
@@ -22,8 +23,10 @@ from sbd_stream.cli.options import (
     EvidenceFrames,
     Flags,
     Likelihood,
+    Live,
     Model,
     PixelSize,
+    Policy,
     Scheduler,
     Verbose,
     Workers,
@@ -79,9 +82,9 @@ def serve(
     model: Model = None,
     device: Device = None,
     batch: Batch = None,
-    policy: str | None = typer.Option(
-        None, help="lossless (every frame) or latest (skip to newest under load)"
-    ),
+    live: Live = None,
+    complete: Complete = None,
+    policy: Policy = None,
     workers: Workers = None,
     devices: str | None = typer.Option(None, "--devices", help="Devices for the workers, e.g. cuda:0,cuda:1"),
     likelihood: Likelihood = None,
@@ -124,6 +127,8 @@ def serve(
         device=device,
         batch=batch,
         policy=policy,
+        live=live,
+        complete=complete,
         workers=workers,
         devices=devices,
         likelihood=likelihood,
@@ -133,7 +138,7 @@ def serve(
         viewer_port=viewer_port,
     )
     s = settings_from_flags(flags, config)
-    stages = _stages(s)
+    stages = stages_or_fail(s)
     stop = threading.Event()
     on_signals(stop)
     typer.echo(
@@ -148,7 +153,7 @@ def serve(
         raise typer.Exit(3)
 
 
-def _stages(s: ServiceSettings) -> list[BatchStage]:
+def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:
     """Load the engine(s) and plan the detector geometry; a sampling they cannot serve ends the command."""
     from sbd_stream.compute.binning import SamplingError
     from sbd_stream.service.build import load_stages
@@ -194,7 +199,7 @@ def replay(
     (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
     """
     from sbd_stream.formats.recording import recorded_detector
-    from sbd_stream.metrics import summary
+    from sbd_stream.metrics_summary import summary
     from sbd_stream.service.build import run_replay
 
     setup_logging(verbose)
@@ -225,7 +230,7 @@ def replay(
         metrics=False,
     )
     s = settings_from_flags(flags, config)
-    pipe, secs, n = run_replay(s, _stages(s), file, realtime=realtime, limit=limit)
+    pipe, secs, n = run_replay(s, stages_or_fail(s), file, realtime=realtime, limit=limit)
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)
@@ -343,96 +348,3 @@ def emulate(
         n = emu.n_sent
     emu.close()
     typer.echo(json.dumps({"acq": cfg.acq, "frames_sent": n, "source": emu.source.kind.value}))
-
-
-@app.command()
-def demo(
-    frames: int = typer.Option(200, min=1, help="How many frames the emulator sends"),
-    shape: str = typer.Option("1024x1024", help="Detector frame size HxW"),
-    rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
-    source: Path | None = typer.Option(
-        None,
-        help="Simulated dataset (.h5) whose images cycle, one per frame; default: the held scene (--scene)",
-    ),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
-    scene: Scene = None,
-    drift: Drift = None,
-    drift_angle: DriftAngle = None,
-    focus: Focus = None,
-    focus_rate: FocusRate = None,
-    event_frame: EventFrame = None,
-    event: Event = None,
-    policy: str = typer.Option("lossless", help="lossless (every frame) or latest (skip under overload)"),
-    likelihood: Likelihood = None,
-    evidence_frames: EvidenceFrames = None,
-    pixel_size: PixelSize = None,
-    dose: DosePerArea = None,
-    counts_per_px: CountsPerPx = None,
-    record_dir: Path | None = typer.Option(None, "--record-dir", help="Also record to this folder"),
-    engine: Engine = None,
-    model: Model = None,
-    workers: Workers = None,
-    viewer: bool = typer.Option(False, "--viewer", help="Live viewer page too (raise --frames)"),
-    viewer_port: int = typer.Option(8090, help="Live viewer port (0: any free port)"),
-    json_out: Path | None = typer.Option(
-        None, "--json-out", help="Also write the summary, with the command and machine, to this JSON file"
-    ),
-    verbose: Verbose = False,
-) -> None:
-    """Emulator + service + viewer in one command: live status, then latency and PSNR.
-
-    By default the emulated detector is the paper's K2 (0.060 A pixels, 0.45 counts/px in vacuum), so
-    the PSNR printed at the end is the real-condition number, and it records one held-out specimen
-    (the bundled scene) drifting at 0.5 A/s with slowly changing focus, as a microscope would.
-    """
-    from sbd_stream.service.demo import run_demo
-    from sbd_stream.sources.emulator import EmulatorSettings
-
-    setup_logging(verbose)
-    flags = Flags(
-        pixel_size=pixel_size,
-        dose=dose,
-        counts_per_px=counts_per_px,
-        input="tcp://127.0.0.1:*",
-        mode="connect",
-        output="tcp://127.0.0.1:*",
-        record_dir=record_dir,
-        record=record_dir is not None,
-        engine=engine,
-        model=model,
-        policy=policy,
-        workers=workers,
-        likelihood=likelihood,
-        evidence_frames=evidence_frames,
-        metrics=viewer,  # the viewer's rate / latency tiles read them
-        metrics_port=0,
-        viewer=viewer,
-        viewer_port=viewer_port,
-    )
-    s = settings_from_flags(flags)
-    stages = _stages(s)
-    emu_cfg = EmulatorSettings(
-        endpoint="tcp://127.0.0.1:*",
-        shape=parse_shape(shape),
-        dose=s.detector.vacuum_counts,
-        pixel_size_A=s.detector.pixel_size_A,
-        rate_hz=rate,
-        n_frames=frames,
-        source=None if synthetic else source,
-        pool=8,
-        **(
-            {}
-            if synthetic or source
-            else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
-        ),
-    )
-    result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
-    typer.echo(json.dumps(result, indent=2))
-    if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
-        import os
-        import platform
-        import sys
-
-        machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
-        record = {"benchmark": "demo", "command": " ".join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
-        json_out.write_text(json.dumps({**record, **result}, indent=2) + "\n")

@@ -24,6 +24,21 @@ Model = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: the best available)")]
 Batch = Annotated[int | None, typer.Option(min=1, help="Denoise up to this many frames at once")]
+Live = Annotated[
+    bool | None,
+    typer.Option(
+        "--live/--no-live",
+        help="Live lane: the newest frame first, older waiting ones skipped (off: every frame in order)",
+    ),
+]
+Complete = Annotated[
+    bool | None,
+    typer.Option(
+        "--complete/--no-complete",
+        help="Complete lane: the frames the live lane skipped, denoised when the engine is free",
+    ),
+]
+Policy = Annotated[str | None, typer.Option(help="Older name of --live/--no-live: latest or lossless")]
 Likelihood = Annotated[
     bool | None, typer.Option("--likelihood/--no-likelihood", help="Likelihood-ratio maps too")
 ]
@@ -102,6 +117,8 @@ class Flags:
     device: str | None = None
     batch: int | None = None
     policy: str | None = None
+    live: bool | None = None
+    complete: bool | None = None
     workers: int | None = None
     devices: str | None = None  # comma-separated
     threads: int | None = None
@@ -144,6 +161,7 @@ def settings_from_flags(flags: Flags, config: Path | None = None) -> ServiceSett
                 "margin": f.margin,
                 "likelihood": likelihood(f.likelihood, f.evidence_frames),
             },
+            "lanes": {"live": f.live, "complete": f.complete},  # docs/service.md "Two lanes"
             "metrics": {"enabled": f.metrics, "port": f.metrics_port},
             "viewer": {"enabled": f.viewer, "port": f.viewer_port},  # docs/viewer.md
         },

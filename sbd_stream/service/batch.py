@@ -110,6 +110,7 @@ class BatchResult:
     vacuum: np.ndarray | None = None  # (B,) counts per detector pixel taken as vacuum
     evidence_frames: np.ndarray | None = None  # (B,) other frames whose counts scored the columns (0: own)
     timings: dict[str, float] = field(default_factory=dict)
+    lane: str = "live"  # "live" (newest first) or "complete" (frames the live lane skipped, done later)
 
     def __len__(self) -> int:
         return len(self.headers)

@@ -1,8 +1,9 @@
 """Batching of queued frames for the denoiser, under the backpressure policy.
 
 ``lossless``: take frames oldest first, up to B or whatever arrived within T ms after the first.
-``latest``: take the newest B frames that are waiting and skip (count) the older ones, so that under
-overload the output tracks the microscope instead of falling further and further behind.
+``latest`` (the live lane): take the newest B frames that are waiting and hand the older ones to
+``on_skip`` (counted, and kept for the complete lane, ``service/backlog.py``), so that under overload
+the output tracks the microscope instead of falling further and further behind.
 A batch never mixes frame shapes (the engine needs one shape per call). Series messages travel in the
 same queue so that a ``series_end`` reaches subscribers after the last frame of its series; they are
 never skipped and always come back as a batch of their own.
@@ -27,7 +28,7 @@ class Batcher:
         max_frames: int,
         timeout_ms: float,
         policy: BackpressurePolicy,
-        on_skip: Callable[[int], None] | None = None,
+        on_skip: Callable[[list[Frame]], None] | None = None,
     ) -> None:
         self.queue, self.max_frames, self.timeout_s = queue, max_frames, timeout_ms / 1000.0
         self.policy, self.on_skip = policy, on_skip
@@ -86,7 +87,7 @@ class Batcher:
             keep.insert(0, f)
             if len(keep) == self.max_frames:
                 break
-        skipped = len(frames) - len(keep)
+        skipped = [f for f in frames[: len(frames) - len(keep)] if isinstance(f, Frame)]
         if skipped and self.on_skip is not None:
             self.on_skip(skipped)
         return keep

@@ -19,7 +19,9 @@ import zmq
 from sbd_stream.config import BackpressurePolicy, ServiceSettings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
-from sbd_stream.metrics import Metrics, status_line, summary
+from sbd_stream.metrics import Metrics
+from sbd_stream.metrics_summary import status_line, summary
+from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.evidence_history import EvidenceHistory
@@ -114,14 +116,23 @@ def build_pipeline(
     first, d = stages[0], s.denoise
     m.engine.info({"engine_id": str(first.denoiser.engine_id), "device": str(first.denoiser.device)})
     report_geometry(first, m)
-    latest = d.policy is BackpressurePolicy.latest
+    policy = s.live_policy
+    backlog = complete_lane(s, m)
+
+    def skipped(frames: list[Frame]) -> None:
+        m.frames_skipped.inc(len(frames))
+        if backlog is not None:
+            backlog.add(frames)
+
     queue = FrameQueue(
         s.ingest.queue_frames,
-        drop_oldest=latest,
-        on_evict=lambda _it: m.frames_skipped.inc(),
+        drop_oldest=policy is BackpressurePolicy.latest,
+        on_evict=lambda it: skipped([it]) if isinstance(it, Frame) else None,
         on_change=m.queue_depth.labels(queue="denoise").set,
     )
-    batcher = Batcher(queue, d.batch_frames, d.batch_timeout_ms, d.policy, m.frames_skipped.inc)
+    live = policy is BackpressurePolicy.latest  # the live lane: the newest frame(s), one engine call's worth
+    batch = s.lanes.live_batch_frames if live else d.batch_frames
+    batcher = Batcher(queue, batch, d.batch_timeout_ms, policy, skipped)
     sinks = make_sinks(s, first, m, ctx, sup)
     intake = Intake(queue, [], m)
     specs = worker_specs(s)
@@ -138,10 +149,19 @@ def build_pipeline(
         lambda res: [sink.result(res) for sink in fan],
         lambda msg: [sink.series_done(msg) for sink in fan],
         EvidenceHistory(n_ev) if n_ev > 0 else None,
+        backlog,
+        complete_batch=d.batch_frames,
     )
     make_source = receiver_source(s, m, ctx) if source == "receiver" else source
     src = None if make_source is None else make_source(intake, sup)
     return Pipeline(s, source=src, intake=intake, pool=pool, sinks=sinks, metrics=m, supervisor=sup)
+
+
+def complete_lane(s: ServiceSettings, m: Metrics) -> Backlog | None:
+    """The complete lane's backlog when both lanes are on (``lanes``; docs/service.md "Two lanes")."""
+    if not (s.lanes.live and s.lanes.complete):
+        return None
+    return Backlog(int(s.lanes.backlog_mb * 1024**2), m.complete_backlog.set, m.frames_left_for_offline.inc)
 
 
 def make_sinks(

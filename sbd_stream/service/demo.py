@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ class Collector:
     def __init__(
         self,
         endpoint: str,
-        keep_data: bool = True,
+        keep_data: bool | Callable[[int], bool] = True,
         context: zmq.Context | None = None,
         on_message: Callable[[Received], None] | None = None,
     ) -> None:
@@ -128,7 +129,8 @@ class Collector:
                         self.series_end.set()
                 else:
                     assert isinstance(msg, FrameMessage)
-                    data = np.array(msg.data) if self.keep_data else None
+                    keep = self.keep_data(msg.header.seq) if callable(self.keep_data) else self.keep_data
+                    data = np.array(msg.data) if keep else None
                     h = msg.header
                     rec = Received(msg.topic, h.acq, h.seq, h.engine, data, h)
                 self.messages.append(rec)
@@ -155,19 +157,31 @@ def run_demo(
     emu_cfg: Any,
     status: Callable[[str], None] | None = None,
     status_every_s: float = 1.0,
+    truth_frames: int = 64,
 ) -> dict[str, Any]:
-    """Emulator -> service -> subscriber on loopback; returns the summary (also used by tests)."""
+    """Emulator -> service -> subscriber on loopback; returns the summary (also used by tests).
+
+    The summary names both lanes (docs/service.md "Two lanes"): what the live lane showed the
+    subscriber (frames per whole second of the acquisition, latency from the detector's send to the
+    subscriber's receipt) and, with recording on, what the complete lane left in the recording (raw
+    frames, and denoised frames live or completed afterwards), read back from the files. PSNR is
+    scored on a sample of ``truth_frames`` frames spread over the series, so a long demo's memory
+    stays small.
+    """
     from sbd_stream.service.build import build_pipeline
     from sbd_stream.sources.emulator import Emulator
 
     ctx = zmq.Context.instance()
     emu_cfg.keep_truth = True
+    emu_cfg.truth_every = max(1, -(-emu_cfg.n_frames // max(1, truth_frames)))
     emu = Emulator(emu_cfg, ctx)
     settings.ingest.endpoint = emu.endpoint
     pipe = build_pipeline(settings, stage, context=ctx)
     pipe.start()
     assert pipe.publisher is not None
-    col = Collector(pipe.publisher.endpoint, keep_data=True, context=ctx).start()
+    every = emu_cfg.truth_every
+    keep = lambda seq: (seq - emu_cfg.first_seq) % every == 0  # noqa: E731
+    col = Collector(pipe.publisher.endpoint, keep_data=keep, context=ctx).start()
     await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
     emu.start()
     t0 = time.perf_counter()
@@ -183,19 +197,49 @@ def run_demo(
                 last = now
                 status(
                     f"sent {emu.n_sent:5d}  received {m.value('sbd_frames_received_total'):5.0f}  "
-                    f"denoised {m.value('sbd_frames_denoised_total'):5.0f}  "
+                    f"live {len(col.frames(b'denoised')):5d}  "
                     f"skipped {m.value('sbd_frames_skipped_total'):4.0f}  "
-                    f"published {len(col.frames(b'denoised')):5d}  queue {len(pipe.denoise_q):3d}"
+                    f"completed {m.value('sbd_frames_completed_total'):4.0f}  "
+                    f"backlog {m.value('sbd_complete_backlog_frames'):4.0f}  queue {len(pipe.denoise_q):3d}"
                 )
     except KeyboardInterrupt:
         emu.stop_event.set()
     finally:
         emu.close()
-        pipe.stop()
+        t_acq = time.perf_counter() - t0
+        if status is not None and pipe.pool.backlog:
+            status(f"acquisition over: the complete lane denoises {len(pipe.pool.backlog)} skipped frames")
+        pipe.stop()  # the complete lane finishes its backlog before the recorder closes
         col.close()
     wall = time.perf_counter() - t0
     den = col.frames(b"denoised")
-    lat = [r.t - r.header.ts for r in den]
+    scores = _scores(den, emu)
+    lanes = {"live": live_lane(den), "complete": complete_lane(settings, m, emu_cfg.acq)}
+    return {
+        "source": emu.source.kind.value,
+        "engine": str(pipe.stage.denoiser.engine_id),
+        **pipe.stage.geometry.describe(),
+        "frames_sent": emu.n_sent,
+        "frames_received": int(m.value("sbd_frames_received_total")),
+        "frames_denoised": int(m.value("sbd_frames_denoised_total")),
+        "frames_skipped": int(m.value("sbd_frames_skipped_total")),
+        "frames_completed": int(m.value("sbd_frames_completed_total")),
+        "frames_published_received": len(den),
+        "acquisition_s": t_acq,
+        "wall_s": wall,
+        "latency_s": lanes["live"]["latency_s"],
+        "lanes": lanes,
+        "psnr_frames": len(scores["den"]),
+        "psnr_raw_db": _mean(scores["raw"]),
+        "psnr_denoised_db": _mean(scores["den"]),
+        "paper_psnr_raw_db": _mean(scores["raw_paper"]),
+        "paper_psnr_denoised_db": _mean(scores["den_paper"]),
+        "denoise_overflow": int(m.value("sbd_denoise_overflow_total")),
+        "workers": pipe.pool.load(wall),
+    }
+
+
+def _scores(den: list[Received], emu: Any) -> dict[str, list[float]]:
     scores: dict[str, list[float]] = {k: [] for k in ("raw", "den", "raw_paper", "den_paper")}
     for r in den:
         truth = emu.truth.get(r.seq)
@@ -205,24 +249,57 @@ def run_demo(
             scores["raw"].append(psnr(raw, truth, data_range=float(truth.max())))
             scores["den_paper"].append(paper_psnr(r.data, truth))
             scores["raw_paper"].append(paper_psnr(raw, truth))
+    return scores
+
+
+def live_lane(den: list[Received]) -> dict[str, Any]:
+    """What the subscriber was shown: frames per whole second (from the first frame shown to the
+    last one), and latency = receipt at the subscriber - the detector's send time (``ts``)."""
+    if not den:
+        return {"frames": 0, "per_second": [], "per_second_min": 0, "latency_s": percentiles([])}
+    t = np.array([r.t for r in den])
+    seconds = int(np.floor(t.max() - t.min()))
+    per = np.bincount(((t - t.min()) // 1.0).astype(int), minlength=seconds + 1)[:seconds]
     return {
-        "source": emu.source.kind.value,
-        "engine": str(pipe.stage.denoiser.engine_id),
-        **pipe.stage.geometry.describe(),
-        "frames_sent": emu.n_sent,
-        "frames_received": int(m.value("sbd_frames_received_total")),
-        "frames_denoised": int(m.value("sbd_frames_denoised_total")),
-        "frames_skipped": int(m.value("sbd_frames_skipped_total")),
-        "frames_published_received": len(den),
-        "wall_s": wall,
-        "latency_s": percentiles(lat),
-        "psnr_raw_db": _mean(scores["raw"]),
-        "psnr_denoised_db": _mean(scores["den"]),
-        "paper_psnr_raw_db": _mean(scores["raw_paper"]),
-        "paper_psnr_denoised_db": _mean(scores["den_paper"]),
-        "denoise_overflow": int(m.value("sbd_denoise_overflow_total")),
-        "workers": pipe.pool.load(wall),
+        "frames": len(den),
+        "per_second": [int(v) for v in per],
+        "per_second_min": int(per.min()) if per.size else len(den),
+        "per_second_mean": float(per.mean()) if per.size else float(len(den)),
+        "latency_s": percentiles([r.t - r.header.ts for r in den]),
+        "latency_max_s": float(max(r.t - r.header.ts for r in den)),
     }
+
+
+def complete_lane(settings: Any, m: Any, acq: str) -> dict[str, Any]:
+    """The recording's own count of ``acq``'s raw frames and distinct denoised frames (read back)."""
+    out: dict[str, Any] = {
+        "completed_after_live": int(m.value("sbd_frames_completed_total")),
+        "left_for_offline": int(m.value("sbd_frames_left_for_offline_total")),
+        "recording": None,
+    }
+    if not settings.record.enabled:
+        return out
+    import h5py
+
+    from sbd_stream.formats.recording import open_recording, recording_parts, safe_name
+
+    raw: set[int] = set()
+    den: set[int] = set()
+    first = Path(settings.record.directory) / f"{safe_name(acq)}{settings.record.suffix}"
+    parts = recording_parts(first) if first.exists() else []
+    for part in parts:
+        with open_recording(part) as f:
+            for kind, seqs in (("raw", raw), ("denoised", den)):
+                if kind in f and isinstance(f[kind], h5py.Group) and "seq" in f[kind]:
+                    done = np.asarray(f[kind]["complete"][:], dtype=bool)
+                    seqs.update(int(q) for q in np.asarray(f[kind]["seq"][:])[done])
+    out["recording"] = {
+        "files": [str(p) for p in parts],
+        "raw_frames": len(raw),
+        "denoised_frames": len(den),
+        "all_denoised": bool(raw) and raw <= den,
+    }
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -1,5 +1,5 @@
 """The service's lifecycle: a source -> intake -> worker pool of batch stages -> sinks, started and
-stopped in one order.
+stopped in one order (the complete lane's backlog is finished before the sinks close).
 
 Why handed its parts: what a pipeline *is* (which source, which outputs, how many engine workers)
 is decided once, from the settings, by ``service/build.py``; this module only runs the parts. Threads:
@@ -179,7 +179,12 @@ class Pipeline:
         if self.source is not None:
             self.source.stop()
             self.source.join(max(0.1, end - time.monotonic()))
-        self.pool.stop()
+        if self.pool.backlog is not None:  # the complete lane finishes its backlog, in its own time
+            budget = self.settings.lanes.complete_timeout_s
+            self.pool.stop(budget)
+            end += budget
+        else:
+            self.pool.stop()
         self.denoise_q.close()
         self.pool.join(max(0.1, end - time.monotonic()))
         for sink in self.sinks:

@@ -12,6 +12,12 @@ result by at most one batch, never reorders it). A batch that fails on one worke
 frames are named in the log and in ``sbd_frames_failed_total``; its ticket is released empty so
 nothing behind it waits. Series markers take a ticket too, so a ``series_end`` still follows the
 last frame of its series.
+
+The complete lane (``service/backlog.py``): a worker that finds no live frame waiting takes a batch
+of frames the live lane skipped instead, so completion uses exactly the time the live lane leaves
+free and never delays a live frame by more than one batch. Its results carry ``lane="complete"``
+(the sinks decide what to do with them: recorded, not published). At shutdown the workers finish the
+backlog before they return, until ``complete_deadline`` (then what is left is left for offline).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 from sbd_stream.frames import Frame
 from sbd_stream.metrics import Metrics
+from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.evidence_history import EvidenceHistory
@@ -172,15 +179,20 @@ class WorkerPool:
         emit: Callable[[BatchResult], None],
         forward: Callable[[Any], None],
         evidence: EvidenceHistory | None = None,
+        backlog: Backlog | None = None,
+        complete_batch: int = 4,
     ) -> None:
         """``evidence``: the acquisitions' kept frames, when likelihood evidence frames are on; each batch
-        takes its earlier frames from it in queue order, under the same lock as its ticket."""
+        takes its earlier frames from it in queue order, under the same lock as its ticket.
+        ``backlog``: the complete lane's frames (None: no complete lane)."""
         if not stages or len(stages) != len(specs):
             raise ValueError(f"{len(stages)} batch stages for {len(specs)} workers")
         self.stages, self.specs = list(stages), list(specs)
         self.batcher, self.metrics, self.supervisor = batcher, metrics, supervisor
         self._emit_result, self._forward = emit, forward
-        self.evidence = evidence
+        self.evidence, self.backlog, self.complete_batch = evidence, backlog, complete_batch
+        self.complete_deadline: float | None = None  # monotonic; set by ``stop`` (None: no limit)
+        self._last_live = 0.0  # monotonic time the last live batch was taken
         self.reorder = Reorderer(self._release, metrics.reorder_held.set)
         self._take = threading.Lock()
         self._stopping = threading.Event()
@@ -207,9 +219,25 @@ class WorkerPool:
             name = worker_stage_name(i)
             self.threads.append(self.supervisor.spawn(name, lambda i=i: self._loop(i), name=f"sbd-{name}"))
 
-    def stop(self) -> None:
-        """Let the workers finish what is queued, then return (the caller closes the queue)."""
+    def stop(self, complete_timeout_s: float | None = None) -> None:
+        """Let the workers finish what is queued (and the complete lane's backlog, for at most
+        ``complete_timeout_s``), then return (the caller closes the queue)."""
+        if complete_timeout_s is not None:
+            self.complete_deadline = time.monotonic() + complete_timeout_s
         self._stopping.set()
+
+    def _completion(self) -> list[Frame]:
+        """A batch from the complete lane when the live lane has nothing waiting (caller holds the lock)."""
+        bl = self.backlog
+        if bl is None or not self.batcher.idle():
+            return []
+        late = self.complete_deadline is not None and time.monotonic() > self.complete_deadline
+        if self._stopping.is_set() and late:
+            bl.abandon("the shutdown's lanes.complete_timeout_s ran out")
+            return []
+        # while frames are arriving, one at a time: a live frame then waits at most one frame's denoise
+        calm = self._stopping.is_set() or time.monotonic() - self._last_live > 0.25
+        return bl.take(self.complete_batch if calm else 1)
 
     def join(self, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -221,13 +249,19 @@ class WorkerPool:
         stage_name = worker_stage_name(i)
         while True:
             earlier: list[Frame] = []
+            lane = "live"
             with self._take:
-                items = self.batcher.next_batch(0.1)
+                wait = 0.0 if self.backlog else 0.1  # skipped frames waiting: never idle while they do
+                items: list[Any] = self.batcher.next_batch(wait)
+                if items:
+                    self._last_live = time.monotonic()
+                else:
+                    items, lane = self._completion(), "complete"
                 ticket = self.reorder.take() if items else None
-                if items and self.evidence is not None:
+                if items and lane == "live" and self.evidence is not None:
                     earlier = self.evidence.take([it for it in items if isinstance(it, Frame)])
             if ticket is None:
-                if self._stopping.is_set() and self.batcher.idle():
+                if self._stopping.is_set() and self.batcher.idle() and not self.backlog:
                     return
                 continue
             payload: Any = Failed([it for it in items if isinstance(it, Frame)])
@@ -244,6 +278,7 @@ class WorkerPool:
                         i,
                         out,
                         earlier,
+                        lane,
                         on_error=lambda fr, exc, i=i: self._failed(i, fr, exc),
                         what="denoising",
                     )
@@ -252,13 +287,17 @@ class WorkerPool:
             finally:  # even if this thread dies here, the line behind this ticket must move on
                 self.reorder.done(ticket, payload)
 
-    def _denoise(self, frames: list[Frame], i: int, out: list[Any], earlier: list[Frame]) -> None:
+    def _denoise(
+        self, frames: list[Frame], i: int, out: list[Any], earlier: list[Frame], lane: str = "live"
+    ) -> None:
         m, w = self.metrics, str(i)
         t0 = time.perf_counter()
-        for f in frames:
-            m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
+        if lane == "live":
+            for f in frames:
+                m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
         stage = self.stages[i]  # earlier frames only with evidence on: any process(frames) stage fits
         res = stage.process(frames, earlier) if self.evidence is not None else stage.process(frames)
+        res.lane = lane
         busy = time.perf_counter() - t0
         for stage in ("batch", "denoise", "likelihood"):
             if stage in res.timings:
@@ -289,12 +328,17 @@ class WorkerPool:
 
     def _release(self, payload: Any) -> None:
         if isinstance(payload, BatchResult):
+            now, lat = time.perf_counter(), self.metrics.lane_latency.labels(lane=payload.lane)
+            for t in payload.t_recv:
+                lat.observe(now - t)
+            if payload.lane == "complete":
+                self.metrics.frames_completed.inc(len(payload))
             self._emit_result(payload)
         elif not isinstance(payload, Failed):
             self._forward(payload)
 
     def idle(self) -> bool:
-        return self.batcher.idle() and self.reorder.idle()
+        return self.batcher.idle() and self.reorder.idle() and not self.backlog
 
     def load(self, elapsed_s: float) -> list[dict[str, Any]]:
         """Per-worker counters and busy fraction over ``elapsed_s`` (summary / status)."""

@@ -277,7 +277,7 @@ class Emulator:
                 break
             counts, truth = upcoming if k == 0 else next(frames)
             seq = cfg.first_seq + k
-            if cfg.keep_truth:
+            if cfg.keep_truth and k % cfg.truth_every == 0:
                 self.sent[seq] = counts
                 if truth is not None:
                     self.truth[seq] = truth

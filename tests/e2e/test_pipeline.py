@@ -15,6 +15,7 @@ from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode, l
 from sbd_stream.engines.card import DEFAULT_ENGINE
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
+from sbd_stream.metrics_summary import summary
 from sbd_stream.service.build import build_pipeline, run_replay
 from sbd_stream.service.demo import Collector, run_demo
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
@@ -66,17 +67,15 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
     assert m.value("sbd_end_to_end_latency_seconds_count") == 40
 
 
-@pytest.mark.timeout(120)
-def test_latest_policy_skips_under_overload_but_records_every_raw_frame(
-    tmp_path: Path, denoiser: Denoiser
-) -> None:
+def _overload(tmp_path: Path, denoiser: Denoiser, n: int, **lanes) -> tuple[Emulator, object, Collector]:
+    """A burst of ``n`` frames (no pacing) into a 4-frame queue: the live lane must skip."""
     ctx = zmq.Context.instance()
-    n = 150
     emu = Emulator(
         EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(256, 256), n_frames=n, rate_hz=0, pool=2), ctx
     )
-    s = make_settings(tmp_path, emu.endpoint, policy=BackpressurePolicy.latest, batch_frames=1)
+    s = make_settings(tmp_path, emu.endpoint, policy=BackpressurePolicy.latest, batch_frames=4)
     s.ingest.queue_frames = 4
+    s.lanes = s.lanes.model_copy(update=lanes)
     pipe = build_pipeline(s, denoiser, context=ctx)
     pipe.start()
     assert pipe.publisher is not None
@@ -89,13 +88,66 @@ def test_latest_policy_skips_under_overload_but_records_every_raw_frame(
         emu.close()
         pipe.stop()
         col.close()
+    return emu, pipe, col
+
+
+@pytest.mark.timeout(120)
+def test_live_lane_skips_to_the_newest_and_the_complete_lane_denoises_the_rest_into_the_recording(
+    tmp_path: Path, denoiser: Denoiser
+) -> None:
+    n = 150
+    emu, pipe, col = _overload(tmp_path, denoiser, n)
     m = pipe.metrics
     seqs = [r.seq for r in col.frames(b"denoised")]
     skipped = m.value("sbd_frames_skipped_total")
     assert m.value("sbd_frames_received_total") == n
-    assert skipped > 0 and len(seqs) + skipped == n
+    assert skipped > 0 and len(seqs) + skipped == n  # only the live lane's frames are published
     assert seqs == sorted(seqs) and seqs[-1] == n - 1  # skips forward, ends on the newest frame
+    # the complete lane denoised every skipped frame, after the live ones, into the recording
+    assert m.value("sbd_frames_completed_total") == skipped
+    assert m.value("sbd_frames_denoised_total") == n
+    assert m.value("sbd_frames_left_for_offline_total") == 0
+    assert m.value("sbd_complete_backlog_frames") == 0
+    assert m.value("sbd_lane_latency_seconds_count", {"lane": "live"}) == len(seqs)
+    assert m.value("sbd_lane_latency_seconds_count", {"lane": "complete"}) == skipped
     assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == n
+    assert m.value("sbd_frames_recorded_total", {"kind": "denoised"}) == n
+    with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
+        np.testing.assert_array_equal(np.sort(f["raw/seq"][:]), np.arange(n))
+        den = f["denoised/seq"][:]
+        np.testing.assert_array_equal(np.sort(den), np.arange(n))  # each frame once
+        assert list(den[: len(seqs)]) == seqs  # live rows first, completed rows after
+        raw = dict(zip(f["raw/seq"][:], range(n), strict=True))
+        q = int(den[-1])  # a completed frame is the engine applied to its raw frame
+        ref = denoiser.denoise(torch.from_numpy(f["raw/frames"][raw[q]].astype(np.float32))[None])[0]
+        np.testing.assert_allclose(f["denoised/frames"][n - 1], ref.numpy(), rtol=1e-4, atol=1e-4)
+    lanes = summary(m, 1.0)["lanes"]
+    assert lanes["live"]["frames"] == len(seqs) and lanes["complete"]["frames"] == skipped
+
+
+@pytest.mark.timeout(120)
+def test_without_the_complete_lane_skipped_frames_stay_raw_only(tmp_path: Path, denoiser: Denoiser) -> None:
+    n = 120
+    _emu, pipe, col = _overload(tmp_path, denoiser, n, complete=False)
+    m = pipe.metrics
+    live = len(col.frames(b"denoised"))
+    assert m.value("sbd_frames_skipped_total") == n - live > 0
+    assert m.value("sbd_frames_completed_total") == 0 and m.value("sbd_frames_denoised_total") == live
+    assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == n
+    assert m.value("sbd_frames_recorded_total", {"kind": "denoised"}) == live
+
+
+@pytest.mark.timeout(120)
+def test_a_complete_lane_out_of_time_at_shutdown_leaves_its_frames_for_offline(
+    tmp_path: Path, denoiser: Denoiser
+) -> None:
+    n = 120
+    _emu, pipe, _col = _overload(tmp_path, denoiser, n, complete_timeout_s=0.0)
+    m = pipe.metrics
+    skipped = m.value("sbd_frames_skipped_total")
+    completed, left = m.value("sbd_frames_completed_total"), m.value("sbd_frames_left_for_offline_total")
+    assert skipped > 0 and left > 0 and completed + left == skipped  # every skipped frame accounted for
+    assert m.value("sbd_frames_recorded_total", {"kind": "raw"}) == n  # its raw frame is recorded
 
 
 @pytest.mark.timeout(120)

@@ -54,7 +54,12 @@ def node_settings(root: Path, endpoint: str, inp: dict, likelihood: bool = False
             "ingest": {"endpoint": endpoint, "mode": "connect", "input": inp},
             "publish": {"endpoint": "tcp://127.0.0.1:*", "queue_frames": 256},
             "record": {"directory": str(root / "rec"), "min_free_bytes": 0},
-            "denoise": {"batch_frames": 4, "batch_timeout_ms": 2.0, "likelihood": {"enabled": likelihood}},
+            "denoise": {
+                "batch_frames": 4,
+                "batch_timeout_ms": 2.0,
+                "policy": "lossless",  # every frame merged: one lane
+                "likelihood": {"enabled": likelihood},
+            },
             "metrics": {"enabled": False},
         }
     )

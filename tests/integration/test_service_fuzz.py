@@ -35,7 +35,7 @@ from service_fuzz_messages import MAX_PAYLOAD, DectrisFuzz, Oracle, Send, WireFu
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.recording import open_recording
-from sbd_stream.metrics import total
+from sbd_stream.metrics_summary import total
 from sbd_stream.protocol import TOPIC_SERIES_START, FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.pipeline import Pipeline

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "worker": 1,
     "frames": 1,
     "metrics": 1,
+    "metrics_summary": 2,
     "compute": 2,
     "engines": 3,
     "config": 4,

@@ -12,21 +12,9 @@ import time
 import urllib.request
 from typing import Any
 
+from sbd_stream.metrics_summary import histogram_quantile
 
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus-style quantile from cumulative (le, count) buckets, linear within a bucket."""
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in buckets:
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / max(c - prev_c, 1e-12))
-        prev_le, prev_c = le, c
-    return prev_le
+__all__ = ["MetricsPoller", "histogram_quantile"]
 
 
 class MetricsPoller:

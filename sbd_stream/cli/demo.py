@@ -1,0 +1,150 @@
+"""`sbd-stream demo`: emulator + service + subscriber (+ viewer) in one process, both lanes reported.
+
+Apart from ``live`` because it is the one command a new user runs first, and its options (the held
+scene, recording into a temporary folder, a results file) are its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from sbd_stream.cli.app import app, setup_logging
+from sbd_stream.cli.live import stages_or_fail
+from sbd_stream.cli.options import (
+    Complete,
+    CountsPerPx,
+    DosePerArea,
+    Engine,
+    EvidenceFrames,
+    Flags,
+    Likelihood,
+    Live,
+    Model,
+    PixelSize,
+    Policy,
+    Verbose,
+    Workers,
+    parse_shape,
+    settings_from_flags,
+)
+from sbd_stream.cli.scene_options import (
+    Drift,
+    DriftAngle,
+    Event,
+    EventFrame,
+    Focus,
+    FocusRate,
+    Scene,
+    scene_fields,
+)
+
+
+@app.command()
+def demo(
+    frames: int = typer.Option(1200, min=1, help="How many frames the emulator sends (1200: 30 s at 40 Hz)"),
+    shape: str = typer.Option("1024x1024", help="Detector frame size HxW"),
+    rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
+    source: Path | None = typer.Option(
+        None,
+        help="Simulated dataset (.h5) whose images cycle, one per frame; default: the held scene (--scene)",
+    ),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
+    scene: Scene = None,
+    drift: Drift = None,
+    drift_angle: DriftAngle = None,
+    focus: Focus = None,
+    focus_rate: FocusRate = None,
+    event_frame: EventFrame = None,
+    event: Event = None,
+    live: Live = None,
+    complete: Complete = None,
+    policy: Policy = None,
+    likelihood: Likelihood = None,
+    evidence_frames: EvidenceFrames = None,
+    pixel_size: PixelSize = None,
+    dose: DosePerArea = None,
+    counts_per_px: CountsPerPx = None,
+    record_dir: Path | None = typer.Option(
+        None, "--record-dir", help="Keep the recording in this folder (default: a temporary one, removed)"
+    ),
+    record: bool = typer.Option(True, "--record/--no-record", help="Record (the complete lane's record)"),
+    engine: Engine = None,
+    model: Model = None,
+    workers: Workers = None,
+    viewer: bool = typer.Option(False, "--viewer", help="Live viewer page too (raise --frames)"),
+    viewer_port: int = typer.Option(8090, help="Live viewer port (0: any free port)"),
+    json_out: Path | None = typer.Option(
+        None, "--json-out", help="Also write the summary, with the command and machine, to this JSON file"
+    ),
+    verbose: Verbose = False,
+) -> None:
+    """Emulator + service + viewer in one command: live status, then latency and PSNR.
+
+    By default the emulated detector is the paper's K2 (0.060 A pixels, 0.45 counts/px in vacuum), so
+    the PSNR printed at the end is the real-condition number, and it records one held-out specimen
+    (the bundled scene) drifting at 0.5 A/s with slowly changing focus, as a microscope would.
+    """
+    import tempfile
+
+    from sbd_stream.service.demo import run_demo
+    from sbd_stream.sources.emulator import EmulatorSettings
+
+    setup_logging(verbose)
+    tmp = tempfile.TemporaryDirectory(prefix="sbd-demo-")  # the recording, unless --record-dir keeps it
+    flags = Flags(
+        pixel_size=pixel_size,
+        dose=dose,
+        counts_per_px=counts_per_px,
+        input="tcp://127.0.0.1:*",
+        mode="connect",
+        output="tcp://127.0.0.1:*",
+        record_dir=record_dir or Path(tmp.name),
+        record=record,
+        engine=engine,
+        model=model,
+        policy=policy,
+        live=live,
+        complete=complete,
+        workers=workers,
+        likelihood=likelihood,
+        evidence_frames=evidence_frames,
+        metrics=viewer,  # the viewer's rate / latency tiles read them
+        metrics_port=0,
+        viewer=viewer,
+        viewer_port=viewer_port,
+    )
+    s = settings_from_flags(flags)
+    stages = stages_or_fail(s)
+    emu_cfg = EmulatorSettings(
+        endpoint="tcp://127.0.0.1:*",
+        shape=parse_shape(shape),
+        dose=s.detector.vacuum_counts,
+        pixel_size_A=s.detector.pixel_size_A,
+        rate_hz=rate,
+        n_frames=frames,
+        source=None if synthetic else source,
+        pool=8,
+        **(
+            {}
+            if synthetic or source
+            else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+        ),
+    )
+    try:
+        result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
+    finally:
+        tmp.cleanup()
+    if record and record_dir is None:
+        result["lanes"]["complete"]["recording"]["kept"] = False
+    typer.echo(json.dumps(result, indent=2))
+    if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
+        import os
+        import platform
+        import sys
+
+        machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
+        head = {"benchmark": "demo", "command": " ".join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
+        json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")

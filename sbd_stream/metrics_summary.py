@@ -1,0 +1,104 @@
+"""What a run's metrics add up to: totals, the status line, the final summary, latency quantiles.
+
+Why apart from ``metrics.py``: the registry (what is exported, under which names) is the service's
+contract with dashboards; these are readings of it for people (``serve`` / ``replay`` / ``demo``
+summaries, the viewer's tiles), and they change more often.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sbd_stream.metrics import Metrics
+
+__all__ = ["histogram_quantile", "lane_latency", "lanes_summary", "status_line", "summary", "total"]
+
+
+def total(m: Metrics, name: str) -> float:
+    """Sum of a metric's samples over all label values."""
+    return sum(s.value for metric in m.registry.collect() for s in metric.samples if s.name == name)
+
+
+def status_line(m: Metrics, elapsed: float) -> str:
+    """The one-line progress report ``serve`` prints every few seconds."""
+    n = m.value("sbd_frames_received_total")
+    return (
+        f"{elapsed:7.1f}s  in {n:.0f} ({n / max(elapsed, 1e-9):.1f}/s)  "
+        f"denoised {m.value('sbd_frames_denoised_total'):.0f}  "
+        f"skipped {m.value('sbd_frames_skipped_total'):.0f}  "
+        f"malformed {total(m, 'sbd_frames_malformed_total'):.0f}  "
+        f"missing {m.value('sbd_frames_missing_total'):.0f}  "
+        f"queue {m.value('sbd_queue_depth', {'queue': 'denoise'}):.0f}"
+    )
+
+
+SUMMARY_NAMES = (
+    "sbd_frames_received_total",
+    "sbd_frames_denoised_total",
+    "sbd_frames_skipped_total",
+    "sbd_frames_completed_total",
+    "sbd_frames_left_for_offline_total",
+    "sbd_frames_duplicate_total",
+    "sbd_frames_missing_total",
+    "sbd_sequence_restarts_total",
+    "sbd_record_dropped_total",
+    "sbd_denoise_overflow_total",
+    "sbd_denoise_errors_total",
+    "sbd_frames_failed_total",
+)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus-style quantile from cumulative (le, count) buckets, linear within a bucket."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / max(c - prev_c, 1e-12))
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def lane_latency(m: Metrics, lane: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[str, float | None]:
+    """Quantiles of one lane's latency over the whole run, from its histogram (bucket-resolved)."""
+    buckets = [
+        (float(s.labels["le"]), float(s.value))
+        for metric in m.registry.collect()
+        for s in metric.samples
+        if s.name == "sbd_lane_latency_seconds_bucket" and s.labels.get("lane") == lane
+    ]
+    return {f"p{round(q * 100)}_s": histogram_quantile(q, buckets) for q in qs}
+
+
+def lanes_summary(m: Metrics) -> dict[str, dict[str, Any]]:
+    """What each lane did: frames, latency quantiles; the complete lane's backlog and leftovers."""
+    completed = m.value("sbd_frames_completed_total")
+    return {
+        "live": {
+            "frames": m.value("sbd_frames_denoised_total") - completed,
+            "latency": lane_latency(m, "live"),
+        },
+        "complete": {
+            "frames": completed,
+            "left_for_offline": m.value("sbd_frames_left_for_offline_total"),
+            "backlog": m.value("sbd_complete_backlog_frames"),
+            "latency": lane_latency(m, "complete"),
+        },
+    }
+
+
+def summary(m: Metrics, elapsed: float) -> dict[str, Any]:
+    """Final counters of a run (what ``serve`` / ``replay`` print and return)."""
+    out: dict[str, Any] = {"seconds": elapsed}
+    out.update({n.removeprefix("sbd_").removesuffix("_total"): total(m, n) for n in SUMMARY_NAMES})
+    out["malformed"] = total(m, "sbd_frames_malformed_total")
+    out["published"] = total(m, "sbd_frames_published_total")
+    out["recorded_raw"] = m.value("sbd_frames_recorded_total", {"kind": "raw"})
+    out["recorded_denoised"] = m.value("sbd_frames_recorded_total", {"kind": "denoised"})
+    out["lanes"] = lanes_summary(m)
+    return out
