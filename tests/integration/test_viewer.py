@@ -17,7 +17,7 @@ from PIL import Image
 from sbd_stream.config import DetectorSettings, ViewerSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_FRAME, TOPIC_LLR, encode_frame, encode_series
-from sbd_stream.sinks.viewer.metrics_poll import histogram_quantile
+from sbd_stream.sinks.viewer.metrics_poll import histogram_quantile, parse_scrape, summarize
 from sbd_stream.sinks.viewer.render import bin_to, diverging_rgb, encode_png, gray8, render
 from sbd_stream.sinks.viewer.server import Viewer, local_endpoint
 
@@ -56,6 +56,105 @@ def test_histogram_quantile_and_endpoints() -> None:
     assert local_endpoint("tcp://0.0.0.0:5556") == "tcp://127.0.0.1:5556"
     assert local_endpoint("tcp://*:5556") == "tcp://127.0.0.1:5556"
     assert local_endpoint("tcp://10.0.0.5:5556") == "tcp://10.0.0.5:5556"
+
+
+_SCRAPE = """\
+# TYPE sbd_frames_received_total counter
+sbd_frames_received_total {received}
+# TYPE sbd_frames_denoised_total counter
+sbd_frames_denoised_total {denoised}
+# TYPE sbd_frames_skipped_total counter
+sbd_frames_skipped_total {skipped}
+# TYPE sbd_frames_completed_total counter
+sbd_frames_completed_total {completed}
+# TYPE sbd_frames_left_for_offline_total counter
+sbd_frames_left_for_offline_total {left}
+# TYPE sbd_complete_backlog_frames gauge
+sbd_complete_backlog_frames {backlog}
+# TYPE sbd_frames_malformed_total counter
+sbd_frames_malformed_total{{reason="bad_magic"}} 2.0
+sbd_frames_malformed_total{{reason="bad_ts"}} 1.0
+# TYPE sbd_queue_depth gauge
+sbd_queue_depth{{queue="denoise"}} 1.0
+sbd_queue_depth{{queue="record"}} 7.0
+# TYPE sbd_end_to_end_latency_seconds histogram
+{e2e}
+# TYPE sbd_lane_latency_seconds histogram
+{lane_live}
+{lane_complete}
+"""
+
+
+def _hist(name: str, labels: str, fast: int, slow: int) -> str:
+    """Histogram series: ``fast`` events at or below 0.05 s, ``slow`` more at or below 2.5 s."""
+    lab = labels + "," if labels else ""
+    rows = [
+        f'{name}_bucket{{{lab}le="{le}"}} {c}'
+        for le, c in (("0.01", 0), ("0.05", fast), ("2.5", fast + slow))
+    ]
+    rows.append(f'{name}_bucket{{{lab}le="+Inf"}} {fast + slow}')
+    return "\n".join(
+        [*rows, f"{name}_count{{{labels}}} {fast + slow}" if labels else f"{name}_count {fast + slow}"]
+    )
+
+
+def _scrape_text(
+    received: int,
+    denoised: int,
+    skipped: int,
+    completed: int,
+    backlog: int,
+    left: int,
+    live: tuple[int, int],
+    complete: tuple[int, int],
+) -> str:
+    """A /metrics text of a two-lane service, names and labels as ``sbd_stream.metrics`` exports them;
+    ``live`` / ``complete``: (fast, slow) events in that lane's latency histogram (end to end = live)."""
+    lane = "sbd_lane_latency_seconds"
+    return _SCRAPE.format(
+        received=received,
+        denoised=denoised,
+        skipped=skipped,
+        completed=completed,
+        backlog=backlog,
+        left=left,
+        e2e=_hist("sbd_end_to_end_latency_seconds", "", *live),
+        lane_live=_hist(lane, 'lane="live"', *live),
+        lane_complete=_hist(lane, 'lane="complete"', *complete),
+    )
+
+
+def test_metrics_poll_names_both_lanes() -> None:
+    """The page's numbers per lane, from two scrapes one second apart (pure: no service)."""
+    a = parse_scrape(_scrape_text(100, 40, 60, 0, 60, 0, live=(40, 0), complete=(0, 0)), t=10.0)
+    assert a.buckets["live"][1] == (0.05, 40.0) and a.buckets["complete"][-1] == (float("inf"), 0.0)
+    assert a.values["sbd_frames_malformed_total"] == 3.0 and a.values["queue_record"] == 7.0
+    first = summarize(a)  # one scrape: totals and whole-run latency, no rates yet
+    assert "input_rate_hz" not in first and first["lanes"]["live"]["rate_hz"] is None
+    assert first["lanes"]["complete"]["state"] == "catching_up"
+    assert first["lanes"]["live"]["engine_latency_p50_s"] == pytest.approx(0.03)
+
+    # one second later: 40 more in, 20 more live, 10 completed (slow: 0.05-2.5 s), 2 left for offline
+    b = parse_scrape(_scrape_text(140, 70, 80, 10, 68, 2, live=(60, 0), complete=(0, 10)), t=11.0)
+    s = summarize(b, a)
+    assert s["input_rate_hz"] == pytest.approx(40.0) and s["denoised_rate_hz"] == pytest.approx(30.0)
+    assert s["received_total"] == 140 and s["skipped_total"] == 80 and s["queue_denoise"] == 1.0
+    assert s["latency_p50_s"] == pytest.approx(0.03)  # end to end: the live lane, published
+    live, comp = s["lanes"]["live"], s["lanes"]["complete"]
+    assert live["frames_total"] == 60 and live["rate_hz"] == pytest.approx(20.0)
+    assert live["engine_latency_p50_s"] < 0.05 <= comp["engine_latency_p50_s"] <= 2.5
+    assert comp["frames_total"] == 10 and comp["rate_hz"] == pytest.approx(10.0)
+    assert comp["backlog_frames"] == 68 and comp["left_for_offline_total"] == 2
+    # the backlog drained: up to date; a service that never skipped (one lane): nothing skipped
+    done = parse_scrape(_scrape_text(140, 138, 80, 78, 0, 2, live=(60, 0), complete=(0, 78)), t=12.0)
+    assert summarize(done, b)["lanes"]["complete"]["state"] == "up_to_date"
+    one = summarize(parse_scrape(_scrape_text(10, 10, 0, 0, 0, 0, live=(10, 0), complete=(0, 0))))
+    assert (
+        one["lanes"]["complete"]["state"] == "nothing_skipped" and one["lanes"]["live"]["frames_total"] == 10
+    )
+    # an older service without lane series: the live lane is every denoised frame
+    old = summarize(parse_scrape("# TYPE sbd_frames_denoised_total counter\nsbd_frames_denoised_total 5.0\n"))
+    assert old["lanes"]["live"]["frames_total"] == 5 and old["lanes"]["live"]["engine_latency_p50_s"] is None
 
 
 @pytest.fixture

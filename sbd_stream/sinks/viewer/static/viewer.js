@@ -186,7 +186,7 @@ function showStatus(st) {
   if (live) {
     const L = lat[live], lane = L.lane ? `lane "${L.lane}"` : "denoised frames";
     $("m-live").textContent = `${ms(L.p50_s)} / ${ms(L.p99_s)}`;
-    $("m-live-l").textContent = `${L.lane ? L.lane : "live"} latency p50 / p99 (ms)`;
+    $("m-live-l").textContent = `latency at the viewer${L.lane && L.lane !== "live" ? ` (${L.lane})` : ""} p50 / p99 (ms)`;
     $("f-lane").textContent = `${lane}: ${ms(L.p50_s)} ms p50, ${ms(L.p99_s)} ms p99, detector timestamp → viewer (${L.n} frames, 5 s)`;
   }
   if (shown.denoised) $("m-shown").textContent = ms(shown.denoised.latency);
@@ -204,11 +204,22 @@ function showStatus(st) {
   const m = st.metrics;
   $("err").textContent = st.metrics_error ? "metrics: " + st.metrics_error : "";
   if (m) {
+    // the service's two lanes (docs/service.md "Two lanes"): what is published, and what is completed
+    const live = (m.lanes && m.lanes.live) || {}, done = (m.lanes && m.lanes.complete) || {};
     $("m-in").textContent = fmt(m.input_rate_hz);
-    $("m-den").textContent = fmt(m.denoised_rate_hz);
-    $("m-skip").textContent = fmt(m.skipped_total, 0);
-    $("m-miss").textContent = `${fmt(m.missing_total, 0)} / ${fmt(m.malformed_total, 0)}`;
+    $("m-den").textContent = fmt(live.rate_hz !== undefined ? live.rate_hz : m.denoised_rate_hz);
     $("m-lat").textContent = `${ms(m.latency_p50_s)} / ${ms(m.latency_p99_s)}`;
+    $("m-skip").textContent = fmt(m.skipped_total, 0);
+    $("m-backlog").textContent = fmt(done.backlog_frames, 0);
+    $("m-done").textContent = fmt(done.frames_total, 0);
+    $("m-done-l").textContent = done.rate_hz > 0 ? `completed (${fmt(done.rate_hz)} /s now)` : "completed";
+    $("m-left").textContent = fmt(done.left_for_offline_total, 0);
+    $("m-left").classList.toggle("bad", done.left_for_offline_total > 0);
+    const state = { catching_up: "catching up", up_to_date: "up to date", nothing_skipped: "nothing skipped" };
+    $("lane-complete-state").textContent = state[done.state] || "–";
+    $("lane-complete-state").title = done.left_for_offline_total > 0
+      ? "frames left for offline: their raw frames are recorded; sbd-stream replay --offline RECORDING --out OUT.h5" : "";
+    $("m-miss").textContent = `${fmt(m.missing_total, 0)} / ${fmt(m.malformed_total, 0)}`;
     $("m-q").textContent = fmt(m.queue_denoise, 0);
   }
   const now = performance.now();
