@@ -70,7 +70,11 @@ def demo(
     record_dir: Path | None = typer.Option(
         None, "--record-dir", help="Keep the recording in this folder (default: a temporary one, removed)"
     ),
-    record: bool = typer.Option(True, "--record/--no-record", help="Record (the complete lane's record)"),
+    record: bool = typer.Option(
+        True,
+        "--record/--no-record",
+        help="Record raw and denoised frames (read back for the complete lane's summary)",
+    ),
     engine: Engine = None,
     model: Model = None,
     workers: Workers = None,
@@ -81,11 +85,13 @@ def demo(
     ),
     verbose: Verbose = False,
 ) -> None:
-    """Emulator + service + viewer in one command: live status, then latency and PSNR.
+    """Emulator + service (+ viewer) in one command: live status, then both lanes and PSNR.
 
     By default the emulated detector is the paper's K2 (0.060 A pixels, 0.45 counts/px in vacuum), so
-    the PSNR printed at the end is the real-condition number, and it records one held-out specimen
+    the PSNR printed at the end is the real-condition number, and it plays one held-out specimen
     (the bundled scene) drifting at 0.5 A/s with slowly changing focus, as a microscope would.
+    The summary reports the live lane (frames shown per second, latency to the subscriber) and the
+    complete lane (raw and denoised frames read back from the recording, kept only with --record-dir).
     """
     import tempfile
 

@@ -101,10 +101,12 @@ def serve(
 
     Typical use: start the detector bridge (or `sbd-stream emulate`), then
     `sbd-stream serve --record-dir /data/today --pixel-size 0.060 --dose 125`. Viewers connect to
-    --output; raw and denoised frames are written to one HDF5 file per acquisition;
-    http://127.0.0.1:9105/metrics shows the counters. Ctrl-C finishes the queued frames and closes the
-    files. Every option can also come from a TOML file (--config) or SBD_* environment variables;
-    see docs/service.md.
+    --output and get the live lane: the newest frame, about one denoise behind the detector. Every raw
+    frame is written to one HDF5 file per acquisition with its denoised frame, live or completed later
+    by the complete lane (the frames the live lane skipped). http://127.0.0.1:9105/metrics shows the
+    counters. Ctrl-C finishes the queued frames and the complete lane's backlog (at most
+    lanes.complete_timeout_s, 300 s) and closes the files. Every option can also come from a TOML file
+    (--config) or SBD_* environment variables; see docs/service.md ("Two lanes").
     """
     from sbd_stream.service.build import serve as run_service
 

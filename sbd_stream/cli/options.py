@@ -28,14 +28,16 @@ Live = Annotated[
     bool | None,
     typer.Option(
         "--live/--no-live",
-        help="Live lane: the newest frame first, older waiting ones skipped (off: every frame in order)",
+        help="Live lane (default on): denoise and publish only the newest waiting frame, older ones go to "
+        "the complete lane; --no-live: one lane, every frame in order",
     ),
 ]
 Complete = Annotated[
     bool | None,
     typer.Option(
         "--complete/--no-complete",
-        help="Complete lane: the frames the live lane skipped, denoised when the engine is free",
+        help="Complete lane (default on): the frames the live lane skipped, denoised into the recording "
+        "(not published) when the engine is free and at shutdown",
     ),
 ]
 Policy = Annotated[str | None, typer.Option(help="Older name of --live/--no-live: latest or lossless")]
