@@ -47,6 +47,7 @@ def _settings(tmp: Path, batch: int, **extra) -> object:
         "denoise": {"batch_frames": batch, "batch_timeout_ms": 5.0},
         "metrics": {"enabled": False},
         "ingest": {"queue_frames": 64},
+        "lanes": {"live": False},  # replay throughput: every frame, in order
     }
     for k, v in extra.items():
         over[k].update(v)

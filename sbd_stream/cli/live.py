@@ -186,6 +186,9 @@ def replay(
     counts_per_px: CountsPerPx = None,
     limit: int | None = typer.Option(None, min=1, help="Stop after this many frames"),
     workers: Workers = None,
+    live: bool = typer.Option(
+        False, "--live/--no-live", help="Replay as the live service would: newest first, skipped completed"
+    ),
     offline: bool = typer.Option(
         False, "--offline", help="Denoise the raw frames into one HDF5 file (--out) in Dask chunks instead"
     ),
@@ -197,7 +200,8 @@ def replay(
     """Run a recording through the same pipeline as the live service.
 
     The detector's sampling is the one the recording states in its attributes, unless options say
-    otherwise. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
+    otherwise. Every frame is denoised in order (one lane) unless --live asks for the live service's
+    two lanes. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
     (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
     """
     from sbd_stream.formats.recording import recorded_detector
@@ -226,6 +230,7 @@ def replay(
         model=model,
         device=device,
         batch=batch,
+        live=live,
         workers=workers,
         likelihood=likelihood,
         evidence_frames=evidence_frames,
