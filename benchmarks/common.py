@@ -40,9 +40,10 @@ def results_dir() -> Path:
     return Path(env) if env else RESULTS
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    out_dir = results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """``payload`` with the command and machine to ``results_dir()/<name>.json``, or to ``path``."""
+    path = path or results_dir() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -50,7 +51,6 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
         "machine": machine(),
         **payload,
     }
-    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
