@@ -291,7 +291,7 @@ class LaneSettings(BaseModel):
         1, ge=1, description="live lane: frames per engine call (1: the newest only; the latency is one call)"
     )
     backlog_mb: float = Field(
-        1024.0, gt=0, description="raw frames the complete lane holds in memory; beyond: left for offline"
+        2048.0, gt=0, description="raw frames the complete lane holds in memory; beyond: left for offline"
     )
     complete_timeout_s: float = Field(
         300.0, ge=0, description="at shutdown, how long the complete lane may keep working on its backlog"
