@@ -264,6 +264,7 @@ class DenoiseSettings(BaseModel):
         4, ge=1, description="denoise up to B frames at once (live and offline: one default)"
     )
     batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
+    orientations: Literal[1, 2, 4, 8] = Field(1, description="engine averaged over turned frames")
     policy: BackpressurePolicy | None = Field(
         None, description="older name of lanes.live: latest = live lane on, lossless = off (one lane)"
     )
@@ -273,14 +274,11 @@ class DenoiseSettings(BaseModel):
 class LaneSettings(BaseModel):
     """The two lanes of the live service (docs/service.md "Two lanes").
 
-    Why two: a microscopist steering focus or the stage needs the newest frame now, never one queued
-    behind older ones; the record needs every frame. The **live lane** hands the engine only the newest
-    waiting frames (latency stays about one denoise time); frames it skips go to the **complete lane**,
-    which denoises them whenever the engine has nothing newer to do (between acquisitions, and at shutdown
-    within ``complete_timeout_s``). Completed frames go to the recording (not to live subscribers: they
-    are old news); every raw frame is recorded in any case. What the complete lane cannot hold
-    (``backlog_mb``) or finish in time is counted (``sbd_frames_left_for_offline_total``) and named in
-    the log with the command that completes it: ``sbd-stream replay --offline``.
+    Why two: someone steering focus or the stage needs the newest frame now, not one queued behind older
+    ones; the record needs every frame. The **live lane** hands the engine only the newest waiting frame
+    (latency about one denoise time); the frames it skips go to the **complete lane**, denoised whenever
+    nothing newer waits (and at shutdown within ``complete_timeout_s``) into the recording, not to live
+    subscribers. What it cannot hold (``backlog_mb``) or finish is counted and left for ``replay --offline``.
     """
 
     model_config = ConfigDict(extra="forbid")

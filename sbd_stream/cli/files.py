@@ -44,6 +44,9 @@ def denoise(
     margin: int | None = typer.Option(
         None, help="Tile margin in working pixels (default: the engine card's)"
     ),
+    orientations: int = typer.Option(
+        8, help="Average the engine over 1, 2, 4 or 8 turned copies of each frame (8: equivariant)"
+    ),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists"),
     scheduler: Scheduler = "local",
     dask_workers: DaskWorkers = None,
@@ -76,6 +79,7 @@ def denoise(
         batch=batch,
         tile=tile,
         margin=margin,
+        orientations=orientations,
         threads=threads_per_worker,
     )
     settings = settings_from_flags(flags).denoise  # the live service's [denoise] settings

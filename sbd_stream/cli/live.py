@@ -213,7 +213,8 @@ def replay(
         fail(f"{file} not found")
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
     if offline:
-        s = settings_from_flags(Flags(engine=engine, model=model, device=device, batch=batch), config)
+        offline_flags = Flags(engine=engine, model=model, device=device, batch=batch, orientations=8)
+        s = settings_from_flags(offline_flags, config)  # offline: all 8 orientations, as `denoise`
         _replay_offline(file, out, s, sampling, scheduler, dask_workers)
         return
     flags = Flags(

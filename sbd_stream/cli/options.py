@@ -126,6 +126,7 @@ class Flags:
     threads: int | None = None
     tile: int | None = None
     margin: int | None = None
+    orientations: int | None = None
     likelihood: bool | None = None
     evidence_frames: int | None = None
     metrics: bool | None = None
@@ -161,6 +162,7 @@ def settings_from_flags(flags: Flags, config: Path | None = None) -> ServiceSett
                 "threads_per_worker": f.threads,
                 "tile": f.tile,
                 "margin": f.margin,
+                "orientations": f.orientations,
                 "likelihood": likelihood(f.likelihood, f.evidence_frames),
             },
             "lanes": {"live": f.live, "complete": f.complete},  # docs/service.md "Two lanes"

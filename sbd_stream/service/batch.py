@@ -35,6 +35,8 @@ from sbd_stream.compute.likelihood import LikelihoodStage
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.engines.symmetry import orientations as orientations_of
+from sbd_stream.engines.symmetry import symmetrised
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.protocol import COLUMN_FIELDS
 
@@ -126,7 +128,12 @@ class BatchStage:
         likelihood: LikelihoodSettings | None = None,
         bin_tolerance: float = DEFAULT_TOLERANCE,
         upsample: Upsample | str = Upsample.auto,
+        orientations: int = 1,
     ) -> None:
+        """``orientations``: 1 (live), or 2 / 4 / 8 to average the engine over turned copies of each frame
+        (``engines/symmetry.py``: exactly orientation-equivariant, one engine call per orientation)."""
+        orientations_of(orientations)  # refuse an unknown count here, not on the first frame
+        self.orientations = orientations
         self.denoiser = denoiser
         up = Upsample(upsample)
         if up is Upsample.auto:
@@ -195,7 +202,9 @@ class BatchStage:
         t0 = time.perf_counter()
         pool = bin_counts(raw, g.bin)
         binned = pool[earlier:]
-        den_w = self.denoiser.denoise(binned, dose=g.vacuum_counts)
+        den_w = symmetrised(
+            lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientations
+        )
         den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
         parts = [den.reshape(-1)]

@@ -52,7 +52,9 @@ def denoise_file(
             den = Denoiser.load(d.engine, d.model, d.device, tile=d.tile, margin=d.margin)
         except ArtefactError as e:
             raise StackError(f"engine: {e}") from e
-        stage = BatchStage(den, det, bin_tolerance=d.bin_tolerance, upsample=offline_upsample(d))
+        stage = BatchStage(
+            den, det, bin_tolerance=d.bin_tolerance, upsample=offline_upsample(d), orientations=d.orientations
+        )
         g = stage.geometry
         n, h, w = stack.shape
         hb, wb = binned_shape(h, w, g.bin)
@@ -63,6 +65,7 @@ def denoise_file(
             "source_dtype": str(stack.dtype),
             **g.describe(),
             "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
+            "orientations": stage.orientations,
             "sbd_stream_version": _version(),
         }
         t0 = time.perf_counter()

@@ -82,7 +82,7 @@ def worker_stage(es: DenoiseSettings, detector: dict[str, float], gpu_per_worker
         os.environ["SBD_ORT_THREADS"] = str(threads)  # read when the ORT session is made
     device = _device(es, gpu_per_worker)
     dkey = (es.engine, es.model, device, es.tile, es.margin, threads)
-    skey = (dkey, tuple(sorted(detector.items())), es.bin_tolerance, offline_upsample(es))
+    skey = (dkey, tuple(sorted(detector.items())), es.bin_tolerance, offline_upsample(es), es.orientations)
     if skey not in _STAGES:
         if dkey not in _DENOISERS:
             try:
@@ -92,7 +92,11 @@ def worker_stage(es: DenoiseSettings, detector: dict[str, float], gpu_per_worker
             _LOADS[dkey] = _LOADS.get(dkey, 0) + 1
         det = DetectorSettings(**detector)
         _STAGES[skey] = BatchStage(
-            _DENOISERS[dkey], det, bin_tolerance=es.bin_tolerance, upsample=offline_upsample(es)
+            _DENOISERS[dkey],
+            det,
+            bin_tolerance=es.bin_tolerance,
+            upsample=offline_upsample(es),
+            orientations=es.orientations,
         )
     return _STAGES[skey]
 
@@ -115,6 +119,7 @@ def describe(
         "source_dtype": src.dtype,
         **g.describe(),
         "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
+        "orientations": stage.orientations,
         "sbd_stream_version": _version(),
     }
 

@@ -266,8 +266,8 @@ def test_cli_killed_mid_run_resumes_to_the_single_process_output(
     denoise_file(
         inp,
         tmp_path / "ref.h5",
-        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)),
-    )
+        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8),
+    )  # `sbd-stream denoise` averages over the 8 orientations by default
     _assert_same_output(tmp_path / "ref.h5", out)
 
 
@@ -311,8 +311,8 @@ def test_replay_offline_denoises_every_recorded_frame(
         rec,
         tmp_path / "ref.h5",
         "raw/frames",
-        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)),
-    )
+        settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8),
+    )  # `sbd-stream denoise` averages over the 8 orientations by default
     _assert_same_output(tmp_path / "ref.h5", out)
 
 
@@ -336,8 +336,8 @@ def test_replay_offline_reads_rolled_parts_and_needs_out(binning_engine_dir: Pat
     with h5py.File(tmp_path / "stack.h5", "w") as f:
         f["frames"] = np.stack([rng.poisson(0.45, (32, 32)).astype(np.uint16) for _ in range(10)])
         f.attrs.update(SAMPLING)
-    settings = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
-    denoise_file(tmp_path / "stack.h5", tmp_path / "ref.h5", "frames", settings=settings)
+    settings = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8)
+    denoise_file(tmp_path / "stack.h5", tmp_path / "ref.h5", "frames", settings=settings)  # as --offline
     with h5py.File(tmp_path / "ref.h5", "r") as f:
         ref = f["denoised"][:]
     assert len({float(np.abs(a).sum()) for a in ref}) == 10  # ten different frames: order matters

@@ -139,6 +139,7 @@ def evaluate_images_cmd(
     draws: int = typer.Option(2, help="Poisson frames per image"),
     engine: str = typer.Option(None, help="engine name or directory (default: the shipped default)"),
     backend: str = typer.Option("auto", help="auto | onnxruntime | torch | tensorrt"),
+    orientations: int = typer.Option(8, help="engine averaged over 1, 2, 4 or 8 orientations (8: offline)"),
     out_dir: Path = typer.Option(Path("benchmarks/results/images"), help="JSON, markdown and figure"),
 ) -> None:
     """Someone else's clean simulations through the product's denoise path: per-region table + figure."""
@@ -156,6 +157,7 @@ def evaluate_images_cmd(
         draws=draws,
         engine=engine,
         backend=backend,
+        orientations=orientations,
         out_dir=out_dir,
     )
     res = evaluate_images(cfg)

@@ -138,9 +138,16 @@ def detector_baselines(scale: float, slow_test_images: int) -> list[Baseline]:
 
 
 def sbd_detector_method(
-    engine_dir: Path, kind: str, detector_px: float, counts_per_px: float, device: str | None = None
+    engine_dir: Path,
+    kind: str,
+    detector_px: float,
+    counts_per_px: float,
+    device: str | None = None,
+    orientations: int = 1,
 ) -> tuple[Method, dict]:
-    """An engine behind the product's batch stage at the detector's sampling: counts -> clean units."""
+    """An engine behind the product's batch stage at the detector's sampling: counts -> clean units.
+
+    ``orientations`` 1 is the live lane; 8 is what ``sbd-stream denoise`` does offline."""
     from sbd_stream.config import DetectorSettings
     from sbd_stream.engines.denoiser import Denoiser
     from sbd_stream.frames import Frame, FrameHeader
@@ -152,7 +159,7 @@ def sbd_detector_method(
     def run(counts: np.ndarray, dose: float) -> np.ndarray:
         if dose not in stages:
             det = DetectorSettings(pixel_size_A=detector_px, counts_per_px=dose)
-            stages[dose] = BatchStage(den, det, upsample="bicubic")  # as `sbd-stream denoise`
+            stages[dose] = BatchStage(den, det, upsample="bicubic", orientations=orientations)
         h = FrameHeader("eval", 0, 0.0, counts.shape, "float32")
         res = stages[dose].process([Frame(h, np.asarray(counts, np.float32))])
         return res.denoised[0].astype(np.float64) / dose

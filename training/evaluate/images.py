@@ -36,6 +36,7 @@ class ImageEvalConfig(BaseModel):
         description="engine name or directory; None: what offline work picks (engines.card.offline_engine)",
     )
     backend: str = "auto"
+    orientations: int = Field(8, description="as `sbd-stream denoise`: the engine over 8 orientations")
     lowpass_sigmas_A: list[float] = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.2]
     out_dir: Path = Path("benchmarks/results/images")
 
@@ -128,7 +129,9 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
     engine_dir = engine_dir or default_engine_root() / (cfg.engine or offline_engine())
     px = cfg.detector_pixel_A
-    method, info = sbd_detector_method(engine_dir, cfg.backend, px, cfg.counts_per_px)
+    method, info = sbd_detector_method(
+        engine_dir, cfg.backend, px, cfg.counts_per_px, orientations=cfg.orientations
+    )
     sigmas_px = [s / px for s in cfg.lowpass_sigmas_A]
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, np.ndarray]] = []
@@ -167,6 +170,7 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
         "detector_pixel_A": px,
         "engine": str(engine_dir),
         "backend": info["engine"],
+        "orientations": cfg.orientations,
         "geometry": info["geometry"],
         "rows": rows,
         "summary": summary,
@@ -205,6 +209,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"Detector pixel {res['detector_pixel_A']:.4f} A, {res['config']['counts_per_px']} counts/px "
         "in vacuum, "
         f"{res['config']['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
+        f"averaged over {res.get('orientations', 1)} orientations, "
         f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count), dB, SBD / low-pass "
         "(Gaussian width chosen per image and per region on the ground truth). Regions from the clean image "
         "(`training.evaluate.regions.regions_from_clean`).",

@@ -94,7 +94,11 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
     training.update(
         {
             "loss": "MSE",
-            "optimizer": f"Adam lr={cfg.lr}, x{cfg.lr_factor} on val-PSNR plateau ({cfg.plateau_patience})",
+            "optimizer": (
+                f"Adam lr={cfg.lr}, cosine to {cfg.min_lr} over the budget"
+                if cfg.lr_schedule == "cosine"
+                else f"Adam lr={cfg.lr}, x{cfg.lr_factor} on val-PSNR plateau ({cfg.plateau_patience})"
+            ),
             "early_stop_patience": cfg.early_stop_patience,
             "batch": cfg.batch,
             "augment": cfg.augment.model_dump(mode="json"),

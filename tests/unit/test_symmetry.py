@@ -1,0 +1,49 @@
+"""Averaging over orientations makes any per-frame function exactly equivariant to the square's turns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sbd_stream.engines.symmetry import ORIENTATIONS, orientations, symmetrised
+
+
+def _lopsided(x: torch.Tensor) -> torch.Tensor:
+    """A deliberately orientation-dependent 'network': a shift down and a ramp across the columns."""
+    ramp = torch.linspace(0, 1, x.shape[-1])
+    return torch.roll(x, 1, dims=-2) * (1 + ramp) + x.cumsum(-1) * 0.01
+
+
+def _turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    y = torch.rot90(x, k, (-2, -1))
+    return y.flip(-1) if mirror else y
+
+
+def test_the_orientation_sets() -> None:
+    assert [len(orientations(n)) for n in ORIENTATIONS] == [1, 2, 4, 8]
+    assert len(set(orientations(8))) == 8
+    with pytest.raises(ValueError):
+        orientations(3)
+
+
+def test_one_orientation_is_the_function_itself() -> None:
+    x = torch.rand(2, 12, 10)
+    torch.testing.assert_close(symmetrised(_lopsided, x, 1), _lopsided(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 20)])
+def test_eight_orientations_make_it_equivariant(shape: tuple[int, int, int]) -> None:
+    x = torch.rand(*shape, dtype=torch.float64)
+    ref = symmetrised(_lopsided, x, 8)
+    assert not torch.allclose(_lopsided(_turn(x, 1, False)), _turn(_lopsided(x), 1, False))  # not by itself
+    for k in range(4):
+        for mirror in (False, True):
+            out = symmetrised(_lopsided, _turn(x, k, mirror), 8)
+            torch.testing.assert_close(out, _turn(ref, k, mirror))
+
+
+def test_four_turns_are_equivariant_to_turns() -> None:
+    x = torch.rand(2, 14, 14, dtype=torch.float64)
+    ref = symmetrised(_lopsided, x, 4)
+    for k in range(4):
+        torch.testing.assert_close(symmetrised(_lopsided, _turn(x, k, False), 4), _turn(ref, k, False))
