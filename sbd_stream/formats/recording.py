@@ -96,6 +96,7 @@ class AcqFile:
         if reopen:
             self._reopen(s)
             return
+        self._handles: dict[str, tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]] = {}
         self.f = h5py.File(path, "w-", libver="latest")  # never overwrite a recording
         try:
             for k, v in attrs.items():
@@ -108,7 +109,8 @@ class AcqFile:
             raise
         self.n: dict[str, int] = {"raw": 0}
         self.t0 = float(attrs["t0"])
-        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
+        self.bslz4 = s.compression == "bitshuffle-lz4"
+        self.direct = {k: self._takes_chunks(k) for k in self.n}
         self.f.swmr_mode = True
 
     @classmethod
@@ -125,12 +127,14 @@ class AcqFile:
         return cls(path, shape, dtype, s, {"acq": acq}, reopen=True)
 
     def _reopen(self, s: RecordSettings) -> None:
+        self._handles = {}
         self.f = h5py.File(self.path, "r+", libver="latest")
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
         if nexus.ENTRY not in self.f:  # the first layout had every group from the start
             self.kinds = list(self.n)
         self.t0 = float(self.f.attrs.get("t0", 0.0))
-        self.direct_raw = s.compression == "bitshuffle-lz4" and _takes_detector_chunks(self.f["raw/frames"])
+        self.bslz4 = s.compression == "bitshuffle-lz4"
+        self.direct = {k: self._takes_chunks(k) for k in self.n}
         self.f.swmr_mode = True
 
     def _add_kind(self, kind: str) -> None:
@@ -142,39 +146,53 @@ class AcqFile:
         stop RosettaSciIO's NeXus reader (``hs.load``) with an IndexError.
         """
         self.f.close()
+        self._handles = {}  # the handles died with the file
         self.f = h5py.File(self.path, "r+", libver="latest")
         nexus.add_data(self.f, kind, self.shape, np.float32, self.comp)
         self.f.flush()
         self.f.swmr_mode = True
         self.n[kind] = 0
+        self.direct[kind] = self._takes_chunks(kind)
+
+    def _datasets(self, kind: str) -> tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]:
+        """``kind``'s frames and column datasets, looked up once per open file (an h5py lookup per
+        column and frame cost the recorder ~2 ms of GIL per frame at 40 Hz)."""
+        got = self._handles.get(kind)
+        if got is None:
+            g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame``
+            names = [n for n in ("frame", "time", "seq", "ts") if n in g] + ["complete"]
+            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names])
+        return got
+
+    def _takes_chunks(self, kind: str) -> bool:
+        """Whether ``kind``'s frames can be stored as bitshuffle-LZ4 chunks compressed elsewhere."""
+        return self.bslz4 and _takes_detector_chunks(self.f[kind]["frames"])
 
     def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
         """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
         if kind not in self.n:
             self._add_kind(kind)
-        g = self.f[kind]
+        fr, cols = self._datasets(kind)
         i = self.n[kind]
-        fr = g["frames"]
         fr.resize(i + 1, axis=0)
-        direct = chunk is not None and kind == "raw" and self._write_chunk(fr, i, data, chunk)
+        direct = chunk is not None and self._write_chunk(fr, i, data, chunk, kind)
         if not direct:
             fr[i] = data
-        columns = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts}
-        for name, val in columns.items():
-            if name not in g:  # a part made by an earlier layout: no ``time`` / ``frame``
-                continue
-            g[name].resize(i + 1, axis=0)
-            g[name][i] = val
-        g["complete"].resize(i + 1, axis=0)
-        g["complete"][i] = 1
+        values = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts, "complete": 1}
+        for name, ds in cols:  # ``complete`` last: a row counts once everything else is written
+            ds.resize(i + 1, axis=0)
+            ds[i] = values[name]
         self.n[kind] = i + 1
         self.since_flush += 1
         self.last_used = time.monotonic()
         return direct
 
-    def _write_chunk(self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes) -> bool:
-        """Store the detector's chunk for frame ``i``; False (write ``data`` instead) on any mismatch."""
-        if not self.direct_raw or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
+    def _write_chunk(
+        self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes, kind: str = "raw"
+    ) -> bool:
+        """Store a precompressed chunk (the detector's, or the recorder pool's) for frame ``i``; False
+        (write ``data`` instead) on any mismatch."""
+        if not self.direct.get(kind) or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
             return False
         if len(chunk) < HEADER.size or HEADER.unpack_from(chunk, 0)[0] != data.nbytes:
             return False

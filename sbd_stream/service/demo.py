@@ -169,41 +169,49 @@ def run_demo(
     stays small.
     """
     from sbd_stream.service.build import build_pipeline
-    from sbd_stream.sources.emulator import Emulator
+    from sbd_stream.service.sink import FrameTap
+    from sbd_stream.sources.emulator import FrameSource
+    from sbd_stream.sources.emulator_process import EmulatorProcess
 
     ctx = zmq.Context.instance()
-    emu_cfg.keep_truth = True
-    emu_cfg.truth_every = max(1, -(-emu_cfg.n_frames // max(1, truth_frames)))
-    emu = Emulator(emu_cfg, ctx)
+    every = max(1, -(-emu_cfg.n_frames // max(1, truth_frames)))
+    sample = {emu_cfg.first_seq + k for k in range(0, emu_cfg.n_frames, every)}
+    emu = EmulatorProcess(emu_cfg)  # the detector: a process of its own, as a real one is a device
     settings.ingest.endpoint = emu.endpoint
     pipe = build_pipeline(settings, stage, context=ctx)
+    sent: dict[int, np.ndarray] = {}  # the scored frames' raw counts, as the service received them
+
+    def keep_raw(frame: Any) -> None:
+        if frame.header.acq == emu_cfg.acq and frame.header.seq in sample:
+            sent[frame.header.seq] = np.array(frame.data, copy=True)
+
+    pipe.add_sink(FrameTap(keep_raw), first=True)
     pipe.start()
     assert pipe.publisher is not None
-    every = emu_cfg.truth_every
-    keep = lambda seq: (seq - emu_cfg.first_seq) % every == 0  # noqa: E731
-    col = Collector(pipe.publisher.endpoint, keep_data=keep, context=ctx).start()
-    await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
-    emu.start()
+    col = Collector(pipe.publisher.endpoint, keep_data=lambda seq: seq in sample, context=ctx).start()
     t0 = time.perf_counter()
-    m = pipe.metrics
-    last = 0.0
     try:
+        await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
+        emu.go()
+        t0 = time.perf_counter()
+        m = pipe.metrics
+        last = 0.0
         while not col.series_end.wait(0.1):
-            if emu._thread is not None and not emu._thread.is_alive() and pipe.batcher.idle():
+            if emu.done() and pipe.batcher.idle():
                 col.series_end.wait(2.0)
                 break
             now = time.perf_counter()
             if status is not None and now - last >= status_every_s:
                 last = now
                 status(
-                    f"sent {emu.n_sent:5d}  received {m.value('sbd_frames_received_total'):5.0f}  "
+                    f"received {m.value('sbd_frames_received_total'):5.0f}  "
                     f"live {len(col.frames(b'denoised')):5d}  "
                     f"skipped {m.value('sbd_frames_skipped_total'):4.0f}  "
                     f"completed {m.value('sbd_frames_completed_total'):4.0f}  "
                     f"backlog {m.value('sbd_complete_backlog_frames'):4.0f}  queue {len(pipe.denoise_q):3d}"
                 )
     except KeyboardInterrupt:
-        emu.stop_event.set()
+        pass
     finally:
         emu.close()
         t_acq = time.perf_counter() - t0
@@ -213,10 +221,11 @@ def run_demo(
         col.close()
     wall = time.perf_counter() - t0
     den = col.frames(b"denoised")
-    scores = _scores(den, emu)
+    src = FrameSource(emu_cfg)  # the truth of a frame is deterministic: scored here, not in the child
+    scores = _scores(den, src, sent, emu_cfg.first_seq)
     lanes = {"live": live_lane(den), "complete": complete_lane(settings, m, emu_cfg.acq)}
     return {
-        "source": emu.source.kind.value,
+        "source": src.kind.value,
         "engine": str(pipe.stage.denoiser.engine_id),
         **pipe.stage.geometry.describe(),
         "frames_sent": emu.n_sent,
@@ -239,16 +248,22 @@ def run_demo(
     }
 
 
-def _scores(den: list[Received], emu: Any) -> dict[str, list[float]]:
+def _scores(
+    den: list[Received], src: Any, sent: dict[int, np.ndarray], first_seq: int
+) -> dict[str, list[float]]:
+    """Paper PSNR and PSNR of raw and denoised frames against the truth, on the scored frames."""
     scores: dict[str, list[float]] = {k: [] for k in ("raw", "den", "raw_paper", "den_paper")}
     for r in den:
-        truth = emu.truth.get(r.seq)
-        if truth is not None and r.data is not None:
-            raw = emu.sent[r.seq].astype(np.float32)
-            scores["den"].append(psnr(r.data, truth, data_range=float(truth.max())))
-            scores["raw"].append(psnr(raw, truth, data_range=float(truth.max())))
-            scores["den_paper"].append(paper_psnr(r.data, truth))
-            scores["raw_paper"].append(paper_psnr(raw, truth))
+        if r.data is None or r.seq not in sent:
+            continue
+        truth = src.truth_of_frame(r.seq - first_seq)
+        if truth is None:
+            continue
+        raw = sent[r.seq].astype(np.float32)
+        scores["den"].append(psnr(r.data, truth, data_range=float(truth.max())))
+        scores["raw"].append(psnr(raw, truth, data_range=float(truth.max())))
+        scores["den_paper"].append(paper_psnr(r.data, truth))
+        scores["raw_paper"].append(paper_psnr(raw, truth))
     return scores
 
 

@@ -13,11 +13,12 @@ frames are named in the log and in ``sbd_frames_failed_total``; its ticket is re
 nothing behind it waits. Series markers take a ticket too, so a ``series_end`` still follows the
 last frame of its series.
 
-The complete lane (``service/backlog.py``): a worker that finds no live frame waiting takes a batch
-of frames the live lane skipped instead, so completion uses exactly the time the live lane leaves
-free and never delays a live frame by more than one batch. Its results carry ``lane="complete"``
-(the sinks decide what to do with them: recorded, not published). At shutdown the workers finish the
-backlog before they return, until ``complete_deadline`` (then what is left is left for offline).
+The complete lane (``service/backlog.py``): once the input has been quiet for ``QUIET_S`` (no live
+frame taken), a worker takes a batch of frames the live lane skipped instead, so completion uses the
+time the live lane leaves free and delays a live frame by at most one batch. Its results carry
+``lane="complete"`` (the sinks decide what to do with them: recorded, not published). At shutdown
+the workers finish the backlog before they return, until ``complete_deadline`` (then what is left is
+left for offline).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+QUIET_S = 0.25
+"""The complete lane starts once no live frame has been taken for this long (the input is quiet)."""
 
 __all__ = [
     "Failed",
@@ -235,9 +239,10 @@ class WorkerPool:
         if self._stopping.is_set() and late:
             bl.abandon("the shutdown's lanes.complete_timeout_s ran out")
             return []
-        # while frames are arriving, one at a time: a live frame then waits at most one frame's denoise
-        calm = self._stopping.is_set() or time.monotonic() - self._last_live > 0.25
-        return bl.take(self.complete_batch if calm else 1)
+        # not while frames are arriving: on a CPU the two lanes share the cores, and every completion
+        # taken in a gap between live frames is a live frame shown later (or not at all)
+        calm = self._stopping.is_set() or time.monotonic() - self._last_live > QUIET_S
+        return bl.take(self.complete_batch) if calm else []
 
     def join(self, timeout: float) -> None:
         end = time.monotonic() + timeout

@@ -174,7 +174,7 @@ class Recorder(BackgroundWorker):
             return
         fut = None
         if (
-            item.kind == "raw"
+            item.kind in KINDS  # raw, and denoised / llr float32 frames: compressing holds a core
             and item.chunk is None
             and item.data is not None
             and item.data.dtype.kind in "uif"

@@ -146,6 +146,20 @@ class FrameSource:
             return None
         return self._images[index % len(self._images)] * np.float32(self.cfg.dose)
 
+    def _cycle(self) -> int:
+        """How many images ``frames`` cycles through (a pre-drawn pool is kept under ~2 GB)."""
+        n_img = len(self._images)
+        if self.cfg.pool > 0 and self._images:
+            per_image = self.cfg.pool * self._images[0].size * np.dtype(self.cfg.dtype).itemsize
+            n_img = max(1, min(n_img, int(2e9 // per_image)))
+        return n_img
+
+    def truth_of_frame(self, i: int) -> np.ndarray | None:
+        """The truth ``frames`` yields with frame ``i`` (deterministic: another process can score it)."""
+        if self.player is not None:
+            return self.player.expected(i)
+        return self.truth(i % max(1, self._cycle())) if self._images else None
+
     def frames(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(counts, truth) forever."""
         rng = np.random.default_rng(self.cfg.seed)
@@ -158,10 +172,7 @@ class FrameSource:
                 yield self._counts[i % len(self._counts)].astype(dt, copy=False), None
                 i += 1
         pools: dict[int, list[np.ndarray]] = {}
-        n_img = len(self._images)
-        if self.cfg.pool > 0:  # keep the pre-drawn pool under ~2 GB (K2 size x many images would not fit)
-            per_image = self.cfg.pool * self._images[0].size * dt.itemsize
-            n_img = max(1, min(n_img, int(2e9 // per_image)))
+        n_img = self._cycle()
         if self.cfg.pool > 0:  # drawn up front: a detector does not pause to make noise mid-acquisition
             for k in range(n_img):
                 pools[k] = [

@@ -1,0 +1,42 @@
+"""The emulator in a child process (the demo's detector): starts, waits for ``go``, sends, reports."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from sbd_stream.config import EmulatorSettings
+from sbd_stream.protocol import FrameMessage, SeriesMessage, decode
+from sbd_stream.sources.emulator_process import EmulatorProcess
+
+
+@pytest.mark.timeout(120)
+def test_child_emulator_sends_its_series_after_go_and_reports_the_count() -> None:
+    cfg = EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(32, 32), n_frames=12, rate_hz=0)
+    emu = EmulatorProcess(cfg)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        assert emu.endpoint.startswith("tcp://127.0.0.1:") and not emu.endpoint.endswith("*")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(emu.endpoint)  # the child's XPUB waits for this subscription before it sends
+        assert not emu.done()
+        emu.go()
+        seqs, end = [], None
+        while end is None:
+            assert sub.poll(30_000), "nothing from the child emulator"
+            msg = decode(sub.recv_multipart())
+            if isinstance(msg, FrameMessage):
+                seqs.append(msg.header.seq)
+            elif isinstance(msg, SeriesMessage) and msg.topic == b"series_end":
+                end = msg
+        assert seqs == list(range(12)) and end.header.acq == cfg.acq
+    finally:
+        sub.close(linger=0)
+        emu.close()
+    assert emu.done() and emu.n_sent == 12 and emu.proc.returncode == 0
+
+
+def test_closing_before_go_ends_the_child() -> None:
+    emu = EmulatorProcess(EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(16, 16), n_frames=5))
+    emu.close()
+    assert emu.proc.returncode == 0 and emu.n_sent == 0
