@@ -230,6 +230,15 @@ class WorkerPool:
             self.complete_deadline = time.monotonic() + complete_timeout_s
         self._stopping.set()
 
+    def _live_wait(self) -> float:
+        """How long to wait for a live frame: 0.1 s, or only until the input counts as quiet when the
+        complete lane has frames (a zero wait while frames still arrive would spin on the lock)."""
+        if not self.backlog:
+            return 0.1
+        if self._stopping.is_set():
+            return 0.0
+        return min(0.1, max(0.0, QUIET_S - (time.monotonic() - self._last_live)))
+
     def _completion(self) -> list[Frame]:
         """A batch from the complete lane when the live lane has nothing waiting (caller holds the lock)."""
         bl = self.backlog
@@ -256,8 +265,7 @@ class WorkerPool:
             earlier: list[Frame] = []
             lane = "live"
             with self._take:
-                wait = 0.0 if self.backlog else 0.1  # skipped frames waiting: never idle while they do
-                items: list[Any] = self.batcher.next_batch(wait)
+                items: list[Any] = self.batcher.next_batch(self._live_wait())
                 if items:
                     self._last_live = time.monotonic()
                 else:
