@@ -30,6 +30,7 @@ from sbd_stream.frames import Frame, FrameHeader, FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.service.batching import Batcher
+from sbd_stream.service.build import light_torch
 from sbd_stream.service.workers import WorkerPool, WorkerSpec
 from sbd_stream.supervisor import Supervisor
 
@@ -51,7 +52,9 @@ def _stage(model: str | None, kind: str, k: int, threads: int | None) -> BatchSt
         raise SystemExit("the engine card states no working pixel; the capacity model needs one")
     dose = card.normalisation.dose / card.pixel_size_A**2
     den = Denoiser.load(kind, model, None if torch.cuda.is_available() else "cpu", threads=threads)
-    return BatchStage(den, DetectorSettings(pixel_size_A=card.pixel_size_A / k, dose_e_per_A2=dose))
+    stage = BatchStage(den, DetectorSettings(pixel_size_A=card.pixel_size_A / k, dose_e_per_A2=dose))
+    light_torch([stage])  # as the service runs it: torch's OpenMP threads off ONNX Runtime's cores
+    return stage
 
 
 def _frames(stage: BatchStage, shape: tuple[int, int], n: int, seed: int) -> list[Frame]:

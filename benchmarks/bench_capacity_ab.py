@@ -8,7 +8,10 @@ median per side is compared. The old commit is unpacked with ``git archive`` int
 code is the only difference.
 
     python -m benchmarks.bench_capacity_ab --old 34efffe [--rounds 3] [--model NAME] \
-        [--sizes 1024] [--bins 4] [--min-seconds 3]
+        [--old-model NAME] [--sizes 1024] [--bins 4] [--min-seconds 3]
+
+``--old-model`` runs the old side on another engine (default: the same as ``--model``): a change that
+ships a cheaper engine is measured against the engine the old commit shipped, each on its own code.
 """
 
 from __future__ import annotations
@@ -59,13 +62,16 @@ def main() -> None:
     ap.add_argument("--old", required=True, help="the commit to compare against (e.g. 34efffe)")
     ap.add_argument("--rounds", type=int, default=3, help="old/new pairs, alternated")
     ap.add_argument("--model", default=None, help="engine name or path (default: the shipped one)")
+    ap.add_argument("--old-model", default=None, help="the old side's engine (default: --model)")
     ap.add_argument("--sizes", default="1024")
     ap.add_argument("--bins", default="4")
     ap.add_argument("--min-seconds", type=float, default=3.0)
     a = ap.parse_args()
     engine = resolve_engine_dir(a.model)
-    args = ["--model", str(engine), "--sizes", a.sizes, "--bins", a.bins, "--min-seconds", str(a.min_seconds)]
+    old_engine = resolve_engine_dir(a.old_model) if a.old_model else engine
+    args = ["--sizes", a.sizes, "--bins", a.bins, "--min-seconds", str(a.min_seconds)]
     args += ["--scaling-frames", "8"]  # the pool rows are not compared here
+    engines = {"old": old_engine, "new": engine}
     with tempfile.TemporaryDirectory(prefix="sbd-ab-") as tmp:
         old_tree = Path(tmp) / "old"
         old_tree.mkdir()
@@ -74,7 +80,7 @@ def main() -> None:
         for i in range(a.rounds):
             for side, tree in (("old", old_tree), ("new", REPO)):
                 out = Path(tmp) / f"{side}{i}"
-                sides[side].append(run_side(tree, args, out))
+                sides[side].append(run_side(tree, ["--model", str(engines[side]), *args], out))
                 print(f"round {i + 1}/{a.rounds} {side} done", flush=True)
     old, new = rates(sides["old"]), rates(sides["new"])
     rows = []
@@ -98,6 +104,7 @@ def main() -> None:
         {
             "old_commit": full,
             "engine": engine.name,
+            "old_engine": old_engine.name,
             "rounds": a.rounds,
             "rows": rows,
             "note": "median over alternated rounds; whole batch stage per worker, one frame per call",

@@ -79,7 +79,7 @@ def _stage(a: argparse.Namespace, device: torch.device, whole: bool, pinned: boo
     )
     tile = None
     if whole:
-        mult = 2**card.scales if card.architecture == "unet" else 2
+        mult = 2**card.scales * card.space_to_depth if card.architecture == "unet" else 2
         side = max(binned_shape(*a.shape, a.bin))
         tile = side + -side % mult
     den = Denoiser.load(a.engine, a.model, str(device), tile=tile)

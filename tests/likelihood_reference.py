@@ -76,8 +76,11 @@ def reference_llr(
     """(llr, lam1, k, n) of one region, from the Poisson log pmf summed over its pixels."""
     region = reference_region(centre, raw.shape, cfg)
     y = raw[region[:, 0], region[:, 1]].astype(np.float64)
-    lam1 = max(float(denoised[region[:, 0], region[:, 1]].astype(np.float64).mean()), cfg.min_rate)
-    log_l_column = poisson.logpmf(y, lam1).sum()  # hypothesis (1): the column is there
+    x = denoised[region[:, 0], region[:, 1]].astype(np.float64)
+    lam1 = max(float(x.mean()), cfg.min_rate)
+    # hypothesis (1): the column is there, with the denoised mean (constant) or pixels (pattern)
+    rates = np.maximum(x, cfg.min_rate) if cfg.column_model == "pattern" else lam1
+    log_l_column = poisson.logpmf(y, rates).sum()
     log_l_vacuum = poisson.logpmf(y, vacuum).sum()  # hypothesis (2): artefact, the region is vacuum
     return float(log_l_column - log_l_vacuum), lam1, float(y.sum()), len(region)
 

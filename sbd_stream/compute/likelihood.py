@@ -51,6 +51,13 @@ class VacuumMode(enum.StrEnum):
     fixed = "fixed"  # a configured value in counts per pixel (e.g. the dose the engine was trained for)
 
 
+class ColumnModel(enum.StrEnum):
+    """What "a column is here" predicts for the counts in its region R (the LLR's alternative)."""
+
+    constant = "constant"  # the paper's low-dimensional model: the denoised mean over R on every pixel
+    pattern = "pattern"  # the denoised frame itself, pixel by pixel over R
+
+
 class LikelihoodConfig(BaseModel):
     """Detection and likelihood parameters, in physical units; pixel values are derived from the pixel size.
 
@@ -72,6 +79,11 @@ class LikelihoodConfig(BaseModel):
         "(a Gaussian column of contrast A and width sigma gives A/2)",
     )
     min_distance_A: float = Field(1.0, gt=0, description="a column must be the LoG extremum within this")
+    column_model: ColumnModel = Field(
+        ColumnModel.constant,
+        description="the LLR's alternative over R: constant (the paper's: the denoised mean) or pattern (the "
+        "denoised pixels; a column whose mean is near vacuum but whose pattern is not still scores)",
+    )
     vacuum_mode: VacuumMode = VacuumMode.estimate
     vacuum_counts: float | None = Field(None, gt=0, description="lam0 in counts/pixel when vacuum_mode=fixed")
     vacuum_fraction: float = Field(
@@ -276,7 +288,30 @@ class LikelihoodStage:
         k, s, n = self.region_sums(raw, denoised, centres)
         lam1 = (s / n).clamp_min(self.cfg.min_rate)
         lam0 = vacuum[centres[:, 0]]
+        if self.cfg.column_model is ColumnModel.pattern:
+            return self._pattern_llr(raw, denoised, centres, lam0), lam1, k, n
         return k * torch.log(lam1 / lam0) - n * (lam1 - lam0), lam1, k, n
+
+    def _pattern_llr(
+        self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor, lam0: torch.Tensor
+    ) -> torch.Tensor:
+        """sum_R [y_i log(x_i / lam0) - (x_i - lam0)]: Poisson LLR of the denoised pixels x_i against vacuum.
+
+        Why beside the paper's constant model: a support column seen near a contrast reversal can have a
+        mean over R close to vacuum (LLR ~ 0 with either sign under the constant model) while its pixels
+        are not (a bright rim, a dark core). Expected value: +sum KL(x_i || lam0) when the pattern is
+        real, -sum KL(lam0 || x_i) when R is vacuum. It trusts the denoised pattern, so it is meant for
+        counts the denoiser did not see (evidence frames); on a frame's own counts it is optimistic.
+        """
+        h, w = denoised.shape[1:]
+        ry = centres[:, 1:2] + self._off[:, 0]
+        cx = centres[:, 2:3] + self._off[:, 1]
+        inside = ((ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)).to(torch.float32)
+        flat = centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        y = raw.to(torch.float32).reshape(-1)[flat]
+        x = denoised.to(torch.float32).reshape(-1)[flat].clamp_min(self.cfg.min_rate)
+        l0 = lam0[:, None]
+        return ((y * torch.log(x / l0) - (x - l0)) * inside).sum(1)
 
     @pinned
     def paint(self, shape: tuple[int, int, int], centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -36,26 +36,45 @@ class ConvBlock(nn.Sequential):
 class UNet(nn.Module):
     """UNet with ``scales`` max-pool/bilinear levels and ``channels`` feature maps at every level.
 
-    Input height and width must be multiples of ``2**scales`` (the tiler guarantees it). The output is
+    Input height and width must be multiples of ``multiple`` (the tiler guarantees it). The output is
     the clean image in normalised units; the network predicts it directly (no residual), as in the paper.
+
+    ``space_to_depth`` = s > 1 runs the whole UNet on s x s pixel blocks: the input is rearranged
+    losslessly into s^2 channels at 1/s the resolution (ONNX SpaceToDepth) and the output back
+    (DepthToSpace). Why: at the detector engine's 0.24 A working pixel the image is band-limited by the
+    vibration envelope to ~1 A^-1, about the Nyquist frequency of 0.48 A blocks, so the full-resolution
+    level (3/4 of a UNet's operations) resolves nothing the half-resolution one cannot; dropping it
+    costs 1/3 of the time for the same field of view in A (benchmarks/results/bench_engine_variants.json).
     """
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, scales: int = 4, channels: int = 32) -> None:
+    def __init__(
+        self, in_ch: int = 1, out_ch: int = 1, scales: int = 4, channels: int = 32, space_to_depth: int = 1
+    ) -> None:
         super().__init__()
         if scales < 1:
             raise ValueError("scales must be >= 1")
+        if space_to_depth < 1:
+            raise ValueError("space_to_depth must be >= 1")
         self.scales = scales
         self.channels = channels
-        self.inc = ConvBlock(in_ch, channels)
+        self.space_to_depth = space_to_depth
+        s2 = space_to_depth**2
+        self.inc = ConvBlock(in_ch * s2, channels)
         self.down = nn.ModuleList(ConvBlock(channels, channels) for _ in range(scales))
         self.up = nn.ModuleList(ConvBlock(2 * channels, channels) for _ in range(scales))
-        self.outc = nn.Conv2d(channels, out_ch, 1)
+        self.outc = nn.Conv2d(channels, out_ch * s2, 1)
 
     @property
     def multiple(self) -> int:
-        return 2**self.scales
+        return 2**self.scales * self.space_to_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.space_to_depth
+        if s > 1:
+            return F.pixel_shuffle(self._core(F.pixel_unshuffle(x, s)), s)
+        return self._core(x)
+
+    def _core(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.inc(x)]
         h = skips[0]
         for block in self.down:
@@ -124,7 +143,11 @@ class SmallUNet(nn.Module):
 def build_model(architecture: Architecture | str, **kwargs: int) -> nn.Module:
     arch = Architecture(architecture)
     if arch is Architecture.unet:
-        return UNet(scales=kwargs.get("scales", 4), channels=kwargs.get("channels", 32))
+        return UNet(
+            scales=kwargs.get("scales", 4),
+            channels=kwargs.get("channels", 32),
+            space_to_depth=kwargs.get("space_to_depth", 1),
+        )
     if arch is Architecture.dncnn:
         return DnCNN(depth=kwargs.get("depth", 20), channels=kwargs.get("channels", 64))
     return SmallUNet()
@@ -188,10 +211,12 @@ def field_of_view(model: nn.Module) -> int:
 def support_extent(model: nn.Module) -> tuple[int, int]:
     """Worst-case (left, right) reach of one output pixel's support: the margin a tile needs per side."""
     if isinstance(model, UNet):
+        # on s x s blocks: output pixel p lies in block p // s, whose support in blocks is [lo, hi]
+        s = model.space_to_depth
         left = right = 0
-        for p in range(2**model.scales):
-            lo, hi = _unet_support(p, model.scales)
-            left, right = max(left, p - lo), max(right, hi - p)
+        for p in range(2**model.scales * s):
+            lo, hi = _unet_support(p // s, model.scales)
+            left, right = max(left, p - s * lo), max(right, s * hi + s - 1 - p)
         return left, right
     if isinstance(model, DnCNN):
         return model.depth, model.depth

@@ -44,6 +44,9 @@ class EngineCard(BaseModel):
     architecture: Architecture = Architecture.unet
     scales: int = 4
     channels: int = 32
+    space_to_depth: int = Field(
+        1, ge=1, description="UNet on s x s pixel blocks (1: full resolution); see compute.model.UNet"
+    )
     parameters: int = 0
     field_of_view: int = 0
     tiling: TilingDefaults = TilingDefaults()
@@ -84,7 +87,9 @@ class EngineCard(BaseModel):
         return self.normalisation.dose
 
     def build_model(self) -> torch.nn.Module:
-        return build_model(self.architecture, scales=self.scales, channels=self.channels)
+        return build_model(
+            self.architecture, scales=self.scales, channels=self.channels, space_to_depth=self.space_to_depth
+        )
 
 
 class ArtefactError(RuntimeError):

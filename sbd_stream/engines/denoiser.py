@@ -41,7 +41,7 @@ class Denoiser:
     ) -> None:
         card = engine.card
         self.engine = engine
-        self.model_multiple = 2**card.scales if card.architecture == "unet" else 2
+        self.model_multiple = 2**card.scales * card.space_to_depth if card.architecture == "unet" else 2
         self.tile = tile or card.tiling.tile
         self.margin = card.tiling.margin if margin is None else margin
         self.overlap = card.tiling.overlap if overlap is None else overlap

@@ -49,6 +49,7 @@ CASES = [
     pytest.param(
         dict(amplitude=-0.35), dict(polarity="dark", vacuum_mode="fixed", vacuum_counts=0.47), id="fixed-vac"
     ),
+    pytest.param(dict(amplitude=0.5, centre_shift=(-60, 75)), dict(column_model="pattern"), id="pattern"),
 ]
 
 
@@ -225,3 +226,32 @@ def test_cpu_banded_log_equals_conv2d_path_and_restores_threads():
     before = torch.get_num_threads()
     LikelihoodStage(cfg, cpu_threads=before + 1)(torch.from_numpy(raw), torch.from_numpy(den))
     assert torch.get_num_threads() == before
+
+
+def test_pattern_model_sees_a_column_whose_mean_is_vacuum() -> None:
+    """A column near a contrast reversal (bright rim, dark core, mean over R = vacuum): the paper's
+    constant model has nothing to test (LLR ~ 0 with either sign), the pattern model scores it positive
+    on counts drawn from that pattern, and negative on counts drawn from vacuum."""
+    from sbd_stream.compute.likelihood import ColumnModel
+
+    vac, size = 4.0, 64
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    r2 = (yy**2 + xx**2) / 4.0**2
+    ring = vac * (1 + 0.6 * (r2 * np.exp(1 - r2) - 0.55 * np.exp(-r2 * 3)))
+    ring *= vac / ring[r2 <= 1.0].mean()  # mean over the column's disk = vacuum (5 px radius = 0.5 A)
+    den = torch.from_numpy(ring.astype(np.float32))[None]
+    centre = torch.tensor([[0, size // 2, size // 2]])
+    rng = np.random.default_rng(0)
+    out = {}
+    for model in ColumnModel:
+        cfg = LikelihoodConfig(pixel_size_A=0.1, column_radius_A=0.4, column_model=model)
+        stage = LikelihoodStage(cfg)
+        lam0 = torch.tensor([vac])
+        draws = {"real": lambda: rng.poisson(ring)[None], "fake": lambda: rng.poisson(vac, den.shape)}
+        real, fake = (
+            [stage.llr(torch.from_numpy(draws[k]()), den, centre, lam0)[0] for _ in range(200)]
+            for k in ("real", "fake")
+        )
+        out[model] = (float(torch.cat(real).mean()), float(torch.cat(fake).mean()))
+    assert abs(out[ColumnModel.constant][0]) < 0.5 and abs(out[ColumnModel.constant][1]) < 0.5, out
+    assert out[ColumnModel.pattern][0] > 2.0 and out[ColumnModel.pattern][1] < -2.0, out

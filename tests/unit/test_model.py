@@ -36,6 +36,26 @@ def test_unet_field_of_view_matches_gradient_support(scales: int) -> None:
     assert field_of_view(model) == reach[0] + reach[1] + 1
 
 
+@pytest.mark.parametrize(("scales", "s"), [(1, 2), (2, 2), (3, 2), (2, 3)])
+def test_space_to_depth_field_of_view_matches_gradient_support(scales: int, s: int) -> None:
+    """On s x s blocks the reach is the block UNet's reach in blocks, times s, per output position."""
+    torch.manual_seed(scales)
+    model = UNet(scales=scales, channels=8, space_to_depth=s)
+    assert model.multiple == 2**scales * s
+    size = model.multiple * 24  # the reach in pixels is s times the block UNet's: keep it off the edges
+    reach = measured_extent(model, size, range(model.multiple))
+    assert reach == support_extent(model)
+
+
+def test_space_to_depth_is_lossless_rearrangement() -> None:
+    """Blocks in, blocks out: the network sees every pixel, and the output keeps the input's shape."""
+    model = UNet(scales=3, channels=8, space_to_depth=2).eval()
+    x = torch.rand(2, 1, 64, 48)
+    assert model(x).shape == x.shape
+    assert model.inc[0].in_channels == 4 and model.outc.out_channels == 4
+    assert field_of_view(model) > 2 * field_of_view(UNet(scales=3, channels=8)) - 8
+
+
 def test_paper_scales_have_large_fields_of_view() -> None:
     assert field_of_view(UNet(scales=4)) == 245
     assert field_of_view(UNet(scales=6)) == 1013

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -194,7 +196,7 @@ def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
     for name in TRAINING_PRESETS:
         cfg = preset_config(name)
         if cfg.architecture == "unet":
-            assert cfg.augment.patch % 2**cfg.scales == 0, name
+            assert cfg.augment.patch % (2**cfg.scales * cfg.space_to_depth) == 0, name
         if name != "paper":  # reproducible from one command: a step budget, not the machine's speed
             assert cfg.max_minutes is None, name
     nets = {n: build_network(preset_config(n)) for n in ("fov53", "fov245", "fov1013")}
@@ -206,6 +208,31 @@ def test_presets_are_reproducible_and_the_fov_study_is_fair() -> None:
     paper = preset_config("paper")
     assert (paper.scales, paper.channels, paper.augment.rescale_prob) == (6, 128, 1.0)
     assert paper.augment.max_rotation_deg == 45.0 and paper.augment.rotation_prob == 1.0
+
+
+def test_block_unet_starts_from_the_full_resolution_engines_inner_levels() -> None:
+    """transplant_to_blocks: levels 1.. of the full UNet become the block UNet's levels 0..; the new
+    input conv and output conv stay fresh; the fast preset is that network at the live engine's FoV."""
+    from sbd_stream.compute.model import UNet, field_of_view
+    from training.train.network import _is_block_version, build_network, transplant_to_blocks
+    from training.train.presets import preset_config
+
+    torch.manual_seed(0)
+    full, fresh = UNet(scales=4, channels=8), UNet(scales=3, channels=8, space_to_depth=2)
+    net = UNet(scales=3, channels=8, space_to_depth=2)
+    net.load_state_dict(transplant_to_blocks(full.state_dict(), fresh.state_dict()))
+    for i in range(3):
+        assert torch.equal(net.down[i][0].weight, full.down[i + 1][0].weight)
+        assert torch.equal(net.up[i][3].weight, full.up[i][3].weight)
+    assert torch.equal(net.inc[3].weight, full.down[0][3].weight)
+    assert torch.equal(net.inc[0].weight, fresh.inc[0].weight) and net.inc[0].in_channels == 4
+    assert torch.equal(net.outc.weight, fresh.outc.weight) and net.outc.out_channels == 4
+    assert _is_block_version(["unet", 3, 16, 2], ["unet", 4, 16, 1])
+    assert not _is_block_version(["unet", 4, 16, 2], ["unet", 4, 16, 1])
+    assert not _is_block_version(["unet", 3, 32, 2], ["unet", 4, 16, 1])
+    fast, live = preset_config("paper-fast"), preset_config("paper-live")
+    assert (fast.space_to_depth, fast.scales, fast.init_from) == (2, 3, Path("sbd-unet4-paper"))
+    assert abs(field_of_view(build_network(fast)) - field_of_view(build_network(live))) <= 16
 
 
 # --- learning-rate schedules -------------------------------------------------------------------------

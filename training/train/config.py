@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     architecture: Architecture = Architecture.unet
     scales: int = 4
     channels: int = 16
+    space_to_depth: int = Field(
+        1, ge=1, description="UNet on s x s pixel blocks (s^2 channels at 1/s the resolution); 1: full"
+    )
     depth: int = 20
     augment: AugmentSpec = AugmentSpec()
     split: SplitSpec = SplitSpec()

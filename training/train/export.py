@@ -138,6 +138,7 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         architecture=cfg.architecture,
         scales=cfg.scales,
         channels=cfg.channels,
+        space_to_depth=cfg.space_to_depth,
         tiling=cfg.tiling,
         normalisation=Normalisation(dose=dose),
         pixel_size_A=pixel,

@@ -156,8 +156,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     ema = None
     stop = False
     # a run that starts from an engine's weights has its running statistics already: freeze at once
+    # (unless some layers start fresh: a transplant into a block UNet learns theirs first)
     frozen_at = cfg.freeze_norm_after
-    if frozen_at is not None and cfg.init_from is not None:
+    transplanted = bool((state.get("init_from") or {}).get("transplanted"))
+    if frozen_at is not None and cfg.init_from is not None and not transplanted:
         frozen_at = 0
     model.train()
     while not stop:

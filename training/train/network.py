@@ -18,7 +18,7 @@ from training.train.config import TrainConfig
 
 def build_network(cfg: TrainConfig) -> nn.Module:
     if cfg.architecture is Architecture.unet:
-        return UNet(scales=cfg.scales, channels=cfg.channels)
+        return UNet(scales=cfg.scales, channels=cfg.channels, space_to_depth=cfg.space_to_depth)
     if cfg.architecture is Architecture.dncnn:
         return DnCNN(depth=cfg.depth, channels=cfg.channels)
     return SmallUNet()
@@ -55,10 +55,12 @@ def init_weights(cfg: TrainConfig) -> dict[str, Any]:
     card = load_card(engine_dir)
     mine, theirs = [cfg.architecture], [card.architecture]
     if cfg.architecture is Architecture.unet:
-        mine, theirs = [*mine, cfg.scales, cfg.channels], [*theirs, card.scales, card.channels]
+        mine = [*mine, cfg.scales, cfg.channels, cfg.space_to_depth]
+        theirs = [*theirs, card.scales, card.channels, card.space_to_depth]
     elif cfg.architecture is Architecture.dncnn:
         mine, theirs = [*mine, cfg.channels], [*theirs, card.channels]
-    if mine != theirs:
+    blocks = _is_block_version(mine, theirs)
+    if mine != theirs and not blocks:
         raise ValueError(f"--init-from {engine_dir}: its network {theirs} differs from this run's {mine}")
     model = load_torch_model(engine_dir, card)
     info = {
@@ -67,4 +69,40 @@ def init_weights(cfg: TrainConfig) -> dict[str, Any]:
         "weights_sha256": card.checksums.get(WEIGHTS_FILE, ""),
         "steps_before": int(card.training.get("steps_total", card.training.get("steps", 0)) or 0),
     }
+    if blocks:
+        fresh = build_network(cfg).state_dict()
+        info["transplanted"] = "inner levels of a full-resolution UNet (see transplant_to_blocks)"
+        return {"state_dict": transplant_to_blocks(model.state_dict(), fresh), "info": info}
     return {"state_dict": model.state_dict(), "info": info}
+
+
+def _is_block_version(mine: list[Any], theirs: list[Any]) -> bool:
+    """``mine`` is a UNet on 2 x 2 blocks with one scale fewer than the full-resolution ``theirs``."""
+    if len(mine) != 4 or len(theirs) != 4:
+        return False
+    arch, scales, channels, s = mine
+    return s == 2 and theirs == [arch, scales + 1, channels, 1]
+
+
+def transplant_to_blocks(full: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Start a 2 x 2 block UNet (scales S) from a trained full-resolution one (scales S + 1).
+
+    Why: the block network's levels are the full one's levels 1..S+1 (the same resolutions and channel
+    counts), so its inner blocks can start as trained ones: ``down.i`` <- ``down.(i+1)``, ``up.i`` <-
+    ``up.i``, and the second conv of its input block <- that of ``down.0`` (the block that produced those
+    features). What has no counterpart stays fresh (``fresh``): the first conv, which now reads 4 pixels
+    as channels, its batch norm, and the output conv, which now writes 4. Their batch-norm statistics
+    must still be learned, so such a run does not freeze batch norm from step 0.
+    """
+    out = dict(fresh)
+    for key, value in full.items():
+        head, _, rest = key.partition(".")
+        if head == "down":
+            i, _, tail = rest.partition(".")
+            if int(i) >= 1:
+                out[f"down.{int(i) - 1}.{tail}"] = value
+            elif tail.startswith(("3.", "4.")):
+                out[f"inc.{tail}"] = value
+        elif head == "up" and key in fresh and fresh[key].shape == value.shape:
+            out[key] = value
+    return out
