@@ -134,6 +134,28 @@ def capacity() -> str:
     return "\n".join(lines)
 
 
+def capacity_ab() -> str:
+    """``python -m benchmarks.bench_capacity_ab``: bench_capacity_ab.json (an older commit and this tree,
+    alternated round by round; each side on its own engine)."""
+    d = load("bench_capacity_ab.json")
+    old_engine = d.get("old_engine", d["engine"])
+    lines = [
+        f"`{command(d)}` (`benchmarks/results/bench_capacity_ab.json`, {cores(d)}; old: commit "
+        f"`{d['old_commit'][:7]}` with engine `{old_engine}`; new: this tree with engine `{d['engine']}`; "
+        f"median of {d['rounds']} alternated rounds, frames/s per worker, one frame per call):",
+        "",
+        "| frame | bin | threads | old | new | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        up = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        lines.append(
+            f"| {r['size'].replace('x', ' x ')} | {r['bin']} | {r['threads']} | "
+            f"{r['old_frames_per_s']:.1f} | {r['new_frames_per_s']:.1f} | {up} |"
+        )
+    return "\n".join(lines)
+
+
 def capacity_h200() -> str:
     """``python -m benchmarks.bench_capacity --engine auto ...`` on the H200:
     bench_capacity_h200_*.json, one row per engine (the run's full thread count)."""

@@ -43,6 +43,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "binning": speed.binning,
     "denoise": speed.denoise,
     "capacity": speed.capacity,
+    "capacity_ab": speed.capacity_ab,
     "capacity_h200": speed.capacity_h200,
     "scale_out": speed.scale_out,
     "live_service": speed.live_service,

@@ -110,6 +110,11 @@ def default_engine_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "engines"
 
 
+FAST_ENGINE = "sbd-unet3s2-paper"
+"""The fast live engine: the default's network on 2 x 2 pixel blocks (``space_to_depth`` 2), ~2.5x the
+batch stage's frames/s on a CPU for ~1.4 dB less (docs/training.md, "Fast live engine"); opt-in with
+``--model sbd-unet3s2-paper`` where a CPU must keep up with 40 Hz."""
+
 QUALITY_ENGINE = "sbd-unet4x64-paper"
 """The quality engine: the same 59 A field of view as the live one, 64 channels (16x its channel
 products); too slow for 40 Hz on a CPU, trained by the GPU recipe (``sbd-train gpu-recipe``)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
+from sbd_stream.engines.card import DEFAULT_ENGINE, FAST_ENGINE, default_engine_root
 from sbd_stream.sources.emulator import resample
 from training.evaluate.detector import sbd_detector_method
 from training.evaluate.images import oracle_low_pass
@@ -25,6 +25,11 @@ from training.sim.samples import QUALITY_OUT, read_quality_frames
 
 DETECTOR_PX, COUNTS = 0.060, 0.45
 MARGIN_DB = {"support": 3.0, "particle": 4.0}
+MARGIN_DB_BY_ENGINE = {DEFAULT_ENGINE: MARGIN_DB, FAST_ENGINE: {"support": 3.0, "particle": 3.0}}
+"""Every shipped live engine has a stated margin. The fast one (2 x 2 pixel blocks, ~2.5x the frames/s)
+is a choice a user makes for speed and gives up ~1.4 dB: measured worst +4.0 dB support, +3.4 dB
+particle on these frames (docs/training.md, "Fast live engine"); it must still clearly denoise."""
+LIVE_ENGINES = list(MARGIN_DB_BY_ENGINE)
 """Stated margins over the oracle low-pass. Measured on these 6 frames (docs/training.md, "The paper's
 world"): sbd-unet4-paper worst +4.9 dB support, +5.7 dB particle (run C, the engine before: +4.3 / +5.4);
 the previous sbd-unet4-detector worst +1.6 dB support (it fails); an identity network scores ~6 dB,
@@ -49,9 +54,9 @@ def _frames() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _method(orientations: int):
+def _method(orientations: int, engine: str = DEFAULT_ENGINE):
     run, _ = sbd_detector_method(
-        default_engine_root() / DEFAULT_ENGINE,
+        default_engine_root() / engine,
         "auto",
         DETECTOR_PX,
         COUNTS,
@@ -61,9 +66,11 @@ def _method(orientations: int):
     return lambda counts: run(counts, COUNTS) * COUNTS
 
 
-@pytest.fixture(scope="module")
-def method():
-    return _method(1)
+@pytest.fixture(scope="module", params=LIVE_ENGINES)
+def method(request):
+    fn = _method(1, request.param)
+    fn.engine = request.param
+    return fn
 
 
 def test_bundle_is_held_out_and_has_every_region() -> None:
@@ -81,7 +88,9 @@ def test_shipped_engine_beats_the_oracle_low_pass_in_support_and_particle(method
         lp = oracle_low_pass(clean, noisy, regions, sigmas)
         for k in MARGIN_DB:
             worst[k] = min(worst[k], sbd[k] - lp[k]["paper_psnr"])
-    for k, m in MARGIN_DB.items():
+    margins = {k: round(v, 2) for k, v in worst.items()}
+    print(f"{method.engine}: worst margins over the oracle low-pass", margins)
+    for k, m in MARGIN_DB_BY_ENGINE[method.engine].items():
         assert worst[k] >= m, f"{k}: engine only {worst[k]:+.2f} dB over the oracle low-pass (need {m})"
 
 
@@ -104,12 +113,13 @@ def test_eight_orientations_score_alike(method) -> None:
     """A real frame can have its support on any side: the 8 right-angle orientations of one frame must
     score within ORIENTATION_SPREAD_DB of each other (same noise draw, turned with the frame)."""
     scores = _orientation_scores(method)
+    print(f"{method.engine}: 8 orientations {max(scores) - min(scores):.2f} dB apart", np.round(scores, 2))
     assert max(scores) - min(scores) <= ORIENTATION_SPREAD_DB, np.round(scores, 2)
 
 
 def test_averaged_over_orientations_the_engine_is_equivariant_and_no_worse(method) -> None:
     """Offline, the 8-orientation average: the 8 orientations score alike and at least as well as live."""
     live = _orientation_scores(method)
-    averaged = _orientation_scores(_method(8))
+    averaged = _orientation_scores(_method(8, method.engine))
     assert max(averaged) - min(averaged) <= ORIENTATION_SPREAD_AVERAGED_DB, np.round(averaged, 3)
     assert min(averaged) >= np.mean(live), (np.round(averaged, 2), np.round(live, 2))
