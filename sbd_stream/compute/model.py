@@ -44,7 +44,7 @@ class UNet(nn.Module):
     (DepthToSpace). Why: at the detector engine's 0.24 A working pixel the image is band-limited by the
     vibration envelope to ~1 A^-1, about the Nyquist frequency of 0.48 A blocks, so the full-resolution
     level (3/4 of a UNet's operations) resolves nothing the half-resolution one cannot; dropping it
-    costs 1/3 of the time for the same field of view in A (benchmarks/results/bench_engine_variants.json).
+    takes ~1/3 of the time for the same field of view in A (docs/training.md, "Fast live engine").
     """
 
     def __init__(

@@ -74,10 +74,11 @@ PAPER_LIVE: dict[str, Any] = {
 """The live CPU engine's recipe on the paper's world."""
 
 # The fast live engine (issue 24: the batch stage 2x faster on CPU): the live engine's network on 2 x 2
-# pixel blocks (``space_to_depth`` 2, compute.model.UNet): one scale fewer at half the resolution, so the
-# same field of view in A (~53 A) at ~1/3 of the operations. Its inner levels start from the live engine's
-# (training.train.network.transplant_to_blocks); the new input and output convs learn their batch-norm
-# statistics for 500 steps before those freeze. Patches are a multiple of its 16 px granularity.
+# pixel blocks (``space_to_depth`` 2, compute.model.UNet): one scale fewer at half the resolution, so
+# about the same field of view in A (235 px = 56 A) at ~1/3 of the operations. Its inner levels start
+# from the live engine's (training.train.network.transplant_to_blocks); the new input and output convs
+# learn their batch-norm statistics for 500 steps before those freeze. Patches are a multiple of its
+# 16 px granularity.
 PAPER_FAST: dict[str, Any] = {
     **PAPER_LIVE,
     "name": "sbd-unet3s2-paper",
