@@ -80,9 +80,7 @@ class LikelihoodConfig(BaseModel):
     )
     min_distance_A: float = Field(1.0, gt=0, description="a column must be the LoG extremum within this")
     column_model: ColumnModel = Field(
-        ColumnModel.constant,
-        description="the LLR's alternative over R: constant (the paper's: the denoised mean) or pattern (the "
-        "denoised pixels; a column whose mean is near vacuum but whose pattern is not still scores)",
+        ColumnModel.constant, description="the LLR's alternative over R: the denoised mean or pixels"
     )
     vacuum_mode: VacuumMode = VacuumMode.estimate
     vacuum_counts: float | None = Field(None, gt=0, description="lam0 in counts/pixel when vacuum_mode=fixed")
@@ -271,14 +269,17 @@ class LikelihoodStage:
         the three at the centres, but gathers only the K x |R| pixels that matter (clamped indices,
         outside pixels weighted 0).
         """
-        h, w = denoised.shape[1:]
-        ry = centres[:, 1:2] + self._off[:, 0]
-        cx = centres[:, 2:3] + self._off[:, 1]  # (N, P)
-        inside = ((ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)).to(torch.float32)
-        flat = centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        flat, inside = self._disk_index(centres, *denoised.shape[1:])
         k = (raw.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
         s = (denoised.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
         return k, s, inside.sum(1)
+
+    def _disk_index(self, centres: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P) flat indices of each disk pixel (clamped into the frame) and 1 / 0: inside or not."""
+        ry = centres[:, 1:2] + self._off[:, 0]
+        cx = centres[:, 2:3] + self._off[:, 1]
+        inside = ((ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)).to(torch.float32)
+        return centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1), inside
 
     @pinned
     def llr(
@@ -297,17 +298,10 @@ class LikelihoodStage:
     ) -> torch.Tensor:
         """sum_R [y_i log(x_i / lam0) - (x_i - lam0)]: Poisson LLR of the denoised pixels x_i against vacuum.
 
-        Why beside the paper's constant model: a support column seen near a contrast reversal can have a
-        mean over R close to vacuum (LLR ~ 0 with either sign under the constant model) while its pixels
-        are not (a bright rim, a dark core). Expected value: +sum KL(x_i || lam0) when the pattern is
-        real, -sum KL(lam0 || x_i) when R is vacuum. It trusts the denoised pattern, so it is meant for
-        counts the denoiser did not see (evidence frames); on a frame's own counts it is optimistic.
+        Why: a column near a contrast reversal can have a mean over R close to vacuum (constant LLR ~ 0)
+        while its pixels are not. Meant for counts the denoiser did not see (docs/likelihood.md).
         """
-        h, w = denoised.shape[1:]
-        ry = centres[:, 1:2] + self._off[:, 0]
-        cx = centres[:, 2:3] + self._off[:, 1]
-        inside = ((ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)).to(torch.float32)
-        flat = centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        flat, inside = self._disk_index(centres, *denoised.shape[1:])
         y = raw.to(torch.float32).reshape(-1)[flat]
         x = denoised.to(torch.float32).reshape(-1)[flat].clamp_min(self.cfg.min_rate)
         l0 = lam0[:, None]
