@@ -17,6 +17,7 @@ from typing import Any, Literal
 import zmq
 
 from sbd_stream.config import BackpressurePolicy, ServiceSettings
+from sbd_stream.engines.card import live_engine
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.metrics import Metrics
@@ -63,7 +64,7 @@ def load_stage(s: ServiceSettings, spec: WorkerSpec | None = None) -> BatchStage
     device = d.device if spec is None else spec.device
     den = Denoiser.load(
         d.engine,
-        d.model,
+        d.model or live_engine(device),  # the fast engine on a CPU (engines/card.py)
         device,
         tile=d.tile,
         margin=d.margin,

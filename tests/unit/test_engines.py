@@ -188,3 +188,18 @@ def test_offline_work_takes_the_quality_engine_only_where_it_keeps_up(tmp_path) 
     shutil.copytree(root / DEFAULT_ENGINE, root / QUALITY_ENGINE)
     assert offline_engine(gpu=True, root=root) == QUALITY_ENGINE
     assert offline_engine(gpu=False, root=root) == DEFAULT_ENGINE  # a CPU keeps the live engine
+
+
+def test_live_service_takes_the_fast_engine_on_a_cpu() -> None:
+    """The live default keeps 40 Hz where it runs: the fast engine on a CPU, the default one on a GPU;
+    the service's batch stage is loaded with it when no model is named."""
+    from sbd_stream.config import ServiceSettings
+    from sbd_stream.engines.card import DEFAULT_ENGINE, FAST_ENGINE, default_engine_root, live_engine
+    from sbd_stream.service.build import load_stage
+
+    assert live_engine(gpu=False) == FAST_ENGINE
+    assert live_engine(gpu=True) == DEFAULT_ENGINE
+    assert live_engine("cpu") == FAST_ENGINE  # a CPU device, whatever the machine has
+    assert (default_engine_root() / FAST_ENGINE / "card.json").is_file()
+    stage = load_stage(ServiceSettings(denoise={"engine": "onnxruntime", "device": "cpu"}))
+    assert stage.denoiser.engine.card.name == FAST_ENGINE

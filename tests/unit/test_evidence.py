@@ -32,3 +32,23 @@ def test_counts_are_summed_and_rates_scaled_by_the_frames_used() -> None:
     assert rates[:, 0, 0].tolist() == [1.0, 0.5, 0.5, 1.5]
     assert used.tolist() == [2.0, 1.0, 0.0, 3.0]
     assert counts[0, 0, 0] == 0.0  # the input is not modified in place
+
+
+def test_evidence_frames_change_the_llr_defaults_but_not_the_detection_or_explicit_values() -> None:
+    """With evidence frames the LLR is the pattern model over a 1.25 A disk (docs/likelihood.md,
+    "Evidence defaults"); columns are still found at the 0.7 A default's LoG scale; given values stay,
+    whichever way the settings arrive (keyword, flags dict, TOML-like nesting)."""
+    from sbd_stream.cli.options import service_settings
+    from sbd_stream.compute.likelihood import ColumnModel
+    from sbd_stream.config import EVIDENCE_RADIUS_A, LikelihoodSettings
+
+    plain, ev = LikelihoodSettings(enabled=True), LikelihoodSettings(enabled=True, evidence_frames=4)
+    assert (plain.column_model, plain.column_radius_A) == (ColumnModel.constant, 0.7)
+    assert (ev.column_model, ev.column_radius_A) == (ColumnModel.pattern, EVIDENCE_RADIUS_A)
+    assert ev.at_pixel(0.24).sigma_px == plain.at_pixel(0.24).sigma_px  # same columns found
+    assert ev.at_pixel(0.24).radius_px > plain.at_pixel(0.24).radius_px
+    given = LikelihoodSettings(evidence_frames=4, column_model="constant", column_radius_A=0.9)
+    assert (given.column_model, given.column_radius_A, given.log_sigma_A) == (ColumnModel.constant, 0.9, None)
+    s = service_settings(None, {"denoise": {"likelihood": {"enabled": True, "evidence_frames": 4}}})
+    assert s.denoise.likelihood.column_model is ColumnModel.pattern
+    assert s.denoise.likelihood.column_radius_A == EVIDENCE_RADIUS_A

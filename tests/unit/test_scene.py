@@ -152,3 +152,17 @@ def test_poisson_table_matches_poisson_moments() -> None:
         assert c.mean() == pytest.approx(lam, rel=5e-3 + 4 / np.sqrt(400_000 * lam))
         assert c.var() == pytest.approx(lam, rel=1e-2 + 6 / np.sqrt(400_000 * lam))
         assert (c == 0).mean() == pytest.approx(np.exp(-lam), abs=3e-3)
+
+
+def test_poisson_table_anchor_is_an_exact_level() -> None:
+    """The vacuum rate (anchor) is quantised to itself, so the scene's vacuum matches the exact pool's."""
+    for lam_max, levels, anchor in ((0.6528, 256, 0.45), (1.2, 1024, 0.45), (3.0, 256, 1.0), (0.5, 16, 0.45)):
+        table = PoissonTable(lam_max, levels=levels, anchor=anchor)
+        assert table.lam_max >= lam_max
+        step = table.lam_max / (levels - 1)
+        q = table.index(np.array([anchor], np.float32))[0] >> table.u_bits
+        assert q * step == pytest.approx(anchor, rel=1e-6)
+    rng = np.random.default_rng(1)
+    table = PoissonTable(0.6528, levels=256, anchor=0.45)
+    c = table.draw(table.index(np.full(400_000, 0.45, np.float32)), rng).astype(np.float64)
+    assert c.mean() == pytest.approx(0.45, rel=4 / np.sqrt(400_000 * 0.45))
