@@ -27,14 +27,16 @@ import torch
 
 from benchmarks.common import table, write_result
 from sbd_stream.compute.binning import bin_counts
+from sbd_stream.compute.evidence import DETECTION_SIGMA_A
 from sbd_stream.compute.likelihood import LikelihoodStage, disk_offsets
-from sbd_stream.config import DETECTION_SIGMA_A, DetectorSettings, EmulatorSettings, LikelihoodSettings
+from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import default_engine_root
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.sources.emulator import FrameSource
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import BUNDLED_SCENES
 
 SHAPE, PIXEL_A, BIN, EVENT = (1024, 1024), 0.060, 4, 8

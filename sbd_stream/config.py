@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sbd_stream.compute.binning import DEFAULT_TOLERANCE
+from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
-from sbd_stream.compute.noise import DEFAULT_DOSE
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings
 
@@ -130,6 +129,11 @@ class RecordSettings(BaseModel):
     )
     max_file_bytes: int = Field(4 * 1024**3, ge=1, description="roll to a new file past this size")
     record_denoised: bool = True
+    denoised_dtype: Literal["float16", "float32"] = Field(
+        "float16",
+        description="denoised frames on disk: float16 rounds by <= 5e-4 relative (~80 dB on the paper's "
+        "metric, far below any engine's error) for 1/3 the bytes of float32 (docs/service.md)",
+    )
     record_llr: bool = True
     compression: str = Field("bitshuffle-lz4", pattern="^(bitshuffle-lz4|gzip|none)$")
     flush_every: int = Field(1, ge=1, description="flush to disk every N frames (1 = each frame)")
@@ -205,13 +209,6 @@ class DetectorSettings(BaseModel):
         }
 
 
-EVIDENCE_COLUMN_MODEL = "pattern"
-EVIDENCE_RADIUS_A = 1.25
-DETECTION_SIGMA_A = 0.7 / 2**0.5
-"""Likelihood defaults with evidence frames (``LikelihoodSettings._evidence_defaults``): the LLR's model and
-region change, the LoG detection scale stays the one of the 0.7 A default radius."""
-
-
 class LikelihoodSettings(LikelihoodConfig):
     """Likelihood maps: on/off plus the physical detection parameters (sbd_stream/compute/likelihood.py).
 
@@ -235,20 +232,8 @@ class LikelihoodSettings(LikelihoodConfig):
     @model_validator(mode="before")
     @classmethod
     def _evidence_defaults(cls, data: Any) -> Any:
-        """With evidence frames, the LLR's own defaults change (the detection does not): the pattern model
-        over a 1.25 A disk. Why (docs/likelihood.md, "Evidence defaults"): with 4 evidence frames even the
-        noise-free image as the alternative leaves 10.5 % of the clean image's columns negative on the
-        paper's 0.7 A disk (a counts limit: weak support columns ~7 % above vacuum); on 1.25 A (under half
-        the 2.77 A Pt-Pt spacing) the live engines score 93-95 % of them positive over 3 seeds, with
-        spurious columns as often positive as before (~25 %). Values given explicitly are kept."""
-        if not isinstance(data, dict) or int(data.get("evidence_frames", 0) or 0) <= 0:
-            return data
-        out = dict(data)
-        out.setdefault("column_model", EVIDENCE_COLUMN_MODEL)
-        if "column_radius_A" not in out:
-            out["column_radius_A"] = EVIDENCE_RADIUS_A
-            out.setdefault("log_sigma_A", DETECTION_SIGMA_A)  # columns are still found at the paper's scale
-        return out
+        """With evidence frames, other LLR defaults (compute/evidence.py ``evidence_defaults``)."""
+        return evidence_defaults(data) if isinstance(data, dict) else data
 
     def at_pixel(self, pixel_size_A: float) -> LikelihoodConfig:
         """The compute-layer config at a given pixel size (the engine's working pixel)."""
@@ -342,58 +327,6 @@ class ViewerSettings(BaseModel):
         256.0, gt=0, description="recent raw frames kept (by reference) to pair with their denoised frame"
     )
     output_ring_mb: float = Field(64.0, gt=0, description="the same for denoised and LLR frames (each)")
-
-
-class EmulatorSettings(BaseModel):
-    """``sbd-stream emulate`` / the demo's fake detector (sbd_stream/sources/emulator.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint: str = "tcp://127.0.0.1:5555"
-    mode: SocketMode = SocketMode.bind
-    shape: tuple[int, int] = (1024, 1024)
-    dtype: Literal["uint8", "uint16"] = "uint16"
-    dose: float = Field(DEFAULT_DOSE, gt=0, description="counts per detector pixel in vacuum per frame")
-    pixel_size_A: float = Field(
-        PAPER_PIXEL_A, gt=0, description="detector pixel; sources are resampled to it"
-    )
-    rate_hz: float = Field(40.0, ge=0, description="frames per second (0 = as fast as possible)")
-    n_frames: int = Field(100, ge=1)
-    source: Path | None = Field(
-        None,
-        description="simulated dataset (its images cycle, one per frame: a throughput test pattern, not a "
-        "microscope) or recording (.h5); None with no scene: synthetic",
-    )
-    scene: Path | None = Field(None, description="scene bundle (.h5, sbd-train scenes): one specimen held")
-    scene_name: str | None = Field(None, description="which scene of the bundle (default: its first)")
-    drift_A_per_s: float = Field(0.5, ge=0, description="scene: specimen drift, A per second")
-    drift_angle_deg: float = Field(30.0, description="scene: drift direction, degrees from +x (columns)")
-    focus_nm: float = Field(7.5, description="scene: defocus at the first frame, nm (within the series)")
-    focus_rate_nm_per_s: float = Field(0.2, description="scene: focus change, nm/s (bounces at the ends)")
-    event_frame: int | None = Field(None, ge=0, description="scene: frame at which the event happens")
-    event: Literal["vanish", "hop"] = Field("vanish", description="scene: which event variant is switched to")
-    render_interval_s: float = Field(
-        0.1, gt=0, description="scene: the clean image is re-rendered this often (drift, focus)"
-    )
-    seed: int = 0
-    acq: str = Field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
-    pool: int = Field(
-        0, ge=0, description=">0: cycle this many pre-drawn noisy frames per clean image (scene: of vacuum)"
-    )
-    sndhwm: int = Field(1000, ge=1)
-    first_seq: int = Field(0, ge=0)
-    wait_subscriber_s: float = Field(5.0, ge=0, description="wait for a subscriber before the first frame")
-    keep_truth: bool = Field(False, description="keep sent frames and their expected counts (demo PSNR)")
-    truth_every: int = Field(
-        1, ge=1, description="with keep_truth: keep every k-th frame only (a long demo's memory stays small)"
-    )
-    push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
-    peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
-
-    @property
-    def dose_per_area(self) -> float:
-        """e/A^2 per frame: counts per pixel in vacuum over the pixel's area."""
-        return self.dose / self.pixel_size_A**2
 
 
 class SupervisionSettings(BaseModel):

@@ -93,6 +93,7 @@ class AcqFile:
         self.since_flush = 0
         self.comp = _compression(s.compression)
         self.kinds = ["raw"] + (["denoised"] if s.record_denoised else []) + (["llr"] if s.record_llr else [])
+        self.dtypes = {"denoised": np.dtype(s.denoised_dtype), "llr": np.dtype(np.float32)}
         if reopen:
             self._reopen(s)
             return
@@ -148,7 +149,7 @@ class AcqFile:
         self.f.close()
         self._handles = {}  # the handles died with the file
         self.f = h5py.File(self.path, "r+", libver="latest")
-        nexus.add_data(self.f, kind, self.shape, np.float32, self.comp)
+        nexus.add_data(self.f, kind, self.shape, self.dtypes.get(kind, np.float32), self.comp)
         self.f.flush()
         self.f.swmr_mode = True
         self.n[kind] = 0

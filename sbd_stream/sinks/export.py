@@ -63,7 +63,9 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
             time.extend(float(v) for v in ts)
     if n == 0 or shape is None:
         raise ExportError(f"{path}: no complete {kind} frames")
-    return {"n": n, "shape": shape, "dtype": np.dtype(dtype), "seq": seq, "time": time, "attrs": attrs}
+    # float16 (recorded denoised frames) is exported as float32: ImageJ, MRC readers and most tools want it
+    dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+    return {"n": n, "shape": shape, "dtype": dtype, "seq": seq, "time": time, "attrs": attrs}
 
 
 def _frames(path: Path, kind: str) -> Iterator[np.ndarray]:
@@ -73,7 +75,8 @@ def _frames(path: Path, kind: str) -> Iterator[np.ndarray]:
                 continue
             g = f[kind]
             for i in range(len(g["complete"])):
-                yield g["frames"][i]
+                fr = g["frames"][i]
+                yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _info
 
 
 def export(path: Path, to: str, kind: str = "denoised", out: Path | None = None) -> dict[str, Any]:

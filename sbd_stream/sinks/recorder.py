@@ -39,7 +39,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,7 @@ class Recorder(BackgroundWorker):
         supervisor: Supervisor | None = None,
     ) -> None:
         self.s, self.metrics = settings, metrics
+        self.denoised_dtype = np.dtype(settings.denoised_dtype)
         self.card = card or {}
         self.sampling = sampling or {}
         self.run_config = run_config or {}
@@ -173,6 +174,8 @@ class Recorder(BackgroundWorker):
             self.write(item)
             return
         fut = None
+        if item.kind == "denoised" and item.data is not None and item.data.dtype != self.denoised_dtype:
+            item = replace(item, data=item.data.astype(self.denoised_dtype))  # what the file stores
         if (
             item.kind in KINDS  # raw, and denoised / llr float32 frames: compressing holds a core
             and item.chunk is None

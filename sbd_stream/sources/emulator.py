@@ -32,9 +32,10 @@ import numpy as np
 import zmq
 
 from sbd_stream.compute.noise import poisson_counts
-from sbd_stream.config import EmulatorSettings, SocketMode
+from sbd_stream.config import SocketMode
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import ScenePlayer, read_scene
 
 log = logging.getLogger(__name__)

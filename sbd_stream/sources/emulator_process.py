@@ -18,7 +18,7 @@ import subprocess
 import sys
 from typing import IO
 
-from sbd_stream.config import EmulatorSettings
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 
 __all__ = ["EmulatorProcess", "main"]
 

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from sbd_stream.compute.poisson_table import PoissonTable
-from sbd_stream.config import EmulatorSettings
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 
 SCENE_FORMAT = "sbd-scenes/1"
 BUNDLED_SCENES = Path(__file__).resolve().parent.parent / "samples" / "scenes.h5"

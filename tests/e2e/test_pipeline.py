@@ -52,7 +52,8 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
         for q in range(40):
             np.testing.assert_array_equal(f["raw/frames"][q], emu.sent[q])
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(40))
-        np.testing.assert_array_equal(f["denoised/frames"][:], np.stack([r.data for r in den]))
+        f16 = np.stack([r.data for r in den]).astype(np.float16)  # record.denoised_dtype
+        np.testing.assert_array_equal(f["denoised/frames"][:], f16)
         np.testing.assert_array_equal(f["llr/frames"][:], np.stack([r.data for r in llr]))
         assert json.loads(f.attrs["engine_card"]) == denoiser.card
         assert json.loads(f.attrs["run_config"])["denoise"]["likelihood"]["enabled"] is True
@@ -120,7 +121,7 @@ def test_live_lane_skips_to_the_newest_and_the_complete_lane_denoises_the_rest_i
         raw = dict(zip(f["raw/seq"][:], range(n), strict=True))
         q = int(den[-1])  # a completed frame is the engine applied to its raw frame
         ref = denoiser.denoise(torch.from_numpy(f["raw/frames"][raw[q]].astype(np.float32))[None])[0]
-        np.testing.assert_allclose(f["denoised/frames"][n - 1], ref.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(f["denoised/frames"][n - 1], ref.numpy(), rtol=1.5e-3, atol=1e-4)  # f16
     lanes = summary(m, 1.0)["lanes"]
     assert lanes["live"]["frames"] == len(seqs) and lanes["complete"]["frames"] == skipped
 
@@ -170,7 +171,7 @@ def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoi
     with open_recording(tmp_path / "rec" / "orig.nxs") as f:
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(100, 110))
         ref = denoiser.denoise(torch.from_numpy(np.stack(frames).astype(np.float32))).numpy()
-        np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1.5e-3, atol=1e-4)  # stored as float16
 
 
 SHIPPED_ENGINE = Path(__file__).resolve().parents[2] / "engines" / DEFAULT_ENGINE

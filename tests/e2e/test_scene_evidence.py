@@ -24,13 +24,14 @@ import torch
 
 from sbd_stream.compute.binning import bin_counts
 from sbd_stream.compute.likelihood import LikelihoodStage
-from sbd_stream.config import DetectorSettings, EmulatorSettings, LikelihoodSettings
+from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import default_engine_root, live_engine
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.sources.emulator import FrameSource
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import BUNDLED_SCENES
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from sbd_stream.config import EmulatorSettings
 from sbd_stream.protocol import FrameMessage, SeriesMessage, decode
 from sbd_stream.sources.emulator_process import EmulatorProcess
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 
 
 @pytest.mark.timeout(120)

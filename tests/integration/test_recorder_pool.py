@@ -135,3 +135,28 @@ def test_compressors_agree_byte_for_byte(dtype: str, shape: tuple[int, int]) -> 
     ref = codec.compress_framed(a, backend="hdf5plugin")
     for backend in codec.compress_backends():
         assert codec.compress_framed(a, backend=backend) == ref
+
+
+def test_denoised_frames_are_stored_in_the_configured_dtype(tmp_path: Path) -> None:
+    """float16 by default (a third of float32's compressed bytes; rounding <= 2^-11 relative), float32 on
+    request; either way compressed on the pool and read back as what was stored."""
+    rng = np.random.default_rng(0)
+    den = [rng.uniform(0.2, 1.5, SHAPE).astype(np.float32) for _ in range(3)]
+    for dtype in ("float16", "float32"):
+        d = tmp_path / dtype
+        s = RecordSettings(directory=d, denoised_dtype=dtype, min_free_bytes=0, compress_threads=2)
+        rec = Recorder(s, Metrics())
+        rec.start()
+        rec.submit(RecordItem("series_start", "acq"))
+        for q in range(3):
+            assert rec.submit(RecordItem("raw", "acq", q, 1.0 + q, _frame(q, "uint16")))
+            assert rec.submit(RecordItem("denoised", "acq", q, 1.0 + q, den[q]))
+        rec.submit(RecordItem("series_end", "acq"))
+        rec.stop()
+        rec.join(30)
+        with h5py.File(d / "acq.nxs", "r") as f:
+            got = f["denoised/frames"]
+            assert got.dtype == np.dtype(dtype) and got.shape == (3, *SHAPE)
+            for q in range(3):
+                np.testing.assert_array_equal(got[q], den[q].astype(dtype))
+                np.testing.assert_allclose(got[q], den[q], rtol=2.0**-11)

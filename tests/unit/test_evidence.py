@@ -39,8 +39,9 @@ def test_evidence_frames_change_the_llr_defaults_but_not_the_detection_or_explic
     "Evidence defaults"); columns are still found at the 0.7 A default's LoG scale; given values stay,
     whichever way the settings arrive (keyword, flags dict, TOML-like nesting)."""
     from sbd_stream.cli.options import service_settings
+    from sbd_stream.compute.evidence import EVIDENCE_RADIUS_A
     from sbd_stream.compute.likelihood import ColumnModel
-    from sbd_stream.config import EVIDENCE_RADIUS_A, LikelihoodSettings
+    from sbd_stream.config import LikelihoodSettings
 
     plain, ev = LikelihoodSettings(enabled=True), LikelihoodSettings(enabled=True, evidence_frames=4)
     assert (plain.column_model, plain.column_radius_A) == (ColumnModel.constant, 0.7)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sbd_stream.compute.poisson_table import PoissonTable
-from sbd_stream.config import EmulatorSettings
 from sbd_stream.sources.emulator import FrameSource, SourceKind
+from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import SCENE_FORMAT, ScenePlayer, read_scene
 
 PX = 0.24  # bundle pixel (A)

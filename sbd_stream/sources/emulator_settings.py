@@ -1,0 +1,68 @@
+"""Settings of the emulated detector (``sbd-stream emulate``, the demo): not part of the service's tree.
+
+Kept apart from ``sbd_stream/config.py`` because only the emulator (sources/emulator.py, scene.py) and
+the commands that start one use them; the service never reads them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sbd_stream.compute.noise import DEFAULT_DOSE
+from sbd_stream.config import PAPER_PIXEL_A, SocketMode
+
+
+class EmulatorSettings(BaseModel):
+    """``sbd-stream emulate`` / the demo's fake detector (sbd_stream/sources/emulator.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    mode: SocketMode = SocketMode.bind
+    shape: tuple[int, int] = (1024, 1024)
+    dtype: Literal["uint8", "uint16"] = "uint16"
+    dose: float = Field(DEFAULT_DOSE, gt=0, description="counts per detector pixel in vacuum per frame")
+    pixel_size_A: float = Field(
+        PAPER_PIXEL_A, gt=0, description="detector pixel; sources are resampled to it"
+    )
+    rate_hz: float = Field(40.0, ge=0, description="frames per second (0 = as fast as possible)")
+    n_frames: int = Field(100, ge=1)
+    source: Path | None = Field(
+        None,
+        description="simulated dataset (its images cycle, one per frame: a throughput test pattern, not a "
+        "microscope) or recording (.h5); None with no scene: synthetic",
+    )
+    scene: Path | None = Field(None, description="scene bundle (.h5, sbd-train scenes): one specimen held")
+    scene_name: str | None = Field(None, description="which scene of the bundle (default: its first)")
+    drift_A_per_s: float = Field(0.5, ge=0, description="scene: specimen drift, A per second")
+    drift_angle_deg: float = Field(30.0, description="scene: drift direction, degrees from +x (columns)")
+    focus_nm: float = Field(7.5, description="scene: defocus at the first frame, nm (within the series)")
+    focus_rate_nm_per_s: float = Field(0.2, description="scene: focus change, nm/s (bounces at the ends)")
+    event_frame: int | None = Field(None, ge=0, description="scene: frame at which the event happens")
+    event: Literal["vanish", "hop"] = Field("vanish", description="scene: which event variant is switched to")
+    render_interval_s: float = Field(
+        0.1, gt=0, description="scene: the clean image is re-rendered this often (drift, focus)"
+    )
+    seed: int = 0
+    acq: str = Field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
+    pool: int = Field(
+        0, ge=0, description=">0: cycle this many pre-drawn noisy frames per clean image (scene: of vacuum)"
+    )
+    sndhwm: int = Field(1000, ge=1)
+    first_seq: int = Field(0, ge=0)
+    wait_subscriber_s: float = Field(5.0, ge=0, description="wait for a subscriber before the first frame")
+    keep_truth: bool = Field(False, description="keep sent frames and their expected counts (demo PSNR)")
+    truth_every: int = Field(
+        1, ge=1, description="with keep_truth: keep every k-th frame only (a long demo's memory stays small)"
+    )
+    push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
+    peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
+
+    @property
+    def dose_per_area(self) -> float:
+        """e/A^2 per frame: counts per pixel in vacuum over the pixel's area."""
+        return self.dose / self.pixel_size_A**2
