@@ -115,10 +115,13 @@ def info(
     ),
 ) -> None:
     """Engines found, backends usable here, devices and versions; engine workers and their load."""
+    from sbd_stream.engines.card import live_engine, offline_engine
     from sbd_stream.service.build import worker_specs
     from sbd_stream.service.offline import environment_info
 
     out = environment_info(model)
+    # which engine runs when none is named, on this machine: live (serve, demo) and offline (denoise)
+    out["default_engines"] = {"live": live_engine(), "offline": offline_engine()}
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]
     if service is not None:
         out["service"] = _service_load(service.rstrip("/"), interval)

@@ -152,3 +152,18 @@ def test_info_lists_backends(tmp_path: Path, tiny_engine_dir: Path, monkeypatch)
     assert info["versions"]["torch"].startswith("2.13")
     backends = next(e for e in info["engines"] if e["name"] == "tiny-unet2")["backends"]
     assert backends["torch"] is None and backends["onnxruntime"] is None
+
+
+def test_info_names_the_engines_used_when_none_is_named() -> None:
+    """Live on a CPU: the fast engine; offline on a CPU: the default one (engines/card.py)."""
+    import torch
+
+    from sbd_stream.engines.card import DEFAULT_ENGINE, FAST_ENGINE
+
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    defaults = json.loads(res.output)["default_engines"]
+    if not torch.cuda.is_available():
+        assert defaults == {"live": FAST_ENGINE, "offline": DEFAULT_ENGINE}
+    else:
+        assert defaults["live"] == DEFAULT_ENGINE
