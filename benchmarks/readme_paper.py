@@ -46,14 +46,16 @@ def table_5_1_paper() -> str:
 
 def paper_images() -> str:
     """``sbd-train evaluate-images`` on the paper's four released clean images: paper_images.json (the
-    offline path: the engine averaged over 8 orientations), beside it the live lane (one orientation,
-    paper_images_live.json) and the previous engine (paper_images_sbd-unet4-detector.json) where they
+    offline path: the engine averaged over 8 orientations), beside it the live lanes (one orientation:
+    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper.json, the fast
+    engine a CPU's live lane runs) and the previous engine (paper_images_sbd-unet4-detector.json) where they
     exist."""
     d = load("paper_images.json")
     extra = [
         (label, load(name))
         for label, name in (
-            ("live lane (1 orientation)", "paper_images_live.json"),
+            ("live on a GPU: same engine, 1 orientation", "paper_images_live.json"),
+            ("live on a CPU: sbd-unet3s2-paper, 1 orientation", "paper_images_sbd-unet3s2-paper.json"),
             ("previous engine", "paper_images_sbd-unet4-detector.json"),
         )
         if (RESULTS / name).is_file()
