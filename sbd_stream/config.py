@@ -245,7 +245,9 @@ class DenoiseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: str = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
-    model: str | None = Field(None, description="engine name under engines/ or a path (default: shipped)")
+    model: str | None = Field(
+        None, description="engine name under engines/ or a path (default: the live engine for the device)"
+    )
     device: str | None = Field(None, description="cpu or cuda[:N] (default: the best available)")
     workers: int | None = Field(
         None,

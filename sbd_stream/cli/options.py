@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 Engine = Annotated[str | None, typer.Option(help="Backend: auto, tensorrt, onnxruntime or torch")]
 Model = Annotated[
-    str | None, typer.Option(help="Engine name under engines/ or a path (default: the shipped one)")
+    str | None,
+    typer.Option(help="Engine name under engines/ or a path (default: by device and job: `sbd-stream info`)"),
 ]
 Device = Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: the best available)")]
 Batch = Annotated[int | None, typer.Option(min=1, help="Denoise up to this many frames at once")]
