@@ -112,8 +112,8 @@ def default_engine_root() -> Path:
 
 FAST_ENGINE = "sbd-unet3s2-paper"
 """The fast live engine: the default's network on 2 x 2 pixel blocks (``space_to_depth`` 2), ~2.5x the
-batch stage's frames/s on a CPU for ~1.4 dB less (docs/training.md, "Fast live engine"); opt-in with
-``--model sbd-unet3s2-paper`` where a CPU must keep up with 40 Hz."""
+batch stage's frames/s on a CPU for ~0.6 dB less (docs/training.md, "Fast live engine"); the live
+service's engine on a CPU (``live_engine``)."""
 
 QUALITY_ENGINE = "sbd-unet4x64-paper"
 """The quality engine: the same 59 A field of view as the live one, 64 channels (16x its channel
@@ -133,9 +133,9 @@ def offline_engine(gpu: bool | None = None, root: Path | None = None) -> str:
 
 def live_engine(device: str | None = None, gpu: bool | None = None) -> str:
     """The engine the live service uses when none is named: the fast engine on a CPU, where the
-    default network cannot keep up with 40 Hz beside the rest of the service (issue 24: ~15 frames/s
-    shown on 2 cores against ~24), the default engine on a CUDA GPU, where either keeps up and the
-    default is ~1.4 dB better."""
+    default network cannot keep up with 40 Hz beside the rest of the service (issue 24, ``sbd-stream
+    demo`` on 2 cores: 441 of 1200 frames shown against 854), the default engine on a CUDA GPU, where
+    either keeps up and the default is ~0.6 dB better (docs/training.md, "Fast live engine")."""
     if gpu is None:
         gpu = torch.cuda.is_available() and not (device or "").startswith("cpu")
     return DEFAULT_ENGINE if gpu else FAST_ENGINE

@@ -76,7 +76,7 @@ def _frames(path: Path, kind: str) -> Iterator[np.ndarray]:
             g = f[kind]
             for i in range(len(g["complete"])):
                 fr = g["frames"][i]
-                yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _info
+                yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
 
 
 def export(path: Path, to: str, kind: str = "denoised", out: Path | None = None) -> dict[str, Any]:

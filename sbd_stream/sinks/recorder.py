@@ -177,7 +177,7 @@ class Recorder(BackgroundWorker):
         if item.kind == "denoised" and item.data is not None and item.data.dtype != self.denoised_dtype:
             item = replace(item, data=item.data.astype(self.denoised_dtype))  # what the file stores
         if (
-            item.kind in KINDS  # raw, and denoised / llr float32 frames: compressing holds a core
+            item.kind in KINDS  # raw, denoised (float16 by default) and llr frames: compressing holds a core
             and item.chunk is None
             and item.data is not None
             and item.data.dtype.kind in "uif"
