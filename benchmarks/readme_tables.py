@@ -30,6 +30,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "paper_images": paper.paper_images,
     "dose_curve_paper": paper.dose_curve_paper,
     "compute_trend": paper.compute_trend,
+    "table_3_1_paper": paper.table_3_1_paper,
     # history: the detector world and the 0.155 A mini study
     "table_5_1_detector": history.table_5_1_detector,
     "gpu_runs_detector": history.gpu_runs_detector,

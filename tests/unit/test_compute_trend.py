@@ -14,19 +14,20 @@ from conftest import fake_sim_task
 from sbd_stream.engines.card import sha256_file
 
 
-def _test_set(path: Path) -> None:
-    """Two structures x 2 frames of 96^2 at the detector's 0.060 A, with atomic columns (regions)."""
+def _test_set(path: Path, px: float = 0.06, shape: tuple[int, int] = (96, 96), structures: int = 2) -> None:
+    """Structures x 2 frames (default 2 x 2 of 96^2 at the detector's 0.060 A), with atomic columns of Pt
+    and Ce (particle and support regions)."""
     from training.sim.dataset import SimulatedDatasetWriter
 
-    shape = (96, 96)
-    with SimulatedDatasetWriter(path, shape, {"preset": "test", "pixel_size_A": 0.06}) as w:
-        for s in range(2):
+    with SimulatedDatasetWriter(path, shape, {"preset": "test", "pixel_size_A": px}) as w:
+        for s in range(structures):
             task = fake_sim_task(f"t{s}", f"s{s:03d}", 2, shape=shape)
             for im in task.images:
-                im.meta["pixel_size_A"] = 0.06
+                im.meta["pixel_size_A"] = px
                 yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-                im.clean[:] = 1.0 + 0.3 * np.cos(2 * np.pi * xx / (2.8 / 0.06)) * np.cos(yy / 9.0)
+                im.clean[:] = 1.0 + 0.3 * np.cos(2 * np.pi * xx / (2.8 / px)) * np.cos(yy / 9.0)
                 im.columns["xy"] = im.columns["xy"] * shape[0] / 5
+                im.columns["species"][::2] = 58
             w.append_task(task)
 
 
@@ -64,6 +65,7 @@ def _manifest(tmp_path: Path, engine_dir: Path) -> dict:
 
     return {
         "test": str(tmp_path / "test.h5"),
+        "val": str(tmp_path / "val.h5"),
         "like": str(engine_dir),
         "rows": [
             {"name": "base", "engine": str(engine_dir), "stage": stage("detector", 100, 2, 64)},
@@ -89,6 +91,7 @@ def test_trend_rows_are_scored_as_table_5_1_and_summed_along_their_lineage(
     from benchmarks import compute_trend
 
     _test_set(tmp_path / "test.h5")
+    _test_set(tmp_path / "val.h5", 0.24, (24, 24), 8)  # the training set: its validation models tune
     manifest = _manifest(tmp_path, binning_engine_dir)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setenv("SBD_BENCH_RESULTS", str(tmp_path / "results"))
@@ -129,6 +132,11 @@ def test_trend_rows_are_scored_as_table_5_1_and_summed_along_their_lineage(
         "off",
     ]
     assert f"{whole['base']:.2f} ± " in md
+    # beside the weights: the low-pass tuned on the validation models, per region, and surface F1
+    (lp,) = res["baselines"]
+    assert lp["method"] == "Low-pass filter" and lp["params"]["sigma"] > 0
+    assert np.isfinite(lp["metrics"]["region_support_paper_psnr"]["mean"])
+    assert "F1 surface" in md and f"{lp['metrics']['paper_psnr']['mean']:.2f} ± " in md
 
 
 def test_a_lineage_that_does_not_match_the_weights_is_refused(

@@ -22,6 +22,7 @@ def _dataset(
                 yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
                 im.clean[:] = 1.0 + 0.3 * np.cos(2 * np.pi * xx / (2.8 / pixel_A)) * np.cos(yy / 9.0)
                 im.columns["xy"] = im.columns["xy"] * shape[0] / 5
+                im.columns["species"][::2] = 58  # Ce: a support region beside the particle's Pt
                 if not surface:
                     im.columns["is_surface"][:] = False
             w.append_task(task)
@@ -63,7 +64,8 @@ def test_paper_metric_clamps_counts_to_one_count_of_range() -> None:
 def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     tmp_path: Path, binning_engine_dir: Path
 ) -> None:
-    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
+    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector
+    from training.evaluate.dose_curve import psnr_vs_dose
     from training.evaluate.markdown import table_5_1_detector_markdown
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
@@ -98,7 +100,14 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     assert "| tiny |" in md and "bin 4 to 0.24 A" in md
     curve = psnr_vs_dose(cfg, binning_engine_dir, factors=(0.5, 2.0), log=lambda _s: None)
     assert [r["dose_factor"] for r in curve["rows"]] == [0.5, 2.0]
-    assert curve["rows"][1]["lowpass_psnr"] > curve["rows"][0]["lowpass_psnr"]  # more dose, less noise
+    lo, hi = curve["rows"]
+    assert hi["lowpass_psnr"] > lo["lowpass_psnr"]  # more dose, less noise
+    # per region and surface F1 for the engine and the low-pass, its width tuned on val at each dose
+    for row in curve["rows"]:
+        for k in ("region_support_paper_psnr", "region_particle_paper_psnr"):
+            assert np.isfinite(row[k]) and np.isfinite(row[f"lowpass_{k}"]), k
+        assert "surface_f1" in row and "lowpass_surface_f1" in row  # None: no frame with such columns
+    assert hi["lowpass_params"]["sigma"] <= lo["lowpass_params"]["sigma"]  # more counts, narrower blur
 
 
 def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
@@ -107,7 +116,7 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
     """Table 3.1 at the detector's sampling: each engine through the batch stage, FoV in A, markdown."""
     from training.evaluate.detector import DetectorEvalConfig
     from training.evaluate.fov_detector import (
-        FOV_DETECTOR_PRESETS,
+        FOV_PRESETS,
         evaluate_fov_detector,
         table_3_1_detector_markdown,
     )
@@ -124,25 +133,38 @@ def test_fov_table_at_the_detector_sampling_reports_reach_in_angstrom(
         engine_kind="torch",
     )
     res = evaluate_fov_detector(cfg, {"a": binning_engine_dir, "b": binning_engine_dir}, log=lambda _s: None)
-    assert [r["method"] for r in res["rows"]] == ["a", "b"]
-    row = res["rows"][0]
+    assert [r["method"] for r in res["rows"]] == ["Low-pass filter", "a", "b"]
+    lp = res["rows"][0]
+    assert lp["kind"] == "classical" and lp["params"]["sigma"] > 0  # tuned on the validation split
+    assert set(res["region_losses_vs_low_pass"]) == {"against", "a", "b"}
+    row = res["rows"][1]
     assert row["working_pixel_A"] == pytest.approx(0.24)
     assert row["field_of_view_A"] == pytest.approx(row["field_of_view_px"] * 0.24)
     assert row["n_images"] == 2 and np.isfinite(row["metrics"]["paper_psnr"]["mean"])
     _, sbd_db = _paper_psnr_by_hand(cfg, binning_engine_dir)  # the value, not just the key
-    assert [r["metrics"]["paper_psnr"]["mean"] for r in res["rows"]] == pytest.approx([sbd_db] * 2, abs=1e-6)
+    assert [r["metrics"]["paper_psnr"]["mean"] for r in res["rows"][1:]] == pytest.approx(
+        [sbd_db] * 2, abs=1e-6
+    )
     md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
-    assert md.count("\n| a |") == 1 and "FoV (A)" in md
-    # the presets: equal budgets, one recipe, reach 3 / 5 / 13 / 59 A at the 0.24 A working pixel
-    cfgs = [preset_config(p) for p in FOV_DETECTOR_PRESETS]
-    assert len({(c.max_steps, c.batch, c.augment.patch, c.data, c.freeze_norm_after) for c in cfgs}) == 1
-    from sbd_stream.compute.model import field_of_view
+    assert md.count("\n| a |") == 1 and "FoV (A)" in md and "(tuned on val)" in md
+    # region columns: the frames carry atomic models
+    assert "support (dB)" in md and "particle (dB)" in md
+    for r in res["rows"]:
+        assert np.isfinite(r["metrics"]["region_support_paper_psnr"]["mean"])
+    # the presets of both worlds: equal budgets, one recipe per world, reach 3 / 5 / 13 / 59 A at 0.24 A
+    from sbd_stream.compute.model import count_parameters, field_of_view
 
-    reach = [field_of_view(build_network(c)) * 0.24 for c in cfgs]
-    assert reach == pytest.approx([3.12, 5.04, 12.72, 58.8], abs=0.01)
-    from sbd_stream.compute.model import count_parameters
-
-    assert all(45_000 < count_parameters(build_network(c)) < 60_000 for c in cfgs)  # equal capacity
+    for world, presets in FOV_PRESETS.items():
+        cfgs = [preset_config(p) for p in presets]
+        budget = {(c.max_steps, c.batch, c.augment.patch, c.data, c.freeze_norm_after, c.lr) for c in cfgs}
+        assert len(budget) == 1 and str(cfgs[0].data) == f"data/{world}.h5", budget
+        reach = [field_of_view(build_network(c)) * 0.24 for c in cfgs]
+        assert reach == pytest.approx([3.12, 5.04, 12.72, 58.8], abs=0.01)
+        assert all(45_000 < count_parameters(build_network(c)) < 60_000 for c in cfgs)  # equal capacity
+    paper = [preset_config(p) for p in FOV_PRESETS["paper"]]
+    assert all(
+        c.augment.right_angles and c.init_from is None for c in paper
+    )  # all orientations, from scratch
 
 
 def test_both_detector_tables_run_on_test_frames_without_surface_columns(
@@ -162,9 +184,9 @@ def test_both_detector_tables_run_on_test_frames_without_surface_columns(
     )  # fmt: skip
     lines: list[str] = []
     res = evaluate_fov_detector(cfg, {"a": binning_engine_dir}, log=lines.append)
-    m = res["rows"][0]["metrics"]
+    m = res["rows"][-1]["metrics"]
     assert "surface_f1" not in m and "bulk_f1" in m
-    assert lines and "F1 surface nan" in lines[0]
+    assert len(lines) == 2 and all("F1 surface nan" in line for line in lines)
     md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
     row = next(line for line in md.splitlines() if line.startswith("| a |"))
     assert "| n/a |" in row

@@ -171,20 +171,34 @@ def evaluate_images_cmd(
 
 
 def dose_curve(
-    test: Path = typer.Option(Path("data/paper-test60pm.h5"), help="test split at the detector sampling"),
+    world: str = typer.Option(
+        "paper", help="names the output dose_curve_<world>.json and the default data (`detector`: earlier)"
+    ),
+    test: Path | None = typer.Option(
+        None, help="test split at the detector sampling; default data/<world>-test60pm.h5"
+    ),
+    val: Path | None = typer.Option(
+        None, help="training set whose validation models tune the low-pass; default data/<world>.h5"
+    ),
     engine: Path = typer.Option(None, help="engine directory (default: the shipped one)"),
     max_test_images: int = typer.Option(12, help="evenly spaced test frames"),
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where dose_curve_<world>.json goes"),
-    world: str = typer.Option("paper", help="names the output file (`detector`: the earlier world)"),
 ) -> None:
-    """PSNR of an engine against dose, 0.25-4x the nominal 125 e/A^2, at the detector's sampling."""
+    """PSNR of an engine against dose, 0.25-4x the nominal 125 e/A^2, at the detector's sampling: whole
+    frame, per region and surface F1, beside the low-pass tuned on the validation models at each dose."""
     import sys
 
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
-    from training.evaluate.detector import DetectorEvalConfig, psnr_vs_dose
+    from training.evaluate.detector import DetectorEvalConfig
+    from training.evaluate.dose_curve import psnr_vs_dose
     from training.evaluate.tables import write_json
 
-    cfg = DetectorEvalConfig(test=test, max_test_images=max_test_images, out_dir=out_dir)
+    cfg = DetectorEvalConfig(
+        test=test or Path(f"data/{world}-test60pm.h5"),
+        val=val or Path(f"data/{world}.h5"),
+        max_test_images=max_test_images,
+        out_dir=out_dir,
+    )
     res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
     res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
     write_json(res, out_dir / f"dose_curve_{world}.json")
@@ -225,32 +239,42 @@ def fov_study(
 
 
 def fov_study_detector(
-    test: Path = typer.Option(Path("data/detector-test60pm.h5"), help="test split at the detector sampling"),
-    val: Path = typer.Option(Path("data/detector.h5"), help="training set (its validation split tunes)"),
+    world: str = typer.Option(
+        "paper",
+        help="paper | detector (the earlier mostly-vacuum world): presets fov*-<world>, output "
+        "table_3_1_<world>.*",
+    ),
+    test: Path | None = typer.Option(
+        None, help="test split at the detector sampling; default data/<world>-test60pm.h5"
+    ),
+    val: Path | None = typer.Option(
+        None, help="training set (its validation split tunes); default data/<world>.h5"
+    ),
     engine: list[str] | None = typer.Option(
-        None, help="LABEL=ENGINE_DIR (repeatable); default: fov*-detector"
+        None, help="LABEL=ENGINE_DIR (repeatable); default: the fov*-<world> engines"
     ),
     train_first: bool = typer.Option(
-        False, "--train", help="train the fov*-detector presets whose engine is missing first"
+        False, "--train", help="train the fov*-<world> presets whose engine is missing first"
     ),
-    max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
-    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1_detector.* go"),
+    max_test_images: int = typer.Option(24, help="evenly spaced test frames at the detector's sampling"),
+    out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1_<world>.* go"),
 ) -> None:
-    """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets."""
+    """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets,
+    beside the low-pass tuned on the validation models; per region on the paper's world."""
     import sys
 
     from training.evaluate.detector import DetectorEvalConfig
-    from training.evaluate.fov_detector import (
-        FOV_DETECTOR_PRESETS,
-        evaluate_fov_detector,
-        table_3_1_detector_markdown,
-    )
+    from training.evaluate.fov_detector import FOV_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
     from training.evaluate.markdown import write_markdown
     from training.evaluate.tables import write_json
     from training.train.presets import preset_config
 
+    if world not in FOV_PRESETS:
+        raise typer.BadParameter(f"choose from {', '.join(FOV_PRESETS)}", param_hint="--world")
+    test = test or Path(f"data/{world}-test60pm.h5")
+    val = val or Path(f"data/{world}.h5")
     default = {}
-    for preset in FOV_DETECTOR_PRESETS:
+    for preset in FOV_PRESETS[world]:
         cfg = preset_config(preset, data=str(val))
         if train_first and not (BENCH_ENGINES / cfg.name / "card.json").is_file():
             from training.train.export import export_run
@@ -268,6 +292,7 @@ def fov_study_detector(
     res = evaluate_fov_detector(ecfg, engine_options(engine, default))
     command = " ".join(["sbd-train", *sys.argv[1:]])
     res["command"] = command
-    write_json(res, out_dir / "table_3_1_detector.json")
-    write_markdown(table_3_1_detector_markdown(res, command), out_dir / "table_3_1_detector.md")
-    typer.echo(f"wrote {out_dir}/table_3_1_detector.json and .md")
+    res["world"] = world
+    write_json(res, out_dir / f"table_3_1_{world}.json")
+    write_markdown(table_3_1_detector_markdown(res, command), out_dir / f"table_3_1_{world}.md")
+    typer.echo(f"wrote {out_dir}/table_3_1_{world}.json and .md")

@@ -137,7 +137,8 @@ def step_tensorrt(ctx: StepContext) -> dict[str, Any]:
 
 def step_evaluate(ctx: StepContext) -> dict[str, Any]:
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
-    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector, psnr_vs_dose
+    from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector
+    from training.evaluate.dose_curve import psnr_vs_dose
     from training.evaluate.markdown import table_5_1_detector_markdown, write_markdown
     from training.evaluate.tables import write_json
 
