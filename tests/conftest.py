@@ -7,6 +7,7 @@ test may still run; a leftover is killed, named, and fails the run.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,7 +124,8 @@ def fake_sim_task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> 
     """A small simulated-dataset task with random clean images and column tables (no abTEM)."""
     from training.sim.dataset import ImageRecord, TaskResult
 
-    rng = np.random.default_rng(abs(hash(key)) % 2**32)
+    # zlib, not hash(): str hashes change with PYTHONHASHSEED, so every run would draw other images
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
     images = []
     for j in range(n):
         meta = dict(

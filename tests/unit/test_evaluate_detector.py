@@ -21,7 +21,8 @@ def _dataset(
                 im.meta["pixel_size_A"] = pixel_A
                 yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
                 im.clean[:] = 1.0 + 0.3 * np.cos(2 * np.pi * xx / (2.8 / pixel_A)) * np.cos(yy / 9.0)
-                im.columns["xy"] = im.columns["xy"] * shape[0] / 5
+                # inside the detection border, so every frame has columns to score
+                im.columns["xy"] = (0.2 + 0.12 * im.columns["xy"]) * shape[0]
                 im.columns["species"][::2] = 58  # Ce: a support region beside the particle's Pt
                 if not surface:
                     im.columns["is_surface"][:] = False
@@ -70,21 +71,16 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
 
     _dataset(tmp_path / "test.h5", 0.06, (96, 96), 2)
     _dataset(tmp_path / "val.h5", 0.24, (24, 24), 8)
+    # max_test_images 0: every test frame; NLM / BM3D are covered by the classical table tests
     cfg = DetectorEvalConfig(
-        test=tmp_path / "test.h5", val=tmp_path / "val.h5", max_test_images=2, tune_images=1,
-        slow_test_images=1, engine_kind="torch",
+        test=tmp_path / "test.h5", val=tmp_path / "val.h5", max_test_images=0, tune_images=1,
+        slow_test_images=1, engine_kind="torch", baselines=["Raw", "Low-pass filter"],
     )  # fmt: skip
-    import training.evaluate.detector as ed
-
-    fast = [b for b in ed.detector_baselines(1.0, 1) if b.label in ("Raw", "Low-pass filter")]
-    orig = ed.detector_baselines
-    ed.detector_baselines = lambda s, n: fast  # NLM / BM3D are covered by the classical table tests
-    try:
-        res = evaluate_table_5_1_detector(cfg, {"tiny": binning_engine_dir}, log=lambda _s: None)
-    finally:
-        ed.detector_baselines = orig
+    res = evaluate_table_5_1_detector(cfg, {"tiny": binning_engine_dir}, log=lambda _s: None)
+    assert [r["method"] for r in res["rows"] if r["kind"] == "classical"] == ["Raw", "Low-pass filter"]
     sbd = next(r for r in res["rows"] if r["kind"] == "sbd")
-    assert sbd["geometry"]["bin"] == 4 and sbd["n_images"] == 2
+    assert sbd["geometry"]["bin"] == 4 and sbd["n_images"] == 4 == res["test_images"]
+    assert res["region_losses_vs_low_pass"]["tiny"]["images_compared"] == 4
     assert {"paper_psnr", "paper_ssim", "psnr", "ssim"} <= set(sbd["metrics"])
     lp = next(r for r in res["rows"] if r["method"] == "Low-pass filter")
     raw = next(r for r in res["rows"] if r["method"] == "Raw")
@@ -92,7 +88,7 @@ def test_table_runs_baselines_and_an_engine_through_the_batch_stage(
     raw_db, sbd_db = _paper_psnr_by_hand(cfg, binning_engine_dir)
     assert raw["metrics"]["paper_psnr"]["mean"] == pytest.approx(raw_db, abs=1e-6)
     assert sbd["metrics"]["paper_psnr"]["mean"] == pytest.approx(sbd_db, abs=1e-6)
-    assert sbd["metrics"]["paper_psnr"]["n"] == 2 and np.isfinite(sbd["metrics"]["paper_psnr"]["std"])
+    assert sbd["metrics"]["paper_psnr"]["n"] == 4 and np.isfinite(sbd["metrics"]["paper_psnr"]["std"])
     assert 0.0 < sbd["metrics"]["paper_ssim"]["mean"] <= 1.0
     assert lp["metrics"]["paper_psnr"]["mean"] > raw["metrics"]["paper_psnr"]["mean"] + 10
     assert res["paper_margins"]["goal"]["sbd_paper_psnr"] == 42.87

@@ -101,8 +101,11 @@ def evaluate_detector(
     test: Path = typer.Option(Path("data/paper-test60pm.h5"), help="test split at the detector sampling"),
     val: Path = typer.Option(Path("data/paper.h5"), help="training set (its validation split tunes)"),
     engine: list[str] | None = typer.Option(None, help="LABEL=ENGINE_DIR (repeatable); default: shipped"),
-    max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each)"),
+    max_test_images: int = typer.Option(24, help="evenly spaced test frames (1024^2 each); 0: all"),
     slow_test_images: int = typer.Option(6, help="test frames for the slow NLM / BM3D baselines"),
+    baseline: list[str] | None = typer.Option(
+        None, help="classical rows to run (repeatable, e.g. 'Low-pass filter'); default: all five"
+    ),
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_5_1_<world>.* go"),
     world: str = typer.Option(
         "paper", help="names the output: table_5_1_<world> (`detector`: the earlier mostly-vacuum world)"
@@ -121,6 +124,7 @@ def evaluate_detector(
         val=val,
         max_test_images=max_test_images,
         slow_test_images=slow_test_images,
+        baselines=baseline or None,
         out_dir=out_dir,
     )
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}

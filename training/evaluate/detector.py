@@ -38,7 +38,10 @@ class DetectorEvalConfig(BaseModel):
     split: SplitSpec = SplitSpec()
     seed: int = 2024
     counts_per_px: float = Field(0.45, gt=0, description="the paper's vacuum counts per 0.060 A pixel")
-    max_test_images: int = 24
+    max_test_images: int = Field(24, description="evenly spaced test frames (canonical order); 0: all")
+    baselines: list[str] | None = Field(
+        None, description="classical rows to run, by label (e.g. ['Low-pass filter']); None: every one"
+    )
     tune_images: int = 4
     slow_test_images: int = 6  # NLM and BM3D on 1024^2 frames cost tens of seconds each here
     engine_kind: str = "onnxruntime"
@@ -61,7 +64,7 @@ def paper_metrics(
 
 
 def _subset(idx: np.ndarray, n: int | None) -> np.ndarray:
-    if n is None or n >= len(idx):
+    if n is None or n <= 0 or n >= len(idx):
         return idx
     return idx[np.linspace(0, len(idx) - 1, n).astype(int)]
 
@@ -71,15 +74,16 @@ def load_test(cfg: DetectorEvalConfig) -> tuple[list[Item], float]:
 
     with SimulatedDataset(cfg.test) as ds:
         px = round(float(ds.meta(0)["pixel_size_A"]), 6)  # float32 in the file
-        idx = _subset(np.arange(len(ds)), cfg.max_test_images)
+        # canonical order and per-image seeds: the same frames and noise in a regenerated file
+        idx = _subset(ds.canonical(), cfg.max_test_images)
         items = []
         for i in idx:
             clean = ds.clean(int(i))
-            counts = np.random.default_rng([cfg.seed, int(i)]).poisson(
-                np.clip(clean, 0, None) * cfg.counts_per_px
-            )
+            key = ds.image_seed(int(i))
+            rng = np.random.default_rng([cfg.seed, key])
+            counts = rng.poisson(np.clip(clean, 0, None) * cfg.counts_per_px)
             sid = str(ds.meta(int(i))["structure_id"])
-            items.append(Item(int(i), sid, clean, ds.columns(int(i)), counts.astype(np.float32)))
+            items.append(Item(int(i), sid, clean, ds.columns(int(i)), counts.astype(np.float32), key))
     return items, px
 
 
@@ -97,8 +101,9 @@ def load_val(cfg: DetectorEvalConfig, detector_px: float) -> list[Item]:
             clean = resample(ds.clean(int(i)), work_px, detector_px)
             cols = dict(ds.columns(int(i)))
             cols["xy"] = (np.asarray(cols["xy"], np.float64) + 0.5) * k - 0.5
-            counts = np.random.default_rng([cfg.seed, 10**6 + int(i)]).poisson(clean * cfg.counts_per_px)
-            items.append(Item(int(i), "val", clean, cols, counts.astype(np.float32)))
+            key = ds.image_seed(int(i))
+            counts = np.random.default_rng([cfg.seed, 1, key]).poisson(clean * cfg.counts_per_px)
+            items.append(Item(int(i), "val", clean, cols, counts.astype(np.float32), key))
     return items
 
 
@@ -276,6 +281,8 @@ def evaluate_table_5_1_detector(
     pairs = [(v.clean, v.counts) for v in val]
     rows: list[dict[str, Any]] = []
     for b in detector_baselines(0.155 / px, cfg.slow_test_images):
+        if cfg.baselines is not None and b.label not in cfg.baselines:
+            continue
         t0 = time.perf_counter()
         params, grid = tune(b, pairs, dose)
         items = (

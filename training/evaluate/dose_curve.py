@@ -43,9 +43,9 @@ def at_dose(items: list[Item], dose: float, seed: int, stream: int) -> list[Item
     """The same clean frames with fresh Poisson counts at ``dose`` counts per pixel of vacuum."""
     out = []
     for it in items:
-        rng = np.random.default_rng([seed, stream, int(it.index)])
+        rng = np.random.default_rng([seed, stream, it.seed])
         counts = rng.poisson(np.clip(it.clean, 0, None) * dose).astype(np.float32)
-        out.append(Item(it.index, it.structure_id, it.clean, it.columns, counts))
+        out.append(Item(it.index, it.structure_id, it.clean, it.columns, counts, it.key))
     return out
 
 

@@ -44,6 +44,13 @@ class Item:
     clean: np.ndarray
     columns: dict[str, np.ndarray]
     counts: np.ndarray
+    key: int | None = None
+    """A seed that names the image in any copy of its file (``SimulatedDataset.image_seed``);
+    ``index`` where None."""
+
+    @property
+    def seed(self) -> int:
+        return self.index if self.key is None else self.key
 
 
 def load_items(
@@ -53,7 +60,7 @@ def load_items(
     from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(data) as ds:
-        idx = ds.split(split)[which]
+        idx = ds.split(split)[which]  # canonical order: the same subset in a regenerated file
         if limit is not None and limit < len(idx):
             idx = idx[np.linspace(0, len(idx) - 1, limit).astype(int)]
         dose = float(ds.meta(int(idx[0]))["dose"])
@@ -61,8 +68,9 @@ def load_items(
         items = []
         for i in idx:
             clean = ds.clean(int(i))
-            counts = np.random.default_rng([seed, int(i)]).poisson(np.clip(clean, 0, None) * dose)
-            items.append(Item(int(i), str(ids[i]), clean, ds.columns(int(i)), counts.astype(np.float32)))
+            key = ds.image_seed(int(i))
+            counts = np.random.default_rng([seed, key]).poisson(np.clip(clean, 0, None) * dose)
+            items.append(Item(int(i), str(ids[i]), clean, ds.columns(int(i)), counts.astype(np.float32), key))
         return items, dose
 
 

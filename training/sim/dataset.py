@@ -9,6 +9,7 @@ a run killed while writing leaves rows beyond the committed counters, which the 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,10 +291,33 @@ class SimulatedDataset:
         return sorted({t.structure.structure_id for t in plan(World.model_validate_json(raw))})
 
     def split(self, spec: Any = None) -> dict[str, np.ndarray]:
-        """Image indices per split, drawn over the planned structures (``training.sim.splits``)."""
+        """Image indices per split, drawn over the planned structures (``training.sim.splits``), each in
+        :meth:`canonical` order so evenly spaced subsets pick the same images in every copy of the file."""
         from training.sim.splits import SplitSpec, split_indices
 
-        return split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
+        parts = split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
+        return {name: self.canonical(idx) for name, idx in parts.items()}
+
+    def image_key(self, i: int) -> str:
+        """A name for image ``i`` that survives regeneration: task key, thickness, defocus.
+
+        Parallel workers append tasks as they finish, so a file index names a different image in every
+        run of the simulation; evaluation subsets and noise seeds key on this instead."""
+        i = self._check(i)
+        m = self._meta
+        task = m["task_key"][i].decode()
+        return f"{task}|{float(m['thickness_nm'][i]):.3f}|{float(m['defocus_nm'][i]):.3f}"
+
+    def image_seed(self, i: int) -> int:
+        """A 32-bit integer from :meth:`image_key`, for per-image noise that a regenerated file repeats."""
+        return zlib.crc32(self.image_key(i).encode())
+
+    def canonical(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """``idx`` (default: every image) sorted by task key, then thickness, then defocus."""
+        idx = np.arange(self._n) if idx is None else np.asarray(idx, dtype=np.int64)
+        m = self._meta
+        order = np.lexsort((m["defocus_nm"][idx], m["thickness_nm"][idx], m["task_key"][idx]))
+        return idx[order]
 
     def structures(self) -> dict[str, dict[str, Any]]:
         """Structure parameters by structure id, from the committed tasks."""

@@ -37,17 +37,18 @@ class TrainData:
             pick = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_images, len(val_idx))).astype(int)]
             mine = pick[rank::world]
             self.val_clean = [ds.clean(int(i)) for i in mine]
+            keys = [ds.image_seed(int(i)) for i in mine]  # noise that a regenerated file repeats
             self.val_counts = [
-                np.random.default_rng([cfg.val_seed, int(i)]).poisson(np.clip(c, 0, None) * self.dose)
-                for i, c in zip(mine, self.val_clean, strict=True)
+                np.random.default_rng([cfg.val_seed, k]).poisson(np.clip(c, 0, None) * self.dose)
+                for k, c in zip(keys, self.val_clean, strict=True)
             ]
             # extra doses: {factor: counts}, fixed and seeded like the nominal set
             self.val_counts_at = {
                 f: [
-                    np.random.default_rng([cfg.val_seed, int(i), round(1000 * f)]).poisson(
+                    np.random.default_rng([cfg.val_seed, k, round(1000 * f)]).poisson(
                         np.clip(c, 0, None) * self.dose * f
                     )
-                    for i, c in zip(mine, self.val_clean, strict=True)
+                    for k, c in zip(keys, self.val_clean, strict=True)
                 ]
                 for f in cfg.val_dose_factors
             }
