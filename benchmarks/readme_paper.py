@@ -36,14 +36,14 @@ def table_5_1_paper() -> str:
 
 def _loss_lines(d: dict) -> list[str]:
     """One sentence per SBD row: its (image, region) pairs below the tuned low-pass and the margins."""
+
+    def fmt(xs: dict) -> str:
+        return " / ".join("n/a" if x is None else f"{x:+.1f}" for x in xs.values())
+
     lines = []
     for name, v in (d.get("region_losses_vs_low_pass") or {}).items():
         if name == "against":
             continue
-
-        def fmt(xs: dict) -> str:
-            return " / ".join("n/a" if x is None else f"{x:+.1f}" for x in xs.values())
-
         lines += [
             "",
             f"{name} against the tuned low-pass, image by image: **{len(v['losses'])}** (image, region) "
