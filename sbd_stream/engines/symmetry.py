@@ -31,12 +31,14 @@ def orientations(n: int) -> list[tuple[int, bool]]:
     return turns if n == 4 else turns + [(k, True) for k in range(4)]
 
 
-def _turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+def turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """``x`` (..., H, W) turned ``k`` quarter turns, then mirrored left-right if ``mirror``."""
     y = torch.rot90(x, k, (-2, -1)) if k else x
     return (y.flip(-1) if mirror else y).contiguous()
 
 
-def _unturn(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+def unturn(y: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+    """The inverse of ``turn``."""
     y = y.flip(-1) if mirror else y
     return torch.rot90(y, -k, (-2, -1)) if k else y
 
@@ -47,7 +49,7 @@ def symmetrised(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: 
         return fn(x)
     acc: torch.Tensor | None = None
     for k, mirror in orientations(n):
-        y = _unturn(fn(_turn(x, k, mirror)), k, mirror)
+        y = unturn(fn(turn(x, k, mirror)), k, mirror)
         acc = y if acc is None else acc + y
     assert acc is not None
     return acc / n

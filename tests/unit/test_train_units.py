@@ -263,3 +263,44 @@ def test_split_of_a_partial_file_is_the_split_of_the_whole_plan() -> None:
     for name in ("train", "val", "test"):
         assert set(present[parts[name]]) <= set(full[name])
     assert sum(len(v) for v in parts.values()) == len(present)
+
+
+def test_orientation_term_vanishes_for_an_equivariant_network_and_trains_a_lopsided_one() -> None:
+    """``step_loss`` with an equivariance weight: for a network that commutes with the square's turns
+    (a symmetric blur) it is the plain MSE; for one that does not (a one-sided difference) the extra term
+    is positive and its gradient makes the network more nearly equivariant."""
+    from training.train.loop import step_loss
+    from training.train.presets import preset_config
+
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    blur = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        blur.weight.copy_(torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).view(1, 1, 3, 3) / 16)
+    for seed in range(4):  # whichever other orientation the step draws
+        rng = np.random.default_rng(seed)
+        torch.testing.assert_close(step_loss(blur, x, y, 1.0, rng), torch.nn.functional.mse_loss(blur(x), y))
+    lopsided = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        lopsided.weight.copy_(torch.tensor([[0.0, 0, 0], [0, 1, 1], [0, 0, 0]]).view(1, 1, 3, 3))
+    plain = torch.nn.functional.mse_loss(lopsided(x), y)
+    with_term = step_loss(lopsided, x, y, 1.0, np.random.default_rng(0))
+    assert with_term > 0.5 * plain  # the other orientation's error alone differs; the term adds more
+    target = lopsided(x).detach()  # its own output: the plain MSE has nothing to teach it
+
+    def trained(weight: float) -> torch.Tensor:
+        net = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        net.load_state_dict(lopsided.state_dict())
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        for seed in range(200):
+            opt.zero_grad()
+            step_loss(net, x, target, weight, np.random.default_rng(seed)).backward()
+            opt.step()
+        k = net.weight.detach()[0, 0]
+        return (k[1, 2] - k[1, 0]).abs()  # left-right asymmetry of the kernel (1 at the start)
+
+    assert trained(0.0) == 1.0
+    assert trained(1.0) < 0.5
+    cfg = preset_config("paper-fast-equivariant")
+    assert cfg.equivariance_weight > 0 and cfg.freeze_norm_after == 0
+    assert preset_config("paper-fast").equivariance_weight == 0  # the other recipes are unchanged

@@ -12,7 +12,7 @@ from training.cli.common import export_engine
 def train(
     preset: str = typer.Option(
         "default",
-        help="default|detector|paper-live|paper-fast|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
+        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
     ),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
     seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),

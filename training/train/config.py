@@ -77,6 +77,12 @@ class TrainConfig(BaseModel):
         description="extra validation doses (factors of the nominal); checkpoints, LR and early stopping "
         "then use the mean PSNR over the nominal and these doses",
     )
+    equivariance_weight: float = Field(
+        0.0,
+        ge=0,
+        description="each step also runs the batch in one random other right-angle orientation, turned "
+        "back: loss = mean of both errors + this x their squared difference (0: off; one forward pass)",
+    )
     notes: str = ""
 
     @property

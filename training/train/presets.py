@@ -90,6 +90,20 @@ PAPER_FAST: dict[str, Any] = {
 }
 """The fast live engine's recipe on the paper's world."""
 
+# The fast live engine made closer to orientation-equivariant (the live lane runs one orientation per
+# frame): continued from its committed weights with the orientation term of training.train.loop.step_loss
+# (each batch also in one random other right-angle orientation; twice the step cost), batch norm frozen
+# from step 0, a lower rate decayed over the budget (give --max-minutes).
+PAPER_FAST_EQUIVARIANT: dict[str, Any] = {
+    **PAPER_FAST,
+    "lr": 2e-4,
+    "init_from": "sbd-unet3s2-paper",
+    "freeze_norm_after": 0,
+    "equivariance_weight": 1.0,
+    "max_steps": 8000,
+}
+"""Orientation fine-tune of the fast live engine."""
+
 # The detector engine: 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
 # pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
 # dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
@@ -164,6 +178,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "detector": DETECTOR,
     "paper-live": PAPER_LIVE,
     "paper-fast": PAPER_FAST,
+    "paper-fast-equivariant": PAPER_FAST_EQUIVARIANT,
     # The quality engine on the paper's world, for a GPU (the recipe's default): the same field of view
     # (245 px = 59 A), 64 channels (777k parameters, 16x the channel products), trained from scratch.
     "paper-quality": {
