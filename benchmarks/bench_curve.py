@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import threading
@@ -101,7 +102,7 @@ def main() -> int:
         rows = [run(False, size, args.seconds, None), run(True, size, args.seconds, keys)]
     out = {
         "benchmark": "bench_curve",
-        "command": "python -m benchmarks.bench_curve " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_curve " + shlex.join(sys.argv[1:]),
         "message_mb": args.mb,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "zmq": zmq.zmq_version()},
         "load_avg_1m": os.getloadavg()[0],

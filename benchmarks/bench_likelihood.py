@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio_cpu = per_frame["likelihood_cpu_s"] / per_frame["denoise_cpu_s"]
     result = {
         "command": "python -m benchmarks.bench_likelihood "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_threads": torch.get_num_threads(),

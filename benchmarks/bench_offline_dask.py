@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -125,7 +126,7 @@ def main() -> None:
         payload = {
             "benchmark": "bench_offline_dask",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": "python -m " + " ".join(["benchmarks.bench_offline_dask", *sys.argv[1:]]),
+            "command": "python -m " + shlex.join(["benchmarks.bench_offline_dask", *sys.argv[1:]]),
             "machine": machine(),
             "note": a.note,
             "engine": str(resolve_engine_dir(a.model)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m " + " ".join([f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": "python -m " + shlex.join([f"benchmarks.{name}", *sys.argv[1:]]),
         "machine": machine(),
         **payload,
     }

@@ -7,6 +7,7 @@ scene, recording into a temporary folder, a results file) are its own.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -152,5 +153,5 @@ def demo(
         import sys
 
         machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
-        head = {"benchmark": "demo", "command": " ".join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
+        head = {"benchmark": "demo", "command": shlex.join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
         json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")

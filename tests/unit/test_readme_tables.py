@@ -44,3 +44,19 @@ def test_a_hand_edited_table_is_caught(tmp_path: Path) -> None:
     assert main(["--check", "--readme", str(tmp_path / "README.md")]) == 1
     assert main(["--readme", str(tmp_path / "README.md")]) == 0
     assert main(["--check", "--readme", str(tmp_path / "README.md")]) == 0
+
+
+def test_a_recorded_command_can_be_pasted_back_into_a_shell(tmp_path: Path, monkeypatch) -> None:
+    """README tables open with the command that measured them: an argument with spaces (an engine label)
+    must come back quoted, or the pasted command means something else."""
+    import json
+    import shlex
+    import sys
+
+    from benchmarks.common import write_result
+
+    argv = ["--engine", "SBD, fast (live on a CPU)=engines/x", "--note", "it's"]
+    monkeypatch.setattr(sys, "argv", ["bench_x.py", *argv])
+    path = write_result("bench_x", {"rows": []}, tmp_path / "bench_x.json")
+    command = json.loads(path.read_text())["command"]
+    assert shlex.split(command) == ["python", "-m", "benchmarks.bench_x", *argv]

@@ -3,6 +3,7 @@ curve, someone else's images, and the likelihood study."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -81,7 +82,7 @@ def evaluate(
         bm3d_test_images=bm3d_test_images,
         out_dir=out_dir,
     )
-    command = " ".join(["sbd-train", *sys.argv[1:]])
+    command = shlex.join(["sbd-train", *sys.argv[1:]])
     cache_file = out_dir / "table_5_1.json"
     cached = json.loads(cache_file.read_text()) if reuse_classical and cache_file.is_file() else None
     engines = {} if classical_only else engine_options(engine, TABLE_5_1_ENGINES)
@@ -129,7 +130,7 @@ def evaluate_detector(
     )
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
     res = evaluate_table_5_1_detector(cfg, engine_options(engine, default))
-    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
     write_json(res, out_dir / f"table_5_1_{world}.json")
     write_markdown(table_5_1_detector_markdown(res), out_dir / f"table_5_1_{world}.md")
     typer.echo(f"wrote {out_dir}/table_5_1_{world}.json and .md")
@@ -166,7 +167,7 @@ def evaluate_images_cmd(
     )
     res = evaluate_images(cfg)
     examples = res.pop("_examples")
-    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
     write_json(res, out_dir / "evaluate_images.json")
     write_markdown(markdown(res, res["command"]), out_dir / "evaluate_images.md")
     names = [r["image"] for r in res["rows"] if r["draw"] == 0]
@@ -204,7 +205,7 @@ def dose_curve(
         out_dir=out_dir,
     )
     res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
-    res["command"] = " ".join(["sbd-train", *sys.argv[1:]])
+    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
     write_json(res, out_dir / f"dose_curve_{world}.json")
     typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
 
@@ -234,7 +235,7 @@ def fov_study(
             run_training(cfg)
             export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
     cfg = EvalConfig(data=data, seed=seed, max_test_images=max_test_images, out_dir=out_dir)
-    command = " ".join(["sbd-train", *sys.argv[1:]])
+    command = shlex.join(["sbd-train", *sys.argv[1:]])
     res = evaluate_fov(cfg, engine_options(engine, FOV_ENGINES))
     res["command"] = command
     write_json(res, out_dir / "table_3_1.json")
@@ -294,7 +295,7 @@ def fov_study_detector(
         default[label] = BENCH_ENGINES / cfg.name
     ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
     res = evaluate_fov_detector(ecfg, engine_options(engine, default))
-    command = " ".join(["sbd-train", *sys.argv[1:]])
+    command = shlex.join(["sbd-train", *sys.argv[1:]])
     res["command"] = command
     res["world"] = world
     write_json(res, out_dir / f"table_3_1_{world}.json")

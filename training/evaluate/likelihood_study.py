@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -258,7 +259,7 @@ def _report(
     denoiser: Any,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config": cfg.model_dump(mode="json"),
         "engine": {"engine_id": denoiser.engine_id, "card": denoiser.card} if denoiser is not None else None,
         "images": n_images,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -27,7 +28,7 @@ def run_recipe(cfg: RecipeConfig, log: Callable[[str], None] = print) -> dict[st
     ctx = StepContext(cfg, dev, device)
     summary: dict[str, Any] = {
         "recipe": "sbd-train gpu-recipe",
-        "command": " ".join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "command": shlex.join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "devices": dev,
         "train_device": device,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -283,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "parameters": count_parameters(net),
         "field_of_view": field_of_view(net),
         "seed": cfg.seed,
-        "command": " ".join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "command": shlex.join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
         "data": str(cfg.data),
         "dose": data.dose,
         "pixel_size_A": data.pixel_size_A,
