@@ -27,6 +27,7 @@ README = ROOT / "README.md"
 TABLES: dict[str, Callable[[], str]] = {
     # the paper's world
     "table_5_1_paper": paper.table_5_1_paper,
+    "region_check_paper": paper.region_check_paper,
     "paper_images": paper.paper_images,
     "dose_curve_paper": paper.dose_curve_paper,
     "compute_trend": paper.compute_trend,
