@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from sbd_stream.invocation import invocation
 from sbd_stream.security import CurveSettings, apply_curve, generate_keypair, stop_authenticator
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,7 +101,7 @@ def main() -> int:
         rows = [run(False, size, args.seconds, None), run(True, size, args.seconds, keys)]
     out = {
         "benchmark": "bench_curve",
-        "command": "python -m benchmarks.bench_curve " + shlex.join(sys.argv[1:]),
+        "command": "python -m " + invocation("benchmarks.bench_curve"),
         "message_mb": args.mb,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "zmq": zmq.zmq_version()},
         "load_avg_1m": os.getloadavg()[0],

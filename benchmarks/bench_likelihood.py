@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from sbd_stream.compute.likelihood import LikelihoodConfig, LikelihoodStage
+from sbd_stream.invocation import invocation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -143,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = per_frame["likelihood_s"] / per_frame["denoise_s"]
     ratio_cpu = per_frame["likelihood_cpu_s"] / per_frame["denoise_cpu_s"]
     result = {
-        "command": "python -m benchmarks.bench_likelihood "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m " + invocation("benchmarks.bench_likelihood", argv),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_threads": torch.get_num_threads(),

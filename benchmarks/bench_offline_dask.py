@@ -19,9 +19,7 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 from benchmarks.common import machine, results_dir, table
 from sbd_stream.config import DenoiseSettings
 from sbd_stream.engines.card import resolve_engine_dir
+from sbd_stream.invocation import invocation
 from sbd_stream.service import offline_dask as od
 from sbd_stream.service.offline import denoise_file
 
@@ -126,7 +125,7 @@ def main() -> None:
         payload = {
             "benchmark": "bench_offline_dask",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": "python -m " + shlex.join(["benchmarks.bench_offline_dask", *sys.argv[1:]]),
+            "command": "python -m " + invocation("benchmarks.bench_offline_dask"),
             "machine": machine(),
             "note": a.note,
             "engine": str(resolve_engine_dir(a.model)),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sbd_stream.invocation import invocation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,7 +48,7 @@ def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m " + shlex.join([f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": "python -m " + invocation(f"benchmarks.{name}"),
         "machine": machine(),
         **payload,
     }

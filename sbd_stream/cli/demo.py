@@ -7,7 +7,6 @@ scene, recording into a temporary folder, a results file) are its own.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import typer
@@ -41,6 +40,7 @@ from sbd_stream.cli.scene_options import (
     Scene,
     scene_fields,
 )
+from sbd_stream.invocation import invocation
 
 
 @app.command()
@@ -150,8 +150,7 @@ def demo(
     if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
         import os
         import platform
-        import sys
 
         machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
-        head = {"benchmark": "demo", "command": shlex.join(["sbd-stream", *sys.argv[1:]]), "machine": machine}
+        head = {"benchmark": "demo", "command": invocation("sbd-stream"), "machine": machine}
         json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")

@@ -14,7 +14,7 @@ def _lopsided(x: torch.Tensor) -> torch.Tensor:
     return torch.roll(x, 1, dims=-2) * (1 + ramp) + x.cumsum(-1) * 0.01
 
 
-def turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
+def _turn(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
     y = torch.rot90(x, k, (-2, -1))
     return y.flip(-1) if mirror else y
 
@@ -35,15 +35,15 @@ def test_one_orientation_is_the_function_itself() -> None:
 def test_eight_orientations_make_it_equivariant(shape: tuple[int, int, int]) -> None:
     x = torch.rand(*shape, dtype=torch.float64)
     ref = symmetrised(_lopsided, x, 8)
-    assert not torch.allclose(_lopsided(turn(x, 1, False)), turn(_lopsided(x), 1, False))  # not by itself
+    assert not torch.allclose(_lopsided(_turn(x, 1, False)), _turn(_lopsided(x), 1, False))  # not by itself
     for k in range(4):
         for mirror in (False, True):
-            out = symmetrised(_lopsided, turn(x, k, mirror), 8)
-            torch.testing.assert_close(out, turn(ref, k, mirror))
+            out = symmetrised(_lopsided, _turn(x, k, mirror), 8)
+            torch.testing.assert_close(out, _turn(ref, k, mirror))
 
 
 def test_four_turns_are_equivariant_to_turns() -> None:
     x = torch.rand(2, 14, 14, dtype=torch.float64)
     ref = symmetrised(_lopsided, x, 4)
     for k in range(4):
-        torch.testing.assert_close(symmetrised(_lopsided, turn(x, k, False), 4), turn(ref, k, False))
+        torch.testing.assert_close(symmetrised(_lopsided, _turn(x, k, False), 4), _turn(ref, k, False))

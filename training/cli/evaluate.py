@@ -3,11 +3,11 @@ curve, someone else's images, and the likelihood study."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import typer
 
+from sbd_stream.invocation import invocation
 from training.cli.common import BENCH_ENGINES, FOV_ENGINES, TABLE_5_1_ENGINES, engine_options
 
 
@@ -70,7 +70,6 @@ def evaluate(
 ) -> None:
     """Table 5.1: classical baselines (tuned on val) and SBD engines on the test split."""
     import json
-    import sys
 
     from training.evaluate.markdown import table_5_1_markdown, write_markdown
     from training.evaluate.tables import EvalConfig, evaluate_table_5_1, write_json
@@ -82,7 +81,7 @@ def evaluate(
         bm3d_test_images=bm3d_test_images,
         out_dir=out_dir,
     )
-    command = shlex.join(["sbd-train", *sys.argv[1:]])
+    command = invocation("sbd-train")
     cache_file = out_dir / "table_5_1.json"
     cached = json.loads(cache_file.read_text()) if reuse_classical and cache_file.is_file() else None
     engines = {} if classical_only else engine_options(engine, TABLE_5_1_ENGINES)
@@ -113,7 +112,6 @@ def evaluate_detector(
     ),
 ) -> None:
     """Table 5.1 at the detector's sampling (0.060 A, 0.45 counts/px), both metrics, binning included."""
-    import sys
 
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
     from training.evaluate.detector import DetectorEvalConfig, evaluate_table_5_1_detector
@@ -130,7 +128,7 @@ def evaluate_detector(
     )
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
     res = evaluate_table_5_1_detector(cfg, engine_options(engine, default))
-    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
+    res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"table_5_1_{world}.json")
     write_markdown(table_5_1_detector_markdown(res), out_dir / f"table_5_1_{world}.md")
     typer.echo(f"wrote {out_dir}/table_5_1_{world}.json and .md")
@@ -148,7 +146,6 @@ def evaluate_images_cmd(
     out_dir: Path = typer.Option(Path("benchmarks/results/images"), help="JSON, markdown and figure"),
 ) -> None:
     """Someone else's clean simulations through the product's denoise path: per-region table + figure."""
-    import sys
 
     from training.evaluate.images import ImageEvalConfig, evaluate_images, markdown, write_figure
     from training.evaluate.markdown import write_markdown
@@ -167,7 +164,7 @@ def evaluate_images_cmd(
     )
     res = evaluate_images(cfg)
     examples = res.pop("_examples")
-    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
+    res["command"] = invocation("sbd-train")
     write_json(res, out_dir / "evaluate_images.json")
     write_markdown(markdown(res, res["command"]), out_dir / "evaluate_images.md")
     names = [r["image"] for r in res["rows"] if r["draw"] == 0]
@@ -191,7 +188,6 @@ def dose_curve(
 ) -> None:
     """PSNR of an engine against dose, 0.25-4x the nominal 125 e/A^2, at the detector's sampling: whole
     frame, per region and surface F1, beside the low-pass tuned on the validation models at each dose."""
-    import sys
 
     from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
     from training.evaluate.detector import DetectorEvalConfig
@@ -205,7 +201,7 @@ def dose_curve(
         out_dir=out_dir,
     )
     res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
-    res["command"] = shlex.join(["sbd-train", *sys.argv[1:]])
+    res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"dose_curve_{world}.json")
     typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
 
@@ -220,7 +216,6 @@ def fov_study(
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1.json/.md go"),
 ) -> None:
     """Table 3.1(a): UNets of ~equal parameter count and FoV 53 / 245 / 1013 px on the test split."""
-    import sys
 
     from training.evaluate.markdown import table_3_1_markdown, write_markdown
     from training.evaluate.tables import EvalConfig, evaluate_fov, write_json
@@ -235,7 +230,7 @@ def fov_study(
             run_training(cfg)
             export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
     cfg = EvalConfig(data=data, seed=seed, max_test_images=max_test_images, out_dir=out_dir)
-    command = shlex.join(["sbd-train", *sys.argv[1:]])
+    command = invocation("sbd-train")
     res = evaluate_fov(cfg, engine_options(engine, FOV_ENGINES))
     res["command"] = command
     write_json(res, out_dir / "table_3_1.json")
@@ -266,7 +261,6 @@ def fov_study_detector(
 ) -> None:
     """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets,
     beside the low-pass tuned on the validation models; per region on the paper's world."""
-    import sys
 
     from training.evaluate.detector import DetectorEvalConfig
     from training.evaluate.fov_detector import FOV_PRESETS, evaluate_fov_detector, table_3_1_detector_markdown
@@ -295,7 +289,7 @@ def fov_study_detector(
         default[label] = BENCH_ENGINES / cfg.name
     ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
     res = evaluate_fov_detector(ecfg, engine_options(engine, default))
-    command = shlex.join(["sbd-train", *sys.argv[1:]])
+    command = invocation("sbd-train")
     res["command"] = command
     res["world"] = world
     write_json(res, out_dir / f"table_3_1_{world}.json")

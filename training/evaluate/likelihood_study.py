@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import enum
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +26,7 @@ from scipy.stats import rankdata
 
 from sbd_stream.compute.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
 from sbd_stream.compute.noise import poisson_counts
+from sbd_stream.invocation import invocation
 from training.sim.splits import split_indices
 
 GROUPS = ("tp", "fp", "fn")
@@ -259,7 +258,7 @@ def _report(
     denoiser: Any,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": invocation(),
         "config": cfg.model_dump(mode="json"),
         "engine": {"engine_id": denoiser.engine_id, "card": denoiser.card} if denoiser is not None else None,
         "images": n_images,

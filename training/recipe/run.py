@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sbd_stream.invocation import invocation
 from training.recipe.config import NEEDS, SUMMARY_FILE, RecipeConfig, devices, resolve_device, selected_steps
 from training.recipe.steps import STEP_FUNCTIONS, Skipped, StepContext
 
@@ -28,7 +27,7 @@ def run_recipe(cfg: RecipeConfig, log: Callable[[str], None] = print) -> dict[st
     ctx = StepContext(cfg, dev, device)
     summary: dict[str, Any] = {
         "recipe": "sbd-train gpu-recipe",
-        "command": shlex.join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "command": invocation("sbd-train"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "devices": dev,
         "train_device": device,

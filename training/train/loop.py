@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from torch.nn import functional as F
 from sbd_stream.compute.model import count_parameters, field_of_view
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.symmetry import orientations, turn, unturn
+from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
 from training.train.config import LRSchedule, TrainConfig
 from training.train.data import TrainData
@@ -284,7 +283,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "parameters": count_parameters(net),
         "field_of_view": field_of_view(net),
         "seed": cfg.seed,
-        "command": shlex.join(["sbd-train", *sys.argv[1:]]) if sys.argv else "",
+        "command": invocation("sbd-train"),
         "data": str(cfg.data),
         "dose": data.dose,
         "pixel_size_A": data.pixel_size_A,
