@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "sbd_stream": -1,  # the package root holds only __version__
     "protocol": 0,
     "security": 0,
+    "invocation": 0,
     "supervisor": 0,
     "worker": 1,
     "frames": 1,
