@@ -199,3 +199,40 @@ def table_3_1_paper() -> str:
             f"(frame, region) pairs below the tuned low-pass, of {d['test_images']} frames: {below}.",
         ]
     return "\n".join(lines)
+
+
+USER_ABTEM = (
+    ("SBD offline: sbd-unet4-paper, 8 orientations", "user_abtem.json"),
+    ("live on a GPU: sbd-unet4-paper, 1 orientation", "user_abtem_live.json"),
+    ("live on a CPU: sbd-unet3s2-paper, 1 orientation", "user_abtem_fast.json"),
+    ("sbd-unet3s2-paper-mixed (both focal models), 1 orientation", "user_abtem_fast_mixed.json"),
+)
+
+
+def user_abtem() -> str:
+    """``sbd-train evaluate-images`` on frames made as a user of abTEM makes them (``python -m
+    benchmarks.user_abtem``; its parameters in user_abtem_frames.json): each engine's mean paper PSNR per
+    region, its worst margin over the per-image oracle low-pass, and how many frames it is below that blur
+    (user_abtem*.json; the same engines as the paper-image table)."""
+    runs = [(label, load(name), name) for label, name in USER_ABTEM if (RESULTS / name).is_file()]
+    first = runs[0][1]
+    frames = load("user_abtem_frames.json")
+    lines = [
+        "; ".join(f"{label}: {source(d, name)})" for label, d, name in runs)
+        + f". {len(first['rows'])} frames = {len(frames['frames'])} clean images x "
+        f"{first['config']['draws']} noise draws at {first['detector_pixel_A']:.4f} A, "
+        f"{first['config']['counts_per_px']} counts/px; paper PSNR in dB, mean over frames; margin = engine "
+        "minus the oracle low-pass (width chosen per image and region on the ground truth); below = frames "
+        "under that blur:",
+        "",
+        "| region | oracle low-pass | " + " | ".join(label for label, _, _ in runs) + " |",
+        "|---|---|" + "---|" * len(runs),
+    ]
+    for k in ("whole", "vacuum", "support", "particle"):
+        cells = []
+        for _, d, _ in runs:
+            v = d["summary"][k]
+            below = sum(r["margin_dB"].get(k, 0.0) < 0 for r in d["rows"])
+            cells.append(f"{v['sbd_mean']:.2f} (worst {v['margin_min_dB']:+.2f}, below {below})")
+        lines.append(f"| {k} | {first['summary'][k]['low_pass_mean']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "table_5_1_paper": paper.table_5_1_paper,
     "region_check_paper": paper.region_check_paper,
     "paper_images": paper.paper_images,
+    "user_abtem": paper.user_abtem,
     "dose_curve_paper": paper.dose_curve_paper,
     "compute_trend": paper.compute_trend,
     "table_3_1_paper": paper.table_3_1_paper,

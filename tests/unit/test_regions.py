@@ -36,6 +36,8 @@ def test_regions_from_clean_image_without_model() -> None:
     m = regions_from_clean(img, pixel_A=0.25)
     assert m[5, 5] == VACUUM and m[110, 10] == SUPPORT and m[60, 60] == PARTICLE
     assert (m[100:] == SUPPORT).all()
+    for k in (1, 2, 3):  # the support on the right, at the top, on the left: the same regions, turned
+        assert np.array_equal(regions_from_clean(np.rot90(img, k), pixel_A=0.25), np.rot90(m, k))
 
 
 def test_region_psnr_scores_only_the_region() -> None:

@@ -8,7 +8,9 @@ import typer
 
 
 def simulate(
-    preset: str = typer.Option("mini", help="tiny | mini | detector | paper (see docs/simulation.md)"),
+    preset: str = typer.Option(
+        "mini", help="tiny | mini | detector | paper | paper-envelope (see docs/simulation.md)"
+    ),
     out: Path = typer.Option(Path("data/mini.h5"), help="HDF5 file; an existing one is resumed"),
     scheduler: str | None = typer.Option(
         None, help="dask.distributed scheduler address, e.g. tcp://host:8786"

@@ -12,9 +12,12 @@ from training.cli.common import export_engine
 def train(
     preset: str = typer.Option(
         "default",
-        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
+        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
     ),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
+    extra_data: list[Path] = typer.Option(
+        [], "--extra-data", help="another simulated set whose train split joins training (repeatable)"
+    ),
     seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),
     name: str | None = typer.Option(None, help="run name (runs/<name>)"),
     out_dir: Path | None = typer.Option(None, help="folder of run directories"),
@@ -43,6 +46,7 @@ def train(
     cfg = preset_config(
         preset,
         data=data and str(data),
+        extra_data=[str(p) for p in extra_data] or None,
         seed=seed,
         name=name,
         out_dir=out_dir and str(out_dir),

@@ -57,30 +57,35 @@ def regions_from_clean(clean: np.ndarray, pixel_A: float, lattice_frac: float = 
     Specimen = pixels whose local standard deviation over 2 A (lattice contrast) exceeds ``lattice_frac``
     of its 99th percentile, or whose 1 A mean departs from the vacuum level by more than 5 %, grown by
     1 A (delocalised fringes in the vacuum have far less contrast than a lattice, so they stay vacuum);
-    support = the run of specimen rows that span at least 95 % of the width from the top or bottom edge
-    (a support is a slab across the field); particle = the rest of the specimen.
+    support = the run of specimen rows that span at least 95 % of the width from the top or bottom edge,
+    or of columns that span 95 % of the height from the left or right edge (a support is a slab across
+    the field, on whichever side the frame has it); particle = the rest of the specimen.
     """
     from scipy.ndimage import binary_dilation, gaussian_filter, uniform_filter
 
     img = np.asarray(clean, dtype=np.float64)
-    h = img.shape[0]
-    win = max(3, int(2.0 / pixel_A))
+    win = max(3, int(2.0 / pixel_A)) | 1  # odd: centred, so a turned image gets the turned regions
     local_sd = np.sqrt(np.maximum(uniform_filter(img**2, win) - uniform_filter(img, win) ** 2, 0))
     specimen = local_sd > lattice_frac * float(np.percentile(local_sd, 99))
     vac = float(np.median(img[~specimen])) if (~specimen).any() else float(np.median(img))
     specimen |= np.abs(gaussian_filter(img, 1.0 / pixel_A) - vac) > 0.05 * abs(vac)
     specimen = binary_dilation(specimen, iterations=max(1, round(1.0 / pixel_A)))
-    full = specimen.mean(1) >= 0.95
     out = np.full(img.shape, VACUUM, dtype=np.uint8)
     out[specimen] = PARTICLE
-    for rows in (np.arange(h), np.arange(h)[::-1]):  # the full rows touching the top or the bottom edge
-        run = []
-        for r_ in rows:
-            if not full[r_]:
-                break
-            run.append(r_)
-        if len(run) >= 0.05 * h:
-            out[run, :] = SUPPORT
+    for axis in (1, 0):  # full rows (a support at the top or bottom), then full columns (left or right)
+        full = specimen.mean(axis) >= 0.95
+        n = full.size
+        for lines in (np.arange(n), np.arange(n)[::-1]):  # the full lines touching either edge
+            run = []
+            for i in lines:
+                if not full[i]:
+                    break
+                run.append(i)
+            if len(run) >= 0.05 * n:
+                if axis == 1:
+                    out[run, :] = SUPPORT
+                else:
+                    out[:, run] = SUPPORT
     return out
 
 

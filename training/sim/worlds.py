@@ -143,6 +143,13 @@ WORLDS: dict[str, World] = {
         test_view=View(image_px=880, pixel_A=0.060),
     ),
 }
+# The paper's models (same seed: same models, same splits) imaged with abTEM's quasi-coherent focal-spread
+# envelope instead of explicit focal averaging, one exit wave per model (no extra tilts): what a user who
+# makes frames with abTEM's CTF(focal_spread=...) shows the engine. Engines trained on explicit averaging
+# alone draw stripes on such supports (benchmarks/user_abtem.py, docs/training.md).
+WORLDS["paper-envelope"] = WORLDS["paper"].model_copy(
+    update={"name": "paper-envelope", "optics": Optics(focal_mode="envelope"), "extra_tilts_per_structure": 0}
+)
 """tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. detector: the binned
 detector (0.24 A working pixel, 125 e/A^2) plus a 0.060 A test split; mostly vacuum (history). paper:
 the paper's world (App. A.2/A.3) at the working pixel: 100 models, ~7,900 images, + a 0.060 A test split."""

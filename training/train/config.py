@@ -32,6 +32,11 @@ class TrainConfig(BaseModel):
 
     name: str = "sbd-unet4-default"
     data: Path = Path("data/mini.h5")
+    extra_data: list[Path] = Field(
+        [],
+        description="more simulated sets whose train splits join the training images (same dose and pixel "
+        "as data; e.g. the paper's models under another imaging model); validation stays on data",
+    )
     out_dir: Path = Path("runs")
     architecture: Architecture = Architecture.unet
     scales: int = 4

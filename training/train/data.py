@@ -12,7 +12,9 @@ class TrainData:
     """Train images plus a fixed, seeded noisy validation set.
 
     Sets up to ``preload_max_gb`` are read into memory once (``mini``: 190 MB); larger ones (the paper
-    grid: ~56 GB) are read image by image from the HDF5 file for every batch.
+    grid: ~56 GB) are read image by image from the HDF5 file for every batch. ``cfg.extra_data`` files add
+    their own train splits (an engine that must not learn one imaging model's look as the specimen's);
+    they must share ``data``'s dose and pixel, since the noise is drawn from one dose for all.
     """
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
@@ -25,14 +27,27 @@ class TrainData:
             self.pixel_size_A = float(ds.attrs.get("pixel_size_A", ds.meta(0)["pixel_size_A"]))
             self.dose_e_per_A2 = float(ds.attrs.get("dose_e_per_A2", self.dose / self.pixel_size_A**2))
             self.n_images = len(ds)
+            # (file number, image index) of every train image: file 0 is cfg.data
             self.train_index = self.splits["train"]
-            nbytes = len(self.train_index) * ds.clean(int(self.train_index[0])).nbytes
+            self._sources = [(0, int(i)) for i in self.train_index]
+            extra_structures: set[str] = set()
+            for f, path in enumerate(cfg.extra_data, start=1):
+                with SimulatedDataset(path) as extra:
+                    dose = float(extra.attrs.get("dose", extra.meta(0)["dose"]))
+                    px = float(extra.attrs.get("pixel_size_A", extra.meta(0)["pixel_size_A"]))
+                    if abs(dose - self.dose) > 1e-6 * self.dose or abs(px - self.pixel_size_A) > 1e-9:
+                        raise ValueError(
+                            f"{path}: dose {dose} at {px} A/px, but {cfg.data} has {self.dose} at "
+                            f"{self.pixel_size_A} A/px: extra training sets must match the main one"
+                        )
+                    idx = extra.split(cfg.split)["train"]
+                    self._sources += [(f, int(i)) for i in idx]
+                    ids = extra.structure_ids()
+                    extra_structures |= {str(ids[i]) for i in idx}
+            self._paths = [cfg.data, *cfg.extra_data]
+            nbytes = len(self._sources) * ds.clean(int(self.train_index[0])).nbytes
             self.preloaded = nbytes <= cfg.preload_max_gb * 2**30
-            self.train = (
-                torch.from_numpy(np.stack([ds.clean(int(i)) for i in self.train_index]))
-                if self.preloaded
-                else None
-            )
+            self.train = torch.from_numpy(np.stack(self._read_all(ds))) if self.preloaded else None
             val_idx = self.splits["val"]
             pick = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_images, len(val_idx))).astype(int)]
             mine = pick[rank::world]
@@ -56,21 +71,35 @@ class TrainData:
             self.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
             ids = ds.structure_ids()
             self.structures = {k: sorted({str(ids[i]) for i in v}) for k, v in self.splits.items()}
+            self.structures["train"] = sorted(set(self.structures["train"]) | extra_structures)
+        self._open: list[SimulatedDataset] = []
         if not self.preloaded:
-            self._ds = SimulatedDataset(cfg.data)
+            self._open = [SimulatedDataset(p) for p in self._paths]
+            self._ds = self._open[0]
+
+    def _read_all(self, main) -> list[np.ndarray]:
+        from training.sim.dataset import SimulatedDataset
+
+        out = [main.clean(i) for f, i in self._sources if f == 0]
+        for f, path in enumerate(self._paths[1:], start=1):
+            with SimulatedDataset(path) as extra:
+                out += [extra.clean(i) for g, i in self._sources if g == f]
+        return out  # in self._sources order: file 0 first, then each extra file in turn
 
     def close(self) -> None:
-        if self._ds is not None:
-            self._ds.close()
+        for ds in self._open:
+            ds.close()
+        self._open = []
+        self._ds = None
 
     @property
     def n_train(self) -> int:
-        return len(self.train_index)
+        return len(self._sources)
 
     def images(self, which: np.ndarray, device: torch.device) -> torch.Tensor:
         """(B, H, W) clean train images number ``which`` (positions within the train split)."""
         if self.train is not None:
             return self.train[torch.as_tensor(which, device=self.train.device)]
-        assert self._ds is not None
-        stack = np.stack([self._ds.clean(int(self.train_index[k])) for k in which])
+        assert self._open, "closed"
+        stack = np.stack([self._open[self._sources[k][0]].clean(self._sources[k][1]) for k in which])
         return torch.from_numpy(stack).to(device, non_blocking=True)

@@ -1,0 +1,54 @@
+"""Training on more than one simulated set: ``TrainConfig.extra_data`` adds the train split of another set
+(the paper's models under another imaging model) to the training images; validation stays on ``data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fake_sim_task
+
+from training.train.config import TrainConfig
+from training.train.data import TrainData
+
+
+def _set(path: Path, offset: float, dose: float = 0.45, structures: int = 10) -> None:
+    from training.sim.dataset import SimulatedDatasetWriter
+
+    with SimulatedDatasetWriter(path, (16, 16), {"preset": "test", "pixel_size_A": 0.15, "dose": dose}) as w:
+        for s in range(structures):
+            task = fake_sim_task(f"t{s}", f"s{s:03d}", 2, shape=(16, 16))
+            for j, im in enumerate(task.images):
+                im.meta["dose"] = dose
+                im.clean[:] = offset + s + j / 10  # which set, structure and image, readable from the pixels
+            w.append_task(task)
+
+
+def test_extra_sets_join_training_only(tmp_path: Path) -> None:
+    _set(tmp_path / "a.h5", 0.0)
+    _set(tmp_path / "b.h5", 100.0)
+    base = TrainConfig(data=tmp_path / "a.h5", val_images=4)
+    alone = TrainData(base)
+    both = TrainData(base.model_copy(update={"extra_data": [tmp_path / "b.h5"]}))
+    assert both.n_train == 2 * alone.n_train > 0  # same models, same split rule: as many again
+    values = {float(both.images(np.array([k]), torch.device("cpu"))[0, 0, 0]) for k in range(both.n_train)}
+    assert sum(v >= 100 for v in values) == alone.n_train  # half of them from the extra set
+    # its structures are the main set's train structures: no validation or test model leaks in
+    held_out = {float(s[1:]) for s in alone.structures["val"] + alone.structures["test"]}
+    assert not {round(v - 100) for v in values if v >= 100} & {round(h) for h in held_out}
+    assert [c.sum() for c in both.val_clean] == [c.sum() for c in alone.val_clean]
+    streamed = TrainData(base.model_copy(update={"extra_data": [tmp_path / "b.h5"], "preload_max_gb": 0.0}))
+    assert not streamed.preloaded
+    idx = np.arange(both.n_train)
+    dev = torch.device("cpu")
+    assert torch.equal(streamed.images(idx, dev), both.images(idx, dev))  # read per batch = held in memory
+    streamed.close()
+
+
+def test_an_extra_set_at_another_dose_is_refused(tmp_path: Path) -> None:
+    _set(tmp_path / "a.h5", 0.0)
+    _set(tmp_path / "c.h5", 100.0, dose=7.2)
+    with pytest.raises(ValueError, match="must match"):
+        TrainData(TrainConfig(data=tmp_path / "a.h5", extra_data=[tmp_path / "c.h5"]))
