@@ -87,7 +87,7 @@ def paper_images() -> str:
         for label, name in (
             ("live on a GPU: same engine, 1 orientation", "paper_images_live.json"),
             ("live on a CPU: sbd-unet3s2-paper, 1 orientation", "paper_images_sbd-unet3s2-paper.json"),
-            ("previous engine", "paper_images_sbd-unet4-detector.json"),
+            ("previous engine (flips only: 2 orientations)", "paper_images_sbd-unet4-detector.json"),
         )
         if (RESULTS / name).is_file()
     ]

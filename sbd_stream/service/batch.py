@@ -36,7 +36,7 @@ from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.engines.symmetry import orientations as orientations_of
-from sbd_stream.engines.symmetry import symmetrised
+from sbd_stream.engines.symmetry import symmetrised, trained_orientations
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.protocol import COLUMN_FIELDS
 
@@ -131,9 +131,19 @@ class BatchStage:
         orientations: int = 1,
     ) -> None:
         """``orientations``: 1 (live), or 2 / 4 / 8 to average the engine over turned copies of each frame
-        (``engines/symmetry.py``: exactly orientation-equivariant, one engine call per orientation)."""
+        (``engines/symmetry.py``: exactly orientation-equivariant, one engine call per orientation), at
+        most as many as the engine's card says it was trained in (``trained_orientations``)."""
         orientations_of(orientations)  # refuse an unknown count here, not on the first frame
-        self.orientations = orientations
+        trained = trained_orientations(denoiser.engine.card.training)
+        self.orientations = min(orientations, trained)
+        if self.orientations < orientations:
+            log.warning(
+                "engine %s was trained in %d orientation(s): averaging over %d instead of %d",
+                denoiser.engine.card.name,
+                trained,
+                self.orientations,
+                orientations,
+            )
         self.denoiser = denoiser
         up = Upsample(upsample)
         if up is Upsample.auto:

@@ -169,8 +169,14 @@ def sbd_detector_method(
         res = stages[dose].process([Frame(h, np.asarray(counts, np.float32))])
         return res.denoised[0].astype(np.float64) / dose
 
-    g = BatchStage(den, DetectorSettings(pixel_size_A=detector_px, counts_per_px=counts_per_px)).geometry
-    return run, {"engine": den.engine_id, "card": den.card, "geometry": g.describe()}
+    det0 = DetectorSettings(pixel_size_A=detector_px, counts_per_px=counts_per_px)
+    probe = BatchStage(den, det0, orientations=orientations)
+    return run, {
+        "engine": den.engine_id,
+        "card": den.card,
+        "geometry": probe.geometry.describe(),
+        "orientations": probe.orientations,  # what the engine is averaged over (its card may cap it)
+    }
 
 
 def score(estimate: np.ndarray, it: Item, spec: DetectionSpec, counts_per_px: float) -> dict[str, float]:
