@@ -38,7 +38,11 @@ def test_extra_sets_join_training_only(tmp_path: Path) -> None:
     # its structures are the main set's train structures: no validation or test model leaks in
     held_out = {float(s[1:]) for s in alone.structures["val"] + alone.structures["test"]}
     assert not {round(v - 100) for v in values if v >= 100} & {round(h) for h in held_out}
-    assert [c.sum() for c in both.val_clean] == [c.sum() for c in alone.val_clean]
+    # validation: the main set's images (same noise as alone), then as many of the extra set's
+    n = len(alone.val_clean)
+    assert len(both.val_clean) == 2 * n and both.n_val_total == 2 * alone.n_val_total
+    assert all(np.array_equal(a, b) for a, b in zip(both.val_counts[:n], alone.val_counts, strict=True))
+    assert all(c.min() >= 100 for c in both.val_clean[n:])
     streamed = TrainData(base.model_copy(update={"extra_data": [tmp_path / "b.h5"], "preload_max_gb": 0.0}))
     assert not streamed.preloaded
     idx = np.arange(both.n_train)

@@ -34,8 +34,8 @@ class TrainConfig(BaseModel):
     data: Path = Path("data/mini.h5")
     extra_data: list[Path] = Field(
         [],
-        description="more simulated sets whose train splits join the training images (same dose and pixel "
-        "as data; e.g. the paper's models under another imaging model); validation stays on data",
+        description="more simulated sets whose train splits join the training images and whose val splits "
+        "join validation (same dose and pixel as data; e.g. the paper's models under another imaging model)",
     )
     out_dir: Path = Path("runs")
     architecture: Architecture = Architecture.unet

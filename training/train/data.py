@@ -48,26 +48,31 @@ class TrainData:
             nbytes = len(self._sources) * ds.clean(int(self.train_index[0])).nbytes
             self.preloaded = nbytes <= cfg.preload_max_gb * 2**30
             self.train = torch.from_numpy(np.stack(self._read_all(ds))) if self.preloaded else None
-            val_idx = self.splits["val"]
-            pick = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.val_images, len(val_idx))).astype(int)]
-            mine = pick[rank::world]
-            self.val_clean = [ds.clean(int(i)) for i in mine]
-            keys = [ds.image_seed(int(i)) for i in mine]  # noise that a regenerated file repeats
+            # validation: data's val split, and as many from each extra set's (so that the checkpoint
+            # kept is the best on every imaging model trained on); the noise is seeded by the image
+            self.val_clean, keys, n_total = _val_pick(ds, self.splits["val"], cfg.val_images, rank, world, ())
+            for f, path in enumerate(cfg.extra_data, start=1):
+                with SimulatedDataset(path) as extra:
+                    val = extra.split(cfg.split)["val"]
+                    c, k, n = _val_pick(extra, val, cfg.val_images, rank, world, (f,))
+                    self.val_clean += c
+                    keys += k
+                    n_total += n
             self.val_counts = [
-                np.random.default_rng([cfg.val_seed, k]).poisson(np.clip(c, 0, None) * self.dose)
+                np.random.default_rng([cfg.val_seed, *k]).poisson(np.clip(c, 0, None) * self.dose)
                 for k, c in zip(keys, self.val_clean, strict=True)
             ]
             # extra doses: {factor: counts}, fixed and seeded like the nominal set
             self.val_counts_at = {
                 f: [
-                    np.random.default_rng([cfg.val_seed, k, round(1000 * f)]).poisson(
+                    np.random.default_rng([cfg.val_seed, *k, round(1000 * f)]).poisson(
                         np.clip(c, 0, None) * self.dose * f
                     )
                     for k, c in zip(keys, self.val_clean, strict=True)
                 ]
                 for f in cfg.val_dose_factors
             }
-            self.n_val_total = len(pick)
+            self.n_val_total = n_total
             self.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
             ids = ds.structure_ids()
             self.structures = {k: sorted({str(ids[i]) for i in v}) for k, v in self.splits.items()}
@@ -103,3 +108,12 @@ class TrainData:
         assert self._open, "closed"
         stack = np.stack([self._open[self._sources[k][0]].clean(self._sources[k][1]) for k in which])
         return torch.from_numpy(stack).to(device, non_blocking=True)
+
+
+def _val_pick(ds, val_idx: np.ndarray, n: int, rank: int, world: int, prefix: tuple[int, ...]):
+    """``n`` evenly spaced validation images of one set (this process's share), their noise keys (the
+    image's seed, which a regenerated file repeats, after ``prefix``: the file number for extra sets),
+    and how many were picked in all."""
+    pick = val_idx[np.linspace(0, len(val_idx) - 1, min(n, len(val_idx))).astype(int)]
+    mine = pick[rank::world]
+    return [ds.clean(int(i)) for i in mine], [(*prefix, ds.image_seed(int(i))) for i in mine], len(pick)
