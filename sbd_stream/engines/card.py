@@ -110,10 +110,12 @@ def default_engine_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "engines"
 
 
-FAST_ENGINE = "sbd-unet3s2-paper"
+FAST_ENGINE = "sbd-unet3s2-paper-mixed"
 """The fast live engine: the default's network on 2 x 2 pixel blocks (``space_to_depth`` 2), ~2.5x the
-batch stage's frames/s on a CPU for ~0.6 dB less (docs/training.md, "Fast live engine"); the live
-service's engine on a CPU (``live_engine``)."""
+batch stage's frames/s on a CPU for ~0.6 dB less (docs/training.md, "Fast live engine"), fine-tuned on
+both focal models (explicit averaging and abTEM's envelope: docs/training.md, "Two focal models"); the
+live service's engine on a CPU (``live_engine``). ``sbd-unet3s2-paper`` is the same network before that
+fine-tune."""
 
 QUALITY_ENGINE = "sbd-unet4x64-paper"
 """The quality engine: the same 59 A field of view as the live one, 64 channels (16x its channel
