@@ -111,7 +111,9 @@ def make_settings(tmp_path: Path, ingest_endpoint: str, **denoise) -> ServiceSet
         overrides={
             "detector": {"pixel_size_A": 0.3, "counts_per_px": 0.45},
             "ingest": {"endpoint": ingest_endpoint, "mode": "connect"},
-            "publish": {"endpoint": "tcp://127.0.0.1:*"},
+            # every message counted: a PUB socket drops silently at a slow reader's high-water mark (16 by
+            # default), which a loaded CI machine reaches (series_end lost once in 12 frames + maps)
+            "publish": {"endpoint": "tcp://127.0.0.1:*", "sndhwm": 1000},
             "record": {"directory": str(tmp_path / "rec"), "min_free_bytes": 0},
             # one lane (every frame, in order) unless a test asks for the live lane (``policy=latest``)
             "denoise": {"batch_frames": 4, "batch_timeout_ms": 2.0, "policy": "lossless", **denoise},
