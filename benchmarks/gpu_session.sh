@@ -64,7 +64,7 @@ if want recipe; then
      echo $! > /tmp/smi.pid)
     timeout $(python3 -c "print(int($MIN*60+180))") python3 -m training.cli gpu-recipe \
       --steps train,export,tensorrt --model "$MODEL" --name "$NAME" --data data/detector.h5 \
-      --max-minutes "$MIN" --no-card-metrics --results "$OUT/recipe" $EXTRA
+      --max-minutes "$MIN" --no-card-metrics --results "$OUT/recipe" --extra-worlds "" $EXTRA
     echo "recipe rc=$?"
     kill "$(cat /tmp/smi.pid)" 2>/dev/null
     tar cf "$OUT/run.tar" runs/"$NAME" 2>&1

@@ -53,13 +53,13 @@ def _loss_lines(d: dict) -> list[str]:
     return lines
 
 
-def region_check_paper() -> str:
+def region_check_paper(name: str = "table_5_1_paper-check.json") -> str:
     """``sbd-train evaluate-detector --max-test-images N --baseline 'Low-pass filter' --world
     paper-check``: many more test frames than Table 5.1, the live engines against the tuned low-pass."""
-    d = load("table_5_1_paper-check.json")
+    d = load(name)
     lp = next(r for r in d["rows"] if r["method"] == "Low-pass filter")
     lines = [
-        f"{source(d, 'table_5_1_paper-check.json')}; {d['test_images']} frames of "
+        f"{source(d, name)}; {d['test_images']} frames of "
         f"{len(d['test_structures'])} held-out models, evenly spaced in canonical order, at "
         f"{d['detector_pixel_A']} A, {d['counts_per_px']} counts/px; one engine call per frame as the live "
         f"lane runs; {method_label(lp)} tuned on the validation models; paper PSNR in dB):",
@@ -75,18 +75,37 @@ def region_check_paper() -> str:
     return "\n".join(lines + _loss_lines(d))
 
 
+def paper_optics_check() -> str:
+    """The shipped engines against the one before the imaging worlds on the ``paper`` world's test models
+    (explicit focal averaging): table_5_1_paper-optics-check.json."""
+    return region_check_paper("table_5_1_paper-optics-check.json")
+
+
+def paper_optics_world_check() -> str:
+    """The same on the ``paper-optics`` world's test models (drawn focal spread and vibration):
+    table_5_1_paper-optics-world-check.json."""
+    return region_check_paper("table_5_1_paper-optics-world-check.json")
+
+
 def paper_images() -> str:
     """``sbd-train evaluate-images`` on the paper's four released clean images: paper_images.json (the
     offline path: the engine averaged over 8 orientations), beside it the live lanes (one orientation:
-    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper.json, the fast
-    engine a CPU's live lane runs) and the previous engine (paper_images_sbd-unet4-detector.json) where they
-    exist."""
+    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper-optics.json, the fast
+    engine a CPU's live lane runs) and the engines before (paper_images_sbd-unet4-paper.json,
+    paper_images_sbd-unet4-detector.json) where they exist."""
     d = load("paper_images.json")
     extra = [
         (label, load(name))
         for label, name in (
             ("live on a GPU: same engine, 1 orientation", "paper_images_live.json"),
-            ("live on a CPU: sbd-unet3s2-paper, 1 orientation", "paper_images_sbd-unet3s2-paper.json"),
+            (
+                "live on a CPU: sbd-unet3s2-paper-optics, 1 orientation",
+                "paper_images_sbd-unet3s2-paper-optics.json",
+            ),
+            (
+                "before the imaging worlds: sbd-unet4-paper, 8 orientations",
+                "paper_images_sbd-unet4-paper.json",
+            ),
             ("previous engine (flips only: 2 orientations)", "paper_images_sbd-unet4-detector.json"),
         )
         if (RESULTS / name).is_file()
@@ -202,37 +221,75 @@ def table_3_1_paper() -> str:
 
 
 USER_ABTEM = (
-    ("SBD offline: sbd-unet4-paper, 8 orientations", "user_abtem.json"),
-    ("live on a GPU: sbd-unet4-paper, 1 orientation", "user_abtem_live.json"),
-    ("live on a CPU: sbd-unet3s2-paper, 1 orientation", "user_abtem_fast.json"),
-    ("sbd-unet3s2-paper-mixed (both focal models), 1 orientation", "user_abtem_fast_mixed.json"),
+    ("SBD offline: sbd-unet4-paper-optics, 8 orientations", "user_abtem_unet4_optics.json"),
+    ("live on a CPU: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_fast_optics.json"),
+    ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem.json"),
+    ("sbd-unet4-paper-mixed (two focal models), 1 orientation", "user_abtem_mixed_live.json"),
+    ("sbd-unet3s2-paper-mixed (two focal models), 1 orientation", "user_abtem_fast_mixed.json"),
+    ("sbd-unet3s2-paper, 1 orientation", "user_abtem_fast.json"),
+)
+USER_ABTEM_OPTICS = (
+    ("SBD offline: sbd-unet4-paper-optics, 8 orientations", "user_abtem_optics_unet4_optics.json"),
+    ("live on a CPU: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_optics_fast_optics.json"),
+    ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem_optics_unet4.json"),
+    ("sbd-unet4-paper-mixed (two focal models), 8 orientations", "user_abtem_optics_unet4_mixed.json"),
+    ("sbd-unet3s2-paper-mixed (two focal models), 1 orientation", "user_abtem_optics_fast_mixed.json"),
 )
 
 
-def user_abtem() -> str:
-    """``sbd-train evaluate-images`` on frames made as a user of abTEM makes them (``python -m
-    benchmarks.user_abtem``; its parameters in user_abtem_frames.json): each engine's mean paper PSNR per
-    region, its worst margin over the per-image oracle low-pass, and how many frames it is below that blur
-    (user_abtem*.json; the same engines as the paper-image table)."""
-    runs = [(label, load(name), name) for label, name in USER_ABTEM if (RESULTS / name).is_file()]
+def _user_table(spec: tuple[tuple[str, str], ...], frames_name: str) -> str:
+    """Each engine's mean paper PSNR per region on one set of user-made frames, its worst margin over the
+    per-image oracle low-pass, and how many frames it is below that blur; one row per region, and per
+    optics group (focal spread, vibration) where the set has more than one."""
+    runs = [(label, load(name), name) for label, name in spec if (RESULTS / name).is_file()]
     first = runs[0][1]
-    frames = load("user_abtem_frames.json")
+    frames = load(frames_name)["frames"]
+    optics = {
+        f["name"]: f"{f.get('focal_spread_A', 40.0) / 10:g} nm / {f.get('vibration_pm', 50.0):g} pm"
+        for f in frames
+    }
+    groups = sorted(set(optics.values()))
     lines = [
         "; ".join(f"{label}: {source(d, name)})" for label, d, name in runs)
-        + f". {len(first['rows'])} frames = {len(frames['frames'])} clean images x "
+        + f". {len(first['rows'])} frames = {len(frames)} clean images x "
         f"{first['config']['draws']} noise draws at {first['detector_pixel_A']:.4f} A, "
         f"{first['config']['counts_per_px']} counts/px; paper PSNR in dB, mean over frames; margin = engine "
         "minus the oracle low-pass (width chosen per image and region on the ground truth); below = frames "
-        "under that blur:",
+        "under that blur"
+        + (f"; focal spread / vibration: {', '.join(groups)}" if len(groups) > 1 else "")
+        + ":",
         "",
         "| region | oracle low-pass | " + " | ".join(label for label, _, _ in runs) + " |",
         "|---|---|" + "---|" * len(runs),
     ]
+
+    def cell(rows: list[dict], k: str) -> str:
+        sbd = [r["sbd"][k] for r in rows if r["sbd"].get(k) is not None]
+        margins = [r["margin_dB"][k] for r in rows if r["margin_dB"].get(k) is not None]
+        below = sum(m < 0 for m in margins)
+        return f"{sum(sbd) / len(sbd):.2f} (worst {min(margins):+.2f}, below {below})"
+
     for k in ("whole", "vacuum", "support", "particle"):
-        cells = []
-        for _, d, _ in runs:
-            v = d["summary"][k]
-            below = sum(r["margin_dB"].get(k, 0.0) < 0 for r in d["rows"])
-            cells.append(f"{v['sbd_mean']:.2f} (worst {v['margin_min_dB']:+.2f}, below {below})")
-        lines.append(f"| {k} | {first['summary'][k]['low_pass_mean']:.2f} | " + " | ".join(cells) + " |")
+        lp = first["summary"][k]["low_pass_mean"]
+        lines.append(f"| {k} | {lp:.2f} | " + " | ".join(cell(d["rows"], k) for _, d, _ in runs) + " |")
+    if len(groups) > 1:
+        for g in groups:
+            for k in ("support", "particle"):
+                sel = [r for r in first["rows"] if optics[r["image"]] == g]
+                lp = [r["low_pass_oracle"][k]["paper_psnr"] for r in sel]
+                cells = [cell([r for r in d["rows"] if optics[r["image"]] == g], k) for _, d, _ in runs]
+                lines.append(f"| {k}, {g} | {sum(lp) / len(lp):.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def user_abtem() -> str:
+    """``sbd-train evaluate-images`` on frames made as a user of abTEM makes them (``python -m
+    benchmarks.user_abtem``; its parameters in user_abtem_frames.json): user_abtem*.json."""
+    return _user_table(USER_ABTEM, "user_abtem_frames.json")
+
+
+def user_abtem_optics() -> str:
+    """The same user's frames made with other optics than the paper's 4 nm focal spread and 50 pm vibration
+    (``python -m benchmarks.user_abtem --focal-spread 25 --vibration-pm 30`` and ``--focal-spread 60
+    --vibration-pm 0``, merged; user_abtem_optics_frames.json): user_abtem_optics_*.json."""
+    return _user_table(USER_ABTEM_OPTICS, "user_abtem_optics_frames.json")

@@ -135,6 +135,8 @@ def images(
     c10s_A: list[float],
     seed: int,
     focal: str = "envelope",
+    focal_spread_A: float = 40.0,
+    vibration_pm: float = 50.0,
 ) -> list[np.ndarray]:
     """One exit wave (4 frozen-phonon configurations), imaged at each C10; square, support at the bottom.
 
@@ -142,6 +144,8 @@ def images(
     that the support's cut-off bottom face and its periodic image above the field stay out of the frame.
     ``focal``: abTEM's quasi-coherent focal-spread envelope (what its CTF offers), or ``explicit``: the
     coherent image averaged over 8 Gauss-Hermite focus nodes (Dr. Probe's way, as the training world).
+    ``focal_spread_A`` (1/e half-width) and ``vibration_pm`` (RMS per axis) are the paper's 40 A and 50 pm
+    by default; users vary both.
     """
     import abtem
     from scipy.ndimage import gaussian_filter
@@ -159,10 +163,10 @@ def images(
     for c10 in c10s_A:
         if focal == "envelope":
             nodes, weights = [0.0], [1.0]
-            spread = 40.0
-        else:  # 1/e half-width 40 A: weights exp(-(d / 40)^2)
+            spread = focal_spread_A
+        else:  # 1/e half-width s: weights exp(-(d / s)^2)
             x, w = np.polynomial.hermite.hermgauss(8)
-            nodes, weights, spread = list(40.0 * x), list(w / w.sum()), 0.0
+            nodes, weights, spread = list(focal_spread_A * x), list(w / w.sum()), 0.0
         img = 0.0
         for dz, wt in zip(nodes, weights, strict=True):
             ctf = abtem.CTF(
@@ -171,7 +175,10 @@ def images(
             img = img + wt * np.asarray(
                 exit_wave.apply_ctf(ctf).intensity().reduce_ensemble().compute().array
             )
-        img = gaussian_filter(np.asarray(img, np.float64), 0.5 / (width / gx), mode="wrap")  # 50 pm vibration
+        if vibration_pm > 0:
+            img = gaussian_filter(
+                np.asarray(img, np.float64), vibration_pm / 100.0 / (width / gx), mode="wrap"
+            )
         img = img.T[::-1]  # abTEM arrays are [x, y]: rows = y, row 0 at the top
         out.append(img[gy - crop - gx : gy - crop])
     return out
@@ -186,6 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--focal", choices=["envelope", "explicit"], default="envelope")
     ap.add_argument("--only", type=int, nargs="*", help="simulate only these specimens (same draws)")
+    ap.add_argument(
+        "--name-prefix",
+        default="",
+        help="prefix of the frame names; frames of other prefixes in --out are kept",
+    )
+    ap.add_argument("--focal-spread", type=float, default=40.0, help="focal spread, 1/e half-width in A")
+    ap.add_argument("--vibration-pm", type=float, default=50.0, help="RMS image vibration per axis; 0: none")
     args = ap.parse_args(argv)
 
     import abtem
@@ -205,9 +219,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and s not in args.only:
             continue
         t0 = time.perf_counter()
-        imgs = images(atoms, pixel, (tilt[0], tilt[1]), c10s, seed=s, focal=args.focal)
+        imgs = images(
+            atoms,
+            pixel,
+            (tilt[0], tilt[1]),
+            c10s,
+            seed=s,
+            focal=args.focal,
+            focal_spread_A=args.focal_spread,
+            vibration_pm=args.vibration_pm,
+        )
         for d, (c10, img) in enumerate(zip(c10s, imgs, strict=True)):
-            name = f"user{s:02d}-{d}"
+            name = f"{args.name_prefix}user{s:02d}-{d}"
             np.save(args.out / f"{name}.npy", np.rot90(img, turn).astype(np.float32))
             frames.append(
                 {
@@ -217,12 +240,21 @@ def main(argv: list[str] | None = None) -> None:
                     "c10_A": round(c10, 1),
                     "support_side": ["bottom", "right", "top", "left"][turn],
                     "focal": args.focal,
+                    "focal_spread_A": args.focal_spread,
+                    "vibration_pm": args.vibration_pm,
                     "seconds": round((time.perf_counter() - t0) / len(c10s), 1),
                 }
             )
             print(json.dumps(frames[-1]), flush=True)
     pixel = float(atoms.cell[0, 0] / round(atoms.cell[0, 0] / pixel))
-    (args.out / "frames.json").write_text(json.dumps({"pixel_size_A": pixel, "frames": frames}, indent=1))
+    listing = args.out / "frames.json"
+    if listing.is_file():  # other runs' frames in the same folder (another --name-prefix) stay listed
+        old = json.loads(listing.read_text())
+        if abs(old["pixel_size_A"] - pixel) > 1e-6:
+            raise SystemExit(f"{listing} lists frames at {old['pixel_size_A']} A, not {pixel:.5f} A")
+        names = {f["name"] for f in frames}
+        frames = [f for f in old["frames"] if f["name"] not in names] + frames
+    listing.write_text(json.dumps({"pixel_size_A": pixel, "frames": frames}, indent=1))
     print(
         f"pixel size {pixel:.5f} A; next: sbd-train evaluate-images {args.out} --pixel-size {pixel:.5f} "
         f"--resize {pixel / 0.06:.4f}"

@@ -27,18 +27,20 @@ DETECTOR_PX, COUNTS = 0.060, 0.45
 MARGIN_DB = {"support": 3.0, "particle": 4.0}
 MARGIN_DB_BY_ENGINE = {DEFAULT_ENGINE: MARGIN_DB, FAST_ENGINE: {"support": 3.5, "particle": 3.5}}
 """Every shipped live engine has a stated margin. The fast one (2 x 2 pixel blocks, ~2.5x the frames/s;
-the live engine on a CPU) gives up ~0.6 dB: measured worst +4.6 dB support, +4.3 dB particle on these
-frames since its training on the complete world (+4.0 / +3.4 before; docs/training.md, "Fast live
-engine")."""
+the live engine on a CPU) gives up ~0.6 dB: measured worst +3.9 dB support, +4.1 dB particle on these
+frames for sbd-unet3s2-paper-optics (+4.6 / +4.3 for sbd-unet3s2-paper, trained on explicit focal
+averaging only; docs/training.md, "Fast live engine", "Three imaging worlds")."""
 LIVE_ENGINES = list(MARGIN_DB_BY_ENGINE)
 """Stated margins over the oracle low-pass. Measured on these 6 frames (docs/training.md, "The paper's
-world"): sbd-unet4-paper worst +4.9 dB support, +5.7 dB particle (run C, the engine before: +4.3 / +5.4);
+world"): sbd-unet4-paper-optics worst +4.9 dB support, +4.5 dB particle (sbd-unet4-paper, before the
+imaging-world fine-tunes: +4.9 / +5.7; run C, the engine before it: +4.3 / +5.4);
 the previous sbd-unet4-detector worst +1.6 dB support (it fails); an identity network scores ~6 dB,
 ~25 dB below the blur."""
 ORIENTATION_SPREAD_DB = 1.5
-"""The live engine alone (one orientation per frame): measured 1.25 dB on frame 0 for sbd-unet4-paper
-(0.35-1.30 dB over the 6 frames; run C 1.56, the flips-only sbd-unet4-detector 7.7, which fails);
-sbd-unet3s2-paper 0.59 dB on frame 0 (0.24-0.80 over the 6 frames, 3 of 6 within 0.5 dB).
+"""The live engine alone (one orientation per frame): measured on frame 0 1.09 dB for sbd-unet4-paper-optics
+and 0.68 dB for sbd-unet3s2-paper-optics (before the imaging-world fine-tunes: sbd-unet4-paper 1.25,
+0.35-1.30 over the 6 frames; sbd-unet3s2-paper 0.59, 0.24-0.80; run C 1.56; the flips-only
+sbd-unet4-detector 7.7, which fails).
 Quarter turns score 0.5-1 dB below the frame's own orientation: the network is not equivariant."""
 ORIENTATION_SPREAD_AVERAGED_DB = 0.05
 """Offline (``sbd-stream denoise``: the engine averaged over the 8 orientations, engines/symmetry.py) the

@@ -31,6 +31,9 @@ def test_dry_run_lists_every_step_in_order_and_writes_nothing(
     lines = [ln for ln in res.output.splitlines() if ln[:1].isdigit()]
     assert [ln.split(":")[0] for ln in lines] == [f"{i}. {s}" for i, s in enumerate(STEPS, 1)]
     assert "devices:" in res.output and "sbd-train simulate --preset paper" in res.output
+    # the same models imaged the other ways are simulated beside the set and trained on with it
+    assert "--preset paper-envelope --out data/paper-gpu.paper-envelope.h5" in res.output
+    assert "--preset paper-optics --out data/paper-gpu.paper-optics.h5" in res.output
     assert "n_structures scaled to" in res.output  # --images scales the grid
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the results folder
 
@@ -65,6 +68,20 @@ def test_training_without_a_gpu_is_refused_unless_allowed(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+def test_extra_worlds_join_training_and_the_completeness_check(tmp_path: Path) -> None:
+    from training.recipe.parts import simulation_status, train_config
+
+    cfg = RecipeConfig(data=tmp_path / "p.h5", train_preset="paper-quality")
+    assert train_config(cfg, "cpu").extra_data == [
+        tmp_path / "p.paper-envelope.h5",
+        tmp_path / "p.paper-optics.h5",
+    ]
+    status = simulation_status(cfg)  # 3 worlds, each with its 0.060 A test split
+    assert not status["complete"] and len(status["files"]) == 6
+    assert str(tmp_path / "p.paper-optics-test60pm.h5") in status["files"]
+    assert train_config(cfg.model_copy(update={"extra_worlds": []}), "cpu").extra_data == []
+
+
 def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
     from training.recipe.config import devices
     from training.recipe.steps import StepContext
@@ -76,7 +93,7 @@ def test_simulate_step_skips_a_complete_data_set(tmp_path: Path) -> None:
     with SimulatedDatasetWriter(out, (96, 96), file_attrs(preset)) as w:
         for t in plan(preset):
             w.append_task(fake_sim_task(t.key, t.structure.structure_id, 1, shape=(96, 96)))
-    ctx = StepContext(RecipeConfig(sim_preset="tiny", data=out), devices(), "cpu")
+    ctx = StepContext(RecipeConfig(sim_preset="tiny", data=out, extra_worlds=[]), devices(), "cpu")
     with pytest.raises(Exception, match="already complete") as e:
         step_simulate(ctx)
     assert type(e.value).__name__ == "Skipped"
@@ -94,7 +111,7 @@ def test_cpu_smoke_run_trains_exports_skips_tensorrt_and_evaluates(
         "--data", str(data), "--test", str(test), "--train-preset", "tiny", "--threads", "1",
         "--engine-dir", str(tmp_path / "eng"), "--results", str(tmp_path / "res"),
         "--max-test-images", "2", "--slow-test-images", "1", "--dose-curve-images", "2",
-        "--no-compare-shipped", "--lr-schedule", "cosine",
+        "--no-compare-shipped", "--lr-schedule", "cosine", "--extra-worlds", "",
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     summary = json.loads((tmp_path / "res" / "gpu_recipe.json").read_text())

@@ -26,3 +26,15 @@ def test_a_user_frame_is_a_square_field_with_the_support_on_its_recorded_side(tm
     assert abs(float(np.median(far[s])) - 1.0) < 0.05  # abTEM's plane wave: vacuum intensity 1
     assert 17.0 <= float(np.hypot(*frame["tilt_mrad"])) <= 53.0  # 1-3 deg about one axis
     assert frame["focal"] == "envelope" and 50.0 <= frame["c10_A"] <= 100.0
+    assert (frame["focal_spread_A"], frame["vibration_pm"]) == (40.0, 50.0)  # the paper's optics by default
+
+    # the same specimen with other optics, listed beside it in the same folder
+    args = ["--specimens", "1", "--defocus-per-specimen", "1", "--gpts", "160", "--name-prefix", "b-"]
+    main(["--out", str(tmp_path), *args, "--focal-spread", "25", "--vibration-pm", "0"])
+    frames = {f["name"]: f for f in json.loads((tmp_path / "frames.json").read_text())["frames"]}
+    assert set(frames) == {frame["name"], f"b-{frame['name']}"}
+    other = frames[f"b-{frame['name']}"]
+    assert (other["focal_spread_A"], other["vibration_pm"]) == (25.0, 0.0)
+    sharp = np.load(tmp_path / f"b-{frame['name']}.npy")
+    # no vibration blur, less focal damping: more contrast at the finest spacings
+    assert np.abs(np.diff(sharp, axis=1)).mean() > 1.2 * np.abs(np.diff(img, axis=1)).mean()

@@ -56,3 +56,31 @@ def test_an_extra_set_at_another_dose_is_refused(tmp_path: Path) -> None:
     _set(tmp_path / "c.h5", 100.0, dose=7.2)
     with pytest.raises(ValueError, match="must match"):
         TrainData(TrainConfig(data=tmp_path / "a.h5", extra_data=[tmp_path / "c.h5"]))
+
+
+def test_presets_train_on_worlds_of_the_same_models_dose_and_pixel() -> None:
+    """Every preset that adds sets names worlds that image the data world's models (same seed, so the same
+    splits: no test model of one world is a training model of another) at its dose and pixel."""
+    from training.sim.worlds import WORLDS
+    from training.train.presets import TRAINING_PRESETS, preset_config
+
+    mixed = [name for name in TRAINING_PRESETS if preset_config(name).extra_data]
+    assert {"paper-fast-mixed", "paper-live-mixed", "paper-fast-optics", "paper-live-optics"} <= set(mixed)
+    for name in mixed:
+        cfg = preset_config(name)
+        base = WORLDS[cfg.data.stem]
+        for extra in cfg.extra_data:
+            w = WORLDS[extra.stem]
+            assert (w.seed, w.n_structures) == (base.seed, base.n_structures), (name, extra)
+            assert (w.pixel_size_A(), w.dose) == (base.pixel_size_A(), base.dose), (name, extra)
+            assert w.optics != base.optics  # another imaging model, else it is the same data twice
+
+
+def test_the_card_names_every_set_trained_on() -> None:
+    from training.train.export import card_for_run
+
+    cfg = TrainConfig(data=Path("data/paper.h5"), extra_data=[Path("data/paper-optics.h5")])
+    card = card_for_run(cfg, {"dose": 7.2, "pixel_size_A": 0.24})
+    assert card.training_data["file"] == "data/paper.h5"
+    assert card.training_data["extra_files"] == ["data/paper-optics.h5"]
+    assert "extra_files" not in card_for_run(TrainConfig(), {"dose": 7.2, "pixel_size_A": 0.24}).training_data

@@ -12,7 +12,7 @@ from training.cli.common import export_engine
 def train(
     preset: str = typer.Option(
         "default",
-        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
+        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-live-mixed|paper-fast-optics|paper-live-optics|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
     ),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
     extra_data: list[Path] = typer.Option(
@@ -107,6 +107,11 @@ def gpu_recipe(
     test: Path | None = typer.Option(None, help="test split at 0.060 A (default: the simulation's)"),
     sim_preset: str = typer.Option("paper", help="simulation world (the paper's)"),
     images: int | None = typer.Option(None, min=1, help="scale the simulated set to ~this many images"),
+    extra_worlds: str = typer.Option(
+        "paper-envelope,paper-optics",
+        help="more imaging worlds of the same models, simulated beside --data (<stem>.<world>.h5) and "
+        "trained on with it; comma-separated, '' for none",
+    ),
     workers: int | None = typer.Option(None, min=1, help="Dask workers (default: all cores)"),
     train_preset: str = typer.Option("paper-quality", help="training preset (the quality engine)"),
     model: str | None = typer.Option(None, help="detector | wide | paper (default: init's, else wide)"),
@@ -142,6 +147,7 @@ def gpu_recipe(
     from training.recipe.run import run_recipe
 
     opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
+    opts["extra_worlds"] = [w.strip() for w in extra_worlds.split(",") if w.strip()]
     try:
         cfg = RecipeConfig(steps=[s.strip() for s in steps.split(",") if s.strip()], **opts)
         if dry_run:

@@ -13,13 +13,15 @@ from sbd_stream.engines.card import QUALITY_ENGINE
 from training.recipe.config import GPU_DEFAULTS, MODELS, RecipeConfig, RecipeError
 
 
-def sim_preset(cfg: RecipeConfig) -> Any:
-    """The world (simulation preset), its structure count scaled so the grid holds about ``images`` images."""
+def sim_preset(cfg: RecipeConfig, name: str | None = None) -> Any:
+    """The world (simulation preset; ``name``, else the recipe's), its structure count scaled so the grid
+    holds about ``images`` images."""
     from training.sim.worlds import WORLDS
 
-    if cfg.sim_preset not in WORLDS:
-        raise RecipeError(f"unknown simulation preset {cfg.sim_preset!r}; choose from {', '.join(WORLDS)}")
-    p = WORLDS[cfg.sim_preset]
+    name = name or cfg.sim_preset
+    if name not in WORLDS:
+        raise RecipeError(f"unknown simulation preset {name!r}; choose from {', '.join(WORLDS)}")
+    p = WORLDS[name]
     if cfg.images is None:
         return p
     per_structure = _grid_images(p) / p.n_structures
@@ -46,19 +48,35 @@ def detector_test_path(cfg: RecipeConfig) -> Path:
     return sampled_test_path(p, cfg.data)
 
 
+def extra_data_path(cfg: RecipeConfig, world: str) -> Path:
+    """Where an extra world's set lives: beside ``cfg.data`` as ``<stem>.<world>.h5``."""
+    return cfg.data.with_name(f"{cfg.data.stem}.{world}.h5")
+
+
+def world_sets(cfg: RecipeConfig) -> list[tuple[Any, Path]]:
+    """(world, file) of every set the recipe simulates and trains on: its world, then the extra worlds."""
+    return [(sim_preset(cfg), cfg.data)] + [
+        (sim_preset(cfg, w), extra_data_path(cfg, w)) for w in cfg.extra_worlds
+    ]
+
+
 def simulation_status(cfg: RecipeConfig) -> dict[str, Any]:
-    """Is ``cfg.data`` (and its detector-sampling test split) complete for the preset? Read-only."""
+    """Is every set (``cfg.data``, the extra worlds', and their detector-sampling test splits) complete
+    for its world? Read-only."""
     import h5py
 
     from training.sim.worlds import file_attrs, plan, sampled_test_path
 
-    preset = sim_preset(cfg)
-    tasks = plan(preset)
-    files = [(cfg.data, file_attrs(preset), {t.key for t in tasks})]
-    if preset.test_view is not None:
-        test_keys = {t.key for t in tasks if t.test_view}
-        files.append((sampled_test_path(preset, cfg.data), file_attrs(preset, "test_view"), test_keys))
-    out: dict[str, Any] = {"tasks": len(tasks), "files": {}}
+    files = []
+    n_tasks = 0
+    for preset, path in world_sets(cfg):
+        tasks = plan(preset)
+        n_tasks += len(tasks)
+        files.append((path, file_attrs(preset), {t.key for t in tasks}))
+        if preset.test_view is not None:
+            test_keys = {t.key for t in tasks if t.test_view}
+            files.append((sampled_test_path(preset, path), file_attrs(preset, "test_view"), test_keys))
+    out: dict[str, Any] = {"tasks": n_tasks, "files": {}}
     complete = True
     for path, attrs, keys in files:
         if not path.is_file():
@@ -100,6 +118,7 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
     gpu = GPU_DEFAULTS if device.startswith("cuda") else {}
     overrides: dict[str, Any] = {
         "data": str(cfg.data),
+        "extra_data": [str(extra_data_path(cfg, w)) for w in cfg.extra_worlds],
         "out_dir": str(cfg.runs),
         "scales": scales,
         "channels": channels,

@@ -17,9 +17,9 @@ from training.recipe.parts import (
     _grid_images,
     detector_test_path,
     n_train_gpus,
-    sim_preset,
     simulation_status,
     torchrun_command,
+    world_sets,
 )
 from training.recipe.steps import StepContext
 
@@ -44,11 +44,16 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
     for s in steps:
         item: dict[str, Any] = {"step": s}
         if s == "simulate":
-            p = sim_preset(cfg)
-            item["command"] = f"sbd-train simulate --preset {p.name} --out {cfg.data} --workers {workers}" + (
+            sets = world_sets(cfg)
+            p = sets[0][0]
+            item["command"] = "; ".join(
+                f"sbd-train simulate --preset {w.name} --out {path} --workers {workers}" for w, path in sets
+            ) + (
                 f" (n_structures scaled to {p.n_structures} for --images {cfg.images})" if cfg.images else ""
             )
-            item["grid"] = f"~{_grid_images(p)} images (before thin supports are dropped)"
+            item["grid"] = " + ".join(f"~{_grid_images(w)}" for w, _ in sets) + (
+                " images (before thin supports are dropped)"
+            )
             item["data_status"] = simulation_status(cfg)
         elif s == "train":
             nproc = n_train_gpus(cfg, dev, device) if device else 1

@@ -14,10 +14,10 @@ from training.recipe.parts import (
     detector_test_path,
     engine_dir,
     n_train_gpus,
-    sim_preset,
     simulation_status,
     torchrun_command,
     train_config,
+    world_sets,
 )
 
 
@@ -49,10 +49,13 @@ def step_simulate(ctx: StepContext) -> dict[str, Any]:
     if status["complete"]:
         raise Skipped(f"{cfg.data} is already complete ({'; '.join(status['files'].values())})")
     workers = cfg.workers or ctx.dev["cpu_count"]
-    summary = simulate(sim_preset(cfg), cfg.data, scheduler=cfg.scheduler, workers=workers)
-    if summary["failed"]:
-        raise RuntimeError(f"{len(summary['failed'])} simulation tasks failed: {summary['failed'][:5]}")
-    return {"workers": workers, **summary, "status_before": status["files"]}
+    out: dict[str, Any] = {"workers": workers, "status_before": status["files"], "worlds": {}}
+    for world, path in world_sets(cfg):  # resumable: a complete set is a plan with nothing to run
+        summary = simulate(world, path, scheduler=cfg.scheduler, workers=workers)
+        if summary["failed"]:
+            raise RuntimeError(f"{len(summary['failed'])} {world.name} tasks failed: {summary['failed'][:5]}")
+        out["worlds"][world.name] = {"file": str(path), **summary}
+    return out
 
 
 def step_train(ctx: StepContext) -> dict[str, Any]:

@@ -38,6 +38,10 @@ META_FIELDS: dict[str, np.dtype] = {
 }
 """Per-image metadata columns. Strings are ASCII bytes, decoded by the reader."""
 
+OPTICS_META_FIELDS: dict[str, np.dtype] = {"focal_spread_nm": np.dtype("f4"), "vibration_pm": np.dtype("f4")}
+"""Per-image optics, written by worlds that draw them per image (``Optics.*_range``); files made before
+they existed lack them, and readers then report the world's fixed values from the file's config."""
+
 COLUMN_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "xy": (np.dtype("f4"), (2,)),
     "is_surface": (np.dtype("bool"), ()),
@@ -104,7 +108,7 @@ class SimulatedDatasetWriter:
             compression="lzf",
         )
         meta = f.create_group("meta")
-        for name, dt in META_FIELDS.items():
+        for name, dt in (META_FIELDS | OPTICS_META_FIELDS).items():
             meta.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(1024,))
         cols = f.create_group("columns")
         for name, (dt, tail) in COLUMN_FIELDS.items():
@@ -140,8 +144,9 @@ class SimulatedDatasetWriter:
         """Drop rows written after the last commit (a run killed mid-write)."""
         n_img, n_col, n_task = (int(v) for v in self._f["committed"][()])
         self._f["images"].resize(n_img, axis=0)
-        for name in META_FIELDS:
-            self._f["meta"][name].resize(n_img, axis=0)
+        for name in META_FIELDS | OPTICS_META_FIELDS:
+            if name in self._f["meta"]:
+                self._f["meta"][name].resize(n_img, axis=0)
         for name in COLUMN_FIELDS:
             self._f["columns"][name].resize(n_col, axis=0)
         for name in ("key", "structure_json", "seconds"):
@@ -178,6 +183,11 @@ class SimulatedDatasetWriter:
                     vals = [_encode(r.meta[name], dt) for r in task.images]
                 f["meta"][name].resize(n_img + k, axis=0)
                 f["meta"][name][n_img:] = np.asarray(vals, dtype=dt)
+            for name, dt in OPTICS_META_FIELDS.items():
+                if name in f["meta"]:  # a file begun before these existed keeps its layout
+                    vals = [r.meta.get(name, np.nan) for r in task.images]
+                    f["meta"][name].resize(n_img + k, axis=0)
+                    f["meta"][name][n_img:] = np.asarray(vals, dtype=dt)
             for name, (dt, tail) in COLUMN_FIELDS.items():
                 vals = np.concatenate(
                     [np.asarray(r.columns[name], dtype=dt).reshape(-1, *tail) for r in task.images]
@@ -235,6 +245,9 @@ class SimulatedDataset:
         self._n = n_img
         self._n_tasks = n_task
         self._meta = {name: self._f["meta"][name][:n_img] for name in META_FIELDS}
+        for name in OPTICS_META_FIELDS:
+            if name in self._f["meta"]:
+                self._meta[name] = self._f["meta"][name][:n_img]
         self._cols = self._f["columns"]
 
     @property

@@ -44,6 +44,23 @@ class Optics(BaseModel):
     )
     convergence_mrad: float = Field(0.2, description="illumination semi-angle")
     vibration_pm: float = Field(50.0, description="RMS image displacement per axis")
+    focal_spread_range_nm: tuple[float, float] | None = Field(
+        None, description="draw each image's focal spread uniformly from this range (else focal_spread_nm)"
+    )
+    vibration_range_pm: tuple[float, float] | None = Field(
+        None, description="draw each image's vibration uniformly from this range (else vibration_pm)"
+    )
+
+    def draw(self, rng: np.random.Generator) -> Optics:
+        """One image's optics: the ranged settings drawn, the rest as set. Microscopes (and users who
+        simulate them) differ in focal spread and stability; an engine that saw one value paints its look
+        onto frames made with another (benchmarks/user_abtem.py --focal-spread / --vibration-pm)."""
+        update: dict[str, float] = {}
+        if self.focal_spread_range_nm is not None:
+            update["focal_spread_nm"] = float(rng.uniform(*self.focal_spread_range_nm))
+        if self.vibration_range_pm is not None:
+            update["vibration_pm"] = float(rng.uniform(*self.vibration_range_pm))
+        return self.model_copy(update=update) if update else self
 
 
 class View(BaseModel):

@@ -41,7 +41,6 @@ def run_task(spec_json: str, preset_json: str) -> TaskResult:
     )
     waves = imaging.exit_waves(atoms, thick_A, sp, tilt_mrad, seed, world.optics.energy_eV)
     extent = float(atoms.cell[0, 0])
-    vib_A = world.optics.vibration_pm / 100.0
     view = sp.view()
     # (view or None = whole cell, pixel, dose, records): the training images, and the test view
     outputs: list[tuple[imaging.View | None, float, float, list[ImageRecord]]] = [
@@ -65,9 +64,20 @@ def run_task(spec_json: str, preset_json: str) -> TaskResult:
         ]
         for v, _, _, _ in outputs
     ]
-    imager = imaging.CoherentImager(waves, world.optics) if world.optics.focal_mode == "explicit" else None
+    fixed = world.optics.focal_spread_range_nm is None
+    imager = (
+        imaging.CoherentImager(waves, world.optics)
+        if world.optics.focal_mode == "explicit" and fixed
+        else None
+    )
+    optics_rng = np.random.default_rng([seed, 1])  # this task's per-image optics, reproducible
     for df in spec.defocus_nm:
-        stack = imager.images(df) if imager is not None else imaging.envelope_images(waves, df, world.optics)
+        optics = world.optics.draw(optics_rng)
+        vib_A = optics.vibration_pm / 100.0
+        if optics.focal_mode == "explicit":
+            stack = (imager or imaging.CoherentImager(waves, optics)).images(df)
+        else:
+            stack = imaging.envelope_images(waves, df, optics)
         for (v, pixel, dose, records), vtruths in zip(outputs, truths, strict=True):
             if v is None:
                 images = imaging.to_detector(imaging.vibration_blur(stack, extent, vib_A), sp.image_px)
@@ -87,6 +97,8 @@ def run_task(spec_json: str, preset_json: str) -> TaskResult:
                     "defocus_nm": df,
                     "pixel_size_A": pixel,
                     "dose": dose,
+                    "focal_spread_nm": optics.focal_spread_nm,
+                    "vibration_pm": optics.vibration_pm,
                 }
                 records.append(
                     ImageRecord(clean=images[j], meta=meta, columns={**truth, "contrast": contrast})

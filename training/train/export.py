@@ -133,6 +133,8 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
         "dose_e_per_A2": per_area,
         "dose_counts_per_px": dose,
     }
+    if cfg.extra_data:  # the train splits of the same models imaged other ways (TrainConfig.extra_data)
+        training_data["extra_files"] = [str(p) for p in cfg.extra_data]
     return EngineCard(
         name=name or cfg.name,
         architecture=cfg.architecture,

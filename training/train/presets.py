@@ -120,6 +120,41 @@ PAPER_FAST_MIXED: dict[str, Any] = {
 }
 """Fast live engine fine-tuned on both focal models."""
 
+# The same two-focal-model fine-tune for the live / offline engine (the GPU's default and `auto`'s
+# offline pick on a CPU): the 4-scale network continued from its committed weights, ~0.3 s per step of
+# 4 x 208^2 on 2 cores (8000 steps ~ 42 min).
+PAPER_LIVE_MIXED: dict[str, Any] = {
+    **PAPER_LIVE,
+    "name": "sbd-unet4-paper-mixed",
+    "extra_data": ["data/paper-envelope.h5"],
+    "lr": 3e-4,
+    "lr_schedule": "cosine",
+    "init_from": "sbd-unet4-paper",
+    "freeze_norm_after": 0,
+    "max_steps": 8000,
+}
+"""Live / offline engine fine-tuned on both focal models."""
+
+# Both engines once more with a third imaging world: the paper's models imaged with each image's focal
+# spread (2-6 nm) and vibration (0-60 pm) drawn (data/paper-optics.h5, `sbd-train simulate --preset
+# paper-optics`). At the paper's 4 nm / 50 pm alone the engines were no better than a blur in the support of
+# frames made at 2.5 nm / 30 pm (benchmarks/user_abtem.py --focal-spread 25 --vibration-pm 30).
+THREE_WORLDS = ["data/paper-envelope.h5", "data/paper-optics.h5"]
+PAPER_FAST_OPTICS: dict[str, Any] = {
+    **PAPER_FAST_MIXED,
+    "name": "sbd-unet3s2-paper-optics",
+    "extra_data": THREE_WORLDS,
+    "init_from": "sbd-unet3s2-paper-mixed",
+}
+"""Fast live engine fine-tuned on three imaging worlds."""
+PAPER_LIVE_OPTICS: dict[str, Any] = {
+    **PAPER_LIVE_MIXED,
+    "name": "sbd-unet4-paper-optics",
+    "extra_data": THREE_WORLDS,
+    "init_from": "sbd-unet4-paper-mixed",
+}
+"""Live / offline engine fine-tuned on three imaging worlds."""
+
 # The detector engine: 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
 # pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
 # dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
@@ -196,6 +231,9 @@ _TABLE: dict[str, dict[str, Any]] = {
     "paper-fast": PAPER_FAST,
     "paper-fast-equivariant": PAPER_FAST_EQUIVARIANT,
     "paper-fast-mixed": PAPER_FAST_MIXED,
+    "paper-live-mixed": PAPER_LIVE_MIXED,
+    "paper-fast-optics": PAPER_FAST_OPTICS,
+    "paper-live-optics": PAPER_LIVE_OPTICS,
     # The quality engine on the paper's world, for a GPU (the recipe's default): the same field of view
     # (245 px = 59 A), 64 channels (777k parameters, 16x the channel products), trained from scratch.
     "paper-quality": {
