@@ -280,6 +280,8 @@ class SimulatedDataset:
         out: dict[str, Any] = {}
         for name, values in self._meta.items():
             v = values[i]
+            if name in OPTICS_META_FIELDS and not np.isfinite(v):
+                continue  # not recorded for this image (written without per-image optics)
             out[name] = v.decode() if isinstance(v, bytes) else v.item()
         return out
 
