@@ -237,7 +237,7 @@ class Metrics:
         self.record_open_files = Gauge("sbd_record_open_files", "HDF5 recording files open", registry=r)
         for c in ("closed", "refused", "handshake"):
             self.input_disconnects.labels(cause=c)
-        for k in ("size", "shape", "dtype"):
+        for k in ("size", "shape", "dtype", "series_start"):
             self.record_rolls.labels(reason=k)
         for k in ("idle", "max_open", "error"):
             self.record_files_closed.labels(reason=k)

@@ -203,11 +203,18 @@ def encode_frame(
 
 
 def encode_series(
-    topic: bytes, acq: str, ts: float, meta: dict[str, Any] | None = None, n_frames: int | None = None
+    topic: bytes,
+    acq: str,
+    ts: float,
+    meta: dict[str, Any] | None = None,
+    n_frames: int | None = None,
+    exposure_s: float | None = None,
 ) -> list[bytes]:
     if topic not in SERIES_TOPICS:
         raise ValueError(f"not a series topic: {topic!r}")
-    header = SeriesHeader(acq=acq, ts=float(ts), meta=dict(meta or {}), n_frames=n_frames)
+    header = SeriesHeader(
+        acq=acq, ts=float(ts), meta=dict(meta or {}), n_frames=n_frames, exposure_s=exposure_s
+    )
     hdr = _dumps(header.to_json())
     if len(hdr) > MAX_HEADER_BYTES:
         raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")

@@ -144,8 +144,8 @@ def demo(
         result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
     finally:
         tmp.cleanup()
-    if record and record_dir is None:
-        result["lanes"]["complete"]["recording"]["kept"] = False
+    if record:  # the temporary folder is gone; --record-dir keeps the files
+        result["lanes"]["complete"]["recording"]["kept"] = record_dir is not None
     typer.echo(json.dumps(result, indent=2))
     if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
         import os

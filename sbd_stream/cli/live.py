@@ -185,6 +185,11 @@ def replay(
     dose: DosePerArea = None,
     counts_per_px: CountsPerPx = None,
     limit: int | None = typer.Option(None, min=1, help="Stop after this many frames"),
+    wait: float = typer.Option(
+        1.0,
+        min=0,
+        help="--publish: seconds between binding --output and the first message (subscribers join)",
+    ),
     workers: Workers = None,
     live: bool = typer.Option(
         False, "--live/--no-live", help="Replay as the live service would: newest first, skipped completed"
@@ -238,7 +243,8 @@ def replay(
         metrics=False,
     )
     s = settings_from_flags(flags, config)
-    pipe, secs, n = run_replay(s, stages_or_fail(s), file, realtime=realtime, limit=limit)
+    settle = wait if publish else 0.0
+    pipe, secs, n = run_replay(s, stages_or_fail(s), file, realtime=realtime, limit=limit, settle_s=settle)
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)

@@ -11,15 +11,13 @@ With k = sum_R y_i and n = |R| the log-likelihood ratio is (the log y_i! terms c
 
     LLR = k log(lam1 / lam0) - n (lam1 - lam0).
 
-It is the *sum* over the region (not a per-pixel average), as in the paper's product over i in R: a
-larger region is more evidence. Positive: the data prefer "column"; negative: they prefer "vacuum".
-It works for dark columns (lam1 < lam0) as well as bright ones. Everything is in counts per pixel: the
-denoised frame is in the same units as the raw frame.
+It is the *sum* over the region (as in the paper's product over i in R): a larger region is more
+evidence; positive: the data prefer "column", negative: "vacuum"; dark columns (lam1 < lam0) work as
+bright ones. Everything is in counts per pixel, the denoised frame in the raw frame's units.
 
-The fast path here is a handful of device kernels whatever the number of columns: separable Gaussian
-convolutions for the LoG, a max-pool for local maxima, one gather of the disk pixels at every centre
-for the region sums, two scatter-reduces to paint the map. ``tests/likelihood_reference.py`` is the slow,
-explicit version the tests compare against.
+The fast path is a few device kernels whatever the number of columns (separable Gaussians for the LoG,
+a max-pool for maxima, one gather of the disk pixels, two scatter-reduces to paint the map);
+``tests/likelihood_reference.py`` is the slow, explicit version the tests compare against.
 """
 
 from __future__ import annotations
@@ -333,7 +331,11 @@ class LikelihoodStage:
         out = torch.where(torch.isinf(best), torch.zeros((), device=dev), low)
         return out.view(b, h, w)
 
-    # -- everything ---------------------------------------------------------------------------------------
+    def min_side(self, vacuum_given: bool = False) -> int:
+        """Smallest side scored (working px): kernel radius + 1 to mirror-pad, a block to estimate vacuum."""
+        est = not vacuum_given and self.cfg.vacuum_mode is VacuumMode.estimate
+        return max(self.cfg.kernel_radius_px + 1, self.cfg.vacuum_block_px if est else 0)
+
     @torch.no_grad()
     @pinned
     def compute(
@@ -350,9 +352,7 @@ class LikelihoodStage:
             raw, denoised = raw[None], denoised[None]
         if denoised.ndim != 3:
             raise ValueError(f"expected (B, H, W) frames, got {tuple(denoised.shape)}")
-        need = self.cfg.kernel_radius_px + 1  # mirror padding needs it; the estimator needs one block
-        if vacuum is None and self.cfg.vacuum_mode is VacuumMode.estimate:
-            need = max(need, self.cfg.vacuum_block_px)
+        need = self.min_side(vacuum is not None)
         if min(denoised.shape[1:]) < need:
             raise ValueError(f"frames must be at least {need} pixels on a side for these parameters")
         raw = raw.to(self.device)

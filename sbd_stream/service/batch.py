@@ -152,6 +152,7 @@ class BatchStage:
         self.geometry = plan_geometry(detector or DetectorSettings(), denoiser.engine.card, bin_tolerance)
         self.likelihood: LikelihoodStage | None = None
         self.evidence_frames = 0
+        self._warned_small: set[tuple[int, int]] = set()
         if likelihood is not None and likelihood.enabled:
             self.likelihood = LikelihoodStage(likelihood.at_pixel(self.geometry.working_pixel_A), self.device)
             self.evidence_frames = likelihood.evidence_frames
@@ -159,6 +160,19 @@ class BatchStage:
     @property
     def device(self) -> torch.device:
         return self.denoiser.device
+
+    def _small_frames(self, shape: tuple[int, int], working: tuple[int, ...]) -> None:
+        """Say once per frame shape that its frames get no columns (they are still denoised)."""
+        if shape not in self._warned_small:
+            self._warned_small.add(shape)
+            assert self.likelihood is not None
+            log.warning(
+                "frames of %dx%d detector pixels (%dx%d working pixels) are too small to find atomic columns "
+                "in (at least %d working pixels a side): denoised and published with an empty likelihood map",
+                *shape,
+                *working,
+                self.likelihood.min_side(),
+            )
 
     def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """The one host -> device copy of a batch (stacked on the host, sent as one buffer)."""
@@ -219,7 +233,12 @@ class BatchStage:
         t1 = time.perf_counter()
         parts = [den.reshape(-1)]
         n_cols = 0
-        if self.likelihood is not None:
+        if self.likelihood is not None and min(binned.shape[1:]) < self.likelihood.min_side():
+            # too small to find columns in: denoised and published all the same, with an empty map and table
+            self._small_frames((h, w), binned.shape[1:])
+            zeros = torch.zeros(b, device=den.device)
+            parts += [torch.zeros(b * h * w, device=den.device), zeros[:0], zeros, zeros, zeros]
+        elif self.likelihood is not None:
             if ids is not None and self.evidence_frames:
                 plan = evidence_plan([a for a, _ in ids], [q for _, q in ids], self.evidence_frames)
                 scored, rates, used = evidence_counts(pool, den_w, plan[earlier:], offset=earlier)

@@ -258,12 +258,19 @@ def run_replay(
     realtime: bool = False,
     limit: int | None = None,
     metrics: Metrics | None = None,
+    settle_s: float = 0.0,
 ) -> tuple[Pipeline, float, int]:
-    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed)."""
+    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed).
+
+    ``settle_s``: wait this long after the output socket is bound before feeding the first frame, so
+    that subscribers already dialling in are joined (ZeroMQ PUB drops what it sends before a SUB's
+    subscription arrives: they would miss ``series_start`` and the first frames)."""
     from sbd_stream.sources.replay import ReplaySource
 
     pipe = build_pipeline(settings, stage, source=None, metrics=metrics)
     pipe.start()
+    if settle_s > 0:
+        time.sleep(settle_s)
     intake = pipe.intake
 
     def on_frame(frame: Frame) -> None:

@@ -96,7 +96,8 @@ class PublisherSink(Sink):
             if res.likelihood is not None and res.columns is not None:
                 ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
                 meta, table = llr_columns(res.columns[i], ev)
-                pub.publish(TOPIC_LLR, h, res.likelihood[i], meta, table)
+                # the frame's own meta passes through (detector fields, nonfinite_pixels) as on denoised
+                pub.publish(TOPIC_LLR, h, res.likelihood[i], {**h.meta, **meta}, table)
 
     def series_done(self, msg: SeriesMessage) -> None:
         h = msg.header
@@ -125,7 +126,11 @@ class RecorderSink(Sink):
 
     def series_arrived(self, msg: SeriesMessage) -> None:
         if msg.topic != TOPIC_SERIES_END:
-            self.recorder.submit(RecordItem("series_start", msg.header.acq, meta=msg.header.meta))
+            h = msg.header  # what series_start announces at its top level (exposure_s, ...) is metadata too
+            said = {
+                k: v for k in ("exposure_s", "n_frames", "shape", "dtype") if (v := getattr(h, k)) is not None
+            }
+            self.recorder.submit(RecordItem("series_start", h.acq, meta={**said, **h.meta}))
 
     def result(self, res: BatchResult) -> None:
         for i, h in enumerate(res.headers):

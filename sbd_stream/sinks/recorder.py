@@ -232,6 +232,8 @@ class Recorder(BackgroundWorker):
         dataset takes it (a detector's own ``item.chunk`` comes first).
         """
         if item.kind == "series_start":
+            if item.acq in self.files or item.acq in self.previous:  # its next frames open a new part
+                self.metrics.record_rolls.labels(reason="series_start").inc()
             self.close(item.acq)
             self.failed.pop(item.acq, None)
             self.series_meta[item.acq] = item.meta

@@ -282,7 +282,8 @@ class Emulator:
         exposure = period or 0.025
         frames = self.source.frames()
         upcoming = next(frames)  # noise pools are drawn here, before the acquisition's clock starts
-        self._send(encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames))
+        start = encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames, exposure)
+        self._send(start)
         t_next = time.perf_counter()
         for k in range(cfg.n_frames):
             if self.stop_event.is_set():

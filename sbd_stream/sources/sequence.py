@@ -13,7 +13,7 @@ import enum
 
 from sbd_stream.metrics import Metrics
 
-__all__ = ["SeqEvent", "SequenceTracker", "count_sequence_event"]
+__all__ = ["AcquisitionSequences", "SeqEvent", "SequenceTracker", "count_sequence_event"]
 
 
 class SeqEvent(enum.Enum):
@@ -77,6 +77,45 @@ class SequenceTracker:
             return SeqEvent.duplicate, 0
         self._remember(seq)
         return SeqEvent.out_of_order, 0
+
+
+class AcquisitionSequences:
+    """Sequence accounting per acquisition: one ``SequenceTracker`` per acquisition id.
+
+    Two acquisitions interleaved on one stream (two detectors behind one bridge, A0 B0 A1 B1 ...) are
+    each continuous; one tracker for the stream saw every frame as a new acquisition (a restart) and so
+    counted no gap or duplicate at all. The first frame of an acquisition not seen before is a restart
+    when another one is running (as before); going back to a remembered one continues its numbering.
+    The ``max_acqs`` most recently active acquisitions are remembered (each holds its reorder window).
+    """
+
+    def __init__(self, reorder_window: int = 1024, max_acqs: int = 64) -> None:
+        self.window, self.max_acqs = reorder_window, max_acqs
+        self._trackers: collections.OrderedDict[str, SequenceTracker] = collections.OrderedDict()
+
+    @property
+    def running(self) -> bool:
+        """Has any acquisition been seen (started or with frames)?"""
+        return bool(self._trackers)
+
+    def _get(self, acq: str) -> tuple[SequenceTracker, bool]:
+        t = self._trackers.pop(acq, None)
+        fresh = t is None
+        self._trackers[acq] = t = t or SequenceTracker(self.window)  # the most recent last
+        while len(self._trackers) > self.max_acqs:
+            self._trackers.popitem(last=False)
+        return t, fresh
+
+    def start(self, acq: str) -> None:
+        """``series_start``: this acquisition's numbering starts afresh."""
+        self._get(acq)[0].reset(acq)
+
+    def observe(self, acq: str, seq: int) -> tuple[SeqEvent, int]:
+        t, fresh = self._get(acq)
+        event, missing = t.observe(acq, seq)
+        if fresh and len(self._trackers) > 1:
+            return SeqEvent.restart, 0  # a new acquisition beside (or after) another one
+        return event, missing
 
 
 def count_sequence_event(m: Metrics, event: SeqEvent, missing: int) -> bool:

@@ -5,8 +5,8 @@ takes frames from a PUSH sender instead, which is how several ``serve`` instance
 (docs/scale-out-nodes.md): each gets every N-th message, so only one of them sees ``series_start``
 and one ``series_end``, the others record and denoise their frames without (logged once per
 acquisition), and each instance's gap counters include the frames the others took. The only state
-is the continuity tracker: ``series_start`` resets it (a restart when a stream was already running),
-frames are classified by their (acq, seq) pairs and duplicates are dropped.
+is the continuity accounting, per acquisition: ``series_start`` resets its acquisition's (a restart when
+a stream was already running), frames are classified by their (acq, seq) pairs, duplicates dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sbd_stream.config import InputDialect, InputSocket
 from sbd_stream.frames import Frame
 from sbd_stream.protocol import TOPIC_FRAME, TOPIC_SERIES_START, ProtocolError, SeriesMessage, decode
 from sbd_stream.sources.dialect import Emitter, SocketSpec
-from sbd_stream.sources.sequence import SequenceTracker, count_sequence_event
+from sbd_stream.sources.sequence import AcquisitionSequences, count_sequence_event
 
 __all__ = ["WireV1Dialect"]
 
@@ -40,7 +40,7 @@ class WireV1Dialect:
     ) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.emit = emit
-        self.tracker = SequenceTracker()
+        self.tracker = AcquisitionSequences()
         pull = socket_type is InputSocket.pull
         self.socket = SocketSpec(socket_type, PULL_HEARTBEAT_S if pull else None)
         self._known: collections.deque[str] = collections.deque(maxlen=64)  # acqs started or reported
@@ -55,9 +55,9 @@ class WireV1Dialect:
             return
         if isinstance(msg, SeriesMessage):
             if msg.topic == TOPIC_SERIES_START:
-                if self.tracker.acq is not None:
+                if self.tracker.running:
                     m.restarts.inc()
-                self.tracker.reset(msg.header.acq)
+                self.tracker.start(msg.header.acq)
                 if msg.header.acq not in self._known:
                     self._known.append(msg.header.acq)
             self.emit.series(msg)

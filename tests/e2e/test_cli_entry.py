@@ -33,3 +33,22 @@ def test_evidence_frames_turn_likelihood_maps_on_and_refuse_no_likelihood() -> N
 
     res = CliRunner().invoke(app, ["demo", "--frames", "4", "--no-likelihood", "--evidence-frames", "2"])
     assert res.exit_code == 2 and "no-likelihood" in res.output
+
+
+@pytest.mark.timeout(180)
+def test_demo_says_whether_its_recording_was_kept(tmp_path, tiny_engine_dir) -> None:
+    """``lanes.complete.recording.kept``: true with --record-dir (the files are there), false without."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    base = ["demo", "--frames", "6", "--synthetic", "--shape", "64x64", "--rate", "50", "--no-likelihood"]
+    base += ["--model", str(tiny_engine_dir), "--engine", "torch"]
+    for extra, kept in ((["--record-dir", str(tmp_path / "rec")], True), ([], False)):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout[res.stdout.index("{") :])
+        assert summary["lanes"]["complete"]["recording"]["kept"] is kept
+    assert list((tmp_path / "rec").glob("*.nxs"))

@@ -49,6 +49,8 @@ def test_lossless_end_to_end_every_frame_in_order_and_recorded(tmp_path: Path, d
         np.testing.assert_allclose(r.data, ref, rtol=1e-4, atol=1e-4)
     with open_recording(tmp_path / "rec" / f"{emu.cfg.acq}.nxs") as f:
         np.testing.assert_array_equal(f["raw/seq"][:], np.arange(40))
+        # the exposure series_start announces (wire-v1, top level) becomes the NeXus count_time
+        assert f["entry/instrument/detector/count_time"][()] == pytest.approx(1 / 200)
         for q in range(40):
             np.testing.assert_array_equal(f["raw/frames"][q], emu.sent[q])
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(40))
@@ -172,6 +174,37 @@ def test_replay_runs_a_recording_through_the_same_pipeline(tmp_path: Path, denoi
         np.testing.assert_array_equal(f["denoised/seq"][:], np.arange(100, 110))
         ref = denoiser.denoise(torch.from_numpy(np.stack(frames).astype(np.float32))).numpy()
         np.testing.assert_allclose(f["denoised/frames"][:], ref, rtol=1.5e-3, atol=1e-4)  # stored as float16
+
+
+@pytest.mark.timeout(120)
+def test_replay_publishing_waits_for_subscribers_dialling_in(tmp_path: Path, denoiser: Denoiser) -> None:
+    """A viewer started before ``replay --publish`` gets the whole series, series_start first: the replay
+    waits ``settle_s`` after binding before it sends (PUB drops what it sends before a subscription)."""
+    import socket
+
+    from sbd_stream.service.demo import Collector
+    from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+    s = make_settings(tmp_path, "tcp://127.0.0.1:1")
+    s.record.directory = tmp_path / "src"
+    rec = Recorder(s.record, build_pipeline(s, denoiser, source=None).metrics)
+    rec.write(RecordItem("series_start", "orig", meta={"dose": 0.45}))
+    for q in range(6):
+        rec.write(RecordItem("raw", "orig", q, 1000.0 + q * 0.025, np.full((64, 64), q, np.uint16)))
+    rec.close_all()
+    with socket.socket() as probe:  # a free loopback port, so the viewer can dial before the bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s2 = make_settings(tmp_path, "tcp://127.0.0.1:1")
+    s2.publish.endpoint, s2.record.enabled = f"tcp://127.0.0.1:{port}", False
+    col = Collector(f"tcp://127.0.0.1:{port}", context=zmq.Context.instance()).start()
+    try:
+        run_replay(s2, denoiser, tmp_path / "src" / "orig.nxs", settle_s=1.0)
+        assert col.series_end.wait(20)
+    finally:
+        col.close()
+    assert [m.topic for m in col.messages][:1] == [b"series_start"]
+    assert [r.seq for r in col.frames(b"denoised")] == list(range(6))
 
 
 SHIPPED_ENGINE = Path(__file__).resolve().parents[2] / "engines" / DEFAULT_ENGINE
@@ -298,3 +331,10 @@ def test_llr_messages_say_how_many_other_frames_scored_their_columns(
     used = [r.header.meta["evidence_frames"] for r in llr]
     assert set(used[2:]) == {2} and all(0 <= u <= 2 for u in used[:2])
     assert all(r.header.meta["n_columns"] == len(r.header.columns) for r in llr)
+    # the frame's own meta passes through to llr as to denoised, the column keys added beside it
+    den = {r.seq: r.header.meta for r in col.frames(b"denoised")}
+    own = {"n_columns", "columns_fields", "evidence_frames"}
+    assert all(
+        den[r.seq] and {k: v for k, v in r.header.meta.items() if k not in own} == den[r.seq] for r in llr
+    )
+    assert all(r.header.meta["columns_fields"] == ["row", "col", "llr", "region_mean"] for r in llr)

@@ -249,3 +249,23 @@ def test_settings_pick_the_dialect_and_its_socket() -> None:
         IngestSettings.model_validate({"input": {"dialect": "wire-v1", "series_timeout_s": 5.0}})
     with pytest.raises(ValueError, match="dialect"):
         IngestSettings.model_validate({"input": {"dialect": "dectris-stream-v3"}})
+
+
+def test_interleaved_acquisitions_are_each_accounted_on_their_own() -> None:
+    """Two acquisitions on one stream (A0 B0 A1 B1 ...): one restart for the second acquisition, then the
+    gaps and duplicates of each are seen as in a stream of its own."""
+    from sbd_stream.sources.sequence import AcquisitionSequences
+
+    t = AcquisitionSequences(reorder_window=16)
+    events = [t.observe(acq, seq) for seq in range(3) for acq in ("a", "b")]
+    assert events[1] == (SeqEvent.restart, 0) and events.count((SeqEvent.ok, 0)) == 5
+    assert t.observe("a", 5) == (SeqEvent.gap, 2)  # a: 2, then 5
+    assert t.observe("b", 3) == (SeqEvent.ok, 0)  # b goes on where it was
+    assert t.observe("b", 3) == (SeqEvent.duplicate, 0)
+    assert t.observe("a", 4) == (SeqEvent.out_of_order, 0)
+    t.start("a")  # series_start of a: its numbering starts afresh, b's is kept
+    assert t.observe("a", 0) == (SeqEvent.ok, 0) and t.observe("b", 4) == (SeqEvent.ok, 0)
+    # only the most recent acquisitions are remembered: a forgotten one comes back as a restart
+    small = AcquisitionSequences(max_acqs=2)
+    assert [small.observe(a, 0)[0] for a in ("x", "y", "z", "x")] == [SeqEvent.ok] + [SeqEvent.restart] * 3
+    assert small.observe("z", 1) == (SeqEvent.ok, 0)

@@ -211,3 +211,18 @@ def test_a_part_is_laid_out_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyt
     with open_recording(tmp_path / "b.nxs") as f:
         assert {"frames", "frame", "time", "seq", "ts", "complete"} <= set(f["entry/raw"])
         assert len(f["raw/complete"]) == 0
+
+
+def test_a_new_series_start_of_a_recorded_acquisition_rolls_to_a_new_part(tmp_path: Path) -> None:
+    rec, m = _rec(tmp_path)
+    rec.write(RecordItem("series_start", "a", meta={}))  # the first start opens nothing: no roll
+    for seq in range(2):
+        rec.write(_raw("a", seq, np.full((4, 4), seq, np.uint16)))
+    rec.write(RecordItem("series_start", "a", meta={"again": True}))  # the series starts over
+    rec.write(_raw("a", 0, np.full((4, 4), 9, np.uint16)))
+    rec.close_all()
+    assert m.value("sbd_record_rolls_total", {"reason": "series_start"}) == 1
+    with open_recording(tmp_path / "a.nxs") as f:
+        assert list(f["raw/seq"]) == [0, 1]
+    with open_recording(tmp_path / "a_0001.nxs") as f:
+        assert list(f["raw/seq"]) == [0] and f["raw/frames"][0, 0, 0] == 9

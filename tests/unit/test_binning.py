@@ -139,3 +139,33 @@ def test_cpu_stages_upsample_bilinear_and_offline_bicubic_by_default(binning_eng
     assert BatchStage(den, upsample="bicubic").upsample == "bicubic"
     with pytest.raises(ValueError, match="bicubic or bilinear"):
         unbin(torch.ones(1, 4, 4), 2, (8, 8), "nearest")
+
+
+def test_frames_too_small_for_columns_are_denoised_with_an_empty_map(
+    binning_engine_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At bin 4 a 64 x 64 frame is 16 working pixels a side, under the column finder's minimum: it used to
+    fail the whole batch (nothing published); now it is denoised, with no columns, and said once."""
+    from sbd_stream.config import DetectorSettings, LikelihoodSettings
+    from sbd_stream.engines.denoiser import Denoiser
+    from sbd_stream.frames import Frame
+    from sbd_stream.protocol import FrameHeader
+    from sbd_stream.service.batch import BatchStage
+
+    def frames(side: int, n: int) -> list[Frame]:
+        data = [rng.poisson(0.45, (side, side)).astype(np.uint16) for _ in range(n)]
+        return [Frame(FrameHeader("a", i, 0.0, (side, side), "uint16"), d) for i, d in enumerate(data)]
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    stage = BatchStage(den, DetectorSettings(pixel_size_A=0.06), LikelihoodSettings(enabled=True))
+    assert stage.geometry.bin == 4 and stage.likelihood is not None
+    assert stage.likelihood.min_side() > 16
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        res = stage.process(frames(64, 3))
+        assert res.denoised.shape == (3, 64, 64) and np.isfinite(res.denoised).all()
+        assert res.likelihood is not None and not res.likelihood.any()
+        assert res.columns is not None and [len(c) for c in res.columns] == [0, 0, 0]
+    assert sum("too small to find atomic columns" in r.getMessage() for r in caplog.records) == 1
+    big = stage.process(frames(256, 1))  # large frames: columns scored
+    assert big.likelihood is not None and big.columns is not None and big.vacuum is not None
