@@ -90,23 +90,26 @@ def paper_optics_world_check() -> str:
 def paper_images() -> str:
     """``sbd-train evaluate-images`` on the paper's four released clean images: paper_images.json (the
     offline path: the engine averaged over 8 orientations), beside it the live lanes (one orientation:
-    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper-optics.json, the fast
-    engine a CPU's live lane runs) and the engines before (paper_images_sbd-unet4-paper.json,
-    paper_images_sbd-unet4-detector.json) where they exist."""
+    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper-twins.json, the fast
+    engine a CPU's live lane runs) and the engines before (paper_images_sbd-unet4-paper-optics.json,
+    paper_images_sbd-unet4-paper.json) where they exist."""
     d = load("paper_images.json")
     extra = [
         (label, load(name))
         for label, name in (
             ("live on a GPU: same engine, 1 orientation", "paper_images_live.json"),
             (
-                "live on a CPU: sbd-unet3s2-paper-optics, 1 orientation",
-                "paper_images_sbd-unet3s2-paper-optics.json",
+                "live on a CPU: sbd-unet3s2-paper-twins, 1 orientation",
+                "paper_images_sbd-unet3s2-paper-twins.json",
+            ),
+            (
+                "before twinned particles: sbd-unet4-paper-optics, 8 orientations",
+                "paper_images_sbd-unet4-paper-optics.json",
             ),
             (
                 "before the imaging worlds: sbd-unet4-paper, 8 orientations",
                 "paper_images_sbd-unet4-paper.json",
             ),
-            ("previous engine (flips only: 2 orientations)", "paper_images_sbd-unet4-detector.json"),
         )
         if (RESULTS / name).is_file()
     ]
@@ -220,20 +223,65 @@ def table_3_1_paper() -> str:
     return "\n".join(lines)
 
 
+TWINS_CHECKS = (
+    ("`paper` test models (fcc, explicit focal averaging)", "table_5_1_paper-twins-paper-check.json"),
+    ("`paper-optics` test models (drawn optics)", "table_5_1_paper-twins-optics-check.json"),
+    ("`paper-twins` test models (decahedra, icosahedra)", "table_5_1_paper-twins-world-check.json"),
+)
+
+
+def twins_checks() -> str:
+    """The engines fine-tuned with twinned particles against the ones before, on the held-out test models of
+    three worlds (``sbd-train evaluate-detector --world paper-twins-*-check``, one engine call per frame):
+    table_5_1_paper-twins-{paper,optics,world}-check.json. One row per (test set, method)."""
+    head = [
+        "| test frames | method | whole | vacuum | support | particle | pairs below the tuned low-pass "
+        "| smallest margin support / particle |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines, commands = [], []
+    for label, name in TWINS_CHECKS:
+        if not (RESULTS / name).is_file():
+            continue
+        d = load(name)
+        n_models = len(d["test_structures"])
+        commands.append(f"{source(d, name)}; {d['test_images']} frames of {n_models} models)")
+        losses = d.get("region_losses_vs_low_pass") or {}
+        for r in d["rows"]:
+            if r.get("kind") not in ("sbd", "classical") or r["method"] == "Raw":
+                continue
+            m = r["metrics"]
+            cells = [pm(m, k, 2, False) for k in REGION_KEYS]
+            v = losses.get(r["method"])
+            below = "-" if v is None else f"{len(v['losses'])} of {v['images_compared']}"
+            mins = "-"
+            if v is not None:
+                mm = v["min_margin_dB"]
+                mins = f"{mm['region_support_paper_psnr']:+.1f} / {mm['region_particle_paper_psnr']:+.1f}"
+            lines.append(f"| {label} | {method_label(r)} | " + " | ".join(cells) + f" | {below} | {mins} |")
+    intro = (
+        "; ".join(commands) + ". Paper PSNR in dB at 0.060 A, 0.45 counts/px, mean over frames; the low-pass "
+        "width tuned on each world's validation models; (frame, region) pairs below it:"
+    )
+    return "\n".join([intro, "", *head, *lines])
+
+
 USER_ABTEM = (
-    ("SBD offline: sbd-unet4-paper-optics, 8 orientations", "user_abtem_unet4_optics.json"),
-    ("live on a CPU: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_fast_optics.json"),
+    ("SBD offline: sbd-unet4-paper-twins, 8 orientations", "user_abtem_unet4_twins.json"),
+    ("live on a CPU: sbd-unet3s2-paper-twins, 1 orientation", "user_abtem_fast_twins.json"),
+    ("before twinned particles: sbd-unet4-paper-optics, 8 orientations", "user_abtem_unet4_optics.json"),
+    ("sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_fast_optics.json"),
     ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem.json"),
-    ("sbd-unet4-paper-mixed (two focal models), 1 orientation", "user_abtem_mixed_live.json"),
-    ("sbd-unet3s2-paper-mixed (two focal models), 1 orientation", "user_abtem_fast_mixed.json"),
-    ("sbd-unet3s2-paper, 1 orientation", "user_abtem_fast.json"),
 )
 USER_ABTEM_OPTICS = (
-    ("SBD offline: sbd-unet4-paper-optics, 8 orientations", "user_abtem_optics_unet4_optics.json"),
-    ("live on a CPU: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_optics_fast_optics.json"),
+    ("SBD offline: sbd-unet4-paper-twins, 8 orientations", "user_abtem_optics_unet4_twins.json"),
+    ("live on a CPU: sbd-unet3s2-paper-twins, 1 orientation", "user_abtem_optics_fast_twins.json"),
+    (
+        "before twinned particles: sbd-unet4-paper-optics, 8 orientations",
+        "user_abtem_optics_unet4_optics.json",
+    ),
+    ("sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_optics_fast_optics.json"),
     ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem_optics_unet4.json"),
-    ("sbd-unet4-paper-mixed (two focal models), 8 orientations", "user_abtem_optics_unet4_mixed.json"),
-    ("sbd-unet3s2-paper-mixed (two focal models), 1 orientation", "user_abtem_optics_fast_mixed.json"),
 )
 
 
@@ -279,6 +327,17 @@ def _user_table(spec: tuple[tuple[str, str], ...], frames_name: str) -> str:
                 lp = [r["low_pass_oracle"][k]["paper_psnr"] for r in sel]
                 cells = [cell([r for r in d["rows"] if optics[r["image"]] == g], k) for _, d, _ in runs]
                 lines.append(f"| {k}, {g} | {sum(lp) / len(lp):.2f} | " + " | ".join(cells) + " |")
+    # the particle region by kind of particle: single crystals against five-fold twins
+    kind = {f["name"]: f.get("particle", "?") for f in frames}
+    kinds = sorted(set(kind.values()))
+    if len(kinds) > 1:
+        for kd in kinds:
+            sel = [r for r in first["rows"] if kind[r["image"]] == kd]
+            lp = [r["low_pass_oracle"]["particle"]["paper_psnr"] for r in sel]
+            cells = [cell([r for r in d["rows"] if kind[r["image"]] == kd], "particle") for _, d, _ in runs]
+            lines.append(
+                f"| particle, {kd} ({len(sel)}) | {sum(lp) / len(lp):.2f} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -293,3 +352,17 @@ def user_abtem_optics() -> str:
     (``python -m benchmarks.user_abtem --focal-spread 25 --vibration-pm 30`` and ``--focal-spread 60
     --vibration-pm 0``, merged; user_abtem_optics_frames.json): user_abtem_optics_*.json."""
     return _user_table(USER_ABTEM_OPTICS, "user_abtem_optics_frames.json")
+
+
+USER_ABTEM_TWINS = (
+    ("SBD offline: sbd-unet4-paper-twins, 8 orientations", "user_abtem_twins_unet4_twins.json"),
+    ("live on a CPU: sbd-unet3s2-paper-twins, 1 orientation", "user_abtem_twins_fast_twins.json"),
+    ("before: sbd-unet4-paper-optics, 8 orientations", "user_abtem_twins_unet4_optics.json"),
+    ("before: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_twins_fast_optics.json"),
+)
+
+
+def user_abtem_twins() -> str:
+    """The same user's frames with twinned particles only (``python -m benchmarks.user_abtem --particles
+    decahedron,icosahedron``, two optics; user_abtem_twins_frames.json): user_abtem_twins_*.json."""
+    return _user_table(USER_ABTEM_TWINS, "user_abtem_twins_frames.json")

@@ -33,6 +33,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "paper_optics_check": paper.paper_optics_check,
     "paper_optics_world_check": paper.paper_optics_world_check,
     "user_abtem_optics": paper.user_abtem_optics,
+    "twins_checks": paper.twins_checks,
+    "user_abtem_twins": paper.user_abtem_twins,
     "dose_curve_paper": paper.dose_curve_paper,
     "compute_trend": paper.compute_trend,
     "table_3_1_paper": paper.table_3_1_paper,

@@ -91,13 +91,16 @@ def particle(kind: str, rng: np.random.Generator):
     return p
 
 
-def specimen(rng: np.random.Generator) -> tuple[object, dict]:
+PARTICLE_KINDS = ("octahedron", "truncated-octahedron", "decahedron", "icosahedron")
+
+
+def specimen(rng: np.random.Generator, kinds: tuple[str, ...] = PARTICLE_KINDS) -> tuple[object, dict]:
     from ase import Atoms
 
     trilayers = int(rng.integers(6, 11))  # 2 of them (MARGIN_A) fall below the field
     n_z = int(rng.integers(4, 8))  # 30.6-53.6 A along the beam: the paper's 3-6 nm
     slab = support(4, trilayers, n_z, rng)
-    kind = str(rng.choice(["octahedron", "truncated-octahedron", "decahedron", "icosahedron"]))
+    kind = str(rng.choice(list(kinds)))
     pt = particle(kind, rng)
     width, depth = slab.cell[0, 0], slab.cell[2, 2]
     height = width  # a square field
@@ -200,7 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--focal-spread", type=float, default=40.0, help="focal spread, 1/e half-width in A")
     ap.add_argument("--vibration-pm", type=float, default=50.0, help="RMS image vibration per axis; 0: none")
+    ap.add_argument(
+        "--particles",
+        default=",".join(PARTICLE_KINDS),
+        help="comma-separated particle kinds to draw from (" + ", ".join(PARTICLE_KINDS) + ")",
+    )
     args = ap.parse_args(argv)
+    kinds = tuple(k.strip() for k in args.particles.split(",") if k.strip())
+    if not kinds or set(kinds) - set(PARTICLE_KINDS):
+        ap.error(f"--particles: choose from {', '.join(PARTICLE_KINDS)}")
 
     import abtem
 
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = []
     pixel = 53.0 / args.gpts
     for s in range(args.specimens):
-        atoms, meta = specimen(rng)
+        atoms, meta = specimen(rng, kinds)
         axis = int(rng.integers(0, 2))
         tilt = [0.0, 0.0]
         tilt[axis] = float(np.deg2rad(rng.uniform(1.0, 3.0)) * 1e3 * rng.choice([-1, 1]))

@@ -22,12 +22,13 @@ from sbd_stream.compute.normalisation import Normalisation
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
-DEFAULT_ENGINE = "sbd-unet4-paper-optics"
+DEFAULT_ENGINE = "sbd-unet4-paper-twins"
 """The shipped live engine: 0.24 A working pixel (the paper's 0.060 A detector binned 4 x 4), 125 e/A^2,
 trained on the paper's world (support up to half a 5 x 5 nm field, all 8 orientations), then on the same
 models imaged three ways: explicit focal averaging, abTEM's envelope, and drawn focal spreads (2-6 nm) and
-vibrations (0-60 pm) (docs/training.md, "Three imaging worlds"). ``sbd-unet4-paper`` is the same network
-before those fine-tunes."""
+vibrations (0-60 pm) (docs/training.md, "Three imaging worlds"), then with five-fold twinned particles
+added (docs/training.md, "Twinned particles"). ``sbd-unet4-paper`` is the same network before those
+fine-tunes, ``sbd-unet4-paper-optics`` before the last."""
 
 
 class TilingDefaults(BaseModel):
@@ -113,12 +114,12 @@ def default_engine_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "engines"
 
 
-FAST_ENGINE = "sbd-unet3s2-paper-optics"
+FAST_ENGINE = "sbd-unet3s2-paper-twins"
 """The fast live engine: the default's network on 2 x 2 pixel blocks (``space_to_depth`` 2), ~2.5x the
 batch stage's frames/s on a CPU for ~0.6 dB less (docs/training.md, "Fast live engine"), fine-tuned on the
-same three imaging worlds as the default (docs/training.md, "Two focal models", "Three imaging worlds");
-the live service's engine on a CPU (``live_engine``). ``sbd-unet3s2-paper`` is the same network before
-those fine-tunes, ``sbd-unet3s2-paper-mixed`` after the first."""
+same worlds as the default (docs/training.md, "Two focal models", "Three imaging worlds", "Twinned
+particles"); the live service's engine on a CPU (``live_engine``). ``sbd-unet3s2-paper`` is the same
+network before those fine-tunes, ``sbd-unet3s2-paper-optics`` before the last."""
 
 QUALITY_ENGINE = "sbd-unet4x64-paper"
 """The quality engine: the same 59 A field of view as the live one, 64 channels (16x its channel

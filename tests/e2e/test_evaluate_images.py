@@ -65,5 +65,7 @@ def test_evaluate_images_command_writes_table_and_figure(tmp_path: Path) -> None
     s = data["summary"]
     for region in ("whole", "support", "particle"):
         assert s[region]["sbd_mean"] > s[region]["low_pass_mean"] + 1.0, (region, s[region])
+    for row in data["rows"]:  # the working pixel's ceiling: the clean frame binned and back, far above
+        assert row["binning_ceiling"]["support"] > row["sbd"]["support"] + 5.0, row["binning_ceiling"]
     assert (out / "evaluate_images.png").stat().st_size > 10_000
     assert "| mean | SBD | low-pass |" in (out / "evaluate_images.md").read_text()

@@ -75,10 +75,12 @@ def test_extra_worlds_join_training_and_the_completeness_check(tmp_path: Path) -
     assert train_config(cfg, "cpu").extra_data == [
         tmp_path / "p.paper-envelope.h5",
         tmp_path / "p.paper-optics.h5",
+        tmp_path / "p.paper-twins.h5",
     ]
-    status = simulation_status(cfg)  # 3 worlds, each with its 0.060 A test split
-    assert not status["complete"] and len(status["files"]) == 6
+    status = simulation_status(cfg)  # 4 worlds, each with its 0.060 A test split
+    assert not status["complete"] and len(status["files"]) == 8
     assert str(tmp_path / "p.paper-optics-test60pm.h5") in status["files"]
+    assert str(tmp_path / "p.paper-twins-test60pm.h5") in status["files"]
     assert train_config(cfg.model_copy(update={"extra_worlds": []}), "cpu").extra_data == []
 
 

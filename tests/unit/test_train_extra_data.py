@@ -59,21 +59,26 @@ def test_an_extra_set_at_another_dose_is_refused(tmp_path: Path) -> None:
 
 
 def test_presets_train_on_worlds_of_the_same_models_dose_and_pixel() -> None:
-    """Every preset that adds sets names worlds that image the data world's models (same seed, so the same
-    splits: no test model of one world is a training model of another) at its dose and pixel."""
-    from training.sim.worlds import WORLDS
+    """Every preset that adds sets names worlds at the data world's dose and pixel that either image its
+    models (same seed, so the same splits: no test model of one world is a training model of another) in
+    another imaging model, or hold models of their own (no structure shared with the data world)."""
+    from training.sim.worlds import WORLDS, plan
     from training.train.presets import TRAINING_PRESETS, preset_config
 
     mixed = [name for name in TRAINING_PRESETS if preset_config(name).extra_data]
-    assert {"paper-fast-mixed", "paper-live-mixed", "paper-fast-optics", "paper-live-optics"} <= set(mixed)
+    expected = {"paper-fast-mixed", "paper-live-mixed", "paper-fast-optics", "paper-live-optics"}
+    assert expected | {"paper-fast-twins", "paper-live-twins"} <= set(mixed)
     for name in mixed:
         cfg = preset_config(name)
         base = WORLDS[cfg.data.stem]
+        base_ids = {t.structure.structure_id for t in plan(base)}
         for extra in cfg.extra_data:
             w = WORLDS[extra.stem]
-            assert (w.seed, w.n_structures) == (base.seed, base.n_structures), (name, extra)
             assert (w.pixel_size_A(), w.dose) == (base.pixel_size_A(), base.dose), (name, extra)
-            assert w.optics != base.optics  # another imaging model, else it is the same data twice
+            if (w.seed, w.n_structures) == (base.seed, base.n_structures):
+                assert w.optics != base.optics  # another imaging model, else it is the same data twice
+            else:  # models of its own: none may be one of the data world's (its test models above all)
+                assert not base_ids & {t.structure.structure_id for t in plan(w)}, (name, extra)
 
 
 def test_the_card_names_every_set_trained_on() -> None:
@@ -84,3 +89,25 @@ def test_the_card_names_every_set_trained_on() -> None:
     assert card.training_data["file"] == "data/paper.h5"
     assert card.training_data["extra_files"] == ["data/paper-optics.h5"]
     assert "extra_files" not in card_for_run(TrainConfig(), {"dose": 7.2, "pixel_size_A": 0.24}).training_data
+    assert "extra_weights" not in card.training_data
+    weighted = cfg.model_copy(update={"extra_data_weights": [2.0]})
+    assert card_for_run(weighted, {"dose": 7.2, "pixel_size_A": 0.24}).training_data["extra_weights"] == [2.0]
+
+
+def test_extra_set_weights_set_how_often_its_images_are_drawn(tmp_path: Path) -> None:
+    _set(tmp_path / "a.h5", 0.0)
+    _set(tmp_path / "b.h5", 100.0)
+    base = TrainConfig(data=tmp_path / "a.h5", extra_data=[tmp_path / "b.h5"])
+    uniform = TrainData(base)
+    assert uniform.draw_p is None  # no weights: drawn exactly as runs before weights existed
+    rng = np.random.default_rng(0)
+    assert np.array_equal(uniform.draw(rng, 5), np.random.default_rng(0).integers(uniform.n_train, size=5))
+    heavy = TrainData(base.model_copy(update={"extra_data_weights": [3.0]}))
+    which = heavy.draw(np.random.default_rng(1), 4000)
+    from_b = (heavy.images(which, torch.device("cpu"))[:, 0, 0] >= 100).float().mean().item()
+    n_a = sum(f == 0 for f, _ in heavy._sources)
+    n_b = heavy.n_train - n_a
+    expected = 3 * n_b / (n_a + 3 * n_b)
+    assert abs(from_b - expected) < 0.03 and from_b > 0.6  # 3x as often per image as a's
+    with pytest.raises(ValueError, match="extra_data_weights"):
+        TrainData(base.model_copy(update={"extra_data_weights": [1.0, 2.0]}))

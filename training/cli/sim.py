@@ -9,7 +9,9 @@ import typer
 
 def simulate(
     preset: str = typer.Option(
-        "mini", help="tiny | mini | detector | paper | paper-envelope | paper-optics (see docs/simulation.md)"
+        "mini",
+        help="tiny | mini | detector | paper | paper-envelope | paper-optics | paper-twins "
+        "(see docs/simulation.md)",
     ),
     out: Path = typer.Option(Path("data/mini.h5"), help="HDF5 file; an existing one is resumed"),
     scheduler: str | None = typer.Option(

@@ -12,11 +12,14 @@ from training.cli.common import export_engine
 def train(
     preset: str = typer.Option(
         "default",
-        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-live-mixed|paper-fast-optics|paper-live-optics|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
+        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-live-mixed|paper-fast-optics|paper-live-optics|paper-fast-twins|paper-live-twins|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
     ),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
     extra_data: list[Path] = typer.Option(
         [], "--extra-data", help="another simulated set whose train split joins training (repeatable)"
+    ),
+    extra_data_weight: list[float] = typer.Option(
+        [], "--extra-data-weight", help="per --extra-data set: how often its images are drawn (default 1)"
     ),
     seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),
     name: str | None = typer.Option(None, help="run name (runs/<name>)"),
@@ -47,6 +50,7 @@ def train(
         preset,
         data=data and str(data),
         extra_data=[str(p) for p in extra_data] or None,
+        extra_data_weights=list(extra_data_weight) or None,
         seed=seed,
         name=name,
         out_dir=out_dir and str(out_dir),
@@ -108,9 +112,9 @@ def gpu_recipe(
     sim_preset: str = typer.Option("paper", help="simulation world (the paper's)"),
     images: int | None = typer.Option(None, min=1, help="scale the simulated set to ~this many images"),
     extra_worlds: str = typer.Option(
-        "paper-envelope,paper-optics",
-        help="more imaging worlds of the same models, simulated beside --data (<stem>.<world>.h5) and "
-        "trained on with it; comma-separated, '' for none",
+        "paper-envelope,paper-optics,paper-twins",
+        help="more worlds (the same models imaged other ways; twinned particles), simulated beside --data "
+        "(<stem>.<world>.h5) and trained on with it; comma-separated, '' for none",
     ),
     workers: int | None = typer.Option(None, min=1, help="Dask workers (default: all cores)"),
     train_preset: str = typer.Option("paper-quality", help="training preset (the quality engine)"),

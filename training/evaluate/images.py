@@ -122,6 +122,18 @@ def oracle_low_pass(
     return best
 
 
+def binning_ceiling(clean: np.ndarray, regions: np.ndarray, k: int) -> dict[str, float]:
+    """Paper PSNR per region of the clean frame summed over k x k pixels and brought back as the service
+    does (bicubic): the most any engine at that working pixel could score. Far above an engine's score,
+    it says the working pixel is not what limits it."""
+    import torch
+
+    from sbd_stream.compute.binning import bin_counts, unbin
+
+    t = torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))[None]
+    return region_psnrs(clean, unbin(bin_counts(t, k), k, clean.shape, "bicubic")[0].numpy(), regions)
+
+
 def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
     from sbd_stream.engines.card import default_engine_root, offline_engine
     from training.evaluate.detector import sbd_detector_method
@@ -146,6 +158,8 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
             dt = time.perf_counter() - t0
             sbd = region_psnrs(clean, den, regions)
             lp = oracle_low_pass(clean, noisy, regions, sigmas_px)
+            if d == 0:  # what the engine's working pixel can carry at all: the clean frame binned and back
+                ceiling = binning_ceiling(clean, regions, int(info["geometry"]["bin"]))
             rows.append(
                 {
                     "image": name,
@@ -155,6 +169,7 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
                     "sbd": sbd,
                     "low_pass_oracle": lp,
                     "margin_dB": {k: sbd[k] - lp[k]["paper_psnr"] for k in lp if np.isfinite(sbd[k])},
+                    "binning_ceiling": ceiling,
                     "seconds": dt,
                 }
             )

@@ -63,9 +63,10 @@ class RecipeConfig(BaseModel):
     test: Path | None = Field(None, description="test split at the detector's sampling (the preset's)")
     images: int | None = Field(None, gt=0, description="scale the preset's structure count to ~this many")
     extra_worlds: list[str] = Field(
-        default_factory=lambda: ["paper-envelope", "paper-optics"],
-        description="the same models imaged other ways (abTEM's focal envelope; drawn focal spread and "
-        "vibration), simulated beside --data as <stem>.<world>.h5 and trained on with it",
+        default_factory=lambda: ["paper-envelope", "paper-optics", "paper-twins"],
+        description="more worlds simulated beside --data as <stem>.<world>.h5 and trained on with it: the "
+        "same models imaged other ways (abTEM's focal envelope; drawn focal spread and vibration) and "
+        "five-fold twinned particles (paper-twins)",
     )
     workers: int | None = Field(None, ge=1, description="local Dask workers (default: all cores)")
     scheduler: str | None = None

@@ -134,8 +134,8 @@ class SimulatedDatasetWriter:
         have = tuple(int(v) for v in self._f.attrs["image_shape"])
         if have != shape:
             raise ValueError(f"{self.path} holds {have} images, cannot append {shape}")
-        old = json.loads(self._f.attrs.get("config_json", "{}"))
-        new = json.loads(json.dumps(attrs, sort_keys=True, default=str))
+        old = _normalised(json.loads(self._f.attrs.get("config_json", "{}")))
+        new = _normalised(json.loads(json.dumps(attrs, sort_keys=True, default=str)))
         if attrs and old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ValueError(f"{self.path} was made with other settings ({', '.join(diff)}); use a new file")
@@ -351,3 +351,19 @@ class SimulatedDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _normalised(config: dict[str, Any]) -> dict[str, Any]:
+    """The stored world read back with today's defaults: a file made before a world field existed (e.g.
+    ``particle_shapes``, per-image optics ranges) holds the same world as one that states the default,
+    so it still resumes."""
+    raw = config.get("preset_json")
+    if not raw:
+        return config
+    from training.sim.worlds import World
+
+    try:
+        world = World.model_validate_json(raw).model_dump(mode="json")
+    except ValueError:
+        return config
+    return config | {"preset_json": world}

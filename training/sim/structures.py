@@ -36,6 +36,15 @@ class ParticleClass(StrEnum):
     PtNp4 = "PtNp4"
 
 
+class ParticleShape(StrEnum):
+    """fcc: the paper's faceted single crystals; decahedron / icosahedron: five-fold twinned particles
+    (training/sim/twinned.py), which the paper's world does not hold."""
+
+    fcc = "fcc"
+    decahedron = "decahedron"
+    icosahedron = "icosahedron"
+
+
 class DefectClass(StrEnum):
     """Fig. A.5: none, one / two columns removed, one column at half occupancy, one single atom."""
 
@@ -61,6 +70,9 @@ class StructureParams(BaseModel):
     particle_class: ParticleClass
     defect_class: DefectClass
     seed: int
+    particle_shape: ParticleShape = Field(
+        ParticleShape.fcc, description="fcc (the paper's), or a twinned particle of the class's size"
+    )
     cell_periods_x: int = Field(6, ge=2, description="cell width in units of a_CeO2*sqrt(6)/2 = 6.627 A")
     support_trilayers: int = Field(4, ge=1, description="O-Ce-O trilayers of the support (3.124 A each)")
     r111: float = Field(description="centre to {111} facets (A)")
@@ -103,6 +115,7 @@ def make_params(
     cell_periods_x: int = 6,
     support_trilayers: int = 4,
     variation: SupportVariation | None = None,
+    shape: ParticleShape = ParticleShape.fcc,
 ) -> StructureParams:
     """Seeded jitter of shape and placement, so structures of one class still differ.
 
@@ -118,6 +131,8 @@ def make_params(
         d111 = A_CEO2 / math.sqrt(3)
         n = int(vr.integers(variation.trilayers[0], variation.trilayers[1] + 1))
         height = 2.0 * r111  # the particle's extent along [111] is at most 2 r111
+        if shape != ParticleShape.fcc:
+            height += 3.0  # a twinned particle's size steps by one shell (~2.8 A) around 2 r111
         while n > 1 and (n - 0.5) * d111 + 1.0 + 0.5 * d111 + PT_CEO2_GAP + height > cell - 4.0:
             n -= 1
         step = int(vr.integers(1, 3)) if vr.uniform() < variation.step_prob and n >= 4 else 0
@@ -128,11 +143,13 @@ def make_params(
             "support_vacancies": int(vr.integers(0, variation.max_vacancies + 1)),
             "particle_x_frac": float(vr.uniform(*variation.particle_x)),
         }
+    tag = "" if shape == ParticleShape.fcc else f"{shape.value}-"
     params = StructureParams(
-        structure_id=f"s{index:03d}-{particle_class.value}-{defect_class.value}",
+        structure_id=f"s{index:03d}-{tag}{particle_class.value}-{defect_class.value}",
         particle_class=particle_class,
         defect_class=defect_class,
         seed=int(rng.integers(2**31)),
+        particle_shape=shape,
         cell_periods_x=cell_periods_x,
         support_trilayers=support_trilayers,
         r111=float(r111),
@@ -238,7 +255,16 @@ def _surface_defects(
 
 
 def particle(params: StructureParams, y_base: float) -> np.ndarray:
-    """Faceted Pt particle: fcc atoms inside {111} and {100} planes, truncated by the interface facet."""
+    """Faceted Pt particle: fcc atoms inside {111} and {100} planes, truncated by the interface facet;
+    or a twinned particle of the same size (``particle_shape``)."""
+    if params.particle_shape != ParticleShape.fcc:
+        from training.sim.twinned import twinned_particle
+
+        x_c = params.particle_x_frac * params.cell_x
+        pos, _ = twinned_particle(
+            params.particle_shape.value, params.r111, params.seed, params.base_ratio, x_c, y_base
+        )
+        return pos
     r111, r100 = params.r111, params.r111 * params.r100_ratio
     base = params.base_ratio * r111
     span = np.full(3, max(r111, r100) * 1.8)

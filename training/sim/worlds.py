@@ -17,7 +17,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from training.sim.imaging import Optics, Sampling, View
 from training.sim.splits import SplitSpec
-from training.sim.structures import DefectClass, ParticleClass, StructureParams, SupportVariation
+from training.sim.structures import (
+    DefectClass,
+    ParticleClass,
+    ParticleShape,
+    StructureParams,
+    SupportVariation,
+)
 
 NONZERO_TILTS = [(float(t), 0.0) for t in range(1, 5)] + [(0.0, float(t)) for t in range(1, 5)]
 ALL_TILTS = [(0.0, 0.0), *NONZERO_TILTS]
@@ -32,6 +38,9 @@ class World(BaseModel):
     n_structures: int = Field(ge=1)
     particle_classes: list[ParticleClass]
     defect_classes: list[DefectClass] = list(DefectClass)
+    particle_shapes: list[ParticleShape] = Field(
+        [ParticleShape.fcc], description="cycled after classes and defects: fcc, decahedron, icosahedron"
+    )
     cell_periods_x: int = 6
     support_trilayers: int = 4
     support_variation: SupportVariation | None = Field(
@@ -163,6 +172,19 @@ WORLDS["paper-optics"] = WORLDS["paper"].model_copy(
         "extra_tilts_per_structure": 0,
     }
 )
+# Five-fold twinned particles (decahedra, icosahedra; training/sim/twinned.py) of the paper's four sizes on
+# the paper's varied support, imaged as paper-optics images (drawn focal spread and vibration), 64 models of
+# their own (another seed: no model shared with the paper's splits). The paper's world holds fcc particles
+# only; engines trained on it were no better than a blur on twinned particles (benchmarks/user_abtem.py).
+WORLDS["paper-twins"] = WORLDS["paper-optics"].model_copy(
+    update={
+        "name": "paper-twins",
+        "seed": 2027,
+        "n_structures": 64,
+        "defect_classes": [DefectClass.D0, DefectClass.D1],
+        "particle_shapes": [ParticleShape.decahedron, ParticleShape.icosahedron],
+    }
+)
 """tiny: tests. mini: ~1000 images at 0.155 A px in well under an hour on 2 cores. detector: the binned
 detector (0.24 A working pixel, 125 e/A^2) plus a 0.060 A test split; mostly vacuum (history). paper:
 the paper's world (App. A.2/A.3) at the working pixel: 100 models, ~7,900 images, + a 0.060 A test split."""
@@ -187,8 +209,16 @@ def plan(world: World) -> list[TaskSpec]:
     for i in range(world.n_structures):
         pc = world.particle_classes[i % n_pc]
         dc = world.defect_classes[(i // n_pc) % len(world.defect_classes)]
+        shape = world.particle_shapes[(i // (n_pc * len(world.defect_classes))) % len(world.particle_shapes)]
         params = make_params(
-            i, pc, dc, world.seed, world.cell_periods_x, world.support_trilayers, world.support_variation
+            i,
+            pc,
+            dc,
+            world.seed,
+            world.cell_periods_x,
+            world.support_trilayers,
+            world.support_variation,
+            shape,
         )
         rng = np.random.default_rng([world.seed, i, 7])
         tilts = list(world.tilts_deg)

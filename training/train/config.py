@@ -37,6 +37,11 @@ class TrainConfig(BaseModel):
         description="more simulated sets whose train splits join the training images and whose val splits "
         "join validation (same dose and pixel as data; e.g. the paper's models under another imaging model)",
     )
+    extra_data_weights: list[float] = Field(
+        [],
+        description="how often each extra set's images are drawn relative to data's (one per extra set; "
+        "empty: all 1, every train image equally likely)",
+    )
     out_dir: Path = Path("runs")
     architecture: Architecture = Architecture.unet
     scales: int = 4

@@ -45,6 +45,7 @@ class TrainData:
                     ids = extra.structure_ids()
                     extra_structures |= {str(ids[i]) for i in idx}
             self._paths = [cfg.data, *cfg.extra_data]
+            self.draw_p = _draw_probabilities(self._sources, cfg.extra_data_weights, len(cfg.extra_data))
             nbytes = len(self._sources) * ds.clean(int(self.train_index[0])).nbytes
             self.preloaded = nbytes <= cfg.preload_max_gb * 2**30
             self.train = torch.from_numpy(np.stack(self._read_all(ds))) if self.preloaded else None
@@ -101,6 +102,12 @@ class TrainData:
     def n_train(self) -> int:
         return len(self._sources)
 
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` train image positions: uniform, or by each set's weight (``extra_data_weights``)."""
+        if self.draw_p is None:
+            return rng.integers(self.n_train, size=n)
+        return rng.choice(self.n_train, size=n, p=self.draw_p)
+
     def images(self, which: np.ndarray, device: torch.device) -> torch.Tensor:
         """(B, H, W) clean train images number ``which`` (positions within the train split)."""
         if self.train is not None:
@@ -117,3 +124,16 @@ def _val_pick(ds, val_idx: np.ndarray, n: int, rank: int, world: int, prefix: tu
     pick = val_idx[np.linspace(0, len(val_idx) - 1, min(n, len(val_idx))).astype(int)]
     mine = pick[rank::world]
     return [ds.clean(int(i)) for i in mine], [(*prefix, ds.image_seed(int(i))) for i in mine], len(pick)
+
+
+def _draw_probabilities(
+    sources: list[tuple[int, int]], weights: list[float], n_extra: int
+) -> np.ndarray | None:
+    """Per-image draw probabilities from per-set weights (file 0 weighs 1); None when all weigh 1, so runs
+    without weights draw exactly as before."""
+    if not weights or all(w == 1.0 for w in weights):
+        return None
+    if len(weights) != n_extra or any(w < 0 for w in weights):
+        raise ValueError(f"extra_data_weights: {n_extra} non-negative weights needed, got {weights}")
+    per_file = np.array([1.0, *weights])[np.array([f for f, _ in sources])]
+    return per_file / per_file.sum()

@@ -135,6 +135,8 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
     }
     if cfg.extra_data:  # the train splits of the same models imaged other ways (TrainConfig.extra_data)
         training_data["extra_files"] = [str(p) for p in cfg.extra_data]
+        if cfg.extra_data_weights:
+            training_data["extra_weights"] = list(cfg.extra_data_weights)
     return EngineCard(
         name=name or cfg.name,
         architecture=cfg.architecture,

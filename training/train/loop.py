@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         step = state["step"]
         set_train_mode(model, frozen_at is not None and step >= frozen_at)
         rng = np.random.default_rng([cfg.seed, rank, step])
-        which = rng.integers(data.n_train, size=cfg.batch)
+        which = data.draw(rng, cfg.batch)
         x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
         lr_now = scheduled_lr(cfg, step, time.perf_counter() - t0)
         if lr_now is not None:

@@ -155,6 +155,28 @@ PAPER_LIVE_OPTICS: dict[str, Any] = {
 }
 """Live / offline engine fine-tuned on three imaging worlds."""
 
+# Both engines once more with five-fold twinned particles (decahedra, icosahedra) of their own 64 models,
+# imaged as paper-optics (data/paper-twins.h5, `sbd-train simulate --preset paper-twins`). On the paper's fcc
+# particles alone the engines were no better than a blur on icosahedra made without vibration, and within
+# 0.1-2 dB of it on twinned particles at the paper's optics (benchmarks/user_abtem.py frames).
+FOUR_WORLDS = [*THREE_WORLDS, "data/paper-twins.h5"]
+PAPER_FAST_TWINS: dict[str, Any] = {
+    **PAPER_FAST_OPTICS,
+    "name": "sbd-unet3s2-paper-twins",
+    "extra_data": FOUR_WORLDS,
+    "extra_data_weights": [1.0, 1.0, 2.0],  # twins ~1/5 of the draws (1/9 of the images)
+    "init_from": "sbd-unet3s2-paper-optics",
+}
+"""Fast live engine fine-tuned on four worlds (three imaging models, and twinned particles)."""
+PAPER_LIVE_TWINS: dict[str, Any] = {
+    **PAPER_LIVE_OPTICS,
+    "name": "sbd-unet4-paper-twins",
+    "extra_data": FOUR_WORLDS,
+    "extra_data_weights": [1.0, 1.0, 2.0],
+    "init_from": "sbd-unet4-paper-optics",
+}
+"""Live / offline engine fine-tuned on four worlds."""
+
 # The detector engine: 1024^2 detector frames at 0.060 A binned 4 x 4 to 0.24 A working
 # pixels, the paper's 125 e/A^2 per frame (7.2 counts per working pixel), trained over 0.5-2x that
 # dose. 16 channels: the widest 4-scale UNet measured under 20 ms per 256^2 frame with ONNX Runtime
@@ -234,6 +256,8 @@ _TABLE: dict[str, dict[str, Any]] = {
     "paper-live-mixed": PAPER_LIVE_MIXED,
     "paper-fast-optics": PAPER_FAST_OPTICS,
     "paper-live-optics": PAPER_LIVE_OPTICS,
+    "paper-fast-twins": PAPER_FAST_TWINS,
+    "paper-live-twins": PAPER_LIVE_TWINS,
     # The quality engine on the paper's world, for a GPU (the recipe's default): the same field of view
     # (245 px = 59 A), 64 channels (777k parameters, 16x the channel products), trained from scratch.
     "paper-quality": {
