@@ -36,6 +36,7 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     inspect_recording,
     inspect_stack,
     plan_chunks,
+    recording_index,
     resolve_detector,
 )
 from sbd_stream.sources.stacks import StackError, open_stack
@@ -250,8 +251,12 @@ def _write_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _open_partial(partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool) -> tuple[Any, int]:
-    """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off."""
+def _open_partial(
+    partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool, index: dict | None = None
+) -> tuple[Any, int]:
+    """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off.
+
+    ``index``: per-frame datasets written whole with a new file (a recording's ``seq`` and ``ts``)."""
     import h5py
 
     from sbd_stream.sinks.h5clear import clear_status_flags
@@ -283,6 +288,8 @@ def _open_partial(partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: b
         log.info("%s exists%s: starting over", partial, "" if resume else " (--no-resume)")
     f = h5py.File(partial, "w", libver="latest")
     create_output(f, tuple(fp["shape"]), attrs)
+    for name, values in (index or {}).items():
+        f.create_dataset(name, data=values)
     f.swmr_mode = True  # metadata written in dependency order: a killed client leaves a consistent file
     _write_state(sidecar, {"fingerprint": fp, "frames_done": 0})
     return f, 0
@@ -328,7 +335,8 @@ def denoise_distributed(
             ).result()
         partial, sidecar = (output.with_name(output.name + ext) for ext in (".partial", ".partial.json"))
         fp = fingerprint(src, attrs["engine_id"], det, batch, size)
-        f, start = _open_partial(partial, sidecar, fp, attrs, resume)
+        index = recording_index(src) if src.recording else None
+        f, start = _open_partial(partial, sidecar, fp, attrs, resume, index)
         stack.callback(f.close)
         todo = [c for c in chunks if c[0] >= start]
         bar = stack.enter_context(_bar(src.shape[0], start)) if progress else None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sbd_stream.sources.stacks import StackError, open_stack
 
 __all__ = [
@@ -122,6 +124,19 @@ def inspect_recording(path: Path) -> Source:
         tuple(parts), (n, *shape), dtype, f"{path}:raw/frames", "raw/frames", True,  # type: ignore[arg-type]
         tuple(sorted(recorded_detector(Path(path)).items())), tuple(_stat(Path(p)) for p, _ in parts),
     )  # fmt: skip
+
+
+def recording_index(src: Source) -> dict[str, np.ndarray]:
+    """``seq`` and ``ts`` of a recording source's complete raw rows, in its row order (parts in turn):
+    written beside the denoised frames so readers join on ``seq`` as in the recording itself."""
+    from sbd_stream.formats.recording import open_recording
+
+    seqs, tss = [], []
+    for path, rows in src.parts:
+        with open_recording(path) as f:
+            seqs.append(np.asarray(f["raw/seq"][:rows], np.int64))
+            tss.append(np.asarray(f["raw/ts"][:rows], np.float64))
+    return {"seq": np.concatenate(seqs), "ts": np.concatenate(tss)}
 
 
 def fingerprint(src: Source, engine_id: str, detector: dict, batch: int, chunk: int) -> dict[str, Any]:

@@ -307,6 +307,9 @@ def test_replay_offline_denoises_every_recorded_frame(
     assert summary["bin"] == 4  # the recording's own sampling (0.060 A) was used
     with h5py.File(out, "r") as f:
         assert f["denoised"].shape == (40, 64, 48)
+        # the recording's seq and ts of each row, so readers join on seq as in the recording itself
+        np.testing.assert_array_equal(f["seq"][:], np.arange(40))
+        np.testing.assert_allclose(f["ts"][:], 100.0 + 0.025 * np.arange(40))
     denoise_file(
         rec,
         tmp_path / "ref.h5",
@@ -330,6 +333,7 @@ def test_replay_offline_reads_rolled_parts_and_needs_out(binning_engine_dir: Pat
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["denoised"].shape == (10, 32, 32)
+        np.testing.assert_array_equal(f["seq"][:], np.arange(10))  # across the rolled parts, in order
         got = f["denoised"][:]
     # the parts read back in frame order: the same numbers as the 10 frames denoised from one plain stack
     rng = np.random.default_rng(5)  # the frames _record wrote, drawn again here
