@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-A_PT = 3.924
+from training.sim.structures import A_PT
+
 D_NN = A_PT / math.sqrt(2)
 """Pt nearest-neighbour distance (A)."""
 
