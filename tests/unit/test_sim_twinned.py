@@ -92,6 +92,12 @@ def test_twins_world_plans_its_own_models_and_builds_them() -> None:
     assert pt[:, 1].max() < atoms.cell[1, 1] - 3.0
 
 
+def test_twinned_particles_use_the_structures_lattice_constant() -> None:
+    from training.sim import structures, twinned
+
+    assert twinned.A_PT == structures.A_PT
+
+
 def test_fcc_models_are_unchanged_by_the_shape_field() -> None:
     p = make_params(3, ParticleClass.PtNp1, DefectClass.D0, seed=11)
     assert p.particle_shape == ParticleShape.fcc and p.structure_id == "s003-PtNp1-D0"

@@ -16,8 +16,9 @@ import math
 
 import numpy as np
 
-from training.sim.structures import A_PT
-
+A_PT = 3.924
+"""Pt lattice constant (A), as ``structures.A_PT`` (structures imports this module, so not imported back;
+tests/unit/test_sim_twinned.py checks the two agree)."""
 D_NN = A_PT / math.sqrt(2)
 """Pt nearest-neighbour distance (A)."""
 
