@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -159,3 +160,44 @@ def test_tensorrt_step_builds_a_plan_on_a_gpu(
     assert step["status"] == "ok", step.get("error")
     assert Path(step["outputs"]["plan"]).is_file() and step["outputs"]["plan_bytes"] > 0
     assert step["outputs"]["gpu"] == torch.cuda.get_device_name(0)
+
+
+def test_bf16_autocast_trains_in_channels_last_and_exports_a_float32_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--amp bf16 (the lease's tensor cores) runs on the CPU too; --val-every sets the validation rate."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SBD_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_synthetic(tmp_path / "syn.h5", n_structures=6, per_structure=4, size=64)
+    args = [
+        "gpu-recipe", "--steps", "train,export", "--allow-cpu", "--device", "cpu", "--data", str(data),
+        "--train-preset", "tiny", "--threads", "1", "--engine-dir", str(tmp_path / "eng"),
+        "--results", str(tmp_path / "res"), "--extra-worlds", "", "--amp", "bf16", "--val-every", "2",
+        "--max-steps", "4", "--no-card-metrics",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "res" / "gpu_recipe.json").read_text())
+    run_dir = Path(summary["steps"][0]["outputs"]["run_dir"])
+    log = [json.loads(ln) for ln in (run_dir / "log.jsonl").open()]
+    assert [r["step"] for r in log if "val_psnr" in r] == [2, 4]
+    assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+    assert json.loads((run_dir / "summary.json").read_text())["amp"] == "bf16"
+    sd = torch.load(tmp_path / "eng" / "model.pt", weights_only=True)
+    assert {v.dtype for v in sd.values()} <= {torch.float32, torch.int64}  # weights stay float32
+
+
+def test_extra_world_weights_follow_the_preset_or_the_option(tmp_path: Path) -> None:
+    from training.recipe.config import RecipeError
+    from training.recipe.parts import train_config
+
+    cfg = RecipeConfig(
+        data=tmp_path / "p.h5", train_preset="paper-live-twins", init_from="sbd-unet4-paper-twins"
+    )
+    assert train_config(cfg, "cpu").extra_data_weights == [1.0, 1.0, 2.0]  # the preset's three worlds
+    two = cfg.model_copy(update={"extra_worlds": ["paper-twins", "paper-optics"]})
+    assert train_config(two, "cpu").extra_data_weights == []  # not the preset's worlds: uniform
+    weighted = two.model_copy(update={"extra_weights": [2.0, 1.0]})
+    assert train_config(weighted, "cpu").extra_data_weights == [2, 1]
+    with pytest.raises(RecipeError, match="2 weights needed"):
+        train_config(two.model_copy(update={"extra_weights": [1.0, 1.0, 2.0]}), "cpu")

@@ -14,15 +14,30 @@ from training.sim.synthetic_data import write_synthetic
 
 def test_pack_unpack_round_trip_keeps_everything_but_the_last_bits(tmp_path: Path) -> None:
     src = write_synthetic(tmp_path / "syn.h5", n_structures=3, per_structure=2, size=64)
-    step = 2.5e-4
+    step = 4e-3
     err = pack(src, tmp_path / "q.h5", step)
     assert err <= step / 2 + 1e-7
     assert unpack(tmp_path / "q.h5", tmp_path / "u.h5") == 6
     with h5py.File(src, "r") as a, h5py.File(tmp_path / "u.h5", "r") as b:
-        assert sorted(a) == sorted(b) and dict(a.attrs).keys() == dict(b.attrs).keys()
+        assert sorted(a) == sorted(b) and b.attrs["packed_every"] == 1
+        assert dict(a.attrs).keys() | {"packed_every"} == dict(b.attrs).keys()
         assert b["images"].dtype == np.float32 and b["images"].shape == a["images"].shape
     with SimulatedDataset(src) as a, SimulatedDataset(tmp_path / "u.h5") as b:
         assert len(a) == len(b) and list(a.structure_ids()) == list(b.structure_ids())
         for i in range(len(a)):
             np.testing.assert_allclose(b.clean(i), a.clean(i), atol=step / 2 + 1e-6, rtol=0)
             assert a.meta(i) == b.meta(i)
+
+
+def test_every_keeps_each_kept_image_with_its_own_metadata_and_columns(tmp_path: Path) -> None:
+    src = write_synthetic(tmp_path / "syn.h5", n_structures=3, per_structure=3, size=64)
+    step = 4e-3
+    pack(src, tmp_path / "q.h5", step, every=2)
+    assert unpack(tmp_path / "q.h5", tmp_path / "u.h5") == 5  # images 0, 2, 4, 6, 8
+    with SimulatedDataset(src) as a, SimulatedDataset(tmp_path / "u.h5") as b:
+        assert len(b) == 5
+        for j, i in enumerate(range(0, 9, 2)):
+            np.testing.assert_allclose(b.clean(j), a.clean(i), atol=step / 2 + 1e-6, rtol=0)
+            assert b.meta(j) | {"col_start": 0} == a.meta(i) | {"col_start": 0}
+            for name, vals in a.columns(i).items():
+                np.testing.assert_array_equal(b.columns(j)[name], vals)

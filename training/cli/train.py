@@ -37,6 +37,7 @@ def train(
     lr_schedule: str | None = typer.Option(
         None, help="plateau (halve on a validation plateau) | cosine (decay over the step/time budget)"
     ),
+    amp: str | None = typer.Option(None, help="off | bf16 (autocast, channels-last; for tensor cores)"),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
@@ -58,6 +59,7 @@ def train(
         max_steps=max_steps,
         batch=batch,
         threads=threads,
+        amp=amp,
         device=device,
         augment={"patch": patch} if patch else None,
         init_from=init_from,
@@ -116,6 +118,9 @@ def gpu_recipe(
         help="more worlds (the same models imaged other ways; twinned particles), simulated beside --data "
         "(<stem>.<world>.h5) and trained on with it; comma-separated, '' for none",
     ),
+    extra_weights: str | None = typer.Option(
+        None, help="draw weight of each extra world relative to --data, comma-separated (default: preset's)"
+    ),
     workers: int | None = typer.Option(None, min=1, help="Dask workers (default: all cores)"),
     train_preset: str = typer.Option("paper-quality", help="training preset (the quality engine)"),
     model: str | None = typer.Option(None, help="detector | wide | paper (default: init's, else wide)"),
@@ -137,6 +142,8 @@ def gpu_recipe(
         None, min=-1, help="step at which batch-norm statistics freeze (-1: never; default: the preset's)"
     ),
     resume: bool = typer.Option(True, help="continue runs/<name>/last.pt when it exists"),
+    amp: str | None = typer.Option(None, help="off | bf16 autocast with channels-last (default: off)"),
+    val_every: int | None = typer.Option(None, min=1, help="steps between validations (default: preset's)"),
     engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
     results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),
     max_test_images: int = typer.Option(24, help="detector-sampling test frames for Table 5.1"),
@@ -152,6 +159,8 @@ def gpu_recipe(
 
     opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
     opts["extra_worlds"] = [w.strip() for w in extra_worlds.split(",") if w.strip()]
+    if extra_weights is not None:
+        opts["extra_weights"] = [float(w) for w in extra_weights.split(",") if w.strip()]
     try:
         cfg = RecipeConfig(steps=[s.strip() for s in steps.split(",") if s.strip()], **opts)
         if dry_run:

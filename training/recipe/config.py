@@ -68,6 +68,11 @@ class RecipeConfig(BaseModel):
         "same models imaged other ways (abTEM's focal envelope; drawn focal spread and vibration) and "
         "five-fold twinned particles (paper-twins)",
     )
+    extra_weights: list[float] | None = Field(
+        None,
+        description="how often each extra world's images are drawn relative to --data's, one per extra world "
+        "(default: the training preset's when it has one per world, else all 1)",
+    )
     workers: int | None = Field(None, ge=1, description="local Dask workers (default: all cores)")
     scheduler: str | None = None
     # train
@@ -96,6 +101,8 @@ class RecipeConfig(BaseModel):
         None, ge=-1, description="step at which batch-norm statistics freeze; -1: never; None: the preset's"
     )
     resume: bool = True
+    amp: str | None = Field(None, description="off | bf16 (default: the preset's, off)")
+    val_every: int | None = Field(None, ge=1, description="steps between validations (default: the preset's)")
     # export
     engine_dir: Path | None = None
     card_test_images: int | None = Field(48, description="test frames for the card's metrics; None: all")

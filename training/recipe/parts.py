@@ -134,8 +134,17 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         "lr": cfg.lr,
         "lr_schedule": cfg.lr_schedule or gpu.get("lr_schedule"),
         "early_stop_patience": gpu.get("early_stop_patience"),
+        "amp": cfg.amp,
+        "val_every": cfg.val_every,
     }
     tc = preset_config(cfg.train_preset, **overrides)
+    weights = cfg.extra_weights
+    if weights is None and len(tc.extra_data_weights) != len(tc.extra_data):
+        weights = []  # the preset's weights are for other worlds: every train image equally likely
+    if weights is not None:
+        if weights and len(weights) != len(tc.extra_data):
+            raise RecipeError(f"--extra-weights: {len(tc.extra_data)} weights needed (one per extra world)")
+        tc = tc.model_copy(update={"extra_data_weights": list(weights)})
     freeze = cfg.freeze_norm_after
     if freeze is None:  # an engine's weights keep their statistics frozen (from step 0)
         freeze = 0 if cfg.init_from is not None else gpu.get("freeze_norm_after")

@@ -93,6 +93,12 @@ class TrainConfig(BaseModel):
         description="each step also runs the batch in one random other right-angle orientation, turned "
         "back: loss = mean of both errors + this x their squared difference (0: off; one forward pass)",
     )
+    amp: str = Field(
+        "off",
+        pattern="^(off|bf16)$",
+        description="bf16: forward and loss under bfloat16 autocast, network in channels-last layout "
+        "(tensor cores on a GPU; no loss scaling needed); weights, optimiser and validation stay float32",
+    )
     notes: str = ""
 
     @property

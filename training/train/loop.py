@@ -132,6 +132,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     data = TrainData(cfg, rank, world)
     norm = Normalisation(dose=data.dose)
     net = build_network(cfg).to(device)
+    amp = cfg.amp == "bf16"
+    if amp:
+        net = net.to(memory_format=torch.channels_last)
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -192,7 +195,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         if lr_now is not None:
             for group in opt.param_groups:
                 group["lr"] = lr_now
-        loss = step_loss(model, x, y, cfg.equivariance_weight, rng)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = step_loss(model, x, y, cfg.equivariance_weight, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -280,6 +284,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "world_size": world,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "amp": cfg.amp,
         "parameters": count_parameters(net),
         "field_of_view": field_of_view(net),
         "seed": cfg.seed,
