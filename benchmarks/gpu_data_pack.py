@@ -57,7 +57,10 @@ def _copy_subset(f: h5py.File, g: h5py.File, keep: np.ndarray) -> None:
     rows = rows.astype(np.int64)
     cols = g.create_group("columns")
     for name, ds in f["columns"].items():
-        cols.create_dataset(name, data=ds[:][rows], maxshape=(None, *ds.shape[1:]), chunks=True)
+        cols.create_dataset(
+            name, data=ds[:][rows], maxshape=(None, *ds.shape[1:]), chunks=True, compression="gzip",
+            shuffle=True,
+        )  # fmt: skip
     f.copy(f["tasks"], g, name="tasks")
     g.create_dataset("committed", data=np.array([len(keep), len(rows), n_task], dtype=np.int64))
 

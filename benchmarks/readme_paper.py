@@ -87,12 +87,19 @@ def paper_optics_world_check() -> str:
     return region_check_paper("table_5_1_paper-optics-world-check.json")
 
 
+def paper_gpu_check() -> str:
+    """The engines trained on a GPU (session 16) beside the shipped ones on the paper test split, one
+    engine call per frame: table_5_1_paper-gpu-check.json."""
+    return region_check_paper("table_5_1_paper-gpu-check.json")
+
+
 def paper_images() -> str:
     """``sbd-train evaluate-images`` on the paper's four released clean images: paper_images.json (the
-    offline path: the engine averaged over 8 orientations), beside it the live lanes (one orientation:
-    paper_images_live.json, the same engine as on a GPU; paper_images_sbd-unet3s2-paper-twins.json, the fast
-    engine a CPU's live lane runs) and the engines before (paper_images_sbd-unet4-paper-optics.json,
-    paper_images_sbd-unet4-paper.json) where they exist."""
+    offline path: the engine auto picks, averaged over 8 orientations), beside it the live lanes (one
+    orientation: paper_images_live.json, the same engine as on a GPU;
+    paper_images_sbd-unet3s2-paper-twins.json, the fast engine a CPU's live lane runs) and the engines
+    trained on a GPU in session 16, not shipped (paper_images_sbd-unet4x64-paper-10min.json,
+    paper_images_sbd-unet4-paper-gpu.json) where they exist."""
     d = load("paper_images.json")
     extra = [
         (label, load(name))
@@ -103,12 +110,12 @@ def paper_images() -> str:
                 "paper_images_sbd-unet3s2-paper-twins.json",
             ),
             (
-                "before twinned particles: sbd-unet4-paper-optics, 8 orientations",
-                "paper_images_sbd-unet4-paper-optics.json",
+                "GPU trial, not shipped: sbd-unet4x64-paper-10min, 8 orientations",
+                "paper_images_sbd-unet4x64-paper-10min.json",
             ),
             (
-                "before the imaging worlds: sbd-unet4-paper, 8 orientations",
-                "paper_images_sbd-unet4-paper.json",
+                "GPU trial, not shipped: sbd-unet4-paper-gpu, 8 orientations",
+                "paper_images_sbd-unet4-paper-gpu.json",
             ),
         )
         if (RESULTS / name).is_file()
@@ -121,7 +128,7 @@ def paper_images() -> str:
         f"{orient} orientation(s) (offline); paper PSNR in dB; low-pass width chosen per image and region "
         "on the ground truth" + "".join(f"; {label}: `{e['command']}`" for label, e in extra) + "):",
         "",
-        f"| region | SBD offline ({orient} orientations) | "
+        f"| region | SBD offline: {Path(d['engine']).name} ({orient} orientations) | "
         + "".join(f"{label} | " for label, _ in extra)
         + "oracle low-pass | margin, mean | margin, worst frame |",
         "|---|---|---|---|---|" + "---|" * len(extra),

@@ -28,6 +28,7 @@ TABLES: dict[str, Callable[[], str]] = {
     # the paper's world
     "table_5_1_paper": paper.table_5_1_paper,
     "region_check_paper": paper.region_check_paper,
+    "paper_gpu_check": paper.paper_gpu_check,
     "paper_images": paper.paper_images,
     "user_abtem": paper.user_abtem,
     "paper_optics_check": paper.paper_optics_check,
