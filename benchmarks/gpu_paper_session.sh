@@ -32,13 +32,7 @@ t0=$(date +%s)
 stamp() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
 
 stamp setup
-if compgen -G ".devkit/whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .devkit/whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lease_setup.sh"
 
 stamp "unpack the carried worlds"
 # (explicit pids for wait: a bare `wait` would also wait for the tee above, which never ends)

@@ -36,14 +36,7 @@ in_time() { [ $(( $(date +%s) - t0 )) -lt "$STOP_AFTER" ] || { stamp "skipped, o
 want() { case ",$STEPS," in *",$1,"*) true ;; *) stamp "not in STEPS: $1"; false ;; esac; }
 
 stamp setup
-if compgen -G ".devkit/whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .devkit/whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
-python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-torch.cuda.is_available(), 'ort', o.__version__, o.get_available_providers())"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lease_setup.sh"
 nproc
 
 if want k2; then
