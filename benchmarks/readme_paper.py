@@ -273,12 +273,24 @@ def twins_checks() -> str:
     return "\n".join([intro, "", *head, *lines])
 
 
+GPU_TRIALS = (
+    ("GPU trial, not shipped: sbd-unet4x64-paper-10min, 8 orientations", "{}_unet4x64_10min.json"),
+    ("GPU trial, not shipped: sbd-unet4-paper-gpu, 8 orientations", "{}_unet4_gpu.json"),
+)
+"""Session 16's engines trained on a GPU (docs/training.md, "GPU run on the paper's worlds"), where scored."""
+
+
+def _trials(stem: str) -> tuple[tuple[str, str], ...]:
+    return tuple((label, name.format(stem)) for label, name in GPU_TRIALS)
+
+
 USER_ABTEM = (
     ("SBD offline: sbd-unet4-paper-twins, 8 orientations", "user_abtem_unet4_twins.json"),
     ("live on a CPU: sbd-unet3s2-paper-twins, 1 orientation", "user_abtem_fast_twins.json"),
     ("before twinned particles: sbd-unet4-paper-optics, 8 orientations", "user_abtem_unet4_optics.json"),
     ("sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_fast_optics.json"),
     ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem.json"),
+    *_trials("user_abtem"),
 )
 USER_ABTEM_OPTICS = (
     ("SBD offline: sbd-unet4-paper-twins, 8 orientations", "user_abtem_optics_unet4_twins.json"),
@@ -289,6 +301,7 @@ USER_ABTEM_OPTICS = (
     ),
     ("sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_optics_fast_optics.json"),
     ("before the imaging worlds: sbd-unet4-paper, 8 orientations", "user_abtem_optics_unet4.json"),
+    *_trials("user_abtem_optics"),
 )
 
 
@@ -366,6 +379,7 @@ USER_ABTEM_TWINS = (
     ("live on a CPU: sbd-unet3s2-paper-twins, 1 orientation", "user_abtem_twins_fast_twins.json"),
     ("before: sbd-unet4-paper-optics, 8 orientations", "user_abtem_twins_unet4_optics.json"),
     ("before: sbd-unet3s2-paper-optics, 1 orientation", "user_abtem_twins_fast_optics.json"),
+    *_trials("user_abtem_twins"),
 )
 
 
