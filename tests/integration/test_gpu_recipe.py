@@ -201,3 +201,20 @@ def test_extra_world_weights_follow_the_preset_or_the_option(tmp_path: Path) -> 
     assert train_config(weighted, "cpu").extra_data_weights == [2, 1]
     with pytest.raises(RecipeError, match="2 weights needed"):
         train_config(two.model_copy(update={"extra_weights": [1.0, 1.0, 2.0]}), "cpu")
+
+
+def test_train_command_takes_the_rate_validation_orientation_and_precision_options(tmp_path: Path) -> None:
+    """`sbd-train train --lr --val-every --equivariance-weight --amp`: what a fine-tune of an engine needs
+    without writing a preset (e.g. the GPU trial continued on a CPU)."""
+    data = write_synthetic(tmp_path / "syn.h5", n_structures=6, per_structure=4, size=64)
+    args = [
+        "train", "--preset", "tiny", "--data", str(data), "--out-dir", str(tmp_path), "--threads", "1",
+        "--max-steps", "4", "--lr", "5e-4", "--val-every", "2", "--equivariance-weight", "0.5",
+        "--amp", "bf16",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    assert (cfg["lr"], cfg["val_every"], cfg["equivariance_weight"], cfg["amp"]) == (5e-4, 2, 0.5, "bf16")
+    log = [json.loads(ln) for ln in (tmp_path / "tiny" / "log.jsonl").open()]
+    assert [r["step"] for r in log if "val_psnr" in r] == [2, 4]

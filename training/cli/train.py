@@ -38,6 +38,11 @@ def train(
         None, help="plateau (halve on a validation plateau) | cosine (decay over the step/time budget)"
     ),
     amp: str | None = typer.Option(None, help="off | bf16 (autocast, channels-last; for tensor cores)"),
+    lr: float | None = typer.Option(None, help="initial learning rate (default: the preset's)"),
+    val_every: int | None = typer.Option(None, min=1, help="steps between validations (default: preset's)"),
+    equivariance_weight: float | None = typer.Option(
+        None, min=0.0, help="orientation term: each batch also in one other right-angle orientation"
+    ),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
@@ -60,6 +65,9 @@ def train(
         batch=batch,
         threads=threads,
         amp=amp,
+        lr=lr,
+        val_every=val_every,
+        equivariance_weight=equivariance_weight,
         device=device,
         augment={"patch": patch} if patch else None,
         init_from=init_from,
