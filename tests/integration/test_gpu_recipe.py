@@ -210,11 +210,31 @@ def test_train_command_takes_the_rate_validation_orientation_and_precision_optio
     args = [
         "train", "--preset", "tiny", "--data", str(data), "--out-dir", str(tmp_path), "--threads", "1",
         "--max-steps", "4", "--lr", "5e-4", "--val-every", "2", "--equivariance-weight", "0.5",
-        "--amp", "bf16",
+        "--amp", "bf16", "--freeze-norm-after", "3",
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "tiny" / "config.json").read_text())
     assert (cfg["lr"], cfg["val_every"], cfg["equivariance_weight"], cfg["amp"]) == (5e-4, 2, 0.5, "bf16")
+    assert cfg["freeze_norm_after"] == 3
     log = [json.loads(ln) for ln in (tmp_path / "tiny" / "log.jsonl").open()]
     assert [r["step"] for r in log if "val_psnr" in r] == [2, 4]
+
+
+def test_a_run_from_an_engine_keeps_its_running_statistics_under_a_preset_that_never_freezes(
+    tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    """`tiny` never freezes batch norm; started --init-from an engine, the engine's fitted running
+    statistics must still stay as they are (frozen from step 0), or eval mode runs another network."""
+    data = write_synthetic(tmp_path / "syn.h5", n_structures=6, per_structure=4, size=64)
+    args = [
+        "train", "--preset", "tiny", "--data", str(data), "--out-dir", str(tmp_path), "--threads", "1",
+        "--max-steps", "3", "--init-from", str(tiny_engine_dir),
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    before = torch.load(tiny_engine_dir / "model.pt", weights_only=True)
+    after = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)["model"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))  # it trained

@@ -43,6 +43,9 @@ def train(
     equivariance_weight: float | None = typer.Option(
         None, min=0.0, help="orientation term: each batch also in one other right-angle orientation"
     ),
+    freeze_norm_after: int | None = typer.Option(
+        None, min=0, help="step from which batch-norm statistics stay frozen (default: the preset's)"
+    ),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
@@ -68,6 +71,7 @@ def train(
         lr=lr,
         val_every=val_every,
         equivariance_weight=equivariance_weight,
+        freeze_norm_after=freeze_norm_after,
         device=device,
         augment={"patch": patch} if patch else None,
         init_from=init_from,

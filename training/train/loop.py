@@ -178,11 +178,13 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter() - state["elapsed_s"]
     ema = None
     stop = False
-    # a run that starts from an engine's weights has its running statistics already: freeze at once
-    # (unless some layers start fresh: a transplant into a block UNet learns theirs first)
+    # a run that starts from an engine's weights has its running statistics already: freeze at once,
+    # also under a preset that never freezes (unless some layers start fresh: a transplant into a block
+    # UNet learns theirs first). Unfrozen, a CPU batch of 2 frames at mixed doses drags the fitted
+    # statistics away: the wide GPU trial continued so lost 30 dB in eval mode in 400 steps (session 16).
     frozen_at = cfg.freeze_norm_after
     transplanted = bool((state.get("init_from") or {}).get("transplanted"))
-    if frozen_at is not None and cfg.init_from is not None and not transplanted:
+    if cfg.init_from is not None and not transplanted:
         frozen_at = 0
     model.train()
     while not stop:
