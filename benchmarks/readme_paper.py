@@ -110,6 +110,10 @@ def paper_images() -> str:
                 "paper_images_sbd-unet3s2-paper-twins.json",
             ),
             (
+                "candidate, not picked by auto: sbd-unet4x64-paper-ft, 8 orientations",
+                "paper_images_sbd-unet4x64-paper-ft.json",
+            ),
+            (
                 "GPU trial, not shipped: sbd-unet4x64-paper-10min, 8 orientations",
                 "paper_images_sbd-unet4x64-paper-10min.json",
             ),
@@ -274,6 +278,7 @@ def twins_checks() -> str:
 
 
 GPU_TRIALS = (
+    ("candidate, not picked by auto: sbd-unet4x64-paper-ft, 8 orientations", "{}_unet4x64_ft.json"),
     ("GPU trial, not shipped: sbd-unet4x64-paper-10min, 8 orientations", "{}_unet4x64_10min.json"),
     ("GPU trial, not shipped: sbd-unet4-paper-gpu, 8 orientations", "{}_unet4_gpu.json"),
 )
