@@ -2,7 +2,7 @@
 
 The clean images (float32, vacuum = 1) are quantised to ``step`` vacuum units and stored as residuals
 of a 2-D difference predictor (``q - left - up + up_left``, int16, byte-shuffled) compressed with lzma
-(stdlib on both machines). Smooth band-limited images compress to ~8.5 kB per 220^2 image at step 4e-3,
+(stdlib on both machines): ~10.5 kB per 220^2 image of the paper world at step 6e-3 (11 kB at 4e-3),
 against ~21 kB for row differences with gzip at 1e-3. ``every`` keeps one image in ``every`` (global
 index; with 28 images per task the kept defocus values rotate from task to task), with its metadata and
 atom columns; tasks and attributes are copied unchanged, so splits (from the planned structures) are the

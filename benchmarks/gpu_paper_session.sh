@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU (issue 22): the engines trained on the paper's worlds, side by side on one GPU.
-#   quality: the 4 x 64 network (FoV 245 px = 59 A, `paper-quality`, QUALITY_ENGINE) from scratch;
+#   quality: the 4 x 64 network (FoV 245 px = 59 A, `paper-quality`) from scratch, exported as
+#            sbd-unet4x64-paper-gpu: installing it as QUALITY_ENGINE (what `auto` picks offline on a GPU)
+#            is a separate step, after tests/e2e/test_engine_quality.py and the user frames;
 #   live:    the shipped 4 x 16 engine (`paper-live-twins`) continued from its committed weights;
 #   fast:    the CPU live engine (`paper-fast-twins`, 2 x 2 blocks) likewise (FAST_NAME= leaves it out).
-# Both in bf16 autocast (channels-last), 16 frames of 208^2 per step, a cosine over TRAIN_MINUTES, on the
+# All in bf16 autocast (channels-last), 16 frames of 208^2 per step, a cosine over TRAIN_MINUTES, on the
 # worlds carried packed in .devkit/ (abTEM and Dask are not on that machine; the transfer is 64 MiB):
 #   python -m benchmarks.gpu_data_pack pack data/paper.h5 .devkit/paper-q.h5 --every 3
 #   python -m benchmarks.gpu_data_pack pack data/paper-twins.h5 .devkit/paper.paper-twins-q.h5 --every 3
@@ -11,7 +13,7 @@
 # and the few Python packages the machine lacks as wheels in .devkit/whl (docs/training.md "GPU runs").
 # Everything kept goes to $OUT: session.log and one archive (engines, run logs and configs, the recipe
 # summaries, nvidia-smi samples, the GPU tests' log). Scored afterwards on a CPU machine (evaluate-images,
-# evaluate-region-table), never on the machine that trained.
+# evaluate-detector), never on the machine that trained.
 #   OUT=out TRAIN_MINUTES=6.5 bash benchmarks/gpu_paper_session.sh
 # A CPU smoke run of the same script (tests/integration/test_gpu_paper_session.py):
 #   RECIPE_EXTRA="--allow-cpu --device cpu --max-steps 2 --threads 1" TESTS=0 bash benchmarks/gpu_paper_session.sh
@@ -20,7 +22,7 @@ OUT=${OUT:-gpu-paper-out}
 MIN=${TRAIN_MINUTES:-6.5}
 CALL_S=${CALL_S:-570}      # the call's limit: training shrinks so that export and packing end inside it
 TAIL_S=${TAIL_S:-110}      # seconds kept for the last validations, the exports and the archive
-QUALITY=${QUALITY_NAME:-sbd-unet4x64-paper}
+QUALITY=${QUALITY_NAME:-sbd-unet4x64-paper-gpu}
 LIVE=${LIVE_NAME:-sbd-unet4-paper-gpu}
 LIVE_INIT=${LIVE_INIT:-sbd-unet4-paper-twins}
 FAST=${FAST_NAME-sbd-unet3s2-paper-gpu}

@@ -55,7 +55,7 @@ def test_paper_session_script_trains_both_engines_and_archives_them(tmp_path: Pa
     assert "quality rc=0" in log and "live rc=0" in log and "fast rc=0" in log, log
     with tarfile.open(tmp_path / "out" / "paper_session.tgz") as tar:
         names = tar.getnames()
-    for eng in ("sbd-unet4x64-paper", "sbd-unet4-paper-gpu", "sbd-unet3s2-paper-gpu"):
+    for eng in ("sbd-unet4x64-paper-gpu", "sbd-unet4-paper-gpu", "sbd-unet3s2-paper-gpu"):
         assert f"engines/{eng}/model.onnx" in names and f"engines/{eng}/card.json" in names
         assert f"runs/{eng}/log.jsonl" in names
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
