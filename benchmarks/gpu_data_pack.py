@@ -14,6 +14,11 @@ deviation of ~1.2e-3 against a Poisson noise of ~0.37 vacuum units per 0.24 A pi
 
     python -m benchmarks.gpu_data_pack pack data/paper.h5 .devkit/paper-q.h5 --step 4e-3 --every 3
     python -m benchmarks.gpu_data_pack unpack .devkit/paper-q.h5 data/paper.h5
+
+A whole world is larger than one transfer: ``--offset k`` packs the part k, k + every, ... and ``unpack
+--append`` adds a part to the file a previous call on the same (warm) machine unpacked, once: a part
+already there (same ``every`` and ``offset``) is skipped, so a retried call does not double it. Carried in
+``every`` calls with offsets 0 .. every - 1, the parts make the whole world again.
 """
 
 from __future__ import annotations
@@ -65,14 +70,16 @@ def _copy_subset(f: h5py.File, g: h5py.File, keep: np.ndarray) -> None:
     g.create_dataset("committed", data=np.array([len(keep), len(rows), n_task], dtype=np.int64))
 
 
-def pack(src: Path, dst: Path, step: float = 4e-3, every: int = 1) -> float:
+def pack(src: Path, dst: Path, step: float = 4e-3, every: int = 1, offset: int = 0) -> float:
     """Returns the largest absolute error of the round trip over the kept images."""
     if every < 1:
         raise ValueError(f"every must be >= 1, not {every}")
+    if not 0 <= offset < every:
+        raise ValueError(f"offset must be in 0 .. every - 1 = {every - 1}, not {offset}")
     with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
         g.attrs.update(dict(f.attrs))
         n_img = int(f["committed"][0])
-        keep = np.arange(0, n_img, every)
+        keep = np.arange(offset, n_img, every)
         _copy_subset(f, g, keep)
         im = f["images"][:n_img][keep] if every > 1 else f["images"][:n_img]
         q = np.round(im / step).astype(np.int32)
@@ -81,25 +88,68 @@ def pack(src: Path, dst: Path, step: float = 4e-3, every: int = 1) -> float:
             raise ValueError(f"residuals exceed int16 at step {step}: use a coarser step")
         blob = np.frombuffer(lzma.compress(_shuffle(d), preset=6), np.uint8)
         ds = g.create_dataset(PACKED, data=blob)
-        ds.attrs.update({"step": step, "shape": np.asarray(im.shape, np.int64), "every": every})
+        ds.attrs.update(
+            {"step": step, "shape": np.asarray(im.shape, np.int64), "every": every, "offset": offset}
+        )
         return float(np.abs(q * step - im).max())
 
 
-def unpack(src: Path, dst: Path) -> int:
-    """Returns the number of images written."""
-    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
-        g.attrs.update(dict(f.attrs))
-        for name in f:
-            if name != PACKED:
-                f.copy(f[name], g, name=name)
+def _decode(ds: h5py.Dataset) -> np.ndarray:
+    shape = tuple(int(v) for v in ds.attrs["shape"])
+    d = _unshuffle(lzma.decompress(ds[:].tobytes()), shape).astype(np.int32)
+    q = np.cumsum(np.cumsum(d, axis=1), axis=2)
+    return (q * float(ds.attrs["step"])).astype(np.float32)
+
+
+def _append(f: h5py.File, g: h5py.File, im: np.ndarray) -> None:
+    """Images, metadata and columns of part ``f`` after those of ``g`` (column offsets shifted)."""
+    n_img, n_col, n_task = (int(v) for v in g["committed"][()])
+    k, k_col = im.shape[0], int(f["committed"][1])
+    for name in ["images", *("meta/" + n for n in f["meta"])]:
+        src = im if name == "images" else f[name][:]
+        if name == "meta/col_start":
+            src = src + n_col
+        out = g[name]
+        out.resize(n_img + k, axis=0)
+        out[n_img:] = src
+    for name, ds in f["columns"].items():
+        out = g["columns"][name]
+        out.resize(n_col + k_col, axis=0)
+        out[n_col:] = ds[:]
+    g["committed"][...] = np.array([n_img + k, n_col + k_col, n_task], dtype=np.int64)
+
+
+def unpack(src: Path, dst: Path, append: bool = False) -> int:
+    """Returns the number of images written (0: ``append`` and this part is in ``dst`` already)."""
+    with h5py.File(src, "r") as f:
         ds = f[PACKED]
-        shape = tuple(int(v) for v in ds.attrs["shape"])
-        d = _unshuffle(lzma.decompress(ds[:].tobytes()), shape).astype(np.int32)
-        q = np.cumsum(np.cumsum(d, axis=1), axis=2)
-        im = (q * float(ds.attrs["step"])).astype(np.float32)
-        g.create_dataset("images", data=im, maxshape=(None, *shape[1:]), chunks=(1, *shape[1:]))
-        g.attrs["packed_every"] = int(ds.attrs["every"])  # a training subset: not for resuming a simulation
-        return int(im.shape[0])
+        every = int(ds.attrs["every"])
+        offset = int(ds.attrs.get("offset", 0))
+        if append and dst.is_file():
+            with h5py.File(dst, "a") as g:
+                if int(g.attrs.get("packed_every", 0)) != every:
+                    raise ValueError(
+                        f"{dst} holds parts of one in {g.attrs.get('packed_every')}, not {every}"
+                    )
+                parts = [int(v) for v in g.attrs["packed_offsets"]]
+                if offset in parts:
+                    return 0
+                if int(g["committed"][2]) != int(f["committed"][2]):
+                    raise ValueError(f"{src} and {dst} are not parts of one world (their tasks differ)")
+                im = _decode(ds)
+                _append(f, g, im)
+                g.attrs["packed_offsets"] = np.asarray([*parts, offset], np.int64)
+                return int(im.shape[0])
+        with h5py.File(dst, "w") as g:
+            g.attrs.update(dict(f.attrs))
+            for name in f:
+                if name != PACKED:
+                    f.copy(f[name], g, name=name)
+            im = _decode(ds)
+            g.create_dataset("images", data=im, maxshape=(None, *im.shape[1:]), chunks=(1, *im.shape[1:]))
+            g.attrs["packed_every"] = every  # a training subset: not for resuming a simulation
+            g.attrs["packed_offsets"] = np.asarray([offset], np.int64)
+            return int(im.shape[0])
 
 
 def main() -> None:
@@ -109,13 +159,15 @@ def main() -> None:
     ap.add_argument("dst", type=Path)
     ap.add_argument("--step", type=float, default=4e-3, help="quantisation step, vacuum units")
     ap.add_argument("--every", type=int, default=1, help="keep one image in this many")
+    ap.add_argument("--offset", type=int, default=0, help="pack: the part starting at this image")
+    ap.add_argument("--append", action="store_true", help="unpack: add the part to dst (once)")
     a = ap.parse_args()
     a.dst.parent.mkdir(parents=True, exist_ok=True)
     if a.action == "pack":
-        err = pack(a.src, a.dst, a.step, a.every)
+        err = pack(a.src, a.dst, a.step, a.every, a.offset)
         print(f"{a.dst}: {a.dst.stat().st_size / 1e6:.1f} MB, max error {err:.3g}")
     else:
-        print(f"{a.dst}: {unpack(a.src, a.dst)} images")
+        print(f"{a.dst}: {unpack(a.src, a.dst, a.append)} images added")
 
 
 if __name__ == "__main__":

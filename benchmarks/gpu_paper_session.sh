@@ -11,6 +11,11 @@
 #   python -m benchmarks.gpu_data_pack pack data/paper-twins.h5 .devkit/paper.paper-twins-q.h5 --every 3
 #   (any .devkit/paper.<world>-q.h5 joins training as that extra world; twinned particles drawn twice as often)
 # and the few Python packages the machine lacks as wheels in .devkit/whl (docs/training.md "GPU runs").
+# A whole world is more than one transfer: pack it in parts (--every N --offset k) and carry one part per
+# call on the same warm machine with CARRY_ONLY=1 (unpack, add to data/, stop; a part already there is
+# skipped); the last call trains on everything unpacked so far. The quality run can continue an engine
+# (QUALITY_INIT=sbd-unet4x64-paper-ft) with QUALITY_BATCH frames per step (GPU default 16), QUALITY_LR and the
+# orientation term QUALITY_EQUIV (a from-scratch run on a quarter of the world drew a glow, session 16).
 # Everything kept goes to $OUT: session.log and one archive (engines, run logs and configs, the recipe
 # summaries, nvidia-smi samples, the GPU tests' log). Scored afterwards on a CPU machine (evaluate-images,
 # evaluate-detector), never on the machine that trained.
@@ -38,12 +43,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/gpu_lease_setup.sh"
 
 stamp "unpack the carried worlds"
 # (explicit pids for wait: a bare `wait` would also wait for the tee above, which never ends)
-python3 -m benchmarks.gpu_data_pack unpack .devkit/paper-q.h5 data/paper.h5 &
+python3 -m benchmarks.gpu_data_pack unpack .devkit/paper-q.h5 data/paper.h5 --append &
 pids=($!); worlds=""; weights=""
 for f in .devkit/paper.*-q.h5; do
   [ -e "$f" ] || continue
   w=$(basename "$f" -q.h5); w=${w#paper.}
-  python3 -m benchmarks.gpu_data_pack unpack "$f" "data/paper.$w.h5" &
+  python3 -m benchmarks.gpu_data_pack unpack "$f" "data/paper.$w.h5" --append &
   pids+=($!)
   worlds="$worlds${worlds:+,}$w"
   case "$w" in *twins*) weights="$weights${weights:+,}2" ;; *) weights="$weights${weights:+,}1" ;; esac
@@ -51,6 +56,7 @@ done
 for p in "${pids[@]}"; do wait "$p" || { echo "unpack failed"; exit 3; }; done
 ls -la data/
 stamp "extra worlds: ${worlds:-none} (weights ${weights:-none})"
+if [ "${CARRY_ONLY:-0}" = 1 ]; then stamp "carry only: done"; exit 0; fi
 
 MIN=$(python3 -c "print(round(min($MIN, ($CALL_S - $TAIL_S - $(date +%s) + $t0 - 40) / 60), 2))")
 stamp "train the engines for $MIN min"
@@ -59,8 +65,13 @@ stamp "train the engines for $MIN min"
 common=(--steps train,export --data data/paper.h5 --extra-worlds "$worlds" --max-minutes "$MIN" --amp bf16
         --no-card-metrics ${RECIPE_EXTRA:-})
 [ -n "$weights" ] && common+=(--extra-weights "$weights")
+qopts=()
+[ -n "${QUALITY_BATCH:-}" ] && qopts+=(--batch "$QUALITY_BATCH")
+[ -n "${QUALITY_INIT:-}" ] && qopts+=(--init-from "$QUALITY_INIT")
+[ -n "${QUALITY_LR:-}" ] && qopts+=(--lr "$QUALITY_LR")
+[ -n "${QUALITY_EQUIV:-}" ] && qopts+=(--equivariance-weight "$QUALITY_EQUIV")
 python3 -m training.cli gpu-recipe "${common[@]}" --train-preset paper-quality --name "$QUALITY" \
-  --val-every 500 --results "$OUT/quality" >"$OUT/quality.log" 2>&1 &
+  "${qopts[@]}" --val-every 500 --results "$OUT/quality" >"$OUT/quality.log" 2>&1 &
 pq=$!
 python3 -m training.cli gpu-recipe "${common[@]}" --train-preset paper-live-twins --init-from "$LIVE_INIT" \
   --name "$LIVE" --val-every 1000 --results "$OUT/live" >"$OUT/live.log" 2>&1 &

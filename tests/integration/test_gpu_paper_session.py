@@ -1,17 +1,20 @@
 """benchmarks/gpu_paper_session.sh, the one call a GPU lease gets, run end to end on the CPU (2 steps each).
 
-A failed call costs a lease's minutes, so the script's own shell logic (unpacking the carried worlds, the
-extra-world weights, both trainings side by side, the exports, the archive) is exercised here first.
+A failed call costs a lease's minutes, so the script's own shell logic (unpacking the carried worlds in
+parts over two calls, the extra-world weights, the trainings side by side, the quality run continued from
+an engine, the exports, the archive) is exercised here first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
+import h5py
 import pytest
 
 from benchmarks.gpu_data_pack import pack
@@ -25,13 +28,13 @@ def test_paper_session_script_trains_both_engines_and_archives_them(tmp_path: Pa
     for name in ("benchmarks", "training", "sbd_stream", "tests"):
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / "engines").mkdir()  # the exports land here, not in the repository's engines/
-    for eng in ("sbd-unet4-paper-twins", "sbd-unet3s2-paper-twins"):
+    for eng in ("sbd-unet4-paper-twins", "sbd-unet3s2-paper-twins", "sbd-unet4x64-paper-ft"):
         (tmp_path / "engines" / eng).symlink_to(ROOT / "engines" / eng)
     kit = tmp_path / ".devkit"
     kit.mkdir()
     main = write_synthetic(tmp_path / "p.h5", n_structures=8, per_structure=2, size=224)
     twins = write_synthetic(tmp_path / "t.h5", n_structures=8, per_structure=2, size=224, seed=3)
-    pack(main, kit / "paper-q.h5")
+    pack(main, kit / "paper-q.h5", every=2, offset=0)  # the first call carries half the main world
     pack(twins, kit / "paper.paper-twins-q.h5", every=2)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -45,13 +48,26 @@ def test_paper_session_script_trains_both_engines_and_archives_them(tmp_path: Pa
         "TESTS": "0",
         "SBD_CACHE_DIR": str(tmp_path / "cache"),
     }
+    script = ["bash", str(ROOT / "benchmarks" / "gpu_paper_session.sh")]
     res = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_paper_session.sh")], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=900,
+        script, cwd=tmp_path, env={**env, "CARRY_ONLY": "1", "OUT": str(tmp_path / "out0")},
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    assert res.returncode == 0 and "carry only: done" in res.stdout, res.stdout + res.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    pack(main, kit / "paper-q.h5", every=2, offset=1)  # the second call: the other half, and training
+    env |= {"QUALITY_INIT": "sbd-unet4x64-paper-ft", "QUALITY_BATCH": "2", "QUALITY_EQUIV": "0.5"}
+    res = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log
     assert "extra worlds: paper-twins (weights 2)" in log
+    with h5py.File(tmp_path / "data" / "paper.h5", "r") as f:
+        assert f["images"].shape[0] == 16 and sorted(f.attrs["packed_offsets"]) == [0, 1]
+    with h5py.File(tmp_path / "data" / "paper.paper-twins.h5", "r") as f:
+        assert f["images"].shape[0] == 8  # the same part twice: added once
+    qcfg = json.loads((tmp_path / "runs" / "sbd-unet4x64-paper-gpu" / "config.json").read_text())
+    assert (qcfg["batch"], qcfg["equivariance_weight"]) == (2, 0.5)
+    assert qcfg["init_from"].endswith("sbd-unet4x64-paper-ft")
     assert "quality rc=0" in log and "live rc=0" in log and "fast rc=0" in log, log
     with tarfile.open(tmp_path / "out" / "paper_session.tgz") as tar:
         names = tar.getnames()

@@ -165,7 +165,8 @@ def test_tensorrt_step_builds_a_plan_on_a_gpu(
 def test_bf16_autocast_trains_in_channels_last_and_exports_a_float32_engine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--amp bf16 (the lease's tensor cores) runs on the CPU too; --val-every sets the validation rate."""
+    """--amp bf16 (the lease's tensor cores) runs on the CPU too; --val-every sets the validation rate,
+    --equivariance-weight the orientation term (a GPU continuation of the CPU candidate keeps it)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SBD_CACHE_DIR", str(tmp_path / "cache"))
     data = write_synthetic(tmp_path / "syn.h5", n_structures=6, per_structure=4, size=64)
@@ -173,12 +174,13 @@ def test_bf16_autocast_trains_in_channels_last_and_exports_a_float32_engine(
         "gpu-recipe", "--steps", "train,export", "--allow-cpu", "--device", "cpu", "--data", str(data),
         "--train-preset", "tiny", "--threads", "1", "--engine-dir", str(tmp_path / "eng"),
         "--results", str(tmp_path / "res"), "--extra-worlds", "", "--amp", "bf16", "--val-every", "2",
-        "--max-steps", "4", "--no-card-metrics",
+        "--max-steps", "4", "--no-card-metrics", "--equivariance-weight", "0.5",
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "res" / "gpu_recipe.json").read_text())
     run_dir = Path(summary["steps"][0]["outputs"]["run_dir"])
+    assert json.loads((run_dir / "config.json").read_text())["equivariance_weight"] == 0.5
     log = [json.loads(ln) for ln in (run_dir / "log.jsonl").open()]
     assert [r["step"] for r in log if "val_psnr" in r] == [2, 4]
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)

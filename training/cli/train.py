@@ -156,6 +156,9 @@ def gpu_recipe(
     resume: bool = typer.Option(True, help="continue runs/<name>/last.pt when it exists"),
     amp: str | None = typer.Option(None, help="off | bf16 autocast with channels-last (default: off)"),
     val_every: int | None = typer.Option(None, min=1, help="steps between validations (default: preset's)"),
+    equivariance_weight: float | None = typer.Option(
+        None, min=0.0, help="orientation term: each batch also in one other orientation (default: preset's)"
+    ),
     engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
     results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),
     max_test_images: int = typer.Option(24, help="detector-sampling test frames for Table 5.1"),

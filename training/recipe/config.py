@@ -103,6 +103,7 @@ class RecipeConfig(BaseModel):
     resume: bool = True
     amp: str | None = Field(None, description="off | bf16 (default: the preset's, off)")
     val_every: int | None = Field(None, ge=1, description="steps between validations (default: the preset's)")
+    equivariance_weight: float | None = Field(None, ge=0.0, description="orientation term; None: preset's")
     # export
     engine_dir: Path | None = None
     card_test_images: int | None = Field(48, description="test frames for the card's metrics; None: all")

@@ -136,6 +136,7 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         "early_stop_patience": gpu.get("early_stop_patience"),
         "amp": cfg.amp,
         "val_every": cfg.val_every,
+        "equivariance_weight": cfg.equivariance_weight,
     }
     tc = preset_config(cfg.train_preset, **overrides)
     weights = cfg.extra_weights

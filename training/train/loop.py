@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     if data.train is not None:
         data.train = data.train.to(device)
     t0 = time.perf_counter() - state["elapsed_s"]
-    ema = None
+    ema: torch.Tensor | None = None
     stop = False
     # a run that starts from an engine's weights has its running statistics already: freeze at once,
     # also under a preset that never freezes (unless some layers start fresh: a transplant into a block
@@ -204,7 +204,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         opt.step()
         state["step"] = step = step + 1
         state["samples"] += cfg.batch * world
-        ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+        # kept on the device: a .item() per step would make the host wait for every GPU step
+        ema = loss.detach() if ema is None else 0.9 * ema + 0.1 * loss.detach()
         elapsed = time.perf_counter() - t0
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
         out_of_time = bool(_all_reduce([float(out_of_time)])[0])
@@ -215,7 +216,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
                 rank,
                 {
                     "step": step,
-                    "loss": ema,
+                    "loss": float(ema),  # the one host sync of the loss, every log_every steps
                     "lr": opt.param_groups[0]["lr"],
                     "t_s": elapsed,
                     "samples_per_s": state["samples"] / max(elapsed, 1e-9),
