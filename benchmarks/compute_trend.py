@@ -2,14 +2,19 @@
 
     python -m benchmarks.compute_trend                          # every row of the manifest, 24 frames
     python -m benchmarks.compute_trend --max-test-images 2      # a quick look that the chain runs
+    python -m benchmarks.compute_trend --manifest benchmarks/compute_trend_quality_manifest.json
+                                                                # the wide quality network's trend
 
 The manifest (``benchmarks/compute_trend_manifest.json``) lists each point of the trend: an engine
-directory or a bare state-dict checkpoint (``benchmarks/compute_trend/*.pt``, ~230 KB each, committed so
-anyone with the test data can reproduce the trend), the run it came from, and the training stage that
-produced it (world, steps, frames per step, patch), with ``parent`` naming the row it was initialised
-from. Cumulative steps, frames and working pixels seen are summed along that chain here, and a stage's
-``init_sha256`` (from the run's summary) is checked against the parent's weights, so a wrong lineage
-fails instead of drawing a wrong curve.
+directory or a bare state-dict checkpoint (``benchmarks/compute_trend/*.pt``, 0.23 MB for the live
+network, 3.1 MB for the wide one, committed so anyone with the test data can reproduce the trend), the
+run it came from, and the training stage that produced it (world, steps, frames per step, patch), with
+``parent`` naming the row it was initialised from; the manifest's ``result`` names the JSON written
+(default ``compute_trend``). ``--write-engines DIR`` turns rows back into engine directories (the
+architecture of the manifest's ``like`` engine) for any other evaluation. Cumulative steps, frames and
+working pixels seen are summed along that chain here, and a stage's ``init_sha256`` (from the run's
+summary) is checked against the parent's weights, so a wrong lineage fails instead of drawing a wrong
+curve.
 
 Every row is scored exactly as the SBD rows of Table 5.1 at the detector's sampling
 (``sbd-train evaluate-detector``): the same evenly spaced test frames of the paper world at 0.060 A,
@@ -210,8 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--engine-kind", default="onnxruntime", help="backend, as Table 5.1 (onnxruntime)")
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--write-engines", type=Path, default=None,
+        help="write each (--only) row as an engine <dir>/<name> (to evaluate it elsewhere); score nothing",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     manifest = json.loads(args.manifest.read_text())
+    if args.write_engines is not None:
+        like = _path(manifest.get("like", "engines/sbd-unet4-paper"))
+        for r in manifest["rows"]:
+            if not args.only or r["name"] in args.only:
+                out = engine_dir_for(r, like, args.write_engines)
+                print(f"{r['name']}: {out}" + (" (committed engine, not copied)" if "engine" in r else ""))
+        return 0
     test = args.test or _path(manifest.get("test", "data/paper-test60pm.h5"))
     res = evaluate(
         manifest, test, args.max_test_images, args.only, args.engine_kind, args.device, val=args.val
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     res = {"command": shlex.join(["python", "-m", "benchmarks.compute_trend", *given]), **res}
     res["manifest"] = _rel(args.manifest.resolve())
-    path = write_result("compute_trend", res)
+    path = write_result(manifest.get("result", "compute_trend"), res)
     print(
         table(
             [

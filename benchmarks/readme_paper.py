@@ -175,11 +175,12 @@ def dose_curve_paper() -> str:
     return "\n".join(lines)
 
 
-def compute_trend() -> str:
-    """``python -m benchmarks.compute_trend``: compute_trend.json, one row per manifest entry."""
-    d = load("compute_trend.json")
+def compute_trend(name: str = "compute_trend.json") -> str:
+    """``python -m benchmarks.compute_trend``: compute_trend.json (or the quality network's
+    compute_trend_quality.json), one row per manifest entry."""
+    d = load(name)
     lines = [
-        f"{source(d, 'compute_trend.json')}; weights and their training stages listed in "
+        f"{source(d, name)}; weights and their training stages listed in "
         f"`{d['manifest']}`; {d['test_images']} frames of {len(d['test_structures'])} held-out models at "
         f"{d['detector_pixel_A']} A, {d['counts_per_px']} counts/px, as Table 5.1; paper PSNR in dB, "
         "mean ± std over frames):",
@@ -200,6 +201,11 @@ def compute_trend() -> str:
         cells = [pm(b["metrics"], k) for k in REGION_KEYS] + [pm(b["metrics"], "surface_f1", 2, False)]
         lines.append(f"| {method_label(b)}, tuned on val | - | - | - | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compute_trend_quality() -> str:
+    """The wide quality network's trend: GPU trial, then its CPU continuations."""
+    return compute_trend("compute_trend_quality.json")
 
 
 def table_3_1_paper() -> str:

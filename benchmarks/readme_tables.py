@@ -38,6 +38,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "user_abtem_twins": paper.user_abtem_twins,
     "dose_curve_paper": paper.dose_curve_paper,
     "compute_trend": paper.compute_trend,
+    "compute_trend_quality": paper.compute_trend_quality,
     "table_3_1_paper": paper.table_3_1_paper,
     # history: the detector world and the 0.155 A mini study
     "table_5_1_detector": history.table_5_1_detector,

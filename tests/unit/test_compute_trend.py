@@ -153,14 +153,43 @@ def test_a_lineage_that_does_not_match_the_weights_is_refused(
         lineage(rows)
 
 
-def test_the_committed_manifest_names_weights_that_exist_and_chain() -> None:
-    """The manifest the README's trend comes from: every weights file is committed and the stated
+QUALITY_GPU_WORLD = "paper + paper-envelope + paper-optics + paper-twins, GPU subset"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "row", "first_world"),
+    [
+        ("compute_trend_manifest.json", "sbd-unet4-paper", "detector"),
+        ("compute_trend_quality_manifest.json", "sbd-unet4x64-paper-ft2", QUALITY_GPU_WORLD),
+    ],
+)  # fmt: skip
+def test_the_committed_manifests_name_weights_that_exist_and_chain(
+    manifest: str, row: str, first_world: str
+) -> None:
+    """The manifests the README's trends come from: every weights file is committed and the stated
     starting weights of each stage are its parent's (sha256), so the curve is the lineage it claims."""
     from benchmarks.compute_trend import MANIFEST, lineage, weights_file
 
-    rows = json.loads(MANIFEST.read_text())["rows"]
+    rows = json.loads((MANIFEST.parent / manifest).read_text())["rows"]
     for r in rows:
         assert weights_file(r).is_file(), r["name"]
         assert weights_file(r).stat().st_size < 5_000_000
     chains = lineage(rows)
-    assert chains["sbd-unet4-paper"][0]["world"] == "detector"
+    assert chains[row][0]["world"] == first_world
+
+
+def test_rows_are_written_back_as_engines_that_score_as_the_weights(
+    tmp_path: Path, binning_engine_dir: Path
+) -> None:
+    """--write-engines: a bare checkpoint row becomes an engine directory holding exactly its weights."""
+    from benchmarks import compute_trend
+
+    manifest = _manifest(tmp_path, binning_engine_dir)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "engines"
+    args = ["--manifest", str(tmp_path / "manifest.json"), "--only", "off", "--write-engines", str(out)]
+    assert compute_trend.main(args) == 0
+    assert [p.name for p in out.iterdir()] == ["off"]
+    got = torch.load(out / "off" / "model.pt", weights_only=True)
+    want = torch.load(tmp_path / "off.pt", weights_only=True)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
