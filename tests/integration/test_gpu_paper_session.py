@@ -57,6 +57,7 @@ def test_paper_session_script_trains_both_engines_and_archives_them(tmp_path: Pa
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     pack(main, kit / "paper-q.h5", every=2, offset=1)  # the second call: the other half, and training
     env |= {"QUALITY_INIT": "sbd-unet4x64-paper-ft", "QUALITY_BATCH": "2", "QUALITY_EQUIV": "0.5"}
+    env["QUALITY_EXTRA"] = "--patch 160"
     res = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log
@@ -66,7 +67,7 @@ def test_paper_session_script_trains_both_engines_and_archives_them(tmp_path: Pa
     with h5py.File(tmp_path / "data" / "paper.paper-twins.h5", "r") as f:
         assert f["images"].shape[0] == 8  # the same part twice: added once
     qcfg = json.loads((tmp_path / "runs" / "sbd-unet4x64-paper-gpu" / "config.json").read_text())
-    assert (qcfg["batch"], qcfg["equivariance_weight"]) == (2, 0.5)
+    assert (qcfg["batch"], qcfg["equivariance_weight"], qcfg["augment"]["patch"]) == (2, 0.5, 160)
     assert qcfg["init_from"].endswith("sbd-unet4x64-paper-ft")
     assert "quality rc=0" in log and "live rc=0" in log and "fast rc=0" in log, log
     with tarfile.open(tmp_path / "out" / "paper_session.tgz") as tar:
