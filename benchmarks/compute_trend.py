@@ -53,6 +53,11 @@ def _rel(p: Path) -> str:
     return str(q.relative_to(ROOT)) if q.is_relative_to(ROOT) else str(p)
 
 
+def _like(manifest: dict[str, Any]) -> Path:
+    """The engine whose architecture, tiling and normalisation bare checkpoints of ``manifest`` take."""
+    return _path(manifest.get("like", "engines/sbd-unet4-paper"))
+
+
 def weights_file(row: dict[str, Any]) -> Path:
     """The file holding a row's weights: ``<engine>/model.pt`` or the bare checkpoint."""
     return _path(row["engine"]) / WEIGHTS_FILE if "engine" in row else _path(row["checkpoint"])
@@ -141,7 +146,7 @@ def evaluate(
 
     rows = manifest["rows"]
     chains = lineage(rows)
-    like = _path(manifest.get("like", "engines/sbd-unet4-paper"))
+    like = _like(manifest)
     val = val or _path(manifest.get("val", "data/paper.h5"))
     cfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, engine_kind=engine_kind)
     items, px = load_test(cfg)
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     manifest = json.loads(args.manifest.read_text())
     if args.write_engines is not None:
-        like = _path(manifest.get("like", "engines/sbd-unet4-paper"))
+        like = _like(manifest)
         for r in manifest["rows"]:
             if not args.only or r["name"] in args.only:
                 out = engine_dir_for(r, like, args.write_engines)

@@ -131,7 +131,7 @@ def unpack(src: Path, dst: Path, append: bool = False) -> int:
                     raise ValueError(
                         f"{dst} holds parts of one in {g.attrs.get('packed_every')}, not {every}"
                     )
-                parts = [int(v) for v in g.attrs["packed_offsets"]]
+                parts = [int(v) for v in g.attrs.get("packed_offsets", [0])]  # older unpacks: part 0
                 if offset in parts:
                     return 0
                 if int(g["committed"][2]) != int(f["committed"][2]):

@@ -16,7 +16,8 @@
 # skipped); the last call trains on everything unpacked so far. The quality run can continue an engine
 # (QUALITY_INIT=sbd-unet4x64-paper-ft) with QUALITY_BATCH frames per step (GPU default 16), QUALITY_LR and the
 # orientation term QUALITY_EQUIV (a from-scratch run on a quarter of the world drew a glow, session 16);
-# QUALITY_EXTRA adds any other gpu-recipe option to it (QUALITY_EXTRA="--channels 128": a wider network).
+# QUALITY_EXTRA adds any other gpu-recipe option to it, after the script's own, so it wins
+# (QUALITY_EXTRA="--channels 128": a wider network; "--val-every 2000": fewer validations).
 # Everything kept goes to $OUT: session.log and one archive (engines, run logs and configs, the recipe
 # summaries, nvidia-smi samples, the GPU tests' log). Scored afterwards on a CPU machine (evaluate-images,
 # evaluate-detector), never on the machine that trained.
@@ -74,7 +75,7 @@ qopts=()
 # shellcheck disable=SC2206  # word splitting wanted: e.g. QUALITY_EXTRA="--channels 128" for a wider network
 qopts+=(${QUALITY_EXTRA:-})
 python3 -m training.cli gpu-recipe "${common[@]}" --train-preset paper-quality --name "$QUALITY" \
-  "${qopts[@]}" --val-every 500 --results "$OUT/quality" >"$OUT/quality.log" 2>&1 &
+  --val-every 500 "${qopts[@]}" --results "$OUT/quality" >"$OUT/quality.log" 2>&1 &
 pq=$!
 python3 -m training.cli gpu-recipe "${common[@]}" --train-preset paper-live-twins --init-from "$LIVE_INIT" \
   --name "$LIVE" --val-every 1000 --results "$OUT/live" >"$OUT/live.log" 2>&1 &

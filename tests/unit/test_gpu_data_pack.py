@@ -62,6 +62,16 @@ def test_parts_appended_make_the_whole_world_once(tmp_path: Path) -> None:
             assert b.meta(j) | {"col_start": 0} == a.meta(i) | {"col_start": 0}
             for name, vals in a.columns(i).items():
                 np.testing.assert_array_equal(b.columns(j)[name], vals)
+    # a file unpacked before parts existed holds part 0 without saying so: part 1 still joins it, once
+    pack(src, tmp_path / "h0.h5", step, every=2)
+    pack(src, tmp_path / "h1.h5", step, every=2, offset=1)
+    unpack(tmp_path / "h0.h5", tmp_path / "old.h5")
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        del f.attrs["packed_offsets"]
+    assert unpack(tmp_path / "h0.h5", tmp_path / "old.h5", append=True) == 0
+    assert unpack(tmp_path / "h1.h5", tmp_path / "old.h5", append=True) == 4
+    with SimulatedDataset(tmp_path / "old.h5") as b:
+        assert len(b) == 9
     pack(src, tmp_path / "q_other.h5", step, every=2, offset=1)
     with pytest.raises(ValueError, match="parts of one in 3"):
         unpack(tmp_path / "q_other.h5", tmp_path / "u.h5", append=True)
