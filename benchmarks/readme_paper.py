@@ -145,10 +145,15 @@ def paper_images() -> str:
             p = e["summary"].get(k, {}).get("sbd_mean")
             others += ("-" if p is None else f"{p:.2f}") + " | "
         lines.append(
-            f"| {k} | **{v['sbd_mean']:.2f}** | {others}{v['low_pass_mean']:.2f} | "
-            f"{v['margin_mean_dB']:+.2f} | {v['margin_min_dB']:+.2f} |"
+            f"| {k} | **{v['sbd_mean']:.2f}** | {others}{_num(v.get('low_pass_mean'), '.2f')} | "
+            f"{_num(v.get('margin_mean_dB'), '+.2f')} | {_num(v.get('margin_min_dB'), '+.2f')} |"
         )
     return "\n".join(lines)
+
+
+def _num(v: float | None, fmt: str) -> str:
+    """A table cell: ``n/a`` where evaluate-images wrote null (no finite score in that region)."""
+    return "n/a" if v is None else format(v, fmt)
 
 
 def dose_curve_paper() -> str:

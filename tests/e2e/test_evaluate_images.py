@@ -7,13 +7,27 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import tifffile
+from click.testing import Result
 from typer.testing import CliRunner
 
+from sbd_stream.engines.card import FAST_ENGINE
 from sbd_stream.sources.emulator import resample
 from training.cli import app
-from training.evaluate.images import read_images
+from training.evaluate.images import (
+    ImageEvalConfig,
+    _summary,
+    evaluate_images,
+    markdown,
+    oracle_low_pass,
+    read_images,
+    strict,
+)
+from training.evaluate.regions import region_psnrs
 from training.sim.samples import read_quality_frames
+
+LP = ImageEvalConfig(folder=Path("."), pixel_size_A=1.0).lowpass_sigmas_A
 
 
 def _clean_at(pixel_A: float) -> np.ndarray:
@@ -69,3 +83,222 @@ def test_evaluate_images_command_writes_table_and_figure(tmp_path: Path) -> None
         assert row["binning_ceiling"]["support"] > row["sbd"]["support"] + 5.0, row["binning_ceiling"]
     assert (out / "evaluate_images.png").stat().st_size > 10_000
     assert "| mean | SBD | low-pass |" in (out / "evaluate_images.md").read_text()
+
+
+# --- scoring at any dose, strict JSON, user errors, files that are not clean simulations ---------------
+
+FAST = ["--engine", FAST_ENGINE, "--orientations", "1", "--draws", "1"]
+"""The cheapest engine path: the live CPU engine, one orientation, one draw."""
+
+
+def _small_clean() -> np.ndarray:
+    """256 x 256 at 0.060 A of a bundled frame: vacuum on top, a particle, the support below (counts)."""
+    return _clean_at(0.06)[240:496, 220:476].astype(np.float32)
+
+
+def _folder(tmp_path: Path, name: str = "clean") -> Path:
+    src = tmp_path / name
+    src.mkdir()
+    tifffile.imwrite(src / "frame.tif", _small_clean())
+    return src
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(app, ["evaluate-images", *args])
+
+
+def _one_error_line(res: Result, *words: str) -> str:
+    """The command ended with exit status 2 and one line on stderr that names ``words``; no traceback."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def _strict_load(path: Path) -> dict:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_scores_at_the_paper_scale_identity_at_045_finite_at_2_counts(tmp_path: Path) -> None:
+    """The paper metric is scored on counts rescaled to 0.45 per vacuum pixel: unchanged at 0.45 (the
+    old formula, bit for bit), and finite at 2 counts/px, where the [0, 1] clamp made every score inf."""
+    src = _folder(tmp_path)
+    for cpp in (0.45, 2.0):
+        cfg = ImageEvalConfig(
+            folder=src, pixel_size_A=0.06, counts_per_px=cpp, draws=1, engine=FAST_ENGINE, orientations=1
+        )
+        res = evaluate_images(cfg, log=lambda _m: None)
+        (ex,) = res.pop("_examples")
+        row = res["rows"][0]
+        s = 0.45 / cpp
+        assert res["score_scale"] == s and "0.45 counts per vacuum pixel" in res["note"]
+        clean, den, noisy, regions = ex["clean"], ex["denoised"], ex["noisy"], ex["regions"]
+        if cpp == 0.45:  # exactly what the unscaled scoring gave
+            assert row["sbd"] == region_psnrs(clean, den, regions)
+            assert row["low_pass_oracle"] == oracle_low_pass(clean, noisy, regions, [x / 0.06 for x in LP])
+        else:
+            assert region_psnrs(clean, den, regions)["support"] == np.inf  # unscaled: all clamped to 1
+            assert row["sbd"] == pytest.approx(region_psnrs(clean * s, den * s, regions), abs=1e-9)
+        for k in ("whole", "vacuum", "support", "particle"):
+            assert np.isfinite(row["sbd"][k]) and np.isfinite(row["low_pass_oracle"][k]["paper_psnr"]), k
+            assert res["summary"][k]["sbd_mean"] is not None
+        json.dumps(res, allow_nan=False)
+
+
+def test_high_dose_writes_strict_json_and_a_full_mean_table(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = _run(
+        str(_folder(tmp_path)), "--pixel-size", "0.06", "--counts-per-px", "2", *FAST, "--out-dir", str(out)
+    )
+    assert res.exit_code == 0, res.output
+    data = _strict_load(out / "evaluate_images.json")
+    assert data["config"]["counts_per_px"] == 2.0 and data["note"] and data["skipped"] == []
+    assert all(v is not None for v in data["rows"][0]["sbd"].values())
+    md = (out / "evaluate_images.md").read_text()
+    table = md.split("| mean | SBD |")[1]
+    for k in ("whole", "vacuum", "support", "particle"):
+        assert f"| {k} | " in table, md
+    assert "inf" not in md
+
+
+def test_absent_region_is_null_and_the_mean_table_keeps_its_row() -> None:
+    """A region no image has (NaN) and a perfect score (inf) become null; the markdown prints n/a."""
+    row = {
+        "image": "a",
+        "draw": 0,
+        "fractions": {"vacuum": 0.5, "support": 0.5, "particle": 0.0},
+        "sbd": {"whole": 30.0, "vacuum": np.inf, "support": 28.0, "particle": np.nan},
+        "low_pass_oracle": {
+            "whole": {"paper_psnr": 29.0, "sigma_px": 3.0},
+            "vacuum": {"paper_psnr": np.inf, "sigma_px": 9.0},
+            "support": {"paper_psnr": 27.0, "sigma_px": 3.0},
+        },
+        "margin_dB": {"whole": 1.0, "support": 1.0},
+    }
+    res = strict(
+        {
+            "folder": "f",
+            "detector_pixel_A": 0.06,
+            "config": {"counts_per_px": 2.0, "draws": 1},
+            "engine": "e",
+            "backend": "b",
+            "geometry": {},
+            "score_scale": 0.225,
+            "rows": [row],
+            "summary": _summary([row]),
+            "skipped": [{"path": "x.tif", "reason": "broken"}],
+        }
+    )
+    text = json.dumps(res, allow_nan=False)
+    assert res["rows"][0]["sbd"]["particle"] is None and res["rows"][0]["sbd"]["vacuum"] is None
+    assert res["summary"]["particle"]["sbd_mean"] is None and res["summary"]["whole"]["sbd_mean"] == 30.0
+    md = markdown(json.loads(text), "cmd")
+    means = md.split("| mean | SBD |")[1]
+    assert "| particle | n/a | n/a | n/a | n/a |" in means and "| vacuum | n/a | n/a | n/a | n/a |" in means
+    assert "| whole | 30.00 | 29.00 | +1.00 | +1.00 |" in means
+    assert "`x.tif`: broken" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--resize", "0"], ["--resize", "greater than 0"]),
+        (["--resize", "-1"], ["--resize", "greater than 0"]),
+        (["--pixel-size", "0"], ["--pixel-size", "greater than 0"]),
+        (["--counts-per-px", "0"], ["--counts-per-px", "greater than 0"]),
+        (["--draws", "0"], ["--draws", "greater than or equal to 1"]),
+        (["--orientations", "3"], ["--orientations", "1, 2, 4 or 8"]),
+        (["--backend", "foo"], ["--backend", "onnxruntime"]),
+        (["--pixel-size", "0.5"], ["--pixel-size", "coarser than the engine's working pixel"]),
+    ],
+)
+def test_invalid_options_end_in_one_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    base = ["--pixel-size", "0.06", "--engine", FAST_ENGINE, "--out-dir", str(tmp_path / "out")]
+    _one_error_line(_run(str(_folder(tmp_path)), *base, *args), *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_empty_and_unreadable_folders_end_in_one_line(tmp_path: Path) -> None:
+    _one_error_line(_run(str(tmp_path / "nope"), "--pixel-size", "0.06"), "nope", "no such folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    _one_error_line(_run(str(empty), "--pixel-size", "0.06"), "no images", ".tif", str(empty))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.tif").write_bytes(b"not a tiff")
+    _one_error_line(_run(str(bad), "--pixel-size", "0.06"), "no readable clean image", "broken.tif")
+
+
+def test_unreadable_files_are_skipped_with_a_warning_and_listed(tmp_path: Path) -> None:
+    src = _folder(tmp_path)
+    (src / "broken.tif").write_bytes(b"not a tiff")
+    (src / "empty.npy").write_bytes(b"")
+    tifffile.imwrite(src / "dark.tif", np.zeros((64, 64), np.float32))  # read, but no vacuum level
+    _record(src)
+    out = tmp_path / "out"
+    res = _run(str(src), "--pixel-size", "0.06", *FAST, "--out-dir", str(out))
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 4 and any("broken.tif" in w and "TIFF" in w for w in warnings), res.stderr
+    data = _strict_load(out / "evaluate_images.json")
+    assert [r["image"] for r in data["rows"]] == ["frame"]
+    skipped = {Path(s["path"]).name if "path" in s else s["image"]: s["reason"] for s in data["skipped"]}
+    assert set(skipped) == {"broken.tif", "empty.npy", "acq.nxs", "dark"} and all(skipped.values()), skipped
+    assert "recording" in skipped["acq.nxs"] and "vacuum" in skipped["dark"]
+    assert "broken.tif" in (out / "evaluate_images.md").read_text()
+
+
+def _record(directory: Path) -> Path:
+    """A real `sbd-stream serve` recording: raw uint16 counts, denoised and LLR frames of 40 x 40."""
+    from sbd_stream.config import RecordSettings
+    from sbd_stream.metrics import Metrics
+    from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+    sampling = {"pixel_size_A": 0.06, "dose_e_per_A2": 125.0, "counts_per_px": 0.45}
+    rec = Recorder(RecordSettings(directory=directory), Metrics(), sampling=sampling)
+    for q in range(3):
+        raw = np.random.default_rng(q).poisson(0.45, (40, 40)).astype(np.uint16)
+        rec.write(RecordItem("raw", "acq", q, 100.0 + q, raw))
+        rec.write(RecordItem("denoised", "acq", q, 100.0 + q, np.full((40, 40), 0.45, np.float32)))
+        rec.write(RecordItem("llr", "acq", q, 100.0 + q, np.zeros((40, 40), np.float32)))
+    rec.close_all()
+    return directory / "acq.nxs"
+
+
+def test_hdf5_rule_float_images_only_and_sbd_stream_files_refused(tmp_path: Path) -> None:
+    from sbd_stream.sources.stacks import create_output
+
+    img = np.linspace(0.5, 1.5, 64 * 48, dtype=np.float32).reshape(64, 48)
+    with h5py.File(tmp_path / "sim.h5", "w") as f:
+        f["clean"] = img
+        f["counts"] = np.ones((2, 64, 48), np.uint16)  # detector counts: not a clean image
+        f["coords"] = np.zeros((500, 2), np.float32)  # not an image
+    with h5py.File(tmp_path / "den.h5", "w") as f:  # what `sbd-stream denoise` writes
+        create_output(f, (2, 40, 40), {"engine_id": "x", "engine_card": {"name": "x"}})
+    _record(tmp_path)
+    skipped: list[dict[str, str]] = []
+    got = read_images(tmp_path, skipped=skipped)
+    assert [n for n, _ in got] == ["sim"]
+    np.testing.assert_array_equal(got[0][1], img)
+    reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
+    assert set(reasons) == {"acq.nxs", "den.h5"}
+    assert "sbd-stream recording" in reasons["acq.nxs"] and "not a clean simulation" in reasons["acq.nxs"]
+    assert "sbd-stream denoise" in reasons["den.h5"]
+    skipped.clear()  # --dataset: that dataset only, whatever its dtype; files without it are skipped
+    got = read_images(tmp_path, dataset="counts", skipped=skipped)
+    assert [n for n, _ in got] == ["sim", "sim[1]"] and got[0][1].shape == (64, 48)
+    assert len(skipped) == 2
+
+
+def test_a_recording_alone_is_refused_in_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "rec"
+    src.mkdir()
+    _record(src)
+    _one_error_line(_run(str(src), "--pixel-size", "0.06"), "no readable clean image", "acq.nxs", "recording")

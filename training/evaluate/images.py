@@ -8,35 +8,64 @@ denoises them exactly as ``sbd-stream denoise`` does (``BatchStage``: bin, engin
 pixels) and scores whole frame, vacuum, support and particle (``regions_from_clean``: these images
 carry no atomic model) against a Gaussian low-pass whose width is chosen per image and per region on
 the ground truth (an oracle: no real denoiser can beat that choice of a blur).
+
+Every score is the paper's PSNR (counts clamped to [0, 1], data range 1 count), a metric defined at the
+paper's 0.45 counts per vacuum pixel. At another dose, clean and estimate are first rescaled to that
+scale (x 0.45 / ``counts_per_px``: identity at 0.45), as the dose curve does (``dose_curve.py``): at 2
+counts/px every count would otherwise sit above the clamp and every PSNR read ``inf``. Scores that are
+not finite (a region the image lacks, a perfect match) are written as JSON ``null``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from training.evaluate.clean_images import SUFFIXES, NoCleanImages, read_images
 from training.evaluate.regions import REGION_NAMES, region_fractions, region_psnrs, regions_from_clean
+from training.evaluate.tables import strict, write_json
 
-SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs")
+__all__ = ["SUFFIXES", "ImageEvalConfig", "evaluate_images", "markdown", "read_images", "write_figure"]
+
+PAPER_COUNTS_PER_PX = 0.45
+"""Vacuum counts per 0.060 A pixel in the paper: where its metric's [0, 1] clamp and 1-count range hold."""
+SCORE_NOTE = (
+    "paper PSNR (counts clamped to [0, 1], data range 1 count) with clean and estimate rescaled to the "
+    "paper's 0.45 counts per vacuum pixel (x 0.45 / counts_per_px, identity at 0.45; as the dose curve), "
+    "so doses compare on one scale; null: not finite (a region absent from the image, or a perfect score)"
+)
+
+
+def _warn_stderr(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 class ImageEvalConfig(BaseModel):
     folder: Path
-    pixel_size_A: float = Field(gt=0, description="A per pixel of the images as stored")
-    resize: float = Field(1.0, gt=0, description="resampling factor before noise (paper's test code: 0.785)")
-    counts_per_px: float = Field(0.45, gt=0, description="vacuum counts per detector pixel per frame")
+    pixel_size_A: float = Field(gt=0, allow_inf_nan=False, description="A per pixel of the images as stored")
+    resize: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="resampling factor before noise (paper test code: 0.785)"
+    )
+    counts_per_px: float = Field(
+        0.45, gt=0, allow_inf_nan=False, description="vacuum counts per detector pixel per frame"
+    )
     draws: int = Field(2, ge=1, description="Poisson frames per clean image")
+    dataset: str | None = Field(None, description="HDF5 files: only this dataset (default: float images)")
     seed: int = 2026
     engine: str | None = Field(
         None,
         description="engine name or directory; None: what offline work picks (engines.card.offline_engine)",
     )
     backend: str = "auto"
-    orientations: int = Field(8, description="as `sbd-stream denoise`: the engine over 8 orientations")
+    orientations: Literal[1, 2, 4, 8] = Field(
+        8, description="as `sbd-stream denoise`: the engine over 8 orientations"
+    )
     lowpass_sigmas_A: list[float] = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.2]
     out_dir: Path = Path("benchmarks/results/images")
 
@@ -44,50 +73,10 @@ class ImageEvalConfig(BaseModel):
     def detector_pixel_A(self) -> float:
         return self.pixel_size_A / self.resize
 
-
-def read_images(folder: Path) -> list[tuple[str, np.ndarray]]:
-    """Every 2-D image in the folder (a 3-D array gives one image per slice), sorted by file name."""
-    out: list[tuple[str, np.ndarray]] = []
-    for path in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES):
-        for i, img in enumerate(_read(path)):
-            name = path.stem if i == 0 else f"{path.stem}[{i}]"
-            out.append((name, np.asarray(img, dtype=np.float64)))
-    if not out:
-        raise ValueError(f"no images ({', '.join(SUFFIXES)}) in {folder}")
-    return out
-
-
-def _read(path: Path) -> list[np.ndarray]:
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        arr = tifffile.imread(path)
-    elif suffix == ".mrc":
-        import mrcfile
-
-        with mrcfile.open(path, permissive=True) as m:
-            arr = np.array(m.data)
-    elif suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    else:
-        import h5py
-        import hdf5plugin  # noqa: F401 - bitshuffle / LZ4 filters: recordings and detector files use them
-
-        found: list[np.ndarray] = []
-        with h5py.File(path, "r") as f:
-            f.visititems(
-                lambda _n, obj: (
-                    found.append(obj[()])
-                    if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and min(obj.shape[-2:]) >= 32
-                    else None
-                )
-            )
-        return [img for a in found for img in (a if a.ndim == 3 else [a])]
-    arr = np.squeeze(arr)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{path}: expected a 2-D image or a stack, got shape {arr.shape}")
-    return list(arr) if arr.ndim == 3 else [arr]
+    @property
+    def score_scale(self) -> float:
+        """Counts x this = counts at the paper's 0.45 per vacuum pixel, where its metric is defined."""
+        return PAPER_COUNTS_PER_PX / self.counts_per_px
 
 
 def prepare(img: np.ndarray, cfg: ImageEvalConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +89,10 @@ def prepare(img: np.ndarray, cfg: ImageEvalConfig) -> tuple[np.ndarray, np.ndarr
     vac = regions == 0
     if vac.mean() < 0.01:
         raise ValueError("no vacuum found to set the dose on (the rule needs flat rows of vacuum)")
-    counts = img / float(np.median(img[vac])) * cfg.counts_per_px
+    level = float(np.median(img[vac]))
+    if not level > 0:
+        raise ValueError(f"vacuum level {level:.3g} is not positive (bright-field images: vacuum is bright)")
+    counts = img / level * cfg.counts_per_px
     return counts, regions
 
 
@@ -134,10 +126,23 @@ def binning_ceiling(clean: np.ndarray, regions: np.ndarray, k: int) -> dict[str,
     return region_psnrs(clean, unbin(bin_counts(t, k), k, clean.shape, "bicubic")[0].numpy(), regions)
 
 
-def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
+def evaluate_images(
+    cfg: ImageEvalConfig, log: Callable[[str], None] = print, warn: Callable[[str], None] = _warn_stderr
+) -> dict[str, Any]:
+    """Every clean image of ``cfg.folder`` through the engine and the oracle low-pass, per region.
+
+    Images are read before the engine is loaded, so a folder with nothing usable fails at once. A file
+    that cannot be read, and an image without vacuum to set the dose on, are skipped with one ``warn``
+    line each and listed under ``skipped`` ({path, reason} for a file, {image, reason} for an image).
+    The result is strict JSON but for ``_examples`` (arrays for the figure): scores that are not finite
+    are None."""
     from sbd_stream.engines.card import default_engine_root, offline_engine
     from training.evaluate.detector import sbd_detector_method
 
+    skipped: list[dict[str, str]] = []
+    images = read_images(cfg.folder, cfg.dataset, skipped)
+    for s in skipped:
+        warn(f"skipped {s['path']}: {s['reason']}")
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
     engine_dir = engine_dir or default_engine_root() / (cfg.engine or offline_engine())
     px = cfg.detector_pixel_A
@@ -145,10 +150,17 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
         engine_dir, cfg.backend, px, cfg.counts_per_px, orientations=cfg.orientations
     )
     sigmas_px = [s / px for s in cfg.lowpass_sigmas_A]
+    scale = cfg.score_scale  # to the paper's 0.45 counts/px: 1.0 there, so its scores are unchanged
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, np.ndarray]] = []
-    for i, (name, raw) in enumerate(read_images(cfg.folder)):
-        clean, regions = prepare(raw, cfg)
+    for i, (name, raw) in enumerate(images):
+        try:
+            clean, regions = prepare(raw, cfg)
+        except ValueError as e:
+            skipped.append({"image": name, "reason": str(e)})  # read, but not usable: no file path
+            warn(f"skipped image {name}: {e}")
+            continue
+        ref = clean * scale
         for d in range(cfg.draws):
             noisy = (
                 np.random.default_rng([cfg.seed, i, d]).poisson(np.clip(clean, 0, None)).astype(np.float32)
@@ -156,10 +168,10 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
             t0 = time.perf_counter()
             den = method(noisy, cfg.counts_per_px) * cfg.counts_per_px
             dt = time.perf_counter() - t0
-            sbd = region_psnrs(clean, den, regions)
-            lp = oracle_low_pass(clean, noisy, regions, sigmas_px)
+            sbd = region_psnrs(ref, den * scale, regions)
+            lp = oracle_low_pass(ref, noisy * scale, regions, sigmas_px)
             if d == 0:  # what the engine's working pixel can carry at all: the clean frame binned and back
-                ceiling = binning_ceiling(clean, regions, int(info["geometry"]["bin"]))
+                ceiling = binning_ceiling(ref, regions, int(info["geometry"]["bin"]))
             rows.append(
                 {
                     "image": name,
@@ -168,7 +180,11 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
                     "fractions": region_fractions(regions),
                     "sbd": sbd,
                     "low_pass_oracle": lp,
-                    "margin_dB": {k: sbd[k] - lp[k]["paper_psnr"] for k in lp if np.isfinite(sbd[k])},
+                    "margin_dB": {
+                        k: sbd[k] - lp[k]["paper_psnr"]
+                        for k in lp
+                        if np.isfinite(sbd[k]) and np.isfinite(lp[k]["paper_psnr"])
+                    },
                     "binning_ceiling": ceiling,
                     "seconds": dt,
                 }
@@ -176,10 +192,13 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
             log(_line(rows[-1]))
             if d == 0:
                 examples.append({"clean": clean, "noisy": noisy, "denoised": den, "regions": regions})
-    summary = _summary(rows)
-    return {
-        "what": "paper PSNR (counts clamped to [0, 1], range 1 count) per region; low-pass width chosen "
-        "per image and per region on the ground truth (oracle)",
+    if not rows:
+        raise NoCleanImages(f"no usable clean image in {cfg.folder} ({len(skipped)} skipped, see above)")
+    res = {
+        "what": "paper PSNR per region; low-pass width chosen per image and per region on the ground truth "
+        "(oracle)",
+        "note": SCORE_NOTE,
+        "score_scale": scale,
         "folder": str(cfg.folder),
         "config": cfg.model_dump(mode="json"),
         "detector_pixel_A": px,
@@ -189,25 +208,42 @@ def evaluate_images(cfg: ImageEvalConfig, log: Any = print) -> dict[str, Any]:
         "orientations_requested": cfg.orientations,
         "geometry": info["geometry"],
         "rows": rows,
-        "summary": summary,
-        "_examples": examples,
+        "summary": _summary(rows),
+        "skipped": skipped,
     }
+    return {**strict(res), "_examples": examples}
+
+
+def write_strict_json(obj: dict[str, Any], path: Path) -> None:
+    """Kept for callers of the earlier name: every results JSON is now strict (``tables.write_json``)."""
+    write_json(obj, path)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the finite scores of each region (a region some image lacks is left out there)."""
     keys = ("whole", *REGION_NAMES.values())
     out: dict[str, Any] = {}
     for k in keys:
-        s = [r["sbd"][k] for r in rows if np.isfinite(r["sbd"][k])]
+        s = [r["sbd"][k] for r in rows]
         lp = [r["low_pass_oracle"][k]["paper_psnr"] for r in rows if k in r["low_pass_oracle"]]
         mg = [r["margin_dB"][k] for r in rows if k in r["margin_dB"]]
         out[k] = {
-            "sbd_mean": float(np.mean(s)) if s else None,
-            "low_pass_mean": float(np.mean(lp)) if lp else None,
-            "margin_min_dB": float(np.min(mg)) if mg else None,
-            "margin_mean_dB": float(np.mean(mg)) if mg else None,
+            "sbd_mean": _mean(s),
+            "low_pass_mean": _mean(lp),
+            "margin_min_dB": _finite(mg, np.min),
+            "margin_mean_dB": _mean(mg),
         }
     return out
+
+
+def _finite(values: list[float], reduce: Callable[[np.ndarray], Any]) -> float | None:
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(reduce(v)) if v.size else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return _finite(values, np.mean)
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -218,17 +254,24 @@ def _line(r: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _f(v: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
 def markdown(res: dict[str, Any], command: str) -> str:
+    """The per-frame table and the per-region means of a strict result (None cells read n/a)."""
+    cfg = res["config"]
     lines = [
         f"# Clean images from `{res['folder']}`: SBD vs an oracle low-pass, per region",
         "",
-        f"Detector pixel {res['detector_pixel_A']:.4f} A, {res['config']['counts_per_px']} counts/px "
+        f"Detector pixel {res['detector_pixel_A']:.4f} A, {cfg['counts_per_px']} counts/px "
         "in vacuum, "
-        f"{res['config']['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
+        f"{cfg['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
         f"averaged over {res.get('orientations', 1)} orientations, "
-        f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count), dB, SBD / low-pass "
-        "(Gaussian width chosen per image and per region on the ground truth). Regions from the clean image "
-        "(`training.evaluate.regions.regions_from_clean`).",
+        f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count) with clean and "
+        f"estimate rescaled to {PAPER_COUNTS_PER_PX} counts per vacuum pixel (x {res['score_scale']:.4g}), "
+        "dB, SBD / low-pass (Gaussian width chosen per image and per region on the ground truth); n/a: not "
+        "finite. Regions from the clean image (`training.evaluate.regions.regions_from_clean`).",
         f"Rerun: `{command}`",
         "",
         "| image | draw | whole | vacuum | support | particle | vacuum / support / particle area |",
@@ -238,21 +281,21 @@ def markdown(res: dict[str, Any], command: str) -> str:
         cells = []
         for k in ("whole", *REGION_NAMES.values()):
             lp = r["low_pass_oracle"].get(k)
-            cells.append("n/a" if lp is None else f"{r['sbd'][k]:.2f} / {lp['paper_psnr']:.2f}")
+            cells.append(f"{_f(r['sbd'][k])} / {_f(None if lp is None else lp['paper_psnr'])}")
         fr = r["fractions"]
         lines.append(
             f"| {r['image']} | {r['draw']} | {' | '.join(cells)} | "
             f"{fr['vacuum']:.2f} / {fr['support']:.2f} / {fr['particle']:.2f} |"
         )
-    s = res["summary"]
     lines += ["", "| mean | SBD | low-pass | margin (mean) | margin (worst image) |", "|---|---|---|---|---|"]
-    for k, v in s.items():
-        if v["sbd_mean"] is None:
-            continue
+    for k, v in res["summary"].items():
         lines.append(
-            f"| {k} | {v['sbd_mean']:.2f} | {v['low_pass_mean']:.2f} | {v['margin_mean_dB']:+.2f} | "
-            f"{v['margin_min_dB']:+.2f} |"
+            f"| {k} | {_f(v['sbd_mean'])} | {_f(v['low_pass_mean'])} | {_f(v['margin_mean_dB'], '+.2f')} | "
+            f"{_f(v['margin_min_dB'], '+.2f')} |"
         )
+    if res.get("skipped"):
+        lines += ["", "Skipped:"]
+        lines += [f"- `{s.get('path') or s.get('image')}`: {s['reason']}" for s in res["skipped"]]
     return "\n".join(lines) + "\n"
 
 

@@ -286,6 +286,21 @@ def _row_line(r: dict[str, Any]) -> str:
     )
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (and numpy scalars) as JSON can hold it: None."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(obj: dict, path: Path) -> None:
+    """Standard JSON (no NaN / Infinity tokens, which most parsers but Python's refuse): a score that is
+    not finite (a region an image lacks, a perfect match) is written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(strict(obj), indent=2, allow_nan=False, default=str) + "\n")

@@ -1,0 +1,153 @@
+"""Reading someone else's clean simulations for ``sbd-train evaluate-images``: which files, which arrays.
+
+Why a rule: a folder a user points at holds what their simulator wrote and often more (notes, a failed
+export, the recording of a session). One unreadable file must not cost the whole run, and a file that is
+no clean simulation must not be scored as one. So:
+
+- TIFF / MRC / NPY: the file's array, squeezed; 2-D is one image, 3-D one image per slice.
+- HDF5 (``.h5``, ``.hdf5``, ``.nxs``): the **float** datasets that look like images (2-D, or 3-D stacks,
+  both image sides >= 32 px), or only the dataset named by ``dataset`` (``--dataset``). Integer datasets
+  hold detector counts, not a clean simulation, and are passed over unless named.
+- Files written by sbd-stream itself are **refused**: a recording (root attribute ``format`` =
+  ``sbd-recording/1``, or ``raw/frames`` with ``raw/complete``: raw counts, denoised frames, likelihood
+  maps) or a ``sbd-stream denoise`` output (root attribute ``engine_id``: denoised frames). Scored as
+  "clean", they would compare the engine with its own output or with noise.
+- A file that cannot be read, holds no image, or is refused is **skipped**: it goes on the ``skipped``
+  list (path and reason) and the run goes on; only when nothing readable is left is it an error
+  (:class:`NoCleanImages`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
+MIN_SIDE = 32
+"""An HDF5 dataset with a side under this many pixels is not an image (axes, positions, metadata)."""
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError)
+"""What the readers raise on a damaged or foreign file (tifffile's TiffFileError is a ValueError, h5py's
+"not an HDF5 file" an OSError, an empty .npy an EOFError): the file is skipped, the run goes on."""
+
+
+class NoCleanImages(ValueError):
+    """Nothing readable in the folder: the command ends with this one line."""
+
+
+class Unusable(ValueError):
+    """A file that was read but holds no clean image; the message is the whole reason."""
+
+
+class NotClean(Unusable):
+    """A readable file that is not a clean simulation (an sbd-stream recording or denoise output)."""
+
+
+def read_images(
+    folder: Path, dataset: str | None = None, skipped: list[dict[str, str]] | None = None
+) -> list[tuple[str, np.ndarray]]:
+    """Every clean image in the folder, sorted by file name (a stack gives one image per slice, named
+    ``stem[i]``). Files that fail are appended to ``skipped`` as {path, reason} and left out."""
+    skipped = [] if skipped is None else skipped
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise NoCleanImages(f"no images ({', '.join(SUFFIXES)}) in {folder}")
+    out: list[tuple[str, np.ndarray]] = []
+    for path in files:
+        try:
+            images = read_file(path, dataset)
+        except READ_ERRORS as e:
+            skipped.append({"path": str(path), "reason": _reason(e)})
+            continue
+        for i, img in enumerate(images):
+            out.append((path.stem if i == 0 else f"{path.stem}[{i}]", np.asarray(img, dtype=np.float64)))
+    if not out:
+        shown = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3])
+        more = "; ..." if len(skipped) > 3 else ""
+        raise NoCleanImages(f"no readable clean image in {folder} ({len(skipped)} skipped: {shown}{more})")
+    return out
+
+
+def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
+    """The clean images of one file (module docstring for the rule); raises on anything else."""
+    suffix = path.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        found = _read_hdf5(path, dataset)
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        found = [tifffile.imread(path)]
+    elif suffix == ".mrc":
+        import mrcfile
+
+        with mrcfile.open(path, permissive=True) as m:
+            if m.data is None:
+                raise Unusable("no image data in it")
+            found = [np.array(m.data)]
+    else:
+        found = [np.load(path, allow_pickle=False)]
+    images: list[np.ndarray] = []
+    for arr in found:
+        arr = np.squeeze(arr)
+        if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
+            raise Unusable(f"expected a 2-D image or a stack of them, got {arr.dtype} of shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise Unusable("it holds NaN or infinite values")
+        images += list(arr) if arr.ndim == 3 else [arr]
+    return images
+
+
+def _read_hdf5(path: Path, dataset: str | None) -> list[np.ndarray]:
+    import h5py
+    import hdf5plugin  # noqa: F401 - bitshuffle / LZ4 filters: recordings and detector files use them
+
+    with h5py.File(path, "r") as f:
+        refused = sbd_stream_file(f)
+        if refused:
+            raise NotClean(f"{refused}, not a clean simulation")
+        if dataset is not None:
+            obj = f.get(dataset)
+            if not isinstance(obj, h5py.Dataset):
+                raise Unusable(f"no dataset {dataset!r} in it (--dataset)")
+            return [obj[()]]
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if _looks_clean(obj) else None)
+        if not names:
+            raise Unusable(
+                f"no float dataset of 2-D images (sides >= {MIN_SIDE} px) in it; name one with --dataset"
+            )
+        return [f[n][()] for n in names]
+
+
+def sbd_stream_file(f: Any) -> str | None:
+    """What sbd-stream file this open HDF5 file is (a recording, a denoise output), else None."""
+    fmt = f.attrs.get("format", "")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    if fmt.startswith("sbd-recording") or ("raw/frames" in f and "raw/complete" in f):
+        return f"an sbd-stream recording ({fmt or 'raw/frames'}: raw counts and denoised frames)"
+    if "engine_id" in f.attrs:
+        return "an `sbd-stream denoise` output (denoised frames)"
+    return None
+
+
+def _looks_clean(obj: Any) -> bool:
+    import h5py
+
+    return (
+        isinstance(obj, h5py.Dataset)
+        and obj.dtype.kind == "f"
+        and obj.ndim in (2, 3)
+        and min(obj.shape[-2:]) >= MIN_SIDE
+    )
+
+
+def _reason(e: Exception) -> str:
+    """One line: our own reason as it is; a reader's first line of message after its error's name."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # a KeyError's str is a repr
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    if isinstance(e, Unusable):
+        return first
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
