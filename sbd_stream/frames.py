@@ -27,8 +27,10 @@ class Frame:
     """A raw frame inside the service. ``data`` may view the received ZeroMQ buffer (read-only).
 
     ``chunk`` is the detector's own bitshuffle-LZ4 payload when one came with the frame (DECTRIS), so
-    the recorder can store it with ``write_direct_chunk`` instead of compressing again; ``series`` is
-    the detector's series number where the dialect has one (0 otherwise).
+    the detector's series number where the dialect has one (0 otherwise). ``seq_restart``: the
+    sequence accounting found this frame restarting its acquisition's numbering without a
+    ``series_start`` (a sender that came back), so the recorder starts a new part instead of storing
+    every ``seq`` twice in one file.
     """
 
     header: FrameHeader
@@ -36,6 +38,7 @@ class Frame:
     t_recv: float = field(default_factory=time.perf_counter)
     chunk: bytes | None = None
     series: int = 0
+    seq_restart: bool = False
 
 
 FrameHandler = Callable[[Frame], None]

@@ -73,6 +73,11 @@ class Metrics:
             "Raw frames stored as the detector's bitshuffle-LZ4 chunk, without recompressing",
             registry=r,
         )
+        self.recorded_clipped_pixels = Counter(
+            "sbd_recorded_clipped_pixels",
+            "Denoised pixels beyond the recording dtype's finite range (float16: +-65504), clipped to it",
+            registry=r,
+        )
         self.denoise_overflow = Counter(
             "sbd_denoise_overflow",
             "Frames not denoised because the lossless denoise queue was full (data loss)",
@@ -211,6 +216,15 @@ class Metrics:
         self.pixels_nonfinite = Counter(
             "sbd_pixels_nonfinite", "NaN/Inf pixels replaced before denoising", registry=r
         )
+        self.frames_saturated = Counter(
+            "sbd_frames_saturated",
+            "Unsigned-integer frames holding pixels at the dtype's maximum (defective / gap / saturated; "
+            "replaced by the frame's mean before denoising)",
+            registry=r,
+        )
+        self.pixels_saturated = Counter(
+            "sbd_pixels_saturated", "Pixels at the dtype's maximum replaced before denoising", registry=r
+        )
         self.input_disconnects = Counter(
             "sbd_input_disconnects",
             "Input connections lost, by cause (closed: libzmq re-dials or the peer does; "
@@ -224,7 +238,7 @@ class Metrics:
         )
         self.record_rolls = Counter(
             "sbd_record_rolls",
-            "Recordings continued in a new file, by reason (size, shape, dtype)",
+            "Recordings continued in a new file, by reason (size, shape, dtype, series_start, restart)",
             ["reason"],
             registry=r,
         )
@@ -237,7 +251,7 @@ class Metrics:
         self.record_open_files = Gauge("sbd_record_open_files", "HDF5 recording files open", registry=r)
         for c in ("closed", "refused", "handshake"):
             self.input_disconnects.labels(cause=c)
-        for k in ("size", "shape", "dtype", "series_start"):
+        for k in ("size", "shape", "dtype", "series_start", "restart"):
             self.record_rolls.labels(reason=k)
         for k in ("idle", "max_open", "error"):
             self.record_files_closed.labels(reason=k)
@@ -301,6 +315,7 @@ EXPORTED_NAMES = (
     "sbd_record_dropped_total",
     "sbd_record_errors_total",
     "sbd_record_direct_chunks_total",
+    "sbd_recorded_clipped_pixels_total",
     "sbd_denoise_overflow_total",
     "sbd_denoise_errors_total",
     "sbd_queue_depth",
@@ -320,6 +335,8 @@ EXPORTED_NAMES = (
     "sbd_stage_up",
     "sbd_frames_nonfinite_total",
     "sbd_pixels_nonfinite_total",
+    "sbd_frames_saturated_total",
+    "sbd_pixels_saturated_total",
     "sbd_input_disconnects_total",
     "sbd_input_reconnects_total",
     "sbd_record_rolls_total",

@@ -70,7 +70,10 @@ DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),
 }
 
-_FRAME_KEYS = {"v", "acq", "seq", "ts", "shape", "dtype", "exposure_s", "meta", "engine", "columns"}
+_FRAME_KEYS = {"v", "acq", "seq", "ts", "shape", "dtype", "exposure_s", "meta"}
+_OUTPUT_KEYS = {TOPIC_FRAME: set(), TOPIC_DENOISED: {"engine"}, TOPIC_LLR: {"engine", "columns"}}
+"""Keys only the service's outputs carry: on an input ``frame`` they are ``unknown_field``, as the
+docs say (they were accepted and then overwritten or dropped, so a bridge never learnt of its mistake)."""
 _SERIES_KEYS = {"v", "acq", "ts", "meta", "n_frames", "shape", "dtype", "exposure_s"}
 
 
@@ -179,6 +182,8 @@ def encode_frame(
     """Build the three parts of a frame message; the payload is a view of ``array`` when possible."""
     if topic not in FRAME_TOPICS:
         raise ValueError(f"not a frame topic: {topic!r}")
+    if (engine is not None and topic == TOPIC_FRAME) or (columns is not None and topic != TOPIC_LLR):
+        raise ValueError(f"engine is for outputs, columns for llr only (topic {topic!r})")
     arr = np.asarray(array)
     if arr.ndim != 2:
         raise ValueError(f"frames are 2-D, got shape {arr.shape}")
@@ -344,7 +349,7 @@ def decode(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
     payload = _as_buffer(parts[2])
     if topic in SERIES_TOPICS:
         return SeriesMessage(topic, _series_header(obj, payload))
-    header = _frame_header(obj, max_payload)
+    header = _frame_header(obj, max_payload, topic)
     if len(payload) != header.nbytes:
         raise ProtocolError("bad_length", f"payload {len(payload)} != {header.nbytes}")
     data = np.frombuffer(payload, dtype=DTYPES[header.dtype]).reshape(header.shape)
@@ -387,8 +392,8 @@ def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
     )
 
 
-def _frame_header(obj: dict[str, Any], max_payload: int) -> FrameHeader:
-    unknown = set(obj) - _FRAME_KEYS
+def _frame_header(obj: dict[str, Any], max_payload: int, topic: bytes = TOPIC_FRAME) -> FrameHeader:
+    unknown = set(obj) - _FRAME_KEYS - _OUTPUT_KEYS[topic]
     if unknown:
         raise ProtocolError("unknown_field", ",".join(sorted(unknown))[:80])
     acq = _check_acq(obj.get("acq"))

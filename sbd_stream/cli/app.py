@@ -33,6 +33,45 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # a local Dask cluster's scheduler narrates every worker and client at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+FLAG_OF_SETTING = {
+    "detector.pixel_size_A": "--pixel-size",
+    "detector.dose_e_per_A2": "--dose",
+    "detector.counts_per_px": "--counts-per-px",
+    "denoise.orientations": "--orientations",
+    "denoise.batch_frames": "--batch",
+    "denoise.tile": "--tile",
+    "denoise.margin": "--margin",
+    "denoise.threads_per_worker": "--threads-per-worker",
+}
+"""Settings the command-line flags set, so an error names the flag the user typed."""
+
+
+def settings_error(e: Exception, flags: dict[str, str] | None = None) -> str:
+    """A pydantic ValidationError as one line per problem: the flag (or setting), why, the value given.
+
+    ``flags`` maps a command's own settings (``draws``) to its flags (``--draws``), beside the service's.
+
+    Pydantic's own text spreads one problem over three lines and ends in a documentation URL; a user
+    who typed ``--pixel-size 0`` wants to read "--pixel-size: Input should be greater than 0 (got 0.0)".
+    """
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e)
+    names = {**FLAG_OF_SETTING, **(flags or {})}
+    parts = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        for prefix in ("ServiceSettings.", "DetectorSettings."):
+            loc = loc.removeprefix(prefix)
+        name = names.get(loc) or names.get(f"detector.{loc}") or loc or "settings"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{name}: {msg}{given}")
+    return "; ".join(parts) or str(e)
 
 
 def fail(msg: str) -> NoReturn:

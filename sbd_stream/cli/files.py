@@ -65,8 +65,10 @@ def denoise(
     from sbd_stream.service.offline_dask import denoise as run_denoise
     from sbd_stream.sources.stacks import StackError
 
-    if output.exists() and not overwrite:
-        fail(f"{output} exists; pass --overwrite to replace it")
+    check_paths(input, output, overwrite)
+    from sbd_stream.formats.recording import is_recording
+
+    recording = dataset is None and is_recording(input)  # a `serve` recording: its raw frames, all parts
     from sbd_stream.engines.card import offline_engine
 
     flags = Flags(
@@ -95,10 +97,23 @@ def denoise(
             workers=dask_workers,
             resume=resume,
             progress=True,
+            recording=recording,
         )
     except (StackError, FileNotFoundError, ValueError, OSError) as e:
         fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
+
+
+def check_paths(input: Path, output: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output that would destroy the input or cannot be written."""
+    if output.exists() and input.exists() and output.resolve() == input.resolve():
+        fail(f"{output} is the input; write the denoised frames to another file")
+    if output.is_dir():
+        fail(f"{output} is a folder; name the HDF5 file to write")
+    if not output.parent.is_dir():
+        fail(f"{output}: folder {output.parent} does not exist")
+    if output.exists() and not overwrite:
+        fail(f"{output} exists; pass --overwrite to replace it")
 
 
 @app.command()
@@ -150,18 +165,22 @@ def _service_load(url: str, interval: float) -> dict[str, Any]:
 
 @app.command()
 def export(
-    recording: Path = typer.Argument(..., help="A recording (the first file of the series)"),
-    to: str = typer.Option(..., "--to", help="tiff (ImageJ), mrc or npy (+ a JSON sidecar)"),
+    recording: Path = typer.Argument(
+        ..., help="A recording (the first file of the series), or a denoise / replay --offline output"
+    ),
+    to: str = typer.Option(..., "--to", help="tiff (ImageJ; also tif), mrc or npy (+ a JSON sidecar)"),
     kind: str = typer.Option("denoised", "--kind", help="raw, denoised or llr"),
     out: Path | None = typer.Option(None, "--out", help="File to write (default: <recording>_<kind>.<ext>)"),
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists"),
 ) -> None:
-    """Write a recording's frames as TIFF, MRC or NPY with the pixel size in the target's own fields."""
+    """Write a recording's frames, in frame order, as TIFF, MRC or NPY with the pixel size in the
+    target's own fields."""
     from sbd_stream.sinks.export import ExportError
     from sbd_stream.sinks.export import export as run_export
 
     if not recording.exists():
         fail(f"{recording} not found")
     try:
-        typer.echo(json.dumps(run_export(recording, to, kind, out), indent=2))
+        typer.echo(json.dumps(run_export(recording, to, kind, out, overwrite), indent=2))
     except (ExportError, OSError) as e:
         fail(str(e))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sbd_stream.cli.app import fail
+from sbd_stream.cli.app import fail, settings_error
 
 if TYPE_CHECKING:
     from sbd_stream.config import DetectorSettings, ServiceSettings
@@ -193,7 +193,7 @@ def detector_settings(f: Flags) -> DetectorSettings:
     try:
         return DetectorSettings(**{k: v for k, v in detector_section(f).items() if v is not None})
     except ValidationError as e:
-        fail(f"detector: {e}")
+        fail(settings_error(e))
 
 
 def service_settings(config: Path | None, overrides: dict[str, Any]) -> ServiceSettings:
@@ -208,7 +208,9 @@ def service_settings(config: Path | None, overrides: dict[str, Any]) -> ServiceS
 
     try:
         return load_settings(config, prune(overrides))
-    except (ValidationError, OSError, ValueError) as e:
+    except ValidationError as e:
+        fail(settings_error(e))
+    except (OSError, ValueError) as e:
         fail(f"settings: {e}")
 
 

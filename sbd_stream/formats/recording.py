@@ -56,7 +56,13 @@ def _takes_detector_chunks(ds: h5py.Dataset) -> bool:
 
 
 def safe_name(acq: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120] or "acq"
+    """The file name stem for ``acq``: ``[A-Za-z0-9._-]`` only, at most 120 characters, never hidden.
+
+    Leading dots become ``_`` as well: ``.x`` or ``..`` made a hidden file (``ls`` and file browsers
+    skip it, so a recording seemed missing), and a stem of dots only is no name to hand a user.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120]
+    return re.sub(r"^\.+", lambda m: "_" * len(m.group()), name) or "acq"
 
 
 def open_recording(path: str | os.PathLike) -> h5py.File:
@@ -256,6 +262,15 @@ def recording_parts(path: Path) -> list[Path]:
             parts.append(nxt)
         i += 1
     return parts
+
+
+def is_recording(path: Path) -> bool:
+    """Whether ``path`` is a recording made by ``serve`` (raw frames with their ``complete`` column)."""
+    try:
+        with open_recording(Path(path)) as f:
+            return "raw/frames" in f and "raw/complete" in f
+    except (OSError, ValueError):
+        return False
 
 
 def recorded_detector(path: Path) -> dict[str, float]:

@@ -73,6 +73,15 @@ DOSE_SLACK = 1.25
 """A dose within the trained range widened by this factor is not worth a warning."""
 
 
+def dose_warning(dose_per_area: float, factor: float, dose_range: tuple[float, float] | list[float]) -> str:
+    """The one warning for a dose outside an engine's trained range (live and offline say the same)."""
+    lo, hi = dose_range
+    return (
+        f"dose {dose_per_area:.4g} e/A^2 per frame is {factor:.2f}x the engine's nominal dose, outside "
+        f"its trained range {lo:.2f}-{hi:.2f}x: expect degraded denoising"
+    )
+
+
 def plan_geometry(
     detector: DetectorSettings, card: EngineCard, tolerance: float = DEFAULT_TOLERANCE
 ) -> Geometry:

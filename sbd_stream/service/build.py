@@ -23,7 +23,7 @@ from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.metrics_summary import status_line, summary
 from sbd_stream.service.backlog import Backlog
-from sbd_stream.service.batch import BatchStage
+from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.service.pipeline import Intake, Pipeline, Source
@@ -217,15 +217,8 @@ def report_geometry(stage: BatchStage, m: Metrics) -> None:
     m.dose_factor.set(g.dose_factor)
     m.dose_out_of_range.set(0 if g.dose_in_range else 1)
     if not g.dose_in_range:
-        lo, hi = g.dose_range
-        logging.getLogger(__name__).warning(
-            "dose %.4g e/A^2 per frame is %.2fx the engine's nominal dose, outside its trained range "
-            "%.2f-%.2fx: expect degraded denoising (sbd_dose_out_of_range = 1)",
-            g.detector.dose_per_area,
-            g.dose_factor,
-            lo,
-            hi,
-        )
+        msg = dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range)
+        logging.getLogger(__name__).warning("%s (sbd_dose_out_of_range = 1)", msg)
 
 
 def serve(

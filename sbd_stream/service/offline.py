@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sbd_stream.compute.binning import binned_shape
@@ -15,7 +17,8 @@ from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
-from sbd_stream.service.batch import BatchStage
+from sbd_stream.service.batch import BatchStage, dose_warning
+from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.sources.stacks import StackError, atomic_h5, create_output, open_stack
 
 
@@ -67,8 +70,11 @@ def denoise_file(
             "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
             "orientations": stage.orientations,
             "sbd_stream_version": _version(),
+            "dose_range": list(g.dose_range),
+            "dose_in_range": bool(g.dose_in_range),
         }
         t0 = time.perf_counter()
+        negative = 0
         with atomic_h5(output) as f:
             out = create_output(f, (n, h, w), attrs)
             done = 0
@@ -78,14 +84,20 @@ def denoise_file(
                     FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
                     for i in range(len(frames))
                 ]
-                res = stage.process([Frame(hd, fr) for hd, fr in zip(headers, frames, strict=True)])
-                out[done : done + len(frames)] = res.denoised
+                frs = [replace_invalid(Frame(hd, fr)) for hd, fr in zip(headers, frames, strict=True)]
+                f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
+                negative += negative_pixels(frames)
+                out[done : done + len(frames)] = stage.process(frs).denoised
                 done += len(frames)
                 if bar is not None:
                     bar[0].update(bar[1], advance=len(frames))
             if bar is not None:
                 bar[0].stop()
+            per_frame = np.asarray(f["replaced_pixels"][:])
         dt = time.perf_counter() - t0
+        if not g.dose_in_range:
+            log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
+        report_values(per_frame, negative, output)
     finally:
         stack.close()
     return {
@@ -95,9 +107,17 @@ def denoise_file(
         "shape": [h, w],
         "engine_id": den.engine_id,
         **g.describe(),
+        "dose_range": list(g.dose_range),
+        "dose_in_range": bool(g.dose_in_range),
         "seconds": round(dt, 3),
         "frames_per_s": round(n / dt, 3),
+        "replaced_pixels": int(per_frame.sum()),
+        "frames_with_replaced": int(np.count_nonzero(per_frame)),
+        "negative_pixels": negative,
     }
+
+
+log = logging.getLogger(__name__)
 
 
 def offline_upsample(d: DenoiseSettings) -> Upsample:

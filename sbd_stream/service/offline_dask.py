@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import DenoiseSettings
+from sbd_stream.service.batch import dose_warning
+from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
     chunk_size,
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_FRAMES = 16
 GEOMETRY_KEYS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px", "bin", "working_pixel_A")
 GEOMETRY_KEYS += ("working_vacuum_counts", "dose_factor")  # Geometry.describe(), as the summary shows them
+GEOMETRY_KEYS += ("dose_range", "dose_in_range")  # the engine's trained dose factors, and whether this fits
 
 
 # ---- worker side ----------------------------------------------------------------------------------
@@ -122,6 +125,8 @@ def describe(
         "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
         "orientations": stage.orientations,
         "sbd_stream_version": _version(),
+        "dose_range": list(g.dose_range),
+        "dose_in_range": bool(g.dose_in_range),
     }
 
 
@@ -160,14 +165,19 @@ def denoise_chunk(
     frames = read_frames(src, start, stop)
     _, h, w = src.shape
     out = np.empty((stop - start, h, w), np.float32)
+    bad = np.zeros(stop - start, np.int64)
+    negative = 0
     for i in range(0, len(frames), batch):
         part = np.array(frames[i : i + batch])
         frs = [
-            Frame(FrameHeader(src.label, start + i + j, 0.0, (h, w), str(fr.dtype)), fr)
+            replace_invalid(Frame(FrameHeader(src.label, start + i + j, 0.0, (h, w), str(fr.dtype)), fr))
             for j, fr in enumerate(part)
         ]
+        bad[i : i + len(part)] = [replaced(fr) for fr in frs]
+        negative += negative_pixels(part)
         out[i : i + len(part)] = stage.process(frs).denoised
-    return out, {"pid": os.getpid(), "engine_loads": loads}
+    info = {"pid": os.getpid(), "engine_loads": loads, "replaced": bad, "negative_pixels": negative}
+    return out, info
 
 
 # ---- client ---------------------------------------------------------------------------------------
@@ -348,17 +358,26 @@ def denoise_distributed(
             )
         loads: dict[int, int] = {}
         ds = f["denoised"]
+        bad = f.get("replaced_pixels")  # absent in a partial an older version began
+        negative = 0
         for (a, b), arr, info in results:
             ds[a:b] = arr
+            if bad is not None:
+                bad[a:b] = info["replaced"]
+            negative += info["negative_pixels"]
             f.flush()
             _write_state(sidecar, {"fingerprint": fp, "frames_done": b})
             loads[info["pid"]] = info["engine_loads"]
             if bar is not None:
                 bar[0].update(bar[1], completed=b)
+        per_frame = np.asarray(bad[:]) if bad is not None else np.zeros(0, np.int64)
         f.close()
         os.replace(partial, output)
         sidecar.unlink(missing_ok=True)
     dt = time.perf_counter() - t0
+    if not attrs.get("dose_in_range", True):
+        log.warning("%s", dose_warning(attrs["dose_e_per_A2"], attrs["dose_factor"], attrs["dose_range"]))
+    report_values(per_frame, negative, output)
     n, h, w = src.shape
     return {
         "input": src.label, "output": str(output), "frames": n, "shape": [h, w],
@@ -369,6 +388,8 @@ def denoise_distributed(
         "batch": batch,
         "chunk_frames": size, "chunks": len(chunks), "resumed_from": start,
         "engine_loads_per_worker": sorted(loads.values()),  # per worker that ran a chunk: 1 each
+        "replaced_pixels": int(per_frame.sum()), "frames_with_replaced": int(np.count_nonzero(per_frame)),
+        "negative_pixels": negative,
     }  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import SeriesMessage
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
-from sbd_stream.service.edge import replace_nonfinite
+from sbd_stream.service.edge import replace_invalid
 from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
 from sbd_stream.service.workers import WorkerPool
 from sbd_stream.sinks.publisher import Publisher
@@ -65,7 +65,7 @@ class Intake:
     def frame(self, frame: Frame) -> None:
         for sink in self.sinks:
             sink.raw(frame)
-        frame = replace_nonfinite(frame, self.metrics)  # what the denoiser sees: finite pixels only
+        frame = replace_invalid(frame, self.metrics)  # what the denoiser sees: usable pixels only
         if not self.queue.put(frame, frame.data.nbytes):
             self.metrics.denoise_overflow.inc()
             log.warning("denoise queue full: frame %s of %s not denoised", frame.header.seq, frame.header.acq)

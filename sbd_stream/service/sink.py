@@ -122,7 +122,8 @@ class RecorderSink(Sink):
         self.recorder.start()
 
     def raw(self, frame: Frame) -> None:  # a DECTRIS bitshuffle-LZ4 chunk is stored without recompressing
-        self.recorder.record("raw", frame.header, frame.data, chunk=frame.chunk)  # as received, NaN and all
+        # as received, NaN and all; a restarted numbering (no series_start) opens a new part
+        self.recorder.record("raw", frame.header, frame.data, chunk=frame.chunk, restart=frame.seq_restart)
 
     def series_arrived(self, msg: SeriesMessage) -> None:
         if msg.topic != TOPIC_SERIES_END:

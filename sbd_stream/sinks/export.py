@@ -1,97 +1,173 @@
 """`sbd-stream export`: a recording's frames as TIFF, MRC or NPY, with the pixel size where each keeps it.
 
 For tools that read neither NeXus nor HDF5. The frames of one kind (raw, denoised, llr) across the
-rolled parts of an acquisition, in recorded order, streamed (never all in memory). Calibration:
+rolled parts of an acquisition, **in frame order** (``seq``), streamed (never all in memory). Frame
+order, not row order: the complete lane writes a frame the live lane skipped when the engine is free,
+so a recording's ``denoised`` rows are not in time order, and a movie written row by row would jump
+back. Also takes the output of ``sbd-stream denoise`` / ``replay --offline`` (a ``denoised`` dataset,
+with ``seq`` / ``ts`` beside it where the input was a recording). Calibration:
 
 * TIFF: ImageJ hyperstack (``axes`` TYX) whose X/Y resolution tags are pixels per ``unit`` =
-  ``angstrom`` and ``finterval`` the mean frame interval (s); dtypes ImageJ cannot hold (uint32, ...)
-  are written as a plain TIFF with the same resolution tags and a JSON description;
+  ``angstrom`` and ``finterval`` the median interval between consecutive frames' times (s; gaps and
+  dropped frames do not stretch it); dtypes ImageJ cannot hold (uint32, ...) are written as a plain
+  TIFF with the same resolution tags and a JSON description;
 * MRC: ``voxel_size`` in A (x, y and z), an image stack (``ispg`` 0); uint32/int32/float64 frames
   are stored as float32 (exact for counts below 2^24);
-* NPY: the array, plus ``<out>.json`` with pixel size, units, axes, frame numbers and times.
+* NPY: the array, plus a JSON sidecar (the output's name with ``.json`` for ``.npy``) with pixel size,
+  units, axes, frame numbers and times.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from sbd_stream.formats.recording import KINDS, open_recording, recording_parts
 
 TARGETS = ("tiff", "mrc", "npy")
+ALIASES = {"tif": "tiff"}
 SUFFIX = {"tiff": ".tif", "mrc": ".mrc", "npy": ".npy"}
+SUFFIXES = {"tiff": (".tif", ".tiff"), "mrc": (".mrc", ".mrcs"), "npy": (".npy",)}
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 MRC_DTYPES = (np.int8, np.int16, np.uint16, np.float32)
+SAMPLING_NAMES = ("acq", "pixel_size_A", "dose_e_per_A2", "counts_per_px")
 
 
 class ExportError(ValueError):
     pass
 
 
+def target(to: str) -> str:
+    """``--to`` as given (any case, ``tif`` for ``tiff``) -> one of TARGETS, else ExportError."""
+    t = ALIASES.get(to.strip().lower(), to.strip().lower())
+    if t not in TARGETS:
+        raise ExportError(f"--to must be one of {', '.join(TARGETS)} (got {to!r})")
+    return t
+
+
+def _rows(f: h5py.File, kind: str) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(frames, seq, time) of ``kind`` in one file, its complete rows only; None when it has none.
+
+    A recording keeps each kind as a group (``frames``, ``seq``, ``time``, ``complete``); a
+    ``denoise`` / ``replay --offline`` output keeps ``denoised`` as a dataset, with ``seq`` / ``ts``
+    beside it when its input was a recording (else frame i is frame i, with no time).
+    """
+    if kind not in f:
+        return None
+    g = f[kind]
+    if isinstance(g, h5py.Dataset):
+        n = g.shape[0] if g.ndim == 3 else 0
+        seq = np.asarray(f["seq"][:n]) if "seq" in f else np.arange(n)
+        time = np.asarray(f["ts"][:n], dtype=np.float64) if "ts" in f else np.full(n, np.nan)
+        if "ts" in f and n:
+            time = time - time.min()
+        return (g, seq.astype(np.int64), time) if n else None
+    n = len(g["complete"])
+    if n == 0:
+        return None
+    ts = g["time"][:n] if "time" in g else g["ts"][:n]
+    return g["frames"], np.asarray(g["seq"][:n], dtype=np.int64), np.asarray(ts, dtype=np.float64)
+
+
 def _survey(path: Path, kind: str) -> dict[str, Any]:
-    """Frame count, shape, dtype, frame numbers, times and sampling across the parts, without pixels."""
-    n, shape, dtype = 0, None, None
-    seq: list[int] = []
-    time: list[float] = []
+    """Count, shape, dtype, sampling, and where each frame lies (part, row), in ``seq`` order; no pixels."""
+    shape, dtype = None, None
+    where: list[tuple[int, int, int, float]] = []  # (seq, part, row, time)
     attrs: dict[str, Any] = {}
-    for part in recording_parts(path):
-        with open_recording(part) as f:
-            if kind not in f:
+    for p, part in enumerate(recording_parts(path)):
+        try:
+            f = open_recording(part)
+        except OSError as e:
+            raise ExportError(f"{part}: not a readable HDF5 file ({e})") from e
+        with f:
+            rows = _rows(f, kind)
+            if rows is None:
                 continue
-            g = f[kind]
-            k = len(g["complete"])
-            if k == 0:
-                continue
-            fr = g["frames"]
+            fr, seq, time = rows
             if shape is None:
                 shape, dtype = tuple(fr.shape[1:]), fr.dtype
-                names = ("acq", "pixel_size_A", "dose_e_per_A2", "counts_per_px")
-                attrs = {a: f.attrs[a] for a in names if a in f.attrs}
+                attrs = {a: f.attrs[a] for a in SAMPLING_NAMES if a in f.attrs}
                 attrs = {a: (v.item() if hasattr(v, "item") else v) for a, v in attrs.items()}
             elif tuple(fr.shape[1:]) != shape or fr.dtype != dtype:
                 raise ExportError(
                     f"{part.name}: frames of {fr.shape[1:]} {fr.dtype} after {shape} {dtype}; "
                     "export that part on its own"
                 )
-            n += k
-            seq.extend(int(v) for v in g["seq"][:k])
-            ts = g["time"][:k] if "time" in g else g["ts"][:k]
-            time.extend(float(v) for v in ts)
-    if n == 0 or shape is None:
+            where.extend((int(s), p, i, float(t)) for i, (s, t) in enumerate(zip(seq, time, strict=True)))
+    if not where or shape is None:
         raise ExportError(f"{path}: no complete {kind} frames")
+    where.sort(key=lambda r: (r[0], r[1], r[2]))  # stable in (part, row) for a repeated seq
     # float16 (recorded denoised frames) is exported as float32: ImageJ, MRC readers and most tools want it
     dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
-    return {"n": n, "shape": shape, "dtype": dtype, "seq": seq, "time": time, "attrs": attrs}
+    return {
+        "n": len(where), "shape": shape, "dtype": dtype, "where": [(p, i) for _, p, i, _ in where],
+        "seq": [s for s, *_ in where], "time": [t for *_, t in where], "attrs": attrs,
+    }  # fmt: skip
 
 
-def _frames(path: Path, kind: str) -> Iterator[np.ndarray]:
-    for part in recording_parts(path):
-        with open_recording(part) as f:
-            if kind not in f:
-                continue
-            g = f[kind]
-            for i in range(len(g["complete"])):
-                fr = g["frames"][i]
-                yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
+def _frames(path: Path, kind: str, where: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """The frames at ``where`` (part, row), in that order; every part opened once."""
+    parts = recording_parts(path)
+    with ExitStack() as stack:
+        files: dict[int, Any] = {}
+        for p, i in where:
+            if p not in files:
+                f = stack.enter_context(open_recording(parts[p]))
+                g = f[kind]
+                files[p] = g if isinstance(g, h5py.Dataset) else g["frames"]
+            fr = files[p][i]
+            yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
 
 
-def export(path: Path, to: str, kind: str = "denoised", out: Path | None = None) -> dict[str, Any]:
+def frame_interval(time: list[float]) -> float:
+    """Median positive step between consecutive frames' times (s); 0 when unknown."""
+    t = np.asarray(time, dtype=np.float64)
+    d = np.diff(t[np.isfinite(t)])
+    d = d[d > 0]
+    return float(np.median(d)) if d.size else 0.0
+
+
+def output_path(path: Path, to: str, kind: str, out: Path | None, overwrite: bool) -> Path:
+    """Where to write: ``out`` (its ending must fit ``to``) or ``<recording>_<kind>.<ext>``; never over
+    the input, and over an existing file only with ``overwrite``."""
+    if out is None:
+        out = Path(path).with_name(f"{Path(path).stem}_{kind}{SUFFIX[to]}")
+    out = Path(out)
+    known = {s: t for t, ss in SUFFIXES.items() for s in ss}
+    if out.suffix.lower() in known and known[out.suffix.lower()] != to:
+        raise ExportError(f"--out {out} ends in {out.suffix} but --to is {to}; name it *{SUFFIX[to]}")
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory; name a file")
+    if not out.parent.is_dir():
+        raise ExportError(f"--out {out}: folder {out.parent} does not exist")
+    if out.exists() and out.resolve() in {p.resolve() for p in recording_parts(path)}:
+        raise ExportError(f"--out {out} is the recording itself")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+def export(
+    path: Path, to: str, kind: str = "denoised", out: Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Write the ``kind`` frames of recording ``path`` as ``to``; returns a summary (paths, count)."""
-    if to not in TARGETS:
-        raise ExportError(f"--to must be one of {', '.join(TARGETS)}")
+    to = target(to)
     if kind not in KINDS:
         raise ExportError(f"--kind must be one of {', '.join(KINDS)}")
     info = _survey(Path(path), kind)
-    out = Path(out) if out is not None else Path(path).with_name(f"{Path(path).stem}_{kind}{SUFFIX[to]}")
+    out = output_path(Path(path), to, kind, out, overwrite)
     pixel = float(info["attrs"].get("pixel_size_A") or 1.0)
     unit = "angstrom" if info["attrs"].get("pixel_size_A") else "pixel"
     {"tiff": _tiff, "mrc": _mrc, "npy": _npy}[to](Path(path), kind, out, info, pixel, unit)
     summary = {"output": str(out), "frames": info["n"], "shape": list(info["shape"]), "kind": kind}
-    summary |= {"pixel_size": pixel, "unit": unit}
+    summary |= {"pixel_size": pixel, "unit": unit, "first_seq": info["seq"][0], "last_seq": info["seq"][-1]}
+    summary["frame_interval_s"] = frame_interval(info["time"])
     if to == "npy":
         summary["sidecar"] = str(out.with_suffix(".json"))
     return summary
@@ -101,17 +177,17 @@ def _tiff(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str)
     import tifffile
 
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
-    t = np.asarray(info["time"])
-    interval = float(np.mean(np.diff(t))) if n > 1 else 0.0
+    interval = frame_interval(info["time"])
     common = dict(shape=(n, h, w), dtype=dtype, resolution=(1.0 / pixel, 1.0 / pixel))
+    frames = _frames(path, kind, info["where"])
     if dtype.type in IMAGEJ_DTYPES:
         meta: dict[str, Any] = {"axes": "TYX", "unit": unit}
         if interval > 0:
             meta["finterval"] = interval
-        tifffile.imwrite(out, _frames(path, kind), imagej=True, metadata=meta, **common)  # type: ignore[arg-type]
+        tifffile.imwrite(out, frames, imagej=True, metadata=meta, **common)  # type: ignore[arg-type]
     else:
         desc = {"axes": "TYX", "unit": unit, "pixel_size": pixel, "finterval": interval}
-        tifffile.imwrite(out, _frames(path, kind), resolutionunit="NONE", metadata=desc, **common)  # type: ignore[arg-type]
+        tifffile.imwrite(out, frames, resolutionunit="NONE", metadata=desc, **common)  # type: ignore[arg-type]
 
 
 def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
@@ -120,7 +196,7 @@ def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
     store = dtype if dtype.type in MRC_DTYPES else np.dtype(np.float32)
     with mrcfile.new_mmap(out, shape=(n, h, w), mrc_mode=_mrc_mode(store), overwrite=True) as mrc:
-        for i, fr in enumerate(_frames(path, kind)):
+        for i, fr in enumerate(_frames(path, kind, info["where"])):
             mrc.data[i] = fr
         mrc.set_image_stack()
         mrc.voxel_size = pixel
@@ -134,7 +210,7 @@ def _mrc_mode(dtype: np.dtype) -> int:
 def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
     arr = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, h, w))
-    for i, fr in enumerate(_frames(path, kind)):
+    for i, fr in enumerate(_frames(path, kind, info["where"])):
         arr[i] = fr
     arr.flush()
     del arr
@@ -145,7 +221,7 @@ def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
         "pixel_size": pixel,
         "unit": unit,
         "frame_numbers": info["seq"],
-        "time_s": info["time"],
+        "time_s": [t if np.isfinite(t) else None for t in info["time"]],
         **{k: v for k, v in info["attrs"].items() if k != "pixel_size_A"},
     }
     out.with_suffix(".json").write_text(json.dumps(side, indent=1, default=str))

@@ -19,6 +19,11 @@ What this thread decides, and why:
 * files are bounded: one idle for ``idle_close_s`` is closed, and at most ``max_open_files`` are open
   (the least recently used closes first), both counted in ``sbd_record_files_closed_total``. A
   detector that never sends ``series_end`` no longer holds hundreds of files (and their caches) open;
+* a raw frame that restarts its acquisition's numbering without ``series_start`` (``Frame.seq_restart``:
+  a producer that came back) goes to a new part (``reason="restart"``), as a ``series_start`` does:
+  otherwise one file held each ``seq`` twice and readers could not join raw and denoised on ``seq``;
+* denoised frames are cast to ``record.denoised_dtype`` with values beyond float16's range clipped
+  and counted, not stored as inf (``sinks/stored_dtype.py``);
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
 * a disk error is counted and ends recording of that acquisition; any other exception while writing
   an item is counted by the supervisor, that acquisition's file is closed cleanly (its complete rows
@@ -33,13 +38,12 @@ What this thread decides, and why:
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,9 @@ from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, free_path, open
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
+from sbd_stream.sinks.disk_space import check_space, is_disk_full
+from sbd_stream.sinks.record_item import PARTS_KEPT, RAW_ROWS_KEPT, Recent, RecordItem
+from sbd_stream.sinks.stored_dtype import StoredDtype
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 
@@ -59,38 +66,6 @@ __all__ = ["FORMAT", "KINDS", "RecordItem", "Recorder", "open_recording"]
 log = logging.getLogger(__name__)
 
 CONTROL = ("series_start", "series_end")
-REMEMBER_ACQS = 4096  # part numbers and series metadata kept for this many recent acquisitions
-PARTS_KEPT = 64  # closed parts per acquisition that late outputs may still be appended to
-RAW_ROWS_KEPT = 16384  # (acq, seq) -> part of the latest raw frames: 400 s at 40 Hz of output latency
-
-
-@dataclass
-class RecordItem:
-    """One thing to write: a frame of some kind, or a series boundary (``data`` None)."""
-
-    kind: str  # raw | denoised | llr | series_start | series_end
-    acq: str
-    seq: int = 0
-    ts: float = 0.0
-    data: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    # raw frames from a DECTRIS detector: the bitshuffle-LZ4 chunk as it came, stored without
-    # recompressing when the raw dataset's filter and dtype match (``data`` stays authoritative)
-    chunk: bytes | None = None
-
-
-class _Recent(collections.OrderedDict):
-    """A dict that forgets its least recently set keys beyond ``limit`` (per-acquisition state)."""
-
-    def __init__(self, limit: int = REMEMBER_ACQS) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
 
 
 class Recorder(BackgroundWorker):
@@ -112,6 +87,7 @@ class Recorder(BackgroundWorker):
     ) -> None:
         self.s, self.metrics = settings, metrics
         self.denoised_dtype = np.dtype(settings.denoised_dtype)
+        self.stored = StoredDtype(self.denoised_dtype, metrics)  # float16 without overflowing to inf
         self.card = card or {}
         self.sampling = sampling or {}
         self.run_config = run_config or {}
@@ -119,12 +95,12 @@ class Recorder(BackgroundWorker):
         self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes, on_change=depth.set)
         self.files: dict[str, AcqFile] = {}  # the current part of each open acquisition
         self.previous: dict[str, AcqFile] = {}  # the part before a shape/dtype roll (late outputs)
-        self.paths: _Recent = _Recent()  # acq -> every part written
-        self.closed_parts: _Recent = _Recent()  # acq -> [(path, shape)] closed while outputs may follow
-        self.failed: _Recent = _Recent()  # acquisitions whose recording stopped on a disk error
-        self.series_meta: _Recent = _Recent()
-        self.t0: _Recent = _Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
-        self.raw_part: _Recent = _Recent(RAW_ROWS_KEPT)  # (acq, seq) -> the part its raw frame is in
+        self.paths: Recent = Recent()  # acq -> every part written
+        self.closed_parts: Recent = Recent()  # acq -> [(path, shape)] closed while outputs may follow
+        self.failed: Recent = Recent()  # acquisitions whose recording stopped on a disk error
+        self.series_meta: Recent = Recent()
+        self.t0: Recent = Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
+        self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq) -> the part its raw frame is in
         self._next_idle_check = 0.0
         # raw frames being compressed off this thread, in queue order (``_handle``)
         self._pool: ThreadPoolExecutor | None = None
@@ -138,10 +114,17 @@ class Recorder(BackgroundWorker):
 
     # --- producer side (never blocks) -------------------------------------------------------------
     def record(
-        self, kind: str, header: FrameHeader, data: np.ndarray | None = None, chunk: bytes | None = None
+        self,
+        kind: str,
+        header: FrameHeader,
+        data: np.ndarray | None = None,
+        chunk: bytes | None = None,
+        restart: bool = False,
     ) -> bool:
-        """Queue one frame of ``kind`` (raw | denoised | llr) named by its header."""
-        return self.submit(RecordItem(kind, header.acq, header.seq, header.ts, data, chunk=chunk))
+        """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart``: see
+        ``RecordItem``."""
+        item = RecordItem(kind, header.acq, header.seq, header.ts, data, chunk=chunk, restart=restart)
+        return self.submit(item)
 
     def submit(self, item: RecordItem) -> bool:
         """Queue without blocking; a full queue refuses frames (counted) but never series boundaries."""
@@ -169,13 +152,12 @@ class Recorder(BackgroundWorker):
 
     def _handle(self, item: RecordItem) -> None:
         """The thread's body: compress raw frames on the pool, write everything in queue order."""
+        item = self._as_stored(item)
         if item.kind in CONTROL or self._pool is None:
             self._drain()
             self.write(item)
             return
         fut = None
-        if item.kind == "denoised" and item.data is not None and item.data.dtype != self.denoised_dtype:
-            item = replace(item, data=item.data.astype(self.denoised_dtype))  # what the file stores
         if (
             item.kind in KINDS  # raw, denoised (float16 by default) and llr frames: compressing holds a core
             and item.chunk is None
@@ -186,6 +168,12 @@ class Recorder(BackgroundWorker):
         self._pending.append((item, fut))
         # keep the pool busy while frames keep coming; once the queue is empty, write all now
         self._drain(self._in_flight if len(self.queue) else 0)
+
+    def _as_stored(self, item: RecordItem) -> RecordItem:
+        """A denoised frame as the file stores it (``record.denoised_dtype``, clipped to its range)."""
+        if item.kind != "denoised" or item.data is None or item.data.dtype == self.denoised_dtype:
+            return item
+        return replace(item, data=self.stored(item.data, item.acq, item.seq))
 
     def _drain(self, keep: int = 0) -> None:
         """Write pending frames, oldest first, until at most ``keep`` remain (waits on the pool)."""
@@ -248,9 +236,12 @@ class Recorder(BackgroundWorker):
         if item.acq in self.failed:
             self.metrics.record_dropped.inc()
             return
+        item = self._as_stored(item)  # a no-op after ``_handle``; for direct callers
         t0 = time.perf_counter()
         try:
-            self._check_space(item.data.nbytes)
+            check_space(self.directory, self.s.min_free_bytes, item.data.nbytes)  # sinks/disk_space.py
+            if item.restart and item.kind == "raw":
+                self._restart(item)
             af = self._file_for(item)
             if af is None:  # an output whose raw frame was never recorded (queue full, or forgotten)
                 self.metrics.record_dropped.inc()
@@ -272,19 +263,6 @@ class Recorder(BackgroundWorker):
             return
         self.metrics.frames_recorded.labels(kind=item.kind).inc()
         self.metrics.stage_latency.labels(stage="record").observe(time.perf_counter() - t0)
-
-    def _check_space(self, nbytes: int) -> None:
-        """Refuse before writing when the disk is nearly full.
-
-        HDF5 does not reliably report ENOSPC at the write call (the chunk cache and metadata cache
-        defer the failing writes, whose errors then surface at close or not at all), so the free
-        space is checked up front: one statvfs per frame.
-        """
-        st = os.statvfs(self.directory)
-        free = st.f_bavail * st.f_frsize
-        need = max(self.s.min_free_bytes, 4 * nbytes)
-        if free < need:
-            raise OSError(errno.ENOSPC, f"only {free} bytes free in {self.directory}, need {need}")
 
     def _file_for(self, item: RecordItem) -> AcqFile | None:
         """The part this item belongs in: opened, or rolled on a new shape / dtype, for raw frames."""
@@ -364,7 +342,7 @@ class Recorder(BackgroundWorker):
         """Continue ``acq`` in a new part; the old part stays open for the outputs still on their way."""
         self.metrics.record_rolls.labels(reason=reason).inc()
         old = self.files.pop(acq)
-        if reason != "size":
+        if reason in ("shape", "dtype"):
             log.warning(
                 "%s: frame %s changed from %s %s to %s %s; continuing in a new file",
                 acq, reason, old.shape, old.raw_dtype, shape, np.dtype(dtype),
@@ -375,6 +353,24 @@ class Recorder(BackgroundWorker):
         old.flush()
         self.previous[acq] = old
         return self._open(acq, shape, dtype)
+
+    def _restart(self, item: RecordItem) -> None:
+        """A producer restarted ``item.acq``'s numbering without series_start: continue in a new part.
+
+        As for a series_start, the time axis starts again; the old part stays open for its outputs
+        still on their way (they find it by (acq, seq) until the new run's frames reuse those numbers).
+        """
+        assert item.data is not None
+        self.t0[item.acq] = item.ts
+        if item.acq not in self.files:  # a new acquisition, or its part was closed: one opens anyway
+            return
+        log.warning(
+            "%s: sequence restarted at seq %s without series_start (the producer came back); "
+            "continuing in a new part so that no part holds a seq twice",
+            item.acq,
+            item.seq,
+        )
+        self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
 
     def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:
         if self.files.get(acq) is af:
@@ -411,10 +407,7 @@ class Recorder(BackgroundWorker):
         self.metrics.record_open_files.set(len(self.files) + len(self.previous))
 
     def _fail(self, acq: str, exc: Exception) -> None:
-        no_space = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-        text = str(exc).lower()
-        no_space = no_space or "no space" in text or "errno = 28" in text or "file too large" in text
-        kind = "disk_full" if no_space else "io"
+        kind = "disk_full" if is_disk_full(exc) else "io"
         self.metrics.record_errors.labels(kind=kind).inc()
         self.metrics.record_dropped.inc()
         log.error("recording of %s stopped (%s): %s", acq, kind, exc)

@@ -11,6 +11,10 @@ malformed reasons) goes through ``Emitter``, so the counters mean the same which
 It is also the last check at the edge for every dialect: ``meta`` holding NaN / Infinity (a DECTRIS
 configuration with ``1e400`` in it, say) is refused as ``bad_meta`` here, and a ``ts`` naming no date
 (``protocol.TS_MIN`` .. ``TS_MAX``) as ``bad_ts``, so no sink ever sees either.
+
+Every rejection is counted by reason, and the first one of each reason is logged at WARNING (what was
+wrong, the metric to watch): a bridge sending a wrong field at 40 Hz was otherwise silent unless
+someone read ``/metrics``. Later ones are logged at DEBUG, so a broken sender cannot flood the log.
 """
 
 from __future__ import annotations
@@ -63,15 +67,17 @@ class Emitter:
     ) -> None:
         self.metrics = metrics
         self.on_frame, self.on_series = on_frame, on_series
+        self._reported: set[str] = set()  # rejection reasons already logged at WARNING
 
     def frame(self, frame: Frame) -> None:
         """A frame that passed validation and continuity checks; ``t_recv`` is when decoding began."""
         m = self.metrics
-        if not finite_json(frame.header.meta):  # every dialect: its outputs must stay sendable
-            m.frames_malformed.labels(reason="bad_meta").inc()
+        h = frame.header
+        if not finite_json(h.meta):  # every dialect: its outputs must stay sendable
+            self.reject("bad_meta", f"frame {h.seq} of {h.acq}: NaN or Infinity in meta")
             return
-        if not ts_ok(frame.header.ts):  # a date the recording can state (wire v1 checks it in decode)
-            m.frames_malformed.labels(reason="bad_ts").inc()
+        if not ts_ok(h.ts):  # a date the recording can state (wire v1 checks it in decode)
+            self.reject("bad_ts", f"frame {h.seq} of {h.acq}: ts {h.ts!r} names no date in years 1-9999")
             return
         m.frames_received.inc()
         m.stage_latency.labels(stage="decode").observe(time.perf_counter() - frame.t_recv)
@@ -79,8 +85,11 @@ class Emitter:
 
     def series(self, msg: SeriesMessage) -> None:
         if not finite_json(msg.header.meta) or not ts_ok(msg.header.ts):
-            reason = "bad_meta" if not finite_json(msg.header.meta) else "bad_ts"
-            self.metrics.frames_malformed.labels(reason=reason).inc()
+            bad_meta = not finite_json(msg.header.meta)
+            what = "NaN or Infinity in meta" if bad_meta else f"ts {msg.header.ts!r} names no date"
+            self.reject(
+                "bad_meta" if bad_meta else "bad_ts", f"{msg.topic.decode()} of {msg.header.acq}: {what}"
+            )
             return
         self.metrics.series.labels(topic=msg.topic.decode()).inc()
         if self.on_series is not None:
@@ -88,5 +97,17 @@ class Emitter:
 
     def malformed(self, exc: ProtocolError, dialect: str) -> None:
         """Bad input is counted by reason and otherwise ignored: a sender must not stop the service."""
-        self.metrics.frames_malformed.labels(reason=exc.reason).inc()
-        log.debug("dropped malformed %s message: %s", dialect, exc)
+        self.reject(exc.reason, f"{dialect} message: {exc}")
+
+    def reject(self, reason: str, what: str) -> None:
+        """Count one refused message under ``reason``; log the first of each reason at WARNING."""
+        self.metrics.frames_malformed.labels(reason=reason).inc()
+        if reason in self._reported:
+            log.debug("dropped malformed input (%s): %s", reason, what)
+            return
+        self._reported.add(reason)
+        log.warning(
+            "dropped malformed input (%s): %s. Counted in sbd_frames_malformed_total{reason=\"%s\"} "
+            "(reasons: docs/wire-format.md); further %s messages are logged at DEBUG only",
+            reason, what, reason, reason,
+        )  # fmt: skip

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 
 from sbd_stream.metrics import Metrics
 
-__all__ = ["AcquisitionSequences", "SeqEvent", "SequenceTracker", "count_sequence_event"]
+__all__ = ["AcquisitionSequences", "LateStartNotice", "SeqEvent", "SequenceTracker", "count_sequence_event"]
+
+log = logging.getLogger(__name__)
 
 
 class SeqEvent(enum.Enum):
@@ -24,16 +27,48 @@ class SeqEvent(enum.Enum):
     out_of_order = "out_of_order"
 
 
+class LateStartNotice:
+    """Says why an acquisition's first frames are missing: once at WARNING, then at INFO per acquisition.
+
+    Numbering starts at 0 (wire format v1, DECTRIS), so a first frame numbered 33 means 33 frames were
+    sent and never received. The usual cause is a bridge whose PUB sends right after binding: a PUB
+    drops everything sent before a subscriber has connected (ZeroMQ's slow joiner). Counting them is
+    not enough for a site to find that cause, so the first occurrence says it in the log.
+    """
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, acq: str, seq: int) -> None:
+        if self.warned:
+            log.info("acquisition %s started at seq %d: %d frames before it were not received", acq, seq, seq)
+            return
+        self.warned = True
+        log.warning(
+            "acquisition %s started at seq %d: %d frames before it were not received (counted in "
+            "sbd_frames_missing_total). A PUB bound just before sending loses the first messages until "
+            "the service has connected: wait after binding, or send on PUSH to a PULL input; with a PUSH "
+            "stream shared by several instances the others took them (see docs/wire-format.md). Later "
+            "acquisitions that start late are logged at INFO",
+            acq,
+            seq,
+            seq,
+        )
+
+
 class SequenceTracker:
     """Per-stream continuity accounting from the (acq, seq) pairs in the headers.
 
-    Forward jumps are gaps; a repeat of a recently seen number is a duplicate (dropped); a small step
-    back to an unseen number is a late frame (kept, counted); a new acquisition id, seq 0 again, or a
-    large step back is a restart (a bridge or detector that came back).
+    Numbering starts at 0, so an acquisition's first frame with seq N > 0 is a gap of N frames (the
+    first ones lost: before this rule they were counted nowhere). Forward jumps are gaps; a repeat of
+    a recently seen number is a duplicate (dropped); a small step back to an unseen number is a late
+    frame (kept, counted); a new acquisition id, seq 0 again, or a large step back is a restart (a
+    bridge or detector that came back).
     """
 
-    def __init__(self, reorder_window: int = 1024) -> None:
+    def __init__(self, reorder_window: int = 1024, late_start: LateStartNotice | None = None) -> None:
         self.window = reorder_window
+        self.late_start = late_start or LateStartNotice()
         self.acq: str | None = None
         self.last = -1
         self._seen: collections.deque[int] = collections.deque(maxlen=reorder_window)
@@ -51,19 +86,22 @@ class SequenceTracker:
         self._seen_set.add(seq)
 
     def observe(self, acq: str, seq: int) -> tuple[SeqEvent, int]:
-        """Classify one frame; returns (event, number of missing frames for a gap)."""
+        """Classify one frame; returns (event, number of missing frames: a gap, or a late first frame)."""
         if self.acq is not None and acq != self.acq:
             self.reset(acq)
             self._remember(seq)
             self.last = seq
-            return SeqEvent.restart, 0
-        first = self.acq is None or self.last < 0
+            if seq > 0:
+                self.late_start(acq, seq)
+            return SeqEvent.restart, seq  # frames 0 .. seq - 1 of the new acquisition never came
         self.acq = acq
-        if first or seq == self.last + 1:
+        if seq == self.last + 1:  # ``last`` is -1 before the first frame: numbering starts at 0
             self._remember(seq)
             self.last = seq
             return SeqEvent.ok, 0
         if seq > self.last + 1:
+            if self.last < 0:
+                self.late_start(acq, seq)
             missing = seq - self.last - 1
             self._remember(seq)
             self.last = seq
@@ -91,6 +129,7 @@ class AcquisitionSequences:
 
     def __init__(self, reorder_window: int = 1024, max_acqs: int = 64) -> None:
         self.window, self.max_acqs = reorder_window, max_acqs
+        self.late_start = LateStartNotice()  # one for the stream: the first late start says why
         self._trackers: collections.OrderedDict[str, SequenceTracker] = collections.OrderedDict()
 
     @property
@@ -101,7 +140,7 @@ class AcquisitionSequences:
     def _get(self, acq: str) -> tuple[SequenceTracker, bool]:
         t = self._trackers.pop(acq, None)
         fresh = t is None
-        self._trackers[acq] = t = t or SequenceTracker(self.window)  # the most recent last
+        self._trackers[acq] = t = t or SequenceTracker(self.window, self.late_start)  # the most recent last
         while len(self._trackers) > self.max_acqs:
             self._trackers.popitem(last=False)
         return t, fresh
@@ -114,20 +153,23 @@ class AcquisitionSequences:
         t, fresh = self._get(acq)
         event, missing = t.observe(acq, seq)
         if fresh and len(self._trackers) > 1:
-            return SeqEvent.restart, 0  # a new acquisition beside (or after) another one
+            return SeqEvent.restart, missing  # a new acquisition beside (or after) another one
         return event, missing
 
 
 def count_sequence_event(m: Metrics, event: SeqEvent, missing: int) -> bool:
-    """Count what a frame's sequence number revealed; False for a duplicate, which is dropped."""
+    """Count what a frame's sequence number revealed; False for a duplicate, which is dropped.
+
+    A restart may also miss frames (a new acquisition whose first frame is not 0): both are counted.
+    """
     if event is SeqEvent.duplicate:
         m.frames_duplicate.inc()
         return False
-    if event is SeqEvent.gap:
-        m.gaps.inc()
-        m.frames_gap.inc(missing)
-    elif event is SeqEvent.restart:
+    if event is SeqEvent.restart:
         m.restarts.inc()
     elif event is SeqEvent.out_of_order:
         m.frames_out_of_order.inc()
+    if missing > 0 and event in (SeqEvent.gap, SeqEvent.restart):
+        m.gaps.inc()
+        m.frames_gap.inc(missing)
     return True

@@ -21,7 +21,12 @@ import numpy as np
 
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 
-SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff"}
+SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff", ".mrc", ".mrcs"}
+LENGTH_UNITS_A = {
+    "angstrom": 1.0, "a": 1.0, "\u00c5": 1.0, "\\u00c5": 1.0, "nm": 10.0, "nanometer": 10.0,
+    "pm": 0.01, "um": 1e4, "\u00b5m": 1e4, "micron": 1e4, "microns": 1e4,
+}  # fmt: skip
+"""A pixel size's unit in a TIFF's ImageJ metadata or JSON description -> angstrom per unit."""
 DEFAULT_H5_DATASETS = ("raw", "frames", "data", "entry/data/data", "images/noisy", "noisy")
 
 
@@ -82,12 +87,23 @@ class _Single:
 
 
 def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
-    """Open an HDF5, NPY or TIFF stack; ``dataset`` names the HDF5 dataset when it isn't obvious."""
+    """Open an HDF5, NPY, TIFF or MRC stack; ``dataset`` names the HDF5 dataset when it isn't obvious.
+
+    The pixel size a TIFF (ImageJ ``unit`` + resolution tags, as ``sbd-stream export`` writes them) or
+    an MRC header (``voxel_size``) states is read into ``sampling`` like HDF5 attributes, so a file
+    exported and denoised again keeps its sampling instead of silently taking the paper's.
+    """
     if not path.exists():
         raise StackError(f"{path}: no such file")
+    if path.is_dir():
+        raise StackError(f"{path}: is a folder; name a file")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise StackError(f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5, .npy or .tif/.tiff)")
+        raise StackError(
+            f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5/.nxs, .npy, .tif/.tiff or .mrc)"
+        )
+    if suffix in {".mrc", ".mrcs"}:
+        return _open_mrc(path)
     if suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -95,13 +111,7 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
             raise StackError(f"{path}: not a plain numeric NPY array ({e})") from e
         return FrameStack(_check(arr, str(path)), str(path))
     if suffix in {".tif", ".tiff"}:
-        import tifffile
-
-        try:
-            arr = tifffile.memmap(path, mode="r")
-        except ValueError:
-            arr = tifffile.imread(path)  # compressed TIFFs can't be memory-mapped
-        return FrameStack(_check(arr, str(path)), str(path))
+        return _open_tiff(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -115,6 +125,74 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
         return FrameStack(_check(f[name], f"{path}:{name}"), f"{path}:{name}", f.close, _sampling(f, name))
     except StackError:
         f.close()
+        raise
+
+
+def _open_tiff(path: Path) -> FrameStack:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+            sampling = _tiff_sampling(tif)
+        if "S" in axes:  # samples per pixel: RGB(A); a stack would be read as frames of width 3
+            raise StackError(
+                f"{path}: a colour TIFF (shape {shape}, axes {axes}); a counted frame has one value per "
+                "pixel: save the frames as a greyscale stack"
+            )
+        try:
+            arr = tifffile.memmap(path, mode="r")
+        except ValueError:
+            arr = tifffile.imread(path)  # compressed TIFFs can't be memory-mapped
+    except StackError:
+        raise
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as e:
+        raise StackError(f"{path}: not a readable TIFF ({e})") from e
+    return FrameStack(_check(arr, str(path)), str(path), sampling=sampling)
+
+
+def _tiff_sampling(tif: Any) -> dict[str, float]:
+    """``pixel_size_A`` from an ImageJ TIFF (``unit`` + XResolution, pixels per unit) or from the JSON
+    description of a plain TIFF (``pixel_size`` + ``unit``), when the unit is a length; else nothing.
+
+    A TIFF's bare resolution tags (inch, centimetre: dots per inch of a print) say nothing about the
+    specimen, so only a stated length unit counts.
+    """
+    meta = dict(tif.imagej_metadata or {})
+    if not meta and tif.shaped_metadata:
+        meta = dict(tif.shaped_metadata[0] or {})
+    scale = LENGTH_UNITS_A.get(str(meta.get("unit", "")).strip().lower())
+    if scale is None:
+        return {}
+    size = meta.get("pixel_size")
+    if size is None:
+        tag = tif.pages[0].tags.get("XResolution")
+        if tag is None:
+            return {}
+        num, den = tag.value
+        size = den / num if num else None
+    try:
+        px = float(size) * scale if size is not None else 0.0
+    except (TypeError, ValueError):
+        return {}
+    return {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
+
+
+def _open_mrc(path: Path) -> FrameStack:
+    """An MRC image or image stack, memory-mapped; ``voxel_size`` (A) as the pixel size when set."""
+    import mrcfile
+
+    try:
+        mrc = mrcfile.mmap(path, mode="r", permissive=False)
+    except (ValueError, OSError) as e:
+        raise StackError(f"{path}: not a readable MRC file ({e})") from e
+    try:
+        px = float(mrc.voxel_size.x)
+        sampling = {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
+        return FrameStack(_check(mrc.data, str(path)), str(path), mrc.close, sampling)
+    except StackError:
+        mrc.close()
         raise
 
 
@@ -175,6 +253,12 @@ def create_output(
         dataset, shape=shape, dtype="float32", chunks=(1, h, w), **hdf5plugin.Bitshuffle(cname="lz4")
     )
     ds.attrs["units"] = "counts per pixel per frame (expected, denoised)"
+    bad = f.create_dataset("replaced_pixels", shape=(shape[0],), dtype="int64", fillvalue=0)
+    bad.attrs["description"] = (
+        "pixels per input frame replaced by the frame's mean before denoising: NaN / Inf in float "
+        "frames, the dtype's maximum (defective, gap or saturated) in unsigned ones; the denoised "
+        "values there are invented"
+    )
     for k, v in attrs.items():
         f.attrs[k] = v if isinstance(v, str | int | float) else json.dumps(v)
     return ds

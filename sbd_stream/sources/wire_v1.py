@@ -6,7 +6,9 @@ takes frames from a PUSH sender instead, which is how several ``serve`` instance
 and one ``series_end``, the others record and denoise their frames without (logged once per
 acquisition), and each instance's gap counters include the frames the others took. The only state
 is the continuity accounting, per acquisition: ``series_start`` resets its acquisition's (a restart when
-a stream was already running), frames are classified by their (acq, seq) pairs, duplicates dropped.
+a stream was already running), frames are classified by their (acq, seq) pairs, duplicates dropped; a
+frame that restarts its acquisition's numbering is marked (``Frame.seq_restart``) so the recorder
+starts a new part.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sbd_stream.config import InputDialect, InputSocket
 from sbd_stream.frames import Frame
 from sbd_stream.protocol import TOPIC_FRAME, TOPIC_SERIES_START, ProtocolError, SeriesMessage, decode
 from sbd_stream.sources.dialect import Emitter, SocketSpec
-from sbd_stream.sources.sequence import AcquisitionSequences, count_sequence_event
+from sbd_stream.sources.sequence import AcquisitionSequences, SeqEvent, count_sequence_event
 
 __all__ = ["WireV1Dialect"]
 
@@ -63,9 +65,11 @@ class WireV1Dialect:
             self.emit.series(msg)
             return
         if msg.topic != TOPIC_FRAME:  # e.g. an output looped back into the input
-            m.frames_malformed.labels(reason="unexpected_topic").inc()
+            what = f"topic {msg.topic.decode()!r} is an output of the service, not an input"
+            self.emit.reject("unexpected_topic", what)
             return
-        if not count_sequence_event(m, *self.tracker.observe(msg.header.acq, msg.header.seq)):
+        event, missing = self.tracker.observe(msg.header.acq, msg.header.seq)
+        if not count_sequence_event(m, event, missing):
             return
         if msg.header.acq not in self._known:  # its start went to another instance (PUSH), or was lost
             self._known.append(msg.header.acq)
@@ -74,7 +78,7 @@ class WireV1Dialect:
                 "or missed): denoising and recording them (logged once per acquisition)",
                 msg.header.acq,
             )
-        self.emit.frame(Frame(msg.header, msg.data, t0))
+        self.emit.frame(Frame(msg.header, msg.data, t0, seq_restart=event is SeqEvent.restart))
 
     def tick(self, now: float) -> None:
         """Wire format v1 has no timeouts: a series without an end stays open until the next start."""

@@ -101,3 +101,74 @@ def test_export_refuses_unknown_target_and_empty_kind(tmp_path: Path) -> None:
     for args in (["--to", "png"], ["--to", "npy", "--kind", "llr"]):
         res = CliRunner().invoke(app, ["export", str(rec), *args])
         assert res.exit_code == 2 and "error:" in res.output
+
+
+@pytest.mark.timeout(60)
+def test_frames_come_out_in_frame_order_with_the_true_interval(tmp_path: Path) -> None:
+    """The complete lane writes a skipped frame's denoised row late: the movie jumped back, and the
+    ImageJ interval was the mean over unsorted rows (0.019 s for 0.025 s frames)."""
+    sampling = {"pixel_size_A": PIXEL_A, "dose_e_per_A2": 125.0}
+    rec = Recorder(RecordSettings(directory=tmp_path), Metrics(), sampling=sampling)
+    order = [0, 1, 3, 4, 5, 2, 7, 6]  # rows as the two lanes would write them
+    for q in range(8):
+        rec.write(RecordItem("raw", "acq", q, 100.0 + 0.025 * q, _frame(q)))
+    for q in order:
+        rec.write(RecordItem("denoised", "acq", q, 100.0 + 0.025 * q, _frame(q).astype(np.float32) / 3))
+    rec.close_all()
+    import tifffile
+
+    out = tmp_path / "d.tif"
+    summary = _export(str(tmp_path / "acq.nxs"), "--to", "TIF", "--out", str(out))  # any case, tif
+    assert summary["frame_interval_s"] == pytest.approx(0.025)
+    with tifffile.TiffFile(out) as tf:
+        np.testing.assert_array_equal(tf.asarray(), _expected("denoised"))
+        assert tf.imagej_metadata["finterval"] == pytest.approx(0.025)
+    npy = _export(str(tmp_path / "acq.nxs"), "--to", "npy", "--out", str(tmp_path / "d.npy"))
+    side = json.loads(Path(npy["sidecar"]).read_text())
+    assert side["frame_numbers"] == list(range(8))
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), _expected("denoised"))
+
+
+@pytest.mark.timeout(60)
+def test_output_paths_that_would_lose_or_mislabel_data_are_refused(tmp_path: Path) -> None:
+    rec = _record(tmp_path)
+    _export(str(rec), "--to", "npy", "--out", str(tmp_path / "d.npy"))
+    cases = [  # all but the first with --overwrite: refused for their own reason
+        (["--to", "npy", "--out", str(tmp_path / "d.npy")], "pass --overwrite"),
+        (["--to", "mrc", "--out", str(tmp_path / "x.tiff"), "--overwrite"], "but --to is mrc"),
+        (["--to", "tiff", "--out", str(rec), "--overwrite"], "the recording itself"),
+        (["--to", "tiff", "--out", str(tmp_path / "none" / "x.tif"), "--overwrite"], "does not exist"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, ["export", str(rec), *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert _export(str(rec), "--to", "npy", "--out", str(tmp_path / "d.npy"), "--overwrite")["frames"] == 8
+
+
+@pytest.mark.timeout(120)
+def test_a_denoise_output_exports_too(tmp_path: Path, tiny_engine_dir: Path) -> None:
+    """`export` of what `denoise` wrote crashed (a dataset where a recording has a group)."""
+    import tifffile
+
+    frames = np.stack([_frame(q) for q in range(3)])
+    np.save(tmp_path / "in.npy", frames)
+    den = tmp_path / "den.h5"
+    res = CliRunner().invoke(
+        app,
+        [
+            "denoise",
+            str(tmp_path / "in.npy"),
+            str(den),
+            "--model",
+            str(tiny_engine_dir),
+            "--scheduler",
+            "none",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = _export(str(den), "--to", "tiff", "--out", str(tmp_path / "d.tif"))
+    assert summary["frames"] == 3 and summary["unit"] == "angstrom"
+    import h5py
+
+    with h5py.File(den) as f, tifffile.TiffFile(tmp_path / "d.tif") as tf:
+        np.testing.assert_array_equal(tf.asarray(), f["denoised"][:])

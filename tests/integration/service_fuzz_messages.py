@@ -220,8 +220,9 @@ class WireFuzz:
             fr("header_too_large", raw=b" " * 65537),
             fr("unexpected_topic", topic=b"denoised"),
             fr("unexpected_topic", topic=b"llr"),
-            fr("bad_engine", engine=5),
-            fr("bad_columns", columns="x"),
+            # output-only keys on an input frame, even well-formed ones (wire-format.md)
+            fr("unknown_field", engine="unet4@3f2a9c"),
+            fr("unknown_field", columns=[[1.0, 2.0, 3.5, 0.4]]),
         ]
         if r.random() < 0.15:
             parts = _garbage(r)

@@ -22,7 +22,7 @@ from sbd_stream.sources.sequence import SeqEvent, SequenceTracker
 
 def test_sequence_tracker_classifies_events() -> None:
     t = SequenceTracker(reorder_window=16)
-    assert t.observe("a", 5) == (SeqEvent.ok, 0)  # first frame of a stream may start anywhere
+    assert t.observe("a", 5) == (SeqEvent.gap, 5)  # numbering starts at 0: frames 0-4 were lost
     assert t.observe("a", 6) == (SeqEvent.ok, 0)
     assert t.observe("a", 9) == (SeqEvent.gap, 2)
     assert t.observe("a", 9) == (SeqEvent.duplicate, 0)
@@ -32,7 +32,7 @@ def test_sequence_tracker_classifies_events() -> None:
     assert t.observe("a", 10) == (SeqEvent.ok, 0)
     assert t.observe("a", 0) == (SeqEvent.restart, 0)  # same acquisition, counting from 0 again
     assert t.observe("a", 1) == (SeqEvent.ok, 0)
-    assert t.observe("b", 1) == (SeqEvent.restart, 0)  # new acquisition id
+    assert t.observe("b", 1) == (SeqEvent.restart, 1)  # new acquisition id, its frame 0 lost
     assert t.observe("b", 100) == (SeqEvent.gap, 98)
     assert t.observe("b", 50) == (SeqEvent.restart, 0)  # far back: beyond the reorder window
 

@@ -4,8 +4,10 @@ messages are never dropped, and one bad item closes its file cleanly instead of 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +228,76 @@ def test_a_new_series_start_of_a_recorded_acquisition_rolls_to_a_new_part(tmp_pa
         assert list(f["raw/seq"]) == [0, 1]
     with open_recording(tmp_path / "a_0001.nxs") as f:
         assert list(f["raw/seq"]) == [0] and f["raw/frames"][0, 0, 0] == 9
+
+
+def test_a_restarted_numbering_rolls_and_the_old_runs_outputs_keep_their_part(tmp_path: Path) -> None:
+    """A producer restart without series_start (``RecordItem.restart``): one part per run, so no part
+    holds one seq twice; an output of the old run still on its way goes to the old part."""
+    rec, m = _rec(tmp_path)
+    frame = np.ones((4, 4), np.uint16)
+    for seq in range(5):
+        rec.write(_raw("a", seq, frame))
+    rec.write(RecordItem("raw", "a", 0, 50.0, frame * 2, restart=True))
+    rec.write(RecordItem("raw", "a", 1, 51.0, frame * 2))
+    rec.write(RecordItem("denoised", "a", 4, 4.0, frame.astype(np.float32)))  # the old run's last
+    rec.write(RecordItem("denoised", "a", 0, 50.0, frame.astype(np.float32)))  # the new run's first
+    rec.write(RecordItem("raw", "b", 3, 0.0, frame, restart=True))  # a new acquisition: no roll
+    rec.close_all()
+    assert m.value("sbd_record_rolls_total", {"reason": "restart"}) == 1
+    with open_recording(tmp_path / "a.nxs") as f:
+        assert list(f["raw/seq"]) == [0, 1, 2, 3, 4] and list(f["denoised/seq"]) == [4]
+    with open_recording(tmp_path / "a_0001.nxs") as f:
+        assert list(f["raw/seq"]) == [0, 1] and list(f["denoised/seq"]) == [0]
+        assert list(f["raw/time"]) == [0.0, 1.0]  # the new run's time axis starts again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nxs", "a_0001.nxs", "b.nxs"]
+
+
+@pytest.mark.parametrize("compress_threads", [0, 2])
+def test_denoised_values_beyond_float16_are_clipped_and_counted_not_stored_as_inf(
+    tmp_path: Path, compress_threads: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """float16 holds at most 65504: larger denoised values became inf in the file (through numpy's cast
+    with the pool, through HDF5's conversion without), with a bare RuntimeWarning as the only trace."""
+    m = Metrics()
+    s = RecordSettings(directory=tmp_path, min_free_bytes=0, compress_threads=compress_threads)
+    rec = Recorder(s, m)
+    raw = np.zeros((2, 3), np.uint16)
+    hot = np.array([[1.5, 7e4, -1e5], [np.nan, np.inf, 65504.0]], np.float32)
+    items = [_raw("a", q, raw) for q in range(3)]
+    items += [RecordItem("denoised", "a", q, 0.0, hot) for q in range(2)]
+    items.append(RecordItem("denoised", "a", 2, 0.0, np.full((2, 3), 3.25, np.float32)))  # a normal frame
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        rec.start()
+        assert all(rec.submit(item) for item in items)
+        rec.stop()
+        rec.join(30)
+    assert [str(w.message) for w in caught] == []  # no "overflow encountered in cast" on stderr
+    assert m.value("sbd_recorded_clipped_pixels_total") == 2 * 3  # 7e4, -1e5, inf in each hot frame
+    said = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert len(said) == 1 and "sbd_recorded_clipped_pixels_total" in said[0]  # logged once
+    with open_recording(tmp_path / "a.nxs") as f:
+        stored = f["denoised/frames"][:]
+    assert stored.dtype == np.float16 and not np.isinf(stored).any()
+    np.testing.assert_array_equal(stored[0, 0], np.float16([1.5, 65504, -65504]))
+    assert np.isnan(stored[0, 1, 0]) and stored[0, 1, 1] == 65504 and stored[0, 1, 2] == 65504  # NaN kept
+    assert (stored[2] == np.float16(3.25)).all()
+
+
+def test_an_acquisition_id_never_names_a_hidden_file(tmp_path: Path) -> None:
+    """Leading dots became a hidden file (``rec/.._.._audit-escape.nxs``), which ls does not show."""
+    assert [recording_file.safe_name(a) for a in (".", "..", "...x", ".a.b", "a.b")] == [
+        "_",
+        "__",
+        "___x",
+        "_a.b",
+        "a.b",
+    ]
+    rec, _ = _rec(tmp_path)
+    for acq in ("..", "../../audit-escape", ".hidden"):
+        rec.write(_raw(acq, 0, np.ones((4, 4), np.uint16)))
+    rec.close_all()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["__.nxs", "___.._audit-escape.nxs", "_hidden.nxs"]
+    with open_recording(tmp_path / "___.._audit-escape.nxs") as f:
+        assert f.attrs["acq"] == "../../audit-escape"  # the id itself is kept as sent

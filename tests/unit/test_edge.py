@@ -13,7 +13,14 @@ from sbd_stream.frames import Frame
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
 from sbd_stream.security import is_loopback, warn_if_exposed
-from sbd_stream.service.edge import NONFINITE_KEY, replace_nonfinite
+from sbd_stream.service.edge import (
+    NONFINITE_KEY,
+    SATURATED_KEY,
+    negative_pixels,
+    replace_invalid,
+    replace_nonfinite,
+    replaced,
+)
 from sbd_stream.sinks.publisher import Publisher
 
 
@@ -36,9 +43,32 @@ def test_nonfinite_pixels_are_replaced_by_the_finite_mean_counted_and_flagged(dt
 def test_all_nonfinite_becomes_zero_and_finite_or_integer_frames_pass_as_they_are() -> None:
     f = replace_nonfinite(_frame(np.full((2, 2), np.nan, np.float32)))
     np.testing.assert_array_equal(f.data, np.zeros((2, 2), np.float32))
-    for data in (np.ones((2, 2), np.float32), np.ones((2, 2), np.uint16)):
+    for data in (np.ones((2, 2), np.float32), np.ones((2, 2), np.uint16), np.full((2, 2), -7, np.int32)):
         frame = _frame(data)
         assert replace_nonfinite(frame) is frame
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32"])
+def test_pixels_at_the_unsigned_maximum_are_replaced_counted_and_flagged(dtype: str) -> None:
+    """DECTRIS marks defective / gap pixels 2^bits - 1: no count; one of them spoiled a 60 px disc."""
+    top = np.iinfo(dtype).max
+    raw = np.array([[0, 1, top], [2, top, 1]], dtype)
+    m = Metrics()
+    f = replace_invalid(_frame(raw), m)
+    assert f.data.dtype == raw.dtype  # the queue, header and batch stage keep the frame's dtype
+    np.testing.assert_array_equal(f.data, np.array([[0, 1, 1], [2, 1, 1]], dtype))  # mean 1.0
+    assert f.header.meta == {"k": 1, SATURATED_KEY: 2} and replaced(f) == 2
+    assert raw[0, 2] == top  # the received frame (what is recorded) is untouched
+    assert m.value("sbd_frames_saturated_total") == 1 and m.value("sbd_pixels_saturated_total") == 2
+    assert m.value("sbd_frames_nonfinite_total") == 0
+
+
+def test_a_frame_below_the_maximum_passes_untouched_and_negative_pixels_are_counted() -> None:
+    frame = _frame(np.full((3, 3), 254, np.uint8))
+    assert replace_invalid(frame) is frame and replaced(frame) == 0
+    assert negative_pixels(np.array([[-1, 0], [2, -3]], np.int32)) == 2
+    assert negative_pixels(np.array([[np.nan, -0.5]], np.float32)) == 1
+    assert negative_pixels(np.zeros((2, 2), np.uint16)) == 0
 
 
 @pytest.mark.parametrize(

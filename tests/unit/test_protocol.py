@@ -121,6 +121,15 @@ GOOD_PAYLOAD = bytes(40)
         ([b"series_start", _ser(meta={"m": float("nan")}), b""], "bad_meta"),
         ([b"series_end", _ser(n_frames=-1), b""], "bad_n_frames"),
         ([b"frame", _hdr(extra=1), GOOD_PAYLOAD], "unknown_field"),
+        # output-only keys on an input frame: refused, not accepted and then overwritten or dropped
+        ([b"frame", _hdr(engine="mine"), GOOD_PAYLOAD], "unknown_field"),
+        ([b"frame", _hdr(columns=[]), GOOD_PAYLOAD], "unknown_field"),
+        ([b"denoised", _hdr(columns=[]), GOOD_PAYLOAD], "unknown_field"),  # columns: llr only
+        # a NaN / Infinity literal is refused under its field's own reason (json.loads parses it)
+        ([b"frame", _hdr(ts=float("nan")), GOOD_PAYLOAD], "bad_ts"),
+        ([b"frame", _hdr(seq=float("inf")), GOOD_PAYLOAD], "bad_seq"),
+        ([b"frame", _hdr(exposure_s=float("-inf")), GOOD_PAYLOAD], "bad_exposure"),
+        ([b"frame", _hdr(seq=2**63), GOOD_PAYLOAD], "bad_seq"),  # 0 <= seq < 2^63
         ([b"frame", _hdr(), GOOD_PAYLOAD[:-1]], "bad_length"),
         ([b"frame", _hdr(), GOOD_PAYLOAD + b"x"], "bad_length"),
         ([b"frame", b" " * (p.MAX_HEADER_BYTES + 1), GOOD_PAYLOAD], "header_too_large"),
@@ -155,6 +164,10 @@ def test_encode_refuses_unsupported() -> None:
         p.encode_frame(np.zeros((2, 2, 2), np.uint8), "a", 0, 0.0)
     with pytest.raises(ValueError):
         p.encode_frame(np.zeros((2, 2), np.uint8), "a", 0, 0.0, topic=b"series_end")
+    with pytest.raises(ValueError, match="outputs"):  # what decode refuses as unknown_field
+        p.encode_frame(np.zeros((2, 2), np.uint8), "a", 0, 0.0, engine="e1")
+    with pytest.raises(ValueError, match="llr"):
+        p.encode_frame(np.zeros((2, 2), np.float32), "a", 0, 0.0, topic=p.TOPIC_DENOISED, columns=[])
 
 
 _json_values = st.recursive(

@@ -41,7 +41,7 @@ from sbd_stream.protocol import (
 )
 from sbd_stream.sources.dectris.messages import DectrisFrameMessage, StreamV1Decoder, decode_stream_v2
 from sbd_stream.sources.dialect import Emitter, SocketSpec
-from sbd_stream.sources.sequence import SequenceTracker, count_sequence_event
+from sbd_stream.sources.sequence import SeqEvent, SequenceTracker, count_sequence_event
 
 __all__ = ["DectrisDialect", "DectrisMetrics", "SeriesState"]
 
@@ -201,9 +201,11 @@ class DectrisDialect:
             )
             st.open(h.acq, h.meta.get("series"), None)
             self._emit_series(TOPIC_SERIES_START, h.acq, {"series": h.meta.get("series"), "joined": True})
-        if not count_sequence_event(self.metrics, *st.tracker.observe(h.acq, h.seq)):
+        event, missing = st.tracker.observe(h.acq, h.seq)
+        if not count_sequence_event(self.metrics, event, missing):
             return
         st.received += 1
         chunk = msg.chunk if isinstance(msg, DectrisFrameMessage) else None
         series = msg.series if isinstance(msg, DectrisFrameMessage) else 0
-        self.emit.frame(Frame(h, msg.data, t0, chunk=chunk, series=series))
+        restart = event is SeqEvent.restart
+        self.emit.frame(Frame(h, msg.data, t0, chunk=chunk, series=series, seq_restart=restart))

@@ -1,0 +1,174 @@
+"""`sbd-stream denoise` on the inputs users actually have: flagged pixels, TIFF / MRC sampling, recordings,
+and the paths and option values that must be refused before any work (each once a silent defect)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401 - the outputs are bitshuffle-LZ4
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from sbd_stream.cli import app
+from sbd_stream.config import RecordSettings
+from sbd_stream.metrics import Metrics
+from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def _denoise(inp: Path, out: Path, engine_dir: Path, *extra: str):
+    args = ["denoise", str(inp), str(out), "--model", str(engine_dir), "--engine", "torch"]
+    return runner.invoke(app, [*args, "--orientations", "1", "--scheduler", "none", *extra])
+
+
+def _summary(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.index("{") :])
+
+
+def _counts(n: int = 2, shape: tuple[int, int] = (48, 40), dtype: str = "uint16") -> np.ndarray:
+    return np.random.default_rng(1).poisson(0.45, (n, *shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "local"])
+@pytest.mark.parametrize("flag", ["nan", "max"])
+def test_flagged_pixels_are_replaced_counted_and_do_not_spread(
+    flag: str, scheduler: str, tiny_engine_dir: Path, tmp_path: Path, caplog
+) -> None:
+    """One NaN made the whole frame NaN; one 65535 lifted a 60 px disc: both replaced, per frame."""
+    frames = _counts(dtype="float32" if flag == "nan" else "uint16")
+    frames[1, 20, 20] = np.nan if flag == "nan" else 65535
+    np.save(tmp_path / "in.npy", frames)
+    with caplog.at_level(logging.WARNING):
+        s = _summary(
+            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
+        )
+    assert s["replaced_pixels"] == 1 and s["frames_with_replaced"] == 1
+    assert "replaced by their frame's mean" in caplog.text
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_array_equal(f["replaced_pixels"][:], [0, 1])
+        den = f["denoised"][:]
+    ref = frames.copy()  # what the engine should have seen: the pixel at its frame's mean of the others
+    others = np.delete(frames[1].ravel(), 20 * 40 + 20).astype(np.float64).mean()
+    ref[1, 20, 20] = others if flag == "nan" else round(others)
+    np.save(tmp_path / "ref.npy", ref)
+    _summary(_denoise(tmp_path / "ref.npy", tmp_path / "r.h5", tiny_engine_dir, "--scheduler", scheduler))
+    with h5py.File(tmp_path / "r.h5") as f:
+        np.testing.assert_allclose(den, f["denoised"][:], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(den).all()
+
+
+def test_negative_pixels_are_counted_and_warned(tiny_engine_dir: Path, tmp_path: Path, caplog) -> None:
+    frames = _counts(dtype="int32")
+    frames[0, :2, :3] = -4
+    np.save(tmp_path / "in.npy", frames)
+    with caplog.at_level(logging.WARNING):
+        s = _summary(_denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir))
+    assert s["negative_pixels"] == 6 and "negative" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("unit", "per_unit", "expected_A"),
+    [("angstrom", 1 / 0.12, 0.12), ("nm", 1 / 0.012, 0.12), ("\\u00C5", 1 / 0.24, 0.24)],
+)
+def test_a_tiff_states_its_pixel_size(
+    unit: str, per_unit: float, expected_A: float, tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    """An exported TIFF denoised again took the paper's 0.060 A instead of its own."""
+    tifffile.imwrite(
+        tmp_path / "in.tif", _counts(), imagej=True, resolution=(per_unit, per_unit),
+        metadata={"unit": unit, "axes": "TYX"},
+    )  # fmt: skip
+    s = _summary(_denoise(tmp_path / "in.tif", tmp_path / "o.h5", tiny_engine_dir))
+    assert s["pixel_size_A"] == pytest.approx(expected_A)
+    s = _summary(_denoise(tmp_path / "in.tif", tmp_path / "o2.h5", tiny_engine_dir, "--pixel-size", "0.05"))
+    assert s["pixel_size_A"] == pytest.approx(0.05)  # the option wins
+
+
+def test_a_tiff_without_a_length_unit_and_an_mrc_stack(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    import mrcfile
+
+    tifffile.imwrite(tmp_path / "plain.tif", _counts(), resolution=(300, 300))  # dots per inch: no sampling
+    s = _summary(_denoise(tmp_path / "plain.tif", tmp_path / "o.h5", tiny_engine_dir))
+    assert s["pixel_size_A"] == pytest.approx(0.06)
+    with mrcfile.new(tmp_path / "in.mrc") as m:
+        m.set_data(_counts())
+        m.voxel_size = 0.12
+    s = _summary(_denoise(tmp_path / "in.mrc", tmp_path / "o2.h5", tiny_engine_dir))
+    assert s["pixel_size_A"] == pytest.approx(0.12) and s["frames"] == 2
+
+
+def test_a_colour_tiff_is_refused(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    """An RGB TIFF was read as 256 frames of 256 x 3."""
+    tifffile.imwrite(tmp_path / "rgb.tif", _counts(1, (32, 32, 3)).astype(np.uint8)[0], photometric="rgb")
+    res = _denoise(tmp_path / "rgb.tif", tmp_path / "o.h5", tiny_engine_dir)
+    assert res.exit_code == 2 and "colour TIFF" in res.output and not (tmp_path / "o.h5").exists()
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    res = _denoise(tmp_path / "bad.tif", tmp_path / "o.h5", tiny_engine_dir)
+    assert res.exit_code == 2 and "bad.tif: not a readable TIFF" in res.output
+
+
+def test_a_recording_is_read_as_its_raw_frames(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    """Without --dataset a recording was refused as ambiguous (raw, denoised, llr)."""
+    rec = Recorder(RecordSettings(directory=tmp_path), Metrics(), sampling={"pixel_size_A": 0.06})
+    for q in range(3):
+        rec.write(RecordItem("raw", "acq", q, 100.0 + 0.025 * q, _counts(1)[0]))
+        rec.write(RecordItem("denoised", "acq", q, 100.0 + 0.025 * q, np.zeros((48, 40), np.float32)))
+    rec.close_all()
+    s = _summary(_denoise(tmp_path / "acq.nxs", tmp_path / "o.h5", tiny_engine_dir))
+    assert s["frames"] == 3 and s["input"].endswith("raw/frames")
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_array_equal(f["seq"][:], [0, 1, 2])
+
+
+def test_paths_that_would_lose_data_are_refused_before_work(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", _counts())
+    h5 = tmp_path / "in.h5"
+    with h5py.File(h5, "w") as f:
+        f["data"] = _counts()
+    res = _denoise(h5, h5, tiny_engine_dir, "--overwrite")  # destroyed the input
+    assert res.exit_code == 2 and "is the input" in res.output
+    with h5py.File(h5) as f:
+        assert f["data"].shape == (2, 48, 40)
+    res = _denoise(tmp_path / "in.npy", tmp_path, tiny_engine_dir, "--overwrite")
+    assert res.exit_code == 2 and "is a folder" in res.output
+    res = _denoise(tmp_path / "in.npy", tmp_path / "no" / "o.h5", tiny_engine_dir)
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--pixel-size", "0"), "--pixel-size"),
+        (("--dose", "-125"), "--dose"),
+        (("--counts-per-px", "0"), "--counts-per-px"),
+        (("--orientations", "3"), "--orientations"),
+    ],
+)
+def test_an_invalid_value_is_one_line_naming_its_flag(
+    args: tuple[str, str], flag: str, tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "in.npy", _counts())
+    res = _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, *args)
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: "), res.output
+    assert "pydantic" not in res.output
+
+
+def test_a_dose_outside_the_trained_range_is_warned(tmp_path: Path, caplog) -> None:
+    """`serve` warned about an off-range dose; `denoise` said nothing at 11x the engine's dose."""
+    np.save(tmp_path / "in.npy", _counts())
+    engine = Path(__file__).parents[2] / "engines" / "sbd-unet3s2-paper-twins"  # states its dose range
+    with caplog.at_level(logging.WARNING):
+        s = _summary(_denoise(tmp_path / "in.npy", tmp_path / "o.h5", engine, "--counts-per-px", "5"))
+    assert s["dose_in_range"] is False and "outside its trained range" in caplog.text
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert not f.attrs["dose_in_range"]
