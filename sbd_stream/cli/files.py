@@ -62,6 +62,7 @@ def denoise(
     125 e/A^2 per frame). Frames are binned to the engine's working pixel and returned at theirs.
     """
     setup_logging(verbose)
+    from sbd_stream.engines.base import EngineUnavailable
     from sbd_stream.service.offline_dask import denoise as run_denoise
     from sbd_stream.sources.stacks import StackError
 
@@ -99,7 +100,7 @@ def denoise(
             progress=True,
             recording=recording,
         )
-    except (StackError, FileNotFoundError, ValueError, OSError) as e:
+    except (StackError, FileNotFoundError, ValueError, OSError, EngineUnavailable) as e:
         fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 
@@ -118,7 +119,9 @@ def check_paths(input: Path, output: Path, overwrite: bool) -> None:
 
 @app.command()
 def info(
-    model: str | None = typer.Option(None, help="Engine name or path to inspect (default: the shipped one)"),
+    model: str | None = typer.Option(
+        None, help="Engine name or path to describe alone (default: every engine under the engine root)"
+    ),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="TOML settings: show the engine workers they plan"
     ),
@@ -130,11 +133,14 @@ def info(
     ),
 ) -> None:
     """Engines found, backends usable here, devices and versions; engine workers and their load."""
-    from sbd_stream.engines.card import live_engine, offline_engine
+    from sbd_stream.engines.card import ArtefactError, live_engine, offline_engine
     from sbd_stream.service.build import worker_specs
     from sbd_stream.service.offline import environment_info
 
-    out = environment_info(model)
+    try:
+        out = environment_info(model)
+    except ArtefactError as e:
+        fail(f"--model: {e}")
     # which engine runs when none is named, on this machine: live (serve, demo) and offline (denoise)
     out["default_engines"] = {"live": live_engine(), "offline": offline_engine()}
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]

@@ -72,15 +72,18 @@ def load_engine(
     if kind is EngineKind.auto:
         reasons = available_kinds(engine_dir)
         cuda_here = torch.cuda.is_available() and not (device or "").startswith("cpu")
+        why: list[str] = []
         for k in auto_order(cuda_here, cuda_here and _ort_has_cuda()):
             if reasons[k.value] is None:
                 try:
                     return load_engine(k, engine_dir, device, batch, precision, tile, threads)
                 except (EngineUnavailable, ArtefactError, RuntimeError) as e:
                     log.warning("engine %s unavailable, trying the next: %s", k.value, e)
+                    why.append(f"{k.value}: {e}")
             else:
                 log.info("engine %s skipped: %s", k.value, reasons[k.value])
-        raise EngineUnavailable(f"no engine backend can run {engine_dir}")
+                why.append(f"{k.value}: {reasons[k.value]}")
+        raise EngineUnavailable(f"no engine backend can run {engine_dir} ({'; '.join(why)})")
     cuda = torch.cuda.is_available()
     if kind is EngineKind.tensorrt:
         from sbd_stream.engines.tensorrt_engine import TensorRTEngine

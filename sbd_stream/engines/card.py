@@ -157,6 +157,8 @@ def resolve_engine_dir(engine: str | Path | None) -> Path:
     q = default_engine_root() / str(engine)
     if (q / CARD_FILE).is_file():
         return q
+    if p.is_absolute() or p.resolve() == q.resolve():  # one place looked at: name it once
+        raise ArtefactError(f"no engine '{engine}': {p} holds no {CARD_FILE}")
     raise ArtefactError(f"no engine '{engine}': neither {p} nor {q} holds a {CARD_FILE}")
 
 

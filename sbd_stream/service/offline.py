@@ -14,7 +14,7 @@ import torch
 
 from sbd_stream.compute.binning import binned_shape
 from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
-from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card
+from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
@@ -141,32 +141,38 @@ def _version() -> str:
     return __version__
 
 
-def environment_info(model: str | None = None) -> dict[str, Any]:
+def describe_engine(engine_dir: Path) -> dict[str, Any]:
+    """What ``info`` says about one engine: sampling, field of view, files, backends usable here."""
     from sbd_stream.engines import available_kinds
 
+    try:
+        card = load_card(engine_dir)
+    except ArtefactError as e:
+        return {"path": str(engine_dir), "error": str(e)}
+    return {
+        "name": card.name,
+        "path": str(engine_dir),
+        "architecture": str(card.architecture),
+        "scales": card.scales,
+        "channels": card.channels,
+        "field_of_view": card.field_of_view,
+        "working_pixel_A": card.pixel_size_A,
+        "field_of_view_A": card.field_of_view * card.pixel_size_A if card.pixel_size_A else None,
+        "dose_e_per_A2": card.dose_e_per_A2,
+        "dose_range": list(card.dose_range),
+        "files": sorted(card.checksums),
+        "backends": available_kinds(engine_dir),
+    }
+
+
+def environment_info(model: str | None = None) -> dict[str, Any]:
+    """Engines (``model``: that one alone, a name or a path; raises ArtefactError if there is none),
+    backends, devices and versions."""
     root = default_engine_root()
-    engines = []
-    for card_path in sorted(root.glob("*/card.json")):
-        try:
-            card = load_card(card_path.parent)
-            engines.append(
-                {
-                    "name": card.name,
-                    "path": str(card_path.parent),
-                    "architecture": str(card.architecture),
-                    "scales": card.scales,
-                    "channels": card.channels,
-                    "field_of_view": card.field_of_view,
-                    "working_pixel_A": card.pixel_size_A,
-                    "field_of_view_A": card.field_of_view * card.pixel_size_A if card.pixel_size_A else None,
-                    "dose_e_per_A2": card.dose_e_per_A2,
-                    "dose_range": list(card.dose_range),
-                    "files": sorted(card.checksums),
-                    "backends": available_kinds(card_path.parent),
-                }
-            )
-        except ArtefactError as e:
-            engines.append({"path": str(card_path.parent), "error": str(e)})
+    if model is not None:
+        engines = [describe_engine(resolve_engine_dir(model))]
+    else:
+        engines = [describe_engine(c.parent) for c in sorted(root.glob("*/card.json"))]
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("onnxruntime", "onnx", "tensorrt", "h5py", "zmq", "numpy"):
         try:

@@ -172,3 +172,25 @@ def test_a_dose_outside_the_trained_range_is_warned(tmp_path: Path, caplog) -> N
     assert s["dose_in_range"] is False and "outside its trained range" in caplog.text
     with h5py.File(tmp_path / "o.h5") as f:
         assert not f.attrs["dose_in_range"]
+
+
+def test_info_describes_the_named_engine_alone_and_refuses_an_unknown_one(tiny_engine_dir: Path) -> None:
+    """`info --model X` printed every engine under the root, whatever X was (rc 0 for a missing one)."""
+    res = runner.invoke(app, ["info", "--model", str(tiny_engine_dir)])
+    assert res.exit_code == 0, res.output
+    engines = json.loads(res.output)["engines"]
+    assert [e["path"] for e in engines] == [str(tiny_engine_dir)] and engines[0]["name"] == "tiny-unet2"
+    res = runner.invoke(app, ["info", "--model", "/no/such/engine"])
+    assert res.exit_code == 2 and res.output.count("/no/such/engine") == 2  # the name and the place
+
+
+def test_an_engine_no_backend_can_run_is_one_line_with_each_reason(tmp_path: Path) -> None:
+    card_only = tmp_path / "card-only"
+    card_only.mkdir()
+    card = Path(__file__).parents[2] / "engines" / "sbd-unet3s2-paper-twins" / "card.json"
+    (card_only / "card.json").write_bytes(card.read_bytes())
+    np.save(tmp_path / "in.npy", _counts())
+    res = runner.invoke(
+        app, ["denoise", str(tmp_path / "in.npy"), str(tmp_path / "o.h5"), "--model", str(card_only)]
+    )
+    assert res.exit_code == 2 and "no engine backend can run" in res.output and "torch:" in res.output
