@@ -186,3 +186,28 @@ def test_both_detector_tables_run_on_test_frames_without_surface_columns(
     md = table_3_1_detector_markdown(res, "sbd-train fov-study-detector")
     row = next(line for line in md.splitlines() if line.startswith("| a |"))
     assert "| n/a |" in row
+
+
+def test_an_empty_validation_split_or_a_training_file_as_test_is_refused(tmp_path: Path) -> None:
+    """Tuning baselines on no validation frames wrote tables of F1 0 with rc 0; a training set passed as
+    --test scored its validation structures as held out."""
+    from pydantic import ValidationError
+
+    from training.evaluate.detector import DetectorEvalConfig, load_test, load_val
+    from training.sim.dataset import EmptySplit
+    from training.sim.splits import SplitSpec
+
+    _dataset(tmp_path / "val.h5", 0.24, (32, 32), 6)
+    cfg = DetectorEvalConfig(
+        test=tmp_path / "val.h5", val=tmp_path / "val.h5", split=SplitSpec(val_fraction=0)
+    )
+    with pytest.raises(EmptySplit, match="val split holds no images"):
+        load_val(cfg, 0.06)
+    import h5py
+
+    with h5py.File(tmp_path / "val.h5", "a") as f:
+        f.attrs["view"] = "train"
+    with pytest.raises(ValueError, match="is not a test split"):
+        load_test(cfg)
+    with pytest.raises(ValidationError, match="unknown 'Lowpass'; choose from Raw, Low-pass filter"):
+        DetectorEvalConfig(baselines=["Lowpass"])

@@ -3,7 +3,8 @@
 Thin by design: each command parses options and calls into the stage that does the work. ``app`` holds
 the typer app, ``common`` what several commands share, and one module per command group holds the
 commands: ``sim``, ``train`` (with the GPU recipe) and ``evaluate``. This ``__init__`` registers them
-on the app in the order ``sbd-train --help`` lists them; no command module imports the package back.
+on the app in the order ``sbd-train --help`` lists them, each wrapped by ``errors.friendly_errors`` (a bad
+input ends in one line ``error: ...``); no command module imports the package back.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 from training.cli import evaluate, sim, train
 from training.cli.app import app
+from training.cli.errors import friendly_errors
 
 COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("simulate", sim.simulate),
@@ -32,6 +34,6 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
 """(name, function) in the order of ``sbd-train --help``."""
 
 for _name, _command in COMMANDS:
-    app.command(_name)(_command)
+    app.command(_name)(friendly_errors(_command))
 
 __all__ = ["COMMANDS", "app"]

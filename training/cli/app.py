@@ -3,8 +3,26 @@
 
 import typer
 
+from training.cli.errors import TRACEBACK
+
 app = typer.Typer(
     help="Simulate training data, train large-field-of-view UNets, evaluate them and build engines.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="show the full traceback of an error instead of its one line (also: SBD_TRACEBACK=1)",
+    ),
+) -> None:
+    """Simulate training data, train large-field-of-view UNets, evaluate them and build engines.
+
+    A bad file, option value or engine ends in one line `error: ...` and exit status 2; `--verbose` (or
+    SBD_TRACEBACK=1) shows where it came from."""
+    TRACEBACK["on"] = verbose

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from sbd_stream.cli.app import fail
 from sbd_stream.invocation import invocation
+from training.cli.checks import need_dataset, need_engine, need_engines, need_test_split
 from training.cli.common import BENCH_ENGINES, FOV_ENGINES, TABLE_5_1_ENGINES, engine_options
 
 
@@ -34,6 +36,11 @@ def likelihood_study(
     """LLR distributions of true/false positives and false negatives against ground truth (Fig. 3.4)."""
     from training.evaluate.likelihood_study import StudyConfig, run_study
 
+    need_dataset(data, "--data")
+    if denoiser == "engine" and engine is None:
+        fail("--engine: --denoiser engine (the default) needs an engine directory or name")
+    if engine is not None and denoiser == "engine":
+        need_engine(engine, "--engine")
     pairs = (("column_radius_A", column_radius), ("threshold", threshold))
     overrides = {k: v for k, v in pairs if v is not None}
     cfg = StudyConfig(
@@ -84,7 +91,9 @@ def evaluate(
     command = invocation("sbd-train")
     cache_file = out_dir / "table_5_1.json"
     cached = json.loads(cache_file.read_text()) if reuse_classical and cache_file.is_file() else None
+    need_dataset(data, "--data")
     engines = {} if classical_only else engine_options(engine, TABLE_5_1_ENGINES)
+    need_engines(engines)
     res = evaluate_table_5_1(cfg, engines, cached=cached)
     res["command"] = command
     write_json(res, out_dir / "table_5_1.json")
@@ -126,8 +135,12 @@ def evaluate_detector(
         baselines=baseline or None,
         out_dir=out_dir,
     )
+    need_test_split(test)
+    need_dataset(val, "--val")
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
-    res = evaluate_table_5_1_detector(cfg, engine_options(engine, default))
+    engines = engine_options(engine, default)
+    need_engines(engines)
+    res = evaluate_table_5_1_detector(cfg, engines)
     res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"table_5_1_{world}.json")
     write_markdown(table_5_1_detector_markdown(res), out_dir / f"table_5_1_{world}.md")
@@ -256,7 +269,10 @@ def dose_curve(
         max_test_images=max_test_images,
         out_dir=out_dir,
     )
-    res = psnr_vs_dose(cfg, engine or default_engine_root() / DEFAULT_ENGINE)
+    need_test_split(cfg.test)
+    need_dataset(cfg.val, "--val")
+    engine_dir = need_engine(engine or default_engine_root() / DEFAULT_ENGINE, "--engine")
+    res = psnr_vs_dose(cfg, engine_dir)
     res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"dose_curve_{world}.json")
     typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
@@ -276,6 +292,7 @@ def fov_study(
     from training.evaluate.markdown import table_3_1_markdown, write_markdown
     from training.evaluate.tables import EvalConfig, evaluate_fov, write_json
 
+    need_dataset(data, "--data")
     if train_first:
         from training.train.export import export_run
         from training.train.loop import train as run_training
@@ -287,7 +304,9 @@ def fov_study(
             export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
     cfg = EvalConfig(data=data, seed=seed, max_test_images=max_test_images, out_dir=out_dir)
     command = invocation("sbd-train")
-    res = evaluate_fov(cfg, engine_options(engine, FOV_ENGINES))
+    engines = engine_options(engine, FOV_ENGINES)
+    need_engines(engines)
+    res = evaluate_fov(cfg, engines)
     res["command"] = command
     write_json(res, out_dir / "table_3_1.json")
     write_markdown(table_3_1_markdown(res, command), out_dir / "table_3_1.md")
@@ -328,6 +347,8 @@ def fov_study_detector(
         raise typer.BadParameter(f"choose from {', '.join(FOV_PRESETS)}", param_hint="--world")
     test = test or Path(f"data/{world}-test60pm.h5")
     val = val or Path(f"data/{world}.h5")
+    need_test_split(test)
+    need_dataset(val, "--val")
     default = {}
     for preset in FOV_PRESETS[world]:
         cfg = preset_config(preset, data=str(val))
@@ -344,7 +365,9 @@ def fov_study_detector(
         )
         default[label] = BENCH_ENGINES / cfg.name
     ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
-    res = evaluate_fov_detector(ecfg, engine_options(engine, default))
+    engines = engine_options(engine, default)
+    need_engines(engines)
+    res = evaluate_fov_detector(ecfg, engines)
     command = invocation("sbd-train")
     res["command"] = command
     res["world"] = world

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from sbd_stream.cli.app import fail
+from training.cli.checks import need_dataset
+
 
 def simulate(
     preset: str = typer.Option(
@@ -18,7 +21,7 @@ def simulate(
         None, help="dask.distributed scheduler address, e.g. tcp://host:8786"
     ),
     workers: int = typer.Option(2, min=1, help="local Dask workers when no scheduler is given"),
-    max_tasks: int | None = typer.Option(None, help="stop after this many new tasks"),
+    max_tasks: int | None = typer.Option(None, min=1, help="stop after this many new tasks"),
     plan_only: bool = typer.Option(False, "--plan", help="print the grid size and exit"),
 ) -> None:
     """Simulate clean TEM images with abTEM multislice into an appendable, resumable HDF5 set."""
@@ -31,6 +34,16 @@ def simulate(
     if plan_only:
         typer.echo(describe(world))
         return
+    if out.is_dir():
+        fail(f"--out {out}: a folder, not an HDF5 file")
+    if out.exists():  # resumed: it must open (a truncated copy fails in h5py, without its name)
+        import h5py
+
+        try:
+            h5py.File(out, "r").close()
+        except OSError as e:
+            why = " ".join(str(e).split())
+            fail(f"--out {out}: not a readable HDF5 file ({why}): move it away to start over")
     summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
     if summary["failed"]:
         raise typer.Exit(1)
@@ -44,6 +57,7 @@ def contact_sheet(
     """Clean and noisy images across defocus, thickness and particle class, as one small PNG."""
     from training.sim.contact_sheet import make_contact_sheet
 
+    need_dataset(data, "--data")
     make_contact_sheet(data, out, seed=seed)
     typer.echo(f"wrote {out}")
 
@@ -55,6 +69,7 @@ def demo_samples(
     """Bundle a few held-out clean images for `sbd-stream demo` (sbd_stream/samples/)."""
     from training.sim.samples import write_demo_samples
 
+    need_dataset(data, "--data")
     typer.echo(f"wrote {write_demo_samples(data, n=n)}")
 
 

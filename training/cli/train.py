@@ -6,14 +6,23 @@ from pathlib import Path
 
 import typer
 
+from sbd_stream.cli.app import fail
+from training.cli.checks import need_dataset, need_device, need_engine
 from training.cli.common import export_engine
+
+PRESETS = (
+    "default, detector, paper-live, paper-fast, paper-fast-equivariant, paper-fast-mixed, paper-live-mixed, "
+    "paper-fast-optics, paper-live-optics, paper-fast-twins, paper-live-twins, paper-quality, fov53, fov245, "
+    "fov1013, small_unet, dncnn, paper, tiny, fov13-detector, fov21-detector, fov53-detector, "
+    "fov245-detector, fov13-paper, fov21-paper, fov53-paper, fov245-paper"
+)
+"""Every training preset (training.train.presets.TRAINING_PRESETS; a test keeps the two in step), written
+out so that ``--help`` does not import torch."""
+PRESET_HELP = f"training preset (docs/training.md): {PRESETS}"
 
 
 def train(
-    preset: str = typer.Option(
-        "default",
-        help="default|detector|paper-live|paper-fast|paper-fast-equivariant|paper-fast-mixed|paper-live-mixed|paper-fast-optics|paper-live-optics|paper-fast-twins|paper-live-twins|paper-quality|fov53|fov245|fov1013|small_unet|dncnn|paper",
-    ),
+    preset: str = typer.Option("default", help=PRESET_HELP),
     data: Path | None = typer.Option(None, help="simulated HDF5 set (preset's if omitted)"),
     extra_data: list[Path] = typer.Option(
         [], "--extra-data", help="another simulated set whose train split joins training (repeatable)"
@@ -22,14 +31,16 @@ def train(
         [], "--extra-data-weight", help="per --extra-data set: how often its images are drawn (default 1)"
     ),
     seed: int | None = typer.Option(None, help="seed of batches, augmentation and noise"),
-    name: str | None = typer.Option(None, help="run name (runs/<name>)"),
+    name: str | None = typer.Option(
+        None, help="run name (runs/<name>; default: the preset's); an existing run resumes with its options"
+    ),
     out_dir: Path | None = typer.Option(None, help="folder of run directories"),
     max_minutes: float | None = typer.Option(None, help="wall-time budget"),
     max_steps: int | None = typer.Option(None, help="step budget"),
     batch: int | None = typer.Option(None, help="batch per process"),
     patch: int | None = typer.Option(None, help="patch side in pixels"),
     threads: int | None = typer.Option(None, help="torch CPU threads per process"),
-    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    device: str | None = typer.Option(None, help="cpu | cuda | cuda:N | mps (default: cuda if available)"),
     resume: bool = typer.Option(True, help="continue from <run>/last.pt when it exists"),
     init_from: str | None = typer.Option(
         None, "--init-from", help="start a fresh run from this engine's weights (engines/<name> or a path)"
@@ -55,6 +66,9 @@ def train(
     from training.train.loop import train as run_training
     from training.train.presets import preset_config
 
+    need_device(device)
+    if lr is not None and lr <= 0:  # TrainConfig allows 0 (weights kept, for tests); a user means to learn
+        fail(f"--lr: must be greater than 0 (got {lr})")
     cfg = preset_config(
         preset,
         data=data and str(data),
@@ -73,10 +87,15 @@ def train(
         equivariance_weight=equivariance_weight,
         freeze_norm_after=freeze_norm_after,
         device=device,
-        augment={"patch": patch} if patch else None,
+        augment={"patch": patch} if patch is not None else None,
         init_from=init_from,
         lr_schedule=lr_schedule,
     )
+    need_dataset(cfg.data, "--data")
+    for extra in cfg.extra_data:
+        need_dataset(extra, "--extra-data")
+    if init_from is not None:
+        need_engine(init_from, "--init-from", ("model.pt",))
     summary = run_training(cfg, resume=resume)
     if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
         export_engine(cfg.run_dir, engine_dir, evaluate_test, cfg.data)
@@ -93,10 +112,15 @@ def export(
 
     Works on a finished run and on one still going or stopped (counters from its last.pt).
     """
+    if not (run_dir / "config.json").is_file():
+        why = "no config.json (not a training run)" if run_dir.is_dir() else "no such run"
+        fail(f"RUN_DIR {run_dir}: {why}")
     if data is None:
         from training.train.config import TrainConfig
 
         data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
+    if evaluate_test:
+        need_dataset(data, "--data")
     export_engine(run_dir, engine_dir, evaluate_test, data)
 
 
@@ -138,7 +162,11 @@ def gpu_recipe(
     model: str | None = typer.Option(None, help="detector | wide | paper (default: init's, else wide)"),
     scales: int | None = typer.Option(None, min=1),
     channels: int | None = typer.Option(None, min=1),
-    name: str | None = typer.Option(None, help="run name (default sbd-unet<S>x<C>-gpu)"),
+    name: str | None = typer.Option(
+        None,
+        help="run name (default: sbd-unet4x64-paper for the paper-quality preset's 4 x 64 UNet, the engine "
+        "offline work picks on a GPU; else sbd-unet<S>x<C>-gpu)",
+    ),
     device: str | None = typer.Option(None, help="cuda | cuda:N | cpu (default: cuda if available)"),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", help="train on the CPU (smoke runs)"),
     gpus: int | None = typer.Option(None, min=1, help="GPUs to train on (default: all; >1 uses torchrun)"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from training.evaluate.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
 from training.evaluate.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
@@ -49,6 +49,16 @@ class DetectorEvalConfig(BaseModel):
     threshold_grid: list[float] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.08]
     out_dir: Path = Path("benchmarks/results")
 
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: list[str] | None) -> list[str] | None:
+        """An unknown label would silently drop its row; name the known ones instead."""
+        known = [b.label for b in detector_baselines(1.0, 1)]
+        unknown = [b for b in v or [] if b not in known]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+        return v
+
 
 def paper_metrics(
     clean_units: np.ndarray, estimate_units: np.ndarray, counts_per_px: float
@@ -73,6 +83,7 @@ def load_test(cfg: DetectorEvalConfig) -> tuple[list[Item], float]:
     from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(cfg.test) as ds:
+        check_test_file(ds)
         px = round(float(ds.meta(0)["pixel_size_A"]), 6)  # float32 in the file
         # canonical order and per-image seeds: the same frames and noise in a regenerated file
         idx = _subset(ds.canonical(), cfg.max_test_images)
@@ -87,6 +98,22 @@ def load_test(cfg: DetectorEvalConfig) -> tuple[list[Item], float]:
     return items, px
 
 
+def check_test_file(ds: Any) -> None:
+    """Refuse a ``test`` file that says it holds something else than the test split at another view.
+
+    Why: any simulated file loads, so ``--test data/paper.h5`` scored its validation (and training)
+    structures as if held out. Test-view files say ``split`` = test, ``view`` = test_view
+    (docs/dataset-format.md); files written before those attributes existed say neither and pass."""
+    attrs = ds.attrs
+    view, split = attrs.get("view"), attrs.get("split")
+    if (view is not None and view != "test_view") or (split is not None and split != "test"):
+        raise ValueError(
+            f"{ds.path} is not a test split (view {view!r}, split {split!r}): pass the test split at the "
+            "detector's sampling, <stem>-test60pm.h5 beside the training set (`sbd-train simulate` writes "
+            "it for a world with a test_view)"
+        )
+
+
 def load_val(cfg: DetectorEvalConfig, detector_px: float) -> list[Item]:
     """Validation images resampled from the working pixel to the detector's (see the module docstring)."""
     from sbd_stream.sources.emulator import resample
@@ -94,7 +121,7 @@ def load_val(cfg: DetectorEvalConfig, detector_px: float) -> list[Item]:
 
     with SimulatedDataset(cfg.val) as ds:
         work_px = float(ds.meta(0)["pixel_size_A"])
-        idx = _subset(ds.split(cfg.split)["val"], cfg.tune_images)
+        idx = _subset(ds.split_images("val", cfg.split), cfg.tune_images)
         k = work_px / detector_px
         items = []
         for i in idx:

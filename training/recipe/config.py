@@ -95,7 +95,7 @@ class RecipeConfig(BaseModel):
     preload_max_gb: float | None = None
     seed: int | None = None
     init_from: str | None = None
-    lr: float | None = None
+    lr: float | None = Field(None, gt=0)
     lr_schedule: str | None = Field(None, description="plateau | cosine (default on GPU: cosine)")
     freeze_norm_after: int | None = Field(
         None, ge=-1, description="step at which batch-norm statistics freeze; -1: never; None: the preset's"

@@ -129,7 +129,7 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
         "batch": cfg.batch if cfg.batch is not None else gpu.get("batch"),
         "threads": cfg.threads if cfg.threads is not None else gpu.get("threads"),
         "preload_max_gb": cfg.preload_max_gb if cfg.preload_max_gb is not None else gpu.get("preload_max_gb"),
-        "augment": {"patch": cfg.patch} if cfg.patch else None,
+        "augment": {"patch": patch} if (patch := _patch(cfg, scales)) else None,
         "init_from": cfg.init_from,
         "lr": cfg.lr,
         "lr_schedule": cfg.lr_schedule or gpu.get("lr_schedule"),
@@ -158,6 +158,19 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
             f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None
         )
     return tc.model_copy(update={"name": name}) if name else tc
+
+
+def _patch(cfg: RecipeConfig, scales: int | None) -> int | None:
+    """--patch, else the preset's rounded up to what a deeper --model halves ``scales`` times (the paper-
+    quality preset's 208 px windows do not fit the 6-scale paper UNet's 64 px granularity)."""
+    from training.train.presets import TRAINING_PRESETS
+
+    preset = TRAINING_PRESETS[cfg.train_preset]
+    if cfg.patch is not None or scales is None or preset.get("architecture", "unet") != "unet":
+        return cfg.patch
+    patch = preset.get("augment", {}).get("patch")
+    multiple = 2**scales * preset.get("space_to_depth", 1)
+    return -(-patch // multiple) * multiple if patch and patch % multiple else None
 
 
 def _model(cfg: RecipeConfig) -> tuple[int | None, int | None]:

@@ -54,6 +54,10 @@ COLUMN_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
 CONTRAST_NAMES = ("black", "intermediate", "white")
 
 
+class EmptySplit(ValueError):
+    """A data set whose split a command needs holds no images (or too few structures to split)."""
+
+
 @dataclass
 class ImageRecord:
     """One clean image with its metadata and column ground truth, as handed to the writer."""
@@ -310,8 +314,37 @@ class SimulatedDataset:
         :meth:`canonical` order so evenly spaced subsets pick the same images in every copy of the file."""
         from training.sim.splits import SplitSpec, split_indices
 
-        parts = split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
+        try:
+            parts = split_indices(self.structure_ids(), spec or SplitSpec(), self.planned_structure_ids())
+        except ValueError as e:  # too few structures: say which file
+            raise EmptySplit(f"{self.path}: {e}{self._advice()}") from e
         return {name: self.canonical(idx) for name, idx in parts.items()}
+
+    def split_images(self, name: str, spec: Any = None) -> np.ndarray:
+        """Image indices of split ``name``, refusing an empty one (EmptySplit, naming file, split and why).
+
+        Why: an empty validation split validates on nothing (val PSNR 0, a best checkpoint picked on no
+        images) and an empty train split fails deep in the loop; a file still being simulated (or cut
+        short) is the usual cause, and finishing the simulation the usual cure."""
+        idx = self.split(spec)[name]
+        if len(idx) == 0:
+            if self.attrs.get("split") not in (None, name):
+                why = f" (it holds the {self.attrs['split']} split only, view {self.attrs.get('view')!r})"
+            else:
+                why = self._advice()
+            raise EmptySplit(f"{self.path}: its {name} split holds no images ({self._n} in all){why}")
+        return idx
+
+    def _advice(self) -> str:
+        planned = self.planned_structure_ids()
+        have = set(self.structure_ids().tolist())
+        if planned and len(have) < len(planned):
+            preset = self.attrs.get("preset", "<its preset>")
+            return (
+                f"; a partial simulation ({len(have)} of {len(planned)} planned structures): rerun "
+                f"`sbd-train simulate --preset {preset} --out {self.path}` to finish it"
+            )
+        return ""
 
     def image_key(self, i: int) -> str:
         """A name for image ``i`` that survives regeneration: task key, thickness, defocus.

@@ -9,12 +9,15 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.model import Architecture
 from sbd_stream.engines.card import TilingDefaults
 from training.sim.splits import SplitSpec
 from training.train.augment import AugmentSpec
+
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
+"""Devices a run can train on; checked up front, not by torch after the data set is read."""
 
 
 class LRSchedule(StrEnum):
@@ -53,21 +56,23 @@ class TrainConfig(BaseModel):
     augment: AugmentSpec = AugmentSpec()
     split: SplitSpec = SplitSpec()
     batch: int = Field(8, gt=0, description="per process")
-    lr: float = 1e-3
+    lr: float = Field(1e-3, ge=0, description="initial rate; 0 keeps the weights (tests); --lr must be > 0")
     lr_factor: float = 0.5
     lr_schedule: LRSchedule = LRSchedule.plateau
     plateau_patience: int = Field(3, ge=0, description="validations without gain before halving the LR")
     early_stop_patience: int = Field(8, ge=1, description="validations without gain before stopping")
     min_lr: float = 1e-6
-    max_steps: int = 100_000
-    max_minutes: float | None = None
-    val_every: int = 50
+    max_steps: int = Field(100_000, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    val_every: int = Field(50, ge=1)
     val_images: int = 16
     val_seed: int = 12345
-    log_every: int = 10
+    log_every: int = Field(10, ge=1)
     seed: int = 0
-    threads: int | None = None
-    device: str | None = None
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch's)")
+    device: str | None = Field(
+        None, pattern=DEVICE_PATTERN, description="cpu | cuda | cuda:N | mps (None: cuda if available)"
+    )
     tiling: TilingDefaults = TilingDefaults(tile=256, margin=48, overlap=32)
     preload_max_gb: float = Field(4.0, description="train splits up to this size are held in memory")
     init_from: Path | None = Field(
@@ -100,6 +105,31 @@ class TrainConfig(BaseModel):
         "(tensor cores on a GPU; no loss scaling needed); weights, optimiser and validation stay float32",
     )
     notes: str = ""
+
+    @field_validator("augment")
+    @classmethod
+    def _patch_fits_the_network(cls, augment: AugmentSpec, info: ValidationInfo) -> AugmentSpec:
+        """A patch the network cannot halve ``scales`` times fails deep in the first step (a torch size
+        mismatch); say which multiple it needs instead."""
+        arch = info.data.get("architecture")
+        if arch is None:
+            return augment
+        if Architecture(arch) is Architecture.unet:
+            s2d = info.data.get("space_to_depth", 1)
+            multiple = 2 ** info.data.get("scales", 4) * s2d
+            what = f"a {info.data.get('scales')}-scale UNet" + (
+                f" on {s2d} x {s2d} blocks" if s2d > 1 else ""
+            )
+        else:
+            multiple = 2 if Architecture(arch) is Architecture.small_unet else 1
+            what = f"the {Architecture(arch).value} network"
+        if augment.patch % multiple:
+            lo = max(multiple, augment.patch // multiple * multiple)
+            raise ValueError(
+                f"patch {augment.patch} px is not a multiple of {multiple} px, which {what} needs "
+                f"(e.g. {lo} or {lo + multiple})"
+            )
+        return augment
 
     @property
     def run_dir(self) -> Path:

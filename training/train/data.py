@@ -23,6 +23,9 @@ class TrainData:
         self._ds: SimulatedDataset | None = None
         with SimulatedDataset(cfg.data) as ds:
             self.splits = ds.split(cfg.split)
+            for name in ("train", "val"):  # nothing to learn from, or to validate on: refuse, saying why
+                if len(self.splits[name]) == 0:
+                    ds.split_images(name, cfg.split)
             self.dose = float(ds.attrs.get("dose", ds.meta(0)["dose"]))
             self.pixel_size_A = float(ds.attrs.get("pixel_size_A", ds.meta(0)["pixel_size_A"]))
             self.dose_e_per_A2 = float(ds.attrs.get("dose_e_per_A2", self.dose / self.pixel_size_A**2))
@@ -40,7 +43,7 @@ class TrainData:
                             f"{path}: dose {dose} at {px} A/px, but {cfg.data} has {self.dose} at "
                             f"{self.pixel_size_A} A/px: extra training sets must match the main one"
                         )
-                    idx = extra.split(cfg.split)["train"]
+                    idx = extra.split_images("train", cfg.split)
                     self._sources += [(f, int(i)) for i in idx]
                     ids = extra.structure_ids()
                     extra_structures |= {str(ids[i]) for i in idx}

@@ -17,6 +17,7 @@ from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.card import EngineCard, load_card, write_engine
 from training.train.config import TrainConfig
 from training.train.network import build_network
+from training.train.resume import effective_freeze
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Module]:
@@ -54,6 +55,7 @@ def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
             "best_step": st["best_step"],
             "wall_s": st["elapsed_s"],
             "init_from": st.get("init_from"),
+            "freeze_norm_after": effective_freeze(cfg, st.get("init_from")),
             "last_val": st.get("last_val"),
         }
     with SimulatedDataset(cfg.data) as ds:
@@ -104,7 +106,8 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
             "augment": cfg.augment.model_dump(mode="json"),
             "max_minutes": cfg.max_minutes,
             "max_steps": cfg.max_steps,
-            "freeze_norm_after": cfg.freeze_norm_after,
+            # the step the run actually froze from (0 for a run started from an engine's weights)
+            "freeze_norm_after": summary.get("freeze_norm_after", cfg.freeze_norm_after),
         }
     )
     factors = cfg.augment.dose_factors

@@ -28,7 +28,8 @@ from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
 from training.train.config import LRSchedule, TrainConfig
 from training.train.data import TrainData
-from training.train.network import build_network, init_weights, predict_full, set_train_mode
+from training.train.network import build_network, init_weights, predict_full, set_train_mode, warn_sampling
+from training.train.resume import effective_freeze, resumed_config
 
 
 def scheduled_lr(cfg: TrainConfig, step: int, elapsed_s: float) -> float | None:
@@ -127,11 +128,17 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    resuming = resume and last.is_file()
+    if resuming:
+        cfg = resumed_config(cfg, run_dir)  # the same run, or a one-line refusal
     torch.manual_seed(cfg.seed)
     data = TrainData(cfg, rank, world)
     norm = Normalisation(dose=data.dose)
     net = build_network(cfg).to(device)
+    init = None if resuming or cfg.init_from is None else init_weights(cfg)
+    # inputs read and checked: only now does the run get its folder (a refused run leaves none behind)
+    run_dir.mkdir(parents=True, exist_ok=True)
     amp = cfg.amp == "bf16"
     if amp:
         net = net.to(memory_format=torch.channels_last)
@@ -141,8 +148,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         opt, mode="max", factor=cfg.lr_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
     )
     state = {"step": 0, "best_psnr": -math.inf, "best_step": 0, "bad": 0, "elapsed_s": 0.0, "samples": 0}
-    last = run_dir / "last.pt"
-    if resume and last.is_file():
+    if resuming:
         ck = torch.load(last, map_location=device, weights_only=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -152,11 +158,12 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     else:
         if rank == 0:
             (run_dir / "log.jsonl").unlink(missing_ok=True)
-        if cfg.init_from is not None:
-            init = init_weights(cfg)
+        if init is not None:
             net.load_state_dict(init["state_dict"])
             state["init_from"] = init["info"]
             _log(run_dir, rank, {"event": "init_from", **init["info"]})
+            if rank == 0:
+                warn_sampling(init["card"], data.pixel_size_A, data.dose_e_per_A2, cfg.data)
     if rank == 0:
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
         _log(
@@ -178,14 +185,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter() - state["elapsed_s"]
     ema: torch.Tensor | None = None
     stop = False
-    # a run that starts from an engine's weights has its running statistics already: freeze at once,
-    # also under a preset that never freezes (unless some layers start fresh: a transplant into a block
-    # UNet learns theirs first). Unfrozen, a CPU batch of 2 frames at mixed doses drags the fitted
-    # statistics away: the wide GPU trial continued so lost 30 dB in eval mode in 400 steps (session 16).
-    frozen_at = cfg.freeze_norm_after
-    transplanted = bool((state.get("init_from") or {}).get("transplanted"))
-    if cfg.init_from is not None and not transplanted:
-        frozen_at = 0
+    # a run started from an engine's weights freezes batch norm at once (also when it resumes without
+    # repeating --init-from: the run's own record in last.pt decides; see resume.effective_freeze)
+    frozen_at = effective_freeze(cfg, state.get("init_from"))
     model.train()
     while not stop:
         step = state["step"]
@@ -298,6 +300,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "dose_e_per_A2": data.dose_e_per_A2,
         "dose_factors": list(cfg.augment.dose_factors) if cfg.augment.dose_factors else None,
         "init_from": state.get("init_from"),
+        "freeze_norm_after": frozen_at,
         "last_val": state.get("last_val"),
         "structures": data.structures,
         "split_images": {k: len(v) for k, v in data.splits.items()},

@@ -72,8 +72,23 @@ def init_weights(cfg: TrainConfig) -> dict[str, Any]:
     if blocks:
         fresh = build_network(cfg).state_dict()
         info["transplanted"] = "inner levels of a full-resolution UNet (see transplant_to_blocks)"
-        return {"state_dict": transplant_to_blocks(model.state_dict(), fresh), "info": info}
-    return {"state_dict": model.state_dict(), "info": info}
+        return {"state_dict": transplant_to_blocks(model.state_dict(), fresh), "info": info, "card": card}
+    return {"state_dict": model.state_dict(), "info": info, "card": card}
+
+
+def warn_sampling(card: Any, pixel_size_A: float, dose_e_per_A2: float, data: Any) -> None:
+    """Warn (on stderr, once per run) when the engine a run starts from was trained at another working
+    pixel or dose than the run's data: allowed (a fine-tune may move an engine on), but more often a
+    wrong --init-from or --data, whose first validations then look like a broken network."""
+    import sys
+
+    diffs = []
+    if card.pixel_size_A and abs(card.pixel_size_A / pixel_size_A - 1) > 0.01:
+        diffs.append(f"pixel {card.pixel_size_A:.4g} A vs the data's {pixel_size_A:.4g} A")
+    if card.dose_e_per_A2 and abs(card.dose_e_per_A2 / dose_e_per_A2 - 1) > 0.01:
+        diffs.append(f"dose {card.dose_e_per_A2:.4g} e/A^2 vs the data's {dose_e_per_A2:.4g} e/A^2")
+    if diffs:
+        print(f"warning: --init-from {card.name} was trained at {'; '.join(diffs)} ({data})", file=sys.stderr)
 
 
 def _is_block_version(mine: list[Any], theirs: list[Any]) -> bool:

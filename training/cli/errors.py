@@ -1,0 +1,88 @@
+"""One line, not a traceback, for what a user gets wrong: ``error: ...`` on stderr and exit status 2.
+
+Why: a missing ``--data`` file, a truncated HDF5, ``--lr -1`` or ``--device tpu`` used to end in a
+screen of rich traceback from deep inside h5py, pydantic or torch, with the cause in its last line.
+Every command is wrapped in :func:`friendly_errors`: the error types that mean a bad input (files,
+values, engines) become one line naming the file or flag; anything else is a bug and keeps its
+traceback. ``sbd-train --verbose COMMAND ...`` or ``SBD_TRACEBACK=1`` shows the traceback of the
+expected errors too (to report one that should not have happened).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from pydantic import ValidationError
+
+from sbd_stream.cli.app import fail, settings_error
+from sbd_stream.engines.base import EngineUnavailable
+from sbd_stream.engines.card import ArtefactError
+
+EXPECTED: tuple[type[BaseException], ...] = (OSError, ValueError, ArtefactError, EngineUnavailable)
+"""Errors that mean a bad file, value or engine. ``OSError`` covers missing files and h5py's unreadable
+(truncated, not HDF5) ones; ``ValueError`` pydantic's ValidationError, a non-simulated file, an
+unknown preset or baseline, an empty split, a refused resume. Other types (a RuntimeError from torch
+mid-run, a KeyError, an AssertionError) are bugs: the option values that reach torch are checked first."""
+
+FLAG_OF_FIELD = {
+    "augment": "--patch",
+    "augment.patch": "--patch",
+    "extra_data_weights": "--extra-data-weight",
+    "match_distance_A": "--match-distance-A",
+    "column_radius_A": "--column-radius-A",
+    "baselines": "--baseline",
+}
+"""Config fields whose flag is not ``--`` + the field name with dashes."""
+
+TRACEBACK = {"on": False}
+"""Set by ``sbd-train --verbose`` (training.cli.app); ``SBD_TRACEBACK=1`` does the same."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def show_tracebacks() -> bool:
+    return TRACEBACK["on"] or os.environ.get("SBD_TRACEBACK", "") not in ("", "0")
+
+
+def flags_for(e: ValidationError) -> dict[str, str]:
+    """Each config field in ``e`` -> the option that sets it (``max_steps`` -> ``--max-steps``)."""
+    out = {}
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        out[loc] = FLAG_OF_FIELD.get(loc) or "--" + loc.replace("_", "-")
+    return out
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected error, on one line, naming the file where the error knows it."""
+    if isinstance(e, ValidationError):
+        return settings_error(e, flags_for(e))
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError):
+        # h5py: "[Errno 2] Unable to synchronously open file (unable to open file: name = 'x.h5', ...)"
+        name = re.search(r"name = '([^']+)'", text)
+        if isinstance(e, FileNotFoundError) and name:
+            return f"{name.group(1)}: no such file"
+        return f"{text} (a damaged or truncated HDF5 file?)"
+    return text
+
+
+def friendly_errors(command: F) -> F:
+    """``command`` with the EXPECTED errors turned into ``error: ...`` and exit status 2."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED as e:
+            if show_tracebacks():
+                raise
+            fail(one_line(e))
+
+    return cast(F, run)
