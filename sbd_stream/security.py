@@ -62,8 +62,16 @@ def curve_available() -> bool:
     return bool(zmq.has("curve"))
 
 
-def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
-    """Create ``name.key`` and ``name.key_secret`` in ``directory`` (0600 on the secret)."""
+def generate_keypair(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """Create ``name.key`` and ``name.key_secret`` in ``directory`` (0600 on the secret).
+
+    An existing pair is kept (FileExistsError) unless ``force``: a new pair invalidates every copy of
+    the old public key already handed out (clients' ``server_public_key_file``, servers'
+    ``authorized_keys_dir``), and those connections then fail only at their next handshake.
+    """
+    existing = [p for p in (directory / f"{name}.key", directory / f"{name}.key_secret") if p.exists()]
+    if existing and not force:
+        raise FileExistsError(", ".join(str(p) for p in existing))
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
     Path(secret).chmod(0o600)
@@ -204,16 +212,31 @@ def warn_if_exposed(what: str, where: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sbd_stream.security keygen DIR NAME``: write NAME.key and NAME.key_secret in DIR."""
+    """``python -m sbd_stream.security keygen DIR NAME [--force]``: write NAME.key and NAME.key_secret
+    in DIR; an existing pair of that name is kept (exit 1) unless --force replaces it."""
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(prog="python -m sbd_stream.security", description=main.__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("keygen", help="create a CURVE key pair (zmq.auth format)")
     k.add_argument("directory", type=Path)
     k.add_argument("name")
+    k.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing NAME.key / NAME.key_secret (copies of the old public key stop working)",
+    )
     args = p.parse_args(argv)
-    public, secret = generate_keypair(args.directory, args.name)
+    try:
+        public, secret = generate_keypair(args.directory, args.name, force=args.force)
+    except FileExistsError as exc:
+        print(
+            f"error: {exc} exists; a new pair would lock out every client holding the old public key "
+            "(--force to replace it)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"public key (hand out): {public}\nsecret key (keep private, mode 0600): {secret}")
     return 0
 

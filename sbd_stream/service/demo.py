@@ -269,17 +269,32 @@ def _scores(
 
 def live_lane(den: list[Received]) -> dict[str, Any]:
     """What the subscriber was shown: frames per whole second (from the first frame shown to the
-    last one), and latency = receipt at the subscriber - the detector's send time (``ts``)."""
+    last one), and latency = receipt at the subscriber - the detector's send time (``ts``).
+
+    ``per_second`` counts only whole seconds, so a run shown for less than one has none: then
+    ``per_second_min`` / ``per_second_mean`` are None (no second was observed, not "all frames in one
+    second"), and ``rate_hz`` (frames after the first / time from first to last shown; None with fewer
+    than two frames) is the rate over the span that was observed, whatever its length.
+    """
     if not den:
-        return {"frames": 0, "per_second": [], "per_second_min": 0, "latency_s": percentiles([])}
+        return {
+            "frames": 0,
+            "per_second": [],
+            "per_second_min": None,
+            "per_second_mean": None,
+            "rate_hz": None,
+            "latency_s": percentiles([]),
+        }
     t = np.array([r.t for r in den])
-    seconds = int(np.floor(t.max() - t.min()))
+    span = float(t.max() - t.min())
+    seconds = int(np.floor(span))
     per = np.bincount(((t - t.min()) // 1.0).astype(int), minlength=seconds + 1)[:seconds]
     return {
         "frames": len(den),
         "per_second": [int(v) for v in per],
-        "per_second_min": int(per.min()) if per.size else len(den),
-        "per_second_mean": float(per.mean()) if per.size else float(len(den)),
+        "per_second_min": int(per.min()) if per.size else None,
+        "per_second_mean": float(per.mean()) if per.size else None,
+        "rate_hz": (len(den) - 1) / span if len(den) > 1 and span > 0 else None,
         "latency_s": percentiles([r.t - r.header.ts for r in den]),
         "latency_max_s": float(max(r.t - r.header.ts for r in den)),
     }

@@ -5,8 +5,10 @@ drifting, changing focus, with an optional event: ``sources/scene.py``, what a m
 simulated dataset (the HDF5 written by ``training.dataset``, read here directly with h5py because
 sbd_stream must not import training; its images cycle, one per frame, wrap-tiled to the frame: a
 throughput pattern, not a microscope), a recording made by this service
-(its raw counts are re-sent as they are; there is no ground truth then), or -- only when no file is
+(its raw counts are re-sent as they are, at its frame size; there is no ground truth then; the command
+takes their sampling from the file too, ``sources/emulator_recording.py``), or -- only when no file is
 given -- a built-in SYNTHETIC lattice of Gaussian "columns", clearly labelled as such in the metadata.
+``series_start`` announces the shape and dtype of the frames actually sent.
 
 Drawing 14 Mpx of Poisson noise takes longer than 25 ms, so for full-size frames at 40 Hz a pool of
 pre-drawn noise realisations (``pool``) is cycled; the ground truth of each sent frame stays exact.
@@ -23,6 +25,7 @@ bounds the wait), so the first frames are not all queued for whichever instance 
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -34,9 +37,17 @@ import zmq
 from sbd_stream.compute.noise import poisson_counts
 from sbd_stream.config import SocketMode
 from sbd_stream.formats.recording import open_recording
-from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
+from sbd_stream.protocol import (
+    MAX_HEADER_BYTES,
+    TOPIC_SERIES_END,
+    TOPIC_SERIES_START,
+    SeriesHeader,
+    encode_frame,
+    encode_series,
+)
+from sbd_stream.sources.emulator_recording import check_counts_fit
 from sbd_stream.sources.emulator_settings import EmulatorSettings
-from sbd_stream.sources.scene import ScenePlayer, read_scene
+from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +142,7 @@ class FrameSource:
                     raise ValueError(f"{cfg.source} holds no complete raw frames")
                 self.kind = SourceKind.recording
                 self._counts = [np.asarray(f["raw/frames"][i]) for i in range(n)]
+                check_counts_fit(self._counts, cfg.dtype, cfg.source.name)  # the cast in frames() is lossless
             else:
                 raise ValueError(
                     f"{cfg.source}: neither a simulated dataset (/images) nor a recording (/raw)"
@@ -138,6 +150,14 @@ class FrameSource:
 
     def __len__(self) -> int:
         return len(self._images) or len(self._counts) or 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Frame size sent: a recording's own (its counts are re-sent as they are), else ``cfg.shape``."""
+        if self._counts:
+            h, w = self._counts[0].shape
+            return int(h), int(w)
+        return tuple(self.cfg.shape)  # type: ignore[return-value]
 
     def truth(self, index: int) -> np.ndarray | None:
         """Expected counts per pixel of frame ``index`` (None for recordings: no ground truth)."""
@@ -273,17 +293,52 @@ class Emulator:
             **({"scene": self.source.player.describe()} if self.source.player is not None else {}),
         }
 
+    @property
+    def exposure_s(self) -> float:
+        """Exposure each frame states: the frame period, or at rate 0 (as fast as possible) the nominal
+        frame time the scene's drift and focus are played at (``scene.NOMINAL_FRAME_S``)."""
+        return 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else NOMINAL_FRAME_S
+
+    def series_start(self) -> list[bytes]:
+        """``series_start`` with the shape and dtype of the frames actually sent (``encode_series`` takes
+        neither; the header is built the same way, with the same size limit)."""
+        c = self.cfg
+        h = SeriesHeader(
+            c.acq, time.time(), self.meta(), c.n_frames, self.source.shape, c.dtype, self.exposure_s
+        )
+        header = json.dumps(h.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        if len(header) > MAX_HEADER_BYTES:
+            raise ValueError(f"series_start header is {len(header)} bytes, over {MAX_HEADER_BYTES}")
+        return [TOPIC_SERIES_START, header, b""]
+
+    def _warn_no_peer(self) -> None:
+        c = self.cfg
+        if not c.push:
+            log.warning("no subscriber after %.1f s; publishing anyway", c.wait_subscriber_s)
+        elif self._peers == 0:
+            log.warning(
+                "no peer (PULL) connected after %.1f s; sending anyway (each send waits until a peer "
+                "can take it)",
+                c.wait_subscriber_s,
+            )
+        else:
+            log.warning(
+                "only %d of %d peers (PULL) connected after %.1f s; sending anyway (to those connected)",
+                self._peers,
+                c.peers,
+                c.wait_subscriber_s,
+            )
+
     def run(self) -> int:
         """Publish the series; returns the number of frames sent."""
         cfg = self.cfg
         if cfg.wait_subscriber_s > 0 and not self.wait_for_subscriber(cfg.wait_subscriber_s):
-            log.warning("no subscriber after %.1f s; publishing anyway", cfg.wait_subscriber_s)
+            self._warn_no_peer()
         period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else 0.0
-        exposure = period or 0.025
+        exposure = self.exposure_s
         frames = self.source.frames()
         upcoming = next(frames)  # noise pools are drawn here, before the acquisition's clock starts
-        start = encode_series(TOPIC_SERIES_START, cfg.acq, time.time(), self.meta(), cfg.n_frames, exposure)
-        self._send(start)
+        self._send(self.series_start())
         t_next = time.perf_counter()
         for k in range(cfg.n_frames):
             if self.stop_event.is_set():

@@ -203,3 +203,26 @@ def test_dectris_pull_input_over_curve(ctx: zmq.Context, keys, tmp_path: Path) -
     for name in ("plain", "unauthorised"):
         other, got, seen = rx[name]
         assert got == [] and seen == [] and other.metrics.value("sbd_frames_received_total") == 0
+
+
+def test_keygen_keeps_an_existing_pair_unless_forced(tmp_path: Path) -> None:
+    """Overwriting a pair silently locked out every client holding the old public key."""
+    import subprocess
+    import sys
+
+    def keygen(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "sbd_stream.security", "keygen", str(tmp_path), "svc", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    first = keygen()
+    assert first.returncode == 0 and "svc.key_secret" in first.stdout, first.stderr
+    before = (tmp_path / "svc.key").read_bytes(), (tmp_path / "svc.key_secret").read_bytes()
+    again = keygen()
+    assert again.returncode == 1 and again.stdout == "", again
+    assert again.stderr.count("\n") == 1 and again.stderr.startswith("error: ") and "--force" in again.stderr
+    assert ((tmp_path / "svc.key").read_bytes(), (tmp_path / "svc.key_secret").read_bytes()) == before
+    (tmp_path / "svc.key").unlink()  # half a pair is kept too: its other half may be in use
+    assert keygen().returncode == 1 and (tmp_path / "svc.key_secret").read_bytes() == before[1]
+    forced = keygen("--force")
+    assert forced.returncode == 0 and (tmp_path / "svc.key_secret").read_bytes() != before[1]
+    assert (tmp_path / "svc.key_secret").stat().st_mode & 0o777 == 0o600

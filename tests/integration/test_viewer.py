@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -254,8 +255,19 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         assert code == 200 and img.shape == (64, 48, 3) and img[15, 15, 0] > 200 and img[0, 0].max() < 40
         # raw paired with a denoised seq: the newest raw is n-1; ask for n-1 and for an old one
         assert _get(v.url + f"image/raw.png?seq={n - 1}")[2]["X-Seq"] == str(n - 1)
-        assert _get(v.url + "image/raw.png?seq=3")[2]["X-Seq"] == str(n - 1)  # gone: newest instead
+        code, body, _ = _get(v.url + "image/raw.png?seq=3")  # gone: 404 naming what is held
+        assert code == 404 and re.fullmatch(
+            rf"raw frame 3 of acq-1 is not held \(held: \d+-{n - 1}\)", body.decode()
+        )
+        assert _get(v.url + "image/raw.png?seq=3&fallback=newest")[2]["X-Seq"] == str(n - 1)  # the page's
         assert _get(v.url + f"image/raw.png?seq={n - 5}")[2]["X-Seq"] == str(n - 5)  # still in the ring
+        # every output on the service's PUB is its live lane (it publishes no other): status, header,
+        # and the viewer's latency per lane say so; raw frames have no lane
+        assert st["frames"]["denoised"]["lane"] == "live" and st["frames"]["llr"]["lane"] == "live"
+        assert st["frames"]["raw"]["lane"] is None
+        assert _get(v.url + "image/denoised.png")[2]["X-Lane"] == "live"
+        assert _get(v.url + "image/llr.png")[2]["X-Lane"] == "live"
+        assert "X-Lane" not in _get(v.url + "image/raw.png")[2]
         assert _get(v.url + "image/raw.png?lo=60&hi=50")[0] == 400
         # a region at full resolution, with what the page needs to place it and draw a scale bar
         code, png, hdr = _get(v.url + "image/raw.png?region=8,16,40,48&side=64&contrast=frame")
@@ -269,11 +281,55 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         raw_st = st["frames"]["raw"]
         assert raw_st["pixel_size_A"] == 0.06 and raw_st["dose"]["e_per_A2"] == pytest.approx(125.0)
         assert 0.3 < raw_st["dose"]["mean_counts_per_px"] < 0.6
-        assert st["latency"]["denoised"]["n"] > 0 and st["latency"]["denoised"]["p50_s"] < 5
+        lat = st["latency"]["denoised/live"]
+        assert lat["lane"] == "live" and lat["n"] > 0 and lat["p50_s"] < 5
         assert _get(v.url + "image/raw.png?region=1,2,3")[0] == 400
         assert _get(v.url + "image/raw.png?region=500,500,600,600")[0] == 400
         assert _get(v.url + "image/raw.png?contrast=pretty")[0] == 400
         assert _get(v.url + "image/other.png")[0] == 404
         assert _get(v.url + "../etc/passwd")[0] == 404
+    finally:
+        v.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_image_api_refuses_bad_values_and_frames_it_does_not_hold(sources) -> None:
+    """Nothing out of range is bent into range: 400 with the reason, 404 naming the seqs held."""
+    out, _raw, _m, _port = sources
+    v = Viewer(ViewerSettings(port=0), output_endpoint=out.getsockopt_string(zmq.LAST_ENDPOINT)).start()
+    try:
+        _await_subscriptions(out, {b"series_start", b"denoised", b"llr"})
+        for seq in range(10, 20):  # paced: none is dropped at the viewer's receive HWM
+            den = np.full((32, 32), seq, np.float32)
+            out.send_multipart(encode_frame(den, "A", seq, time.time(), topic=TOPIC_DENOISED))
+            time.sleep(0.01)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and _get(v.url + "image/denoised.png")[2].get("X-Seq") != "19":
+            time.sleep(0.05)
+        assert _get(v.url + "image/denoised.png?seq=12")[2]["X-Seq"] == "12"
+        bad = {
+            "side=0": "side must be >= 1",
+            "side=-1": "side must be >= 1",
+            "side=big": "side must be a whole number",
+            "seq=-1": "seq must be >= 0",
+            "seq=1.5": "seq must be a whole number",
+            "overlay=1": "overlay=1 is for llr.png",
+            "overlay=yes": "overlay must be 0 or 1",
+            "lo=nan": "lo must be finite",
+            "hi=x": "hi must be a number",
+            "fallback=oldest": "fallback must be",
+            "region=a,b,c,d": "region is x0,y0,x1,y1",
+        }
+        for query, reason in bad.items():
+            code, body, hdr = _get(v.url + "image/denoised.png?" + query)
+            assert code == 400 and hdr["Content-Type"].startswith("text/plain"), (query, code, body)
+            assert reason in body.decode(), (query, body)
+        for seq in (3, 20, 10**30):  # before the ring, not yet received, absurd: never the newest instead
+            code, body, _ = _get(v.url + f"image/denoised.png?seq={seq}")
+            assert code == 404 and body.decode() == f"denoised frame {seq} of A is not held (held: 10-19)"
+        assert _get(v.url + "image/llr.png?seq=12")[0] == 404  # no LLR frame yet: nothing to show
+        assert _get(v.url + "image/denoised.png?seq=3&fallback=newest")[2]["X-Seq"] == "19"
+        assert _get(v.url + "image/denoised.png?side=1")[0] == 200  # small sides are drawn at 16 px
     finally:
         v.close()

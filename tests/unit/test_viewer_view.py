@@ -130,3 +130,19 @@ def test_store_keeps_newest_frame_and_per_lane_latency() -> None:
     lat = st.latency(window_s=time.time() + 10)  # ts 0: latencies of ~time.time(), inside this window
     assert set(lat) == {"denoised/live", "denoised/complete", "denoised"}
     assert lat["denoised/live"]["lane"] == "live" and lat["denoised/live"]["n"] == 1
+
+
+def test_lane_named_in_the_header_wins_over_the_lane_the_path_implies() -> None:
+    """Outputs on a service's PUB are its live lane (the viewer says so); a sender naming a lane wins."""
+    st = FrameStore()
+    z = np.zeros((4, 4), np.float32)
+    st.offer("denoised", FrameHeader("a", 1, 0.0, (4, 4), "float32"), z, lane="live")
+    assert st.newest("denoised").lane == "live"
+    st.offer(
+        "denoised", FrameHeader("a", 2, 0.0, (4, 4), "float32", meta={"lane": "complete"}), z, lane="live"
+    )
+    assert st.newest("denoised").lane == "complete"
+    st.offer("raw", FrameHeader("a", 2, 0.0, (4, 4), "float32"), z)
+    assert st.newest("raw").lane is None
+    assert st.held("denoised", "a") == (1, 2) and st.held("denoised", "b") is None
+    assert st.frame_for("denoised", "a", 7) is None  # not kept: no stand-in chosen here

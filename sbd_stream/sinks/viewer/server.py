@@ -30,10 +30,9 @@ from sbd_stream.config import DetectorSettings, ViewerSettings
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer import frameinfo
-from sbd_stream.sinks.viewer.contrast import check_mode
-from sbd_stream.sinks.viewer.images import ImageRequest, Images
+from sbd_stream.sinks.viewer.images import Images
 from sbd_stream.sinks.viewer.metrics_poll import MetricsPoller
-from sbd_stream.sinks.viewer.render import check_percentiles
+from sbd_stream.sinks.viewer.query import ImageQuery, parse_image_query
 from sbd_stream.sinks.viewer.store import KINDS, FrameStore, Shown
 from sbd_stream.supervisor import Supervisor
 
@@ -41,6 +40,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "FrameStore", "Shown", "Viewer", "local_endpoint"]
 _TOPIC_KIND = {b"frame": "raw", b"denoised": "denoised", b"llr": "llr"}
+PUBLISHED_LANE = "live"
+"""The lane of every output on a service's PUB when its header names none: the service publishes its
+live lane only (completed frames go to the recording, ``service/sink.py`` ``PublisherSink``), and with
+one lane (``lanes.live = false``) its results carry the same name, as ``sbd_lane_latency_seconds``."""
+
+
+class NotHeld(LookupError):
+    """A ``seq`` asked for that the viewer no longer (or never) kept: HTTP 404 with the range it holds."""
 
 
 def local_endpoint(endpoint: str) -> str:
@@ -136,7 +143,8 @@ class Viewer:
                 self.store.series = {"acq": msg.header.acq, "ts": msg.header.ts, "meta": msg.header.meta}
             return
         assert isinstance(msg, FrameMessage)
-        self.store.offer(_TOPIC_KIND[msg.topic], msg.header, msg.data)
+        kind = _TOPIC_KIND[msg.topic]
+        self.store.offer(kind, msg.header, msg.data, None if kind == "raw" else PUBLISHED_LANE)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Viewer:
@@ -229,40 +237,29 @@ class Viewer:
             "metrics_error": self.metrics.error if self.metrics else "no metrics endpoint configured",
         }
 
-    def image(self, req: ImageRequest, seq: int | None) -> tuple[bytes, Shown, dict[str, Any]] | None:
+    def image(self, query: ImageQuery) -> tuple[bytes, Shown, dict[str, Any]] | None:
+        """PNG of the frame asked for; None before the first frame; NotHeld for a ``seq`` not kept."""
+        req, seq = query.request, query.seq
         den = self.store.newest("denoised")
-        if seq is not None:  # the frame shown in another panel, so all panels show the same one
-            s = self.store.frame_for(req.kind, den.header.acq if den else "", seq)
-        else:
-            s = self.store.newest(req.kind)
+        newest = self.store.newest(req.kind)
+        s = newest
+        if seq is not None and newest is not None:  # the frame shown in another panel, so all show one
+            acq = (den or newest).header.acq
+            s = self.store.frame_for(req.kind, acq, seq)
+            if s is None and not query.fallback_newest:
+                held = self.store.held(req.kind, acq)
+                kept = f"{held[0]}-{held[1]}" if held else "none"
+                raise NotHeld(f"{req.kind} frame {seq} of {acq} is not held (held: {kept})")
+            s = s or newest
         if s is None:
             return None
         if den is not None and (req.kind != "denoised" or seq is not None):
-            den = self.store.frame_for("denoised", s.header.acq, s.header.seq)  # its mask, if still kept
+            # the mask of its own denoised frame if still kept, else of the newest (nearly the same)
+            den = self.store.frame_for("denoised", s.header.acq, s.header.seq) or den
         if req.kind == "denoised":
             den = s
         png, info = self.images.render(s, req, den)
         return png, s, info
-
-
-def _image_request(kind: str, q: dict[str, list[str]]) -> ImageRequest:
-    """Query string -> request; ValueError (HTTP 400) for anything out of range."""
-    lo, hi = check_percentiles(float(q.get("lo", ["1"])[0]), float(q.get("hi", ["99"])[0]))
-    region = None
-    if "region" in q:
-        parts = [int(float(x)) for x in q["region"][0].split(",")]
-        if len(parts) != 4:
-            raise ValueError("region is x0,y0,x1,y1 in the frame's pixels")
-        region = (parts[0], parts[1], parts[2], parts[3])
-    return ImageRequest(
-        kind=kind,
-        lo=lo,
-        hi=hi,
-        contrast=check_mode(q.get("contrast", ["specimen"])[0]),
-        region=region,
-        side=int(q.get("side", ["100000"])[0]),
-        overlay=q.get("overlay", ["0"])[0] == "1",
-    )
 
 
 def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
@@ -302,9 +299,7 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
                     if kind not in KINDS:
                         self._send(404, b"unknown image", "text/plain")
                         return
-                    req = _image_request(kind, q)
-                    seq = int(q["seq"][0]) if "seq" in q else None
-                    got = viewer.image(req, seq)
+                    got = viewer.image(parse_image_query(kind, q))
                     if got is None:
                         self._send(404, b"no frame yet", "text/plain")
                         return
@@ -330,8 +325,10 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
                     self._send(200, png, "image/png", hdr)
                 else:
                     self._send(404, b"not found", "text/plain")
+            except NotHeld as exc:
+                self._send(404, str(exc).encode()[:200], "text/plain; charset=utf-8")
             except ValueError as exc:
-                self._send(400, str(exc).encode()[:200], "text/plain")
+                self._send(400, str(exc).encode()[:200], "text/plain; charset=utf-8")
             except (BrokenPipeError, ConnectionResetError):
                 pass
 

@@ -28,6 +28,7 @@ class Shown:
     header: FrameHeader
     data: np.ndarray
     t: float  # time.time() at receipt
+    via_lane: str | None = None  # the lane its path implies, when its header names none (``lane``)
 
     @property
     def latency_s(self) -> float:
@@ -36,9 +37,10 @@ class Shown:
 
     @property
     def lane(self) -> str | None:
-        """The pipeline lane that produced this output (``meta.lane``), if the service names one."""
+        """The pipeline lane that produced this output: ``meta.lane`` if the sender names one, else the
+        lane its path implies (``via_lane``: the service publishes only its live lane, server.py)."""
         lane = self.header.meta.get("lane") if isinstance(self.header.meta, dict) else None
-        return str(lane) if lane is not None else None
+        return str(lane) if lane is not None else self.via_lane
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -70,8 +72,9 @@ class FrameStore:
         self.received = dict.fromkeys(KINDS, 0)
         self.series: dict[str, Any] = {}
 
-    def offer(self, kind: str, header: FrameHeader, data: np.ndarray) -> None:
-        s = Shown(header, data, time.time())
+    def offer(self, kind: str, header: FrameHeader, data: np.ndarray, lane: str | None = None) -> None:
+        """Keep a received frame; ``lane``: the lane its path implies when its header names none."""
+        s = Shown(header, data, time.time(), lane)
         with self._lock:
             cur = self._newest.get(kind)
             if cur is None or cur.header.acq != header.acq or header.seq >= cur.header.seq:
@@ -93,12 +96,18 @@ class FrameStore:
             return self._newest.get(kind)
 
     def frame_for(self, kind: str, acq: str, seq: int) -> Shown | None:
-        """Frame ``(acq, seq)`` of ``kind`` if still kept, else the newest of that kind."""
+        """Frame ``(acq, seq)`` of ``kind`` if still kept, else None (the caller decides what stands in)."""
         with self._lock:
             for s in reversed(self._rings[kind]):
                 if s.header.seq == seq and s.header.acq == acq:
                     return s
-            return self._newest.get(kind)
+            return None
+
+    def held(self, kind: str, acq: str) -> tuple[int, int] | None:
+        """Lowest and highest ``seq`` of ``acq`` still kept for ``kind`` (None: none), for a 404's reason."""
+        with self._lock:
+            seqs = [s.header.seq for s in self._rings[kind] if s.header.acq == acq]
+        return (min(seqs), max(seqs)) if seqs else None
 
     def rate(self, kind: str) -> float:
         with self._lock:

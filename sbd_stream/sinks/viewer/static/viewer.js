@@ -131,7 +131,7 @@ function drawAll() {
 async function loadImage(kind, params) {
   const region = regionFor(kind);
   if (!region) return false;
-  const side = Math.ceil($("cv-denoised").width);
+  const side = Math.max(16, Math.ceil($("cv-denoised").width));  // the server refuses side < 1
   const r = await fetch(`/image/${kind}.png?${params}&region=${region.join(",")}&side=${side}`, { cache: "no-store" });
   if (!r.ok) return false;
   const h = (k) => r.headers.get(k);
@@ -238,10 +238,12 @@ async function refresh(st, force) {
   const g = `lo=${$("lo").value}&hi=${$("hi").value}&contrast=${$("contrast").value}`;
   const l = `lo=0&hi=${$("llrhi").value}&overlay=1`;
   // newest denoised frame first (or, paused, the one shown); then raw and LLR of that frame number,
-  // which the viewer keeps for a while (raw frames arrive a latency earlier)
-  const keep = (paused || !newFrames) && shown.denoised ? `&seq=${shown.denoised.seq}` : "";
+  // which the viewer keeps for a while (raw frames arrive a latency earlier); a frame no longer kept
+  // is answered with the newest one (fallback=newest; without it the server says 404), and the
+  // caption shows which frame number each panel holds
+  const keep = (paused || !newFrames) && shown.denoised ? `&seq=${shown.denoised.seq}&fallback=newest` : "";
   if (f.denoised) await loadImage("denoised", g + keep);
-  const s = shown.denoised ? `&seq=${shown.denoised.seq}` : "";
+  const s = shown.denoised ? `&seq=${shown.denoised.seq}&fallback=newest` : "";
   const jobs = [];
   if (f.raw) jobs.push(loadImage("raw", g + s));
   if (f.llr) jobs.push(loadImage("llr", l + s));
