@@ -3,13 +3,15 @@
 # Plans are tied to the GPU model, CUDA and TensorRT version that build them, so they are made at first
 # start on the target machine and cached in $SBD_CACHE_DIR (a volume), never shipped in the image.
 set -eu
-ENGINE="${SBD_ENGINE:-sbd-unet4-default}"
+# The engine served is the one whose plan is built: SBD_ENGINE names both (default: the live engine a
+# GPU runs, engines/card.py DEFAULT_ENGINE), so no start builds a plan the service then never uses.
+ENGINE="${SBD_ENGINE:-sbd-unet4-paper-twins}"
 if [ "${1:-serve}" = "serve" ] && [ "${SBD_SKIP_ENGINE_BUILD:-0}" != "1" ]; then
     echo "sbd-entrypoint: preparing TensorRT plan for engine ${ENGINE} (cached after the first start)"
     sbd-train build-engine "${SBD_ENGINE_DIR}/${ENGINE}" --precision "${SBD_PRECISION:-fp16}"
 fi
 if [ "${1:-serve}" = "serve" ]; then
     shift || true
-    exec sbd-stream serve --config /etc/sbd-stream/sbd-stream.toml "$@"
+    exec sbd-stream serve --config /etc/sbd-stream/sbd-stream.toml --model "${SBD_ENGINE_DIR}/${ENGINE}" "$@"
 fi
 exec "$@"

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sbd_stream.compute.binning import DEFAULT_TOLERANCE
@@ -100,6 +100,15 @@ class IngestSettings(BaseModel):
     input: InputSettings = Field(
         default_factory=WireV1Input, description="message format, tagged by dialect, and its settings"
     )
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _default_dialect(cls, v: object) -> object:
+        """``[ingest.input]`` (or ``SBD_INGEST__INPUT__*``) without ``dialect`` is the default wire-v1, as
+        when the table is absent: ``socket_type = "pull"`` alone was refused ("Unable to extract tag")."""
+        if isinstance(v, dict) and "dialect" not in v:
+            return {"dialect": InputDialect.wire_v1.value, **v}
+        return v
 
 
 # --- end ingest input dialects ---

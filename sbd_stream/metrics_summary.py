@@ -7,6 +7,7 @@ summaries, the viewer's tiles), and they change more often.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sbd_stream.metrics import Metrics
@@ -19,11 +20,22 @@ def total(m: Metrics, name: str) -> float:
     return sum(s.value for metric in m.registry.collect() for s in metric.samples if s.name == name)
 
 
+_LAST_STATUS: weakref.WeakKeyDictionary[Metrics, tuple[float, float]] = weakref.WeakKeyDictionary()
+
+
 def status_line(m: Metrics, elapsed: float) -> str:
-    """The one-line progress report ``serve`` prints every few seconds."""
+    """The one-line progress report ``serve`` prints every few seconds.
+
+    The rate is over the interval since the previous line (the first: since the start), so it reads
+    as the stream's rate now: an average over the whole uptime read 5.5/s on a 20 Hz stream that had
+    started late, and kept falling after the input stopped.
+    """
     n = m.value("sbd_frames_received_total")
+    t0, n0 = _LAST_STATUS.get(m, (0.0, 0.0))
+    _LAST_STATUS[m] = (elapsed, n)
+    rate = (n - n0) / max(elapsed - t0, 1e-9)
     return (
-        f"{elapsed:7.1f}s  in {n:.0f} ({n / max(elapsed, 1e-9):.1f}/s)  "
+        f"{elapsed:7.1f}s  in {n:.0f} ({rate:.1f}/s)  "
         f"denoised {m.value('sbd_frames_denoised_total'):.0f}  "
         f"skipped {m.value('sbd_frames_skipped_total'):.0f}  "
         f"malformed {total(m, 'sbd_frames_malformed_total'):.0f}  "
@@ -94,11 +106,11 @@ def lanes_summary(m: Metrics) -> dict[str, dict[str, Any]]:
 
 def summary(m: Metrics, elapsed: float) -> dict[str, Any]:
     """Final counters of a run (what ``serve`` / ``replay`` print and return)."""
-    out: dict[str, Any] = {"seconds": elapsed}
-    out.update({n.removeprefix("sbd_").removesuffix("_total"): total(m, n) for n in SUMMARY_NAMES})
-    out["malformed"] = total(m, "sbd_frames_malformed_total")
-    out["published"] = total(m, "sbd_frames_published_total")
-    out["recorded_raw"] = m.value("sbd_frames_recorded_total", {"kind": "raw"})
-    out["recorded_denoised"] = m.value("sbd_frames_recorded_total", {"kind": "denoised"})
+    out: dict[str, Any] = {"seconds": elapsed}  # counts as integers: counters hold whole frames
+    out.update({n.removeprefix("sbd_").removesuffix("_total"): int(total(m, n)) for n in SUMMARY_NAMES})
+    out["malformed"] = int(total(m, "sbd_frames_malformed_total"))
+    out["published"] = int(total(m, "sbd_frames_published_total"))
+    out["recorded_raw"] = int(m.value("sbd_frames_recorded_total", {"kind": "raw"}))
+    out["recorded_denoised"] = int(m.value("sbd_frames_recorded_total", {"kind": "denoised"}))
     out["lanes"] = lanes_summary(m)
     return out

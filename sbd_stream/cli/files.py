@@ -145,7 +145,7 @@ def info(
     out["default_engines"] = {"live": live_engine(), "offline": offline_engine()}
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]
     if service is not None:
-        out["service"] = _service_load(service.rstrip("/"), interval)
+        out["service"] = _service_load(service.rstrip("/").removesuffix("/metrics"), interval)  # either URL
     typer.echo(json.dumps(out, indent=2))
 
 

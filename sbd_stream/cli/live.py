@@ -156,14 +156,45 @@ def serve(
 
 
 def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:
-    """Load the engine(s) and plan the detector geometry; a sampling they cannot serve ends the command."""
+    """Load the engine(s) and plan the detector geometry; what cannot work ends the command in one line.
+
+    A sampling the engine cannot serve, a device this machine lacks (``--device cuda`` on a CPU box, the
+    GPU settings of deploy/sbd-stream.toml), an engine no backend can run, unreadable CURVE keys: each
+    was a 90-line traceback, and the keys only failed after the engine had loaded.
+    """
     from sbd_stream.compute.binning import SamplingError
+    from sbd_stream.engines.base import EngineUnavailable
+    from sbd_stream.engines.card import ArtefactError
     from sbd_stream.service.build import load_stages
 
+    check_curve_keys(s)
     try:
         return load_stages(s)  # one batch stage per engine worker (denoise.workers)
     except SamplingError as e:
         fail(f"detector sampling: {e}")
+    except (EngineUnavailable, ArtefactError) as e:
+        fail(f"engine: {e}")
+    except (RuntimeError, ValueError) as e:  # torch: "Invalid device string", no CUDA, an absent GPU index
+        fail(f"engine: cannot load on device {s.denoise.device or 'auto'} ({s.denoise.devices or ''}): {e}")
+
+
+def check_curve_keys(s: ServiceSettings) -> None:
+    """Read every CURVE key file the settings name, before anything starts: a missing one is one line."""
+    from sbd_stream.security import CurveError, load_keypair, load_public_key
+
+    for where, curve in (("ingest.curve", s.ingest.curve), ("publish.curve", s.publish.curve)):
+        if not curve.enabled:
+            continue
+        try:
+            if curve.secret_key_file is not None:
+                load_keypair(curve.secret_key_file)
+            if curve.server_public_key_file is not None:
+                load_public_key(curve.server_public_key_file)
+            d = curve.authorized_keys_dir
+            if d is not None and not (d.is_dir() and any(d.glob("*.key"))):
+                raise CurveError(f"authorized_keys_dir {d} is not a folder holding NAME.key files")
+        except CurveError as e:
+            fail(f"{where}: {e}")
 
 
 @app.command()
@@ -281,8 +312,12 @@ def _replay_offline(
 def emulate(
     endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="Where to publish frames"),
     connect: bool = typer.Option(False, "--connect", help="Connect to a bound service instead of binding"),
-    shape: str = typer.Option("1024x1024", help="Frame size HxW, up to 3838x3710 (K2)"),
-    dtype: str = typer.Option("uint16", help="uint8 or uint16 counts"),
+    shape: str | None = typer.Option(
+        None, help="Frame size HxW, up to 3838x3710 (K2); default 1024x1024, a recording's own with --source"
+    ),
+    dtype: str | None = typer.Option(
+        None, help="uint8 or uint16 counts; default uint16, a recording's own with --source"
+    ),
     pixel_size: PixelSize = None,
     dose: DosePerArea = None,
     counts_per_px: CountsPerPx = None,
@@ -311,6 +346,9 @@ def emulate(
 ) -> None:
     """Pretend to be a counting detector: publish Poisson-noisy frames in wire format v1.
 
+    With --source RECORDING its raw counts are re-sent as recorded: frame size, dtype, pixel size and
+    dose come from the recording, and a flag that states otherwise is refused (docs/emulator.md).
+
     With --push the frames are PUSHed like a DECTRIS DCU does: each goes to one of the connected
     `serve --socket-type pull` instances (round-robin); a send waits while no peer can take it.
 
@@ -318,18 +356,23 @@ def emulate(
     default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum. Without --source the
     bundled scene is played: one held-out specimen, drifting, changing focus (docs/emulator.md).
     """
+    import math
+
     from sbd_stream.config import SocketMode
     from sbd_stream.sources.emulator import Emulator, EmulatorSettings
+    from sbd_stream.sources.emulator_recording import for_recording
 
     setup_logging(verbose)
-    if dtype not in ("uint8", "uint16"):
+    if dtype not in (None, "uint8", "uint16"):
         fail("--dtype must be uint8 or uint16")
+    if not (math.isfinite(rate) and rate >= 0):  # 0 is "as fast as possible", as the help says
+        fail(f"--rate must be a number of frames per second >= 0 (0: as fast as possible), got {rate}")
     det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
     cfg = EmulatorSettings(
         endpoint=endpoint,
         mode=SocketMode.connect if connect else SocketMode.bind,
-        shape=parse_shape(shape),
-        dtype=dtype,
+        shape=parse_shape(shape or "1024x1024"),
+        dtype=dtype or "uint16",
         dose=det.vacuum_counts,
         pixel_size_A=det.pixel_size_A,
         rate_hz=rate,
@@ -345,15 +388,25 @@ def emulate(
     )
     if acq:
         cfg.acq = acq
-    try:
+    try:  # a recording states what is sent (shape, dtype, sampling); contradicting flags end here
+        cfg, sampled = for_recording(
+            cfg,
+            shape_given=shape is not None,
+            dtype_given=dtype is not None,
+            pixel_size_A=pixel_size,
+            dose_e_per_A2=dose,
+            counts_per_px=counts_per_px,
+        )
         emu = Emulator(cfg)
     except (OSError, ValueError) as e:
         fail(str(e))
-    typer.echo(
-        f"emulating {cfg.shape} {dtype} at {rate} Hz from {emu.source.kind.value} images on "
-        f"{emu.endpoint}{' (PUSH)' if push else ''} "
-        f"({det.pixel_size_A:.4g} A pixels, {det.vacuum_counts:.4g} counts/px "
-        f"= {det.dose_per_area:.4g} e/A^2)",
+    h, w = emu.source.shape
+    pace = f"at {rate:g} Hz" if rate > 0 else "as fast as possible"
+    typer.echo(  # what series_start announces and the frames carry, whatever the flags said
+        f"emulating {h}x{w} {cfg.dtype} {pace} (exposure {emu.exposure_s:g} s) from "
+        f"{emu.source.kind.value} images on {emu.endpoint}{' (PUSH)' if push else ''} "
+        f"({cfg.pixel_size_A:.4g} A pixels, {cfg.dose:.4g} counts/px = {cfg.dose_per_area:.4g} e/A^2"
+        f"{', ' + sampled if sampled else ''})",
         err=True,
     )
     try:

@@ -6,6 +6,7 @@ The logic is ``sbd_stream.merge``; the deployment is described in docs/scale-out
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -15,6 +16,7 @@ from sbd_stream.cli.options import Verbose
 
 if TYPE_CHECKING:
     from sbd_stream.merge import MergeService
+    from sbd_stream.security import CurveSettings
 
 
 @app.command()
@@ -46,6 +48,15 @@ def merge(
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", help="Prometheus /metrics on 127.0.0.1 (0: any port)"
     ),
+    curve_secret_key: Path | None = typer.Option(
+        None, "--curve-secret-key", help="CURVE: this merge's NAME.key_secret (with either option below)"
+    ),
+    curve_server_key: Path | None = typer.Option(
+        None, "--curve-server-key", help="CURVE on the inputs: the instances' publisher key (NAME.key)"
+    ),
+    curve_clients: Path | None = typer.Option(
+        None, "--curve-clients", help="CURVE on --output: folder of the subscribers' NAME.key allowed"
+    ),
     verbose: Verbose = False,
 ) -> None:
     """Merge the outputs of several `serve` instances that share one PUSH detector stream.
@@ -62,6 +73,7 @@ def merge(
     import zmq
 
     from sbd_stream.merge import run_merge
+    from sbd_stream.security import CurveError
 
     setup_logging(verbose)
     stop = threading.Event()
@@ -73,6 +85,7 @@ def merge(
             err=True,
         )
 
+    input_curve, output_curve = merge_curve(curve_secret_key, curve_server_key, curve_clients)
     try:
         result = run_merge(
             list(inputs),
@@ -84,10 +97,44 @@ def merge(
             metrics_port=metrics_port,
             status=lambda line: typer.echo(line, err=True),
             started=started,
+            input_curve=input_curve,
+            output_curve=output_curve,
         )
-    except (zmq.ZMQError, OSError, ValueError) as e:
+    except (zmq.ZMQError, OSError, ValueError, CurveError) as e:
         fail(f"merge: {e}")
     typer.echo(json.dumps(result, indent=2))
     if result.get("failure"):
         typer.echo(f"sbd-stream merge stopped: {result['failure']}", err=True)
         raise typer.Exit(3)
+
+
+def merge_curve(
+    secret: Path | None, server_key: Path | None, clients: Path | None
+) -> tuple[CurveSettings | None, CurveSettings | None]:
+    """(input, output) CURVE settings from the flags; key files are read now, so a bad one is one line.
+
+    Instances that publish with ``[publish] curve`` (across an untrusted network, docs/deployment.md)
+    are CURVE servers: the merge connects to them as a client with its own key pair and their public
+    key. Its own output is a CURVE server when ``--curve-clients`` names who may subscribe.
+    """
+    from sbd_stream.security import CurveError, CurveSettings, load_keypair, load_public_key
+
+    if (server_key or clients) and secret is None:
+        fail("--curve-server-key / --curve-clients need --curve-secret-key (this merge's NAME.key_secret)")
+    if secret is not None and not (server_key or clients):
+        fail("--curve-secret-key alone does nothing: add --curve-server-key and/or --curve-clients")
+    try:
+        if secret is not None:
+            load_keypair(secret)
+        if server_key is not None:
+            load_public_key(server_key)
+        if clients is not None and not clients.is_dir():
+            raise CurveError(f"--curve-clients {clients} is not a folder")
+    except CurveError as e:
+        fail(f"merge: {e}")
+    if secret is None:
+        return None, None  # plain TCP, as before
+    key = {"enabled": True, "secret_key_file": secret}
+    inp = CurveSettings(**key, role="client", server_public_key_file=server_key) if server_key else None
+    out = CurveSettings(**key, role="server", authorized_keys_dir=clients) if clients else None
+    return inp, out

@@ -32,7 +32,7 @@ from sbd_stream.protocol import (
     decode,
     encode_series,
 )
-from sbd_stream.security import warn_if_exposed
+from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, warn_if_exposed
 from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 
@@ -121,7 +121,11 @@ class MergeService(BackgroundWorker):
         context: zmq.Context | None = None,
         metrics: MergeMetrics | None = None,
         supervisor: Supervisor | None = None,
+        input_curve: CurveSettings | None = None,
+        output_curve: CurveSettings | None = None,
     ) -> None:
+        """``input_curve``: CURVE client settings for the instances' publishers (their ``[publish]
+        curve``); ``output_curve``: CURVE server settings for the merged stream. None: plain TCP."""
         if not inputs:
             raise ValueError("merge needs at least one --input")
         self.metrics = metrics or MergeMetrics()
@@ -133,6 +137,7 @@ class MergeService(BackgroundWorker):
         self.subs: list[zmq.Socket] = []
         self.pub: zmq.Socket | None = None
         self._malformed_logged: set[str] = set()
+        self._curve_server = output_curve is not None and output_curve.enabled
         try:
             for ep in self.inputs:
                 s = self.ctx.socket(zmq.SUB)
@@ -143,10 +148,14 @@ class MergeService(BackgroundWorker):
                 s.setsockopt(zmq.RECONNECT_IVL, 100)
                 s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
                 s.setsockopt(zmq.SUBSCRIBE, b"")
+                if input_curve is not None:  # before connect, or it is not used
+                    apply_curve(s, input_curve, binds=False, domain="sbd-merge-in")
                 s.connect(ep)
             self.pub = self.ctx.socket(zmq.PUB)
             self.pub.setsockopt(zmq.SNDHWM, sndhwm)
             self.pub.setsockopt(zmq.LINGER, 0)
+            if output_curve is not None:
+                apply_curve(self.pub, output_curve, binds=True, domain="sbd-merge-out")
             warn_if_exposed("merge output", output)
             self.pub.bind(output)
         except BaseException:
@@ -245,6 +254,8 @@ class MergeService(BackgroundWorker):
             s.close(linger=0)
         if self.pub is not None:
             self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
+        if self._curve_server:
+            stop_authenticator(self.ctx)  # the ZAP thread a CURVE server socket started on this context
 
     def close(self) -> None:
         """Release the sockets of a service that was never started (a started one closes its own)."""
@@ -294,11 +305,16 @@ def run_merge(
     status: Callable[[str], None] | None = None,
     status_every_s: float = 2.0,
     started: Callable[[MergeService], None] | None = None,
+    input_curve: CurveSettings | None = None,
+    output_curve: CurveSettings | None = None,
 ) -> dict[str, Any]:
     """Merge until ``stop`` is set, then release what is held; returns the final counters."""
     metrics = MergeMetrics()
     sup = Supervisor(metrics)
-    svc = MergeService(inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup)
+    svc = MergeService(
+        inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup,
+        input_curve=input_curve, output_curve=output_curve,
+    )  # fmt: skip
     server = None
     if metrics_port is not None:
         from sbd_stream.metrics import MetricsServer

@@ -228,7 +228,8 @@ def _wants_gpu(es: DenoiseSettings, scheduler: str) -> bool:
 
 
 def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool, stack: ExitStack) -> tuple:
-    """(client, number of workers, description); a local cluster is bound to 127.0.0.1, no dashboard."""
+    """(client, number of workers, description); a local cluster is bound to 127.0.0.1, and its
+    scheduler's HTTP server to a free port there (``dashboard_address=None`` still took 8787)."""
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
@@ -241,8 +242,9 @@ def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool,
             n = workers or default_workers(n_chunks, cores)
         cluster = stack.enter_context(
             LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                resources={"GPU": 1} if gpu else None, silence_logs=logging.ERROR,
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", resources={"GPU": 1} if gpu else None,
+                silence_logs=logging.ERROR,
             )
         )  # fmt: skip
         return stack.enter_context(Client(cluster)), n, f"local ({n} workers)"

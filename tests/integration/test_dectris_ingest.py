@@ -254,7 +254,10 @@ def test_cli_flags_and_toml_fill_the_dectris_input(tmp_path: Path) -> None:
     assert isinstance(inp, DectrisInput)
     assert (inp.dialect, inp.socket_type, inp.series_timeout_s) == ("dectris-stream-v1", "sub", 2.5)
     with pytest.raises(typer.Exit):  # a DECTRIS-only flag on wire format v1 is refused, not ignored
-        _service_settings(None, {"ingest": {"input": _ingest_input(None, "sub", None)}})
+        _service_settings(None, {"ingest": {"input": _ingest_input(None, None, 3.0)}})
+    # the socket type alone is the default wire-v1 input's (docs/scale-out-nodes.md: PULL from PUSH)
+    s = _service_settings(None, {"ingest": {"input": _ingest_input(None, "pull", None)}})
+    assert (s.ingest.input.dialect, s.ingest.input.socket_type) == ("wire-v1", "pull")
     out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     assert all(flag in out for flag in ("--dialect", "--socket-type", "--series-timeout"))
 

@@ -163,3 +163,23 @@ def test_dockerfile_uses_a_tensorrt_base_and_the_gpu_extra() -> None:
     assert '".[gpu]"' in text and "USER sbd" in text
     entry = (DEPLOY / "entrypoint.sh").read_text()
     assert "sbd-train build-engine" in entry and "exec sbd-stream serve" in entry
+
+
+def test_the_engine_whose_plan_is_built_is_the_engine_served() -> None:
+    """The entrypoint built a plan for sbd-unet4-default while serve loaded another engine: every start
+    compiled a plan nothing used, and the served engine's plan was built at its first frame."""
+    from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
+
+    entry = (DEPLOY / "entrypoint.sh").read_text()
+    default = re.search(r'ENGINE="\$\{SBD_ENGINE:-([\w.-]+)\}"', entry)
+    assert default and default.group(1) == DEFAULT_ENGINE  # what live_engine() picks on a GPU
+    assert 'build-engine "${SBD_ENGINE_DIR}/${ENGINE}"' in entry
+    assert '--model "${SBD_ENGINE_DIR}/${ENGINE}"' in entry
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert re.search(rf"SBD_ENGINE: {DEFAULT_ENGINE}\b", compose)
+    unit = (DEPLOY / "sbd-stream.service").read_text()
+    served = re.search(r"^ExecStart=.* --model \S+/([\w.-]+)$", unit, re.M)
+    built = re.search(r"build-engine \\\n#\s+\S+/([\w.-]+)", unit)
+    assert served and built and served.group(1) == built.group(1) == DEFAULT_ENGINE
+    assert "SBD_CACHE_DIR=/var/cache/sbd-stream" in unit.split("[Unit]")[0]  # where the service looks
+    assert (default_engine_root() / DEFAULT_ENGINE / "card.json").is_file()
