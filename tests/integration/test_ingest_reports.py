@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
+from conftest import wait_until
 
 from sbd_stream.config import IngestSettings, RecordSettings, SocketMode
 from sbd_stream.frames import Frame, SeriesMessage
@@ -29,15 +29,6 @@ from sbd_stream.sources.receiver import Receiver, open_receiver
 pytestmark = pytest.mark.integration
 
 ARR = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16)
-
-
-def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def _connect(
@@ -76,7 +67,7 @@ def test_frames_lost_before_an_acquisitions_first_frame_are_counted_and_said_onc
         pub.send_multipart(encode_series(b"series_start", "ok", 0.0))
         for seq in range(3):  # numbered from 0 after its series_start: nothing missing
             pub.send_multipart(encode_frame(ARR, "ok", seq, 0.0))
-        assert _wait(lambda: len(got) == 8)
+        assert wait_until(lambda: len(got) == 8)
     finally:
         _close(pub, ing)
     assert m.value("sbd_frames_missing_total") == 33 + 5
@@ -113,7 +104,7 @@ def test_each_rejection_reason_is_logged_once_at_warning(caplog: pytest.LogCaptu
         for parts in bad:
             pub.send_multipart(parts)
         pub.send_multipart(encode_frame(ARR, "a", 0, 0.0))  # behind them all: when it arrives, so did they
-        assert _wait(lambda: len(got) == 1)
+        assert wait_until(lambda: len(got) == 1)
     finally:
         _close(pub, ing)
     said = [r for r in caplog.records if r.name == "sbd_stream.sources.dialect"]
@@ -150,7 +141,7 @@ def test_a_producer_restart_without_series_start_is_recorded_in_a_new_part(tmp_p
             pub.send_multipart(encode_frame(ARR + seq, "r", seq, 100.0 + seq))
         for seq in range(3):  # the producer came back, numbering from 0, without a series_start
             pub.send_multipart(encode_frame(ARR + 10 + seq, "r", seq, 200.0 + seq))
-        assert _wait(lambda: len(got) == 8)
+        assert wait_until(lambda: len(got) == 8)
     finally:
         _close(pub, ing)
         sink.stop()
