@@ -31,7 +31,7 @@ from sbd_stream.compute.binning import (
     unbin_nearest,
 )
 from sbd_stream.compute.evidence import evidence_counts, evidence_plan
-from sbd_stream.compute.likelihood import LikelihoodStage
+from sbd_stream.compute.likelihood import LikelihoodStage, VacuumMode
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
@@ -165,6 +165,13 @@ class BatchStage:
         if likelihood is not None and likelihood.enabled:
             self.likelihood = LikelihoodStage(likelihood.at_pixel(self.geometry.working_pixel_A), self.device)
             self.evidence_frames = likelihood.evidence_frames
+            fixed, stream = likelihood.vacuum_counts, self.geometry.detector.vacuum_counts
+            if likelihood.vacuum_mode is VacuumMode.fixed and fixed and not 1 / 3 < fixed / stream < 3:
+                log.warning(
+                    "likelihood vacuum_counts %.4g is %.1fx the stream's %.4g counts per detector pixel: "
+                    "it is in counts per detector pixel of one frame (not per working pixel)",
+                    fixed, fixed / stream, stream,
+                )  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -222,6 +229,20 @@ class BatchStage:
         result.timings = {"batch": t1 - t0, "download": time.perf_counter() - t1, **out.timings}
         return result
 
+    def _fixed_vacuum(self, used: torch.Tensor) -> torch.Tensor | None:
+        """``vacuum_mode = fixed``: the level for what is scored, else None (the stage estimates it).
+
+        ``vacuum_counts`` is stated as every other dose here, in counts per *detector* pixel of one
+        frame; the columns are scored on working pixels (``bin^2`` detector pixels) and, with evidence
+        frames, on the sum of ``used`` frames. Compared as given, 7.2 (the card's working-pixel dose)
+        against 4 summed frames scored vacuum as columns of LLR 260-1750.
+        """
+        cfg = self.likelihood.cfg if self.likelihood is not None else None
+        if cfg is None or cfg.vacuum_mode is not VacuumMode.fixed:
+            return None
+        k = self.geometry.bin
+        return float(cfg.vacuum_counts) * k * k * used.clamp(min=1.0).to(torch.float32)
+
     def process_tensor(
         self, raw: torch.Tensor, ids: list[tuple[str, int]] | None = None, earlier: int = 0
     ) -> PackedBatch:
@@ -253,7 +274,7 @@ class BatchStage:
                 scored, rates, used = evidence_counts(pool, den_w, plan[earlier:], offset=earlier)
             else:
                 scored, rates, used = binned, den_w, torch.zeros(b, device=den_w.device)
-            cols = self.likelihood.compute(scored, rates)
+            cols = self.likelihood.compute(scored, rates, self._fixed_vacuum(used))
             # rates and vacuum back to one frame's worth (the LLR stays the sum over the frames scored)
             per = used.clamp(min=1.0) * (g.bin * g.bin)
             parts.append(unbin_nearest(cols.map, g.bin, (h, w)).reshape(-1))

@@ -29,10 +29,23 @@ class EvidenceHistory:
         self._acqs: collections.OrderedDict[str, collections.deque[Frame]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def forget(self, acq: str) -> None:
+        """A new series of ``acq`` begins (its ``series_start``): its numbering starts again at 0, so the
+        kept frames of the series before are another specimen state and must not score the new one
+        (they did: seq 1 of a new series was scored on seq 0 of the old one, LLR -3 instead of +10)."""
+        with self._lock:
+            self._acqs.pop(acq, None)
+
     def take(self, frames: Sequence[Frame]) -> list[Frame]:
         """Kept frames that may score ``frames`` (same acquisition, shape and dtype, at most ``2 n``
-        sequence numbers earlier), oldest first; then ``frames`` are kept. Call in queue order."""
+        sequence numbers earlier), oldest first; then ``frames`` are kept. Call in queue order.
+
+        A frame that restarts its acquisition's numbering without a ``series_start`` (a sender that
+        came back, ``Frame.seq_restart``) forgets what was kept of it first, as ``forget`` does."""
         with self._lock:
+            for f in frames:
+                if f.seq_restart:
+                    self._acqs.pop(f.header.acq, None)
             ids = {(f.header.acq, f.header.seq) for f in frames}
             out: list[Frame] = []
             seen: set[tuple[str, int]] = set()

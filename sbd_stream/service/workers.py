@@ -31,8 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbd_stream.frames import Frame
+from sbd_stream.frames import Frame, SeriesMessage
 from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import TOPIC_SERIES_START
 from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
@@ -272,6 +273,8 @@ class WorkerPool:
                     items, lane = self._completion(), "complete"
                 ticket = self.reorder.take() if items else None
                 if items and lane == "live" and self.evidence is not None:
+                    if isinstance(items[0], SeriesMessage) and items[0].topic == TOPIC_SERIES_START:
+                        self.evidence.forget(items[0].header.acq)  # in queue order, under the lock
                     earlier = self.evidence.take([it for it in items if isinstance(it, Frame)])
             if ticket is None:
                 if self._stopping.is_set() and self.batcher.idle() and not self.backlog:

@@ -150,6 +150,48 @@ def test_evidence_comes_from_kept_earlier_frames_when_batches_are_single_frames(
     assert int(stage.process([other], history.take([other])).evidence_frames[0]) == 0  # type: ignore[index]
 
 
+def test_a_new_series_or_a_restart_of_the_same_acquisition_forgets_the_kept_frames(
+    binning_engine_dir: Path,
+) -> None:
+    """Evidence leaked across a series_start of the same acq: seq 1 of the new series was scored on
+    seq 0 of the old one (another specimen state)."""
+    import dataclasses
+
+    from sbd_stream.service.evidence_history import EvidenceHistory
+
+    history = EvidenceHistory(2)
+    old = _frames(5, (16, 16), 0.45, seed=5)
+    for f in old:
+        history.take([f])
+    new = _frames(2, (16, 16), 0.45, seed=6)  # the same acq, numbered from 0 again
+    history.forget("acq")  # what the worker pool does at the new series_start, in queue order
+    assert history.take([new[0]]) == [] and history.take([new[1]]) == [new[0]]
+    for f in old:
+        history.take([f])
+    restarted = dataclasses.replace(new[1], seq_restart=True)  # a sender that came back, no series_start
+    assert history.take([restarted]) == []
+
+
+def test_a_fixed_vacuum_level_is_per_detector_pixel_and_scales_with_the_frames_scored(
+    binning_engine_dir: Path,
+) -> None:
+    """``vacuum_mode = fixed`` compared the level as given with working-pixel counts summed over the
+    evidence frames: vacuum scored as columns of LLR 260-1750. Per detector pixel, it matches."""
+    from sbd_stream.service.evidence_history import EvidenceHistory
+
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    kw = dict(enabled=True, vacuum_block_A=2.0, evidence_frames=4, vacuum_mode="fixed")
+    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(**kw, vacuum_counts=0.45))
+    assert stage.geometry.bin == 4
+    np.testing.assert_allclose(stage._fixed_vacuum(torch.tensor([0.0, 1.0, 4.0])), [7.2, 7.2, 28.8])
+    history = EvidenceHistory(4)
+    frames = _frames(6, (128, 128), 0.45, seed=7)  # vacuum only
+    results = [stage.process([f], history.take([f])) for f in frames]
+    assert int(results[-1].evidence_frames[0]) == 4  # type: ignore[index]
+    for r in results:  # no column in pure vacuum has strong support (it had hundreds of nats)
+        assert r.columns is not None and (r.columns[0][:, 2] < 20).all(), r.columns[0][:, 2]
+
+
 def _likelihood_through_workers(engine_dir: Path, frames: list[Frame], n_workers: int) -> list[BatchResult]:
     """``frames`` (queued up front, batches of 2) through a pool of ``n_workers`` with one shared history."""
     import threading
