@@ -251,16 +251,75 @@ SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
 """The attributes that state a stack's or a recording's detector sampling."""
 
 
+def part_number(path: Path) -> int:
+    """The part number a recording file's name states: 0 for ``<stem>.nxs``, k for ``<stem>_000k.nxs``."""
+    m = re.search(r"_(\d{4})$", Path(path).stem)
+    return int(m.group(1)) if m else 0
+
+
+def part_attr(path: Path, name: str, default: Any = None) -> Any:
+    """One root attribute of a part (``run_uid``, ``segment``), ``default`` where absent or unreadable."""
+    try:
+        with open_recording(path) as f:
+            v = f.attrs.get(name, default)
+    except (OSError, ValueError):
+        return default
+    return v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+
+
 def recording_parts(path: Path) -> list[Path]:
-    """The file and its rolled continuations (``name_0001.nxs`` ..., same ending), in order."""
+    """The file and its rolled continuations after it (``name_0001.nxs`` ..., same ending), in order.
+
+    Found by name, then kept only where their ``run_uid`` attribute equals the given file's: two runs
+    recording one acquisition into one folder once spliced run 2's continuations (free ``_0001`` names)
+    onto run 1's first file. Files without ``run_uid`` (older recorders) keep the name-only rule. A
+    middle part yields itself and the parts after it (not the earlier ones, which it does not continue).
+    """
     path = Path(path)
     parts = [path]
     stem = re.sub(r"_\d{4}$", "", path.stem)
-    i = 1
+    uid = part_attr(path, "run_uid")
+    i = part_number(path) + 1
     while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():
-        if nxt != path:
+        other = part_attr(nxt, "run_uid") if uid is not None else None
+        if uid is None or other is None or other == uid:
             parts.append(nxt)
         i += 1
+    return parts
+
+
+def frames_key(path: Path, kind: str = "raw") -> tuple[tuple[int, ...], str] | None:
+    """(frame shape, dtype) of ``kind`` in one part, None where it has no such frames."""
+    with open_recording(path) as f:
+        if kind not in f:
+            return None
+        g = f[kind]
+        ds = g if isinstance(g, h5py.Dataset) else g.get("frames")
+        return None if ds is None else (tuple(int(x) for x in ds.shape[1:]), str(ds.dtype))
+
+
+def uniform_parts(path: Path, kind: str = "raw") -> list[Path]:
+    """The consecutive parts from ``path`` on whose ``kind`` frames share its shape and dtype.
+
+    Readers that stack a recording (``export``, ``denoise`` / ``replay --offline``) stop before the
+    first part that differs instead of refusing the whole recording, and say in one log line where
+    they stopped and which file to give next: that part, read the same way, goes on from there.
+    """
+    parts = recording_parts(path)
+    first = None
+    for k, part in enumerate(parts):
+        key = frames_key(part, kind)
+        if key is None:
+            continue
+        if first is None:
+            first = key
+        elif key != first:
+            log.warning(
+                "%s: %s holds %s frames %s %s after %s %s; read %d part(s), stopping there "
+                "(give %s to read on from it)",
+                path, part.name, kind, key[0], key[1], first[0], first[1], k, part,
+            )  # fmt: skip
+            return parts[:k]
     return parts
 
 

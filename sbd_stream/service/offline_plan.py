@@ -97,11 +97,13 @@ def inspect_stack(path: Path, dataset: str | None = None) -> Source:
 
 
 def inspect_recording(path: Path) -> Source:
-    """The complete raw frames of a `serve` recording, across its rolled parts."""
-    from sbd_stream.formats.recording import open_recording, recorded_detector, recording_parts
+    """The complete raw frames of a `serve` recording, across its rolled parts from ``path`` on, up to
+    the first part of another frame shape or dtype (``uniform_parts`` logs it and the file to give next:
+    denoising that part the same way goes on from there, with ``seq`` / ``ts`` written as here)."""
+    from sbd_stream.formats.recording import open_recording, recorded_detector, uniform_parts
 
     parts, shape, dtype = [], None, None
-    for part in recording_parts(Path(path).resolve()):
+    for part in uniform_parts(Path(path).resolve()):
         try:
             with open_recording(part) as f:
                 if "raw/frames" not in f or "raw/complete" not in f:
@@ -111,7 +113,7 @@ def inspect_recording(path: Path) -> Source:
                 if shape is not None and (ds.shape[1:], str(ds.dtype)) != (shape, dtype):
                     raise StackError(
                         f"{part}: frames {ds.shape[1:]} {ds.dtype} differ from the first part's {shape} "
-                        f"{dtype}; denoise the parts one at a time (sbd-stream denoise PART -d raw/frames)"
+                        f"{dtype}; denoise it on its own (sbd-stream denoise {part} OUT.h5)"
                     )
                 shape, dtype = tuple(ds.shape[1:]), str(ds.dtype)
         except OSError as e:
@@ -127,16 +129,18 @@ def inspect_recording(path: Path) -> Source:
 
 
 def recording_index(src: Source) -> dict[str, np.ndarray]:
-    """``seq`` and ``ts`` of a recording source's complete raw rows, in its row order (parts in turn):
-    written beside the denoised frames so readers join on ``seq`` as in the recording itself."""
+    """``seq``, ``ts`` and ``segment`` of a recording source's complete raw rows, in its row order
+    (parts in turn): written beside the denoised frames so readers join on ``seq`` as in the recording
+    itself, and order by (segment, seq) where one recording holds several series."""
     from sbd_stream.formats.recording import open_recording
 
-    seqs, tss = [], []
+    seqs, tss, segs = [], [], []
     for path, rows in src.parts:
         with open_recording(path) as f:
             seqs.append(np.asarray(f["raw/seq"][:rows], np.int64))
             tss.append(np.asarray(f["raw/ts"][:rows], np.float64))
-    return {"seq": np.concatenate(seqs), "ts": np.concatenate(tss)}
+            segs.append(np.full(rows, int(f.attrs.get("segment", 0)), np.int64))
+    return {"seq": np.concatenate(seqs), "ts": np.concatenate(tss), "segment": np.concatenate(segs)}
 
 
 def fingerprint(src: Source, engine_id: str, detector: dict, batch: int, chunk: int) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """`sbd-stream export`: a recording's frames as TIFF, MRC or NPY, with the pixel size where each keeps it.
 
 For tools that read neither NeXus nor HDF5. The frames of one kind (raw, denoised, llr) across the
-rolled parts of an acquisition, **in frame order** (``seq``), streamed (never all in memory). Frame
-order, not row order: the complete lane writes a frame the live lane skipped when the engine is free,
-so a recording's ``denoised`` rows are not in time order, and a movie written row by row would jump
-back. Also takes the output of ``sbd-stream denoise`` / ``replay --offline`` (a ``denoised`` dataset,
+rolled parts of an acquisition, **in frame order** (``seq`` within each segment: a new series or a
+producer restart starts a segment), streamed (never all in memory). Frame order, not row order: the
+complete lane writes a frame the live lane skipped when the engine is free, so a recording's
+``denoised`` rows are not in time order, and a movie written row by row would jump back. Also takes
+the output of ``sbd-stream denoise`` / ``replay --offline`` (a ``denoised`` dataset,
 with ``seq`` / ``ts`` beside it where the input was a recording). Calibration:
 
 * TIFF: ImageJ hyperstack (``axes`` TYX) whose X/Y resolution tags are pixels per ``unit`` =
@@ -28,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sbd_stream.formats.recording import KINDS, open_recording, recording_parts
+from sbd_stream.formats.recording import KINDS, open_recording, recording_parts, uniform_parts
 
 TARGETS = ("tiff", "mrc", "npy")
 ALIASES = {"tif": "tiff"}
@@ -76,11 +77,18 @@ def _rows(f: h5py.File, kind: str) -> tuple[Any, np.ndarray, np.ndarray] | None:
 
 
 def _survey(path: Path, kind: str) -> dict[str, Any]:
-    """Count, shape, dtype, sampling, and where each frame lies (part, row), in ``seq`` order; no pixels."""
+    """Count, shape, dtype, sampling, and where each frame lies (part, row), in (segment, seq) order.
+
+    No pixels read. Parts from ``path`` on, up to the first of another frame shape or dtype
+    (``uniform_parts`` logs where it stopped and the file to export next). A part's ``segment`` (a new
+    series_start or producer restart, sinks/record_runs.py) orders before ``seq``: two series of one
+    acquisition both count from 0, and sorting by ``seq`` alone interleaved them.
+    """
     shape, dtype = None, None
-    where: list[tuple[int, int, int, float]] = []  # (seq, part, row, time)
+    where: list[tuple[int, int, int, int, float]] = []  # (segment, seq, part, row, time)
     attrs: dict[str, Any] = {}
-    for p, part in enumerate(recording_parts(path)):
+    parts = uniform_parts(path, kind)
+    for p, part in enumerate(parts):
         try:
             f = open_recording(part)
         except OSError as e:
@@ -90,30 +98,34 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
             if rows is None:
                 continue
             fr, seq, time = rows
+            segment = np.full(len(seq), int(f.attrs.get("segment", 0)), np.int64)
+            if isinstance(f[kind], h5py.Dataset) and "segment" in f:  # a denoise / replay --offline output
+                segment = np.asarray(f["segment"][: len(seq)], np.int64)
             if shape is None:
                 shape, dtype = tuple(fr.shape[1:]), fr.dtype
                 attrs = {a: f.attrs[a] for a in SAMPLING_NAMES if a in f.attrs}
                 attrs = {a: (v.item() if hasattr(v, "item") else v) for a, v in attrs.items()}
             elif tuple(fr.shape[1:]) != shape or fr.dtype != dtype:
-                raise ExportError(
+                raise ExportError(  # uniform_parts stops before such a part; kept for a file changed since
                     f"{part.name}: frames of {fr.shape[1:]} {fr.dtype} after {shape} {dtype}; "
-                    "export that part on its own"
+                    f"export it on its own (sbd-stream export {part})"
                 )
-            where.extend((int(s), p, i, float(t)) for i, (s, t) in enumerate(zip(seq, time, strict=True)))
+            rows_here = enumerate(zip(segment, seq, time, strict=True))
+            where.extend((int(g), int(s), p, i, float(t)) for i, (g, s, t) in rows_here)
     if not where or shape is None:
         raise ExportError(f"{path}: no complete {kind} frames")
-    where.sort(key=lambda r: (r[0], r[1], r[2]))  # stable in (part, row) for a repeated seq
+    where.sort(key=lambda r: r[:4])  # (segment, seq), stable in (part, row) for a repeated seq
     # float16 (recorded denoised frames) is exported as float32: ImageJ, MRC readers and most tools want it
     dtype = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
     return {
-        "n": len(where), "shape": shape, "dtype": dtype, "where": [(p, i) for _, p, i, _ in where],
-        "seq": [s for s, *_ in where], "time": [t for *_, t in where], "attrs": attrs,
+        "n": len(where), "shape": shape, "dtype": dtype, "where": [(p, i) for _, _, p, i, _ in where],
+        "seq": [s for _, s, *_ in where], "time": [t for *_, t in where], "attrs": attrs,
+        "segment": [g for g, *_ in where], "parts": parts,
     }  # fmt: skip
 
 
-def _frames(path: Path, kind: str, where: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+def _frames(parts: list[Path], kind: str, where: list[tuple[int, int]]) -> Iterator[np.ndarray]:
     """The frames at ``where`` (part, row), in that order; every part opened once."""
-    parts = recording_parts(path)
     with ExitStack() as stack:
         files: dict[int, Any] = {}
         for p, i in where:
@@ -125,10 +137,16 @@ def _frames(path: Path, kind: str, where: list[tuple[int, int]]) -> Iterator[np.
             yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
 
 
-def frame_interval(time: list[float]) -> float:
-    """Median positive step between consecutive frames' times (s); 0 when unknown."""
+def frame_interval(time: list[float], segment: list[int] | None = None) -> float:
+    """Median positive step between consecutive frames' times (s) within a segment; 0 when unknown.
+
+    Each segment's time axis starts again at 0, so a step across a segment boundary is no interval.
+    """
     t = np.asarray(time, dtype=np.float64)
-    d = np.diff(t[np.isfinite(t)])
+    g = np.zeros(len(t), np.int64) if segment is None else np.asarray(segment, np.int64)
+    ok = np.isfinite(t)
+    t, g = t[ok], g[ok]
+    d = np.diff(t)[np.diff(g) == 0]
     d = d[d > 0]
     return float(np.median(d)) if d.size else 0.0
 
@@ -167,7 +185,8 @@ def export(
     {"tiff": _tiff, "mrc": _mrc, "npy": _npy}[to](Path(path), kind, out, info, pixel, unit)
     summary = {"output": str(out), "frames": info["n"], "shape": list(info["shape"]), "kind": kind}
     summary |= {"pixel_size": pixel, "unit": unit, "first_seq": info["seq"][0], "last_seq": info["seq"][-1]}
-    summary["frame_interval_s"] = frame_interval(info["time"])
+    summary["frame_interval_s"] = frame_interval(info["time"], info["segment"])
+    summary["segments"] = len(set(info["segment"]))
     if to == "npy":
         summary["sidecar"] = str(out.with_suffix(".json"))
     return summary
@@ -177,9 +196,9 @@ def _tiff(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str)
     import tifffile
 
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
-    interval = frame_interval(info["time"])
+    interval = frame_interval(info["time"], info["segment"])
     common = dict(shape=(n, h, w), dtype=dtype, resolution=(1.0 / pixel, 1.0 / pixel))
-    frames = _frames(path, kind, info["where"])
+    frames = _frames(info["parts"], kind, info["where"])
     if dtype.type in IMAGEJ_DTYPES:
         meta: dict[str, Any] = {"axes": "TYX", "unit": unit}
         if interval > 0:
@@ -196,7 +215,7 @@ def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
     store = dtype if dtype.type in MRC_DTYPES else np.dtype(np.float32)
     with mrcfile.new_mmap(out, shape=(n, h, w), mrc_mode=_mrc_mode(store), overwrite=True) as mrc:
-        for i, fr in enumerate(_frames(path, kind, info["where"])):
+        for i, fr in enumerate(_frames(info["parts"], kind, info["where"])):
             mrc.data[i] = fr
         mrc.set_image_stack()
         mrc.voxel_size = pixel
@@ -210,7 +229,7 @@ def _mrc_mode(dtype: np.dtype) -> int:
 def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
     arr = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, h, w))
-    for i, fr in enumerate(_frames(path, kind, info["where"])):
+    for i, fr in enumerate(_frames(info["parts"], kind, info["where"])):
         arr[i] = fr
     arr.flush()
     del arr
@@ -222,6 +241,7 @@ def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
         "unit": unit,
         "frame_numbers": info["seq"],
         "time_s": [t if np.isfinite(t) else None for t in info["time"]],
+        "segment": info["segment"],  # time_s starts again at 0 in each segment
         **{k: v for k, v in info["attrs"].items() if k != "pixel_size_A"},
     }
     out.with_suffix(".json").write_text(json.dumps(side, indent=1, default=str))

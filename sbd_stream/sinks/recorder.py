@@ -22,6 +22,9 @@ What this thread decides, and why:
 * a raw frame that restarts its acquisition's numbering without ``series_start`` (``Frame.seq_restart``:
   a producer that came back) goes to a new part (``reason="restart"``), as a ``series_start`` does:
   otherwise one file held each ``seq`` twice and readers could not join raw and denoised on ``seq``;
+* a part is named after its run's first part and carries its ``run_uid`` and ``segment``
+  (``sinks/record_runs.py``); a size roll happens before a RAW frame, never for outputs alone (a
+  late output in a full part opened an empty next part, which HyperSpy cannot open);
 * denoised frames are cast to ``record.denoised_dtype`` with values beyond float16's range clipped
   and counted, not stored as inf (``sinks/stored_dtype.py``);
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
@@ -51,12 +54,13 @@ import numpy as np
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats.dectris_codec import compress_framed
-from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, free_path, open_recording, safe_name
+from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, open_recording
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
 from sbd_stream.sinks.record_item import PARTS_KEPT, RAW_ROWS_KEPT, Recent, RecordItem
+from sbd_stream.sinks.record_runs import RunBook
 from sbd_stream.sinks.stored_dtype import StoredDtype
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
@@ -95,7 +99,6 @@ class Recorder(BackgroundWorker):
         self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes, on_change=depth.set)
         self.files: dict[str, AcqFile] = {}  # the current part of each open acquisition
         self.previous: dict[str, AcqFile] = {}  # the part before a shape/dtype roll (late outputs)
-        self.paths: Recent = Recent()  # acq -> every part written
         self.closed_parts: Recent = Recent()  # acq -> [(path, shape)] closed while outputs may follow
         self.failed: Recent = Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: Recent = Recent()
@@ -111,6 +114,8 @@ class Recorder(BackgroundWorker):
         self._init_worker(supervisor)
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.runs = RunBook()  # part names, run_uid, segment
+        self.full: set[str] = set()  # acquisitions whose current part passed max_file_bytes
 
     # --- producer side (never blocks) -------------------------------------------------------------
     def record(
@@ -223,6 +228,7 @@ class Recorder(BackgroundWorker):
             if item.acq in self.files or item.acq in self.previous:  # its next frames open a new part
                 self.metrics.record_rolls.labels(reason="series_start").inc()
             self.close(item.acq)
+            self.runs.boundary(item.acq)
             self.failed.pop(item.acq, None)
             self.series_meta[item.acq] = item.meta
             self.t0.pop(item.acq, None)
@@ -257,7 +263,7 @@ class Recorder(BackgroundWorker):
             if af.since_flush >= self.s.flush_every:
                 af.flush()
                 if os.path.getsize(af.path) >= self.s.max_file_bytes and self.files.get(item.acq) is af:
-                    self._roll(item.acq, "size", af.shape, af.raw_dtype)
+                    self.full.add(item.acq)  # the next RAW frame rolls (``_file_for``): outputs never do
         except (OSError, RuntimeError, ValueError) as exc:  # h5py reports write failures as all three
             self._fail(item.acq, exc)
             return
@@ -270,8 +276,8 @@ class Recorder(BackgroundWorker):
         af = self.files.get(item.acq)
         shape, dtype = tuple(item.data.shape), item.data.dtype
         if item.kind == "raw":
-            if af is not None and (af.shape != shape or af.raw_dtype != dtype):
-                reason = "shape" if af.shape != shape else "dtype"
+            if af is not None and (af.shape != shape or af.raw_dtype != dtype or item.acq in self.full):
+                reason = "shape" if af.shape != shape else "dtype" if af.raw_dtype != dtype else "size"
                 return self._roll(item.acq, reason, shape, dtype)  # type: ignore[arg-type]
             if af is None:
                 if item.acq not in self.t0:
@@ -299,6 +305,7 @@ class Recorder(BackgroundWorker):
             current = self.files.get(acq)
             if current is None:
                 self.files[acq] = af
+                self.full.discard(acq)
             else:
                 before = self.previous.pop(acq, None)
                 if before is not None:
@@ -311,12 +318,11 @@ class Recorder(BackgroundWorker):
 
     def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
         self._make_room()
-        paths = self.paths.get(acq) or []
-        path = free_path(self.directory, safe_name(acq), len(paths), self.s.suffix)
+        path, run = self.runs.next_part(acq, self.directory, self.s.suffix)  # + run_uid, segment
         attrs = {
             "format": FORMAT,
             "acq": acq,
-            "part": len(paths),
+            **run,
             "created": time.time(),
             "t0": float(self.t0.get(acq, time.time())),
             "engine_card": json.dumps(self.card, default=str),
@@ -324,9 +330,13 @@ class Recorder(BackgroundWorker):
             "series_meta": json.dumps(self.series_meta.get(acq, {}), default=str),
             **self.sampling,  # pixel_size_A, dose_e_per_A2, counts_per_px, bin, working_pixel_A
         }
-        af = AcqFile(path, shape, dtype, self.s, attrs)
-        self.paths[acq] = [*paths, path]
+        try:
+            af = AcqFile(path, shape, dtype, self.s, attrs)
+        except BaseException:
+            self.runs.undo(acq)
+            raise
         self.files[acq] = af
+        self.full.discard(acq)
         self._gauge()
         log.info("recording %s to %s", acq, path)
         return af
@@ -362,19 +372,19 @@ class Recorder(BackgroundWorker):
         """
         assert item.data is not None
         self.t0[item.acq] = item.ts
+        self.runs.boundary(item.acq)  # the new run's numbering: a new segment for readers
         if item.acq not in self.files:  # a new acquisition, or its part was closed: one opens anyway
             return
         log.warning(
             "%s: sequence restarted at seq %s without series_start (the producer came back); "
-            "continuing in a new part so that no part holds a seq twice",
-            item.acq,
-            item.seq,
-        )
+            "continuing in a new part so that no part holds a seq twice", item.acq, item.seq,
+        )  # fmt: skip
         self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
 
     def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:
         if self.files.get(acq) is af:
             del self.files[acq]
+            self.full.discard(acq)
         elif self.previous.get(acq) is af:
             del self.previous[acq]
         self.metrics.record_files_closed.labels(reason=reason).inc()
@@ -420,6 +430,7 @@ class Recorder(BackgroundWorker):
 
     def close(self, acq: str) -> None:
         """Flush and close every open part of ``acq`` (series start / end, shutdown)."""
+        self.full.discard(acq)
         for table in (self.files, self.previous):
             af = table.pop(acq, None)
             if af is None:

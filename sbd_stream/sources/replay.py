@@ -3,16 +3,26 @@
 Unlike the live ingest, a file can wait: in ``lossless`` mode replay pauses while the denoise queue is
 full, so nothing is lost and the run goes as fast as the engine allows. ``realtime`` reproduces the
 recorded frame timing instead (from the ``ts`` dataset), which is how a past experiment is re-watched.
+
+Series: each (acquisition, ``segment``) of the recording is sent as its own series, with the part's
+recorded ``series_meta`` and ``replay_of`` beside it. A recording holding two series or a producer
+restart of one acquisition (segments 0 and 1, both counting ``seq`` from 0) was sent as one series,
+so ``replay --record-dir`` wrote each ``seq`` twice into one part; a series_start between them makes
+the recorder open a new part, as it did when the frames were first recorded.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from sbd_stream.formats.recording import iter_recorded
+import numpy as np
+
+from sbd_stream.formats.recording import open_recording, recording_parts
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.protocol import (
     DTYPES,
@@ -23,6 +33,26 @@ from sbd_stream.protocol import (
     SeriesMessage,
 )
 from sbd_stream.worker import BackgroundWorker
+
+Series = tuple[str, int, dict[str, Any]]  # (acq, segment, recorded series_meta)
+
+
+def recorded_series(path: Path) -> Iterator[tuple[Series, int, float, np.ndarray]]:
+    """(series, seq, ts, frame) for every complete raw frame across the recording's parts, in order."""
+    for part in recording_parts(Path(path)):
+        with open_recording(part) as f:
+            if "raw" not in f:
+                continue
+            try:
+                meta = json.loads(f.attrs.get("series_meta", "{}"))
+            except (TypeError, ValueError):
+                meta = {}
+            series = (str(f.attrs.get("acq", part.stem)), int(f.attrs.get("segment", 0)), meta)
+            g = f["raw"]
+            n = len(g["complete"])
+            seqs, tss = g["seq"][:n], g["ts"][:n]
+            for i in range(n):
+                yield series, int(seqs[i]), float(tss[i]), g["frames"][i]
 
 
 class ReplaySource(BackgroundWorker):
@@ -52,16 +82,17 @@ class ReplaySource(BackgroundWorker):
 
     def run(self) -> None:
         acq_cur: str | None = None
+        key: tuple[str, int] | None = None
         t0_rec = t0_wall = 0.0
         try:
-            for acq, seq, ts, data in iter_recorded(self.path):
+            for (acq, segment, recorded), seq, ts, data in recorded_series(self.path):
                 if self._stop.is_set() or (self.limit is not None and self.n_sent >= self.limit):
                     break
-                if acq != acq_cur:
+                if (acq, segment) != key:  # a new acquisition, or a new series / restart of this one
                     if acq_cur is not None:
                         self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq_cur, time.time())))
-                    acq_cur = acq
-                    meta = {"replay_of": str(self.path)}
+                    acq_cur, key = acq, (acq, segment)
+                    meta = {**recorded, "replay_of": str(self.path)}
                     self.on_series(SeriesMessage(TOPIC_SERIES_START, SeriesHeader(acq, time.time(), meta)))
                     t0_rec, t0_wall = ts, time.perf_counter()
                 if self.realtime:

@@ -1,0 +1,247 @@
+"""Which parts make one recording, in which order: runs, segments, shape rolls and size rolls.
+
+Real Recorder, real HDF5 files, read back by the real readers (``export``, ``inspect_recording``,
+``ReplaySource``): the audit found run 2's parts spliced onto run 1, two series interleaved by ``seq``,
+a replay writing each ``seq`` twice into one part, middle parts that could not be read on their own,
+and empty parts left by a size roll.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sbd_stream.cli import app
+from sbd_stream.config import RecordSettings
+from sbd_stream.formats.recording import recording_parts
+from sbd_stream.frames import Frame
+from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import TOPIC_SERIES_START, SeriesMessage
+from sbd_stream.service.offline_plan import inspect_recording, recording_index
+from sbd_stream.sinks.recorder import Recorder, RecordItem, open_recording
+from sbd_stream.sources.replay import ReplaySource
+
+pytestmark = pytest.mark.integration
+
+SHAPE = (20, 12)  # 480 bytes a uint16 frame: max_file_bytes=2_000 rolls every few frames
+
+
+def _frame(q: int, shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(q).poisson(0.45, shape).astype(np.uint16)
+
+
+def _recorder(directory: Path, **kw) -> Recorder:
+    s = RecordSettings(directory=directory, min_free_bytes=0, record_llr=False, compression="none", **kw)
+    return Recorder(s, Metrics())
+
+
+def _export(*args: str) -> dict:
+    res = CliRunner().invoke(app, ["export", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def _raw_npy(path: Path, out: Path) -> tuple[np.ndarray, dict]:
+    summary = _export(str(path), "--to", "npy", "--kind", "raw", "--out", str(out))
+    return np.load(out), json.loads(Path(summary["sidecar"]).read_text()) | {"summary": summary}
+
+
+def _shape(path: Path) -> tuple[int, ...]:
+    with open_recording(path) as f:
+        return tuple(f["raw/frames"].shape[1:])
+
+
+def _attr(path: Path, name: str):
+    with open_recording(path) as f:
+        v = f.attrs[name]
+    return v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+
+
+def test_two_serve_runs_of_one_acquisition_in_one_folder_are_never_spliced(tmp_path: Path) -> None:
+    """Run 2's continuations took the free ``a_0001.nxs``... names: reading run 1 returned run 2's
+    frames too, and run 2 could not be read from its own first part."""
+    for run, base in ((1, 0), (2, 100)):
+        rec = _recorder(tmp_path, max_file_bytes=2_000)
+        for q in range(10):
+            rec.write(RecordItem("raw", "a", q, 100.0 + 0.025 * q, _frame(base + q)))
+        rec.close_all()
+        if run == 1:
+            run1 = sorted(tmp_path.glob("a*.nxs"))
+    run2 = sorted(set(tmp_path.glob("a*.nxs")) - set(run1))
+    first2 = next(p for p in run2 if _attr(p, "part") == 0)
+    assert first2.name != "a.nxs" and len(run2) >= 2
+    assert all(p.name.startswith(first2.stem) for p in run2)  # named after run 2's first part
+    assert len({_attr(p, "run_uid") for p in run1}) == 1 and len({_attr(p, "run_uid") for p in run2}) == 1
+    assert _attr(run1[0], "run_uid") != _attr(first2, "run_uid")
+    assert recording_parts(tmp_path / "a.nxs") == run1
+    assert recording_parts(first2) == sorted(run2, key=lambda p: _attr(p, "part"))
+    got1, _ = _raw_npy(tmp_path / "a.nxs", tmp_path / "r1.npy")
+    got2, _ = _raw_npy(first2, tmp_path / "r2.npy")
+    np.testing.assert_array_equal(got1, np.stack([_frame(q) for q in range(10)]))
+    np.testing.assert_array_equal(got2, np.stack([_frame(100 + q) for q in range(10)]))
+
+
+def test_a_part_of_another_run_under_a_continuation_name_is_left_out(tmp_path: Path) -> None:
+    """Names alone cannot tell runs apart (a part named before this fix, a file copied in): run_uid can."""
+    for base in (0, 100):
+        rec = _recorder(tmp_path)
+        rec.write(RecordItem("raw", "a", 0, 1.0, _frame(base)))
+        rec.close_all()
+    other = next(p for p in tmp_path.glob("a_*.nxs"))
+    other.rename(tmp_path / "a_0001.nxs")  # run 2's first part where run 1's continuation would be
+    assert recording_parts(tmp_path / "a.nxs") == [tmp_path / "a.nxs"]
+    got, _ = _raw_npy(tmp_path / "a.nxs", tmp_path / "r.npy")
+    np.testing.assert_array_equal(got, _frame(0)[None])
+
+
+@pytest.mark.parametrize("boundary", ["series_start", "restart"])
+def test_two_series_of_one_acquisition_export_one_after_the_other(tmp_path: Path, boundary: str) -> None:
+    """Both series count seq from 0: export sorted by seq alone interleaved them (0, 0, 1, 1, ...)."""
+    rec = _recorder(tmp_path, max_file_bytes=2_000)
+    rec.write(RecordItem("series_start", "a"))
+    for q in range(6):
+        rec.write(RecordItem("raw", "a", q, 100.0 + 0.025 * q, _frame(q)))
+    if boundary == "series_start":
+        rec.write(RecordItem("series_start", "a"))
+    for q in range(6):
+        item = RecordItem("raw", "a", q, 500.0 + 0.025 * q, _frame(50 + q), restart=q == 0)
+        rec.write(item)
+    rec.write(RecordItem("raw", "a", 6, 500.15, _frame(56, (8, 8))))  # a shape roll keeps the segment
+    rec.close_all()
+    parts = recording_parts(tmp_path / "a.nxs")
+    segments = [_attr(p, "segment") for p in parts]
+    assert segments == sorted(segments) and segments[0] == 0 and segments[-1] == 1
+    assert _attr(parts[-1], "segment") == _attr(parts[-2], "segment")  # the shape roll
+    got, side = _raw_npy(tmp_path / "a.nxs", tmp_path / "r.npy")  # stops before the 8x8 part
+    want = np.stack([_frame(q) for q in range(6)] + [_frame(50 + q) for q in range(6)])
+    np.testing.assert_array_equal(got, want)
+    assert side["frame_numbers"] == [*range(6), *range(6)] and side["segment"] == [0] * 6 + [1] * 6
+    assert side["summary"]["frame_interval_s"] == pytest.approx(0.025)
+
+
+def test_replay_sends_each_segment_as_its_own_series_so_no_part_holds_a_seq_twice(tmp_path: Path) -> None:
+    """``replay REC --record-dir NEW`` of a producer restart put both runs into one part of NEW."""
+    src, new = tmp_path / "src", tmp_path / "new"
+    rec = _recorder(src)
+    rec.write(RecordItem("series_start", "a", meta={"mag": 5}))
+    for run in range(2):
+        for q in range(3):
+            restart = run == 1 and q == 0  # the producer came back, without series_start
+            rec.write(RecordItem("raw", "a", q, 10.0 * run + q, _frame(10 * run + q), restart=restart))
+    rec.close_all()
+    again = _recorder(new)
+    starts: list[dict] = []
+
+    def on_series(msg: SeriesMessage) -> None:
+        kind = "series_start" if msg.topic == TOPIC_SERIES_START else "series_end"
+        if kind == "series_start":
+            starts.append(msg.header.meta)
+        again.write(RecordItem(kind, msg.header.acq, meta=msg.header.meta))
+
+    def on_frame(fr: Frame) -> None:
+        again.write(RecordItem("raw", fr.header.acq, fr.header.seq, fr.header.ts, fr.data))
+
+    ReplaySource(src / "a.nxs", on_frame, on_series).run()
+    again.close_all()
+    assert len(starts) == 2 and all(m["mag"] == 5 and m["replay_of"] for m in starts)
+    parts = recording_parts(new / "a.nxs")
+    assert len(parts) == 2
+    for p in parts:
+        with open_recording(p) as f:
+            seqs = list(f["raw/seq"])
+            assert len(seqs) == len(set(seqs)) == 3
+            assert json.loads(f.attrs["series_meta"])["mag"] == 5
+    assert [_attr(p, "segment") for p in parts] == [0, 1]
+
+
+def test_a_middle_part_reads_on_its_own_and_readers_stop_at_a_shape_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``export a_0001.nxs`` failed on a later part's other shape; readers now take the parts from the
+    given one that share its frames and name the file to give next."""
+    rec = _recorder(tmp_path, max_file_bytes=2_000)
+    for q in range(8):
+        rec.write(RecordItem("raw", "a", q, float(q), _frame(q)))
+    for q in range(8, 10):
+        rec.write(RecordItem("raw", "a", q, float(q), _frame(q, (8, 8))))
+    rec.close_all()
+    parts = recording_parts(tmp_path / "a.nxs")
+    small = next(p for p in parts if _shape(p) == (8, 8))
+    with caplog.at_level(logging.WARNING):
+        got, side = _raw_npy(tmp_path / "a.nxs", tmp_path / "all.npy")
+    assert side["frame_numbers"] == list(range(8)) and small.name in caplog.text
+    np.testing.assert_array_equal(got, np.stack([_frame(q) for q in range(8)]))
+    middle = tmp_path / "a_0001.nxs"
+    with open_recording(middle) as f:
+        first_seq = int(f["raw/seq"][0])
+    got, side = _raw_npy(middle, tmp_path / "mid.npy")
+    assert side["frame_numbers"] == list(range(first_seq, 8))
+    got, side = _raw_npy(small, tmp_path / "small.npy")
+    assert side["frame_numbers"] == [8, 9] and got.shape == (2, 8, 8)
+    # `denoise PART` / `replay --offline PART` (a recording, no -d): its rows, with seq and ts
+    src = inspect_recording(middle)
+    assert src.shape == (8 - first_seq, *SHAPE)
+    index = recording_index(src)
+    assert list(index["seq"]) == list(range(first_seq, 8)) and list(index["ts"]) == list(range(first_seq, 8))
+
+
+def test_a_size_roll_never_leaves_an_empty_part_even_with_late_outputs(tmp_path: Path) -> None:
+    """A roll after any write (an output into a part reopened for late outputs, or the last raw frame)
+    opened a part with 0 raw rows, which HyperSpy cannot open."""
+    rec = _recorder(tmp_path, max_file_bytes=2_000, max_open_files=1)
+    for q in range(9):
+        rec.write(RecordItem("raw", "a", q, float(q), _frame(q)))
+    for q in range(9):  # late outputs: their parts were closed (one open file at most), so reopened
+        rec.write(RecordItem("denoised", "a", q, float(q), _frame(q).astype(np.float32)))
+    rec.close_all()
+    parts = sorted(tmp_path.glob("a*.nxs"))
+    assert len(parts) >= 3
+    raw_seqs, den_seqs = [], []
+    for p in parts:
+        with open_recording(p) as f:
+            assert len(f["raw/complete"]) > 0, f"{p.name} holds no raw frame"
+            raw_seqs += list(f["raw/seq"])
+            den_seqs += list(f["denoised/seq"]) if "denoised" in f else []
+    assert sorted(raw_seqs) == list(range(9)) and sorted(den_seqs) == list(range(9))
+
+
+@pytest.mark.timeout(240)
+def test_replay_record_dir_of_a_restart_keeps_each_seq_once_per_part(
+    tmp_path: Path, tiny_engine_dir: Path
+) -> None:
+    """The real ``sbd-stream replay REC --record-dir NEW`` (the whole pipeline) on a producer restart."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    rec = _recorder(src)
+    rec.write(RecordItem("series_start", "a", meta={"mag": 5}))
+    for run in range(2):
+        for q in range(3):
+            restart = run == 1 and q == 0
+            rec.write(RecordItem("raw", "a", q, 10.0 * run + q, _frame(10 * run + q), restart=restart))
+    rec.close_all()
+    sbd = str(Path(sys.executable).parent / "sbd-stream")
+    cmd = [
+        sbd, "replay", str(src / "a.nxs"), "--record-dir", str(tmp_path / "out"),
+        "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--batch", "2",
+        "--pixel-size", "0.06", "--dose", "125",
+    ]  # fmt: skip
+    env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "SBD_METRICS__PORT": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = set()
+    for p in recording_parts(tmp_path / "out" / "a.nxs"):
+        with open_recording(p) as f:
+            seqs = list(f["raw/seq"])
+            assert len(seqs) == len(set(seqs)), f"{p.name} holds a seq twice: {seqs}"
+            got |= {(int(f.attrs["segment"]), s) for s in seqs}
+            meta = json.loads(f.attrs["series_meta"])
+            assert meta["mag"] == 5 and meta["replay_of"] == str(src / "a.nxs")
+    assert got == {(g, s) for g in (0, 1) for s in range(3)}
