@@ -30,7 +30,9 @@ from sbd_stream.cli.options import (
 
 @app.command()
 def denoise(
-    input: Path = typer.Argument(..., help="Stack of counted frames: .h5/.hdf5, .npy or .tif/.tiff"),
+    input: Path = typer.Argument(
+        ..., help="Stack of counted frames: .h5/.hdf5/.nxs (a recording too), .npy, .tif/.tiff or .mrc"
+    ),
     output: Path = typer.Argument(..., help="HDF5 file to write (dataset 'denoised', float32 counts)"),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="HDF5 dataset holding the frames"),
     engine: Engine = "auto",
@@ -57,9 +59,10 @@ def denoise(
 ) -> None:
     """Denoise a recorded stack of counted frames into an HDF5 file (engine card in its attributes).
 
-    The detector's sampling comes from the options, else from the input's HDF5 attributes
-    (``pixel_size_A`` and ``dose_e_per_A2`` or ``counts_per_px``), else the paper's K2 (0.060 A,
-    125 e/A^2 per frame). Frames are binned to the engine's working pixel and returned at theirs.
+    The detector's sampling comes from the options, else from what the input states (HDF5 attributes
+    ``pixel_size_A`` and ``dose_e_per_A2`` or ``counts_per_px``; an ImageJ TIFF's unit and resolution;
+    an MRC voxel size), else the paper's K2 (0.060 A, 125 e/A^2 per frame), with a warning. Frames are
+    binned to the engine's working pixel and returned at theirs.
     """
     setup_logging(verbose)
     from sbd_stream.engines.base import EngineUnavailable

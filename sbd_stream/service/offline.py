@@ -19,6 +19,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.offline_plan import unstated
 from sbd_stream.sources.stacks import StackError, atomic_h5, create_output, open_stack
 
 
@@ -49,6 +50,8 @@ def denoise_file(
         if "dose_e_per_A2" in given or "counts_per_px" in given:
             sampling.pop("dose_e_per_A2", None)
             sampling.pop("counts_per_px", None)
+        if (note := unstated(sampling, given)) is not None:
+            log.warning("%s", note)
         det = DetectorSettings(**{**sampling, **given})
         d = settings or DenoiseSettings()
         try:

@@ -40,6 +40,7 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     plan_chunks,
     recording_index,
     resolve_detector,
+    unstated,
 )
 from sbd_stream.sources.stacks import StackError, open_stack
 
@@ -324,6 +325,8 @@ def denoise_distributed(
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     if scheduler not in ("local", "none") and not scheduler.startswith(("tcp://", "tls://")):
         raise ValueError(f"--scheduler must be local, none or tcp://host:port, got {scheduler!r}")
+    if (note := unstated(dict(src.sampling), detector)) is not None:
+        log.warning("%s", note)
     det = DetectorSettings(**resolve_detector(dict(src.sampling), detector)).model_dump(exclude_none=True)
     size = chunk_size(chunk_frames, batch)
     chunks = plan_chunks(src.shape[0], size, batch)

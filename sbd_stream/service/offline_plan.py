@@ -54,6 +54,23 @@ def resolve_detector(sampling: dict[str, float], given: dict[str, float | None] 
     return {**out, **given}
 
 
+def unstated(sampling: dict[str, float], given: dict[str, float | None] | None) -> str | None:
+    """What neither the input nor the options state (so the paper's K2 fills it), as a warning, or None.
+
+    An abTEM TIFF at 0.05 A (its sampling in a JSON description sbd-stream does not read) was
+    denoised at 0.060 A without a word; the warning names the flag to give.
+    """
+    have = {**sampling, **{k: v for k, v in (given or {}).items() if v is not None}}
+    missing = []
+    if "pixel_size_A" not in have:
+        missing.append("the pixel size (--pixel-size; taking 0.060 A)")
+    if "dose_e_per_A2" not in have and "counts_per_px" not in have:
+        missing.append("the dose (--dose / --counts-per-px; taking 125 e/A^2 per frame)")
+    if not missing:
+        return None
+    return f"the input does not state {' or '.join(missing)}: the paper's K2 sampling is assumed"
+
+
 def default_workers(n_chunks: int, cores: int) -> int:
     return max(1, min(cores, n_chunks))
 

@@ -194,3 +194,16 @@ def test_an_engine_no_backend_can_run_is_one_line_with_each_reason(tmp_path: Pat
         app, ["denoise", str(tmp_path / "in.npy"), str(tmp_path / "o.h5"), "--model", str(card_only)]
     )
     assert res.exit_code == 2 and "no engine backend can run" in res.output and "torch:" in res.output
+
+
+def test_a_sampling_no_one_stated_is_warned_about(tiny_engine_dir: Path, tmp_path: Path, caplog) -> None:
+    """An abTEM TIFF at 0.05 A (sampling in a description sbd-stream does not read) was denoised at the
+    paper's 0.060 A without a word."""
+    tifffile.imwrite(tmp_path / "in.tif", _counts())
+    with caplog.at_level(logging.WARNING):
+        _summary(_denoise(tmp_path / "in.tif", tmp_path / "o.h5", tiny_engine_dir))
+    assert "does not state the pixel size (--pixel-size" in caplog.text and "the dose" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _summary(_denoise(tmp_path / "in.tif", tmp_path / "o2.h5", tiny_engine_dir, "--pixel-size", "0.06"))
+    assert "--pixel-size" not in caplog.text and "does not state the dose" in caplog.text

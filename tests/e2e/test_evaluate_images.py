@@ -302,3 +302,26 @@ def test_a_recording_alone_is_refused_in_one_line(tmp_path: Path) -> None:
     src.mkdir()
     _record(src)
     _one_error_line(_run(str(src), "--pixel-size", "0.06"), "no readable clean image", "acq.nxs", "recording")
+
+
+def test_a_channel_last_series_is_read_as_images_and_an_exit_wave_is_refused(tmp_path: Path) -> None:
+    """A prismatic / MATLAB (H, W, n) defocus series was read along its first axis (600 strips of 600 x 3,
+    173 scored); a complex exit wave was scored by its real part with only numpy's ComplexWarning."""
+    from training.evaluate.clean_images import Unusable, read_file
+
+    series = np.random.default_rng(0).random((3, 64, 48)).astype(np.float32)
+    np.save(tmp_path / "last.npy", np.moveaxis(series, 0, -1))  # (64, 48, 3)
+    np.save(tmp_path / "first.npy", series)  # (3, 64, 48)
+    for name in ("last.npy", "first.npy"):
+        got = read_file(tmp_path / name)
+        assert len(got) == 3 and all(g.shape == (64, 48) for g in got)
+        np.testing.assert_array_equal(np.stack(got), series)
+    with h5py.File(tmp_path / "prismatic.h5", "w") as f:  # found without --dataset too
+        f["4DSTEM_simulation/data/realslices/HRTEM_virtual/data"] = np.moveaxis(series, 0, -1)
+    assert len(read_file(tmp_path / "prismatic.h5")) == 3
+    np.save(tmp_path / "strips.npy", np.zeros((600, 20, 3), np.float32))  # no image side >= 32 both ways
+    with pytest.raises(Unusable, match="no images"):
+        read_file(tmp_path / "strips.npy")
+    np.save(tmp_path / "psi.npy", np.ones((64, 64), np.complex64))
+    with pytest.raises(Unusable, match="complex"):
+        read_file(tmp_path / "psi.npy")

@@ -4,7 +4,9 @@ Why a rule: a folder a user points at holds what their simulator wrote and often
 export, the recording of a session). One unreadable file must not cost the whole run, and a file that is
 no clean simulation must not be scored as one. So:
 
-- TIFF / MRC / NPY: the file's array, squeezed; 2-D is one image, 3-D one image per slice.
+- TIFF / MRC / NPY: the file's array, squeezed; 2-D is one image, 3-D a stack of them, (n, H, W) or,
+  when only its last axis is shorter than 32 px, channel-last (H, W, n) as prismatic / MATLAB keep a
+  defocus series. A complex array (an exit wave, not an image) is refused.
 - HDF5 (``.h5``, ``.hdf5``, ``.nxs``): the **float** datasets that look like images (2-D, or 3-D stacks,
   both image sides >= 32 px), or only the dataset named by ``dataset`` (``--dataset``). Integer datasets
   hold detector counts, not a clean simulation, and are passed over unless named.
@@ -92,12 +94,31 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
     images: list[np.ndarray] = []
     for arr in found:
         arr = np.squeeze(arr)
+        if np.iscomplexobj(arr):  # an exit wave: its real part scored as an image looked like a result
+            raise Unusable(
+                f"a complex array ({arr.dtype}, an exit wave?): clean images are intensities; save "
+                "abs(psi)**2 after the imaging model (CTF, partial coherence)"
+            )
         if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
             raise Unusable(f"expected a 2-D image or a stack of them, got {arr.dtype} of shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise Unusable("it holds NaN or infinite values")
-        images += list(arr) if arr.ndim == 3 else [arr]
+        images += list(as_stack(arr)) if arr.ndim == 3 else [arr]
     return images
+
+
+def as_stack(arr: np.ndarray) -> np.ndarray:
+    """A 3-D array as (n, H, W): stacked along its first axis, or its last when only that one is short.
+
+    prismatic, Dr. Probe and MATLAB users keep a defocus series channel-last, (H, W, n); read along the
+    first axis, a (600, 600, 3) series became 600 "images" of 600 x 3, 173 of them scored as results.
+    Both layouts have both image sides >= ``MIN_SIDE``; an array where neither does is refused.
+    """
+    if min(arr.shape[1:]) >= MIN_SIDE:
+        return arr
+    if min(arr.shape[:2]) >= MIN_SIDE:
+        return np.moveaxis(arr, -1, 0)
+    raise Unusable(f"a 3-D array of shape {arr.shape} holds no images of >= {MIN_SIDE} px a side")
 
 
 def _read_hdf5(path: Path, dataset: str | None) -> list[np.ndarray]:
@@ -140,7 +161,7 @@ def _looks_clean(obj: Any) -> bool:
         isinstance(obj, h5py.Dataset)
         and obj.dtype.kind == "f"
         and obj.ndim in (2, 3)
-        and min(obj.shape[-2:]) >= MIN_SIDE
+        and (min(obj.shape[-2:]) >= MIN_SIDE or min(obj.shape[:2]) >= MIN_SIDE)  # (n,H,W) or (H,W,n)
     )
 
 

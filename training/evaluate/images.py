@@ -190,6 +190,13 @@ def evaluate_images(
                 }
             )
             log(_line(rows[-1]))
+            frac = rows[-1]["fractions"]
+            if d == 0 and frac.get("support", 0.0) == 0.0 and frac.get("particle", 0.0) > 0.5:
+                _warn_stderr(
+                    f"{name}: no support region but {frac['particle']:.0%} particle: the support rule needs "
+                    "rows the crystal spans across the whole width (training/evaluate/regions.py); a thin or "
+                    "amorphous support with gaps in its contrast is counted as particle"
+                )
             if d == 0:
                 examples.append({"clean": clean, "noisy": noisy, "denoised": den, "regions": regions})
     if not rows:
