@@ -325,3 +325,12 @@ def test_a_channel_last_series_is_read_as_images_and_an_exit_wave_is_refused(tmp
     np.save(tmp_path / "psi.npy", np.ones((64, 64), np.complex64))
     with pytest.raises(Unusable, match="complex"):
         read_file(tmp_path / "psi.npy")
+
+
+def test_regions_without_support_but_mostly_particle_are_doubted() -> None:
+    from training.evaluate.images import region_doubt
+
+    thin = {"vacuum": 0.27, "support": 0.0, "particle": 0.73}  # the audit's 6 A amorphous carbon slab
+    assert "no support region but 73% particle" in (region_doubt("a", thin) or "")
+    assert region_doubt("b", {"vacuum": 0.18, "support": 0.71, "particle": 0.11}) is None
+    assert region_doubt("c", {"vacuum": 0.9, "support": 0.0, "particle": 0.1}) is None  # a lone particle

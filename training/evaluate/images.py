@@ -42,6 +42,18 @@ SCORE_NOTE = (
 )
 
 
+def region_doubt(name: str, fractions: dict[str, float]) -> str | None:
+    """A warning when the regions look wrong: no support but mostly "particle" is a thin or amorphous
+    support whose contrast has gaps (a 6 A carbon slab read as 0.27 / 0.00 / 0.73), scored as particle."""
+    if fractions.get("support", 0.0) == 0.0 and fractions.get("particle", 0.0) > 0.5:
+        return (
+            f"{name}: no support region but {fractions['particle']:.0%} particle: the support rule needs "
+            "rows the crystal spans across the whole width (training/evaluate/regions.py); a thin or "
+            "amorphous support with gaps in its contrast is counted as particle"
+        )
+    return None
+
+
 def _warn_stderr(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -190,13 +202,8 @@ def evaluate_images(
                 }
             )
             log(_line(rows[-1]))
-            frac = rows[-1]["fractions"]
-            if d == 0 and frac.get("support", 0.0) == 0.0 and frac.get("particle", 0.0) > 0.5:
-                _warn_stderr(
-                    f"{name}: no support region but {frac['particle']:.0%} particle: the support rule needs "
-                    "rows the crystal spans across the whole width (training/evaluate/regions.py); a thin or "
-                    "amorphous support with gaps in its contrast is counted as particle"
-                )
+            if d == 0 and (doubt := region_doubt(name, rows[-1]["fractions"])) is not None:
+                _warn_stderr(doubt)
             if d == 0:
                 examples.append({"clean": clean, "noisy": noisy, "denoised": den, "regions": regions})
     if not rows:
