@@ -207,3 +207,27 @@ def test_a_sampling_no_one_stated_is_warned_about(tiny_engine_dir: Path, tmp_pat
     with caplog.at_level(logging.WARNING):
         _summary(_denoise(tmp_path / "in.tif", tmp_path / "o2.h5", tiny_engine_dir, "--pixel-size", "0.06"))
     assert "--pixel-size" not in caplog.text and "does not state the dose" in caplog.text
+
+
+def test_abtem_tiffs_state_their_sampling_and_a_planar_series_is_frames(
+    tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    """abTEM's ``to_tiff`` keeps the sampling in a JSON description ("units": "Å"), and writes a
+    (3, H, W) defocus series as planar samples: the first ran at 0.060 A, the second was refused as a
+    colour TIFF. An ImageJ TIFF whose unit is Å (ImageJ writes it escaped) reads too."""
+    axis = {"type": "RealSpaceAxis", "sampling": 0.05, "units": "\u00c5"}
+    desc = json.dumps({"label": "intensity", "axes": {"axis_0": axis, "axis_1": {**axis, "label": "y"}}})
+    tifffile.imwrite(tmp_path / "abtem.tif", _counts(1)[0], description=desc, metadata=None)
+    s = _summary(_denoise(tmp_path / "abtem.tif", tmp_path / "o.h5", tiny_engine_dir))
+    assert s["pixel_size_A"] == pytest.approx(0.05)
+    planar = _counts(3).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "series.tif", planar, photometric="rgb", planarconfig="separate")
+    s = _summary(_denoise(tmp_path / "series.tif", tmp_path / "o2.h5", tiny_engine_dir))
+    assert s["frames"] == 3
+    tifffile.imwrite(
+        tmp_path / "ij.tif", _counts(), imagej=True, resolution=(1 / 0.12, 1 / 0.12),
+        metadata={"unit": "\\u00C5", "axes": "TYX"},  # as ImageJ itself writes Å: escaped
+    )  # fmt: skip
+    assert _summary(_denoise(tmp_path / "ij.tif", tmp_path / "o3.h5", tiny_engine_dir))["pixel_size_A"] == (
+        pytest.approx(0.12)
+    )
