@@ -46,11 +46,14 @@ from sbd_stream.invocation import invocation
 @app.command()
 def demo(
     frames: int = typer.Option(1200, min=1, help="How many frames the emulator sends (1200: 30 s at 40 Hz)"),
-    shape: str = typer.Option("1024x1024", help="Detector frame size HxW"),
+    shape: str | None = typer.Option(
+        None, help="Detector frame size HxW (default 1024x1024; a recording's own with --source)"
+    ),
     rate: float = typer.Option(40.0, help="Emulated detector frame rate (Hz)"),
     source: Path | None = typer.Option(
         None,
-        help="Simulated dataset (.h5) whose images cycle, one per frame; default: the held scene (--scene)",
+        help="Simulated dataset (.h5) whose images cycle, one per frame, or a recording whose raw counts "
+        "are re-sent at its own sampling; default: the held scene (--scene)",
     ),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use a synthetic lattice instead"),
     scene: Scene = None,
@@ -93,6 +96,10 @@ def demo(
     (the bundled scene) drifting at 0.5 A/s with slowly changing focus, as a microscope would.
     The summary reports the live lane (frames shown per second, latency to the subscriber) and the
     complete lane (raw and denoised frames read back from the recording, kept only with --record-dir).
+
+    With --source RECORDING its raw counts are re-sent as recorded, and the service is set to the
+    recording's sampling (pixel size, dose), as `emulate --source` announces it; a flag that states
+    otherwise is refused. A recording holds no clean truth, so no PSNR is reported (``psnr_note``).
     """
     import tempfile
 
@@ -100,6 +107,8 @@ def demo(
     from sbd_stream.sources.emulator import EmulatorSettings
 
     setup_logging(verbose)
+    if source is not None and not synthetic:
+        pixel_size, dose, counts_per_px = _recorded_sampling(source, shape, pixel_size, dose, counts_per_px)
     tmp = tempfile.TemporaryDirectory(prefix="sbd-demo-")  # the recording, unless --record-dir keeps it
     flags = Flags(
         pixel_size=pixel_size,
@@ -127,7 +136,7 @@ def demo(
     stages = stages_or_fail(s)
     emu_cfg = EmulatorSettings(
         endpoint="tcp://127.0.0.1:*",
-        shape=parse_shape(shape),
+        shape=parse_shape(shape or "1024x1024"),
         dose=s.detector.vacuum_counts,
         pixel_size_A=s.detector.pixel_size_A,
         rate_hz=rate,
@@ -140,6 +149,10 @@ def demo(
             else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
         ),
     )
+    if source is not None and not synthetic:
+        from sbd_stream.sources.emulator_recording import for_recording
+
+        emu_cfg, _ = for_recording(emu_cfg, shape_given=shape is not None)  # its frame size and dtype
     try:
         result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
     finally:
@@ -154,3 +167,33 @@ def demo(
         machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
         head = {"benchmark": "demo", "command": invocation("sbd-stream"), "machine": machine}
         json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
+
+
+def _recorded_sampling(
+    source: Path, shape: str | None, pixel_size: float | None, dose: float | None, counts: float | None
+) -> tuple[float | None, float | None, float | None]:
+    """(pixel size, dose, counts per px) for the service: a recording's own, else the flags unchanged.
+
+    Why: the emulator re-sends a recording's counts at the sampling they were taken at; a service left
+    at the flags' default (0.060 A, 0.45 counts) denoised a 0.12 A, 1.8-count recording at bin 4 and
+    the wrong dose. Contradicting flags end in one line, as for ``emulate --source``.
+    """
+    from sbd_stream.cli.app import fail
+    from sbd_stream.sources.emulator_recording import for_recording, recorded_layout
+    from sbd_stream.sources.emulator_settings import EmulatorSettings
+    from sbd_stream.sources.stacks import StackError
+
+    try:
+        if not source.is_file() or recorded_layout(source) is None:
+            return pixel_size, dose, counts
+        probe = EmulatorSettings(source=source, shape=parse_shape(shape or "1024x1024"))
+        cfg, _ = for_recording(
+            probe,
+            shape_given=shape is not None,
+            pixel_size_A=pixel_size,
+            dose_e_per_A2=dose,
+            counts_per_px=counts,
+        )
+    except (OSError, ValueError, StackError) as e:
+        fail(f"--source {source}: {e}")
+    return cfg.pixel_size_A, None, cfg.dose

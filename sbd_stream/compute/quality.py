@@ -25,6 +25,10 @@ def psnr(estimate: np.ndarray, truth: np.ndarray, data_range: float | None = Non
     return 10.0 * np.log10(rng**2 / mse)
 
 
+PAPER_COUNTS_PER_PX = 0.45
+"""Vacuum counts per detector pixel at which the paper's PSNR (counts clamped to [0, 1]) is defined."""
+
+
 def paper_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
     """The paper code's PSNR (utils/metrics.py): counts clamped to [0, 1], a data range of 1 count.
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from sbd_stream.compute.quality import paper_psnr, psnr
+from sbd_stream.compute.quality import PAPER_COUNTS_PER_PX, paper_psnr, psnr
 from sbd_stream.protocol import TOPIC_SERIES_START, FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.service.batch import BatchStage
 
@@ -144,9 +144,9 @@ class Collector:
         self._thread.join(5.0)
 
 
-def percentiles(values: list[float], qs: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
+def percentiles(values: list[float], qs: tuple[float, ...] = (50, 90, 99)) -> dict[str, float | None]:
     if not values:
-        return {f"p{int(q)}": float("nan") for q in qs}
+        return {f"p{int(q)}": None for q in qs}  # strict JSON: nothing observed is null, not NaN
     arr = np.asarray(values)
     return {f"p{int(q)}": float(np.percentile(arr, q)) for q in qs}
 
@@ -222,7 +222,8 @@ def run_demo(
     wall = time.perf_counter() - t0
     den = col.frames(b"denoised")
     src = FrameSource(emu_cfg)  # the truth of a frame is deterministic: scored here, not in the child
-    scores = _scores(den, src, sent, emu_cfg.first_seq)
+    scale = PAPER_COUNTS_PER_PX / float(emu_cfg.dose)  # the paper's metric is defined at 0.45 counts/px
+    scores = _scores(den, src, sent, emu_cfg.first_seq, scale)
     lanes = {"live": live_lane(den), "complete": complete_lane(settings, m, emu_cfg.acq)}
     return {
         "source": src.kind.value,
@@ -243,15 +244,22 @@ def run_demo(
         "psnr_denoised_db": _mean(scores["den"]),
         "paper_psnr_raw_db": _mean(scores["raw_paper"]),
         "paper_psnr_denoised_db": _mean(scores["den_paper"]),
+        "paper_psnr_scale": scale,
+        **({} if scores["den"] else {"psnr_note": _no_psnr_reason(src.kind.value, len(den))}),
         "denoise_overflow": int(m.value("sbd_denoise_overflow_total")),
         "workers": pipe.pool.load(wall),
     }
 
 
 def _scores(
-    den: list[Received], src: Any, sent: dict[int, np.ndarray], first_seq: int
+    den: list[Received], src: Any, sent: dict[int, np.ndarray], first_seq: int, scale: float = 1.0
 ) -> dict[str, list[float]]:
-    """Paper PSNR and PSNR of raw and denoised frames against the truth, on the scored frames."""
+    """Paper PSNR and PSNR of raw and denoised frames against the truth, on the scored frames.
+
+    The paper PSNR clamps counts to [0, 1] and is defined at its 0.45 counts per vacuum pixel, so frames
+    at another dose are scaled by ``scale`` (0.45 / vacuum counts) first, as ``evaluate-images`` and
+    ``dose-curve`` do: at 1.8 counts/px (the paper's dose at 0.12 A) every clamped pixel matched and
+    the score read ``Infinity``."""
     scores: dict[str, list[float]] = {k: [] for k in ("raw", "den", "raw_paper", "den_paper")}
     for r in den:
         if r.data is None or r.seq not in sent:
@@ -262,8 +270,8 @@ def _scores(
         raw = sent[r.seq].astype(np.float32)
         scores["den"].append(psnr(r.data, truth, data_range=float(truth.max())))
         scores["raw"].append(psnr(raw, truth, data_range=float(truth.max())))
-        scores["den_paper"].append(paper_psnr(r.data, truth))
-        scores["raw_paper"].append(paper_psnr(raw, truth))
+        scores["den_paper"].append(paper_psnr(r.data * scale, truth * scale))
+        scores["raw_paper"].append(paper_psnr(raw * scale, truth * scale))
     return scores
 
 
@@ -332,5 +340,15 @@ def complete_lane(settings: Any, m: Any, acq: str) -> dict[str, Any]:
     return out
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
+def _mean(values: list[float]) -> float | None:
+    """The mean, or None (strict JSON null) when nothing was scored or a score is not finite."""
+    m = float(np.mean(values)) if values else float("nan")
+    return m if np.isfinite(m) else None
+
+
+def _no_psnr_reason(kind: str, shown: int) -> str:
+    if kind == "recording":
+        return "no PSNR: a recording's raw counts have no clean truth to score against"
+    if shown == 0:
+        return "no PSNR: no denoised frame reached the subscriber"
+    return "no PSNR: the source gives no clean truth for the frames shown"

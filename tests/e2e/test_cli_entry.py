@@ -52,3 +52,36 @@ def test_demo_says_whether_its_recording_was_kept(tmp_path, tiny_engine_dir) -> 
         summary = json.loads(res.stdout[res.stdout.index("{") :])
         assert summary["lanes"]["complete"]["recording"]["kept"] is kept
     assert list((tmp_path / "rec").glob("*.nxs"))
+
+
+@pytest.mark.timeout(240)
+def test_demo_replays_a_recording_at_its_sampling_in_strict_json(tmp_path, tiny_engine_dir) -> None:
+    """``demo --source RECORDING``: the service runs at the recording's sampling (0.3 A, 1.8 counts/px
+    here, not the 0.060 A / 0.45 defaults), no PSNR is claimed without a clean truth (null + a note),
+    and a contradicting flag ends in one line. At 1.8 counts/px the paper PSNR of the synthetic run is
+    finite (scaled to its 0.45 counts/px; it read Infinity) and the JSON is strict."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    def strict(text: str) -> dict:
+        return json.loads(text[text.index("{") :], parse_constant=lambda t: pytest.fail(f"JSON has {t}"))
+
+    model = ["--model", str(tiny_engine_dir), "--engine", "torch", "--no-likelihood", "--rate", "50"]
+    rec = tmp_path / "rec"
+    first = ["demo", "--frames", "6", "--synthetic", "--shape", "64x64", "--pixel-size", "0.3"]
+    res = CliRunner().invoke(app, [*first, "--counts-per-px", "1.8", "--record-dir", str(rec), *model])
+    assert res.exit_code == 0, res.output
+    made = strict(res.stdout)
+    assert made["paper_psnr_denoised_db"] is not None and made["paper_psnr_scale"] == pytest.approx(0.25)
+    (recording,) = rec.glob("*.nxs")
+    res = CliRunner().invoke(app, ["demo", "--frames", "6", "--source", str(recording), *model])
+    assert res.exit_code == 0, res.output
+    again = strict(res.stdout)
+    assert again["source"] == "recording" and again["frames_denoised"] == 6
+    assert again["pixel_size_A"] == pytest.approx(0.3) and again["counts_per_px"] == pytest.approx(1.8)
+    assert again["psnr_denoised_db"] is None and "clean truth" in again["psnr_note"]
+    res = CliRunner().invoke(app, ["demo", "--source", str(recording), "--pixel-size", "0.06", *model])
+    assert res.exit_code == 2 and "recorded at 0.3 A" in res.output and "Traceback" not in res.output

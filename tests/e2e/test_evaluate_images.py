@@ -334,3 +334,24 @@ def test_regions_without_support_but_mostly_particle_are_doubted() -> None:
     assert "no support region but 73% particle" in (region_doubt("a", thin) or "")
     assert region_doubt("b", {"vacuum": 0.18, "support": 0.71, "particle": 0.11}) is None
     assert region_doubt("c", {"vacuum": 0.9, "support": 0.0, "particle": 0.1}) is None  # a lone particle
+
+
+def test_a_file_stating_another_pixel_size_is_warned_and_listed(tmp_path: Path) -> None:
+    """--pixel-size is the user's word for the folder; an MRC whose header says 0.05 A is scored at it,
+    but not silently: one warning naming the file and both values, and the JSON lists it. A file that
+    agrees (within 1 %) and one that states nothing are not listed."""
+    import mrcfile
+
+    src = _folder(tmp_path)  # frame.tif: states no pixel size
+    for name, px in (("other.mrc", 0.05), ("same.mrc", 0.0602)):
+        with mrcfile.new(src / name) as m:
+            m.set_data(_small_clean())
+            m.voxel_size = px
+    out = tmp_path / "out"
+    res = _run(str(src), "--pixel-size", "0.06", *FAST, "--out-dir", str(out))
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if "states" in ln]
+    assert len(warned) == 1 and "other.mrc" in warned[0] and "0.05 A" in warned[0] and "0.06" in warned[0]
+    listed = _strict_load(out / "evaluate_images.json")["sampling_disagreements"]
+    assert [Path(d["path"]).name for d in listed] == ["other.mrc"]
+    assert listed[0]["stated_pixel_size_A"] == pytest.approx(0.05) and listed[0]["pixel_size_A"] == 0.06

@@ -27,7 +27,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from training.evaluate.clean_images import SUFFIXES, NoCleanImages, read_images
+from training.evaluate.clean_images import (
+    SUFFIXES,
+    NoCleanImages,
+    read_images,
+    sampling_disagreements,
+    stated_pixel_sizes,
+)
 from training.evaluate.regions import REGION_NAMES, region_fractions, region_psnrs, regions_from_clean
 from training.evaluate.tables import strict, write_json
 
@@ -155,6 +161,13 @@ def evaluate_images(
     images = read_images(cfg.folder, cfg.dataset, skipped)
     for s in skipped:
         warn(f"skipped {s['path']}: {s['reason']}")
+    unread = {s["path"] for s in skipped if "path" in s}
+    disagree = sampling_disagreements(stated_pixel_sizes(cfg.folder, cfg.dataset, unread), cfg.pixel_size_A)
+    for d in disagree:
+        warn(
+            f"{d['path']} states {d['stated_pixel_size_A']:.4g} A per pixel, --pixel-size says "
+            f"{cfg.pixel_size_A:.4g} A: scored at --pixel-size; rerun with the file's value if it is right"
+        )
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
     engine_dir = engine_dir or default_engine_root() / (cfg.engine or offline_engine())
     px = cfg.detector_pixel_A
@@ -224,6 +237,7 @@ def evaluate_images(
         "rows": rows,
         "summary": _summary(rows),
         "skipped": skipped,
+        "sampling_disagreements": disagree,
     }
     return {**strict(res), "_examples": examples}
 
