@@ -95,7 +95,8 @@ class PublisherSink(Sink):
             pub.publish(TOPIC_DENOISED, h, res.denoised[i], t_recv=res.t_recv[i])
             if res.likelihood is not None and res.columns is not None:
                 ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
-                meta, table = llr_columns(res.columns[i], ev)
+                vac = None if res.vacuum is None else float(res.vacuum[i])
+                meta, table = llr_columns(res.columns[i], ev, vac)
                 # the frame's own meta passes through (detector fields, nonfinite_pixels) as on denoised
                 pub.publish(TOPIC_LLR, h, res.likelihood[i], {**h.meta, **meta}, table)
 

@@ -333,7 +333,9 @@ def test_llr_messages_say_how_many_other_frames_scored_their_columns(
     assert all(r.header.meta["n_columns"] == len(r.header.columns) for r in llr)
     # the frame's own meta passes through to llr as to denoised, the column keys added beside it
     den = {r.seq: r.header.meta for r in col.frames(b"denoised")}
-    own = {"n_columns", "columns_fields", "evidence_frames"}
+    own = {"n_columns", "columns_fields", "evidence_frames", "vacuum_counts"}
+    # the vacuum level the columns were scored against, per detector pixel of one frame (0.45 sent)
+    assert all(0.35 < r.header.meta["vacuum_counts"] < 0.55 for r in llr), [r.header.meta for r in llr]
     assert all(
         den[r.seq] and {k: v for k, v in r.header.meta.items() if k not in own} == den[r.seq] for r in llr
     )
