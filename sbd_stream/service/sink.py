@@ -21,6 +21,7 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage, llr_columns
 from sbd_stream.service.batch import BatchResult
 from sbd_stream.sinks.publisher import OutputItem, Publisher
+from sbd_stream.sinks.record_item import Recent
 from sbd_stream.sinks.recorder import Recorder, RecordItem
 from sbd_stream.supervisor import Supervisor
 
@@ -118,6 +119,11 @@ class RecorderSink(Sink):
 
     def __init__(self, recorder: Recorder, denoised: bool = True, llr: bool = True) -> None:
         self.recorder, self.denoised, self.llr = recorder, denoised, llr
+        # per acq: series_start messages seen, and that count for each series_end not yet done (FIFO).
+        # An end reaches ``series_done`` behind its series' outputs, possibly after a next series_start
+        # of the same name was recorded: the count tells the recorder it is late (RecordItem.series).
+        self._starts: Recent = Recent()
+        self._ends: Recent = Recent()
 
     def start(self) -> None:
         self.recorder.start()
@@ -127,7 +133,11 @@ class RecorderSink(Sink):
         self.recorder.record("raw", frame.header, frame.data, chunk=frame.chunk, restart=frame.seq_restart)
 
     def series_arrived(self, msg: SeriesMessage) -> None:
-        if msg.topic != TOPIC_SERIES_END:
+        acq = msg.header.acq
+        if msg.topic == TOPIC_SERIES_END:
+            self._ends[acq] = [*self._ends.get(acq, []), self._starts.get(acq, 0)]
+        else:
+            self._starts[acq] = self._starts.get(acq, 0) + 1
             h = msg.header  # what series_start announces at its top level (exposure_s, ...) is metadata too
             said = {
                 k: v for k in ("exposure_s", "n_frames", "shape", "dtype") if (v := getattr(h, k)) is not None
@@ -143,7 +153,11 @@ class RecorderSink(Sink):
 
     def series_done(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END:
-            self.recorder.submit(RecordItem("series_end", msg.header.acq))
+            acq = msg.header.acq
+            pending = self._ends.pop(acq, [])
+            if pending[1:]:
+                self._ends[acq] = pending[1:]
+            self.recorder.submit(RecordItem("series_end", acq, series=pending[0] if pending else None))
 
     def stop(self) -> None:
         self.recorder.stop()

@@ -36,6 +36,11 @@ class RecordItem:
     # a raw frame that restarted its acquisition's numbering without series_start (Frame.seq_restart):
     # it opens a new part, so no part holds one seq twice
     restart: bool = False
+    # series_end: how many series_start items of ``acq`` its producer had handed over when the end
+    # arrived. An end travels behind its series' outputs, so a next series_start (and frames) of a
+    # reused acq name may be written first; a count below the recorder's marks such a late end, which
+    # then closes nothing of the newer series (it split the newer series into two parts). None: close.
+    series: int | None = None
 
 
 class Recent(collections.OrderedDict):

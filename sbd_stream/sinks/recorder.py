@@ -14,28 +14,27 @@ What this thread decides, and why:
   (``<acq>_0001.nxs``, ...; ``sbd_record_rolls_total{reason="shape"|"dtype"}``): writing it into the
   old dataset would cast it (70000.5 stored as 65535) or fail half-way through a row. The old part
   (also after a size roll) stays open for the outputs still on their way: each denoised frame and
-  likelihood map goes to the part holding its raw frame, found by (acq, seq), not by shape (a dtype
-  roll keeps the shape; sent back to back, frame 1's output landed in the next part);
-* files are bounded: one idle for ``idle_close_s`` is closed, and at most ``max_open_files`` are open
-  (the least recently used closes first), both counted in ``sbd_record_files_closed_total``. A
-  detector that never sends ``series_end`` no longer holds hundreds of files (and their caches) open;
+  likelihood map goes to the part holding its raw frame, found by (acq, seq, ts), not by shape (a dtype
+  roll keeps the shape) nor by seq alone (a series reusing the acq name numbers from 0 again: the
+  last series' late outputs landed in the new one's part); a part reopened for late outputs never
+  takes new raw frames, and a late ``series_end`` never closes a newer series' part (``RecordItem``);
+* files are bounded (``idle_close_s``, ``max_open_files``, least recently used first; counted in
+  ``sbd_record_files_closed_total``): a detector that never sends ``series_end`` held hundreds open;
 * a raw frame that restarts its acquisition's numbering without ``series_start`` (``Frame.seq_restart``:
   a producer that came back) goes to a new part (``reason="restart"``), as a ``series_start`` does:
   otherwise one file held each ``seq`` twice and readers could not join raw and denoised on ``seq``;
 * a part is named after its run's first part and carries its ``run_uid`` and ``segment``
   (``sinks/record_runs.py``); a size roll happens before a RAW frame, never for outputs alone (a
   late output in a full part opened an empty next part, which HyperSpy cannot open);
-* denoised frames are cast to ``record.denoised_dtype`` with values beyond float16's range clipped
-  and counted, not stored as inf (``sinks/stored_dtype.py``);
+* denoised frames are cast to ``record.denoised_dtype``, beyond float16's range clipped and counted;
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
 * a disk error is counted and ends recording of that acquisition; any other exception while writing
   an item is counted by the supervisor, that acquisition's file is closed cleanly (its complete rows
   stay readable) and the next frame opens a new part. The thread never dies of one bad item.
-* with ``compression = "bitshuffle-lz4"``, raw frames are compressed by a pool of
-  ``compress_threads`` threads (``codec.compress_framed``: the filter's exact chunk) while this thread
-  writes earlier ones with ``write_direct_chunk``, strictly in queue order (at most
-  ``2 x compress_threads`` frames in flight). The file is the one the filter would have written; a
-  failed compression, or a dataset that cannot take the chunk, falls back to the filter here.
+* ``bitshuffle-lz4``: a pool of ``compress_threads`` compresses raw frames (the filter's exact chunk)
+  while this thread writes earlier ones with ``write_direct_chunk`` in queue order (at most
+  ``2 x compress_threads`` in flight); a failed compression or a dataset that cannot take the chunk
+  falls back to the filter here.
 """
 
 from __future__ import annotations
@@ -103,7 +102,8 @@ class Recorder(BackgroundWorker):
         self.failed: Recent = Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: Recent = Recent()
         self.t0: Recent = Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
-        self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq) -> the part its raw frame is in
+        self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq, ts) -> the part its raw frame is in
+        self.series_starts: Recent = Recent()  # acq -> series_start items seen (a late series_end)
         self._next_idle_check = 0.0
         # raw frames being compressed off this thread, in queue order (``_handle``)
         self._pool: ThreadPoolExecutor | None = None
@@ -229,11 +229,16 @@ class Recorder(BackgroundWorker):
                 self.metrics.record_rolls.labels(reason="series_start").inc()
             self.close(item.acq)
             self.runs.boundary(item.acq)
+            self.series_starts[item.acq] = self.series_starts.get(item.acq, 0) + 1
             self.failed.pop(item.acq, None)
             self.series_meta[item.acq] = item.meta
             self.t0.pop(item.acq, None)
             return
         if item.kind == "series_end":
+            if item.series is not None and item.series < self.series_starts.get(item.acq, 0):
+                if (late := self.previous.pop(item.acq, None)) is not None:  # its own part, reopened
+                    self._shut(late)
+                return  # the newer series' part and time origin stay
             self.close(item.acq)
             self.t0.pop(item.acq, None)
             return
@@ -259,7 +264,7 @@ class Recorder(BackgroundWorker):
             if af.append(item.kind, item.seq, item.ts, item.data, chunk) and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if item.kind == "raw":
-                self.raw_part[(item.acq, item.seq)] = af.path
+                self.raw_part[(item.acq, item.seq, item.ts)] = af.path
             if af.since_flush >= self.s.flush_every:
                 af.flush()
                 if os.path.getsize(af.path) >= self.s.max_file_bytes and self.files.get(item.acq) is af:
@@ -285,7 +290,7 @@ class Recorder(BackgroundWorker):
                 return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
             return af
         # outputs: the part holding their raw frame (by shape only when that frame is forgotten)
-        path = self.raw_part.get((item.acq, item.seq))
+        path = self.raw_part.get((item.acq, item.seq, item.ts))
         for cand in (af, self.previous.get(item.acq)):
             if cand is not None and (cand.path == path if path is not None else cand.shape == shape):
                 return cand
@@ -302,15 +307,10 @@ class Recorder(BackgroundWorker):
                 continue
             self._make_room()
             af = AcqFile.reopen(path, self.s)
-            current = self.files.get(acq)
-            if current is None:
-                self.files[acq] = af
-                self.full.discard(acq)
-            else:
-                before = self.previous.pop(acq, None)
-                if before is not None:
-                    self._shut(before)
-                self.previous[acq] = af
+            before = self.previous.pop(acq, None)  # for outputs only: new raw frames open their own part
+            if before is not None:
+                self._shut(before)
+            self.previous[acq] = af
             self._gauge()
             log.debug("reopened %s for late outputs of %s", path, acq)
             return af

@@ -245,3 +245,77 @@ def test_replay_record_dir_of_a_restart_keeps_each_seq_once_per_part(
             meta = json.loads(f.attrs["series_meta"])
             assert meta["mag"] == 5 and meta["replay_of"] == str(src / "a.nxs")
     assert got == {(g, s) for g in (0, 1) for s in range(3)}
+
+
+def test_a_reused_acquisition_name_keeps_each_series_outputs_and_parts_apart(tmp_path: Path) -> None:
+    """Two series under one ``acq`` name, both numbered from 0, sent back to back: the service hands
+    series B's ``series_start`` and raw frames to the recorder on arrival, but series A's late outputs
+    (the complete lane) and A's ``series_end`` only after A's frames are denoised. A's outputs must land
+    in A's part (they landed in B's, under B's seq 2 and 3), and A's late ``series_end`` must not close
+    B's part (B was split into two parts)."""
+    rec = _recorder(tmp_path)
+    a = [np.full(SHAPE, 1, np.uint16) * q for q in range(4)]  # A's frames: q counts everywhere
+    b = [np.full(SHAPE, 100, np.uint16) + q for q in range(6)]  # B's: 100 + q
+    ts_a, ts_b = 1000.0, 2000.0
+
+    def out(seq: int, ts: float, raw: np.ndarray) -> RecordItem:  # the "denoised" frame: its raw, + 0.5
+        return RecordItem("denoised", "live", seq, ts, raw.astype(np.float32) + 0.5)
+
+    rec.write(RecordItem("series_start", "live"))
+    for q in range(4):
+        rec.write(RecordItem("raw", "live", q, ts_a + q, a[q]))
+    rec.write(out(0, ts_a, a[0]))
+    rec.write(out(1, ts_a + 1, a[1]))
+    rec.write(RecordItem("series_start", "live"))  # B arrives while A's frames 2, 3 are still denoised
+    for q in range(4):
+        rec.write(RecordItem("raw", "live", q, ts_b + q, b[q]))
+    rec.write(out(2, ts_a + 2, a[2]))  # A's late outputs
+    rec.write(out(3, ts_a + 3, a[3]))
+    rec.write(RecordItem("series_end", "live", series=1))  # A's end, after its outputs
+    for q in range(4):
+        rec.write(out(q, ts_b + q, b[q]))
+    for q in range(4, 6):
+        rec.write(RecordItem("raw", "live", q, ts_b + q, b[q]))
+        rec.write(out(q, ts_b + q, b[q]))
+    rec.write(RecordItem("series_end", "live", series=2))
+    rec.close_all()
+    parts = recording_parts(tmp_path / "live.nxs")
+    assert len(parts) == 2, [p.name for p in parts]  # A, then B in one part
+    for part, frames in zip(parts, (a, b), strict=True):
+        with open_recording(part) as f:
+            raw = {int(q): f["raw/frames"][i] for i, q in enumerate(f["raw/seq"][:])}
+            den = [(int(q), f["denoised/frames"][i]) for i, q in enumerate(f["denoised/seq"][:])]
+        assert sorted(raw) == list(range(len(frames)))
+        assert sorted(q for q, _ in den) == list(range(len(frames))), [q for q, _ in den]  # each once
+        for q, d in den:
+            np.testing.assert_array_equal(d, frames[q].astype(np.float32) + 0.5)
+
+
+def test_the_recorder_sink_tells_the_recorder_which_series_an_end_closes(tmp_path: Path) -> None:
+    """The service's half of the above: series_start / series_end messages reach the sink on arrival,
+    the end again (``series_done``) only after its series' outputs. The sink hands the recorder each
+    end with the number of starts seen when it arrived, so A's end, done after B's start, reads 1."""
+    from sbd_stream.protocol import TOPIC_SERIES_END, SeriesHeader
+    from sbd_stream.service.sink import RecorderSink
+
+    rec = _recorder(tmp_path)
+    sink = RecorderSink(rec)
+
+    def msg(topic: bytes) -> SeriesMessage:
+        return SeriesMessage(topic, SeriesHeader("live", 0.0))
+
+    sink.series_arrived(msg(TOPIC_SERIES_START))  # A
+    sink.series_arrived(msg(TOPIC_SERIES_END))
+    sink.series_arrived(msg(TOPIC_SERIES_START))  # B arrives before A's frames are all denoised
+    sink.series_done(msg(TOPIC_SERIES_END))  # A's end
+    sink.series_arrived(msg(TOPIC_SERIES_END))
+    sink.series_done(msg(TOPIC_SERIES_END))  # B's end
+    sink.series_done(msg(TOPIC_SERIES_END))  # an end that never arrived as such: closes, as before
+    items = [rec.queue.get_nowait() for _ in range(len(rec.queue))]
+    assert [(i.kind, i.series) for i in items] == [
+        ("series_start", None),
+        ("series_start", None),
+        ("series_end", 1),
+        ("series_end", 2),
+        ("series_end", None),
+    ]
