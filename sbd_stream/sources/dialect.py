@@ -106,8 +106,9 @@ class Emitter:
             log.debug("dropped malformed input (%s): %s", reason, what)
             return
         self._reported.add(reason)
+        docs = "docs/dectris.md" if what.startswith("dectris") else "docs/wire-format.md"
         log.warning(
             "dropped malformed input (%s): %s. Counted in sbd_frames_malformed_total{reason=\"%s\"} "
-            "(reasons: docs/wire-format.md); further %s messages are logged at DEBUG only",
-            reason, what, reason, reason,
+            "(reasons: %s); further %s messages are logged at DEBUG only",
+            reason, what, reason, docs, reason,
         )  # fmt: skip

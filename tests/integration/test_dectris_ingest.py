@@ -117,8 +117,9 @@ def test_inactivity_timeout_closes_a_series_without_end() -> None:
     assert sink.events()[-1] == ("series_end", "dectris-3", "timeout")
     assert val(ing, "sbd_dectris_series_timeouts_total") == 1
     assert not ing.check_timeout(t + 10)  # nothing open any more
-    ing.handle(v1_frame(frames(1)[0], 3, 1))  # the tail of the timed-out series is stale
-    assert len(sink.frames) == 1 and val(ing, "sbd_dectris_stale_messages_total") == 1
+    ing.handle(v1_frame(frames(1)[0], 3, 1))  # the tail of the timed-out series resumes it (not stale)
+    assert len(sink.frames) == 2 and val(ing, "sbd_dectris_stale_messages_total") == 0
+    assert sink.events()[-1] == ("series_start", "dectris-3", None)
 
 
 def test_join_mid_series_and_restart_with_the_same_series_id() -> None:
@@ -273,3 +274,52 @@ def test_a_configuration_holding_infinity_is_refused_at_the_edge_and_its_frames_
     assert ing.metrics.value("sbd_frames_malformed_total", {"reason": "bad_meta"}) == 1
     assert [s.topic for s in sink.series] == [b"series_end"]  # the start never reached the pipeline
     assert [f.header.seq for f in sink.frames] == [0, 1]
+
+
+def test_a_series_paused_past_the_timeout_resumes_and_loses_no_frame() -> None:
+    """An externally triggered series (nimages 2 x ntrigger 3) whose next trigger comes after
+    ``series_timeout_s``: the timeout closes it, and its next frame reopens it (``meta.resumed``) with its
+    numbering kept; the frames were dropped as stale before, raw counts included."""
+    ing, sink = make()
+    header, config = v1_header(42, {"nimages": 2, "ntrigger": 3})
+    ing.handle([header, config])
+    data = frames(6)
+    for i in range(2):
+        ing.handle(v1_frame(data[i], 42, i))
+    assert ing.check_timeout(time.monotonic() + 60.0)  # the trigger is late
+    for i in range(2, 6):
+        ing.handle(v1_frame(data[i], 42, i))
+    ing.handle(v1_end(42))
+    assert [f.header.seq for f in sink.frames] == list(range(6))
+    kinds = [(s.topic, s.header.meta.get("end_reason"), s.header.meta.get("resumed")) for s in sink.series]
+    assert kinds == [
+        (b"series_start", None, None),
+        (b"series_end", "timeout", None),
+        (b"series_start", None, True),
+        (b"series_end", "series_end", None),
+    ]
+    assert sink.series[-1].header.n_frames == 6 and sink.series[2].header.n_frames == 6
+    assert val(ing, "sbd_dectris_series_resumed_total") == 1
+    assert val(ing, "sbd_dectris_stale_messages_total") == 0
+    assert val(ing, "sbd_frames_missing_total") == 0 and val(ing, "sbd_sequence_gaps_total") == 0
+    # a series another one opened after stays stale: its late frame is not resumed
+    ing.handle(v1_header(43, {"nimages": 1, "ntrigger": 1}))
+    ing.handle(v1_frame(data[0], 42, 6))
+    assert val(ing, "sbd_dectris_stale_messages_total") == 1 and len(sink.frames) == 6
+
+
+def test_a_v2_start_holding_infinity_is_refused_as_bad_meta_like_v1() -> None:
+    """``count_time = inf`` in a stream v2 start: counted as ``bad_meta`` and no series_start reaches
+    the pipeline, as for a v1 configuration; its frames still flow. It was silently dropped from the
+    metadata before."""
+    import cbor2
+
+    from sbd_stream.sources.dectris.messages import SELF_DESCRIBED_CBOR
+
+    ing, sink = make("dectris-stream-v2")
+    start = {"type": "start", "series_id": 3, "series_unique_id": "u3", "number_of_images": 1}
+    ing.handle([SELF_DESCRIBED_CBOR + cbor2.dumps({**start, "count_time": float("inf")})])
+    ing.handle([v2_image(frames(1)[0], 3, "u3", 0)])
+    ing.handle([v2_end(3, "u3")])
+    assert ing.metrics.value("sbd_frames_malformed_total", {"reason": "bad_meta"}) == 1
+    assert [s.topic for s in sink.series] == [b"series_end"] and len(sink.frames) == 1

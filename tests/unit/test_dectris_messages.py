@@ -286,3 +286,20 @@ def test_direct_chunk_append_reads_back_like_a_recompressed_frame(tmp_path) -> N
             codec.append_chunk(ds, m.chunk)
     with h5py.File(tmp_path / "r.h5", "r") as f:
         np.testing.assert_array_equal(f["frames"][:], np.stack(arrs))
+
+
+def test_v2_messages_with_the_self_described_cbor_tag_decode_as_without() -> None:
+    """Every stream v2 message a DCU sends starts with tag 55799 (``d9 d9 f7``); cbor2 returns such a map
+    as a ``frozendict``, and every real message was refused as ``bad_cbor`` (audit, against DECTRIS's
+    published captures). The builders now send it, as a DCU does; both forms decode alike."""
+    from sbd_stream.sources.dectris.messages import SELF_DESCRIBED_CBOR
+
+    arr = frame("uint16")
+    msgs = [v2_start(7, "abc-7", (H, W), "uint16", 1), v2_image(arr, 7, "abc-7", 0), v2_end(7, "abc-7")]
+    assert all(m.startswith(SELF_DESCRIBED_CBOR) for m in msgs)
+    for m in msgs:
+        tagged, plain = decode_stream_v2([m]), decode_stream_v2([m[len(SELF_DESCRIBED_CBOR) :]])
+        assert [(x.topic, x.header) for x in tagged] == [(x.topic, x.header) for x in plain]
+    (image,) = decode_stream_v2([msgs[1]])
+    np.testing.assert_array_equal(image.data, arr)
+    assert decode_stream_v2([msgs[0]])[0].header.meta["channels"] == ["threshold_1"]

@@ -67,6 +67,12 @@ class DectrisMetrics:
         self.superseded = Counter(
             "sbd_dectris_series_superseded", "Series closed because a new one started first", registry=r
         )
+        self.resumed = Counter(
+            "sbd_dectris_series_resumed",
+            "Series the inactivity timeout closed, reopened by their next frame (an externally triggered "
+            "series waiting for its trigger)",
+            registry=r,
+        )
 
     @classmethod
     def of(cls, metrics: Metrics) -> DectrisMetrics:
@@ -88,17 +94,34 @@ class SeriesState:
         self.tracker = SequenceTracker()
         self.closed: collections.deque[str] = collections.deque(maxlen=remember)
         self.last_activity = time.monotonic()
+        # the series the inactivity timeout closed last, while nothing else opened since: (acq, series,
+        # expected, received). Its next frame resumes it (with its continuity) instead of being stale
+        self.paused: tuple[str, int | None, int | None, int] | None = None
 
     def open(self, acq: str, series: int | None, expected: int | None) -> None:
         self.acq, self.series, self.expected, self.received = acq, series, expected, 0
         self.tracker.reset(acq)
+        self.paused = None
         if acq in self.closed:  # a restarted sender may reuse the id: a new start makes it current
             self.closed.remove(acq)
 
-    def close(self) -> None:
+    def close(self, reason: str = "series_end") -> None:
         if self.acq is not None:
             self.closed.append(self.acq)
+            paused = (self.acq, self.series, self.expected, self.received)
+            self.paused = paused if reason == "timeout" else None
         self.acq = self.series = self.expected = None
+
+    def resume(self, acq: str) -> bool:
+        """Reopen ``acq`` if it is the series the timeout closed last (nothing opened since); the
+        sequence tracker still holds its numbering, so no frame counts as missing or late."""
+        if self.acq is not None or self.paused is None or self.paused[0] != acq:
+            return False
+        self.acq, self.series, self.expected, self.received = self.paused
+        self.paused = None
+        if acq in self.closed:
+            self.closed.remove(acq)
+        return True
 
 
 class DectrisDialect:
@@ -164,7 +187,7 @@ class DectrisDialect:
         if st.expected is not None:
             meta["frames_expected"] = st.expected
         acq, n = st.acq, st.received
-        st.close()
+        st.close(reason)
         self._emit_series(TOPIC_SERIES_END, acq, meta, n)
 
     def _series(self, msg: SeriesMessage) -> None:
@@ -184,9 +207,19 @@ class DectrisDialect:
 
     def _frame(self, msg: FrameMessage, t0: float) -> None:
         st, h = self.state, msg.header
+        if st.acq != h.acq and st.resume(h.acq):
+            # a series only paused (an external trigger came late): its frames are valid data, not stale
+            self.dm.resumed.inc()
+            log.warning(
+                "series %s: a frame after the %.1f s inactivity timeout closed it; reopened (meta.resumed)",
+                h.acq,
+                self.settings.series_timeout_s,
+            )
+            meta = {"series": st.series, "resumed": True}
+            self._emit_series(TOPIC_SERIES_START, h.acq, meta, st.expected)
         if st.acq != h.acq:
             if h.acq in st.closed:
-                self.dm.stale.inc()  # queued behind its series' end, or a timed-out series' tail
+                self.dm.stale.inc()  # queued behind its series' end, or superseded by a newer series
                 return
             if st.acq is not None:
                 self.dm.superseded.inc()

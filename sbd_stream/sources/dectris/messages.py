@@ -73,9 +73,12 @@ def _no_constant(name: str) -> Any:
 
 
 def _scalar_ok(v: Any) -> bool:
+    """A start field kept as metadata. Non-finite numbers are kept too, so that the edge refuses the
+    start as ``bad_meta`` as it does a v1 configuration with ``1e400`` (dropping them silently left a
+    v2 start with ``count_time = inf`` recorded without its count time)."""
     if isinstance(v, str):
         return len(v) <= 256
-    return _is_num(v) or isinstance(v, bool)
+    return isinstance(v, int | float)  # bool included
 
 
 def _json(part: Any, what: str) -> dict[str, Any]:
@@ -247,12 +250,20 @@ class StreamV1Decoder:
 # --- stream v2 -----------------------------------------------------------------------------------
 
 
+SELF_DESCRIBED_CBOR = b"\xd9\xd9\xf7"
+"""Tag 55799, "self-described CBOR" (RFC 8949 3.4.6): every stream v2 message a DCU sends starts with
+it. cbor2 returns a tagged map as a read-only ``frozendict`` (nested maps too), which is no ``dict``:
+every real message was refused as ``bad_cbor``. The tag means nothing else, so it is stripped."""
+
+
 def _cbor(part: Any, max_bytes: int) -> dict[str, Any]:
     import cbor2
 
     mv = _as_buffer(part)
     if len(mv) > max_bytes:
         raise ProtocolError("too_large", f"{len(mv)} > {max_bytes}")
+    if bytes(mv[:3]) == SELF_DESCRIBED_CBOR:
+        mv = mv[3:]
     try:
         obj = cbor2.loads(mv)  # unknown tags stay CBORTag objects; nothing is decompressed here
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:

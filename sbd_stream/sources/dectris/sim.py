@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.formats.dectris_codec import compress_framed, compress_lz4_block
+from sbd_stream.sources.dectris.messages import SELF_DESCRIBED_CBOR
 
 V1_BS = {1: "bs8-lz4<", 2: "bs16-lz4<", 4: "bs32-lz4<"}
 
@@ -121,7 +122,7 @@ _V2_TAG = {"uint8": 64, "uint16": 69, "uint32": 70, "float16": 84, "float32": 85
 def v2_start(series: int, unique_id: str, shape: tuple[int, int], dtype: Any, n_images: int) -> bytes:
     import cbor2
 
-    return cbor2.dumps(
+    return SELF_DESCRIBED_CBOR + cbor2.dumps(  # as a DCU sends every message
         {
             "type": "start",
             "series_id": series,
@@ -151,7 +152,7 @@ def v2_image(
     else:
         content = arr.tobytes()
     typed = cbor2.CBORTag(_V2_TAG[arr.dtype.name], content)
-    return cbor2.dumps(
+    return SELF_DESCRIBED_CBOR + cbor2.dumps(
         {
             "type": "image",
             "series_id": series,
@@ -168,4 +169,5 @@ def v2_image(
 def v2_end(series: int, unique_id: str) -> bytes:
     import cbor2
 
-    return cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": unique_id})
+    end = {"type": "end", "series_id": series, "series_unique_id": unique_id}
+    return SELF_DESCRIBED_CBOR + cbor2.dumps(end)
