@@ -73,6 +73,10 @@ class EngineCard(BaseModel):
     @model_validator(mode="after")
     def _dose_consistent(self) -> EngineCard:
         """Counts per working pixel in vacuum follow from dose per area and pixel size; they must agree."""
+        if self.dose_e_per_A2 is None and self.pixel_size_A is not None and self.normalisation.kind == "dose":
+            # a card that states its working pixel and counts but no dose per area (sbd-unet4-default:
+            # 0.45 counts at 0.155 A) has one all the same; `info` showed null and no dose check ran
+            self.dose_e_per_A2 = self.normalisation.dose / self.pixel_size_A**2
         if self.dose_e_per_A2 is not None and self.pixel_size_A is not None:
             expected = self.dose_e_per_A2 * self.pixel_size_A**2
             if abs(expected / self.normalisation.dose - 1) > 0.02:

@@ -219,6 +219,21 @@ class AcqFile:
         except Exception:
             log.warning("closing %s failed", self.path, exc_info=True)
 
+    def abandon(self) -> None:
+        """Give up a part whose write failed (disk full, quota, I/O error) WITHOUT closing it, for good.
+
+        Why: after HDF5 failed to write, closing the file fails half-way ("Can't decrement id ref
+        count"), and when Python later frees the half-closed objects libhdf5 crashes the whole process
+        (a segfault under ``ulimit -f``: live lane, publisher and metrics gone with the recording, and
+        again at exit). So this object (and the h5py file and datasets it holds) gets one extra
+        reference that is never released: never freed, not even at interpreter exit. A bounded leak:
+        one open file and its caches per failed part, and a failure ends that acquisition's recording.
+        """
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(self))
+        log.warning("left %s open after its write failed (closing it could crash the process)", self.path)
+
 
 _ONE = h5py.h5s.create_simple((1,))
 

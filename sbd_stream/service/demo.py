@@ -216,7 +216,11 @@ def run_demo(
         emu.close()
         t_acq = time.perf_counter() - t0
         if status is not None and pipe.pool.backlog:
-            status(f"acquisition over: the complete lane denoises {len(pipe.pool.backlog)} skipped frames")
+            held, queued = len(pipe.pool.backlog), len(pipe.denoise_q)  # queued ones may be skipped too
+            status(
+                f"acquisition over: the complete lane denoises the {held} skipped frames it holds"
+                + (f" (and any of the {queued} still queued that the live lane skips)" if queued else "")
+            )
         pipe.stop()  # the complete lane finishes its backlog before the recorder closes
         col.close()
     wall = time.perf_counter() - t0

@@ -28,9 +28,9 @@ What this thread decides, and why:
   late output in a full part opened an empty next part, which HyperSpy cannot open);
 * denoised frames are cast to ``record.denoised_dtype``, beyond float16's range clipped and counted;
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
-* a disk error is counted and ends recording of that acquisition; any other exception while writing
-  an item is counted by the supervisor, that acquisition's file is closed cleanly (its complete rows
-  stay readable) and the next frame opens a new part. The thread never dies of one bad item.
+* a disk error is counted and ends recording of that acquisition (its file abandoned, never closed:
+  ``AcqFile.abandon``); any other exception while writing an item is counted by the supervisor, the
+  file is closed cleanly and the next frame opens a new part. The thread never dies of one bad item.
 * ``bitshuffle-lz4``: a pool of ``compress_threads`` compresses raw frames (the filter's exact chunk)
   while this thread writes earlier ones with ``write_direct_chunk`` in queue order (at most
   ``2 x compress_threads`` in flight); a failed compression or a dataset that cannot take the chunk
@@ -189,12 +189,8 @@ class Recorder(BackgroundWorker):
                 try:
                     chunk = fut.result()
                 except Exception:  # the HDF5 filter compresses it on this thread instead
-                    log.warning(
-                        "compressing %s frame %s failed; the filter compresses it",
-                        item.acq,
-                        item.seq,
-                        exc_info=True,
-                    )
+                    msg = "compressing %s frame %s failed; the filter compresses it"
+                    log.warning(msg, item.acq, item.seq, exc_info=True)
             self.supervisor.call(self.stage, self.write, item, chunk, on_error=self._quarantine)
 
     def _quarantine(self, item: RecordItem, exc: Exception) -> None:
@@ -395,6 +391,9 @@ class Recorder(BackgroundWorker):
             af.flush()
         except (OSError, RuntimeError, ValueError) as exc:
             log.warning("flushing %s failed: %s", af.path, exc)
+            af.abandon()
+            self._gauge()
+            return
         af.close()
         self._remember_closed(af)
         self._gauge()
@@ -425,7 +424,7 @@ class Recorder(BackgroundWorker):
         for table in (self.files, self.previous):
             af = table.pop(acq, None)
             if af is not None:
-                af.close()
+                af.abandon()  # never close a file HDF5 failed to write: freeing it crashed the process
         self._gauge()
 
     def close(self, acq: str) -> None:

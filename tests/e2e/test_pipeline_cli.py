@@ -80,3 +80,49 @@ def test_cli_help_lists_the_service_commands() -> None:
     assert r.returncode == 0
     for cmd in ("serve", "replay", "emulate", "demo"):
         assert cmd in r.stdout
+
+
+@pytest.mark.timeout(180)
+def test_serve_survives_a_recording_write_error_and_exits_cleanly(
+    tmp_path: Path, tiny_engine_dir: Path
+) -> None:
+    """A write that HDF5 cannot complete (here a file-size limit, ``ulimit -f``: EFBIG, as a quota or a
+    disk filled between the free-space check and the write) stops that recording, is counted, and
+    denoising and publishing go on. Closing the failed file and freeing it later crashed libhdf5: the
+    whole service died with status 139 (audit), mid-run and again at exit."""
+    import resource
+
+    def limit_file_size() -> None:  # in the child: Python ignores SIGXFSZ, so writes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    ctx = zmq.Context.instance()
+    emu = Emulator(
+        EmulatorSettings(
+            endpoint="tcp://127.0.0.1:*", shape=(128, 128), n_frames=40, rate_hz=50, wait_subscriber_s=60
+        ),
+        ctx,
+    )
+    metrics_port = _port(ctx)
+    cmd = [
+        SBD, "serve",
+        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+        "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
+    ]  # fmt: skip
+    env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_file_size
+    )
+    try:
+        assert emu.run() == 40
+        assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_denoised_total") == 40, 60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        emu.close()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out[out.index("{") :])
+    assert summary["frames_denoised"] == 40 and summary["record_dropped"] > 0
+    assert "recording of" in err and "stopped" in err and "Segmentation fault" not in err

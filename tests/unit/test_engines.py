@@ -203,3 +203,12 @@ def test_live_service_takes_the_fast_engine_on_a_cpu() -> None:
     assert (default_engine_root() / FAST_ENGINE / "card.json").is_file()
     stage = load_stage(ServiceSettings(denoise={"engine": "onnxruntime", "device": "cpu"}))
     assert stage.denoiser.engine.card.name == FAST_ENGINE
+
+
+def test_a_card_with_pixel_and_counts_but_no_dose_per_area_states_one() -> None:
+    """The shipped ``sbd-unet4-default`` card states 0.45 counts per 0.155 A working pixel and no dose per
+    area: it is 0.45 / 0.155^2 = 18.7 e/A^2 (``info`` showed null and no dose check ran)."""
+    from sbd_stream.engines.card import default_engine_root, load_card
+
+    card = load_card(default_engine_root() / "sbd-unet4-default")
+    assert card.dose_e_per_A2 == pytest.approx(0.45 / card.pixel_size_A**2) and 18 < card.dose_e_per_A2 < 19.5
