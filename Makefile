@@ -10,8 +10,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# the CPU build of torch (an unpinned torch would pull a multi-GB CUDA build)
-	$(PY) -m pip install -q torch==2.13.0
+	# the CPU build of torch: PyPI's plain torch==2.13.0 is the CUDA build (+18 nvidia-* wheels, GBs).
+	# First a local +cpu wheel from the configured indexes / find-links (offline mirrors); failing that,
+	# PyTorch's CPU index (on PyPI alone the first command's resolution error is expected). pyproject's
+	# torch==2.13.0 then accepts the installed 2.13.0+cpu as it is.
+	$(PY) -m pip install -q 'torch==2.13.0+cpu' || \
+		$(PY) -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install -q -e '.[dev,train]'
 	rm -f $(VENV)/.installed-*
 	touch $@

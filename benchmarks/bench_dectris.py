@@ -9,6 +9,7 @@ Measures, on this machine:
     of the detector's chunk.
 
 Run:  python -m benchmarks.bench_dectris [--frames 40] [--dtype uint16]
+(writes results/dectris.json; ``--dtype uint8`` writes results/dectris_uint8.json; ``--out`` elsewhere)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import threading
@@ -147,16 +149,25 @@ def _record(pool: list[np.ndarray], n: int = 8) -> list[dict]:
     return res
 
 
+def default_out(dtype: str) -> Path:
+    """One results file per dtype, so that the uint8 run does not overwrite the uint16 one README shows
+    beside it."""
+    name = "dectris.json" if dtype == "uint16" else f"dectris_{dtype}.json"
+    return Path(__file__).parent / "results" / name
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=80)
     ap.add_argument("--dtype", default="uint16", choices=["uint8", "uint16"])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dectris.json")
+    ap.add_argument("--out", type=Path, help="default: results/dectris.json (uint16), dectris_uint8.json")
     a = ap.parse_args(argv)
+    out = a.out or default_out(a.dtype)
     pool = _pool(a.dtype)
     chunk_len = len(codec.compress_framed(pool[0], "bslz4"))
     result = {
-        "command": f"{CMD} --frames {a.frames} --dtype {a.dtype}",
+        "command": f"{CMD} --frames {a.frames} --dtype {a.dtype}"
+        + (f" --out {shlex.quote(str(a.out))}" if a.out else ""),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
         "frame": {"shape": list(K2), "dtype": a.dtype, "bytes": pool[0].nbytes, "bslz4_bytes": chunk_len},
         "codec_backends": codec.backends(),
@@ -164,8 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
         "decompress": _decompress(pool),
         "record": _record(pool),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     f = result["frame"]
     mb, cmb = f["bytes"] / 1e6, f["bslz4_bytes"] / 1e6
     print(f"K2 frame {f['shape']} {f['dtype']}: {mb:.1f} MB raw, {cmb:.2f} MB bslz4")
@@ -181,7 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     for r in result["record"]:
         print(f"record [{r['mode']}]: {r['ms_per_frame']:.1f} ms/frame ({r['frames_per_s']:.0f} frames/s)")
-    print(f"wrote {a.out}")
+    if "dectris" not in result["codec_backends"]:
+        print(
+            "decompress bslz4 [dectris]: n/a "
+            "(optional dectris-compression not installed: pip install '.[dectris]')"
+        )
+    print(f"wrote {out}")
     return result
 
 

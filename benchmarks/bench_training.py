@@ -1,11 +1,13 @@
 """Training and inference cost on this machine: train-step throughput per preset, 1024^2 frame latency.
 
-Run: ``python -m benchmarks.bench_training`` (writes benchmarks/results/bench_training.json). Numbers on
+Run: ``python -m benchmarks.bench_training`` (writes benchmarks/results/bench_training.json;
+``--onnx-sweep``: the ONNX channel sweep, bench_onnx_channels.json; ``--help``). Numbers on
 a shared 2-core machine move with the load; the JSON records the load average next to each number.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import table
 from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
 from training.train.network import build_network
 from training.train.presets import preset_config
@@ -131,32 +135,34 @@ def onnx_channel_sweep(
     return out
 
 
-def main() -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    """A parser, so that ``--help`` or a typo stops before a minute of measuring and never overwrites the
+    committed results."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--onnx-sweep",
+        action="store_true",
+        help="instead: ONNX Runtime ms per 256^2 frame for 4-scale UNets of 8 / 12 / 16 channels "
+        "(writes results/bench_onnx_channels.json)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="results file (default: under results/)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _args(argv)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    if "--onnx-sweep" in sys.argv:
+    command = "python -m " + invocation("benchmarks.bench_training", argv)
+    if a.onnx_sweep:
         sweep = onnx_channel_sweep()
-        path = OUT.with_name("bench_onnx_channels.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "command": "python -m benchmarks.bench_training --onnx-sweep",
-                    "cpus": os.cpu_count(),
-                    "rows": sweep,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        for r in sweep:
-            print(
-                f"UNet4 c{r['channels']:<3} {r['parameters']:>7} params: {r['ms_per_frame_median']:.1f} ms / "
-                f"{r['frame']}^2 frame (best {r['ms_per_frame_best']:.1f}; batch {r['batch']}, "
-                f"{r['threads']} threads, load {r['load_avg']:.1f})"
-            )
+        path = a.out or OUT.with_name("bench_onnx_channels.json")
+        _write(path, {"command": command, "cpus": os.cpu_count(), "rows": sweep})
+        cols = ["channels", "parameters", "frame", "batch", "threads", "ms_per_frame_median"]
+        print(table(sweep, [*cols, "ms_per_frame_best", "frames_per_s", "load_avg"]))
+        print(f"wrote {path}", file=sys.stderr)
         return
     res = {
-        "command": "python -m benchmarks.bench_training",
+        "command": command,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -166,19 +172,23 @@ def main() -> None:
         "train_step": [train_step_rate(p) for p in ("default", "fov53", "fov1013", "small_unet", "dncnn")],
         "frame_latency": [frame_latency(k) for k in ("onnxruntime", "torch")] if ENGINE.is_dir() else [],
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2) + "\n")
-    for r in res["train_step"]:
+    path = a.out or OUT
+    _write(path, res)
+    print(
+        table(res["train_step"], ["preset", "batch", "patch", "step_s_median", "samples_per_s", "load_avg"])
+    )
+    if res["frame_latency"]:
+        print()
+        print(f"denoise one 1024^2 frame, engine {ENGINE.name}:")
         print(
-            f"train {r['preset']:<11} batch {r['batch']} x {r['patch']}^2: {r['step_s_median']:.2f} s/step "
-            f"({r['samples_per_s']:.1f} samples/s, load {r['load_avg']:.1f})"
+            table(res["frame_latency"], ["backend", "frame", "tile", "tiles", "seconds_median", "load_avg"])
         )
-    for r in res["frame_latency"]:
-        print(
-            f"denoise 1024^2 with {r['backend']:<11}: {r['seconds_median']:.2f} s ({r['tiles']} tile(s) of "
-            f"{r['tile']}^2, load {r['load_avg']:.1f})"
-        )
-    print(f"wrote {OUT}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -306,7 +306,10 @@ def dectris() -> str:
         return f"{r['frames_per_s']:.0f} frames/s, {r['GB_per_s_pixels']:.2f} GB/s of pixels"
 
     def ms(rows: list[dict], key: str, val: str) -> str:
-        return " / ".join(f"{r['ms_per_frame']:.1f}" for r in rows if r[key] == val)
+        found = " / ".join(f"{r['ms_per_frame']:.1f}" for r in rows if r[key] == val)
+        if not found and val == "dectris":  # the codec of the optional extra, absent where it was measured
+            return "n/a (optional `dectris-compression` not installed)"
+        return found
 
     lines += [
         "| wire v1 raw ingest | " + " | ".join(ingest(d, "wire-v1-raw") for d in runs) + " |",
@@ -355,8 +358,14 @@ def curve() -> str:
     """``python -m benchmarks.bench_curve``: curve.json."""
     d = load("curve.json")
     by = {r["curve"]: r for r in d["results"]}
+    dropped = [  # recorded since the time stops at the last receipt; PUB drops small messages at its HWM
+        f"{r['dropped']} of {r['sent']} {'with CURVE' if r['curve'] else 'plain'}"
+        for r in d["results"]
+        if r.get("dropped")
+    ]
     return (
         f"{source(d, 'curve.json')}, {d['machine']['cpus']} cores, load average {d['load_avg_1m']:.1f}): "
         f"{d['message_mb']} MB messages on loopback, {by[False]['gb_per_s']:.2f} GB/s plain, "
-        f"{by[True]['gb_per_s']:.2f} GB/s with CURVE ({d['curve_slowdown']:.1f}x slower)."
+        f"{by[True]['gb_per_s']:.2f} GB/s with CURVE ({d['curve_slowdown']:.1f}x slower)"
+        + (f"; messages dropped by PUB: {', '.join(dropped)}." if dropped else ".")
     )

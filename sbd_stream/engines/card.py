@@ -120,7 +120,7 @@ def default_engine_root() -> Path:
 
 FAST_ENGINE = "sbd-unet3s2-paper-twins"
 """The fast live engine: the default's network on 2 x 2 pixel blocks (``space_to_depth`` 2), ~2.5x the
-batch stage's frames/s on a CPU for ~0.6 dB less (docs/training.md, "Fast live engine"), fine-tuned on the
+batch stage's frames/s on a CPU for ~0.5 dB less (docs/training.md, "Fast live engine"), fine-tuned on the
 same worlds as the default (docs/training.md, "Two focal models", "Three imaging worlds", "Twinned
 particles"); the live service's engine on a CPU (``live_engine``). ``sbd-unet3s2-paper`` is the same
 network before those fine-tunes, ``sbd-unet3s2-paper-optics`` before the last."""
@@ -145,7 +145,7 @@ def live_engine(device: str | None = None, gpu: bool | None = None) -> str:
     """The engine the live service uses when none is named: the fast engine on a CPU, where the
     default network cannot keep up with 40 Hz beside the rest of the service (issue 24, ``sbd-stream
     demo`` on 2 cores: 441 of 1200 frames shown against 854), the default engine on a CUDA GPU, where
-    either keeps up and the default is ~0.6 dB better (docs/training.md, "Fast live engine")."""
+    either keeps up and the default is ~0.5 dB better (docs/training.md, "Fast live engine")."""
     if gpu is None:
         gpu = torch.cuda.is_available() and not (device or "").startswith("cpu")
     return DEFAULT_ENGINE if gpu else FAST_ENGINE
