@@ -214,14 +214,30 @@ class FrameSource:
         self, player: ScenePlayer, rng: np.random.Generator
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """A held scene: fresh counts every frame (exact Poisson vacuum from a pre-drawn pool, when
-        ``pool`` > 0, under the scene's footprint drawn from the Poisson table)."""
+        ``pool`` > 0, under the scene's footprint drawn from the Poisson table).
+
+        Pool frames are drawn ``VACUUM_MARGIN`` px larger than the frame and each frame takes a window
+        at a random offset (a view: free). Vacuum is uniform, so every window is an exact Poisson frame,
+        and two uses of one pool frame share a pixel's count only when their offsets coincide (1 in
+        4096). Cycling the pool frames whole repeated the vacuum counts exactly every ``pool`` frames
+        (the demo's 8): sums over more frames, such as likelihood evidence, stopped being Poisson."""
         dt = np.dtype(self.cfg.dtype)
-        vacuum = [poisson_counts(np.ones(self.cfg.shape, np.float32), self.cfg.dose, rng, dt)
+        h, w = self.cfg.shape
+        m = VACUUM_MARGIN
+        vacuum = [poisson_counts(np.ones((h + m, w + m), np.float32), self.cfg.dose, rng, dt)
                   for _ in range(self.cfg.pool)]  # fmt: skip
         i = 0
         while True:
-            yield player.counts(i, rng, vacuum[i % len(vacuum)] if vacuum else None), player.expected(i)
+            window = None
+            if vacuum:
+                r, c = rng.integers(0, m, 2)
+                window = vacuum[i % len(vacuum)][r : r + h, c : c + w]
+            yield player.counts(i, rng, window), player.expected(i)
             i += 1
+
+
+VACUUM_MARGIN = 64
+"""Extra rows and columns of a held scene's pre-drawn vacuum frames: 64 x 64 window offsets."""
 
 
 class Emulator:

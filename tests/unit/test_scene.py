@@ -142,6 +142,13 @@ def test_frame_source_plays_the_scene_with_fresh_counts_every_frame(tmp_path: Pa
         assert truth is not None and all(t is truth for _, t in frames)  # one static render, shared
         err = counts.mean(0) - truth
         assert abs(err.mean()) < 0.01 and np.abs(err).max() < 0.45 * 6  # mean of 40 frames near the truth
+        if pool:  # a pool frame used again (frames 0, 3, 6, ...) is not the same vacuum counts again
+            vac = np.abs(truth - 0.45) < 1e-6
+            assert vac.mean() > 0.1
+            same = [(counts[0][vac] == counts[k][vac]).mean() for k in (3, 6, 9)]
+            assert max(same) < 0.6, same  # independent Poisson(0.45) pixels agree ~49 % of the time
+            sums = counts[:, vac].sum(0)  # 40 frames summed: Poisson(18), variance = mean
+            assert sums.var() / sums.mean() == pytest.approx(1.0, abs=0.1)
 
 
 def test_poisson_table_matches_poisson_moments() -> None:
