@@ -15,16 +15,34 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 _log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5)
+"""Bounds half-way between frame counts: each count up to 8 has a bucket of its own with the count in
+its middle, so ``histogram_quantile`` reads n (p50) to n + 0.4 (p90) for batches of n frames; with
+bounds at 1, 2, 4 ... it read 0.9 for batches of one frame (interpolated from 0) and 3.8 for three."""
 
 STAGES = ("decode", "queue", "batch", "denoise", "likelihood", "publish", "record")
 QUEUES = ("denoise", "record", "publish")
 SUPERVISED_STAGES = ("receiver", "denoise", "publisher", "recorder", "metrics", "viewer")
 """Threads run by sbd_stream.supervisor (the same list as ``supervisor.STAGES``)."""
+
+MALFORMED_REASONS = (
+    "bad_acq", "bad_array", "bad_blob", "bad_cbor", "bad_columns", "bad_compression", "bad_dtype",
+    "bad_encoding", "bad_engine", "bad_exposure", "bad_header_detail", "bad_htype", "bad_json",
+    "bad_length", "bad_meta", "bad_n_frames", "bad_part", "bad_parts", "bad_seq", "bad_series", "bad_shape",
+    "bad_topic", "bad_ts", "bad_type", "bad_version", "decompress_failed", "header_too_large",
+    "internal_error", "oversized", "too_large", "unexpected_topic", "unknown_field",
+)  # fmt: skip
+"""Every ``reason`` of ``sbd_frames_malformed_total`` (wire v1, DECTRIS, the receiver's own): exported at
+0 from the start, because Prometheus sees no increase in a series whose first sample is already the
+burst (a dashboard's ``increase()`` read 0 after the first malformed messages of a reason). A test
+checks that every reason the code can count is listed here."""
 
 
 class Metrics:
@@ -52,6 +70,8 @@ class Metrics:
         self.frames_malformed = Counter(
             "sbd_frames_malformed", "Messages dropped by validation, by reason", ["reason"], registry=r
         )
+        for reason in MALFORMED_REASONS:
+            self.frames_malformed.labels(reason=reason)
         self.frames_duplicate = Counter("sbd_frames_duplicate", "Repeated sequence numbers", registry=r)
         self.frames_out_of_order = Counter(
             "sbd_frames_out_of_order", "Late frames (kept) whose sequence number went back", registry=r
@@ -63,7 +83,9 @@ class Metrics:
         )
         self.series = Counter("sbd_series_messages", "Series messages, by topic", ["topic"], registry=r)
         self.record_dropped = Counter(
-            "sbd_record_dropped", "Frames NOT recorded (recorder queue full or disk error)", registry=r
+            "sbd_record_dropped",
+            "Items NOT recorded, each raw, denoised or llr frame one (recorder queue full or disk error)",
+            registry=r,
         )
         self.record_errors = Counter(
             "sbd_record_errors", "Recorder I/O errors (e.g. disk full), by kind", ["kind"], registry=r
@@ -86,7 +108,7 @@ class Metrics:
         self.denoise_errors = Counter("sbd_denoise_errors", "Batches that failed to denoise", registry=r)
         self.queue_depth = Gauge("sbd_queue_depth", "Frames waiting, by queue", ["queue"], registry=r)
         self.batch_size = Histogram(
-            "sbd_batch_frames", "Frames per denoiser batch", buckets=(1, 2, 4, 8, 16, 32), registry=r
+            "sbd_batch_frames", "Frames per denoiser batch", buckets=_BATCH_BUCKETS, registry=r
         )
         self.stage_latency = Histogram(
             "sbd_stage_latency_seconds",
@@ -166,10 +188,12 @@ class Metrics:
         self.stage_restarts = Counter(
             "sbd_stage_restarts", "Stage threads that died and were restarted", ["stage"], registry=r
         )
+        # no series at 0 for every stage: a stage this service does not run (a viewer never asked for)
+        # read as down; a stage's series appears when the supervisor starts it, as on /healthz
         self.stage_up = Gauge("sbd_stage_up", "1 while the stage's loop runs", ["stage"], registry=r)
         for st in SUPERVISED_STAGES:
             self.stage_restarts.labels(stage=st)
-            self.stage_up.labels(stage=st).set(0)
+        r.register(_StageItemErrors(self.stage_errors, self.stage_up))
 
     def _worker_metrics(self, r: CollectorRegistry) -> None:
         """Per engine worker (sbd_stream/service/workers.py): load, errors, and results held for order."""
@@ -270,6 +294,8 @@ class Metrics:
         with self._lock:
             if self._server is None:
                 self._server = MetricsServer(self.registry, host, port, health)
+                shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # the port is bound: name it
+                _log.info("metrics on http://%s:%d/metrics and /healthz", shown, self._server.port)
                 run = self._server.run
                 if spawn is None:
                     threading.Thread(target=run, name="sbd-metrics", daemon=True).start()
@@ -295,62 +321,56 @@ class Metrics:
         return 0.0 if v is None else float(v)
 
 
-LAZY_NAMES = ("sbd_frames_malformed_total", "sbd_stage_errors_total")
-"""Labelled by a reason known only when it happens: their series appear with the first event."""
+LAZY_NAMES = ("sbd_stage_errors_total",)
+"""Labelled by a reason known only when it happens (an exception's class): its series appear with the
+first event, so ``increase()`` misses that event; ``sbd_stage_item_errors_total{stage}`` counts the same
+items, every stage at 0 from the start, for dashboards and alerts."""
 
 EXPORTED_NAMES = (
-    "sbd_frames_received_total",
-    "sbd_frames_denoised_total",
-    "sbd_frames_published_total",
-    "sbd_publish_dropped_total",
-    "sbd_frames_recorded_total",
-    "sbd_frames_skipped_total",
-    "sbd_frames_malformed_total",
-    "sbd_frames_duplicate_total",
-    "sbd_frames_out_of_order_total",
-    "sbd_frames_missing_total",
-    "sbd_sequence_gaps_total",
-    "sbd_sequence_restarts_total",
-    "sbd_series_messages_total",
-    "sbd_record_dropped_total",
-    "sbd_record_errors_total",
-    "sbd_record_direct_chunks_total",
-    "sbd_recorded_clipped_pixels_total",
-    "sbd_denoise_overflow_total",
-    "sbd_denoise_errors_total",
-    "sbd_queue_depth",
-    "sbd_batch_frames",
-    "sbd_stage_latency_seconds",
-    "sbd_end_to_end_latency_seconds",
-    "sbd_lane_latency_seconds",
-    "sbd_frames_completed_total",
-    "sbd_complete_backlog_frames",
-    "sbd_frames_left_for_offline_total",
-    "sbd_engine_info",
-    "sbd_dose_out_of_range",
-    "sbd_dose_factor",
-    "sbd_bin_factor",
-    "sbd_stage_errors_total",
-    "sbd_stage_restarts_total",
-    "sbd_stage_up",
-    "sbd_frames_nonfinite_total",
-    "sbd_pixels_nonfinite_total",
-    "sbd_frames_saturated_total",
-    "sbd_pixels_saturated_total",
-    "sbd_input_disconnects_total",
-    "sbd_input_reconnects_total",
-    "sbd_record_rolls_total",
-    "sbd_record_files_closed_total",
-    "sbd_record_open_files",
-    "sbd_workers",
-    "sbd_worker_info",
-    "sbd_worker_frames_total",
-    "sbd_worker_batches_total",
-    "sbd_worker_busy_seconds_total",
-    "sbd_worker_errors_total",
-    "sbd_frames_failed_total",
-    "sbd_reorder_held",
-)
+    "sbd_frames_received_total", "sbd_frames_denoised_total", "sbd_frames_published_total",
+    "sbd_publish_dropped_total", "sbd_frames_recorded_total", "sbd_frames_skipped_total",
+    "sbd_frames_malformed_total", "sbd_frames_duplicate_total", "sbd_frames_out_of_order_total",
+    "sbd_frames_missing_total", "sbd_sequence_gaps_total", "sbd_sequence_restarts_total",
+    "sbd_series_messages_total", "sbd_record_dropped_total", "sbd_record_errors_total",
+    "sbd_record_direct_chunks_total", "sbd_recorded_clipped_pixels_total", "sbd_denoise_overflow_total",
+    "sbd_denoise_errors_total", "sbd_queue_depth", "sbd_batch_frames", "sbd_stage_latency_seconds",
+    "sbd_end_to_end_latency_seconds", "sbd_lane_latency_seconds", "sbd_frames_completed_total",
+    "sbd_complete_backlog_frames", "sbd_frames_left_for_offline_total", "sbd_engine_info",
+    "sbd_dose_out_of_range", "sbd_dose_factor", "sbd_bin_factor", "sbd_stage_errors_total",
+    "sbd_stage_item_errors_total", "sbd_stage_restarts_total", "sbd_stage_up", "sbd_frames_nonfinite_total",
+    "sbd_pixels_nonfinite_total", "sbd_frames_saturated_total", "sbd_pixels_saturated_total",
+    "sbd_input_disconnects_total", "sbd_input_reconnects_total", "sbd_record_rolls_total",
+    "sbd_record_files_closed_total", "sbd_record_open_files", "sbd_workers", "sbd_worker_info",
+    "sbd_worker_frames_total", "sbd_worker_batches_total", "sbd_worker_busy_seconds_total",
+    "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
+)  # fmt: skip
+
+
+class _StageItemErrors(Collector):
+    """``sbd_stage_item_errors_total{stage}``: ``sbd_stage_errors_total`` summed over ``reason``.
+
+    Derived at each scrape rather than a second counter: every increment of the per-reason counter (by
+    the supervisor, wherever it is called) counts here without a second call to forget. Every
+    supervised stage and every stage that ran has its series, at 0 before its first error.
+    """
+
+    def __init__(self, errors: Counter, stage_up: Gauge) -> None:
+        self.errors, self.stage_up = errors, stage_up
+
+    def collect(self) -> Any:
+        totals = dict.fromkeys(SUPERVISED_STAGES, 0.0)
+        for sample in (s for fam in self.stage_up.collect() for s in fam.samples):
+            totals.setdefault(sample.labels["stage"], 0.0)
+        for sample in (s for fam in self.errors.collect() for s in fam.samples):
+            if sample.name.endswith("_total"):
+                stage = sample.labels["stage"]
+                totals[stage] = totals.get(stage, 0.0) + sample.value
+        fam = CounterMetricFamily(
+            "sbd_stage_item_errors", "Items a stage failed on, by stage (all reasons)", labels=["stage"]
+        )
+        for stage, value in totals.items():
+            fam.add_metric([stage], value)
+        yield fam
 
 
 class MetricsServer:

@@ -145,7 +145,7 @@ def serve(
     on_signals(stop)
     typer.echo(
         f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), out {s.publish.endpoint}, "
-        f"metrics http://{s.metrics.host}:{s.metrics.port}/metrics  (Ctrl-C to stop)",
+        f"{metrics_where(s)}  (Ctrl-C to stop)",
         err=True,
     )
     result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
@@ -153,6 +153,16 @@ def serve(
     if result.get("failure"):  # a stage that could not go on (supervisor): say why, exit non-zero
         typer.echo(f"sbd-stream serve stopped: {result['failure']}", err=True)
         raise typer.Exit(3)
+
+
+def metrics_where(s: ServiceSettings) -> str:
+    """The banner's metrics endpoint; a free port (0) is only known once bound, so the log names it then
+    (``metrics on http://...``, as the viewer logs its page) instead of the banner printing ``:0``."""
+    if not s.metrics.enabled:
+        return "metrics off"
+    if s.metrics.port == 0:
+        return f"metrics on a free port of {s.metrics.host} (logged once bound)"
+    return f"metrics http://{s.metrics.host}:{s.metrics.port}/metrics"
 
 
 def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:

@@ -17,7 +17,7 @@ from conftest import wait_until as _wait
 
 from sbd_stream.config import SocketMode
 from sbd_stream.engines.denoiser import Denoiser
-from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES
+from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES, MALFORMED_REASONS
 from sbd_stream.protocol import encode_frame, encode_series
 from sbd_stream.service.build import build_pipeline
 from sbd_stream.service.demo import Collector
@@ -113,6 +113,14 @@ def test_bad_input_restarts_and_a_stuck_subscriber_do_not_stop_the_service(
     assert got['sbd_frames_malformed_total{reason="bad_length"}'] == 1
     assert got['sbd_frames_malformed_total{reason="bad_shape"}'] == 1
     assert got['sbd_frames_malformed_total{reason="bad_dtype"}'] == 1
+    # every other reason is exported at 0 from the start (so increase() sees its first message)
+    assert {k: v for k, v in malformed.items() if v} == {
+        f'sbd_frames_malformed_total{{reason="{r}"}}': 1
+        for r in ("bad_json", "bad_length", "bad_shape", "bad_dtype")
+    }
+    assert len(malformed) == len(MALFORMED_REASONS)
+    assert got['sbd_stage_item_errors_total{stage="receiver"}'] == 0  # bad input is no stage error
+    assert not [k for k in got if k.startswith("sbd_stage_up{") and "viewer" in k]  # no viewer runs here
     assert got["sbd_frames_duplicate_total"] >= 1  # seq 4 again (and repeats of the restart probe)
     assert got["sbd_frames_out_of_order_total"] == 1
     assert got["sbd_sequence_gaps_total"] >= 1 and got["sbd_frames_missing_total"] >= 3

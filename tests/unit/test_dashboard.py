@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 from conftest import require_module
 
 from sbd_stream.config import load_settings
-from sbd_stream.metrics import EXPORTED_NAMES, Metrics
+from sbd_stream.metrics import EXPORTED_NAMES, LAZY_NAMES, Metrics
+from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DOCS = DEPLOY.parent / "docs"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 yaml = require_module("yaml", "PyYAML is in the dev extra")
 
@@ -22,7 +25,7 @@ yaml = require_module("yaml", "PyYAML is in the dev extra")
 _PROMQL_WORDS = {
     "sum", "by", "without", "rate", "irate", "increase", "histogram_quantile", "avg", "max", "min",
     "count", "le", "label_values", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-    "and", "or", "unless", "topk", "bottomk", "delta", "deriv", "clamp_min", "clamp_max", "abs",
+    "and", "or", "unless", "topk", "bottomk", "delta", "deriv", "clamp_min", "clamp_max", "abs", "round",
 }  # fmt: skip
 
 
@@ -183,3 +186,81 @@ def test_the_engine_whose_plan_is_built_is_the_engine_served() -> None:
     assert served and built and served.group(1) == built.group(1) == DEFAULT_ENGINE
     assert "SBD_CACHE_DIR=/var/cache/sbd-stream" in unit.split("[Unit]")[0]  # where the service looks
     assert (default_engine_root() / DEFAULT_ENGINE / "card.json").is_file()
+
+
+def _panels(title: str) -> list[dict]:
+    return [p for d in DASHBOARDS for p in json.loads(d.read_text())["panels"] if p["title"] == title]
+
+
+def test_no_panel_takes_the_increase_of_a_series_that_appears_with_its_first_event() -> None:
+    """``increase()`` / ``rate()`` of a series born with its first event reads 0 for that event: the
+    malformed and stage-error panels stayed flat after a burst (their series were created lazily)."""
+    for path in DASHBOARDS:
+        for e in dashboard_exprs(json.loads(path.read_text())):
+            for name in LAZY_NAMES:
+                assert not re.search(rf"\b(increase|rate|irate)\({name}\b", e), (path.name, e)
+    (health,) = _panels("Stage health")
+    assert any("sbd_stage_item_errors_total" in t["expr"] for t in health["targets"])
+
+
+def test_every_scrape_label_is_a_dashboard_selector_and_every_query_uses_it() -> None:
+    """deploy/prometheus.yml says the dashboard filters on its ``instrument`` label: it must."""
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    labels = {
+        k for job in prom["scrape_configs"] for sc in job["static_configs"] for k in sc.get("labels", {})
+    }
+    assert "instrument" in labels
+    for path in DASHBOARDS:
+        dash = json.loads(path.read_text())
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        for label in labels | {"instance"}:
+            assert label in variables, f"{path.name}: no {label} selector"
+            assert variables[label]["allValue"] == ".*"  # "All" also matches targets without the label
+            for p in dash["panels"]:
+                for t in p.get("targets", []):
+                    assert f'{label}=~"${label}"' in t["expr"], (p["title"], t["expr"])
+
+
+def test_loss_and_skip_panels_say_what_their_metrics_count() -> None:
+    """``sbd_record_dropped_total`` counts items (raw, denoised, llr: one lost frame counts up to 3), and
+    skipped frames are not lost: the complete lane denoises them later."""
+    help_text = {f.name: f.documentation for f in Metrics().registry.collect()}
+    assert help_text["sbd_record_dropped"].startswith("Items NOT recorded")
+    table = (DOCS / "service.md").read_text()
+    row = next(ln for ln in table.splitlines() if ln.startswith("| `sbd_record_dropped_total`"))
+    assert "items NOT recorded" in row and "raw, denoised and llr" in row
+    (loss,) = _panels("Data loss (1 h)")
+    assert "items not recorded" in loss["description"] and "Frames neither" not in loss["description"]
+    for t in loss["targets"]:
+        unit = "items" if "sbd_record_dropped_total" in t["expr"] else "frames"
+        assert unit in t["legendFormat"], t
+    (skipped,) = _panels("Skipped (1 h)")
+    assert "complete lane" in skipped["description"] and "'latest' policy" not in skipped["description"]
+
+
+def test_settings_example_in_the_docs_is_valid_settings(tmp_path: Path) -> None:
+    """docs/service.md's example loads, and its products are right (max_payload_bytes was 960 off)."""
+    text = (DOCS / "service.md").read_text()
+    start = text.index("```toml", text.index("## Settings")) + len("```toml")
+    block = text[start : text.index("```", start)]
+    (tmp_path / "service.toml").write_text(block)
+    s = load_settings(tmp_path / "service.toml")
+    assert s.ingest.max_payload_bytes == DEFAULT_MAX_PAYLOAD
+    assert "stop_timeout_s" in tomllib.loads(block)  # serve's shutdown budget is a documented setting
+    products = re.findall(r"= (\d+)\s+#[^\n]*\((\d+(?:\*\d+)+)\)", block)
+    assert products
+    for value, product in products:
+        assert int(value) == math.prod(int(f) for f in product.split("*")), (value, product)
+
+
+def test_shipped_shutdown_budget_fits_the_stop_timeouts() -> None:
+    """serve stops within about ``stop_timeout_s`` + ``lanes.complete_timeout_s`` (Pipeline.stop): the
+    shipped config states both, and their sum stays under the unit's and compose's stop timeouts."""
+    data = tomllib.loads((DEPLOY / "sbd-stream.toml").read_text())
+    s = load_settings(DEPLOY / "sbd-stream.toml")
+    assert "stop_timeout_s" in data  # the comment relies on it: stated, not an implicit default
+    budget = s.stop_timeout_s + s.lanes.complete_timeout_s
+    unit = re.search(r"^TimeoutStopSec=(\d+)s$", (DEPLOY / "sbd-stream.service").read_text(), re.M)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["sbd-stream"]
+    assert unit and budget <= int(unit.group(1)) - 5  # margin: the batch in flight, closing files
+    assert budget <= int(compose["stop_grace_period"].rstrip("s")) - 5
