@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
+from sbd_stream.config_merge import check_env_names, merge_layer
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings
 
@@ -56,7 +57,7 @@ class WireV1Input(BaseModel):
     from one PUSH sender share its frames round-robin, and ``sbd-stream merge`` re-orders their outputs.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dialect: Literal["wire-v1"] = Field("wire-v1", description="sbd-stream wire format v1")
     socket_type: InputSocket = Field(
@@ -71,7 +72,7 @@ class DectrisInput(BaseModel):
     timeout or socket type that would silently do nothing.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dialect: Literal["dectris-stream-v1", "dectris-stream-v2"] = Field(
         description="stream v1 (JSON + blob) or stream v2 (CBOR)"
@@ -88,7 +89,7 @@ InputSettings = Annotated[WireV1Input | DectrisInput, Field(discriminator="diale
 class IngestSettings(BaseModel):
     """The receiving socket and queues (common to every dialect) plus the dialect's own ``input``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str = Field("tcp://127.0.0.1:5555", description="where detector frames come from")
     mode: SocketMode = Field(SocketMode.connect, description="connect to a bridge, or bind and wait")
@@ -115,7 +116,7 @@ class IngestSettings(BaseModel):
 
 
 class PublishSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     endpoint: str = Field("tcp://127.0.0.1:5556", description="where denoised frames are published")
@@ -127,7 +128,7 @@ class PublishSettings(BaseModel):
 
 
 class RecordSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     directory: Path = Field(Path("recordings"), description="one HDF5 file per acquisition goes here")
@@ -185,7 +186,7 @@ class DetectorSettings(BaseModel):
     125 e/A^2 per frame is assumed (0.45 counts per 0.060 A pixel).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pixel_size_A: float = Field(PAPER_PIXEL_A, gt=0, description="detector pixel at the specimen, A")
     dose_e_per_A2: float | None = Field(None, gt=0, description="dose per frame, electrons per A^2")
@@ -225,7 +226,7 @@ class LikelihoodSettings(LikelihoodConfig):
     detector's sampling, and brought back to detector pixels.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="also compute, publish and record likelihood-ratio maps")
     pixel_size_A: float | None = Field(None, gt=0, description="set from the engine's working pixel")
@@ -251,7 +252,7 @@ class LikelihoodSettings(LikelihoodConfig):
 
 
 class DenoiseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     engine: str = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
     model: str | None = Field(
@@ -302,7 +303,7 @@ class LaneSettings(BaseModel):
     subscribers. What it cannot hold (``backlog_mb``) or finish is counted and left for ``replay --offline``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     live: bool = Field(True, description="live lane: denoise the newest frames, skip older waiting ones")
     complete: bool = Field(True, description="complete lane: skipped frames denoised when the engine is free")
@@ -318,7 +319,7 @@ class LaneSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -328,7 +329,7 @@ class MetricsSettings(BaseModel):
 class ViewerSettings(BaseModel):
     """The live viewer page (sbd_stream/sinks/viewer/server.py); a consumer of the outputs, never a stage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="serve the live viewer (sbd-stream serve --viewer)")
     host: str = "127.0.0.1"
@@ -343,7 +344,7 @@ class ViewerSettings(BaseModel):
 class SupervisionSettings(BaseModel):
     """How often a stage's thread may die and be restarted before the service gives up (supervisor.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_restarts: int = Field(5, ge=0, description="restarts allowed within restart_window_s")
     restart_window_s: float = Field(60.0, gt=0, description="window over which restarts are counted")
@@ -353,7 +354,11 @@ class ServiceSettings(BaseSettings):
     """Everything `sbd-stream serve` / `replay` needs, validated once at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SBD_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="SBD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        allow_inf_nan=False,
     )
 
     detector: DetectorSettings = DetectorSettings()
@@ -391,16 +396,6 @@ class ServiceSettings(BaseSettings):
         return (init_settings, env_settings)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | None = None) -> ServiceSettings:
     """Build settings from TOML < environment < ``overrides`` (nested dicts, e.g. from CLI flags).
 
@@ -411,6 +406,22 @@ def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | Non
     if toml_path is not None:
         with open(toml_path, "rb") as fh:
             file_data = tomllib.load(fh)
+    fields = ServiceSettings.model_fields
+    sections = {name for name, f in fields.items() if isinstance(f.default, BaseModel)}
+    check_env_names(os.environ, sections, set(fields))
     env_only = ServiceSettings().model_dump(exclude_unset=True)
-    merged = _deep_merge(_deep_merge(file_data, env_only), overrides or {})
-    return ServiceSettings(**merged)
+    merged = merge_layer(merge_layer(file_data, env_only), overrides or {})
+    checked = _MergedLayers(**merged)  # validated once, without reading the environment a second time
+    return ServiceSettings.model_construct(checked.model_fields_set, **dict(checked))
+
+
+class _MergedLayers(ServiceSettings):
+    """``ServiceSettings`` validated from the merged layers alone: pydantic-settings would merge the
+    environment into them again, table by table, and an ``SBD_DETECTOR__COUNTS_PER_PX`` under a
+    ``--dose`` flag came back as "give the dose ... not both"."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **_: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

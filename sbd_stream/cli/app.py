@@ -50,10 +50,15 @@ FLAG_OF_SETTING = {
 """Settings the command-line flags set, so an error names the flag the user typed."""
 
 
-def settings_error(e: Exception, flags: dict[str, str] | None = None) -> str:
+def settings_error(
+    e: Exception, flags: dict[str, str] | None = None, from_flags: set[str] | None = None
+) -> str:
     """A pydantic ValidationError as one line per problem: the flag (or setting), why, the value given.
 
     ``flags`` maps a command's own settings (``draws``) to its flags (``--draws``), beside the service's.
+    ``from_flags``: the settings the command line gave (dotted, ``denoise.batch_frames``); any other is
+    named as the setting, since it came from the TOML file or an ``SBD_`` variable (a TOML
+    ``batch_frames = 0`` was reported as "--batch", a flag the user never typed).
 
     Pydantic's own text spreads one problem over three lines and ends in a documentation URL; a user
     who typed ``--pixel-size 0`` wants to read "--pixel-size: Input should be greater than 0 (got 0.0)".
@@ -62,6 +67,8 @@ def settings_error(e: Exception, flags: dict[str, str] | None = None) -> str:
     if not callable(errors):
         return str(e)
     names = {**FLAG_OF_SETTING, **(flags or {})}
+    if from_flags is not None:
+        names = {k: v for k, v in names.items() if k in from_flags}
     parts = []
     for err in errors():
         loc = ".".join(str(x) for x in err.get("loc", ()))

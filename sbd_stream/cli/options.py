@@ -206,10 +206,17 @@ def service_settings(config: Path | None, overrides: dict[str, Any]) -> ServiceS
         out = {k: prune(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
         return {k: v for k, v in out.items() if v != {}}
 
+    def paths(d: dict[str, Any], at: str = "") -> set[str]:
+        out: set[str] = set()
+        for k, v in d.items():
+            out |= paths(v, f"{at}{k}.") if isinstance(v, dict) else {f"{at}{k}"}
+        return out
+
+    given = prune(overrides)
     try:
-        return load_settings(config, prune(overrides))
+        return load_settings(config, given)
     except ValidationError as e:
-        fail(settings_error(e))
+        fail(settings_error(e, from_flags=paths(given)))
     except (OSError, ValueError) as e:
         fail(f"settings: {e}")
 

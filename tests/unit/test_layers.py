@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "metrics_summary": 2,
     "compute": 2,
     "engines": 3,
+    "config_merge": 0,  # pure dict logic of the settings layers (config.py uses it)
     "config": 4,
     "formats": 5,
     "sources": 6,

@@ -1,0 +1,58 @@
+"""How the settings layers combine (defaults < TOML < SBD_* environment < flags), apart from the models.
+
+Pure dict logic, so that ``config.py`` keeps to the models and their checks. Two rules a key-by-key merge
+got wrong:
+
+* the detector's dose is one setting in two units (``dose_e_per_A2`` or ``counts_per_px``): a layer that
+  gives either replaces both below it. Merged key by key, the shipped TOML's ``dose_e_per_A2`` and a
+  ``--counts-per-px`` flag were both kept and refused as "not both";
+* an ``SBD_`` variable that looks like a setting but names none (``SBD_RECORDS__DIRECTORY``: no such
+  section; ``SBD_LANES_LIVE``: one underscore, not nested) is refused. pydantic-settings reads only the
+  names that match a field, so such a typo was silently not applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+DOSE_KEYS = ("dose_e_per_A2", "counts_per_px")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def merge_layer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, the dose's two forms replaced together (module docstring)."""
+    det = over.get("detector")
+    if isinstance(det, dict) and any(det.get(k) is not None for k in DOSE_KEYS):
+        lower = base.get("detector")
+        if isinstance(lower, dict):
+            base = {**base, "detector": {k: v for k, v in lower.items() if k not in DOSE_KEYS}}
+    return deep_merge(base, over)
+
+
+def check_env_names(environ: Mapping[str, str], sections: Collection[str], fields: Collection[str]) -> None:
+    """``ValueError`` (one line) for an ``SBD_`` variable that names no setting but looks like one.
+
+    ``sections``: the settings tables (``record``, ``lanes``, ...); ``fields``: every top-level name.
+    Other ``SBD_`` variables (``SBD_ENGINE_DIR``, ``SBD_CACHE_DIR``, ...) start with no section name.
+    """
+    for key in sorted(environ):
+        if not key.startswith("SBD_"):
+            continue
+        name = key[4:].lower()
+        head = name.split("__", 1)[0]
+        if "__" in name and head not in fields:
+            raise ValueError(f"{key}: no settings section {head!r} (sections: {', '.join(sorted(sections))})")
+        for sec in sections:
+            if "__" not in name and name.startswith(f"{sec}_"):
+                rest = key[4 + len(sec) + 1 :]
+                raise ValueError(f"{key}: nested settings need two underscores: SBD_{sec.upper()}__{rest}")

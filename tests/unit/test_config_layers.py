@@ -1,0 +1,74 @@
+"""How settings layers combine (TOML < SBD_* environment < flags), and what each layer may not say.
+
+Found by an audit of the configuration surface: the shipped TOML's dose and a ``--counts-per-px`` flag
+were refused as "not both"; infinite values started the service (``complete_timeout_s = inf`` then
+crashed its shutdown); ``SBD_LANES_LIVE=false`` (one underscore) was silently ignored; an error in the
+TOML file was reported under a flag the user never typed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from sbd_stream.cli import app
+from sbd_stream.config import load_settings
+from sbd_stream.config_merge import check_env_names
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return p
+
+
+def test_a_higher_layer_gives_the_dose_in_either_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = _toml(tmp_path, "[detector]\ndose_e_per_A2 = 125.0\n")
+    flag = load_settings(toml, {"detector": {"counts_per_px": 0.9}}).detector
+    assert (flag.dose_e_per_A2, flag.counts_per_px) == (None, 0.9)
+    monkeypatch.setenv("SBD_DETECTOR__COUNTS_PER_PX", "0.6")
+    env = load_settings(toml, {}).detector
+    assert (env.dose_e_per_A2, env.counts_per_px) == (None, 0.6)
+    over_env = load_settings(toml, {"detector": {"dose_e_per_A2": 200.0}}).detector
+    assert (over_env.dose_e_per_A2, over_env.counts_per_px) == (200.0, None)
+    assert over_env.pixel_size_A == pytest.approx(0.06)  # the rest of the table is kept
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "sbd-stream.toml"
+    monkeypatch.delenv("SBD_DETECTOR__COUNTS_PER_PX")
+    assert load_settings(shipped, {"detector": {"counts_per_px": 0.9}}).detector.vacuum_counts == 0.9
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[lanes]\ncomplete_timeout_s = inf\n", "[detector]\ndose_e_per_A2 = inf\n", "stop_timeout_s = inf\n"],
+)
+def test_infinite_values_are_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValidationError, match="finite"):
+        load_settings(_toml(tmp_path, text), {})
+
+
+def test_sbd_variables_that_look_like_settings_but_name_none_are_refused() -> None:
+    sections, fields = {"record", "lanes"}, {"record", "lanes", "stop_timeout_s"}
+    for bad, words in (
+        ("SBD_RECORDS__DIRECTORY", "no settings section 'records'"),
+        ("SBD_LANES_LIVE", "SBD_LANES__LIVE"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            check_env_names({bad: "x"}, sections, fields)
+    fine = ["SBD_RECORD__DIRECTORY", "SBD_STOP_TIMEOUT_S", "SBD_ENGINE_DIR", "SBD_CACHE_DIR", "SBD_FUZZ_SEED"]
+    check_env_names(dict.fromkeys(fine, "1"), sections, fields)
+
+
+def test_an_error_names_the_flag_only_when_the_flag_gave_the_value(tmp_path: Path) -> None:
+    runner = CliRunner()
+    toml = _toml(tmp_path, "[denoise]\nbatch_frames = 0\n")
+    res = runner.invoke(app, ["serve", "--config", str(toml), "--no-record"])
+    assert res.exit_code == 2 and "denoise.batch_frames" in res.output and "--batch" not in res.output
+    res = runner.invoke(app, ["serve", "--pixel-size", "0", "--no-record"])
+    assert res.exit_code == 2 and "--pixel-size" in res.output
+    res = runner.invoke(app, ["serve", "--no-record"], env={"SBD_LANES_LIVE": "false"})
+    assert res.exit_code == 2 and "SBD_LANES__LIVE" in res.output and "Traceback" not in res.output
