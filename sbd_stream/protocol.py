@@ -109,6 +109,10 @@ class FrameHeader:
     meta: dict[str, Any] = field(default_factory=dict)
     engine: str | None = None
     columns: list[list[float]] | None = None
+    # the service's receive number (Intake): unique per frame in a run, never on the wire. Outputs carry
+    # their raw frame's header, so the recorder finds the part of that raw frame by it, where (acq, seq,
+    # ts) repeat (an acq name reused with seq and ts from 0) or were forgotten (a long complete lane)
+    rx: int = field(default=-1, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:

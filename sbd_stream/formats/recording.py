@@ -272,13 +272,19 @@ def part_number(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+UNREADABLE = object()
+"""``part_attr``'s answer for a part that cannot be opened at all."""
+
+
 def part_attr(path: Path, name: str, default: Any = None) -> Any:
-    """One root attribute of a part (``run_uid``, ``segment``), ``default`` where absent or unreadable."""
+    """One root attribute of a part (``run_uid``, ``segment``), ``default`` where absent, ``UNREADABLE``
+    where the file cannot be opened (h5py raises RuntimeError too, e.g. "Can't deserialize object
+    header prefix" for a part whose creation a SIGKILL cut short: a 48-byte stub)."""
     try:
         with open_recording(path) as f:
             v = f.attrs.get(name, default)
-    except (OSError, ValueError):
-        return default
+    except (OSError, ValueError, RuntimeError):
+        return UNREADABLE
     return v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
 
 
@@ -294,10 +300,13 @@ def recording_parts(path: Path) -> list[Path]:
     parts = [path]
     stem = re.sub(r"_\d{4}$", "", path.stem)
     uid = part_attr(path, "run_uid")
+    uid = None if uid is UNREADABLE else uid
     i = part_number(path) + 1
     while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():
-        other = part_attr(nxt, "run_uid") if uid is not None else None
-        if uid is None or other is None or other == uid:
+        other = part_attr(nxt, "run_uid")
+        if other is UNREADABLE:  # one unopenable part must not stop every reader of the run
+            log.warning("%s cannot be opened (cut short when it was created?); leaving it out", nxt)
+        elif uid is None or other is None or other == uid:
             parts.append(nxt)
         i += 1
     return parts

@@ -13,6 +13,8 @@ per item counted and set aside, dead threads restarted, ``/healthz``). All compu
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -61,8 +63,10 @@ class Intake:
 
     def __init__(self, queue: FrameQueue, sinks: list[Sink], metrics: Metrics) -> None:
         self.queue, self.sinks, self.metrics = queue, sinks, metrics
+        self._rx = itertools.count()
 
     def frame(self, frame: Frame) -> None:
+        frame.header = dataclasses.replace(frame.header, rx=next(self._rx))  # FrameHeader.rx: why
         for sink in self.sinks:
             sink.raw(frame)
         frame = replace_invalid(frame, self.metrics)  # what the denoiser sees: usable pixels only

@@ -7,13 +7,15 @@ logic, and so that the recorder's bookkeeping cannot grow without bound on a str
 
 from __future__ import annotations
 
+import bisect
 import collections
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PARTS_KEPT", "RAW_ROWS_KEPT", "REMEMBER_ACQS", "Recent", "RecordItem"]
+__all__ = ["PARTS_KEPT", "RAW_ROWS_KEPT", "REMEMBER_ACQS", "PartIndex", "Recent", "RecordItem"]
 
 REMEMBER_ACQS = 4096  # part numbers and series metadata kept for this many recent acquisitions
 PARTS_KEPT = 64  # closed parts per acquisition that late outputs may still be appended to
@@ -41,6 +43,7 @@ class RecordItem:
     # reused acq name may be written first; a count below the recorder's marks such a late end, which
     # then closes nothing of the newer series (it split the newer series into two parts). None: close.
     series: int | None = None
+    rx: int = -1  # the frame's receive number (FrameHeader.rx); -1: not from the service's intake
 
 
 class Recent(collections.OrderedDict):
@@ -55,3 +58,32 @@ class Recent(collections.OrderedDict):
         self.move_to_end(key)
         while len(self) > self.limit:
             self.popitem(last=False)
+
+
+class PartIndex:
+    """Which part holds the raw frame with receive number ``rx``: per acquisition, the first ``rx`` of
+    each part, in order (raw frames of an acquisition reach the recorder in receive order, and only its
+    current part takes them, so the parts split its ``rx`` into consecutive ranges).
+
+    Why not remember every raw frame: a complete lane finishing skipped frames long after (a 2 GiB
+    backlog holds 65,536 small frames) outlived a 16,384-row memory, and its outputs fell back to the
+    newest part of their shape; and (acq, seq, ts) repeats when an acq name is reused with seq and ts
+    from 0. One entry per part instead: ``parts_per_acq`` bounds the memory.
+    """
+
+    def __init__(self, parts_per_acq: int = 4096) -> None:
+        self.parts: Recent = Recent()  # acq -> [(first rx, path)]
+        self.per_acq = parts_per_acq
+
+    def add(self, acq: str, rx: int, path: Path) -> None:
+        known = self.parts.get(acq)
+        if known is None or known[-1][1] != path:
+            self.parts[acq] = [*(known or []), (rx, path)][-self.per_acq :]
+        else:
+            self.parts.move_to_end(acq)
+
+    def find(self, acq: str, rx: int) -> Path | None:
+        """The part whose range holds ``rx`` (None: before the first part still remembered)."""
+        known = self.parts.get(acq) or []
+        i = bisect.bisect_right([first for first, _ in known], rx) - 1
+        return known[i][1] if i >= 0 else None

@@ -10,22 +10,18 @@ switched on, as SWMR requires (the file itself: ``formats/recording.py``).
 
 What this thread decides, and why:
 
-* a raw frame whose shape or dtype differs from its acquisition's open file goes to a new part
-  (``<acq>_0001.nxs``, ...; ``sbd_record_rolls_total{reason="shape"|"dtype"}``): writing it into the
-  old dataset would cast it (70000.5 stored as 65535) or fail half-way through a row. The old part
-  (also after a size roll) stays open for the outputs still on their way: each denoised frame and
-  likelihood map goes to the part holding its raw frame, found by (acq, seq, ts), not by shape (a dtype
-  roll keeps the shape) nor by seq alone (a series reusing the acq name numbers from 0 again: the
-  last series' late outputs landed in the new one's part); a part reopened for late outputs never
-  takes new raw frames, and a late ``series_end`` never closes a newer series' part (``RecordItem``);
+* a raw frame of another shape or dtype than its acquisition's open file goes to a new part (writing
+  it there would cast it: 70000.5 stored as 65535). Each output goes to the part of its raw frame,
+  found by the frame's receive number (``PartIndex``; not by shape, seq or (seq, ts), which repeat or
+  were forgotten), reopened if closed; such a part never takes new raw frames, and a late
+  ``series_end`` never closes a newer series' part (``RecordItem.series``);
 * files are bounded (``idle_close_s``, ``max_open_files``, least recently used first; counted in
   ``sbd_record_files_closed_total``): a detector that never sends ``series_end`` held hundreds open;
 * a raw frame that restarts its acquisition's numbering without ``series_start`` (``Frame.seq_restart``:
   a producer that came back) goes to a new part (``reason="restart"``), as a ``series_start`` does:
   otherwise one file held each ``seq`` twice and readers could not join raw and denoised on ``seq``;
-* a part is named after its run's first part and carries its ``run_uid`` and ``segment``
-  (``sinks/record_runs.py``); a size roll happens before a RAW frame, never for outputs alone (a
-  late output in a full part opened an empty next part, which HyperSpy cannot open);
+* a part is named after its run's first part, with its ``run_uid`` and ``segment`` (record_runs.py);
+  a size roll happens before a RAW frame, never for outputs alone (HyperSpy cannot open empty parts);
 * denoised frames are cast to ``record.denoised_dtype``, beyond float16's range clipped and counted;
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
 * a disk error is counted and ends recording of that acquisition (its file abandoned, never closed:
@@ -58,7 +54,7 @@ from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
-from sbd_stream.sinks.record_item import PARTS_KEPT, RAW_ROWS_KEPT, Recent, RecordItem
+from sbd_stream.sinks.record_item import PARTS_KEPT, RAW_ROWS_KEPT, PartIndex, Recent, RecordItem
 from sbd_stream.sinks.record_runs import RunBook
 from sbd_stream.sinks.stored_dtype import StoredDtype
 from sbd_stream.supervisor import Supervisor
@@ -102,7 +98,8 @@ class Recorder(BackgroundWorker):
         self.failed: Recent = Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: Recent = Recent()
         self.t0: Recent = Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
-        self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq, ts) -> the part its raw frame is in
+        self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq, ts) -> part: items without ``rx``
+        self.part_index = PartIndex()  # rx ranges -> part: items from the service's intake
         self.series_starts: Recent = Recent()  # acq -> series_start items seen (a late series_end)
         self._next_idle_check = 0.0
         # raw frames being compressed off this thread, in queue order (``_handle``)
@@ -128,13 +125,13 @@ class Recorder(BackgroundWorker):
     ) -> bool:
         """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart``: see
         ``RecordItem``."""
-        item = RecordItem(kind, header.acq, header.seq, header.ts, data, chunk=chunk, restart=restart)
+        h = header
+        item = RecordItem(kind, h.acq, h.seq, h.ts, data, chunk=chunk, restart=restart, rx=h.rx)
         return self.submit(item)
 
     def submit(self, item: RecordItem) -> bool:
         """Queue without blocking; a full queue refuses frames (counted) but never series boundaries."""
-        nbytes = 0 if item.data is None else int(item.data.nbytes)
-        nbytes += 0 if item.chunk is None else len(item.chunk)
+        nbytes = (0 if item.data is None else int(item.data.nbytes)) + len(item.chunk or b"")
         ok = self.queue.put(item, nbytes, force=item.kind in CONTROL)
         if not ok:
             self.metrics.record_dropped.inc()
@@ -259,7 +256,9 @@ class Recorder(BackgroundWorker):
             chunk = item.chunk if item.chunk is not None else compressed
             if af.append(item.kind, item.seq, item.ts, item.data, chunk) and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
-            if item.kind == "raw":
+            if item.kind == "raw" and item.rx >= 0:
+                self.part_index.add(item.acq, item.rx, af.path)
+            elif item.kind == "raw":
                 self.raw_part[(item.acq, item.seq, item.ts)] = af.path
             if af.since_flush >= self.s.flush_every:
                 af.flush()
@@ -285,8 +284,11 @@ class Recorder(BackgroundWorker):
                     self.t0[item.acq] = item.ts
                 return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
             return af
-        # outputs: the part holding their raw frame (by shape only when that frame is forgotten)
-        path = self.raw_part.get((item.acq, item.seq, item.ts))
+        # outputs: the part holding their raw frame (by rx; without one, by shape if that frame is forgotten)
+        if item.rx >= 0 and (path := self.part_index.find(item.acq, item.rx)) is None:
+            return None
+        if item.rx < 0:
+            path = self.raw_part.get((item.acq, item.seq, item.ts))
         for cand in (af, self.previous.get(item.acq)):
             if cand is not None and (cand.path == path if path is not None else cand.shape == shape):
                 return cand
@@ -298,7 +300,10 @@ class Recorder(BackgroundWorker):
         Outputs trail their raw frames by the denoising latency; a part closed in between (idle, too
         many files open, a new series_start) must not lose them. None if there is no such part.
         """
-        for path, part_shape in reversed(self.closed_parts.get(acq, [])):
+        closed = self.closed_parts.get(acq, [])
+        if want is not None and want.exists() and all(p != want for p, _ in closed):
+            closed = [(want, shape)]  # ours (PartIndex), closed longer ago than PARTS_KEPT parts
+        for path, part_shape in reversed(closed):
             if (path != want if want is not None else part_shape != shape) or not path.exists():
                 continue
             self._make_room()
@@ -349,10 +354,8 @@ class Recorder(BackgroundWorker):
         self.metrics.record_rolls.labels(reason=reason).inc()
         old = self.files.pop(acq)
         if reason in ("shape", "dtype"):
-            log.warning(
-                "%s: frame %s changed from %s %s to %s %s; continuing in a new file",
-                acq, reason, old.shape, old.raw_dtype, shape, np.dtype(dtype),
-            )  # fmt: skip
+            msg = "%s: frame %s changed from %s %s to %s %s; continuing in a new file"
+            log.warning(msg, acq, reason, old.shape, old.raw_dtype, shape, np.dtype(dtype))
         before = self.previous.pop(acq, None)
         if before is not None:
             self._shut(before)
@@ -371,10 +374,8 @@ class Recorder(BackgroundWorker):
         self.runs.boundary(item.acq)  # the new run's numbering: a new segment for readers
         if item.acq not in self.files:  # a new acquisition, or its part was closed: one opens anyway
             return
-        log.warning(
-            "%s: sequence restarted at seq %s without series_start (the producer came back); "
-            "continuing in a new part so that no part holds a seq twice", item.acq, item.seq,
-        )  # fmt: skip
+        msg = "%s: sequence restarted at seq %s without series_start; continuing in a new part"
+        log.warning(msg, item.acq, item.seq)  # so that no part holds a seq twice
         self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
 
     def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:
