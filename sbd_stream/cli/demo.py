@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from sbd_stream.cli.app import app, setup_logging
+from sbd_stream.cli.app import app, fail, setup_logging
 from sbd_stream.cli.live import stages_or_fail
 from sbd_stream.cli.options import (
     Complete,
@@ -27,6 +27,7 @@ from sbd_stream.cli.options import (
     Policy,
     Verbose,
     Workers,
+    endpoints_named,
     parse_shape,
     settings_from_flags,
 )
@@ -153,8 +154,16 @@ def demo(
         from sbd_stream.sources.emulator_recording import for_recording
 
         emu_cfg, _ = for_recording(emu_cfg, shape_given=shape is not None)  # its frame size and dtype
+    from sbd_stream.sources.emulator import FrameSource
+
+    try:  # what the emulator's child would refuse (a dose its count type cannot hold), said here
+        FrameSource(emu_cfg)
+    except (ValueError, OSError) as e:
+        tmp.cleanup()
+        fail(f"emulator: {e}")
     try:
-        result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
+        with endpoints_named(flags):  # a busy --viewer-port: one line, not a traceback
+            result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
     finally:
         tmp.cleanup()
     if record:  # the temporary folder is gone; --record-dir keeps the files
@@ -178,7 +187,6 @@ def _recorded_sampling(
     at the flags' default (0.060 A, 0.45 counts) denoised a 0.12 A, 1.8-count recording at bin 4 and
     the wrong dose. Contradicting flags end in one line, as for ``emulate --source``.
     """
-    from sbd_stream.cli.app import fail
     from sbd_stream.sources.emulator_recording import for_recording, recorded_layout
     from sbd_stream.sources.emulator_settings import EmulatorSettings
     from sbd_stream.sources.stacks import StackError

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sbd_stream.cli.app import app, fail, on_signals, setup_logging
+from sbd_stream.cli.app import app, fail, on_signals, settings_error, setup_logging
 from sbd_stream.cli.options import (
     Batch,
     Complete,
@@ -32,10 +32,12 @@ from sbd_stream.cli.options import (
     Workers,
     detector_section,
     detector_settings,
+    endpoints_named,
     parse_shape,
     settings_from_flags,
 )
 from sbd_stream.cli.scene_options import (
+    EMULATOR_FLAGS,
     Drift,
     DriftAngle,
     Event,
@@ -108,6 +110,7 @@ def serve(
     lanes.complete_timeout_s, 300 s) and closes the files. Every option can also come from a TOML file
     (--config) or SBD_* environment variables; see docs/service.md ("Two lanes").
     """
+    from sbd_stream.service.build import check_endpoints
     from sbd_stream.service.build import serve as run_service
 
     setup_logging(verbose)
@@ -140,6 +143,8 @@ def serve(
         viewer_port=viewer_port,
     )
     s = settings_from_flags(flags, config)
+    with endpoints_named(flags):  # a malformed one before the engine loads; one in use once bound
+        check_endpoints(s)
     stages = stages_or_fail(s)
     stop = threading.Event()
     on_signals(stop)
@@ -148,7 +153,8 @@ def serve(
         f"{metrics_where(s)}  (Ctrl-C to stop)",
         err=True,
     )
-    result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
+    with endpoints_named(flags):
+        result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
     typer.echo(json.dumps(result, indent=2))
     if result.get("failure"):  # a stage that could not go on (supervisor): say why, exit non-zero
         typer.echo(f"sbd-stream serve stopped: {result['failure']}", err=True)
@@ -252,7 +258,7 @@ def replay(
     """
     from sbd_stream.formats.recording import recorded_detector
     from sbd_stream.metrics_summary import summary
-    from sbd_stream.service.build import run_replay
+    from sbd_stream.service.build import check_endpoints, run_replay
 
     setup_logging(verbose)
     if not file.exists():
@@ -285,7 +291,10 @@ def replay(
     )
     s = settings_from_flags(flags, config)
     settle = wait if publish else 0.0
-    pipe, secs, n = run_replay(s, stages_or_fail(s), file, realtime=realtime, limit=limit, settle_s=settle)
+    with endpoints_named(flags):
+        check_endpoints(s, receiver=False)
+        stages = stages_or_fail(s)
+        pipe, secs, n = run_replay(s, stages, file, realtime=realtime, limit=limit, settle_s=settle)
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)
@@ -323,7 +332,9 @@ def emulate(
     endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="Where to publish frames"),
     connect: bool = typer.Option(False, "--connect", help="Connect to a bound service instead of binding"),
     shape: str | None = typer.Option(
-        None, help="Frame size HxW, up to 3838x3710 (K2); default 1024x1024, a recording's own with --source"
+        None,
+        help="Frame size HxW, sides 1-16384 (serve refuses frames over ingest.max_payload_bytes, 57 MB by "
+        "default); default 1024x1024, a recording's own with --source",
     ),
     dtype: str | None = typer.Option(
         None, help="uint8 or uint16 counts; default uint16, a recording's own with --source"
@@ -337,8 +348,8 @@ def emulate(
         None, help="Simulated dataset or recording (.nxs); default: the bundled scene"
     ),
     pool: int = typer.Option(0, min=0, help="Cycle N pre-drawn noisy frames (needed for 40 Hz at K2 size)"),
-    seed: int = typer.Option(0),
-    acq: str | None = typer.Option(None, help="Acquisition id (default: random)"),
+    seed: int = typer.Option(0, help="Noise seed, >= 0"),
+    acq: str | None = typer.Option(None, help="Acquisition id, 1-256 printable characters (default: random)"),
     push: bool = typer.Option(
         False, "--push", help="PUSH instead of PUB: PULL peers (serve --socket-type pull) share the frames"
     ),
@@ -368,6 +379,9 @@ def emulate(
     """
     import math
 
+    import zmq
+    from pydantic import ValidationError
+
     from sbd_stream.config import SocketMode
     from sbd_stream.sources.emulator import Emulator, EmulatorSettings
     from sbd_stream.sources.emulator_recording import for_recording
@@ -378,27 +392,29 @@ def emulate(
     if not (math.isfinite(rate) and rate >= 0):  # 0 is "as fast as possible", as the help says
         fail(f"--rate must be a number of frames per second >= 0 (0: as fast as possible), got {rate}")
     det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
-    cfg = EmulatorSettings(
-        endpoint=endpoint,
-        mode=SocketMode.connect if connect else SocketMode.bind,
-        shape=parse_shape(shape or "1024x1024"),
-        dtype=dtype or "uint16",
-        dose=det.vacuum_counts,
-        pixel_size_A=det.pixel_size_A,
-        rate_hz=rate,
-        n_frames=frames,
-        source=source,
-        seed=seed,
-        pool=pool,
-        push=push,
-        peers=peers,
-        wait_subscriber_s=wait,
-        sndhwm=sndhwm or (16 if push else 1000),
-        **({} if source else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)),
-    )
-    if acq:
-        cfg.acq = acq
-    try:  # a recording states what is sent (shape, dtype, sampling); contradicting flags end here
+    shape_hw = parse_shape(shape or "1024x1024")
+    held = {} if source else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+    try:  # every value is checked (EmulatorSettings); a socket that cannot open names --endpoint
+        cfg = EmulatorSettings(
+            endpoint=endpoint,
+            mode=SocketMode.connect if connect else SocketMode.bind,
+            shape=shape_hw,
+            dtype=dtype or "uint16",
+            dose=det.vacuum_counts,
+            pixel_size_A=det.pixel_size_A,
+            rate_hz=rate,
+            n_frames=frames,
+            source=source,
+            seed=seed,
+            pool=pool,
+            push=push,
+            peers=peers,
+            wait_subscriber_s=wait,
+            sndhwm=sndhwm or (16 if push else 1000),
+            **({} if acq is None else {"acq": acq}),
+            **held,
+        )
+        # a recording states what is sent (shape, dtype, sampling); contradicting flags end here
         cfg, sampled = for_recording(
             cfg,
             shape_given=shape is not None,
@@ -408,8 +424,13 @@ def emulate(
             counts_per_px=counts_per_px,
         )
         emu = Emulator(cfg)
-    except (OSError, ValueError) as e:
-        fail(str(e))
+    except ValidationError as e:
+        fail(settings_error(e, EMULATOR_FLAGS))
+    except zmq.ZMQError as e:
+        shown = endpoint or '""'
+        fail(f"--endpoint {shown}: {zmq.strerror(e.errno)}")
+    except (OSError, ValueError) as e:  # h5py's messages may span lines; ProtocolError is a ValueError
+        fail(" ".join(str(e).split()))
     h, w = emu.source.shape
     pace = f"at {rate:g} Hz" if rate > 0 else "as fast as possible"
     typer.echo(  # what series_start announces and the frames carry, whatever the flags said

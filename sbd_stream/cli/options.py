@@ -7,6 +7,8 @@ is the only place that knows which flag fills which field of the settings tree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -249,9 +251,34 @@ def likelihood(enabled: bool | None, evidence_frames: int | None) -> dict[str, A
 
 
 def parse_shape(text: str) -> tuple[int, int]:
-    """``--shape 1024x1024`` -> (1024, 1024)."""
+    """``--shape 1024x1024`` -> (1024, 1024); each side 1 to 16384, the most wire format v1 carries (a
+    0, negative or larger side was a ProtocolError traceback once the first frame was encoded)."""
+    from sbd_stream.protocol import MAX_SIDE
+
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         fail(f"--shape must look like 1024x1024, got {text!r}")
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        fail(f"--shape: each side must be 1 to {MAX_SIDE} pixels (wire format v1), got {text!r}")
     return h, w
+
+
+@contextmanager
+def endpoints_named(flags: Flags) -> Iterator[None]:
+    """An endpoint or port the service cannot open (``service.build.EndpointError``) ends the command in
+    one line: ``error: --output foo: not a ZeroMQ endpoint ...``, named by the flag when a flag gave the
+    value, else by the setting (the TOML file or an SBD_ variable did)."""
+    from sbd_stream.service.build import EndpointError
+
+    try:
+        yield
+    except EndpointError as e:
+        flag, given = {
+            "ingest.endpoint": ("--input", flags.input),
+            "publish.endpoint": ("--output", flags.output),
+            "metrics.port": ("--metrics-port", flags.metrics_port),
+            "viewer.port": ("--viewer-port", flags.viewer_port),
+        }.get(e.setting, (e.setting, None))
+        shown = e.where or '""'
+        fail(f"{flag if given is not None else e.setting} {shown}: {e.reason}")

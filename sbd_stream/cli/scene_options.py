@@ -27,6 +27,31 @@ EventFrame = Annotated[
 Event = Annotated[str | None, typer.Option("--event", help="vanish (default) or hop")]
 
 
+EMULATOR_FLAGS = {
+    "shape": "--shape",
+    "dtype": "--dtype",
+    "dose": "--dose / --counts-per-px",
+    "pixel_size_A": "--pixel-size",
+    "rate_hz": "--rate",
+    "n_frames": "--frames",
+    "seed": "--seed",
+    "acq": "--acq",
+    "pool": "--pool",
+    "sndhwm": "--sndhwm",
+    "peers": "--peers",
+    "endpoint": "--endpoint",
+    "wait_subscriber_s": "--wait",
+    "scene": "--scene",
+    "drift_A_per_s": "--drift",
+    "drift_angle_deg": "--drift-angle",
+    "focus_nm": "--focus",
+    "focus_rate_nm_per_s": "--focus-rate",
+    "event_frame": "--event-frame",
+    "event": "--event",
+}
+"""``EmulatorSettings`` field -> the flag that sets it, so a refused value names what the user typed."""
+
+
 def bundled_scene() -> Path | None:
     """The scene bundle shipped with the package, if present."""
     from sbd_stream.sources.scene import BUNDLED_SCENES

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import zmq
 
-from sbd_stream.config import BackpressurePolicy, ServiceSettings
+from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode
 from sbd_stream.engines.card import live_engine
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
@@ -31,11 +32,14 @@ from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSin
 from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
 from sbd_stream.sinks.publisher import Publisher
 from sbd_stream.sinks.recorder import Recorder
+from sbd_stream.sources.receiver import Receiver, endpoint_problem
 from sbd_stream.supervisor import Supervisor, wait_running
 
 __all__ = [
+    "EndpointError",
     "SourceFactory",
     "build_pipeline",
+    "check_endpoints",
     "load_stage",
     "load_stages",
     "run_replay",
@@ -47,6 +51,44 @@ SourceFactory = Callable[[Intake, Supervisor], Source]
 """Makes the pipeline's source, given where its frames go (the intake) and the service's supervisor."""
 
 Stages = BatchStage | Denoiser | Sequence[BatchStage]
+
+
+class EndpointError(ValueError):
+    """A socket or port the settings name cannot be opened here: which setting, which address, why.
+
+    Why: a malformed ``--output foo``, a TOML endpoint without its ``tcp://``, a port another program
+    holds each ended ``serve`` in a ~100-line ZMQError / OSError traceback; the command prints this one
+    line instead (``setting`` lets it name the flag when the flag gave the value).
+    """
+
+    def __init__(self, setting: str, where: str, reason: str) -> None:
+        shown = where or '""'  # an empty endpoint is still shown as given
+        super().__init__(f"{setting} {shown}: {reason}")
+        self.setting, self.where, self.reason = setting, where, reason
+
+
+def check_endpoints(s: ServiceSettings, receiver: bool = True) -> None:
+    """Refuse a malformed publish (and, with ``receiver``, ingest) endpoint before any socket opens.
+
+    Before, not at bind: the publisher warns that a bound endpoint is "reachable from other machines"
+    before binding it, which for ``foo`` is no news but noise.
+    """
+    wanted = [("publish.endpoint", s.publish.endpoint, s.publish.mode)] if s.publish.enabled else []
+    if receiver:
+        wanted.append(("ingest.endpoint", s.ingest.endpoint, s.ingest.mode))
+    for setting, endpoint, mode in wanted:
+        problem = endpoint_problem(endpoint, binds=mode is SocketMode.bind)
+        if problem:
+            raise EndpointError(setting, endpoint, problem)
+
+
+@contextmanager
+def opening(setting: str, endpoint: str) -> Iterator[None]:
+    """A ZeroMQ bind / connect that fails (address in use, no such interface) as an ``EndpointError``."""
+    try:
+        yield
+    except zmq.ZMQError as e:
+        raise EndpointError(setting, endpoint, zmq.strerror(e.errno)) from e
 
 
 def worker_specs(s: ServiceSettings) -> list[WorkerSpec]:
@@ -127,6 +169,7 @@ def build_pipeline(
     loaded from the settings), ``source`` (the live receiver, a factory, or None to feed
     ``handle_frame`` by hand)."""
     s, m = settings, metrics or Metrics()
+    check_endpoints(s, receiver=source == "receiver")
     ctx = context or zmq.Context.instance()
     stages = _as_stages(s, stage)
     sup = Supervisor(m, s.supervision.max_restarts, s.supervision.restart_window_s)
@@ -170,7 +213,12 @@ def build_pipeline(
         complete_batch=d.batch_frames,
     )
     make_source = receiver_source(s, m, ctx) if source == "receiver" else source
-    src = None if make_source is None else make_source(intake, sup)
+    try:
+        with opening("ingest.endpoint", s.ingest.endpoint):
+            src = None if make_source is None else make_source(intake, sup)
+    except EndpointError:
+        release_unstarted(sinks, None)
+        raise
     return Pipeline(s, source=src, intake=intake, pool=pool, sinks=sinks, metrics=m, supervisor=sup)
 
 
@@ -189,7 +237,8 @@ def make_sinks(
     sinks: list[Sink] = []
     publisher = None
     if s.publish.enabled:
-        publisher = Publisher(s.publish, m, str(den.engine_id), ctx, sup)
+        with opening("publish.endpoint", s.publish.endpoint):
+            publisher = Publisher(s.publish, m, str(den.engine_id), ctx, sup)
     if s.viewer.enabled and publisher is not None:
         sinks.append(ViewerSink(s, publisher.endpoint, m, ctx, sup))
     if publisher is not None:
@@ -221,6 +270,33 @@ def report_geometry(stage: BatchStage, m: Metrics) -> None:
         logging.getLogger(__name__).warning("%s (sbd_dose_out_of_range = 1)", msg)
 
 
+def release_unstarted(sinks: Sequence[Sink], source: Source | None) -> None:
+    """Close the sockets of a receiver and publisher whose threads never ran (they close their own)."""
+    if isinstance(source, Receiver):
+        source.close()  # a no-op once started
+    for sink in sinks:
+        if isinstance(sink, PublisherSink) and sink.publisher._thread is None:  # never started
+            sink.publisher.sock.close(linger=0)
+
+
+def start(pipe: Pipeline) -> None:
+    """``pipe.start()``; a metrics or viewer port that cannot be bound (in use, no such host) is an
+    ``EndpointError`` once what had started is stopped again (the metrics server is started first, so
+    a busy metrics port leaves nothing running)."""
+    try:
+        pipe.start()
+    except OSError as e:
+        s, metrics_up = pipe.settings, pipe.metrics.port is not None
+        release_unstarted(pipe.sinks, pipe.source)
+        pipe.stop(timeout=1.0)
+        reason = e.strerror or str(e)
+        if s.metrics.enabled and not metrics_up:
+            raise EndpointError("metrics.port", f"{s.metrics.host}:{s.metrics.port}", reason) from e
+        if s.viewer.enabled:
+            raise EndpointError("viewer.port", f"{s.viewer.host}:{s.viewer.port}", reason) from e
+        raise
+
+
 def serve(
     settings: ServiceSettings,
     stop: threading.Event,
@@ -230,7 +306,7 @@ def serve(
 ) -> dict[str, Any]:
     """Run the live service until ``stop`` is set, then drain; returns the final counters."""
     pipe = build_pipeline(settings, stage)
-    pipe.start()
+    start(pipe)
     m, sup = pipe.metrics, pipe.supervisor
     t0 = time.perf_counter()
     try:
@@ -261,7 +337,7 @@ def run_replay(
     from sbd_stream.sources.replay import ReplaySource
 
     pipe = build_pipeline(settings, stage, source=None, metrics=metrics)
-    pipe.start()
+    start(pipe)
     if settle_s > 0:
         time.sleep(settle_s)
     intake = pipe.intake

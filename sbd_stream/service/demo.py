@@ -168,7 +168,7 @@ def run_demo(
     scored on a sample of ``truth_frames`` frames spread over the series, so a long demo's memory
     stays small.
     """
-    from sbd_stream.service.build import build_pipeline
+    from sbd_stream.service.build import build_pipeline, start
     from sbd_stream.service.sink import FrameTap
     from sbd_stream.sources.emulator import FrameSource
     from sbd_stream.sources.emulator_process import EmulatorProcess
@@ -186,7 +186,11 @@ def run_demo(
             sent[frame.header.seq] = np.array(frame.data, copy=True)
 
     pipe.add_sink(FrameTap(keep_raw), first=True)
-    pipe.start()
+    try:
+        start(pipe)  # a busy viewer / metrics port: EndpointError, one line at the command
+    except BaseException:
+        emu.close()
+        raise
     assert pipe.publisher is not None
     col = Collector(pipe.publisher.endpoint, keep_data=lambda seq: seq in sample, context=ctx).start()
     t0 = time.perf_counter()

@@ -35,6 +35,7 @@ import numpy as np
 import zmq
 
 from sbd_stream.compute.noise import poisson_counts
+from sbd_stream.compute.poisson_table import max_rate
 from sbd_stream.config import SocketMode
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import (
@@ -113,6 +114,12 @@ class FrameSource:
         self._images: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self.player: ScenePlayer | None = None
+        self._load(cfg)
+        if not self._counts:  # clean images: counts drawn here must fit the type sent
+            check_counts_type(self.peak_rate, cfg.dose, cfg.dtype)
+
+    def _load(self, cfg: EmulatorSettings) -> None:
+        """The scene, the synthetic lattice, a simulated dataset's images or a recording's counts."""
         if cfg.scene is not None:
             self.kind = SourceKind.scene
             self.player = ScenePlayer(read_scene(cfg.scene, cfg.scene_name), cfg)
@@ -147,6 +154,13 @@ class FrameSource:
                 raise ValueError(
                     f"{cfg.source}: neither a simulated dataset (/images) nor a recording (/raw)"
                 )
+
+    @property
+    def peak_rate(self) -> float:
+        """The largest expected count of any frame (a scene's bound: its Poisson table's top rate)."""
+        if self.player is not None:
+            return max(self.player.table.lam_max, self.cfg.dose)
+        return max(float(im.max()) for im in self._images) * self.cfg.dose if self._images else self.cfg.dose
 
     def __len__(self) -> int:
         return len(self._images) or len(self._counts) or 1
@@ -236,6 +250,28 @@ class FrameSource:
             i += 1
 
 
+def check_counts_type(peak_rate: float, dose: float, dtype: str) -> None:
+    """Refuse (``ValueError``, one line) a dose whose counts ``dtype`` cannot hold.
+
+    Why: counts above the type's maximum were clipped to it without a word (uint8 at 300 counts/px sent
+    255 everywhere). The test is the brightest pixel's rate against ``max_rate`` (a count over the
+    maximum less often than once in 10^12 pixels), so nothing the emulator accepts is ever clipped.
+    """
+    limit = max_rate(dtype)
+    if peak_rate <= limit:
+        return
+    top = int(np.iinfo(np.dtype(dtype)).max)
+    most = limit * dose / peak_rate
+    bright = (
+        f" (brightest pixels {peak_rate / dose:.3g}x: {peak_rate:.4g} counts)" if peak_rate > dose else ""
+    )
+    raise ValueError(
+        f"dose {dose:.4g} counts/px{bright} does not fit {dtype} counts (at most {top}): "
+        f"at most {most:.4g} counts/px as {dtype}"
+        + ("; send --dtype uint16 or lower the dose" if dtype == "uint8" else "; lower the dose")
+    )
+
+
 VACUUM_MARGIN = 64
 """Extra rows and columns of a held scene's pre-drawn vacuum frames: 64 x 64 window offsets."""
 
@@ -253,10 +289,14 @@ class Emulator:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if cfg.push else None
         self._peers = 0
-        if cfg.mode is SocketMode.bind:
-            self.sock.bind(cfg.endpoint)
-        else:
-            self.sock.connect(cfg.endpoint)
+        try:
+            if cfg.mode is SocketMode.bind:
+                self.sock.bind(cfg.endpoint)
+            else:
+                self.sock.connect(cfg.endpoint)
+        except zmq.ZMQError:  # a port in use, no such interface: nothing of this emulator stays open
+            self._close_socket()
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or cfg.endpoint
         self.sent: dict[int, np.ndarray] = {}
         self.truth: dict[int, np.ndarray] = {}
@@ -390,6 +430,9 @@ class Emulator:
     def close(self) -> None:
         self.stop_event.set()
         self.join(5.0)
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         if self._monitor is not None:
             self.sock.disable_monitor()
             self._monitor.close(linger=0)

@@ -62,6 +62,7 @@ class EmulatorProcess:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
+        self.n_sent, self._done = 0, False  # before the child can fail: close() reads them
         self._in.write(json.dumps(cfg.model_dump(mode="json")) + "\n")
         self._in.flush()
         line = _readline(self._out, start_timeout_s)
@@ -69,8 +70,6 @@ class EmulatorProcess:
             self.close()
             raise TimeoutError(f"the emulator process did not start in {start_timeout_s:.0f} s")
         self.endpoint = line.strip()
-        self.n_sent = 0
-        self._done = False
 
     def go(self) -> None:
         self._in.write("go\n")

@@ -2,6 +2,10 @@
 
 Kept apart from ``sbd_stream/config.py`` because only the emulator (sources/emulator.py, scene.py) and
 the commands that start one use them; the service never reads them.
+
+Every value is checked here, not where it is first used: a zero-sized or 16385-pixel side, an ``acq``
+the wire format refuses, ``inf`` seconds, a negative seed or an unknown event each ended ``emulate`` in
+a traceback from deep inside numpy, ZeroMQ or the encoder (some only after the banner).
 """
 
 from __future__ import annotations
@@ -10,19 +14,21 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.noise import DEFAULT_DOSE
 from sbd_stream.config import PAPER_PIXEL_A, SocketMode
+from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SIDE
+from sbd_stream.sources.receiver import endpoint_problem
 
 
 class EmulatorSettings(BaseModel):
     """``sbd-stream emulate`` / the demo's fake detector (sbd_stream/sources/emulator.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    mode: SocketMode = SocketMode.bind  # before ``endpoint``: its check depends on it
     endpoint: str = "tcp://127.0.0.1:5555"
-    mode: SocketMode = SocketMode.bind
     shape: tuple[int, int] = (1024, 1024)
     dtype: Literal["uint8", "uint16"] = "uint16"
     dose: float = Field(DEFAULT_DOSE, gt=0, description="counts per detector pixel in vacuum per frame")
@@ -47,7 +53,7 @@ class EmulatorSettings(BaseModel):
     render_interval_s: float = Field(
         0.1, gt=0, description="scene: the clean image is re-rendered this often (drift, focus)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     acq: str = Field(default_factory=lambda: f"emu-{uuid.uuid4().hex[:8]}")
     pool: int = Field(
         0, ge=0, description=">0: cycle this many pre-drawn noisy frames per clean image (scene: of vacuum)"
@@ -61,6 +67,28 @@ class EmulatorSettings(BaseModel):
     )
     push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
     peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str, info: ValidationInfo) -> str:
+        problem = endpoint_problem(v, binds=info.data.get("mode", SocketMode.bind) is SocketMode.bind)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(1 <= side <= MAX_SIDE for side in v):
+            raise ValueError(f"each side must be 1 to {MAX_SIDE} pixels (wire format v1)")
+        return v
+
+    @field_validator("acq")
+    @classmethod
+    def _acq(cls, v: str) -> str:
+        if not (1 <= len(v) <= MAX_ACQ_LEN and v.isprintable()):
+            raise ValueError(f"must be 1 to {MAX_ACQ_LEN} printable characters (wire format v1)")
+        return v
 
     @property
     def dose_per_area(self) -> float:

@@ -15,6 +15,7 @@ are the plug-ins' (``sources/wire_v1.py``, ``sources/dectris/acquisition.py``), 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from sbd_stream.sources.wire_v1 import WireV1Dialect
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker
 
-__all__ = ["Receiver", "max_message_bytes", "open_dialect", "open_receiver"]
+__all__ = ["Receiver", "endpoint_problem", "max_message_bytes", "open_dialect", "open_receiver"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class Receiver(BackgroundWorker):
         self.ctx = context or zmq.Context.instance()
         self._init_worker(supervisor)
         self.connects = settings.mode is SocketMode.connect
+        problem = endpoint_problem(settings.endpoint, binds=not self.connects)
+        if problem:  # before the warning below: "foo" is no address, let alone one open to the network
+            raise ValueError(f"ingest.endpoint {settings.endpoint!r}: {problem}")
         if not self.connects:
             warn_if_exposed(f"{dialect.name} input", settings.endpoint)
         self.sock = self._open(settings.endpoint)
@@ -165,6 +169,47 @@ class Receiver(BackgroundWorker):
         """Release the socket of a receiver that was never started (a started one closes its own)."""
         if self._thread is None:
             self._finalize()
+
+
+ZMQ_SCHEMES = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm", "tipc", "vmci", "udp")
+"""Transports libzmq may know (which it was built with decides at bind / connect time)."""
+
+
+def endpoint_problem(endpoint: str, binds: bool) -> str | None:
+    """Why ``endpoint`` cannot be a ZeroMQ address, or None: checked before any socket is opened.
+
+    Why here and not left to libzmq: its ``ZMQError: Invalid argument`` names neither the setting nor
+    the rule, a port over 65535 is silently taken modulo 65536 (``:99999`` bound port 34463), and a
+    bind to a malformed address first logged that it was "reachable from other machines". Only what is
+    certainly wrong is refused; host names and interface names are left to libzmq (``bind`` /
+    ``connect`` errors are reported where they happen).
+    """
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or not scheme:
+        return "not a ZeroMQ endpoint (transport://address, e.g. tcp://127.0.0.1:5556)"
+    if scheme not in ZMQ_SCHEMES:
+        return f"unknown transport {scheme!r} (tcp, ipc or inproc)"
+    if not address:
+        return "no address after the transport"
+    if scheme not in ("tcp", "ws", "wss", "udp"):
+        return None
+    address = address.rsplit(";", 1)[-1]  # tcp://source;destination (connect): check the destination
+    address = address.split("/", 1)[0]  # ws://host:port/path
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        return "needs host:port (e.g. tcp://127.0.0.1:5556, or tcp://127.0.0.1:* for any free port)"
+    if port == "*" and binds:
+        return None
+    if not (port.isdigit() and (0 if binds else 1) <= int(port) <= 65535):
+        return f"port {port!r} is not 1 to 65535" + (" (or * for any free port)" if binds else "")
+    bare = host.strip("[]")
+    literal = host.startswith("[") or bare.replace(".", "").isdigit()  # an IP address, not a name
+    if literal:
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            return f"{bare} is not an IP address"
+    return None
 
 
 def max_message_bytes(max_payload_bytes: int) -> int:

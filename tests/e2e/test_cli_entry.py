@@ -85,3 +85,27 @@ def test_demo_replays_a_recording_at_its_sampling_in_strict_json(tmp_path, tiny_
     assert again["psnr_denoised_db"] is None and "clean truth" in again["psnr_note"]
     res = CliRunner().invoke(app, ["demo", "--source", str(recording), "--pixel-size", "0.06", *model])
     assert res.exit_code == 2 and "recorded at 0.3 A" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.timeout(240)
+def test_demo_refuses_what_its_emulator_cannot_send_and_a_busy_viewer_port_in_one_line(
+    tiny_engine_dir,
+) -> None:
+    """A dose no uint16 count can hold ended in the emulator child's traceback and then the parent's
+    AttributeError; a viewer port in use ended in a traceback. Both are one ``error:`` line, exit 2."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    base = ["demo", "--frames", "4", "--synthetic", "--shape", "64x64", "--no-likelihood", "--no-record"]
+    base += ["--model", str(tiny_engine_dir), "--engine", "torch", "--pixel-size", "0.3"]
+    res = CliRunner().invoke(app, [*base, "--counts-per-px", "100000"])
+    assert res.exit_code == 2 and "does not fit uint16" in res.output and "Traceback" not in res.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(app, [*base, "--viewer", "--viewer-port", str(port)])
+    assert res.exit_code == 2 and "--viewer-port" in res.output and "in use" in res.output, res.output
