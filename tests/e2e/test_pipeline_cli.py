@@ -22,6 +22,21 @@ pytestmark = pytest.mark.integration
 SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
 
 
+def _serve_cmd(emu: Emulator, ctx: zmq.Context, record_dir: Path, engine_dir: Path, *extra: str) -> list[str]:
+    """``serve`` from the emulator into ``record_dir`` with the tiny engine, every frame in order, metrics
+    on the port returned as the command's ``--metrics-port`` value."""
+    return [
+        SBD, "serve",
+        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--record-dir", str(record_dir), "--model", str(engine_dir), "--engine", "onnxruntime",
+        "--metrics-port", str(_port(ctx)), "--policy", "lossless", *extra,
+    ]  # fmt: skip
+
+
+def _metrics_port(cmd: list[str]) -> int:
+    return int(cmd[cmd.index("--metrics-port") + 1])
+
+
 def _port(ctx: zmq.Context) -> int:
     s = ctx.socket(zmq.PUB)
     port = s.bind_to_random_port("tcp://127.0.0.1")
@@ -46,13 +61,8 @@ def test_serve_drains_and_closes_on_signal(
         ),
         ctx,
     )
-    metrics_port = _port(ctx)
-    cmd = [
-        SBD, "serve",
-        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
-        "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
-        "--metrics-port", str(metrics_port), "--policy", "lossless", "--workers", str(workers),
-    ]  # fmt: skip
+    cmd = _serve_cmd(emu, ctx, tmp_path, tiny_engine_dir, "--workers", str(workers))
+    metrics_port = _metrics_port(cmd)
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -102,13 +112,8 @@ def test_serve_survives_a_recording_write_error_and_exits_cleanly(
         ),
         ctx,
     )
-    metrics_port = _port(ctx)
-    cmd = [
-        SBD, "serve",
-        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
-        "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
-        "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
-    ]  # fmt: skip
+    cmd = _serve_cmd(emu, ctx, tmp_path, tiny_engine_dir, "--compression", "none")
+    metrics_port = _metrics_port(cmd)
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_file_size

@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import zmq
 from conftest import ci_provided, make_settings, wait_until
+from prometheus_api import free_port, query
 
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import Metrics
@@ -32,27 +29,6 @@ pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "sbd-stream.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _query(base: str, q: str) -> list[dict]:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q})}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            body = json.load(r)
-    except urllib.error.HTTPError as e:  # a query Prometheus refuses (400): say why
-        if e.code == 503:  # still starting (its TSDB not open yet): not ready, as when not listening
-            return []
-        raise AssertionError(f"{q}: {e.read()[:300]!r}") from e
-    except OSError:
-        return []  # not listening yet
-    assert body["status"] == "success", body
-    return body["data"]["result"]
 
 
 def _panel_expr(title: str, ref: str, instance: str) -> str:
@@ -95,7 +71,7 @@ def test_dashboard_sees_the_first_malformed_burst_stage_errors_and_batch_sizes(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"scrape_configs:\n  - job_name: sbd-stream\n    static_configs:\n      - targets: [{targets}]\n"
     )
-    base = f"http://127.0.0.1:{_free_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     log = (tmp_path / "prometheus.log").open("w")
     prom = subprocess.Popen(
         [
@@ -107,7 +83,7 @@ def test_dashboard_sees_the_first_malformed_burst_stage_errors_and_batch_sizes(
     try:
         # Prometheus has scraped every target twice before anything happens (as a service that ran a while)
         scraped = "count(count_over_time(sbd_frames_received_total[1m]) >= 2)"
-        ready = lambda: _by(_query(base, scraped), "") == {"": 3.0}  # noqa: E731
+        ready = lambda: _by(query(base, scraped), "") == {"": 3.0}  # noqa: E731
         assert wait_until(lambda: ready() or prom.poll() is not None, 60) and prom.poll() is None, (
             tmp_path / "prometheus.log"
         ).read_text()[-2000:]
@@ -132,23 +108,23 @@ def test_dashboard_sees_the_first_malformed_burst_stage_errors_and_batch_sizes(
             threes.batch_size.observe(3)
             time.sleep(0.05)
         final = f'sbd_frames_malformed_total{{reason="bad_json", instance="{inst["service"]}"}}'
-        assert wait_until(lambda: _by(_query(base, final), "reason").get("bad_json", 0) >= 5, 15)
+        assert wait_until(lambda: _by(query(base, final), "reason").get("bad_json", 0) >= 5, 15)
         time.sleep(1.5)  # one scrape more of the batch registries
 
-        malformed = _query(base, _panel_expr("Input stream health", "F", inst["service"]))
+        malformed = query(base, _panel_expr("Input stream health", "F", inst["service"]))
         assert _by(malformed, "reason").get("bad_json", 0) > 0, malformed
-        errors = _by(_query(base, _panel_expr("Stage health", "C", inst["threes"])), "stage")
+        errors = _by(query(base, _panel_expr("Stage health", "C", inst["threes"])), "stage")
         assert errors.get("recorder", 0) > 0 and errors.get("publisher") == 0, errors
         for name, n in (("ones", 1), ("threes", 3)):
-            mean = _query(base, _panel_expr("Frames per denoiser batch", "A", inst[name]))
-            p90 = _query(base, _panel_expr("Frames per denoiser batch", "B", inst[name]))
+            mean = query(base, _panel_expr("Frames per denoiser batch", "A", inst[name]))
+            p90 = query(base, _panel_expr("Frames per denoiser batch", "B", inst[name]))
             assert [float(r["value"][1]) for r in mean] == [pytest.approx(n)], (name, mean)  # a ratio of sums
             assert [float(r["value"][1]) for r in p90] == [n], (name, p90)
         # and every other query of the dashboard is PromQL this Prometheus accepts
         dash = json.loads(DASHBOARD.read_text())
         for p in dash["panels"]:
             for t in p.get("targets", []):
-                _query(base, _panel_expr(p["title"], t["refId"], inst["service"]))  # asserts "success"
+                query(base, _panel_expr(p["title"], t["refId"], inst["service"]))  # asserts "success"
     finally:
         prom.terminate()
         try:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import zmq
 from conftest import ci_provided
+from prometheus_api import free_port, query
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
@@ -24,20 +21,6 @@ pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
 N_FRAMES = 24
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _query(base: str, q: str) -> list[dict]:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q})}"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]["result"]
 
 
 @pytest.mark.timeout(180)
@@ -81,7 +64,7 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
             subprocess.run(
                 [promtool, "check", "config", str(cfg)], check=True, capture_output=True, timeout=30
             )
-        port = _free_port()  # never 9090: a packaged Prometheus may already run there as a service
+        port = free_port()  # never 9090: a packaged Prometheus may already run there as a service
         log = (tmp_path / "prometheus.log").open("w")
         prom = subprocess.Popen(
             [
@@ -100,7 +83,7 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
         end = time.monotonic() + 60
         while time.monotonic() < end and prom.poll() is None:
             try:
-                received = _query(base, 'sbd_frames_received_total{job="sbd-stream"}')
+                received = query(base, 'sbd_frames_received_total{job="sbd-stream"}')
             except OSError:
                 received = []  # not listening yet
             if received:
@@ -111,12 +94,12 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
         print(f"prometheus answered after {time.monotonic() - t_prom:.1f} s")
         assert float(received[0]["value"][1]) == N_FRAMES
         assert received[0]["metric"]["instance"] == f"127.0.0.1:{pipe.metrics_port}"
-        denoised = _query(base, "sbd_frames_denoised_total")
+        denoised = query(base, "sbd_frames_denoised_total")
         assert float(denoised[0]["value"][1]) == N_FRAMES
-        published = _query(base, 'sum(sbd_frames_published_total{topic="denoised"})')
+        published = query(base, 'sum(sbd_frames_published_total{topic="denoised"})')
         assert float(published[0]["value"][1]) == N_FRAMES
         # the scrape itself is healthy (Prometheus' own view of the target)
-        assert float(_query(base, 'up{job="sbd-stream"}')[0]["value"][1]) == 1.0
+        assert float(query(base, 'up{job="sbd-stream"}')[0]["value"][1]) == 1.0
     finally:
         if prom is not None:
             prom.terminate()

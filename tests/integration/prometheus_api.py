@@ -1,0 +1,32 @@
+"""A real Prometheus's HTTP query API, for the integration tests that run one (no client library)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def query(base: str, q: str) -> list[dict]:
+    """The result vector of an instant query; [] while Prometheus is not listening or still starting
+    (503: its TSDB not open yet); a query it refuses (400) fails the test with its reason."""
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': q})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as e:
+        if e.code == 503:
+            return []
+        raise AssertionError(f"{q}: {e.read()[:300]!r}") from e
+    except OSError:
+        return []
+    assert body["status"] == "success", body
+    return body["data"]["result"]
