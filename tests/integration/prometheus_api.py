@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,3 +31,15 @@ def query(base: str, q: str) -> list[dict]:
         return []
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def stop(prom: subprocess.Popen | None) -> None:
+    """Terminate a Prometheus process, killing it if it does not end within 10 s."""
+    if prom is None:
+        return
+    prom.terminate()
+    try:
+        prom.wait(10)
+    except subprocess.TimeoutExpired:
+        prom.kill()
+        prom.wait(5)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import ci_provided, make_settings, wait_until
-from prometheus_api import free_port, query
+from prometheus_api import free_port, query, stop
 
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import Metrics
@@ -126,12 +126,7 @@ def test_dashboard_sees_the_first_malformed_burst_stage_errors_and_batch_sizes(
             for t in p.get("targets", []):
                 query(base, _panel_expr(p["title"], t["refId"], inst["service"]))  # asserts "success"
     finally:
-        prom.terminate()
-        try:
-            prom.wait(10)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait(5)
+        stop(prom)
         log.close()
         for reg in (ones, threes):
             reg.shutdown()

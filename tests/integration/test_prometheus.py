@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import ci_provided
-from prometheus_api import free_port, query
+from prometheus_api import free_port, query, stop
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.denoiser import Denoiser
@@ -101,12 +101,6 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
         # the scrape itself is healthy (Prometheus' own view of the target)
         assert float(query(base, 'up{job="sbd-stream"}')[0]["value"][1]) == 1.0
     finally:
-        if prom is not None:
-            prom.terminate()
-            try:
-                prom.wait(10)
-            except subprocess.TimeoutExpired:
-                prom.kill()
-                prom.wait(5)
+        stop(prom)
         emu.close()
         pipe.stop()
