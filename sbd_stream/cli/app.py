@@ -7,6 +7,7 @@ them, so the package ``__init__`` is the one place that pulls them in and nothin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -99,7 +100,28 @@ def on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def main() -> None:  # pragma: no cover - console entry
+def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``python -m sbd_stream``)
+    """The CLI; a process that abandoned a recording part ends without interpreter shutdown.
+
+    Why: a part HDF5 failed to write is never closed nor freed (``AcqFile.abandon``), but libhdf5's
+    own shutdown at exit still touched it and crashed now and then (status -11 after a clean stop, in
+    CI). The command's output is written by then; only the interpreter's teardown is skipped. Only here,
+    at the console entry: commands run in-process (tests) never end the process.
+    """
+    from sbd_stream.formats.recording import abandoned_parts
+
     t0 = time.perf_counter()
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if abandoned_parts():
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            log.warning(
+                "exiting without interpreter shutdown: %d recording part(s) abandoned", abandoned_parts()
+            )
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise
     log.debug("done in %.1fs", time.perf_counter() - t0)

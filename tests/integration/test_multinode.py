@@ -276,7 +276,7 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
         s.bind("tcp://127.0.0.1:*")
         pubs.append(s)
     out_ep = f"tcp://127.0.0.1:{_free_port()}"
-    script = Path(sys.executable).with_name("sbd-stream")  # the console script: sbd_stream.cli:app
+    script = Path(sys.executable).with_name("sbd-stream")  # the console script: sbd_stream.cli:main
     entry = (
         [str(script)] if script.exists() else [sys.executable, "-c", "from sbd_stream.cli import app; app()"]
     )
