@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.evidence import evidence_defaults
@@ -409,7 +409,9 @@ def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | Non
     fields = ServiceSettings.model_fields
     sections = {name for name, f in fields.items() if isinstance(f.default, BaseModel)}
     check_env_names(os.environ, sections, set(fields))
-    env_only = ServiceSettings().model_dump(exclude_unset=True)
+    # the environment as given, not validated on its own: a flag over an invalid SBD_ value wins (it
+    # was refused, and the error blamed the flag), and the merged layers are validated once, below
+    env_only = EnvSettingsSource(ServiceSettings, env_prefix="SBD_", env_nested_delimiter="__")()
     merged = merge_layer(merge_layer(file_data, env_only), overrides or {})
     checked = _MergedLayers(**merged)  # validated once, without reading the environment a second time
     return ServiceSettings.model_construct(checked.model_fields_set, **dict(checked))

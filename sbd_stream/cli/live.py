@@ -107,9 +107,8 @@ def serve(
     frame is written to one HDF5 file per acquisition with its denoised frame, live or completed later
     by the complete lane (the frames the live lane skipped). http://127.0.0.1:9105/metrics shows the
     counters. Ctrl-C finishes the queued frames and the complete lane's backlog (at most
-    lanes.complete_timeout_s, 300 s) and closes the files. Every option can also come from a TOML file
-    (--config) or SBD_* environment variables; see docs/service.md ("Two lanes").
-    """
+    lanes.complete_timeout_s, 300 s) and closes the files. Options can also come from a TOML file
+    (--config) or SBD_* environment variables; see docs/service.md ("Two lanes")."""
     from sbd_stream.service.build import check_endpoints
     from sbd_stream.service.build import serve as run_service
 
@@ -294,7 +293,10 @@ def replay(
     with endpoints_named(flags):
         check_endpoints(s, receiver=False)
         stages = stages_or_fail(s)
-        pipe, secs, n = run_replay(s, stages, file, realtime=realtime, limit=limit, settle_s=settle)
+        try:
+            pipe, secs, n = run_replay(s, stages, file, realtime=realtime, limit=limit, settle_s=settle)
+        except OSError as e:  # a recording HDF5 cannot read (a part cut short at creation): one line
+            fail(str(e))
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)

@@ -180,10 +180,12 @@ def detector_section(f: Flags) -> dict[str, Any]:
     given = {"pixel_size_A": f.pixel_size, "dose_e_per_A2": f.dose, "counts_per_px": f.counts_per_px}
     if f.recorded is None:
         return given
-    out: dict[str, Any] = {**f.recorded, **{k: v for k, v in given.items() if v is not None}}
-    if out.get("counts_per_px") is not None and (f.dose is not None or f.pixel_size is not None):
-        out.pop("counts_per_px" if f.dose is not None else "dose_e_per_A2", None)
-    return out
+    rec = dict(f.recorded)
+    if f.dose is not None or f.counts_per_px is not None:  # a flag's dose, in either unit, replaces both
+        rec = {k: v for k, v in rec.items() if k not in ("dose_e_per_A2", "counts_per_px")}
+    elif f.pixel_size is not None and rec.get("counts_per_px") is not None:
+        rec.pop("dose_e_per_A2", None)  # a new pixel size keeps the counts the frames hold
+    return {**rec, **{k: v for k, v in given.items() if v is not None}}
 
 
 def detector_settings(f: Flags) -> DetectorSettings:

@@ -66,8 +66,19 @@ def safe_name(acq: str) -> str:
 
 
 def open_recording(path: str | os.PathLike) -> h5py.File:
-    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both)."""
-    return h5py.File(path, "r", libver="latest", swmr=True)
+    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both).
+
+    A file HDF5 opens but cannot read (a part a SIGKILL cut short while it was laid out: a 48-byte
+    superblock) raises h5py's RuntimeError at the first look inside; it is an ``OSError`` here, as an
+    unreadable file is everywhere else, so every reader ends in one line instead of a traceback."""
+    f = h5py.File(path, "r", libver="latest", swmr=True)
+    try:
+        f.attrs.keys().__len__()
+        "raw" in f  # noqa: B015 - touching the root group is the check
+    except RuntimeError as e:
+        f.close()
+        raise OSError(f"{path} cannot be opened as HDF5 (cut short when it was created?): {e}") from e
+    return f
 
 
 class AcqFile:
@@ -311,6 +322,8 @@ def recording_parts(path: Path) -> list[Path]:
     parts = [path]
     stem = re.sub(r"_\d{4}$", "", path.stem)
     uid = part_attr(path, "run_uid")
+    if uid is UNREADABLE and path.exists():  # the given file itself: one line at the command, not h5py's
+        raise OSError(f"{path} cannot be opened as HDF5 (cut short when it was created?)")
     uid = None if uid is UNREADABLE else uid
     i = part_number(path) + 1
     while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():

@@ -74,6 +74,8 @@ class Publisher(BackgroundWorker):
         else:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
+        if self.endpoint != settings.endpoint:  # "*" or ":0": the banner shows what was asked, not this
+            log.info("publishing on %s", self.endpoint)
         self._out_dtype = np.dtype(settings.dtype)
         self._init_worker(supervisor)
 

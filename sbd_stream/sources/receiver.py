@@ -71,6 +71,8 @@ class Receiver(BackgroundWorker):
             warn_if_exposed(f"{dialect.name} input", settings.endpoint)
         self.sock = self._open(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
+        if not self.connects and self.endpoint != settings.endpoint:  # "*" or ":0": say which port
+            log.info("%s input bound on %s", dialect.name, self.endpoint)
         self.watch = TransportWatch(self.sock, self.connects, metrics, dialect.name)
         self._redial_delay = REDIAL_MIN_S
         self._redial_not_before = 0.0

@@ -72,3 +72,53 @@ def test_an_error_names_the_flag_only_when_the_flag_gave_the_value(tmp_path: Pat
     assert res.exit_code == 2 and "--pixel-size" in res.output
     res = runner.invoke(app, ["serve", "--no-record"], env={"SBD_LANES_LIVE": "false"})
     assert res.exit_code == 2 and "SBD_LANES__LIVE" in res.output and "Traceback" not in res.output
+
+
+def test_replay_flags_replace_the_recordings_dose_in_either_unit() -> None:
+    """``replay REC --counts-per-px 0.9`` over a recording that states its dose per area was refused as
+    "not both" (the recording's sampling sits under the flags); a new pixel size keeps the counts."""
+    from sbd_stream.cli.options import Flags, detector_section
+
+    rec = {"pixel_size_A": 0.06, "dose_e_per_A2": 125.0}
+    assert detector_section(Flags(recorded=rec, counts_per_px=0.9)) == {
+        "pixel_size_A": 0.06,
+        "counts_per_px": 0.9,
+    }
+    assert detector_section(Flags(recorded=rec, dose=250.0))["dose_e_per_A2"] == 250.0
+    both = {"pixel_size_A": 0.06, "counts_per_px": 0.45, "dose_e_per_A2": 125.0}
+    assert detector_section(Flags(recorded=both, pixel_size=0.12)) == {
+        "pixel_size_A": 0.12,
+        "counts_per_px": 0.45,
+    }
+
+
+def test_a_flag_over_an_invalid_sbd_value_wins_and_errors_name_the_variables_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment was validated on its own before the flags were merged: a valid ``--pixel-size``
+    over ``SBD_DETECTOR__PIXEL_SIZE_A=-1`` was refused, and the error blamed the flag."""
+    monkeypatch.setenv("SBD_DETECTOR__PIXEL_SIZE_A", "-1")
+    assert load_settings(None, {"detector": {"pixel_size_A": 0.06}}).detector.pixel_size_A == 0.06
+    res = CliRunner().invoke(app, ["serve", "--no-record"])
+    assert res.exit_code == 2 and "detector.pixel_size_A" in res.output and "--pixel-size" not in res.output
+
+
+def test_a_recording_cut_short_at_creation_is_one_line_for_every_reader(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from sbd_stream.formats.recording import open_recording
+
+    good = tmp_path / "good.h5"
+    with h5py.File(good, "w", libver="latest") as f:
+        f["raw/frames"] = np.zeros((2, 8, 8), np.uint16)
+    stub = tmp_path / "killed.nxs"
+    stub.write_bytes(good.read_bytes()[:48])
+    with pytest.raises(OSError, match="cut short"):
+        open_recording(stub)
+    for args in (
+        ["export", str(stub), "--to", "npy", "--out", str(tmp_path / "x.npy")],
+        ["replay", str(stub)],
+    ):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "cut short" in res.output and "Traceback" not in res.output, res.output
