@@ -85,5 +85,5 @@ class PartIndex:
     def find(self, acq: str, rx: int) -> Path | None:
         """The part whose range holds ``rx`` (None: before the first part still remembered)."""
         known = self.parts.get(acq) or []
-        i = bisect.bisect_right([first for first, _ in known], rx) - 1
+        i = bisect.bisect_right(known, rx, key=lambda part: part[0]) - 1  # per output: no list built
         return known[i][1] if i >= 0 else None
