@@ -8,11 +8,14 @@ got wrong:
   ``--counts-per-px`` flag were both kept and refused as "not both";
 * an ``SBD_`` variable that looks like a setting but names none (``SBD_RECORDS__DIRECTORY``: no such
   section; ``SBD_LANES_LIVE``: one underscore, not nested) is refused. pydantic-settings reads only the
-  names that match a field, so such a typo was silently not applied.
+  names that match a field, so such a typo was silently not applied. So is a top-level name one edit
+  or so from a field (``SBD_STOP_TIMEOUT`` for ``SBD_STOP_TIMEOUT_S``); other ``SBD_`` names
+  (``SBD_ENGINE_DIR``, a user's own) are left alone.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -56,3 +59,7 @@ def check_env_names(environ: Mapping[str, str], sections: Collection[str], field
             if "__" not in name and name.startswith(f"{sec}_"):
                 rest = key[4 + len(sec) + 1 :]
                 raise ValueError(f"{key}: nested settings need two underscores: SBD_{sec.upper()}__{rest}")
+        if "__" not in name and name not in fields:
+            near = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.8)
+            if near:
+                raise ValueError(f"{key}: no such setting; did you mean SBD_{near[0].upper()}?")

@@ -177,6 +177,8 @@ def settings_from_flags(flags: Flags, config: Path | None = None) -> ServiceSett
 
 def detector_section(f: Flags) -> dict[str, Any]:
     """``[detector]`` from the flags over what a recording states (a flag's dose replaces the other form)."""
+    if f.dose is not None and f.counts_per_px is not None:
+        fail("--dose and --counts-per-px: give the dose per frame in one unit, not both")
     given = {"pixel_size_A": f.pixel_size, "dose_e_per_A2": f.dose, "counts_per_px": f.counts_per_px}
     if f.recorded is None:
         return given

@@ -56,10 +56,13 @@ def test_sbd_variables_that_look_like_settings_but_name_none_are_refused() -> No
     for bad, words in (
         ("SBD_RECORDS__DIRECTORY", "no settings section 'records'"),
         ("SBD_LANES_LIVE", "SBD_LANES__LIVE"),
+        ("SBD_STOP_TIMEOUT", "did you mean SBD_STOP_TIMEOUT_S"),
+        ("SBD_STOP_TIMEOUT_SEC", "did you mean SBD_STOP_TIMEOUT_S"),
     ):
         with pytest.raises(ValueError, match=words):
             check_env_names({bad: "x"}, sections, fields)
     fine = ["SBD_RECORD__DIRECTORY", "SBD_STOP_TIMEOUT_S", "SBD_ENGINE_DIR", "SBD_CACHE_DIR", "SBD_FUZZ_SEED"]
+    fine += ["SBD_ENGINE", "SBD_PRECISION", "SBD_TRACEBACK", "SBD_ORT_THREADS", "SBD_HOME"]
     check_env_names(dict.fromkeys(fine, "1"), sections, fields)
 
 
@@ -122,3 +125,10 @@ def test_a_recording_cut_short_at_creation_is_one_line_for_every_reader(tmp_path
     ):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "cut short" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_both_dose_flags_are_refused_by_their_flag_names() -> None:
+    """``--dose 125 --counts-per-px 0.45`` named the setting (``detector: ... dose_e_per_A2 ...``), not
+    what the user typed."""
+    res = CliRunner().invoke(app, ["serve", "--no-record", "--dose", "125", "--counts-per-px", "0.45"])
+    assert res.exit_code == 2 and "--dose and --counts-per-px" in res.output
