@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,9 @@ class AcqFile:
 
     Its raw ``shape`` and ``raw_dtype`` are fixed at creation: a frame of another shape or dtype goes
     to a new part (the recorder rolls), because writing it here would cast it (data altered) or
-    fail half-way through a row. A part is created whole or not at all: if laying it out fails, the
-    half-made file is removed, so a recording never holds a file without its raw datasets.
+    fail half-way through a row. A part is created whole or not at all: it is laid out under a hidden
+    temporary name and named when complete (:func:`_create_whole`), so neither a failed layout nor a
+    process killed during it leaves a file without its raw datasets in a recording.
     ``kinds`` are the kinds this part takes; ``n`` the rows of each kind present (a ``denoised`` or
     ``llr`` group is added with its first frame, see :meth:`_add_kind`).
     """
@@ -115,21 +116,19 @@ class AcqFile:
             self._reopen(s)
             return
         self._handles: dict[str, tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]] = {}
-        self.f = h5py.File(path, "w-", libver="latest")  # never overwrite a recording
-        try:
-            for k, v in attrs.items():
-                self.f.attrs[k] = v
-            nexus.create_entry(self.f, attrs)
-            nexus.add_data(self.f, "raw", shape, raw_dtype, self.comp)
-        except BaseException:
-            self.f.close()
-            path.unlink(missing_ok=True)
-            raise
+        _create_whole(path, lambda f: self._lay_out(f, attrs))
+        self.f = h5py.File(path, "r+", libver="latest")
         self.n: dict[str, int] = {"raw": 0}
         self.t0 = float(attrs["t0"])
         self.bslz4 = s.compression == "bitshuffle-lz4"
         self.direct = {k: self._takes_chunks(k) for k in self.n}
         self.f.swmr_mode = True
+
+    def _lay_out(self, f: h5py.File, attrs: dict) -> None:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        nexus.create_entry(f, attrs)
+        nexus.add_data(f, "raw", self.shape, self.raw_dtype, self.comp)
 
     @classmethod
     def reopen(cls, path: Path, s: RecordSettings) -> AcqFile:
@@ -249,6 +248,30 @@ class AcqFile:
 
 
 _ABANDONED = 0
+
+
+def _create_whole(path: Path, lay_out: Callable[[h5py.File], None]) -> None:
+    """Make ``path`` under a hidden temporary name and give it its name once laid out.
+
+    A process killed while HDF5 lays a file out (SIGKILL, power) leaves a stub that no reader can open;
+    under the temporary name (``.<name>.<pid>.creating``) it is no part of any recording. The name is
+    given by a hard link, which fails where ``path`` exists: a recording is never overwritten, not even
+    by a second recorder that chose the same free name at the same moment.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            lay_out(f)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: rename, after the same check
+            if path.exists():
+                raise FileExistsError(f"{path} exists: a recording is never overwritten") from None
+            os.rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def abandoned_parts() -> int:

@@ -370,3 +370,37 @@ def test_a_part_cut_short_at_creation_is_left_out_not_fatal(tmp_path: Path) -> N
     assert recording_parts(tmp_path / "cut.nxs") == parts
     raw, _ = _raw_npy(tmp_path / "cut.nxs", tmp_path / "cut.npy")
     assert raw.shape[0] == 12
+
+
+def test_a_part_is_named_only_once_laid_out(tmp_path: Path) -> None:
+    """A process killed while HDF5 laid a part out left that stub under the part's own name (above);
+    parts are now laid out under a hidden temporary name and linked to theirs when complete, and an
+    existing file is never replaced, not even by a second recorder choosing the same name."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "kill.nxs"
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from sbd_stream.formats.recording import _create_whole\n"
+        "def lay_out(f):\n"
+        "    f.attrs['acq'] = 'kill'\n"
+        "    f.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "_create_whole(Path(sys.argv[1]), lay_out)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    assert not target.exists()
+    (stub,) = tmp_path.iterdir()  # hidden, and no part of the recording
+    assert stub.name.startswith(".kill.nxs.") and stub.name.endswith(".creating")
+    assert recording_parts(target) == [target] and not target.exists()
+
+    from sbd_stream.formats.recording import _create_whole
+
+    target.write_bytes(b"an earlier recording")
+    with pytest.raises(FileExistsError):
+        _create_whole(target, lambda f: f.attrs.__setitem__("acq", "x"))
+    assert target.read_bytes() == b"an earlier recording"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stub.name, "kill.nxs"]
