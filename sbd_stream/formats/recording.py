@@ -29,6 +29,13 @@ FORMAT = "sbd-recording/1"
 KINDS = ("raw", "denoised", "llr")
 
 
+WRITE_LIBVER = ("v110", "v110")
+"""File-format bounds of everything written here: HDF5 1.10's, the least that SWMR needs. ``"latest"``
+means the linked library's newest format, and with h5py >= 3.16 (HDF5 2.0) every filtered dataset then
+got a layout message that HDF5 1.10-1.14 cannot read: MATLAB, Fiji, h5dump and any h5py < 3.16 saw the
+frames of a gzip recording as "bad version number for layout message"."""
+
+
 def _compression(name: str) -> dict[str, Any]:
     if name == "bitshuffle-lz4":
         return dict(hdf5plugin.Bitshuffle(cname="lz4"))
@@ -117,7 +124,7 @@ class AcqFile:
             return
         self._handles: dict[str, tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]] = {}
         _create_whole(path, lambda f: self._lay_out(f, attrs))
-        self.f = h5py.File(path, "r+", libver="latest")
+        self.f = h5py.File(path, "r+", libver=WRITE_LIBVER)
         self.n: dict[str, int] = {"raw": 0}
         self.t0 = float(attrs["t0"])
         self.bslz4 = s.compression == "bitshuffle-lz4"
@@ -145,7 +152,7 @@ class AcqFile:
 
     def _reopen(self, s: RecordSettings) -> None:
         self._handles = {}
-        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.f = h5py.File(self.path, "r+", libver=WRITE_LIBVER)
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
         if nexus.ENTRY not in self.f:  # the first layout had every group from the start
             self.kinds = list(self.n)
@@ -164,7 +171,7 @@ class AcqFile:
         """
         self.f.close()
         self._handles = {}  # the handles died with the file
-        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.f = h5py.File(self.path, "r+", libver=WRITE_LIBVER)
         nexus.add_data(self.f, kind, self.shape, self.dtypes.get(kind, np.float32), self.comp)
         self.f.flush()
         self.f.swmr_mode = True
@@ -260,7 +267,7 @@ def _create_whole(path: Path, lay_out: Callable[[h5py.File], None]) -> None:
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(tmp, "w", libver=WRITE_LIBVER) as f:
             lay_out(f)
         try:
             os.link(tmp, path)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import DenoiseSettings
+from sbd_stream.formats.recording import WRITE_LIBVER
 from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
@@ -289,7 +290,7 @@ def _open_partial(
         else:
             try:
                 clear_status_flags(partial)  # the "open for write" flags the killed writer left
-                f = h5py.File(partial, "r+", libver="latest")
+                f = h5py.File(partial, "r+", libver=WRITE_LIBVER)
                 if "denoised" in f and f["denoised"].shape == tuple(fp["shape"]):
                     f.swmr_mode = True
                     log.info("resuming %s at frame %d of %d", partial, done, fp["shape"][0])
@@ -299,7 +300,7 @@ def _open_partial(
                 log.warning("cannot reopen %s (%s): starting over", partial, e)
     elif partial.exists():
         log.info("%s exists%s: starting over", partial, "" if resume else " (--no-resume)")
-    f = h5py.File(partial, "w", libver="latest")
+    f = h5py.File(partial, "w", libver=WRITE_LIBVER)
     create_output(f, tuple(fp["shape"]), attrs)
     for name, values in (index or {}).items():
         f.create_dataset(name, data=values)

@@ -6,8 +6,8 @@ already open for write (may use <h5clear file> to clear file consistency flags)"
 (Debian/Ubuntu package ``hdf5-tools``, conda ``hdf5``) clears them; where it is not installed,
 ``python -m sbd_stream.sinks.h5clear FILE ...`` does the same: it zeroes the superblock's file
 consistency flags and rewrites the superblock checksum (Jenkins' lookup3, as HDF5 computes it). Only
-superblock versions 2 and 3 carry these flags (every ``libver="latest"`` file does). Never run it on a
-file a writer still has open.
+superblock versions 2 and 3 carry these flags (every file written for SWMR does: superblock 3). Never
+run it on a file a writer still has open.
 """
 
 from __future__ import annotations

@@ -358,3 +358,34 @@ def test_a_killed_recording_opens_in_hyperspy_and_silx_after_h5clear(tmp_path: P
     _check_hyperspy(path, 12, PIXEL_A)
     _check_plain_load(path, 12, PIXEL_A)
     _check_silx(path, 12, PIXEL_A, kinds=("raw",))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_recordings_open_in_hdf5_1_10(tmp_path: Path, compression: str) -> None:
+    """Written with ``libver="latest"``, a recording took HDF5 2.0's format under h5py >= 3.16, and every
+    filtered ``frames`` dataset was unreadable to HDF5 1.10-1.14 (MATLAB, Fiji, h5dump, older h5py): "bad
+    version number for layout message". The file format is now bounded at 1.10, checked here with the
+    system's h5dump (Debian's hdf5-tools, HDF5 1.10)."""
+    h5dump = require_program("h5dump", reason="h5dump (Debian hdf5-tools) reads recordings as HDF5 1.10")
+    s = RecordSettings(directory=tmp_path, min_free_bytes=0, compression=compression, record_llr=True)
+    rec = Recorder(s, Metrics())
+    for q in range(3):
+        rec.write(RecordItem("raw", "old-tools", q, 10.0 + q, _frame(q)))
+        rec.write(RecordItem("denoised", "old-tools", q, 10.0 + q, _frame(q).astype(np.float32)))
+        rec.write(RecordItem("llr", "old-tools", q, 10.0 + q, _frame(q).astype(np.float32)))
+    rec.close_all()
+    path = tmp_path / "old-tools.nxs"
+    for kind in ("raw", "denoised", "llr"):  # the layout (filters, chunks) of every stack, as 1.10 reads it
+        out = subprocess.run([h5dump, "-H", "-p", "-d", f"/entry/{kind}/frames", str(path)], **RUN)
+        assert out.returncode == 0 and "CHUNKED" in out.stdout, out.stderr[-500:]
+    for kind, dtype in (("raw", np.uint16), ("llr", np.float32)):  # h5dump 1.10 has no float16 conversion
+        binary = tmp_path / f"{kind}.bin"
+        cmd = [h5dump, "-d", f"/entry/{kind}/frames", "-b", "LE", "-o", str(binary), str(path)]
+        out = subprocess.run(cmd, **RUN)
+        assert out.returncode == 0, out.stderr[-500:]
+        got = np.fromfile(binary, dtype=dtype).reshape(3, *SHAPE)
+        np.testing.assert_array_equal(got, np.stack([_frame(q) for q in range(3)]).astype(dtype))
+
+
+RUN: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 60}
