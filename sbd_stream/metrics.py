@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 _log = logging.getLogger(__name__)
 
+_MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
+_DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5)
 """Bounds half-way between frame counts: each count up to 8 has a bucket of its own with the count in
@@ -174,6 +176,8 @@ class Metrics:
         self.bin_factor = Gauge(
             "sbd_bin_factor", "Detector pixels summed per working pixel, per axis", registry=r
         )
+        self.dose_mismatch_frames = Counter("sbd_dose_mismatch_frames", _MISMATCH, registry=r)
+        self.measured_dose_ratio = Gauge("sbd_measured_dose_ratio", _DOSE_RATIO, registry=r)
         self._server: MetricsServer | None = None
         self._lock = threading.Lock()
 
@@ -343,6 +347,7 @@ EXPORTED_NAMES = (
     "sbd_record_files_closed_total", "sbd_record_open_files", "sbd_workers", "sbd_worker_info",
     "sbd_worker_frames_total", "sbd_worker_batches_total", "sbd_worker_busy_seconds_total",
     "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
+    "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio",
 )  # fmt: skip
 
 

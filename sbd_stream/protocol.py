@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from sbd_stream.llr_table import COLUMN_FIELDS, MAX_HEADER_COLUMNS, llr_columns  # noqa: F401 (re-exported)
 
 VERSION = 1
 
@@ -27,32 +30,6 @@ TOPIC_SERIES_END = b"series_end"
 FRAME_TOPICS = frozenset({TOPIC_FRAME, TOPIC_DENOISED, TOPIC_LLR})
 SERIES_TOPICS = frozenset({TOPIC_SERIES_START, TOPIC_SERIES_END})
 ALL_TOPICS = FRAME_TOPICS | SERIES_TOPICS
-
-MAX_HEADER_COLUMNS = 1000
-"""Columns beyond this are not listed in an ``llr`` header (they would pass the 64 kB header limit)."""
-COLUMN_FIELDS = ("row", "col", "llr", "region_mean")
-
-
-def llr_columns(
-    table: np.ndarray, evidence_frames: int = 0, vacuum_counts: float | None = None
-) -> tuple[dict[str, Any], list[list[float]]]:
-    """An ``llr`` message's column table: (meta, rows rounded to 3 decimals, at most MAX_HEADER_COLUMNS).
-
-    ``table`` is (K, 4) [row, col, llr, region_mean]; ``meta`` says how many columns there were in all,
-    how many other frames' counts scored them (``evidence_frames``; 0: the frame's own counts) and the
-    vacuum level they were scored against (``vacuum_counts``, counts per detector pixel per frame, the
-    unit of ``region_mean``): a column's contrast is ``region_mean / vacuum_counts - 1``, which a
-    client could not tell before without estimating the vacuum again from the raw frame.
-    """
-    meta: dict[str, Any] = {
-        "n_columns": len(table),
-        "columns_fields": list(COLUMN_FIELDS),
-        "evidence_frames": int(evidence_frames),
-    }
-    if vacuum_counts is not None and np.isfinite(vacuum_counts) and vacuum_counts > 0:  # 0: none scored
-        meta["vacuum_counts"] = round(float(vacuum_counts), 6)
-    return meta, np.round(np.asarray(table[:MAX_HEADER_COLUMNS], np.float64), 3).tolist()
-
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 16384
@@ -330,18 +307,37 @@ def _check_frame_header(h: FrameHeader, max_payload: int) -> None:
         raise ProtocolError("too_large", f"{h.nbytes} > {max_payload}")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Repeated keys (anywhere) are ``bad_json``: ``{"seq":-1,"seq":0}`` read as seq 0 (``json.loads``
+    keeps the last; other languages' parsers may keep the first). Costs ~0.5 us a header."""
+    if len(obj := dict(pairs)) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise ProtocolError("bad_json", f"duplicate key {next(k for k in obj if keys.count(k) > 1)!r}"[:80])
+    return obj
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _field(obj: dict[str, Any], key: str, reason: str) -> Any:
+    """A required header key; a missing one is named as missing (it was logged as ``bad_seq: None``)."""
+    if key not in obj:
+        raise ProtocolError(reason, f'no "{key}" key')
+    return obj[key]
+
+
 def _parse_header(part: Any) -> dict[str, Any]:
     mv = _as_buffer(part)
     if len(mv) > MAX_HEADER_BYTES:
         raise ProtocolError("header_too_large", str(len(mv)))
     try:
-        obj = json.loads(bytes(mv).decode("utf-8"))
+        obj = _JSON.decode(bytes(mv).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_json", str(exc)[:80]) from exc
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "header is not an object")
-    if obj.get("v") != VERSION or not _is_int(obj.get("v")):
-        raise ProtocolError("bad_version", repr(obj.get("v"))[:40])
+    if (v := _field(obj, "v", "bad_version")) != VERSION or not _is_int(v):
+        raise ProtocolError("bad_version", repr(v)[:40])
     return obj
 
 
@@ -374,14 +370,14 @@ def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
         raise ProtocolError("unknown_field", ",".join(sorted(unknown))[:80])
     if len(payload) != 0:
         raise ProtocolError("bad_length", "series messages carry no payload")
-    ts = obj.get("ts", 0.0)
+    ts = obj.get("ts", time.time())  # optional here: the time it was received (it read 0.0, 1970)
     n = obj.get("n_frames")
     if not ts_ok(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
     meta = check_meta(obj.get("meta", {}))
     if n is not None and not (_is_int(n) and n >= 0):
         raise ProtocolError("bad_n_frames", repr(n)[:40])
-    acq = _check_acq(obj.get("acq"))
+    acq = _check_acq(_field(obj, "acq", "bad_acq"))
     # optional announcements of what the series will hold: validated like a frame's fields
     shape = obj.get("shape")
     if shape is not None:
@@ -392,32 +388,24 @@ def _series_header(obj: dict[str, Any], payload: memoryview) -> SeriesHeader:
     exposure = obj.get("exposure_s")
     if exposure is not None and not (_is_num(exposure) and exposure >= 0):
         raise ProtocolError("bad_exposure", repr(exposure)[:40])
-    return SeriesHeader(
-        acq=acq,
-        ts=float(ts),
-        meta=meta,
-        n_frames=n,
-        shape=shape,
-        dtype=dtype,
-        exposure_s=None if exposure is None else float(exposure),
-    )
+    return SeriesHeader(acq, float(ts), meta, n, shape, dtype, None if exposure is None else float(exposure))
 
 
 def _frame_header(obj: dict[str, Any], max_payload: int, topic: bytes = TOPIC_FRAME) -> FrameHeader:
     unknown = set(obj) - _FRAME_KEYS - _OUTPUT_KEYS[topic]
     if unknown:
         raise ProtocolError("unknown_field", ",".join(sorted(unknown))[:80])
-    acq = _check_acq(obj.get("acq"))
-    seq = obj.get("seq")
+    acq = _check_acq(_field(obj, "acq", "bad_acq"))
+    seq = _field(obj, "seq", "bad_seq")
     if not _is_int(seq) or not (0 <= seq <= MAX_SEQ):
         raise ProtocolError("bad_seq", repr(seq)[:40])
-    ts = obj.get("ts")
+    ts = _field(obj, "ts", "bad_ts")
     if not ts_ok(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
-    shape = obj.get("shape")
+    shape = _field(obj, "shape", "bad_shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
         raise ProtocolError("bad_shape", repr(shape)[:40])
-    dtype = obj.get("dtype")
+    dtype = _field(obj, "dtype", "bad_dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("bad_dtype", repr(dtype)[:40])
     exposure = obj.get("exposure_s", 0.0)

@@ -27,6 +27,7 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import SeriesMessage
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
+from sbd_stream.service.dose_check import dose_check_for
 from sbd_stream.service.edge import replace_invalid
 from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
 from sbd_stream.service.workers import WorkerPool
@@ -94,11 +95,13 @@ class Pipeline:
         metrics: Metrics,
         supervisor: Supervisor,
     ) -> None:
-        """``sinks`` is shared with ``intake`` (raw frames) and the pool's emit (results)."""
+        """``sinks`` is shared with ``intake`` (raw frames) and the pool's emit (results); with vacuum
+        estimated (likelihood on), a ``DoseCheck`` joins them (measured against configured dose)."""
         self.settings = settings
         self.source, self.intake, self.pool = source, intake, pool
         self.sinks = intake.sinks
-        self.sinks[:] = list(sinks)
+        check = dose_check_for(pool.stages[0], metrics)
+        self.sinks[:] = [*sinks, *([check] if check is not None else [])]
         self.metrics, self.supervisor = metrics, supervisor
         self.metrics_port: int | None = None
         self.stopped = threading.Event()
