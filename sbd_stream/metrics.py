@@ -24,6 +24,7 @@ _log = logging.getLogger(__name__)
 _MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
 _DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LANE_BUCKETS = (*_LATENCY_BUCKETS, 60.0, 120.0, 300.0, 600.0, 1800.0)  # the complete lane waits minutes
 _BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5)
 """Bounds half-way between frame counts: each count up to 8 has a bucket of its own with the count in
 its middle, so ``histogram_quantile`` reads n (p50) to n + 0.4 (p90) for batches of n frames; with
@@ -129,7 +130,7 @@ class Metrics:
             "sbd_lane_latency_seconds",
             "From receipt of a raw frame to its denoised frame leaving the engine, by lane (live, complete)",
             ["lane"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=_LANE_BUCKETS,
             registry=r,
         )
         self.frames_completed = Counter(

@@ -61,7 +61,10 @@ SUMMARY_NAMES = (
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus-style quantile from cumulative (le, count) buckets, linear within a bucket."""
+    """Prometheus-style quantile from cumulative (le, count) buckets, linear within a bucket.
+
+    A rank in the ``+Inf`` bucket reads the highest finite bound, as Prometheus does: a lower bound,
+    not the value (see ``lane_latency``)."""
     buckets = sorted(buckets)
     if not buckets or buckets[-1][1] <= 0:
         return None
@@ -76,15 +79,37 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return prev_le
 
 
-def lane_latency(m: Metrics, lane: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[str, float | None]:
-    """Quantiles of one lane's latency over the whole run, from its histogram (bucket-resolved)."""
-    buckets = [
-        (float(s.labels["le"]), float(s.value))
-        for metric in m.registry.collect()
-        for s in metric.samples
-        if s.name == "sbd_lane_latency_seconds_bucket" and s.labels.get("lane") == lane
-    ]
-    return {f"p{round(q * 100)}_s": histogram_quantile(q, buckets) for q in qs}
+def lane_latency(m: Metrics, lane: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
+    """Quantiles of one lane's latency over the whole run, from its histogram (bucket-resolved), and the
+    exact mean (sum / count).
+
+    A quantile beyond the highest finite bucket is ``None`` with ``above_s`` the bound it exceeds: it
+    used to read as that bound (30 s when the complete lane's frames had waited ~170 s on average).
+    """
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for metric in m.registry.collect():
+        for s in metric.samples:
+            if s.labels.get("lane") != lane:
+                continue
+            if s.name == "sbd_lane_latency_seconds_bucket":
+                buckets.append((float(s.labels["le"]), float(s.value)))
+            elif s.name == "sbd_lane_latency_seconds_sum":
+                total = float(s.value)
+            elif s.name == "sbd_lane_latency_seconds_count":
+                count = float(s.value)
+    out: dict[str, Any] = {}
+    finite = [le for le, _ in buckets if le != float("inf")]
+    top = max(finite, default=0.0)
+    below_top = dict(buckets).get(top, 0.0)
+    for q in qs:
+        key = f"p{round(q * 100)}_s"
+        beyond = count > 0 and q * count > below_top
+        out[key] = None if beyond else histogram_quantile(q, buckets)
+        if beyond:
+            out["above_s"] = top
+    out["mean_s"] = total / count if count else None
+    return out
 
 
 def lanes_summary(m: Metrics) -> dict[str, dict[str, Any]]:
