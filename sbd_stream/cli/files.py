@@ -73,14 +73,18 @@ def denoise(
     from sbd_stream.formats.recording import is_recording
 
     recording = dataset is None and is_recording(input)  # a `serve` recording: its raw frames, all parts
-    from sbd_stream.engines.card import offline_engine
+    from sbd_stream.engines.card import ArtefactError, offline_engine
 
+    try:
+        chosen = model or offline_engine()  # the quality engine on a GPU where installed
+    except ArtefactError as e:  # $SBD_ENGINE_DIR names no folder
+        fail(str(e))
     flags = Flags(
         pixel_size=pixel_size,
         dose=dose,
         counts_per_px=counts_per_px,
         engine=engine,
-        model=model or offline_engine(),  # the quality engine on a GPU where installed
+        model=chosen,
         device=device,
         batch=batch,
         tile=tile,
@@ -136,14 +140,20 @@ def info(
     ),
 ) -> None:
     """Engines found, backends usable here, devices and versions; engine workers and their load."""
-    from sbd_stream.engines.card import ArtefactError, live_engine, offline_engine
+    from sbd_stream.engines.card import ArtefactError, default_engine_root, live_engine, offline_engine
     from sbd_stream.service.build import worker_specs
     from sbd_stream.service.offline import environment_info
 
     try:
+        default_engine_root()  # $SBD_ENGINE_DIR naming no folder: one line, not an empty listing
+    except ArtefactError as e:
+        fail(str(e))
+    try:
         out = environment_info(model)
     except ArtefactError as e:
         fail(f"--model: {e}")
+    if model is not None and (problem := out["engines"][0].get("error")):
+        fail(f"--model: {problem}")  # the one engine asked about cannot load: not a listing with exit 0
     # which engine runs when none is named, on this machine: live (serve, demo) and offline (denoise)
     out["default_engines"] = {"live": live_engine(), "offline": offline_engine()}
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]

@@ -4,6 +4,10 @@
 it skipped each, so a user on a GPU box who gets the CPU path learns the reason from the log. On a GPU
 box whose ONNX Runtime has no CUDA provider (the plain ``onnxruntime`` wheel), PyTorch on the GPU comes
 before ONNX Runtime on the CPU: a GPU without TensorRT should still denoise on the GPU.
+
+Every engine runs one warm-up tile before it is handed out (``base.warm_up``), so one that cannot run or
+returns NaN is refused at load. Under ``auto`` such a backend is passed over with a warning; a file that
+fails its checksum (``IntegrityError``) is not: it is reported, never silently replaced by another file.
 """
 
 from __future__ import annotations
@@ -14,8 +18,17 @@ from pathlib import Path
 
 import torch
 
-from sbd_stream.engines.base import Engine, EngineUnavailable
-from sbd_stream.engines.card import ONNX_FILE, ArtefactError, load_card, resolve_engine_dir
+from sbd_stream.engines.base import Engine, EngineUnavailable, warm_up
+from sbd_stream.engines.card import (
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    ArtefactError,
+    EngineCard,
+    IntegrityError,
+    file_problem,
+    load_card,
+    resolve_engine_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +42,28 @@ class EngineKind(StrEnum):
     torch = "torch"
 
 
-def available_kinds(engine_dir: Path | None = None) -> dict[str, str | None]:
-    """Each backend -> None when usable here, else the reason it isn't."""
+def available_kinds(
+    engine_dir: Path | None = None, card: EngineCard | None = None, verify: bool = False
+) -> dict[str, str | None]:
+    """Each backend -> None when usable here, else the reason it isn't.
+
+    With ``card``, each backend's file must also be listed by it, and with ``verify`` match its checksum
+    (``info``: a damaged ``model.onnx`` was reported usable); ``auto`` leaves the hashing to the load,
+    which refuses a mismatch."""
     from sbd_stream.engines.onnxruntime_engine import available_providers
     from sbd_stream.engines.tensorrt_engine import tensorrt_unavailable_reason
 
-    has_onnx = engine_dir is None or (engine_dir / ONNX_FILE).is_file()
-    out: dict[str, str | None] = {"torch": None}
-    out["onnxruntime"] = (
-        None if available_providers() and has_onnx else "onnxruntime missing or no model.onnx in the engine"
-    )
-    trt = tensorrt_unavailable_reason()
-    out["tensorrt"] = trt or (None if has_onnx else "no model.onnx in the engine")
+    def problem(filename: str) -> str | None:
+        if engine_dir is None:
+            return None
+        if card is None:
+            return None if (engine_dir / filename).is_file() else f"no {filename} in the engine"
+        return file_problem(engine_dir, card, filename, verify)
+
+    onnx = problem(ONNX_FILE)
+    out: dict[str, str | None] = {"torch": problem(WEIGHTS_FILE)}
+    out["onnxruntime"] = onnx if available_providers() else "onnxruntime is not installed"
+    out["tensorrt"] = tensorrt_unavailable_reason() or onnx
     return out
 
 
@@ -77,6 +100,8 @@ def load_engine(
             if reasons[k.value] is None:
                 try:
                     return load_engine(k, engine_dir, device, batch, precision, tile, threads)
+                except IntegrityError:
+                    raise  # a damaged or tampered file is reported, not replaced by another one
                 except (EngineUnavailable, ArtefactError, RuntimeError) as e:
                     log.warning("engine %s unavailable, trying the next: %s", k.value, e)
                     why.append(f"{k.value}: {e}")
@@ -84,6 +109,23 @@ def load_engine(
                 log.info("engine %s skipped: %s", k.value, reasons[k.value])
                 why.append(f"{k.value}: {reasons[k.value]}")
         raise EngineUnavailable(f"no engine backend can run {engine_dir} ({'; '.join(why)})")
+    loaded = _open(kind, engine_dir, card, device, batch, precision, tile, threads)
+    seconds = warm_up(loaded)
+    log.debug("engine %s warmed up in %.1f ms", loaded.engine_id, seconds * 1e3)
+    return loaded
+
+
+def _open(
+    kind: EngineKind,
+    engine_dir: Path,
+    card: EngineCard,
+    device: str | None,
+    batch: int,
+    precision: str,
+    tile: int | None,
+    threads: int | None,
+) -> Engine:
+    """The backend ``kind`` of the engine, loaded (not yet warmed up)."""
     cuda = torch.cuda.is_available()
     if kind is EngineKind.tensorrt:
         from sbd_stream.engines.tensorrt_engine import TensorRTEngine

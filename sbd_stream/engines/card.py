@@ -7,19 +7,32 @@ every load, so a truncated download or a swapped file fails loudly instead of de
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sbd_stream.compute.model import Architecture, build_model, field_of_view
+from sbd_stream.compute.model import Architecture, build_model, count_parameters, field_of_view
 from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.artefact_files import load_tensors, mismatch, read_regular, read_verified, sha256_file
+from sbd_stream.engines.errors import ArtefactError, IntegrityError
+from sbd_stream.engines.network_fit import dncnn_parameters_fit, state_dict_mismatch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArtefactError", "EngineCard", "IntegrityError", "load_card", "resolve_engine_dir", "sha256_file"]
 
 CARD_FILE = "card.json"
+NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"
+"""A card's name: no path separator, control character or leading '.' (spaces and accents are fine: a
+researcher's folder "my engine ü" names one)."""
+FILE_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+"""A file a card lists: a plain name in the engine folder (no '/', no '..', no leading '.')."""
 WEIGHTS_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 DEFAULT_ENGINE = "sbd-unet4-paper-twins"
@@ -44,15 +57,19 @@ class EngineCard(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    architecture: Architecture = Architecture.unet
-    scales: int = 4
-    channels: int = 32
-    space_to_depth: int = Field(
-        1, ge=1, description="UNet on s x s pixel blocks (1: full resolution); see compute.model.UNet"
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=200,
+        description="names TensorRT cache files, so never a path (see NAME_PATTERN)",
     )
-    parameters: int = 0
-    field_of_view: int = 0
+    architecture: Architecture = Architecture.unet
+    scales: int = Field(4, ge=1, le=8, description="a card's 60 scales once asked for a 2^60 tile multiple")
+    channels: int = Field(32, ge=1, le=1024, description="a card's 1e9 channels once allocated 36 GB")
+    space_to_depth: int = Field(
+        1, description="UNet on s x s pixel blocks (1: full resolution; 2 or 4); see compute.model.UNet"
+    )
+    parameters: int = Field(0, ge=0, description="0: not stated; else checked against the card's network")
+    field_of_view: int = Field(0, ge=0)
     tiling: TilingDefaults = TilingDefaults()
     normalisation: Normalisation = Normalisation()
     pixel_size_A: float | None = Field(
@@ -69,6 +86,65 @@ class EngineCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     checksums: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
+
+    @field_validator("space_to_depth")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in (1, 2, 4):
+            raise ValueError(f"must be 1, 2 or 4 (got {v})")
+        return v
+
+    @field_validator("checksums")
+    @classmethod
+    def _plain_names_and_sha256(cls, v: dict[str, str]) -> dict[str, str]:
+        """Keys name files in the engine folder itself, values are SHA-256 digests: a card listing
+        ``../../etc/passwd`` or a checksum ``abc`` was accepted and shown by ``info`` as a file."""
+        for name, digest in v.items():
+            if not re.fullmatch(FILE_NAME_PATTERN, name) or ".." in name:
+                raise ValueError(f"{name!r} is not a plain file name in the engine folder")
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"checksum of {name} is not 64 lowercase hex digits (got {digest[:20]!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_network(self) -> EngineCard:
+        """Stated parameter count and field of view must be the card's network's: a card that lies
+        about scales, channels or architecture is refused here, before any file is read (its torch
+        weights then failed with a traceback, its ONNX ran silently; ``info`` showed its field of view).
+        DnCNN cards do not state their depth: their count must fit some depth, their FoV is not checked."""
+        if self.architecture is Architecture.dncnn:
+            if self.parameters and not dncnn_parameters_fit(self.parameters, self.channels):
+                raise ValueError(
+                    f"card says {self.parameters} parameters, which no DnCNN of {self.channels} channels has"
+                )
+            return self
+        if not (self.parameters or self.field_of_view):
+            return self
+        net = self.build_model_meta()  # shapes only: a 1024-channel card allocates nothing
+        n = count_parameters(net)
+        if self.parameters and n != self.parameters:
+            raise ValueError(
+                f"card says {self.parameters} parameters but its network ({self.network}) has {n}"
+            )
+        fov = field_of_view(net)
+        if self.field_of_view and fov != self.field_of_view:
+            raise ValueError(
+                f"card says a field of view of {self.field_of_view} px but its network ({self.network}) "
+                f"has {fov}"
+            )
+        return self
+
+    @property
+    def network(self) -> str:
+        """The card's network in words, for messages."""
+        if self.architecture is Architecture.unet:
+            blocks = (
+                f", {self.space_to_depth}x{self.space_to_depth} blocks" if self.space_to_depth > 1 else ""
+            )
+            return f"unet, {self.scales} scales, {self.channels} channels{blocks}"
+        if self.architecture is Architecture.dncnn:
+            return f"dncnn, {self.channels} channels"
+        return str(self.architecture)
 
     @model_validator(mode="after")
     def _dose_consistent(self) -> EngineCard:
@@ -99,23 +175,25 @@ class EngineCard(BaseModel):
             self.architecture, scales=self.scales, channels=self.channels, space_to_depth=self.space_to_depth
         )
 
-
-class ArtefactError(RuntimeError):
-    """An engine directory is missing, incomplete, or does not match its card."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    def build_model_meta(self) -> torch.nn.Module:
+        """The card's network with shapes only (no memory): for counts, shapes and size granularity."""
+        with torch.device("meta"):
+            return self.build_model()
 
 
 def default_engine_root() -> Path:
-    """``$SBD_ENGINE_DIR`` or the ``engines/`` folder of the source tree."""
+    """``$SBD_ENGINE_DIR`` or the ``engines/`` folder of the source tree.
+
+    A variable naming a missing folder or a file is refused (``ArtefactError``): it used to be taken as
+    is, and ``info`` listed no engine and exited 0, as if none were installed."""
     env = os.environ.get("SBD_ENGINE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "engines"
+    if not env:
+        return Path(__file__).resolve().parents[2] / "engines"
+    root = Path(env)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise ArtefactError(f"SBD_ENGINE_DIR={env} {what}; set it to the folder holding the engines")
+    return root
 
 
 FAST_ENGINE = "sbd-unet3s2-paper-twins"
@@ -151,58 +229,125 @@ def live_engine(device: str | None = None, gpu: bool | None = None) -> str:
     return DEFAULT_ENGINE if gpu else FAST_ENGINE
 
 
+def is_path(engine: str | Path) -> bool:
+    """``--model`` is "Engine name under engines/ or a path": a value with a path separator, or one
+    starting with '.', is a path; anything else is a name under the engine root."""
+    text = str(engine)
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    return text.startswith(".") or any(sep in text for sep in seps)
+
+
 def resolve_engine_dir(engine: str | Path | None) -> Path:
-    """Accept a path to an engine directory or the name of one under the engine root."""
+    """The engine folder ``engine`` names: a path (``is_path``) as given, a name under the engine root.
+
+    Why: a name was looked up in the current folder first, so a folder there named like the default
+    engine was run instead of the shipped one. A bare name that exists only in the current folder is
+    still taken (as before, with a warning saying to write ``./NAME``), except the names of the
+    shipped defaults, which only ever mean the engine root's."""
     if engine is None:
         engine = DEFAULT_ENGINE
     p = Path(engine)
-    if (p / CARD_FILE).is_file():
-        return p
-    q = default_engine_root() / str(engine)
-    if (q / CARD_FILE).is_file():
-        return q
-    if p.is_absolute() or p.resolve() == q.resolve():  # one place looked at: name it once
+    if is_path(engine):
+        if (p / CARD_FILE).is_file():
+            return p
         raise ArtefactError(f"no engine '{engine}': {p} holds no {CARD_FILE}")
-    raise ArtefactError(f"no engine '{engine}': neither {p} nor {q} holds a {CARD_FILE}")
+    q = default_engine_root() / str(engine)
+    here = (p / CARD_FILE).is_file() and p.resolve() != q.resolve()
+    if (q / CARD_FILE).is_file():
+        if here:
+            log.warning(
+                "engine '%s': using %s; write ./%s for the folder of that name here", engine, q, engine
+            )
+        return q
+    if here and str(engine) not in (DEFAULT_ENGINE, FAST_ENGINE, QUALITY_ENGINE):
+        log.warning(
+            "engine '%s' is not under the engine root %s; using ./%s (write ./%s)",
+            engine,
+            q.parent,
+            engine,
+            engine,
+        )
+        return p
+    raise ArtefactError(f"no engine '{engine}': {q} holds no {CARD_FILE}")
 
 
 def load_card(engine_dir: Path) -> EngineCard:
+    """The card of ``engine_dir``; any problem is one ``ArtefactError`` line (the first validation
+    error with its field), never a FIFO read (it would block) nor pydantic's multi-line text."""
     path = engine_dir / CARD_FILE
+    raw = read_regular(path)  # ArtefactError for a folder, a FIFO, an unreadable file
     try:
-        return EngineCard.model_validate_json(path.read_text())
-    except FileNotFoundError as e:
-        raise ArtefactError(f"{path} not found") from e
+        return EngineCard.model_validate_json(raw)
+    except ValidationError as e:
+        raise ArtefactError(f"{path} is not a valid engine card: {first_error(e)}") from e
     except ValueError as e:
         raise ArtefactError(f"{path} is not a valid engine card: {e}") from e
 
 
+def first_error(e: ValidationError) -> str:
+    """Pydantic's first error as ``field: message (got value)``, on one line."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    value = err.get("input")
+    got = f" (got {repr(value)[:40]})" if loc and not isinstance(value, dict | list) else ""
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc + ': ' if loc else ''}{msg}{got}{more}"
+
+
 def verify_file(engine_dir: Path, card: EngineCard, filename: str) -> Path:
-    """Path of ``filename`` after checking it against the card's checksum."""
+    """Path of ``filename`` after checking it against the card's checksum.
+
+    For a file handed on by name (TensorRT's parser); what can take bytes uses ``read_verified``."""
+    read_verified(engine_dir, card.checksums, filename, card.name)
+    return engine_dir / filename
+
+
+def file_problem(engine_dir: Path, card: EngineCard, filename: str, verify: bool = True) -> str | None:
+    """Why ``filename`` cannot be loaded (absent, unlisted, not a regular file, checksum mismatch), or
+    None. ``verify``: hash it (``info``); else only look (``auto``, whose load hashes it anyway)."""
     path = engine_dir / filename
+    if not path.exists():
+        return f"no {filename} in the engine"
     if not path.is_file():
-        raise ArtefactError(f"{path} not found")
+        return f"{filename} is not a regular file"
     expected = card.checksums.get(filename)
     if expected is None:
-        raise ArtefactError(f"card of {engine_dir.name} has no checksum for {filename}; refusing to load it")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ArtefactError(
-            f"checksum mismatch for {path}: card says {expected[:12]}..., file is {actual[:12]}..."
-        )
-    return path
+        return f"the card has no checksum for {filename}"
+    if verify:
+        try:
+            actual = sha256_file(path)
+        except ArtefactError as e:
+            return str(e)
+        if actual != expected:
+            return mismatch(path, expected, actual)
+    return None
 
 
 def load_torch_model(engine_dir: Path, card: EngineCard | None = None) -> torch.nn.Module:
     """Build the card's network and load its verified weights, never unpickling arbitrary objects."""
+    return load_torch_weights(engine_dir, card)[0]
+
+
+def load_torch_weights(engine_dir: Path, card: EngineCard | None = None) -> tuple[torch.nn.Module, str]:
+    """The card's network with its verified weights, and the SHA-256 of the bytes they came from.
+
+    The bytes are read once, hashed, and loaded from memory (no second open by name); weights that do
+    not fit the card's network are one ``ArtefactError`` line, not torch's list of every key."""
     card = card or load_card(engine_dir)
-    path = verify_file(engine_dir, card, WEIGHTS_FILE)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError and friends for non-tensor payloads
-        raise ArtefactError(f"{path} is not a plain state dict (refusing to unpickle it): {e}") from e
+    data, sha = read_verified(engine_dir, card.checksums, WEIGHTS_FILE, card.name)
+    path = engine_dir / WEIGHTS_FILE
+    state = load_tensors(data, path)
     model = card.build_model()
-    model.load_state_dict(state)
-    return model.eval()
+    problem = state_dict_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+        except Exception as e:  # what the comparison above did not foresee: still one line
+            problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if problem is not None:
+        raise ArtefactError(f"{path} does not hold the card's network ({card.network}): {problem}")
+    return model.eval(), sha
 
 
 def write_engine(

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from sbd_stream.engines.artefact_files import read_regular, read_verified
 from sbd_stream.engines.base import Engine, EngineUnavailable
-from sbd_stream.engines.card import ONNX_FILE, EngineCard, load_torch_model, sha256_file, verify_file
+from sbd_stream.engines.card import ONNX_FILE, EngineCard, load_torch_model
+from sbd_stream.engines.onnx_checks import check_onnx
 from sbd_stream.engines.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,12 @@ def plan_key(onnx_sha: str, precision: str, tile: int, max_batch: int, device: i
     )
 
 
-def build_plan(onnx_path: Path, key: PlanKey, timing_cache: Path, workspace_gib: float = 4.0) -> bytes:
-    """Parse the ONNX into a strongly typed network and build a serialized plan, reusing the timing cache."""
+def build_plan(
+    onnx_path: Path, key: PlanKey, timing_cache: Path, workspace_gib: float = 4.0, data: bytes | None = None
+) -> bytes:
+    """Parse the ONNX into a strongly typed network and build a serialized plan, reusing the timing cache.
+
+    ``data``: the ONNX's bytes, already verified (``onnx_path`` then only names it in messages)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -86,7 +92,7 @@ def build_plan(onnx_path: Path, key: PlanKey, timing_cache: Path, workspace_gib:
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse(onnx_path.read_bytes() if data is None else data):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
@@ -113,23 +119,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def cached_plan(engine_dir: Path, card: EngineCard, precision: str, tile: int, max_batch: int) -> Path:
-    """Path of a plan for this GPU, building (and caching) it on first use."""
+    """Path of a plan for this GPU, building (and caching) it on first use.
+
+    The engine's ONNX is read once, verified and checked (``onnx_checks``: self-contained, the card's
+    network); the parser gets those bytes, not the file's name."""
+    data, fp32_sha = read_verified(engine_dir, card.checksums, ONNX_FILE, card.name)
+    check_onnx(data, card, engine_dir / ONNX_FILE)
+    onnx_path = engine_dir / ONNX_FILE
     if precision == "fp16":
         # an FP16 ONNX made from the verified weights, kept beside the plan cache
-        fp32_sha = sha256_file(verify_file(engine_dir, card, ONNX_FILE))
         onnx_path = cache_root() / "onnx" / f"{card.name}-{fp32_sha[:16]}-fp16.onnx"
         if not onnx_path.is_file():
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
             export_onnx(load_torch_model(engine_dir, card), onnx_path, precision="fp16")
-    else:
-        onnx_path = verify_file(engine_dir, card, ONNX_FILE)
-    key = plan_key(sha256_file(onnx_path), precision, tile, max_batch)
+        data = read_regular(onnx_path)
+    key = plan_key(hashlib.sha256(data).hexdigest(), precision, tile, max_batch)
     plan_path = cache_root() / f"{card.name}-{key.digest()}.plan"
     if not plan_path.is_file():
         log.info("building TensorRT plan %s (%s); this takes minutes once per GPU", plan_path.name, key)
         timing = cache_root() / f"timing-{key.gpu.replace(' ', '_')}-{key.tensorrt}.cache"
         plan_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(plan_path, build_plan(onnx_path, key, timing))
+        _atomic_write(plan_path, build_plan(onnx_path, key, timing, data=data))
         _atomic_write(plan_path.with_suffix(".json"), json.dumps(asdict(key), indent=2).encode())
     return plan_path
 
@@ -156,6 +166,7 @@ class TensorRTEngine(Engine):
         self._precision = precision
         self.tile = tile or card.tiling.tile
         plan = cached_plan(engine_dir, card, precision, self.tile, batch)
+        self.model_sha = read_verified(engine_dir, card.checksums, ONNX_FILE, card.name)[1]
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
@@ -166,6 +177,9 @@ class TensorRTEngine(Engine):
     @property
     def precision(self) -> str:
         return self._precision
+
+    def warmup_side(self) -> int:
+        return self.tile  # the plan takes its own tile and no other
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self._device, torch.float32).contiguous()

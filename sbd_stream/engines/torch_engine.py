@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sbd_stream.engines.base import Engine, EngineUnavailable
-from sbd_stream.engines.card import EngineCard, load_torch_model
+from sbd_stream.engines.card import EngineCard, load_torch_weights
 
 
 class TorchEngine(Engine):
@@ -18,7 +18,8 @@ class TorchEngine(Engine):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise EngineUnavailable("torch engine asked for CUDA but torch.cuda.is_available() is False")
         super().__init__(engine_dir, card, dev, batch)
-        self.model = load_torch_model(engine_dir, card).to(dev)
+        model, self.model_sha = load_torch_weights(engine_dir, card)
+        self.model = model.to(dev)
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:

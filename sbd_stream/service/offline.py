@@ -164,7 +164,8 @@ def describe_engine(engine_dir: Path) -> dict[str, Any]:
         "dose_e_per_A2": card.dose_e_per_A2,
         "dose_range": list(card.dose_range),
         "files": sorted(card.checksums),
-        "backends": available_kinds(engine_dir),
+        # checksums verified (the shipped engines' 18 MB: ~10 ms): a damaged file is why a backend cannot run
+        "backends": available_kinds(engine_dir, card, verify=True),
     }
 
 
@@ -175,7 +176,8 @@ def environment_info(model: str | None = None) -> dict[str, Any]:
     if model is not None:
         engines = [describe_engine(resolve_engine_dir(model))]
     else:
-        engines = [describe_engine(c.parent) for c in sorted(root.glob("*/card.json"))]
+        # regular files only: a folder named card.json raised IsADirectoryError, a FIFO hung `info`
+        engines = [describe_engine(c.parent) for c in sorted(root.glob("*/card.json")) if c.is_file()]
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("onnxruntime", "onnx", "tensorrt", "h5py", "zmq", "numpy"):
         try:

@@ -88,9 +88,12 @@ def test_auto_order_puts_the_gpu_before_a_cpu_only_onnxruntime() -> None:
 
 
 def test_engine_id_names_model_checksum_and_backend(tiny_engine_dir: Path) -> None:
-    engine = load_engine("torch", tiny_engine_dir)
+    """The hash is of the file the backend loaded (verified), not the card's claim about another one."""
     card = load_card(tiny_engine_dir)
-    assert engine.engine_id.startswith(f"{card.name}@{card.checksums['model.onnx'][:12]}/torch")
+    engine = load_engine("torch", tiny_engine_dir)
+    assert engine.engine_id == f"{card.name}@{card.checksums['model.pt'][:12]}/torch-fp32"
+    engine = load_engine("onnxruntime", tiny_engine_dir, device="cpu")
+    assert engine.engine_id == f"{card.name}@{card.checksums['model.onnx'][:12]}/onnxruntime-fp32"
 
 
 def test_card_records_architecture_fov_and_checksums(tiny_engine_dir: Path) -> None:
@@ -133,7 +136,7 @@ def test_pickled_objects_are_refused_even_with_a_matching_checksum(
     card = json.loads((evil / "card.json").read_text())
     card["checksums"]["model.pt"] = sha256_file(evil / "model.pt")
     (evil / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ArtefactError, match="refusing to unpickle"):
+    with pytest.raises(ArtefactError, match="pickled objects, which are never loaded"):
         load_torch_model(evil)
 
 

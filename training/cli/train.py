@@ -125,15 +125,22 @@ def export(
 
 
 def build_engine(
-    engine_dir: Path = typer.Argument(Path("engines/sbd-unet4-default"), help="engine directory"),
+    engine: str | None = typer.Argument(
+        None,
+        help="engine name under engines/ or a path (default: sbd-unet4-paper-twins, the engine a GPU serves)",
+    ),
     precision: str = typer.Option("fp16", help="fp16 | fp32"),
     tile: int | None = typer.Option(None, help="tile side (default: the card's)"),
     max_batch: int = typer.Option(16, help="largest tile batch the plan accepts"),
 ) -> None:
     """Compile the engine's TensorRT plan for this machine's GPU (cached under ~/.cache/sbd-stream)."""
+    from sbd_stream.engines.card import resolve_engine_dir
     from training.train.export import NoGPU
     from training.train.export import build_engine as build
 
+    # the default was the legacy engines/sbd-unet4-default, relative to the current folder, while a GPU
+    # serves sbd-unet4-paper-twins (live_engine on a GPU; README, docs/deployment.md)
+    engine_dir = resolve_engine_dir(engine)
     try:
         plan = build(engine_dir, precision, tile, max_batch)
     except NoGPU as e:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.artefact_files import load_tensors
 from sbd_stream.engines.card import EngineCard, load_card, write_engine
 from training.train.config import TrainConfig
 from training.train.network import build_network
@@ -35,7 +36,8 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Modul
     weights = run_dir / "best.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} missing: the run never validated")
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    # a checkpoint holding pickled objects: one line (ArtefactError), not UnpicklingError's traceback
+    net.load_state_dict(load_tensors(weights, weights))
     return cfg, summary, net.eval()
 
 
@@ -47,7 +49,7 @@ def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"interrupted": True}
     last = run_dir / "last.pt"
     if last.is_file():
-        st = torch.load(last, map_location="cpu", weights_only=True)["state"]
+        st = load_tensors(last, last)["state"]
         out |= {
             "steps": st["step"],
             "samples": st["samples"],

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from sbd_stream.compute.model import count_parameters, field_of_view
 from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.engines.artefact_files import load_tensors
 from sbd_stream.engines.symmetry import orientations, turn, unturn
 from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     )
     state = {"step": 0, "best_psnr": -math.inf, "best_step": 0, "bad": 0, "elapsed_s": 0.0, "samples": 0}
     if resuming:
-        ck = torch.load(last, map_location=device, weights_only=True)
+        ck = load_tensors(last, last, map_location=device)  # pickled objects: one line, exit 2
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
