@@ -1,5 +1,5 @@
 """The column table of an ``llr`` message (docs/wire-format.md): what a downstream client gets per
-detected column, kept apart from the wire's header rules in ``protocol``, which re-exports it."""
+detected column, kept apart from the wire's header rules in ``protocol``."""
 
 from __future__ import annotations
 

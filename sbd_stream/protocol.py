@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from sbd_stream.llr_table import COLUMN_FIELDS, MAX_HEADER_COLUMNS, llr_columns  # noqa: F401 (re-exported)
-
 VERSION = 1
 
 TOPIC_FRAME = b"frame"

@@ -38,7 +38,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.engines.symmetry import orientations as orientations_of
 from sbd_stream.engines.symmetry import symmetrised, trained_orientations
 from sbd_stream.frames import Frame, FrameHeader
-from sbd_stream.protocol import COLUMN_FIELDS
+from sbd_stream.llr_table import COLUMN_FIELDS
 
 log = logging.getLogger(__name__)
 

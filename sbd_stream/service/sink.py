@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from sbd_stream.config import ServiceSettings
 from sbd_stream.frames import Frame
+from sbd_stream.llr_table import llr_columns
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage, llr_columns
+from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage
 from sbd_stream.service.batch import BatchResult
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.record_item import Recent

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sbd_stream"
 LAYERS: dict[str, int] = {
     "sbd_stream": -1,  # the package root holds only __version__
     "protocol": 0,
+    "llr_table": 0,  # the llr message's column table (service/sink.py, batch.py)
     "security": 0,
     "invocation": 0,
     "supervisor": 0,

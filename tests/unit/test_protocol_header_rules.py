@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sbd_stream import protocol as p
+from sbd_stream.llr_table import llr_columns
 
 PAYLOAD = bytes(40)
 FRAME = {"v": 1, "acq": "a1", "seq": 3, "ts": 1.5, "shape": [4, 5], "dtype": "uint16"}
@@ -95,9 +96,9 @@ def test_a_series_ts_that_is_present_but_invalid_is_still_refused(ts: str) -> No
 
 def test_vacuum_counts_is_there_whenever_a_level_was_estimated_even_without_columns() -> None:
     """Flat vacuum frames: no column, yet the level scored against is useful (the doc said it was absent)."""
-    meta, table = p.llr_columns(np.zeros((0, 4), np.float32), 0, 0.4512345)
+    meta, table = llr_columns(np.zeros((0, 4), np.float32), 0, 0.4512345)
     assert meta["n_columns"] == 0 and table == [] and meta["vacuum_counts"] == 0.451234
-    small, _ = p.llr_columns(np.zeros((0, 4), np.float32), 0, 0.0)  # a frame too small to score: none
+    small, _ = llr_columns(np.zeros((0, 4), np.float32), 0, 0.0)  # a frame too small to score: none
     assert "vacuum_counts" not in small
     text = " ".join(WIRE_DOC.read_text().split())
     assert "absent when no column was scored" not in text
