@@ -15,6 +15,12 @@ This module puts the shares back together:
   ``series_end`` is forwarded once, after every earlier frame was released or declared missing: it
   waits until ``gap_timeout_s`` passed without a frame of its acquisition (other instances'
   stragglers), or less when the end says how many frames the series had (``frames_expected``).
+  A sender that restarts re-using an acquisition id (a bridge that crashed without ``series_end``)
+  starts the acquisition anew: a new ``series_start`` (not a ``meta.joined`` / ``meta.resumed``
+  re-announcement, and later than the one taken) after frames went out, or a frame whose number went
+  out already but whose ``ts`` is later than every frame of the acquisition so far. The old series'
+  holes become gaps and its ``series_end`` goes out (made up, ``end_reason = "restarted"``, when the
+  sender sent none) before the new series' start (``restarts`` counts them).
 * ``MergeService`` SUB-connects to every instance's publisher, feeds the buffer and republishes on
   one PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``:
   a malformed message is counted by reason and logged once per reason, a message whose handling
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbd_stream.merge.gaplog import GapLog
 from sbd_stream.protocol import (
     TOPIC_DENOISED,
     TOPIC_LLR,
@@ -46,7 +53,7 @@ DEFAULT_WINDOW = 64
 DEFAULT_GAP_TIMEOUT_S = 2.0
 """How long a frame may wait for a missing earlier one; also the wait for series_start / stragglers."""
 MAX_OPEN_ACQS = 64  # acquisitions with state; past this the least recently active one is flushed
-REMEMBER_CLOSED = 256  # ended acquisitions remembered, so their stragglers count as late
+REMEMBER_CLOSED = 256  # ended acquisitions remembered (with their newest ts): stragglers count as late
 REMEMBER_MISSING = 1024  # missing ranges remembered per stream, to tell a late frame from a duplicate
 OUTPUT_TOPICS = frozenset({TOPIC_DENOISED, TOPIC_LLR})
 
@@ -56,7 +63,9 @@ class Released:
     """One message the buffer lets out, in order. ``seq`` is -1 for series messages.
 
     ``merged`` is set on a ``series_end`` only: what the merge saw of the acquisition
-    (``frames`` released per topic, ``missing`` per topic), for the outgoing end message.
+    (``frames`` released per topic, ``missing`` per topic), for the outgoing end message. Its
+    ``payload`` is None when the sender sent no end (a restart closed the series): the service
+    makes one up.
     """
 
     topic: bytes
@@ -97,6 +106,20 @@ class _Acq:
     end_at: float = 0.0
     expected: int | None = None
     late_logged: bool = False
+    start_ts: float | None = None  # ts of the series_start taken (not a joined / resumed re-announcement)
+    newest_ts: float | None = None  # the latest ts of a frame taken
+    floor_ts: float | None = None  # after a restart by a frame: frames up to this ts are the old series'
+    gaplog: GapLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gaplog = GapLog(self.acq)
+
+    def output_began(self) -> bool:
+        return any(st.released or st.n_missing for st in self.streams.values())
+
+    def took(self, ts: float | None) -> None:
+        if ts is not None and (self.newest_ts is None or ts > self.newest_ts):
+            self.newest_ts = ts
 
 
 class ReorderBuffer:
@@ -105,7 +128,10 @@ class ReorderBuffer:
     Every method takes ``now`` (seconds, any monotonic clock) and returns what may go out, in order.
     ``on_count(kind, topic, n)`` is told every count as it happens (the service feeds Prometheus from
     it); ``stats`` keeps the totals, keyed ``(kind, topic)``. Kinds: ``frames``, ``gaps``,
-    ``missing``, ``duplicates``, ``late``, ``series``, ``series_dropped``.
+    ``missing``, ``duplicates``, ``late``, ``series``, ``series_dropped``, ``restarts``.
+
+    ``ts`` (the message header's) is optional: without it, or with a sender's constant ``ts``, no
+    restart is told from a duplicate (a repeated ``series_start`` is dropped, a repeated number too).
     """
 
     def __init__(
@@ -121,50 +147,69 @@ class ReorderBuffer:
         self.on_count = on_count
         self.stats: collections.Counter[tuple[str, str]] = collections.Counter()
         self.acqs: dict[str, _Acq] = {}
-        self.closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.closed: collections.OrderedDict[str, float | None] = collections.OrderedDict()  # -> newest ts
         self._evicted: list[Released] = []  # what flushing an evicted acquisition released
 
     # --- input -------------------------------------------------------------------------------------
-    def push_frame(self, topic: bytes, acq: str, seq: int, payload: Any, now: float) -> list[Released]:
+    def push_frame(
+        self, topic: bytes, acq: str, seq: int, payload: Any, now: float, ts: float | None = None
+    ) -> list[Released]:
         """One frame from any instance; returns what is now in order."""
-        return self._take(self._push_frame(topic, acq, seq, payload, now))
+        return self._take(self._push_frame(topic, acq, seq, payload, now, ts))
 
     def push_series(
-        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float
-    ) -> list[Released]:
-        """A ``series_start`` / ``series_end`` from any instance; each is forwarded once."""
-        return self._take(self._push_series(topic, acq, payload, meta, now))
+        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float,
+        ts: float | None = None,
+    ) -> list[Released]:  # fmt: skip
+        """A ``series_start`` / ``series_end`` from any instance; each is forwarded once per series."""
+        return self._take(self._push_series(topic, acq, payload, meta, now, ts))
 
     def _take(self, out: list[Released]) -> list[Released]:
         if self._evicted:
             out, self._evicted = self._evicted + out, []
         return out
 
-    def _push_frame(self, topic: bytes, acq: str, seq: int, payload: Any, now: float) -> list[Released]:
+    def _push_frame(
+        self, topic: bytes, acq: str, seq: int, payload: Any, now: float, ts: float | None
+    ) -> list[Released]:
         t = topic.decode()
+        out: list[Released] = []
         if acq in self.closed:
-            self._count("late", t)
-            log.debug("merge: frame %s of %s arrived after its series ended: dropped as late", seq, acq)
-            return []
+            newest = self.closed[acq]
+            if ts is None or newest is None or ts <= newest:
+                self._count("late", t)
+                log.debug("merge: frame %s of %s arrived after its series ended: dropped as late", seq, acq)
+                return []
+            del self.closed[acq]  # later than all of the ended series: its sender restarted, no start
+            self._count("restarts", t)
+            log.warning("merge: %s frame %d is later than its ended series: %s starts anew", acq, seq, acq)
+            self._acq(acq, now).floor_ts = newest
         a = self._acq(acq, now)
-        a.last_frame = now
         st = a.streams.get(topic)
+        if st is not None and st.next is not None and seq < st.next and self._later(a, ts):
+            out, a = self._restart(a, t, now, f"frame {seq} went out already and this one is later", True)
+            st = None
+        if a.floor_ts is not None and ts is not None and ts <= a.floor_ts:
+            self._count("late", t)  # a straggler of the series a restart closed
+            return out
+        a.last_frame = now
         if st is None:
-            st = a.streams[topic] = _Stream(self.first_seq, self.first_seq)
+            st = a.streams.setdefault(topic, _Stream(self.first_seq, self.first_seq))
         if st.next is not None and seq < st.next:
             if (st.anchor is not None and seq < st.anchor) or st.was_missing(seq):
                 self._late(a, t, seq)
             else:
                 self._count("duplicates", t)
-            return []
+            return out
         if seq in st.buf:
             self._count("duplicates", t)
-            return []
+            return out
         st.buf[seq] = (now, payload)
-        return self._advance(a, now)
+        a.took(ts)
+        return out + self._advance(a, now)
 
     def _push_series(
-        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float
+        self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float, ts: float | None
     ) -> list[Released]:
         t = topic.decode()
         if acq in self.closed and topic == TOPIC_SERIES_START:  # a restarted sender re-using the id
@@ -174,12 +219,20 @@ class ReorderBuffer:
             return []
         a = self._acq(acq, now)
         if topic == TOPIC_SERIES_START:
-            if a.started:
+            again = bool((meta or {}).get("joined") or (meta or {}).get("resumed"))  # an instance's own
+            out: list[Released] = []
+            if not again and self._restarted_by(a, ts):
+                out, a = self._restart(a, t, now, "a later series_start came after frames went out", False)
+            elif a.started:  # a re-announcement, or the start another instance forwarded too
+                if not again and a.start_ts is None:
+                    a.start_ts = ts  # the sender's own start: a later one after frames is a restart
                 self._count("series_dropped", t)
                 return []
             a.started = True
+            if not again:
+                a.start_ts = ts
             self._count("series", t)
-            return [Released(topic, acq, -1, payload), *self._advance(a, now)]
+            return [*out, Released(topic, acq, -1, payload), *self._advance(a, now)]
         if a.end is not None:
             self._count("series_dropped", t)
             return []
@@ -214,6 +267,36 @@ class ReorderBuffer:
         return sum(n for (k, _t), n in self.stats.items() if k == kind)
 
     # --- internals ---------------------------------------------------------------------------------
+    @staticmethod
+    def _later(a: _Acq, ts: float | None) -> bool:
+        """A frame later than every frame of ``a``: a constant or missing ``ts`` never is."""
+        return ts is not None and a.newest_ts is not None and ts > a.newest_ts
+
+    @staticmethod
+    def _restarted_by(a: _Acq, ts: float | None) -> bool:
+        """A sender's second ``series_start`` of ``a``, later than the first, after frames went out.
+
+        The same start forwarded by several instances has the same ``ts``: dropped, as before."""
+        return (
+            ts is not None and a.start_ts is not None and ts > a.start_ts and a.started and a.output_began()
+        )
+
+    def _restart(
+        self, a: _Acq, topic: str, now: float, why: str, by_frame: bool
+    ) -> tuple[list[Released], _Acq]:
+        """Close ``a`` (holes become gaps, its end goes out) and open it anew; returns (released, new).
+
+        ``by_frame``: a frame's ``ts`` told the restart, so frames up to the old series' newest ``ts``
+        still on their way are its stragglers (dropped as late), not the new series' frames."""
+        log.warning("merge: %s starts anew (%s): its sender restarted re-using the id", a.acq, why)
+        self._count("restarts", topic)
+        out = self._drain(a, now, close=True, made_up_end=True)
+        self.closed.pop(a.acq, None)
+        new = self._acq(a.acq, now)
+        if by_frame:
+            new.floor_ts = a.newest_ts
+        return out, new
+
     def _count(self, kind: str, topic: str, n: int = 1) -> None:
         self.stats[(kind, topic)] += n
         if self.on_count is not None:
@@ -264,6 +347,7 @@ class ReorderBuffer:
             out += self._release(a, topic, st, now, final=False)
         if a.end is not None and self._end_due(a, now):
             out += self._drain(a, now, close=True)
+        a.gaplog.tick(now)
         return out
 
     def _end_due(self, a: _Acq, now: float) -> bool:
@@ -297,11 +381,11 @@ class ReorderBuffer:
             if not (final or len(st.buf) > self.window or now - st.oldest() >= self.gap_timeout_s):
                 break
             lo = min(st.buf)
-            self._gap(a, t, st, st.next, lo - 1)
+            self._gap(a, t, st, st.next, lo - 1, now)
             st.next = lo
         return out
 
-    def _gap(self, a: _Acq, topic: str, st: _Stream, first: int, last: int) -> None:
+    def _gap(self, a: _Acq, topic: str, st: _Stream, first: int, last: int, now: float) -> None:
         n = last - first + 1
         if n <= 0:
             return
@@ -309,22 +393,24 @@ class ReorderBuffer:
         st.n_missing += n
         self._count("gaps", topic)
         self._count("missing", topic, n)
-        what = f"frame {first}" if n == 1 else f"frames {first}-{last}"
-        log.warning("merge: %s %s: %s missing (%d)", a.acq, topic, what, n)
+        a.gaplog.gap(topic, first, last, now)  # the first at once, later ones summed up
 
-    def _drain(self, a: _Acq, now: float, close: bool) -> list[Released]:
-        """Release every held frame of ``a`` (holes become gaps); with ``close`` also its end."""
+    def _drain(self, a: _Acq, now: float, close: bool, made_up_end: bool = False) -> list[Released]:
+        """Release every held frame of ``a`` (holes become gaps); with ``close`` also its end.
+
+        ``made_up_end``: send an end (payload None) even if the sender sent none (a restart)."""
         out: list[Released] = []
         if not a.started:
             a.started = True
         for topic, st in a.streams.items():
             out += self._release(a, topic, st, now, final=True)
             if close and a.expected is not None and st.next is not None and st.next < a.expected:
-                self._gap(a, topic.decode(), st, st.next, a.expected - 1)  # the series' tail never came
+                self._gap(a, topic.decode(), st, st.next, a.expected - 1, now)  # the tail never came
                 st.next = a.expected
+        a.gaplog.flush(now)
         if not close:
             return out
-        if a.end is not None:
+        if a.end is not None or made_up_end:
             merged = {
                 "frames": {t.decode(): st.released for t, st in a.streams.items()},
                 "missing": {t.decode(): st.n_missing for t, st in a.streams.items()},
@@ -332,7 +418,7 @@ class ReorderBuffer:
             out.append(Released(TOPIC_SERIES_END, a.acq, -1, a.end, merged))
             self._count("series", TOPIC_SERIES_END.decode())
         self.acqs.pop(a.acq, None)
-        self.closed[a.acq] = None
+        self.closed[a.acq] = a.newest_ts
         while len(self.closed) > REMEMBER_CLOSED:
             self.closed.popitem(last=False)
         return out

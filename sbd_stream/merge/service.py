@@ -1,11 +1,14 @@
 """``MergeService``: the ZeroMQ side of ``sbd-stream merge`` (the ordering is ``merge/reorder.py``).
 
 It SUB-connects to every ``serve`` instance's publisher, feeds a ``ReorderBuffer`` and republishes on one
-PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``.
+PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``. It also tells
+when the instances' frames of one acquisition name different engines (``EngineCheck``): the merged
+stream would alternate between them, which no header of the merged stream shows otherwise.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -36,9 +39,13 @@ from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, 
 from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 
-__all__ = ["MergeMetrics", "MergeService", "run_merge", "status_line"]
+__all__ = ["EngineCheck", "MergeMetrics", "MergeService", "run_merge", "status_line"]
 
 log = logging.getLogger(__name__)
+
+RECONNECT_IVL_MAX_MS = 500
+"""Longest re-dial backoff to an instance: a restarted instance's first frames published before the
+merge re-dialled are lost to the merge (gaps; still in the instance's recording), so keep it short."""
 
 
 class MergeMetrics:
@@ -67,6 +74,13 @@ class MergeMetrics:
             "sbd_merge_series_dropped", "Series messages already forwarded for their acquisition", ["topic"],
             registry=r,
         )  # fmt: skip
+        self.restarts = Counter(
+            "sbd_merge_restarts", "Acquisitions started anew: a restarted sender re-used the id", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.engine_mismatch = Counter(
+            "sbd_merge_engine_mismatch", "Acquisitions whose frames named different engines", registry=r
+        )
         self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
         self.send_dropped = Counter(
             "sbd_merge_send_dropped", "Messages the output socket refused", registry=r
@@ -86,6 +100,7 @@ class MergeMetrics:
             "late": self.late,
             "series": self.series,
             "series_dropped": self.series_dropped,
+            "restarts": self.restarts,
         }
         for t in ("denoised", "llr"):
             for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
@@ -100,6 +115,40 @@ class MergeMetrics:
 
     def total(self, name: str) -> float:
         return sum(s.value for m in self.registry.collect() for s in m.samples if s.name == name)
+
+
+class EngineCheck:
+    """Warns once per acquisition when its frames name different engines (``engine`` header field).
+
+    Instances configured differently (another ``--model`` or backend) each denoise their share, and the
+    merged stream alternates between their results; the sampling (``--pixel-size`` / ``--dose``) is in
+    no output header, so giving every instance the same settings stays the operator's job."""
+
+    REMEMBER = 256  # acquisitions remembered (the most recent)
+
+    def __init__(self, metrics: MergeMetrics) -> None:
+        self.metrics = metrics
+        self.first: collections.OrderedDict[str, tuple[str, int] | None] = collections.OrderedDict()
+
+    def __call__(self, acq: str, engine: str | None, index: int) -> None:
+        if engine is None:
+            return
+        if acq not in self.first:
+            self.first[acq] = (engine, index)
+            while len(self.first) > self.REMEMBER:
+                self.first.popitem(last=False)
+            return
+        seen = self.first[acq]
+        if seen is None or seen[0] == engine:  # None: already reported
+            return
+        self.first[acq] = None
+        self.metrics.engine_mismatch.inc()
+        log.warning(
+            "merge: frames of %s name different engines: %s (input %d) and %s (input %d); the merged "
+            "stream alternates between them. Give every instance the same engine and sampling settings "
+            "(logged once per acquisition, counted in sbd_merge_engine_mismatch_total)",
+            acq, seen[0], seen[1], engine, index,
+        )  # fmt: skip
 
 
 class MergeService(BackgroundWorker):
@@ -137,6 +186,7 @@ class MergeService(BackgroundWorker):
         self.subs: list[zmq.Socket] = []
         self.pub: zmq.Socket | None = None
         self._malformed_logged: set[str] = set()
+        self._engines = EngineCheck(self.metrics)
         self._curve_server = output_curve is not None and output_curve.enabled
         try:
             for ep in self.inputs:
@@ -146,7 +196,7 @@ class MergeService(BackgroundWorker):
                 s.setsockopt(zmq.LINGER, 0)
                 s.setsockopt(zmq.MAXMSGSIZE, 2 * max_payload_bytes + (1 << 20))
                 s.setsockopt(zmq.RECONNECT_IVL, 100)
-                s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+                s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
                 s.setsockopt(zmq.SUBSCRIBE, b"")
                 if input_curve is not None:  # before connect, or it is not used
                     apply_curve(s, input_curve, binds=False, domain="sbd-merge-in")
@@ -175,14 +225,15 @@ class MergeService(BackgroundWorker):
             return
         if isinstance(msg, SeriesMessage):
             h = msg.header
-            self.send(self.buffer.push_series(msg.topic, h.acq, (parts, h), h.meta, now))
+            self.send(self.buffer.push_series(msg.topic, h.acq, (parts, h), h.meta, now, h.ts))
             return
         assert isinstance(msg, FrameMessage)
         if msg.topic not in OUTPUT_TOPICS:  # raw `frame` topic: not a service's output
             self._malformed("unexpected_topic", msg.topic.decode(), index)
             return
         h = msg.header
-        self.send(self.buffer.push_frame(msg.topic, h.acq, h.seq, parts, now))
+        self._engines(h.acq, h.engine, index)
+        self.send(self.buffer.push_frame(msg.topic, h.acq, h.seq, parts, now, h.ts))
 
     def _malformed(self, reason: str, detail: str, index: int) -> None:
         self.metrics.malformed.labels(reason=reason).inc()
@@ -200,7 +251,10 @@ class MergeService(BackgroundWorker):
         assert self.pub is not None
         for r in released:
             if r.seq < 0:
-                parts, header = r.payload
+                if r.payload is None:  # an end a restart made up: the sender sent none
+                    parts, header = [], SeriesHeader(r.acq, time.time(), {"end_reason": "restarted"})
+                else:
+                    parts, header = r.payload
                 if r.merged is not None:  # the end says what the merge saw of the whole series
                     parts = self._end_parts(header, r.merged)
             else:
@@ -275,6 +329,8 @@ class MergeService(BackgroundWorker):
             "missing": m.total("sbd_merge_frames_missing_total"),
             "duplicates": m.total("sbd_merge_duplicates_total"),
             "late": m.total("sbd_merge_late_total"),
+            "restarts": m.total("sbd_merge_restarts_total"),
+            "engine_mismatch": m.value("sbd_merge_engine_mismatch_total"),
             "malformed": m.total("sbd_merge_malformed_total"),
             "send_dropped": m.value("sbd_merge_send_dropped_total"),
             "buffered": self.buffer.buffered,

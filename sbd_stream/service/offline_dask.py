@@ -10,6 +10,7 @@ Resumable: frames go to ``<output>.partial`` (written in SWMR mode, so a killed 
 that is consistent up to its last flush) next to ``<output>.partial.json`` (a fingerprint of the input,
 engine and settings, and ``frames_done``: the prefix flushed so far). A rerun with the same fingerprint
 goes on from there; on completion the partial is renamed over the output and the sidecar removed.
+SIGINT / SIGTERM stop it between results with the partial kept (``offline_results.py``: exit 130 / 143).
 Pure helpers first, worker-side functions next, the client last. docs/scale-out-offline.md.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -43,6 +46,7 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     resolve_detector,
     unstated,
 )
+from sbd_stream.service.offline_results import JobInterrupted, StopFlag, ordered, workers_ignore_sigint
 from sbd_stream.sources.stacks import StackError, open_stack
 
 log = logging.getLogger(__name__)
@@ -183,39 +187,13 @@ def denoise_chunk(
 
 
 # ---- client ---------------------------------------------------------------------------------------
-def _inline(src: Source, es: DenoiseSettings, det: dict, chunks: list, batch: int) -> Iterator[tuple]:
-    for a, b in chunks:
-        yield (a, b), *denoise_chunk(src, es, det, a, b, batch)
-
-
-def _on_cluster(
-    client: Any, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None, gpu: bool
+def _inline(
+    src: Source, es: DenoiseSettings, det: dict, chunks: list, batch: int, stop: StopFlag
 ) -> Iterator[tuple]:
-    """Results in frame order; at most ``limit`` chunks submitted or waiting in the reorder buffer."""
-    from distributed import as_completed
-
-    ac, owner, buf = as_completed(), {}, {}
-    nxt = sub = 0
-
-    def fill() -> None:
-        nonlocal sub
-        while sub < len(chunks) and ac.count() + len(buf) < limit:
-            fut = client.submit(
-                denoise_chunk, *args, *chunks[sub], batch, gpu, pure=False, resources=resources
-            )
-            owner[fut.key] = sub
-            ac.add(fut)
-            sub += 1
-
-    fill()
-    while nxt < len(chunks):
-        fut = next(ac)
-        buf[owner.pop(fut.key)] = fut.result()  # a worker's exception is raised here
-        fut.release()
-        while nxt in buf:
-            yield chunks[nxt], *buf.pop(nxt)
-            nxt += 1
-        fill()
+    for a, b in chunks:
+        if stop:  # a signal came while the last chunk ran (one chunk cannot be cut short)
+            return
+        yield (a, b), *denoise_chunk(src, es, det, a, b, batch)
 
 
 def _wants_gpu(es: DenoiseSettings, scheduler: str) -> bool:
@@ -234,6 +212,8 @@ def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool,
     scheduler's HTTP server to a free port there (``dashboard_address=None`` still took 8787)."""
     from distributed import Client, LocalCluster
 
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # its import set its loggers to INFO again:
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # the closing cluster's tracebacks
     if scheduler == "local":
         cores = os.cpu_count() or 1
         if gpu:
@@ -333,13 +313,16 @@ def denoise_distributed(
     chunks = plan_chunks(src.shape[0], size, batch)
     gpu = _wants_gpu(es, scheduler)
     t0 = time.perf_counter()
+    stop = StopFlag()
     with ExitStack() as stack:
+        stack.enter_context(stop.installed())  # Ctrl-C / SIGTERM: stop between results, resumable
         if scheduler == "none" or len(chunks) == 1:
             where = "in-process" if scheduler == "none" else "in-process (one chunk)"
             client, n_workers, es_run, resources, per_gpu = None, 1, es, None, False
             attrs = describe(src, es, det)
         else:
-            client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
+            with workers_ignore_sigint():  # the client handles Ctrl-C; a terminal sends it to them too
+                client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
             local = scheduler == "local"
             threads = es.threads_per_worker or (
                 default_threads(os.cpu_count() or 1, n_workers) if local else None
@@ -357,15 +340,14 @@ def denoise_distributed(
         todo = [c for c in chunks if c[0] >= start]
         bar = stack.enter_context(_bar(src.shape[0], start)) if progress else None
         if client is None:
-            results = _inline(src, es_run, det, todo, batch)
+            results = _inline(src, es_run, det, todo, batch, stop)
         else:
-            results = _on_cluster(
-                client, (src, es_run, det), batch, todo, max(2, 2 * n_workers), resources, per_gpu
-            )
+            job, limit = (src, es_run, det), max(2, 2 * n_workers)
+            results = ordered(client, denoise_chunk, job, batch, todo, limit, resources, per_gpu, stop)
         loads: dict[int, int] = {}
         ds = f["denoised"]
         bad = f.get("replaced_pixels")  # absent in a partial an older version began
-        negative = 0
+        negative, done = 0, start
         for (a, b), arr, info in results:
             ds[a:b] = arr
             if bad is not None:
@@ -374,8 +356,17 @@ def denoise_distributed(
             f.flush()
             _write_state(sidecar, {"fingerprint": fp, "frames_done": b})
             loads[info["pid"]] = info["engine_loads"]
+            done = b
             if bar is not None:
                 bar[0].update(bar[1], completed=b)
+            if stop:
+                break
+        if stop and done < src.shape[0]:  # every chunk in order is flushed: the partial stays to resume
+            stop_at = JobInterrupted(stop.signum or signal.SIGINT, done, src.shape[0])
+            results.close()  # chunks in flight cancelled
+            stack.close()  # the progress bar, the file, the client and its cluster
+            print(stop_at, file=sys.stderr)
+            raise stop_at
         per_frame = np.asarray(bad[:]) if bad is not None else np.zeros(0, np.int64)
         f.close()
         os.replace(partial, output)

@@ -64,6 +64,13 @@ class SequenceTracker:
     a recently seen number is a duplicate (dropped); a small step back to an unseen number is a late
     frame (kept, counted); a new acquisition id, seq 0 again, or a large step back is a restart (a
     bridge or detector that came back).
+
+    With ``ts`` given, a number not above the newest seen whose ``ts`` is later than every frame's of
+    the acquisition so far is a restart too. Why: instances sharing a PUSH stream each get every N-th
+    frame, so after a bridge restart re-using the acquisition id only one of them sees seq 0 again; the
+    others saw the new numbers as duplicates (dropped: raw frames never recorded) or as late frames
+    (appended to the old series' part). A true duplicate has the same ``ts``, a late frame an earlier
+    one; a sender with a constant (or zero) ``ts`` never has a later one, so it is classified as before.
     """
 
     def __init__(self, reorder_window: int = 1024, late_start: LateStartNotice | None = None) -> None:
@@ -71,11 +78,12 @@ class SequenceTracker:
         self.late_start = late_start or LateStartNotice()
         self.acq: str | None = None
         self.last = -1
+        self.newest_ts: float | None = None  # the latest ts of a frame taken
         self._seen: collections.deque[int] = collections.deque(maxlen=reorder_window)
         self._seen_set: set[int] = set()
 
     def reset(self, acq: str | None = None) -> None:
-        self.acq, self.last = acq, -1
+        self.acq, self.last, self.newest_ts = acq, -1, None
         self._seen.clear()
         self._seen_set.clear()
 
@@ -85,8 +93,15 @@ class SequenceTracker:
         self._seen.append(seq)
         self._seen_set.add(seq)
 
-    def observe(self, acq: str, seq: int) -> tuple[SeqEvent, int]:
+    def observe(self, acq: str, seq: int, ts: float | None = None) -> tuple[SeqEvent, int]:
         """Classify one frame; returns (event, number of missing frames: a gap, or a late first frame)."""
+        event, missing = self._classify(acq, seq, ts)
+        later = ts is not None and (self.newest_ts is None or ts > self.newest_ts)
+        if event is not SeqEvent.duplicate and later:
+            self.newest_ts = ts
+        return event, missing
+
+    def _classify(self, acq: str, seq: int, ts: float | None) -> tuple[SeqEvent, int]:
         if self.acq is not None and acq != self.acq:
             self.reset(acq)
             self._remember(seq)
@@ -106,7 +121,8 @@ class SequenceTracker:
             self._remember(seq)
             self.last = seq
             return SeqEvent.gap, missing
-        if (seq == 0 and self.last > 0) or self.last - seq > self.window:
+        later = ts is not None and self.newest_ts is not None and ts > self.newest_ts
+        if (seq == 0 and self.last > 0) or self.last - seq > self.window or later:
             self.reset(acq)
             self._remember(seq)
             self.last = seq
@@ -149,9 +165,9 @@ class AcquisitionSequences:
         """``series_start``: this acquisition's numbering starts afresh."""
         self._get(acq)[0].reset(acq)
 
-    def observe(self, acq: str, seq: int) -> tuple[SeqEvent, int]:
+    def observe(self, acq: str, seq: int, ts: float | None = None) -> tuple[SeqEvent, int]:
         t, fresh = self._get(acq)
-        event, missing = t.observe(acq, seq)
+        event, missing = t.observe(acq, seq, ts)
         if fresh and len(self._trackers) > 1:
             return SeqEvent.restart, missing  # a new acquisition beside (or after) another one
         return event, missing

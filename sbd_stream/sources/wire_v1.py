@@ -68,7 +68,7 @@ class WireV1Dialect:
             what = f"topic {msg.topic.decode()!r} is an output of the service, not an input"
             self.emit.reject("unexpected_topic", what)
             return
-        event, missing = self.tracker.observe(msg.header.acq, msg.header.seq)
+        event, missing = self.tracker.observe(msg.header.acq, msg.header.seq, msg.header.ts)
         if not count_sequence_event(m, event, missing):
             return
         if msg.header.acq not in self._known:  # its start went to another instance (PUSH), or was lost

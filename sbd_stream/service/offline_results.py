@@ -1,0 +1,142 @@
+"""The client of an offline Dask job waiting for results: in frame order, bounded, stopped by a signal.
+
+``ordered`` submits chunks and yields their results in frame order. Ctrl-C and SIGTERM stop it
+between results, keeping the partial for a resume.
+
+Why not the default ``KeyboardInterrupt``: it is raised wherever the main thread happens to be, and
+while the client waits on Dask that is often inside a weakref callback or a finalizer, where Python
+prints "Exception ignored in: ..." and carries on: the job ran to its end with status 0. So the job
+installs handlers that only set a flag (``StopFlag``), the client polls it between results, writes
+and flushes every chunk already in order, leaves ``OUT.partial`` and its sidecar, and ends with exit
+status 130 (SIGINT) or 143 (SIGTERM), as the single-process path does (``JobInterrupted``).
+
+A terminal's Ctrl-C goes to the whole process group, the local cluster's worker processes included,
+and each printed a traceback. Workers started inside ``workers_ignore_sigint`` inherit SIGINT blocked:
+the client alone handles it, and closing the cluster ends them. A second signal restores the previous
+handling at once (the usual "press again to force").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+__all__ = ["JobInterrupted", "StopFlag", "ordered", "workers_ignore_sigint"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class JobInterrupted(SystemExit):
+    """The job stopped on a signal after flushing ``done`` of ``total`` frames; the exit status is
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM). A ``SystemExit``, so that every
+    command running the job exits with that status without catching it."""
+
+    def __init__(self, signum: int, done: int, total: int) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.done, self.total = signum, done, total
+
+    def __str__(self) -> str:
+        return f"interrupted after frame {self.done} of {self.total}; run the same command to resume"
+
+
+class StopFlag:
+    """Set by SIGINT / SIGTERM while ``installed`` (main thread only; elsewhere it stays unset)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:  # a second signal: what it did before this job, now
+            self._restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            self._restore()
+
+
+@contextmanager
+def workers_ignore_sigint() -> Iterator[None]:
+    """Threads and processes started inside (a LocalCluster's event loop and the worker processes it
+    spawns, at any later time) have SIGINT blocked; the calling thread gets its mask back after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to inherit
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # started here first: starting it later unblocks SIGINT in the thread that starts it (CPython's
+    # resource_tracker.ensure_running), which then spawned the workers with SIGINT deliverable
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def ordered(
+    client: Any, fn: Callable, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None,
+    gpu: bool, stop: StopFlag | None = None,
+) -> Iterator[tuple]:  # fmt: skip
+    """``((a, b), *fn(*args, a, b, batch, gpu))`` per chunk, in frame order; at most ``limit`` chunks
+    submitted or waiting in the reorder buffer (memory stays bounded whatever the file's length).
+
+    Ends early once ``stop`` is set, the chunks in flight cancelled: the wait is polled, never a
+    blocking call a signal could not get out of."""
+    from distributed import as_completed
+
+    ac, owner, buf = as_completed(), {}, {}
+    nxt = sub = 0
+
+    def fill() -> None:
+        nonlocal sub
+        while sub < len(chunks) and ac.count() + len(buf) < limit:
+            fut = client.submit(fn, *args, *chunks[sub], batch, gpu, pure=False, resources=resources)
+            owner[fut.key] = (sub, fut)
+            ac.add(fut)
+            sub += 1
+
+    try:
+        fill()
+        while nxt < len(chunks):
+            while not ac.has_ready():
+                if stop:
+                    return
+                time.sleep(0.02)
+            fut = next(ac)
+            buf[owner.pop(fut.key)[0]] = fut.result()  # a worker's exception is raised here
+            fut.release()
+            while nxt in buf:
+                yield chunks[nxt], *buf.pop(nxt)
+                nxt += 1
+            fill()
+    finally:  # stopped, failed or abandoned: what is still running is not wanted any more
+        if owner:
+            with contextlib.suppress(Exception):  # a closed client: its cluster forgot them with it
+                client.cancel([f for _, f in owner.values()])
