@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,9 +18,10 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
+from sbd_stream.config_file import read_toml
 from sbd_stream.config_merge import check_env_names, merge_layer
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
-from sbd_stream.security import CurveSettings
+from sbd_stream.security import CurveSettings, plain_path
 
 
 class BackpressurePolicy(enum.StrEnum):
@@ -132,6 +132,7 @@ class RecordSettings(BaseModel):
 
     enabled: bool = True
     directory: Path = Field(Path("recordings"), description="one HDF5 file per acquisition goes here")
+    _plain_directory = field_validator("directory", mode="before")(plain_path)  # no NUL, no newline
     suffix: str = Field(
         ".nxs",
         pattern=r"^\.(nxs|h5)$",
@@ -402,10 +403,7 @@ def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | Non
     The environment sits between file and flags: pydantic-settings gives init values precedence, so
     the file is merged *under* an env-only parse and flags on top.
     """
-    file_data: dict[str, Any] = {}
-    if toml_path is not None:
-        with open(toml_path, "rb") as fh:
-            file_data = tomllib.load(fh)
+    file_data = read_toml(Path(toml_path)) if toml_path is not None else {}
     fields = ServiceSettings.model_fields
     sections = {name for name, f in fields.items() if isinstance(f.default, BaseModel)}
     check_env_names(os.environ, sections, set(fields))

@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sbd_stream.httpd import BoundedHTTPServer, local_url
+
 _log = logging.getLogger(__name__)
 
 _MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
@@ -299,8 +301,7 @@ class Metrics:
         with self._lock:
             if self._server is None:
                 self._server = MetricsServer(self.registry, host, port, health)
-                shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # the port is bound: name it
-                _log.info("metrics on http://%s:%d/metrics and /healthz", shown, self._server.port)
+                _log.info("metrics on %s/metrics and /healthz", local_url(host, self._server.port))  # bound
                 run = self._server.run
                 if spawn is None:
                     threading.Thread(target=run, name="sbd-metrics", daemon=True).start()
@@ -396,8 +397,7 @@ class MetricsServer:
         from sbd_stream.security import warn_if_exposed
 
         warn_if_exposed("metrics endpoint", host)
-        self.httpd = http.server.ThreadingHTTPServer((host, port), _handler(registry, health))
-        self.httpd.daemon_threads = True
+        self.httpd = BoundedHTTPServer((host, port), _handler(registry, health))  # 10 s, 64 at once
         self.port = int(self.httpd.server_address[1])
         self._running = threading.Event()
 

@@ -19,15 +19,33 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import os
+import stat
 import threading
+import unicodedata
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import zmq.utils.z85
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
+
+
+def plain_path(value: Any) -> Any:
+    """A path setting as given, unless it holds a NUL or another control character (ValueError).
+
+    Why: ``record.directory = "rec/a\\u0000b"`` is valid TOML and passed validation, then raised
+    "embedded null byte" deep in the recorder (a traceback); a newline or escape sequence in a path
+    would also forge or garble the log lines that name it. Used by every path setting (``config.py``).
+    """
+    text = value if isinstance(value, str) else str(value) if isinstance(value, Path) else None
+    if text is not None and any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise ValueError("a path may not hold control characters such as NUL or newline")
+    return value
 
 
 class CurveRole(enum.StrEnum):
@@ -47,6 +65,14 @@ class CurveSettings(BaseModel):
         None, description="server role: accept only clients whose NAME.key is here (None: any client)"
     )
 
+    @field_validator("secret_key_file", "server_public_key_file", "authorized_keys_dir", mode="before")
+    @classmethod
+    def _key_path(cls, value: Any) -> Any:
+        """No control characters, and not empty (``""`` became ``.``: "cannot read key pair .")."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an empty path: name the key file (or folder)")
+        return plain_path(value)
+
     @model_validator(mode="after")
     def _check(self) -> CurveSettings:
         if self.enabled and self.secret_key_file is None:
@@ -63,30 +89,75 @@ def curve_available() -> bool:
 
 
 def generate_keypair(directory: Path, name: str, force: bool = False) -> tuple[Path, Path]:
-    """Create ``name.key`` and ``name.key_secret`` in ``directory`` (0600 on the secret).
+    """Create ``name.key`` and ``name.key_secret`` in ``directory`` (0600 on the secret, 0644 on the public).
 
     An existing pair is kept (FileExistsError) unless ``force``: a new pair invalidates every copy of
     the old public key already handed out (clients' ``server_public_key_file``, servers'
     ``authorized_keys_dir``), and those connections then fail only at their next handshake.
+    The files are created under umask 077: written first and chmod-ed after, the secret was readable
+    by everyone in between.
     """
     existing = [p for p in (directory / f"{name}.key", directory / f"{name}.key_secret") if p.exists()]
     if existing and not force:
         raise FileExistsError(", ".join(str(p) for p in existing))
     directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), name)
-    Path(secret).chmod(0o600)
+    old = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(str(directory), name)
+    finally:
+        os.umask(old)
+    Path(secret).chmod(0o600)  # an existing file (--force) keeps its mode through the rewrite
+    Path(public).chmod(0o644)  # the public half is meant to be handed out
     return Path(public), Path(secret)
 
 
+_warned_readable: set[str] = set()
+
+
+def _check_secret_mode(path: Path) -> None:
+    """Refuse a secret key file others may write (they could put their own key in: as ssh does), and
+    warn once about one they may read (they could pose as this service)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CurveError(f"cannot read key pair {path}: {exc}") from exc
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise CurveError(
+            f"{path} is writable by group or others (mode {mode:04o}): someone else could replace this "
+            f"secret key; chmod 600 {path}"
+        )
+    if mode & 0o044 and str(path) not in _warned_readable:
+        _warned_readable.add(str(path))
+        log.warning(
+            "%s is readable by group or others (mode %04o): whoever reads it can pose as this side; "
+            "chmod 600 %s",
+            path, mode, path,
+        )  # fmt: skip
+
+
+def _z85_key(key: bytes, path: Path, what: str) -> bytes:
+    """``key`` when it is a CURVE key (40 Z85 characters, 32 bytes), else a CurveError naming the file:
+    libzmq's own answer to a short key was "Invalid argument", blamed on the socket's endpoint."""
+    try:
+        ok = len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
+    except (ValueError, KeyError, TypeError, IndexError):
+        ok = False
+    if not ok:
+        raise CurveError(f"{path}: the {what} key is not a CURVE key (40 Z85 characters)")
+    return key
+
+
 def load_keypair(path: Path) -> tuple[bytes, bytes]:
-    """(public, secret) z85 keys from a ``.key_secret`` file."""
+    """(public, secret) z85 keys from a ``.key_secret`` file, which only its owner may write."""
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
         raise CurveError(f"cannot read key pair {path}: {exc}") from exc
     if not public or not secret:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
-    return public, secret
+    _check_secret_mode(Path(path))
+    return _z85_key(public, path, "public"), _z85_key(secret, path, "secret")
 
 
 def load_public_key(path: Path) -> bytes:
@@ -96,7 +167,21 @@ def load_public_key(path: Path) -> bytes:
         raise CurveError(f"cannot read public key {path}: {exc}") from exc
     if not public:
         raise CurveError(f"{path} holds no public key")
-    return public
+    return _z85_key(public, path, "public")
+
+
+def check_curve(curve: CurveSettings) -> None:
+    """Read every key file ``curve`` names (its pair, the server's key, each authorized client key),
+    so that a missing, malformed or unprotected one ends the start-up in one line (CurveError) and not
+    later, when a socket is being set up."""
+    if not curve.enabled:
+        return
+    if curve.secret_key_file is not None:
+        load_keypair(curve.secret_key_file)
+    if curve.server_public_key_file is not None:
+        load_public_key(curve.server_public_key_file)
+    if curve.authorized_keys_dir is not None:
+        _authorized_keys(curve.authorized_keys_dir)
 
 
 class _KeyPolicy:
@@ -133,10 +218,10 @@ def stop_authenticator(ctx: zmq.Context) -> None:
 
 def _authorized_keys(directory: Path) -> set[bytes]:
     if not directory.is_dir():
-        raise CurveError(f"authorized_keys_dir {directory} is not a directory")
+        raise CurveError(f"authorized_keys_dir {directory} is not a folder holding NAME.key files")
     keys = {load_public_key(p) for p in sorted(directory.glob("*.key"))}
     if not keys:
-        raise CurveError(f"no *.key files in {directory}: nobody could connect")
+        raise CurveError(f"authorized_keys_dir {directory} holds no *.key files: nobody could connect")
     return keys
 
 
@@ -155,8 +240,11 @@ def apply_curve(sock: zmq.Socket, settings: CurveSettings, binds: bool, domain: 
     role = settings.role
     if role is CurveRole.auto:
         role = CurveRole.server if binds else CurveRole.client
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
+    try:
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+    except zmq.ZMQError as exc:  # keys are checked on loading; this names the file if libzmq still refuses
+        raise CurveError(f"{settings.secret_key_file}: libzmq refused the key pair ({exc})") from exc
     if role is CurveRole.server:
         keys_dir = settings.authorized_keys_dir
         # our own key is always allowed: the in-process viewer subscribes with the service's key pair
@@ -205,7 +293,7 @@ def warn_if_exposed(what: str, where: str) -> bool:
     log.warning(
         "%s binds %s, which is reachable from other machines (not loopback)%s",
         what,
-        where,
+        where if where.strip() else '"" (every interface)',
         "" if what.startswith(("metrics", "viewer")) else "; consider CURVE (docs/deployment.md)",
     )
     return True

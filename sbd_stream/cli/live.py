@@ -47,6 +47,7 @@ from sbd_stream.cli.scene_options import (
     Scene,
     scene_fields,
 )
+from sbd_stream.cli.service_start import check_curve_keys, metrics_where, prepare_process, starting
 
 if TYPE_CHECKING:
     from sbd_stream.config import ServiceSettings
@@ -113,6 +114,7 @@ def serve(
     from sbd_stream.service.build import serve as run_service
 
     setup_logging(verbose)
+    prepare_process()  # the open-file limit up to the hard one (httpd.raise_fd_limit)
     flags = Flags(
         pixel_size=pixel_size,
         dose=dose,
@@ -152,22 +154,12 @@ def serve(
         f"{metrics_where(s)}  (Ctrl-C to stop)",
         err=True,
     )
-    with endpoints_named(flags):
+    with starting(flags):  # an endpoint or a CURVE key the service cannot use: one line, exit 2
         result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
     typer.echo(json.dumps(result, indent=2))
     if result.get("failure"):  # a stage that could not go on (supervisor): say why, exit non-zero
         typer.echo(f"sbd-stream serve stopped: {result['failure']}", err=True)
         raise typer.Exit(3)
-
-
-def metrics_where(s: ServiceSettings) -> str:
-    """The banner's metrics endpoint; a free port (0) is only known once bound, so the log names it then
-    (``metrics on http://...``, as the viewer logs its page) instead of the banner printing ``:0``."""
-    if not s.metrics.enabled:
-        return "metrics off"
-    if s.metrics.port == 0:
-        return f"metrics on a free port of {s.metrics.host} (logged once bound)"
-    return f"metrics http://{s.metrics.host}:{s.metrics.port}/metrics"
 
 
 def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:
@@ -191,25 +183,6 @@ def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:
         fail(f"engine: {e}")
     except (RuntimeError, ValueError) as e:  # torch: "Invalid device string", no CUDA, an absent GPU index
         fail(f"engine: cannot load on device {s.denoise.device or 'auto'} ({s.denoise.devices or ''}): {e}")
-
-
-def check_curve_keys(s: ServiceSettings) -> None:
-    """Read every CURVE key file the settings name, before anything starts: a missing one is one line."""
-    from sbd_stream.security import CurveError, load_keypair, load_public_key
-
-    for where, curve in (("ingest.curve", s.ingest.curve), ("publish.curve", s.publish.curve)):
-        if not curve.enabled:
-            continue
-        try:
-            if curve.secret_key_file is not None:
-                load_keypair(curve.secret_key_file)
-            if curve.server_public_key_file is not None:
-                load_public_key(curve.server_public_key_file)
-            d = curve.authorized_keys_dir
-            if d is not None and not (d.is_dir() and any(d.glob("*.key"))):
-                raise CurveError(f"authorized_keys_dir {d} is not a folder holding NAME.key files")
-        except CurveError as e:
-            fail(f"{where}: {e}")
 
 
 @app.command()
@@ -255,6 +228,7 @@ def replay(
     two lanes. With --offline the raw frames are denoised like `sbd-stream denoise` does instead
     (docs/scale-out-offline.md): no publishing, no pipeline, one output file in frame order.
     """
+    from sbd_stream.formats.limits import RecordingError
     from sbd_stream.formats.recording import recorded_detector
     from sbd_stream.metrics_summary import summary
     from sbd_stream.service.build import check_endpoints, run_replay
@@ -295,7 +269,7 @@ def replay(
         stages = stages_or_fail(s)
         try:
             pipe, secs, n = run_replay(s, stages, file, realtime=realtime, limit=limit, settle_s=settle)
-        except OSError as e:  # a recording HDF5 cannot read (a part cut short at creation): one line
+        except (OSError, RecordingError) as e:  # unreadable, or implausible sizes (formats/limits.py)
             fail(str(e))
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)

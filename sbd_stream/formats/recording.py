@@ -22,6 +22,7 @@ import numpy as np
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats import nexus
 from sbd_stream.formats.dectris_codec import HEADER
+from sbd_stream.formats.limits import RecordingError, sampling_attrs, trusted_rows
 
 log = logging.getLogger(__name__)
 
@@ -415,12 +416,17 @@ def recorded_detector(path: Path) -> dict[str, float]:
 
     Recordings written by the service carry ``pixel_size_A`` and the dose both per area and per
     pixel; only one dose form is returned (per area wins), as the settings take one.
+    A stated value that is no finite number > 0 is a ``RecordingError`` naming file and attribute.
     """
     try:
         with open_recording(Path(path)) as f:
-            attrs = {k: float(f.attrs[k]) for k in SAMPLING_ATTRS if k in f.attrs}
+            stated = {k: f.attrs[k] for k in SAMPLING_ATTRS if k in f.attrs}
     except (OSError, ValueError, TypeError):
         return {}
+    try:
+        attrs = sampling_attrs(stated, str(path))
+    except ValueError as e:
+        raise RecordingError(str(e)) from None
     if "dose_e_per_A2" in attrs:
         attrs.pop("counts_per_px", None)
     return attrs
@@ -434,7 +440,7 @@ def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, flo
                 continue
             acq = str(f.attrs.get("acq", part.stem))
             g = f[kind]
-            n = len(g["complete"])
+            n = trusted_rows(g, f"{part}: {kind}")  # the rows written, whatever the extents declare
             seqs, tss = g["seq"][:n], g["ts"][:n]
             for i in range(n):
                 yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]

@@ -334,8 +334,10 @@ def run_replay(
     ``settle_s``: wait this long after the output socket is bound before feeding the first frame, so
     that subscribers already dialling in are joined (ZeroMQ PUB drops what it sends before a SUB's
     subscription arrives: they would miss ``series_start`` and the first frames)."""
-    from sbd_stream.sources.replay import ReplaySource
+    from sbd_stream.sources.replay import ReplaySource, check_recording
 
+    max_payload = settings.ingest.max_payload_bytes
+    check_recording(path, max_payload)  # a part declaring implausible sizes: refused before anything starts
     pipe = build_pipeline(settings, stage, source=None, metrics=metrics)
     start(pipe)
     if settle_s > 0:
@@ -347,8 +349,10 @@ def run_replay(
         intake.frame(frame)
 
     # run on this thread (not as the pipeline's source): the file's errors reach the caller as before
-    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit)
+    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit, max_payload)
     t0 = time.perf_counter()
-    src.run()
-    pipe.stop(timeout=max(settings.stop_timeout_s, 600.0))
+    try:
+        src.run()
+    finally:  # a part that fails half-way (RecordingError, OSError) still stops the pipeline's threads
+        pipe.stop(timeout=max(settings.stop_timeout_s, 600.0))
     return pipe, time.perf_counter() - t0, src.n_sent

@@ -8,15 +8,18 @@ be read and tested without Dask.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
+from sbd_stream.formats.limits import RecordingError, count_problem, frame_problem, trusted_rows
 from sbd_stream.sources.stacks import StackError, open_stack
 
 __all__ = [
+    "ChunkPlan",
     "Source",
     "chunk_size",
     "default_threads",
@@ -36,12 +39,54 @@ def chunk_size(chunk_frames: int, batch: int) -> int:
     return -(-chunk_frames // batch) * batch
 
 
-def plan_chunks(n_frames: int, chunk_frames: int, batch: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering ``n_frames``; all but the last chunk are whole numbers of batches."""
+class ChunkPlan(Sequence[tuple[int, int]]):
+    """[start, stop) ranges of ``size`` frames covering ``n`` frames, computed when asked for.
+
+    A sequence, not a list: a header declaring 10^12 frames had ``plan_chunks`` build 6 x 10^10
+    tuples before anything else could refuse it. Equal to a list of the same ranges.
+    """
+
+    def __init__(self, n: int, size: int) -> None:
+        self.n, self.size, self._starts = n, size, range(0, n, size)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, int]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
+        if isinstance(i, slice):
+            return [(a, min(a + self.size, self.n)) for a in self._starts[i]]
+        a = self._starts[i]
+        return a, min(a + self.size, self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((a, min(a + self.size, self.n)) for a in self._starts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChunkPlan | list):
+            return NotImplemented
+        return len(other) == len(self) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ChunkPlan(n={self.n}, size={self.size})"
+
+
+def plan_chunks(n_frames: int, chunk_frames: int, batch: int) -> ChunkPlan:
+    """[start, stop) ranges covering ``n_frames``; all but the last chunk are whole numbers of batches.
+
+    More than ``MAX_FRAMES`` frames is refused in one line (ValueError): no real stack has them, and
+    a chunk list of that length would not fit in memory wherever it is made a list.
+    """
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    size = chunk_size(chunk_frames, batch)
-    return [(a, min(a + size, n_frames)) for a in range(0, n_frames, size)]
+    if (problem := count_problem(n_frames)) is not None:
+        raise ValueError(problem)
+    return ChunkPlan(n_frames, chunk_size(chunk_frames, batch))
 
 
 def resolve_detector(sampling: dict[str, float], given: dict[str, float | None] | None) -> dict[str, float]:
@@ -126,7 +171,9 @@ def inspect_recording(path: Path) -> Source:
                 if "raw/frames" not in f or "raw/complete" not in f:
                     raise StackError(f"{part}: no raw frames (is this a recording made by `serve`?)")
                 ds = f["raw/frames"]
-                rows = min(len(f["raw/complete"]), ds.shape[0])
+                if (problem := frame_problem(tuple(ds.shape[1:]), ds.dtype.itemsize)) is not None:
+                    raise StackError(f"{part}: raw {problem}")
+                rows = trusted_rows(f["raw"], f"{part}: raw")  # written rows, whatever the extents say
                 if shape is not None and (ds.shape[1:], str(ds.dtype)) != (shape, dtype):
                     raise StackError(
                         f"{part}: frames {ds.shape[1:]} {ds.dtype} differ from the first part's {shape} "
@@ -135,13 +182,21 @@ def inspect_recording(path: Path) -> Source:
                 shape, dtype = tuple(ds.shape[1:]), str(ds.dtype)
         except OSError as e:
             raise StackError(f"{part}: not a readable recording ({e})") from e
+        except RecordingError as e:
+            raise StackError(str(e)) from None
         parts.append((str(part), rows))
     n = sum(r for _, r in parts)
     if n == 0 or shape is None:
         raise StackError(f"{path}: the recording holds no complete raw frame")
+    if (problem := count_problem(n)) is not None:
+        raise StackError(f"{path}: {problem}")
+    try:
+        sampling = tuple(sorted(recorded_detector(Path(path)).items()))
+    except RecordingError as e:  # an attribute no finite number > 0: named, in one line
+        raise StackError(str(e)) from None
     return Source(
         tuple(parts), (n, *shape), dtype, f"{path}:raw/frames", "raw/frames", True,  # type: ignore[arg-type]
-        tuple(sorted(recorded_detector(Path(path)).items())), tuple(_stat(Path(p)) for p, _ in parts),
+        sampling, tuple(_stat(Path(p)) for p, _ in parts),
     )  # fmt: skip
 
 

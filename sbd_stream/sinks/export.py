@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sbd_stream.formats.limits import MAX_FRAMES, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import KINDS, open_recording, recording_parts, uniform_parts
 
 TARGETS = ("tiff", "mrc", "npy")
@@ -52,24 +53,38 @@ def target(to: str) -> str:
     return t
 
 
-def _rows(f: h5py.File, kind: str) -> tuple[Any, np.ndarray, np.ndarray] | None:
+def _rows(f: h5py.File, kind: str, part: Path) -> tuple[Any, np.ndarray, np.ndarray] | None:
     """(frames, seq, time) of ``kind`` in one file, its complete rows only; None when it has none.
 
     A recording keeps each kind as a group (``frames``, ``seq``, ``time``, ``complete``); a
     ``denoise`` / ``replay --offline`` output keeps ``denoised`` as a dataset, with ``seq`` / ``ts``
-    beside it when its input was a recording (else frame i is frame i, with no time).
+    beside it when its input was a recording (else frame i is frame i, with no time). What the file
+    declares is checked before anything is read (formats/limits.py): the frame shape, and rows that
+    were written (a part whose columns were resized to 10^12 rows made this allocate 7 TiB).
     """
     if kind not in f:
         return None
     g = f[kind]
+    fr = g if isinstance(g, h5py.Dataset) else g.get("frames")
+    if not isinstance(fr, h5py.Dataset) or fr.ndim != 3:
+        return None
+    if (problem := frame_problem(tuple(fr.shape[1:]), fr.dtype.itemsize)) is not None:
+        raise ExportError(f"{part}: {kind} {problem}")
     if isinstance(g, h5py.Dataset):
-        n = g.shape[0] if g.ndim == 3 else 0
+        n = min([g.shape[0]] + [int(f[c].shape[0]) for c in ("seq", "ts", "segment") if c in f])
+        if g.chunks is not None:  # rows never written have no chunk: declared extents cost nothing
+            n = min(n, int(g.id.get_num_chunks()) * int(g.chunks[0]))
+        if n > MAX_FRAMES:
+            raise ExportError(f"{part}: {kind} declares {n} frames, more than {MAX_FRAMES:.0e}")
         seq = np.asarray(f["seq"][:n]) if "seq" in f else np.arange(n)
         time = np.asarray(f["ts"][:n], dtype=np.float64) if "ts" in f else np.full(n, np.nan)
         if "ts" in f and n:
             time = time - time.min()
         return (g, seq.astype(np.int64), time) if n else None
-    n = len(g["complete"])
+    try:
+        n = trusted_rows(g, f"{part}: {kind}")
+    except RecordingError as e:
+        raise ExportError(str(e)) from None
     if n == 0:
         return None
     ts = g["time"][:n] if "time" in g else g["ts"][:n]
@@ -94,7 +109,7 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
         except OSError as e:
             raise ExportError(f"{part}: not a readable HDF5 file ({e})") from e
         with f:
-            rows = _rows(f, kind)
+            rows = _rows(f, kind, part)
             if rows is None:
                 continue
             fr, seq, time = rows

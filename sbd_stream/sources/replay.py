@@ -9,6 +9,11 @@ recorded ``series_meta`` and ``replay_of`` beside it. A recording holding two se
 restart of one acquisition (segments 0 and 1, both counting ``seq`` from 0) was sent as one series,
 so ``replay --record-dir`` wrote each ``seq`` twice into one part; a series_start between them makes
 the recorder open a new part, as it did when the frames were first recorded.
+
+What a part declares is checked before it is read (``formats/limits.py``): its frame shape against
+wire format v1 and ``ingest.max_payload_bytes`` (the live service would refuse such a frame too),
+its rows against what was written. A crafted part declaring 10^12 rows or 100000 x 100000 frames
+made replay allocate terabytes; it is now a one-line ``RecordingError``.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.formats.limits import BLOCK_ROWS, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recording_parts
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.protocol import (
+    DEFAULT_MAX_PAYLOAD,
     DTYPES,
     TOPIC_SERIES_END,
     TOPIC_SERIES_START,
@@ -37,22 +44,50 @@ from sbd_stream.worker import BackgroundWorker
 Series = tuple[str, int, dict[str, Any]]  # (acq, segment, recorded series_meta)
 
 
-def recorded_series(path: Path) -> Iterator[tuple[Series, int, float, np.ndarray]]:
-    """(series, seq, ts, frame) for every complete raw frame across the recording's parts, in order."""
+def raw_rows(f: Any, part: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> int:
+    """The complete raw rows of an open part, once its frames are known to fit the wire format and
+    ``max_payload`` (``RecordingError`` otherwise; nothing of the frames is read)."""
+    g = f["raw"]
+    if "frames" not in g or "seq" not in g or "ts" not in g:
+        raise RecordingError(f"{part}: raw frames without their seq / ts columns (not a `serve` recording?)")
+    fr = g["frames"]
+    limit = "ingest.max_payload_bytes"
+    if (problem := frame_problem(tuple(fr.shape[1:]), fr.dtype.itemsize, max_payload, limit)) is not None:
+        raise RecordingError(f"{part}: raw {problem}")
+    name = fr.dtype.newbyteorder("<")
+    if not any(v == name for v in DTYPES.values()):
+        raise RecordingError(f"{part}: raw frames of dtype {fr.dtype}, which wire format v1 cannot carry")
+    return trusted_rows(g, f"{part}: raw")
+
+
+def check_recording(path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    """Every part's raw frames and rows, checked before a pipeline starts (``RecordingError``)."""
+    for part in recording_parts(Path(path)):
+        with open_recording(part) as f:
+            if "raw" in f:
+                raw_rows(f, part, max_payload)
+
+
+def recorded_series(
+    path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> Iterator[tuple[Series, int, float, np.ndarray]]:
+    """(series, seq, ts, frame) for every complete raw frame across the recording's parts, in order;
+    per-row columns read a block at a time."""
     for part in recording_parts(Path(path)):
         with open_recording(part) as f:
             if "raw" not in f:
                 continue
             try:
                 meta = json.loads(f.attrs.get("series_meta", "{}"))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 meta = {}
             series = (str(f.attrs.get("acq", part.stem)), int(f.attrs.get("segment", 0)), meta)
             g = f["raw"]
-            n = len(g["complete"])
-            seqs, tss = g["seq"][:n], g["ts"][:n]
-            for i in range(n):
-                yield series, int(seqs[i]), float(tss[i]), g["frames"][i]
+            n = raw_rows(f, part, max_payload)
+            for a in range(0, n, BLOCK_ROWS):
+                seqs, tss = g["seq"][a : min(n, a + BLOCK_ROWS)], g["ts"][a : min(n, a + BLOCK_ROWS)]
+                for i in range(len(seqs)):
+                    yield series, int(seqs[i]), float(tss[i]), g["frames"][a + i]
 
 
 class ReplaySource(BackgroundWorker):
@@ -70,9 +105,12 @@ class ReplaySource(BackgroundWorker):
         queue: FrameQueue | None = None,
         realtime: bool = False,
         limit: int | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        """``max_payload``: the largest frame the pipeline takes (``ingest.max_payload_bytes``)."""
         self.path, self.on_frame, self.on_series = Path(path), on_frame, on_series
         self.queue, self.realtime, self.limit = queue, realtime, limit
+        self.max_payload = max_payload
         self.n_sent = 0
         self.done = threading.Event()
         self._init_worker()
@@ -85,7 +123,7 @@ class ReplaySource(BackgroundWorker):
         key: tuple[str, int] | None = None
         t0_rec = t0_wall = 0.0
         try:
-            for (acq, segment, recorded), seq, ts, data in recorded_series(self.path):
+            for (acq, segment, recorded), seq, ts, data in recorded_series(self.path, self.max_payload):
                 if self._stop.is_set() or (self.limit is not None and self.n_sent >= self.limit):
                     break
                 if (acq, segment) != key:  # a new acquisition, or a new series / restart of this one

@@ -3,6 +3,11 @@
 Inputs are read lazily (h5py slices, memory-mapped NPY/TIFF) so a recording larger than memory streams
 through. Output goes to a temporary name and is renamed only when complete, so an interrupted run never
 leaves a file that looks finished.
+
+What a file declares is checked before anything is mapped or read (``stack_headers.py``,
+``formats/limits.py``): frame sides 1 to 16384, a frame within the wire encoder's payload, at most
+10^9 frames, and, for an uncompressed layout, no more bytes than the file holds. A crafted header is
+one ``StackError`` line, never an allocation of what it claims.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ import h5py
 import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a valid input) and writing
 import numpy as np
 
+from sbd_stream.formats.limits import count_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
+from sbd_stream.sources.stack_headers import (
+    check_dtype,
+    imread_cap,
+    mrc_declared,
+    npy_declared,
+    tiff_declared,
+)
 
 SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff", ".mrc", ".mrcs"}
 LENGTH_UNITS_A = {
@@ -61,9 +74,13 @@ class FrameStack:
 
 
 def _check(arr: Any, source: str) -> Any:
+    """``arr`` as a (frames, H, W) stack, once its dtype, frame size and frame count are usable (an HDF5
+    dataset declaring 2 x 200000 x 200000 or 10^12 frames is refused here, before any read)."""
     dt = np.dtype(arr.dtype)
-    if dt.kind not in "uif" or dt.itemsize > 8:
-        raise StackError(f"{source}: dtype {dt} is not a count or intensity type (need uint/int/float)")
+    try:
+        check_dtype(dt)
+    except ValueError as e:
+        raise StackError(f"{source}: {e}") from None
     if len(arr.shape) == 2:
         arr = arr[None] if isinstance(arr, np.ndarray) else _Single(arr)
     if len(arr.shape) != 3:
@@ -71,6 +88,8 @@ def _check(arr: Any, source: str) -> Any:
     n, h, w = arr.shape
     if n == 0 or h == 0 or w == 0:
         raise StackError(f"{source}: the stack is empty (shape {tuple(arr.shape)})")
+    if (problem := frame_problem((h, w), dt.itemsize) or count_problem(n)) is not None:
+        raise StackError(f"{source}: {problem}")
     return arr
 
 
@@ -102,13 +121,23 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
         raise StackError(
             f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5/.nxs, .npy, .tif/.tiff or .mrc)"
         )
+    try:
+        return _open(path, suffix, dataset)
+    except (OverflowError, MemoryError) as e:  # a size no check above foresaw: still one line
+        raise StackError(
+            f"{path}: declares sizes this machine cannot map or hold ({type(e).__name__})"
+        ) from None
+
+
+def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
     if suffix in {".mrc", ".mrcs"}:
         return _open_mrc(path)
     if suffix == ".npy":
         try:
+            npy_declared(path)  # the header's shape against the limits and the file's size, first
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as e:
-            raise StackError(f"{path}: not a plain numeric NPY array ({e})") from e
+            raise StackError(f"{path}: {e}") from None
         return FrameStack(_check(arr, str(path)), str(path))
     if suffix in {".tif", ".tiff"}:
         return _open_tiff(path)
@@ -122,7 +151,9 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
         f.close()
         raise StackError(f"{path}: no dataset '{name}' (datasets: {known})")
     try:
-        return FrameStack(_check(f[name], f"{path}:{name}"), f"{path}:{name}", f.close, _sampling(f, name))
+        return FrameStack(
+            _check(f[name], f"{path}:{name}"), f"{path}:{name}", f.close, _sampling(f, name, path)
+        )
     except StackError:
         f.close()
         raise
@@ -136,22 +167,32 @@ def _open_tiff(path: Path) -> FrameStack:
             series = tif.series[0]
             axes, shape = series.axes, tuple(series.shape)
             sampling = _tiff_sampling(tif)
-        # interleaved samples (axes ...YXS): a colour picture, which a stack read would turn into frames
-        # of width 3. Planar samples (SYX) are kept as frames: tifffile writes a (3, H, W) array that
-        # way (abTEM's to_tiff of a 3-image defocus series), and each plane is a whole image.
-        if axes.endswith("S"):
-            raise StackError(
-                f"{path}: a colour TIFF (shape {shape}, axes {axes}); a counted frame has one value per "
-                "pixel: save the frames as a greyscale stack"
-            )
+            # interleaved samples (axes ...YXS): a colour picture, which a stack read would turn into
+            # frames of width 3. Planar samples (SYX) are kept as frames: tifffile writes a (3, H, W)
+            # array that way (abTEM's to_tiff of a 3-image defocus series), each plane a whole image.
+            if axes.endswith("S"):
+                raise StackError(
+                    f"{path}: a colour TIFF (shape {shape}, axes {axes}); a counted frame has one value "
+                    "per pixel: save the frames as a greyscale stack"
+                )
+            try:
+                _, dt, compressed = tiff_declared(path, tif)
+            except ValueError as e:
+                raise StackError(f"{path}: {e}") from None
         try:
             arr = tifffile.memmap(path, mode="r")
-        except ValueError:
-            arr = tifffile.imread(path)  # compressed TIFFs can't be memory-mapped
+        except ValueError:  # compressed (or scattered) pages can't be memory-mapped: decoded whole
+            declared = int(np.prod(shape, dtype=object)) * dt.itemsize
+            if compressed and declared > imread_cap():
+                raise StackError(
+                    f"{path}: a compressed TIFF of {declared} bytes decoded, more than half this machine's "
+                    "memory; save it uncompressed (memory-mapped) or as HDF5"
+                ) from None
+            arr = tifffile.imread(path)
     except StackError:
         raise
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as e:
-        raise StackError(f"{path}: not a readable TIFF ({e})") from e
+        raise StackError(f"{path}: not a readable TIFF ({' '.join(str(e).split())})") from e
     return FrameStack(_check(arr, str(path)), str(path), sampling=sampling)
 
 
@@ -212,8 +253,11 @@ def _open_mrc(path: Path) -> FrameStack:
     import mrcfile
 
     try:
+        mrc_declared(path)  # the header's sizes against the limits and the file's size, first
         mrc = mrcfile.mmap(path, mode="r", permissive=False)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
+        raise StackError(f"{path}: {e}") from None
+    except OSError as e:
         raise StackError(f"{path}: not a readable MRC file ({e})") from e
     try:
         px = float(mrc.voxel_size.x)
@@ -224,16 +268,17 @@ def _open_mrc(path: Path) -> FrameStack:
         raise
 
 
-def _sampling(f: h5py.File, name: str) -> dict[str, float]:
-    """Detector sampling stated by the dataset's attributes, else the file's (dataset wins)."""
+def _sampling(f: h5py.File, name: str, path: Path) -> dict[str, float]:
+    """Detector sampling stated by the dataset's attributes, else the file's (dataset wins).
+
+    A stated value that is no finite number > 0 is refused, naming the file and the attribute
+    (``counts_per_px = inf`` was a four-line pydantic dump naming neither; a string was skipped)."""
     out: dict[str, float] = {}
-    for attrs in (f.attrs, f[name].attrs):
-        for k in SAMPLING_ATTRS:
-            if k in attrs:
-                try:
-                    out[k] = float(attrs[k])
-                except (TypeError, ValueError):
-                    continue
+    for where, attrs in ((str(path), f.attrs), (f"{path}:{name}", f[name].attrs)):
+        try:
+            out.update(sampling_attrs({k: attrs[k] for k in SAMPLING_ATTRS if k in attrs}, where))
+        except ValueError as e:
+            raise StackError(str(e)) from None
     if "dose_e_per_A2" in out:  # one dose form only: per area wins
         out.pop("counts_per_px", None)
     return out

@@ -17,16 +17,24 @@ re-dialled the same way (libzmq would not), never as oversized.
 A *bound* socket needs no re-dial: the peer connects, and it re-dials by itself after we drop it.
 There libzmq gives no reason for a disconnect, so an oversized part is counted as
 ``cause="closed"``, like a peer that went away.
+
+Logging: every event is counted, but only the first of each cause is logged at its level; later
+ones go to DEBUG, with at most one summary line a minute ("N more handshake failures since ...",
+``log_limit.py``). An unauthenticated peer re-dialling a CURVE input wrote 8,328 WARNING lines in
+seconds. The limit is kept per service and input (its metrics and name), so re-created sockets share it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
+
+from sbd_stream.log_limit import RateLimitedLog
 
 __all__ = ["GRACE_S", "TransportWatch"]
 
@@ -42,6 +50,18 @@ _HANDSHAKE_FAILED = (
 )
 EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 
+_limits: weakref.WeakKeyDictionary[Any, dict[str, RateLimitedLog]] = weakref.WeakKeyDictionary()
+
+
+def _limit(metrics: Any, name: str) -> RateLimitedLog:
+    """The rate limit of one service's input ``name``: a socket re-created after a refused peer (a new
+    ``TransportWatch``) goes on with it instead of logging its first events at full level again."""
+    try:
+        per_input = _limits.setdefault(metrics, {})
+    except TypeError:  # metrics that cannot be weakly referenced: a limit of this watch's own
+        return RateLimitedLog(log)
+    return per_input.setdefault(name, RateLimitedLog(log))
+
 
 class TransportWatch:
     """Reads one socket's monitor; ``poll`` says when the socket must be re-created."""
@@ -51,6 +71,7 @@ class TransportWatch:
         self.mon: zmq.Socket = sock.get_monitor_socket(EVENTS)
         self._dropped_at: float | None = None
         self._handshake_failed = False
+        self.log = _limit(metrics, name)
 
     def poll(self, now: float) -> bool:
         """Take every pending monitor event; True when the peer was refused and nobody re-dials."""
@@ -60,27 +81,35 @@ class TransportWatch:
             except zmq.Again:
                 break
             self._event(int(ev["event"]), ev.get("endpoint"), now)
+        self.log.tick()  # a summary of held-back lines once a minute, also after a burst stopped
         if self._dropped_at is None or now - self._dropped_at < GRACE_S:
             return False
         self._dropped_at = None
         if self._handshake_failed:
             self._handshake_failed = False
-            log.warning("%s input: handshake with the peer failed; re-dialling", self.name)
+            self.log.log(
+                "redial", logging.WARNING, "re-dials after a failed handshake",
+                "%s input: handshake with the peer failed; re-dialling", self.name,
+            )  # fmt: skip
             return True
         self.metrics.input_disconnects.labels(cause="refused").inc()
         self.metrics.frames_malformed.labels(reason="oversized").inc()
-        log.error(
+        self.log.log(
+            "refused", logging.ERROR, "peers dropped for a protocol error",
             "%s input: libzmq dropped the peer for a protocol error -- in practice a message part over "
             "the maximum message size (ingest.max_payload_bytes x 2 + 1 MiB); re-creating the socket",
             self.name,
-        )
+        )  # fmt: skip
         return True
 
     def _event(self, event: int, endpoint: Any, now: float) -> None:
         if event & _HANDSHAKE_FAILED:
             self._handshake_failed = True
             self.metrics.input_disconnects.labels(cause="handshake").inc()
-            log.warning("%s input: handshake failed with %s (event %#x)", self.name, endpoint, event)
+            self.log.log(
+                "handshake", logging.WARNING, f"{self.name} input handshake failures",
+                "%s input: handshake failed with %s (event %#x)", self.name, endpoint, event,
+            )  # fmt: skip
         elif event == zmq.EVENT_DISCONNECTED:
             if self.connects:
                 self._dropped_at = now if self._dropped_at is None else self._dropped_at
@@ -95,7 +124,7 @@ class TransportWatch:
             self._handshake_failed = False
             return
         self.metrics.input_disconnects.labels(cause="closed").inc()
-        log.info("%s input: a peer disconnected", self.name)
+        self.log.log("closed", logging.INFO, "peer disconnects", "%s input: a peer disconnected", self.name)
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):

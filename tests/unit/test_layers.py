@@ -17,6 +17,8 @@ LAYERS: dict[str, int] = {
     "protocol": 0,
     "llr_table": 0,  # the llr message's column table (service/sink.py, batch.py)
     "security": 0,
+    "httpd": 0,  # the bounded HTTP server of /metrics and the viewer (a leaf: standard library)
+    "log_limit": 0,  # rate-limited log lines for per-event warnings (a leaf: standard library)
     "invocation": 0,
     "supervisor": 0,
     "worker": 1,
@@ -26,6 +28,7 @@ LAYERS: dict[str, int] = {
     "compute": 2,
     "engines": 3,
     "config_merge": 0,  # pure dict logic of the settings layers (config.py uses it)
+    "config_file": 0,  # reading one TOML settings file, with its size and nesting checked (config.py)
     "config": 4,
     "formats": 5,
     "sources": 6,

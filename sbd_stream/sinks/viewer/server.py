@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from sbd_stream.config import DetectorSettings, ViewerSettings
+from sbd_stream.httpd import BoundedHTTPServer, local_url
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer import frameinfo
@@ -88,7 +89,7 @@ class Viewer:
         self._stop = threading.Event()
         self._socks: list[zmq.Socket] = []
         self._sub_thread: threading.Thread | None = None
-        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._httpd: BoundedHTTPServer | None = None
         self._counts: tuple[tuple[str, int], float] | None = None
         self.url = ""
 
@@ -159,10 +160,9 @@ class Viewer:
         if self.metrics is not None:
             self.metrics.start()
         warn_if_exposed("viewer page", c.host)
-        self._httpd = http.server.ThreadingHTTPServer((c.host, c.port), _make_handler(self))
-        self._httpd.daemon_threads = True
-        host, port = self._httpd.server_address[:2]
-        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+        # a timeout per connection and at most 64 at once: idle peers cannot take the service's descriptors
+        self._httpd = BoundedHTTPServer((c.host, c.port), _make_handler(self))
+        self.url = local_url(c.host, int(self._httpd.server_address[1])) + "/"
         threading.Thread(target=self._httpd.serve_forever, name="sbd-viewer-http", daemon=True).start()
         log.info("live viewer on %s", self.url)
         return self

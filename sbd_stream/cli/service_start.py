@@ -1,0 +1,67 @@
+"""What `serve` checks and prepares before and while it starts: key files, descriptors, the banner.
+
+Kept out of ``live.py`` (the commands) so each check is one function with one job: a CURVE key that
+cannot work ends the command in one line (exit 2) before the engine loads, and again if the service
+itself meets one while opening its sockets; the open-file limit is raised once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from sbd_stream.cli.app import fail
+from sbd_stream.cli.options import Flags, endpoints_named
+
+if TYPE_CHECKING:
+    from sbd_stream.config import ServiceSettings
+
+
+def check_curve_keys(s: ServiceSettings) -> None:
+    """Read every CURVE key file the settings name, before anything starts: the pair, the server's
+    key and each ``*.key`` in ``authorized_keys_dir`` (a malformed client key there was a traceback
+    from the publisher's set-up); a missing, malformed or group/other-writable one is one line."""
+    from sbd_stream.security import CurveError, check_curve
+
+    for where, curve in (("ingest.curve", s.ingest.curve), ("publish.curve", s.publish.curve)):
+        try:
+            check_curve(curve)
+        except CurveError as e:
+            fail(f"{where}: {e}")
+
+
+@contextmanager
+def starting(flags: Flags) -> Iterator[None]:
+    """Around the service's start: an endpoint that cannot open (``endpoints_named``) or a CURVE key
+    libzmq or the authenticator refuses ends the command in one line, exit 2, never a traceback."""
+    from sbd_stream.security import CurveError
+
+    try:
+        with endpoints_named(flags):
+            yield
+    except CurveError as e:
+        fail(f"CURVE: {e}")
+
+
+def prepare_process() -> None:
+    """Raise the open-file limit to the hard one (``httpd.raise_fd_limit``; logged at DEBUG): recording
+    files, sockets and HTTP connections all take descriptors, and systemd's default soft limit is 1024."""
+    from sbd_stream.httpd import raise_fd_limit
+
+    raise_fd_limit()
+
+
+def metrics_where(s: ServiceSettings) -> str:
+    """The banner's metrics endpoint; a free port (0) is only known once bound, so the log names it then
+    (``metrics on http://...``, as the viewer logs its page) instead of the banner printing ``:0``.
+    An IPv6 host is bracketed and an empty one (every interface) shown as such: the banner printed
+    ``http://:::9105`` and ``http://:9105``."""
+    from sbd_stream.httpd import url_host
+
+    if not s.metrics.enabled:
+        return "metrics off"
+    host = url_host(s.metrics.host)
+    if s.metrics.port == 0:
+        return f"metrics on a free port of {host} (logged once bound)"
+    return f"metrics http://{host}:{s.metrics.port}/metrics"

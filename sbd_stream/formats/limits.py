@@ -1,0 +1,126 @@
+"""How large a frame, a stack and a recording may declare itself before anything is read or allocated.
+
+Why: a file's header is a claim, and the readers used to believe it. A 200-byte TIFF declaring
+65000 x 65000 pixels made ``denoise`` allocate 7.9 GiB; an MRC or NPY header with sizes of 2^31 or a
+negative one raised OverflowError; a recording whose per-row datasets were resized to 10^12 rows
+made ``export`` and ``replay`` allocate 7 TiB for the time column. Every reader now checks what it
+was told against these limits (and against the file's size, where the layout is uncompressed) and
+refuses in one line.
+
+The limits are the wire format's: a side of 1 to ``protocol.MAX_SIDE`` pixels and a frame of at most
+the encoder's payload bound, so whatever a file reader accepts, the live service could carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD, MAX_SIDE
+
+__all__ = [
+    "BLOCK_ROWS",
+    "MAX_FRAMES",
+    "MAX_FRAME_BYTES",
+    "RecordingError",
+    "count_problem",
+    "frame_problem",
+    "sampling_attrs",
+    "sampling_value",
+    "trusted_rows",
+]
+
+MAX_FRAMES = 10**9
+"""Most frames one stack or one recording part may declare: a billion K2 frames are 8 PB."""
+MAX_FRAME_BYTES = 2 * DEFAULT_MAX_PAYLOAD
+"""Largest frame a file reader takes: what the wire encoder accepts (``protocol.encode``), twice the
+ingest's default ``max_payload_bytes``, so a 3838 x 3710 float64 frame (or a 4096 x 4096 float32 one)
+still reads."""
+BLOCK_ROWS = 1 << 20
+"""Rows of a per-row dataset read at once (a MiB of ``complete``, 8 MiB of ``seq``)."""
+
+
+class RecordingError(ValueError):
+    """A recording whose datasets declare sizes it cannot hold (crafted or damaged); one line."""
+
+
+def frame_problem(
+    shape: tuple[int, ...], itemsize: int, max_bytes: int = MAX_FRAME_BYTES, limit: str = "the reader's limit"
+) -> str | None:
+    """Why frames of ``shape`` (H, W) and ``itemsize`` bytes per pixel cannot be read, or None."""
+    if len(shape) != 2:
+        return f"frames of shape {tuple(shape)} are not 2-D images"
+    h, w = (int(x) for x in shape)
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        return f"frames of {h}x{w} pixels: each side must be 1 to {MAX_SIDE} (wire format v1)"
+    nbytes = h * w * int(itemsize)
+    if nbytes > max_bytes:
+        return f"frames of {h}x{w} x {itemsize} bytes ({nbytes} bytes) exceed {limit} ({max_bytes} bytes)"
+    return None
+
+
+def count_problem(n: int) -> str | None:
+    """Why a stack of ``n`` frames cannot be planned, or None."""
+    if n > MAX_FRAMES:
+        return f"{n} frames declared, more than {MAX_FRAMES:.0e} (a damaged or crafted header?)"
+    return None
+
+
+def _row_datasets(g: Any) -> list[Any]:
+    return [g[name] for name in ("complete", "seq", "ts", "time", "frame") if name in g]
+
+
+def trusted_rows(g: Any, where: str, max_rows: int = MAX_FRAMES) -> int:
+    """The rows of a recording group (``frames`` and its per-row columns) that were written whole.
+
+    A row counts when every per-row dataset and ``frames`` reach it, when ``complete`` and ``frames``
+    have storage for it (HDF5 allocates a chunk only when it is written: extents cost nothing to
+    declare, so the rows to read are bounded by the file's size) and when it is not past the last row
+    marked complete (rows after it were never written, or cut short).
+    Reads at most one block of ``complete`` at a time; raises ``RecordingError`` beyond ``max_rows``.
+    """
+    cols = _row_datasets(g)
+    if "complete" not in g:
+        raise RecordingError(f"{where}: no 'complete' column (is this a recording made by `serve`?)")
+    n = min([int(g["frames"].shape[0])] + [int(d.shape[0]) for d in cols])
+    complete, frames = g["complete"], g["frames"]
+    if complete.chunks is not None and complete.id.get_create_plist().get_nfilters() == 0:
+        n = min(n, int(complete.id.get_storage_size()) // complete.dtype.itemsize)
+    if frames.chunks is not None:  # a frame never written has no chunk (10^12 declared rows: a few stored)
+        n = min(n, int(frames.id.get_num_chunks()) * int(frames.chunks[0]))
+    if n > max_rows:
+        raise RecordingError(f"{where}: {n} rows declared, more than {max_rows:.0e} (damaged or crafted?)")
+    while n > 0:  # back to the last row marked complete, one block at a time
+        a = max(0, n - BLOCK_ROWS)
+        marked = np.flatnonzero(np.asarray(complete[a:n]) == 1)
+        if marked.size:
+            return a + int(marked[-1]) + 1
+        n = a
+    return 0
+
+
+def sampling_value(value: Any) -> float:
+    """An attribute stating a sampling (``pixel_size_A``, ``dose_e_per_A2``, ``counts_per_px``) as a
+    finite number > 0; else ValueError saying so in one line (the caller names the file and attribute:
+    pydantic's four-line dump of ``counts_per_px = inf`` named neither)."""
+    try:
+        v = float(value.item() if isinstance(value, np.ndarray) and value.size == 1 else value)
+    except (TypeError, ValueError, OverflowError):
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        shown = " ".join(repr(value[:61] if isinstance(value, str | bytes) else value).split())  # numpy wraps
+        raise ValueError(f"must be a finite number > 0 (got {shown[:60]}{'...' if len(shown) > 60 else ''})")
+    return v
+
+
+def sampling_attrs(stated: dict[str, Any], where: str) -> dict[str, float]:
+    """``stated`` attributes (name -> value) as floats, each by ``sampling_value``; ValueError
+    ``"<where>: attribute <name>: must be ..."`` for the first that is not a finite number > 0."""
+    out = {}
+    for name, value in stated.items():
+        try:
+            out[name] = sampling_value(value)
+        except ValueError as e:
+            raise ValueError(f"{where}: attribute {name}: {e}") from None
+    return out

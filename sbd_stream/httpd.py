@@ -1,0 +1,125 @@
+"""The HTTP server under ``/metrics`` and the viewer page: bounded in connections, time and file descriptors.
+
+Why: ``http.server.ThreadingHTTPServer`` gives every connection a thread and a file descriptor for as
+long as the peer keeps it open, and waits for a request line forever. An audit held 1,100 idle TCP
+connections to ``/metrics``: the service reached its 1024-descriptor limit and the recorder could not
+open the next acquisition's file (EMFILE), so frames were lost. Here each connection has
+``TIMEOUT_S`` to send its request and take the answer, at most ``MAX_CONNECTIONS`` are served at once
+(one more is closed as soon as it is accepted: a scraper or a browser needs a handful), and
+:func:`raise_fd_limit` lifts the soft descriptor limit to the hard one at start-up.
+
+A leaf (standard library only), so ``metrics`` and the viewer can both use it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import socket
+import threading
+from typing import Any
+
+__all__ = ["MAX_CONNECTIONS", "TIMEOUT_S", "BoundedHTTPServer", "raise_fd_limit", "url_host"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64
+"""Connections served at once per server; Prometheus holds one, a viewer page a few."""
+TIMEOUT_S = 10.0
+"""Seconds a connection may take to send its request (and to read the answer) before it is closed."""
+
+
+class BoundedHTTPServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server with a per-connection timeout and a cap on concurrent connections.
+
+    A connection over the cap is closed at once, without a thread: its descriptor is freed in
+    microseconds, so a flood costs the listening backlog, never the process's descriptors.
+    IPv6 hosts (``::``, ``::1``) bind an IPv6 socket (the stock server is IPv4 only and failed
+    with "Address family for hostname not supported").
+    """
+
+    daemon_threads = True
+    block_on_close = False  # close() never waits for a slow client: its thread is a daemon
+    request_queue_size = 128  # listen backlog: 5 (the default) overflowed in bursts and peers waited 1 s
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        max_connections: int = MAX_CONNECTIONS,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.max_connections, self.timeout_s = max_connections, timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0  # connections closed at once because every slot was taken
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug(
+                "http: %d connections open, closing one more from %s", self.max_connections, client_address
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            request.settimeout(
+                self.timeout_s
+            )  # the handler's reads and writes; StreamRequestHandler keeps it
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: give the slot back here
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer: a DEBUG line, not socketserver's traceback on stderr."""
+        log.debug("http: connection from %s failed", client_address, exc_info=True)
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft limit on open files to the hard one; returns the soft limit now (None: unknown).
+
+    systemd's default soft limit is 1024 and every recording file, socket and HTTP connection takes a
+    descriptor; deploy/sbd-stream.service also sets ``LimitNOFILE``. Failing to raise it is not an
+    error: the service runs with what it has.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = 65536 if hard == resource.RLIM_INFINITY else hard  # unlimited: the kernel caps it anyway
+        if soft != resource.RLIM_INFINITY and target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError) as e:
+        log.debug("open file limit left as it is: %s", e)
+        return None
+    log.debug("open file limit (RLIMIT_NOFILE, soft): %s", soft)
+    return int(soft)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL or a message: ``""`` (every interface) as ``0.0.0.0``, IPv6 in
+    brackets. ``http://:::9105`` and "binds , which ..." were printed before."""
+    if host == "":
+        return "0.0.0.0"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def local_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` where a client on this machine reaches a server bound on ``host``: a
+    wildcard (``0.0.0.0``, ``""``, ``::``) by loopback, any other host as given (IPv6 in brackets)."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{url_host(shown)}:{port}"

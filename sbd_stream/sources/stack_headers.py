@@ -1,0 +1,130 @@
+"""What an NPY, MRC or TIFF header declares, checked before a byte of the frames is mapped or read.
+
+Why: the readers trusted the header. An NPY shape of (-5, 64, 64) or an MRC with nx = ny = nz = 2^31 - 1
+raised OverflowError inside ``mmap``; a 200-byte TIFF declaring 65000 x 65000 pixels could not be
+memory-mapped and fell back to ``tifffile.imread``, which allocated 7.9 GiB. Each function here reads
+the header alone, checks the declared frames against the wire format's limits
+(``formats/limits.py``) and, where the layout is uncompressed, the declared bytes against the file's
+size, and raises ``ValueError`` with one line (``stacks.py`` names the file).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.formats.limits import count_problem, frame_problem
+
+__all__ = ["check_declared", "imread_cap", "mrc_declared", "npy_declared", "tiff_declared"]
+
+NPY_MAX_HEADER = 10_000
+"""numpy's own limit without ``allow_pickle`` (``np.load``'s ``max_header_size``)."""
+
+
+def check_dtype(dt: np.dtype) -> None:
+    if dt.hasobject:
+        raise ValueError(f"dtype {dt} holds Python objects (a pickle), which are never loaded")
+    if dt.kind not in "uif" or dt.itemsize > 8:
+        raise ValueError(f"dtype {dt} is not a count or intensity type (need uint/int/float)")
+
+
+def check_declared(shape: tuple[int, ...], dt: np.dtype, data_bytes: int | None = None) -> None:
+    """A (frames, H, W) or (H, W) stack of ``dt`` within the limits; ``data_bytes``: what the file holds
+    for it (uncompressed layouts), which the declared size must not pass."""
+    check_dtype(dt)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"expected a (frames, height, width) stack, got shape {tuple(shape)}")
+    if any(int(s) < 0 for s in shape):
+        raise ValueError(f"the header declares a negative size {tuple(shape)}")
+    if any(int(s) == 0 for s in shape):
+        raise ValueError(f"the stack is empty (shape {tuple(shape)})")
+    if (problem := frame_problem(tuple(shape[-2:]), dt.itemsize)) is not None:
+        raise ValueError(problem)
+    n = int(shape[0]) if len(shape) == 3 else 1
+    if (problem := count_problem(n)) is not None:
+        raise ValueError(problem)
+    declared = math.prod(int(s) for s in shape) * dt.itemsize
+    if data_bytes is not None and declared > data_bytes:
+        raise ValueError(
+            f"the header declares {tuple(int(s) for s in shape)} {dt} ({declared} bytes) but the file "
+            f"holds {max(0, data_bytes)} bytes of data (cut short, or not what it claims)"
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error (numpy's header errors run to three, with advice for its own API)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def npy_declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an NPY file from its header, checked against the file's size."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _fortran, dt = read(fh, max_header_size=NPY_MAX_HEADER)
+            offset = fh.tell()
+        check_dtype(np.dtype(dt))  # before the shape: an object array is a pickle, whatever its size
+    except ValueError as e:
+        raise ValueError(f"not a plain numeric NPY array ({_one_line(e)})") from None
+    check_declared(tuple(shape), np.dtype(dt), os.path.getsize(path) - offset)
+    return tuple(shape), np.dtype(dt)
+
+
+def mrc_declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(nz, ny, nx) and dtype of an MRC file from its 1024-byte header, checked against its size
+    (extended header included: an ``nsymbt`` of 2^31 - 1 had mrcfile try to read 2 GiB)."""
+    from mrcfile import utils
+    from mrcfile.dtypes import HEADER_DTYPE
+
+    with open(path, "rb") as fh:
+        raw = fh.read(HEADER_DTYPE.itemsize)
+    if len(raw) < HEADER_DTYPE.itemsize:
+        raise ValueError("not a readable MRC file (shorter than its 1024-byte header)")
+    header: Any = np.frombuffer(raw, dtype=HEADER_DTYPE).reshape(())
+    if bytes(header["map"])[:3] != b"MAP":
+        raise ValueError("not a readable MRC file (no MAP id in its header)")
+    try:
+        order = utils.byte_order_from_machine_stamp(header["machst"])
+        header = header.view(HEADER_DTYPE.newbyteorder(order))  # the same bytes, read in the file's order
+        mode = int(header["mode"])
+        dt = np.dtype(utils.dtype_from_mode(mode))
+    except ValueError as e:
+        raise ValueError(f"not a readable MRC file ({_one_line(e)})") from None
+    nx, ny, nz, ext = (int(header[k]) for k in ("nx", "ny", "nz", "nsymbt"))
+    if min(nx, ny, nz) < 1 or ext < 0:
+        raise ValueError(f"the MRC header declares nx={nx} ny={ny} nz={nz} nsymbt={ext}: sizes must be > 0")
+    data = os.path.getsize(path) - HEADER_DTYPE.itemsize - ext
+    if data < 0:
+        raise ValueError(f"the MRC header declares a {ext}-byte extended header, more than the file holds")
+    if mode == 101:  # 4-bit, two pixels a byte: compare the packed size
+        check_declared((nz, ny, nx), np.dtype(np.uint8), None)
+        if ((nx + 1) // 2) * ny * nz > data:
+            raise ValueError(f"the MRC header declares {nz}x{ny}x{nx} 4-bit pixels but the file holds less")
+    else:
+        check_declared((nz, ny, nx), dt, data)
+    return (nz, ny, nx), dt
+
+
+def tiff_declared(path: Path, tif: Any) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape and dtype of an open TIFF's first series, and whether its pages are compressed; an
+    uncompressed one's declared bytes must fit in the file."""
+    series = tif.series[0]
+    shape, dt = tuple(int(s) for s in series.shape), np.dtype(series.dtype)
+    compressed = int(getattr(tif.pages[0], "compression", 1)) != 1
+    check_declared(shape, dt, None if compressed else os.path.getsize(path))
+    return shape, dt, compressed
+
+
+def imread_cap() -> int:
+    """Most bytes a compressed TIFF may decode to: ``tifffile.imread`` holds the whole stack in memory,
+    so half the machine's memory (8 GiB where it cannot be told)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3
