@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sbd_stream.config import ServiceSettings
 from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import SeriesMessage
 from sbd_stream.service.batch import BatchResult, BatchStage
@@ -65,6 +66,8 @@ class Intake:
     def __init__(self, queue: FrameQueue, sinks: list[Sink], metrics: Metrics) -> None:
         self.queue, self.sinks, self.metrics = queue, sinks, metrics
         self._rx = itertools.count()
+        # one line per overload, not per frame: a slow CPU behind a 40 Hz detector wrote 40 lines a second
+        self.overflow_log = RateLimitedLog(log)
 
     def frame(self, frame: Frame) -> None:
         frame.header = dataclasses.replace(frame.header, rx=next(self._rx))  # FrameHeader.rx: why
@@ -73,7 +76,18 @@ class Intake:
         frame = replace_invalid(frame, self.metrics)  # what the denoiser sees: usable pixels only
         if not self.queue.put(frame, frame.data.nbytes):
             self.metrics.denoise_overflow.inc()
-            log.warning("denoise queue full: frame %s of %s not denoised", frame.header.seq, frame.header.acq)
+            h = frame.header
+            self.overflow_log.log(
+                "denoise-overflow",
+                logging.WARNING,
+                "frames not denoised (denoise queue full)",
+                "denoise queue full: frame %s of %s not denoised (counted in sbd_denoise_overflow_total; "
+                "further ones are summed up once a minute)",
+                h.seq,
+                h.acq,
+            )
+        else:
+            self.overflow_log.tick()  # an overload that ended is summed up by the next frame's arrival
 
     def series(self, msg: SeriesMessage) -> None:
         for sink in self.sinks:
@@ -198,6 +212,7 @@ class Pipeline:
             sink.stop()
         for sink in self.sinks:
             sink.join(max(0.1, end - time.monotonic()))
+        self.intake.overflow_log.tick(force=True)
         self.metrics.shutdown()
         self.stopped.set()
 

@@ -12,18 +12,18 @@ What this thread decides, and why:
 
 * a raw frame of another shape or dtype than its acquisition's open file goes to a new part (writing
   it there would cast it: 70000.5 stored as 65535). Each output goes to the part of its raw frame,
-  found by the frame's receive number (``PartIndex``; not by shape, seq or (seq, ts), which repeat or
-  were forgotten), reopened if closed; such a part never takes new raw frames, and a late
-  ``series_end`` never closes a newer series' part (``RecordItem.series``);
+  found by its receive number (``PartIndex``; shape, seq and (seq, ts) repeat or were forgotten),
+  reopened if closed; such a part takes no new raw frames, and a late ``series_end`` never closes a
+  newer series' part (``RecordItem.series``);
 * files are bounded (``idle_close_s``, ``max_open_files``, least recently used first; counted in
   ``sbd_record_files_closed_total``): a detector that never sends ``series_end`` held hundreds open;
-* a raw frame that restarts its acquisition's numbering without ``series_start`` (``Frame.seq_restart``:
-  a producer that came back) goes to a new part (``reason="restart"``), as a ``series_start`` does:
-  otherwise one file held each ``seq`` twice and readers could not join raw and denoised on ``seq``;
+* a raw frame restarting its acquisition's numbering without ``series_start`` (``Frame.seq_restart``)
+  goes to a new part (``reason="restart"``): else a file held each ``seq`` twice (no join on ``seq``);
 * a part is named after its run's first part, with its ``run_uid`` and ``segment`` (record_runs.py);
   a size roll happens before a RAW frame, never for outputs alone (HyperSpy cannot open empty parts);
 * denoised frames are cast to ``record.denoised_dtype``, beyond float16's range clipped and counted;
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
+  refused frames are counted, the first logged, the rest summed up once a minute (``RateLimitedLog``);
 * a disk error is counted and ends recording of that acquisition (its file abandoned, never closed:
   ``AcqFile.abandon``); any other exception while writing an item is counted by the supervisor, the
   file is closed cleanly and the next frame opens a new part. The thread never dies of one bad item.
@@ -51,6 +51,7 @@ from sbd_stream.config import RecordSettings
 from sbd_stream.formats.dectris_codec import compress_framed
 from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, open_recording
 from sbd_stream.frames import FrameQueue
+from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
@@ -113,6 +114,7 @@ class Recorder(BackgroundWorker):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.runs = RunBook()  # part names, run_uid, segment
         self.full: set[str] = set()  # acquisitions whose current part passed max_file_bytes
+        self.loss_log = RateLimitedLog(log)  # a full queue: one line, then a sum a minute (not 40 a second)
 
     # --- producer side (never blocks) -------------------------------------------------------------
     def record(
@@ -135,7 +137,9 @@ class Recorder(BackgroundWorker):
         ok = self.queue.put(item, nbytes, force=item.kind in CONTROL)
         if not ok:
             self.metrics.record_dropped.inc()
-            log.error("recorder queue full: %s frame %s of %s NOT recorded", item.kind, item.seq, item.acq)
+            what, where = "items NOT recorded (recorder queue full)", "sbd_record_dropped_total"
+            msg = "recorder queue full: %s frame %s of %s NOT recorded (counted in %s; more: once a minute)"
+            self.loss_log.log("queue-full", logging.ERROR, what, msg, item.kind, item.seq, item.acq, where)
         return ok
 
     # --- consumer side ----------------------------------------------------------------------------
@@ -147,6 +151,7 @@ class Recorder(BackgroundWorker):
         consume(self.queue, self._handle, self.stage, self.supervisor, self._quarantine, self._tick)
 
     def _finalize(self) -> None:
+        self.loss_log.tick(force=True)
         self._drain()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -198,6 +203,7 @@ class Recorder(BackgroundWorker):
             log.error("closed %s after that error; its next frame opens a new part", item.acq)
 
     def _tick(self) -> None:
+        self.loss_log.tick()
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].done()):
             self._drain(len(self._pending) - 1)
         if not len(self.queue):
