@@ -104,10 +104,12 @@ def demo(
     """
     import tempfile
 
+    from sbd_stream.cli.service_start import prepare_process
     from sbd_stream.service.demo import run_demo
     from sbd_stream.sources.emulator import EmulatorSettings
 
     setup_logging(verbose)
+    prepare_process()  # the demo runs the service itself: its recording, sockets and /metrics (serve's limit)
     if source is not None and not synthetic:
         pixel_size, dose, counts_per_px = _recorded_sampling(source, shape, pixel_size, dose, counts_per_px)
     tmp = tempfile.TemporaryDirectory(prefix="sbd-demo-")  # the recording, unless --record-dir keeps it

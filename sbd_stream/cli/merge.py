@@ -72,10 +72,12 @@ def merge(
 
     import zmq
 
+    from sbd_stream.cli.service_start import prepare_process
     from sbd_stream.merge import run_merge
     from sbd_stream.security import CurveError
 
     setup_logging(verbose)
+    prepare_process()  # one socket per input and subscriber, plus /metrics connections: as serve does
     stop = threading.Event()
     on_signals(stop)
 
@@ -117,7 +119,7 @@ def merge_curve(
     are CURVE servers: the merge connects to them as a client with its own key pair and their public
     key. Its own output is a CURVE server when ``--curve-clients`` names who may subscribe.
     """
-    from sbd_stream.security import CurveError, CurveSettings, load_keypair, load_public_key
+    from sbd_stream.security import CurveError, CurveSettings, check_curve, load_keypair, load_public_key
 
     if (server_key or clients) and secret is None:
         fail("--curve-server-key / --curve-clients need --curve-secret-key (this merge's NAME.key_secret)")
@@ -137,4 +139,9 @@ def merge_curve(
     key = {"enabled": True, "secret_key_file": secret}
     inp = CurveSettings(**key, role="client", server_public_key_file=server_key) if server_key else None
     out = CurveSettings(**key, role="server", authorized_keys_dir=clients) if clients else None
+    try:  # each client key in the folder, as serve does: a malformed one was a traceback at set-up
+        if out is not None:
+            check_curve(out)
+    except CurveError as e:
+        fail(f"merge: --curve-clients: {e}")
     return inp, out

@@ -78,6 +78,10 @@ def test_merge_receives_from_curve_instances_and_serves_only_allowed_subscribers
 
 def test_merge_curve_flags_that_cannot_work_are_one_line(tmp_path: Path) -> None:
     pub, secret = generate_keypair(tmp_path, "merge")
+    bad_clients, no_keys = tmp_path / "clients", tmp_path / "empty"
+    bad_clients.mkdir()
+    no_keys.mkdir()
+    (bad_clients / "viewer.key").write_text('metadata\ncurve\n    public-key = "short"\n')
     runner = CliRunner()
     cases = [
         (["--curve-server-key", str(pub)], "need --curve-secret-key"),
@@ -87,6 +91,9 @@ def test_merge_curve_flags_that_cannot_work_are_one_line(tmp_path: Path) -> None
             "cannot read",
         ),
         (["--curve-secret-key", str(secret), "--curve-clients", str(pub)], "is not a folder"),
+        # each key in the folder is read at start, as serve does (it was a traceback at set-up)
+        (["--curve-secret-key", str(secret), "--curve-clients", str(bad_clients)], "viewer.key"),
+        (["--curve-secret-key", str(secret), "--curve-clients", str(no_keys)], "holds no *.key"),
     ]
     for args, message in cases:
         res = runner.invoke(app, ["merge", "--input", "tcp://127.0.0.1:1", *args])

@@ -162,8 +162,10 @@ def test_an_empty_host_is_named_in_the_exposure_warning(caplog: pytest.LogCaptur
 
 
 @pytest.mark.timeout(180)
-def test_serve_raises_its_open_file_limit_to_the_hard_one(tiny_engine_dir: Path) -> None:
-    """Started with a soft limit of 256 (systemd's default is 1024), ``serve`` runs with the hard one."""
+@pytest.mark.parametrize("command", ["serve", "merge"])
+def test_services_raise_their_open_file_limit_to_the_hard_one(tiny_engine_dir: Path, command: str) -> None:
+    """Started with a soft limit of 256 (systemd's default is 1024), ``serve`` and ``merge`` (one socket
+    per input and subscriber) run with the hard one."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip(f"hard open-file limit {hard}: nothing to raise to")
@@ -173,6 +175,11 @@ def test_serve_raises_its_open_file_limit_to_the_hard_one(tiny_engine_dir: Path)
         "--output", "tcp://127.0.0.1:*", "--no-record", "--model", str(tiny_engine_dir),
         "--engine", "onnxruntime", "--metrics-port", "0",
     ]  # fmt: skip
+    started = "metrics on http"
+    if command == "merge":
+        cmd = [sys.executable, "-m", "sbd_stream", "merge", "--input", "tcp://127.0.0.1:1",
+               "--output", "tcp://127.0.0.1:0"]  # fmt: skip
+        started = "merging 1 inputs"
 
     def low() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
@@ -183,9 +190,9 @@ def test_serve_raises_its_open_file_limit_to_the_hard_one(tiny_engine_dir: Path)
         assert proc.stderr is not None
         for ln in proc.stderr:
             lines.append(ln)
-            if "metrics on http" in ln:
+            if started in ln:
                 break
-        assert any("metrics on http" in ln for ln in lines), "".join(lines)
+        assert any(started in ln for ln in lines), "".join(lines)
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         got = re.search(r"^Max open files\s+(\d+)", limits, re.M)
         assert got and int(got.group(1)) == want, limits
