@@ -11,7 +11,9 @@ if [ "${1:-serve}" = "serve" ] && [ "${SBD_SKIP_ENGINE_BUILD:-0}" != "1" ]; then
     sbd-train build-engine "${SBD_ENGINE_DIR}/${ENGINE}" --precision "${SBD_PRECISION:-fp16}"
 fi
 if [ "${1:-serve}" = "serve" ]; then
-    shift || true
+    # not `shift || true`: under dash (/bin/sh of the Ubuntu base image) a failing special builtin ends a
+    # non-interactive shell before `|| true` runs: no arguments exited 2 (tests/unit/test_entrypoint_dash.py)
+    if [ "$#" -gt 0 ]; then shift; fi
     exec sbd-stream serve --config /etc/sbd-stream/sbd-stream.toml --model "${SBD_ENGINE_DIR}/${ENGINE}" "$@"
 fi
 exec "$@"

@@ -140,14 +140,24 @@ def info(
     ),
 ) -> None:
     """Engines found, backends usable here, devices and versions; engine workers and their load."""
-    from sbd_stream.engines.card import ArtefactError, default_engine_root, live_engine, offline_engine
+    from sbd_stream.engines.card import (
+        ArtefactError,
+        default_engine_root,
+        is_path,
+        live_engine,
+        offline_engine,
+    )
     from sbd_stream.service.build import worker_specs
     from sbd_stream.service.offline import environment_info
 
     try:
-        default_engine_root()  # $SBD_ENGINE_DIR naming no folder: one line, not an empty listing
+        root = default_engine_root()  # $SBD_ENGINE_DIR naming no folder: one line, not an empty listing
     except ArtefactError as e:
         fail(str(e))
+    if not root.is_dir() and (model is None or not is_path(model)):
+        # an install without engines (none in the source tree, none under <prefix>/share): this listed
+        # "engines": [] with exit 0, as if the machine could run nothing and that were fine
+        fail(f"no engine folder: {root} does not exist; set SBD_ENGINE_DIR to the folder holding the engines")
     try:
         out = environment_info(model)
     except ArtefactError as e:

@@ -181,19 +181,37 @@ class EngineCard(BaseModel):
             return self.build_model()
 
 
-def default_engine_root() -> Path:
-    """``$SBD_ENGINE_DIR`` or the ``engines/`` folder of the source tree.
+def default_engine_root(source_tree: Path | None = None, prefixes: list[Path] | None = None) -> Path:
+    """Where engine names are looked up: ``$SBD_ENGINE_DIR``; else the source tree's ``engines/`` (a
+    checkout, an editable install); else ``<prefix>/share/sbd-stream/engines``, where a wheel puts them
+    (pyproject ``[tool.setuptools.data-files]``). ``prefixes``: ``sys.prefix`` first, then the install
+    scheme's data path and the user base (``pip install --user``, a Debian system Python's /usr/local).
 
-    A variable naming a missing folder or a file is refused (``ArtefactError``): it used to be taken as
-    is, and ``info`` listed no engine and exited 0, as if none were installed."""
+    Why: the root was only ever ``<this file>/../../engines``, which for a wheel install is
+    ``<site-packages>/engines``, a folder that never exists: ``info`` listed no engine with exit 0 and
+    every command said ``no engine ...`` without naming ``SBD_ENGINE_DIR``. When no candidate exists the
+    wheel's folder (the first prefix's) is returned, so messages name where engines were looked for;
+    ``info`` refuses it in one line. A variable naming a missing folder or a file is refused
+    (``ArtefactError``): it used to be taken as is, as if no engines were installed.
+    ``source_tree`` / ``prefixes`` default to this installation's; tests pass their own folders."""
     env = os.environ.get("SBD_ENGINE_DIR")
-    if not env:
-        return Path(__file__).resolve().parents[2] / "engines"
-    root = Path(env)
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
-        raise ArtefactError(f"SBD_ENGINE_DIR={env} {what}; set it to the folder holding the engines")
-    return root
+    if env:
+        root = Path(env)
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise ArtefactError(f"SBD_ENGINE_DIR={env} {what}; set it to the folder holding the engines")
+        return root
+    tree = source_tree if source_tree is not None else Path(__file__).resolve().parents[2] / "engines"
+    if tree.is_dir():
+        return tree
+    if prefixes is None:
+        import site
+        import sys
+        import sysconfig
+
+        prefixes = [Path(sys.prefix), Path(sysconfig.get_path("data")), Path(site.getuserbase())]
+    shared = [Path(prefix) / "share" / "sbd-stream" / "engines" for prefix in prefixes]
+    return next((root for root in shared if root.is_dir()), shared[0] if shared else tree)
 
 
 FAST_ENGINE = "sbd-unet3s2-paper-twins"
@@ -268,7 +286,10 @@ def resolve_engine_dir(engine: str | Path | None) -> Path:
             engine,
         )
         return p
-    raise ArtefactError(f"no engine '{engine}': {q} holds no {CARD_FILE}")
+    raise ArtefactError(
+        f"no engine '{engine}': {q} holds no {CARD_FILE} (engines are looked up in {q.parent}; "
+        "set SBD_ENGINE_DIR to the folder holding them)"
+    )
 
 
 def load_card(engine_dir: Path) -> EngineCard:

@@ -5,12 +5,16 @@ screen of rich traceback from deep inside h5py, pydantic or torch, with the caus
 Every command is wrapped in :func:`friendly_errors`: the error types that mean a bad input (files,
 values, engines) become one line naming the file or flag; anything else is a bug and keeps its
 traceback. ``sbd-train --verbose COMMAND ...`` or ``SBD_TRACEBACK=1`` shows the traceback of the
-expected errors too (to report one that should not have happened).
+expected errors too (to report one that should not have happened). A missing module of an optional
+extra (abtem, ase, matplotlib, bm3d of ``train``; tensorrt of ``gpu``) is one line naming the extra to
+install: ``sbd-train`` ships with the base package, and ``simulate`` / ``scenes`` on a base install
+ended in a screen of traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -27,6 +31,21 @@ EXPECTED: tuple[type[BaseException], ...] = (OSError, ValueError, ArtefactError,
 (truncated, not HDF5) ones; ``ValueError`` pydantic's ValidationError, a non-simulated file, an
 unknown preset or baseline, an empty split, a refused resume. Other types (a RuntimeError from torch
 mid-run, a KeyError, an AssertionError) are bugs: the option values that reach torch are checked first."""
+
+EXTRA_OF_MODULE = {
+    "abtem": "train",
+    "ase": "train",
+    "matplotlib": "train",
+    "mpl_toolkits": "train",
+    "bm3d": "train",
+    "tensorrt": "gpu",
+    "pycuda": "gpu",
+    "dectris": "dectris",
+    "dask": "",
+    "distributed": "",
+}
+"""Top-level module -> the pyproject extra that installs it (``""``: a base dependency, so the install
+is broken). tests/unit/test_packaging.py checks these against pyproject's extras."""
 
 FLAG_OF_FIELD = {
     "augment": "--patch",
@@ -63,6 +82,8 @@ def one_line(e: BaseException) -> str:
         return settings_error(e, flags_for(e))
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, BrokenPipeError):  # `| head`: the reader left; nothing about HDF5 files
+        return "standard output closed early (broken pipe)"
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError):
         # h5py: "[Errno 2] Unable to synchronously open file (unable to open file: name = 'x.h5', ...)"
@@ -73,8 +94,39 @@ def one_line(e: BaseException) -> str:
     return text
 
 
+def missing_extra(e: ImportError) -> str | None:
+    """One line for an ImportError of a module some extra installs (None for any other module: a missing
+    or broken module of this project is a bug and keeps its traceback)."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRA_OF_MODULE:
+        return None
+    extra = EXTRA_OF_MODULE[top]
+    why = " ".join(str(e).split())  # a shared library's error can span lines
+    what = "is not installed" if isinstance(e, ModuleNotFoundError) else f"cannot be imported ({why})"
+    if not extra:
+        return f"module '{top}' {what}, though sbd-stream requires it; reinstall: pip install 'sbd-stream'"
+    return f"module '{top}' {what}; this command needs the '{extra}' extra: pip install 'sbd-stream[{extra}]'"
+
+
+def need_modules(*modules: str) -> None:
+    """Raise ``ModuleNotFoundError`` (one line by :func:`friendly_errors`) unless ``modules`` can be found.
+
+    Why before the work: ``simulate`` imports abTEM and ASE inside Dask tasks, where a missing module
+    failed every task with a worker traceback each, and the command still exited 1 without naming the
+    extra; ``scenes`` left its ``.tmp.h5`` behind. Looks the modules up only (no import: abTEM takes
+    seconds), so a module that is there but broken still fails in the task, with its own message."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # a finder that refuses it, a parent package that fails to import
+            found = False
+        if not found:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+
 def friendly_errors(command: F) -> F:
-    """``command`` with the EXPECTED errors turned into ``error: ...`` and exit status 2."""
+    """``command`` with the EXPECTED errors, and a missing optional module, turned into ``error: ...``
+    and exit status 2."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -84,5 +136,10 @@ def friendly_errors(command: F) -> F:
             if show_tracebacks():
                 raise
             fail(one_line(e))
+        except ImportError as e:
+            line = missing_extra(e)
+            if line is None or show_tracebacks():
+                raise
+            fail(line)
 
     return cast(F, run)

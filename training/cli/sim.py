@@ -8,6 +8,7 @@ import typer
 
 from sbd_stream.cli.app import fail
 from training.cli.checks import need_dataset
+from training.cli.errors import need_modules
 
 
 def simulate(
@@ -34,6 +35,7 @@ def simulate(
     if plan_only:
         typer.echo(describe(world))
         return
+    need_modules("ase", "abtem")  # the `train` extra, imported in the Dask tasks: one line here instead
     if out.is_dir():
         fail(f"--out {out}: a folder, not an HDF5 file")
     if out.exists():  # resumed: it must open (a truncated copy fails in h5py, without its name)
@@ -82,4 +84,5 @@ def scenes(
     plus a column that vanishes / hops, imaged by abTEM (~5 min per variant on 2 busy cores; nice it)."""
     from training.sim.scenes import write_scenes
 
+    need_modules("ase", "abtem")  # the `train` extra: one line before the .tmp.h5 is created
     typer.echo(f"wrote {write_scenes(out, n_models=models, thickness_nm=thickness, log=typer.echo)}")
