@@ -65,8 +65,10 @@ def merge(
     numbers; this subscribes to all of them and republishes one stream in frame order on --output:
     every frame once, series_start first and series_end last. A frame that has not come after
     --gap-timeout seconds, or with more than --window later frames waiting, is declared missing
-    (logged once per contiguous range, counted). Prints a status line every 2 s and a JSON summary
-    on Ctrl-C / SIGTERM. See docs/scale-out-nodes.md.
+    (logged once per contiguous range, counted). Start it before the instances and the detector: a
+    series it joins late has no series_start and misses its first frames (counted as joined
+    mid-series, logged once). Prints a status line every 2 s and a JSON summary on Ctrl-C / SIGTERM.
+    See docs/scale-out-nodes.md.
     """
     import threading
 

@@ -222,9 +222,60 @@ def service_settings(config: Path | None, overrides: dict[str, Any]) -> ServiceS
     try:
         return load_settings(config, given)
     except ValidationError as e:
-        fail(settings_error(e, from_flags=paths(given)))
+        fail(settings_error(InputErrors(e), flags=INPUT_FLAGS, from_flags=paths(given)))
     except (OSError, ValueError) as e:
         fail(f"settings: {e}")
+
+
+INPUT_FLAGS = {
+    "ingest.input.dialect": "--dialect",
+    "ingest.input.socket_type": "--socket-type",
+    "ingest.input.series_timeout_s": "--series-timeout",
+}
+"""The ``[ingest.input]`` settings the ``serve`` flags set (named by the flag when a flag gave them)."""
+
+
+class InputErrors:
+    """A settings ValidationError whose ``ingest.input`` errors read as the flag / setting the user gave.
+
+    ``ingest.input`` is a tagged union, so pydantic puts the dialect in the error's path
+    (``ingest.input.wire-v1.series_timeout_s``) and refuses a DECTRIS-only setting on wire-v1 as an
+    "extra input": ``--series-timeout 5`` read ``ingest.input.wire-v1.series_timeout_s: Extra inputs are
+    not permitted``, naming neither the flag nor why. Here the tag leaves the path (so the flag is found),
+    that refusal says which dialects the setting applies to, and an unknown ``--dialect`` lists the
+    known ones. ``settings_error`` reads only ``errors()``.
+    """
+
+    def __init__(self, e: Any) -> None:
+        self._errors = [_untagged(dict(err)) for err in e.errors()]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._errors
+
+
+def _untagged(err: dict[str, Any]) -> dict[str, Any]:
+    from sbd_stream.config import DectrisInput, InputDialect, WireV1Input
+
+    loc = tuple(str(x) for x in err.get("loc", ()))
+    at = next((i for i in range(len(loc) - 1) if loc[i : i + 2] == ("ingest", "input")), None)
+    if at is None:
+        return err
+    head, rest = loc[: at + 2], loc[at + 2 :]
+    if not rest and err.get("type") == "union_tag_invalid":  # --dialect bogus
+        ctx = err.get("ctx") or {}
+        known = ", ".join(d.value for d in InputDialect)
+        return {**err, "loc": (*head, "dialect"), "msg": f"should be one of {known}", "input": ctx.get("tag")}
+    if not rest or rest[0] not in {d.value for d in InputDialect}:
+        return err
+    tag, rest = rest[0], rest[1:]
+    out = {**err, "loc": (*head, *rest)}
+    dectris_only = set(DectrisInput.model_fields) - set(WireV1Input.model_fields)
+    if err.get("type") == "extra_forbidden" and rest and rest[0] in dectris_only:
+        out["msg"] = (
+            "applies to a DECTRIS input only (--dialect dectris-stream-v1 or dectris-stream-v2, TOML "
+            f"[ingest.input] dialect); this input is {tag}"
+        )
+    return out
 
 
 def ingest_input(

@@ -11,7 +11,9 @@ This module puts the shares back together:
   more than ``window`` later frames are waiting, or when the oldest waiting frame has waited
   ``gap_timeout_s``. A frame seen twice is dropped (duplicate); a frame that arrives after its number
   was declared missing is dropped as *late* (the instance's recording still has it). ``series_start``
-  is forwarded once, before the acquisition's frames (they wait for it up to ``gap_timeout_s``);
+  is forwarded once, before the acquisition's frames (they wait for it up to ``gap_timeout_s``;
+  an acquisition whose frames go without one, the merge having joined it mid-series, is counted as
+  ``joined`` and logged once with the first number seen);
   ``series_end`` is forwarded once, after every earlier frame was released or declared missing: it
   waits until ``gap_timeout_s`` passed without a frame of its acquisition (other instances'
   stragglers), or less when the end says how many frames the series had (``frames_expected``).
@@ -128,7 +130,8 @@ class ReorderBuffer:
     Every method takes ``now`` (seconds, any monotonic clock) and returns what may go out, in order.
     ``on_count(kind, topic, n)`` is told every count as it happens (the service feeds Prometheus from
     it); ``stats`` keeps the totals, keyed ``(kind, topic)``. Kinds: ``frames``, ``gaps``,
-    ``missing``, ``duplicates``, ``late``, ``series``, ``series_dropped``, ``restarts``.
+    ``missing``, ``duplicates``, ``late``, ``series``, ``series_dropped``, ``restarts``, and
+    ``joined`` (topic ``series_start``: an acquisition whose frames went out without a start).
 
     ``ts`` (the message header's) is optional: without it, or with a sender's constant ``ts``, no
     restart is told from a duplicate (a repeated ``series_start`` is dropped, a repeated number too).
@@ -241,8 +244,7 @@ class ReorderBuffer:
         if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
             a.expected = expected
         if not a.started:  # the end came before any start: let the frames go without one
-            a.started = True
-            log.warning("merge: %s ended before its series_start reached the merge", acq)
+            self._without_start(a, "before its series_end")
         return self._advance(a, now)
 
     def poll(self, now: float) -> list[Released]:
@@ -329,15 +331,37 @@ class ReorderBuffer:
         if a.started:
             return True
         held = sum(len(st.buf) for st in a.streams.values())
-        if now - a.first_seen >= self.gap_timeout_s or held > self.window:
-            a.started = True
-            log.warning(
-                "merge: no series_start for %s within %.1f s; forwarding its frames without one",
-                a.acq,
-                self.gap_timeout_s,
-            )
+        if now - a.first_seen >= self.gap_timeout_s:
+            self._without_start(a, f"within {self.gap_timeout_s:.1f} s")
+            return True
+        if held > self.window:
+            self._without_start(a, f"before {held} of its frames waited")
             return True
         return False
+
+    def _without_start(self, a: _Acq, why: str) -> None:
+        """Let ``a``'s frames go without a ``series_start``: counted (``joined``) and logged once.
+
+        The merge joined the series mid-way (it subscribed after the sender's start: a PUB drops what
+        it sends before a subscription reaches it) or the start was lost. The first number is learnt
+        from what came, so the frames before it are in no gap count: the line names them instead."""
+        a.started = True
+        self._count("joined", TOPIC_SERIES_START.decode())
+        seen = [min(st.buf) for st in a.streams.values() if st.buf]
+        first = min(seen) if seen else None
+        lo = self.first_seq or 0
+        if first is None:
+            where, unseen = "before any frame", "series_start"
+        elif first > lo:
+            where, unseen = f"at seq {first}", f"series_start and frames {lo}-{first - 1}"
+        else:
+            where, unseen = f"at seq {first}", "series_start"
+        log.warning(
+            "merge: no series_start for %s %s: joined it mid-series %s, %s not seen (published before the "
+            "merge subscribed? start the merge before the detector sends); forwarding its frames without "
+            "one (logged once per acquisition, counted in sbd_merge_joined_midseries_total)",
+            a.acq, why, where, unseen,
+        )  # fmt: skip
 
     def _advance(self, a: _Acq, now: float) -> list[Released]:
         out: list[Released] = []
@@ -401,6 +425,8 @@ class ReorderBuffer:
         ``made_up_end``: send an end (payload None) even if the sender sent none (a restart)."""
         out: list[Released] = []
         if not a.started:
+            if any(st.buf for st in a.streams.values()):  # frames held, still waiting for their start
+                self._without_start(a, "before the merge flushed it")
             a.started = True
         for topic, st in a.streams.items():
             out += self._release(a, topic, st, now, final=True)

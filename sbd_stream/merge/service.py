@@ -78,6 +78,11 @@ class MergeMetrics:
             "sbd_merge_restarts", "Acquisitions started anew: a restarted sender re-used the id", ["topic"],
             registry=r,
         )  # fmt: skip
+        self.joined = Counter(
+            "sbd_merge_joined_midseries",
+            "Acquisitions whose frames went out without their series_start (the merge joined mid-series)",
+            registry=r,
+        )
         self.engine_mismatch = Counter(
             "sbd_merge_engine_mismatch", "Acquisitions whose frames named different engines", registry=r
         )
@@ -107,6 +112,9 @@ class MergeMetrics:
                 c.labels(topic=t)
 
     def count(self, kind: str, topic: str, n: int) -> None:
+        if kind == "joined":  # one per acquisition, whatever topic told it: no label
+            self.joined.inc(n)
+            return
         self._by_kind[kind].labels(topic=topic).inc(n)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
@@ -330,6 +338,7 @@ class MergeService(BackgroundWorker):
             "duplicates": m.total("sbd_merge_duplicates_total"),
             "late": m.total("sbd_merge_late_total"),
             "restarts": m.total("sbd_merge_restarts_total"),
+            "joined_midseries": m.value("sbd_merge_joined_midseries_total"),
             "engine_mismatch": m.value("sbd_merge_engine_mismatch_total"),
             "malformed": m.total("sbd_merge_malformed_total"),
             "send_dropped": m.value("sbd_merge_send_dropped_total"),
@@ -344,7 +353,8 @@ def status_line(svc: MergeService, elapsed: float) -> str:
     return (
         f"{elapsed:7.1f}s  in {s['received']:.0f}  out {s['frames']['denoised']:.0f} denoised"
         f" {s['frames']['llr']:.0f} llr  gaps {s['gaps']:.0f} ({s['missing']:.0f} frames)"
-        f"  dup {s['duplicates']:.0f}  late {s['late']:.0f}  malformed {s['malformed']:.0f}"
+        f"  dup {s['duplicates']:.0f}  late {s['late']:.0f}  joined {s['joined_midseries']:.0f}"
+        f"  malformed {s['malformed']:.0f}"
         f"  held {s['buffered']}"
     )
 

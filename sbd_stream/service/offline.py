@@ -6,6 +6,8 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,9 @@ def denoise_file(
         }
         t0 = time.perf_counter()
         negative = 0
-        with atomic_h5(output) as f:
+        with atomic_h5(output) as f, _progress(n, progress) as bar:
             out = create_output(f, (n, h, w), attrs)
             done = 0
-            bar = _progress(n) if progress else None
             for frames in stack.batches(d.batch_frames):
                 headers = [
                     FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
@@ -94,8 +95,6 @@ def denoise_file(
                 done += len(frames)
                 if bar is not None:
                     bar[0].update(bar[1], advance=len(frames))
-            if bar is not None:
-                bar[0].stop()
             per_frame = np.asarray(f["replaced_pixels"][:])
         dt = time.perf_counter() - t0
         if not g.dose_in_range:
@@ -128,14 +127,29 @@ def offline_upsample(d: DenoiseSettings) -> Upsample:
     return Upsample.bicubic if d.upsample is Upsample.auto else d.upsample
 
 
-def _progress(total: int) -> tuple[Any, Any]:
+@contextmanager
+def _progress(total: int, show: bool) -> Iterator[tuple[Any, Any] | None]:
+    """The progress bar of ``denoise --scheduler none``, or None when not wanted.
+
+    On stderr, as the Dask path's: stdout carries the JSON summary that scripts parse, and rich prints a
+    bar's last state when it stops even without a terminal (a bar on stdout broke ``json.load``). Stopped
+    on the way out whatever happens, so a failed file leaves no live display behind.
+    """
+    if not show:
+        yield None
+        return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     p = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    )
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )  # fmt: skip
     p.start()
-    return p, p.add_task("denoising", total=total)
+    try:
+        yield p, p.add_task("denoising", total=total)
+    finally:
+        p.stop()
 
 
 def _version() -> str:
