@@ -193,6 +193,8 @@ class BatchStage:
     def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """The one host -> device copy of a batch (stacked on the host, sent as one buffer)."""
         stacked = np.stack(frames) if len(frames) > 1 else np.asarray(frames[0])[None]
+        if not stacked.dtype.isnative:  # big-endian TIFF / NPY / MRC / HDF5: torch takes native order only
+            stacked = stacked.astype(stacked.dtype.newbyteorder("="))  # np.stack of 2+ did; 1 frame failed
         if not stacked.flags.writeable:  # a view of a received ZeroMQ buffer: torch wants its own
             stacked = stacked.copy()
         if stacked.dtype.kind not in "fiu" or stacked.dtype == np.uint64:

@@ -5,7 +5,8 @@ raised OverflowError inside ``mmap``; a 200-byte TIFF declaring 65000 x 65000 pi
 memory-mapped and fell back to ``tifffile.imread``, which allocated 7.9 GiB. Each function here reads
 the header alone, checks the declared frames against the wire format's limits
 (``formats/limits.py``) and, where the layout is uncompressed, the declared bytes against the file's
-size, and raises ``ValueError`` with one line (``stacks.py`` names the file).
+size, and raises ``ValueError`` with one line (``stacks.py`` names the file). A TIFF's pages are
+checked in ``stack_tiff.py`` with ``check_declared``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ import numpy as np
 
 from sbd_stream.formats.limits import count_problem, frame_problem
 
-__all__ = ["check_declared", "imread_cap", "mrc_declared", "npy_declared", "tiff_declared"]
+__all__ = [
+    "StackError", "check_declared", "imod_unsigned", "imread_cap", "mrc_declared", "npy_declared",
+]  # fmt: skip
 
 NPY_MAX_HEADER = 10_000
 """numpy's own limit without ``allow_pickle`` (``np.load``'s ``max_header_size``)."""
+IMOD_STAMP = 1146047817
+"""IMOD's ``imodStamp``: with it, ``imodFlags`` bit 0 says whether mode-0 bytes are signed."""
+
+
+class StackError(ValueError):
+    """The input is not a usable stack of frames; the message says what is wrong and how to fix it.
+
+    Defined here, below the readers (``stacks.py``, ``stack_tiff.py``, ``stack_hdf5.py``), so each can
+    raise it; ``stacks.py`` re-exports it where callers have always imported it from."""
 
 
 def check_dtype(dt: np.dtype) -> None:
@@ -111,14 +123,20 @@ def mrc_declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return (nz, ny, nx), dt
 
 
-def tiff_declared(path: Path, tif: Any) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """Shape and dtype of an open TIFF's first series, and whether its pages are compressed; an
-    uncompressed one's declared bytes must fit in the file."""
-    series = tif.series[0]
-    shape, dt = tuple(int(s) for s in series.shape), np.dtype(series.dtype)
-    compressed = int(getattr(tif.pages[0], "compression", 1)) != 1
-    check_declared(shape, dt, None if compressed else os.path.getsize(path))
-    return shape, dt, compressed
+def imod_unsigned(header: Any) -> bool:
+    """Whether an MRC header's mode-0 bytes are unsigned by IMOD's convention: ``imodStamp`` (bytes
+    152-155, in mrcfile's ``extra2``) set and ``imodFlags`` bit 0 (bytes are signed) clear, as IMOD and
+    SerialEM write summed counts.
+
+    mrcfile always maps mode 0 to int8 (MRC2014); such a file's counts of 128-255 became -128..-1 and
+    were denoised as negative values."""
+    try:
+        if int(header["mode"]) != 0:
+            return False
+        stamp, flags = np.frombuffer(bytes(header["extra2"]), dtype=header.dtype["mode"], count=2, offset=40)
+    except (KeyError, ValueError, IndexError, TypeError):
+        return False
+    return int(stamp) == IMOD_STAMP and not int(flags) & 1
 
 
 def imread_cap() -> int:

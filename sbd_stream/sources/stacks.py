@@ -1,8 +1,9 @@
 """Reading stacks of counted frames from files and writing denoised stacks, for offline ``denoise``.
 
-Inputs are read lazily (h5py slices, memory-mapped NPY/TIFF) so a recording larger than memory streams
-through. Output goes to a temporary name and is renamed only when complete, so an interrupted run never
-leaves a file that looks finished.
+Inputs are read lazily (h5py slices, memory-mapped NPY/MRC/TIFF, compressed TIFFs page by page:
+``stack_tiff.py``) so a recording larger than memory streams through; which HDF5 dataset holds the
+frames, links followed, is ``stack_hdf5.py``'s. Output goes to a temporary name and is renamed only
+when complete, so an interrupted run never leaves a file that looks finished.
 
 What a file declares is checked before anything is mapped or read (``stack_headers.py``,
 ``formats/limits.py``): frame sides 1 to 16384, a frame within the wire encoder's payload, at most
@@ -26,25 +27,24 @@ import numpy as np
 
 from sbd_stream.formats.limits import count_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
+from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
 from sbd_stream.sources.stack_headers import (
+    StackError,
     check_dtype,
-    imread_cap,
+    imod_unsigned,
     mrc_declared,
     npy_declared,
-    tiff_declared,
 )
+from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
 
-SUPPORTED_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".npy", ".tif", ".tiff", ".mrc", ".mrcs"}
-LENGTH_UNITS_A = {
-    "angstrom": 1.0, "a": 1.0, "\u00c5": 1.0, "\u00e5": 1.0, "\\u00c5": 1.0, "nm": 10.0, "nanometer": 10.0,
-    "pm": 0.01, "um": 1e4, "\u00b5m": 1e4, "micron": 1e4, "microns": 1e4,
-}  # fmt: skip
-"""A pixel size's unit in a TIFF's ImageJ metadata or JSON description -> angstrom per unit."""
-DEFAULT_H5_DATASETS = ("raw", "frames", "data", "entry/data/data", "images/noisy", "noisy")
+__all__ = [
+    "DEFAULT_H5_DATASETS", "HDF5_SUFFIXES", "LENGTH_UNITS_A", "SUPPORTED_SUFFIXES", "FrameStack",
+    "StackError", "atomic_h5", "create_output", "open_stack",
+]  # fmt: skip
 
-
-class StackError(ValueError):
-    """The input is not a usable stack of frames; the message says what is wrong and how to fix it."""
+HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
+"""HDF5 files by their name (``.hspy``: HyperSpy's, frames at ``/Experiments/<title>/data``)."""
+SUPPORTED_SUFFIXES = HDF5_SUFFIXES | {".npy", ".tif", ".tiff", ".mrc", ".mrcs"}
 
 
 @dataclass
@@ -110,7 +110,9 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
 
     The pixel size a TIFF (ImageJ ``unit`` + resolution tags, as ``sbd-stream export`` writes them) or
     an MRC header (``voxel_size``) states is read into ``sampling`` like HDF5 attributes, so a file
-    exported and denoised again keeps its sampling instead of silently taking the paper's.
+    exported and denoised again keeps its sampling instead of silently taking the paper's. A
+    ``dataset`` for a file that has none (TIFF, NPY, MRC) is refused: ``-d no/such/dataset`` on an NPY
+    was ignored without a word.
     """
     if not path.exists():
         raise StackError(f"{path}: no such file")
@@ -119,7 +121,12 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise StackError(
-            f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5/.nxs, .npy, .tif/.tiff or .mrc)"
+            f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5/.nxs/.hspy, .npy, .tif/.tiff or .mrc)"
+        )
+    if dataset is not None and suffix not in HDF5_SUFFIXES:
+        raise StackError(
+            f"{path}: --dataset {dataset!r} names an HDF5 dataset, and a {suffix} file has none: leave "
+            "--dataset out"
         )
     try:
         return _open(path, suffix, dataset)
@@ -140,116 +147,42 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
             raise StackError(f"{path}: {e}") from None
         return FrameStack(_check(arr, str(path)), str(path))
     if suffix in {".tif", ".tiff"}:
-        return _open_tiff(path)
+        frames, sampling, closer = open_tiff(path)
+        try:
+            return FrameStack(_check(frames, str(path)), str(path), closer, sampling)
+        except StackError:
+            if closer is not None:
+                closer()
+            raise
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise StackError(f"{path}: not a readable HDF5 file ({e})") from e
-    name = dataset or _guess_dataset(f, path)
-    if name not in f or not isinstance(f[name], h5py.Dataset):
-        known = ", ".join(_datasets(f)) or "none"
-        f.close()
-        raise StackError(f"{path}: no dataset '{name}' (datasets: {known})")
+    linked: h5py.File | None = None
     try:
-        return FrameStack(
-            _check(f[name], f"{path}:{name}"), f"{path}:{name}", f.close, _sampling(f, name, path)
-        )
+        name = dataset or guess_dataset(f, path)
+        if not isinstance(f.get(name), h5py.Dataset):
+            known = ", ".join(dataset_names(f)) or "none"
+            raise StackError(f"{path}: no dataset '{name}' (datasets: {known})")
+        where, ds = f"{path}:{name}", f[name]
+        linked = ds.file if ds.file.id != f.id else None  # behind an external link: its own file
+        frames = GuardedFrames(_check(ds, where), where)
+        return FrameStack(frames, where, lambda: _close(linked, f), _sampling(f, name, path))
     except StackError:
-        f.close()
+        _close(linked, f)
         raise
 
 
-def _open_tiff(path: Path) -> FrameStack:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = series.axes, tuple(series.shape)
-            sampling = _tiff_sampling(tif)
-            # interleaved samples (axes ...YXS): a colour picture, which a stack read would turn into
-            # frames of width 3. Planar samples (SYX) are kept as frames: tifffile writes a (3, H, W)
-            # array that way (abTEM's to_tiff of a 3-image defocus series), each plane a whole image.
-            if axes.endswith("S"):
-                raise StackError(
-                    f"{path}: a colour TIFF (shape {shape}, axes {axes}); a counted frame has one value "
-                    "per pixel: save the frames as a greyscale stack"
-                )
-            try:
-                _, dt, compressed = tiff_declared(path, tif)
-            except ValueError as e:
-                raise StackError(f"{path}: {e}") from None
-        try:
-            arr = tifffile.memmap(path, mode="r")
-        except ValueError:  # compressed (or scattered) pages can't be memory-mapped: decoded whole
-            declared = int(np.prod(shape, dtype=object)) * dt.itemsize
-            if compressed and declared > imread_cap():
-                raise StackError(
-                    f"{path}: a compressed TIFF of {declared} bytes decoded, more than half this machine's "
-                    "memory; save it uncompressed (memory-mapped) or as HDF5"
-                ) from None
-            arr = tifffile.imread(path)
-    except StackError:
-        raise
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as e:
-        raise StackError(f"{path}: not a readable TIFF ({' '.join(str(e).split())})") from e
-    return FrameStack(_check(arr, str(path)), str(path), sampling=sampling)
-
-
-def _tiff_sampling(tif: Any) -> dict[str, float]:
-    """``pixel_size_A`` from an ImageJ TIFF (``unit`` + XResolution, pixels per unit) or from the JSON
-    description of a plain TIFF (``pixel_size`` + ``unit``), when the unit is a length; else nothing.
-
-    A TIFF's bare resolution tags (inch, centimetre: dots per inch of a print) say nothing about the
-    specimen, so only a stated length unit counts.
-    """
-    meta = dict(tif.imagej_metadata or {})
-    if not meta and tif.shaped_metadata:
-        meta = dict(tif.shaped_metadata[0] or {})
-    scale = LENGTH_UNITS_A.get(str(meta.get("unit", "")).strip().lower())
-    if scale is None:
-        return _abtem_sampling(tif.pages[0].description)
-    size = meta.get("pixel_size")
-    if size is None:
-        tag = tif.pages[0].tags.get("XResolution")
-        if tag is None:
-            return {}
-        num, den = tag.value
-        size = den / num if num else None
-    try:
-        px = float(size) * scale if size is not None else 0.0
-    except (TypeError, ValueError):
-        return {}
-    return {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
-
-
-def _abtem_sampling(description: str) -> dict[str, float]:
-    """``pixel_size_A`` from abTEM's ``Images.to_tiff`` description: JSON whose ``axes`` hold two
-    ``RealSpaceAxis`` entries with ``sampling`` and ``units``; equal samplings only (a square pixel).
-
-    An abTEM user's TIFF at 0.05 A was denoised at the paper's 0.060 A because this went unread.
-    """
-    try:
-        axes = json.loads(description).get("axes", {}) if description.lstrip().startswith("{") else {}
-    except (ValueError, AttributeError):
-        return {}
-    sizes = []
-    for ax in axes.values() if isinstance(axes, dict) else ():
-        if isinstance(ax, dict) and ax.get("type") == "RealSpaceAxis" and "sampling" in ax:
-            scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
-            try:
-                sizes.append(float(ax["sampling"]) * scale if scale else float("nan"))
-            except (TypeError, ValueError):
-                return {}
-    if len(sizes) != 2 or not all(np.isfinite(sizes)) or min(sizes) <= 0:
-        return {}
-    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
-        return {}
-    return {"pixel_size_A": sizes[0]}
+def _close(*files: h5py.File | None) -> None:
+    for f in files:
+        if f is not None:
+            f.close()
 
 
 def _open_mrc(path: Path) -> FrameStack:
-    """An MRC image or image stack, memory-mapped; ``voxel_size`` (A) as the pixel size when set."""
+    """An MRC image or image stack, memory-mapped; ``voxel_size`` (A) as the pixel size when set.
+
+    Mode 0 is signed bytes (MRC2014) unless IMOD's stamp and flags say unsigned (``imod_unsigned``)."""
     import mrcfile
 
     try:
@@ -262,7 +195,8 @@ def _open_mrc(path: Path) -> FrameStack:
     try:
         px = float(mrc.voxel_size.x)
         sampling = {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
-        return FrameStack(_check(mrc.data, str(path)), str(path), mrc.close, sampling)
+        data = mrc.data.view(np.uint8) if imod_unsigned(mrc.header) else mrc.data
+        return FrameStack(_check(data, str(path)), str(path), mrc.close, sampling)
     except StackError:
         mrc.close()
         raise
@@ -282,25 +216,6 @@ def _sampling(f: h5py.File, name: str, path: Path) -> dict[str, float]:
     if "dose_e_per_A2" in out:  # one dose form only: per area wins
         out.pop("counts_per_px", None)
     return out
-
-
-def _datasets(f: h5py.File) -> list[str]:
-    names: list[str] = []
-    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    return names
-
-
-def _guess_dataset(f: h5py.File, path: Path) -> str:
-    for name in DEFAULT_H5_DATASETS:
-        if name in f and isinstance(f[name], h5py.Dataset):
-            return name
-    stacks = [n for n in _datasets(f) if f[n].ndim in (2, 3)]
-    if len(stacks) == 1:
-        return stacks[0]
-    raise StackError(
-        f"{path}: cannot tell which dataset holds the frames ({', '.join(stacks) or 'none found'}); "
-        "pass --dataset NAME"
-    )
 
 
 @contextmanager

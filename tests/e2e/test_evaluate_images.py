@@ -48,7 +48,7 @@ def test_reads_tiff_npy_hdf5_and_mrc(tmp_path: Path) -> None:
         m.set_data(img)
     (tmp_path / "notes.txt").write_text("ignored")
     got = read_images(tmp_path)
-    assert [n for n, _ in got] == ["a", "b", "c", "c[1]", "d"]
+    assert [n for n, _ in got] == ["a.tif", "b.npy", "c.h5", "c.h5[1]", "d.mrc"]
     assert all(a.shape == (64, 48) for _, a in got)
     np.testing.assert_array_equal(got[3][1], img + 1)
 
@@ -248,10 +248,11 @@ def test_unreadable_files_are_skipped_with_a_warning_and_listed(tmp_path: Path) 
     warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
     assert len(warnings) == 4 and any("broken.tif" in w and "TIFF" in w for w in warnings), res.stderr
     data = _strict_load(out / "evaluate_images.json")
-    assert [r["image"] for r in data["rows"]] == ["frame"]
+    assert [r["image"] for r in data["rows"]] == ["frame.tif"]
     skipped = {Path(s["path"]).name if "path" in s else s["image"]: s["reason"] for s in data["skipped"]}
-    assert set(skipped) == {"broken.tif", "empty.npy", "acq.nxs", "dark"} and all(skipped.values()), skipped
-    assert "recording" in skipped["acq.nxs"] and "vacuum" in skipped["dark"]
+    assert set(skipped) == {"broken.tif", "empty.npy", "acq.nxs", "dark.tif"}, skipped
+    assert all(skipped.values()), skipped
+    assert "recording" in skipped["acq.nxs"] and "vacuum" in skipped["dark.tif"]
     assert "broken.tif" in (out / "evaluate_images.md").read_text()
 
 
@@ -285,7 +286,7 @@ def test_hdf5_rule_float_images_only_and_sbd_stream_files_refused(tmp_path: Path
     _record(tmp_path)
     skipped: list[dict[str, str]] = []
     got = read_images(tmp_path, skipped=skipped)
-    assert [n for n, _ in got] == ["sim"]
+    assert [n for n, _ in got] == ["sim.h5"]
     np.testing.assert_array_equal(got[0][1], img)
     reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
     assert set(reasons) == {"acq.nxs", "den.h5"}
@@ -293,7 +294,7 @@ def test_hdf5_rule_float_images_only_and_sbd_stream_files_refused(tmp_path: Path
     assert "sbd-stream denoise" in reasons["den.h5"]
     skipped.clear()  # --dataset: that dataset only, whatever its dtype; files without it are skipped
     got = read_images(tmp_path, dataset="counts", skipped=skipped)
-    assert [n for n, _ in got] == ["sim", "sim[1]"] and got[0][1].shape == (64, 48)
+    assert [n for n, _ in got] == ["sim.h5", "sim.h5[1]"] and got[0][1].shape == (64, 48)
     assert len(skipped) == 2
 
 

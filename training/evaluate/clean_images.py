@@ -4,12 +4,14 @@ Why a rule: a folder a user points at holds what their simulator wrote and often
 export, the recording of a session). One unreadable file must not cost the whole run, and a file that is
 no clean simulation must not be scored as one. So:
 
-- TIFF / MRC / NPY: the file's array, squeezed; 2-D is one image, 3-D a stack of them, (n, H, W) or,
-  when only its last axis is shorter than 32 px, channel-last (H, W, n) as prismatic / MATLAB keep a
-  defocus series. A complex array (an exit wave, not an image) is refused.
-- HDF5 (``.h5``, ``.hdf5``, ``.nxs``): the **float** datasets that look like images (2-D, or 3-D stacks,
-  both image sides >= 32 px), or only the dataset named by ``dataset`` (``--dataset``). Integer datasets
-  hold detector counts, not a clean simulation, and are passed over unless named.
+- TIFF / MRC / NPY: the file's array, squeezed (a TIFF written a page at a time: all its pages, as
+  ``sbd-stream denoise`` reads them; an MRC mode 0 flagged unsigned by IMOD: uint8); 2-D is one image,
+  3-D a stack of them, (n, H, W) or, when only its last axis is shorter than 32 px, channel-last
+  (H, W, n) as prismatic / MATLAB keep a defocus series. A complex array (an exit wave, not an image)
+  is refused.
+- HDF5 (``.h5``, ``.hdf5``, ``.nxs``, ``.hspy``): the **float** datasets that look like images (2-D, or
+  3-D stacks, both image sides >= 32 px), or only the dataset named by ``dataset`` (``--dataset``).
+  Integer datasets hold detector counts, not a clean simulation, and are passed over unless named.
 - Files written by sbd-stream itself are **refused**: a recording (root attribute ``format`` =
   ``sbd-recording/1``, or ``raw/frames`` with ``raw/complete``: raw counts, denoised frames, likelihood
   maps) or a ``sbd-stream denoise`` output (root attribute ``engine_id``: denoised frames). Scored as
@@ -26,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
+SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs", ".hspy")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hspy")
 MIN_SIDE = 32
 """An HDF5 dataset with a side under this many pixels is not an image (axes, positions, metadata)."""
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError)
@@ -50,8 +52,12 @@ class NotClean(Unusable):
 def read_images(
     folder: Path, dataset: str | None = None, skipped: list[dict[str, str]] | None = None
 ) -> list[tuple[str, np.ndarray]]:
-    """Every clean image in the folder, sorted by file name (a stack gives one image per slice, named
-    ``stem[i]``). Files that fail are appended to ``skipped`` as {path, reason} and left out."""
+    """Every clean image in the folder, sorted by file name, each named by its file's name relative to
+    the folder (a stack gives one image per slice, named ``name[i]``). Files that fail are appended to
+    ``skipped`` as {path, reason} and left out.
+
+    Why the whole name: rows named by stem could not be told apart when a.tif, a.mrc and a.npy each
+    scored differently."""
     skipped = [] if skipped is None else skipped
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -64,8 +70,9 @@ def read_images(
         except READ_ERRORS as e:
             skipped.append({"path": str(path), "reason": _reason(e)})
             continue
+        name = path.relative_to(folder).as_posix()
         for i, img in enumerate(images):
-            out.append((path.stem if i == 0 else f"{path.stem}[{i}]", np.asarray(img, dtype=np.float64)))
+            out.append((name if i == 0 else f"{name}[{i}]", np.asarray(img, dtype=np.float64)))
     if not out:
         shown = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3])
         more = "; ..." if len(skipped) > 3 else ""
@@ -79,16 +86,22 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
     if suffix in HDF5_SUFFIXES:
         found = _read_hdf5(path, dataset)
     elif suffix in (".tif", ".tiff"):
-        import tifffile
+        from sbd_stream.sources.stack_headers import StackError
+        from sbd_stream.sources.stack_tiff import read_whole
 
-        found = [tifffile.imread(path)]
+        try:
+            found = [read_whole(path)]
+        except StackError as e:  # our own one line, less the path the skipped list names anyway
+            raise Unusable(str(e).removeprefix(f"{path}: ")) from None
     elif suffix == ".mrc":
         import mrcfile
+
+        from sbd_stream.sources.stack_headers import imod_unsigned
 
         with mrcfile.open(path, permissive=True) as m:
             if m.data is None:
                 raise Unusable("no image data in it")
-            found = [np.array(m.data)]
+            found = [np.array(m.data.view(np.uint8) if imod_unsigned(m.header) else m.data)]
     else:
         found = [np.load(path, allow_pickle=False)]
     images: list[np.ndarray] = []
@@ -160,8 +173,8 @@ def stated_pixel_sizes(
     for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES):
         if str(path) in exclude:
             continue
-        try:
-            stack = open_stack(path, dataset)
+        try:  # --dataset names an HDF5 dataset: a TIFF / MRC / NPY beside it is opened without it
+            stack = open_stack(path, dataset if path.suffix.lower() in HDF5_SUFFIXES else None)
         except (StackError, *READ_ERRORS):
             continue
         try:

@@ -1,0 +1,334 @@
+"""Reading a TIFF as a stack of frames for offline ``denoise`` (and its whole array for evaluate-images).
+
+Which pages are the frames: tifffile files a TIFF written one page at a time (``TiffWriter.write`` in
+a loop, ``imwrite(..., append=True)``) as one series per page, and ``series[0]`` alone was read: a
+3-frame stack was denoised as its first frame, exit 0. So every series of the file (thumbnails and
+other reduced-resolution pages aside) is a run of frames when all have one shape and dtype, as ImageJ
+opens them; series that differ are refused, naming them.
+
+How they are read: an uncompressed contiguous stack is memory-mapped; anything else page by page
+(``TiffPages``), decoding only the pages a batch asks for, so a compressed stack streams in bounded
+memory. A decoder's error (a zlib / LZMA stream cut short was a 190-line traceback, exit 1) is one
+``StackError`` naming the file and the frame. What the file declares is checked first: frame sizes and
+count (``stack_headers.check_declared``), every page's data within the file, and the chain of pages
+ending where the file does (a cut-short PackBits TIFF lost its last page's directory and was denoised
+as 2 of its 3 frames, exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap
+
+LENGTH_UNITS_A = {
+    "angstrom": 1.0, "a": 1.0, "\u00c5": 1.0, "\u00e5": 1.0, "\\u00c5": 1.0, "nm": 10.0, "nanometer": 10.0,
+    "pm": 0.01, "um": 1e4, "\u00b5m": 1e4, "micron": 1e4, "microns": 1e4,
+}  # fmt: skip
+"""A pixel size's unit in a TIFF's ImageJ metadata or JSON description -> angstrom per unit."""
+DECODE_ERRORS = (
+    ValueError,
+    RuntimeError,
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    zlib.error,
+    lzma.LZMAError,
+)
+"""What tifffile and its codecs raise on a damaged page (TiffFileError is a ValueError; imagecodecs'
+errors are RuntimeErrors; zlib and lzma have their own)."""
+CODEC_HINT = "; `pip install imagecodecs` enables it"
+
+
+def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
+    """(frames, sampling, closer) of a TIFF stack: frames is a memmap or a ``TiffPages``."""
+    import tifffile
+
+    tif = None
+    try:
+        tif = tifffile.TiffFile(path)
+        series = frame_series(tif, path)
+        sampling = tiff_sampling(tif, path)
+        for s in series:  # interleaved samples (...YXS): a colour picture, frames of width 3 if stacked.
+            # Planar samples (SYX) are frames: tifffile writes a (3, H, W) array that way (abTEM's
+            # to_tiff of a 3-image defocus series), each plane a whole image.
+            if s.axes.endswith("S"):
+                raise StackError(
+                    f"{path}: a colour TIFF (shape {tuple(s.shape)}, axes {s.axes}); a counted frame has one "
+                    "value per pixel: save the frames as a greyscale stack"
+                )
+        shape, dt = _stack_shape(series), np.dtype(series[0].dtype)
+        compressed = int(getattr(series[0].keyframe, "compression", 1)) != 1
+        try:
+            check_declared(shape, dt, None if compressed else os.path.getsize(path))
+        except ValueError as e:
+            raise StackError(f"{path}: {e}") from None
+        if len(series) == 1 and not compressed:
+            try:
+                arr = tifffile.memmap(path, mode="r")
+                tif.close()
+                return arr, sampling, None
+            except ValueError:  # pages scattered through the file: read one at a time below
+                pass
+        frames = _paged(tif, series, shape, dt, path)
+        if frames is None:  # a layout the page reader does not cover: decoded whole, within a cap
+            declared = math.prod(shape) * dt.itemsize
+            if declared > imread_cap():
+                raise StackError(
+                    f"{path}: a compressed TIFF of {declared} bytes decoded, more than half this machine's "
+                    "memory; save it uncompressed (memory-mapped) or as HDF5"
+                )
+            try:
+                arr = _whole(series)
+            except DECODE_ERRORS as e:
+                raise StackError(f"{path}: cannot decode its frames ({_why(e)})") from None
+            tif.close()
+            return arr, sampling, None
+        return frames, sampling, tif.close
+    except StackError:
+        if tif is not None:
+            tif.close()
+        raise
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as e:
+        if tif is not None:
+            tif.close()
+        raise StackError(f"{path}: not a readable TIFF ({_why(e)})") from e
+
+
+def frame_series(tif: Any, path: Path | str) -> list[Any]:
+    """The series that hold frames: all of one shape and dtype (a TIFF written a page at a time has one
+    series per page), reduced-resolution pages (thumbnails, pyramid levels) left out."""
+    series = [s for s in tif.series if not getattr(s.keyframe, "is_reduced", False)] or list(tif.series[:1])
+    if not series:
+        raise StackError(f"{path}: no image in this TIFF")
+    kinds = {(tuple(s.shape), np.dtype(s.dtype).str) for s in series}
+    if len(kinds) > 1 or (len(series) > 1 and len(series[0].shape) not in (2, 3)):
+        shown = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:4])
+        more = ", ..." if len(series) > 4 else ""
+        raise StackError(
+            f"{path}: holds {len(series)} image series ({shown}{more}), one stack only when all are "
+            "frames of one shape and type: save one stack of equal frames per file"
+        )
+    return series
+
+
+def read_whole(path: Path) -> np.ndarray:
+    """A TIFF's whole array: its one series, or its equal series stacked (``evaluate-images``: clean
+    images, small). Raises ``ValueError`` with one line on a damaged or mixed file."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        try:
+            return _whole(frame_series(tif, path))
+        except DECODE_ERRORS as e:
+            if isinstance(e, StackError):
+                raise
+            raise ValueError(f"cannot decode its images ({_why(e)})") from None
+
+
+def _whole(series: list[Any]) -> np.ndarray:
+    """The series' arrays decoded and joined along the frame axis (``frame_series``: all alike)."""
+    arrays = [s.asarray() for s in series]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays[0].ndim == 3 else np.stack(arrays)
+
+
+def _stack_shape(series: list[Any]) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in series[0].shape)
+    if len(series) == 1:
+        return shape
+    return (len(series), *shape) if len(shape) == 2 else (len(series) * shape[0], *shape[1:])
+
+
+def _paged(tif: Any, series: list[Any], shape: tuple[int, ...], dt: np.dtype, path: Path) -> TiffPages | None:
+    """A page-by-page reader of the series when each page holds whole frames, after checking the file
+    holds every page's data, the chain of pages is whole and the codec is there; else None."""
+    import tifffile
+
+    if len(shape) not in (2, 3):
+        return None
+    pages = [p for s in series for p in s.pages]
+    if not pages or any(p is None for p in pages):
+        return None
+    h, w = shape[-2:]
+    per = math.prod(int(n) for n in pages[0].shape[:-2])
+    n = shape[0] if len(shape) == 3 else 1
+    if any(tuple(p.shape) != tuple(pages[0].shape) for p in pages) or tuple(pages[0].shape[-2:]) != (h, w):
+        return None
+    if len(pages) * per != n or per < 1:
+        return None
+    if (page_bytes := per * h * w * dt.itemsize) > imread_cap():  # one page is decoded whole
+        raise StackError(
+            f"{path}: a TIFF page of {page_bytes} bytes decoded, more than half this machine's memory; "
+            "save the frames one page each, or as HDF5"
+        )
+    size = os.path.getsize(path)
+    for k, p in enumerate(pages):
+        end = max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0)
+        if end > size:
+            raise StackError(
+                f"{path}: frame {k * per}: its data run to byte {end} of a {size}-byte file (cut short?)"
+            )
+    if (problem := _chain_problem(tif, size)) is not None:
+        raise StackError(f"{path}: {problem}")
+    compression = pages[0].keyframe.compression
+    if int(compression) != 1:
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except KeyError as e:
+            raise StackError(f"{path}: not a readable TIFF ({_why(e)})") from None
+    return TiffPages(tif, pages, per, (n, h, w), dt, str(path))
+
+
+def _chain_problem(tif: Any, size: int) -> str | None:
+    """Where the chain of page directories breaks: the last page's pointer to a next one must be 0.
+
+    tifffile logs a pointer past the end of the file and stops there, so the pages after it (a copy
+    cut short: the last page's directory) were silently missing."""
+    t = tif.tiff
+    n = len(tif.pages)  # the whole chain walked
+    last = tif.pages[n - 1]
+    fh = tif.filehandle
+    fh.seek(last.offset)
+    raw = fh.read(t.tagnosize)
+    if len(raw) < t.tagnosize:
+        return f"page {n}: its directory runs past the end of the file (cut short?)"
+    count = struct.unpack(t.tagnoformat, raw)[0]
+    fh.seek(last.offset + t.tagnosize + count * t.tagsize)
+    raw = fh.read(t.offsetsize)
+    nxt = struct.unpack(t.offsetformat, raw)[0] if len(raw) == t.offsetsize else -1
+    if nxt == 0:
+        return None
+    return (
+        f"the chain of pages breaks after page {n} (a pointer to byte {nxt} of a {size}-byte file): cut "
+        "short or damaged, the pages after it are lost"
+    )
+
+
+class TiffPages:
+    """A lazily indexed (N, H, W) stack over a TIFF's pages (each ``per`` whole frames): ``[i:j]``
+    decodes the pages those frames lie in, and a decoder's error names the file and the frame."""
+
+    def __init__(
+        self, tif: Any, pages: list[Any], per: int, shape: tuple[int, int, int], dt: np.dtype, path: str
+    ):
+        self.tif, self.pages, self.per, self.path = tif, pages, per, path
+        self.shape, self.dtype = shape, dt
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice | int) -> np.ndarray:
+        if isinstance(index, slice):
+            rows = range(*index.indices(self.shape[0]))
+        else:
+            i = int(index) + (self.shape[0] if int(index) < 0 else 0)
+            return self[i : i + 1][0]
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        for j, i in enumerate(rows):
+            out[j] = self._page(i // self.per, i)[i % self.per]
+        return out
+
+    def _page(self, k: int, frame: int) -> np.ndarray:
+        if self._cached is not None and self._cached[0] == k:
+            return self._cached[1]
+        try:
+            arr = self.pages[k].asarray(maxworkers=1)
+        except DECODE_ERRORS as e:
+            raise StackError(f"{self.path}: frame {frame}: cannot decode ({_why(e)})") from None
+        if arr.size != self.per * self.shape[1] * self.shape[2]:
+            raise StackError(
+                f"{self.path}: frame {frame}: decoded {arr.size} pixels where its page declares "
+                f"{self.per} x {self.shape[1]} x {self.shape[2]} (damaged or cut short)"
+            )
+        arr = arr.reshape(self.per, *self.shape[1:])
+        self._cached = (k, arr)
+        return arr
+
+
+def _why(e: BaseException) -> str:
+    """A reader's error on one line, with the way out when a codec is missing."""
+    msg = " ".join((str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)).split())
+    msg = msg or type(e).__name__
+    if isinstance(e, zlib.error | lzma.LZMAError) or "truncated" in msg or "incomplete" in msg:
+        msg = f"{type(e).__name__}: {msg}; damaged or cut short"
+    return msg + (CODEC_HINT if "imagecodecs" in msg else "")
+
+
+def tiff_sampling(tif: Any, path: Path | str = "") -> dict[str, float]:
+    """``pixel_size_A`` from an ImageJ TIFF (``unit`` + XResolution, pixels per unit) or from the JSON
+    description of a plain TIFF (``pixel_size`` + ``unit``), when the unit is a length; else nothing.
+
+    A TIFF's bare resolution tags (inch, centimetre: dots per inch of a print) say nothing about the
+    specimen, so only a stated length unit counts. Unequal X and Y resolutions (non-square pixels) are
+    refused: the engine works on square pixels, and the X size alone binned them as if square.
+    """
+    meta = dict(tif.imagej_metadata or {})
+    if not meta and tif.shaped_metadata:
+        meta = dict(tif.shaped_metadata[0] or {})
+    scale = LENGTH_UNITS_A.get(str(meta.get("unit", "")).strip().lower())
+    if scale is None:
+        return abtem_sampling(tif.pages[0].description)
+    size = meta.get("pixel_size")
+    if size is None:
+        tags = tif.pages[0].tags
+        size = _per_pixel(tags.get("XResolution"))
+        height = _per_pixel(tags.get("YResolution"))
+        if size is not None and height is not None and abs(size - height) > 1e-3 * abs(size):
+            raise StackError(
+                f"{path}: non-square pixels ({size * scale:.4g} A wide, {height * scale:.4g} A high, from "
+                "its resolution tags); the engine works on square pixels: resample the frames to square ones"
+            )
+    try:
+        px = float(size) * scale if size is not None else 0.0
+    except (TypeError, ValueError):
+        return {}
+    return {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
+
+
+def _per_pixel(tag: Any) -> float | None:
+    """Units per pixel from a resolution tag (pixels per unit, a rational), None when absent or 0."""
+    if tag is None:
+        return None
+    try:
+        num, den = tag.value
+        return den / num if num else None
+    except (TypeError, ValueError):
+        return None
+
+
+def abtem_sampling(description: str) -> dict[str, float]:
+    """``pixel_size_A`` from abTEM's ``Images.to_tiff`` description: JSON whose ``axes`` hold two
+    ``RealSpaceAxis`` entries with ``sampling`` and ``units``; equal samplings only (a square pixel).
+
+    An abTEM user's TIFF at 0.05 A was denoised at the paper's 0.060 A because this went unread.
+    """
+    try:
+        axes = json.loads(description).get("axes", {}) if description.lstrip().startswith("{") else {}
+    except (ValueError, AttributeError):
+        return {}
+    sizes = []
+    for ax in axes.values() if isinstance(axes, dict) else ():
+        if isinstance(ax, dict) and ax.get("type") == "RealSpaceAxis" and "sampling" in ax:
+            scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
+            try:
+                sizes.append(float(ax["sampling"]) * scale if scale else float("nan"))
+            except (TypeError, ValueError):
+                return {}
+    if len(sizes) != 2 or not all(np.isfinite(sizes)) or min(sizes) <= 0:
+        return {}
+    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
+        return {}
+    return {"pixel_size_A": sizes[0]}
