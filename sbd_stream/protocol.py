@@ -429,3 +429,15 @@ def _frame_header(obj: dict[str, Any], max_payload: int, topic: bytes = TOPIC_FR
     )
     _check_frame_header(header, max_payload)
     return header
+
+
+def ipv6_endpoint(endpoint: str) -> bool:
+    """True when a ZeroMQ endpoint names an IPv6 address (``tcp://[::1]:5555``): its socket needs
+    ``zmq.IPV6``, without which libzmq refuses a bind ("No such device") and a connect never connects.
+    Only literals: under ``zmq.IPV6`` a name resolves to IPv6 first (``localhost`` to ``::1`` where
+    /etc/hosts says so), which a peer bound on 127.0.0.1 never answers."""
+    for address in endpoint.partition("://")[2].split(";"):  # tcp://source;destination
+        host = address.split("/", 1)[0].rpartition(":")[0]
+        if host.startswith("[") or ":" in host:
+            return True
+    return False

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import NoReturn
 
 import typer
@@ -83,24 +84,100 @@ def settings_error(
 
 
 def fail(msg: str) -> NoReturn:
-    """Print ``error: msg`` in red and end the command with exit status 2."""
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    """Print ``error: msg`` (red on a colour terminal) and end the command with exit status 2."""
+    if colour_wanted():
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    else:  # not even a reset sequence
+        typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
 
 
-def on_signals(stop: threading.Event) -> None:
-    """SIGINT / SIGTERM ask for a clean stop (drain queues, flush and close files)."""
+def colour_wanted() -> bool:
+    """False under ``NO_COLOR`` (set, not empty: no-color.org) or ``TERM=dumb``, as rich's help honours them.
+
+    Why: ``typer.secho(fg=RED)`` wrapped the ``error:`` line in ANSI red on any terminal, a dumb one or
+    a user's ``NO_COLOR=1`` included (click strips colour only off a terminal)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+"""What asks a running service for a clean stop. SIGHUP too: a closed terminal or a dropped ssh session
+sends it, and its default (die at once) left the queues undrained and the recording open-for-write.
+A SIGHUP the process was started ignoring (``nohup``) stays ignored."""
+
+
+def on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT / SIGTERM / SIGHUP ask for a clean stop (drain queues, flush and close files).
+
+    Once a stop has begun, a second signal is logged and ignored (the drain goes on: systemd or an
+    impatient operator often signals twice); a third ends the process at once by that signal's default
+    action, unfinished (the way out of a long drain, as any signal was before). From the interpreter's
+    exit on (``atexit``) the stop signals are ignored: Python restores their defaults while it tears
+    down, where a second SIGTERM ~0.3 s after the first turned a clean, complete stop into exit 143.
+
+    Returns ``release``: the handlers from before, back unless a stop signal came (a command run
+    in-process, as the tests do, leaves its caller's Ctrl-C as it found it).
+    """
+    import atexit
     import signal
 
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping (draining queues, closing files)", signum)
-        stop.set()
+    seen: list[int] = []  # the stop signals received since this stop was set up
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    def handler(signum: int, _frame: object) -> None:
+        seen.append(signum)
+        name = signal.Signals(signum).name
+        if len(seen) == 1:
+            log.info("%s: stopping (draining queues, closing files)", name)
+            atexit.register(_ignore_stop_signals)
+            stop.set()
+        elif len(seen) == 2:
+            log.warning("%s: already stopping (draining, closing files); a third one ends it at once", name)
+        else:
+            log.warning("%s again: ending now, without finishing the drain", name)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            time.sleep(1.0)  # another thread may take the signal: its default action ends the process
+            os._exit(128 + signum)  # only if it did not
+
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # no SIGHUP: Windows
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        numbers.remove(signal.SIGHUP)  # `nohup sbd-stream serve`: meant to outlive the terminal
+    previous = {signum: signal.signal(signum, handler) for signum in numbers}
+
+    def release() -> None:
+        if not seen:
+            for signum, before in previous.items():
+                signal.signal(signum, before)
+
+    return release
+
+
+def _ignore_stop_signals() -> None:
+    """Ignore the stop signals for the rest of the interpreter's exit (``on_signals``): an ignored signal
+    stays ignored through the teardown, where a handled one falls back to its default."""
+    import signal
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``python -m sbd_stream``)
+    """The CLI; Ctrl-C before a command took over the signals is one line, exit 130.
+
+    Why: the first second or two go to imports (torch, pydantic) before any handler exists, and a
+    Ctrl-C there printed a 7-25 frame KeyboardInterrupt traceback. Inside a command typer turns it
+    into exit 130 already, without a traceback.
+    """
+    try:
+        _main()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        raise SystemExit(130) from None
+
+
+def _main() -> None:
     """The CLI; a process that abandoned a recording part ends without interpreter shutdown.
 
     Why: a part HDF5 failed to write is never closed nor freed (``AcqFile.abandon``), but libhdf5's

@@ -7,11 +7,14 @@ scene, recording into a temporary folder, a results file) are its own.
 from __future__ import annotations
 
 import json
+import tempfile
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from sbd_stream.cli.app import app, fail, setup_logging
+from sbd_stream.cli.app import app, fail, on_signals, setup_logging
 from sbd_stream.cli.live import stages_or_fail
 from sbd_stream.cli.options import (
     Complete,
@@ -42,6 +45,9 @@ from sbd_stream.cli.scene_options import (
     scene_fields,
 )
 from sbd_stream.invocation import invocation
+
+if TYPE_CHECKING:
+    from sbd_stream.config import ServiceSettings
 
 
 @app.command()
@@ -102,17 +108,17 @@ def demo(
     recording's sampling (pixel size, dose), as `emulate --source` announces it; a flag that states
     otherwise is refused. A recording holds no clean truth, so no PSNR is reported (``psnr_note``).
     """
-    import tempfile
-
     from sbd_stream.cli.service_start import prepare_process
     from sbd_stream.service.demo import run_demo
+    from sbd_stream.sinks.writable import file_problem
     from sbd_stream.sources.emulator import EmulatorSettings
 
     setup_logging(verbose)
     prepare_process()  # the demo runs the service itself: its recording, sockets and /metrics (serve's limit)
+    if json_out is not None and (problem := file_problem(json_out)):  # before the run, not after it
+        fail(f"--json-out {json_out}: {problem}")
     if source is not None and not synthetic:
         pixel_size, dose, counts_per_px = _recorded_sampling(source, shape, pixel_size, dose, counts_per_px)
-    tmp = tempfile.TemporaryDirectory(prefix="sbd-demo-")  # the recording, unless --record-dir keeps it
     flags = Flags(
         pixel_size=pixel_size,
         dose=dose,
@@ -120,7 +126,7 @@ def demo(
         input="tcp://127.0.0.1:*",
         mode="connect",
         output="tcp://127.0.0.1:*",
-        record_dir=record_dir or Path(tmp.name),
+        record_dir=record_dir,  # None: a temporary folder, made once the engine has loaded (_temporary)
         record=record,
         engine=engine,
         model=model,
@@ -136,6 +142,8 @@ def demo(
         viewer_port=viewer_port,
     )
     s = settings_from_flags(flags)
+    if record and record_dir is not None:
+        _check_record_dir(s)
     stages = stages_or_fail(s)
     emu_cfg = EmulatorSettings(
         endpoint="tcp://127.0.0.1:*",
@@ -161,13 +169,19 @@ def demo(
     try:  # what the emulator's child would refuse (a dose its count type cannot hold), said here
         FrameSource(emu_cfg)
     except (ValueError, OSError) as e:
-        tmp.cleanup()
         fail(f"emulator: {e}")
+    stop = threading.Event()
+    release = on_signals(stop)  # Ctrl-C, SIGTERM, SIGHUP: one clean stop (child ended, temporary folder gone)
     try:
-        with endpoints_named(flags):  # a busy --viewer-port: one line, not a traceback
-            result = run_demo(s, stages, emu_cfg, status=lambda line: typer.echo(line, err=True))
+        tmp = _temporary(s) if record and record_dir is None else None
+        try:
+            with endpoints_named(flags):  # a busy --viewer-port: one line, not a traceback
+                result = run_demo(s, stages, emu_cfg, status=lambda ln: typer.echo(ln, err=True), stop=stop)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
     finally:
-        tmp.cleanup()
+        release()
     if record:  # the temporary folder is gone; --record-dir keeps the files
         result["lanes"]["complete"]["recording"]["kept"] = record_dir is not None
     typer.echo(json.dumps(result, indent=2))
@@ -177,7 +191,31 @@ def demo(
 
         machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
         head = {"benchmark": "demo", "command": invocation("sbd-stream"), "machine": machine}
-        json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
+        try:  # checked at start; a disk filled since, or the folder removed, is still one line
+            json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
+        except OSError as e:
+            fail(f"--json-out {json_out}: {e.strerror or e}")
+
+
+def _check_record_dir(s: ServiceSettings) -> None:
+    """``--record-dir`` where no file can be created: one line, exit 2, before the engine loads."""
+    from sbd_stream.service.build import RecordDirError, check_record_dir
+
+    try:
+        check_record_dir(s)
+    except RecordDirError as e:
+        fail(f"--record-dir {e.where}: {e.reason}")
+
+
+def _temporary(s: ServiceSettings) -> tempfile.TemporaryDirectory[str]:
+    """The recording's temporary folder, set as ``record.directory``; made after the engine loaded and
+    with the stop signals handled, so neither a signal during the load nor a stop leaves it behind."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="sbd-demo-")
+    except OSError as e:  # no writable TMPDIR, /tmp or working folder
+        fail(f"a temporary folder for the recording: {e}; use --record-dir DIR or --no-record")
+    s.record.directory = Path(tmp.name)
+    return tmp
 
 
 def _recorded_sampling(

@@ -334,6 +334,7 @@ def endpoints_named(flags: Flags) -> Iterator[None]:
             "publish.endpoint": ("--output", flags.output),
             "metrics.port": ("--metrics-port", flags.metrics_port),
             "viewer.port": ("--viewer-port", flags.viewer_port),
+            "record.directory": ("--record-dir", flags.record_dir),
         }.get(e.setting, (e.setting, None))
         shown = e.where or '""'
         fail(f"{flag if given is not None else e.setting} {shown}: {e.reason}")

@@ -34,6 +34,7 @@ from sbd_stream.protocol import (
     SeriesMessage,
     decode,
     encode_series,
+    ipv6_endpoint,
 )
 from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, warn_if_exposed
 from sbd_stream.supervisor import Supervisor, wait_running
@@ -208,6 +209,7 @@ class MergeService(BackgroundWorker):
                 s.setsockopt(zmq.SUBSCRIBE, b"")
                 if input_curve is not None:  # before connect, or it is not used
                     apply_curve(s, input_curve, binds=False, domain="sbd-merge-in")
+                s.setsockopt(zmq.IPV6, ipv6_endpoint(ep))  # tcp://[::1]:P never connected without it
                 s.connect(ep)
             self.pub = self.ctx.socket(zmq.PUB)
             self.pub.setsockopt(zmq.SNDHWM, sndhwm)
@@ -215,6 +217,7 @@ class MergeService(BackgroundWorker):
             if output_curve is not None:
                 apply_curve(self.pub, output_curve, binds=True, domain="sbd-merge-out")
             warn_if_exposed("merge output", output)
+            self.pub.setsockopt(zmq.IPV6, ipv6_endpoint(output))
             self.pub.bind(output)
         except BaseException:
             self._finalize()

@@ -32,14 +32,17 @@ from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSin
 from sbd_stream.service.workers import WorkerPool, WorkerSpec, plan_workers
 from sbd_stream.sinks.publisher import Publisher
 from sbd_stream.sinks.recorder import Recorder
+from sbd_stream.sinks.writable import folder_problem
 from sbd_stream.sources.receiver import Receiver, endpoint_problem
 from sbd_stream.supervisor import Supervisor, wait_running
 
 __all__ = [
     "EndpointError",
+    "RecordDirError",
     "SourceFactory",
     "build_pipeline",
     "check_endpoints",
+    "check_record_dir",
     "load_stage",
     "load_stages",
     "run_replay",
@@ -67,8 +70,14 @@ class EndpointError(ValueError):
         self.setting, self.where, self.reason = setting, where, reason
 
 
+class RecordDirError(EndpointError):
+    """The record folder cannot be created or written (``record.directory``; ``sinks/writable.py``)."""
+
+
 def check_endpoints(s: ServiceSettings, receiver: bool = True) -> None:
-    """Refuse a malformed publish (and, with ``receiver``, ingest) endpoint before any socket opens.
+    """Refuse a malformed publish (and, with ``receiver``, ingest) endpoint before any socket opens, and
+    a record folder that cannot be written (``check_record_dir``): what the service sends to and writes
+    into, checked before the engine loads by ``serve`` and ``replay``.
 
     Before, not at bind: the publisher warns that a bound endpoint is "reachable from other machines"
     before binding it, which for ``foo`` is no news but noise.
@@ -80,6 +89,21 @@ def check_endpoints(s: ServiceSettings, receiver: bool = True) -> None:
         problem = endpoint_problem(endpoint, binds=mode is SocketMode.bind)
         if problem:
             raise EndpointError(setting, endpoint, problem)
+    check_record_dir(s)
+
+
+def check_record_dir(s: ServiceSettings) -> None:
+    """With recording on, a ``record.directory`` where no file can be created is a ``RecordDirError``.
+
+    Tried (the folder made, a file created in it, both removed again), not looked up: a read-only
+    parent or a path that is a file ended ``serve`` in a traceback once the engine had loaded, and an
+    existing read-only folder gave a healthy-looking service that dropped every recording.
+    """
+    if not s.record.enabled:
+        return
+    problem = folder_problem(s.record.directory)
+    if problem:
+        raise RecordDirError("record.directory", str(s.record.directory), problem)
 
 
 @contextmanager

@@ -17,7 +17,14 @@ import numpy as np
 import zmq
 
 from sbd_stream.compute.quality import PAPER_COUNTS_PER_PX, paper_psnr, psnr
-from sbd_stream.protocol import TOPIC_SERIES_START, FrameMessage, ProtocolError, SeriesMessage, decode
+from sbd_stream.protocol import (
+    TOPIC_SERIES_START,
+    FrameMessage,
+    ProtocolError,
+    SeriesMessage,
+    decode,
+    ipv6_endpoint,
+)
 from sbd_stream.service.batch import BatchStage
 
 PROBE_ACQ = "__subscription_probe__"
@@ -90,6 +97,7 @@ class Collector:
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.setsockopt(zmq.RCVHWM, 100000)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IPV6, ipv6_endpoint(endpoint))  # a service publishing on tcp://[::1]:P
         self.sock.connect(endpoint)
         self.keep_data, self.on_message = keep_data, on_message
         self.messages: list[Received] = []
@@ -158,6 +166,7 @@ def run_demo(
     status: Callable[[str], None] | None = None,
     status_every_s: float = 1.0,
     truth_frames: int = 64,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Emulator -> service -> subscriber on loopback; returns the summary (also used by tests).
 
@@ -166,7 +175,9 @@ def run_demo(
     subscriber's receipt) and, with recording on, what the complete lane left in the recording (raw
     frames, and denoised frames live or completed afterwards), read back from the files. PSNR is
     scored on a sample of ``truth_frames`` frames spread over the series, so a long demo's memory
-    stays small.
+    stays small. ``stop`` (the command's signals, ``cli.app.on_signals``) ends the acquisition early
+    as a KeyboardInterrupt does: the emulator's child ends its series, the service drains, the summary
+    covers what was sent.
     """
     from sbd_stream.service.build import build_pipeline, start
     from sbd_stream.service.sink import FrameTap
@@ -201,6 +212,8 @@ def run_demo(
         m = pipe.metrics
         last = 0.0
         while not col.series_end.wait(0.1):
+            if stop is not None and stop.is_set():
+                break
             if emu.done() and pipe.batcher.idle():
                 col.series_end.wait(2.0)
                 break

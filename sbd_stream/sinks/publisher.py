@@ -18,7 +18,14 @@ import zmq
 from sbd_stream.config import PublishSettings, SocketMode
 from sbd_stream.frames import FrameQueue
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import TOPIC_DENOISED, FrameHeader, HeaderTooLarge, encode_frame, encode_series
+from sbd_stream.protocol import (
+    TOPIC_DENOISED,
+    FrameHeader,
+    HeaderTooLarge,
+    encode_frame,
+    encode_series,
+    ipv6_endpoint,
+)
 from sbd_stream.security import apply_curve, warn_if_exposed
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
@@ -67,6 +74,7 @@ class Publisher(BackgroundWorker):
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IPV6, ipv6_endpoint(settings.endpoint))  # tcp://[::1]:5556
         apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
         if settings.mode is SocketMode.bind:
             warn_if_exposed("publisher", settings.endpoint)

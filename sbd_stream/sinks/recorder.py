@@ -1,14 +1,8 @@
 """HDF5 recorder: one SWMR file per acquisition, rolled at a size limit, every frame flushed.
 
-Layout (format ``sbd-recording/1``, NeXus, see docs/service.md): groups ``raw``, ``denoised``, ``llr``
-(soft links to the NXdata groups ``/entry/<kind>``, formats/nexus.py), each with ``frames`` (N,H,W)
-chunked one frame per chunk and compressed, ``seq`` int64, ``ts`` float64, ``time`` float64 (s since
-the acquisition's first frame) and ``complete`` uint8. ``complete`` is resized and set last, after
-the frame is written, so a live reader or a reader of a crashed file trusts exactly
-``len(complete)`` frames. All objects, links and attributes are created before SWMR mode is
-switched on, as SWMR requires (the file itself: ``formats/recording.py``).
-
-What this thread decides, and why:
+Layout (format ``sbd-recording/1``, NeXus): docs/service.md, ``formats/recording.py`` (the file) and
+``formats/nexus.py``. ``complete`` is resized and set last, after the frame is written, so a live
+reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. This thread decides:
 
 * a raw frame of another shape or dtype than its acquisition's open file goes to a new part (writing
   it there would cast it: 70000.5 stored as 65535). Each output goes to the part of its raw frame,
@@ -25,12 +19,11 @@ What this thread decides, and why:
 * ``series_start`` / ``series_end`` are never refused by a full queue (``FrameQueue.put(force=True)``);
   refused frames are counted, the first logged, the rest summed up once a minute (``RateLimitedLog``);
 * a disk error is counted and ends recording of that acquisition (its file abandoned, never closed:
-  ``AcqFile.abandon``); any other exception while writing an item is counted by the supervisor, the
-  file is closed cleanly and the next frame opens a new part. The thread never dies of one bad item.
-* ``bitshuffle-lz4``: a pool of ``compress_threads`` compresses raw frames (the filter's exact chunk)
-  while this thread writes earlier ones with ``write_direct_chunk`` in queue order (at most
-  ``2 x compress_threads`` in flight); a failed compression or a dataset that cannot take the chunk
-  falls back to the filter here.
+  ``AcqFile.abandon``); any other exception while writing an item is counted, the file closed cleanly,
+  the next frame opens a new part. The thread never dies of one bad item.
+* ``bitshuffle-lz4``: ``compress_threads`` compress raw frames (the filter's exact chunk) while this
+  thread writes earlier ones with ``write_direct_chunk`` in queue order (at most 2 x threads in
+  flight); a failed compression or a dataset that cannot take the chunk falls back to the filter.
 """
 
 from __future__ import annotations

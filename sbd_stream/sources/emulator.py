@@ -45,6 +45,7 @@ from sbd_stream.protocol import (
     SeriesHeader,
     encode_frame,
     encode_series,
+    ipv6_endpoint,
 )
 from sbd_stream.sources.emulator_recording import check_counts_fit
 from sbd_stream.sources.emulator_settings import EmulatorSettings
@@ -287,6 +288,7 @@ class Emulator:
         self.sock = self.ctx.socket(zmq.PUSH if cfg.push else zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IPV6, ipv6_endpoint(cfg.endpoint))  # tcp://[::1]:5555
         self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if cfg.push else None
         self._peers = 0
         try:

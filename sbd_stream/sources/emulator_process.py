@@ -25,17 +25,33 @@ __all__ = ["EmulatorProcess", "main"]
 
 def main() -> None:
     """The child: ``python -m sbd_stream.sources.emulator_process`` with the settings as JSON on stdin's
-    first line; prints its endpoint, waits for ``go``, sends the series, prints ``done N``."""
+    first line; prints its endpoint, waits for ``go``, sends the series, prints ``done N``.
+
+    The parent owns its lifetime: once ``go`` came, stdin closing (``EmulatorProcess.close``, or the
+    parent gone, however it ended) ends the series early, with its ``series_end``; SIGINT is ignored,
+    since a terminal's Ctrl-C reaches the whole process group and the parent stops it that way. An
+    emulator left running after a demo stopped by SIGTERM kept publishing for the rest of its series.
+    """
+    import signal
+    import threading
+
     import zmq
 
     from sbd_stream.sources.emulator import Emulator
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = EmulatorSettings(**json.loads(sys.stdin.readline()))
     emu = Emulator(cfg, zmq.Context())
     try:
         print(emu.endpoint, flush=True)
         if sys.stdin.readline().strip() != "go":
             return
+
+        def stop_at_eof() -> None:
+            sys.stdin.read()  # returns once the parent closed the pipe
+            emu.stop_event.set()
+
+        threading.Thread(target=stop_at_eof, name="sbd-emulator-stdin", daemon=True).start()
         print(f"done {emu.run()}", flush=True)
     finally:
         emu.close()
@@ -84,9 +100,11 @@ class EmulatorProcess:
         return self._done or self.proc.poll() is not None
 
     def close(self, timeout: float = 10.0) -> None:
+        """End the child: before ``go`` it sends nothing; a running series ends early, with its
+        ``series_end`` (the child stops when its stdin closes); terminated if it takes too long."""
         self.done()
         with contextlib.suppress(OSError, ValueError):
-            self._in.close()  # before ``go``: the child ends; a running series ends by itself
+            self._in.close()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -26,6 +26,7 @@ import zmq
 from sbd_stream.config import DectrisInput, IngestSettings, InputSocket, SocketMode, WireV1Input
 from sbd_stream.frames import FrameHandler, SeriesHandler
 from sbd_stream.metrics import Metrics
+from sbd_stream.protocol import ipv6_endpoint
 from sbd_stream.security import apply_curve, warn_if_exposed
 from sbd_stream.sources.dectris.acquisition import DectrisDialect
 from sbd_stream.sources.dialect import Dialect, Emitter
@@ -90,6 +91,7 @@ class Receiver(BackgroundWorker):
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes(s.max_payload_bytes))
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.IPV6, ipv6_endpoint(endpoint))  # tcp://[::1]:5555 (protocol.py: why)
             if spec.heartbeat_s is not None:
                 hb = max(1, int(spec.heartbeat_s * 1000))
                 sock.setsockopt(zmq.HEARTBEAT_IVL, hb)

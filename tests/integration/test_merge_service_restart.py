@@ -37,16 +37,17 @@ N = 10
 class Merged:
     """Two instance publishers -> a running merge -> a subscriber, every hop probed open first."""
 
-    def __init__(self, gap_timeout_s: float = 0.5) -> None:
+    def __init__(self, gap_timeout_s: float = 0.5, host: str = "127.0.0.1") -> None:
         self.ctx = zmq.Context.instance()
         self.pubs = []
         for _ in range(2):
             s = self.ctx.socket(zmq.PUB)
             s.setsockopt(zmq.LINGER, 0)
-            s.bind("tcp://127.0.0.1:*")
+            s.setsockopt(zmq.IPV6, host.startswith("["))
+            s.bind(f"tcp://{host}:*")
             self.pubs.append(s)
         eps = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in self.pubs]
-        self.merge = MergeService(eps, "tcp://127.0.0.1:*", gap_timeout_s=gap_timeout_s, context=self.ctx)
+        self.merge = MergeService(eps, f"tcp://{host}:*", gap_timeout_s=gap_timeout_s, context=self.ctx)
         self.col = Collector(self.merge.endpoint, context=self.ctx).start()
         for pub, sub in zip(self.pubs, self.merge.subs, strict=True):  # probes read here, never merged
             seen = [-1]

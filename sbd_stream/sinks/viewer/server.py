@@ -28,7 +28,7 @@ import zmq
 
 from sbd_stream.config import DetectorSettings, ViewerSettings
 from sbd_stream.httpd import BoundedHTTPServer, local_url
-from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode
+from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, ipv6_endpoint
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer import frameinfo
 from sbd_stream.sinks.viewer.images import Images
@@ -107,7 +107,9 @@ class Viewer:
             apply_curve(sock, curve, binds=False, domain="sbd-viewer")
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t)
-        sock.connect(local_endpoint(endpoint))
+        target = local_endpoint(endpoint)
+        sock.setsockopt(zmq.IPV6, ipv6_endpoint(target))  # serve --output tcp://[::1]:P: a literal needs it
+        sock.connect(target)
         self._socks.append(sock)
 
     def _run_subscriber(self) -> None:

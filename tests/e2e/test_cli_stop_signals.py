@@ -1,0 +1,274 @@
+"""How the commands stop on signals, as processes: SIGHUP drains like SIGTERM, a second signal while
+stopping changes nothing, a third ends at once, Ctrl-C during the imports is one line, and a stopped
+demo leaves neither its emulator child nor its temporary recording behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import zmq
+from conftest import service_metric, wait_until
+
+from sbd_stream.sources.emulator import Emulator, EmulatorSettings
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "sbd_stream"]
+
+
+def _port(ctx: zmq.Context) -> int:
+    s = ctx.socket(zmq.PUB)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)
+    return port
+
+
+class Lines:
+    """A stream of a child process read on a thread: every line kept, waited for by content."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 120.0) -> bool:
+        return wait_until(lambda: any(text in ln for ln in self.lines), timeout)
+
+    @property
+    def text(self) -> str:
+        """Everything, once the stream has ended (or 10 s passed)."""
+        self._thread.join(10)
+        return "".join(self.lines)
+
+    def so_far(self) -> str:
+        return "".join(self.lines)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.timeout(240)
+def test_sighup_drains_serve_and_closes_the_recording(tmp_path: Path, tiny_engine_dir: Path) -> None:
+    """A closed terminal or ssh session (SIGHUP) stopped `serve` at once (exit 129): nothing drained,
+    and the recording kept its SWMR write flag, so plain h5py refused it until ``h5clear``. Now it is a
+    clean stop, exit 0 as for SIGTERM, and every received frame is complete in a file h5py opens."""
+    ctx = zmq.Context.instance()
+    emu = Emulator(
+        EmulatorSettings(
+            endpoint="tcp://127.0.0.1:*", shape=(64, 64), n_frames=20, rate_hz=50, wait_subscriber_s=60
+        ),
+        ctx,
+    )
+    metrics_port = _port(ctx)
+    cmd = [
+        *CLI, "serve", "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+        "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
+    ]  # fmt: skip
+    env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert emu.run() == 20
+        assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_received_total") == 20, 60)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+        emu.close()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out[out.index("{") :])
+    assert summary["frames_received"] == 20
+    with h5py.File(tmp_path / f"{emu.cfg.acq}.nxs", "r") as f:  # no SWMR flag left: no h5clear needed
+        assert len(f["raw/complete"]) == summary["frames_received"] == len(f["denoised/complete"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_after_the_summary_keeps_the_clean_exit(tmp_path: Path, sig: int) -> None:
+    """systemd or an operator signalling twice: the first SIGTERM drains and closes, the summary is out,
+    and a second one 0.1 s later (the interpreter's teardown, where Python restores the default
+    handlers) ended the process by that signal, exit 143 / 130, for a stop that was complete."""
+    ctx = zmq.Context.instance()
+    cmd = [
+        *CLI, "serve", "--no-record", "--input", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--output", "tcp://127.0.0.1:*", "--metrics-port", "0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        err = Lines(proc.stderr)
+        assert err.wait_for("serving:"), err.text
+        proc.send_signal(sig)
+        first = proc.stdout.readline()  # the summary, printed once everything is closed
+        assert first.startswith("{"), err.text
+        time.sleep(0.1)
+        proc.send_signal(sig)
+        rest = proc.stdout.read()
+        proc.wait(60)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0, err.text[-2000:]
+    assert "frames_received" in rest
+
+
+STOPPING = textwrap.dedent(
+    """
+    import threading, time
+    from sbd_stream.cli.app import on_signals, setup_logging
+    setup_logging(False)
+    stop = threading.Event()
+    on_signals(stop)
+    print("ready", flush=True)
+    stop.wait()
+    print("draining", flush=True)
+    time.sleep(60)  # a long drain: the complete lane's backlog, a slow disk
+    print("drained", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_second_signal_is_logged_and_a_third_ends_the_process(sig: int) -> None:
+    """While a stop drains, a second signal is only logged (the drain goes on); a third ends the process
+    at once by that signal, the way out of a long drain. Before, every further signal was absorbed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        assert out.wait_for("ready", 60), err.text
+        proc.send_signal(sig)
+        assert out.wait_for("draining", 10) and err.wait_for("stopping", 10), err.text
+        proc.send_signal(sig)
+        assert err.wait_for("already stopping", 10), err.text
+        assert proc.poll() is None  # the second one ends nothing
+        proc.send_signal(sig)
+        proc.wait(10)
+    finally:
+        _kill(proc)
+    assert proc.returncode == -sig, err.text
+    assert "drained" not in out.text
+
+
+@pytest.mark.timeout(120)
+def test_nohup_keeps_sighup_ignored() -> None:
+    """``nohup sbd-stream serve`` outlives the terminal: a SIGHUP ignored from the start stays ignored
+    (handling it now would have turned nohup's protection into a stop); SIGTERM still stops."""
+    script = STOPPING.replace("time.sleep(60)", "time.sleep(0)")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )
+    try:
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        assert out.wait_for("ready", 60), err.text
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None and "draining" not in out.so_far()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0 and "drained" in out.text, err.text
+
+
+def _has_mapped(pid: int, name: str) -> bool:
+    try:
+        return name in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path) -> None:
+    """The first seconds of any command go to imports (numpy, torch, h5py) before a command's handlers
+    exist; a Ctrl-C there printed a KeyboardInterrupt traceback of 7-25 frames. The signal goes once
+    numpy is loaded (``/proc/PID/maps``): inside ``main``, not in the interpreter's own start-up."""
+    proc = subprocess.Popen(
+        [*CLI, "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert wait_until(lambda: _has_mapped(proc.pid, "_multiarray_umath") or proc.poll() is not None, 60)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted", err
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the child in /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
+    tmp_path: Path, tiny_engine_dir: Path, sig: int
+) -> None:
+    """SIGTERM or SIGHUP to `demo` ended it at once (143 / 129): its emulator child kept publishing
+    and /tmp/sbd-demo-* stayed. Now they stop it as Ctrl-C does: the summary, exit 0, no child left,
+    no temporary folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [
+        *CLI, "demo", "--frames", "4000", "--rate", "40", "--synthetic", "--shape", "64x64",
+        "--no-likelihood", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    kids: list[int] = []
+    try:
+        err = Lines(proc.stderr)
+        assert err.wait_for("received", 180), err.text  # the status line: the series is being sent
+        kids = _children(proc.pid)
+        assert kids and list(tmp.glob("sbd-demo-*")), err.text
+        proc.send_signal(sig)
+        out = proc.stdout.read()
+        proc.wait(60)
+    finally:
+        _kill(proc)
+        for kid in kids:
+            if _alive(kid):
+                os.kill(kid, signal.SIGKILL)
+    assert proc.returncode == 0, err.text[-2000:]
+    assert 0 < json.loads(out[out.index("{") :])["frames_sent"] < 4000
+    assert not [k for k in kids if _alive(k)]
+    assert not list(tmp.glob("sbd-demo-*"))
