@@ -272,3 +272,43 @@ def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
     assert 0 < json.loads(out[out.index("{") :])["frames_sent"] < 4000
     assert not [k for k in kids if _alive(k)]
     assert not list(tmp.glob("sbd-demo-*"))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine_dir: Path, sig: int) -> None:
+    """``replay --record-dir`` had no SIGTERM handler: it died at once and its new recording stayed
+    open-for-write (plain readers refused it until ``h5clear``). Now it stops as Ctrl-C does."""
+    import numpy as np
+
+    from sbd_stream.config import RecordSettings
+    from sbd_stream.metrics import Metrics
+    from sbd_stream.sinks.recorder import Recorder, RecordItem
+
+    rec = Recorder(
+        RecordSettings(directory=tmp_path / "src", min_free_bytes=0, compression="none"), Metrics()
+    )
+    rng = np.random.default_rng(0)
+    for i in range(400):  # 10 s at --realtime: the signal comes in the middle
+        rec.write(
+            RecordItem("raw", "acq", i, 100.0 + 0.025 * i, rng.poisson(7.2, (32, 24)).astype(np.uint16))
+        )
+    rec.close_all()
+    (recording,) = (tmp_path / "src").glob("*.nxs")
+    out = tmp_path / "out"
+    cmd = [*CLI, "replay", str(recording), "--realtime", "--record-dir", str(out),
+           "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--pixel-size", "0.3"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any(out.glob("*.nxs")), 120), "no recording started"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    (made,) = out.glob("*.nxs")
+    with h5py.File(made, "r") as f:  # plain open: no SWMR writer left it open
+        n = len(f["raw/complete"])
+    assert 0 < n < 400
