@@ -137,7 +137,7 @@ def load_stage(s: ServiceSettings, spec: WorkerSpec | None = None) -> BatchStage
         batch=max(16, d.batch_frames),
         threads=None if spec is None else spec.threads,
     )
-    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample)
+    return BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample, d.orientations)
 
 
 def load_stages(s: ServiceSettings) -> list[BatchStage]:
@@ -166,7 +166,7 @@ def _as_stages(s: ServiceSettings, stage: Stages | None) -> list[BatchStage]:
         return load_stages(s)
     if isinstance(stage, Denoiser):
         d = s.denoise
-        return [BatchStage(stage, s.detector, d.likelihood, d.bin_tolerance, d.upsample)]
+        return [BatchStage(stage, s.detector, d.likelihood, d.bin_tolerance, d.upsample, d.orientations)]
     return [stage] if isinstance(stage, BatchStage) else list(stage)
 
 

@@ -215,3 +215,16 @@ def test_a_card_with_pixel_and_counts_but_no_dose_per_area_states_one() -> None:
 
     card = load_card(default_engine_root() / "sbd-unet4-default")
     assert card.dose_e_per_A2 == pytest.approx(0.45 / card.pixel_size_A**2) and 18 < card.dose_e_per_A2 < 19.5
+
+
+def test_the_live_service_takes_the_orientations_setting(tiny_engine_dir) -> None:
+    """``[denoise] orientations`` (TOML, SBD_DENOISE__ORIENTATIONS) reached no live stage: documented as a
+    setting, it was ignored by serve and replay (every frame denoised once whatever it said)."""
+    from sbd_stream.config import ServiceSettings
+    from sbd_stream.engines.symmetry import trained_orientations
+    from sbd_stream.service.build import load_stage
+
+    den = {"engine": "onnxruntime", "device": "cpu", "model": str(tiny_engine_dir)}
+    assert load_stage(ServiceSettings(denoise=den)).orientations == 1  # the live default
+    stage = load_stage(ServiceSettings(denoise={**den, "orientations": 4}))
+    assert stage.orientations == min(4, trained_orientations(stage.denoiser.engine.card.training)) > 1
