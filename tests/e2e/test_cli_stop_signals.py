@@ -59,6 +59,12 @@ class Lines:
         return "".join(self.lines)
 
 
+def _hup_default() -> None:
+    """In the child: SIGHUP at its default. A suite run under ``nohup`` (or a CI runner that ignores
+    SIGHUP) hands the ignore down, and a command then rightly keeps ignoring it (what nohup asks)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -84,7 +90,9 @@ def test_sighup_drains_serve_and_closes_the_recording(tmp_path: Path, tiny_engin
         "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+    )
     try:
         assert emu.run() == 20
         assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_received_total") == 20, 60)
@@ -111,7 +119,9 @@ def test_a_second_signal_after_the_summary_keeps_the_clean_exit(tmp_path: Path, 
         *CLI, "serve", "--no-record", "--input", f"tcp://127.0.0.1:{_port(ctx)}",
         "--output", "tcp://127.0.0.1:*", "--metrics-port", "0",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=_hup_default
+    )
     try:
         err = Lines(proc.stderr)
         assert err.wait_for("serving:"), err.text
@@ -150,7 +160,11 @@ def test_a_second_signal_is_logged_and_a_third_ends_the_process(sig: int) -> Non
     """While a stop drains, a second signal is only logged (the drain goes on); a third ends the process
     at once by that signal, the way out of a long drain. Before, every further signal was absorbed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", STOPPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", STOPPING],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_hup_default,
     )
     try:
         out, err = Lines(proc.stdout), Lines(proc.stderr)
@@ -253,7 +267,9 @@ def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
         "--no-likelihood", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+    )
     kids: list[int] = []
     try:
         err = Lines(proc.stderr)
@@ -298,7 +314,9 @@ def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine
     out = tmp_path / "out"
     cmd = [*CLI, "replay", str(recording), "--realtime", "--record-dir", str(out),
            "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--pixel-size", "0.3"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_hup_default
+    )
     try:
         assert wait_until(lambda: any(out.glob("*.nxs")), 120), "no recording started"
         time.sleep(1.0)
