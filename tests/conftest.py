@@ -217,3 +217,38 @@ def stream_through(pipe, emu, ctx):
         pipe.stop()
         col.close()
     return col
+
+
+def denoise_cli(inp: Path, out: Path, engine_dir: Path, *extra: str):
+    """``sbd-stream denoise`` in-process on a test engine: torch, one orientation, no Dask, so a file's
+    way through the readers is what is tested (tests/e2e/test_denoise_inputs.py, test_foreign_stacks.py)."""
+    from typer.testing import CliRunner
+
+    from sbd_stream.cli import app
+
+    args = ["denoise", str(inp), str(out), "--model", str(engine_dir), "--engine", "torch"]
+    return CliRunner().invoke(app, [*args, "--orientations", "1", "--scheduler", "none", *extra])
+
+
+def denoise_summary(res) -> dict:
+    """The JSON summary a successful ``denoise_cli`` printed."""
+    import json
+
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.index("{") :])
+
+
+def stop_command(proc) -> str:
+    """SIGTERM a CLI subprocess and return its stdout (the JSON summary); one that does not stop within
+    20 s is killed and the test fails."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return stdout

@@ -12,6 +12,7 @@ import hdf5plugin  # noqa: F401 - the outputs are bitshuffle-LZ4
 import numpy as np
 import pytest
 import tifffile
+from conftest import denoise_cli, denoise_summary
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
@@ -23,14 +24,7 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
-def _denoise(inp: Path, out: Path, engine_dir: Path, *extra: str):
-    args = ["denoise", str(inp), str(out), "--model", str(engine_dir), "--engine", "torch"]
-    return runner.invoke(app, [*args, "--orientations", "1", "--scheduler", "none", *extra])
-
-
-def _summary(res) -> dict:
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output[res.output.index("{") :])
+_denoise, _summary = denoise_cli, denoise_summary
 
 
 def _counts(n: int = 2, shape: tuple[int, int] = (48, 40), dtype: str = "uint16") -> np.ndarray:

@@ -11,7 +11,6 @@ neither file nor frame, non-square ImageJ pixels taken as square, ``-d`` ignored
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
@@ -20,22 +19,12 @@ import hdf5plugin  # noqa: F401 - the outputs are bitshuffle-LZ4
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
-
-from sbd_stream.cli import app
+from conftest import denoise_cli, denoise_summary
 
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 
 
-def _denoise(inp: Path, out: Path, engine_dir: Path, *extra: str):
-    args = ["denoise", str(inp), str(out), "--model", str(engine_dir), "--engine", "torch"]
-    return runner.invoke(app, [*args, "--orientations", "1", "--scheduler", "none", *extra])
-
-
-def _summary(res) -> dict:
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output[res.output.index("{") :])
+_denoise, _summary = denoise_cli, denoise_summary
 
 
 def _refusal(res, *words: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,8 +19,9 @@ import threading
 import numpy as np
 import pytest
 import zmq
-from conftest import PROBE_ACQ, handshake, wait_until
+from conftest import PROBE_ACQ, handshake, stop_command, wait_until
 from test_merge_service_restart import Merged  # two instance PUBs -> a running merge -> a Collector
+from test_multinode import _free_port  # a loopback TCP port nobody holds now
 
 from sbd_stream.merge.service import status_line
 from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_SERIES_END, TOPIC_SERIES_START, decode, encode_frame
@@ -35,14 +35,6 @@ JOINED = "joined it mid-series"
 
 def frame(acq: str, q: int) -> list[bytes]:
     return encode_frame(np.full((4, 3), q, np.float32), acq, q, 1.0 + q / 100, topic=D)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(90)
@@ -109,13 +101,7 @@ def test_merge_command_started_after_the_series_reports_it_joined_mid_series() -
             got.append((msg.header.acq, msg.topic, getattr(msg.header, "seq", -1)))
             ends += msg.topic == E
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            stdout, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
+        stdout = stop_command(proc)
         sub.close(linger=0)
         for s in pubs:
             s.close(linger=0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import PROBE_ACQ, handshake, wait_until
+from conftest import PROBE_ACQ, handshake, stop_command, wait_until
 
 from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.denoiser import Denoiser
@@ -330,13 +329,7 @@ def test_merge_command_reorders_two_publishers_reports_a_gap_and_prints_a_summar
             if msg.topic == b"series_end":
                 break
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            stdout, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
+        stdout = stop_command(proc)
         sub.close(linger=0)
         for s in pubs:
             s.close(linger=0)
