@@ -50,8 +50,6 @@ from sbd_stream.cli.scene_options import (
 from sbd_stream.cli.service_start import check_curve_keys, metrics_where, prepare_process, starting
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from sbd_stream.config import ServiceSettings
     from sbd_stream.service.batch import BatchStage
 
@@ -269,36 +267,20 @@ def replay(
     with endpoints_named(flags):
         check_endpoints(s, receiver=False)
         stages = stages_or_fail(s)
-        restore = _stop_like_ctrl_c()
+        stop = threading.Event()  # Ctrl-C / SIGTERM / SIGHUP: end the feed, drain, close the recording
+        release = on_signals(stop)
         try:
-            pipe, secs, n = run_replay(s, stages, file, realtime=realtime, limit=limit, settle_s=settle)
+            pipe, secs, n = run_replay(
+                s, stages, file, realtime=realtime, limit=limit, settle_s=settle, stop=stop
+            )
         except (OSError, RecordingError) as e:  # unreadable, or implausible sizes (formats/limits.py)
             fail(str(e))
         finally:
-            restore()
+            release()
     result = summary(pipe.metrics, secs)
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)
     typer.echo(json.dumps(result, indent=2))
-
-
-def _stop_like_ctrl_c() -> Callable[[], None]:
-    """SIGTERM and SIGHUP stop ``replay`` as Ctrl-C does (KeyboardInterrupt: its pipeline drains and
-    closes the recording, exit 130); they killed it at once, leaving the new recording open-for-write.
-    Returns what puts the earlier handlers back (in-process callers keep theirs)."""
-    import signal
-
-    before = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup: left ignored
-            before[sig] = signal.signal(sig, signal.default_int_handler)
-
-    def restore() -> None:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-
-    return restore
 
 
 def _replay_offline(

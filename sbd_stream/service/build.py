@@ -352,8 +352,11 @@ def run_replay(
     limit: int | None = None,
     metrics: Metrics | None = None,
     settle_s: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> tuple[Pipeline, float, int]:
-    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed).
+    """Run a recording through the pipeline; returns (pipeline, seconds, frames fed). ``stop`` ends the
+    feed early; what was fed is then drained and recorded as in a normal end (a KeyboardInterrupt in the
+    middle of that drain aborted the process and left the recording open-for-write).
 
     ``settle_s``: wait this long after the output socket is bound before feeding the first frame, so
     that subscribers already dialling in are joined (ZeroMQ PUB drops what it sends before a SUB's
@@ -373,7 +376,7 @@ def run_replay(
         intake.frame(frame)
 
     # run on this thread (not as the pipeline's source): the file's errors reach the caller as before
-    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit, max_payload)
+    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit, max_payload, stop)
     t0 = time.perf_counter()
     try:
         src.run()

@@ -19,25 +19,29 @@ __all__ = ["file_problem", "folder_problem"]
 
 
 def folder_problem(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (made with its parents if missing), or None."""
+    """Why files cannot be created in ``folder`` (made with its parents if missing), or None. A folder
+    on the way this user cannot enter (another user's 0700 home) is a reason too, not a traceback."""
     missing: list[Path] = []  # what mkdir will create, deepest first: removed again below
-    p = Path(folder)
-    while not (p.exists() or p.is_symlink()) and p.parent != p:
-        missing.append(p)
-        p = p.parent
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        return "exists and is not a folder"
-    except OSError as e:
-        return f"cannot create it ({e.strerror or e})"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".sbd-write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        return f"cannot write in it ({e.strerror or e})"
-    finally:
+        p = Path(folder)
+        while not (p.exists() or p.is_symlink()) and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            return "exists and is not a folder"
+        except OSError as e:
+            return f"cannot create it ({e.strerror or e})"
+        try:
+            fd, name = tempfile.mkstemp(prefix=".sbd-write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as e:
+            return f"cannot write in it ({e.strerror or e})"
+    except OSError as e:  # stat of a path under a folder this user cannot enter
+        return f"cannot reach it ({e.strerror or e})"
+    finally:  # also when mkdir failed half-way (a name too long below new folders)
         for made in missing:
             with contextlib.suppress(OSError):
                 made.rmdir()
@@ -48,7 +52,13 @@ def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be written as a file (its folder missing or read-only, a folder by that name,
     a read-only file), or None. An existing file is opened for writing without truncating it; a device
     or pipe (``/dev/stdout``) is left to the write."""
-    path = Path(path)
+    try:
+        return _file_problem(Path(path))
+    except OSError as e:  # stat under a folder this user cannot enter
+        return f"cannot reach it ({e.strerror or e})"
+
+
+def _file_problem(path: Path) -> str | None:
     if path.is_dir():
         return "is a folder"
     if path.exists():

@@ -106,14 +106,18 @@ class ReplaySource(BackgroundWorker):
         realtime: bool = False,
         limit: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        stop: threading.Event | None = None,
     ) -> None:
-        """``max_payload``: the largest frame the pipeline takes (``ingest.max_payload_bytes``)."""
+        """``max_payload``: the largest frame the pipeline takes (``ingest.max_payload_bytes``); ``stop``:
+        an event that ends the feed early (the CLI's signal handlers set it), the series closed."""
         self.path, self.on_frame, self.on_series = Path(path), on_frame, on_series
         self.queue, self.realtime, self.limit = queue, realtime, limit
         self.max_payload = max_payload
         self.n_sent = 0
         self.done = threading.Event()
         self._init_worker()
+        if stop is not None:
+            self._stop = stop
 
     def _run(self) -> None:
         self.run()
@@ -135,8 +139,8 @@ class ReplaySource(BackgroundWorker):
                     t0_rec, t0_wall = ts, time.perf_counter()
                 if self.realtime:
                     delay = (ts - t0_rec) - (time.perf_counter() - t0_wall)
-                    if delay > 0:
-                        time.sleep(delay)
+                    if delay > 0 and self._stop.wait(delay):
+                        break
                 elif self.queue is not None:
                     while len(self.queue) >= self.queue.maxlen and not self._stop.is_set():
                         self.queue.wait_not_full(0.05)

@@ -24,8 +24,12 @@ from sbd_stream.sources.stack_headers import StackError
 log = logging.getLogger(__name__)
 
 DEFAULT_H5_DATASETS = ("raw", "frames", "data", "entry/data/data", "images/noisy", "noisy")
-CALIBRATION = re.compile(r"mask|flat_?field|^flat$|^gain|^dark|countrate_correction", re.IGNORECASE)
-"""A dataset's last name that says it is a detector calibration (pixel_mask, flatfield, gain, dark)."""
+CALIBRATION = re.compile(
+    r"^((pixel_|bad_pixel_)?mask|flat_?field|flat|gain(_map)?|dark(_frame|_image)?|countrate_correction\w*)$",
+    re.IGNORECASE,
+)
+"""A dataset's last name that IS a detector calibration's (pixel_mask, flatfield, gain, dark), whole:
+names that merely contain one (``gain_corrected``, ``masked_frames``, ``dark_subtracted``) are stacks."""
 MAX_DEPTH = 64
 MAX_OBJECTS = 100_000
 """A search bound: a file of more objects than this is not searched further (name the dataset)."""

@@ -214,3 +214,24 @@ def test_no_color_and_a_dumb_terminal_get_a_plain_error_line(tmp_path: Path) -> 
     for env in ({"NO_COLOR": "1", "TERM": "xterm-256color"}, {"TERM": "dumb", "NO_COLOR": ""}):
         plain = _on_a_terminal(args, tmp_path, **env)
         assert "error:" in plain and "\x1b[" not in plain, (env, plain)
+
+
+def test_a_failed_check_leaves_nothing_and_an_unreachable_path_is_a_reason(tmp_path: Path) -> None:
+    """A name too long under new folders: mkdir made ``new/sub`` before failing and the check left them;
+    a path whose stat fails (a name too long, a folder this user cannot enter) was a traceback."""
+    deep = tmp_path / "new" / "sub" / ("x" * 300)
+    assert folder_problem(deep) is not None
+    assert not (tmp_path / "new").exists()
+    long_name = tmp_path / ("y" * 300)
+    assert "File name too long" in (folder_problem(long_name / "rec") or "")
+    assert "File name too long" in (file_problem(long_name / "summary.json") or "")
+
+
+def test_stacks_named_like_a_correction_are_not_calibrations() -> None:
+    """Whole names only: ``gain_corrected`` or ``masked_frames`` stacks were refused as calibrations."""
+    from sbd_stream.sources.stack_hdf5 import is_calibration
+
+    for name in ("entry/pixel_mask", "flatfield", "flat_field", "gain", "dark", "countrate_correction_table"):
+        assert is_calibration(name), name
+    for name in ("gain_corrected", "masked_frames", "dark_subtracted", "darkfield_series", "entry/data/data"):
+        assert not is_calibration(name), name
