@@ -47,7 +47,8 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     unstated,
 )
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag, ordered, workers_ignore_sigint
-from sbd_stream.sources.stacks import StackError, open_stack
+from sbd_stream.sources.stack_cache import close_all, read_rows
+from sbd_stream.sources.stacks import StackError
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,7 @@ def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
                 with open_recording(path) as f:
                     out.append(f["raw/frames"][a:b])
             else:
-                stack = open_stack(Path(path), src.dataset)
-                try:
-                    out.append(np.array(stack.frames[a:b]))
-                finally:
-                    stack.close()
+                out.append(read_rows(Path(path), src.dataset, a, b))  # opened once per process
         off += rows
     return out[0] if len(out) == 1 else np.concatenate(out)
 
@@ -239,6 +236,13 @@ def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool,
     return client, len(info), scheduler
 
 
+def _close_on_workers(client: Any) -> None:
+    try:
+        client.run(close_all)
+    except Exception as e:  # a worker gone: its process took its files with it
+        log.debug("closing the input on the workers: %s", e)
+
+
 def _write_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
@@ -318,12 +322,15 @@ def denoise_distributed(
         stack.enter_context(stop.installed())  # Ctrl-C / SIGTERM: stop between results, resumable
         if scheduler == "none" or len(chunks) == 1:
             where = "in-process" if scheduler == "none" else "in-process (one chunk)"
+            stack.callback(close_all)  # the input, open since the first chunk
             client, n_workers, es_run, resources, per_gpu = None, 1, es, None, False
             attrs = describe(src, es, det)
         else:
             with workers_ignore_sigint():  # the client handles Ctrl-C; a terminal sends it to them too
                 client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
             local = scheduler == "local"
+            if not local:  # long-lived workers: let go of the input when the job ends (before the client)
+                stack.callback(_close_on_workers, client)
             threads = es.threads_per_worker or (
                 default_threads(os.cpu_count() or 1, n_workers) if local else None
             )

@@ -115,6 +115,30 @@ def test_two_workers_equal_single_process_bit_for_bit(
 
 
 @pytest.mark.timeout(120)
+def test_a_page_by_page_tiff_on_workers_equals_single_process_and_is_let_go(
+    scheduler: str, binning_engine_dir: Path, tmp_path: Path
+) -> None:
+    """Workers keep the input open across their chunks (a page-by-page TIFF reopened per chunk was
+    quadratic in its pages: ``benchmarks/bench_stack_read.py``) and close it when the job ends."""
+    import tifffile
+    from distributed import Client
+
+    from sbd_stream.sources import stack_cache
+
+    frames = np.random.default_rng(3).poisson(0.45, (30, 64, 48)).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
+        for fr in frames:
+            tw.write(fr)
+    es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
+    denoise_file(tmp_path / "in.tif", tmp_path / "ref.h5", settings=es, detector=SAMPLING)
+    s = od.denoise(tmp_path / "in.tif", tmp_path / "dask.h5", es=es, detector=SAMPLING, scheduler=scheduler)
+    assert s["chunks"] == 2 and s["frames"] == 30
+    _assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
+    with Client(scheduler) as c:
+        assert set(c.run(lambda: len(stack_cache._OPEN)).values()) == {0}
+
+
+@pytest.mark.timeout(120)
 def test_torch_backend_is_identical_when_threads_are_pinned(
     scheduler: str, binning_engine_dir: Path, tmp_path: Path
 ) -> None:
