@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_out_of_world as bow
+from benchmarks import out_of_world_measures as owm
 
 PX, N = 0.06, 432  # the benchmark's crystal crop: 26 A at 0.060 A
 
@@ -29,20 +30,20 @@ def lattice(d_A: float, angle_deg: float = 0.0, square: bool = True) -> np.ndarr
 
 def test_the_clean_lattice_holds_its_own_band_power() -> None:
     au = lattice(2.04)  # Au [100]'s {200}: k = 0.49 1/A
-    p, k = bow.power_spectrum(au, PX)
-    near = bow.reflections(p, k)
-    assert bow.on_reflection_fraction(p, k, near) > 0.97
+    p, k = owm.power_spectrum(au, PX)
+    near = owm.reflections(p, k)
+    assert owm.on_reflection_fraction(p, k, near) > 0.97
 
 
 def test_power_on_a_lattice_the_specimen_lacks_is_counted_off_its_reflections() -> None:
     """Amplitudes 1 and 2: the true lattice carries 1 / (1 + 4) = 20 % of the band's power."""
     truth = lattice(2.04)
     wrong = lattice(2.265, angle_deg=45.0)  # a Pt(111)-like spacing, turned off the true reflections
-    p_truth, k = bow.power_spectrum(truth, PX)
-    near = bow.reflections(p_truth, k)
-    p_mix, _ = bow.power_spectrum(truth + 2.0 * wrong, PX)
-    assert bow.on_reflection_fraction(p_mix, k, near) == pytest.approx(0.2, abs=0.03)
-    assert bow.on_reflection_fraction(bow.power_spectrum(wrong, PX)[0], k, near) < 0.03
+    p_truth, k = owm.power_spectrum(truth, PX)
+    near = owm.reflections(p_truth, k)
+    p_mix, _ = owm.power_spectrum(truth + 2.0 * wrong, PX)
+    assert owm.on_reflection_fraction(p_mix, k, near) == pytest.approx(0.2, abs=0.03)
+    assert owm.on_reflection_fraction(owm.power_spectrum(wrong, PX)[0], k, near) < 0.03
 
 
 def test_a_ring_of_lattice_power_off_the_reflections_is_found_at_its_radius() -> None:
@@ -50,22 +51,22 @@ def test_a_ring_of_lattice_power_off_the_reflections_is_found_at_its_radius() ->
     beside the true lattice: the ring's radius, within one bin (0.039 1/A), not the true reflections'."""
     truth = lattice(2.04)
     ring = sum(lattice(2.265, angle_deg=a, square=False) for a in np.arange(7.0, 180.0, 15.0))
-    p_truth, k = bow.power_spectrum(truth, PX)
-    near = bow.reflections(p_truth, k)
-    p_mix, _ = bow.power_spectrum(truth + 0.5 * ring, PX)
-    peak, lo, hi = bow.off_reflection_ring(p_mix, k, near)
+    p_truth, k = owm.power_spectrum(truth, PX)
+    near = owm.reflections(p_truth, k)
+    p_mix, _ = owm.power_spectrum(truth + 0.5 * ring, PX)
+    peak, lo, hi = owm.off_reflection_ring(p_mix, k, near)
     assert peak == pytest.approx(1 / 2.265, abs=1 / (N * PX))
     assert lo <= peak <= hi and hi - lo < 4 / (N * PX)  # a sharp ring: a few bins at half maximum
 
 
 def test_white_noise_puts_only_the_reflections_share_of_the_area_on_them() -> None:
-    p_truth, k = bow.power_spectrum(lattice(2.04), PX)
-    near = bow.reflections(p_truth, k)
-    band = (k >= bow.BAND[0]) & (k <= bow.BAND[1])
+    p_truth, k = owm.power_spectrum(lattice(2.04), PX)
+    near = owm.reflections(p_truth, k)
+    band = (k >= owm.BAND[0]) & (k <= owm.BAND[1])
     area = (near & band).sum() / band.sum()
     rng = np.random.default_rng(0)  # the mean spectrum of 8 draws, as the benchmark averages its frames
-    p = np.mean([bow.power_spectrum(rng.normal(size=(N, N)), PX)[0] for _ in range(8)], 0)
-    assert bow.on_reflection_fraction(p, k, near) == pytest.approx(area, rel=0.25)
+    p = np.mean([owm.power_spectrum(rng.normal(size=(N, N)), PX)[0] for _ in range(8)], 0)
+    assert owm.on_reflection_fraction(p, k, near) == pytest.approx(area, rel=0.25)
     assert area < 0.1
 
 
@@ -77,8 +78,8 @@ def test_a_gaussian_bump_has_its_known_peak_contrast() -> None:
     img = b + a * np.exp(-((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / (2 * s**2))
     r = 6.0
     want = a * 2 * s**2 / r**2 * (1 - np.exp(-(r**2) / (2 * s**2)))
-    assert bow.disk_contrast(img, c, r, (50, 83)) == pytest.approx(want, rel=0.05)
-    assert bow.disk_contrast(np.full((200, 200), b), c, r, (50, 83)) == pytest.approx(0.0, abs=1e-12)
+    assert owm.disk_contrast(img, c, r, (50, 83)) == pytest.approx(want, rel=0.05)
+    assert owm.disk_contrast(np.full((200, 200), b), c, r, (50, 83)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_oracle_low_pass_blurs_a_flat_region_most_and_beats_the_raw_frame() -> None:
@@ -87,16 +88,16 @@ def test_the_oracle_low_pass_blurs_a_flat_region_most_and_beats_the_raw_frame() 
     raws = rng.poisson(clean * 0.45, size=(2, 128, 128)) / 0.45
     mask = np.zeros((128, 128), bool)
     mask[32:96, 32:96] = True
-    sigma, err = bow.oracle_low_pass(raws, clean, mask, PX)
-    assert sigma == max(bow.SIGMAS_A)
-    assert err < 0.1 * bow.rmse(raws[0], clean, mask)
+    sigma, err = owm.oracle_low_pass(raws, clean, mask, PX)
+    assert sigma == max(owm.SIGMAS_A)
+    assert err < 0.1 * owm.rmse(raws[0], clean, mask)
 
 
 def test_columns_are_matched_within_the_tolerance_and_the_rest_is_spurious() -> None:
     truth = np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]])
     found = np.array([[11.0, 10.5], [50.0, 58.0], [30.0, 70.0]])
-    assert bow.match(found, truth, 2.0) == (1, 2)
-    assert bow.match(np.zeros((0, 2)), truth, 2.0) == (0, 0)
+    assert owm.match(found, truth, 2.0) == (1, 2)
+    assert owm.match(np.zeros((0, 2)), truth, 2.0) == (0, 0)
 
 
 def test_unknown_scenes_are_refused_before_any_simulation(capsys: pytest.CaptureFixture[str]) -> None:
