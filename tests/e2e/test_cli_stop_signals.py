@@ -214,17 +214,25 @@ def _has_mapped(pid: int, name: str) -> bool:
         return False
 
 
+SBD_TRAIN = str(Path(sys.executable).parent / "sbd-train")  # the installed console script
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
-def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cmd", "loaded"),
+    [([*CLI, "info"], "_multiarray_umath"), ([SBD_TRAIN, "export", "--help"], "libtorch_cpu")],
+    ids=["sbd-stream", "sbd-train"],
+)
+def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list[str], loaded: str) -> None:
     """The first seconds of any command go to imports (numpy, torch, h5py) before a command's handlers
-    exist; a Ctrl-C there printed a KeyboardInterrupt traceback of 7-25 frames. The signal goes once
-    numpy is loaded (``/proc/PID/maps``): inside ``main``, not in the interpreter's own start-up."""
-    proc = subprocess.Popen(
-        [*CLI, "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
-    )
+    exist; a Ctrl-C there printed a KeyboardInterrupt traceback of 7-25 frames (``sbd-train``'s console
+    script imported every command module before any code of ours ran). The signal goes once numpy is
+    loaded (``sbd-train``: torch's library, its imports' first second; ``/proc/PID/maps``): inside ``main``,
+    not in the interpreter's own start-up."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        assert wait_until(lambda: _has_mapped(proc.pid, "_multiarray_umath") or proc.poll() is not None, 60)
+        assert wait_until(lambda: _has_mapped(proc.pid, loaded) or proc.poll() is not None, 60)
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

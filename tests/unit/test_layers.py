@@ -50,6 +50,7 @@ TRAINING_STAGES: dict[str, int] = {
     "recipe": 4,  # the GPU recipe: calls sim, train and evaluate
     "cli": 5,  # sbd-train
     "samples": 6,  # `python -m training.samples`: the documented entry of sim.samples
+    "console": 6,  # the `sbd-train` console entry: imports cli inside its Ctrl-C handler
 }
 """Rank of each stage of ``training``: an import must go to a lower rank, or stay in its folder."""
 

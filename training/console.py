@@ -1,0 +1,26 @@
+"""``sbd-train``'s console entry: Ctrl-C before a command took over is one line, exit 130.
+
+Why: the entry used to be the typer app itself, so the console script imported ``training.cli`` (torch,
+pydantic, all the command modules: ~2 s) before any code of ours ran, and a Ctrl-C there printed a
+KeyboardInterrupt traceback. This module imports nothing at its top, so the handler below is in place
+before the first heavy import, as ``sbd-stream``'s ``main`` does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    try:
+        from training.cli import app
+
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
