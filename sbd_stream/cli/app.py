@@ -106,12 +106,13 @@ sends it, and its default (die at once) left the queues undrained and the record
 A SIGHUP the process was started ignoring (``nohup``) stays ignored."""
 
 
-def on_signals(stop: threading.Event) -> Callable[[], None]:
+def on_signals(stop: threading.Event, on_abort: Callable[[], None] | None = None) -> Callable[[], None]:
     """SIGINT / SIGTERM / SIGHUP ask for a clean stop (drain queues, flush and close files).
 
     Once a stop has begun, a second signal is logged and ignored (the drain goes on: systemd or an
     impatient operator often signals twice); a third ends the process at once by that signal's default
-    action, unfinished (the way out of a long drain, as any signal was before). From the interpreter's
+    action, unfinished (the way out of a long drain, as any signal was before), after ``on_abort`` (what
+    must not outlive the process even then: ``demo``'s temporary folder). From the interpreter's
     exit on (``atexit``) the stop signals are ignored: Python restores their defaults while it tears
     down, where a second SIGTERM ~0.3 s after the first turned a clean, complete stop into exit 143.
 
@@ -134,6 +135,11 @@ def on_signals(stop: threading.Event) -> Callable[[], None]:
             log.warning("%s: already stopping (draining, closing files); a third one ends it at once", name)
         else:
             log.warning("%s again: ending now, without finishing the drain", name)
+            if on_abort is not None:
+                try:
+                    on_abort()
+                except Exception as e:  # ending now matters more
+                    log.warning("while ending: %s", e)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             time.sleep(1.0)  # another thread may take the signal: its default action ends the process

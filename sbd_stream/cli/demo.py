@@ -7,6 +7,7 @@ scene, recording into a temporary folder, a results file) are its own.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -171,9 +172,12 @@ def demo(
     except (ValueError, OSError) as e:
         fail(f"emulator: {e}")
     stop = threading.Event()
-    release = on_signals(stop)  # Ctrl-C, SIGTERM, SIGHUP: one clean stop (child ended, temporary folder gone)
+    made: list[str] = []  # the temporary folder, for a third signal that ends the process at once
+    # Ctrl-C, SIGTERM, SIGHUP: one clean stop (child ended, temporary folder gone); a third: folder gone
+    release = on_signals(stop, on_abort=lambda: [shutil.rmtree(d, ignore_errors=True) for d in made])
     try:
         tmp = _temporary(s) if record and record_dir is None else None
+        made += [tmp.name] if tmp is not None else []
         try:
             with endpoints_named(flags):  # a busy --viewer-port: one line, not a traceback
                 result = run_demo(s, stages, emu_cfg, status=lambda ln: typer.echo(ln, err=True), stop=stop)

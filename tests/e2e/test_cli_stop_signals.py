@@ -298,6 +298,41 @@ def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
     assert not list(tmp.glob("sbd-demo-*"))
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the child in /proc (Linux)")
+def test_a_third_signal_ends_demo_at_once_and_still_removes_its_temporary_recording(
+    tmp_path: Path, tiny_engine_dir: Path
+) -> None:
+    """The third stop signal ends the process by its default action, unfinished; the demo's temporary
+    folder (a recording nobody asked to keep) stayed behind in /tmp. Its emulator child ends with it."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [
+        *CLI, "demo", "--frames", "4000", "--rate", "40", "--synthetic", "--shape", "64x64",
+        "--no-likelihood", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+    )
+    kids: list[int] = []
+    try:
+        err = Lines(proc.stderr)
+        assert err.wait_for("received", 180), err.text
+        kids = _children(proc.pid)
+        assert kids and list(tmp.glob("sbd-demo-*")), err.text
+        for _ in range(3):  # apart: one signal pending twice is delivered once
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+        proc.wait(60)
+    finally:
+        _kill(proc)
+    assert "ending now" in err.text, err.text[-2000:]
+    assert proc.returncode == -signal.SIGTERM, err.text[-2000:]
+    assert not list(tmp.glob("sbd-demo-*"))
+    assert wait_until(lambda: not [k for k in kids if _alive(k)], 30)  # the child: its stdin closed
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine_dir: Path, sig: int) -> None:
