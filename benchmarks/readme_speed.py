@@ -191,8 +191,9 @@ def capacity_h200() -> str:
 
 
 def scale_out() -> str:
-    """The worker pool (bench_capacity.json ``scaling``) and offline Dask (offline_dask.json)."""
-    cap, dask = load("bench_capacity.json"), load("offline_dask.json")
+    """The worker pool (bench_capacity.json ``scaling``), offline Dask (offline_dask.json) and the workers'
+    reads of a stack chunk by chunk (stack_read.json)."""
+    cap, dask, reads = load("bench_capacity.json"), load("offline_dask.json"), load("stack_read.json")
     one, two = sorted(cap["scaling"], key=lambda r: r["workers"])[:2]
     s = cap["scaling_summary"]
     rows = {(r["run"], r["workers"]): r for r in dask["rows"]}
@@ -216,6 +217,12 @@ def scale_out() -> str:
             if identical
             else "outputs NOT bit-identical |"
         ),
+        f"| a worker reading {reads['frames']} frames of {reads['frame'][0]}^2 in chunks of "
+        f"{reads['chunk_frames']}, opened per chunk vs kept open (`{command(reads)}`) | "
+        + "; ".join(
+            f"{r['layout']} {r['per_chunk_s']:.3g} vs {r['kept_open_s']:.3g} s" for r in reads["rows"]
+        )
+        + " |",
     ]
     return "\n".join(lines)
 
