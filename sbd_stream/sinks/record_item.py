@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PARTS_KEPT", "RAW_ROWS_KEPT", "REMEMBER_ACQS", "PartIndex", "Recent", "RecordItem"]
+__all__ = ["PARTS_KEPT", "RAW_ROWS_KEPT", "REMEMBER_ACQS", "Evicted", "PartIndex", "Recent", "RecordItem"]
 
 REMEMBER_ACQS = 4096  # part numbers and series metadata kept for this many recent acquisitions
 PARTS_KEPT = 64  # closed parts per acquisition that late outputs may still be appended to
@@ -87,3 +88,35 @@ class PartIndex:
         known = self.parts.get(acq) or []
         i = bisect.bisect_right(known, rx, key=lambda part: part[0]) - 1  # per output: no list built
         return known[i][1] if i >= 0 else None
+
+
+class Evicted:
+    """Current parts closed only to keep ``record.max_open_files``: where their raw frames continue.
+
+    Why: with more acquisitions interleaved than files may be open (24 round-robin against 16), the
+    least recently used part is the very one the next frame needs. Each frame then opened a new part
+    (the NeXus layout laid out again: 397 files for 600 frames), the writer fell behind at 40 Hz and
+    the queue dropped 27 % of the raw frames. Reopening the same part costs an open, not a layout, and
+    keeps one part per acquisition.
+    """
+
+    def __init__(self, limit: int = REMEMBER_ACQS) -> None:
+        self.parts: Recent = Recent(limit)  # acq -> (path, shape, dtype, monotonic time of the close)
+
+    def add(self, acq: str, path: Path, shape: tuple[int, ...], dtype: np.dtype, when: float) -> None:
+        self.parts[acq] = (path, tuple(shape), np.dtype(dtype), when)
+
+    def take(
+        self, acq: str, shape: tuple[int, ...], dtype: np.dtype, max_age_s: float
+    ) -> tuple[Path, float] | None:
+        """(path, time of the close) of ``acq``'s evicted part if a raw frame of ``shape`` and ``dtype``
+        may continue it, closed less than ``max_age_s`` ago (``idle_close_s``: a part idle that long is
+        done); else forgotten, and that frame opens a new part, as after a roll or an idle close."""
+        got = self.parts.pop(acq, None)
+        if got is None or got[1] != tuple(shape) or got[2] != np.dtype(dtype) or not got[0].exists():
+            return None
+        return (got[0], got[3]) if time.monotonic() - got[3] < max_age_s else None
+
+    def forget(self, acq: str) -> None:
+        """A series boundary, restart or failure: the next raw frame starts a new part."""
+        self.parts.pop(acq, None)

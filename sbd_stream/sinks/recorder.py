@@ -47,8 +47,9 @@ from sbd_stream.frames import FrameQueue
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import FrameHeader
-from sbd_stream.sinks.disk_space import check_space, is_disk_full
-from sbd_stream.sinks.record_item import PARTS_KEPT, RAW_ROWS_KEPT, PartIndex, Recent, RecordItem
+from sbd_stream.sinks.disk_space import check_space
+from sbd_stream.sinks.open_parts import OpenParts
+from sbd_stream.sinks.record_item import RAW_ROWS_KEPT, PartIndex, Recent, RecordItem
 from sbd_stream.sinks.record_runs import RunBook
 from sbd_stream.sinks.stored_dtype import StoredDtype
 from sbd_stream.supervisor import Supervisor
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 CONTROL = ("series_start", "series_end")
 
 
-class Recorder(BackgroundWorker):
+class Recorder(OpenParts, BackgroundWorker):
     """Consumes RecordItems on its own thread; owns every open file."""
 
     thread_name = "sbd-recorder"
@@ -78,7 +79,7 @@ class Recorder(BackgroundWorker):
         sampling: dict[str, Any] | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
-        self.s, self.metrics = settings, metrics
+        self._init_parts(settings, metrics)  # files, previous, closed_parts, failed, full, evicted
         self.denoised_dtype = np.dtype(settings.denoised_dtype)
         self.stored = StoredDtype(self.denoised_dtype, metrics)  # float16 without overflowing to inf
         self.card = card or {}
@@ -86,10 +87,6 @@ class Recorder(BackgroundWorker):
         self.run_config = run_config or {}
         depth = metrics.queue_depth.labels(queue="record")
         self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes, on_change=depth.set)
-        self.files: dict[str, AcqFile] = {}  # the current part of each open acquisition
-        self.previous: dict[str, AcqFile] = {}  # the part before a shape/dtype roll (late outputs)
-        self.closed_parts: Recent = Recent()  # acq -> [(path, shape)] closed while outputs may follow
-        self.failed: Recent = Recent()  # acquisitions whose recording stopped on a disk error
         self.series_meta: Recent = Recent()
         self.t0: Recent = Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
         self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq, ts) -> part: items without ``rx``
@@ -106,7 +103,6 @@ class Recorder(BackgroundWorker):
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.runs = RunBook()  # part names, run_uid, segment
-        self.full: set[str] = set()  # acquisitions whose current part passed max_file_bytes
         self.loss_log = RateLimitedLog(log)  # a full queue: one line, then a sum a minute (not 40 a second)
 
     # --- producer side (never blocks) -------------------------------------------------------------
@@ -145,6 +141,7 @@ class Recorder(BackgroundWorker):
 
     def _finalize(self) -> None:
         self.loss_log.tick(force=True)
+        self.files_log.tick(force=True)
         self._drain()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -197,6 +194,7 @@ class Recorder(BackgroundWorker):
 
     def _tick(self) -> None:
         self.loss_log.tick()
+        self.files_log.tick()
         while self._pending and (self._pending[0][1] is None or self._pending[0][1].done()):
             self._drain(len(self._pending) - 1)
         if not len(self.queue):
@@ -279,6 +277,8 @@ class Recorder(BackgroundWorker):
                 reason = "shape" if af.shape != shape else "dtype" if af.raw_dtype != dtype else "size"
                 return self._roll(item.acq, reason, shape, dtype)  # type: ignore[arg-type]
             if af is None:
+                if (back := self.evicted.take(item.acq, shape, dtype, self.s.idle_close_s)) is not None:
+                    return self._continue(item.acq, *back)
                 if item.acq not in self.t0:
                     self.t0[item.acq] = item.ts
                 return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
@@ -292,29 +292,6 @@ class Recorder(BackgroundWorker):
             if cand is not None and (cand.path == path if path is not None else cand.shape == shape):
                 return cand
         return self._reopen_for(item.acq, shape, path)  # type: ignore[arg-type]
-
-    def _reopen_for(self, acq: str, shape: tuple[int, int], want: Path | None = None) -> AcqFile | None:
-        """The closed part ``want`` (or the latest of this shape) of ``acq``, opened again for a late output.
-
-        Outputs trail their raw frames by the denoising latency; a part closed in between (idle, too
-        many files open, a new series_start) must not lose them. None if there is no such part.
-        """
-        closed = self.closed_parts.get(acq, [])
-        if want is not None and want.exists() and all(p != want for p, _ in closed):
-            closed = [(want, shape)]  # ours (PartIndex), closed longer ago than PARTS_KEPT parts
-        for path, part_shape in reversed(closed):
-            if (path != want if want is not None else part_shape != shape) or not path.exists():
-                continue
-            self._make_room()
-            af = AcqFile.reopen(path, self.s)
-            before = self.previous.pop(acq, None)  # for outputs only: new raw frames open their own part
-            if before is not None:
-                self._shut(before)
-            self.previous[acq] = af
-            self._gauge()
-            log.debug("reopened %s for late outputs of %s", path, acq)
-            return af
-        return None
 
     def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
         self._make_room()
@@ -341,13 +318,6 @@ class Recorder(BackgroundWorker):
         log.info("recording %s to %s", acq, path)
         return af
 
-    def _make_room(self) -> None:
-        """Close the least recently used files until one more may open (``max_open_files``)."""
-        while len(self.files) + len(self.previous) >= self.s.max_open_files:
-            acq, af = min([*self.files.items(), *self.previous.items()], key=lambda kv: kv[1].last_used)
-            log.info("closing %s: %d files open (record.max_open_files)", af.path, self.s.max_open_files)
-            self._close_file(acq, af, "max_open")
-
     def _roll(self, acq: str, reason: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
         """Continue ``acq`` in a new part; the old part stays open for the outputs still on their way."""
         self.metrics.record_rolls.labels(reason=reason).inc()
@@ -371,79 +341,9 @@ class Recorder(BackgroundWorker):
         assert item.data is not None
         self.t0[item.acq] = item.ts
         self.runs.boundary(item.acq)  # the new run's numbering: a new segment for readers
+        self.evicted.forget(item.acq)
         if item.acq not in self.files:  # a new acquisition, or its part was closed: one opens anyway
             return
         msg = "%s: sequence restarted at seq %s without series_start; continuing in a new part"
         log.warning(msg, item.acq, item.seq)  # so that no part holds a seq twice
         self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
-
-    def _close_file(self, acq: str, af: AcqFile, reason: str) -> None:
-        if self.files.get(acq) is af:
-            del self.files[acq]
-            self.full.discard(acq)
-        elif self.previous.get(acq) is af:
-            del self.previous[acq]
-        self.metrics.record_files_closed.labels(reason=reason).inc()
-        self._shut(af)
-
-    def _shut(self, af: AcqFile) -> None:
-        try:
-            af.flush()
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("flushing %s failed: %s", af.path, exc)
-            af.abandon()
-            self._gauge()
-            return
-        af.close()
-        self._remember_closed(af)
-        self._gauge()
-
-    def _remember_closed(self, af: AcqFile) -> None:
-        parts = [p for p in self.closed_parts.get(af.acq, []) if p[0] != af.path][-(PARTS_KEPT - 1) :]
-        self.closed_parts[af.acq] = [*parts, (af.path, af.shape)]
-
-    def _drop(self, acq: str, reason: str) -> bool:
-        """Close both parts of ``acq`` (if open), counted under ``reason``; True if any was open."""
-        found = False
-        for table in (self.files, self.previous):
-            af = table.get(acq)
-            if af is not None:
-                self._close_file(acq, af, reason)
-                found = True
-        return found
-
-    def _gauge(self) -> None:
-        self.metrics.record_open_files.set(len(self.files) + len(self.previous))
-
-    def _fail(self, acq: str, exc: Exception) -> None:
-        kind = "disk_full" if is_disk_full(exc) else "io"
-        self.metrics.record_errors.labels(kind=kind).inc()
-        self.metrics.record_dropped.inc()
-        log.error("recording of %s stopped (%s): %s", acq, kind, exc)
-        self.failed[acq] = True
-        for table in (self.files, self.previous):
-            af = table.pop(acq, None)
-            if af is not None:
-                af.abandon()  # never close a file HDF5 failed to write: freeing it crashed the process
-        self._gauge()
-
-    def close(self, acq: str) -> None:
-        """Flush and close every open part of ``acq`` (series start / end, shutdown)."""
-        self.full.discard(acq)
-        for table in (self.files, self.previous):
-            af = table.pop(acq, None)
-            if af is None:
-                continue
-            try:
-                af.flush()
-            except (OSError, RuntimeError, ValueError) as exc:
-                table[acq] = af
-                self._fail(acq, exc)
-                continue
-            af.close()
-            self._remember_closed(af)
-        self._gauge()
-
-    def close_all(self) -> None:
-        for acq in list({**self.files, **self.previous}):
-            self.close(acq)

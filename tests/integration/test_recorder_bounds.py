@@ -97,6 +97,40 @@ def test_open_files_are_capped_and_idle_ones_closed_and_outputs_reopen_them(tmp_
     assert sorted(p.name for p in tmp_path.glob("acq0*.nxs")) == ["acq0.nxs", "acq0_0001.nxs"]
 
 
+def test_more_interleaved_acquisitions_than_open_files_continue_their_own_parts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Round-robin over more acquisitions than ``max_open_files``: least-recently-used closing evicts
+    the part the next frame needs. Each frame opened a new part (24 acquisitions: 397 files for 600
+    frames), the writer fell behind and the queue dropped 27 % of the raw frames. The part is reopened
+    instead: one part per acquisition, every frame and output in it, one WARNING for the lot."""
+    rec, m = _rec(tmp_path, max_open_files=3, record_denoised=True)
+    frame = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    acqs = [f"acq{k}" for k in range(5)]
+    with caplog.at_level(logging.INFO, logger="sbd_stream.sinks.recorder"):
+        for seq in range(6):
+            for a in acqs:
+                rec.write(_raw(a, seq, frame + seq))
+                rec.write(RecordItem("denoised", a, seq, float(seq), np.full((4, 4), seq, np.float32)))
+                assert len(rec.files) + len(rec.previous) <= 3 and _open_h5(tmp_path) <= 3
+        rec.write(RecordItem("series_start", "acq0"))  # a boundary: the next frame starts a new part
+        rec.write(_raw("acq0", 0, frame))
+        rec.write(_raw("acq1", 6, np.ones((6, 8), np.uint16)))  # another shape: a roll, not a reopen
+        rec.close_all()
+    names = sorted([*(f"{a}.nxs" for a in acqs), "acq0_0001.nxs", "acq1_0001.nxs"])
+    assert sorted(p.name for p in tmp_path.glob("*.nxs")) == names
+    for a in acqs:
+        with open_recording(tmp_path / f"{a}.nxs") as f:
+            assert list(f["raw/seq"]) == list(range(6)) and list(f["denoised/seq"]) == list(range(6))
+            np.testing.assert_array_equal(f["raw/frames"][5], frame + 5)
+            np.testing.assert_array_equal(f["denoised/frames"][3], np.full((4, 4), 3))
+    assert m.value("sbd_record_dropped_total") == 0
+    warned = [r for r in caplog.records if "is reopened" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING, [r.getMessage() for r in warned]
+    closes = [r for r in caplog.records if "record.max_open_files)" in r.getMessage()]
+    assert len(closes) == 1  # the first; the others summed up (at DEBUG until the summary line)
+
+
 def test_series_boundaries_are_never_refused_by_a_full_queue(tmp_path: Path) -> None:
     m = Metrics()
     rec = Recorder(RecordSettings(directory=tmp_path, min_free_bytes=0), m, queue_frames=2)
