@@ -19,10 +19,11 @@ This module puts the shares back together:
   stragglers), or less when the end says how many frames the series had (``frames_expected``).
   A sender that restarts re-using an acquisition id (a bridge that crashed without ``series_end``)
   starts the acquisition anew: a new ``series_start`` (not a ``meta.joined`` / ``meta.resumed``
-  re-announcement, and later than the one taken) after frames went out, or a frame whose number went
-  out already but whose ``ts`` is later than every frame of the acquisition so far. The old series'
-  holes become gaps and its ``series_end`` goes out (made up, ``end_reason = "restarted"``, when the
-  sender sent none) before the new series' start (``restarts`` counts them).
+  re-announcement, and later than the one taken) after frames went out, or a frame whose number came
+  already (went out, was declared missing, or is still held: waiting for its start or behind a gap)
+  but whose ``ts`` is later than every frame of the acquisition so far. The old series' held frames go
+  out, its holes become gaps and its ``series_end`` goes out (made up, ``end_reason = "restarted"``,
+  when the sender sent none) before the new series' start (``restarts`` counts them).
 * ``MergeService`` SUB-connects to every instance's publisher, feeds the buffer and republishes on
   one PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``:
   a malformed message is counted by reason and logged once per reason, a message whose handling
@@ -35,10 +36,10 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sbd_stream.merge.gaplog import GapLog
+from sbd_stream.merge.streams import AcqState, Stream
 from sbd_stream.protocol import (
     TOPIC_DENOISED,
     TOPIC_LLR,
@@ -56,7 +57,6 @@ DEFAULT_GAP_TIMEOUT_S = 2.0
 """How long a frame may wait for a missing earlier one; also the wait for series_start / stragglers."""
 MAX_OPEN_ACQS = 64  # acquisitions with state; past this the least recently active one is flushed
 REMEMBER_CLOSED = 256  # ended acquisitions remembered (with their newest ts): stragglers count as late
-REMEMBER_MISSING = 1024  # missing ranges remembered per stream, to tell a late frame from a duplicate
 OUTPUT_TOPICS = frozenset({TOPIC_DENOISED, TOPIC_LLR})
 
 
@@ -75,53 +75,6 @@ class Released:
     seq: int
     payload: Any
     merged: dict[str, Any] | None = None
-
-
-@dataclass
-class _Stream:
-    """One (acquisition, topic): the frames waiting and where the ordered output stands."""
-
-    next: int | None  # the next seq to release; None until the stream's first number is known
-    anchor: int | None = None  # the first seq released (or declared missing)
-    buf: dict[int, tuple[float, Any]] = field(default_factory=dict)  # seq -> (arrival, payload)
-    missing: collections.deque[tuple[int, int]] = field(
-        default_factory=lambda: collections.deque(maxlen=REMEMBER_MISSING)
-    )
-    released: int = 0
-    n_missing: int = 0
-
-    def oldest(self) -> float:
-        return min(t for t, _ in self.buf.values())
-
-    def was_missing(self, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in self.missing)
-
-
-@dataclass
-class _Acq:
-    acq: str
-    first_seen: float
-    last_frame: float
-    started: bool = False  # series_start forwarded, or given up waiting for it
-    streams: dict[bytes, _Stream] = field(default_factory=dict)
-    end: Any = None  # the first series_end's payload
-    end_at: float = 0.0
-    expected: int | None = None
-    late_logged: bool = False
-    start_ts: float | None = None  # ts of the series_start taken (not a joined / resumed re-announcement)
-    newest_ts: float | None = None  # the latest ts of a frame taken
-    floor_ts: float | None = None  # after a restart by a frame: frames up to this ts are the old series'
-    gaplog: GapLog = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.gaplog = GapLog(self.acq)
-
-    def output_began(self) -> bool:
-        return any(st.released or st.n_missing for st in self.streams.values())
-
-    def took(self, ts: float | None) -> None:
-        if ts is not None and (self.newest_ts is None or ts > self.newest_ts):
-            self.newest_ts = ts
 
 
 class ReorderBuffer:
@@ -149,7 +102,7 @@ class ReorderBuffer:
         self.window, self.gap_timeout_s, self.first_seq = window, gap_timeout_s, first_seq
         self.on_count = on_count
         self.stats: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.acqs: dict[str, _Acq] = {}
+        self.acqs: dict[str, AcqState] = {}
         self.closed: collections.OrderedDict[str, float | None] = collections.OrderedDict()  # -> newest ts
         self._evicted: list[Released] = []  # what flushing an evicted acquisition released
 
@@ -189,15 +142,15 @@ class ReorderBuffer:
             self._acq(acq, now).floor_ts = newest
         a = self._acq(acq, now)
         st = a.streams.get(topic)
-        if st is not None and st.next is not None and seq < st.next and self._later(a, ts):
-            out, a = self._restart(a, t, now, f"frame {seq} went out already and this one is later", True)
+        if st is not None and self._later(a, ts) and st.seen(seq):  # held counts: not only gone out
+            out, a = self._restart(a, t, now, f"frame {seq} came already and this one is later", True)
             st = None
         if a.floor_ts is not None and ts is not None and ts <= a.floor_ts:
             self._count("late", t)  # a straggler of the series a restart closed
             return out
         a.last_frame = now
         if st is None:
-            st = a.streams.setdefault(topic, _Stream(self.first_seq, self.first_seq))
+            st = a.streams.setdefault(topic, Stream(self.first_seq, self.first_seq))
         if st.next is not None and seq < st.next:
             if (st.anchor is not None and seq < st.anchor) or st.was_missing(seq):
                 self._late(a, t, seq)
@@ -207,7 +160,7 @@ class ReorderBuffer:
         if seq in st.buf:
             self._count("duplicates", t)
             return out
-        st.buf[seq] = (now, payload)
+        st.hold(seq, now, payload)
         a.took(ts)
         return out + self._advance(a, now)
 
@@ -270,12 +223,12 @@ class ReorderBuffer:
 
     # --- internals ---------------------------------------------------------------------------------
     @staticmethod
-    def _later(a: _Acq, ts: float | None) -> bool:
+    def _later(a: AcqState, ts: float | None) -> bool:
         """A frame later than every frame of ``a``: a constant or missing ``ts`` never is."""
         return ts is not None and a.newest_ts is not None and ts > a.newest_ts
 
     @staticmethod
-    def _restarted_by(a: _Acq, ts: float | None) -> bool:
+    def _restarted_by(a: AcqState, ts: float | None) -> bool:
         """A sender's second ``series_start`` of ``a``, later than the first, after frames went out.
 
         The same start forwarded by several instances has the same ``ts``: dropped, as before."""
@@ -284,8 +237,8 @@ class ReorderBuffer:
         )
 
     def _restart(
-        self, a: _Acq, topic: str, now: float, why: str, by_frame: bool
-    ) -> tuple[list[Released], _Acq]:
+        self, a: AcqState, topic: str, now: float, why: str, by_frame: bool
+    ) -> tuple[list[Released], AcqState]:
         """Close ``a`` (holes become gaps, its end goes out) and open it anew; returns (released, new).
 
         ``by_frame``: a frame's ``ts`` told the restart, so frames up to the old series' newest ``ts``
@@ -304,7 +257,7 @@ class ReorderBuffer:
         if self.on_count is not None:
             self.on_count(kind, topic, n)
 
-    def _late(self, a: _Acq, topic: str, seq: int) -> None:
+    def _late(self, a: AcqState, topic: str, seq: int) -> None:
         self._count("late", topic)
         if not a.late_logged:
             a.late_logged = True
@@ -316,17 +269,17 @@ class ReorderBuffer:
                 seq,
             )
 
-    def _acq(self, acq: str, now: float) -> _Acq:
+    def _acq(self, acq: str, now: float) -> AcqState:
         a = self.acqs.get(acq)
         if a is None:
             if len(self.acqs) >= MAX_OPEN_ACQS:  # bounded: the least recently active one is flushed
                 oldest = min(self.acqs.values(), key=lambda x: max(x.last_frame, x.end_at))
                 log.warning("merge: more than %d acquisitions open; flushing %s", MAX_OPEN_ACQS, oldest.acq)
                 self._evicted.extend(self._drain(oldest, now, close=True))
-            a = self.acqs[acq] = _Acq(acq, now, now)
+            a = self.acqs[acq] = AcqState(acq, now, now)
         return a
 
-    def _gate_open(self, a: _Acq, now: float) -> bool:
+    def _gate_open(self, a: AcqState, now: float) -> bool:
         """Frames wait for their series_start (forwarded first), up to the gap timeout or window."""
         if a.started:
             return True
@@ -339,7 +292,7 @@ class ReorderBuffer:
             return True
         return False
 
-    def _without_start(self, a: _Acq, why: str) -> None:
+    def _without_start(self, a: AcqState, why: str) -> None:
         """Let ``a``'s frames go without a ``series_start``: counted (``joined``) and logged once.
 
         The merge joined the series mid-way (it subscribed after the sender's start: a PUB drops what
@@ -363,7 +316,7 @@ class ReorderBuffer:
             a.acq, why, where, unseen,
         )  # fmt: skip
 
-    def _advance(self, a: _Acq, now: float) -> list[Released]:
+    def _advance(self, a: AcqState, now: float) -> list[Released]:
         out: list[Released] = []
         if not self._gate_open(a, now):
             return out
@@ -374,7 +327,7 @@ class ReorderBuffer:
         a.gaplog.tick(now)
         return out
 
-    def _end_due(self, a: _Acq, now: float) -> bool:
+    def _end_due(self, a: AcqState, now: float) -> bool:
         if now - max(a.end_at, a.last_frame) >= self.gap_timeout_s:
             return True
         if a.expected is None:
@@ -383,7 +336,7 @@ class ReorderBuffer:
             return False
         return all(not st.buf and st.next is not None and st.next >= a.expected for st in a.streams.values())
 
-    def _release(self, a: _Acq, topic: bytes, st: _Stream, now: float, final: bool) -> list[Released]:
+    def _release(self, a: AcqState, topic: bytes, st: Stream, now: float, final: bool) -> list[Released]:
         out: list[Released] = []
         if not st.buf:
             return out
@@ -409,7 +362,7 @@ class ReorderBuffer:
             st.next = lo
         return out
 
-    def _gap(self, a: _Acq, topic: str, st: _Stream, first: int, last: int, now: float) -> None:
+    def _gap(self, a: AcqState, topic: str, st: Stream, first: int, last: int, now: float) -> None:
         n = last - first + 1
         if n <= 0:
             return
@@ -419,7 +372,7 @@ class ReorderBuffer:
         self._count("missing", topic, n)
         a.gaplog.gap(topic, first, last, now)  # the first at once, later ones summed up
 
-    def _drain(self, a: _Acq, now: float, close: bool, made_up_end: bool = False) -> list[Released]:
+    def _drain(self, a: AcqState, now: float, close: bool, made_up_end: bool = False) -> list[Released]:
         """Release every held frame of ``a`` (holes become gaps); with ``close`` also its end.
 
         ``made_up_end``: send an end (payload None) even if the sender sent none (a restart)."""

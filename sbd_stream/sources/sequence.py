@@ -11,12 +11,25 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import time
 
+from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
+from sbd_stream.sources.gaplog import GapLog
 
 __all__ = ["AcquisitionSequences", "LateStartNotice", "SeqEvent", "SequenceTracker", "count_sequence_event"]
 
 log = logging.getLogger(__name__)
+
+INPUT_GAP_LOG_EVERY_S = 60.0
+"""At most one summed-up gap line per acquisition per this many seconds, after its first gap."""
+REMEMBER_EVICTED = 4096
+"""Acquisitions past the tracked ones whose numbering is remembered (their last seq and newest ts)."""
+_GAP_HINT = (
+    " (counted in sbd_frames_missing_total and sbd_sequence_gaps_total: lost by the sender, the network "
+    "or a PUB at its high-water mark; on a PULL input shared by several instances the others took them. "
+    f"Later gaps of this acquisition are summed up, one line per {INPUT_GAP_LOG_EVERY_S:.0f} s)"
+)
 
 
 class SeqEvent(enum.Enum):
@@ -81,11 +94,25 @@ class SequenceTracker:
         self.newest_ts: float | None = None  # the latest ts of a frame taken
         self._seen: collections.deque[int] = collections.deque(maxlen=reorder_window)
         self._seen_set: set[int] = set()
+        self.gaplog: GapLog | None = None  # made at the first gap within a series
 
     def reset(self, acq: str | None = None) -> None:
+        self.flush_gaps()  # the old series' summed-up gaps are said before the new one's
         self.acq, self.last, self.newest_ts = acq, -1, None
         self._seen.clear()
         self._seen_set.clear()
+
+    def flush_gaps(self) -> None:
+        """Log the gaps summed up since the last line, and start the next series' log afresh."""
+        if self.gaplog is not None:
+            self.gaplog.flush(time.monotonic())
+            self.gaplog = None
+
+    def _log_gap(self, acq: str, first: int, last: int) -> None:
+        """A gap in the middle of a series (a late first frame is ``LateStartNotice``'s)."""
+        if self.gaplog is None:
+            self.gaplog = GapLog(f"acquisition {acq}", INPUT_GAP_LOG_EVERY_S, "input", _GAP_HINT, log)
+        self.gaplog.gap("", first, last, time.monotonic())
 
     def _remember(self, seq: int) -> None:
         if len(self._seen) == self._seen.maxlen:
@@ -99,6 +126,8 @@ class SequenceTracker:
         later = ts is not None and (self.newest_ts is None or ts > self.newest_ts)
         if event is not SeqEvent.duplicate and later:
             self.newest_ts = ts
+        if self.gaplog is not None:
+            self.gaplog.tick(time.monotonic())
         return event, missing
 
     def _classify(self, acq: str, seq: int, ts: float | None) -> tuple[SeqEvent, int]:
@@ -117,6 +146,8 @@ class SequenceTracker:
         if seq > self.last + 1:
             if self.last < 0:
                 self.late_start(acq, seq)
+            else:
+                self._log_gap(acq, self.last + 1, seq - 1)
             missing = seq - self.last - 1
             self._remember(seq)
             self.last = seq
@@ -140,13 +171,24 @@ class AcquisitionSequences:
     each continuous; one tracker for the stream saw every frame as a new acquisition (a restart) and so
     counted no gap or duplicate at all. The first frame of an acquisition not seen before is a restart
     when another one is running (as before); going back to a remembered one continues its numbering.
-    The ``max_acqs`` most recently active acquisitions are remembered (each holds its reorder window).
+    The ``max_acqs`` most recently active acquisitions are tracked in full (each holds its reorder
+    window). Past that the least recently active one is evicted, but its last number and newest ``ts``
+    are remembered (``remember`` of them, a few dozen bytes each): with 80 acquisitions round-robin,
+    each one's next frame was taken for a new acquisition starting late, inventing 2240 missing frames
+    and a warning blaming the sender. Such a one continues its numbering; only a repeat of a number it
+    had before its last is no longer told from a late frame (kept, not dropped). Eviction is logged
+    (rate-limited).
     """
 
-    def __init__(self, reorder_window: int = 1024, max_acqs: int = 64) -> None:
-        self.window, self.max_acqs = reorder_window, max_acqs
+    def __init__(
+        self, reorder_window: int = 1024, max_acqs: int = 64, remember: int = REMEMBER_EVICTED
+    ) -> None:
+        self.window, self.max_acqs, self.remember = reorder_window, max_acqs, remember
         self.late_start = LateStartNotice()  # one for the stream: the first late start says why
         self._trackers: collections.OrderedDict[str, SequenceTracker] = collections.OrderedDict()
+        self._evicted: collections.OrderedDict[str, tuple[int, float | None]] = collections.OrderedDict()
+        self._evict_log = RateLimitedLog(log)
+        self._ticked = time.monotonic()
 
     @property
     def running(self) -> bool:
@@ -156,10 +198,34 @@ class AcquisitionSequences:
     def _get(self, acq: str) -> tuple[SequenceTracker, bool]:
         t = self._trackers.pop(acq, None)
         fresh = t is None
-        self._trackers[acq] = t = t or SequenceTracker(self.window, self.late_start)  # the most recent last
+        if t is None:
+            t = SequenceTracker(self.window, self.late_start)
+            kept = self._evicted.pop(acq, None)
+            if kept is not None:  # evicted while still active: it goes on where it was
+                t.acq, (t.last, t.newest_ts), fresh = acq, kept, False
+                t._remember(t.last)  # its last number again is still a duplicate
+        self._trackers[acq] = t  # the most recent last
         while len(self._trackers) > self.max_acqs:
-            self._trackers.popitem(last=False)
+            self._evict(*self._trackers.popitem(last=False))
         return t, fresh
+
+    def _evict(self, acq: str, t: SequenceTracker) -> None:
+        t.flush_gaps()
+        self._evicted[acq] = (t.last, t.newest_ts)
+        while len(self._evicted) > self.remember:
+            self._evicted.popitem(last=False)  # forgotten: its next frame counts as a new acquisition
+        self._evict_log.log(
+            "evict",
+            logging.WARNING,
+            "acquisitions moved out of full sequence tracking",
+            "more than %d acquisitions active on this input: %s, the least recently active, is no longer "
+            "tracked in full; its numbering is remembered (up to %d such acquisitions), so its next "
+            "frame continues it, but a repeat of an earlier number of it is kept as a late frame instead of "
+            "dropped as a duplicate (sbd_frames_out_of_order_total)",
+            self.max_acqs,
+            acq,
+            self.remember,
+        )
 
     def start(self, acq: str) -> None:
         """``series_start``: this acquisition's numbering starts afresh."""
@@ -168,9 +234,21 @@ class AcquisitionSequences:
     def observe(self, acq: str, seq: int, ts: float | None = None) -> tuple[SeqEvent, int]:
         t, fresh = self._get(acq)
         event, missing = t.observe(acq, seq, ts)
+        self._tick()
         if fresh and len(self._trackers) > 1:
             return SeqEvent.restart, missing  # a new acquisition beside (or after) another one
         return event, missing
+
+    def _tick(self) -> None:
+        """Once a second: the summed-up gap lines of acquisitions that got no frame since are due too."""
+        now = time.monotonic()
+        if now - self._ticked < 1.0:
+            return
+        self._ticked = now
+        for t in self._trackers.values():
+            if t.gaplog is not None:
+                t.gaplog.tick(now)
+        self._evict_log.tick(now)
 
 
 def count_sequence_event(m: Metrics, event: SeqEvent, missing: int) -> bool:

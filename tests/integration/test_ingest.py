@@ -265,7 +265,8 @@ def test_interleaved_acquisitions_are_each_accounted_on_their_own() -> None:
     assert t.observe("a", 4) == (SeqEvent.out_of_order, 0)
     t.start("a")  # series_start of a: its numbering starts afresh, b's is kept
     assert t.observe("a", 0) == (SeqEvent.ok, 0) and t.observe("b", 4) == (SeqEvent.ok, 0)
-    # only the most recent acquisitions are remembered: a forgotten one comes back as a restart
+    # past the most recent acquisitions one is evicted, but its numbering is remembered: x goes on
     small = AcquisitionSequences(max_acqs=2)
-    assert [small.observe(a, 0)[0] for a in ("x", "y", "z", "x")] == [SeqEvent.ok] + [SeqEvent.restart] * 3
-    assert small.observe("z", 1) == (SeqEvent.ok, 0)
+    assert [small.observe(a, 0)[0] for a in ("x", "y", "z")] == [SeqEvent.ok] + [SeqEvent.restart] * 2
+    assert small.observe("x", 0) == (SeqEvent.duplicate, 0)  # its last number again: still a duplicate
+    assert small.observe("x", 1) == (SeqEvent.ok, 0) and small.observe("z", 1) == (SeqEvent.ok, 0)

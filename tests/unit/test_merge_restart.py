@@ -135,3 +135,41 @@ def test_a_stalled_instance_logs_its_gaps_summed_up_not_one_line_each(
     assert 3 <= len(lines) <= 5, lines  # 30 s: the first line, about one per 10 s, the last
     summed = [int(line.split(" more gaps (")[0].rsplit(" ", 1)[1]) for line in lines[1:]]
     assert sum(summed) == 298 and all("more gaps" in line for line in lines[1:])
+
+
+def test_a_restart_while_the_old_series_is_held_is_not_taken_for_duplicates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The audit (run6): no series_start, frames 0-3 held waiting for one, and the sender restarted
+    0.3 s later with the same numbers and later ts. Every new frame was dropped as a duplicate (16 of
+    them), no restart was counted, and the merge then waited for a frame 4 that never came."""
+    buf = ReorderBuffer(window=16, gap_timeout_s=2.0)
+    out = series(buf, 4, 0.0, 100.0, start=False)  # held: waiting for a start that never comes
+    assert out == []
+    with caplog.at_level(logging.WARNING, "sbd_stream.merge"):
+        out = series(buf, 4, 0.3, 110.0, start=False)  # the restarted sender: 0-3 again, later ts
+    assert seqs(out) == [("denoised", q) for q in range(4)] + [("series_end", -1)]  # the old, then its end
+    assert [r.payload for r in out[:4]] == [0, 1, 2, 3] and out[-1].payload is None
+    assert buf.total("restarts") == 1 and buf.total("duplicates") == 0
+    assert any("x starts anew" in r.getMessage() for r in caplog.records)
+    out = buf.poll(2.4)  # the new series' frames went without a start too: both series in full
+    assert seqs(out) == [("denoised", q) for q in range(4)]
+    assert buf.total("frames") == 8 and buf.total("gaps") == 0 and buf.total("late") == 0
+
+
+def test_a_restart_while_the_old_series_waits_behind_a_gap_keeps_both_series() -> None:
+    """With a start: frame 1 lost, 2-3 held behind it; the restarted sender's frame 2 (another
+    instance got its 0 and 1) is later than every frame so far, so it is the new series' frame 2."""
+    buf = ReorderBuffer(window=16, gap_timeout_s=2.0)
+    out = buf.push_series(S, "x", "start", {}, 0.0, 99.0)
+    for q in (0, 2, 3):
+        out += buf.push_frame(D, "x", q, f"old{q}", 0.01 * q, 100.0 + q)
+    out += buf.push_frame(D, "x", 3, "dup", 0.05, 103.0)  # a true duplicate repeats its ts
+    assert seqs(out) == [("series_start", -1), ("denoised", 0)] and buf.total("duplicates") == 1
+    out = buf.push_frame(D, "x", 2, "new2", 0.5, 202.0)
+    assert [(r.seq, r.payload) for r in out] == [(2, "old2"), (3, "old3"), (-1, None)]
+    assert out[-1].merged == {"frames": {"denoised": 3}, "missing": {"denoised": 1}}
+    out = buf.push_frame(D, "x", 0, "new0", 0.6, 200.0) + buf.push_frame(D, "x", 1, "new1", 0.7, 201.0)
+    out += buf.poll(2.6)
+    assert [(r.seq, r.payload) for r in out] == [(0, "new0"), (1, "new1"), (2, "new2")]
+    assert buf.total("restarts") == 1 and buf.total("duplicates") == 1 and buf.total("late") == 0
