@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -356,3 +360,27 @@ def test_a_file_stating_another_pixel_size_is_warned_and_listed(tmp_path: Path) 
     listed = _strict_load(out / "evaluate_images.json")["sampling_disagreements"]
     assert [Path(d["path"]).name for d in listed] == ["other.mrc"]
     assert listed[0]["stated_pixel_size_A"] == pytest.approx(0.05) and listed[0]["pixel_size_A"] == 0.06
+
+
+def test_a_full_disk_never_replaces_the_previous_figure(tmp_path: Path) -> None:
+    """Each artefact is written under a temporary name and renamed: a file size limit (EFBIG, as a full
+    disk) cut ``evaluate_images.png`` short in place, destroying the previous run's good figure."""
+    src, out = _folder(tmp_path), tmp_path / "out"
+    args = [str(src), "--pixel-size", "0.06", *FAST, "--out-dir", str(out)]
+    assert _run(*args).exit_code == 0
+    png = (out / "evaluate_images.png").read_bytes()
+    assert len(png) > 20_000
+
+    def limited() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # the JSON and MD fit, the PNG not
+
+    cmd = [sys.executable, "-m", "training.cli", "evaluate-images", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limited, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "File too large" in res.stderr.splitlines()[-1]
+    assert (out / "evaluate_images.png").read_bytes() == png  # was a truncated 20,000-byte PNG
+    assert json.loads((out / "evaluate_images.json").read_text())["rows"]  # whole, old or new
+    assert sorted(p.name for p in out.iterdir()) == [
+        "evaluate_images.json", "evaluate_images.md", "evaluate_images.png",
+    ]  # fmt: skip

@@ -194,6 +194,7 @@ def evaluate_images_cmd(
         markdown,
         write_figure,
         write_strict_json,
+        written_whole,
     )
     from training.evaluate.markdown import write_markdown
 
@@ -232,7 +233,8 @@ def evaluate_images_cmd(
     res["command"] = invocation("sbd-train")
     try:
         write_strict_json(res, out_dir / "evaluate_images.json")
-        write_markdown(markdown(res, res["command"]), out_dir / "evaluate_images.md")
+        with written_whole(out_dir / "evaluate_images.md") as tmp:  # a failed write keeps the previous one
+            write_markdown(markdown(res, res["command"]), tmp)
         names = [r["image"] for r in res["rows"] if r["draw"] == 0]
         png = write_figure(examples, names, out_dir / "evaluate_images.png")
     except OSError as e:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from training.evaluate.baselines import classical_baselines
+from training.evaluate.images import written_whole
 from training.evaluate.metrics import psnr
 from training.evaluate.tables import EvalConfig, load_items, sbd_method
 
@@ -65,7 +66,9 @@ def write_comparison_figure(table_json: Path, data: Path, out: Path, n_images: i
         axes[r, 0].set_ylabel(ids[r], fontsize=7)
     fig.suptitle(f"Held-out test frames, dose {table['dose']:g} e/px (noise seed {table['noise_seed']})")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    try:
+        with written_whole(out) as tmp:  # a failed write never replaces a good figure
+            fig.savefig(tmp, dpi=90, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out

@@ -18,9 +18,11 @@ not finite (a region the image lacks, a perfect match) are written as JSON ``nul
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +39,10 @@ from training.evaluate.clean_images import (
 from training.evaluate.regions import REGION_NAMES, region_fractions, region_psnrs, regions_from_clean
 from training.evaluate.tables import strict, write_json
 
-__all__ = ["SUFFIXES", "ImageEvalConfig", "evaluate_images", "markdown", "read_images", "write_figure"]
+__all__ = [
+    "SUFFIXES", "ImageEvalConfig", "evaluate_images", "markdown", "read_images", "write_figure",
+    "written_whole",
+]  # fmt: skip
 
 PAPER_COUNTS_PER_PX = 0.45
 """Vacuum counts per 0.060 A pixel in the paper: where its metric's [0, 1] clamp and 1-count range hold."""
@@ -243,8 +248,26 @@ def evaluate_images(
 
 
 def write_strict_json(obj: dict[str, Any], path: Path) -> None:
-    """Kept for callers of the earlier name: every results JSON is now strict (``tables.write_json``)."""
-    write_json(obj, path)
+    """Strict JSON (``tables.write_json``), written whole (``written_whole``)."""
+    with written_whole(path) as tmp:
+        write_json(obj, tmp)
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A hidden temporary name beside ``path`` to write to, renamed to ``path`` only when the block
+    succeeds and removed whatever happens.
+
+    Why: a full disk cut ``evaluate_images.png`` short in place: the previous run's good 600 kB figure
+    became a broken 20 kB file, while the command rightly failed. Now a failed write leaves the
+    previous result as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -351,7 +374,9 @@ def write_figure(examples: list[dict[str, np.ndarray]], names: list[str], path: 
             ax.set_axis_off()
         axes[row, 3].contour(ex["regions"], levels=[0.5, 1.5], colors=["k", "g"], linewidths=0.8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
+    try:
+        with written_whole(path) as tmp:
+            fig.savefig(tmp, dpi=70, format=path.suffix.lstrip(".") or "png")  # tmp's name has no .png
+    finally:
+        plt.close(fig)
     return path
