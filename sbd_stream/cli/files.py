@@ -66,6 +66,7 @@ def denoise(
     """
     setup_logging(verbose)
     from sbd_stream.engines.base import EngineUnavailable
+    from sbd_stream.formats.output_lock import OutputBusy
     from sbd_stream.service.offline_dask import denoise as run_denoise
     from sbd_stream.sources.stacks import StackError
 
@@ -106,8 +107,9 @@ def denoise(
             resume=resume,
             progress=True,
             recording=recording,
+            overwrite=overwrite,  # checked again before the output is renamed into place
         )
-    except (StackError, FileNotFoundError, ValueError, OSError, EngineUnavailable) as e:
+    except (StackError, FileNotFoundError, ValueError, OSError, EngineUnavailable, OutputBusy) as e:
         fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 

@@ -292,6 +292,7 @@ def _replay_offline(
     workers: int | None,
 ) -> None:
     """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
+    from sbd_stream.formats.output_lock import OutputBusy
     from sbd_stream.service.offline_dask import denoise
     from sbd_stream.sources.stacks import StackError
 
@@ -302,9 +303,9 @@ def _replay_offline(
     try:
         summary = denoise(
             file, out, None, s.denoise, detector_section(sampling), recording=True, scheduler=scheduler,
-            workers=workers, progress=True,
+            workers=workers, progress=True, overwrite=False,
         )  # fmt: skip
-    except (StackError, ValueError, OSError) as e:
+    except (StackError, ValueError, OSError, OutputBusy) as e:
         fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +23,17 @@ from sbd_stream.compute.binning import binned_shape
 from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.output_lock import output_lock
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.offline_plan import unstated
+from sbd_stream.service.offline_results import JobInterrupted, StopFlag
+from sbd_stream.sinks.disk_space import check_space, is_disk_full
 from sbd_stream.sources.stacks import StackError, atomic_h5, create_output, open_stack
+
+MIN_FREE_BYTES = 16 * 1024**2
+"""Free space below which ``denoise --scheduler none`` stops before its next batch (sinks/disk_space.py)."""
 
 
 def denoise_file(
@@ -32,8 +43,15 @@ def denoise_file(
     settings: DenoiseSettings | None = None,
     detector: dict[str, float | None] | None = None,
     progress: bool = False,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Denoise every frame of ``input`` into ``output``; returns a summary of what was done.
+
+    One job per output: its lock (``formats/output_lock.py``, ``OutputBusy``) is held throughout,
+    taken before anything is written. ``overwrite=False`` refuses an ``output`` that exists, under the
+    lock and again before the rename. Nothing is left behind unless the job finishes: an error, a full
+    disk (one ``StackError`` line) or SIGINT / SIGTERM / SIGHUP (between batches: ``JobInterrupted``,
+    exit status 128 + the signal) discards the temporary file; this path cannot resume.
 
     ``settings``: the same ``[denoise]`` settings as the live service (engine, model, device, tiles,
     ``batch_frames``, ``bin_tolerance``); offline an ``auto`` upsampling is bicubic (quality first).
@@ -45,6 +63,18 @@ def denoise_file(
     """
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
+    # one job per output (another one's temporary file is never touched); signals stop between batches
+    with output_lock(output) as held, _Stop().installed() as stop:
+        if not overwrite and output.exists():
+            raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+        job = (progress, overwrite, held is not None, stop)
+        return _denoise_file(input, output, dataset, settings, detector, *job)
+
+
+def _denoise_file(
+    input: Path, output: Path, dataset: str | None, settings: DenoiseSettings | None,
+    detector: dict[str, float | None] | None, progress: bool, overwrite: bool, locked: bool, stop: StopFlag,
+) -> dict[str, Any]:  # fmt: skip
     stack = open_stack(input, dataset)
     try:
         given = {k: v for k, v in (detector or {}).items() if v is not None}
@@ -79,23 +109,36 @@ def denoise_file(
             "dose_in_range": bool(g.dose_in_range),
         }
         t0 = time.perf_counter()
-        negative = 0
-        with atomic_h5(output) as f, _progress(n, progress) as bar:
-            out = create_output(f, (n, h, w), attrs)
-            done = 0
-            for frames in stack.batches(d.batch_frames):
-                headers = [
-                    FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
-                    for i in range(len(frames))
-                ]
-                frs = [replace_invalid(Frame(hd, fr)) for hd, fr in zip(headers, frames, strict=True)]
-                f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
-                negative += negative_pixels(frames)
-                out[done : done + len(frames)] = stage.process(frs).denoised
-                done += len(frames)
-                if bar is not None:
-                    bar[0].update(bar[1], advance=len(frames))
-            per_frame = np.asarray(f["replaced_pixels"][:])
+        negative = done = 0
+        try:
+            with atomic_h5(output, locked, overwrite) as f, _progress(n, progress) as bar:
+                out = create_output(f, (n, h, w), attrs)
+                for frames in stack.batches(d.batch_frames):
+                    if stop:
+                        break
+                    # HDF5 reports a full disk late, if at all: look before each batch, as the recorder does
+                    check_space(output.parent, MIN_FREE_BYTES, len(frames) * h * w * 4)
+                    headers = [
+                        FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
+                        for i in range(len(frames))
+                    ]
+                    frs = [replace_invalid(Frame(hd, fr)) for hd, fr in zip(headers, frames, strict=True)]
+                    f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
+                    negative += negative_pixels(frames)
+                    out[done : done + len(frames)] = stage.process(frs).denoised
+                    done += len(frames)
+                    if bar is not None:
+                        bar[0].update(bar[1], advance=len(frames))
+                if stop and done < n:  # the temporary file goes with the exception: this path cannot resume
+                    raise _Interrupted(output, stop.signum or signal.SIGINT, done, n)
+                per_frame = np.asarray(f["replaced_pixels"][:])
+        except _Interrupted as e:  # said once the progress bar has stopped and the file is gone
+            print(e, file=sys.stderr)
+            raise
+        except (OSError, RuntimeError) as e:
+            if not is_disk_full(e):
+                raise
+            raise StackError(_no_space(output, e, done, n)) from None
         dt = time.perf_counter() - t0
         if not g.dose_in_range:
             log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
@@ -120,6 +163,59 @@ def denoise_file(
 
 
 log = logging.getLogger(__name__)
+
+
+class _Stop(StopFlag):
+    """The Dask path's ``StopFlag``, set by SIGHUP as well (a closed terminal or ssh session), unless
+    SIGHUP is ignored (``nohup``: meant to outlive the terminal), as ``cli.app.on_signals`` does.
+
+    Why: SIGTERM and SIGHUP ended ``--scheduler none`` at once, by their default action, and its
+    hidden temporary file (a full-size output, as big as the result) stayed behind."""
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        with super().installed():
+            hup = getattr(signal, "SIGHUP", None)
+            if (
+                hup is None
+                or hup in self._previous
+                or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(hup) is signal.SIG_IGN
+            ):
+                yield self
+                return
+            self._previous[hup] = signal.signal(hup, self._handler)  # restored with the others
+            yield self
+
+
+class _Interrupted(JobInterrupted):
+    """``JobInterrupted`` (exit status 128 + the signal's number) of a job that kept nothing."""
+
+    def __init__(self, output: Path, signum: int, done: int, total: int) -> None:
+        super().__init__(signum, done, total)
+        self.output = output
+
+    def __str__(self) -> str:
+        return (
+            f"{self.output}: interrupted after frame {self.done} of {self.total}; nothing was kept "
+            "(--scheduler none cannot resume): run the command again"
+        )
+
+
+def _no_space(output: Path, e: BaseException, done: int, total: int) -> str:
+    """One line for a full disk (or a file size limit): HDF5's own text runs over several lines and
+    never says so."""
+    text, code = " ".join(str(e).split()), getattr(e, "errno", None)
+    if (m := re.search(r"error message = '([^']*)'", text)) is not None:
+        why = m.group(1)  # HDF5's: "File too large", "No space left on device"
+    elif isinstance(e, OSError) and e.strerror:
+        why = e.strerror  # check_space's: how much is free, how much is needed
+    else:
+        why = os.strerror(code) if code else text[:120]
+    return (
+        f"{output}: no space left on the device ({why}) after {done} of {total} frames; nothing was "
+        f"kept: free space in {output.parent.resolve()} (or write elsewhere) and run the command again"
+    )
 
 
 def offline_upsample(d: DenoiseSettings) -> Upsample:

@@ -10,13 +10,14 @@ Resumable: frames go to ``<output>.partial`` (written in SWMR mode, so a killed 
 that is consistent up to its last flush) next to ``<output>.partial.json`` (a fingerprint of the input,
 engine and settings, and ``frames_done``: the prefix flushed so far). A rerun with the same fingerprint
 goes on from there; on completion the partial is renamed over the output and the sidecar removed.
+What a resume trusts, and a full disk: ``offline_partial.py``. The job holds the output's lock
+(``formats/output_lock.py``) throughout, so a second job on the same output is refused at once.
 SIGINT / SIGTERM stop it between results with the partial kept (``offline_results.py``: exit 130 / 143).
 Pure helpers first, worker-side functions next, the client last. docs/scale-out-offline.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -30,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import DenoiseSettings
-from sbd_stream.formats.recording import WRITE_LIBVER
 from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.offline_partial import PartialWriter, open_partial
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
     chunk_size,
@@ -46,7 +47,15 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     resolve_detector,
     unstated,
 )
-from sbd_stream.service.offline_results import JobInterrupted, StopFlag, ordered, workers_ignore_sigint
+from sbd_stream.service.offline_results import (
+    JobInterrupted,
+    SchedulerLost,
+    StopFlag,
+    lost_scheduler,
+    ordered,
+    refuse_closed_port,
+    workers_ignore_sigint,
+)
 from sbd_stream.sources.stack_cache import close_all, read_rows
 from sbd_stream.sources.stacks import StackError
 
@@ -206,11 +215,19 @@ def _wants_gpu(es: DenoiseSettings, scheduler: str) -> bool:
 
 def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool, stack: ExitStack) -> tuple:
     """(client, number of workers, description); a local cluster is bound to 127.0.0.1, and its
-    scheduler's HTTP server to a free port there (``dashboard_address=None`` still took 8787)."""
+    scheduler's HTTP server to a free port there (``dashboard_address=None`` still took 8787).
+
+    Its workers log at CRITICAL only (ERROR with ``-v``): a task's exception is raised on the client
+    with its own message, and each worker printed it first as a multi-line "Compute Failed / Key /
+    State / Task / Exception / Traceback" block before the command's ``error:`` line."""
     from distributed import Client, LocalCluster
 
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # its import set its loggers to INFO again:
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # the closing cluster's tracebacks
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    if not verbose:  # its import set its loggers to INFO again: the closing cluster's tracebacks
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        # a lost scheduler: "Failed to reconnect" and the closing client's CancelledError tracebacks,
+        # before the one line that says so (SchedulerLost)
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     if scheduler == "local":
         cores = os.cpu_count() or 1
         if gpu:
@@ -223,11 +240,12 @@ def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool,
             LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address="127.0.0.1:0", resources={"GPU": 1} if gpu else None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.ERROR if verbose else logging.CRITICAL,  # below: see the docstring
             )
         )  # fmt: skip
         return stack.enter_context(Client(cluster)), n, f"local ({n} workers)"
-    client = stack.enter_context(Client(scheduler, timeout="30s"))
+    refuse_closed_port(scheduler)
+    client = stack.enter_context(Client(scheduler))  # timeout: distributed.comm.timeouts.connect (30 s)
     info = client.scheduler_info()["workers"]
     if not info:
         raise ValueError(f"{scheduler}: the cluster has no workers")
@@ -243,66 +261,21 @@ def _close_on_workers(client: Any) -> None:
         log.debug("closing the input on the workers: %s", e)
 
 
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
-
-
-def _open_partial(
-    partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool, index: dict | None = None
-) -> tuple[Any, int]:
-    """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off.
-
-    ``index``: per-frame datasets written whole with a new file (a recording's ``seq`` and ``ts``)."""
-    import h5py
-
-    from sbd_stream.sinks.h5clear import clear_status_flags
-    from sbd_stream.sources.stacks import create_output
-
-    if resume and partial.exists() and sidecar.exists():
-        try:
-            state = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            state = {}
-        old, done = state.get("fingerprint", {}), state.get("frames_done")
-        if old != fp or not isinstance(done, int) or not 0 <= done <= fp["shape"][0]:
-            differ = (
-                ", ".join(sorted(k for k in set(fp) | set(old) if fp.get(k) != old.get(k))) or "frames_done"
-            )
-            log.warning("%s was made with other inputs or settings (%s): starting over", partial, differ)
-        else:
-            try:
-                clear_status_flags(partial)  # the "open for write" flags the killed writer left
-                f = h5py.File(partial, "r+", libver=WRITE_LIBVER)
-                if "denoised" in f and f["denoised"].shape == tuple(fp["shape"]):
-                    f.swmr_mode = True
-                    log.info("resuming %s at frame %d of %d", partial, done, fp["shape"][0])
-                    return f, done
-                f.close()
-            except (OSError, ValueError) as e:
-                log.warning("cannot reopen %s (%s): starting over", partial, e)
-    elif partial.exists():
-        log.info("%s exists%s: starting over", partial, "" if resume else " (--no-resume)")
-    f = h5py.File(partial, "w", libver=WRITE_LIBVER)
-    create_output(f, tuple(fp["shape"]), attrs)
-    for name, values in (index or {}).items():
-        f.create_dataset(name, data=values)
-    f.swmr_mode = True  # metadata written in dependency order: a killed client leaves a consistent file
-    _write_state(sidecar, {"fingerprint": fp, "frames_done": 0})
-    return f, 0
-
-
 def denoise_distributed(
     src: Source, output: Path, es: DenoiseSettings, detector: dict | None = None, batch: int | None = None,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES, scheduler: str = "local", workers: int | None = None,
-    resume: bool = True, progress: bool = False,
+    resume: bool = True, progress: bool = False, overwrite: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Denoise ``src`` into ``output`` in chunks on a Dask cluster (or in-process); returns a summary.
 
-    ``batch``: frames per batch (default: ``es.batch_frames``, as everywhere).
+    ``batch``: frames per batch (default: ``es.batch_frames``, as everywhere). The whole job holds the
+    output's lock (``formats/output_lock.py``: a second job on the same output is refused, ``OutputBusy``);
+    ``overwrite=False`` refuses an ``output`` that exists, checked again just before the rename, so an
+    output that appeared while the job ran is not replaced (the finished partial stays).
     """
     from sbd_stream.config import DetectorSettings
+    from sbd_stream.formats.output_lock import output_lock
+    from sbd_stream.service.offline import offline_upsample
 
     batch = batch or es.batch_frames
     output = Path(output)
@@ -316,9 +289,12 @@ def denoise_distributed(
     size = chunk_size(chunk_frames, batch)
     chunks = plan_chunks(src.shape[0], size, batch)
     gpu = _wants_gpu(es, scheduler)
+    n = src.shape[0]
     t0 = time.perf_counter()
     stop = StopFlag()
     with ExitStack() as stack:
+        stack.enter_context(output_lock(output))  # before the partial or its sidecar is touched
+        _refuse_existing(output, overwrite)
         stack.enter_context(stop.installed())  # Ctrl-C / SIGTERM: stop between results, resumable
         if scheduler == "none" or len(chunks) == 1:
             where = "in-process" if scheduler == "none" else "in-process (one chunk)"
@@ -336,53 +312,55 @@ def denoise_distributed(
             )
             es_run = es.model_copy(update={"threads_per_worker": threads})
             resources, per_gpu = ({"GPU": 1} if gpu else None), gpu and local
-            attrs = client.submit(
-                describe, src, es_run, det, per_gpu, pure=False, resources=resources
-            ).result()
+            fut = client.submit(describe, src, es_run, det, per_gpu, pure=False, resources=resources)
+            try:
+                attrs = fut.result()
+            except Exception as e:
+                if lost_scheduler(e):
+                    raise _lost(0, n, where) from None
+                raise
         partial, sidecar = (output.with_name(output.name + ext) for ext in (".partial", ".partial.json"))
-        fp = fingerprint(src, attrs["engine_id"], det, batch, size)
+        fp = fingerprint(src, attrs, det, batch, size, offline_upsample(es).value)
         index = recording_index(src) if src.recording else None
-        f, start = _open_partial(partial, sidecar, fp, attrs, resume, index)
-        stack.callback(f.close)
+        f, start = open_partial(partial, sidecar, fp, attrs, resume, index)
+        out = PartialWriter(f, partial, sidecar, fp, output, start)
+        stack.callback(out.close)
         todo = [c for c in chunks if c[0] >= start]
-        bar = stack.enter_context(_bar(src.shape[0], start)) if progress else None
+        bar = stack.enter_context(_bar(n, start)) if progress else None
         if client is None:
             results = _inline(src, es_run, det, todo, batch, stop)
         else:
             job, limit = (src, es_run, det), max(2, 2 * n_workers)
             results = ordered(client, denoise_chunk, job, batch, todo, limit, resources, per_gpu, stop)
         loads: dict[int, int] = {}
-        ds = f["denoised"]
-        bad = f.get("replaced_pixels")  # absent in a partial an older version began
-        negative, done = 0, start
-        for (a, b), arr, info in results:
-            ds[a:b] = arr
-            if bad is not None:
-                bad[a:b] = info["replaced"]
-            negative += info["negative_pixels"]
-            f.flush()
-            _write_state(sidecar, {"fingerprint": fp, "frames_done": b})
-            loads[info["pid"]] = info["engine_loads"]
-            done = b
-            if bar is not None:
-                bar[0].update(bar[1], completed=b)
-            if stop:
-                break
-        if stop and done < src.shape[0]:  # every chunk in order is flushed: the partial stays to resume
-            stop_at = JobInterrupted(stop.signum or signal.SIGINT, done, src.shape[0])
+        negative = 0
+        try:
+            for (a, b), arr, info in results:
+                out.write(a, b, arr, info["replaced"])
+                negative += info["negative_pixels"]
+                loads[info["pid"]] = info["engine_loads"]
+                if bar is not None:
+                    bar[0].update(bar[1], completed=b)
+                if stop:
+                    break
+        except SchedulerLost:
+            raise _lost(out.done, n, where) from None
+        if stop and out.done < n:  # every chunk in order is flushed: the partial stays to resume
+            stop_at = JobInterrupted(stop.signum or signal.SIGINT, out.done, n)
             results.close()  # chunks in flight cancelled
             stack.close()  # the progress bar, the file, the client and its cluster
             print(stop_at, file=sys.stderr)
             raise stop_at
-        per_frame = np.asarray(bad[:]) if bad is not None else np.zeros(0, np.int64)
-        f.close()
+        per_frame = out.replaced()
+        out.close()
+        _refuse_existing(output, overwrite, partial)
         os.replace(partial, output)
         sidecar.unlink(missing_ok=True)
     dt = time.perf_counter() - t0
     if not attrs.get("dose_in_range", True):
         log.warning("%s", dose_warning(attrs["dose_e_per_A2"], attrs["dose_factor"], attrs["dose_range"]))
     report_values(per_frame, negative, output)
-    n, h, w = src.shape
+    h, w = src.shape[1:]
     return {
         "input": src.label, "output": str(output), "frames": n, "shape": [h, w],
         "engine_id": attrs["engine_id"],
@@ -395,6 +373,26 @@ def denoise_distributed(
         "replaced_pixels": int(per_frame.sum()), "frames_with_replaced": int(np.count_nonzero(per_frame)),
         "negative_pixels": negative,
     }  # fmt: skip
+
+
+def _refuse_existing(output: Path, overwrite: bool, partial: Path | None = None) -> None:
+    """Without ``overwrite``, an existing output is refused: at the start, and again before the rename
+    (``partial``: the finished frames, kept so that a rerun with ``--overwrite`` only renames them)."""
+    if overwrite or not output.exists():
+        return
+    if partial is None:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    raise FileExistsError(
+        f"{output} appeared while this job ran; its frames are kept in {partial}: run the same command "
+        "with --overwrite to replace it (it only renames), or move it away and run it again"
+    )
+
+
+def _lost(done: int, total: int, where: str) -> SchedulerLost:
+    return SchedulerLost(
+        f"lost the Dask scheduler {where}: interrupted after frame {done} of {total}; run the same command "
+        "to resume"
+    )
 
 
 @contextmanager
@@ -430,7 +428,10 @@ def denoise(
     if scheduler == "none" and not recording:
         from sbd_stream.service.offline import denoise_file
 
-        s = denoise_file(input, output, dataset, es, detector=detector, progress=kw.get("progress", False))
+        s = denoise_file(
+            input, output, dataset, es, detector=detector, progress=kw.get("progress", False),
+            overwrite=kw.get("overwrite", True),
+        )  # fmt: skip
         return {**s, "scheduler": "in-process"}
     src = inspect_recording(input) if recording else inspect_stack(input, dataset)
     return denoise_distributed(src, output, es, detector, scheduler=scheduler, **kw)

@@ -215,18 +215,29 @@ def recording_index(src: Source) -> dict[str, np.ndarray]:
     return {"seq": np.concatenate(seqs), "ts": np.concatenate(tss), "segment": np.concatenate(segs)}
 
 
-def fingerprint(src: Source, engine_id: str, detector: dict, batch: int, chunk: int) -> dict[str, Any]:
-    """What must not change between a run and its resumption (JSON-normalised so it compares equal)."""
+def fingerprint(
+    src: Source, attrs: dict[str, Any], detector: dict, batch: int, chunk: int, upsample: str
+) -> dict[str, Any]:
+    """What must not change between a run and its resumption (JSON-normalised so it compares equal).
+
+    ``attrs``: the output's attributes (``describe``): engine and its card, geometry, tiling,
+    orientations, the sbd-stream version. Every setting that changes the pixels is there, each under
+    its own name, so a resume with another one (``--orientations``, ``--tile``, an upgrade) starts over
+    naming it; with only the engine and the detector here, a rerun with ``--orientations 1`` resumed an
+    8-orientation partial, and the file mixed both while its attributes said 8. Left out: ``source``,
+    the input as the command spelled it (relative or absolute), which changes no pixel.
+    """
     fp = {
+        **{k: v for k, v in attrs.items() if k != "source"},  # the input as spelled: "input" holds its path
         "input": [p for p, _ in src.parts],
         "rows": [r for _, r in src.parts],
         "size": [s for s, _ in src.stat],
         "mtime_ns": [m for _, m in src.stat],
         "dataset": src.dataset,
         "shape": list(src.shape),
-        "engine_id": engine_id,
         "detector": detector,
         "batch": batch,
         "chunk_frames": chunk,
+        "upsample": upsample,
     }
     return json.loads(json.dumps(fp))

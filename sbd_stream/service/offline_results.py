@@ -1,4 +1,5 @@
-"""The client of an offline Dask job waiting for results: in frame order, bounded, stopped by a signal.
+"""The client of an offline Dask job waiting for results: in frame order, bounded, stopped by a signal,
+ended in one line when its scheduler is refused or lost.
 
 ``ordered`` submits chunks and yields their results in frame order. Ctrl-C and SIGTERM stop it
 between results, keeping the partial for a resume.
@@ -28,7 +29,15 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["JobInterrupted", "StopFlag", "ordered", "workers_ignore_sigint"]
+__all__ = [
+    "JobInterrupted",
+    "SchedulerLost",
+    "StopFlag",
+    "lost_scheduler",
+    "ordered",
+    "refuse_closed_port",
+    "workers_ignore_sigint",
+]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,6 +53,42 @@ class JobInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return f"interrupted after frame {self.done} of {self.total}; run the same command to resume"
+
+
+class SchedulerLost(ConnectionError):
+    """The client lost its Dask scheduler mid-job (killed, its machine gone): one line, the partial kept.
+
+    Why: Dask cancels every future then (``FutureCancelledError: ... scheduler-connection-lost``), and
+    that surfaced as a 74-line traceback with exit status 1. A ``ConnectionError``, so the commands'
+    handling of ``OSError`` prints it in one line with exit status 2."""
+
+
+def lost_scheduler(e: BaseException) -> bool:
+    """Whether waiting on a result failed because the scheduler is gone, not because the task did."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(e, CancelledError | CommClosedError)
+
+
+def refuse_closed_port(scheduler: str) -> None:
+    """Refuse at once a scheduler address where nothing listens (connection refused): the client
+    retried it for its whole connect timeout, 30 s, before "Timed out trying to connect"."""
+    import socket
+
+    from distributed.comm import parse_address, parse_host_port
+
+    host, port = parse_host_port(parse_address(scheduler)[1])
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise ConnectionRefusedError(
+            f"{scheduler}: connection refused (no Dask scheduler listens there; start one with "
+            "`dask scheduler`, or check the address)"
+        ) from None
+    except OSError:  # unreachable, slow or unnamed: the client's own connect and its message
+        pass
 
 
 class StopFlag:
@@ -108,7 +153,7 @@ def ordered(
     submitted or waiting in the reorder buffer (memory stays bounded whatever the file's length).
 
     Ends early once ``stop`` is set, the chunks in flight cancelled: the wait is polled, never a
-    blocking call a signal could not get out of."""
+    blocking call a signal could not get out of. Raises ``SchedulerLost`` when the scheduler is gone."""
     from distributed import as_completed
 
     ac, owner, buf = as_completed(), {}, {}
@@ -122,6 +167,14 @@ def ordered(
             ac.add(fut)
             sub += 1
 
+    def result(fut: Any) -> Any:
+        try:
+            return fut.result()  # a worker's exception is raised here
+        except Exception as e:
+            if lost_scheduler(e):
+                raise SchedulerLost(str(e)) from None
+            raise
+
     try:
         fill()
         while nxt < len(chunks):
@@ -130,7 +183,7 @@ def ordered(
                     return
                 time.sleep(0.02)
             fut = next(ac)
-            buf[owner.pop(fut.key)[0]] = fut.result()  # a worker's exception is raised here
+            buf[owner.pop(fut.key)[0]] = result(fut)
             fut.release()
             while nxt in buf:
                 yield chunks[nxt], *buf.pop(nxt)

@@ -16,13 +16,22 @@ with ``seq`` / ``ts`` beside it where the input was a recording). Calibration:
   are stored as float32 (exact for counts below 2^24);
 * NPY: the array, plus a JSON sidecar (the output's name with ``.json`` for ``.npy``) with pixel size,
   units, axes, frame numbers and times.
+
+Each file is written under a hidden temporary name beside the output and renamed only once complete
+(``_written``); frames are written one after the other to an ordinary file, never through a memory map.
+Why: NPY and MRC were written through a sparse map of the output, so a full disk was a SIGBUS (no
+message) that left a full-size file of mostly zeros at the output's name, and a TIFF cut short by a
+full disk stayed there too; a rerun was then refused as "exists". Now a full disk is one line naming
+the output and the space, and nothing is left at the output's name.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,7 @@ import numpy as np
 
 from sbd_stream.formats.limits import MAX_FRAMES, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import KINDS, open_recording, recording_parts, uniform_parts
+from sbd_stream.sinks.disk_space import is_disk_full
 
 TARGETS = ("tiff", "mrc", "npy")
 ALIASES = {"tif": "tiff"}
@@ -197,7 +207,13 @@ def export(
     out = output_path(Path(path), to, kind, out, overwrite)
     pixel = float(info["attrs"].get("pixel_size_A") or 1.0)
     unit = "angstrom" if info["attrs"].get("pixel_size_A") else "pixel"
-    {"tiff": _tiff, "mrc": _mrc, "npy": _npy}[to](Path(path), kind, out, info, pixel, unit)
+    writer = {"tiff": _tiff, "mrc": _mrc, "npy": _npy}[to]
+    need = info["n"] * int(np.prod(info["shape"])) * info["dtype"].itemsize  # the frames' bytes, at least
+    with _written(out, overwrite, need) as tmp:
+        writer(Path(path), kind, tmp, info, pixel, unit)
+    if to == "npy":
+        with _written(out.with_suffix(".json"), True, 0) as tmp:
+            tmp.write_text(json.dumps(_sidecar(Path(path), kind, info, pixel, unit), indent=1, default=str))
     summary = {"output": str(out), "frames": info["n"], "shape": list(info["shape"]), "kind": kind}
     summary |= {"pixel_size": pixel, "unit": unit, "first_seq": info["seq"][0], "last_seq": info["seq"][-1]}
     summary["frame_interval_s"] = frame_interval(info["time"], info["segment"])
@@ -205,6 +221,47 @@ def export(
     if to == "npy":
         summary["sidecar"] = str(out.with_suffix(".json"))
     return summary
+
+
+@contextmanager
+def _written(out: Path, overwrite: bool, need: int) -> Iterator[Path]:
+    """A hidden temporary name beside ``out`` to write to, renamed to ``out`` once the block succeeds and
+    removed whatever happens; a write error is one ``ExportError`` naming ``out``.
+
+    Fewer than ``need`` bytes free is refused before anything is written. The output is checked again
+    just before the rename: one that appeared meanwhile is replaced only with ``overwrite``."""
+    try:
+        st = os.statvfs(out.parent)
+        free = st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        free = None
+    if free is not None and free < need:
+        raise ExportError(
+            f"{out}: no space left on the device: the export needs {need} bytes, {free} are free in "
+            f"{out.parent}; free space or write elsewhere (--out)"
+        )
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        if out.exists() and not overwrite:
+            raise ExportError(f"{out} appeared while exporting; pass --overwrite to replace it")
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ExportError(_write_error(out, e)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_error(out: Path, e: OSError) -> str:
+    """One line for a failed write; a full disk or a file size limit says so (NumPy's short write,
+    "65536 requested and 65336 written", under tifffile, has no errno)."""
+    why = e.strerror or " ".join(str(e).split())
+    if is_disk_full(e) or re.search(r"\d+ requested and \d+ written", str(e)):
+        return (
+            f"{out}: no space left on the device ({why}); nothing was written: free space or write "
+            "elsewhere (--out), and run it again"
+        )
+    return f"{out}: cannot write it ({why}); nothing was written"
 
 
 def _tiff(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
@@ -225,16 +282,34 @@ def _tiff(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str)
 
 
 def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
-    import mrcfile
+    """The frames one after the other behind a blank header, then the header mrcfile makes for them
+    (``new_mmap`` + ``update_header_from_data``, image stack, voxel size, statistics: the bytes
+    ``mrcfile.new_mmap`` wrote), its statistics read back from the complete file."""
+    from mrcfile import utils
+    from mrcfile.dtypes import HEADER_DTYPE
+    from mrcfile.mrcinterpreter import MrcInterpreter
 
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
-    store = dtype if dtype.type in MRC_DTYPES else np.dtype(np.float32)
-    with mrcfile.new_mmap(out, shape=(n, h, w), mrc_mode=_mrc_mode(store), overwrite=True) as mrc:
-        for i, fr in enumerate(_frames(info["parts"], kind, info["where"])):
-            mrc.data[i] = fr
+    store = utils.dtype_from_mode(_mrc_mode(dtype if dtype.type in MRC_DTYPES else np.dtype(np.float32)))
+    with open(out, "wb") as fh:
+        fh.write(bytes(HEADER_DTYPE.itemsize))
+        for fr in _frames(info["parts"], kind, info["where"]):
+            fh.write(np.ascontiguousarray(fr, dtype=store).data)
+    mrc = MrcInterpreter()  # no stream: its header, made in memory (mrcfile's documented use)
+    mrc._create_default_attributes()
+    data = np.memmap(out, dtype=store, mode="r", offset=HEADER_DTYPE.itemsize, shape=(n, h, w))
+    try:
+        mrc._set_new_data(data)  # read-only, of a complete file: nothing to fault
+        mrc.update_header_from_data()
         mrc.set_image_stack()
         mrc.voxel_size = pixel
         mrc.update_header_stats()
+        header = mrc.header.tobytes() + mrc.extended_header.tobytes()
+    finally:
+        mrc._set_new_data(np.empty(0, np.int8))
+        del data
+    with open(out, "r+b") as fh:
+        fh.write(header)
 
 
 def _mrc_mode(dtype: np.dtype) -> int:
@@ -242,13 +317,18 @@ def _mrc_mode(dtype: np.dtype) -> int:
 
 
 def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:
+    """The header ``np.lib.format.open_memmap`` wrote, then the frames one after the other."""
     n, (h, w), dtype = info["n"], info["shape"], info["dtype"]
-    arr = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n, h, w))
-    for i, fr in enumerate(_frames(info["parts"], kind, info["where"])):
-        arr[i] = fr
-    arr.flush()
-    del arr
-    side = {
+    fmt = np.lib.format
+    header = {"descr": fmt.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, h, w)}
+    with open(out, "wb") as fh:
+        fmt.write_array_header_1_0(fh, header)
+        for fr in _frames(info["parts"], kind, info["where"]):
+            fh.write(np.ascontiguousarray(fr, dtype=dtype).data)
+
+
+def _sidecar(path: Path, kind: str, info: dict, pixel: float, unit: str) -> dict[str, Any]:
+    return {
         "source": str(path),
         "kind": kind,
         "axes": ["frame", "y", "x"],
@@ -259,4 +339,3 @@ def _npy(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
         "segment": info["segment"],  # time_s starts again at 0 in each segment
         **{k: v for k, v in info["attrs"].items() if k != "pixel_size_A"},
     }
-    out.with_suffix(".json").write_text(json.dumps(side, indent=1, default=str))

@@ -1,9 +1,10 @@
 """Reading stacks of counted frames from files and writing denoised stacks, for offline ``denoise``.
 
-Inputs are read lazily (h5py slices, memory-mapped NPY/MRC/TIFF, compressed TIFFs page by page:
-``stack_tiff.py``) so a recording larger than memory streams through; which HDF5 dataset holds the
-frames, links followed, is ``stack_hdf5.py``'s. Output goes to a temporary name and is renamed only
-when complete, so an interrupted run never leaves a file that looks finished.
+Inputs are read lazily (h5py slices, NPY and MRC frames by explicit reads: ``RawFrames``, TIFFs
+memory-mapped or page by page: ``stack_tiff.py``) so a recording larger than memory streams through;
+which HDF5 dataset holds the frames, links followed, is ``stack_hdf5.py``'s. Output goes to a
+temporary name and is renamed only when complete, so an interrupted run never leaves a file that
+looks finished; a failed one leaves no temporary file either (``atomic_h5``, ``discard_h5``).
 
 What a file declares is checked before anything is mapped or read (``stack_headers.py``,
 ``formats/limits.py``): frame sides 1 to 16384, a frame within the wire encoder's payload, at most
@@ -13,8 +14,11 @@ one ``StackError`` line, never an allocation of what it claims.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import operator
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from sbd_stream.formats.limits import count_problem, frame_problem, sampling_att
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
 from sbd_stream.sources.stack_headers import (
+    NPY_MAX_HEADER,
     StackError,
     check_dtype,
     imod_unsigned,
@@ -39,7 +44,7 @@ from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
 
 __all__ = [
     "DEFAULT_H5_DATASETS", "HDF5_SUFFIXES", "LENGTH_UNITS_A", "SUPPORTED_SUFFIXES", "FrameStack",
-    "StackError", "atomic_h5", "create_output", "open_stack",
+    "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "open_stack",
 ]  # fmt: skip
 
 HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
@@ -65,8 +70,10 @@ class FrameStack:
         return np.dtype(self.frames.dtype)
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
+        fresh = isinstance(self.frames, RawFrames)  # its reads are new arrays already
         for i in range(0, self.shape[0], size):
-            yield np.array(self.frames[i : i + size])  # a writable copy: torch refuses read-only memory
+            batch = self.frames[i : i + size]
+            yield batch if fresh else np.array(batch)  # a writable copy: torch refuses read-only memory
 
     def close(self) -> None:
         if self.closer is not None:
@@ -141,11 +148,19 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
         return _open_mrc(path)
     if suffix == ".npy":
         try:
-            npy_declared(path)  # the header's shape against the limits and the file's size, first
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape, dt = npy_declared(path)  # the header's shape against the limits and the file's size, first
+            offset, fortran = _npy_layout(path)
+            if fortran:  # frames not contiguous in the file (rare): mapped, as before
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                return FrameStack(_check(arr, str(path)), str(path))
         except ValueError as e:
             raise StackError(f"{path}: {e}") from None
-        return FrameStack(_check(arr, str(path)), str(path))
+        frames = RawFrames(path, offset, shape, dt)
+        try:
+            return FrameStack(_check(frames, str(path)), str(path), frames.close)
+        except StackError:
+            frames.close()
+            raise
     if suffix in {".tif", ".tiff"}:
         frames, sampling, closer = open_tiff(path)
         try:
@@ -180,26 +195,101 @@ def _close(*files: h5py.File | None) -> None:
 
 
 def _open_mrc(path: Path) -> FrameStack:
-    """An MRC image or image stack, memory-mapped; ``voxel_size`` (A) as the pixel size when set.
+    """An MRC image or image stack, read by explicit reads (``RawFrames``); ``voxel_size`` (A) as the
+    pixel size when set.
 
     Mode 0 is signed bytes (MRC2014) unless IMOD's stamp and flags say unsigned (``imod_unsigned``)."""
     import mrcfile
+    from mrcfile import utils
 
     try:
         mrc_declared(path)  # the header's sizes against the limits and the file's size, first
-        mrc = mrcfile.mmap(path, mode="r", permissive=False)
+        with mrcfile.open(path, mode="r", permissive=False, header_only=True) as mrc:
+            header = mrc.header
+            px = float(mrc.voxel_size.x)
+            dt = np.dtype(np.uint8) if imod_unsigned(header) else utils.data_dtype_from_header(header)
+            shape = utils.data_shape_from_header(header)
+            offset = int(header.nbytes) + int(header.nsymbt)
     except ValueError as e:
         raise StackError(f"{path}: {e}") from None
     except OSError as e:
         raise StackError(f"{path}: not a readable MRC file ({e})") from e
+    sampling = {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
+    frames = RawFrames(path, offset, shape, dt)
     try:
-        px = float(mrc.voxel_size.x)
-        sampling = {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
-        data = mrc.data.view(np.uint8) if imod_unsigned(mrc.header) else mrc.data
-        return FrameStack(_check(data, str(path)), str(path), mrc.close, sampling)
+        return FrameStack(_check(frames, str(path)), str(path), frames.close, sampling)
     except StackError:
-        mrc.close()
+        frames.close()
         raise
+
+
+def _npy_layout(path: Path) -> tuple[int, bool]:
+    """Where an NPY file's array starts, and whether it is in Fortran order (its header, read again:
+    ``npy_declared`` has checked it)."""
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        _shape, fortran, _dt = read(fh, max_header_size=NPY_MAX_HEADER)
+        return fh.tell(), bool(fortran)
+
+
+class RawFrames:
+    """An (N, H, W) stack stored whole and in C order from ``offset`` on (NPY, MRC): each ``[i:j]`` one
+    explicit read of those frames into a new array, checked against what the file still holds.
+
+    Why not a memory map: a file cut short while it was read (a copy still arriving, an input
+    truncated or replaced) made the map's next page fault a SIGBUS, which ended ``denoise`` at once,
+    with no message and its temporary output left behind. A read that comes back short is one
+    ``StackError`` naming the file and the frame. Memory stays bounded (a batch at a time), and the
+    bytes are copied once, as from a map. Reads are serialised (a Dask worker may run several threads).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.offset, self.dtype = Path(path), int(offset), np.dtype(dtype)
+        self.shape = (1, *shape) if len(shape) == 2 else tuple(shape)  # a 2-D image: a stack of one
+        self.frame_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close(), kept for every read
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            i = operator.index(index)
+            i = i + self.shape[0] if i < 0 else i
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"frame {index} of {self.shape[0]}")
+            return self[i : i + 1][0]
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            return np.stack([self[i] for i in range(start, stop, step)]) if start != stop else self[0:0]
+        out = np.empty((max(0, stop - start), *self.shape[1:]), self.dtype)
+        with self._lock:
+            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), start)
+        return out
+
+    def _read_into(self, view: memoryview, start: int) -> None:
+        got, where = 0, self.offset + start * self.frame_bytes
+        while got < len(view):
+            frame = start + got // self.frame_bytes
+            try:
+                self._fh.seek(where + got)
+                k = self._fh.readinto(view[got:])
+            except OSError as e:
+                raise StackError(f"{self.path}: frame {frame}: cannot read ({e})") from None
+            if not k:
+                size = os.fstat(self._fh.fileno()).st_size
+                declared = self.offset + len(self) * self.frame_bytes
+                raise StackError(
+                    f"{self.path}: frame {frame}: the file ends early (it holds {size} bytes now, its header "
+                    f"declares {declared}): was it cut short or replaced while being read?"
+                )
+            got += k
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _sampling(f: h5py.File, name: str, path: Path) -> dict[str, float]:
@@ -219,18 +309,67 @@ def _sampling(f: h5py.File, name: str, path: Path) -> dict[str, float]:
 
 
 @contextmanager
-def atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """An HDF5 file written under a temporary name and renamed into place only on success."""
+def atomic_h5(path: Path, remove_stale: bool = True, overwrite: bool = True) -> Iterator[h5py.File]:
+    """An HDF5 file written under a temporary name (``.<name>.partial``), renamed to ``path`` only once
+    complete; on any failure discarded (``discard_h5``), so nothing is left behind.
+
+    Call it holding the output's lock (``formats/output_lock.py``): a temporary file already there is
+    then a killed job's, removed when ``remove_stale``. It is created exclusively: h5py's ``"w"``
+    truncated a file another job was writing before HDF5's own lock refused, and that job then finished
+    with half its frames unreadable. Without the lock (a file system that refuses it) a temporary file
+    found is left alone and refused, naming it. ``overwrite=False``: a ``path`` that appeared while the
+    file was written is not replaced (``FileExistsError``, the file discarded).
+    """
     tmp = path.with_name(f".{path.name}.partial")
-    f = h5py.File(tmp, "w")
+    if remove_stale:
+        tmp.unlink(missing_ok=True)
+    try:
+        f = h5py.File(tmp, "x")
+    except FileExistsError:
+        raise StackError(
+            f"{path}: {tmp} exists: another job may be writing it; if none is, remove it and run again"
+        ) from None
     try:
         yield f
+        f.flush()  # a full disk surfaces here, while the file can still be discarded safely
         f.close()
+    except BaseException:
+        discard_h5(f, tmp)
+        raise
+    try:
+        if not overwrite and path.exists():
+            raise FileExistsError(
+                f"{path} appeared while this job ran, and is kept; nothing was written: run again with "
+                "--overwrite to replace it, or move it away"
+            )
         os.replace(tmp, path)
     except BaseException:
-        f.close()
         tmp.unlink(missing_ok=True)
         raise
+
+
+def discard_h5(f: h5py.File, path: Path) -> None:
+    """Close ``f`` without writing another byte to it, and remove its file at ``path``.
+
+    Why: after HDF5 failed to write (a full disk, a file size limit), closing the file flushes its
+    caches again, fails half-way, and libhdf5 then crashed the process when the objects were freed
+    (SIGSEGV / SIGBUS at exit, after the error line), the temporary file left behind. The file is not
+    wanted any more, so its descriptor is pointed at the null device first: the close's writes all
+    succeed, going nowhere. Where that cannot be done (another HDF5 driver, or the close fails even
+    so), ``f`` is abandoned as ``AcqFile.abandon`` does: one reference never released, never freed.
+    """
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        f.close()
+    except Exception:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(f))
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 def create_output(

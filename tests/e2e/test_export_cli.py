@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +85,7 @@ def test_mrc_keeps_frames_and_voxel_size(tmp_path: Path) -> None:
         assert mrc.data.dtype == np.uint16
         for axis in ("x", "y"):
             assert float(getattr(mrc.voxel_size, axis)) == pytest.approx(PIXEL_A, rel=1e-6)
+    assert mrcfile.validate(out, print_file=io.StringIO())  # the header's statistics match the data
 
 
 @pytest.mark.timeout(60)
@@ -172,3 +179,29 @@ def test_a_denoise_output_exports_too(tmp_path: Path, tiny_engine_dir: Path) -> 
 
     with h5py.File(den) as f, tifffile.TiffFile(tmp_path / "d.tif") as tf:
         np.testing.assert_array_equal(tf.asarray(), f["denoised"][:])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("to", ["npy", "mrc", "tiff"])
+def test_a_full_disk_is_one_line_and_keeps_the_previous_export(tmp_path: Path, to: str) -> None:
+    """NPY and MRC were written through a sparse memory map (a full disk: SIGBUS, a full-size file of
+    zeros left at the output's name), a TIFF in place (a truncated TIFF left there). A file size limit
+    makes the writes fail with EFBIG, as a full disk does (CPython ignores SIGXFSZ)."""
+    rec = _record(tmp_path)
+    out = tmp_path / f"x.{to}"
+    _export(str(rec), "--to", to, "--kind", "raw", "--out", str(out))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("x.*")}
+
+    def limited() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_500, 2_500))  # the export is ~4 kB
+
+    cmd = [sys.executable, "-m", "sbd_stream", "export", str(rec), "--to", to, "--kind", "raw"]
+    cmd += ["--out", str(out), "--overwrite"]
+    res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limited, timeout=100)
+    records = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) ")
+    err = [ln for ln in res.stderr.splitlines() if ln.strip() and not records.match(ln)]
+    assert res.returncode == 2, res.stderr  # npy / mrc: -7 (SIGBUS) on a full disk
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: no space left"), err
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("x.*")} == before  # the good export, untouched
+    assert not list(tmp_path.glob(".x.*"))  # no temporary file left

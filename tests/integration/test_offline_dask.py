@@ -216,7 +216,7 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
 
     out.unlink()
     interrupted_run(batch=2)
-    with caplog.at_level(logging.WARNING, logger="sbd_stream.service.offline_dask"):
+    with caplog.at_level(logging.WARNING, logger="sbd_stream.service"):
         s = od.denoise_distributed(src, out, es, scheduler="none", batch=4, chunk_frames=4)  # another batch
     assert s["resumed_from"] == 0
     assert "starting over" in caplog.text and "batch" in caplog.text
