@@ -37,6 +37,7 @@ from sbd_stream.protocol import (
     ipv6_endpoint,
 )
 from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, warn_if_exposed
+from sbd_stream.sinks.xpub import XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 
@@ -89,7 +90,9 @@ class MergeMetrics:
         )
         self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
         self.send_dropped = Counter(
-            "sbd_merge_send_dropped", "Messages the output socket refused", registry=r
+            "sbd_merge_send_dropped",
+            "Messages a subscriber of the output missed (its pipe full; series messages after a wait)",
+            registry=r,
         )
         self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
         # what Supervisor counts (same names as the service's, on this registry)
@@ -211,9 +214,8 @@ class MergeService(BackgroundWorker):
                     apply_curve(s, input_curve, binds=False, domain="sbd-merge-in")
                 s.setsockopt(zmq.IPV6, ipv6_endpoint(ep))  # tcp://[::1]:P never connected without it
                 s.connect(ep)
-            self.pub = self.ctx.socket(zmq.PUB)
-            self.pub.setsockopt(zmq.SNDHWM, sndhwm)
-            self.pub.setsockopt(zmq.LINGER, 0)
+            self.pub = xpub_socket(self.ctx, sndhwm)  # a PUB to subscribers; series messages survive bursts
+            self.sender = XPubSender(self.pub)
             if output_curve is not None:
                 apply_curve(self.pub, output_curve, binds=True, domain="sbd-merge-out")
             warn_if_exposed("merge output", output)
@@ -270,10 +272,8 @@ class MergeService(BackgroundWorker):
                     parts = self._end_parts(header, r.merged)
             else:
                 parts = r.payload
-            try:
-                self.pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self.metrics.send_dropped.inc()
+            if not (self.sender.series(parts) if r.seq < 0 else self.sender.frame(parts)):
+                self.metrics.send_dropped.inc()  # a subscriber's pipe stayed full: it misses this one
         self.metrics.buffered.set(self.buffer.buffered)
 
     @staticmethod

@@ -4,22 +4,10 @@ Frames never block: a subscriber at its high-water mark simply misses them (it s
 sequence numbers). A small SNDHWM keeps a slow subscriber from growing our memory; a bounded publish
 queue that drops its oldest entry keeps a slow serialisation from stalling the denoiser.
 
-Series messages (``series_start`` / ``series_end``) are promised to get through, but a PUB drops at
-its high-water mark without telling: 20 interleaved acquisitions starting at once sent 20 starts in a
-burst, faster than ZeroMQ's I/O thread drains the 16-message pipe, and a subscriber reading all the
-time got 16 of them, with nothing counted. So the socket is an XPUB (the same on the wire to every
-subscriber) with ``ZMQ_XPUB_NODROP`` on: ZeroMQ then says when a subscriber's pipe is full (EAGAIN).
-
-* A frame that meets a full pipe is sent again at once the lossy way (NODROP off): the others get it,
-  the full subscriber misses it, nothing waits. ZeroMQ then sets that pipe aside until its reader has
-  drained half of it, and a message sent meanwhile skips it silently.
-* So a series message first waits until ``SERIES_WAIT_S`` passed since a frame last met a full pipe
-  (a reader that keeps up drains half its pipe well within that), then is retried while a pipe is
-  full, for up to ``SERIES_WAIT_S`` more. What still does not fit (a subscriber that stopped reading)
-  goes out the lossy way, counted in ``sbd_publish_dropped_total{topic}`` and logged (rate-limited).
-  A subscriber still set aside after the wait (one reading slower than the frames come) misses it as
-  it misses frames, uncounted. At most ``2 SERIES_WAIT_S`` per series message, which are rare; frames
-  queued behind it meanwhile wait in the publish queue (drop-oldest), the denoiser never does.
+Series messages (``series_start`` / ``series_end``) are promised to get through: the socket is an
+XPUB with ``ZMQ_XPUB_NODROP`` (sinks/xpub.py: frames never wait, a series message waits up to
+``2 SERIES_WAIT_S`` for a full pipe). What still does not fit (a subscriber that stopped reading) is
+counted in ``sbd_publish_dropped_total{topic}`` and logged (rate-limited).
 """
 
 from __future__ import annotations
@@ -45,13 +33,11 @@ from sbd_stream.protocol import (
     ipv6_endpoint,
 )
 from sbd_stream.security import apply_curve, warn_if_exposed
+from sbd_stream.sinks.xpub import SERIES_WAIT_S, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 
 log = logging.getLogger(__name__)
-
-SERIES_WAIT_S = 0.1
-"""How long a series message waits after a frame met a full pipe, and then for a full pipe."""
 
 
 @dataclass
@@ -92,11 +78,8 @@ class Publisher(BackgroundWorker):
             on_evict=self._evicted,
             on_change=metrics.queue_depth.labels(queue="publish").set,
         )
-        self.sock = self.ctx.socket(zmq.XPUB)  # a PUB to subscribers; NODROP for series messages
-        self.sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full pipe says EAGAIN: the lossy way is chosen
-        self._overflow_at = -1.0  # monotonic time a frame last met a full subscriber pipe
+        self.sock = xpub_socket(self.ctx, settings.sndhwm)  # a PUB to subscribers; NODROP for series
+        self.sender = XPubSender(self.sock)
         self.sock.setsockopt(zmq.IPV6, ipv6_endpoint(settings.endpoint))  # tcp://[::1]:5556
         apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
         if settings.mode is SocketMode.bind:
@@ -180,18 +163,13 @@ class Publisher(BackgroundWorker):
         except HeaderTooLarge as exc:
             log.warning("%s %s/%s: %s; sent without its meta", topic, item.acq, item.seq, exc)
             parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"})
-        self._drain_subscriptions()
         if item.data is None:
-            complete = self._send_series(parts)
+            complete = self.sender.series(parts)
             if not complete:
                 self._missed_series(topic, item.acq)
         else:
             complete = True
-            try:
-                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # a subscriber's pipe is full: it misses this frame, the others do not
-                self._overflow_at = time.monotonic()
-                self._send_lossy(parts)
+            self.sender.frame(parts)  # a subscriber whose pipe is full misses it, the others do not
         now = time.perf_counter()
         self.metrics.frames_published.labels(topic=topic).inc()  # a missed series message: the others
         self.metrics.stage_latency.labels(stage="publish").observe(now - t0)
@@ -212,35 +190,3 @@ class Publisher(BackgroundWorker):
             SERIES_WAIT_S,
             topic,
         )
-
-    def _send_series(self, parts: list) -> bool:
-        """Send a series message to every subscriber whose pipe has room within ``SERIES_WAIT_S``;
-        False if one stayed full (the message then went to the others)."""
-        aside = self._overflow_at + SERIES_WAIT_S - time.monotonic()
-        if aside > 0:  # a pipe a frame found full may still be set aside: let its reader catch up
-            time.sleep(aside)
-        deadline = time.monotonic() + SERIES_WAIT_S
-        while True:
-            try:
-                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:  # a subscriber's pipe is full: ZeroMQ's I/O thread drains it
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.001)
-        self._send_lossy(parts)  # the full one misses it
-        return False
-
-    def _send_lossy(self, parts: list) -> None:
-        """Send to every subscriber with room; a full one misses it (and is set aside by ZeroMQ)."""
-        self.sock.setsockopt(zmq.XPUB_NODROP, 0)
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        finally:
-            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-
-    def _drain_subscriptions(self) -> None:
-        """An XPUB queues (un)subscriptions for us to read; unread, subscribers that come and go would
-        grow that queue for ever."""
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self.sock.recv(zmq.NOBLOCK)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
 import pytest
 import zmq
-from conftest import PROBE_ACQ, handshake
+from conftest import PROBE_ACQ, handshake, wait_until
 
 from sbd_stream.merge import MergeService, Released, ReorderBuffer
 from sbd_stream.protocol import (
@@ -257,5 +258,52 @@ def test_service_handles_bad_messages_and_rewrites_the_end(caplog: pytest.LogCap
         assert m.value("sbd_merge_frames_total", {"topic": "denoised"}) == 2
         assert m.value("sbd_merge_received_total", {"input": "0"}) == 8
     finally:
+        sub.close(linger=0)
+        svc.close()
+
+
+def test_a_burst_of_series_starts_reaches_a_reading_subscriber_of_the_merge_whole() -> None:
+    """The merge's output was a plain PUB with SNDHWM 64: a burst of more series messages than that
+    (80 interleaved acquisitions starting at once) reached a subscriber reading all the time cut to the
+    high-water mark, uncounted. It is an XPUB with NODROP now, as the service's publisher
+    (sinks/xpub.py)."""
+    ctx = zmq.Context.instance()
+    svc = MergeService(["tcp://127.0.0.1:1"], "tcp://127.0.0.1:*", gap_timeout_s=0.2, context=ctx, sndhwm=4)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 4)
+    sub.connect(svc.endpoint)
+    seen = [-1]
+
+    def arrived() -> int:
+        while sub.poll(0):
+            msg = decode(sub.recv_multipart())
+            if msg.header.acq == PROBE_ACQ:
+                seen[0] = max(seen[0], int(msg.header.meta["probe"]))
+        return seen[0]
+
+    got: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:  # a subscriber that reads all the time
+        while not stop.is_set():
+            if sub.poll(50):
+                msg = decode(sub.recv_multipart())
+                if msg.header.acq != PROBE_ACQ:
+                    got.append(msg.header.acq)
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        handshake(lambda i: svc.pub.send_multipart(encode_series(S, PROBE_ACQ, 0.0, {"probe": i})), arrived)
+        reader.start()
+        for k in range(40):
+            svc.handle(0, encode_series(S, f"acq{k}", 1.0, {}))
+        assert wait_until(lambda: len(got) == 40, 30), len(got)
+        assert sorted(got) == sorted(f"acq{k}" for k in range(40))
+        assert svc.metrics.value("sbd_merge_send_dropped_total") == 0
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(5)
         sub.close(linger=0)
         svc.close()
