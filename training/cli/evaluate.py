@@ -165,8 +165,13 @@ def evaluate_images_cmd(
     folder: Path = typer.Argument(..., help="clean images: TIFF / MRC / NPY / HDF5 (2-D, or stacks)"),
     pixel_size: float = typer.Option(..., help="A per pixel of the images as stored"),
     resize: float = typer.Option(1.0, help="resample by this factor first (the paper's test code: 0.785)"),
-    counts_per_px: float = typer.Option(0.45, help="vacuum counts per detector pixel per frame"),
-    draws: int = typer.Option(2, help="Poisson frames per image"),
+    counts_per_px: float = typer.Option(
+        0.45,
+        help="vacuum counts per DETECTOR pixel (--pixel-size / --resize) per frame, not per area: 0.45 is "
+        "the paper's 125 e/A^2 at 0.060 A; at 0.24 A the same dose is 7.2. A dose outside the engine's "
+        "trained range is warned about and recorded (dose_in_range)",
+    ),
+    draws: int = typer.Option(2, help="Poisson frames per image (each seeded by the image's name)"),
     dataset: str | None = typer.Option(
         None, help="HDF5 files: the dataset holding the clean images (default: every float image dataset)"
     ),
@@ -179,7 +184,8 @@ def evaluate_images_cmd(
 
     Paper PSNR is scored at the paper's 0.45 counts per vacuum pixel whatever --counts-per-px is (clean
     and estimate rescaled). Unreadable files, and sbd-stream recordings or denoise outputs, are skipped
-    with a warning and listed under `skipped` in the JSON."""
+    with a warning and listed under `skipped` in the JSON. A dose outside the engine's trained range
+    gets the warning `sbd-stream denoise` gives."""
     from pydantic import ValidationError
 
     from sbd_stream.cli.app import fail, settings_error
@@ -188,14 +194,8 @@ def evaluate_images_cmd(
     from sbd_stream.engines.base import EngineUnavailable
     from sbd_stream.engines.card import ArtefactError
     from training.evaluate.clean_images import NoCleanImages
-    from training.evaluate.images import (
-        ImageEvalConfig,
-        evaluate_images,
-        markdown,
-        write_figure,
-        write_strict_json,
-        written_whole,
-    )
+    from training.evaluate.images import ImageEvalConfig, evaluate_images, write_strict_json, written_whole
+    from training.evaluate.images_report import markdown, write_figure
     from training.evaluate.markdown import write_markdown
 
     try:

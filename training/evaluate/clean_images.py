@@ -23,6 +23,9 @@ no clean simulation must not be scored as one. So:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import numpy as np
 
 SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs", ".hspy")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hspy")
+NPY_MAGIC = b"\x93NUMPY"
 MIN_SIDE = 32
 """An HDF5 dataset with a side under this many pixels is not an image (axes, positions, metadata)."""
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError)
@@ -74,10 +78,34 @@ def read_images(
         for i, img in enumerate(images):
             out.append((name if i == 0 else f"{name}[{i}]", np.asarray(img, dtype=np.float64)))
     if not out:
-        shown = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3])
-        more = "; ..." if len(skipped) > 3 else ""
-        raise NoCleanImages(f"no readable clean image in {folder} ({len(skipped)} skipped: {shown}{more})")
+        listed = _listed(skipped)
+        raise NoCleanImages(f"no readable clean image in {folder} ({len(skipped)} skipped: {listed})")
     return out
+
+
+def _listed(skipped: list[dict[str, str]]) -> str:
+    """Every skipped file, files with the same reason named together: the one error line is the only
+    record of a run that writes nothing (it cut the list at three, so a fourth file was named nowhere)."""
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s["reason"], []).append(Path(s["path"]).name)
+    return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+
+
+@contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """tifffile's own log records silenced while a file is probed.
+
+    Why: on a file that only starts like a TIFF, tifffile logs ``<tifffile.TiffPages @...> invalid offset
+    to first page`` to stderr (Python's last-resort handler) before it fails; the skipped list already
+    gives the reason in our words, and the stray line read as a second, unexplained error."""
+    logger = logging.getLogger("tifffile")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
@@ -90,7 +118,8 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
         from sbd_stream.sources.stack_tiff import read_whole
 
         try:
-            found = [read_whole(path)]
+            with quiet_tifffile():
+                found = [read_whole(path)]
         except StackError as e:  # our own one line, less the path the skipped list names anyway
             raise Unusable(str(e).removeprefix(f"{path}: ")) from None
     elif suffix == ".mrc":
@@ -103,7 +132,7 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
                 raise Unusable("no image data in it")
             found = [np.array(m.data.view(np.uint8) if imod_unsigned(m.header) else m.data)]
     else:
-        found = [np.load(path, allow_pickle=False)]
+        found = [_read_npy(path)]
     images: list[np.ndarray] = []
     for arr in found:
         arr = np.squeeze(arr)
@@ -118,6 +147,41 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
             raise Unusable("it holds NaN or infinite values")
         images += list(as_stack(arr)) if arr.ndim == 3 else [arr]
     return images
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A NumPy ``.npy`` array, refused in our words when the file is none.
+
+    Why: ``np.load`` falls back to unpickling a file without NumPy's header, so a foreign file was
+    reported as "pickled (object) data ... load it unsafely using allow_pickle": advice to run untrusted
+    code for a file that simply is not a NumPy file."""
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if not magic:
+        raise Unusable("an empty file")
+    if magic != NPY_MAGIC:
+        raise Unusable("not a NumPy .npy file (no NumPy header)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise Unusable("a NumPy array of Python objects, not of numbers") from None
+        raise
+
+
+def negative_note(name: str, img: np.ndarray) -> str | None:
+    """A warning for a clean image with negative intensities (file, fraction of pixels, minimum), else None.
+
+    Why: intensities are never negative; a file that has them is most likely something else (contrast,
+    a phase, a background-subtracted image). It is still scored, its rate clipped at 0 for the noise, and
+    the paper's PSNR clamps at 0 too, so without a word the clipped image was scored as if it were right."""
+    neg = np.asarray(img) < 0
+    if not neg.any():
+        return None
+    return (
+        f"{name}: {neg.mean():.2%} of its pixels are negative (minimum {float(np.min(img)):.4g}); clean "
+        "images are intensities (>= 0), so this may be contrast or a phase: scored with them clipped at 0"
+    )
 
 
 def as_stack(arr: np.ndarray) -> np.ndarray:
@@ -174,7 +238,8 @@ def stated_pixel_sizes(
         if str(path) in exclude:
             continue
         try:  # --dataset names an HDF5 dataset: a TIFF / MRC / NPY beside it is opened without it
-            stack = open_stack(path, dataset if path.suffix.lower() in HDF5_SUFFIXES else None)
+            with quiet_tifffile():
+                stack = open_stack(path, dataset if path.suffix.lower() in HDF5_SUFFIXES else None)
         except (StackError, *READ_ERRORS):
             continue
         try:
