@@ -368,9 +368,11 @@ def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine
         time.sleep(1.0)
         proc.send_signal(sig)
         assert err_lines.wait_for("stopping", 30), err_lines.so_far()
-        proc.send_signal(sig)  # while it drains
-        assert err_lines.wait_for("already stopping", 30), err_lines.so_far()
+        proc.send_signal(sig)  # while it drains, if the drain is still going (it may take only ~0.3 s)
         proc.wait(120)
+        # the second signal came during the drain (logged, ignored) or during the exit (ignored): either
+        # way it changed nothing. Requiring the log line made the test fail whenever the drain was done.
+        assert "already stopping" in err_lines.text or "ending now" not in err_lines.text
     finally:
         _kill(proc)
     assert proc.returncode == 0, err_lines.text[-2000:]
