@@ -22,7 +22,6 @@ cluster and the client) because what makes a resume safe is all here:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import numpy as np
 
 from sbd_stream.formats.recording import WRITE_LIBVER
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
+from sbd_stream.sources.stacks import let_go_h5
 
 __all__ = ["OutputFull", "PartialWriter", "open_partial", "write_error", "write_state"]
 
@@ -87,22 +87,6 @@ def write_error(output: Path, partial: Path, done: int, total: int, e: BaseExcep
     )
 
 
-def _let_go(f: Any) -> None:
-    """Close ``f`` after HDF5 failed to write it, without writing another byte: its descriptor is
-    pointed at the null device first, so the close's flushes succeed, going nowhere. Where that cannot
-    be done, ``f`` is abandoned (one reference never released, as ``AcqFile.abandon`` does)."""
-    try:
-        fd = f.id.get_vfd_handle()
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
-        f.close()
-    except Exception:
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(f))
-
-
 class PartialWriter:
     """Writes chunks into the open partial in frame order and records each in the sidecar once on disk."""
 
@@ -127,7 +111,7 @@ class PartialWriter:
             os.fsync(self.f.id.get_vfd_handle())
         except (OSError, RuntimeError) as e:  # h5py raises either for a failed write or flush
             self.closed = True
-            _let_go(self.f)  # first: the datasets' own close would flush to the disk again
+            let_go_h5(self.f)  # first: the datasets' own close would flush to the disk again
             self.ds = self.bad = None
             raise write_error(self.output, self.partial, self.done, self.total, e) from None
         try:
@@ -148,7 +132,7 @@ class PartialWriter:
         try:
             self.f.close()  # closes the datasets with it
         except (OSError, RuntimeError):
-            _let_go(self.f)
+            let_go_h5(self.f)
         self.ds = self.bad = None
 
 
@@ -270,7 +254,7 @@ def open_partial(
         write_state(sidecar, {"fingerprint": fp, "frames_done": 0})
     except (OSError, RuntimeError) as e:
         if f is not None:
-            _let_go(f)
+            let_go_h5(f)
         output = partial.with_name(partial.name.removesuffix(".partial"))
         raise write_error(output, partial, 0, int(fp["shape"][0]), e) from None
     return f, 0

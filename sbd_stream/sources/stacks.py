@@ -44,7 +44,7 @@ from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
 
 __all__ = [
     "DEFAULT_H5_DATASETS", "HDF5_SUFFIXES", "LENGTH_UNITS_A", "SUPPORTED_SUFFIXES", "FrameStack",
-    "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "open_stack",
+    "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "let_go_h5", "open_stack",
 ]  # fmt: skip
 
 HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
@@ -359,6 +359,15 @@ def discard_h5(f: h5py.File, path: Path) -> None:
     so), ``f`` is abandoned as ``AcqFile.abandon`` does: one reference never released, never freed.
     """
     try:
+        let_go_h5(f)
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def let_go_h5(f: h5py.File) -> None:
+    """Close ``f`` after HDF5 failed to write it, without writing another byte (``discard_h5``; the
+    Dask path's partial, which stays for a resume)."""
+    try:
         fd = f.id.get_vfd_handle()
         null = os.open(os.devnull, os.O_RDWR)
         try:
@@ -368,8 +377,6 @@ def discard_h5(f: h5py.File, path: Path) -> None:
         f.close()
     except Exception:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(f))
-    finally:
-        Path(path).unlink(missing_ok=True)
 
 
 def create_output(

@@ -259,20 +259,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the child in /proc (Linux)")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
-    tmp_path: Path, tiny_engine_dir: Path, sig: int
-) -> None:
-    """SIGTERM or SIGHUP to `demo` ended it at once (143 / 129): its emulator child kept publishing
-    and /tmp/sbd-demo-* stayed. Now they stop it as Ctrl-C does: the summary, exit 0, no child left,
-    no temporary folder."""
+@contextlib.contextmanager
+def _demo_sending(tmp_path: Path, engine: Path):
+    """A `demo` process (TMPDIR in ``tmp_path``) once its series is being sent, with its emulator
+    children; killed, and its children too, when the block ends."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     cmd = [
         *CLI, "demo", "--frames", "4000", "--rate", "40", "--synthetic", "--shape", "64x64",
-        "--no-likelihood", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
+        "--no-likelihood", "--model", str(engine), "--engine", "onnxruntime",
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(
@@ -284,14 +279,27 @@ def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
         assert err.wait_for("received", 180), err.text  # the status line: the series is being sent
         kids = _children(proc.pid)
         assert kids and list(tmp.glob("sbd-demo-*")), err.text
-        proc.send_signal(sig)
-        out = proc.stdout.read()
-        proc.wait(60)
+        yield proc, err, kids, tmp
     finally:
         _kill(proc)
         for kid in kids:
             if _alive(kid):
                 os.kill(kid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the child in /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signalled_demo_ends_its_emulator_and_removes_its_temporary_recording(
+    tmp_path: Path, tiny_engine_dir: Path, sig: int
+) -> None:
+    """SIGTERM or SIGHUP to `demo` ended it at once (143 / 129): its emulator child kept publishing
+    and /tmp/sbd-demo-* stayed. Now they stop it as Ctrl-C does: the summary, exit 0, no child left,
+    no temporary folder."""
+    with _demo_sending(tmp_path, tiny_engine_dir) as (proc, err, kids, tmp):
+        proc.send_signal(sig)
+        out = proc.stdout.read()
+        proc.wait(60)
     assert proc.returncode == 0, err.text[-2000:]
     assert 0 < json.loads(out[out.index("{") :])["frames_sent"] < 4000
     assert not [k for k in kids if _alive(k)]
@@ -305,32 +313,15 @@ def test_a_third_signal_ends_demo_at_once_and_still_removes_its_temporary_record
 ) -> None:
     """The third stop signal ends the process by its default action, unfinished; the demo's temporary
     folder (a recording nobody asked to keep) stayed behind in /tmp. Its emulator child ends with it."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    cmd = [
-        *CLI, "demo", "--frames", "4000", "--rate", "40", "--synthetic", "--shape", "64x64",
-        "--no-likelihood", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
-    ]  # fmt: skip
-    env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
-    )
-    kids: list[int] = []
-    try:
-        err = Lines(proc.stderr)
-        assert err.wait_for("received", 180), err.text
-        kids = _children(proc.pid)
-        assert kids and list(tmp.glob("sbd-demo-*")), err.text
+    with _demo_sending(tmp_path, tiny_engine_dir) as (proc, err, kids, tmp):
         for _ in range(3):  # apart: one signal pending twice is delivered once
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.05)
         proc.wait(60)
-    finally:
-        _kill(proc)
+        assert wait_until(lambda: not [k for k in kids if _alive(k)], 30)  # the child: its stdin closed
     assert "ending now" in err.text, err.text[-2000:]
     assert proc.returncode == -signal.SIGTERM, err.text[-2000:]
     assert not list(tmp.glob("sbd-demo-*"))
-    assert wait_until(lambda: not [k for k in kids if _alive(k)], 30)  # the child: its stdin closed
 
 
 @pytest.mark.timeout(180)
