@@ -9,7 +9,6 @@ import platform
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,7 +63,7 @@ def denoise_file(
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     # one job per output (another one's temporary file is never touched); signals stop between batches
-    with output_lock(output) as held, _Stop().installed() as stop:
+    with output_lock(output) as held, StopFlag().installed() as stop:
         if not overwrite and output.exists():
             raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
         job = (progress, overwrite, held is not None, stop)
@@ -163,29 +162,6 @@ def _denoise_file(
 
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(StopFlag):
-    """The Dask path's ``StopFlag``, set by SIGHUP as well (a closed terminal or ssh session), unless
-    SIGHUP is ignored (``nohup``: meant to outlive the terminal), as ``cli.app.on_signals`` does.
-
-    Why: SIGTERM and SIGHUP ended ``--scheduler none`` at once, by their default action, and its
-    hidden temporary file (a full-size output, as big as the result) stayed behind."""
-
-    @contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        with super().installed():
-            hup = getattr(signal, "SIGHUP", None)
-            if (
-                hup is None
-                or hup in self._previous
-                or threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(hup) is signal.SIG_IGN
-            ):
-                yield self
-                return
-            self._previous[hup] = signal.signal(hup, self._handler)  # restored with the others
-            yield self
 
 
 class _Interrupted(JobInterrupted):

@@ -92,7 +92,10 @@ def refuse_closed_port(scheduler: str) -> None:
 
 
 class StopFlag:
-    """Set by SIGINT / SIGTERM while ``installed`` (main thread only; elsewhere it stays unset)."""
+    """Set by SIGINT / SIGTERM / SIGHUP while ``installed`` (main thread only; elsewhere it stays unset).
+
+    SIGHUP killed a Dask job's client at once (its partial's sidecar then behind its data), where the
+    single-process path and the live commands stopped cleanly."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -115,10 +118,14 @@ class StopFlag:
 
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
+        """SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session; unless it is ignored, as under
+        ``nohup``, meant to outlive the terminal, as ``cli.app.on_signals`` does) set the flag."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        for sig in SIGNALS:
+        hup = getattr(signal, "SIGHUP", None)  # none on Windows
+        ignored = hup is None or signal.getsignal(hup) is signal.SIG_IGN
+        for sig in (*SIGNALS, *(() if ignored else (hup,))):
             self._previous[sig] = signal.signal(sig, self._handler)
         try:
             yield self

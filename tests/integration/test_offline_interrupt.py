@@ -33,7 +33,12 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
     ]  # fmt: skip
     side = Path(f"{out}.partial.json")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # a suite run under nohup
     )
     done = 0
     try:
@@ -59,8 +64,13 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(
     ("sig", "group", "status"),
-    [(signal.SIGINT, False, 130), (signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
-    ids=["sigint-client", "ctrl-c-group", "sigterm"],
+    [
+        (signal.SIGINT, False, 130),
+        (signal.SIGINT, True, 130),
+        (signal.SIGTERM, False, 143),
+        (signal.SIGHUP, False, 129),
+    ],
+    ids=["sigint-client", "ctrl-c-group", "sigterm", "sighup"],
 )
 def test_a_signal_stops_the_job_cleanly_and_the_same_command_resumes(
     binning_engine_dir: Path, tmp_path: Path, sig: int, group: bool, status: int
