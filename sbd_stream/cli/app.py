@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -156,6 +157,42 @@ def on_signals(stop: threading.Event, on_abort: Callable[[], None] | None = None
                 signal.signal(signum, before)
 
     return release
+
+
+class Stopped(Exception):
+    """A stop signal arrived during a short, all-or-nothing command (``stop_signals_unwind``)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise ``Stopped`` in the main thread, as Ctrl-C raises KeyboardInterrupt.
+
+    Why: a one-file command (``export``) writes under a hidden temporary name and removes it in a
+    ``finally``; the default action of SIGTERM or SIGHUP ended the process without running it, and the
+    ``.NAME.<pid>.partial`` stayed behind. There is no queue to drain, so unwinding at once is the clean
+    stop. A SIGHUP the process was started ignoring (``nohup``) stays ignored; the handlers from before
+    are back afterwards (commands run in-process, as the tests do).
+    """
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    numbers = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        numbers.remove(signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in numbers}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _ignore_stop_signals() -> None:

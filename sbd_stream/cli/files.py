@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from sbd_stream.cli.app import app, fail, setup_logging
+from sbd_stream.cli.app import Stopped, app, fail, setup_logging, stop_signals_unwind
 from sbd_stream.cli.options import (
     Batch,
     CountsPerPx,
@@ -212,6 +212,12 @@ def export(
     if not recording.exists():
         fail(f"{recording} not found")
     try:
-        typer.echo(json.dumps(run_export(recording, to, kind, out, overwrite), indent=2))
+        with stop_signals_unwind():
+            typer.echo(json.dumps(run_export(recording, to, kind, out, overwrite), indent=2))
     except (ExportError, OSError) as e:
         fail(str(e))
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else 2
+        name = str(e) if isinstance(e, Stopped) else "SIGINT"
+        typer.echo(f"{name}: export stopped; nothing was written (its temporary file is removed)", err=True)
+        raise typer.Exit(128 + signum) from None

@@ -1,12 +1,16 @@
 """The denoise stage: counts in, denoised counts out, through normalise -> tile -> engine -> fuse.
 
 Every step stays on the engine's device; the only host round trip is ONNX Runtime on CPU, where host
-*is* the device. Tile plans are cached per frame shape, because a stream's frames all share one.
+*is* the device. Tile plans are cached per frame shape, because a stream's frames all share one; the
+cache keeps the most recently used shapes only, so a caller feeding many sizes (a notebook sweeping crops,
+a service fed every size a detector offers) does not grow it without end.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,9 @@ from sbd_stream.compute.tiling import (
 from sbd_stream.engines import Engine, EngineKind, load_engine
 
 log = logging.getLogger(__name__)
+
+PLAN_CACHE_SIZE = 32
+"""Frame shapes whose tile plans stay cached (least recently used shapes go first)."""
 
 
 class Denoiser:
@@ -49,7 +56,8 @@ class Denoiser:
         self.normalisation: Normalisation = card.normalisation
         self.dose = dose or card.normalisation.dose
         self.fixed_tile = engine.kind == "tensorrt"
-        self._plans: dict[tuple[int, int], TilePlan] = {}
+        self._plans: OrderedDict[tuple[int, int], TilePlan] = OrderedDict()
+        self._plans_lock = threading.Lock()
         if self.tile % self.model_multiple:
             raise ValueError(f"tile {self.tile} must be a multiple of {self.model_multiple}")
 
@@ -90,19 +98,26 @@ class Denoiser:
 
     def plan(self, height: int, width: int) -> TilePlan:
         key = (height, width)
-        if key not in self._plans:
-            tile, margin, overlap = self.tile, self.margin, self.overlap
-            whole = max(height, width)
-            whole += -whole % self.model_multiple
-            if not self.fixed_tile and whole <= tile:
-                # The whole frame fits one tile: no seam to hide, so no margin either. The network sees
-                # the frame as in training (whole frames, its own edge padding) at the least compute;
-                # a margin would grow a 256^2 working frame to 416^2 (2.6x the work) for nothing.
-                tile, margin, overlap = max(whole, self.model_multiple), 0, 0
-            self._plans[key] = plan_tiles(
-                height, width, tile, margin, overlap, self.model_multiple, self.window
-            )
-        return self._plans[key]
+        with self._plans_lock:
+            cached = self._plans.get(key)
+            if cached is not None:
+                self._plans.move_to_end(key)
+                return cached
+        tile, margin, overlap = self.tile, self.margin, self.overlap
+        whole = max(height, width)
+        whole += -whole % self.model_multiple
+        if not self.fixed_tile and whole <= tile:
+            # The whole frame fits one tile: no seam to hide, so no margin either. The network sees
+            # the frame as in training (whole frames, its own edge padding) at the least compute;
+            # a margin would grow a 256^2 working frame to 416^2 (2.6x the work) for nothing.
+            tile, margin, overlap = max(whole, self.model_multiple), 0, 0
+        plan = plan_tiles(height, width, tile, margin, overlap, self.model_multiple, self.window)
+        with self._plans_lock:
+            self._plans[key] = plan
+            self._plans.move_to_end(key)
+            while len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        return plan
 
     def denoise(self, frames: torch.Tensor, dose: float | None = None) -> torch.Tensor:
         """(B, H, W) or (H, W) counts -> float32 denoised counts on the engine's device."""

@@ -205,3 +205,37 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_export(tmp_path: Path, t
     assert len(err) == 1 and err[0].startswith(f"error: {out}: no space left"), err
     assert {p.name: p.read_bytes() for p in tmp_path.glob("x.*")} == before  # the good export, untouched
     assert not list(tmp_path.glob(".x.*"))  # no temporary file left
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("to", ["npy", "mrc", "tiff"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_mid_export_leaves_no_temporary_file(
+    tmp_path: Path, to: str, signame: str, monkeypatch
+) -> None:
+    """SIGTERM / SIGHUP ended the export by their default action, past the ``finally`` that removes
+    the hidden ``.NAME.<pid>.partial``: it stayed beside the output. The signal is real, sent to this
+    process while the second frame is read."""
+    import os
+
+    import sbd_stream.sinks.export as export_module
+
+    rec = _record(tmp_path)
+    frames = export_module._frames
+
+    def signalled(*args, **kwargs):
+        for i, frame in enumerate(frames(*args, **kwargs)):
+            if i == 1:
+                os.kill(os.getpid(), getattr(signal, signame))
+            yield frame
+
+    monkeypatch.setattr(export_module, "_frames", signalled)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    out = tmp_path / f"x.{to}"
+    res = CliRunner().invoke(app, ["export", str(rec), "--to", to, "--kind", "raw", "--out", str(out)])
+    number = getattr(signal, signame)
+    assert res.exit_code == 128 + number, res.output
+    assert f"{signame}: export stopped" in res.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".x.*"))  # the temporary file is gone
+    assert {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)} == before

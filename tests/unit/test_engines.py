@@ -228,3 +228,18 @@ def test_the_live_service_takes_the_orientations_setting(tiny_engine_dir) -> Non
     assert load_stage(ServiceSettings(denoise=den)).orientations == 1  # the live default
     stage = load_stage(ServiceSettings(denoise={**den, "orientations": 4}))
     assert stage.orientations == min(4, trained_orientations(stage.denoiser.engine.card.training)) > 1
+
+
+def test_tile_plans_are_cached_for_recent_shapes_only(tiny_engine_dir: Path) -> None:
+    """A caller sweeping many frame sizes must not grow the plan cache without end."""
+    from sbd_stream.engines.denoiser import PLAN_CACHE_SIZE
+
+    den = Denoiser.load(EngineKind.torch, tiny_engine_dir)
+    first = den.plan(40, 40)
+    assert den.plan(40, 40) is first
+    for size in range(41, 41 + 3 * PLAN_CACHE_SIZE):
+        den.plan(size, size + 1)
+    assert len(den._plans) == PLAN_CACHE_SIZE
+    assert (40, 40) not in den._plans
+    out = den.denoise(torch.ones(24, 40))
+    assert out.shape == (24, 40)
