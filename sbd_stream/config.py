@@ -288,6 +288,14 @@ class DenoiseSettings(BaseModel):
     )
     batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
     orientations: Literal[1, 2, 4, 8] = Field(1, description="engine averaged over turned frames")
+
+    @field_validator("orientations", mode="before")
+    @classmethod
+    def _orientations_from_text(cls, v: object) -> object:
+        """``SBD_DENOISE__ORIENTATIONS=8`` arrives as the text ``'8'``, which a Literal of ints refused
+        (an int field would have taken it)."""
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v
+
     policy: BackpressurePolicy | None = Field(
         None, description="older name of lanes.live: latest = live lane on, lossless = off (one lane)"
     )

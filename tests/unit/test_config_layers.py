@@ -132,3 +132,13 @@ def test_both_dose_flags_are_refused_by_their_flag_names() -> None:
     what the user typed."""
     res = CliRunner().invoke(app, ["serve", "--no-record", "--dose", "125", "--counts-per-px", "0.45"])
     assert res.exit_code == 2 and "--dose and --counts-per-px" in res.output
+
+
+@pytest.mark.parametrize("value", ["1", "2", "4", "8"])
+def test_orientations_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """The environment's text ``'8'`` was refused by the Literal of ints ("should be 1, 2, 4 or 8")."""
+    monkeypatch.setenv("SBD_DENOISE__ORIENTATIONS", value)
+    assert load_settings(None, {}).denoise.orientations == int(value)
+    monkeypatch.setenv("SBD_DENOISE__ORIENTATIONS", "3")
+    with pytest.raises(ValidationError):
+        load_settings(None, {})
