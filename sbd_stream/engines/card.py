@@ -52,10 +52,24 @@ class TilingDefaults(BaseModel):
     overlap: int = Field(32, ge=0)
 
 
+CARD_FORMAT_VERSION = 1
+"""The card layout this version reads and writes. Raised when a field changes meaning (an older
+loader would build the wrong network from it), so an older sbd-stream refuses the card in one line
+instead of running it. Adding a field with a default that keeps old behaviour does not raise it."""
+
+
 class EngineCard(BaseModel):
-    """What ``card.json`` holds. Unknown keys are kept so newer cards still load."""
+    """What ``card.json`` holds. Unknown keys are kept so newer cards still load; ``load_card`` names
+    them in a warning (a typo such as ``pixel_size_a`` otherwise passed unnoticed)."""
 
     model_config = ConfigDict(extra="allow")
+
+    format_version: int = Field(
+        CARD_FORMAT_VERSION,
+        ge=1,
+        le=CARD_FORMAT_VERSION,
+        description="card layout; a newer one than this sbd-stream reads is refused (upgrade sbd-stream)",
+    )
 
     name: str = Field(
         pattern=NAME_PATTERN,
@@ -298,11 +312,32 @@ def load_card(engine_dir: Path) -> EngineCard:
     path = engine_dir / CARD_FILE
     raw = read_regular(path)  # ArtefactError for a folder, a FIFO, an unreadable file
     try:
-        return EngineCard.model_validate_json(raw)
+        card = EngineCard.model_validate_json(raw)
     except ValidationError as e:
+        newer = [err for err in e.errors() if err.get("type") == "less_than_equal"]
+        if any(tuple(err.get("loc", ())) == ("format_version",) for err in newer):
+            raise ArtefactError(
+                f"{path}: card format_version {_stated_version(raw)} is newer than this sbd-stream reads "
+                f"({CARD_FORMAT_VERSION}); upgrade sbd-stream to run this engine"
+            ) from e
         raise ArtefactError(f"{path} is not a valid engine card: {first_error(e)}") from e
     except ValueError as e:
         raise ArtefactError(f"{path} is not a valid engine card: {e}") from e
+    if card.model_extra:
+        log.warning(
+            "%s: unknown card keys %s ignored (a typo, or a newer sbd-stream's card)",
+            path,
+            ", ".join(sorted(card.model_extra)[:8]),
+        )
+    return card
+
+
+def _stated_version(raw: bytes | str) -> str:
+    """The ``format_version`` a refused card states, for the message (``?`` if unreadable)."""
+    try:
+        return repr(json.loads(raw).get("format_version"))[:20]
+    except (ValueError, AttributeError):
+        return "?"
 
 
 def first_error(e: ValidationError) -> str:

@@ -97,8 +97,12 @@ def _rows(f: h5py.File, kind: str, part: Path) -> tuple[Any, np.ndarray, np.ndar
         raise ExportError(str(e)) from None
     if n == 0:
         return None
-    ts = g["time"][:n] if "time" in g else g["ts"][:n]
-    return g["frames"], np.asarray(g["seq"][:n], dtype=np.int64), np.asarray(ts, dtype=np.float64)
+    if "time" in g:  # seconds since the segment's first frame
+        ts = np.asarray(g["time"][:n], dtype=np.float64)
+    else:  # the first layout (no ``time``): the sender's absolute ts, made relative as ``time`` is
+        ts = np.asarray(g["ts"][:n], dtype=np.float64)
+        ts = ts - ts.min()
+    return g["frames"], np.asarray(g["seq"][:n], dtype=np.int64), ts
 
 
 def _survey(path: Path, kind: str) -> dict[str, Any]:

@@ -239,3 +239,25 @@ def test_a_stop_signal_mid_export_leaves_no_temporary_file(
     assert not out.exists()
     assert not list(tmp_path.glob(".x.*"))  # the temporary file is gone
     assert {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)} == before
+
+
+@pytest.mark.timeout(60)
+def test_a_first_layout_recording_exports_times_from_its_first_frame(tmp_path: Path) -> None:
+    """The first layout (no /entry, no ``time`` axis, only the sender's absolute ``ts``) exported Unix
+    seconds as the sidecar's ``time_s``; every later layout gives seconds from the first frame."""
+    import h5py
+
+    path = tmp_path / "old.h5"
+    ts = 1_796_524_130.0 + 0.25 * np.arange(4)
+    with h5py.File(path, "w", libver="latest") as f:
+        f.attrs["acq"] = "old"
+        g = f.create_group("raw")
+        g.create_dataset("frames", data=np.stack([_frame(q) for q in range(4)]), maxshape=(None, *SHAPE))
+        g.create_dataset("seq", data=np.arange(4, dtype=np.int64), maxshape=(None,))
+        g.create_dataset("ts", data=ts, maxshape=(None,))
+        g.create_dataset("complete", data=np.ones(4, np.uint8), maxshape=(None,))
+    out = tmp_path / "x.npy"
+    _export(str(path), "--to", "npy", "--kind", "raw", "--out", str(out))
+    side = json.loads(out.with_suffix(".json").read_text())
+    np.testing.assert_allclose(side["time_s"], 0.25 * np.arange(4))
+    np.testing.assert_array_equal(np.load(out), np.stack([_frame(q) for q in range(4)]))

@@ -287,3 +287,34 @@ def test_export_and_resume_refuse_a_pickled_checkpoint_in_one_line(
             "loaded)"
         )
     assert not (tmp_path / "eng").exists()
+
+
+# --- compat audit (session 23): card versions and unknown keys ---------------------------------------------
+
+
+def test_a_card_of_a_newer_format_is_refused_in_one_line(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    """Cards had no version: an older sbd-stream silently ran a card whose fields it did not know."""
+    eng = clone(tiny_engine_dir, tmp_path)
+    edit_card(eng, format_version=2)
+    with pytest.raises(ArtefactError, match=r"format_version 2 is newer than this sbd-stream reads \(1\)"):
+        load_card(eng)
+    res = runner.invoke(app, ["info", "--model", str(eng)])
+    assert res.exit_code == 2 and "upgrade sbd-stream" in res.output
+    edit_card(eng, format_version=0)
+    with pytest.raises(ArtefactError, match="not a valid engine card: format_version"):
+        load_card(eng)
+
+
+def test_unknown_card_keys_are_named_in_a_warning(
+    tiny_engine_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = clone(tiny_engine_dir, tmp_path)
+    edit_card(eng, pixel_size_a=0.24)
+    with caplog.at_level(logging.WARNING, logger="sbd_stream.engines.card"):
+        card = load_card(eng)
+    assert card.format_version == 1
+    assert any("unknown card keys pixel_size_a" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sbd_stream.engines.card"):
+        load_card(tiny_engine_dir)
+    assert not [r for r in caplog.records if "unknown card keys" in r.getMessage()]
