@@ -28,8 +28,8 @@ from sbd_stream.frames import Frame
 from sbd_stream.metrics import Metrics
 
 __all__ = [
-    "NONFINITE_KEY", "SATURATED_KEY", "invalid_pixels", "negative_pixels", "replace_invalid", "replaced",
-    "report_values",
+    "NONFINITE_KEY", "SATURATED_KEY", "clean_pixels", "invalid_pixels", "negative_pixels", "replace_invalid",
+    "replaced", "report_values",
 ]  # fmt: skip
 
 NONFINITE_KEY = "nonfinite_pixels"
@@ -55,16 +55,19 @@ def invalid_pixels(data: np.ndarray) -> tuple[str, np.ndarray] | None:
     return None
 
 
-def replace_invalid(frame: Frame, metrics: Metrics | None = None) -> Frame:
-    """``frame`` itself when all its pixels are usable; else a flagged copy with them replaced."""
-    data = frame.data
+def clean_pixels(data: np.ndarray) -> tuple[np.ndarray, str | None, int]:
+    """(``data`` or a read-only copy with its unusable pixels replaced, meta key or None, how many).
+
+    The array-level rule behind ``replace_invalid``: Python callers without a ``Frame``
+    (``service/frames.py``) get exactly what the service edge and ``sbd-stream denoise`` do.
+    """
     found = invalid_pixels(data)
     if found is None:
-        return frame
+        return data, None, 0
     key, bad = found
     n = int(np.count_nonzero(bad))
     if n == 0:
-        return frame
+        return data, None, 0
     good = data[~bad]
     fill = float(good.mean(dtype=np.float64)) if good.size else 0.0
     # an integer frame keeps its dtype (the queue, the header and the batch stage expect it): its fill
@@ -72,6 +75,14 @@ def replace_invalid(frame: Frame, metrics: Metrics | None = None) -> Frame:
     fill_value = np.asarray(fill if data.dtype.kind == "f" else round(fill), dtype=data.dtype)
     clean = np.where(bad, fill_value, data)
     clean.flags.writeable = False
+    return clean, key, n
+
+
+def replace_invalid(frame: Frame, metrics: Metrics | None = None) -> Frame:
+    """``frame`` itself when all its pixels are usable; else a flagged copy with them replaced."""
+    clean, key, n = clean_pixels(frame.data)
+    if key is None:
+        return frame
     if metrics is not None:
         if key == NONFINITE_KEY:
             metrics.frames_nonfinite.inc()
