@@ -5,9 +5,10 @@ is biased towards "column": the network fitted those very counts, so a spurious 
 noise happened to be high (measured on the detector test split: the raw counts at spurious surface
 columns are 10 % above their noise-free value, at true ones 1.8 %; docs/likelihood.md). Counts of
 *other* frames of a static specimen carry no such bias. With ``evidence_frames = N`` a frame's columns
-are scored on the summed counts of up to N other frames of the same acquisition (earlier frames the
-batch stage kept, and the other frames of the batch), nearest in sequence first, with the denoised
-rates scaled by the number of frames summed, so the ratio is the sum of those frames' ratios. Surface
+are scored on the summed counts of the frames ``seq - N ... seq - 1`` of the same acquisition received
+before it (decided at receipt by ``service/evidence_history.py``, never later batch-mates, so a map
+does not depend on batching, lane or timing), with the denoised rates scaled by the number of frames
+summed, so the ratio is the sum of those frames' ratios. Surface
 AUC true vs spurious: 0.74 on own counts, 0.86 / 0.89 / 0.96 with 1 / 2 / 4 evidence frames
 (``sbd-train likelihood-study --evidence-frames N``).
 
@@ -49,7 +50,9 @@ def evidence_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def evidence_plan(acq: Sequence[str], seq: Sequence[int], n: int) -> list[list[int]]:
-    """For each frame of a batch, the batch positions of up to ``n`` evidence frames.
+    """For each frame of a batch, the batch positions of up to ``n`` evidence frames (no longer used by
+    the service, which scores a frame on the frames before it only: ``service/batch.py``
+    ``earlier_frames``; kept for scripts; candidates on both sides make a map depend on its batch).
 
     Candidates: other frames of the same acquisition at most ``2 n`` sequence numbers away (a dropped
     frame or two does not disqualify a neighbour; a long gap, or another series, does), nearest first,

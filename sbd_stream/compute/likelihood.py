@@ -22,133 +22,46 @@ a max-pool for maxima, one gather of the disk pixels, two scatter-reduces to pai
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sbd_stream.compute.likelihood_filters import banded, log_banded, pinned
+from sbd_stream.compute.likelihood_config import (
+    MAX_PX,
+    PIXEL_RANGE_A,
+    ColumnModel,
+    ColumnPolarity,
+    LikelihoodConfig,
+    VacuumMode,
+    disk_offsets,
+    gaussian_kernels,
+)
+from sbd_stream.compute.likelihood_filters import (
+    banded,
+    blocks,
+    first_of_ties,
+    log_banded,
+    pinned,
+    square_max,
+)
+from sbd_stream.compute.likelihood_inputs import (
+    VacuumLevel,
+    as_frames,
+    check_finite,
+    check_vacuum,
+    vacuum_levels,
+    valid_pixels,
+)
 
-
-class ColumnPolarity(enum.StrEnum):
-    """Whether atomic columns look brighter or darker than their surroundings (it depends on defocus)."""
-
-    bright = "bright"
-    dark = "dark"
-
-
-class VacuumMode(enum.StrEnum):
-    """How the null-hypothesis rate lam0 is obtained."""
-
-    estimate = "estimate"  # mean raw count over the flattest part of the denoised frame (see estimate_vacuum)
-    fixed = "fixed"  # a configured value in counts per pixel (e.g. the dose the engine was trained for)
-
-
-class ColumnModel(enum.StrEnum):
-    """What "a column is here" predicts for the counts in its region R (the LLR's alternative)."""
-
-    constant = "constant"  # the paper's low-dimensional model: the denoised mean over R on every pixel
-    pattern = "pattern"  # the denoised frame itself, pixel by pixel over R
-
-
-class LikelihoodConfig(BaseModel):
-    """Detection and likelihood parameters, in physical units; pixel values are derived from the pixel size.
-
-    Record ``describe()`` next to the maps: it holds both the physical and the derived pixel values.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    pixel_size_A: float = Field(0.1, gt=0, description="sampling of the frame in Angstrom per pixel")
-    column_radius_A: float = Field(0.7, gt=0, description="radius of the disk region R around a column")
-    log_sigma_A: float | None = Field(
-        None, gt=0, description="LoG scale; default column_radius_A / sqrt(2) (blob radius = sqrt(2) sigma)"
-    )
-    polarity: ColumnPolarity = ColumnPolarity.bright
-    threshold: float = Field(
-        0.05,
-        ge=0,
-        description="minimum scale-normalised LoG response, in units of the vacuum level "
-        "(a Gaussian column of contrast A and width sigma gives A/2)",
-    )
-    min_distance_A: float = Field(1.0, gt=0, description="a column must be the LoG extremum within this")
-    column_model: ColumnModel = Field(
-        ColumnModel.constant, description="the LLR's alternative over R: the denoised mean or pixels"
-    )
-    vacuum_mode: VacuumMode = VacuumMode.estimate
-    vacuum_counts: float | None = Field(None, gt=0, description="lam0 in counts/pixel when vacuum_mode=fixed")
-    vacuum_fraction: float = Field(
-        0.1, gt=0, le=1, description="fraction of the blocks (the flattest) taken as vacuum by the estimator"
-    )
-    vacuum_block_A: float = Field(
-        5.0, gt=0, description="side of the estimator's square blocks; wider than the column spacing"
-    )
-    truncate: float = Field(4.0, gt=0, description="Gaussian kernels reach truncate * sigma (as scipy)")
-    min_rate: float = Field(
-        1e-6, gt=0, description="floor on lam0 and lam1, counts/pixel, to keep logs finite"
-    )
-
-    @model_validator(mode="after")
-    def _fixed_needs_value(self) -> LikelihoodConfig:
-        if self.vacuum_mode is VacuumMode.fixed and self.vacuum_counts is None:
-            raise ValueError("vacuum_mode=fixed needs vacuum_counts")
-        return self
-
-    # -- derived pixel quantities (the single place where Angstrom become pixels) -------------------------
-    @property
-    def radius_px(self) -> float:
-        return self.column_radius_A / self.pixel_size_A
-
-    @property
-    def sigma_px(self) -> float:
-        s = self.log_sigma_A if self.log_sigma_A is not None else self.column_radius_A / math.sqrt(2.0)
-        return s / self.pixel_size_A
-
-    @property
-    def kernel_radius_px(self) -> int:
-        return int(self.truncate * self.sigma_px + 0.5)
-
-    @property
-    def min_distance_px(self) -> int:
-        return max(1, round(self.min_distance_A / self.pixel_size_A))
-
-    @property
-    def vacuum_block_px(self) -> int:
-        return max(2, round(self.vacuum_block_A / self.pixel_size_A))
-
-    def describe(self) -> dict[str, Any]:
-        """Configuration plus derived pixel values, for recording beside the maps."""
-        out = self.model_dump(mode="json")
-        out.update(
-            radius_px=self.radius_px,
-            sigma_px=self.sigma_px,
-            kernel_radius_px=self.kernel_radius_px,
-            min_distance_px=self.min_distance_px,
-            vacuum_block_px=self.vacuum_block_px,
-            region_pixels=len(disk_offsets(self.radius_px)),
-        )
-        return out
-
-
-def disk_offsets(radius_px: float) -> np.ndarray:
-    """Integer offsets (dy, dx) with dy^2 + dx^2 <= r^2, row-major: the pixels of a region R."""
-    r = math.floor(radius_px)
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    keep = dy**2 + dx**2 <= radius_px**2 + 1e-9
-    return np.stack([dy[keep], dx[keep]], axis=1).astype(np.int64)
-
-
-def gaussian_kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampled Gaussian and its second derivative, normalised exactly as scipy.ndimage does."""
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    phi = np.exp(-0.5 * x**2 / sigma**2)
-    phi /= phi.sum()
-    return phi, phi * (x**2 / sigma**4 - 1.0 / sigma**2)
+__all__ = [
+    "MAX_PX", "PIXEL_RANGE_A", "ColumnModel", "ColumnPolarity", "DeviceColumns", "FrameColumns",
+    "LikelihoodConfig", "LikelihoodResult", "LikelihoodStage", "VacuumMode", "detect_columns",
+    "disk_offsets", "estimate_vacuum", "gaussian_kernels", "likelihood_map",
+]  # fmt: skip
 
 
 @dataclass
@@ -200,7 +113,7 @@ class LikelihoodStage:
 
     # -- vacuum -------------------------------------------------------------------------------------------
     @pinned
-    def vacuum(self, raw: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    def vacuum(self, raw: torch.Tensor, denoised: torch.Tensor, masked: bool = False) -> torch.Tensor:
         """lam0 per frame (B,), counts/pixel.
 
         Estimator: vacuum is the background away from the specimen, which is *flat* whatever the defocus
@@ -211,6 +124,10 @@ class LikelihoodStage:
         the noisy pixels identified as belonging to the vacuum region"). Blocks wider than the column
         spacing keep the flat gaps between columns inside a crystal out. It assumes vacuum covers at
         least that fraction of the frame; for frames without vacuum use ``vacuum_mode=fixed``.
+
+        ``masked`` (``compute``'s rule): a block holding a non-finite pixel is never vacuum (told from the
+        block's own variance and mean: no pass over the pixels); a frame with no finite block of both
+        frames takes the mean of its blocks with finite raw counts, and with none scores nothing (NaN).
         """
         cfg = self.cfg
         b = denoised.shape[0]
@@ -218,14 +135,24 @@ class LikelihoodStage:
             return torch.full((b,), float(cfg.vacuum_counts), dtype=torch.float32, device=denoised.device)
         s = cfg.vacuum_block_px
         nh, nw = denoised.shape[1] // s, denoised.shape[2] // s
-        d = _blocks(denoised.to(torch.float32), s, nh, nw)  # (B, nh * nw, s * s)
+        d = blocks(denoised.to(torch.float32), s, nh, nw)  # (B, nh * nw, s * s)
         var = d.var(dim=2, correction=0)  # two-pass, accurate in float32
+        block_mean = blocks(raw.to(torch.float32), s, nh, nw).mean(dim=2)
+        if masked:
+            finite_raw = torch.isfinite(block_mean)
+            ok = torch.isfinite(var) & finite_raw
+            var = torch.where(ok, var, torch.full_like(var, math.inf))
         k = max(1, int(cfg.vacuum_fraction * var.shape[1]))
         thr = var.kthvalue(k, dim=1, keepdim=True).values
-        mask = (var <= thr).to(torch.float32)
-        block_mean = _blocks(raw.to(torch.float32), s, nh, nw).mean(dim=2)
-        lam0 = (block_mean * mask).sum(1) / mask.sum(1)
-        return lam0.clamp_min(cfg.min_rate)
+        if not masked:
+            mask = (var <= thr).to(torch.float32)
+            lam0 = (block_mean * mask).sum(1) / mask.sum(1)
+            return lam0.clamp_min(cfg.min_rate)
+        zero = torch.zeros_like(block_mean)
+        picked = (var <= thr) & ok
+        lam0 = torch.where(picked, block_mean, zero).sum(1) / picked.sum(1).clamp_min(1)
+        fallback = torch.where(finite_raw, block_mean, zero).sum(1) / finite_raw.sum(1)  # 0 / 0: NaN
+        return torch.where(picked.any(1), lam0, fallback).clamp_min(cfg.min_rate)
 
     # -- detection ----------------------------------------------------------------------------------------
     @pinned
@@ -243,67 +170,91 @@ class LikelihoodStage:
         return (sign * self.cfg.sigma_px**2) * log / vacuum.view(-1, 1, 1)
 
     @pinned
-    def detect(self, denoised: torch.Tensor, vacuum: torch.Tensor) -> torch.Tensor:
+    def detect(
+        self, denoised: torch.Tensor, vacuum: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(N, 3) long [frame, row, col] of all columns in the batch, row-major within a frame.
 
         A column is a pixel whose response is the maximum of its (2 m + 1)^2 neighbourhood (m =
-        min_distance_px; pixels outside the frame do not compete) and exceeds ``threshold``. Exact ties
-        on a plateau all count. The count is bounded by the max-pool: at most one per m x m block.
+        min_distance_px; pixels outside the frame do not compete) and exceeds ``threshold``. Of exact
+        ties within a neighbourhood (a plateau) only the first in row-major order counts, so columns are
+        more than m pixels apart: at most one per m x m block. No column is centred on an invalid pixel.
         """
         resp = self.response(denoised, vacuum)
         m = self.cfg.min_distance_px
-        mx = F.pad(resp, (m, m, m, m), value=-math.inf)
-        mx = _sliding_max(_sliding_max(mx, 2 * m + 1, 2), 2 * m + 1, 1)
-        peaks = (resp == mx) & (resp > self.cfg.threshold)
-        return peaks.nonzero()
+        peaks = (resp == square_max(resp, m, -math.inf)) & (resp > self.cfg.threshold)
+        if valid is not None:
+            peaks &= valid
+        return first_of_ties(peaks, m)
 
     # -- likelihood ---------------------------------------------------------------------------------------
     def region_sums(
-        self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor
+        self,
+        raw: torch.Tensor,
+        denoised: torch.Tensor,
+        centres: torch.Tensor,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(k, sum of denoised, n) over the disk at every centre; disk pixels outside the frame are left out.
 
         Equivalent to convolving raw, denoised and a ones-frame with the disk (zero padding) and reading
         the three at the centres, but gathers only the K x |R| pixels that matter (clamped indices,
-        outside pixels weighted 0).
+        outside pixels weighted 0). Invalid pixels (``valid`` False) are left out as outside ones are.
         """
-        flat, inside = self._disk_index(centres, *denoised.shape[1:])
-        k = (raw.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
-        s = (denoised.to(torch.float32).reshape(-1)[flat] * inside).sum(1)
-        return k, s, inside.sum(1)
+        flat, inside = self._disk_index(centres, *denoised.shape[1:], valid)
+        zero = torch.zeros((), dtype=torch.float32, device=flat.device)
+        k = torch.where(inside, raw.to(torch.float32).reshape(-1)[flat], zero).sum(1)
+        s = torch.where(inside, denoised.to(torch.float32).reshape(-1)[flat], zero).sum(1)
+        return k, s, inside.to(torch.float32).sum(1)
 
-    def _disk_index(self, centres: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, P) flat indices of each disk pixel (clamped into the frame) and 1 / 0: inside or not."""
+    def _disk_index(
+        self, centres: torch.Tensor, h: int, w: int, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P) flat indices of each disk pixel (clamped into the frame) and whether it counts."""
         ry = centres[:, 1:2] + self._off[:, 0]
         cx = centres[:, 2:3] + self._off[:, 1]
-        inside = ((ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)).to(torch.float32)
-        return centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1), inside
+        inside = (ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)
+        flat = centres[:, 0:1] * (h * w) + ry.clamp(0, h - 1) * w + cx.clamp(0, w - 1)
+        if valid is not None:
+            inside &= valid.reshape(-1)[flat]
+        return flat, inside
 
     @pinned
     def llr(
-        self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor, vacuum: torch.Tensor
+        self,
+        raw: torch.Tensor,
+        denoised: torch.Tensor,
+        centres: torch.Tensor,
+        vacuum: torch.Tensor,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(llr, lam1, k, n) at integer centres (N, 3) [frame, row, col]; any position works (e.g. truth)."""
-        k, s, n = self.region_sums(raw, denoised, centres)
-        lam1 = (s / n).clamp_min(self.cfg.min_rate)
+        k, s, n = self.region_sums(raw, denoised, centres, valid)
+        lam1 = (s / n.clamp_min(1)).clamp_min(self.cfg.min_rate)
         lam0 = vacuum[centres[:, 0]]
         if self.cfg.column_model is ColumnModel.pattern:
-            return self._pattern_llr(raw, denoised, centres, lam0), lam1, k, n
+            return self._pattern_llr(raw, denoised, centres, lam0, valid), lam1, k, n
         return k * torch.log(lam1 / lam0) - n * (lam1 - lam0), lam1, k, n
 
     def _pattern_llr(
-        self, raw: torch.Tensor, denoised: torch.Tensor, centres: torch.Tensor, lam0: torch.Tensor
+        self,
+        raw: torch.Tensor,
+        denoised: torch.Tensor,
+        centres: torch.Tensor,
+        lam0: torch.Tensor,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sum_R [y_i log(x_i / lam0) - (x_i - lam0)]: Poisson LLR of the denoised pixels x_i against vacuum.
 
         Why: a column near a contrast reversal can have a mean over R close to vacuum (constant LLR ~ 0)
         while its pixels are not. Meant for counts the denoiser did not see (docs/likelihood.md).
         """
-        flat, inside = self._disk_index(centres, *denoised.shape[1:])
+        flat, inside = self._disk_index(centres, *denoised.shape[1:], valid)
         y = raw.to(torch.float32).reshape(-1)[flat]
         x = denoised.to(torch.float32).reshape(-1)[flat].clamp_min(self.cfg.min_rate)
         l0 = lam0[:, None]
-        return ((y * torch.log(x / l0) - (x - l0)) * inside).sum(1)
+        terms = y * torch.log(x / l0) - (x - l0)
+        return torch.where(inside, terms, torch.zeros((), dtype=terms.dtype, device=terms.device)).sum(1)
 
     @pinned
     def paint(self, shape: tuple[int, int, int], centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -339,37 +290,55 @@ class LikelihoodStage:
     @torch.no_grad()
     @pinned
     def compute(
-        self, raw: torch.Tensor, denoised: torch.Tensor, vacuum: torch.Tensor | None = None
+        self, raw: torch.Tensor, denoised: torch.Tensor, vacuum: VacuumLevel | None = None
     ) -> DeviceColumns:
         """Everything on the device, no host copies: the batch stage downloads it once with the rest.
 
-        Raw and denoised frames (B, H, W), counts per pixel. ``vacuum`` (B,) overrides lam0 (e.g. a
-        level tracked over the acquisition); else see ``vacuum``.
+        Raw and denoised frames (B, H, W), counts per pixel. ``vacuum`` (one level, or one per frame)
+        overrides lam0 (e.g. a level tracked over the acquisition), floored at ``min_rate``; else see
+        ``vacuum``. Never raises on values: a pixel non-finite in either frame carries no evidence (left
+        out of every k and n, its block is not vacuum, no column is centred on it; the LoG reads it as
+        the vacuum level), and a frame whose vacuum level is not finite scores no columns. Frames
+        without such pixels give the unmasked results bit for bit; the mask adds no host sync.
         """
-        if raw.shape != denoised.shape:
-            raise ValueError(f"raw {tuple(raw.shape)} and denoised {tuple(denoised.shape)} differ")
-        if denoised.ndim == 2:
-            raw, denoised = raw[None], denoised[None]
-        if denoised.ndim != 3:
-            raise ValueError(f"expected (B, H, W) frames, got {tuple(denoised.shape)}")
+        raw, denoised = as_frames(raw, denoised)
         need = self.min_side(vacuum is not None)
         if min(denoised.shape[1:]) < need:
             raise ValueError(f"frames must be at least {need} pixels on a side for these parameters")
         raw = raw.to(self.device)
         denoised = denoised.to(self.device, torch.float32)
+        valid = valid_pixels(raw, denoised)
         if vacuum is None:
-            lam0 = self.vacuum(raw, denoised)
+            lam0 = self.vacuum(raw, denoised, masked=True)
         else:
-            lam0 = vacuum.to(self.device, torch.float32).reshape(-1).expand(denoised.shape[0]).contiguous()
-        centres = self.detect(denoised, lam0)
-        llr, lam1, k, n = self.llr(raw, denoised, centres, lam0)
+            lam0 = vacuum_levels(vacuum, denoised.shape[0], self.device, self.cfg.min_rate)
+        denoised = torch.where(valid, denoised, lam0.view(-1, 1, 1))
+        centres = self.detect(denoised, lam0, valid)
+        llr, lam1, k, n = self.llr(raw, denoised, centres, lam0, valid)
         llr_map = self.paint(tuple(denoised.shape), centres, llr)
         return DeviceColumns(llr_map, centres, llr, lam1, k, n, lam0)
 
     def __call__(
-        self, raw: torch.Tensor, denoised: torch.Tensor, vacuum: torch.Tensor | None = None
+        self,
+        raw: torch.Tensor | np.ndarray,
+        denoised: torch.Tensor | np.ndarray,
+        vacuum: VacuumLevel | None = None,
+        *,
+        nonfinite: Literal["raise", "mask"] = "raise",
     ) -> LikelihoodResult:
-        """``compute``, with the columns split per frame (one small host copy for the split)."""
+        """``compute``, with the columns split per frame (one small host copy for the split).
+
+        Frames: torch tensors or array-likes, (H, W) or (B, H, W). A non-finite vacuum level is a
+        ``ValueError``; so is a NaN / Inf pixel unless ``nonfinite="mask"`` (``compute``'s rule).
+        """
+        raw, denoised = as_frames(raw, denoised)
+        if nonfinite == "raise":
+            check_finite(raw=raw, denoised=denoised)
+        elif nonfinite != "mask":
+            raise ValueError(f"nonfinite must be 'raise' or 'mask', got {nonfinite!r}")
+        if vacuum is not None:
+            vacuum = vacuum_levels(vacuum, denoised.shape[0], self.device, self.cfg.min_rate)
+            check_vacuum(vacuum)
         d = self.compute(raw, denoised, vacuum)
         counts = torch.bincount(d.centres[:, 0], minlength=d.map.shape[0]).tolist()
         pos = d.centres[:, 1:].to(torch.float32)
@@ -393,58 +362,43 @@ class DeviceColumns:
     lam0: torch.Tensor  # (B,) vacuum rate, counts/pixel
 
 
-def _blocks(x: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:
-    """(B, H, W) -> (B, nh * nw, s * s): the frame's whole s x s blocks, one per row."""
-    b = x.shape[0]
-    x = x[:, : nh * s, : nw * s].reshape(b, nh, s, nw, s).permute(0, 1, 3, 2, 4)
-    return x.reshape(b, nh * nw, s * s)
-
-
-def _sliding_max(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    """out[i] = max(x[i : i + length]) along ``dim`` by doubling spans: log2(length) elementwise maxima.
-
-    A square maximum filter is two of these (rows, then columns); torch's stride-1 max_pool2d costs
-    (2 m + 1)^2 per pixel on CPU, this costs ~2 log2(2 m + 1).
-    """
-    span = 1
-    while 2 * span <= length:
-        n = x.shape[dim]
-        x = torch.maximum(x.narrow(dim, 0, n - span), x.narrow(dim, span, n - span))
-        span *= 2
-    rest = length - span
-    if rest:
-        n = x.shape[dim]
-        x = torch.maximum(x.narrow(dim, 0, n - rest), x.narrow(dim, rest, n - rest))
-    return x
-
-
-def estimate_vacuum(raw: torch.Tensor, denoised: torch.Tensor, cfg: LikelihoodConfig) -> torch.Tensor:
+def estimate_vacuum(raw: Any, denoised: Any, cfg: LikelihoodConfig) -> torch.Tensor:
     """lam0 per frame (B,) in counts/pixel; see ``LikelihoodStage.vacuum`` for the estimator."""
-    if denoised.ndim == 2:
-        raw, denoised = raw[None], denoised[None]
+    raw, denoised = as_frames(raw, denoised)
+    check_finite(raw=raw, denoised=denoised)
     return LikelihoodStage(cfg, denoised.device).vacuum(raw, denoised)
 
 
 def detect_columns(
-    denoised: torch.Tensor, cfg: LikelihoodConfig, vacuum: torch.Tensor | None = None
+    denoised: Any, cfg: LikelihoodConfig, vacuum: VacuumLevel | None = None
 ) -> list[torch.Tensor]:
     """Column centres per frame, each (K, 2) float32 [row, col] in pixels.
 
     Without ``vacuum`` the response is scaled by the frame's vacuum estimated from the denoised frame
     itself (or the fixed value), so ``threshold`` stays in units of the vacuum level.
     """
-    if denoised.ndim == 2:
-        denoised = denoised[None]
-    stage = LikelihoodStage(cfg, denoised.device)
-    d = denoised.to(torch.float32)
-    lam0 = stage.vacuum(d, d) if vacuum is None else vacuum.to(d.device, torch.float32)
+    d, _ = as_frames(denoised, denoised)
+    check_finite(denoised=d)
+    stage = LikelihoodStage(cfg, d.device)
+    d = d.to(torch.float32)
+    if vacuum is None:
+        lam0 = stage.vacuum(d, d)
+    else:
+        lam0 = vacuum_levels(vacuum, d.shape[0], d.device, cfg.min_rate)
+        check_vacuum(lam0)
     c = stage.detect(d, lam0)
     counts = torch.bincount(c[:, 0], minlength=d.shape[0]).tolist()
     return list(c[:, 1:].to(torch.float32).split(counts))
 
 
 def likelihood_map(
-    raw: torch.Tensor, denoised: torch.Tensor, cfg: LikelihoodConfig, vacuum: torch.Tensor | None = None
+    raw: Any,
+    denoised: Any,
+    cfg: LikelihoodConfig,
+    vacuum: VacuumLevel | None = None,
+    *,
+    nonfinite: Literal["raise", "mask"] = "raise",
 ) -> LikelihoodResult:
     """One-shot convenience; the live pipeline keeps a ``LikelihoodStage`` instead."""
-    return LikelihoodStage(cfg, denoised.device)(raw, denoised, vacuum)
+    raw, denoised = as_frames(raw, denoised)
+    return LikelihoodStage(cfg, denoised.device)(raw, denoised, vacuum, nonfinite=nonfinite)

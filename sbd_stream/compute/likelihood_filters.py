@@ -95,3 +95,61 @@ def pinned(method: _M) -> _M:
             return method(self, *args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+def blocks(x: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:
+    """(B, H, W) -> (B, nh * nw, s * s): the frame's whole s x s blocks, one per row."""
+    b = x.shape[0]
+    x = x[:, : nh * s, : nw * s].reshape(b, nh, s, nw, s).permute(0, 1, 3, 2, 4)
+    return x.reshape(b, nh * nw, s * s)
+
+
+def sliding_max(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """out[i] = max(x[i : i + length]) along ``dim`` by doubling spans: log2(length) elementwise maxima.
+
+    A square maximum filter is two of these (rows, then columns); torch's stride-1 max_pool2d costs
+    (2 m + 1)^2 per pixel on CPU, this costs ~2 log2(2 m + 1).
+    """
+    span = 1
+    while 2 * span <= length:
+        n = x.shape[dim]
+        x = torch.maximum(x.narrow(dim, 0, n - span), x.narrow(dim, span, n - span))
+        span *= 2
+    rest = length - span
+    if rest:
+        n = x.shape[dim]
+        x = torch.maximum(x.narrow(dim, 0, n - rest), x.narrow(dim, rest, n - rest))
+    return x
+
+
+def square_max(x: torch.Tensor, m: int, fill: float | int) -> torch.Tensor:
+    """Maximum over the (2 m + 1)^2 square around each pixel of (B, H, W); outside pixels are ``fill``."""
+    x = F.pad(x, (m, m, m, m), value=fill)
+    return sliding_max(sliding_max(x, 2 * m + 1, 2), 2 * m + 1, 1)
+
+
+def first_of_ties(candidates: torch.Tensor, m: int) -> torch.Tensor:
+    """(N, 3) [frame, row, col] of the (B, H, W) candidate maxima that have no earlier candidate (row-major)
+    within their (2 m + 1)^2 square.
+
+    Why: candidates are pixels equal to the maximum of their square, so two within each other's square
+    are exact ties (a plateau, e.g. a flat or striped frame). Without this every pixel of a plateau
+    counted (8,192 "columns" on a 256^2 frame of bright lines every 8 px); keeping the first makes the
+    kept ones at least m + 1 pixels apart, so a frame has at most one column per m x m square. Frames
+    without ties keep every candidate. Only the candidates' earlier half-squares are read (N x (2 m^2 +
+    2 m) gathers on a zero-padded copy of the mask), not the frame.
+    """
+    c = candidates.nonzero()
+    if m < 1:
+        return c
+    b, h, w = candidates.shape
+    hp, wp = h + m, w + 2 * m  # m empty rows on top, m empty columns left and right: no bounds checks
+    padded = F.pad(candidates.view(b, 1, h, w).to(torch.uint8), (m, m, m, 0))
+    dy, dx = torch.meshgrid(
+        torch.arange(-m, 1, device=c.device), torch.arange(-m, m + 1, device=c.device), indexing="ij"
+    )
+    earlier = (dy < 0) | (dx < 0)
+    offsets = dy[earlier] * wp + dx[earlier]
+    base = (c[:, 0] * hp + c[:, 1] + m) * wp + c[:, 2] + m
+    tied = padded.view(-1)[base[:, None] + offsets].any(1).bool()
+    return c[~tied]

@@ -24,7 +24,12 @@ def expected_counts(clean: np.ndarray | torch.Tensor, dose: float) -> np.ndarray
 def poisson_counts(
     clean: np.ndarray, dose: float, rng: np.random.Generator, dtype: np.dtype | type = np.uint16
 ) -> np.ndarray:
-    """Draw one counted frame: Poisson counts around ``clean * dose`` (clean normalised to vacuum = 1)."""
+    """Draw one counted frame: Poisson counts around ``clean * dose`` (clean normalised to vacuum = 1).
+
+    An integer ``dtype`` saturates at its largest value, as a detector's counter does: with ``np.uint8``
+    every pixel above 255 counts reads 255, without a warning. Pick a dtype wide enough for the dose
+    (uint16, the default, holds 65535 counts per pixel).
+    """
     lam = np.clip(np.asarray(expected_counts(clean, dose), dtype=np.float64), 0.0, None)
     counts = rng.poisson(lam)
     info = np.iinfo(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else None

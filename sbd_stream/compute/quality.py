@@ -15,9 +15,19 @@ import numpy as np
 
 
 def psnr(estimate: np.ndarray, truth: np.ndarray, data_range: float | None = None) -> float:
-    """PSNR in dB with the truth's dynamic range (max - min) unless given."""
+    """PSNR in dB of ``estimate`` (first) against ``truth``, with the truth's range (max - min) unless given.
+
+    The order matters (the range comes from ``truth``), and it is the reverse of
+    ``training.evaluate.metrics.psnr(clean, estimate)``. Images of different shapes raise ``ValueError``:
+    NumPy broadcast a (W,) row against an (H, W) frame into a plausible 16 dB.
+    """
     est = np.asarray(estimate, dtype=np.float64)
     ref = np.asarray(truth, dtype=np.float64)
+    if est.shape != ref.shape:
+        raise ValueError(
+            f"psnr(estimate, truth): estimate {est.shape} and truth {ref.shape} differ; "
+            "give two images of one shape, the estimate first"
+        )
     rng = float(ref.max() - ref.min()) if data_range is None else data_range
     mse = float(np.mean((est - ref) ** 2))
     if mse == 0:

@@ -22,9 +22,10 @@ Following the paper's wording, precision = |A∩B| / |detections| and recall = |
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
@@ -32,43 +33,108 @@ Z_PT = 78
 BLACK, INTERMEDIATE, WHITE = 0, 1, 2
 
 
-def data_range(clean: np.ndarray) -> float:
-    r = float(clean.max() - clean.min())
+POLARITIES = {BLACK: "BLACK", WHITE: "WHITE"}
+"""The polarities ``detect_atoms`` takes (``image_polarity`` returns one of them)."""
+SSIM_MIN_SIDE = 7
+"""skimage's default SSIM window: smaller images have no score."""
+
+
+def as_image(x: Any) -> np.ndarray:
+    """An array-like (NumPy array, nested list, torch tensor on any device) as a float64 array."""
+    if hasattr(x, "detach"):  # torch, without importing it
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def image_pair(clean: Any, estimate: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as float64 arrays of one shape; a mismatch raises (NumPy would broadcast it silently)."""
+    c, e = as_image(clean), as_image(estimate)
+    if c.shape != e.shape:
+        raise ValueError(
+            f"{metric}(clean, estimate): clean {c.shape} and estimate {e.shape} differ; "
+            "give two images of one shape, the noise-free one first"
+        )
+    return c, e
+
+
+def data_range(clean: Any) -> float:
+    c = as_image(clean)
+    r = float(c.max() - c.min())
     return r if r > 0 else 1.0
 
 
-def psnr(clean: np.ndarray, estimate: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(estimate, np.float64) - clean) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(data_range(clean) ** 2 / mse)
+def psnr(clean: Any, estimate: Any) -> float:
+    """PSNR in dB of ``estimate`` against ``clean`` (first), with the clean image's range (max - min).
+
+    The order matters: the range comes from the first argument. ``sbd_stream.compute.quality.psnr``
+    takes (estimate, truth) instead; both refuse images of different shapes.
+    """
+    c, e = image_pair(clean, estimate, "psnr")
+    mse = float(np.mean((e - c) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(data_range(c) ** 2 / mse)
 
 
-def ssim(clean: np.ndarray, estimate: np.ndarray) -> float:
+def ssim(clean: Any, estimate: Any) -> float:
+    """SSIM of two 2-D images (clean first) with the clean image's range; a stack is refused, not averaged."""
     from skimage.metrics import structural_similarity
 
-    return float(
-        structural_similarity(
-            clean.astype(np.float64), np.asarray(estimate, np.float64), data_range=data_range(clean)
+    c, e = image_pair(clean, estimate, "ssim")
+    if c.ndim != 2:
+        raise ValueError(f"ssim(clean, estimate) takes one 2-D image each, got {c.shape}: score each frame")
+    if min(c.shape) < SSIM_MIN_SIDE:
+        raise ValueError(
+            f"ssim needs images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} pixels, got {c.shape}"
         )
-    )
+    return float(structural_similarity(c, e, data_range=data_range(c)))
 
 
 class DetectionSpec(BaseModel):
-    """LoG detector and matching settings; the threshold is calibrated on clean validation images."""
+    """LoG detector and matching settings; the threshold is calibrated on clean validation images.
+
+    Validated: a negative ``match_A`` once gave F1 = 0 and a reversed ``sigma_A`` range was accepted.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     pixel_size_A: float = Field(gt=0)
-    sigma_A: tuple[float, float] = (0.3, 0.6)
-    num_sigma: int = 4
+    sigma_A: tuple[float, float] = Field((0.3, 0.6), description="(smallest, largest) LoG sigma, Angstrom")
+    num_sigma: int = Field(4, ge=1)
     threshold: float = Field(0.02, gt=0, description="blob_log threshold, in clean units (vacuum = 1)")
-    overlap: float = 0.5
-    match_A: float = 1.2
-    border_px: int = 6
+    overlap: float = Field(0.5, ge=0, le=1)
+    match_A: float = Field(1.2, gt=0, description="a detection matches a column closer than this")
+    border_px: int = Field(6, ge=0)
+
+    @model_validator(mode="after")
+    def _sigma_range(self) -> DetectionSpec:
+        lo, hi = self.sigma_A
+        if not 0 < lo <= hi:
+            raise ValueError(
+                f"sigma_A must be (smallest, largest) with 0 < smallest <= largest, got {self.sigma_A}"
+            )
+        return self
 
 
-def detect_atoms(image: np.ndarray, polarity: int, spec: DetectionSpec) -> np.ndarray:
-    """(K, 2) [row, col] centres of bright (white) or dark (black) blobs in a clean-units image."""
+def detect_atoms(image: Any, polarity: int, spec: DetectionSpec) -> np.ndarray:
+    """(K, 2) [row, col] centres of bright (``WHITE``) or dark (``BLACK``) blobs in a clean-units image.
+
+    ``polarity`` is ``WHITE`` or ``BLACK`` (``image_polarity`` gives one); anything else, a NaN / Inf
+    pixel or a non-2-D image raises ``ValueError`` (they once gave 0 detections, or white, silently).
+    """
     from skimage.feature import blob_log
 
-    img = np.asarray(image, np.float64)
+    if isinstance(polarity, bool) or not isinstance(polarity, int | np.integer) or polarity not in POLARITIES:
+        raise ValueError(
+            f"polarity must be metrics.WHITE ({WHITE}) or metrics.BLACK ({BLACK}), got {polarity!r}; "
+            "intermediate-contrast images have no detectable columns"
+        )
+    img = as_image(image)
+    if img.ndim != 2:
+        raise ValueError(f"detect_atoms takes one 2-D image, got {img.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(img)))
+    if bad:
+        raise ValueError(
+            f"image has {bad} non-finite (NaN or Inf) pixel{'s' if bad > 1 else ''} of {img.size}"
+        )
     img = img - np.median(img)
     if polarity == BLACK:
         img = -img
@@ -163,7 +229,8 @@ def detection_scores(
 ) -> dict[str, dict[str, float]]:
     """Per-class precision / recall / F1 / Jaccard (plus the class's ground-truth count) for one frame."""
     pol = image_polarity(columns)
-    counts = match_detections(detect_atoms(image, pol, spec), columns, pol, spec, image.shape)
+    img = as_image(image)
+    counts = match_detections(detect_atoms(img, pol, spec), columns, pol, spec, img.shape)
     return {k: {**v.scores(), "truth": float(v.truth)} for k, v in counts.items()}
 
 

@@ -53,6 +53,30 @@ COLUMN_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
 
 CONTRAST_NAMES = ("black", "intermediate", "white")
 
+REQUIRED_PATHS = (
+    "images",
+    "committed",
+    *(f"meta/{name}" for name in META_FIELDS),
+    *(f"columns/{name}" for name in COLUMN_FIELDS),
+    "tasks/key",
+    "tasks/structure_json",
+)
+"""What the reader needs. The bundled sample (``sbd-train demo-samples``) has the format's name but only
+images and five meta fields; it used to end in h5py's ``object 'task_key' doesn't exist``."""
+
+
+def _summarise(paths: list[str]) -> str:
+    """'columns/ (all of it), meta/task_key, ...': a group missing whole is named once."""
+    out: list[str] = []
+    groups = {"meta/": META_FIELDS, "columns/": COLUMN_FIELDS, "tasks/": ("key", "structure_json")}
+    for prefix, names in groups.items():
+        gone = [p for p in paths if p.startswith(prefix)]
+        if len(gone) == len(names):
+            out.append(f"{prefix} (all of it)")
+        else:
+            out += gone
+    return ", ".join([p for p in paths if "/" not in p] + out)
+
 
 class EmptySplit(ValueError):
     """A data set whose split a command needs holds no images (or too few structures to split)."""
@@ -244,7 +268,17 @@ class SimulatedDataset:
         self.path = Path(path)
         self._f = h5py.File(self.path, "r")
         if self._f.attrs.get("format") != FORMAT_NAME:
+            self._f.close()
             raise ValueError(f"{self.path} is not a {FORMAT_NAME} file")
+        missing = [name for name in REQUIRED_PATHS if name not in self._f]
+        if missing:
+            kind = "a demo-samples bundle" if "source" in self._f.attrs else "an incomplete set"
+            self._f.close()
+            raise ValueError(
+                f"{self.path} is {kind}, not a full {FORMAT_NAME} set: it lacks {_summarise(missing)}. "
+                "Read its images and meta/ with h5py (docs/dataset-format.md, 'The bundled sample'), "
+                "or open a set written by `sbd-train simulate`"
+            )
         n_img, _n_col, n_task = (int(v) for v in self._f["committed"][()])
         self._n = n_img
         self._n_tasks = n_task
