@@ -185,7 +185,7 @@ class AcqFile:
         got = self._handles.get(kind)
         if got is None:
             g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame``
-            names = [n for n in ("frame", "time", "seq", "ts") if n in g] + ["complete"]
+            names = [n for n in ("frame", "time", "seq", "ts", *nexus.KIND_COLUMNS) if n in g] + ["complete"]
             got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names])
         return got
 
@@ -193,8 +193,11 @@ class AcqFile:
         """Whether ``kind``'s frames can be stored as bitshuffle-LZ4 chunks compressed elsewhere."""
         return self.bslz4 and _takes_detector_chunks(self.f[kind]["frames"])
 
-    def append(self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None) -> bool:
-        """Append one frame; returns True when ``chunk`` was stored as is (no recompression)."""
+    def append(
+        self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None, **own: int
+    ) -> bool:
+        """Append one frame; True when ``chunk`` was stored as is (no recompression). ``own``: ``kind``'s
+        own row columns (``nexus.KIND_COLUMNS``; -1 where not given; older parts lack them)."""
         if kind not in self.n:
             self._add_kind(kind)
         fr, cols = self._datasets(kind)
@@ -204,6 +207,7 @@ class AcqFile:
         if not direct:
             fr[i] = data
         values = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts, "complete": 1}
+        values.update({name: own.get(name, -1) for name in nexus.KIND_COLUMNS})
         for name, ds in cols:  # ``complete`` last: a row counts once everything else is written
             _append_scalar(ds, i, values[name])
         self.n[kind] = i + 1

@@ -8,6 +8,12 @@ long acquisition from eating the host. A frame that does not fit, or that is sti
 shutdown's time runs out, is *left for offline*: counted, and named once per acquisition in the log
 with the command that completes it from the recording (``sbd-stream replay --offline``). Its raw frame
 is recorded either way.
+
+With likelihood evidence frames a waiting frame also holds its evidence (the up to N frames before it,
+decided at receipt, ``service/evidence_history.py``), which may be frames the live lane denoised long
+ago: without counting them a backlog of every tenth frame held up to N times its budget. So the budget
+counts every distinct array the backlog keeps alive, its frames' and their evidence's (``evidence_of``,
+set by the worker pool).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from sbd_stream.frames import Frame
 
@@ -34,8 +42,10 @@ class Backlog:
         on_left: Callable[[int], None] | None = None,
     ) -> None:
         self.max_bytes = int(max_bytes)
-        self._frames: collections.deque[Frame] = collections.deque()
+        self._frames: collections.deque[tuple[Frame, list[np.ndarray]]] = collections.deque()
+        self._held: dict[int, tuple[int, np.ndarray]] = {}  # id(array) -> (waiting frames holding it, it)
         self._bytes = 0
+        self.evidence_of: Callable[[Frame], Sequence[Frame]] | None = None
         self._lock = threading.Lock()
         self._on_depth, self._on_left = on_depth, on_left
         self._warned: set[str] = set()
@@ -56,11 +66,14 @@ class Backlog:
         left: list[Frame] = []
         with self._lock:
             for f in frames:
-                n = f.data.nbytes
+                arrays = list({id(a): a for a in self._arrays(f)}.values())
+                n = sum(a.nbytes for a in arrays if id(a) not in self._held)
                 if self._bytes + n > self.max_bytes:
                     left.append(f)
                     continue
-                self._frames.append(f)
+                for a in arrays:
+                    self._held[id(a)] = (self._held.get(id(a), (0, a))[0] + 1, a)
+                self._frames.append((f, arrays))
                 self._bytes += n
                 self.added += 1
             depth = len(self._frames)
@@ -74,11 +87,12 @@ class Backlog:
         out: list[Frame] = []
         with self._lock:
             while self._frames and len(out) < max_frames:
-                f = self._frames[0]
+                f, arrays = self._frames[0]
                 if out and (f.data.shape != out[0].data.shape or f.data.dtype != out[0].data.dtype):
                     break
-                out.append(self._frames.popleft())
-                self._bytes -= f.data.nbytes
+                self._frames.popleft()
+                self._release(arrays)
+                out.append(f)
             depth = len(self._frames)
         if self._on_depth is not None and out:
             self._on_depth(depth)
@@ -87,14 +101,29 @@ class Backlog:
     def abandon(self, why: str) -> int:
         """Leave everything still waiting for offline (shutdown out of time); returns how many."""
         with self._lock:
-            left = list(self._frames)
+            left = [f for f, _ in self._frames]
             self._frames.clear()
+            self._held.clear()
             self._bytes = 0
         if self._on_depth is not None:
             self._on_depth(0)
         if left:
             self._leave(left, why)
         return len(left)
+
+    def _arrays(self, f: Frame) -> list[np.ndarray]:
+        """The arrays a waiting ``f`` keeps alive: its own and its evidence frames'."""
+        ev = self.evidence_of(f) if self.evidence_of is not None else ()
+        return [f.data, *(e.data for e in ev)]
+
+    def _release(self, arrays: list[np.ndarray]) -> None:
+        for a in arrays:
+            n, _ = self._held[id(a)]
+            if n > 1:
+                self._held[id(a)] = (n - 1, a)
+            else:
+                del self._held[id(a)]
+                self._bytes -= a.nbytes
 
     def _leave(self, frames: list[Frame], why: str) -> None:
         self.left += len(frames)

@@ -1,9 +1,10 @@
 """The batch stage: a list of raw detector frames in, denoised frames + likelihood maps + columns out.
 
 A function of its inputs (no threads, no sockets, no state), so it is tested and benchmarked on its own
-and the pipeline around it is wiring only. With likelihood evidence frames (``compute/evidence.py``) the
-earlier frames that may score a batch are handed in with it (``service/evidence_history.py`` keeps them
-per acquisition for all workers), so the maps do not depend on which worker took a batch. On the
+and the pipeline around it is wiring only. With likelihood evidence frames (``compute/evidence.py``)
+each frame's evidence is handed in with it (``service/evidence_history.py`` decides it at receipt, for
+every worker and both lanes), and a frame is only ever scored on frames *before* it in sequence, never
+on later batch-mates, so a map depends neither on the batch, the lane or the worker. On the
 device it bins detector pixels to the engine's working pixel (summing counts), denoises there
 (normalise -> tile -> engine -> fuse), scores columns with the Poisson likelihood ratio on the binned
 raw counts, and interpolates the results back to the detector's sampling. The batch crosses the
@@ -30,7 +31,7 @@ from sbd_stream.compute.binning import (
     unbin,
     unbin_nearest,
 )
-from sbd_stream.compute.evidence import evidence_counts, evidence_plan
+from sbd_stream.compute.evidence import evidence_counts
 from sbd_stream.compute.likelihood import LikelihoodStage, VacuumMode
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
@@ -209,22 +210,34 @@ class BatchStage:
         return packed.detach().to("cpu").numpy()
 
     @torch.no_grad()
-    def process(self, frames: Sequence[Frame], earlier: Sequence[Frame] = ()) -> BatchResult:
+    def process(
+        self,
+        frames: Sequence[Frame],
+        earlier: Sequence[Frame] = (),
+        evidence: Sequence[Sequence[Frame]] | None = None,
+    ) -> BatchResult:
         """Denoise (and score) frames of one shape; outputs at the detector's sampling, in counts.
 
-        ``earlier``: kept frames of the same acquisitions that may serve as evidence (evidence frames
-        on); they are uploaded with the batch (still one copy) and scored, never denoised.
+        With evidence frames on, frame ``seq`` is scored on the frames ``seq - N ... seq - 1`` of its
+        acquisition that it is handed (none: its own counts), never on later ones, so its map does not
+        depend on its batch. ``evidence``: per frame, exactly those frames (the service's, decided at
+        receipt by ``EvidenceHistory.keep``); without it they are looked up by (acq, seq) among
+        ``earlier`` and the batch. Evidence frames are uploaded with the batch (still one copy) and
+        scored, never denoised; a frame that is also in the batch is uploaded once.
         """
         if not frames:
             raise ValueError("an empty batch")
         shape = frames[0].data.shape
         if any(f.data.shape != shape for f in frames) or len(shape) != 2:
             raise ValueError(f"a batch needs 2-D frames of one shape, got {[f.data.shape for f in frames]}")
-        earlier = [e for e in earlier if e.data.shape == shape] if self.evidence_frames else []
+        rows: list[Frame] = []
+        plan: list[list[int]] | None = None
+        if self.evidence_frames:
+            per = evidence if evidence is not None else earlier_frames(frames, earlier, self.evidence_frames)
+            rows, plan = evidence_rows(frames, per, shape)
         t0 = time.perf_counter()
-        raw = self.upload([f.data for f in (*earlier, *frames)])
-        ids = [(f.header.acq, f.header.seq) for f in (*earlier, *frames)] if self.evidence_frames else None
-        out = self.process_tensor(raw, ids, len(earlier))
+        raw = self.upload([f.data for f in (*rows, *frames)])
+        out = self.process_tensor(raw, plan, len(rows))
         t1 = time.perf_counter()
         host = self.download(out.packed)
         result = out.unpack(host, [f.header for f in frames], [f.t_recv for f in frames])
@@ -246,12 +259,13 @@ class BatchStage:
         return float(cfg.vacuum_counts) * k * k * used.clamp(min=1.0).to(torch.float32)
 
     def process_tensor(
-        self, raw: torch.Tensor, ids: list[tuple[str, int]] | None = None, earlier: int = 0
+        self, raw: torch.Tensor, plan: list[list[int]] | None = None, earlier: int = 0
     ) -> PackedBatch:
         """Device part of ``process``: (E + B, H, W) raw counts on the device -> one packed device buffer.
 
-        ``ids``: each row's (acquisition, sequence number), for evidence frames; without them every
-        frame's columns are scored on its own counts. The first ``earlier`` rows are evidence only.
+        ``plan``: per batch frame, the rows of ``raw`` whose counts score it (``evidence_rows``; empty:
+        its own counts); without it every frame is scored on its own counts. The first ``earlier`` rows
+        are evidence only.
         """
         g, (_, h, w) = self.geometry, raw.shape
         b = raw.shape[0] - earlier
@@ -271,9 +285,8 @@ class BatchStage:
             zeros = torch.zeros(b, device=den.device)
             parts += [torch.zeros(b * h * w, device=den.device), zeros[:0], zeros, zeros, zeros]
         elif self.likelihood is not None:
-            if ids is not None and self.evidence_frames:
-                plan = evidence_plan([a for a, _ in ids], [q for _, q in ids], self.evidence_frames)
-                scored, rates, used = evidence_counts(pool, den_w, plan[earlier:], offset=earlier)
+            if plan is not None and self.evidence_frames:
+                scored, rates, used = evidence_counts(pool, den_w, plan, offset=earlier)
             else:
                 scored, rates, used = binned, den_w, torch.zeros(b, device=den_w.device)
             cols = self.likelihood.compute(scored, rates, self._fixed_vacuum(used))
@@ -292,6 +305,40 @@ class BatchStage:
         if self.likelihood is not None:
             timings["likelihood"] = time.perf_counter() - t1
         return PackedBatch(packed, (b, h, w), self.likelihood is not None, n_cols, timings)
+
+
+def earlier_frames(frames: Sequence[Frame], earlier: Sequence[Frame], n: int) -> list[list[Frame]]:
+    """Per frame of a batch, the frames ``seq - n ... seq - 1`` of its acquisition among ``earlier``
+    and the batch, nearest first (of a sequence number given twice, the later one given)."""
+    out = []
+    for f in frames:
+        h, got = f.header, {}
+        for k in (*earlier, *frames):
+            if k.header.acq == h.acq and 0 < h.seq - k.header.seq <= n:
+                got[k.header.seq] = k
+        out.append([got[q] for q in sorted(got, reverse=True)])
+    return out
+
+
+def evidence_rows(
+    frames: Sequence[Frame], evidence: Sequence[Sequence[Frame]], shape: tuple[int, ...]
+) -> tuple[list[Frame], list[list[int]]]:
+    """(evidence-only rows to upload before the batch, per frame the rows that score it).
+
+    A frame is matched by its array: an evidence frame whose array is a batch frame's (the history's
+    copy of a batch-mate) scores from the batch's row, so nothing is uploaded twice. Evidence of
+    another shape (never handed by the service) is left out.
+    """
+    if len(evidence) != len(frames):
+        raise ValueError(f"evidence for {len(evidence)} frames, the batch has {len(frames)}")
+    row = {id(f.data): j for j, f in enumerate(frames)}  # batch rows, placed after the evidence rows
+    rows: list[Frame] = []
+    for e in (e for ev in evidence for e in ev if e.data.shape == shape):
+        if id(e.data) not in row:
+            row[id(e.data)] = -1 - len(rows)  # an evidence-only row, numbered once all are known
+            rows.append(e)
+    at = {k: (-1 - v if v < 0 else len(rows) + v) for k, v in row.items()}
+    return rows, [[at[id(e.data)] for e in ev if e.data.shape == shape] for ev in evidence]
 
 
 @dataclass

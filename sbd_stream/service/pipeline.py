@@ -25,11 +25,12 @@ from sbd_stream.config import ServiceSettings
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import SeriesMessage
+from sbd_stream.protocol import TOPIC_SERIES_START, SeriesMessage
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.dose_check import dose_check_for
 from sbd_stream.service.edge import replace_invalid
+from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
 from sbd_stream.service.workers import WorkerPool
 from sbd_stream.sinks.publisher import Publisher
@@ -60,11 +61,14 @@ class Intake:
 
     Never blocks: a full denoise queue counts the frame as ``denoise_overflow`` (its raw frame is
     recorded all the same). Series messages travel through the denoise queue so they stay behind the
-    frames of their series.
+    frames of their series. With likelihood evidence frames, ``evidence`` (the pool's history, set by
+    the ``Pipeline``) decides each frame's evidence here, in arrival order, before the frame is queued:
+    so it depends on what was received, not on when a worker got to it (``service/evidence_history.py``).
     """
 
     def __init__(self, queue: FrameQueue, sinks: list[Sink], metrics: Metrics) -> None:
         self.queue, self.sinks, self.metrics = queue, sinks, metrics
+        self.evidence: EvidenceHistory | None = None
         self._rx = itertools.count()
         # one line per overload, not per frame: a slow CPU behind a 40 Hz detector wrote 40 lines a second
         self.overflow_log = RateLimitedLog(log)
@@ -74,6 +78,8 @@ class Intake:
         for sink in self.sinks:
             sink.raw(frame)
         frame = replace_invalid(frame, self.metrics)  # what the denoiser sees: usable pixels only
+        if self.evidence is not None:  # received: evidence for the frames after it, denoised or not
+            self.evidence.keep(frame)
         if not self.queue.put(frame, frame.data.nbytes):
             self.metrics.denoise_overflow.inc()
             h = frame.header
@@ -92,6 +98,8 @@ class Intake:
     def series(self, msg: SeriesMessage) -> None:
         for sink in self.sinks:
             sink.series_arrived(msg)
+        if self.evidence is not None and msg.topic == TOPIC_SERIES_START:
+            self.evidence.forget(msg.header.acq)  # the new series is scored on its own frames only
         self.queue.put(msg, 0, force=True)
 
 
@@ -113,6 +121,7 @@ class Pipeline:
         estimated (likelihood on), a ``DoseCheck`` joins them (measured against configured dose)."""
         self.settings = settings
         self.source, self.intake, self.pool = source, intake, pool
+        intake.evidence = pool.evidence  # evidence is decided at receipt (``Intake``)
         self.sinks = intake.sinks
         check = dose_check_for(pool.stages[0], metrics)
         self.sinks[:] = [*sinks, *([check] if check is not None else [])]

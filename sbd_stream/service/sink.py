@@ -150,7 +150,8 @@ class RecorderSink(Sink):
             if self.denoised:
                 self.recorder.record("denoised", h, res.denoised[i])
             if self.llr and res.likelihood is not None and res.columns is not None:
-                self.recorder.record("llr", h, res.likelihood[i])
+                ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
+                self.recorder.record("llr", h, res.likelihood[i], evidence_frames=ev)
 
     def series_done(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END:

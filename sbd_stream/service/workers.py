@@ -1,17 +1,17 @@
 """Several engine workers in one service, with their results put back in frame order.
 
 Why this shape: the batch stage is a pure function of its frames (and of the evidence frames handed to
-it, decided once for all workers by an ``EvidenceHistory``), so N copies of it (one engine per
-GPU, or per share of the CPU's cores) can run side by side with no shared state but the batcher they
-take from. Each worker takes a batch and a ticket under one lock (so tickets follow the queue's
-order), denoises on its own engine and device, and hands the result to a ``Reorderer``, which
-releases tickets strictly in order. Under ``lossless`` consumers therefore see every frame in order
-however the workers interleave; under ``latest`` the batcher already hands out only the newest
-frames, and releasing in ticket order keeps the output monotonic (a slower worker delays a newer
-result by at most one batch, never reorders it). A batch that fails on one worker is counted and its
-frames are named in the log and in ``sbd_frames_failed_total``; its ticket is released empty so
-nothing behind it waits. Series markers take a ticket too, so a ``series_end`` still follows the
-last frame of its series.
+it, decided at each frame's receipt for all workers and both lanes by an ``EvidenceHistory``), so N
+copies of it (one engine per GPU, or per share of the CPU's cores) can run side by side with no shared
+state but the batcher they take from. Each worker takes a batch and a ticket under one lock (so
+tickets follow the queue's order), denoises on its own engine and device, and hands the result to a
+``Reorderer``, which releases tickets strictly in order. Under ``lossless`` consumers therefore see
+every frame in order however the workers interleave; under ``latest`` the batcher already hands out
+only the newest frames, and releasing in ticket order keeps the output monotonic (a slower worker
+delays a newer result by at most one batch, never reorders it). A batch that fails on one worker is
+counted and its frames are named in the log and in ``sbd_frames_failed_total``; its ticket is
+released empty so nothing behind it waits. Series markers take a ticket too, so a ``series_end``
+still follows the last frame of its series.
 
 The complete lane (``service/backlog.py``): once the input has been quiet for ``QUIET_S`` (no live
 frame taken), a worker takes a batch of frames the live lane skipped instead, so completion uses the
@@ -31,9 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbd_stream.frames import Frame, SeriesMessage
+from sbd_stream.frames import Frame
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import TOPIC_SERIES_START
 from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
@@ -187,15 +186,18 @@ class WorkerPool:
         backlog: Backlog | None = None,
         complete_batch: int = 4,
     ) -> None:
-        """``evidence``: the acquisitions' kept frames, when likelihood evidence frames are on; each batch
-        takes its earlier frames from it in queue order, under the same lock as its ticket.
-        ``backlog``: the complete lane's frames (None: no complete lane)."""
+        """``evidence``: the acquisitions' kept frames, when likelihood evidence frames are on; each
+        batch, live or complete, takes its frames' evidence from it (decided when they were received);
+        the backlog counts the evidence its frames hold. ``backlog``: the complete lane's frames
+        (None: no complete lane)."""
         if not stages or len(stages) != len(specs):
             raise ValueError(f"{len(stages)} batch stages for {len(specs)} workers")
         self.stages, self.specs = list(stages), list(specs)
         self.batcher, self.metrics, self.supervisor = batcher, metrics, supervisor
         self._emit_result, self._forward = emit, forward
         self.evidence, self.backlog, self.complete_batch = evidence, backlog, complete_batch
+        if backlog is not None and evidence is not None:
+            backlog.evidence_of = evidence.peek  # a waiting frame's evidence is memory it holds
         self.complete_deadline: float | None = None  # monotonic; set by ``stop`` (None: no limit)
         self._last_live = 0.0  # monotonic time the last live batch was taken
         self.reorder = Reorderer(self._release, metrics.reorder_held.set)
@@ -263,7 +265,7 @@ class WorkerPool:
         """Worker ``i``: take a batch + ticket, process, file the result; the ticket is always filed."""
         stage_name = worker_stage_name(i)
         while True:
-            earlier: list[Frame] = []
+            evidence: list[tuple[Frame, ...]] | None = None
             lane = "live"
             with self._take:
                 items: list[Any] = self.batcher.next_batch(self._live_wait())
@@ -272,10 +274,10 @@ class WorkerPool:
                 else:
                     items, lane = self._completion(), "complete"
                 ticket = self.reorder.take() if items else None
-                if items and lane == "live" and self.evidence is not None:
-                    if isinstance(items[0], SeriesMessage) and items[0].topic == TOPIC_SERIES_START:
-                        self.evidence.forget(items[0].header.acq)  # in queue order, under the lock
-                    earlier = self.evidence.take([it for it in items if isinstance(it, Frame)])
+                if items and self.evidence is not None and isinstance(items[0], Frame):
+                    # decided at receipt (the intake's ``keep``, series_start's ``forget``); under the
+                    # lock only for frames that did not come through an intake (kept now, in order)
+                    evidence = self.evidence.each([it for it in items if isinstance(it, Frame)])
             if ticket is None:
                 if self._stopping.is_set() and self.batcher.idle() and not self.backlog:
                     return
@@ -293,7 +295,7 @@ class WorkerPool:
                         frames,
                         i,
                         out,
-                        earlier,
+                        evidence,
                         lane,
                         on_error=lambda fr, exc, i=i: self._failed(i, fr, exc),
                         what="denoising",
@@ -304,15 +306,20 @@ class WorkerPool:
                 self.reorder.done(ticket, payload)
 
     def _denoise(
-        self, frames: list[Frame], i: int, out: list[Any], earlier: list[Frame], lane: str = "live"
+        self,
+        frames: list[Frame],
+        i: int,
+        out: list[Any],
+        evidence: list[tuple[Frame, ...]] | None,
+        lane: str = "live",
     ) -> None:
         m, w = self.metrics, str(i)
         t0 = time.perf_counter()
         if lane == "live":
             for f in frames:
                 m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
-        stage = self.stages[i]  # earlier frames only with evidence on: any process(frames) stage fits
-        res = stage.process(frames, earlier) if self.evidence is not None else stage.process(frames)
+        stage = self.stages[i]  # evidence only when on: any process(frames) stage fits
+        res = stage.process(frames, evidence=evidence) if evidence is not None else stage.process(frames)
         res.lane = lane
         busy = time.perf_counter() - t0
         for stage in ("batch", "denoise", "likelihood"):

@@ -45,6 +45,9 @@ class RecordItem:
     # then closes nothing of the newer series (it split the newer series into two parts). None: close.
     series: int | None = None
     rx: int = -1  # the frame's receive number (FrameHeader.rx); -1: not from the service's intake
+    # llr rows: how many other frames' counts scored the map (0: the frame's own; -1: not said), stored
+    # beside seq and ts, so a reader can tell a 1-frame LLR from an N-frame one (their scales differ ~N-fold)
+    evidence_frames: int = -1
 
 
 class Recent(collections.OrderedDict):

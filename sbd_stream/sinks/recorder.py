@@ -113,11 +113,13 @@ class Recorder(OpenParts, BackgroundWorker):
         data: np.ndarray | None = None,
         chunk: bytes | None = None,
         restart: bool = False,
+        evidence_frames: int = -1,
     ) -> bool:
-        """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart``: see
-        ``RecordItem``."""
+        """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart`` and
+        ``evidence_frames`` (llr): see ``RecordItem``."""
         h = header
         item = RecordItem(kind, h.acq, h.seq, h.ts, data, chunk=chunk, restart=restart, rx=h.rx)
+        item.evidence_frames = evidence_frames
         return self.submit(item)
 
     def submit(self, item: RecordItem) -> bool:
@@ -251,7 +253,8 @@ class Recorder(OpenParts, BackgroundWorker):
             if item.kind not in af.kinds:  # record_denoised / record_llr off
                 return
             chunk = item.chunk if item.chunk is not None else compressed
-            if af.append(item.kind, item.seq, item.ts, item.data, chunk) and item.chunk is not None:
+            own = {"evidence_frames": item.evidence_frames} if item.kind == "llr" else {}
+            if af.append(item.kind, item.seq, item.ts, item.data, chunk, **own) and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if item.kind == "raw" and item.rx >= 0:
                 self.part_index.add(item.acq, item.rx, af.path)

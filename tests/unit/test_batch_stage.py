@@ -92,8 +92,10 @@ def test_a_column_in_the_partial_last_block_lies_on_the_frame_edge(binning_engin
     assert cols[:, 1].max() <= 76.0
 
 
-def test_evidence_frames_score_columns_on_other_frames_counts(binning_engine_dir: Path) -> None:
-    """evidence_frames=2: each frame's LLRs are those of the hand-summed counts of its two neighbours."""
+def test_evidence_frames_score_columns_on_the_counts_of_the_frames_before(binning_engine_dir: Path) -> None:
+    """evidence_frames=2: each frame's LLRs are those of the hand-summed counts of the (up to) two frames
+    before it, never of later batch-mates (they were: frame 1 of a batch was scored on frames 0 + 2, so
+    a map depended on how the frames happened to be batched; audit 23)."""
     from sbd_stream.compute.binning import bin_counts
     from sbd_stream.compute.likelihood import LikelihoodStage
 
@@ -103,20 +105,25 @@ def test_evidence_frames_score_columns_on_other_frames_counts(binning_engine_dir
     frames = _frames(4, (128, 128), 0.45)
     lone = Frame(FrameHeader("other", 0, time.time(), (128, 128), "uint16"), frames[0].data.copy())
     res = stage.process([*frames, lone])
-    assert res.evidence_frames is not None and res.evidence_frames.tolist() == [2, 2, 2, 2, 0]
+    assert res.evidence_frames is not None and res.evidence_frames.tolist() == [0, 1, 2, 2, 0]
     own = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_block_A=2.0))
     ref_own = own.process([*frames, lone])
     assert ref_own.evidence_frames is not None and not ref_own.evidence_frames.any()
     np.testing.assert_allclose(res.denoised, ref_own.denoised)  # evidence changes the scores only
-    # by hand at the working pixel: frame 1 is scored on frames 0 + 2, against twice its denoised rates
+    # by hand at the working pixel: frame 3 is scored on frames 2 + 1, against twice its denoised rates
     binned = bin_counts(torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32)), 4)
     den_w = den.denoise(binned, dose=7.2)
     hand = LikelihoodStage(settings.at_pixel(stage.geometry.working_pixel_A), "cpu")
-    ref = hand.compute((binned[0] + binned[2])[None], 2 * den_w[1][None])
-    assert res.columns is not None and res.vacuum is not None and res.columns[1].shape[0] == len(ref.llr)
-    np.testing.assert_allclose(res.columns[1][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(res.columns[1][:, 3], ref.lam1.numpy() / 2 / 16, rtol=1e-5)  # one frame's
-    assert res.vacuum[1] == pytest.approx(float(ref.lam0[0]) / 2 / 16, rel=1e-5)
+    ref = hand.compute((binned[1] + binned[2])[None], 2 * den_w[3][None])
+    assert res.columns is not None and res.vacuum is not None and res.columns[3].shape[0] == len(ref.llr)
+    np.testing.assert_allclose(res.columns[3][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res.columns[3][:, 3], ref.lam1.numpy() / 2 / 16, rtol=1e-5)  # one frame's
+    assert res.vacuum[3] == pytest.approx(float(ref.lam0[0]) / 2 / 16, rel=1e-5)
+    # the first frame has none before it: its own counts, as without evidence; each frame's map is the
+    # one it gets alone with the frames before it handed in (the batch changes nothing)
+    np.testing.assert_allclose(res.likelihood[0], ref_own.likelihood[0], rtol=1e-5, atol=1e-5)
+    alone = stage.process([frames[2]], earlier=frames[:2])
+    np.testing.assert_allclose(alone.likelihood[0], res.likelihood[2], rtol=1e-5, atol=1e-5)
     # the lone frame of another series has no neighbour: its own counts, exactly as without evidence
     np.testing.assert_allclose(res.columns[4], ref_own.columns[4], rtol=1e-5, atol=1e-5)
 
@@ -164,7 +171,7 @@ def test_a_new_series_or_a_restart_of_the_same_acquisition_forgets_the_kept_fram
     for f in old:
         history.take([f])
     new = _frames(2, (16, 16), 0.45, seed=6)  # the same acq, numbered from 0 again
-    history.forget("acq")  # what the worker pool does at the new series_start, in queue order
+    history.forget("acq")  # what the intake does at the new series_start, in arrival order
     assert history.take([new[0]]) == [] and history.take([new[1]]) == [new[0]]
     for f in old:
         history.take([f])
@@ -245,7 +252,7 @@ def test_the_same_input_gives_the_same_likelihood_maps_with_one_and_with_two_wor
         [h.seq for r in one for h in r.headers] == [h.seq for r in two for h in r.headers] == list(range(10))
     )
     used = [int(u) for r in one for u in r.evidence_frames]  # type: ignore[union-attr]
-    assert used == [2, 2, 2, 2, 2, 2, 2, 2, 2, 2][: len(used)] or used[0] >= 1
+    assert used == [0, 1, 2, 2, 2, 2, 2, 2, 2, 2]  # the frames before, never later batch-mates
     assert used == [int(u) for r in two for u in r.evidence_frames]  # type: ignore[union-attr]
     for a, b in zip(one, two, strict=True):
         assert a.likelihood is not None and b.likelihood is not None

@@ -33,7 +33,7 @@ def test_twenty_interleaved_acquisitions_each_keep_their_evidence(caplog: pytest
     history = EvidenceHistory(2)
     with caplog.at_level(logging.DEBUG, LOGGER):
         got = _round_robin(history, 20, 5)
-    assert got == [[q] * 20 for q in range(5)]  # up to 2N earlier frames; was 0 past 8 acquisitions
+    assert got == [[min(q, 2)] * 20 for q in range(5)]  # the N before each; was 0 past 8 acquisitions
     assert history.kept_bytes == 20 * 4 * 16 * 16  # 2N frames of each
     assert not [r for r in caplog.records if r.name == LOGGER]
 
