@@ -105,6 +105,9 @@ class Metrics:
             "Denoised pixels beyond the recording dtype's finite range (float16: +-65504), clipped to it",
             registry=r,
         )
+        self.published_clipped_pixels = Counter(
+            "sbd_published_clipped_pixels", "Published pixels clipped to float16's +-65504", registry=r
+        )
         self.denoise_overflow = Counter(
             "sbd_denoise_overflow",
             "Frames not denoised because the lossless denoise queue was full (data loss)",
@@ -349,7 +352,7 @@ EXPORTED_NAMES = (
     "sbd_record_files_closed_total", "sbd_record_open_files", "sbd_workers", "sbd_worker_info",
     "sbd_worker_frames_total", "sbd_worker_batches_total", "sbd_worker_busy_seconds_total",
     "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
-    "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio",
+    "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
 )  # fmt: skip
 
 

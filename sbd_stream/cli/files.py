@@ -49,6 +49,11 @@ def denoise(
     orientations: int = typer.Option(
         8, help="Average the engine over 1, 2, 4 or 8 turned copies of each frame (8: equivariant)"
     ),
+    upsample: str | None = typer.Option(
+        None,
+        help="Back to detector pixels: auto (bicubic here; the live service on a CPU: bilinear), bicubic "
+        "or bilinear (as a CPU's live lane; with --orientations 1 its frames)",
+    ),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists"),
     scheduler: Scheduler = "local",
     dask_workers: DaskWorkers = None,
@@ -91,6 +96,7 @@ def denoise(
         tile=tile,
         margin=margin,
         orientations=orientations,
+        upsample=upsample,
         threads=threads_per_worker,
     )
     settings = settings_from_flags(flags).denoise  # the live service's [denoise] settings

@@ -130,6 +130,7 @@ class Flags:
     tile: int | None = None
     margin: int | None = None
     orientations: int | None = None
+    upsample: str | None = None  # auto, bicubic or bilinear
     likelihood: bool | None = None
     evidence_frames: int | None = None
     metrics: bool | None = None
@@ -166,6 +167,7 @@ def settings_from_flags(flags: Flags, config: Path | None = None) -> ServiceSett
                 "tile": f.tile,
                 "margin": f.margin,
                 "orientations": f.orientations,
+                "upsample": f.upsample,
                 "likelihood": likelihood(f.likelihood, f.evidence_frames),
             },
             "lanes": {"live": f.live, "complete": f.complete},  # docs/service.md "Two lanes"

@@ -217,7 +217,7 @@ def build_pipeline(
     live = policy is BackpressurePolicy.latest  # the live lane: the newest frame(s), one engine call's worth
     batch = s.lanes.live_batch_frames if live else d.batch_frames
     batcher = Batcher(queue, batch, d.batch_timeout_ms, policy, skipped)
-    sinks = make_sinks(s, first, m, ctx, sup)
+    sinks = make_sinks(s, first, m, ctx, sup, stages)
     intake = Intake(queue, [], m)
     specs = worker_specs(s)
     if len(specs) != len(stages):  # stages built by the caller: describe them as they are
@@ -253,10 +253,27 @@ def complete_lane(s: ServiceSettings, m: Metrics) -> Backlog | None:
     return Backlog(int(s.lanes.backlog_mb * 1024**2), m.complete_backlog.set, m.frames_left_for_offline.inc)
 
 
+def run_config(s: ServiceSettings, stages: Sequence[BatchStage]) -> dict[str, Any]:
+    """The settings as the recording states them, ``denoise.upsample`` as it ran: ``auto`` is bilinear on
+    a CPU and bicubic on a GPU, so "auto" alone did not say why a CPU recording differs from ``denoise``
+    of its frames (bicubic). Workers that resolved it differently (a CPU and a GPU): a list, in order."""
+    config = s.model_dump(mode="json")
+    ran = list(dict.fromkeys(st.upsample for st in stages))
+    config["denoise"]["upsample"] = ran[0] if len(ran) == 1 else [st.upsample for st in stages]
+    return config
+
+
 def make_sinks(
-    s: ServiceSettings, stage: BatchStage, m: Metrics, ctx: zmq.Context, sup: Supervisor
+    s: ServiceSettings,
+    stage: BatchStage,
+    m: Metrics,
+    ctx: zmq.Context,
+    sup: Supervisor,
+    stages: Sequence[BatchStage] | None = None,
 ) -> list[Sink]:
-    """Viewer (raw frames first, as received), publisher, recorder: what the settings turn on."""
+    """Viewer (raw frames first, as received), publisher, recorder: what the settings turn on.
+    ``stages``: every worker's (default: ``stage`` alone), for the recording's ``run_config``."""
+    stages = stages or [stage]
     den = stage.denoiser
     sinks: list[Sink] = []
     publisher = None
@@ -272,7 +289,7 @@ def make_sinks(
             s.record,
             m,
             card=dict(den.card),
-            run_config=s.model_dump(mode="json"),
+            run_config=run_config(s, stages),
             queue_frames=s.ingest.record_queue_frames,
             sampling=stage.geometry.describe(),
             supervisor=sup,
@@ -376,7 +393,10 @@ def run_replay(
         intake.frame(frame)
 
     # run on this thread (not as the pipeline's source): the file's errors reach the caller as before
-    src = ReplaySource(path, on_frame, intake.series, intake.queue, realtime, limit, max_payload, stop)
+    # rows whose ts names no date are skipped and counted as sbd_frames_malformed_total{reason="bad_ts"}
+    src = ReplaySource(
+        path, on_frame, intake.series, intake.queue, realtime, limit, max_payload, stop, intake.metrics
+    )
     t0 = time.perf_counter()
     try:
         src.run()

@@ -36,8 +36,8 @@ MIN_FREE_BYTES = 16 * 1024**2
 
 
 def denoise_file(
-    input: Path,
-    output: Path,
+    input: str | Path,
+    output: str | Path,
     dataset: str | None = None,
     settings: DenoiseSettings | None = None,
     detector: dict[str, float | None] | None = None,
@@ -58,8 +58,10 @@ def denoise_file(
     ``detector`` (pixel_size_A, dose_e_per_A2 or counts_per_px; None values ignored) overrides what
     the input's attributes say; the paper's K2 sampling fills anything neither gives. Frames go
     through the same batch stage as the live service: binned to the engine's working pixel, denoised,
-    and returned at the detector's sampling in counts per detector pixel.
+    and returned at the detector's sampling in counts per detector pixel. Arrays in memory, not files:
+    ``service/frames.py`` (``denoise_frames``).
     """
+    input, output = Path(input), Path(output)  # str paths too (a notebook's "in.npy")
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     # one job per output (another one's temporary file is never touched); signals stop between batches
@@ -103,6 +105,7 @@ def _denoise_file(
             **g.describe(),
             "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
             "orientations": stage.orientations,
+            "upsample": stage.upsample,  # what ran (``auto`` resolved): a live recording's may differ
             "sbd_stream_version": _version(),
             "dose_range": list(g.dose_range),
             "dose_in_range": bool(g.dose_in_range),

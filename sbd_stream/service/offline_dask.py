@@ -140,6 +140,7 @@ def describe(
         **g.describe(),
         "tiling": {k: getattr(den.plan(hb, wb), k) for k in ("tile", "margin", "overlap")},
         "orientations": stage.orientations,
+        "upsample": stage.upsample,  # what ran (``auto`` resolved): a live recording's may differ
         "sbd_stream_version": _version(),
         "dose_range": list(g.dose_range),
         "dose_in_range": bool(g.dose_in_range),

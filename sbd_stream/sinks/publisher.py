@@ -8,6 +8,10 @@ Series messages (``series_start`` / ``series_end``) are promised to get through:
 XPUB with ``ZMQ_XPUB_NODROP`` (sinks/xpub.py: frames never wait, a series message waits up to
 ``2 SERIES_WAIT_S`` for a full pipe). What still does not fit (a subscriber that stopped reading) is
 counted in ``sbd_publish_dropped_total{topic}`` and logged (rate-limited).
+
+``denoised`` goes out as ``publish.dtype``: with float16 (half the bytes) a value beyond +-65504 is
+clipped to it as the recording does (``sinks/stored_dtype.py``: not sent as inf, counted in
+``sbd_published_clipped_pixels_total``, logged once); ``llr`` is always float32.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sbd_stream.protocol import (
     ipv6_endpoint,
 )
 from sbd_stream.security import apply_curve, warn_if_exposed
+from sbd_stream.sinks.stored_dtype import PUBLISHED, StoredDtype
 from sbd_stream.sinks.xpub import SERIES_WAIT_S, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
@@ -90,7 +95,7 @@ class Publisher(BackgroundWorker):
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
         if self.endpoint != settings.endpoint:  # "*" or ":0": the banner shows what was asked, not this
             log.info("publishing on %s", self.endpoint)
-        self._out_dtype = np.dtype(settings.dtype)
+        self._out_dtype = StoredDtype(settings.dtype, metrics, PUBLISHED)  # float16: clipped, not inf
         self._said = RateLimitedLog(log)
         self._init_worker(supervisor)
 
@@ -130,12 +135,15 @@ class Publisher(BackgroundWorker):
         """An item the supervisor set aside was not published: count it as dropped."""
         self.metrics.publish_dropped.labels(topic=item.topic.decode()).inc()
 
-    def _encode(self, item: OutputItem, meta: dict[str, Any]) -> list:
-        if item.data is None:
+    def _payload(self, item: OutputItem) -> np.ndarray | None:
+        """``denoised`` in ``publish.dtype`` (cast once per item, so a clip is counted once)."""
+        if item.data is None or item.topic != TOPIC_DENOISED:
+            return item.data
+        return self._out_dtype(item.data, item.acq, item.seq)
+
+    def _encode(self, item: OutputItem, meta: dict[str, Any], data: np.ndarray | None) -> list:
+        if data is None:
             return encode_series(item.topic, item.acq, item.ts, meta, item.n_frames)
-        data = item.data
-        if item.topic == TOPIC_DENOISED and data.dtype != self._out_dtype:
-            data = data.astype(self._out_dtype)
         return encode_frame(
             data,
             item.acq,
@@ -158,11 +166,12 @@ class Publisher(BackgroundWorker):
         """
         t0 = time.perf_counter()
         topic = item.topic.decode()
+        data = self._payload(item)
         try:
-            parts = self._encode(item, item.meta)
+            parts = self._encode(item, item.meta, data)
         except HeaderTooLarge as exc:
             log.warning("%s %s/%s: %s; sent without its meta", topic, item.acq, item.seq, exc)
-            parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"})
+            parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"}, data)
         if item.data is None:
             complete = self.sender.series(parts)
             if not complete:
