@@ -19,9 +19,16 @@ from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
 from sbd_stream.config_file import read_toml
-from sbd_stream.config_merge import check_env_names, merge_layer
+from sbd_stream.config_merge import check_env_names, merge_layer, older_policy_in_its_layer
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings, plain_path
+
+# Durations are bounded (docs/service.md): Python's waits overflow past ~9.2e9 s, ZeroMQ's int milliseconds
+# past ~2.1e6 s, so a finite but huge one (stop_timeout_s = 1e10) was a traceback and exit 1 at shutdown.
+MAX_TIME_S = 1e6  # ~11.6 days
+MIN_RATE_HZ = 1.0 / MAX_TIME_S  # the slowest rate the emulator paces (0: as fast as possible)
+Seconds = Annotated[float, Field(le=MAX_TIME_S)]
+"""A duration setting (its own ``Field`` adds the lower bound); milliseconds: ``le=MAX_TIME_S * 1000``."""
 
 
 class BackpressurePolicy(enum.StrEnum):
@@ -78,8 +85,8 @@ class DectrisInput(BaseModel):
         description="stream v1 (JSON + blob) or stream v2 (CBOR)"
     )
     socket_type: InputSocket = Field(InputSocket.pull, description="pull from a DCU, sub behind a proxy")
-    series_timeout_s: float = Field(10.0, gt=0, description="close a series after this silence")
-    heartbeat_s: float = Field(1.0, gt=0, description="ZMTP heartbeat; a silent peer is gone after 3x")
+    series_timeout_s: Seconds = Field(10.0, gt=0, description="close a series after this silence")
+    heartbeat_s: float = Field(1.0, gt=0, le=3600, description="ZMTP heartbeat; a silent peer: gone after 3x")
 
 
 InputSettings = Annotated[WireV1Input | DectrisInput, Field(discriminator="dialect")]
@@ -151,7 +158,7 @@ class RecordSettings(BaseModel):
     min_free_bytes: int = Field(
         256 * 1024**2, ge=0, description="stop recording (disk full) when less than this is free"
     )
-    idle_close_s: float = Field(
+    idle_close_s: Seconds = Field(
         60.0, gt=0, description="close an acquisition's file when nothing was written to it for this long"
     )
     max_open_files: int = Field(
@@ -286,14 +293,15 @@ class DenoiseSettings(BaseModel):
     batch_frames: int = Field(
         4, ge=1, description="denoise up to B frames at once (live and offline: one default)"
     )
-    batch_timeout_ms: float = Field(5.0, ge=0, description="or whatever arrived within T ms")
+    batch_timeout_ms: float = Field(
+        5.0, ge=0, le=MAX_TIME_S * 1000, description="or whatever arrived within T ms"
+    )
     orientations: Literal[1, 2, 4, 8] = Field(1, description="engine averaged over turned frames")
 
     @field_validator("orientations", mode="before")
     @classmethod
     def _orientations_from_text(cls, v: object) -> object:
-        """``SBD_DENOISE__ORIENTATIONS=8`` arrives as the text ``'8'``, which a Literal of ints refused
-        (an int field would have taken it)."""
+        """``SBD_DENOISE__ORIENTATIONS=8`` is the text ``'8'``, which a Literal of ints refused."""
         return int(v) if isinstance(v, str) and v.strip().isdigit() else v
 
     policy: BackpressurePolicy | None = Field(
@@ -322,8 +330,8 @@ class LaneSettings(BaseModel):
     backlog_mb: float = Field(
         2048.0, gt=0, description="raw frames the complete lane holds in memory; beyond: left for offline"
     )
-    complete_timeout_s: float = Field(
-        300.0, ge=0, description="at shutdown, how long the complete lane may keep working on its backlog"
+    complete_timeout_s: Seconds = Field(
+        15.0, ge=0, description="at shutdown, how long the complete lane may keep working on its backlog"
     )
 
 
@@ -356,7 +364,7 @@ class SupervisionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_restarts: int = Field(5, ge=0, description="restarts allowed within restart_window_s")
-    restart_window_s: float = Field(60.0, gt=0, description="window over which restarts are counted")
+    restart_window_s: Seconds = Field(60.0, gt=0, description="window over which restarts are counted")
 
 
 class ServiceSettings(BaseSettings):
@@ -379,12 +387,13 @@ class ServiceSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     viewer: ViewerSettings = ViewerSettings()
     supervision: SupervisionSettings = SupervisionSettings()
-    stop_timeout_s: float = Field(10.0, gt=0, description="how long a clean shutdown may take")
+    stop_timeout_s: Seconds = Field(10.0, gt=0, description="how long a clean shutdown may take")
 
     @model_validator(mode="after")
     def _policy_names_the_live_lane(self) -> ServiceSettings:
-        """``denoise.policy`` (the older name) given: it decides ``lanes.live``."""
-        if self.denoise.policy is not None:
+        """``denoise.policy`` (older name) decides an unset ``lanes.live`` (``load_settings`` does it per
+        layer first: ``config_merge.older_policy_in_its_layer``)."""
+        if self.denoise.policy is not None and "live" not in self.lanes.model_fields_set:
             self.lanes.live = self.denoise.policy is BackpressurePolicy.latest
         return self
 
@@ -418,7 +427,12 @@ def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | Non
     # the environment as given, not validated on its own: a flag over an invalid SBD_ value wins (it
     # was refused, and the error blamed the flag), and the merged layers are validated once, below
     env_only = EnvSettingsSource(ServiceSettings, env_prefix="SBD_", env_nested_delimiter="__")()
-    merged = merge_layer(merge_layer(file_data, env_only), overrides or {})
+    # ``denoise.policy`` becomes ``lanes.live`` within its own layer (the higher layer wins)
+    file_data = older_policy_in_its_layer(file_data, str(toml_path))
+    env_only = older_policy_in_its_layer(env_only, "the environment")
+    merged = merge_layer(
+        merge_layer(file_data, env_only), older_policy_in_its_layer(overrides or {}, "flags")
+    )
     checked = _MergedLayers(**merged)  # validated once, without reading the environment a second time
     return ServiceSettings.model_construct(checked.model_fields_set, **dict(checked))
 

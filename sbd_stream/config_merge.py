@@ -63,3 +63,37 @@ def check_env_names(environ: Mapping[str, str], sections: Collection[str], field
             near = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.8)
             if near:
                 raise ValueError(f"{key}: no such setting; did you mean SBD_{near[0].upper()}?")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def older_policy_in_its_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
+    """``denoise.policy`` (the older name of ``lanes.live``) as ``lanes.live`` of the same layer.
+
+    Why: applied after the layers were merged, a config file's ``policy = "lossless"`` (the shipped
+    files up to 2026-12-02 carry ``policy``) silently beat ``--live`` and ``SBD_LANES__LIVE``, against
+    the documented order flags > environment > file. Both names in one layer must agree.
+    """
+    den = layer.get("denoise")
+    if not isinstance(den, dict) or den.get("policy") is None:
+        return layer
+    policy = str(getattr(den["policy"], "value", den["policy"])).strip().lower()
+    if policy not in ("latest", "lossless"):
+        return layer  # validation names the bad value
+    live = policy == "latest"
+    lanes = layer.get("lanes") if isinstance(layer.get("lanes"), dict) else {}
+    if "live" in lanes:
+        text = str(lanes["live"]).strip().lower()
+        given = (
+            lanes["live"]
+            if isinstance(lanes["live"], bool)
+            else (text in _TRUE if text in _TRUE + _FALSE else None)
+        )
+        if given is not None and given != live:
+            raise ValueError(
+                f"{where}: denoise.policy = {policy!r} and lanes.live = {given} disagree; "
+                "drop denoise.policy (the older name of lanes.live)"
+            )
+        return layer
+    return {**layer, "lanes": {**lanes, "live": live}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ TS_MAX = 253402300799.0  # 9999-12-31T23:59:59Z
 A number outside (``1e308``, nanoseconds sent as seconds) is refused as ``bad_ts`` at the edge:
 the recorder turns the first frame's ``ts`` into the ISO 8601 start of its acquisition, and the
 time axis into ``ts`` minus that start, which overflows for such numbers. Checked for every
-dialect (``check_ts``), so the sinks never see one.
+dialect (``ts_ok``), so the sinks never see one.
 """
 
 DTYPES: dict[str, np.dtype] = {
@@ -237,7 +238,8 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-    return (isinstance(x, int | float) and not isinstance(x, bool)) and math.isfinite(x)
+    """A finite number a float holds (``math.isfinite(10**400)`` raised OverflowError, not bad_ts)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and abs(x) <= sys.float_info.max
 
 
 def ts_ok(ts: Any) -> bool:
@@ -258,8 +260,8 @@ def finite_json(obj: Any, max_items: int = 100_000) -> bool:
         seen += 1
         if seen > max_items:
             return False
-        if isinstance(v, float):
-            if not math.isfinite(v):
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not _is_num(v):  # NaN, Infinity, or an integer too large for a float
                 return False
         elif isinstance(v, dict):
             stack.extend(v.values())
@@ -314,7 +316,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+def _parse_int(s: str) -> int | float:
+    """Past 310 digits an integer is beyond any float (past 4300 ``int()`` raises ValueError): inf."""
+    return int(s) if len(s) <= 310 else (-math.inf if s.startswith("-") else math.inf)
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_int=_parse_int)
 
 
 def _field(obj: dict[str, Any], key: str, reason: str) -> Any:

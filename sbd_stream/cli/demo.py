@@ -45,6 +45,7 @@ from sbd_stream.cli.scene_options import (
     Scene,
     scene_fields,
 )
+from sbd_stream.cli.time_options import rate_problem
 from sbd_stream.invocation import invocation
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ def demo(
     from sbd_stream.sources.emulator import EmulatorSettings
 
     setup_logging(verbose)
+    if problem := rate_problem(rate):  # before the models load (EmulatorSettings refused it with a traceback)
+        fail(problem)
     prepare_process()  # the demo runs the service itself: its recording, sockets and /metrics (serve's limit)
     if json_out is not None and (problem := file_problem(json_out)):  # before the run, not after it
         fail(f"--json-out {json_out}: {problem}")

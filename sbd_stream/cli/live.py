@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ from sbd_stream.cli.scene_options import (
     scene_fields,
 )
 from sbd_stream.cli.service_start import check_curve_keys, metrics_where, prepare_process, starting
+from sbd_stream.cli.time_options import rate_problem, wait_problem
 
 if TYPE_CHECKING:
     from sbd_stream.config import ServiceSettings
@@ -108,7 +110,7 @@ def serve(
     frame is written to one HDF5 file per acquisition with its denoised frame, live or completed later
     by the complete lane (the frames the live lane skipped). http://127.0.0.1:9105/metrics shows the
     counters. Ctrl-C finishes the queued frames and the complete lane's backlog (at most
-    lanes.complete_timeout_s, 300 s) and closes the files. Options can also come from a TOML file
+    lanes.complete_timeout_s, 15 s) and closes the files. Options can also come from a TOML file
     (--config) or SBD_* environment variables; see docs/service.md ("Two lanes")."""
     from sbd_stream.service.build import check_endpoints
     from sbd_stream.service.build import serve as run_service
@@ -234,6 +236,8 @@ def replay(
     from sbd_stream.service.build import check_endpoints, run_replay
 
     setup_logging(verbose)
+    if problem := wait_problem(wait) if math.isfinite(wait) else f"--wait must be finite, got {wait}":
+        fail(problem)
     if not file.exists():
         fail(f"{file} not found")
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
@@ -360,8 +364,6 @@ def emulate(
     default is the paper's K2: 0.060 A pixels, 0.45 counts per pixel in vacuum. Without --source the
     bundled scene is played: one held-out specimen, drifting, changing focus (docs/emulator.md).
     """
-    import math
-
     import zmq
     from pydantic import ValidationError
 
@@ -372,8 +374,10 @@ def emulate(
     setup_logging(verbose)
     if dtype not in (None, "uint8", "uint16"):
         fail("--dtype must be uint8 or uint16")
-    if not (math.isfinite(rate) and rate >= 0):  # 0 is "as fast as possible", as the help says
-        fail(f"--rate must be a number of frames per second >= 0 (0: as fast as possible), got {rate}")
+    if problem := rate_problem(rate) or wait_problem(
+        wait
+    ):  # rate 0 is "as fast as possible", as the help says
+        fail(problem)
     det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
     shape_hw = parse_shape(shape or "1024x1024")
     held = {} if source else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)

@@ -93,20 +93,23 @@ def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
     f.attrs["default"] = ENTRY
     f.attrs["creator"] = f"sbd-stream {__version__}"
     t0 = float(attrs.get("t0", attrs.get("created", 0.0)))
+    series = _loads(attrs.get("series_meta"))
+    run = _loads(attrs.get("run_config"))
+    dialect = series.get("dialect") or run.get("ingest", {}).get("input", {}).get("dialect") or "unknown"
+    # a DECTRIS ts is the detector's own clock (seconds from the series' start), not a date: the first
+    # frame's ts dated every DECTRIS recording 1970-01-01. Its part states when it was created instead.
+    start = float(attrs.get("created", t0)) if str(dialect).startswith("dectris") else t0
     entry = f.create_group(ENTRY)
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["default"] = "raw"
     _text(entry, "title", str(attrs.get("acq", "")))
-    _text(entry, "start_time", iso(t0))
+    _text(entry, "start_time", iso(start))
     _text(entry, "program_name", "sbd-stream", version=__version__)
 
-    series = _loads(attrs.get("series_meta"))
-    run = _loads(attrs.get("run_config"))
     inst = entry.create_group("instrument")
     inst.attrs["NX_class"] = "NXinstrument"
     det = inst.create_group("detector")
     det.attrs["NX_class"] = "NXdetector"
-    dialect = series.get("dialect") or run.get("ingest", {}).get("input", {}).get("dialect") or "unknown"
     _text(det, "description", str(dialect))
     pixel = attrs.get("pixel_size_A")
     if pixel:
@@ -141,6 +144,9 @@ def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
 
 ROW_COLUMNS = (("frame", np.int64), ("time", np.float64), ("seq", np.int64), ("ts", np.float64))
 """Per-row datasets of each NXdata group, appended with every frame; ``complete`` comes last."""
+KIND_COLUMNS = {"evidence_frames": ("llr", np.int64)}
+"""Per-row datasets of one kind only: ``llr/evidence_frames``, how many other frames' counts scored
+the row's map (0: the frame's own; its LLR is a sum over them, so scales differ ~N-fold)."""
 
 
 def add_data(
@@ -172,7 +178,8 @@ def add_data(
     fr.attrs["long_name"] = LONG_NAMES.get(kind, kind)
     if kind != "llr":
         fr.attrs["units"] = "counts"
-    for name, dt_ in (*ROW_COLUMNS, ("complete", np.uint8)):
+    own = [(name, dt_) for name, (k, dt_) in KIND_COLUMNS.items() if k == kind]
+    for name, dt_ in (*ROW_COLUMNS, *own, ("complete", np.uint8)):
         g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt_)
     g["frame"].attrs["units"] = "frame"
     g["frame"].attrs["long_name"] = "frame (row in this file; seq: the detector's frame number)"
@@ -180,6 +187,8 @@ def add_data(
     g["time"].attrs["start"] = iso(t0)
     g["time"].attrs["long_name"] = "time since the acquisition's first frame (s)"
     g["ts"].attrs["units"] = "s"
+    if "evidence_frames" in g:
+        g["evidence_frames"].attrs["long_name"] = "other frames whose counts scored the map (0: its own)"
     f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")  # the top-level name of format sbd-recording/1
     if kind == "denoised":
         entry.attrs["default"] = "denoised"

@@ -19,9 +19,10 @@ This module puts the shares back together:
   stragglers), or less when the end says how many frames the series had (``frames_expected``).
   A sender that restarts re-using an acquisition id (a bridge that crashed without ``series_end``)
   starts the acquisition anew: a new ``series_start`` (not a ``meta.joined`` / ``meta.resumed``
-  re-announcement, and later than the one taken) after frames went out, or a frame whose number came
-  already (went out, was declared missing, or is still held: waiting for its start or behind a gap)
-  but whose ``ts`` is later than every frame of the acquisition so far. The old series' held frames go
+  re-announcement, with another ``ts`` than the one taken, earlier or later) after frames went out, or a
+  frame whose number came already (went out, was declared missing, or is still held: waiting for its
+  start or behind a gap) but whose ``ts`` does not fit the series (``sources/seqtimes.py``: the same
+  number with another ``ts``, or a ``ts`` that would go backwards). The old series' held frames go
   out, its holes become gaps and its ``series_end`` goes out (made up, ``end_reason = "restarted"``,
   when the sender sent none) before the new series' start (``restarts`` counts them).
 * ``MergeService`` SUB-connects to every instance's publisher, feeds the buffer and republishes on
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sbd_stream.merge.streams import AcqState, Stream
+from sbd_stream.merge.streams import AcqState, Span, Stream
 from sbd_stream.protocol import (
     TOPIC_DENOISED,
     TOPIC_LLR,
@@ -56,7 +57,7 @@ DEFAULT_WINDOW = 64
 DEFAULT_GAP_TIMEOUT_S = 2.0
 """How long a frame may wait for a missing earlier one; also the wait for series_start / stragglers."""
 MAX_OPEN_ACQS = 64  # acquisitions with state; past this the least recently active one is flushed
-REMEMBER_CLOSED = 256  # ended acquisitions remembered (with their newest ts): stragglers count as late
+REMEMBER_CLOSED = 256  # ended acquisitions remembered (with their ts span): stragglers count as late
 OUTPUT_TOPICS = frozenset({TOPIC_DENOISED, TOPIC_LLR})
 
 
@@ -103,7 +104,7 @@ class ReorderBuffer:
         self.on_count = on_count
         self.stats: collections.Counter[tuple[str, str]] = collections.Counter()
         self.acqs: dict[str, AcqState] = {}
-        self.closed: collections.OrderedDict[str, float | None] = collections.OrderedDict()  # -> newest ts
+        self.closed: collections.OrderedDict[str, Span | None] = collections.OrderedDict()  # -> ts span
         self._evicted: list[Released] = []  # what flushing an evicted acquisition released
 
     # --- input -------------------------------------------------------------------------------------
@@ -131,21 +132,23 @@ class ReorderBuffer:
         t = topic.decode()
         out: list[Released] = []
         if acq in self.closed:
-            newest = self.closed[acq]
-            if ts is None or newest is None or ts <= newest:
+            span = self.closed[acq]
+            if ts is None or span is None or span.holds(seq, ts):
                 self._count("late", t)
                 log.debug("merge: frame %s of %s arrived after its series ended: dropped as late", seq, acq)
                 return []
-            del self.closed[acq]  # later than all of the ended series: its sender restarted, no start
+            del self.closed[acq]  # outside the ended series' ts: its sender restarted, without a start
             self._count("restarts", t)
-            log.warning("merge: %s frame %d is later than its ended series: %s starts anew", acq, seq, acq)
-            self._acq(acq, now).floor_ts = newest
+            log.warning(
+                "merge: %s frame %d does not fit its ended series (ts): %s starts anew", acq, seq, acq
+            )
+            self._acq(acq, now).floor = span
         a = self._acq(acq, now)
         st = a.streams.get(topic)
-        if st is not None and self._later(a, ts) and st.seen(seq):  # held counts: not only gone out
-            out, a = self._restart(a, t, now, f"frame {seq} came already and this one is later", True)
+        if st is not None and st.seen(seq) and not st.times.fits(seq, ts):  # held counts, not only gone out
+            out, a = self._restart(a, t, now, f"frame {seq} came already and its ts does not fit", True)
             st = None
-        if a.floor_ts is not None and ts is not None and ts <= a.floor_ts:
+        if a.floor is not None and ts is not None and a.floor.holds(seq, ts):
             self._count("late", t)  # a straggler of the series a restart closed
             return out
         a.last_frame = now
@@ -160,8 +163,8 @@ class ReorderBuffer:
         if seq in st.buf:
             self._count("duplicates", t)
             return out
-        st.hold(seq, now, payload)
-        a.took(ts)
+        st.hold(seq, now, payload, ts)
+        a.took(seq, ts)
         return out + self._advance(a, now)
 
     def _push_series(
@@ -178,7 +181,7 @@ class ReorderBuffer:
             again = bool((meta or {}).get("joined") or (meta or {}).get("resumed"))  # an instance's own
             out: list[Released] = []
             if not again and self._restarted_by(a, ts):
-                out, a = self._restart(a, t, now, "a later series_start came after frames went out", False)
+                out, a = self._restart(a, t, now, "another series_start came after frames went out", False)
             elif a.started:  # a re-announcement, or the start another instance forwarded too
                 if not again and a.start_ts is None:
                     a.start_ts = ts  # the sender's own start: a later one after frames is a restart
@@ -223,17 +226,13 @@ class ReorderBuffer:
 
     # --- internals ---------------------------------------------------------------------------------
     @staticmethod
-    def _later(a: AcqState, ts: float | None) -> bool:
-        """A frame later than every frame of ``a``: a constant or missing ``ts`` never is."""
-        return ts is not None and a.newest_ts is not None and ts > a.newest_ts
-
-    @staticmethod
     def _restarted_by(a: AcqState, ts: float | None) -> bool:
-        """A sender's second ``series_start`` of ``a``, later than the first, after frames went out.
+        """A sender's second ``series_start`` of ``a``, with another ``ts``, after frames went out.
 
-        The same start forwarded by several instances has the same ``ts``: dropped, as before."""
+        The same start forwarded by several instances has the same ``ts``: dropped, as before. Earlier
+        counts as much as later: a sender whose clock was corrected backwards restarts too."""
         return (
-            ts is not None and a.start_ts is not None and ts > a.start_ts and a.started and a.output_began()
+            ts is not None and a.start_ts is not None and ts != a.start_ts and a.started and a.output_began()
         )
 
     def _restart(
@@ -241,7 +240,7 @@ class ReorderBuffer:
     ) -> tuple[list[Released], AcqState]:
         """Close ``a`` (holes become gaps, its end goes out) and open it anew; returns (released, new).
 
-        ``by_frame``: a frame's ``ts`` told the restart, so frames up to the old series' newest ``ts``
+        ``by_frame``: a frame's ``ts`` told the restart, so frames within the old series' ``ts`` span
         still on their way are its stragglers (dropped as late), not the new series' frames."""
         log.warning("merge: %s starts anew (%s): its sender restarted re-using the id", a.acq, why)
         self._count("restarts", topic)
@@ -249,7 +248,7 @@ class ReorderBuffer:
         self.closed.pop(a.acq, None)
         new = self._acq(a.acq, now)
         if by_frame:
-            new.floor_ts = a.newest_ts
+            new.floor = a.span
         return out, new
 
     def _count(self, kind: str, topic: str, n: int = 1) -> None:
@@ -397,7 +396,7 @@ class ReorderBuffer:
             out.append(Released(TOPIC_SERIES_END, a.acq, -1, a.end, merged))
             self._count("series", TOPIC_SERIES_END.decode())
         self.acqs.pop(a.acq, None)
-        self.closed[a.acq] = a.newest_ts
+        self.closed[a.acq] = a.span
         while len(self.closed) > REMEMBER_CLOSED:
             self.closed.popitem(last=False)
         return out

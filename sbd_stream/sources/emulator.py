@@ -410,8 +410,8 @@ class Emulator:
             if period:
                 t_next += period
                 delay = t_next - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+                if delay > 0 and self.stop_event.wait(delay):  # a stop ends a slow rate's wait at once
+                    break
             parts = encode_frame(
                 counts, cfg.acq, seq, time.time(), exposure_s=exposure, meta={"dose": cfg.dose}
             )

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.noise import DEFAULT_DOSE
-from sbd_stream.config import PAPER_PIXEL_A, SocketMode
+from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ, PAPER_PIXEL_A, SocketMode
 from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SIDE
 from sbd_stream.sources.receiver import endpoint_problem
 
@@ -60,13 +60,23 @@ class EmulatorSettings(BaseModel):
     )
     sndhwm: int = Field(1000, ge=1)
     first_seq: int = Field(0, ge=0)
-    wait_subscriber_s: float = Field(5.0, ge=0, description="wait for a subscriber before the first frame")
+    wait_subscriber_s: float = Field(
+        5.0, ge=0, le=MAX_TIME_S, description="wait for a subscriber before the first frame"
+    )
     keep_truth: bool = Field(False, description="keep sent frames and their expected counts (demo PSNR)")
     truth_every: int = Field(
         1, ge=1, description="with keep_truth: keep every k-th frame only (a long demo's memory stays small)"
     )
     push: bool = Field(False, description="PUSH instead of PUB: PULL peers share the frames round-robin")
     peers: int = Field(1, ge=1, description="PUSH: wait for this many PULL peers before sending")
+
+    @field_validator("rate_hz")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        """0 or a rate the pacing can sleep for: ``1e-11`` Hz overflowed the sleep (a traceback)."""
+        if 0 < v < MIN_RATE_HZ:
+            raise ValueError(f"0 (as fast as possible) or at least {MIN_RATE_HZ:g} frames per second")
+        return v
 
     @field_validator("endpoint")
     @classmethod

@@ -14,11 +14,23 @@ What a part declares is checked before it is read (``formats/limits.py``): its f
 wire format v1 and ``ingest.max_payload_bytes`` (the live service would refuse such a frame too),
 its rows against what was written. A crafted part declaring 10^12 rows or 100000 x 100000 frames
 made replay allocate terabytes; it is now a one-line ``RecordingError``.
+
+Each row's ``ts`` is checked as live input's is (``protocol.ts_ok``): a row whose ``ts`` names no date
+(NaN, 1e300: a crafted or damaged file) is skipped, counted (``sbd_frames_malformed_total{reason=
+"bad_ts"}``) and logged once. Fed as it was, a NaN first ``ts`` made the recorder refuse the whole
+replayed acquisition (exit 0, nothing written) and the publisher raise on that frame.
+
+``realtime`` paces each frame relative to the one before it, by the difference of their ``ts``: a step
+back in ``ts`` sends the frame at once and pacing goes on from there (paced from the segment's first
+``ts``, a late first frame unpaced all the rest); a gap longer than ``MAX_REALTIME_GAP_S`` is shortened
+to it, with one log line (a ``ts`` jump of hours waited silently for hours, and one past ~9.2e9 s
+overflowed the wait: a traceback, frames lost).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +42,7 @@ import numpy as np
 from sbd_stream.formats.limits import BLOCK_ROWS, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recording_parts
 from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DTYPES,
@@ -38,8 +51,14 @@ from sbd_stream.protocol import (
     FrameHeader,
     SeriesHeader,
     SeriesMessage,
+    ts_ok,
 )
 from sbd_stream.worker import BackgroundWorker
+
+log = logging.getLogger(__name__)
+
+MAX_REALTIME_GAP_S = 10.0
+"""``--realtime``: the longest wait between two frames; a longer recorded gap is shortened to this."""
 
 Series = tuple[str, int, dict[str, Any]]  # (acq, segment, recorded series_meta)
 
@@ -107,13 +126,17 @@ class ReplaySource(BackgroundWorker):
         limit: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         stop: threading.Event | None = None,
+        metrics: Metrics | None = None,
+        max_gap_s: float = MAX_REALTIME_GAP_S,
     ) -> None:
         """``max_payload``: the largest frame the pipeline takes (``ingest.max_payload_bytes``); ``stop``:
-        an event that ends the feed early (the CLI's signal handlers set it), the series closed."""
+        an event that ends the feed early (the CLI's signal handlers set it), the series closed;
+        ``metrics``: where rows with a bad ``ts`` are counted (``n_bad_ts`` counts them in any case);
+        ``max_gap_s``: ``realtime``'s longest wait between two frames."""
         self.path, self.on_frame, self.on_series = Path(path), on_frame, on_series
         self.queue, self.realtime, self.limit = queue, realtime, limit
-        self.max_payload = max_payload
-        self.n_sent = 0
+        self.max_payload, self.metrics, self.max_gap_s = max_payload, metrics, max_gap_s
+        self.n_sent = self.n_bad_ts = self.n_gaps_shortened = 0
         self.done = threading.Event()
         self._init_worker()
         if stop is not None:
@@ -125,22 +148,27 @@ class ReplaySource(BackgroundWorker):
     def run(self) -> None:
         acq_cur: str | None = None
         key: tuple[str, int] | None = None
-        t0_rec = t0_wall = 0.0
+        prev_ts = prev_wall = 0.0
         try:
             for (acq, segment, recorded), seq, ts, data in recorded_series(self.path, self.max_payload):
                 if self._stop.is_set() or (self.limit is not None and self.n_sent >= self.limit):
                     break
+                if not ts_ok(ts):
+                    self._bad_ts(acq, seq, ts)
+                    continue
                 if (acq, segment) != key:  # a new acquisition, or a new series / restart of this one
                     if acq_cur is not None:
                         self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq_cur, time.time())))
                     acq_cur, key = acq, (acq, segment)
                     meta = {**recorded, "replay_of": str(self.path)}
                     self.on_series(SeriesMessage(TOPIC_SERIES_START, SeriesHeader(acq, time.time(), meta)))
-                    t0_rec, t0_wall = ts, time.perf_counter()
+                    prev_ts, prev_wall = ts, time.perf_counter()
                 if self.realtime:
-                    delay = (ts - t0_rec) - (time.perf_counter() - t0_wall)
+                    due = prev_wall + self._step(acq, seq, ts - prev_ts)
+                    delay = due - time.perf_counter()
                     if delay > 0 and self._stop.wait(delay):
                         break
+                    prev_ts, prev_wall = ts, max(due, time.perf_counter())
                 elif self.queue is not None:
                     while len(self.queue) >= self.queue.maxlen and not self._stop.is_set():
                         self.queue.wait_not_full(0.05)
@@ -151,4 +179,37 @@ class ReplaySource(BackgroundWorker):
             if acq_cur is not None:
                 self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq_cur, time.time())))
         finally:
+            self._summary()
             self.done.set()
+
+    def _step(self, acq: str, seq: int, step: float) -> float:
+        """The wait before frame ``seq``: its recorded ``ts`` step, none when ``ts`` went back, capped."""
+        if step <= self.max_gap_s:
+            return max(step, 0.0)
+        self.n_gaps_shortened += 1
+        log.log(
+            logging.WARNING if self.n_gaps_shortened == 1 else logging.DEBUG,
+            "replay --realtime: %s frame %d comes %.6g s after the one before it in the recording; the "
+            "wait is shortened to %g s (so is every gap over %g s; later ones are logged at DEBUG)",
+            acq, seq, step, self.max_gap_s, self.max_gap_s,
+        )  # fmt: skip
+        return self.max_gap_s
+
+    def _bad_ts(self, acq: str, seq: int, ts: float) -> None:
+        """A row whose ``ts`` names no date: skipped, counted, the first one logged (as live input)."""
+        self.n_bad_ts += 1
+        if self.metrics is not None:
+            self.metrics.frames_malformed.labels(reason="bad_ts").inc()
+        log.log(
+            logging.WARNING if self.n_bad_ts == 1 else logging.DEBUG,
+            "replay: %s: frame %d of %s has ts %r, which names no date in years 1-9999: skipped, not "
+            "replayed (counted in sbd_frames_malformed_total{reason=\"bad_ts\"}; later ones are logged "
+            "at DEBUG and summed up at the end)",
+            self.path, seq, acq, ts,
+        )  # fmt: skip
+
+    def _summary(self) -> None:
+        if self.n_bad_ts > 1:
+            log.warning("replay: %s: %d frames skipped in all for a bad ts", self.path, self.n_bad_ts)
+        if self.n_gaps_shortened > 1:
+            log.info("replay --realtime: %d gaps over %g s shortened", self.n_gaps_shortened, self.max_gap_s)

@@ -16,6 +16,7 @@ import time
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.sources.gaplog import GapLog
+from sbd_stream.sources.seqtimes import SeqTimes
 
 __all__ = ["AcquisitionSequences", "LateStartNotice", "SeqEvent", "SequenceTracker", "count_sequence_event"]
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 INPUT_GAP_LOG_EVERY_S = 60.0
 """At most one summed-up gap line per acquisition per this many seconds, after its first gap."""
 REMEMBER_EVICTED = 4096
-"""Acquisitions past the tracked ones whose numbering is remembered (their last seq and newest ts)."""
+"""Acquisitions past the tracked ones whose numbering is remembered (their last seq and its ts)."""
 _GAP_HINT = (
     " (counted in sbd_frames_missing_total and sbd_sequence_gaps_total: lost by the sender, the network "
     "or a PUB at its high-water mark; on a PULL input shared by several instances the others took them. "
@@ -78,12 +79,15 @@ class SequenceTracker:
     frame (kept, counted); a new acquisition id, seq 0 again, or a large step back is a restart (a
     bridge or detector that came back).
 
-    With ``ts`` given, a number not above the newest seen whose ``ts`` is later than every frame's of
-    the acquisition so far is a restart too. Why: instances sharing a PUSH stream each get every N-th
-    frame, so after a bridge restart re-using the acquisition id only one of them sees seq 0 again; the
-    others saw the new numbers as duplicates (dropped: raw frames never recorded) or as late frames
-    (appended to the old series' part). A true duplicate has the same ``ts``, a late frame an earlier
-    one; a sender with a constant (or zero) ``ts`` never has a later one, so it is classified as before.
+    With ``ts`` given, a number not above the newest seen is a restart too when its ``ts`` does not fit
+    the series (``SeqTimes``): a number seen before with another ``ts`` (earlier or later), or an unseen
+    one whose ``ts`` would make the series' ``ts`` go backwards. Why: instances sharing a PUSH stream each
+    get every N-th frame, so after a bridge restart re-using the acquisition id only one of them sees seq
+    0 again; the others saw the new numbers as duplicates (dropped: raw frames never recorded) or as late
+    frames (appended to the old series' part). The rule was "``ts`` later than every frame so far", which
+    failed for a sender whose clock was corrected backwards before it restarted. A true duplicate has the
+    same ``ts``, a late frame one between its neighbours'; a constant (or zero) ``ts`` always fits, so
+    such a sender is classified by the other rules only, as before.
     """
 
     def __init__(self, reorder_window: int = 1024, late_start: LateStartNotice | None = None) -> None:
@@ -91,16 +95,13 @@ class SequenceTracker:
         self.late_start = late_start or LateStartNotice()
         self.acq: str | None = None
         self.last = -1
-        self.newest_ts: float | None = None  # the latest ts of a frame taken
-        self._seen: collections.deque[int] = collections.deque(maxlen=reorder_window)
-        self._seen_set: set[int] = set()
+        self.times = SeqTimes(reorder_window)  # the recent numbers taken, with their ts
         self.gaplog: GapLog | None = None  # made at the first gap within a series
 
     def reset(self, acq: str | None = None) -> None:
         self.flush_gaps()  # the old series' summed-up gaps are said before the new one's
-        self.acq, self.last, self.newest_ts = acq, -1, None
-        self._seen.clear()
-        self._seen_set.clear()
+        self.acq, self.last = acq, -1
+        self.times.clear()
 
     def flush_gaps(self) -> None:
         """Log the gaps summed up since the last line, and start the next series' log afresh."""
@@ -114,18 +115,14 @@ class SequenceTracker:
             self.gaplog = GapLog(f"acquisition {acq}", INPUT_GAP_LOG_EVERY_S, "input", _GAP_HINT, log)
         self.gaplog.gap("", first, last, time.monotonic())
 
-    def _remember(self, seq: int) -> None:
-        if len(self._seen) == self._seen.maxlen:
-            self._seen_set.discard(self._seen[0])
-        self._seen.append(seq)
-        self._seen_set.add(seq)
+    @property
+    def last_ts(self) -> float | None:
+        """The ``ts`` of the last number (remembered for an evicted acquisition)."""
+        return self.times.ts(self.last)
 
     def observe(self, acq: str, seq: int, ts: float | None = None) -> tuple[SeqEvent, int]:
         """Classify one frame; returns (event, number of missing frames: a gap, or a late first frame)."""
         event, missing = self._classify(acq, seq, ts)
-        later = ts is not None and (self.newest_ts is None or ts > self.newest_ts)
-        if event is not SeqEvent.duplicate and later:
-            self.newest_ts = ts
         if self.gaplog is not None:
             self.gaplog.tick(time.monotonic())
         return event, missing
@@ -133,14 +130,14 @@ class SequenceTracker:
     def _classify(self, acq: str, seq: int, ts: float | None) -> tuple[SeqEvent, int]:
         if self.acq is not None and acq != self.acq:
             self.reset(acq)
-            self._remember(seq)
+            self.times.add(seq, ts)
             self.last = seq
             if seq > 0:
                 self.late_start(acq, seq)
             return SeqEvent.restart, seq  # frames 0 .. seq - 1 of the new acquisition never came
         self.acq = acq
         if seq == self.last + 1:  # ``last`` is -1 before the first frame: numbering starts at 0
-            self._remember(seq)
+            self.times.add(seq, ts)
             self.last = seq
             return SeqEvent.ok, 0
         if seq > self.last + 1:
@@ -149,18 +146,17 @@ class SequenceTracker:
             else:
                 self._log_gap(acq, self.last + 1, seq - 1)
             missing = seq - self.last - 1
-            self._remember(seq)
+            self.times.add(seq, ts)
             self.last = seq
             return SeqEvent.gap, missing
-        later = ts is not None and self.newest_ts is not None and ts > self.newest_ts
-        if (seq == 0 and self.last > 0) or self.last - seq > self.window or later:
+        if (seq == 0 and self.last > 0) or self.last - seq > self.window or not self.times.fits(seq, ts):
             self.reset(acq)
-            self._remember(seq)
+            self.times.add(seq, ts)
             self.last = seq
             return SeqEvent.restart, 0
-        if seq in self._seen_set:
+        if seq in self.times:
             return SeqEvent.duplicate, 0
-        self._remember(seq)
+        self.times.add(seq, ts)
         return SeqEvent.out_of_order, 0
 
 
@@ -172,7 +168,7 @@ class AcquisitionSequences:
     counted no gap or duplicate at all. The first frame of an acquisition not seen before is a restart
     when another one is running (as before); going back to a remembered one continues its numbering.
     The ``max_acqs`` most recently active acquisitions are tracked in full (each holds its reorder
-    window). Past that the least recently active one is evicted, but its last number and newest ``ts``
+    window). Past that the least recently active one is evicted, but its last number and that one's ``ts``
     are remembered (``remember`` of them, a few dozen bytes each): with 80 acquisitions round-robin,
     each one's next frame was taken for a new acquisition starting late, inventing 2240 missing frames
     and a warning blaming the sender. Such a one continues its numbering; only a repeat of a number it
@@ -202,8 +198,8 @@ class AcquisitionSequences:
             t = SequenceTracker(self.window, self.late_start)
             kept = self._evicted.pop(acq, None)
             if kept is not None:  # evicted while still active: it goes on where it was
-                t.acq, (t.last, t.newest_ts), fresh = acq, kept, False
-                t._remember(t.last)  # its last number again is still a duplicate
+                t.acq, (t.last, last_ts), fresh = acq, kept, False
+                t.times.add(t.last, last_ts)  # its last number again is still a duplicate
         self._trackers[acq] = t  # the most recent last
         while len(self._trackers) > self.max_acqs:
             self._evict(*self._trackers.popitem(last=False))
@@ -211,7 +207,7 @@ class AcquisitionSequences:
 
     def _evict(self, acq: str, t: SequenceTracker) -> None:
         t.flush_gaps()
-        self._evicted[acq] = (t.last, t.newest_ts)
+        self._evicted[acq] = (t.last, t.last_ts)
         while len(self._evicted) > self.remember:
             self._evicted.popitem(last=False)  # forgotten: its next frame counts as a new acquisition
         self._evict_log.log(

@@ -142,3 +142,41 @@ def test_orientations_from_the_environment(monkeypatch: pytest.MonkeyPatch, valu
     monkeypatch.setenv("SBD_DENOISE__ORIENTATIONS", "3")
     with pytest.raises(ValidationError):
         load_settings(None, {})
+
+
+def test_the_older_policy_key_in_a_file_does_not_beat_a_flag_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``denoise.policy`` was applied after the layers were merged: a file's ``policy = "lossless"``
+    beat ``--live`` and ``SBD_LANES__LIVE=true`` (flags > environment > file everywhere else)."""
+    toml = _toml(tmp_path, '[denoise]\npolicy = "lossless"\n')
+    assert load_settings(toml, {}).lanes.live is False  # alone, it still decides
+    assert load_settings(toml, {"lanes": {"live": True}}).lanes.live is True
+    monkeypatch.setenv("SBD_LANES__LIVE", "true")
+    assert load_settings(toml, {}).lanes.live is True
+    monkeypatch.delenv("SBD_LANES__LIVE")
+    monkeypatch.setenv("SBD_DENOISE__POLICY", "latest")
+    assert load_settings(_toml(tmp_path, "[lanes]\nlive = false\n"), {}).lanes.live is True
+    monkeypatch.delenv("SBD_DENOISE__POLICY")
+    both = _toml(tmp_path, '[denoise]\npolicy = "lossless"\n[lanes]\nlive = true\n')
+    with pytest.raises(ValueError, match=r"disagree; drop denoise\.policy"):
+        load_settings(both, {})
+    res = CliRunner().invoke(app, ["serve", "--config", str(both)])
+    assert res.exit_code == 2 and "disagree" in res.output, res.output
+    agree = _toml(tmp_path, '[denoise]\npolicy = "latest"\n[lanes]\nlive = true\n')
+    assert load_settings(agree, {}).lanes.live is True
+
+
+def test_the_default_stop_fits_the_shipped_supervisors_30_s(tmp_path: Path) -> None:
+    """A config file from before ``[lanes]`` (an upgrade keeps /etc/sbd-stream/sbd-stream.toml) took
+    the code's complete_timeout_s, then 300 s: systemd and compose killed every stop after 30 s."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    unit = (root / "deploy" / "sbd-stream.service").read_text()
+    compose = (root / "deploy" / "compose.yaml").read_text()
+    unit_s = float(re.search(r"^TimeoutStopSec=(\d+)s", unit, re.M).group(1))
+    compose_s = float(re.search(r"stop_grace_period: (\d+)s", compose).group(1))
+    old_file = _toml(tmp_path, 'stop_timeout_s = 10\n[denoise]\npolicy = "latest"\n')
+    for s in (load_settings(None, {}), load_settings(old_file, {})):
+        assert s.stop_timeout_s + s.lanes.complete_timeout_s < min(unit_s, compose_s)

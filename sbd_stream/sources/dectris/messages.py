@@ -67,6 +67,15 @@ def series_acq(series: int, unique_id: str | None = None) -> str:
     return f"{ACQ_PREFIX}-{series}"
 
 
+def _short(v: Any, n: int) -> str:
+    """``repr`` cut to ``n``; a CBOR bignum past Python's 4300 digits cannot be printed at all (ValueError:
+    a traceback per message instead of the counted reason)."""
+    try:
+        return repr(v)[:n]
+    except ValueError:
+        return "a number too long to print"
+
+
 def _no_constant(name: str) -> Any:
     """NaN / Infinity are not JSON, and our own headers refuse them (``allow_nan=False``)."""
     raise ValueError(f"{name} is not JSON")
@@ -97,7 +106,7 @@ def _json(part: Any, what: str) -> dict[str, Any]:
 def _series_id(obj: dict[str, Any], key: str = "series") -> int:
     s = obj.get(key)
     if not _is_int(s) or not (0 <= s <= MAX_SERIES):
-        raise ProtocolError("bad_series", repr(s)[:40])
+        raise ProtocolError("bad_series", _short(s, 40))
     return s
 
 
@@ -152,7 +161,7 @@ class StreamV1Decoder:
             series = _series_id(first)
             detail = first.get("header_detail", "basic")
             if detail not in ("all", "basic", "none"):
-                raise ProtocolError("bad_header_detail", repr(detail)[:40])
+                raise ProtocolError("bad_header_detail", _short(detail, 40))
             if len(parts) >= 2:
                 return [self._series_start(first, _json(parts[1], "config"))]
             if detail == "none":
@@ -166,7 +175,7 @@ class StreamV1Decoder:
             return [
                 SeriesMessage(TOPIC_SERIES_END, SeriesHeader(series_acq(series), 0.0, {"series": series}))
             ]
-        raise ProtocolError("bad_htype", repr(htype)[:40])
+        raise ProtocolError("bad_htype", _short(htype, 40))
 
     def flush(self) -> list[Message]:
         """A header still waiting (no configuration arrived before the timeout)."""
@@ -193,23 +202,23 @@ class StreamV1Decoder:
         series = _series_id(image)
         frame = image.get("frame")
         if not _is_int(frame) or not (0 <= frame <= MAX_SERIES):
-            raise ProtocolError("bad_seq", repr(frame)[:40])
+            raise ProtocolError("bad_seq", _short(frame, 40))
         d = _json(parts[1], "dimage_d")
         if d.get("htype") != "dimage_d-1.0":
-            raise ProtocolError("bad_htype", repr(d.get("htype"))[:40])
+            raise ProtocolError("bad_htype", _short(d.get("htype"), 40))
         shape, ptype, enc = d.get("shape"), d.get("type"), d.get("encoding")
         if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
-            raise ProtocolError("bad_shape", repr(shape)[:40])
+            raise ProtocolError("bad_shape", _short(shape, 40))
         if ptype not in _V1_TYPES:
-            raise ProtocolError("bad_dtype", repr(ptype)[:40])
+            raise ProtocolError("bad_dtype", _short(ptype, 40))
         if enc not in _V1_ENCODINGS:
-            raise ProtocolError("bad_encoding", repr(enc)[:40])
+            raise ProtocolError("bad_encoding", _short(enc, 40))
         itemsize = _V1_TYPES[ptype]
         hw = _shape(shape[1], shape[0], itemsize, self.max_payload)  # DECTRIS sends [x, y]
         nbytes = hw[0] * hw[1] * itemsize
         cfg = _json(parts[3], "dconfig")
         if cfg.get("htype") != "dconfig-1.0":
-            raise ProtocolError("bad_htype", repr(cfg.get("htype"))[:40])
+            raise ProtocolError("bad_htype", _short(cfg.get("htype"), 40))
         blob = _as_buffer(parts[2])
         size = d.get("size")
         if size is not None and (not _is_int(size) or size != len(blob)):
@@ -229,7 +238,7 @@ class StreamV1Decoder:
             raw = np.frombuffer(blob, np.uint8)
         times = {k: cfg.get(k) for k in ("start_time", "stop_time", "real_time")}
         if not all(_is_num(v) and v >= 0 for v in times.values() if v is not None):
-            raise ProtocolError("bad_ts", repr(times)[:80])
+            raise ProtocolError("bad_ts", _short(times, 80))
         meta = {"series": series, "frame": frame, "encoding": enc}
         meta |= {f"{k}_ns": v for k, v in times.items() if v is not None}
         if isinstance(image.get("hash"), str):
@@ -273,10 +282,16 @@ def _cbor(part: Any, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
-def _rational_s(v: Any) -> float | None:
-    """Stream v2 times are [numerator, denominator] in seconds."""
+def _rational_s(v: Any, reason: str) -> float | None:
+    """Stream v2 times are [numerator, denominator] in seconds; one a float cannot hold is ``reason``.
+
+    CBOR integers have any size, and ``10**400 / 1`` raised ``OverflowError``: an internal error with a
+    traceback per message instead of a counted, once-logged bad field."""
     if isinstance(v, _SEQ) and len(v) == 2 and all(_is_int(x) for x in v) and v[1] > 0 and v[0] >= 0:
-        return v[0] / v[1]
+        try:
+            return v[0] / v[1]
+        except OverflowError:
+            raise ProtocolError(reason, "a number too large for a float") from None
     return None
 
 
@@ -291,7 +306,7 @@ def _v2_image(tag: Any, max_payload: int) -> tuple[np.ndarray, bytes | None]:
         raise ProtocolError("bad_array", "tag 40 needs [[h, w], typed array]")
     dims, typed = val
     if not all(_is_int(s) for s in dims):
-        raise ProtocolError("bad_shape", repr(dims)[:40])
+        raise ProtocolError("bad_shape", _short(dims, 40))
     if not (isinstance(typed, cbor2.CBORTag) and typed.tag in _V2_TYPED):
         raise ProtocolError("bad_dtype", f"typed-array tag {getattr(typed, 'tag', None)!r}")
     dtype = np.dtype(_V2_TYPED[typed.tag])
@@ -313,7 +328,7 @@ def _v2_image(tag: Any, max_payload: int) -> tuple[np.ndarray, bytes | None]:
         elif algo == "lz4":
             raw = decompress_framed(data, "lz4", 1, nbytes)
         else:
-            raise ProtocolError("bad_compression", repr(algo)[:40])
+            raise ProtocolError("bad_compression", _short(algo, 40))
     elif isinstance(content, bytes):
         if len(content) != nbytes:
             raise ProtocolError("bad_length", f"payload {len(content)} != {nbytes}")
@@ -348,10 +363,10 @@ def decode_stream_v2(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -
     if kind == "end":
         return [SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq, 0.0, {"series": series}))]
     if kind != "image":
-        raise ProtocolError("bad_type", repr(kind)[:40])
+        raise ProtocolError("bad_type", _short(kind, 40))
     image_id = obj.get("image_id")
     if not _is_int(image_id) or not (0 <= image_id <= MAX_SERIES):
-        raise ProtocolError("bad_seq", repr(image_id)[:40])
+        raise ProtocolError("bad_seq", _short(image_id, 40))
     data = obj.get("data")
     if not isinstance(data, dict) or not data:
         raise ProtocolError("bad_array", "image without data")
@@ -359,7 +374,10 @@ def decode_stream_v2(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -
     if not channel:
         raise ProtocolError("bad_array", "no named channel")
     arr, chunk = _v2_image(data[channel[0]], max_payload)
-    start, real = _rational_s(obj.get("start_time")), _rational_s(obj.get("real_time"))
+    start, real = (
+        _rational_s(obj.get("start_time"), "bad_ts"),
+        _rational_s(obj.get("real_time"), "bad_exposure"),
+    )
     meta = {"series": series, "frame": image_id, "channel": channel[0]}
     if start is not None:
         meta["start_time_s"] = start

@@ -13,6 +13,18 @@ const view = { cx: 0, cy: 0, w: 0, fit: true, dirty: true };  // centre and widt
 let status = null, lastKey = "", updTimes = [], inFlight = false;
 const fmt = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : Number(x).toFixed(d);
 const ms = (s) => (s === null || s === undefined) ? "–" : fmt(1000 * s, 0);
+// a latency is the frame's ts (the sender's clock) to this machine's receipt: a negative one, or one of
+// an hour or more, is the two clocks' offset (or a ts that is no wall-clock time), not a delay
+const dur = (s) => s >= 3600 ? `${fmt(s / 3600)} h` : s >= 60 ? `${fmt(s / 60)} min` : s >= 1 ? `${fmt(s)} s` : `${fmt(1000 * s, 0)} ms`;
+const clockOffset = (s) => (s === null || s === undefined || (s >= 0 && s < 3600)) ? null
+  : s < 0 ? `clock offset, not a latency: the sender's clock is ~${dur(-s)} ahead of this machine's`
+  : `clock offset, not a latency: the sender's clock is ~${dur(s)} behind this machine's, or its ts is no wall-clock time`;
+const latencyText = (el, s, text) => {  // the number, or "clock offset" with the reason as its tooltip
+  const off = clockOffset(s);
+  $(el).textContent = off ? "clock offset" : text;
+  $(el).title = off || "";
+  return off;
+};
 
 for (const id of ["lo", "hi", "llrhi", "fps", "opacity"]) {
   $(id).addEventListener("input", () => { $(id + "-v").textContent = $(id).value; lastKey = ""; drawAll(); });
@@ -185,11 +197,12 @@ function showStatus(st) {
   const live = names.find((n) => lat[n].lane === "live") || names[0];
   if (live) {
     const L = lat[live], lane = L.lane ? `lane "${L.lane}"` : "denoised frames";
-    $("m-live").textContent = `${ms(L.p50_s)} / ${ms(L.p99_s)}`;
+    const off = latencyText("m-live", L.p50_s, `${ms(L.p50_s)} / ${ms(L.p99_s)}`);
     $("m-live-l").textContent = `latency at the viewer${L.lane && L.lane !== "live" ? ` (${L.lane})` : ""} p50 / p99 (ms)`;
-    $("f-lane").textContent = `${lane}: ${ms(L.p50_s)} ms p50, ${ms(L.p99_s)} ms p99, detector timestamp → viewer (${L.n} frames, 5 s)`;
+    $("f-lane").textContent = off ? `${lane}: ${off} (docs/viewer.md, Limits)`
+      : `${lane}: ${ms(L.p50_s)} ms p50, ${ms(L.p99_s)} ms p99, detector timestamp → viewer (${L.n} frames, 5 s)`;
   }
-  if (shown.denoised) $("m-shown").textContent = ms(shown.denoised.latency);
+  if (shown.denoised) latencyText("m-shown", shown.denoised.latency, ms(shown.denoised.latency));
   const w = shown.denoised && shown.denoised.window;
   if (w) {
     const [lo, hi] = w.split(",").map(Number);
