@@ -65,7 +65,8 @@ def check_env_names(environ: Mapping[str, str], sections: Collection[str], field
                 raise ValueError(f"{key}: no such setting; did you mean SBD_{near[0].upper()}?")
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_TRUE = ("1", "1.0", "t", "true", "y", "yes", "on")  # what pydantic reads as a bool (``bool_parsing``)
+_FALSE = ("0", "0.0", "f", "false", "n", "no", "off")
 
 
 def older_policy_in_its_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:

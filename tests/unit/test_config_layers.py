@@ -163,6 +163,10 @@ def test_the_older_policy_key_in_a_file_does_not_beat_a_flag_or_the_environment(
         load_settings(both, {})
     res = CliRunner().invoke(app, ["serve", "--config", str(both)])
     assert res.exit_code == 2 and "disagree" in res.output, res.output
+    for text in ("t", "y", "on", "1", "TRUE"):  # every spelling pydantic reads as true
+        spelled = _toml(tmp_path, f'[denoise]\npolicy = "lossless"\n[lanes]\nlive = "{text}"\n')
+        with pytest.raises(ValueError, match="disagree"):
+            load_settings(spelled, {})
     agree = _toml(tmp_path, '[denoise]\npolicy = "latest"\n[lanes]\nlive = true\n')
     assert load_settings(agree, {}).lanes.live is True
 
