@@ -19,12 +19,14 @@ This module puts the shares back together:
   stragglers), or less when the end says how many frames the series had (``frames_expected``).
   A sender that restarts re-using an acquisition id (a bridge that crashed without ``series_end``)
   starts the acquisition anew: a new ``series_start`` (not a ``meta.joined`` / ``meta.resumed``
-  re-announcement, with another ``ts`` than the one taken, earlier or later) after frames went out, or a
+  re-announcement, nor a copy of the one taken: ``streams.same_start``) after frames went out, or a
   frame whose number came already (went out, was declared missing, or is still held: waiting for its
   start or behind a gap) but whose ``ts`` does not fit the series (``sources/seqtimes.py``: the same
   number with another ``ts``, or a ``ts`` that would go backwards). The old series' held frames go
   out, its holes become gaps and its ``series_end`` goes out (made up, ``end_reason = "restarted"``,
-  when the sender sent none) before the new series' start (``restarts`` counts them).
+  when the sender sent none) before the new series' start (``restarts`` counts them); the old
+  series' frames still on their way are told by its ``seq -> ts`` (``streams.OldSeries``) and dropped
+  as late.
 * ``MergeService`` SUB-connects to every instance's publisher, feeds the buffer and republishes on
   one PUB socket, with its own Prometheus registry (``sbd_merge_*``), under a ``Supervisor``:
   a malformed message is counted by reason and logged once per reason, a message whose handling
@@ -40,13 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sbd_stream.merge.streams import AcqState, Span, Stream
+from sbd_stream.merge.streams import SAME_START_S, AcqState, OldSeries, Stream
 from sbd_stream.protocol import (
     TOPIC_DENOISED,
     TOPIC_LLR,
     TOPIC_SERIES_END,
     TOPIC_SERIES_START,
 )
+from sbd_stream.sources.seqtimes import same_ts
 
 __all__ = ["DEFAULT_GAP_TIMEOUT_S", "DEFAULT_WINDOW", "Released", "ReorderBuffer"]
 
@@ -104,7 +107,7 @@ class ReorderBuffer:
         self.on_count = on_count
         self.stats: collections.Counter[tuple[str, str]] = collections.Counter()
         self.acqs: dict[str, AcqState] = {}
-        self.closed: collections.OrderedDict[str, Span | None] = collections.OrderedDict()  # -> ts span
+        self.closed: collections.OrderedDict[str, OldSeries | None] = collections.OrderedDict()  # its seq->ts
         self._evicted: list[Released] = []  # what flushing an evicted acquisition released
 
     # --- input -------------------------------------------------------------------------------------
@@ -132,8 +135,8 @@ class ReorderBuffer:
         t = topic.decode()
         out: list[Released] = []
         if acq in self.closed:
-            span = self.closed[acq]
-            if ts is None or span is None or span.holds(seq, ts):
+            old = self.closed[acq]
+            if ts is None or old is None or old.holds(seq, ts):
                 self._count("late", t)
                 log.debug("merge: frame %s of %s arrived after its series ended: dropped as late", seq, acq)
                 return []
@@ -142,15 +145,17 @@ class ReorderBuffer:
             log.warning(
                 "merge: %s frame %d does not fit its ended series (ts): %s starts anew", acq, seq, acq
             )
-            self._acq(acq, now).floor = span
+            self._acq(acq, now).floor = old
         a = self._acq(acq, now)
         st = a.streams.get(topic)
+        again = st is not None and seq in st.times and st.times.fits(seq, ts)  # this series' frame again
+        fits_new = st is None or st.times.fits(seq, ts)
+        if not again and a.floor is not None and ts is not None and a.floor.holds(seq, ts, fits_new):
+            self._count("late", t)  # a straggler of the series a restart closed (its seq -> ts fits)
+            return out
         if st is not None and st.seen(seq) and not st.times.fits(seq, ts):  # held counts, not only gone out
             out, a = self._restart(a, t, now, f"frame {seq} came already and its ts does not fit", True)
             st = None
-        if a.floor is not None and ts is not None and a.floor.holds(seq, ts):
-            self._count("late", t)  # a straggler of the series a restart closed
-            return out
         a.last_frame = now
         if st is None:
             st = a.streams.setdefault(topic, Stream(self.first_seq, self.first_seq))
@@ -171,25 +176,35 @@ class ReorderBuffer:
         self, topic: bytes, acq: str, payload: Any, meta: dict[str, Any] | None, now: float, ts: float | None
     ) -> list[Released]:
         t = topic.decode()
-        if acq in self.closed and topic == TOPIC_SERIES_START:  # a restarted sender re-using the id
-            del self.closed[acq]
+        again = bool((meta or {}).get("joined") or (meta or {}).get("resumed"))  # an instance's own
+        if acq in self.closed and topic == TOPIC_SERIES_START:
+            old = self.closed[acq]
+            if not again and old is not None and old.same_start(ts, meta):
+                self._count("series_dropped", t)  # a copy of the ended series' start, forwarded late
+                return []
+            del self.closed[acq]  # a restarted sender re-using the id
+            self._acq(acq, now).floor = old
         if acq in self.closed:
             self._count("series_dropped", t)
             return []
         a = self._acq(acq, now)
         if topic == TOPIC_SERIES_START:
-            again = bool((meta or {}).get("joined") or (meta or {}).get("resumed"))  # an instance's own
             out: list[Released] = []
-            if not again and self._restarted_by(a, ts):
+            if not again and self._restarted_by(a, ts, meta):
                 out, a = self._restart(a, t, now, "another series_start came after frames went out", False)
             elif a.started:  # a re-announcement, or the start another instance forwarded too
-                if not again and a.start_ts is None:
-                    a.start_ts = ts  # the sender's own start: a later one after frames is a restart
+                if not again and a.start_ts is None and a.start_meta is None:
+                    a.start_ts, a.start_meta = ts, meta  # the sender's own: another one after frames restarts
+                elif not again and ts is not None and a.start_ts is not None and not same_ts(ts, a.start_ts):
+                    if a.maybe_start is not None:
+                        self._count("series_dropped", t)
+                    a.maybe_start = (payload, ts, meta, now)  # a copy; or a quick restart its frames tell
+                    return []
                 self._count("series_dropped", t)
                 return []
             a.started = True
             if not again:
-                a.start_ts = ts
+                a.start_ts, a.start_meta = ts, meta
             self._count("series", t)
             return [*out, Released(topic, acq, -1, payload), *self._advance(a, now)]
         if a.end is not None:
@@ -226,13 +241,19 @@ class ReorderBuffer:
 
     # --- internals ---------------------------------------------------------------------------------
     @staticmethod
-    def _restarted_by(a: AcqState, ts: float | None) -> bool:
-        """A sender's second ``series_start`` of ``a``, with another ``ts``, after frames went out.
+    def _restarted_by(a: AcqState, ts: float | None, meta: dict[str, Any] | None) -> bool:
+        """A sender's second ``series_start`` of ``a``, not a copy of the one taken, after frames went out.
 
-        The same start forwarded by several instances has the same ``ts``: dropped, as before. Earlier
-        counts as much as later: a sender whose clock was corrected backwards restarts too."""
+        The same start forwarded by several instances has the same ``meta`` and a ``ts`` at most
+        ``SAME_START_S`` apart (each instance stamps its own receive time when the sender sent none):
+        dropped, as before (``streams.same_start``). Otherwise earlier counts as much as later: a sender
+        whose clock was corrected backwards restarts too."""
         return (
-            ts is not None and a.start_ts is not None and ts != a.start_ts and a.started and a.output_began()
+            ts is not None
+            and a.start_ts is not None
+            and not a.same_start(ts, meta)
+            and a.started
+            and a.output_began()
         )
 
     def _restart(
@@ -240,15 +261,26 @@ class ReorderBuffer:
     ) -> tuple[list[Released], AcqState]:
         """Close ``a`` (holes become gaps, its end goes out) and open it anew; returns (released, new).
 
-        ``by_frame``: a frame's ``ts`` told the restart, so frames within the old series' ``ts`` span
-        still on their way are its stragglers (dropped as late), not the new series' frames."""
+        Frames of the old series still on their way (their ``seq -> ts`` fits it, ``OldSeries.holds``)
+        are its stragglers, dropped as late, not the new series' frames (``by_frame``: told by a frame's
+        ``ts`` rather than by a new ``series_start``; both keep the old series)."""
         log.warning("merge: %s starts anew (%s): its sender restarted re-using the id", a.acq, why)
         self._count("restarts", topic)
+        pending, a.maybe_start = a.maybe_start, None  # a series_start taken for a copy of the first
         out = self._drain(a, now, close=True, made_up_end=True)
-        self.closed.pop(a.acq, None)
+        old = self.closed.pop(a.acq, None)
         new = self._acq(a.acq, now)
-        if by_frame:
-            new.floor = a.span
+        new.floor = old
+        if pending is not None and by_frame and now - pending[3] <= max(self.gap_timeout_s, SAME_START_S):
+            new.started, new.start_ts, new.start_meta = (
+                True,
+                pending[1],
+                pending[2],
+            )  # its own start after all
+            self._count("series", TOPIC_SERIES_START.decode())
+            out.append(Released(TOPIC_SERIES_START, a.acq, -1, pending[0]))
+        elif pending is not None:
+            self._count("series_dropped", TOPIC_SERIES_START.decode())
         return out, new
 
     def _count(self, kind: str, topic: str, n: int = 1) -> None:
@@ -388,6 +420,9 @@ class ReorderBuffer:
         a.gaplog.flush(now)
         if not close:
             return out
+        if a.maybe_start is not None:  # it was a copy of the start after all
+            a.maybe_start = None
+            self._count("series_dropped", TOPIC_SERIES_START.decode())
         if a.end is not None or made_up_end:
             merged = {
                 "frames": {t.decode(): st.released for t, st in a.streams.items()},
@@ -396,7 +431,7 @@ class ReorderBuffer:
             out.append(Released(TOPIC_SERIES_END, a.acq, -1, a.end, merged))
             self._count("series", TOPIC_SERIES_END.decode())
         self.acqs.pop(a.acq, None)
-        self.closed[a.acq] = a.span
+        self.closed[a.acq] = a.old_series()
         while len(self.closed) > REMEMBER_CLOSED:
             self.closed.popitem(last=False)
         return out

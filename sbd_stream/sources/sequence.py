@@ -80,7 +80,8 @@ class SequenceTracker:
     bridge or detector that came back).
 
     With ``ts`` given, a number not above the newest seen is a restart too when its ``ts`` does not fit
-    the series (``SeqTimes``): a number seen before with another ``ts`` (earlier or later), or an unseen
+    the series (``SeqTimes``): a number seen before with another ``ts`` (earlier or later, by more than
+    ``TS_TOLERANCE_S``: a retransmission may come back rounded), or an unseen
     one whose ``ts`` would make the series' ``ts`` go backwards. Why: instances sharing a PUSH stream each
     get every N-th frame, so after a bridge restart re-using the acquisition id only one of them sees seq
     0 again; the others saw the new numbers as duplicates (dropped: raw frames never recorded) or as late
