@@ -115,16 +115,17 @@ def negative_pixels(frames: np.ndarray) -> int:
         return int(np.count_nonzero(frames < 0))
 
 
-def report_values(per_frame: np.ndarray, negative: int, output: Path) -> None:
-    """One warning each for replaced and negative input pixels: what was done and where to look."""
+def report_values(per_frame: np.ndarray, negative: int, output: Path | str) -> None:
+    """One warning each for replaced and negative input pixels: what was done and where to look
+    (``output``: a file, whose ``/replaced_pixels`` has the counts, or a text naming where they are)."""
     log = logging.getLogger(__name__)
     if per_frame.any():
         first = np.flatnonzero(per_frame)[:5].tolist()
         log.warning(
             "%d NaN / Inf (float) or dtype-maximum (unsigned: defective, gap, saturated) pixels in %d "
-            "frames (first: %s) were replaced by their frame's mean before denoising; per frame in "
-            "%s:/replaced_pixels",
-            int(per_frame.sum()), int(np.count_nonzero(per_frame)), first, output,
+            "frames (first: %s) were replaced by their frame's mean before denoising; per frame in %s",
+            int(per_frame.sum()), int(np.count_nonzero(per_frame)), first,
+            f"{output}:/replaced_pixels" if isinstance(output, Path) else output,
         )  # fmt: skip
     if negative:
         log.warning(

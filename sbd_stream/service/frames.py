@@ -27,7 +27,7 @@ from sbd_stream.engines.card import load_card, offline_engine, resolve_engine_di
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning, plan_geometry
-from sbd_stream.service.edge import clean_pixels, negative_pixels
+from sbd_stream.service.edge import clean_pixels, negative_pixels, report_values
 from sbd_stream.service.offline import offline_upsample
 from sbd_stream.sources.stack_headers import check_dtype
 
@@ -180,7 +180,7 @@ class FrameDenoiser:
                 maps[a : a + len(part)] = res.likelihood
                 vacuum[a : a + len(part)] = res.vacuum
                 columns += res.columns or []
-        _report(replaced, negative)
+        report_values(replaced, negative, "the result's .replaced")
         out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative)
         if maps is not None:
             out.likelihood, out.columns, out.vacuum = (maps[0] if single else maps), columns, vacuum
@@ -224,19 +224,3 @@ def as_stack(frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
     if 0 in a.shape:
         raise ValueError(f"no pixels in frames of shape {a.shape}")
     return (a[None], True) if a.ndim == 2 else (a, False)
-
-
-def _report(replaced: np.ndarray, negative: int) -> None:
-    """One warning each for replaced and negative pixels, as ``sbd-stream denoise`` gives."""
-    if replaced.any():
-        log.warning(
-            "%d NaN / Inf (float) or dtype-maximum (unsigned: defective, gap, saturated) pixels in %d "
-            "frames (first: %s) were replaced by their frame's mean before denoising (see .replaced)",
-            int(replaced.sum()), int(np.count_nonzero(replaced)), np.flatnonzero(replaced)[:5].tolist(),
-        )  # fmt: skip
-    if negative:
-        log.warning(
-            "%d input pixels are negative: not detector counts (dark-subtracted or gain-corrected?); "
-            "the engine was trained on Poisson counts and passes them through",
-            negative,
-        )
