@@ -13,6 +13,7 @@ import typer
 
 from sbd_stream.cli.app import app, fail, on_signals, setup_logging
 from sbd_stream.cli.options import Verbose
+from sbd_stream.cli.time_options import MAX_WAIT_S
 
 if TYPE_CHECKING:
     from sbd_stream.merge import MergeService
@@ -34,6 +35,7 @@ def merge(
         2.0,
         "--gap-timeout",
         min=0,
+        max=MAX_WAIT_S,
         help="Seconds a frame waits for a missing earlier one (and an end for stragglers)",
     ),
     window: int = typer.Option(

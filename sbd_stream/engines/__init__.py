@@ -89,6 +89,15 @@ def load_engine(
     is per process, so for the torch backend it is a process-wide setting), for engine workers that
     split a CPU's cores between them.
     """
+    if not isinstance(kind, EngineKind) and str(kind) not in {k.value for k in EngineKind}:
+        raise ValueError(
+            f"{kind!r} is not a backend ({', '.join(k.value for k in EngineKind)}); an engine's name or "
+            "folder goes second, e.g. Denoiser.load('auto', 'sbd-unet4-paper-twins')"
+        )
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(
+            f"precision must be 'fp16' or 'fp32' (TensorRT; the CPU backends run fp32), got {precision!r}"
+        )
     engine_dir = resolve_engine_dir(engine)
     card = load_card(engine_dir)
     kind = EngineKind(kind)

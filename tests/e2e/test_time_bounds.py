@@ -69,3 +69,9 @@ def test_the_cli_bounds_are_the_settings_bounds() -> None:
     assert t.rate_problem(0.0) is None and t.rate_problem(MIN_RATE_HZ) is None
     assert t.rate_problem(MIN_RATE_HZ / 2) is not None and t.rate_problem(float("nan")) is not None
     assert t.wait_problem(MAX_TIME_S) is None and t.wait_problem(float("inf")) is None  # "finite": settings
+
+
+def test_a_huge_merge_gap_timeout_is_refused() -> None:
+    res = CliRunner().invoke(app, ["merge", "-i", "tcp://127.0.0.1:1", "--gap-timeout", "1e10"])
+    out = _one_error_line(res)
+    assert "--gap-timeout" in out, out
