@@ -248,7 +248,9 @@ def test_tile_plans_are_cached_for_recent_shapes_only(tiny_engine_dir: Path) -> 
 def test_an_engine_name_given_as_the_backend_says_where_it_goes(tiny_engine_dir: Path) -> None:
     """``Denoiser.load("sbd-unet4-paper-twins")`` said only "'sbd-unet4-paper-twins' is not a valid
     EngineKind"; ``precision="fp64"`` was accepted without a word."""
-    with pytest.raises(ValueError, match=r"not a backend \(auto, .*\); an engine's name or folder goes second"):
+    with pytest.raises(
+        ValueError, match=r"not a backend \(auto, .*\); an engine's name or folder goes second"
+    ):
         Denoiser.load("sbd-unet4-paper-twins")
     with pytest.raises(ValueError, match="precision must be 'fp16' or 'fp32'"):
         Denoiser.load("torch", tiny_engine_dir, precision="fp64")
