@@ -19,6 +19,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()
+        exec("pass")  # clears CPython's "unhandled KeyboardInterrupt" mark (``sbd_stream.cli.app.main``)
         raise SystemExit(130) from None
 
 
