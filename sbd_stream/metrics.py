@@ -20,11 +20,25 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from sbd_stream.httpd import BoundedHTTPServer, local_url
+from sbd_stream.metric_names import EXPORTED_NAMES, LAZY_NAMES  # noqa: F401 - their documented home
 
 _log = logging.getLogger(__name__)
 
 _MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
 _DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
+_FIXED = "Frames whose flat-vacuum level left 0.9-1.1x the fixed one (service/frame_flags.py)"
+_BLANK = "Frames without beam: mean under 2 % of the configured dose (zeros out, no columns; meta.blank)"
+_LEFT_OUT = "Evidence frames left out of a frame's LLR: blank, or dose outside 0.8-1.25x of the frame's"
+_NOT_FLAT = "Frames whose blocks taken as vacuum are not flat: level unreliable (meta.vacuum_not_flat)"
+_EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, as docs/service.md names them
+    "nonfinite": "Float frames holding NaN/Inf pixels (replaced by the frame's finite mean before denoising)",
+    "nonfinite_px": "NaN/Inf pixels replaced before denoising",
+    "saturated": "Unsigned-integer frames holding pixels at the dtype's maximum (defective / gap / "
+    "saturated; replaced by the frame's mean before denoising)",
+    "saturated_px": "Pixels at the dtype's maximum replaced before denoising",
+    "hot": "Frames holding hot pixels (counts impossible at the configured dose; replaced by the mean)",
+    "too_bright": "Frames > 0.1 % at the hot-pixel threshold: a dose far above the configured one (kept)",
+}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LANE_BUCKETS = (*_LATENCY_BUCKETS, 60.0, 120.0, 300.0, 600.0, 1800.0)  # the complete lane waits minutes
 _BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5)
@@ -184,6 +198,14 @@ class Metrics:
         )
         self.dose_mismatch_frames = Counter("sbd_dose_mismatch_frames", _MISMATCH, registry=r)
         self.measured_dose_ratio = Gauge("sbd_measured_dose_ratio", _DOSE_RATIO, registry=r)
+        self.blank_frames = Counter("sbd_blank_frames", "Frames without beam (meta.blank)", registry=r)
+        self.evidence_left_out = Counter(
+            "sbd_evidence_frames_left_out", "Evidence frames left out", registry=r
+        )
+        self.vacuum_not_flat_frames = Counter(
+            "sbd_vacuum_not_flat_frames", "meta.vacuum_not_flat", registry=r
+        )
+        self.fixed_vacuum_mismatch_frames = Counter("sbd_fixed_vacuum_mismatch_frames", _FIXED, registry=r)
         self._server: MetricsServer | None = None
         self._lock = threading.Lock()
 
@@ -241,24 +263,14 @@ class Metrics:
             c.labels(worker="0")  # a service has at least one worker: export its series at zero
 
     def _edge_metrics(self, r: CollectorRegistry) -> None:
-        """Input transport faults, non-finite pixels and the recorder's bounds."""
-        self.frames_nonfinite = Counter(
-            "sbd_frames_nonfinite",
-            "Float frames holding NaN/Inf pixels (replaced by the frame's finite mean before denoising)",
-            registry=r,
-        )
-        self.pixels_nonfinite = Counter(
-            "sbd_pixels_nonfinite", "NaN/Inf pixels replaced before denoising", registry=r
-        )
-        self.frames_saturated = Counter(
-            "sbd_frames_saturated",
-            "Unsigned-integer frames holding pixels at the dtype's maximum (defective / gap / saturated; "
-            "replaced by the frame's mean before denoising)",
-            registry=r,
-        )
-        self.pixels_saturated = Counter(
-            "sbd_pixels_saturated", "Pixels at the dtype's maximum replaced before denoising", registry=r
-        )
+        """Input transport faults, pixels replaced at the edge and the recorder's bounds."""
+        self.frames_nonfinite = Counter("sbd_frames_nonfinite", _EDGE["nonfinite"], registry=r)
+        self.pixels_nonfinite = Counter("sbd_pixels_nonfinite", _EDGE["nonfinite_px"], registry=r)
+        self.frames_saturated = Counter("sbd_frames_saturated", _EDGE["saturated"], registry=r)
+        self.pixels_saturated = Counter("sbd_pixels_saturated", _EDGE["saturated_px"], registry=r)
+        self.frames_hot = Counter("sbd_frames_hot", _EDGE["hot"], registry=r)
+        self.pixels_hot = Counter("sbd_pixels_hot", "Hot pixels replaced before denoising", registry=r)
+        self.frames_too_bright = Counter("sbd_frames_too_bright", _EDGE["too_bright"], registry=r)
         self.input_disconnects = Counter(
             "sbd_input_disconnects",
             "Input connections lost, by cause (closed: libzmq re-dials or the peer does; "
@@ -328,32 +340,6 @@ class Metrics:
         """Current sample value (for tests, summaries and the demo status line)."""
         v = self.registry.get_sample_value(name, labels or {})
         return 0.0 if v is None else float(v)
-
-
-LAZY_NAMES = ("sbd_stage_errors_total",)
-"""Labelled by a reason known only when it happens (an exception's class): its series appear with the
-first event, so ``increase()`` misses that event; ``sbd_stage_item_errors_total{stage}`` counts the same
-items, every stage at 0 from the start, for dashboards and alerts."""
-
-EXPORTED_NAMES = (
-    "sbd_frames_received_total", "sbd_frames_denoised_total", "sbd_frames_published_total",
-    "sbd_publish_dropped_total", "sbd_frames_recorded_total", "sbd_frames_skipped_total",
-    "sbd_frames_malformed_total", "sbd_frames_duplicate_total", "sbd_frames_out_of_order_total",
-    "sbd_frames_missing_total", "sbd_sequence_gaps_total", "sbd_sequence_restarts_total",
-    "sbd_series_messages_total", "sbd_record_dropped_total", "sbd_record_errors_total",
-    "sbd_record_direct_chunks_total", "sbd_recorded_clipped_pixels_total", "sbd_denoise_overflow_total",
-    "sbd_denoise_errors_total", "sbd_queue_depth", "sbd_batch_frames", "sbd_stage_latency_seconds",
-    "sbd_end_to_end_latency_seconds", "sbd_lane_latency_seconds", "sbd_frames_completed_total",
-    "sbd_complete_backlog_frames", "sbd_frames_left_for_offline_total", "sbd_engine_info",
-    "sbd_dose_out_of_range", "sbd_dose_factor", "sbd_bin_factor", "sbd_stage_errors_total",
-    "sbd_stage_item_errors_total", "sbd_stage_restarts_total", "sbd_stage_up", "sbd_frames_nonfinite_total",
-    "sbd_pixels_nonfinite_total", "sbd_frames_saturated_total", "sbd_pixels_saturated_total",
-    "sbd_input_disconnects_total", "sbd_input_reconnects_total", "sbd_record_rolls_total",
-    "sbd_record_files_closed_total", "sbd_record_open_files", "sbd_workers", "sbd_worker_info",
-    "sbd_worker_frames_total", "sbd_worker_batches_total", "sbd_worker_busy_seconds_total",
-    "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
-    "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
-)  # fmt: skip
 
 
 class _StageItemErrors(Collector):

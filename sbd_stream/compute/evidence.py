@@ -7,10 +7,17 @@ columns are 10 % above their noise-free value, at true ones 1.8 %; docs/likeliho
 *other* frames of a static specimen carry no such bias. With ``evidence_frames = N`` a frame's columns
 are scored on the summed counts of the frames ``seq - N ... seq - 1`` of the same acquisition received
 before it (decided at receipt by ``service/evidence_history.py``, never later batch-mates, so a map
-does not depend on batching, lane or timing), with the denoised rates scaled by the number of frames
-summed, so the ratio is the sum of those frames' ratios. Surface
+does not depend on batching, lane or timing), with the denoised rates scaled by the summed dose of
+those frames relative to the scored frame's, so the ratio is the sum of those frames' ratios. Surface
 AUC true vs spurious: 0.74 on own counts, 0.86 / 0.89 / 0.96 with 1 / 2 / 4 evidence frames
 (``sbd-train likelihood-study --evidence-frames N``).
+
+Dose (audit 24): the rates were scaled by the *number* of frames summed, so one blanked frame (or a
+beam-current step) among them made every real column of the next N frames score negative (median LLR
+-77 against +2.2). Now an evidence frame counts by its own dose, and frames whose dose left
+``DOSE_BAND`` of the scored frame's (a blank frame among them) are left out (``evidence_counts``).
+A frame left with none is scored on its own counts by the paper's own-frame definition
+(``own_frame_config``), as with ``evidence_frames = 0``.
 
 Pure planning on host values (headers) and tensor sums on the frames' device; no host -> device copy.
 """
@@ -21,6 +28,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
+from sbd_stream.compute.likelihood_config import ColumnModel, LikelihoodConfig
+
+DOSE_BAND = (0.8, 1.25)
+"""A dose within this factor of another is the same beam (the service's dose check uses it too): evidence
+frames outside it of the scored frame's are left out, frames measured outside it of the configured dose
+are counted. Poisson noise of the estimates and slow drift stay inside."""
 
 EVIDENCE_COLUMN_MODEL = "pattern"
 EVIDENCE_RADIUS_A = 1.25
@@ -73,29 +87,72 @@ def evidence_plan(acq: Sequence[str], seq: Sequence[int], n: int) -> list[list[i
     return out
 
 
-def evidence_counts(
-    counts: torch.Tensor, denoised: torch.Tensor, plan: list[list[int]], offset: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(counts to score, denoised rates to score them against, frames summed per frame; 0 = own counts).
+def own_frame_config(cfg: LikelihoodConfig) -> LikelihoodConfig | None:
+    """The config for a frame scored on its own counts when evidence frames are on (None: ``cfg`` itself).
 
-    ``denoised``: (B, H, W); ``counts``: (offset + B, H, W) at the same pixel, frame j's own counts at
-    row ``offset + j`` (rows before are earlier frames kept for evidence); ``plan[j]`` indexes rows of
-    ``counts``. Row j of the scored counts is the sum of the planned frames' counts (its own counts when
-    the plan is empty), and row j of the rates is the denoised frame j times the number of frames summed
-    (at least 1).
+    Why: with ``evidence_frames > 0`` the defaults are the pattern model over 1.25 A (``evidence_defaults``),
+    which the docs call optimistic on a frame's own counts; yet seq 0 of a series, frames after a gap or
+    a restart, and frames whose evidence was all left out have none (audit 24: 96 % of hallucinated
+    columns positive there against 78 % by the paper's definition). Such a frame is scored as with
+    ``evidence_frames = 0``: the constant model, and the 0.7 A disk where the radius is the evidence
+    default. A ``column_model = "pattern"`` given explicitly is not used on own counts either. The
+    detection (LoG scale, threshold, spacing) is the same in both, so the same columns are scored.
     """
-    b = denoised.shape[0]
-    used = torch.zeros(b, dtype=torch.float32, device=counts.device)
-    rows, rates = [], []
+    update: dict[str, Any] = {}
+    if cfg.column_model is not ColumnModel.constant:
+        update["column_model"] = ColumnModel.constant
+    if cfg.column_radius_A == EVIDENCE_RADIUS_A and cfg.log_sigma_A == DETECTION_SIGMA_A:
+        update["column_radius_A"] = LikelihoodConfig.model_fields["column_radius_A"].default
+        update["log_sigma_A"] = None
+    if not update:
+        return None
+    return LikelihoodConfig(**{**cfg.model_dump(), **update})
+
+
+def evidence_counts(
+    counts: torch.Tensor,
+    plan: list[list[int]],
+    offset: int,
+    level: torch.Tensor,
+    blank: torch.Tensor,
+    band: tuple[float, float] = DOSE_BAND,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts to score, rate scale, evidence frames used, evidence frames left out), one row per frame.
+
+    ``counts``: (offset + B, H, W) at the working pixel, frame j's own counts at row ``offset + j`` (rows
+    before are earlier frames kept for evidence); ``plan[j]`` indexes rows of ``counts``; ``level``
+    (offset + B,): each row's mean count, its dose for a static specimen; ``blank`` (offset + B,): rows
+    without beam. Row j of the scored counts is the sum of the planned frames whose dose lies within
+    ``band`` of frame j's (not blank), and the scale is their summed dose over frame j's: the denoised
+    frame j times it is the rate of that sum, so the LLR keeps its Poisson meaning whatever the beam did.
+    (Scaling without leaving out would too, but a frame at 4x or 0.25x dose is more likely a specimen
+    or setting change than a beam step, and ``meta.evidence_frames`` would no longer give the LLR's
+    scale.) With none left (an empty plan, or all left out) row j is its own counts, scale 1, used 0.
+    Left out counts only frames that had a plan and are not blank themselves. No host sync.
+    """
+    lo, hi = band
+    dev = counts.device
+    one = torch.ones((), dtype=torch.float32, device=dev)
+    zero = torch.zeros((), dtype=torch.float32, device=dev)
+    rows, scale, used, left = [], [], [], []
     for j, ks in enumerate(plan):
-        if ks:
-            total = counts[ks[0]].clone()
-            for k in ks[1:]:
-                total += counts[k]
-            rows.append(total)
-            rates.append(denoised[j] * float(len(ks)))
-            used[j] = float(len(ks))
-        else:
-            rows.append(counts[offset + j])
-            rates.append(denoised[j])
-    return torch.stack(rows), torch.stack(rates), used
+        own = counts[offset + j]
+        if not ks:
+            rows.append(own)
+            scale += [one]
+            used += [zero]
+            left += [zero]
+            continue
+        mine, total, weight, kept = level[offset + j], torch.zeros_like(own), zero, zero
+        for k in ks:
+            ratio = level[k] / mine
+            keep = (ratio >= lo) & (ratio <= hi) & ~blank[k]
+            total = total + torch.where(keep, counts[k], torch.zeros((), dtype=counts.dtype, device=dev))
+            weight = weight + torch.where(keep, ratio, zero)
+            kept = kept + keep.to(torch.float32)
+        some = kept > 0
+        rows.append(torch.where(some, total, own))
+        scale.append(torch.where(some, weight, one))
+        used.append(kept)
+        left.append(torch.where(blank[offset + j], zero, len(ks) - kept))
+    return torch.stack(rows), torch.stack(scale), torch.stack(used), torch.stack(left)

@@ -42,7 +42,6 @@ from sbd_stream.compute.likelihood_config import (
 )
 from sbd_stream.compute.likelihood_filters import (
     banded,
-    blocks,
     first_of_ties,
     log_banded,
     pinned,
@@ -56,6 +55,7 @@ from sbd_stream.compute.likelihood_inputs import (
     vacuum_levels,
     valid_pixels,
 )
+from sbd_stream.compute.vacuum import vacuum_blocks
 
 __all__ = [
     "MAX_PX", "PIXEL_RANGE_A", "ColumnModel", "ColumnPolarity", "DeviceColumns", "FrameColumns",
@@ -114,45 +114,18 @@ class LikelihoodStage:
     # -- vacuum -------------------------------------------------------------------------------------------
     @pinned
     def vacuum(self, raw: torch.Tensor, denoised: torch.Tensor, masked: bool = False) -> torch.Tensor:
-        """lam0 per frame (B,), counts/pixel.
+        """lam0 per frame (B,), counts/pixel: the fixed level, or the estimator of ``compute/vacuum.py``.
 
-        Estimator: vacuum is the background away from the specimen, which is *flat* whatever the defocus
-        (columns can be dark or bright, so "the brightest" or "the darkest" level is not vacuum). The
-        frame is cut into square blocks of ``vacuum_block_A`` (a remainder strip at the bottom and right
-        is ignored); the ``vacuum_fraction`` of blocks with the lowest variance of the denoised frame are
-        vacuum, and lam0 is the mean *raw* count over them, as in the paper ("the average intensity of
-        the noisy pixels identified as belonging to the vacuum region"). Blocks wider than the column
-        spacing keep the flat gaps between columns inside a crystal out. It assumes vacuum covers at
-        least that fraction of the frame; for frames without vacuum use ``vacuum_mode=fixed``.
-
-        ``masked`` (``compute``'s rule): a block holding a non-finite pixel is never vacuum (told from the
-        block's own variance and mean: no pass over the pixels); a frame with no finite block of both
-        frames takes the mean of its blocks with finite raw counts, and with none scores nothing (NaN).
+        Estimated: the mean *raw* count over the ``vacuum_fraction`` of ``vacuum_block_A`` blocks with the
+        lowest variance of the denoised frame (the paper: "the average intensity of the noisy pixels
+        identified as belonging to the vacuum region"). It needs that fraction of *whole blocks* in
+        vacuum; for frames without vacuum use ``vacuum_mode=fixed``. ``masked``: see ``vacuum_blocks``.
         """
         cfg = self.cfg
-        b = denoised.shape[0]
         if cfg.vacuum_mode is VacuumMode.fixed:
+            b = denoised.shape[0]
             return torch.full((b,), float(cfg.vacuum_counts), dtype=torch.float32, device=denoised.device)
-        s = cfg.vacuum_block_px
-        nh, nw = denoised.shape[1] // s, denoised.shape[2] // s
-        d = blocks(denoised.to(torch.float32), s, nh, nw)  # (B, nh * nw, s * s)
-        var = d.var(dim=2, correction=0)  # two-pass, accurate in float32
-        block_mean = blocks(raw.to(torch.float32), s, nh, nw).mean(dim=2)
-        if masked:
-            finite_raw = torch.isfinite(block_mean)
-            ok = torch.isfinite(var) & finite_raw
-            var = torch.where(ok, var, torch.full_like(var, math.inf))
-        k = max(1, int(cfg.vacuum_fraction * var.shape[1]))
-        thr = var.kthvalue(k, dim=1, keepdim=True).values
-        if not masked:
-            mask = (var <= thr).to(torch.float32)
-            lam0 = (block_mean * mask).sum(1) / mask.sum(1)
-            return lam0.clamp_min(cfg.min_rate)
-        zero = torch.zeros_like(block_mean)
-        picked = (var <= thr) & ok
-        lam0 = torch.where(picked, block_mean, zero).sum(1) / picked.sum(1).clamp_min(1)
-        fallback = torch.where(finite_raw, block_mean, zero).sum(1) / finite_raw.sum(1)  # 0 / 0: NaN
-        return torch.where(picked.any(1), lam0, fallback).clamp_min(cfg.min_rate)
+        return vacuum_blocks(cfg, [raw], denoised, masked).levels[0]
 
     # -- detection ----------------------------------------------------------------------------------------
     @pinned
@@ -257,8 +230,17 @@ class LikelihoodStage:
         return torch.where(inside, terms, torch.zeros((), dtype=terms.dtype, device=terms.device)).sum(1)
 
     @pinned
-    def paint(self, shape: tuple[int, int, int], centres: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Paint each disk with its column's value.
+    def paint(
+        self,
+        shape: tuple[int, int, int],
+        centres: torch.Tensor,
+        values: torch.Tensor,
+        limit: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Paint each disk with its column's value; ``limit`` (K,): a smaller squared radius per column, px^2.
+
+        ``limit`` lets one pass paint columns scored over two radii (the batch stage's frames with and
+        without evidence frames); a disk cut to it is the disk ``disk_offsets`` gives for that radius.
 
         Overlap rule: a pixel takes the value of the column whose centre is nearest (squared integer
         distance); equally near columns give the lowest value (conservative: doubt wins). Pixels in no
@@ -271,6 +253,8 @@ class LikelihoodStage:
         ry = centres[:, 1:2] + self._off[:, 0]
         cx = centres[:, 2:3] + self._off[:, 1]
         inside = (ry >= 0) & (ry < h) & (cx >= 0) & (cx < w)
+        if limit is not None:
+            inside &= self._off_d2 <= limit[:, None] + 1e-6
         flat = (centres[:, 0:1] * (h * w) + ry * w + cx)[inside]
         d2 = self._off_d2.expand_as(ry)[inside]  # small integers, exact in float32
         val = values[:, None].expand_as(ry)[inside].to(torch.float32)

@@ -31,8 +31,9 @@ from sbd_stream.compute.binning import (
     unbin,
     unbin_nearest,
 )
-from sbd_stream.compute.evidence import evidence_counts
+from sbd_stream.compute.evidence import evidence_counts, own_frame_config
 from sbd_stream.compute.likelihood import LikelihoodStage, VacuumMode
+from sbd_stream.compute.scoring import score_frames
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
@@ -40,6 +41,7 @@ from sbd_stream.engines.symmetry import orientations as orientations_of
 from sbd_stream.engines.symmetry import symmetrised, trained_orientations
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.llr_table import COLUMN_FIELDS
+from sbd_stream.service.frame_flags import BLANK_FRACTION, FrameFlags
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,14 @@ class BatchResult:
     denoised: np.ndarray  # (B, H, W) float32, counts per detector pixel
     likelihood: np.ndarray | None = None  # (B, H, W) float32 LLR painted over column regions
     columns: list[np.ndarray] | None = None  # per frame (K, 4): detector-pixel centre, LLR, region mean
-    vacuum: np.ndarray | None = None  # (B,) counts per detector pixel taken as vacuum
+    vacuum: np.ndarray | None = None  # (B,) the frame's vacuum level (meta.vacuum_counts), counts/det. px
     evidence_frames: np.ndarray | None = None  # (B,) other frames whose counts scored the columns (0: own)
+    level: np.ndarray | None = None  # (B,) the frame's mean count per detector pixel (its dose)
+    blank: np.ndarray | None = None  # (B,) bool: no beam (mean under BLANK_FRACTION of the configured dose)
+    measured_vacuum: np.ndarray | None = None  # (B,) own estimated level, also in fixed mode (NaN: none)
+    scored_vacuum: np.ndarray | None = None  # (B,) level the LLR was scored against, per frame's worth
+    evidence_left_out: np.ndarray | None = None  # (B,) evidence frames left out (blank, dose outside band)
+    vacuum_not_flat: np.ndarray | None = None  # (B,) bool: the blocks taken as vacuum were not flat
     timings: dict[str, float] = field(default_factory=dict)
     lane: str = "live"  # "live" (newest first) or "complete" (frames the live lane skipped, done later)
 
@@ -161,11 +169,17 @@ class BatchStage:
         self.upsample = up.value
         self.geometry = plan_geometry(detector or DetectorSettings(), denoiser.engine.card, bin_tolerance)
         self.likelihood: LikelihoodStage | None = None
+        self.own_likelihood: LikelihoodStage | None = None  # frames without evidence, if scored otherwise
         self.evidence_frames = 0
         self._warned_small: set[tuple[int, int]] = set()
+        fixed_level = None
         if likelihood is not None and likelihood.enabled:
             self.likelihood = LikelihoodStage(likelihood.at_pixel(self.geometry.working_pixel_A), self.device)
             self.evidence_frames = likelihood.evidence_frames
+            own = own_frame_config(self.likelihood.cfg) if self.evidence_frames else None
+            self.own_likelihood = None if own is None else LikelihoodStage(own, self.device)
+            if likelihood.vacuum_mode is VacuumMode.fixed:
+                fixed_level = likelihood.vacuum_counts
             fixed, stream = likelihood.vacuum_counts, self.geometry.detector.vacuum_counts
             if likelihood.vacuum_mode is VacuumMode.fixed and fixed and not 1 / 3 < fixed / stream < 3:
                 log.warning(
@@ -173,6 +187,7 @@ class BatchStage:
                     "it is in counts per detector pixel of one frame (not per working pixel)",
                     fixed, fixed / stream, stream,
                 )  # fmt: skip
+        self.flags = FrameFlags(self.geometry.detector.vacuum_counts, fixed_level)
 
     @property
     def device(self) -> torch.device:
@@ -242,21 +257,24 @@ class BatchStage:
         host = self.download(out.packed)
         result = out.unpack(host, [f.header for f in frames], [f.t_recv for f in frames])
         result.timings = {"batch": t1 - t0, "download": time.perf_counter() - t1, **out.timings}
+        self.flags.apply(result)
         return result
 
-    def _fixed_vacuum(self, used: torch.Tensor) -> torch.Tensor | None:
+    def _fixed_vacuum(self, scale: torch.Tensor) -> torch.Tensor | None:
         """``vacuum_mode = fixed``: the level for what is scored, else None (the stage estimates it).
 
         ``vacuum_counts`` is stated as every other dose here, in counts per *detector* pixel of one
         frame; the columns are scored on working pixels (``bin^2`` detector pixels) and, with evidence
-        frames, on the sum of ``used`` frames. Compared as given, 7.2 (the card's working-pixel dose)
-        against 4 summed frames scored vacuum as columns of LLR 260-1750.
+        frames, on a sum worth ``scale`` frames at the scored frame's dose (0: its own counts, 1).
+        Compared as given, 7.2 (the card's working-pixel dose) against 4 summed frames scored vacuum as
+        columns of LLR 260-1750.
         """
         cfg = self.likelihood.cfg if self.likelihood is not None else None
         if cfg is None or cfg.vacuum_mode is not VacuumMode.fixed:
             return None
         k = self.geometry.bin
-        return float(cfg.vacuum_counts) * k * k * used.clamp(min=1.0).to(torch.float32)
+        scale = scale.to(torch.float32)
+        return float(cfg.vacuum_counts) * k * k * torch.where(scale > 0, scale, torch.ones_like(scale))
 
     def process_tensor(
         self, raw: torch.Tensor, plan: list[list[int]] | None = None, earlier: int = 0
@@ -272,39 +290,78 @@ class BatchStage:
         t0 = time.perf_counter()
         pool = bin_counts(raw, g.bin)
         binned = pool[earlier:]
+        level = pool.mean(dim=(1, 2))  # (E + B,) mean count per working pixel: a static specimen's dose
+        blank_rows = level < BLANK_FRACTION * g.vacuum_counts
+        blank = blank_rows[earlier:]
         den_w = symmetrised(
             lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientations
         )
+        den_w = torch.where(blank.view(-1, 1, 1), torch.zeros((), device=den_w.device), den_w)  # no beam
         den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
+        px = float(g.bin * g.bin)
         parts = [den.reshape(-1)]
+        stats = [level[earlier:] / px, blank.to(torch.float32)]
         n_cols = 0
         if self.likelihood is not None and min(binned.shape[1:]) < self.likelihood.min_side():
             # too small to find columns in: denoised and published all the same, with an empty map and table
             self._small_frames((h, w), binned.shape[1:])
             zeros = torch.zeros(b, device=den.device)
-            parts += [torch.zeros(b * h * w, device=den.device), zeros[:0], zeros, zeros, zeros]
+            nan = torch.full((b,), float("nan"), device=den.device)
+            parts += [torch.zeros(b * h * w, device=den.device), zeros[:0], zeros]
+            stats += [zeros, nan, zeros, zeros, zeros, zeros]
         elif self.likelihood is not None:
-            if plan is not None and self.evidence_frames:
-                scored, rates, used = evidence_counts(pool, den_w, plan, offset=earlier)
-            else:
-                scored, rates, used = binned, den_w, torch.zeros(b, device=den_w.device)
-            cols = self.likelihood.compute(scored, rates, self._fixed_vacuum(used))
-            # rates and vacuum back to one frame's worth (the LLR stays the sum over the frames scored)
-            per = used.clamp(min=1.0) * (g.bin * g.bin)
-            parts.append(unbin_nearest(cols.map, g.bin, (h, w)).reshape(-1))
-            pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin, (h, w))
-            lam1 = cols.lam1 / per[cols.centres[:, 0]]
-            table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, lam1], dim=1)
-            n_cols = int(table.shape[0])
-            per_frame = torch.bincount(cols.centres[:, 0], minlength=b)
-            parts += [table.reshape(-1), per_frame, cols.lam0 / per, used]
-        # without maps the denoised frames already are the one buffer: no 4 MB-per-frame copy to pack
-        packed = parts[0] if len(parts) == 1 else torch.cat([p.to(torch.float32) for p in parts])
+            n_cols = self._score(pool, den_w, (h, w), plan, earlier, level, blank_rows, parts, stats)
+        stats_t = torch.stack(stats).reshape(-1)
+        if len(parts) == 1 and den.device.type == "cpu":  # no copy of the frames to pack on the host
+            packed, tail = parts[0], stats_t
+        else:
+            packed, tail = torch.cat([p.to(torch.float32) for p in (*parts, stats_t)]), None
         timings = {"denoise": t1 - t0}
         if self.likelihood is not None:
             timings["likelihood"] = time.perf_counter() - t1
-        return PackedBatch(packed, (b, h, w), self.likelihood is not None, n_cols, timings)
+        return PackedBatch(packed, (b, h, w), self.likelihood is not None, n_cols, timings, tail)
+
+    def _score(
+        self,
+        pool: torch.Tensor,
+        den_w: torch.Tensor,
+        shape: tuple[int, int],
+        plan: list[list[int]] | None,
+        earlier: int,
+        level: torch.Tensor,
+        blank_rows: torch.Tensor,
+        parts: list[torch.Tensor],
+        stats: list[torch.Tensor],
+    ) -> int:
+        """Score the batch's columns; appends the map, table and counts to ``parts``, the per-frame
+        levels to ``stats``; returns the number of columns (known on the host after ``nonzero``)."""
+        assert self.likelihood is not None
+        g, b, (h, w) = self.geometry, den_w.shape[0], shape
+        binned, dev = pool[earlier:], den_w.device
+        if plan is not None and self.evidence_frames:
+            scored, scale, used, left = evidence_counts(pool, plan, earlier, level, blank_rows)
+        else:
+            scored, scale = binned, torch.ones(b, device=dev)
+            used, left = torch.zeros(b, device=dev), torch.zeros(b, device=dev)
+        fixed = self._fixed_vacuum(scale)
+        rates = den_w * scale.view(-1, 1, 1)
+        own_stage = self.own_likelihood
+        cols = score_frames(self.likelihood, own_stage, scored, rates, binned, den_w, used > 0, fixed)
+        # rates and levels back to one frame's worth per detector pixel (the LLR stays the sum scored)
+        px = float(g.bin * g.bin)
+        per = scale * px
+        parts.append(unbin_nearest(cols.map, g.bin, (h, w)).reshape(-1))
+        pos = to_detector_coords(cols.centres[:, 1:].to(torch.float32), g.bin, (h, w))
+        lam1 = cols.lam1 / per[cols.centres[:, 0]]
+        table = torch.stack([pos[:, 0], pos[:, 1], cols.llr, lam1], dim=1)
+        parts += [table.reshape(-1), torch.bincount(cols.centres[:, 0], minlength=b)]
+        blank = blank_rows[earlier:]
+        own = torch.where(blank, level[earlier:], cols.own) / px  # a blank frame's level: its mean, ~0
+        shown = own if fixed is None else fixed / per  # meta.vacuum_counts: the fixed level, as configured
+        not_flat = cols.not_flat & ~blank
+        stats += [shown, own, cols.lam0 / per, used, left, not_flat.to(torch.float32)]
+        return int(table.shape[0])
 
 
 def earlier_frames(frames: Sequence[Frame], earlier: Sequence[Frame], n: int) -> list[list[Frame]]:
@@ -350,18 +407,26 @@ class PackedBatch:
     has_likelihood: bool
     n_columns: int
     timings: dict[str, float]
+    tail: torch.Tensor | None = None  # per-frame values kept apart (CPU, no maps: no copy of the frames)
 
     def unpack(self, host: np.ndarray, headers: list[FrameHeader], t_recv: list[float]) -> BatchResult:
+        """Cut the host buffer: frames, [map, table, columns per frame], then the per-frame values."""
         b, h, w = self.shape
         n = b * h * w
         res = BatchResult(headers, t_recv, host[:n].reshape(b, h, w))
-        if not self.has_likelihood:
-            return res
-        res.likelihood = host[n : 2 * n].reshape(b, h, w)
-        at = 2 * n + 4 * self.n_columns
-        table = host[2 * n : at].reshape(self.n_columns, len(COLUMN_FIELDS))
-        counts = host[at : at + b].astype(np.int64)
-        res.columns = np.split(table, np.cumsum(counts)[:-1])
-        res.vacuum = host[at + b : at + 2 * b]
-        res.evidence_frames = host[at + 2 * b : at + 3 * b].astype(np.int64)
+        at = n
+        if self.has_likelihood:
+            res.likelihood = host[n : 2 * n].reshape(b, h, w)
+            at = 2 * n + 4 * self.n_columns
+            table = host[2 * n : at].reshape(self.n_columns, len(COLUMN_FIELDS))
+            counts = host[at : at + b].astype(np.int64)
+            res.columns = np.split(table, np.cumsum(counts)[:-1])
+            at += b
+        stats = (host[at:] if self.tail is None else self.tail.numpy()).reshape(-1, b)
+        res.level, res.blank = stats[0], stats[1] > 0
+        if self.has_likelihood:
+            res.vacuum, res.measured_vacuum, res.scored_vacuum = stats[2], stats[3], stats[4]
+            res.evidence_frames = stats[5].astype(np.int64)
+            res.evidence_left_out = stats[6].astype(np.int64)
+            res.vacuum_not_flat = stats[7] > 0
         return res

@@ -11,8 +11,17 @@ frames outside ``DOSE_BAND`` (``sbd_dose_mismatch_frames_total``), exports the l
 vacuum in the field of view (docs/likelihood.md), and a frame filled by specimen would "correct" a
 right dose into a wrong one.
 
-Only with an *estimated* vacuum: ``vacuum_mode = "fixed"`` reports the configured level back, and frames
-too small to score report none (0), so neither is checked.
+The level checked is each frame's *own* (``BatchResult.measured_vacuum``, from its own counts): with
+evidence frames it was the level of the evidence sum, so the frame after a blank one was "measured" at
+0.34 in a 0.45 stream and the blank one at 0.45 (audit 24). Blank frames (no beam) count as mismatches
+and in ``sbd_blank_frames_total``; their warning is the batch stage's "beam blanked?"
+(``service/frame_flags.py``), not advice to restart at 6e-08 counts/px. Frames whose vacuum blocks are
+not flat (too little vacuum) count in ``sbd_vacuum_not_flat_frames_total`` and are still checked (their
+estimate is 3-20 % high, inside the band; far outside it, as a 0.05 counts/px frame in a 0.45 stream,
+the dose is off whatever the blocks). With ``vacuum_mode = "fixed"`` the frames whose own estimate is
+reliable are compared with the fixed level instead (``sbd_fixed_vacuum_mismatch_frames_total``; the
+stage warns), and evidence frames left out of a frame's LLR count in
+``sbd_evidence_frames_left_out_total``. Frames too small to score report no level (0): not checked.
 """
 
 from __future__ import annotations
@@ -20,10 +29,14 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+
+from sbd_stream.compute.evidence import DOSE_BAND
 from sbd_stream.compute.likelihood import VacuumMode
 from sbd_stream.config import DetectorSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchResult, BatchStage
+from sbd_stream.service.frame_flags import fixed_mismatch
 from sbd_stream.service.sink import Sink
 from sbd_stream.sinks.record_item import Recent
 
@@ -31,10 +44,9 @@ __all__ = ["DOSE_BAND", "DoseCheck", "dose_check_for"]
 
 log = logging.getLogger(__name__)
 
-DOSE_BAND = (0.8, 1.25)
-"""Measured / configured vacuum level within this band is the configured dose (Poisson noise of the
-estimate over a 10 % vacuum fraction and slow drift stay inside); outside, the denoised level follows
-the configured dose, not the data, by the ratio."""
+# DOSE_BAND (compute/evidence.py): measured / configured vacuum level within it is the configured dose
+# (Poisson noise of the estimate over a 10 % vacuum fraction and slow drift stay inside); outside, the
+# denoised level follows the configured dose, not the data, by the ratio.
 
 
 class DoseCheck(Sink):
@@ -43,18 +55,38 @@ class DoseCheck(Sink):
     name = "dose_check"
 
     def __init__(
-        self, detector: DetectorSettings, metrics: Metrics, band: tuple[float, float] = DOSE_BAND
+        self,
+        detector: DetectorSettings,
+        metrics: Metrics,
+        band: tuple[float, float] = DOSE_BAND,
+        fixed: float | None = None,
     ) -> None:
-        self.detector, self.metrics, self.band = detector, metrics, band
+        """``fixed``: the likelihood's fixed vacuum level (``vacuum_mode = fixed``): no dose check, the
+        frames' reliable own levels are compared with it instead."""
+        self.detector, self.metrics, self.band, self.fixed = detector, metrics, band, fixed
         self.configured = detector.vacuum_counts  # counts per detector pixel of one frame
         self._warned: Recent = Recent()  # acquisitions already warned about (bounded)
 
     def result(self, res: BatchResult) -> None:
-        if res.vacuum is None:
+        m, n = self.metrics, len(res)
+        blank = res.blank if res.blank is not None else np.zeros(n, bool)
+        m.blank_frames.inc(int(blank.sum()))
+        if res.evidence_left_out is not None:
+            m.evidence_left_out.inc(int(res.evidence_left_out.sum()))
+        measured = res.measured_vacuum if res.measured_vacuum is not None else res.vacuum  # the same in
+        if measured is None:  # likelihood off: nothing measured                       # estimate mode
             return
+        if self.fixed is not None:
+            m.fixed_vacuum_mismatch_frames.inc(int(fixed_mismatch(res, self.fixed).sum()))
+            return
+        not_flat = res.vacuum_not_flat if res.vacuum_not_flat is not None else np.zeros(n, bool)
+        m.vacuum_not_flat_frames.inc(int((not_flat & ~blank).sum()))
         lo, hi = self.band
-        for h, vac in zip(res.headers, res.vacuum.tolist(), strict=True):
-            if not (math.isfinite(vac) and vac > 0):  # too small to score: no level estimated
+        for h, vac, no_beam in zip(res.headers, measured.tolist(), blank, strict=True):
+            if no_beam:  # a mismatch, but the stage said "beam blanked?": no advice to restart
+                m.dose_mismatch_frames.inc()
+                continue
+            if not (math.isfinite(vac) and vac > 0):  # too small to score
                 continue
             ratio = vac / self.configured
             self.metrics.measured_dose_ratio.set(ratio)
@@ -79,8 +111,10 @@ class DoseCheck(Sink):
 
 
 def dose_check_for(stage: BatchStage, metrics: Metrics) -> DoseCheck | None:
-    """A check for a pipeline whose stage estimates the vacuum (likelihood on, ``vacuum_mode`` estimate)."""
+    """The check for a pipeline's stage: always (blank frames are counted without likelihood maps too);
+    with ``vacuum_mode = fixed`` against the fixed level. Never None now (kept for the callers' type)."""
     lk = stage.likelihood
-    if lk is None or lk.cfg.vacuum_mode is VacuumMode.fixed:
-        return None
-    return DoseCheck(stage.geometry.detector, metrics)
+    fixed = None
+    if lk is not None and lk.cfg.vacuum_mode is VacuumMode.fixed and lk.cfg.vacuum_counts is not None:
+        fixed = float(lk.cfg.vacuum_counts)
+    return DoseCheck(stage.geometry.detector, metrics, fixed=fixed)

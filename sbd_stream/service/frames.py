@@ -27,7 +27,8 @@ from sbd_stream.engines.card import load_card, offline_engine, resolve_engine_di
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning, plan_geometry
-from sbd_stream.service.edge import clean_pixels, negative_pixels, report_values
+from sbd_stream.service.edge import EdgeTally, clean_pixels, hot_threshold, negative_pixels, report_values
+from sbd_stream.service.edge import replaced as replaced_in
 from sbd_stream.service.offline import offline_upsample
 from sbd_stream.sources.stack_headers import check_dtype
 
@@ -44,7 +45,7 @@ class DenoisedFrames:
     """What ``FrameDenoiser.process`` returns; frames at the detector's sampling, shaped as given."""
 
     denoised: np.ndarray  # float32 counts per detector pixel, (H, W) or (N, H, W) as the input
-    replaced: np.ndarray  # (N,) pixels per frame replaced by the frame's mean (NaN / Inf, dtype maximum)
+    replaced: np.ndarray  # (N,) pixels per frame replaced by the frame's mean (NaN / Inf, dtype maximum, hot)
     negative_pixels: int  # input pixels below zero: not counts, passed on as they are
     likelihood: np.ndarray | None = None  # float32 LLR map like ``denoised`` (likelihood on)
     columns: list[np.ndarray] | None = None  # per frame (K, 4): row, col (detector px), LLR, column rate
@@ -165,13 +166,15 @@ class FrameDenoiser:
         negative = 0
         batch, keep = self.settings.batch_frames, self.stage.evidence_frames
         earlier: list[Frame] = []  # evidence frames on: the frames before a batch may score it
+        tally = EdgeTally(dose := self.stage.geometry.detector.vacuum_counts)  # the hot-pixel rule's dose
         for a in range(0, n, batch):
             part = np.asarray(stack[a : a + batch])  # a memmap is read a batch at a time
             frs = []
             for i, fr in enumerate(part):
-                clean, key, replaced[a + i] = clean_pixels(fr)
-                meta = {} if key is None else {key: int(replaced[a + i])}
+                clean, meta = clean_pixels(fr, hot_threshold(dose))
+                tally.add(a + i, meta)
                 frs.append(Frame(FrameHeader(ACQ, a + i, 0.0, (h, w), str(fr.dtype), meta=meta), clean))
+                replaced[a + i] = replaced_in(frs[-1])
             negative += negative_pixels(part)
             res = self.stage.process(frs, earlier)
             earlier = [*earlier, *frs][-keep:] if keep else []
@@ -180,7 +183,7 @@ class FrameDenoiser:
                 maps[a : a + len(part)] = res.likelihood
                 vacuum[a : a + len(part)] = res.vacuum
                 columns += res.columns or []
-        report_values(replaced, negative, "the result's .replaced")
+        report_values(replaced, negative, "the result's .replaced", tally)
         out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative)
         if maps is not None:
             out.likelihood, out.columns, out.vacuum = (maps[0] if single else maps), columns, vacuum

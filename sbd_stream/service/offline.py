@@ -25,7 +25,7 @@ from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.formats.output_lock import output_lock
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
-from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.offline_plan import unstated
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
@@ -112,6 +112,7 @@ def _denoise_file(
         }
         t0 = time.perf_counter()
         negative = done = 0
+        tally = EdgeTally(det.vacuum_counts)  # the hot-pixel rule's dose: the one the engine is told
         try:
             with atomic_h5(output, locked, overwrite) as f, _progress(n, progress) as bar:
                 out = create_output(f, (n, h, w), attrs)
@@ -124,8 +125,13 @@ def _denoise_file(
                         FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
                         for i in range(len(frames))
                     ]
-                    frs = [replace_invalid(Frame(hd, fr)) for hd, fr in zip(headers, frames, strict=True)]
+                    frs = [
+                        replace_invalid(Frame(hd, fr), counts_per_px=det.vacuum_counts)
+                        for hd, fr in zip(headers, frames, strict=True)
+                    ]
                     f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
+                    for fr in frs:
+                        tally.add(fr.header.seq, fr.header.meta)
                     negative += negative_pixels(frames)
                     out[done : done + len(frames)] = stage.process(frs).denoised
                     done += len(frames)
@@ -144,7 +150,7 @@ def _denoise_file(
         dt = time.perf_counter() - t0
         if not g.dose_in_range:
             log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
-        report_values(per_frame, negative, output)
+        report_values(per_frame, negative, output, tally)
     finally:
         stack.close()
     return {

@@ -32,7 +32,7 @@ import numpy as np
 
 from sbd_stream.config import DenoiseSettings
 from sbd_stream.service.batch import dose_warning
-from sbd_stream.service.edge import negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.offline_partial import PartialWriter, open_partial
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
@@ -170,7 +170,8 @@ def denoise_chunk(
     src: Source, es: DenoiseSettings, detector: dict[str, float], start: int, stop: int, batch: int,
     gpu_per_worker: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
-    """Denoise frames [start, stop) in the single-process path's batches; float32 counts + who did it."""
+    """Denoise frames [start, stop) in the single-process path's batches; float32 counts + who did it
+    and what the edge (``service/edge.py``, at the configured dose) replaced."""
     from sbd_stream.frames import Frame, FrameHeader
 
     stage = worker_stage(es, detector, gpu_per_worker)
@@ -179,18 +180,18 @@ def denoise_chunk(
     _, h, w = src.shape
     out = np.empty((stop - start, h, w), np.float32)
     bad = np.zeros(stop - start, np.int64)
-    negative = 0
+    negative, tally = 0, EdgeTally(dose := stage.geometry.detector.vacuum_counts)  # hot pixels: the dose
     for i in range(0, len(frames), batch):
         part = np.array(frames[i : i + batch])
-        frs = [
-            replace_invalid(Frame(FrameHeader(src.label, start + i + j, 0.0, (h, w), str(fr.dtype)), fr))
-            for j, fr in enumerate(part)
-        ]
+        hds = [FrameHeader(src.label, start + i + j, 0.0, (h, w), part.dtype.name) for j in range(len(part))]
+        frs = [replace_invalid(Frame(hd, fr), counts_per_px=dose) for hd, fr in zip(hds, part, strict=True)]
         bad[i : i + len(part)] = [replaced(fr) for fr in frs]
+        for fr in frs:
+            tally.add(fr.header.seq, fr.header.meta)
         negative += negative_pixels(part)
         out[i : i + len(part)] = stage.process(frs).denoised
     info = {"pid": os.getpid(), "engine_loads": loads, "replaced": bad, "negative_pixels": negative}
-    return out, info
+    return out, {**info, "edge": tally}  # which pixels were replaced, and frames too bright for the rule
 
 
 # ---- client ---------------------------------------------------------------------------------------
@@ -334,11 +335,12 @@ def denoise_distributed(
             job, limit = (src, es_run, det), max(2, 2 * n_workers)
             results = ordered(client, denoise_chunk, job, batch, todo, limit, resources, per_gpu, stop)
         loads: dict[int, int] = {}
-        negative = 0
+        negative, tally = 0, EdgeTally(DetectorSettings(**det).vacuum_counts)  # a resume: its chunks only
         try:
             for (a, b), arr, info in results:
                 out.write(a, b, arr, info["replaced"])
                 negative += info["negative_pixels"]
+                tally.merge(info["edge"])
                 loads[info["pid"]] = info["engine_loads"]
                 if bar is not None:
                     bar[0].update(bar[1], completed=b)
@@ -360,7 +362,7 @@ def denoise_distributed(
     dt = time.perf_counter() - t0
     if not attrs.get("dose_in_range", True):
         log.warning("%s", dose_warning(attrs["dose_e_per_A2"], attrs["dose_factor"], attrs["dose_range"]))
-    report_values(per_frame, negative, output)
+    report_values(per_frame, negative, output, tally)
     h, w = src.shape[1:]
     return {
         "input": src.label, "output": str(output), "frames": n, "shape": [h, w],

@@ -29,7 +29,7 @@ from sbd_stream.protocol import TOPIC_SERIES_START, SeriesMessage
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.dose_check import dose_check_for
-from sbd_stream.service.edge import replace_invalid
+from sbd_stream.service.edge import Edge
 from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
 from sbd_stream.service.workers import WorkerPool
@@ -64,11 +64,14 @@ class Intake:
     frames of their series. With likelihood evidence frames, ``evidence`` (the pool's history, set by
     the ``Pipeline``) decides each frame's evidence here, in arrival order, before the frame is queued:
     so it depends on what was received, not on when a worker got to it (``service/evidence_history.py``).
+    ``edge`` (``service/edge.py``) replaces the pixels the denoiser must not see; the ``Pipeline`` gives
+    it the configured dose, which its hot-pixel rule needs.
     """
 
     def __init__(self, queue: FrameQueue, sinks: list[Sink], metrics: Metrics) -> None:
         self.queue, self.sinks, self.metrics = queue, sinks, metrics
         self.evidence: EvidenceHistory | None = None
+        self.edge = Edge(metrics)  # NaN / Inf and the dtype maximum; with a dose (Pipeline) hot pixels too
         self._rx = itertools.count()
         # one line per overload, not per frame: a slow CPU behind a 40 Hz detector wrote 40 lines a second
         self.overflow_log = RateLimitedLog(log)
@@ -77,7 +80,7 @@ class Intake:
         frame.header = dataclasses.replace(frame.header, rx=next(self._rx))  # FrameHeader.rx: why
         for sink in self.sinks:
             sink.raw(frame)
-        frame = replace_invalid(frame, self.metrics)  # what the denoiser sees: usable pixels only
+        frame = self.edge(frame)  # what the denoiser sees: usable pixels only
         if self.evidence is not None:  # received: evidence for the frames after it, denoised or not
             self.evidence.keep(frame)
         if not self.queue.put(frame, frame.data.nbytes):
@@ -122,6 +125,7 @@ class Pipeline:
         self.settings = settings
         self.source, self.intake, self.pool = source, intake, pool
         intake.evidence = pool.evidence  # evidence is decided at receipt (``Intake``)
+        intake.edge = Edge(metrics, pool.stages[0].geometry.detector.vacuum_counts)  # hot pixels: the dose
         self.sinks = intake.sinks
         check = dose_check_for(pool.stages[0], metrics)
         self.sinks[:] = [*sinks, *([check] if check is not None else [])]

@@ -32,13 +32,14 @@ def _counts(n: int = 2, shape: tuple[int, int] = (48, 40), dtype: str = "uint16"
 
 
 @pytest.mark.parametrize("scheduler", ["none", "local"])
-@pytest.mark.parametrize("flag", ["nan", "max"])
+@pytest.mark.parametrize("flag", ["nan", "max", "hot"])
 def test_flagged_pixels_are_replaced_counted_and_do_not_spread(
     flag: str, scheduler: str, tiny_engine_dir: Path, tmp_path: Path, caplog
 ) -> None:
-    """One NaN made the whole frame NaN; one 65535 lifted a 60 px disc: both replaced, per frame."""
+    """One NaN made the whole frame NaN; one 65535 lifted a 60 px disc; one hot pixel (500 counts where
+    the paper's 0.45 counts/px make 27 impossible) spread over 20-28 A: all replaced, per frame."""
     frames = _counts(dtype="float32" if flag == "nan" else "uint16")
-    frames[1, 20, 20] = np.nan if flag == "nan" else 65535
+    frames[1, 20, 20] = {"nan": np.nan, "max": 65535, "hot": 500}[flag]
     np.save(tmp_path / "in.npy", frames)
     with caplog.at_level(logging.WARNING):
         s = _summary(
@@ -46,6 +47,7 @@ def test_flagged_pixels_are_replaced_counted_and_do_not_spread(
         )
     assert s["replaced_pixels"] == 1 and s["frames_with_replaced"] == 1
     assert "replaced by their frame's mean" in caplog.text
+    assert ("1 hot (>= 27 counts" in caplog.text) is (flag == "hot")
     with h5py.File(tmp_path / "o.h5") as f:
         np.testing.assert_array_equal(f["replaced_pixels"][:], [0, 1])
         den = f["denoised"][:]
@@ -57,6 +59,27 @@ def test_flagged_pixels_are_replaced_counted_and_do_not_spread(
     with h5py.File(tmp_path / "r.h5") as f:
         np.testing.assert_allclose(den, f["denoised"][:], rtol=1e-5, atol=1e-6)
     assert np.isfinite(den).all()
+
+
+@pytest.mark.parametrize("scheduler", ["none", "local"])
+def test_frames_brighter_than_the_dose_are_not_mangled_by_the_hot_pixel_rule(
+    scheduler: str, tiny_engine_dir: Path, tmp_path: Path, caplog
+) -> None:
+    """At 4x the configured dose no pixel reaches the hot threshold; at 40x a few % do, which is the
+    dose, not hot pixels: nothing replaced, the output as without the rule, one warning naming them."""
+    rng = np.random.default_rng(3)
+    frames = np.stack([rng.poisson(lam, (48, 40)) for lam in (0.45, 1.8, 18.0)]).astype(np.uint16)
+    np.save(tmp_path / "in.npy", frames)
+    with caplog.at_level(logging.WARNING):
+        s = _summary(
+            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
+        )
+    assert s["replaced_pixels"] == 0
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_array_equal(f["replaced_pixels"][:], [0, 0, 0])
+    said = [r.getMessage() for r in caplog.records if r.name == "sbd_stream.service.edge"]
+    assert len(said) == 1 and said[0].startswith("1 frames (first: [2]) had pixels at >= 27 counts"), said
+    assert "not hot pixels but a dose far above the configured one" in said[0]
 
 
 def test_negative_pixels_are_counted_and_warned(tiny_engine_dir: Path, tmp_path: Path, caplog) -> None:

@@ -110,15 +110,23 @@ def test_evidence_frames_score_columns_on_the_counts_of_the_frames_before(binnin
     ref_own = own.process([*frames, lone])
     assert ref_own.evidence_frames is not None and not ref_own.evidence_frames.any()
     np.testing.assert_allclose(res.denoised, ref_own.denoised)  # evidence changes the scores only
-    # by hand at the working pixel: frame 3 is scored on frames 2 + 1, against twice its denoised rates
+    # by hand at the working pixel: frame 3 is scored on frames 2 + 1, against its denoised rates times
+    # their summed dose over its own (~2: the frames' mean counts; audit 24, compute/evidence.py)
     binned = bin_counts(torch.from_numpy(np.stack([f.data for f in frames]).astype(np.float32)), 4)
     den_w = den.denoise(binned, dose=7.2)
     hand = LikelihoodStage(settings.at_pixel(stage.geometry.working_pixel_A), "cpu")
-    ref = hand.compute((binned[1] + binned[2])[None], 2 * den_w[3][None])
+    mean = binned.mean(dim=(1, 2))
+    scale = mean[1] / mean[3] + mean[2] / mean[3]
+    assert float(scale) == pytest.approx(2.0, rel=0.02)
+    ref = hand.compute((binned[1] + binned[2])[None], den_w[3][None] * scale)
     assert res.columns is not None and res.vacuum is not None and res.columns[3].shape[0] == len(ref.llr)
     np.testing.assert_allclose(res.columns[3][:, 2], ref.llr.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(res.columns[3][:, 3], ref.lam1.numpy() / 2 / 16, rtol=1e-5)  # one frame's
-    assert res.vacuum[3] == pytest.approx(float(ref.lam0[0]) / 2 / 16, rel=1e-5)
+    np.testing.assert_allclose(res.columns[3][:, 3], ref.lam1.numpy() / float(scale) / 16, rtol=1e-5)
+    assert res.scored_vacuum is not None
+    assert res.scored_vacuum[3] == pytest.approx(float(ref.lam0[0]) / float(scale) / 16, rel=1e-5)
+    # meta.vacuum_counts is the frame's own level, from its own counts (it was the evidence sum's)
+    own_level = float(hand.vacuum(binned[3][None], den_w[3][None], masked=True)[0]) / 16
+    assert res.vacuum[3] == pytest.approx(own_level, rel=1e-5)
     # the first frame has none before it: its own counts, as without evidence; each frame's map is the
     # one it gets alone with the frames before it handed in (the batch changes nothing)
     np.testing.assert_allclose(res.likelihood[0], ref_own.likelihood[0], rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sbd_stream.compute.evidence import evidence_counts, evidence_plan
@@ -24,14 +25,20 @@ def test_plan_never_crosses_a_series_or_a_long_gap_and_leaves_a_lone_frame_on_it
     assert evidence_plan(["a"], [0], 4) == [[]]
 
 
-def test_counts_are_summed_and_rates_scaled_by_the_frames_used() -> None:
-    counts = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1).expand(4, 2, 3).clone()
-    den = torch.full((4, 2, 3), 0.5)
-    scored, rates, used = evidence_counts(counts, den, [[1, 2], [0], [], [0, 1, 2]])
-    assert scored[:, 0, 0].tolist() == [3.0, 0.0, 2.0, 3.0]  # 1+2, 0, own (2), 0+1+2
-    assert rates[:, 0, 0].tolist() == [1.0, 0.5, 0.5, 1.5]
-    assert used.tolist() == [2.0, 1.0, 0.0, 3.0]
-    assert counts[0, 0, 0] == 0.0  # the input is not modified in place
+def test_counts_are_summed_and_rates_scaled_by_the_dose_of_the_frames_kept() -> None:
+    """Rates were scaled by the number of frames summed, so a blank frame among them made every column of
+    the next N frames negative (audit 24): now by their dose, blank and out-of-band frames left out."""
+    values = [2.0, 4.0, 0.0, 2.0, 2.2, 0.0, 2.0]  # rows 0-2 earlier (1x, 2x dose, blank); 3-6 the batch
+    counts = torch.tensor(values).reshape(7, 1, 1).expand(7, 2, 3).clone()
+    level = counts.mean(dim=(1, 2))
+    blank = level < 0.1
+    plan = [[0, 1, 2], [3, 0], [0], []]
+    scored, scale, used, left = evidence_counts(counts, plan, 3, level, blank)
+    assert scored[:, 0, 0].tolist() == [2.0, 4.0, 0.0, 2.0]  # e0 only; f0 + e0; blank: own; none: own
+    assert scale.tolist() == pytest.approx([1.0, 2.0 / 2.2 + 2.0 / 2.2, 1.0, 1.0])
+    assert used.tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert left.tolist() == [2.0, 0.0, 0.0, 0.0]  # the 2x and the blank frame; a blank frame counts none
+    assert counts[0, 0, 0] == 2.0  # the input is not modified in place
 
 
 def test_evidence_frames_change_the_llr_defaults_but_not_the_detection_or_explicit_values() -> None:

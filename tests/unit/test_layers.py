@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "supervisor": 0,
     "worker": 1,
     "frames": 1,
+    "metric_names": 0,  # the exported metric names (metrics.py re-exports them)
     "metrics": 1,
     "metrics_summary": 2,
     "compute": 2,

@@ -99,16 +99,17 @@ def test_invalid_settings_are_value_errors(kw: dict, match: str, binning_denoise
         FrameDenoiser(0.060, denoiser=binning_denoiser, **kw)
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "max"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "max", "hot", "hot_float"])
 def test_invalid_pixels_are_replaced_as_the_edge_does(bad: str, binning_denoiser: Denoiser, caplog) -> None:
-    """One NaN / Inf / 65535 pixel: replaced by the frame's mean, counted, no NaN and no bright disc."""
+    """One NaN / Inf / 65535 / hot pixel (500 counts at 0.45 counts/px, where 27 is impossible):
+    replaced by the frame's mean, counted, no NaN and no bright disc."""
     frames = _counts((2, 64, 64), seed=5)
-    if bad == "max":
+    if bad in ("max", "hot"):
         dirty = frames.copy()
-        dirty[1, 30, 30] = 65535
+        dirty[1, 30, 30] = 65535 if bad == "max" else 500
     else:
         dirty = frames.astype(np.float32)
-        dirty[1, 30, 30] = np.nan if bad == "nan" else np.inf
+        dirty[1, 30, 30] = {"nan": np.nan, "inf": np.inf, "hot_float": 500.0}[bad]
     fd = FrameDenoiser(0.060, counts_per_px=0.45, orientations=1, denoiser=binning_denoiser)
     with caplog.at_level(logging.WARNING, logger="sbd_stream.service.frames"):
         res = fd.process(dirty)
@@ -117,10 +118,31 @@ def test_invalid_pixels_are_replaced_as_the_edge_does(bad: str, binning_denoiser
     assert "replaced by their frame's mean" in caplog.text
     fixed = dirty.copy()
     others = np.delete(dirty[1].ravel(), 30 * 64 + 30).astype(np.float64)
-    fixed[1, 30, 30] = others.mean() if bad != "max" else round(others.mean())
+    fixed[1, 30, 30] = others.mean() if dirty.dtype.kind == "f" else round(others.mean())
     np.testing.assert_array_equal(res.denoised, fd(fixed))
     clean = fd(frames[0])  # the frame without a bad pixel is untouched
     np.testing.assert_allclose(res.denoised[0], clean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_frame_at_four_times_the_dose_is_untouched_and_one_far_brighter_is_warned_about(
+    binning_denoiser: Denoiser, caplog
+) -> None:
+    """The hot-pixel rule guards against a wrong configured dose: at 4x nothing reaches its threshold;
+    at 40x thousands of pixels do, which is the dose, not hot pixels: left as they are, warned once."""
+    fd = FrameDenoiser(0.060, counts_per_px=0.45, orientations=1, denoiser=binning_denoiser)
+    frames = np.stack([_counts((128, 128), seed=2, lam=1.8), _counts((128, 128), seed=3, lam=18.0)])
+    with caplog.at_level(logging.WARNING, logger="sbd_stream.service.edge"):
+        res = fd.process(frames)
+    assert res.replaced.tolist() == [0, 0]
+    np.testing.assert_array_equal(res.denoised, fd.stage.process(_as_frames(frames)).denoised)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "1 frames (first: [1])" in said[0], said
+    assert "not hot pixels but a dose far above the configured one" in said[0]
+
+
+def _as_frames(frames: np.ndarray) -> list[Frame]:
+    """The frames as the batch stage takes them, untouched by any edge rule."""
+    return [Frame(FrameHeader("x", i, 0.0, fr.shape, fr.dtype.name), fr) for i, fr in enumerate(frames)]
 
 
 def test_likelihood_maps_come_back_at_the_detector_sampling(binning_denoiser: Denoiser) -> None:

@@ -1,0 +1,37 @@
+"""The names the service exports (``metrics.py``), apart so the registry's module stays readable.
+
+Every name here is a row of docs/service.md's metrics table and is really exported (tests check both);
+dashboards must only reference these.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXPORTED_NAMES", "LAZY_NAMES"]
+
+LAZY_NAMES = ("sbd_stage_errors_total",)
+"""Labelled by a reason known only when it happens (an exception's class): its series appear with the
+first event, so ``increase()`` misses that event; ``sbd_stage_item_errors_total{stage}`` counts the same
+items, every stage at 0 from the start, for dashboards and alerts."""
+
+EXPORTED_NAMES = (
+    "sbd_frames_received_total", "sbd_frames_denoised_total", "sbd_frames_published_total",
+    "sbd_publish_dropped_total", "sbd_frames_recorded_total", "sbd_frames_skipped_total",
+    "sbd_frames_malformed_total", "sbd_frames_duplicate_total", "sbd_frames_out_of_order_total",
+    "sbd_frames_missing_total", "sbd_sequence_gaps_total", "sbd_sequence_restarts_total",
+    "sbd_series_messages_total", "sbd_record_dropped_total", "sbd_record_errors_total",
+    "sbd_record_direct_chunks_total", "sbd_recorded_clipped_pixels_total", "sbd_denoise_overflow_total",
+    "sbd_denoise_errors_total", "sbd_queue_depth", "sbd_batch_frames", "sbd_stage_latency_seconds",
+    "sbd_end_to_end_latency_seconds", "sbd_lane_latency_seconds", "sbd_frames_completed_total",
+    "sbd_complete_backlog_frames", "sbd_frames_left_for_offline_total", "sbd_engine_info",
+    "sbd_dose_out_of_range", "sbd_dose_factor", "sbd_bin_factor", "sbd_stage_errors_total",
+    "sbd_stage_item_errors_total", "sbd_stage_restarts_total", "sbd_stage_up", "sbd_frames_nonfinite_total",
+    "sbd_pixels_nonfinite_total", "sbd_frames_saturated_total", "sbd_pixels_saturated_total",
+    "sbd_frames_hot_total", "sbd_pixels_hot_total", "sbd_frames_too_bright_total",
+    "sbd_input_disconnects_total", "sbd_input_reconnects_total", "sbd_record_rolls_total",
+    "sbd_record_files_closed_total", "sbd_record_open_files", "sbd_workers", "sbd_worker_info",
+    "sbd_worker_frames_total", "sbd_worker_batches_total", "sbd_worker_busy_seconds_total",
+    "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
+    "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
+    "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
+    "sbd_fixed_vacuum_mismatch_frames_total",
+)  # fmt: skip
