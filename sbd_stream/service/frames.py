@@ -50,6 +50,8 @@ class DenoisedFrames:
     likelihood: np.ndarray | None = None  # float32 LLR map like ``denoised`` (likelihood on)
     columns: list[np.ndarray] | None = None  # per frame (K, 4): row, col (detector px), LLR, column rate
     vacuum: np.ndarray | None = None  # (N,) vacuum level, counts per detector pixel
+    blank: np.ndarray | None = None  # (N,) bool: no beam (mean under 2 % of the dose): zeros, no columns
+    vacuum_not_flat: np.ndarray | None = None  # (N,) bool: the blocks taken as vacuum were not flat
 
 
 class FrameDenoiser:
@@ -163,6 +165,8 @@ class FrameDenoiser:
         maps = np.empty((n, h, w), np.float32) if lik else None
         columns: list[np.ndarray] = []
         vacuum = np.empty(n, np.float32) if lik else None
+        blank = np.zeros(n, bool)
+        not_flat = np.zeros(n, bool) if lik else None
         negative = 0
         batch, keep = self.settings.batch_frames, self.stage.evidence_frames
         earlier: list[Frame] = []  # evidence frames on: the frames before a batch may score it
@@ -179,14 +183,19 @@ class FrameDenoiser:
             res = self.stage.process(frs, earlier)
             earlier = [*earlier, *frs][-keep:] if keep else []
             denoised[a : a + len(part)] = res.denoised
+            if res.blank is not None:
+                blank[a : a + len(part)] = res.blank
+            if not_flat is not None and res.vacuum_not_flat is not None:
+                not_flat[a : a + len(part)] = res.vacuum_not_flat
             if maps is not None and vacuum is not None and res.likelihood is not None:
                 maps[a : a + len(part)] = res.likelihood
                 vacuum[a : a + len(part)] = res.vacuum
                 columns += res.columns or []
         report_values(replaced, negative, "the result's .replaced", tally)
-        out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative)
+        out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative, blank=blank)
         if maps is not None:
             out.likelihood, out.columns, out.vacuum = (maps[0] if single else maps), columns, vacuum
+            out.vacuum_not_flat = not_flat
         return out
 
 

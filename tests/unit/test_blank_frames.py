@@ -77,6 +77,7 @@ def test_the_python_api_reports_a_blank_frame(den: Denoiser, caplog: pytest.LogC
             stack
         )
     assert not res.denoised[1].any() and res.columns is not None and len(res.columns[1]) == 0
+    assert res.blank is not None and res.blank.tolist() == [False, True]  # said in the result, too
     assert len(_blank_warnings(caplog)) == 1
 
 
