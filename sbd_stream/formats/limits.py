@@ -23,7 +23,9 @@ __all__ = [
     "BLOCK_ROWS",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
+    "PIXEL_SIZE_A_RANGE",
     "RecordingError",
+    "check_dtype",
     "count_problem",
     "frame_problem",
     "sampling_attrs",
@@ -41,8 +43,25 @@ BLOCK_ROWS = 1 << 20
 """Rows of a per-row dataset read at once (a MiB of ``complete``, 8 MiB of ``seq``)."""
 
 
+PIXEL_SIZE_A_RANGE = (1e-3, 1e3)
+"""Detector pixel sizes at the specimen (A) a file may state: 0.1 pm to 100 nm. Beyond them a stated
+``pixel_size_A`` is damage, not a microscope: 1e-300 made ``denoise`` plan a binning factor of 10^299
+(a TypeError writing the output's attributes), 1e-6 an upsampling that asked for 460 GB."""
+
+
 class RecordingError(ValueError):
     """A recording whose datasets declare sizes it cannot hold (crafted or damaged); one line."""
+
+
+def check_dtype(dt: np.dtype) -> None:
+    """ValueError unless ``dt`` holds counts or intensities: unsigned / signed integers or floats of at
+    most 8 bytes. Bool, complex, strings, structured and object arrays are refused (a complex stack
+    lost its imaginary part unnoticed; an object array would need a pickle). One rule for every file
+    reader (stacks, recordings, export), as the live edge refuses other pixel types (``bad_dtype``)."""
+    if dt.hasobject:
+        raise ValueError(f"dtype {dt} holds Python objects (a pickle), which are never loaded")
+    if dt.kind not in "uif" or dt.itemsize > 8:
+        raise ValueError(f"dtype {dt} is not a count or intensity type (need uint/int/float)")
 
 
 def frame_problem(
@@ -116,11 +135,18 @@ def sampling_value(value: Any) -> float:
 
 def sampling_attrs(stated: dict[str, Any], where: str) -> dict[str, float]:
     """``stated`` attributes (name -> value) as floats, each by ``sampling_value``; ValueError
-    ``"<where>: attribute <name>: must be ..."`` for the first that is not a finite number > 0."""
+    ``"<where>: attribute <name>: must be ..."`` for the first that is not a finite number > 0, or for a
+    ``pixel_size_A`` outside :data:`PIXEL_SIZE_A_RANGE`."""
     out = {}
     for name, value in stated.items():
         try:
             out[name] = sampling_value(value)
         except ValueError as e:
             raise ValueError(f"{where}: attribute {name}: {e}") from None
+    if "pixel_size_A" in out and not PIXEL_SIZE_A_RANGE[0] <= out["pixel_size_A"] <= PIXEL_SIZE_A_RANGE[1]:
+        lo, hi = PIXEL_SIZE_A_RANGE
+        raise ValueError(
+            f"{where}: attribute pixel_size_A: {out['pixel_size_A']:g} A is no detector pixel "
+            f"(must be {lo:g} to {hi:g} A): correct the attribute"
+        )
     return out

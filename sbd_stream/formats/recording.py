@@ -22,7 +22,8 @@ import numpy as np
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats import nexus
 from sbd_stream.formats.dectris_codec import HEADER
-from sbd_stream.formats.limits import RecordingError, sampling_attrs, trusted_rows
+from sbd_stream.formats.hdf5_read import h5_reason, open_recording
+from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +72,6 @@ def safe_name(acq: str) -> str:
     """
     name = re.sub(r"[^A-Za-z0-9._-]", "_", acq)[:120]
     return re.sub(r"^\.+", lambda m: "_" * len(m.group()), name) or "acq"
-
-
-def open_recording(path: str | os.PathLike) -> h5py.File:
-    """Open a recording for reading, live or after a crash (SWMR read mode tolerates both).
-
-    A file HDF5 opens but cannot read (a part a SIGKILL cut short while it was laid out: a 48-byte
-    superblock) raises h5py's RuntimeError at the first look inside; it is an ``OSError`` here, as an
-    unreadable file is everywhere else, so every reader ends in one line instead of a traceback."""
-    f = h5py.File(path, "r", libver="latest", swmr=True)
-    try:
-        f.attrs.keys().__len__()
-        "raw" in f  # noqa: B015 - touching the root group is the check
-    except RuntimeError as e:
-        f.close()
-        raise OSError(f"{path} cannot be opened as HDF5 (cut short when it was created?): {e}") from e
-    return f
 
 
 class AcqFile:
@@ -145,7 +130,7 @@ class AcqFile:
         Appending continues after the last complete row of each kind (a row half-written when the
         file was closed is overwritten, as ``complete`` never counted it).
         """
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_recording(path) as f:
             raw = f["raw/frames"]
             shape, dtype = (int(raw.shape[1]), int(raw.shape[2])), raw.dtype
             acq = str(f.attrs.get("acq", ""))
@@ -358,7 +343,7 @@ def recording_parts(path: Path) -> list[Path]:
     stem = re.sub(r"_\d{4}$", "", path.stem)
     uid = part_attr(path, "run_uid")
     if uid is UNREADABLE and path.exists():  # the given file itself: one line at the command, not h5py's
-        raise OSError(f"{path} cannot be opened as HDF5 (cut short when it was created?)")
+        open_recording(path).close()  # raises the OSError that names the file and why
     uid = None if uid is UNREADABLE else uid
     i = part_number(path) + 1
     while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():
@@ -372,13 +357,27 @@ def recording_parts(path: Path) -> list[Path]:
 
 
 def frames_key(path: Path, kind: str = "raw") -> tuple[tuple[int, ...], str] | None:
-    """(frame shape, dtype) of ``kind`` in one part, None where it has no such frames."""
+    """(frame shape, dtype) of ``kind`` in one part, None where it has no such frames.
+
+    ``RecordingError`` naming the part where ``kind`` cannot be followed (a soft-link loop, ``/entry``
+    a dataset) or its frames hold no counts (complex, bool, strings: ``check_dtype``), so every reader
+    that stacks a recording refuses them in one line instead of a traceback or a silent cast."""
     with open_recording(path) as f:
-        if kind not in f:
+        try:
+            g = f.get(kind)
+            ds = g.get("frames") if isinstance(g, h5py.Group) else g
+        except (KeyError, RuntimeError, OSError) as e:
+            why = h5_reason(e)
+            raise RecordingError(f"{path}: {kind} frames cannot be opened ({why}); damaged?") from None
+        if ds is None:
             return None
-        g = f[kind]
-        ds = g if isinstance(g, h5py.Dataset) else g.get("frames")
-        return None if ds is None else (tuple(int(x) for x in ds.shape[1:]), str(ds.dtype))
+        if not isinstance(ds, h5py.Dataset):
+            raise RecordingError(f"{path}: {kind} frames are no dataset (not a recording made by `serve`?)")
+        try:
+            check_dtype(ds.dtype)
+        except ValueError as e:
+            raise RecordingError(f"{path}: {kind} frames: {e}") from None
+        return tuple(int(x) for x in ds.shape[1:]), str(ds.dtype)
 
 
 def uniform_parts(path: Path, kind: str = "raw") -> list[Path]:
@@ -411,7 +410,7 @@ def is_recording(path: Path) -> bool:
     try:
         with open_recording(Path(path)) as f:
             return "raw/frames" in f and "raw/complete" in f
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError, KeyError):  # unreadable: the stack reader says why
         return False
 
 

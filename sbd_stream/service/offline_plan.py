@@ -162,10 +162,15 @@ def inspect_recording(path: Path) -> Source:
     """The complete raw frames of a `serve` recording, across its rolled parts from ``path`` on, up to
     the first part of another frame shape or dtype (``uniform_parts`` logs it and the file to give next:
     denoising that part the same way goes on from there, with ``seq`` / ``ts`` written as here)."""
+    from sbd_stream.formats.hdf5_read import h5_reason
     from sbd_stream.formats.recording import open_recording, recorded_detector, uniform_parts
 
     parts, shape, dtype = [], None, None
-    for part in uniform_parts(Path(path).resolve()):
+    try:
+        uniform = uniform_parts(Path(path).resolve())
+    except RecordingError as e:  # frames of no count type, a link that cannot be followed: one line
+        raise StackError(str(e)) from None
+    for part in uniform:
         try:
             with open_recording(part) as f:
                 if "raw/frames" not in f or "raw/complete" not in f:
@@ -180,8 +185,8 @@ def inspect_recording(path: Path) -> Source:
                         f"{dtype}; denoise it on its own (sbd-stream denoise {part} OUT.h5)"
                     )
                 shape, dtype = tuple(ds.shape[1:]), str(ds.dtype)
-        except OSError as e:
-            raise StackError(f"{part}: not a readable recording ({e})") from e
+        except (OSError, RuntimeError, KeyError) as e:  # h5py's on a damaged part: one line, not a traceback
+            raise StackError(f"{part}: not a readable HDF5 recording ({h5_reason(e)})") from e
         except RecordingError as e:
             raise StackError(str(e)) from None
         parts.append((str(part), rows))

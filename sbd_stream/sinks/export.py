@@ -6,7 +6,8 @@ producer restart starts a segment), streamed (never all in memory). Frame order,
 complete lane writes a frame the live lane skipped when the engine is free, so a recording's
 ``denoised`` rows are not in time order, and a movie written row by row would jump back. Also takes
 the output of ``sbd-stream denoise`` / ``replay --offline`` (a ``denoised`` dataset,
-with ``seq`` / ``ts`` beside it where the input was a recording). Calibration:
+with ``seq`` / ``ts`` beside it where the input was a recording). Calibration, from the file's
+``pixel_size_A`` checked as ``denoise`` checks it (``limits.sampling_attrs``; none stated: unit ``pixel``):
 
 * TIFF: ImageJ hyperstack (``axes`` TYX) whose X/Y resolution tags are pixels per ``unit`` =
   ``angstrom`` and ``finterval`` the median interval between consecutive frames' times (s; gaps and
@@ -38,8 +39,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sbd_stream.formats.limits import MAX_FRAMES, RecordingError, frame_problem, trusted_rows
-from sbd_stream.formats.recording import KINDS, open_recording, recording_parts, uniform_parts
+from sbd_stream.formats.hdf5_read import h5_reason
+from sbd_stream.formats.limits import MAX_FRAMES, RecordingError, frame_problem, sampling_attrs, trusted_rows
+from sbd_stream.formats.recording import (
+    KINDS,
+    SAMPLING_ATTRS,
+    open_recording,
+    recording_parts,
+    uniform_parts,
+)
 from sbd_stream.sinks.disk_space import is_disk_full
 
 TARGETS = ("tiff", "mrc", "npy")
@@ -48,7 +56,6 @@ SUFFIX = {"tiff": ".tif", "mrc": ".mrc", "npy": ".npy"}
 SUFFIXES = {"tiff": (".tif", ".tiff"), "mrc": (".mrc", ".mrcs"), "npy": (".npy",)}
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 MRC_DTYPES = (np.int8, np.int16, np.uint16, np.float32)
-SAMPLING_NAMES = ("acq", "pixel_size_A", "dose_e_per_A2", "counts_per_px")
 
 
 class ExportError(ValueError):
@@ -116,13 +123,12 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
     shape, dtype = None, None
     where: list[tuple[int, int, int, int, float]] = []  # (segment, seq, part, row, time)
     attrs: dict[str, Any] = {}
-    parts = uniform_parts(path, kind)
+    try:
+        parts = uniform_parts(path, kind)
+    except RecordingError as e:
+        raise ExportError(str(e)) from None
     for p, part in enumerate(parts):
-        try:
-            f = open_recording(part)
-        except OSError as e:
-            raise ExportError(f"{part}: not a readable HDF5 file ({e})") from e
-        with f:
+        with open_recording(part) as f, _damage(part, kind):
             rows = _rows(f, kind, part)
             if rows is None:
                 continue
@@ -132,8 +138,7 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
                 segment = np.asarray(f["segment"][: len(seq)], np.int64)
             if shape is None:
                 shape, dtype = tuple(fr.shape[1:]), fr.dtype
-                attrs = {a: f.attrs[a] for a in SAMPLING_NAMES if a in f.attrs}
-                attrs = {a: (v.item() if hasattr(v, "item") else v) for a, v in attrs.items()}
+                attrs = _stated(f, part)
             elif tuple(fr.shape[1:]) != shape or fr.dtype != dtype:
                 raise ExportError(  # uniform_parts stops before such a part; kept for a file changed since
                     f"{part.name}: frames of {fr.shape[1:]} {fr.dtype} after {shape} {dtype}; "
@@ -153,16 +158,45 @@ def _survey(path: Path, kind: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@contextmanager
+def _damage(part: Path, kind: str) -> Iterator[None]:
+    """h5py's errors reading ``part`` (a checksum, a chunk or a link that fails: a damaged file) as one
+    ExportError naming it; an OSError from a read would otherwise be taken for a failed write."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError) as e:
+        raise ExportError(f"{part}: cannot read its {kind} frames ({h5_reason(e)}); damaged?") from None
+
+
+def _stated(f: h5py.File, part: Path) -> dict[str, Any]:
+    """``acq`` and the sampling attributes of the first part, the sampling ones by the rule ``denoise``
+    applies (``sampling_attrs``: a finite number > 0, a pixel size within its range), else refused: NaN
+    made a JSON sidecar no parser reads, a negative or zero size a TIFF traceback or a file claiming it.
+    A file stating no ``pixel_size_A`` at all (a Recorder made without sampling) is exported in unit
+    ``pixel`` (size 1), as before."""
+    stated = {a: f.attrs[a] for a in SAMPLING_ATTRS if a in f.attrs}
+    try:
+        sampling = sampling_attrs(stated, str(part))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    acq = f.attrs.get("acq")
+    if acq is None:
+        return sampling
+    acq = acq.decode(errors="replace") if isinstance(acq, bytes) else acq
+    return {"acq": str(acq.item() if isinstance(acq, np.ndarray) and acq.size == 1 else acq), **sampling}
+
+
 def _frames(parts: list[Path], kind: str, where: list[tuple[int, int]]) -> Iterator[np.ndarray]:
     """The frames at ``where`` (part, row), in that order; every part opened once."""
     with ExitStack() as stack:
         files: dict[int, Any] = {}
         for p, i in where:
-            if p not in files:
-                f = stack.enter_context(open_recording(parts[p]))
-                g = f[kind]
-                files[p] = g if isinstance(g, h5py.Dataset) else g["frames"]
-            fr = files[p][i]
+            with _damage(parts[p], kind):
+                if p not in files:
+                    f = stack.enter_context(open_recording(parts[p]))
+                    g = f[kind]
+                    files[p] = g if isinstance(g, h5py.Dataset) else g["frames"]
+                fr = files[p][i]
             yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
 
 
@@ -209,8 +243,8 @@ def export(
         raise ExportError(f"--kind must be one of {', '.join(KINDS)}")
     info = _survey(Path(path), kind)
     out = output_path(Path(path), to, kind, out, overwrite)
-    pixel = float(info["attrs"].get("pixel_size_A") or 1.0)
-    unit = "angstrom" if info["attrs"].get("pixel_size_A") else "pixel"
+    pixel = info["attrs"].get("pixel_size_A")  # checked by _stated; absent: unit pixel
+    pixel, unit = (pixel, "angstrom") if pixel is not None else (1.0, "pixel")
     writer = {"tiff": _tiff, "mrc": _mrc, "npy": _npy}[to]
     need = info["n"] * int(np.prod(info["shape"])) * info["dtype"].itemsize  # the frames' bytes, at least
     with _written(out, overwrite, need) as tmp:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sbd_stream.formats.limits import count_problem, frame_problem
+from sbd_stream.formats.limits import check_dtype, count_problem, frame_problem
 
 __all__ = [
-    "StackError", "check_declared", "imod_unsigned", "imread_cap", "mrc_declared", "npy_declared",
+    "StackError", "check_declared", "check_dtype", "imod_unsigned", "imread_cap", "mrc_declared",
+    "npy_declared",
 ]  # fmt: skip
 
 NPY_MAX_HEADER = 10_000
@@ -35,13 +37,6 @@ class StackError(ValueError):
 
     Defined here, below the readers (``stacks.py``, ``stack_tiff.py``, ``stack_hdf5.py``), so each can
     raise it; ``stacks.py`` re-exports it where callers have always imported it from."""
-
-
-def check_dtype(dt: np.dtype) -> None:
-    if dt.hasobject:
-        raise ValueError(f"dtype {dt} holds Python objects (a pickle), which are never loaded")
-    if dt.kind not in "uif" or dt.itemsize > 8:
-        raise ValueError(f"dtype {dt} is not a count or intensity type (need uint/int/float)")
 
 
 def check_declared(shape: tuple[int, ...], dt: np.dtype, data_bytes: int | None = None) -> None:
@@ -82,8 +77,10 @@ def npy_declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             shape, _fortran, dt = read(fh, max_header_size=NPY_MAX_HEADER)
             offset = fh.tell()
         check_dtype(np.dtype(dt))  # before the shape: an object array is a pickle, whatever its size
-    except ValueError as e:
-        raise ValueError(f"not a plain numeric NPY array ({_one_line(e)})") from None
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # numpy tokenizes a version 1/2 header
+        # first: a header dict of "{{{{" raised tokenize.TokenError past every check (a traceback)
+        why = "its header is no readable dict" if isinstance(e, tokenize.TokenError) else _one_line(e)
+        raise ValueError(f"not a plain numeric NPY array ({why})") from None
     check_declared(tuple(shape), np.dtype(dt), os.path.getsize(path) - offset)
     return tuple(shape), np.dtype(dt)
 

@@ -44,6 +44,7 @@ DECODE_ERRORS = (
     IndexError,
     zlib.error,
     lzma.LZMAError,
+    struct.error,
 )
 """What tifffile and its codecs raise on a damaged page (TiffFileError is a ValueError; imagecodecs'
 errors are RuntimeErrors; zlib and lzma have their own)."""
@@ -99,7 +100,8 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
         if tif is not None:
             tif.close()
         raise
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as e:
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, struct.error) as e:
+        # struct.error: a file cut short inside its header (a 4-byte "II*\0" was a traceback)
         if tif is not None:
             tif.close()
         raise StackError(f"{path}: not a readable TIFF ({_why(e)})") from e

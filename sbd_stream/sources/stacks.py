@@ -29,6 +29,7 @@ import h5py
 import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a valid input) and writing
 import numpy as np
 
+from sbd_stream.formats.hdf5_read import h5_reason, open_read
 from sbd_stream.formats.limits import count_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
@@ -170,9 +171,17 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
                 closer()
             raise
     try:
-        f = h5py.File(path, "r")
+        f = open_read(path)  # SWMR read only where a writer has it open, with a bounded retry
     except OSError as e:
-        raise StackError(f"{path}: not a readable HDF5 file ({e})") from e
+        raise StackError(f"{path}: not a readable HDF5 file ({h5_reason(e)})") from e
+    try:
+        return _open_h5(f, path, dataset)
+    except (RuntimeError, KeyError, OSError) as e:  # a damaged file's metadata (checksum, link, header)
+        why = h5_reason(e)
+        raise StackError(f"{path}: not a readable HDF5 file ({why}; cut short or damaged?)") from None
+
+
+def _open_h5(f: h5py.File, path: Path, dataset: str | None) -> FrameStack:
     linked: h5py.File | None = None
     try:
         name = dataset or guess_dataset(f, path)
@@ -183,7 +192,7 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
         linked = ds.file if ds.file.id != f.id else None  # behind an external link: its own file
         frames = GuardedFrames(_check(ds, where), where)
         return FrameStack(frames, where, lambda: _close(linked, f), _sampling(f, name, path))
-    except StackError:
+    except BaseException:  # StackError, or h5py's on a damaged file (turned into one by the caller)
         _close(linked, f)
         raise
 

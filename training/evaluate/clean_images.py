@@ -24,6 +24,7 @@ no clean simulation must not be scored as one. So:
 from __future__ import annotations
 
 import logging
+import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,6 +168,9 @@ def _read_npy(path: Path) -> np.ndarray:
         if "pickle" in str(e):
             raise Unusable("a NumPy array of Python objects, not of numbers") from None
         raise
+    except (SyntaxError, tokenize.TokenError):  # numpy tokenizes a version 1/2 header before it parses
+        # it: a header dict of "{{{{" raised tokenize.TokenError, which aborted the whole run
+        raise Unusable("not a readable NumPy .npy file (its header is no readable dict)") from None
 
 
 def negative_note(name: str, img: np.ndarray) -> str | None:
