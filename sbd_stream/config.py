@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -20,15 +20,38 @@ from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
 from sbd_stream.config_file import read_toml
 from sbd_stream.config_merge import check_env_names, merge_layer, older_policy_in_its_layer
-from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
+from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD, MAX_SIDE
 from sbd_stream.security import CurveSettings, plain_path
 
-# Durations are bounded (docs/service.md): Python's waits overflow past ~9.2e9 s, ZeroMQ's int milliseconds
-# past ~2.1e6 s, so a finite but huge one (stop_timeout_s = 1e10) was a traceback and exit 1 at shutdown.
+# Durations, counts and sizes are bounded (docs/service.md): Python's waits overflow past ~9.2e9 s, ZeroMQ's
+# C ints past 2**31 (ms: ~2.1e6 s), so a finite but huge value (stop_timeout_s = 1e10, rcvhwm = 2**31) was a
+# traceback and exit 1 (after `serve`'s banner, or at shutdown) instead of a refusal naming the setting.
 MAX_TIME_S = 1e6  # ~11.6 days
 MIN_RATE_HZ = 1.0 / MAX_TIME_S  # the slowest rate the emulator paces (0: as fast as possible)
 Seconds = Annotated[float, Field(le=MAX_TIME_S)]
 """A duration setting (its own ``Field`` adds the lower bound); milliseconds: ``le=MAX_TIME_S * 1000``."""
+Count, Bytes = Annotated[int, Field(le=2**31 - 1)], Annotated[int, Field(le=2**63 - 1)]  # C int, int64
+Frames, Batch = Annotated[int, Field(le=100_000)], Annotated[int, Field(le=1024)]  # queue, engine call
+Pixels, FrameBytes = Annotated[int, Field(le=MAX_SIDE)], Annotated[int, Field(le=MAX_SIDE**2 * 4)]  # 1 GiB
+Threads, MiB = Annotated[int, Field(le=1024)], Annotated[float, Field(le=2.0**30)]  # MiB: at most 1 PiB
+
+
+def _no_bool(cls: type[BaseModel], data: Any) -> Any:
+    """Numbers refuse true / false as in the environment (``SBD_STOP_TIMEOUT_S=true``: not a number): TOML's
+    ``stop_timeout_s = true`` read as 1.0. (No field validator: ``dialect`` is a discriminator.)"""
+    for k, v in data.items() if isinstance(data, dict) else ():
+        a = cls.model_fields[k].annotation if k in cls.model_fields else bool
+        kinds = {x for t in (a, *get_args(a)) for x in (t, *get_args(t))}  # Optional[Annotated[int, ...]]
+        if isinstance(v, bool) and bool not in kinds and {int, float} & {*kinds, *map(type, kinds)}:
+            data = {**data, k: str(v).lower()}  # the text then fails as the environment's does
+    return data
+
+
+class _Section(BaseModel):
+    """A settings table: unknown keys, NaN / Infinity and booleans given for numbers are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    _numbers_not_bools = model_validator(mode="before")(_no_bool)
 
 
 class BackpressurePolicy(enum.StrEnum):
@@ -57,14 +80,12 @@ class InputSocket(enum.StrEnum):
     sub = "sub"  # a PUB bridge (wire format v1 default) or a DECTRIS fan-out proxy
 
 
-class WireV1Input(BaseModel):
+class WireV1Input(_Section):
     """Wire format v1: SUB to a bridge that publishes (PUB, the default), or PULL from one that PUSHes.
 
     PULL is the scale-out deployment (docs/scale-out-nodes.md): several ``serve`` instances PULLing
     from one PUSH sender share its frames round-robin, and ``sbd-stream merge`` re-orders their outputs.
     """
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dialect: Literal["wire-v1"] = Field("wire-v1", description="sbd-stream wire format v1")
     socket_type: InputSocket = Field(
@@ -72,14 +93,12 @@ class WireV1Input(BaseModel):
     )
 
 
-class DectrisInput(BaseModel):
+class DectrisInput(_Section):
     """DECTRIS SIMPLON stream v1 / v2: the settings only a detector's series state machine needs.
 
     They live here rather than on ``IngestSettings`` so a wire-format service can't be given a
     timeout or socket type that would silently do nothing.
     """
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dialect: Literal["dectris-stream-v1", "dectris-stream-v2"] = Field(
         description="stream v1 (JSON + blob) or stream v2 (CBOR)"
@@ -93,17 +112,15 @@ InputSettings = Annotated[WireV1Input | DectrisInput, Field(discriminator="diale
 """One tagged variant per input family, picked by its ``dialect`` value (TOML ``[ingest.input]``)."""
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """The receiving socket and queues (common to every dialect) plus the dialect's own ``input``."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str = Field("tcp://127.0.0.1:5555", description="where detector frames come from")
     mode: SocketMode = Field(SocketMode.connect, description="connect to a bridge, or bind and wait")
-    rcvhwm: int = Field(64, ge=0, description="ZeroMQ receive high-water mark, messages (0: none)")
-    max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD, ge=1, description="largest accepted frame")
-    queue_frames: int = Field(64, ge=1, description="denoise queue length (frames)")
-    record_queue_frames: int = Field(512, ge=1, description="recorder queue length (frames)")
+    rcvhwm: Count = Field(64, ge=0, description="ZeroMQ receive high-water mark, messages (0: none)")
+    max_payload_bytes: FrameBytes = Field(DEFAULT_MAX_PAYLOAD, ge=1, description="largest accepted frame")
+    queue_frames: Frames = Field(64, ge=1, description="denoise queue length (frames)")
+    record_queue_frames: Frames = Field(512, ge=1, description="recorder queue length (frames)")
     curve: CurveSettings = Field(default_factory=CurveSettings, description="optional CURVE (security.py)")
     input: InputSettings = Field(
         default_factory=WireV1Input, description="message format, tagged by dialect, and its settings"
@@ -122,21 +139,17 @@ class IngestSettings(BaseModel):
 # --- end ingest input dialects ---
 
 
-class PublishSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class PublishSettings(_Section):
     enabled: bool = True
     endpoint: str = Field("tcp://127.0.0.1:5556", description="where denoised frames are published")
     mode: SocketMode = SocketMode.bind
-    sndhwm: int = Field(16, ge=1, description="per-subscriber send high-water mark (messages)")
+    sndhwm: Count = Field(16, ge=1, description="per-subscriber send high-water mark (messages)")
     dtype: str = Field("float32", pattern="^(float16|float32)$", description="denoised output dtype")
-    queue_frames: int = Field(32, ge=1)
+    queue_frames: Frames = Field(32, ge=1)
     curve: CurveSettings = Field(default_factory=CurveSettings, description="optional CURVE (security.py)")
 
 
-class RecordSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class RecordSettings(_Section):
     enabled: bool = True
     directory: Path = Field(Path("recordings"), description="one HDF5 file per acquisition goes here")
     _plain_directory = field_validator("directory", mode="before")(plain_path)  # no NUL, no newline
@@ -145,7 +158,7 @@ class RecordSettings(BaseModel):
         pattern=r"^\.(nxs|h5)$",
         description="recording file name ending: .nxs (NeXus; hs.load(path) picks its reader by it) or .h5",
     )
-    max_file_bytes: int = Field(4 * 1024**3, ge=1, description="roll to a new file past this size")
+    max_file_bytes: Bytes = Field(4 * 1024**3, ge=1, description="roll to a new file past this size")
     record_denoised: bool = True
     denoised_dtype: Literal["float16", "float32"] = Field(
         "float16",
@@ -154,17 +167,17 @@ class RecordSettings(BaseModel):
     )
     record_llr: bool = True
     compression: str = Field("bitshuffle-lz4", pattern="^(bitshuffle-lz4|gzip|none)$")
-    flush_every: int = Field(1, ge=1, description="flush to disk every N frames (1 = each frame)")
-    min_free_bytes: int = Field(
+    flush_every: Count = Field(1, ge=1, description="flush to disk every N frames (1 = each frame)")
+    min_free_bytes: Bytes = Field(
         256 * 1024**2, ge=0, description="stop recording (disk full) when less than this is free"
     )
     idle_close_s: Seconds = Field(
         60.0, gt=0, description="close an acquisition's file when nothing was written to it for this long"
     )
-    max_open_files: int = Field(
+    max_open_files: Count = Field(
         16, ge=1, description="most recording files open at once; the least recently used is closed first"
     )
-    compress_threads: int = Field(
+    compress_threads: Threads = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1),
         ge=0,
         description="threads compressing raw frames to bitshuffle-LZ4 chunks off the writer thread "
@@ -186,7 +199,7 @@ class Upsample(enum.StrEnum):
     bilinear = "bilinear"  # ~55 dB, 0.8 ms: still 15 dB below a denoiser's error
 
 
-class DetectorSettings(BaseModel):
+class DetectorSettings(_Section):
     """What the detector delivers, in physical units: pixel size at the specimen and dose per frame.
 
     Give the dose either per area (``dose_e_per_A2``) or as counts per pixel in vacuum
@@ -194,9 +207,7 @@ class DetectorSettings(BaseModel):
     125 e/A^2 per frame is assumed (0.45 counts per 0.060 A pixel).
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    pixel_size_A: float = Field(PAPER_PIXEL_A, gt=0, description="detector pixel at the specimen, A")
+    pixel_size_A: float = Field(PAPER_PIXEL_A, ge=1e-3, le=1e3, description="at the specimen, A (limits.py)")
     dose_e_per_A2: float | None = Field(None, gt=0, description="dose per frame, electrons per A^2")
     counts_per_px: float | None = Field(None, gt=0, description="or: counts per pixel in vacuum per frame")
 
@@ -227,7 +238,7 @@ class DetectorSettings(BaseModel):
         }
 
 
-class LikelihoodSettings(LikelihoodConfig):
+class LikelihoodSettings(LikelihoodConfig, _Section):
     """Likelihood maps: on/off plus the physical detection parameters (sbd_stream/compute/likelihood.py).
 
     The pixel size is not a setting: maps are computed at the engine's working pixel, whatever the
@@ -259,9 +270,7 @@ class LikelihoodSettings(LikelihoodConfig):
         return LikelihoodConfig(pixel_size_A=pixel_size_A, **fields)
 
 
-class DenoiseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class DenoiseSettings(_Section):
     engine: str = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
     model: str | None = Field(
         None, description="engine name under engines/ or a path (default: the live engine for the device)"
@@ -276,11 +285,11 @@ class DenoiseSettings(BaseModel):
     devices: list[str] | None = Field(
         None, min_length=1, description='devices the workers run on, cycled, e.g. ["cuda:0", "cuda:1"]'
     )
-    threads_per_worker: int | None = Field(
+    threads_per_worker: Threads | None = Field(
         None, ge=1, description="CPU: intra-op threads per worker's engine (default: cores / workers)"
     )
-    tile: int | None = None
-    margin: int | None = None
+    tile: Pixels | None = Field(None, ge=1)
+    margin: Pixels | None = Field(None, ge=0)
     upsample: Upsample = Field(
         Upsample.auto, description="back to detector pixels: auto (bicubic on GPU, bilinear on CPU)"
     )
@@ -290,7 +299,7 @@ class DenoiseSettings(BaseModel):
         lt=0.5,
         description="largest relative misfit of k x detector pixel to the working pixel",
     )
-    batch_frames: int = Field(
+    batch_frames: Batch = Field(
         4, ge=1, description="denoise up to B frames at once (live and offline: one default)"
     )
     batch_timeout_ms: float = Field(
@@ -310,7 +319,7 @@ class DenoiseSettings(BaseModel):
     likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
 
 
-class LaneSettings(BaseModel):
+class LaneSettings(_Section):
     """The two lanes of the live service (docs/service.md "Two lanes").
 
     Why two: someone steering focus or the stage needs the newest frame now, not one queued behind older
@@ -320,14 +329,12 @@ class LaneSettings(BaseModel):
     subscribers. What it cannot hold (``backlog_mb``) or finish is counted and left for ``replay --offline``.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
     live: bool = Field(True, description="live lane: denoise the newest frames, skip older waiting ones")
     complete: bool = Field(True, description="complete lane: skipped frames denoised when the engine is free")
-    live_batch_frames: int = Field(
+    live_batch_frames: Batch = Field(
         1, ge=1, description="live lane: frames per engine call (1: the newest only; the latency is one call)"
     )
-    backlog_mb: float = Field(
+    backlog_mb: MiB = Field(
         2048.0, gt=0, description="raw frames the complete lane holds in memory; beyond: left for offline"
     )
     complete_timeout_s: Seconds = Field(
@@ -335,48 +342,37 @@ class LaneSettings(BaseModel):
     )
 
 
-class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class MetricsSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9105, ge=0, le=65535, description="Prometheus port (0 = pick a free one)")
 
 
-class ViewerSettings(BaseModel):
+class ViewerSettings(_Section):
     """The live viewer page (sbd_stream/sinks/viewer/server.py); a consumer of the outputs, never a stage."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="serve the live viewer (sbd-stream serve --viewer)")
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535, description="viewer HTTP port (0 = pick a free one)")
-    max_side: int = Field(768, ge=16, description="frames are block-averaged to at most this many pixels")
-    raw_ring_mb: float = Field(
+    max_side: Pixels = Field(768, ge=16, description="frames are block-averaged to at most this many pixels")
+    raw_ring_mb: MiB = Field(
         256.0, gt=0, description="recent raw frames kept (by reference) to pair with their denoised frame"
     )
-    output_ring_mb: float = Field(64.0, gt=0, description="the same for denoised and LLR frames (each)")
+    output_ring_mb: MiB = Field(64.0, gt=0, description="the same for denoised and LLR frames (each)")
 
 
-class SupervisionSettings(BaseModel):
+class SupervisionSettings(_Section):
     """How often a stage's thread may die and be restarted before the service gives up (supervisor.py)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    max_restarts: int = Field(5, ge=0, description="restarts allowed within restart_window_s")
+    max_restarts: Count = Field(5, ge=0, description="restarts allowed within restart_window_s")
     restart_window_s: Seconds = Field(60.0, gt=0, description="window over which restarts are counted")
 
 
-class ServiceSettings(BaseSettings):
-    """Everything `sbd-stream serve` / `replay` needs, validated once at start-up."""
+class ServiceSettings(BaseSettings, _Section):
+    """Everything `sbd-stream serve` / `replay` needs, validated once at start-up (``_Section``: no unknown
+    key, NaN / Infinity or true / false for a number, as in every table)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SBD_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-        allow_inf_nan=False,
-    )
+    model_config = SettingsConfigDict(env_prefix="SBD_", env_nested_delimiter="__", validate_default=True)
 
     detector: DetectorSettings = DetectorSettings()
     ingest: IngestSettings = IngestSettings()

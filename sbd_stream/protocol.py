@@ -35,6 +35,10 @@ MAX_SIDE = 16384
 DEFAULT_MAX_PAYLOAD = 3838 * 3710 * 4
 MAX_ACQ_LEN = 256
 MAX_SEQ = 2**63 - 1
+MAX_JSON_DEPTH = 64
+"""Most levels of objects / arrays in a JSON header (the header object is level 1): deeper is ``bad_json``.
+Python's parser recurses, so without a limit the deepest accepted header depended on the stack in use (~985
+levels in the reference decoder, fewer on the service's receive thread): one rule, whoever decodes."""
 TS_MIN = -62135596800.0  # 0001-01-01T00:00:00Z
 TS_MAX = 253402300799.0  # 9999-12-31T23:59:59Z
 """``ts`` names a date (Unix seconds, UTC) in years 1 to 9999, the dates a recording can state.
@@ -151,7 +155,9 @@ Message = FrameMessage | SeriesMessage
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(hdr := json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")) > MAX_HEADER_BYTES:
+        raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
+    return hdr
 
 
 def encode_frame(
@@ -188,10 +194,7 @@ def encode_frame(
         columns=columns,
     )
     _check_frame_header(header, DEFAULT_MAX_PAYLOAD * 2)
-    hdr = _dumps(header.to_json())
-    if len(hdr) > MAX_HEADER_BYTES:
-        raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
-    return [topic, hdr, memoryview(arr).cast("B")]
+    return [topic, _dumps(header.to_json()), memoryview(arr).cast("B")]
 
 
 def encode_series(
@@ -204,13 +207,8 @@ def encode_series(
 ) -> list[bytes]:
     if topic not in SERIES_TOPICS:
         raise ValueError(f"not a series topic: {topic!r}")
-    header = SeriesHeader(
-        acq=acq, ts=float(ts), meta=dict(meta or {}), n_frames=n_frames, exposure_s=exposure_s
-    )
-    hdr = _dumps(header.to_json())
-    if len(hdr) > MAX_HEADER_BYTES:
-        raise HeaderTooLarge(f"header is {len(hdr)} bytes, the limit is {MAX_HEADER_BYTES}")
-    return [topic, hdr, b""]
+    header = SeriesHeader(acq, float(ts), dict(meta or {}), n_frames, exposure_s=exposure_s)
+    return [topic, _dumps(header.to_json()), b""]
 
 
 def _dtype_name(dt: np.dtype) -> str:
@@ -268,6 +266,18 @@ def finite_json(obj: Any, max_items: int = 100_000) -> bool:
         elif isinstance(v, list | tuple):
             stack.extend(v)
     return True
+
+
+def nested_deeper(obj: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when a decoded JSON value nests objects / arrays more than ``limit`` levels (iteratively)."""
+    stack = [(obj, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 def check_meta(meta: Any) -> dict[str, Any]:
@@ -336,9 +346,11 @@ def _parse_header(part: Any) -> dict[str, Any]:
     if len(mv) > MAX_HEADER_BYTES:
         raise ProtocolError("header_too_large", str(len(mv)))
     try:
-        obj = _JSON.decode(bytes(mv).decode("utf-8"))
+        obj = _JSON.decode(text := bytes(mv).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_json", str(exc)[:80]) from exc
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and nested_deeper(obj):  # (counts: a fast path)
+        raise ProtocolError("bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "header is not an object")
     if (v := _field(obj, "v", "bad_version")) != VERSION or not _is_int(v):
@@ -407,9 +419,7 @@ def _frame_header(obj: dict[str, Any], max_payload: int, topic: bytes = TOPIC_FR
     ts = _field(obj, "ts", "bad_ts")
     if not ts_ok(ts):
         raise ProtocolError("bad_ts", repr(ts)[:40])
-    shape = _field(obj, "shape", "bad_shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
-        raise ProtocolError("bad_shape", repr(shape)[:40])
+    shape = _check_shape(_field(obj, "shape", "bad_shape"))
     dtype = _field(obj, "dtype", "bad_dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("bad_dtype", repr(dtype)[:40])
@@ -423,17 +433,7 @@ def _frame_header(obj: dict[str, Any], max_payload: int, topic: bytes = TOPIC_FR
     columns = obj.get("columns")
     if columns is not None and not isinstance(columns, list):
         raise ProtocolError("bad_columns", type(columns).__name__)
-    header = FrameHeader(
-        acq=acq,
-        seq=seq,
-        ts=float(ts),
-        shape=(shape[0], shape[1]),
-        dtype=dtype,
-        exposure_s=float(exposure),
-        meta=meta,
-        engine=engine,
-        columns=columns,
-    )
+    header = FrameHeader(acq, seq, float(ts), shape, dtype, float(exposure), meta, engine, columns)
     _check_frame_header(header, max_payload)
     return header
 

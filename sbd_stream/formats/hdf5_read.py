@@ -106,7 +106,7 @@ def open_recording(path: str | os.PathLike) -> h5py.File:
     try:
         f = open_read(path)
     except OSError as e:
-        raise OSError(f"{path}: not a readable HDF5 recording ({h5_reason(e)})") from e
+        raise OSError(f"{path}: not a readable HDF5 recording ({h5_reason(e)}; cut short or damaged?)") from e
     try:
         f.attrs.keys().__len__()
         "raw" in f  # noqa: B015 - touching the root group is the check

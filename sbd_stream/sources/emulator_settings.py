@@ -17,8 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.noise import DEFAULT_DOSE
-from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ, PAPER_PIXEL_A, SocketMode
-from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SIDE
+from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ, PAPER_PIXEL_A, Count, SocketMode
+from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SEQ, MAX_SIDE
 from sbd_stream.sources.receiver import endpoint_problem
 
 
@@ -58,8 +58,8 @@ class EmulatorSettings(BaseModel):
     pool: int = Field(
         0, ge=0, description=">0: cycle this many pre-drawn noisy frames per clean image (scene: of vacuum)"
     )
-    sndhwm: int = Field(1000, ge=1)
-    first_seq: int = Field(0, ge=0)
+    sndhwm: Count = Field(1000, ge=1)  # a C int: 2**31 was an OverflowError in ZeroMQ
+    first_seq: int = Field(0, ge=0, le=MAX_SEQ)
     wait_subscriber_s: float = Field(
         5.0, ge=0, le=MAX_TIME_S, description="wait for a subscriber before the first frame"
     )

@@ -168,6 +168,34 @@ def test_declared_size_checked_before_decompressing() -> None:
     assert e.value.reason == "bad_encoding"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("type", '["uint16"]', "bad_dtype"),
+        ("type", '{"a":1}', "bad_dtype"),
+        ("encoding", '["lz4<"]', "bad_encoding"),
+        ("encoding", "{}", "bad_encoding"),
+    ],
+)
+def test_v1_type_or_encoding_as_array_or_object_is_counted_not_an_internal_error(
+    key: str, value: str, reason: str
+) -> None:
+    """A JSON array or object is unhashable: looking it up among the known types raised TypeError, which
+    the receiver counted as ``internal_error`` with a traceback in the log for every such message."""
+    arr = frame()
+    parts = v1_image(arr, "<", arr.tobytes())
+    field = b'"type":"uint16"' if key == "type" else b'"encoding":"<"'
+    parts[1] = parts[1].replace(field, b'"%s":%s' % (key.encode(), value.encode()))
+    with pytest.raises(ProtocolError) as e:
+        StreamV1Decoder().decode(parts)
+    assert e.value.reason == reason
+    ing = _ingest("dectris-stream-v1")  # the plug-in counts it under that reason (nothing raises)
+    for m in v1_series([arr], 5)[:1]:
+        ing.handle(list(m))
+    ing.handle(parts)
+    assert ing.metrics.registry.get_sample_value("sbd_frames_malformed_total", {"reason": reason}) == 1
+
+
 @pytest.mark.skipif(len(codec.backends()) < 2, reason="dectris-compression is not installed")
 def test_codec_backends_agree() -> None:
     """DECTRIS's own decompressor and the hdf5plugin filters decode the same bytes identically."""

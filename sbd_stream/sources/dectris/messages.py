@@ -25,6 +25,7 @@ from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DTYPES,
     MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
     MAX_SIDE,
     TOPIC_FRAME,
     TOPIC_SERIES_END,
@@ -38,6 +39,7 @@ from sbd_stream.protocol import (
     _as_buffer,
     _is_int,
     _is_num,
+    nested_deeper,
 )
 
 ACQ_PREFIX = "dectris"
@@ -90,7 +92,8 @@ def _scalar_ok(v: Any) -> bool:
     return isinstance(v, int | float)  # bool included
 
 
-def _json(part: Any, what: str) -> dict[str, Any]:
+def _json(part: Any, what: str, depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A JSON object of at most ``depth`` levels (wire format v1's limit: one rule whatever the stack)."""
     mv = _as_buffer(part)
     if len(mv) > MAX_HEADER_BYTES:
         raise ProtocolError("header_too_large", f"{what}: {len(mv)} bytes")
@@ -100,7 +103,14 @@ def _json(part: Any, what: str) -> dict[str, Any]:
         raise ProtocolError("bad_json", f"{what}: {str(exc)[:60]}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", f"{what} is not an object")
+    if nested_deeper(obj, depth):
+        raise ProtocolError("bad_json", f"{what}: nested deeper than {depth} levels")
     return obj
+
+
+CONFIG_DEPTH = MAX_JSON_DEPTH - 2
+"""The detector configuration travels in a ``series_start`` header as ``meta.config``, two levels down: a
+deeper one made a header the service's subscribers refuse (``protocol.decode``: ``bad_json``)."""
 
 
 def _series_id(obj: dict[str, Any], key: str = "series") -> int:
@@ -151,6 +161,8 @@ class StreamV1Decoder:
         first = _json(parts[0], "part 0")
         htype = first.get("htype")
         if self._pending is not None and htype is None and len(parts) == 1:
+            if nested_deeper(first, CONFIG_DEPTH):  # refused as one that does not parse: the header waits on
+                raise ProtocolError("bad_json", f"config: nested deeper than {CONFIG_DEPTH} levels")
             header, self._pending = self._pending, None
             return [self._series_start(header, first)]
         if self._pending is not None:  # the configuration never came: start without it
@@ -163,7 +175,7 @@ class StreamV1Decoder:
             if detail not in ("all", "basic", "none"):
                 raise ProtocolError("bad_header_detail", _short(detail, 40))
             if len(parts) >= 2:
-                return [self._series_start(first, _json(parts[1], "config"))]
+                return [self._series_start(first, _json(parts[1], "config", CONFIG_DEPTH))]
             if detail == "none":
                 return [self._series_start(first, None)]
             self._pending = first | {"series": series}
@@ -209,9 +221,10 @@ class StreamV1Decoder:
         shape, ptype, enc = d.get("shape"), d.get("type"), d.get("encoding")
         if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) for s in shape)):
             raise ProtocolError("bad_shape", _short(shape, 40))
-        if ptype not in _V1_TYPES:
+        # a JSON array or object is unhashable: ``in`` a dict raised TypeError (internal_error + traceback)
+        if not isinstance(ptype, str) or ptype not in _V1_TYPES:
             raise ProtocolError("bad_dtype", _short(ptype, 40))
-        if enc not in _V1_ENCODINGS:
+        if not isinstance(enc, str) or enc not in _V1_ENCODINGS:
             raise ProtocolError("bad_encoding", _short(enc, 40))
         itemsize = _V1_TYPES[ptype]
         hw = _shape(shape[1], shape[0], itemsize, self.max_payload)  # DECTRIS sends [x, y]
