@@ -2,7 +2,8 @@
 # One call on a lent GPU (issue 22): the engines trained on the paper's worlds, side by side on one GPU.
 #   quality: the 4 x 64 network (FoV 245 px = 59 A, `paper-quality`) from scratch, exported as
 #            sbd-unet4x64-paper-gpu: installing it as QUALITY_ENGINE (what `auto` picks offline on a GPU)
-#            is a separate step, after tests/e2e/test_engine_quality.py and the user frames;
+#            is a separate step (`sbd-train install-quality engines/sbd-unet4x64-paper-gpu`: the checks of
+#            tests/e2e/test_engine_quality.py first), after the user frames too;
 #   live:    the shipped 4 x 16 engine (`paper-live-twins`) continued from its committed weights;
 #   fast:    the CPU live engine (`paper-fast-twins`, 2 x 2 blocks) likewise (FAST_NAME= leaves it out).
 # All in bf16 autocast (channels-last), 16 frames of 208^2 per step, a cosine over TRAIN_MINUTES, on the

@@ -46,6 +46,19 @@ TRAIN_CASES = [
     (["--patch", "30"], r"--patch: patch 30 px is not a multiple of 4 px, which a 2-scale UNet needs"),
     (["--patch", "0"], r"--patch: "),
     (["--extra-data", "{dose7}"], r"dose7\.h5: dose 7\.2 .* extra training sets must match"),
+    # NaN passed `w < 0` and inf made the draw probabilities NaN, after the run folder was made
+    (
+        ["--extra-data", "{good}", "--extra-data-weight", "nan"],
+        r"^error: --extra-data-weight: nan is not a finite non-negative number",
+    ),
+    (
+        ["--extra-data", "{good}", "--extra-data-weight", "inf"],
+        r"^error: --extra-data-weight: inf is not a finite non-negative number",
+    ),
+    (
+        ["--extra-data", "{good}", "--extra-data-weight", "-1"],
+        r"^error: --extra-data-weight: -1\.0 is not a finite non-negative number",
+    ),
     (["--init-from", "{dir}/nonexist"], r"--init-from .*nonexist: no engine"),
     (["--init-from", "{broken}"], r"--init-from .*broken: .* lacks model\.pt"),
 ]
@@ -127,6 +140,28 @@ def test_train_help_lists_every_preset_and_gpu_recipe_help_names_its_default_run
     help_text = _words(_run("train", "--help", env=wide).output)
     assert all(name in help_text for name in ("fov245-paper", "tiny", "fov13-detector"))
     recipe_help = _words(_run("gpu-recipe", "--help", env=wide).output)
-    plan = _run("gpu-recipe", "--dry-run", "--steps", "train").output
-    assert "sbd-unet4x64-paper for the paper-quality preset" in recipe_help
-    assert "runs/sbd-unet4x64-paper" in plan and "-gpu" not in plan.split("runs/")[1].split()[0]
+    plan = _run("gpu-recipe", "--dry-run", "--steps", "train,export").output
+    # a candidate's name: the quality engine's own (what offline work picks on a GPU) is installed only
+    # by `sbd-train install-quality`, after the quality checks (audit 24)
+    assert "sbd-unet4x64-paper-gpu for the paper-quality preset" in recipe_help
+    assert "runs/sbd-unet4x64-paper-gpu" in plan and "--engine-dir engines/sbd-unet4x64-paper-gpu" in plan
+    assert "sbd-train install-quality engines/sbd-unet4x64-paper-gpu" in plan
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["--dry-run", "--name", "sbd-unet4x64-paper"],
+        ["--dry-run", "--engine-dir", "engines/sbd-unet4x64-paper"],
+        ["--allow-cpu", "--device", "cpu", "--name", "sbd-unet4x64-paper"],  # before the training step
+    ],
+)
+def test_gpu_recipe_refuses_to_export_under_the_quality_engines_name(
+    where: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = _run("gpu-recipe", "--steps", "train,export", *where)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert "quality engine's own folder (sbd-unet4x64-paper)" in lines[0] and "install-quality" in lines[0]
+    assert list(tmp_path.iterdir()) == []

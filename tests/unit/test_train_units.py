@@ -253,6 +253,31 @@ def test_cosine_schedule_decays_over_the_larger_of_the_step_and_time_budgets() -
     assert scheduled_lr(preset_config("tiny"), 3, 1.0) is None  # plateau: the scheduler decides
 
 
+def test_a_new_cosine_budget_goes_on_from_the_current_rate_to_the_new_end() -> None:
+    """docs/training.md: on resume "the decay is re-timed to the new budget from the current step". The
+    rate at the resume step is the run's own; the new budget's cosine from step 0 was 50 % higher there
+    (audit 24: 5.0e-4 at step 1000 of 2000, 7.5e-4 at step 1001 of 3000)."""
+    from training.train.loop import retime_anchor, scheduled_lr
+    from training.train.presets import preset_config
+
+    old = preset_config("tiny", max_steps=2000, lr=1e-3, min_lr=1e-6, lr_schedule="cosine")
+    new = old.model_copy(update={"max_steps": 3000})
+    state = {"step": 1000, "elapsed_s": 60.0}
+    anchor = retime_anchor(old, new, state)
+    assert anchor is not None and anchor["lr"] == pytest.approx(scheduled_lr(old, 1000, 60.0))
+    rates = [scheduled_lr(new, s, 60.0, anchor) for s in range(1000, 3001, 50)]
+    assert rates[0] == pytest.approx(scheduled_lr(old, 1000, 60.0))  # no jump at the resume step
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-6)
+    assert scheduled_lr(new, 2000, 60.0, anchor) == pytest.approx(0.5 * (anchor["lr"] + 1e-6))  # halfway
+    # a second change goes on from the first one's curve; the same budget, or the plateau, keeps none
+    state2 = {"step": 2000, "elapsed_s": 120.0, "lr_anchor": anchor}
+    later = retime_anchor(new, new.model_copy(update={"max_steps": 2500}), state2)
+    assert later is not None and later["lr"] == pytest.approx(scheduled_lr(new, 2000, 120.0, anchor))
+    assert retime_anchor(old, old, state) is None
+    plateau = old.model_copy(update={"lr_schedule": "plateau"})
+    assert retime_anchor(plateau, plateau.model_copy(update={"max_steps": 3000}), state) is None
+
+
 def test_split_of_a_partial_file_is_the_split_of_the_whole_plan() -> None:
     """A file still being simulated holds some structures; a split over those alone would move a
     structure from training (now) to test (once complete). Drawn over the plan, it cannot."""

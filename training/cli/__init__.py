@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("fov-study", evaluate.fov_study),
     ("fov-study-detector", evaluate.fov_study_detector),
     ("build-engine", train.build_engine),
+    ("install-quality", train.install_quality),
     ("gpu-recipe", train.gpu_recipe),
     ("demo-samples", sim.demo_samples),
     ("scenes", sim.scenes),

@@ -17,9 +17,11 @@ import functools
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
+import typer
 from pydantic import ValidationError
 
 from sbd_stream.cli.app import fail, settings_error
@@ -124,14 +126,27 @@ def need_modules(*modules: str) -> None:
             raise ModuleNotFoundError(f"No module named '{name}'", name=name)
 
 
+def interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C or SIGTERM as one line, ``interrupted: <what stopped, how to go on>``, and exit status 128
+    + the signal (130, 143). Why here: typer turns a ``KeyboardInterrupt`` that leaves a command into a
+    silent exit 130, so the handler of ``training.console`` never saw one (audit 24). A command that
+    can say more raises ``training.train.stop.Interrupted`` with its line."""
+    line = getattr(e, "line", "")
+    sys.stderr.write(f"interrupted: {line}\n" if line else "interrupted\n")
+    sys.stderr.flush()
+    raise typer.Exit(getattr(e, "exit_code", 130))
+
+
 def friendly_errors(command: F) -> F:
     """``command`` with the EXPECTED errors, and a missing optional module, turned into ``error: ...``
-    and exit status 2."""
+    and exit status 2; an interruption into one line ``interrupted: ...`` (:func:`interrupted`)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            interrupted(e)
         except EXPECTED as e:
             if show_tracebacks():
                 raise

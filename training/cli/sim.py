@@ -46,7 +46,10 @@ def simulate(
         except OSError as e:
             why = " ".join(str(e).split())
             fail(f"--out {out}: not a readable HDF5 file ({why}): move it away to start over")
-    summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+    from training.cli.sim_stop import simulation_stops
+
+    with simulation_stops(out):  # Ctrl-C / SIGTERM: one line, what is kept; no Dask chatter
+        summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
     if summary["failed"]:
         raise typer.Exit(1)
 

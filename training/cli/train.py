@@ -62,9 +62,11 @@ def train(
 ) -> None:
     """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`)."""
     import os
+    import signal
 
     from training.train.loop import train as run_training
     from training.train.presets import preset_config
+    from training.train.stop import Interrupted, sigterm_raises
 
     need_device(device)
     if lr is not None and lr <= 0:  # TrainConfig allows 0 (weights kept, for tests); a user means to learn
@@ -96,10 +98,21 @@ def train(
         need_dataset(extra, "--extra-data")
     if init_from is not None:
         need_engine(init_from, "--init-from", ("model.pt",))
-    summary = run_training(cfg, resume=resume)
+    try:
+        with sigterm_raises():  # in the loop: a checkpoint first (training.train.stop)
+            summary = run_training(cfg, resume=resume)
+    except Interrupted as e:
+        if e.line:
+            raise
+        raise Interrupted(e.signum, f"training {cfg.run_dir} stopped by {e.signal_name} {_BEFORE}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(signal.SIGINT, f"training {cfg.run_dir} stopped by SIGINT {_BEFORE}") from None
     if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
         export_engine(cfg.run_dir, engine_dir, evaluate_test, cfg.data)
     typer.echo(f"best val PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+
+
+_BEFORE = "before its steps began (while its data were read): rerun the same command to start or resume it"
 
 
 def export(
@@ -149,6 +162,40 @@ def build_engine(
     typer.echo(f"TensorRT plan: {plan}")
 
 
+def install_quality(
+    engine: str = typer.Argument(
+        ..., help="engine to check and install: a path, or a name under the engine root"
+    ),
+    device: str = typer.Option("cpu", help="where the checks run (cpu: as tests/e2e/test_engine_quality.py)"),
+) -> None:
+    """Install an engine as the quality engine (sbd-unet4x64-paper: what offline work picks on a GPU),
+    only if it passes the checks of tests/e2e/test_engine_quality.py; else refused, naming each failure.
+    """
+    import os
+    import shutil
+
+    from sbd_stream.engines.card import QUALITY_ENGINE, default_engine_root, resolve_engine_dir
+    from training.evaluate.quality_gate import MARGIN_DB_BY_ENGINE, quality_failures
+
+    need_device(device)
+    src = resolve_engine_dir(engine)
+    dest = default_engine_root() / QUALITY_ENGINE
+    if dest.exists():
+        fail(f"{dest} exists: move it away first to install another engine as {QUALITY_ENGINE}")
+    failures, worst = quality_failures(src, MARGIN_DB_BY_ENGINE[QUALITY_ENGINE], device)
+    margins = ", ".join(f"{k} {v:+.2f} dB" for k, v in worst.items())
+    if failures:
+        fail(
+            f"{src} not installed as {QUALITY_ENGINE}: {'; '.join(failures)} "
+            f"(tests/e2e/test_engine_quality.py's checks; worst margins over the oracle low-pass: {margins})"
+        )
+    tmp = dest.with_name(f".{dest.name}.installing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dest)  # whole or not at all: offline_engine() picks the folder once card.json is there
+    typer.echo(f"installed {src} as {dest} (worst margins over the oracle low-pass: {margins})")
+
+
 def gpu_recipe(
     steps: str = typer.Option("simulate,train,export,tensorrt,evaluate", help="subset, comma-separated"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and devices; run nothing"),
@@ -171,7 +218,8 @@ def gpu_recipe(
     channels: int | None = typer.Option(None, min=1),
     name: str | None = typer.Option(
         None,
-        help="run name (default: sbd-unet4x64-paper for the paper-quality preset's 4 x 64 UNet, the engine "
+        help="run name (default: sbd-unet4x64-paper-gpu for the paper-quality preset's 4 x 64 UNet, a "
+        "candidate: `sbd-train install-quality` checks it and installs it as sbd-unet4x64-paper, the engine "
         "offline work picks on a GPU; else sbd-unet<S>x<C>-gpu)",
     ),
     device: str | None = typer.Option(None, help="cuda | cuda:N | cpu (default: cuda if available)"),
@@ -206,6 +254,7 @@ def gpu_recipe(
     from training.recipe.config import RecipeConfig, RecipeError
     from training.recipe.plan import describe_plan, format_plan
     from training.recipe.run import run_recipe
+    from training.train.stop import sigterm_raises
 
     opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
     opts["extra_worlds"] = [w.strip() for w in extra_worlds.split(",") if w.strip()]
@@ -216,7 +265,8 @@ def gpu_recipe(
         if dry_run:
             typer.echo(format_plan(describe_plan(cfg)))
             return
-        summary = run_recipe(cfg, log=typer.echo)
+        with sigterm_raises():  # SIGTERM as Ctrl-C; in training: last.pt first (training.train.stop)
+            summary = run_recipe(cfg, log=typer.echo)
     except RecipeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

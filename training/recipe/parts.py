@@ -3,14 +3,19 @@ torchrun command and the engine's place; read-only, so the plan and the steps sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from sbd_stream.engines.card import QUALITY_ENGINE
+from sbd_stream.engines.card import QUALITY_ENGINE, ArtefactError, default_engine_root
 from training.recipe.config import GPU_DEFAULTS, MODELS, RecipeConfig, RecipeError
+
+QUALITY_CANDIDATE = f"{QUALITY_ENGINE}-gpu"
+"""The recipe's run and engine name for the paper-quality 4 x 64 network (as benchmarks/gpu_paper_session.sh
+names it): a candidate that nothing picks until ``sbd-train install-quality`` installs it."""
 
 
 def sim_preset(cfg: RecipeConfig, name: str | None = None) -> Any:
@@ -152,7 +157,9 @@ def train_config(cfg: RecipeConfig, device: str) -> Any:
     if freeze is not None:
         tc = tc.model_copy(update={"freeze_norm_after": None if freeze < 0 else freeze})
     if cfg.name is None and cfg.train_preset == "paper-quality" and (tc.scales, tc.channels) == (4, 64):
-        name: str | None = QUALITY_ENGINE  # the engine offline work picks on a GPU (engines.card)
+        # a candidate for the quality engine, not the name offline work picks on a GPU (engines.card):
+        # that one is installed only by `sbd-train install-quality`, after the quality checks pass
+        name: str | None = QUALITY_CANDIDATE
     else:
         name = cfg.name or (
             f"sbd-unet{tc.scales}x{tc.channels}-gpu" if tc.architecture.value == "unet" else None
@@ -208,4 +215,18 @@ def torchrun_command(config_json: Path, nproc: int, resume: bool) -> list[str]:
 
 
 def engine_dir(cfg: RecipeConfig, run_name: str) -> Path:
-    return cfg.engine_dir or Path("engines") / run_name
+    """Where the export step writes the engine; never the quality engine's own folder.
+
+    Why: exported there, a run became what ``offline_engine()`` picks on every CUDA machine without any
+    check (audit 24); ``sbd-train install-quality`` installs it there once the quality checks pass."""
+    out = cfg.engine_dir or Path("engines") / run_name
+    taken = [Path("engines") / QUALITY_ENGINE]
+    with contextlib.suppress(ArtefactError):  # SBD_ENGINE_DIR names no folder: nothing is picked there
+        taken.append(default_engine_root() / QUALITY_ENGINE)
+    if any(out.resolve() == t.resolve() for t in taken):
+        raise RecipeError(
+            f"{out} is the quality engine's own folder ({QUALITY_ENGINE}), which offline work picks on a "
+            f"GPU: export under another --name or --engine-dir (default {QUALITY_CANDIDATE}), then install "
+            f"it with `sbd-train install-quality ENGINE`, which runs the quality checks first"
+        )
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from sbd_stream.engines.card import QUALITY_ENGINE
 from training.recipe.config import (
     SUMMARY_FILE,
     RecipeConfig,
@@ -84,6 +85,11 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
             item["init_from"] = cfg.init_from
         elif s == "export":
             item["command"] = f"sbd-train export {tc.run_dir} --engine-dir {ctx.engine_dir}"
+            if cfg.train_preset == "paper-quality":
+                item["quality_engine"] = (
+                    f"not installed: `sbd-train install-quality {ctx.engine_dir}` runs the quality checks "
+                    f"(tests/e2e/test_engine_quality.py) and only then installs it as {QUALITY_ENGINE}"
+                )
         elif s == "tensorrt":
             reason = dev["tensorrt_unavailable"]
             item["command"] = f"sbd-train build-engine {ctx.engine_dir} --precision {cfg.precision}"

@@ -25,6 +25,8 @@ def run_recipe(cfg: RecipeConfig, log: Callable[[str], None] = print) -> dict[st
         else (cfg.device or ("cuda" if dev["cuda_available"] else "cpu"))
     )
     ctx = StepContext(cfg, dev, device)
+    if {"export", "tensorrt", "evaluate"} & set(steps):
+        _ = ctx.engine_dir  # refuses the quality engine's own folder before any step runs
     summary: dict[str, Any] = {
         "recipe": "sbd-train gpu-recipe",
         "command": invocation("sbd-train"),

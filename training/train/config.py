@@ -6,6 +6,7 @@ recipe and the CLI can read a run's config without importing the loop.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 
@@ -105,6 +106,16 @@ class TrainConfig(BaseModel):
         "(tensor cores on a GPU; no loss scaling needed); weights, optimiser and validation stay float32",
     )
     notes: str = ""
+
+    @field_validator("extra_data_weights")
+    @classmethod
+    def _weights_are_finite(cls, weights: list[float]) -> list[float]:
+        """NaN passed ``w < 0`` and ``inf`` made the draw probabilities NaN: the run folder was made and
+        the run died on NumPy's "Probabilities contain NaN" (audit 24)."""
+        for w in weights:
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"{w} is not a finite non-negative number")
+        return weights
 
     @field_validator("augment")
     @classmethod

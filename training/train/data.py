@@ -136,7 +136,7 @@ def _draw_probabilities(
     without weights draw exactly as before."""
     if not weights or all(w == 1.0 for w in weights):
         return None
-    if len(weights) != n_extra or any(w < 0 for w in weights):
-        raise ValueError(f"extra_data_weights: {n_extra} non-negative weights needed, got {weights}")
+    if len(weights) != n_extra or not all(np.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"extra_data_weights: {n_extra} finite non-negative weights needed, got {weights}")
     per_file = np.array([1.0, *weights])[np.array([f for f, _ in sources])]
     return per_file / per_file.sum()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -29,19 +30,53 @@ from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
 from training.train.config import LRSchedule, TrainConfig
 from training.train.data import TrainData
+from training.train.lock import RunBusy, RunLock
 from training.train.network import build_network, init_weights, predict_full, set_train_mode, warn_sampling
-from training.train.resume import effective_freeze, resumed_config
+from training.train.resume import effective_freeze, resumed_config, stored_config
+from training.train.stop import Interrupted, StopRequest
 
 
-def scheduled_lr(cfg: TrainConfig, step: int, elapsed_s: float) -> float | None:
-    """The cosine schedule's rate at this point of the budget; None for the plateau schedule."""
+def scheduled_lr(
+    cfg: TrainConfig, step: int, elapsed_s: float, anchor: dict[str, Any] | None = None
+) -> float | None:
+    """The cosine schedule's rate at this point of the budget; None for the plateau schedule.
+
+    ``anchor`` (``{"step", "elapsed_s", "lr"}``): where a resumed run was given another budget. From
+    there the rate decays from the rate it had (``lr``) to ``min_lr`` at the new budget's end, so a
+    larger ``--max-steps`` never raises it (the curve of the new budget from step 0 would: +50 % at the
+    resume step in audit 24). Without one: from ``cfg.lr`` at step 0."""
     if cfg.lr_schedule is not LRSchedule.cosine:
         return None
-    fractions = [step / cfg.max_steps]
+    a = anchor or {"step": 0, "elapsed_s": 0.0, "lr": cfg.lr}
+    fractions = [_fraction(step - a["step"], cfg.max_steps - a["step"])]
     if cfg.max_minutes:
-        fractions.append(elapsed_s / (60.0 * cfg.max_minutes))
-    p = min(1.0, max(fractions))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+        fractions.append(_fraction(elapsed_s - a["elapsed_s"], 60.0 * cfg.max_minutes - a["elapsed_s"]))
+    p = min(1.0, max(0.0, *fractions))
+    return cfg.min_lr + 0.5 * (a["lr"] - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+def _fraction(done: float, total: float) -> float:
+    return done / total if total > 0 else 1.0
+
+
+def retime_anchor(old: TrainConfig, new: TrainConfig, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The anchor a resumed cosine run goes on from when its budget changed (None: unchanged, or not
+    cosine): the rate the run's own schedule gives at its current step and time."""
+    if new.lr_schedule is not LRSchedule.cosine or (old.max_steps, old.max_minutes) == (
+        new.max_steps,
+        new.max_minutes,
+    ):
+        return None
+    rate = scheduled_lr(old, state["step"], state["elapsed_s"], state.get("lr_anchor"))
+    return {"step": state["step"], "elapsed_s": state["elapsed_s"], "lr": rate}
+
+
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``<path>.tmp``, then a rename: a kill or a full disk during the write leaves the
+    previous file whole (``best.pt`` was written in place: a truncated one lost the run's best weights)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 # --- distributed helpers ----------------------------------------------------------------------------
@@ -116,7 +151,25 @@ def _log(run_dir: Path, rank: int, record: dict[str, Any]) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary also written to ``<run_dir>/summary.json``."""
+    """Run (or resume) training; returns the summary also written to ``<run_dir>/summary.json``.
+
+    One process per run folder (``lock.RunLock``, held by rank 0 until the run ends): a second one is
+    refused at once when the folder exists, else when it makes it (after its inputs are checked, so a
+    refused run still leaves no folder behind). SIGINT / SIGTERM end the step in progress, write
+    ``last.pt`` and raise ``stop.Interrupted``."""
+    rank = _dist()[0]
+    held: list[RunLock] = []
+    if rank == 0 and cfg.run_dir.is_dir():
+        held.append(RunLock(cfg.run_dir))  # before anything is read or written
+    try:
+        return _train(cfg, resume, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, resume: bool, held: list[RunLock]) -> dict[str, Any]:
+    """The run; ``held`` gets rank 0's lock when this call makes the run folder (released by ``train``)."""
     rank, world = _dist()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -131,6 +184,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     run_dir = cfg.run_dir
     last = run_dir / "last.pt"
     resuming = resume and last.is_file()
+    before = stored_config(run_dir) if resuming else None
     if resuming:
         cfg = resumed_config(cfg, run_dir)  # the same run, or a one-line refusal
     torch.manual_seed(cfg.seed)
@@ -140,6 +194,13 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     init = None if resuming or cfg.init_from is None else init_weights(cfg)
     # inputs read and checked: only now does the run get its folder (a refused run leaves none behind)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not held:
+        held.append(RunLock(run_dir))
+        if resuming != (resume and last.is_file()):
+            raise RunBusy(
+                f"{run_dir}: another training run wrote a checkpoint here while this one read its data; "
+                "rerun the same command to resume it"
+            )
     amp = cfg.amp == "bf16"
     if amp:
         net = net.to(memory_format=torch.channels_last)
@@ -156,6 +217,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         sched.load_state_dict(ck["scheduler"])
         state.update(ck["state"])
         _log(run_dir, rank, {"event": "resumed", "step": state["step"]})
+        anchor = retime_anchor(before, cfg, state) if before is not None else None
+        if anchor is not None:  # the cosine decays from its current rate to the new budget's end
+            state["lr_anchor"] = anchor
+            _log(run_dir, rank, {"event": "lr_retimed", **anchor})
     else:
         if rank == 0:
             (run_dir / "log.jsonl").unlink(missing_ok=True)
@@ -184,19 +249,54 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
     if data.train is not None:
         data.train = data.train.to(device)
     t0 = time.perf_counter() - state["elapsed_s"]
-    ema: torch.Tensor | None = None
-    stop = False
     # a run started from an engine's weights freezes batch norm at once (also when it resumes without
     # repeating --init-from: the run's own record in last.pt decides; see resume.effective_freeze)
     frozen_at = effective_freeze(cfg, state.get("init_from"))
     model.train()
+    try:
+        with StopRequest() as request:
+            _loop(cfg, data, norm, device, model, net, opt, sched, state, t0, frozen_at, amp, request)
+    finally:
+        data.close()
+    return _finish(cfg, data, net, state, t0, device, frozen_at)
+
+
+def _checkpoint(net: nn.Module, opt: Any, sched: Any, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "state": dict(state),
+    }
+
+
+def _loop(
+    cfg: TrainConfig,
+    data: TrainData,
+    norm: Normalisation,
+    device: torch.device,
+    model: nn.Module,
+    net: nn.Module,
+    opt: Any,
+    sched: Any,
+    state: dict[str, Any],
+    t0: float,
+    frozen_at: int | None,
+    amp: bool,
+    request: StopRequest,
+) -> None:
+    """Steps until the budget, early stopping or a stop request (then ``last.pt`` and Interrupted)."""
+    rank, world = _dist()
+    run_dir, last = cfg.run_dir, cfg.run_dir / "last.pt"
+    ema: torch.Tensor | None = None
+    stop = False
     while not stop:
         step = state["step"]
         set_train_mode(model, frozen_at is not None and step >= frozen_at)
         rng = np.random.default_rng([cfg.seed, rank, step])
         which = data.draw(rng, cfg.batch)
         x, y = draw_batch(data.images(which, device), rng, cfg.augment, data.dose, norm)
-        lr_now = scheduled_lr(cfg, step, time.perf_counter() - t0)
+        lr_now = scheduled_lr(cfg, step, time.perf_counter() - t0, state.get("lr_anchor"))
         if lr_now is not None:
             for group in opt.param_groups:
                 group["lr"] = lr_now
@@ -211,7 +311,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         ema = loss.detach() if ema is None else 0.9 * ema + 0.1 * loss.detach()
         elapsed = time.perf_counter() - t0
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
-        out_of_time = bool(_all_reduce([float(out_of_time)])[0])
+        # one reduction for both: every rank stops at the same step, signalled or not
+        flags = _all_reduce([float(out_of_time), float(request.signum is not None)])
+        out_of_time, stopping = bool(flags[0]), bool(flags[1])
         done = step >= cfg.max_steps or out_of_time
         if step % cfg.log_every == 0:
             _log(
@@ -242,7 +344,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
             if improved:
                 state.update(best_psnr=score, best_step=step, bad=0)
                 if rank == 0:
-                    torch.save(net.state_dict(), run_dir / "best.pt")
+                    _save(net.state_dict(), run_dir / "best.pt")
             else:
                 state["bad"] += 1
             state["elapsed_s"] = time.perf_counter() - t0
@@ -261,18 +363,37 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
                 },
             )
             if rank == 0:
-                ck = {
-                    "model": net.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "state": dict(state),
-                }
-                torch.save(ck, run_dir / "last.pt.tmp")
-                os.replace(run_dir / "last.pt.tmp", last)
+                _save(_checkpoint(net, opt, sched, state), last)
             if state["bad"] >= cfg.early_stop_patience:
                 _log(run_dir, rank, {"event": "early_stop", "step": step})
                 done = True
+        if stopping and not done:
+            signum = request.signum or signal.SIGTERM  # a rank the signal did not reach: as SIGTERM
+            name = signal.Signals(signum).name
+            if step % cfg.val_every:  # else last.pt was just written
+                state["elapsed_s"] = time.perf_counter() - t0
+                if rank == 0:
+                    _save(_checkpoint(net, opt, sched, state), last)
+            _log(run_dir, rank, {"event": "interrupted", "signal": name, "step": step})
+            raise Interrupted(
+                signum,
+                f"training {run_dir} stopped by {name} at step {step}; {last} holds step {step}: "
+                "rerun the same command to resume",
+            )
         stop = done
+
+
+def _finish(
+    cfg: TrainConfig,
+    data: TrainData,
+    net: nn.Module,
+    state: dict[str, Any],
+    t0: float,
+    device: torch.device,
+    frozen_at: int | None,
+) -> dict[str, Any]:
+    rank, world = _dist()
+    run_dir = cfg.run_dir
     summary = {
         "name": cfg.name,
         "steps": state["step"],
@@ -307,7 +428,6 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
         "split_images": {k: len(v) for k, v in data.splits.items()},
         "data_attrs": data.attrs,
     }
-    data.close()
     if rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(run_dir, rank, {"event": "done", "steps": state["step"], "best_val_psnr": state["best_psnr"]})

@@ -17,8 +17,9 @@ from training.train.config import TrainConfig
 
 MAY_DIFFER: frozenset[str] = frozenset(
     {
-        # budgets: how long the run goes on (with the cosine schedule the decay is re-timed to the new budget
-        # from the current step on; a stop rule decides when, not what, the network learns)
+        # budgets: how long the run goes on (with the cosine schedule the rate decays from its current
+        # value to min_lr at the new budget's end: loop.retime_anchor; a stop rule decides when, not
+        # what, the network learns)
         "max_steps",
         "max_minutes",
         "early_stop_patience",
@@ -75,6 +76,12 @@ def differences(stored: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, A
     return out
 
 
+def stored_config(run_dir: Path) -> TrainConfig | None:
+    """The options the run in ``run_dir`` was last started with (its ``config.json``; None: none)."""
+    path = run_dir / "config.json"
+    return TrainConfig.model_validate_json(path.read_text()) if path.is_file() else None
+
+
 def resumed_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     """The config a resumed run goes on with: ``cfg``, checked against the run's ``config.json``.
 
@@ -82,9 +89,9 @@ def resumed_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     freeze of a run started from an engine survives a resume that does not repeat ``--init-from``.
     Raises ResumeMismatch (one line: each differing field with both values, and how to go on)."""
     path = run_dir / "config.json"
-    if not path.is_file():
+    stored = stored_config(run_dir)
+    if stored is None:
         return cfg  # a last.pt without its config (an old run): nothing to compare with
-    stored = TrainConfig.model_validate_json(path.read_text())
     if cfg.init_from is None and stored.init_from is not None:
         cfg = cfg.model_copy(update={"init_from": stored.init_from})
     diff = differences(stored, cfg)
