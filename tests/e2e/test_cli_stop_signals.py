@@ -65,6 +65,13 @@ def _hup_default() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
+def _int_default() -> None:
+    """In the child: SIGINT at its default, so Python installs its Ctrl-C handler. A suite started as a
+    background job of a shell without job control (``cmd &`` in a script) inherits SIGINT ignored, and
+    a command started that way rightly ignores Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -234,7 +241,8 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
     At several points of the imports: one that landed inside ``dataclasses``' ``exec`` printed
     "interrupted" and then ended by SIGINT (status -2), 9 runs in 40 on a loaded machine."""
     for delay in (0.05, 0.2, 0.35, 0.5):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        proc = subprocess.Popen(cmd, **pipes, cwd=tmp_path, preexec_fn=_int_default)
         try:
             assert wait_until(lambda p=proc: _has_mapped(p.pid, loaded) or p.poll() is not None, 60)
             time.sleep(delay)

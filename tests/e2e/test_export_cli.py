@@ -232,6 +232,8 @@ def test_a_stop_signal_mid_export_leaves_no_temporary_file(
     monkeypatch.setattr(export_module, "_frames", signalled)
     # under nohup (the suite in the background) SIGHUP is ignored, and export rightly leaves it so
     hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # and a suite started as `cmd &` by a script inherits SIGINT ignored: Ctrl-C as in a terminal
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
         out = tmp_path / f"x.{to}"
@@ -239,6 +241,7 @@ def test_a_stop_signal_mid_export_leaves_no_temporary_file(
         after = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     finally:
         signal.signal(signal.SIGHUP, hup)
+        signal.signal(signal.SIGINT, sigint)
     number = getattr(signal, signame)
     assert res.exit_code == 128 + number, res.output
     assert f"{signame}: export stopped" in res.output
