@@ -27,7 +27,7 @@ _log = logging.getLogger(__name__)
 _MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
 _DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
 _FIXED = "Frames whose flat-vacuum level left 0.9-1.1x the fixed one (service/frame_flags.py)"
-_BLANK = "Frames without beam: mean under 2 % of the configured dose (zeros out, no columns; meta.blank)"
+_BLANK = "Frames without beam: mean under 2 % of the dose and 0.01 counts/px (zeros out; meta.blank)"
 _LEFT_OUT = "Evidence frames left out of a frame's LLR: blank, or dose outside 0.8-1.25x of the frame's"
 _NOT_FLAT = "Frames whose blocks taken as vacuum are not flat: level unreliable (meta.vacuum_not_flat)"
 _EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, as docs/service.md names them
@@ -37,7 +37,7 @@ _EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, as d
     "saturated; replaced by the frame's mean before denoising)",
     "saturated_px": "Pixels at the dtype's maximum replaced before denoising",
     "hot": "Frames holding hot pixels (counts impossible at the configured dose; replaced by the mean)",
-    "too_bright": "Frames > 0.1 % at the hot-pixel threshold: a dose far above the configured one (kept)",
+    "too_bright": "Frames over 5x the configured dose with pixels at the hot threshold: a wrong dose (kept)",
 }
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LANE_BUCKETS = (*_LATENCY_BUCKETS, 60.0, 120.0, 300.0, 600.0, 1800.0)  # the complete lane waits minutes

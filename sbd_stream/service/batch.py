@@ -41,7 +41,7 @@ from sbd_stream.engines.symmetry import orientations as orientations_of
 from sbd_stream.engines.symmetry import symmetrised, trained_orientations
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.llr_table import COLUMN_FIELDS
-from sbd_stream.service.frame_flags import BLANK_FRACTION, FrameFlags
+from sbd_stream.service.frame_flags import FrameFlags, blank_below
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class BatchResult:
     vacuum: np.ndarray | None = None  # (B,) the frame's vacuum level (meta.vacuum_counts), counts/det. px
     evidence_frames: np.ndarray | None = None  # (B,) other frames whose counts scored the columns (0: own)
     level: np.ndarray | None = None  # (B,) the frame's mean count per detector pixel (its dose)
-    blank: np.ndarray | None = None  # (B,) bool: no beam (mean under BLANK_FRACTION of the configured dose)
+    blank: np.ndarray | None = None  # (B,) bool: no beam (mean under frame_flags.blank_below)
     measured_vacuum: np.ndarray | None = None  # (B,) own estimated level, also in fixed mode (NaN: none)
     scored_vacuum: np.ndarray | None = None  # (B,) level the LLR was scored against, per frame's worth
     evidence_left_out: np.ndarray | None = None  # (B,) evidence frames left out (blank, dose outside band)
@@ -291,7 +291,7 @@ class BatchStage:
         pool = bin_counts(raw, g.bin)
         binned = pool[earlier:]
         level = pool.mean(dim=(1, 2))  # (E + B,) mean count per working pixel: a static specimen's dose
-        blank_rows = level < BLANK_FRACTION * g.vacuum_counts
+        blank_rows = level < blank_below(g.vacuum_counts, g.bin * g.bin)  # per working pixel
         blank = blank_rows[earlier:]
         den_w = symmetrised(
             lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientations

@@ -4,7 +4,8 @@ Why here (``BatchStage.process`` calls ``FrameFlags.apply``): every path goes th
 live service, ``sbd-stream denoise``, the Python API ``service/frames.py``), and each of these frames
 came out wrong without a word (audit 24):
 
-* **Blank** (no beam: the frame's mean under ``BLANK_FRACTION`` of the configured dose): a blanked frame
+* **Blank** (no beam: the frame's mean under ``BLANK_FRACTION`` of the configured dose *and* under
+  ``BLANK_MAX_COUNTS`` counts per detector pixel, ``blank_below``): a blanked frame
   came out as an invented image (0.14-0.28 counts/px, 275-344 "columns"), and the dose check advised
   "restart with --counts-per-px 6.25e-08". Its denoised output is now zeros, it has no columns and an
   all-zero map (``BatchStage``), and ``meta.blank`` is true.
@@ -42,6 +43,33 @@ BLANK_FRACTION = 0.02
 """A frame whose mean count is under 2 % of the configured dose has no beam: with beam, even a thick
 specimen passes far more, and a 0.05 counts/px frame in a 0.45 stream (11 %) is a dose mismatch, not a
 blank. Poisson cannot fake it: 2 % of 0.45 counts/px over 64 x 64 pixels is 37 counts against 1843."""
+
+BLANK_MAX_COUNTS = 0.01
+"""... and whose mean is under this many counts per detector pixel (45x below the paper's 0.45). Without
+it a dose configured more than 50x too high (a dose rate per second entered as per frame) made every
+frame "blank": all-zero outputs, and no dose advice (audit 24). Such a frame (0.45 counts/px against a
+configured 45) is now denoised and the dose check says "restart with --counts-per-px 0.45"."""
+
+
+def blank_below(configured: float, px: float = 1.0) -> float:
+    """The mean count under which a frame is blank, in the unit of ``configured`` (counts per working
+    pixel of ``px`` detector pixels): the smaller of ``BLANK_FRACTION`` of it and ``BLANK_MAX_COUNTS``."""
+    return min(BLANK_FRACTION * configured, BLANK_MAX_COUNTS * px)
+
+
+BLANK_DATASET = "blank_frames"
+"""The per-frame flag of an offline output (``sbd-stream denoise``, ``replay --offline``): the service has
+``meta.blank``, the Python API ``res.blank``; without it a blank frame there showed only as zeros."""
+
+
+def blank_dataset(f: Any, n: int) -> Any:
+    """The output's (n,) bool ``/blank_frames`` (h5py file ``f``), created unless there (a resumed job)."""
+    ds = f.require_dataset(BLANK_DATASET, shape=(n,), dtype=bool, fillvalue=False)
+    ds.attrs["description"] = (
+        "True for a frame without beam (mean under 2 % of the configured dose and under 0.01 counts per "
+        "detector pixel): its denoised frame is all zeros (docs/likelihood.md, Blank frames)"
+    )
+    return ds
 
 
 def fixed_mismatch(res: Any, fixed: float | None) -> np.ndarray:
@@ -99,15 +127,17 @@ def _at(values: np.ndarray | None, i: int) -> float:
 
 
 _BLANK = (
-    "acquisition %s frame %d: mean %.3g counts per detector pixel, under 2%% of the configured %.3g: beam "
-    "blanked? Published as a blank frame (denoised all zeros, no columns, meta.blank); counted in "
-    "sbd_blank_frames_total and never used as evidence. Logged once per acquisition"
+    "acquisition %s frame %d: mean %.3g counts per detector pixel, under 2%% of the configured %.3g and "
+    "under 0.01: beam blanked? Output as a blank frame (denoised all zeros, no columns), flagged (service: "
+    "meta.blank, sbd_blank_frames_total; denoise: /blank_frames; Python API: res.blank) and never used as "
+    "evidence. Logged once per acquisition"
 )
 _NOT_FLAT = (
     "acquisition %s frame %d: the blocks taken as vacuum (level %.3g counts per detector pixel) are not "
     "flat at the Poisson level: too little vacuum in the frame (the estimator needs 10%% of whole 5 A "
     "blocks), so the level may be ~20%% off and the LLR's sign with it (docs/likelihood.md). Marked "
-    "meta.vacuum_not_flat, counted in sbd_vacuum_not_flat_frames_total; for frames without vacuum use "
+    "vacuum_not_flat (service: meta.vacuum_not_flat, sbd_vacuum_not_flat_frames_total; Python API: "
+    "res.vacuum_not_flat); for frames without vacuum use "
     "vacuum_mode = 'fixed'. Logged once per acquisition"
 )
 _FIXED = (

@@ -26,6 +26,7 @@ from sbd_stream.formats.output_lock import output_lock
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.frame_flags import blank_dataset
 from sbd_stream.service.offline_plan import unstated
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
@@ -116,6 +117,7 @@ def _denoise_file(
         try:
             with atomic_h5(output, locked, overwrite) as f, _progress(n, progress) as bar:
                 out = create_output(f, (n, h, w), attrs)
+                blank_ds = blank_dataset(f, n)
                 for frames in stack.batches(d.batch_frames):
                     if stop:
                         break
@@ -133,13 +135,16 @@ def _denoise_file(
                     for fr in frs:
                         tally.add(fr.header.seq, fr.header.meta)
                     negative += negative_pixels(frames)
-                    out[done : done + len(frames)] = stage.process(frs).denoised
+                    res = stage.process(frs)
+                    out[done : done + len(frames)] = res.denoised
+                    if res.blank is not None:
+                        blank_ds[done : done + len(frames)] = res.blank
                     done += len(frames)
                     if bar is not None:
                         bar[0].update(bar[1], advance=len(frames))
                 if stop and done < n:  # the temporary file goes with the exception: this path cannot resume
                     raise _Interrupted(output, stop.signum or signal.SIGINT, done, n)
-                per_frame = np.asarray(f["replaced_pixels"][:])
+                per_frame, blank = np.asarray(f["replaced_pixels"][:]), np.asarray(blank_ds[:])
         except _Interrupted as e:  # said once the progress bar has stopped and the file is gone
             print(e, file=sys.stderr)
             raise
@@ -167,6 +172,7 @@ def _denoise_file(
         "replaced_pixels": int(per_frame.sum()),
         "frames_with_replaced": int(np.count_nonzero(per_frame)),
         "negative_pixels": negative,
+        "blank_frames": int(blank.sum()),
     }
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from sbd_stream.config import DenoiseSettings
 from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
+from sbd_stream.service.frame_flags import blank_dataset
 from sbd_stream.service.offline_partial import PartialWriter, open_partial
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
@@ -179,7 +180,7 @@ def denoise_chunk(
     frames = read_frames(src, start, stop)
     _, h, w = src.shape
     out = np.empty((stop - start, h, w), np.float32)
-    bad = np.zeros(stop - start, np.int64)
+    bad, blank = np.zeros(stop - start, np.int64), np.zeros(stop - start, bool)
     negative, tally = 0, EdgeTally(dose := stage.geometry.detector.vacuum_counts)  # hot pixels: the dose
     for i in range(0, len(frames), batch):
         part = np.array(frames[i : i + batch])
@@ -189,8 +190,11 @@ def denoise_chunk(
         for fr in frs:
             tally.add(fr.header.seq, fr.header.meta)
         negative += negative_pixels(part)
-        out[i : i + len(part)] = stage.process(frs).denoised
+        res = stage.process(frs)
+        out[i : i + len(part)] = res.denoised
+        blank[i : i + len(part)] = res.blank if res.blank is not None else False
     info = {"pid": os.getpid(), "engine_loads": loads, "replaced": bad, "negative_pixels": negative}
+    info["blank"] = blank  # per frame: no beam (``/blank_frames``)
     return out, {**info, "edge": tally}  # which pixels were replaced, and frames too bright for the rule
 
 
@@ -326,6 +330,7 @@ def denoise_distributed(
         index = recording_index(src) if src.recording else None
         f, start = open_partial(partial, sidecar, fp, attrs, resume, index)
         out = PartialWriter(f, partial, sidecar, fp, output, start)
+        blank_ds = blank_dataset(f, n)  # written before each chunk's flush in ``out.write``
         stack.callback(out.close)
         todo = [c for c in chunks if c[0] >= start]
         bar = stack.enter_context(_bar(n, start)) if progress else None
@@ -338,6 +343,7 @@ def denoise_distributed(
         negative, tally = 0, EdgeTally(DetectorSettings(**det).vacuum_counts)  # a resume: its chunks only
         try:
             for (a, b), arr, info in results:
+                blank_ds[a:b] = info["blank"]
                 out.write(a, b, arr, info["replaced"])
                 negative += info["negative_pixels"]
                 tally.merge(info["edge"])
@@ -354,7 +360,7 @@ def denoise_distributed(
             stack.close()  # the progress bar, the file, the client and its cluster
             print(stop_at, file=sys.stderr)
             raise stop_at
-        per_frame = out.replaced()
+        per_frame, blank = out.replaced(), np.asarray(blank_ds[:])
         out.close()
         _refuse_existing(output, overwrite, partial)
         os.replace(partial, output)
@@ -374,7 +380,7 @@ def denoise_distributed(
         "chunk_frames": size, "chunks": len(chunks), "resumed_from": start,
         "engine_loads_per_worker": sorted(loads.values()),  # per worker that ran a chunk: 1 each
         "replaced_pixels": int(per_frame.sum()), "frames_with_replaced": int(np.count_nonzero(per_frame)),
-        "negative_pixels": negative,
+        "negative_pixels": negative, "blank_frames": int(blank.sum()),
     }  # fmt: skip
 
 

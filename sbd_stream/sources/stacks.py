@@ -399,8 +399,9 @@ def create_output(
     bad = f.create_dataset("replaced_pixels", shape=(shape[0],), dtype="int64", fillvalue=0)
     bad.attrs["description"] = (
         "pixels per input frame replaced by the frame's mean before denoising: NaN / Inf in float "
-        "frames, the dtype's maximum (defective, gap or saturated) in unsigned ones; the denoised "
-        "values there are invented"
+        "frames, the dtype's maximum (defective, gap or saturated) in unsigned ones, and hot pixels "
+        "(a count impossible under Poisson statistics at the stated dose); the denoised values there "
+        "are invented"
     )
     for k, v in attrs.items():
         f.attrs[k] = v if isinstance(v, str | int | float) else json.dumps(v)

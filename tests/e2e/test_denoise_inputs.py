@@ -248,3 +248,25 @@ def test_abtem_tiffs_state_their_sampling_and_a_planar_series_is_frames(
     assert _summary(_denoise(tmp_path / "ij.tif", tmp_path / "o3.h5", tiny_engine_dir))["pixel_size_A"] == (
         pytest.approx(0.12)
     )
+
+
+@pytest.mark.parametrize("scheduler", ["none", "local"])
+def test_a_blank_frame_is_flagged_in_the_output_and_the_summary(
+    scheduler: str, tiny_engine_dir: Path, tmp_path: Path, caplog
+) -> None:
+    """`denoise` wrote a blank frame only as zeros, and its warning named `meta.blank` and a metric that
+    do not exist there (audit 24): now `/blank_frames`, `blank_frames` in the summary, and the warning
+    names where each path records it."""
+    frames = _counts(3)
+    frames[1] = 0  # no beam
+    np.save(tmp_path / "in.npy", frames)
+    with caplog.at_level(logging.WARNING):
+        s = _summary(
+            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
+        )
+    assert s["blank_frames"] == 1
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_array_equal(f["blank_frames"][:], [False, True, False])
+        assert not f["denoised"][1].any()
+    if scheduler == "none":  # the local cluster's workers log in their own processes
+        assert "denoise: /blank_frames" in caplog.text

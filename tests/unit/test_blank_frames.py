@@ -136,3 +136,20 @@ def test_a_frame_without_vacuum_is_marked_not_flat_and_counted(den: Denoiser) ->
     assert check is not None
     check.result(res)
     assert m.vacuum_not_flat_frames._value.get() == 1 and m.dose_mismatch_frames._value.get() == 0
+
+
+def test_a_dose_configured_far_too_high_is_advice_not_blank_frames(
+    den: Denoiser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.45 counts/px configured as 45 (a rate per second entered as per frame): every frame was "blank"
+    (zeros, no columns) and the dose check gave no advice (audit 24). Now: denoised, and the advice."""
+    stage = BatchStage(den, DetectorSettings(counts_per_px=45.0), LikelihoodSettings(enabled=True))
+    m = Metrics()
+    check = dose_check_for(stage, m)
+    assert check is not None
+    with caplog.at_level(logging.WARNING):
+        res = stage.process(_frames([0.45, 0.45]))
+        check.result(res)
+    assert res.blank is not None and not res.blank.any() and res.denoised.any(axis=(1, 2)).all()
+    assert not _blank_warnings(caplog) and m.blank_frames._value.get() == 0
+    assert any("restart with --counts-per-px" in r.getMessage() for r in caplog.records)

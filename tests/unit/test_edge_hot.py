@@ -78,14 +78,43 @@ def test_frames_without_hot_pixels_pass_untouched_even_at_four_times_the_dose() 
 
 
 def test_a_frame_far_brighter_than_the_configured_dose_is_counted_not_mangled() -> None:
-    """40x the dose: ~3 % of the pixels reach the threshold: a wrong dose, not hot pixels."""
+    """40x the dose: the frame's own mean is far over 5x the configured dose: a wrong dose, not hot pixels."""
     raw = _counts(18.0)
     m = Metrics()
     f = replace_invalid(_frame(raw), m, counts_per_px=0.45)
     n = int(np.count_nonzero(raw >= 27))
-    assert n > 1e-3 * raw.size
     assert f.data is raw and f.header.meta == {"k": 1, BRIGHT_KEY: n} and replaced(f) == 0
     assert m.value("sbd_frames_too_bright_total") == 1 and m.value("sbd_pixels_hot_total") == 0
+
+
+@pytest.mark.parametrize("side", [256, 512, 1024])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_hot_row_or_column_is_hot_pixels_at_any_frame_size(side: int, axis: int) -> None:
+    """A hot column of a 256^2 frame is 0.39 % of its pixels: the earlier "more than 0.1 % is a wrong
+    dose" rule left it in place and advised a dose (audit 24); the frame's own dose is right, so it is hot."""
+    raw = _counts(shape=(side, side))
+    line = (slice(None), side // 2) if axis else (side // 2, slice(None))
+    raw[line] = 1000
+    m = Metrics()
+    f = replace_invalid(_frame(raw), m, counts_per_px=0.45)
+    assert f.header.meta == {"k": 1, HOT_KEY: side} and replaced(f) == side
+    assert int(f.data[line].max()) == 0  # the mean of the others, 0.45, rounds to 0
+    assert m.value("sbd_frames_too_bright_total") == 0
+
+
+@pytest.mark.parametrize(("scale", "particle"), [(15, 2.0), (20, 1.5), (25, 1.5)])
+def test_a_wrong_configured_dose_replaces_no_real_count_even_with_contrast(
+    scale: int, particle: float
+) -> None:
+    """15-31x the configured dose on a specimen with contrast: some real counts reach the threshold; the
+    frame's own mean (> 5x the configured dose) says the dose is wrong, so none is replaced (audit 24)."""
+    rng = np.random.default_rng(7)
+    contrast = np.ones((384, 384))
+    contrast[100:200, 100:200] = particle  # a bright particle: a few of its counts reach the threshold
+    raw = rng.poisson(0.45 * scale * contrast).astype(np.uint16)
+    assert np.count_nonzero(raw >= hot_threshold(0.45)) > 0
+    f = replace_invalid(_frame(raw), Metrics(), counts_per_px=0.45)
+    assert f.data is raw and replaced(f) == 0 and f.header.meta[BRIGHT_KEY] > 0
 
 
 def test_float_frames_get_the_rule_and_negative_frames_are_left_alone() -> None:
