@@ -296,7 +296,7 @@ class BatchStage:
         den_w = symmetrised(
             lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientations
         )
-        den_w = torch.where(blank.view(-1, 1, 1), torch.zeros((), device=den_w.device), den_w)  # no beam
+        den_w = den_w.masked_fill(blank.view(-1, 1, 1), 0.0)  # no beam: zeros (no host sync to ask first)
         den = unbin(den_w, g.bin, (h, w), self.upsample)
         t1 = time.perf_counter()
         px = float(g.bin * g.bin)
