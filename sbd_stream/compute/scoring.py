@@ -76,6 +76,6 @@ def _estimate(stage: LikelihoodStage, raws: list[torch.Tensor], denoised: torch.
     s = stage.cfg.vacuum_block_px
     if min(denoised.shape[1:]) < s:  # only in fixed mode (the stage refuses smaller ones otherwise)
         nan = torch.full(denoised.shape[:1], math.nan, device=denoised.device)
-        return VacuumBlocks([nan for _ in raws], nan, nan)
+        return VacuumBlocks([nan for _ in raws], nan, nan, nan, nan)
     with torch.no_grad(), torch_threads(stage.cpu_threads):
         return vacuum_blocks(stage.cfg, raws, denoised, masked=True)

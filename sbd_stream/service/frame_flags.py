@@ -11,7 +11,10 @@ came out wrong without a word (audit 24):
   all-zero map (``BatchStage``), and ``meta.blank`` is true.
 * **Vacuum not flat** (``vacuum_mode = estimate``): the blocks taken as vacuum do not look like vacuum
   (``compute/vacuum.py``), so the level may be ~20 % off and the LLR's sign with it; ``meta.vacuum_not_flat``
-  (the dose check still counts such a frame: a level far outside its band is no estimator bias).
+  (the dose check still counts such a frame: a level far outside its band is no estimator bias). The
+  warning names the cause by the frame's level: inside ``DOSE_BAND`` of the configured dose, too little
+  vacuum; outside it, the dose (the engine's ranking of the blocks is only sound at its dose; audit 24
+  saw "too little vacuum" said of a 0.6x frame with half of it vacuum).
 * **Fixed level off** (``vacuum_mode = fixed``): where a frame's own estimate is reliable (its blocks are
   flat), it differs from the fixed level by more than ``FIXED_BAND``; a level 20 % off reverses the LLR's
   verdict, and nothing said so below the start-up warning's 3x. Flat vacuum's estimate is within ~2 %,
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.compute.evidence import DOSE_BAND
 from sbd_stream.sinks.record_item import Recent
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,12 @@ class FrameFlags:
             if blank[i]:
                 self._once("blank", h.acq, _BLANK, h.acq, h.seq, level, self.configured)
             elif not_flat[i]:
-                self._once("not_flat", h.acq, _NOT_FLAT, h.acq, h.seq, _at(res.vacuum, i))
+                vac = _at(res.vacuum, i)
+                ratio = vac / self.configured if self.configured > 0 else math.nan
+                if DOSE_BAND[0] <= ratio <= DOSE_BAND[1]:
+                    self._once("not_flat", h.acq, _NOT_FLAT, h.acq, h.seq, vac)
+                else:  # the engine works at the configured dose: off it, it may take specimen as vacuum
+                    self._once("not_flat", h.acq, _NOT_FLAT_DOSE, h.acq, h.seq, vac, ratio, self.configured)
             else:
                 measured = _at(res.measured_vacuum, i)
                 self._once("fixed", h.acq, _FIXED, h.acq, h.seq, measured, measured / (self.fixed or 1.0),
@@ -139,6 +148,14 @@ _NOT_FLAT = (
     "vacuum_not_flat (service: meta.vacuum_not_flat, sbd_vacuum_not_flat_frames_total; Python API: "
     "res.vacuum_not_flat); for frames without vacuum use "
     "vacuum_mode = 'fixed'. Logged once per acquisition"
+)
+_NOT_FLAT_DOSE = (
+    "acquisition %s frame %d: the blocks taken as vacuum (level %.3g counts per detector pixel, %.2fx the "
+    "configured %.3g) are not flat at the Poisson level: the engine denoises at the configured dose, and "
+    "off it the blocks it leaves flattest can be specimen, so the level may be off and the LLR's sign with "
+    "it (docs/likelihood.md). Marked vacuum_not_flat (service: meta.vacuum_not_flat, "
+    "sbd_vacuum_not_flat_frames_total; Python API: res.vacuum_not_flat); set the dose the frames have "
+    "(the dose check says which). Logged once per acquisition"
 )
 _FIXED = (
     "acquisition %s frame %d: its own vacuum level %.3g counts per detector pixel (measured on flat "
