@@ -27,6 +27,14 @@ runner = CliRunner()
 _denoise, _summary = denoise_cli, denoise_summary
 
 
+def _denoise_logged(frames: np.ndarray, tmp_path: Path, engine: Path, scheduler: str, caplog) -> dict:
+    """``frames`` saved as ``in.npy``, denoised into ``o.h5`` with ``scheduler``, warnings captured: the
+    command's JSON summary."""
+    np.save(tmp_path / "in.npy", frames)
+    with caplog.at_level(logging.WARNING):
+        return _summary(_denoise(tmp_path / "in.npy", tmp_path / "o.h5", engine, "--scheduler", scheduler))
+
+
 def _counts(n: int = 2, shape: tuple[int, int] = (48, 40), dtype: str = "uint16") -> np.ndarray:
     return np.random.default_rng(1).poisson(0.45, (n, *shape)).astype(dtype)
 
@@ -40,11 +48,7 @@ def test_flagged_pixels_are_replaced_counted_and_do_not_spread(
     the paper's 0.45 counts/px make 27 impossible) spread over 20-28 A: all replaced, per frame."""
     frames = _counts(dtype="float32" if flag == "nan" else "uint16")
     frames[1, 20, 20] = {"nan": np.nan, "max": 65535, "hot": 500}[flag]
-    np.save(tmp_path / "in.npy", frames)
-    with caplog.at_level(logging.WARNING):
-        s = _summary(
-            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
-        )
+    s = _denoise_logged(frames, tmp_path, tiny_engine_dir, scheduler, caplog)
     assert s["replaced_pixels"] == 1 and s["frames_with_replaced"] == 1
     assert "replaced by their frame's mean" in caplog.text
     assert ("1 hot (>= 27 counts" in caplog.text) is (flag == "hot")
@@ -69,11 +73,7 @@ def test_frames_brighter_than_the_dose_are_not_mangled_by_the_hot_pixel_rule(
     dose, not hot pixels: nothing replaced, the output as without the rule, one warning naming them."""
     rng = np.random.default_rng(3)
     frames = np.stack([rng.poisson(lam, (48, 40)) for lam in (0.45, 1.8, 18.0)]).astype(np.uint16)
-    np.save(tmp_path / "in.npy", frames)
-    with caplog.at_level(logging.WARNING):
-        s = _summary(
-            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
-        )
+    s = _denoise_logged(frames, tmp_path, tiny_engine_dir, scheduler, caplog)
     assert s["replaced_pixels"] == 0
     with h5py.File(tmp_path / "o.h5") as f:
         np.testing.assert_array_equal(f["replaced_pixels"][:], [0, 0, 0])
@@ -259,11 +259,7 @@ def test_a_blank_frame_is_flagged_in_the_output_and_the_summary(
     names where each path records it."""
     frames = _counts(3)
     frames[1] = 0  # no beam
-    np.save(tmp_path / "in.npy", frames)
-    with caplog.at_level(logging.WARNING):
-        s = _summary(
-            _denoise(tmp_path / "in.npy", tmp_path / "o.h5", tiny_engine_dir, "--scheduler", scheduler)
-        )
+    s = _denoise_logged(frames, tmp_path, tiny_engine_dir, scheduler, caplog)
     assert s["blank_frames"] == 1
     with h5py.File(tmp_path / "o.h5") as f:
         np.testing.assert_array_equal(f["blank_frames"][:], [False, True, False])

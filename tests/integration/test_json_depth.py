@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from conftest import wait_until
 
 from sbd_stream import protocol as p
 from sbd_stream.config import IngestSettings, InputSocket, SocketMode, WireV1Input
@@ -71,15 +72,6 @@ def test_what_the_encoder_writes_at_the_limit_decodes() -> None:
     assert p.decode(parts).header.meta == nested(LIMIT - 1)
 
 
-def _wait(pred, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
-
 @pytest.mark.timeout(60)
 def test_the_service_receiver_takes_the_limit_and_refuses_one_past_as_bad_json() -> None:
     """On its own receive thread, over a real socket: the same answer as the reference decoder."""
@@ -100,7 +92,7 @@ def test_the_service_receiver_takes_the_limit_and_refuses_one_past_as_bad_json()
             push.send_multipart(frame_parts(depth, kind, seq))
         push.send_multipart([b"frame", b"not json", b""])  # sentinel: counted after everything before it
         bad = lambda: m.value("sbd_frames_malformed_total", {"reason": "bad_json"})  # noqa: E731
-        assert _wait(lambda: bad() == 4), bad()
+        assert wait_until(lambda: bad() == 4), bad()
         assert [f.header.seq for f in got] == [0, 2]
         assert m.value("sbd_frames_received_total") == 2
         assert m.value("sbd_frames_malformed_total", {"reason": "internal_error"}) == 0

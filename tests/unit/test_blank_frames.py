@@ -45,6 +45,17 @@ def _frames(doses: list[float], acq: str = "acq", seed: int = 0, vacuum: bool = 
     return out
 
 
+def _checked(stage: BatchStage, frames: list[Frame], caplog: pytest.LogCaptureFixture) -> tuple:
+    """(result, metrics): ``frames`` through ``stage`` and the service's dose check, warnings captured."""
+    m = Metrics()
+    check = dose_check_for(stage, m)
+    assert check is not None
+    with caplog.at_level(logging.WARNING):
+        res = stage.process(frames)
+        check.result(res)
+    return res, m
+
+
 def _blank_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "beam blanked?" in r.getMessage()]
 
@@ -105,12 +116,7 @@ def test_a_fixed_vacuum_level_20_percent_off_is_counted_and_warned_once(
     """Calibration defect 1: the start-up warning fires at 3x; a frame with flat vacuum tells at 1.1x."""
     lk = LikelihoodSettings(enabled=True, vacuum_mode="fixed", vacuum_counts=0.54)
     stage = BatchStage(den, DetectorSettings(), lk)
-    m = Metrics()
-    check = dose_check_for(stage, m)
-    assert check is not None
-    with caplog.at_level(logging.WARNING):
-        res = stage.process(_frames([0.45, 0.45]))
-        check.result(res)
+    res, m = _checked(stage, _frames([0.45, 0.45]), caplog)
     assert res.measured_vacuum is not None and res.measured_vacuum == pytest.approx([0.45, 0.45], rel=0.05)
     assert m.fixed_vacuum_mismatch_frames._value.get() == 2
     said = [r.getMessage() for r in caplog.records if "fixed likelihood vacuum_counts" in r.getMessage()]
@@ -144,12 +150,7 @@ def test_a_dose_configured_far_too_high_is_advice_not_blank_frames(
     """0.45 counts/px configured as 45 (a rate per second entered as per frame): every frame was "blank"
     (zeros, no columns) and the dose check gave no advice (audit 24). Now: denoised, and the advice."""
     stage = BatchStage(den, DetectorSettings(counts_per_px=45.0), LikelihoodSettings(enabled=True))
-    m = Metrics()
-    check = dose_check_for(stage, m)
-    assert check is not None
-    with caplog.at_level(logging.WARNING):
-        res = stage.process(_frames([0.45, 0.45]))
-        check.result(res)
+    res, m = _checked(stage, _frames([0.45, 0.45]), caplog)
     assert res.blank is not None and not res.blank.any() and res.denoised.any(axis=(1, 2)).all()
     assert not _blank_warnings(caplog) and m.blank_frames._value.get() == 0
     assert any("restart with --counts-per-px" in r.getMessage() for r in caplog.records)
