@@ -12,8 +12,13 @@ import sys
 
 
 def main() -> None:
+    """Ctrl-C is held while ``training.cli`` imports torch (``sbd_stream.sigint_hold``: one landing in
+    torch's pybind11 frames aborted the process, status -6), then taken as "interrupted", 130."""
     try:
-        from training.cli import app
+        from sbd_stream.sigint_hold import sigint_held
+
+        with sigint_held():
+            from training.cli import app
 
         app()
     except KeyboardInterrupt:

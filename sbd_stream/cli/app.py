@@ -235,8 +235,14 @@ def _main() -> None:
     own shutdown at exit still touched it and crashed now and then (status -11 after a clean stop, in
     CI). The command's output is written by then; only the interpreter's teardown is skipped. Only here,
     at the console entry: commands run in-process (tests) never end the process.
+
+    That import brings in torch and h5py, with Ctrl-C held (``sbd_stream.sigint_hold``: one landing
+    inside torch's pybind11 frames aborted the process).
     """
-    from sbd_stream.formats.recording import abandoned_parts
+    from sbd_stream.sigint_hold import sigint_held
+
+    with sigint_held():
+        from sbd_stream.formats.recording import abandoned_parts
 
     t0 = time.perf_counter()
     try:

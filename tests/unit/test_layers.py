@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "security": 0,
     "httpd": 0,  # the bounded HTTP server of /metrics and the viewer (a leaf: standard library)
     "log_limit": 0,  # rate-limited log lines for per-event warnings (a leaf: standard library)
+    "sigint_hold": 0,  # Ctrl-C held while torch imports (the console entries; a leaf: standard library)
     "invocation": 0,
     "supervisor": 0,
     "worker": 1,
