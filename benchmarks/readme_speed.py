@@ -341,6 +341,24 @@ def dectris() -> str:
     return "\n".join(lines)
 
 
+def edge() -> str:
+    """``python -m benchmarks.bench_edge``: bench_edge.json, the edge's cost per received frame."""
+    d = load("bench_edge.json")
+    sizes = list(dict.fromkeys(r["frame"] for r in d["rows"]))
+    cases = list(dict.fromkeys(r["case"] for r in d["rows"]))
+    ms = {(r["frame"], r["case"]): r["ms"] for r in d["rows"]}
+    lines = [
+        f"{source(d, 'bench_edge.json')}, {cores(d)}; uint16, {d['dose_counts_per_px']} counts/px, "
+        f"median of {d['repeats']}; ms per frame, in the receiving thread):",
+        "",
+        "| detector state | " + " | ".join(sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for c in cases:
+        lines.append(f"| {c} | " + " | ".join(f"{ms[(s, c)]:.2f}" for s in sizes) + " |")
+    return "\n".join(lines)
+
+
 def simulation() -> str:
     """``python -m benchmarks.bench_simulation``: simulation.json (timed, then extrapolated)."""
     d = load("simulation.json")

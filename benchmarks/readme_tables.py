@@ -58,6 +58,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "scale_out": speed.scale_out,
     "live_service": speed.live_service,
     "dectris": speed.dectris,
+    "edge": speed.edge,
     "simulation": speed.simulation,
     "curve": speed.curve,
 }

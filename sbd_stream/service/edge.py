@@ -42,7 +42,8 @@ the frame's other pixels (0 when there are none), is counted (``sbd_frames_nonfi
 ``meta.saturated_pixels`` or ``meta.hot_pixels = N`` so a subscriber knows those pixels were
 invented. A frame without them passes untouched at the cost of one reduction (max; float frames: max
 and min, which also find NaN / Inf); only a frame whose maximum reaches a threshold is masked (a
-3838 x 3710 uint16 frame: ~1 ms untouched, ~20 ms with a hot or a dtype-maximum pixel).
+3838 x 3710 uint16 frame: ~1 ms untouched, 12-16 ms with a hot or a dtype-maximum pixel;
+``benchmarks/bench_edge.py``).
 """
 
 from __future__ import annotations
@@ -125,9 +126,22 @@ def invalid_pixels(data: np.ndarray, hot: float | None = None) -> tuple[dict[str
     non-zero only when the frame's own dose is over ``HOT_MAX_DOSE`` x the one ``hot`` was derived from
     (a wrong configured dose): then no pixel is masked as hot. A plain number has no dose: no such guard.
     """
+    return _scan(data, hot)[:2]
+
+
+def _scan(
+    data: np.ndarray, hot: float | None
+) -> tuple[dict[str, np.ndarray], int, np.ndarray | None, float | None]:
+    """``invalid_pixels`` and, where hot pixels were looked for in counts, what ``clean_pixels`` needs
+    again: the flat indices of every pixel masked or at the threshold, and the sum of all pixels.
+
+    Why both: a frame with one permanently hot pixel -- a real detector's usual state -- went through
+    the comparison, two index scans and two sums of the whole frame (~29 ms for a 3838 x 3710 uint16
+    frame, more than a 40 Hz frame's 25 ms); one of each is 12-14 ms (``benchmarks/bench_edge.py``).
+    """
     masks: dict[str, np.ndarray] = {}
     if not data.size:
-        return masks, 0
+        return masks, 0, None, None
     kind, mn = data.dtype.kind, None
     mx = data.max()
     if kind == "f":
@@ -141,34 +155,44 @@ def invalid_pixels(data: np.ndarray, hot: float | None = None) -> tuple[dict[str
         if mx == top:
             masks[SATURATED_KEY] = data == top
     if hot is None or mx < hot:
-        return masks, 0
+        return masks, 0, None, None
     if (mn if mn is not None else data.min()) < 0:  # not counts (dark-subtracted): no Poisson rule
-        return masks, 0
-    with np.errstate(invalid="ignore"):
-        over = data >= hot
-    for m in masks.values():  # +Inf and the dtype maximum are flagged already
-        over &= ~m
-    n = int(np.count_nonzero(over))
+        return masks, 0, None, None
+    limit = int(hot) if isinstance(hot, int) else float(hot)  # a plain number: numpy compares an int
+    with np.errstate(invalid="ignore"):  # subclass (``HotThreshold``) by a 4x slower path (6.6 vs 1.5 ms)
+        over = data >= limit
+    flagged = next(iter(masks.values()), None)  # NaN / Inf or the dtype maximum: one kind per dtype
+    drop = over
+    if flagged is not None and not (kind == "u" and limit <= np.iinfo(data.dtype).max):
+        drop = over | flagged  # NaN is not >= anything; the dtype maximum reaches any threshold below it
+    idx = np.flatnonzero(drop)  # few pixels: a hot one, a column, a detector's gaps
+    total = None if NONFINITE_KEY in masks else _sum(data)
+    n = idx.size - (int(np.count_nonzero(flagged)) if flagged is not None else 0)  # the hot ones
     dose = getattr(hot, "dose", None)
-    if n and dose is not None and _own_dose(data, over, masks) > HOT_MAX_DOSE * dose:
-        return masks, n
+    if n and dose is not None and _own_dose(data, drop, idx, total) > HOT_MAX_DOSE * dose:
+        return masks, n, None, None
     if n:
-        masks[HOT_KEY] = over
-    return masks, 0
+        masks[HOT_KEY] = over if flagged is None else over & ~flagged  # +Inf / the maximum: flagged already
+    return masks, 0, idx, total
 
 
-def _own_dose(data: np.ndarray, over: np.ndarray, masks: dict[str, np.ndarray]) -> float:
-    """The frame's mean count without its pixels at the threshold or flagged already: its dose, which
-    hot pixels do not lift (a 4000-count column of a 512^2 frame adds 7.8 counts/px to the plain mean)."""
-    drop = functools.reduce(np.logical_or, masks.values(), over)
-    left = data.size - int(np.count_nonzero(drop))
+def _sum(data: np.ndarray) -> float:
+    """The sum of all pixels, exact for counts (integers add in 64 bits: ~1.5x faster than float64)."""
+    kind = data.dtype.kind
+    acc = np.uint64 if kind in "ub" else np.int64 if kind == "i" else np.float64
+    return float(data.sum(dtype=acc))
+
+
+def _own_dose(data: np.ndarray, drop: np.ndarray, idx: np.ndarray, total: float | None) -> float:
+    """The frame's mean count without its pixels at the threshold or flagged already (``drop``, at
+    ``idx``): its dose, which hot pixels do not lift (a 4000-count column of a 512^2 frame adds 7.8
+    counts/px to the plain mean). ``total``: the sum of all pixels (None: NaN in the frame)."""
+    left = data.size - idx.size
     if not left:
         return math.inf
-    if NONFINITE_KEY in masks:  # NaN in the sum: the slow way
+    if total is None:  # NaN in the sum: the slow way
         return float(data[~drop].mean(dtype=np.float64))
-    idx = np.flatnonzero(drop)  # few pixels: the sum of the others without copying them
-    rest = float(data.sum(dtype=np.float64)) - float(data.ravel()[idx].sum(dtype=np.float64))
-    return rest / left
+    return (total - _sum(data.ravel()[idx])) / left
 
 
 def clean_pixels(data: np.ndarray, hot: float | None = None) -> tuple[np.ndarray, dict[str, int]]:
@@ -177,20 +201,25 @@ def clean_pixels(data: np.ndarray, hot: float | None = None) -> tuple[np.ndarray
     The array-level rule behind ``replace_invalid``: Python callers without a ``Frame``
     (``service/frames.py``) get exactly what the service edge and ``sbd-stream denoise`` do.
     """
-    masks, bright = invalid_pixels(data, hot)
+    masks, bright, idx, total = _scan(data, hot)
     meta = {key: int(np.count_nonzero(m)) for key, m in masks.items()}
     if bright:
         meta[BRIGHT_KEY] = bright
     if not masks:
         return data, meta
-    bad = functools.reduce(np.logical_or, masks.values())
-    idx = np.flatnonzero(bad)  # a few pixels (a hot one, a detector's gaps) or a frame of NaN
+    bad = None
+    if idx is None:  # NaN / Inf or the dtype maximum only (no hot-pixel scan): a first look at them
+        bad = functools.reduce(np.logical_or, masks.values())
+        idx = np.flatnonzero(bad)
     left = data.size - idx.size
-    if data.dtype.kind == "f":
-        fill = float(data[~bad].mean(dtype=np.float64)) if left else 0.0
-    else:  # integers sum exactly in float64: the mean of the others without copying them (~10x faster)
-        rest = float(data.sum(dtype=np.float64)) - float(data.ravel()[idx].sum(dtype=np.float64))
-        fill = rest / left if left else 0.0
+    if not left:
+        fill = 0.0
+    elif data.dtype.kind == "f" and NONFINITE_KEY in masks:  # NaN in the sum: the slow way
+        if bad is None:
+            bad = functools.reduce(np.logical_or, masks.values())
+        fill = float(data[~bad].mean(dtype=np.float64))
+    else:  # the mean of the others without copying them (~10x faster)
+        fill = ((total if total is not None else _sum(data)) - _sum(data.ravel()[idx])) / left
     # an integer frame keeps its dtype (the queue, the header and the batch stage expect it): its fill
     # is the mean rounded, at 0.45 counts/px the most common count, 0
     fill_value = np.asarray(fill if data.dtype.kind == "f" else round(fill), dtype=data.dtype)
