@@ -13,8 +13,9 @@ with ``seq`` / ``ts`` beside it where the input was a recording). Calibration, f
   ``angstrom`` and ``finterval`` the median interval between consecutive frames' times (s; gaps and
   dropped frames do not stretch it); dtypes ImageJ cannot hold (uint32, ...) are written as a plain
   TIFF with the same resolution tags and a JSON description;
-* MRC: ``voxel_size`` in A (x, y and z), an image stack (``ispg`` 0); uint32/int32/float64 frames
-  are stored as float32 (exact for counts below 2^24);
+* MRC: ``voxel_size`` in A (x, y and z; 0, MRC's "unknown", where the file states no pixel size), an
+  image stack (``ispg`` 0); uint32/int32/float64 frames are stored as float32 (exact for counts below
+  2^24);
 * NPY: the array, plus a JSON sidecar (the output's name with ``.json`` for ``.npy``) with pixel size,
   units, axes, frame numbers and times.
 
@@ -340,7 +341,8 @@ def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) 
         mrc._set_new_data(data)  # read-only, of a complete file: nothing to fault
         mrc.update_header_from_data()
         mrc.set_image_stack()
-        mrc.voxel_size = pixel
+        if unit == "angstrom":  # MRC's voxel size is in A: 1 would read back as 1 A (``denoise`` refused
+            mrc.voxel_size = pixel  # the file: coarser than any engine); unstated, it stays 0 (unknown)
         mrc.update_header_stats()
         header = mrc.header.tobytes() + mrc.extended_header.tobytes()
     finally:

@@ -88,6 +88,30 @@ def test_mrc_keeps_frames_and_voxel_size(tmp_path: Path) -> None:
     assert mrcfile.validate(out, print_file=io.StringIO())  # the header's statistics match the data
 
 
+@pytest.mark.timeout(120)
+def test_a_recording_without_pixel_size_gives_an_mrc_of_unknown_voxel_size(
+    tmp_path: Path, tiny_engine_dir: Path
+) -> None:
+    """A recording stating no pixel size was exported to MRC with a voxel size of 1 -- 1 A, in MRC's
+    unit -- and ``denoise`` read that back and refused the file ("detector pixel 1 A is coarser than
+    the engine's working pixel"); MRC's 0 is "unknown", which ``denoise`` treats as unstated."""
+    import mrcfile
+
+    rec = Recorder(RecordSettings(directory=tmp_path), Metrics())  # no sampling: no pixel_size_A
+    for q in range(3):
+        rec.write(RecordItem("raw", "acq", q, 100.0 + 0.025 * q, _frame(q)))
+    rec.close_all()
+    summary = _export(str(tmp_path / "acq.nxs"), "--to", "mrc", "--kind", "raw")
+    assert summary["unit"] == "pixel"
+    with mrcfile.open(tmp_path / "acq_raw.mrc", permissive=False) as mrc:
+        assert float(mrc.voxel_size.x) == 0.0 and float(mrc.voxel_size.y) == 0.0
+        np.testing.assert_array_equal(mrc.data, np.stack([_frame(q) for q in range(3)]))
+    den = tmp_path / "den.h5"
+    args = ["denoise", str(tmp_path / "acq_raw.mrc"), str(den), "--model", str(tiny_engine_dir)]
+    res = CliRunner().invoke(app, [*args, "--scheduler", "none"])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.timeout(60)
 def test_npy_with_sidecar_across_rolled_parts(tmp_path: Path) -> None:
     rec = _record(tmp_path, n=10, max_file_bytes=2_000, compression="none")
