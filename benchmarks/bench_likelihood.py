@@ -8,6 +8,13 @@ stage runs on a lattice frame with ~1500 columns (the denoised input is the clea
 column count is realistic rather than whatever an untrained network produces).
 
 Run: python -m benchmarks.bench_likelihood [--device cpu|cuda] [--engine-dir DIR] [--engine auto]
+
+``--stage``: what the likelihood costs the live lane instead, the whole batch stage
+(``BatchStage.process``: binning, engine, interpolation back, scoring, painting) per frame with the
+likelihood off, on (each frame's own counts) and on with ``--evidence-frames`` N, on the service's default
+engine and detector (the shipped live CPU engine, 0.060 A binned 4 x 4), torch at one thread as the
+service sets it. Frames are read-only (as the service's) and each is scored on the N before it, as the
+service hands them; the three settings alternate frame by frame. Writes ``likelihood_stage_cost.json``.
 """
 
 from __future__ import annotations
@@ -84,8 +91,95 @@ def _random_engine(root: Path) -> Path:
     return path
 
 
+def _lattice_frames(shape: tuple[int, int], n: int, seed: int = 5) -> list[np.ndarray]:
+    """Read-only Poisson frames at 0.45 counts/px: vacuum around a round patch of bright columns."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    dots = np.cos(xx * 2 * np.pi / 46) * np.cos(yy * 2 * np.pi / 46) > 0.7
+    disc = (xx - shape[1] / 2) ** 2 + (yy - shape[0] / 2) ** 2 < (shape[0] / 3) ** 2
+    lam = 0.45 * (1 + 1.5 * (dots & disc))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = rng.poisson(lam).astype(np.uint16)
+        a.flags.writeable = False
+        out.append(a)
+    return out
+
+
+def stage_cost(size: int, reps: int, evidence: int, out: Path, argv: list[str] | None) -> dict[str, Any]:
+    """``--stage``: ms per frame of the whole batch stage, likelihood off / own counts / N evidence frames."""
+    from sbd_stream.config import load_settings
+    from sbd_stream.frames import Frame, FrameHeader
+    from sbd_stream.service.batch import BatchStage
+    from sbd_stream.service.build import load_stages
+
+    s = load_settings()
+    base = load_stages(s)[0]  # the default engine, light_torch applied
+    den = base.denoiser
+    modes = {"off": None, "own": 0, f"evidence_{evidence}": evidence}
+    stages = {}
+    for m, ev in modes.items():  # as the command line sets them (the evidence defaults applied)
+        lk = {"enabled": ev is not None, "evidence_frames": ev or 0}
+        d = load_settings(overrides={"denoise": {"likelihood": lk}}).denoise
+        stages[m] = BatchStage(den, s.detector, d.likelihood, d.bin_tolerance, d.upsample, d.orientations)
+    shape = (size, size)
+    arrays = _lattice_frames(shape, reps + evidence + 2)
+    frames = [Frame(FrameHeader("a", i, 0.0, shape, "uint16"), a) for i, a in enumerate(arrays)]
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    parts: dict[str, dict[str, list[float]]] = {m: {"denoise": [], "likelihood": []} for m in modes}
+    columns: dict[str, list[int]] = {m: [] for m in modes}
+    for i in range(evidence + 2 + reps):  # the first evidence + 2 frames warm up (plans, windows)
+        order = list(modes)[i % 3 :] + list(modes)[: i % 3]
+        for m in order:
+            ev = (
+                [[frames[i - j] for j in range(1, evidence + 1) if i - j >= 0]]
+                if m.startswith("ev")
+                else None
+            )
+            t0 = time.perf_counter()
+            res = stages[m].process([frames[i]], evidence=ev)
+            if i >= evidence + 2:
+                wall[m].append(time.perf_counter() - t0)
+                for k in parts[m]:
+                    if k in res.timings:
+                        parts[m][k].append(res.timings[k])
+                columns[m].append(len(res.columns[0]) if res.columns else 0)
+    med = {m: statistics.median(v) for m, v in wall.items()}
+    result = {
+        "command": "python -m " + invocation("benchmarks.bench_likelihood", argv),
+        "device": "cpu",
+        "device_name": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "engine": den.engine_id,
+        "frame": list(shape),
+        "bin": base.geometry.bin,
+        "upsample": base.upsample,
+        "frames_timed": reps,
+        "ms_per_frame": {m: 1e3 * v for m, v in med.items()},
+        "stage_timings_ms": {
+            m: {k: 1e3 * statistics.median(v) for k, v in p.items() if v} for m, p in parts.items()
+        },
+        "extra_vs_off": {m: med[m] / med["off"] - 1 for m in modes if m != "off"},
+        "columns_per_frame": {m: statistics.median(v) for m, v in columns.items() if m != "off"},
+        "load_average": os.getloadavg(),
+        "samples_ms": {m: [round(1e3 * t, 3) for t in v] for m, v in wall.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{den.engine_id}, {size}x{size} at bin {result['bin']}, {reps} frames per setting, medians:")
+    for m in modes:
+        extra = "" if m == "off" else f"  (+{100 * result['extra_vs_off'][m]:.0f} %)"
+        print(f"  likelihood {m:<12}{1e3 * med[m]:>8.1f} ms/frame{extra}")
+    print(f"load average {os.getloadavg()[0]:.1f}; wrote {out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", action="store_true", help="the whole batch stage on the live CPU engine")
+    ap.add_argument("--evidence-frames", type=int, default=4, help="with --stage: N for the third setting")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--engine-dir", type=Path, default=None, help="trained engine; default: random UNet4x32")
     ap.add_argument("--engine", default="auto", help="engine backend: auto | torch | onnxruntime | tensorrt")
@@ -94,8 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions of the denoise stage")
     ap.add_argument("--lk-reps", type=int, default=15, help="timed repetitions of the likelihood stage")
     ap.add_argument("--pixel-size", type=float, default=0.15, help="Angstrom per pixel of the test frame")
-    ap.add_argument("--out", type=Path, default=RESULTS / "likelihood_cost.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/likelihood[_stage]_cost.json")
     args = ap.parse_args(argv)
+    if args.stage:
+        out = args.out or RESULTS / "likelihood_stage_cost.json"
+        return stage_cost(args.size, args.reps, args.evidence_frames, out, argv)
+    args.out = args.out or RESULTS / "likelihood_cost.json"
 
     from sbd_stream.engines.denoiser import Denoiser
     from training.sim.likelihood_synthetic import lattice_image

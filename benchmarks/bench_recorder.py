@@ -6,6 +6,8 @@ Frames go through the recorder's own thread and queue (``submit``), as in the se
 compressor pool (``record.compress_threads``) is measured; ``compress_threads = 0`` is the HDF5 filter
 on the writer thread (the behaviour before the pool). ``per_core_fps`` is one thread compressing
 alone (``codec.compress_framed``), the number to size a site by: per_core_fps x cores >= 80.
+``denoised_pairs``: a raw uint16 frame and its denoised float32 frame per detector frame, as the service
+records them (``record.denoised_dtype = "float16"``: the cast runs on the writer thread, ``StoredDtype``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,38 @@ def run(shape: tuple[int, int], dtype: str, n: int, compression: str, directory:
     }
 
 
+def run_pairs(shape: tuple[int, int], n: int, directory: Path, threads: int) -> dict:
+    """Raw + denoised frame pairs/s through the recorder's thread and pool (the denoised cast to float16)."""
+    raw = frames(shape, "uint16")
+    rng = np.random.default_rng(1)
+    yy = np.linspace(0, 40, shape[0], dtype=np.float32)[:, None]
+    smooth = 0.45 + 0.1 * np.sin(yy) * np.cos(np.linspace(0, 40, shape[1], dtype=np.float32))
+    den = [(smooth + rng.normal(0, 0.02, shape)).astype(np.float32) for _ in range(len(raw))]
+    d = Path(tempfile.mkdtemp(dir=directory))
+    try:
+        settings = RecordSettings(directory=d, min_free_bytes=0, compress_threads=threads)
+        rec = Recorder(settings, Metrics(), queue_frames=2 * n + 8, queue_bytes=(2 * n + 8) * den[0].nbytes)
+        rec.start()
+        t0 = time.perf_counter()
+        for s in range(n):
+            assert rec.submit(RecordItem("raw", "pairs", s, float(s), raw[s % len(raw)]))
+            assert rec.submit(RecordItem("denoised", "pairs", s, float(s), den[s % len(den)]))
+        rec.stop()
+        rec.join()
+        dt = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return {
+        "shape": f"{shape[0]}x{shape[1]}",
+        "raw": "uint16",
+        "denoised": f"float32 -> {settings.denoised_dtype}",
+        "compress_threads": threads,
+        "pairs": n,
+        "pairs_per_s": n / dt,
+        "x_detector_40Hz": n / dt / DETECTOR_HZ,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -120,6 +154,7 @@ def main() -> None:
     results.append(run((1024, 1024), "uint16", 40 * k, "none", a.dir, 0))
     results.append(run(k2, "uint8", 8 * k, "none", a.dir, 0))
     results.append(run(k2, "uint16", 8 * k, "none", a.dir, 0))
+    pairs = [run_pairs((1024, 1024), 40 * k, a.dir, a.threads), run_pairs(k2, 12 * k, a.dir, a.threads)]
     per_core = {dt: per_core_fps(k2, dt, 8 * k) for dt in ("uint8", "uint16")}
     writer = {dt: writer_fps(k2, dt, 8 * k, a.dir) for dt in ("uint8", "uint16")}
     # cores busy per second at 80 frames/s: the pool's compression plus the writer thread
@@ -134,10 +169,12 @@ def main() -> None:
             "k2_writer_direct_chunk_fps": writer,
             "k2_cores_for_2x_detector": cores,
             "results": results,
+            "denoised_pairs": pairs,
         },
     )
     cols = ["shape", "dtype", "compression", "compress_threads", "fps", "x_detector_40Hz", "MBps_in"]
     print(table(results, [*cols, "compression_ratio"]))
+    print(table(pairs, ["shape", "raw", "denoised", "compress_threads", "pairs_per_s", "x_detector_40Hz"]))
     print(
         f"K2 per-core compression ({codec.compress_backends()[0]}): {per_core} frames/s; writer {writer};"
         f" cores for 80/s: {cores}"

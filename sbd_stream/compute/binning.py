@@ -14,9 +14,10 @@ the paper's metric for abTEM images binned 4x4 at 0.060 A), is local (no wrap-ar
 Fourier method at frame edges, which specimens and vacuum meet), and is a single fused kernel on any
 device. Counts are divided by k^2 so the result is in counts per *detector* pixel, as the raw frame.
 
-Frames whose sides are not multiples of k are padded by reflection before binning and cropped after
-interpolation, so every working pixel is a full k x k block (same statistics everywhere) and the
-geometry stays a regular grid; the reflected pixels only ever influence the cropped-away band.
+Frames whose sides are not multiples of k are padded by reflection before binning, and interpolated
+back at the frame's own size (the samples of the padded grid, cropped), so every working pixel is a
+full k x k block (same statistics everywhere) and the geometry stays a regular grid; the reflected
+pixels only ever influence the cropped-away band.
 """
 
 from __future__ import annotations
@@ -76,17 +77,14 @@ def _pad_to_multiple(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(x.unsqueeze(1), (0, pw, 0, ph), mode=mode).squeeze(1)
 
 
-def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, H, W) counts -> (B, ceil(H/k), ceil(W/k)) float32 sums over k x k detector pixels."""
-    if frames.ndim != 3:
-        raise ValueError(f"expected (B, H, W) frames, got shape {tuple(frames.shape)}")
-    x = frames.to(torch.float32)
-    if k == 1:
-        return x
-    x = _pad_to_multiple(x, k)
-    # k strided adds per axis (columns, then rows): each a plain vectorised pass over memory. A
-    # reduction over a trailing axis of length k (``reshape(..., k).sum(-1)``) is ~10x slower on a CPU
-    # (a 1024^2 frame at k = 4: ~4 vs ~45 ms on 2 loaded cores). Sums of counts are exact in float32.
+def _strided_sum(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k h, k w) -> (B, h, w) block sums.
+
+    k strided adds per axis (columns, then rows): each a plain vectorised pass over memory. A reduction
+    over a trailing axis of length k (``reshape(..., k).sum(-1)``) is ~10x slower on a CPU (a 1024^2
+    frame at k = 4: ~4 vs ~45 ms on 2 loaded cores). Sums of counts are exact in float32, and each block
+    is summed in the same order wherever it lies, so a block's sum does not depend on the slab it is in.
+    """
     cols = x[..., 0::k] + x[..., 1::k]
     for j in range(2, k):
         cols += x[..., j::k]
@@ -94,6 +92,39 @@ def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
     for j in range(2, k):
         rows += cols[:, j::k]
     return rows
+
+
+def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, H, W) counts -> (B, ceil(H/k), ceil(W/k)) float32 sums over k x k detector pixels.
+
+    A side that is not a multiple of k: the whole blocks are summed straight from the frame and only the
+    last block row / column from a padded (k + r)-wide slab at the far edge. Reflection looks back fewer
+    than k pixels, so the slab's padding is the whole frame's; padding the whole frame copied all of it
+    for 2 rows and 2 columns (24 ms of a K2 frame's 69). Frames under 2 k a side pad the whole frame.
+    """
+    if frames.ndim != 3:
+        raise ValueError(f"expected (B, H, W) frames, got shape {tuple(frames.shape)}")
+    x = frames.to(torch.float32)
+    if k == 1:
+        return x
+    h, w = x.shape[-2:]
+    rh, rw = h % k, w % k
+    if not (rh or rw) or h < 2 * k or w < 2 * k:
+        return _strided_sum(_pad_to_multiple(x, k), k)
+    h0, w0 = h - rh, w - rw
+    out = x.new_empty((x.shape[0], -(-h // k), -(-w // k)))
+    out[:, : h0 // k, : w0 // k] = _strided_sum(x[:, :h0, :w0], k)
+    if rh:  # the slab's padding is the frame's: ``_pad_to_multiple`` on k + rh rows pads as many
+        out[:, -1, :] = _strided_sum(_pad_to_multiple(x[:, h0 - k :, :], k), k)[:, -1, :]
+    if rw:
+        out[:, :, -1] = _strided_sum(_pad_to_multiple(x[:, :, w0 - k :], k), k)[:, :, -1]
+    return out
+
+
+SMALL_OUTPUT = 128
+"""Outputs with H + W at most this are interpolated at the padded size and cropped, as before: for them
+ATen's CPU bilinear upsampling picks another kernel by output size (its ``_use_vectorized_kernel_cond_2d``),
+which rounds differently in the last bit, so asking for (H, W) directly would change a few values."""
 
 
 def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -108,16 +139,39 @@ def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int], mode: str = "bic
     if mode not in ("bicubic", "bilinear"):
         raise ValueError(f"upsampling mode must be bicubic or bilinear, got {mode!r}")
     per_px = binned.to(torch.float32).unsqueeze(1) / float(k * k)
-    up = F.interpolate(per_px, scale_factor=k, mode=mode, align_corners=False)
-    return up[:, 0, : shape[0], : shape[1]]
+    if shape[0] + shape[1] <= SMALL_OUTPUT:
+        up = F.interpolate(per_px, scale_factor=k, mode=mode, align_corners=False)
+        return up[:, 0, : shape[0], : shape[1]].contiguous()
+    # ``F.interpolate(scale_factor=k)`` then a crop to (H, W) gives the same samples: with the scale given,
+    # a pixel's source coordinate does not depend on the output size. But the crop was a strided view
+    # that every consumer copied (22 ms per K2 frame); asked for (H, W) at scale k, the result is
+    # contiguous and the padding band is never computed.
+    op = torch.ops.aten.upsample_bilinear2d if mode == "bilinear" else torch.ops.aten.upsample_bicubic2d
+    return op.default(per_px, [shape[0], shape[1]], False, float(k), float(k))[:, 0]
 
 
 def unbin_nearest(binned: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:
-    """Working-pixel values repeated over their k x k block (for maps that are piecewise constant)."""
+    """Working-pixel values repeated over their k x k block (for maps that are piecewise constant).
+
+    Written straight into a contiguous (B, H, W) frame: two ``repeat_interleave`` and a crop that the
+    caller's flatten copied were three full-size passes (58 vs 28 ms per K2 frame).
+    """
     if k == 1:
         return binned[..., : shape[0], : shape[1]]
-    up = binned.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
-    return up[..., : shape[0], : shape[1]]
+    big_h, big_w = shape
+    h0, w0 = big_h - big_h % k, big_w - big_w % k
+    if binned.ndim != 3 or tuple(binned.shape[1:]) != binned_shape(big_h, big_w, k) or not (h0 and w0):
+        up = binned.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+        return up[..., :big_h, :big_w].contiguous()
+    n = binned.shape[0]
+    out = binned.new_empty((n, big_h, big_w))
+    blocks = out[:, :h0, :w0].unflatten(2, (w0 // k, k)).unflatten(1, (h0 // k, k))
+    blocks.copy_(binned[:, : h0 // k, None, : w0 // k, None].expand(n, h0 // k, k, w0 // k, k))
+    if h0 < big_h:  # the partial last block row, then the partial last block column (its corner too)
+        out[:, h0:, :w0] = binned[:, -1:, : w0 // k].repeat_interleave(k, dim=-1)
+    if w0 < big_w:
+        out[:, :, w0:] = binned[:, :, -1:].repeat_interleave(k, dim=-2)[:, :big_h]
+    return out
 
 
 def to_detector_coords(positions: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,8 @@ device it bins detector pixels to the engine's working pixel (summing counts), d
 raw counts, and interpolates the results back to the detector's sampling. The batch crosses the
 host-device boundary exactly twice: one upload of the stacked raw frames, one download of everything
 the sinks need packed into a single buffer. On a GPU each extra transfer is a synchronisation, and
-per-frame downloads were what made the likelihood stage cost more than the network.
+per-frame downloads were what made the likelihood stage cost more than the network. With evidence
+frames a frame binned before is not uploaded or binned again (``service/binned_cache.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,8 +40,9 @@ from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.engines.symmetry import orientations as orientations_of
 from sbd_stream.engines.symmetry import symmetrised, trained_orientations
-from sbd_stream.frames import Frame, FrameHeader
-from sbd_stream.llr_table import COLUMN_FIELDS
+from sbd_stream.frames import Frame
+from sbd_stream.service.batch_result import BatchResult, PackedBatch
+from sbd_stream.service.binned_cache import BinnedCache
 from sbd_stream.service.frame_flags import FrameFlags, blank_below
 
 log = logging.getLogger(__name__)
@@ -112,30 +114,6 @@ def plan_geometry(
     )
 
 
-@dataclass
-class BatchResult:
-    """What the sinks need of one batch, on the host, at the detector's sampling."""
-
-    headers: list[FrameHeader]
-    t_recv: list[float]
-    denoised: np.ndarray  # (B, H, W) float32, counts per detector pixel
-    likelihood: np.ndarray | None = None  # (B, H, W) float32 LLR painted over column regions
-    columns: list[np.ndarray] | None = None  # per frame (K, 4): detector-pixel centre, LLR, region mean
-    vacuum: np.ndarray | None = None  # (B,) the frame's vacuum level (meta.vacuum_counts), counts/det. px
-    evidence_frames: np.ndarray | None = None  # (B,) other frames whose counts scored the columns (0: own)
-    level: np.ndarray | None = None  # (B,) the frame's mean count per detector pixel (its dose)
-    blank: np.ndarray | None = None  # (B,) bool: no beam (mean under frame_flags.blank_below)
-    measured_vacuum: np.ndarray | None = None  # (B,) own estimated level, also in fixed mode (NaN: none)
-    scored_vacuum: np.ndarray | None = None  # (B,) level the LLR was scored against, per frame's worth
-    evidence_left_out: np.ndarray | None = None  # (B,) evidence frames left out (blank, dose outside band)
-    vacuum_not_flat: np.ndarray | None = None  # (B,) bool: the blocks taken as vacuum were not flat
-    timings: dict[str, float] = field(default_factory=dict)
-    lane: str = "live"  # "live" (newest first) or "complete" (frames the live lane skipped, done later)
-
-    def __len__(self) -> int:
-        return len(self.headers)
-
-
 class BatchStage:
     """Holds the loaded denoiser, the stream's geometry and the likelihood kernels; ``process`` is pure."""
 
@@ -188,6 +166,7 @@ class BatchStage:
                     fixed, fixed / stream, stream,
                 )  # fmt: skip
         self.flags = FrameFlags(self.geometry.detector.vacuum_counts, fixed_level)
+        self.binned = BinnedCache(self.evidence_frames)  # each frame is the next N frames' evidence
 
     @property
     def device(self) -> torch.device:
@@ -211,12 +190,14 @@ class BatchStage:
         stacked = np.stack(frames) if len(frames) > 1 else np.asarray(frames[0])[None]
         if not stacked.dtype.isnative:  # big-endian TIFF / NPY / MRC / HDF5: torch takes native order only
             stacked = stacked.astype(stacked.dtype.newbyteorder("="))  # np.stack of 2+ did; 1 frame failed
-        if not stacked.flags.writeable:  # a view of a received ZeroMQ buffer: torch wants its own
-            stacked = stacked.copy()
         if stacked.dtype.kind not in "fiu" or stacked.dtype == np.uint64:
             stacked = stacked.astype(np.float32)
+        elif stacked.dtype == np.uint16 and self.device.type == "cpu":  # binned as float32 anyway:
+            stacked = stacked.astype(np.float32)  # numpy's cast, ~2x torch's on a K2 frame (its allocation)
         elif stacked.dtype == np.uint32:  # torch has no uint32 arithmetic on every device
             stacked = stacked.astype(np.int64)
+        if not stacked.flags.writeable:  # a view of a received ZeroMQ buffer: torch wants its own
+            stacked = stacked.copy()
         return torch.from_numpy(np.ascontiguousarray(stacked)).to(self.device, non_blocking=True)
 
     @staticmethod
@@ -238,7 +219,8 @@ class BatchStage:
         depend on its batch. ``evidence``: per frame, exactly those frames (the service's, decided at
         receipt by ``EvidenceHistory.keep``); without it they are looked up by (acq, seq) among
         ``earlier`` and the batch. Evidence frames are uploaded with the batch (still one copy) and
-        scored, never denoised; a frame that is also in the batch is uploaded once.
+        scored, never denoised; a frame that is also in the batch is uploaded once, and one binned in an
+        earlier batch (read-only, as the service's frames) not again (``BinnedCache``).
         """
         if not frames:
             raise ValueError("an empty batch")
@@ -251,8 +233,9 @@ class BatchStage:
             per = evidence if evidence is not None else earlier_frames(frames, earlier, self.evidence_frames)
             rows, plan = evidence_rows(frames, per, shape)
         t0 = time.perf_counter()
-        raw = self.upload([f.data for f in (*rows, *frames)])
-        out = self.process_tensor(raw, plan, len(rows))
+        every, k = [f.data for f in (*rows, *frames)], self.geometry.bin
+        pool, t_bin = self.binned.counts(every, len(frames), self.upload, lambda r: bin_counts(r, k))
+        out = self._process_binned(pool, shape, plan, len(rows), t_bin)
         t1 = time.perf_counter()
         host = self.download(out.packed)
         result = out.unpack(host, [f.header for f in frames], [f.t_recv for f in frames])
@@ -285,10 +268,15 @@ class BatchStage:
         its own counts); without it every frame is scored on its own counts. The first ``earlier`` rows
         are evidence only.
         """
-        g, (_, h, w) = self.geometry, raw.shape
-        b = raw.shape[0] - earlier
         t0 = time.perf_counter()
-        pool = bin_counts(raw, g.bin)
+        return self._process_binned(bin_counts(raw, self.geometry.bin), raw.shape[1:], plan, earlier, t0)
+
+    def _process_binned(
+        self, pool: torch.Tensor, shape: Sequence[int], plan: list[list[int]] | None, earlier: int, t0: float
+    ) -> PackedBatch:
+        """``process_tensor`` from the (E + B, h, w) working-pixel counts on (``t0``: binning began)."""
+        g, (h, w) = self.geometry, shape
+        b = pool.shape[0] - earlier
         binned = pool[earlier:]
         level = pool.mean(dim=(1, 2))  # (E + B,) mean count per working pixel: a static specimen's dose
         blank_rows = level < blank_below(g.vacuum_counts, g.bin * g.bin)  # per working pixel
@@ -396,37 +384,3 @@ def evidence_rows(
             rows.append(e)
     at = {k: (-1 - v if v < 0 else len(rows) + v) for k, v in row.items()}
     return rows, [[at[id(e.data)] for e in ev if e.data.shape == shape] for ev in evidence]
-
-
-@dataclass
-class PackedBatch:
-    """A batch's results in one flat device buffer, and how to cut it up on the host."""
-
-    packed: torch.Tensor
-    shape: tuple[int, int, int]
-    has_likelihood: bool
-    n_columns: int
-    timings: dict[str, float]
-    tail: torch.Tensor | None = None  # per-frame values kept apart (CPU, no maps: no copy of the frames)
-
-    def unpack(self, host: np.ndarray, headers: list[FrameHeader], t_recv: list[float]) -> BatchResult:
-        """Cut the host buffer: frames, [map, table, columns per frame], then the per-frame values."""
-        b, h, w = self.shape
-        n = b * h * w
-        res = BatchResult(headers, t_recv, host[:n].reshape(b, h, w))
-        at = n
-        if self.has_likelihood:
-            res.likelihood = host[n : 2 * n].reshape(b, h, w)
-            at = 2 * n + 4 * self.n_columns
-            table = host[2 * n : at].reshape(self.n_columns, len(COLUMN_FIELDS))
-            counts = host[at : at + b].astype(np.int64)
-            res.columns = np.split(table, np.cumsum(counts)[:-1])
-            at += b
-        stats = (host[at:] if self.tail is None else self.tail.numpy()).reshape(-1, b)
-        res.level, res.blank = stats[0], stats[1] > 0
-        if self.has_likelihood:
-            res.vacuum, res.measured_vacuum, res.scored_vacuum = stats[2], stats[3], stats[4]
-            res.evidence_frames = stats[5].astype(np.int64)
-            res.evidence_left_out = stats[6].astype(np.int64)
-            res.vacuum_not_flat = stats[7] > 0
-        return res
