@@ -48,17 +48,24 @@ class BatchResult:
 class PackedBatch:
     """A batch's results in one flat device buffer, and how to cut it up on the host."""
 
-    packed: torch.Tensor
+    packed: torch.Tensor | list[torch.Tensor]  # a list: the parts apart (CPU: no packing copy)
     shape: tuple[int, int, int]
     has_likelihood: bool
     n_columns: int
     timings: dict[str, float]
     tail: torch.Tensor | None = None  # per-frame values kept apart (CPU, no maps: no copy of the frames)
 
-    def unpack(self, host: np.ndarray, headers: list[FrameHeader], t_recv: list[float]) -> BatchResult:
-        """Cut the host buffer: frames, [map, table, columns per frame], then the per-frame values."""
+    def unpack(
+        self, host: np.ndarray | list[np.ndarray], headers: list[FrameHeader], t_recv: list[float]
+    ) -> BatchResult:
+        """Cut the host buffer: frames, [map, table, columns per frame], then the per-frame values.
+
+        ``host`` as a list: the same parts apart (``BatchStage.pack_on_device`` False), joined here
+        without copying the frame-sized ones; the per-frame values are then in ``tail``."""
         b, h, w = self.shape
         n = b * h * w
+        if isinstance(host, list):
+            host = _Joined(host)
         res = BatchResult(headers, t_recv, host[:n].reshape(b, h, w))
         at = n
         if self.has_likelihood:
@@ -76,3 +83,23 @@ class PackedBatch:
             res.evidence_left_out = stats[6].astype(np.int64)
             res.vacuum_not_flat = stats[7] > 0
         return res
+
+
+class _Joined:
+    """The parts of a batch read as the one flat buffer ``unpack`` cuts up: each slice ``unpack`` takes
+    lies within one part, so it is a view of that part (no copy)."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0, *(p.size for p in parts)])
+
+    def __getitem__(self, cut: slice) -> np.ndarray:
+        start = cut.start or 0
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        part, lo = self.parts[min(i, len(self.parts) - 1)], int(self.starts[min(i, len(self.parts) - 1)])
+        stop = lo + part.size if cut.stop is None else cut.stop
+        if stop - start <= 0:
+            return part[:0]
+        if stop > lo + part.size:
+            raise ValueError(f"a cut {start}:{stop} across parts of sizes {[p.size for p in self.parts]}")
+        return part[start - lo : stop - lo]

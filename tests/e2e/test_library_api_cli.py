@@ -68,7 +68,8 @@ def test_the_auditors_scene_frame_scores_as_the_batch_stage() -> None:
     raw, truth = player.counts(0, np.random.default_rng(0)), player.expected(0)
     den = Denoiser.load("onnxruntime", FAST_ENGINE, device="cpu")
     stage = BatchStage(den, DetectorSettings(pixel_size_A=0.060, counts_per_px=0.45))
-    staged = stage.process_tensor(torch.from_numpy(raw.astype(np.int32))[None]).packed[: raw.size]
+    packed = stage.process_tensor(torch.from_numpy(raw.astype(np.int32))[None]).packed
+    staged = (packed[0] if isinstance(packed, list) else packed)[: raw.size]  # list: parts apart (CPU)
     staged_db = paper_psnr(staged.reshape(raw.shape).numpy(), truth)
     out = denoise_frames(raw, 0.060, counts_per_px=0.45, orientations=1, denoiser=den)
     assert out.shape == raw.shape and out.dtype == np.float32
