@@ -384,3 +384,22 @@ def test_a_dose_outside_the_trained_range_is_warned_once_and_shown_in_metrics(
     assert far.metrics.value("sbd_dose_factor") == pytest.approx(4.0)
     warnings = [r for r in caplog.records if "outside its trained range" in r.getMessage()]
     assert len(warnings) == 1 and "500 e/A^2" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("evidence", [0, 2])
+def test_a_batchs_results_stay_as_they_were_after_later_batches(
+    binning_engine_dir: Path, evidence: int
+) -> None:
+    """On the CPU the results handed to the sinks are the stage's own tensors' memory (no packing copy):
+    a later batch must never write into them (a sink may still hold a frame when the next one runs)."""
+    den = Denoiser.load("torch", binning_engine_dir, device="cpu")
+    stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, evidence_frames=evidence))
+    first = stage.process(_frames(2, (96, 96), 0.9, seed=1))
+    kept = {k: np.array(getattr(first, k), copy=True) for k in ("denoised", "likelihood", "level", "vacuum")}
+    columns = [c.copy() for c in first.columns]
+    for seed in range(2, 6):
+        stage.process(_frames(2, (96, 96), 0.45 * seed, seed=seed))
+    for k, v in kept.items():
+        np.testing.assert_array_equal(getattr(first, k), v, err_msg=k)
+    for a, b in zip(first.columns, columns, strict=True):
+        np.testing.assert_array_equal(a, b)
