@@ -103,7 +103,8 @@ class Metrics:
         self.series = Counter("sbd_series_messages", "Series messages, by topic", ["topic"], registry=r)
         self.record_dropped = Counter(
             "sbd_record_dropped",
-            "Items NOT recorded, each raw, denoised or llr frame one (recorder queue full or disk error)",
+            "Items NOT recorded, each raw, denoised or llr frame one (recorder queue full, disk error, or "
+            "still queued when a stop ran out of time)",
             registry=r,
         )
         self.record_errors = Counter(
@@ -162,7 +163,8 @@ class Metrics:
         )
         self.frames_left_for_offline = Counter(
             "sbd_frames_left_for_offline",
-            "Skipped frames the complete lane could not hold or finish (raw recorded; replay --offline)",
+            "Frames not denoised, left for offline (raw recorded; replay --offline): skipped frames the "
+            "complete lane could not hold or finish, or frames still queued when a stop ran out of time",
             registry=r,
         )
         for lane in ("live", "complete"):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STAGES", "StageState", "Supervisor", "describe", "wait_running"]
+__all__ = ["STAGES", "StageState", "Supervisor", "describe", "leave_running", "left_running", "wait_running"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,24 @@ class _Stage:
     last_error: str | None = None
     thread: threading.Thread | None = None
     crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
+
+
+_LEFT: list[tuple[threading.Thread, str]] = []  # what a stop gave up on (``leave_running``)
+
+
+def leave_running(thread: threading.Thread, what: str) -> None:
+    """A stop ran out of time with ``thread`` still running (``what`` says what it is doing)."""
+    _LEFT.append((thread, what))
+
+
+def left_running() -> list[str]:
+    """What a stop gave up on that still runs: the CLI then ends with ``os._exit`` (cli/app.py ``_main``).
+
+    Why: these are daemon threads; Python freezes them where they are when it finalizes, and one frozen
+    inside h5py held its lock while the module teardown waited for it (``serve`` hung for good after its
+    summary), one inside the engine ended the process by SIGABRT.
+    """
+    return [what for thread, what in _LEFT if thread.is_alive()]
 
 
 def describe(item: Any, limit: int = 300) -> str:
@@ -256,6 +274,15 @@ class Supervisor:
         st.state = state
         if self.metrics is not None:
             self.metrics.stage_up.labels(stage=st.name).set(1 if state is StageState.up else 0)
+
+    def running(self, grace_s: float = 0.0) -> list[tuple[str, threading.Thread]]:
+        """(stage, thread) of every thread of this supervisor still alive after ``grace_s`` in all."""
+        end = time.monotonic() + grace_s
+        with self._lock:
+            threads = [(name, st.thread) for name, st in self._stages.items() if st.thread is not None]
+        for _, th in threads:
+            th.join(max(0.0, end - time.monotonic()))
+        return [(name, th) for name, th in threads if th.is_alive()]
 
     def state(self, stage: str) -> StageState | None:
         st = self._stages.get(stage)

@@ -234,7 +234,10 @@ def _main() -> None:
     Why: a part HDF5 failed to write is never closed nor freed (``AcqFile.abandon``), but libhdf5's
     own shutdown at exit still touched it and crashed now and then (status -11 after a clean stop, in
     CI). The command's output is written by then; only the interpreter's teardown is skipped. Only here,
-    at the console entry: commands run in-process (tests) never end the process.
+    at the console entry: commands run in-process (tests) never end the process. The same for a thread a
+    stop gave up on (``supervisor.left_running``: a recorder inside a write, a worker inside its engine):
+    frozen by the teardown, one inside h5py held h5py's lock and ``serve`` hung for good after its
+    summary; one inside the engine aborted the process (SIGABRT).
 
     That import brings in torch and h5py, with Ctrl-C held (``sbd_stream.sigint_hold``: one landing
     inside torch's pybind11 frames aborted the process).
@@ -244,15 +247,17 @@ def _main() -> None:
     with sigint_held():
         from sbd_stream.formats.recording import abandoned_parts
 
+    from sbd_stream.supervisor import left_running
+
     t0 = time.perf_counter()
     try:
         app()
     except SystemExit as e:
-        if abandoned_parts():
+        if abandoned_parts() or left_running():
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            log.warning(
-                "exiting without interpreter shutdown: %d recording part(s) abandoned", abandoned_parts()
-            )
+            why = [f"{n} recording part(s) abandoned" for n in [abandoned_parts()] if n]
+            why += [f"still running after the stop: {'; '.join(left)}" for left in [left_running()] if left]
+            log.warning("exiting without interpreter shutdown: %s", "; ".join(why))
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()

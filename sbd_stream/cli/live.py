@@ -110,8 +110,9 @@ def serve(
     frame is written to one HDF5 file per acquisition with its denoised frame, live or completed later
     by the complete lane (the frames the live lane skipped). http://127.0.0.1:9105/metrics shows the
     counters. Ctrl-C finishes the queued frames and the complete lane's backlog (at most
-    lanes.complete_timeout_s, 15 s) and closes the files. Options can also come from a TOML file
-    (--config) or SBD_* environment variables; see docs/service.md ("Two lanes")."""
+    lanes.complete_timeout_s, 15 s) and closes the files, within stop_timeout_s (10 s) more; what is
+    still queued then is counted and logged (left for offline, NOT recorded). Options can also come
+    from a TOML file (--config) or SBD_* environment variables; see docs/service.md ("Two lanes")."""
     from sbd_stream.service.build import check_endpoints
     from sbd_stream.service.build import serve as run_service
 

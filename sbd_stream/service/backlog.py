@@ -108,7 +108,7 @@ class Backlog:
         if self._on_depth is not None:
             self._on_depth(0)
         if left:
-            self._leave(left, why)
+            self._leave(left, why, at_stop=True)
         return len(left)
 
     def _arrays(self, f: Frame) -> list[np.ndarray]:
@@ -125,10 +125,16 @@ class Backlog:
                 del self._held[id(a)]
                 self._bytes -= a.nbytes
 
-    def _leave(self, frames: list[Frame], why: str) -> None:
+    def _leave(self, frames: list[Frame], why: str, at_stop: bool = False) -> None:
+        """Count ``frames`` as left for offline; a warning once per acquisition, and at a stop one line
+        with the number (its acquisitions may have been named long before, when the backlog was full)."""
         self.left += len(frames)
         if self._on_left is not None:
             self._on_left(len(frames))
+        if at_stop:
+            acqs = ", ".join(sorted({f.header.acq for f in frames})[:8])
+            msg = "stop: %d frames of %s waiting for the complete lane are left for offline (%s)"
+            log.warning(msg, len(frames), acqs, why)
         for acq in sorted({f.header.acq for f in frames}):
             if acq in self._warned:
                 continue

@@ -6,9 +6,11 @@ is decided once, from the settings, by ``service/build.py``; this module only ru
 the source (the receiver or a file replay), N denoise workers each running its own batch stage
 (``service/workers.py``: results released in frame order), and each sink's own thread, joined by
 bounded queues and one stop sequence that drains them in order (source first, sinks last) so a
-shutdown loses nothing that was already received. Every thread runs under one ``Supervisor`` (errors
-per item counted and set aside, dead threads restarted, ``/healthz``). All computation is in
-``service.batch``; signal handling belongs to the CLI; this module only offers ``stop()``.
+shutdown loses nothing that was already received, each part within its share of ``stop_timeout_s``
+(``StopBudget``): what a part cannot finish in time is counted and logged, never silently lost.
+Every thread runs under one ``Supervisor`` (errors per item counted and set aside, dead threads
+restarted, ``/healthz``). All computation is in ``service.batch``; signal handling belongs to the CLI;
+this module only offers ``stop()``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSin
 from sbd_stream.service.workers import WorkerPool
 from sbd_stream.sinks.publisher import Publisher
 from sbd_stream.sinks.recorder import Recorder
-from sbd_stream.supervisor import Supervisor
+from sbd_stream.supervisor import Supervisor, leave_running
 
 if TYPE_CHECKING:
     from sbd_stream.engines.denoiser import Denoiser
@@ -43,7 +45,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Intake", "Pipeline", "Source"]
+__all__ = ["CLOSE_S", "Intake", "Pipeline", "Source", "StopBudget"]
+
+CLOSE_S = 3.0
+"""After the outputs' share: seconds a sink that gave up may take to finish the item in hand and close its
+files (the 5 s margin the shipped unit keeps beyond stop_timeout_s + lanes.complete_timeout_s)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StopBudget:
+    """How a stop shares ``stop_s`` (``stop_timeout_s``) out, in order (docs/service.md "The stop's budget").
+
+    * the input and the workers: the first half (plus ``complete_s``, the complete lane's backlog); then
+      what is still queued for denoising is left for offline (counted) and the workers take no more;
+    * a batch in a worker's hands then: up to a sixth more, to finish it;
+    * the outputs (publisher, recorder): at least the last third *after the workers ended*, and what the
+      workers left over; then what is still queued for them is counted as NOT sent / recorded, the item
+      in hand finished and every file closed (``CLOSE_S``).
+
+    A recorder still writing had got what was left of one shared budget, 0.1 s after slow workers.
+    The total stays ``stop_s + complete_s`` (+ ``CLOSE_S``), the bound the shipped unit's stop timeout fits.
+    """
+
+    stop_s: float
+    complete_s: float = 0.0
+
+    @property
+    def workers_s(self) -> float:
+        return self.stop_s / 2 + self.complete_s
+
+    @property
+    def in_flight_s(self) -> float:
+        return self.stop_s / 6
+
+    @property
+    def outputs_s(self) -> float:
+        return self.stop_s / 3
+
+    @property
+    def total_s(self) -> float:
+        return self.stop_s + self.complete_s
 
 
 class Source(Protocol):
@@ -80,12 +121,18 @@ class Intake:
         frame.header = dataclasses.replace(frame.header, rx=next(self._rx))  # FrameHeader.rx: why
         for sink in self.sinks:
             sink.raw(frame)
+        h = frame.header
         frame = self.edge(frame)  # what the denoiser sees: usable pixels only
         if self.evidence is not None:  # received: evidence for the frames after it, denoised or not
             self.evidence.keep(frame)
         if not self.queue.put(frame, frame.data.nbytes):
+            if self.queue.closed:  # a source still delivering after the stop's time for it: not "full"
+                self.metrics.frames_left_for_offline.inc()
+                msg = "frame %s of %s arrived after the stop closed the denoise queue: left for offline"
+                what = "frames after the stop"
+                self.overflow_log.log("after-stop", logging.WARNING, what, msg, h.seq, h.acq)
+                return
             self.metrics.denoise_overflow.inc()
-            h = frame.header
             self.overflow_log.log(
                 "denoise-overflow",
                 logging.WARNING,
@@ -207,27 +254,66 @@ class Pipeline:
             self.source.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Drain and close: source, then the workers, then the sinks (safe to call twice)."""
+        """Drain and close: source, then the workers, then the sinks, each within its share of ``timeout``
+        (``stop_timeout_s``; ``StopBudget``): safe to call twice.
+
+        Why shares, not one deadline: the workers' join used to take the whole budget, and a recorder
+        still writing got 0.1 s, was left inside h5py on a daemon thread, and the interpreter's exit
+        deadlocked on h5py's lock (or aborted inside the engine), the recording left open-for-write and
+        its queued frames uncounted. Now what cannot be done in time is given up, counted and logged
+        once with its number; a thread that still does not end is named (``left_running``).
+        """
         timeout = self.settings.stop_timeout_s if timeout is None else timeout
-        end = time.monotonic() + timeout
+        complete = self.settings.lanes.complete_timeout_s if self.pool.backlog is not None else None
+        b = StopBudget(timeout, complete or 0.0)
+        t0 = time.monotonic()
+        workers_end = t0 + b.workers_s
         if self.source is not None:
             self.source.stop()
-            self.source.join(max(0.1, end - time.monotonic()))
-        if self.pool.backlog is not None:  # the complete lane finishes its backlog, in its own time
-            budget = self.settings.lanes.complete_timeout_s
-            self.pool.stop(budget)
-            end += budget
-        else:
-            self.pool.stop()
+            self.source.join(max(0.1, workers_end - time.monotonic()))
+        self.pool.stop(complete)  # the complete lane finishes its backlog, in its own time
         self.denoise_q.close()
-        self.pool.join(max(0.1, end - time.monotonic()))
+        self.pool.join(max(0.1, workers_end - time.monotonic()))
+        if self.pool.running():  # what is still queued is left for offline; a batch in hand may finish
+            self.pool.give_up(f"the stop's {b.workers_s:.2g} s for the workers ran out (stop_timeout_s)")
+            self.pool.join(b.in_flight_s)
+            if self.pool.running():  # still inside the engine: the process will end without that batch
+                self.pool.write_off(f"its {b.in_flight_s:.2g} s to finish a batch ran out (stop_timeout_s)")
+        outputs_end = max(t0 + b.total_s, time.monotonic() + b.outputs_s)  # the outputs' own time
         for sink in self.sinks:
             sink.stop()
         for sink in self.sinks:
-            sink.join(max(0.1, end - time.monotonic()))
+            sink.join(max(0.1, outputs_end - time.monotonic()))
+        late = [sink for sink in self.sinks if sink.running()]
+        why = f"the stop's time for the outputs ran out (stop_timeout_s; {b.outputs_s:.2g} s or more)"
+        for sink in late:  # stop taking items (counted, logged), finish the one in hand, close the files
+            sink.give_up(why)
+        close_end = time.monotonic() + CLOSE_S
+        for sink in late:
+            sink.join(max(0.1, close_end - time.monotonic()))
         self.intake.overflow_log.tick(force=True)
         self.metrics.shutdown()
+        self._name_what_runs_on()
         self.stopped.set()
+
+    def _name_what_runs_on(self) -> None:
+        """Threads still running after the stop: one line, and ``left_running`` for the CLI, which then
+        ends without the interpreter's shutdown (a daemon thread frozen inside libhdf5 or the engine
+        hung it on h5py's lock, or aborted it)."""
+        left = self.supervisor.running(grace_s=1.0)
+        if not left:
+            return
+        recorder = self.recorder
+        named = []
+        for stage, thread in left:
+            what = stage
+            if stage == "recorder" and recorder is not None and (paths := recorder.open_paths()):
+                what += f" (writing; open for write: {', '.join(paths)}: `h5clear -s FILE` before reading)"
+            elif stage.startswith("denoise"):
+                what += " (inside its engine)"
+            leave_running(thread, what)
+            named.append(what)
+        log.error("stop: still running when the stop's time was over: %s", "; ".join(named))
 
     def health(self) -> dict[str, Any]:
         """Per-stage liveness for ``/healthz`` (sbd_stream/supervisor.py)."""

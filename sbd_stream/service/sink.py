@@ -12,6 +12,7 @@ Threads: ``raw`` and ``series_arrived`` run on the source's thread and must neve
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -65,6 +66,14 @@ class Sink(Protocol):
     def join(self, timeout: float) -> None:
         return None
 
+    def running(self) -> bool:
+        """Its thread still runs (after ``stop`` and ``join``: it has not finished draining)."""
+        return False
+
+    def give_up(self, why: str) -> None:
+        """The stop's time ran out: take no more items, count and log (once) what is left, close."""
+        return None
+
 
 class FrameTap(Sink):
     """A non-blocking raw-frame observer (tests, a viewer's in-process tap)."""
@@ -112,6 +121,12 @@ class PublisherSink(Sink):
     def join(self, timeout: float) -> None:
         self.publisher.join(timeout)
 
+    def running(self) -> bool:
+        return self.publisher.running()
+
+    def give_up(self, why: str) -> None:
+        self.publisher.give_up(why)
+
 
 class RecorderSink(Sink):
     """Every raw frame as received (never dropped), then denoised frames and maps as they come."""
@@ -125,6 +140,9 @@ class RecorderSink(Sink):
         # of the same name was recorded: the count tells the recorder it is late (RecordItem.series).
         self._starts: Recent = Recent()
         self._ends: Recent = Recent()
+        # series_arrived runs on the source's thread, series_done on a worker's: their read-modify-writes
+        # of one acq's entry interleaved, a count was lost and every later end of that name came "late"
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.recorder.start()
@@ -136,9 +154,11 @@ class RecorderSink(Sink):
     def series_arrived(self, msg: SeriesMessage) -> None:
         acq = msg.header.acq
         if msg.topic == TOPIC_SERIES_END:
-            self._ends[acq] = [*self._ends.get(acq, []), self._starts.get(acq, 0)]
+            with self._lock:
+                self._ends[acq] = [*self._ends.get(acq, []), self._starts.get(acq, 0)]
         else:
-            self._starts[acq] = self._starts.get(acq, 0) + 1
+            with self._lock:
+                self._starts[acq] = self._starts.get(acq, 0) + 1
             h = msg.header  # what series_start announces at its top level (exposure_s, ...) is metadata too
             said = {
                 k: v for k in ("exposure_s", "n_frames", "shape", "dtype") if (v := getattr(h, k)) is not None
@@ -156,9 +176,10 @@ class RecorderSink(Sink):
     def series_done(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END:
             acq = msg.header.acq
-            pending = self._ends.pop(acq, [])
-            if pending[1:]:
-                self._ends[acq] = pending[1:]
+            with self._lock:
+                pending = self._ends.pop(acq, [])
+                if pending[1:]:
+                    self._ends[acq] = pending[1:]
             self.recorder.submit(RecordItem("series_end", acq, series=pending[0] if pending else None))
 
     def stop(self) -> None:
@@ -166,6 +187,12 @@ class RecorderSink(Sink):
 
     def join(self, timeout: float) -> None:
         self.recorder.join(timeout)
+
+    def running(self) -> bool:
+        return self.recorder.running()
+
+    def give_up(self, why: str) -> None:
+        self.recorder.give_up(why)
 
 
 class ViewerSink(Sink):

@@ -18,7 +18,8 @@ frame taken), a worker takes a batch of frames the live lane skipped instead, so
 time the live lane leaves free and delays a live frame by at most one batch. Its results carry
 ``lane="complete"`` (the sinks decide what to do with them: recorded, not published). At shutdown
 the workers finish the backlog before they return, until ``complete_deadline`` (then what is left is
-left for offline).
+left for offline). When the stop's time for the workers runs out (``give_up``), each finishes the batch
+in its hands and takes no more; what is still queued is left for offline too, counted and logged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchResult, BatchStage
 from sbd_stream.service.batching import Batcher
 from sbd_stream.service.evidence_history import EvidenceHistory
+from sbd_stream.service.worker_load import worker_load, worker_samples
 from sbd_stream.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -203,6 +205,9 @@ class WorkerPool:
         self.reorder = Reorderer(self._release, metrics.reorder_held.set)
         self._take = threading.Lock()
         self._stopping = threading.Event()
+        self._given_up = threading.Event()  # the stop's time ran out: take no more batches (``give_up``)
+        self._hands: dict[int, list[Frame]] = {}  # worker -> the frames it is denoising (``write_off``)
+        self._hand_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         for st, sp in zip(self.stages, self.specs, strict=True):
             w = str(sp.index)
@@ -261,6 +266,56 @@ class WorkerPool:
         for t in self.threads:
             t.join(max(0.1, end - time.monotonic()))
 
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def give_up(self, why: str) -> int:
+        """The stop's time for the workers ran out: they finish the batch in hand and take no more.
+
+        What is still queued (the queue is closed by then, so taking it never waits) is left for offline:
+        counted in ``sbd_frames_left_for_offline_total`` and logged once with the number (their raw
+        frames went to the recorder on arrival). Series markers among it still take a ticket, so a
+        ``series_end`` reaches the sinks behind the batches in flight. Returns the frames left.
+        """
+        self._given_up.set()
+        left: list[Frame] = []
+        with self._take:  # a worker taking a batch holds it for at most one batch's wait
+            while items := self.batcher.next_batch(0.0):
+                if isinstance(items[0], Frame):
+                    left += [it for it in items if isinstance(it, Frame)]
+                else:
+                    self.reorder.done(self.reorder.take(), items[0])
+            behind = self.backlog.abandon(why) if self.backlog is not None else 0
+        self._leave(left, "still queued for denoising", why)
+        return len(left) + behind
+
+    def write_off(self, why: str) -> int:
+        """The batches still in the workers' hands once the stop's time is over (the process ends without
+        them): left for offline, counted once (a result that still comes is then dropped, not counted)."""
+        with self._hand_lock:
+            frames = [f for batch in self._hands.values() for f in batch]
+            self._hands.clear()
+        self._leave(frames, "in a worker's hands (its engine still running)", why)
+        return len(frames)
+
+    def _mine(self, i: int) -> bool:
+        """Worker ``i``'s batch is still its own to count and release (not written off)."""
+        with self._hand_lock:
+            return self._hands.pop(i, None) is not None
+
+    def _leave(self, frames: list[Frame], where: str, why: str) -> None:
+        if not frames:
+            return
+        self.metrics.frames_left_for_offline.inc(len(frames))
+        log.warning(
+            "stop: %d frames of %s %s are left for offline (%s; counted in sbd_frames_left_for_offline_total)"
+            "; their raw frames are recorded: `sbd-stream replay --offline RECORDING --out OUT.h5` does them",
+            len(frames),
+            ", ".join(sorted({f.header.acq for f in frames})[:8]),
+            where,
+            why,
+        )
+
     def _loop(self, i: int) -> None:
         """Worker ``i``: take a batch + ticket, process, file the result; the ticket is always filed."""
         stage_name = worker_stage_name(i)
@@ -268,6 +323,8 @@ class WorkerPool:
             evidence: list[tuple[Frame, ...]] | None = None
             lane = "live"
             with self._take:
+                if self._given_up.is_set():  # the stop's time ran out (``give_up``): no further batch
+                    return
                 items: list[Any] = self.batcher.next_batch(self._live_wait())
                 if items:
                     self._last_live = time.monotonic()
@@ -289,6 +346,8 @@ class WorkerPool:
                 else:
                     frames = [it for it in items if isinstance(it, Frame)]
                     out: list[Any] = []
+                    with self._hand_lock:
+                        self._hands[i] = frames
                     self.supervisor.call(
                         stage_name,
                         self._denoise,
@@ -320,6 +379,8 @@ class WorkerPool:
                 m.stage_latency.labels(stage="queue").observe(t0 - f.t_recv)
         stage = self.stages[i]  # evidence only when on: any process(frames) stage fits
         res = stage.process(frames, evidence=evidence) if evidence is not None else stage.process(frames)
+        if not self._mine(i):  # written off while it ran: counted as left for offline already
+            return
         res.lane = lane
         busy = time.perf_counter() - t0
         for stage in ("batch", "denoise", "likelihood"):
@@ -333,6 +394,8 @@ class WorkerPool:
         out.append(res)
 
     def _failed(self, i: int, frames: list[Frame], exc: Exception) -> None:
+        if not self._mine(i):
+            return
         m = self.metrics
         m.denoise_errors.inc()
         m.worker_errors.labels(worker=str(i)).inc()
@@ -380,47 +443,3 @@ class WorkerPool:
                 }
             )
         return out
-
-
-def worker_samples(metrics_text: str) -> dict[str, dict[str, Any]]:
-    """Per-worker counters and labels from a service's ``/metrics`` text (pure: ``info --service``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    names = {
-        "sbd_worker_frames": "frames",
-        "sbd_worker_batches": "batches",
-        "sbd_worker_busy_seconds": "busy_s",
-        "sbd_worker_errors": "errors",
-    }
-    out: dict[str, dict[str, Any]] = {}
-    for fam in text_string_to_metric_families(metrics_text):
-        for s in fam.samples:
-            w = s.labels.get("worker")
-            if w is None:
-                continue
-            row = out.setdefault(w, {"worker": int(w)})
-            if s.name == "sbd_worker_info":
-                row.update(device=s.labels.get("device"), threads=s.labels.get("threads"))
-                row["engine"] = s.labels.get("engine")
-            elif s.name.endswith("_total") and s.name.removesuffix("_total") in names:
-                row[names[s.name.removesuffix("_total")]] = s.value
-    return out
-
-
-def worker_load(before: str, after: str, seconds: float) -> list[dict[str, Any]]:
-    """Each worker's load (busy fraction) and frames/s between two scrapes ``seconds`` apart."""
-    a, b = worker_samples(before), worker_samples(after)
-    rows = []
-    for w in sorted(b, key=int):
-        now, then = b[w], a.get(w, {})
-        d = {k: now.get(k, 0.0) - then.get(k, 0.0) for k in ("frames", "busy_s", "errors")}
-        rows.append(
-            {
-                **{k: now.get(k) for k in ("worker", "device", "threads", "engine")},
-                "frames_total": now.get("frames", 0.0),
-                "errors_total": now.get("errors", 0.0),
-                "load": d["busy_s"] / seconds if seconds > 0 else 0.0,
-                "frames_per_s": d["frames"] / seconds if seconds > 0 else 0.0,
-            }
-        )
-    return rows

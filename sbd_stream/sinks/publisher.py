@@ -117,13 +117,40 @@ class Publisher(BackgroundWorker):
         m = h.meta if meta is None else meta
         self.submit(OutputItem(topic, h.acq, h.seq, h.ts, data, h.exposure_s, m, columns, t_recv))
 
-    def submit(self, item: OutputItem) -> None:
-        """Queue without blocking; series messages are never dropped (``force``: they are rare)."""
-        self.queue.put(item, 0 if item.data is None else int(item.data.nbytes), force=item.data is None)
+    def submit(self, item: OutputItem) -> bool:
+        """Queue without blocking; series messages are never dropped (``force``: they are rare). False
+        once closed at stop (an output that came later): counted in ``sbd_publish_dropped_total``."""
+        ok = self.queue.put(item, 0 if item.data is None else int(item.data.nbytes), force=item.data is None)
+        if not ok:
+            topic = item.topic.decode()
+            self.metrics.publish_dropped.labels(topic=topic).inc()
+            msg = "publisher closed at stop: %s %s of %s NOT sent (counted in sbd_publish_dropped_total)"
+            self._said.log(
+                "closed", logging.WARNING, "outputs NOT sent (closed at stop)", msg, topic, item.seq, item.acq
+            )
+        return ok
 
     def stop(self) -> None:
         """Send what is queued, then close."""
         self.queue.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        self._said.tick(force=True)  # what came after the close: its sum, now
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def give_up(self, why: str) -> int:
+        """Out of time at stop: what is still queued is NOT sent, counted per topic in
+        ``sbd_publish_dropped_total`` and said in one line with its number. Returns how many."""
+        self.queue.close()
+        _, left = self.queue.drain_newest(0)
+        for item in left:
+            assert isinstance(item, OutputItem)
+            self.metrics.publish_dropped.labels(topic=item.topic.decode()).inc()
+        log.warning("publisher: %s: %d queued outputs NOT sent (sbd_publish_dropped_total)", why, len(left))
+        return len(left)
 
     def _run(self) -> None:
         consume(self.queue, self.send, self.stage, self.supervisor, on_error=self._failed)

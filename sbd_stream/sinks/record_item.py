@@ -58,10 +58,15 @@ class Recent(collections.OrderedDict):
         self.limit = limit
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
+        """Set ``key`` as the most recent. Each step is one C call that cannot fail: set-then-move_to_end
+        raised KeyError when another thread popped the key in between (a lost ``series_end``)."""
+        super().pop(key, None)
+        super().__setitem__(key, value)  # a new key goes last
         while len(self) > self.limit:
-            self.popitem(last=False)
+            try:
+                self.popitem(last=False)
+            except KeyError:  # emptied meanwhile by another thread
+                break
 
 
 class PartIndex:

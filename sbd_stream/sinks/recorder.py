@@ -21,6 +21,9 @@ reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. Th
 * a disk error is counted and ends recording of that acquisition (its file abandoned, never closed:
   ``AcqFile.abandon``); any other exception while writing an item is counted, the file closed cleanly,
   the next frame opens a new part. The thread never dies of one bad item.
+* a stop that runs out of time (``give_up``): what is still queued is counted as NOT recorded (one line
+  with the number), the item in hand is finished and every file closed cleanly; an item handed over after
+  the close is counted as "closed at stop", not as a full queue.
 * ``bitshuffle-lz4``: ``compress_threads`` compress raw frames (the filter's exact chunk) while this
   thread writes earlier ones with ``write_direct_chunk`` in queue order (at most 2 x threads in
   flight); a failed compression or a dataset that cannot take the chunk falls back to the filter.
@@ -99,6 +102,7 @@ class Recorder(OpenParts, BackgroundWorker):
             self._pool = ThreadPoolExecutor(settings.compress_threads, thread_name_prefix="sbd-compress")
         self._pending: collections.deque[tuple[RecordItem, Future | None]] = collections.deque()
         self._in_flight = 2 * max(1, settings.compress_threads)
+        self._giving_up = False  # the stop's time ran out (``give_up``): write nothing more
         self._init_worker(supervisor)
         self.directory = Path(settings.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -127,8 +131,17 @@ class Recorder(OpenParts, BackgroundWorker):
         nbytes = (0 if item.data is None else int(item.data.nbytes)) + len(item.chunk or b"")
         ok = self.queue.put(item, nbytes, force=item.kind in CONTROL)
         if not ok:
+            where = "sbd_record_dropped_total"
+            if self.queue.closed:  # closed at stop: an output that came later (a worker out of its time)
+                if item.kind in CONTROL:  # nothing to record: the close closed its files
+                    return ok
+                self.metrics.record_dropped.inc()
+                what = "items NOT recorded (recorder closed at stop)"
+                msg = "recorder closed at stop: %s frame %s of %s NOT recorded (counted in %s; more: summed)"
+                self.loss_log.log("closed", logging.ERROR, what, msg, item.kind, item.seq, item.acq, where)
+                return ok
             self.metrics.record_dropped.inc()
-            what, where = "items NOT recorded (recorder queue full)", "sbd_record_dropped_total"
+            what = "items NOT recorded (recorder queue full)"
             msg = "recorder queue full: %s frame %s of %s NOT recorded (counted in %s; more: once a minute)"
             self.loss_log.log("queue-full", logging.ERROR, what, msg, item.kind, item.seq, item.acq, where)
         return ok
@@ -138,6 +151,37 @@ class Recorder(OpenParts, BackgroundWorker):
         """Finish what is queued, then close every file."""
         self.queue.close()
 
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        self.loss_log.tick(force=True)  # what came after the close: its sum, now
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def give_up(self, why: str) -> int:
+        """Out of time at stop: what is still queued (or waiting for the compressors) is NOT recorded,
+        counted in ``sbd_record_dropped_total`` and said in one line with its number; the thread finishes
+        the item in hand and closes every file cleanly (no ``h5clear`` needed). Returns the queued ones."""
+        self._giving_up = True
+        self.queue.close()
+        _, left = self.queue.drain_newest(0)
+        n = sum(1 for it in left if isinstance(it, RecordItem) and it.data is not None)
+        self.metrics.record_dropped.inc(n)
+        log.error(
+            "recorder: %s: %d queued frames NOT recorded (counted in sbd_record_dropped_total); closing "
+            "the files",
+            why,
+            n,
+        )
+        return n
+
+    def open_paths(self) -> list[str]:
+        """The parts open for write now (named when the thread does not end: they then need h5clear)."""
+        try:
+            return sorted({str(af.path) for af in [*self.files.values(), *self.previous.values()]})
+        except RuntimeError:  # changed size while the thread writes: say nothing rather than half
+            return []
+
     def _run(self) -> None:
         consume(self.queue, self._handle, self.stage, self.supervisor, self._quarantine, self._tick)
 
@@ -146,7 +190,7 @@ class Recorder(OpenParts, BackgroundWorker):
         self.files_log.tick(force=True)
         self._drain()
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self.close_all()
 
     def _handle(self, item: RecordItem) -> None:
@@ -175,9 +219,15 @@ class Recorder(OpenParts, BackgroundWorker):
         return replace(item, data=self.stored(item.data, item.acq, item.seq))
 
     def _drain(self, keep: int = 0) -> None:
-        """Write pending frames, oldest first, until at most ``keep`` remain (waits on the pool)."""
+        """Write pending frames, oldest first, until at most ``keep`` remain (waits on the pool); after
+        ``give_up``, count them as NOT recorded instead."""
         while len(self._pending) > keep:
             item, fut = self._pending.popleft()
+            if self._giving_up:
+                if fut is not None:
+                    fut.cancel()
+                self.metrics.record_dropped.inc(item.data is not None)
+                continue
             chunk = None
             if fut is not None:
                 try:
