@@ -391,13 +391,23 @@ class MetricsServer:
         self.httpd = BoundedHTTPServer((host, port), _handler(registry, health))  # 10 s, 64 at once
         self.port = int(self.httpd.server_address[1])
         self._running = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()  # a close between run's check and its loop: the loop never starts
 
     def run(self) -> None:
-        self._running.set()
+        """The server loop; returns at once after ``close`` (a service stopped before its metrics thread
+        first ran had the loop start on the closed socket: an error, restarted, after the stop)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._running.set()
         self.httpd.serve_forever(poll_interval=0.2)
 
     def close(self) -> None:
-        if self._running.is_set():
+        with self._lock:
+            self._closed = True
+            running = self._running.is_set()
+        if running:
             self.httpd.shutdown()  # waits for serve_forever to return: only if it ever ran
         self.httpd.server_close()
 
