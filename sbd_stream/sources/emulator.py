@@ -283,7 +283,8 @@ class Emulator:
     def __init__(self, cfg: EmulatorSettings, context: zmq.Context | None = None) -> None:
         self.cfg = cfg
         self.source = FrameSource(cfg)
-        self.ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None  # its own: ``close`` ends it (see ``close``)
+        self.ctx = context or zmq.Context()
         # XPUB: a PUB that also sees subscriptions; PUSH: one peer per message (scale-out)
         self.sock = self.ctx.socket(zmq.PUSH if cfg.push else zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
@@ -430,9 +431,17 @@ class Emulator:
             self._thread.join(timeout)
 
     def close(self) -> None:
+        """Stop, close the socket and (its own context) wait until what is queued is sent, at most LINGER.
+
+        Why: frames go without a copy, so libzmq reads the arrays after ``send`` returned. ``emulate``
+        returned with large frames queued for a slow receiver, the interpreter's teardown freed them
+        under libzmq's I/O thread: abort ("Bad address (src/tcp.cpp:227)", status 134), and the receiver
+        never got the last frames nor the ``series_end``. A context handed in is the caller's to end."""
         self.stop_event.set()
         self.join(5.0)
         self._close_socket()
+        if self._own_ctx:
+            self.ctx.term()  # returns once the queue is sent or LINGER has passed
 
     def _close_socket(self) -> None:
         if self._monitor is not None:

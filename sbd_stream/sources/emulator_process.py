@@ -35,13 +35,11 @@ def main() -> None:
     import signal
     import threading
 
-    import zmq
-
     from sbd_stream.sources.emulator import Emulator
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cfg = EmulatorSettings(**json.loads(sys.stdin.readline()))
-    emu = Emulator(cfg, zmq.Context())
+    emu = Emulator(cfg)  # its own context, ended by ``close`` once the queue is sent (``Emulator.close``)
     try:
         print(emu.endpoint, flush=True)
         if sys.stdin.readline().strip() != "go":

@@ -257,7 +257,9 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
             continue  # done before the signal: nothing left to interrupt
         assert "Traceback" not in err, err
         assert proc.returncode == 130, (delay, err)
-        assert err.strip().splitlines()[-1] == "interrupted", err
+        # "interrupted" (our entry), or nothing: a Ctrl-C after the imports, inside the command, is
+        # typer's own (exit 130, a blank line); the later delays reach it on a quiet machine
+        assert not err.strip() or err.strip().splitlines()[-1] == "interrupted", err
 
 
 def _children(pid: int) -> list[int]:
