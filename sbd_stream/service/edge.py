@@ -166,7 +166,7 @@ def _scan(
     if flagged is not None and not (kind == "u" and limit <= np.iinfo(data.dtype).max):
         drop = over | flagged  # NaN is not >= anything; the dtype maximum reaches any threshold below it
     idx = np.flatnonzero(drop)  # few pixels: a hot one, a column, a detector's gaps
-    total = None if NONFINITE_KEY in masks else _sum(data)
+    total = None if kind == "f" else _sum(data)  # floats: the mean of the others directly (``_own_dose``)
     n = idx.size - (int(np.count_nonzero(flagged)) if flagged is not None else 0)  # the hot ones
     dose = getattr(hot, "dose", None)
     if n and dose is not None and _own_dose(data, drop, idx, total) > HOT_MAX_DOSE * dose:
@@ -186,11 +186,13 @@ def _sum(data: np.ndarray) -> float:
 def _own_dose(data: np.ndarray, drop: np.ndarray, idx: np.ndarray, total: float | None) -> float:
     """The frame's mean count without its pixels at the threshold or flagged already (``drop``, at
     ``idx``): its dose, which hot pixels do not lift (a 4000-count column of a 512^2 frame adds 7.8
-    counts/px to the plain mean). ``total``: the sum of all pixels (None: NaN in the frame)."""
+    counts/px to the plain mean). ``total``: the sum of all pixels, exact for integers; None for floats,
+    whose sum a few huge finite values swamp (1e20 in a 0.45 counts/px frame: "total - outliers" gave
+    0, audit 25 review) and NaN spoils."""
     left = data.size - idx.size
     if not left:
         return math.inf
-    if total is None:  # NaN in the sum: the slow way
+    if total is None:  # floats: the slow way
         return float(data[~drop].mean(dtype=np.float64))
     return (total - _sum(data.ravel()[idx])) / left
 
@@ -214,7 +216,7 @@ def clean_pixels(data: np.ndarray, hot: float | None = None) -> tuple[np.ndarray
     left = data.size - idx.size
     if not left:
         fill = 0.0
-    elif data.dtype.kind == "f" and NONFINITE_KEY in masks:  # NaN in the sum: the slow way
+    elif data.dtype.kind == "f":  # the mean of the others itself: huge finite values swamp a sum
         if bad is None:
             bad = functools.reduce(np.logical_or, masks.values())
         fill = float(data[~bad].mean(dtype=np.float64))

@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLOSE_S", "Intake", "Pipeline", "Source", "StopBudget"]
+__all__ = ["CLOSE_S", "RUNNING_GRACE_S", "Intake", "Pipeline", "Source", "StopBudget"]
 
+RUNNING_GRACE_S = 1.0
+"""After everything was told to end: how long a thread may take to notice before it is named as left."""
 CLOSE_S = 3.0
 """After the outputs' share: seconds a sink that gave up may take to finish the item in hand and close its
 files (the 5 s margin the shipped unit keeps beyond stop_timeout_s + lanes.complete_timeout_s)."""
@@ -85,6 +87,12 @@ class StopBudget:
     @property
     def total_s(self) -> float:
         return self.stop_s + self.complete_s
+
+    @property
+    def bound_s(self) -> float:
+        """The longest a stop takes: the shares, the outputs' ``CLOSE_S`` and the grace before a thread
+        still running is named (``Pipeline._name_what_runs_on``): what a supervisor's stop timeout needs."""
+        return self.total_s + CLOSE_S + RUNNING_GRACE_S
 
 
 class Source(Protocol):
@@ -300,7 +308,7 @@ class Pipeline:
         """Threads still running after the stop: one line, and ``left_running`` for the CLI, which then
         ends without the interpreter's shutdown (a daemon thread frozen inside libhdf5 or the engine
         hung it on h5py's lock, or aborted it)."""
-        left = self.supervisor.running(grace_s=1.0)
+        left = self.supervisor.running(grace_s=RUNNING_GRACE_S)
         if not left:
             return
         recorder = self.recorder

@@ -159,3 +159,17 @@ def test_the_service_edge_warns_once_per_acquisition(caplog: pytest.LogCaptureFi
     assert "acquisition two" in said[1]
     assert "not hot pixels but a dose far above" in said[2] and "sbd_frames_too_bright_total" in said[2]
     assert edge.metrics is not None and edge.metrics.value("sbd_frames_hot_total") == 3
+
+
+@pytest.mark.parametrize("value", [1e15, 1e20, 3e38])
+def test_huge_finite_float_pixels_are_filled_with_the_mean_of_the_others(value: float) -> None:
+    """A float frame's fill is the mean of its other pixels itself: "sum minus outliers" lost them to
+    rounding (1e20: the fill was 0.0, 1e15-1e19: 0.06-0.50 for a mean of 0.45; audit 25 review)."""
+    raw = _counts(dtype="float32")
+    raw[5, 7] = raw[100, 3] = value
+    f = replace_invalid(_frame(raw), Metrics(), counts_per_px=0.45)
+    keep = np.ones(raw.shape, bool)
+    keep[5, 7] = keep[100, 3] = False
+    want = np.float32(raw[keep].mean(dtype=np.float64))
+    assert f.header.meta[HOT_KEY] == 2
+    assert f.data[5, 7] == want and f.data[100, 3] == want
