@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
+import zmq
 
 # With CI=true a skip for something .ci/run installs fails instead (tests/ci_require.py)
 from ci_require import (  # noqa: F401
@@ -160,6 +161,22 @@ def fake_sim_task(key: str, sid: str, n: int, shape=(8, 6), k_cols: int = 3) -> 
 def denoiser(tiny_engine_dir: Path) -> Denoiser:
     """The tiny engine behind ONNX Runtime, loaded once per module (most service tests use it)."""
     return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
+
+
+def free_port(ctx: zmq.Context) -> int:
+    """A TCP port on 127.0.0.1 free a moment ago (bound by a throwaway socket, then released)."""
+    s = ctx.socket(zmq.PUB)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)
+    return port
+
+
+def hup_default() -> None:
+    """In a child process (``preexec_fn``): SIGHUP at its default. A suite run under ``nohup`` (or a CI
+    runner that ignores SIGHUP) hands the ignore down, and a command then rightly keeps ignoring it."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 20.0) -> bool:

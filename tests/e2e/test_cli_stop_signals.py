@@ -18,20 +18,13 @@ from pathlib import Path
 import h5py
 import pytest
 import zmq
-from conftest import service_metric, wait_until
+from conftest import free_port, hup_default, service_metric, wait_until
 
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "sbd_stream"]
-
-
-def _port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
 
 
 class Lines:
@@ -59,12 +52,6 @@ class Lines:
         return "".join(self.lines)
 
 
-def _hup_default() -> None:
-    """In the child: SIGHUP at its default. A suite run under ``nohup`` (or a CI runner that ignores
-    SIGHUP) hands the ignore down, and a command then rightly keeps ignoring it (what nohup asks)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
 def _int_default() -> None:
     """In the child: SIGINT at its default, so Python installs its Ctrl-C handler. A suite started as a
     background job of a shell without job control (``cmd &`` in a script) inherits SIGINT ignored, and
@@ -90,15 +77,15 @@ def test_sighup_drains_serve_and_closes_the_recording(tmp_path: Path, tiny_engin
         ),
         ctx,
     )
-    metrics_port = _port(ctx)
+    metrics_port = free_port(ctx)
     cmd = [
-        *CLI, "serve", "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        *CLI, "serve", "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{free_port(ctx)}",
         "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir), "--engine", "onnxruntime",
         "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_default
     )
     try:
         assert emu.run() == 20
@@ -123,11 +110,11 @@ def test_a_second_signal_after_the_summary_keeps_the_clean_exit(tmp_path: Path, 
     handlers) ended the process by that signal, exit 143 / 130, for a stop that was complete."""
     ctx = zmq.Context.instance()
     cmd = [
-        *CLI, "serve", "--no-record", "--input", f"tcp://127.0.0.1:{_port(ctx)}",
+        *CLI, "serve", "--no-record", "--input", f"tcp://127.0.0.1:{free_port(ctx)}",
         "--output", "tcp://127.0.0.1:*", "--metrics-port", "0",
     ]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=_hup_default
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=hup_default
     )
     try:
         err = Lines(proc.stderr)
@@ -171,7 +158,7 @@ def test_a_second_signal_is_logged_and_a_third_ends_the_process(sig: int) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_hup_default,
+        preexec_fn=hup_default,
     )
     try:
         out, err = Lines(proc.stdout), Lines(proc.stderr)
@@ -290,7 +277,7 @@ def _demo_sending(tmp_path: Path, engine: Path):
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_default
     )
     kids: list[int] = []
     try:
@@ -370,7 +357,7 @@ def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine
     cmd = [*CLI, "replay", str(recording), "--realtime", "--record-dir", str(out),
            "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--pixel-size", "0.3"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_hup_default
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=hup_default
     )
     try:
         out_lines, err_lines = Lines(proc.stdout), Lines(proc.stderr)

@@ -22,17 +22,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import hup_default, wait_until
 
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "sbd_stream"]
 SAMPLING = ("--pixel-size", "0.06", "--counts-per-px", "0.45")
-
-
-def _hup_default() -> None:
-    """SIGHUP at its default in the child (a suite run under ``nohup`` hands the ignore down)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _cmd(inp: Path, out: Path, engine: Path, *extra: str) -> list[str]:
@@ -42,7 +37,7 @@ def _cmd(inp: Path, out: Path, engine: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(cmd: list[str], preexec: Callable[[], None] = _hup_default) -> subprocess.Popen:
+def _start(cmd: list[str], preexec: Callable[[], None] = hup_default) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec
     )
@@ -84,7 +79,7 @@ def test_a_full_disk_is_one_line_with_nothing_left(tiny_engine_dir: Path, tmp_pa
     out = tmp_path / "out.h5"
 
     def limited() -> None:
-        _hup_default()
+        hup_default()
         resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
 
     rc, err = _finish(_start(_cmd(inp, out, tiny_engine_dir, "--batch", "2"), limited))

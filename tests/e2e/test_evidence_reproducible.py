@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import service_metric, wait_until
+from conftest import free_port, service_metric, wait_until
 
 from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import default_engine_root, live_engine
@@ -59,13 +59,6 @@ def engine_dir() -> Path:
     """The shipped live CPU engine (``sbd-stream info``): it finds the lattice's columns; the tiny
     random test engines find none, and maps of zeros would compare equal whatever scored them."""
     return default_engine_root() / live_engine("cpu")
-
-
-def _port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
 
 
 def _no_sighup() -> None:
@@ -105,10 +98,10 @@ def _serve(
     push.setsockopt(zmq.LINGER, 5000)
     push.setsockopt(zmq.SNDTIMEO, 120_000)  # a service that never connects fails the test, not hangs it
     port = push.bind_to_random_port("tcp://127.0.0.1")
-    metrics = _port(ctx)
+    metrics = free_port(ctx)
     cmd = [
         SBD, "serve", "--input", f"tcp://127.0.0.1:{port}", "--socket-type", "pull", "--connect-input",
-        "--output", f"tcp://127.0.0.1:{_port(ctx)}", "--metrics-port", str(metrics),
+        "--output", f"tcp://127.0.0.1:{free_port(ctx)}", "--metrics-port", str(metrics),
         "--record-dir", str(rec), "--model", str(engine_dir), "--engine", "onnxruntime",
         "--likelihood", "--evidence-frames", str(N), *SAMPLING, *extra,
     ]  # fmt: skip

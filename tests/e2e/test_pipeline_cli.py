@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import service_metric, wait_until
+from conftest import free_port, service_metric, wait_until
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
@@ -27,21 +27,14 @@ def _serve_cmd(emu: Emulator, ctx: zmq.Context, record_dir: Path, engine_dir: Pa
     on the port returned as the command's ``--metrics-port`` value."""
     return [
         SBD, "serve",
-        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{free_port(ctx)}",
         "--record-dir", str(record_dir), "--model", str(engine_dir), "--engine", "onnxruntime",
-        "--metrics-port", str(_port(ctx)), "--policy", "lossless", *extra,
+        "--metrics-port", str(free_port(ctx)), "--policy", "lossless", *extra,
     ]  # fmt: skip
 
 
 def _metrics_port(cmd: list[str]) -> int:
     return int(cmd[cmd.index("--metrics-port") + 1])
-
-
-def _port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
 
 
 @pytest.mark.timeout(180)

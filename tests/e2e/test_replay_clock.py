@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import hup_default
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats.recording import recording_parts
@@ -51,10 +51,6 @@ def _recording(directory: Path, ts: list[float]) -> Path:
     return path
 
 
-def _hup_default() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # under nohup the parent ignores it
-
-
 @pytest.mark.timeout(240)
 def test_realtime_replay_of_far_and_undated_ts_skips_the_bad_rows_and_finishes(
     tmp_path: Path, tiny_engine_dir: Path
@@ -66,7 +62,7 @@ def test_realtime_replay_of_far_and_undated_ts_skips_the_bad_rows_and_finishes(
     cmd = [sys.executable, "-m", "sbd_stream", "replay", str(src), "--realtime", "--record-dir", str(out),
            "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--pixel-size", "0.3"]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "SBD_METRICS__PORT": "0"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200, preexec_fn=_hup_default)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200, preexec_fn=hup_default)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "OverflowError" not in proc.stderr
     assert json.loads(proc.stdout)["frames_fed"] == 3

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import probe_through_service, service_metric, wait_until
+from conftest import free_port, probe_through_service, service_metric, wait_until
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.integration
 
 SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
 ACQ = "hot"
-
-
-def _port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
 
 
 def _default_sighup() -> None:
@@ -58,7 +51,7 @@ def test_serve_replaces_counts_flags_and_logs_hot_pixels(tmp_path: Path, tiny_en
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 90_000)  # waits (bounded) until the service has connected
     push.setsockopt(zmq.LINGER, 0)
-    port, out, metrics_port = push.bind_to_random_port("tcp://127.0.0.1"), _port(ctx), _port(ctx)
+    port, out, metrics_port = push.bind_to_random_port("tcp://127.0.0.1"), free_port(ctx), free_port(ctx)
     cmd = [
         SBD, "serve", "--input", f"tcp://127.0.0.1:{port}", "--socket-type", "pull",
         "--output", f"tcp://127.0.0.1:{out}", "--record-dir", str(tmp_path), "--model", str(tiny_engine_dir),

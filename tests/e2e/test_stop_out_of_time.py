@@ -23,25 +23,13 @@ from pathlib import Path
 import h5py
 import pytest
 import zmq
-from conftest import service_metric, wait_until
+from conftest import free_port, hup_default, service_metric, wait_until
 
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "sbd_stream"]
-
-
-def _port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
-
-
-def _hup_default() -> None:
-    """In the child: SIGHUP at its default (a suite run under ``nohup`` hands the ignore down)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _superblock_flags(path: Path) -> int:
@@ -69,16 +57,16 @@ def _serve_and_stop(tmp_path: Path, engine: Path, n: int, *flags: str) -> tuple[
         ),
         ctx,
     )
-    rec, metrics_port = tmp_path / "rec", _port(ctx)
+    rec, metrics_port = tmp_path / "rec", free_port(ctx)
     cmd = [
-        *CLI, "serve", "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{_port(ctx)}",
+        *CLI, "serve", "--input", emu.endpoint, "--output", f"tcp://127.0.0.1:{free_port(ctx)}",
         "--record-dir", str(rec), "--model", str(engine), "--engine", "onnxruntime",
         "--metrics-port", str(metrics_port), "--batch", "4", *flags,
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "SBD_STOP_TIMEOUT_S": "0.3"}
     env["SBD_LANES__COMPLETE_TIMEOUT_S"] = "0.3"  # the complete lane (default lanes) out of time too
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_hup_default
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_default
     )
     try:
         assert emu.run() == n
