@@ -190,7 +190,8 @@ class MergeService(BackgroundWorker):
         if not inputs:
             raise ValueError("merge needs at least one --input")
         self.metrics = metrics or MergeMetrics()
-        self.ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None  # its own: ``_finalize`` ends it once the last messages left
+        self.ctx = context or zmq.Context()
         self.max_payload = max_payload_bytes
         self._init_worker(supervisor)
         self.buffer = ReorderBuffer(window, gap_timeout_s, first_seq, on_count=self.metrics.count)
@@ -319,8 +320,10 @@ class MergeService(BackgroundWorker):
             s.close(linger=0)
         if self.pub is not None:
             self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
-        if self._curve_server:
+        if self._curve_server or self._own_ctx:
             stop_authenticator(self.ctx)  # the ZAP thread a CURVE server socket started on this context
+        if self._own_ctx:  # waits until what was handed to ZeroMQ has left (at most the 1 s linger):
+            self.ctx.term()  # a stopped merge dropped the frames and the series_end still queued
 
     def close(self) -> None:
         """Release the sockets of a service that was never started (a started one closes its own)."""

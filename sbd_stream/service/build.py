@@ -279,7 +279,7 @@ def make_sinks(
     publisher = None
     if s.publish.enabled:
         with opening("publish.endpoint", s.publish.endpoint):
-            publisher = Publisher(s.publish, m, str(den.engine_id), ctx, sup)
+            publisher = Publisher(s.publish, m, str(den.engine_id), supervisor=sup)  # its own context
     if s.viewer.enabled and publisher is not None:
         sinks.append(ViewerSink(s, publisher.endpoint, m, ctx, sup))
     if publisher is not None:
@@ -317,7 +317,7 @@ def release_unstarted(sinks: Sequence[Sink], source: Source | None) -> None:
         source.close()  # a no-op once started
     for sink in sinks:
         if isinstance(sink, PublisherSink) and sink.publisher._thread is None:  # never started
-            sink.publisher.sock.close(linger=0)
+            sink.publisher.release_unstarted()
 
 
 def start(pipe: Pipeline) -> None:

@@ -36,7 +36,7 @@ from sbd_stream.protocol import (
     encode_series,
     ipv6_endpoint,
 )
-from sbd_stream.security import apply_curve, warn_if_exposed
+from sbd_stream.security import apply_curve, stop_authenticator, warn_if_exposed
 from sbd_stream.sinks.stored_dtype import PUBLISHED, StoredDtype
 from sbd_stream.sinks.xpub import SERIES_WAIT_S, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
@@ -76,7 +76,8 @@ class Publisher(BackgroundWorker):
         supervisor: Supervisor | None = None,
     ) -> None:
         self.s, self.metrics, self.engine_id = settings, metrics, engine_id
-        self.ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None  # its own: ``_finalize`` ends it (why there)
+        self.ctx = context or zmq.Context()
         self.queue = FrameQueue(
             settings.queue_frames,
             drop_oldest=True,
@@ -156,7 +157,25 @@ class Publisher(BackgroundWorker):
         consume(self.queue, self.send, self.stage, self.supervisor, on_error=self._failed)
 
     def _finalize(self) -> None:
+        """Close, and (its own context) wait until what is queued has left, at most the 1 s linger.
+
+        Why the wait: frames go out without a copy, so libzmq reads the arrays after ``send`` returned;
+        with a subscriber behind, ``serve`` / ``replay --publish`` ended while frames were queued, the
+        interpreter's teardown freed them under libzmq's I/O thread and the process aborted ("Bad
+        address (src/tcp.cpp:227)", status 134), the ``series_end`` already sent never arriving
+        (audit 25 zerocopy). Ending the context waits for them while they are alive."""
         self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
+        self._end_context()
+
+    def release_unstarted(self) -> None:
+        """A publisher whose thread never ran: its socket closed, its context ended (nothing queued)."""
+        self.sock.close(linger=0)
+        self._end_context()
+
+    def _end_context(self) -> None:
+        if self._own_ctx:
+            stop_authenticator(self.ctx)  # a CURVE server's ZAP thread on this context
+            self.ctx.term()
 
     def _failed(self, item: OutputItem, _exc: Exception) -> None:
         """An item the supervisor set aside was not published: count it as dropped."""
