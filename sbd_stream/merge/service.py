@@ -40,6 +40,7 @@ from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, 
 from sbd_stream.sinks.xpub import XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
+from sbd_stream.zmq_context import end_context, own_context
 
 __all__ = ["EngineCheck", "MergeMetrics", "MergeService", "run_merge", "status_line"]
 
@@ -191,7 +192,7 @@ class MergeService(BackgroundWorker):
             raise ValueError("merge needs at least one --input")
         self.metrics = metrics or MergeMetrics()
         self._own_ctx = context is None  # its own: ``_finalize`` ends it once the last messages left
-        self.ctx = context or zmq.Context()
+        self.ctx = context or own_context()
         self.max_payload = max_payload_bytes
         self._init_worker(supervisor)
         self.buffer = ReorderBuffer(window, gap_timeout_s, first_seq, on_count=self.metrics.count)
@@ -320,10 +321,10 @@ class MergeService(BackgroundWorker):
             s.close(linger=0)
         if self.pub is not None:
             self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
-        if self._curve_server or self._own_ctx:
+        if self._curve_server:
             stop_authenticator(self.ctx)  # the ZAP thread a CURVE server socket started on this context
         if self._own_ctx:  # waits until what was handed to ZeroMQ has left (at most the 1 s linger):
-            self.ctx.term()  # a stopped merge dropped the frames and the series_end still queued
+            end_context(self.ctx)  # a stopped merge dropped the frames and the series_end still queued
 
     def close(self) -> None:
         """Release the sockets of a service that was never started (a started one closes its own)."""

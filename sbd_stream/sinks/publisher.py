@@ -36,11 +36,12 @@ from sbd_stream.protocol import (
     encode_series,
     ipv6_endpoint,
 )
-from sbd_stream.security import apply_curve, stop_authenticator, warn_if_exposed
+from sbd_stream.security import apply_curve, warn_if_exposed
 from sbd_stream.sinks.stored_dtype import PUBLISHED, StoredDtype
 from sbd_stream.sinks.xpub import SERIES_WAIT_S, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
+from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Publisher(BackgroundWorker):
     ) -> None:
         self.s, self.metrics, self.engine_id = settings, metrics, engine_id
         self._own_ctx = context is None  # its own: ``_finalize`` ends it (why there)
-        self.ctx = context or zmq.Context()
+        self.ctx = context or own_context()
         self.queue = FrameQueue(
             settings.queue_frames,
             drop_oldest=True,
@@ -174,8 +175,7 @@ class Publisher(BackgroundWorker):
 
     def _end_context(self) -> None:
         if self._own_ctx:
-            stop_authenticator(self.ctx)  # a CURVE server's ZAP thread on this context
-            self.ctx.term()
+            end_context(self.ctx)
 
     def _failed(self, item: OutputItem, _exc: Exception) -> None:
         """An item the supervisor set aside was not published: count it as dropped."""

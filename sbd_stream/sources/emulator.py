@@ -50,6 +50,7 @@ from sbd_stream.protocol import (
 from sbd_stream.sources.emulator_recording import check_counts_fit
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
+from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class Emulator:
         self.cfg = cfg
         self.source = FrameSource(cfg)
         self._own_ctx = context is None  # its own: ``close`` ends it (see ``close``)
-        self.ctx = context or zmq.Context()
+        self.ctx = context or own_context()
         # XPUB: a PUB that also sees subscriptions; PUSH: one peer per message (scale-out)
         self.sock = self.ctx.socket(zmq.PUSH if cfg.push else zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
@@ -434,14 +435,13 @@ class Emulator:
         """Stop, close the socket and (its own context) wait until what is queued is sent, at most LINGER.
 
         Why: frames go without a copy, so libzmq reads the arrays after ``send`` returned. ``emulate``
-        returned with large frames queued for a slow receiver, the interpreter's teardown freed them
-        under libzmq's I/O thread: abort ("Bad address (src/tcp.cpp:227)", status 134), and the receiver
-        never got the last frames nor the ``series_end``. A context handed in is the caller's to end."""
+        returned with large frames queued for a slow receiver: abort at exit, the last frames and the
+        ``series_end`` lost (``sbd_stream/zmq_context.py``). A context handed in is the caller's to end."""
         self.stop_event.set()
         self.join(5.0)
         self._close_socket()
         if self._own_ctx:
-            self.ctx.term()  # returns once the queue is sent or LINGER has passed
+            end_context(self.ctx)  # returns once the queue is sent or LINGER has passed
 
     def _close_socket(self) -> None:
         if self._monitor is not None:
