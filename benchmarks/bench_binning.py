@@ -1,7 +1,10 @@
 """Binning detector frames to the engine's working pixel: speed per bin factor and what binning costs in PSNR.
 
 Speed: the whole batch stage (upload, bin, tile, engine, fuse, interpolate back, download) on
-1024 x 1024 detector frames for bin 1 / 2 / 4 with the same engine weights; the detector pixel is set
+1024 x 1024 detector frames for bin 1 / 2 / 4 with the same engine weights, configured as the service
+runs it (``light_torch``: torch at one thread beside ONNX Runtime, as ``bench_capacity`` does; without
+it torch's OpenMP threads fought ONNX Runtime's and a loaded machine doubled the time, audit 26), and
+the engine's id (``name@hash``) recorded; the detector pixel is set
 to working pixel / k and the dose to the engine's nominal dose per area, so only the pixel count the
 network sees changes. Quality: clean simulated frames at the detector's sampling, binned and brought
 back without any network (bicubic), against the clean frame on the paper's metric: the ceiling that
@@ -28,6 +31,7 @@ from sbd_stream.engines.card import load_card, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
+from sbd_stream.service.build import light_torch
 
 
 def speed(model: str | None, kind: str, size: int, n: int, repeats: int, bins: list[int]) -> list[dict]:
@@ -40,6 +44,7 @@ def speed(model: str | None, kind: str, size: int, n: int, repeats: int, bins: l
         den = Denoiser.load(kind, model, "cpu" if not torch.cuda.is_available() else None)
         det = DetectorSettings(pixel_size_A=card.pixel_size_A / k, dose_e_per_A2=dose)
         stage = BatchStage(den, det)
+        light_torch([stage])  # as the service runs it (service/build.py)
         rng = np.random.default_rng(k)
         data = rng.poisson(det.vacuum_counts, size=(n, size, size)).astype(np.uint16)
         frames = [Frame(FrameHeader("bench", i, 0.0, (size, size), "uint16"), data[i]) for i in range(n)]
@@ -51,6 +56,7 @@ def speed(model: str | None, kind: str, size: int, n: int, repeats: int, bins: l
         rows.append(
             {
                 "bin": k,
+                "engine_id": den.engine_id,
                 "detector_pixel_A": round(det.pixel_size_A, 4),
                 "working_px": f"{-(-size // k)}^2",
                 "ms_per_frame": 1000 * dt,
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "bench_binning",
         {
             "engine": str(resolve_engine_dir(a.model)),
+            "engine_id": sp[0]["engine_id"] if sp else None,
             "backend": a.engine,
             "frame": [a.size, a.size],
             "batch": a.frames,

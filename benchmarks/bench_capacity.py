@@ -8,6 +8,9 @@ Scaling: the service's own worker pool (``service/workers.py``: batcher, tickets
 queue of frames, 1 worker with every core against 2 workers with half each. The capacity table turns
 the per-worker rates into how many such workers a site needs for 40 Hz at each size and bin.
 
+The results file records the engine's id (``name@hash/backend``): a name alone cannot tell a retrained
+engine, or another default, from the one measured.
+
     python -m benchmarks.bench_capacity [--model NAME] [--min-seconds 3] [--sizes 1024,k2] [--bins 1,2,4]
 """
 
@@ -85,6 +88,7 @@ def per_worker(model: str | None, kind: str, size: str, k: int, threads: int, mi
         "detector_pixel_A": round(stage.geometry.detector.pixel_size_A, 4),
         "working_px": f"{-(-h // k)}x{-(-w // k)}",
         "threads": threads,
+        "engine_id": stage.denoiser.engine_id,
         "frames": n,
         "ms_per_frame": 1000 / fps,
         "frames_per_s": fps,
@@ -191,6 +195,7 @@ def main() -> None:
         "bench_capacity",
         {
             "engine": str(resolve_engine_dir(a.model).name),
+            "engine_id": rows[0]["engine_id"] if rows else None,  # name@sha256[:12]/backend, as measured
             "rate_hz": RATE_HZ,
             "note": a.note,
             "per_worker": rows,

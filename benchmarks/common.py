@@ -1,20 +1,27 @@
-"""Helpers shared by the benchmarks: machine description, JSON results, printed tables."""
+"""Helpers shared by the benchmarks: machine description, JSON results, printed tables.
+
+Every results file says when (UTC), at which commit (and whether the tree was dirty), under what load
+(at the start of the process and at the end) and with which library versions it was measured: the
+fields come from ``sbd_stream.cli.run_info``, the same ones ``sbd-stream demo --json-out`` writes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import subprocess
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sbd_stream.cli.run_info import git_state, run_info, run_started
 from sbd_stream.invocation import invocation
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STARTED = run_started()
+"""Start time and load average when the benchmark's process imported this module (before measuring)."""
 
 
 def machine() -> dict[str, Any]:
@@ -26,12 +33,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        info["git"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        info["git"] = None
+    info.update(git_state())  # git ("" outside a checkout, with git_note saying so) and git_dirty
     return info
 
 
@@ -47,13 +49,23 @@ def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m " + invocation(f"benchmarks.{name}"),
+        **run_info(STARTED),
+        "command": "python -m " + invocation(f"benchmarks.{_module(name)}"),
         "machine": machine(),
         **payload,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def _module(name: str) -> str:
+    """The benchmark module that is running (``python -m benchmarks.X`` runs ``benchmarks/X.py``), else
+    ``name``: a module may name its results file otherwise (``gpu_session_report`` writes
+    ``gpu_session_<tag>.json``), and the command recorded must be one that exists."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.suffix == ".py" and script.parent.name == "benchmarks":
+        return script.stem
+    return name
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -10,31 +10,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.readme_render import RESULTS, command, cores, load, source
+from benchmarks.readme_render import RESULTS, command, cores, engine_label, load, source
+from sbd_stream.engines.card import DEFAULT_ENGINE
 
 K2 = "3838x3710"
 
 
+def when(d: dict) -> str:
+    """When a results file was measured (``date``, UTC) or, for older files that recorded none, when it
+    was committed (``committed``, added afterwards from git log, and labelled so)."""
+    if d.get("date"):
+        return str(d["date"])
+    c = d.get("committed") or {}
+    return f"committed {c['date']}" if c.get("date") else "-"
+
+
 def demo() -> str:
     """``sbd-stream demo --json-out benchmarks/results/demo_*.json``: one row per results file (two-lane
-    runs state both lanes; earlier one-lane runs are kept as history)."""
-    files = sorted(RESULTS.glob("demo_*.json"), key=lambda f: json.loads(f.read_text()).get("date", ""))
-    if not files:
+    runs state both lanes; earlier one-lane runs are kept as history), newest first: by ``date``, or for
+    files from before the demo wrote one by when they were committed (``committed``), then by name."""
+    runs = [(f.name, json.loads(f.read_text())) for f in RESULTS.glob("demo_*.json")]
+    if not runs:
         raise FileNotFoundError("no benchmarks/results/demo_*.json")
+    runs.sort(key=lambda r: r[0])
+    runs.sort(key=lambda r: when(r[1]).removeprefix("committed "), reverse=True)
     lines = [
-        "| command | engine | live lane: frames shown (fewest in a second) | live latency p50 / p99 | "
-        "complete lane: raw / denoised in the recording | paper PSNR raw -> denoised |",
-        "|---|---|---|---|---|---|",
+        "| command | measured | engine | live lane: frames shown (fewest in a second) | "
+        "live latency p50 / p99 | complete lane: raw / denoised in the recording | "
+        "paper PSNR raw -> denoised |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for f in files:
-        d = json.loads(f.read_text())
+    for _name, d in runs:
+        load_avg = (d.get("load_avg") or {}).get("start")
+        measured = when(d) + (f", load {load_avg[0]:.1f}" if load_avg else "")
         engine = f"`{str(d['engine']).split('@')[0]}`"
         psnr = f"{d['paper_psnr_raw_db']:.1f} -> **{d['paper_psnr_denoised_db']:.1f} dB**"
         lanes = d.get("lanes")
         if lanes is None:  # before the two lanes: one queue, what was not denoised overflowed
             lat = d["latency_s"]
             lines.append(
-                f"| `{d['command']}` (one lane, before the lanes) | {engine} | "
+                f"| `{d['command']}` (one lane, before the lanes) | {measured} | {engine} | "
                 f"{d['frames_published_received']} of {d['frames_sent']} | "
                 f"{lat['p50']:.2f} / {lat['p99']:.2f} s | "
                 f"not recorded; {d['denoise_overflow']} `denoise_overflow` | {psnr} |"
@@ -50,17 +65,18 @@ def demo() -> str:
         )
         lat = live["latency_s"]
         lines.append(
-            f"| `{d['command']}` | {engine} | {live['frames']} of {d['frames_sent']} "
+            f"| `{d['command']}` | {measured} | {engine} | {live['frames']} of {d['frames_sent']} "
             f"({live['per_second_min']} / s) | {lat['p50']:.3f} / {lat['p99']:.3f} s | {done} | {psnr} |"
         )
     return "\n".join(lines)
 
 
 def binning() -> str:
-    """``python -m benchmarks.bench_binning``: bench_binning.json."""
+    """``python -m benchmarks.bench_binning``: bench_binning.json, with the engine it measured."""
     d = load("bench_binning.json")
     lines = [
-        f"{source(d, 'bench_binning.json')}, {cores(d)}, {d['backend']}):",
+        f"{source(d, 'bench_binning.json')}, {cores(d)}, {d['backend']}, {when(d)}; "
+        f"{engine_label(d, DEFAULT_ENGINE)}):",
         "",
         "| bin | detector pixel | working frame | ms / frame | frames / s | vs 40 Hz |",
         "|---|---|---|---|---|---|",
@@ -121,7 +137,7 @@ def capacity() -> str:
     pw, cap = d["per_worker"], d["capacity_40Hz"]
     lines = [
         f"`{command(d)}` (`benchmarks/results/bench_capacity.json`, {cores(d)}, {d.get('note') or '-'}; "
-        f"engine `{d['engine']}`; frames/s per worker with 2 / 1 threads):",
+        f"{when(d)}; {engine_label(d, DEFAULT_ENGINE)}; frames/s per worker with 2 / 1 threads):",
         "",
         "| frame | bin 1 | bin 2 | bin 4 (0.060 A detector) | workers of 2 cores for 40 Hz at bin 4 |",
         "|---|---|---|---|---|",
@@ -158,27 +174,32 @@ def capacity_ab() -> str:
 
 def capacity_h200() -> str:
     """``python -m benchmarks.bench_capacity --engine auto ...`` on the H200:
-    bench_capacity_h200_*.json, one row per engine (the run's full thread count)."""
+    bench_capacity_h200_*.json, one row per engine (the run's full thread count), each row with its own
+    command, and the torch build and Python the runs used (the lent machine's, not the project's pin)."""
     files = sorted(RESULTS.glob("bench_capacity_h200_*.json"))
     if not files:
         raise FileNotFoundError("no benchmarks/results/bench_capacity_h200_*.json")
-    first = json.loads(files[0].read_text())
+    runs = [json.loads(f.read_text()) for f in files]
+    builds = sorted({f"torch {d['machine'].get('torch')}, Python {d['machine'].get('python')}" for d in runs})
     lines = [
-        f"`{command(first)}` (one row per `benchmarks/results/bench_capacity_h200_*.json`; "
-        f"{cores(first)}; frames/s per worker, one frame per call, upload and download included):",
+        f"one row per `benchmarks/results/bench_capacity_h200_*.json`, each opening with its command; "
+        f"{cores(runs[0])}; {' / '.join(builds)} (the lent machine's build, not the project's pinned torch); "
+        "frames/s per worker, one frame per call, upload and download included:",
         "",
-        "| engine | 1024^2 bin 1 | 1024^2 bin 4 | K2 bin 1 | K2 bin 4 | GPUs for K2 at 40 Hz, bin 4 |",
-        "|---|---|---|---|---|---|",
+        "| command | engine | 1024^2 bin 1 | 1024^2 bin 4 | K2 bin 1 | K2 bin 4 | "
+        "GPUs for K2 at 40 Hz, bin 4 |",
+        "|---|---|---|---|---|---|---|",
     ]
     k2_cost = []
-    for f in files:
-        d = json.loads(f.read_text())
+    for d in runs:
         pw = d["per_worker"]
         cells = [_f(_fps(pw, s, b)) for s in ("1024x1024", K2) for b in (1, 4)]
         need = next(
             (c["workers_for_40Hz"] for c in d["capacity_40Hz"] if c["size"] == K2 and c["bin"] == 4), "-"
         )
-        lines.append(f"| `{Path(d['engine']).name}` | " + " | ".join(cells) + f" | {need} |")
+        lines.append(
+            f"| `{command(d)}` | {engine_label(d, DEFAULT_ENGINE)} | " + " | ".join(cells) + f" | {need} |"
+        )
         small, k2 = _fps(pw, "1024x1024", 4), _fps(pw, K2, 4)
         if small and k2:
             k2_cost.append(
@@ -205,10 +226,12 @@ def scale_out() -> str:
         "|---|---|",
         f"| worker pool, {one['workers']} worker x {one['threads_each']} threads vs {two['workers']} "
         f"workers x {two['threads_each']} thread (same cores, 1024^2 bin 4, {one['frames']} frames; "
-        f"`{command(cap)}`) | {one['frames_per_s']:.1f} vs {two['frames_per_s']:.1f} frames/s: "
+        f"`{command(cap)}`; {engine_label(cap, DEFAULT_ENGINE)}) | "
+        f"{one['frames_per_s']:.1f} vs {two['frames_per_s']:.1f} frames/s: "
         f"{s['speedup_2_vs_1_worker_same_cores']:.2f}x; {100 * s['efficiency_vs_2x_half_worker']:.0f} % of "
         "two independent single-core workers |",
-        f"| offline `denoise`, {dask['frames']} frames {dask['frame'][0]}^2 (`{command(dask)}`) | "
+        f"| offline `denoise`, {dask['frames']} frames {dask['frame'][0]}^2 (`{command(dask)}`; "
+        f"{engine_label(dask, DEFAULT_ENGINE)}) | "
         f"single process {single['frames_per_s']:.1f} frames/s; Dask local 2 workers "
         f"{cold['frames_per_s']:.1f} (cold: cluster start + engine load) / {warm['frames_per_s']:.1f} "
         f"(warm) = {cold['vs_single']:.2f}x / {warm['vs_single']:.2f}x; "
@@ -242,9 +265,10 @@ def live_service() -> str:
         "| measure | result |",
         "|---|---|",
     ]
+    ing_when = f"measured {when(ing)[:10]} at commit `{ing['machine'].get('git') or '?'}`"
     for r in ing["results"]:
         lines.append(
-            f"| ingest {r['shape']} {r['dtype']} on loopback vs a bare pyzmq receive loop | "
+            f"| ingest {r['shape']} {r['dtype']} on loopback vs a bare pyzmq receive loop ({ing_when}) | "
             f"{r['ingest_fps']:.0f} vs {r['bare_fps']:.0f} frames/s, ratio {r['ratio']:.2f} "
             f"({r['ingest_GBps']:.1f} GB/s) |"
         )

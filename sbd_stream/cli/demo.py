@@ -174,6 +174,9 @@ def demo(
         FrameSource(emu_cfg)
     except (ValueError, OSError) as e:
         fail(f"emulator: {e}")
+    from sbd_stream.cli.run_info import run_info, run_started
+
+    started = run_started()  # the load before the run: "a quiet machine" is checkable in the file
     stop = threading.Event()
     made: list[str] = []  # the temporary folder, for a third signal that ends the process at once
     # Ctrl-C, SIGTERM, SIGHUP: one clean stop (child ended, temporary folder gone); a third: folder gone
@@ -193,11 +196,8 @@ def demo(
         result["lanes"]["complete"]["recording"]["kept"] = record_dir is not None
     typer.echo(json.dumps(result, indent=2))
     if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
-        import os
-        import platform
-
-        machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": platform.machine()}
-        head = {"benchmark": "demo", "command": invocation("sbd-stream"), "machine": machine}
+        # date (UTC), commit + dirty flag, load average at start and end, library versions, machine
+        head = {"benchmark": "demo", "command": invocation("sbd-stream"), **run_info(started)}
         try:  # checked at start; a disk filled since, or the folder removed, is still one line
             json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
         except OSError as e:
