@@ -163,12 +163,18 @@ def denoiser(tiny_engine_dir: Path) -> Denoiser:
     return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
 
 
-def free_port(ctx: zmq.Context) -> int:
-    """A TCP port on 127.0.0.1 free a moment ago (bound by a throwaway socket, then released)."""
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
+def free_port(ctx: zmq.Context | None = None) -> int:
+    """A TCP port on 127.0.0.1 free a moment ago, for a process the test starts to bind.
+
+    Picked with a plain socket whose close is synchronous: a ZeroMQ socket closes in its I/O thread
+    after ``close`` returns, so the port it held could still be taken when the child bound it (audit 26:
+    2 of 20 binds failed with "Address already in use"). A listening socket that never accepted leaves
+    no TIME_WAIT behind. ``ctx`` is accepted for the callers that pass one, and not used."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def hup_default() -> None:

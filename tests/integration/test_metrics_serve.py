@@ -19,16 +19,13 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import wait_until
+from conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def _free_zmq_port(ctx: zmq.Context) -> int:
-    s = ctx.socket(zmq.PUB)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(0)
-    return port
+    return free_port(ctx)  # a plain socket: a ZeroMQ one's close is asynchronous (conftest.free_port)
 
 
 def _get(url: str) -> tuple[int, bytes]:
