@@ -167,7 +167,10 @@ def demo(
     if source is not None and not synthetic:
         from sbd_stream.sources.emulator_recording import for_recording
 
-        emu_cfg, _ = for_recording(emu_cfg, shape_given=shape is not None)  # its frame size and dtype
+        try:  # checked already by _recorded_sampling; a file changed since is still one line
+            emu_cfg, _ = for_recording(emu_cfg, shape_given=shape is not None)  # its frame size and dtype
+        except (ValueError, OSError) as e:
+            fail(f"--source {source}: {e}")
     from sbd_stream.sources.emulator import FrameSource
 
     try:  # what the emulator's child would refuse (a dose its count type cannot hold), said here

@@ -175,9 +175,12 @@ def run_demo(
     subscriber's receipt) and, with recording on, what the complete lane left in the recording (raw
     frames, and denoised frames live or completed afterwards), read back from the files. PSNR is
     scored on a sample of ``truth_frames`` frames spread over the series, so a long demo's memory
-    stays small. ``stop`` (the command's signals, ``cli.app.on_signals``) ends the acquisition early
-    as a KeyboardInterrupt does: the emulator's child ends its series, the service drains, the summary
-    covers what was sent.
+    stays small. ``stop`` (the command's signals, ``cli.app.on_signals``) ends the acquisition early:
+    the emulator's child ends its series, the service drains, the summary covers what was sent.
+
+    A KeyboardInterrupt (a caller without ``stop``) ends the same way, child, service and subscriber
+    closed, and then propagates: there is no summary. It used to be swallowed, and one that came
+    during the subscriber handshake became ``UnboundLocalError`` instead.
     """
     from sbd_stream.service.build import build_pipeline, start
     from sbd_stream.service.sink import FrameTap
@@ -188,28 +191,29 @@ def run_demo(
     every = max(1, -(-emu_cfg.n_frames // max(1, truth_frames)))
     sample = {emu_cfg.first_seq + k for k in range(0, emu_cfg.n_frames, every)}
     emu = EmulatorProcess(emu_cfg)  # the detector: a process of its own, as a real one is a device
-    settings.ingest.endpoint = emu.endpoint
-    pipe = build_pipeline(settings, stage, context=ctx)
     sent: dict[int, np.ndarray] = {}  # the scored frames' raw counts, as the service received them
 
     def keep_raw(frame: Any) -> None:
         if frame.header.acq == emu_cfg.acq and frame.header.seq in sample:
             sent[frame.header.seq] = np.array(frame.data, copy=True)
 
-    pipe.add_sink(FrameTap(keep_raw), first=True)
     try:
+        settings.ingest.endpoint = emu.endpoint
+        pipe = build_pipeline(settings, stage, context=ctx)
+        pipe.add_sink(FrameTap(keep_raw), first=True)
         start(pipe)  # a busy viewer / metrics port: EndpointError, one line at the command
     except BaseException:
         emu.close()
         raise
     assert pipe.publisher is not None
-    col = Collector(pipe.publisher.endpoint, keep_data=lambda seq: seq in sample, context=ctx).start()
+    m = pipe.metrics
+    col: Collector | None = None
     t0 = time.perf_counter()
-    try:
+    try:  # a KeyboardInterrupt anywhere in here ends all below, then goes on to the caller
+        col = Collector(pipe.publisher.endpoint, keep_data=lambda seq: seq in sample, context=ctx).start()
         await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
         emu.go()
         t0 = time.perf_counter()
-        m = pipe.metrics
         last = 0.0
         while not col.series_end.wait(0.1):
             if stop is not None and stop.is_set():
@@ -227,20 +231,24 @@ def run_demo(
                     f"completed {m.value('sbd_frames_completed_total'):4.0f}  "
                     f"backlog {m.value('sbd_complete_backlog_frames'):4.0f}  queue {len(pipe.denoise_q):3d}"
                 )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.close()
-        t_acq = time.perf_counter() - t0
-        if status is not None and pipe.pool.backlog:
-            held, queued = len(pipe.pool.backlog), len(pipe.denoise_q)  # queued ones may be skipped too
-            status(
-                f"acquisition over: the complete lane denoises the {held} skipped frames it holds"
-                + (f" (and any of the {queued} still queued that the live lane skips)" if queued else "")
-            )
-        pipe.stop()  # the complete lane finishes its backlog before the recorder closes
-        col.close()
+    finally:  # each step runs even if one before it was interrupted
+        try:
+            emu.close()
+            t_acq = time.perf_counter() - t0
+            if status is not None and pipe.pool.backlog:
+                held, queued = len(pipe.pool.backlog), len(pipe.denoise_q)  # queued ones may be skipped too
+                status(
+                    f"acquisition over: the complete lane denoises the {held} skipped frames it holds"
+                    + (f" (and any of the {queued} still queued that the live lane skips)" if queued else "")
+                )
+        finally:
+            try:
+                pipe.stop()  # the complete lane finishes its backlog before the recorder closes
+            finally:
+                if col is not None:
+                    col.close()
     wall = time.perf_counter() - t0
+    assert col is not None  # made first in the ``try``: nothing before it could have ended it
     den = col.frames(b"denoised")
     src = FrameSource(emu_cfg)  # the truth of a frame is deterministic: scored here, not in the child
     scale = PAPER_COUNTS_PER_PX / float(emu_cfg.dose)  # the paper's metric is defined at 0.45 counts/px

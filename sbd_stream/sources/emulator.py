@@ -47,7 +47,7 @@ from sbd_stream.protocol import (
     encode_series,
     ipv6_endpoint,
 )
-from sbd_stream.sources.emulator_recording import check_counts_fit
+from sbd_stream.sources.emulator_recording import is_recording, recorded_counts
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
 from sbd_stream.zmq_context import end_context, own_context
@@ -145,13 +145,9 @@ class FrameSource:
                     )
                     for i in range(n)
                 ]
-            elif "raw" in f and "frames" in f["raw"]:
-                n = min(len(f["raw/complete"]), 256)
-                if n == 0:
-                    raise ValueError(f"{cfg.source} holds no complete raw frames")
+            elif is_recording(f):  # its trusted rows, checked (emulator_recording.py)
                 self.kind = SourceKind.recording
-                self._counts = [np.asarray(f["raw/frames"][i]) for i in range(n)]
-                check_counts_fit(self._counts, cfg.dtype, cfg.source.name)  # the cast in frames() is lossless
+                self._counts = recorded_counts(f, cfg)
             else:
                 raise ValueError(
                     f"{cfg.source}: neither a simulated dataset (/images) nor a recording (/raw)"

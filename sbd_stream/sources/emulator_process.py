@@ -7,6 +7,10 @@ as much as the service. In its own process it competes only for cores, as a dete
 at all. The parent keeps what it needs to score the run without the child's memory: the truth of a
 frame is deterministic (``FrameSource.truth_of_frame``), and the raw counts of the scored frames are
 taken from what the service received.
+
+A child that exits before it started (settings it refuses, a recording it cannot read) is reported as
+such, ``EmulatorExited`` with its exit status and its one-line reason; it used to be taken for a
+timeout ("did not start in 120 s", said after 4 s).
 """
 
 from __future__ import annotations
@@ -16,11 +20,29 @@ import json
 import select
 import subprocess
 import sys
+import traceback
 from typing import IO
+
+from pydantic import ValidationError
 
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 
-__all__ = ["EmulatorProcess", "main"]
+__all__ = ["EmulatorExited", "EmulatorProcess", "main"]
+
+ERROR_PREFIX = "error "
+"""What the child's stdout line starts with when it cannot start: the rest is its reason, one line."""
+
+
+class EmulatorExited(RuntimeError):
+    """The emulator's child process exited before it started: its exit status and its last error."""
+
+
+def _one_line(e: Exception) -> str:
+    """``e`` as one line: pydantic's errors as ``field: message``, anything else with its lines joined."""
+    if isinstance(e, ValidationError):
+        said = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        return said.replace("Value error, ", "")
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def main() -> None:
@@ -35,11 +57,16 @@ def main() -> None:
     import signal
     import threading
 
-    from sbd_stream.sources.emulator import Emulator
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cfg = EmulatorSettings(**json.loads(sys.stdin.readline()))
-    emu = Emulator(cfg)  # its own context, ended by ``close`` once the queue is sent (``Emulator.close``)
+    try:
+        from sbd_stream.sources.emulator import Emulator
+
+        cfg = EmulatorSettings(**json.loads(sys.stdin.readline()))
+        emu = Emulator(cfg)  # its own context, ended by ``close`` once the queue is sent (``Emulator.close``)
+    except Exception as e:  # the parent says so (``EmulatorExited``); the traceback stays on stderr
+        traceback.print_exc()
+        print(ERROR_PREFIX + _one_line(e), flush=True)
+        sys.exit(1)
     try:
         print(emu.endpoint, flush=True)
         if sys.stdin.readline().strip() != "go":
@@ -64,6 +91,9 @@ class EmulatorProcess:
     """``Emulator`` in a child process: ``endpoint`` once started, then ``go()``; ``done()``, ``n_sent``.
 
     A plain child interpreter (not ``multiprocessing``), so a caller's script needs no main guard.
+    Starting raises ``TimeoutError`` only when the child is still silent after ``start_timeout_s``;
+    ``EmulatorExited`` when it exited instead. The child is ended whatever interrupts the start
+    (a KeyboardInterrupt included).
     """
 
     def __init__(self, cfg: EmulatorSettings, start_timeout_s: float = 120.0) -> None:
@@ -77,12 +107,23 @@ class EmulatorProcess:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
         self.n_sent, self._done = 0, False  # before the child can fail: close() reads them
-        self._in.write(json.dumps(cfg.model_dump(mode="json")) + "\n")
-        self._in.flush()
-        line = _readline(self._out, start_timeout_s)
-        if not line:
+        try:
+            with contextlib.suppress(BrokenPipeError):  # a child gone already: its stdout's end says so
+                self._in.write(json.dumps(cfg.model_dump(mode="json")) + "\n")
+                self._in.flush()
+            line = _readline(self._out, start_timeout_s)
+        except BaseException:  # a Ctrl-C while it starts: no child left behind
+            self.close()
+            raise
+        if line is None:
             self.close()
             raise TimeoutError(f"the emulator process did not start in {start_timeout_s:.0f} s")
+        if not line or line.startswith(ERROR_PREFIX):  # "": end of file, the child exited
+            self.close()
+            rc = self.proc.returncode
+            how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
+            said = line[len(ERROR_PREFIX) :].strip() if line else "no error line (see its output above)"
+            raise EmulatorExited(f"the emulator process {how} before it started: {said}")
         self.endpoint = line.strip()
 
     def go(self) -> None:

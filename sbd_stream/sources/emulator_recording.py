@@ -8,6 +8,11 @@ would denoise them at the wrong dose. So: shape and sampling come from the recor
 states something else is refused with one line (a typo would otherwise be silently overruled); a flag
 only fills in what the recording does not state. ``--dtype`` may re-encode the counts, but only
 losslessly (``check_counts_fit``): uint8 would wrap counts above 255.
+
+What the emulator reads of a recording is checked before anything is sent (``raw_layout``): a
+1 x 20000 or 0 x 0 frame size used to pass into the settings unchecked and end in a ``ProtocolError``
+traceback after the banner, and a file without ``/raw/complete`` in a ``KeyError``; each is now one
+line naming the file and what it holds.
 """
 
 from __future__ import annotations
@@ -15,25 +20,77 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
+from pydantic import ValidationError
 
 from sbd_stream.config import DetectorSettings
+from sbd_stream.formats.limits import RecordingError, check_dtype, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recorded_detector
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 
 SENDABLE = ("uint8", "uint16")
 """Count types the emulator sends (wire format v1 counted frames)."""
+MAX_RESENT = 256
+"""Most recorded frames re-sent (cycled): bounded memory."""
+ROW_COLUMNS = ("complete", "seq", "ts", "time", "frame")
+"""Per-row datasets of a recording's ``raw`` group (docs/service.md), as ``trusted_rows`` reads them."""
 
 
 def recorded_layout(path: Path) -> tuple[tuple[int, int], str] | None:
     """Frame shape and dtype of a recording's raw frames; None if ``path`` is no recording (a simulated
-    dataset, whose images are resampled to the flags' detector instead). Same test as ``FrameSource``."""
+    dataset, whose images are resampled to the flags' detector instead). Same test as ``FrameSource``.
+    ``RecordingError`` (one line) when its raw frames cannot be sent (``raw_layout``)."""
     with open_recording(path) as f:
-        if "images" in f or not ("raw" in f and "frames" in f["raw"]):
-            return None
-        ds = f["raw/frames"]
-        return (int(ds.shape[1]), int(ds.shape[2])), str(ds.dtype)
+        return raw_layout(f["raw"], path.name) if is_recording(f) else None
+
+
+def is_recording(f: h5py.File) -> bool:
+    """Whether ``f`` holds raw frames to re-send: a ``raw`` group with ``frames`` (and no ``images``, a
+    simulated dataset's). A ``raw`` that is a dataset is no recording (``in`` on it was a numpy error)."""
+    return "images" not in f and isinstance(f.get("raw"), h5py.Group) and "frames" in f["raw"]
+
+
+def raw_layout(g: Any, name: str) -> tuple[tuple[int, int], str]:
+    """Frame shape and dtype of the ``raw`` group ``g`` of recording ``name``, checked as the wire carries
+    them: ``frames`` an (N, H, W) stack of counts, each side 1 to ``MAX_SIDE``; a 1-D ``complete`` (the
+    rows to trust, docs/service.md: a recording without one was cut short or not made by ``serve``) and
+    1-D per-row columns. Else ``RecordingError`` naming the file and what it holds."""
+    ds = g["frames"]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
+        held = f"a {ds.ndim}-D dataset" if isinstance(ds, h5py.Dataset) else f"a {type(ds).__name__.lower()}"
+        raise RecordingError(f"{name}: /raw/frames is {held}, not a stack of frames (N, H, W)")
+    try:
+        check_dtype(ds.dtype)
+    except ValueError as e:
+        raise RecordingError(f"{name}: /raw/frames: {e}") from None
+    if problem := frame_problem(ds.shape[1:], ds.dtype.itemsize):
+        raise RecordingError(f"{name} holds {problem}; it cannot be re-sent")
+    if "complete" not in g:
+        raise RecordingError(
+            f"{name} has /raw/frames but no /raw/complete, which every recording `serve` writes has: "
+            "damaged, or not an sbd-stream recording"
+        )
+    for col in ROW_COLUMNS:
+        if col in g and not (isinstance(g[col], h5py.Dataset) and g[col].ndim == 1):
+            raise RecordingError(f"{name}: /raw/{col} is not a 1-D per-row dataset (damaged?)")
+    return (int(ds.shape[1]), int(ds.shape[2])), str(ds.dtype)
+
+
+def recorded_counts(f: h5py.File, cfg: EmulatorSettings) -> list[np.ndarray]:
+    """The raw counts ``FrameSource`` re-sends from the open recording ``f`` (``cfg.source``): its first
+    ``MAX_RESENT`` trusted rows (``trusted_rows``), checked by ``raw_layout`` and ``check_counts_fit``."""
+    assert cfg.source is not None
+    name = cfg.source.name
+    raw_layout(f["raw"], name)
+    n = min(trusted_rows(f["raw"], f"{name}: /raw"), MAX_RESENT)
+    if n == 0:
+        raise ValueError(f"{cfg.source} holds no complete raw frames")
+    counts = [np.asarray(f["raw/frames"][i]) for i in range(n)]
+    check_counts_fit(counts, cfg.dtype, name)  # the cast in FrameSource.frames() is lossless
+    return counts
 
 
 def _close(a: float, b: float) -> bool:
@@ -91,9 +148,13 @@ def for_recording(
         if unstated
         else "as recorded"
     )
-    update = {"shape": (h, w), "dtype": cfg.dtype if dtype_given else dtype}
+    update: dict[str, Any] = {"shape": (h, w), "dtype": cfg.dtype if dtype_given else dtype}
     update.update(pixel_size_A=det.pixel_size_A, dose=det.vacuum_counts)
-    return cfg.model_copy(update=update), note
+    try:  # validated, not ``model_copy(update=...)``, which let a 1 x 20000 shape from a file through
+        return EmulatorSettings.model_validate({**cfg.model_dump(), **update}), note
+    except ValidationError as e:
+        said = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ValueError(f"{name}: {said.replace('Value error, ', '')}") from None
 
 
 def check_counts_fit(frames: Sequence[np.ndarray], dtype: str, name: str) -> None:
