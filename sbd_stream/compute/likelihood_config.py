@@ -150,8 +150,12 @@ class LikelihoodConfig(BaseModel):
 
 
 def disk_offsets(radius_px: float) -> np.ndarray:
-    """Integer offsets (dy, dx) with dy^2 + dx^2 <= r^2, row-major: the pixels of a region R."""
-    r = math.floor(radius_px)
+    """Integer offsets (dy, dx) with dy^2 + dx^2 <= r^2, row-major: the pixels of a region R.
+
+    The grid's half-width has the same 1e-9 tolerance as the distance test: a radius computed in Angstrom
+    over a pixel size lands just under a whole number (0.7 / 0.14 = 4.999999999999999), and a bare floor
+    dropped the four axis pixels at exactly r while keeping (3, 4) (audit 26)."""
+    r = math.floor(radius_px + 1e-9)
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     keep = dy**2 + dx**2 <= radius_px**2 + 1e-9
     return np.stack([dy[keep], dx[keep]], axis=1).astype(np.int64)
