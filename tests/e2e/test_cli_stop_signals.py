@@ -218,6 +218,7 @@ SBD_TRAIN = str(Path(sys.executable).parent / "sbd-train")  # the installed cons
     [([*CLI, "info"], "_multiarray_umath"), ([SBD_TRAIN, "export", "--help"], "libtorch_cpu")],
     ids=["sbd-stream", "sbd-train"],
 )
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list[str], loaded: str) -> None:
     """The first seconds of any command go to imports (numpy, torch, h5py) before a command's handlers
     exist; a Ctrl-C there printed a KeyboardInterrupt traceback of 7-25 frames (``sbd-train``'s console

@@ -247,6 +247,7 @@ def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_cli_killed_mid_run_resumes_to_the_single_process_output(
     binning_engine_dir: Path, tmp_path: Path
 ) -> None:

@@ -79,6 +79,7 @@ def _file_size_limit(limit: int):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(binning_engine_dir: Path, tmp_path: Path) -> None:
     """HDF5 fails late (the write or the flush of a chunk, past a file size limit): the job ends in one
     line naming the output, exit 2, no crash at exit, and the partial is one a rerun goes on from."""
@@ -134,6 +135,7 @@ def test_a_second_job_on_the_same_output_is_refused_before_touching_its_partial(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_an_output_that_appears_during_the_job_is_not_replaced_without_overwrite(
     binning_engine_dir: Path, tmp_path: Path
 ) -> None:
@@ -293,6 +295,7 @@ def test_a_closed_scheduler_port_is_refused_at_once(binning_engine_dir: Path, tm
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_a_worker_error_is_the_one_error_line(binning_engine_dir: Path, tmp_path: Path) -> None:
     """Each local worker printed distributed's "Compute Failed / Key / State / Task / Exception /
     Traceback" block before the command's own error line."""
@@ -317,6 +320,7 @@ def test_a_worker_error_is_the_one_error_line(binning_engine_dir: Path, tmp_path
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_a_lost_scheduler_ends_in_one_line_and_keeps_the_partial(
     binning_engine_dir: Path, tmp_path: Path
 ) -> None:

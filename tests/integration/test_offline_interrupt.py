@@ -72,6 +72,7 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
     ],
     ids=["sigint-client", "ctrl-c-group", "sigterm", "sighup"],
 )
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_a_signal_stops_the_job_cleanly_and_the_same_command_resumes(
     binning_engine_dir: Path, tmp_path: Path, sig: int, group: bool, status: int
 ) -> None:

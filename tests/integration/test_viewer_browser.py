@@ -71,6 +71,7 @@ def _number(text: str) -> float:
 @pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None, reason=ci_provided("chromium / chromium-driver not installed")
 )
+@pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
     from selenium.webdriver.chrome.service import Service
 
