@@ -55,7 +55,8 @@ def versions() -> dict[str, str | None]:
 
 
 def git_state(tree: Path = SOURCE_TREE) -> dict[str, Any]:
-    """``{"git": short commit, "git_dirty": bool}`` of the checkout the code was run from; outside a
+    """``{"git": short commit, "git_dirty": bool}`` of the checkout the code was run from (dirty: a tracked
+    file outside ``benchmarks/results`` differs from the commit); outside a
     checkout ``git`` is "" and ``git_note`` says why (the file must not pass for a clean commit)."""
 
     def git(*args: str) -> subprocess.CompletedProcess[str] | None:
@@ -71,7 +72,9 @@ def git_state(tree: Path = SOURCE_TREE) -> dict[str, Any]:
     head = git("rev-parse", "--short", "HEAD")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return {"git": "", "git_dirty": None, "git_note": NOT_A_CHECKOUT}
-    diff = git("diff", "--quiet", "HEAD", "--")  # read-only: exit 1 when tracked files differ
+    # read-only: exit 1 when tracked files differ; results files are what a benchmark session writes
+    # one after another, so they do not make the code that measured "dirty"
+    diff = git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results")
     dirty = None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1
     return {"git": head.stdout.strip(), "git_dirty": dirty}
 

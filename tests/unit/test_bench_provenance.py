@@ -46,6 +46,25 @@ def test_outside_a_checkout_the_commit_is_empty_and_said_so(tmp_path: Path) -> N
     assert git_state(tmp_path) == {"git": "", "git_dirty": None, "git_note": NOT_A_CHECKOUT}
 
 
+def test_dirty_means_code_changed_not_a_results_file_written_earlier_in_the_session(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"new": 1}')  # the previous benchmark's
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["git_dirty"] is True
+
+
 def test_bench_binning_records_the_engine_id_and_runs_torch_as_the_service_does(
     binning_engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_threads: None
 ) -> None:
@@ -109,12 +128,22 @@ def test_a_table_on_a_retired_engine_says_so_with_its_commit(tmp_path: Path) -> 
 
 
 def test_the_speed_tables_name_the_engine_they_measured() -> None:
+    """Each speed block names the engine its results file recorded, and says "retired" exactly when the
+    command that opens it would load other weights today (read from the files: a rerun changes them)."""
+    from benchmarks.readme_render import RESULTS, command, command_engine, recorded_engine
+
     text = README.read_text()
-    for block in ("binning", "capacity", "scale_out"):
+    default = "sbd-unet4-paper-twins"
+    blocks = (("binning", "bench_binning"), ("capacity", "bench_capacity"), ("scale_out", "offline_dask"))
+    for block, name in blocks:
+        d = json.loads((RESULTS / f"{name}.json").read_text())
         body = render_one(text, block)
-        assert "sbd-unet4-detector@92b30bf22476" in body and "retired" in body, block
-    today = engine_today("sbd-unet4-paper-twins", ENGINES)
-    assert today and today in render_one(text, "binning")
+        rid = recorded_engine(d)
+        assert rid and rid in body, block
+        today = engine_today(command_engine(command(d), default), ENGINES)
+        assert ("retired" in body) == (today is not None and rid != today), block
+    retired = engine_label({"engine_id": "x@000000000000", "command": "python -m b"}, default)
+    assert retired.count("retired") == 1
 
 
 def test_each_h200_row_opens_with_its_own_command_and_the_torch_build() -> None:
@@ -159,8 +188,10 @@ def test_history_rows_say_until_when_an_engine_shipped() -> None:
 def test_the_demo_table_is_newest_first_and_says_when() -> None:
     body = readme_speed.demo()
     rows = [ln for ln in body.splitlines() if ln.startswith("| `sbd-stream demo")]
-    assert ["demo_1200.json" in rows[0], "demo_1200_unet4" in rows[1], "demo_400" in rows[2]] == [True] * 3
-    assert all("committed 2026-12-0" in r for r in rows)  # no date recorded: when committed, labelled so
+    whens = [re.search(r"\| (committed )?(\d{4}-\d\d-\d\dT[\d:]+Z)[ ,|]", r) for r in rows]
+    assert all(whens), rows  # a date, or for older files when they were committed, labelled so
+    stamps = [w.group(2) for w in whens]
+    assert stamps == sorted(stamps, reverse=True)  # newest first
     assert readme_speed.when({"date": "2026-12-07T10:00:00Z", "committed": {"date": "x"}}) == (
         "2026-12-07T10:00:00Z"
     )
