@@ -8,19 +8,17 @@ level the LLR uses, which fixed mode does not use. A blank frame is a blank fram
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_blank_frames import _checked
 
 from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameHeader
-from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchStage
-from sbd_stream.service.dose_check import dose_check_for
 
 SHAPE = (256, 256)
 ENGINE = Path(__file__).resolve().parents[2] / "engines" / "sbd-unet3s2-paper"
@@ -49,12 +47,7 @@ def _frames(doses: list[float], acq: str = "acq", vacuum: bool = True) -> list[F
 def _run(den: Denoiser, fixed: float, frames: list[Frame], caplog: pytest.LogCaptureFixture) -> tuple:
     stage = BatchStage(den, DetectorSettings(), LikelihoodSettings(enabled=True, vacuum_mode="fixed",
                                                                    vacuum_counts=fixed))  # fmt: skip
-    m = Metrics()
-    check = dose_check_for(stage, m)
-    assert check is not None
-    with caplog.at_level(logging.WARNING):
-        res = stage.process(frames)
-        check.result(res)
+    res, m = _checked(stage, frames, caplog)  # through the service's dose check, warnings captured
     return res, m, [r.getMessage() for r in caplog.records]
 
 
