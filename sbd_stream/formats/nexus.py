@@ -184,7 +184,8 @@ def add_data(
     g["frame"].attrs["units"] = "frame"
     g["frame"].attrs["long_name"] = "frame (row in this file; seq: the detector's frame number)"
     g["time"].attrs["units"] = "s"
-    g["time"].attrs["start"] = iso(t0)
+    # the entry's start_time: a date for every dialect (a DECTRIS t0 is the detector's clock, 1970 as a date)
+    g["time"].attrs["start"] = entry["start_time"][()].decode() if "start_time" in entry else iso(t0)
     g["time"].attrs["long_name"] = "time since the acquisition's first frame (s)"
     g["ts"].attrs["units"] = "s"
     if "evidence_frames" in g:

@@ -2,7 +2,7 @@
 
 A DECTRIS ``ts`` is the detector's own clock, seconds from the series' start (docs/dectris.md), and
 ``/entry/start_time`` was the ISO date of the first frame's ``ts``: every DECTRIS recording started
-1970-01-01T00:00:00. Real recordings through the real ``Recorder``; a wire format v1 one, whose ``ts``
+1970-01-01T00:00:00, and so did the time axis' ``raw/time@start``. Real recordings through the real ``Recorder``; a wire format v1 one, whose ``ts``
 is a date, keeps stating its first frame's.
 """
 
@@ -31,7 +31,9 @@ def _start_time(directory: Path, dialect: str, ts: list[float]) -> float:
     (path,) = directory.glob("*.nxs")
     with open_recording(path) as f:
         assert list(f["raw/time"]) == pytest.approx([t - ts[0] for t in ts])  # the axis is unchanged
-        return datetime.fromisoformat(f["entry/start_time"][()].decode()).timestamp()
+        start = f["entry/start_time"][()].decode()
+        assert f["raw/time"].attrs["start"] == start  # the time axis' origin: was 1970 for DECTRIS
+        return datetime.fromisoformat(start).timestamp()
 
 
 def test_a_dectris_recording_starts_when_it_was_made(tmp_path: Path) -> None:
