@@ -2,8 +2,8 @@
 
 A DECTRIS ``ts`` is the detector's own clock, seconds from the series' start (docs/dectris.md), and
 ``/entry/start_time`` was the ISO date of the first frame's ``ts``: every DECTRIS recording started
-1970-01-01T00:00:00, and so did the time axis' ``raw/time@start``. Real recordings through the real ``Recorder``; a wire format v1 one, whose ``ts``
-is a date, keeps stating its first frame's.
+1970-01-01T00:00:00, and so did the time axis' ``raw/time@start``. Real recordings through the real
+``Recorder``; a wire format v1 one, whose ``ts`` is a date, keeps stating its first frame's.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hup_default
 
 from training.sim.dataset import SimulatedDataset
 from training.sim.worlds import WORLDS, plan
@@ -46,42 +46,86 @@ def test_plan_is_seeded_unique_and_splittable() -> None:
     assert 49.0 < WORLDS["paper"].extent_A() < 55.0 and WORLDS["paper"].pixel_size_A() == 0.24
 
 
-def _run(out: Path) -> subprocess.Popen:
+HOLD_AFTER_FIRST_TASK = """
+import sys, threading
+from pathlib import Path
+from training.sim.dataset import SimulatedDatasetWriter
+
+append = SimulatedDatasetWriter.append_task
+out = Path(sys.argv[sys.argv.index("--out") + 1]).resolve()  # the run's file (not a test-view file beside it)
+written = []
+
+
+def append_then_hold(self, task):
+    append(self, task)  # the real write and commit
+    if self.path.resolve() == out and not written:
+        written.append(task.key)
+        print("held after", task.key, file=sys.stderr, flush=True)
+        threading.Event().wait()  # until the test's SIGKILL; the run's other tasks never get written
+
+
+SimulatedDatasetWriter.append_task = append_then_hold
+from training.cli import app
+
+app()
+"""
+
+
+def _run(out: Path, hold: bool = False) -> subprocess.Popen:
+    """``simulate --preset tiny`` (4 tasks of 6 images); ``hold``: its main thread stops for good once
+    the first task is committed, so the test's SIGKILL lands at a known point, not wherever a race put it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [*CLI, "simulate", "--preset", "tiny", "--out", str(out), "--workers", "1"]
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    args = ["simulate", "--preset", "tiny", "--out", str(out), "--workers", "1"]
+    cmd = [sys.executable, "-c", HOLD_AFTER_FIRST_TASK, *args] if hold else [*CLI, *args]
+    return subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, preexec_fn=hup_default
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_resumes_after_sigkill(tmp_path: Path) -> None:
+    """A run killed hard (SIGKILL) after its first task: the rerun keeps what was committed, byte for
+    byte, runs only the other tasks, and ends with every task once.
+
+    The kill used to come when the progress line "[1/4]" was read; the other three tasks take 0.2 s
+    each after the first one's 4 s, so a reader a moment late found all 24 images written (the check
+    ``6 <= n_first < 24`` failed on a busy machine) and the rerun had nothing to resume. Now the child
+    holds after its first commit (a wrapper around the real writer: the write, the file and the kill
+    are real) and the test waits for it to say so."""
     out = tmp_path / "tiny.h5"
-    proc = _run(out)
-    deadline = time.monotonic() + 300
-    seen = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith("[1/"):
-            break
-        assert time.monotonic() < deadline, "".join(seen[-20:])
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _run(out, hold=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends at EOF if the child exits instead; the test's timeout bounds it
+            seen.append(line)
+            if line.startswith("held after"):
+                break
+        assert seen and seen[-1].startswith("held after"), "".join(seen[-20:])
+        first_key = seen[-1].split()[-1]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     with SimulatedDataset(out) as ds:
         n_first = len(ds)
-        assert 6 <= n_first < 24  # at least the first task survived, not all
+        assert n_first == 6, n_first  # the first task, committed, survived the kill; nothing else did
+        before = {(ds.meta(i)["task_key"], i): ds.clean(i) for i in range(n_first)}
+    assert {k for k, _ in before} == {first_key}
     proc = _run(out)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     done_line = next(line for line in err.splitlines() if line.startswith("tiny:"))
     n_done = int(done_line.split(",")[1].split()[0])
-    assert n_done == n_first // 6 and n_done >= 1
+    assert n_done == 1, done_line  # the rerun trusted the committed task and ran the 3 others
     with SimulatedDataset(out) as ds:
         assert len(ds) == 24
         keys = [ds.meta(i)["task_key"] for i in range(len(ds))]
         assert len(set(keys)) == 4 and all(keys.count(k) == 6 for k in set(keys))
         assert len(set(ds.structure_ids())) == 2
         assert all(np.isfinite(ds.clean(i)).all() for i in range(len(ds)))
+        for (key, i), image in before.items():  # what was there before the kill is kept as it was
+            assert ds.meta(i)["task_key"] == key and np.array_equal(ds.clean(i), image)
 
 
 @pytest.mark.slow

@@ -19,4 +19,4 @@ def test_a_stall_is_judged_against_the_receipt_rate() -> None:
 def test_small_messages_are_timed_to_the_last_receipt() -> None:
     r = bench_curve.run(False, 10_000, 0.3, None)
     assert r["messages"] > 0 and r["messages"] + r["dropped"] == r["sent"] and r["dropped"] >= 0
-    assert r["seconds"] < 1.0  # it was seconds + 10 whenever PUB dropped one
+    assert r["seconds"] < 5.0  # a 0.3 s run; it was seconds + 10 whenever PUB dropped one
