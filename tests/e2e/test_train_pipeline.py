@@ -181,7 +181,9 @@ def test_torchrun_ddp_two_cpu_processes_on_gloo(synthetic: Path, tmp_path: Path)
     cmd = [
         str(torchrun),
         "--nproc_per_node=2",
-        "--master_port=29517",
+        # a rendezvous store on a port the OS picks (localhost:0): a fixed --master_port collided when two
+        # runs of this test overlapped (audit 27)
+        "--standalone",
         "--no-python",
         str(script),
         "train",

@@ -54,14 +54,14 @@ class TrainData:
             self.train = torch.from_numpy(np.stack(self._read_all(ds))) if self.preloaded else None
             # validation: data's val split, and as many from each extra set's (so that the checkpoint
             # kept is the best on every imaging model trained on); the noise is seeded by the image
-            self.val_clean, keys, n_total = _val_pick(ds, self.splits["val"], cfg.val_images, rank, world, ())
+            self.val_clean, keys, val_ids = _val_pick(ds, self.splits["val"], cfg.val_images, rank, world, ())
             for f, path in enumerate(cfg.extra_data, start=1):
                 with SimulatedDataset(path) as extra:
                     val = extra.split(cfg.split)["val"]
-                    c, k, n = _val_pick(extra, val, cfg.val_images, rank, world, (f,))
+                    c, k, picked = _val_pick(extra, val, cfg.val_images, rank, world, (f,))
                     self.val_clean += c
                     keys += k
-                    n_total += n
+                    val_ids += picked
             self.val_counts = [
                 np.random.default_rng([cfg.val_seed, *k]).poisson(np.clip(c, 0, None) * self.dose)
                 for k, c in zip(keys, self.val_clean, strict=True)
@@ -76,11 +76,15 @@ class TrainData:
                 ]
                 for f in cfg.val_dose_factors
             }
-            self.n_val_total = n_total
+            self.n_val_total = len(val_ids)
             self.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
             ids = ds.structure_ids()
             self.structures = {k: sorted({str(ids[i]) for i in v}) for k, v in self.splits.items()}
             self.structures["train"] = sorted(set(self.structures["train"]) | extra_structures)
+            # val: the structures of the images validated on (all ranks' shares, extra sets too), not the
+            # split's list, so the run's record shows what picked its checkpoint (audit 27: a pick from
+            # another split was hidden by it)
+            self.structures["val"] = sorted(set(val_ids))
         self._open: list[SimulatedDataset] = []
         if not self.preloaded:
             self._open = [SimulatedDataset(p) for p in self._paths]
@@ -123,10 +127,15 @@ class TrainData:
 def _val_pick(ds, val_idx: np.ndarray, n: int, rank: int, world: int, prefix: tuple[int, ...]):
     """``n`` evenly spaced validation images of one set (this process's share), their noise keys (the
     image's seed, which a regenerated file repeats, after ``prefix``: the file number for extra sets),
-    and how many were picked in all."""
+    and the structure id of every image picked, all ranks' shares (their number: the images in all)."""
     pick = val_idx[np.linspace(0, len(val_idx) - 1, min(n, len(val_idx))).astype(int)]
     mine = pick[rank::world]
-    return [ds.clean(int(i)) for i in mine], [(*prefix, ds.image_seed(int(i))) for i in mine], len(pick)
+    ids = ds.structure_ids()
+    return (
+        [ds.clean(int(i)) for i in mine],
+        [(*prefix, ds.image_seed(int(i))) for i in mine],
+        [str(ids[i]) for i in pick],
+    )
 
 
 def _draw_probabilities(
