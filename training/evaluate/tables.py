@@ -220,6 +220,7 @@ def evaluate_table_5_1(
         "split": cfg.split.model_dump(),
         "test_images": len(test),
         "test_structures": sorted({t.structure_id for t in test}),
+        "val_structures": sorted({v.structure_id for v in val}),  # what the baselines and threshold saw
         "noise_seed": cfg.seed,
         "detection": spec.model_dump(),
         "detector_threshold_val_f1": thr_scores,

@@ -228,7 +228,10 @@ def _surface_defects(
         start, width = params.support_step_span
         a = start * (1 - width) * free
         b = a + width * free
-        y_cut = y_top - params.support_step_trilayers * d111 + 0.5 * d111
+        # Measured down from the top O, a trilayer's planes sit at 0 (O), 0.25 (Ce) and 0.5 (O) d111 and the
+        # next trilayer's top O at 1.0: cut in the O-O gap below the n-th trilayer, a quarter d111 from either
+        # O plane (a cut on a plane would keep or drop it by float rounding), so whole trilayers go.
+        y_cut = y_top - (params.support_step_trilayers - 0.25) * d111
         drop = (rel >= a) & (rel < b) & (pos[:, 1] > y_cut) & (rel < free)
         pos, z, rel = pos[~drop], z[~drop], rel[~drop]
     if params.support_vacancies:

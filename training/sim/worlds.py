@@ -260,6 +260,10 @@ def file_attrs(world: World, view: str = "train") -> dict[str, Any]:
         "dose_e_per_A2": world.dose_per_area(),
         "view": view,
     }
+    if world.support_variation is not None:
+        # the generator's step cut changed in session 27 (whole trilayers; before, an extra O row on every
+        # lowered terrace): a file made before lacks this key, so it is not resumed with models of both kinds
+        attrs["support_steps"] = "whole trilayers"
     if view == "test_view":
         assert world.test_view is not None
         attrs |= {
