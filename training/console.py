@@ -13,14 +13,19 @@ import sys
 
 def main() -> None:
     """Ctrl-C is held while ``training.cli`` imports torch (``sbd_stream.sigint_hold``: one landing in
-    torch's pybind11 frames aborted the process, status -6), then taken as "interrupted", 130."""
+    torch's pybind11 frames aborted the process, status -6), then taken as "interrupted", 130.
+
+    Standard output that cannot be written is ``sbd_stream.cli.stdout_guard``'s, as for ``sbd-stream``:
+    ``sbd-train --help | head -1`` ends with status 0 (it was 1: a ``set -o pipefail`` script failed),
+    a full disk in one ``error:`` line and status 2."""
     try:
         from sbd_stream.sigint_hold import sigint_held
 
         with sigint_held():
+            from sbd_stream.cli.stdout_guard import run_watching_stdout
             from training.cli import app
 
-        app()
+        run_watching_stdout(app)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()

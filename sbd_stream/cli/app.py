@@ -218,9 +218,14 @@ def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``pytho
     after printing "interrupted" (status -2, not 130: 9 of 40 runs on a loaded 2-core machine; the
     traceback caught inside ``dataclasses._create_fn``). Any successful ``exec`` of a string clears the
     mark (0 of 80 runs after).
+
+    Standard output that cannot be written (``--help | head -1``, ``info > /dev/full``) is
+    ``stdout_guard``'s: status 0 for a reader that went away, else one ``error:`` line and 2.
     """
+    from sbd_stream.cli.stdout_guard import run_watching_stdout
+
     try:
-        _main()
+        run_watching_stdout(_main)  # a closed pipe: status 0; a full disk: one line, 2 (stdout_guard)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -177,7 +177,7 @@ def demo(
         FrameSource(emu_cfg)
     except (ValueError, OSError) as e:
         fail(f"emulator: {e}")
-    from sbd_stream.cli.run_info import run_info, run_started
+    from sbd_stream.cli.run_info import run_started
 
     started = run_started()  # the load before the run: "a quiet machine" is checkable in the file
     stop = threading.Event()
@@ -197,14 +197,23 @@ def demo(
         release()
     if record:  # the temporary folder is gone; --record-dir keeps the files
         result["lanes"]["complete"]["recording"]["kept"] = record_dir is not None
-    typer.echo(json.dumps(result, indent=2))
-    if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
-        # date (UTC), commit + dirty flag, load average at start and end, library versions, machine
-        head = {"benchmark": "demo", "command": invocation("sbd-stream"), **run_info(started)}
-        try:  # checked at start; a disk filled since, or the folder removed, is still one line
-            json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
-        except OSError as e:
-            fail(f"--json-out {json_out}: {e.strerror or e}")
+    try:
+        typer.echo(json.dumps(result, indent=2))
+    finally:  # --json-out is written even when standard output cannot be (cli/stdout_guard.py)
+        if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
+            _write_json_out(json_out, result, started)
+
+
+def _write_json_out(json_out: Path, result: dict[str, Any], started: dict[str, Any]) -> None:
+    """The summary with the date (UTC), commit + dirty flag, load average at start and end, library
+    versions and machine; a disk filled since the start check, or the folder removed, is one line."""
+    from sbd_stream.cli.run_info import run_info
+
+    head = {"benchmark": "demo", "command": invocation("sbd-stream"), **run_info(started)}
+    try:
+        json_out.write_text(json.dumps({**head, **result}, indent=2) + "\n")
+    except OSError as e:
+        fail(f"--json-out {json_out}: {e.strerror or e}")
 
 
 def _check_record_dir(s: ServiceSettings) -> None:

@@ -239,7 +239,7 @@ def replay(
     setup_logging(verbose)
     if problem := wait_problem(wait) if math.isfinite(wait) else f"--wait must be finite, got {wait}":
         fail(problem)
-    if not file.exists():
+    if not _found(file):
         fail(f"{file} not found")
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
     if offline:
@@ -288,6 +288,18 @@ def replay(
     typer.echo(json.dumps(result, indent=2))
 
 
+def _found(path: Path, flag: str = "") -> bool:
+    """Whether ``path`` exists; an error other than "no such file" ends the command in one line naming
+    it. Why: ``Path.exists()`` re-raises those (a name over the 255-byte limit: a traceback)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        fail(f"{flag}{path}: {e.strerror or e}")
+    return True
+
+
 def _replay_offline(
     file: Path,
     out: Path | None,
@@ -303,7 +315,7 @@ def _replay_offline(
 
     if out is None:
         fail("--offline needs --out OUT.h5")
-    if out.exists():
+    if _found(out, "--out "):
         fail(f"{out} exists; remove it or choose another --out")
     try:
         summary = denoise(

@@ -44,12 +44,35 @@ def starting(flags: Flags) -> Iterator[None]:
         fail(f"CURVE: {e}")
 
 
-def prepare_process() -> None:
-    """Raise the open-file limit to the hard one (``httpd.raise_fd_limit``; logged at DEBUG): recording
-    files, sockets and HTTP connections all take descriptors, and systemd's default soft limit is 1024."""
+MIN_OPEN_FILES = 64
+"""The open-file limit below which ``serve``, ``demo`` and ``merge`` refuse to start.
+
+Measured: ``serve`` with a recording, one subscriber and ``/metrics`` peaks at 35 descriptors (the
+engine, ZeroMQ's contexts and sockets, pyzmq's zero-copy bookkeeping socket, the recording file); at
+``ulimit -n 32`` the publisher lost every frame from the sixth on ("Too many open files") and the next
+acquisition's connection was never made, without a line; at 64 two acquisitions were received,
+recorded and published in full. Each more subscriber, worker, recording part, viewer or ``/metrics``
+connection takes one more (docs/deployment.md, "File descriptors")."""
+
+
+def prepare_process(minimum: int = MIN_OPEN_FILES) -> None:
+    """Raise the open-file limit to the hard one (``httpd.raise_fd_limit``) and log it: recording
+    files, sockets and HTTP connections all take descriptors, and systemd's default soft limit is
+    1024. A limit still under ``minimum`` (a hard limit that low) ends the command in one line, exit
+    2, before anything starts: the service would run and lose frames and acquisitions."""
+    import logging
+
     from sbd_stream.httpd import raise_fd_limit
 
-    raise_fd_limit()
+    soft = raise_fd_limit()
+    if soft is None:  # not POSIX, or not readable: nothing to check
+        return
+    logging.getLogger("sbd_stream").info("open-file limit (ulimit -n): %d", soft)
+    if 0 <= soft < minimum:  # RLIM_INFINITY reads as -1
+        fail(
+            f"the open-file limit is {soft} (ulimit -n, hard limit included) and the service needs at "
+            f"least {minimum}; raise it (ulimit -n 1024, or LimitNOFILE= in a systemd unit)"
+        )
 
 
 def metrics_where(s: ServiceSettings) -> str:

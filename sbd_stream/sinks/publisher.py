@@ -218,19 +218,36 @@ class Publisher(BackgroundWorker):
         except HeaderTooLarge as exc:
             log.warning("%s %s/%s: %s; sent without its meta", topic, item.acq, item.seq, exc)
             parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"}, data)
-        if item.data is None:
-            complete = self.sender.series(parts)
-            if not complete:
-                self._missed_series(topic, item.acq)
-        else:
-            complete = True
-            self.sender.frame(parts)  # a subscriber whose pipe is full misses it, the others do not
+        try:
+            if item.data is None:
+                complete = self.sender.series(parts)
+                if not complete:
+                    self._missed_series(topic, item.acq)
+            else:
+                complete = True
+                self.sender.frame(parts)  # a subscriber whose pipe is full misses it, the others do not
+        except (zmq.ZMQError, OSError) as e:
+            self._refused(topic, item, e)
+            return False
         now = time.perf_counter()
         self.metrics.frames_published.labels(topic=topic).inc()  # a missed series message: the others
         self.metrics.stage_latency.labels(stage="publish").observe(now - t0)
         if item.t_recv is not None and item.topic == TOPIC_DENOISED:
             self.metrics.e2e_latency.observe(now - item.t_recv)
         return complete
+
+    def _refused(self, topic: str, item: OutputItem, e: Exception) -> None:
+        """ZeroMQ could not take an output (out of descriptors: "Too many open files" from pyzmq's
+        zero-copy bookkeeping socket): counted in ``sbd_publish_dropped_total{topic}`` and logged once
+        per run, then summed up a minute (``log_limit``). It was one ERROR with a traceback per frame
+        from the supervisor, 54 for one acquisition at ``ulimit -n 32``."""
+        self.metrics.publish_dropped.labels(topic=topic).inc()
+        hint = "; raise the open-file limit (docs/deployment.md)" if "open files" in str(e) else ""
+        self._said.log(
+            "refused", logging.ERROR, "outputs ZeroMQ refused (NOT sent)",
+            "publisher: %s %s of %s NOT sent: %s (counted in sbd_publish_dropped_total)%s",
+            topic, item.seq, item.acq, e, hint,
+        )  # fmt: skip
 
     def _missed_series(self, topic: str, acq: str) -> None:
         self.metrics.publish_dropped.labels(topic=topic).inc()

@@ -132,7 +132,7 @@ class EmulatorProcess:
 
     def done(self) -> bool:
         """True once the series is sent (``n_sent`` then holds its frame count)."""
-        if not self._done:
+        if not self._done and not self._out.closed:
             line = _readline(self._out, 0)
             if line and line.startswith("done"):
                 self.n_sent, self._done = int(line.split()[1]), True
@@ -140,7 +140,11 @@ class EmulatorProcess:
 
     def close(self, timeout: float = 10.0) -> None:
         """End the child: before ``go`` it sends nothing; a running series ends early, with its
-        ``series_end`` (the child stops when its stdin closes); terminated if it takes too long."""
+        ``series_end`` (the child stops when its stdin closes); terminated if it takes too long.
+
+        Both pipes are closed at the end (a second call does nothing more): the child's stdout was
+        left open and its file object reported "ResourceWarning: unclosed file" when collected
+        (``sbd-stream demo`` under ``PYTHONWARNINGS=error`` or ``python -X dev``)."""
         self.done()
         with contextlib.suppress(OSError, ValueError):
             self._in.close()
@@ -149,11 +153,15 @@ class EmulatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.terminate()
             self.proc.wait(5.0)
-        if not self._done:
-            line = self._out.read() if self.proc.poll() is not None else ""
-            for ln in line.splitlines():
-                if ln.startswith("done"):
-                    self.n_sent, self._done = int(ln.split()[1]), True
+        try:
+            if not self._done and not self._out.closed:
+                line = self._out.read() if self.proc.poll() is not None else ""
+                for ln in line.splitlines():
+                    if ln.startswith("done"):
+                        self.n_sent, self._done = int(ln.split()[1]), True
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                self._out.close()
 
 
 if __name__ == "__main__":
