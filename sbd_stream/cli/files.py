@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -121,15 +123,44 @@ def denoise(
 
 
 def check_paths(input: Path, output: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output that would destroy the input or cannot be written."""
-    if output.exists() and input.exists() and output.resolve() == input.resolve():
-        fail(f"{output} is the input; write the denoised frames to another file")
-    if output.is_dir():
-        fail(f"{output} is a folder; name the HDF5 file to write")
-    if not output.parent.is_dir():
-        fail(f"{output}: folder {output.parent} does not exist")
-    if output.exists() and not overwrite:
-        fail(f"{output} exists; pass --overwrite to replace it")
+    """Refuse, before any work, an output that would destroy the input or cannot be written, and an
+    input that is no regular file.
+
+    A FIFO (or a socket, a device) named as the input blocked forever in h5py's open; one whose
+    name is over the file system's limit made ``Path.exists()`` raise ENAMETOOLONG in a traceback.
+    """
+    try:
+        _check_input(input)
+        if output.exists() and input.exists() and output.resolve() == input.resolve():
+            fail(f"{output} is the input; write the denoised frames to another file")
+        if output.is_dir():
+            fail(f"{output} is a folder; name the HDF5 file to write")
+        if not output.parent.is_dir():
+            fail(f"{output}: folder {output.parent} does not exist")
+        if output.exists() and not overwrite:
+            fail(f"{output} exists; pass --overwrite to replace it")
+    except OSError as e:  # ENAMETOOLONG, ELOOP: all Path.exists() lets through
+        name = output if e.filename is None or Path(e.filename) != input else input
+        fail(f"{name}: {e.strerror or e}{_too_long(name) if e.errno == errno.ENAMETOOLONG else ''}")
+
+
+def _check_input(input: Path) -> None:
+    """Refuse an input that exists but is no regular file (a FIFO blocked h5py's open for ever)."""
+    from sbd_stream.sources.stacks import not_a_file
+
+    try:
+        why = not_a_file(input)
+    except (FileNotFoundError, NotADirectoryError):  # the reader says "no such file"
+        return
+    if why is not None:
+        fail(f"{input}: {why}")
+
+
+def _too_long(path: Path) -> str:
+    """Which part of ``path`` is over NAME_MAX (255 bytes on most file systems), and what to do."""
+    longest = max(path.parts, key=lambda p: len(os.fsencode(p)), default="")
+    size = len(os.fsencode(longest))
+    return f" ({size} bytes in one name, {longest[:20]}...): shorten it" if size > 255 else ": shorten it"
 
 
 @app.command()

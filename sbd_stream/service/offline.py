@@ -8,10 +8,7 @@ import os
 import platform
 import re
 import signal
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +19,15 @@ from sbd_stream.compute.binning import binned_shape
 from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
-from sbd_stream.formats.output_lock import output_lock
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
+from sbd_stream.service.offline_output import output_held
 from sbd_stream.service.offline_plan import unstated
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag
+from sbd_stream.service.offline_terminal import progress as progress_bar
+from sbd_stream.service.offline_terminal import say
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
 from sbd_stream.sources.stacks import StackError, atomic_h5, create_output, open_stack
 
@@ -51,7 +50,10 @@ def denoise_file(
     taken before anything is written. ``overwrite=False`` refuses an ``output`` that exists, under the
     lock and again before the rename. Nothing is left behind unless the job finishes: an error, a full
     disk (one ``StackError`` line) or SIGINT / SIGTERM / SIGHUP (between batches: ``JobInterrupted``,
-    exit status 128 + the signal) discards the temporary file; this path cannot resume.
+    exit status 128 + the signal) discards the temporary file; this path cannot resume. Only the
+    output's own writes can be "no space left": the progress bar and the last line go to stderr
+    through ``offline_terminal`` (a stderr on a full disk deleted a finished output), and the output's
+    name leaves room for the hidden ``.OUT.partial`` (``offline_output.output_held``).
 
     ``settings``: the same ``[denoise]`` settings as the live service (engine, model, device, tiles,
     ``batch_frames``, ``bin_tolerance``); offline an ``auto`` upsampling is bicubic (quality first).
@@ -66,11 +68,15 @@ def denoise_file(
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     # one job per output (another one's temporary file is never touched); signals stop between batches
-    with output_lock(output) as held, StopFlag().installed() as stop:
+    with output_held(output, f".{output.name}.partial") as held, StopFlag().installed() as stop:
         if not overwrite and output.exists():
             raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
         job = (progress, overwrite, held is not None, stop)
-        return _denoise_file(input, output, dataset, settings, detector, *job)
+        try:
+            return _denoise_file(input, output, dataset, settings, detector, *job)
+        except _Interrupted as e:  # said once the progress bar has stopped and the file is gone
+            say(str(e))
+            raise
 
 
 def _denoise_file(
@@ -114,44 +120,43 @@ def _denoise_file(
         t0 = time.perf_counter()
         negative = done = 0
         tally = EdgeTally(det.vacuum_counts)  # the hot-pixel rule's dose: the one the engine is told
-        try:
-            with atomic_h5(output, locked, overwrite) as f, _progress(n, progress) as bar:
-                out = create_output(f, (n, h, w), attrs)
-                blank_ds = blank_dataset(f, n)
-                for frames in stack.batches(d.batch_frames):
-                    if stop:
-                        break
-                    # HDF5 reports a full disk late, if at all: look before each batch, as the recorder does
-                    check_space(output.parent, MIN_FREE_BYTES, len(frames) * h * w * 4)
-                    headers = [
-                        FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
-                        for i in range(len(frames))
-                    ]
-                    frs = [
-                        replace_invalid(Frame(hd, fr), counts_per_px=det.vacuum_counts)
-                        for hd, fr in zip(headers, frames, strict=True)
-                    ]
-                    f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
-                    for fr in frs:
-                        tally.add(fr.header.seq, fr.header.meta)
-                    negative += negative_pixels(frames)
-                    res = stage.process(frs)
-                    out[done : done + len(frames)] = res.denoised
-                    if res.blank is not None:
-                        blank_ds[done : done + len(frames)] = res.blank
-                    done += len(frames)
-                    if bar is not None:
-                        bar[0].update(bar[1], advance=len(frames))
-                if stop and done < n:  # the temporary file goes with the exception: this path cannot resume
-                    raise _Interrupted(output, stop.signum or signal.SIGINT, done, n)
-                per_frame, blank = np.asarray(f["replaced_pixels"][:]), np.asarray(blank_ds[:])
-        except _Interrupted as e:  # said once the progress bar has stopped and the file is gone
-            print(e, file=sys.stderr)
-            raise
-        except (OSError, RuntimeError) as e:
-            if not is_disk_full(e):
-                raise
-            raise StackError(_no_space(output, e, done, n)) from None
+        # the bar outside the output's file: only the output's own writes can be "the disk is full"
+        with progress_bar(n, show=progress) as bar:
+            try:
+                with atomic_h5(output, locked, overwrite) as f:
+                    out = create_output(f, (n, h, w), attrs)
+                    blank_ds = blank_dataset(f, n)
+                    for frames in stack.batches(d.batch_frames):
+                        if stop:
+                            break
+                        # HDF5 reports a full disk late, if at all: look before each batch (as the recorder)
+                        check_space(output.parent, MIN_FREE_BYTES, len(frames) * h * w * 4)
+                        headers = [
+                            FrameHeader(stack.source, done + i, 0.0, (h, w), str(frames.dtype))
+                            for i in range(len(frames))
+                        ]
+                        frs = [
+                            replace_invalid(Frame(hd, fr), counts_per_px=det.vacuum_counts)
+                            for hd, fr in zip(headers, frames, strict=True)
+                        ]
+                        f["replaced_pixels"][done : done + len(frames)] = [replaced(fr) for fr in frs]
+                        for fr in frs:
+                            tally.add(fr.header.seq, fr.header.meta)
+                        negative += negative_pixels(frames)
+                        res = stage.process(frs)
+                        out[done : done + len(frames)] = res.denoised
+                        if res.blank is not None:
+                            blank_ds[done : done + len(frames)] = res.blank
+                        done += len(frames)
+                        if bar is not None:
+                            bar[0].update(bar[1], advance=len(frames))
+                    if stop and done < n:  # the temporary file goes with the exception: no resume here
+                        raise _Interrupted(output, stop.signum or signal.SIGINT, done, n)
+                    per_frame, blank = np.asarray(f["replaced_pixels"][:]), np.asarray(blank_ds[:])
+            except (OSError, RuntimeError) as e:
+                if not is_disk_full(e):
+                    raise
+                raise StackError(_no_space(output, e, done, n)) from None
         dt = time.perf_counter() - t0
         if not g.dose_in_range:
             log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
@@ -212,31 +217,6 @@ def _no_space(output: Path, e: BaseException, done: int, total: int) -> str:
 def offline_upsample(d: DenoiseSettings) -> Upsample:
     """Offline, quality comes first: ``auto`` is bicubic whatever the device (live on a CPU: bilinear)."""
     return Upsample.bicubic if d.upsample is Upsample.auto else d.upsample
-
-
-@contextmanager
-def _progress(total: int, show: bool) -> Iterator[tuple[Any, Any] | None]:
-    """The progress bar of ``denoise --scheduler none``, or None when not wanted.
-
-    On stderr, as the Dask path's: stdout carries the JSON summary that scripts parse, and rich prints a
-    bar's last state when it stops even without a terminal (a bar on stdout broke ``json.load``). Stopped
-    on the way out whatever happens, so a failed file leaves no live display behind.
-    """
-    if not show:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    p = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )  # fmt: skip
-    p.start()
-    try:
-        yield p, p.add_task("denoising", total=total)
-    finally:
-        p.stop()
 
 
 def _version() -> str:

@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,8 @@ from sbd_stream.service.offline_results import (
     refuse_closed_port,
     workers_ignore_sigint,
 )
+from sbd_stream.service.offline_terminal import progress as progress_bar
+from sbd_stream.service.offline_terminal import say
 from sbd_stream.sources.stack_cache import close_all, read_rows
 from sbd_stream.sources.stacks import StackError
 
@@ -280,8 +281,8 @@ def denoise_distributed(
     output that appeared while the job ran is not replaced (the finished partial stays).
     """
     from sbd_stream.config import DetectorSettings
-    from sbd_stream.formats.output_lock import output_lock
     from sbd_stream.service.offline import offline_upsample
+    from sbd_stream.service.offline_output import output_held
 
     batch = batch or es.batch_frames
     output = Path(output)
@@ -299,7 +300,8 @@ def denoise_distributed(
     t0 = time.perf_counter()
     stop = StopFlag()
     with ExitStack() as stack:
-        stack.enter_context(output_lock(output))  # before the partial or its sidecar is touched
+        # before the partial or its sidecar is touched (the sidecar's temporary name: the longest)
+        stack.enter_context(output_held(output, output.name + ".partial.json.tmp"))
         _refuse_existing(output, overwrite)
         stack.enter_context(stop.installed())  # Ctrl-C / SIGTERM: stop between results, resumable
         if scheduler == "none" or len(chunks) == 1:
@@ -333,7 +335,7 @@ def denoise_distributed(
         blank_ds = blank_dataset(f, n)  # written before each chunk's flush in ``out.write``
         stack.callback(out.close)
         todo = [c for c in chunks if c[0] >= start]
-        bar = stack.enter_context(_bar(n, start)) if progress else None
+        bar = stack.enter_context(progress_bar(n, start, show=progress))
         if client is None:
             results = _inline(src, es_run, det, todo, batch, stop)
         else:
@@ -358,7 +360,7 @@ def denoise_distributed(
             stop_at = JobInterrupted(stop.signum or signal.SIGINT, out.done, n)
             results.close()  # chunks in flight cancelled
             stack.close()  # the progress bar, the file, the client and its cluster
-            print(stop_at, file=sys.stderr)
+            say(str(stop_at))  # a terminal that cannot take it changes nothing
             raise stop_at
         per_frame, blank = out.replaced(), np.asarray(blank_ds[:])
         out.close()
@@ -404,28 +406,14 @@ def _lost(done: int, total: int, where: str) -> SchedulerLost:
     )
 
 
-@contextmanager
-def _bar(total: int, done: int) -> Iterator[Any]:
-    """The client's progress bar (rich, on stderr so that stdout stays the JSON summary)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    p = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )  # fmt: skip
-    p.start()
-    try:
-        yield p, p.add_task("denoising", total=total, completed=done)
-    finally:
-        p.stop()
-
-
 def denoise(
     input: Path, output: Path, dataset: str | None = None, es: DenoiseSettings | None = None,
     detector: dict | None = None, recording: bool = False, scheduler: str = "local", **kw: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Entry point of ``sbd-stream denoise`` and ``replay --offline``: ``none`` is ``denoise_file``.
+
+    A ``MemoryError`` (``ulimit -v``, a cgroup: here or on a worker) is one ``StackError`` line naming
+    the limit and what to do (``offline_output.out_of_memory``); the Dask path's partial stays.
 
     ``es``: the ``[denoise]`` settings, as the live service takes them; ``batch`` in ``kw`` overrides
     their ``batch_frames``.
@@ -434,13 +422,19 @@ def denoise(
     if kw.get("batch") is not None:
         es = es.model_copy(update={"batch_frames": kw["batch"]})
     kw["batch"] = es.batch_frames
-    if scheduler == "none" and not recording:
-        from sbd_stream.service.offline import denoise_file
+    single = scheduler == "none" and not recording
+    try:
+        if single:
+            from sbd_stream.service.offline import denoise_file
 
-        s = denoise_file(
-            input, output, dataset, es, detector=detector, progress=kw.get("progress", False),
-            overwrite=kw.get("overwrite", True),
-        )  # fmt: skip
-        return {**s, "scheduler": "in-process"}
-    src = inspect_recording(input) if recording else inspect_stack(input, dataset)
-    return denoise_distributed(src, output, es, detector, scheduler=scheduler, **kw)
+            s = denoise_file(
+                input, output, dataset, es, detector=detector, progress=kw.get("progress", False),
+                overwrite=kw.get("overwrite", True),
+            )  # fmt: skip
+            return {**s, "scheduler": "in-process"}
+        src = inspect_recording(input) if recording else inspect_stack(input, dataset)
+        return denoise_distributed(src, output, es, detector, scheduler=scheduler, **kw)
+    except MemoryError as e:  # here or raised again from a worker: the job's files are let go by now
+        from sbd_stream.service.offline_output import out_of_memory
+
+        raise StackError(out_of_memory(Path(output), e, resumable=not single)) from None

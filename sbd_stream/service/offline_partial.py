@@ -257,4 +257,9 @@ def open_partial(
             let_go_h5(f)
         output = partial.with_name(partial.name.removesuffix(".partial"))
         raise write_error(output, partial, 0, int(fp["shape"][0]), e) from None
+    except BaseException:  # not a write that failed (an attribute h5py refused, a signal): no frame yet,
+        if f is not None:  # nothing to resume, so nothing is left behind (a stray partial was)
+            let_go_h5(f)
+        partial.unlink(missing_ok=True)
+        raise
     return f, 0

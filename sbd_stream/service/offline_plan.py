@@ -16,7 +16,7 @@ from typing import Any, overload
 import numpy as np
 
 from sbd_stream.formats.limits import RecordingError, count_problem, frame_problem, trusted_rows
-from sbd_stream.sources.stacks import StackError, open_stack
+from sbd_stream.sources.stacks import StackError, not_a_file, open_stack
 
 __all__ = [
     "ChunkPlan",
@@ -165,6 +165,11 @@ def inspect_recording(path: Path) -> Source:
     from sbd_stream.formats.hdf5_read import h5_reason
     from sbd_stream.formats.recording import open_recording, recorded_detector, uniform_parts
 
+    try:  # a FIFO blocked HDF5's open for ever; a missing file is the reader's to say
+        if (why := not_a_file(Path(path))) is not None:
+            raise StackError(f"{path}: {why}")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     parts, shape, dtype = [], None, None
     try:
         uniform = uniform_parts(Path(path).resolve())

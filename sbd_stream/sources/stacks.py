@@ -18,6 +18,7 @@ import ctypes
 import json
 import operator
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
 
 __all__ = [
     "DEFAULT_H5_DATASETS", "HDF5_SUFFIXES", "LENGTH_UNITS_A", "SUPPORTED_SUFFIXES", "FrameStack",
-    "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "let_go_h5", "open_stack",
+    "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "h5_text", "let_go_h5",
+    "not_a_file", "open_stack",
 ]  # fmt: skip
 
 HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
@@ -124,8 +126,8 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
     """
     if not path.exists():
         raise StackError(f"{path}: no such file")
-    if path.is_dir():
-        raise StackError(f"{path}: is a folder; name a file")
+    if (why := not_a_file(path)) is not None:
+        raise StackError(f"{path}: {why}")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise StackError(
@@ -142,6 +144,20 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
         raise StackError(
             f"{path}: declares sizes this machine cannot map or hold ({type(e).__name__})"
         ) from None
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` (which exists) is no file to read frames from, or None for a regular file.
+
+    Why: a FIFO named like a stack (``mkfifo in.h5``) blocked forever in h5py's open, waiting for a
+    writer; a socket or a device is no stack either. Refused before anything opens it."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder; name a file"
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"is {kind}, not a regular file; name the stack's file (copy a stream into one first)"
 
 
 def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
@@ -404,5 +420,20 @@ def create_output(
         "are invented"
     )
     for k, v in attrs.items():
-        f.attrs[k] = v if isinstance(v, str | int | float) else json.dumps(v)
+        f.attrs[k] = h5_text(v) if isinstance(v, str) else v if isinstance(v, int | float) else json.dumps(v)
     return ds
+
+
+def h5_text(text: str) -> str:
+    """``text`` as an HDF5 string attribute takes it (valid UTF-8), whatever file name it holds.
+
+    Why: a path is a ``str`` with surrogate escapes where its bytes are not UTF-8 (``caf\\xe9.h5``
+    copied from an old share), or not the locale's (a UTF-8 name under an ASCII locale), and h5py
+    encodes strictly: denoising such a file failed with "surrogates not allowed". The escapes go
+    back to the bytes on disk, which are read as UTF-8: a UTF-8 name is itself again whatever the
+    locale, and a byte that is not UTF-8 is written as the four characters ``\\xe9``.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
