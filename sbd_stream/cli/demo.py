@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sbd_stream.cli.app import app, fail, on_signals, setup_logging
+from sbd_stream.cli.app import app, fail, log, on_signals, setup_logging
 from sbd_stream.cli.live import stages_or_fail
 from sbd_stream.cli.options import (
     Complete,
@@ -174,9 +174,14 @@ def demo(
     from sbd_stream.sources.emulator import FrameSource
 
     try:  # what the emulator's child would refuse (a dose its count type cannot hold), said here
-        FrameSource(emu_cfg)
+        note = FrameSource(emu_cfg).note
     except (ValueError, OSError) as e:
         fail(f"emulator: {e}")
+    if note:  # the PSNR would score a flat truth that no atom entered
+        log.warning(
+            "%s, only vacuum: its PSNR scores no atom; give a larger --shape or a dataset with a specimen",
+            note,
+        )
     from sbd_stream.cli.run_info import run_started
 
     started = run_started()  # the load before the run: "a quiet machine" is checkable in the file

@@ -3,8 +3,9 @@
 Sources, in order of preference: a scene (``scene``: one held-out specimen held for the whole series,
 drifting, changing focus, with an optional event: ``sources/scene.py``, what a microscope records), a
 simulated dataset (the HDF5 written by ``training.dataset``, read here directly with h5py because
-sbd_stream must not import training; its images cycle, one per frame, wrap-tiled to the frame: a
-throughput pattern, not a microscope), a recording made by this service
+sbd_stream must not import training; its images cycle, one per frame, cut around the specimen or
+wrap-tiled to the frame (``sources/crop.py``): a throughput pattern, not a microscope), a recording made
+by this service
 (its raw counts are re-sent as they are, at its frame size; there is no ground truth then; the command
 takes their sampling from the file too, ``sources/emulator_recording.py``), or -- only when no file is
 given -- a built-in SYNTHETIC lattice of Gaussian "columns", clearly labelled as such in the metadata.
@@ -47,6 +48,8 @@ from sbd_stream.protocol import (
     encode_series,
     ipv6_endpoint,
 )
+from sbd_stream.sources.crop import MIN_SPECIMEN_FRACTION, specimen_fraction
+from sbd_stream.sources.crop import fit_to_frame as _fit
 from sbd_stream.sources.emulator_recording import is_recording, recorded_counts
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
@@ -98,15 +101,6 @@ def resample(img: np.ndarray, from_pixel_A: float, to_pixel_A: float) -> np.ndar
     return np.clip(out, 0.0, None).astype(np.float32)
 
 
-def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop or wrap-tile a source image to the requested detector size."""
-    h, w = shape
-    reps = (-(-h // img.shape[0]), -(-w // img.shape[1]))
-    if reps != (1, 1):
-        img = np.tile(img, reps)
-    return np.ascontiguousarray(img[:h, :w])
-
-
 class FrameSource:
     """Clean images (expected counts = clean * dose) or recorded counts, by frame index."""
 
@@ -116,6 +110,7 @@ class FrameSource:
         self._images: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self.player: ScenePlayer | None = None
+        self.note: str | None = None  # a simulated dataset's frames that hold no specimen (the demo warns)
         self._load(cfg)
         if not self._counts:  # clean images: counts drawn here must fit the type sent
             check_counts_type(self.peak_rate, cfg.dose, cfg.dtype)
@@ -145,6 +140,10 @@ class FrameSource:
                     )
                     for i in range(n)
                 ]
+                if specimen_fraction(self._images) < MIN_SPECIMEN_FRACTION:  # a PSNR would score vacuum
+                    self.note = (
+                        f"{cfg.source}: the {cfg.shape[0]}x{cfg.shape[1]} frames hold (almost) no specimen"
+                    )
             elif is_recording(f):  # its trusted rows, checked (emulator_recording.py)
                 self.kind = SourceKind.recording
                 self._counts = recorded_counts(f, cfg)
