@@ -148,7 +148,9 @@ def inspect_stack(path: Path, dataset: str | None = None) -> Source:
     stack = open_stack(Path(path), dataset)  # the path as given names the source, as in denoise_file
     try:
         n, h, w = stack.shape
-        name = stack.source.rsplit(":", 1)[1] if stack.source != str(path) else None  # HDF5: path:dataset
+        # HDF5: "path:dataset"; the name is what follows the path (a dataset "scan:1/frames" has its own ':')
+        prefix = f"{Path(path)}:"
+        name = stack.source[len(prefix) :] if stack.source.startswith(prefix) else None
         full = Path(path).resolve()  # workers may run elsewhere: absolute paths
         return Source(
             ((str(full), n),), (n, h, w), str(stack.dtype), stack.source, name, False,
