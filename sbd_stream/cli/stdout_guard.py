@@ -26,10 +26,7 @@ import io
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+from typing import Any
 
 __all__ = ["run_watching_stdout"]
 
@@ -41,7 +38,7 @@ class _WatchedFile(io.FileIO):
 
     failed: OSError | None = None
 
-    def write(self, b: ReadableBuffer, /) -> int:
+    def write(self, b: Any, /) -> int:  # a bytes-like object (typeshed's ReadableBuffer)
         try:
             return super().write(b)
         except OSError as e:
