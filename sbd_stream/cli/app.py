@@ -85,11 +85,19 @@ def settings_error(
 
 
 def fail(msg: str) -> NoReturn:
-    """Print ``error: msg`` (red on a colour terminal) and end the command with exit status 2."""
-    if colour_wanted():
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    else:  # not even a reset sequence
-        typer.echo(f"error: {msg}", err=True)
+    """Print ``error: msg`` (red on a colour terminal) and end the command with exit status 2.
+
+    The status is the message's fallback: where stderr cannot take the line (``2>/dev/full``, a log on
+    a full disk) the write's OSError escaped from here, and the command ended in status 1 (click's
+    answer to an uncaught error, its traceback lost with stderr) instead of the documented 2.
+    """
+    try:
+        if colour_wanted():
+            typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        else:  # not even a reset sequence
+            typer.echo(f"error: {msg}", err=True)
+    except (OSError, ValueError):  # ValueError: a closed file; the line is lost with stderr
+        pass
     raise typer.Exit(2)
 
 
@@ -233,6 +241,25 @@ def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``pytho
         raise SystemExit(130) from None
 
 
+@contextmanager
+def _unprinted_errors_keep_their_status() -> Iterator[None]:
+    """A usage error click could not print (stderr on a full disk, ``2>/dev/full``) ends with its own
+    status (2), not 1.
+
+    Why: click reports a ``ClickException`` (``--bogus``, a missing argument) by writing it to stderr;
+    that write's OSError escaped with the exception as its context, and the interpreter's answer to an
+    uncaught error, status 1, replaced the documented 2 (``fail`` guards its own line the same way).
+    """
+    try:
+        yield
+    except OSError as e:
+        told = e.__context__
+        code = getattr(told, "exit_code", None)  # a ClickException (typer may vendor click: duck-typed)
+        if told is None or not hasattr(told, "show") or not isinstance(code, int):
+            raise
+        raise SystemExit(code) from None
+
+
 def _main() -> None:
     """The CLI; a process that abandoned a recording part ends without interpreter shutdown.
 
@@ -256,7 +283,8 @@ def _main() -> None:
 
     t0 = time.perf_counter()
     try:
-        app()
+        with _unprinted_errors_keep_their_status():
+            app()
     except SystemExit as e:
         if abandoned_parts() or left_running():
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

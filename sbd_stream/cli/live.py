@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sbd_stream.cli.app import app, fail, on_signals, settings_error, setup_logging
+from sbd_stream.cli.app import app, fail, log, on_signals, settings_error, setup_logging
 from sbd_stream.cli.options import (
     Batch,
     Complete,
@@ -381,7 +381,7 @@ def emulate(
     from pydantic import ValidationError
 
     from sbd_stream.config import SocketMode
-    from sbd_stream.sources.emulator import Emulator, EmulatorSettings
+    from sbd_stream.sources.emulator import VACUUM_HINT, Emulator, EmulatorSettings
     from sbd_stream.sources.emulator_recording import for_recording
 
     setup_logging(verbose)
@@ -440,6 +440,8 @@ def emulate(
         f"{', ' + sampled if sampled else ''})",
         err=True,
     )
+    if emu.source.note:  # as demo warns, once: a simulated dataset cut to frames that no atom entered
+        log.warning("%s, only vacuum: %s", emu.source.note, VACUUM_HINT)
     try:
         n = emu.run()
     except KeyboardInterrupt:

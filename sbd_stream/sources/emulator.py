@@ -110,7 +110,7 @@ class FrameSource:
         self._images: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self.player: ScenePlayer | None = None
-        self.note: str | None = None  # a simulated dataset's frames that hold no specimen (the demo warns)
+        self.note: str | None = None  # a simulated dataset's frames holding no specimen (demo, emulate warn)
         self._load(cfg)
         if not self._counts:  # clean images: counts drawn here must fit the type sent
             check_counts_type(self.peak_rate, cfg.dose, cfg.dtype)
@@ -268,6 +268,9 @@ def check_counts_type(peak_rate: float, dose: float, dtype: str) -> None:
         + ("; send --dtype uint16 or lower the dose" if dtype == "uint8" else "; lower the dose")
     )
 
+
+VACUUM_HINT = "no atom to denoise or to score a PSNR on; give a larger --shape or a dataset with a specimen"
+"""What ``emulate`` adds to ``FrameSource.note`` in its warning (``demo`` words its own for its PSNR)."""
 
 VACUUM_MARGIN = 64
 """Extra rows and columns of a held scene's pre-drawn vacuum frames: 64 x 64 window offsets."""
