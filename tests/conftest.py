@@ -163,16 +163,80 @@ def denoiser(tiny_engine_dir: Path) -> Denoiser:
     return Denoiser.load(engine="onnxruntime", engine_dir=tiny_engine_dir)
 
 
-def free_port(ctx: zmq.Context | None = None) -> int:
-    """A TCP port on 127.0.0.1 free a moment ago, for a process the test starts to bind.
+_PORTS_GIVEN: set[int] = set()  # never the same port twice in one run: its last user's TIME_WAIT may hold it
 
-    Picked with a plain socket whose close is synchronous: a ZeroMQ socket closes in its I/O thread
-    after ``close`` returns, so the port it held could still be taken when the child bound it (audit 26:
-    2 of 20 binds failed with "Address already in use"). A listening socket that never accepted leaves
-    no TIME_WAIT behind. ``ctx`` is accepted for the callers that pass one, and not used."""
+
+def _ephemeral_ports() -> range:
+    """The kernel's ephemeral range (it hands these to ``bind(0)`` and to every outgoing connection's
+    source port); where it cannot be read, 32768-65535 covers Linux's default and the IANA range."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 65535
+    return range(lo, hi + 1)
+
+
+def _port_pool() -> range:
+    """Where ``free_port`` picks from: between the ports services are commonly configured on (up to ~10000:
+    5432, 8080, 9090, 9105 ...) and the ephemeral range, 20000-32767 by default; above the ephemeral
+    range where a tuned kernel starts it too low to leave 4000 ports below."""
+    eph = _ephemeral_ports()
+    if eph.start - 20000 >= 4000:
+        return range(20000, eph.start)
+    if 65536 - eph.stop >= 4000:
+        return range(eph.stop, 65536)
+    return range(0)
+
+
+def _bindable(port: int) -> bool:
+    """Nobody holds ``port``: a bind on the IPv4 (and IPv6) wildcard without SO_REUSEADDR fails while any
+    socket holds it on any address, listening, connected or in TIME_WAIT, so the check is stricter than
+    the bind of a ZeroMQ or HTTP server (which set SO_REUSEADDR) that follows."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    families = [(socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        families.append((socket.AF_INET6, "::"))
+    for family, host in families:
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(ctx: zmq.Context | None = None) -> int:
+    """A TCP port on 127.0.0.1 (and ::1) free a moment ago, for a process the test starts to bind.
+
+    Between this check and that bind another process may take the port. A port from ``bind(0)`` was
+    the likeliest to go: it lies in the kernel's ephemeral range, which every outgoing connection on the
+    machine (this suite's own ZeroMQ and HTTP clients, other CI jobs) draws source ports from. So the
+    port is drawn at random from ``_port_pool``, outside that range, where only a program binding that
+    very number could take it; it is checked with plain sockets, whose close is synchronous (a ZeroMQ
+    socket closes in its I/O thread after ``close`` returns: audit 26, 2 of 20 binds failed with
+    "Address already in use"), and never handed out twice in one run. A parallel run (xdist, a second
+    job on the runner) draws from 12768 ports at random, so two runs meet on one port only by chance.
+    Where a component can bind port 0 itself and report the port (``--metrics-port 0``, ``tcp://...:*``
+    with LAST_ENDPOINT, ``dask scheduler --port 0 --scheduler-file``), that is better still.
+    ``ctx`` is accepted for the callers that pass one, and not used."""
+    import random
+    import socket
+
+    pool = _port_pool()
+    rng = random.SystemRandom()  # not the suite's seeded ``random``: parallel runs must draw differently
+    for _ in range(200 if pool else 0):
+        port = rng.choice(pool)
+        if port not in _PORTS_GIVEN and _bindable(port):
+            _PORTS_GIVEN.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no pool here: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

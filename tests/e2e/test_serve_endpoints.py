@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from typer.testing import CliRunner
 
 from sbd_stream.cli.app import app
@@ -36,9 +37,8 @@ SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console s
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """conftest.free_port: drawn outside the kernel's ephemeral range and checked on every address."""
+    return free_port()
 
 
 @pytest.fixture

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
 
+# Prometheus cannot be told to pick its own port and report it: the port is picked for it, outside the
+# kernel's ephemeral range and checked on every address (conftest.free_port, the suite's one picker)
+from conftest import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "query", "stop"]
 
 
 def query(base: str, q: str) -> list[dict]:

@@ -9,7 +9,6 @@ skips validation, so a 1 x 20000 or 0 x 0 recording passed the 1-16384 check tha
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import free_port
 from typer.testing import CliRunner
 
 from sbd_stream.cli.app import app
@@ -44,9 +44,8 @@ def _frames(h: int, w: int, n: int = 3) -> dict[str, np.ndarray]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """conftest.free_port: drawn outside the kernel's ephemeral range and checked on every address."""
+    return free_port()
 
 
 def _emulate(source: Path):

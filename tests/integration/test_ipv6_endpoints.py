@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import zmq
-from conftest import service_metric, wait_until
+from conftest import free_port, service_metric, wait_until
 
 from sbd_stream.protocol import ipv6_endpoint
 from sbd_stream.service.demo import Collector
@@ -32,12 +32,6 @@ def _ipv6_loopback() -> str | None:
     except OSError as e:
         return f"no IPv6 loopback here ({e})"
     return None
-
-
-def _free_port(family: int = socket.AF_INET6, host: str = "::1") -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def test_only_ipv6_literals_turn_ipv6_on() -> None:
@@ -65,7 +59,7 @@ def test_serve_and_emulate_over_ipv6_loopback(tiny_engine_dir) -> None:
         ctx,
     )
     assert emu.endpoint.startswith("tcp://[::1]:")
-    out_port, metrics_port = _free_port(), _free_port(socket.AF_INET, "127.0.0.1")
+    out_port, metrics_port = free_port(), free_port()  # free on [::1] and 127.0.0.1 alike
     cmd = [
         sys.executable, "-m", "sbd_stream", "serve", "--input", emu.endpoint, "--output",
         f"tcp://[::1]:{out_port}", "--no-record", "--model", str(tiny_engine_dir), "--engine", "onnxruntime",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import PROBE_ACQ, handshake, stop_command, wait_until
+from conftest import PROBE_ACQ, free_port, handshake, stop_command, wait_until
 
 from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.denoiser import Denoiser
@@ -257,11 +257,8 @@ def test_two_instances_pull_the_wire_v1_emulator_in_push_mode_and_merge_delivers
 
 
 def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """conftest.free_port: drawn outside the kernel's ephemeral range and checked on every address."""
+    return free_port()
 
 
 @pytest.mark.timeout(90)

@@ -218,6 +218,7 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         out.send_multipart(encode_series(b"series_start", "acq-1", time.time(), {"source": "test"}))
         rng = np.random.default_rng(1)
         n = 300  # far more than the viewer's receive HWM: it must still end on the newest frame
+        t_first = time.time()  # no frame's sender stamp is older than this
         for seq in range(n):
             counts = rng.poisson(0.45, (64, 48)).astype(np.uint16)
             raw.send_multipart(encode_frame(counts, "acq-1", seq, time.time(), topic=TOPIC_FRAME))
@@ -282,7 +283,11 @@ def test_http_api_serves_newest_frames_metrics_and_paired_raw(sources) -> None:
         assert raw_st["pixel_size_A"] == 0.06 and raw_st["dose"]["e_per_A2"] == pytest.approx(125.0)
         assert 0.3 < raw_st["dose"]["mean_counts_per_px"] < 0.6
         lat = st["latency"]["denoised/live"]
-        assert lat["lane"] == "live" and lat["n"] > 0 and lat["p50_s"] < 5
+        assert lat["lane"] == "live" and lat["n"] > 0
+        # seconds from the sender's stamp to the viewer's receipt on one clock: never negative and never
+        # more than the time since the first frame was sent (a bound from this run, not this machine's
+        # speed): a receipt read on another clock (monotonic: ~1e9 s off) or a swapped subtraction breaks it
+        assert 0 <= lat["p50_s"] <= lat["max_s"] <= time.time() - t_first, lat
         assert _get(v.url + "image/raw.png?region=1,2,3")[0] == 400
         assert _get(v.url + "image/raw.png?region=500,500,600,600")[0] == 400
         assert _get(v.url + "image/raw.png?contrast=pretty")[0] == 400

@@ -8,10 +8,9 @@ a random id, both silently. Real sockets on 127.0.0.1; nothing is mocked.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import zmq
+from conftest import free_port
 from typer.testing import CliRunner
 
 from sbd_stream.cli.app import app
@@ -22,9 +21,8 @@ runner = CliRunner()
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """conftest.free_port: drawn outside the kernel's ephemeral range and checked on every address."""
+    return free_port()
 
 
 def _emulate(*args: str, endpoint: str | None = None):
