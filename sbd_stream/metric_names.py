@@ -33,5 +33,5 @@ EXPORTED_NAMES = (
     "sbd_worker_errors_total", "sbd_frames_failed_total", "sbd_reorder_held",
     "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
     "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
-    "sbd_fixed_vacuum_mismatch_frames_total",
+    "sbd_fixed_vacuum_mismatch_frames_total", "sbd_open_files", "sbd_open_files_limit",
 )  # fmt: skip

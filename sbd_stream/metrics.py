@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from sbd_stream.httpd import BoundedHTTPServer, local_url
 from sbd_stream.metric_names import EXPORTED_NAMES, LAZY_NAMES  # noqa: F401 - their documented home
+from sbd_stream.open_files import OpenFilesCheck
 
 _log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class Metrics:
         self._supervision_metrics(r)
         self._edge_metrics(r)
         self._worker_metrics(r)
+        self.open_files = OpenFilesCheck()  # sbd_open_files{,_limit} at each scrape; warns near the limit
+        r.register(self.open_files)
         for q in QUEUES:
             self.queue_depth.labels(queue=q).set(0)
         for s in STAGES:

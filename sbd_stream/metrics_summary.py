@@ -29,7 +29,12 @@ def status_line(m: Metrics, elapsed: float) -> str:
     The rate is over the interval since the previous line (the first: since the start), so it reads
     as the stream's rate now: an average over the whole uptime read 5.5/s on a 20 Hz stream that had
     started late, and kept falling after the input stopped.
+
+    Each line also checks the open descriptors against the open-file limit (``open_files``): near it,
+    inputs refuse connections silently, and the warning must come whether or not anything scrapes
+    ``/metrics`` (where the same check runs too).
     """
+    m.open_files.check()
     n = m.value("sbd_frames_received_total")
     t0, n0 = _LAST_STATUS.get(m, (0.0, 0.0))
     _LAST_STATUS[m] = (elapsed, n)

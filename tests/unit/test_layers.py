@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "security": 0,
     "httpd": 0,  # the bounded HTTP server of /metrics and the viewer (a leaf: standard library)
     "log_limit": 0,  # rate-limited log lines for per-event warnings (a leaf: standard library)
+    "open_files": 0,  # descriptors against RLIMIT_NOFILE: two gauges, one warning (metrics registers it)
     "zmq_context": 1,  # contexts a sender owns and ends itself (pyzmq; security stops their authenticators)
     "sigint_hold": 0,  # Ctrl-C held while torch imports (the console entries; a leaf: standard library)
     "invocation": 0,
