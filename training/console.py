@@ -17,18 +17,30 @@ def main() -> None:
 
     Standard output that cannot be written is ``sbd_stream.cli.stdout_guard``'s, as for ``sbd-stream``:
     ``sbd-train --help | head -1`` ends with status 0 (it was 1: a ``set -o pipefail`` script failed),
-    a full disk in one ``error:`` line and status 2."""
+    a full disk in one ``error:`` line and status 2.
+
+    A status is kept where stderr cannot take its line (``2>/dev/full``, ``2>&-``): a usage error click
+    could not print (``--bogus``) ends in 2 (``sbd_stream.cli.app.unprinted_errors_keep_their_status``),
+    not the interpreter's 1 for the write's uncaught OSError; "interrupted" in 130."""
     try:
         from sbd_stream.sigint_hold import sigint_held
 
         with sigint_held():
+            from sbd_stream.cli.app import unprinted_errors_keep_their_status
             from sbd_stream.cli.stdout_guard import run_watching_stdout
             from training.cli import app
 
-        run_watching_stdout(app)
+        def body() -> None:
+            with unprinted_errors_keep_their_status():
+                app()
+
+        run_watching_stdout(body)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``): the status says it
+            pass
         exec("pass")  # clears CPython's "unhandled KeyboardInterrupt" mark (``sbd_stream.cli.app.main``)
         raise SystemExit(130) from None
 

@@ -242,7 +242,7 @@ def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``pytho
 
 
 @contextmanager
-def _unprinted_errors_keep_their_status() -> Iterator[None]:
+def unprinted_errors_keep_their_status() -> Iterator[None]:
     """A usage error click could not print (stderr on a full disk, ``2>/dev/full``) ends with its own
     status (2), not 1.
 
@@ -283,7 +283,7 @@ def _main() -> None:
 
     t0 = time.perf_counter()
     try:
-        with _unprinted_errors_keep_their_status():
+        with unprinted_errors_keep_their_status():
             app()
     except SystemExit as e:
         if abandoned_parts() or left_running():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from training.cli.errors import write_stderr_line
+
 BENCH_ENGINES = Path("benchmarks/engines")
 TABLE_5_1_ENGINES = {
     "SBD + DnCNN": BENCH_ENGINES / "sbd-dncnn",
@@ -25,7 +27,8 @@ def engine_options(pairs: list[str] | None, default: dict[str, Path]) -> dict[st
         found = {k: v for k, v in default.items() if (v / "card.json").is_file()}
         for k, v in default.items():
             if k not in found:
-                typer.echo(f"warning: {k}: no engine at {v}; row left out (train it first)", err=True)
+                # dropped where stderr cannot take it: the table is still made (errors.write_stderr_line)
+                write_stderr_line(f"warning: {k}: no engine at {v}; row left out (train it first)")
         return found
     out = {}
     for p in pairs:

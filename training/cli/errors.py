@@ -130,11 +130,23 @@ def interrupted(e: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C or SIGTERM as one line, ``interrupted: <what stopped, how to go on>``, and exit status 128
     + the signal (130, 143). Why here: typer turns a ``KeyboardInterrupt`` that leaves a command into a
     silent exit 130, so the handler of ``training.console`` never saw one (audit 24). A command that
-    can say more raises ``training.train.stop.Interrupted`` with its line."""
+    can say more raises ``training.train.stop.Interrupted`` with its line.
+
+    The status is kept where stderr cannot take the line (``2>/dev/full``: the write's OSError ended the
+    command in status 1; ``2>&-``: no ``sys.stderr`` at all), as :func:`sbd_stream.cli.app.fail` keeps 2."""
     line = getattr(e, "line", "")
-    sys.stderr.write(f"interrupted: {line}\n" if line else "interrupted\n")
-    sys.stderr.flush()
+    write_stderr_line(f"interrupted: {line}" if line else "interrupted")
     raise typer.Exit(getattr(e, "exit_code", 130))
+
+
+def write_stderr_line(line: str) -> None:
+    """Write ``line`` to stderr, or drop it where stderr cannot take it (full, closed or absent): the
+    caller's exit status then says what happened, not the interpreter's 1 for an uncaught OSError."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # ValueError: a closed file; AttributeError: None (2>&-)
+        pass
 
 
 def friendly_errors(command: F) -> F:

@@ -11,6 +11,7 @@ from sbd_stream.cli.app import fail
 from sbd_stream.invocation import invocation
 from training.cli.checks import need_dataset, need_engine, need_engines, need_test_split
 from training.cli.common import BENCH_ENGINES, FOV_ENGINES, TABLE_5_1_ENGINES, engine_options
+from training.cli.errors import write_stderr_line
 
 
 def likelihood_study(
@@ -220,7 +221,8 @@ def evaluate_images_cmd(
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out-dir {out_dir}: a file, not a folder")
     try:
-        res = evaluate_images(cfg, log=typer.echo, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+        # a warning stderr cannot take (2>/dev/full) is dropped: its OSError ended a run that succeeded in 2
+        res = evaluate_images(cfg, log=typer.echo, warn=lambda m: write_stderr_line(f"warning: {m}"))
     except NoCleanImages as e:
         fail(str(e))
     except SamplingError as e:

@@ -157,8 +157,7 @@ def build_engine(
     try:
         plan = build(engine_dir, precision, tile, max_batch)
     except NoGPU as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        fail(str(e))  # not typer.echo + Exit(2): a line stderr cannot take left status 1 (2>/dev/full)
     typer.echo(f"TensorRT plan: {plan}")
 
 
@@ -268,7 +267,6 @@ def gpu_recipe(
         with sigterm_raises():  # SIGTERM as Ctrl-C; in training: last.pt first (training.train.stop)
             summary = run_recipe(cfg, log=typer.echo)
     except RecipeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        fail(str(e))  # its status, 2, also where stderr cannot take the line (fail's docstring)
     if not summary["ok"]:
         raise typer.Exit(1)
