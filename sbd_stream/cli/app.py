@@ -235,8 +235,11 @@ def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``pytho
     try:
         run_watching_stdout(_main)  # a closed pipe: status 0; a full disk: one line, 2 (stdout_guard)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``): the status says it
+            pass
         exec("pass")  # clears CPython's "unhandled KeyboardInterrupt" mark (docstring)
         raise SystemExit(130) from None
 
