@@ -100,10 +100,18 @@ def _both(e: float | None, c: float | None, pixel_A: float | None, source: str) 
 
 
 def frame_time(h: FrameHeader, series: dict[str, Any]) -> dict[str, Any]:
-    """Acquisition time of the frame: its ``ts`` (Unix s), seconds since series_start, exposure."""
+    """Acquisition time of the frame: its ``ts`` (Unix s), seconds since series_start, exposure.
+
+    ``series``: the ``series_start`` (acq, ts) the frame is timed from; the viewer passes the latest of
+    its acquisition not later than the frame (``FrameStore.series_t0``). A start after the frame (a
+    re-armed series, while the old one's last frame is still shown; a DECTRIS ``ts`` counted from the
+    series' start, not a date) gives None, never a negative time. ``exposure_s`` is the header's, as
+    the wire format defines it: 0 when the sender did not state one.
+    """
     t0 = series.get("ts") if series.get("acq") == h.acq else None
+    known = isinstance(t0, float | int) and not isinstance(t0, bool) and t0 <= h.ts
     return {
         "ts": h.ts,
-        "since_start_s": (h.ts - t0) if isinstance(t0, float | int) else None,
-        "exposure_s": h.exposure_s or None,
+        "since_start_s": (h.ts - t0) if known else None,
+        "exposure_s": h.exposure_s,
     }

@@ -88,6 +88,8 @@ class Viewer:
         self.metrics = MetricsPoller(metrics_url) if metrics_url else None
         self._stop = threading.Event()
         self._socks: list[zmq.Socket] = []
+        # the kinds a series_start on each socket is ordered with (FrameStore.series_start)
+        self._series_kinds: dict[zmq.Socket, tuple[str, ...]] = {}
         self._sub_thread: threading.Thread | None = None
         self._httpd: BoundedHTTPServer | None = None
         self._counts: tuple[tuple[str, int], float] | None = None
@@ -95,10 +97,20 @@ class Viewer:
 
     # --- sources -----------------------------------------------------------------------------------
     def offer_raw(self, frame: Any) -> None:
-        """Pipeline tap: called on the ingest thread for every raw frame; O(1), never blocks."""
-        self.store.offer("raw", frame.header, frame.data)
+        """Pipeline tap: called on the ingest thread for every raw frame; O(1), never blocks.
 
-    def _subscribe(self, endpoint: str, topics: tuple[bytes, ...], curve: CurveSettings | None) -> None:
+        The service's verdict that a frame restarts its acquisition's numbering (``Frame.seq_restart``)
+        starts a new series here too; a re-armed series (``series_start``) is told by its numbers and
+        ``ts``, since the tap sees no series messages (FrameStore)."""
+        self.store.offer("raw", frame.header, frame.data, restart=bool(getattr(frame, "seq_restart", False)))
+
+    def _subscribe(
+        self,
+        endpoint: str,
+        topics: tuple[bytes, ...],
+        curve: CurveSettings | None,
+        series_kinds: tuple[str, ...],
+    ) -> None:
         sock = self.ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 4)  # if this thread falls behind, frames drop at our end only
         sock.setsockopt(zmq.LINGER, 0)
@@ -111,6 +123,7 @@ class Viewer:
         sock.setsockopt(zmq.IPV6, ipv6_endpoint(target))  # serve --output tcp://[::1]:P: a literal needs it
         sock.connect(target)
         self._socks.append(sock)
+        self._series_kinds[sock] = series_kinds
 
     def _run_subscriber(self) -> None:
         """Receive everything as it arrives; the store keeps only the newest (plus the raw ring).
@@ -129,13 +142,15 @@ class Viewer:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.supervisor.call("viewer", self._accept, parts, logger=log)
+                    self.supervisor.call("viewer", self._accept, parts, self._series_kinds[sock], logger=log)
 
     def _close_sockets(self) -> None:
         for s in self._socks:
             s.close(linger=0)
 
-    def _accept(self, parts: list) -> None:
+    def _accept(self, parts: list, series_kinds: tuple[str, ...] = ("denoised", "llr")) -> None:
+        """One received message; ``series_kinds``: the kinds its socket carries, which a
+        ``series_start`` on it starts a new series of."""
         try:
             msg = decode(parts, max_payload=512 * 1024 * 1024)
         except ProtocolError as exc:
@@ -143,7 +158,8 @@ class Viewer:
             return
         if isinstance(msg, SeriesMessage):
             if msg.topic == b"series_start":
-                self.store.series = {"acq": msg.header.acq, "ts": msg.header.ts, "meta": msg.header.meta}
+                h = msg.header
+                self.store.series_start(h.acq, h.ts, h.meta, series_kinds)
             return
         assert isinstance(msg, FrameMessage)
         kind = _TOPIC_KIND[msg.topic]
@@ -153,9 +169,10 @@ class Viewer:
     def start(self) -> Viewer:
         c = self.cfg
         if self.output_endpoint:
-            self._subscribe(self.output_endpoint, (b"denoised", b"llr", b"series_start"), self.curve)
+            topics = (b"denoised", b"llr", b"series_start")
+            self._subscribe(self.output_endpoint, topics, self.curve, ("denoised", "llr"))
         if self.raw_endpoint:
-            self._subscribe(self.raw_endpoint, (b"frame", b"series_start"), None)
+            self._subscribe(self.raw_endpoint, (b"frame", b"series_start"), None, ("raw",))
         self._sub_thread = self.supervisor.spawn(
             "viewer", self._run_subscriber, self._close_sockets, name="sbd-viewer-sub"
         )
@@ -223,7 +240,7 @@ class Viewer:
                 "rate_hz": round(self.store.rate(k), 2),
                 "pixel_size_A": px,
                 "pixel_source": px_src,
-                "time": frameinfo.frame_time(h, series),
+                "time": frameinfo.frame_time(h, {"acq": h.acq, "ts": self.store.series_t0(h.acq, h.ts)}),
             }
             if k == "raw":
                 det_px = frameinfo.detector_pixel(h, meta, self.detector)[0]

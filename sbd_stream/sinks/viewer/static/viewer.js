@@ -174,7 +174,10 @@ function showStatus(st) {
   }
   const main = shown.denoised || shown.raw, t = d && d.time;
   if (main && t) {
-    const since = (t.since_start_s == null) ? "" : `t = ${fmt(t.since_start_s + (main.ts - t.ts), 3)} s · `;
+    // the shown frame's time since its series_start: none when unknown, or when the frame shown is of an
+    // earlier series than the status' newest frame (a re-armed acquisition, for one refresh)
+    const sinceS = (t.since_start_s == null) ? null : t.since_start_s + (main.ts - t.ts);
+    const since = (sinceS == null || sinceS < 0) ? "" : `t = ${fmt(sinceS, 3)} s · `;
     const clock = new Date(main.ts * 1000).toISOString().slice(11, 23);
     $("f-time").textContent = `${since}frame #${main.seq} · ${clock} UTC` + (t.exposure_s ? ` · exposure ${fmt(1000 * t.exposure_s, 1)} ms` : "");
   }
