@@ -149,8 +149,9 @@ def describe(
     }
 
 
-def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
-    """Frames [start, stop) of the source, read here (on the worker)."""
+def read_frames(src: Source, start: int, stop: int, column: str = "frames") -> np.ndarray:
+    """Frames [start, stop) of the source, read here (on the worker); of a recording, ``column`` "seq":
+    their sequence numbers instead."""
     import hdf5plugin  # noqa: F401 - registers bitshuffle / LZ4 for compressed inputs and recordings
 
     from sbd_stream.formats.recording import open_recording
@@ -161,7 +162,7 @@ def read_frames(src: Source, start: int, stop: int) -> np.ndarray:
         if a < b:
             if src.recording:
                 with open_recording(path) as f:
-                    out.append(f["raw/frames"][a:b])
+                    out.append(f[f"raw/{column}"][a:b])
             else:
                 out.append(read_rows(Path(path), src.dataset, a, b))  # opened once per process
         off += rows
@@ -179,17 +180,20 @@ def denoise_chunk(
     stage = worker_stage(es, detector, gpu_per_worker)
     loads = _LOADS.get(next(k for k, v in _DENOISERS.items() if v is stage.denoiser), 0)
     frames = read_frames(src, start, stop)
+    # a recording's frames are named by their seq, as the service named them ("frame 90: ... beam blanked?"
+    # named row 88 here, audit h28); other stacks by their row
+    seqs = read_frames(src, start, stop, "seq") if src.recording else np.arange(start, stop)
     _, h, w = src.shape
     out = np.empty((stop - start, h, w), np.float32)
     bad, blank = np.zeros(stop - start, np.int64), np.zeros(stop - start, bool)
     negative, tally = 0, EdgeTally(dose := stage.geometry.detector.vacuum_counts)  # hot pixels: the dose
     for i in range(0, len(frames), batch):
         part = np.array(frames[i : i + batch])
-        hds = [FrameHeader(src.label, start + i + j, 0.0, (h, w), part.dtype.name) for j in range(len(part))]
+        hds = [FrameHeader(src.label, int(q), 0.0, (h, w), part.dtype.name) for q in seqs[i : i + len(part)]]
         frs = [replace_invalid(Frame(hd, fr), counts_per_px=dose) for hd, fr in zip(hds, part, strict=True)]
         bad[i : i + len(part)] = [replaced(fr) for fr in frs]
-        for fr in frs:
-            tally.add(fr.header.seq, fr.header.meta)
+        for j, fr in enumerate(frs):  # by row: its warning points at the output's /replaced_pixels rows
+            tally.add(start + i + j, fr.header.meta)
         negative += negative_pixels(part)
         res = stage.process(frs)
         out[i : i + len(part)] = res.denoised

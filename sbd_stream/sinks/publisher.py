@@ -16,6 +16,7 @@ clipped to it as the recording does (``sinks/stored_dtype.py``: not sent as inf,
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,22 @@ from sbd_stream.worker import BackgroundWorker, consume
 from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
+
+SERVICE_META_KEYS = frozenset(
+    {
+        "n_columns", "columns_fields", "evidence_frames", "vacuum_counts",  # llr_table.llr_columns: every llr
+        "nonfinite_pixels", "saturated_pixels", "hot_pixels", "bright_pixels",  # service/edge.py, at ingest
+        "blank", "vacuum_not_flat",  # service/frame_flags.py, the batch stage
+        "replay_of",  # sources/replay.py, on a replayed series_start
+    }
+)  # fmt: skip
+"""The keys the service itself adds to an output's ``meta``: kept when the producer's meta must go (an
+output header over 64 KiB), so a client can rely on what docs/wire-format.md promises (``n_columns``
+on every ``llr``, the flags); dropping them too made ``meta.n_columns`` a KeyError (audit h28, 8)."""
+KEPT_VALUE_BYTES = 512
+"""A kept key's value is at most this much JSON (the service's are numbers, booleans, the four column
+field names, a path): a producer's own key of the same name and a larger value goes with its meta, so the
+kept keys (~6 kB at most) never pass the limit themselves beside the column table (at most 1000 rows)."""
 
 
 @dataclass
@@ -207,8 +224,8 @@ class Publisher(BackgroundWorker):
         (and counted) if ZeroMQ refused it, or a subscriber missed a series message.
 
         An output header can pass the 64 KiB limit although its input header did not (the engine id
-        and column table are added): then it goes out with ``meta`` replaced by a note saying so,
-        rather than not at all.
+        and column table are added): then it goes out without the producer's meta, the service's own
+        keys kept and a note saying what was dropped (``without_producer_meta``), rather than not at all.
         """
         t0 = time.perf_counter()
         topic = item.topic.decode()
@@ -216,8 +233,11 @@ class Publisher(BackgroundWorker):
         try:
             parts = self._encode(item, item.meta, data)
         except HeaderTooLarge as exc:
-            log.warning("%s %s/%s: %s; sent without its meta", topic, item.acq, item.seq, exc)
-            parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"}, data)
+            log.warning("%s %s/%s: %s; sent without the producer's meta", topic, item.acq, item.seq, exc)
+            try:
+                parts = self._encode(item, without_producer_meta(item.meta), data)
+            except HeaderTooLarge:  # not seen: the kept keys are bounded (KEPT_VALUE_BYTES); the note alone
+                parts = self._encode(item, {"meta_dropped": "output header over the 64 KiB limit"}, data)
         try:
             if item.data is None:
                 complete = self.sender.series(parts)
@@ -262,3 +282,21 @@ class Publisher(BackgroundWorker):
             SERIES_WAIT_S,
             topic,
         )
+
+
+def without_producer_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with only the service's own keys (``SERVICE_META_KEYS``, each value at most
+    ``KEPT_VALUE_BYTES``) and ``meta_dropped``: which output header passed the limit and what went."""
+    kept = {
+        k: v
+        for k, v in meta.items()
+        if k in SERVICE_META_KEYS and len(json.dumps(v, allow_nan=False)) <= KEPT_VALUE_BYTES
+    }
+    gone = {k: v for k, v in meta.items() if k not in kept}
+    size = len(json.dumps(gone, separators=(",", ":"), allow_nan=False).encode())
+    keys = f"{len(gone)} key{'s' * (len(gone) != 1)}"
+    note = (
+        f"output header over the 64 KiB limit: the producer's meta dropped ({keys}, {size} bytes of JSON); "
+        "the service's own keys kept"
+    )
+    return {**kept, "meta_dropped": note}
