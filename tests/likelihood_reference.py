@@ -36,9 +36,14 @@ def reference_vacuum(raw: np.ndarray, denoised: np.ndarray, cfg: LikelihoodConfi
         return float(cfg.vacuum_counts)
     s = cfg.vacuum_block_px
     block_variance, block_raw_mean = [], []
+    m = int(2 / 3 * s)  # the denoised variance leaves out the frame's border (vacuum.BORDER_BLOCKS)
+    inner = np.zeros(raw.shape, bool)
+    inner[m : raw.shape[0] - m, m : raw.shape[1] - m] = True
     for top in range(0, raw.shape[0] - s + 1, s):  # whole blocks only, remainder strips ignored
         for left in range(0, raw.shape[1] - s + 1, s):
-            block_variance.append(denoised[top : top + s, left : left + s].astype(np.float64).var())
+            keep = inner[top : top + s, left : left + s]
+            keep = keep if keep.any() else np.ones_like(keep)
+            block_variance.append(denoised[top : top + s, left : left + s].astype(np.float64)[keep].var())
             block_raw_mean.append(raw[top : top + s, left : left + s].astype(np.float64).mean())
     variance, raw_mean = np.array(block_variance), np.array(block_raw_mean)
     k = max(1, int(cfg.vacuum_fraction * variance.size))

@@ -33,9 +33,10 @@ off the dose check's band is warned about the dose, not the vacuum (``service/fr
 Measured with the shipped ``sbd-unet3s2-paper`` through ``BatchStage``, 320 frames per case
 (docs/likelihood.md "Vacuum level"): at the configured dose 0 of 960 ordinary frames with 25-50 %
 vacuum flagged (old: ~2 % of 512^2 ones); at 0.5-2x 0 of 1,280 512^2 frames half vacuum; but where the
-vacuum blocks are few or at the edge, off the dose 6-100 %, partly truly (the engine then ranks a mixed
-block flattest: level 4-8 % high), partly by ``rough`` alone (2x, level right). Poisson counts assumed
-(a counting detector's, binned).
+vacuum blocks were few or at the edge, off the dose 6-100 %: the engine's output ramps at the frame's
+edge off its dose, so edge vacuum ranked rough and mixed blocks were taken (level 4-8 % high). The
+denoised variance now leaves out the frame's border (``BORDER_BLOCKS``): 0 of 32 such frames flagged at
+0.5-2x (session 28, docs/likelihood.md). Poisson counts assumed (a counting detector's, binned).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ ROUGH_MAX = 0.005
 """Chosen blocks whose denoised variance passes 0.5 % of the Poisson variance are not flat: shipped engines
 < 0.01 % in vacuum at their dose, 0.7-5 % on flat specimen. Off their dose vacuum reads 0.1-4 % (module
 docstring): not lowered to the frame's own level, which cannot tell the two apart."""
+BORDER_BLOCKS = 2 / 3
+"""Pixels this fraction of a block or nearer the frame's edge do not count in a block's *denoised* variance
+(its rank and ``rough``); its raw statistics use the whole block. Why: off its configured dose the engine's
+output ramps over the frame's outer 12-15 px (0.24 A pixels; measured with ``sbd-unet3s2-paper``, 0.5x:
+2.0 -> 1.54 of the level, 2x: 0.53 -> 0.69 -> 0.52), so every vacuum block along an edge read
+``rough`` 0.04-0.05 against 0.002-0.006 inside. With the vacuum only along an edge the estimator took
+specimen and mixed blocks instead and flagged genuine vacuum (1024^2 frames, two rows of vacuum blocks at
+the top: 2x 4 of 4 flagged). Half a block (10 px) still left 3 of 8 flagged at 0.5x; two thirds, 0."""
 Z = 4.26
 """One-sided normal quantile of a 1e-5 tail: each statistic is divided by the value Poisson vacuum passes
 with that probability for the frame's own level, number of chosen blocks and pixels, so 1 is the bound."""
@@ -89,7 +98,8 @@ def vacuum_blocks(
     """
     s = cfg.vacuum_block_px
     nh, nw = denoised.shape[1] // s, denoised.shape[2] // s
-    var = blocks(denoised.to(torch.float32), s, nh, nw).var(dim=2, correction=0)  # (B, nh * nw)
+    keep = _off_border(denoised, s, nh, nw)
+    var = _var_over(blocks(denoised.to(torch.float32), s, nh, nw), keep)  # (B, nh * nw)
     first = blocks(raws[0].to(torch.float32), s, nh, nw)
     raw_var, first_mean = torch.var_mean(first, dim=2, correction=1)
     means = [first_mean, *(blocks(r.to(torch.float32), s, nh, nw).mean(dim=2) for r in raws[1:])]
@@ -118,6 +128,26 @@ def vacuum_blocks(
     rough = torch.where(picked, var, torch.zeros_like(var)).sum(1) / n.clamp_min(1) / levels[0]
     rough = torch.where(n > 0, rough, torch.full_like(rough, math.nan))
     return VacuumBlocks(levels, *_flatness(means[0], raw_var, cov, picked, s * s, pairs), rough)
+
+
+def _off_border(denoised: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:
+    """(1, nh * nw, s * s) 1 for the pixels of each block farther than ``BORDER_BLOCKS`` of a block from the
+    frame's edge, else 0: a block keeps at least a third of its rows and columns, and a frame too small
+    for any (under 1 2/3 blocks a side) keeps all of its pixels, as before."""
+    h, w = denoised.shape[1:]
+    m = int(BORDER_BLOCKS * s)
+    keep = torch.zeros((1, h, w), dtype=torch.float32, device=denoised.device)
+    keep[:, m : h - m, m : w - m] = 1
+    keep = blocks(keep, s, nh, nw)
+    return torch.where(keep.sum(2, keepdim=True) > 0, keep, torch.ones_like(keep))
+
+
+def _var_over(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, nb) variance of each (B, nb, s * s) block over its pixels where ``keep`` is 1; a non-finite
+    pixel anywhere in the block still makes it non-finite (NaN * 0), as the masked rule needs."""
+    n = keep.sum(2)
+    mean = (x * keep).sum(2) / n
+    return (((x - mean[..., None]) * keep) ** 2).sum(2) / n
 
 
 def _neighbour_cov(x: torch.Tensor, mean: torch.Tensor, s: int) -> tuple[torch.Tensor, int]:

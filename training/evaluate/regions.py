@@ -124,19 +124,48 @@ def regions_from_clean(clean: np.ndarray, pixel_A: float, lattice_frac: float = 
 
 def _absorb_slivers(regions: np.ndarray, min_width_px: float) -> None:
     """Particle components thinner than ``min_width_px`` join the support when they touch it (they are
-    its ragged edge: specimen, whose lattice would otherwise be scored as vacuum), else the vacuum."""
-    from scipy.ndimage import binary_dilation, distance_transform_edt, label, maximum
+    its ragged edge: specimen, whose lattice would otherwise be scored as vacuum), else the vacuum.
+
+    A component exactly ``min_width_px`` wide stays particle. Its width is :func:`_widths`'s."""
+    from scipy.ndimage import binary_dilation, label
 
     particle = regions == PARTICLE
     labels, n = label(particle, structure=np.ones((3, 3), bool))
     if n == 0:
         return
-    depth = distance_transform_edt(particle)  # to the nearest non-particle pixel; the frame's edge is none
-    widths = 2 * np.asarray(maximum(depth, labels, np.arange(1, n + 1))) - 1
-    for k in np.flatnonzero(widths < min_width_px) + 1:
+    for k in np.flatnonzero(_widths(labels, n) < min_width_px) + 1:
         comp = labels == k
         ring = regions[binary_dilation(comp, np.ones((3, 3), bool)) & ~comp]
         regions[comp] = SUPPORT if (ring == SUPPORT).any() else VACUUM
+
+
+def _widths(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) width in pixels of each labelled component 1..n: twice its greatest depth, measured on the
+    component drawn at twice the resolution.
+
+    Why twice the resolution: ``distance_transform_edt`` gives the distance to the nearest zero pixel
+    *centre*, so a stripe w px wide has depth ``min(i + 1, w - i)`` at its i-th pixel, greatest
+    ``ceil(w / 2)``: ``2 * depth - 1`` is right for odd w and one pixel short for even w (a 2 px stripe
+    read 1 px, a 4 px one 3 px), and depth alone cannot tell w = 2k - 1 from 2k. Drawn with each pixel
+    as 2 x 2, every stripe is 2w sub-pixels wide, an even number, whose depth is exactly w sub-pixels,
+    for odd and even w alike. A diagonal stripe n px across each row reads its perpendicular thickness
+    (n / sqrt 2 for even n, within 0.12 px above it for odd n >= 3; a 1 px line reads 1 px), where
+    ``2 * depth - 1`` read pairs of n alike (1.0 for n = 1 and 2, 1.83 for 3 and 4). The frame's edge
+    stays no edge of a component, as before.
+    Each component is measured in its own bounding box grown by a pixel (clipped to the frame): its
+    nearest pixel outside it is always a non-particle pixel in that box, so the depths are those of the
+    whole frame doubled, without four times the frame's memory for a large frame.
+    """
+    from scipy.ndimage import distance_transform_edt, find_objects
+
+    out = np.zeros(n)
+    for k, sl in enumerate(find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(a.start - 1, 0), a.stop + 1) for a in sl)
+        comp = labels[box] == k
+        out[k - 1] = distance_transform_edt(comp.repeat(2, 0).repeat(2, 1)).max()
+    return out
 
 
 def edges_touched(mask: np.ndarray) -> int:
