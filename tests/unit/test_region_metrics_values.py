@@ -84,8 +84,9 @@ def test_region_radius_is_inclusive() -> None:
 
 def test_slivers_are_measured_by_their_full_width() -> None:
     """With a 2.5 px minimum width, a 3 px wide particle strip stays particle; 1 and 2 px wide strips are
-    slivers: joined to the support they touch, else vacuum. (The width is 2 x depth - 1: a 3 px strip has
-    depth 2 in the middle, so its depth alone would call it a sliver.)"""
+    slivers: joined to the support they touch, else vacuum. (The width is the depth of the component drawn
+    at twice the resolution: a 3 px strip has depth 2 in the middle, so its depth alone would call it a
+    sliver; tests/unit/test_regions_sliver_width.py covers even widths and diagonals.)"""
     regions = np.full((20, 30), VACUUM, np.uint8)
     regions[15:, :] = SUPPORT
     regions[2:15, 5:8] = PARTICLE  # 3 px, touches the support
