@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from sbd_stream.config import ServiceSettings
+from sbd_stream.formats.series_record import series_fields
 from sbd_stream.frames import Frame
 from sbd_stream.llr_table import llr_columns
 from sbd_stream.metrics import Metrics
@@ -159,11 +160,8 @@ class RecorderSink(Sink):
         else:
             with self._lock:
                 self._starts[acq] = self._starts.get(acq, 0) + 1
-            h = msg.header  # what series_start announces at its top level (exposure_s, ...) is metadata too
-            said = {
-                k: v for k in ("exposure_s", "n_frames", "shape", "dtype") if (v := getattr(h, k)) is not None
-            }
-            self.recorder.submit(RecordItem("series_start", h.acq, meta={**said, **h.meta}))
+            h = msg.header  # its ts and announcements (exposure_s, ...) apart from meta: no key hides another
+            self.recorder.submit(RecordItem("series_start", h.acq, meta=h.meta, start=series_fields(h)))
 
     def result(self, res: BatchResult) -> None:
         for i, h in enumerate(res.headers):

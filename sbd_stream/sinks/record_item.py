@@ -48,6 +48,10 @@ class RecordItem:
     # llr rows: how many other frames' counts scored the map (0: the frame's own; -1: not said), stored
     # beside seq and ts, so a reader can tell a 1-frame LLR from an N-frame one (their scales differ ~N-fold)
     evidence_frames: int = -1
+    # series_start: the message's own fields beside ``meta`` (``ts`` and the announcements it stated:
+    # formats/series_record.py ``series_fields``), recorded apart so neither hides the other; None (an
+    # API caller giving ``meta`` alone): ``series_meta`` is ``meta``, as before
+    start: dict[str, Any] | None = None
 
 
 class Recent(collections.OrderedDict):

@@ -46,6 +46,7 @@ import numpy as np
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats.dectris_codec import compress_framed
 from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, open_recording
+from sbd_stream.formats.series_record import series_attrs
 from sbd_stream.frames import FrameQueue
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
@@ -90,7 +91,7 @@ class Recorder(OpenParts, BackgroundWorker):
         self.run_config = run_config or {}
         depth = metrics.queue_depth.labels(queue="record")
         self.queue = FrameQueue(queue_frames, max_bytes=queue_bytes, on_change=depth.set)
-        self.series_meta: Recent = Recent()
+        self.series_meta: Recent = Recent()  # acq -> its series_start's part attributes (series_record.py)
         self.t0: Recent = Recent()  # acq -> its first raw frame's ts: the NeXus time axis' origin
         self.raw_part: Recent = Recent(RAW_ROWS_KEPT)  # (acq, seq, ts) -> part: items without ``rx``
         self.part_index = PartIndex()  # rx ranges -> part: items from the service's intake
@@ -273,7 +274,7 @@ class Recorder(OpenParts, BackgroundWorker):
             self.runs.boundary(item.acq)
             self.series_starts[item.acq] = self.series_starts.get(item.acq, 0) + 1
             self.failed.pop(item.acq, None)
-            self.series_meta[item.acq] = item.meta
+            self.series_meta[item.acq] = series_attrs(item.meta, item.start)  # announcements kept apart
             self.t0.pop(item.acq, None)
             return
         if item.kind == "series_end":
@@ -357,7 +358,7 @@ class Recorder(OpenParts, BackgroundWorker):
             "t0": float(self.t0.get(acq, time.time())),
             "engine_card": json.dumps(self.card, default=str),
             "run_config": json.dumps(self.run_config, default=str),
-            "series_meta": json.dumps(self.series_meta.get(acq, {}), default=str),
+            **self.series_meta.get(acq, {"series_meta": "{}"}),  # + series_start, when one was recorded
             **self.sampling,  # pixel_size_A, dose_e_per_A2, counts_per_px, bin, working_pixel_A
         }
         try:

@@ -4,11 +4,22 @@ Unlike the live ingest, a file can wait: in ``lossless`` mode replay pauses whil
 full, so nothing is lost and the run goes as fast as the engine allows. ``realtime`` reproduces the
 recorded frame timing instead (from the ``ts`` dataset), which is how a past experiment is re-watched.
 
-Series: each (acquisition, ``segment``) of the recording is sent as its own series, with the part's
-recorded ``series_meta`` and ``replay_of`` beside it. A recording holding two series or a producer
-restart of one acquisition (segments 0 and 1, both counting ``seq`` from 0) was sent as one series,
-so ``replay --record-dir`` wrote each ``seq`` twice into one part; a series_start between them makes
-the recorder open a new part, as it did when the frames were first recorded.
+Series: each (acquisition, ``segment``) of the recording is sent as its own series, a series_start
+shaped as the live one (formats/series_record.py ``read_series``): the recorded announcements
+(``exposure_s``, ``n_frames``, ``shape``, ``dtype``) at its top level, the producer's ``meta`` as its
+``meta`` with ``replay_of`` added, and the recorded series_start ``ts`` (older parts, which lack it: the
+part's ``t0``, the segment's first frame's ``ts``). It sent the replay's wall clock, the announcements
+inside ``meta`` and no top-level ``n_frames`` (audit h28, item 2). Frames carry the recorded exposure
+(the announced ``exposure_s``, else the part's NeXus ``count_time``; 0.0, the wire default, if neither),
+not 0.0; their own ``meta`` is not recorded and replays empty. A recording holding two series or a
+producer restart of one acquisition (segments 0 and 1, both counting ``seq`` from 0) was sent as one
+series, so ``replay --record-dir`` wrote each ``seq`` twice into one part; a series_start between them
+makes the recorder open a new part, as it did when the frames were first recorded.
+
+Gaps: the frames missing between the first and the last frame replayed of each series (a recorded gap:
+they never arrived live) are counted at the series' end in ``sbd_frames_missing_total`` (so the
+summary's ``frames_missing``), each forward jump in ``sbd_sequence_gaps_total``, a recorded late frame in
+``sbd_frames_out_of_order_total``; one line per series names them. Replay counted none.
 
 What a part declares is checked before it is read (``formats/limits.py``): its frame shape against
 wire format v1 and ``ingest.max_payload_bytes`` (the live service would refuse such a frame too),
@@ -29,11 +40,12 @@ overflowed the wait: a traceback, frames lost).
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,7 @@ import numpy as np
 
 from sbd_stream.formats.limits import BLOCK_ROWS, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recording_parts
+from sbd_stream.formats.series_record import RecordedSeries, read_series
 from sbd_stream.frames import Frame, FrameQueue
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
@@ -60,7 +73,7 @@ log = logging.getLogger(__name__)
 MAX_REALTIME_GAP_S = 10.0
 """``--realtime``: the longest wait between two frames; a longer recorded gap is shortened to this."""
 
-Series = tuple[str, int, dict[str, Any]]  # (acq, segment, recorded series_meta)
+Series = tuple[str, int, RecordedSeries, float]  # (acq, segment, its series_start, the frames' exposure_s)
 
 
 def raw_rows(f: Any, part: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> int:
@@ -96,17 +109,55 @@ def recorded_series(
         with open_recording(part) as f:
             if "raw" not in f:
                 continue
-            try:
-                meta = json.loads(f.attrs.get("series_meta", "{}"))
-            except (TypeError, ValueError, RecursionError):
-                meta = {}
-            series = (str(f.attrs.get("acq", part.stem)), int(f.attrs.get("segment", 0)), meta)
+            series = (str(f.attrs.get("acq", part.stem)), int(f.attrs.get("segment", 0)), *_recorded_start(f))
             g = f["raw"]
             n = raw_rows(f, part, max_payload)
             for a in range(0, n, BLOCK_ROWS):
                 seqs, tss = g["seq"][a : min(n, a + BLOCK_ROWS)], g["ts"][a : min(n, a + BLOCK_ROWS)]
                 for i in range(len(seqs)):
                     yield series, int(seqs[i]), float(tss[i]), g["frames"][a + i]
+
+
+def _recorded_start(f: Any) -> tuple[RecordedSeries, float]:
+    """A part's series_start to send (its ``ts``: recorded, else ``t0``; None: the first frame's ``ts``)
+    and its frames' exposure_s: the announced one, else the NeXus ``count_time``, else 0.0."""
+    rec = read_series(f.attrs)
+    if rec.ts is None and ts_ok(t0 := _number(f.attrs.get("t0"))):
+        rec = replace(rec, ts=t0)
+    exposure = rec.announced.get("exposure_s")
+    if exposure is None:
+        count_time = f.get("entry/instrument/detector/count_time")
+        exposure = _number(count_time[()] if count_time is not None and count_time.shape == () else None)
+    ok = isinstance(exposure, int | float) and math.isfinite(exposure) and exposure >= 0  # a crafted file
+    return rec, float(exposure) if ok else 0.0
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (an HDF5 scalar included), else None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class SeriesGaps:
+    """The frames missing from one replayed series: between its first and last replayed ``seq``, those
+    the recording lacks (a part holds each ``seq`` once; a late frame fills its place)."""
+
+    def __init__(self) -> None:
+        self.first = self.last = -1
+        self.n = self.jumps = self.late = 0
+
+    def add(self, seq: int) -> None:
+        if self.n and seq > self.last + 1:
+            self.jumps += 1
+        elif self.n and seq <= self.last:
+            self.late += 1
+        self.first = seq if not self.n else min(self.first, seq)
+        self.last, self.n = max(self.last, seq), self.n + 1
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.last - self.first + 1 - self.n) if self.n else 0
 
 
 class ReplaySource(BackgroundWorker):
@@ -136,7 +187,7 @@ class ReplaySource(BackgroundWorker):
         self.path, self.on_frame, self.on_series = Path(path), on_frame, on_series
         self.queue, self.realtime, self.limit = queue, realtime, limit
         self.max_payload, self.metrics, self.max_gap_s = max_payload, metrics, max_gap_s
-        self.n_sent = self.n_bad_ts = self.n_gaps_shortened = 0
+        self.n_sent = self.n_bad_ts = self.n_gaps_shortened = self.n_missing = 0
         self.done = threading.Event()
         self._init_worker()
         if stop is not None:
@@ -149,8 +200,9 @@ class ReplaySource(BackgroundWorker):
         acq_cur: str | None = None
         key: tuple[str, int] | None = None
         prev_ts = prev_wall = 0.0
+        gaps = SeriesGaps()
         try:
-            for (acq, segment, recorded), seq, ts, data in recorded_series(self.path, self.max_payload):
+            for (acq, segment, rec, exposure), seq, ts, data in recorded_series(self.path, self.max_payload):
                 if self._stop.is_set() or (self.limit is not None and self.n_sent >= self.limit):
                     break
                 if not ts_ok(ts):
@@ -158,10 +210,9 @@ class ReplaySource(BackgroundWorker):
                     continue
                 if (acq, segment) != key:  # a new acquisition, or a new series / restart of this one
                     if acq_cur is not None:
-                        self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq_cur, time.time())))
-                    acq_cur, key = acq, (acq, segment)
-                    meta = {**recorded, "replay_of": str(self.path)}
-                    self.on_series(SeriesMessage(TOPIC_SERIES_START, SeriesHeader(acq, time.time(), meta)))
+                        self._series_end(acq_cur, gaps)
+                    acq_cur, key, gaps = acq, (acq, segment), SeriesGaps()
+                    self.on_series(SeriesMessage(TOPIC_SERIES_START, self._series_start(acq, rec, ts)))
                     prev_ts, prev_wall = ts, time.perf_counter()
                 if self.realtime:
                     due = prev_wall + self._step(acq, seq, ts - prev_ts)
@@ -173,14 +224,39 @@ class ReplaySource(BackgroundWorker):
                     while len(self.queue) >= self.queue.maxlen and not self._stop.is_set():
                         self.queue.wait_not_full(0.05)
                 name = next(k for k, v in DTYPES.items() if v == data.dtype.newbyteorder("<"))
-                header = FrameHeader(acq, seq, ts, (data.shape[0], data.shape[1]), name)
+                header = FrameHeader(acq, seq, ts, (data.shape[0], data.shape[1]), name, exposure)
+                gaps.add(seq)  # per-frame meta is not recorded: it replays empty
                 self.on_frame(Frame(header, data))
                 self.n_sent += 1
             if acq_cur is not None:
-                self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq_cur, time.time())))
+                self._series_end(acq_cur, gaps)
         finally:
             self._summary()
             self.done.set()
+
+    def _series_start(self, acq: str, rec: RecordedSeries, first_ts: float) -> SeriesHeader:
+        """The series_start as recorded: announcements top-level, the producer's meta + ``replay_of``."""
+        a = rec.announced
+        shape = (int(a["shape"][0]), int(a["shape"][1])) if "shape" in a else None  # valid: [H, W]
+        meta = {**rec.meta, "replay_of": str(self.path)}
+        ts = first_ts if rec.ts is None else rec.ts
+        return SeriesHeader(acq, ts, meta, a.get("n_frames"), shape, a.get("dtype"), a.get("exposure_s"))
+
+    def _series_end(self, acq: str, gaps: SeriesGaps) -> None:
+        """Count the series' recorded gaps (module docstring), then send its series_end."""
+        if gaps.missing and self.metrics is not None:
+            self.metrics.frames_gap.inc(gaps.missing)
+            self.metrics.gaps.inc(gaps.jumps)
+        if gaps.late and self.metrics is not None:
+            self.metrics.frames_out_of_order.inc(gaps.late)
+        if gaps.missing:
+            self.n_missing += gaps.missing
+            log.warning(
+                "replay: %s: %d frames of %s between seq %d and %d are not in the recording (%d gaps; "
+                "counted in sbd_frames_missing_total)",
+                self.path, gaps.missing, acq, gaps.first, gaps.last, gaps.jumps,
+            )  # fmt: skip
+        self.on_series(SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq, time.time())))
 
     def _step(self, acq: str, seq: int, step: float) -> float:
         """The wait before frame ``seq``: its recorded ``ts`` step, none when ``ts`` went back, capped."""
