@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sbd_stream.merge.outbox import PACE_S, Outbox
 from sbd_stream.merge.reorder import (
     DEFAULT_GAP_TIMEOUT_S,
     DEFAULT_WINDOW,
@@ -25,9 +26,11 @@ from sbd_stream.merge.reorder import (
     Released,
     ReorderBuffer,
 )
+from sbd_stream.metrics import MALFORMED_REASONS
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     TOPIC_SERIES_END,
+    TOPIC_SERIES_START,
     FrameMessage,
     ProtocolError,
     SeriesHeader,
@@ -92,7 +95,8 @@ class MergeMetrics:
         self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
         self.send_dropped = Counter(
             "sbd_merge_send_dropped",
-            "Messages a subscriber of the output missed (its pipe full; series messages after a wait)",
+            "Messages sent while a subscriber's pipe stayed full past the wait (it missed them; the ones "
+            "sent while ZeroMQ sets its pipe aside are missed uncounted: see the seq gaps)",
             registry=r,
         )
         self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
@@ -112,9 +116,20 @@ class MergeMetrics:
             "series_dropped": self.series_dropped,
             "restarts": self.restarts,
         }
-        for t in ("denoised", "llr"):
+        # every label value known at the start is exported at 0, as the service's (docs/service.md):
+        # an alert on increase() sees the first event of a series that exists before it
+        frame_topics = [t.decode() for t in sorted(OUTPUT_TOPICS)]
+        series_topics = [TOPIC_SERIES_START.decode(), TOPIC_SERIES_END.decode()]
+        for t in frame_topics:
             for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
                 c.labels(topic=t)
+        for t in series_topics:
+            self.series.labels(topic=t)
+            self.series_dropped.labels(topic=t)
+        for t in frame_topics + series_topics:  # a restart is told by a frame or by a series message
+            self.restarts.labels(topic=t)
+        for reason in MALFORMED_REASONS:
+            self.malformed.labels(reason=reason)
 
     def count(self, kind: str, topic: str, n: int) -> None:
         if kind == "joined":  # one per acquisition, whatever topic told it: no label
@@ -185,9 +200,11 @@ class MergeService(BackgroundWorker):
         supervisor: Supervisor | None = None,
         input_curve: CurveSettings | None = None,
         output_curve: CurveSettings | None = None,
+        pace_s: float = PACE_S,
     ) -> None:
         """``input_curve``: CURVE client settings for the instances' publishers (their ``[publish]
-        curve``); ``output_curve``: CURVE server settings for the merged stream. None: plain TCP."""
+        curve``); ``output_curve``: CURVE server settings for the merged stream. None: plain TCP.
+        ``pace_s``: how long a message waits for a subscriber's full pipe (merge/outbox.py)."""
         if not inputs:
             raise ValueError("merge needs at least one --input")
         self.metrics = metrics or MergeMetrics()
@@ -218,6 +235,9 @@ class MergeService(BackgroundWorker):
                 s.connect(ep)
             self.pub = xpub_socket(self.ctx, sndhwm)  # a PUB to subscribers; series messages survive bursts
             self.sender = XPubSender(self.pub)
+            # a released burst waits for a reading subscriber; about one window per topic may wait
+            self.outbox = Outbox(self.sender, self.metrics.send_dropped.inc, 2 * window + 2, pace_s)
+            self._loop_ident: int | None = None  # the loop's thread: it pumps the outbox every turn
             if output_curve is not None:
                 apply_curve(self.pub, output_curve, binds=True, domain="sbd-merge-out")
             warn_if_exposed("merge output", output)
@@ -274,8 +294,9 @@ class MergeService(BackgroundWorker):
                     parts = self._end_parts(header, r.merged)
             else:
                 parts = r.payload
-            if not (self.sender.series(parts) if r.seq < 0 else self.sender.frame(parts)):
-                self.metrics.send_dropped.inc()  # a subscriber's pipe stayed full: it misses this one
+            self.outbox.put(parts, r.seq < 0)  # sent now, or kept while a subscriber's pipe is full
+        if self.outbox and threading.get_ident() != self._loop_ident:
+            self.outbox.finish()  # no loop pumps it (a caller without one): wait here, as pump allows
         self.metrics.buffered.set(self.buffer.buffered)
 
     @staticmethod
@@ -286,6 +307,7 @@ class MergeService(BackgroundWorker):
 
     def tick(self, now: float | None = None) -> None:
         self.send(self.buffer.poll(time.monotonic() if now is None else now))
+        self.outbox.pump()
 
     # --- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -294,8 +316,9 @@ class MergeService(BackgroundWorker):
             poller.register(s, zmq.POLLIN)
         index = {s: i for i, s in enumerate(self.subs)}
         sup = self.supervisor
+        self._loop_ident = threading.get_ident()
         while not self._stop.is_set():
-            for sock, _ev in poller.poll(50):
+            for sock, _ev in poller.poll(1 if self.outbox else 50):  # a waiting message: retry soon
                 for _ in range(64):
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -305,6 +328,7 @@ class MergeService(BackgroundWorker):
             sup.call(self.stage, lambda _x: self.tick(), None, what="a timeout check")
         self._drain_inputs(index)
         self.send(self.buffer.flush(time.monotonic()))
+        self.outbox.finish()
 
     def _drain_inputs(self, index: dict[zmq.Socket, int]) -> None:
         """What already arrived is still merged before the last flush."""
