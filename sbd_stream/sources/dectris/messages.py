@@ -296,16 +296,23 @@ def _cbor(part: Any, max_bytes: int) -> dict[str, Any]:
 
 
 def _rational_s(v: Any, reason: str) -> float | None:
-    """Stream v2 times are [numerator, denominator] in seconds; one a float cannot hold is ``reason``.
+    """Stream v2 times are [numerator, denominator] in seconds: absent is ``None``; one that is not two
+    integers, is negative, has a zero denominator or is too large for a float is ``reason``.
 
     CBOR integers have any size, and ``10**400 / 1`` raised ``OverflowError``: an internal error with a
-    traceback per message instead of a counted, once-logged bad field."""
-    if isinstance(v, _SEQ) and len(v) == 2 and all(_is_int(x) for x in v) and v[1] > 0 and v[0] >= 0:
-        try:
-            return v[0] / v[1]
-        except OverflowError:
-            raise ProtocolError(reason, "a number too large for a float") from None
-    return None
+    traceback per message instead of a counted, once-logged bad field. A malformed time (``[-5, 1000]``,
+    ``[1, 0]``, ``"x"``) was taken as absent until session 28: the frame went on with ``ts`` 0 and
+    ``exposure_s`` 0, uncounted, where docs/dectris.md (and v1) refuse it."""
+    if v is None:
+        return None
+    if not (isinstance(v, _SEQ) and len(v) == 2 and all(_is_int(x) for x in v)):
+        raise ProtocolError(reason, f"not [numerator, denominator] integers: {_short(v, 40)}")
+    if v[1] <= 0 or v[0] < 0:
+        raise ProtocolError(reason, f"negative or a zero denominator: {_short(v, 40)}")
+    try:
+        return v[0] / v[1]
+    except OverflowError:
+        raise ProtocolError(reason, "a number too large for a float") from None
 
 
 def _v2_image(tag: Any, max_payload: int) -> tuple[np.ndarray, bytes | None]:
