@@ -9,6 +9,7 @@ and its plan) is ``training.sim.worlds``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -209,7 +210,11 @@ def _submit(client: Any, spec: TaskSpec, preset_json: str) -> Any:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress line to stderr, dropped where stderr cannot take it (``2>/dev/full``, a log on a full
+    disk, closed): until session 28 the first line's OSError ended an hours-long simulation at once,
+    status 2, nothing simulated; the committed tasks and the summary on stdout are what counts."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``)
+        print(msg, file=sys.stderr, flush=True)
 
 
 class _Bar:

@@ -6,6 +6,7 @@ others for this.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -88,7 +89,9 @@ def warn_sampling(card: Any, pixel_size_A: float, dose_e_per_A2: float, data: An
     if card.dose_e_per_A2 and abs(card.dose_e_per_A2 / dose_e_per_A2 - 1) > 0.01:
         diffs.append(f"dose {card.dose_e_per_A2:.4g} e/A^2 vs the data's {dose_e_per_A2:.4g} e/A^2")
     if diffs:
-        print(f"warning: --init-from {card.name} was trained at {'; '.join(diffs)} ({data})", file=sys.stderr)
+        note = f"warning: --init-from {card.name} was trained at {'; '.join(diffs)} ({data})"
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a full log disk: the run goes on
+            print(note, file=sys.stderr)
 
 
 def _is_block_version(mine: list[Any], theirs: list[Any]) -> bool:
