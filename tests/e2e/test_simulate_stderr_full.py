@@ -30,3 +30,19 @@ def test_a_full_stderr_does_not_stop_a_simulation(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stdout[-2000:]
     with h5py.File(out, "r") as f:
         assert f["committed"].shape[0] > 0 and f["images"].shape[0] > 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closes the child's fd 2 (POSIX)")
+def test_a_closed_stderr_does_not_stop_a_simulation(tmp_path: Path) -> None:
+    """Started with ``2>&-`` Python's ``sys.stderr`` is None: the progress bar's ``isatty`` check raised
+    AttributeError (status 1, nothing simulated)."""
+    out = tmp_path / "t.h5"
+    p = subprocess.run(
+        [sys.executable, "-m", "training.console", "simulate", "--preset", "tiny", "--out", str(out),
+         "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=None, text=True, timeout=540, pass_fds=(),
+        preexec_fn=lambda: os.close(2), env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:]
+    with h5py.File(out, "r") as f:
+        assert f["committed"].shape[0] > 0 and f["images"].shape[0] > 0

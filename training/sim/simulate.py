@@ -223,7 +223,7 @@ class _Bar:
     def __init__(self, total: int, enabled: bool):
         self.total, self.n, self.t0 = total, 0, time.perf_counter()
         self._progress = None
-        if enabled and sys.stderr.isatty():
+        if enabled and sys.stderr is not None and sys.stderr.isatty():  # None: started with ``2>&-``
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self._progress = Progress(
