@@ -6,7 +6,7 @@ dashboards must only reference these.
 
 from __future__ import annotations
 
-__all__ = ["EXPORTED_NAMES", "LAZY_NAMES"]
+__all__ = ["EXPORTED_NAMES", "LAZY_NAMES", "MALFORMED_REASONS"]
 
 LAZY_NAMES = ("sbd_stage_errors_total",)
 """Labelled by a reason known only when it happens (an exception's class): its series appear with the
@@ -34,4 +34,17 @@ EXPORTED_NAMES = (
     "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
     "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
     "sbd_fixed_vacuum_mismatch_frames_total", "sbd_open_files", "sbd_open_files_limit",
+    "sbd_publish_subscriber_full_total",
 )  # fmt: skip
+
+MALFORMED_REASONS = (
+    "bad_acq", "bad_array", "bad_blob", "bad_cbor", "bad_columns", "bad_compression", "bad_dtype",
+    "bad_encoding", "bad_engine", "bad_exposure", "bad_header_detail", "bad_htype", "bad_json",
+    "bad_length", "bad_meta", "bad_n_frames", "bad_part", "bad_parts", "bad_seq", "bad_series", "bad_shape",
+    "bad_topic", "bad_ts", "bad_type", "bad_version", "decompress_failed", "header_too_large",
+    "internal_error", "oversized", "too_large", "unexpected_topic", "unknown_field",
+)  # fmt: skip
+"""Every ``reason`` of ``sbd_frames_malformed_total`` (wire v1, DECTRIS, the receiver's own): exported at
+0 from the start, because Prometheus sees no increase in a series whose first sample is already the
+burst (a dashboard's ``increase()`` read 0 after the first malformed messages of a reason). A test
+checks that every reason the code can count is listed here."""

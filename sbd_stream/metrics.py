@@ -20,7 +20,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from sbd_stream.httpd import BoundedHTTPServer, local_url
-from sbd_stream.metric_names import EXPORTED_NAMES, LAZY_NAMES  # noqa: F401 - their documented home
+from sbd_stream.metric_names import (  # noqa: F401 - their documented home
+    EXPORTED_NAMES,
+    LAZY_NAMES,
+    MALFORMED_REASONS,
+)
 from sbd_stream.open_files import OpenFilesCheck
 
 _log = logging.getLogger(__name__)
@@ -52,18 +56,6 @@ QUEUES = ("denoise", "record", "publish")
 SUPERVISED_STAGES = ("receiver", "denoise", "publisher", "recorder", "metrics", "viewer")
 """Threads run by sbd_stream.supervisor (the same list as ``supervisor.STAGES``)."""
 
-MALFORMED_REASONS = (
-    "bad_acq", "bad_array", "bad_blob", "bad_cbor", "bad_columns", "bad_compression", "bad_dtype",
-    "bad_encoding", "bad_engine", "bad_exposure", "bad_header_detail", "bad_htype", "bad_json",
-    "bad_length", "bad_meta", "bad_n_frames", "bad_part", "bad_parts", "bad_seq", "bad_series", "bad_shape",
-    "bad_topic", "bad_ts", "bad_type", "bad_version", "decompress_failed", "header_too_large",
-    "internal_error", "oversized", "too_large", "unexpected_topic", "unknown_field",
-)  # fmt: skip
-"""Every ``reason`` of ``sbd_frames_malformed_total`` (wire v1, DECTRIS, the receiver's own): exported at
-0 from the start, because Prometheus sees no increase in a series whose first sample is already the
-burst (a dashboard's ``increase()`` read 0 after the first malformed messages of a reason). A test
-checks that every reason the code can count is listed here."""
-
 
 class Metrics:
     """Counters, gauges and histograms of the pipeline; thread-safe (prometheus_client locks)."""
@@ -78,6 +70,12 @@ class Metrics:
         self.publish_dropped = Counter(
             "sbd_publish_dropped",
             "Output messages dropped (slow subscriber or full publish queue)",
+            ["topic"],
+            registry=r,
+        )
+        self.publish_subscriber_full = Counter(
+            "sbd_publish_subscriber_full",
+            "Frames that found a subscriber's pipe full: it missed them (and, uncounted, some after)",
             ["topic"],
             registry=r,
         )
@@ -184,6 +182,8 @@ class Metrics:
         for t in ("denoised", "llr", "series_start", "series_end"):
             self.frames_published.labels(topic=t)
             self.publish_dropped.labels(topic=t)
+        for t in ("denoised", "llr"):
+            self.publish_subscriber_full.labels(topic=t)
         for k in ("raw", "denoised", "llr"):
             self.frames_recorded.labels(kind=k)
         for k in ("disk_full", "io"):

@@ -1,8 +1,11 @@
 """Publisher: denoised frames and likelihood maps out on a ZeroMQ PUB socket, in wire format v1.
 
 Frames never block: a subscriber at its high-water mark simply misses them (it sees the gap in the
-sequence numbers). A small SNDHWM keeps a slow subscriber from growing our memory; a bounded publish
-queue that drops its oldest entry keeps a slow serialisation from stalling the denoiser.
+sequence numbers). Each time a frame finds its pipe full is counted in
+``sbd_publish_subscriber_full_total{topic}`` and the first is logged: a lower bound of what it missed,
+as ZeroMQ then passes it by without telling until it has read half its pipe. A small SNDHWM keeps a slow
+subscriber from growing our memory; a bounded publish queue that drops its oldest entry keeps a slow
+serialisation from stalling the denoiser.
 
 Series messages (``series_start`` / ``series_end``) are promised to get through: the socket is an
 XPUB with ``ZMQ_XPUB_NODROP`` (sinks/xpub.py: frames never wait, a series message waits up to
@@ -245,7 +248,8 @@ class Publisher(BackgroundWorker):
                     self._missed_series(topic, item.acq)
             else:
                 complete = True
-                self.sender.frame(parts)  # a subscriber whose pipe is full misses it, the others do not
+                if not self.sender.frame(parts):  # a subscriber whose pipe is full misses it, the others not
+                    self._subscriber_full(topic, item)
         except (zmq.ZMQError, OSError) as e:
             self._refused(topic, item, e)
             return False
@@ -267,6 +271,20 @@ class Publisher(BackgroundWorker):
             "refused", logging.ERROR, "outputs ZeroMQ refused (NOT sent)",
             "publisher: %s %s of %s NOT sent: %s (counted in sbd_publish_dropped_total)%s",
             topic, item.seq, item.acq, e, hint,
+        )  # fmt: skip
+
+    def _subscriber_full(self, topic: str, item: OutputItem) -> None:
+        """A frame found a subscriber's pipe full: counted in ``sbd_publish_subscriber_full_total`` and
+        logged once (then summed up a minute). That subscriber misses it, and ZeroMQ passes it by without
+        telling until it has read half its pipe: those frames are not counted here (the subscriber sees
+        every one as a gap in ``seq``). It was neither counted nor logged (session 29)."""
+        self.metrics.publish_subscriber_full.labels(topic=topic).inc()
+        self._said.log(
+            "subscriber_full", logging.WARNING, "frames that found a subscriber's queue full",
+            "a subscriber is not keeping up: its queue of %d messages (publish.sndhwm) was full at %s %s "
+            "of %s, so it misses frames (it sees gaps in seq; the others are not held up; counted in "
+            "sbd_publish_subscriber_full_total)",
+            self.s.sndhwm, topic, item.seq, item.acq,
         )  # fmt: skip
 
     def _missed_series(self, topic: str, acq: str) -> None:
