@@ -30,3 +30,8 @@ def test_the_demo_results_file_has_date_commit_load_and_versions(
     assert re.fullmatch(r"[0-9a-f]{7,}", d["git"]) and isinstance(d["git_dirty"], bool)  # run from a checkout
     assert {"torch", "onnxruntime", "numpy", "pyzmq", "h5py"} <= set(d["versions"])
     assert d["machine"]["cpus"] and d["lanes"]["live"]["frames"] >= 0
+    # every key of the file is documented where a user reads the demo's summary (audit h28: the
+    # provenance keys were not)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    undocumented = sorted(k for k in d if f"`{k}`" not in docs)
+    assert not undocumented, f"demo --json-out keys missing from docs/service.md: {undocumented}"
