@@ -21,7 +21,7 @@ from sbd_stream.formats.series_record import series_fields
 from sbd_stream.frames import Frame
 from sbd_stream.llr_table import llr_columns
 from sbd_stream.metrics import Metrics
-from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, SeriesMessage
+from sbd_stream.protocol import TOPIC_DENOISED, TOPIC_LLR, TOPIC_SERIES_END, TOPIC_SERIES_START, SeriesMessage
 from sbd_stream.service.batch import BatchResult
 from sbd_stream.sinks.publisher import OutputItem, Publisher
 from sbd_stream.sinks.record_item import Recent
@@ -242,6 +242,13 @@ class ViewerSink(Sink):
     def raw(self, frame: Frame) -> None:
         if self.viewer is not None:
             self.viewer.offer_raw(frame)
+
+    def series_arrived(self, msg: SeriesMessage) -> None:
+        """A ``series_start`` in its place among the raw frames: the tap's next frame of its acquisition
+        starts a new raw series. Told by numbers and ``ts`` alone, a re-arm whose numbers start above 0
+        with a ``ts`` not later (a DECTRIS-style clock) left the raw panel on the old series."""
+        if self.viewer is not None and msg.topic == TOPIC_SERIES_START:
+            self.viewer.raw_series_start(msg.header.acq, msg.header.ts, msg.header.meta)
 
     def stop(self) -> None:
         if self.viewer is not None:

@@ -233,11 +233,11 @@ def test_the_service_viewer_follows_a_rearm_and_a_producer_restart(
         rng = np.random.default_rng(3)
         base = time.time() - 60.0
 
-        def run(start: float | None, n: int) -> Callable[[int], float]:
+        def run(start: float | None, n: int, first: int = 0) -> Callable[[int], float]:
             ts = lambda s: (start if start is not None else base + 40.0) + 0.01 + 0.05 * s  # noqa: E731
             if start is not None:
                 det.send_multipart(encode_series(TOPIC_SERIES_START, "r", start))
-            for seq in range(n):
+            for seq in range(first, first + n):
                 before = v.store.received["denoised"]
                 det.send_multipart(
                     encode_frame(rng.poisson(0.45, (64, 64)).astype(np.uint16), "r", seq, ts(seq))
@@ -265,6 +265,14 @@ def test_the_service_viewer_follows_a_rearm_and_a_producer_restart(
         assert code == 404 and body.decode() == "denoised frame 7 of r is not held (held: 0-4)"
         code, _, hdr = _get(v.url + "image/raw.png?seq=2")
         assert code == 200 and float(hdr["X-Ts"]) == pytest.approx(ts3(2), abs=1e-5)
+        # run 4: re-armed with numbers from 1 and stamps before run 3's (a DECTRIS-style clock): neither
+        # numbers nor ts tell it apart, only its series_start, which the raw tap now hears too (the raw
+        # panel stayed on run 3's frame 4 before, the denoised one moved)
+        ts4 = run(base + 10.0, 3, first=1)
+        ok = wait_until(lambda: all(newest(k) == (3, ts4(3)) for k in ("raw", "denoised")), DEADLINE_S)
+        assert ok, {k: newest(k) for k in ("raw", "denoised")}
+        code, body, _ = _get(v.url + "image/raw.png?seq=4")  # run 3's frame 4 is gone from the raw ring
+        assert code == 404 and body.decode() == "raw frame 4 of r is not held (held: 1-3)"
     finally:
         pipe.stop()
         det.close()

@@ -100,9 +100,14 @@ class Viewer:
         """Pipeline tap: called on the ingest thread for every raw frame; O(1), never blocks.
 
         The service's verdict that a frame restarts its acquisition's numbering (``Frame.seq_restart``)
-        starts a new series here too; a re-armed series (``series_start``) is told by its numbers and
-        ``ts``, since the tap sees no series messages (FrameStore)."""
+        starts a new series here too, as does a ``series_start`` the service passes on
+        (``raw_series_start``); otherwise a new series is told by its numbers and ``ts`` (FrameStore)."""
         self.store.offer("raw", frame.header, frame.data, restart=bool(getattr(frame, "seq_restart", False)))
+
+    def raw_series_start(self, acq: str, ts: float, meta: dict[str, Any]) -> None:
+        """Pipeline tap: a ``series_start`` received on the ingest thread, in its place among the raw
+        frames (``service/sink.py``): the next raw frame of ``acq`` starts a new series."""
+        self.store.series_start(acq, ts, meta, ("raw",))
 
     def _subscribe(
         self,
