@@ -133,6 +133,8 @@ def check_paths(input: Path, output: Path, overwrite: bool) -> None:
         _check_input(input)
         if output.exists() and input.exists() and output.resolve() == input.resolve():
             fail(f"{output} is the input; write the denoised frames to another file")
+        if output.exists() and _part_of(input, output):
+            fail(f"{output} is a rolled part of the input recording; write the denoised frames elsewhere")
         if output.is_dir():
             fail(f"{output} is a folder; name the HDF5 file to write")
         if not output.parent.is_dir():
@@ -142,6 +144,21 @@ def check_paths(input: Path, output: Path, overwrite: bool) -> None:
     except OSError as e:  # ENAMETOOLONG, ELOOP: all Path.exists() lets through
         name = output if e.filename is None or Path(e.filename) != input else input
         fail(f"{name}: {e.strerror or e}{_too_long(name) if e.errno == errno.ENAMETOOLONG else ''}")
+
+
+def _part_of(input: Path, output: Path) -> bool:
+    """Whether ``output`` is one of the parts read with a recording ``input`` (its rolled
+    continuations). Why: ``denoise REC.nxs REC_0001.nxs --overwrite`` replaced that part of the
+    recording, raw frames and all, with the denoised output (exit 0); only the first file was checked."""
+    from sbd_stream.formats.recording import recording_parts
+
+    if input.suffix.lower() not in (".h5", ".hdf5", ".nxs") or not input.is_file():
+        return False
+    try:
+        parts = recording_parts(input)
+    except (OSError, ValueError, RuntimeError):  # not a recording: the reader says why, later
+        return False
+    return any(p.resolve() == output.resolve() for p in parts)
 
 
 def _check_input(input: Path) -> None:
@@ -245,9 +262,12 @@ def export(
     target's own fields."""
     from sbd_stream.sinks.export import ExportError
     from sbd_stream.sinks.export import export as run_export
+    from sbd_stream.sources.stacks import not_a_file
 
     if not recording.exists():
         fail(f"{recording} not found")
+    if problem := not_a_file(recording):  # a FIFO blocked in HDF5's open for good, a folder was an HDF5 dump
+        fail(f"{recording}: {problem}")
     try:
         with stop_signals_unwind():
             typer.echo(json.dumps(run_export(recording, to, kind, out, overwrite), indent=2))

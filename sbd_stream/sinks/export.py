@@ -232,7 +232,29 @@ def output_path(path: Path, to: str, kind: str, out: Path | None, overwrite: boo
         raise ExportError(f"--out {out} is the recording itself")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
+    if to == "npy":
+        _check_sidecar(path, out, overwrite)
     return out
+
+
+def sidecar_path(out: Path) -> Path:
+    """The NPY's JSON sidecar: the output's name with ``.json`` for its ending."""
+    return out.with_suffix(".json")
+
+
+def _check_sidecar(path: Path, out: Path, overwrite: bool) -> None:
+    """The sidecar is a second file the export writes: the output's own rules hold for it. Why: an
+    ``--out x.json`` was overwritten by its own sidecar (the frames lost, exit 0), and an existing
+    ``x.json`` beside ``--out x.npy`` was replaced without ``--overwrite``."""
+    side = sidecar_path(out)
+    if side.absolute() == out.absolute():
+        raise ExportError(f"--out {out}: its JSON sidecar would be {side}, the same file; name it *.npy")
+    if side.is_dir():
+        raise ExportError(f"--out {out}: its JSON sidecar {side} is a directory")
+    if side.exists() and side.resolve() in {p.resolve() for p in recording_parts(path)}:
+        raise ExportError(f"--out {out}: its JSON sidecar {side} is the recording itself")
+    if side.exists() and not overwrite:
+        raise ExportError(f"{side} exists (the JSON sidecar of --out {out}); pass --overwrite to replace it")
 
 
 def export(
@@ -251,14 +273,14 @@ def export(
     with _written(out, overwrite, need) as tmp:
         writer(Path(path), kind, tmp, info, pixel, unit)
     if to == "npy":
-        with _written(out.with_suffix(".json"), True, 0) as tmp:
+        with _written(sidecar_path(out), overwrite, 0) as tmp:
             tmp.write_text(json.dumps(_sidecar(Path(path), kind, info, pixel, unit), indent=1, default=str))
     summary = {"output": str(out), "frames": info["n"], "shape": list(info["shape"]), "kind": kind}
     summary |= {"pixel_size": pixel, "unit": unit, "first_seq": info["seq"][0], "last_seq": info["seq"][-1]}
     summary["frame_interval_s"] = frame_interval(info["time"], info["segment"])
     summary["segments"] = len(set(info["segment"]))
     if to == "npy":
-        summary["sidecar"] = str(out.with_suffix(".json"))
+        summary["sidecar"] = str(sidecar_path(out))
     return summary
 
 

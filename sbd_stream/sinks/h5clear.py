@@ -13,6 +13,7 @@ run it on a file a writer still has open.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 
@@ -78,12 +79,16 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
         base = _superblock(f)
         f.seek(base)
         head = f.read(12)
+        if len(head) < 12:
+            raise ValueError("cut short inside its superblock")
         version, size_offsets = head[8], head[9]
         if version < 2:
             raise ValueError(f"superblock version {version} keeps no status flags (nothing to clear)")
         end = 12 + 4 * size_offsets  # base, extension, end-of-file and root group addresses
         f.seek(base)
         block = bytearray(f.read(end + 4))
+        if len(block) < end + 4:
+            raise ValueError("cut short inside its superblock")
         if struct.unpack_from("<I", block, end)[0] != lookup3(bytes(block[:end])):
             raise ValueError("superblock checksum does not match: not touching this file")
         if block[11] == 0:
@@ -95,13 +100,48 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
     return True
 
 
+USAGE = "usage: python -m sbd_stream.sinks.h5clear [-s] RECORDING.nxs ..."
+
+
+def _clear_one(path: str) -> str:
+    """One file's line; a file that cannot be cleared raises ``ValueError`` with the reason."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+    if stat.S_ISDIR(mode):
+        raise ValueError("is a folder; name the recording's files (<acq>*.nxs)")
+    if not stat.S_ISREG(mode):
+        raise ValueError("not a regular file")
+    try:
+        return "flags cleared" if clear_status_flags(path) else "no flags set"
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+
+
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m sbd_stream.sinks.h5clear RECORDING.nxs ...", file=sys.stderr)
+    """``h5clear -s`` for each file named: one line each (``PATH: flags cleared`` / ``no flags set`` on
+    stdout, ``error: PATH: why`` on stderr), every file tried; exit 0, or 2 when any file failed.
+
+    Why: a missing file (a glob that matched nothing), a folder, a FIFO or a file that is no HDF5 was a
+    traceback and exit 1, and the files after it were never tried. ``-s`` is accepted, as h5clear's."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    files = [a for a in argv if a != "-s"]
+    if not files:
+        print(USAGE, file=sys.stderr)
         return 2
-    for p in argv:
-        print(f"{p}: {'flags cleared' if clear_status_flags(p) else 'no flags set'}")
-    return 0
+    failed = 0
+    for p in files:
+        try:
+            line = _clear_one(p)
+        except ValueError as e:
+            print(f"error: {p}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{p}: {line}")
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,11 +93,17 @@ def raw_rows(f: Any, part: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> int:
 
 
 def check_recording(path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-    """Every part's raw frames and rows, checked before a pipeline starts (``RecordingError``)."""
+    """Every part's raw frames and rows, checked before a pipeline starts (``RecordingError``); a
+    recording without one complete raw row is refused as ``replay --offline`` and ``export`` refuse it.
+    Why: such a replay loaded the engine, sent nothing (no series_start, no series_end for a waiting
+    subscriber), recorded nothing and exited 0 without a word (audit h29)."""
+    rows = 0
     for part in recording_parts(Path(path)):
         with open_recording(part) as f:
             if "raw" in f:
-                raw_rows(f, part, max_payload)
+                rows += raw_rows(f, part, max_payload)
+    if rows == 0:
+        raise RecordingError(f"{path}: the recording holds no complete raw frame; nothing to replay")
 
 
 def recorded_series(
