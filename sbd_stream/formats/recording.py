@@ -24,6 +24,13 @@ from sbd_stream.formats import nexus
 from sbd_stream.formats.dectris_codec import HEADER
 from sbd_stream.formats.hdf5_read import h5_reason, open_recording
 from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
+from sbd_stream.formats.recording_parts import (  # noqa: F401 - re-exported: readers import them from here
+    UNREADABLE,
+    free_path,
+    part_attr,
+    part_number,
+    recording_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -290,70 +297,8 @@ def _append_scalar(ds: h5py.Dataset, i: int, value: float) -> None:
     ds.id.write(_ONE, space, np.array([value], ds.dtype))
 
 
-def free_path(directory: Path, stem: str, part: int, suffix: str = ".nxs") -> Path:
-    """``<stem>.nxs`` / ``<stem>_0001.nxs`` for part 1..., or a timestamped name if that exists.
-
-    ``suffix`` is ``record.suffix``: ``.nxs`` by default, because generic readers pick their reader by
-    the name (HyperSpy offers four others for ``.h5`` and stops; its NeXus reader takes ``.nxs``).
-    """
-    path = directory / (f"{stem}{suffix}" if part == 0 else f"{stem}_{part:04d}{suffix}")
-    k = 0
-    while path.exists():  # an earlier run, or a part number forgotten with its acquisition
-        k += 1
-        path = directory / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{k}{suffix}"
-    return path
-
-
 SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
 """The attributes that state a stack's or a recording's detector sampling."""
-
-
-def part_number(path: Path) -> int:
-    """The part number a recording file's name states: 0 for ``<stem>.nxs``, k for ``<stem>_000k.nxs``."""
-    m = re.search(r"_(\d{4})$", Path(path).stem)
-    return int(m.group(1)) if m else 0
-
-
-UNREADABLE = object()
-"""``part_attr``'s answer for a part that cannot be opened at all."""
-
-
-def part_attr(path: Path, name: str, default: Any = None) -> Any:
-    """One root attribute of a part (``run_uid``, ``segment``), ``default`` where absent, ``UNREADABLE``
-    where the file cannot be opened (h5py raises RuntimeError too, e.g. "Can't deserialize object
-    header prefix" for a part whose creation a SIGKILL cut short: a 48-byte stub)."""
-    try:
-        with open_recording(path) as f:
-            v = f.attrs.get(name, default)
-    except (OSError, ValueError, RuntimeError):
-        return UNREADABLE
-    return v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
-
-
-def recording_parts(path: Path) -> list[Path]:
-    """The file and its rolled continuations after it (``name_0001.nxs`` ..., same ending), in order.
-
-    Found by name, then kept only where their ``run_uid`` attribute equals the given file's: two runs
-    recording one acquisition into one folder once spliced run 2's continuations (free ``_0001`` names)
-    onto run 1's first file. Files without ``run_uid`` (older recorders) keep the name-only rule. A
-    middle part yields itself and the parts after it (not the earlier ones, which it does not continue).
-    """
-    path = Path(path)
-    parts = [path]
-    stem = re.sub(r"_\d{4}$", "", path.stem)
-    uid = part_attr(path, "run_uid")
-    if uid is UNREADABLE and path.exists():  # the given file itself: one line at the command, not h5py's
-        open_recording(path).close()  # raises the OSError that names the file and why
-    uid = None if uid is UNREADABLE else uid
-    i = part_number(path) + 1
-    while (nxt := path.with_name(f"{stem}_{i:04d}{path.suffix}")).exists():
-        other = part_attr(nxt, "run_uid")
-        if other is UNREADABLE:  # one unopenable part must not stop every reader of the run
-            log.warning("%s cannot be opened (cut short when it was created?); leaving it out", nxt)
-        elif uid is None or other is None or other == uid:
-            parts.append(nxt)
-        i += 1
-    return parts
 
 
 def frames_key(path: Path, kind: str = "raw") -> tuple[tuple[int, ...], str] | None:

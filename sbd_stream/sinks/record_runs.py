@@ -20,7 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sbd_stream.formats.recording import free_path, safe_name
+from sbd_stream.formats.recording import safe_name
+from sbd_stream.formats.recording_parts import free_path, part_number
 from sbd_stream.sinks.record_item import Recent
 
 __all__ = ["RunBook"]
@@ -56,7 +57,8 @@ class RunBook:
             run.segment, run.new_segment = run.segment + 1, False
         part = len(run.paths)
         stem = run.paths[0].stem if run.paths else safe_name(acq)
-        path = free_path(Path(directory), stem, part, suffix)
+        after = part_number(run.paths[-1]) if part > 1 else 0  # above the previous part's own number
+        path = free_path(Path(directory), stem, part, suffix, after)
         run.paths.append(path)
         self.runs[acq] = run
         return path, {"run_uid": run.uid, "part": part, "segment": run.segment}
