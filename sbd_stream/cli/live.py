@@ -31,12 +31,12 @@ from sbd_stream.cli.options import (
     Scheduler,
     Verbose,
     Workers,
-    detector_section,
     detector_settings,
     endpoints_named,
     parse_shape,
     settings_from_flags,
 )
+from sbd_stream.cli.replay_offline import check_replay_file, offline_conflicts, replay_offline
 from sbd_stream.cli.scene_options import (
     EMULATOR_FLAGS,
     Drift,
@@ -239,13 +239,17 @@ def replay(
     setup_logging(verbose)
     if problem := wait_problem(wait) if math.isfinite(wait) else f"--wait must be finite, got {wait}":
         fail(problem)
-    if not _found(file):
-        fail(f"{file} not found")
+    check_replay_file(file)  # missing, a folder, a FIFO (h5py's open blocked for good): one line
+    given = {"--realtime": realtime, "--output": output, "--publish": publish, "--record-dir": record_dir,
+             "--compression": compression, "--likelihood": likelihood, "--evidence-frames": evidence_frames,
+             "--limit": limit, "--wait": wait != 1.0, "--workers": workers, "--live": live}  # fmt: skip
+    if problem := offline_conflicts(offline, given, out, dask_workers):
+        fail(problem)
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
     if offline:
         offline_flags = Flags(engine=engine, model=model, device=device, batch=batch, orientations=8)
         s = settings_from_flags(offline_flags, config)  # offline: all 8 orientations, as `denoise`
-        _replay_offline(file, out, s, sampling, scheduler, dask_workers)
+        replay_offline(file, out, s, sampling, scheduler, dask_workers)
         return
     flags = Flags(
         pixel_size=pixel_size,
@@ -286,45 +290,6 @@ def replay(
     result.update(engine=pipe.denoiser.engine_id, frames_fed=n, frames_per_s=n / secs if secs else 0.0)
     result["workers"] = pipe.pool.load(secs)
     typer.echo(json.dumps(result, indent=2))
-
-
-def _found(path: Path, flag: str = "") -> bool:
-    """Whether ``path`` exists; an error other than "no such file" ends the command in one line naming
-    it. Why: ``Path.exists()`` re-raises those (a name over the 255-byte limit: a traceback)."""
-    try:
-        path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as e:
-        fail(f"{flag}{path}: {e.strerror or e}")
-    return True
-
-
-def _replay_offline(
-    file: Path,
-    out: Path | None,
-    s: ServiceSettings,
-    sampling: Flags,
-    scheduler: str,
-    workers: int | None,
-) -> None:
-    """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
-    from sbd_stream.formats.output_lock import OutputBusy
-    from sbd_stream.service.offline_dask import denoise
-    from sbd_stream.sources.stacks import StackError
-
-    if out is None:
-        fail("--offline needs --out OUT.h5")
-    if _found(out, "--out "):
-        fail(f"{out} exists; remove it or choose another --out")
-    try:
-        summary = denoise(
-            file, out, None, s.denoise, detector_section(sampling), recording=True, scheduler=scheduler,
-            workers=workers, progress=True, overwrite=False,
-        )  # fmt: skip
-    except (StackError, ValueError, OSError, OutputBusy) as e:
-        fail(str(e))
-    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
