@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sbd_stream.merge.inputs import RECONNECT_IVL_MAX_MS, MergeInputs
 from sbd_stream.merge.outbox import PACE_S, Outbox
 from sbd_stream.merge.reorder import (
     DEFAULT_GAP_TIMEOUT_S,
@@ -45,13 +46,9 @@ from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 from sbd_stream.zmq_context import end_context, own_context
 
-__all__ = ["EngineCheck", "MergeMetrics", "MergeService", "run_merge", "status_line"]
+__all__ = ["RECONNECT_IVL_MAX_MS", "EngineCheck", "MergeMetrics", "MergeService", "run_merge", "status_line"]
 
 log = logging.getLogger(__name__)
-
-RECONNECT_IVL_MAX_MS = 500
-"""Longest re-dial backoff to an instance: a restarted instance's first frames published before the
-merge re-dialled are lost to the merge (gaps; still in the instance's recording), so keep it short."""
 
 
 class MergeMetrics:
@@ -97,6 +94,12 @@ class MergeMetrics:
             "sbd_merge_send_dropped",
             "Messages sent while a subscriber's pipe stayed full past the wait (it missed them; the ones "
             "sent while ZeroMQ sets its pipe aside are missed uncounted: see the seq gaps)",
+            registry=r,
+        )
+        self.input_disconnects = Counter(
+            "sbd_merge_input_disconnects",
+            "Connections to an instance lost, by input and cause (handshake: CURVE / ZMTP refused)",
+            ["input", "cause"],
             registry=r,
         )
         self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
@@ -214,25 +217,15 @@ class MergeService(BackgroundWorker):
         self._init_worker(supervisor)
         self.buffer = ReorderBuffer(window, gap_timeout_s, first_seq, on_count=self.metrics.count)
         self.inputs = list(inputs)
-        self.subs: list[zmq.Socket] = []
+        self.conns: MergeInputs | None = None
         self.pub: zmq.Socket | None = None
         self._malformed_logged: set[str] = set()
         self._engines = EngineCheck(self.metrics)
         self._curve_server = output_curve is not None and output_curve.enabled
         try:
-            for ep in self.inputs:
-                s = self.ctx.socket(zmq.SUB)
-                self.subs.append(s)
-                s.setsockopt(zmq.RCVHWM, rcvhwm)
-                s.setsockopt(zmq.LINGER, 0)
-                s.setsockopt(zmq.MAXMSGSIZE, 2 * max_payload_bytes + (1 << 20))
-                s.setsockopt(zmq.RECONNECT_IVL, 100)
-                s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-                s.setsockopt(zmq.SUBSCRIBE, b"")
-                if input_curve is not None:  # before connect, or it is not used
-                    apply_curve(s, input_curve, binds=False, domain="sbd-merge-in")
-                s.setsockopt(zmq.IPV6, ipv6_endpoint(ep))  # tcp://[::1]:P never connected without it
-                s.connect(ep)
+            self.conns = MergeInputs(
+                self.ctx, self.inputs, rcvhwm, 2 * max_payload_bytes + (1 << 20), input_curve, self.metrics
+            )
             self.pub = xpub_socket(self.ctx, sndhwm)  # a PUB to subscribers; series messages survive bursts
             self.sender = XPubSender(self.pub)
             # a released burst waits for a reading subscriber; about one window per topic may wait
@@ -247,6 +240,11 @@ class MergeService(BackgroundWorker):
             self._finalize()
             raise
         self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT) or output
+
+    @property
+    def subs(self) -> list[zmq.Socket]:
+        """The SUB socket of each input, in ``inputs`` order (one may be re-opened: read it anew)."""
+        return [] if self.conns is None else self.conns.socks
 
     # --- one message -----------------------------------------------------------------------------
     def handle(self, index: int, parts: list[Any], now: float | None = None) -> None:
@@ -264,7 +262,8 @@ class MergeService(BackgroundWorker):
             return
         assert isinstance(msg, FrameMessage)
         if msg.topic not in OUTPUT_TOPICS:  # raw `frame` topic: not a service's output
-            self._malformed("unexpected_topic", msg.topic.decode(), index)
+            detail = f"topic {msg.topic.decode()!r}: a detector's raw frame, not a serve --output's"
+            self._malformed("unexpected_topic", detail, index)
             return
         h = msg.header
         self._engines(h.acq, h.engine, index)
@@ -274,12 +273,13 @@ class MergeService(BackgroundWorker):
         self.metrics.malformed.labels(reason=reason).inc()
         if reason not in self._malformed_logged:
             self._malformed_logged.add(reason)
+            text = detail if detail.startswith(f"{reason}:") else f"{reason}: {detail}"
             log.warning(
                 "merge: dropped a malformed message from input %d (%s): %s (logged once per reason; "
                 "counted in sbd_merge_malformed_total)",
                 index,
                 self.inputs[index] if 0 <= index < len(self.inputs) else "?",
-                detail[:120],
+                text[:120],
             )
 
     def send(self, released: list[Released]) -> None:
@@ -311,10 +311,8 @@ class MergeService(BackgroundWorker):
 
     # --- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
-        poller = zmq.Poller()
-        for s in self.subs:
-            poller.register(s, zmq.POLLIN)
-        index = {s: i for i, s in enumerate(self.subs)}
+        assert self.conns is not None
+        poller, index = self.conns.poller()
         sup = self.supervisor
         self._loop_ident = threading.get_ident()
         while not self._stop.is_set():
@@ -326,6 +324,9 @@ class MergeService(BackgroundWorker):
                         break
                     sup.call(self.stage, lambda p, i=index[sock]: self.handle(i, p), parts, what="merging")
             sup.call(self.stage, lambda _x: self.tick(), None, what="a timeout check")
+            # a peer libzmq gave up on (refused handshake, protocol error): what came is merged first
+            if self.conns.redial(time.monotonic(), lambda s, i: self._drain_inputs({s: i})):
+                poller, index = self.conns.poller()
         self._drain_inputs(index)
         self.send(self.buffer.flush(time.monotonic()))
         self.outbox.finish()
@@ -341,8 +342,8 @@ class MergeService(BackgroundWorker):
                 self.supervisor.call(self.stage, lambda p, i=i: self.handle(i, p), parts, what="merging")
 
     def _finalize(self) -> None:
-        for s in self.subs:
-            s.close(linger=0)
+        if self.conns is not None:
+            self.conns.close()
         if self.pub is not None:
             self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
         if self._curve_server:
@@ -408,15 +409,24 @@ def run_merge(
     """Merge until ``stop`` is set, then release what is held; returns the final counters."""
     metrics = MergeMetrics()
     sup = Supervisor(metrics)
-    svc = MergeService(
-        inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup,
-        input_curve=input_curve, output_curve=output_curve,
-    )  # fmt: skip
     server = None
-    if metrics_port is not None:
+    if metrics_port is not None:  # first: a busy port was "[Errno 98] Address already in use", no port named
         from sbd_stream.metrics import MetricsServer
 
-        server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)
+        try:
+            server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)
+        except OSError as e:
+            raise OSError(f"--metrics-port {metrics_port} ({metrics_host}): {e.strerror or e}") from e
+    try:
+        svc = MergeService(
+            inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup,
+            input_curve=input_curve, output_curve=output_curve,
+        )  # fmt: skip
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    if server is not None:
         sup.spawn("metrics", server.run, name="sbd-merge-metrics")
     svc.start()
     if started is not None:
