@@ -97,7 +97,8 @@ class MergeInputs:
             if self.curve is not None:  # before connect, or it is not used
                 apply_curve(s, self.curve, binds=False, domain="sbd-merge-in")
             s.setsockopt(zmq.IPV6, ipv6_endpoint(ep))  # tcp://[::1]:P never connected without it
-            watch = TransportWatch(s, True, self._metrics[i], f"merge: {ep}")
+            limit = f"the merge's {self.max_msg / 1e6:.1f} MB, not the service's setting"
+            watch = TransportWatch(s, True, self._metrics[i], f"merge: {ep}", limit)
             s.connect(ep)
         except BaseException:  # a monitor left open would hang the context's term
             if watch is not None:

@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 
 GRACE_S = 0.3
 """How long after a disconnect a connecting socket has to schedule its own re-dial."""
+INPUT_LIMIT = "ingest.max_payload_bytes x 2 + 1 MiB"
+"""The service input's largest message part, as the refused peer's line names it."""
+
+
+def _text(endpoint: Any) -> str:
+    """The monitor gives the endpoint as bytes: shown as ``tcp://...``, not ``b'tcp://...'``."""
+    return endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -66,8 +74,11 @@ def _limit(metrics: Any, name: str) -> RateLimitedLog:
 class TransportWatch:
     """Reads one socket's monitor; ``poll`` says when the socket must be re-created."""
 
-    def __init__(self, sock: zmq.Socket, connects: bool, metrics: Any, name: str) -> None:
-        self.sock, self.connects, self.metrics, self.name = sock, connects, metrics, name
+    def __init__(
+        self, sock: zmq.Socket, connects: bool, metrics: Any, name: str, limit: str = INPUT_LIMIT
+    ) -> None:
+        """``limit``: how the refused peer's line names the size limit (the merge's is its own)."""
+        self.sock, self.connects, self.metrics, self.name, self.limit = sock, connects, metrics, name, limit
         self.mon: zmq.Socket = sock.get_monitor_socket(EVENTS)
         self._dropped_at: float | None = None
         self._handshake_failed = False
@@ -97,8 +108,8 @@ class TransportWatch:
         self.log.log(
             "refused", logging.ERROR, "peers dropped for a protocol error",
             "%s input: libzmq dropped the peer for a protocol error -- in practice a message part over "
-            "the maximum message size (ingest.max_payload_bytes x 2 + 1 MiB); re-creating the socket",
-            self.name,
+            "the maximum message size (%s); re-creating the socket",
+            self.name, self.limit,
         )  # fmt: skip
         return True
 
@@ -108,7 +119,7 @@ class TransportWatch:
             self.metrics.input_disconnects.labels(cause="handshake").inc()
             self.log.log(
                 "handshake", logging.WARNING, f"{self.name} input handshake failures",
-                "%s input: handshake failed with %s (event %#x)", self.name, endpoint, event,
+                "%s input: handshake failed with %s (event %#x)", self.name, _text(endpoint), event,
             )  # fmt: skip
         elif event == zmq.EVENT_DISCONNECTED:
             if self.connects:

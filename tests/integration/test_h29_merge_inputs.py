@@ -92,6 +92,8 @@ def test_merge_redials_an_instance_that_refused_its_key_once_it_is_allowed(
             ctx.term()
     hints = [r.getMessage() for r in caplog.records if "authorized_keys_dir" in r.getMessage()]
     assert len(hints) == 1 and endpoint in hints[0], hints  # what to check, once per input
+    failed = [r.getMessage() for r in caplog.records if "handshake failed with" in r.getMessage()]
+    assert failed and f"handshake failed with {endpoint} " in failed[0], failed  # not b'tcp://...'
 
 
 def test_merge_exports_each_input_at_zero_and_names_the_reason_of_a_raw_frame(
@@ -116,9 +118,12 @@ def test_merge_exports_each_input_at_zero_and_names_the_reason_of_a_raw_frame(
     assert len(said) == 1 and "unexpected_topic" in said[0] and "raw frame" in said[0], said
 
 
-def test_merge_hears_an_instance_again_after_it_sent_a_part_over_the_size_limit() -> None:
+def test_merge_hears_an_instance_again_after_it_sent_a_part_over_the_size_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A garbage node's oversized part makes libzmq drop the connection for a protocol error, after
-    which a connecting socket never re-dials: the merge was deaf to that instance from then on."""
+    which a connecting socket never re-dials: the merge was deaf to that instance from then on. The
+    line names the merge's own limit (it named the service's ``ingest.max_payload_bytes``)."""
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.linger = 0
@@ -126,6 +131,7 @@ def test_merge_hears_an_instance_again_after_it_sent_a_part_over_the_size_limit(
     svc = MergeService(
         [pub.getsockopt_string(zmq.LAST_ENDPOINT)], "tcp://127.0.0.1:*", max_payload_bytes=1000
     )
+    caplog.set_level(logging.ERROR, "sbd_stream")
     svc.start()
     try:
         start = encode_series(b"series_start", "acq", 1.0, {})
@@ -150,6 +156,8 @@ def test_merge_hears_an_instance_again_after_it_sent_a_part_over_the_size_limit(
         svc.join()
         pub.close(linger=0)
         ctx.term()
+    said = [r.getMessage() for r in caplog.records if "protocol error" in r.getMessage()]
+    assert len(said) == 1 and "the merge's 1.1 MB" in said[0] and "ingest." not in said[0], said
 
 
 def test_merge_with_a_busy_metrics_port_says_which_port_in_one_line() -> None:
