@@ -50,8 +50,22 @@ def need_engine(engine: str | Path, flag: str, files: tuple[str, ...] = (), labe
 
 
 def need_device(device: str | None, flag: str = "--device") -> None:
-    if device is not None and not DEVICE.match(device):
+    """``device`` is a torch device this machine has. Why: ``--device cuda`` on a CPU-only machine (or
+    ``cuda:7`` with one GPU) got past the pattern and ended in torch's AssertionError traceback, status 1."""
+    if device is None:
+        return
+    if not DEVICE.match(device):
         fail(f"{flag}: cpu, cuda, cuda:N or mps (got {device!r})")
+    import torch
+
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            have = f"{n} CUDA device(s) (cuda:0 to cuda:{n - 1})" if n else "no CUDA GPU visible to torch"
+            fail(f"{flag} {device}: this machine has {have}; use --device cpu or another device")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        fail(f"{flag} mps: no Apple GPU (MPS) available to torch here; use --device cpu")
 
 
 def need_engines(engines: dict[str, Path], flag: str = "--engine") -> None:

@@ -44,7 +44,18 @@ def export_engine(run_dir: Path, engine_dir: Path, evaluate_test: bool, data: Pa
     card = export_run(run_dir, engine_dir)
     typer.echo(f"wrote {engine_dir} ({card.parameters} parameters, FoV {card.field_of_view} px)")
     if evaluate_test:
-        res = evaluate_fov(EvalConfig(data=data), {card.name: engine_dir})
+        from training.sim.dataset import EmptySplit
+
+        try:
+            res = evaluate_fov(EvalConfig(data=data), {card.name: engine_dir})
+        except EmptySplit as e:
+            # a run on a file still being simulated: the engine is written and usable, only its test
+            # metrics wait for the test models (it ended in an IndexError traceback, status 1)
+            write_stderr_line(
+                f"warning: {engine_dir}/card.json has no test metrics: {e}; once it has test images: "
+                f"sbd-train export {run_dir} --engine-dir {engine_dir} --data {data}"
+            )
+            return
         row = res["rows"][0]
         set_metrics(
             engine_dir,

@@ -30,7 +30,7 @@ def simulate(
     from training.sim.worlds import WORLDS, describe
 
     if preset not in WORLDS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(WORLDS)}")
+        fail(f"--preset: unknown world {preset!r}; choose from {', '.join(WORLDS)}")  # one line, as train's
     world = WORLDS[preset]
     if plan_only:
         typer.echo(describe(world))
@@ -48,8 +48,15 @@ def simulate(
             fail(f"--out {out}: not a readable HDF5 file ({why}): move it away to start over")
     from training.cli.sim_stop import simulation_stops
 
-    with simulation_stops(out):  # Ctrl-C / SIGTERM: one line, what is kept; no Dask chatter
-        summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+    try:
+        with simulation_stops(out):  # Ctrl-C / SIGTERM: one line, what is kept; no Dask chatter
+            summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+    except OSError as e:  # distributed's "Timed out trying to connect to ADDR" is a plain OSError
+        if scheduler is None or scheduler not in str(e):
+            raise
+        # was "error: Timed out trying to connect ... (a damaged or truncated HDF5 file?)": not the file
+        why = " ".join(str(e).split())
+        fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({why}); is one running there?")
     if summary["failed"]:
         raise typer.Exit(1)
 

@@ -61,6 +61,7 @@ def train(
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
 ) -> None:
     """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`)."""
+    import math
     import os
     import signal
 
@@ -69,8 +70,9 @@ def train(
     from training.train.stop import Interrupted, sigterm_raises
 
     need_device(device)
-    if lr is not None and lr <= 0:  # TrainConfig allows 0 (weights kept, for tests); a user means to learn
-        fail(f"--lr: must be greater than 0 (got {lr})")
+    # TrainConfig allows 0 (weights kept, for tests); a user means to learn, and inf trained NaN weights
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr: must be greater than 0 and finite (got {lr})")
     cfg = preset_config(
         preset,
         data=data and str(data),

@@ -186,7 +186,12 @@ def sbd_detector_method(
     from sbd_stream.service.batch import BatchStage
 
     den = Denoiser.load(engine=kind, engine_dir=engine_dir, device=device)  # a GPU when there is one
-    stages: dict[float, BatchStage] = {}
+    det0 = DetectorSettings(pixel_size_A=detector_px, counts_per_px=counts_per_px)
+    probe = BatchStage(den, det0, upsample="bicubic", orientations=orientations)
+    # the probe serves the nominal dose, and the other doses' stages ask only for what its card allows:
+    # the cap was logged again by every stage (twice per evaluate-images run, once per dose of a curve)
+    stages: dict[float, BatchStage] = {counts_per_px: probe}
+    orientations = probe.orientations
 
     def run(counts: np.ndarray, dose: float) -> np.ndarray:
         if dose not in stages:
@@ -196,8 +201,6 @@ def sbd_detector_method(
         res = stages[dose].process([Frame(h, np.asarray(counts, np.float32))])
         return res.denoised[0].astype(np.float64) / dose
 
-    det0 = DetectorSettings(pixel_size_A=detector_px, counts_per_px=counts_per_px)
-    probe = BatchStage(den, det0, orientations=orientations)
     return run, {
         "engine": den.engine_id,
         "card": den.card,

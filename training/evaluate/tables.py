@@ -28,10 +28,12 @@ Method = Callable[[np.ndarray, float], np.ndarray]
 class EvalConfig(BaseModel):
     data: Path = Path("data/mini.h5")
     split: SplitSpec = SplitSpec()
-    seed: int = Field(2024, description="seed of the test and validation noise")
-    max_test_images: int | None = Field(None, description="evenly spaced subset of the test split")
-    tune_images: int = Field(12, description="validation images for tuning baselines and the detector")
-    bm3d_test_images: int | None = Field(40, description="BM3D is slow: evenly spaced test subset")
+    # bounded: 0 test images ended in an IndexError traceback, -3 in NumPy's words without the option,
+    # a negative BM3D count ran every image, a negative seed failed on the first draw
+    seed: int = Field(2024, ge=0, description="seed of the test and validation noise")
+    max_test_images: int | None = Field(None, ge=1, description="evenly spaced subset of the test split")
+    tune_images: int = Field(12, ge=1, description="validation images for tuning baselines and the detector")
+    bm3d_test_images: int | None = Field(40, ge=1, description="BM3D is slow: evenly spaced test subset")
     engine_kind: str = "auto"
     threshold_grid: list[float] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12]
     out_dir: Path = Path("benchmarks/results")
@@ -60,7 +62,9 @@ def load_items(
     from training.sim.dataset import SimulatedDataset
 
     with SimulatedDataset(data) as ds:
-        idx = ds.split(split)[which]  # canonical order: the same subset in a regenerated file
+        # canonical order: the same subset in a regenerated file; an empty split (a file still being
+        # simulated) is one EmptySplit naming file, split and cure, not an IndexError below
+        idx = ds.split_images(which, split)
         if limit is not None and limit < len(idx):
             idx = idx[np.linspace(0, len(idx) - 1, limit).astype(int)]
         dose = float(ds.meta(int(idx[0]))["dose"])

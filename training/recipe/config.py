@@ -106,7 +106,9 @@ class RecipeConfig(BaseModel):
     equivariance_weight: float | None = Field(None, ge=0.0, description="orientation term; None: preset's")
     # export
     engine_dir: Path | None = None
-    card_test_images: int | None = Field(48, description="test frames for the card's metrics; None: all")
+    card_test_images: int | None = Field(
+        48, ge=1, description="test frames for the card's metrics; None: all (0 failed after training)"
+    )
     card_metrics: bool = True
     # tensorrt
     precision: str = "fp16"

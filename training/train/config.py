@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
     val_images: int = 16
     val_seed: int = 12345
     log_every: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="NumPy seeds are non-negative (a negative one failed mid-run)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch's)")
     device: str | None = Field(
         None, pattern=DEVICE_PATTERN, description="cpu | cuda | cuda:N | mps (None: cuda if available)"

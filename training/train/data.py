@@ -143,9 +143,14 @@ def _draw_probabilities(
 ) -> np.ndarray | None:
     """Per-image draw probabilities from per-set weights (file 0 weighs 1); None when all weigh 1, so runs
     without weights draw exactly as before."""
+    if weights and len(weights) != n_extra:  # before the all-ones shortcut, which let a stray weight pass
+        raise ValueError(
+            f"extra_data_weights (--extra-data-weight): one per extra data set (--extra-data: {n_extra}), "
+            f"got {len(weights)}: {weights}"
+        )
     if not weights or all(w == 1.0 for w in weights):
         return None
-    if len(weights) != n_extra or not all(np.isfinite(w) and w >= 0 for w in weights):
+    if not all(np.isfinite(w) and w >= 0 for w in weights):
         raise ValueError(f"extra_data_weights: {n_extra} finite non-negative weights needed, got {weights}")
     per_file = np.array([1.0, *weights])[np.array([f for f, _ in sources])]
     return per_file / per_file.sum()

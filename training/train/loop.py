@@ -289,6 +289,14 @@ def _loop(
     rank, world = _dist()
     run_dir, last = cfg.run_dir, cfg.run_dir / "last.pt"
     ema: torch.Tensor | None = None
+    minutes = state["elapsed_s"] / 60  # from last.pt: every rank decides alike
+    if state["step"] >= cfg.max_steps or (cfg.max_minutes is not None and minutes > cfg.max_minutes):
+        # a finished run resumed with its own budget: no step (one more step moved its weights)
+        _log(run_dir, rank, {"event": "budget_spent", "step": state["step"]})
+        return
+    if state["bad"] >= cfg.early_stop_patience:
+        _log(run_dir, rank, {"event": "early_stop", "step": state["step"]})
+        return
     stop = False
     while not stop:
         step = state["step"]
