@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from sbd_stream.cli.app import fail
 from sbd_stream.cli.options import Flags, detector_section
-from sbd_stream.config import ServiceSettings
+
+if TYPE_CHECKING:  # the settings import torch: not at the CLI's import (Ctrl-C there, --help's speed)
+    from sbd_stream.config import ServiceSettings
 
 __all__ = ["check_replay_file", "found", "offline_conflicts", "replay_offline"]
 
