@@ -6,7 +6,7 @@ dashboards must only reference these.
 
 from __future__ import annotations
 
-__all__ = ["EXPORTED_NAMES", "LAZY_NAMES", "MALFORMED_REASONS"]
+__all__ = ["EXPORTED_NAMES", "LAZY_NAMES", "MALFORMED_REASONS"]  # and the HELP_* texts
 
 LAZY_NAMES = ("sbd_stage_errors_total",)
 """Labelled by a reason known only when it happens (an exception's class): its series appear with the
@@ -34,7 +34,7 @@ EXPORTED_NAMES = (
     "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
     "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
     "sbd_fixed_vacuum_mismatch_frames_total", "sbd_open_files", "sbd_open_files_limit",
-    "sbd_publish_subscriber_full_total",
+    "sbd_publish_subscriber_full_total", "sbd_publish_handshake_failures_total",
 )  # fmt: skip
 
 MALFORMED_REASONS = (
@@ -48,3 +48,20 @@ MALFORMED_REASONS = (
 0 from the start, because Prometheus sees no increase in a series whose first sample is already the
 burst (a dashboard's ``increase()`` read 0 after the first malformed messages of a reason). A test
 checks that every reason the code can count is listed here."""
+
+# help texts of the longer-winded metrics (metrics.py registers them)
+HELP_MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
+HELP_DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
+HELP_FIXED = "Frames whose flat-vacuum level left 0.9-1.1x the fixed one (service/frame_flags.py)"
+HELP_BLANK = "Frames without beam: mean under 2 % of the dose and 0.01 counts/px (zeros out; meta.blank)"
+HELP_LEFT_OUT = "Evidence frames left out of a frame's LLR: blank, or dose outside 0.8-1.25x of the frame's"
+HELP_NOT_FLAT = "Frames whose blocks taken as vacuum are not flat: level unreliable (meta.vacuum_not_flat)"
+HELP_EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, as docs/service.md names them
+    "nonfinite": "Float frames holding NaN/Inf pixels (replaced by the frame's finite mean before denoising)",
+    "nonfinite_px": "NaN/Inf pixels replaced before denoising",
+    "saturated": "Unsigned-integer frames holding pixels at the dtype's maximum (defective / gap / "
+    "saturated; replaced by the frame's mean before denoising)",
+    "saturated_px": "Pixels at the dtype's maximum replaced before denoising",
+    "hot": "Frames holding hot pixels (counts impossible at the configured dose; replaced by the mean)",
+    "too_bright": "Frames over 5x the configured dose with pixels at the hot threshold: a wrong dose (kept)",
+}

@@ -20,8 +20,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from sbd_stream.httpd import BoundedHTTPServer, local_url
-from sbd_stream.metric_names import (  # noqa: F401 - their documented home
+from sbd_stream.metric_names import (  # noqa: F401 - the names' documented home
     EXPORTED_NAMES,
+    HELP_BLANK,
+    HELP_DOSE_RATIO,
+    HELP_EDGE,
+    HELP_FIXED,
+    HELP_LEFT_OUT,
+    HELP_MISMATCH,
+    HELP_NOT_FLAT,
     LAZY_NAMES,
     MALFORMED_REASONS,
 )
@@ -29,21 +36,6 @@ from sbd_stream.open_files import OpenFilesCheck
 
 _log = logging.getLogger(__name__)
 
-_MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
-_DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
-_FIXED = "Frames whose flat-vacuum level left 0.9-1.1x the fixed one (service/frame_flags.py)"
-_BLANK = "Frames without beam: mean under 2 % of the dose and 0.01 counts/px (zeros out; meta.blank)"
-_LEFT_OUT = "Evidence frames left out of a frame's LLR: blank, or dose outside 0.8-1.25x of the frame's"
-_NOT_FLAT = "Frames whose blocks taken as vacuum are not flat: level unreliable (meta.vacuum_not_flat)"
-_EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, as docs/service.md names them
-    "nonfinite": "Float frames holding NaN/Inf pixels (replaced by the frame's finite mean before denoising)",
-    "nonfinite_px": "NaN/Inf pixels replaced before denoising",
-    "saturated": "Unsigned-integer frames holding pixels at the dtype's maximum (defective / gap / "
-    "saturated; replaced by the frame's mean before denoising)",
-    "saturated_px": "Pixels at the dtype's maximum replaced before denoising",
-    "hot": "Frames holding hot pixels (counts impossible at the configured dose; replaced by the mean)",
-    "too_bright": "Frames over 5x the configured dose with pixels at the hot threshold: a wrong dose (kept)",
-}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LANE_BUCKETS = (*_LATENCY_BUCKETS, 60.0, 120.0, 300.0, 600.0, 1800.0)  # the complete lane waits minutes
 _BATCH_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 12.5, 16.5, 24.5, 32.5, 48.5, 64.5)
@@ -71,6 +63,12 @@ class Metrics:
             "sbd_publish_dropped",
             "Output messages dropped (slow subscriber or full publish queue)",
             ["topic"],
+            registry=r,
+        )
+        self.publish_handshake_failures = Counter(
+            "sbd_publish_handshake_failures",
+            "Subscribers refused at the handshake (refused: CURVE key not allowed; mismatch: other)",
+            ["cause"],
             registry=r,
         )
         self.publish_subscriber_full = Counter(
@@ -184,6 +182,8 @@ class Metrics:
             self.publish_dropped.labels(topic=t)
         for t in ("denoised", "llr"):
             self.publish_subscriber_full.labels(topic=t)
+        for c in ("refused", "mismatch"):
+            self.publish_handshake_failures.labels(cause=c)
         for k in ("raw", "denoised", "llr"):
             self.frames_recorded.labels(kind=k)
         for k in ("disk_full", "io"):
@@ -201,16 +201,14 @@ class Metrics:
         self.bin_factor = Gauge(
             "sbd_bin_factor", "Detector pixels summed per working pixel, per axis", registry=r
         )
-        self.dose_mismatch_frames = Counter("sbd_dose_mismatch_frames", _MISMATCH, registry=r)
-        self.measured_dose_ratio = Gauge("sbd_measured_dose_ratio", _DOSE_RATIO, registry=r)
-        self.blank_frames = Counter("sbd_blank_frames", "Frames without beam (meta.blank)", registry=r)
-        self.evidence_left_out = Counter(
-            "sbd_evidence_frames_left_out", "Evidence frames left out", registry=r
+        self.dose_mismatch_frames = Counter("sbd_dose_mismatch_frames", HELP_MISMATCH, registry=r)
+        self.measured_dose_ratio = Gauge("sbd_measured_dose_ratio", HELP_DOSE_RATIO, registry=r)
+        self.blank_frames = Counter("sbd_blank_frames", HELP_BLANK, registry=r)
+        self.evidence_left_out = Counter("sbd_evidence_frames_left_out", HELP_LEFT_OUT, registry=r)
+        self.vacuum_not_flat_frames = Counter("sbd_vacuum_not_flat_frames", HELP_NOT_FLAT, registry=r)
+        self.fixed_vacuum_mismatch_frames = Counter(
+            "sbd_fixed_vacuum_mismatch_frames", HELP_FIXED, registry=r
         )
-        self.vacuum_not_flat_frames = Counter(
-            "sbd_vacuum_not_flat_frames", "meta.vacuum_not_flat", registry=r
-        )
-        self.fixed_vacuum_mismatch_frames = Counter("sbd_fixed_vacuum_mismatch_frames", _FIXED, registry=r)
         self._server: MetricsServer | None = None
         self._lock = threading.Lock()
 
@@ -269,13 +267,13 @@ class Metrics:
 
     def _edge_metrics(self, r: CollectorRegistry) -> None:
         """Input transport faults, pixels replaced at the edge and the recorder's bounds."""
-        self.frames_nonfinite = Counter("sbd_frames_nonfinite", _EDGE["nonfinite"], registry=r)
-        self.pixels_nonfinite = Counter("sbd_pixels_nonfinite", _EDGE["nonfinite_px"], registry=r)
-        self.frames_saturated = Counter("sbd_frames_saturated", _EDGE["saturated"], registry=r)
-        self.pixels_saturated = Counter("sbd_pixels_saturated", _EDGE["saturated_px"], registry=r)
-        self.frames_hot = Counter("sbd_frames_hot", _EDGE["hot"], registry=r)
+        self.frames_nonfinite = Counter("sbd_frames_nonfinite", HELP_EDGE["nonfinite"], registry=r)
+        self.pixels_nonfinite = Counter("sbd_pixels_nonfinite", HELP_EDGE["nonfinite_px"], registry=r)
+        self.frames_saturated = Counter("sbd_frames_saturated", HELP_EDGE["saturated"], registry=r)
+        self.pixels_saturated = Counter("sbd_pixels_saturated", HELP_EDGE["saturated_px"], registry=r)
+        self.frames_hot = Counter("sbd_frames_hot", HELP_EDGE["hot"], registry=r)
         self.pixels_hot = Counter("sbd_pixels_hot", "Hot pixels replaced before denoising", registry=r)
-        self.frames_too_bright = Counter("sbd_frames_too_bright", _EDGE["too_bright"], registry=r)
+        self.frames_too_bright = Counter("sbd_frames_too_bright", HELP_EDGE["too_bright"], registry=r)
         self.input_disconnects = Counter(
             "sbd_input_disconnects",
             "Input connections lost, by cause (closed: libzmq re-dials or the peer does; "

@@ -42,7 +42,7 @@ from sbd_stream.protocol import (
 )
 from sbd_stream.security import apply_curve, warn_if_exposed
 from sbd_stream.sinks.stored_dtype import PUBLISHED, StoredDtype
-from sbd_stream.sinks.xpub import SERIES_WAIT_S, XPubSender, xpub_socket
+from sbd_stream.sinks.xpub import SERIES_WAIT_S, HandshakeWatch, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
 from sbd_stream.zmq_context import end_context, own_context
@@ -115,6 +115,7 @@ class Publisher(BackgroundWorker):
         else:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint
+        self._handshakes = HandshakeWatch(self.sock, self._handshake_failed)  # a viewer's wrong key
         if self.endpoint != settings.endpoint:  # "*" or ":0": the banner shows what was asked, not this
             log.info("publishing on %s", self.endpoint)
         self._out_dtype = StoredDtype(settings.dtype, metrics, PUBLISHED)  # float16: clipped, not inf
@@ -175,7 +176,28 @@ class Publisher(BackgroundWorker):
         return len(left)
 
     def _run(self) -> None:
-        consume(self.queue, self.send, self.stage, self.supervisor, on_error=self._failed)
+        consume(self.queue, self.send, self.stage, self.supervisor, on_error=self._failed, tick=self._tick)
+
+    def _tick(self) -> None:
+        """At least every 0.2 s, busy or idle: failed handshakes counted, held-back lines summed up."""
+        self._handshakes.poll()
+        self._said.tick()
+
+    def _handshake_failed(self, cause: str, endpoint: str) -> None:
+        """A subscriber refused at the handshake receives nothing: counted, and said once per cause."""
+        self.metrics.publish_handshake_failures.labels(cause=cause).inc()
+        why = (
+            "its CURVE key is not in publish.curve.authorized_keys_dir"
+            if cause == "refused"
+            else "it does not use CURVE as the service does (or not the service's public key as its server "
+            "key), or it is no ZeroMQ subscriber"
+        )
+        self._said.log(
+            f"handshake_{cause}", logging.WARNING, f"subscriber handshakes failed ({cause})",
+            "publisher on %s: a subscriber's handshake failed: %s; it receives nothing (counted in "
+            "sbd_publish_handshake_failures_total{cause=%r}; docs/deployment.md, CURVE)",
+            endpoint, why, cause,
+        )  # fmt: skip
 
     def _finalize(self) -> None:
         """Close, and (its own context) wait until what is queued has left, at most the 1 s linger.
@@ -185,11 +207,14 @@ class Publisher(BackgroundWorker):
         interpreter's teardown freed them under libzmq's I/O thread and the process aborted ("Bad
         address (src/tcp.cpp:227)", status 134), the ``series_end`` already sent never arriving
         (audit 25 zerocopy). Ending the context waits for them while they are alive."""
+        self._handshakes.poll()  # the last ones counted too
+        self._handshakes.close()  # before the socket: an open monitor holds the context's end
         self.sock.close(linger=1000)  # let queued messages (e.g. series_end) leave, bounded
         self._end_context()
 
     def release_unstarted(self) -> None:
         """A publisher whose thread never ran: its socket closed, its context ended (nothing queued)."""
+        self._handshakes.close()
         self.sock.close(linger=0)
         self._end_context()
 

@@ -18,11 +18,14 @@ Used by the service's publisher (sinks/publisher.py) and the merge's output (mer
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-__all__ = ["SERIES_WAIT_S", "XPubSender", "xpub_socket"]
+__all__ = ["SERIES_WAIT_S", "HandshakeWatch", "XPubSender", "xpub_socket"]
 
 SERIES_WAIT_S = 0.1
 """How long a series message waits after a frame met a full pipe, and then for a full pipe."""
@@ -87,3 +90,43 @@ class XPubSender:
         grow that queue for ever."""
         while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.sock.recv(zmq.NOBLOCK)
+
+
+HANDSHAKE_CAUSES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused",  # CURVE: its key is not in authorized_keys_dir
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "mismatch",  # no CURVE, a wrong server key, no ZeroMQ peer
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "mismatch",
+}
+
+
+class HandshakeWatch:
+    """Subscribers whose handshake a bound XPUB failed: one ``on_failure(cause, endpoint)`` each.
+
+    Why: a viewer with a key the service does not allow (or without CURVE, or with a wrong server key)
+    receives nothing, and nothing on the service side said so; the operator saw a blank viewer. Read
+    from the socket's monitor (an inproc PAIR) by the socket's own thread, without blocking; ``close``
+    before the socket, or the context's end waits for the monitor for ever."""
+
+    def __init__(self, sock: zmq.Socket, on_failure: Callable[[str, str], None]) -> None:
+        self.sock, self.on_failure = sock, on_failure
+        self.mon: zmq.Socket | None = sock.get_monitor_socket(sum(HANDSHAKE_CAUSES))
+
+    def poll(self) -> None:
+        """Take every pending event (never blocks)."""
+        while self.mon is not None:
+            try:
+                ev = recv_monitor_message(self.mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            cause = HANDSHAKE_CAUSES.get(int(ev["event"]))
+            if cause is not None:
+                ep = ev.get("endpoint")
+                self.on_failure(cause, ep.decode(errors="replace") if isinstance(ep, bytes) else str(ep))
+
+    def close(self) -> None:
+        if self.mon is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.mon.close(linger=0)
+        self.mon = None
