@@ -8,7 +8,6 @@ stream would alternate between them, which no header of the merged stream shows 
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -16,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.merge.inputs import RECONNECT_IVL_MAX_MS, MergeInputs
+from sbd_stream.merge.metrics import EngineCheck, MergeMetrics
 from sbd_stream.merge.outbox import PACE_S, Outbox
 from sbd_stream.merge.reorder import (
     DEFAULT_GAP_TIMEOUT_S,
@@ -27,11 +27,9 @@ from sbd_stream.merge.reorder import (
     Released,
     ReorderBuffer,
 )
-from sbd_stream.metrics import MALFORMED_REASONS
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     TOPIC_SERIES_END,
-    TOPIC_SERIES_START,
     FrameMessage,
     ProtocolError,
     SeriesHeader,
@@ -41,7 +39,7 @@ from sbd_stream.protocol import (
     ipv6_endpoint,
 )
 from sbd_stream.security import CurveSettings, apply_curve, stop_authenticator, warn_if_exposed
-from sbd_stream.sinks.xpub import XPubSender, xpub_socket
+from sbd_stream.sinks.xpub import HandshakeWatch, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor, wait_running
 from sbd_stream.worker import BackgroundWorker
 from sbd_stream.zmq_context import end_context, own_context
@@ -49,137 +47,6 @@ from sbd_stream.zmq_context import end_context, own_context
 __all__ = ["RECONNECT_IVL_MAX_MS", "EngineCheck", "MergeMetrics", "MergeService", "run_merge", "status_line"]
 
 log = logging.getLogger(__name__)
-
-
-class MergeMetrics:
-    """The merge's own registry (it runs beside, not inside, a service)."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.received = Counter(
-            "sbd_merge_received", "Messages received, by input index", ["input"], registry=r
-        )
-        self.frames = Counter(
-            "sbd_merge_frames", "Frames forwarded in order, by topic", ["topic"], registry=r
-        )
-        self.gaps = Counter(
-            "sbd_merge_gaps", "Contiguous ranges of frames declared missing", ["topic"], registry=r
-        )
-        self.missing = Counter("sbd_merge_frames_missing", "Frames declared missing", ["topic"], registry=r)
-        self.duplicates = Counter(
-            "sbd_merge_duplicates", "Frames seen twice (dropped)", ["topic"], registry=r
-        )
-        self.late = Counter(
-            "sbd_merge_late", "Frames that came after being declared missing (dropped)", ["topic"], registry=r
-        )
-        self.series = Counter("sbd_merge_series", "Series messages forwarded", ["topic"], registry=r)
-        self.series_dropped = Counter(
-            "sbd_merge_series_dropped", "Series messages already forwarded for their acquisition", ["topic"],
-            registry=r,
-        )  # fmt: skip
-        self.restarts = Counter(
-            "sbd_merge_restarts", "Acquisitions started anew: a restarted sender re-used the id", ["topic"],
-            registry=r,
-        )  # fmt: skip
-        self.joined = Counter(
-            "sbd_merge_joined_midseries",
-            "Acquisitions whose frames went out without their series_start (the merge joined mid-series)",
-            registry=r,
-        )
-        self.engine_mismatch = Counter(
-            "sbd_merge_engine_mismatch", "Acquisitions whose frames named different engines", registry=r
-        )
-        self.malformed = Counter("sbd_merge_malformed", "Messages refused, by reason", ["reason"], registry=r)
-        self.send_dropped = Counter(
-            "sbd_merge_send_dropped",
-            "Messages sent while a subscriber's pipe stayed full past the wait (it missed them; the ones "
-            "sent while ZeroMQ sets its pipe aside are missed uncounted: see the seq gaps)",
-            registry=r,
-        )
-        self.input_disconnects = Counter(
-            "sbd_merge_input_disconnects",
-            "Connections to an instance lost, by input and cause (handshake: CURVE / ZMTP refused)",
-            ["input", "cause"],
-            registry=r,
-        )
-        self.buffered = Gauge("sbd_merge_buffered_frames", "Frames held waiting for earlier ones", registry=r)
-        # what Supervisor counts (same names as the service's, on this registry)
-        self.stage_errors = Counter(
-            "sbd_stage_errors", "Items that raised, by stage and reason", ["stage", "reason"], registry=r
-        )
-        self.stage_restarts = Counter("sbd_stage_restarts", "Stage threads restarted", ["stage"], registry=r)
-        self.stage_up = Gauge("sbd_stage_up", "1 while the stage's loop runs", ["stage"], registry=r)
-        self._by_kind = {
-            "frames": self.frames,
-            "gaps": self.gaps,
-            "missing": self.missing,
-            "duplicates": self.duplicates,
-            "late": self.late,
-            "series": self.series,
-            "series_dropped": self.series_dropped,
-            "restarts": self.restarts,
-        }
-        # every label value known at the start is exported at 0, as the service's (docs/service.md):
-        # an alert on increase() sees the first event of a series that exists before it
-        frame_topics = [t.decode() for t in sorted(OUTPUT_TOPICS)]
-        series_topics = [TOPIC_SERIES_START.decode(), TOPIC_SERIES_END.decode()]
-        for t in frame_topics:
-            for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
-                c.labels(topic=t)
-        for t in series_topics:
-            self.series.labels(topic=t)
-            self.series_dropped.labels(topic=t)
-        for t in frame_topics + series_topics:  # a restart is told by a frame or by a series message
-            self.restarts.labels(topic=t)
-        for reason in MALFORMED_REASONS:
-            self.malformed.labels(reason=reason)
-
-    def count(self, kind: str, topic: str, n: int) -> None:
-        if kind == "joined":  # one per acquisition, whatever topic told it: no label
-            self.joined.inc(n)
-            return
-        self._by_kind[kind].labels(topic=topic).inc(n)
-
-    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        v = self.registry.get_sample_value(name, labels or {})
-        return 0.0 if v is None else float(v)
-
-    def total(self, name: str) -> float:
-        return sum(s.value for m in self.registry.collect() for s in m.samples if s.name == name)
-
-
-class EngineCheck:
-    """Warns once per acquisition when its frames name different engines (``engine`` header field).
-
-    Instances configured differently (another ``--model`` or backend) each denoise their share, and the
-    merged stream alternates between their results; the sampling (``--pixel-size`` / ``--dose``) is in
-    no output header, so giving every instance the same settings stays the operator's job."""
-
-    REMEMBER = 256  # acquisitions remembered (the most recent)
-
-    def __init__(self, metrics: MergeMetrics) -> None:
-        self.metrics = metrics
-        self.first: collections.OrderedDict[str, tuple[str, int] | None] = collections.OrderedDict()
-
-    def __call__(self, acq: str, engine: str | None, index: int) -> None:
-        if engine is None:
-            return
-        if acq not in self.first:
-            self.first[acq] = (engine, index)
-            while len(self.first) > self.REMEMBER:
-                self.first.popitem(last=False)
-            return
-        seen = self.first[acq]
-        if seen is None or seen[0] == engine:  # None: already reported
-            return
-        self.first[acq] = None
-        self.metrics.engine_mismatch.inc()
-        log.warning(
-            "merge: frames of %s name different engines: %s (input %d) and %s (input %d); the merged "
-            "stream alternates between them. Give every instance the same engine and sampling settings "
-            "(logged once per acquisition, counted in sbd_merge_engine_mismatch_total)",
-            acq, seen[0], seen[1], engine, index,
-        )  # fmt: skip
 
 
 class MergeService(BackgroundWorker):
@@ -219,6 +86,8 @@ class MergeService(BackgroundWorker):
         self.inputs = list(inputs)
         self.conns: MergeInputs | None = None
         self.pub: zmq.Socket | None = None
+        self._handshakes: HandshakeWatch | None = None  # subscribers refused at the handshake
+        self._said = RateLimitedLog(log)
         self._malformed_logged: set[str] = set()
         self._engines = EngineCheck(self.metrics)
         self._curve_server = output_curve is not None and output_curve.enabled
@@ -236,6 +105,7 @@ class MergeService(BackgroundWorker):
             warn_if_exposed("merge output", output)
             self.pub.setsockopt(zmq.IPV6, ipv6_endpoint(output))
             self.pub.bind(output)
+            self._handshakes = HandshakeWatch(self.pub, self._handshake_failed)
         except BaseException:
             self._finalize()
             raise
@@ -308,6 +178,27 @@ class MergeService(BackgroundWorker):
     def tick(self, now: float | None = None) -> None:
         self.send(self.buffer.poll(time.monotonic() if now is None else now))
         self.outbox.pump()
+        if self._handshakes is not None:
+            self._handshakes.poll()
+        self._said.tick()
+
+    def _handshake_failed(self, cause: str, endpoint: str) -> None:
+        """A subscriber of the merged stream refused at the handshake receives nothing: counted, said
+        once per cause (it was neither)."""
+        self.metrics.output_handshake_failures.labels(cause=cause).inc()
+        why = (
+            "its CURVE key is not in the --curve-clients folder"
+            if cause == "refused"
+            else (
+                "its security settings do not match the merge's output (CURVE on both sides, the merge's public "
+                "key as its server key), or it is no ZeroMQ subscriber"
+            )
+        )
+        self._said.log(
+            f"handshake_{cause}", logging.WARNING, f"subscriber handshakes failed ({cause})",
+            "merge output on %s: a subscriber's handshake failed: %s; it receives nothing (counted in "
+            "sbd_merge_output_handshake_failures_total{cause=%r})", endpoint, why, cause,
+        )  # fmt: skip
 
     # --- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -344,6 +235,8 @@ class MergeService(BackgroundWorker):
     def _finalize(self) -> None:
         if self.conns is not None:
             self.conns.close()
+        if self._handshakes is not None:
+            self._handshakes.close()  # before its socket: an open monitor holds the context's end
         if self.pub is not None:
             self.pub.close(linger=1000)  # let the last messages (a series_end) leave, bounded
         if self._curve_server:

@@ -3,6 +3,7 @@ its output. Before, the merge had no CURVE and received nothing from such instan
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -19,7 +20,11 @@ from sbd_stream.security import CurveSettings, apply_curve, generate_keypair, st
 pytestmark = pytest.mark.integration
 
 
-def test_merge_receives_from_curve_instances_and_serves_only_allowed_subscribers(tmp_path: Path) -> None:
+def test_merge_receives_from_curve_instances_and_serves_only_allowed_subscribers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """... and the refused subscribers are counted and said once per cause (session 29: neither)."""
+    caplog.set_level(logging.WARNING, "sbd_stream.merge")
     keys = {n: generate_keypair(tmp_path / "keys", n) for n in ("instance", "merge", "viewer", "intruder")}
     allowed = tmp_path / "allowed"
     allowed.mkdir()
@@ -74,6 +79,11 @@ def test_merge_receives_from_curve_instances_and_serves_only_allowed_subscribers
         ctx.term()
     assert got["viewer"] > 10, got  # through CURVE in and out
     assert got["intruder"] == 0 and got["plain"] == 0
+    failed = lambda c: svc.metrics.value("sbd_merge_output_handshake_failures_total", {"cause": c})  # noqa: E731
+    assert failed("refused") >= 1 and failed("mismatch") >= 1
+    said = [r.getMessage() for r in caplog.records if "handshake failed" in r.getMessage()]
+    assert len([x for x in said if "--curve-clients folder" in x]) == 1, said
+    assert len([x for x in said if "do not match" in x]) == 1, said
 
 
 def test_merge_curve_flags_that_cannot_work_are_one_line(tmp_path: Path) -> None:
