@@ -94,12 +94,15 @@ class SeriesState:
         self.tracker = SequenceTracker()
         self.closed: collections.deque[str] = collections.deque(maxlen=remember)
         self.last_activity = time.monotonic()
+        # the open series' start metadata (the detector configuration): a resumed series states it again
+        self.meta: dict[str, Any] = {}
         # the series the inactivity timeout closed last, while nothing else opened since: (acq, series,
-        # expected, received). Its next frame resumes it (with its continuity) instead of being stale
-        self.paused: tuple[str, int | None, int | None, int] | None = None
+        # expected, received, start meta). Its next frame resumes it (with its continuity), not stale
+        self.paused: tuple[str, int | None, int | None, int, dict[str, Any]] | None = None
 
-    def open(self, acq: str, series: int | None, expected: int | None) -> None:
+    def open(self, acq: str, series: int | None, expected: int | None, meta: dict[str, Any]) -> None:
         self.acq, self.series, self.expected, self.received = acq, series, expected, 0
+        self.meta = dict(meta)  # a copy: the pipeline owns the emitted one
         self.tracker.reset(acq)
         self.paused = None
         if acq in self.closed:  # a restarted sender may reuse the id: a new start makes it current
@@ -108,7 +111,7 @@ class SeriesState:
     def close(self, reason: str = "series_end") -> None:
         if self.acq is not None:
             self.closed.append(self.acq)
-            paused = (self.acq, self.series, self.expected, self.received)
+            paused = (self.acq, self.series, self.expected, self.received, self.meta)
             self.paused = paused if reason == "timeout" else None
         self.acq = self.series = self.expected = None
 
@@ -117,7 +120,7 @@ class SeriesState:
         sequence tracker still holds its numbering, so no frame counts as missing or late."""
         if self.acq is not None or self.paused is None or self.paused[0] != acq:
             return False
-        self.acq, self.series, self.expected, self.received = self.paused
+        self.acq, self.series, self.expected, self.received, self.meta = self.paused
         self.paused = None
         if acq in self.closed:
             self.closed.remove(acq)
@@ -197,7 +200,7 @@ class DectrisDialect:
                 self.dm.superseded.inc()
                 self.metrics.restarts.inc()
                 self._close_open("superseded")
-            st.open(h.acq, h.meta.get("series"), h.n_frames)
+            st.open(h.acq, h.meta.get("series"), h.n_frames, h.meta)
             self._emit_series(TOPIC_SERIES_START, h.acq, h.meta, h.n_frames)
             return
         if st.acq != h.acq:  # the end of a series we already closed, or never saw
@@ -215,7 +218,8 @@ class DectrisDialect:
                 h.acq,
                 self.settings.series_timeout_s,
             )
-            meta = {"series": st.series, "resumed": True}
+            # the same series: its configuration again (the new part's series_meta, count time), marked
+            meta = {**st.meta, "series": st.series, "resumed": True}
             self._emit_series(TOPIC_SERIES_START, h.acq, meta, st.expected)
         if st.acq != h.acq:
             if h.acq in st.closed:
@@ -232,8 +236,9 @@ class DectrisDialect:
                 h.acq,
                 h.seq,
             )
-            st.open(h.acq, h.meta.get("series"), None)
-            self._emit_series(TOPIC_SERIES_START, h.acq, {"series": h.meta.get("series"), "joined": True})
+            meta = {"dialect": self.name, "series": h.meta.get("series"), "joined": True}
+            st.open(h.acq, h.meta.get("series"), None, meta)
+            self._emit_series(TOPIC_SERIES_START, h.acq, meta)
         event, missing = st.tracker.observe(h.acq, h.seq)
         if not count_sequence_event(self.metrics, event, missing):
             return

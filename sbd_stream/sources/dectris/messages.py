@@ -120,6 +120,15 @@ def _series_id(obj: dict[str, Any], key: str = "series") -> int:
     return s
 
 
+def _image_count(n: Any) -> int | None:
+    """A series' declared image count as ``n_frames``, or ``None`` past what a frame number can reach.
+
+    It travels on as the start's ``n_frames`` and the end's ``frames_expected``: a CBOR bignum or a JSON
+    ``nimages`` of 400 digits (no float holds it) made the edge refuse the ``series_end`` too
+    (``bad_meta``), so the part stayed open until ``record.idle_close_s``."""
+    return n if _is_int(n) and 0 <= n <= MAX_SERIES else None
+
+
 def _shape(h: int, w: int, itemsize: int, max_payload: int) -> tuple[int, int]:
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise ProtocolError("bad_shape", f"{h}x{w}")
@@ -205,7 +214,7 @@ class StreamV1Decoder:
             meta["config"] = config
             ni, nt = config.get("nimages", 1), config.get("ntrigger", 1)
             if _is_int(ni) and _is_int(nt) and ni > 0 and nt > 0:
-                n = ni * nt
+                n = _image_count(ni * nt)
         return SeriesMessage(TOPIC_SERIES_START, SeriesHeader(series_acq(series), 0.0, meta, n))
 
     def _frame(self, image: dict[str, Any], parts: list[Any]) -> DectrisFrameMessage:
@@ -377,8 +386,7 @@ def decode_stream_v2(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -
                     meta[k] = v
                 elif isinstance(v, _SEQ) and len(v) <= 64 and all(_scalar_ok(x) for x in v):
                     meta[k] = list(v)
-        n = obj.get("number_of_images")
-        n = n if _is_int(n) and n >= 0 else None
+        n = _image_count(obj.get("number_of_images"))
         return [SeriesMessage(TOPIC_SERIES_START, SeriesHeader(acq, 0.0, meta, n))]
     if kind == "end":
         return [SeriesMessage(TOPIC_SERIES_END, SeriesHeader(acq, 0.0, {"series": series}))]
