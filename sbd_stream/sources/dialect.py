@@ -59,6 +59,10 @@ class Dialect(Protocol):
         """Called at least every ~100 ms with ``time.monotonic()``, for timeouts of the dialect."""
 
 
+NOT_FINITE = "NaN, Infinity or a number no float holds"
+"""What ``finite_json`` refuses (an integer past 1.8e308 too: it cannot be written as a JSON number)."""
+
+
 class Emitter:
     """The plug-ins' only way out: shared counters first, then the pipeline's non-blocking handlers."""
 
@@ -68,13 +72,14 @@ class Emitter:
         self.metrics = metrics
         self.on_frame, self.on_series = on_frame, on_series
         self._reported: set[str] = set()  # rejection reasons already logged at WARNING
+        self.docs = "docs/wire-format.md"  # where a refused message's reasons are listed (the dialect's)
 
     def frame(self, frame: Frame) -> None:
         """A frame that passed validation and continuity checks; ``t_recv`` is when decoding began."""
         m = self.metrics
         h = frame.header
         if not finite_json(h.meta):  # every dialect: its outputs must stay sendable
-            self.reject("bad_meta", f"frame {h.seq} of {h.acq}: NaN or Infinity in meta")
+            self.reject("bad_meta", f"frame {h.seq} of {h.acq}: {NOT_FINITE} in meta")
             return
         if not ts_ok(h.ts):  # a date the recording can state (wire v1 checks it in decode)
             self.reject("bad_ts", f"frame {h.seq} of {h.acq}: ts {h.ts!r} names no date in years 1-9999")
@@ -86,7 +91,7 @@ class Emitter:
     def series(self, msg: SeriesMessage) -> None:
         if not finite_json(msg.header.meta) or not ts_ok(msg.header.ts):
             bad_meta = not finite_json(msg.header.meta)
-            what = "NaN or Infinity in meta" if bad_meta else f"ts {msg.header.ts!r} names no date"
+            what = f"{NOT_FINITE} in meta" if bad_meta else f"ts {msg.header.ts!r} names no date"
             self.reject(
                 "bad_meta" if bad_meta else "bad_ts", f"{msg.topic.decode()} of {msg.header.acq}: {what}"
             )
@@ -106,7 +111,7 @@ class Emitter:
             log.debug("dropped malformed input (%s): %s", reason, what)
             return
         self._reported.add(reason)
-        docs = "docs/dectris.md" if what.startswith("dectris") else "docs/wire-format.md"
+        docs = self.docs  # was told from ``what``, which a series message's text never started with
         log.warning(
             "dropped malformed input (%s): %s. Counted in sbd_frames_malformed_total{reason=\"%s\"} "
             "(reasons: %s); further %s messages are logged at DEBUG only",

@@ -225,6 +225,7 @@ def open_dialect(settings: IngestSettings, emit: Emitter) -> Dialect:
     """The plug-in for ``settings.input`` (its ``dialect`` tag picked the settings variant)."""
     match settings.input:
         case DectrisInput() as inp:
+            emit.docs = "docs/dectris.md"  # its refusal reasons are listed there
             return DectrisDialect(inp, settings.max_payload_bytes, emit)
         case WireV1Input() as inp:
             return WireV1Dialect(settings.max_payload_bytes, emit, inp.socket_type)
