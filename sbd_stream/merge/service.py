@@ -186,14 +186,11 @@ class MergeService(BackgroundWorker):
         """A subscriber of the merged stream refused at the handshake receives nothing: counted, said
         once per cause (it was neither)."""
         self.metrics.output_handshake_failures.labels(cause=cause).inc()
-        why = (
-            "its CURVE key is not in the --curve-clients folder"
-            if cause == "refused"
-            else (
-                "its security settings do not match the merge's output (CURVE on both sides, the merge's public "
-                "key as its server key), or it is no ZeroMQ subscriber"
-            )
+        mismatch = (
+            "its security settings do not match the merge's output (CURVE on both sides, the merge's "
+            "public key as its server key), or it is no ZeroMQ subscriber"
         )
+        why = "its CURVE key is not in the --curve-clients folder" if cause == "refused" else mismatch
         self._said.log(
             f"handshake_{cause}", logging.WARNING, f"subscriber handshakes failed ({cause})",
             "merge output on %s: a subscriber's handshake failed: %s; it receives nothing (counted in "

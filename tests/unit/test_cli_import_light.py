@@ -20,5 +20,7 @@ HEAVY = ("torch", "numpy", "h5py", "zmq", "onnxruntime")
 @pytest.mark.parametrize("module", ["sbd_stream.cli", "training.console"])
 def test_importing_a_cli_loads_no_numerical_library(module: str) -> None:
     code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert res.stdout.strip() == "", f"importing {module} loaded: {res.stdout.strip()}"
