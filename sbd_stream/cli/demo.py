@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sbd_stream.cli.app import app, fail, log, on_signals, setup_logging
+from sbd_stream.cli.app import app, fail, log, on_signals, settings_error, setup_logging
 from sbd_stream.cli.live import stages_or_fail
 from sbd_stream.cli.options import (
     Complete,
@@ -36,6 +36,7 @@ from sbd_stream.cli.options import (
     settings_from_flags,
 )
 from sbd_stream.cli.scene_options import (
+    EMULATOR_FLAGS,
     Drift,
     DriftAngle,
     Event,
@@ -110,6 +111,8 @@ def demo(
     recording's sampling (pixel size, dose), as `emulate --source` announces it; a flag that states
     otherwise is refused. A recording holds no clean truth, so no PSNR is reported (``psnr_note``).
     """
+    from pydantic import ValidationError
+
     from sbd_stream.cli.service_start import prepare_process
     from sbd_stream.service.demo import run_demo
     from sbd_stream.sinks.writable import file_problem
@@ -148,22 +151,25 @@ def demo(
     s = settings_from_flags(flags)
     if record and record_dir is not None:
         _check_record_dir(s)
+    try:  # every emulator value checked before the engine loads: one line, not a traceback
+        emu_cfg = EmulatorSettings(
+            endpoint="tcp://127.0.0.1:*",
+            shape=parse_shape(shape or "1024x1024"),
+            dose=s.detector.vacuum_counts,
+            pixel_size_A=s.detector.pixel_size_A,
+            rate_hz=rate,
+            n_frames=frames,
+            source=None if synthetic else source,
+            pool=8,
+            **(
+                {}
+                if synthetic or source
+                else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+            ),
+        )
+    except ValidationError as e:
+        fail(settings_error(e, EMULATOR_FLAGS))
     stages = stages_or_fail(s)
-    emu_cfg = EmulatorSettings(
-        endpoint="tcp://127.0.0.1:*",
-        shape=parse_shape(shape or "1024x1024"),
-        dose=s.detector.vacuum_counts,
-        pixel_size_A=s.detector.pixel_size_A,
-        rate_hz=rate,
-        n_frames=frames,
-        source=None if synthetic else source,
-        pool=8,
-        **(
-            {}
-            if synthetic or source
-            else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
-        ),
-    )
     if source is not None and not synthetic:
         from sbd_stream.sources.emulator_recording import for_recording
 

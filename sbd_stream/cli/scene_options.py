@@ -17,12 +17,13 @@ Scene = Annotated[
         "--scene", help="Scene bundle (.h5, `sbd-train scenes`); default: the bundled held-out specimen"
     ),
 ]
-Drift = Annotated[float | None, typer.Option("--drift", min=0, help="Specimen drift, A/s (default 0.5)")]
+Drift = Annotated[float | None, typer.Option("--drift", help="Specimen drift, A/s, >= 0 (default 0.5)")]
 DriftAngle = Annotated[float | None, typer.Option("--drift-angle", help="Drift direction, deg from +x (30)")]
 Focus = Annotated[float | None, typer.Option("--focus", help="Defocus at the first frame, nm (7.5)")]
 FocusRate = Annotated[float | None, typer.Option("--focus-rate", help="Focus change, nm/s (default 0.2)")]
 EventFrame = Annotated[
-    int | None, typer.Option("--event-frame", min=0, help="Frame at which a surface column vanishes / hops")
+    int | None,
+    typer.Option("--event-frame", help="Frame (0 to --frames - 1) where a surface column vanishes / hops"),
 ]
 Event = Annotated[str | None, typer.Option("--event", help="vanish (default) or hop")]
 
@@ -68,7 +69,16 @@ def scene_fields(
     event_frame: int | None,
     event: str | None,
 ) -> dict[str, Any]:
-    """EmulatorSettings fields for the flags given (the scene: ``scene`` or the bundled one)."""
+    """EmulatorSettings fields for the flags given (the scene: ``scene`` or the bundled one).
+
+    ``--event`` without ``--event-frame`` is refused here, at the command line, where "given" is known:
+    it was accepted and the series sent without any event. (Not in ``EmulatorSettings``: its default
+    event is a value too, and the demo's emulator process rebuilds the settings from all of them.)
+    """
+    if event is not None and event_frame is None:
+        from sbd_stream.cli.app import fail
+
+        fail(f"--event {event}: needs the frame it happens at (--event-frame N); without it no event is sent")
     given = {
         "scene": scene or bundled_scene(),
         "drift_A_per_s": drift,

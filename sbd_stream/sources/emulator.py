@@ -51,7 +51,7 @@ from sbd_stream.protocol import (
 from sbd_stream.sources.crop import MIN_SPECIMEN_FRACTION, specimen_fraction
 from sbd_stream.sources.crop import fit_to_frame as _fit
 from sbd_stream.sources.emulator_recording import is_recording, recorded_counts
-from sbd_stream.sources.emulator_settings import EmulatorSettings
+from sbd_stream.sources.emulator_settings import POOL_MARGIN, EmulatorSettings
 from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
 from sbd_stream.zmq_context import end_context, own_context
 
@@ -272,7 +272,7 @@ def check_counts_type(peak_rate: float, dose: float, dtype: str) -> None:
 VACUUM_HINT = "no atom to denoise or to score a PSNR on; give a larger --shape or a dataset with a specimen"
 """What ``emulate`` adds to ``FrameSource.note`` in its warning (``demo`` words its own for its PSNR)."""
 
-VACUUM_MARGIN = 64
+VACUUM_MARGIN = POOL_MARGIN
 """Extra rows and columns of a held scene's pre-drawn vacuum frames: 64 x 64 window offsets."""
 
 

@@ -14,12 +14,18 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.noise import DEFAULT_DOSE
 from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ, PAPER_PIXEL_A, Count, SocketMode
 from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SEQ, MAX_SIDE
 from sbd_stream.sources.receiver import endpoint_problem
+
+POOL_MAX_BYTES = 2**31
+"""Most memory the pre-drawn noise frames (``pool``) may take: 2.1 GB, 72 K2 frames as uint16."""
+POOL_MARGIN = 64
+"""A scene's pool frames are this many pixels larger than the frame (``emulator.VACUUM_MARGIN``)."""
 
 
 class EmulatorSettings(BaseModel):
@@ -76,6 +82,31 @@ class EmulatorSettings(BaseModel):
         """0 or a rate the pacing can sleep for: ``1e-11`` Hz overflowed the sleep (a traceback)."""
         if 0 < v < MIN_RATE_HZ:
             raise ValueError(f"0 (as fast as possible) or at least {MIN_RATE_HZ:g} frames per second")
+        return v
+
+    @field_validator("event_frame")
+    @classmethod
+    def _event_frame(cls, v: int | None, info: ValidationInfo) -> int | None:
+        """An event at or after the last frame never happens: it was accepted and silently not shown."""
+        n = info.data.get("n_frames")
+        if v is not None and n is not None and v >= n:
+            raise ValueError(f"frame {v} is never sent: the series is frames 0-{n - 1} (raise --frames)")
+        return v
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: int, info: ValidationInfo) -> int:
+        """Pre-drawn frames are held in memory: ``--pool 100000`` drew frames for minutes after the
+        banner towards 237 GB, on a machine the service shares."""
+        shape, dtype = info.data.get("shape"), info.data.get("dtype")
+        if not v or shape is None or dtype is None:
+            return v
+        size = (shape[0] + POOL_MARGIN) * (shape[1] + POOL_MARGIN) * np.dtype(dtype).itemsize
+        if v * size > POOL_MAX_BYTES:
+            raise ValueError(
+                f"{v} pre-drawn frames of {shape[0]}x{shape[1]} {dtype} take {v * size / 1e9:.1f} GB; "
+                f"at most {POOL_MAX_BYTES / 1e9:.1f} GB ({POOL_MAX_BYTES // size} frames of this size)"
+            )
         return v
 
     @field_validator("endpoint")

@@ -19,6 +19,12 @@ FALLBACK_NEWEST = "newest"
 """``fallback=newest``: a ``seq`` no longer kept is answered with the newest frame (the page uses it)."""
 
 
+PAGE_PERCENTILES = {False: ("1", "99.5"), True: ("0", "98")}
+"""Defaults of ``lo`` / ``hi``: the page's own (*low % / high %* 1 / 99.5, *LLR range %* 98), so a
+script that leaves them out gets the picture the page shows. ``hi`` was 99 for every kind, while
+docs/viewer.md's path reads ``lo=1&hi=99.5`` and the page asks 98 for the LLR map."""
+
+
 @dataclass(frozen=True)
 class ImageQuery:
     request: ImageRequest
@@ -63,7 +69,8 @@ def parse_image_query(kind: str, q: dict[str, list[str]]) -> ImageQuery:
     ``seq`` a frame number >= 0; ``overlay`` 0 or 1, and 1 only on ``llr.png``: the overlay is the LLR
     map with alpha, which the page draws over the denoised panel itself (docs/viewer.md).
     """
-    lo, hi = check_percentiles(_number(q, "lo", "1"), _number(q, "hi", "99"))
+    lo_default, hi_default = PAGE_PERCENTILES[kind == "llr"]
+    lo, hi = check_percentiles(_number(q, "lo", lo_default), _number(q, "hi", hi_default))
     region = None
     if "region" in q:
         text = _one(q, "region", "")
