@@ -49,6 +49,13 @@ FLAG_OF_SETTING = {
     "denoise.tile": "--tile",
     "denoise.margin": "--margin",
     "denoise.threads_per_worker": "--threads-per-worker",
+    "metrics.port": "--metrics-port",  # --viewer-port 70000 was "viewer.port: ..." (audit h29)
+    "viewer.port": "--viewer-port",
+    "ingest.endpoint": "--input",
+    "publish.endpoint": "--output",
+    "record.directory": "--record-dir",
+    "denoise.device": "--device",
+    "denoise.workers": "--workers",
 }
 """Settings the command-line flags set, so an error names the flag the user typed."""
 

@@ -1,8 +1,9 @@
-"""Evidence-frame likelihood on a held scene (issue 24): the live engine on a CPU (the fast
-``sbd-unet3s2-paper``, what ``demo`` runs there) through the real batch stage with ``evidence_frames = 4``
-(hence the evidence defaults: pattern model over a 1.25 A disk, docs/likelihood.md) on the bundled abTEM
-scene at the paper's K2 sampling (1024 x 1024 of 0.060 A, 0.45 counts/px, binned 4 x 4), frames from the
-emulator's own scene player.
+"""Evidence-frame likelihood on a held scene (issue 24): the live engine on a CPU (``live_engine("cpu")``,
+the fast ``sbd-unet3s2-paper-twins`` today, what ``demo`` runs there; the numbers below were measured with
+the earlier ``sbd-unet3s2-paper``, today's in docs/emulator.md) through the real batch stage with
+``evidence_frames = 4`` (hence the evidence defaults: pattern model over a 1.25 A disk,
+docs/likelihood.md) on the bundled abTEM scene at the paper's K2 sampling (1024 x 1024 of 0.060 A, 0.45
+counts/px, binned 4 x 4), frames from the emulator's own scene player.
 
 Columns "the clean image has" are those the likelihood stage's detector finds on the clean expected
 counts; a frame's detected column is real when it lies within 0.7 A of one, and its LLR (summed over the

@@ -65,3 +65,21 @@ def test_socket_type_alone_in_the_environment_or_toml_is_the_default_dialect(
     toml.write_text("[ingest.input]\nseries_timeout_s = 3\n")  # a DECTRIS setting without its dialect
     with pytest.raises(ValueError, match="series_timeout_s"):
         load_settings(toml, {})
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["serve", "--metrics-port", "70000"], "error: --metrics-port: Input should be less than"),
+        (["serve", "--viewer", "--viewer-port", "70000"], "error: --viewer-port: Input should be less than"),
+    ],
+)
+def test_a_bad_port_flag_is_named_by_its_flag(args: list[str], named: str, tmp_path: Path) -> None:
+    """Named by the setting (``viewer.port: ...``) before audit h29, a flag the user never typed; the
+    same value from a TOML file is still named by its setting."""
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and named in res.output, res.output
+    toml = tmp_path / "s.toml"
+    toml.write_text("[metrics]\nport = 70000\n")
+    res = runner.invoke(app, ["serve", "--config", str(toml)])
+    assert res.exit_code == 2 and "error: metrics.port: Input should be" in res.output, res.output
