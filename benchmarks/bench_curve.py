@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from benchmarks.common import out_path, stamped
 from sbd_stream.invocation import invocation
 from sbd_stream.security import CurveSettings, apply_curve, generate_keypair, stop_authenticator
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUIET_S = 1.0  # no receipt for this long: the messages still missing were dropped, not slow
 FIRST_S = 5.0  # the same before the first timed receipt (a 28.5 MB CURVE message under load is slow)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=28.5, help="message size in MB (28.5 = K2 frame as float16)")
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--out", type=Path, default=RESULTS / "curve.json", help="results file")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default: results/curve.json)")
     args = ap.parse_args(argv)
     size = int(args.mb * 1e6)
     with tempfile.TemporaryDirectory() as d:
@@ -128,16 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         generate_keypair(keys, "server")
         generate_keypair(keys, "client")
         rows = [run(False, size, args.seconds, None), run(True, size, args.seconds, keys)]
-    out = {
-        "benchmark": "bench_curve",
-        "command": "python -m " + invocation("benchmarks.bench_curve"),
-        "message_mb": args.mb,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "zmq": zmq.zmq_version()},
-        "load_avg_1m": os.getloadavg()[0],
-        "results": rows,
-        "curve_slowdown": rows[0]["gb_per_s"] / max(rows[1]["gb_per_s"], 1e-12),
-    }
-    path = args.out
+    out = stamped(
+        "bench_curve",
+        {
+            "command": "python -m " + invocation("benchmarks.bench_curve"),
+            "message_mb": args.mb,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "zmq": zmq.zmq_version()},
+            "load_avg_1m": os.getloadavg()[0],
+            "results": rows,
+            "curve_slowdown": rows[0]["gb_per_s"] / max(rows[1]["gb_per_s"], 1e-12),
+        },
+    )
+    path = out_path("curve.json", args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(f"{'mode':8s} {'msg/s':>8s} {'GB/s':>7s} {'sent':>6s} {'dropped':>8s}")

@@ -29,6 +29,7 @@ import hdf5plugin
 import numpy as np
 import zmq
 
+from benchmarks.common import out_path, stamped
 from sbd_stream.config import DectrisInput, IngestSettings
 from sbd_stream.formats import dectris_codec as codec
 from sbd_stream.metrics import Metrics
@@ -153,7 +154,7 @@ def default_out(dtype: str) -> Path:
     """One results file per dtype, so that the uint8 run does not overwrite the uint16 one README shows
     beside it."""
     name = "dectris.json" if dtype == "uint16" else f"dectris_{dtype}.json"
-    return Path(__file__).parent / "results" / name
+    return out_path(name)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "decompress": _decompress(pool),
         "record": _record(pool),
     }
+    result = stamped("bench_dectris", result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     f = result["frame"]

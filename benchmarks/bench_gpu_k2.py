@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import results_dir, table, write_result
+from benchmarks.common import RESULTS, results_dir, table, write_result
 from benchmarks.gpu_k2_paths import (
     VARIANTS,
     PinnedBatchStage,
@@ -49,7 +49,7 @@ from sbd_stream.service.batch import BatchStage
 
 K2 = (3838, 3710)
 TARGET_FPS = 80.0  # issue 24's acceptance: K2 bin 4 on one H200
-RECORD = Path(__file__).resolve().parent / "results" / "bench_capacity_h200_sbd-unet4-detector.json"
+RECORD = RESULTS / "bench_capacity_h200_sbd-unet4-detector.json"  # the committed record, read only
 DISTINCT = 4  # distinct frames cycled through the batches
 
 

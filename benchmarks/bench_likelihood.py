@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import out_path, stamped
 from sbd_stream.compute.likelihood import LikelihoodConfig, LikelihoodStage
 from sbd_stream.invocation import invocation
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _sync(device: torch.device) -> None:
@@ -167,7 +166,7 @@ def stage_cost(size: int, reps: int, evidence: int, out: Path, argv: list[str] |
         "samples_ms": {m: [round(1e3 * t, 3) for t in v] for m, v in wall.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(stamped("bench_likelihood", result), indent=2) + "\n")
     print(f"{den.engine_id}, {size}x{size} at bin {result['bin']}, {reps} frames per setting, medians:")
     for m in modes:
         extra = "" if m == "off" else f"  (+{100 * result['extra_vs_off'][m]:.0f} %)"
@@ -191,9 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None, help="default: results/likelihood[_stage]_cost.json")
     args = ap.parse_args(argv)
     if args.stage:
-        out = args.out or RESULTS / "likelihood_stage_cost.json"
+        out = out_path("likelihood_stage_cost.json", args.out)
         return stage_cost(args.size, args.reps, args.evidence_frames, out, argv)
-    args.out = args.out or RESULTS / "likelihood_cost.json"
+    args.out = out_path("likelihood_cost.json", args.out)
 
     from sbd_stream.engines.denoiser import Denoiser
     from training.sim.likelihood_synthetic import lattice_image
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples_cpu_s": {"denoise": c_denoise, "likelihood": c_lk},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(stamped("bench_likelihood", result), indent=2) + "\n")
 
     print(f"device {result['device']} ({result['device_name']}), {args.size}x{args.size}, batch {args.batch}")
     print(f"{'stage':<22}{'wall ms/frame':>14}{'cpu ms/frame':>14}")

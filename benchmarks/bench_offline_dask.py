@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from benchmarks.common import machine, results_dir, table
+from benchmarks.common import machine, results_dir, stamped, table
 from sbd_stream.config import DenoiseSettings
 from sbd_stream.engines.card import resolve_engine_dir
 from sbd_stream.invocation import invocation
@@ -123,8 +123,6 @@ def main() -> None:
         _, last = single("single process again (drift check)")
         rows.append({**last, "vs_single": last["frames_per_s"] / single_fps})
         payload = {
-            "benchmark": "bench_offline_dask",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": "python -m " + invocation("benchmarks.bench_offline_dask"),
             "machine": machine(),
             "note": a.note,
@@ -142,7 +140,7 @@ def main() -> None:
         out_dir = results_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "offline_dask.json"
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        path.write_text(json.dumps(stamped("bench_offline_dask", payload), indent=2) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(table(rows, ["run", "workers", "threads_per_worker", "wall_s", "frames_per_s", "vs_single"]))

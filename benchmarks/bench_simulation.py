@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmarks.common import out_path, stamped
+
 if TYPE_CHECKING:
     from training.sim.structures import StructureParams
-
-RESULTS = Path(__file__).resolve().parent / "results" / "simulation.json"
 
 
 def _time(fn, reps: int) -> float:
@@ -134,7 +134,7 @@ def slabs(quick: bool) -> list[tuple[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 instead of 4 paper slab layers, one repetition")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default: results/simulation.json")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     reps = 1 if args.quick else 2
@@ -143,6 +143,7 @@ def main() -> None:
     for name, layers in slabs(args.quick):
         m = measure(name, layers, reps)
         rows.append({**m, "extrapolated": extrapolate(m, workers)})
+    args.out = out_path("simulation.json", args.out)
     result = {
         "command": "python -m benchmarks.bench_simulation" + (" --quick" if args.quick else ""),
         "machine": {
@@ -158,6 +159,7 @@ def main() -> None:
         ),
         "results": rows,
     }
+    result = stamped("bench_simulation", result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     hdr = f"{'preset':6} {'gpts':>5} {'px':>4} {'A/px':>6} {'s/exit wave':>12} {'s/defocus img':>14}"

@@ -86,7 +86,6 @@ def main() -> None:
             rows.append(row)
     payload = {
         "benchmark": "bench_stack_read",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m " + invocation("benchmarks.bench_stack_read"),
         "machine": machine(),
         "frames": a.frames, "frame": [a.size, a.size], "chunk_frames": a.chunk,

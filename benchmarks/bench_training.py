@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import table
+from benchmarks.common import out_path, stamped, table
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.invocation import invocation
 from training.train.augment import draw_batch
 from training.train.network import build_network
 from training.train.presets import preset_config
 
-OUT = Path(__file__).resolve().parent / "results" / "bench_training.json"
 ENGINE = Path(__file__).resolve().parents[1] / "engines" / "sbd-unet4-default"
 
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m " + invocation("benchmarks.bench_training", argv)
     if a.onnx_sweep:
         sweep = onnx_channel_sweep()
-        path = a.out or OUT.with_name("bench_onnx_channels.json")
+        path = out_path("bench_onnx_channels.json", a.out)
         _write(path, {"command": command, "cpus": os.cpu_count(), "rows": sweep})
         cols = ["channels", "parameters", "frame", "batch", "threads", "ms_per_frame_median"]
         print(table(sweep, [*cols, "ms_per_frame_best", "frames_per_s", "load_avg"]))
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_step": [train_step_rate(p) for p in ("default", "fov53", "fov1013", "small_unet", "dncnn")],
         "frame_latency": [frame_latency(k) for k in ("onnxruntime", "torch")] if ENGINE.is_dir() else [],
     }
-    path = a.out or OUT
+    path = out_path("bench_training.json", a.out)
     _write(path, res)
     print(
         table(res["train_step"], ["preset", "batch", "patch", "step_s_median", "samples_per_s", "load_avg"])
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _write(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(stamped("bench_training", payload), indent=2) + "\n")
 
 
 if __name__ == "__main__":

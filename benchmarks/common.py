@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sbd_stream.cli.run_info import git_state, run_info, run_started
 from sbd_stream.invocation import invocation
 
@@ -25,6 +23,8 @@ STARTED = run_started()
 
 
 def machine() -> dict[str, Any]:
+    import torch  # here, not at import: the network benchmarks (bench_curve, bench_dectris) need no torch
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -56,6 +56,21 @@ def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def out_path(file_name: str, given: Path | None = None) -> Path:
+    """``given`` (an explicit ``--out``), else ``results_dir()/file_name``: a benchmark that names its own
+    file must still honour ``$SBD_BENCH_RESULTS``, or a sizing run overwrites the committed numbers."""
+    return given if given is not None else results_dir() / file_name
+
+
+def stamped(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with what ``write_result`` adds (benchmark, date, started, load at start and end,
+    commit, versions), for a benchmark that writes its own file; the payload's keys win, and its
+    ``machine`` is merged over the common one (README renders both)."""
+    info = run_info(STARTED)
+    mach = {**info["machine"], **payload.get("machine", {})}
+    return {"benchmark": name, **info, **payload, "machine": mach}
 
 
 def _module(name: str) -> str:

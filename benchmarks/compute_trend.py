@@ -205,6 +205,19 @@ def _short(key: str) -> str:
     return key.replace("_paper_psnr", "").replace("region_", "")
 
 
+def missing_data(test: Path, val: Path) -> str:
+    """One line naming the test / validation sets that are not there (``data/`` is git-ignored, so a
+    fresh clone has neither) and how to make them, or "": a traceback from h5py said neither."""
+    gone = [str(p) for p in (test, val) if not p.is_file()]
+    if not gone:
+        return ""
+    return (
+        f"compute_trend: not found: {', '.join(gone)} (data/ is not in a clone; "
+        "`sbd-train simulate --preset paper --out data/paper.h5` writes data/paper.h5 and "
+        "data/paper-test60pm.h5, docs/training.md; or pass --test / --val)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", type=Path, default=MANIFEST)
@@ -234,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['name']}: {out}" + (" (committed engine, not copied)" if "engine" in r else ""))
         return 0
     test = args.test or _path(manifest.get("test", "data/paper-test60pm.h5"))
+    missing = missing_data(test, args.val or _path(manifest.get("val", "data/paper.h5")))
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     res = evaluate(
         manifest, test, args.max_test_images, args.only, args.engine_kind, args.device, val=args.val
     )
