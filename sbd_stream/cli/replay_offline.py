@@ -37,10 +37,11 @@ def offline_conflicts(
     offline: bool, live_given: dict[str, Any], out: Path | None, dask_workers: int | None
 ) -> str | None:
     """Why the options cannot go together (None: they can). ``live_given``: each live replay option by
-    name, truthy where given; with ``--offline`` they have no meaning, and ``--out`` / ``--dask-workers``
-    none without it."""
+    name, None or False where not given; with ``--offline`` they have no meaning, and ``--out`` /
+    ``--dask-workers`` none without it. A number given as 0 is given: ``v not in (None, False)`` took
+    ``--evidence-frames 0`` (0 == False) for absent and dropped it without a word (mutation round h29c)."""
     if offline:
-        named = [k for k, v in live_given.items() if v not in (None, False)]
+        named = [k for k, v in live_given.items() if v is not None and v is not False]
         if named:
             one = len(named) == 1
             return (
