@@ -14,24 +14,15 @@ import numpy as np
 import pytest
 import zmq
 from conftest import wait_until
+from test_curve import _sub  # a SUB with or without CURVE, as the CURVE tests make it
 
 from sbd_stream.config import PublishSettings
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import TOPIC_DENOISED, FrameHeader
-from sbd_stream.security import CurveSettings, apply_curve, generate_keypair
+from sbd_stream.security import CurveSettings, generate_keypair
 from sbd_stream.sinks.publisher import Publisher
 
 pytestmark = pytest.mark.integration
-
-
-def _sub(ctx: zmq.Context, endpoint: str, curve: CurveSettings | None) -> zmq.Socket:
-    sock = ctx.socket(zmq.SUB)
-    sock.linger = 0
-    if curve is not None:
-        apply_curve(sock, curve, binds=False, domain="unused")
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
-    return sock
 
 
 @pytest.mark.timeout(120)
