@@ -26,6 +26,7 @@ from sbd_stream.protocol import (
     DTYPES,
     MAX_HEADER_BYTES,
     MAX_JSON_DEPTH,
+    MAX_SEQ,
     MAX_SIDE,
     TOPIC_FRAME,
     TOPIC_SERIES_END,
@@ -126,7 +127,7 @@ def _image_count(n: Any) -> int | None:
     It travels on as the start's ``n_frames`` and the end's ``frames_expected``: a CBOR bignum or a JSON
     ``nimages`` of 400 digits (no float holds it) made the edge refuse the ``series_end`` too
     (``bad_meta``), so the part stayed open until ``record.idle_close_s``."""
-    return n if _is_int(n) and 0 <= n <= MAX_SERIES else None
+    return n if _is_int(n) and 0 <= n <= MAX_SEQ else None  # it counts frames, so a frame number's bound
 
 
 def _shape(h: int, w: int, itemsize: int, max_payload: int) -> tuple[int, int]:
