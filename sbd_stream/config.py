@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,7 +19,13 @@ from sbd_stream.compute.binning import DEFAULT_TOLERANCE
 from sbd_stream.compute.evidence import evidence_defaults
 from sbd_stream.compute.likelihood import LikelihoodConfig
 from sbd_stream.config_file import read_toml
-from sbd_stream.config_merge import check_env_names, merge_layer, older_policy_in_its_layer
+from sbd_stream.config_merge import (
+    check_env_names,
+    merge_layer,
+    no_bool,
+    not_blank,
+    older_policy_in_its_layer,
+)
 from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD, MAX_SIDE
 from sbd_stream.security import CurveSettings, plain_path
 
@@ -36,22 +42,16 @@ Pixels, FrameBytes = Annotated[int, Field(le=MAX_SIDE)], Annotated[int, Field(le
 Threads, MiB = Annotated[int, Field(le=1024)], Annotated[float, Field(le=2.0**30)]  # MiB: at most 1 PiB
 
 
-def _no_bool(cls: type[BaseModel], data: Any) -> Any:
-    """Numbers refuse true / false as in the environment (``SBD_STOP_TIMEOUT_S=true``: not a number): TOML's
-    ``stop_timeout_s = true`` read as 1.0. (No field validator: ``dialect`` is a discriminator.)"""
-    for k, v in data.items() if isinstance(data, dict) else ():
-        a = cls.model_fields[k].annotation if k in cls.model_fields else bool
-        kinds = {x for t in (a, *get_args(a)) for x in (t, *get_args(t))}  # Optional[Annotated[int, ...]]
-        if isinstance(v, bool) and bool not in kinds and {int, float} & {*kinds, *map(type, kinds)}:
-            data = {**data, k: str(v).lower()}  # the text then fails as the environment's does
-    return data
-
-
 class _Section(BaseModel):
     """A settings table: unknown keys, NaN / Infinity and booleans given for numbers are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    _numbers_not_bools = model_validator(mode="before")(_no_bool)
+    _numbers_not_bools = model_validator(mode="before")(no_bool)
+
+
+# Checked here, not at the engine's load: "tensorrrt" / "gpu" was three backends' errors naming no setting
+Backend = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+Device = Annotated[str, Field(pattern=r"^(cpu|cuda)(:[0-9]+)?$")]
 
 
 class BackpressurePolicy(enum.StrEnum):
@@ -153,6 +153,7 @@ class RecordSettings(_Section):
     enabled: bool = True
     directory: Path = Field(Path("recordings"), description="one HDF5 file per acquisition goes here")
     _plain_directory = field_validator("directory", mode="before")(plain_path)  # no NUL, no newline
+    _directory_given = field_validator("directory", mode="before")(not_blank("empty: is it . on purpose?"))
     suffix: str = Field(
         ".nxs",
         pattern=r"^\.(nxs|h5)$",
@@ -271,18 +272,18 @@ class LikelihoodSettings(LikelihoodConfig, _Section):
 
 
 class DenoiseSettings(_Section):
-    engine: str = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
+    engine: Backend = Field("auto", description="backend: auto, tensorrt, onnxruntime or torch")
     model: str | None = Field(
         None, description="engine name under engines/ or a path (default: the live engine for the device)"
     )
-    device: str | None = Field(None, description="cpu or cuda[:N] (default: the best available)")
+    device: Device | None = Field(None, description="cpu or cuda[:N] (default: the best available)")
     workers: int | None = Field(
         None,
         ge=1,
         le=64,
         description="engine workers (default: one per listed device or visible GPU, else 1)",
     )
-    devices: list[str] | None = Field(
+    devices: list[Device] | None = Field(
         None, min_length=1, description='devices the workers run on, cycled, e.g. ["cuda:0", "cuda:1"]'
     )
     threads_per_worker: Threads | None = Field(

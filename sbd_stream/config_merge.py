@@ -11,15 +11,44 @@ got wrong:
   names that match a field, so such a typo was silently not applied. So is a top-level name one edit
   or so from a field (``SBD_STOP_TIMEOUT`` for ``SBD_STOP_TIMEOUT_S``); other ``SBD_`` names
   (``SBD_ENGINE_DIR``, a user's own) are left alone.
+
+And what every layer's values must not be, whichever layer gave them: ``true`` / ``false`` for a number
+(``no_bool``), an empty recording folder (``not_blank``).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel
 
 DOSE_KEYS = ("dose_e_per_A2", "counts_per_px")
+
+
+def no_bool(cls: type[BaseModel], data: Any) -> Any:
+    """Numbers refuse true / false as in the environment (``SBD_STOP_TIMEOUT_S=true``: not a number): TOML's
+    ``stop_timeout_s = true`` read as 1.0. (A model validator: ``dialect`` is a discriminator.)"""
+    for k, v in data.items() if isinstance(data, dict) else ():
+        a = cls.model_fields[k].annotation if k in cls.model_fields else bool
+        kinds = {x for t in (a, *get_args(a)) for x in (t, *get_args(t))}  # Optional[Annotated[int, ...]]
+        if isinstance(v, bool) and bool not in kinds and {int, float} & {*kinds, *map(type, kinds)}:
+            data = {**data, k: str(v).lower()}  # the text then fails as the environment's does
+    return data
+
+
+def not_blank(why: str) -> Any:
+    """A field validator refusing an empty or blank text with ``why``: ``record.directory = ""``, or an
+    unset shell variable in ``SBD_RECORD__DIRECTORY=$DIR``, recorded into the working folder (``Path("")``
+    is ``.``) without a word (audit h30)."""
+
+    def check(v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(why)
+        return v
+
+    return check
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,62 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from sbd_stream.protocol import FrameHeader, SeriesMessage
+from sbd_stream.protocol import MAX_SIDE, FrameHeader, SeriesMessage
 
-__all__ = ["Frame", "FrameHandler", "FrameHeader", "FrameQueue", "SeriesHandler", "SeriesMessage"]
+__all__ = [
+    "MAX_OUTPUT_BYTES",
+    "RESERVED_META",
+    "SERVICE_META_KEYS",
+    "Frame",
+    "FrameHandler",
+    "FrameHeader",
+    "FrameQueue",
+    "SeriesHandler",
+    "SeriesMessage",
+    "own_keys_renamed",
+]
+
+MAX_OUTPUT_BYTES = MAX_SIDE**2 * 4
+"""The largest payload the publisher sends (``protocol.encode_frame``'s bound, written out there: protocol
+sits below this module): any v1 frame as float32, 16384^2 x 4 bytes = 1 GiB. An output is float32, up to
+4x its input, so the service's own subscribers (the demo's ``Collector``, the viewer) take this much: with
+the input's 57 MB default a 4096^2 demo counted every output malformed (audit h30 follow-up)."""
+SERVICE_META_KEYS = frozenset(
+    {
+        "n_columns", "columns_fields", "evidence_frames", "vacuum_counts",  # llr_table.llr_columns: every llr
+        "nonfinite_pixels", "saturated_pixels", "hot_pixels", "bright_pixels",  # service/edge.py, at ingest
+        "blank", "vacuum_not_flat",  # service/frame_flags.py, the batch stage
+        "replay_of",  # sources/replay.py, on a replayed series_start
+    }
+)  # fmt: skip
+"""The keys the service itself adds to an output's ``meta``. One home, below sources and sinks (which
+never import each other): the publisher keeps them when a producer's meta must go (a header over 64 KiB),
+every input renames a producer's key of the same name (``RESERVED_META``, ``own_keys_renamed``)."""
+RESERVED_META = SERVICE_META_KEYS | {"meta_dropped"}
+"""``meta`` keys a reader of the outputs takes for the service's word (``meta_dropped``: the publisher's
+note that a producer's meta went)."""
+
+
+def own_keys_renamed(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """``meta`` with each key in ``RESERVED_META`` renamed ``meta.<key>`` (``meta.meta.<key>`` if taken);
+    None when no key clashes (the caller keeps its dict).
+
+    Why: the service adds ``blank``, ``hot_pixels``, ``n_columns``... only when they apply, so a producer's
+    key of that name came out as the service's word (audit h30). Renamed, not refused: the value is kept.
+    """
+    if RESERVED_META.isdisjoint(meta):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        name = key
+        while name in RESERVED_META or (name != key and name in meta):
+            name = f"meta.{name}"
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -138,6 +188,24 @@ class FrameQueue:
             if not self._items:
                 return None
             return self._pop()
+
+    def take_matching(self, pred: Callable[[object], bool], limit: int) -> list[object]:
+        """Remove and return, oldest first, up to ``limit`` queued items ``pred`` accepts; the others keep
+        their order. Why: the recorder writes an acquisition's queued frames together, while its part is
+        open, instead of closing and reopening parts between interleaved acquisitions."""
+        with self._cond:
+            taken: list[object] = []
+            kept: collections.deque[tuple[object, int, bool]] = collections.deque()
+            for entry in self._items:
+                if len(taken) < limit and pred(entry[0]):
+                    taken.append(entry[0])
+                    self._bytes -= entry[1]
+                else:
+                    kept.append(entry)
+            if taken:
+                self._items = kept
+                self._changed()
+            return taken
 
     def drain_newest(self, keep: int) -> tuple[list[object], list[object]]:
         """Take everything: (up to ``keep`` newest items, the older ones that were skipped)."""

@@ -193,7 +193,7 @@ def encode_frame(
         engine=engine,
         columns=columns,
     )
-    _check_frame_header(header, DEFAULT_MAX_PAYLOAD * 2)
+    _check_frame_header(header, MAX_SIDE**2 * 4)  # any v1 frame: an output is float32, 4x a uint8 input
     return [topic, _dumps(header.to_json()), memoryview(arr).cast("B")]
 
 

@@ -55,6 +55,8 @@ FLAG_OF_SETTING = {
     "publish.endpoint": "--output",
     "record.directory": "--record-dir",
     "denoise.device": "--device",
+    "denoise.devices": "--devices",  # an entry: "--devices (entry 2)"
+    "denoise.engine": "--engine",  # a TOML's denoise.engine stays itself (from_flags)
     "denoise.workers": "--workers",
 }
 """Settings the command-line flags set, so an error names the flag the user typed."""
@@ -84,11 +86,17 @@ def settings_error(
         loc = ".".join(str(x) for x in err.get("loc", ()))
         for prefix in ("ServiceSettings.", "DetectorSettings."):
             loc = loc.removeprefix(prefix)
-        name = names.get(loc) or names.get(f"detector.{loc}") or loc or "settings"
+        name = names.get(loc) or names.get(f"detector.{loc}") or _entry_of(loc, names) or loc or "settings"
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
         parts.append(f"{name}: {msg}{given}")
     return "; ".join(parts) or str(e)
+
+
+def _entry_of(loc: str, names: dict[str, str]) -> str | None:
+    """``--devices (entry 2)`` for ``denoise.devices.1``: a list setting's item named by its flag."""
+    base, _, index = loc.rpartition(".")
+    return f"{names[base]} (entry {int(index) + 1})" if index.isdigit() and base in names else None
 
 
 def fail(msg: str) -> NoReturn:

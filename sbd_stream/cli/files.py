@@ -49,7 +49,9 @@ def denoise(
         None, help="Tile margin in working pixels (default: the engine card's)"
     ),
     orientations: int = typer.Option(
-        8, help="Average the engine over 1, 2, 4 or 8 turned copies of each frame (8: equivariant)"
+        8,
+        help="Average the engine over 1, 2, 4 or 8 turned copies of each frame (8: equivariant); an "
+        "engine trained with flips only gets its 4 flips for 4 or 8",
     ),
     upsample: str | None = typer.Option(
         None,
@@ -186,7 +188,11 @@ def info(
         None, help="Engine name or path to describe alone (default: every engine under the engine root)"
     ),
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="TOML settings: show the engine workers they plan"
+        None,
+        "--config",
+        "-c",
+        help="TOML settings: show the engine workers they plan",
+        readable=False,  # ours to check: an unreadable file is one `error:` line, not click's usage box
     ),
     service: str | None = typer.Option(
         None, "--service", help="A running service's metrics URL, e.g. http://127.0.0.1:9105: per-worker load"

@@ -192,7 +192,7 @@ def stages_or_fail(s: ServiceSettings) -> list[BatchStage]:
 def replay(
     file: Path = typer.Argument(..., help="A recording made by `serve` (the first file of the series)"),
     realtime: bool = typer.Option(False, "--realtime", help="Keep the recorded frame rate (default: max)"),
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML settings file"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML settings file", readable=False),
     output: str | None = typer.Option(None, "--output", help="Publish results here too"),
     publish: bool = typer.Option(False, "--publish/--no-publish", help="Publish results on --output"),
     record_dir: Path | None = typer.Option(None, "--record-dir", help="Record results here (default: none)"),

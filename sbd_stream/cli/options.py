@@ -95,7 +95,10 @@ Compression = Annotated[
     ),
 ]
 ConfigFile = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (see docs/service.md)")
+    Path | None,
+    # readable=False: the settings loader reads it, so an unreadable file is one `error:` line (click's own
+    # check printed its usage box, audit h30)
+    typer.Option("--config", "-c", help="TOML settings file (see docs/service.md)", readable=False),
 ]
 
 

@@ -50,6 +50,7 @@ from sbd_stream.protocol import (
     TOPIC_SERIES_START,
 )
 from sbd_stream.sources.seqtimes import same_ts
+from sbd_stream.sources.sequence import MAX_GAP  # the input's rule: a bigger jump is no loss
 
 __all__ = ["DEFAULT_GAP_TIMEOUT_S", "DEFAULT_WINDOW", "Released", "ReorderBuffer"]
 
@@ -397,7 +398,13 @@ class ReorderBuffer:
         n = last - first + 1
         if n <= 0:
             return
-        st.missing.append((first, last))
+        said = n > MAX_GAP and any(y - x >= MAX_GAP for s in a.streams.values() for x, y in s.missing)
+        st.missing.append((first, last))  # a frame of it that comes after all is late, not a duplicate
+        if n > MAX_GAP:  # the sender's own numbering, as at the input: a 2^63 - 2 poisoned the float counter
+            msg = "merge: %s %s: frames %d-%d not counted missing: a jump past %d is the sender's numbering"
+            log.log(logging.DEBUG if said else logging.WARNING, msg + " (logged once per acquisition)",
+                    a.acq, topic, first, last, MAX_GAP)  # fmt: skip
+            return
         st.n_missing += n
         self._count("gaps", topic)
         self._count("missing", topic, n)

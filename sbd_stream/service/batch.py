@@ -38,8 +38,8 @@ from sbd_stream.compute.scoring import score_frames
 from sbd_stream.config import DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import EngineCard
 from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.engines.symmetry import describe, ensemble, symmetrised, trained_orientations
 from sbd_stream.engines.symmetry import orientations as orientations_of
-from sbd_stream.engines.symmetry import symmetrised, trained_orientations
 from sbd_stream.frames import Frame
 from sbd_stream.service.batch_result import BatchResult, PackedBatch
 from sbd_stream.service.binned_cache import BinnedCache
@@ -127,17 +127,19 @@ class BatchStage:
         orientations: int = 1,
     ) -> None:
         """``orientations``: 1 (live), or 2 / 4 / 8 to average the engine over turned copies of each frame
-        (``engines/symmetry.py``: exactly orientation-equivariant, one engine call per orientation), at
-        most as many as the engine's card says it was trained in (``trained_orientations``)."""
+        (``engines/symmetry.py``: exactly orientation-equivariant, one engine call per orientation), over
+        only those the engine's card says it was trained in (``ensemble``: a flips-only engine gets its 4
+        flips for 4 or 8). ``orientation_set`` is what is used, ``orientations`` its count."""
         orientations_of(orientations)  # refuse an unknown count here, not on the first frame
-        trained = trained_orientations(denoiser.engine.card.training)
-        self.orientations = min(orientations, trained)
+        training = denoiser.engine.card.training
+        self.orientation_set = ensemble(orientations, training)
+        self.orientations = len(self.orientation_set)
         if self.orientations < orientations:
             log.warning(
-                "engine %s was trained in %d orientation(s): averaging over %d instead of %d",
+                "engine %s was trained in %d orientation(s): averaging over %s instead of %d",
                 denoiser.engine.card.name,
-                trained,
-                self.orientations,
+                trained_orientations(training),
+                describe(self.orientation_set),
                 orientations,
             )
         self.denoiser = denoiser
@@ -291,7 +293,7 @@ class BatchStage:
         blank_rows = level < blank_below(g.vacuum_counts, g.bin * g.bin)  # per working pixel
         blank = blank_rows[earlier:]
         den_w = symmetrised(
-            lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientations
+            lambda t: self.denoiser.denoise(t, dose=g.vacuum_counts), binned, self.orientation_set
         )
         den_w = den_w.masked_fill(blank.view(-1, 1, 1), 0.0)  # no beam: zeros (no host sync to ask first)
         den = unbin(den_w, g.bin, (h, w), self.upsample)

@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 
 from sbd_stream.compute.quality import PAPER_COUNTS_PER_PX, paper_psnr, psnr
+from sbd_stream.frames import MAX_OUTPUT_BYTES
 from sbd_stream.protocol import (
     TOPIC_SERIES_START,
     FrameMessage,
@@ -83,7 +84,10 @@ class Received:
 
 
 class Collector:
-    """A subscriber of the service's output (what a viewer would be); keeps what it receives."""
+    """A subscriber of the service's output (what a viewer would be); keeps what it receives.
+
+    It takes any frame the publisher may send (``frames.MAX_OUTPUT_BYTES``): with the input's 57 MB
+    default, every float32 output of a ``demo --shape 4096x4096`` (67 MB) was counted as malformed."""
 
     def __init__(
         self,
@@ -123,7 +127,7 @@ class Collector:
                     continue
                 parts = self.sock.recv_multipart(copy=False)
                 try:
-                    msg = decode(parts)
+                    msg = decode(parts, max_payload=MAX_OUTPUT_BYTES)  # float32 outputs: 4x a uint8 input
                 except ProtocolError:
                     self.malformed += 1
                     continue

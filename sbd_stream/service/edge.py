@@ -89,6 +89,12 @@ HOT_MIN_RATE = 2.0
 HOT_MAX_DOSE = 5.0
 """A frame whose own dose (mean below the threshold) is over this many times the configured one: a wrong
 configured dose, not hot pixels; no hot-pixel rule for it."""
+HOT_MAX_FRACTION = 0.01
+"""A frame with more than this fraction of its pixels at the threshold while the rest count under
+1 / ``HOT_MAX_DOSE`` of the configured dose is not counts at that dose either: camera units or a gain
+(30 ADU per electron: every pixel hit reaches the 27-count threshold, the others are 0, so "the mean of
+the others" was 0, every hit was replaced by it, and the frame came out blank, exit 0; audit h30). A hot
+column of a 256^2 frame at the configured dose is 0.39 %: still replaced."""
 
 
 class HotThreshold(int):
@@ -169,8 +175,10 @@ def _scan(
     total = None if kind == "f" else _sum(data)  # floats: the mean of the others directly (``_own_dose``)
     n = idx.size - (int(np.count_nonzero(flagged)) if flagged is not None else 0)  # the hot ones
     dose = getattr(hot, "dose", None)
-    if n and dose is not None and _own_dose(data, drop, idx, total) > HOT_MAX_DOSE * dose:
-        return masks, n, None, None
+    if n and dose is not None:
+        own = _own_dose(data, drop, idx, total)
+        if own > HOT_MAX_DOSE * dose or (n > HOT_MAX_FRACTION * data.size and own * HOT_MAX_DOSE < dose):
+            return masks, n, None, None  # a wrong dose, or not counts: left as they are, "too bright"
     if n:
         masks[HOT_KEY] = over if flagged is None else over & ~flagged  # +Inf / the maximum: flagged already
     return masks, 0, idx, total
@@ -318,8 +326,10 @@ def _said(key: str, n: int, counts_per_px: float | None, live: bool = False) -> 
 def _bright(counts_per_px: float | None, where: str = "") -> str:
     return (
         f"at {_why(counts_per_px)}, in a frame whose own mean count is over {HOT_MAX_DOSE:g}x the configured "
-        f"dose: not hot pixels but a dose far above the configured one; left as they are ({where}state the "
-        "dose: --counts-per-px / --dose)"
+        f"dose, or with over {HOT_MAX_FRACTION:.0%} of its pixels there and the rest under "
+        f"1/{HOT_MAX_DOSE:g} of it: not hot pixels but a dose far from the configured one, or not counts "
+        f"(camera units, a gain); left as they are ({where}state the dose: --counts-per-px / --dose; or "
+        "divide by the gain)"
     )
 
 

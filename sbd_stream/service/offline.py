@@ -24,7 +24,7 @@ from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
 from sbd_stream.service.offline_output import output_held
-from sbd_stream.service.offline_plan import unstated
+from sbd_stream.service.offline_plan import overridden, unstated
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag
 from sbd_stream.service.offline_terminal import progress as progress_bar
 from sbd_stream.service.offline_terminal import say
@@ -87,6 +87,8 @@ def _denoise_file(
     try:
         given = {k: v for k, v in (detector or {}).items() if v is not None}
         sampling = dict(stack.sampling)
+        if (note := overridden(sampling, given)) is not None:
+            log.warning("%s", note)
         if "dose_e_per_A2" in given or "counts_per_px" in given:
             sampling.pop("dose_e_per_A2", None)
             sampling.pop("counts_per_px", None)

@@ -42,6 +42,7 @@ from sbd_stream.service.offline_plan import (  # re-exported: the job's pure par
     fingerprint,
     inspect_recording,
     inspect_stack,
+    overridden,
     plan_chunks,
     recording_index,
     resolve_detector,
@@ -295,6 +296,8 @@ def denoise_distributed(
     if scheduler not in ("local", "none") and not scheduler.startswith(("tcp://", "tls://")):
         raise ValueError(f"--scheduler must be local, none or tcp://host:port, got {scheduler!r}")
     if (note := unstated(dict(src.sampling), detector)) is not None:
+        log.warning("%s", note)
+    if (note := overridden(dict(src.sampling), detector)) is not None:
         log.warning("%s", note)
     det = DetectorSettings(**resolve_detector(dict(src.sampling), detector)).model_dump(exclude_none=True)
     size = chunk_size(chunk_frames, batch)

@@ -116,6 +116,25 @@ def unstated(sampling: dict[str, float], given: dict[str, float | None] | None) 
     return f"the input does not state {' or '.join(missing)}: the paper's K2 sampling is assumed"
 
 
+_SAMPLING_FLAGS = {"pixel_size_A": ("--pixel-size", "A"), "dose_e_per_A2": ("--dose", "e/A^2"),
+                   "counts_per_px": ("--counts-per-px", "counts/px")}  # fmt: skip
+
+
+def overridden(sampling: dict[str, float], given: dict[str, float | None] | None) -> str | None:
+    """Options that replace a different value the input states, as a warning, or None.
+
+    ``evaluate-images`` said so and ``denoise`` did not (audit h30): a ``--pixel-size 0.05`` given out of
+    habit silently outranked the 0.060 A an MRC header states, and the frames were binned for the wrong
+    pixel. The option still wins (it is how a wrong header is corrected); the line says it did.
+    """
+    said = []
+    for key, (flag, unit) in _SAMPLING_FLAGS.items():
+        mine, theirs = (given or {}).get(key), sampling.get(key)
+        if mine is not None and theirs is not None and abs(mine / theirs - 1) > 1e-3:
+            said.append(f"{flag} {mine:g} replaces the {theirs:g} {unit} the input states")
+    return "; ".join(said) or None
+
+
 def default_workers(n_chunks: int, cores: int) -> int:
     return max(1, min(cores, n_chunks))
 

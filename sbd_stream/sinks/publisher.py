@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from sbd_stream.config import PublishSettings, SocketMode
-from sbd_stream.frames import FrameQueue
+from sbd_stream.frames import SERVICE_META_KEYS, FrameQueue
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
@@ -49,17 +49,9 @@ from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
 
-SERVICE_META_KEYS = frozenset(
-    {
-        "n_columns", "columns_fields", "evidence_frames", "vacuum_counts",  # llr_table.llr_columns: every llr
-        "nonfinite_pixels", "saturated_pixels", "hot_pixels", "bright_pixels",  # service/edge.py, at ingest
-        "blank", "vacuum_not_flat",  # service/frame_flags.py, the batch stage
-        "replay_of",  # sources/replay.py, on a replayed series_start
-    }
-)  # fmt: skip
-"""The keys the service itself adds to an output's ``meta``: kept when the producer's meta must go (an
-output header over 64 KiB), so a client can rely on what docs/wire-format.md promises (``n_columns``
-on every ``llr``, the flags); dropping them too made ``meta.n_columns`` a KeyError (audit h28, 8)."""
+# SERVICE_META_KEYS (frames.py): kept when the producer's meta must go (an output header over 64 KiB), so
+# a client can rely on what docs/wire-format.md promises (``n_columns`` on every ``llr``, the flags);
+# dropping them too made ``meta.n_columns`` a KeyError (audit h28, 8).
 KEPT_VALUE_BYTES = 512
 """A kept key's value is at most this much JSON (the service's are numbers, booleans, the four column
 field names, a path): a producer's own key of the same name and a larger value goes with its meta, so the

@@ -27,6 +27,9 @@ reader or a reader of a crashed file trusts exactly ``len(complete)`` frames. Th
 * ``bitshuffle-lz4``: ``compress_threads`` compress raw frames (the filter's exact chunk) while this
   thread writes earlier ones with ``write_direct_chunk`` in queue order (at most 2 x threads in
   flight); a failed compression or a dataset that cannot take the chunk falls back to the filter.
+* behind (items queued), the queued items of the acquisition in hand are taken along (``BATCH``, in
+  their order; ``FrameQueue.take_matching``) and written while its part is open: interleaved
+  acquisitions past ``max_open_files`` closed and reopened a part per item (audit h30 follow-up).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ __all__ = ["FORMAT", "KINDS", "RecordItem", "Recorder", "open_recording"]
 log = logging.getLogger(__name__)
 
 CONTROL = ("series_start", "series_end")
+BATCH = 64
+"""Most items of one acquisition written in a row while others wait (``Recorder._handle``)."""
 
 
 class Recorder(OpenParts, BackgroundWorker):
@@ -143,8 +148,19 @@ class Recorder(OpenParts, BackgroundWorker):
                 return ok
             self.metrics.record_dropped.inc()
             what = "items NOT recorded (recorder queue full)"
-            msg = "recorder queue full: %s frame %s of %s NOT recorded (counted in %s; more: once a minute)"
-            self.loss_log.log("queue-full", logging.ERROR, what, msg, item.kind, item.seq, item.acq, where)
+            q = self.queue
+            full = (
+                f"ingest.record_queue_frames = {q.maxlen}" if len(q) >= q.maxlen else f"{q.max_bytes} bytes"
+            )
+            msg = (
+                "recorder queue full (%s): %s frame %s of %s NOT recorded (counted in %s; more: once a "
+                "minute). The writer is behind: a burst of new acquisitions (each new part costs ~20-40 ms "
+                "of HDF5 layout) or a slow disk; raise ingest.record_queue_frames for bursts "
+                "(docs/service.md)"
+            )
+            self.loss_log.log(
+                "queue-full", logging.ERROR, what, msg, full, item.kind, item.seq, item.acq, where
+            )
         return ok
 
     # --- consumer side ----------------------------------------------------------------------------
@@ -195,7 +211,26 @@ class Recorder(OpenParts, BackgroundWorker):
         self.close_all()
 
     def _handle(self, item: RecordItem) -> None:
-        """The thread's body: compress raw frames on the pool, write everything in queue order."""
+        """The thread's body: compress raw frames on the pool, write everything in queue order.
+
+        Behind (items queued), the queued items of ``item``'s acquisition are taken along, in their order
+        (at most ``BATCH``): written while its part is open. With more acquisitions interleaved than
+        ``record.max_open_files`` each item otherwise closed one part and reopened its own (~10x the
+        cost of an append, benchmarks/bench_recorder.py ``round_robin``). The order within an acquisition
+        (frames, outputs, series_start / series_end) is kept; across acquisitions it never mattered.
+        """
+        self._take(item)
+        if not len(self.queue):
+            return
+        for more in self.queue.take_matching(lambda it: getattr(it, "acq", None) == item.acq, BATCH - 1):
+            assert isinstance(more, RecordItem)
+            if self._giving_up:  # the stop's time ran out: as if still queued (``give_up``)
+                self.metrics.record_dropped.inc(more.data is not None)
+                continue
+            self.supervisor.call(self.stage, self._take, more, on_error=self._quarantine)
+
+    def _take(self, item: RecordItem) -> None:
+        """One item: control messages and (without a pool) frames written now, raw frames compressed."""
         item = self._as_stored(item)
         if item.kind in CONTROL or self._pool is None:
             self._drain()

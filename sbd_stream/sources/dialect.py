@@ -10,7 +10,9 @@ What every dialect counts the same way (``frames_received``, the decode latency,
 malformed reasons) goes through ``Emitter``, so the counters mean the same whichever detector is on.
 It is also the last check at the edge for every dialect: ``meta`` holding NaN / Infinity (a DECTRIS
 configuration with ``1e400`` in it, say) is refused as ``bad_meta`` here, and a ``ts`` naming no date
-(``protocol.TS_MIN`` .. ``TS_MAX``) as ``bad_ts``, so no sink ever sees either.
+(``protocol.TS_MIN`` .. ``TS_MAX``) as ``bad_ts``, so no sink ever sees either. A frame's ``meta`` key
+named like one the service sets itself (``frames.RESERVED_META``: ``blank``, ``hot_pixels``...) is
+renamed ``meta.<key>`` here for every dialect, so an output's flags are always the service's word.
 
 Every rejection is counted by reason, and the first one of each reason is logged at WARNING (what was
 wrong, the metric to watch): a bridge sending a wrong field at 40 Hz was otherwise silent unless
@@ -19,13 +21,14 @@ someone read ``/metrics``. Later ones are logged at DEBUG, so a broken sender ca
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sbd_stream.config import InputSocket
-from sbd_stream.frames import Frame, FrameHandler, SeriesHandler
+from sbd_stream.frames import RESERVED_META, Frame, FrameHandler, SeriesHandler, own_keys_renamed
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import ProtocolError, SeriesMessage, finite_json, ts_ok
 
@@ -72,6 +75,7 @@ class Emitter:
         self.metrics = metrics
         self.on_frame, self.on_series = on_frame, on_series
         self._reported: set[str] = set()  # rejection reasons already logged at WARNING
+        self._renamed: set[str] = set()  # producer meta keys renamed so far (logged once each)
         self.docs = "docs/wire-format.md"  # where a refused message's reasons are listed (the dialect's)
 
     def frame(self, frame: Frame) -> None:
@@ -84,9 +88,23 @@ class Emitter:
         if not ts_ok(h.ts):  # a date the recording can state (wire v1 checks it in decode)
             self.reject("bad_ts", f"frame {h.seq} of {h.acq}: ts {h.ts!r} names no date in years 1-9999")
             return
+        if (meta := own_keys_renamed(h.meta)) is not None:
+            self._said_renamed(h.meta, h.acq)
+            frame = dataclasses.replace(frame, header=dataclasses.replace(h, meta=meta))
         m.frames_received.inc()
         m.stage_latency.labels(stage="decode").observe(time.perf_counter() - frame.t_recv)
         self.on_frame(frame)
+
+    def _said_renamed(self, meta: dict[str, Any], acq: str) -> None:
+        """One INFO line per key ever renamed (a bridge sending ``blank`` on every frame says it once)."""
+        clash = RESERVED_META.intersection(meta)
+        if clash <= self._renamed:
+            return
+        self._renamed |= clash
+        log.info(
+            "input %s: meta keys the service sets itself (%s) are passed on as meta.<key> (once per key)",
+            acq, ", ".join(sorted(clash)),
+        )  # fmt: skip
 
     def series(self, msg: SeriesMessage) -> None:
         if not finite_json(msg.header.meta) or not ts_ok(msg.header.ts):

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 INPUT_GAP_LOG_EVERY_S = 60.0
 """At most one summed-up gap line per acquisition per this many seconds, after its first gap."""
+MAX_GAP = 2**32
+"""Most frames one jump forward (or an acquisition's first number) counts as missing. A larger jump is the
+sender's own numbering (a time stamp, a counter since power-on: 2^32 frames are 3.4 years at 40 Hz), taken
+as a restart with nothing missing: one first frame numbered 2^63 - 2 (valid) added 9.2e18 to the float
+``sbd_frames_missing_total``, and every later gap (+1, +2 ...) then vanished in its rounding (audit h30)."""
 REMEMBER_EVICTED = 4096
 """Acquisitions past the tracked ones whose numbering is remembered (their last seq and its ts)."""
 _GAP_HINT = (
@@ -98,6 +103,7 @@ class SequenceTracker:
         self.last = -1
         self.times = SeqTimes(reorder_window)  # the recent numbers taken, with their ts
         self.gaplog: GapLog | None = None  # made at the first gap within a series
+        self.jumped = False  # a jump past MAX_GAP was logged for this acquisition
 
     def reset(self, acq: str | None = None) -> None:
         self.flush_gaps()  # the old series' summed-up gaps are said before the new one's
@@ -128,19 +134,40 @@ class SequenceTracker:
             self.gaplog.tick(time.monotonic())
         return event, missing
 
+    def _jump(self, acq: str, seq: int) -> bool:
+        """A number more than ``MAX_GAP`` past the last (or past -1): logged once per acquisition."""
+        if seq - self.last - 1 <= MAX_GAP:
+            return False
+        if not self.jumped:
+            self.jumped = True
+            log.warning(
+                "acquisition %s: seq %d is more than %d past the last number (%d): taken as the sender's own "
+                "numbering, not as frames lost (nothing counted in sbd_frames_missing_total; a restart). "
+                "Number frames from 0 (docs/wire-format.md); logged once per acquisition",
+                acq, seq, MAX_GAP, self.last,
+            )  # fmt: skip
+        return True
+
     def _classify(self, acq: str, seq: int, ts: float | None) -> tuple[SeqEvent, int]:
         if self.acq is not None and acq != self.acq:
             self.reset(acq)
+            jump = self._jump(acq, seq)
             self.times.add(seq, ts)
             self.last = seq
-            if seq > 0:
+            if seq > 0 and not jump:
                 self.late_start(acq, seq)
-            return SeqEvent.restart, seq  # frames 0 .. seq - 1 of the new acquisition never came
+            return SeqEvent.restart, 0 if jump else seq  # frames 0 .. seq - 1 of the new acquisition: lost
         self.acq = acq
         if seq == self.last + 1:  # ``last`` is -1 before the first frame: numbering starts at 0
             self.times.add(seq, ts)
             self.last = seq
             return SeqEvent.ok, 0
+        if self._jump(acq, seq):  # a numbering of its own: a restart past -1 is its first frame
+            first = self.last < 0
+            self.reset(acq)
+            self.times.add(seq, ts)
+            self.last = seq
+            return (SeqEvent.ok if first else SeqEvent.restart), 0
         if seq > self.last + 1:
             if self.last < 0:
                 self.late_start(acq, seq)

@@ -22,8 +22,8 @@ import numpy as np
 from sbd_stream.formats.limits import check_dtype, count_problem, frame_problem
 
 __all__ = [
-    "StackError", "check_declared", "check_dtype", "imod_unsigned", "imread_cap", "mrc_declared",
-    "npy_declared",
+    "StackError", "channel_last_note", "check_declared", "check_dtype", "imod_unsigned", "imread_cap",
+    "mrc_declared", "mrc_pixel_size", "npy_declared",
 ]  # fmt: skip
 
 NPY_MAX_HEADER = 10_000
@@ -102,7 +102,7 @@ def mrc_declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         order = utils.byte_order_from_machine_stamp(header["machst"])
         header = header.view(HEADER_DTYPE.newbyteorder(order))  # the same bytes, read in the file's order
         mode = int(header["mode"])
-        dt = np.dtype(utils.dtype_from_mode(mode))
+        dt = np.dtype(np.uint8) if mode == 101 else np.dtype(utils.dtype_from_mode(mode))  # 101: 4-bit
     except ValueError as e:
         raise ValueError(f"not a readable MRC file ({_one_line(e)})") from None
     nx, ny, nz, ext = (int(header[k]) for k in ("nx", "ny", "nz", "nsymbt"))
@@ -143,3 +143,42 @@ def imread_cap() -> int:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
     except (ValueError, OSError, AttributeError):
         return 8 * 1024**3
+
+
+def mrc_pixel_size(voxel_size: Any) -> dict[str, float]:
+    """``pixel_size_A`` from an MRC header's ``voxel_size`` (A), when set; non-square pixels refused
+    (``ValueError``, one line without the path: each reader names the file).
+
+    Why: only the X size was read, so a file of 0.06 x 0.12 A pixels was binned as if square, a
+    2x error along Y, without a word; a TIFF with unequal resolutions has always been refused."""
+    try:
+        x, y = float(voxel_size.x), float(voxel_size.y)
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    if not (math.isfinite(x) and x > 0):
+        return {}
+    if math.isfinite(y) and y > 0 and abs(x - y) > 1e-3 * x:
+        raise ValueError(
+            f"non-square pixels ({x:.4g} A wide, {y:.4g} A high, from its MRC voxel size); the engine works "
+            "on square pixels: resample the frames to square ones"
+        )
+    return {"pixel_size_A": x}
+
+
+def channel_last_note(shape: tuple[int, ...]) -> str | None:
+    """A warning when a 3-D stack looks like images kept channel-last, ``(H, W, n)``, else None.
+
+    Why: MATLAB, prismatic and Dr. Probe keep a series as ``(H, W, n)``; read along the first axis, a
+    ``(128, 160, 3)`` array was denoised as 128 frames of 160 x 3 pixels, exit 0, without a word
+    (``evaluate-images`` reads such arrays channel-last; ``denoise`` keeps frames first, as documented).
+    """
+    if len(shape) != 3:
+        return None
+    n, h, w = shape
+    if w < 32 <= min(n, h) and w < n:
+        return (
+            f"the stack's shape {tuple(shape)} is read as {n} frames of {h} x {w} pixels; if it holds {w} "
+            f"images of {n} x {h} (channel-last, as MATLAB keeps them), save it as "
+            "np.moveaxis(a, -1, 0) (frames first)"
+        )
+    return None

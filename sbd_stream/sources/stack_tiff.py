@@ -33,6 +33,7 @@ from sbd_stream.sources.stack_headers import StackError, check_declared, imread_
 LENGTH_UNITS_A = {
     "angstrom": 1.0, "a": 1.0, "\u00c5": 1.0, "\u00e5": 1.0, "\\u00c5": 1.0, "nm": 10.0, "nanometer": 10.0,
     "pm": 0.01, "um": 1e4, "\u00b5m": 1e4, "micron": 1e4, "microns": 1e4,
+    "\\u00b5m": 1e4, "\u03bcm": 1e4, "\\u03bcm": 1e4,  # ImageJ's escaped micro sign; the Greek mu
 }  # fmt: skip
 """A pixel size's unit in a TIFF's ImageJ metadata or JSON description -> angstrom per unit."""
 DECODE_ERRORS = (

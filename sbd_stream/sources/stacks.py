@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import json
-import operator
+import logging
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,11 +36,12 @@ from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, da
 from sbd_stream.sources.stack_headers import (
     NPY_MAX_HEADER,
     StackError,
+    channel_last_note,
     check_dtype,
-    imod_unsigned,
-    mrc_declared,
     npy_declared,
 )
+from sbd_stream.sources.stack_mrc import open_mrc
+from sbd_stream.sources.stack_raw import RawFrames
 from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "RawFrames", "StackError", "atomic_h5", "create_output", "discard_h5", "h5_text", "let_go_h5",
     "not_a_file", "open_stack",
 ]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
 """HDF5 files by their name (``.hspy``: HyperSpy's, frames at ``/Experiments/<title>/data``)."""
@@ -115,14 +117,15 @@ class _Single:
         return np.asarray(self.ds)[None][s]
 
 
-def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
+def open_stack(path: Path, dataset: str | None = None, warn: bool = True) -> FrameStack:
     """Open an HDF5, NPY, TIFF or MRC stack; ``dataset`` names the HDF5 dataset when it isn't obvious.
 
     The pixel size a TIFF (ImageJ ``unit`` + resolution tags, as ``sbd-stream export`` writes them) or
     an MRC header (``voxel_size``) states is read into ``sampling`` like HDF5 attributes, so a file
     exported and denoised again keeps its sampling instead of silently taking the paper's. A
     ``dataset`` for a file that has none (TIFF, NPY, MRC) is refused: ``-d no/such/dataset`` on an NPY
-    was ignored without a word.
+    was ignored without a word. ``warn=False``: no warning about the layout (``channel_last_note``),
+    for a Dask worker's reopening of a file the client has opened and warned about already.
     """
     if not path.exists():
         raise StackError(f"{path}: no such file")
@@ -139,11 +142,14 @@ def open_stack(path: Path, dataset: str | None = None) -> FrameStack:
             "--dataset out"
         )
     try:
-        return _open(path, suffix, dataset)
+        stack = _open(path, suffix, dataset)
     except (OverflowError, MemoryError) as e:  # a size no check above foresaw: still one line
         raise StackError(
             f"{path}: declares sizes this machine cannot map or hold ({type(e).__name__})"
         ) from None
+    if warn and (note := channel_last_note(stack.shape)) is not None:
+        log.warning("%s: %s", stack.source, note)
+    return stack
 
 
 def not_a_file(path: Path) -> str | None:
@@ -220,27 +226,8 @@ def _close(*files: h5py.File | None) -> None:
 
 
 def _open_mrc(path: Path) -> FrameStack:
-    """An MRC image or image stack, read by explicit reads (``RawFrames``); ``voxel_size`` (A) as the
-    pixel size when set.
-
-    Mode 0 is signed bytes (MRC2014) unless IMOD's stamp and flags say unsigned (``imod_unsigned``)."""
-    import mrcfile
-    from mrcfile import utils
-
-    try:
-        mrc_declared(path)  # the header's sizes against the limits and the file's size, first
-        with mrcfile.open(path, mode="r", permissive=False, header_only=True) as mrc:
-            header = mrc.header
-            px = float(mrc.voxel_size.x)
-            dt = np.dtype(np.uint8) if imod_unsigned(header) else utils.data_dtype_from_header(header)
-            shape = utils.data_shape_from_header(header)
-            offset = int(header.nbytes) + int(header.nsymbt)
-    except ValueError as e:
-        raise StackError(f"{path}: {e}") from None
-    except OSError as e:
-        raise StackError(f"{path}: not a readable MRC file ({e})") from e
-    sampling = {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
-    frames = RawFrames(path, offset, shape, dt)
+    """An MRC image or image stack (``stack_mrc.open_mrc``: modes, pixel size, explicit reads)."""
+    frames, sampling = open_mrc(path)
     try:
         return FrameStack(_check(frames, str(path)), str(path), frames.close, sampling)
     except StackError:
@@ -257,64 +244,6 @@ def _npy_layout(path: Path) -> tuple[int, bool]:
         read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         _shape, fortran, _dt = read(fh, max_header_size=NPY_MAX_HEADER)
         return fh.tell(), bool(fortran)
-
-
-class RawFrames:
-    """An (N, H, W) stack stored whole and in C order from ``offset`` on (NPY, MRC): each ``[i:j]`` one
-    explicit read of those frames into a new array, checked against what the file still holds.
-
-    Why not a memory map: a file cut short while it was read (a copy still arriving, an input
-    truncated or replaced) made the map's next page fault a SIGBUS, which ended ``denoise`` at once,
-    with no message and its temporary output left behind. A read that comes back short is one
-    ``StackError`` naming the file and the frame. Memory stays bounded (a batch at a time), and the
-    bytes are copied once, as from a map. Reads are serialised (a Dask worker may run several threads).
-    """
-
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path, self.offset, self.dtype = Path(path), int(offset), np.dtype(dtype)
-        self.shape = (1, *shape) if len(shape) == 2 else tuple(shape)  # a 2-D image: a stack of one
-        self.frame_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close(), kept for every read
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: int | slice) -> np.ndarray:
-        if not isinstance(index, slice):
-            i = operator.index(index)
-            i = i + self.shape[0] if i < 0 else i
-            if not 0 <= i < self.shape[0]:
-                raise IndexError(f"frame {index} of {self.shape[0]}")
-            return self[i : i + 1][0]
-        start, stop, step = index.indices(self.shape[0])
-        if step != 1:
-            return np.stack([self[i] for i in range(start, stop, step)]) if start != stop else self[0:0]
-        out = np.empty((max(0, stop - start), *self.shape[1:]), self.dtype)
-        with self._lock:
-            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), start)
-        return out
-
-    def _read_into(self, view: memoryview, start: int) -> None:
-        got, where = 0, self.offset + start * self.frame_bytes
-        while got < len(view):
-            frame = start + got // self.frame_bytes
-            try:
-                self._fh.seek(where + got)
-                k = self._fh.readinto(view[got:])
-            except OSError as e:
-                raise StackError(f"{self.path}: frame {frame}: cannot read ({e})") from None
-            if not k:
-                size = os.fstat(self._fh.fileno()).st_size
-                declared = self.offset + len(self) * self.frame_bytes
-                raise StackError(
-                    f"{self.path}: frame {frame}: the file ends early (it holds {size} bytes now, its header "
-                    f"declares {declared}): was it cut short or replaced while being read?"
-                )
-            got += k
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def _sampling(f: h5py.File, name: str, path: Path) -> dict[str, float]:

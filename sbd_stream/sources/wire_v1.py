@@ -19,15 +19,31 @@ import time
 from typing import Any
 
 from sbd_stream.config import InputDialect, InputSocket
-from sbd_stream.frames import Frame
-from sbd_stream.protocol import TOPIC_FRAME, TOPIC_SERIES_START, ProtocolError, SeriesMessage, decode
+from sbd_stream.frames import Frame  # the service's own meta keys: one home
+from sbd_stream.protocol import (
+    TOPIC_FRAME,
+    TOPIC_SERIES_START,
+    ProtocolError,
+    SeriesMessage,
+    decode,
+)
 from sbd_stream.sources.dialect import Emitter, SocketSpec
-from sbd_stream.sources.sequence import AcquisitionSequences, SeqEvent, count_sequence_event
+from sbd_stream.sources.sequence import (
+    REMEMBER_EVICTED,
+    AcquisitionSequences,
+    SeqEvent,
+    count_sequence_event,
+)
 
 __all__ = ["WireV1Dialect"]
 
 log = logging.getLogger(__name__)
 
+KNOWN_ACQS = 64 + REMEMBER_EVICTED
+"""Acquisitions whose missing ``series_start`` was already said (or that had one): as many as the sequence
+accounting remembers, least recently active forgotten first. It was the 64 most recently *added*: with 80
+acquisitions round-robin each frame found its acquisition forgotten and logged the "logged once per
+acquisition" line again, one INFO line per frame (audit h30)."""
 PULL_HEARTBEAT_S = 1.0
 """ZMTP heartbeat on a PULL input: a PUSH sender that vanished without closing is otherwise unnoticed."""
 
@@ -45,7 +61,7 @@ class WireV1Dialect:
         self.tracker = AcquisitionSequences()
         pull = socket_type is InputSocket.pull
         self.socket = SocketSpec(socket_type, PULL_HEARTBEAT_S if pull else None)
-        self._known: collections.deque[str] = collections.deque(maxlen=64)  # acqs started or reported
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()  # started or reported
 
     def handle(self, parts: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -60,8 +76,7 @@ class WireV1Dialect:
                 if self.tracker.running:
                     m.restarts.inc()
                 self.tracker.start(msg.header.acq)
-                if msg.header.acq not in self._known:
-                    self._known.append(msg.header.acq)
+                self._remember(msg.header.acq)
             self.emit.series(msg)
             return
         if msg.topic != TOPIC_FRAME:  # e.g. an output looped back into the input
@@ -71,14 +86,23 @@ class WireV1Dialect:
         event, missing = self.tracker.observe(msg.header.acq, msg.header.seq, msg.header.ts)
         if not count_sequence_event(m, event, missing):
             return
-        if msg.header.acq not in self._known:  # its start went to another instance (PUSH), or was lost
-            self._known.append(msg.header.acq)
+        if not self._remember(msg.header.acq):  # its start went to another instance (PUSH), or was lost
             log.info(
                 "wire-v1 input: frames of %s arrive without its series_start (sent to another instance, "
                 "or missed): denoising and recording them (logged once per acquisition)",
                 msg.header.acq,
             )
+        # a producer's meta key named like one the service sets is renamed by ``Emitter.frame``
         self.emit.frame(Frame(msg.header, msg.data, t0, seq_restart=event is SeqEvent.restart))
+
+    def _remember(self, acq: str) -> bool:
+        """Mark ``acq`` as the most recently active known one; False when it was not known before."""
+        known = acq in self._known
+        self._known[acq] = None
+        self._known.move_to_end(acq)
+        while len(self._known) > KNOWN_ACQS:
+            self._known.popitem(last=False)
+        return known
 
     def tick(self, now: float) -> None:
         """Wire format v1 has no timeouts: a series without an end stays open until the next start."""

@@ -108,3 +108,24 @@ def test_gpu_session_report_summarises_the_committed_gpu_records(tmp_path: Path)
     assert all(r["gpu"] == "NVIDIA H200" and r["steps_status"]["train"] == "ok" for r in runs.values())
     engines = {(r["engine"], r["size"], r["bin"]) for r in res["capacity"]}
     assert ("sbd-unet4-detector", "3838x3710", 4) in engines  # the H200 records and len(res["capacity"]) == 8
+
+
+@pytest.mark.timeout(320)
+def test_bench_orientation_sets_scores_every_set_on_the_same_draws(tmp_path: Path) -> None:
+    env = {**os.environ, "SBD_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_orientation_sets", "--seeds", "1", "--frames", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 flips" in proc.stdout and "|" in proc.stdout
+    res = json.loads((tmp_path / "orientation_sets_sbd-unet4-detector.json").read_text())
+    sets = [r["set"] for r in res["summary"]]
+    assert sets == ["as is", "2 (as is, mirrored)", "4 flips", "4 quarter turns", "all 8"]
+    (row,) = res["rows"]
+    scores = {s: row[s]["whole"] for s in sets}
+    assert len(set(scores.values())) == len(sets)  # five different sets really ran, not one five times
+    assert scores["all 8"] < scores["as is"] - 2  # a flips-only engine turned a quarter: far worse
+    assert res["pixel_size_A"] == 0.060 and res["command"].startswith(
+        "python -m benchmarks.bench_orientation_sets"
+    )

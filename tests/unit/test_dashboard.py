@@ -267,3 +267,55 @@ def test_shipped_shutdown_budget_fits_the_stop_timeouts() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["sbd-stream"]
     assert unit and budget <= int(unit.group(1)) - 5  # margin: the interpreter's start and end
     assert budget <= int(compose["stop_grace_period"].rstrip("s")) - 5
+
+
+# Exported metric families deliberately left off the dashboard, each with the reason. Empty: every
+# family in EXPORTED_NAMES / LAZY_NAMES is on a panel. An entry must say why an engineer watching the
+# dashboard can do without it (and is refused once a panel shows the name).
+OFF_DASHBOARD: dict[str, str] = {}
+
+
+def _panel_metric_names() -> set[str]:
+    """Metric names the panels' queries read (not the selectors' ``label_values`` queries)."""
+    used: set[str] = set()
+    for path in DASHBOARDS:
+        for e in dashboard_exprs(json.loads(path.read_text())["panels"]):
+            used |= promql_metric_names(e)
+    return used
+
+
+def test_every_exported_metric_family_is_on_a_panel_or_deliberately_left_off() -> None:
+    """26 exported families were on no panel (failed frames, stage errors, open files against their
+    limit, subscribers refused at the handshake, hot / saturated / blank frames, the dose checks, clipped
+    pixels, workers): an engineer watching the dashboard could not see failures, bad input, dose problems,
+    file-descriptor exhaustion or refused subscribers."""
+    families = set(EXPORTED_NAMES) | set(LAZY_NAMES)
+    used = _panel_metric_names()
+    shown = {n for n in families if used & {n, f"{n}_bucket", f"{n}_sum", f"{n}_count"}}
+    missing = sorted(families - shown - OFF_DASHBOARD.keys())
+    assert not missing, f"exported, on no panel and not in OFF_DASHBOARD: {missing}"
+    assert not OFF_DASHBOARD.keys() - families, "OFF_DASHBOARD names a metric the service does not export"
+    assert not OFF_DASHBOARD.keys() & shown, "OFF_DASHBOARD names a metric a panel shows"
+    assert all(len(reason.split()) >= 3 for reason in OFF_DASHBOARD.values()), "say why it is left off"
+
+
+def test_panels_take_the_rate_of_counters_and_read_gauges_as_they_are() -> None:
+    """A counter plotted as is only climbs (a restart drops it to 0); the rate of a gauge means nothing.
+    The one counter read as is: a lazy one (``LAZY_NAMES``), whose ``increase()`` misses its first event."""
+    counters, gauges = set(), set()
+    for fam in Metrics().registry.collect():
+        if fam.type == "counter":
+            counters.add(f"{fam.name}_total")
+        elif fam.type == "histogram":
+            counters |= {f"{fam.name}_bucket", f"{fam.name}_sum", f"{fam.name}_count"}
+        elif fam.type == "gauge":
+            gauges.add(fam.name)
+    for path in DASHBOARDS:
+        for e in dashboard_exprs(json.loads(path.read_text())["panels"]):
+            for m in re.finditer(r"\b(sbd_[a-z0-9_]+)\b(?=\{|\[|\s|\)|$)", e):
+                in_rate = re.search(r"\b(rate|irate|increase)\(\s*$", e[: m.start()]) is not None
+                name = m.group(1)
+                if name in counters and name not in LAZY_NAMES:
+                    assert in_rate, (path.name, name, e)
+                if name in gauges:
+                    assert not in_rate, (path.name, name, e)

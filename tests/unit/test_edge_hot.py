@@ -157,7 +157,7 @@ def test_the_service_edge_warns_once_per_acquisition(caplog: pytest.LogCaptureFi
     assert "acquisition one" in said[0] and "1 hot pixel (>= 27 counts" in said[0]
     assert "0.45 counts/px" in said[0] and "sbd_pixels_hot_total" in said[0]
     assert "acquisition two" in said[1]
-    assert "not hot pixels but a dose far above" in said[2] and "sbd_frames_too_bright_total" in said[2]
+    assert "not hot pixels but a dose far from" in said[2] and "sbd_frames_too_bright_total" in said[2]
     assert edge.metrics is not None and edge.metrics.value("sbd_frames_hot_total") == 3
 
 
@@ -173,3 +173,42 @@ def test_huge_finite_float_pixels_are_filled_with_the_mean_of_the_others(value: 
     want = np.float32(raw[keep].mean(dtype=np.float64))
     assert f.header.meta[HOT_KEY] == 2
     assert f.data[5, 7] == want and f.data[100, 3] == want
+
+
+@pytest.mark.parametrize(
+    ("dtype", "gain", "lam"),
+    [("uint16", 30, 0.45), ("float32", 30, 0.45), ("float32", 1e6, 0.45), ("uint16", 100, 0.05),
+     ("float32", 100, 0.05), ("uint16", 30, 3.0)],
+)  # fmt: skip
+def test_frames_in_camera_units_are_too_bright_not_blanked_by_the_hot_rule(
+    dtype: str, gain: float, lam: float
+) -> None:
+    """A gain (30 ADU per electron, a gain-normalised stack): every hit reaches the 27-count threshold and
+    every other pixel is 0, so the frame's own dose below the threshold is 0, never over 5x: every hit was
+    "hot", replaced by the mean of the others (0), and the frame came out blank, exit 0 (audit h30). Now
+    nothing is replaced; the frame is counted and warned about as too bright."""
+    raw = (np.random.default_rng(5).poisson(lam, (128, 128)) * gain).astype(dtype)
+    m = Metrics()
+    f = replace_invalid(_frame(raw), m, counts_per_px=0.45)
+    n = int(np.count_nonzero(raw >= 27))
+    assert f.data is raw and replaced(f) == 0 and f.header.meta == {"k": 1, BRIGHT_KEY: n}
+    assert m.value("sbd_frames_too_bright_total") == 1 and m.value("sbd_pixels_hot_total") == 0
+
+
+@pytest.mark.parametrize("side", [16, 32, 64])
+def test_a_hot_column_of_a_small_frame_at_the_configured_dose_is_still_hot(side: int) -> None:
+    """The camera-units rule needs both: over 1 % of the pixels at the threshold (a column of a 16^2 frame
+    is 6 %) and the rest far below the configured dose; at the dose a hot column stays hot pixels."""
+    raw = _counts(shape=(side, side))
+    raw[:, 3] = 1000
+    f = replace_invalid(_frame(raw), Metrics(), counts_per_px=0.45)
+    assert f.header.meta == {"k": 1, HOT_KEY: side} and replaced(f) == side
+
+
+def test_a_beam_blanked_frame_with_a_hot_pixel_still_has_it_replaced() -> None:
+    """No beam (own dose 0, far under the configured one) and one hot pixel: 1 of 65,536 pixels is no
+    camera unit; it is replaced as before."""
+    raw = np.zeros((256, 256), np.uint16)
+    raw[10, 10] = 900
+    f = replace_invalid(_frame(raw), Metrics(), counts_per_px=0.45)
+    assert f.header.meta == {"k": 1, HOT_KEY: 1} and replaced(f) == 1

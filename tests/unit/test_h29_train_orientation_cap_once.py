@@ -37,4 +37,4 @@ def test_the_cap_is_logged_once_over_doses(flips_only_engine: Path, caplog: pyte
         assert out.shape == counts.shape and np.isfinite(out).all()
     caps = [r for r in caplog.records if "orientation(s): averaging over" in r.getMessage()]
     assert len(caps) == 1, [r.getMessage() for r in caps]  # was 4: the probe and one per dose
-    assert info["orientations"] == 2
+    assert info["orientations"] == 4  # the four flips (test_h30_klein_four.py)

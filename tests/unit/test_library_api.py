@@ -137,7 +137,7 @@ def test_a_frame_at_four_times_the_dose_is_untouched_and_one_far_brighter_is_war
     np.testing.assert_array_equal(res.denoised, fd.stage.process(_as_frames(frames)).denoised)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "1 frames (first: [1])" in said[0], said
-    assert "not hot pixels but a dose far above the configured one" in said[0]
+    assert "not hot pixels but a dose far from the configured one" in said[0]
 
 
 def _as_frames(frames: np.ndarray) -> list[Frame]:

@@ -35,9 +35,9 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = stack_cache.open_stack
 
-    def counted(path: Path, dataset: str | None = None):
+    def counted(path: Path, dataset: str | None = None, **kwargs: bool):
         seen.append(Path(path).name)
-        return real(path, dataset)
+        return real(path, dataset, **kwargs)
 
     monkeypatch.setattr(stack_cache, "open_stack", counted)
     return seen

@@ -55,14 +55,14 @@ def test_an_engine_is_averaged_only_over_the_orientations_it_was_trained_in(capl
     from sbd_stream.service.batch import BatchStage
 
     assert trained_orientations({"config": {"augment": {"flips": True, "right_angles": True}}}) == 8
-    assert trained_orientations({"config": {"augment": {"flips": True}}}) == 2  # mirrored, never turned
+    assert trained_orientations({"config": {"augment": {"flips": True}}}) == 4  # the 4 flips, no quarter turn
     assert trained_orientations({"config": {"augment": {"flips": False}}}) == 1
     assert trained_orientations({}) == 8  # a card that does not say: the request stands
     # the shipped cards: the paper-world engines saw all 8 orientations, the detector engine flips only
     old = Denoiser.load(engine="torch", engine_dir="engines/sbd-unet4-detector")
     with caplog.at_level("WARNING"):
-        assert BatchStage(old, orientations=8).orientations == 2
-    assert "trained in 2 orientation(s)" in caplog.text
+        assert BatchStage(old, orientations=8).orientations == 4  # the four flips (test_h30_klein_four.py)
+    assert "trained in 4 orientation(s)" in caplog.text
     assert BatchStage(old, orientations=1).orientations == 1
     new = Denoiser.load(engine="torch", engine_dir="engines/sbd-unet3s2-paper")
     assert BatchStage(new, orientations=8).orientations == 8

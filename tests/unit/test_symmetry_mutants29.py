@@ -27,7 +27,8 @@ def _lopsided(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_two_orientations_are_the_frame_as_is_and_mirrored_left_right() -> None:
-    """What a flips-only engine saw in training: never a quarter or half turn. Mutant: a half turn."""
+    """``--orientations 2``: as is and mirrored left-right (on a flips-only engine too; it gets its four
+    flips only for 4 or 8, test_h30_klein_four.py). Mutant: a half turn."""
     assert orientations(2) == [(0, False), (0, True)]
     assert orientations(4) == [(k, False) for k in range(4)]
     assert sorted(orientations(8)) == sorted({(k, m) for k in range(4) for m in (False, True)})
@@ -59,6 +60,6 @@ def test_turn_is_quarter_turns_then_a_left_right_mirror() -> None:
 
 def test_an_augmentation_recorded_at_the_top_level_counts_too() -> None:
     """Cards record ``training.config.augment``; older ones ``training.augment``: both are read."""
-    assert trained_orientations({"augment": {"flips": True}}) == 2
+    assert trained_orientations({"augment": {"flips": True}}) == 4  # the four flips (h30)
     assert trained_orientations({"augment": {"flips": False}}) == 1
     assert trained_orientations({"config": {}, "augment": {"flips": True, "right_angles": True}}) == 8

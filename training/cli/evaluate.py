@@ -178,7 +178,9 @@ def evaluate_images_cmd(
     ),
     engine: str = typer.Option(None, help="engine name or directory (default: the shipped default)"),
     backend: str = typer.Option("auto", help="auto | onnxruntime | torch | tensorrt"),
-    orientations: int = typer.Option(8, help="engine averaged over 1, 2, 4 or 8 orientations (8: offline)"),
+    orientations: int = typer.Option(
+        8, help="engine averaged over 1, 2, 4 or 8 orientations (8: offline; a flips-only engine: 4 flips)"
+    ),
     out_dir: Path = typer.Option(Path("benchmarks/results/images"), help="JSON, markdown and figure"),
 ) -> None:
     """Someone else's clean simulations through the product's denoise path: per-region table + figure.

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-SUFFIXES = (".tif", ".tiff", ".mrc", ".npy", ".h5", ".hdf5", ".nxs", ".hspy")
+SUFFIXES = (".tif", ".tiff", ".mrc", ".mrcs", ".npy", ".h5", ".hdf5", ".nxs", ".hspy")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hspy")
 NPY_MAGIC = b"\x93NUMPY"
 MIN_SIDE = 32
@@ -62,7 +62,10 @@ def read_images(
     ``skipped`` as {path, reason} and left out.
 
     Why the whole name: rows named by stem could not be told apart when a.tif, a.mrc and a.npy each
-    scored differently."""
+    scored differently. An HDF5 file with several image datasets names each by its path in the file
+    (``sim.h5:defocus_0``, ``sim.h5:series/defocus_5[1]``): numbered ``sim.h5[1]`` across datasets,
+    a row did not say which dataset it was, and a dataset added to the file renamed (and so redrew
+    the noise of) the ones after it."""
     skipped = [] if skipped is None else skipped
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -71,13 +74,15 @@ def read_images(
     out: list[tuple[str, np.ndarray]] = []
     for path in files:
         try:
-            images = read_file(path, dataset)
+            labelled = read_labelled(path, dataset)
         except READ_ERRORS as e:
             skipped.append({"path": str(path), "reason": _reason(e)})
             continue
         name = path.relative_to(folder).as_posix()
-        for i, img in enumerate(images):
-            out.append((name if i == 0 else f"{name}[{i}]", np.asarray(img, dtype=np.float64)))
+        for label, images in labelled:
+            for i, img in enumerate(images):
+                row = f"{name}{label}" if i == 0 else f"{name}{label}[{i}]"
+                out.append((row, np.asarray(img, dtype=np.float64)))
     if not out:
         listed = _listed(skipped)
         raise NoCleanImages(f"no readable clean image in {folder} ({len(skipped)} skipped: {listed})")
@@ -111,9 +116,18 @@ def quiet_tifffile() -> Iterator[None]:
 
 def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
     """The clean images of one file (module docstring for the rule); raises on anything else."""
+    return [img for _, images in read_labelled(path, dataset) for img in images]
+
+
+def read_labelled(path: Path, dataset: str | None = None) -> list[tuple[str, list[np.ndarray]]]:
+    """``read_file``'s images grouped by array: ``(label, images)``, the label ``:DATASET`` for each of
+    an HDF5 file's several image datasets, else empty (the file's name says it all)."""
     suffix = path.suffix.lower()
+    labels: list[str] = []
     if suffix in HDF5_SUFFIXES:
-        found = _read_hdf5(path, dataset)
+        named = _read_hdf5(path, dataset)
+        found = [arr for _, arr in named]
+        labels = [f":{n}" for n, _ in named] if len(named) > 1 else []
     elif suffix in (".tif", ".tiff"):
         from sbd_stream.sources.stack_headers import StackError
         from sbd_stream.sources.stack_tiff import read_whole
@@ -123,19 +137,23 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
                 found = [read_whole(path)]
         except StackError as e:  # our own one line, less the path the skipped list names anyway
             raise Unusable(str(e).removeprefix(f"{path}: ")) from None
-    elif suffix == ".mrc":
+    elif suffix in (".mrc", ".mrcs"):  # .mrcs: RELION's name for an MRC image stack
         import mrcfile
 
-        from sbd_stream.sources.stack_headers import imod_unsigned
+        from sbd_stream.sources.stack_headers import imod_unsigned, mrc_pixel_size
 
         with mrcfile.open(path, permissive=True) as m:
             if m.data is None:
                 raise Unusable("no image data in it")
+            try:  # non-square pixels: scored as if square, every spacing along one axis off
+                mrc_pixel_size(m.voxel_size)
+            except ValueError as e:
+                raise Unusable(str(e)) from None
             found = [np.array(m.data.view(np.uint8) if imod_unsigned(m.header) else m.data)]
     else:
         found = [_read_npy(path)]
-    images: list[np.ndarray] = []
-    for arr in found:
+    grouped: list[tuple[str, list[np.ndarray]]] = []
+    for k, arr in enumerate(found):
         arr = np.squeeze(arr)
         if np.iscomplexobj(arr):  # an exit wave: its real part scored as an image looked like a result
             raise Unusable(
@@ -146,8 +164,8 @@ def read_file(path: Path, dataset: str | None = None) -> list[np.ndarray]:
             raise Unusable(f"expected a 2-D image or a stack of them, got {arr.dtype} of shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise Unusable("it holds NaN or infinite values")
-        images += list(as_stack(arr)) if arr.ndim == 3 else [arr]
-    return images
+        grouped.append((labels[k] if labels else "", list(as_stack(arr)) if arr.ndim == 3 else [arr]))
+    return grouped
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -202,7 +220,7 @@ def as_stack(arr: np.ndarray) -> np.ndarray:
     raise Unusable(f"a 3-D array of shape {arr.shape} holds no images of >= {MIN_SIDE} px a side")
 
 
-def _read_hdf5(path: Path, dataset: str | None) -> list[np.ndarray]:
+def _read_hdf5(path: Path, dataset: str | None) -> list[tuple[str, np.ndarray]]:
     import h5py
     import hdf5plugin  # noqa: F401 - bitshuffle / LZ4 filters: recordings and detector files use them
 
@@ -214,14 +232,14 @@ def _read_hdf5(path: Path, dataset: str | None) -> list[np.ndarray]:
             obj = f.get(dataset)
             if not isinstance(obj, h5py.Dataset):
                 raise Unusable(f"no dataset {dataset!r} in it (--dataset)")
-            return [obj[()]]
+            return [(dataset, obj[()])]
         names: list[str] = []
         f.visititems(lambda name, obj: names.append(name) if _looks_clean(obj) else None)
         if not names:
             raise Unusable(
                 f"no float dataset of 2-D images (sides >= {MIN_SIDE} px) in it; name one with --dataset"
             )
-        return [f[n][()] for n in names]
+        return [(n, f[n][()]) for n in names]
 
 
 def stated_pixel_sizes(
@@ -241,9 +259,10 @@ def stated_pixel_sizes(
     for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES):
         if str(path) in exclude:
             continue
+        hdf5 = path.suffix.lower() in HDF5_SUFFIXES
         try:  # --dataset names an HDF5 dataset: a TIFF / MRC / NPY beside it is opened without it
             with quiet_tifffile():
-                stack = open_stack(path, dataset if path.suffix.lower() in HDF5_SUFFIXES else None)
+                stack = open_stack(path, (dataset or _first_clean(path)) if hdf5 else None, warn=False)
         except (StackError, *READ_ERRORS):
             continue
         try:
@@ -276,6 +295,19 @@ def sbd_stream_file(f: Any) -> str | None:
     if "engine_id" in f.attrs:
         return "an `sbd-stream denoise` output (denoised frames)"
     return None
+
+
+def _first_clean(path: Path) -> str | None:
+    """The first dataset of an HDF5 file that ``_read_hdf5`` scores, or None (``open_stack`` then picks).
+
+    Why: ``open_stack`` refuses a file of several image datasets as ambiguous, so such a file's stated
+    ``pixel_size_A`` went unchecked against ``--pixel-size``."""
+    import h5py
+
+    names: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: names.append(name) if _looks_clean(obj) else None)
+    return names[0] if names else None
 
 
 def _looks_clean(obj: Any) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from sbd_stream.config import DetectorSettings, ViewerSettings
+from sbd_stream.frames import MAX_OUTPUT_BYTES
 from sbd_stream.httpd import BoundedHTTPServer, local_url
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, ipv6_endpoint
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
@@ -119,7 +120,7 @@ class Viewer:
         sock = self.ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 4)  # if this thread falls behind, frames drop at our end only
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_OUTPUT_BYTES)  # what the publisher may send (was 512 MiB)
         if curve is not None:
             apply_curve(sock, curve, binds=False, domain="sbd-viewer")
         for t in topics:
@@ -157,7 +158,7 @@ class Viewer:
         """One received message; ``series_kinds``: the kinds its socket carries, which a
         ``series_start`` on it starts a new series of."""
         try:
-            msg = decode(parts, max_payload=512 * 1024 * 1024)
+            msg = decode(parts, max_payload=MAX_OUTPUT_BYTES)  # outputs over 11585^2 were refused
         except ProtocolError as exc:
             log.debug("viewer ignored a malformed message: %s", exc)
             return

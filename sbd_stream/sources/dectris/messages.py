@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.formats.dectris_codec import decompress_framed, decompress_lz4_block
+from sbd_stream.frames import own_keys_renamed
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DTYPES,
@@ -387,6 +388,7 @@ def decode_stream_v2(parts: list[Any], max_payload: int = DEFAULT_MAX_PAYLOAD) -
                     meta[k] = v
                 elif isinstance(v, _SEQ) and len(v) <= 64 and all(_scalar_ok(x) for x in v):
                     meta[k] = list(v)
+        meta = own_keys_renamed(meta) or meta  # a field named like the service's own (``replay_of``...)
         n = _image_count(obj.get("number_of_images"))
         return [SeriesMessage(TOPIC_SERIES_START, SeriesHeader(acq, 0.0, meta, n))]
     if kind == "end":
