@@ -120,7 +120,9 @@ class IngestSettings(_Section):
     rcvhwm: Count = Field(64, ge=0, description="ZeroMQ receive high-water mark, messages (0: none)")
     max_payload_bytes: FrameBytes = Field(DEFAULT_MAX_PAYLOAD, ge=1, description="largest accepted frame")
     queue_frames: Frames = Field(64, ge=1, description="denoise queue length (frames)")
-    record_queue_frames: Frames = Field(512, ge=1, description="recorder queue length (frames)")
+    record_queue_frames: Frames = Field(
+        2048, ge=1, description="recorder queue length (items; also capped at 2 GiB): 512 lost a burst"
+    )
     curve: CurveSettings = Field(default_factory=CurveSettings, description="optional CURVE (security.py)")
     input: InputSettings = Field(
         default_factory=WireV1Input, description="message format, tagged by dialect, and its settings"
