@@ -229,9 +229,13 @@ def as_counts_tensor(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     """A tensor of counts from a tensor (as is) or a numpy array / memmap / anything ``np.asarray`` takes.
 
     Byte order made native, unsigned 16 / 32-bit widened to int64 (exact), uint64 and wider floats to
-    float64, a read-only array copied (torch wants writable memory); other dtypes are refused.
+    float64, a read-only array copied (torch wants writable memory); other dtypes are refused, in a
+    tensor as in an array: a bool tensor was denoised as 0 / 1 counts and a complex one lost its
+    imaginary part with only torch's warning, where the same numpy array was refused (audit h30).
     """
     if isinstance(frames, torch.Tensor):
+        if frames.dtype == torch.bool or frames.is_complex() or frames.is_quantized:
+            raise ValueError(f"frames of dtype {frames.dtype}: expected counts (an integer or float dtype)")
         return frames
     a = np.asarray(frames)
     if a.dtype.kind not in "uif":

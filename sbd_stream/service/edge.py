@@ -363,7 +363,10 @@ def negative_pixels(frames: np.ndarray) -> int:
     if frames.dtype.kind == "u":
         return 0
     with np.errstate(invalid="ignore"):
-        return int(np.count_nonzero(frames < 0))
+        n = int(np.count_nonzero(frames < 0))
+    if n and frames.dtype.kind == "f":  # -Inf is counted (and replaced) as non-finite, not as a count < 0
+        n -= int(np.count_nonzero(np.isneginf(frames)))  # (it was both, with the "dark-subtracted?" line)
+    return n
 
 
 def report_values(

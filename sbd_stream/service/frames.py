@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 
-from sbd_stream.compute.binning import DEFAULT_TOLERANCE
+from sbd_stream.compute.binning import DEFAULT_TOLERANCE, SamplingError
 from sbd_stream.config import DenoiseSettings, DetectorSettings, LikelihoodSettings, Upsample
 from sbd_stream.engines.card import load_card, offline_engine, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
@@ -32,9 +33,13 @@ from sbd_stream.service.edge import replaced as replaced_in
 from sbd_stream.service.offline import offline_upsample
 from sbd_stream.sources.stack_headers import check_dtype
 
-__all__ = ["DenoisedFrames", "FrameDenoiser", "denoise_frames"]
+__all__ = ["DenoisedFrames", "FrameDenoiser", "SamplingError", "denoise_frames"]
+"""``SamplingError`` (``compute/binning.py``, a ``ValueError``) is re-exported: what a pixel size the engine
+cannot bin to raises, importable from where the docs' examples import."""
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseModel)
 
 ACQ = "frames"
 """The acquisition name the frames' internal headers carry (no wire, no recording sees it)."""
@@ -87,8 +92,11 @@ class FrameDenoiser:
     ) -> None:
         """``denoiser``: an already loaded one to use (``model`` / ``engine`` / ``device`` / ``tile`` /
         ``margin`` are then its own)."""
-        self.detector = DetectorSettings(
-            pixel_size_A=pixel_size_A, counts_per_px=counts_per_px, dose_e_per_A2=dose_e_per_A2
+        self.detector = settings(
+            DetectorSettings,
+            pixel_size_A=pixel_size_A,
+            counts_per_px=counts_per_px,
+            dose_e_per_A2=dose_e_per_A2,
         )
         if counts_per_px is None and dose_e_per_A2 is None:
             log.warning(
@@ -96,12 +104,9 @@ class FrameDenoiser:
                 "%.4g counts per %.4g A pixel",
                 self.detector.vacuum_counts, pixel_size_A,
             )  # fmt: skip
-        lik = (
-            likelihood
-            if isinstance(likelihood, LikelihoodSettings)
-            else LikelihoodSettings(enabled=bool(likelihood))
-        )
-        self.settings = DenoiseSettings(
+        lik = likelihood_settings(likelihood)
+        self.settings = settings(
+            DenoiseSettings,
             engine=engine,
             model=None if model is None else str(model),
             device=device,
@@ -207,21 +212,60 @@ def denoise_frames(
 def denoise_frames(
     frames: np.ndarray | torch.Tensor, pixel_size_A: float, *, likelihood: Literal[True], **kw: Any
 ) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
 def denoise_frames(
-    frames: np.ndarray | torch.Tensor, pixel_size_A: float, *, likelihood: bool = False, **kw: Any
+    frames: np.ndarray | torch.Tensor, pixel_size_A: float, *, likelihood: LikelihoodSettings, **kw: Any
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+def denoise_frames(
+    frames: np.ndarray | torch.Tensor,
+    pixel_size_A: float,
+    *,
+    likelihood: bool | LikelihoodSettings = False,
+    **kw: Any,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Denoise detector frames once: float32 counts per detector pixel, shaped as ``frames``.
 
     ``frames``: (H, W) or (N, H, W) counts at the detector's sampling, numpy or torch. Keywords as
     ``FrameDenoiser`` (``counts_per_px`` or ``dose_e_per_A2``, ``model``, ``engine``, ``orientations``,
     ...). With ``likelihood=True``: (denoised, likelihood map). The engine is loaded on every call; for
-    many calls keep a ``FrameDenoiser``.
+    many calls keep a ``FrameDenoiser``. ``LikelihoodSettings`` turn it on unless they say ``enabled=False``.
     """
     res = FrameDenoiser(pixel_size_A, likelihood=likelihood, **kw).process(frames)
-    if likelihood:
-        assert res.likelihood is not None
+    if res.likelihood is not None:  # on: True, or settings not switched off (``likelihood_settings``)
         return res.denoised, res.likelihood
     return res.denoised
+
+
+def likelihood_settings(likelihood: bool | LikelihoodSettings) -> LikelihoodSettings:
+    """The likelihood settings a ``likelihood=`` argument asks for: settings given mean "on".
+
+    Why: ``LikelihoodSettings.enabled`` defaults to False (the service's ``[denoise.likelihood]`` is
+    off unless switched on), so ``likelihood=LikelihoodSettings(vacuum_mode="fixed", ...)``, the
+    docs' own recipe (docs/likelihood.md), silently returned no maps, and ``denoise_frames`` failed
+    with a bare ``AssertionError``. Settings that say ``enabled=False`` in so many words stay off.
+    """
+    if not isinstance(likelihood, LikelihoodSettings):
+        return settings(LikelihoodSettings, enabled=bool(likelihood))
+    if "enabled" in likelihood.model_fields_set:
+        return likelihood
+    return likelihood.model_copy(update={"enabled": True})
+
+
+def settings(cls: type[S], **values: Any) -> S:
+    """``cls(**values)``, a refused value as a one-line ``ValueError`` naming the keyword and its value.
+
+    Why: pydantic's ``ValidationError`` (a ``ValueError`` too) printed four lines, the error type and a
+    URL in a notebook for ``counts_per_px=-1``; the commands say it in one line, so does this.
+    """
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            name = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{name}={err['input']!r}: {msg}" if name else msg)
+        raise ValueError("; ".join(parts)) from None
 
 
 def as_stack(frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
@@ -229,6 +273,12 @@ def as_stack(frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
     if isinstance(frames, torch.Tensor):
         t = frames.detach()
         frames = (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
+    if isinstance(frames, list | tuple) and len({tuple(np.shape(f)) for f in frames}) > 1:
+        shapes = sorted({tuple(np.shape(f)) for f in frames})
+        raise ValueError(
+            f"frames of different shapes {shapes[:4]}: one call takes (H, W) or (N, H, W) frames of one "
+            "shape; call once per shape (a FrameDenoiser keeps the engine loaded between calls)"
+        )
     a = frames if isinstance(frames, np.ndarray) else np.asarray(frames)
     check_dtype(a.dtype)
     if a.ndim not in (2, 3):

@@ -71,6 +71,15 @@ def test_a_frame_below_the_maximum_passes_untouched_and_negative_pixels_are_coun
     assert negative_pixels(np.zeros((2, 2), np.uint16)) == 0
 
 
+def test_minus_infinity_is_a_non_finite_pixel_not_also_a_negative_count() -> None:
+    """-Inf is replaced and counted as non-finite; it was also counted as negative, with the
+    "dark-subtracted or gain-corrected?" warning (API audit h30)."""
+    frames = np.array([[[-np.inf, 0.5], [-0.25, np.inf]]], np.float32)
+    assert negative_pixels(frames) == 1
+    assert negative_pixels(frames.astype(np.float64)) == 1
+    assert negative_pixels(np.array([[-np.inf]], np.float16)) == 0
+
+
 @pytest.mark.parametrize(
     ("where", "loopback"),
     [
