@@ -124,7 +124,7 @@ def test_a_recorder_behind_the_detector_drops_visibly(tmp_path: Path, caplog) ->
     assert accepted == [True] * 4 + [False] * 6
     assert m.value("sbd_record_dropped_total") == 6
     # one line, then a sum (it was a line per frame: 40 a second under a 40 Hz overload)
-    assert caplog.text.count("recorder queue full (ingest.record_queue_frames = 4):") == 1  # names the setting
+    assert caplog.text.count("recorder queue full (ingest.record_queue_frames = 4):") == 1  # the setting
     assert "frame 4 of acq NOT recorded" in caplog.text
     assert "5 more items NOT recorded (recorder queue full)" in caplog.text
 
