@@ -117,7 +117,7 @@ class AcqFile:
             return
         self._handles: dict[str, tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]] = {}
         _create_whole(path, lambda f: self._lay_out(f, attrs))
-        self.f = h5py.File(path, "r+", libver=WRITE_LIBVER)
+        self.f = _open_rw(path)
         self.n: dict[str, int] = {"raw": 0}
         self.t0 = float(attrs["t0"])
         self.bslz4 = s.compression == "bitshuffle-lz4"
@@ -145,7 +145,7 @@ class AcqFile:
 
     def _reopen(self, s: RecordSettings) -> None:
         self._handles = {}
-        self.f = h5py.File(self.path, "r+", libver=WRITE_LIBVER)
+        self.f = _open_rw(self.path)
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
         if nexus.ENTRY not in self.f:  # the first layout had every group from the start
             self.kinds = list(self.n)
@@ -164,7 +164,7 @@ class AcqFile:
         """
         self.f.close()
         self._handles = {}  # the handles died with the file
-        self.f = h5py.File(self.path, "r+", libver=WRITE_LIBVER)
+        self.f = _open_rw(self.path)
         nexus.add_data(self.f, kind, self.shape, self.dtypes.get(kind, np.float32), self.comp)
         self.f.flush()
         self.f.swmr_mode = True
@@ -252,6 +252,25 @@ class AcqFile:
 
 
 _ABANDONED = 0
+
+
+def _open_rw(path: Path) -> h5py.File:
+    """``path`` opened for writing; without HDF5's file lock where another process holds the file.
+
+    Why: every part is opened read-write outside SWMR mode after readers can see it (when named, when
+    it gains its ``denoised`` / ``llr`` group, when reopened for late outputs or after
+    ``max_open_files``), and HDF5's lock makes that open fail with ``BlockingIOError`` while any other
+    process holds the file open to read, SWMR readers included: a viewer or a researcher's
+    ``h5py.File(part, "r", swmr=True)`` stopped the recording of that acquisition for good (an I/O
+    error, every later frame dropped; audit h30). A SWMR writer holds no lock once SWMR is on anyway.
+    The lock is tried first: a file opened without it cannot be opened again in this process with it
+    ("file locking flag values don't match"), which in-process readers of a part still open would meet.
+    """
+    try:
+        return h5py.File(path, "r+", libver=WRITE_LIBVER)
+    except BlockingIOError:  # another process reads it: write all the same (readers retry, docs)
+        log.info("%s is held open by a reader; writing without HDF5's file lock", path)
+        return h5py.File(path, "r+", libver=WRITE_LIBVER, locking=False)
 
 
 def _create_whole(path: Path, lay_out: Callable[[h5py.File], None]) -> None:

@@ -256,10 +256,16 @@ def complete_lane(s: ServiceSettings, m: Metrics) -> Backlog | None:
 def run_config(s: ServiceSettings, stages: Sequence[BatchStage]) -> dict[str, Any]:
     """The settings as the recording states them, ``denoise.upsample`` as it ran: ``auto`` is bilinear on
     a CPU and bicubic on a GPU, so "auto" alone did not say why a CPU recording differs from ``denoise``
-    of its frames (bicubic). Workers that resolved it differently (a CPU and a GPU): a list, in order."""
+    of its frames (bicubic). Workers that resolved it differently (a CPU and a GPU): a list, in order.
+    ``denoise.engine_id`` likewise: the engine that ran (``name@hash/backend-precision``, as published
+    with every output); the recording stated only the card and the setting (``auto``), not the backend
+    or precision (recording audit h30)."""
     config = s.model_dump(mode="json")
-    ran = list(dict.fromkeys(st.upsample for st in stages))
-    config["denoise"]["upsample"] = ran[0] if len(ran) == 1 else [st.upsample for st in stages]
+    for key, per_stage in (
+        ("upsample", [st.upsample for st in stages]),
+        ("engine_id", [str(st.denoiser.engine_id) for st in stages]),
+    ):
+        config["denoise"][key] = per_stage[0] if len(set(per_stage)) == 1 else per_stage
     return config
 
 

@@ -59,6 +59,7 @@ def test_denoise_with_bilinear_and_one_orientation_equals_the_live_lane(
     rec = tmp_path / "rec" / f"{emu.cfg.acq}.nxs"
     with open_recording(rec) as f:  # the method auto became, not "auto"
         assert json.loads(f.attrs["run_config"])["denoise"]["upsample"] == live_method
+        assert json.loads(f.attrs["run_config"])["denoise"]["engine_id"] == str(den.engine_id)  # what ran
 
     # the recording's raw frames offline, one engine call per frame, the live lane's return path
     _denoise(rec, tmp_path / "same.h5", binning_engine_dir, "--upsample", live_method, "--scheduler", "none")
