@@ -21,7 +21,9 @@ def llr_columns(
     how many other frames' counts scored them (``evidence_frames``; 0: the frame's own counts) and the
     vacuum level they were scored against (``vacuum_counts``, counts per detector pixel per frame, the
     unit of ``region_mean``): a column's contrast is ``region_mean / vacuum_counts - 1``, which a
-    client could not tell before without estimating the vacuum again from the raw frame.
+    client could not tell before without estimating the vacuum again from the raw frame. That contrast
+    is over the region scored (0.7 A on a frame's own counts, 1.25 A with the evidence defaults), so
+    rows with and without evidence frames differ in it (docs/likelihood.md, "Parameters and pixel size").
     """
     meta: dict[str, Any] = {
         "n_columns": len(table),

@@ -34,8 +34,23 @@ def reference_vacuum(raw: np.ndarray, denoised: np.ndarray, cfg: LikelihoodConfi
     """Mean raw count over the flattest ``vacuum_fraction`` of the frame's blocks (H, W)."""
     if cfg.vacuum_mode is VacuumMode.fixed:
         return float(cfg.vacuum_counts)
+    return max(_flattest_means(raw, denoised, cfg)[0], cfg.min_rate)
+
+
+def reference_calibration(raw: np.ndarray, denoised: np.ndarray, cfg: LikelihoodConfig) -> float:
+    """The factor an estimated vacuum level puts on the denoised frame: the raw mean over the flattest
+    blocks (floored at ``min_rate``) over the denoised mean over the same blocks, within 0.25-4; 1 fixed."""
+    if cfg.vacuum_mode is VacuumMode.fixed:
+        return 1.0
+    raw_mean, den_mean = _flattest_means(raw, denoised, cfg)
+    ratio = max(raw_mean, cfg.min_rate) / max(den_mean, cfg.min_rate)
+    return min(max(ratio, 0.25), 4.0)
+
+
+def _flattest_means(raw: np.ndarray, denoised: np.ndarray, cfg: LikelihoodConfig) -> tuple[float, float]:
+    """(raw, denoised) means over the flattest ``vacuum_fraction`` of the blocks."""
     s = cfg.vacuum_block_px
-    block_variance, block_raw_mean = [], []
+    block_variance, block_raw_mean, block_den_mean = [], [], []
     m = int(2 / 3 * s)  # the denoised variance leaves out the frame's border (vacuum.BORDER_BLOCKS)
     inner = np.zeros(raw.shape, bool)
     inner[m : raw.shape[0] - m, m : raw.shape[1] - m] = True
@@ -45,11 +60,12 @@ def reference_vacuum(raw: np.ndarray, denoised: np.ndarray, cfg: LikelihoodConfi
             keep = keep if keep.any() else np.ones_like(keep)
             block_variance.append(denoised[top : top + s, left : left + s].astype(np.float64)[keep].var())
             block_raw_mean.append(raw[top : top + s, left : left + s].astype(np.float64).mean())
+            block_den_mean.append(denoised[top : top + s, left : left + s].astype(np.float64).mean())
     variance, raw_mean = np.array(block_variance), np.array(block_raw_mean)
     k = max(1, int(cfg.vacuum_fraction * variance.size))
     threshold = np.sort(variance)[k - 1]
     vacuum_blocks = variance <= threshold
-    return max(float(raw_mean[vacuum_blocks].mean()), cfg.min_rate)
+    return float(raw_mean[vacuum_blocks].mean()), float(np.array(block_den_mean)[vacuum_blocks].mean())
 
 
 def reference_detect(denoised: np.ndarray, vacuum: float, cfg: LikelihoodConfig) -> np.ndarray:

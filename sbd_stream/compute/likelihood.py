@@ -55,7 +55,7 @@ from sbd_stream.compute.likelihood_inputs import (
     vacuum_levels,
     valid_pixels,
 )
-from sbd_stream.compute.vacuum import vacuum_blocks
+from sbd_stream.compute.vacuum import calibration, vacuum_blocks
 
 __all__ = [
     "MAX_PX", "PIXEL_RANGE_A", "ColumnModel", "ColumnPolarity", "DeviceColumns", "FrameColumns",
@@ -292,7 +292,11 @@ class LikelihoodStage:
         raw = raw.to(self.device)
         denoised = denoised.to(self.device, torch.float32)
         valid = valid_pixels(raw, denoised)
-        if vacuum is None:
+        if vacuum is None and self.cfg.vacuum_mode is not VacuumMode.fixed:  # estimated: and calibrated
+            est = vacuum_blocks(self.cfg, [raw, denoised], denoised, masked=True)
+            lam0 = est.levels[0]
+            denoised = denoised * calibration(lam0, est.levels[1]).view(-1, 1, 1)  # vacuum.calibration
+        elif vacuum is None:
             lam0 = self.vacuum(raw, denoised, masked=True)
         else:
             lam0 = vacuum_levels(vacuum, denoised.shape[0], self.device, self.cfg.min_rate)

@@ -19,7 +19,7 @@ import torch
 from sbd_stream.compute.likelihood import LikelihoodStage
 from sbd_stream.compute.likelihood_filters import torch_threads
 from sbd_stream.compute.likelihood_inputs import valid_pixels
-from sbd_stream.compute.vacuum import VacuumBlocks, vacuum_blocks
+from sbd_stream.compute.vacuum import VacuumBlocks, calibration, vacuum_blocks
 
 
 @dataclass
@@ -49,13 +49,16 @@ def score_frames(
 
     ``own_counts``: each frame's own counts, ``denoised``: its denoised frame (both (B, H, W)); ``rates``
     is ``denoised`` times the frame's rate scale; ``fixed``: (B,) levels of ``vacuum_mode = fixed`` for
-    the counts scored (None: estimated on them). A frame without evidence is scored exactly as
+    the counts scored (None: estimated on them, and the rates calibrated to the counts, ``calibration``).
+    A frame without evidence is scored exactly as
     ``own_stage.compute(own_counts, denoised)`` scores it (``tests/unit/test_evidence_dose.py``).
     """
     with torch.no_grad():
         valid = valid_pixels(scored, rates)
-        est = _estimate(stage, [own_counts, scored], denoised)
+        est = _estimate(stage, [own_counts, scored, rates], denoised)
         lam0 = est.levels[1] if fixed is None else fixed
+        if fixed is None:  # the rates in the counts' own scale (``calibration``)
+            rates = rates * calibration(est.levels[1], est.levels[2]).view(-1, 1, 1)
         rates = torch.where(valid, rates.to(torch.float32), lam0.view(-1, 1, 1))
         centres = stage.detect(rates, lam0, valid)
         llr, lam1, _, _ = stage.llr(scored, rates, centres, lam0, valid)

@@ -195,3 +195,24 @@ def _chi2_bound(dof: torch.Tensor) -> torch.Tensor:
     at 1 dof it errs high by ~10 %, i.e. rarer still), per frame: on the device, no host sync."""
     k = dof.clamp_min(1)
     return (1 - 2 / (9 * k) + Z * torch.sqrt(2 / (9 * k))) ** 3
+
+
+CALIBRATION_RANGE = (0.25, 4.0)
+"""The most ``calibration`` scales the rates by: beyond it the dose is wrong by more than any engine's
+trained range (0.5-2x) and the dose check says so; the factor is clamped, not trusted."""
+
+
+def calibration(counts_level: torch.Tensor, rates_level: torch.Tensor) -> torch.Tensor:
+    """(B,) factors that put the denoised rates in the scale of the counts scored: the counts' mean over
+    the blocks taken as vacuum over the rates' mean over the same blocks (1 where either is not finite).
+
+    Why: the engine's output follows the *configured* dose (its normalisation), while the vacuum level
+    scored against is measured on the counts. A stream 10 % brighter than configured (inside the dose
+    check's 0.8-1.25x window, no warning) left the columns' rates below the measured vacuum: 39 % of real
+    columns scored positive instead of 95 % with 4 evidence frames, 0 % at 1.25x (audit h30, likelihood).
+    Measured on the same blocks, the ratio is the denoiser's scale against the data, whatever the blocks
+    hold. ``vacuum_mode = fixed`` is not calibrated: its level is the user's, stated for the stream.
+    """
+    ratio = counts_level / rates_level
+    ok = torch.isfinite(ratio) & (rates_level > 0)
+    return torch.where(ok, ratio, torch.ones_like(ratio)).clamp(*CALIBRATION_RANGE)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from likelihood_reference import reference_frame, reference_vacuum
+from likelihood_reference import reference_calibration, reference_frame, reference_vacuum
 
 from sbd_stream.compute.likelihood import (
     ColumnPolarity,
@@ -65,6 +65,7 @@ def test_fast_matches_reference(frame_kw, cfg_kw):
         # the estimator picks the flattest pixels: float32 vs float64 variances may swap a few at the
         # cut, so the level is compared loosely and the rest runs on the fast path's level
         assert float(res.vacuum[b]) == pytest.approx(reference_vacuum(r, d, cfg), rel=2e-3)
+        d = d * reference_calibration(r, d, cfg)  # estimated: the rates in the counts' scale (h30)
         ref_map, ref_cols, _ = reference_frame(r, d, cfg, vacuum=float(res.vacuum[b]))
         fast = res.columns[b]
         assert len(ref_cols.llr) > 10
