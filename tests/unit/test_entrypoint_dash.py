@@ -54,3 +54,18 @@ def test_serve_passes_its_flags_and_other_commands_run_as_given(tmp_path: Path) 
     ]
     r = _run(tmp_path, "sbd-stream", "info")
     assert (r.returncode, r.stdout.strip()) == (0, "RAN sbd-stream info"), r.stderr
+
+
+# serve loads fp16 plans only (sbd_stream/service/build.py never passes a precision): SBD_PRECISION=fp32
+# built a plan nothing used and serve compiled its fp16 plan at start as well (audit h30)
+def test_only_the_precision_serve_loads_is_built(tmp_path: Path) -> None:
+    r = _run(tmp_path, "serve", SBD_PRECISION="fp32")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "RAN" not in r.stdout  # neither a plan nothing would use nor a service
+    assert "SBD_PRECISION=fp32" in r.stderr and "fp16" in r.stderr
+    for env in ({}, {"SBD_PRECISION": "fp16"}):  # fp16, given or not: the plan serve loads, then serve
+        r = _run(tmp_path, **env)
+        assert r.returncode == 0, r.stderr
+        assert "RAN sbd-train build-engine /opt/e/sbd-unet4-paper-twins --precision fp16" in r.stdout
+    r = _run(tmp_path, "sbd-stream", "info", SBD_PRECISION="fp32")  # any other command runs as given
+    assert (r.returncode, r.stdout.strip()) == (0, "RAN sbd-stream info"), r.stderr
