@@ -100,9 +100,17 @@ def report(path: Path) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    res = report(Path(sys.argv[1]))
-    print(json.dumps(res, indent=1))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m training.sim.contrast_report DATA``: the JSON report (argparse: ``--help`` was read as
+    the data file, CLI audit h30)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.sim.contrast_report", description=__doc__)
+    ap.add_argument("data", type=Path, help="a simulated world (HDF5), e.g. data/detector.h5")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if not a.data.is_file():
+        ap.error(f"{a.data}: no such file (make it with `sbd-train simulate`)")
+    print(json.dumps(report(a.data), indent=1))
 
 
 if __name__ == "__main__":

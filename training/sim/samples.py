@@ -99,11 +99,21 @@ def read_quality_frames(path: Path = QUALITY_OUT) -> tuple[np.ndarray, list[dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m training.samples DATA [OUT]``: regenerate the quality bundle (default ``QUALITY_OUT``)."""
-    import sys
+    """``python -m training.samples DATA [OUT]``: regenerate the quality bundle (default ``QUALITY_OUT``).
 
-    args = sys.argv[1:] if argv is None else argv
-    print(write_quality_frames(Path(args[0]), Path(args[1]) if len(args) > 1 else QUALITY_OUT))
+    argparse, not ``sys.argv`` by hand: ``--help`` was read as the data file, and no argument was an
+    IndexError traceback (CLI audit h30)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m training.samples", description="Regenerate the quality test's bundled frames."
+    )
+    ap.add_argument("data", type=Path, help="a simulated world (HDF5) with its test split beside it")
+    ap.add_argument("out", type=Path, nargs="?", default=QUALITY_OUT, help=f"output (default {QUALITY_OUT})")
+    a = ap.parse_args(argv)
+    if not a.data.is_file():
+        ap.error(f"{a.data}: no such file (make it with `sbd-train simulate`)")
+    print(write_quality_frames(a.data, a.out))
 
 
 if __name__ == "__main__":
