@@ -210,8 +210,11 @@ def calibration(counts_level: torch.Tensor, rates_level: torch.Tensor) -> torch.
     scored against is measured on the counts. A stream 10 % brighter than configured (inside the dose
     check's 0.8-1.25x window, no warning) left the columns' rates below the measured vacuum: 39 % of real
     columns scored positive instead of 95 % with 4 evidence frames, 0 % at 1.25x (audit h30, likelihood).
-    Measured on the same blocks, the ratio is the denoiser's scale against the data, whatever the blocks
-    hold. ``vacuum_mode = fixed`` is not calibrated: its level is the user's, stated for the stream.
+    Measured on the same blocks, the ratio is the denoiser's scale against the data *in vacuum*; off its
+    dose the engine's specimen is off by another factor (1.25x: 5 % above the counts after this one), so
+    an evidence sum is calibrated over the whole frame instead (``compute/scoring.py`` ``_frame_scale``,
+    audit h30 follow-up). ``vacuum_mode = fixed`` is not calibrated: its level is the user's, stated for
+    the stream.
     """
     ratio = counts_level / rates_level
     ok = torch.isfinite(ratio) & (rates_level > 0)
