@@ -8,18 +8,35 @@ open the next acquisition's file (EMFILE), so frames were lost. Here each connec
 (one more is closed as soon as it is accepted: a scraper or a browser needs a handful), and
 :func:`raise_fd_limit` lifts the soft descriptor limit to the hard one at start-up.
 
+``TIMEOUT_S`` is a deadline for the whole connection, not only for each read: with a timeout per read
+alone, a peer sending one header line every few seconds held its slot for ever, and 64 of them kept
+``/metrics`` and the viewer unreachable for as long as they liked (audit h30). A server on loopback
+answers only requests whose ``Host`` names loopback (:class:`LoopbackHostHandler`): a web page the
+microscope PC's browser opens can otherwise re-point its own host name at 127.0.0.1 (DNS rebinding)
+and read the viewer's frames and status as same-origin data.
+
 A leaf (standard library only), so ``metrics`` and the viewer can both use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import ipaddress
 import logging
 import socket
 import threading
 from typing import Any
 
-__all__ = ["MAX_CONNECTIONS", "TIMEOUT_S", "BoundedHTTPServer", "raise_fd_limit", "url_host"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "TIMEOUT_S",
+    "BoundedHTTPServer",
+    "LoopbackHostHandler",
+    "host_allowed",
+    "raise_fd_limit",
+    "url_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +91,73 @@ class BoundedHTTPServer(http.server.ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # the deadline: a peer trickling bytes never lets a read time out, so cut it off from outside
+        deadline = threading.Timer(self.timeout_s, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-answer: a DEBUG line, not socketserver's traceback on stderr."""
         log.debug("http: connection from %s failed", client_address, exc_info=True)
+
+
+def _cut(request: socket.socket) -> None:
+    """End a connection past its deadline: its handler's blocked read or write returns at once."""
+    with contextlib.suppress(OSError):  # already closed: the handler finished just now
+        request.shutdown(socket.SHUT_RDWR)
+
+
+def _is_loopback_name(host: str) -> bool:
+    """``localhost`` (and ``*.localhost``, which browsers resolve to loopback themselves) or a loopback
+    address literal; a trailing dot and IPv6 brackets are allowed."""
+    host = host.strip().rstrip(".").lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(bound_host: str, host_header: str | None) -> bool:
+    """Whether a server bound on ``bound_host`` answers a request whose ``Host`` header is
+    ``host_header`` (None: no header, as HTTP/1.0 clients send).
+
+    A server on loopback can only be reached from this machine, so a ``Host`` naming anything but
+    loopback there comes from a browser whose page re-pointed its own name at 127.0.0.1 (DNS
+    rebinding): refused. A server bound beyond loopback was exposed on purpose under names this
+    process cannot know, so it answers any ``Host``. The port is not compared: an SSH tunnel
+    (``ssh -L 9000:127.0.0.1:8090``) changes it."""
+    if not _is_loopback_name(bound_host):
+        return True
+    if host_header is None:
+        return True
+    name = host_header.strip()
+    if name.startswith("["):
+        name = name.split("]", 1)[0] + "]"
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    return _is_loopback_name(name)
+
+
+class LoopbackHostHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that answers 421 (Misdirected Request) to a ``Host`` that
+    :func:`host_allowed` refuses, before any ``do_*`` method runs."""
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        bound = str(getattr(self.server, "server_address", ("",))[0])
+        if not host_allowed(bound, self.headers.get("Host")):
+            log.debug("http: refused Host %r from %s", self.headers.get("Host"), self.client_address)
+            self.send_error(421, "Host not allowed", "this server answers only requests for localhost")
+            return False
+        return True
 
 
 def raise_fd_limit() -> int | None:

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from sbd_stream.httpd import BoundedHTTPServer, local_url
+from sbd_stream.httpd import BoundedHTTPServer, LoopbackHostHandler, local_url
 from sbd_stream.metric_names import (  # noqa: F401 - the names' documented home
     EXPORTED_NAMES,
     HELP_BLANK,
@@ -416,7 +416,7 @@ class MetricsServer:
 def _handler(
     registry: CollectorRegistry, health: Callable[[], dict[str, Any]] | None
 ) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(LoopbackHostHandler):  # a Host other than loopback: 421 (DNS rebinding)
         server_version = "sbd-metrics"
 
         def log_message(self, format: str, *args: Any) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "RecordingError",
     "check_dtype",
     "count_problem",
+    "external_problem",
     "frame_problem",
     "sampling_attrs",
     "sampling_value",
@@ -86,6 +87,24 @@ def count_problem(n: int) -> str | None:
     return None
 
 
+def external_problem(ds: Any, where: str) -> str | None:
+    """Why the HDF5 dataset ``ds`` is refused because its bytes live in other files, or None.
+
+    Why: HDF5's external raw storage (``H5Pset_external``) names plain files by any path, and reading
+    the dataset reads their bytes: a 1 kB file from elsewhere made ``denoise`` / ``replay`` read
+    ``/etc/passwd`` (or the user's CURVE secret key) as frames and copy it into their outputs (audit
+    h30). No detector or ``serve`` writes such datasets. External links and virtual datasets are
+    followed (a DECTRIS master file keeps its frames behind them): they reach HDF5 datasets only."""
+    external = getattr(ds, "external", None)
+    if not external:
+        return None
+    first = str(external[0][0])[:80]
+    return (
+        f"{where}: its data is kept outside the file (HDF5 external storage, {first!r}); "
+        "such datasets are never read"
+    )
+
+
 def _row_datasets(g: Any) -> list[Any]:
     return [g[name] for name in ("complete", "seq", "ts", "time", "frame") if name in g]
 
@@ -102,6 +121,9 @@ def trusted_rows(g: Any, where: str, max_rows: int = MAX_FRAMES) -> int:
     cols = _row_datasets(g)
     if "complete" not in g:
         raise RecordingError(f"{where}: no 'complete' column (is this a recording made by `serve`?)")
+    for d in [g["frames"], *cols]:
+        if (problem := external_problem(d, f"{where}/{d.name.rsplit('/', 1)[-1]}")) is not None:
+            raise RecordingError(problem)
     n = min([int(g["frames"].shape[0])] + [int(d.shape[0]) for d in cols])
     complete, frames = g["complete"], g["frames"]
     if complete.chunks is not None and complete.id.get_create_plist().get_nfilters() == 0:

@@ -11,6 +11,11 @@ left behind never blocks a later job. The file is removed when the job ends; a j
 lock on a file another job has just removed checks the name still points at its inode, and tries
 again otherwise. Where ``flock`` is missing (Windows) or the file system refuses it (some network
 mounts), the job goes on unlocked: it never was locked before.
+
+The lock file's name is predictable and the job writes its pid into it, so it is opened without
+following a symbolic link and refused unless it is a regular file with no other name: a link someone
+left at ``out.h5.lock`` in a shared folder made ``denoise`` truncate the link's target (any file the
+user may write) to its pid (audit h30).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +48,28 @@ def _holder(path: Path) -> str:
     return f" (pid {pid})" if pid.isdigit() else ""
 
 
+def _open_own(output: Path, path: Path) -> int:
+    """The lock file opened (created if missing) for writing, never through a symbolic link and only
+    if it is a regular file with one name (a hard link to another file would be written just the
+    same); ``OutputBusy`` naming it otherwise, with what to do."""
+    refusal = (
+        f"{output}: its lock {path} is {{what}}, not a lock file sbd-stream made; remove it (and check "
+        "who can write to this folder) and run again"
+    )
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputBusy(refusal.format(what="a symbolic link")) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} names"
+        raise OutputBusy(refusal.format(what=what))
+    return fd
+
+
 @contextlib.contextmanager
 def output_lock(output: Path) -> Iterator[Path | None]:
     """Hold the lock of ``output`` for the ``with`` block; raises ``OutputBusy`` if another job holds
@@ -53,7 +81,7 @@ def output_lock(output: Path) -> Iterator[Path | None]:
         return
     path = lock_path(output)
     for _ in range(10):  # a lock file removed between our open and our lock: open it again
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_own(output, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -7,6 +7,7 @@ a reader of the layout needs only this page. See docs/service.md for the layout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -280,10 +281,18 @@ def _create_whole(path: Path, lay_out: Callable[[h5py.File], None]) -> None:
     under the temporary name (``.<name>.<pid>.creating``) it is no part of any recording. The name is
     given by a hard link, which fails where ``path`` exists: a recording is never overwritten, not even
     by a second recorder that chose the same free name at the same moment.
+
+    The temporary name is predictable, so it is created exclusively (``O_EXCL``, which refuses any
+    existing name, a symbolic link included), after removing what a crash of a process with this pid
+    left there: ``"w"`` followed a link another user of a shared folder left at that name and
+    truncated its target (audit h30). A link that cannot be removed (not ours, sticky folder) makes
+    the create fail (``FileExistsError``), its target untouched.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    with contextlib.suppress(OSError):
+        tmp.unlink()  # a stale temporary (or a link planted there): removed, never followed
     try:
-        with h5py.File(tmp, "w", libver=WRITE_LIBVER) as f:
+        with h5py.File(tmp, "x", libver=WRITE_LIBVER) as f:
             lay_out(f)
         try:
             os.link(tmp, path)

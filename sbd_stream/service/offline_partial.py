@@ -50,7 +50,8 @@ class OutputFull(OSError):
 def write_state(path: Path, state: dict) -> None:
     """The sidecar, replaced atomically: written to ``.tmp``, fsynced, renamed, its folder fsynced."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    tmp.unlink(missing_ok=True)  # created exclusively: a link left at this name is never followed
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as fh:
         fh.write(json.dumps(state, indent=1))
         fh.flush()
         os.fsync(fh.fileno())
@@ -232,11 +233,20 @@ def open_partial(
     """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off.
 
     ``index``: per-frame datasets written whole with a new file (a recording's ``seq`` and ``ts``).
-    Call it holding the output's lock: a partial found is then no other job's."""
+    Call it holding the output's lock: a partial found is then no other job's.
+
+    The partial's and the sidecar's names are predictable and a job never makes either a symbolic
+    link: one found there is removed, never followed. ``"w"`` truncated the target of a link someone
+    left at ``OUT.partial`` in a shared folder, and the finished job renamed the link over the output
+    (audit h30); a new partial is created exclusively for the same reason."""
     import h5py
 
     from sbd_stream.sources.stacks import create_output
 
+    for name in (partial, sidecar):
+        if name.is_symlink():
+            log.warning("%s is a symbolic link, which no job makes: removed, starting over", name)
+            name.unlink()
     if resume and partial.exists() and sidecar.exists():
         if (found := _resumable(partial, sidecar, fp)) is not None:
             log.info("resuming %s at frame %d of %d", partial, found[1], fp["shape"][0])
@@ -245,7 +255,8 @@ def open_partial(
         log.info("%s exists%s: starting over", partial, "" if resume else " (--no-resume)")
     f = None
     try:
-        f = h5py.File(partial, "w", libver=WRITE_LIBVER)
+        partial.unlink(missing_ok=True)  # starting over
+        f = h5py.File(partial, "x", libver=WRITE_LIBVER)
         create_output(f, tuple(fp["shape"]), attrs)
         for name, values in (index or {}).items():
             f.create_dataset(name, data=values)

@@ -30,7 +30,7 @@ import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a vali
 import numpy as np
 
 from sbd_stream.formats.hdf5_read import h5_reason, open_read
-from sbd_stream.formats.limits import count_problem, frame_problem, sampling_attrs
+from sbd_stream.formats.limits import count_problem, external_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
 from sbd_stream.sources.stack_headers import (
@@ -93,6 +93,8 @@ def _check(arr: Any, source: str) -> Any:
         check_dtype(dt)
     except ValueError as e:
         raise StackError(f"{source}: {e}") from None
+    if (problem := external_problem(arr, source)) is not None:  # bytes of any file, read by path
+        raise StackError(problem)
     if len(arr.shape) == 2:
         arr = arr[None] if isinstance(arr, np.ndarray) else _Single(arr)
     if len(arr.shape) != 3:

@@ -8,8 +8,10 @@ keeping only the newest message, so a slow browser just sees fewer frames; PUB n
 Images are rendered on request in the HTTP threads, binned to display size.
 
 Security: binds 127.0.0.1 by default (anything else is warned about), serves GET only, no file system
-paths from requests. The subscriber thread runs under the service's supervisor (stage ``viewer``): a
-message it cannot show is counted and skipped, and the thread is restarted if it dies.
+paths from requests; on loopback it answers only a ``Host`` naming loopback (sbd_stream/httpd.py: a
+page that re-points its own name at 127.0.0.1 would otherwise read the frames). The subscriber
+thread runs under the service's supervisor (stage ``viewer``): a message it cannot show is counted
+and skipped, and the thread is restarted if it dies.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import zmq
 
 from sbd_stream.config import DetectorSettings, ViewerSettings
 from sbd_stream.frames import MAX_OUTPUT_BYTES
-from sbd_stream.httpd import BoundedHTTPServer, local_url
+from sbd_stream.httpd import BoundedHTTPServer, LoopbackHostHandler, local_url
 from sbd_stream.protocol import FrameMessage, ProtocolError, SeriesMessage, decode, ipv6_endpoint
 from sbd_stream.security import CurveSettings, apply_curve, warn_if_exposed
 from sbd_stream.sinks.viewer import frameinfo
@@ -292,7 +294,7 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
     page = static.joinpath("index.html").read_bytes()
     script = static.joinpath("viewer.js").read_bytes()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(LoopbackHostHandler):  # a Host other than loopback: 421 (DNS rebinding)
         server_version = "sbd-viewer"
 
         def log_message(self, format: str, *args: Any) -> None:

@@ -132,8 +132,11 @@ def _image_count(n: Any) -> int | None:
 
 
 def _shape(h: int, w: int, itemsize: int, max_payload: int) -> tuple[int, int]:
+    """``(h, w)`` once each side is 1 to ``MAX_SIDE`` and the frame fits ``max_payload``. The reason
+    text goes through ``_short``: a CBOR bignum side (6000 digits) cannot be formatted, and
+    ``f"{h}"`` raised ValueError, an uncounted traceback per message (audit h30)."""
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise ProtocolError("bad_shape", f"{h}x{w}")
+        raise ProtocolError("bad_shape", f"{_short(h, 20)}x{_short(w, 20)}")
     if h * w * itemsize > max_payload:
         raise ProtocolError("too_large", f"{h * w * itemsize} > {max_payload}")
     return h, w
@@ -353,7 +356,7 @@ def _v2_image(tag: Any, max_payload: int) -> tuple[np.ndarray, bytes | None]:
             raise ProtocolError("bad_compression", "compressed data is not a byte string")
         if algo == "bslz4":
             if elem != dtype.itemsize:
-                raise ProtocolError("bad_compression", f"element size {elem} for {dtype}")
+                raise ProtocolError("bad_compression", f"element size {_short(elem, 20)} for {dtype}")
             raw = decompress_framed(data, "bslz4", elem, nbytes)
             chunk = data if dtype.byteorder != ">" else None
         elif algo == "lz4":
