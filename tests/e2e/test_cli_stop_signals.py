@@ -232,6 +232,7 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
     landed in torch's pybind11 frames aborted the process (status -6, "terminate called after throwing
     an instance of 'pybind11::error_already_set'"; 2 runs in 40 at random points of the first second,
     0 of 40 with Ctrl-C held over those imports, ``sbd_stream.sigint_hold``)."""
+    whole = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
     for delay in (0.05, 0.1, 0.2, 0.3, 0.35, 0.5, 0.7, 0.9):
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         proc = subprocess.Popen(cmd, **pipes, cwd=tmp_path, preexec_fn=_int_default)
@@ -239,11 +240,15 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
             assert wait_until(lambda p=proc: _has_mapped(p.pid, loaded) or p.poll() is not None, 60)
             time.sleep(delay)
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
         finally:
             _kill(proc)
         if proc.returncode == 0 and delay > 0.05:
             continue  # done before the signal: nothing left to interrupt
+        if proc.returncode == -signal.SIGINT and not err and out == whole and delay > 0.05:
+            # done too: its whole output written, the signal met the interpreter's own teardown, whose
+            # handlers are the default again (once in CI, session 30, at 0.9 s: -2, nothing on stderr)
+            continue
         assert "Traceback" not in err, err
         assert proc.returncode == 130, (delay, err)
         # "interrupted" (our entry), or nothing: a Ctrl-C after the imports, inside the command, is

@@ -358,8 +358,11 @@ def _run_service(
         "sbd_record_rolls_total", {"reason": "dtype"}
     )
     assert 1 <= rolls <= oracle.format_changes
-    # bounded: open recording files and memory
-    assert m.value("sbd_record_files_closed_total", {"reason": "max_open"}) >= 1
+    # bounded: open recording files and memory. The wire-v1 run interleaves acquisitions past the bound;
+    # DECTRIS series come one after another, and since the recorder writes an acquisition's queued items
+    # together (audit h30 follow-up) their parts close at series_end with at most a couple open
+    if dialect == "wire-v1":
+        assert m.value("sbd_record_files_closed_total", {"reason": "max_open"}) >= 1
     assert max(s[1] for s in h.samples) <= MAX_OPEN and max(s[2] for s in h.samples) <= MAX_OPEN
     # MB, between drained points after warm-up: 20,000 messages grew ~36 MB (wire) / ~2 MB (DECTRIS)
     # here, in native allocations; 600 never-ended acquisitions once held 450 MB of open files
