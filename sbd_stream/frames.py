@@ -193,16 +193,22 @@ class FrameQueue:
         """Remove and return, oldest first, up to ``limit`` queued items ``pred`` accepts; the others keep
         their order. Why: the recorder writes an acquisition's queued frames together, while its part is
         open, instead of closing and reopening parts between interleaved acquisitions."""
+        if limit <= 0:
+            return []
         with self._cond:
             taken: list[object] = []
             kept: collections.deque[tuple[object, int, bool]] = collections.deque()
-            for entry in self._items:
-                if len(taken) < limit and pred(entry[0]):
-                    taken.append(entry[0])
-                    self._bytes -= entry[1]
-                else:
+            entries = iter(self._items)
+            for entry in entries:
+                if not pred(entry[0]):
                     kept.append(entry)
+                    continue
+                taken.append(entry[0])
+                self._bytes -= entry[1]
+                if len(taken) >= limit:
+                    break  # the rest as it is, unasked (the producer waits on this lock meanwhile)
             if taken:
+                kept.extend(entries)
                 self._items = kept
                 self._changed()
             return taken
