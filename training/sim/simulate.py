@@ -120,7 +120,12 @@ def _client(scheduler: str | None, workers: int) -> Any:
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
     else:
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            preload=["training.sim.worker_signals"],  # a group's Ctrl-C is the parent's to handle
         )
     return Client(cluster)
 
