@@ -32,6 +32,7 @@ from sbd_stream.cli.options import (
     Verbose,
     Workers,
     endpoints_named,
+    folder_named,
     parse_shape,
     settings_from_flags,
 )
@@ -82,7 +83,10 @@ def demo(
     dose: DosePerArea = None,
     counts_per_px: CountsPerPx = None,
     record_dir: Path | None = typer.Option(
-        None, "--record-dir", help="Keep the recording in this folder (default: a temporary one, removed)"
+        None,
+        "--record-dir",
+        parser=folder_named,
+        help="Keep the recording in this folder (default: a temporary one, removed)",
     ),
     record: bool = typer.Option(
         True,

@@ -33,6 +33,7 @@ from sbd_stream.cli.options import (
     Workers,
     detector_settings,
     endpoints_named,
+    folder_named,
     parse_shape,
     settings_from_flags,
 )
@@ -79,7 +80,7 @@ def serve(
     ),
     output: str | None = typer.Option(None, "--output", help="Where denoised frames are published (bound)"),
     record_dir: Path | None = typer.Option(
-        None, "--record-dir", help="Folder for the recordings (<acq>.nxs)"
+        None, "--record-dir", parser=folder_named, help="Folder for the recordings (<acq>.nxs)"
     ),
     record: bool | None = typer.Option(None, "--record/--no-record", help="Record raw + denoised frames"),
     compression: Compression = None,
@@ -195,7 +196,9 @@ def replay(
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML settings file", readable=False),
     output: str | None = typer.Option(None, "--output", help="Publish results here too"),
     publish: bool = typer.Option(False, "--publish/--no-publish", help="Publish results on --output"),
-    record_dir: Path | None = typer.Option(None, "--record-dir", help="Record results here (default: none)"),
+    record_dir: Path | None = typer.Option(
+        None, "--record-dir", parser=folder_named, help="Record results here (default: none)"
+    ),
     compression: Compression = None,
     engine: Engine = None,
     model: Model = None,

@@ -310,6 +310,18 @@ def likelihood(enabled: bool | None, evidence_frames: int | None) -> dict[str, A
     return {"enabled": enabled, "evidence_frames": evidence_frames}
 
 
+def folder_named(text: str) -> Path:
+    """``--record-dir DIR`` as a Path, refusing an empty or blank DIR (exit 2, naming the flag).
+
+    Why: ``--record-dir ''`` (``--record-dir "$DIR"`` with DIR unset) became ``Path("")``, which is ``.``:
+    the recordings went into the working folder without a word, while the settings file and the
+    environment refuse the same empty value (``config_merge.not_blank``). ``.`` written out still means
+    the working folder."""
+    if not text.strip():
+        raise typer.BadParameter("empty: name the folder (write . for the working folder)")
+    return Path(text)
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     """``--shape 1024x1024`` -> (1024, 1024); each side 1 to 16384, the most wire format v1 carries (a
     0, negative or larger side was a ProtocolError traceback once the first frame was encoded)."""
