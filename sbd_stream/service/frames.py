@@ -57,6 +57,7 @@ class DenoisedFrames:
     vacuum: np.ndarray | None = None  # (N,) vacuum level, counts per detector pixel
     blank: np.ndarray | None = None  # (N,) bool: no beam (mean under 2 % of the dose): zeros, no columns
     vacuum_not_flat: np.ndarray | None = None  # (N,) bool: the blocks taken as vacuum were not flat
+    evidence_frames: np.ndarray | None = None  # (N,) other frames whose counts scored the columns (0: own)
 
 
 class FrameDenoiser:
@@ -172,6 +173,7 @@ class FrameDenoiser:
         vacuum = np.empty(n, np.float32) if lik else None
         blank = np.zeros(n, bool)
         not_flat = np.zeros(n, bool) if lik else None
+        evidence = np.zeros(n, np.int64) if lik else None  # the llr header's meta.evidence_frames
         negative = 0
         batch, keep = self.settings.batch_frames, self.stage.evidence_frames
         earlier: list[Frame] = []  # evidence frames on: the frames before a batch may score it
@@ -192,6 +194,8 @@ class FrameDenoiser:
                 blank[a : a + len(part)] = res.blank
             if not_flat is not None and res.vacuum_not_flat is not None:
                 not_flat[a : a + len(part)] = res.vacuum_not_flat
+            if evidence is not None and res.evidence_frames is not None:
+                evidence[a : a + len(part)] = res.evidence_frames
             if maps is not None and vacuum is not None and res.likelihood is not None:
                 maps[a : a + len(part)] = res.likelihood
                 vacuum[a : a + len(part)] = res.vacuum
@@ -200,7 +204,7 @@ class FrameDenoiser:
         out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative, blank=blank)
         if maps is not None:
             out.likelihood, out.columns, out.vacuum = (maps[0] if single else maps), columns, vacuum
-            out.vacuum_not_flat = not_flat
+            out.vacuum_not_flat, out.evidence_frames = not_flat, evidence
         return out
 
 
