@@ -33,7 +33,9 @@ from sbd_stream.cli.options import (
 @app.command()
 def denoise(
     input: Path = typer.Argument(
-        ..., help="Stack of counted frames: .h5/.hdf5/.nxs (a recording too), .npy, .tif/.tiff or .mrc"
+        ...,
+        help="Stack of counted frames: .h5/.hdf5/.nxs (a recording too), .emd, .npy, .tif/.tiff, "
+        ".mrc/.mrcs, .dm3/.dm4 or a .zarr folder (abTEM's to_zarr)",
     ),
     output: Path = typer.Argument(..., help="HDF5 file to write (dataset 'denoised', float32 counts)"),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="HDF5 dataset holding the frames"),
@@ -69,8 +71,10 @@ def denoise(
     """Denoise a recorded stack of counted frames into an HDF5 file (engine card in its attributes).
 
     The detector's sampling comes from the options, else from what the input states (HDF5 attributes
-    ``pixel_size_A`` and ``dose_e_per_A2`` or ``counts_per_px``; an ImageJ TIFF's unit and resolution;
-    an MRC voxel size), else the paper's K2 (0.060 A, 125 e/A^2 per frame), with a warning. Frames are
+    ``pixel_size_A`` and ``dose_e_per_A2`` or ``counts_per_px``; an ImageJ TIFF's unit and resolution,
+    an OME-TIFF's PhysicalSize, a TIFF's cm resolution tags; an MRC voxel size; a DM file's calibrations;
+    a Velox / Berkeley EMD's or abTEM zarr store's pixel size), else the paper's K2 (0.060 A, 125 e/A^2
+    per frame), with a warning. Frames are
     binned to the engine's working pixel and returned at theirs.
     """
     setup_logging(verbose)

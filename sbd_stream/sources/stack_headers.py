@@ -15,15 +15,15 @@ import math
 import os
 import tokenize
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sbd_stream.formats.limits import check_dtype, count_problem, frame_problem
 
 __all__ = [
-    "StackError", "channel_last_note", "check_declared", "check_dtype", "imod_unsigned", "imread_cap",
-    "mrc_declared", "mrc_pixel_size", "npy_declared",
+    "StackError", "Voxel", "channel_last_note", "check_declared", "check_dtype", "imod_unsigned",
+    "imread_cap", "mrc_declared", "mrc_pixel_size", "mrc_transposed", "mrc_voxel", "npy_declared",
 ]  # fmt: skip
 
 NPY_MAX_HEADER = 10_000
@@ -163,6 +163,47 @@ def mrc_pixel_size(voxel_size: Any) -> dict[str, float]:
             "on square pixels: resample the frames to square ones"
         )
     return {"pixel_size_A": x}
+
+
+def mrc_transposed(header: Any) -> bool:
+    """Whether an MRC's sections are stored transposed: True for ``mapc, mapr, maps = 2, 1, 3`` (columns
+    along Y, rows along X), False for the usual 1, 2, 3 (or 0, 0, 0: unset, as old writers leave it).
+    Any other order puts the sections across X or Y (a volume in another axis order): ``ValueError``.
+
+    Why: mrcfile hands the data in stored order whatever the header says, and ``denoise`` read such a
+    file as stored: every frame transposed against how the header (and ChimeraX, which honours it) has
+    it, and a (3, 2, 1) volume's X slices taken as frames, without a word."""
+    order = tuple(int(header[k]) for k in ("mapc", "mapr", "maps"))
+    if order in ((1, 2, 3), (0, 0, 0)):
+        return False
+    if order == (2, 1, 3):
+        return True
+    if sorted(order) != [1, 2, 3]:
+        raise ValueError(f"its header's mapc, mapr, maps = {order} is no order of the axes 1, 2, 3 (damaged)")
+    raise ValueError(
+        f"its header's mapc, mapr, maps = {order}: the sections lie across {'XYZ'[order[2] - 1]}, not Z (a "
+        "volume in another axis order); frames are sections along Z: save it with mapc, mapr, maps = 1, 2, 3"
+    )
+
+
+class Voxel(NamedTuple):
+    """An MRC voxel size in A along X, Y, Z (read as mrcfile's ``voxel_size`` is, by ``.x`` / ``.y``)."""
+
+    x: float
+    y: float
+    z: float
+
+
+def mrc_voxel(header: Any) -> Voxel:
+    """(x, y, z) voxel size in A from an MRC header, ``cella`` / ``mx, my, mz``; NaN where a sampling
+    count is 0 or less (mrcfile's ``voxel_size`` divided by zero there, with NumPy's warning on stderr).
+    A ``cella`` of 0 (pixel size unknown, the default of most writers) gives 0: nothing stated."""
+    cella = header["cella"]
+    out = []
+    for axis, m in zip("xyz", ("mx", "my", "mz"), strict=True):
+        n, length = int(header[m]), float(cella[axis])
+        out.append(length / n if n > 0 and math.isfinite(length) else float("nan"))
+    return Voxel(*out)
 
 
 def channel_last_note(shape: tuple[int, ...]) -> str | None:

@@ -17,7 +17,6 @@ as 2 of its 3 frames, exit 0).
 
 from __future__ import annotations
 
-import json
 import lzma
 import math
 import os
@@ -29,13 +28,10 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, tiff_sampling
 
-LENGTH_UNITS_A = {
-    "angstrom": 1.0, "a": 1.0, "\u00c5": 1.0, "\u00e5": 1.0, "\\u00c5": 1.0, "nm": 10.0, "nanometer": 10.0,
-    "pm": 0.01, "um": 1e4, "\u00b5m": 1e4, "micron": 1e4, "microns": 1e4,
-    "\\u00b5m": 1e4, "\u03bcm": 1e4, "\\u03bcm": 1e4,  # ImageJ's escaped micro sign; the Greek mu
-}  # fmt: skip
-"""A pixel size's unit in a TIFF's ImageJ metadata or JSON description -> angstrom per unit."""
+__all__ = ["LENGTH_UNITS_A", "TiffPages", "frame_series", "open_tiff", "read_whole", "tiff_sampling"]
+
 DECODE_ERRORS = (
     ValueError,
     RuntimeError,
@@ -61,23 +57,17 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
         tif = tifffile.TiffFile(path)
         series = frame_series(tif, path)
         sampling = tiff_sampling(tif, path)
-        for s in series:  # interleaved samples (...YXS): a colour picture, frames of width 3 if stacked.
-            # Planar samples (SYX) are frames: tifffile writes a (3, H, W) array that way (abTEM's
-            # to_tiff of a 3-image defocus series), each plane a whole image.
-            if s.axes.endswith("S"):
-                raise StackError(
-                    f"{path}: a colour TIFF (shape {tuple(s.shape)}, axes {s.axes}); a counted frame has one "
-                    "value per pixel: save the frames as a greyscale stack"
-                )
         shape, dt = _stack_shape(series), np.dtype(series[0].dtype)
         compressed = int(getattr(series[0].keyframe, "compression", 1)) != 1
         try:
             check_declared(shape, dt, None if compressed else os.path.getsize(path))
         except ValueError as e:
-            raise StackError(f"{path}: {e}") from None
-        if len(series) == 1 and not compressed:
+            raise StackError(f"{path}: {e}{_hyperstack_hint(series[0])}") from None
+        # the series chosen, not the file's first: a thumbnail first page was mapped as the stack
+        index = next((k for k, s in enumerate(tif.series) if s is series[0]), None)
+        if len(series) == 1 and not compressed and index is not None:
             try:
-                arr = tifffile.memmap(path, mode="r")
+                arr = tifffile.memmap(path, series=index, mode="r")
                 tif.close()
                 return arr, sampling, None
             except ValueError:  # pages scattered through the file: read one at a time below
@@ -114,6 +104,14 @@ def frame_series(tif: Any, path: Path | str) -> list[Any]:
     series = [s for s in tif.series if not getattr(s.keyframe, "is_reduced", False)] or list(tif.series[:1])
     if not series:
         raise StackError(f"{path}: no image in this TIFF")
+    for s in series:  # interleaved samples (...YXS): a colour picture, frames of width 3 if stacked, and
+        # to evaluate-images (channel-last) three images. Planar samples (SYX) are frames: tifffile writes
+        # a (3, H, W) array that way (abTEM's to_tiff of a 3-image defocus series), each plane an image.
+        if s.axes.endswith("S"):
+            raise StackError(
+                f"{path}: a colour TIFF (shape {tuple(s.shape)}, axes {s.axes}); a counted frame has one "
+                "value per pixel: save the frames as a greyscale stack"
+            )
     kinds = {(tuple(s.shape), np.dtype(s.dtype).str) for s in series}
     if len(kinds) > 1 or (len(series) > 1 and len(series[0].shape) not in (2, 3)):
         shown = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:4])
@@ -145,6 +143,18 @@ def _whole(series: list[Any]) -> np.ndarray:
     if len(arrays) == 1:
         return arrays[0]
     return np.concatenate(arrays) if arrays[0].ndim == 3 else np.stack(arrays)
+
+
+def _hyperstack_hint(series: Any) -> str:
+    """What a stack of more than 3 axes holds, by tifffile's axis letters (ImageJ: T frames, Z slices,
+    C channels), so the refusal says which to split; empty for a 2- or 3-axis series."""
+    axes = str(getattr(series, "axes", ""))
+    if len(axes) <= 3:
+        return ""
+    return (
+        f" (axes {axes}: an ImageJ hyperstack or a multi-dimensional image); save one run of frames per "
+        "file (ImageJ: Image > Hyperstacks > Reduce Dimensionality)"
+    )
 
 
 def _stack_shape(series: list[Any]) -> tuple[int, ...]:
@@ -268,70 +278,3 @@ def _why(e: BaseException) -> str:
     if isinstance(e, zlib.error | lzma.LZMAError) or "truncated" in msg or "incomplete" in msg:
         msg = f"{type(e).__name__}: {msg}; damaged or cut short"
     return msg + (CODEC_HINT if "imagecodecs" in msg else "")
-
-
-def tiff_sampling(tif: Any, path: Path | str = "") -> dict[str, float]:
-    """``pixel_size_A`` from an ImageJ TIFF (``unit`` + XResolution, pixels per unit) or from the JSON
-    description of a plain TIFF (``pixel_size`` + ``unit``), when the unit is a length; else nothing.
-
-    A TIFF's bare resolution tags (inch, centimetre: dots per inch of a print) say nothing about the
-    specimen, so only a stated length unit counts. Unequal X and Y resolutions (non-square pixels) are
-    refused: the engine works on square pixels, and the X size alone binned them as if square.
-    """
-    meta = dict(tif.imagej_metadata or {})
-    if not meta and tif.shaped_metadata:
-        meta = dict(tif.shaped_metadata[0] or {})
-    scale = LENGTH_UNITS_A.get(str(meta.get("unit", "")).strip().lower())
-    if scale is None:
-        return abtem_sampling(tif.pages[0].description)
-    size = meta.get("pixel_size")
-    if size is None:
-        tags = tif.pages[0].tags
-        size = _per_pixel(tags.get("XResolution"))
-        height = _per_pixel(tags.get("YResolution"))
-        if size is not None and height is not None and abs(size - height) > 1e-3 * abs(size):
-            raise StackError(
-                f"{path}: non-square pixels ({size * scale:.4g} A wide, {height * scale:.4g} A high, from "
-                "its resolution tags); the engine works on square pixels: resample the frames to square ones"
-            )
-    try:
-        px = float(size) * scale if size is not None else 0.0
-    except (TypeError, ValueError):
-        return {}
-    return {"pixel_size_A": px} if np.isfinite(px) and px > 0 else {}
-
-
-def _per_pixel(tag: Any) -> float | None:
-    """Units per pixel from a resolution tag (pixels per unit, a rational), None when absent or 0."""
-    if tag is None:
-        return None
-    try:
-        num, den = tag.value
-        return den / num if num else None
-    except (TypeError, ValueError):
-        return None
-
-
-def abtem_sampling(description: str) -> dict[str, float]:
-    """``pixel_size_A`` from abTEM's ``Images.to_tiff`` description: JSON whose ``axes`` hold two
-    ``RealSpaceAxis`` entries with ``sampling`` and ``units``; equal samplings only (a square pixel).
-
-    An abTEM user's TIFF at 0.05 A was denoised at the paper's 0.060 A because this went unread.
-    """
-    try:
-        axes = json.loads(description).get("axes", {}) if description.lstrip().startswith("{") else {}
-    except (ValueError, AttributeError):
-        return {}
-    sizes = []
-    for ax in axes.values() if isinstance(axes, dict) else ():
-        if isinstance(ax, dict) and ax.get("type") == "RealSpaceAxis" and "sampling" in ax:
-            scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
-            try:
-                sizes.append(float(ax["sampling"]) * scale if scale else float("nan"))
-            except (TypeError, ValueError):
-                return {}
-    if len(sizes) != 2 or not all(np.isfinite(sizes)) or min(sizes) <= 0:
-        return {}
-    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
-        return {}
-    return {"pixel_size_A": sizes[0]}

@@ -32,6 +32,8 @@ import numpy as np
 from sbd_stream.formats.hdf5_read import h5_reason, open_read
 from sbd_stream.formats.limits import count_problem, external_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
+from sbd_stream.sources.stack_dm import DM_SUFFIXES, open_dm
+from sbd_stream.sources.stack_emd import emd_frames
 from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
 from sbd_stream.sources.stack_headers import (
     NPY_MAX_HEADER,
@@ -43,6 +45,7 @@ from sbd_stream.sources.stack_headers import (
 from sbd_stream.sources.stack_mrc import open_mrc
 from sbd_stream.sources.stack_raw import RawFrames
 from sbd_stream.sources.stack_tiff import LENGTH_UNITS_A, open_tiff
+from sbd_stream.sources.stack_zarr import is_zarr_store, open_zarr
 
 __all__ = [
     "DEFAULT_H5_DATASETS", "HDF5_SUFFIXES", "LENGTH_UNITS_A", "SUPPORTED_SUFFIXES", "FrameStack",
@@ -52,9 +55,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy"}
-"""HDF5 files by their name (``.hspy``: HyperSpy's, frames at ``/Experiments/<title>/data``)."""
-SUPPORTED_SUFFIXES = HDF5_SUFFIXES | {".npy", ".tif", ".tiff", ".mrc", ".mrcs"}
+HDF5_SUFFIXES = {".h5", ".hdf5", ".hdf", ".nxs", ".hspy", ".emd"}
+"""HDF5 files by their name (``.hspy``: HyperSpy's, frames at ``/Experiments/<title>/data``; ``.emd``:
+Velox's or Berkeley EMD's layout, ``stack_emd.py``)."""
+SUPPORTED_SUFFIXES = HDF5_SUFFIXES | DM_SUFFIXES | {".npy", ".tif", ".tiff", ".mrc", ".mrcs", ".zarr"}
+SUPPORTED_TEXT = ".h5/.hdf5/.nxs/.hspy/.emd, .npy, .tif/.tiff, .mrc/.mrcs, .dm3/.dm4 or a .zarr folder"
+"""The supported types as an error message lists them."""
 
 
 @dataclass
@@ -116,11 +122,12 @@ class _Single:
         self.dtype = ds.dtype
 
     def __getitem__(self, s: slice) -> np.ndarray:
-        return np.asarray(self.ds)[None][s]
+        return np.asarray(self.ds[()])[None][s]  # ds[()]: the whole of an h5py dataset or a zarr array
 
 
 def open_stack(path: Path, dataset: str | None = None, warn: bool = True) -> FrameStack:
-    """Open an HDF5, NPY, TIFF or MRC stack; ``dataset`` names the HDF5 dataset when it isn't obvious.
+    """Open an HDF5 (EMD), NPY, TIFF, MRC, DM3 / DM4 stack or a zarr store (a folder: abTEM's ``to_zarr``);
+    ``dataset`` names the HDF5 dataset (or zarr array) when it isn't obvious.
 
     The pixel size a TIFF (ImageJ ``unit`` + resolution tags, as ``sbd-stream export`` writes them) or
     an MRC header (``voxel_size``) states is read into ``sampling`` like HDF5 attributes, so a file
@@ -131,14 +138,17 @@ def open_stack(path: Path, dataset: str | None = None, warn: bool = True) -> Fra
     """
     if not path.exists():
         raise StackError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    zarr_store = path.is_dir() and (suffix == ".zarr" or is_zarr_store(path))  # by name or metadata
     if (why := not_a_file(path)) is not None:
         raise StackError(f"{path}: {why}")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise StackError(
-            f"{path}: unsupported file type '{suffix}' (use .h5/.hdf5/.nxs/.hspy, .npy, .tif/.tiff or .mrc)"
-        )
-    if dataset is not None and suffix not in HDF5_SUFFIXES:
+    if suffix == ".zarr" and not zarr_store:
+        raise StackError(f"{path}: a .zarr store is a folder (zip stores are not read: unzip it)")
+    if suffix not in SUPPORTED_SUFFIXES and not zarr_store:
+        raise StackError(f"{path}: unsupported file type '{suffix}' (use {SUPPORTED_TEXT})")
+    if zarr_store:
+        suffix = ".zarr"
+    if dataset is not None and suffix not in HDF5_SUFFIXES | {".zarr"}:
         raise StackError(
             f"{path}: --dataset {dataset!r} names an HDF5 dataset, and a {suffix} file has none: leave "
             "--dataset out"
@@ -158,12 +168,15 @@ def not_a_file(path: Path) -> str | None:
     """Why ``path`` (which exists) is no file to read frames from, or None for a regular file.
 
     Why: a FIFO named like a stack (``mkfifo in.h5``) blocked forever in h5py's open, waiting for a
-    writer; a socket or a device is no stack either. Refused before anything opens it."""
+    writer; a socket or a device is no stack either. Refused before anything opens it. A zarr store
+    (abTEM's ``to_zarr``) is a folder and an input: not refused here (``stack_zarr.is_zarr_store``)."""
     mode = path.stat().st_mode
     if stat.S_ISREG(mode):
         return None
+    if stat.S_ISDIR(mode) and (path.suffix.lower() == ".zarr" or is_zarr_store(path)):
+        return None
     if stat.S_ISDIR(mode):
-        return "is a folder; name a file"
+        return "is a folder; name a file (a zarr store is read when it holds zarr.json, .zarray or .zgroup)"
     kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     return f"is {kind}, not a regular file; name the stack's file (copy a stream into one first)"
 
@@ -171,6 +184,11 @@ def not_a_file(path: Path) -> str | None:
 def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
     if suffix in {".mrc", ".mrcs"}:
         return _open_mrc(path)
+    if suffix in DM_SUFFIXES:
+        return _open_mrc(path, open_dm)
+    if suffix == ".zarr":
+        frames, where, sampling = open_zarr(path, dataset)
+        return FrameStack(_check(frames, where), where, None, sampling)
     if suffix == ".npy":
         try:
             shape, dt = npy_declared(path)  # the header's shape against the limits and the file's size, first
@@ -208,6 +226,11 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
 def _open_h5(f: h5py.File, path: Path, dataset: str | None) -> FrameStack:
     linked: h5py.File | None = None
     try:
+        emd = emd_frames(f, path, dataset) if path.suffix.lower() == ".emd" else None
+        if emd is not None:  # Velox (frames last) or Berkeley EMD: its own layout and pixel size
+            name, frames, sampling = emd
+            where = f"{path}:{name}"
+            return FrameStack(GuardedFrames(_check(frames, where), where), where, lambda: _close(f), sampling)
         name = dataset or guess_dataset(f, path)
         if not isinstance(f.get(name), h5py.Dataset):
             known = ", ".join(dataset_names(f)) or "none"
@@ -227,9 +250,10 @@ def _close(*files: h5py.File | None) -> None:
             f.close()
 
 
-def _open_mrc(path: Path) -> FrameStack:
-    """An MRC image or image stack (``stack_mrc.open_mrc``: modes, pixel size, explicit reads)."""
-    frames, sampling = open_mrc(path)
+def _open_mrc(path: Path, opener: Any = open_mrc) -> FrameStack:
+    """An MRC image or image stack (``stack_mrc.open_mrc``: modes, pixel size, explicit reads), or a DM3 /
+    DM4 file's (``stack_dm.open_dm``: the same explicit reads)."""
+    frames, sampling = opener(path)
     try:
         return FrameStack(_check(frames, str(path)), str(path), frames.close, sampling)
     except StackError:

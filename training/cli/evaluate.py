@@ -163,7 +163,9 @@ IMAGE_OPTIONS = {
 
 
 def evaluate_images_cmd(
-    folder: Path = typer.Argument(..., help="clean images: TIFF / MRC / NPY / HDF5 (2-D, or stacks)"),
+    folder: Path = typer.Argument(
+        ..., help="clean images: TIFF / MRC / NPY / HDF5 / EMD / DM3 / DM4, *.zarr folders (2-D, or stacks)"
+    ),
     pixel_size: float = typer.Option(..., help="A per pixel of the images as stored"),
     resize: float = typer.Option(1.0, help="resample by this factor first (the paper's test code: 0.785)"),
     counts_per_px: float = typer.Option(

@@ -9,6 +9,8 @@ no clean simulation must not be scored as one. So:
   3-D a stack of them, (n, H, W) or, when only its last axis is shorter than 32 px, channel-last
   (H, W, n) as prismatic / MATLAB keep a defocus series. A complex array (an exit wave, not an image)
   is refused.
+- EMD (``.emd``: Velox, Berkeley), Gatan ``.dm3`` / ``.dm4`` and zarr stores (a folder named ``*.zarr``,
+  as abTEM's ``to_zarr`` writes one): the stack as ``sbd-stream denoise`` reads it (``open_stack``).
 - HDF5 (``.h5``, ``.hdf5``, ``.nxs``, ``.hspy``): the **float** datasets that look like images (2-D, or
   3-D stacks, both image sides >= 32 px), or only the dataset named by ``dataset`` (``--dataset``).
   Integer datasets hold detector counts, not a clean simulation, and are passed over unless named.
@@ -32,8 +34,26 @@ from typing import Any
 
 import numpy as np
 
-SUFFIXES = (".tif", ".tiff", ".mrc", ".mrcs", ".npy", ".h5", ".hdf5", ".nxs", ".hspy")
+SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".mrc",
+    ".mrcs",
+    ".npy",
+    ".h5",
+    ".hdf5",
+    ".nxs",
+    ".hspy",
+    ".emd",
+    ".dm3",
+    ".dm4",
+    ".zarr",
+)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".hspy")
+STACK_SUFFIXES = (".emd", ".dm3", ".dm4", ".zarr")
+"""Read whole as ``sbd-stream denoise`` reads them (``open_stack``): Velox / Berkeley EMD (frames last or
+first, by their own layout), Gatan DM3 / DM4, and a zarr store (a **folder** named ``*.zarr``: abTEM's
+``to_zarr``)."""
 NPY_MAGIC = b"\x93NUMPY"
 MIN_SIDE = 32
 """An HDF5 dataset with a side under this many pixels is not an image (axes, positions, metadata)."""
@@ -68,7 +88,7 @@ def read_images(
     the noise of) the ones after it."""
     skipped = [] if skipped is None else skipped
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    files = candidates(folder)
     if not files:
         raise NoCleanImages(f"no images ({', '.join(SUFFIXES)}) in {folder}")
     out: list[tuple[str, np.ndarray]] = []
@@ -87,6 +107,16 @@ def read_images(
         listed = _listed(skipped)
         raise NoCleanImages(f"no readable clean image in {folder} ({len(skipped)} skipped: {listed})")
     return out
+
+
+def candidates(folder: Path) -> list[Path]:
+    """The files of ``folder`` with a supported suffix, and its folders named ``*.zarr`` (a zarr store is
+    a folder: abTEM's ``to_zarr`` writes one), sorted by name. Other folders are not looked into."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.suffix.lower() in SUFFIXES and (p.is_dir() if p.suffix.lower() == ".zarr" else p.is_file())
+    )
 
 
 def _listed(skipped: list[dict[str, str]]) -> str:
@@ -140,16 +170,21 @@ def read_labelled(path: Path, dataset: str | None = None) -> list[tuple[str, lis
     elif suffix in (".mrc", ".mrcs"):  # .mrcs: RELION's name for an MRC image stack
         import mrcfile
 
-        from sbd_stream.sources.stack_headers import imod_unsigned, mrc_pixel_size
+        from sbd_stream.sources.stack_headers import imod_unsigned, mrc_pixel_size, mrc_transposed, mrc_voxel
 
         with mrcfile.open(path, permissive=True) as m:
             if m.data is None:
                 raise Unusable("no image data in it")
-            try:  # non-square pixels: scored as if square, every spacing along one axis off
-                mrc_pixel_size(m.voxel_size)
+            try:  # non-square pixels: scored as if square, every spacing along one axis off; an axis
+                # order (mapc, mapr, maps) that puts the sections across X or Y: no images to score
+                flip = mrc_transposed(m.header)
+                mrc_pixel_size(mrc_voxel(m.header))
             except ValueError as e:
                 raise Unusable(str(e)) from None
-            found = [np.array(m.data.view(np.uint8) if imod_unsigned(m.header) else m.data)]
+            data = np.array(m.data.view(np.uint8) if imod_unsigned(m.header) else m.data)
+            found = [np.swapaxes(data, -1, -2) if flip else data]  # as the header (and denoise) has it
+    elif suffix in STACK_SUFFIXES:  # --dataset names an EMD dataset or a zarr array; a DM file has none
+        found = [_read_stack(path, None if suffix in (".dm3", ".dm4") else dataset)]
     else:
         found = [_read_npy(path)]
     grouped: list[tuple[str, list[np.ndarray]]] = []
@@ -166,6 +201,22 @@ def read_labelled(path: Path, dataset: str | None = None) -> list[tuple[str, lis
             raise Unusable("it holds NaN or infinite values")
         grouped.append((labels[k] if labels else "", list(as_stack(arr)) if arr.ndim == 3 else [arr]))
     return grouped
+
+
+def _read_stack(path: Path, dataset: str | None = None) -> np.ndarray:
+    """The whole stack of an EMD, DM or zarr input, as ``open_stack`` reads it; its refusal in its words."""
+    from sbd_stream.sources.stacks import StackError, open_stack
+
+    try:
+        stack = open_stack(path, dataset, warn=False)
+    except StackError as e:
+        raise Unusable(str(e).removeprefix(f"{path}: ").removeprefix(f"{path}:")) from None
+    try:
+        return np.asarray(stack.frames[0 : stack.shape[0]])
+    except StackError as e:
+        raise Unusable(str(e).removeprefix(f"{path}")) from None
+    finally:
+        stack.close()
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -256,7 +307,7 @@ def stated_pixel_sizes(
     from sbd_stream.sources.stacks import StackError, open_stack
 
     out: dict[str, float] = {}
-    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES):
+    for path in candidates(folder):
         if str(path) in exclude:
             continue
         hdf5 = path.suffix.lower() in HDF5_SUFFIXES

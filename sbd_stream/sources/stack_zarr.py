@@ -1,0 +1,132 @@
+"""Zarr stores (a folder, v2 or v3) as a stack of frames: abTEM's own save format and any plain array.
+
+abTEM's ``measurement.to_zarr("x.zarr")`` writes a group holding ``array0`` and, in the group's
+attributes, ``metadata0``: the measurement's ``axes`` (``axis_0`` ... ``axis_k``), the image axes of type
+``RealSpaceAxis`` with ``sampling`` and ``units`` (angstrom). That sampling is the pixel size, read as a
+TIFF's or an MRC's is; a diffraction pattern's reciprocal axes or a unit that is no length state none (the
+documented default applies). A plain zarr array of (n, H, W) or (H, W) is read as is, its sampling from
+``pixel_size_A`` / ``dose_e_per_A2`` / ``counts_per_px`` attributes, as an HDF5 dataset's.
+
+Bounded: the shape is checked by ``stacks._check`` before any read, and a chunk may not decode to more
+than half the machine's memory (``imread_cap``): a batch decodes every chunk it touches, whole.
+A chunk that cannot be read or decoded is one ``StackError`` naming the store and the frames.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbd_stream.formats.limits import sampling_attrs
+from sbd_stream.formats.recording import SAMPLING_ATTRS
+from sbd_stream.sources.stack_headers import StackError, imread_cap
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, plausible_pixel
+
+__all__ = ["ZARR_MARKERS", "ZarrFrames", "is_zarr_store", "open_zarr"]
+
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+"""A folder holding one of these is a zarr store (v3; v2 array; v2 group)."""
+
+
+def is_zarr_store(path: Path) -> bool:
+    """Whether the folder ``path`` is a zarr store (by its metadata file, whatever its name)."""
+    return path.is_dir() and any((path / m).is_file() for m in ZARR_MARKERS)
+
+
+class ZarrFrames:
+    """A zarr array's frames: ``[i:j]`` decodes the chunks those frames touch; a failure is one line."""
+
+    def __init__(self, arr: Any, where: str) -> None:
+        self.arr, self.where = arr, where
+        self.shape, self.dtype = tuple(arr.shape), np.dtype(arr.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        try:
+            return np.asarray(self.arr[index])
+        except Exception as e:  # numcodecs / zarr / OS errors of a damaged or missing chunk, many types
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise StackError(f"{self.where}: frames {index}: cannot read ({why}); damaged?") from None
+
+
+def open_zarr(path: Path, dataset: str | None) -> tuple[ZarrFrames, str, dict[str, float]]:
+    """(frames, where, sampling) of the zarr store at ``path``; ``dataset`` names an array of a group
+    that holds several. Raises ``StackError`` (one line) for anything that is no usable array."""
+    import zarr
+
+    try:
+        node = zarr.open(store=str(path), mode="r")
+        name, arr, group = _array(node, dataset, path)
+        chunk_bytes = math.prod(int(c) for c in arr.chunks) * np.dtype(arr.dtype).itemsize
+    except StackError:
+        raise
+    except Exception as e:  # zarr's metadata errors: JSON, validation, node not found (many types)
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise StackError(f"{path}: not a readable zarr store ({type(e).__name__}: {why})") from None
+    if chunk_bytes > imread_cap():
+        raise StackError(
+            f"{path}: a chunk of {tuple(arr.chunks)} {arr.dtype} decodes to {chunk_bytes} bytes, over half "
+            "this machine's memory; rechunk it (e.g. one frame a chunk)"
+        )
+    where = f"{path}:{name}" if name else str(path)
+    return ZarrFrames(arr, where), where, _sampling(arr, group, name, where)
+
+
+def _array(node: Any, dataset: str | None, path: Path) -> tuple[str, Any, Any]:
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        if dataset is not None:
+            raise StackError(f"{path}: a single zarr array; --dataset {dataset!r} names nothing in it")
+        return "", node, None
+    names = sorted(k for k, _ in node.arrays())
+    if dataset is not None:
+        if dataset.strip("/") not in names:
+            raise StackError(f"{path}: no array '{dataset}' (arrays: {', '.join(names) or 'none'})")
+        names = [dataset.strip("/")]
+    if len(names) != 1:
+        found = ", ".join(names) or "none"
+        raise StackError(
+            f"{path}: {len(names)} arrays at the top of the store ({found}); name one with --dataset"
+        )
+    return names[0], node[names[0]], node
+
+
+def _sampling(arr: Any, group: Any, name: str, where: str) -> dict[str, float]:
+    """abTEM's ``metadata<k>`` for ``array<k>``, else the array's own sampling attributes."""
+    meta = dict(group.attrs).get(f"metadata{name.removeprefix('array')}") if group is not None else None
+    if isinstance(meta, dict) and isinstance(meta.get("axes"), dict):
+        return abtem_axes_sampling(meta["axes"], len(arr.shape), where)
+    attrs = dict(arr.attrs)
+    try:
+        return sampling_attrs({k: attrs[k] for k in SAMPLING_ATTRS if k in attrs}, where)
+    except ValueError as e:
+        raise StackError(str(e)) from None
+
+
+def abtem_axes_sampling(axes: dict[str, Any], ndim: int, where: str) -> dict[str, float]:
+    """``pixel_size_A`` from abTEM's axes metadata: the last two axes, when both are ``RealSpaceAxis``
+    in a length unit; none otherwise (reciprocal space, no unit). Non-square pixels are refused."""
+    last = [axes.get(f"axis_{k}") for k in (ndim - 2, ndim - 1)]
+    sizes = []
+    for ax in last:
+        if not isinstance(ax, dict) or ax.get("type") != "RealSpaceAxis":
+            return {}
+        scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
+        try:
+            sizes.append(float(ax["sampling"]) * scale if scale is not None else math.nan)
+        except (KeyError, TypeError, ValueError):
+            return {}
+    if not all(math.isfinite(s) and s > 0 for s in sizes):
+        return {}
+    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
+        raise StackError(
+            f"{where}: non-square pixels ({sizes[0]:.4g} A by {sizes[1]:.4g} A, from abTEM's axes); the "
+            "engine works on square pixels: resample the frames to square ones"
+        )
+    return plausible_pixel(sizes[0], "abTEM's axes", where)
