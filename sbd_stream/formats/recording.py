@@ -23,6 +23,7 @@ import numpy as np
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats import nexus
 from sbd_stream.formats.dectris_codec import HEADER
+from sbd_stream.formats.group_templates import GroupTemplates
 from sbd_stream.formats.hdf5_read import h5_reason, open_recording
 from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
 from sbd_stream.formats.recording_parts import (  # noqa: F401 - re-exported: readers import them from here
@@ -44,6 +45,11 @@ WRITE_LIBVER = ("v110", "v110")
 means the linked library's newest format, and with h5py >= 3.16 (HDF5 2.0) every filtered dataset then
 got a layout message that HDF5 1.10-1.14 cannot read: MATLAB, Fiji, h5dump and any h5py < 3.16 saw the
 frames of a gzip recording as "bad version number for layout message"."""
+
+
+GROUPS = GroupTemplates(WRITE_LIBVER)
+"""Each part's NXdata groups, copied from ``nexus.add_data``'s layout made once per frame shape, dtype and
+settings: building them object by object was most of a new part's cost (formats/group_templates.py)."""
 
 
 def _compression(name: str) -> dict[str, Any]:
@@ -129,7 +135,7 @@ class AcqFile:
         for k, v in attrs.items():
             f.attrs[k] = v
         nexus.create_entry(f, attrs)
-        nexus.add_data(f, "raw", self.shape, self.raw_dtype, self.comp)
+        GROUPS.add(f, "raw", self.shape, self.raw_dtype, self.comp)
 
     @classmethod
     def reopen(cls, path: Path, s: RecordSettings) -> AcqFile:
@@ -158,15 +164,16 @@ class AcqFile:
     def _add_kind(self, kind: str) -> None:
         """Add the ``kind`` group with its first frame: SWMR cannot create objects, so leave it briefly.
 
-        The file is closed (complete, flushed), reopened without SWMR, the group created and SWMR
-        switched on again: once per kind and part. Creating every group up front left parts with
-        empty ``denoised`` / ``llr`` groups (after a roll, with denoising off), whose empty axes
-        stop RosettaSciIO's NeXus reader (``hs.load``) with an IndexError.
+        The file is closed (complete, flushed), reopened without SWMR, the group copied in from its
+        template (``GROUPS``) and SWMR switched on again: once per kind and part (the reopen is ~0.2 ms,
+        benchmarks/bench_part_roll.py; building the group was ~2.5 ms). Creating every group up front
+        left parts with empty ``denoised`` / ``llr`` groups (after a roll, with denoising off), whose
+        empty axes stop RosettaSciIO's NeXus reader (``hs.load``) with an IndexError.
         """
         self.f.close()
         self._handles = {}  # the handles died with the file
         self.f = _open_rw(self.path)
-        nexus.add_data(self.f, kind, self.shape, self.dtypes.get(kind, np.float32), self.comp)
+        GROUPS.add(self.f, kind, self.shape, self.dtypes.get(kind, np.float32), self.comp)
         self.f.flush()
         self.f.swmr_mode = True
         self.n[kind] = 0

@@ -82,7 +82,7 @@ def test_take_matching_keeps_the_order_of_what_it_takes_and_of_what_stays() -> N
 def test_a_full_queue_says_which_bound_and_the_setting_to_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """What this load still needs when 80 new acquisitions start at once (each new part is ~20-40 ms of
+    """What this load still needs when 80 new acquisitions start at once (each new part is ~10 ms of
     HDF5 layout): queue room. The loss line named no setting before."""
     m = Metrics()
     rec = Recorder(RecordSettings(directory=tmp_path, min_free_bytes=0), m, queue_frames=2)
