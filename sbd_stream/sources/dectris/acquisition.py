@@ -83,6 +83,10 @@ class DectrisMetrics:
         return dm
 
 
+REUSED_AFTER_S = 2.0
+"""A frame of a closed series this long after its end starts the id again (``SeriesState.reused``)."""
+
+
 class SeriesState:
     """The open series (if any) and the recently closed ones whose late messages are stale."""
 
@@ -93,6 +97,7 @@ class SeriesState:
         self.received = 0
         self.tracker = SequenceTracker()
         self.closed: collections.deque[str] = collections.deque(maxlen=remember)
+        self.closed_at: dict[str, float] = {}  # when each remembered series closed (monotonic)
         self.last_activity = time.monotonic()
         # the open series' start metadata (the detector configuration): a resumed series states it again
         self.meta: dict[str, Any] = {}
@@ -111,9 +116,25 @@ class SeriesState:
     def close(self, reason: str = "series_end") -> None:
         if self.acq is not None:
             self.closed.append(self.acq)
+            self.closed_at[self.acq] = time.monotonic()
+            if len(self.closed_at) > 2 * (self.closed.maxlen or 0):  # forget the ones the deque forgot
+                self.closed_at = {a: self.closed_at[a] for a in self.closed if a in self.closed_at}
             paused = (self.acq, self.series, self.expected, self.received, self.meta)
             self.paused = paused if reason == "timeout" else None
         self.acq = self.series = self.expected = None
+
+    def reused(self, acq: str, seq: int) -> bool:
+        """Whether a frame of the closed series ``acq`` starts that id again: nothing is open, and it is
+        frame 0 or comes more than ``REUSED_AFTER_S`` after the series closed.
+
+        Why: a detector restarted between series may number them from the same id again; with that
+        start message lost (sent before we reconnected), every frame of the new series was "stale" and
+        dropped, the whole series lost. A closed series' own late messages come right behind its end (a
+        queue drained), and never as frame 0 again, which its first frame already was."""
+        if self.acq is not None:  # a newer series is open: a late frame of an old one is stale
+            return False
+        closed = self.closed_at.get(acq)
+        return seq == 0 or (closed is not None and time.monotonic() - closed > REUSED_AFTER_S)
 
     def resume(self, acq: str) -> bool:
         """Reopen ``acq`` if it is the series the timeout closed last (nothing opened since); the
@@ -221,21 +242,31 @@ class DectrisDialect:
             # the same series: its configuration again (the new part's series_meta, count time), marked
             meta = {**st.meta, "series": st.series, "resumed": True}
             self._emit_series(TOPIC_SERIES_START, h.acq, meta, st.expected)
+        reused = False
         if st.acq != h.acq:
-            if h.acq in st.closed:
+            if h.acq in st.closed and not (reused := st.reused(h.acq, h.seq)):
                 self.dm.stale.inc()  # queued behind its series' end, or superseded by a newer series
                 return
             if st.acq is not None:
                 self.dm.superseded.inc()
                 self._close_open("superseded")
             self.dm.joined.inc()  # once per series: from here on it is the open one
-            log.info(
-                "%s: joined series %s mid-way (its start went to another PULL instance, or before we "
-                "connected): denoising and recording its frames from frame %d on",
-                self.name,
-                h.acq,
-                h.seq,
-            )
+            if reused:
+                log.warning(
+                    "%s: frame %d of series %s after that series ended: the detector numbers a new series "
+                    "with the same id (restarted?) and its start was not received; joined as a new series",
+                    self.name,
+                    h.seq,
+                    h.acq,
+                )
+            else:
+                log.info(
+                    "%s: joined series %s mid-way (its start went to another PULL instance, or before we "
+                    "connected): denoising and recording its frames from frame %d on",
+                    self.name,
+                    h.acq,
+                    h.seq,
+                )
             meta = {"dialect": self.name, "series": h.meta.get("series"), "joined": True}
             st.open(h.acq, h.meta.get("series"), None, meta)
             self._emit_series(TOPIC_SERIES_START, h.acq, meta)
