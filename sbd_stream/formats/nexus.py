@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from sbd_stream import __version__
+from sbd_stream.formats import column_table
 
 ENTRY = "entry"
 LONG_NAMES = {
@@ -144,9 +145,29 @@ def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
 
 ROW_COLUMNS = (("frame", np.int64), ("time", np.float64), ("seq", np.int64), ("ts", np.float64))
 """Per-row datasets of each NXdata group, appended with every frame; ``complete`` comes last."""
-KIND_COLUMNS = {"evidence_frames": ("llr", np.int64)}
-"""Per-row datasets of one kind only: ``llr/evidence_frames``, how many other frames' counts scored
-the row's map (0: the frame's own; its LLR is a sum over them, so scales differ ~N-fold)."""
+_FLAG_COLUMNS = (("blank", np.int8, -1), ("vacuum_not_flat", np.int8, -1))
+KIND_COLUMNS: dict[str, tuple[tuple[str, Any, float], ...]] = {
+    "denoised": _FLAG_COLUMNS,
+    "llr": (
+        ("evidence_frames", np.int64, -1),
+        ("n_columns", np.int64, -1),
+        ("columns_start", np.int64, -1),
+        ("vacuum_counts", np.float64, float("nan")),
+        *_FLAG_COLUMNS,
+    ),
+}
+"""Per-row datasets of one kind, (name, dtype, value when not given): ``llr/evidence_frames``, how many
+other frames' counts scored the row's map (0: the frame's own; its LLR is a sum over them, so scales
+differ ~N-fold); the column table's row index and vacuum level, and the frame flags the published
+``denoised`` / ``llr`` meta carried (formats/column_table.py). Parts written before them lack them."""
+KIND_LONG_NAMES = {
+    "evidence_frames": "other frames whose counts scored the map (0: its own)",
+    "n_columns": "detected columns of the row (-1: no table given)",
+    "columns_start": "the row's first entry in columns",
+    "vacuum_counts": "vacuum level the columns were scored against (counts per detector pixel)",
+    "blank": "1: no beam, outputs all zeros (meta.blank)",
+    "vacuum_not_flat": "1: the blocks taken as vacuum were not flat (meta.vacuum_not_flat)",
+}
 
 
 def add_data(
@@ -178,7 +199,7 @@ def add_data(
     fr.attrs["long_name"] = LONG_NAMES.get(kind, kind)
     if kind != "llr":
         fr.attrs["units"] = "counts"
-    own = [(name, dt_) for name, (k, dt_) in KIND_COLUMNS.items() if k == kind]
+    own = [(name, dt_) for name, dt_, _ in KIND_COLUMNS.get(kind, ())]
     for name, dt_ in (*ROW_COLUMNS, *own, ("complete", np.uint8)):
         g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt_)
     g["frame"].attrs["units"] = "frame"
@@ -188,8 +209,11 @@ def add_data(
     g["time"].attrs["start"] = entry["start_time"][()].decode() if "start_time" in entry else iso(t0)
     g["time"].attrs["long_name"] = "time since the acquisition's first frame (s)"
     g["ts"].attrs["units"] = "s"
-    if "evidence_frames" in g:
-        g["evidence_frames"].attrs["long_name"] = "other frames whose counts scored the map (0: its own)"
+    for name, _, _ in KIND_COLUMNS.get(kind, ()):
+        g[name].attrs["long_name"] = KIND_LONG_NAMES[name]
+    if kind == "llr":
+        g["vacuum_counts"].attrs["units"] = "counts"
+        column_table.add_table(g)  # the detected columns of every row (formats/column_table.py)
     f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")  # the top-level name of format sbd-recording/1
     if kind == "denoised":
         entry.attrs["default"] = "denoised"

@@ -21,7 +21,7 @@ import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader o
 import numpy as np
 
 from sbd_stream.config import RecordSettings
-from sbd_stream.formats import nexus
+from sbd_stream.formats import column_table, nexus
 from sbd_stream.formats.dectris_codec import HEADER
 from sbd_stream.formats.group_templates import GroupTemplates
 from sbd_stream.formats.hdf5_read import h5_reason, open_recording
@@ -88,6 +88,9 @@ def safe_name(acq: str) -> str:
     return re.sub(r"^\.+", lambda m: "_" * len(m.group()), name) or "acq"
 
 
+Handles = tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]], h5py.Dataset | None]  # frames, rows, llr table
+
+
 class AcqFile:
     """The open file of one acquisition part and its append positions.
 
@@ -122,10 +125,11 @@ class AcqFile:
         if reopen:
             self._reopen(s)
             return
-        self._handles: dict[str, tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]] = {}
+        self._handles: dict[str, Handles] = {}
         _create_whole(path, lambda f: self._lay_out(f, attrs))
         self.f = _open_rw(path)
         self.n: dict[str, int] = {"raw": 0}
+        self.table_at = 0  # the llr column table's next entry (formats/column_table.py)
         self.t0 = float(attrs["t0"])
         self.bslz4 = s.compression == "bitshuffle-lz4"
         self.direct = {k: self._takes_chunks(k) for k in self.n}
@@ -154,6 +158,8 @@ class AcqFile:
         self._handles = {}
         self.f = _open_rw(self.path)
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
+        # after the last complete row's table: a table a crash left half-counted is written over
+        self.table_at = column_table.table_end(self.f["llr"], self.n["llr"]) if "llr" in self.n else 0
         if nexus.ENTRY not in self.f:  # the first layout had every group from the start
             self.kinds = list(self.n)
         self.t0 = float(self.f.attrs.get("t0", 0.0))
@@ -179,14 +185,15 @@ class AcqFile:
         self.n[kind] = 0
         self.direct[kind] = self._takes_chunks(kind)
 
-    def _datasets(self, kind: str) -> tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]]]:
-        """``kind``'s frames and column datasets, looked up once per open file (an h5py lookup per
-        column and frame cost the recorder ~2 ms of GIL per frame at 40 Hz)."""
+    def _datasets(self, kind: str) -> Handles:
+        """``kind``'s frames, column datasets and column table (llr; None: none, an older part), looked
+        up once per open file (an h5py lookup per column and frame cost ~2 ms of GIL a frame at 40 Hz)."""
         got = self._handles.get(kind)
         if got is None:
-            g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame``
-            names = [n for n in ("frame", "time", "seq", "ts", *nexus.KIND_COLUMNS) if n in g] + ["complete"]
-            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names])
+            g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame`` / its own
+            own = [name for name, _, _ in nexus.KIND_COLUMNS.get(kind, ())]
+            names = [n for n in ("frame", "time", "seq", "ts", *own) if n in g] + ["complete"]
+            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names], g.get(column_table.TABLE))
         return got
 
     def _takes_chunks(self, kind: str) -> bool:
@@ -194,23 +201,36 @@ class AcqFile:
         return self.bslz4 and _takes_detector_chunks(self.f[kind]["frames"])
 
     def append(
-        self, kind: str, seq: int, ts: float, data: np.ndarray, chunk: bytes | None = None, **own: int
+        self,
+        kind: str,
+        seq: int,
+        ts: float,
+        data: np.ndarray,
+        chunk: bytes | None = None,
+        table: np.ndarray | None = None,
+        **own: float,
     ) -> bool:
         """Append one frame; True when ``chunk`` was stored as is (no recompression). ``own``: ``kind``'s
-        own row columns (``nexus.KIND_COLUMNS``; -1 where not given; older parts lack them)."""
+        own row columns (``nexus.KIND_COLUMNS``; their fill value where not given; older parts lack
+        them); ``table``: an llr row's (K, 4) detected columns, appended to ``llr/columns``."""
         if kind not in self.n:
             self._add_kind(kind)
-        fr, cols = self._datasets(kind)
+        fr, cols, tab = self._datasets(kind)
         i = self.n[kind]
         fr.id.set_extent((i + 1, *fr.shape[1:]))
         direct = chunk is not None and self._write_chunk(fr, i, data, chunk, kind)
         if not direct:
             fr[i] = data
         values = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts, "complete": 1}
-        values.update({name: own.get(name, -1) for name in nexus.KIND_COLUMNS})
+        values.update({name: own.get(name, fill) for name, _, fill in nexus.KIND_COLUMNS.get(kind, ())})
+        end = self.table_at
+        if table is not None and tab is not None:
+            end += column_table.write_table(tab, self.table_at, table)  # before ``complete``: see below
+            values.update(n_columns=end - self.table_at, columns_start=self.table_at)
         for name, ds in cols:  # ``complete`` last: a row counts once everything else is written
             _append_scalar(ds, i, values[name])
         self.n[kind] = i + 1
+        self.table_at = end
         self.since_flush += 1
         self.last_used = time.monotonic()
         return direct

@@ -169,7 +169,9 @@ class RecorderSink(Sink):
                 self.recorder.record("denoised", h, res.denoised[i])
             if self.llr and res.likelihood is not None and res.columns is not None:
                 ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
-                self.recorder.record("llr", h, res.likelihood[i], evidence_frames=ev)
+                vac = None if res.vacuum is None else float(res.vacuum[i])  # the table as published
+                table = {"columns": res.columns[i], "vacuum_counts": vac}
+                self.recorder.record("llr", h, res.likelihood[i], evidence_frames=ev, **table)
 
     def series_done(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END:

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import RecordSettings
+from sbd_stream.formats import column_table
 from sbd_stream.formats.dectris_codec import compress_framed
 from sbd_stream.formats.recording import FORMAT, KINDS, AcqFile, open_recording
 from sbd_stream.formats.series_record import series_attrs
@@ -124,12 +125,17 @@ class Recorder(OpenParts, BackgroundWorker):
         chunk: bytes | None = None,
         restart: bool = False,
         evidence_frames: int = -1,
+        columns: np.ndarray | None = None,
+        vacuum_counts: float | None = None,
     ) -> bool:
         """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart`` and
-        ``evidence_frames`` (llr): see ``RecordItem``."""
+        ``evidence_frames`` (llr): see ``RecordItem``. ``columns`` (llr): the frame's whole (K, 4) column
+        table and ``vacuum_counts`` its level, as the ``llr`` header states them (``llr_table``); the
+        header's ``meta.blank`` / ``meta.vacuum_not_flat`` are recorded with denoised and llr rows."""
         h = header
         item = RecordItem(kind, h.acq, h.seq, h.ts, data, chunk=chunk, restart=restart, rx=h.rx)
         item.evidence_frames = evidence_frames
+        item.meta = column_table.row_meta(kind, h.meta, columns, vacuum_counts)  # formats/column_table.py
         return self.submit(item)
 
     def submit(self, item: RecordItem) -> bool:
@@ -339,8 +345,9 @@ class Recorder(OpenParts, BackgroundWorker):
             if item.kind not in af.kinds:  # record_denoised / record_llr off
                 return
             chunk = item.chunk if item.chunk is not None else compressed
-            own = {"evidence_frames": item.evidence_frames} if item.kind == "llr" else {}
-            if af.append(item.kind, item.seq, item.ts, item.data, chunk, **own) and item.chunk is not None:
+            table, own = column_table.row_values(item.kind, item.meta, item.evidence_frames)
+            as_is = af.append(item.kind, item.seq, item.ts, item.data, chunk, table, **own)
+            if as_is and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if item.kind == "raw" and item.rx >= 0:
                 self.part_index.add(item.acq, item.rx, af.path)
