@@ -107,6 +107,8 @@ class SequenceTracker:
 
     def reset(self, acq: str | None = None) -> None:
         self.flush_gaps()  # the old series' summed-up gaps are said before the new one's
+        if acq != self.acq:  # another acquisition: its own jump warning (a restart within one keeps it)
+            self.jumped = False
         self.acq, self.last = acq, -1
         self.times.clear()
 
