@@ -18,6 +18,11 @@ Frames whose sides are not multiples of k are padded by reflection before binnin
 back at the frame's own size (the samples of the padded grid, cropped), so every working pixel is a
 full k x k block (same statistics everywhere) and the geometry stays a regular grid; the reflected
 pixels only ever influence the cropped-away band.
+
+A detector pixel that divides the working pixel by no integer within tolerance (0.1 A for 0.24 A) but
+is finer than it is served by area-weighted resampling by the float factor r = w / d
+(``compute/resample.py``): every function here takes the factor as an int k (the integer path, exactly
+as before) or a float r (``sampling_factor`` decides which).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ import math
 
 import torch
 from torch.nn import functional as F
+
+from sbd_stream.compute.resample import (
+    area_to_detector,
+    rebin_area,
+    rebinned_side,
+    unbin_area,
+    unbin_area_nearest,
+)
 
 DEFAULT_TOLERANCE = 0.05
 """Largest relative mismatch between detector pixel x bin factor and the engine's working pixel."""
@@ -64,7 +77,29 @@ def bin_factor(detector_pixel_A: float, working_pixel_A: float, tolerance: float
     return k
 
 
-def binned_shape(height: int, width: int, k: int) -> tuple[int, int]:
+def sampling_factor(
+    detector_pixel_A: float, working_pixel_A: float, tolerance: float = DEFAULT_TOLERANCE
+) -> int | float:
+    """``bin_factor``'s integer k where it serves; else the float r = working / detector pixel, to be
+    served by area-weighted resampling; a detector pixel coarser than the working pixel still raises."""
+    try:
+        return bin_factor(detector_pixel_A, working_pixel_A, tolerance)
+    except SamplingError:
+        ratio = working_pixel_A / detector_pixel_A if detector_pixel_A > 0 and working_pixel_A > 0 else 0.0
+        if ratio < 1.0 - tolerance:
+            raise
+        return float(ratio)
+
+
+def is_fractional(k: int | float) -> bool:
+    """A factor served by area-weighted resampling (no integer bin): any non-integral value."""
+    return not float(k).is_integer()
+
+
+def binned_shape(height: int, width: int, k: int | float) -> tuple[int, int]:
+    if is_fractional(k):
+        return rebinned_side(height, float(k)), rebinned_side(width, float(k))
+    k = int(k)
     return math.ceil(height / k), math.ceil(width / k)
 
 
@@ -94,8 +129,10 @@ def _strided_sum(x: torch.Tensor, k: int) -> torch.Tensor:
     return rows
 
 
-def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
+def bin_counts(frames: torch.Tensor, k: int | float) -> torch.Tensor:
     """(B, H, W) counts -> (B, ceil(H/k), ceil(W/k)) float32 sums over k x k detector pixels.
+
+    A fractional k: ``rebin_area`` (area-weighted sums; see the module docstring).
 
     A side that is not a multiple of k: the whole blocks are summed straight from the frame and only the
     last block row / column from a padded (k + r)-wide slab at the far edge. Reflection looks back fewer
@@ -104,6 +141,9 @@ def bin_counts(frames: torch.Tensor, k: int) -> torch.Tensor:
     """
     if frames.ndim != 3:
         raise ValueError(f"expected (B, H, W) frames, got shape {tuple(frames.shape)}")
+    if is_fractional(k):
+        return rebin_area(frames, float(k))
+    k = int(k)
     x = frames.to(torch.float32)
     if k == 1:
         return x
@@ -127,13 +167,19 @@ ATen's CPU bilinear upsampling picks another kernel by output size (its ``_use_v
 which rounds differently in the last bit, so asking for (H, W) directly would change a few values."""
 
 
-def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+def unbin(
+    binned: torch.Tensor, k: int | float, shape: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
     """(B, h, w) counts per working pixel -> (B, H, W) counts per detector pixel (see above).
 
     ``mode`` bicubic (default) or bilinear: on abTEM frames at 0.060 A binned 4 x 4, bicubic returns the
     clean frame within ~64 dB (paper metric) and bilinear within ~55 dB, both far below a denoiser's
-    error (~40 dB); bilinear costs 0.8 instead of 4 ms per 1024^2 frame on 2 CPU cores.
+    error (~40 dB); bilinear costs 0.8 instead of 4 ms per 1024^2 frame on 2 CPU cores. A fractional k:
+    the same interpolation with the float scale (``unbin_area``).
     """
+    if is_fractional(k):
+        return unbin_area(binned, float(k), shape, mode)
+    k = int(k)
     if k == 1:
         return binned[..., : shape[0], : shape[1]]
     if mode not in ("bicubic", "bilinear"):
@@ -150,12 +196,16 @@ def unbin(binned: torch.Tensor, k: int, shape: tuple[int, int], mode: str = "bic
     return op.default(per_px, [shape[0], shape[1]], False, float(k), float(k))[:, 0]
 
 
-def unbin_nearest(binned: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:
+def unbin_nearest(binned: torch.Tensor, k: int | float, shape: tuple[int, int]) -> torch.Tensor:
     """Working-pixel values repeated over their k x k block (for maps that are piecewise constant).
 
     Written straight into a contiguous (B, H, W) frame: two ``repeat_interleave`` and a crop that the
-    caller's flatten copied were three full-size passes (58 vs 28 ms per K2 frame).
+    caller's flatten copied were three full-size passes (58 vs 28 ms per K2 frame). A fractional k: each
+    detector pixel takes the working pixel that holds its centre.
     """
+    if is_fractional(k):
+        return unbin_area_nearest(binned, float(k), shape)
+    k = int(k)
     if k == 1:
         return binned[..., : shape[0], : shape[1]]
     big_h, big_w = shape
@@ -174,15 +224,19 @@ def unbin_nearest(binned: torch.Tensor, k: int, shape: tuple[int, int]) -> torch
     return out
 
 
-def to_detector_coords(positions: torch.Tensor, k: int, shape: tuple[int, int]) -> torch.Tensor:
+def to_detector_coords(positions: torch.Tensor, k: int | float, shape: tuple[int, int]) -> torch.Tensor:
     """Working-pixel [row, col] centres -> detector pixel coordinates: the centre of the block's pixels
     that lie inside the (H, W) detector frame.
 
     A full block i spans detector pixels i k .. i k + k - 1, centre (i + 1/2) k - 1/2. When a side is not
     a multiple of k, the last block is partly padding (``bin_counts`` reflects the frame into it): its
     centre is that of its real pixels, so every centre lies inside the frame (a 101-row frame at k = 4:
-    block 25 holds row 100 only, centre 100, not 101.5).
+    block 25 holds row 100 only, centre 100, not 101.5). A fractional k: the same rule on the span
+    [p k, (p + 1) k) in continuous detector coordinates (``area_to_detector``).
     """
+    if is_fractional(k):
+        return area_to_detector(positions, float(k), shape)
+    k = int(k)
     if k == 1:
         return positions
     first = positions * k

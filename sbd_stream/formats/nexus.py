@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from sbd_stream import __version__
-from sbd_stream.formats import column_table
+from sbd_stream.formats import column_table, frame_meta
 
 ENTRY = "entry"
 LONG_NAMES = {
@@ -136,8 +136,9 @@ def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
         note.attrs["NX_class"] = "NXnote"
         _text(note, "type", "application/json")
         _text(note, "data", str(attrs.get(name, "{}")))
-    if attrs.get("bin"):
-        proc.create_dataset("binning", data=int(attrs["bin"]))
+    if attrs.get("bin"):  # k, or the fractional resampling factor r where no integer bin serves
+        b = float(attrs["bin"])
+        proc.create_dataset("binning", data=int(b) if b.is_integer() else b)
     if attrs.get("working_pixel_A"):
         _number(proc, "working_pixel_size", attrs["working_pixel_A"], "angstrom")
     return entry
@@ -147,6 +148,7 @@ ROW_COLUMNS = (("frame", np.int64), ("time", np.float64), ("seq", np.int64), ("t
 """Per-row datasets of each NXdata group, appended with every frame; ``complete`` comes last."""
 _FLAG_COLUMNS = (("blank", np.int8, -1), ("vacuum_not_flat", np.int8, -1))
 KIND_COLUMNS: dict[str, tuple[tuple[str, Any, float], ...]] = {
+    "raw": frame_meta.COLUMNS,  # exposure_s, meta_start, meta_length (formats/frame_meta.py)
     "denoised": _FLAG_COLUMNS,
     "llr": (
         ("evidence_frames", np.int64, -1),
@@ -159,7 +161,8 @@ KIND_COLUMNS: dict[str, tuple[tuple[str, Any, float], ...]] = {
 """Per-row datasets of one kind, (name, dtype, value when not given): ``llr/evidence_frames``, how many
 other frames' counts scored the row's map (0: the frame's own; its LLR is a sum over them, so scales
 differ ~N-fold); the column table's row index and vacuum level, and the frame flags the published
-``denoised`` / ``llr`` meta carried (formats/column_table.py). Parts written before them lack them."""
+``denoised`` / ``llr`` meta carried (formats/column_table.py); each raw frame's ``exposure_s`` and the
+row index of its producer ``meta`` (formats/frame_meta.py). Parts written before them lack them."""
 KIND_LONG_NAMES = {
     "evidence_frames": "other frames whose counts scored the map (0: its own)",
     "n_columns": "detected columns of the row (-1: no table given)",
@@ -167,6 +170,7 @@ KIND_LONG_NAMES = {
     "vacuum_counts": "vacuum level the columns were scored against (counts per detector pixel)",
     "blank": "1: no beam, outputs all zeros (meta.blank)",
     "vacuum_not_flat": "1: the blocks taken as vacuum were not flat (meta.vacuum_not_flat)",
+    **frame_meta.LONG_NAMES,
 }
 
 
@@ -214,6 +218,8 @@ def add_data(
     if kind == "llr":
         g["vacuum_counts"].attrs["units"] = "counts"
         column_table.add_table(g)  # the detected columns of every row (formats/column_table.py)
+    if kind == "raw":
+        frame_meta.add_bytes(g)  # each frame's producer meta (formats/frame_meta.py)
     f[kind] = h5py.SoftLink(f"/{ENTRY}/{kind}")  # the top-level name of format sbd-recording/1
     if kind == "denoised":
         entry.attrs["default"] = "denoised"

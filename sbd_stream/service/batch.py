@@ -27,7 +27,8 @@ import torch
 from sbd_stream.compute.binning import (
     DEFAULT_TOLERANCE,
     bin_counts,
-    bin_factor,
+    is_fractional,
+    sampling_factor,
     to_detector_coords,
     unbin,
     unbin_nearest,
@@ -50,10 +51,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Geometry:
-    """How this stream's detector frames map onto the engine: bin factor and dose in both samplings."""
+    """How this stream's detector frames map onto the engine: bin factor and dose in both samplings.
+
+    ``bin``: the integer k of a k x k bin, or the float r = working / detector pixel where no integer
+    bin lies within tolerance (area-weighted resampling, ``compute/resample.py``); r^2 detector pixels
+    make a working pixel either way, so every dose below is ``bin ** 2`` times the detector's.
+    """
 
     detector: DetectorSettings
-    bin: int
+    bin: int | float
     working_pixel_A: float
     vacuum_counts: float  # expected counts per *working* pixel in vacuum: the normalisation's dose
     dose_factor: float  # this stream's dose / the engine's nominal dose (per area)
@@ -102,7 +108,9 @@ def plan_geometry(
             detector.pixel_size_A,
         )
         return Geometry(detector, 1, detector.pixel_size_A, detector.vacuum_counts, 1.0, card.dose_range)
-    k = bin_factor(detector.pixel_size_A, card.pixel_size_A, tolerance)
+    k = sampling_factor(detector.pixel_size_A, card.pixel_size_A, tolerance)
+    if is_fractional(k):
+        say_resampled(detector.pixel_size_A, card.pixel_size_A, float(k), tolerance)
     vacuum_working = detector.vacuum_counts * k * k
     return Geometry(
         detector,
@@ -112,6 +120,23 @@ def plan_geometry(
         vacuum_working / card.normalisation.dose,
         card.dose_range,
     )
+
+
+_SAID: set[tuple[float, float, float]] = set()
+
+
+def say_resampled(detector_pixel_A: float, working_pixel_A: float, r: float, tolerance: float) -> None:
+    """One INFO line per sampling and process (every worker plans its own geometry): a fractional factor
+    is served, not refused, but it is not the exactly-Poisson integer bin, so say so."""
+    key = (detector_pixel_A, working_pixel_A, tolerance)
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    log.info(
+        "detector pixel %.4g A is served by area-weighted resampling by %.4g to the engine's %.4g A working "
+        "pixel (no integer bin within %.0f %%)",
+        detector_pixel_A, r, working_pixel_A, 100 * tolerance,
+    )  # fmt: skip
 
 
 class BatchStage:

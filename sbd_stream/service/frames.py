@@ -69,8 +69,9 @@ class FrameDenoiser:
     ``sbd-stream denoise`` picks), ``engine``: the backend (auto, tensorrt, onnxruntime, torch);
     ``orientations`` 8 as ``sbd-stream denoise`` (1: the live lane, 8x less engine time); ``likelihood``
     True (or ``LikelihoodSettings``) adds the service's likelihood maps and column tables. The other
-    keywords are the ``[denoise]`` settings of the same names. A sampling the engine cannot bin to is a
-    ``ValueError`` naming both pixel sizes; so is any other invalid value.
+    keywords are the ``[denoise]`` settings of the same names. A detector pixel that no integer bin
+    serves is resampled by area to the working pixel (compute/resample.py, logged once); one coarser
+    than the working pixel is a ``ValueError`` naming both pixel sizes; so is any other invalid value.
     """
 
     def __init__(

@@ -92,5 +92,5 @@ def test_denoiser_refuses_tensors_that_hold_no_counts(dtype: torch.dtype, binnin
 def test_sampling_error_is_importable_where_the_examples_import(binning_denoiser: Denoiser) -> None:
     sampling_error = frames_api.SamplingError
     assert sampling_error is binning.SamplingError and "SamplingError" in frames_api.__all__
-    with pytest.raises(sampling_error, match=r"0\.07 A"):
-        FrameDenoiser(0.07, counts_per_px=0.45, denoiser=binning_denoiser)
+    with pytest.raises(sampling_error, match=r"0\.3 A"):  # coarser than 0.24 A (0.07 is now resampled)
+        FrameDenoiser(0.3, counts_per_px=0.45, denoiser=binning_denoiser)

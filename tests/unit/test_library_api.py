@@ -69,7 +69,7 @@ def test_one_frame_torch_input_and_dose_per_area_give_the_same_numbers(binning_d
     np.testing.assert_allclose(per_area(frames), stack, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pixel", [0.5, 0.07])
+@pytest.mark.parametrize("pixel", [0.5, 0.3])
 def test_a_sampling_the_engine_cannot_bin_to_is_a_value_error_naming_it(
     pixel: float, binning_denoiser: Denoiser
 ) -> None:

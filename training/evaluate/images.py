@@ -207,10 +207,11 @@ def _wide_blur(counts: np.ndarray, sigma_px: float) -> np.ndarray:
     return fft.irfft2(f, s=x.shape)[:h, :w]
 
 
-def binning_ceiling(clean: np.ndarray, regions: np.ndarray, k: int) -> dict[str, float]:
-    """Paper PSNR per region of the clean frame summed over k x k pixels and brought back as the service
-    does (bicubic): the most any engine at that working pixel could score. Far above an engine's score,
-    it says the working pixel is not what limits it."""
+def binning_ceiling(clean: np.ndarray, regions: np.ndarray, k: int | float) -> dict[str, float]:
+    """Paper PSNR per region of the clean frame summed over k x k pixels (area-weighted for a fractional
+    k, compute/resample.py) and brought back as the service does (bicubic): the most any engine at that
+    working pixel could score. Far above an engine's score, it says the working pixel is not what limits
+    it."""
     import torch
 
     from sbd_stream.compute.binning import bin_counts, unbin
@@ -279,7 +280,8 @@ def evaluate_images(
             sbd = region_psnrs(ref, den * scale, regions)
             lp = oracle_low_pass(ref, noisy * scale, regions, sigmas_px)
             if d == 0:  # what the engine's working pixel can carry at all: the clean frame binned and back
-                ceiling = binning_ceiling(ref, regions, int(info["geometry"]["bin"]))
+                b = float(info["geometry"]["bin"])  # fractional where no integer bin serves the pixel
+                ceiling = binning_ceiling(ref, regions, int(b) if b.is_integer() else b)
             rows.append(
                 {
                     "image": name,
