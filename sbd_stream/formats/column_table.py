@@ -125,8 +125,9 @@ class ColumnRow:
 
     def published(self) -> tuple[dict[str, Any], list[list[float]]]:
         """(meta, columns) as the service published them in this frame's ``llr`` header (its own keys;
-        the producer's meta is not recorded): ``llr_table.llr_columns`` on the recorded table, and the
-        flags where set. RecordingError when the part holds no table for this row (an older part)."""
+        the producer's meta is its raw row's, ``frame_meta``): ``llr_table.llr_columns`` on the recorded
+        table, and the flags where set. RecordingError when the part holds no table for this row (an older
+        part)."""
         if self.table is None:
             raise RecordingError(f"{self.part}: llr row {self.row} has no recorded column table")
         meta, columns = llr_columns(self.table, self.evidence_frames or 0, self.vacuum_counts)

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,24 @@ import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader o
 import numpy as np
 
 from sbd_stream.config import RecordSettings
-from sbd_stream.formats import column_table, nexus
+from sbd_stream.formats import column_table, frame_meta, nexus
 from sbd_stream.formats.dectris_codec import HEADER
 from sbd_stream.formats.group_templates import GroupTemplates
-from sbd_stream.formats.hdf5_read import h5_reason, open_recording
-from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
+from sbd_stream.formats.hdf5_read import open_recording
 from sbd_stream.formats.recording_parts import (  # noqa: F401 - re-exported: readers import them from here
     UNREADABLE,
     free_path,
     part_attr,
     part_number,
     recording_parts,
+)
+from sbd_stream.formats.recording_read import (  # noqa: F401 - re-exported: readers import them from here
+    SAMPLING_ATTRS,
+    frames_key,
+    is_recording,
+    iter_recorded,
+    recorded_detector,
+    uniform_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,9 @@ def safe_name(acq: str) -> str:
     return re.sub(r"^\.+", lambda m: "_" * len(m.group()), name) or "acq"
 
 
-Handles = tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]], h5py.Dataset | None]  # frames, rows, llr table
+Handles = tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]], h5py.Dataset | None]  # frames, rows, appended
+APPENDED = {"llr": column_table.TABLE, "raw": frame_meta.BYTES}
+"""Each kind's dataset of per-row entries appended one row after another (None in an older part)."""
 
 
 class AcqFile:
@@ -130,6 +139,7 @@ class AcqFile:
         self.f = _open_rw(path)
         self.n: dict[str, int] = {"raw": 0}
         self.table_at = 0  # the llr column table's next entry (formats/column_table.py)
+        self.meta_at = 0  # the raw meta's next byte (formats/frame_meta.py)
         self.t0 = float(attrs["t0"])
         self.bslz4 = s.compression == "bitshuffle-lz4"
         self.direct = {k: self._takes_chunks(k) for k in self.n}
@@ -160,6 +170,7 @@ class AcqFile:
         self.n = {k: len(self.f[k]["complete"]) for k in KINDS if k in self.f}
         # after the last complete row's table: a table a crash left half-counted is written over
         self.table_at = column_table.table_end(self.f["llr"], self.n["llr"]) if "llr" in self.n else 0
+        self.meta_at = frame_meta.bytes_end(self.f["raw"], self.n["raw"]) if "raw" in self.n else 0
         if nexus.ENTRY not in self.f:  # the first layout had every group from the start
             self.kinds = list(self.n)
         self.t0 = float(self.f.attrs.get("t0", 0.0))
@@ -193,7 +204,8 @@ class AcqFile:
             g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame`` / its own
             own = [name for name, _, _ in nexus.KIND_COLUMNS.get(kind, ())]
             names = [n for n in ("frame", "time", "seq", "ts", *own) if n in g] + ["complete"]
-            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names], g.get(column_table.TABLE))
+            appended = g.get(APPENDED[kind]) if kind in APPENDED else None
+            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names], appended)
         return got
 
     def _takes_chunks(self, kind: str) -> bool:
@@ -208,11 +220,13 @@ class AcqFile:
         data: np.ndarray,
         chunk: bytes | None = None,
         table: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
         **own: float,
     ) -> bool:
         """Append one frame; True when ``chunk`` was stored as is (no recompression). ``own``: ``kind``'s
         own row columns (``nexus.KIND_COLUMNS``; their fill value where not given; older parts lack
-        them); ``table``: an llr row's (K, 4) detected columns, appended to ``llr/columns``."""
+        them); ``table``: an llr row's (K, 4) detected columns, appended to ``llr/columns``; ``meta``: a
+        raw row's producer meta, appended to ``raw/meta`` (None: not recorded)."""
         if kind not in self.n:
             self._add_kind(kind)
         fr, cols, tab = self._datasets(kind)
@@ -227,10 +241,14 @@ class AcqFile:
         if table is not None and tab is not None:
             end += column_table.write_table(tab, self.table_at, table)  # before ``complete``: see below
             values.update(n_columns=end - self.table_at, columns_start=self.table_at)
+        if kind == "raw" and meta is not None and tab is not None:  # also before ``complete``
+            values.update(frame_meta.write_row(tab, self.meta_at, meta))
+        meta_at = self.meta_at + max(0, int(values.get("meta_length", 0)))
         for name, ds in cols:  # ``complete`` last: a row counts once everything else is written
             _append_scalar(ds, i, values[name])
         self.n[kind] = i + 1
         self.table_at = end
+        self.meta_at = meta_at
         self.since_flush += 1
         self.last_used = time.monotonic()
         return direct
@@ -350,100 +368,3 @@ def _append_scalar(ds: h5py.Dataset, i: int, value: float) -> None:
     space = ds.id.get_space()
     space.select_hyperslab((i,), (1,))
     ds.id.write(_ONE, space, np.array([value], ds.dtype))
-
-
-SAMPLING_ATTRS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px")
-"""The attributes that state a stack's or a recording's detector sampling."""
-
-
-def frames_key(path: Path, kind: str = "raw") -> tuple[tuple[int, ...], str] | None:
-    """(frame shape, dtype) of ``kind`` in one part, None where it has no such frames.
-
-    ``RecordingError`` naming the part where ``kind`` cannot be followed (a soft-link loop, ``/entry``
-    a dataset) or its frames hold no counts (complex, bool, strings: ``check_dtype``), so every reader
-    that stacks a recording refuses them in one line instead of a traceback or a silent cast."""
-    with open_recording(path) as f:
-        try:
-            g = f.get(kind)
-            ds = g.get("frames") if isinstance(g, h5py.Group) else g
-        except (KeyError, RuntimeError, OSError) as e:
-            why = h5_reason(e)
-            raise RecordingError(f"{path}: {kind} frames cannot be opened ({why}); damaged?") from None
-        if ds is None:
-            return None
-        if not isinstance(ds, h5py.Dataset):
-            raise RecordingError(f"{path}: {kind} frames are no dataset (not a recording made by `serve`?)")
-        try:
-            check_dtype(ds.dtype)
-        except ValueError as e:
-            raise RecordingError(f"{path}: {kind} frames: {e}") from None
-        return tuple(int(x) for x in ds.shape[1:]), str(ds.dtype)
-
-
-def uniform_parts(path: Path, kind: str = "raw") -> list[Path]:
-    """The consecutive parts from ``path`` on whose ``kind`` frames share its shape and dtype.
-
-    Readers that stack a recording (``export``, ``denoise`` / ``replay --offline``) stop before the
-    first part that differs instead of refusing the whole recording, and say in one log line where
-    they stopped and which file to give next: that part, read the same way, goes on from there.
-    """
-    parts = recording_parts(path)
-    first = None
-    for k, part in enumerate(parts):
-        key = frames_key(part, kind)
-        if key is None:
-            continue
-        if first is None:
-            first = key
-        elif key != first:
-            log.warning(
-                "%s: %s holds %s frames %s %s after %s %s; read %d part(s), stopping there "
-                "(give %s to read on from it)",
-                path, part.name, kind, key[0], key[1], first[0], first[1], k, part,
-            )  # fmt: skip
-            return parts[:k]
-    return parts
-
-
-def is_recording(path: Path) -> bool:
-    """Whether ``path`` is a recording made by ``serve`` (raw frames with their ``complete`` column)."""
-    try:
-        with open_recording(Path(path)) as f:
-            return "raw/frames" in f and "raw/complete" in f
-    except (OSError, ValueError, RuntimeError, KeyError):  # unreadable: the stack reader says why
-        return False
-
-
-def recorded_detector(path: Path) -> dict[str, float]:
-    """The detector sampling a recording (or any HDF5 stack) states in its attributes, if any.
-
-    Recordings written by the service carry ``pixel_size_A`` and the dose both per area and per
-    pixel; only one dose form is returned (per area wins), as the settings take one.
-    A stated value that is no finite number > 0 is a ``RecordingError`` naming file and attribute.
-    """
-    try:
-        with open_recording(Path(path)) as f:
-            stated = {k: f.attrs[k] for k in SAMPLING_ATTRS if k in f.attrs}
-    except (OSError, ValueError, TypeError):
-        return {}
-    try:
-        attrs = sampling_attrs(stated, str(path))
-    except ValueError as e:
-        raise RecordingError(str(e)) from None
-    if "dose_e_per_A2" in attrs:
-        attrs.pop("counts_per_px", None)
-    return attrs
-
-
-def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, float, np.ndarray]]:
-    """(acq, seq, ts, frame) for every complete frame of ``kind`` across the rolled files."""
-    for part in recording_parts(path):
-        with open_recording(part) as f:
-            if kind not in f:
-                continue
-            acq = str(f.attrs.get("acq", part.stem))
-            g = f[kind]
-            n = trusted_rows(g, f"{part}: {kind}")  # the rows written, whatever the extents declare
-            seqs, tss = g["seq"][:n], g["ts"][:n]
-            for i in range(n):
-                yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]

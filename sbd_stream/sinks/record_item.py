@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class RecordItem:
     # llr rows: how many other frames' counts scored the map (0: the frame's own; -1: not said), stored
     # beside seq and ts, so a reader can tell a 1-frame LLR from an N-frame one (their scales differ ~N-fold)
     evidence_frames: int = -1
+    # raw frames: the header's exposure_s (NaN: not given), recorded beside ``meta`` (the producer's, as
+    # received: formats/frame_meta.py), so a replay sends each frame as it came
+    exposure_s: float = math.nan
     # series_start: the message's own fields beside ``meta`` (``ts`` and the announcements it stated:
     # formats/series_record.py ``series_fields``), recorded apart so neither hides the other; None (an
     # API caller giving ``meta`` alone): ``series_meta`` is ``meta``, as before

@@ -129,13 +129,17 @@ class Recorder(OpenParts, BackgroundWorker):
         vacuum_counts: float | None = None,
     ) -> bool:
         """Queue one frame of ``kind`` (raw | denoised | llr) named by its header; ``restart`` and
-        ``evidence_frames`` (llr): see ``RecordItem``. ``columns`` (llr): the frame's whole (K, 4) column
+        ``evidence_frames`` (llr): see ``RecordItem``. A raw frame's header ``meta`` and ``exposure_s`` are
+        recorded with its row (formats/frame_meta.py). ``columns`` (llr): the frame's whole (K, 4) column
         table and ``vacuum_counts`` its level, as the ``llr`` header states them (``llr_table``); the
         header's ``meta.blank`` / ``meta.vacuum_not_flat`` are recorded with denoised and llr rows."""
         h = header
         item = RecordItem(kind, h.acq, h.seq, h.ts, data, chunk=chunk, restart=restart, rx=h.rx)
         item.evidence_frames = evidence_frames
-        item.meta = column_table.row_meta(kind, h.meta, columns, vacuum_counts)  # formats/column_table.py
+        if kind == "raw":  # the producer's meta and exposure, as received (formats/frame_meta.py)
+            item.meta, item.exposure_s = h.meta, float(h.exposure_s)
+        else:
+            item.meta = column_table.row_meta(kind, h.meta, columns, vacuum_counts)  # formats/column_table.py
         return self.submit(item)
 
     def submit(self, item: RecordItem) -> bool:
@@ -346,7 +350,8 @@ class Recorder(OpenParts, BackgroundWorker):
                 return
             chunk = item.chunk if item.chunk is not None else compressed
             table, own = column_table.row_values(item.kind, item.meta, item.evidence_frames)
-            as_is = af.append(item.kind, item.seq, item.ts, item.data, chunk, table, **own)
+            meta, own = (item.meta, {"exposure_s": item.exposure_s}) if item.kind == "raw" else (None, own)
+            as_is = af.append(item.kind, item.seq, item.ts, item.data, chunk, table, meta, **own)
             if as_is and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if item.kind == "raw" and item.rx >= 0:

@@ -9,9 +9,10 @@ shaped as the live one (formats/series_record.py ``read_series``): the recorded 
 (``exposure_s``, ``n_frames``, ``shape``, ``dtype``) at its top level, the producer's ``meta`` as its
 ``meta`` with ``replay_of`` added, and the recorded series_start ``ts`` (older parts, which lack it: the
 part's ``t0``, the segment's first frame's ``ts``). It sent the replay's wall clock, the announcements
-inside ``meta`` and no top-level ``n_frames`` (audit h28, item 2). Frames carry the recorded exposure
-(the announced ``exposure_s``, else the part's NeXus ``count_time``; 0.0, the wire default, if neither),
-not 0.0; their own ``meta`` is not recorded and replays empty. A recording holding two series or a
+inside ``meta`` and no top-level ``n_frames`` (audit h28, item 2). Frames carry their own recorded
+``exposure_s`` and ``meta`` (formats/frame_meta.py); a part written before those: the series' exposure
+(the announced ``exposure_s``, else the part's NeXus ``count_time``; 0.0, the wire default, if neither)
+and an empty ``meta``. A recording holding two series or a
 producer restart of one acquisition (segments 0 and 1, both counting ``seq`` from 0) was sent as one
 series, so ``replay --record-dir`` wrote each ``seq`` twice into one part; a series_start between them
 makes the recorder open a new part, as it did when the frames were first recorded.
@@ -51,10 +52,11 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.formats import frame_meta
 from sbd_stream.formats.limits import BLOCK_ROWS, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recording_parts
 from sbd_stream.formats.series_record import RecordedSeries, read_series
-from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.frames import Frame, FrameQueue, own_keys_renamed
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -64,6 +66,7 @@ from sbd_stream.protocol import (
     FrameHeader,
     SeriesHeader,
     SeriesMessage,
+    finite_json,
     ts_ok,
 )
 from sbd_stream.worker import BackgroundWorker
@@ -109,8 +112,17 @@ def check_recording(path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
 def recorded_series(
     path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD
 ) -> Iterator[tuple[Series, int, float, np.ndarray]]:
-    """(series, seq, ts, frame) for every complete raw frame across the recording's parts, in order;
-    per-row columns read a block at a time."""
+    """(series, seq, ts, frame) for every complete raw frame across the recording's parts, in order."""
+    for series, seq, ts, frame, _ in recorded_frames(path, max_payload):
+        yield series, seq, ts, frame
+
+
+def recorded_frames(
+    path: Path, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> Iterator[tuple[Series, int, float, np.ndarray, tuple[float, dict[str, Any]]]]:
+    """``recorded_series`` and each frame's (exposure_s, meta) as recorded (formats/frame_meta.py); a
+    part written before them: the series' exposure and an empty meta. Per-row columns read a block at a
+    time."""
     for part in recording_parts(Path(path)):
         with open_recording(part) as f:
             if "raw" not in f:
@@ -118,10 +130,24 @@ def recorded_series(
             series = (str(f.attrs.get("acq", part.stem)), int(f.attrs.get("segment", 0)), *_recorded_start(f))
             g = f["raw"]
             n = raw_rows(f, part, max_payload)
+            rows = frame_meta.rows(g, n, f"{part}: raw")
             for a in range(0, n, BLOCK_ROWS):
                 seqs, tss = g["seq"][a : min(n, a + BLOCK_ROWS)], g["ts"][a : min(n, a + BLOCK_ROWS)]
                 for i in range(len(seqs)):
-                    yield series, int(seqs[i]), float(tss[i]), g["frames"][a + i]
+                    exposure, meta = next(rows)
+                    said = (series[3] if exposure is None or exposure < 0 else exposure, _sendable(meta))
+                    yield series, int(seqs[i]), float(tss[i]), g["frames"][a + i], said
+
+
+def _sendable(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """A recorded meta as the live input would pass it on: none (an older part) empty, a crafted key the
+    service sets itself renamed ``meta.<key>`` (``frames.own_keys_renamed``); one the wire could not
+    carry (not finite) left out whole, with a note (``meta_dropped``)."""
+    if not meta:
+        return {}
+    if not finite_json(meta):
+        return {"meta_dropped": "not finite in the recording"}
+    return own_keys_renamed(meta) or meta
 
 
 def _recorded_start(f: Any) -> tuple[RecordedSeries, float]:
@@ -208,7 +234,9 @@ class ReplaySource(BackgroundWorker):
         prev_ts = prev_wall = 0.0
         gaps = SeriesGaps()
         try:
-            for (acq, segment, rec, exposure), seq, ts, data in recorded_series(self.path, self.max_payload):
+            for (acq, segment, rec, _), seq, ts, data, (exposure, meta) in recorded_frames(
+                self.path, self.max_payload
+            ):
                 if self._stop.is_set() or (self.limit is not None and self.n_sent >= self.limit):
                     break
                 if not ts_ok(ts):
@@ -230,8 +258,8 @@ class ReplaySource(BackgroundWorker):
                     while len(self.queue) >= self.queue.maxlen and not self._stop.is_set():
                         self.queue.wait_not_full(0.05)
                 name = next(k for k, v in DTYPES.items() if v == data.dtype.newbyteorder("<"))
-                header = FrameHeader(acq, seq, ts, (data.shape[0], data.shape[1]), name, exposure)
-                gaps.add(seq)  # per-frame meta is not recorded: it replays empty
+                header = FrameHeader(acq, seq, ts, (data.shape[0], data.shape[1]), name, exposure, meta)
+                gaps.add(seq)
                 self.on_frame(Frame(header, data))
                 self.n_sent += 1
             if acq_cur is not None:

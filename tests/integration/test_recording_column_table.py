@@ -55,7 +55,7 @@ def _frame(rng: np.random.Generator, seq: int) -> np.ndarray:
 
 
 def _service_keys(meta: dict) -> dict:
-    """What the service itself says in an ``llr`` header's meta (the producer's meta is not recorded)."""
+    """What the service itself says in an ``llr`` header's meta (the producer's own is in ``raw/meta``)."""
     keys = ("n_columns", "columns_fields", "evidence_frames", "vacuum_counts", "blank", "vacuum_not_flat")
     return {k: meta[k] for k in keys if k in meta}
 

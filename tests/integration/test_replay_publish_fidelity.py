@@ -6,8 +6,9 @@ The audit's subscriber saw every replayed frame with ``exposure_s 0.0`` (live: 0
 series_start" was -216 s), and a summary saying ``frames_missing 0`` over a recorded gap. Now frames carry
 the recorded exposure, the series_start is shaped as the live one (``n_frames`` top-level, the producer's
 ``meta`` plus ``replay_of``) with the recorded series_start ``ts`` (parts written before it was recorded:
-``t0``, the first frame's ``ts``), and the gap is counted. Per-frame ``meta`` is not recorded: it replays
-empty (docs/service.md).
+``t0``, the first frame's ``ts``), and the gap is counted. Per-frame ``meta`` and ``exposure_s`` are
+recorded since session 31 and replayed (tests/integration/test_recording_frame_meta.py); parts written
+before replay an empty ``meta`` (docs/service.md).
 
 Everything real: the recording is written by the service's recorder (``RecorderSink`` -> ``Recorder``
 thread, fed with messages decoded from wire bytes), replayed by an `sbd-stream replay --publish`
@@ -133,7 +134,7 @@ def test_replay_publish_sends_the_recorded_series_and_counts_its_gap(
         "exposure_s": sorted({r.header.exposure_s for r in frames}),  # the recorded exposure, not 0.0
         "ts_kept": all(r.header.ts == _ts(r.seq) for r in frames),
         "time_since_start_negative": any(r.header.ts < start.ts for r in frames),
-        # per-frame meta is not recorded: documented as replayed empty (plus the service's own keys)
+        # per-frame meta: recorded now and replayed; parts written before: empty (plus the service's keys)
         "frame_meta_detector": any("detector" in r.header.meta for r in frames),
         # the recorded gap (seq 4-5) inside the replayed range is counted, as live
         "frames_missing": summary["frames_missing"],
@@ -148,7 +149,7 @@ def test_replay_publish_sends_the_recorded_series_and_counts_its_gap(
         "exposure_s": [0.025],
         "ts_kept": True,
         "time_since_start_negative": False,
-        "frame_meta_detector": False,
+        "frame_meta_detector": written == "now",
         "frames_missing": 2,
         "frames_fed": len(SEQS),
         "gap_logged": True,
