@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks import readme_history as history
 from benchmarks import readme_paper as paper
+from benchmarks import readme_recording_sampling as rec_sampling
 from benchmarks import readme_speed as speed
 from benchmarks.readme_render import ROOT
 
@@ -61,6 +62,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "edge": speed.edge,
     "simulation": speed.simulation,
     "curve": speed.curve,
+    "part_roll": rec_sampling.part_roll,
+    "resample": rec_sampling.resample,
 }
 """Every generated block of README.md, by marker name; the renderers live in readme_paper (the paper's
 world), readme_history (earlier worlds and studies) and readme_speed (throughput and latency)."""

@@ -164,7 +164,7 @@ class Recorder(OpenParts, BackgroundWorker):
             )
             msg = (
                 "recorder queue full (%s): %s frame %s of %s NOT recorded (counted in %s; more: once a "
-                "minute). The writer is behind: a burst of new acquisitions (each new part costs ~10 ms "
+                "minute). The writer is behind: a burst of new acquisitions (each new part costs ~15 ms "
                 "of HDF5 layout) or a slow disk; raise ingest.record_queue_frames for bursts "
                 "(docs/service.md)"
             )

@@ -1,0 +1,61 @@
+"""README tables of the recorder's new-part cost and the fractional resampling (session 31).
+
+Apart from ``readme_speed`` (at ~420 lines) by the house's module size; the same helpers render them.
+"""
+
+from __future__ import annotations
+
+from benchmarks.readme_render import cores, load, source
+
+
+def part_roll() -> str:
+    """``python -m benchmarks.bench_part_roll``: bench_part_roll.json, a new recording part's cost."""
+    d = load("bench_part_roll.json")
+    lines = [
+        f"{source(d, 'bench_part_roll.json')}, {cores(d)}, {d['date']}, commit `{d['git']}`; default record "
+        "settings; `copy`: groups copied from their template (the recorder), `build`: built object by "
+        "object (before session 31), interleaved in one process; median ms):",
+        "",
+        "| layout | frame | new part (raw + denoised + llr) | its raw / denoised / llr group "
+        "| row in an open part |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["parts"]:
+        groups = f"{r['first_raw_ms']:.1f} / {r['first_denoised_ms']:.1f} / {r['first_llr_ms']:.1f}"
+        lines.append(
+            f"| {r['layout']} | {r['shape']} | {r['new_part_ms']:.1f} | {groups} | {r['steady_ms']:.2f} |"
+        )
+    live = {(r["layout"], r["recorder"]): r for r in d["live"]}
+    idle = live.get(("copy", "idle"))
+    per = live.get(("copy", "new_part_per_frame"))
+    if idle and per:
+        lines += [
+            "",
+            "A stand-in live lane (1024^2 numpy work and a ZeroMQ send every 25 ms): p50 "
+            f"{idle['p50_ms']:.1f} ms with the recorder idle, {per['p50_ms']:.1f} ms while it opens a new "
+            "part for every frame.",
+        ]
+    return "\n".join(lines)
+
+
+def resample() -> str:
+    """``python -m benchmarks.bench_resample``: bench_resample.json, integer bin vs area resampling."""
+    d = load("bench_resample.json")
+    var = {r["factor"]: r["var_over_mean"] for r in d["variance"]}
+    lines = [
+        f"{source(d, 'bench_resample.json')}, {cores(d)}, {d['date']}; median of {d['repeats']}; ms per "
+        "frame; variance / mean of vacuum counts at 0.45 counts per 0.060 A after resampling, 1 = Poisson):",
+        "",
+        "| frame | detector pixel | working frame | to the working pixel | back, bilinear / bicubic | "
+        "variance / mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["speed"]:
+        frame = "3838 x 3710 (K2)" if r["frame"] == "k2" else f"{r['frame']}^2"
+        back = f"{r['up_bilinear_ms']:.1f} / {r['up_bicubic_ms']:.1f}"
+        v = var.get(r["factor"])
+        lines.append(
+            f"| {frame} | {r['factor']} | {r['working_px']} | {r['down_ms']:.1f} | {back} | "
+            f"{'' if v is None else f'{v:.2f}'} |"
+        )
+    return "\n".join(lines)
