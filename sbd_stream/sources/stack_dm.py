@@ -32,7 +32,7 @@ import numpy as np
 
 from sbd_stream.sources.stack_headers import StackError, check_declared
 from sbd_stream.sources.stack_raw import RawFrames
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, plausible_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
 
 __all__ = ["DM_SUFFIXES", "dm_image", "open_dm"]
 
@@ -232,14 +232,7 @@ def _sampling(path: Path, data: dict[str, Any]) -> dict[str, float]:
         except (TypeError, ValueError):
             px = math.nan
         sizes.append(px)
-    if not all(math.isfinite(s) and s > 0 for s in sizes):
-        return {}
-    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
-        raise StackError(
-            f"{path}: non-square pixels ({sizes[0]:.4g} A wide, {sizes[1]:.4g} A high, from its "
-            "calibrations); the engine works on square pixels: resample the frames to square ones"
-        )
-    return plausible_pixel(sizes[0], "its calibrations", path)
+    return square_pixel(sizes, "its calibrations", path)
 
 
 class _Native:

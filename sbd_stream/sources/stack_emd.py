@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from sbd_stream.sources.stack_headers import StackError
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, plausible_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
 
 __all__ = ["EMD_UNITS_A", "FramesLast", "emd_frames"]
 
@@ -123,14 +123,7 @@ def _length(value: Any, units: Any) -> float:
 
 
 def _square(sizes: list[float], path: Path) -> dict[str, float]:
-    if len(sizes) != 2 or not all(math.isfinite(s) and s > 0 for s in sizes):
-        return {}
-    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
-        raise StackError(
-            f"{path}: non-square pixels ({sizes[0]:.4g} A wide, {sizes[1]:.4g} A high); the engine works on "
-            "square pixels: resample the frames to square ones"
-        )
-    return plausible_pixel(sizes[0], "its pixel size", path)
+    return square_pixel(sizes, "its pixel size", path)
 
 
 def _berkeley_groups(f: h5py.File) -> list[str]:

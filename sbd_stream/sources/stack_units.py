@@ -132,6 +132,15 @@ def _square(x: float | None, y: float | None, scale: float, where: str, path: Pa
         )
 
 
+def square_pixel(sizes: list[float], where: str, path: Path | str) -> dict[str, float]:
+    """``pixel_size_A`` from a stated (width, height) in A: nothing unless both are finite and > 0;
+    StackError for non-square pixels; else ``plausible_pixel``. The DM, EMD and zarr readers' rule."""
+    if len(sizes) != 2 or not all(math.isfinite(v) and v > 0 for v in sizes):
+        return {}
+    _square(sizes[0], sizes[1], 1.0, where, path)
+    return plausible_pixel(sizes[0], where, path)
+
+
 def _in_range(px: float) -> bool:
     return math.isfinite(px) and PIXEL_SIZE_A_RANGE[0] <= px <= PIXEL_SIZE_A_RANGE[1]
 

@@ -23,7 +23,7 @@ import numpy as np
 from sbd_stream.formats.limits import sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_headers import StackError, imread_cap
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, plausible_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
 
 __all__ = ["ZARR_MARKERS", "ZarrFrames", "is_zarr_store", "open_zarr"]
 
@@ -122,11 +122,4 @@ def abtem_axes_sampling(axes: dict[str, Any], ndim: int, where: str) -> dict[str
             sizes.append(float(ax["sampling"]) * scale if scale is not None else math.nan)
         except (KeyError, TypeError, ValueError):
             return {}
-    if not all(math.isfinite(s) and s > 0 for s in sizes):
-        return {}
-    if abs(sizes[0] - sizes[1]) > 1e-3 * sizes[0]:
-        raise StackError(
-            f"{where}: non-square pixels ({sizes[0]:.4g} A by {sizes[1]:.4g} A, from abTEM's axes); the "
-            "engine works on square pixels: resample the frames to square ones"
-        )
-    return plausible_pixel(sizes[0], "abTEM's axes", where)
+    return square_pixel(sizes, "abTEM's axes", where)
