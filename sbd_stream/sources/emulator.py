@@ -44,13 +44,12 @@ from sbd_stream.protocol import (
     TOPIC_SERIES_END,
     TOPIC_SERIES_START,
     SeriesHeader,
-    encode_frame,
     encode_series,
     ipv6_endpoint,
 )
 from sbd_stream.sources.crop import MIN_SPECIMEN_FRACTION, specimen_fraction
 from sbd_stream.sources.crop import fit_to_frame as _fit
-from sbd_stream.sources.emulator_recording import is_recording, recorded_counts
+from sbd_stream.sources.emulator_recording import RecordedRows, is_recording, recorded_counts
 from sbd_stream.sources.emulator_settings import POOL_MARGIN, EmulatorSettings
 from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
 from sbd_stream.zmq_context import end_context, own_context
@@ -111,6 +110,7 @@ class FrameSource:
         self._counts: list[np.ndarray] = []
         self.player: ScenePlayer | None = None
         self.note: str | None = None  # a simulated dataset's frames holding no specimen (demo, emulate warn)
+        self.rows = RecordedRows()  # a recording's per-frame exposure_s and meta (emulator_recording.py)
         self._load(cfg)
         if not self._counts:  # clean images: counts drawn here must fit the type sent
             check_counts_type(self.peak_rate, cfg.dose, cfg.dtype)
@@ -146,7 +146,8 @@ class FrameSource:
                     )
             elif is_recording(f):  # its trusted rows, checked (emulator_recording.py)
                 self.kind = SourceKind.recording
-                self._counts = recorded_counts(f, cfg)
+                self._counts, rows = recorded_counts(f, cfg)
+                self.rows = RecordedRows(rows)
             else:
                 raise ValueError(
                     f"{cfg.source}: neither a simulated dataset (/images) nor a recording (/raw)"
@@ -412,8 +413,8 @@ class Emulator:
                 delay = t_next - time.perf_counter()
                 if delay > 0 and self.stop_event.wait(delay):  # a stop ends a slow rate's wait at once
                     break
-            parts = encode_frame(
-                counts, cfg.acq, seq, time.time(), exposure_s=exposure, meta={"dose": cfg.dose}
+            parts = self.source.rows.message(
+                k, counts, cfg.acq, seq, time.time(), exposure, {"dose": cfg.dose}
             )
             if not self._send(parts, copy=False):
                 break

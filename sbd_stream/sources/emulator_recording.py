@@ -13,10 +13,16 @@ What the emulator reads of a recording is checked before anything is sent (``raw
 1 x 20000 or 0 x 0 frame size used to pass into the settings unchecked and end in a ``ProtocolError``
 traceback after the banner, and a file without ``/raw/complete`` in a ``KeyError``; each is now one
 line naming the file and what it holds.
+
+Each frame goes out with its recorded ``exposure_s`` and producer ``meta`` (``RecordedRows``), as the
+detector sent them (``formats/frame_meta.py``): a test service fed yesterday's session sees the stage
+temperature, tilt or DECTRIS keys each frame came with, not the emulator's frame period and ``dose``.
+A rolled recording is read on into its parts (``recording_parts``), as ``replay`` reads it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +33,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from sbd_stream.config import DetectorSettings
+from sbd_stream.formats import frame_meta
 from sbd_stream.formats.limits import RecordingError, check_dtype, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recorded_detector
+from sbd_stream.formats.recording_parts import recording_parts
+from sbd_stream.protocol import MAX_HEADER_BYTES, HeaderTooLarge, encode_frame
 from sbd_stream.sources.emulator_settings import EmulatorSettings
+
+log = logging.getLogger(__name__)
 
 SENDABLE = ("uint8", "uint16")
 """Count types the emulator sends (wire format v1 counted frames)."""
@@ -79,18 +90,82 @@ def raw_layout(g: Any, name: str) -> tuple[tuple[int, int], str]:
     return (int(ds.shape[1]), int(ds.shape[2])), str(ds.dtype)
 
 
-def recorded_counts(f: h5py.File, cfg: EmulatorSettings) -> list[np.ndarray]:
-    """The raw counts ``FrameSource`` re-sends from the open recording ``f`` (``cfg.source``): its first
-    ``MAX_RESENT`` trusted rows (``trusted_rows``), checked by ``raw_layout`` and ``check_counts_fit``."""
+Row = tuple[float | None, dict[str, Any] | None]
+"""A recorded row's ``exposure_s`` and ``meta``; None where its part holds none (``frame_meta.block``)."""
+
+
+def recorded_counts(f: h5py.File, cfg: EmulatorSettings) -> tuple[list[np.ndarray], list[Row]]:
+    """The raw counts ``FrameSource`` re-sends from the open recording ``f`` (``cfg.source``), and each
+    one's recorded (exposure_s, meta): the first ``MAX_RESENT`` trusted rows (``trusted_rows``) of it and
+    of its rolled parts after it, checked by ``raw_layout`` and ``check_counts_fit``. A part holding
+    frames of another size or type (another series) ends what is re-sent: one stream has one layout."""
     assert cfg.source is not None
     name = cfg.source.name
-    raw_layout(f["raw"], name)
-    n = min(trusted_rows(f["raw"], f"{name}: /raw"), MAX_RESENT)
-    if n == 0:
+    layout = raw_layout(f["raw"], name)
+    counts, rows = _part_rows(f, name, MAX_RESENT)
+    if not counts:
         raise ValueError(f"{cfg.source} holds no complete raw frames")
-    counts = [np.asarray(f["raw/frames"][i]) for i in range(n)]
+    for part in recording_parts(cfg.source)[1:]:
+        if len(counts) >= MAX_RESENT:
+            break
+        with open_recording(part) as p:
+            if not is_recording(p):
+                continue
+            if raw_layout(p["raw"], part.name) != layout:
+                log.warning(
+                    "%s holds frames of another size or type; emulate re-sends the parts before it", part
+                )
+                break
+            c, r = _part_rows(p, part.name, MAX_RESENT - len(counts))
+        counts += c
+        rows += r
     check_counts_fit(counts, cfg.dtype, name)  # the cast in FrameSource.frames() is lossless
-    return counts
+    return counts, rows
+
+
+def _part_rows(f: h5py.File, name: str, most: int) -> tuple[list[np.ndarray], list[Row]]:
+    """Counts and (exposure_s, meta) of the first ``most`` trusted raw rows of one open part."""
+    g = f["raw"]
+    n = min(trusted_rows(g, f"{name}: /raw"), most)
+    return [np.asarray(g["frames"][i]) for i in range(n)], list(frame_meta.rows(g, n, f"{name}: /raw"))
+
+
+class RecordedRows:
+    """Builds each sent frame's message: frame ``k`` with row ``k % len(rows)``'s recorded ``exposure_s``
+    and ``meta`` (the rows ``recorded_counts`` read, cycled as the counts are); none for other sources.
+
+    Precedence: the recorded exposure, else (an older part; not given) the emulator's frame period. The
+    recorded meta is sent as recorded (keys the service set were already renamed ``meta.<key>`` then,
+    and stay so); the emulator's own keys (``dose``) are added only where the recorded meta lacks them,
+    and left out when the header would pass the wire's 64 KiB with them. A recorded meta that does not
+    fit even alone (a longer ``--acq`` than the recorded one) is replaced by ``recorded_meta_dropped``,
+    said once per row at WARNING: never a traceback mid-stream, never silently."""
+
+    def __init__(self, rows: list[Row] | None = None) -> None:
+        self.rows = rows or []
+        self._warned: set[int] = set()
+
+    def message(
+        self, k: int, counts: np.ndarray, acq: str, seq: int, ts: float, exposure_s: float, own: dict
+    ) -> list:
+        """Frame ``k``'s three message parts (``protocol.encode_frame``)."""
+        rec_exp, rec_meta = self.rows[k % len(self.rows)] if self.rows else (None, None)
+        exp = exposure_s if rec_exp is None else rec_exp
+        if rec_meta is None:
+            return encode_frame(counts, acq, seq, ts, exposure_s=exp, meta=own)
+        for meta in ({**own, **rec_meta}, rec_meta):
+            try:
+                return encode_frame(counts, acq, seq, ts, exposure_s=exp, meta=meta)
+            except HeaderTooLarge:
+                pass
+        row = k % len(self.rows)
+        if row not in self._warned:
+            self._warned.add(row)
+            log.warning(
+                "recorded row %d: its meta does not fit a 64 KiB header with --acq %r; sent without", row, acq
+            )
+        note = {**own, "recorded_meta_dropped": f"over the {MAX_HEADER_BYTES}-byte header with acq {acq!r}"}
+        return encode_frame(counts, acq, seq, ts, exposure_s=exp, meta=note)
 
 
 def _close(a: float, b: float) -> bool:
