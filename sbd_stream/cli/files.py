@@ -263,15 +263,24 @@ def export(
     recording: Path = typer.Argument(
         ..., help="A recording (the first file of the series), or a denoise / replay --offline output"
     ),
-    to: str = typer.Option(..., "--to", help="tiff (ImageJ; also tif), mrc or npy (+ a JSON sidecar)"),
-    kind: str = typer.Option("denoised", "--kind", help="raw, denoised or llr"),
+    to: str = typer.Option(
+        ..., "--to", help="tiff (ImageJ; also tif), mrc or npy (+ a JSON sidecar); csv for --kind columns"
+    ),
+    kind: str = typer.Option(
+        "denoised",
+        "--kind",
+        help="raw, denoised or llr frames; columns: the detected-column table, one CSV line per column",
+    ),
     out: Path | None = typer.Option(None, "--out", help="File to write (default: <recording>_<kind>.<ext>)"),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists"),
 ) -> None:
     """Write a recording's frames, in frame order, as TIFF, MRC or NPY with the pixel size in the
-    target's own fields."""
+    target's own fields; or (--kind columns --to csv) every detected atomic column of its llr rows, one
+    line each with its frame's seq, ts, n_columns, vacuum level and flags (frames without columns: counted
+    in the printed summary, no line)."""
     from sbd_stream.sinks.export import ExportError
-    from sbd_stream.sinks.export import export as run_export
+    from sbd_stream.sinks.export import export as run_frames
+    from sbd_stream.sinks.export_columns import KIND, export_columns
     from sbd_stream.sources.stacks import not_a_file
 
     if not recording.exists():
@@ -280,7 +289,11 @@ def export(
         fail(f"{recording}: {problem}")
     try:
         with stop_signals_unwind():
-            typer.echo(json.dumps(run_export(recording, to, kind, out, overwrite), indent=2))
+            if kind.strip().lower() == KIND:  # the detected-column table (sinks/export_columns.py)
+                summary = export_columns(recording, to, out, overwrite)
+            else:
+                summary = run_frames(recording, to, kind, out, overwrite)
+            typer.echo(json.dumps(summary, indent=2))
     except (ExportError, OSError) as e:
         fail(str(e))
     except (Stopped, KeyboardInterrupt) as e:

@@ -1,5 +1,7 @@
 """`sbd-stream export`: a recording's frames as TIFF, MRC or NPY, with the pixel size where each keeps it.
 
+(Its detected-column table, ``--kind columns --to csv``: sinks/export_columns.py.)
+
 For tools that read neither NeXus nor HDF5. The frames of one kind (raw, denoised, llr) across the
 rolled parts of an acquisition, **in frame order** (``seq`` within each segment: a new series or a
 producer restart starts a segment), streamed (never all in memory). Frame order, not row order: the
@@ -51,10 +53,10 @@ from sbd_stream.formats.recording import (
 )
 from sbd_stream.sinks.disk_space import is_disk_full
 
-TARGETS = ("tiff", "mrc", "npy")
+TARGETS = ("tiff", "mrc", "npy", "csv")  # csv: the column table only (--kind columns, export_columns.py)
 ALIASES = {"tif": "tiff"}
-SUFFIX = {"tiff": ".tif", "mrc": ".mrc", "npy": ".npy"}
-SUFFIXES = {"tiff": (".tif", ".tiff"), "mrc": (".mrc", ".mrcs"), "npy": (".npy",)}
+SUFFIX = {"tiff": ".tif", "mrc": ".mrc", "npy": ".npy", "csv": ".csv"}
+SUFFIXES = {"tiff": (".tif", ".tiff"), "mrc": (".mrc", ".mrcs"), "npy": (".npy",), "csv": (".csv",)}
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 MRC_DTYPES = (np.int8, np.int16, np.uint16, np.float32)
 
@@ -166,7 +168,10 @@ def _damage(part: Path, kind: str) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError, KeyError) as e:
-        raise ExportError(f"{part}: cannot read its {kind} frames ({h5_reason(e)}); damaged?") from None
+        why = h5_reason(e)  # it may already ask "cut short or damaged?": not twice
+        raise ExportError(
+            f"{part}: cannot read its {kind} frames ({why})" + ("" if "damaged" in why else "; damaged?")
+        ) from None
 
 
 def _stated(f: h5py.File, part: Path) -> dict[str, Any]:
@@ -260,10 +265,13 @@ def _check_sidecar(path: Path, out: Path, overwrite: bool) -> None:
 def export(
     path: Path, to: str, kind: str = "denoised", out: Path | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Write the ``kind`` frames of recording ``path`` as ``to``; returns a summary (paths, count)."""
+    """Write the ``kind`` frames of recording ``path`` as ``to``; returns a summary (paths, count). The
+    column table (``--kind columns``) is ``export_columns.export_columns``'s (the CLI picks it)."""
     to = target(to)
     if kind not in KINDS:
-        raise ExportError(f"--kind must be one of {', '.join(KINDS)}")
+        raise ExportError(f"--kind must be one of {', '.join(KINDS)} or columns (the column table, --to csv)")
+    if to == "csv":
+        raise ExportError("--to csv writes the column table: give --kind columns (frames: tiff, mrc or npy)")
     info = _survey(Path(path), kind)
     out = output_path(Path(path), to, kind, out, overwrite)
     pixel = info["attrs"].get("pixel_size_A")  # checked by _stated; absent: unit pixel
