@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.formats.framed_decode import decode_framed
 from sbd_stream.protocol import ProtocolError
 
 HEADER = struct.Struct(">QI")  # HDF5 bitshuffle / lz4 filter framing: total bytes, block bytes
@@ -169,8 +170,9 @@ def decompress_framed(
         if backend == "dectris" and _dectris_decompress is not None:
             out = np.frombuffer(_dectris_decompress(blob, algo, elem_size=elem_size), np.uint8)
         elif backend in ("dectris", "hdf5plugin"):
-            # the HDF5 lz4 filter does not care about the element size; bitshuffle needs it exact
-            out = _h5codec().decode(blob, algo, elem_size if algo == "bslz4" else 1, nbytes)
+            # bounds-checked blocks (formats/framed_decode.py), the filter's output byte for byte: the
+            # HDF5 filters' unchecked LZ4 decoder crashed the process on a crafted block (SIGSEGV)
+            out = decode_framed(blob, algo, elem_size, nbytes)
         else:
             raise ValueError(f"unknown backend {backend!r}")
     except ProtocolError:
