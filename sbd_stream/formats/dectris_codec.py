@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sbd_stream.formats.framed_decode import decode_framed
+from sbd_stream.formats.framed_decode import decode_framed, lz4_exact
 from sbd_stream.protocol import ProtocolError
 
 HEADER = struct.Struct(">QI")  # HDF5 bitshuffle / lz4 filter framing: total bytes, block bytes
@@ -186,15 +186,7 @@ def decompress_framed(
 
 def decompress_lz4_block(blob: bytes | memoryview, nbytes: int) -> np.ndarray:
     """Raw LZ4 block (stream v1 ``lz4<``): the output size comes from the frame header, not the peer."""
-    import lz4.block
-
-    try:
-        raw = lz4.block.decompress(bytes(blob), uncompressed_size=nbytes)
-    except (lz4.block.LZ4BlockError, ValueError) as exc:
-        raise ProtocolError("decompress_failed", str(exc)[:80]) from exc
-    if len(raw) != nbytes:
-        raise ProtocolError("decompress_failed", f"got {len(raw)} bytes, expected {nbytes}")
-    return np.frombuffer(raw, np.uint8)
+    return np.frombuffer(lz4_exact(blob, nbytes), np.uint8)
 
 
 # --- compression: the recorder's compressor pool (sinks/recorder.py), emulators, tests, benchmarks ---

@@ -36,8 +36,6 @@ def _default_block(elem_size: int) -> int:
 
 def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[bytes, int]:
     """One block of ``size`` uncompressed bytes at ``pos``: (its bytes, the next position)."""
-    import lz4.block
-
     if pos + 4 > len(mv):
         raise ProtocolError("decompress_failed", "the payload ends inside a block header")
     (n,) = _U32.unpack_from(mv, pos)
@@ -47,13 +45,21 @@ def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[byt
     data = mv[pos : pos + n]
     if raw_if_equal and n == size:
         return bytes(data), pos + n
+    return lz4_exact(data, size), pos + n
+
+
+def lz4_exact(data: bytes | memoryview, size: int) -> bytes:
+    """One raw LZ4 block by LZ4's safe decoder, ``size`` bytes out (ours, never the peer's), else a
+    ProtocolError; also the stream v1 ``lz4<`` payload (``dectris_codec.decompress_lz4_block``)."""
+    import lz4.block
+
     try:
         out = lz4.block.decompress(bytes(data), uncompressed_size=size)
     except (lz4.block.LZ4BlockError, ValueError) as e:
         raise ProtocolError("decompress_failed", str(e)[:80]) from None
     if len(out) != size:
-        raise ProtocolError("decompress_failed", f"a block gave {len(out)} bytes, expected {size}")
-    return out, pos + n
+        raise ProtocolError("decompress_failed", f"got {len(out)} bytes, expected {size}")
+    return out
 
 
 def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: int) -> np.ndarray:
