@@ -21,12 +21,23 @@ bytes, then blocks, each a 4-byte big-endian compressed size and its bytes.
 from __future__ import annotations
 
 import struct
+import threading
 
 import numpy as np
 
 from sbd_stream.protocol import ProtocolError
 
 _U32 = struct.Struct(">I")
+_scratch = threading.local()
+
+
+def _shuffled_buffer(size: int) -> memoryview:
+    """This thread's reused buffer for a chunk's bit-transposed bytes (a K2 frame is 28 MB: a fresh
+    one each frame cost ~20 ms of page faults), at least ``size`` bytes; never handed out."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _scratch.buf = bytearray(size)
+    return memoryview(buf)[:size]
 
 
 def _default_block(elem_size: int) -> int:
@@ -34,7 +45,7 @@ def _default_block(elem_size: int) -> int:
     return max(128, (8192 // elem_size) // 8 * 8)
 
 
-def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[bytes, int]:
+def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[bytearray, int]:
     """One block of ``size`` uncompressed bytes at ``pos``: (its bytes, the next position)."""
     if pos + 4 > len(mv):
         raise ProtocolError("decompress_failed", "the payload ends inside a block header")
@@ -44,17 +55,18 @@ def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[byt
         raise ProtocolError("decompress_failed", f"a block declares {n} bytes, {len(mv) - pos} are left")
     data = mv[pos : pos + n]
     if raw_if_equal and n == size:
-        return bytes(data), pos + n
+        return bytearray(data), pos + n
     return lz4_exact(data, size), pos + n
 
 
-def lz4_exact(data: bytes | memoryview, size: int) -> bytes:
+def lz4_exact(data: bytes | memoryview, size: int) -> bytearray:
     """One raw LZ4 block by LZ4's safe decoder, ``size`` bytes out (ours, never the peer's), else a
-    ProtocolError; also the stream v1 ``lz4<`` payload (``dectris_codec.decompress_lz4_block``)."""
+    ProtocolError; also the stream v1 ``lz4<`` payload (``dectris_codec.decompress_lz4_block``). A
+    bytearray: the arrays made on it are writable, as h5py's reads are, without another copy."""
     import lz4.block
 
     try:
-        out = lz4.block.decompress(bytes(data), uncompressed_size=size)
+        out = lz4.block.decompress(bytes(data), uncompressed_size=size, return_bytearray=True)
     except (lz4.block.LZ4BlockError, ValueError) as e:
         raise ProtocolError("decompress_failed", str(e)[:80]) from None
     if len(out) != size:
@@ -75,7 +87,7 @@ def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: i
         for start in range(0, nbytes, block):
             part, pos = _block(mv, pos, min(block, nbytes - start), raw_if_equal=True)
             parts.append(part)
-        out = b"".join(parts)
+        out = parts[0] if len(parts) == 1 else bytearray().join(parts)  # writable, as h5py's reads
     else:
         if nbytes % elem_size:
             raise ProtocolError("decompress_failed", f"{nbytes} bytes are no whole {elem_size}-byte elements")
@@ -87,21 +99,23 @@ def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: i
         last = (n % block) - (n % block) % 8
         if last:
             sizes.append(last)
+        shuffled, at = _shuffled_buffer(nbytes), 0
         for size in sizes:
             part, pos = _block(mv, pos, size * elem_size, raw_if_equal=False)
-            parts.append(part)
+            shuffled[at : at + len(part)] = part
+            at += len(part)
         leftover = (n % 8) * elem_size
-        if len(mv) - pos < leftover:
+        if len(mv) - pos < leftover or at + leftover != nbytes:
             raise ProtocolError("decompress_failed", "the payload ends before its last elements")
-        parts.append(bytes(mv[pos : pos + leftover]))
+        shuffled[at:] = mv[pos : pos + leftover]
         pos += leftover
-        out = _unshuffle(b"".join(parts), elem_size, block)
+        out = unshuffle(shuffled, elem_size, block)
     if len(out) != nbytes:
         raise ProtocolError("decompress_failed", f"got {len(out)} bytes, expected {nbytes}")
-    return np.frombuffer(out, np.uint8) if isinstance(out, bytes) else out
+    return np.frombuffer(out, np.uint8) if isinstance(out, (bytes, bytearray)) else out
 
 
-def _unshuffle(shuffled: bytes, elem_size: int, block: int) -> np.ndarray:
+def unshuffle(shuffled: bytes | memoryview, elem_size: int, block: int) -> np.ndarray:
     """The bit transpose undone, blocks as the filter made them (bitshuffle's own blocked rule)."""
     import bitshuffle
 

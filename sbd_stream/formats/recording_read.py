@@ -16,6 +16,7 @@ import numpy as np
 from sbd_stream.formats.hdf5_read import h5_reason, open_recording
 from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
 from sbd_stream.formats.recording_parts import recording_parts
+from sbd_stream.formats.safe_chunks import safe_dataset
 
 log = logging.getLogger("sbd_stream.formats.recording")  # the name its lines always had
 
@@ -113,5 +114,6 @@ def iter_recorded(path: Path, kind: str = "raw") -> Iterator[tuple[str, int, flo
             g = f[kind]
             n = trusted_rows(g, f"{part}: {kind}")  # the rows written, whatever the extents declare
             seqs, tss = g["seq"][:n], g["ts"][:n]
+            frames = safe_dataset(g["frames"])  # bitshuffle-LZ4 by default: never through the filter
             for i in range(n):
-                yield acq, int(seqs[i]), float(tss[i]), g["frames"][i]
+                yield acq, int(seqs[i]), float(tss[i]), frames[i]

@@ -11,9 +11,9 @@ that is consistent up to its last flush) next to ``<output>.partial.json`` (a fi
 engine and settings, and ``frames_done``: the prefix flushed so far). A rerun with the same fingerprint
 goes on from there; on completion the partial is renamed over the output and the sidecar removed.
 What a resume trusts, and a full disk: ``offline_partial.py``. The job holds the output's lock
-(``formats/output_lock.py``) throughout, so a second job on the same output is refused at once.
-SIGINT / SIGTERM stop it between results with the partial kept (``offline_results.py``: exit 130 / 143).
-Pure helpers first, worker-side functions next, the client last. docs/scale-out-offline.md.
+(``formats/output_lock.py``), so a second job on the same output is refused at once. SIGINT / SIGTERM
+stop it between results with the partial kept (``offline_results.py``: exit 130 / 143). Pure helpers
+first, worker-side functions next, the client last (docs/scale-out-offline.md).
 """
 
 from __future__ import annotations
@@ -156,14 +156,15 @@ def read_frames(src: Source, start: int, stop: int, column: str = "frames") -> n
     import hdf5plugin  # noqa: F401 - registers bitshuffle / LZ4 for compressed inputs and recordings
 
     from sbd_stream.formats.recording import open_recording
+    from sbd_stream.formats.safe_chunks import read_safely
 
     out, off = [], 0
     for path, rows in src.parts:
         a, b = max(start, off) - off, min(stop, off + rows) - off
         if a < b:
             if src.recording:
-                with open_recording(path) as f:
-                    out.append(f[f"raw/{column}"][a:b])
+                with open_recording(path) as f:  # never through a filter that can crash
+                    out.append(read_safely(f[f"raw/{column}"], slice(a, b), f"{path}:raw/{column}"))
             else:
                 out.append(read_rows(Path(path), src.dataset, a, b))  # opened once per process
         off += rows

@@ -51,6 +51,7 @@ from sbd_stream.formats.recording import (
     recording_parts,
     uniform_parts,
 )
+from sbd_stream.formats.safe_chunks import safe_dataset
 from sbd_stream.sinks.disk_space import is_disk_full
 
 TARGETS = ("tiff", "mrc", "npy", "csv")  # csv: the column table only (--kind columns, export_columns.py)
@@ -201,7 +202,8 @@ def _frames(parts: list[Path], kind: str, where: list[tuple[int, int]]) -> Itera
                 if p not in files:
                     f = stack.enter_context(open_recording(parts[p]))
                     g = f[kind]
-                    files[p] = g if isinstance(g, h5py.Dataset) else g["frames"]
+                    ds = g if isinstance(g, h5py.Dataset) else g["frames"]
+                    files[p] = safe_dataset(ds)  # never through a filter that can crash
                 fr = files[p][i]
             yield fr.astype(np.float32) if fr.dtype == np.float16 else fr  # see _survey
 

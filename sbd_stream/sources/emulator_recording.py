@@ -37,6 +37,7 @@ from sbd_stream.formats import frame_meta
 from sbd_stream.formats.limits import RecordingError, check_dtype, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recorded_detector
 from sbd_stream.formats.recording_parts import recording_parts
+from sbd_stream.formats.safe_chunks import UnsafeChunks, safe_dataset
 from sbd_stream.protocol import MAX_HEADER_BYTES, HeaderTooLarge, encode_frame
 from sbd_stream.sources.emulator_settings import EmulatorSettings
 
@@ -127,7 +128,12 @@ def _part_rows(f: h5py.File, name: str, most: int) -> tuple[list[np.ndarray], li
     """Counts and (exposure_s, meta) of the first ``most`` trusted raw rows of one open part."""
     g = f["raw"]
     n = min(trusted_rows(g, f"{name}: /raw"), most)
-    return [np.asarray(g["frames"][i]) for i in range(n)], list(frame_meta.rows(g, n, f"{name}: /raw"))
+    try:  # a damaged bitshuffle-LZ4 chunk: an error naming the part, not a crash
+        frames = safe_dataset(g["frames"])
+        counts = [np.asarray(frames[i]) for i in range(n)]
+    except UnsafeChunks as e:
+        raise RecordingError(f"{name}: /raw/frames: {e}; damaged?") from None
+    return counts, list(frame_meta.rows(g, n, f"{name}: /raw"))
 
 
 class RecordedRows:

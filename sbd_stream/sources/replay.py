@@ -55,6 +55,7 @@ import numpy as np
 from sbd_stream.formats import frame_meta
 from sbd_stream.formats.limits import BLOCK_ROWS, RecordingError, frame_problem, trusted_rows
 from sbd_stream.formats.recording import open_recording, recording_parts
+from sbd_stream.formats.safe_chunks import UnsafeChunks, safe_dataset
 from sbd_stream.formats.series_record import RecordedSeries, read_series
 from sbd_stream.frames import Frame, FrameQueue, own_keys_renamed
 from sbd_stream.metrics import Metrics
@@ -131,12 +132,36 @@ def recorded_frames(
             g = f["raw"]
             n = raw_rows(f, part, max_payload)
             rows = frame_meta.rows(g, n, f"{part}: raw")
+            frames = _safe_frames(g["frames"], f"{part}:raw/frames")
             for a in range(0, n, BLOCK_ROWS):
                 seqs, tss = g["seq"][a : min(n, a + BLOCK_ROWS)], g["ts"][a : min(n, a + BLOCK_ROWS)]
                 for i in range(len(seqs)):
                     exposure, meta = next(rows)
                     said = (series[3] if exposure is None or exposure < 0 else exposure, _sendable(meta))
-                    yield series, int(seqs[i]), float(tss[i]), g["frames"][a + i], said
+                    yield series, int(seqs[i]), float(tss[i]), frames[a + i], said
+
+
+def _safe_frames(ds: Any, where: str) -> Any:
+    """The raw frames read through ``formats/safe_chunks.py``: a crafted bitshuffle-LZ4 chunk went to the
+    hdf5plugin filter, whose unchecked LZ4 decoder let it kill live ``replay`` (SIGSEGV); now a refused
+    filter is a ``RecordingError`` here and a damaged chunk one when its frame is read."""
+    try:
+        return _Checked(safe_dataset(ds), where)
+    except UnsafeChunks as e:
+        raise RecordingError(f"{where}: {e}") from None
+
+
+class _Checked:
+    """``frames[i]`` whose ``UnsafeChunks`` names the part and dataset, as a ``RecordingError``."""
+
+    def __init__(self, ds: Any, where: str) -> None:
+        self.ds, self.where = ds, where
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        try:
+            return self.ds[i]
+        except UnsafeChunks as e:
+            raise RecordingError(f"{self.where}: {e}; damaged?") from None
 
 
 def _sendable(meta: dict[str, Any] | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sbd_stream.formats.safe_chunks import safe_dataset
 from sbd_stream.sources.stack_headers import StackError
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
 
@@ -72,7 +73,7 @@ def emd_frames(f: h5py.File, path: Path, dataset: str | None) -> tuple[str, Any,
             raise StackError(
                 f"{path}:{name}: a Velox image of shape {ds.shape}; expected (height, width, frames)"
             )
-        return name, FramesLast(ds), _velox_sampling(f[name].parent, path)
+        return name, FramesLast(safe_dataset(ds)), _velox_sampling(f[name].parent, path)
     berkeley = _berkeley_groups(f)
     if berkeley:
         group = _pick([f"{g}/data" for g in berkeley], dataset, path).removesuffix("/data")
@@ -156,13 +157,14 @@ def _berkeley(group: h5py.Group, path: Path) -> tuple[str, Any, dict[str, float]
         spacing.append(_spacing(dim) if isinstance(dim, h5py.Dataset) else math.nan)
     lengths = [k for k, s in enumerate(spacing) if not math.isnan(s)]
     if ds.ndim == 2 or lengths in ([0, 1], []):  # HyperSpy's layout, (W, H[, frames]): read as it reads it
-        return name, FramesLast(ds, transposed=True), _square(spacing[:2], path) if lengths else {}
+        frames = FramesLast(safe_dataset(ds), transposed=True)
+        return name, frames, _square(spacing[:2], path) if lengths else {}
     if lengths != [1, 2]:
         raise StackError(
             f"{path}:{name}: the axes in a length unit are dim{', dim'.join(str(k + 1) for k in lengths)}; "
             "expected two of dim1 to dim3 and the other the frames"
         )
-    return name, ds, _square(spacing[1:], path)  # (frames, H, W) in C order (ncempy's layout)
+    return name, safe_dataset(ds), _square(spacing[1:], path)  # (frames, H, W) in C order (ncempy's layout)
 
 
 def _spacing(dim: h5py.Dataset) -> float:

@@ -32,6 +32,7 @@ import numpy as np
 from sbd_stream.formats.hdf5_read import h5_reason, open_read
 from sbd_stream.formats.limits import count_problem, external_problem, frame_problem, sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
+from sbd_stream.formats.safe_chunks import UnsafeChunks, safe_dataset
 from sbd_stream.sources.stack_dm import DM_SUFFIXES, open_dm
 from sbd_stream.sources.stack_emd import emd_frames
 from sbd_stream.sources.stack_hdf5 import DEFAULT_H5_DATASETS, GuardedFrames, dataset_names, guess_dataset
@@ -225,6 +226,7 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
 
 def _open_h5(f: h5py.File, path: Path, dataset: str | None) -> FrameStack:
     linked: h5py.File | None = None
+    name = ""
     try:
         emd = emd_frames(f, path, dataset) if path.suffix.lower() == ".emd" else None
         if emd is not None:  # Velox (frames last) or Berkeley EMD: its own layout and pixel size
@@ -237,8 +239,11 @@ def _open_h5(f: h5py.File, path: Path, dataset: str | None) -> FrameStack:
             raise StackError(f"{path}: no dataset '{name}' (datasets: {known})")
         where, ds = f"{path}:{name}", f[name]
         linked = ds.file if ds.file.id != f.id else None  # behind an external link: its own file
-        frames = GuardedFrames(_check(ds, where), where)
+        frames = GuardedFrames(_check(safe_dataset(ds), where), where)  # no filter that can crash reads it
         return FrameStack(frames, where, lambda: _close(linked, f), _sampling(f, name, path))
+    except UnsafeChunks as e:  # a refused filter: one line naming the dataset and the filter
+        _close(linked, f)
+        raise StackError(f"{path}{':' + name if name else ''}: {e}") from None
     except BaseException:  # StackError, or h5py's on a damaged file (turned into one by the caller)
         _close(linked, f)
         raise

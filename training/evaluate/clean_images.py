@@ -283,14 +283,25 @@ def _read_hdf5(path: Path, dataset: str | None) -> list[tuple[str, np.ndarray]]:
             obj = f.get(dataset)
             if not isinstance(obj, h5py.Dataset):
                 raise Unusable(f"no dataset {dataset!r} in it (--dataset)")
-            return [(dataset, obj[()])]
+            return [(dataset, _whole(obj))]
         names: list[str] = []
         f.visititems(lambda name, obj: names.append(name) if _looks_clean(obj) else None)
         if not names:
             raise Unusable(
                 f"no float dataset of 2-D images (sides >= {MIN_SIDE} px) in it; name one with --dataset"
             )
-        return [(n, f[n][()]) for n in names]
+        return [(n, _whole(f[n])) for n in names]
+
+
+def _whole(ds: Any) -> np.ndarray:
+    """A dataset read whole, never through a decompressor that can crash on a damaged chunk
+    (``formats/safe_chunks.py``); a refused filter or a damaged chunk is ``Unusable``, one line."""
+    from sbd_stream.formats.safe_chunks import UnsafeChunks, safe_dataset
+
+    try:
+        return np.asarray(safe_dataset(ds)[()])
+    except UnsafeChunks as e:
+        raise Unusable(str(e)) from None
 
 
 def stated_pixel_sizes(
