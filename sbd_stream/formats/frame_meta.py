@@ -39,6 +39,7 @@ import numpy as np
 from sbd_stream.formats.hdf5_read import open_recording
 from sbd_stream.formats.limits import RecordingError, trusted_rows
 from sbd_stream.formats.recording_parts import recording_parts
+from sbd_stream.formats.row_writes import Appended
 
 BYTES = "meta"
 CHUNK = 16384
@@ -91,16 +92,11 @@ def bytes_end(g: h5py.Group, n: int) -> int:
     return int((start[given] + k[given]).max()) if given.any() else 0
 
 
-def write_row(ds: h5py.Dataset, start: int, meta: dict[str, Any] | None) -> dict[str, int]:
-    """Write ``meta``'s JSON at ``start`` of the ``meta`` dataset; its ``meta_start`` / ``meta_length``."""
+def write_row(out: Appended, start: int, meta: dict[str, Any] | None) -> dict[str, int]:
+    """Write ``meta``'s JSON at ``start`` of the ``meta`` dataset (``out``); its ``meta_start`` /
+    ``meta_length``."""
     blob = encode(meta)
-    k = len(blob)
-    if k:  # h5py's low-level write, as ``column_table.write_table``
-        if ds.shape[0] < start + k:
-            ds.id.set_extent((start + k,))
-        space = ds.id.get_space()
-        space.select_hyperslab((start,), (k,))
-        ds.id.write(h5py.h5s.create_simple((k,)), space, np.frombuffer(blob, np.uint8))
+    k = out.write(start, np.frombuffer(blob, np.uint8)) if blob else 0  # one HDF5 write (row_writes.py)
     return {"meta_start": start, "meta_length": k}
 
 

@@ -144,6 +144,10 @@ def create_entry(f: h5py.File, attrs: dict[str, Any]) -> h5py.Group:
     return entry
 
 
+ROW_CHUNK = 512
+"""Rows per chunk of every per-row dataset (4 KiB of int64): the flush after each row rewrites the chunk
+holding it, and 4096-row chunks (32 KiB each, 8 to 11 datasets a row) made that flush ~1.6x as long
+(benchmarks/bench_record_rows.py). Only the storage: readers see the same datasets."""
 ROW_COLUMNS = (("frame", np.int64), ("time", np.float64), ("seq", np.int64), ("ts", np.float64))
 """Per-row datasets of each NXdata group, appended with every frame; ``complete`` comes last."""
 _FLAG_COLUMNS = (("blank", np.int8, -1), ("vacuum_not_flat", np.int8, -1))
@@ -205,7 +209,7 @@ def add_data(
         fr.attrs["units"] = "counts"
     own = [(name, dt_) for name, dt_, _ in KIND_COLUMNS.get(kind, ())]
     for name, dt_ in (*ROW_COLUMNS, *own, ("complete", np.uint8)):
-        g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt_)
+        g.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(ROW_CHUNK,), dtype=dt_)
     g["frame"].attrs["units"] = "frame"
     g["frame"].attrs["long_name"] = "frame (row in this file; seq: the detector's frame number)"
     g["time"].attrs["units"] = "s"

@@ -40,6 +40,7 @@ from sbd_stream.formats.recording_read import (  # noqa: F401 - re-exported: rea
     recorded_detector,
     uniform_parts,
 )
+from sbd_stream.formats.row_writes import Appended, RowColumns
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def safe_name(acq: str) -> str:
     return re.sub(r"^\.+", lambda m: "_" * len(m.group()), name) or "acq"
 
 
-Handles = tuple[h5py.Dataset, list[tuple[str, h5py.Dataset]], h5py.Dataset | None]  # frames, rows, appended
+Handles = tuple[h5py.Dataset, tuple[int, ...], RowColumns, Appended | None]
+"""A kind's frames, their frame shape, per-row datasets and appended entries (``AcqFile._datasets``)."""
 APPENDED = {"llr": column_table.TABLE, "raw": frame_meta.BYTES}
 """Each kind's dataset of per-row entries appended one row after another (None in an older part)."""
 
@@ -197,15 +199,18 @@ class AcqFile:
         self.direct[kind] = self._takes_chunks(kind)
 
     def _datasets(self, kind: str) -> Handles:
-        """``kind``'s frames, column datasets and column table (llr; None: none, an older part), looked
-        up once per open file (an h5py lookup per column and frame cost ~2 ms of GIL a frame at 40 Hz)."""
+        """``kind``'s frames, per-row datasets and appended entries (llr table, raw meta; None: none, an
+        older part), looked up once per open file (an h5py lookup per column and frame cost ~2 ms of GIL a
+        frame at 40 Hz), with their write buffers and dataspaces (formats/row_writes.py)."""
         got = self._handles.get(kind)
         if got is None:
             g = self.f[kind]  # a part made by an earlier layout may lack ``time`` / ``frame`` / its own
             own = [name for name, _, _ in nexus.KIND_COLUMNS.get(kind, ())]
             names = [n for n in ("frame", "time", "seq", "ts", *own) if n in g] + ["complete"]
             appended = g.get(APPENDED[kind]) if kind in APPENDED else None
-            got = self._handles[kind] = (g["frames"], [(n, g[n]) for n in names], appended)
+            rows = RowColumns(kind, [(n, g[n]) for n in names])
+            fr, tab = g["frames"], None if appended is None else Appended(appended)
+            got = self._handles[kind] = (fr, tuple(int(n) for n in fr.shape[1:]), rows, tab)
         return got
 
     def _takes_chunks(self, kind: str) -> bool:
@@ -229,10 +234,10 @@ class AcqFile:
         raw row's producer meta, appended to ``raw/meta`` (None: not recorded)."""
         if kind not in self.n:
             self._add_kind(kind)
-        fr, cols, tab = self._datasets(kind)
+        fr, frame_shape, cols, tab = self._datasets(kind)
         i = self.n[kind]
-        fr.id.set_extent((i + 1, *fr.shape[1:]))
-        direct = chunk is not None and self._write_chunk(fr, i, data, chunk, kind)
+        fr.id.set_extent((i + 1, *frame_shape))
+        direct = chunk is not None and self._write_chunk(fr, i, data, chunk, kind, frame_shape)
         if not direct:
             fr[i] = data
         values = {"frame": i, "time": ts - self.t0, "seq": seq, "ts": ts, "complete": 1}
@@ -244,8 +249,7 @@ class AcqFile:
         if kind == "raw" and meta is not None and tab is not None:  # also before ``complete``
             values.update(frame_meta.write_row(tab, self.meta_at, meta))
         meta_at = self.meta_at + max(0, int(values.get("meta_length", 0)))
-        for name, ds in cols:  # ``complete`` last: a row counts once everything else is written
-            _append_scalar(ds, i, values[name])
+        cols.write(i, values)  # ``complete`` last: a row counts once everything else is written
         self.n[kind] = i + 1
         self.table_at = end
         self.meta_at = meta_at
@@ -254,11 +258,17 @@ class AcqFile:
         return direct
 
     def _write_chunk(
-        self, fr: h5py.Dataset, i: int, data: np.ndarray, chunk: bytes, kind: str = "raw"
+        self,
+        fr: h5py.Dataset,
+        i: int,
+        data: np.ndarray,
+        chunk: bytes,
+        kind: str = "raw",
+        frame_shape: tuple[int, ...] | None = None,
     ) -> bool:
         """Store a precompressed chunk (the detector's, or the recorder pool's) for frame ``i``; False
         (write ``data`` instead) on any mismatch."""
-        if not self.direct.get(kind) or data.dtype != fr.dtype or tuple(data.shape) != fr.shape[1:]:
+        if not self.direct.get(kind) or data.dtype != fr.dtype or data.shape != (frame_shape or fr.shape[1:]):
             return False
         if len(chunk) < HEADER.size or HEADER.unpack_from(chunk, 0)[0] != data.nbytes:
             return False
@@ -355,16 +365,3 @@ def abandoned_parts() -> int:
     """How many parts this process abandoned (``AcqFile.abandon``); the console entry ends the process
     without interpreter shutdown when there are any (``sbd_stream.cli.app.main``)."""
     return _ABANDONED
-
-
-_ONE = h5py.h5s.create_simple((1,))
-
-
-def _append_scalar(ds: h5py.Dataset, i: int, value: float) -> None:
-    """``ds.resize(i + 1); ds[i] = value`` through h5py's low-level calls: the same HDF5 operations
-    without the high-level selection machinery, ~5x less interpreter time (the recorder appends five
-    such columns per frame and kind, and its GIL time is taken from the live lane)."""
-    ds.id.set_extent((i + 1,))
-    space = ds.id.get_space()
-    space.select_hyperslab((i,), (1,))
-    ds.id.write(_ONE, space, np.array([value], ds.dtype))

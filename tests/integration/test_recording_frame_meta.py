@@ -226,13 +226,14 @@ CRASH = textwrap.dedent(
     for q in range(2):
         af.append("raw", q, 1.7e9 + q, np.zeros((8, 8), np.uint16), meta={"T": q}, exposure_s=0.5)
     af.flush()
-    write = recording._append_scalar
-    def killed_before_complete(ds, i, value):
-        if ds.name.endswith("raw/complete"):  # the row's frame, meta and values are written: die here
-            ds.file.flush()
+    from sbd_stream.formats.row_writes import RowColumns
+    mark = RowColumns.mark
+    def killed_before_complete(self, i):
+        if self.kind == "raw":  # the row's frame, meta and values are written: die here
+            af.f.flush()
             os._exit(9)
-        write(ds, i, value)
-    recording._append_scalar = killed_before_complete
+        mark(self, i)
+    RowColumns.mark = killed_before_complete
     af.append("raw", 2, 1.7e9 + 2, np.zeros((8, 8), np.uint16), meta={"T": "killed" * 50}, exposure_s=9.0)
     """
 )
