@@ -44,18 +44,19 @@ def resample() -> str:
     var = {r["factor"]: r["var_over_mean"] for r in d["variance"]}
     lines = [
         f"{source(d, 'bench_resample.json')}, {cores(d)}, {d['date']}; median of {d['repeats']}; ms per "
-        "frame; variance / mean of vacuum counts at 0.45 counts per 0.060 A after resampling, 1 = Poisson):",
+        "frame; variance / mean of vacuum counts at 0.45 counts per 0.060 A after resampling, 1 = Poisson; "
+        "`by gathers`: the same sums by the per-overlap gathers used before session 32, same run):",
         "",
-        "| frame | detector pixel | working frame | to the working pixel | back, bilinear / bicubic | "
-        "variance / mean |",
-        "|---|---|---|---|---|---|",
+        "| frame | detector pixel | working frame | to the working pixel | by gathers | "
+        "back, bilinear / bicubic | variance / mean |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in d["speed"]:
         frame = "3838 x 3710 (K2)" if r["frame"] == "k2" else f"{r['frame']}^2"
         back = f"{r['up_bilinear_ms']:.1f} / {r['up_bicubic_ms']:.1f}"
-        v = var.get(r["factor"])
+        v, g = var.get(r["factor"]), r.get("down_gathers_ms")
         lines.append(
-            f"| {frame} | {r['factor']} | {r['working_px']} | {r['down_ms']:.1f} | {back} | "
-            f"{'' if v is None else f'{v:.2f}'} |"
+            f"| {frame} | {r['factor']} | {r['working_px']} | {r['down_ms']:.1f} | "
+            f"{'' if g is None else f'{g:.1f}'} | {back} | {'' if v is None else f'{v:.2f}'} |"
         )
     return "\n".join(lines)
