@@ -218,7 +218,9 @@ def _image(
 
 def _sampling(path: Path, data: dict[str, Any]) -> dict[str, float]:
     """``pixel_size_A`` from the calibrations of the image's X and Y dimensions, when their unit is a
-    length; non-square pixels refused (as for TIFF and MRC); none stated: nothing (the default)."""
+    length; non-square pixels refused (as for TIFF and MRC); none stated: nothing (the default). A
+    negative ``Scale`` is DM's mark of a flipped axis (Flip Horizontal / Vertical), its size the same:
+    taken as its magnitude (it was read as no size and the frames denoised at the 0.060 A default)."""
     cal = data.get("Calibrations")
     dims = cal.get("Dimension") if isinstance(cal, dict) else None
     if not isinstance(dims, list) or len(dims) < 2 or not all(isinstance(d, dict) for d in dims[:2]):
@@ -228,7 +230,7 @@ def _sampling(path: Path, data: dict[str, Any]) -> dict[str, float]:
         units = d.get("Units")
         scale = LENGTH_UNITS_A.get(units.text().strip().lower()) if isinstance(units, _Located) else None
         try:
-            px = float(d.get("Scale")) * scale if scale is not None else math.nan
+            px = abs(float(d.get("Scale"))) * scale if scale is not None else math.nan
         except (TypeError, ValueError):
             px = math.nan
         sizes.append(px)

@@ -74,7 +74,25 @@ def open_zarr(path: Path, dataset: str | None) -> tuple[ZarrFrames, str, dict[st
             "this machine's memory; rechunk it (e.g. one frame a chunk)"
         )
     where = f"{path}:{name}" if name else str(path)
-    return ZarrFrames(arr, where), where, _sampling(arr, group, name, where)
+    meta_name = name
+    if group is None and (parent := _parent_group(path)) is not None:  # abTEM's x.zarr/array0 itself
+        meta_name, group = path.name, parent
+    return ZarrFrames(arr, where), where, _sampling(arr, group, meta_name, where)
+
+
+def _parent_group(path: Path) -> Any:
+    """The zarr group around the array folder ``path`` when it is one of abTEM's (``x.zarr/array0``),
+    else None. Why: abTEM keeps the pixel size in the group's ``metadata0``, so the array folder given
+    alone was denoised at the 0.060 A default."""
+    import zarr
+
+    if not path.name.startswith("array") or not is_zarr_store(path.resolve().parent):
+        return None
+    try:
+        node = zarr.open(store=str(path.resolve().parent), mode="r")
+    except Exception:  # zarr's metadata errors (many types): the array alone, as before
+        return None
+    return node if isinstance(node, zarr.Group) else None
 
 
 def _array(node: Any, dataset: str | None, path: Path) -> tuple[str, Any, Any]:

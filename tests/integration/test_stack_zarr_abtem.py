@@ -113,3 +113,22 @@ def test_evaluate_images_reads_a_zarr_folder_and_its_pixel_size(abtem_stores: di
     assert [n for n, _ in images] == ["series.zarr", "series.zarr[1]", "series.zarr[2]"]
     np.testing.assert_allclose(images[2][1], abtem_stores["series"].array[2])
     assert stated_pixel_sizes(tmp_path) == {str(tmp_path / "series.zarr"): pytest.approx(0.2)}
+
+
+def test_abtem_array_folder_given_alone_keeps_the_groups_sampling(abtem_stores: dict, tmp_path: Path) -> None:
+    """``x.zarr/array0`` handed over itself (a folder browsed into): abTEM keeps its axes in the group's
+    ``metadata0``, so its pixel size comes from there, not the 0.060 A default; a plain group's array
+    folder still states only its own attributes."""
+    root, series = abtem_stores["root"], abtem_stores["series"]
+    stack = open_stack(root / "series.zarr" / "array0")
+    try:
+        assert stack.shape == (3, 32, 32)
+        assert stack.sampling == {"pixel_size_A": pytest.approx(series.sampling[0])}
+    finally:
+        stack.close()
+    group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("array0", shape=(2, 16, 16), dtype="u2")[:] = 1
+    group["array0"].attrs["pixel_size_A"] = 0.1
+    plain = open_stack(tmp_path / "plain.zarr" / "array0")
+    assert plain.sampling == {"pixel_size_A": pytest.approx(0.1)}
+    plain.close()

@@ -211,3 +211,26 @@ def test_dm_nonsquare_pixels_refused(tmp_path: Path) -> None:
     path.write_bytes(content[:k] + struct.pack("<f", 0.1) + content[k + 4 :])
     with pytest.raises(StackError, match="non-square pixels"):
         open_stack(path)
+
+
+@pytest.mark.parametrize("scales", [(-0.013, -0.013), (0.013, -0.013), (-0.013, 0.013)])
+def test_dm_negative_scale_is_a_flipped_axis_of_that_size(
+    tmp_path: Path, scales: tuple[float, float]
+) -> None:
+    """DM writes a negative ``Scale`` for an axis flipped in Digital Micrograph: the pixel is as large
+    (0.13 A here), never "no pixel size stated" and the 0.060 A default with its warning."""
+    good = write_dm(
+        tmp_path / "flip.dm4", np.ones((2, 32, 40), np.uint16), scale=0.013, units="nm"
+    ).read_bytes()
+    one = struct.pack("<f", 0.013)
+    assert good.count(one) == 2  # the image's X and Y Scale (the thumbnail's and the frames' are 1.0)
+    first = good.index(one)
+    second = good.index(one, first + 4)
+    raw = bytearray(good)
+    raw[first : first + 4], raw[second : second + 4] = (struct.pack("<f", s) for s in scales)
+    (tmp_path / "flip2.dm4").write_bytes(bytes(raw))
+    stack = open_stack(tmp_path / "flip2.dm4")
+    try:
+        assert stack.sampling == {"pixel_size_A": pytest.approx(0.13)}
+    finally:
+        stack.close()

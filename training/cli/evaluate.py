@@ -176,7 +176,9 @@ def evaluate_images_cmd(
     ),
     draws: int = typer.Option(2, help="Poisson frames per image (each seeded by the image's name)"),
     dataset: str | None = typer.Option(
-        None, help="HDF5 files: the dataset holding the clean images (default: every float image dataset)"
+        None,
+        help="HDF5 files: the dataset holding the clean images (default: every float image dataset); "
+        "also a zarr group's array or a Velox signal, as `sbd-stream denoise --dataset`",
     ),
     engine: str = typer.Option(None, help="engine name or directory (default: the shipped default)"),
     backend: str = typer.Option("auto", help="auto | onnxruntime | torch | tensorrt"),
