@@ -7,9 +7,10 @@
 - Berkeley EMD: a group with the attribute ``emd_group_type = 1`` holding ``data`` and one vector per
   axis, ``dim1``, ``dim2``[, ``dim3``] (attributes ``name``, ``units``): the two axes in a length unit
   are the image's, the other the frames'; the pixel size is the vectors' spacing. HyperSpy /
-  rosettasciio write the array transposed, (W, H, frames), and read it back as ``data.T``: such a
-  file (frames on ``dim3``, or no length units at all) is read as they read it, so its frames are
-  theirs; frames on ``dim1`` are (frames, H, W) in C order, as ncempy keeps them.
+  rosettasciio write the array transposed, (W, H, frames), with two-element axis vectors, and read it
+  back as ``data.T``: such a file (frames on ``dim3``, or no length units at all) is read as they read
+  it, so its frames are theirs. A file whose vectors are as long as their axes (the specification's,
+  ncempy's) is in C order: (H, W), (H, W, frames) or, frames on ``dim1``, (frames, H, W).
 
 Either way the frames come out (frames, H, W), read a batch at a time (``FramesLast``); a unit that is no
 length states no pixel size (the documented default applies), never its number taken as angstrom.
@@ -156,6 +157,8 @@ def _berkeley(group: h5py.Group, path: Path) -> tuple[str, Any, dict[str, float]
         dim = group.get(f"dim{k + 1}")
         spacing.append(_spacing(dim) if isinstance(dim, h5py.Dataset) else math.nan)
     lengths = [k for k, s in enumerate(spacing) if not math.isnan(s)]
+    if _spec_vectors(group, ds.shape) and lengths in ([0, 1], []):  # C order, (H, W[, frames]) as ncempy
+        return name, FramesLast(safe_dataset(ds)), _square(spacing[:2], path) if lengths else {}
     if ds.ndim == 2 or lengths in ([0, 1], []):  # HyperSpy's layout, (W, H[, frames]): read as it reads it
         frames = FramesLast(safe_dataset(ds), transposed=True)
         return name, frames, _square(spacing[:2], path) if lengths else {}
@@ -165,6 +168,18 @@ def _berkeley(group: h5py.Group, path: Path) -> tuple[str, Any, dict[str, float]
             "expected two of dim1 to dim3 and the other the frames"
         )
     return name, safe_dataset(ds), _square(spacing[1:], path)  # (frames, H, W) in C order (ncempy's layout)
+
+
+def _spec_vectors(group: h5py.Group, shape: tuple[int, ...]) -> bool:
+    """True when every ``dimK`` is a full axis vector, ``len(dimK) == shape[K-1]``, as the EMD
+    specification and ncempy write them: the array is then in C order, dim1 its first axis. HyperSpy /
+    rosettasciio write two-element vectors (offset and offset + scale) for a transposed array; a file
+    whose axes are all two long cannot tell the two apart and is read as HyperSpy reads it. Why: a 2-D
+    ncempy file, (H, W), came out transposed, a non-square image with its sides swapped (audit h32)."""
+    dims = [group.get(f"dim{k + 1}") for k in range(len(shape))]
+    if not all(isinstance(d, h5py.Dataset) and d.ndim == 1 for d in dims) or all(n == 2 for n in shape):
+        return False
+    return all(d.shape[0] == n for d, n in zip(dims, shape, strict=True))
 
 
 def _spacing(dim: h5py.Dataset) -> float:

@@ -108,3 +108,36 @@ def test_evaluate_images_reads_emd_files(tmp_path: Path) -> None:
     assert [n for n, _ in images] == ["sim.emd", "sim.emd[1]", "sim.emd[2]"]
     np.testing.assert_array_equal(images[1][1], FRAMES[1])
     assert stated_pixel_sizes(tmp_path) == {str(tmp_path / "sim.emd"): pytest.approx(0.05)}
+
+
+def write_spec_emd(path: Path, data: np.ndarray, image_axes: tuple[int, int]) -> Path:
+    """A Berkeley EMD file as the specification and ncempy write it: ``data`` in C order, each ``dimK``
+    as long as its axis, the image's axes in nm (0.05 nm), the other (frames) without a length unit."""
+    with h5py.File(path, "w") as f:
+        f.attrs["version_major"], f.attrs["version_minor"] = 0, 2
+        g = f.create_group("data/img")
+        g.attrs["emd_group_type"] = 1
+        g.create_dataset("data", data=data)
+        for k, n in enumerate(data.shape):
+            length = k in image_axes
+            d = g.create_dataset(f"dim{k + 1}", data=np.arange(n) * (0.05 if length else 1.0))
+            d.attrs["name"], d.attrs["units"] = ("x" if length else "frame"), ("[n_m]" if length else "")
+    return path
+
+
+def test_berkeley_emd_in_c_order_as_the_specification_writes_it(tmp_path: Path) -> None:
+    """Full-length axis vectors (ncempy, the EMD specification): the array is read in C order. A 2-D
+    (H, W) image came out transposed, (1, W, H), as if HyperSpy had written it (audit h32)."""
+    cases = {
+        "image": (FRAMES[0], (0, 1), FRAMES[:1]),
+        "frames_first": (FRAMES, (1, 2), FRAMES),
+        "frames_last": (np.moveaxis(FRAMES, 0, -1), (0, 1), FRAMES),
+    }
+    for name, (data, axes, want) in cases.items():
+        stack = open_stack(write_spec_emd(tmp_path / f"{name}.emd", data, axes))
+        try:
+            assert stack.shape == want.shape, name
+            np.testing.assert_array_equal(np.concatenate(list(stack.batches(2))), want)
+            assert stack.sampling == {"pixel_size_A": pytest.approx(0.5)}, name
+        finally:
+            stack.close()
