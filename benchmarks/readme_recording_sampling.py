@@ -60,3 +60,31 @@ def resample() -> str:
             f"{'' if g is None else f'{g:.1f}'} | {back} | {'' if v is None else f'{v:.2f}'} |"
         )
     return "\n".join(lines)
+
+
+def record_rows() -> str:
+    """``python -m benchmarks.bench_record_rows``: bench_record_rows.json, the recorder's cost per row."""
+    d = load("bench_record_rows.json")
+    codes = sorted({r["code"] for r in d["rows"]}, key=lambda c: c != "new")
+    lines = [
+        f"{source(d, 'bench_record_rows.json')}, {cores(d)}, {d['date']}, commit `{d['git']}`"
+        f"{' (uncommitted changes)' if d.get('git_dirty') else ''}; {d['settings']}; median of "
+        f"{d['repeats']}; ms per row: the writer thread's CPU time (h5py holds the interpreter lock "
+        "throughout: time the live lane waits) and its wall time"
+        + ("; `old`: the per-row writes before session 32, interleaved" if "old" in codes else "")
+        + "):",
+        "",
+        "| row | frame | " + " | ".join(f"{c}: CPU / wall" for c in codes) + " |",
+        "|---|---|" + "---|" * len(codes),
+    ]
+    by = {(r["kind"], r["shape"], r["code"]): r for r in d["rows"]}
+    for kind in ("raw", "denoised", "llr"):
+        for shape in sorted({r["shape"] for r in d["rows"]}, key=lambda s: int(s.split("x")[0])):
+            cells = [
+                f"{by[kind, shape, c]['cpu_ms']:.2f} / {by[kind, shape, c]['row_ms']:.2f}"
+                if (kind, shape, c) in by
+                else "-"
+                for c in codes
+            ]
+            lines.append(f"| {kind} | {shape} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

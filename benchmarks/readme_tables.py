@@ -64,6 +64,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "curve": speed.curve,
     "part_roll": rec_sampling.part_roll,
     "resample": rec_sampling.resample,
+    "record_rows": rec_sampling.record_rows,
 }
 """Every generated block of README.md, by marker name; the renderers live in readme_paper (the paper's
 world), readme_history (earlier worlds and studies) and readme_speed (throughput and latency)."""
