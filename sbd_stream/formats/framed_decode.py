@@ -20,8 +20,14 @@ bytes, then blocks, each a 4-byte big-endian compressed size and its bytes.
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import itertools
+import os
 import struct
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -29,6 +35,8 @@ from sbd_stream.protocol import ProtocolError
 
 _U32 = struct.Struct(">I")
 _scratch = threading.local()
+_omp_lock = threading.Lock()
+_omp_fns: list | None = None
 
 
 def _shuffled_buffer(size: int) -> memoryview:
@@ -45,18 +53,53 @@ def _default_block(elem_size: int) -> int:
     return max(128, (8192 // elem_size) // 8 * 8)
 
 
-def _block(mv: memoryview, pos: int, size: int, raw_if_equal: bool) -> tuple[bytearray, int]:
-    """One block of ``size`` uncompressed bytes at ``pos``: (its bytes, the next position)."""
+def _decode_blocks(
+    mv: memoryview, pos: int, sizes: Iterable[int], dest: memoryview, raw_if_equal: bool
+) -> int:
+    """The blocks at ``pos``, each of ``sizes`` bytes once decompressed, written one after another into
+    ``dest`` (exactly ``sum(sizes)`` bytes); returns the position after the last one. ``sizes`` is
+    lazy (``_sizes``): a peer's block of 1 byte must not make a list of one entry per byte up front.
+
+    One loop with nothing but the checks in it (a K2 frame is ~3500 blocks of 8 KiB, and the Python
+    work per block was half the decode): the declared size is checked against what is left before
+    the block is sliced, LZ4's safe decoder gets a view of the payload (no copy; it takes any buffer)
+    and our size, and its output length is checked before it is copied."""
+    import lz4.block
+
+    decompress, unpack, end, at = lz4.block.decompress, _U32.unpack_from, len(mv), 0
+    try:
+        for size in sizes:
+            if pos + 4 > end:
+                raise ProtocolError("decompress_failed", "the payload ends inside a block header")
+            (n,) = unpack(mv, pos)
+            pos += 4
+            if n > end - pos:
+                raise ProtocolError("decompress_failed", f"a block declares {n} bytes, {end - pos} are left")
+            data = mv[pos : pos + n]
+            pos += n
+            part = data if raw_if_equal and n == size else decompress(data, uncompressed_size=size)
+            if len(part) != size:
+                raise ProtocolError("decompress_failed", f"got {len(part)} bytes, expected {size}")
+            dest[at : at + size] = part
+            at += size
+    except (lz4.block.LZ4BlockError, ValueError) as e:
+        raise ProtocolError("decompress_failed", str(e)[:80]) from None
+    return pos
+
+
+def _sizes(count: int, size: int, last: int) -> Iterable[int]:
+    """``count`` blocks of ``size`` bytes then one of ``last`` (if not 0), without a list of them."""
+    return itertools.chain(itertools.repeat(size, count), (last,) if last else ())
+
+
+def _block_at(mv: memoryview, pos: int) -> memoryview:
+    """The compressed bytes of the block whose header is at ``pos``, its declared size checked."""
     if pos + 4 > len(mv):
         raise ProtocolError("decompress_failed", "the payload ends inside a block header")
     (n,) = _U32.unpack_from(mv, pos)
-    pos += 4
-    if n > len(mv) - pos:
-        raise ProtocolError("decompress_failed", f"a block declares {n} bytes, {len(mv) - pos} are left")
-    data = mv[pos : pos + n]
-    if raw_if_equal and n == size:
-        return bytearray(data), pos + n
-    return lz4_exact(data, size), pos + n
+    if n > len(mv) - pos - 4:
+        raise ProtocolError("decompress_failed", f"a block declares {n} bytes, {len(mv) - pos - 4} are left")
+    return mv[pos + 4 : pos + 4 + n]
 
 
 def lz4_exact(data: bytes | memoryview, size: int) -> bytearray:
@@ -66,7 +109,7 @@ def lz4_exact(data: bytes | memoryview, size: int) -> bytearray:
     import lz4.block
 
     try:
-        out = lz4.block.decompress(bytes(data), uncompressed_size=size, return_bytearray=True)
+        out = lz4.block.decompress(data, uncompressed_size=size, return_bytearray=True)
     except (lz4.block.LZ4BlockError, ValueError) as e:
         raise ProtocolError("decompress_failed", str(e)[:80]) from None
     if len(out) != size:
@@ -81,13 +124,15 @@ def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: i
     ``nbytes``, the block size a multiple of the element size)."""
     mv = memoryview(blob).cast("B")
     (block_bytes,) = _U32.unpack_from(mv, 8)
-    pos, parts = 12, []
     if algo == "lz4":
         block = block_bytes or nbytes
-        for start in range(0, nbytes, block):
-            part, pos = _block(mv, pos, min(block, nbytes - start), raw_if_equal=True)
-            parts.append(part)
-        out = parts[0] if len(parts) == 1 else bytearray().join(parts)  # writable, as h5py's reads
+        if nbytes <= block:  # one block (H5Z-LZ4's default is 1 GiB): decoded straight into the output
+            data = _block_at(mv, 12)
+            out = bytearray(data) if len(data) == nbytes else lz4_exact(data, nbytes)
+        else:
+            out = bytearray(nbytes)  # writable, as h5py's reads
+            sizes = _sizes(nbytes // block, block, nbytes % block)
+            _decode_blocks(mv, 12, sizes, memoryview(out), raw_if_equal=True)
     else:
         if nbytes % elem_size:
             raise ProtocolError("decompress_failed", f"{nbytes} bytes are no whole {elem_size}-byte elements")
@@ -95,24 +140,62 @@ def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: i
         block = block_bytes // elem_size if block_bytes else _default_block(elem_size)
         if block <= 0 or block % 8:
             raise ProtocolError("decompress_failed", f"block of {block} elements (not a multiple of 8)")
-        sizes = [block] * (n // block)
         last = (n % block) - (n % block) % 8
-        if last:
-            sizes.append(last)
-        shuffled, at = _shuffled_buffer(nbytes), 0
-        for size in sizes:
-            part, pos = _block(mv, pos, size * elem_size, raw_if_equal=False)
-            shuffled[at : at + len(part)] = part
-            at += len(part)
+        sizes = _sizes(n // block, block * elem_size, last * elem_size)
+        at = (n // block) * block * elem_size + last * elem_size
+        shuffled = _shuffled_buffer(nbytes)
+        pos = _decode_blocks(mv, 12, sizes, shuffled[:at], raw_if_equal=False)
         leftover = (n % 8) * elem_size
         if len(mv) - pos < leftover or at + leftover != nbytes:
             raise ProtocolError("decompress_failed", "the payload ends before its last elements")
         shuffled[at:] = mv[pos : pos + leftover]
-        pos += leftover
         out = unshuffle(shuffled, elem_size, block)
     if len(out) != nbytes:
         raise ProtocolError("decompress_failed", f"got {len(out)} bytes, expected {nbytes}")
     return np.frombuffer(out, np.uint8) if isinstance(out, (bytes, bytearray)) else out
+
+
+def _omp_threads_fns() -> list:
+    """(get, set) of ``omp_{get_max,set_num}_threads`` of each OpenMP runtime ``bitshuffle`` may use:
+    the one already global in the process (torch loads its libgomp so), the copy its wheel bundles."""
+    global _omp_fns
+    with _omp_lock:
+        if _omp_fns is None:
+            fns = []
+            try:
+                import bitshuffle
+
+                libs = os.path.join(os.path.dirname(os.path.dirname(bitshuffle.__file__)), "bitshuffle.libs")
+                names = [None, *sorted(glob.glob(os.path.join(libs, "libgomp*.so*")))]
+            except ImportError:  # pragma: no cover - bitshuffle is a dependency
+                names = []
+            for name in names:
+                try:
+                    lib = ctypes.CDLL(name)
+                    fns.append((lib.omp_get_max_threads, lib.omp_set_num_threads))
+                except (OSError, AttributeError):
+                    continue
+            _omp_fns = fns
+        return _omp_fns
+
+
+@contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """bitshuffle's OpenMP held to this thread for one call, then the thread's setting restored.
+
+    Measured on the shared 2-core machine (K2 uint16, 28 MB): the default team of 2 took 24-38 ms
+    (median) with tails of 440 ms, one thread 10-22 ms: libgomp's team spins while its other thread
+    waits for a busy core. Restored after, per thread (an OpenMP ICV), so a caller's torch, which
+    sizes its own parallel regions from the same setting on a shared libgomp, is left as it was."""
+    fns = _omp_threads_fns()
+    before = [get() for get, _ in fns]
+    for _, set_ in fns:
+        set_(1)
+    try:
+        yield
+    finally:
+        for (_, set_), n in zip(fns, before, strict=True):
+            set_(n)
 
 
 def unshuffle(shuffled: bytes | memoryview, elem_size: int, block: int) -> np.ndarray:
@@ -120,4 +203,6 @@ def unshuffle(shuffled: bytes | memoryview, elem_size: int, block: int) -> np.nd
     import bitshuffle
 
     arr = np.frombuffer(shuffled, f"<u{elem_size}")
-    return np.ascontiguousarray(bitshuffle.bitunshuffle(arr, block)).view(np.uint8).reshape(-1)
+    with _one_omp_thread():
+        out = bitshuffle.bitunshuffle(arr, block)
+    return np.ascontiguousarray(out).view(np.uint8).reshape(-1)
