@@ -30,9 +30,16 @@ from typing import Any
 
 import h5py
 
+from sbd_stream.formats.safe_chunks import LIBHDF5_OWN
+
 READ_ATTEMPTS = 30
 """Metadata read attempts in SWMR read mode: libhdf5's back-off doubles from 1 ns, so 30 attempts wait
 about 1 s in all before a read fails (libhdf5's default for SWMR, 100, waits up to an hour)."""
+
+READ_SAFELY = ("raw", "denoised", "llr")
+"""Top-level datasets read as frames, through ``safe_chunks.safe_dataset`` (a ``denoise`` / ``replay
+--offline`` output's ``denoised``: bitshuffle-LZ4), as is every dataset named ``frames``; the same
+names as ``recording.KINDS`` (not imported: that module imports this one)."""
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 WRITER_FLAGS = 0x1 | 0x4
@@ -102,7 +109,10 @@ def open_recording(path: str | os.PathLike) -> h5py.File:
 
     A file HDF5 opens but cannot read (a part a SIGKILL cut short while it was laid out: a 48-byte
     superblock; flipped bytes) raises h5py's RuntimeError or KeyError at the first look inside; it is an
-    ``OSError`` here, as an unreadable file is everywhere else, so every reader ends in one line."""
+    ``OSError`` here, as an unreadable file is everywhere else, so every reader ends in one line.
+
+    A dataset other than frames that passes a filter outside libhdf5's own is refused here, before any
+    read (:func:`foreign_filter`: ``ForeignFilter``)."""
     try:
         f = open_read(path)
     except OSError as e:
@@ -110,10 +120,89 @@ def open_recording(path: str | os.PathLike) -> h5py.File:
     try:
         f.attrs.keys().__len__()
         "raw" in f  # noqa: B015 - touching the root group is the check
+        foreign = foreign_filter(f)
     except (RuntimeError, KeyError, OSError) as e:
         f.close()
         raise OSError(f"{path}: not a readable HDF5 recording ({h5_reason(e)}; cut short or damaged?)") from e
+    if foreign is not None:
+        f.close()
+        raise ForeignFilter(
+            f"{path}: {foreign}, which the recorder never writes: not read, crafted or damaged"
+        )
     return f
+
+
+class ForeignFilter(OSError):
+    """A recording refused by :func:`foreign_filter` (one line naming the file, dataset and filter)."""
+
+
+def foreign_filter(f: h5py.File) -> str | None:
+    """The first dataset of recording ``f``, other than its frames (``_frames``), whose filter pipeline
+    holds a filter that is not libhdf5's own (``safe_chunks.LIBHDF5_OWN``), as "its dataset raw/seq
+    passes HDF5 filter 32008 (bitshuffle)"; None where there is none.
+
+    Why (session 32): frames are read through ``safe_chunks.safe_dataset``, but the per-row columns
+    (``seq``, ``ts``, ``complete``, ``time``), ``meta`` bytes, the column tables, ``exposure_s``... are
+    read by libhdf5 at a dozen places: a ``raw/seq`` recreated bitshuffle-LZ4 with a crafted chunk
+    killed ``export``, ``replay`` (live and ``--offline``), ``emulate --source`` and ``denoise`` with
+    SIGSEGV. The recorder writes those datasets with no filter (only frames are compressed),
+    so one rule at the one place recordings are opened closes every reader. Datasets behind soft and
+    external links, and the sources of virtual ones, are checked too: libhdf5 reads them alike."""
+    links: list[tuple[bytes, int]] = []  # every link once, by its name (low level: 0.2 ms, not 5)
+    f.id.links.visit(lambda n, info: links.append((n, info.type)), info=True)
+    for raw, kind in links:
+        name = raw.decode("utf-8", "replace")
+        if kind == h5py.h5l.TYPE_HARD:  # frames are read through safe_chunks.safe_dataset
+            if _frames(name) or h5py.h5o.get_info(f.id, raw).type != h5py.h5o.TYPE_DATASET:
+                continue
+            plist = h5py.h5d.open(f.id, raw).get_create_plist()
+            why = _foreign(f[name]) if plist.get_layout() == h5py.h5d.VIRTUAL else _filters(plist)
+            if why is not None:
+                return f"its dataset {name} {why}"
+            continue
+        obj = f.get(name)  # a soft or external link: what it names is read as its target
+        items: list[tuple[str, Any]] = [(name, obj)]
+        if isinstance(obj, h5py.Group) and obj.file.id != f.id:  # another file's group: its datasets
+            obj.visititems(lambda n, o, at=name, out=items: out.append((f"{at}/{n}", o)) if o else None)
+        for where, ds in items:
+            skip = not isinstance(ds, h5py.Dataset) or _frames(where)
+            if not skip and (why := _foreign(ds)) is not None:
+                return f"its dataset {where} {why}"
+    return None
+
+
+def _frames(name: str) -> bool:
+    """Whether the dataset a reader opens as ``name`` holds frames (read through ``safe_dataset``)."""
+    return name.rsplit("/", 1)[-1] == "frames" or name in READ_SAFELY
+
+
+def _foreign(ds: h5py.Dataset) -> str | None:
+    """What ``_filters`` says where ``ds`` (or, virtual, a source of it that can be
+    opened: libhdf5 reads them alike) has a filter outside libhdf5's own; else None."""
+    if ds.is_virtual:
+        base = os.path.dirname(ds.file.filename)
+        for src in ds.virtual_sources():
+            file = ds.file.filename if src.file_name == "." else os.path.join(base, src.file_name)
+            try:
+                with h5py.File(file, "r") as g:
+                    sub = g.get(src.dset_name)
+                    why = _foreign(sub) if isinstance(sub, h5py.Dataset) and not sub.is_virtual else None
+            except OSError:
+                continue
+            if why is not None:
+                return f"{why} (its virtual source {src.file_name}:{src.dset_name})"
+        return None
+    return None if ds.chunks is None else _filters(ds.id.get_create_plist())
+
+
+def _filters(dcpl: Any) -> str | None:
+    """'passes HDF5 filter 32008 (bitshuffle)' for the first filter of ``dcpl`` not libhdf5's own."""
+    for k in range(dcpl.get_nfilters()):
+        fid, _flags, _cd, label = dcpl.get_filter(k)
+        if int(fid) not in LIBHDF5_OWN:
+            short = bytes(label).decode("ascii", "replace").split(";")[0].strip() or "unknown"
+            return f"passes HDF5 filter {int(fid)} ({short})"
+    return None
 
 
 def h5_reason(e: BaseException) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sbd_stream.formats.hdf5_read import h5_reason, open_recording
+from sbd_stream.formats.hdf5_read import ForeignFilter, h5_reason, open_read, open_recording
 from sbd_stream.formats.limits import RecordingError, check_dtype, sampling_attrs, trusted_rows
 from sbd_stream.formats.recording_parts import recording_parts
 from sbd_stream.formats.safe_chunks import safe_dataset
@@ -78,6 +78,9 @@ def is_recording(path: Path) -> bool:
     """Whether ``path`` is a recording made by ``serve`` (raw frames with their ``complete`` column)."""
     try:
         with open_recording(Path(path)) as f:
+            return "raw/frames" in f and "raw/complete" in f
+    except ForeignFilter:  # a recording all the same: its reader refuses it in one line, no plain stack
+        with open_read(Path(path)) as f:
             return "raw/frames" in f and "raw/complete" in f
     except (OSError, ValueError, RuntimeError, KeyError):  # unreadable: the stack reader says why
         return False
