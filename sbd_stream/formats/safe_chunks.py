@@ -80,7 +80,7 @@ def _plan(ds: Any) -> tuple[str, int] | None:
         raise UnsafeChunks(f"its frames pass HDF5 filters {ids}: bitshuffle / LZ4 with others; " + _HINT)
     if ids[0] not in (BITSHUFFLE, LZ4):
         return None  # another plugin's pipeline: libhdf5's to read
-    if dt.hasobject or dt.itemsize not in (1, 2, 4, 8) or dt.kind not in "uifc" or dt.subdtype is not None:
+    if dt.hasobject or dt.itemsize not in (1, 2, 4, 8) or dt.kind not in "uifcb" or dt.subdtype is not None:
         raise UnsafeChunks(f"its {dt} frames are compressed with filter {ids[0]}, for counts only; not read")
     cd = tuple(int(v) for v in filters[0][2])
     if ids[0] == LZ4:
@@ -168,7 +168,7 @@ class SafeChunks:
         whole = [(a % c == 0 and b - a == c) for (a, b), c in zip(box, self.chunks, strict=True)]
         if all(whole):  # exactly one chunk (a frame of a recording): its decoded array, no copy
             out = self._chunk(tuple(lo))
-            return np.ascontiguousarray(out[rel])
+            return np.ascontiguousarray(_pick(out, rel))
         out = np.empty([b - a for a, b in box], self.dtype)
         if out.size:
             ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(box, self.chunks, strict=True)]
@@ -181,7 +181,7 @@ class SafeChunks:
                     src.append(slice(x0 - s, x1 - s))
                     dst.append(slice(x0 - low, x1 - low))
                 out[tuple(dst)] = chunk[tuple(src)]
-        res = out[rel]
+        res = _pick(out, rel)
         return np.ascontiguousarray(res) if isinstance(res, np.ndarray) else res
 
     def _chunk(self, offset: tuple[int, ...]) -> np.ndarray:
@@ -251,3 +251,14 @@ def _selection(index: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]
             box.append((a, b))
             rel.append(arr - a)
     return box, tuple(rel)
+
+
+def _pick(out: np.ndarray, rel: tuple[Any, ...]) -> Any:
+    """``out[rel]`` with h5py's axis order: numpy moves the axis of a list or mask to the front when an
+    integer and it are apart (``[1, :, [0, 2]]``: (2, H) where h5py gives (H, 2)), so there the integers
+    are taken as one-long slices and their axes squeezed after (one list at most, as h5py allows)."""
+    ints = [k for k, r in enumerate(rel) if not isinstance(r, (slice, np.ndarray))]
+    if not ints or not any(isinstance(r, np.ndarray) for r in rel):
+        return out[rel]
+    sliced = tuple(slice(r, r + 1) if k in ints else r for k, r in enumerate(rel))
+    return np.squeeze(out[sliced], axis=tuple(ints))

@@ -2,8 +2,7 @@
 
 Layout (format ``sbd-recording/1``, NeXus): docs/service.md, ``formats/recording.py`` (the file) and
 ``formats/nexus.py``. ``complete`` is resized and set last, after the frame is written, so a live
-reader or a reader of a crashed file trusts the frames up to the last ``complete == 1`` (``len(complete)``
-but for a row killed between its extent and its 1). This thread decides:
+reader or a reader of a crashed file trusts the frames up to the last ``complete == 1``. This thread decides:
 
 * a raw frame of another shape or dtype than its acquisition's open file goes to a new part (writing
   it there would cast it: 70000.5 stored as 65535). Each output goes to the part of its raw frame,

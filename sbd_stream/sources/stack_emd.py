@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sbd_stream.formats.safe_chunks import safe_dataset
+from sbd_stream.formats.safe_chunks import UnsafeChunks, read_safely, safe_dataset
 from sbd_stream.sources.stack_headers import StackError
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
 
@@ -107,8 +107,8 @@ def _velox_sampling(group: h5py.Group, path: Path) -> dict[str, float]:
         return {}
     if meta.shape[0] > MAX_METADATA:
         raise StackError(f"{path}: its Velox metadata declares {meta.shape[0]} bytes a frame; damaged?")
+    column = _small(meta, (slice(None), 0) if meta.ndim == 2 else (), path)
     try:
-        column = meta[:, 0] if meta.ndim == 2 else meta[()]
         text = np.asarray(column).astype(np.uint8).tobytes().rstrip(b"\x00").decode("utf-8")
         result = json.loads(text).get("BinaryResult", {})
         size = result["PixelSize"]
@@ -155,7 +155,7 @@ def _berkeley(group: h5py.Group, path: Path) -> tuple[str, Any, dict[str, float]
     spacing = []
     for k in range(ds.ndim):
         dim = group.get(f"dim{k + 1}")
-        spacing.append(_spacing(dim) if isinstance(dim, h5py.Dataset) else math.nan)
+        spacing.append(_spacing(dim, path) if isinstance(dim, h5py.Dataset) else math.nan)
     lengths = [k for k, s in enumerate(spacing) if not math.isnan(s)]
     if _spec_vectors(group, ds.shape) and lengths in ([0, 1], []):  # C order, (H, W[, frames]) as ncempy
         return name, FramesLast(safe_dataset(ds)), _square(spacing[:2], path) if lengths else {}
@@ -182,10 +182,21 @@ def _spec_vectors(group: h5py.Group, shape: tuple[int, ...]) -> bool:
     return all(d.shape[0] == n for d, n in zip(dims, shape, strict=True))
 
 
-def _spacing(dim: h5py.Dataset) -> float:
+def _spacing(dim: h5py.Dataset, path: Path) -> float:
     """The spacing of an axis vector in angstrom; NaN when its unit is no length or it has one value."""
     scale = EMD_UNITS_A.get(_attr(dim, "units").strip().strip("[]").replace("_", "").lower())
     if scale is None or dim.ndim != 1 or dim.shape[0] < 2 or dim.dtype.kind not in "iuf":
         return math.nan
-    first, second = (float(v) for v in dim[:2])
+    first, second = (float(v) for v in _small(dim, slice(0, 2), path))
     return abs(second - first) * scale
+
+
+def _small(ds: h5py.Dataset, index: Any, path: Path) -> np.ndarray:
+    """``ds[index]`` of a metadata dataset through ``formats/safe_chunks.py``, its failure a StackError:
+    a Velox ``Metadata`` or a ``dimN`` vector stored with a crafted bitshuffle-LZ4 chunk killed
+    ``denoise FILE.emd`` (SIGSEGV) in the filter, and a damaged one gave the default pixel size silently."""
+    try:
+        return np.asarray(read_safely(ds, index, f"{path}:{ds.name}"))
+    except OSError as e:
+        said = str(e) if isinstance(e, UnsafeChunks) else f"{path}:{ds.name}: {e}; damaged?"
+        raise StackError(said) from None
