@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--tag", default="", help="results file bench_record_rows_<tag>.json")
     a = ap.parse_args(argv)
+    a.dir.mkdir(parents=True, exist_ok=True)
     repeats = a.repeats or (1 if a.quick else 5)
     impls = [("new", recording)] + ([("old", _load_old(a.old))] if a.old else [])
     if not a.old:

@@ -69,8 +69,8 @@ def record_rows() -> str:
     lines = [
         f"{source(d, 'bench_record_rows.json')}, {cores(d)}, {d['date']}, commit `{d['git']}`"
         f"{' (uncommitted changes)' if d.get('git_dirty') else ''}; {d['settings']}; median of "
-        f"{d['repeats']}; ms per row: the writer thread's CPU time (h5py holds the interpreter lock "
-        "throughout: time the live lane waits) and its wall time"
+        f"{d['repeats']}; ms per row: the writer thread's CPU time and its wall time (waits for the "
+        "interpreter lock included)"
         + ("; `old`: the per-row writes before session 32, interleaved" if "old" in codes else "")
         + "):",
         "",
