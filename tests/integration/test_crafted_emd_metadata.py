@@ -9,7 +9,6 @@ process died with SIGSEGV (exit -11) on both layouts.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from crafted_files import leap
 
 pytestmark = pytest.mark.integration
 SBD = str(Path(sys.executable).parent / "sbd-stream")
@@ -27,9 +27,7 @@ def _crafted(g: h5py.Group, name: str, data: np.ndarray) -> None:
     """``data`` as a bitshuffle-LZ4 dataset whose one chunk's first block declares 2 GB."""
     ds = g.create_dataset(name, data=data, chunks=(16384, *data.shape[1:]), maxshape=(None, *data.shape[1:]),
                           **hdf5plugin.Bitshuffle(cname="lz4"))  # fmt: skip
-    chunk = bytearray(ds.id.read_direct_chunk((0,) * ds.ndim)[1])
-    struct.pack_into(">I", chunk, 12, 0x7FFFFFF0)
-    ds.id.write_direct_chunk((0,) * ds.ndim, bytes(chunk))
+    ds.id.write_direct_chunk((0,) * ds.ndim, leap(ds.id.read_direct_chunk((0,) * ds.ndim)[1]))
 
 
 def _velox(path: Path) -> Path:

@@ -10,7 +10,6 @@ refuses a dataset other than frames whose filters are not libhdf5's own (the rec
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +18,10 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from crafted_files import leap, small_recorder
 
-from sbd_stream.config import RecordSettings
 from sbd_stream.formats import column_table
-from sbd_stream.metrics import Metrics
-from sbd_stream.sinks.recorder import Recorder, RecordItem
+from sbd_stream.sinks.recorder import RecordItem
 
 pytestmark = pytest.mark.integration
 SBD = str(Path(sys.executable).parent / "sbd-stream")
@@ -31,11 +29,7 @@ SBD = str(Path(sys.executable).parent / "sbd-stream")
 
 def _recording(directory: Path) -> Path:
     """Raw (bitshuffle-LZ4, the default) and llr frames with column tables, by the real Recorder."""
-    rec = Recorder(
-        RecordSettings(directory=directory, min_free_bytes=0, compress_threads=0),
-        Metrics(), card={"name": "tiny"}, run_config={},
-        sampling={"pixel_size_A": 0.06, "dose_e_per_A2": 125.0, "counts_per_px": 0.45},
-    )  # fmt: skip
+    rec = small_recorder(directory)
     rec.write(RecordItem("series_start", "run/9"))
     for q in range(5):
         ts = 100.0 + 0.025 * q
@@ -61,9 +55,7 @@ def _crafted(f: h5py.File, name: str, data: np.ndarray, maxshape: tuple) -> None
         **hdf5plugin.Bitshuffle(cname="lz4"),
     )
     start = (0,) * ds.ndim
-    chunk = bytearray(ds.id.read_direct_chunk(start)[1])
-    struct.pack_into(">I", chunk, 12, 0x7FFFFFF0)
-    ds.id.write_direct_chunk(start, bytes(chunk))
+    ds.id.write_direct_chunk(start, leap(ds.id.read_direct_chunk(start)[1]))
 
 
 def _rewrite(path: Path, name: str, how: str = "in place") -> None:

@@ -18,20 +18,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from crafted_files import leap, small_recorder
 
-from sbd_stream.config import RecordSettings
-from sbd_stream.metrics import Metrics
-from sbd_stream.sinks.recorder import Recorder, RecordItem
+from sbd_stream.sinks.recorder import RecordItem
 
 pytestmark = pytest.mark.integration
 SBD = str(Path(sys.executable).parent / "sbd-stream")
-
-
-def _leap(chunk: bytes) -> bytes:
-    """A valid 12-byte header, then a first block that declares 2 GB (the filter read 2 GB past it)."""
-    c = bytearray(chunk)
-    struct.pack_into(">I", c, 12, 0x7FFFFFF0)
-    return bytes(c)
 
 
 def _stored_overrun(chunk: bytes) -> bytes:
@@ -50,11 +42,7 @@ def _stack(path: Path, comp: dict, craft, shape: tuple[int, int], dtype: str) ->
 
 def _recording(directory: Path) -> Path:
     """A recording by the real Recorder (bitshuffle-LZ4, one frame a chunk), raw frame 2 crafted."""
-    rec = Recorder(
-        RecordSettings(directory=directory, min_free_bytes=0, compress_threads=0),
-        Metrics(), card={"name": "tiny"}, run_config={},
-        sampling={"pixel_size_A": 0.06, "dose_e_per_A2": 125.0, "counts_per_px": 0.45},
-    )  # fmt: skip
+    rec = small_recorder(directory)
     rec.write(RecordItem("series_start", "run/9"))
     rng = np.random.default_rng(5)
     for q in range(5):
@@ -65,7 +53,7 @@ def _recording(directory: Path) -> Path:
     path = directory / "run_9.nxs"
     with h5py.File(path, "r+") as f:
         ds = f["raw/frames"]
-        ds.id.write_direct_chunk((2, 0, 0), _leap(ds.id.read_direct_chunk((2, 0, 0))[1]))
+        ds.id.write_direct_chunk((2, 0, 0), leap(ds.id.read_direct_chunk((2, 0, 0))[1]))
     return path
 
 
@@ -87,7 +75,7 @@ def _one_error(res: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.mark.parametrize(
     ("comp", "craft", "shape", "dtype"),
     [
-        (hdf5plugin.Bitshuffle(cname="lz4"), _leap, (256, 256), "float32"),
+        (hdf5plugin.Bitshuffle(cname="lz4"), leap, (256, 256), "float32"),
         (hdf5plugin.LZ4(), _stored_overrun, (2048, 2048), "float32"),
     ],
     ids=["bitshuffle-lz4", "lz4"],
