@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sbd_stream.formats.limits import frame_problem
 from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, tiff_sampling
 
@@ -42,9 +43,21 @@ DECODE_ERRORS = (
     zlib.error,
     lzma.LZMAError,
     struct.error,
+    ImportError,
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
 )
 """What tifffile and its codecs raise on a damaged page (TiffFileError is a ValueError; imagecodecs'
-errors are RuntimeErrors; zlib and lzma have their own)."""
+errors are RuntimeErrors; zlib and lzma have their own). ImportError: tifffile lists ZSTD (50000,
+34926) as decodable without imagecodecs, but its fallback imports Python 3.14's ``compression.zstd``
+only when a page is decoded: a ZSTD TIFF was a ModuleNotFoundError traceback, exit 1. ArithmeticError:
+tifffile divides by the tags it reads (an ImageWidth or RowsPerStrip of 0: ZeroDivisionError traceback).
+AssertionError: tifffile asserts a page has a NumPy type while it finds the series (SampleFormat float with
+BitsPerSample 1 or 12 has none: a traceback). AttributeError: tifffile hands a predictor 34892-34895
+(floating point by 2 or 4) to ``imagecodecs.floatpred_decode``, absent from its fallback module."""
+EVAL_ITEMSIZE = 8
+"""Bytes a pixel takes once ``evaluate-images`` holds it (float64): what ``read_whole``'s cap counts."""
 CODEC_HINT = "; `pip install imagecodecs` enables it"
 
 
@@ -91,8 +104,19 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
         if tif is not None:
             tif.close()
         raise
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError, struct.error) as e:
-        # struct.error: a file cut short inside its header (a 4-byte "II*\0" was a traceback)
+    except (
+        tifffile.TiffFileError,
+        ValueError,
+        IndexError,
+        OSError,
+        KeyError,
+        struct.error,
+        ArithmeticError,
+        AssertionError,
+    ) as e:
+        # struct.error: a file cut short inside its header (a 4-byte "II*\0" was a traceback);
+        # ArithmeticError: a zero ImageWidth, divided by while tifffile finds the series; AssertionError:
+        # a float SampleFormat of 1 or 12 bits (no NumPy type), asserted there too
         if tif is not None:
             tif.close()
         raise StackError(f"{path}: not a readable TIFF ({_why(e)})") from e
@@ -128,13 +152,39 @@ def read_whole(path: Path) -> np.ndarray:
     images, small). Raises ``ValueError`` with one line on a damaged or mixed file."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        try:
-            return _whole(frame_series(tif, path))
-        except DECODE_ERRORS as e:
-            if isinstance(e, StackError):
-                raise
-            raise ValueError(f"cannot decode its images ({_why(e)})") from None
+    try:  # the directory read in too: a SamplesPerPixel of 0 was an IndexError traceback there
+        with tifffile.TiffFile(path) as tif:
+            series = frame_series(tif, path)
+            _check_whole(tif, series, path)
+            return _whole(series)
+    except DECODE_ERRORS as e:
+        if isinstance(e, StackError):
+            raise
+        raise ValueError(f"cannot decode its images ({_why(e)})") from None
+
+
+def _check_whole(tif: Any, series: list[Any], path: Path) -> None:
+    """The declared images within the frame limits and memory, and every page's data within the file,
+    before any is decoded.
+
+    Why: a 0.8 MB zlib TIFF declaring one 20000 x 20000 image (a strip of zeros inflates 1000-fold) was
+    decoded whole and turned to float64, a MemoryError traceback (3 GiB) or the OOM killer; a
+    StripByteCounts of 4 GB in a 26 kB file had tifffile allocate that much to read it (MemoryError).
+    ``open_tiff`` checks the same for ``denoise``."""
+    size = os.path.getsize(path)
+    for k, p in enumerate(tif.pages):
+        end = max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0)
+        if end > size:
+            raise StackError(f"{path}: page {k}: its data run to byte {end} of a {size}-byte file (damaged?)")
+    shape = tuple(int(n) for n in series[0].shape)
+    if len(shape) >= 2 and (problem := frame_problem(shape[-2:], np.dtype(series[0].dtype).itemsize)):
+        raise StackError(f"{path}: {problem}")
+    pixels = len(series) * math.prod(shape)
+    if pixels * EVAL_ITEMSIZE > imread_cap():
+        raise StackError(
+            f"{path}: declares {pixels} pixels, {pixels * EVAL_ITEMSIZE} bytes as float64, more than half "
+            "this machine's memory; evaluate smaller images"
+        )
 
 
 def _whole(series: list[Any]) -> np.ndarray:
@@ -277,4 +327,10 @@ def _why(e: BaseException) -> str:
     msg = msg or type(e).__name__
     if isinstance(e, zlib.error | lzma.LZMAError) or "truncated" in msg or "incomplete" in msg:
         msg = f"{type(e).__name__}: {msg}; damaged or cut short"
+    if isinstance(e, ArithmeticError):  # tifffile divided by a tag: ImageWidth or RowsPerStrip 0
+        msg = f"{msg}: a size tag of 0 or out of range; damaged"
+    if isinstance(e, AssertionError):  # tifffile's own check of the tags: float of 1 or 12 bits
+        msg = "tifffile's check of its tags failed (AssertionError: no NumPy type for its samples?); damaged"
+    if isinstance(e, ImportError):  # a codec tifffile lists but cannot load (ZSTD without imagecodecs)
+        return f"its compression's decoder is missing ({msg}){CODEC_HINT}"
     return msg + (CODEC_HINT if "imagecodecs" in msg else "")
