@@ -36,6 +36,11 @@ READ_ATTEMPTS = 30
 """Metadata read attempts in SWMR read mode: libhdf5's back-off doubles from 1 ns, so 30 attempts wait
 about 1 s in all before a read fails (libhdf5's default for SWMR, 100, waits up to an hour)."""
 
+CHECKED = {**LIBHDF5_OWN, 32000: "lzf"}
+"""Filters whose decoders check their input: libhdf5's own and h5py's built-in LZF (liblzf built with
+``CHECK_INPUT``, its output bounded by the chunk), which the project's simulated datasets use
+(``training/sim/dataset.py``: the emulator opens them here): refusing LZF refused them."""
+
 READ_SAFELY = ("raw", "denoised", "llr")
 """Top-level datasets read as frames, through ``safe_chunks.safe_dataset`` (a ``denoise`` / ``replay
 --offline`` output's ``denoised``: bitshuffle-LZ4), as is every dataset named ``frames``; the same
@@ -138,7 +143,7 @@ class ForeignFilter(OSError):
 
 def foreign_filter(f: h5py.File) -> str | None:
     """The first dataset of recording ``f``, other than its frames (``_frames``), whose filter pipeline
-    holds a filter that is not libhdf5's own (``safe_chunks.LIBHDF5_OWN``), as "its dataset raw/seq
+    holds a filter that is not libhdf5's own or LZF (:data:`CHECKED`), as "its dataset raw/seq
     passes HDF5 filter 32008 (bitshuffle)"; None where there is none.
 
     Why (session 32): frames are read through ``safe_chunks.safe_dataset``, but the per-row columns
@@ -160,7 +165,10 @@ def foreign_filter(f: h5py.File) -> str | None:
             if why is not None:
                 return f"its dataset {name} {why}"
             continue
-        obj = f.get(name)  # a soft or external link: what it names is read as its target
+        try:  # a soft or external link: what it names is read as its target
+            obj = f.get(name)
+        except (RuntimeError, KeyError, OSError):  # a loop or a dangling link: no dataset to read here;
+            continue  # the reader that follows it says what is wrong, as before
         items: list[tuple[str, Any]] = [(name, obj)]
         if isinstance(obj, h5py.Group) and obj.file.id != f.id:  # another file's group: its datasets
             obj.visititems(lambda n, o, at=name, out=items: out.append((f"{at}/{n}", o)) if o else None)
@@ -199,7 +207,7 @@ def _filters(dcpl: Any) -> str | None:
     """'passes HDF5 filter 32008 (bitshuffle)' for the first filter of ``dcpl`` not libhdf5's own."""
     for k in range(dcpl.get_nfilters()):
         fid, _flags, _cd, label = dcpl.get_filter(k)
-        if int(fid) not in LIBHDF5_OWN:
+        if int(fid) not in CHECKED:
             short = bytes(label).decode("ascii", "replace").split(";")[0].strip() or "unknown"
             return f"passes HDF5 filter {int(fid)} ({short})"
     return None
