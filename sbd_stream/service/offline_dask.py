@@ -12,8 +12,9 @@ engine and settings, and ``frames_done``: the prefix flushed so far). A rerun wi
 goes on from there; on completion the partial is renamed over the output and the sidecar removed.
 What a resume trusts, and a full disk: ``offline_partial.py``. The job holds the output's lock
 (``formats/output_lock.py``), so a second job on the same output is refused at once. SIGINT / SIGTERM
-stop it between results with the partial kept (``offline_results.py``: exit 130 / 143). Pure helpers
-first, worker-side functions next, the client last (docs/scale-out-offline.md).
+stop it between results with the partial kept (``offline_results.py``: exit 130 / 143). The cluster it
+runs on, a local one only this process can use (mutual TLS) or the user's: ``offline_cluster.py``. Pure
+helpers first, worker-side functions next, the client last (docs/scale-out-offline.md).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from sbd_stream.config import DenoiseSettings
 from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
+from sbd_stream.service.offline_cluster import start_client
 from sbd_stream.service.offline_partial import PartialWriter, open_partial
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
     chunk_size,
     default_threads,
-    default_workers,
+    default_workers,  # noqa: F401 - re-exported
     fingerprint,
     inspect_recording,
     inspect_stack,
@@ -54,7 +56,6 @@ from sbd_stream.service.offline_results import (
     StopFlag,
     lost_scheduler,
     ordered,
-    refuse_closed_port,
     workers_ignore_sigint,
 )
 from sbd_stream.service.offline_terminal import progress as progress_bar
@@ -226,47 +227,6 @@ def _wants_gpu(es: DenoiseSettings, scheduler: str) -> bool:
     return torch.cuda.is_available() and (es.engine != "onnxruntime" or _ort_has_cuda())
 
 
-def _start_client(scheduler: str, workers: int | None, n_chunks: int, gpu: bool, stack: ExitStack) -> tuple:
-    """(client, number of workers, description); a local cluster is bound to 127.0.0.1, and its
-    scheduler's HTTP server to a free port there (``dashboard_address=None`` still took 8787).
-
-    Its workers log at CRITICAL only (ERROR with ``-v``): a task's exception is raised on the client
-    with its own message, and each worker printed it first as a multi-line "Compute Failed / Key /
-    State / Task / Exception / Traceback" block before the command's ``error:`` line."""
-    from distributed import Client, LocalCluster
-
-    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    if not verbose:  # its import set its loggers to INFO again: the closing cluster's tracebacks
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-        # a lost scheduler: "Failed to reconnect" and the closing client's CancelledError tracebacks,
-        # before the one line that says so (SchedulerLost)
-        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
-    if scheduler == "local":
-        cores = os.cpu_count() or 1
-        if gpu:
-            import torch
-
-            n = workers or max(1, min(torch.cuda.device_count(), n_chunks))
-        else:
-            n = workers or default_workers(n_chunks, cores)
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", resources={"GPU": 1} if gpu else None,
-                silence_logs=logging.ERROR if verbose else logging.CRITICAL,  # below: see the docstring
-            )
-        )  # fmt: skip
-        return stack.enter_context(Client(cluster)), n, f"local ({n} workers)"
-    refuse_closed_port(scheduler)
-    client = stack.enter_context(Client(scheduler))  # timeout: distributed.comm.timeouts.connect (30 s)
-    info = client.scheduler_info()["workers"]
-    if not info:
-        raise ValueError(f"{scheduler}: the cluster has no workers")
-    if gpu and not any(w.get("resources", {}).get("GPU") for w in info.values()):
-        raise ValueError(f"{scheduler}: no worker offers a GPU resource (start them with --resources GPU=1)")
-    return client, len(info), scheduler
-
-
 def _close_on_workers(client: Any) -> None:
     try:
         client.run(close_all)
@@ -319,7 +279,7 @@ def denoise_distributed(
             attrs = describe(src, es, det)
         else:
             with workers_ignore_sigint():  # the client handles Ctrl-C; a terminal sends it to them too
-                client, n_workers, where = _start_client(scheduler, workers, len(chunks), gpu, stack)
+                client, n_workers, where = start_client(scheduler, workers, len(chunks), gpu, stack)
             local = scheduler == "local"
             if not local:  # long-lived workers: let go of the input when the job ends (before the client)
                 stack.callback(_close_on_workers, client)

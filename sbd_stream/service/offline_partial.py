@@ -227,12 +227,27 @@ def _resumable(partial: Path, sidecar: Path, fp: dict) -> tuple[Any, int] | None
     return None
 
 
+def _index_attrs(ds: Any) -> None:
+    """A recording's per-row columns say what they hold, as in the recording (``formats/frame_meta.py``)."""
+    from sbd_stream.formats import frame_meta
+
+    name = ds.name.lstrip("/")
+    if name in frame_meta.LONG_NAMES:
+        ds.attrs["long_name"] = frame_meta.LONG_NAMES[name]
+    if name in ("exposure_s", "ts"):
+        ds.attrs["units"] = "s"
+    elif name == frame_meta.BYTES:
+        ds.attrs["long_name"] = "each frame's producer meta, compact ASCII JSON, one row after another"
+        ds.attrs["content_type"] = "application/json"
+        ds.attrs["row_index"] = "meta_start, meta_length"
+
+
 def open_partial(
     partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool, index: dict | None = None
 ) -> tuple[Any, int]:
     """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off.
 
-    ``index``: per-frame datasets written whole with a new file (a recording's ``seq`` and ``ts``).
+    ``index``: per-frame datasets written whole with a new file (a recording's ``seq``, ``ts``, ``meta``...).
     Call it holding the output's lock: a partial found is then no other job's.
 
     The partial's and the sidecar's names are predictable and a job never makes either a symbolic
@@ -259,7 +274,7 @@ def open_partial(
         f = h5py.File(partial, "x", libver=WRITE_LIBVER)
         create_output(f, tuple(fp["shape"]), attrs)
         for name, values in (index or {}).items():
-            f.create_dataset(name, data=values)
+            _index_attrs(f.create_dataset(name, data=values))
         f.swmr_mode = True  # metadata written in dependency order: a killed client leaves a consistent file
         f.flush()
         write_state(sidecar, {"fingerprint": fp, "frames_done": 0})

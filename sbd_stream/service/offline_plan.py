@@ -256,18 +256,39 @@ def inspect_recording(path: Path) -> Source:
 
 
 def recording_index(src: Source) -> dict[str, np.ndarray]:
-    """``seq``, ``ts`` and ``segment`` of a recording source's complete raw rows, in its row order
-    (parts in turn): written beside the denoised frames so readers join on ``seq`` as in the recording
-    itself, and order by (segment, seq) where one recording holds several series."""
+    """Each complete raw row's own columns, in the source's row order (parts in turn), written beside the
+    denoised frames: ``seq``, ``ts`` and ``segment``, so readers join on ``seq`` as in the recording
+    itself and order by (segment, seq) where one recording holds several series; and the producer's
+    ``exposure_s`` and ``meta`` (``meta`` bytes with ``meta_start`` / ``meta_length``: the recording's
+    own layout, ``formats/frame_meta.py``, so ``frame_meta.block(f, a, b, where)`` reads them from the
+    output's root). Without them an offline output named each frame but lost what the instruments said
+    about it, which a live replay's re-recording keeps (audit h33). Parts written before session 31
+    hold none: NaN and -1 (not recorded), as in the recording. A meta that is no JSON object (a damaged
+    part) is a ``StackError`` naming the part and row, before any frame is denoised."""
+    from sbd_stream.formats import frame_meta
     from sbd_stream.formats.recording import open_recording
 
-    seqs, tss, segs = [], [], []
+    seqs, tss, segs, exposures, starts, lengths, blobs, at = [], [], [], [], [], [], [], 0
     for path, rows in src.parts:
         with open_recording(path) as f:
             seqs.append(np.asarray(f["raw/seq"][:rows], np.int64))
             tss.append(np.asarray(f["raw/ts"][:rows], np.float64))
             segs.append(np.full(rows, int(f.attrs.get("segment", 0)), np.int64))
-    return {"seq": np.concatenate(seqs), "ts": np.concatenate(tss), "segment": np.concatenate(segs)}
+            try:
+                for exposure, meta in frame_meta.rows(f["raw"], rows, f"{path}: raw"):
+                    exposures.append(np.nan if exposure is None else exposure)
+                    blob = b"" if meta is None else frame_meta.encode(meta)
+                    starts.append(-1 if meta is None else at)
+                    lengths.append(-1 if meta is None else len(blob))
+                    blobs.append(blob)
+                    at += len(blob)
+            except RecordingError as e:
+                raise StackError(str(e)) from None
+    return {
+        "seq": np.concatenate(seqs), "ts": np.concatenate(tss), "segment": np.concatenate(segs),
+        "exposure_s": np.asarray(exposures, np.float64), "meta_start": np.asarray(starts, np.int64),
+        "meta_length": np.asarray(lengths, np.int64), "meta": np.frombuffer(b"".join(blobs), np.uint8),
+    }  # fmt: skip
 
 
 def fingerprint(
@@ -294,5 +315,8 @@ def fingerprint(
         "batch": batch,
         "chunk_frames": chunk,
         "upsample": upsample,
+        # a recording's per-row columns beside the frames (``recording_index``): a partial begun before
+        # h33 added exposure_s and meta starts over instead of finishing without them
+        "per_row": ["seq", "ts", "segment", "exposure_s", "meta"] if src.recording else [],
     }
     return json.loads(json.dumps(fp))

@@ -112,7 +112,13 @@ def run_task(spec_json: str, preset_json: str) -> TaskResult:
 
 
 def _client(scheduler: str | None, workers: int) -> Any:
+    """A client of ``scheduler`` (the user's cluster, the user's to secure: dask's ``distributed.comm.tls``
+    configuration applies), else of a local cluster that only this process can use: in-process for one
+    worker, else worker processes on 127.0.0.1 with mutual TLS and throw-away certificates, so that no
+    other local user can connect and run pickled code as us (audit h33; ``offline_cluster``)."""
     from distributed import Client, LocalCluster
+
+    from sbd_stream.service.offline_cluster import local_security
 
     if scheduler:
         return Client(scheduler)
@@ -124,8 +130,9 @@ def _client(scheduler: str | None, workers: int) -> Any:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # None still took 8787 (a second run: a warning)
             preload=["training.sim.worker_signals"],  # a group's Ctrl-C is the parent's to handle
+            security=local_security(),  # tls://127.0.0.1, certificates only this process holds
         )
     return Client(cluster)
 
