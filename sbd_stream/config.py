@@ -21,6 +21,7 @@ from sbd_stream.compute.likelihood import LikelihoodConfig
 from sbd_stream.config_file import read_toml
 from sbd_stream.config_merge import (
     check_env_names,
+    check_file_names,
     merge_layer,
     no_bool,
     not_blank,
@@ -423,6 +424,7 @@ def load_settings(toml_path: Path | None = None, overrides: dict[str, Any] | Non
     fields = ServiceSettings.model_fields
     sections = {name for name, f in fields.items() if isinstance(f.default, BaseModel)}
     check_env_names(os.environ, sections, set(fields))
+    check_file_names(file_data, set(fields), str(toml_path))
     # the environment as given, not validated on its own: a flag over an invalid SBD_ value wins (it
     # was refused, and the error blamed the flag), and the merged layers are validated once, below
     env_only = EnvSettingsSource(ServiceSettings, env_prefix="SBD_", env_nested_delimiter="__")()

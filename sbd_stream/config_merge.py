@@ -76,22 +76,44 @@ def check_env_names(environ: Mapping[str, str], sections: Collection[str], field
 
     ``sections``: the settings tables (``record``, ``lanes``, ...); ``fields``: every top-level name.
     Other ``SBD_`` variables (``SBD_ENGINE_DIR``, ``SBD_CACHE_DIR``, ...) start with no section name.
+
+    Names are compared in any case, as pydantic-settings applies them: before (audit h33) a lowercase
+    ``sbd_record__directory`` was applied while a lowercase typo (``sbd_lanes_live``) was ignored, and
+    ``sbd_record__directory`` beside ``SBD_RECORD__DIRECTORY`` won or lost by the environment's order.
     """
+    seen: dict[str, str] = {}
     for key in sorted(environ):
-        if not key.startswith("SBD_"):
+        if not key.upper().startswith("SBD_"):  # pydantic-settings reads ``sbd_...`` too (any case)
             continue
         name = key[4:].lower()
         head = name.split("__", 1)[0]
+        if head in fields and name in seen:  # which one pydantic-settings keeps depends on the order
+            raise ValueError(f"{seen[name]} and {key}: one setting given twice; keep SBD_{name.upper()}")
+        seen[name] = key
         if "__" in name and head not in fields:
             raise ValueError(f"{key}: no settings section {head!r} (sections: {', '.join(sorted(sections))})")
         for sec in sections:
             if "__" not in name and name.startswith(f"{sec}_"):
-                rest = key[4 + len(sec) + 1 :]
+                rest = key[4 + len(sec) + 1 :].upper()
                 raise ValueError(f"{key}: nested settings need two underscores: SBD_{sec.upper()}__{rest}")
         if "__" not in name and name not in fields:
             near = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.8)
             if near:
                 raise ValueError(f"{key}: no such setting; did you mean SBD_{near[0].upper()}?")
+
+
+def check_file_names(data: Mapping[str, Any], fields: Collection[str], where: str) -> None:
+    """``ValueError`` (one line) for a TOML table or top-level key named as a setting in another case.
+
+    Why: TOML names are case-sensitive, and every other name in the file is taken as written
+    (``[denoise] BATCH_FRAMES`` is refused as unknown), but the top level went through pydantic-settings'
+    case-blind matching: ``[DENOISE]`` or ``STOP_TIMEOUT_S`` was applied, and beside ``[denoise]`` one
+    of the two was dropped without a word, the first in the file kept (audit h33).
+    """
+    lower = {f.lower(): f for f in fields}
+    for key in data:
+        if key not in fields and key.lower() in lower:
+            raise ValueError(f"{where}: {key}: names are case-sensitive; write {lower[key.lower()]}")
 
 
 _TRUE = ("1", "1.0", "t", "true", "y", "yes", "on")  # what pydantic reads as a bool (``bool_parsing``)

@@ -49,7 +49,13 @@ from sbd_stream.cli.scene_options import (
     Scene,
     scene_fields,
 )
-from sbd_stream.cli.service_start import check_curve_keys, metrics_where, prepare_process, starting
+from sbd_stream.cli.service_start import (
+    check_curve_keys,
+    metrics_where,
+    output_where,
+    prepare_process,
+    starting,
+)
 from sbd_stream.cli.time_options import rate_problem, wait_problem
 
 if TYPE_CHECKING:
@@ -154,7 +160,7 @@ def serve(
     stop = threading.Event()
     on_signals(stop)
     typer.echo(
-        f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), out {s.publish.endpoint}, "
+        f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), {output_where(s)}, "
         f"{metrics_where(s)}  (Ctrl-C to stop)",
         err=True,
     )

@@ -88,3 +88,15 @@ def metrics_where(s: ServiceSettings) -> str:
     if s.metrics.port == 0:
         return f"metrics on a free port of {host} (logged once bound)"
     return f"metrics http://{host}:{s.metrics.port}/metrics"
+
+
+def output_where(s: ServiceSettings) -> str:
+    """The banner's output: ``out off`` with ``publish.enabled = false``, as ``metrics off``, and the mode
+    where it dials out. Before (audit h33) the banner named the endpoint with publishing off, where
+    nothing was bound and no viewer could ever connect."""
+    from sbd_stream.config import SocketMode
+
+    if not s.publish.enabled:
+        return "out off"
+    mode = " (connect)" if s.publish.mode is SocketMode.connect else ""
+    return f"out {s.publish.endpoint}{mode}"
