@@ -149,9 +149,26 @@ class LoopbackHostHandler(http.server.BaseHTTPRequestHandler):
     """A request handler that answers 421 (Misdirected Request) to a ``Host`` that
     :func:`host_allowed` refuses, before any ``do_*`` method runs."""
 
+    head_only = False  # a HEAD request: ``send_body`` writes nothing
+
+    def do_HEAD(self) -> None:
+        """HEAD is GET without its body (RFC 9110, 9.3.2): uptime monitors ask with it (``wget --spider``,
+        ``curl -I``, many load-balancer checks) and read http.server's default 501 as "down"."""
+        do_get = getattr(self, "do_GET", None)
+        if do_get is None:
+            self.send_error(501, "Unsupported method ('HEAD')")
+            return
+        do_get()
+
+    def send_body(self, body: bytes) -> None:
+        """The response body, unless the request was HEAD (its Content-Length is still the GET's)."""
+        if not self.head_only:
+            self.wfile.write(body)
+
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
+        self.head_only = self.command == "HEAD"  # per request: a kept-alive connection reuses the handler
         bound = str(getattr(self.server, "server_address", ("",))[0])
         if not host_allowed(bound, self.headers.get("Host")):
             log.debug("http: refused Host %r from %s", self.headers.get("Host"), self.client_address)

@@ -428,7 +428,7 @@ def _handler(
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            self.send_body(body)
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

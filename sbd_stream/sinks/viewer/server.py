@@ -309,7 +309,7 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body)
+            self.send_body(body)
 
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
