@@ -90,8 +90,10 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, OSError):
         # h5py: "[Errno 2] Unable to synchronously open file (unable to open file: name = 'x.h5', ...)"
         name = re.search(r"name = '([^']+)'", text)
-        if isinstance(e, FileNotFoundError) and name:
-            return f"{name.group(1)}: no such file"
+        if isinstance(e, FileNotFoundError):
+            # a missing file is never a damaged one: our own "x: no training set (run the simulate
+            # step)" read "... (a damaged or truncated HDF5 file?)"
+            return f"{name.group(1)}: no such file" if name else text
         return f"{text} (a damaged or truncated HDF5 file?)"
     return text
 

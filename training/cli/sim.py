@@ -70,6 +70,12 @@ def contact_sheet(
     from training.sim.contact_sheet import make_contact_sheet
 
     need_dataset(data, "--data")
+    # matplotlib takes the format from the suffix: a folder or a bare name ended in "error: unknown file
+    # extension:", which named neither the option nor the path
+    if out.is_dir():
+        fail(f"--out {out}: a folder, not an image file (e.g. {out / 'contact_sheet.png'})")
+    if not out.suffix:
+        fail(f"--out {out}: no file extension to take the image format from (e.g. {out}.png)")
     make_contact_sheet(data, out, seed=seed)
     typer.echo(f"wrote {out}")
 

@@ -111,7 +111,10 @@ def train(
         raise Interrupted(signal.SIGINT, f"training {cfg.run_dir} stopped by SIGINT {_BEFORE}") from None
     if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
         export_engine(cfg.run_dir, engine_dir, evaluate_test, cfg.data)
-    typer.echo(f"best val PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+    if summary["best_val_psnr"] is None:  # a budget spent before the first validation
+        typer.echo(f"no validation yet after {summary['steps']} steps (every {cfg.val_every} steps)")
+    else:
+        typer.echo(f"best val PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
 
 
 _BEFORE = "before its steps began (while its data were read): rerun the same command to start or resume it"

@@ -33,6 +33,20 @@ def _dose_line(res: dict[str, Any]) -> str:
     )
 
 
+def _geometry_words(g: dict[str, Any]) -> str:
+    """``bin 4 to the 0.2400 A working pixel, 7.2 counts per working pixel in vacuum``: the header printed
+    the dict's Python repr (``{'pixel_size_A': 0.1553, 'dose_e_per_A2': 18.65..., ...}``)."""
+    words = []
+    if "bin" in g and "working_pixel_A" in g:
+        words.append(f"bin {g['bin']:g} to the {g['working_pixel_A']:.4f} A working pixel")
+    if "working_vacuum_counts" in g:
+        words.append(f"{g['working_vacuum_counts']:.3g} counts per working pixel in vacuum")
+    shown = {"bin", "working_pixel_A", "working_vacuum_counts", "pixel_size_A", "counts_per_px"}
+    shown |= {"dose_e_per_A2", "dose_factor"}  # the header's detector pixel and dose line say these
+    words += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in g.items() if k not in shown]
+    return ", ".join(words)
+
+
 def _edge_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Which regions' oracle widths sit at the grid's edge, and in how many frames."""
     counts: dict[tuple[str, str], int] = {}
@@ -58,8 +72,9 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"Detector pixel {res['detector_pixel_A']:.4f} A, {cfg['counts_per_px']} counts/px "
         "in vacuum, "
         f"{cfg['draws']} Poisson draws per image; engine `{res['engine']}` ({res['backend']}, "
-        f"averaged over {res.get('orientations', 1)} orientations, "
-        f"{res['geometry']}). Paper PSNR (counts clamped to [0, 1], data range 1 count) with clean and "
+        f"averaged over {res.get('orientations', 1)} orientation(s)"
+        f"{''.join(', ' + w for w in [_geometry_words(res['geometry'])] if w)}). "
+        "Paper PSNR (counts clamped to [0, 1], data range 1 count) with clean and "
         f"estimate rescaled to {PAPER_COUNTS_PER_PX} counts per vacuum pixel (x {res['score_scale']:.4g}), "
         "dB, SBD / low-pass (Gaussian width chosen per image and per region on the ground truth); n/a: not "
         "finite. Regions from the clean image (`training.evaluate.regions.regions_from_clean`).",

@@ -30,12 +30,20 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Modul
     if summary is None or (last.is_file() and last.stat().st_mtime > summary_path.stat().st_mtime):
         # no summary, or one left by an earlier segment of a run that was resumed and then stopped:
         # counters from last.pt over what the earlier summary knew (data splits, device, ...)
-        summary = {**(summary or {}), **partial_summary(run_dir, cfg)}
-        summary.pop("epochs", None)  # of the earlier segment only
+        partial = partial_summary(run_dir, cfg)
+        summary = {**(summary or {}), **partial}
+        if "epochs" not in partial:
+            summary.pop("epochs", None)  # of the earlier segment only
     net = build_network(cfg)
     weights = run_dir / "best.pt"
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} missing: the run never validated")
+        # ValueError, not FileNotFoundError: the file is not the user's mistake, the budget is, and an
+        # OSError without a file name was read as h5py's ("a damaged or truncated HDF5 file?")
+        raise ValueError(
+            f"{weights} missing: the run stopped before its first validation (every {cfg.val_every} "
+            "steps and at the end of its budget), so it has no best checkpoint to export; rerun its "
+            "train command with a larger --max-steps or --max-minutes to reach one"
+        )
     # a checkpoint holding pickled objects: one line (ArtefactError), not UnpicklingError's traceback
     net.load_state_dict(load_tensors(weights, weights))
     return cfg, summary, net.eval()
@@ -47,6 +55,7 @@ def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     from training.sim.dataset import SimulatedDataset
 
     out: dict[str, Any] = {"interrupted": True}
+    start = _last_start(run_dir)
     last = run_dir / "last.pt"
     if last.is_file():
         st = load_tensors(last, last)["state"]
@@ -60,6 +69,13 @@ def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
             "freeze_norm_after": effective_freeze(cfg, st.get("init_from")),
             "last_val": st.get("last_val"),
         }
+        if start.get("train_images"):
+            out["epochs"] = st["samples"] / start["train_images"]
+    # what the loop's summary.json says of the run, from its start line (the card had no command, split
+    # sizes or structure ids for a stopped run; docs/training.md, "Engines")
+    moved = {"command": "command", "structures": "structures", "split_images": "split_images"}
+    moved |= {"world": "world_size", "device": "device", "threads": "threads"}
+    out |= {to: start[key] for key, to in moved.items() if key in start}
     with SimulatedDataset(cfg.data) as ds:
         attrs = ds.attrs
         dose = float(attrs.get("dose", ds.meta(0)["dose"]))
@@ -72,6 +88,21 @@ def partial_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
             "seed": cfg.seed,
         }
     return out
+
+
+def _last_start(run_dir: Path) -> dict[str, Any]:
+    """The latest ``event=start`` line of the run's log.jsonl (the segment last.pt belongs to); {} if none."""
+    log = run_dir / "log.jsonl"
+    start: dict[str, Any] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            if isinstance(entry, dict) and entry.get("event") == "start":
+                start = entry
+    return start
 
 
 def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = None) -> EngineCard:

@@ -244,6 +244,10 @@ def _train(cfg: TrainConfig, resume: bool, held: list[RunLock]) -> dict[str, Any
                 "val_images": data.n_val_total,
                 "world": world,
                 "device": str(device),
+                "threads": torch.get_num_threads(),
+                "command": invocation("sbd-train"),
+                "structures": data.structures,
+                "split_images": {k: len(v) for k, v in data.splits.items()},
             },
         )
     if data.train is not None:
@@ -407,7 +411,7 @@ def _finish(
         "steps": state["step"],
         "samples": state["samples"],
         "epochs": state["samples"] / max(data.n_train, 1),
-        "best_val_psnr": state["best_psnr"],
+        "best_val_psnr": state["best_psnr"] if math.isfinite(state["best_psnr"]) else None,
         "best_step": state["best_step"],
         "lr_schedule": cfg.lr_schedule.value,
         "val_selection": (
@@ -438,7 +442,8 @@ def _finish(
     }
     if rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _log(run_dir, rank, {"event": "done", "steps": state["step"], "best_val_psnr": state["best_psnr"]})
+        last_line = {"event": "done", "steps": state["step"], "best_val_psnr": summary["best_val_psnr"]}
+        _log(run_dir, rank, last_line)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

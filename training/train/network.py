@@ -48,6 +48,17 @@ def predict_full(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[..., :h, :w]
 
 
+def _describe(net: list[Any]) -> str:
+    """``unet, 3 scales, 16 channels, space_to_depth 2``: the message showed the list's repr, enum and all
+    (``[<Architecture.unet: 'unet'>, 3, 16, 2]``)."""
+    arch, *rest = net
+    words = [str(getattr(arch, "value", arch))]
+    labels = ("scales", "channels", "space_to_depth") if len(rest) == 3 else ("channels",)
+    for label, v in zip(labels, rest, strict=False):
+        words.append(f"space_to_depth {v}" if label == "space_to_depth" else f"{v} {label}")
+    return ", ".join(words)
+
+
 def init_weights(cfg: TrainConfig) -> dict[str, Any]:
     """Verified weights of the engine ``cfg.init_from`` (checksums checked), if its network is cfg's."""
     from sbd_stream.engines.card import WEIGHTS_FILE, load_card, load_torch_model, resolve_engine_dir
@@ -62,7 +73,10 @@ def init_weights(cfg: TrainConfig) -> dict[str, Any]:
         mine, theirs = [*mine, cfg.channels], [*theirs, card.channels]
     blocks = _is_block_version(mine, theirs)
     if mine != theirs and not blocks:
-        raise ValueError(f"--init-from {engine_dir}: its network {theirs} differs from this run's {mine}")
+        raise ValueError(
+            f"--init-from {engine_dir}: its network ({_describe(theirs)}) differs from this run's "
+            f"({_describe(mine)})"
+        )
     model = load_torch_model(engine_dir, card)
     info = {
         "engine": card.name,
