@@ -73,7 +73,7 @@ def frame_problem(
         return f"frames of shape {tuple(shape)} are not 2-D images"
     h, w = (int(x) for x in shape)
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        return f"frames of {h}x{w} pixels: each side must be 1 to {MAX_SIDE} (wire format v1)"
+        return f"frames of {h}x{w} pixels: each side must be 1 to {MAX_SIDE} (the product's frame limit)"
     nbytes = h * w * int(itemsize)
     if nbytes > max_bytes:
         return f"frames of {h}x{w} x {itemsize} bytes ({nbytes} bytes) exceed {limit} ({max_bytes} bytes)"
