@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sbd_stream.formats.limits import external_problem
 from sbd_stream.formats.safe_chunks import UnsafeChunks, read_safely, safe_dataset
 from sbd_stream.sources.stack_headers import StackError
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
@@ -74,6 +75,7 @@ def emd_frames(f: h5py.File, path: Path, dataset: str | None) -> tuple[str, Any,
             raise StackError(
                 f"{path}:{name}: a Velox image of shape {ds.shape}; expected (height, width, frames)"
             )
+        _check_stored(ds, f"{path}:{name}")
         return name, FramesLast(safe_dataset(ds)), _velox_sampling(f[name].parent, path)
     berkeley = _berkeley_groups(f)
     if berkeley:
@@ -114,8 +116,8 @@ def _velox_sampling(group: h5py.Group, path: Path) -> dict[str, float]:
         size = result["PixelSize"]
         units = (result.get("PixelUnitX", "m"), result.get("PixelUnitY", "m"))
         sizes = [_length(size[k], u) for k, u in zip(("width", "height"), units, strict=True)]
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        return {}  # no readable pixel size: the documented default
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
+        return {}  # no readable pixel size (JSON nested 10^5 deep too): the documented default
     return _square(sizes, path)
 
 
@@ -152,6 +154,7 @@ def _berkeley(group: h5py.Group, path: Path) -> tuple[str, Any, dict[str, float]
         raise StackError(
             f"{path}:{name}: expected a 2-D image or a 3-D stack, got shape {getattr(ds, 'shape', None)}"
         )
+    _check_stored(ds, f"{path}:{name}")
     spacing = []
     for k in range(ds.ndim):
         dim = group.get(f"dim{k + 1}")
@@ -191,10 +194,35 @@ def _spacing(dim: h5py.Dataset, path: Path) -> float:
     return abs(second - first) * scale
 
 
+def _check_stored(ds: h5py.Dataset, where: str) -> None:
+    """StackError when the file stores fewer pixels than ``ds`` declares (a chunk never written, a
+    contiguous dataset never allocated): they would read as the fill value.
+
+    Why (session 33): a 10 kB Velox file declaring (64, 64, 10^8) frames with no chunk written made
+    ``denoise`` denoise 10^8 blank frames (days, warning for each) instead of refusing. Velox, ncempy and
+    HyperSpy write every frame; external storage is refused by ``limits.external_problem``, and a
+    compact or virtual dataset holds or names its data."""
+    if ds.is_virtual or ds.external or ds.id.get_create_plist().get_layout() == h5py.h5d.COMPACT:
+        return
+    declared = math.prod(int(n) for n in ds.shape)
+    if ds.chunks is not None:
+        stored = int(ds.id.get_num_chunks()) * math.prod(int(c) for c in ds.chunks)
+    else:
+        stored = int(ds.id.get_storage_size()) // max(1, ds.dtype.itemsize)
+    if stored < declared:
+        raise StackError(
+            f"{where}: declares {declared} pixels but the file stores {stored}; the rest would read as the "
+            "fill value (cut short or crafted?)"
+        )
+
+
 def _small(ds: h5py.Dataset, index: Any, path: Path) -> np.ndarray:
     """``ds[index]`` of a metadata dataset through ``formats/safe_chunks.py``, its failure a StackError:
     a Velox ``Metadata`` or a ``dimN`` vector stored with a crafted bitshuffle-LZ4 chunk killed
-    ``denoise FILE.emd`` (SIGSEGV) in the filter, and a damaged one gave the default pixel size silently."""
+    ``denoise FILE.emd`` (SIGSEGV) in the filter, and a damaged one gave the default pixel size silently.
+    One kept in HDF5 external storage is refused, as frames are: it read ``/etc/passwd`` or ``/dev/zero``."""
+    if (problem := external_problem(ds, f"{path}:{ds.name}")) is not None:
+        raise StackError(problem)
     try:
         return np.asarray(read_safely(ds, index, f"{path}:{ds.name}"))
     except OSError as e:

@@ -9,12 +9,16 @@ documented default applies). A plain zarr array of (n, H, W) or (H, W) is read a
 
 Bounded: the shape is checked by ``stacks._check`` before any read, and a chunk may not decode to more
 than half the machine's memory (``imread_cap``): a batch decodes every chunk it touches, whole.
+Every file of the store is read through ``stack_zarr_guard.GuardedStore`` (a regular file of a bounded
+size, each chunk's codec header checked against the chunk before numcodecs allocates what it declares),
+and a store declaring far more frames than it holds chunk files for is refused (``_stored_problem``).
 A chunk that cannot be read or decoded is one ``StackError`` naming the store and the frames.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,15 @@ from sbd_stream.formats.limits import sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_headers import StackError, imread_cap
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
+from sbd_stream.sources.stack_zarr_guard import GuardedStore, chunk_check
 
 __all__ = ["ZARR_MARKERS", "ZarrFrames", "is_zarr_store", "open_zarr"]
 
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 """A folder holding one of these is a zarr store (v3; v2 array; v2 group)."""
+ZARR_METADATA = {*ZARR_MARKERS, ".zattrs", ".zmetadata"}
+FILL_FRAMES = 1024
+"""Frames a store may declare beyond twice those its chunk files can hold (fill value, never written)."""
 
 
 def is_zarr_store(path: Path) -> bool:
@@ -60,8 +68,10 @@ def open_zarr(path: Path, dataset: str | None) -> tuple[ZarrFrames, str, dict[st
     import zarr
 
     try:
-        node = zarr.open(store=str(path), mode="r")
+        store = GuardedStore(path)  # no FIFO, device or oversized file read; chunk headers checked
+        node = zarr.open(store=store, mode="r")
         name, arr, group = _array(node, dataset, path)
+        store.check = chunk_check(arr)  # before any chunk is read: its codec's decoded size can be bounded
         chunk_bytes = math.prod(int(c) for c in arr.chunks) * np.dtype(arr.dtype).itemsize
     except StackError:
         raise
@@ -73,11 +83,41 @@ def open_zarr(path: Path, dataset: str | None) -> tuple[ZarrFrames, str, dict[st
             f"{path}: a chunk of {tuple(arr.chunks)} {arr.dtype} decodes to {chunk_bytes} bytes, over half "
             "this machine's memory; rechunk it (e.g. one frame a chunk)"
         )
+    if (stored := _stored_problem(arr, path / name if name else path)) is not None:
+        raise StackError(f"{path}: {stored}")
     where = f"{path}:{name}" if name else str(path)
     meta_name = name
     if group is None and (parent := _parent_group(path)) is not None:  # abTEM's x.zarr/array0 itself
         meta_name, group = path.name, parent
     return ZarrFrames(arr, where), where, _sampling(arr, group, meta_name, where)
+
+
+def _stored_problem(arr: Any, folder: Path) -> str | None:
+    """Why ``arr`` (kept in ``folder``) declares far more frames than it holds chunk files for, or None.
+
+    Why: a chunk never written reads as the fill value, so a 2 kB ``.zarray`` declaring 10^8 frames
+    (10^12 pixels) with three chunk files made ``denoise`` denoise 10^8 blank frames, days of work, and
+    write them. zarr writes no chunk that holds only its fill value, so a real store may lack some; one
+    whose chunk files cannot cover half its frames, and more than ``FILL_FRAMES`` of them, is refused
+    (each file counted as a frame slab of its own, the most frames it can stand for). The files are
+    counted here, no more than that takes: zarr's ``nchunks_initialized`` made a key for each of the
+    10^8 chunks declared."""
+    if len(arr.shape) != 3:
+        return None
+    slab = int((arr.shards or arr.chunks)[0])  # a sharded array's files are its shards
+    n = int(arr.shape[0])
+    if n <= FILL_FRAMES:
+        return None
+    enough = (n - FILL_FRAMES) // (2 * slab) + 1  # files for over (n - FILL_FRAMES) / 2
+    held = 0
+    for _root, _dirs, files in os.walk(folder):
+        held += sum(1 for f in files if f not in ZARR_METADATA)
+        if held >= enough:
+            return None
+    return (
+        f"declares {n} frames but holds chunk files for at most {held * slab} (the rest would read as its "
+        "fill value); cut short or crafted?"
+    )
 
 
 def _parent_group(path: Path) -> Any:
@@ -89,7 +129,7 @@ def _parent_group(path: Path) -> Any:
     if not path.name.startswith("array") or not is_zarr_store(path.resolve().parent):
         return None
     try:
-        node = zarr.open(store=str(path.resolve().parent), mode="r")
+        node = zarr.open(store=GuardedStore(path.resolve().parent), mode="r")
     except Exception:  # zarr's metadata errors (many types): the array alone, as before
         return None
     return node if isinstance(node, zarr.Group) else None
