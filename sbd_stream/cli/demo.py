@@ -128,6 +128,8 @@ def demo(
     prepare_process()  # the demo runs the service itself: its recording, sockets and /metrics (serve's limit)
     if json_out is not None and (problem := file_problem(json_out)):  # before the run, not after it
         fail(f"--json-out {json_out}: {problem}")
+    held = (scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+    _scene_flags_need_the_scene(synthetic, source, *held)  # before the engine loads
     if source is not None and not synthetic:
         pixel_size, dose, counts_per_px = _recorded_sampling(source, shape, pixel_size, dose, counts_per_px)
     flags = Flags(
@@ -217,6 +219,23 @@ def demo(
     finally:  # --json-out is written even when standard output cannot be (cli/stdout_guard.py)
         if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
             _write_json_out(json_out, result, started)
+
+
+def _scene_flags_need_the_scene(synthetic: bool, source: Path | None, *values: object) -> None:
+    """A scene flag with ``--synthetic`` or ``--source``: one line, exit 2, before the engine loads.
+
+    Why: only the held scene drifts, changes focus and plays an event; with a lattice or a dataset's
+    images the flags were dropped without a word (``--synthetic --event-frame 3`` ran, exit 0, and no
+    column vanished), the silent non-event docs/emulator.md "Option checks" says is refused.
+    """
+    names = ("--scene", "--drift", "--drift-angle", "--focus", "--focus-rate", "--event-frame", "--event")
+    given = [n for n, v in zip(names, values, strict=True) if v is not None]
+    if given and (synthetic or source is not None):
+        plays = "--synthetic plays a fixed lattice" if synthetic else f"--source {source} plays its frames"
+        fail(
+            f"{given[0]}: only the held scene (the default, or --scene) plays drift, focus and events; "
+            f"{plays}: drop {' '.join(given)}"
+        )
 
 
 def _write_json_out(json_out: Path, result: dict[str, Any], started: dict[str, Any]) -> None:

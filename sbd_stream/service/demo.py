@@ -216,7 +216,8 @@ def run_demo(
     try:  # a KeyboardInterrupt anywhere in here ends all below, then goes on to the caller
         col = Collector(pipe.publisher.endpoint, keep_data=lambda seq: seq in sample, context=ctx).start()
         await_subscriber(pipe.publisher, col)  # PUB drops what it sends before the subscription arrives
-        emu.go()
+        if stop is None or not stop.is_set():  # a stop during the start: the child sends nothing
+            emu.go()
         t0 = time.perf_counter()
         last = 0.0
         while not col.series_end.wait(0.1):

@@ -50,8 +50,9 @@ def main() -> None:
     first line; prints its endpoint, waits for ``go``, sends the series, prints ``done N``.
 
     The parent owns its lifetime: once ``go`` came, stdin closing (``EmulatorProcess.close``, or the
-    parent gone, however it ended) ends the series early, with its ``series_end``; SIGINT is ignored,
-    since a terminal's Ctrl-C reaches the whole process group and the parent stops it that way. An
+    parent gone, however it ended) ends the series early, with its ``series_end``; SIGINT is ignored
+    (the parent starts it in a process group of its own, so a terminal's Ctrl-C does not reach it: the
+    parent stops it that way; this covers a caller that signals its pid alone). An
     emulator left running after a demo stopped by SIGTERM kept publishing for the rest of its series.
     """
     import signal
@@ -103,6 +104,10 @@ class EmulatorProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            # a group of its own: a terminal's Ctrl-C (sent to the foreground group) reaches only the
+            # parent, which ends the child through its stdin. The child's own SIG_IGN came too late:
+            # a Ctrl-C during its imports (torch, seconds) killed it and the demo ended in a traceback
+            process_group=0,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout

@@ -115,3 +115,28 @@ def frame_time(h: FrameHeader, series: dict[str, Any]) -> dict[str, Any]:
         "since_start_s": (h.ts - t0) if known else None,
         "exposure_s": h.exposure_s,
     }
+
+
+STALE_MIN_S = 2.0
+"""A frame is not called stale before it is this old (s): a pause of a few frames is not a stop."""
+STALE_FRAMES = 5
+"""... nor before this many of the stream's frame periods have passed without a newer one."""
+
+
+def freshness(age_s: float, exposure_s: float, interval_s: float | None) -> dict[str, Any]:
+    """Whether the newest frame of a kind is still current: ``stale`` once no newer one came for
+    ``stale_after_s`` = the larger of ``STALE_MIN_S`` and ``STALE_FRAMES`` frame periods (the frame's
+    ``exposure_s``, or the receipt interval of the last frames, whichever is longer).
+
+    Why: when the detector stops, the beam is blanked at the gun or the service dies, the page kept the
+    last frame with its (small) latency and nothing said it was no longer the newest frame now; a
+    microscopist steering by it took a frame tens of seconds old for the specimen's present state.
+    """
+    periods = [x for x in (exposure_s, interval_s) if x is not None and math.isfinite(x) and x > 0]
+    after = max(STALE_MIN_S, STALE_FRAMES * max(periods, default=0.0))
+    return {"stale": bool(age_s > after), "stale_after_s": round(after, 3)}
+
+
+def is_blank(h: FrameHeader) -> bool:
+    """The service's ``meta.blank``: a frame without beam, published as zeros without columns."""
+    return isinstance(h.meta, dict) and h.meta.get("blank") is True

@@ -243,6 +243,8 @@ class Viewer:
                 "engine": h.engine,
                 "lane": s.lane,
                 "age_s": round(now - s.t, 3),
+                **frameinfo.freshness(now - s.t, h.exposure_s, self.store.interval(k)),
+                "blank": frameinfo.is_blank(h),
                 "latency_s": round(s.latency_s, 4),  # sender timestamp -> our receipt
                 "received": self.store.received[k],
                 "rate_hz": round(self.store.rate(k), 2),
@@ -339,7 +341,10 @@ def _make_handler(viewer: Viewer) -> type[http.server.BaseHTTPRequestHandler]:
                         "X-Bin": str(info["bin"]),
                         "X-Ts": f"{s.header.ts:.6f}",
                         "X-Latency": f"{s.latency_s:.6f}",
+                        "X-Age": f"{time.time() - s.t:.6f}",  # since the viewer received it: stale or not
                     }
+                    if frameinfo.is_blank(s.header):
+                        hdr["X-Blank"] = "1"
                     if s.lane is not None:
                         hdr["X-Lane"] = urllib.parse.quote(s.lane)
                     if "window" in info:

@@ -205,6 +205,13 @@ class FrameStore:
             return 0.0
         return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
 
+    def interval(self, kind: str) -> float | None:
+        """Mean time between the last frames of ``kind`` received (s; None with fewer than two): the
+        stream's own frame period, also once it stopped (``rate`` is 0 then), for ``frameinfo.freshness``."""
+        with self._lock:
+            t = list(self._times[kind])
+        return (t[-1] - t[0]) / (len(t) - 1) if len(t) >= 2 else None
+
     def latency(self, window_s: float = LATENCY_WINDOW_S) -> dict[str, dict[str, Any]]:
         """Per ``kind`` or ``kind/lane``: p50 / p90 / p99 / max of sender ts -> receipt, last ``window_s``."""
         now = time.time()

@@ -170,8 +170,16 @@ function showStatus(st) {
     const x = f[k], s = shown[k];
     $("cap-" + k).textContent = x ? `#${s ? s.seq : x.seq} · ${x.shape[1]}×${x.shape[0]}`
       + (k === "denoised" && x.pixel_size_A ? ` @ ${fmt(x.pixel_size_A, 3)} Å` : "")
-      + (s && s.bin > 1 ? ` · bin ${s.bin}` : " · 1:1") + ` · ${fmt(x.rate_hz)} /s` : "–";
+      + (s && s.bin > 1 ? ` · bin ${s.bin}` : " · 1:1") + ` · ${fmt(x.rate_hz)} /s`
+      + (x.blank ? " · blank frame: no beam" : "") : "–";
   }
+  // no newer frame for a while (detector stopped, beam off at the gun, service gone): the frame shown
+  // is not the specimen now, and the page says so in red (docs/viewer.md, "Frame time")
+  const cur = f.denoised || f.raw;
+  const stale = cur && cur.stale ? `no new ${f.denoised ? "denoised" : "raw"} frame for ${dur(cur.age_s)}: `
+    + "the frame shown is not the specimen now" : "";
+  $("stale").textContent = stale;
+  window.sbdStatus.stale = stale;
   const main = shown.denoised || shown.raw, t = d && d.time;
   if (main && t) {
     // the shown frame's time since its series_start: none when unknown, or when the frame shown is of an
