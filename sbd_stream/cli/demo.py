@@ -46,6 +46,7 @@ from sbd_stream.cli.scene_options import (
     FocusRate,
     Scene,
     scene_fields,
+    scene_flags_need_the_scene,
 )
 from sbd_stream.cli.time_options import rate_problem
 from sbd_stream.invocation import invocation
@@ -129,7 +130,7 @@ def demo(
     if json_out is not None and (problem := file_problem(json_out)):  # before the run, not after it
         fail(f"--json-out {json_out}: {problem}")
     held = (scene, drift, drift_angle, focus, focus_rate, event_frame, event)
-    _scene_flags_need_the_scene(synthetic, source, *held)  # before the engine loads
+    scene_flags_need_the_scene(synthetic, source, *held)  # before the engine loads
     if source is not None and not synthetic:
         pixel_size, dose, counts_per_px = _recorded_sampling(source, shape, pixel_size, dose, counts_per_px)
     flags = Flags(
@@ -219,23 +220,6 @@ def demo(
     finally:  # --json-out is written even when standard output cannot be (cli/stdout_guard.py)
         if json_out is not None:  # a results file for benchmarks/readme_tables.py (README's demo table)
             _write_json_out(json_out, result, started)
-
-
-def _scene_flags_need_the_scene(synthetic: bool, source: Path | None, *values: object) -> None:
-    """A scene flag with ``--synthetic`` or ``--source``: one line, exit 2, before the engine loads.
-
-    Why: only the held scene drifts, changes focus and plays an event; with a lattice or a dataset's
-    images the flags were dropped without a word (``--synthetic --event-frame 3`` ran, exit 0, and no
-    column vanished), the silent non-event docs/emulator.md "Option checks" says is refused.
-    """
-    names = ("--scene", "--drift", "--drift-angle", "--focus", "--focus-rate", "--event-frame", "--event")
-    given = [n for n, v in zip(names, values, strict=True) if v is not None]
-    if given and (synthetic or source is not None):
-        plays = "--synthetic plays a fixed lattice" if synthetic else f"--source {source} plays its frames"
-        fail(
-            f"{given[0]}: only the held scene (the default, or --scene) plays drift, focus and events; "
-            f"{plays}: drop {' '.join(given)}"
-        )
 
 
 def _write_json_out(json_out: Path, result: dict[str, Any], started: dict[str, Any]) -> None:

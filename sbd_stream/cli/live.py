@@ -48,6 +48,7 @@ from sbd_stream.cli.scene_options import (
     FocusRate,
     Scene,
     scene_fields,
+    scene_flags_need_the_scene,
 )
 from sbd_stream.cli.service_start import (
     check_curve_keys,
@@ -367,7 +368,9 @@ def emulate(
         fail(problem)
     det = detector_settings(Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px))
     shape_hw = parse_shape(shape or "1024x1024")
-    held = {} if source else scene_fields(scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+    scene_values = (scene, drift, drift_angle, focus, focus_rate, event_frame, event)
+    scene_flags_need_the_scene(False, source, *scene_values)  # a recording's frames: no drift, no event
+    held = {} if source else scene_fields(*scene_values)
     try:  # every value is checked (EmulatorSettings); a socket that cannot open names --endpoint
         cfg = EmulatorSettings(
             endpoint=endpoint,

@@ -89,3 +89,24 @@ def scene_fields(
         "event": event,
     }
     return {k: v for k, v in given.items() if v is not None}
+
+
+def scene_flags_need_the_scene(synthetic: bool, source: Path | None, *values: object) -> None:
+    """A scene flag with ``--synthetic`` or ``--source``: one line, exit 2, before any engine loads.
+
+    Why: only the held scene drifts, changes focus and plays an event; with a lattice or a recording's
+    frames the flags were dropped without a word (``demo --synthetic --event-frame 3`` and ``emulate
+    --source REC --drift 2`` ran, exit 0, with no event and no drift), the silent non-event
+    docs/emulator.md "Option checks" says is refused. ``values``: --scene, --drift, --drift-angle,
+    --focus, --focus-rate, --event-frame, --event, in that order.
+    """
+    names = ("--scene", "--drift", "--drift-angle", "--focus", "--focus-rate", "--event-frame", "--event")
+    given = [n for n, v in zip(names, values, strict=True) if v is not None]
+    if given and (synthetic or source is not None):
+        from sbd_stream.cli.app import fail
+
+        plays = "--synthetic plays a fixed lattice" if synthetic else f"--source {source} plays its frames"
+        fail(
+            f"{given[0]}: only the held scene (the default, or --scene) plays drift, focus and events; "
+            f"{plays}: drop {' '.join(given)}"
+        )
