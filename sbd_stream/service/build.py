@@ -8,6 +8,7 @@ output is wired once and ``Pipeline`` stays a lifecycle of parts it is handed.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -247,8 +248,21 @@ def build_pipeline(
 
 
 def complete_lane(s: ServiceSettings, m: Metrics) -> Backlog | None:
-    """The complete lane's backlog when both lanes are on (``lanes``; docs/service.md "Two lanes")."""
+    """The complete lane's backlog when both lanes are on (``lanes``; docs/service.md "Two lanes") and
+    frames are recorded.
+
+    Why not without a recording: its frames go to the recording only (to live subscribers they are old
+    news), so with ``record.enabled = false`` it denoised them into nothing, took the cores between
+    bursts, held a stop for up to ``complete_timeout_s`` (16 s after Ctrl-C of a 2048^2 ``demo
+    --no-record``) and warned that the frames it left "are recorded" for ``replay --offline`` (audit h33).
+    """
     if not (s.lanes.live and s.lanes.complete):
+        return None
+    if not s.record.enabled:
+        logging.getLogger(__name__).info(
+            "complete lane off: its frames go to the recording only, and recording is off; frames the live "
+            "lane skips are counted in sbd_frames_skipped_total"
+        )
         return None
     return Backlog(int(s.lanes.backlog_mb * 1024**2), m.complete_backlog.set, m.frames_left_for_offline.inc)
 
@@ -306,8 +320,6 @@ def make_sinks(
 
 def report_geometry(stage: BatchStage, m: Metrics) -> None:
     """Bin, dose factor and an out-of-range dose as gauges (and a warning once)."""
-    import logging
-
     g = stage.geometry
     m.bin_factor.set(g.bin)
     m.dose_factor.set(g.dose_factor)

@@ -36,7 +36,8 @@ def test_prometheus_scrapes_service_and_query_returns_frame_counters(
         overrides={
             "ingest": {"endpoint": emu.endpoint, "mode": "connect"},
             "publish": {"endpoint": "tcp://127.0.0.1:*"},
-            "record": {"enabled": False},
+            # recorded: the complete lane runs only with a recording (its frames go there alone)
+            "record": {"enabled": True, "directory": str(tmp_path / "rec")},
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )
