@@ -281,6 +281,30 @@ def status_line(svc: MergeService, elapsed: float) -> str:
     )
 
 
+_ANY_HOST = ("0.0.0.0", "*", "[::]", "::")
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def endpoint_conflicts(inputs: list[str], output: str) -> str | None:
+    """What is wrong with ``--input`` / ``--output`` together, else None: an input given twice (each of
+    its messages came twice: every frame counted a duplicate, its traffic doubled) or the merge's own
+    output as an input (it read back what it sent). Before, both ran without a word."""
+    seen: set[str] = set()
+    for address in inputs:
+        key = address.strip().rstrip("/")
+        if key in seen:
+            return f"--input {address} is given twice (one --input per instance)"
+        seen.add(key)
+    out = output.strip().rstrip("/")
+    out_host, _, out_port = out.rpartition(":")
+    for address in inputs:
+        key = address.strip().rstrip("/")
+        host, _, port = key.rpartition(":")
+        if key == out or (port == out_port and out_host.endswith(_ANY_HOST) and host.endswith(_LOOPBACK)):
+            return f"--input {address} is this merge's own --output {output} (give the instances' outputs)"
+    return None
+
+
 def run_merge(
     inputs: list[str],
     output: str,
@@ -297,6 +321,8 @@ def run_merge(
     output_curve: CurveSettings | None = None,
 ) -> dict[str, Any]:
     """Merge until ``stop`` is set, then release what is held; returns the final counters."""
+    if (problem := endpoint_conflicts(inputs, output)) is not None:
+        raise ValueError(problem)
     metrics = MergeMetrics()
     sup = Supervisor(metrics)
     server = None

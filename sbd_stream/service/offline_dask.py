@@ -255,7 +255,7 @@ def denoise_distributed(
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     if scheduler not in ("local", "none") and not scheduler.startswith(("tcp://", "tls://")):
-        raise ValueError(f"--scheduler must be local, none or tcp://host:port, got {scheduler!r}")
+        raise ValueError(f"--scheduler must be local, none, tcp://host:port or tls://host:port: {scheduler}")
     if (note := unstated(dict(src.sampling), detector)) is not None:
         log.warning("%s", note)
     if (note := overridden(dict(src.sampling), detector)) is not None:

@@ -115,25 +115,18 @@ def _client(scheduler: str | None, workers: int) -> Any:
     """A client of ``scheduler`` (the user's cluster, the user's to secure: dask's ``distributed.comm.tls``
     configuration applies), else of a local cluster that only this process can use: in-process for one
     worker, else worker processes on 127.0.0.1 with mutual TLS and throw-away certificates, so that no
-    other local user can connect and run pickled code as us (audit h33; ``offline_cluster``)."""
-    from distributed import Client, LocalCluster
+    other local user can connect and run pickled code as us, and no HTTP server that would show them its
+    workers, logs and task keys (audit h33; ``offline_cluster.local_cluster``)."""
+    from distributed import Client
 
-    from sbd_stream.service.offline_cluster import local_security
+    from sbd_stream.service.offline_cluster import local_cluster
 
     if scheduler:
         return Client(scheduler)
-    if workers == 1:  # in-process (inproc:// transport): nothing listens, a kill stops everything
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # None still took 8787 (a second run: a warning)
-            preload=["training.sim.worker_signals"],  # a group's Ctrl-C is the parent's to handle
-            security=local_security(),  # tls://127.0.0.1, certificates only this process holds
-        )
+    if workers == 1:  # in-process (inproc:// transport): a kill stops everything; no HTTP server either
+        cluster = local_cluster(1, processes=False)
+    else:  # a group's Ctrl-C is the parent's to handle
+        cluster = local_cluster(workers, preload=["training.sim.worker_signals"])
     return Client(cluster)
 
 
