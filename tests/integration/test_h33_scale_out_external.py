@@ -86,3 +86,21 @@ def test_a_tls_scheduler_is_one_line_without_this_clients_certificate_and_runs_w
     assert any("--dask-workers 3 is for --scheduler local" in r.getMessage() for r in caplog.records)
     with h5py.File(tmp_path / "c.h5", "r") as f:
         assert f["denoised"].shape == (8, 64, 48)
+
+
+def test_simulate_on_a_tls_scheduler_without_certificates_is_one_line(
+    tmp_path: Path, tls_cluster: tuple[str, dict[str, str]]
+) -> None:
+    """``sbd-train simulate --scheduler tls://...`` without this client's certificate: was distributed's
+    ``TypeError: TLS expects a ssl_context argument`` traceback (exit 1), now one line before any task."""
+    from training.cli import app as train_app
+
+    address, _ = tls_cluster
+    out = tmp_path / "tiny.h5"
+    res = CliRunner().invoke(
+        train_app, ["simulate", "--preset", "tiny", "--out", str(out), "--scheduler", address]
+    )
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --scheduler tls://"), res.output
+    assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in lines[0] and not out.exists()

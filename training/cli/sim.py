@@ -46,6 +46,14 @@ def simulate(
         except OSError as e:
             why = " ".join(str(e).split())
             fail(f"--out {out}: not a readable HDF5 file ({why}): move it away to start over")
+    if scheduler is not None:  # a tls:// cluster without this client's certificates: distributed's
+        # bare TypeError ("TLS expects a ssl_context argument"), a traceback, before any task ran
+        from sbd_stream.service.offline_cluster import external_tls_checked
+
+        try:
+            external_tls_checked(scheduler)
+        except ValueError as e:
+            fail(f"--scheduler {e}")
     from training.cli.sim_stop import simulation_stops
 
     try:
