@@ -199,7 +199,10 @@ def info(
         readable=False,  # ours to check: an unreadable file is one `error:` line, not click's usage box
     ),
     service: str | None = typer.Option(
-        None, "--service", help="A running service's metrics URL, e.g. http://127.0.0.1:9105: per-worker load"
+        None,
+        "--service",
+        help="A running serve instance's metrics URL, e.g. http://127.0.0.1:9105 (or 127.0.0.1:9105, or "
+        "9105 for this machine): per-worker load",
     ),
     interval: float = typer.Option(
         1.0, "--interval", min=0.1, help="Seconds between the two --service scrapes"
@@ -234,28 +237,77 @@ def info(
     out["default_engines"] = {"live": live_engine(), "offline": offline_engine()}
     out["workers"] = [w.describe() for w in worker_specs(service_settings(config, {}))]
     if service is not None:
-        out["service"] = _service_load(service.rstrip("/").removesuffix("/metrics"), interval)  # either URL
+        out["service"] = _service_load(_service_url(service), interval)
     typer.echo(json.dumps(out, indent=2))
 
 
+def _service_url(given: str) -> str:
+    """``--service`` as the URL of a metrics endpoint, without ``/metrics``: ``http://HOST:PORT``,
+    ``HOST:PORT`` or a bare ``PORT`` (this machine, 127.0.0.1), as serve's log and the docs show them.
+
+    Why (session 33): ``--service 127.0.0.1:9105`` failed with urllib's "unknown url type: 127.0.0.1"."""
+    import urllib.parse
+
+    url = given.strip().rstrip("/").removesuffix("/metrics")
+    if url.isdigit():
+        url = f"127.0.0.1:{url}"
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # a port that is no number or out of range
+        fail(f"--service {given}: {e}; give http://HOST:PORT (e.g. http://127.0.0.1:9105)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"--service {given}: not an HTTP URL; give http://HOST:PORT (e.g. http://127.0.0.1:9105)")
+    if port is None and "://" not in given:  # "localhost": serve's default metrics port, not HTTP's 80
+        url = f"{url}:9105"
+    return url
+
+
 def _service_load(url: str, interval: float) -> dict[str, Any]:
-    """Two scrapes of a running service's /metrics: each worker's load and rate in between."""
+    """Two scrapes of a running service's /metrics: each worker's load and rate in between.
+
+    An endpoint with no engine worker series is refused in one line saying what it is: a merge's
+    metrics port (it runs no workers) printed ``"workers": []`` with exit 0, as if the service were idle."""
     import urllib.error
     import urllib.request
 
-    from sbd_stream.service.workers import worker_load
+    from sbd_stream.service.workers import worker_load, worker_samples
 
     def scrape() -> str:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
-            return r.read().decode()
+            return r.read().decode("utf-8", "replace")
 
     try:
         before = scrape()
+        if not worker_samples(before):
+            fail(f"--service {url}: {_not_serve(before)}")
         time.sleep(interval)
         after = scrape()
+        workers = worker_load(before, after, interval)
     except (urllib.error.URLError, OSError) as e:
         fail(f"--service {url}: {e}")
-    return {"url": url, "interval_s": interval, "workers": worker_load(before, after, interval)}
+    except ValueError as e:  # no Prometheus text (another web server's page)
+        fail(f"--service {url}: its /metrics is no Prometheus text ({e}); is it serve's metrics port?")
+    return {"url": url, "interval_s": interval, "workers": workers}
+
+
+def _not_serve(text: str) -> str:
+    """What a metrics endpoint without engine worker series is, in words (``_service_load``)."""
+    if "sbd_merge_" in text:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        received = sum(
+            s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "sbd_merge_received_total"
+        )  # fmt: skip
+        return (
+            f"this is a `sbd-stream merge`'s metrics endpoint ({received:.0f} messages received from its "
+            "inputs; `curl` it for the rest), not a serve instance's: a merge runs no engine workers; "
+            "give each instance's metrics port"
+        )
+    return "no engine worker series (sbd_worker_*) there: not a `sbd-stream serve` instance's metrics port"
 
 
 @app.command()

@@ -13,6 +13,7 @@ the encoder's payload bound, so whatever a file reader accepts, the live service
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD, MAX_SIDE
 
 __all__ = [
     "BLOCK_ROWS",
+    "FILL_FRAMES",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
     "PIXEL_SIZE_A_RANGE",
@@ -32,6 +34,7 @@ __all__ = [
     "sampling_attrs",
     "sampling_value",
     "trusted_rows",
+    "unstored_problem",
 ]
 
 MAX_FRAMES = 10**9
@@ -40,6 +43,8 @@ MAX_FRAME_BYTES = 2 * DEFAULT_MAX_PAYLOAD
 """Largest frame a file reader takes: what the wire encoder accepts (``protocol.encode``), twice the
 ingest's default ``max_payload_bytes``, so a 3838 x 3710 float64 frame (or a 4096 x 4096 float32 one)
 still reads."""
+FILL_FRAMES = 1024
+"""Frames a stack may declare beyond twice those its file stores (never written: the fill value)."""
 BLOCK_ROWS = 1 << 20
 """Rows of a per-row dataset read at once (a MiB of ``complete``, 8 MiB of ``seq``)."""
 
@@ -102,6 +107,39 @@ def external_problem(ds: Any, where: str) -> str | None:
     return (
         f"{where}: its data is kept outside the file (HDF5 external storage, {first!r}); "
         "such datasets are never read"
+    )
+
+
+def unstored_problem(ds: Any, where: str, frames: int, strict: bool = False) -> str | None:
+    """Why the HDF5 dataset ``ds`` (``frames`` frames) is refused because its file stores far fewer
+    pixels than it declares, or None. Stored: its chunks (each counted whole), or a contiguous
+    dataset's allocated bytes (0 when never written); a compact or virtual dataset holds or names its
+    data, external storage is ``external_problem``'s.
+
+    Why (session 33): a chunk never written reads as the fill value, so a 10 kB file declaring
+    (10^8, 64, 64) with no chunk written made ``denoise`` denoise 10^8 blank frames (days). A real file
+    may lack a few chunks (fill value), so, as for a zarr store (``stack_zarr._stored_problem``), one is
+    refused only when what it stores cannot cover half its frames and more than ``FILL_FRAMES`` frames
+    would be blank; ``strict`` (EMD: Velox, ncempy and HyperSpy write every frame): any pixel missing."""
+    from h5py import h5d  # here: this module is imported where no HDF5 file is read
+
+    if ds.is_virtual or ds.external or ds.id.get_create_plist().get_layout() == h5d.COMPACT:
+        return None
+    declared = math.prod(int(n) for n in ds.shape)
+    if ds.chunks is not None:  # get_num_chunks walks the chunk index: the chunks written, not declared
+        stored = int(ds.id.get_num_chunks()) * math.prod(int(c) for c in ds.chunks)
+    else:
+        stored = int(ds.id.get_storage_size()) // max(1, ds.dtype.itemsize)
+    if stored >= declared:
+        return None
+    frame = max(1, declared // max(1, frames))
+    blank = (declared - stored) // frame
+    if not strict and (2 * stored >= declared or blank <= FILL_FRAMES):
+        return None
+    blanks = "the rest" if strict else f"{blank} or more of its {frames} frames"
+    return (
+        f"{where}: declares {declared} pixels but the file stores {stored}; {blanks} would read as the "
+        "fill value (cut short or crafted?)"
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sbd_stream.formats.limits import external_problem
+from sbd_stream.formats.limits import external_problem, unstored_problem
 from sbd_stream.formats.safe_chunks import UnsafeChunks, read_safely, safe_dataset
 from sbd_stream.sources.stack_headers import StackError
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
@@ -195,25 +195,11 @@ def _spacing(dim: h5py.Dataset, path: Path) -> float:
 
 
 def _check_stored(ds: h5py.Dataset, where: str) -> None:
-    """StackError when the file stores fewer pixels than ``ds`` declares (a chunk never written, a
-    contiguous dataset never allocated): they would read as the fill value.
-
-    Why (session 33): a 10 kB Velox file declaring (64, 64, 10^8) frames with no chunk written made
-    ``denoise`` denoise 10^8 blank frames (days, warning for each) instead of refusing. Velox, ncempy and
-    HyperSpy write every frame; external storage is refused by ``limits.external_problem``, and a
-    compact or virtual dataset holds or names its data."""
-    if ds.is_virtual or ds.external or ds.id.get_create_plist().get_layout() == h5py.h5d.COMPACT:
-        return
-    declared = math.prod(int(n) for n in ds.shape)
-    if ds.chunks is not None:
-        stored = int(ds.id.get_num_chunks()) * math.prod(int(c) for c in ds.chunks)
-    else:
-        stored = int(ds.id.get_storage_size()) // max(1, ds.dtype.itemsize)
-    if stored < declared:
-        raise StackError(
-            f"{where}: declares {declared} pixels but the file stores {stored}; the rest would read as the "
-            "fill value (cut short or crafted?)"
-        )
+    """StackError when the file stores fewer pixels than ``ds`` declares (``limits.unstored_problem``,
+    strict: Velox, ncempy and HyperSpy write every frame). Why (session 33): a 10 kB Velox file declaring
+    (64, 64, 10^8) with no chunk written made ``denoise`` denoise 10^8 blank frames (days)."""
+    if (problem := unstored_problem(ds, where, 1, strict=True)) is not None:  # strict: frames unused
+        raise StackError(problem)
 
 
 def _small(ds: h5py.Dataset, index: Any, path: Path) -> np.ndarray:

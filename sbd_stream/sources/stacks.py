@@ -8,8 +8,9 @@ looks finished; a failed one leaves no temporary file either (``atomic_h5``, ``d
 
 What a file declares is checked before anything is mapped or read (``stack_headers.py``,
 ``formats/limits.py``): frame sides 1 to 16384, a frame within the wire encoder's payload, at most
-10^9 frames, and, for an uncompressed layout, no more bytes than the file holds. A crafted header is
-one ``StackError`` line, never an allocation of what it claims.
+10^9 frames, and, for an uncompressed layout, no more bytes than the file holds; an HDF5 dataset whose
+file stores far fewer frames than it declares is refused (``limits.unstored_problem``). A crafted header
+is one ``StackError`` line, never an allocation of what it claims.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a vali
 import numpy as np
 
 from sbd_stream.formats.hdf5_read import h5_reason, open_read
-from sbd_stream.formats.limits import count_problem, external_problem, frame_problem, sampling_attrs
+from sbd_stream.formats.limits import (
+    count_problem,
+    external_problem,
+    frame_problem,
+    sampling_attrs,
+    unstored_problem,
+)
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.formats.safe_chunks import UnsafeChunks, safe_dataset
 from sbd_stream.sources.stack_dm import DM_SUFFIXES, open_dm
@@ -240,6 +247,8 @@ def _open_h5(f: h5py.File, path: Path, dataset: str | None) -> FrameStack:
         where, ds = f"{path}:{name}", f[name]
         linked = ds.file if ds.file.id != f.id else None  # behind an external link: its own file
         frames = GuardedFrames(_check(safe_dataset(ds), where), where)  # no filter that can crash reads it
+        if (problem := unstored_problem(ds, where, frames.shape[0])) is not None:  # 10^8 unwritten frames
+            raise StackError(problem)
         return FrameStack(frames, where, lambda: _close(linked, f), _sampling(f, name, path))
     except UnsafeChunks as e:  # a refused filter: one line naming the dataset and the filter
         _close(linked, f)
