@@ -95,7 +95,7 @@ def evaluate(
     need_dataset(data, "--data")
     engines = {} if classical_only else engine_options(engine, TABLE_5_1_ENGINES)
     need_engines(engines)
-    res = evaluate_table_5_1(cfg, engines, cached=cached)
+    res = evaluate_table_5_1(cfg, engines, log=typer.echo, cached=cached)
     res["command"] = command
     write_json(res, out_dir / "table_5_1.json")
     write_markdown(table_5_1_markdown(res, command), out_dir / "table_5_1.md")
@@ -141,7 +141,7 @@ def evaluate_detector(
     default = {f"SBD, {DEFAULT_ENGINE} (shipped)": default_engine_root() / DEFAULT_ENGINE}
     engines = engine_options(engine, default)
     need_engines(engines)
-    res = evaluate_table_5_1_detector(cfg, engines)
+    res = evaluate_table_5_1_detector(cfg, engines, log=typer.echo)
     res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"table_5_1_{world}.json")
     write_markdown(table_5_1_detector_markdown(res), out_dir / f"table_5_1_{world}.md")
@@ -282,7 +282,7 @@ def dose_curve(
     need_test_split(cfg.test)
     need_dataset(cfg.val, "--val")
     engine_dir = need_engine(engine or default_engine_root() / DEFAULT_ENGINE, "--engine")
-    res = psnr_vs_dose(cfg, engine_dir)
+    res = psnr_vs_dose(cfg, engine_dir, log=typer.echo)
     res["command"] = invocation("sbd-train")
     write_json(res, out_dir / f"dose_curve_{world}.json")
     typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
@@ -316,7 +316,7 @@ def fov_study(
     command = invocation("sbd-train")
     engines = engine_options(engine, FOV_ENGINES)
     need_engines(engines)
-    res = evaluate_fov(cfg, engines)
+    res = evaluate_fov(cfg, engines, log=typer.echo)
     res["command"] = command
     write_json(res, out_dir / "table_3_1.json")
     write_markdown(table_3_1_markdown(res, command), out_dir / "table_3_1.md")
@@ -377,7 +377,7 @@ def fov_study_detector(
     ecfg = DetectorEvalConfig(test=test, val=val, max_test_images=max_test_images, out_dir=out_dir)
     engines = engine_options(engine, default)
     need_engines(engines)
-    res = evaluate_fov_detector(ecfg, engines)
+    res = evaluate_fov_detector(ecfg, engines, log=typer.echo)
     command = invocation("sbd-train")
     res["command"] = command
     res["world"] = world

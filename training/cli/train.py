@@ -125,20 +125,37 @@ def export(
     engine_dir: Path = typer.Option(..., help="engine directory to write"),
     data: Path | None = typer.Option(None, help="data set whose test split goes into the card (run's)"),
     evaluate_test: bool = typer.Option(True, help="evaluate on the test split and record it in the card"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="write into --engine-dir even if it holds other files or another engine (its model.pt, "
+        "model.onnx and card.json replaced, other files kept); an earlier export of the same engine "
+        "is replaced without it",
+    ),
 ) -> None:
     """Export a run's best checkpoint as an engine (model.pt, verified model.onnx, card.json).
 
-    Works on a finished run and on one still going or stopped (counters from its last.pt).
+    Works on a finished run and on one still going or stopped (counters from its last.pt). The engine
+    folder must be new, empty or an earlier export of the same engine (its card names the folder), else
+    one error line unless --overwrite: a folder of other files or another engine is never mixed into.
     """
+    from training.train.export import EngineDirTaken, check_engine_dir
+
     if not (run_dir / "config.json").is_file():
         why = "no config.json (not a training run)" if run_dir.is_dir() else "no such run"
         fail(f"RUN_DIR {run_dir}: {why}")
+    try:
+        replaced = check_engine_dir(engine_dir, engine_dir.name, overwrite)
+    except EngineDirTaken as e:
+        fail(str(e))
     if data is None:
         from training.train.config import TrainConfig
 
         data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
     if evaluate_test:
         need_dataset(data, "--data")
+    if replaced is not None:
+        typer.echo(replaced)
     export_engine(run_dir, engine_dir, evaluate_test, data)
 
 

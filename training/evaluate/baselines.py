@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from training.evaluate.progress import tracked
+
 Method = Callable[[np.ndarray, float], np.ndarray]
 
 
@@ -131,7 +133,8 @@ def tune(
     use = items[: baseline.tune_images]
     scores: dict[str, float] = {}
     best, best_score = dict(baseline.grid[0]), -np.inf
-    for params in baseline.grid:
+    what = f"grid settings (each on {len(use)} validation images)"
+    for params in tracked(baseline.grid, f"{baseline.label} (tuning)", what):
         f = baseline.bind(params)
         s = float(np.mean([psnr(clean, f(counts, dose)) for clean, counts in use]))
         scores[repr(params)] = s

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from training.evaluate.baselines import Baseline, adaptive_wiener, low_pass, raw, tune, vst_bm3d, vst_nlm
 from training.evaluate.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
+from training.evaluate.progress import progress, tracked
 from training.evaluate.tables import Item, margins, summarise
 from training.sim.splits import SplitSpec
 
@@ -229,12 +230,19 @@ def region_scores(estimate: np.ndarray, it: Item, pixel_A: float, counts_per_px:
 
 
 def run_rows(
-    method: Method, items: list[Item], spec: DetectionSpec, dose: float, scale: float | None = None
+    method: Method,
+    items: list[Item],
+    spec: DetectionSpec,
+    dose: float,
+    scale: float | None = None,
+    label: str = "method",
 ) -> dict[str, Any]:
     """``method`` on every item's counts at ``dose``, scored with the paper's metric at ``scale`` counts
-    per pixel of vacuum (default: ``dose``; the dose curve scores every dose at the nominal scale)."""
+    per pixel of vacuum (default: ``dose``; the dose curve scores every dose at the nominal scale);
+    ``label`` names it in the progress lines on stderr (evaluate.progress)."""
     t0 = time.perf_counter()
-    rows = [score(method(it.counts, dose), it, spec, dose if scale is None else scale) for it in items]
+    at = dose if scale is None else scale
+    rows = [score(method(it.counts, dose), it, spec, at) for it in tracked(items, label, "test images")]
     keys = ["paper_psnr", *REGION_KEYS]
     return {
         "n_images": len(items),
@@ -268,7 +276,7 @@ def tuned_rows(
             continue
         params, grid = tune(b, pairs, dose)
         row = {"method": b.label, "kind": "classical", "params": params, "val_grid_psnr": grid}
-        rows.append({**row, **run_rows(b.bind(params), test, spec, dose, scale)})
+        rows.append({**row, **run_rows(b.bind(params), test, spec, dose, scale, b.label)})
     return rows
 
 
@@ -305,6 +313,7 @@ def region_losses(rows: list[dict[str, Any]], against: str = "Low-pass filter") 
 def evaluate_table_5_1_detector(
     cfg: DetectorEvalConfig, engines: dict[str, Path], log: Callable[[str], None] = print
 ) -> dict[str, Any]:
+    progress(f"reading {cfg.test} and the validation images of {cfg.val}; calibrating the detector")
     test, px = load_test(cfg)
     val = load_val(cfg, px)
     spec = DetectionSpec(pixel_size_A=px)
@@ -332,7 +341,7 @@ def evaluate_table_5_1_detector(
                 "kind": "classical",
                 "params": params,
                 "val_grid_psnr": grid,
-                **run_rows(b.bind(params), items, spec, dose),
+                **run_rows(b.bind(params), items, spec, dose, label=b.label),
             }
         )
         log(f"{_line(rows[-1])}  ({time.perf_counter() - t0:.0f} s)")
@@ -352,7 +361,7 @@ def evaluate_table_5_1_detector(
                 "training": {
                     k: card.get("training", {}).get(k) for k in ("steps", "wall_s", "best_val_psnr")
                 },
-                **run_rows(method, test, spec, dose),
+                **run_rows(method, test, spec, dose, label=label),
             }
         )
         log(_line(rows[-1]))

@@ -26,6 +26,7 @@ from training.evaluate.detector import (
     tuned_rows,
 )
 from training.evaluate.metrics import DetectionSpec, calibrate_threshold
+from training.evaluate.progress import progress
 from training.evaluate.tables import Item
 
 ROW_KEYS = (
@@ -56,6 +57,7 @@ def psnr_vs_dose(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The engine and the tuned low-pass at ``factors`` x the nominal dose, whole frame and per region."""
+    progress(f"reading {cfg.test} and the validation images of {cfg.val}; calibrating the detector")
     test, px = load_test(cfg)
     val = load_val(cfg, px)
     spec = DetectionSpec(pixel_size_A=px)
@@ -67,7 +69,9 @@ def psnr_vs_dose(
     for f in factors:
         dose = nominal * f
         items = at_dose(test, dose, cfg.seed, 7)
-        sbd = run_rows(method, items, spec, dose, scale=nominal)["metrics"]
+        sbd = run_rows(method, items, spec, dose, scale=nominal, label=f"{engine_dir.name} at dose x{f:g}")[
+            "metrics"
+        ]
         (lp,) = tuned_rows(cfg, at_dose(val, dose, cfg.seed, 8), items, spec, dose=dose, scale=nominal)
         row: dict[str, Any] = {"dose_factor": f, "counts_per_px": dose, "dose_e_per_A2": dose / px**2}
         for k in ROW_KEYS:

@@ -30,6 +30,7 @@ from training.evaluate.detector import (
     tuned_rows,
 )
 from training.evaluate.metrics import DetectionSpec, calibrate_threshold
+from training.evaluate.progress import progress
 
 FOV_DETECTOR_PRESETS = ("fov13-detector", "fov21-detector", "fov53-detector", "fov245-detector")
 FOV_PAPER_PRESETS = tuple(p.replace("-detector", "-paper") for p in FOV_DETECTOR_PRESETS)
@@ -44,6 +45,7 @@ def evaluate_fov_detector(
 ) -> dict[str, Any]:
     """Each engine through the product's denoise path on the detector-sampling test split, after the
     ``baselines`` (classical methods of Table 5.1 by label) tuned on the validation split."""
+    progress(f"reading {cfg.test} and the validation images of {cfg.val}; calibrating the detector")
     test, px = load_test(cfg)
     val = load_val(cfg, px)
     spec = DetectionSpec(pixel_size_A=px)
@@ -69,7 +71,7 @@ def evaluate_fov_detector(
                 "working_pixel_A": work_px,
                 "field_of_view_A": fov_px * work_px,
                 "training": {k: t.get(k) for k in ("steps", "wall_s", "best_val_psnr", "batch", "augment")},
-                **run_rows(method, test, spec, cfg.counts_per_px),
+                **run_rows(method, test, spec, cfg.counts_per_px, label=label),
             }
         )
         log(_line(rows[-1]))

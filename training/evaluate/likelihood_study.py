@@ -27,6 +27,7 @@ from scipy.stats import rankdata
 from sbd_stream.compute.likelihood import ColumnPolarity, LikelihoodConfig, LikelihoodStage
 from sbd_stream.compute.noise import poisson_counts
 from sbd_stream.invocation import invocation
+from training.evaluate.progress import tracked
 from training.sim.splits import split_indices
 
 GROUPS = ("tp", "fp", "fn")
@@ -170,7 +171,7 @@ def run_study(cfg: StudyConfig, dataset: DatasetLike | None = None) -> dict[str,
     skipped: list[int] = []
     lk_cfg: dict[str, Any] = {}
     stages: dict[tuple[float, str], LikelihoodStage] = {}
-    for i in idx:
+    for i in tracked(idx, f"likelihood study ({cfg.denoiser.value})", f"{cfg.split} images"):
         meta, cols = dataset.meta(int(i)), dataset.columns(int(i))
         pol = _polarity(cfg, meta, cols)
         if pol is None:

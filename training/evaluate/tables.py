@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from training.evaluate.baselines import Baseline, classical_baselines, tune
 from training.evaluate.metrics import DetectionSpec, calibrate_threshold, detection_scores, psnr, ssim
+from training.evaluate.progress import progress, tracked
 from training.sim.splits import SplitSpec
 
 Method = Callable[[np.ndarray, float], np.ndarray]
@@ -122,9 +123,12 @@ def summarise(per_image: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_method(method: Method, items: list[Item], dose: float, spec: DetectionSpec) -> dict[str, Any]:
+def run_method(
+    method: Method, items: list[Item], dose: float, spec: DetectionSpec, label: str = "method"
+) -> dict[str, Any]:
+    """``method`` scored on ``items``, saying on stderr how far it is (``label``; evaluate.progress)."""
     t0 = time.perf_counter()
-    rows = [score_image(method(it.counts, dose), it, spec) for it in items]
+    rows = [score_image(method(it.counts, dose), it, spec) for it in tracked(items, label, "test images")]
     return {
         "n_images": len(items),
         "seconds_per_image": (time.perf_counter() - t0) / len(items),
@@ -146,7 +150,7 @@ def sbd_row(
         "parameters": card.get("parameters"),
         "field_of_view": card.get("field_of_view"),
         "training": card.get("training", {}),
-        **run_method(method, test, dose, spec),
+        **run_method(method, test, dose, spec, label),
     }
 
 
@@ -181,6 +185,7 @@ def evaluate_table_5_1(
     ``cached``: a previous result; its classical rows are reused when it was made with the same
     settings and tuning grid (classical rows don't change when an engine is retrained; BM3D is slow).
     """
+    progress(f"reading the validation and test images of {cfg.data}; calibrating the detector")
     val, dose = load_items(cfg.data, cfg.split, "val", cfg.seed, cfg.tune_images)
     test, _ = load_items(cfg.data, cfg.split, "test", cfg.seed, cfg.max_test_images)
     spec, thr_scores = calibrate_detector(cfg, val)
@@ -197,7 +202,7 @@ def evaluate_table_5_1(
             log(_row_line(rows[-1]) + " (cached)")
             continue
         params, grid_scores = tune(b, pairs, dose)
-        res = run_method(b.bind(params), _subset(test, b.max_test_images), dose, spec)
+        res = run_method(b.bind(params), _subset(test, b.max_test_images), dose, spec, b.label)
         rows.append(
             {"method": b.label, "kind": "classical", "params": params, "val_grid_psnr": grid_scores, **res}
         )
@@ -263,6 +268,7 @@ def margins(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_fov(cfg: EvalConfig, engines: dict[str, Path], log: Callable[[str], None] = print) -> dict:
     """Table 3.1(a): SBD with networks of different field of view on the same test frames."""
+    progress(f"reading the validation and test images of {cfg.data}; calibrating the detector")
     val, dose = load_items(cfg.data, cfg.split, "val", cfg.seed, cfg.tune_images)
     test, _ = load_items(cfg.data, cfg.split, "test", cfg.seed, cfg.max_test_images)
     spec, _ = calibrate_detector(cfg, val)

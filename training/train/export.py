@@ -15,7 +15,7 @@ import torch
 
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.artefact_files import load_tensors
-from sbd_stream.engines.card import EngineCard, load_card, write_engine
+from sbd_stream.engines.card import CARD_FILE, ONNX_FILE, WEIGHTS_FILE, EngineCard, load_card, write_engine
 from training.train.config import TrainConfig
 from training.train.network import build_network
 from training.train.resume import effective_freeze
@@ -190,10 +190,70 @@ def card_for_run(cfg: TrainConfig, summary: dict[str, Any], name: str | None = N
     )
 
 
+class EngineDirTaken(ValueError):
+    """The engine folder holds something other than an earlier export of the same engine (one line).
+
+    A ValueError: ``sbd-train`` prints it as one ``error:`` line, status 2 (training/cli/errors.py)."""
+
+
+ENGINE_FILES = (WEIGHTS_FILE, ONNX_FILE, CARD_FILE)
+"""What an export writes; any other file in the folder is left as it is."""
+
+
+def engine_dir_owner(engine_dir: Path) -> str | None:
+    """The name on ``engine_dir/card.json`` (an engine folder), None where there is no such card.
+
+    Read as plain JSON, not validated: a card of a newer format or with a bad checksum still names the
+    engine a user would lose."""
+    try:
+        name = json.loads((engine_dir / CARD_FILE).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):  # missing, unreadable, not JSON, not an object
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_engine_dir(engine_dir: Path, name: str, overwrite: bool = False) -> str | None:
+    """Whether an export of the engine ``name`` may write into ``engine_dir``; raises EngineDirTaken if not.
+
+    Returns None for a new or empty folder, else the line that tells the user what the export replaces
+    there (or writes beside, with ``overwrite``). Why: ``export --engine-dir``
+    wrote into any folder without a word, so one typo mixed an engine into an unrelated folder or replaced
+    another engine's weights under its card. Replacing an earlier export of the same engine (its card
+    names ``name``: retraining into its own folder, as docs/training.md shows) is the ordinary case;
+    anything else needs ``overwrite`` (``--overwrite``)."""
+    if engine_dir.exists() and not engine_dir.is_dir():
+        raise EngineDirTaken(f"--engine-dir {engine_dir}: a file, not a folder")
+    if not engine_dir.is_dir():
+        return None
+    try:
+        held = sorted(p.name for p in engine_dir.iterdir())
+    except OSError as e:
+        raise EngineDirTaken(f"--engine-dir {engine_dir}: cannot be listed ({e.strerror or e})") from None
+    if not held:
+        return None
+    owner = engine_dir_owner(engine_dir)
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    if owner == name:
+        files = ", ".join(ENGINE_FILES)
+        return f"replacing the engine {owner!r} in {engine_dir} (an earlier export: its {files})"
+    if overwrite and owner:
+        return f"replacing the engine {owner!r} in {engine_dir} by {name!r} (--overwrite)"
+    if overwrite:
+        return f"writing the engine {name!r} into {engine_dir} (--overwrite), which held {shown}"
+    what = f"the engine {owner!r}, not {name!r}" if owner else f"{len(held)} other file(s) ({shown})"
+    raise EngineDirTaken(
+        f"--engine-dir {engine_dir}: holds {what}; choose another folder, or pass --overwrite to write "
+        f"the engine there anyway ({', '.join(ENGINE_FILES)} replaced, other files kept)"
+    )
+
+
 def export_run(
     run_dir: Path, engine_dir: Path, name: str | None = None, metrics: dict[str, Any] | None = None
 ) -> EngineCard:
-    """Write ``engine_dir`` (model.pt, model.onnx, card.json) from the best checkpoint of ``run_dir``."""
+    """Write ``engine_dir`` (model.pt, model.onnx, card.json) from the best checkpoint of ``run_dir``.
+
+    Writes wherever it is told: a command that takes the folder from a user checks it first
+    (check_engine_dir; ``sbd-train export``)."""
     cfg, summary, net = load_run(run_dir)
     card = card_for_run(cfg, summary, name or engine_dir.name)
     if metrics:
