@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -339,3 +339,20 @@ def stop_command(proc) -> str:
         proc.communicate()
         raise
     return stdout
+
+
+@pytest.fixture()
+def viewer_port() -> Iterator[int]:
+    """Port of a real viewer on 127.0.0.1 (port 0: a free one), fed by an idle PUB socket."""
+    from sbd_stream.config import ViewerSettings
+    from sbd_stream.sinks.viewer.server import Viewer
+
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+    v = Viewer(ViewerSettings(port=0), output_endpoint=pub.getsockopt_string(zmq.LAST_ENDPOINT)).start()
+    try:
+        yield int(v.url.rstrip("/").rsplit(":", 1)[1])
+    finally:
+        v.close()
+        pub.close(0)

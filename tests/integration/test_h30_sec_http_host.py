@@ -13,15 +13,11 @@ import http.client
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
-import zmq
 
-from sbd_stream.config import ViewerSettings
 from sbd_stream.httpd import BoundedHTTPServer, host_allowed
 from sbd_stream.metrics import Metrics
-from sbd_stream.sinks.viewer.server import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +34,6 @@ def _get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
         return r.status, r.read()
     finally:
         c.close()
-
-
-@pytest.fixture()
-def viewer_port() -> Iterator[int]:
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:*")
-    v = Viewer(ViewerSettings(port=0), output_endpoint=pub.getsockopt_string(zmq.LAST_ENDPOINT)).start()
-    try:
-        yield int(v.url.rstrip("/").rsplit(":", 1)[1])
-    finally:
-        v.close()
-        pub.close(0)
 
 
 FOREIGN = ["attacker.example", "attacker.example:8090", "127.0.0.1.nip.io:8090", "evil.com:80", "10.0.0.7"]

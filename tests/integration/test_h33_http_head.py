@@ -9,14 +9,10 @@ Real servers on loopback.
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterator
 
 import pytest
-import zmq
 
-from sbd_stream.config import ViewerSettings
 from sbd_stream.metrics import Metrics
-from sbd_stream.sinks.viewer.server import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -33,19 +29,6 @@ def _head_then_get(port: int, path: str) -> tuple[tuple[int, str | None, bytes],
         return head, (g.status, g.read())
     finally:
         c.close()
-
-
-@pytest.fixture()
-def viewer_port() -> Iterator[int]:
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:*")
-    v = Viewer(ViewerSettings(port=0), output_endpoint=pub.getsockopt_string(zmq.LAST_ENDPOINT)).start()
-    try:
-        yield int(v.url.rstrip("/").rsplit(":", 1)[1])
-    finally:
-        v.close()
-        pub.close(0)
 
 
 @pytest.mark.timeout(60)

@@ -15,15 +15,11 @@ import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-import zmq
 
-from sbd_stream.config import ViewerSettings
 from sbd_stream.httpd import BoundedHTTPServer, host_allowed
 from sbd_stream.metrics import Metrics
-from sbd_stream.sinks.viewer.server import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +32,6 @@ def _everything(port: int, path: str, host: str) -> bytes:
         while chunk := c.recv(65536):
             got += chunk
         return got
-
-
-@pytest.fixture()
-def viewer_port() -> Iterator[int]:
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    pub.bind("tcp://127.0.0.1:*")
-    v = Viewer(ViewerSettings(port=0), output_endpoint=pub.getsockopt_string(zmq.LAST_ENDPOINT)).start()
-    try:
-        yield int(v.url.rstrip("/").rsplit(":", 1)[1])
-    finally:
-        v.close()
-        pub.close(0)
 
 
 @pytest.mark.timeout(60)
