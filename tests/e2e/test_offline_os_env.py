@@ -18,6 +18,7 @@ import resource
 import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,12 +111,17 @@ LIMIT = 32 << 30  # far above what the command needs to run, far below the 64 Gi
 def test_out_of_memory_is_one_line_naming_the_limit(
     tiny_engine_dir: Path, tmp_path: Path, scheduler: str
 ) -> None:
-    """A stack of unwritten (fill-value) 8192 x 8192 frames read 1024 at a time: 64 GiB that an
+    """A stack of all-zero 8192 x 8192 frames (134 MB on disk) read 1024 at a time: 64 GiB that an
     address-space limit of 32 GiB refuses, as ``ulimit -v`` refused the auditor's 64 MiB. Under Dask
     the worker's ``MemoryError`` came back to the client as a rich traceback, exit 1."""
     inp, out = tmp_path / "huge.h5", tmp_path / "out.h5"
-    with h5py.File(inp, "w") as f:  # 1.4 kB on disk: no chunk is ever written
-        f.create_dataset("frames", (2048, 8192, 8192), "uint8", chunks=(1, 8192, 8192), compression="gzip")
+    zero = zlib.compress(bytes(8192 * 8192), 9)  # one deflated all-zero frame, 65 kB: every chunk stored
+    with h5py.File(inp, "w") as f:  # (a file storing no chunk is refused before any read since session 33)
+        ds = f.create_dataset(
+            "frames", (2048, 8192, 8192), "uint8", chunks=(1, 8192, 8192), compression="gzip"
+        )
+        for i in range(2048):
+            ds.id.write_direct_chunk((i, 0, 0), zero)
 
     def limited() -> None:
         hup_default()
