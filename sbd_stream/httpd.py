@@ -26,15 +26,22 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Hashable
 from typing import Any
 
 __all__ = [
+    "IN_USE_HINT",
     "MAX_CONNECTIONS",
     "TIMEOUT_S",
+    "ZMQ_IN_USE_HINT",
     "BoundedHTTPServer",
     "LoopbackHostHandler",
+    "binds_overlap",
+    "drop_held",
+    "hold_port",
     "host_allowed",
     "raise_fd_limit",
+    "take_held",
     "url_host",
 ]
 
@@ -70,7 +77,15 @@ class BoundedHTTPServer(http.server.ThreadingHTTPServer):
         self.max_connections, self.timeout_s = max_connections, timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused = 0  # connections closed at once because every slot was taken
-        super().__init__(address, handler)
+        held = take_held(("http", address[0], address[1]))  # bound before the engine loaded (hold_port)
+        if held is None:
+            super().__init__(address, handler)
+            return
+        super().__init__(address, handler, bind_and_activate=False)
+        self.socket.close()  # the unbound one the constructor made: the held socket takes its place
+        self.socket = held
+        self.server_address = held.getsockname()
+        self.server_name, self.server_port = socket.getfqdn(address[0]), int(self.server_address[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -104,6 +119,85 @@ class BoundedHTTPServer(http.server.ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-answer: a DEBUG line, not socketserver's traceback on stderr."""
         log.debug("http: connection from %s failed", client_address, exc_info=True)
+
+
+IN_USE_HINT = "another sbd-stream? choose another port, or 0 for any free port"
+"""Said after "Address already in use" for an HTTP port (``--metrics-port``, ``--viewer-port``)."""
+ZMQ_IN_USE_HINT = "another sbd-stream? choose another port"
+"""Said after "Address already in use" for a ZeroMQ endpoint a command binds (``--output``, ``--input``)."""
+
+_held: dict[Hashable, list[socket.socket]] = {}
+_held_lock = threading.Lock()
+
+
+def hold_port(key: Hashable, host: str, port: int) -> int:
+    """Bind and listen on ``host:port`` now and keep the socket under ``key``; returns the port bound
+    (port 0: a free one). Raises ``OSError`` (``EADDRINUSE``: another program holds it).
+
+    Why: ``serve``, ``demo`` and ``replay`` bind their ports only after the engine has loaded (seconds
+    of torch / ONNX Runtime), so a port in use was reported late, after the banner had said "serving".
+    Bound up front and kept, a port cannot be taken while the engine loads: a ``BoundedHTTPServer``
+    asking for ``key`` adopts the socket (``take_held``), and a ZeroMQ endpoint's holder is dropped just
+    before libzmq binds it (``drop_held``). Set up as ``socketserver`` and libzmq do (``SO_REUSEADDR``),
+    so a port left in TIME_WAIT by an earlier run is not refused here and then bound fine there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BoundedHTTPServer.request_queue_size)  # a scrape while the engine loads waits here
+    except BaseException:
+        sock.close()
+        raise
+    with _held_lock:
+        _held.setdefault(key, []).append(sock)
+    return int(sock.getsockname()[1])
+
+
+def take_held(key: Hashable) -> socket.socket | None:
+    """The first socket held under ``key`` (``hold_port``), now the caller's; None if none is."""
+    with _held_lock:
+        socks = _held.get(key)
+        if not socks:
+            return None
+        sock = socks.pop(0)
+        if not socks:
+            del _held[key]
+        return sock
+
+
+def drop_held(key: Hashable) -> None:
+    """Close what is still held under ``key`` (a ZeroMQ socket binds the port next; a command ended)."""
+    with _held_lock:
+        socks = _held.pop(key, [])
+    for sock in socks:
+        sock.close()
+
+
+def binds_overlap(a: str, b: str, port: int) -> bool:
+    """Whether binding hosts ``a`` and ``b`` on one ``port`` collide: the same address, or one of them
+    every address of its family (``0.0.0.0``; ``::``, which on Linux takes IPv4 too). An address that
+    does not resolve counts as overlapping (the hint then names the other setting, as before).
+
+    Why: ``cli.service_start.holding_ports`` blamed "the same port as metrics.port" for any earlier
+    setting with the same port number, so metrics on 127.0.0.1:P and ``--output tcp://[::1]:P`` held by
+    another program read as a clash of the command's own settings (review h34); those binds never
+    collide. ``merge`` asks it whether its ``--output`` failed on its own ``--metrics-port``."""
+
+    def resolved(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:  # as bind() resolves it: "" is every address, "localhost" 127.0.0.1
+            info = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+            return ipaddress.ip_address(str(info[0][4][0]).partition("%")[0])
+        except (OSError, ValueError):
+            return None
+
+    x, y = resolved(a), resolved(b)
+    if x is None or y is None or x == y:
+        return True
+    if x.version == y.version:
+        return x.is_unspecified or y.is_unspecified
+    return (x if x.version == 6 else y).is_unspecified
 
 
 def _cut(request: socket.socket) -> None:

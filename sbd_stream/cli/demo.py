@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,8 +119,7 @@ def demo(
     """
     from pydantic import ValidationError
 
-    from sbd_stream.cli.service_start import prepare_process
-    from sbd_stream.service.demo import run_demo
+    from sbd_stream.cli.service_start import holding_ports, prepare_process
     from sbd_stream.sinks.writable import file_problem
     from sbd_stream.sources.emulator import EmulatorSettings
 
@@ -176,7 +176,27 @@ def demo(
         )
     except ValidationError as e:
         fail(settings_error(e, EMULATOR_FLAGS))
-    stages = stages_or_fail(s)
+    with ExitStack() as ports:
+        with endpoints_named(flags):  # a busy --viewer-port: one line, before the engine loads (h34)
+            ports.enter_context(holding_ports(s))
+        _run(s, flags, stages_or_fail(s), emu_cfg, source, synthetic, shape, record, record_dir, json_out)
+
+
+def _run(
+    s: ServiceSettings,
+    flags: Flags,
+    stages: list[Any],
+    emu_cfg: Any,
+    source: Path | None,
+    synthetic: bool,
+    shape: str | None,
+    record: bool,
+    record_dir: Path | None,
+    json_out: Path | None,
+) -> None:
+    """The demo once its ports are held and the engine loaded: the emulator, the service, the summary."""
+    from sbd_stream.service.demo import run_demo
+
     if source is not None and not synthetic:
         from sbd_stream.sources.emulator_recording import for_recording
 
@@ -200,8 +220,13 @@ def demo(
     started = run_started()  # the load before the run: "a quiet machine" is checkable in the file
     stop = threading.Event()
     made: list[str] = []  # the temporary folder, for a third signal that ends the process at once
+
     # Ctrl-C, SIGTERM, SIGHUP: one clean stop (child ended, temporary folder gone); a third: folder gone
-    release = on_signals(stop, on_abort=lambda: [shutil.rmtree(d, ignore_errors=True) for d in made])
+    def remove_made() -> None:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+
+    release = on_signals(stop, on_abort=remove_made)
     try:
         tmp = _temporary(s) if record and record_dir is None else None
         made += [tmp.name] if tmp is not None else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ from sbd_stream.cli.scene_options import (
 )
 from sbd_stream.cli.service_start import (
     check_curve_keys,
+    holding_ports,
     metrics_where,
     output_where,
     prepare_process,
@@ -121,9 +123,6 @@ def serve(
     lanes.complete_timeout_s, 15 s) and closes the files, within stop_timeout_s (10 s) more; what is
     still queued then is counted and logged (left for offline, NOT recorded). Options can also come
     from a TOML file (--config) or SBD_* environment variables; see docs/service.md ("Two lanes")."""
-    from sbd_stream.service.build import check_endpoints
-    from sbd_stream.service.build import serve as run_service
-
     setup_logging(verbose)
     prepare_process()  # the open-file limit up to the hard one (httpd.raise_fd_limit)
     flags = Flags(
@@ -155,18 +154,23 @@ def serve(
         viewer_port=viewer_port,
     )
     s = settings_from_flags(flags, config)
-    with endpoints_named(flags):  # a malformed one before the engine loads; one in use once bound
-        check_endpoints(s)
-    stages = stages_or_fail(s)
-    stop = threading.Event()
-    on_signals(stop)
-    typer.echo(
-        f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), {output_where(s)}, "
-        f"{metrics_where(s)}  (Ctrl-C to stop)",
-        err=True,
-    )
-    with starting(flags):  # an endpoint or a CURVE key the service cannot use: one line, exit 2
-        result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
+    with ExitStack() as held:
+        with endpoints_named(flags):  # a port in use, or malformed: one line before the engine loads
+            held.enter_context(holding_ports(s))  # bound now, taken over by the service (h34)
+            from sbd_stream.service.build import check_endpoints  # the engines' imports: after the ports
+            from sbd_stream.service.build import serve as run_service
+
+            check_endpoints(s)
+        stages = stages_or_fail(s)
+        stop = threading.Event()
+        on_signals(stop)
+        typer.echo(
+            f"serving: in {s.ingest.endpoint} ({s.ingest.mode.value}), {output_where(s)}, "
+            f"{metrics_where(s)}  (Ctrl-C to stop)",
+            err=True,
+        )
+        with starting(flags):  # an endpoint or a CURVE key the service cannot use: one line, exit 2
+            result = run_service(s, stop, status=lambda line: typer.echo(line, err=True), stage=stages)
     typer.echo(json.dumps(result, indent=2))
     if result.get("failure"):  # a stage that could not go on (supervisor): say why, exit non-zero
         typer.echo(f"sbd-stream serve stopped: {result['failure']}", err=True)
@@ -283,8 +287,9 @@ def replay(
     )
     s = settings_from_flags(flags, config)
     settle = wait if publish else 0.0
-    with endpoints_named(flags):
+    with endpoints_named(flags), ExitStack() as held:
         check_endpoints(s, receiver=False)
+        held.enter_context(holding_ports(s, receiver=False))  # a busy --output before the engine loads
         stages = stages_or_fail(s)
         stop = threading.Event()  # Ctrl-C / SIGTERM / SIGHUP: end the feed, drain, close the recording
         release = on_signals(stop)
@@ -405,7 +410,7 @@ def emulate(
         fail(settings_error(e, EMULATOR_FLAGS))
     except zmq.ZMQError as e:
         shown = endpoint or '""'
-        fail(f"--endpoint {shown}: {zmq.strerror(e.errno)}")
+        fail(f"--endpoint {shown}: {zmq.strerror(e.errno) if e.errno is not None else e}")
     except (OSError, ValueError) as e:  # h5py's messages may span lines; ProtocolError is a ValueError
         fail(" ".join(str(e).split()))
     h, w = emu.source.shape

@@ -78,6 +78,7 @@ def merge(
 
     from sbd_stream.cli.service_start import prepare_process
     from sbd_stream.merge import run_merge
+    from sbd_stream.merge.service import MergeEndpointError
     from sbd_stream.security import CurveError
 
     setup_logging(verbose)
@@ -106,6 +107,8 @@ def merge(
             input_curve=input_curve,
             output_curve=output_curve,
         )
+    except MergeEndpointError as e:  # "--output ...: Address already in use (...)", as serve says it
+        fail(str(e))
     except (zmq.ZMQError, OSError, ValueError, CurveError) as e:
         fail(f"merge: {e}")
     typer.echo(json.dumps(result, indent=2))

@@ -341,7 +341,7 @@ def endpoints_named(flags: Flags) -> Iterator[None]:
     """An endpoint or port the service cannot open (``service.build.EndpointError``) ends the command in
     one line: ``error: --output foo: not a ZeroMQ endpoint ...``, named by the flag when a flag gave the
     value, else by the setting (the TOML file or an SBD_ variable did)."""
-    from sbd_stream.service.build import EndpointError
+    from sbd_stream.service.endpoint_error import EndpointError
 
     try:
         yield

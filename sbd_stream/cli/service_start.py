@@ -7,8 +7,9 @@ itself meets one while opening its sockets; the open-file limit is raised once, 
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 from sbd_stream.cli.app import fail
@@ -42,6 +43,75 @@ def starting(flags: Flags) -> Iterator[None]:
             yield
     except CurveError as e:
         fail(f"CURVE: {e}")
+
+
+@contextmanager
+def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
+    """Bind every local port the service will bind, now, before the engine loads, and hold them until it
+    binds them itself (``httpd.hold_port``); a port another program holds is an ``EndpointError`` naming
+    the setting (``endpoints_named`` names the flag). Leaving the block closes what was not taken over.
+
+    Why: each of ``--output``, ``--input`` (bound), ``--metrics-port`` and ``--viewer-port`` in use was
+    found only after seconds of engine load, after the banner had announced the service (audit h34).
+    A probe that binds and closes again would race with whoever binds next; the held socket is the
+    service's own (HTTP) or kept until libzmq's bind (``service.build.opening``). Port 0 and ``*``
+    (any free port) and ZeroMQ hosts that are interface or host names are left to the bind itself."""
+    from sbd_stream.config import IngestSettings, PublishSettings, SocketMode
+    from sbd_stream.httpd import IN_USE_HINT, ZMQ_IN_USE_HINT, binds_overlap, drop_held, hold_port
+    from sbd_stream.service.endpoint_error import EndpointError
+
+    wanted: list[tuple[str, str, tuple[object, ...], str, int, str]] = []
+    if s.metrics.enabled:
+        m = s.metrics
+        wanted.append(
+            ("metrics.port", f"{m.host}:{m.port}", ("http", m.host, m.port), m.host, m.port, IN_USE_HINT)
+        )
+    if s.viewer.enabled and s.publish.enabled:  # the viewer runs on the service's output (service/build.py)
+        v = s.viewer
+        wanted.append(
+            ("viewer.port", f"{v.host}:{v.port}", ("http", v.host, v.port), v.host, v.port, IN_USE_HINT)
+        )
+    zmq_wanted: list[tuple[str, PublishSettings | IngestSettings]] = []
+    zmq_wanted += [("publish.endpoint", s.publish)] if s.publish.enabled else []
+    zmq_wanted += [("ingest.endpoint", s.ingest)] if receiver else []
+    for setting, section in zmq_wanted:
+        address = tcp_address(section.endpoint) if section.mode is SocketMode.bind else None
+        if address is not None:
+            wanted.append((setting, section.endpoint, ("zmq", section.endpoint), *address, ZMQ_IN_USE_HINT))
+    with ExitStack() as held:
+        for i, (setting, where, key, host, port, hint) in enumerate(wanted):
+            try:
+                hold_port(key, host, port)
+            except OSError as e:
+                reason = e.strerror or str(e)
+                if e.errno == errno.EADDRINUSE:  # by another program, or by this command's own other port
+                    mine = [w[0] for w in wanted[:i] if w[4] == port and binds_overlap(w[3], host, port)]
+                    hint = f"the same port as {mine[0]}: give each its own" if mine else hint
+                    reason = f"{reason} ({hint})"
+                raise EndpointError(setting, where, reason) from e
+            finally:
+                held.callback(drop_held, key)
+        yield
+
+
+def tcp_address(endpoint: str) -> tuple[str, int] | None:
+    """(host, port) a ZeroMQ ``tcp://`` bind endpoint names, for ``hold_port``; None where libzmq alone
+    can say: another transport, port ``*`` or 0 (any free one), a host or interface name (``eth0``)."""
+    import ipaddress
+
+    scheme, _, address = endpoint.partition("://")
+    host, _, port = address.rpartition(":")
+    if scheme != "tcp" or not port.isdigit() or not 0 < int(port) <= 65535:  # others: endpoint_problem
+        return None
+    bare = host.strip("[]")
+    if bare == "*":
+        return "0.0.0.0", int(port)
+    if bare == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        return str(ipaddress.ip_address(bare)), int(port)
+    except ValueError:
+        return None
 
 
 MIN_OPEN_FILES = 64

@@ -8,6 +8,7 @@ stream would alternate between them, which no header of the merged stream shows 
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -104,7 +105,12 @@ class MergeService(BackgroundWorker):
                 apply_curve(self.pub, output_curve, binds=True, domain="sbd-merge-out")
             warn_if_exposed("merge output", output)
             self.pub.setsockopt(zmq.IPV6, ipv6_endpoint(output))
-            self.pub.bind(output)
+            try:
+                self.pub.bind(output)
+            except zmq.ZMQError as e:  # was "merge: Address already in use (addr='tcp://...')": no flag
+                raise MergeEndpointError(
+                    "--output", output, zmq.strerror(e.errno) if e.errno is not None else str(e), e.errno
+                ) from e
             self._handshakes = HandshakeWatch(self.pub, self._handshake_failed)
         except BaseException:
             self._finalize()
@@ -135,9 +141,9 @@ class MergeService(BackgroundWorker):
             detail = f"topic {msg.topic.decode()!r}: a detector's raw frame, not a serve --output's"
             self._malformed("unexpected_topic", detail, index)
             return
-        h = msg.header
-        self._engines(h.acq, h.engine, index)
-        self.send(self.buffer.push_frame(msg.topic, h.acq, h.seq, parts, now, h.ts))
+        fh = msg.header
+        self._engines(fh.acq, fh.engine, index)
+        self.send(self.buffer.push_frame(msg.topic, fh.acq, fh.seq, parts, now, fh.ts))
 
     def _malformed(self, reason: str, detail: str, index: int) -> None:
         self.metrics.malformed.labels(reason=reason).inc()
@@ -281,6 +287,38 @@ def status_line(svc: MergeService, elapsed: float) -> str:
     )
 
 
+class MergeEndpointError(OSError):
+    """``--output`` or ``--metrics-port`` cannot be bound: ``FLAG WHERE: reason``, as ``serve`` says it.
+
+    Why: a busy ``--output`` read "merge: Address already in use (addr='tcp://...')", naming no flag,
+    unlike ``serve``'s one line for the same fault (audit h34); a port in use now also says what to do
+    (``httpd.IN_USE_HINT``), or ``hint`` where the merge's own other port holds it."""
+
+    def __init__(
+        self, flag: str, where: str, reason: str, code: int | None = None, hint: str | None = None
+    ) -> None:
+        from sbd_stream.httpd import IN_USE_HINT, ZMQ_IN_USE_HINT
+
+        self.flag, self.where, self.reason, self.code = flag, where, reason, code
+        if code == errno.EADDRINUSE:
+            reason += f" ({hint or (IN_USE_HINT if flag == '--metrics-port' else ZMQ_IN_USE_HINT)})"
+        super().__init__(f"{flag} {where}: {reason}")
+
+
+def _output_on(output: str, host: str, port: int) -> bool:
+    """Whether binding the ZeroMQ endpoint ``output`` takes ``host:port`` too (the merge's own metrics
+    port): ``--output tcp://127.0.0.1:P --metrics-port P`` read "another sbd-stream?" (review h34)."""
+    from sbd_stream.httpd import binds_overlap
+
+    out_host, _, out_port = output.partition("://")[2].rpartition(":")
+    bare = out_host.strip("[]")
+    return (
+        out_port.isdigit()
+        and int(out_port) == port
+        and binds_overlap("" if bare == "*" else bare, host, port)
+    )
+
+
 _ANY_HOST = ("0.0.0.0", "*", "[::]", "::")
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -331,16 +369,24 @@ def run_merge(
 
         try:
             server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)
-        except OSError as e:
-            raise OSError(f"--metrics-port {metrics_port} ({metrics_host}): {e.strerror or e}") from e
+        except OSError as e:  # the port as given (the host is not an option here)
+            where = f"{metrics_port} ({metrics_host})"
+            raise MergeEndpointError("--metrics-port", where, e.strerror or str(e), e.errno) from e
     try:
         svc = MergeService(
             inputs, output, window, gap_timeout_s, first_seq, metrics=metrics, supervisor=sup,
             input_curve=input_curve, output_curve=output_curve,
         )  # fmt: skip
-    except BaseException:
+    except BaseException as e:
         if server is not None:
             server.close()
+            if (
+                isinstance(e, MergeEndpointError)
+                and e.code == errno.EADDRINUSE
+                and _output_on(output, metrics_host, server.port)
+            ):
+                hint = "the same port as --metrics-port: give each its own"  # not another program's
+                raise MergeEndpointError(e.flag, e.where, e.reason, e.code, hint) from e
         raise
     if server is not None:
         sup.spawn("metrics", server.run, name="sbd-merge-metrics")

@@ -22,11 +22,13 @@ from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode
 from sbd_stream.engines.card import live_engine
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
+from sbd_stream.httpd import drop_held
 from sbd_stream.metrics import Metrics
 from sbd_stream.metrics_summary import status_line, summary
 from sbd_stream.service.backlog import Backlog
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.batching import Batcher
+from sbd_stream.service.endpoint_error import EndpointError, RecordDirError
 from sbd_stream.service.evidence_history import EvidenceHistory
 from sbd_stream.service.pipeline import Intake, Pipeline, Source
 from sbd_stream.service.sink import PublisherSink, RecorderSink, Sink, ViewerSink
@@ -55,24 +57,6 @@ SourceFactory = Callable[[Intake, Supervisor], Source]
 """Makes the pipeline's source, given where its frames go (the intake) and the service's supervisor."""
 
 Stages = BatchStage | Denoiser | Sequence[BatchStage]
-
-
-class EndpointError(ValueError):
-    """A socket or port the settings name cannot be opened here: which setting, which address, why.
-
-    Why: a malformed ``--output foo``, a TOML endpoint without its ``tcp://``, a port another program
-    holds each ended ``serve`` in a ~100-line ZMQError / OSError traceback; the command prints this one
-    line instead (``setting`` lets it name the flag when the flag gave the value).
-    """
-
-    def __init__(self, setting: str, where: str, reason: str) -> None:
-        shown = where or '""'  # an empty endpoint is still shown as given
-        super().__init__(f"{setting} {shown}: {reason}")
-        self.setting, self.where, self.reason = setting, where, reason
-
-
-class RecordDirError(EndpointError):
-    """The record folder cannot be created or written (``record.directory``; ``sinks/writable.py``)."""
 
 
 def check_endpoints(s: ServiceSettings, receiver: bool = True) -> None:
@@ -109,11 +93,15 @@ def check_record_dir(s: ServiceSettings) -> None:
 
 @contextmanager
 def opening(setting: str, endpoint: str) -> Iterator[None]:
-    """A ZeroMQ bind / connect that fails (address in use, no such interface) as an ``EndpointError``."""
+    """A ZeroMQ bind / connect that fails (address in use, no such interface) as an ``EndpointError``.
+    The port's holder from before the engine loaded (``cli.service_start.holding_ports``) is closed first."""
+    drop_held(("zmq", endpoint))
     try:
         yield
     except zmq.ZMQError as e:
-        raise EndpointError(setting, endpoint, zmq.strerror(e.errno)) from e
+        raise EndpointError(
+            setting, endpoint, zmq.strerror(e.errno) if e.errno is not None else str(e)
+        ) from e
 
 
 def worker_specs(s: ServiceSettings) -> list[WorkerSpec]:
@@ -225,14 +213,23 @@ def build_pipeline(
         specs = [WorkerSpec(i, str(st.device), None) for i, st in enumerate(stages)]
     n_ev = first.evidence_frames  # one history for every worker: maps independent of who took a batch
     fan = intake.sinks
+
+    def results_out(res: Any) -> None:  # a worker hands each batch's results to every sink
+        for sink in fan:
+            sink.result(res)
+
+    def series_out(msg: Any) -> None:
+        for sink in fan:
+            sink.series_done(msg)
+
     pool = WorkerPool(
         stages,
         specs,
         batcher,
         m,
         sup,
-        lambda res: [sink.result(res) for sink in fan],
-        lambda msg: [sink.series_done(msg) for sink in fan],
+        results_out,
+        series_out,
         EvidenceHistory(n_ev) if n_ev > 0 else None,
         backlog,
         complete_batch=d.batch_frames,

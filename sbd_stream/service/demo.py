@@ -191,7 +191,7 @@ def run_demo(
     from sbd_stream.sources.emulator import FrameSource
     from sbd_stream.sources.emulator_process import EmulatorProcess
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     every = max(1, -(-emu_cfg.n_frames // max(1, truth_frames)))
     sample = {emu_cfg.first_seq + k for k in range(0, emu_cfg.n_frames, every)}
     emu = EmulatorProcess(emu_cfg)  # the detector: a process of its own, as a real one is a device

@@ -112,7 +112,7 @@ def frame_time(h: FrameHeader, series: dict[str, Any]) -> dict[str, Any]:
     known = isinstance(t0, float | int) and not isinstance(t0, bool) and t0 <= h.ts
     return {
         "ts": h.ts,
-        "since_start_s": (h.ts - t0) if known else None,
+        "since_start_s": (h.ts - t0) if known and t0 is not None else None,
         "exposure_s": h.exposure_s,
     }
 
