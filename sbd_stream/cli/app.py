@@ -11,13 +11,92 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+
+class _Refused(Exception):
+    """A click usage error on its way past typer's own report (a rich box) to ``OneLineUsageErrors.main``.
+
+    Not a ``ClickException``, so typer's handler lets it through; ``error`` is click's exception."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_click_error(e: BaseException) -> bool:
+    """A ``ClickException`` of whichever click typer uses (0.29 vendors its own as ``typer._click``:
+    duck-typed by class name, as typer itself tells ``NoArgsIsHelpError``). ``NoArgsIsHelpError`` is not
+    one here: it prints the help, as before."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return "ClickException" in names and "NoArgsIsHelpError" not in names
+
+
+def usage_error_line(e: Exception) -> str:
+    """click's message on one line, and where the help is: ``Invalid value for '--evidence-frames':
+    Input should be less than or equal to 16 (try 'sbd-stream demo --help')`` (after ``error: ``)."""
+    told = getattr(e, "format_message", None)
+    text = told() if callable(told) else str(e)
+    msg = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        msg += f" (try '{ctx.command_path} {max(ctx.command.get_help_option_names(ctx), key=len)}')"
+    return msg
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The app's group: a usage error (an option out of its range, a bad choice, a missing argument, an
+    unknown option or command) is one line ``error: ...``, its status click's own (2).
+
+    Why: typer drew click's report as a ``Usage:`` line, a hint and a rich box that wrapped a long message
+    mid-word across box lines: no ``error:`` line to grep for in a log, box characters in a systemd journal,
+    unlike every other refusal of both CLIs (``fail``). Caught here, on the group, so the console scripts,
+    ``python -m`` and ``typer.testing.CliRunner`` all print the same line. With ``standalone_mode=False``
+    the caller gets click's exception, as before; ``--help``, no arguments (the help, status 2),
+    ``typer.Exit``, ``Abort`` and Ctrl-C (130) go by untouched.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except Exception as e:
+            if _is_click_error(e):
+                raise _Refused(e) from None
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # a subcommand's parse, or a typer.BadParameter raised by a command
+            if _is_click_error(e):
+                raise _Refused(e) from None
+            raise
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        except _Refused as refused:
+            if not standalone_mode:  # the caller's to report, with its own cause (not ``_Refused``)
+                raise refused.error from refused.error.__cause__
+            say_error(usage_error_line(refused.error))
+            sys.exit(getattr(refused.error, "exit_code", 2))
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help=(
         "Real-time simulation-based denoising of counted TEM frames.\n\n"
         "Start with `sbd-stream demo` (no microscope needed), `sbd-stream denoise IN OUT` for files, "
@@ -62,9 +141,7 @@ FLAG_OF_SETTING = {
 """Settings the command-line flags set, so an error names the flag the user typed."""
 
 
-def settings_error(
-    e: Exception, flags: dict[str, str] | None = None, from_flags: set[str] | None = None
-) -> str:
+def settings_error(e: object, flags: dict[str, str] | None = None, from_flags: set[str] | None = None) -> str:
     """A pydantic ValidationError as one line per problem: the flag (or setting), why, the value given.
 
     ``flags`` maps a command's own settings (``draws``) to its flags (``--draws``), beside the service's.
@@ -106,6 +183,13 @@ def fail(msg: str) -> NoReturn:
     a full disk) the write's OSError escaped from here, and the command ended in status 1 (click's
     answer to an uncaught error, its traceback lost with stderr) instead of the documented 2.
     """
+    say_error(msg)
+    raise typer.Exit(2)
+
+
+def say_error(msg: str) -> None:
+    """``error: msg`` on stderr, red on a colour terminal; dropped where stderr cannot take it (the
+    caller's status then says it: ``fail``'s 2, a usage error's own)."""
     try:
         if colour_wanted():
             typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
@@ -113,7 +197,6 @@ def fail(msg: str) -> NoReturn:
             typer.echo(f"error: {msg}", err=True)
     except (OSError, ValueError):  # ValueError: a closed file; the line is lost with stderr
         pass
-    raise typer.Exit(2)
 
 
 def colour_wanted() -> bool:
@@ -267,6 +350,8 @@ def unprinted_errors_keep_their_status() -> Iterator[None]:
     Why: click reports a ``ClickException`` (``--bogus``, a missing argument) by writing it to stderr;
     that write's OSError escaped with the exception as its context, and the interpreter's answer to an
     uncaught error, status 1, replaced the documented 2 (``fail`` guards its own line the same way).
+    Usage errors now go through ``OneLineUsageErrors`` and ``say_error``, which drops a line stderr cannot
+    take; this stays for a report typer still prints itself (a click exception outside the group's reach).
     """
     try:
         yield

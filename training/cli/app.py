@@ -3,9 +3,11 @@
 
 import typer
 
+from sbd_stream.cli.app import OneLineUsageErrors
 from training.cli.errors import TRACEBACK
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,  # a usage error in one line `error: ...`, as `sbd-stream`'s
     help="Simulate training data, train large-field-of-view UNets, evaluate them and build engines.",
     no_args_is_help=True,
     add_completion=False,
