@@ -10,7 +10,8 @@ documented default applies). A plain zarr array of (n, H, W) or (H, W) is read a
 Bounded: the shape is checked by ``stacks._check`` before any read, and a chunk may not decode to more
 than half the machine's memory (``imread_cap``): a batch decodes every chunk it touches, whole.
 Every file of the store is read through ``stack_zarr_guard.GuardedStore`` (a regular file of a bounded
-size, each chunk's codec header checked against the chunk before numcodecs allocates what it declares),
+size, each chunk's codec header checked against the chunk before numcodecs allocates what it declares;
+gzip / zlib / bz2 / lzma chunks decoded once, stopped past the chunk's size: ``stack_zarr_bounded``),
 and a store declaring far more frames than it holds chunk files for is refused (``_stored_problem``).
 A chunk that cannot be read or decoded is one ``StackError`` naming the store and the frames.
 """
@@ -28,6 +29,7 @@ from sbd_stream.formats.limits import sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_headers import StackError, imread_cap
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
+from sbd_stream.sources.stack_zarr_bounded import bounded_array
 from sbd_stream.sources.stack_zarr_guard import GuardedStore, chunk_check
 
 __all__ = ["ZARR_MARKERS", "ZarrFrames", "is_zarr_store", "open_zarr"]
@@ -72,6 +74,7 @@ def open_zarr(path: Path, dataset: str | None) -> tuple[ZarrFrames, str, dict[st
         node = zarr.open(store=store, mode="r")
         name, arr, group = _array(node, dataset, path)
         store.check = chunk_check(arr)  # before any chunk is read: its codec's decoded size can be bounded
+        arr = bounded_array(arr, store.check)  # gzip / zlib / bz2 / lzma: decoded once, bounded
         chunk_bytes = math.prod(int(c) for c in arr.chunks) * np.dtype(arr.dtype).itemsize
     except StackError:
         raise
