@@ -19,7 +19,8 @@ from pathlib import Path
 import h5py
 import pytest
 import zmq
-from conftest import free_port, hup_default, service_metric, wait_until
+from conftest import free_port, service_metric, wait_until
+from helpers_procs import child_processes, kill_if_running, start_piped
 
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
@@ -60,12 +61,6 @@ def _int_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-
-
 @pytest.mark.timeout(240)
 def test_sighup_drains_serve_and_closes_the_recording(tmp_path: Path, tiny_engine_dir: Path) -> None:
     """A closed terminal or ssh session (SIGHUP) stopped `serve` at once (exit 129): nothing drained,
@@ -85,16 +80,14 @@ def test_sighup_drains_serve_and_closes_the_recording(tmp_path: Path, tiny_engin
         "--metrics-port", str(metrics_port), "--policy", "lossless", "--compression", "none",
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_default
-    )
+    proc = start_piped(cmd, env=env)
     try:
         assert emu.run() == 20
         assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_received_total") == 20, 60)
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=60)
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
         emu.close()
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out[out.index("{") :])
@@ -114,9 +107,7 @@ def test_a_second_signal_after_the_summary_keeps_the_clean_exit(tmp_path: Path, 
         *CLI, "serve", "--no-record", "--input", f"tcp://127.0.0.1:{free_port(ctx)}",
         "--output", "tcp://127.0.0.1:*", "--metrics-port", "0",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=hup_default
-    )
+    proc = start_piped(cmd, cwd=tmp_path)
     try:
         err = Lines(proc.stderr)
         assert err.wait_for("serving:"), err.text
@@ -128,7 +119,7 @@ def test_a_second_signal_after_the_summary_keeps_the_clean_exit(tmp_path: Path, 
         rest = proc.stdout.read()
         proc.wait(60)
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == 0, err.text[-2000:]
     assert "frames_received" in rest
 
@@ -154,13 +145,7 @@ STOPPING = textwrap.dedent(
 def test_a_second_signal_is_logged_and_a_third_ends_the_process(sig: int) -> None:
     """While a stop drains, a second signal is only logged (the drain goes on); a third ends the process
     at once by that signal, the way out of a long drain. Before, every further signal was absorbed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STOPPING],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=hup_default,
-    )
+    proc = start_piped([sys.executable, "-c", STOPPING])
     try:
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         assert out.wait_for("ready", 60), err.text
@@ -172,7 +157,7 @@ def test_a_second_signal_is_logged_and_a_third_ends_the_process(sig: int) -> Non
         proc.send_signal(sig)
         proc.wait(10)
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == -sig, err.text
     assert "drained" not in out.text
 
@@ -182,13 +167,11 @@ def test_nohup_keeps_sighup_ignored() -> None:
     """``nohup sbd-stream serve`` outlives the terminal: a SIGHUP ignored from the start stays ignored
     (handling it now would have turned nohup's protection into a stop); SIGTERM still stops."""
     script = STOPPING.replace("time.sleep(60)", "time.sleep(0)")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
-    )
+
+    def nohup() -> None:  # in the child: what nohup does
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = start_piped([sys.executable, "-c", script], preexec_fn=nohup)
     try:
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         assert out.wait_for("ready", 60), err.text
@@ -198,7 +181,7 @@ def test_nohup_keeps_sighup_ignored() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == 0 and "drained" in out.text, err.text
 
 
@@ -234,15 +217,14 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
     0 of 40 with Ctrl-C held over those imports, ``sbd_stream.sigint_hold``)."""
     whole = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
     for delay in (0.05, 0.1, 0.2, 0.3, 0.35, 0.5, 0.7, 0.9):
-        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        proc = subprocess.Popen(cmd, **pipes, cwd=tmp_path, preexec_fn=_int_default)
+        proc = start_piped(cmd, cwd=tmp_path, preexec_fn=_int_default)
         try:
             assert wait_until(lambda p=proc: _has_mapped(p.pid, loaded) or p.poll() is not None, 60)
             time.sleep(delay)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
         finally:
-            _kill(proc)
+            kill_if_running(proc, timeout=10)
         if proc.returncode == 0 and delay > 0.05:
             continue  # done before the signal: nothing left to interrupt
         if proc.returncode == -signal.SIGINT and not err and out == whole and delay > 0.05:
@@ -254,14 +236,6 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
         # "interrupted" (our entry), or nothing: a Ctrl-C after the imports, inside the command, is
         # typer's own (exit 130, a blank line); the later delays reach it on a quiet machine
         assert not err.strip() or err.strip().splitlines()[-1] == "interrupted", err
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
 
 
 def _alive(pid: int) -> bool:
@@ -296,19 +270,17 @@ def _demo_sending(tmp_path: Path, engine: Path):
         "--no-likelihood", "--model", str(engine), "--engine", "onnxruntime",
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp), "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=hup_default
-    )
+    proc = start_piped(cmd, env=env)
     kids: list[int] = []
     try:
         err = Lines(proc.stderr)
         sending = wait_until(lambda: any(_received(ln) >= 1 for ln in err.lines), 180)
         assert sending, err.so_far()  # the status line: the series is being sent and received
-        kids = _children(proc.pid)
+        kids = [pid for pid, _ in child_processes(proc.pid)]
         assert kids and list(tmp.glob("sbd-demo-*")), err.text
         yield proc, err, kids, tmp
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
         for kid in kids:
             if _alive(kid):
                 os.kill(kid, signal.SIGKILL)
@@ -378,9 +350,7 @@ def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine
     out = tmp_path / "out"
     cmd = [*CLI, "replay", str(recording), "--realtime", "--record-dir", str(out),
            "--model", str(tiny_engine_dir), "--engine", "onnxruntime", "--pixel-size", "0.3"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=hup_default
-    )
+    proc = start_piped(cmd)
     try:
         out_lines, err_lines = Lines(proc.stdout), Lines(proc.stderr)
         # the recorder opens its file with the first raw frame: frames are being fed
@@ -393,7 +363,7 @@ def test_a_signalled_replay_closes_its_new_recording(tmp_path: Path, tiny_engine
         # way it changed nothing. Requiring the log line made the test fail whenever the drain was done.
         assert "already stopping" in err_lines.text or "ending now" not in err_lines.text
     finally:
-        _kill(proc)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == 0, err_lines.text[-2000:]
     assert "Traceback" not in err_lines.text
     fed = json.loads(out_lines.text)["frames_fed"]

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, service_metric, wait_until
+from helpers_procs import kill_if_running
 
 from sbd_stream.config import DetectorSettings, LikelihoodSettings
 from sbd_stream.engines.card import default_engine_root, live_engine
@@ -78,9 +79,7 @@ def _finish(proc: subprocess.Popen, log: Path, sig: int | None = signal.SIGTERM)
     try:
         proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
@@ -123,9 +122,7 @@ def _serve(
         assert wait_until(lambda: service_metric(metrics, "sbd_frames_received_total") == total, 60)
         _finish(proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         push.close(0)
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import zmq
-from conftest import free_port, hup_default
+from conftest import free_port
+from helpers_procs import kill_if_running, start_piped
 
 
 @pytest.mark.timeout(180)
@@ -34,15 +34,7 @@ def test_the_banner_says_where_the_output_is(
         sys.executable, "-m", "sbd_stream", "serve", "--no-record", "--metrics-port", "0",
         "--input", f"tcp://127.0.0.1:{free_port(zmq.Context.instance())}",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        preexec_fn=hup_default,
-    )
+    proc = start_piped(cmd, cwd=tmp_path, env={**os.environ, **env})
     try:
         banner = ""
         for line in proc.stderr:  # the banner comes once the engine has loaded
@@ -52,9 +44,7 @@ def test_the_banner_says_where_the_output_is(
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
     assert said in banner, banner
     assert not_said not in banner, banner
     assert proc.returncode == 0

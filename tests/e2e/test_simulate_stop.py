@@ -16,20 +16,13 @@ from pathlib import Path
 import h5py
 import pytest
 from conftest import wait_until
+from helpers_procs import own_group_signals_default
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("abtem") is None, reason="needs the 'train' extra (abTEM)"),
 ]
-
-
-def _own_group_signals_default() -> None:
-    """In the child: its own process group (the test signals that group, not pytest's) and SIGINT /
-    SIGTERM / SIGHUP at their defaults, as from an interactive shell."""
-    os.setpgid(0, 0)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -40,7 +33,7 @@ def test_a_stopped_simulation_says_what_it_kept_in_one_line_without_dask_noise(
     proc = subprocess.Popen(
         [sys.executable, "-m", "training.cli", "simulate", "--preset", "tiny", "--out", str(out),
          "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_own_group_signals_default,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=own_group_signals_default,
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)

@@ -18,33 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_procs import child_processes, kill_if_running, own_group_signals_default
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc"),
 ]
-
-
-def _children(pid: int) -> list[tuple[int, bytes]]:
-    """(pid, command line) of the processes whose parent is ``pid``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            found.append((int(d.name), cmd))
-    return found
-
-
-def _as_in_a_terminal() -> None:  # runs in the child before exec: its own group, Ctrl-C not ignored
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_to_the_group_while_the_emulator_starts_is_a_clean_stop(
@@ -55,23 +35,21 @@ def test_ctrl_c_to_the_group_while_the_emulator_starts_is_a_clean_stop(
     args += ["--no-record"]
     err = tmp_path / "err.txt"
     with err.open("w") as e:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=e, preexec_fn=_as_in_a_terminal)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=e, preexec_fn=own_group_signals_default)
     try:
         child = None
         while child is None and proc.poll() is None:  # the emulator's child, just spawned: still importing
-            child = next((p for p, cmd in _children(proc.pid) if b"emulator_process" in cmd), None)
+            child = next((p for p, cmd in child_processes(proc.pid) if b"emulator_process" in cmd), None)
             time.sleep(0.002)
         assert child is not None, err.read_text()
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         out, _ = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
     said = err.read_text()
     assert proc.returncode == 0, said[-3000:]  # was 1, "EmulatorExited: ... killed by signal 2"
     assert "Traceback" not in said and "EmulatorExited" not in said, said[-3000:]
     assert "SIGINT: stopping" in said
     summary = json.loads(out)
     assert summary["frames_sent"] < 400  # stopped, not run to its end
-    assert not _children(proc.pid)
+    assert not child_processes(proc.pid)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_settings
+from helpers_procs import child_processes
 
 import sbd_stream.service.demo as demo
 from sbd_stream.engines.denoiser import Denoiser
@@ -38,18 +39,7 @@ def ctrl_c_raises() -> Iterator[None]:
 
 def _emulator_children() -> list[int]:
     """Emulator child processes of this process still alive (or not reaped)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and b"emulator_process" in cmd:
-            found.append(int(d.name))
-    return found
+    return [pid for pid, cmd in child_processes(os.getpid()) if b"emulator_process" in cmd]
 
 
 def _sbd_threads() -> set[threading.Thread]:

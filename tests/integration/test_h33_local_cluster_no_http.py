@@ -15,38 +15,13 @@ import glob
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from sbd_stream.service.offline_cluster import start_client
+from helpers_cluster import offline_client, simulate_client
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def _offline_client() -> Iterator[Any]:
-    """The client ``replay --offline --scheduler local`` runs its job through (2 worker processes)."""
-    with ExitStack() as stack:
-        client, _, _ = start_client("local", 2, 4, False, stack)
-        yield client
-
-
-@contextmanager
-def _simulate_client(workers: int) -> Iterator[Any]:
-    """The client ``sbd-train simulate --workers N`` runs its tasks through."""
-    from training.sim.simulate import _client
-
-    client = _client(None, workers)
-    try:
-        yield client
-    finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
 
 
 def _process_tree(root: int) -> list[int]:
@@ -108,7 +83,7 @@ def _wait_for(path: str) -> str:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     "factory",
-    [_offline_client, lambda: _simulate_client(2), lambda: _simulate_client(1)],
+    [offline_client, lambda: simulate_client(2), lambda: simulate_client(1)],
     ids=["replay-offline", "simulate-2-workers", "simulate-in-process"],
 )
 def test_no_port_of_a_running_local_cluster_answers_plain_http(factory: Callable, tmp_path: Path) -> None:

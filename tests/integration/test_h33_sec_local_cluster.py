@@ -14,46 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+from helpers_cluster import offline_client, simulate_client
 
 from sbd_stream.config import DenoiseSettings
 from sbd_stream.service import offline_dask as od
 from sbd_stream.service.offline import denoise_file
-from sbd_stream.service.offline_cluster import start_client
 
 pytestmark = pytest.mark.integration
 
 ATTACK_TIMEOUT = "3s"  # how long the attacker's connect retries; refused ports fail within it
-
-
-@contextmanager
-def _offline_client() -> Iterator[Any]:
-    """The client ``replay --offline --scheduler local`` runs its job through (2 worker processes)."""
-    with ExitStack() as stack:
-        client, n, _ = start_client("local", 2, 4, False, stack)
-        assert n == 2
-        yield client
-
-
-@contextmanager
-def _simulate_client() -> Iterator[Any]:
-    """The client ``sbd-train simulate --workers 2`` runs its tasks through."""
-    from training.sim.simulate import _client
-
-    client = _client(None, 2)
-    try:
-        yield client
-    finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
 
 
 def _plain(address: str) -> str:
@@ -82,7 +58,9 @@ async def _identity(address: str) -> dict:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("factory", [_offline_client, _simulate_client], ids=["replay-offline", "simulate"])
+@pytest.mark.parametrize(
+    "factory", [offline_client, lambda: simulate_client(2)], ids=["replay-offline", "simulate"]
+)
 def test_a_local_cluster_refuses_a_client_without_its_certificates(factory: Callable) -> None:
     from distributed.security import Security
 

@@ -14,6 +14,7 @@ import sys
 import pytest
 import zmq
 from conftest import free_port, service_metric, wait_until
+from helpers_procs import kill_if_running
 
 from sbd_stream.protocol import ipv6_endpoint
 from sbd_stream.service.demo import Collector
@@ -78,9 +79,7 @@ def test_serve_and_emulate_over_ipv6_loopback(tiny_engine_dir) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc, timeout=10)
         if col is not None:
             col.close()
         emu.close()

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import PROBE_ACQ, free_port, handshake, wait_until
+from helpers_procs import kill_if_running
 
 from sbd_stream.merge import MergeService
 from sbd_stream.protocol import (
@@ -165,7 +166,5 @@ def test_a_fresh_merge_exports_its_labelled_counters_at_zero() -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == 0, err[-2000:]

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import free_port, wait_until
+from helpers_procs import kill_if_running
 from test_offline_dask import SBD, _assert_same_output, _group_gone, _record, _stack
 from typer.testing import CliRunner
 
@@ -151,9 +152,7 @@ def test_an_output_that_appears_during_the_job_is_not_replaced_without_overwrite
         out.write_text("someone else's file")
         _, err = proc.communicate(timeout=200)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc, timeout=10)
     assert proc.returncode == 2, err[-3000:]
     (line,) = _error_lines(err)
     assert f"{out} appeared while this job ran" in line and "--overwrite" in line

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from helpers_procs import kill_if_running, start_piped
 from test_offline_dask import SBD, _group_gone, _stack
 
 pytestmark = pytest.mark.integration
@@ -25,21 +26,19 @@ pytestmark = pytest.mark.integration
 N = 480
 
 
-def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tuple[int, str, int]:
-    """Run the CLI, signal it once a chunk is written; (exit status, stderr, frames_done then)."""
-    cmd = [
+def _denoise_cmd(inp: Path, out: Path, engine: Path) -> list[str]:
+    """The job signalled, and the same command run again to resume it."""
+    return [
         SBD, "denoise", str(inp), str(out), "--model", str(engine), "--engine", "onnxruntime",
         "--scheduler", "local", "--dask-workers", "2", "--batch", "2", "--chunk-frames", "8",
     ]  # fmt: skip
+
+
+def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tuple[int, str, int]:
+    """Run the CLI, signal it once a chunk is written; (exit status, stderr, frames_done then)."""
+    cmd = _denoise_cmd(inp, out, engine)
     side = Path(f"{out}.partial.json")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # a suite run under nohup
-    )
+    proc = start_piped(cmd, start_new_session=True)  # its own group: the client and the cluster's workers
     done = 0
     try:
         while proc.poll() is None and done == 0:
@@ -54,9 +53,7 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        kill_if_running(proc, group=True, timeout=10)  # the client and the cluster's workers
         assert _group_gone(proc.pid), "dask processes outlived the stopped client"
     return proc.returncode, err, done
 
@@ -90,10 +87,7 @@ def test_a_signal_stops_the_job_cleanly_and_the_same_command_resumes(
     with h5py.File(f"{out}.partial", "r") as f:
         assert f["denoised"].shape[0] == N
     if group:  # the rerun: goes on from there (bit-identity after a resume: test_offline_dask.py)
-        cmd = [
-            SBD, "denoise", str(inp), str(out), "--model", str(binning_engine_dir), "--engine", "onnxruntime",
-            "--scheduler", "local", "--dask-workers", "2", "--batch", "2", "--chunk-frames", "8",
-        ]  # fmt: skip
+        cmd = _denoise_cmd(inp, out, binning_engine_dir)  # the same command
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, start_new_session=True)
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout[r.stdout.index("{") :])["resumed_from"] == stopped_at

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, service_metric, wait_until
+from helpers_procs import kill_if_running
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
@@ -75,9 +76,7 @@ def test_an_announcement_wins_and_a_colliding_meta_key_is_kept(tmp_path: Path, t
         proc.wait(timeout=120)
         assert proc.returncode == 0, log.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         push.close(0)
 
     with open_recording(rec / f"{ACQ}.nxs") as f:

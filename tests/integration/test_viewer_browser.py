@@ -13,13 +13,12 @@ test is about what the viewer shows, not about denoising quality (tests/e2e/test
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import zmq
-from conftest import ci_provided, require_module
+from helpers_browser import headless_chromium, needs_chromium
 
 from sbd_stream.config import load_settings
 from sbd_stream.engines.card import DEFAULT_ENGINE, default_engine_root
@@ -30,27 +29,6 @@ from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = require_module("selenium.webdriver", "selenium is in the dev extra")
-
-CHROME_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-features=Translate,OptimizationHints,MediaRouter",
-    "--window-size=1440,860",
-)
-
-
 SAMPLES = Path(__file__).resolve().parents[2] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
 
 
@@ -59,7 +37,6 @@ def _denoiser() -> Denoiser:
     return Denoiser.load(engine="onnxruntime", engine_dir=default_engine_root() / DEFAULT_ENGINE)
 
 
-@pytest.mark.timeout(480)
 def _number(text: str) -> float:
     """The page's figure as a number; 0 for a placeholder ("", "–") not yet filled in."""
     try:
@@ -68,13 +45,10 @@ def _number(text: str) -> float:
         return 0.0
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None, reason=ci_provided("chromium / chromium-driver not installed")
-)
+@needs_chromium
 @pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
+@pytest.mark.timeout(480)  # was on the helper above, where it did nothing
 def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
-    from selenium.webdriver.chrome.service import Service
-
     # what `sbd-stream demo --viewer` shows: 1024 x 1024 frames (a 256 px corner is vacuum, no columns)
     update = os.environ.get("SBD_UPDATE_SCREENSHOT") == "1"
     side = 1024
@@ -107,49 +81,41 @@ def test_viewer_page_shows_live_images_and_metrics(tmp_path: Path) -> None:
     pipe = build_pipeline(settings, _denoiser(), context=ctx)
     pipe.start()
     viewer = pipe.viewer
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        opts.add_argument(flag)
-    driver = None
     try:
         emu.start()
-        driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
-        driver.set_page_load_timeout(60)
-        driver.get(viewer.url)
+        with headless_chromium(tmp_path) as driver:
+            driver.get(viewer.url)
 
-        def state() -> dict:
-            return driver.execute_script("return window.sbdStatus")
+            def state() -> dict:
+                return driver.execute_script("return window.sbdStatus")
 
-        seen: dict[str, set[int]] = {"raw": set(), "denoised": set(), "llr": set()}
-        paired = 0  # updates where the raw panel shows the same frame as the denoised one
-        end = time.monotonic() + 240  # a loaded 2-core machine takes a minute to start the engine
-        while time.monotonic() < end:
+            seen: dict[str, set[int]] = {"raw": set(), "denoised": set(), "llr": set()}
+            paired = 0  # updates where the raw panel shows the same frame as the denoised one
+            end = time.monotonic() + 240  # a loaded 2-core machine takes a minute to start the engine
+            while time.monotonic() < end:
+                st = state()
+                for k in seen:
+                    if k in st["seq"]:
+                        seen[k].add(st["seq"][k])
+                paired += int("raw" in st["seq"] and st["seq"]["raw"] == st["seq"].get("denoised"))
+                metrics_text = driver.find_element("id", "m-in").text
+                updated = all(len(v) >= 3 for v in seen.values())
+                if updated and paired > 0 and _number(metrics_text) > 0:  # 0.0: no frame between two
+                    break  # scrapes (a stall on a loaded machine: the page is right to say so); wait
+                time.sleep(0.25)
             st = state()
-            for k in seen:
-                if k in st["seq"]:
-                    seen[k].add(st["seq"][k])
-            paired += int("raw" in st["seq"] and st["seq"]["raw"] == st["seq"].get("denoised"))
-            metrics_text = driver.find_element("id", "m-in").text
-            updated = all(len(v) >= 3 for v in seen.values())
-            if updated and paired > 0 and _number(metrics_text) > 0:  # 0.0: no frame between two
-                break  # scrapes (a stall on a loaded machine: the page is right to say so); wait
-            time.sleep(0.25)
-        st = state()
-        assert all(len(v) >= 3 for v in seen.values()), f"images did not update: {seen}"
-        assert st["errors"] == 0
-        assert paired > 0, "the raw panel never showed the frame of the denoised panel"
-        assert float(driver.find_element("id", "m-in").text) > 0  # input rate from Prometheus
-        assert driver.find_element("id", "acq").text == emu.cfg.acq
-        _check_steering_aids(driver, side)
-        # the committed docs/viewer.png is refreshed only on request, so a test run leaves the tree clean
-        out = ROOT / "docs" / "viewer.png" if update else tmp_path / "viewer.png"
-        out.parent.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(out))
-        assert out.stat().st_size > 20_000
+            assert all(len(v) >= 3 for v in seen.values()), f"images did not update: {seen}"
+            assert st["errors"] == 0
+            assert paired > 0, "the raw panel never showed the frame of the denoised panel"
+            assert float(driver.find_element("id", "m-in").text) > 0  # input rate from Prometheus
+            assert driver.find_element("id", "acq").text == emu.cfg.acq
+            _check_steering_aids(driver, side)
+            # the committed docs/viewer.png is refreshed only on request, so a test run leaves the tree clean
+            out = ROOT / "docs" / "viewer.png" if update else tmp_path / "viewer.png"
+            out.parent.mkdir(exist_ok=True)
+            assert driver.save_screenshot(str(out))
+            assert out.stat().st_size > 20_000
     finally:
-        if driver is not None:
-            driver.quit()
         emu.close()
         viewer.close()
         pipe.stop()

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from conftest import ci_provided
-from test_viewer_browser import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM, webdriver
+from helpers_browser import headless_chromium, needs_chromium
 
 from sbd_stream.config import ViewerSettings
 from sbd_stream.protocol import TOPIC_DENOISED, encode_frame
@@ -96,21 +95,10 @@ def test_a_blank_frame_is_marked_blank(fed: tuple[Viewer, zmq.Socket]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None, reason=ci_provided("chromium / chromium-driver not installed")
-)
+@needs_chromium
 def test_the_page_says_the_frame_shown_is_not_current(tmp_path: Path, fed: tuple[Viewer, zmq.Socket]) -> None:
-    from selenium.webdriver.chrome.service import Service
-
     viewer, pub = fed
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        opts.add_argument(flag)
-    driver = None
-    try:
-        driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
-        driver.set_page_load_timeout(60)
+    with headless_chromium(tmp_path) as driver:
         driver.get(viewer.url)
         text = lambda i: driver.find_element("id", i).text  # noqa: E731
         _send_until_shown(viewer, pub, "live", 10)
@@ -125,6 +113,3 @@ def test_the_page_says_the_frame_shown_is_not_current(tmp_path: Path, fed: tuple
             time.sleep(0.2)
         assert "blank frame: no beam" in text("cap-denoised")
         assert text("stale") == ""  # frames came again
-    finally:
-        if driver is not None:
-            driver.quit()
