@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh clone (each installs what it needs first):
 #   make demo   - the main job: emulated detector -> live denoising service -> subscriber, on CPU
-#   make test   - the test suite (what CI runs)
+#   make test   - lint (ruff, mypy), then the test suite (what CI runs)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
@@ -25,9 +25,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sbd-stream demo
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy  # the type gate: sbd_stream, training, benchmarks ([tool.mypy] in pyproject.toml)
+
+test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -22,7 +22,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import hdf5plugin
@@ -57,6 +59,7 @@ def _run_ingest(kind: str, pool: list[np.ndarray], n: int) -> dict:
         if len(got) == n:
             done.set()
 
+    msgs: list[Sequence[bytes | memoryview]]
     if kind == "dectris-v1-bslz4":
         out = ctx.socket(zmq.PUSH)
         out.setsockopt(zmq.SNDHWM, 8)
@@ -72,7 +75,8 @@ def _run_ingest(kind: str, pool: list[np.ndarray], n: int) -> dict:
             None,
             ctx,
         )
-        msgs = [v1_header(1, None, "none")] + [v1_frame(pool[i % len(pool)], 1, i) for i in range(n)]
+        msgs = [v1_header(1, None, "none")]
+        msgs += [v1_frame(pool[i % len(pool)], 1, i) for i in range(n)]
         msgs.append(v1_end(1))
     else:
         out = ctx.socket(zmq.PUB)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = a.out or default_out(a.dtype)
     pool = _pool(a.dtype)
     chunk_len = len(codec.compress_framed(pool[0], "bslz4"))
-    result = {
+    result: dict[str, Any] = {
         "command": f"{CMD} --frames {a.frames} --dtype {a.dtype}"
         + (f" --out {shlex.quote(str(a.out))}" if a.out else ""),
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,8 +29,10 @@ from sbd_stream.engines import available_kinds
 from sbd_stream.engines.card import load_card, load_torch_model, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
 
+T = TypeVar("T")
 
-def timed(fn, repeats: int) -> tuple[float, object]:
+
+def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
     out = fn()  # warm-up: allocations, plan caches, ORT graph optimisation
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -75,7 +80,7 @@ def main() -> None:
             continue
         for tile in tiles if kind != "torch" else [None]:
             den = Denoiser.load(kind, engine_dir, tile=tile)
-            dt, out = timed(lambda den=den: den.denoise(frames), args.repeats)
+            dt, out = timed(partial(den.denoise, frames), args.repeats)
             plan = den.plan(s, s)
             rows.append(
                 {

@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         h, w = (int(v) for v in size.lower().split("x"))
         for name, data in cases((h, w)).items():
             _, meta = clean_pixels(data, hot)
-            ms = median_ms(lambda d=data: clean_pixels(d, hot), args.repeats)
+            ms = median_ms(partial(clean_pixels, data, hot), args.repeats)
             rows.append({"frame": f"{h}x{w}", "case": name, "ms": ms, "share_of_25ms": ms / 25.0,
                          "flags": ",".join(f"{k}={v}" for k, v in meta.items()) or "-"})  # fmt: skip
     print(table(rows, ["frame", "case", "ms", "share_of_25ms", "flags"]))

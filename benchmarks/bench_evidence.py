@@ -64,13 +64,17 @@ def measure(
     s = LikelihoodSettings(enabled=True, evidence_frames=n, column_model=model, column_radius_A=radius,
                            log_sigma_A=DETECTION_SIGMA_A)  # fmt: skip
     stage, history = BatchStage(den, DetectorSettings(), s), EvidenceHistory(n)
-    results = []
+    scored: list[np.ndarray] = []  # per frame, its columns
     for k, counts in enumerate(raw):
         f = Frame(FrameHeader("scene", k, time.time(), SHAPE, "uint16"), counts)
-        results.append(stage.process([f], history.take([f])))
+        columns = stage.process([f], history.take([f])).columns
+        assert columns is not None  # the likelihood is enabled
+        scored.append(columns[0])
     assert src.player is not None
+    expected, event_truth = src.truth(0), src.player.event_truth()
+    assert expected is not None and event_truth is not None  # a scene with its event
     ref = LikelihoodSettings(enabled=True)
-    clean = bin_counts(torch.from_numpy(src.truth(0)[None].copy()), BIN)
+    clean = bin_counts(torch.from_numpy(expected[None].copy()), BIN)
     clean_xy = LikelihoodStage(ref.at_pixel(PIXEL_A * BIN), "cpu")(clean, clean).columns[0].positions.numpy()
     clean_xy = clean_xy * BIN + (BIN - 1) / 2
     cols_model = src.player.columns(0)
@@ -82,7 +86,7 @@ def measure(
     truth, lam0 = clean[0].numpy(), src.cfg.dose * BIN * BIN
     off = disk_offsets(radius / (PIXEL_A * BIN))
     for k in range(n, EVENT):
-        cols = results[k].columns[0]
+        cols = scored[k]
         j, d = nearest(cols, clean_xy)
         real, pos = d < MATCH_PX, cols[:, 2] > 0
         _, dm = nearest(cols, cols_model["xy"])
@@ -90,17 +94,17 @@ def measure(
         real_n, real_pos = real_n + int(real.sum()), real_pos + int((real & pos).sum())
         pt_n, pt_pos = pt_n + int((real & is_pt[j]).sum()), pt_pos + int((real & pos & is_pt[j]).sum())
         sp_n, sp_pos = sp_n + int(spur.sum()), sp_pos + int((spur & pos).sum())
-        y = sum(binned[k - i] for i in range(1, n + 1))
+        y = sum((binned[k - i] for i in range(1, n + 1)), start=np.zeros_like(binned[0]))
         for c in cols[real]:  # the oracle: truth x n as the alternative, the true vacuum as the null
             p = np.rint((c[:2] - (BIN - 1) / 2) / BIN).astype(int)
             rr = np.clip(p[0] + off[:, 0], 0, truth.shape[0] - 1)
             cc = np.clip(p[1] + off[:, 1], 0, truth.shape[1] - 1)
             x, l0 = truth[rr, cc] * n, lam0 * n
             oracle_pos += int((y[rr, cc] * np.log(x / l0) - (x - l0)).sum() > 0)
-    site = np.asarray(src.player.event_truth()["xy_px"])
+    site = np.asarray(event_truth["xy_px"])
     event = {}
     for k in range(EVENT - 4, EVENT + 5):
-        cols = results[k].columns[0]
+        cols = scored[k]
         d = np.linalg.norm(cols[:, :2] - site, axis=1)
         event[k] = round(float(cols[d.argmin(), 2]), 1) if len(d) and d.min() < MATCH_PX else None
     return {

@@ -23,6 +23,7 @@ import gc
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,8 @@ def _stage(a: argparse.Namespace, device: torch.device, whole: bool, pinned: boo
     tile = None
     if whole:
         mult = 2**card.scales * card.space_to_depth if card.architecture == "unet" else 2
-        side = max(binned_shape(*a.shape, a.bin))
+        h, w = a.shape
+        side = max(binned_shape(h, w, a.bin))
         tile = side + -side % mult
     den = Denoiser.load(a.engine, a.model, str(device), tile=tile)
     return (PinnedBatchStage if pinned else BatchStage)(den, det)
@@ -171,7 +173,12 @@ class Bench:
         fps = n / dt
         if v.name == "baseline":
             self.base_fps[b] = fps
-        res = {"frames": n, "seconds": dt, "frames_per_s": fps, "ms_per_batch": 1e3 * dt * b / n}
+        res: dict[str, Any] = {
+            "frames": n,
+            "seconds": dt,
+            "frames_per_s": fps,
+            "ms_per_batch": 1e3 * dt * b / n,
+        }
         if not v.product:
             res["pinned"] = pinned  # False where page-locking failed (the buffers then are pageable)
         base = self.base_fps.get(b)
@@ -193,7 +200,7 @@ def _verdict(rows: list[dict], record: float | None) -> dict:
     best = max(done, key=lambda r: r["frames_per_s"])
     per_frame = {k: best[k] / best["batch"] for k in ("stage_ms", "upload_ms", "compute_ms", "download_ms")
                  if k in best}  # fmt: skip
-    limit = max(per_frame, key=per_frame.get) if per_frame else None
+    limit = max(per_frame, key=per_frame.__getitem__) if per_frame else None
     return {
         "best": {k: best.get(k) for k in ("variant", "batch", "frames_per_s", "speedup")},
         "meets_target": best["frames_per_s"] >= TARGET_FPS,

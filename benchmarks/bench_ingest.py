@@ -56,7 +56,7 @@ def _sender(
 
 def open_bare() -> tuple[zmq.Socket, str]:
     """The bare SUB socket, bound to a port the OS picks, and its endpoint (bound before any sender)."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.setsockopt(zmq.RCVTIMEO, 10000)
@@ -128,16 +128,16 @@ def run(shape: tuple[int, int], dtype: str, n: int, repeats: int) -> dict:
                 got, dt = _ingest(ing, done, state)
             end_sender(p)
             rows[kind].append((got - 1) / dt if got > 1 else 0.0)
-    bare, ing = float(np.median(rows["bare"])), float(np.median(rows["ingest"]))
+    bare, ingest = float(np.median(rows["bare"])), float(np.median(rows["ingest"]))
     return {
         "shape": f"{shape[0]}x{shape[1]}",
         "dtype": dtype,
         "frames": n,
         "MB_per_frame": nbytes / 1e6,
         "bare_fps": bare,
-        "ingest_fps": ing,
-        "ingest_GBps": ing * nbytes / 1e9,
-        "ratio": ing / bare if bare else float("nan"),
+        "ingest_fps": ingest,
+        "ingest_GBps": ingest * nbytes / 1e9,
+        "ratio": ingest / bare if bare else float("nan"),
         "runs_bare": rows["bare"],
         "runs_ingest": rows["ingest"],
     }

@@ -130,13 +130,13 @@ def stage_cost(size: int, reps: int, evidence: int, out: Path, argv: list[str] |
     for i in range(evidence + 2 + reps):  # the first evidence + 2 frames warm up (plans, windows)
         order = list(modes)[i % 3 :] + list(modes)[: i % 3]
         for m in order:
-            ev = (
+            ev_frames = (
                 [[frames[i - j] for j in range(1, evidence + 1) if i - j >= 0]]
                 if m.startswith("ev")
                 else None
             )
             t0 = time.perf_counter()
-            res = stages[m].process([frames[i]], evidence=ev)
+            res = stages[m].process([frames[i]], evidence=ev_frames)
             if i >= evidence + 2:
                 wall[m].append(time.perf_counter() - t0)
                 for k in parts[m]:
@@ -144,7 +144,7 @@ def stage_cost(size: int, reps: int, evidence: int, out: Path, argv: list[str] |
                         parts[m][k].append(res.timings[k])
                 columns[m].append(len(res.columns[0]) if res.columns else 0)
     med = {m: statistics.median(v) for m, v in wall.items()}
-    result = {
+    result: dict[str, Any] = {
         "command": "python -m " + invocation("benchmarks.bench_likelihood", argv),
         "device": "cpu",
         "device_name": _cpu_name(),
@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         den = Denoiser.load(args.engine, engine_dir, device=str(device))
         engine_desc = {"engine_id": den.engine_id, "kind": den.engine.kind, "dir": str(args.engine_dir)}
         # interleaved, so both stages see the same load on a shared machine
-        t_denoise, t_lk, c_denoise, c_lk = [], [], [], []
+        t_denoise: list[float] = []
+        t_lk: list[float] = []
+        c_denoise: list[float] = []
+        c_lk: list[float] = []
         per = max(1, args.lk_reps // args.reps)
         for r in range(args.reps):
             t_denoise += _time(lambda: den.denoise(raw), device, 1, warmup=int(r == 0), cpu=c_denoise)
@@ -224,8 +227,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "detect": _time(lambda: stage.detect(den_truth, lam0), device, args.lk_reps),
     }
     centres = stage.detect(den_truth, lam0)
+    b, h, w = den_truth.shape
     parts["llr_and_paint"] = _time(
-        lambda: stage.paint(tuple(den_truth.shape), centres, stage.llr(raw, den_truth, centres, lam0)[0]),
+        lambda: stage.paint((b, h, w), centres, stage.llr(raw, den_truth, centres, lam0)[0]),
         device,
         args.lk_reps,
     )

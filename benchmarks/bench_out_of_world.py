@@ -109,6 +109,7 @@ def clean_image(atoms) -> np.ndarray:
     """[row = y, col = x], vacuum = 1; one exit wave, no frozen phonons (the audit's settings)."""
     import abtem
     import dask
+    from abtem.measurements import Images
 
     # FFTW_ESTIMATE: the same plan in every run. MEASURE times candidates, so the rounding (and through
     # the Poisson draws, patterns an engine draws in vacuum) changed from one run of the same command to
@@ -119,10 +120,15 @@ def clean_image(atoms) -> np.ndarray:
         pot = abtem.Potential(
             atoms, sampling=PX, slice_thickness=2.0, projection="infinite", parametrization="lobato"
         )
-        exit_wave = abtem.PlaneWave(energy=300e3).multislice(pot).compute()
+        waves = abtem.PlaneWave(energy=300e3).multislice(pot)
+        assert isinstance(waves, abtem.Waves)  # no detectors: the exit wave itself
+        exit_wave = waves.compute()
+        assert isinstance(exit_wave, abtem.Waves)  # no profilers: compute returns no tuple
         c = {"C10": 60.0, "C30": -1.3e5, "C50": 5e7}  # A: +6 nm overfocus, -13 um, 5 mm
         ctf = abtem.CTF(energy=300e3, focal_spread=40.0, angular_spread=0.2, aberration_coefficients=c)
-        img = np.asarray(exit_wave.apply_ctf(ctf).intensity().compute().array, np.float64)
+        intensity = exit_wave.apply_ctf(ctf).intensity().compute()
+        assert isinstance(intensity, Images)  # no profilers: compute returns no tuple
+        img = np.asarray(intensity.array, np.float64)
     img = gaussian_filter(img, 0.5 / PX, mode="wrap")  # 50 pm vibration
     return img.T.astype(np.float32)
 
@@ -153,7 +159,7 @@ def offline(raw: np.ndarray, cpp: float) -> tuple[np.ndarray, str]:
     d = DenoiseSettings(model=offline_engine(gpu=False), device="cpu", orientations=8)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "in.npy", raw)
-        detector = {"pixel_size_A": PX, "counts_per_px": cpp}
+        detector: dict[str, float | None] = {"pixel_size_A": PX, "counts_per_px": cpp}
         s = denoise_file(Path(tmp) / "in.npy", Path(tmp) / "out.h5", settings=d, detector=detector)
         with h5py.File(Path(tmp) / "out.h5") as f:
             return f["denoised"][:] / cpp, f"offline: {s['engine_id']}, 8 orientations"

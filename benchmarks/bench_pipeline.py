@@ -19,12 +19,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from benchmarks.common import table, write_result
-from sbd_stream.config import load_settings
+from sbd_stream.config import ServiceSettings, load_settings
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.metrics import Metrics
 from sbd_stream.service.build import run_replay
@@ -40,8 +41,8 @@ def _tiny_engine() -> Path:
     return make_tiny_engine(Path(tempfile.mkdtemp()) / "tiny-unet2")
 
 
-def _settings(tmp: Path, batch: int, **extra) -> object:
-    over = {
+def _settings(tmp: Path, batch: int, **extra: dict[str, Any]) -> ServiceSettings:
+    over: dict[str, dict[str, Any]] = {
         "publish": {"endpoint": "tcp://127.0.0.1:*", "enabled": False},
         "record": {"directory": str(tmp / "out"), "enabled": False, "min_free_bytes": 0},
         "denoise": {"batch_frames": batch, "batch_timeout_ms": 5.0},
@@ -59,7 +60,7 @@ def efficiency(den: Denoiser, size: int, n: int, batch: int, tmp: Path) -> dict:
     frames = [rng.poisson(0.45, (size, size)).astype(np.uint16) for _ in range(n)]
     rec = Recorder(
         _settings(tmp, batch).record.model_copy(update={"directory": tmp / "src", "enabled": True}), Metrics()
-    )  # type: ignore[attr-defined]
+    )
     for q, fr in enumerate(frames):
         rec.write(RecordItem("raw", f"eff{size}", q, q * 0.025, fr))
     rec.close_all()
@@ -88,7 +89,7 @@ def efficiency(den: Denoiser, size: int, n: int, batch: int, tmp: Path) -> dict:
 
     def replay_fps(pub: bool) -> float:
         s = _settings(tmp, batch, publish={"enabled": pub})
-        _pipe, secs, fed = run_replay(s, den, tmp / "src" / f"eff{size}.nxs")  # type: ignore[arg-type]
+        _pipe, secs, fed = run_replay(s, den, tmp / "src" / f"eff{size}.nxs")
         return fed / secs
 
     bare_fps()  # warm-up (thread pools, tile plans)
@@ -113,7 +114,7 @@ def efficiency(den: Denoiser, size: int, n: int, batch: int, tmp: Path) -> dict:
 
 def latency(den: Denoiser, size: int, n: int, tmp: Path) -> dict:
     s = _settings(tmp, 4, publish={"enabled": True}, denoise={"policy": "lossless"})
-    s.ingest.endpoint = "tcp://127.0.0.1:*"  # type: ignore[attr-defined]
+    s.ingest.endpoint = "tcp://127.0.0.1:*"
     out = run_demo(
         s, den, EmulatorSettings(endpoint="tcp://127.0.0.1:*", shape=(size, size), n_frames=n, rate_hz=40)
     )

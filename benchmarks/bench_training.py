@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table(sweep, [*cols, "ms_per_frame_best", "frames_per_s", "load_avg"]))
         print(f"wrote {path}", file=sys.stderr)
         return
-    res = {
+    res: dict[str, Any] = {
         "command": command,
         "machine": {
             "cpus": os.cpu_count(),

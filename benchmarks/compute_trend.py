@@ -70,6 +70,7 @@ def lineage(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     if len(by_name) != len(rows):
         raise ValueError("compute-trend manifest: row names must be unique")
     out: dict[str, list[dict[str, Any]]] = {}
+    cur: dict[str, Any] | None
     for r in rows:
         chain, cur, seen = [], r, set()
         while cur is not None:

@@ -58,7 +58,7 @@ def _copy_subset(f: h5py.File, g: h5py.File, keep: np.ndarray) -> None:
     for name, ds in f["meta"].items():
         vals = new_start if name == "col_start" else ds[:n_img][keep]
         meta.create_dataset(name, data=vals, maxshape=(None,), chunks=True)
-    rows = np.concatenate([np.arange(a, a + c) for a, c in zip(start, count, strict=True)] or [[]])
+    rows = np.concatenate([np.arange(a, a + c) for a, c in zip(start, count, strict=True)] or [np.zeros(0)])
     rows = rows.astype(np.int64)
     cols = g.create_group("columns")
     for name, ds in f["columns"].items():

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,10 @@ from sbd_stream.compute.quality import paper_psnr
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage
 
-DTYPES = {"uint8": (np.uint8, torch.uint8), "uint16": (np.uint16, torch.uint16)}
+DTYPES: dict[str, tuple[type[np.unsignedinteger[Any]], torch.dtype]] = {
+    "uint8": (np.uint8, torch.uint8),
+    "uint16": (np.uint16, torch.uint16),
+}
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SAMPLES = Path(__file__).resolve().parents[1] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
 
@@ -184,9 +188,10 @@ class PinnedBatchStage(BatchStage):
             host[i] = f
         return buf.to(self.device, non_blocking=True)
 
-    def download(self, packed: torch.Tensor) -> np.ndarray:
-        if packed.device.type != "cuda":
-            return super().download(packed)
+    @staticmethod
+    def download(packed: torch.Tensor | list[torch.Tensor]) -> np.ndarray | list[np.ndarray]:
+        if isinstance(packed, list) or packed.device.type != "cuda":  # a list: parts left unpacked (CPU)
+            return BatchStage.download(packed)
         host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
         host.copy_(packed.detach())
         return host.numpy()
@@ -255,6 +260,7 @@ class StagedPath:
             return out.contiguous()  # one D2H copy of a dense buffer (unbin's crop is a strided view)
 
     def _capture(self, s: _Slot) -> None:
+        assert s.stream is not None  # graphs run on CUDA only (Variant.unavailable)
         with torch.cuda.stream(s.stream):  # warm-up on the side stream: tile plans, windows, cuDNN choice
             for _ in range(2):
                 self._device_part(s.dev_in)
@@ -278,20 +284,27 @@ class StagedPath:
         if not self.cuda:
             s.result = self._device_part(s.dev_in).numpy()
             return s
+        assert s.done is not None  # a CUDA slot has its event
         with torch.cuda.stream(s.stream):
             s.dev_in.copy_(s.host_in, non_blocking=True)
-            if s.graph is not None:
-                s.graph.replay()
-                out = s.static_out
-            else:
-                out = self._device_part(s.dev_in)
+            out = self._replay(s)
             s.host_out.copy_(out, non_blocking=True)
             s.done.record(s.stream)
         return s
 
+    def _replay(self, s: _Slot) -> torch.Tensor:
+        """The device part on ``s.dev_in``: its graph replayed (into the static output), or run."""
+        if s.graph is None:
+            return self._device_part(s.dev_in)
+        assert s.static_out is not None  # captured with the graph
+        s.graph.replay()
+        return s.static_out
+
     def collect(self, s: _Slot) -> np.ndarray:
         if not self.cuda:
+            assert s.result is not None  # submit computed it on the host
             return s.result
+        assert s.done is not None  # a CUDA slot has its event
         s.done.synchronize()
         return s.host_out.numpy()
 
@@ -313,11 +326,7 @@ class StagedPath:
             ev[0].record()
             s.dev_in.copy_(s.host_in, non_blocking=True)
             ev[1].record()
-            if s.graph is not None:
-                s.graph.replay()
-                out = s.static_out
-            else:
-                out = self._device_part(s.dev_in)
+            out = self._replay(s)
             ev[2].record()
             s.host_out.copy_(out, non_blocking=True)
             ev[3].record()

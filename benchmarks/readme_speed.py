@@ -219,7 +219,7 @@ def scale_out() -> str:
     s = cap["scaling_summary"]
     rows = {(r["run"], r["workers"]): r for r in dask["rows"]}
     single = rows[("single process (denoise_file)", 1)]
-    cold, warm = rows.get(("dask local, cold", 2)), rows.get(("dask local, warm", 2))
+    cold, warm = rows[("dask local, cold", 2)], rows[("dask local, warm", 2)]
     identical = all(dask["bit_identical_to_single"].values())
     lines = [
         "| measure | result |",
@@ -272,7 +272,7 @@ def live_service() -> str:
             f"{r['ingest_fps']:.0f} vs {r['bare_fps']:.0f} frames/s, ratio {r['ratio']:.2f} "
             f"({r['ingest_GBps']:.1f} GB/s) |"
         )
-    groups: dict[tuple[str, object], list[dict]] = {}
+    groups: dict[tuple[str, int | None], list[dict]] = {}
     for r in rec["results"]:
         groups.setdefault((r["compression"], r["compress_threads"]), []).append(r)
     for (comp, threads), rows in groups.items():

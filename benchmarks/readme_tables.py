@@ -82,7 +82,11 @@ def render(text: str) -> tuple[str, list[str], list[str]]:
         except FileNotFoundError:
             missing.append(name)
             continue
-        text = pat.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+
+        def fill(m: re.Match[str], b: str = body) -> str:
+            return m.group(1) + b + "\n" + m.group(3)
+
+        text = pat.sub(fill, text)
         done.append(name)
     return text, done, missing
 

@@ -21,8 +21,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 A_CEO2 = 5.411
 A_PT = 3.924
@@ -94,7 +98,7 @@ def particle(kind: str, rng: np.random.Generator):
 PARTICLE_KINDS = ("octahedron", "truncated-octahedron", "decahedron", "icosahedron")
 
 
-def specimen(rng: np.random.Generator, kinds: tuple[str, ...] = PARTICLE_KINDS) -> tuple[object, dict]:
+def specimen(rng: np.random.Generator, kinds: tuple[str, ...] = PARTICLE_KINDS) -> tuple[Atoms, dict]:
     from ase import Atoms
 
     trilayers = int(rng.integers(6, 11))  # 2 of them (MARGIN_A) fall below the field
@@ -151,6 +155,7 @@ def images(
     by default; users vary both.
     """
     import abtem
+    from abtem.measurements import Images
     from scipy.ndimage import gaussian_filter
 
     width = float(atoms.cell[0, 0])
@@ -160,7 +165,10 @@ def images(
     gy = round((width + 2 * MARGIN_A) / pixel_A)
     frozen = abtem.FrozenPhonons(shifted, num_configs=4, sigmas=0.08, seed=seed)
     potential = abtem.Potential(frozen, gpts=(gx, gy), slice_thickness=1.0, projection="infinite")
-    exit_wave = abtem.PlaneWave(energy=300e3, tilt=tilt_mrad).multislice(potential).compute()
+    waves = abtem.PlaneWave(energy=300e3, tilt=tilt_mrad).multislice(potential)
+    assert isinstance(waves, abtem.Waves)  # no detectors: the exit waves themselves
+    exit_wave = waves.compute()
+    assert isinstance(exit_wave, abtem.Waves)  # no profilers: compute returns no tuple
     crop = round(MARGIN_A / (width + 2 * MARGIN_A) * gy)
     out = []
     for c10 in c10s_A:
@@ -170,14 +178,15 @@ def images(
         else:  # 1/e half-width s: weights exp(-(d / s)^2)
             x, w = np.polynomial.hermite.hermgauss(8)
             nodes, weights, spread = list(focal_spread_A * x), list(w / w.sum()), 0.0
-        img = 0.0
+        parts = []
         for dz, wt in zip(nodes, weights, strict=True):
             ctf = abtem.CTF(
                 energy=300e3, defocus=-(c10 + dz), Cs=-13e4, C5=5e7, focal_spread=spread, angular_spread=0.2
             )
-            img = img + wt * np.asarray(
-                exit_wave.apply_ctf(ctf).intensity().reduce_ensemble().compute().array
-            )
+            intensity = exit_wave.apply_ctf(ctf).intensity().reduce_ensemble().compute()
+            assert isinstance(intensity, Images)  # no profilers: compute returns no tuple
+            parts.append(wt * np.asarray(intensity.array))
+        img = sum(parts[1:], start=parts[0])  # the weighted sum, added in the nodes' order
         if vibration_pm > 0:
             img = gaussian_filter(
                 np.asarray(img, np.float64), vibration_pm / 100.0 / (width / gx), mode="wrap"

@@ -7,7 +7,6 @@ facility network must be a deliberate choice.
 
 from __future__ import annotations
 
-import enum
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,9 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sbd_stream.compute.binning import DEFAULT_TOLERANCE
-from sbd_stream.compute.evidence import evidence_defaults
-from sbd_stream.compute.likelihood import LikelihoodConfig
+from sbd_stream.compute.likelihood_config import LikelihoodConfig
+from sbd_stream.compute.settings_defaults import DEFAULT_TOLERANCE, evidence_defaults  # torch-free
 from sbd_stream.config_file import read_toml
 from sbd_stream.config_merge import (
     check_env_names,
@@ -27,20 +25,27 @@ from sbd_stream.config_merge import (
     not_blank,
     older_policy_in_its_layer,
 )
-from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD, MAX_SIDE
-from sbd_stream.security import CurveSettings, plain_path
 
-# Durations, counts and sizes are bounded (docs/service.md): Python's waits overflow past ~9.2e9 s, ZeroMQ's
-# C ints past 2**31 (ms: ~2.1e6 s), so a finite but huge value (stop_timeout_s = 1e10, rcvhwm = 2**31) was a
-# traceback and exit 1 (after `serve`'s banner, or at shutdown) instead of a refusal naming the setting.
-MAX_TIME_S = 1e6  # ~11.6 days
-MIN_RATE_HZ = 1.0 / MAX_TIME_S  # the slowest rate the emulator paces (0: as fast as possible)
-Seconds = Annotated[float, Field(le=MAX_TIME_S)]
-"""A duration setting (its own ``Field`` adds the lower bound); milliseconds: ``le=MAX_TIME_S * 1000``."""
-Count, Bytes = Annotated[int, Field(le=2**31 - 1)], Annotated[int, Field(le=2**63 - 1)]  # C int, int64
-Frames, Batch = Annotated[int, Field(le=100_000)], Annotated[int, Field(le=1024)]  # queue, engine call
-Pixels, FrameBytes = Annotated[int, Field(le=MAX_SIDE)], Annotated[int, Field(le=MAX_SIDE**2 * 4)]  # 1 GiB
-Threads, MiB = Annotated[int, Field(le=1024)], Annotated[float, Field(le=2.0**30)]  # MiB: at most 1 PiB
+# bounded durations, counts and sizes, and the settings' enums (config_types.py, docs/service.md)
+from sbd_stream.config_types import (
+    MAX_TIME_S,
+    BackpressurePolicy,
+    Batch,
+    Bytes,
+    Count,
+    FrameBytes,
+    Frames,
+    InputDialect,
+    InputSocket,
+    MiB,
+    Pixels,
+    Seconds,
+    SocketMode,
+    Threads,
+    Upsample,
+)
+from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
+from sbd_stream.security import CurveSettings, plain_path
 
 
 class _Section(BaseModel):
@@ -53,32 +58,6 @@ class _Section(BaseModel):
 # Checked here, not at the engine's load: "tensorrrt" / "gpu" was three backends' errors naming no setting
 Backend = Literal["auto", "tensorrt", "onnxruntime", "torch"]
 Device = Annotated[str, Field(pattern=r"^(cpu|cuda)(:[0-9]+)?$")]
-
-
-class BackpressurePolicy(enum.StrEnum):
-    """What the denoiser does when frames arrive faster than it can process them."""
-
-    lossless = "lossless"  # queue: every frame is denoised, latency grows under overload
-    latest = "latest"  # skip to the newest frame; skipped frames are counted, raw is still recorded
-
-
-class SocketMode(enum.StrEnum):
-    connect = "connect"
-    bind = "bind"
-
-
-# --- ingest input dialects (one receiver, sbd_stream/sources/receiver.py) ---
-class InputDialect(enum.StrEnum):
-    """Every input message format the receiver has a plug-in for (the CLI's ``--dialect`` choices)."""
-
-    wire_v1 = "wire-v1"  # sbd-stream wire format v1 (sbd_stream/protocol.py)
-    dectris_v1 = "dectris-stream-v1"  # DECTRIS SIMPLON stream v1: multipart JSON + blob
-    dectris_v2 = "dectris-stream-v2"  # DECTRIS stream v2: CBOR
-
-
-class InputSocket(enum.StrEnum):
-    pull = "pull"  # DECTRIS DCUs send with PUSH
-    sub = "sub"  # a PUB bridge (wire format v1 default) or a DECTRIS fan-out proxy
 
 
 class WireV1Input(_Section):
@@ -195,14 +174,6 @@ PAPER_DOSE_E_PER_A2 = 125.0
 """The paper's dose per 25 ms frame (5000 e/A^2/s), electrons per A^2."""
 
 
-class Upsample(enum.StrEnum):
-    """How denoised working-pixel frames return to detector pixels (compute/binning.py says why)."""
-
-    auto = "auto"  # bicubic on a GPU; bilinear on a CPU, where bicubic costs 1/6 of the 40 Hz budget
-    bicubic = "bicubic"  # ~64 dB from the clean frame at 4 x 4 (paper metric), 4 ms / 1024^2 on 2 cores
-    bilinear = "bilinear"  # ~55 dB, 0.8 ms: still 15 dB below a denoiser's error
-
-
 class DetectorSettings(_Section):
     """What the detector delivers, in physical units: pixel size at the specimen and dose per frame.
 
@@ -252,7 +223,9 @@ class LikelihoodSettings(LikelihoodConfig, _Section):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="also compute, publish and record likelihood-ratio maps")
-    pixel_size_A: float | None = Field(None, gt=0, description="set from the engine's working pixel")
+    pixel_size_A: float | None = Field(  # type: ignore[assignment]  # unset until at_pixel() makes the config
+        None, gt=0, description="set from the engine's working pixel"
+    )
     evidence_frames: int = Field(
         0,
         ge=0,
@@ -265,7 +238,7 @@ class LikelihoodSettings(LikelihoodConfig, _Section):
     @model_validator(mode="before")
     @classmethod
     def _evidence_defaults(cls, data: Any) -> Any:
-        """With evidence frames, other LLR defaults (compute/evidence.py ``evidence_defaults``)."""
+        """With evidence frames, other LLR defaults (compute/settings_defaults.py ``evidence_defaults``)."""
         return evidence_defaults(data) if isinstance(data, dict) else data
 
     def at_pixel(self, pixel_size_A: float) -> LikelihoodConfig:
@@ -445,6 +418,8 @@ class _MergedLayers(ServiceSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, **_: Any
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
         return (init_settings,)

@@ -134,7 +134,7 @@ def older_policy_in_its_layer(layer: dict[str, Any], where: str) -> dict[str, An
     if policy not in ("latest", "lossless"):
         return layer  # validation names the bad value
     live = policy == "latest"
-    lanes = layer.get("lanes") if isinstance(layer.get("lanes"), dict) else {}
+    lanes = raw if isinstance(raw := layer.get("lanes"), dict) else {}
     if "live" in lanes:
         text = str(lanes["live"]).strip().lower()
         given = (

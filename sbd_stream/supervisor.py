@@ -85,10 +85,11 @@ def describe(item: Any, limit: int = 300) -> str:
             if not _buffer_like(p):
                 out.append(repr(p)[:80])
                 continue
-            mv = memoryview(getattr(p, "buffer", p)).cast("B")
+            buf: Any = getattr(p, "buffer", p)  # _buffer_like: a zmq.Frame's buffer or the object itself
+            mv = memoryview(buf).cast("B")
             out.append(repr(bytes(mv[:100])) if len(mv) <= 2048 else f"<{len(mv)} bytes>")
         return (f"message of {len(item)} parts: " + ", ".join(out))[:limit]
-    fields = []
+    fields: list[str] = []
     header = getattr(item, "header", None)
     for obj in (item, header):
         if obj is None:

@@ -58,7 +58,7 @@ class BackgroundWorker(ABC):
 
 def consume(
     queue: Any,
-    handle: Callable[[Any], None],
+    handle: Callable[[Any], object],  # its return value is not used
     stage: str,
     supervisor: Supervisor,
     on_error: Callable[[Any, Exception], None] | None = None,

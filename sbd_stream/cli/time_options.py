@@ -2,8 +2,8 @@
 
 A finite but huge value overflowed where it was used: ``emulate --wait 1e10`` in ZeroMQ's poll,
 ``--rate 1e-11`` in the emulator's pacing sleep (a traceback after the banner, exit 1). The bounds are
-``config.MAX_TIME_S`` / ``config.MIN_RATE_HZ``, stated again here because the CLI imports ``config``
-(pydantic) lazily; tests/e2e/test_time_bounds.py checks that they agree.
+``config_types.MAX_TIME_S`` / ``config_types.MIN_RATE_HZ``, stated again here because the CLI imports the
+settings (pydantic) lazily; tests/e2e/test_time_bounds.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import math
 
 __all__ = ["MAX_WAIT_S", "MIN_RATE_HZ", "rate_problem", "wait_problem"]
 
-MAX_WAIT_S = 1e6  # config.MAX_TIME_S, ~11.6 days
-MIN_RATE_HZ = 1e-6  # config.MIN_RATE_HZ: a frame every 1e6 s
+MAX_WAIT_S = 1e6  # config_types.MAX_TIME_S, ~11.6 days
+MIN_RATE_HZ = 1e-6  # config_types.MIN_RATE_HZ: a frame every 1e6 s
 
 
 def wait_problem(wait: float) -> str | None:

@@ -39,9 +39,7 @@ from sbd_stream.compute.resample import (
     unbin_area,
     unbin_area_nearest,
 )
-
-DEFAULT_TOLERANCE = 0.05
-"""Largest relative mismatch between detector pixel x bin factor and the engine's working pixel."""
+from sbd_stream.compute.settings_defaults import DEFAULT_TOLERANCE  # re-exported (torch-free for config.py)
 
 
 class SamplingError(ValueError):

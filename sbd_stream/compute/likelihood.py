@@ -123,6 +123,7 @@ class LikelihoodStage:
         """
         cfg = self.cfg
         if cfg.vacuum_mode is VacuumMode.fixed:
+            assert cfg.vacuum_counts is not None  # LikelihoodConfig refuses fixed without it
             b = denoised.shape[0]
             return torch.full((b,), float(cfg.vacuum_counts), dtype=torch.float32, device=denoised.device)
         return vacuum_blocks(cfg, [raw], denoised, masked).levels[0]
@@ -174,7 +175,8 @@ class LikelihoodStage:
         the three at the centres, but gathers only the K x |R| pixels that matter (clamped indices,
         outside pixels weighted 0). Invalid pixels (``valid`` False) are left out as outside ones are.
         """
-        flat, inside = self._disk_index(centres, *denoised.shape[1:], valid)
+        h, w = denoised.shape[1:]
+        flat, inside = self._disk_index(centres, h, w, valid)
         zero = torch.zeros((), dtype=torch.float32, device=flat.device)
         k = torch.where(inside, raw.to(torch.float32).reshape(-1)[flat], zero).sum(1)
         s = torch.where(inside, denoised.to(torch.float32).reshape(-1)[flat], zero).sum(1)
@@ -222,7 +224,8 @@ class LikelihoodStage:
         Why: a column near a contrast reversal can have a mean over R close to vacuum (constant LLR ~ 0)
         while its pixels are not. Meant for counts the denoiser did not see (docs/likelihood.md).
         """
-        flat, inside = self._disk_index(centres, *denoised.shape[1:], valid)
+        h, w = denoised.shape[1:]
+        flat, inside = self._disk_index(centres, h, w, valid)
         y = raw.to(torch.float32).reshape(-1)[flat]
         x = denoised.to(torch.float32).reshape(-1)[flat].clamp_min(self.cfg.min_rate)
         l0 = lam0[:, None]
@@ -232,7 +235,7 @@ class LikelihoodStage:
     @pinned
     def paint(
         self,
-        shape: tuple[int, int, int],
+        shape: tuple[int, ...],  # (B, H, W), e.g. ``tuple(frames.shape)``
         centres: torch.Tensor,
         values: torch.Tensor,
         limit: torch.Tensor | None = None,

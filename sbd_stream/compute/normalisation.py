@@ -27,7 +27,7 @@ class Normalisation(BaseModel):
     offset: float = Field(0.0, description="subtracted after dividing by the dose")
     scale: float = Field(1.0, gt=0, description="divides after the offset")
 
-    def to_input(self, counts: torch.Tensor, dose: float | None = None) -> torch.Tensor:
+    def to_input(self, counts: torch.Tensor, dose: float | torch.Tensor | None = None) -> torch.Tensor:
         d = self.dose if dose is None else dose
         return (counts.to(torch.float32) / d - self.offset) / self.scale
 

@@ -26,7 +26,7 @@ def dncnn_parameters_fit(parameters: int, channels: int) -> bool:
 def dncnn_conv_shapes(channels: int, have: Mapping[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
     """The convolution weight shapes of a DnCNN of ``channels``, at the depth the weights ``have``."""
     c = channels
-    want = {(c, 1, 3, 3): 1, (1, c, 3, 3): 1}
+    want: dict[tuple[int, ...], int] = {(c, 1, 3, 3): 1, (1, c, 3, 3): 1}
     if have.get((c, c, 3, 3)):
         want[(c, c, 3, 3)] = have[(c, c, 3, 3)]
     return want

@@ -114,8 +114,6 @@ class _H5Codec:
             self._ds.clear()
             if self._f.id.valid:
                 self._f.close()
-        self._ds: dict[tuple[str, int, int], Any] = {}
-        self._lock = threading.Lock()
 
     def _dataset(self, algo: str, elem_size: int, n: int) -> Any:
         key = (algo, elem_size, n)

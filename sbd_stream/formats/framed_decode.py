@@ -128,7 +128,7 @@ def decode_framed(blob: bytes | memoryview, algo: str, elem_size: int, nbytes: i
         block = block_bytes or nbytes
         if nbytes <= block:  # one block (H5Z-LZ4's default is 1 GiB): decoded straight into the output
             data = _block_at(mv, 12)
-            out = bytearray(data) if len(data) == nbytes else lz4_exact(data, nbytes)
+            out: bytearray | np.ndarray = bytearray(data) if len(data) == nbytes else lz4_exact(data, nbytes)
         else:
             out = bytearray(nbytes)  # writable, as h5py's reads
             sizes = _sizes(nbytes // block, block, nbytes % block)

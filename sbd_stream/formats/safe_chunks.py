@@ -223,7 +223,8 @@ def _selection(index: Any, shape: tuple[int, ...]) -> tuple[list[tuple[int, int]
     if len(idx) > len(shape):
         raise IndexError(f"{len(idx)} indices for a {len(shape)}-D dataset")
     idx = idx + (slice(None),) * (len(shape) - len(idx))
-    box, rel = [], []
+    box: list[tuple[int, int]] = []
+    rel: list[slice | int | np.ndarray] = []
     for i, n in zip(idx, shape, strict=True):
         if isinstance(i, slice):
             r = range(*i.indices(n))

@@ -101,8 +101,8 @@ class MergeMetrics:
         frame_topics = [t.decode() for t in sorted(OUTPUT_TOPICS)]
         series_topics = [TOPIC_SERIES_START.decode(), TOPIC_SERIES_END.decode()]
         for t in frame_topics:
-            for c in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
-                c.labels(topic=t)
+            for counter in (self.frames, self.gaps, self.missing, self.duplicates, self.late):
+                counter.labels(topic=t)
         for t in series_topics:
             self.series.labels(topic=t)
             self.series_dropped.labels(topic=t)

@@ -68,7 +68,7 @@ class OldSeries:
         seqs = sorted(both)[-REMEMBER_TS:]
         self.span, self.start_ts, self.start_meta = span, start_ts, start_meta
         self.seqs = array("q", seqs)
-        self.ts = array("d", (math.nan if both[q] is None else both[q] for q in seqs))  # nan: sent none
+        self.ts = array("d", (math.nan if (v := both[q]) is None else v for q in seqs))  # nan: sent none
 
     def same_start(self, ts: float | None, meta: dict[str, Any] | None) -> bool:
         """A ``series_start`` with the ended series' ``meta`` and ``ts`` (up to rounding): a late copy."""

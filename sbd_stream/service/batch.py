@@ -291,6 +291,7 @@ class BatchStage:
         cfg = self.likelihood.cfg if self.likelihood is not None else None
         if cfg is None or cfg.vacuum_mode is not VacuumMode.fixed:
             return None
+        assert cfg.vacuum_counts is not None  # LikelihoodConfig refuses fixed without it
         k = self.geometry.bin
         scale = scale.to(torch.float32)
         return float(cfg.vacuum_counts) * k * k * torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -337,6 +338,7 @@ class BatchStage:
         elif self.likelihood is not None:
             n_cols = self._score(pool, den_w, (h, w), plan, earlier, level, blank_rows, parts, stats)
         stats_t = torch.stack(stats).reshape(-1)
+        packed: torch.Tensor | list[torch.Tensor]  # a list: the parts apart (PackedBatch.packed)
         if self.pack_on_device(den.device):  # one download of a batch, not one per part
             packed, tail = torch.cat([p.to(torch.float32) for p in (*parts, stats_t)]), None
         else:  # the host has them: packing would only copy both frame-sized parts (~50 ms a K2 frame)

@@ -64,18 +64,17 @@ class PackedBatch:
         without copying the frame-sized ones; the per-frame values are then in ``tail``."""
         b, h, w = self.shape
         n = b * h * w
-        if isinstance(host, list):
-            host = _Joined(host)
-        res = BatchResult(headers, t_recv, host[:n].reshape(b, h, w))
+        buf: np.ndarray | _Joined = _Joined(host) if isinstance(host, list) else host
+        res = BatchResult(headers, t_recv, buf[:n].reshape(b, h, w))
         at = n
         if self.has_likelihood:
-            res.likelihood = host[n : 2 * n].reshape(b, h, w)
+            res.likelihood = buf[n : 2 * n].reshape(b, h, w)
             at = 2 * n + 4 * self.n_columns
-            table = host[2 * n : at].reshape(self.n_columns, len(COLUMN_FIELDS))
-            counts = host[at : at + b].astype(np.int64)
+            table = buf[2 * n : at].reshape(self.n_columns, len(COLUMN_FIELDS))
+            counts = buf[at : at + b].astype(np.int64)
             res.columns = np.split(table, np.cumsum(counts)[:-1])
             at += b
-        stats = (host[at:] if self.tail is None else self.tail.numpy()).reshape(-1, b)
+        stats = (buf[at:] if self.tail is None else self.tail.numpy()).reshape(-1, b)
         res.level, res.blank = stats[0], stats[1] > 0
         if self.has_likelihood:
             res.vacuum, res.measured_vacuum, res.scored_vacuum = stats[2], stats[3], stats[4]

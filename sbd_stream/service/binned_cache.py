@@ -70,9 +70,9 @@ class BinnedCache:
             return binning(raw), t0
         kept = [self._kept(a) for a in arrays]
         todo = [a for a, r in zip(arrays, kept, strict=True) if r is None]
-        raw = upload(todo) if todo else None
+        fresh = upload(todo) if todo else None
         t0 = time.perf_counter()
-        new = iter(()) if raw is None else iter(binning(raw).unbind(0))
+        new = iter(()) if fresh is None else iter(binning(fresh).unbind(0))
         several = len(todo) > 1  # a row of a stack holds the whole stack: keep a copy of it
         rows = []
         for a, r in zip(arrays, kept, strict=True):

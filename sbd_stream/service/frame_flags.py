@@ -131,7 +131,7 @@ class FrameFlags:
             log.warning(msg, *args)
 
 
-def _at(values: np.ndarray | None, i: int) -> float:
+def _at(values: np.ndarray | None, i: int | np.integer) -> float:
     return math.nan if values is None else float(values[i])
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ from sbd_stream.sources.stacks import StackError
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_FRAMES = 16
-GEOMETRY_KEYS = ("pixel_size_A", "dose_e_per_A2", "counts_per_px", "bin", "working_pixel_A")
+GEOMETRY_KEYS: tuple[str, ...] = ("pixel_size_A", "dose_e_per_A2", "counts_per_px", "bin", "working_pixel_A")
 GEOMETRY_KEYS += ("working_vacuum_counts", "dose_factor")  # Geometry.describe(), as the summary shows them
 GEOMETRY_KEYS += ("dose_range", "dose_in_range")  # the engine's trained dose factors, and whether this fits
 
@@ -209,7 +209,7 @@ def denoise_chunk(
 # ---- client ---------------------------------------------------------------------------------------
 def _inline(
     src: Source, es: DenoiseSettings, det: dict, chunks: list, batch: int, stop: StopFlag
-) -> Iterator[tuple]:
+) -> Generator[tuple, None, None]:  # a generator: closed when stopped
     for a, b in chunks:
         if stop:  # a signal came while the last chunk ran (one chunk cannot be cut short)
             return

@@ -8,7 +8,7 @@ be read and tested without Dask.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -91,15 +91,15 @@ def plan_chunks(n_frames: int, chunk_frames: int, batch: int) -> ChunkPlan:
 
 def resolve_detector(sampling: dict[str, float], given: dict[str, float | None] | None) -> dict[str, float]:
     """The detector settings ``denoise_file`` uses: options win; a dose option drops the file's dose."""
-    given = {k: v for k, v in (given or {}).items() if v is not None}
+    stated = {k: v for k, v in (given or {}).items() if v is not None}
     out = dict(sampling)
-    if "dose_e_per_A2" in given or "counts_per_px" in given:
+    if "dose_e_per_A2" in stated or "counts_per_px" in stated:
         out.pop("dose_e_per_A2", None)
         out.pop("counts_per_px", None)
-    return {**out, **given}
+    return {**out, **stated}
 
 
-def unstated(sampling: dict[str, float], given: dict[str, float | None] | None) -> str | None:
+def unstated(sampling: Mapping[str, float], given: Mapping[str, float | None] | None) -> str | None:
     """What neither the input nor the options state (so the paper's K2 fills it), as a warning, or None.
 
     An abTEM TIFF at 0.05 A (its sampling in a JSON description sbd-stream does not read) was
@@ -120,7 +120,7 @@ _SAMPLING_FLAGS = {"pixel_size_A": ("--pixel-size", "A"), "dose_e_per_A2": ("--d
                    "counts_per_px": ("--counts-per-px", "counts/px")}  # fmt: skip
 
 
-def overridden(sampling: dict[str, float], given: dict[str, float | None] | None) -> str | None:
+def overridden(sampling: Mapping[str, float], given: Mapping[str, float | None] | None) -> str | None:
     """Options that replace a different value the input states, as a warning, or None.
 
     ``evaluate-images`` said so and ``denoise`` did not (audit h30): a ``--pixel-size 0.05`` given out of
@@ -136,7 +136,7 @@ def overridden(sampling: dict[str, float], given: dict[str, float | None] | None
     return "; ".join(said) or None
 
 
-def _other_unit(sampling: dict[str, float], given: dict[str, float | None]) -> list[str]:
+def _other_unit(sampling: Mapping[str, float], given: Mapping[str, float | None]) -> list[str]:
     """A dose option against a dose the input states in the other unit, compared at the pixel size used.
 
     Why (mutation round h31): a stated dose of either unit is dropped once a dose option is given, and

@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -155,7 +155,7 @@ def workers_ignore_sigint() -> Iterator[None]:
 def ordered(
     client: Any, fn: Callable, args: tuple, batch: int, chunks: list, limit: int, resources: dict | None,
     gpu: bool, stop: StopFlag | None = None,
-) -> Iterator[tuple]:  # fmt: skip
+) -> Generator[tuple, None, None]:  # fmt: skip
     """``((a, b), *fn(*args, a, b, batch, gpu))`` per chunk, in frame order; at most ``limit`` chunks
     submitted or waiting in the reorder buffer (memory stays bounded whatever the file's length).
 
@@ -163,7 +163,8 @@ def ordered(
     blocking call a signal could not get out of. Raises ``SchedulerLost`` when the scheduler is gone."""
     from distributed import as_completed
 
-    ac, owner, buf = as_completed(), {}, {}
+    ac, owner = as_completed(), {}
+    buf: dict[int, Any] = {}  # chunk number -> its result, until its turn
     nxt = sub = 0
 
     def fill() -> None:

@@ -170,8 +170,9 @@ class RecorderSink(Sink):
             if self.llr and res.likelihood is not None and res.columns is not None:
                 ev = 0 if res.evidence_frames is None else int(res.evidence_frames[i])
                 vac = None if res.vacuum is None else float(res.vacuum[i])  # the table as published
-                table = {"columns": res.columns[i], "vacuum_counts": vac}
-                self.recorder.record("llr", h, res.likelihood[i], evidence_frames=ev, **table)
+                self.recorder.record(
+                    "llr", h, res.likelihood[i], evidence_frames=ev, columns=res.columns[i], vacuum_counts=vac
+                )
 
     def series_done(self, msg: SeriesMessage) -> None:
         if msg.topic == TOPIC_SERIES_END:

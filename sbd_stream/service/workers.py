@@ -24,6 +24,7 @@ in its hands and takes no more; what is still queued is left for offline too, co
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -229,7 +230,8 @@ class WorkerPool:
     def start(self) -> None:
         for i, _ in enumerate(self.stages):
             name = worker_stage_name(i)
-            self.threads.append(self.supervisor.spawn(name, lambda i=i: self._loop(i), name=f"sbd-{name}"))
+            loop = functools.partial(self._loop, i)
+            self.threads.append(self.supervisor.spawn(name, loop, name=f"sbd-{name}"))
 
     def stop(self, complete_timeout_s: float | None = None) -> None:
         """Let the workers finish what is queued (and the complete lane's backlog, for at most
@@ -356,7 +358,7 @@ class WorkerPool:
                         out,
                         evidence,
                         lane,
-                        on_error=lambda fr, exc, i=i: self._failed(i, fr, exc),
+                        on_error=lambda fr, exc: self._failed(i, fr, exc),  # i: this loop's, fixed
                         what="denoising",
                     )
                     if out:
@@ -383,9 +385,9 @@ class WorkerPool:
             return
         res.lane = lane
         busy = time.perf_counter() - t0
-        for stage in ("batch", "denoise", "likelihood"):
-            if stage in res.timings:
-                m.stage_latency.labels(stage=stage).observe(res.timings[stage])
+        for part in ("batch", "denoise", "likelihood"):
+            if part in res.timings:
+                m.stage_latency.labels(stage=part).observe(res.timings[part])
         m.frames_denoised.inc(len(frames))
         m.batch_size.observe(len(frames))
         m.worker_frames.labels(worker=w).inc(len(frames))

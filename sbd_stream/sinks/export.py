@@ -346,10 +346,10 @@ def _tiff(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str)
         meta: dict[str, Any] = {"axes": "TYX", "unit": unit}
         if interval > 0:
             meta["finterval"] = interval
-        tifffile.imwrite(out, frames, imagej=True, metadata=meta, **common)  # type: ignore[arg-type]
+        tifffile.imwrite(out, frames, imagej=True, metadata=meta, **common)
     else:
         desc = {"axes": "TYX", "unit": unit, "pixel_size": pixel, "finterval": interval}
-        tifffile.imwrite(out, frames, resolutionunit="NONE", metadata=desc, **common)  # type: ignore[arg-type]
+        tifffile.imwrite(out, frames, resolutionunit="NONE", metadata=desc, **common)
 
 
 def _mrc(path: Path, kind: str, out: Path, info: dict, pixel: float, unit: str) -> None:

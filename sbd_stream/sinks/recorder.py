@@ -330,15 +330,15 @@ class Recorder(OpenParts, BackgroundWorker):
             self.close(item.acq)
             self.t0.pop(item.acq, None)
             return
-        if item.data is None or item.kind not in KINDS:
+        item = self._as_stored(item)  # a no-op after ``_handle``; for direct callers
+        if (data := item.data) is None or item.kind not in KINDS:
             return
         if item.acq in self.failed:
             self.metrics.record_dropped.inc()
             return
-        item = self._as_stored(item)  # a no-op after ``_handle``; for direct callers
         t0 = time.perf_counter()
         try:
-            check_space(self.directory, self.s.min_free_bytes, item.data.nbytes)  # sinks/disk_space.py
+            check_space(self.directory, self.s.min_free_bytes, data.nbytes)  # sinks/disk_space.py
             if item.restart and item.kind == "raw":
                 self._restart(item)
             af = self._file_for(item)
@@ -351,7 +351,7 @@ class Recorder(OpenParts, BackgroundWorker):
             chunk = item.chunk if item.chunk is not None else compressed
             table, own = column_table.row_values(item.kind, item.meta, item.evidence_frames)
             meta, own = (item.meta, {"exposure_s": item.exposure_s}) if item.kind == "raw" else (None, own)
-            as_is = af.append(item.kind, item.seq, item.ts, item.data, chunk, table, meta, **own)
+            as_is = af.append(item.kind, item.seq, item.ts, data, chunk, table, meta, **own)
             if as_is and item.chunk is not None:
                 self.metrics.record_direct_chunks.inc()
             if item.kind == "raw" and item.rx >= 0:
@@ -376,13 +376,13 @@ class Recorder(OpenParts, BackgroundWorker):
         if item.kind == "raw":
             if af is not None and (af.shape != shape or af.raw_dtype != dtype or item.acq in self.full):
                 reason = "shape" if af.shape != shape else "dtype" if af.raw_dtype != dtype else "size"
-                return self._roll(item.acq, reason, shape, dtype)  # type: ignore[arg-type]
+                return self._roll(item.acq, reason, shape, dtype)
             if af is None:
                 if (back := self.evicted.take(item.acq, shape, dtype, self.s.idle_close_s)) is not None:
                     return self._continue(item.acq, *back)
                 if item.acq not in self.t0:
                     self.t0[item.acq] = item.ts
-                return self._open(item.acq, shape, dtype)  # type: ignore[arg-type]
+                return self._open(item.acq, shape, dtype)
             return af
         # outputs: the part holding their raw frame (by rx; without one, by shape if that frame is forgotten)
         if item.rx >= 0 and (path := self.part_index.find(item.acq, item.rx)) is None:
@@ -392,7 +392,7 @@ class Recorder(OpenParts, BackgroundWorker):
         for cand in (af, self.previous.get(item.acq)):
             if cand is not None and (cand.path == path if path is not None else cand.shape == shape):
                 return cand
-        return self._reopen_for(item.acq, shape, path)  # type: ignore[arg-type]
+        return self._reopen_for(item.acq, shape, path)
 
     def _open(self, acq: str, shape: tuple[int, int], dtype: np.dtype) -> AcqFile:
         self._make_room()
@@ -447,4 +447,4 @@ class Recorder(OpenParts, BackgroundWorker):
             return
         msg = "%s: sequence restarted at seq %s without series_start; continuing in a new part"
         log.warning(msg, item.acq, item.seq)  # so that no part holds a seq twice
-        self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)  # type: ignore[arg-type]
+        self._roll(item.acq, "restart", tuple(item.data.shape), item.data.dtype)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -88,11 +89,11 @@ class XPubSender:
     def drain_subscriptions(self) -> None:
         """An XPUB queues (un)subscriptions for us to read; unread, subscribers that come and go would
         grow that queue for ever."""
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self.sock.recv(zmq.NOBLOCK)
 
 
-HANDSHAKE_CAUSES = {
+HANDSHAKE_CAUSES: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused",  # CURVE: its key is not in authorized_keys_dir
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "mismatch",  # no CURVE, a wrong server key, no ZeroMQ peer
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "mismatch",

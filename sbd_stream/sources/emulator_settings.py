@@ -18,7 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sbd_stream.compute.noise import DEFAULT_DOSE
-from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ, PAPER_PIXEL_A, Count, SocketMode
+from sbd_stream.config import PAPER_PIXEL_A
+from sbd_stream.config_types import MAX_TIME_S, MIN_RATE_HZ, Count, SocketMode
 from sbd_stream.protocol import MAX_ACQ_LEN, MAX_SEQ, MAX_SIDE
 from sbd_stream.sources.receiver import endpoint_problem
 

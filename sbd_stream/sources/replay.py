@@ -185,8 +185,9 @@ def _recorded_start(f: Any) -> tuple[RecordedSeries, float]:
     if exposure is None:
         count_time = f.get("entry/instrument/detector/count_time")
         exposure = _number(count_time[()] if count_time is not None and count_time.shape == () else None)
-    ok = isinstance(exposure, int | float) and math.isfinite(exposure) and exposure >= 0  # a crafted file
-    return rec, float(exposure) if ok else 0.0
+    if isinstance(exposure, int | float) and math.isfinite(exposure) and exposure >= 0:  # a crafted file
+        return rec, float(exposure)
+    return rec, 0.0
 
 
 def _number(value: Any) -> float | None:

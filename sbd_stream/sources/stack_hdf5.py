@@ -96,10 +96,10 @@ def guess_dataset(f: h5py.File, path: Path) -> str:
     for name in DEFAULT_H5_DATASETS:
         if isinstance(f.get(name), h5py.Dataset):
             return name
-    name, problem = _choose(f, path)
-    if name is None:  # raised here, where no dataset is held: a traceback kept linked files open
+    chosen, problem = _choose(f, path)
+    if chosen is None:  # raised here, where no dataset is held: a traceback kept linked files open
         raise StackError(problem)
-    return name
+    return chosen
 
 
 def _choose(f: h5py.File, path: Path) -> tuple[str | None, str]:

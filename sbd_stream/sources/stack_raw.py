@@ -50,7 +50,7 @@ class RawFrames:
             return np.stack([self[i] for i in range(start, stop, step)]) if start != stop else self[0:0]
         out = np.empty((max(0, stop - start), *self.shape[1:]), self.dtype)
         with self._lock:
-            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), start)
+            self._read_into(out.reshape(-1).view(np.uint8).data, start)  # .data: memoryview(ndarray), typed
         return out
 
     def _read_into(self, view: memoryview, start: int) -> None:

@@ -80,9 +80,9 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
         index = next((k for k, s in enumerate(tif.series) if s is series[0]), None)
         if len(series) == 1 and not compressed and index is not None:
             try:
-                arr = tifffile.memmap(path, series=index, mode="r")
+                mapped = tifffile.memmap(path, series=index, mode="r")
                 tif.close()
-                return arr, sampling, None
+                return mapped, sampling, None
             except ValueError:  # pages scattered through the file: read one at a time below
                 pass
         frames = _paged(tif, series, shape, dt, path)

@@ -82,7 +82,7 @@ class FrameStack:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.frames.shape)  # type: ignore[return-value]
+        return tuple(self.frames.shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -206,11 +206,11 @@ def _open(path: Path, suffix: str, dataset: str | None) -> FrameStack:
                 return FrameStack(_check(arr, str(path)), str(path))
         except ValueError as e:
             raise StackError(f"{path}: {e}") from None
-        frames = RawFrames(path, offset, shape, dt)
+        raw = RawFrames(path, offset, shape, dt)
         try:
-            return FrameStack(_check(frames, str(path)), str(path), frames.close)
+            return FrameStack(_check(raw, str(path)), str(path), raw.close)
         except StackError:
-            frames.close()
+            raw.close()
             raise
     if suffix in {".tif", ".tiff"}:
         frames, sampling, closer = open_tiff(path)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app, time_options
-from sbd_stream.config import MAX_TIME_S, MIN_RATE_HZ
+from sbd_stream.config_types import MAX_TIME_S, MIN_RATE_HZ
 
 pytestmark = pytest.mark.integration
 

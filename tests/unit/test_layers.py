@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "engines": 3,
     "config_merge": 0,  # pure dict logic of the settings layers (config.py uses it)
     "config_file": 0,  # reading one TOML settings file, with its size and nesting checked (config.py)
+    "config_types": 1,  # the settings' bounded aliases and enums (config.py re-exports them)
     "config": 4,
     "formats": 5,
     "sources": 6,

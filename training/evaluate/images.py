@@ -239,9 +239,9 @@ def evaluate_images(
         warn(f"skipped {s['path']}: {s['reason']}")
     unread = {s["path"] for s in skipped if "path" in s}
     disagree = sampling_disagreements(stated_pixel_sizes(cfg.folder, cfg.dataset, unread), cfg.pixel_size_A)
-    for d in disagree:
+    for entry in disagree:
         warn(
-            f"{d['path']} states {d['stated_pixel_size_A']:.4g} A per pixel, --pixel-size says "
+            f"{entry['path']} states {entry['stated_pixel_size_A']:.4g} A per pixel, --pixel-size says "
             f"{cfg.pixel_size_A:.4g} A: scored at --pixel-size; rerun with the file's value if it is right"
         )
     engine_dir = Path(cfg.engine) if cfg.engine and Path(cfg.engine).is_dir() else None
@@ -349,7 +349,8 @@ def dose_check(info: dict[str, Any]) -> dict[str, Any]:
     from sbd_stream.service.batch import Geometry, dose_warning
 
     g = info["geometry"]
-    dose_range = tuple(float(x) for x in info["card"]["dose_range"])
+    lo, hi = (float(x) for x in info["card"]["dose_range"])
+    dose_range = (lo, hi)
     det = DetectorSettings(pixel_size_A=g["pixel_size_A"], counts_per_px=g["counts_per_px"])
     geometry = Geometry(
         det, g["bin"], g["working_pixel_A"], g["working_vacuum_counts"], g["dose_factor"], dose_range

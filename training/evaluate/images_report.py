@@ -7,7 +7,7 @@ borders and their legend) is kept apart from how the scores are made (``images.p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -118,7 +118,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-BORDERS = (
+BORDERS: tuple[tuple[int, int, str, str, Literal["solid", "dashed", "dashdot"]], ...] = (
     (VACUUM, SUPPORT, "vacuum | support", "black", "solid"),
     (VACUUM, PARTICLE, "vacuum | particle", "darkorange", "dashed"),
     (SUPPORT, PARTICLE, "support | particle", "green", "dashdot"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,11 @@ images and five meta fields; it used to end in h5py's ``object 'task_key' doesn'
 def _summarise(paths: list[str]) -> str:
     """'columns/ (all of it), meta/task_key, ...': a group missing whole is named once."""
     out: list[str] = []
-    groups = {"meta/": META_FIELDS, "columns/": COLUMN_FIELDS, "tasks/": ("key", "structure_json")}
+    groups: dict[str, Sized] = {
+        "meta/": META_FIELDS,
+        "columns/": COLUMN_FIELDS,
+        "tasks/": ("key", "structure_json"),
+    }
     for prefix, names in groups.items():
         gone = [p for p in paths if p.startswith(prefix)]
         if len(gone) == len(names):
@@ -118,7 +123,7 @@ class SimulatedDatasetWriter:
             self._truncate_to_committed()
 
     # -- layout -------------------------------------------------------------------------------------------
-    def _create(self, shape: tuple[int, int], attrs: dict[str, Any]) -> None:
+    def _create(self, shape: tuple[int, ...], attrs: dict[str, Any]) -> None:
         f = self._f
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
@@ -156,7 +161,7 @@ class SimulatedDatasetWriter:
         f.create_dataset("committed", data=np.zeros(3, dtype=np.int64))  # images, columns, tasks
         f.flush()
 
-    def _check_compatible(self, shape: tuple[int, int], attrs: dict[str, Any]) -> None:
+    def _check_compatible(self, shape: tuple[int, ...], attrs: dict[str, Any]) -> None:
         if self._f.attrs.get("format") != FORMAT_NAME:
             raise ValueError(f"{self.path} is not a {FORMAT_NAME} file")
         have = tuple(int(v) for v in self._f.attrs["image_shape"])
@@ -202,6 +207,7 @@ class SimulatedDatasetWriter:
             f["images"].resize(n_img + k, axis=0)
             f["images"][n_img:] = imgs
             starts = n_col + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            vals: np.ndarray | list[Any]
             for name, dt in META_FIELDS.items():
                 if name == "col_start":
                     vals = starts

@@ -203,13 +203,13 @@ def _train(cfg: TrainConfig, resume: bool, held: list[RunLock]) -> dict[str, Any
             )
     amp = cfg.amp == "bf16"
     if amp:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; no stub
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=cfg.lr_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
     )
-    state = {"step": 0, "best_psnr": -math.inf, "best_step": 0, "bad": 0, "elapsed_s": 0.0, "samples": 0}
+    state: dict[str, Any] = dict(step=0, best_psnr=-math.inf, best_step=0, bad=0, elapsed_s=0.0, samples=0)
     if resuming:
         ck = load_tensors(last, last, map_location=device)  # pickled objects: one line, exit 2
         net.load_state_dict(ck["model"])

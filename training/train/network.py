@@ -65,7 +65,8 @@ def init_weights(cfg: TrainConfig) -> dict[str, Any]:
 
     engine_dir = resolve_engine_dir(cfg.init_from)
     card = load_card(engine_dir)
-    mine, theirs = [cfg.architecture], [card.architecture]
+    mine: list[Any] = [cfg.architecture]
+    theirs: list[Any] = [card.architecture]
     if cfg.architecture is Architecture.unet:
         mine = [*mine, cfg.scales, cfg.channels, cfg.space_to_depth]
         theirs = [*theirs, card.scales, card.channels, card.space_to_depth]

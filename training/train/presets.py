@@ -17,7 +17,7 @@ from training.train.config import TrainConfig
 CPU_TILING = {"tile": 1280, "margin": 48, "overlap": 32}
 """Big tiles for CPU: a 1024^2 frame runs as one 1184^2 tile instead of nine 512^2 ones (2.4x the work)."""
 
-WHOLE_IMAGES = {
+WHOLE_IMAGES: dict[str, Any] = {
     "batch": 2,
     "val_every": 250,
     "val_images": 32,

@@ -161,7 +161,7 @@ class DectrisDialect:
         self.state = SeriesState()
         self._decode: Callable[[list[Any]], list[Message]] = (
             self.v1.decode
-            if settings.dialect == InputDialect.dectris_v1
+            if settings.dialect == InputDialect.dectris_v1.value
             else lambda parts: decode_stream_v2(parts, max_payload_bytes)
         )
 

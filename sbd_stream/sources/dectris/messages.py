@@ -203,7 +203,7 @@ class StreamV1Decoder:
             ]
         raise ProtocolError("bad_htype", _short(htype, 40))
 
-    def flush(self) -> list[Message]:
+    def flush(self) -> list[SeriesMessage]:
         """A header still waiting (no configuration arrived before the timeout)."""
         if self._pending is None:
             return []
