@@ -112,22 +112,12 @@ class BoundedNumcodec(numcodecs.abc.Codec):
 
 
 @dataclasses.dataclass(frozen=True)
-class BoundedBytesCodec(BytesBytesCodec):
-    """A zarr v3 bytes-to-bytes codec (``inner``: zarr's ``gzip``, ``numcodecs.zlib`` / ``bz2`` /
-    ``lzma``) decoded by ``bounded_decode`` as ``numcodec`` (the numcodecs codec ``inner`` decodes
-    with); encoding, sizes and the config are ``inner``'s."""
+class _Wrapped(BytesBytesCodec):
+    """A zarr v3 bytes-to-bytes codec standing in for ``inner``: encoding, sizes and the config (what a
+    store's metadata says) are ``inner``'s; the subclasses change only how a chunk is decoded."""
 
     inner: Any
-    numcodec: Any
-    bound: int
     is_fixed_size = False
-
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
-        decode = lambda b: bounded_decode(self.numcodec, b, self.bound)  # noqa: E731
-        return as_numpy_array_wrapper(decode, chunk_bytes, chunk_spec.prototype)
-
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer | None:
         return await self.inner._encode_single(chunk_bytes, chunk_spec)
@@ -140,28 +130,34 @@ class BoundedBytesCodec(BytesBytesCodec):
 
 
 @dataclasses.dataclass(frozen=True)
-class HeaderCheckedCodec(BytesBytesCodec):
+class BoundedBytesCodec(_Wrapped):
+    """A zarr v3 bytes-to-bytes codec (``inner``: zarr's ``gzip``, ``numcodecs.zlib`` / ``bz2`` /
+    ``lzma``) decoded by ``bounded_decode`` as ``numcodec`` (the numcodecs codec ``inner`` decodes
+    with)."""
+
+    numcodec: Any
+    bound: int
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
+        decode = lambda b: bounded_decode(self.numcodec, b, self.bound)  # noqa: E731
+        return as_numpy_array_wrapper(decode, chunk_bytes, chunk_spec.prototype)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderCheckedCodec(_Wrapped):
     """A zarr v3 LZ4 / Blosc / Zstd codec (``inner``) whose chunk header is checked (``check.header``)
     before ``inner`` decodes it. Why: the store checks each chunk file, and each inner chunk of a shard
     it reads by byte range, but a shard read whole (every frame of it) reached numcodecs unchecked: a
     26-byte Zstd chunk in a shard declaring 1 GB allocated 1 GB (session 34)."""
 
-    inner: Any
     check: ChunkCheck
-    is_fixed_size = False
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
         self.check.header(chunk_bytes.as_numpy_array().view(np.uint8).reshape(-1))
         return await self.inner._decode_single(chunk_bytes, chunk_spec)
-
-    async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer | None:
-        return await self.inner._encode_single(chunk_bytes, chunk_spec)
-
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec: Any) -> int:
-        return int(self.inner.compute_encoded_size(input_byte_length, chunk_spec))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.inner.to_dict())
 
 
 def bounded_array(arr: Any, check: ChunkCheck) -> Any:
