@@ -412,22 +412,31 @@ def write_engine(
     card: EngineCard,
     onnx: bool = True,
 ) -> EngineCard:
-    """Save weights (and ONNX), fill in the derived card fields and checksums, write ``card.json``."""
+    """Save weights (and ONNX), fill in the derived card fields and checksums, write ``card.json``.
+
+    All or nothing (``folder_swap.replace_folder``): the files are written into a staging folder inside
+    ``engine_dir``, then renamed over the old ones, the card last; the folder itself (its other files,
+    owner, mode) is kept. An exception midway (an ONNX export that fails, a full disk, Ctrl-C) left new
+    weights under the old card and ONNX before; now it leaves the previous engine as it was."""
+    from sbd_stream.engines.folder_swap import replace_folder
     from sbd_stream.engines.onnx_export import export_onnx
 
-    engine_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    torch.save(model.state_dict(), engine_dir / WEIGHTS_FILE)
-    checksums = {WEIGHTS_FILE: sha256_file(engine_dir / WEIGHTS_FILE)}
-    if onnx:
-        export_onnx(model, engine_dir / ONNX_FILE)
-        checksums[ONNX_FILE] = sha256_file(engine_dir / ONNX_FILE)
-    card = card.model_copy(
-        update={
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "field_of_view": field_of_view(model),
-            "checksums": checksums,
-        }
-    )
-    (engine_dir / CARD_FILE).write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
-    return card
+
+    def fill(folder: Path) -> EngineCard:
+        torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+        checksums = {WEIGHTS_FILE: sha256_file(folder / WEIGHTS_FILE)}
+        if onnx:
+            export_onnx(model, folder / ONNX_FILE)
+            checksums[ONNX_FILE] = sha256_file(folder / ONNX_FILE)
+        done = card.model_copy(
+            update={
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "field_of_view": field_of_view(model),
+                "checksums": checksums,
+            }
+        )
+        (folder / CARD_FILE).write_text(json.dumps(done.model_dump(mode="json"), indent=2) + "\n")
+        return done
+
+    return replace_folder(engine_dir, fill, renewed=(WEIGHTS_FILE, ONNX_FILE, CARD_FILE))

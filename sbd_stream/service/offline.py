@@ -260,8 +260,10 @@ def environment_info(model: str | None = None) -> dict[str, Any]:
         engines = [describe_engine(resolve_engine_dir(model))]
     else:
         # regular files only: a folder named card.json raised IsADirectoryError, a FIFO hung `info`
-        engines = [describe_engine(c.parent) for c in sorted(root.glob("*/card.json")) if c.is_file()]
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+        # and no hidden folder: install-quality's .NAME.installing (a killed copy) is not an engine
+        cards = [c for c in sorted(root.glob("*/card.json")) if c.is_file() and c.parent.name[0] != "."]
+        engines = [describe_engine(c.parent) for c in cards]
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("onnxruntime", "onnx", "tensorrt", "h5py", "zmq", "numpy"):
         try:
             versions[mod] = __import__(mod).__version__

@@ -288,6 +288,30 @@ def dose_curve(
     typer.echo(f"wrote {out_dir}/dose_curve_{world}.json")
 
 
+OVERWRITE_HELP = (
+    "with --train: write an engine folder under benchmarks/engines even if it holds other files "
+    "(as export's --overwrite); an earlier export of the same engine is replaced without it"
+)
+
+
+def _check_engine_dirs(folders: list[Path], overwrite: bool) -> None:
+    """Export's rule (check_engine_dir) for each folder --train will write, before any training starts:
+    fov-study wrote into them after hours of training, whatever they held (audit 34)."""
+    from training.train.export import EngineDirTaken, check_engine_dir
+
+    lines = []
+    for folder in folders:
+        try:
+            lines.append(
+                check_engine_dir(folder, folder.name, overwrite, "--train's folder", "move its files away")
+            )
+        except EngineDirTaken as e:
+            fail(str(e))
+    for line in lines:
+        if line is not None:
+            typer.echo(f"after training: {line}")
+
+
 def fov_study(
     data: Path = typer.Option(Path("data/mini.h5"), help="simulated HDF5 set"),
     engine: list[str] | None = typer.Option(None, help="LABEL=ENGINE_DIR (repeatable); default: fov*"),
@@ -296,6 +320,7 @@ def fov_study(
     max_test_images: int | None = typer.Option(None, help="evenly spaced subset of the test split"),
     seed: int = typer.Option(2024, help="seed of the test noise"),
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1.json/.md go"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Table 3.1(a): UNets of ~equal parameter count and FoV 53 / 245 / 1013 px on the test split."""
 
@@ -308,10 +333,13 @@ def fov_study(
         from training.train.loop import train as run_training
         from training.train.presets import preset_config
 
-        for preset in ("fov53", "fov245", "fov1013"):
-            cfg = preset_config(preset, data=str(data), max_minutes=max_minutes)
-            run_training(cfg)
-            export_run(cfg.run_dir, BENCH_ENGINES / cfg.name)
+        runs = [
+            preset_config(p, data=str(data), max_minutes=max_minutes) for p in ("fov53", "fov245", "fov1013")
+        ]
+        _check_engine_dirs([BENCH_ENGINES / tc.name for tc in runs], overwrite)  # before any training
+        for tc in runs:
+            run_training(tc)
+            export_run(tc.run_dir, BENCH_ENGINES / tc.name)
     cfg = EvalConfig(data=data, seed=seed, max_test_images=max_test_images, out_dir=out_dir)
     command = invocation("sbd-train")
     engines = engine_options(engine, FOV_ENGINES)
@@ -343,6 +371,7 @@ def fov_study_detector(
     ),
     max_test_images: int = typer.Option(24, help="evenly spaced test frames at the detector's sampling"),
     out_dir: Path = typer.Option(Path("benchmarks/results"), help="where table_3_1_<world>.* go"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Table 3.1 at the detector's sampling: networks with 3 / 5 / 13 / 59 A of reach at equal budgets,
     beside the low-pass tuned on the validation models; per region on the paper's world."""
@@ -359,10 +388,13 @@ def fov_study_detector(
     val = val or Path(f"data/{world}.h5")
     need_test_split(test)
     need_dataset(val, "--val")
+    cfgs = [preset_config(preset, data=str(val)) for preset in FOV_PRESETS[world]]
+    missing = [BENCH_ENGINES / c.name for c in cfgs if not (BENCH_ENGINES / c.name / "card.json").is_file()]
+    if train_first:
+        _check_engine_dirs(missing, overwrite)  # before any training
     default = {}
-    for preset in FOV_PRESETS[world]:
-        cfg = preset_config(preset, data=str(val))
-        if train_first and not (BENCH_ENGINES / cfg.name / "card.json").is_file():
+    for cfg in cfgs:
+        if train_first and BENCH_ENGINES / cfg.name in missing:
             from training.train.export import export_run
             from training.train.loop import train as run_training
 

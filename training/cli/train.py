@@ -59,8 +59,14 @@ def train(
     ),
     engine_dir: Path | None = typer.Option(None, help="export the best checkpoint here afterwards"),
     evaluate_test: bool = typer.Option(True, help="with --engine-dir: put test metrics in the card"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="with --engine-dir: write it even if it holds other files (as export's)"
+    ),
 ) -> None:
-    """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`)."""
+    """Train a denoiser on simulated data (works under `torchrun --nproc_per_node=N`).
+
+    --engine-dir is checked before training starts, by export's rule (new, empty or an earlier export
+    of the same engine, else one error line unless --overwrite), and again before the export."""
     import math
     import os
     import signal
@@ -100,6 +106,11 @@ def train(
         need_dataset(extra, "--extra-data")
     if init_from is not None:
         need_engine(init_from, "--init-from", ("model.pt",))
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    if engine_dir is not None:  # before the run, not after its hour of training (audit 34)
+        replaced = _engine_dir_line(engine_dir, overwrite)
+        if replaced is not None and rank0:
+            typer.echo(f"after training: {replaced}")
     try:
         with sigterm_raises():  # in the loop: a checkpoint first (training.train.stop)
             summary = run_training(cfg, resume=resume)
@@ -109,12 +120,24 @@ def train(
         raise Interrupted(e.signum, f"training {cfg.run_dir} stopped by {e.signal_name} {_BEFORE}") from None
     except KeyboardInterrupt:
         raise Interrupted(signal.SIGINT, f"training {cfg.run_dir} stopped by SIGINT {_BEFORE}") from None
-    if engine_dir is not None and int(os.environ.get("RANK", 0)) == 0:
+    if engine_dir is not None and rank0:
+        _engine_dir_line(engine_dir, overwrite, f" (the run is kept: sbd-train export {cfg.run_dir})")
         export_engine(cfg.run_dir, engine_dir, evaluate_test, cfg.data)
     if summary["best_val_psnr"] is None:  # a budget spent before the first validation
         typer.echo(f"no validation yet after {summary['steps']} steps (every {cfg.val_every} steps)")
     else:
         typer.echo(f"best val PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+
+
+def _engine_dir_line(engine_dir: Path, overwrite: bool, after: str = "") -> str | None:
+    """check_engine_dir's line for ``engine_dir`` (named after itself, as the export names it), or its
+    refusal as one error line, status 2, ``after`` added (the second check, once the run is done)."""
+    from training.train.export import EngineDirTaken, check_engine_dir, engine_name
+
+    try:
+        return check_engine_dir(engine_dir, engine_name(engine_dir), overwrite)
+    except EngineDirTaken as e:
+        fail(f"{e}{after}")
 
 
 _BEFORE = "before its steps began (while its data were read): rerun the same command to start or resume it"
@@ -139,13 +162,13 @@ def export(
     folder must be new, empty or an earlier export of the same engine (its card names the folder), else
     one error line unless --overwrite: a folder of other files or another engine is never mixed into.
     """
-    from training.train.export import EngineDirTaken, check_engine_dir
+    from training.train.export import EngineDirTaken, check_engine_dir, engine_name
 
     if not (run_dir / "config.json").is_file():
         why = "no config.json (not a training run)" if run_dir.is_dir() else "no such run"
         fail(f"RUN_DIR {run_dir}: {why}")
     try:
-        replaced = check_engine_dir(engine_dir, engine_dir.name, overwrite)
+        replaced = check_engine_dir(engine_dir, engine_name(engine_dir), overwrite)
     except EngineDirTaken as e:
         fail(str(e))
     if data is None:
@@ -212,7 +235,9 @@ def install_quality(
         )
     tmp = dest.with_name(f".{dest.name}.installing")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    from sbd_stream.engines.folder_swap import STAGE_PREFIX  # a killed export's staging is not the engine
+
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(f"{STAGE_PREFIX}*"))
     os.replace(tmp, dest)  # whole or not at all: offline_engine() picks the folder once card.json is there
     typer.echo(f"installed {src} as {dest} (worst margins over the oracle low-pass: {margins})")
 
@@ -264,6 +289,12 @@ def gpu_recipe(
         None, min=0.0, help="orientation term: each batch also in one other orientation (default: preset's)"
     ),
     engine_dir: Path | None = typer.Option(None, help="engine to write (default engines/<name>)"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="export into the engine folder even if it holds other files or another engine (as export's); "
+        "checked before any step runs",
+    ),
     results: Path = typer.Option(Path("benchmarks/results/gpu-recipe"), help="tables and gpu_recipe.json"),
     max_test_images: int = typer.Option(24, help="detector-sampling test frames for Table 5.1"),
     slow_test_images: int = typer.Option(6, help="test frames for NLM / BM3D"),

@@ -25,7 +25,7 @@ MODELS: dict[str, tuple[int, int]] = {
 }
 """UNet (scales, channels) by name; ``scales`` / ``channels`` override single values."""
 
-GPU_DEFAULTS = {
+GPU_DEFAULTS: dict[str, Any] = {
     "batch": 16,
     "threads": 4,
     "preload_max_gb": 32.0,
@@ -106,6 +106,9 @@ class RecipeConfig(BaseModel):
     equivariance_weight: float | None = Field(None, ge=0.0, description="orientation term; None: preset's")
     # export
     engine_dir: Path | None = None
+    overwrite: bool = Field(
+        False, description="export into engine_dir even if it holds other files or another engine"
+    )
     card_test_images: int | None = Field(
         48, ge=1, description="test frames for the card's metrics; None: all (0 failed after training)"
     )

@@ -230,3 +230,15 @@ def engine_dir(cfg: RecipeConfig, run_name: str) -> Path:
             f"it with `sbd-train install-quality ENGINE`, which runs the quality checks first"
         )
     return out
+
+
+def check_export_dir(cfg: RecipeConfig, out: Path) -> str | None:
+    """``sbd-train export``'s rule for the export step's folder (training.train.export.check_engine_dir),
+    its refusal a RecipeError (one line, status 2): the recipe exported into any folder, after hours of
+    simulation and training (audit 34). None for a new or empty folder, else what the export replaces."""
+    from training.train.export import EngineDirTaken, check_engine_dir, engine_name
+
+    try:
+        return check_engine_dir(out, engine_name(out), cfg.overwrite)
+    except EngineDirTaken as e:
+        raise RecipeError(str(e)) from None

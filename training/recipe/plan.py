@@ -16,6 +16,7 @@ from training.recipe.config import (
 )
 from training.recipe.parts import (
     _grid_images,
+    check_export_dir,
     detector_test_path,
     n_train_gpus,
     simulation_status,
@@ -85,6 +86,11 @@ def describe_plan(cfg: RecipeConfig, dev: dict[str, Any] | None = None) -> dict[
             item["init_from"] = cfg.init_from
         elif s == "export":
             item["command"] = f"sbd-train export {tc.run_dir} --engine-dir {ctx.engine_dir}"
+            try:
+                item["engine_dir"] = check_export_dir(cfg, ctx.engine_dir) or "new or empty"
+            except RecipeError as e:
+                item["engine_dir"] = f"refused: {e}"
+                out["refusal"] = out.get("refusal") or str(e)
             if cfg.train_preset == "paper-quality":
                 item["quality_engine"] = (
                     f"not installed: `sbd-train install-quality {ctx.engine_dir}` runs the quality checks "

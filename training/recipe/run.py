@@ -12,6 +12,7 @@ from typing import Any
 
 from sbd_stream.invocation import invocation
 from training.recipe.config import NEEDS, SUMMARY_FILE, RecipeConfig, devices, resolve_device, selected_steps
+from training.recipe.parts import check_export_dir
 from training.recipe.steps import STEP_FUNCTIONS, Skipped, StepContext
 
 
@@ -27,6 +28,10 @@ def run_recipe(cfg: RecipeConfig, log: Callable[[str], None] = print) -> dict[st
     ctx = StepContext(cfg, dev, device)
     if {"export", "tensorrt", "evaluate"} & set(steps):
         _ = ctx.engine_dir  # refuses the quality engine's own folder before any step runs
+    if "export" in steps:  # export's rule for its folder, before simulating and training
+        replaced = check_export_dir(cfg, ctx.engine_dir)
+        if replaced is not None:
+            log(f"export step: {replaced}")
     summary: dict[str, Any] = {
         "recipe": "sbd-train gpu-recipe",
         "command": invocation("sbd-train"),

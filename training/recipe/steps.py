@@ -11,6 +11,7 @@ from typing import Any
 
 from training.recipe.config import RecipeConfig
 from training.recipe.parts import (
+    check_export_dir,
     detector_test_path,
     engine_dir,
     n_train_gpus,
@@ -92,6 +93,7 @@ def step_export(ctx: StepContext) -> dict[str, Any]:
     from training.train.export import export_run, set_metrics
 
     run_dir, out = ctx.tc.run_dir, ctx.engine_dir
+    check_export_dir(ctx.cfg, out)  # again: the folder may have changed during training
     card = export_run(run_dir, out)
     res: dict[str, Any] = {
         "engine_dir": str(out),

@@ -8,6 +8,8 @@ metrics. ``write_engine`` adds weights, a verified ONNX and checksums.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,16 @@ import torch
 
 from sbd_stream.compute.normalisation import Normalisation
 from sbd_stream.engines.artefact_files import load_tensors
-from sbd_stream.engines.card import CARD_FILE, ONNX_FILE, WEIGHTS_FILE, EngineCard, load_card, write_engine
+from sbd_stream.engines.card import (
+    CARD_FILE,
+    NAME_PATTERN,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    EngineCard,
+    load_card,
+    write_engine,
+)
+from sbd_stream.engines.folder_swap import is_stage
 from training.train.config import TrainConfig
 from training.train.network import build_network
 from training.train.resume import effective_freeze
@@ -212,7 +223,21 @@ def engine_dir_owner(engine_dir: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def check_engine_dir(engine_dir: Path, name: str, overwrite: bool = False) -> str | None:
+def engine_name(engine_dir: Path) -> str:
+    """The name an export gives the engine it writes into ``engine_dir``: the folder's own name, also
+    for ``.``, ``..`` or ``DIR/..`` (``Path('.').name`` is '': the card took the run's name, and a
+    second export into ``.`` was refused as "holds the engine 'RUN', not ''"). Symbolic links are not
+    followed: a link's name is the engine's, as before."""
+    return Path(os.path.abspath(engine_dir)).name
+
+
+def check_engine_dir(
+    engine_dir: Path,
+    name: str,
+    overwrite: bool = False,
+    option: str = "--engine-dir",
+    remedy: str = "choose another folder",
+) -> str | None:
     """Whether an export of the engine ``name`` may write into ``engine_dir``; raises EngineDirTaken if not.
 
     Returns None for a new or empty folder, else the line that tells the user what the export replaces
@@ -220,15 +245,26 @@ def check_engine_dir(engine_dir: Path, name: str, overwrite: bool = False) -> st
     wrote into any folder without a word, so one typo mixed an engine into an unrelated folder or replaced
     another engine's weights under its card. Replacing an earlier export of the same engine (its card
     names ``name``: retraining into its own folder, as docs/training.md shows) is the ordinary case;
-    anything else needs ``overwrite`` (``--overwrite``)."""
+    anything else needs ``overwrite`` (``--overwrite``). ``option`` / ``remedy``: how the refusal names
+    the folder and what it proposes besides ``--overwrite`` (``fov-study --train`` has no folder option).
+
+    Commands that write an engine after long work (``train --engine-dir``, ``fov-study --train``,
+    ``gpu-recipe``'s export step) call it before that work starts: an hour of training no longer ends
+    in a folder mixed into or another engine replaced; nor in a card its folder's name cannot name."""
     if engine_dir.exists() and not engine_dir.is_dir():
-        raise EngineDirTaken(f"--engine-dir {engine_dir}: a file, not a folder")
+        raise EngineDirTaken(f"{option} {engine_dir}: a file, not a folder")
+    if not re.fullmatch(NAME_PATTERN, name):  # the card was refused only when written (after training)
+        raise EngineDirTaken(
+            f"{option} {engine_dir}: {name!r} cannot name an engine (no leading '.', no control character); "
+            f"{remedy}"
+        )
     if not engine_dir.is_dir():
         return None
     try:
-        held = sorted(p.name for p in engine_dir.iterdir())
+        # a staging folder a killed write left is the next write's to remove, not the user's file
+        held = sorted(p.name for p in engine_dir.iterdir() if not is_stage(p.name))
     except OSError as e:
-        raise EngineDirTaken(f"--engine-dir {engine_dir}: cannot be listed ({e.strerror or e})") from None
+        raise EngineDirTaken(f"{option} {engine_dir}: cannot be listed ({e.strerror or e})") from None
     if not held:
         return None
     owner = engine_dir_owner(engine_dir)
@@ -242,7 +278,7 @@ def check_engine_dir(engine_dir: Path, name: str, overwrite: bool = False) -> st
         return f"writing the engine {name!r} into {engine_dir} (--overwrite), which held {shown}"
     what = f"the engine {owner!r}, not {name!r}" if owner else f"{len(held)} other file(s) ({shown})"
     raise EngineDirTaken(
-        f"--engine-dir {engine_dir}: holds {what}; choose another folder, or pass --overwrite to write "
+        f"{option} {engine_dir}: holds {what}; {remedy}, or pass --overwrite to write "
         f"the engine there anyway ({', '.join(ENGINE_FILES)} replaced, other files kept)"
     )
 
@@ -252,10 +288,10 @@ def export_run(
 ) -> EngineCard:
     """Write ``engine_dir`` (model.pt, model.onnx, card.json) from the best checkpoint of ``run_dir``.
 
-    Writes wherever it is told: a command that takes the folder from a user checks it first
-    (check_engine_dir; ``sbd-train export``)."""
+    Writes wherever it is told: every command that writes an engine checks the folder first
+    (check_engine_dir: ``export``, ``train --engine-dir``, ``fov-study --train``, ``gpu-recipe``)."""
     cfg, summary, net = load_run(run_dir)
-    card = card_for_run(cfg, summary, name or engine_dir.name)
+    card = card_for_run(cfg, summary, name or engine_name(engine_dir))
     if metrics:
         card = card.model_copy(update={"metrics": metrics})
     return write_engine(engine_dir, net, card)
@@ -264,7 +300,9 @@ def export_run(
 def set_metrics(engine_dir: Path, metrics: dict[str, Any]) -> None:
     """Record test metrics in an existing card (checksums cover the model files, not the card)."""
     card = load_card(engine_dir).model_copy(update={"metrics": metrics})
-    (engine_dir / "card.json").write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+    tmp = engine_dir / f".card.json.{os.getpid()}.tmp"  # replaced whole: a crash never leaves half a card
+    tmp.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp, engine_dir / "card.json")
 
 
 class NoGPU(RuntimeError):
