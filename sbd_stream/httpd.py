@@ -15,18 +15,27 @@ answers only requests whose ``Host`` names loopback (:class:`LoopbackHostHandler
 microscope PC's browser opens can otherwise re-point its own host name at 127.0.0.1 (DNS rebinding)
 and read the viewer's frames and status as same-origin data.
 
+A port held while the engine loads (:func:`hold_port`) answers at once that the service is starting
+(:class:`StartingHandler`: ``/healthz`` 503, ``/metrics`` ``sbd_starting 1``, the viewer's page says so)
+until the real server adopts the socket: a probe or a scrape waited unanswered there for the whole
+load, minutes with a TensorRT plan build (review h34).
+
 A leaf (standard library only), so ``metrics`` and the viewer can both use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import http.server
 import ipaddress
+import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -36,11 +45,14 @@ __all__ = [
     "ZMQ_IN_USE_HINT",
     "BoundedHTTPServer",
     "LoopbackHostHandler",
+    "Starting",
+    "StartingHandler",
     "binds_overlap",
     "drop_held",
     "hold_port",
     "host_allowed",
     "raise_fd_limit",
+    "set_starting",
     "take_held",
     "url_host",
 ]
@@ -72,12 +84,16 @@ class BoundedHTTPServer(http.server.ThreadingHTTPServer):
         handler: type[http.server.BaseHTTPRequestHandler],
         max_connections: int = MAX_CONNECTIONS,
         timeout_s: float = TIMEOUT_S,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a listening socket to serve on (the starting answer's); default: the one held
+        for ``address`` (``hold_port``), else a new one bound here."""
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.max_connections, self.timeout_s = max_connections, timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused = 0  # connections closed at once because every slot was taken
-        held = take_held(("http", address[0], address[1]))  # bound before the engine loaded (hold_port)
+        # bound before the engine loaded (hold_port); its starting answer stops before this takes it
+        held = sock if sock is not None else take_held(("http", address[0], address[1]))
         if held is None:
             super().__init__(address, handler)
             return
@@ -127,14 +143,17 @@ ZMQ_IN_USE_HINT = "another sbd-stream? choose another port"
 """Said after "Address already in use" for a ZeroMQ endpoint a command binds (``--output``, ``--input``)."""
 
 _held: dict[Hashable, list[socket.socket]] = {}
+_answering: dict[socket.socket, _Answering] = {}  # a held socket -> its starting answer (hold_port)
 _held_lock = threading.Lock()
 
 
-def hold_port(key: Hashable, host: str, port: int) -> int:
+def hold_port(key: Hashable, host: str, port: int, answer: str | None = None) -> int:
     """Bind and listen on ``host:port`` now and keep the socket under ``key``; returns the port bound
-    (port 0: a free one). Raises ``OSError`` (``EADDRINUSE``: another program holds it).
+    (port 0: a free one). Raises ``OSError`` (``EADDRINUSE``: another program holds it). ``answer``
+    (``"metrics"`` or ``"viewer"``): serve the starting answer there until the socket is taken
+    (:class:`StartingHandler`); None: it only listens (a ZeroMQ endpoint's holder).
 
-    Why: ``serve``, ``demo`` and ``replay`` bind their ports only after the engine has loaded (seconds
+    Why: ``serve``, ``demo`` and ``replay`` bound their ports only after the engine had loaded (seconds
     of torch / ONNX Runtime), so a port in use was reported late, after the banner had said "serving".
     Bound up front and kept, a port cannot be taken while the engine loads: a ``BoundedHTTPServer``
     asking for ``key`` adopts the socket (``take_held``), and a ZeroMQ endpoint's holder is dropped just
@@ -145,17 +164,22 @@ def hold_port(key: Hashable, host: str, port: int) -> int:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(BoundedHTTPServer.request_queue_size)  # a scrape while the engine loads waits here
+        sock.listen(BoundedHTTPServer.request_queue_size)  # a connection during a hand-over waits here
+        answering = None if answer is None else _Answering(host, sock, answer)
     except BaseException:
         sock.close()
         raise
     with _held_lock:
         _held.setdefault(key, []).append(sock)
+        if answering is not None:
+            _answering[sock] = answering
     return int(sock.getsockname()[1])
 
 
 def take_held(key: Hashable) -> socket.socket | None:
-    """The first socket held under ``key`` (``hold_port``), now the caller's; None if none is."""
+    """The first socket held under ``key`` (``hold_port``), now the caller's; None if none is. Its
+    starting answer has stopped accepting when this returns: what connects next waits in the listen
+    backlog for the caller's server, never refused (answers under way still finish)."""
     with _held_lock:
         socks = _held.get(key)
         if not socks:
@@ -163,13 +187,19 @@ def take_held(key: Hashable) -> socket.socket | None:
         sock = socks.pop(0)
         if not socks:
             del _held[key]
-        return sock
+        answering = _answering.pop(sock, None)
+    if answering is not None:
+        answering.stop()
+    return sock
 
 
 def drop_held(key: Hashable) -> None:
     """Close what is still held under ``key`` (a ZeroMQ socket binds the port next; a command ended)."""
     with _held_lock:
         socks = _held.pop(key, [])
+        answers = [_answering.pop(s) for s in socks if s in _answering]
+    for answering in answers:
+        answering.stop()
     for sock in socks:
         sock.close()
 
@@ -310,3 +340,109 @@ def local_url(host: str, port: int) -> str:
     wildcard (``0.0.0.0``, ``""``, ``::``) by loopback, any other host as given (IPv6 in brackets)."""
     shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://{url_host(shown)}:{port}"
+
+
+@dataclass
+class Starting:
+    """What a held port answers while the service starts (:func:`set_starting`)."""
+
+    doing: str = "loading the engine"
+    """In words, for ``/healthz``, the viewer's page and ``info --service``."""
+    metrics_text: bytes = b""
+    """The Prometheus text ``/metrics`` serves meanwhile (``metric_names.starting_text``)."""
+    since: float = field(default_factory=time.monotonic)
+
+
+_starting = Starting()
+
+
+def set_starting(doing: str | None = None, metrics_text: bytes | None = None) -> Starting:
+    """Change what the held ports answer while the service starts (``cli.service_start``); returns it."""
+    global _starting
+    with _held_lock:
+        old = _starting
+        _starting = Starting(
+            old.doing if doing is None else doing,
+            old.metrics_text if metrics_text is None else metrics_text,
+            old.since,
+        )
+        return _starting
+
+
+class StartingHandler(LoopbackHostHandler):
+    """The answer of a port held while the engine loads: at once, never a wait.
+
+    ``kind`` "metrics": ``/healthz`` 503 with ``"starting": true`` and what is being done (a readiness
+    or startup probe reads "not yet"), ``/metrics`` and ``/`` 200 with ``sbd_starting 1`` and the
+    build info; "viewer": 503 and a page that says so and reloads itself. HEAD as GET, without a body;
+    a ``Host`` other than loopback on a loopback server: 421, as the real servers."""
+
+    server_version = "sbd-stream-starting"
+    kind = "metrics"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http (starting): " + format, *args)
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if code == 503:
+            self.send_header("Retry-After", "5")
+        self.end_headers()
+        self.send_body(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        st = _starting  # set_starting replaces it whole
+        doing = f"starting ({st.doing})"
+        state = {
+            "ok": False,
+            "starting": True,
+            "doing": st.doing,
+            "starting_s": round(time.monotonic() - st.since, 1),
+        }
+        try:
+            if self.kind == "metrics" and path == "/healthz":
+                body = {**state, "failure": None, "stages": {}, "quarantine": []}
+                self._send(503, json.dumps(body).encode(), "application/json")
+            elif self.kind == "metrics" and path in ("/metrics", "/"):
+                self._send(200, st.metrics_text, "text/plain; version=0.0.4; charset=utf-8")
+            elif self.kind == "metrics":
+                self._send(404, b"not found", "text/plain")
+            elif path in ("/", "/index.html"):
+                page = "<!doctype html><meta http-equiv=refresh content=2><title>sbd-stream</title><p>"
+                self._send(503, (page + html.escape(doing)).encode(), "text/html; charset=utf-8")
+            elif path == "/api/status":
+                self._send(503, json.dumps(state).encode(), "application/json")
+            else:
+                self._send(503, doing.encode(), "text/plain; charset=utf-8")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class _Answering:
+    """A held socket's starting answer: a ``BoundedHTTPServer`` on it, in a daemon thread, until
+    ``stop`` (which leaves the socket open and listening for the server that takes it over)."""
+
+    def __init__(self, host: str, sock: socket.socket, kind: str) -> None:
+        handler = type(f"Starting_{kind}", (StartingHandler,), {"kind": kind})
+        self.httpd = BoundedHTTPServer((host, 0), handler, sock=sock)
+        self._lock = threading.Lock()  # a stop before the loop first ran: the loop never starts
+        self._stopped = self._running = False
+        threading.Thread(target=self._run, name=f"sbd-starting-{kind}", daemon=True).start()
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._running = True
+        self.httpd.serve_forever(poll_interval=0.05)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            running = self._running
+        if running:
+            self.httpd.shutdown()  # returns once the loop has stopped accepting

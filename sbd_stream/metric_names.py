@@ -6,7 +6,7 @@ dashboards must only reference these.
 
 from __future__ import annotations
 
-__all__ = ["EXPORTED_NAMES", "LAZY_NAMES", "MALFORMED_REASONS"]  # and the HELP_* texts
+__all__ = ["EXPORTED_NAMES", "LAZY_NAMES", "MALFORMED_REASONS", "starting_text"]  # and the HELP_* texts
 
 LAZY_NAMES = ("sbd_stage_errors_total",)
 """Labelled by a reason known only when it happens (an exception's class): its series appear with the
@@ -34,7 +34,8 @@ EXPORTED_NAMES = (
     "sbd_dose_mismatch_frames_total", "sbd_measured_dose_ratio", "sbd_published_clipped_pixels_total",
     "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
     "sbd_fixed_vacuum_mismatch_frames_total", "sbd_open_files", "sbd_open_files_limit",
-    "sbd_publish_subscriber_full_total", "sbd_publish_handshake_failures_total",
+    "sbd_publish_subscriber_full_total", "sbd_publish_handshake_failures_total", "sbd_starting",
+    "sbd_build_info",
 )  # fmt: skip
 
 MALFORMED_REASONS = (
@@ -50,6 +51,8 @@ burst (a dashboard's ``increase()`` read 0 after the first malformed messages of
 checks that every reason the code can count is listed here."""
 
 # help texts of the longer-winded metrics (metrics.py registers them)
+HELP_STARTING = "1 while the service starts (its engine loads; /healthz answers 503), 0 once it runs"
+HELP_BUILD = "1, labelled with the sbd-stream version running"
 HELP_MISMATCH = "Frames whose estimated vacuum left 0.8-1.25x the configured dose (service/dose_check.py)"
 HELP_DOSE_RATIO = "The last frame's estimated vacuum level / the configured one (likelihood on; 0 before)"
 HELP_FIXED = "Frames whose flat-vacuum level left 0.9-1.1x the fixed one (service/frame_flags.py)"
@@ -65,3 +68,14 @@ HELP_EDGE = {  # the pixels service/edge.py replaces (or not) before denoising, 
     "hot": "Frames holding hot pixels (counts impossible at the configured dose; replaced by the mean)",
     "too_bright": "Frames over 5x the configured dose with pixels at the hot threshold: a wrong dose (kept)",
 }
+
+
+def starting_text(version: str) -> bytes:
+    """What ``/metrics`` serves while the engine loads (``httpd.StartingHandler``): ``sbd_starting 1``
+    and the build info, the two series the running service's registry carries too (``sbd_starting 0``),
+    so a scrape is answered at once and a dashboard tells "starting" from "down"."""
+    return (
+        f"# HELP sbd_starting {HELP_STARTING}\n# TYPE sbd_starting gauge\nsbd_starting 1.0\n"
+        f"# HELP sbd_build_info {HELP_BUILD}\n# TYPE sbd_build_info gauge\n"
+        f'sbd_build_info{{version="{version}"}} 1.0\n'
+    ).encode()

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sbd_stream import __version__, metric_names
 from sbd_stream.httpd import BoundedHTTPServer, LoopbackHostHandler, local_url
 from sbd_stream.metric_names import (  # noqa: F401 - the names' documented home
     EXPORTED_NAMES,
@@ -167,6 +168,8 @@ class Metrics:
         for lane in ("live", "complete"):
             self.lane_latency.labels(lane=lane)
         self.engine = Info("sbd_engine", "Denoising engine in use", registry=r)
+        Gauge("sbd_starting", metric_names.HELP_STARTING, registry=r).set(0)  # 1: httpd.StartingHandler
+        Gauge("sbd_build_info", metric_names.HELP_BUILD, ["version"], registry=r).labels(__version__).set(1)
         self._supervision_metrics(r)
         self._edge_metrics(r)
         self._worker_metrics(r)
@@ -180,8 +183,8 @@ class Metrics:
         for t in ("denoised", "llr", "series_start", "series_end"):
             self.frames_published.labels(topic=t)
             self.publish_dropped.labels(topic=t)
-        for t in ("denoised", "llr"):
-            self.publish_subscriber_full.labels(topic=t)
+            if t in ("denoised", "llr"):
+                self.publish_subscriber_full.labels(topic=t)
         for c in ("refused", "mismatch"):
             self.publish_handshake_failures.labels(cause=c)
         for k in ("raw", "denoised", "llr"):

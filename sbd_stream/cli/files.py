@@ -281,6 +281,8 @@ def _service_load(url: str, interval: float) -> dict[str, Any]:
 
     try:
         before = scrape()
+        if "\nsbd_starting 1" in before:  # httpd.StartingHandler: the engine loads; it waited here before
+            fail(f"--service {url}: starting (loading the engine); ask again once its /healthz answers 200")
         if not worker_samples(before):
             fail(f"--service {url}: {_not_serve(before)}")
         time.sleep(interval)

@@ -55,7 +55,11 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
     found only after seconds of engine load, after the banner had announced the service (audit h34).
     A probe that binds and closes again would race with whoever binds next; the held socket is the
     service's own (HTTP) or kept until libzmq's bind (``service.build.opening``). Port 0 and ``*``
-    (any free port) and ZeroMQ hosts that are interface or host names are left to the bind itself."""
+    (any free port) and ZeroMQ hosts that are interface or host names are left to the bind itself.
+
+    Held HTTP ports answer meanwhile (``httpd.StartingHandler``: ``/healthz`` 503 "starting (loading
+    the engine ...)", ``/metrics`` ``sbd_starting 1``): a probe or scrape waited there with no answer
+    for the whole load, minutes with a TensorRT plan build (review h34)."""
     from sbd_stream.config import IngestSettings, PublishSettings, SocketMode
     from sbd_stream.httpd import IN_USE_HINT, ZMQ_IN_USE_HINT, binds_overlap, drop_held, hold_port
     from sbd_stream.service.endpoint_error import EndpointError
@@ -71,6 +75,7 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
         wanted.append(
             ("viewer.port", f"{v.host}:{v.port}", ("http", v.host, v.port), v.host, v.port, IN_USE_HINT)
         )
+    answers = {"metrics.port": "metrics", "viewer.port": "viewer"}
     zmq_wanted: list[tuple[str, PublishSettings | IngestSettings]] = []
     zmq_wanted += [("publish.endpoint", s.publish)] if s.publish.enabled else []
     zmq_wanted += [("ingest.endpoint", s.ingest)] if receiver else []
@@ -79,9 +84,10 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
         if address is not None:
             wanted.append((setting, section.endpoint, ("zmq", section.endpoint), *address, ZMQ_IN_USE_HINT))
     with ExitStack() as held:
+        held.enter_context(starting_note(s))
         for i, (setting, where, key, host, port, hint) in enumerate(wanted):
             try:
-                hold_port(key, host, port)
+                hold_port(key, host, port, answers.get(setting))
             except OSError as e:
                 reason = e.strerror or str(e)
                 if e.errno == errno.EADDRINUSE:  # by another program, or by this command's own other port
@@ -92,6 +98,34 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
             finally:
                 held.callback(drop_held, key)
         yield
+
+
+@contextmanager
+def starting_note(s: ServiceSettings) -> Iterator[None]:
+    """What the held ports say the service is doing while it starts (``httpd.set_starting``): the
+    engine it loads, and the engines' latest log line at INFO or above while the block runs, such as
+    "building TensorRT plan ...; this takes minutes once per GPU"."""
+    import logging
+
+    from sbd_stream import __version__
+    from sbd_stream.httpd import set_starting
+    from sbd_stream.metric_names import starting_text
+
+    d = s.denoise
+    engine = getattr(d.engine, "value", d.engine)
+    what = f"loading the engine {d.model or '(default)'}: {engine}, device {d.device or 'auto'}"
+    set_starting(what, starting_text(__version__))
+
+    class Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            set_starting(f"{what} (last: {record.getMessage()})")
+
+    note, engines = Note(logging.INFO), logging.getLogger("sbd_stream.engines")
+    engines.addHandler(note)
+    try:
+        yield
+    finally:
+        engines.removeHandler(note)
 
 
 def tcp_address(endpoint: str) -> tuple[str, int] | None:
