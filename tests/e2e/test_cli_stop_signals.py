@@ -20,7 +20,7 @@ import h5py
 import pytest
 import zmq
 from conftest import free_port, service_metric, wait_until
-from helpers_procs import child_processes, kill_if_running, start_piped
+from helpers_procs import child_processes, kill_if_running, signals_at_default, start_piped
 
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
 
@@ -52,13 +52,6 @@ class Lines:
 
     def so_far(self) -> str:
         return "".join(self.lines)
-
-
-def _int_default() -> None:
-    """In the child: SIGINT at its default, so Python installs its Ctrl-C handler. A suite started as a
-    background job of a shell without job control (``cmd &`` in a script) inherits SIGINT ignored, and
-    a command started that way rightly ignores Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(240)
@@ -217,7 +210,9 @@ def test_ctrl_c_during_the_imports_is_one_line_and_130(tmp_path: Path, cmd: list
     0 of 40 with Ctrl-C held over those imports, ``sbd_stream.sigint_hold``)."""
     whole = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
     for delay in (0.05, 0.1, 0.2, 0.3, 0.35, 0.5, 0.7, 0.9):
-        proc = start_piped(cmd, cwd=tmp_path, preexec_fn=_int_default)
+        # SIGINT at its default, so Python installs its Ctrl-C handler (a suite run as ``cmd &``
+        # hands SIGINT ignored down, and a command started so rightly ignores Ctrl-C)
+        proc = start_piped(cmd, cwd=tmp_path, preexec_fn=signals_at_default(signal.SIGINT))
         try:
             assert wait_until(lambda p=proc: _has_mapped(p.pid, loaded) or p.poll() is not None, 60)
             time.sleep(delay)

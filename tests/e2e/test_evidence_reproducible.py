@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import free_port, service_metric, wait_until
+from conftest import free_port, hup_default, service_metric, wait_until
 from helpers_procs import kill_if_running
 
 from sbd_stream.config import DetectorSettings, LikelihoodSettings
@@ -62,15 +62,11 @@ def engine_dir() -> Path:
     return default_engine_root() / live_engine("cpu")
 
 
-def _no_sighup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a test run under nohup must not pass SIG_IGN on
-
-
 def _popen(cmd: list[str], log: Path) -> subprocess.Popen:
     """``cmd`` with its output in ``log`` (a file: a pipe read only at the end can fill and stall it)."""
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     with log.open("w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_no_sighup)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=hup_default)
 
 
 def _finish(proc: subprocess.Popen, log: Path, sig: int | None = signal.SIGTERM) -> None:

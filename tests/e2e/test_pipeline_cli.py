@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, service_metric, wait_until
+from helpers_procs import kill_if_running, start_piped
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.sources.emulator import Emulator, EmulatorSettings
@@ -65,8 +66,7 @@ def test_serve_drains_and_closes_on_signal(
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_if_running(proc)
         emu.close()
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out[out.index("{") :])
@@ -108,17 +108,14 @@ def test_serve_survives_a_recording_write_error_and_exits_cleanly(
     cmd = _serve_cmd(emu, ctx, tmp_path, tiny_engine_dir, "--compression", "none")
     metrics_port = _metrics_port(cmd)
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0", "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_file_size
-    )
+    proc = start_piped(cmd, env=env, preexec_fn=limit_file_size)
     try:
         assert emu.run() == 40
         assert wait_until(lambda: service_metric(metrics_port, "sbd_frames_denoised_total") == 40, 60)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_if_running(proc)
         emu.close()
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out[out.index("{") :])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, probe_through_service, service_metric
+from helpers_procs import kill_if_running, start_piped
 
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
 from sbd_stream.service.demo import Collector
@@ -26,10 +26,6 @@ pytestmark = pytest.mark.integration
 
 SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
 ACQ = "fractional"
-
-
-def _default_sighup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(180)
@@ -49,9 +45,7 @@ def test_serve_resamples_a_detector_pixel_with_no_integer_bin(
         "--pixel-size", "0.1", "--counts-per-px", "1.25",
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sighup
-    )
+    proc = start_piped(cmd, env=env)  # SIGHUP at its default (conftest.hup_default)
     col = Collector(f"tcp://127.0.0.1:{out}", context=ctx).start()
     rng = np.random.default_rng(5)
     frames = [rng.poisson(1.25, (97, 130)).astype(np.uint16) for _ in range(3)]  # 41 x 55 working pixels
@@ -66,9 +60,7 @@ def test_serve_resamples_a_detector_pixel_with_no_integer_bin(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        kill_if_running(proc, drain=True)
         col.close()
         push.close(0)
     assert proc.returncode == 0, err[-3000:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, probe_through_service, service_metric, wait_until
+from helpers_procs import kill_if_running, start_piped
 
 from sbd_stream.formats.recording import open_recording
 from sbd_stream.protocol import TOPIC_SERIES_END, TOPIC_SERIES_START, encode_frame, encode_series
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.integration
 
 SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
 ACQ = "hot"
-
-
-def _default_sighup() -> None:
-    """In the child: SIGHUP at its default, even when the suite runs under ``nohup``."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _frames() -> list[np.ndarray]:
@@ -59,9 +54,7 @@ def test_serve_replaces_counts_flags_and_logs_hot_pixels(tmp_path: Path, tiny_en
         "--pixel-size", "0.3", "--counts-per-px", "0.45",
     ]  # fmt: skip
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sighup
-    )
+    proc = start_piped(cmd, env=env)  # SIGHUP at its default (conftest.hup_default)
     col = Collector(f"tcp://127.0.0.1:{out}", context=ctx).start()
     frames = _frames()
     try:
@@ -78,9 +71,7 @@ def test_serve_replaces_counts_flags_and_logs_hot_pixels(tmp_path: Path, tiny_en
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        kill_if_running(proc, drain=True)
         col.close()
         push.close(0)
     assert proc.returncode == 0, err[-3000:]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import wait_until
+from helpers_procs import interactive_signals_default
 
 from training.sim.synthetic_data import write_synthetic
 from training.train.lock import LOCK_FILE, RunBusy, RunLock
@@ -21,13 +22,6 @@ from training.train.lock import LOCK_FILE, RunBusy, RunLock
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "training.cli"]
-
-
-def _signals_default() -> None:
-    """In the child: SIGINT / SIGTERM / SIGHUP at their defaults, as from an interactive shell (a suite
-    run in the background or under ``nohup`` hands an ignore down, which a command rightly keeps)."""
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,11 @@ def _args(data: Path, runs: Path, max_steps: int, *extra: str) -> list[str]:
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, *args], stdout=log.open("w"), stderr=subprocess.PIPE, text=True, preexec_fn=_signals_default
+        [*CLI, *args],
+        stdout=log.open("w"),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interactive_signals_default,
     )
 
 
@@ -79,7 +77,7 @@ def test_a_second_run_under_the_same_name_is_refused_and_ctrl_c_saves_the_steps(
         n_log = len(_steps(run))
         # the same name with another rate: refused before it reads or writes anything
         second = subprocess.run([*CLI, *_args(data, runs, 50, "--lr", "0.01")], capture_output=True,
-                                text=True, timeout=120, preexec_fn=_signals_default)  # fmt: skip
+                                text=True, timeout=120, preexec_fn=interactive_signals_default)  # fmt: skip
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(lines) == 1, second.stderr
         assert lines[0] == (
@@ -151,7 +149,7 @@ def test_the_lock_names_its_holder_and_goes_with_it_when_it_is_killed(tmp_path: 
             print("held", flush=True)
             time.sleep(600)
         """)],
-        stdout=subprocess.PIPE, text=True, preexec_fn=_signals_default,
+        stdout=subprocess.PIPE, text=True, preexec_fn=interactive_signals_default,
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

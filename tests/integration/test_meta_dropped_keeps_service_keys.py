@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import free_port, probe_through_service, wait_until
+from helpers_procs import kill_if_running, start_piped
 
 from sbd_stream.protocol import (
     MAX_HEADER_BYTES,
@@ -37,11 +37,6 @@ pytestmark = pytest.mark.integration
 SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
 ACQ = "bigmeta"
 LLR_KEYS = {"n_columns", "columns_fields", "evidence_frames"}
-
-
-def _default_sighup() -> None:
-    """In the child: SIGHUP at its default, even when the suite runs under ``nohup``."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _big_meta(arr: np.ndarray, seq: int) -> dict[str, object]:
@@ -73,10 +68,7 @@ def test_the_service_keeps_its_keys_when_an_output_header_passes_64_kib(
         "--engine", "onnxruntime", "--metrics-port", str(free_port(ctx)), "--policy", "lossless",
         "--pixel-size", "0.3", "--counts-per-px", "0.45", "--likelihood",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-        preexec_fn=_default_sighup,
-    )  # fmt: skip
+    proc = start_piped(cmd, env=dict(os.environ))  # SIGHUP at its default (conftest.hup_default)
     col = Collector(f"tcp://127.0.0.1:{out}", context=ctx).start()
     try:
         probe_through_service(push.send_multipart, col, timeout=120)  # the whole path is open
@@ -89,9 +81,7 @@ def test_the_service_keeps_its_keys_when_an_output_header_passes_64_kib(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        kill_if_running(proc, drain=True)
         col.close()
         push.close(0)
     assert proc.returncode == 0, err[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import free_port, wait_until
+from helpers_procs import interrupt_then_kill
 
 pytestmark = pytest.mark.integration
 
@@ -81,12 +81,6 @@ def test_serve_on_a_free_metrics_port_names_it_and_exports_only_the_stages_it_ru
         assert "viewer" not in up and "recorder" not in up, up
         assert set(up) == set(health["stages"]) and all(float(v) == 1 for v in up.values()), (up, health)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        interrupt_then_kill(proc, grace=60)
         reader.join(10)
     assert proc.returncode == 0, "".join(lines)[-3000:]

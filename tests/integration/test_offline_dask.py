@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers_procs import group_alive, group_gone
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
@@ -224,28 +225,6 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
 
 
 # ---- the real CLI, killed and rerun ------------------------------------------------------------------
-def _group_alive(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while _group_alive(pgid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.slow  # > 20 s on 2 busy cores (audit 26)
 def test_cli_killed_mid_run_resumes_to_the_single_process_output(
@@ -271,11 +250,11 @@ def test_cli_killed_mid_run_resumes_to_the_single_process_output(
             if done > 0:
                 break
             time.sleep(0.01)
-        members = _group_alive(proc.pid)
+        members = group_alive(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)  # the client and its cluster's worker processes
     finally:
         proc.wait(timeout=30)
-        assert _group_gone(proc.pid), "dask processes outlived the killed client"
+        assert group_gone(proc.pid), "dask processes outlived the killed client"
     assert 0 < done < n, (
         f"not caught mid-way (frames_done {done}): {(tmp_path / 'first.log').read_text()[-2000:]}"
     )

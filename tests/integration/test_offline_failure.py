@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 import pytest
 from conftest import free_port, wait_until
-from helpers_procs import kill_if_running
-from test_offline_dask import SBD, _assert_same_output, _group_gone, _record, _stack
+from helpers_procs import group_gone, kill_if_running
+from test_offline_dask import SBD, _assert_same_output, _record, _stack
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
@@ -373,12 +373,12 @@ def test_a_lost_scheduler_ends_in_one_line_and_keeps_the_partial(
         os.killpg(procs[0].pid, signal.SIGKILL)  # the scheduler
         _, err = job.communicate(timeout=120)
     finally:
-        for p in [*procs, job]:
-            if p is not None and p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL) if p is not job else p.kill()
-                p.wait(20)
+        for p in procs:  # the scheduler's and the workers' groups, then the job
+            kill_if_running(p, group=True, timeout=20)
+        if job is not None:
+            kill_if_running(job, timeout=20)
         for p in procs:
-            assert _group_gone(p.pid)
+            assert group_gone(p.pid)
     assert job.returncode == 2, err[-3000:]
     assert "Traceback" not in err and "distributed.client" not in err, err[-3000:]
     (line,) = _error_lines(err)

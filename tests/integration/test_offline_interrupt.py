@@ -18,8 +18,8 @@ from pathlib import Path
 
 import h5py
 import pytest
-from helpers_procs import kill_if_running, start_piped
-from test_offline_dask import SBD, _group_gone, _stack
+from helpers_procs import group_gone, kill_if_running, start_piped
+from test_offline_dask import SBD, _stack
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
         _, err = proc.communicate(timeout=90)
     finally:
         kill_if_running(proc, group=True, timeout=10)  # the client and the cluster's workers
-        assert _group_gone(proc.pid), "dask processes outlived the stopped client"
+        assert group_gone(proc.pid), "dask processes outlived the stopped client"
     return proc.returncode, err, done
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 import resource
-import signal
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import free_port, wait_until
+from helpers_procs import interrupt_then_kill, start_piped
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +66,7 @@ def test_serve_near_its_open_file_limit_exports_both_gauges_and_warns_once_a_cro
         "--output", f"tcp://127.0.0.1:{free_port()}", "--no-record", "--model", str(tiny_engine_dir),
         "--engine", "onnxruntime", "--metrics-port", "0",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limited
-    )
+    proc = start_piped(cmd, preexec_fn=_limited)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
@@ -127,12 +124,6 @@ def test_serve_near_its_open_file_limit_exports_both_gauges_and_warns_once_a_cro
         for s in socks:
             s.close()
         ctx.term()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        interrupt_then_kill(proc, grace=60)
         reader.join(10)
     assert proc.returncode == 0, log()

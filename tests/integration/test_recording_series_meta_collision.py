@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import free_port, service_metric, wait_until
+from conftest import free_port, hup_default, service_metric, wait_until
 from helpers_procs import kill_if_running
 
 from sbd_stream.formats.recording import open_recording
@@ -37,11 +37,6 @@ TS0 = 1_796_000_000.0  # the series_start's own ts, 1 s before its first frame
 META = {"n_frames": "from-meta", "shape": "4096x4096 sensor", "exposure_s": "auto", "detector": "K2"}
 START = {"v": 1, "acq": ACQ, "ts": TS0, "n_frames": 3, "exposure_s": 0.025, "shape": [64, 64]}
 START["dtype"] = "uint16"
-
-
-def _default_sighup() -> None:
-    """In the child: SIGHUP at its default, even when the suite runs under ``nohup``."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(300)
@@ -60,9 +55,7 @@ def test_an_announcement_wins_and_a_colliding_meta_key_is_kept(tmp_path: Path, t
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen(
-            cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, preexec_fn=_default_sighup
-        )
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, preexec_fn=hup_default)
     try:
         push.send_multipart([TOPIC_SERIES_START, json.dumps({**START, "meta": META}).encode(), b""])
         rng = np.random.default_rng(5)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import free_port
+from conftest import free_port, hup_default
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats.recording import open_recording
@@ -87,11 +86,6 @@ def _record_before(directory: Path) -> Path:
     return directory / f"{ACQ}.nxs"
 
 
-def _default_sighup() -> None:
-    """In the child: SIGHUP at its default, even when the suite runs under ``nohup``."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("written", ["now", "before"])
 def test_replay_publish_sends_the_recorded_series_and_counts_its_gap(
@@ -112,7 +106,7 @@ def test_replay_publish_sends_the_recorded_series_and_counts_its_gap(
     env = {**os.environ, "SBD_RECORD__MIN_FREE_BYTES": "0"}
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=240, preexec_fn=_default_sighup
+            cmd, capture_output=True, text=True, env=env, timeout=240, preexec_fn=hup_default
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert col.series_end.wait(60), proc.stderr[-3000:]
