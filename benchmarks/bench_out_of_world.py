@@ -185,7 +185,7 @@ def live(raw: np.ndarray, cpp: float) -> tuple[np.ndarray, list[np.ndarray | Non
         r = stage.process([f], history.take([f]))
         den.append(r.denoised[0] / cpp)
         full = r.columns is not None and r.evidence_frames is not None and r.evidence_frames[0] == EVIDENCE
-        cols.append(r.columns[0] if full else None)  # type: ignore[index]
+        cols.append(r.columns[0] if full and r.columns is not None else None)
     return np.stack(den), cols, f"live (CPU): {stage.denoiser.engine_id}, 1 orientation"
 
 

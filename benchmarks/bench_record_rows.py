@@ -83,9 +83,9 @@ def _load_old(directory: Path) -> ModuleType:
             setattr(old, name, load(name))
     if (directory / "group_templates.py").exists():  # the groups as the old nexus lays them out
         templates = load("group_templates")
-        templates.nexus = old.nexus  # type: ignore[attr-defined]
+        templates.nexus = old.nexus  # type: ignore[attr-defined]  # modules loaded from the old files
         templates._names = itertools.count(10**6)  # type: ignore[attr-defined]  # in-memory names unique
-        old.GROUPS = templates.GroupTemplates(old.WRITE_LIBVER)  # type: ignore[attr-defined]
+        old.GROUPS = templates.GroupTemplates(old.WRITE_LIBVER)  # type: ignore[attr-defined]  # as above
     return old
 
 

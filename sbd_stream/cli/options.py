@@ -346,12 +346,20 @@ def endpoints_named(flags: Flags) -> Iterator[None]:
     try:
         yield
     except EndpointError as e:
-        flag, given = {
+        flag_of = {
             "ingest.endpoint": ("--input", flags.input),
             "publish.endpoint": ("--output", flags.output),
             "metrics.port": ("--metrics-port", flags.metrics_port),
             "viewer.port": ("--viewer-port", flags.viewer_port),
             "record.directory": ("--record-dir", flags.record_dir),
-        }.get(e.setting, (e.setting, None))
-        shown = e.where or '""'
-        fail(f"{flag if given is not None else e.setting} {shown}: {e.reason}")
+        }
+
+        def name(setting: str) -> str:
+            flag, given = flag_of.get(setting, (setting, None))
+            return flag if given is not None else setting
+
+        reason = e.reason  # the other of two settings on one port, named as the user gave it too
+        if e.clash is not None:
+            reason = reason.replace(f"the same port as {e.clash}", f"the same port as {name(e.clash)}")
+        shown = e.where or '""'  # an empty endpoint is still shown as given
+        fail(f"{name(e.setting)} {shown}: {reason}")

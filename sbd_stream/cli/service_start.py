@@ -94,7 +94,7 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
                     mine = [w[0] for w in wanted[:i] if w[4] == port and binds_overlap(w[3], host, port)]
                     hint = f"the same port as {mine[0]}: give each its own" if mine else hint
                     reason = f"{reason} ({hint})"
-                raise EndpointError(setting, where, reason) from e
+                raise EndpointError(setting, where, reason, mine[0] if mine else None) from e
             finally:
                 held.callback(drop_held, key)
         yield

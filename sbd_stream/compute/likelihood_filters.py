@@ -94,7 +94,7 @@ def pinned(method: _M) -> _M:
         with torch_threads(self.cpu_threads):
             return method(self, *args, **kwargs)
 
-    return run  # type: ignore[return-value]
+    return run  # type: ignore[return-value]  # the wrapper takes and returns what the method does
 
 
 def blocks(x: torch.Tensor, s: int, nh: int, nw: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,12 +92,12 @@ class OnnxRuntimeEngine(Engine):
         return y
 
 
-def check_signature(session: object, path: Path) -> tuple[str, str]:
+def check_signature(session: Any, path: Path) -> tuple[str, str]:
     """Names of the session's one input and one output, once both are float32 (N, 1, H, W) tensors.
 
     Why: an ONNX taking int64, a rank-2 array or three channels loaded fine and then failed every frame
     with ORT's traceback (the live service counted them and went on, exit 0)."""
-    ins, outs = session.get_inputs(), session.get_outputs()  # type: ignore[attr-defined]
+    ins, outs = session.get_inputs(), session.get_outputs()
     if len(ins) != 1 or len(outs) != 1:
         raise ArtefactError(f"{path}: {len(ins)} inputs and {len(outs)} outputs; an engine has one of each")
     for what, arg in (("input", ins[0]), ("output", outs[0])):

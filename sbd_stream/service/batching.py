@@ -82,7 +82,7 @@ class Batcher:
         keep: list[Item] = []
         for f in reversed(frames):
             assert isinstance(f, Frame)
-            if keep and not self._compatible(keep[0], f):  # type: ignore[arg-type]
+            if keep and not self._compatible(keep[0], f):  # type: ignore[arg-type]  # keep holds Frames only
                 break
             keep.insert(0, f)
             if len(keep) == self.max_frames:

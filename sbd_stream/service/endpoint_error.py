@@ -18,10 +18,11 @@ class EndpointError(ValueError):
     line instead (``setting`` lets it name the flag when the flag gave the value).
     """
 
-    def __init__(self, setting: str, where: str, reason: str) -> None:
+    def __init__(self, setting: str, where: str, reason: str, clash: str | None = None) -> None:
+        """``clash``: the command's own other setting on the same port (``reason`` names it as written)."""
         shown = where or '""'  # an empty endpoint is still shown as given
         super().__init__(f"{setting} {shown}: {reason}")
-        self.setting, self.where, self.reason = setting, where, reason
+        self.setting, self.where, self.reason, self.clash = setting, where, reason, clash
 
 
 class RecordDirError(EndpointError):

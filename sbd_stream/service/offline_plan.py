@@ -70,7 +70,7 @@ class ChunkPlan(Sequence[tuple[int, int]]):
             return NotImplemented
         return len(other) == len(self) and list(self) == list(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # equal by content, so unhashable (as a list)
 
     def __repr__(self) -> str:
         return f"ChunkPlan(n={self.n}, size={self.size})"
@@ -241,7 +241,7 @@ def inspect_recording(path: Path) -> Source:
             raise StackError(str(e)) from None
         parts.append((str(part), rows))
     n = sum(r for _, r in parts)
-    if n == 0 or shape is None:
+    if n == 0 or shape is None or dtype is None:  # shape and dtype come with the first part read
         raise StackError(f"{path}: the recording holds no complete raw frame")
     if (problem := count_problem(n)) is not None:
         raise StackError(f"{path}: {problem}")
@@ -250,7 +250,7 @@ def inspect_recording(path: Path) -> Source:
     except RecordingError as e:  # an attribute no finite number > 0: named, in one line
         raise StackError(str(e)) from None
     return Source(
-        tuple(parts), (n, *shape), dtype, f"{path}:raw/frames", "raw/frames", True,  # type: ignore[arg-type]
+        tuple(parts), (n, shape[0], shape[1]), dtype, f"{path}:raw/frames", "raw/frames", True,
         sampling, tuple(_stat(Path(p)) for p, _ in parts),
     )  # fmt: skip
 

@@ -169,7 +169,8 @@ class FrameSource:
         if self._counts:
             h, w = self._counts[0].shape
             return int(h), int(w)
-        return tuple(self.cfg.shape)  # type: ignore[return-value]
+        h, w = self.cfg.shape  # validated as two sides
+        return int(h), int(w)
 
     def truth(self, index: int) -> np.ndarray | None:
         """Expected counts per pixel of frame ``index`` (None for recordings: no ground truth)."""

@@ -152,3 +152,16 @@ def test_the_engine_load_says_so_at_verbose(tmp_path: Path, recording: Path) -> 
     code, out, left, _ = _run(["replay", str(recording), "--live"], tmp_path)
     assert code == 0 and ENGINE_LOADED in out, out
     assert left == []
+
+
+def test_two_of_its_own_flags_on_one_port_are_both_named_as_flags(tmp_path: Path) -> None:
+    """``--metrics-port P --viewer --viewer-port P``: the clash names the other port by the flag the user
+    typed (it said "the same port as metrics.port", a setting the command line never showed; docs audit
+    h34)."""
+    port = free_port()
+    args = [*_serve(tmp_path / "rec", "--input", _tcp(), "--output", _tcp()), "--metrics-port", str(port)]
+    code, out, left, _ = _run([*args, "--viewer", "--viewer-port", str(port)], tmp_path)
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and left == [], out
+    assert errors[0].startswith(f"error: --viewer-port 127.0.0.1:{port}: "), out
+    assert errors[0].endswith("(the same port as --metrics-port: give each its own)"), out

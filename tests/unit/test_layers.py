@@ -170,6 +170,22 @@ def test_the_cli_has_no_type_ignore() -> None:
     assert hits == []
 
 
+def test_every_type_ignore_names_its_code_and_says_why() -> None:
+    """The type gate's rule (docs/testing.md): ``# type: ignore[code]  # why`` on one line. A bare
+    ignore silences every error on its line, future ones too; an unexplained one cannot be reviewed."""
+    import re
+
+    rule = re.compile(r"# type: ignore\[[a-z-]+(, ?[a-z-]+)*\]  # \S")
+    bad = [
+        f"{p.relative_to(PACKAGE.parent)}:{n}"
+        for root in ("sbd_stream", "training", "benchmarks")
+        for p in sorted((PACKAGE.parent / root).rglob("*.py"))
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "type: ignore" in line and not rule.search(line)
+    ]
+    assert bad == []
+
+
 def test_every_training_module_has_a_stage() -> None:
     groups = {group(m) for m in _modules(TRAINING)}
     assert groups <= set(TRAINING_STAGES), groups - set(TRAINING_STAGES)
