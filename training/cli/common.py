@@ -41,7 +41,7 @@ def export_engine(run_dir: Path, engine_dir: Path, evaluate_test: bool, data: Pa
     from training.evaluate.tables import EvalConfig, evaluate_fov
     from training.train.export import export_run, set_metrics
 
-    card = export_run(run_dir, engine_dir)
+    card = export_run(run_dir, engine_dir, data=data)
     typer.echo(f"wrote {engine_dir} ({card.parameters} parameters, FoV {card.field_of_view} px)")
     if evaluate_test:
         from training.sim.dataset import EmptySplit

@@ -175,6 +175,11 @@ def export(
         from training.train.config import TrainConfig
 
         data = TrainConfig.model_validate_json((run_dir / "config.json").read_text()).data
+        if not data.is_absolute() and not data.exists():  # the card's units come from it, test or not
+            fail(
+                f"the run's data set {data} is not found from here (a path relative to the folder the "
+                f"run was trained in): run export there, or pass --data with that data set's path"
+            )
     if evaluate_test:
         need_dataset(data, "--data")
     if replaced is not None:

@@ -32,9 +32,12 @@ from training.train.network import build_network
 from training.train.resume import effective_freeze
 
 
-def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any], torch.nn.Module]:
-    """Config, summary and best-validation network of a finished (or interrupted) run."""
+def load_run(run_dir: Path, data: Path | None = None) -> tuple[TrainConfig, dict[str, Any], torch.nn.Module]:
+    """Config, summary and best-validation network of a finished (or interrupted) run; ``data`` stands
+    in for the run's data set where its path (relative to where it trained) is not found from here."""
     cfg = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
+    if data is not None and not cfg.data.is_file():
+        cfg = cfg.model_copy(update={"data": data})
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     last = run_dir / "last.pt"
@@ -284,13 +287,19 @@ def check_engine_dir(
 
 
 def export_run(
-    run_dir: Path, engine_dir: Path, name: str | None = None, metrics: dict[str, Any] | None = None
+    run_dir: Path,
+    engine_dir: Path,
+    name: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    data: Path | None = None,
 ) -> EngineCard:
     """Write ``engine_dir`` (model.pt, model.onnx, card.json) from the best checkpoint of ``run_dir``.
+    ``data``: the run's data set where its own path (relative to where it trained) is not found from
+    here (``export --data``); the card's dose and pixel size come from it.
 
     Writes wherever it is told: every command that writes an engine checks the folder first
     (check_engine_dir: ``export``, ``train --engine-dir``, ``fov-study --train``, ``gpu-recipe``)."""
-    cfg, summary, net = load_run(run_dir)
+    cfg, summary, net = load_run(run_dir, data)
     card = card_for_run(cfg, summary, name or engine_name(engine_dir))
     if metrics:
         card = card.model_copy(update={"metrics": metrics})
