@@ -184,7 +184,14 @@ def export(
         need_dataset(data, "--data")
     if replaced is not None:
         typer.echo(replaced)
-    export_engine(run_dir, engine_dir, evaluate_test, data)
+    from training.train.stop import Interrupted, sigterm_raises
+
+    try:  # SIGTERM as Ctrl-C: the engine's staging folder is removed and the old engine stays (write_engine)
+        with sigterm_raises():
+            export_engine(run_dir, engine_dir, evaluate_test, data)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)  # 2: SIGINT (Ctrl-C)
+        raise Interrupted(signum, f"export into {engine_dir} stopped; what it held is unchanged") from None
 
 
 def build_engine(
