@@ -7,7 +7,10 @@ integer k = 4 (0.060 A to 0.24 A) and the fractional r = 1.2, 5/3, 2.4 (0.20, 0.
 of the working-pixel counts on Poisson vacuum at 0.45 counts per detector pixel (1 for an exact Poisson
 sum; see ``compute/resample.py``). A fractional factor is also timed by the per-overlap gathers that
 served it before session 32 (``rebin_by_gathers``, still the path of a factor with no short period), in
-the same run. Times are medians: the 2 cores are shared, and the minimum hid how often a frame is late.
+the same run; and with every result kept (``down_held_ms``): a released result's memory is reused by the
+next call (session 34), a held one never, so this is what a caller keeping them all pays in fresh pages
+(over glibc's 32 MiB mmap threshold: a K2 frame at r = 1.2). Times are medians: the 2 cores are shared,
+and the minimum hid how often a frame is late.
 
     python -m benchmarks.bench_resample [--repeats 5] [--sizes 1024,k2]
 """
@@ -45,6 +48,14 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
+def median_held_ms(fn: Callable[[], object], repeats: int) -> float:
+    """``median_ms`` with every result held until the end: each call gets fresh memory."""
+    held: list[object] = []
+    ms = median_ms(lambda: held.append(fn()), repeats)
+    held.clear()
+    return ms
+
+
 def speed(sizes: list[str], repeats: int) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
@@ -65,6 +76,7 @@ def timings(x: torch.Tensor, k: int | float, repeats: int) -> dict[str, object]:
         "working_px": f"{b.shape[1]}x{b.shape[2]}",
         "down_ms": median_ms(lambda: bin_counts(x, k), repeats),
         "down_gathers_ms": gathers,
+        "down_held_ms": median_held_ms(lambda: bin_counts(x, k), repeats),
         "up_bilinear_ms": median_ms(lambda: unbin(b, k, shape, "bilinear"), repeats),
         "up_bicubic_ms": median_ms(lambda: unbin(b, k, shape, "bicubic"), repeats),
     }
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         "bench_resample",
         {"threads": torch.get_num_threads(), "repeats": a.repeats, "speed": sp, "variance": var},
     )
-    columns = ["frame", "factor", "working_px", "down_ms", "down_gathers_ms"]
+    columns = ["frame", "factor", "working_px", "down_ms", "down_held_ms", "down_gathers_ms"]
     print(table(sp, [*columns, "up_bilinear_ms", "up_bicubic_ms"]))
     print()
     print("vacuum at 0.45 counts/px: variance / mean of the working-pixel counts (Poisson: 1)")

@@ -35,6 +35,14 @@ Float32 products of float32 weights: within 1e-6 relative of the float64 definit
 over 3838 rows and cost more. On CUDA the products rely on torch's default full float32 matmul: with
 ``torch.backends.cuda.matmul.allow_tf32`` set, counts would be rounded to ~1e-3.
 
+Memory: a K2 frame at r = 1.2 is 40 MB down and 57 MB back, over glibc's 32 MiB mmap threshold, so
+each fresh buffer came as new pages from the OS (~17 ms of first-touch faults for the 40 MB, as much
+as the arithmetic). On the CPU the intermediates are per-thread scratch buffers (``_scratch``) and a
+result goes into the memory of an earlier one of its size only once nothing refers to it any more
+(``_result``: no tensor, view, row, numpy array or storage object of it is left), as an allocator
+reuses freed memory; a result the caller keeps (``BinnedCache`` keeps rows across batches, the
+publisher and recorder the frames back) is never written. Same operations, same bits.
+
 Back: the same bicubic / bilinear interpolation as the integer path, with the float scale r: ATen then
 samples working coordinate (i + 1/2) / r - 1/2 for detector pixel i, i.e. its centre (i + 1/2) d.
 """
@@ -42,6 +50,7 @@ samples working coordinate (i + 1/2) / r - 1/2 for detector pixel i, i.e. its ce
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -148,17 +157,79 @@ def axis_plan(n: int, r: float, device: str = "cpu") -> AxisPlan | None:
 _SCRATCH = threading.local()
 
 
-def _scratch(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A float32 buffer for the row pass's result, kept per thread on the CPU and reused while the shape
-    holds: a fresh 47 MB one (a K2 frame at r = 1.2) costs ~16 ms of first-touch page faults, as much
-    as the product written into it. One per thread, so concurrent callers never share it; the CUDA
-    caching allocator already reuses device memory."""
+def _scratch(shape: tuple[int, ...], device: torch.device, use: str = "rows") -> torch.Tensor:
+    """A float32 buffer for an intermediate that never leaves this module (``use``: the row pass's
+    result, or the per-pixel counts on the way back), kept per thread on the CPU and reused while the
+    shape holds: a fresh 47 MB one (a K2 frame at r = 1.2) costs ~16 ms of first-touch page faults, as
+    much as the product written into it. One per thread and use, so concurrent callers never share
+    one; the CUDA caching allocator already reuses device memory."""
     if device.type != "cpu":
         return torch.empty(shape, dtype=torch.float32, device=device)
-    buf = getattr(_SCRATCH, "rows", None)
+    buf = getattr(_SCRATCH, use, None)
     if buf is None or tuple(buf.shape) != shape:
-        buf = _SCRATCH.rows = torch.empty(shape, dtype=torch.float32)
+        buf = torch.empty(shape, dtype=torch.float32)
+        setattr(_SCRATCH, use, buf)
     return buf
+
+
+RESULTS_KEPT = 6
+"""Result buffers of one size a thread keeps for reuse (``_result``): the live lane with N evidence
+frames holds about N + 1 results (``BinnedCache`` keeps each frame's row), so N <= 4 finds a released
+one each call."""
+
+SIZES_KEPT = 2
+"""Result sizes a thread keeps buffers of: a frame shape's way down and way back; a third size drops
+the least recently used one's buffers (those still held are freed as usual when their holder lets go)."""
+
+
+def _refs(kept: list[torch.UntypedStorage], i: int) -> int:
+    """Python references to ``kept[i]`` (binds no name to it: each would count)."""
+    return sys.getrefcount(kept[i])
+
+
+_BASE_REFS = _refs([torch.empty(0).untyped_storage()], 0)
+"""``_refs`` of a kept storage that nobody else holds (calibrated here, not assumed per Python)."""
+
+
+def _released(kept: list[torch.UntypedStorage], i: int, nbytes: int) -> bool:
+    """Whether nothing outside ``kept`` refers to its i-th storage: no tensor (a result, a view, a row
+    of ``unbind``, the tensor behind a ``.numpy()`` array or a DLPack capsule all hold the storage) and
+    no Python storage object (``untyped_storage()`` hands out the kept one). The C++ count is read again
+    last: a storage is rebuilt into a tensor only by one who holds it, which the second read would see."""
+    if kept[i].nbytes() != nbytes:
+        return False
+    use = torch._C._storage_Use_Count  # private, as torch's own cudagraph trees use it; test-pinned
+    return use(kept[i]._cdata) == 1 and _refs(kept, i) <= _BASE_REFS and use(kept[i]._cdata) == 1
+
+
+def _result(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A float32 tensor for a result (``rebin_area``'s, ``unbin_area``'s): on the CPU the memory of an
+    earlier result of this size and thread that every holder has released, else fresh. A fresh 40 MB
+    one (a K2 frame at r = 1.2) costs ~17 ms of first-touch page faults (glibc maps every allocation
+    over 32 MiB anew), half the call. Reused only when unreferenced, as an allocator reuses freed
+    memory: a result the caller, a cache or another thread still holds (or any view of it) is never
+    written. Per thread: no locks; another thread can only release a buffer (nobody else can take a
+    new reference to one nobody holds). On CUDA torch's caching allocator already does this."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    sizes: dict[int, list[torch.UntypedStorage]] | None = getattr(_SCRATCH, "results", None)
+    if sizes is None:
+        sizes = _SCRATCH.results = {}
+    nbytes = 4 * math.prod(shape)
+    kept = sizes.pop(nbytes, [])
+    sizes[nbytes] = kept  # most recently used size last
+    for i in range(len(kept)):
+        if _released(kept, i, nbytes):
+            kept.append(kept.pop(i))  # most recently used last
+            strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+            return torch.empty(0, dtype=torch.float32).set_(kept[-1], 0, shape, strides)
+    out = torch.empty(shape, dtype=torch.float32)
+    kept.append(out.untyped_storage())
+    if len(kept) > RESULTS_KEPT:
+        del kept[0]
+    while len(sizes) > SIZES_KEPT:
+        del sizes[next(iter(sizes))]
+    return out
 
 
 def _rows(x: torch.Tensor, plan: AxisPlan, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,11 +247,12 @@ def _rows(x: torch.Tensor, plan: AxisPlan, out: torch.Tensor | None = None) -> t
     return out
 
 
-def _cols(x: torch.Tensor, plan: AxisPlan) -> torch.Tensor:
+def _cols(x: torch.Tensor, plan: AxisPlan, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, R, n) -> (B, R, m) by ``plan``: each run of q columns to p columns, per row (bmm)."""
     b, rows, _ = x.shape
     kp, kq = plan.periods * plan.p, plan.periods * plan.q
-    out = torch.empty(b, rows, kp + plan.tail.shape[0], dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(b, rows, kp + plan.tail.shape[0], dtype=x.dtype, device=x.device)
     if plan.periods:
         block = plan.block.t().expand(rows, plan.q, plan.p)
         for i in range(b):
@@ -222,8 +294,9 @@ def rebin_area(frames: torch.Tensor, r: float) -> torch.Tensor:
     # by gathers)
     rows, cols = axis_plan(h, r, dev), axis_plan(w, r, dev)
     if rows is not None and cols is not None:  # the intermediate never leaves: a reused buffer
-        y = _rows(x, rows, _scratch((x.shape[0], rebinned_side(h, r), w), x.device))
-        return _cols(y, cols)
+        m = rebinned_side(h, r)
+        y = _rows(x, rows, _scratch((x.shape[0], m, w), x.device))
+        return _cols(y, cols, _result((x.shape[0], m, rebinned_side(w, r)), x.device))
     y = _rows(x, rows) if rows is not None else _axis(x, h, r, -2)
     return _cols(y, cols) if cols is not None else _axis(y, w, r, -1)
 
@@ -242,9 +315,14 @@ def unbin_area(binned: torch.Tensor, r: float, shape: tuple[int, int], mode: str
     scale r given (not derived from the sizes, which would be H / h, off by the partial last pixel)."""
     if mode not in ("bicubic", "bilinear"):
         raise ValueError(f"upsampling mode must be bicubic or bilinear, got {mode!r}")
-    per_px = binned.to(torch.float32).unsqueeze(1) / float(r * r)
     op = torch.ops.aten.upsample_bilinear2d if mode == "bilinear" else torch.ops.aten.upsample_bicubic2d
-    return op.default(per_px, [shape[0], shape[1]], False, float(r), float(r))[:, 0]
+    size, scale = [shape[0], shape[1]], float(r)
+    x = binned.to(torch.float32).unsqueeze(1)
+    if x.requires_grad and torch.is_grad_enabled():  # out= records no gradient
+        return op.default(x / float(r * r), size, False, scale, scale)[:, 0]
+    per_px = torch.div(x, float(r * r), out=_scratch(tuple(x.shape), x.device, "back"))
+    out = _result((per_px.shape[0], 1, *size), per_px.device)  # a K2 frame: 57 MB, reused once released
+    return op.out(per_px, size, False, scale, scale, out=out)[:, 0]
 
 
 def _nearest_index(n: int, r: float, m: int, device: torch.device) -> torch.Tensor:
