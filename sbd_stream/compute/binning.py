@@ -36,6 +36,7 @@ from sbd_stream.compute.resample import (
     area_to_detector,
     rebin_area,
     rebinned_side,
+    result_buffer,
     unbin_area,
     unbin_area_nearest,
 )
@@ -190,8 +191,14 @@ def unbin(
     # a pixel's source coordinate does not depend on the output size. But the crop was a strided view
     # that every consumer copied (22 ms per K2 frame); asked for (H, W) at scale k, the result is
     # contiguous and the padding band is never computed.
+    # A K2 frame is 57 MB: written into an earlier result's memory once released (resample.result_buffer),
+    # not fresh pages (~24 ms of first-touch faults a frame)
     op = torch.ops.aten.upsample_bilinear2d if mode == "bilinear" else torch.ops.aten.upsample_bicubic2d
-    return op.default(per_px, [shape[0], shape[1]], False, float(k), float(k))[:, 0]
+    size, scale = [shape[0], shape[1]], float(k)
+    if per_px.requires_grad and torch.is_grad_enabled():  # out= records no gradient
+        return op.default(per_px, size, False, scale, scale)[:, 0]
+    out = result_buffer((per_px.shape[0], 1, *size), per_px.device)
+    return op.out(per_px, size, False, scale, scale, out=out)[:, 0]
 
 
 def unbin_nearest(binned: torch.Tensor, k: int | float, shape: tuple[int, int]) -> torch.Tensor:

@@ -39,7 +39,7 @@ Memory: a K2 frame at r = 1.2 is 40 MB down and 57 MB back, over glibc's 32 MiB 
 each fresh buffer came as new pages from the OS (~17 ms of first-touch faults for the 40 MB, as much
 as the arithmetic). On the CPU the intermediates are per-thread scratch buffers (``_scratch``) and a
 result goes into the memory of an earlier one of its size only once nothing refers to it any more
-(``_result``: no tensor, view, row, numpy array or storage object of it is left), as an allocator
+(``result_buffer``: no tensor, view, row, numpy array or storage object of it is left), as an allocator
 reuses freed memory; a result the caller keeps (``BinnedCache`` keeps rows across batches, the
 publisher and recorder the frames back) is never written. Same operations, same bits.
 
@@ -173,7 +173,7 @@ def _scratch(shape: tuple[int, ...], device: torch.device, use: str = "rows") ->
 
 
 RESULTS_KEPT = 6
-"""Result buffers of one size a thread keeps for reuse (``_result``): the live lane with N evidence
+"""Result buffers of one size a thread keeps for reuse (``result_buffer``): the live lane with N evidence
 frames holds about N + 1 results (``BinnedCache`` keeps each frame's row), so N <= 4 finds a released
 one each call."""
 
@@ -202,7 +202,7 @@ def _released(kept: list[torch.UntypedStorage], i: int, nbytes: int) -> bool:
     return use(kept[i]._cdata) == 1 and _refs(kept, i) <= _BASE_REFS and use(kept[i]._cdata) == 1
 
 
-def _result(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def result_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A float32 tensor for a result (``rebin_area``'s, ``unbin_area``'s): on the CPU the memory of an
     earlier result of this size and thread that every holder has released, else fresh. A fresh 40 MB
     one (a K2 frame at r = 1.2) costs ~17 ms of first-touch page faults (glibc maps every allocation
@@ -296,7 +296,7 @@ def rebin_area(frames: torch.Tensor, r: float) -> torch.Tensor:
     if rows is not None and cols is not None:  # the intermediate never leaves: a reused buffer
         m = rebinned_side(h, r)
         y = _rows(x, rows, _scratch((x.shape[0], m, w), x.device))
-        return _cols(y, cols, _result((x.shape[0], m, rebinned_side(w, r)), x.device))
+        return _cols(y, cols, result_buffer((x.shape[0], m, rebinned_side(w, r)), x.device))
     y = _rows(x, rows) if rows is not None else _axis(x, h, r, -2)
     return _cols(y, cols) if cols is not None else _axis(y, w, r, -1)
 
@@ -321,7 +321,7 @@ def unbin_area(binned: torch.Tensor, r: float, shape: tuple[int, int], mode: str
     if x.requires_grad and torch.is_grad_enabled():  # out= records no gradient
         return op.default(x / float(r * r), size, False, scale, scale)[:, 0]
     per_px = torch.div(x, float(r * r), out=_scratch(tuple(x.shape), x.device, "back"))
-    out = _result((per_px.shape[0], 1, *size), per_px.device)  # a K2 frame: 57 MB, reused once released
+    out = result_buffer((per_px.shape[0], 1, *size), per_px.device)  # a K2 frame: 57 MB, reused once released
     return op.out(per_px, size, False, scale, scale, out=out)[:, 0]
 
 
