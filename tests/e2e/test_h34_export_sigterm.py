@@ -19,10 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers_procs import kill_if_running
-
-from training.sim.synthetic_data import write_synthetic
-from training.train.loop import train
-from training.train.presets import preset_config
+from helpers_runs import tiny_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -31,11 +28,7 @@ SBD_TRAIN = str(Path(sys.executable).parent / "sbd-train")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export-term")
-    data = write_synthetic(root / "a.h5", n_structures=6, per_structure=3, size=64)
-    cfg = preset_config("tiny", data=str(data), out_dir=str(root / "runs"), threads=1, max_steps=3)
-    train(cfg, resume=True)
-    return cfg.run_dir
+    return tiny_run(tmp_path_factory.mktemp("export-term"))
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -13,24 +13,18 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers_runs import tiny_run
 from typer.testing import CliRunner
 
 from sbd_stream.engines.card import load_card, load_torch_model
 from training.cli import app
-from training.sim.synthetic_data import write_synthetic
-from training.train.loop import train
-from training.train.presets import preset_config
 
 pytestmark = pytest.mark.integration  # a real (3-step) training run, real engine files
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dot")
-    data = write_synthetic(root / "a.h5", n_structures=6, per_structure=3, size=64)
-    cfg = preset_config("tiny", data=str(data), out_dir=str(root / "runs"), threads=1, max_steps=3)
-    train(cfg, resume=True)
-    return cfg.run_dir
+    return tiny_run(tmp_path_factory.mktemp("dot"))
 
 
 @pytest.mark.parametrize(("given", "cwd"), [(".", "."), ("..", "plots")])
