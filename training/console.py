@@ -41,8 +41,9 @@ def main() -> None:
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``): the status says it
             pass
-        exec("pass")  # clears CPython's "unhandled KeyboardInterrupt" mark (``sbd_stream.cli.app.main``)
         raise SystemExit(130) from None
+    finally:  # clears CPython's "unhandled KeyboardInterrupt" mark, also after a Ctrl-C a command
+        exec("pass")  # handled (``sbd_stream.cli.app.main``)
 
 
 if __name__ == "__main__":

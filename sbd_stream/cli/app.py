@@ -338,8 +338,13 @@ def main() -> None:  # pragma: no cover - console entry (``sbd-stream``, ``pytho
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``): the status says it
             pass
-        exec("pass")  # clears CPython's "unhandled KeyboardInterrupt" mark (docstring)
         raise SystemExit(130) from None
+    finally:
+        # clears CPython's "unhandled KeyboardInterrupt" mark (docstring), also where the Ctrl-C was
+        # handled inside a command (typer's exit 130): one landing in an import's ``exec`` there ended
+        # the process by SIGINT (-2) with nothing said (session 34: config imports no torch, so those
+        # imports now run inside the command)
+        exec("pass")
 
 
 @contextmanager
