@@ -57,8 +57,10 @@ def simulate(
     from training.cli.sim_stop import simulation_stops
 
     try:
-        with simulation_stops(out):  # Ctrl-C / SIGTERM: one line, what is kept; no Dask chatter
-            summary = run_simulation(world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks)
+        with simulation_stops(out) as check:  # Ctrl-C / SIGTERM: one line, what is kept; no Dask chatter
+            summary = run_simulation(
+                world, out, scheduler=scheduler, workers=workers, max_tasks=max_tasks, check=check
+            )
     except OSError as e:  # distributed's "Timed out trying to connect to ADDR" is a plain OSError
         if scheduler is None or scheduler not in str(e):
             raise

@@ -7,6 +7,13 @@ killing"); SIGTERM killed it silently (143) with a "leaked semaphore" warning. N
 silences Dask's loggers here, kills the local worker processes (their tasks are lost either way:
 only committed tasks are in the file, written by this process) and raises ``Interrupted``, so the
 simulation's own clean-up runs and the command ends with ``interrupted: ...`` and 130 / 143.
+
+A raise from a signal handler lands in whatever Python frame runs when the signal arrives. When that is a
+weakref callback or a ``__del__`` (h5py and distributed drop objects all the time), Python prints
+"Exception ignored in ..." and drops it: the stop was lost and the simulation ran to its end (a CI run
+under load). So the handler also records the signal, and the simulation's loop calls the ``check`` this
+context hands out between tasks: it raises the recorded stop there, once, if the first raise did not
+unwind.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -46,14 +53,45 @@ def committed(out: Path) -> str:
     return f"{n_task} tasks ({n_img} images) committed"
 
 
+class PendingStop:
+    """The signals a handler has raised; ``check`` raises the first again where it is safe to.
+
+    ``check`` is called by the simulation between tasks: reaching it after a signal means the handler's
+    own raise was swallowed (an unwound raise never comes back to the loop)."""
+
+    def __init__(self) -> None:
+        self.signums: list[int] = []
+        self._raised = False
+
+    def note(self, signum: int) -> None:
+        self.signums.append(signum)
+
+    def check(self) -> None:
+        if self.signums and not self._raised:
+            self.close()
+            raise Interrupted(self.signums[0])
+
+    def close(self) -> None:
+        """Quiet from now on: the stop has unwound (from the handler or from ``check``)."""
+        self._raised = True
+
+
+def _never() -> None:
+    """``check`` where no handler is installed (outside the main thread)."""
+
+
 @contextmanager
-def simulation_stops(out: Path) -> Iterator[None]:
-    """While inside: SIGINT and SIGTERM quiet Dask and raise ``Interrupted`` with the line for ``out``."""
+def simulation_stops(out: Path) -> Iterator[Callable[[], None]]:
+    """While inside: SIGINT and SIGTERM quiet Dask and raise ``Interrupted`` with the line for ``out``.
+
+    Yields the ``check`` to call between tasks (see the module's docstring)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield _never
         return
+    pending = PendingStop()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
+        pending.note(signum)  # first: a raise swallowed in a weakref callback leaves this behind
         quiet_dask()
         raise Interrupted(signum)
 
@@ -61,7 +99,7 @@ def simulation_stops(out: Path) -> Iterator[None]:
     for s in old:
         signal.signal(s, _stop)
     try:
-        yield
+        yield pending.check
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         raise Interrupted(
@@ -70,5 +108,6 @@ def simulation_stops(out: Path) -> Iterator[None]:
             "rerun the same command to resume",
         ) from None
     finally:
+        pending.close()
         for s, handler in old.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)

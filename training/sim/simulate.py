@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,12 @@ def simulate(
     workers: int = 1,
     max_tasks: int | None = None,
     progress: bool = True,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a world into ``out``; returns counts and timings."""
+    """Run (or resume) a world into ``out``; returns counts and timings.
+
+    ``check`` is called between tasks and at least every 0.1 s while waiting for one: it raises to stop
+    the run there (``training.cli.sim_stop``: a stop whose signal-handler raise Python swallowed)."""
     from distributed import as_completed
 
     tasks = plan(world)
@@ -171,7 +176,7 @@ def simulate(
             futures.add(_submit(client, spec, preset_json))
         bar = _Bar(len(todo), enabled=progress)
         try:
-            for fut in futures:
+            for fut in each_done(futures, check or _go_on):
                 try:
                     res: TaskResult = fut.result()
                     if aux is not None and "test_view" in res.extra and res.key not in aux.done_keys():
@@ -187,9 +192,7 @@ def simulate(
                     bar.advance(f"FAILED {fut.key}: {exc!r}")
                 if queue:
                     spec = queue.pop(0)
-                    futures.add(
-                        client.submit(run_task, spec.model_dump_json(), preset_json, key=f"task-{spec.key}")
-                    )
+                    futures.add(_submit(client, spec, preset_json))
         finally:
             bar.close()
             client.close()
@@ -208,6 +211,24 @@ def simulate(
     }
     _log(f"done: {summary}")
     return summary
+
+
+def _go_on() -> None:
+    """No stop to check for."""
+
+
+def each_done(futures: Any, check: Callable[[], None], poll_s: float = 0.1) -> Iterator[Any]:
+    """Futures of a ``distributed.as_completed`` as they finish, calling ``check`` before each and every
+    ``poll_s`` while none is ready: iterating ``as_completed`` itself waits inside distributed's code,
+    where nothing of ours runs until a task ends (minutes, or never once the workers are gone)."""
+    while True:
+        check()
+        if futures.has_ready():
+            yield from futures.next_batch(block=False)
+        elif futures.is_empty():
+            return
+        else:
+            time.sleep(poll_s)
 
 
 def _submit(client: Any, spec: TaskSpec, preset_json: str) -> Any:
