@@ -13,7 +13,8 @@ weakref callback or a ``__del__`` (h5py and distributed drop objects all the tim
 "Exception ignored in ..." and drops it: the stop was lost and the simulation ran to its end (a CI run
 under load). So the handler also records the signal, and the simulation's loop calls the ``check`` this
 context hands out between tasks: it raises the recorded stop there, once, if the first raise did not
-unwind.
+unwind. Python's "Exception ignored" report of that swallowed raise (a traceback on stderr, where the
+user expects one line) is left out while inside; any other unraisable exception is reported as before.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,7 +97,14 @@ def simulation_stops(out: Path) -> Iterator[Callable[[], None]]:
         quiet_dask()
         raise Interrupted(signum)
 
+    report = sys.unraisablehook
+
+    def _unraisable(u: sys.UnraisableHookArgs) -> None:
+        if not isinstance(u.exc_value, Interrupted):  # ours is recorded in ``pending``: said once, later
+            report(u)
+
     old = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
+    sys.unraisablehook = _unraisable
     for s in old:
         signal.signal(s, _stop)
     try:
@@ -109,5 +118,6 @@ def simulation_stops(out: Path) -> Iterator[Callable[[], None]]:
         ) from None
     finally:
         pending.close()
+        sys.unraisablehook = report
         for s, handler in old.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
