@@ -8,7 +8,7 @@ itself meets one while opening its sockets; the open-file limit is raised once, 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
@@ -54,8 +54,9 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
     Why: each of ``--output``, ``--input`` (bound), ``--metrics-port`` and ``--viewer-port`` in use was
     found only after seconds of engine load, after the banner had announced the service (audit h34).
     A probe that binds and closes again would race with whoever binds next; the held socket is the
-    service's own (HTTP) or kept until libzmq's bind (``service.build.opening``). Port 0 and ``*``
-    (any free port) and ZeroMQ hosts that are interface or host names are left to the bind itself.
+    service's own (HTTP) or kept until libzmq's bind (the publisher and the receiver close it right
+    before theirs). Port 0 and ``*`` (any free port) and ZeroMQ hosts that are interface or host names
+    are left to the bind itself.
 
     Held HTTP ports answer meanwhile (``httpd.StartingHandler``: ``/healthz`` 503 "starting (loading
     the engine ...)", ``/metrics`` ``sbd_starting 1``): a probe or scrape waited there with no answer
@@ -84,7 +85,7 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
         if address is not None:
             wanted.append((setting, section.endpoint, ("zmq", section.endpoint), *address, ZMQ_IN_USE_HINT))
     with ExitStack() as held:
-        held.enter_context(starting_note(s))
+        name_engine = held.enter_context(starting_note(s))
         for i, (setting, where, key, host, port, hint) in enumerate(wanted):
             try:
                 hold_port(key, host, port, answers.get(setting))
@@ -97,14 +98,20 @@ def holding_ports(s: ServiceSettings, receiver: bool = True) -> Iterator[None]:
                 raise EndpointError(setting, where, reason, mine[0] if mine else None) from e
             finally:
                 held.callback(drop_held, key)
+        name_engine()  # the ports are held: the engines' imports may come now
         yield
 
 
 @contextmanager
-def starting_note(s: ServiceSettings) -> Iterator[None]:
+def starting_note(s: ServiceSettings) -> Iterator[Callable[[], None]]:
     """What the held ports say the service is doing while it starts (``httpd.set_starting``): the
     engine it loads, and the engines' latest log line at INFO or above while the block runs, such as
-    "building TensorRT plan ...; this takes minutes once per GPU"."""
+    "building TensorRT plan ...; this takes minutes once per GPU".
+
+    Yields ``name_engine``: without ``--model`` the engine is the device's live default
+    (``engines.card.live_engine``), known only with torch imported; called once the ports are held
+    (``holding_ports``), it names that engine (``sbd-unet3s2-paper-twins`` on a CPU) where the note
+    said "(default)" for the whole load (audit h35)."""
     import logging
 
     from sbd_stream import __version__
@@ -113,17 +120,28 @@ def starting_note(s: ServiceSettings) -> Iterator[None]:
 
     d = s.denoise
     engine = getattr(d.engine, "value", d.engine)
-    what = f"loading the engine {d.model or '(default)'}: {engine}, device {d.device or 'auto'}"
-    set_starting(what, starting_text(__version__))
+    where = f"{engine}, device {d.device or 'auto'}"
+    what = [f"loading the engine {d.model or '(the live default of the device)'}: {where}"]
+    set_starting(what[0], starting_text(__version__))
+
+    def name_engine() -> None:
+        if d.model:
+            return
+        from sbd_stream.engines.card import live_engine  # torch: imported by the engine's load next
+
+        devices: list[str | None] = list(d.devices) if d.devices else [d.device]  # as load_stages plans
+        names = dict.fromkeys(live_engine(device) for device in devices)
+        what[0] = f"loading the engine {', '.join(names)}: {where}"
+        set_starting(what[0])
 
     class Note(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            set_starting(f"{what} (last: {record.getMessage()})")
+            set_starting(f"{what[0]} (last: {record.getMessage()})")
 
     note, engines = Note(logging.INFO), logging.getLogger("sbd_stream.engines")
     engines.addHandler(note)
     try:
-        yield
+        yield name_engine
     finally:
         engines.removeHandler(note)
 

@@ -22,7 +22,6 @@ from sbd_stream.config import BackpressurePolicy, ServiceSettings, SocketMode
 from sbd_stream.engines.card import live_engine
 from sbd_stream.engines.denoiser import Denoiser
 from sbd_stream.frames import Frame, FrameQueue
-from sbd_stream.httpd import drop_held
 from sbd_stream.metrics import Metrics
 from sbd_stream.metrics_summary import status_line, summary
 from sbd_stream.service.backlog import Backlog
@@ -94,8 +93,11 @@ def check_record_dir(s: ServiceSettings) -> None:
 @contextmanager
 def opening(setting: str, endpoint: str) -> Iterator[None]:
     """A ZeroMQ bind / connect that fails (address in use, no such interface) as an ``EndpointError``.
-    The port's holder from before the engine loaded (``cli.service_start.holding_ports``) is closed first."""
-    drop_held(("zmq", endpoint))
+
+    The port's holder from before the engine loaded (``cli.service_start.holding_ports``) is not closed
+    here: the publisher and the receiver close it themselves right before their ``bind``
+    (``httpd.drop_held``). Closed here, the port was free while they made their context and socket,
+    read CURVE keys and started the authenticator, and another program could take it then (audit h35)."""
     try:
         yield
     except zmq.ZMQError as e:

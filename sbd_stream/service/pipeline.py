@@ -186,6 +186,7 @@ class Pipeline:
         self.sinks[:] = [*sinks, *([check] if check is not None else [])]
         self.metrics, self.supervisor = metrics, supervisor
         self.metrics_port: int | None = None
+        self.started = threading.Event()  # every stage spawned (``start``): /healthz may answer ready
         self.stopped = threading.Event()
 
     # --- what tests, the demo and the CLI look at -------------------------------------------------------
@@ -260,6 +261,7 @@ class Pipeline:
         self.pool.start()
         if self.source is not None:
             self.source.start()
+        self.started.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain and close: source, then the workers, then the sinks, each within its share of ``timeout``
@@ -324,5 +326,15 @@ class Pipeline:
         log.error("stop: still running when the stop's time was over: %s", "; ".join(named))
 
     def health(self) -> dict[str, Any]:
-        """Per-stage liveness for ``/healthz`` (sbd_stream/supervisor.py)."""
-        return self.supervisor.health()
+        """Per-stage liveness for ``/healthz`` (sbd_stream/supervisor.py); not ``ok`` (503, ``starting``)
+        until ``start`` has spawned every stage and each thread has begun.
+
+        Why: the metrics server starts first (a busy port then leaves nothing running), and its
+        ``/healthz`` answered 200 with the metrics stage alone about 0.1 s before the sinks, workers and
+        receiver were registered: a readiness probe sent frames to a service not yet receiving (h35)."""
+        h = self.supervisor.health()
+        if h["ok"] and not (
+            self.started.is_set() and all(st["state"] != "starting" for st in h["stages"].values())
+        ):
+            h.update(ok=False, starting=True, doing="starting the pipeline's stages")
+        return h

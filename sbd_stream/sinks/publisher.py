@@ -30,6 +30,7 @@ import zmq
 
 from sbd_stream.config import PublishSettings, SocketMode
 from sbd_stream.frames import SERVICE_META_KEYS, FrameQueue
+from sbd_stream.httpd import drop_held
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
@@ -103,6 +104,7 @@ class Publisher(BackgroundWorker):
         apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
         if settings.mode is SocketMode.bind:
             warn_if_exposed("publisher", settings.endpoint)
+            drop_held(("zmq", settings.endpoint))  # the holder of cli.service_start: at the bind, no sooner
             self.sock.bind(settings.endpoint)
         else:
             self.sock.connect(settings.endpoint)

@@ -25,6 +25,7 @@ import zmq
 
 from sbd_stream.config import DectrisInput, IngestSettings, InputSocket, SocketMode, WireV1Input
 from sbd_stream.frames import FrameHandler, SeriesHandler
+from sbd_stream.httpd import drop_held
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import ipv6_endpoint
 from sbd_stream.security import apply_curve, warn_if_exposed
@@ -101,6 +102,7 @@ class Receiver(BackgroundWorker):
             binds = s.mode is SocketMode.bind
             apply_curve(sock, s.curve, binds, CURVE_DOMAIN)  # before bind / connect, or it is not used
             if binds:
+                drop_held(("zmq", endpoint))  # the port's holder (cli.service_start): at the bind, no sooner
                 sock.bind(endpoint)
             else:
                 sock.connect(endpoint)

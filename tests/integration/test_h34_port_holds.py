@@ -4,7 +4,7 @@
 found only after the load). A probe that bound and closed again would leave the port to whoever binds
 next during the seconds of load; these tests show another socket cannot bind a held port, that the
 service's own HTTP server adopts it (binding it afresh would fail: the holder listens), that ZeroMQ
-binds it once ``service.build.opening`` has dropped the holder, that port 0 still gives each server a
+binds it once the publisher has closed the holder right before its bind, that port 0 still gives each server a
 free port of its own, and that leaving the block frees what no server took. Real sockets on 127.0.0.1.
 """
 
@@ -24,6 +24,7 @@ from sbd_stream.config import ServiceSettings
 from sbd_stream.httpd import take_held
 from sbd_stream.metrics import Metrics, MetricsServer
 from sbd_stream.service.build import EndpointError, opening
+from sbd_stream.sinks.publisher import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -99,16 +100,15 @@ def test_port_0_gives_each_server_a_free_port_of_its_own() -> None:
 def test_a_held_zmq_endpoint_is_let_go_only_for_its_own_bind() -> None:
     port = free_port()
     output = f"tcp://127.0.0.1:{port}"
-    with holding_ports(_settings(0, 0, output)):
+    s = _settings(0, 0, output)
+    with holding_ports(s):
         assert _taken(port)
-        sock = zmq.Context.instance().socket(zmq.XPUB)
-        sock.linger = 0
+        with opening("publish.endpoint", output):  # the publisher closes the holder, then binds (h35)
+            pub = Publisher(s.publish, Metrics(), "test-engine")
         try:
-            with opening("publish.endpoint", output):  # the holder is closed, then libzmq binds
-                sock.bind(output)
-            assert sock.getsockopt_string(zmq.LAST_ENDPOINT) == output
+            assert pub.endpoint == output
         finally:
-            sock.close()
+            pub.release_unstarted()
 
 
 def test_a_port_in_use_is_an_endpoint_error_naming_the_setting_and_nothing_stays_held() -> None:

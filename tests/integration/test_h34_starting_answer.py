@@ -129,13 +129,14 @@ def test_healthz_says_what_the_engine_load_is_doing(caplog: pytest.LogCaptureFix
 
     from sbd_stream.cli.service_start import holding_ports
     from sbd_stream.config import ServiceSettings
+    from sbd_stream.engines.card import live_engine
 
     caplog.set_level(logging.INFO, logger="sbd_stream")  # as the CLI's setup_logging (INFO, -v: DEBUG)
     port = free_port()
     s = ServiceSettings.model_validate({"metrics": {"port": port}, "publish": {"enabled": False}})
     with holding_ports(s, receiver=False):
         state = json.loads(_ask(port, "GET", "/healthz")[2])
-        assert state["doing"].startswith("loading the engine (default)"), state
+        assert state["doing"].startswith(f"loading the engine {live_engine(None)}: "), state  # h35
         line = "building TensorRT plan p.plan (fp16); this takes minutes once per GPU"
         logging.getLogger("sbd_stream.engines.tensorrt_engine").info(line)
         state = json.loads(_ask(port, "GET", "/healthz")[2])
