@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "open_files": 0,  # descriptors against RLIMIT_NOFILE: two gauges, one warning (metrics registers it)
     "zmq_context": 1,  # contexts a sender owns and ends itself (pyzmq; security stops their authenticators)
     "sigint_hold": 0,  # Ctrl-C held while torch imports (the console entries; a leaf: standard library)
+    "stop_pending": 0,  # stop signals that raise, recorded for a loop's check (a leaf: standard library)
     "invocation": 0,
     "supervisor": 0,
     "worker": 1,

@@ -153,12 +153,23 @@ def write_stderr_line(line: str) -> None:
 
 def friendly_errors(command: F) -> F:
     """``command`` with the EXPECTED errors, and a missing optional module, turned into ``error: ...``
-    and exit status 2; an interruption into one line ``interrupted: ...`` (:func:`interrupted`)."""
+    and exit status 2; an interruption into one line ``interrupted: ...`` (:func:`interrupted`).
+
+    Runs it inside ``training.train.stop.stops_raise`` for SIGINT: Ctrl-C raises ``Interrupted`` (as
+    Python's own ``KeyboardInterrupt``) and is recorded, so a raise Python swallowed (in a weakref
+    callback, a ``__del__``) is raised again at the next ``check_stop`` of a long loop (an evaluation's
+    images, the recipe's steps) or starts a training loop stopped, instead of the command running on for
+    minutes to hours. SIGTERM keeps its default (the process ends at once: nothing to lose) except where a
+    command makes it raise too (``train``, ``export``, ``gpu-recipe``, ``simulate``)."""
+    import signal
+
+    from training.train.stop import stops_raise
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with stops_raise((signal.SIGINT,)):
+                return command(*args, **kwargs)
         except KeyboardInterrupt as e:
             interrupted(e)
         except EXPECTED as e:

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from sbd_stream.stop_pending import PendingStop
 from training.train.stop import STOP_SIGNALS, Interrupted
 
 
@@ -55,29 +56,6 @@ def committed(out: Path) -> str:
     return f"{n_task} tasks ({n_img} images) committed"
 
 
-class PendingStop:
-    """The signals a handler has raised; ``check`` raises the first again where it is safe to.
-
-    ``check`` is called by the simulation between tasks: reaching it after a signal means the handler's
-    own raise was swallowed (an unwound raise never comes back to the loop)."""
-
-    def __init__(self) -> None:
-        self.signums: list[int] = []
-        self._raised = False
-
-    def note(self, signum: int) -> None:
-        self.signums.append(signum)
-
-    def check(self) -> None:
-        if self.signums and not self._raised:
-            self.close()
-            raise Interrupted(self.signums[0])
-
-    def close(self) -> None:
-        """Quiet from now on: the stop has unwound (from the handler or from ``check``)."""
-        self._raised = True
-
-
 def _never() -> None:
     """``check`` where no handler is installed (outside the main thread)."""
 
@@ -90,7 +68,7 @@ def simulation_stops(out: Path) -> Iterator[Callable[[], None]]:
     if threading.current_thread() is not threading.main_thread():
         yield _never
         return
-    pending = PendingStop()
+    pending = PendingStop(Interrupted)  # its own record: this handler also quiets Dask
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         pending.note(signum)  # first: a raise swallowed in a weakref callback leaves this behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -73,7 +74,7 @@ def train(
 
     from training.train.loop import train as run_training
     from training.train.presets import preset_config
-    from training.train.stop import Interrupted, sigterm_raises
+    from training.train.stop import Interrupted, stops_raise
 
     need_device(device)
     # TrainConfig allows 0 (weights kept, for tests); a user means to learn, and inf trained NaN weights
@@ -112,7 +113,7 @@ def train(
         if replaced is not None and rank0:
             typer.echo(f"after training: {replaced}")
     try:
-        with sigterm_raises():  # in the loop: a checkpoint first (training.train.stop)
+        with stops_raise():  # in the loop: a checkpoint first (training.train.stop)
             summary = run_training(cfg, resume=resume)
     except Interrupted as e:
         if e.line:
@@ -184,10 +185,10 @@ def export(
         need_dataset(data, "--data")
     if replaced is not None:
         typer.echo(replaced)
-    from training.train.stop import Interrupted, sigterm_raises
+    from training.train.stop import Interrupted, stops_raise
 
     try:  # SIGTERM as Ctrl-C: the engine's staging folder is removed and the old engine stays (write_engine)
-        with sigterm_raises():
+        with stops_raise():
             export_engine(run_dir, engine_dir, evaluate_test, data)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", 2)  # 2: SIGINT (Ctrl-C)
@@ -318,7 +319,7 @@ def gpu_recipe(
     from training.recipe.config import RecipeConfig, RecipeError
     from training.recipe.plan import describe_plan, format_plan
     from training.recipe.run import run_recipe
-    from training.train.stop import sigterm_raises
+    from training.train.stop import check_stop, stops_raise
 
     opts = {k: v for k, v in locals().items() if k not in ("steps", "dry_run")}
     opts["extra_worlds"] = [w.strip() for w in extra_worlds.split(",") if w.strip()]
@@ -329,9 +330,21 @@ def gpu_recipe(
         if dry_run:
             typer.echo(format_plan(describe_plan(cfg)))
             return
-        with sigterm_raises():  # SIGTERM as Ctrl-C; in training: last.pt first (training.train.stop)
-            summary = run_recipe(cfg, log=typer.echo)
+        with stops_raise():  # SIGTERM as Ctrl-C; in training: last.pt first (training.train.stop)
+            summary = run_recipe(cfg, log=_checked(typer.echo, check_stop))
     except RecipeError as e:
         fail(str(e))  # its status, 2, also where stderr cannot take the line (fail's docstring)
     if not summary["ok"]:
         raise typer.Exit(1)
+
+
+def _checked(log: Callable[[str], None], check: Callable[[], None]) -> Callable[[str], None]:
+    """``log`` that first calls ``check``: the recipe logs ``== step ==`` before each step, so a stop whose
+    raise Python swallowed during one step (``training.train.stop``) ends the recipe before the next one
+    (simulating, training for hours) instead of being lost."""
+
+    def checked(line: str) -> None:
+        check()
+        log(line)
+
+    return checked

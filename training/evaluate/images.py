@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from sbd_stream.stop_pending import check_stop
 from training.evaluate.clean_images import (
     SUFFIXES,
     NoCleanImages,
@@ -272,6 +273,7 @@ def evaluate_images(
             warn(negative)
         ref = clean * scale
         for d in range(cfg.draws):
+            check_stop()  # a stop whose raise Python swallowed ends the run here (training.train.stop)
             rng = np.random.default_rng([cfg.seed, noise_key(name), d])
             noisy = rng.poisson(np.clip(clean, 0, None)).astype(np.float32)
             t0 = time.perf_counter()

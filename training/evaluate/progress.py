@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from sbd_stream.stop_pending import check_stop
+
 T = TypeVar("T")
 
 STEPS = 10
@@ -34,7 +36,8 @@ def progress(msg: str) -> None:
 def tracked(items: Iterable[T], label: str, what: str, total: int | None = None) -> Iterator[T]:
     """``items``, saying ``label: started on N what`` before the first, ``k/N`` every ~N/10 items (when
     ``QUIET_S`` passed since the last line) and ``label: done, N what in S s`` after the last (a
-    generator: the lines come as the work goes)."""
+    generator: the lines come as the work goes). Before each item it calls ``check_stop``: a stop signal
+    whose raise Python swallowed (in a weakref callback, a ``__del__``) ends the evaluation there."""
     if total is None:
         items = list(items)
         total = len(items)
@@ -43,6 +46,7 @@ def tracked(items: Iterable[T], label: str, what: str, total: int | None = None)
     progress(f"{label}: started on {total} {what}")
     n = 0
     for item in items:
+        check_stop()  # a Ctrl-C / SIGTERM whose raise Python swallowed: stop here (training.train.stop)
         yield item
         n += 1
         now = time.perf_counter()

@@ -44,6 +44,7 @@ class Skipped(Exception):
 
 def step_simulate(ctx: StepContext) -> dict[str, Any]:
     from training.sim.simulate import simulate
+    from training.train.stop import check_stop  # a stop Python swallowed: raised between tasks
 
     cfg = ctx.cfg
     status = simulation_status(cfg)
@@ -52,7 +53,7 @@ def step_simulate(ctx: StepContext) -> dict[str, Any]:
     workers = cfg.workers or ctx.dev["cpu_count"]
     out: dict[str, Any] = {"workers": workers, "status_before": status["files"], "worlds": {}}
     for world, path in world_sets(cfg):  # resumable: a complete set is a plan with nothing to run
-        summary = simulate(world, path, scheduler=cfg.scheduler, workers=workers)
+        summary = simulate(world, path, scheduler=cfg.scheduler, workers=workers, check=check_stop)
         if summary["failed"]:
             raise RuntimeError(f"{len(summary['failed'])} {world.name} tasks failed: {summary['failed'][:5]}")
         out["worlds"][world.name] = {"file": str(path), **summary}

@@ -5,10 +5,18 @@ Why: typer turns a ``KeyboardInterrupt`` into a silent exit 130, and SIGTERM (th
 since its last validation (audit 24). Now a training loop takes either signal as a request: it ends the
 step it is in, writes ``last.pt`` and raises :class:`Interrupted`, which ``sbd-train`` prints as
 ``interrupted: ...`` with exit status 128 + the signal (130, 143). Outside the loop
-(:func:`sigterm_raises`) SIGTERM raises the same exception as Ctrl-C does ``KeyboardInterrupt``.
+(:func:`stops_raise`, around every ``sbd-train`` command) SIGTERM raises the same exception as Ctrl-C.
 
 A signal ignored when the process started (``nohup`` ignores SIGHUP, a background job of a
 non-interactive shell SIGINT) stays ignored: that is what the caller asked for.
+
+A raise from a signal handler lands in whatever Python frame runs when the signal arrives; when that is a
+weakref callback, a ``__del__`` or a GC callback, Python prints "Exception ignored in ..." and drops it:
+the stop is lost and the command runs on to its end (``sbd-train simulate`` lost a SIGTERM that way,
+session 35). So :func:`stops_raise` also records the signal (``sbd_stream.stop_pending``), and the long
+loops call :func:`check_stop` between items: it raises the recorded stop there, once, if the first raise did
+not unwind. A :class:`StopRequest` entered after such a lost stop starts with it set (a training run
+whose stop was swallowed while its data were read stops after its first step, ``last.pt`` written).
 """
 
 from __future__ import annotations
@@ -19,6 +27,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+from sbd_stream.stop_pending import PendingStop, check_stop, pending_signal, recorded_stops
+
+__all__ = [
+    "STOP_SIGNALS",
+    "Interrupted",
+    "PendingStop",
+    "StopRequest",
+    "check_stop",
+    "pending_signal",
+    "stops_raise",
+]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,27 +68,20 @@ def _in_main_thread() -> bool:
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While inside: SIGTERM raises :class:`Interrupted` (as SIGINT raises ``KeyboardInterrupt``), so
-    ``finally`` blocks run and the command can say what it stopped. Only in the main thread."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+def stops_raise(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """While inside: ``signals`` (SIGINT and SIGTERM) raise :class:`Interrupted` (a ``KeyboardInterrupt``),
+    so ``finally`` blocks run and the command can say what it stopped, and each is recorded for
+    :func:`check_stop` (``sbd_stream.stop_pending``: nested blocks share the outermost one's record).
+    Only in the main thread; a signal ignored by the caller stays ignored."""
+    with recorded_stops(signals, Interrupted):
         yield
-        return
-
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signum)
-
-    old = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 class StopRequest:
     """While inside ``with StopRequest() as stop``: SIGINT and SIGTERM only set ``stop.signum``; the
     loop polls it between steps, so a checkpoint is written from a consistent state (not from inside
-    an optimizer step). Outside the main thread (a test runner's worker thread) it installs nothing."""
+    an optimizer step). Outside the main thread (a test runner's worker thread) it installs nothing.
+    It starts set by a stop an enclosing :func:`stops_raise` recorded but whose raise was swallowed."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -78,6 +91,7 @@ class StopRequest:
         self.signum = self.signum or signum
 
     def __enter__(self) -> StopRequest:
+        self.signum = pending_signal()  # a stop swallowed before the loop began: the loop's first check
         if _in_main_thread():
             for sig in STOP_SIGNALS:
                 if signal.getsignal(sig) != signal.SIG_IGN:
