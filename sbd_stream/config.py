@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -48,11 +49,19 @@ from sbd_stream.protocol import DEFAULT_MAX_PAYLOAD
 from sbd_stream.security import CurveSettings, plain_path
 
 
+def _no_bool(cls: type[BaseModel], data: Any) -> Any:
+    """``no_bool``, NumPy's booleans counted as booleans: ``DetectorSettings(pixel_size_A=np.True_)`` (an
+    h5py attribute handed on) was a 1 A pixel; ``isinstance(np.True_, bool)`` is False (session 35)."""
+    if isinstance(data, dict) and any(isinstance(v, np.bool_) for v in data.values()):
+        data = {k: bool(v) if isinstance(v, np.bool_) else v for k, v in data.items()}
+    return no_bool(cls, data)
+
+
 class _Section(BaseModel):
     """A settings table: unknown keys, NaN / Infinity and booleans given for numbers are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    _numbers_not_bools = model_validator(mode="before")(no_bool)
+    _numbers_not_bools = model_validator(mode="before")(_no_bool)
 
 
 # Checked here, not at the engine's load: "tensorrrt" / "gpu" was three backends' errors naming no setting

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sbd_stream.config_merge import no_bool
 
 
 class Normalisation(BaseModel):
@@ -21,6 +23,7 @@ class Normalisation(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _numbers_not_bools = model_validator(mode="before")(no_bool)  # a card's "dose": true was 1.0
 
     kind: Literal["dose"] = "dose"
     dose: float = Field(0.45, gt=0, description="expected counts per pixel in vacuum per frame")

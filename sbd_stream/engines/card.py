@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sbd_stream.compute.model import Architecture, build_model, count_parameters, field_of_view
 from sbd_stream.compute.normalisation import Normalisation
+from sbd_stream.config_merge import no_bool
 from sbd_stream.engines.artefact_files import load_tensors, mismatch, read_regular, read_verified, sha256_file
 from sbd_stream.engines.errors import ArtefactError, IntegrityError
 from sbd_stream.engines.network_fit import dncnn_parameters_fit, state_dict_mismatch
@@ -46,6 +47,7 @@ fine-tunes, ``sbd-unet4-paper-optics`` before the last."""
 
 class TilingDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _numbers_not_bools = model_validator(mode="before")(no_bool)
 
     tile: int = Field(256, gt=0)
     margin: int = Field(32, ge=0)
@@ -63,6 +65,8 @@ class EngineCard(BaseModel):
     them in a warning (a typo such as ``pixel_size_a`` otherwise passed unnoticed)."""
 
     model_config = ConfigDict(extra="allow")
+    # card.json's "pixel_size_A": true was a 1 A engine (float(True)); refused in one line (session 35)
+    _numbers_not_bools = model_validator(mode="before")(no_bool)
 
     format_version: int = Field(
         CARD_FORMAT_VERSION,

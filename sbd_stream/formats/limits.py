@@ -27,10 +27,12 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "PIXEL_SIZE_A_RANGE",
     "RecordingError",
+    "bool_text",
     "check_dtype",
     "count_problem",
     "external_problem",
     "frame_problem",
+    "is_bool",
     "sampling_attrs",
     "sampling_value",
     "trusted_rows",
@@ -179,10 +181,25 @@ def trusted_rows(g: Any, where: str, max_rows: int = MAX_FRAMES) -> int:
     return 0
 
 
+def is_bool(value: Any) -> bool:
+    """Whether ``value`` is true / false (Python's, NumPy's, or a NumPy array of them) where a number is
+    asked. Why (session 35): ``float(True)`` is 1.0, so an HDF5 attribute ``pixel_size_A = True`` (h5py:
+    ``numpy.bool_``), a zarr or JSON ``true`` read as a 1 A pixel, exit 0; ints stay numbers."""
+    return isinstance(value, bool | np.bool_) or (isinstance(value, np.ndarray) and value.dtype == np.bool_)
+
+
+def bool_text(value: Any) -> str:
+    """A boolean as the file or settings wrote it (``true`` / ``false``): NumPy 2 shows ``np.True_``."""
+    flat = np.asarray(value).reshape(-1)
+    return str(bool(flat[0])).lower() if flat.size == 1 else f"{flat.size} booleans"
+
+
 def sampling_value(value: Any) -> float:
     """An attribute stating a sampling (``pixel_size_A``, ``dose_e_per_A2``, ``counts_per_px``) as a
     finite number > 0; else ValueError saying so in one line (the caller names the file and attribute:
     pydantic's four-line dump of ``counts_per_px = inf`` named neither)."""
+    if is_bool(value):
+        raise ValueError(f"{bool_text(value)} is a boolean, not a number: state the number")
     try:
         v = float(value.item() if isinstance(value, np.ndarray) and value.size == 1 else value)
     except (TypeError, ValueError, OverflowError):

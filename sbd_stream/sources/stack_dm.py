@@ -32,7 +32,7 @@ import numpy as np
 
 from sbd_stream.sources.stack_headers import StackError, check_declared
 from sbd_stream.sources.stack_raw import RawFrames
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, not_bool, square_pixel
 
 __all__ = ["DM_SUFFIXES", "dm_image", "open_dm"]
 
@@ -229,6 +229,7 @@ def _sampling(path: Path, data: dict[str, Any]) -> dict[str, float]:
     for d in dims[:2]:
         units = d.get("Units")
         scale = LENGTH_UNITS_A.get(units.text().strip().lower()) if isinstance(units, _Located) else None
+        not_bool(d.get("Scale"), "its calibration Scale", path)
         try:
             px = abs(float(d.get("Scale"))) * scale if scale is not None else math.nan
         except (TypeError, ValueError):

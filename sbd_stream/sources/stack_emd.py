@@ -29,7 +29,7 @@ import numpy as np
 from sbd_stream.formats.limits import external_problem, unstored_problem
 from sbd_stream.formats.safe_chunks import UnsafeChunks, read_safely, safe_dataset
 from sbd_stream.sources.stack_headers import StackError
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, not_bool, square_pixel
 
 __all__ = ["EMD_UNITS_A", "FramesLast", "emd_frames"]
 
@@ -115,7 +115,12 @@ def _velox_sampling(group: h5py.Group, path: Path) -> dict[str, float]:
         result = json.loads(text).get("BinaryResult", {})
         size = result["PixelSize"]
         units = (result.get("PixelUnitX", "m"), result.get("PixelUnitY", "m"))
-        sizes = [_length(size[k], u) for k, u in zip(("width", "height"), units, strict=True)]
+        sizes = [
+            _length(not_bool(size[k], f"its Velox PixelSize {k}", path), u)
+            for k, u in zip(("width", "height"), units, strict=True)
+        ]
+    except StackError:  # a boolean for a size (session 35): refused, not the default
+        raise
     except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
         return {}  # no readable pixel size (JSON nested 10^5 deep too): the documented default
     return _square(sizes, path)

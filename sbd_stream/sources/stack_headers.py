@@ -11,6 +11,7 @@ checked in ``stack_tiff.py`` with ``check_declared``.
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 import tokenize
@@ -23,13 +24,18 @@ from sbd_stream.formats.limits import check_dtype, count_problem, frame_problem
 
 __all__ = [
     "StackError", "Voxel", "channel_last_note", "check_declared", "check_dtype", "imod_unsigned",
-    "imread_cap", "mrc_declared", "mrc_pixel_size", "mrc_transposed", "mrc_voxel", "npy_declared",
+    "imread_cap", "lzma_memlimit", "lzma_problem", "mrc_declared", "mrc_pixel_size", "mrc_transposed",
+    "mrc_voxel", "npy_declared",
 ]  # fmt: skip
 
 NPY_MAX_HEADER = 10_000
 """numpy's own limit without ``allow_pickle`` (``np.load``'s ``max_header_size``)."""
 IMOD_STAMP = 1146047817
 """IMOD's ``imodStamp``: with it, ``imodFlags`` bit 0 says whether mode-0 bytes are signed."""
+LZMA_PRESET_DICT = 64 << 20
+"""The dictionary of xz's largest preset (``-9``, ``-9e``): the most a numcodecs ``LZMA`` chunk declares."""
+LZMA_OVERHEAD = 1 << 20
+"""Memory liblzma's decoder takes beside the dictionary (64 kB for LZMA2 at -9; BCJ / delta filters less)."""
 
 
 class StackError(ValueError):
@@ -134,6 +140,42 @@ def imod_unsigned(header: Any) -> bool:
     except (KeyError, ValueError, IndexError, TypeError):
         return False
     return int(stamp) == IMOD_STAMP and not int(flags) & 1
+
+
+def lzma_memlimit(bound: int) -> int:
+    """The most memory liblzma may reserve to decode an lzma chunk of ``bound`` bytes: the larger of the
+    dictionary of xz's largest preset (``-9`` / ``-9e``: 64 MiB) and the smallest dictionary size an
+    .xz header can state (2^n or 3 * 2^(n-1) bytes) that holds the whole chunk, and ``LZMA_OVERHEAD``.
+
+    Why (session 35): the decoder reserves the dictionary its header declares (up to 4 GiB) before any
+    byte is decoded, whatever the chunk's size: a 352-byte chunk declaring 1.5 GiB had 1.5 GiB reserved
+    (it can fail, or count against RLIMIT_AS / a container's limit). A legitimate chunk never needs
+    more: numcodecs' ``LZMA`` at any preset (0..9, extreme too) declares at most 64 MiB (liblzma then
+    needs 64 MiB and 64 kB), and a dictionary larger than the chunk holds nothing more (LZMA2 refers
+    back only into the bytes already decoded), so a writer sizing it to the chunk is read too."""
+    return max(LZMA_PRESET_DICT, _dict_at_least(bound)) + LZMA_OVERHEAD
+
+
+def _dict_at_least(n: int) -> int:
+    """The smallest dictionary size an .xz LZMA2 header can state (2^k or 3 * 2^(k-1)) of ``n`` or more."""
+    k = max(n - 1, 1).bit_length()  # 2**k >= n
+    three = 3 << (k - 2) if k >= 2 else 1 << k
+    return three if three >= n else 1 << k
+
+
+def lzma_problem(head: bytes, bound: int) -> str | None:
+    """Why the .xz / .lzma stream beginning with ``head`` (its first bytes: the headers) asks liblzma
+    for more memory than a stream decoding to ``bound`` bytes needs (``lzma_memlimit``), or None (a
+    damaged stream too: its decoder says so when it is decoded). One byte is decoded, under the limit,
+    so that liblzma reads the block header and checks the dictionary before reserving it."""
+    try:
+        lzma.LZMADecompressor(lzma.FORMAT_AUTO, lzma_memlimit(bound)).decompress(head, max_length=1)
+    except lzma.LZMAError as e:
+        # CPython's one message for LZMA_MEMLIMIT_ERROR (Modules/_lzmamodule.c): the header asked more
+        if "Memory usage limit" in str(e):
+            over = lzma_memlimit(bound) - LZMA_OVERHEAD
+            return f"an lzma stream declares a dictionary of over {over} bytes"
+    return None
 
 
 def imread_cap() -> int:

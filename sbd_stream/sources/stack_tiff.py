@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.formats.limits import frame_problem
-from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap
+from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap, lzma_problem
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, tiff_sampling
 
 __all__ = ["LENGTH_UNITS_A", "TiffPages", "frame_series", "open_tiff", "read_whole", "tiff_sampling"]
@@ -59,6 +59,10 @@ BitsPerSample 1 or 12 has none: a traceback). AttributeError: tifffile hands a p
 EVAL_ITEMSIZE = 8
 """Bytes a pixel takes once ``evaluate-images`` holds it (float64): what ``read_whole``'s cap counts."""
 CODEC_HINT = "; `pip install imagecodecs` enables it"
+LZMA_TIFF = 34925
+"""TIFF's Compression tag for LZMA (an .xz stream a strip or tile)."""
+LZMA_HEAD = 12 + 1024
+"""Bytes of an .xz strip that hold its stream and first block header (at most 12 + 1024)."""
 
 
 def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
@@ -93,6 +97,9 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
                     f"{path}: a compressed TIFF of {declared} bytes decoded, more than half this machine's "
                     "memory; save it uncompressed (memory-mapped) or as HDF5"
                 )
+            pages = [p for s in series for p in s.pages if p is not None]
+            if (problem := _lzma_problem(tif, pages, declared)) is not None:
+                raise StackError(f"{path}: {problem}")
             try:
                 arr = _whole(series)
             except DECODE_ERRORS as e:
@@ -185,6 +192,9 @@ def _check_whole(tif: Any, series: list[Any], path: Path) -> None:
             f"{path}: declares {pixels} pixels, {pixels * EVAL_ITEMSIZE} bytes as float64, more than half "
             "this machine's memory; evaluate smaller images"
         )
+    declared = pixels * np.dtype(series[0].dtype).itemsize
+    if (problem := _lzma_problem(tif, list(tif.pages), declared)) is not None:
+        raise StackError(f"{path}: {problem}")
 
 
 def _whole(series: list[Any]) -> np.ndarray:
@@ -243,7 +253,7 @@ def _paged(tif: Any, series: list[Any], shape: tuple[int, ...], dt: np.dtype, pa
             raise StackError(
                 f"{path}: frame {k * per}: its data run to byte {end} of a {size}-byte file (cut short?)"
             )
-    if (problem := _chain_problem(tif, size)) is not None:
+    if (problem := _chain_problem(tif, size) or _lzma_problem(tif, pages, page_bytes)) is not None:
         raise StackError(f"{path}: {problem}")
     compression = pages[0].keyframe.compression
     if int(compression) != 1:
@@ -252,6 +262,22 @@ def _paged(tif: Any, series: list[Any], shape: tuple[int, ...], dt: np.dtype, pa
         except KeyError as e:
             raise StackError(f"{path}: not a readable TIFF ({_why(e)})") from None
     return TiffPages(tif, pages, per, (n, h, w), dt, str(path))
+
+
+def _lzma_problem(tif: Any, pages: list[Any], bound: int) -> str | None:
+    """Why an LZMA-compressed (34925) page's strip or tile asks liblzma for more memory than one decoding
+    to ``bound`` bytes needs (``stack_headers.lzma_problem``), or None. Why (session 35): tifffile
+    decodes such a strip with ``lzma.decompress``, no memory limit, so a strip declaring a 1.5 GiB
+    dictionary had it reserved. Only each strip's first bytes (the headers) are read here."""
+    fh = tif.filehandle
+    for k, p in enumerate(pages):
+        if int(getattr(p, "compression", 1)) != LZMA_TIFF:
+            continue
+        for offset, count in zip(p.dataoffsets, p.databytecounts, strict=False):
+            fh.seek(offset)
+            if count and (problem := lzma_problem(fh.read(min(int(count), LZMA_HEAD)), bound)):
+                return f"page {k}: {problem}, its frames hold {bound} bytes; not decoded (crafted?)"
+    return None
 
 
 def _chain_problem(tif: Any, size: int) -> str | None:

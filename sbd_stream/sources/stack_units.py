@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from sbd_stream.formats.limits import PIXEL_SIZE_A_RANGE
+from sbd_stream.formats.limits import PIXEL_SIZE_A_RANGE, bool_text, is_bool
 from sbd_stream.sources.stack_headers import StackError
 
 __all__ = ["LENGTH_UNITS_A", "abtem_sampling", "ome_sampling", "plausible_pixel", "tiff_sampling"]
@@ -53,6 +53,15 @@ RESOLUTION_UNITS_A = {2: ("inch", 2.54e8), 3: ("cm", 1e8)}
 _warned: set[str] = set()
 
 
+def not_bool(value: Any, field: str, where: Path | str) -> Any:
+    """``value``, refused (``StackError``, one line naming ``field``) when it is true / false where a
+    pixel size is stated: ``float(True)`` is 1.0, so a ``"sampling": true`` read as a 1 A pixel (session
+    35). Other non-numbers keep their reader's rule (most: no size stated, the documented default)."""
+    if is_bool(value):
+        raise StackError(f"{where}: {field} is {bool_text(value)}, a boolean, not a number: correct it")
+    return value
+
+
 def tiff_sampling(tif: Any, path: Path | str = "") -> dict[str, float]:
     """``pixel_size_A`` a TIFF states (module docstring: which metadata, in which order), when it is a
     plausible TEM pixel; else nothing. Unequal X and Y sizes (non-square pixels) are refused: the engine
@@ -67,6 +76,7 @@ def tiff_sampling(tif: Any, path: Path | str = "") -> dict[str, float]:
         if size is None:
             size = _per_pixel(tags.get("XResolution"))
             _square(size, _per_pixel(tags.get("YResolution")), scale, "its resolution tags", path)
+        not_bool(size, "its pixel_size calibration", path)
         try:
             px = float(size) * scale if size is not None else 0.0
         except (TypeError, ValueError):
@@ -74,7 +84,7 @@ def tiff_sampling(tif: Any, path: Path | str = "") -> dict[str, float]:
         return plausible_pixel(px, f"its {meta.get('unit')} calibration", path)
     if tif.is_ome and (stated := ome_sampling(tif.ome_metadata or "", path)):
         return stated
-    if stated := abtem_sampling(tif.pages[0].description):
+    if stated := abtem_sampling(tif.pages[0].description, path):
         return plausible_pixel(stated["pixel_size_A"], "its abTEM description", path)
     return _resolution_sampling(tags, path)
 
@@ -176,7 +186,7 @@ def _per_pixel(tag: Any) -> float | None:
         return None
 
 
-def abtem_sampling(description: str) -> dict[str, float]:
+def abtem_sampling(description: str, path: Path | str = "") -> dict[str, float]:
     """``pixel_size_A`` from abTEM's ``Images.to_tiff`` description: JSON whose ``axes`` hold two
     ``RealSpaceAxis`` entries with ``sampling`` and ``units``; equal samplings only (a square pixel).
 
@@ -190,6 +200,7 @@ def abtem_sampling(description: str) -> dict[str, float]:
     for ax in axes.values() if isinstance(axes, dict) else ():
         if isinstance(ax, dict) and ax.get("type") == "RealSpaceAxis" and "sampling" in ax:
             scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
+            not_bool(ax["sampling"], "its abTEM description's sampling", path)
             try:
                 sizes.append(float(ax["sampling"]) * scale if scale else float("nan"))
             except (TypeError, ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 from sbd_stream.formats.limits import sampling_attrs
 from sbd_stream.formats.recording import SAMPLING_ATTRS
 from sbd_stream.sources.stack_headers import StackError, imread_cap
-from sbd_stream.sources.stack_units import LENGTH_UNITS_A, square_pixel
+from sbd_stream.sources.stack_units import LENGTH_UNITS_A, not_bool, square_pixel
 from sbd_stream.sources.stack_zarr_bounded import bounded_array
 from sbd_stream.sources.stack_zarr_guard import GuardedStore, chunk_check
 
@@ -179,6 +179,7 @@ def abtem_axes_sampling(axes: dict[str, Any], ndim: int, where: str) -> dict[str
         if not isinstance(ax, dict) or ax.get("type") != "RealSpaceAxis":
             return {}
         scale = LENGTH_UNITS_A.get(str(ax.get("units", "")).strip().lower())
+        not_bool(ax.get("sampling"), "abTEM's axes: sampling", where)
         try:
             sizes.append(float(ax["sampling"]) * scale if scale is not None else math.nan)
         except (KeyError, TypeError, ValueError):

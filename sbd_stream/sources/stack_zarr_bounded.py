@@ -11,6 +11,8 @@ decoder is the standard-library one numcodecs calls, driven as numcodecs (and ``
 damaged one fails with the same exception and message, and one decoding past the bound is refused
 (``ZarrGuardError``, as before) having allocated at most the bound and one byte. In zarr v3 the LZ4 /
 Blosc / Zstd codecs are wrapped too (``HeaderCheckedCodec``): a shard read whole reached them unchecked.
+An lzma chunk's decoder may reserve no more than ``stack_headers.lzma_memlimit`` of the chunk (session 35:
+a 16 kB chunk declaring a 1.5 GiB dictionary had it reserved); more is refused, as a bomb is.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ from zarr.codecs.sharding import ShardingCodec
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import as_numpy_array_wrapper
 
+from sbd_stream.sources.stack_headers import LZMA_OVERHEAD, lzma_memlimit
 from sbd_stream.sources.stack_zarr_guard import HEADED, STREAMED, ChunkCheck, ZarrGuardError
 
-__all__ = ["BoundedBytesCodec", "BoundedNumcodec", "HeaderCheckedCodec", "bounded_array", "bounded_decode"]
+__all__ = [
+    "BoundedBytesCodec", "BoundedNumcodec", "HeaderCheckedCodec", "bounded_array", "bounded_decode",
+    "lzma_memlimit",
+]  # fmt: skip
 
 
 def bounded_decode(codec: Any, buf: Any, bound: int) -> bytes:
@@ -54,14 +60,36 @@ def bounded_decode(codec: Any, buf: Any, bound: int) -> bytes:
     elif name == "bz2":
         out = _streams(lambda: bz2.BZ2Decompressor(), OSError, ValueError, data, bound, stop_empty=True)
     elif name == "lzma":
-        fmt, filters = codec.format, codec.filters
-        make = lambda: lzma.LZMADecompressor(fmt, None, filters)  # noqa: E731
-        out = _streams(make, lzma.LZMAError, lzma.LZMAError, data, bound, stop_empty=False)
+        out = _lzma(codec.format, codec.filters, data, bound)
     else:
         raise ZarrGuardError(f"chunks compressed with {name!r}: no bounded decoder; not read")
     if len(out) > bound:
         raise ZarrGuardError(f"a {name} chunk decodes to more than the chunk's {bound} bytes (crafted?)")
     return out
+
+
+def _lzma(fmt: int, filters: Any, data: Any, bound: int) -> bytes:
+    """``lzma.decompress(data, fmt, filters=filters)`` to at most ``bound + 1`` bytes, the decoder's
+    memory limited to ``lzma_memlimit(bound)`` (a raw stream's dictionary is its filters', checked
+    here: liblzma takes no memory limit for it); ``ZarrGuardError`` where more is asked."""
+    limit = lzma_memlimit(bound)
+    said = f"a lzma chunk declares a dictionary of over {limit - LZMA_OVERHEAD} bytes"
+    refused = f"{said}, the chunk holds {bound}; not decoded (crafted?)"
+    if fmt == lzma.FORMAT_RAW:
+        for f in filters or ():
+            if isinstance(f, dict) and int(f.get("dict_size", 0)) > limit - LZMA_OVERHEAD:
+                raise ZarrGuardError(refused)
+        mem = None
+    else:
+        mem = limit
+    make = lambda: lzma.LZMADecompressor(fmt, mem, filters)  # noqa: E731
+    try:
+        return _streams(make, lzma.LZMAError, lzma.LZMAError, data, bound, stop_empty=False)
+    except lzma.LZMAError as e:
+        # CPython's one message for LZMA_MEMLIMIT_ERROR (Modules/_lzmamodule.c): the header asked more
+        if "Memory usage limit" in str(e):
+            raise ZarrGuardError(refused) from None
+        raise
 
 
 def _streams(make: Any, bad: type[Exception], short: type[Exception], data: Any, bound: int,

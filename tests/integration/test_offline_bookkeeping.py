@@ -15,8 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_offline_dask import SAMPLING, _assert_same_output, _stack
-from test_offline_failure import _interrupted
+from helpers_offline import SAMPLING, assert_same_output, interrupted, write_stack
 
 from sbd_stream.config import DenoiseSettings, DetectorSettings, RecordSettings
 from sbd_stream.metrics import Metrics
@@ -48,7 +47,7 @@ def test_a_dataset_named_with_a_colon_is_denoised_on_both_paths(
     s = od.denoise(inp, tmp_path / "local.h5", "scan:1/frames", es=es, scheduler="local")  # one chunk
     assert s["frames"] == 3
     od.denoise(inp, tmp_path / "none.h5", "scan:1/frames", es=es, scheduler="none")
-    _assert_same_output(tmp_path / "none.h5", tmp_path / "local.h5")
+    assert_same_output(tmp_path / "none.h5", tmp_path / "local.h5")
 
 
 # ---- resume -------------------------------------------------------------------------------------------
@@ -80,32 +79,32 @@ def test_a_resume_goes_back_to_the_start_of_the_chunk_a_missing_frame_is_in(
 ) -> None:
     """frames_done 12 in chunks of 4, frames 6 and 7 absent: the rerun must redo chunk [4, 8). Going on
     at frame 6 (no step back to a chunk start) or past the gap left frames 6-7 zeros, exit 0."""
-    inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=7)
+    inp = write_stack(tmp_path / "in.h5", 20, (64, 48), seed=7)
     out = tmp_path / "out.h5"
     es = _es(binning_engine_dir)
     src = od.inspect_stack(inp)
-    _interrupted(monkeypatch, src, out, es)
+    interrupted(monkeypatch, src, out, es)
     _drop_frames(Path(f"{out}.partial"), range(6, 8))
     with caplog.at_level(logging.WARNING, logger="sbd_stream.service"):
         s = od.denoise_distributed(src, out, es, scheduler="none", batch=2, chunk_frames=4)
     assert s["resumed_from"] == 4
     assert "holds frames up to 6 only, not 12" in caplog.text
     denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 def test_no_resume_starts_over_although_a_matching_partial_is_there(
     binning_engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=8)
+    inp = write_stack(tmp_path / "in.h5", 20, (64, 48), seed=8)
     out = tmp_path / "out.h5"
     es = _es(binning_engine_dir)
     src = od.inspect_stack(inp)
-    _interrupted(monkeypatch, src, out, es)
+    interrupted(monkeypatch, src, out, es)
     s = od.denoise_distributed(src, out, es, scheduler="none", batch=2, chunk_frames=4, resume=False)
     assert s["resumed_from"] == 0
     denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 # ---- a recording's never-completed rows --------------------------------------------------------------

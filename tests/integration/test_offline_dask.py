@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,38 +19,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers_offline import SAMPLING, SBD, assert_same_output, write_recording, write_stack
 from helpers_procs import group_alive, group_gone
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
-from sbd_stream.config import DenoiseSettings, RecordSettings
-from sbd_stream.metrics import Metrics
+from sbd_stream.config import DenoiseSettings
 from sbd_stream.service import offline_dask as od
 from sbd_stream.service.offline import denoise_file
-from sbd_stream.sinks.recorder import Recorder, RecordItem
 
 pytestmark = pytest.mark.integration
-
-SBD = str(Path(sys.executable).parent / "sbd-stream")  # the installed console script
-SAMPLING = {"pixel_size_A": 0.06, "counts_per_px": 0.45}  # the paper's K2: bins 4 x 4 on the test engine
-
-
-def _stack(path: Path, n: int, shape: tuple[int, int], seed: int = 0) -> Path:
-    with h5py.File(path, "w") as f:
-        f["frames"] = np.random.default_rng(seed).poisson(0.45, (n, *shape)).astype(np.uint16)
-        f.attrs.update(SAMPLING)
-    return path
-
-
-def _assert_same_output(a: Path, b: Path, skip_attrs: tuple[str, ...] = ()) -> None:
-    """Datasets bit for bit, attributes equal (denoise_file writes no timing)."""
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        assert fa["denoised"].dtype == fb["denoised"].dtype == np.float32
-        assert fa["denoised"].chunks == fb["denoised"].chunks
-        assert np.array_equal(fa["denoised"][:], fb["denoised"][:])
-        assert dict(fa["denoised"].attrs) == dict(fb["denoised"].attrs)
-        attrs_a = {k: v for k, v in fa.attrs.items() if k not in skip_attrs}
-        assert attrs_a == {k: v for k, v in fb.attrs.items() if k not in skip_attrs}
 
 
 # ---- pure helpers -----------------------------------------------------------------------------------
@@ -103,7 +80,7 @@ def scheduler():
 def test_two_workers_equal_single_process_bit_for_bit(
     scheduler: str, binning_engine_dir: Path, tmp_path: Path
 ) -> None:
-    inp = _stack(tmp_path / "in.h5", 40, (96, 80))
+    inp = write_stack(tmp_path / "in.h5", 40, (96, 80))
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
     s = od.denoise(inp, tmp_path / "dask.h5", es=es, scheduler=scheduler, batch=2, chunk_frames=5)
@@ -111,7 +88,7 @@ def test_two_workers_equal_single_process_bit_for_bit(
     assert (s["chunks"], s["chunk_frames"], s["frames"], s["resumed_from"]) == (7, 6, 40, 0)
     assert s["bin"] == 4 and s["pixel_size_A"] == 0.06
     assert set(s["engine_loads_per_worker"]) == {1}  # the engine was loaded once per worker, not per chunk
-    _assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
+    assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.h5", "in.h5", "ref.h5"]  # no partial left
 
 
@@ -134,7 +111,7 @@ def test_a_page_by_page_tiff_on_workers_equals_single_process_and_is_let_go(
     denoise_file(tmp_path / "in.tif", tmp_path / "ref.h5", settings=es, detector=SAMPLING)
     s = od.denoise(tmp_path / "in.tif", tmp_path / "dask.h5", es=es, detector=SAMPLING, scheduler=scheduler)
     assert s["chunks"] == 2 and s["frames"] == 30
-    _assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
+    assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
     with Client(scheduler) as c:
         assert set(c.run(lambda: len(stack_cache._OPEN)).values()) == {0}
 
@@ -145,7 +122,7 @@ def test_torch_backend_is_identical_when_threads_are_pinned(
 ) -> None:
     """torch's CPU results change with the thread count and with the batch (1 frame vs 2): both sides use
     one thread, and --chunk-frames 3 is rounded up to 4 so that no chunk splits a batch of 2."""
-    inp = _stack(tmp_path / "in.h5", 11, (64, 64), seed=1)
+    inp = write_stack(tmp_path / "in.h5", 11, (64, 64), seed=1)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -156,7 +133,7 @@ def test_torch_backend_is_identical_when_threads_are_pinned(
     es = DenoiseSettings(engine="torch", model=str(binning_engine_dir), threads_per_worker=1)
     s = od.denoise(inp, tmp_path / "dask.h5", es=es, scheduler=scheduler, batch=2, chunk_frames=3)
     assert (s["chunks"], s["chunk_frames"], s["threads_per_worker"]) == (3, 4, 1)
-    _assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
+    assert_same_output(tmp_path / "ref.h5", tmp_path / "dask.h5")
 
 
 @pytest.mark.timeout(60)
@@ -165,7 +142,7 @@ def test_one_chunk_runs_in_process_without_a_cluster(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a relative input names the source as given, as denoise_file does
     inp = Path("in.h5")
-    _stack(inp, 5, (64, 48), seed=2)
+    write_stack(inp, 5, (64, 48), seed=2)
     denoise_file(
         inp,
         tmp_path / "ref.h5",
@@ -174,10 +151,10 @@ def test_one_chunk_runs_in_process_without_a_cluster(
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     s = od.denoise(inp, tmp_path / "one.h5", es=es, scheduler="local")  # 5 frames < one 16-frame chunk
     assert s["scheduler"] == "in-process (one chunk)" and s["chunks"] == 1
-    _assert_same_output(tmp_path / "ref.h5", tmp_path / "one.h5")
+    assert_same_output(tmp_path / "ref.h5", tmp_path / "one.h5")
     s = od.denoise(inp, tmp_path / "none.h5", es=es, scheduler="none")  # `none`: denoise_file itself
     assert s["scheduler"] == "in-process"
-    _assert_same_output(tmp_path / "ref.h5", tmp_path / "none.h5")
+    assert_same_output(tmp_path / "ref.h5", tmp_path / "none.h5")
     with pytest.raises(ValueError, match="--scheduler"):
         od.denoise(inp, tmp_path / "x.h5", es=es, scheduler="http://elsewhere")
 
@@ -189,7 +166,7 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=3)
+    inp = write_stack(tmp_path / "in.h5", 20, (64, 48), seed=3)
     ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
     denoise_file(inp, ref, settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir)))
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
@@ -212,7 +189,7 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
     assert side["frames_done"] == 12 and not out.exists()
     s = od.denoise_distributed(src, out, es, scheduler="none", batch=2, chunk_frames=4)
     assert s["resumed_from"] == 12
-    _assert_same_output(ref, out)
+    assert_same_output(ref, out)
     assert not (tmp_path / "out.h5.partial").exists() and not (tmp_path / "out.h5.partial.json").exists()
 
     out.unlink()
@@ -221,7 +198,7 @@ def test_resume_continues_at_frames_done_and_a_changed_run_starts_over(
         s = od.denoise_distributed(src, out, es, scheduler="none", batch=4, chunk_frames=4)  # another batch
     assert s["resumed_from"] == 0
     assert "starting over" in caplog.text and "batch" in caplog.text
-    _assert_same_output(ref, out)
+    assert_same_output(ref, out)
 
 
 # ---- the real CLI, killed and rerun ------------------------------------------------------------------
@@ -231,7 +208,7 @@ def test_cli_killed_mid_run_resumes_to_the_single_process_output(
     binning_engine_dir: Path, tmp_path: Path
 ) -> None:
     n = 240
-    inp = _stack(tmp_path / "in.h5", n, (256, 256), seed=4)
+    inp = write_stack(tmp_path / "in.h5", n, (256, 256), seed=4)
     out, side = tmp_path / "out.h5", tmp_path / "out.h5.partial.json"
     cmd = [
         SBD, "denoise", str(inp), str(out), "--model", str(binning_engine_dir), "--engine", "onnxruntime",
@@ -272,33 +249,15 @@ def test_cli_killed_mid_run_resumes_to_the_single_process_output(
         tmp_path / "ref.h5",
         settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8),
     )  # `sbd-stream denoise` averages over the 8 orientations by default
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 # ---- replay --offline --------------------------------------------------------------------------------
-def _record(directory: Path, n: int, shape: tuple[int, int], **settings) -> Path:
-    rec = Recorder(
-        RecordSettings(directory=directory, min_free_bytes=0, compress_threads=0, **settings),
-        Metrics(),
-        card={"name": "tiny"},
-        run_config={},
-        sampling={"pixel_size_A": 0.06, "dose_e_per_A2": 125.0, "counts_per_px": 0.45},
-    )
-    rec.write(RecordItem("series_start", "run/9"))
-    rng = np.random.default_rng(5)
-    for q in range(n):
-        rec.write(
-            RecordItem("raw", "run/9", q, 100.0 + 0.025 * q, rng.poisson(0.45, shape).astype(np.uint16))
-        )
-    rec.write(RecordItem("series_end", "run/9"))  # closes the files
-    return directory / "run_9.nxs"  # recordings are .nxs
-
-
 @pytest.mark.timeout(120)
 def test_replay_offline_denoises_every_recorded_frame(
     scheduler: str, binning_engine_dir: Path, tmp_path: Path
 ) -> None:
-    rec = _record(tmp_path / "rec", 40, (64, 48))
+    rec = write_recording(tmp_path / "rec", 40, (64, 48))
     out = tmp_path / "out.h5"
     res = CliRunner().invoke(
         app,
@@ -320,12 +279,12 @@ def test_replay_offline_denoises_every_recorded_frame(
         "raw/frames",
         settings=DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8),
     )  # `sbd-stream denoise` averages over the 8 orientations by default
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 @pytest.mark.timeout(60)
 def test_replay_offline_reads_rolled_parts_and_needs_out(binning_engine_dir: Path, tmp_path: Path) -> None:
-    rec = _record(tmp_path / "rec", 10, (32, 32), max_file_bytes=1, compression="none")
+    rec = write_recording(tmp_path / "rec", 10, (32, 32), max_file_bytes=1, compression="none")
     parts = sorted((tmp_path / "rec").glob("run_9*.nxs"))
     assert len(parts) > 1  # every frame rolls to a new part
     src = od.inspect_recording(rec)
@@ -340,7 +299,7 @@ def test_replay_offline_reads_rolled_parts_and_needs_out(binning_engine_dir: Pat
         np.testing.assert_array_equal(f["seq"][:], np.arange(10))  # across the rolled parts, in order
         got = f["denoised"][:]
     # the parts read back in frame order: the same numbers as the 10 frames denoised from one plain stack
-    rng = np.random.default_rng(5)  # the frames _record wrote, drawn again here
+    rng = np.random.default_rng(5)  # the frames write_recording wrote, drawn again here
     with h5py.File(tmp_path / "stack.h5", "w") as f:
         f["frames"] = np.stack([rng.poisson(0.45, (32, 32)).astype(np.uint16) for _ in range(10)])
         f.attrs.update(SAMPLING)

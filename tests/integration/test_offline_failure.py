@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 import pytest
 from conftest import free_port, wait_until
+from helpers_offline import SBD, assert_same_output, frames_done, interrupted, write_recording, write_stack
 from helpers_procs import group_gone, kill_if_running
-from test_offline_dask import SBD, _assert_same_output, _record, _stack
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
@@ -48,18 +48,11 @@ def _error_lines(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if ln.startswith("error:")]
 
 
-def _frames_done(side: Path) -> int:
-    try:
-        return int(json.loads(side.read_text())["frames_done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
 def _wait_frames(proc: subprocess.Popen, side: Path, timeout: float = 150) -> int:
     """Wait until the job has written a chunk (or ended); its frames_done then."""
     end = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < end:
-        if (done := _frames_done(side)) > 0:
+        if (done := frames_done(side)) > 0:
             return done
         time.sleep(0.01)
     return 0
@@ -85,7 +78,7 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(binning_engine_dir: 
     """HDF5 fails late (the write or the flush of a chunk, past a file size limit): the job ends in one
     line naming the output, exit 2, no crash at exit, and the partial is one a rerun goes on from."""
     n = 120
-    inp = _stack(tmp_path / "in.h5", n, (256, 256), seed=6)
+    inp = write_stack(tmp_path / "in.h5", n, (256, 256), seed=6)
     out, side = tmp_path / "out.h5", tmp_path / "out.h5.partial.json"
     cmd = _cli(inp, out, binning_engine_dir, "--scheduler", "local", "--dask-workers", "2")
     r = subprocess.run(
@@ -96,14 +89,14 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(binning_engine_dir: 
     (line,) = _error_lines(r.stderr)
     assert line.startswith(f"error: {out}: no space left on device"), line
     assert "run the same command to resume" in line
-    done = _frames_done(side)
+    done = frames_done(side)
     assert 0 < done < n and f"{done} of {n} frames written" in line
     assert not out.exists() and Path(f"{out}.partial").exists()
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=200)  # space freed
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout[r.stdout.index("{") :])["resumed_from"] == done
-    _assert_same_output(_reference(inp, tmp_path / "ref.h5", binning_engine_dir), out)
+    assert_same_output(_reference(inp, tmp_path / "ref.h5", binning_engine_dir), out)
     assert not side.exists() and not Path(f"{out}.partial").exists()
 
 
@@ -113,7 +106,7 @@ def test_a_second_job_on_the_same_output_is_refused_before_touching_its_partial(
     binning_engine_dir: Path, tmp_path: Path
 ) -> None:
     """The second job's "w" truncated the first one's partial (or started it over under Dask)."""
-    inp = _stack(tmp_path / "in.h5", 40, (64, 48))
+    inp = write_stack(tmp_path / "in.h5", 40, (64, 48))
     out = tmp_path / "out.h5"
     partial, side = Path(f"{out}.partial"), Path(f"{out}.partial.json")
     partial.write_bytes(b"the other job's frames")
@@ -128,7 +121,7 @@ def test_a_second_job_on_the_same_output_is_refused_before_touching_its_partial(
             od.denoise_distributed(od.inspect_stack(inp), out, DenoiseSettings(), scheduler="none")
     assert partial.read_bytes() == b"the other job's frames" and side.read_text() == '{"the other job": 1}'
     assert not out.exists()
-    rec, rout = _record(tmp_path / "rec", 20, (64, 48)), tmp_path / "replayed.h5"
+    rec, rout = write_recording(tmp_path / "rec", 20, (64, 48)), tmp_path / "replayed.h5"
     with output_lock(rout):
         res = CliRunner().invoke(app, ["replay", str(rec), "--offline", "--out", str(rout), *args[3:]])
     assert res.exit_code == 2, res.output
@@ -143,7 +136,7 @@ def test_an_output_that_appears_during_the_job_is_not_replaced_without_overwrite
     """Checked at the start only, a finished job's rename replaced a file made meanwhile; now the job
     ends in one line keeping its frames, and ``--overwrite`` only renames them."""
     n = 160
-    inp = _stack(tmp_path / "in.h5", n, (256, 256), seed=8)
+    inp = write_stack(tmp_path / "in.h5", n, (256, 256), seed=8)
     out, side = tmp_path / "out.h5", tmp_path / "out.h5.partial.json"
     cmd = _cli(inp, out, binning_engine_dir, "--scheduler", "local", "--dask-workers", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -156,31 +149,15 @@ def test_an_output_that_appears_during_the_job_is_not_replaced_without_overwrite
     assert proc.returncode == 2, err[-3000:]
     (line,) = _error_lines(err)
     assert f"{out} appeared while this job ran" in line and "--overwrite" in line
-    assert out.read_text() == "someone else's file" and _frames_done(side) == n
+    assert out.read_text() == "someone else's file" and frames_done(side) == n
 
     r = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout[r.stdout.index("{") :])["resumed_from"] == n  # only renamed
-    _assert_same_output(_reference(inp, tmp_path / "ref.h5", binning_engine_dir), out)
+    assert_same_output(_reference(inp, tmp_path / "ref.h5", binning_engine_dir), out)
 
 
 # ---- what a resume trusts -----------------------------------------------------------------------------
-def _interrupted(monkeypatch: pytest.MonkeyPatch, src: od.Source, out: Path, es: DenoiseSettings) -> None:
-    """A run of 20 frames in chunks of 4 stopped after frame 12 (frames_done 12)."""
-    real = od.denoise_chunk
-
-    def dies_at_12(*args):
-        if args[3] == 12:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(od, "denoise_chunk", dies_at_12)
-    with pytest.raises(KeyboardInterrupt):
-        od.denoise_distributed(src, out, es, scheduler="none", batch=2, chunk_frames=4)
-    monkeypatch.setattr(od, "denoise_chunk", real)
-    assert _frames_done(Path(f"{out}.partial.json")) == 12
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("changed", [{"orientations": 1}, {"tile": 32}])
 def test_a_resume_with_another_pixel_setting_starts_over_naming_it(
@@ -192,11 +169,13 @@ def test_a_resume_with_another_pixel_setting_starts_over_naming_it(
 ) -> None:
     """``--orientations`` (and tiling, the version) were outside the fingerprint: a rerun resumed, and
     the file mixed 8- and 1-orientation frames under an ``orientations`` attribute of 8."""
-    inp = _stack(tmp_path / "in.h5", 20, (256, 256), seed=3)  # 64 x 64 working pixels: tiles of 32 differ
+    inp = write_stack(
+        tmp_path / "in.h5", 20, (256, 256), seed=3
+    )  # 64 x 64 working pixels: tiles of 32 differ
     out = tmp_path / "out.h5"
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir), orientations=8, tile=64)
     src = od.inspect_stack(inp)
-    _interrupted(monkeypatch, src, out, es)
+    interrupted(monkeypatch, src, out, es)
     other = es.model_copy(update=changed)
     with caplog.at_level(logging.WARNING, logger="sbd_stream.service"):
         s = od.denoise_distributed(src, out, other, scheduler="none", batch=2, chunk_frames=4)
@@ -205,7 +184,7 @@ def test_a_resume_with_another_pixel_setting_starts_over_naming_it(
     field = "orientations" if "orientations" in changed else "tiling"
     assert f"({field})" in caplog.text, caplog.text  # the one field that differs, named
     denoise_file(inp, tmp_path / "ref.h5", settings=other)
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 @pytest.mark.timeout(60)
@@ -228,11 +207,11 @@ def test_an_unreadable_sidecar_is_reported_as_such_and_the_job_starts_over(
     sidecar: str,
     why: str,
 ) -> None:
-    inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=4)
+    inp = write_stack(tmp_path / "in.h5", 20, (64, 48), seed=4)
     out = tmp_path / "out.h5"
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     src = od.inspect_stack(inp)
-    _interrupted(monkeypatch, src, out, es)
+    interrupted(monkeypatch, src, out, es)
     Path(f"{out}.partial.json").write_text(sidecar)
     with caplog.at_level(logging.WARNING, logger="sbd_stream.service"):
         s = od.denoise_distributed(src, out, es, scheduler="none", batch=2, chunk_frames=4)
@@ -240,7 +219,7 @@ def test_an_unreadable_sidecar_is_reported_as_such_and_the_job_starts_over(
     assert f"{out}.partial.json could not be read ({why}" in caplog.text, caplog.text
     assert "other inputs or settings" not in caplog.text
     denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
 
 
 @pytest.mark.timeout(60)
@@ -252,11 +231,11 @@ def test_a_resume_steps_back_to_the_first_frame_missing_from_the_partial(
 ) -> None:
     """A sidecar ahead of the partial (its rename reached the disk, the frames did not) was trusted:
     the output then held frames of fill value zeros."""
-    inp = _stack(tmp_path / "in.h5", 20, (64, 48), seed=5)
+    inp = write_stack(tmp_path / "in.h5", 20, (64, 48), seed=5)
     out = tmp_path / "out.h5"
     es = DenoiseSettings(engine="onnxruntime", model=str(binning_engine_dir))
     src = od.inspect_stack(inp)
-    _interrupted(monkeypatch, src, out, es)
+    interrupted(monkeypatch, src, out, es)
     side = Path(f"{out}.partial.json")
     state = json.loads(side.read_text())
     side.write_text(json.dumps({**state, "frames_done": 18}))  # neither the partial's 12 nor a chunk start
@@ -265,7 +244,7 @@ def test_a_resume_steps_back_to_the_first_frame_missing_from_the_partial(
     assert s["resumed_from"] == 12
     assert "holds frames up to 12 only, not 18" in caplog.text
     denoise_file(inp, tmp_path / "ref.h5", settings=es.model_copy(update={"batch_frames": 2}))
-    _assert_same_output(tmp_path / "ref.h5", out)
+    assert_same_output(tmp_path / "ref.h5", out)
     with h5py.File(out, "r") as f:
         assert np.all(np.abs(f["denoised"][:]).reshape(20, -1).max(1) > 0)  # no frame left at the fill value
 
@@ -293,7 +272,7 @@ def test_a_closed_scheduler_port_is_refused_at_once(binning_engine_dir: Path, tm
     import dask
     import distributed  # noqa: F401 -- registers the distributed.* settings the override below replaces
 
-    inp = _stack(tmp_path / "in.h5", 40, (64, 48))
+    inp = write_stack(tmp_path / "in.h5", 40, (64, 48))
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there now
     t0 = time.monotonic()
     with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_S}s"}):
@@ -342,7 +321,7 @@ def test_a_lost_scheduler_ends_in_one_line_and_keeps_the_partial(
     from distributed import Client
 
     n = 240
-    inp = _stack(tmp_path / "in.h5", n, (256, 256), seed=9)
+    inp = write_stack(tmp_path / "in.h5", n, (256, 256), seed=9)
     out, side = tmp_path / "out.h5", tmp_path / "out.h5.partial.json"
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}  # the client's reconnect wait
     dask = str(Path(sys.executable).parent / "dask")
@@ -382,7 +361,7 @@ def test_a_lost_scheduler_ends_in_one_line_and_keeps_the_partial(
     assert job.returncode == 2, err[-3000:]
     assert "Traceback" not in err and "distributed.client" not in err, err[-3000:]
     (line,) = _error_lines(err)
-    done = _frames_done(side)
+    done = frames_done(side)
     assert line == (
         f"error: lost the Dask scheduler {address}: interrupted after frame {done} of {n}; "
         "run the same command to resume"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import h5py
 import pytest
+from helpers_offline import SBD, write_stack
 from helpers_procs import group_gone, kill_if_running, start_piped
-from test_offline_dask import SBD, _stack
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def _interrupt(inp: Path, out: Path, engine: Path, sig: int, group: bool) -> tup
 def test_a_signal_stops_the_job_cleanly_and_the_same_command_resumes(
     binning_engine_dir: Path, tmp_path: Path, sig: int, group: bool, status: int
 ) -> None:
-    inp = _stack(tmp_path / "in.h5", N, (256, 256), seed=2)
+    inp = write_stack(tmp_path / "in.h5", N, (256, 256), seed=2)
     out = tmp_path / "out.h5"
     rc, err, done = _interrupt(inp, out, binning_engine_dir, sig, group)
     assert rc == status, err[-3000:]
