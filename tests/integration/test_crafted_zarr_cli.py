@@ -3,7 +3,8 @@ reader allocates or reads what the file merely declares.
 
 - a chunk header declaring gigabytes (numcodecs LZ4 / Zstd / Blosc allocate it before decoding), a gzip /
   zlib / bz2 / lzma chunk that decodes to far more than its chunk (a decompression bomb): refused by
-  ``sources/stack_zarr_guard.py`` before numcodecs decodes it; measured with ``tracemalloc`` (in a process of its own: helpers_memory), which
+  ``sources/stack_zarr_guard.py`` before numcodecs decodes it; measured with ``tracemalloc`` (in a
+  process of its own: ``helpers_memory``), which
   sees numcodecs' ``PyBytes`` allocations;
 - a chunk or metadata file that is a FIFO (``denoise`` hung for ever) or a symlink to ``/dev/zero`` (read
   until memory ran out), a shard index pointing 1 GB into its 16 kB file: refused, the files by the CLI, in
