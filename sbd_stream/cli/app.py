@@ -277,28 +277,27 @@ class Stopped(Exception):
 
 @contextmanager
 def stop_signals_unwind() -> Iterator[None]:
-    """SIGTERM / SIGHUP raise ``Stopped`` in the main thread, as Ctrl-C raises KeyboardInterrupt.
+    """SIGTERM / SIGHUP raise ``Stopped`` in the main thread, Ctrl-C ``KeyboardInterrupt``; each is recorded.
 
     Why: a one-file command (``export``) writes under a hidden temporary name and removes it in a
     ``finally``; the default action of SIGTERM or SIGHUP ended the process without running it, and the
     ``.NAME.<pid>.partial`` stayed behind. There is no queue to drain, so unwinding at once is the clean
-    stop. A SIGHUP the process was started ignoring (``nohup``) stays ignored; the handlers from before
-    are back afterwards (commands run in-process, as the tests do).
+    stop. Recorded (``sbd_stream.stop_pending``): a raise Python swallowed (the signal landed in a
+    weakref callback or a ``__del__``, "Exception ignored in ...") is raised again by the loop's next
+    ``check_stop``; before, the export ran on to its end and wrote its output after the stop. A signal
+    the process was started ignoring (``nohup``, ``cmd &``) stays ignored; the handlers from before are
+    back afterwards (commands run in-process, as the tests do).
     """
     import signal
 
-    def handler(signum: int, _frame: object) -> None:
-        raise Stopped(signum)
+    from sbd_stream.stop_pending import recorded_stops
 
-    numbers = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
-        numbers.remove(signal.SIGHUP)
-    previous = {signum: signal.signal(signum, handler) for signum in numbers}
-    try:
+    def raise_as(signum: int) -> BaseException:
+        return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+    numbers = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+    with recorded_stops(numbers, raise_as):
         yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
 
 
 def _ignore_stop_signals() -> None:

@@ -413,20 +413,25 @@ def emulate(
         fail(f"--endpoint {shown}: {zmq.strerror(e.errno) if e.errno is not None else e}")
     except (OSError, ValueError) as e:  # h5py's messages may span lines; ProtocolError is a ValueError
         fail(" ".join(str(e).split()))
-    h, w = emu.source.shape
-    pace = f"at {rate:g} Hz" if rate > 0 else "as fast as possible"
-    typer.echo(  # what series_start announces and the frames carry, whatever the flags said
-        f"emulating {h}x{w} {cfg.dtype} {pace} (exposure {emu.exposure_s:g} s) from "
-        f"{emu.source.kind.value} images on {emu.endpoint}{' (PUSH)' if push else ''} "
-        f"({cfg.pixel_size_A:.4g} A pixels, {cfg.dose:.4g} counts/px = {cfg.dose_per_area:.4g} e/A^2"
-        f"{', ' + sampled if sampled else ''})",
-        err=True,
-    )
-    if emu.source.note:  # as demo warns, once: a simulated dataset cut to frames that no atom entered
-        log.warning("%s, only vacuum: %s", emu.source.note, VACUUM_HINT)
+    # Ctrl-C / SIGTERM / SIGHUP set the emulator's stop (it polls it between frames and in its wait for a
+    # subscriber): the series ends with its series_end and the summary line. Before, Ctrl-C was a raise
+    # (lost where Python swallowed it; no series_end) and SIGTERM / SIGHUP killed it without either.
+    # In place before the banner, so a stop after the banner is always a clean one.
+    release = on_signals(emu.stop_event)
     try:
+        h, w = emu.source.shape
+        pace = f"at {rate:g} Hz" if rate > 0 else "as fast as possible"
+        typer.echo(  # what series_start announces and the frames carry, whatever the flags said
+            f"emulating {h}x{w} {cfg.dtype} {pace} (exposure {emu.exposure_s:g} s) from "
+            f"{emu.source.kind.value} images on {emu.endpoint}{' (PUSH)' if push else ''} "
+            f"({cfg.pixel_size_A:.4g} A pixels, {cfg.dose:.4g} counts/px = {cfg.dose_per_area:.4g} e/A^2"
+            f"{', ' + sampled if sampled else ''})",
+            err=True,
+        )
+        if emu.source.note:  # as demo warns, once: a simulated dataset cut to frames that no atom entered
+            log.warning("%s, only vacuum: %s", emu.source.note, VACUUM_HINT)
         n = emu.run()
-    except KeyboardInterrupt:
-        n = emu.n_sent
+    finally:
+        release()
     emu.close()
     typer.echo(json.dumps({"acq": cfg.acq, "frames_sent": n, "source": emu.source.kind.value}))

@@ -53,6 +53,7 @@ from sbd_stream.formats.recording import (
 )
 from sbd_stream.formats.safe_chunks import safe_dataset
 from sbd_stream.sinks.disk_space import is_disk_full
+from sbd_stream.stop_pending import check_stop
 
 TARGETS = ("tiff", "mrc", "npy", "csv")  # csv: the column table only (--kind columns, export_columns.py)
 ALIASES = {"tif": "tiff"}
@@ -194,10 +195,13 @@ def _stated(f: h5py.File, part: Path) -> dict[str, Any]:
 
 
 def _frames(parts: list[Path], kind: str, where: list[tuple[int, int]]) -> Iterator[np.ndarray]:
-    """The frames at ``where`` (part, row), in that order; every part opened once."""
+    """The frames at ``where`` (part, row), in that order; every part opened once. Before each frame,
+    ``check_stop``: a stop signal whose raise Python swallowed (h5py drops objects all the time) ends
+    the export here, as an unswallowed one would have (``cli.app.stop_signals_unwind``)."""
     with ExitStack() as stack:
         files: dict[int, Any] = {}
         for p, i in where:
+            check_stop()
             with _damage(parts[p], kind):
                 if p not in files:
                     f = stack.enter_context(open_recording(parts[p]))
@@ -282,6 +286,7 @@ def export(
     need = info["n"] * int(np.prod(info["shape"])) * info["dtype"].itemsize  # the frames' bytes, at least
     with _written(out, overwrite, need) as tmp:
         writer(Path(path), kind, tmp, info, pixel, unit)
+        check_stop()  # one swallowed during the last frame's write: no output, as for any stop
     if to == "npy":
         with _written(sidecar_path(out), overwrite, 0) as tmp:
             tmp.write_text(json.dumps(_sidecar(Path(path), kind, info, pixel, unit), indent=1, default=str))

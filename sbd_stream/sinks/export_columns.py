@@ -31,6 +31,7 @@ from sbd_stream.formats.hdf5_read import h5_reason, open_recording
 from sbd_stream.formats.limits import RecordingError, trusted_rows
 from sbd_stream.formats.recording_parts import recording_parts
 from sbd_stream.sinks.export import ExportError, _written, output_path, target
+from sbd_stream.stop_pending import check_stop
 
 KIND = "columns"
 TO = "csv"
@@ -103,6 +104,7 @@ def _write(fh: TextIO, parts: list[PartInfo], counts: dict[str, int]) -> None:
     w = csv.writer(fh, lineterminator="\n")
     w.writerow(FIELDS)
     for acq, segment, r in _rows(parts):
+        check_stop()  # a stop whose raise Python swallowed: no output, as for any stop (export.py)
         counts["frames"] += 1
         counts["blank_frames"] += bool(r.blank)
         if r.table is None:
@@ -148,4 +150,5 @@ def export_columns(path: Path, to: str, out: Path | None, overwrite: bool) -> di
     counts = dict.fromkeys(names, 0)
     with _written(out, overwrite, 0) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         _write(fh, parts, counts)
+        check_stop()  # one swallowed during the last row: not renamed into place
     return {"output": str(out), "kind": KIND, **counts, "parts": len(parts)}

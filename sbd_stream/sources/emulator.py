@@ -55,6 +55,7 @@ from sbd_stream.sources.scene import NOMINAL_FRAME_S, ScenePlayer, read_scene
 from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
+STOP_POLL_MS = 200  # a wait for subscribers / peers looks at the stop this often (it waited out --wait)
 
 K2_SHAPE = (3838, 3710)
 
@@ -311,23 +312,23 @@ class Emulator:
     def wait_for_subscriber(self, timeout: float) -> bool:
         if self._monitor is not None:
             return self.wait_for_peers(self.cfg.peers, timeout)
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        if poller.poll(int(timeout * 1000)):
-            self.sock.recv_multipart()
-            return True
+        end = time.monotonic() + timeout
+        while not self.stop_event.is_set() and (left := end - time.monotonic()) > 0:
+            if self.sock.poll(min(int(left * 1000) + 1, STOP_POLL_MS), zmq.POLLIN):
+                self.sock.recv_multipart()
+                return True
         return False
 
     def wait_for_peers(self, n: int, timeout: float) -> bool:
-        """PUSH: wait until ``n`` PULL peers completed their handshake (or ``timeout`` s passed)."""
+        """PUSH: wait until ``n`` PULL peers completed their handshake (``timeout`` s at most; a stop)."""
         assert self._monitor is not None
         end = time.monotonic() + timeout
         while self._peers < n:
-            left = end - time.monotonic()
-            if left <= 0 or not self._monitor.poll(int(left * 1000) + 1):
+            if self.stop_event.is_set() or (left := end - time.monotonic()) <= 0:
                 return False
-            self._monitor.recv_multipart()  # [event id + value, endpoint]: only handshakes asked for
-            self._peers += 1
+            if self._monitor.poll(min(int(left * 1000) + 1, STOP_POLL_MS)):
+                self._monitor.recv_multipart()  # [event id + value, endpoint]: only handshakes asked for
+                self._peers += 1
         return True
 
     def _send(self, parts: list, copy: bool = True) -> bool:
@@ -378,21 +379,20 @@ class Emulator:
         elif self._peers == 0:
             log.warning(
                 "no peer (PULL) connected after %.1f s; sending anyway (each send waits until a peer "
-                "can take it)",
-                c.wait_subscriber_s,
-            )
+                "can take it)", c.wait_subscriber_s,
+            )  # fmt: skip
         else:
             log.warning(
                 "only %d of %d peers (PULL) connected after %.1f s; sending anyway (to those connected)",
-                self._peers,
-                c.peers,
-                c.wait_subscriber_s,
-            )
+                self._peers, c.peers, c.wait_subscriber_s,
+            )  # fmt: skip
 
     def run(self) -> int:
         """Publish the series; returns the number of frames sent."""
         cfg = self.cfg
         if cfg.wait_subscriber_s > 0 and not self.wait_for_subscriber(cfg.wait_subscriber_s):
+            if self.stop_event.is_set():
+                return self.n_sent  # stopped before anything was sent: no series at all
             self._warn_no_peer()
         period = 1.0 / cfg.rate_hz if cfg.rate_hz > 0 else 0.0
         exposure = self.exposure_s

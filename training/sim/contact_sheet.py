@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sbd_stream.compute.noise import poisson_counts
+from sbd_stream.stop_pending import check_stop
 from training.sim.dataset import SimulatedDataset
 
 FRAMES = 1000
@@ -86,6 +87,7 @@ def make_contact_sheet(data: Path, out: Path, seed: int = 0, max_cols: int = 5, 
         for b, (title, idx, kind) in enumerate(blocks):
             dose = ds.meta(idx[0])["dose"]
             for c, i in enumerate(idx):
+                check_stop()  # a Ctrl-C Python swallowed (h5py drops objects) ends it here, no sheet
                 m = ds.meta(i)
                 clean = _crop(ds.clean(i), ds.columns(i), crop)
                 label = f"C1 {m['defocus_nm']:g} nm" if kind == "defocus" else f"t {m['thickness_nm']:g} nm"

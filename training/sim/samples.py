@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from sbd_stream.stop_pending import check_stop
 from training.sim.dataset import SimulatedDataset
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "sbd_stream" / "samples" / "pt_ceo2_test.h5"
@@ -25,7 +26,11 @@ def write_demo_samples(data: Path, out: Path = DEFAULT_OUT, n: int = 12, seed: i
             raise ValueError(f"{data} has no test split images")
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(test, size=min(n, len(test)), replace=False))
-        images = np.stack([ds.clean(int(i)) for i in pick])
+        clean = []
+        for i in pick:
+            check_stop()  # a Ctrl-C Python swallowed (h5py drops objects) ends it here, before the write
+            clean.append(ds.clean(int(i)))
+        images = np.stack(clean)
         metas = [ds.meta(int(i)) for i in pick]
         attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float | np.number)}
     out.parent.mkdir(parents=True, exist_ok=True)

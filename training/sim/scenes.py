@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sbd_stream.stop_pending import check_stop
 from training.sim.splits import split_structures
 from training.sim.structures import A_PT, FCC, Z_PT, _lattice, cluster_columns
 from training.sim.worlds import WORLDS, TaskSpec, World, plan
@@ -210,6 +211,7 @@ def write_scenes(
                 },
             }
             for name, model in variants(atoms, events).items():
+                check_stop()  # a Ctrl-C Python swallowed (abTEM's Dask drops objects): not ~5 min more
                 images, truth = image_series(model, spec, preset, thick_A, desc["y_interface_A"], defocus)
                 v = g.create_group(name)
                 v.create_dataset("images", data=images.astype(np.float32), chunks=(1, *images.shape[1:]),
@@ -219,5 +221,6 @@ def write_scenes(
                 v.attrs["event"] = json.dumps(descs[name]) if descs[name] else ""
                 sid, secs = spec.structure.structure_id, time.perf_counter() - t0
                 log(f"{sid} {name}: {len(images)} images, {secs:.0f} s")
+    check_stop()  # one swallowed during the last variant: no bundle, as for any stop
     tmp.replace(out)
     return out
