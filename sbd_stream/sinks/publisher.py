@@ -255,7 +255,7 @@ class Publisher(BackgroundWorker):
         try:
             parts = self._encode(item, item.meta, data)
         except HeaderTooLarge as exc:
-            log.warning("%s %s/%s: %s; sent without the producer's meta", topic, item.acq, item.seq, exc)
+            self._meta_dropped(topic, item, exc)
             try:
                 parts = self._encode(item, without_producer_meta(item.meta), data)
             except HeaderTooLarge:  # not seen: the kept keys are bounded (KEPT_VALUE_BYTES); the note alone
@@ -278,6 +278,18 @@ class Publisher(BackgroundWorker):
         if item.t_recv is not None and item.topic == TOPIC_DENOISED:
             self.metrics.e2e_latency.observe(now - item.t_recv)
         return complete
+
+    def _meta_dropped(self, topic: str, item: OutputItem, exc: HeaderTooLarge) -> None:
+        """An output sent without the producer's meta (its header passed 64 KiB): the first at WARNING,
+        later ones at DEBUG, summed up once a minute (``log_limit``). A bridge whose every frame carries a
+        meta near the limit wrote one WARNING per frame, 40 lines a second at 40 Hz (audit h35, D8); each
+        message still says so itself (``meta.meta_dropped``)."""
+        self._said.log(
+            "meta_dropped", logging.WARNING, "outputs sent without the producer's meta (header over 64 KiB)",
+            "publisher: %s %s/%s: %s; sent without the producer's meta (meta.meta_dropped says what went; "
+            "later ones at DEBUG, summed up a minute)",
+            topic, item.acq, item.seq, exc,
+        )  # fmt: skip
 
     def _refused(self, topic: str, item: OutputItem, e: Exception) -> None:
         """ZeroMQ could not take an output (out of descriptors: "Too many open files" from pyzmq's

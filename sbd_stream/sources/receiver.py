@@ -42,8 +42,14 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # also the tick period while idle: bounds how late a dialect timeout fires
 DRAIN = 64  # messages taken per wake-up before polling again: fewer syscalls under load
-RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 100, 2000  # re-dial a restarted sender quickly, then back off
-REDIAL_MIN_S, REDIAL_MAX_S = 0.1, 2.0  # re-creating a refused socket backs off the same way
+RECONNECT_IVL_MS = 100  # re-dial a sender that is not up (yet) or restarted: libzmq adds 0-100 ms jitter
+RECONNECT_IVL_MAX_MS = 250
+"""Ceiling of libzmq's re-dial back-off for a connecting input: a bridge that binds, waits 1 s (the
+documented wait, docs/wire-format.md "Bridge pseudo-code") and sends is dialled within ~0.35 s. At the
+2000 ms used before (audit h35, D6) a service idle more than ~3 s dialled a new PUB 1.2-1.9 s after its
+bind, and a short acquisition sent after the 1 s wait was lost whole, not even counted. The cost: 3-4
+refused dials a second while no sender is up, on loopback or a LAN negligible (a SYN and a RST)."""
+REDIAL_MIN_S, REDIAL_MAX_S = 0.1, 2.0  # re-creating a socket after a refused peer (a misbehaving one): slower
 CURVE_DOMAIN = "sbd-ingest"
 _SOCKET_KINDS = {InputSocket.sub: zmq.SUB, InputSocket.pull: zmq.PULL}
 
