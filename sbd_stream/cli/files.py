@@ -37,7 +37,11 @@ def denoise(
         help="Stack of counted frames: .h5/.hdf5/.nxs (a recording too), .emd, .npy, .tif/.tiff, "
         ".mrc/.mrcs, .dm3/.dm4 or a .zarr folder (abTEM's to_zarr)",
     ),
-    output: Path = typer.Argument(..., help="HDF5 file to write (dataset 'denoised', float32 counts)"),
+    output: Path = typer.Argument(
+        ...,
+        help="HDF5 file to write (dataset 'denoised', float32 counts, bitshuffle-LZ4: read it with "
+        "`import hdf5plugin` before h5py, as recordings)",
+    ),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="HDF5 dataset holding the frames"),
     engine: Engine = "auto",
     model: Model = None,
@@ -75,7 +79,9 @@ def denoise(
     an OME-TIFF's PhysicalSize, a TIFF's cm resolution tags; an MRC voxel size; a DM file's calibrations;
     a Velox / Berkeley EMD's or abTEM zarr store's pixel size), else the paper's K2 (0.060 A, 125 e/A^2
     per frame), with a warning. Frames are
-    binned to the engine's working pixel and returned at theirs.
+    binned to the engine's working pixel and returned at theirs. The dose is checked against the vacuum
+    level measured on the frames: one warning, and the output's ``dose_mismatch`` attribute, when they
+    differ by more than the service's 0.8-1.25x (docs/foundation.md).
     """
     setup_logging(verbose)
     from sbd_stream.engines.base import EngineUnavailable

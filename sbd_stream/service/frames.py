@@ -31,6 +31,7 @@ from sbd_stream.service.batch import BatchStage, dose_warning, plan_geometry
 from sbd_stream.service.edge import EdgeTally, clean_pixels, hot_threshold, negative_pixels, report_values
 from sbd_stream.service.edge import replaced as replaced_in
 from sbd_stream.service.offline import offline_upsample
+from sbd_stream.service.offline_dose import PYTHON, dose_verdict, measured_vacuum, warn_mismatch
 from sbd_stream.sources.stack_headers import check_dtype
 
 __all__ = ["DenoisedFrames", "FrameDenoiser", "SamplingError", "denoise_frames"]
@@ -58,6 +59,7 @@ class DenoisedFrames:
     blank: np.ndarray | None = None  # (N,) bool: no beam (mean under 2 % of the dose): zeros, no columns
     vacuum_not_flat: np.ndarray | None = None  # (N,) bool: the blocks taken as vacuum were not flat
     evidence_frames: np.ndarray | None = None  # (N,) other frames whose counts scored the columns (0: own)
+    measured_vacuum: np.ndarray | None = None  # (N,) float32 own vacuum level, counts/px (NaN: no vacuum)
 
 
 class FrameDenoiser:
@@ -138,6 +140,7 @@ class FrameDenoiser:
         g = self.stage.geometry
         if not g.dose_in_range:
             log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
+        self._dose_warned = False  # the measured-dose warning: once per denoiser, not per call (a loop)
 
     @property
     def denoiser(self) -> Denoiser:
@@ -173,6 +176,7 @@ class FrameDenoiser:
         columns: list[np.ndarray] = []
         vacuum = np.empty(n, np.float32) if lik else None
         blank = np.zeros(n, bool)
+        measured = np.full(n, np.nan, np.float32)  # against the stated dose (``offline_dose.py``)
         not_flat = np.zeros(n, bool) if lik else None
         evidence = np.zeros(n, np.int64) if lik else None  # the llr header's meta.evidence_frames
         negative = 0
@@ -193,6 +197,9 @@ class FrameDenoiser:
             denoised[a : a + len(part)] = res.denoised
             if res.blank is not None:
                 blank[a : a + len(part)] = res.blank
+            raw = np.stack([np.asarray(f.data) for f in frs])  # as denoised: replaced pixels
+            g = self.stage.geometry
+            measured[a : a + len(part)] = measured_vacuum(g, raw, res.denoised, blank[a : a + len(part)])
             if not_flat is not None and res.vacuum_not_flat is not None:
                 not_flat[a : a + len(part)] = res.vacuum_not_flat
             if evidence is not None and res.evidence_frames is not None:
@@ -202,7 +209,13 @@ class FrameDenoiser:
                 vacuum[a : a + len(part)] = res.vacuum
                 columns += res.columns or []
         report_values(replaced, negative, "the result's .replaced", tally)
+        det = self.stage.geometry.detector
+        verdict = dose_verdict(measured, det)
+        if not self._dose_warned:  # a loop of one-frame calls: said once; each result still has its levels
+            warn_mismatch(verdict, measured, det, PYTHON)
+            self._dose_warned = bool(verdict["dose_mismatch"])
         out = DenoisedFrames(denoised[0] if single else denoised, replaced, negative, blank=blank)
+        out.measured_vacuum = measured
         if maps is not None:
             out.likelihood, out.columns, out.vacuum = (maps[0] if single else maps), columns, vacuum
             out.vacuum_not_flat, out.evidence_frames = not_flat, evidence

@@ -23,6 +23,13 @@ from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
+from sbd_stream.service.offline_dose import (
+    dose_verdict,
+    measured_vacuum,
+    record_verdict,
+    vacuum_dataset,
+    warn_mismatch,
+)
 from sbd_stream.service.offline_output import output_held
 from sbd_stream.service.offline_plan import overridden, unstated
 from sbd_stream.service.offline_results import JobInterrupted, StopFlag
@@ -127,7 +134,7 @@ def _denoise_file(
             try:
                 with atomic_h5(output, locked, overwrite) as f:
                     out = create_output(f, (n, h, w), attrs)
-                    blank_ds = blank_dataset(f, n)
+                    blank_ds, vac_ds = blank_dataset(f, n), vacuum_dataset(f, n)
                     for frames in stack.batches(d.batch_frames):
                         if stop:
                             break
@@ -147,14 +154,18 @@ def _denoise_file(
                         negative += negative_pixels(frames)
                         res = stage.process(frs)
                         out[done : done + len(frames)] = res.denoised
-                        if res.blank is not None:
-                            blank_ds[done : done + len(frames)] = res.blank
+                        blank = res.blank if res.blank is not None else np.zeros(len(frs), bool)
+                        blank_ds[done : done + len(frames)] = blank
+                        raw = np.stack([np.asarray(fr.data) for fr in frs])  # as denoised: replaced pixels
+                        vac_ds[done : done + len(frames)] = measured_vacuum(g, raw, res.denoised, blank)
                         done += len(frames)
                         if bar is not None:
                             bar[0].update(bar[1], advance=len(frames))
                     if stop and done < n:  # the temporary file goes with the exception: no resume here
                         raise _Interrupted(output, stop.signum or signal.SIGINT, done, n)
                     per_frame, blank = np.asarray(f["replaced_pixels"][:]), np.asarray(blank_ds[:])
+                    levels = np.asarray(vac_ds[:])
+                    record_verdict(f, verdict := dose_verdict(levels, det))  # the stated dose vs the data
             except (OSError, RuntimeError) as e:
                 if not is_disk_full(e):
                     raise
@@ -162,6 +173,7 @@ def _denoise_file(
         dt = time.perf_counter() - t0
         if not g.dose_in_range:
             log.warning("%s", dose_warning(g.detector.dose_per_area, g.dose_factor, g.dose_range))
+        warn_mismatch(verdict, levels, det)
         report_values(per_frame, negative, output, tally)
     finally:
         stack.close()
@@ -180,6 +192,7 @@ def _denoise_file(
         "frames_with_replaced": int(np.count_nonzero(per_frame)),
         "negative_pixels": negative,
         "blank_frames": int(blank.sum()),
+        **verdict,
     }
 
 

@@ -35,6 +35,13 @@ from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
 from sbd_stream.service.offline_cluster import start_client
+from sbd_stream.service.offline_dose import (
+    dose_verdict,
+    measured_vacuum,
+    record_verdict,
+    vacuum_dataset,
+    warn_mismatch,
+)
 from sbd_stream.service.offline_partial import PartialWriter, open_partial
 from sbd_stream.service.offline_plan import (  # re-exported: the job's pure parts
     Source,
@@ -189,6 +196,7 @@ def denoise_chunk(
     _, h, w = src.shape
     out = np.empty((stop - start, h, w), np.float32)
     bad, blank = np.zeros(stop - start, np.int64), np.zeros(stop - start, bool)
+    vacuum = np.empty(stop - start, np.float32)  # each frame's measured level (``offline_dose.py``)
     negative, tally = 0, EdgeTally(dose := stage.geometry.detector.vacuum_counts)  # hot pixels: the dose
     for i in range(0, len(frames), batch):
         part = np.array(frames[i : i + batch])
@@ -201,8 +209,13 @@ def denoise_chunk(
         res = stage.process(frs)
         out[i : i + len(part)] = res.denoised
         blank[i : i + len(part)] = res.blank if res.blank is not None else False
+        raw = np.stack([np.asarray(fr.data) for fr in frs])  # as denoised: replaced pixels
+        vacuum[i : i + len(part)] = measured_vacuum(
+            stage.geometry, raw, res.denoised, blank[i : i + len(part)]
+        )
     info = {"pid": os.getpid(), "engine_loads": loads, "replaced": bad, "negative_pixels": negative}
     info["blank"] = blank  # per frame: no beam (``/blank_frames``)
+    info["vacuum"] = vacuum  # per frame: the measured vacuum level (``/measured_vacuum``)
     return out, {**info, "edge": tally}  # which pixels were replaced, and frames too bright for the rule
 
 
@@ -301,6 +314,7 @@ def denoise_distributed(
         f, start = open_partial(partial, sidecar, fp, attrs, resume, index)
         out = PartialWriter(f, partial, sidecar, fp, output, start)
         blank_ds = blank_dataset(f, n)  # written before each chunk's flush in ``out.write``
+        vac_ds = vacuum_dataset(f, n)  # so is each frame's measured vacuum (a resume keeps the earlier)
         stack.callback(out.close)
         todo = [c for c in chunks if c[0] >= start]
         bar = stack.enter_context(progress_bar(n, start, show=progress))
@@ -314,6 +328,7 @@ def denoise_distributed(
         try:
             for (a, b), arr, info in results:
                 blank_ds[a:b] = info["blank"]
+                vac_ds[a:b] = info["vacuum"]
                 out.write(a, b, arr, info["replaced"])
                 negative += info["negative_pixels"]
                 tally.merge(info["edge"])
@@ -330,14 +345,17 @@ def denoise_distributed(
             stack.close()  # the progress bar, the file, the client and its cluster
             say(str(stop_at))  # a terminal that cannot take it changes nothing
             raise stop_at
-        per_frame, blank = out.replaced(), np.asarray(blank_ds[:])
+        per_frame, blank, levels = out.replaced(), np.asarray(blank_ds[:]), np.asarray(vac_ds[:])
         out.close()
+        verdict = dose_verdict(levels, detector_used := DetectorSettings(**det))
+        _record(partial, verdict)  # the stated dose against the data, as the single-process path's
         _refuse_existing(output, overwrite, partial)
         os.replace(partial, output)
         sidecar.unlink(missing_ok=True)
     dt = time.perf_counter() - t0
     if not attrs.get("dose_in_range", True):
         log.warning("%s", dose_warning(attrs["dose_e_per_A2"], attrs["dose_factor"], attrs["dose_range"]))
+    warn_mismatch(verdict, levels, detector_used)
     report_values(per_frame, negative, output, tally)
     h, w = src.shape[1:]
     return {
@@ -350,8 +368,17 @@ def denoise_distributed(
         "chunk_frames": size, "chunks": len(chunks), "resumed_from": start,
         "engine_loads_per_worker": sorted(loads.values()),  # per worker that ran a chunk: 1 each
         "replaced_pixels": int(per_frame.sum()), "frames_with_replaced": int(np.count_nonzero(per_frame)),
-        "negative_pixels": negative, "blank_frames": int(blank.sum()),
+        "negative_pixels": negative, "blank_frames": int(blank.sum()), **verdict,
     }  # fmt: skip
+
+
+def _record(partial: Path, verdict: dict[str, Any]) -> None:
+    """The verdict as the finished partial's attributes: written after its SWMR writer closed (SWMR
+    creates no attribute), before it is renamed into place."""
+    import h5py
+
+    with h5py.File(partial, "r+") as f:
+        record_verdict(f, verdict)
 
 
 def _refuse_existing(output: Path, overwrite: bool, partial: Path | None = None) -> None:

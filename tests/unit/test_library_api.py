@@ -135,8 +135,8 @@ def test_a_frame_at_four_times_the_dose_is_untouched_and_one_far_brighter_is_war
         res = fd.process(frames)
     assert res.replaced.tolist() == [0, 0]
     np.testing.assert_array_equal(res.denoised, fd.stage.process(_as_frames(frames)).denoised)
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and "1 frames (first: [1])" in said[0], said
+    said = [r.getMessage() for r in caplog.records if r.name == "sbd_stream.service.edge"]  # the dose
+    assert len(said) == 1 and "1 frames (first: [1])" in said[0], said  # check's warning aside (h35 D7)
     assert "not hot pixels but a dose far from the configured one" in said[0]
 
 

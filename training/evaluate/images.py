@@ -431,8 +431,14 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _line(r: dict[str, Any]) -> str:
+    """The console's row of one draw; a region the image lacks reads ``n/a``, as in the markdown (the
+    console printed ``nan`` where the JSON says null, audit h35 D4)."""
     parts = [f"{r['image'][:40]:<40} draw {r['draw']}"]
     for k in ("whole", *REGION_NAMES.values()):
-        lp = r["low_pass_oracle"].get(k, {}).get("paper_psnr", float("nan"))
-        parts.append(f"{k} {r['sbd'][k]:6.2f} / {lp:6.2f}")
+        lp = r["low_pass_oracle"].get(k, {}).get("paper_psnr")
+        parts.append(f"{k} {_cell(r['sbd'].get(k))} / {_cell(lp)}")
     return " | ".join(parts)
+
+
+def _cell(v: float | None) -> str:
+    return f"{'n/a':>6}" if v is None or not np.isfinite(v) else f"{v:6.2f}"
