@@ -129,4 +129,4 @@ def test_scenes_stop_before_the_next_variant(tmp_path: Path, swallowed: list[Bas
         write_scenes(out, n_models=1, defocus_nm=[0.0], preset_name="paper", log=log)
     assert [type(e) for e in swallowed] == [Interrupted]
     assert len(lines) == 1 and " base: " in lines[0]
-    assert not out.exists()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []  # no .tmp.h5 left either

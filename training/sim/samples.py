@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from sbd_stream.sources.stacks import atomic_h5
 from sbd_stream.stop_pending import check_stop
 from training.sim.dataset import SimulatedDataset
 
@@ -34,7 +35,7 @@ def write_demo_samples(data: Path, out: Path = DEFAULT_OUT, n: int = 12, seed: i
         metas = [ds.meta(int(i)) for i in pick]
         attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float | np.number)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f:
+    with atomic_h5(out) as f:  # whole or not at all: the bundled file is the tests' and the demo's
         f.create_dataset("images", data=images, chunks=(1, *images.shape[1:]), compression="gzip")
         f["committed"] = np.array([len(images), 0, 0], np.int64)
         for key in ("structure_id", "defocus_nm", "thickness_nm", "particle_class", "defect_class"):
@@ -76,7 +77,7 @@ def write_quality_frames(data: Path, out: Path = QUALITY_OUT, n: int = 6, seed: 
         metas = [ds.meta(i) for i in pick]
         pixel = float(ds.attrs.get("pixel_size_A", metas[0]["pixel_size_A"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f:
+    with atomic_h5(out) as f:  # whole or not at all: the bundled file is the tests' and the demo's
         f.create_dataset("images", data=images, compression="gzip")
         counts = [len(c["xy"]) for c in cols]
         f["columns/col_start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from sbd_stream.sources.stacks import atomic_h5
 from sbd_stream.stop_pending import check_stop
 from training.sim.splits import split_structures
 from training.sim.structures import A_PT, FCC, Z_PT, _lattice, cluster_columns
@@ -173,8 +173,7 @@ def write_scenes(
     preset = WORLDS[preset_name]
     defocus = defocus_nm or DEFOCUS_SERIES_NM
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.h5")
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(out) as f:  # renamed into place complete; a stop or failure leaves nothing (was *.tmp.h5)
         f.attrs.update(
             format="sbd-scenes/1", pixel_size_A=preset.pixel_size_A(), dose_e_per_A2=preset.dose_per_area(),
             preset=preset.name, source=f"training.sim.scenes: {preset.name} world, test split, abTEM",
@@ -221,6 +220,5 @@ def write_scenes(
                 v.attrs["event"] = json.dumps(descs[name]) if descs[name] else ""
                 sid, secs = spec.structure.structure_id, time.perf_counter() - t0
                 log(f"{sid} {name}: {len(images)} images, {secs:.0f} s")
-    check_stop()  # one swallowed during the last variant: no bundle, as for any stop
-    tmp.replace(out)
+        check_stop()  # one swallowed during the last variant: no bundle, as for any stop
     return out
