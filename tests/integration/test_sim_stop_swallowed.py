@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ from training.sim.simulate import each_done
 from training.train.stop import Interrupted
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_at_their_defaults() -> Iterator[None]:
+    """SIGINT and SIGTERM as a terminal's process has them: a suite started as ``cmd &`` inherits SIGINT
+    ignored (and the handlers stay ignored under ``stops_raise``, rightly); conftest puts them back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
 
 
 class _Thing:
