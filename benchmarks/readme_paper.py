@@ -359,22 +359,33 @@ def _user_table(spec: tuple[tuple[str, str], ...], frames_name: str) -> str:
     if len(groups) > 1:
         for g in groups:
             for k in ("support", "particle"):
-                sel = [r for r in first["rows"] if optics[r["image"]] == g]
+                sel = [r for r in first["rows"] if optics[_stem(r["image"])] == g]
                 lp = [r["low_pass_oracle"][k]["paper_psnr"] for r in sel]
-                cells = [cell([r for r in d["rows"] if optics[r["image"]] == g], k) for _, d, _ in runs]
+                cells = [
+                    cell([r for r in d["rows"] if optics[_stem(r["image"])] == g], k) for _, d, _ in runs
+                ]
                 lines.append(f"| {k}, {g} | {sum(lp) / len(lp):.2f} | " + " | ".join(cells) + " |")
     # the particle region by kind of particle: single crystals against five-fold twins
     kind = {f["name"]: f.get("particle", "?") for f in frames}
     kinds = sorted(set(kind.values()))
     if len(kinds) > 1:
         for kd in kinds:
-            sel = [r for r in first["rows"] if kind[r["image"]] == kd]
+            sel = [r for r in first["rows"] if kind[_stem(r["image"])] == kd]
             lp = [r["low_pass_oracle"]["particle"]["paper_psnr"] for r in sel]
-            cells = [cell([r for r in d["rows"] if kind[r["image"]] == kd], "particle") for _, d, _ in runs]
+            cells = [
+                cell([r for r in d["rows"] if kind[_stem(r["image"])] == kd], "particle") for _, d, _ in runs
+            ]
             lines.append(
                 f"| particle, {kd} ({len(sel)}) | {sum(lp) / len(lp):.2f} | " + " | ".join(cells) + " |"
             )
     return "\n".join(lines)
+
+
+def _stem(image: str) -> str:
+    """A row's image as the frames' sidecar names it: evaluate-images now writes the file name
+    (``user00-0.npy``), the sidecar and older results the bare name (``user00-0``)."""
+    suffixes = (".npy", ".tif", ".tiff", ".mrc", ".h5", ".hdf5")
+    return Path(image).stem if Path(image).suffix in suffixes else image
 
 
 def user_abtem() -> str:
