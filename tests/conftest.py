@@ -378,3 +378,23 @@ def _stop_signal_handlers_restored() -> Iterator[None]:
     for s, handler in before.items():
         if handler is not None and signal.getsignal(s) is not handler:
             signal.signal(s, handler)
+
+
+@pytest.fixture
+def swallowed(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """What reached Python's "Exception ignored in ..." hook during the test (kept out of stderr and
+    pytest's warnings): a stop handler's raise that Python dropped (``helpers_signals``)."""
+    import sys
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    return seen
+
+
+@pytest.fixture
+def default_stop_signals() -> None:
+    """SIGINT / SIGTERM at their defaults for the test (``helpers_signals``); put back after by
+    ``_stop_signal_handlers_restored``."""
+    from helpers_signals import stop_signals_at_their_defaults
+
+    stop_signals_at_their_defaults()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import signal
 import sys
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_signals import signal_inside_a_weakref_callback
 from typer.testing import CliRunner
 
 from sbd_stream.cli import app
@@ -26,18 +26,6 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.sinks.recorder import Recorder, RecordItem
 
 pytestmark = pytest.mark.integration
-
-
-class _Thing:
-    pass
-
-
-def _signal_inside_a_weakref_callback(sig: int) -> None:
-    """The signal delivered while a weakref callback runs: ``raise_signal`` runs the handler at once."""
-    thing = _Thing()
-    ref = weakref.ref(thing, lambda _: signal.raise_signal(sig))
-    del thing  # the callback runs here, in this (the main) thread
-    assert ref() is None
 
 
 def _record(directory: Path, n: int = 6) -> Path:
@@ -67,7 +55,7 @@ def test_a_swallowed_stop_ends_the_export_as_a_stop_does(
         for i, frame in enumerate(frames(*args, **kwargs)):
             read.append(i)
             if i == 1:
-                _signal_inside_a_weakref_callback(sig)
+                signal_inside_a_weakref_callback(sig)
             yield frame
 
     monkeypatch.setattr(export_module, "_frames", swallowing)

@@ -169,36 +169,29 @@ def test_columns_go_to_csv_and_frames_do_not(tmp_path: Path, kind: str, to: str,
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("default_stop_signals")
 def test_a_swallowed_sigterm_stops_the_columns_export_with_nothing_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swallowed: list[BaseException | None]
 ) -> None:
     """A SIGTERM whose raise Python dropped (raised inside a weakref callback: "Exception ignored in")
     ends ``--kind columns`` as a stop does, before its next frame, with no CSV (session 35)."""
     import signal
-    import sys
-    import weakref
+
+    from helpers_signals import signal_inside_a_weakref_callback
 
     import sbd_stream.sinks.export_columns as columns
 
     rec = _record(tmp_path / "rec", roll=False)
     rows, seen = columns._rows, []
 
-    class Thing:
-        pass
-
     def swallowing(*args: object) -> object:  # the real rows; the stop lost at the second
         for i, row in enumerate(rows(*args)):
             seen.append(i)
             if i == 1:
-                thing = Thing()
-                ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM))
-                del thing
-                assert ref() is None
+                signal_inside_a_weakref_callback(signal.SIGTERM)
             yield row
 
     monkeypatch.setattr(columns, "_rows", swallowing)
-    swallowed: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_value))
     out = tmp_path / "cols.csv"
     code, output = _export(str(rec), "--kind", "columns", "--to", "csv", "--out", str(out))
     assert len(swallowed) == 1  # the case: the handler's raise was dropped

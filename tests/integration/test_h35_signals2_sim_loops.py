@@ -12,46 +12,17 @@ through its own ``log`` callback after a real one-image variant of the ``paper``
 from __future__ import annotations
 
 import signal
-import sys
-import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import fake_sim_task
+from helpers_signals import signal_inside_a_weakref_callback
 
 from training.sim.dataset import SimulatedDataset, SimulatedDatasetWriter
 from training.train.stop import Interrupted, stops_raise
 
 pytestmark = pytest.mark.integration
-
-
-class _Thing:
-    pass
-
-
-def _signal_inside_a_weakref_callback(sig: int) -> None:
-    """The signal delivered while a weakref callback runs: ``raise_signal`` runs the handler at once."""
-    thing = _Thing()
-    ref = weakref.ref(thing, lambda _: signal.raise_signal(sig))
-    del thing  # the callback runs here, in this (the main) thread
-    assert ref() is None
-
-
-@pytest.fixture
-def swallowed(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What Python's "Exception ignored in ..." hook received (kept out of stderr and pytest's warnings)."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
-    return seen
-
-
-@pytest.fixture
-def ctrl_c_as_in_a_terminal() -> object:
-    """A suite run as `cmd &` inherits SIGINT ignored, and ``stops_raise`` rightly leaves it so."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
 
 
 def _dataset(path: Path, n_structures: int = 10, per: int = 3) -> Path:
@@ -75,14 +46,14 @@ def reads_swallowing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         reads.append(i)
         image = clean(self, i)
         if len(reads) == 1:
-            _signal_inside_a_weakref_callback(signal.SIGINT)
+            signal_inside_a_weakref_callback(signal.SIGINT)
         return image
 
     monkeypatch.setattr(SimulatedDataset, "clean", swallowing)
     return reads
 
 
-@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
+@pytest.mark.usefixtures("default_stop_signals")
 def test_demo_samples_stop_at_the_next_image(
     tmp_path: Path, reads_swallowing: list[int], swallowed: list[BaseException | None]
 ) -> None:
@@ -96,7 +67,7 @@ def test_demo_samples_stop_at_the_next_image(
     assert not out.exists()  # before: all four read and the bundle written after the stop
 
 
-@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
+@pytest.mark.usefixtures("default_stop_signals")
 def test_the_contact_sheet_stops_at_the_next_image(
     tmp_path: Path, reads_swallowing: list[int], swallowed: list[BaseException | None]
 ) -> None:
@@ -111,7 +82,7 @@ def test_the_contact_sheet_stops_at_the_next_image(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
+@pytest.mark.usefixtures("default_stop_signals")
 def test_scenes_stop_before_the_next_variant(tmp_path: Path, swallowed: list[BaseException | None]) -> None:
     """One real abTEM variant (one defocus) of the ``paper`` world; the stop is swallowed in the ``log``
     line after it: before, the other two variants were simulated and the bundle written."""
@@ -122,7 +93,7 @@ def test_scenes_stop_before_the_next_variant(tmp_path: Path, swallowed: list[Bas
     def log(line: str) -> None:
         lines.append(line)
         if len(lines) == 1:
-            _signal_inside_a_weakref_callback(signal.SIGINT)
+            signal_inside_a_weakref_callback(signal.SIGINT)
 
     out = tmp_path / "scenes.h5"
     with pytest.raises(Interrupted), stops_raise((signal.SIGINT,)):

@@ -11,47 +11,16 @@ data were read). Here the signal is raised from inside a real weakref callback i
 from __future__ import annotations
 
 import signal
-import sys
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers_signals import signal_inside_a_weakref_callback
 
 from training.cli.train import _checked
 from training.evaluate.progress import tracked
 from training.train.stop import Interrupted, StopRequest, check_stop, stops_raise
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _stop_signals_at_their_defaults() -> Iterator[None]:
-    """SIGINT and SIGTERM as a terminal's process has them: a suite started as ``cmd &`` inherits SIGINT
-    ignored (and the handlers stay ignored under ``stops_raise``, rightly); conftest puts them back."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-
-
-class _Thing:
-    pass
-
-
-def _signal_inside_a_weakref_callback(sig: signal.Signals) -> None:
-    """The signal delivered while a weakref callback runs: ``raise_signal`` runs the handler at once."""
-    thing = _Thing()
-    ref = weakref.ref(thing, lambda _: signal.raise_signal(sig))
-    del thing  # the callback runs here, in this (the main) thread
-    assert ref() is None
-
-
-@pytest.fixture
-def swallowed(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What Python's "Exception ignored in ..." hook received (kept out of stderr and pytest's warnings)."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
-    return seen
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("default_stop_signals")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -62,7 +31,7 @@ def test_an_evaluation_loop_stops_at_its_next_item(
     with pytest.raises(Interrupted) as info, stops_raise():
         for i in tracked(range(5), "method", "test images"):
             seen.append(i)
-            _signal_inside_a_weakref_callback(sig)
+            signal_inside_a_weakref_callback(sig)
             assert [type(e) for e in swallowed] == [Interrupted]  # the case: the handler's raise was dropped
     assert seen == [0]  # not all five images
     assert info.value.signum == sig and info.value.exit_code == 128 + sig
@@ -83,14 +52,14 @@ def test_the_recipe_stops_before_its_next_step(swallowed: list[BaseException | N
     log = _checked(lines.append, check_stop)
     with pytest.raises(Interrupted) as info, stops_raise():
         log("== simulate ==")
-        _signal_inside_a_weakref_callback(signal.SIGTERM)  # during the simulate step, swallowed
+        signal_inside_a_weakref_callback(signal.SIGTERM)  # during the simulate step, swallowed
         log("== train ==")
     assert lines == ["== simulate =="] and info.value.signum == signal.SIGTERM
 
 
 def test_a_stop_request_starts_set_by_a_swallowed_stop(swallowed: list[BaseException | None]) -> None:
     with stops_raise():
-        _signal_inside_a_weakref_callback(signal.SIGINT)
+        signal_inside_a_weakref_callback(signal.SIGINT)
         with StopRequest() as request:
             assert request.signum == signal.SIGINT
     with stops_raise(), StopRequest() as request:  # nothing swallowed: nothing set
@@ -111,7 +80,7 @@ def test_a_training_run_whose_stop_was_swallowed_before_its_loop_stops_after_one
     data = write_synthetic(tmp_path / "a.h5", n_structures=6, per_structure=3, size=64)
     cfg = preset_config("tiny", data=str(data), out_dir=str(tmp_path / "runs"), threads=1, max_steps=40)
     with pytest.raises(Interrupted) as info, stops_raise():
-        _signal_inside_a_weakref_callback(signal.SIGTERM)
+        signal_inside_a_weakref_callback(signal.SIGTERM)
         train(cfg, resume=True)
     assert [type(e) for e in swallowed] == [Interrupted]
     assert info.value.signum == signal.SIGTERM
@@ -124,7 +93,7 @@ def test_a_stop_swallowed_in_an_inner_block_is_raised_after_it(swallowed: list[B
     """``train`` / ``export`` / ``gpu-recipe`` add SIGTERM inside the SIGINT block every command runs in."""
     with pytest.raises(Interrupted) as info, stops_raise((signal.SIGINT,)):
         with stops_raise():
-            _signal_inside_a_weakref_callback(signal.SIGTERM)
+            signal_inside_a_weakref_callback(signal.SIGTERM)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the inner block's handler is gone
         check_stop()
     assert info.value.signum == signal.SIGTERM
@@ -144,7 +113,7 @@ def test_every_sbd_train_command_records_ctrl_c(
     def command() -> None:
         for i in tracked(range(5), "method", "test images"):
             seen.append(i)
-            _signal_inside_a_weakref_callback(signal.SIGINT)
+            signal_inside_a_weakref_callback(signal.SIGINT)
 
     with pytest.raises(typer.Exit) as info:
         friendly_errors(command)()
@@ -175,7 +144,7 @@ def test_evaluate_images_stops_at_its_next_draw(
 
     def log(line: str) -> None:
         lines.append(line)
-        _signal_inside_a_weakref_callback(signal.SIGINT)
+        signal_inside_a_weakref_callback(signal.SIGINT)
 
     with pytest.raises(Interrupted) as info, stops_raise((signal.SIGINT,)):
         evaluate_images(cfg, log=log, warn=lambda _: None)

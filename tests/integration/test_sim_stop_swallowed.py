@@ -9,41 +9,19 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_signals import Thing, signal_inside_a_weakref_callback
 
 from training.cli.sim_stop import simulation_stops
 from training.sim.simulate import each_done
 from training.train.stop import Interrupted
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _stop_signals_at_their_defaults() -> Iterator[None]:
-    """SIGINT and SIGTERM as a terminal's process has them: a suite started as ``cmd &`` inherits SIGINT
-    ignored (and the handlers stay ignored under ``stops_raise``, rightly); conftest puts them back."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-
-
-class _Thing:
-    pass
-
-
-def _signal_inside_a_weakref_callback(sig: signal.Signals) -> None:
-    """The signal delivered while a weakref callback runs: ``raise_signal`` runs the handler at once."""
-    thing = _Thing()
-    ref = weakref.ref(thing, lambda _: signal.raise_signal(sig))
-    del thing  # the callback runs here, in this (the main) thread
-    assert ref() is None
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("default_stop_signals")]
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +37,6 @@ def _dask_logging_restored() -> Any:
         h.setLevel(level)
 
 
-@pytest.fixture
-def swallowed(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
-    """What reached Python's "Exception ignored in ..." hook as it was before the stop handlers went in
-    (what a user would see on stderr as a traceback)."""
-    seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
-    return seen
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_swallowed_raise_is_raised_again_at_the_check_once(
     sig: signal.Signals, tmp_path: Path, swallowed: list[BaseException | None]
@@ -75,7 +44,7 @@ def test_a_swallowed_raise_is_raised_again_at_the_check_once(
     out = tmp_path / "world.h5"
     checks = 0
     with pytest.raises(Interrupted) as info, simulation_stops(out) as check:
-        _signal_inside_a_weakref_callback(sig)
+        signal_inside_a_weakref_callback(sig)
         reached = True  # the case: the handler's raise was dropped (it would have unwound past here)
         assert swallowed == []  # and Python's "Exception ignored" traceback is not printed
         for _ in range(3):
@@ -97,7 +66,7 @@ def test_a_stop_that_unwound_is_not_raised_twice(tmp_path: Path) -> None:
 def test_other_unraisable_exceptions_are_still_reported(
     tmp_path: Path, swallowed: list[BaseException | None]
 ) -> None:
-    thing = _Thing()
+    thing = Thing()
 
     def fail(_: object) -> None:
         raise ValueError("a real bug in a callback")
@@ -128,7 +97,7 @@ def test_the_task_loop_stops_promptly_after_a_swallowed_sigterm(
         with pytest.raises(Interrupted) as info, simulation_stops(tmp_path / "w.h5") as check:
             for _ in each_done(futures, check):
                 seen += 1
-                _signal_inside_a_weakref_callback(signal.SIGTERM)
+                signal_inside_a_weakref_callback(signal.SIGTERM)
         waited = time.monotonic() - t0
         for fut in list(futures.futures):
             fut.cancel()
