@@ -87,15 +87,7 @@ def row_meta(
         return {}
     meta: dict[str, Any] = {name: 1 if header_meta.get(name) else 0 for name in FLAGS}
     if kind == "llr":
-        vac = math.nan if vacuum_counts is None else float(vacuum_counts)
-        if vac == 0 and not header_meta.get("blank"):
-            # No level at all: the batch stage states 0 for a frame too small to score (service/batch.py),
-            # which its header leaves out as it does a blank frame's ~0. Only a blank frame's level is ~0
-            # (one with beam has a level well above, or NaN where none was estimated), so a 0 on a frame
-            # with beam is "none", recorded as NaN as documented: a reader could not tell it from "no
-            # beam" by this column (audit h35, D1; docs/service.md, llr/vacuum_counts).
-            vac = math.nan
-        meta["vacuum_counts"] = vac
+        meta["vacuum_counts"] = math.nan if vacuum_counts is None else float(vacuum_counts)
         meta["table"] = None if columns is None else np.array(columns, np.float32)
     return meta
 

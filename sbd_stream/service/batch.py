@@ -334,7 +334,9 @@ class BatchStage:
             zeros = torch.zeros(b, device=den.device)
             nan = torch.full((b,), float("nan"), device=den.device)
             parts += [torch.zeros(b * h * w, device=den.device), zeros[:0], zeros]
-            stats += [zeros, nan, zeros, zeros, zeros, zeros]
+            # meta.vacuum_counts: no level estimated, NaN; a blank frame's is its mean (~0), as when scored
+            shown = torch.where(blank, level[earlier:] / px, nan)
+            stats += [shown, nan, zeros, zeros, zeros, zeros]
         elif self.likelihood is not None:
             n_cols = self._score(pool, den_w, (h, w), plan, earlier, level, blank_rows, parts, stats)
         stats_t = torch.stack(stats).reshape(-1)
