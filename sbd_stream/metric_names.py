@@ -35,6 +35,7 @@ EXPORTED_NAMES = (
     "sbd_blank_frames_total", "sbd_evidence_frames_left_out_total", "sbd_vacuum_not_flat_frames_total",
     "sbd_fixed_vacuum_mismatch_frames_total", "sbd_open_files", "sbd_open_files_limit",
     "sbd_publish_subscriber_full_total", "sbd_publish_handshake_failures_total", "sbd_starting",
+    "sbd_publish_meta_dropped_total",
     "sbd_build_info",
 )  # fmt: skip
 

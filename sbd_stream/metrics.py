@@ -7,8 +7,6 @@ so a load balancer, systemd watchdog or Kubernetes probe needs nothing else.
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -16,11 +14,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from sbd_stream import __version__, metric_names
-from sbd_stream.httpd import BoundedHTTPServer, LoopbackHostHandler, local_url
+from sbd_stream.httpd import local_url
 from sbd_stream.metric_names import (  # noqa: F401 - the names' documented home
     EXPORTED_NAMES,
     HELP_BLANK,
@@ -33,6 +30,7 @@ from sbd_stream.metric_names import (  # noqa: F401 - the names' documented home
     LAZY_NAMES,
     MALFORMED_REASONS,
 )
+from sbd_stream.metrics_http import MetricsServer
 from sbd_stream.open_files import OpenFilesCheck
 
 _log = logging.getLogger(__name__)
@@ -75,6 +73,12 @@ class Metrics:
         self.publish_subscriber_full = Counter(
             "sbd_publish_subscriber_full",
             "Frames that found a subscriber's pipe full: it missed them (and, uncounted, some after)",
+            ["topic"],
+            registry=r,
+        )
+        self.publish_meta_dropped = Counter(
+            "sbd_publish_meta_dropped",
+            "Outputs sent without the producer's meta: their header passed 64 KiB (meta.meta_dropped)",
             ["topic"],
             registry=r,
         )
@@ -183,6 +187,7 @@ class Metrics:
         for t in ("denoised", "llr", "series_start", "series_end"):
             self.frames_published.labels(topic=t)
             self.publish_dropped.labels(topic=t)
+            self.publish_meta_dropped.labels(topic=t)
             if t in ("denoised", "llr"):
                 self.publish_subscriber_full.labels(topic=t)
         for c in ("refused", "mismatch"):
@@ -373,78 +378,3 @@ class _StageItemErrors(Collector):
         for stage, value in totals.items():
             fam.add_metric([stage], value)
         yield fam
-
-
-class MetricsServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` (JSON; 200 when ok, 503 otherwise).
-
-    ``run`` is the server loop, meant to run supervised; ``close`` stops it (it is safe to call
-    whether or not the loop ever ran).
-    """
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        host: str,
-        port: int,
-        health: Callable[[], dict[str, Any]] | None = None,
-    ) -> None:
-        from sbd_stream.security import warn_if_exposed
-
-        warn_if_exposed("metrics endpoint", host)
-        self.httpd = BoundedHTTPServer((host, port), _handler(registry, health))  # 10 s, 64 at once
-        self.port = int(self.httpd.server_address[1])
-        self._running = threading.Event()
-        self._closed = False
-        self._lock = threading.Lock()  # a close between run's check and its loop: the loop never starts
-
-    def run(self) -> None:
-        """The server loop; returns at once after ``close`` (a service stopped before its metrics thread
-        first ran had the loop start on the closed socket: an error, restarted, after the stop)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._running.set()
-        self.httpd.serve_forever(poll_interval=0.2)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            running = self._running.is_set()
-        if running:
-            self.httpd.shutdown()  # waits for serve_forever to return: only if it ever ran
-        self.httpd.server_close()
-
-
-def _handler(
-    registry: CollectorRegistry, health: Callable[[], dict[str, Any]] | None
-) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(LoopbackHostHandler):  # a Host other than loopback: 421 (DNS rebinding)
-        server_version = "sbd-metrics"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            _log.debug("metrics http: " + format, *args)
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.send_body(body)
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            try:
-                if path in ("/metrics", "/"):
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    body = health() if health is not None else {"ok": True, "stages": {}}
-                    code = 200 if body.get("ok") else 503
-                    self._send(code, json.dumps(body, default=str).encode(), "application/json")
-                else:
-                    self._send(404, b"not found", "text/plain")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    return Handler

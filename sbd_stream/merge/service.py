@@ -365,7 +365,7 @@ def run_merge(
     sup = Supervisor(metrics)
     server = None
     if metrics_port is not None:  # first: a busy port was "[Errno 98] Address already in use", no port named
-        from sbd_stream.metrics import MetricsServer
+        from sbd_stream.metrics_http import MetricsServer
 
         try:
             server = MetricsServer(metrics.registry, metrics_host, metrics_port, sup.health)

@@ -283,7 +283,9 @@ class Publisher(BackgroundWorker):
         """An output sent without the producer's meta (its header passed 64 KiB): the first at WARNING,
         later ones at DEBUG, summed up once a minute (``log_limit``). A bridge whose every frame carries a
         meta near the limit wrote one WARNING per frame, 40 lines a second at 40 Hz (audit h35, D8); each
-        message still says so itself (``meta.meta_dropped``)."""
+        message still says so itself (``meta.meta_dropped``) and every one is counted
+        (``sbd_publish_meta_dropped_total{topic}``)."""
+        self.metrics.publish_meta_dropped.labels(topic=topic).inc()
         self._said.log(
             "meta_dropped", logging.WARNING, "outputs sent without the producer's meta (header over 64 KiB)",
             "publisher: %s %s/%s: %s; sent without the producer's meta (meta.meta_dropped says what went; "

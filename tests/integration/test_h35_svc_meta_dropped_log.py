@@ -30,7 +30,8 @@ FRAMES = 20
 
 def test_output_header_over_the_limit_warns_once_then_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    pub = Publisher(PublishSettings(endpoint="tcp://127.0.0.1:*"), Metrics(), "engine-x")
+    metrics = Metrics()
+    pub = Publisher(PublishSettings(endpoint="tcp://127.0.0.1:*"), metrics, "engine-x")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.connect(pub.endpoint)
@@ -62,6 +63,9 @@ def test_output_header_over_the_limit_warns_once_then_debug(caplog: pytest.LogCa
         ctx.term()
     assert len(got) == FRAMES  # every frame sent, each saying what went
     assert all("pad" not in m and "producer's meta" in m["meta_dropped"] for m in got), got[0]
+    # each one counted (session 36: a dashboard saw nothing; the log sums them once a minute)
+    assert metrics.value("sbd_publish_meta_dropped_total", {"topic": "denoised"}) == FRAMES
+    assert metrics.value("sbd_publish_meta_dropped_total", {"topic": "llr"}) == 0
     said = [r for r in caplog.records if r.name == LOGGER and LINE in r.getMessage()]
     assert [r.levelno for r in said] == [logging.WARNING] + [logging.DEBUG] * (FRAMES - 1), [
         (r.levelname, r.getMessage()[:80]) for r in said
