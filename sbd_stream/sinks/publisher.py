@@ -30,7 +30,6 @@ import zmq
 
 from sbd_stream.config import PublishSettings, SocketMode
 from sbd_stream.frames import SERVICE_META_KEYS, FrameQueue
-from sbd_stream.httpd import drop_held
 from sbd_stream.log_limit import RateLimitedLog
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import (
@@ -46,6 +45,7 @@ from sbd_stream.sinks.stored_dtype import PUBLISHED, StoredDtype
 from sbd_stream.sinks.xpub import SERIES_WAIT_S, HandshakeWatch, XPubSender, xpub_socket
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker, consume
+from sbd_stream.zmq_bind import bind_held
 from sbd_stream.zmq_context import end_context, own_context
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class Publisher(BackgroundWorker):
         apply_curve(self.sock, settings.curve, settings.mode is SocketMode.bind, "sbd-publish")
         if settings.mode is SocketMode.bind:
             warn_if_exposed("publisher", settings.endpoint)
-            drop_held(("zmq", settings.endpoint))  # the holder of cli.service_start: at the bind, no sooner
-            self.sock.bind(settings.endpoint)
+            bind_held(self.sock, settings.endpoint)  # adopts the port held since start-up (service_start)
         else:
             self.sock.connect(settings.endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) or settings.endpoint

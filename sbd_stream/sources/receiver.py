@@ -25,7 +25,6 @@ import zmq
 
 from sbd_stream.config import DectrisInput, IngestSettings, InputSocket, SocketMode, WireV1Input
 from sbd_stream.frames import FrameHandler, SeriesHandler
-from sbd_stream.httpd import drop_held
 from sbd_stream.metrics import Metrics
 from sbd_stream.protocol import ipv6_endpoint
 from sbd_stream.security import apply_curve, warn_if_exposed
@@ -35,6 +34,7 @@ from sbd_stream.sources.transport import TransportWatch
 from sbd_stream.sources.wire_v1 import WireV1Dialect
 from sbd_stream.supervisor import Supervisor
 from sbd_stream.worker import BackgroundWorker
+from sbd_stream.zmq_bind import bind_held
 
 __all__ = ["Receiver", "endpoint_problem", "max_message_bytes", "open_dialect", "open_receiver"]
 
@@ -108,8 +108,7 @@ class Receiver(BackgroundWorker):
             binds = s.mode is SocketMode.bind
             apply_curve(sock, s.curve, binds, CURVE_DOMAIN)  # before bind / connect, or it is not used
             if binds:
-                drop_held(("zmq", endpoint))  # the port's holder (cli.service_start): at the bind, no sooner
-                sock.bind(endpoint)
+                bind_held(sock, endpoint)  # on the port held since start-up (cli.service_start), adopted
             else:
                 sock.connect(endpoint)
         except BaseException:

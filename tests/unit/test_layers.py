@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "log_limit": 0,  # rate-limited log lines for per-event warnings (a leaf: standard library)
     "open_files": 0,  # descriptors against RLIMIT_NOFILE: two gauges, one warning (metrics registers it)
     "zmq_context": 1,  # contexts a sender owns and ends itself (pyzmq; security stops their authenticators)
+    "zmq_bind": 1,  # a ZeroMQ bind on the port held since start-up (libzmq adopts it; httpd holds it)
     "sigint_hold": 0,  # Ctrl-C held while torch imports (the console entries; a leaf: standard library)
     "stop_pending": 0,  # stop signals that raise, recorded for a loop's check (a leaf: standard library)
     "invocation": 0,
@@ -28,8 +29,9 @@ LAYERS: dict[str, int] = {
     "worker": 1,
     "frames": 1,
     "metric_names": 0,  # the exported metric names (metrics.py re-exports them)
-    "metrics": 1,
-    "metrics_summary": 2,
+    "metrics_http": 1,  # /metrics and /healthz over a registry (metrics and merge serve it)
+    "metrics": 2,
+    "metrics_summary": 3,
     "compute": 2,
     "engines": 3,
     "config_merge": 0,  # pure dict logic of the settings layers (config.py uses it)
