@@ -29,7 +29,9 @@ def worker_samples(metrics_text: str) -> dict[str, dict[str, Any]]:
                 continue
             row = out.setdefault(w, {"worker": int(w)})
             if s.name == "sbd_worker_info":
-                row.update(device=s.labels.get("device"), threads=s.labels.get("threads"))
+                threads = s.labels.get("threads", "")  # a number, as serve's summary has it, or "default"
+                row["threads"] = int(threads) if threads.isdigit() else threads
+                row["device"] = s.labels.get("device")
                 row["engine"] = s.labels.get("engine")
             elif s.name.endswith("_total") and s.name.removesuffix("_total") in names:
                 row[names[s.name.removesuffix("_total")]] = s.value

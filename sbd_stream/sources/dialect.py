@@ -133,5 +133,5 @@ class Emitter:
         log.warning(
             "dropped malformed input (%s): %s. Counted in sbd_frames_malformed_total{reason=\"%s\"} "
             "(reasons: %s); further %s messages are logged at DEBUG only",
-            reason, what, reason, docs, reason,
+            reason, what.rstrip("."), reason, docs, reason,
         )  # fmt: skip

@@ -101,8 +101,10 @@ def _json(part: Any, what: str, depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
         raise ProtocolError("header_too_large", f"{what}: {len(mv)} bytes")
     try:
         obj = json.loads(bytes(mv).decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise ProtocolError("bad_json", f"{what}: {str(exc)[:60]}") from exc
+    except json.JSONDecodeError as exc:  # its message is short and whole (a cut one ended "line 1 co.")
+        raise ProtocolError("bad_json", f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise ProtocolError("bad_json", f"{what}: {str(exc)[:120]}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", f"{what} is not an object")
     if nested_deeper(obj, depth):
