@@ -12,7 +12,8 @@ memory. A decoder's error (a zlib / LZMA stream cut short was a 190-line traceba
 ``StackError`` naming the file and the frame. What the file declares is checked first: frame sizes and
 count (``stack_headers.check_declared``), every page's data within the file, and the chain of pages
 ending where the file does (a cut-short PackBits TIFF lost its last page's directory and was denoised
-as 2 of its 3 frames, exit 0).
+as 2 of its 3 frames, exit 0). A zlib or LZMA strip is decoded to no more than it holds (``tiff_strips``:
+tifffile decodes it whole, unbounded; one strip of 1 GiB of zeros in a 1 MB file was read, a 2.1 GB peak).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from sbd_stream.formats.limits import frame_problem
 from sbd_stream.sources.stack_headers import StackError, check_declared, imread_cap, lzma_problem
 from sbd_stream.sources.stack_units import LENGTH_UNITS_A, tiff_sampling
+from sbd_stream.sources.tiff_strips import inflation_problem, read_page
 
 __all__ = ["LENGTH_UNITS_A", "TiffPages", "frame_series", "open_tiff", "read_whole", "tiff_sampling"]
 
@@ -98,7 +100,7 @@ def open_tiff(path: Path) -> tuple[Any, dict[str, float], Any]:
                     "memory; save it uncompressed (memory-mapped) or as HDF5"
                 )
             pages = [p for s in series for p in s.pages if p is not None]
-            if (problem := _lzma_problem(tif, pages, declared)) is not None:
+            if (problem := _lzma_problem(tif, pages, declared) or _inflation(tif, pages)) is not None:
                 raise StackError(f"{path}: {problem}")
             try:
                 arr = _whole(series)
@@ -193,8 +195,15 @@ def _check_whole(tif: Any, series: list[Any], path: Path) -> None:
             "this machine's memory; evaluate smaller images"
         )
     declared = pixels * np.dtype(series[0].dtype).itemsize
-    if (problem := _lzma_problem(tif, list(tif.pages), declared)) is not None:
+    if (problem := _lzma_problem(tif, list(tif.pages), declared) or _inflation(tif, tif.pages)) is not None:
         raise StackError(f"{path}: {problem}")
+
+
+def _inflation(tif: Any, pages: Any) -> str | None:
+    """The first of ``pages`` whose zlib / LZMA strips decode to more than they hold (``tiff_strips``),
+    or None: for the readers that decode every page at once, all counted first."""
+    fh = tif.filehandle
+    return next((why for k, p in enumerate(pages) if (why := inflation_problem(fh, p, f"page {k}"))), None)
 
 
 def _whole(series: list[Any]) -> np.ndarray:
@@ -333,8 +342,17 @@ class TiffPages:
     def _page(self, k: int, frame: int) -> np.ndarray:
         if self._cached is not None and self._cached[0] == k:
             return self._cached[1]
+        # a zlib / LZMA page decoded here, each strip within its size, when it is read (tifffile decodes a
+        # strip whole, with no bound); any other page, its strips counted so first, by tifffile
+        page, fh = self.pages[k], self.tif.filehandle
         try:
-            arr = self.pages[k].asarray(maxworkers=1)
+            arr = read_page(fh, page, f"{self.path}: frame {frame}")
+            if arr is None and (problem := inflation_problem(fh, page, f"frame {frame}")) is not None:
+                raise StackError(f"{self.path}: {problem}")
+            if arr is None:
+                arr = page.asarray(maxworkers=1)
+        except StackError:
+            raise
         except DECODE_ERRORS as e:
             raise StackError(f"{self.path}: frame {frame}: cannot decode ({_why(e)})") from None
         if arr.size != self.per * self.shape[1] * self.shape[2]:
