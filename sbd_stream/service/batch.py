@@ -112,10 +112,13 @@ def plan_geometry(
     if is_fractional(k):
         say_resampled(detector.pixel_size_A, card.pixel_size_A, float(k), tolerance)
     vacuum_working = detector.vacuum_counts * k * k
+    # the pixel the engine really sees: within the tolerance of its card's (5 x 0.05 A = 0.25 A for a
+    # 0.24 A engine), stated as it is (audit h36: the card's was recorded); 6 digits, not 0.24000000000000002
+    working = float(f"{detector.pixel_size_A * k:.6g}")
     return Geometry(
         detector,
         k,
-        card.pixel_size_A,
+        working,
         vacuum_working,
         vacuum_working / card.normalisation.dose,
         card.dose_range,

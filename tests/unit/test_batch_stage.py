@@ -40,6 +40,21 @@ def test_geometry_bins_the_paper_detector_4x4_and_keeps_dose_per_area(binning_en
         plan_geometry(DetectorSettings(pixel_size_A=0.3), card)
 
 
+def test_the_working_pixel_stated_is_the_one_the_engine_sees(binning_engine_dir: Path) -> None:
+    """Within the 5 % tolerance a bin of 5 serves 0.05 A detector pixels on a 0.24 A engine: the frames
+    are denoised at 0.25 A, and that is what the outputs' ``working_pixel_A`` says (audit h36: it gave
+    the card's 0.24, so a reader taking positions in the working frame from it was 4 % off)."""
+    card = load_card(binning_engine_dir)
+    assert card.pixel_size_A == pytest.approx(0.24)
+    g = plan_geometry(DetectorSettings(pixel_size_A=0.05, counts_per_px=0.45), card)
+    assert g.bin == 5 and g.working_pixel_A == 0.25 and g.describe()["working_pixel_A"] == 0.25
+    assert plan_geometry(DetectorSettings(), card).working_pixel_A == 0.24  # 4 x 0.060, exactly as stated
+    odd = plan_geometry(DetectorSettings(pixel_size_A=0.048, counts_per_px=0.45), card)
+    assert odd.bin == 5 and odd.working_pixel_A == 0.24  # 6 digits: not 0.24000000000000002
+    r = plan_geometry(DetectorSettings(pixel_size_A=0.1, counts_per_px=0.45), card)  # resampled by 2.4
+    assert r.bin == pytest.approx(2.4) and r.working_pixel_A == 0.24
+
+
 def test_detector_dose_has_two_forms_that_agree() -> None:
     a = DetectorSettings(pixel_size_A=0.060, counts_per_px=0.45)
     assert a.dose_per_area == pytest.approx(125.0)
