@@ -42,7 +42,7 @@ def test_a_folder_of_other_files_is_refused_unless_overwrite(run: Path, tmp_path
     res = _export(run, folder)
     assert res.exit_code == 2, res.output
     assert res.stderr.strip().splitlines() == [
-        f"error: --engine-dir {folder}: holds 1 other file(s) (notes.txt); choose another folder, or pass "
+        f"error: --engine-dir {folder}: holds 1 other entries (notes.txt); choose another folder, or pass "
         "--overwrite to write the engine there anyway (model.pt, model.onnx, card.json replaced, other "
         "files kept)"
     ], res.stderr

@@ -56,7 +56,7 @@ def test_train_refuses_a_taken_engine_dir_before_training_and_writes_it_with_ove
     res = _invoke(*args)
     assert res.exit_code == 2, res.output
     assert res.stderr.strip().splitlines() == [
-        f"error: --engine-dir {folder}: holds 1 other file(s) (notes.txt); choose another folder, {TAIL}"
+        f"error: --engine-dir {folder}: holds 1 other entries (notes.txt); choose another folder, {TAIL}"
     ], res.stderr
     assert not runs.exists()  # refused before the run began, not after its training
     assert _files(folder) == {"notes.txt": b"a researcher's notes\n"}
@@ -80,7 +80,7 @@ def test_fov_study_train_checks_every_engine_folder_before_training_any(
     res = _invoke("fov-study", "--train", "--data", str(data), "--max-minutes", "0.01")
     assert res.exit_code == 2, res.output
     assert res.stderr.strip().splitlines() == [
-        f"error: --train's folder {folder}: holds 1 other file(s) (notes.txt); move its files away, {TAIL}"
+        f"error: --train's folder {folder}: holds 1 other entries (notes.txt); move its files away, {TAIL}"
     ], res.stderr
     assert not Path("runs").exists() and sorted(p.name for p in folder.parent.iterdir()) == [name]
     assert _files(folder) == {"notes.txt": b"a researcher's notes\n"}
@@ -107,12 +107,12 @@ def test_gpu_recipe_refuses_a_taken_engine_dir_before_any_step_and_exports_with_
 
     res = _invoke(*args, "--dry-run")  # the plan says so, and runs nothing
     assert res.exit_code == 0, res.output
-    assert f"WOULD REFUSE: --engine-dir {folder}: holds 1 other file(s) (notes.txt)" in res.stdout, res.stdout
+    assert f"WOULD REFUSE: --engine-dir {folder}: holds 1 other entries (notes.txt)" in res.stdout, res.stdout
 
     res = _invoke(*args)
     assert res.exit_code == 2, res.output
     assert res.stderr.strip().splitlines() == [
-        f"error: --engine-dir {folder}: holds 1 other file(s) (notes.txt); choose another folder, {TAIL}"
+        f"error: --engine-dir {folder}: holds 1 other entries (notes.txt); choose another folder, {TAIL}"
     ], res.stderr
     assert not results.exists()  # no step ran (no gpu_recipe.json)
     assert _files(folder) == {"notes.txt": b"a researcher's notes\n"}

@@ -34,7 +34,7 @@ TRAIN_CASES = [
     (["--data", "{dir}/nope.h5"], r"--data .*nope\.h5: no such file"),
     (["--data", "{garbage}"], r"--data .*garbage\.h5: not a readable HDF5 file"),
     (["--data", "{trunc}"], r"--data .*trunc\.h5: not a readable HDF5 file"),
-    (["--preset", "bogus"], r"unknown preset 'bogus'; choose from default, "),
+    (["--preset", "bogus"], r"--preset: unknown preset 'bogus'; choose from default, "),
     (["--lr", "-1"], r"--lr: must be greater than 0"),
     (["--lr", "0"], r"--lr: must be greater than 0"),
     (["--device", "tpu"], r"--device: cpu, cuda, cuda:N or mps \(got 'tpu'\)"),

@@ -279,7 +279,7 @@ def check_engine_dir(
         return f"replacing the engine {owner!r} in {engine_dir} by {name!r} (--overwrite)"
     if overwrite:
         return f"writing the engine {name!r} into {engine_dir} (--overwrite), which held {shown}"
-    what = f"the engine {owner!r}, not {name!r}" if owner else f"{len(held)} other file(s) ({shown})"
+    what = f"the engine {owner!r}, not {name!r}" if owner else f"{len(held)} other entries ({shown})"
     raise EngineDirTaken(
         f"{option} {engine_dir}: holds {what}; {remedy}, or pass --overwrite to write "
         f"the engine there anyway ({', '.join(ENGINE_FILES)} replaced, other files kept)"

@@ -332,7 +332,7 @@ TRAINING_PRESETS: MappingProxyType[str, dict[str, Any]] = MappingProxyType(_TABL
 
 def preset_config(preset: str, **overrides: Any) -> TrainConfig:
     if preset not in TRAINING_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
+        raise ValueError(f"--preset: unknown preset {preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
     merged: dict[str, Any] = json.loads(json.dumps(TRAINING_PRESETS[preset]))
     for key, value in overrides.items():
         if value is None:
