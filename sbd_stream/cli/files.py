@@ -21,6 +21,7 @@ from sbd_stream.cli.options import (
     Engine,
     Flags,
     Model,
+    OutputCompression,
     PixelSize,
     Scheduler,
     Verbose,
@@ -39,8 +40,8 @@ def denoise(
     ),
     output: Path = typer.Argument(
         ...,
-        help="HDF5 file to write (dataset 'denoised', float32 counts, bitshuffle-LZ4: read it with "
-        "`import hdf5plugin` before h5py, as recordings)",
+        help="HDF5 file to write (dataset 'denoised', float32 counts; bitshuffle-LZ4 unless --compression "
+        "says otherwise: read it with `import hdf5plugin` before h5py, as recordings)",
     ),
     dataset: str | None = typer.Option(None, "--dataset", "-d", help="HDF5 dataset holding the frames"),
     engine: Engine = "auto",
@@ -70,6 +71,7 @@ def denoise(
     chunk_frames: int = typer.Option(16, min=1, help="Frames per Dask task (a multiple of --batch)"),
     threads_per_worker: int | None = typer.Option(None, min=1, help="Intra-op threads per Dask worker"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Go on from OUTPUT.partial if it matches"),
+    compression: OutputCompression = None,
     verbose: Verbose = False,
 ) -> None:
     """Denoise a recorded stack of counted frames into an HDF5 file (engine card in its attributes).
@@ -84,6 +86,8 @@ def denoise(
     differ by more than the service's 0.8-1.25x (docs/foundation.md).
     """
     setup_logging(verbose)
+    if (bad := compression_problem(compression)) is not None:  # before any work
+        fail(bad)
     from sbd_stream.engines.base import EngineUnavailable
     from sbd_stream.formats.output_lock import OutputBusy
     from sbd_stream.service.offline_dask import denoise as run_denoise
@@ -128,10 +132,22 @@ def denoise(
             progress=True,
             recording=recording,
             overwrite=overwrite,  # checked again before the output is renamed into place
+            compression=compression,  # None: bitshuffle-lz4, or a resumed partial's own
         )
     except (StackError, FileNotFoundError, ValueError, OSError, EngineUnavailable, OutputBusy) as e:
         fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
+
+
+def compression_problem(compression: str | None) -> str | None:
+    """Why ``--compression`` cannot be used (None: it can): one line naming the choices."""
+    from sbd_stream.formats.compression import check_compression
+
+    try:
+        check_compression(compression)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def check_paths(input: Path, output: Path, overwrite: bool) -> None:

@@ -255,15 +255,15 @@ def replay(
         fail(problem)
     check_replay_file(file)  # missing, a folder, a FIFO (h5py's open blocked for good): one line
     given = {"--realtime": realtime, "--output": output, "--publish": publish, "--record-dir": record_dir,
-             "--compression": compression, "--likelihood": likelihood, "--evidence-frames": evidence_frames,
-             "--limit": limit, "--wait": wait != 1.0, "--workers": workers, "--live": live}  # fmt: skip
+             "--likelihood": likelihood, "--evidence-frames": evidence_frames, "--limit": limit,
+             "--wait": wait != 1.0, "--workers": workers, "--live": live}  # fmt: skip
     if problem := offline_conflicts(offline, given, out, dask_workers):
         fail(problem)
     sampling = Flags(pixel_size=pixel_size, dose=dose, counts_per_px=counts_per_px)
     if offline:
         offline_flags = Flags(engine=engine, model=model, device=device, batch=batch, orientations=8)
         s = settings_from_flags(offline_flags, config)  # offline: all 8 orientations, as `denoise`
-        replay_offline(file, out, s, sampling, scheduler, dask_workers)
+        replay_offline(file, out, s, sampling, scheduler, dask_workers, compression)
         return
     flags = Flags(
         pixel_size=pixel_size,

@@ -91,9 +91,19 @@ Compression = Annotated[
     str | None,
     typer.Option(
         "--compression",
-        help="Recording compression: bitshuffle-lz4 (default; readers need hdf5plugin), gzip or none",
+        help="Recording compression: bitshuffle-lz4 (default; readers need hdf5plugin), gzip or none "
+        "(replay --offline: its --out's)",
     ),
 ]
+OutputCompression = Annotated[
+    str | None,
+    typer.Option(
+        "--compression",
+        help="OUTPUT's compression: bitshuffle-lz4 (default; readers need hdf5plugin), gzip (any HDF5 "
+        "reader: plain h5py, MATLAB, Fiji, h5dump) or none; a resumed OUTPUT.partial keeps its own",
+    ),
+]
+"""``denoise``'s ``--compression``: the names ``Compression`` takes, for the denoised output."""
 ConfigFile = Annotated[
     Path | None,
     # readable=False: the settings loader reads it, so an unreadable file is one `error:` line (click's own

@@ -75,12 +75,18 @@ def replay_offline(
     sampling: Flags,
     scheduler: str,
     workers: int | None,
+    compression: str | None = None,
 ) -> None:
-    """`replay --offline`: the recording's complete raw frames through the offline Dask path."""
+    """`replay --offline`: the recording's complete raw frames through the offline Dask path.
+
+    ``compression``: the output's, as ``denoise --compression`` (None: bitshuffle-lz4), checked first."""
+    from sbd_stream.cli.files import compression_problem
     from sbd_stream.formats.output_lock import OutputBusy
     from sbd_stream.service.offline_dask import denoise
     from sbd_stream.sources.stacks import StackError
 
+    if (bad := compression_problem(compression)) is not None:
+        fail(bad)
     if out is None:
         fail("--offline needs --out OUT.h5")
     if found(out, "--out "):
@@ -88,7 +94,7 @@ def replay_offline(
     try:
         summary = denoise(
             file, out, None, s.denoise, detector_section(sampling), recording=True, scheduler=scheduler,
-            workers=workers, progress=True, overwrite=False,
+            workers=workers, progress=True, overwrite=False, compression=compression,
         )  # fmt: skip
     except (StackError, ValueError, OSError, OutputBusy) as e:
         fail(str(e))

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # registers bitshuffle/LZ4 for writing and for every reader of a recording
+import hdf5plugin  # noqa: F401 - registers bitshuffle/LZ4 for every reader of a recording
 import numpy as np
 
 from sbd_stream.config import RecordSettings
 from sbd_stream.formats import column_table, frame_meta, nexus
+from sbd_stream.formats.compression import filter_args as _compression  # shared with denoise outputs
 from sbd_stream.formats.dectris_codec import HEADER
 from sbd_stream.formats.group_templates import GroupTemplates
 from sbd_stream.formats.hdf5_read import open_recording
@@ -58,14 +59,6 @@ frames of a gzip recording as "bad version number for layout message"."""
 GROUPS = GroupTemplates(WRITE_LIBVER)
 """Each part's NXdata groups, copied from ``nexus.add_data``'s layout made once per frame shape, dtype and
 settings: building them object by object was most of a new part's cost (formats/group_templates.py)."""
-
-
-def _compression(name: str) -> dict[str, Any]:
-    if name == "bitshuffle-lz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
-    return {}
 
 
 BSHUF_FILTER_ID = 32008

@@ -19,6 +19,7 @@ from sbd_stream.compute.binning import binned_shape
 from sbd_stream.config import DenoiseSettings, DetectorSettings, Upsample
 from sbd_stream.engines.card import ArtefactError, default_engine_root, load_card, resolve_engine_dir
 from sbd_stream.engines.denoiser import Denoiser
+from sbd_stream.formats.compression import check_compression
 from sbd_stream.frames import Frame, FrameHeader
 from sbd_stream.service.batch import BatchStage, dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
@@ -50,6 +51,7 @@ def denoise_file(
     detector: dict[str, float | None] | None = None,
     progress: bool = False,
     overwrite: bool = True,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """Denoise every frame of ``input`` into ``output``; returns a summary of what was done.
 
@@ -65,6 +67,9 @@ def denoise_file(
     ``settings``: the same ``[denoise]`` settings as the live service (engine, model, device, tiles,
     ``batch_frames``, ``bin_tolerance``); offline an ``auto`` upsampling is bicubic (quality first).
 
+    ``compression``: the output's (``formats/compression.py``; None: bitshuffle-lz4, which readers need
+    hdf5plugin for; gzip and none are read by any HDF5 reader), checked before anything is done.
+
     ``detector`` (pixel_size_A, dose_e_per_A2 or counts_per_px; None values ignored) overrides what
     the input's attributes say; the paper's K2 sampling fills anything neither gives. Frames go
     through the same batch stage as the live service: binned to the engine's working pixel, denoised,
@@ -72,13 +77,14 @@ def denoise_file(
     ``service/frames.py`` (``denoise_frames``).
     """
     input, output = Path(input), Path(output)  # str paths too (a notebook's "in.npy")
+    compression = check_compression(compression)  # a typo refused before any work: one ValueError line
     if output.suffix.lower() not in {".h5", ".hdf5"}:
         raise StackError(f"{output}: output must be an HDF5 file (.h5 or .hdf5)")
     # one job per output (another one's temporary file is never touched); signals stop between batches
     with output_held(output, f".{output.name}.partial") as held, StopFlag().installed() as stop:
         if not overwrite and output.exists():
             raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-        job = (progress, overwrite, held is not None, stop)
+        job = (progress, overwrite, held is not None, stop, compression)
         try:
             return _denoise_file(input, output, dataset, settings, detector, *job)
         except _Interrupted as e:  # said once the progress bar has stopped and the file is gone
@@ -89,6 +95,7 @@ def denoise_file(
 def _denoise_file(
     input: Path, output: Path, dataset: str | None, settings: DenoiseSettings | None,
     detector: dict[str, float | None] | None, progress: bool, overwrite: bool, locked: bool, stop: StopFlag,
+    compression: str,
 ) -> dict[str, Any]:  # fmt: skip
     stack = open_stack(input, dataset)
     try:
@@ -133,7 +140,7 @@ def _denoise_file(
         with progress_bar(n, show=progress) as bar:
             try:
                 with atomic_h5(output, locked, overwrite) as f:
-                    out = create_output(f, (n, h, w), attrs)
+                    out = create_output(f, (n, h, w), attrs, compression=compression)
                     blank_ds, vac_ds = blank_dataset(f, n), vacuum_dataset(f, n)
                     for frames in stack.batches(d.batch_frames):
                         if stop:

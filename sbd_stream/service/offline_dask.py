@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sbd_stream.config import DenoiseSettings
+from sbd_stream.formats.compression import check_compression
 from sbd_stream.service.batch import dose_warning
 from sbd_stream.service.edge import EdgeTally, negative_pixels, replace_invalid, replaced, report_values
 from sbd_stream.service.frame_flags import blank_dataset
@@ -250,7 +251,7 @@ def _close_on_workers(client: Any) -> None:
 def denoise_distributed(
     src: Source, output: Path, es: DenoiseSettings, detector: dict | None = None, batch: int | None = None,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES, scheduler: str = "local", workers: int | None = None,
-    resume: bool = True, progress: bool = False, overwrite: bool = True,
+    resume: bool = True, progress: bool = False, overwrite: bool = True, compression: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Denoise ``src`` into ``output`` in chunks on a Dask cluster (or in-process); returns a summary.
 
@@ -311,7 +312,7 @@ def denoise_distributed(
         partial, sidecar = (output.with_name(output.name + ext) for ext in (".partial", ".partial.json"))
         fp = fingerprint(src, attrs, det, batch, size, offline_upsample(es).value)
         index = recording_index(src) if src.recording else None
-        f, start = open_partial(partial, sidecar, fp, attrs, resume, index)
+        f, start = open_partial(partial, sidecar, fp, attrs, resume, index, compression)
         out = PartialWriter(f, partial, sidecar, fp, output, start)
         blank_ds = blank_dataset(f, n)  # written before each chunk's flush in ``out.write``
         vac_ds = vacuum_dataset(f, n)  # so is each frame's measured vacuum (a resume keeps the earlier)
@@ -418,13 +419,14 @@ def denoise(
         es = es.model_copy(update={"batch_frames": kw["batch"]})
     kw["batch"] = es.batch_frames
     single = scheduler == "none" and not recording
+    check_compression(kw.get("compression"))  # a typo: one ValueError line before any work
     try:
         if single:
             from sbd_stream.service.offline import denoise_file
 
             s = denoise_file(
                 input, output, dataset, es, detector=detector, progress=kw.get("progress", False),
-                overwrite=kw.get("overwrite", True),
+                overwrite=kw.get("overwrite", True), compression=kw.get("compression"),
             )  # fmt: skip
             return {**s, "scheduler": "in-process"}
         src = inspect_recording(input) if recording else inspect_stack(input, dataset)

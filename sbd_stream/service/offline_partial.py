@@ -17,6 +17,8 @@ cluster and the client) because what makes a resume safe is all here:
   and libhdf5 then crashed the process at exit (SIGSEGV / SIGBUS after the error line). Its superblock
   may then record an end beyond what reached the disk; a resume extends the file to it (the tail is
   frames past ``frames_done``, written again anyway) instead of starting over.
+* A resume keeps the partial's compression: frames of one dataset share one filter pipeline, so a
+  ``--compression`` given that is not the partial's is refused in one line (``CompressionDiffers``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sbd_stream.formats.recording import WRITE_LIBVER
 from sbd_stream.sinks.disk_space import check_space, is_disk_full
 from sbd_stream.sources.stacks import let_go_h5
 
-__all__ = ["OutputFull", "PartialWriter", "open_partial", "write_error", "write_state"]
+__all__ = ["CompressionDiffers", "OutputFull", "PartialWriter", "open_partial", "write_error", "write_state"]
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +187,13 @@ def _reopen(partial: Path) -> Any:
         return h5py.File(partial, "r+", libver=WRITE_LIBVER)
 
 
-def _resumable(partial: Path, sidecar: Path, fp: dict) -> tuple[Any, int] | None:
-    """The partial and the frame to continue at when the sidecar and the partial match this run."""
+def _resumable(partial: Path, sidecar: Path, fp: dict, compression: str | None) -> tuple[Any, int] | None:
+    """The partial and the frame to continue at when the sidecar and the partial match this run.
+
+    A matching partial keeps the compression it was started with (``compression`` None: not given); a
+    ``compression`` given that is not that one is refused (``_other_compression``), never mixed into
+    one dataset nor started over: the frames on disk are the job's, and ``--no-resume`` is the way to
+    drop them."""
     n, size = int(fp["shape"][0]), int(fp["chunk_frames"])
     state = _sidecar_state(sidecar)
     if isinstance(state, str):
@@ -214,6 +221,7 @@ def _resumable(partial: Path, sidecar: Path, fp: dict) -> tuple[Any, int] | None
         if "denoised" not in f or f["denoised"].shape != tuple(fp["shape"]):
             log.warning("%s holds no %s frames to go on from: starting over", partial, fp["shape"])
         else:
+            _other_compression(f, partial, compression)
             have = _present_prefix(f["denoised"], done)
             if have < done:
                 log.warning("%s holds frames up to %d only, not %d: going on from there", partial, have, done)
@@ -221,10 +229,33 @@ def _resumable(partial: Path, sidecar: Path, fp: dict) -> tuple[Any, int] | None
                 have -= have % size  # chunks start at multiples of the chunk size
             f.swmr_mode = True
             return f, have
+    except CompressionDiffers:
+        f.close()
+        raise
     except (OSError, ValueError, RuntimeError) as e:
         log.warning("cannot read %s (%s): starting over", partial, _one_line(e))
     f.close()
     return None
+
+
+class CompressionDiffers(ValueError):
+    """``--compression`` names another compression than the partial's frames have: one line saying both
+    ways on (refused before a frame is written, the partial kept)."""
+
+
+def _other_compression(f: Any, partial: Path, compression: str | None) -> None:
+    """Refuse a ``compression`` given that is not the partial's (read from its filters: a partial from
+    before the attribute says too); None keeps the partial's."""
+    from sbd_stream.formats.compression import stored_compression
+
+    had = stored_compression(f["denoised"])
+    if compression is None or compression == had:
+        return
+    output, had = partial.name.removesuffix(".partial"), had or "(a filter of its own)"
+    raise CompressionDiffers(
+        f"{partial} was started with --compression {had}: give --compression {had} (or none of it) to "
+        f"resume it, or --no-resume to start {output} over with --compression {compression}"
+    )
 
 
 def _index_attrs(ds: Any) -> None:
@@ -243,9 +274,13 @@ def _index_attrs(ds: Any) -> None:
 
 
 def open_partial(
-    partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool, index: dict | None = None
-) -> tuple[Any, int]:
+    partial: Path, sidecar: Path, fp: dict, attrs: dict, resume: bool, index: dict | None = None,
+    compression: str | None = None,
+) -> tuple[Any, int]:  # fmt: skip
     """The partial output (SWMR writer) and the frame to continue at: 0 unless a matching run was cut off.
+
+    ``compression``: a new partial's (None: bitshuffle-lz4); a resumed one keeps its own, and one
+    given that differs is refused (``CompressionDiffers``, ``_resumable``).
 
     ``index``: per-frame datasets written whole with a new file (a recording's ``seq``, ``ts``, ``meta``...).
     Call it holding the output's lock: a partial found is then no other job's.
@@ -256,14 +291,16 @@ def open_partial(
     (audit h30); a new partial is created exclusively for the same reason."""
     import h5py
 
+    from sbd_stream.formats.compression import check_compression
     from sbd_stream.sources.stacks import create_output
 
+    check_compression(compression)  # a name no writer knows: refused before a file is touched
     for name in (partial, sidecar):
         if name.is_symlink():
             log.warning("%s is a symbolic link, which no job makes: removed, starting over", name)
             name.unlink()
     if resume and partial.exists() and sidecar.exists():
-        if (found := _resumable(partial, sidecar, fp)) is not None:
+        if (found := _resumable(partial, sidecar, fp, compression)) is not None:
             log.info("resuming %s at frame %d of %d", partial, found[1], fp["shape"][0])
             return found
     elif partial.exists():
@@ -272,7 +309,7 @@ def open_partial(
     try:
         partial.unlink(missing_ok=True)  # starting over
         f = h5py.File(partial, "x", libver=WRITE_LIBVER)
-        create_output(f, tuple(fp["shape"]), attrs)
+        create_output(f, tuple(fp["shape"]), attrs, compression=check_compression(compression))
         for name, values in (index or {}).items():
             _index_attrs(f.create_dataset(name, data=values))
         f.swmr_mode = True  # metadata written in dependency order: a killed client leaves a consistent file

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # registers bitshuffle-LZ4 for reading (recordings are a valid input) and writing
+import hdf5plugin  # noqa: F401 - registers bitshuffle-LZ4 for reading: recordings are a valid input
 import numpy as np
 
+from sbd_stream.formats.compression import filter_args
 from sbd_stream.formats.hdf5_read import h5_reason, open_read
 from sbd_stream.formats.limits import (
     count_problem,
@@ -374,12 +375,17 @@ def let_go_h5(f: h5py.File) -> None:
 
 
 def create_output(
-    f: h5py.File, shape: tuple[int, int, int], attrs: dict[str, Any], dataset: str = "denoised"
+    f: h5py.File,
+    shape: tuple[int, int, int],
+    attrs: dict[str, Any],
+    dataset: str = "denoised",
+    compression: str = "bitshuffle-lz4",
 ) -> h5py.Dataset:
+    """The output's ``dataset`` (float32, one chunk per frame) and ``replaced_pixels``; ``attrs`` and
+    the ``compression`` (``formats/compression.py``: gzip or none for readers without hdf5plugin) as
+    the file's attributes."""
     _, h, w = shape
-    ds = f.create_dataset(
-        dataset, shape=shape, dtype="float32", chunks=(1, h, w), **hdf5plugin.Bitshuffle(cname="lz4")
-    )
+    ds = f.create_dataset(dataset, shape=shape, dtype="float32", chunks=(1, h, w), **filter_args(compression))
     ds.attrs["units"] = "counts per pixel per frame (expected, denoised)"
     bad = f.create_dataset("replaced_pixels", shape=(shape[0],), dtype="int64", fillvalue=0)
     bad.attrs["description"] = (
@@ -390,6 +396,7 @@ def create_output(
     )
     for k, v in attrs.items():
         f.attrs[k] = h5_text(v) if isinstance(v, str) else v if isinstance(v, int | float) else json.dumps(v)
+    f.attrs["compression"] = compression
     return ds
 
 
