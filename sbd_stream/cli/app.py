@@ -70,8 +70,14 @@ class OneLineUsageErrors(TyperGroup):
             raise
 
     def invoke(self, ctx: Any) -> Any:
+        from sbd_stream.stop_pending import ctrl_c_recorded
+
         try:
-            return super().invoke(ctx)
+            with ctrl_c_recorded():  # a Ctrl-C swallowed before a command's stop handler: not lost
+                return super().invoke(ctx)
+        except KeyboardInterrupt:  # a command's load (no stop handler yet): one line, 130 (typer's)
+            say_line("interrupted")
+            raise
         except Exception as e:  # a subcommand's parse, or a typer.BadParameter raised by a command
             if _is_click_error(e):
                 raise _Refused(e) from None
@@ -187,6 +193,15 @@ def fail(msg: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def say_line(msg: str) -> None:
+    """``msg`` on stderr; dropped where stderr cannot take it (the exit status says it)."""
+    try:
+        sys.stderr.write(f"{msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # full, closed, or None (``2>&-``)
+        pass
+
+
 def say_error(msg: str) -> None:
     """``error: msg`` on stderr, red on a colour terminal; dropped where stderr cannot take it (the
     caller's status then says it: ``fail``'s 2, a usage error's own)."""
@@ -223,11 +238,19 @@ def on_signals(stop: threading.Event, on_abort: Callable[[], None] | None = None
     exit on (``atexit``) the stop signals are ignored: Python restores their defaults while it tears
     down, where a second SIGTERM ~0.3 s after the first turned a clean, complete stop into exit 143.
 
+    A Ctrl-C that came before, during the command's load, and whose raise Python swallowed (a weakref
+    callback, "Exception ignored in ..."; recorded by ``OneLineUsageErrors.invoke``) is taken over here:
+    the stop begins at once, as for a signal from now on. Before, it was lost and the service ran on
+    until the next Ctrl-C. From here to the end no stop signal raises (the record's block leaves these
+    handlers in place), so a drain is never cut by a ``KeyboardInterrupt``.
+
     Returns ``release``: the handlers from before, back unless a stop signal came (a command run
     in-process, as the tests do, leaves its caller's Ctrl-C as it found it).
     """
     import atexit
     import signal
+
+    from sbd_stream.stop_pending import take_pending
 
     seen: list[int] = []  # the stop signals received since this stop was set up
 
@@ -256,6 +279,8 @@ def on_signals(stop: threading.Event, on_abort: Callable[[], None] | None = None
     if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         numbers.remove(signal.SIGHUP)  # `nohup sbd-stream serve`: meant to outlive the terminal
     previous = {signum: signal.signal(signum, handler) for signum in numbers}
+    if (early := take_pending()) is not None:  # a Ctrl-C swallowed during the load (``ctrl_c_recorded``)
+        handler(early, None)  # the stop starts now, by the same path as a signal from here on
 
     def release() -> None:
         if not seen:

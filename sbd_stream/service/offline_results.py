@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from sbd_stream.stop_pending import take_pending
+
 __all__ = [
     "JobInterrupted",
     "SchedulerLost",
@@ -127,6 +129,8 @@ class StopFlag:
         ignored = hup is None or signal.getsignal(hup) is signal.SIG_IGN
         for sig in (*SIGNALS, *(() if ignored else (hup,))):
             self._previous[sig] = signal.signal(sig, self._handler)
+        if (early := take_pending()) is not None:  # a Ctrl-C swallowed while the job loaded (stop_pending)
+            self.signum = early
         try:
             yield self
         finally:
