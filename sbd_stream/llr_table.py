@@ -15,7 +15,8 @@ COLUMN_FIELDS = ("row", "col", "llr", "region_mean")
 def llr_columns(
     table: np.ndarray, evidence_frames: int = 0, vacuum_counts: float | None = None
 ) -> tuple[dict[str, Any], list[list[float]]]:
-    """An ``llr`` message's column table: (meta, rows rounded to 3 decimals, at most MAX_HEADER_COLUMNS).
+    """An ``llr`` message's column table: (meta, rows: row, col and llr rounded to 3 decimals,
+    region_mean to 6; at most MAX_HEADER_COLUMNS).
 
     ``table`` is (K, 4) [row, col, llr, region_mean]; ``meta`` says how many columns there were in all,
     how many other frames' counts scored them (``evidence_frames``; 0: the frame's own counts) and the
@@ -32,4 +33,9 @@ def llr_columns(
     }
     if vacuum_counts is not None and np.isfinite(vacuum_counts) and vacuum_counts > 0:  # 0: too small
         meta["vacuum_counts"] = round(float(vacuum_counts), 6)
-    return meta, np.round(np.asarray(table[:MAX_HEADER_COLUMNS], np.float64), 3).tolist()
+    rows = np.asarray(table[:MAX_HEADER_COLUMNS], np.float64).reshape(-1, len(COLUMN_FIELDS))
+    rounded = np.round(rows, 3)
+    # region_mean to 6, as vacuum_counts: ~0.45 counts per detector pixel kept 3 significant digits, so
+    # a contrast region_mean / vacuum_counts - 1 of a 7 % column was coarse to +-1.6 % (audit h36)
+    rounded[:, 3] = np.round(rows[:, 3], 6)
+    return meta, rounded.tolist()

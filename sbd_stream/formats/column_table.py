@@ -10,7 +10,7 @@ format), in the ``llr`` NXdata group beside ``evidence_frames``:
 * ``columns``: (M, 4) float32, every row's table appended one after another (``fields`` attribute: row,
   col, llr, region_mean; row / col in detector pixels, region_mean in counts per detector pixel). ALL
   the columns the stage found, not only the wire header's first 1000, at the stage's float32 precision
-  (the header rounds them to 3 decimals).
+  (the header rounds row, col and llr to 3 decimals, region_mean to 6: ``llr_table.llr_columns``).
 * ``columns_start`` / ``n_columns``: (N,) int64 per row: row ``i``'s table is
   ``columns[columns_start[i] : columns_start[i] + n_columns[i]]`` (-1: no table given for that row).
 * ``vacuum_counts``: (N,) float64, the level the columns were scored against (NaN: none stated).
