@@ -27,14 +27,15 @@ from sbd_stream.metrics import Metrics
 from sbd_stream.service.batch import BatchStage
 from sbd_stream.service.dose_check import dose_check_for
 
-ENGINE = Path(__file__).resolve().parents[2] / "engines" / "sbd-unet3s2-paper"
+ENGINES = Path(__file__).resolve().parents[2] / "engines"
 SIDE = 1024  # detector pixels: 256^2 working pixels at 0.24 A, 12 x 12 blocks of 5 A, 14 chosen
 CONFIGURED = 0.45
 
 
-@pytest.fixture(scope="module")
-def den() -> Denoiser:
-    return Denoiser.load("auto", ENGINE, device="cpu")
+@pytest.fixture(scope="module", params=["sbd-unet3s2-paper", "sbd-unet3s2-paper-twins"])
+def den(request: pytest.FixtureRequest) -> Denoiser:
+    """The engine the fix was measured on, and the live CPU engine (``serve``'s CPU default, session 36)."""
+    return Denoiser.load("auto", ENGINES / request.param, device="cpu")
 
 
 def _scene(vacuum_rows: int) -> np.ndarray:
@@ -68,10 +69,15 @@ def _run(
 
 @pytest.mark.parametrize(("mult", "seed"), [(0.5, 1), (0.6, 2), (2.0, 3)])
 def test_edge_vacuum_off_the_dose_is_flat_and_its_level_right(
-    den: Denoiser, mult: float, seed: int, caplog: pytest.LogCaptureFixture
+    den: Denoiser, mult: float, seed: int, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
 ) -> None:
     """200 detector rows of vacuum: 24 whole vacuum blocks (17 %, over the 10 % the estimator needs), all
     in the two top block rows, the first at the frame's edge. Before: 2x 4 of 4 flagged; 0.5x 1-3 of 8."""
+    if den.engine.card.name == "sbd-unet3s2-paper-twins" and mult == 0.6:
+        # A stated limit (docs/likelihood.md, session 36): the live engine reads this vacuum ``rough``
+        # 0.005-0.008 at 0.6-0.8x, inside the band ``rough`` counts in (the engine's own level 0.95 of
+        # the counts'), and no bound separates it from flat specimen at 1x (0.0002-0.006): flagged.
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason="live engine, 0.6x: see docs"))
     res, m, said = _run(den, _scene(200), mult, 6, seed, caplog)
     assert res.measured_vacuum is not None and res.vacuum_not_flat is not None
     assert res.measured_vacuum == pytest.approx(CONFIGURED * mult, rel=0.03)  # the blocks are vacuum
