@@ -54,8 +54,10 @@ def replace_folder(target: Path, fill: Callable[[Path], T], renewed: Iterable[st
     remove_stale_stages(target)
     host = socket.gethostname().replace("-", "_")
     stage = target / f"{STAGE_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}"
-    stage.mkdir()
-    try:
+    if stage.exists():  # this host, this process and 32 random bits: never; the finally must not take it
+        raise FileExistsError(f"{stage}: exists")
+    try:  # made inside: a signal right after mkdir (its return is where Python runs handlers) left it
+        stage.mkdir()
         result = fill(stage)
         order = list(renewed)
         written = set(os.listdir(stage))
