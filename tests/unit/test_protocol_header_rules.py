@@ -102,4 +102,5 @@ def test_vacuum_counts_is_there_whenever_a_level_was_estimated_even_without_colu
     assert "vacuum_counts" not in small
     text = " ".join(WIRE_DOC.read_text().split())
     assert "absent when no column was scored" not in text
-    assert "absent for a frame too small to score" in text and "absent for a blank frame" in text
+    assert "absent for a frame too small to score" in text
+    assert "for a blank frame its mean count, near 0" in text and "absent where exactly 0" in text
