@@ -128,7 +128,8 @@ def vacuum_blocks(
     s = cfg.vacuum_block_px
     nh, nw = denoised.shape[1] // s, denoised.shape[2] // s
     keep = _off_border(denoised, s, nh, nw)
-    var = _var_over(blocks(denoised.to(torch.float32), s, nh, nw), keep)  # (B, nh * nw)
+    den_blocks = blocks(denoised.to(torch.float32), s, nh, nw)  # once: the rank, rough and the dose proxy
+    var = _var_over(den_blocks, keep)  # (B, nh * nw)
     first = blocks(raws[0].to(torch.float32), s, nh, nw)
     raw_var, first_mean = torch.var_mean(first, dim=2, correction=1)
     means = [first_mean, *(blocks(r.to(torch.float32), s, nh, nw).mean(dim=2) for r in raws[1:])]
@@ -156,7 +157,7 @@ def vacuum_blocks(
     n = picked.sum(1)
     rough = torch.where(picked, var, torch.zeros_like(var)).sum(1) / n.clamp_min(1) / levels[0]
     rough = torch.where(n > 0, rough, torch.full_like(rough, math.nan))
-    den_mean = blocks(denoised.to(torch.float32), s, nh, nw).mean(dim=2)
+    den_mean = den_blocks.mean(dim=2)
     den_level = torch.where(picked, den_mean, torch.zeros_like(den_mean)).sum(1) / n.clamp_min(1)
     dose = levels[0] / den_level  # the engine's output follows the configured dose: ~measured / configured
     flat = _flatness(means[0], raw_var, cov, picked, s * s, pairs)
